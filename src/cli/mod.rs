@@ -1,0 +1,54 @@
+//! Subcommand dispatch and the process exit status. One file per subcommand; clap types live in
+//! [`args`].
+
+pub mod args;
+mod vocab;
+
+use args::{Cli, Command, GlobalArgs};
+
+/// The process exit status a CI job can rely on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// 0: the command ran and found nothing wrong.
+    Success,
+    /// 1: the command ran and a requested check failed.
+    Failure,
+    /// 2: usage or input error.
+    Error,
+}
+
+impl From<ExitStatus> for std::process::ExitCode {
+    fn from(s: ExitStatus) -> Self {
+        match s {
+            ExitStatus::Success => 0.into(),
+            ExitStatus::Failure => 1.into(),
+            ExitStatus::Error => 2.into(),
+        }
+    }
+}
+
+/// Sets up `tracing` on stderr: `--quiet` shows errors only, `-v` debug; `RUST_LOG` overrides.
+pub fn init_logging(global: &GlobalArgs) {
+    let default = if global.quiet {
+        "error"
+    } else if global.verbose > 0 {
+        "debug"
+    } else {
+        "info"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
+    match cli.command {
+        Command::Vocab(a) => vocab::run(a),
+    }
+}

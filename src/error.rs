@@ -1,0 +1,55 @@
+//! The library's error type. Every variant names the file (and line / record / slot where it applies)
+//! so that the CLI can print it as is; the CLI maps all of them to exit code 2.
+
+use std::path::PathBuf;
+
+/// Errors raised by the tagfix library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{path}:{line}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+
+    #[error("{path}: {message}")]
+    InvalidInput { path: PathBuf, message: String },
+
+    #[error("vocabulary preset `{name}`: {message}")]
+    Preset { name: String, message: String },
+
+    #[error("{0}")]
+    Usage(String),
+
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// An input file whose content is wrong (not a syntax error at a known line).
+    pub fn invalid(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::InvalidInput {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Result alias for the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

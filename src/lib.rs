@@ -1,0 +1,12 @@
+//! tagfix: audit, repair and train the label vocabulary of open-vocabulary image taggers
+//! (RAM / RAM++), keeping every slot where it is.
+//!
+//! Data flows one way: `diff` writes a [`manifest::SlotManifest`], `embed` consumes it and writes an
+//! embedding file, `check` and `train` consume that.
+
+pub mod error;
+pub mod fsutil;
+pub mod manifest;
+pub mod vocab;
+
+pub use error::{Error, Result};

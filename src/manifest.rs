@@ -1,0 +1,273 @@
+//! The slot manifest: what `diff` found out about a training set, handed to `embed` and `train`.
+//!
+//! A versioned JSON document (schema in `docs/formats.md`). It names its vocabulary by sha256 so a
+//! consumer can refuse a manifest made for another vocabulary, and lists every slot with its status
+//! and counts. Nothing downstream re-derives which slots are absent.
+
+use crate::error::{Error, Result};
+use crate::fsutil::write_atomic;
+use crate::vocab::{Slot, Vocabulary, VocabularyId};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Value of the `schema` field.
+pub const MANIFEST_SCHEMA: &str = "tagfix.slot-manifest";
+/// Current schema version. Readers accept this version only.
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// Whether the training data covers a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotStatus {
+    /// At least one record carries the slot in `union_label_id`.
+    Present,
+    /// No record carries it.
+    Absent,
+}
+
+/// One slot of the vocabulary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotEntry {
+    pub slot: Slot,
+    pub tag: String,
+    pub status: SlotStatus,
+    /// Records whose `union_label_id` holds the slot.
+    pub union: u64,
+    /// Records whose `parse_label_id` (any caption) holds the slot.
+    pub parse: u64,
+}
+
+/// An annotation file that went into the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputFile {
+    pub path: String,
+    pub bytes: u64,
+    pub records: u64,
+}
+
+/// Totals.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestSummary {
+    pub slots: usize,
+    pub present: usize,
+    pub absent: usize,
+    pub records: u64,
+    /// Number of problems `diff` reported (details are in its report, not here).
+    pub problems: u64,
+}
+
+/// The slot manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlotManifest {
+    pub schema: String,
+    pub version: u32,
+    /// `tagfix <version>` that wrote it.
+    pub generator: String,
+    pub vocabulary: VocabularyId,
+    pub inputs: Vec<InputFile>,
+    pub summary: ManifestSummary,
+    /// Every slot in slot order (`slots[i].slot == i`).
+    pub slots: Vec<SlotEntry>,
+}
+
+impl SlotManifest {
+    /// Builds a manifest from per-slot counts (`union[i]`, `parse[i]` for slot i).
+    pub fn from_counts(
+        vocab: &Vocabulary,
+        union: &[u64],
+        parse: &[u64],
+        inputs: Vec<InputFile>,
+        problems: u64,
+    ) -> Self {
+        assert_eq!(union.len(), vocab.len());
+        assert_eq!(parse.len(), vocab.len());
+        let slots: Vec<SlotEntry> = vocab
+            .tags
+            .iter()
+            .enumerate()
+            .map(|(slot, tag)| SlotEntry {
+                slot,
+                tag: tag.clone(),
+                status: if union[slot] > 0 {
+                    SlotStatus::Present
+                } else {
+                    SlotStatus::Absent
+                },
+                union: union[slot],
+                parse: parse[slot],
+            })
+            .collect();
+        let absent = slots
+            .iter()
+            .filter(|s| s.status == SlotStatus::Absent)
+            .count();
+        SlotManifest {
+            schema: MANIFEST_SCHEMA.to_string(),
+            version: MANIFEST_VERSION,
+            generator: format!("tagfix {}", env!("CARGO_PKG_VERSION")),
+            vocabulary: vocab.id(),
+            summary: ManifestSummary {
+                slots: slots.len(),
+                present: slots.len() - absent,
+                absent,
+                records: inputs.iter().map(|i| i.records).sum(),
+                problems,
+            },
+            inputs,
+            slots,
+        }
+    }
+
+    /// Slots no record carries, ascending.
+    pub fn absent_slots(&self) -> Vec<Slot> {
+        self.slots_with(SlotStatus::Absent)
+    }
+
+    /// Slots at least one record carries, ascending.
+    pub fn present_slots(&self) -> Vec<Slot> {
+        self.slots_with(SlotStatus::Present)
+    }
+
+    fn slots_with(&self, status: SlotStatus) -> Vec<Slot> {
+        self.slots
+            .iter()
+            .filter(|s| s.status == status)
+            .map(|s| s.slot)
+            .collect()
+    }
+
+    /// Reads and validates a manifest file (schema, version, slot order, internal consistency).
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Parse {
+            path: path.to_path_buf(),
+            line: e.line(),
+            message: format!("not valid JSON: {e}"),
+        })?;
+        match value.get("schema").and_then(|s| s.as_str()) {
+            Some(MANIFEST_SCHEMA) => {}
+            other => {
+                return Err(Error::invalid(
+                    path,
+                    format!(
+                        "not a slot manifest (schema {:?}, expected {MANIFEST_SCHEMA:?}); write one with `tagfix diff --out`",
+                        other.unwrap_or("missing")
+                    ),
+                ))
+            }
+        }
+        let version = value.get("version").and_then(|v| v.as_u64()).unwrap_or(0);
+        if version != u64::from(MANIFEST_VERSION) {
+            return Err(Error::invalid(
+                path,
+                format!("slot manifest version {version} is not supported (this tagfix reads version {MANIFEST_VERSION})"),
+            ));
+        }
+        let manifest: SlotManifest = serde_json::from_value(value)
+            .map_err(|e| Error::invalid(path, format!("malformed slot manifest: {e}")))?;
+        manifest.validate(path)?;
+        Ok(manifest)
+    }
+
+    fn validate(&self, path: &Path) -> Result<()> {
+        if self.slots.len() != self.vocabulary.tag_count {
+            return Err(Error::invalid(
+                path,
+                format!(
+                    "lists {} slots but its vocabulary has {}",
+                    self.slots.len(),
+                    self.vocabulary.tag_count
+                ),
+            ));
+        }
+        if let Some((i, s)) = self.slots.iter().enumerate().find(|(i, s)| s.slot != *i) {
+            return Err(Error::invalid(
+                path,
+                format!("slot entries out of order: entry {i} is slot {}", s.slot),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the manifest belongs to `vocab` (hash and size) and that tags agree slot by slot.
+    pub fn check_vocabulary(&self, vocab: &Vocabulary, path: &Path) -> Result<()> {
+        vocab.check_id(&self.vocabulary, path)?;
+        if let Some(s) = self.slots.iter().find(|s| vocab.tags[s.slot] != s.tag) {
+            return Err(Error::invalid(
+                path,
+                format!(
+                    "slot {} is `{}` in the manifest but `{}` in {}",
+                    s.slot,
+                    s.tag,
+                    vocab.tags[s.slot],
+                    vocab.path.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Writes the manifest atomically as pretty JSON.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        write_atomic(path, |w| {
+            serde_json::to_writer_pretty(&mut *w, self).map_err(std::io::Error::other)?;
+            w.write_all(b"\n")
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> (Vocabulary, SlotManifest) {
+        let v = Vocabulary::from_tags(vec!["cat".into(), "dog".into(), "emu".into()]);
+        let m = SlotManifest::from_counts(
+            &v,
+            &[3, 0, 1],
+            &[2, 0, 0],
+            vec![InputFile {
+                path: "a.json".into(),
+                bytes: 10,
+                records: 4,
+            }],
+            0,
+        );
+        (v, m)
+    }
+
+    #[test]
+    fn roundtrip_and_absent_slots() {
+        let (v, m) = sample();
+        assert_eq!(m.absent_slots(), vec![1]);
+        assert_eq!(m.present_slots(), vec![0, 2]);
+        assert_eq!(m.summary.records, 4);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.json");
+        m.write(&p).unwrap();
+        let back = SlotManifest::read(&p).unwrap();
+        assert_eq!(back, m);
+        back.check_vocabulary(&v, &p).unwrap();
+    }
+
+    #[test]
+    fn refuses_other_schema_version_and_vocabulary() {
+        let (_, m) = sample();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.json");
+        let mut value = serde_json::to_value(&m).unwrap();
+        value["version"] = 99.into();
+        std::fs::write(&p, value.to_string()).unwrap();
+        assert!(SlotManifest::read(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("version 99"));
+        std::fs::write(&p, "{\"schema\": \"x\"}").unwrap();
+        assert!(SlotManifest::read(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("not a slot manifest"));
+        let other = Vocabulary::from_tags(vec!["a".into(), "b".into(), "c".into()]);
+        assert!(m.check_vocabulary(&other, &p).is_err());
+    }
+}

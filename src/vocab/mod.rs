@@ -1,0 +1,213 @@
+//! Vocabularies: a tag list where line i is slot i, named presets (`ram`), and name normalisation.
+//!
+//! Slot numbers are the identity of a tag everywhere in tagfix: embeddings, thresholds, sidecars and
+//! checkpoints are all indexed by slot, so a vocabulary is never re-sorted or compacted.
+
+mod normalize;
+mod preset;
+
+pub use normalize::normalize_tag;
+pub use preset::{Preset, PresetSidecar, PresetStatus, ResolvedPreset};
+
+use crate::error::{Error, Result};
+use crate::fsutil::sha256_hex;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// A slot number: the 0-based line index of a tag in the vocabulary file.
+pub type Slot = usize;
+
+/// A loaded vocabulary.
+#[derive(Debug, Clone)]
+pub struct Vocabulary {
+    /// Tags in slot order.
+    pub tags: Vec<String>,
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// sha256 of the file's bytes: the identity downstream files are checked against.
+    pub sha256: String,
+    /// The preset it was resolved from, with its verification status.
+    pub preset: Option<ResolvedPreset>,
+}
+
+/// How a vocabulary is identified inside other files (slot manifest, embedding metadata).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VocabularyId {
+    /// Preset name (`ram`) when the vocabulary was given as a preset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
+    /// The file it was read from.
+    pub path: String,
+    /// sha256 of the tag-list file.
+    pub sha256: String,
+    /// Number of slots.
+    pub tag_count: usize,
+}
+
+impl Vocabulary {
+    /// Loads a vocabulary from `spec`: either a preset name (`ram`) or a path to a tag-list file.
+    pub fn load(spec: &str) -> Result<Self> {
+        if let Some(preset) = Preset::builtin(spec) {
+            let resolved = preset.resolve()?;
+            let mut vocab = Self::from_file(&resolved.path)?;
+            vocab.preset = Some(resolved);
+            return Ok(vocab);
+        }
+        let path = Path::new(spec);
+        if !path.exists() {
+            return Err(Error::invalid(
+                path,
+                format!(
+                    "vocabulary file not found (give a tag-list file, one tag a line, or a preset: {})",
+                    Preset::names().join(", ")
+                ),
+            ));
+        }
+        Self::from_file(path)
+    }
+
+    /// Reads a tag-list file. Accepts a UTF-8 BOM, CRLF line ends and a missing or present final
+    /// newline; refuses empty files, empty lines and invalid UTF-8 with the offending line named.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let tags = parse_lines(path, &bytes)?;
+        if tags.is_empty() {
+            return Err(Error::invalid(path, "vocabulary file is empty"));
+        }
+        for (i, t) in tags.iter().enumerate() {
+            if t.trim().is_empty() {
+                return Err(Error::Parse {
+                    path: path.to_path_buf(),
+                    line: i + 1,
+                    message: format!("empty tag at slot {i}"),
+                });
+            }
+        }
+        Ok(Vocabulary {
+            tags,
+            path: path.to_path_buf(),
+            sha256: sha256_hex(&bytes),
+            preset: None,
+        })
+    }
+
+    /// Builds an in-memory vocabulary (tests, synthetic data). The hash covers the tags joined by `\n`.
+    pub fn from_tags(tags: Vec<String>) -> Self {
+        let sha256 = sha256_hex(tags.join("\n").as_bytes());
+        Vocabulary {
+            tags,
+            path: PathBuf::from("<memory>"),
+            sha256,
+            preset: None,
+        }
+    }
+
+    /// Number of slots.
+    pub fn len(&self) -> usize {
+        self.tags.len()
+    }
+
+    /// True when the vocabulary has no slots (never the case for a loaded file).
+    pub fn is_empty(&self) -> bool {
+        self.tags.is_empty()
+    }
+
+    /// The tag at `slot`.
+    pub fn tag(&self, slot: Slot) -> Option<&str> {
+        self.tags.get(slot).map(String::as_str)
+    }
+
+    /// The identity recorded in downstream files.
+    pub fn id(&self) -> VocabularyId {
+        VocabularyId {
+            preset: self.preset.as_ref().map(|p| p.name.clone()),
+            path: self.path.display().to_string(),
+            sha256: self.sha256.clone(),
+            tag_count: self.len(),
+        }
+    }
+
+    /// Checks that a file produced for vocabulary `other` belongs to this one (same hash and size).
+    pub fn check_id(&self, other: &VocabularyId, what: &Path) -> Result<()> {
+        if other.sha256 != self.sha256 || other.tag_count != self.len() {
+            return Err(Error::invalid(
+                what,
+                format!(
+                    "was made for a different vocabulary ({} tags, sha256 {}…) than {} ({} tags, sha256 {}…); \
+                     regenerate it with this vocabulary",
+                    other.tag_count,
+                    &other.sha256[..other.sha256.len().min(12)],
+                    self.path.display(),
+                    self.len(),
+                    &self.sha256[..12]
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Splits a text file into lines the way RAM reads tag lists (line i = slot i), naming the first
+/// invalid UTF-8 line. A final newline does not start a new slot.
+pub fn parse_lines(path: &Path, bytes: &[u8]) -> Result<Vec<String>> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    body.split(|&b| b == b'\n')
+        .enumerate()
+        .map(|(i, line)| {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            String::from_utf8(line.to_vec()).map_err(|e| Error::Parse {
+                path: path.to_path_buf(),
+                line: i + 1,
+                message: format!("invalid UTF-8: {e}"),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_keep_slots_with_bom_crlf_and_final_newline() {
+        let p = Path::new("x.txt");
+        assert_eq!(
+            parse_lines(p, b"\xEF\xBB\xBFa\r\nb\r\n").unwrap(),
+            ["a", "b"]
+        );
+        assert_eq!(parse_lines(p, b"a\nb").unwrap(), ["a", "b"]);
+        assert_eq!(parse_lines(p, b"a\n\nb\n").unwrap(), ["a", "", "b"]);
+        let err = parse_lines(p, b"a\n\xFF\n").unwrap_err().to_string();
+        assert!(err.contains("x.txt:2"), "{err}");
+    }
+
+    #[test]
+    fn empty_line_is_an_error_naming_the_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("v.txt");
+        std::fs::write(&f, "cat\n\ndog\n").unwrap();
+        let err = Vocabulary::from_file(&f).unwrap_err().to_string();
+        assert!(err.contains(":2: empty tag at slot 1"), "{err}");
+        std::fs::write(&f, "").unwrap();
+        assert!(Vocabulary::from_file(&f)
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
+    }
+
+    #[test]
+    fn id_mismatch_is_reported() {
+        let a = Vocabulary::from_tags(vec!["cat".into(), "dog".into()]);
+        let b = Vocabulary::from_tags(vec!["cat".into(), "dot".into()]);
+        assert!(a.check_id(&a.id(), Path::new("m.json")).is_ok());
+        let err = a
+            .check_id(&b.id(), Path::new("m.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("different vocabulary"), "{err}");
+    }
+}
