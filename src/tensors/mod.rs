@@ -4,10 +4,12 @@
 
 mod embedding;
 pub mod npy;
+pub mod provenance;
 pub mod pth;
 pub mod safetensors_io;
 
 pub use embedding::{EmbeddingFile, FileFormat, Layout};
+pub use provenance::Provenance;
 
 use crate::error::{Error, Result};
 use std::path::Path;
