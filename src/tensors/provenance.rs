@@ -52,6 +52,9 @@ impl Provenance {
         m.insert("tagfix.schema".to_string(), EMBEDDINGS_SCHEMA.to_string());
         if let serde_json::Value::Object(obj) = serde_json::to_value(self).expect("serializable") {
             for (k, v) in obj {
+                if v.is_null() {
+                    continue;
+                }
                 let text = match v {
                     serde_json::Value::String(s) => s,
                     other => other.to_string(),
@@ -80,7 +83,8 @@ impl Provenance {
             let Some(text) = meta.get(&format!("tagfix.{key}")) else {
                 continue;
             };
-            let value = if default.is_string() {
+            // Strings (and optional strings) are stored bare; everything else as JSON.
+            let value = if default.is_string() || default.is_null() {
                 serde_json::Value::String(text.clone())
             } else {
                 serde_json::from_str(text).map_err(|e| {
