@@ -7,6 +7,7 @@
 pub mod error;
 pub mod fsutil;
 pub mod manifest;
+pub mod monitor;
 pub mod tensors;
 pub mod vocab;
 

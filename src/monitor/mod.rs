@@ -1,0 +1,25 @@
+//! Training health: the per-step record a run writes (`metrics.jsonl`), the run-directory layout,
+//! and (in later modules) detectors for loss spikes, oscillation, plateaus, imbalance and a stalled
+//! image encoder. Feature-free: nothing here needs libtorch.
+
+/// `impl Display` writing `self.name()`.
+macro_rules! display_by_name {
+    ($t:ty) => {
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+    };
+}
+
+pub mod event;
+pub mod record;
+pub mod run_dir;
+
+pub use event::{read_events, EventKind, EventWriter, HealthEvent};
+pub use record::{
+    read_all_records, read_records, GroupNorms, JsonLines, JsonlWriter, LossTerm, Losses,
+    MetricsWriter, ModuleGroup, StepRecord, TermValue,
+};
+pub use run_dir::RunDir;
