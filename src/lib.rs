@@ -9,6 +9,7 @@ pub mod fsutil;
 pub mod manifest;
 pub mod monitor;
 pub mod tensors;
+pub mod train;
 pub mod vocab;
 
 pub use error::{Error, Result};

@@ -1,0 +1,322 @@
+//! Swin Transformer image encoder, as `ram/models/swin_transformer.py` (recognize-anything, itself
+//! Microsoft's Swin v1): patch embedding, windowed attention with relative position bias, shifted
+//! windows with their attention mask, patch merging, the window clamped to small resolutions, the
+//! final LayerNorm, and RAM's addition: the average-pooled token prepended to the patch tokens.
+//!
+//! Variable names equal the official state-dict keys under the path the encoder is built at
+//! (`visual_encoder.` in RAM++).
+
+use super::config::{BlockGeometry, SwinConfig};
+use super::layers::{buffer, drop_path, gelu, param, softmax_last, LayerNorm, Linear, ParamInit, Trace, WeightInit};
+use tch::nn::{self, Init};
+use tch::{Kind, Tensor};
+
+/// LayerNorm eps of every Swin norm (`nn.LayerNorm` default).
+const SWIN_LN_EPS: f64 = 1e-5;
+/// Init std of Swin's Linear weights and bias tables (`trunc_normal_(std=.02)`).
+const SWIN_INIT_STD: f64 = 0.02;
+/// Value the shift mask puts between tokens of different regions (not −inf).
+pub const ATTN_MASK_FILL: f32 = -100.0;
+
+/// `relative_position_index` of a `ws`×`ws` window: entry (i, j) = (hᵢ−hⱼ+ws−1)·(2ws−1) + (wᵢ−wⱼ+ws−1)
+/// (`WindowAttention.__init__`).
+pub fn relative_position_index(ws: usize) -> Vec<i64> {
+    let n = ws * ws;
+    let w = ws as i64;
+    let mut out = Vec::with_capacity(n * n);
+    for i in 0..n as i64 {
+        for j in 0..n as i64 {
+            let (hi, wi, hj, wj) = (i / w, i % w, j / w, j % w);
+            out.push((hi - hj + w - 1) * (2 * w - 1) + (wi - wj + w - 1));
+        }
+    }
+    out
+}
+
+/// The shifted-window attention mask [nW, N, N] (`SwinTransformerBlock.__init__`): the H×W map is
+/// labelled by the 3×3 regions the cyclic shift creates, partitioned into windows; tokens of
+/// different regions get [`ATTN_MASK_FILL`].
+pub fn shift_attention_mask(res: usize, ws: usize, shift: usize) -> Vec<f32> {
+    let region = |x: usize| -> usize {
+        if x < res - ws {
+            0
+        } else if x < res - shift {
+            1
+        } else {
+            2
+        }
+    };
+    let per_side = res / ws;
+    let n = ws * ws;
+    let mut out = Vec::with_capacity(per_side * per_side * n * n);
+    for wh in 0..per_side {
+        for ww in 0..per_side {
+            let label: Vec<usize> = (0..n)
+                .map(|t| region(wh * ws + t / ws) * 3 + region(ww * ws + t % ws))
+                .collect();
+            for i in 0..n {
+                for j in 0..n {
+                    out.push(if label[i] == label[j] { 0.0 } else { ATTN_MASK_FILL });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `WindowAttention`: multi-head attention inside a window with a learned relative position bias.
+#[derive(Debug)]
+pub struct WindowAttention {
+    pub qkv: Linear,
+    pub proj: Linear,
+    pub relative_position_bias_table: Tensor,
+    pub relative_position_index: Tensor,
+    num_heads: i64,
+    window: i64,
+}
+
+impl WindowAttention {
+    fn new(p: nn::Path, dim: usize, window: usize, num_heads: usize, qkv_bias: bool, mode: ParamInit) -> Self {
+        let table_rows = ((2 * window - 1) * (2 * window - 1)) as i64;
+        let relative_position_bias_table = param(
+            &p,
+            "relative_position_bias_table",
+            &[table_rows, num_heads as i64],
+            Init::Randn { mean: 0.0, stdev: SWIN_INIT_STD },
+            mode,
+        );
+        let n = (window * window) as i64;
+        let index = Tensor::from_slice(&relative_position_index(window)).view([n, n]);
+        let relative_position_index = buffer(&p, "relative_position_index", index);
+        let init = WeightInit::Normal(SWIN_INIT_STD);
+        WindowAttention {
+            qkv: Linear::new(&p / "qkv", dim, 3 * dim, qkv_bias, init, mode),
+            proj: Linear::new(&p / "proj", dim, dim, true, init, mode),
+            relative_position_bias_table,
+            relative_position_index,
+            num_heads: num_heads as i64,
+            window: window as i64,
+        }
+    }
+
+    /// The gathered bias [nH, N, N].
+    pub fn relative_position_bias(&self) -> Tensor {
+        let n = self.window * self.window;
+        self.relative_position_bias_table
+            .index_select(0, &self.relative_position_index.view([-1]))
+            .view([n, n, -1])
+            .permute([2, 0, 1])
+            .contiguous()
+    }
+
+    /// `x`: [B·nW, N, C] window tokens; `mask`: [nW, N, N] for shifted windows.
+    fn forward(&self, x: &Tensor, mask: Option<&Tensor>, bias: &Tensor) -> Tensor {
+        let (b_, n, c) = x.size3().expect("window tokens [B*nW, N, C]");
+        let nh = self.num_heads;
+        let hd = c / nh;
+        let qkv = self.qkv.forward(x).reshape([b_, n, 3, nh, hd]).permute([2, 0, 3, 1, 4]);
+        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+        // Swin scales q before the product (BERT divides the scores after it).
+        let q = q * (hd as f64).powf(-0.5);
+        let mut attn = q.matmul(&k.transpose(-2, -1)) + bias.unsqueeze(0);
+        if let Some(mask) = mask {
+            let nw = mask.size()[0];
+            attn = attn.view([b_ / nw, nw, nh, n, n]) + mask.unsqueeze(1).unsqueeze(0);
+            attn = attn.view([-1, nh, n, n]);
+        }
+        let attn = softmax_last(&attn);
+        let out = attn.matmul(&v).transpose(1, 2).reshape([b_, n, c]);
+        self.proj.forward(&out)
+    }
+}
+
+/// `SwinTransformerBlock`: (shifted) window attention and MLP, each with a residual and DropPath.
+#[derive(Debug)]
+pub struct SwinBlock {
+    pub geometry: BlockGeometry,
+    pub norm1: LayerNorm,
+    pub attn: WindowAttention,
+    pub norm2: LayerNorm,
+    pub fc1: Linear,
+    pub fc2: Linear,
+    pub attn_mask: Option<Tensor>,
+    drop_path: f64,
+}
+
+impl SwinBlock {
+    fn new(p: nn::Path, g: BlockGeometry, cfg: &SwinConfig, drop_path: f64, mode: ParamInit) -> Self {
+        // The block's own buffer comes first in the state dict, as in the official module.
+        let attn_mask = (g.shift > 0).then(|| {
+            let n = (g.window * g.window) as i64;
+            let nw = ((g.resolution / g.window) * (g.resolution / g.window)) as i64;
+            let mask = Tensor::from_slice(&shift_attention_mask(g.resolution, g.window, g.shift));
+            buffer(&p, "attn_mask", mask.view([nw, n, n]))
+        });
+        let hidden = (g.dim as f64 * cfg.mlp_ratio) as usize;
+        let init = WeightInit::Normal(SWIN_INIT_STD);
+        SwinBlock {
+            geometry: g,
+            norm1: LayerNorm::new(&p / "norm1", g.dim, SWIN_LN_EPS, mode),
+            attn: WindowAttention::new(&p / "attn", g.dim, g.window, g.num_heads, cfg.qkv_bias, mode),
+            norm2: LayerNorm::new(&p / "norm2", g.dim, SWIN_LN_EPS, mode),
+            fc1: Linear::new(&p / "mlp" / "fc1", g.dim, hidden, true, init, mode),
+            fc2: Linear::new(&p / "mlp" / "fc2", hidden, g.dim, true, init, mode),
+            attn_mask,
+            drop_path,
+        }
+    }
+
+    fn forward(&self, x: &Tensor, train: bool, bias: &Tensor) -> Tensor {
+        let g = &self.geometry;
+        let (b, l, c) = x.size3().expect("tokens [B, L, C]");
+        let (h, ws, s) = (g.resolution as i64, g.window as i64, g.shift as i64);
+        assert_eq!(l, h * h, "input feature has wrong size");
+        let shortcut = x;
+        let mut x = self.norm1.forward(x).view([b, h, h, c]);
+        if s > 0 {
+            x = x.roll([-s, -s], [1, 2]);
+        }
+        // window_partition: image-major, then window row, window column; row-major inside.
+        let windows = x
+            .view([b, h / ws, ws, h / ws, ws, c])
+            .permute([0, 1, 3, 2, 4, 5])
+            .contiguous()
+            .view([-1, ws * ws, c]);
+        let attn = self.attn.forward(&windows, self.attn_mask.as_ref(), bias);
+        // window_reverse
+        let mut x = attn
+            .view([b, h / ws, h / ws, ws, ws, c])
+            .permute([0, 1, 3, 2, 4, 5])
+            .contiguous()
+            .view([b, h, h, c]);
+        if s > 0 {
+            x = x.roll([s, s], [1, 2]);
+        }
+        let x = shortcut + drop_path(&x.view([b, h * h, c]), self.drop_path, train);
+        let mlp = self.fc2.forward(&gelu(&self.fc1.forward(&self.norm2.forward(&x))));
+        &x + drop_path(&mlp, self.drop_path, train)
+    }
+}
+
+/// `PatchMerging`: 2×2 neighbouring tokens concatenated (x0..x3), LayerNorm(4C), Linear(4C→2C, no bias).
+#[derive(Debug)]
+pub struct PatchMerging {
+    pub reduction: Linear,
+    pub norm: LayerNorm,
+    resolution: i64,
+}
+
+impl PatchMerging {
+    fn new(p: nn::Path, resolution: usize, dim: usize, mode: ParamInit) -> Self {
+        PatchMerging {
+            reduction: Linear::new(&p / "reduction", 4 * dim, 2 * dim, false, WeightInit::Normal(SWIN_INIT_STD), mode),
+            norm: LayerNorm::new(&p / "norm", 4 * dim, SWIN_LN_EPS, mode),
+            resolution: resolution as i64,
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let (b, _, c) = x.size3().expect("tokens [B, L, C]");
+        let h = self.resolution;
+        let x = x.view([b, h, h, c]);
+        let even = |t: &Tensor, dim: i64, start: i64| t.slice(dim, start, h, 2);
+        let x0 = even(&even(&x, 1, 0), 2, 0);
+        let x1 = even(&even(&x, 1, 1), 2, 0);
+        let x2 = even(&even(&x, 1, 0), 2, 1);
+        let x3 = even(&even(&x, 1, 1), 2, 1);
+        let x = Tensor::cat(&[x0, x1, x2, x3], -1).view([b, -1, 4 * c]);
+        self.reduction.forward(&self.norm.forward(&x))
+    }
+}
+
+/// One stage (`BasicLayer`): its blocks, then patch merging except after the last stage.
+#[derive(Debug)]
+pub struct SwinStage {
+    pub blocks: Vec<SwinBlock>,
+    pub downsample: Option<PatchMerging>,
+}
+
+/// The Swin Transformer encoder of RAM / RAM++.
+#[derive(Debug)]
+pub struct SwinTransformer {
+    pub config: SwinConfig,
+    pub patch_embed_proj_weight: Tensor,
+    pub patch_embed_proj_bias: Tensor,
+    pub patch_embed_norm: LayerNorm,
+    pub layers: Vec<SwinStage>,
+    pub norm: LayerNorm,
+}
+
+impl SwinTransformer {
+    /// Builds the encoder under `p` (in RAM++: `visual_encoder`). The config must be valid
+    /// ([`SwinConfig::validate`]).
+    pub fn new(p: nn::Path, cfg: &SwinConfig, mode: ParamInit) -> Self {
+        // PatchEmbed: Conv2d(in_chans, embed_dim, patch, stride patch) with PyTorch's default init.
+        let pe = &p / "patch_embed";
+        let (c, k) = (cfg.embed_dim as i64, cfg.patch_size as i64);
+        let fan_in = (cfg.in_chans * cfg.patch_size * cfg.patch_size) as f64;
+        let u = Init::Uniform { lo: -1.0 / fan_in.sqrt(), up: 1.0 / fan_in.sqrt() };
+        let proj = &pe / "proj";
+        let patch_embed_proj_weight = param(&proj, "weight", &[c, cfg.in_chans as i64, k, k], u, mode);
+        let patch_embed_proj_bias = param(&proj, "bias", &[c], u, mode);
+        let patch_embed_norm = LayerNorm::new(&pe / "norm", cfg.embed_dim, SWIN_LN_EPS, mode);
+
+        let rates = cfg.drop_path_rates();
+        let geometry = cfg.blocks();
+        let mut layers = Vec::new();
+        let mut res = cfg.patches_per_side();
+        let mut flat = 0;
+        for (stage, &depth) in cfg.depths.iter().enumerate() {
+            let lp = &p / "layers" / stage;
+            let blocks = (0..depth)
+                .map(|j| {
+                    let g = geometry[flat];
+                    let rate = rates[flat];
+                    flat += 1;
+                    SwinBlock::new(&lp / "blocks" / j, g, cfg, rate, mode)
+                })
+                .collect();
+            let downsample = (stage + 1 < cfg.depths.len())
+                .then(|| PatchMerging::new(&lp / "downsample", res, cfg.embed_dim << stage, mode));
+            layers.push(SwinStage { blocks, downsample });
+            res /= 2;
+        }
+        let norm = LayerNorm::new(&p / "norm", cfg.vision_width(), SWIN_LN_EPS, mode);
+        SwinTransformer {
+            config: cfg.clone(),
+            patch_embed_proj_weight,
+            patch_embed_proj_bias,
+            patch_embed_norm,
+            layers,
+            norm,
+        }
+    }
+
+    /// `image` [B, 3, S, S] → [B, 1+L, C_final]: the mean of the final-normed tokens, then the tokens.
+    /// Records `debug.swin.*` intermediates in `trace`.
+    pub fn forward_t(&self, image: &Tensor, train: bool, trace: &mut Trace) -> Tensor {
+        let k = self.config.patch_size as i64;
+        let x = image.conv2d(&self.patch_embed_proj_weight, Some(&self.patch_embed_proj_bias), [k, k], [0, 0], [1, 1], 1);
+        let mut x = self.patch_embed_norm.forward(&x.flatten(2, -1).transpose(1, 2));
+        trace.record(|| "debug.swin.patch_embed".into(), &x);
+        for (i, stage) in self.layers.iter().enumerate() {
+            for (j, block) in stage.blocks.iter().enumerate() {
+                let bias = block.attn.relative_position_bias();
+                if j == 0 {
+                    trace.record(|| format!("debug.swin.layers.{i}.blocks.0.relative_position_bias"), &bias);
+                }
+                x = block.forward(&x, train, &bias);
+                trace.record(|| format!("debug.swin.layers.{i}.blocks.{j}"), &x);
+            }
+            if let Some(down) = &stage.downsample {
+                x = down.forward(&x);
+                trace.record(|| format!("debug.swin.layers.{i}.downsample"), &x);
+            }
+        }
+        let x = self.norm.forward(&x);
+        trace.record(|| "debug.swin.norm".into(), &x);
+        // AdaptiveAvgPool1d(1) over the tokens, prepended as token 0.
+        let pooled = x.mean_dim(1, true, None::<Kind>);
+        Tensor::cat(&[pooled, x], 1)
+    }
+}

@@ -1,0 +1,97 @@
+//! The query2label tagging head of RAM / RAM++: `ram/models/bert.py` `BertModel` in `mode='tagging'`
+//! after `del_selfattention()`. No embeddings, no self-attention: each layer is cross-attention from
+//! the queries (label or caption embeddings) to the image tokens, then BERT's feed-forward.
+//!
+//! Names follow the state dict: `tagging_head.encoder.layer.{l}.crossattention.self.{query,key,value}`,
+//! `crossattention.output.{dense,LayerNorm}`, `intermediate.dense`, `output.{dense,LayerNorm}`.
+
+use super::config::TaggingHeadConfig;
+use super::layers::{gelu, softmax_last, LayerNorm, Linear, ParamInit, Trace, WeightInit};
+use tch::{nn, Tensor};
+
+/// One `BertLayer` without self-attention.
+#[derive(Debug)]
+pub struct CrossAttentionLayer {
+    pub query: Linear,
+    pub key: Linear,
+    pub value: Linear,
+    pub attention_output_dense: Linear,
+    pub attention_output_norm: LayerNorm,
+    pub intermediate_dense: Linear,
+    pub output_dense: Linear,
+    pub output_norm: LayerNorm,
+}
+
+impl CrossAttentionLayer {
+    fn new(p: nn::Path, cfg: &TaggingHeadConfig, mode: ParamInit) -> Self {
+        let (h, e, i) = (cfg.hidden_size, cfg.encoder_width, cfg.intermediate_size);
+        // BertPreTrainedModel._init_weights: Linear N(0, initializer_range), bias 0; LayerNorm (1, 0).
+        let init = WeightInit::Normal(cfg.initializer_range);
+        let ca = &p / "crossattention";
+        let sa = &ca / "self";
+        CrossAttentionLayer {
+            query: Linear::new(&sa / "query", h, h, true, init, mode),
+            key: Linear::new(&sa / "key", e, h, true, init, mode),
+            value: Linear::new(&sa / "value", e, h, true, init, mode),
+            attention_output_dense: Linear::new(&ca / "output" / "dense", h, h, true, init, mode),
+            attention_output_norm: LayerNorm::new(&ca / "output" / "LayerNorm", h, cfg.layer_norm_eps, mode),
+            intermediate_dense: Linear::new(&p / "intermediate" / "dense", h, i, true, init, mode),
+            output_dense: Linear::new(&p / "output" / "dense", i, h, true, init, mode),
+            output_norm: LayerNorm::new(&p / "output" / "LayerNorm", h, cfg.layer_norm_eps, mode),
+        }
+    }
+
+    /// `x` [B, Q, H] queries, `enc` [B, T, E] image tokens → [B, Q, H].
+    fn forward(&self, x: &Tensor, enc: &Tensor, cfg: &TaggingHeadConfig, train: bool) -> Tensor {
+        let (b, q_len, hidden) = x.size3().expect("queries [B, Q, H]");
+        let nh = cfg.num_attention_heads as i64;
+        let hd = hidden / nh;
+        // transpose_for_scores: [B, *, H] → [B, nh, *, hd]
+        let heads = |t: Tensor| {
+            let s = t.size();
+            t.view([s[0], s[1], nh, hd]).permute([0, 2, 1, 3])
+        };
+        let q = heads(self.query.forward(x));
+        let k = heads(self.key.forward(enc));
+        let v = heads(self.value.forward(enc));
+        // BERT divides after the product. The all-ones image mask adds −0.0: omitted.
+        let scores = q.matmul(&k.transpose(-1, -2)) / (hd as f64).sqrt();
+        let probs = softmax_last(&scores).dropout(cfg.attention_probs_dropout_prob, train);
+        let ctx = probs.matmul(&v).permute([0, 2, 1, 3]).contiguous().view([b, q_len, hidden]);
+        // BertSelfOutput: LayerNorm(dropout(dense(ctx)) + input)
+        let a = self.attention_output_dense.forward(&ctx).dropout(cfg.hidden_dropout_prob, train) + x;
+        let a = self.attention_output_norm.forward(&a);
+        // BertIntermediate + BertOutput
+        let inter = gelu(&self.intermediate_dense.forward(&a));
+        let out = self.output_dense.forward(&inter).dropout(cfg.hidden_dropout_prob, train) + &a;
+        self.output_norm.forward(&out)
+    }
+}
+
+/// The tagging head (`tagging_head` in RAM++).
+#[derive(Debug)]
+pub struct TaggingHead {
+    pub config: TaggingHeadConfig,
+    pub layers: Vec<CrossAttentionLayer>,
+}
+
+impl TaggingHead {
+    /// Builds the head under `p` (in RAM++: `tagging_head`).
+    pub fn new(p: nn::Path, cfg: &TaggingHeadConfig, mode: ParamInit) -> Self {
+        let enc = &p / "encoder" / "layer";
+        TaggingHead {
+            config: cfg.clone(),
+            layers: (0..cfg.num_hidden_layers).map(|l| CrossAttentionLayer::new(&enc / l, cfg, mode)).collect(),
+        }
+    }
+
+    /// Runs the queries through every layer; records `debug.tagging_head.{use_name}.layer.{l}`.
+    pub fn forward_t(&self, queries: &Tensor, image_embeds: &Tensor, train: bool, trace: &mut Trace, use_name: &str) -> Tensor {
+        let mut x = queries.shallow_clone();
+        for (l, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&x, image_embeds, &self.config, train);
+            trace.record(|| format!("debug.tagging_head.{use_name}.layer.{l}"), &x);
+        }
+        x
+    }
+}
