@@ -29,6 +29,10 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
 
+    /// Training would start with an image encoder that no pretrained checkpoint initialised.
+    #[error("image encoder not initialised from a pretrained checkpoint: {0}")]
+    EncoderNotInitialised(String),
+
     #[error("{0}")]
     Other(String),
 }

@@ -58,7 +58,12 @@ fn run_fixture(dir: &Path) {
     let model = RamPlus::new(&vs, &cfg, ParamInit::Uninitialized).unwrap();
     // Strict load: every key of the file is a model key and vice versa; buffers in the file must
     // equal the ones the model computes.
-    let report = load_state_dict(&vs, &dir.join("weights.safetensors"), &LoadOptions::strict()).unwrap();
+    let report = load_state_dict(
+        &vs,
+        &dir.join("weights.safetensors"),
+        &LoadOptions::strict(),
+    )
+    .unwrap();
     assert!(report.is_complete(), "{}", report.to_table());
     assert_eq!(report.buffer_mismatches(), 0, "{}", report.to_table());
 
@@ -83,10 +88,16 @@ fn run_fixture(dir: &Path) {
     put("loss_tag", &out.loss_tag);
     put("loss_dis", &out.loss_dis);
     put("loss_alignment", &out.loss_alignment);
-    put("loss_total", &(&out.loss_tag + &out.loss_dis + &out.loss_alignment));
+    put(
+        "loss_total",
+        &(&out.loss_tag + &out.loss_dis + &out.loss_alignment),
+    );
     put("visual_encoder_out", &out.image.visual_encoder_out);
     put("image_embeds", &out.image.image_embeds);
-    put("image_cls_embeds_normalized", &out.tags.image_cls_embeds_normalized);
+    put(
+        "image_cls_embeds_normalized",
+        &out.tags.image_cls_embeds_normalized,
+    );
     put("reweight_logits", &out.tags.reweight_logits);
     put("reweight_weights", &out.tags.reweight_weights);
     put("label_embed_reweight", &out.tags.label_embed_reweight);
@@ -112,7 +123,11 @@ fn run_fixture(dir: &Path) {
             continue;
         };
         if have.size() != want.size() {
-            failures.push(format!("{name}: shape {:?}, expected {:?}", have.size(), want.size()));
+            failures.push(format!(
+                "{name}: shape {:?}, expected {:?}",
+                have.size(),
+                want.size()
+            ));
             continue;
         }
         let err = rel_err(have, &want.to_kind(have.kind()));
@@ -137,7 +152,11 @@ fn run_fixture(dir: &Path) {
     }
     // Losses as scalars too, for the record.
     for k in ["loss_tag", "loss_dis", "loss_alignment"] {
-        println!("  {k:16} rust {:.9}  ref {:.9}", got[k].double_value(&[]), expected[k].double_value(&[]));
+        println!(
+            "  {k:16} rust {:.9}  ref {:.9}",
+            got[k].double_value(&[]),
+            expected[k].double_value(&[])
+        );
     }
 
     (&out.loss_tag + &out.loss_dis + &out.loss_alignment).backward();
@@ -173,12 +192,18 @@ fn run_fixture(dir: &Path) {
             *e = (err, name.clone());
         }
         if err > GRAD_TOL {
-            failures.push(format!("grad {name}: relative error {err:.3e} > {GRAD_TOL:e}"));
+            failures.push(format!(
+                "grad {name}: relative error {err:.3e} > {GRAD_TOL:e}"
+            ));
         }
     }
     // Every trainable parameter has a reference gradient.
     let trainable = vs.trainable_variables().len();
-    assert_eq!(trainable, grads.len(), "every parameter's gradient is in grads.safetensors");
+    assert_eq!(
+        trainable,
+        grads.len(),
+        "every parameter's gradient is in grads.safetensors"
+    );
 
     for (group, (err, name)) in &worst {
         println!("  max rel err {group:58} {err:.3e}  ({name})");
@@ -187,12 +212,22 @@ fn run_fixture(dir: &Path) {
     // generate_tag strings (optional file: other fixture folders may not have it).
     let gt_path = dir.join("generate_tag.json");
     if gt_path.is_file() {
-        let gt: GenerateTag = serde_json::from_str(&std::fs::read_to_string(gt_path).unwrap()).unwrap();
+        let gt: GenerateTag =
+            serde_json::from_str(&std::fs::read_to_string(gt_path).unwrap()).unwrap();
         assert_eq!(format_tags(&pred.pred, &fixture.tag_list), gt.tag_output);
-        assert_eq!(format_tags(&pred.pred, &fixture.tag_list_chinese), gt.tag_output_chinese);
+        assert_eq!(
+            format_tags(&pred.pred, &fixture.tag_list_chinese),
+            gt.tag_output_chinese
+        );
     }
     assert_eq!(out.tags.tagging_logits.kind(), Kind::Float);
-    assert!(failures.is_empty(), "{} parity failures in {}:\n{}", failures.len(), dir.display(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} parity failures in {}:\n{}",
+        failures.len(),
+        dir.display(),
+        failures.join("\n")
+    );
 }
 
 #[test]

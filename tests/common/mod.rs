@@ -25,7 +25,11 @@ pub fn reference_dir() -> Option<PathBuf> {
 pub fn fixture_dirs() -> Option<Vec<PathBuf>> {
     if let Some(d) = std::env::var_os("TAGFIX_PARITY_DIR") {
         let d = PathBuf::from(d);
-        assert!(d.join("config.json").is_file(), "TAGFIX_PARITY_DIR={} has no config.json", d.display());
+        assert!(
+            d.join("config.json").is_file(),
+            "TAGFIX_PARITY_DIR={} has no config.json",
+            d.display()
+        );
         return Some(vec![d]);
     }
     let r = reference_dir()?;

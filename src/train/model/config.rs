@@ -110,7 +110,12 @@ pub struct StateEntry {
 impl SwinConfig {
     /// The official Swin configs (`configs/swin/config_swin{B,L}_{224,384}.json`) as RAM_plus builds
     /// them: patch 4, mlp ratio 4, qkv bias, drop path 0.1, no absolute position embedding.
-    fn official(embed_dim: usize, num_heads: [usize; 4], img_size: usize, window_size: usize) -> Self {
+    fn official(
+        embed_dim: usize,
+        num_heads: [usize; 4],
+        img_size: usize,
+        window_size: usize,
+    ) -> Self {
         SwinConfig {
             img_size,
             patch_size: 4,
@@ -205,7 +210,9 @@ impl SwinConfig {
         for (stage, heads) in self.num_heads.iter().enumerate() {
             let dim = self.embed_dim << stage;
             if *heads == 0 || dim % heads != 0 {
-                return Err(format!("stage {stage}: dim {dim} is not divisible by {heads} heads"));
+                return Err(format!(
+                    "stage {stage}: dim {dim} is not divisible by {heads} heads"
+                ));
             }
             let window = res.min(self.window_size);
             if res % window != 0 {
@@ -214,7 +221,9 @@ impl SwinConfig {
                 ));
             }
             if stage + 1 < self.depths.len() && res % 2 != 0 {
-                return Err(format!("stage {stage}: odd resolution {res} cannot be merged"));
+                return Err(format!(
+                    "stage {stage}: odd resolution {res} cannot be merged"
+                ));
             }
             res /= 2;
         }
@@ -265,7 +274,10 @@ impl RamPlusConfig {
 
     /// All official presets.
     pub fn presets() -> Vec<Self> {
-        PRESET_NAMES.iter().map(|n| Self::preset(n).expect("known preset")).collect()
+        PRESET_NAMES
+            .iter()
+            .map(|n| Self::preset(n).expect("known preset"))
+            .collect()
     }
 
     /// Reads the model description of a reference fixture's `config.json` (the `tiny*/` folders
@@ -276,7 +288,10 @@ impl RamPlusConfig {
             .map_err(|e| Error::invalid(path, format!("not a reference config.json: {e}")))?;
         let q = raw.q2l.config_json;
         let cfg = RamPlusConfig {
-            name: format!("reference:{}", raw.variant.unwrap_or_else(|| path.display().to_string())),
+            name: format!(
+                "reference:{}",
+                raw.variant.unwrap_or_else(|| path.display().to_string())
+            ),
             swin: SwinConfig {
                 img_size: raw.swin.img_size,
                 patch_size: raw.swin.patch_size,
@@ -335,12 +350,21 @@ impl RamPlusConfig {
         };
         let s = &self.swin;
         let h = &self.tagging_head;
-        out.push(param("label_embed".into(), &[self.num_class * self.des_per_class, CLIP_DIM]));
+        out.push(param(
+            "label_embed".into(),
+            &[self.num_class * self.des_per_class, CLIP_DIM],
+        ));
         out.push(param("reweight_scale".into(), &[]));
         let ve = "visual_encoder";
-        out.push(param(format!("{ve}.patch_embed.proj.weight"), &[s.embed_dim, s.in_chans, s.patch_size, s.patch_size]));
+        out.push(param(
+            format!("{ve}.patch_embed.proj.weight"),
+            &[s.embed_dim, s.in_chans, s.patch_size, s.patch_size],
+        ));
         out.push(param(format!("{ve}.patch_embed.proj.bias"), &[s.embed_dim]));
-        out.push(param(format!("{ve}.patch_embed.norm.weight"), &[s.embed_dim]));
+        out.push(param(
+            format!("{ve}.patch_embed.norm.weight"),
+            &[s.embed_dim],
+        ));
         out.push(param(format!("{ve}.patch_embed.norm.bias"), &[s.embed_dim]));
         let blocks = s.blocks();
         for stage in 0..s.depths.len() {
@@ -405,8 +429,14 @@ impl RamPlusConfig {
                 out.push(param(format!("{p}.{sub}.weight"), &shape));
                 out.push(param(format!("{p}.{sub}.bias"), &[hs]));
             }
-            out.push(param(format!("{p}.crossattention.output.LayerNorm.weight"), &[hs]));
-            out.push(param(format!("{p}.crossattention.output.LayerNorm.bias"), &[hs]));
+            out.push(param(
+                format!("{p}.crossattention.output.LayerNorm.weight"),
+                &[hs],
+            ));
+            out.push(param(
+                format!("{p}.crossattention.output.LayerNorm.bias"),
+                &[hs],
+            ));
             out.push(param(format!("{p}.intermediate.dense.weight"), &[is, hs]));
             out.push(param(format!("{p}.intermediate.dense.bias"), &[is]));
             out.push(param(format!("{p}.output.dense.weight"), &[hs, is]));
@@ -414,7 +444,10 @@ impl RamPlusConfig {
             out.push(param(format!("{p}.output.LayerNorm.weight"), &[hs]));
             out.push(param(format!("{p}.output.LayerNorm.bias"), &[hs]));
         }
-        out.push(param("wordvec_proj.weight".into(), &[h.hidden_size, CLIP_DIM]));
+        out.push(param(
+            "wordvec_proj.weight".into(),
+            &[h.hidden_size, CLIP_DIM],
+        ));
         out.push(param("wordvec_proj.bias".into(), &[h.hidden_size]));
         out.push(param("fc.weight".into(), &[1, h.hidden_size]));
         out.push(param("fc.bias".into(), &[1]));

@@ -49,13 +49,29 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn new(p: nn::Path, in_dim: usize, out_dim: usize, bias: bool, init: WeightInit, mode: ParamInit) -> Self {
+    pub fn new(
+        p: nn::Path,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+        init: WeightInit,
+        mode: ParamInit,
+    ) -> Self {
         let (i, o) = (in_dim as i64, out_dim as i64);
         let (w_init, b_init) = match init {
-            WeightInit::Normal(std) => (Init::Randn { mean: 0.0, stdev: std }, Init::Const(0.0)),
+            WeightInit::Normal(std) => (
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: std,
+                },
+                Init::Const(0.0),
+            ),
             WeightInit::TorchDefault => {
                 let bound = 1.0 / (in_dim as f64).sqrt();
-                let u = Init::Uniform { lo: -bound, up: bound };
+                let u = Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                };
                 (u, u)
             }
         };
@@ -90,7 +106,13 @@ impl LayerNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.layer_norm([self.dim], Some(&self.weight), Some(&self.bias), self.eps, true)
+        x.layer_norm(
+            [self.dim],
+            Some(&self.weight),
+            Some(&self.bias),
+            self.eps,
+            true,
+        )
     }
 }
 

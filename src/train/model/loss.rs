@@ -16,9 +16,19 @@ pub struct AsymmetricLoss {
 
 impl AsymmetricLoss {
     /// The tag loss: γ− 7, γ+ 0, clip 0.05.
-    pub const TAGGING: Self = AsymmetricLoss { gamma_neg: 7.0, gamma_pos: 0.0, clip: 0.05, eps: 1e-8 };
+    pub const TAGGING: Self = AsymmetricLoss {
+        gamma_neg: 7.0,
+        gamma_pos: 0.0,
+        clip: 0.05,
+        eps: 1e-8,
+    };
     /// The image–text alignment loss: γ− 4, γ+ 0, clip 0.05.
-    pub const ALIGNMENT: Self = AsymmetricLoss { gamma_neg: 4.0, gamma_pos: 0.0, clip: 0.05, eps: 1e-8 };
+    pub const ALIGNMENT: Self = AsymmetricLoss {
+        gamma_neg: 4.0,
+        gamma_pos: 0.0,
+        clip: 0.05,
+        eps: 1e-8,
+    };
 
     /// Per-element loss `−L·w` (same shape as `logits`). `targets` may be integer 0/1 or float in
     /// [0, 1] (soft targets give fractional exponents, as in the official code).
@@ -70,10 +80,17 @@ mod tests {
         let y = Tensor::from_slice(&[0i64, 0, 1]);
         let l = AsymmetricLoss::TAGGING.elementwise(&x, &y);
         let v: Vec<f32> = Vec::try_from(&l).unwrap();
-        assert_eq!(v[0], 0.0, "sigmoid(-4)=0.018 < clip: weight (p-0.05)^7 clamps to 0");
+        assert_eq!(
+            v[0], 0.0,
+            "sigmoid(-4)=0.018 < clip: weight (p-0.05)^7 clamps to 0"
+        );
         // p = 0.5: p₋ = 0.55, w = (1 - 0.55)^7
         let expect1 = -(0.55f64.ln()) * 0.45f64.powi(7);
-        assert!((v[1] as f64 - expect1).abs() < 1e-7, "{} vs {expect1}", v[1]);
+        assert!(
+            (v[1] as f64 - expect1).abs() < 1e-7,
+            "{} vs {expect1}",
+            v[1]
+        );
         let p: f64 = 1.0 / (1.0 + (-1.0f64).exp());
         assert!((v[2] as f64 + p.ln()).abs() < 1e-6);
         let s = AsymmetricLoss::TAGGING.sum(&x, &y).double_value(&[]);

@@ -112,15 +112,34 @@ impl RamPlus {
             .map_err(|m| Error::Usage(format!("model config `{}`: {m}", config.name)))?;
         let rows = (config.num_class * config.des_per_class) as i64;
         // RAM_plus.__init__: label_embed zeros (filled from the embedding file), reweight_scale log(1/0.07).
-        let label_embed = param(&p, "label_embed", &[rows, CLIP_DIM as i64], Init::Const(0.0), init);
-        let reweight_scale = param(&p, "reweight_scale", &[], Init::Const(reweight_scale_init()), init);
+        let label_embed = param(
+            &p,
+            "label_embed",
+            &[rows, CLIP_DIM as i64],
+            Init::Const(0.0),
+            init,
+        );
+        let reweight_scale = param(
+            &p,
+            "reweight_scale",
+            &[],
+            Init::Const(reweight_scale_init()),
+            init,
+        );
         let visual_encoder = SwinTransformer::new(&p / "visual_encoder", &config.swin, init);
         let tagging_head = TaggingHead::new(&p / "tagging_head", &config.tagging_head, init);
         let h = config.tagging_head.hidden_size;
         let torch_default = WeightInit::TorchDefault;
         let wordvec_proj = Linear::new(&p / "wordvec_proj", CLIP_DIM, h, true, torch_default, init);
         let fc = Linear::new(&p / "fc", h, 1, true, torch_default, init);
-        let image_proj = Linear::new(&p / "image_proj", config.swin.vision_width(), CLIP_DIM, true, torch_default, init);
+        let image_proj = Linear::new(
+            &p / "image_proj",
+            config.swin.vision_width(),
+            CLIP_DIM,
+            true,
+            torch_default,
+            init,
+        );
         Ok(RamPlus {
             config: config.clone(),
             label_embed,
@@ -151,7 +170,10 @@ impl RamPlus {
     pub fn image_embeds(&self, image: &Tensor, train: bool, trace: &mut Trace) -> ImageEmbeds {
         let visual_encoder_out = self.visual_encoder.forward_t(image, train, trace);
         let image_embeds = self.image_proj.forward(&visual_encoder_out);
-        ImageEmbeds { visual_encoder_out, image_embeds }
+        ImageEmbeds {
+            visual_encoder_out,
+            image_embeds,
+        }
     }
 
     /// Description reweighting, queries, tagging head and `fc` (shared by `forward` and `generate_tag`).
@@ -162,14 +184,25 @@ impl RamPlus {
         let cls = image_embeds.select(1, 0);
         let cls = &cls / cls.norm_scalaropt_dim(2, [-1], true);
         // (scale · cls) @ Eᵀ: the scale multiplies cls before the product, as Python evaluates it.
-        let reweight_logits = (self.reweight_scale.exp() * &cls).matmul(&self.label_embed.tr()).view([b, nc, des]);
+        let reweight_logits = (self.reweight_scale.exp() * &cls)
+            .matmul(&self.label_embed.tr())
+            .view([b, nc, des]);
         let reweight_weights = reweight_logits.softmax(2, None::<Kind>);
         // Σ_d w[b,c,d]·E[c,d,:] for all images at once: per class, [B, des] @ [des, 512]. The
         // official per-image loop materialises [num_class, des, 512] per image; this never does.
         let table = self.label_embed.view([nc, des, CLIP_DIM as i64]);
-        let label_embed_reweight = reweight_weights.transpose(0, 1).matmul(&table).transpose(0, 1);
+        let label_embed_reweight = reweight_weights
+            .transpose(0, 1)
+            .matmul(&table)
+            .transpose(0, 1);
         let label_embed_projected = self.wordvec_proj.forward(&label_embed_reweight).relu();
-        let tagging_hidden = self.tagging_head.forward_t(&label_embed_projected, image_embeds, train, trace, "tagging");
+        let tagging_hidden = self.tagging_head.forward_t(
+            &label_embed_projected,
+            image_embeds,
+            train,
+            trace,
+            "tagging",
+        );
         let tagging_logits = self.fc.forward(&tagging_hidden).squeeze_dim(-1);
         TagOutputs {
             image_cls_embeds_normalized: cls,
@@ -183,14 +216,23 @@ impl RamPlus {
     }
 
     /// Every image queried with every caption: [B, B_t] logits against an identity target.
-    pub fn alignment_branch(&self, image_embeds: &Tensor, batch_text_embed: &Tensor, train: bool, trace: &mut Trace) -> AlignmentOutputs {
+    pub fn alignment_branch(
+        &self,
+        image_embeds: &Tensor,
+        batch_text_embed: &Tensor,
+        train: bool,
+        trace: &mut Trace,
+    ) -> AlignmentOutputs {
         let b = image_embeds.size()[0];
         let bt = batch_text_embed.size()[0];
         let text_embed_projected = self.wordvec_proj.forward(batch_text_embed).relu();
         let queries = text_embed_projected.unsqueeze(0).repeat([b, 1, 1]);
-        let alignment_hidden = self.tagging_head.forward_t(&queries, image_embeds, train, trace, "alignment");
+        let alignment_hidden =
+            self.tagging_head
+                .forward_t(&queries, image_embeds, train, trace, "alignment");
         let alignment_logits = self.fc.forward(&alignment_hidden).squeeze_dim(-1);
-        let alignment_targets = Tensor::eye_m(b, bt, (alignment_logits.kind(), alignment_logits.device()));
+        let alignment_targets =
+            Tensor::eye_m(b, bt, (alignment_logits.kind(), alignment_logits.device()));
         AlignmentOutputs {
             text_embed_projected,
             alignment_hidden,
@@ -201,28 +243,44 @@ impl RamPlus {
 
     /// `RAM_plus.forward`: the three unweighted losses and the tensors behind them. `train` enables
     /// dropout and DropPath (the official module's `train()` mode).
-    pub fn forward_t(&self, batch: &RamPlusBatch, train: bool, trace: &mut Trace) -> Result<RamPlusOutputs> {
+    pub fn forward_t(
+        &self,
+        batch: &RamPlusBatch,
+        train: bool,
+        trace: &mut Trace,
+    ) -> Result<RamPlusOutputs> {
         self.check_image(batch.image)?;
         let b = batch.image.size()[0];
         let expect = |name: &str, t: &Tensor, shape: &[i64]| -> Result<()> {
             if t.size() != shape {
-                return Err(Error::Usage(format!("{name}: expected shape {shape:?}, got {:?}", t.size())));
+                return Err(Error::Usage(format!(
+                    "{name}: expected shape {shape:?}, got {:?}",
+                    t.size()
+                )));
             }
             Ok(())
         };
-        expect("image_tag", batch.image_tag, &[b, self.config.num_class as i64])?;
+        expect(
+            "image_tag",
+            batch.image_tag,
+            &[b, self.config.num_class as i64],
+        )?;
         expect("clip_feature", batch.clip_feature, &[b, CLIP_DIM as i64])?;
         let bt = batch.batch_text_embed.size();
         if bt.len() != 2 || bt[1] != CLIP_DIM as i64 {
-            return Err(Error::Usage(format!("batch_text_embed: expected [B_t, 512], got {bt:?}")));
+            return Err(Error::Usage(format!(
+                "batch_text_embed: expected [B_t, 512], got {bt:?}"
+            )));
         }
 
         let image = self.image_embeds(batch.image, train, trace);
         let loss_dis = distillation_l1(&image.image_embeds.select(1, 0), batch.clip_feature);
         let tags = self.tag_branch(&image.image_embeds, train, trace);
         let loss_tag = AsymmetricLoss::TAGGING.sum(&tags.tagging_logits, batch.image_tag);
-        let alignment = self.alignment_branch(&image.image_embeds, batch.batch_text_embed, train, trace);
-        let loss_alignment = AsymmetricLoss::ALIGNMENT.sum(&alignment.alignment_logits, &alignment.alignment_targets);
+        let alignment =
+            self.alignment_branch(&image.image_embeds, batch.batch_text_embed, train, trace);
+        let loss_alignment = AsymmetricLoss::ALIGNMENT
+            .sum(&alignment.alignment_logits, &alignment.alignment_targets);
         Ok(RamPlusOutputs {
             loss_tag,
             loss_dis,
@@ -235,7 +293,12 @@ impl RamPlus {
 
     /// `RAM_plus.generate_tag` without the string joining: logits, sigmoid scores, and
     /// `scores > threshold` per class (strict), with `delete_tag_index` classes zeroed. Eval mode.
-    pub fn generate_tag(&self, image: &Tensor, class_threshold: &Tensor, delete_tag_index: &[i64]) -> Result<TagPrediction> {
+    pub fn generate_tag(
+        &self,
+        image: &Tensor,
+        class_threshold: &Tensor,
+        delete_tag_index: &[i64],
+    ) -> Result<TagPrediction> {
         self.check_image(image)?;
         let nc = self.config.num_class as i64;
         if class_threshold.size() != [nc] {
@@ -246,15 +309,23 @@ impl RamPlus {
         }
         let mut trace = Trace::off();
         let image = self.image_embeds(image, false, &mut trace);
-        let logits = self.tag_branch(&image.image_embeds, false, &mut trace).tagging_logits;
+        let logits = self
+            .tag_branch(&image.image_embeds, false, &mut trace)
+            .tagging_logits;
         let scores = logits.sigmoid();
-        let thr = class_threshold.to_kind(scores.kind()).to_device(scores.device());
+        let thr = class_threshold
+            .to_kind(scores.kind())
+            .to_device(scores.device());
         let mut pred = scores.gt_tensor(&thr).to_kind(scores.kind());
         if !delete_tag_index.is_empty() {
             let idx = Tensor::from_slice(delete_tag_index).to_device(pred.device());
             let _ = pred.index_fill_(1, &idx, 0.0);
         }
-        Ok(TagPrediction { logits, scores, pred })
+        Ok(TagPrediction {
+            logits,
+            scores,
+            pred,
+        })
     }
 }
 

@@ -7,7 +7,9 @@
 //! (`visual_encoder.` in RAM++).
 
 use super::config::{BlockGeometry, SwinConfig};
-use super::layers::{buffer, drop_path, gelu, param, softmax_last, LayerNorm, Linear, ParamInit, Trace, WeightInit};
+use super::layers::{
+    buffer, drop_path, gelu, param, softmax_last, LayerNorm, Linear, ParamInit, Trace, WeightInit,
+};
 use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
 
@@ -56,7 +58,11 @@ pub fn shift_attention_mask(res: usize, ws: usize, shift: usize) -> Vec<f32> {
                 .collect();
             for i in 0..n {
                 for j in 0..n {
-                    out.push(if label[i] == label[j] { 0.0 } else { ATTN_MASK_FILL });
+                    out.push(if label[i] == label[j] {
+                        0.0
+                    } else {
+                        ATTN_MASK_FILL
+                    });
                 }
             }
         }
@@ -76,13 +82,23 @@ pub struct WindowAttention {
 }
 
 impl WindowAttention {
-    fn new(p: nn::Path, dim: usize, window: usize, num_heads: usize, qkv_bias: bool, mode: ParamInit) -> Self {
+    fn new(
+        p: nn::Path,
+        dim: usize,
+        window: usize,
+        num_heads: usize,
+        qkv_bias: bool,
+        mode: ParamInit,
+    ) -> Self {
         let table_rows = ((2 * window - 1) * (2 * window - 1)) as i64;
         let relative_position_bias_table = param(
             &p,
             "relative_position_bias_table",
             &[table_rows, num_heads as i64],
-            Init::Randn { mean: 0.0, stdev: SWIN_INIT_STD },
+            Init::Randn {
+                mean: 0.0,
+                stdev: SWIN_INIT_STD,
+            },
             mode,
         );
         let n = (window * window) as i64;
@@ -114,7 +130,11 @@ impl WindowAttention {
         let (b_, n, c) = x.size3().expect("window tokens [B*nW, N, C]");
         let nh = self.num_heads;
         let hd = c / nh;
-        let qkv = self.qkv.forward(x).reshape([b_, n, 3, nh, hd]).permute([2, 0, 3, 1, 4]);
+        let qkv = self
+            .qkv
+            .forward(x)
+            .reshape([b_, n, 3, nh, hd])
+            .permute([2, 0, 3, 1, 4]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
         // Swin scales q before the product (BERT divides the scores after it).
         let q = q * (hd as f64).powf(-0.5);
@@ -144,7 +164,13 @@ pub struct SwinBlock {
 }
 
 impl SwinBlock {
-    fn new(p: nn::Path, g: BlockGeometry, cfg: &SwinConfig, drop_path: f64, mode: ParamInit) -> Self {
+    fn new(
+        p: nn::Path,
+        g: BlockGeometry,
+        cfg: &SwinConfig,
+        drop_path: f64,
+        mode: ParamInit,
+    ) -> Self {
         // The block's own buffer comes first in the state dict, as in the official module.
         let attn_mask = (g.shift > 0).then(|| {
             let n = (g.window * g.window) as i64;
@@ -157,7 +183,14 @@ impl SwinBlock {
         SwinBlock {
             geometry: g,
             norm1: LayerNorm::new(&p / "norm1", g.dim, SWIN_LN_EPS, mode),
-            attn: WindowAttention::new(&p / "attn", g.dim, g.window, g.num_heads, cfg.qkv_bias, mode),
+            attn: WindowAttention::new(
+                &p / "attn",
+                g.dim,
+                g.window,
+                g.num_heads,
+                cfg.qkv_bias,
+                mode,
+            ),
             norm2: LayerNorm::new(&p / "norm2", g.dim, SWIN_LN_EPS, mode),
             fc1: Linear::new(&p / "mlp" / "fc1", g.dim, hidden, true, init, mode),
             fc2: Linear::new(&p / "mlp" / "fc2", hidden, g.dim, true, init, mode),
@@ -193,7 +226,9 @@ impl SwinBlock {
             x = x.roll([s, s], [1, 2]);
         }
         let x = shortcut + drop_path(&x.view([b, h * h, c]), self.drop_path, train);
-        let mlp = self.fc2.forward(&gelu(&self.fc1.forward(&self.norm2.forward(&x))));
+        let mlp = self
+            .fc2
+            .forward(&gelu(&self.fc1.forward(&self.norm2.forward(&x))));
         &x + drop_path(&mlp, self.drop_path, train)
     }
 }
@@ -209,7 +244,14 @@ pub struct PatchMerging {
 impl PatchMerging {
     fn new(p: nn::Path, resolution: usize, dim: usize, mode: ParamInit) -> Self {
         PatchMerging {
-            reduction: Linear::new(&p / "reduction", 4 * dim, 2 * dim, false, WeightInit::Normal(SWIN_INIT_STD), mode),
+            reduction: Linear::new(
+                &p / "reduction",
+                4 * dim,
+                2 * dim,
+                false,
+                WeightInit::Normal(SWIN_INIT_STD),
+                mode,
+            ),
             norm: LayerNorm::new(&p / "norm", 4 * dim, SWIN_LN_EPS, mode),
             resolution: resolution as i64,
         }
@@ -255,9 +297,13 @@ impl SwinTransformer {
         let pe = &p / "patch_embed";
         let (c, k) = (cfg.embed_dim as i64, cfg.patch_size as i64);
         let fan_in = (cfg.in_chans * cfg.patch_size * cfg.patch_size) as f64;
-        let u = Init::Uniform { lo: -1.0 / fan_in.sqrt(), up: 1.0 / fan_in.sqrt() };
+        let u = Init::Uniform {
+            lo: -1.0 / fan_in.sqrt(),
+            up: 1.0 / fan_in.sqrt(),
+        };
         let proj = &pe / "proj";
-        let patch_embed_proj_weight = param(&proj, "weight", &[c, cfg.in_chans as i64, k, k], u, mode);
+        let patch_embed_proj_weight =
+            param(&proj, "weight", &[c, cfg.in_chans as i64, k, k], u, mode);
         let patch_embed_proj_bias = param(&proj, "bias", &[c], u, mode);
         let patch_embed_norm = LayerNorm::new(&pe / "norm", cfg.embed_dim, SWIN_LN_EPS, mode);
 
@@ -296,14 +342,26 @@ impl SwinTransformer {
     /// Records `debug.swin.*` intermediates in `trace`.
     pub fn forward_t(&self, image: &Tensor, train: bool, trace: &mut Trace) -> Tensor {
         let k = self.config.patch_size as i64;
-        let x = image.conv2d(&self.patch_embed_proj_weight, Some(&self.patch_embed_proj_bias), [k, k], [0, 0], [1, 1], 1);
-        let mut x = self.patch_embed_norm.forward(&x.flatten(2, -1).transpose(1, 2));
+        let x = image.conv2d(
+            &self.patch_embed_proj_weight,
+            Some(&self.patch_embed_proj_bias),
+            [k, k],
+            [0, 0],
+            [1, 1],
+            1,
+        );
+        let mut x = self
+            .patch_embed_norm
+            .forward(&x.flatten(2, -1).transpose(1, 2));
         trace.record(|| "debug.swin.patch_embed".into(), &x);
         for (i, stage) in self.layers.iter().enumerate() {
             for (j, block) in stage.blocks.iter().enumerate() {
                 let bias = block.attn.relative_position_bias();
                 if j == 0 {
-                    trace.record(|| format!("debug.swin.layers.{i}.blocks.0.relative_position_bias"), &bias);
+                    trace.record(
+                        || format!("debug.swin.layers.{i}.blocks.0.relative_position_bias"),
+                        &bias,
+                    );
                 }
                 x = block.forward(&x, train, &bias);
                 trace.record(|| format!("debug.swin.layers.{i}.blocks.{j}"), &x);

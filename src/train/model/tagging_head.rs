@@ -34,7 +34,12 @@ impl CrossAttentionLayer {
             key: Linear::new(&sa / "key", e, h, true, init, mode),
             value: Linear::new(&sa / "value", e, h, true, init, mode),
             attention_output_dense: Linear::new(&ca / "output" / "dense", h, h, true, init, mode),
-            attention_output_norm: LayerNorm::new(&ca / "output" / "LayerNorm", h, cfg.layer_norm_eps, mode),
+            attention_output_norm: LayerNorm::new(
+                &ca / "output" / "LayerNorm",
+                h,
+                cfg.layer_norm_eps,
+                mode,
+            ),
             intermediate_dense: Linear::new(&p / "intermediate" / "dense", h, i, true, init, mode),
             output_dense: Linear::new(&p / "output" / "dense", i, h, true, init, mode),
             output_norm: LayerNorm::new(&p / "output" / "LayerNorm", h, cfg.layer_norm_eps, mode),
@@ -57,13 +62,25 @@ impl CrossAttentionLayer {
         // BERT divides after the product. The all-ones image mask adds −0.0: omitted.
         let scores = q.matmul(&k.transpose(-1, -2)) / (hd as f64).sqrt();
         let probs = softmax_last(&scores).dropout(cfg.attention_probs_dropout_prob, train);
-        let ctx = probs.matmul(&v).permute([0, 2, 1, 3]).contiguous().view([b, q_len, hidden]);
+        let ctx = probs
+            .matmul(&v)
+            .permute([0, 2, 1, 3])
+            .contiguous()
+            .view([b, q_len, hidden]);
         // BertSelfOutput: LayerNorm(dropout(dense(ctx)) + input)
-        let a = self.attention_output_dense.forward(&ctx).dropout(cfg.hidden_dropout_prob, train) + x;
+        let a = self
+            .attention_output_dense
+            .forward(&ctx)
+            .dropout(cfg.hidden_dropout_prob, train)
+            + x;
         let a = self.attention_output_norm.forward(&a);
         // BertIntermediate + BertOutput
         let inter = gelu(&self.intermediate_dense.forward(&a));
-        let out = self.output_dense.forward(&inter).dropout(cfg.hidden_dropout_prob, train) + &a;
+        let out = self
+            .output_dense
+            .forward(&inter)
+            .dropout(cfg.hidden_dropout_prob, train)
+            + &a;
         self.output_norm.forward(&out)
     }
 }
@@ -81,12 +98,21 @@ impl TaggingHead {
         let enc = &p / "encoder" / "layer";
         TaggingHead {
             config: cfg.clone(),
-            layers: (0..cfg.num_hidden_layers).map(|l| CrossAttentionLayer::new(&enc / l, cfg, mode)).collect(),
+            layers: (0..cfg.num_hidden_layers)
+                .map(|l| CrossAttentionLayer::new(&enc / l, cfg, mode))
+                .collect(),
         }
     }
 
     /// Runs the queries through every layer; records `debug.tagging_head.{use_name}.layer.{l}`.
-    pub fn forward_t(&self, queries: &Tensor, image_embeds: &Tensor, train: bool, trace: &mut Trace, use_name: &str) -> Tensor {
+    pub fn forward_t(
+        &self,
+        queries: &Tensor,
+        image_embeds: &Tensor,
+        train: bool,
+        trace: &mut Trace,
+        use_name: &str,
+    ) -> Tensor {
         let mut x = queries.shallow_clone();
         for (l, layer) in self.layers.iter().enumerate() {
             x = layer.forward(&x, image_embeds, &self.config, train);
