@@ -102,5 +102,13 @@ fn tiny_fixture_keys_match_layout_and_model() {
         let keys: FixtureKeys =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         check(&cfg, &keys.state_dict_keys_in_order, fixture);
+        if fixture == "tiny" {
+            let mut builtin = RamPlusConfig::tiny(cfg.num_class, cfg.des_per_class);
+            builtin.name = cfg.name.clone();
+            assert_eq!(
+                builtin, cfg,
+                "RamPlusConfig::tiny has the geometry of the tiny fixture"
+            );
+        }
     }
 }

@@ -340,6 +340,22 @@ pub fn plan(source: &str, checkpoint: &[CheckpointKey], model: &[ModelKey]) -> L
         let gi = group_of(&g, &mut groups);
         groups[gi].unexpected += n;
     }
+    // state_dict order of RAM++'s top-level modules; others after them.
+    const ORDER: [&str; 7] = [
+        "label_embed",
+        "reweight_scale",
+        "visual_encoder",
+        "tagging_head",
+        "wordvec_proj",
+        "fc",
+        "image_proj",
+    ];
+    groups.sort_by_key(|g| {
+        ORDER
+            .iter()
+            .position(|o| *o == g.group)
+            .unwrap_or(ORDER.len())
+    });
     let expected = groups.iter().map(|g| g.expected).sum();
     let loaded = groups.iter().map(|g| g.loaded).sum();
     LoadPlan {

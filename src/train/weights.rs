@@ -74,6 +74,59 @@ pub fn to_tch(t: &tensors::Tensor) -> Result<Tensor> {
         .map_err(|e| Error::Other(format!("tensor conversion: {e}")))
 }
 
+fn dtype_of(k: Kind) -> Result<DType> {
+    Ok(match k {
+        Kind::Double => DType::F64,
+        Kind::Float => DType::F32,
+        Kind::Half => DType::F16,
+        Kind::BFloat16 => DType::BF16,
+        Kind::Int64 => DType::I64,
+        Kind::Int => DType::I32,
+        Kind::Int16 => DType::I16,
+        Kind::Int8 => DType::I8,
+        Kind::Uint8 => DType::U8,
+        Kind::Bool => DType::Bool,
+        other => {
+            return Err(Error::Other(format!(
+                "cannot store tensors of kind {other:?}"
+            )))
+        }
+    })
+}
+
+/// A libtorch tensor as a tagfix tensor (moved to the CPU, made contiguous, bytes copied).
+pub fn from_tch(t: &Tensor) -> Result<tensors::Tensor> {
+    let t = t.detach().to_device(tch::Device::Cpu).contiguous();
+    let dtype = dtype_of(t.kind())?;
+    let numel = t.numel();
+    let mut data = vec![0u8; numel * dtype.size()];
+    t.f_copy_data_u8(&mut data, numel)
+        .map_err(|e| Error::Other(format!("tensor conversion: {e}")))?;
+    tensors::Tensor::new(dtype, t.size().iter().map(|&d| d as usize).collect(), data)
+}
+
+/// The model's state dict (parameters and buffers, official names, sorted by name).
+pub fn state_dict(vs: &VarStore) -> Result<TensorSet> {
+    let mut tensors: Vec<(String, tensors::Tensor)> = vs
+        .variables()
+        .iter()
+        .map(|(n, t)| Ok((n.clone(), from_tch(t)?)))
+        .collect::<Result<_>>()?;
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(TensorSet {
+        tensors,
+        metadata: Default::default(),
+    })
+}
+
+/// Writes the state dict as safetensors, atomically, with string metadata.
+pub fn save_state_dict(vs: &VarStore, path: &Path, metadata: &[(&str, String)]) -> Result<()> {
+    let mut set = state_dict(vs)?;
+    set.metadata
+        .extend(metadata.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    tensors::safetensors_io::write(path, &set)
+}
+
 /// Resizes a Swin v1 relative position bias table [(2w−1)², nH] to window `to_window`: the table is
 /// viewed as nH maps of (2w−1)×(2w−1) and resized bicubically (align_corners=False), as timm's
 /// `resize_rel_pos_bias_table_simple` does.

@@ -272,6 +272,37 @@ impl RamPlusConfig {
         })
     }
 
+    /// A small configuration for CPU tests and experiments, with the geometry of the reference
+    /// fixture `tiny/`: 64×64 images, Swin embed 16, depths [2,2,2,2], heads [2,2,4,4], window 4
+    /// (shifted windows with masks in stages 0–1, clamped windows in stages 2–3); tagging head
+    /// hidden 32, 2 layers, 2 heads, intermediate 64.
+    pub fn tiny(num_class: usize, des_per_class: usize) -> Self {
+        RamPlusConfig {
+            name: "tiny".into(),
+            swin: SwinConfig {
+                img_size: 64,
+                patch_size: 4,
+                in_chans: 3,
+                embed_dim: 16,
+                depths: vec![2, 2, 2, 2],
+                num_heads: vec![2, 2, 4, 4],
+                window_size: 4,
+                mlp_ratio: 4.0,
+                qkv_bias: true,
+                drop_path_rate: 0.1,
+            },
+            tagging_head: TaggingHeadConfig {
+                hidden_size: 32,
+                num_hidden_layers: 2,
+                num_attention_heads: 2,
+                intermediate_size: 64,
+                ..TaggingHeadConfig::official()
+            },
+            num_class,
+            des_per_class,
+        }
+    }
+
     /// All official presets.
     pub fn presets() -> Vec<Self> {
         PRESET_NAMES
