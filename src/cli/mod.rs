@@ -2,6 +2,8 @@
 //! [`args`].
 
 pub mod args;
+mod convert;
+mod inspect;
 mod vocab;
 
 use args::{Cli, Command, GlobalArgs};
@@ -50,5 +52,7 @@ pub fn init_logging(global: &GlobalArgs) {
 pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
     match cli.command {
         Command::Vocab(a) => vocab::run(a),
+        Command::Convert(a) => convert::run(a),
+        Command::Inspect(a) => inspect::run(a),
     }
 }

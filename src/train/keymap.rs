@@ -28,6 +28,17 @@ pub struct CheckpointKey {
     pub shape: Vec<usize>,
 }
 
+/// The names and shapes of a tensor set, in its order.
+pub fn checkpoint_keys(set: &crate::tensors::TensorSet) -> Vec<CheckpointKey> {
+    set.tensors
+        .iter()
+        .map(|(n, t)| CheckpointKey {
+            name: n.clone(),
+            shape: t.shape.clone(),
+        })
+        .collect()
+}
+
 /// What to do with one checkpoint tensor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {

@@ -8,7 +8,7 @@
 //! (`F.interpolate(mode="bicubic", align_corners=False)`), since the SciPy `interp2d` the official
 //! code used no longer exists.
 
-use super::keymap::{self, Action, CheckpointKey, LoadReport, ModelKey};
+use super::keymap::{self, Action, LoadReport, ModelKey};
 use crate::error::{Error, Result};
 use crate::tensors::{self, DType, TensorSet};
 use std::path::Path;
@@ -165,14 +165,7 @@ pub fn load_tensor_set(
     set: &TensorSet,
     opts: &LoadOptions,
 ) -> Result<LoadReport> {
-    let ckpt_keys: Vec<CheckpointKey> = set
-        .tensors
-        .iter()
-        .map(|(n, t)| CheckpointKey {
-            name: n.clone(),
-            shape: t.shape.clone(),
-        })
-        .collect();
+    let ckpt_keys = keymap::checkpoint_keys(set);
     let plan = keymap::plan(source, &ckpt_keys, &model_keys(vs));
     let mut report = plan.report;
     let vars = vs.variables();

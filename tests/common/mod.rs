@@ -8,17 +8,13 @@ use tch::Tensor;
 /// `../shared/ram/reference`, or `None` (with the reason printed) when the shared material is absent.
 /// Under CI (`CI=true`) a missing folder is a failure, never a skip.
 pub fn reference_dir() -> Option<PathBuf> {
-    let dir = tagfix::fsutil::shared_dir().map(|s| s.join("ram/reference"));
-    match dir {
-        Some(d) if d.is_dir() => Some(d),
-        _ => {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("CI=true but the shared reference material (../shared/ram/reference or $TAGFIX_SHARED) is missing");
-            }
-            eprintln!("SKIPPED: ../shared/ram/reference not found (set TAGFIX_SHARED); RAM++ reference tests not run");
-            None
-        }
-    }
+    let dir = tagfix::fsutil::shared_dir_for_test("RAM++ reference tests")?.join("ram/reference");
+    assert!(
+        dir.is_dir(),
+        "{} is missing from the shared material",
+        dir.display()
+    );
+    Some(dir)
 }
 
 /// The parity fixture folders: `$TAGFIX_PARITY_DIR` when set, else `tiny/` and `tiny_224_w7/`.

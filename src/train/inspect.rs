@@ -1,0 +1,358 @@
+//! What a checkpoint holds and which RAM++ model it fits: keys, shapes, dtypes, module groups, the
+//! Swin geometry its keys imply, the label-embedding layout, and a fit against every official
+//! preset (through the same key matching the loader uses). Needs no libtorch.
+
+use super::keymap::{self, CheckpointKey, LoadReport, ModelKey};
+use super::model::config::{module_group, EntryKind, RamPlusConfig};
+use crate::error::Result;
+use crate::tensors::{self, pth, FileFormat, TensorSet};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// One tensor of the checkpoint.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyInfo {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub dtype: String,
+}
+
+/// Tensors and elements of one top-level module.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupInfo {
+    pub group: String,
+    pub tensors: usize,
+    pub elements: usize,
+}
+
+/// The Swin encoder geometry the keys imply.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SwinGeometry {
+    pub embed_dim: usize,
+    pub depths: Vec<usize>,
+    pub num_heads: Vec<usize>,
+    /// Window of the first block (from its bias table).
+    pub window_size: Option<usize>,
+    /// Input resolution, when an `attn_mask` buffer reveals it.
+    pub img_size: Option<usize>,
+    /// "Swin-B", "Swin-L" or "custom".
+    pub family: String,
+}
+
+/// How well a checkpoint fits a preset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Fit {
+    /// Every key and shape matches.
+    Exact,
+    /// Everything loads once bias tables are resized to the preset's window.
+    AfterResizing,
+    /// The whole image encoder loads (a Swin ImageNet checkpoint): the rest must come from elsewhere.
+    ImageEncoderOnly,
+    /// Some tensors load, but not the whole image encoder.
+    Partial,
+    /// Nothing loads.
+    None,
+}
+
+/// A preset and what loading the checkpoint into it would do.
+#[derive(Debug, Clone, Serialize)]
+pub struct PresetFit {
+    pub preset: String,
+    pub fit: Fit,
+    pub report: LoadReport,
+}
+
+/// Everything `tagfix inspect` tells about a checkpoint.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckpointInfo {
+    pub path: String,
+    /// `safetensors`, `pytorch zip` or `pytorch legacy`.
+    pub format: String,
+    /// For PyTorch files: `state dict`, `{"model": state dict}`, `bare tensor`.
+    pub container: Option<String>,
+    pub keys: Vec<KeyInfo>,
+    pub elements: usize,
+    pub bytes: usize,
+    pub dtypes: BTreeMap<String, usize>,
+    pub groups: Vec<GroupInfo>,
+    pub swin: Option<SwinGeometry>,
+    /// RAM (one row per tag) or RAM++ (k description rows per tag) `label_embed`, in words.
+    pub label_embed: Option<String>,
+    /// Presets, best fit first.
+    pub fits: Vec<PresetFit>,
+    /// Non-tensor entries of a PyTorch checkpoint (epoch, config, ...).
+    pub extras: BTreeMap<String, serde_json::Value>,
+}
+
+/// Reads a checkpoint and its non-tensor extras: (tensors, format, container, extras).
+pub fn read_checkpoint(
+    path: &Path,
+) -> Result<(
+    TensorSet,
+    String,
+    Option<String>,
+    BTreeMap<String, serde_json::Value>,
+)> {
+    match FileFormat::from_path(path)? {
+        FileFormat::Pth => {
+            let ck = pth::read(path)?;
+            let container = match &ck.container {
+                pth::Container::BareTensor => "bare tensor".to_string(),
+                pth::Container::StateDict => "state dict".to_string(),
+                pth::Container::Wrapped(k) => format!("{{\"{k}\": state dict}}"),
+            };
+            let format = if ck.legacy {
+                "pytorch legacy"
+            } else {
+                "pytorch zip"
+            };
+            let extras = ck.extras.clone();
+            Ok((
+                TensorSet {
+                    tensors: ck.tensors,
+                    metadata: Default::default(),
+                },
+                format.into(),
+                Some(container),
+                extras,
+            ))
+        }
+        _ => Ok((
+            tensors::read_any(path)?,
+            "safetensors".into(),
+            None,
+            BTreeMap::new(),
+        )),
+    }
+}
+
+/// The model keys of a configuration (for planning loads without building the model).
+pub fn config_model_keys(cfg: &RamPlusConfig) -> Vec<ModelKey> {
+    cfg.state_dict_layout()
+        .into_iter()
+        .map(|e| ModelKey {
+            buffer: e.kind == EntryKind::Buffer,
+            name: e.name,
+            shape: e.shape,
+        })
+        .collect()
+}
+
+/// Fits `keys` against each configuration, best first.
+pub fn fit_presets(
+    source: &str,
+    keys: &[CheckpointKey],
+    configs: &[RamPlusConfig],
+) -> Vec<PresetFit> {
+    let mut fits: Vec<PresetFit> = configs
+        .iter()
+        .map(|cfg| {
+            let report = keymap::plan(source, keys, &config_model_keys(cfg)).report;
+            let fit = if report.is_complete() && report.resized.is_empty() {
+                Fit::Exact
+            } else if report.is_complete() {
+                Fit::AfterResizing
+            } else if report.encoder_fully_loaded() && report.shape_mismatched.is_empty() {
+                Fit::ImageEncoderOnly
+            } else if report.loaded > 0 {
+                Fit::Partial
+            } else {
+                Fit::None
+            };
+            PresetFit {
+                preset: cfg.name.clone(),
+                fit,
+                report,
+            }
+        })
+        .collect();
+    fits.sort_by_key(|f| (f.fit, usize::MAX - f.report.loaded, f.report.resized.len()));
+    fits
+}
+
+/// Reads the Swin geometry off the key names and shapes (with or without `visual_encoder.`).
+pub fn swin_geometry(keys: &[CheckpointKey]) -> Option<SwinGeometry> {
+    let strip = |n: &str| -> String {
+        let n = n.trim_start_matches("module.");
+        n.strip_prefix("visual_encoder.").unwrap_or(n).to_string()
+    };
+    let by_name: BTreeMap<String, &CheckpointKey> =
+        keys.iter().map(|k| (strip(&k.name), k)).collect();
+    let embed_dim = by_name
+        .get("patch_embed.proj.weight")?
+        .shape
+        .first()
+        .copied()?;
+    let mut depths = Vec::new();
+    let mut num_heads = Vec::new();
+    for stage in 0.. {
+        let blocks = (0..)
+            .take_while(|b| {
+                by_name.contains_key(&format!("layers.{stage}.blocks.{b}.norm1.weight"))
+            })
+            .count();
+        if blocks == 0 {
+            break;
+        }
+        depths.push(blocks);
+        let table = by_name.get(&format!(
+            "layers.{stage}.blocks.0.attn.relative_position_bias_table"
+        ));
+        num_heads.push(table.and_then(|t| t.shape.get(1).copied()).unwrap_or(0));
+    }
+    if depths.is_empty() {
+        return None;
+    }
+    let window_size = by_name
+        .get("layers.0.blocks.0.attn.relative_position_bias_table")
+        .and_then(|t| t.shape.first())
+        .map(|&rows| ((rows as f64).sqrt().round() as usize).div_ceil(2));
+    let img_size = match (by_name.get("layers.0.blocks.1.attn_mask"), window_size) {
+        (Some(m), Some(w)) if m.shape.len() == 3 => {
+            let per_side = (m.shape[0] as f64).sqrt().round() as usize;
+            Some(per_side * w * 4)
+        }
+        _ => None,
+    };
+    let family = match (embed_dim, depths.as_slice()) {
+        (128, [2, 2, 18, 2]) => "Swin-B",
+        (192, [2, 2, 18, 2]) => "Swin-L",
+        _ => "custom",
+    };
+    Some(SwinGeometry {
+        embed_dim,
+        depths,
+        num_heads,
+        window_size,
+        img_size,
+        family: family.to_string(),
+    })
+}
+
+/// Inspects a checkpoint file; `extra_configs` are fitted besides the official presets.
+pub fn inspect(path: &Path, extra_configs: &[RamPlusConfig]) -> Result<CheckpointInfo> {
+    let (set, format, container, extras) = read_checkpoint(path)?;
+    let keys = keymap::checkpoint_keys(&set);
+    let mut dtypes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut groups: Vec<GroupInfo> = Vec::new();
+    let (mut elements, mut bytes) = (0, 0);
+    for (name, t) in &set.tensors {
+        *dtypes.entry(t.dtype.to_string()).or_default() += 1;
+        elements += t.numel();
+        bytes += t.data.len();
+        let g = module_group(name.trim_start_matches("module."));
+        match groups.iter_mut().find(|x| x.group == g) {
+            Some(x) => {
+                x.tensors += 1;
+                x.elements += t.numel();
+            }
+            None => groups.push(GroupInfo {
+                group: g.to_string(),
+                tensors: 1,
+                elements: t.numel(),
+            }),
+        }
+    }
+    let label_embed = keys.iter().find(|k| k.name.trim_start_matches("module.") == "label_embed").map(|k| {
+        let rows = k.shape.first().copied().unwrap_or(0);
+        let n = super::model::config::RAM_NUM_CLASS;
+        match tensors::Layout::detect(rows, n, path) {
+            Ok(tensors::Layout::PerTag { .. }) => format!("{rows} rows: RAM layout, one row per tag of a {n}-tag vocabulary"),
+            Ok(tensors::Layout::PerDescription { per_tag, .. }) => {
+                format!("{rows} rows: RAM++ layout, {per_tag} description rows per tag of a {n}-tag vocabulary")
+            }
+            Err(_) => format!("{rows} rows: not a multiple of the {n}-tag vocabulary (another vocabulary?)"),
+        }
+    });
+    let mut configs = RamPlusConfig::presets();
+    configs.extend(extra_configs.iter().cloned());
+    let source = path.display().to_string();
+    Ok(CheckpointInfo {
+        path: source.clone(),
+        format,
+        container,
+        keys: set
+            .tensors
+            .iter()
+            .map(|(n, t)| KeyInfo {
+                name: n.clone(),
+                shape: t.shape.clone(),
+                dtype: t.dtype.to_string(),
+            })
+            .collect(),
+        elements,
+        bytes,
+        dtypes,
+        groups,
+        swin: swin_geometry(&keys),
+        label_embed,
+        fits: fit_presets(&source, &keys, &configs),
+        extras,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys_of(cfg: &RamPlusConfig) -> Vec<CheckpointKey> {
+        cfg.state_dict_layout()
+            .into_iter()
+            .map(|e| CheckpointKey {
+                name: e.name,
+                shape: e.shape,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_preset_fits_itself_exactly_and_others_less() {
+        let presets = RamPlusConfig::presets();
+        for cfg in &presets {
+            let fits = fit_presets("x", &keys_of(cfg), &presets);
+            assert_eq!(fits[0].preset, cfg.name);
+            assert_eq!(fits[0].fit, Fit::Exact);
+            assert!(
+                fits[1..].iter().all(|f| f.fit != Fit::Exact),
+                "{}",
+                cfg.name
+            );
+        }
+    }
+
+    #[test]
+    fn swin_l_224_fits_swin_l_384_after_resizing() {
+        let presets = RamPlusConfig::presets();
+        let l224 = RamPlusConfig::preset("swin_l_224").unwrap();
+        let fits = fit_presets("x", &keys_of(&l224), &presets);
+        let l384 = fits.iter().find(|f| f.preset == "swin_l_384").unwrap();
+        assert_eq!(l384.fit, Fit::AfterResizing);
+        assert_eq!(l384.report.resized.len(), 24);
+    }
+
+    #[test]
+    fn bare_swin_keys_fit_the_encoder_only_and_geometry_is_read() {
+        let cfg = RamPlusConfig::preset("swin_b_384").unwrap();
+        let keys: Vec<CheckpointKey> = keys_of(&cfg)
+            .into_iter()
+            .filter_map(|k| {
+                Some(CheckpointKey {
+                    name: k.name.strip_prefix("visual_encoder.")?.to_string(),
+                    shape: k.shape,
+                })
+            })
+            .collect();
+        let fits = fit_presets("x", &keys, &RamPlusConfig::presets());
+        assert_eq!(
+            (fits[0].preset.as_str(), fits[0].fit),
+            ("swin_b_384", Fit::ImageEncoderOnly)
+        );
+        let g = swin_geometry(&keys).unwrap();
+        assert_eq!(g.family, "Swin-B");
+        assert_eq!((g.window_size, g.img_size), (Some(12), Some(384)));
+        assert_eq!(g.depths, vec![2, 2, 18, 2]);
+        assert_eq!(g.num_heads, vec![4, 8, 16, 32]);
+    }
+}
