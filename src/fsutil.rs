@@ -41,6 +41,16 @@ pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic(path, |w| w.write_all(bytes))
 }
 
+/// Reads a JSON file; a syntax error names the file and line.
+pub fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Parse {
+        path: path.to_path_buf(),
+        line: e.line(),
+        message: format!("not valid JSON: {e}"),
+    })
+}
+
 /// Lower-case hex sha256 of a byte slice.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))

@@ -4,6 +4,7 @@
 //! Data flows one way: `diff` writes a [`manifest::SlotManifest`], `embed` consumes it and writes an
 //! embedding file, `check` and `train` consume that.
 
+pub mod embed;
 pub mod error;
 pub mod fsutil;
 pub mod manifest;

@@ -138,12 +138,7 @@ impl SlotManifest {
 
     /// Reads and validates a manifest file (schema, version, slot order, internal consistency).
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Parse {
-            path: path.to_path_buf(),
-            line: e.line(),
-            message: format!("not valid JSON: {e}"),
-        })?;
+        let value = crate::fsutil::read_json(path)?;
         match value.get("schema").and_then(|s| s.as_str()) {
             Some(MANIFEST_SCHEMA) => {}
             other => {

@@ -1,0 +1,293 @@
+//! The model descriptor: a small TOML file beside the ONNX model naming its file, tokenizer, input and
+//! output names, pooling and sequence handling, so nothing about a model is hard-coded.
+//!
+//! ```toml
+//! onnx = "model.onnx"
+//! max_length = 128          # tokens, special tokens included (CLIP: 77)
+//! dynamic_sequence = true   # the model accepts any sequence length <= max_length
+//! [tokenizer]
+//! kind = "huggingface"      # or "clip-bpe"
+//! file = "tokenizer.json"
+//! [inputs]
+//! input_ids = "input_ids"
+//! attention_mask = "attention_mask"   # optional
+//! token_type_ids = "token_type_ids"   # optional
+//! [output]
+//! name = "last_hidden_state"
+//! pooling = "mean"          # pooled | mean | cls
+//! normalize = true
+//! ```
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// File name of the descriptor inside a model directory.
+pub const DESCRIPTOR_FILE: &str = "descriptor.toml";
+/// Environment variable naming the folder that holds named models (`minilm`, `clip`).
+pub const MODELS_ENV: &str = "TAGFIX_MODELS";
+
+/// Which tokenizer implementation reads the tokenizer file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenizerKind {
+    /// A Hugging Face `tokenizer.json` (feature `embed`).
+    Huggingface,
+    /// CLIP's `bpe_simple_vocab_16e6.txt.gz`.
+    ClipBpe,
+}
+
+/// How a model's output becomes one vector per text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// The output is already `[batch, dim]` (e.g. CLIP's `text_embeds`).
+    Pooled,
+    /// Mean of `[batch, seq, dim]` over the attention mask.
+    Mean,
+    /// Position 0 of `[batch, seq, dim]`.
+    Cls,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizerSpec {
+    pub kind: TokenizerKind,
+    /// Relative to the model directory.
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputNames {
+    pub input_ids: String,
+    pub attention_mask: Option<String>,
+    pub token_type_ids: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    pub name: String,
+    pub pooling: Pooling,
+    #[serde(default = "yes")]
+    pub normalize: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A model descriptor (`descriptor.toml`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelDescriptor {
+    /// Human name for logs and provenance.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The ONNX file, relative to the model directory.
+    pub onnx: PathBuf,
+    pub max_length: usize,
+    #[serde(default)]
+    pub dynamic_sequence: bool,
+    pub tokenizer: TokenizerSpec,
+    pub inputs: InputNames,
+    pub output: OutputSpec,
+    /// The model directory (set when read).
+    #[serde(skip)]
+    pub dir: PathBuf,
+}
+
+impl ModelDescriptor {
+    /// Reads `dir/descriptor.toml`.
+    pub fn read_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join(DESCRIPTOR_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            Error::invalid(
+                &path,
+                format!("cannot read the model descriptor ({e}); a model directory holds the ONNX file, its tokenizer and {DESCRIPTOR_FILE}"),
+            )
+        })?;
+        let mut d: ModelDescriptor = toml::from_str(&text)
+            .map_err(|e| Error::invalid(&path, format!("malformed model descriptor: {e}")))?;
+        if d.max_length < 2 {
+            return Err(Error::invalid(&path, "max_length must be at least 2"));
+        }
+        d.dir = dir.to_path_buf();
+        Ok(d)
+    }
+
+    /// Path of the ONNX file.
+    pub fn onnx_path(&self) -> PathBuf {
+        self.dir.join(&self.onnx)
+    }
+
+    /// Path of the tokenizer file.
+    pub fn tokenizer_path(&self) -> PathBuf {
+        self.dir.join(&self.tokenizer.file)
+    }
+
+    /// Name for logs and provenance: the `name` field, else the directory.
+    pub fn display_name(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| self.dir.display().to_string())
+    }
+
+    /// Pooling and normalisation, for provenance.
+    pub fn pooling_description(&self) -> String {
+        let pool = match self.output.pooling {
+            Pooling::Pooled => "pooled output",
+            Pooling::Mean => "mean over attention mask",
+            Pooling::Cls => "first token (CLS)",
+        };
+        if self.output.normalize {
+            format!("{pool}, L2-normalised")
+        } else {
+            pool.to_string()
+        }
+    }
+}
+
+/// Folders searched for a named model: `$TAGFIX_MODELS`, `./models`, the checkout's `models/`.
+pub fn model_search_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(p) = std::env::var_os(MODELS_ENV) {
+        dirs.push(PathBuf::from(p));
+    }
+    dirs.push(PathBuf::from("models"));
+    dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
+    dirs
+}
+
+/// Resolves `--model`: an existing directory, or a name (`minilm`, `clip`, ...) looked up in
+/// [`model_search_dirs`].
+pub fn resolve_model_dir(spec: &str) -> Result<PathBuf> {
+    let as_path = Path::new(spec);
+    if as_path.is_dir() {
+        return Ok(as_path.to_path_buf());
+    }
+    let is_name = !spec.is_empty() && !spec.contains(['/', '\\']);
+    if is_name {
+        if let Some(dir) = model_search_dirs()
+            .into_iter()
+            .map(|d| d.join(spec))
+            .find(|d| d.join(DESCRIPTOR_FILE).is_file())
+        {
+            return Ok(dir);
+        }
+    }
+    let hint = match spec {
+        "minilm" => "run scripts/setup.sh, which installs it to models/minilm/",
+        "clip" => "export a CLIP text tower with scripts/export_clip_text_onnx.py into models/clip/ \
+                   (needs open_clip weights and a full PyTorch); scripts/setup.sh generates only the \
+                   random-weight test fixture models/clip-tiny/",
+        _ => "give a directory holding the ONNX model, its tokenizer and descriptor.toml",
+    };
+    let searched: Vec<String> = model_search_dirs()
+        .iter()
+        .map(|d| d.join(spec).display().to_string())
+        .collect();
+    Err(Error::invalid(
+        as_path,
+        format!(
+            "model not found (looked for a directory with {DESCRIPTOR_FILE}{}): {hint}",
+            if is_name {
+                format!(" in {}", searched.join(", "))
+            } else {
+                String::new()
+            }
+        ),
+    ))
+}
+
+/// Where to run the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    /// CUDA device index.
+    Cuda(i32),
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse::<i32>().ok())
+                .filter(|n| *n >= 0)
+                .map(Device::Cuda)
+                .ok_or_else(|| format!("unknown device `{s}`: use cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINILM: &str = r#"
+name = "all-MiniLM-L6-v2 int8"
+onnx = "model.onnx"
+max_length = 128
+dynamic_sequence = true
+[tokenizer]
+kind = "huggingface"
+file = "tokenizer.json"
+[inputs]
+input_ids = "input_ids"
+attention_mask = "attention_mask"
+token_type_ids = "token_type_ids"
+[output]
+name = "last_hidden_state"
+pooling = "mean"
+"#;
+
+    #[test]
+    fn reads_descriptor_and_refuses_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(DESCRIPTOR_FILE), MINILM).unwrap();
+        let d = ModelDescriptor::read_dir(dir.path()).unwrap();
+        assert_eq!(d.output.pooling, Pooling::Mean);
+        assert!(d.output.normalize);
+        assert_eq!(d.onnx_path(), dir.path().join("model.onnx"));
+        std::fs::write(
+            dir.path().join(DESCRIPTOR_FILE),
+            format!("{MINILM}\nbogus = 1\n"),
+        )
+        .unwrap();
+        let err = ModelDescriptor::read_dir(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn devices_parse() {
+        assert_eq!("cpu".parse::<Device>().unwrap(), Device::Cpu);
+        assert_eq!("cuda".parse::<Device>().unwrap(), Device::Cuda(0));
+        assert_eq!("cuda:2".parse::<Device>().unwrap(), Device::Cuda(2));
+        assert!("gpu".parse::<Device>().is_err());
+        assert!("cuda:-1".parse::<Device>().is_err());
+    }
+
+    #[test]
+    fn unknown_model_names_the_fix() {
+        let err = resolve_model_dir("clip-does-not-exist")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("descriptor.toml"), "{err}");
+    }
+}

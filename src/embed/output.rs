@@ -1,0 +1,115 @@
+//! Writes an embedding file with its provenance: safetensors carries the `tagfix.*` metadata and the
+//! optional `control` tensor; `.npy` and `.pth` (a bare tensor, as RAM loads it) get the provenance in
+//! a `<file>.provenance.json` beside them.
+
+use super::patch::SlotRows;
+use crate::error::{Error, Result};
+use crate::fsutil::write_atomic;
+use crate::tensors::provenance::{CONTROL_TENSOR, EMBEDDINGS_TENSOR};
+use crate::tensors::{safetensors_io, EmbeddingFile, FileFormat, Provenance, Tensor, TensorSet};
+use std::path::{Path, PathBuf};
+
+/// What `embed` produced.
+#[derive(Debug, Clone)]
+pub struct EmbedOutput {
+    pub embeddings: EmbeddingFile,
+    /// Control slots re-embedded with the same pipeline (rows in `provenance.control_slots` order).
+    pub control: Option<SlotRows>,
+    pub provenance: Provenance,
+}
+
+/// The provenance sidecar of a non-safetensors output.
+pub fn provenance_sidecar(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".provenance.json");
+    PathBuf::from(name)
+}
+
+/// Checks before any work that `path` can hold what is asked (format known; control needs safetensors).
+pub fn check_output_path(path: &Path, with_control: bool) -> Result<FileFormat> {
+    let format = FileFormat::from_path(path)?;
+    if with_control && format != FileFormat::Safetensors {
+        return Err(Error::invalid(
+            path,
+            "--control stores its rows in a `control` tensor, which only a .safetensors output can hold",
+        ));
+    }
+    Ok(format)
+}
+
+/// Writes `out` to `path` atomically in the format its extension names.
+pub fn write_output(path: &Path, out: &EmbedOutput) -> Result<()> {
+    match check_output_path(path, out.control.is_some())? {
+        FileFormat::Safetensors => {
+            let mut tensors = vec![(EMBEDDINGS_TENSOR.to_string(), out.embeddings.to_tensor()?)];
+            if let Some(c) = &out.control {
+                tensors.push((
+                    CONTROL_TENSOR.to_string(),
+                    Tensor::from_f32(vec![c.slots.len() * c.rows_per_slot, c.dim], &c.values)?,
+                ));
+            }
+            safetensors_io::write(
+                path,
+                &TensorSet {
+                    tensors,
+                    metadata: out.provenance.to_metadata(),
+                },
+            )
+        }
+        FileFormat::Npy | FileFormat::Pth => {
+            out.embeddings.write(path)?;
+            let json = serde_json::to_vec_pretty(&out.provenance)
+                .map_err(|e| Error::Other(e.to_string()))?;
+            write_atomic(&provenance_sidecar(path), |w| w.write_all(&json))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safetensors_output_carries_provenance_and_control() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("e.safetensors");
+        let out = EmbedOutput {
+            embeddings: EmbeddingFile::new(vec![1.0, 0.0, 0.0, 1.0], 2, 2),
+            control: Some(SlotRows {
+                slots: vec![0],
+                values: vec![0.6, 0.8],
+                rows_per_slot: 1,
+                dim: 2,
+            }),
+            provenance: Provenance {
+                control_slots: vec![0],
+                regenerated_slots: vec![1],
+                ..Default::default()
+            },
+        };
+        write_output(&p, &out).unwrap();
+        let set = safetensors_io::read(&p).unwrap();
+        assert_eq!(
+            set.get(CONTROL_TENSOR).unwrap().to_f32().unwrap(),
+            vec![0.6, 0.8]
+        );
+        let prov = Provenance::from_metadata(&set.metadata, &p)
+            .unwrap()
+            .unwrap();
+        assert_eq!(prov, out.provenance);
+        let e = EmbeddingFile::read(&p, None).unwrap();
+        assert_eq!(e.values, out.embeddings.values);
+        let pth = dir.path().join("e.pth");
+        assert!(write_output(&pth, &out)
+            .unwrap_err()
+            .to_string()
+            .contains("control"));
+        assert!(!pth.exists());
+        let plain = EmbedOutput {
+            control: None,
+            ..out
+        };
+        write_output(&pth, &plain).unwrap();
+        assert!(provenance_sidecar(&pth).exists());
+    }
+}
