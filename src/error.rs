@@ -20,6 +20,25 @@ pub enum Error {
         message: String,
     },
 
+    /// A syntax error at a known position of a file (not inside one record).
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax {
+        path: PathBuf,
+        line: u64,
+        column: u64,
+        message: String,
+    },
+
+    /// A problem with one record of an annotation file (`record` is its 0-based index).
+    #[error("{path}:{line}:{column}: record {record}: {message}")]
+    Record {
+        path: PathBuf,
+        line: u64,
+        column: u64,
+        record: u64,
+        message: String,
+    },
+
     #[error("{path}: {message}")]
     InvalidInput { path: PathBuf, message: String },
 

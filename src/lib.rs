@@ -4,11 +4,15 @@
 //! Data flows one way: `diff` writes a [`manifest::SlotManifest`], `embed` consumes it and writes an
 //! embedding file, `check` and `train` consume that.
 
+pub mod annotations;
+pub mod diff;
 pub mod embed;
 pub mod error;
 pub mod fsutil;
 pub mod manifest;
 pub mod monitor;
+pub mod report;
+pub mod synth;
 pub mod tensors;
 pub mod train;
 pub mod vocab;

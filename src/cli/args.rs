@@ -1,6 +1,8 @@
 //! All clap types of the command line, in one place.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use tagfix::diff::Check;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,6 +44,20 @@ pub enum Command {
         after_help = "Examples:\n  tagfix inspect ram_plus_swin_large_14m.pth\n  tagfix inspect swin_large_patch4_window7_224_22k.pth --json\n  tagfix inspect model.safetensors --expect swin_l_384"
     )]
     Inspect(InspectArgs),
+    /// Audit training annotations against a vocabulary, slot by slot; write the slot manifest.
+    #[command(
+        after_help = "Examples:\n  tagfix diff --vocab ram --data train.json --out manifest.json\n  \
+tagfix diff --vocab ram --data part1.json.gz part2.jsonl --tags my_tag_list.txt --format json\n  \
+tagfix diff --vocab ram --data train.json --keep-going --fail-on absent,unknown,malformed\n\n\
+Exit status: 0 ok; 1 a --fail-on condition holds; 2 usage or input error (a malformed record stops\n\
+the scan unless --keep-going)."
+    )]
+    Diff(DiffArgs),
+    /// Generate a synthetic RAM-format annotation set (Zipf-like tag frequencies, chosen absent slots).
+    #[command(
+        after_help = "Example:\n  tagfix synth --vocab ram --records 100000 --absent 144 --seed 1 --out data.json"
+    )]
+    Synth(SynthArgs),
 }
 
 #[derive(Debug, Args)]
@@ -72,6 +88,113 @@ pub struct InspectArgs {
     /// (exactly, or after resizing bias tables).
     #[arg(long, value_name = "PRESET")]
     pub expect: Option<String>,
+}
+
+/// Report formats of `diff`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+    Csv,
+    Markdown,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The vocabulary: a tag-list file (line i = slot i) or a preset name (`ram`).
+    #[arg(long, default_value = "ram", value_name = "FILE|ram")]
+    pub vocab: String,
+    /// Annotation files: JSON array of records, JSON Lines, or gzip of either.
+    #[arg(long, required = true, num_args = 1.., value_name = "FILE")]
+    pub data: Vec<PathBuf>,
+    /// A derived tag list to map onto the vocabulary's slots (exact name, then normalised).
+    #[arg(long, value_name = "FILE")]
+    pub tags: Option<PathBuf>,
+    /// A sidecar aligned with the vocabulary; names containing `threshold` are checked as numbers in [0, 1].
+    /// Without any, a preset's own sidecars are checked.
+    #[arg(long = "sidecar", value_name = "NAME=FILE", value_parser = parse_sidecar)]
+    pub sidecars: Vec<(String, PathBuf)>,
+    /// Do not check a preset's sidecars automatically.
+    #[arg(long)]
+    pub no_preset_sidecars: bool,
+    /// Report format on stdout (or in --report).
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+    /// Write the slot manifest (JSON, docs/formats.md) to this file, atomically.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Write the report to this file (atomically) instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Exit with status 1 when any of these holds: absent (a slot has no record), unknown (an id names
+    /// no slot), malformed (a record problem, with --keep-going), sidecar (a sidecar error),
+    /// duplicate-tags (tags equal after normalisation), shift (--tags would shift indices).
+    #[arg(long, value_delimiter = ',', value_name = "CHECK,...", value_parser = parse_check)]
+    pub fail_on: Vec<Check>,
+    /// Record per-record problems and go on instead of stopping at the first one.
+    #[arg(long)]
+    pub keep_going: bool,
+    /// How many of the rarest present tags to list.
+    #[arg(long, default_value_t = 20)]
+    pub rarest: usize,
+    /// How many problems to keep with details (all are counted).
+    #[arg(long, default_value_t = 1000)]
+    pub max_problems: usize,
+}
+
+fn parse_check(s: &str) -> Result<Check, String> {
+    Check::ALL
+        .into_iter()
+        .find(|c| c.name() == s)
+        .ok_or_else(|| {
+            let names: Vec<&str> = Check::ALL.iter().map(|c| c.name()).collect();
+            format!("unknown check `{s}` (one of: {})", names.join(", "))
+        })
+}
+
+fn parse_sidecar(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((name, file)) if !name.is_empty() && !file.is_empty() => {
+            Ok((name.to_string(), PathBuf::from(file)))
+        }
+        _ => Err(format!(
+            "expected NAME=FILE (e.g. zh=ram_tag_list_chinese.txt), got `{s}`"
+        )),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SynthArgs {
+    /// The vocabulary: a tag-list file or a preset name (`ram`).
+    #[arg(long, default_value = "ram", value_name = "FILE|ram")]
+    pub vocab: String,
+    /// Number of records.
+    #[arg(long)]
+    pub records: u64,
+    /// Number of slots no record carries, drawn with --seed.
+    #[arg(long, default_value_t = 0, conflicts_with = "absent_slots")]
+    pub absent: usize,
+    /// Exactly these absent slots, e.g. `3,17,200-210`.
+    #[arg(long, value_name = "LIST")]
+    pub absent_slots: Option<String>,
+    /// Seed: the same seed and flags give the same file.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output file (written atomically).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Write JSON Lines instead of a JSON array.
+    #[arg(long)]
+    pub jsonl: bool,
+    /// Compress with gzip.
+    #[arg(long)]
+    pub gzip: bool,
+    /// Zipf exponent of tag frequencies.
+    #[arg(long, default_value_t = 1.0)]
+    pub zipf: f64,
+    /// Print the summary (with the absent slots) as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -3,7 +3,9 @@
 
 pub mod args;
 mod convert;
+mod diff;
 mod inspect;
+mod synth;
 mod vocab;
 
 use args::{Cli, Command, GlobalArgs};
@@ -54,5 +56,27 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Vocab(a) => vocab::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Diff(a) => diff::run(a, &cli.global),
+        Command::Synth(a) => synth::run(a, &cli.global),
     }
+}
+
+/// A progress bar on stderr: hidden with `--quiet` (indicatif hides it when stderr is not a terminal).
+pub fn progress_bar(global: &GlobalArgs, total: u64, bytes: bool) -> indicatif::ProgressBar {
+    if global.quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::with_draw_target(
+        Some(total),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    let template = if bytes {
+        "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})"
+    } else {
+        "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, eta {eta})"
+    };
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(template).expect("valid progress template"),
+    );
+    pb
 }

@@ -3,11 +3,15 @@
 //! Slot numbers are the identity of a tag everywhere in tagfix: embeddings, thresholds, sidecars and
 //! checkpoints are all indexed by slot, so a vocabulary is never re-sorted or compacted.
 
+mod derived;
 mod normalize;
 mod preset;
+mod sidecar;
 
+pub use derived::{map_derived, DerivedReport, DerivedRow, IndexShift, MatchRule};
 pub use normalize::normalize_tag;
 pub use preset::{Preset, PresetSidecar, PresetStatus, ResolvedPreset};
+pub use sidecar::{check_sidecar, Severity, SidecarIssue, SidecarKind, SidecarReport};
 
 use crate::error::{Error, Result};
 use crate::fsutil::sha256_hex;
@@ -117,6 +121,17 @@ impl Vocabulary {
         self.tags.get(slot).map(String::as_str)
     }
 
+    /// Groups of slots whose tags are equal after [`normalize_tag`] (each group ascending).
+    pub fn normalized_duplicates(&self) -> Vec<Vec<Slot>> {
+        let mut by_name: std::collections::HashMap<String, Vec<Slot>> = Default::default();
+        for (slot, tag) in self.tags.iter().enumerate() {
+            by_name.entry(normalize_tag(tag)).or_default().push(slot);
+        }
+        let mut groups: Vec<Vec<Slot>> = by_name.into_values().filter(|g| g.len() > 1).collect();
+        groups.sort();
+        groups
+    }
+
     /// The identity recorded in downstream files.
     pub fn id(&self) -> VocabularyId {
         VocabularyId {
@@ -197,6 +212,16 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("empty"));
+    }
+
+    #[test]
+    fn duplicates_after_normalisation() {
+        let v = Vocabulary::from_tags(
+            ["Cat", "dog", "cat ", "Dog", "emu"]
+                .map(String::from)
+                .to_vec(),
+        );
+        assert_eq!(v.normalized_duplicates(), vec![vec![0, 2], vec![1, 3]]);
     }
 
     #[test]

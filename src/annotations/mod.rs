@@ -1,0 +1,787 @@
+//! Streaming readers for RAM's training annotations and the per-slot counts `diff` reports.
+//!
+//! Accepted inputs: a JSON array of records (RAM's own files), JSON Lines, and gzip of either
+//! (recognised by content, whatever the extension). A file is never loaded whole: a reader thread
+//! cuts it into batches of whole records ([`split`]), rayon workers parse and count the batches, and
+//! several files run at once. Memory stays at a few batches plus 8 bytes per record (a hash of each
+//! image path, for finding duplicates).
+//!
+//! Every problem names the file, the line:column where its record starts and the record's 0-based
+//! index (as in Python's list). By default the first problem stops the scan with an error; with
+//! `keep_going` all of them are recorded and the scan goes on.
+
+mod record;
+mod split;
+
+pub use record::{LabelId, RawRecord};
+pub use split::{Layout, Pos};
+
+use crate::error::{Error, Result};
+use indicatif::ProgressBar;
+use rayon::prelude::*;
+use record::PathOnly;
+use serde::Serialize;
+use split::{Batch, SplitError, Splitter};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::Hasher;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// What a problem is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProblemKind {
+    /// Not valid JSON, or a field of the wrong type.
+    InvalidRecord,
+    MissingField,
+    /// A label id that is not a JSON integer.
+    NonIntegerId,
+    NegativeId,
+    /// A label id at or beyond the vocabulary's slot count.
+    OutOfRangeId,
+    /// `union_label_id` or `caption` is an empty list.
+    EmptyLabels,
+    /// `parse_label_id` does not hold one list per caption.
+    CaptionCountMismatch,
+    DuplicateImagePath,
+    /// The file starts with a UTF-8 byte-order mark, which Python's `json.load` refuses.
+    ByteOrderMark,
+}
+
+/// The `--fail-on` class a problem belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProblemCategory {
+    /// Label ids that name no slot (negative or out of range).
+    Unknown,
+    /// Everything else: records RAM's loader would choke on or silently mis-read.
+    Malformed,
+}
+
+impl ProblemKind {
+    pub fn category(self) -> ProblemCategory {
+        match self {
+            ProblemKind::NegativeId | ProblemKind::OutOfRangeId => ProblemCategory::Unknown,
+            _ => ProblemCategory::Malformed,
+        }
+    }
+}
+
+/// One problem in an annotation file.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    pub kind: ProblemKind,
+    pub file: String,
+    /// 0-based record index; absent for problems of the whole file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<u64>,
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+    #[serde(skip)]
+    file_index: usize,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        if let Some(r) = self.record {
+            write!(f, "record {r}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl Problem {
+    fn into_error(self) -> Error {
+        let message = format!(
+            "{} (--keep-going records such problems and continues)",
+            self.message
+        );
+        match self.record {
+            Some(record) => Error::Record {
+                path: PathBuf::from(self.file),
+                line: self.line,
+                column: self.column,
+                record,
+                message,
+            },
+            None => Error::Syntax {
+                path: PathBuf::from(self.file),
+                line: self.line,
+                column: self.column,
+                message,
+            },
+        }
+    }
+
+    fn sort_key(&self) -> (usize, u64, u64, u64) {
+        (
+            self.file_index,
+            self.record.map_or(0, |r| r + 1),
+            self.line,
+            self.column,
+        )
+    }
+}
+
+/// All problems: complete counts per kind, details for the first `max_details` in file order.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProblemLog {
+    pub counts: BTreeMap<ProblemKind, u64>,
+    pub details: Vec<Problem>,
+    /// Problems counted but not detailed (beyond `max_details`).
+    pub details_dropped: u64,
+}
+
+impl ProblemLog {
+    pub fn total(&self) -> u64 {
+        self.counts.values().sum()
+    }
+
+    pub fn count(&self, category: ProblemCategory) -> u64 {
+        self.counts
+            .iter()
+            .filter(|(k, _)| k.category() == category)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    fn push(&mut self, p: Problem) {
+        *self.counts.entry(p.kind).or_default() += 1;
+        self.details.push(p);
+    }
+
+    fn merge(&mut self, other: ProblemLog, max_details: usize) {
+        for (k, n) in other.counts {
+            *self.counts.entry(k).or_default() += n;
+        }
+        self.details.extend(other.details);
+        self.details_dropped += other.details_dropped;
+        self.cap(max_details);
+    }
+
+    fn cap(&mut self, max_details: usize) {
+        if self.details.len() > max_details {
+            self.details.sort_by_key(Problem::sort_key);
+            self.details_dropped += (self.details.len() - max_details) as u64;
+            self.details.truncate(max_details);
+        }
+    }
+
+    fn sort(&mut self) {
+        self.details.sort_by_key(Problem::sort_key);
+    }
+}
+
+/// How to scan.
+#[derive(Debug, Clone)]
+pub struct ScanOptions {
+    /// Number of slots of the vocabulary: ids must lie in `0..slot_count`.
+    pub slot_count: usize,
+    /// Record problems and go on instead of stopping at the first one.
+    pub keep_going: bool,
+    /// How many problems to keep with full details (all are counted).
+    pub max_details: usize,
+    /// Bytes per batch handed to a worker.
+    pub batch_bytes: usize,
+    /// Advanced by the bytes read from disk.
+    pub progress: ProgressBar,
+}
+
+impl ScanOptions {
+    pub fn new(slot_count: usize) -> Self {
+        ScanOptions {
+            slot_count,
+            keep_going: false,
+            max_details: 1000,
+            batch_bytes: 4 << 20,
+            progress: ProgressBar::hidden(),
+        }
+    }
+}
+
+/// What was read from one file.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileScan {
+    pub path: String,
+    /// Size on disk.
+    pub bytes: u64,
+    pub records: u64,
+    pub layout: Option<Layout>,
+    pub gzip: bool,
+}
+
+/// The result of scanning all annotation files.
+#[derive(Debug, Clone)]
+pub struct AnnotationScan {
+    pub files: Vec<FileScan>,
+    /// Per slot: records whose `union_label_id` holds it.
+    pub union: Vec<u64>,
+    /// Per slot: records where any caption's `parse_label_id` holds it.
+    pub parse: Vec<u64>,
+    pub records: u64,
+    pub problems: ProblemLog,
+    /// Ids naming no slot, with how often they occur.
+    pub unknown_ids: BTreeMap<i128, u64>,
+}
+
+/// Scans annotation files (in parallel) and counts, per slot, the records that carry it.
+pub fn scan_files(paths: &[PathBuf], opts: &ScanOptions) -> Result<AnnotationScan> {
+    for p in paths {
+        let meta = std::fs::metadata(p).map_err(|e| Error::io(p, e))?;
+        if meta.is_dir() {
+            return Err(Error::invalid(p, "is a directory, not an annotation file"));
+        }
+    }
+    let stop = AtomicBool::new(false);
+    let results: Vec<Result<FileOut>> = paths
+        .par_iter()
+        .enumerate()
+        .map(|(i, p)| scan_file(i, p, opts, &stop))
+        .collect();
+    let mut outs = Vec::with_capacity(results.len());
+    for r in results {
+        let out = r?;
+        if !opts.keep_going {
+            if let Some(first) = out.acc.problems.details.iter().min_by_key(|p| p.sort_key()) {
+                return Err(first.clone().into_error());
+            }
+        }
+        outs.push(out);
+    }
+
+    let n = opts.slot_count;
+    let mut scan = AnnotationScan {
+        files: Vec::new(),
+        union: vec![0; n],
+        parse: vec![0; n],
+        records: 0,
+        problems: ProblemLog::default(),
+        unknown_ids: BTreeMap::new(),
+    };
+    let mut hashes = Vec::with_capacity(outs.len());
+    for out in outs {
+        add(&mut scan.union, &out.acc.union);
+        add(&mut scan.parse, &out.acc.parse);
+        scan.records += out.file.records;
+        scan.problems.merge(out.acc.problems, opts.max_details);
+        for (id, c) in out.acc.unknown {
+            *scan.unknown_ids.entry(id).or_default() += c;
+        }
+        hashes.push(out.hashes);
+        scan.files.push(out.file);
+    }
+    let dups = duplicate_paths(paths, &hashes, opts)?;
+    drop(hashes);
+    if !opts.keep_going {
+        if let Some(first) = dups.details.first() {
+            return Err(first.clone().into_error());
+        }
+    }
+    scan.problems.merge(dups, opts.max_details);
+    scan.problems.sort();
+    Ok(scan)
+}
+
+fn add(into: &mut [u64], from: &[u64]) {
+    for (a, b) in into.iter_mut().zip(from) {
+        *a += b;
+    }
+}
+
+struct FileOut {
+    file: FileScan,
+    acc: Acc,
+    /// Hash of each record's image path in record order (0: none).
+    hashes: Vec<u64>,
+}
+
+/// Counts from one or more batches.
+struct Acc {
+    union: Vec<u64>,
+    parse: Vec<u64>,
+    problems: ProblemLog,
+    unknown: BTreeMap<i128, u64>,
+    /// (first record index, path hashes) per batch.
+    hashes: Vec<(u64, Vec<u64>)>,
+}
+
+impl Acc {
+    fn new(n: usize) -> Self {
+        Acc {
+            union: vec![0; n],
+            parse: vec![0; n],
+            problems: ProblemLog::default(),
+            unknown: BTreeMap::new(),
+            hashes: Vec::new(),
+        }
+    }
+
+    fn merge(mut self, other: Acc, max_details: usize) -> Acc {
+        add(&mut self.union, &other.union);
+        add(&mut self.parse, &other.parse);
+        self.problems.merge(other.problems, max_details);
+        for (id, c) in other.unknown {
+            *self.unknown.entry(id).or_default() += c;
+        }
+        self.hashes.extend(other.hashes);
+        self
+    }
+}
+
+/// Counts bytes read from disk into the progress bar.
+struct Counting<R> {
+    inner: R,
+    progress: ProgressBar,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.inc(n as u64);
+        Ok(n)
+    }
+}
+
+/// Opens a file, decompressing gzip when the content starts with gzip's magic bytes.
+fn open(path: &Path, progress: ProgressBar) -> Result<(Box<dyn Read + Send>, bool)> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut reader = BufReader::with_capacity(
+        1 << 18,
+        Counting {
+            inner: file,
+            progress,
+        },
+    );
+    let head = reader.fill_buf().map_err(|e| Error::io(path, e))?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        let gz = flate2::read::MultiGzDecoder::new(reader);
+        Ok((Box::new(gz), true))
+    } else {
+        Ok((Box::new(reader), false))
+    }
+}
+
+struct FileCtx<'a> {
+    file_index: usize,
+    name: String,
+    opts: &'a ScanOptions,
+    stop: &'a AtomicBool,
+}
+
+fn split_failure(
+    path: &Path,
+    gzip: bool,
+    e: std::result::Result<std::io::Error, SplitError>,
+) -> Error {
+    match e {
+        Ok(io) if gzip => {
+            Error::invalid(path, format!("gzip stream is corrupt or truncated: {io}"))
+        }
+        Ok(io) => Error::io(path, io),
+        Err(s) => match s.record {
+            Some(record) => Error::Record {
+                path: path.to_path_buf(),
+                line: s.pos.line,
+                column: s.pos.column,
+                record,
+                message: s.message,
+            },
+            None => Error::Syntax {
+                path: path.to_path_buf(),
+                line: s.pos.line,
+                column: s.pos.column,
+                message: s.message,
+            },
+        },
+    }
+}
+
+fn scan_file(
+    file_index: usize,
+    path: &Path,
+    opts: &ScanOptions,
+    stop: &AtomicBool,
+) -> Result<FileOut> {
+    let bytes = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
+    let (reader, gzip) = open(path, opts.progress.clone())?;
+    let ctx = FileCtx {
+        file_index,
+        name: path.display().to_string(),
+        opts,
+        stop,
+    };
+    let n = opts.slot_count;
+    let (split_result, acc) = std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(2 * rayon::current_num_threads());
+        let reader = s.spawn(move || {
+            let mut sp = Splitter::new(reader, opts.batch_bytes);
+            let result = loop {
+                if stop.load(Ordering::Relaxed) {
+                    break Ok(());
+                }
+                match sp.next_batch() {
+                    Ok(Some(b)) => {
+                        if tx.send(b).is_err() {
+                            break Ok(());
+                        }
+                    }
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e),
+                }
+            };
+            (result, sp.layout(), sp.records(), sp.bom())
+        });
+        let acc = rx
+            .into_iter()
+            .par_bridge()
+            .map(|b| process_batch(&b, &ctx))
+            .reduce(|| Acc::new(n), |a, b| a.merge(b, opts.max_details));
+        (reader.join().expect("reader thread panicked"), acc)
+    });
+    let (result, layout, records, bom) = split_result;
+    let mut acc = acc;
+    if bom {
+        let p = Problem {
+            kind: ProblemKind::ByteOrderMark,
+            file: ctx.name.clone(),
+            record: None,
+            line: 1,
+            column: 1,
+            message: "the file starts with a UTF-8 byte-order mark (BOM); RAM's loader (Python json.load) \
+                      refuses it: save the file without BOM"
+                .into(),
+            file_index,
+        };
+        if !opts.keep_going {
+            return Err(p.into_error());
+        }
+        acc.problems.push(p);
+    }
+    result.map_err(|e| split_failure(path, gzip, e))?;
+    acc.hashes.sort_unstable_by_key(|(first, _)| *first);
+    let mut hashes = Vec::with_capacity(records as usize);
+    for (_, h) in std::mem::take(&mut acc.hashes) {
+        hashes.extend(h);
+    }
+    Ok(FileOut {
+        file: FileScan {
+            path: ctx.name,
+            bytes,
+            records,
+            layout,
+            gzip,
+        },
+        acc,
+        hashes,
+    })
+}
+
+fn path_hash(path: &str) -> u64 {
+    // SipHash with fixed keys: stable within a run, which is all duplicate detection needs.
+    #[allow(deprecated)]
+    let mut h = std::hash::SipHasher::new();
+    h.write(path.as_bytes());
+    h.finish().max(1)
+}
+
+/// Where serde_json's error position (relative to the record's bytes) lies in the file.
+fn absolute(start: Pos, line: usize, column: usize) -> Pos {
+    if line <= 1 {
+        Pos {
+            line: start.line,
+            column: start.column + column.saturating_sub(1) as u64,
+        }
+    } else {
+        Pos {
+            line: start.line + line as u64 - 1,
+            column: column.max(1) as u64,
+        }
+    }
+}
+
+fn serde_message(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let text = match text.rfind(" at line ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    };
+    if e.is_eof() {
+        format!("{text}: the record is cut short (truncated file?)")
+    } else {
+        text
+    }
+}
+
+struct RecordCheck<'a, 'b> {
+    ctx: &'a FileCtx<'b>,
+    acc: &'a mut Acc,
+    index: u64,
+    pos: Pos,
+}
+
+impl RecordCheck<'_, '_> {
+    fn problem(&mut self, kind: ProblemKind, message: String) {
+        if !self.ctx.opts.keep_going {
+            self.ctx.stop.store(true, Ordering::Relaxed);
+        }
+        if self.acc.problems.details.len() >= self.ctx.opts.max_details {
+            *self.acc.problems.counts.entry(kind).or_default() += 1;
+            self.acc.problems.details_dropped += 1;
+            return;
+        }
+        self.acc.problems.push(Problem {
+            kind,
+            file: self.ctx.name.clone(),
+            record: Some(self.index),
+            line: self.pos.line,
+            column: self.pos.column,
+            message,
+            file_index: self.ctx.file_index,
+        });
+    }
+
+    /// The slot an id names, or a problem.
+    fn slot(&mut self, id: &LabelId, field: &dyn Fn() -> String) -> Option<usize> {
+        let n = self.ctx.opts.slot_count;
+        match id {
+            LabelId::Int(v) if *v >= 0 && (*v as u64) < n as u64 => Some(*v as usize),
+            LabelId::Int(v) if *v < 0 => {
+                *self.acc.unknown.entry(i128::from(*v)).or_default() += 1;
+                self.problem(
+                    ProblemKind::NegativeId,
+                    format!(
+                        "{} = {v} is negative (Python would silently index from the end)",
+                        field()
+                    ),
+                );
+                None
+            }
+            LabelId::Int(v) => {
+                *self.acc.unknown.entry(i128::from(*v)).or_default() += 1;
+                self.out_of_range(&v.to_string(), field);
+                None
+            }
+            LabelId::Huge(text) => {
+                if let Ok(v) = text.parse::<i128>() {
+                    *self.acc.unknown.entry(v).or_default() += 1;
+                }
+                self.out_of_range(text, field);
+                None
+            }
+            LabelId::NotInteger(text) => {
+                self.problem(
+                    ProblemKind::NonIntegerId,
+                    format!("{} = {text} is not an integer label id", field()),
+                );
+                None
+            }
+        }
+    }
+
+    fn out_of_range(&mut self, text: &str, field: &dyn Fn() -> String) {
+        let n = self.ctx.opts.slot_count;
+        self.problem(
+            ProblemKind::OutOfRangeId,
+            format!(
+                "{} = {text} is out of range: the vocabulary has {n} slots (0..={})",
+                field(),
+                n.saturating_sub(1)
+            ),
+        );
+    }
+}
+
+fn process_batch(batch: &Batch, ctx: &FileCtx) -> Acc {
+    let n = ctx.opts.slot_count;
+    let mut acc = Acc::new(n);
+    let first = batch.items.first().map_or(0, |i| i.index);
+    let mut hashes = Vec::with_capacity(batch.items.len());
+    // stamp[slot] == record number + 1 when the slot was already counted for this record
+    let mut seen_union = vec![0u32; n];
+    let mut seen_parse = vec![0u32; n];
+    let mut bufs = record::IdBuffers::default();
+    for (k, item) in batch.items.iter().enumerate() {
+        let stamp = k as u32 + 1;
+        let mut check = RecordCheck {
+            ctx,
+            acc: &mut acc,
+            index: item.index,
+            pos: item.pos,
+        };
+        let rec = match RawRecord::parse(batch.bytes(item), &mut bufs) {
+            Ok(r) => r,
+            Err(e) => {
+                check.pos = absolute(item.pos, e.line(), e.column());
+                check.problem(ProblemKind::InvalidRecord, serde_message(&e));
+                hashes.push(0);
+                continue;
+            }
+        };
+        let missing = rec.missing_fields();
+        if !missing.is_empty() {
+            let list: Vec<String> = missing.iter().map(|f| format!("`{f}`")).collect();
+            check.problem(
+                ProblemKind::MissingField,
+                format!("missing field {} (null counts as missing)", list.join(", ")),
+            );
+        }
+        hashes.push(rec.image_path.as_deref().map_or(0, path_hash));
+        if rec.union_label_id && bufs.union.is_empty() {
+            check.problem(
+                ProblemKind::EmptyLabels,
+                "union_label_id is empty: the record carries no tag".into(),
+            );
+        }
+        for (j, id) in bufs.union.iter().enumerate() {
+            if let Some(slot) = check.slot(id, &|| format!("union_label_id[{j}]")) {
+                if seen_union[slot] != stamp {
+                    seen_union[slot] = stamp;
+                    check.acc.union[slot] += 1;
+                }
+            }
+        }
+        if let Some(captions) = rec.caption {
+            if captions == 0 {
+                check.problem(ProblemKind::EmptyLabels, "caption is an empty list".into());
+            }
+            if let Some(lists) = rec.parse_label_id {
+                if lists != captions {
+                    check.problem(
+                        ProblemKind::CaptionCountMismatch,
+                        format!(
+                            "parse_label_id holds {lists} lists for {captions} captions (RAM takes parse_label_id[i] for caption i)"
+                        ),
+                    );
+                }
+            }
+        }
+        for (c, j, id) in &bufs.parse {
+            if let Some(slot) = check.slot(id, &|| format!("parse_label_id[{c}][{j}]")) {
+                if seen_parse[slot] != stamp {
+                    seen_parse[slot] = stamp;
+                    check.acc.parse[slot] += 1;
+                }
+            }
+        }
+    }
+    acc.hashes.push((first, hashes));
+    acc
+}
+
+/// Finds records whose image path repeats an earlier one (in any file), then reads the files that
+/// hold the first `max_details` of them again to name their lines and paths.
+fn duplicate_paths(
+    paths: &[PathBuf],
+    hashes: &[Vec<u64>],
+    opts: &ScanOptions,
+) -> Result<ProblemLog> {
+    let mut all: Vec<u64> = hashes
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|h| *h != 0)
+        .collect();
+    all.sort_unstable();
+    let repeated: HashSet<u64> = all
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0])
+        .collect();
+    drop(all);
+    let mut log = ProblemLog::default();
+    if repeated.is_empty() {
+        return Ok(log);
+    }
+    let mut first_seen: HashMap<u64, (usize, u64)> = HashMap::new();
+    let mut found: Vec<(usize, u64, usize, u64)> = Vec::new();
+    for (f, file_hashes) in hashes.iter().enumerate() {
+        for (i, h) in file_hashes.iter().enumerate() {
+            if !repeated.contains(h) {
+                continue;
+            }
+            match first_seen.get(h) {
+                None => {
+                    first_seen.insert(*h, (f, i as u64));
+                }
+                Some(&(f0, i0)) => {
+                    *log.counts
+                        .entry(ProblemKind::DuplicateImagePath)
+                        .or_default() += 1;
+                    if found.len() < opts.max_details {
+                        found.push((f, i as u64, f0, i0));
+                    } else {
+                        log.details_dropped += 1;
+                    }
+                }
+            }
+        }
+    }
+    let mut wanted: BTreeMap<usize, BTreeSet<u64>> = BTreeMap::new();
+    for &(f, i, f0, i0) in &found {
+        wanted.entry(f).or_default().insert(i);
+        wanted.entry(f0).or_default().insert(i0);
+    }
+    let mut located: HashMap<(usize, u64), (Pos, String)> = HashMap::new();
+    for (f, indices) in wanted {
+        for (i, v) in locate(&paths[f], &indices)? {
+            located.insert((f, i), v);
+        }
+    }
+    for (f, i, f0, i0) in found {
+        let (pos, image) = located
+            .get(&(f, i))
+            .cloned()
+            .unwrap_or((Pos { line: 0, column: 0 }, String::new()));
+        let (pos0, _) = located
+            .get(&(f0, i0))
+            .cloned()
+            .unwrap_or((Pos { line: 0, column: 0 }, String::new()));
+        let same = if f == f0 {
+            String::new()
+        } else {
+            format!("{} ", paths[f0].display())
+        };
+        log.details.push(Problem {
+            kind: ProblemKind::DuplicateImagePath,
+            file: paths[f].display().to_string(),
+            record: Some(i),
+            line: pos.line,
+            column: pos.column,
+            message: format!(
+                "duplicate image_path {image:?}: the same as record {i0} ({same}line {}, column {})",
+                pos0.line, pos0.column
+            ),
+            file_index: f,
+        });
+    }
+    Ok(log)
+}
+
+/// Positions and image paths of the given records of a file (second pass, no counting).
+fn locate(path: &Path, indices: &BTreeSet<u64>) -> Result<HashMap<u64, (Pos, String)>> {
+    let (reader, gzip) = open(path, ProgressBar::hidden())?;
+    let mut sp = Splitter::new(reader, 4 << 20);
+    let mut out = HashMap::new();
+    let last = indices.last().copied().unwrap_or(0);
+    while let Some(batch) = sp.next_batch().map_err(|e| split_failure(path, gzip, e))? {
+        for item in batch.items.iter().filter(|it| indices.contains(&it.index)) {
+            let image = serde_json::from_slice::<PathOnly>(batch.bytes(item))
+                .ok()
+                .and_then(|p| p.image_path.map(|s| s.into_owned()))
+                .unwrap_or_default();
+            out.insert(item.index, (item.pos, image));
+        }
+        if batch.items.last().is_some_and(|it| it.index >= last) {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,339 @@
+//! `tagfix synth`: a realistic RAM-format annotation set generated from a vocabulary, for dry runs,
+//! tests, benchmarks and the demo. Tag frequencies follow a Zipf law over a seeded ranking of the
+//! present slots; every present slot occurs at least once, the chosen absent slots never do. Records
+//! are written one at a time (never held in memory together), atomically.
+
+use crate::annotations::Layout;
+use crate::error::{Error, Result};
+use crate::fsutil::write_atomic;
+use crate::vocab::{Slot, Vocabulary};
+use indicatif::ProgressBar;
+use serde::Serialize;
+use std::io::Write;
+use std::path::Path;
+
+/// Which slots the generated set leaves out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AbsentSlots {
+    /// This many slots, drawn with the seed.
+    Count(usize),
+    /// Exactly these slots.
+    List(Vec<Slot>),
+}
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct SynthOptions {
+    pub records: u64,
+    pub absent: AbsentSlots,
+    pub seed: u64,
+    pub layout: Layout,
+    pub gzip: bool,
+    /// Zipf exponent of tag frequencies (1.0: the k-th most common tag is k times rarer than the first).
+    pub zipf_exponent: f64,
+}
+
+/// What was generated.
+#[derive(Debug, Clone, Serialize)]
+pub struct SynthSummary {
+    pub path: String,
+    pub records: u64,
+    pub layout: Layout,
+    pub gzip: bool,
+    pub bytes: u64,
+    /// Slots no record carries, ascending.
+    pub absent_slots: Vec<Slot>,
+}
+
+/// Parses a slot list such as `3,17,200-210` (ranges inclusive) and checks it against `slot_count`.
+pub fn parse_slot_list(text: &str, slot_count: usize) -> Result<Vec<Slot>> {
+    let bad = |part: &str, why: &str| Error::Usage(format!("slot list `{text}`: `{part}` {why}"));
+    let mut slots = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (part, part),
+        };
+        let a: Slot = a
+            .parse()
+            .map_err(|_| bad(part, "is not a slot number or range"))?;
+        let b: Slot = b
+            .parse()
+            .map_err(|_| bad(part, "is not a slot number or range"))?;
+        if a > b {
+            return Err(bad(part, "is an empty range"));
+        }
+        if b >= slot_count {
+            return Err(bad(
+                part,
+                &format!("is beyond the vocabulary's {slot_count} slots"),
+            ));
+        }
+        slots.extend(a..=b);
+    }
+    slots.sort_unstable();
+    slots.dedup();
+    Ok(slots)
+}
+
+/// SplitMix64: small, seedable, and stable across versions (the same seed always gives the same set).
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n`.
+    fn below(&mut self, n: usize) -> usize {
+        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
+    }
+
+    fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below(i + 1);
+            v.swap(i, j);
+        }
+    }
+}
+
+/// Draws slots with Zipf-like frequencies over a fixed ranking.
+struct Zipf {
+    ranked: Vec<Slot>,
+    cdf: Vec<f64>,
+}
+
+impl Zipf {
+    fn new(ranked: Vec<Slot>, exponent: f64) -> Self {
+        let mut total = 0.0;
+        let cdf = (0..ranked.len())
+            .map(|r| {
+                total += 1.0 / ((r + 1) as f64).powf(exponent);
+                total
+            })
+            .collect();
+        Zipf { ranked, cdf }
+    }
+
+    fn draw(&self, rng: &mut Rng) -> Slot {
+        let x = rng.unit() * self.cdf.last().copied().unwrap_or(0.0);
+        let r = self
+            .cdf
+            .partition_point(|c| *c < x)
+            .min(self.ranked.len() - 1);
+        self.ranked[r]
+    }
+}
+
+#[derive(Serialize)]
+struct OutRecord<'a> {
+    image_path: &'a str,
+    caption: &'a [String],
+    union_label_id: &'a [Slot],
+    parse_label_id: &'a [Vec<Slot>],
+}
+
+const TEMPLATES: &[&str] = &[
+    "a photo of {}",
+    "an image showing {}",
+    "{} in the scene",
+    "a picture with {}",
+    "close-up of {}",
+];
+
+fn phrase(vocab: &Vocabulary, slots: &[Slot]) -> String {
+    let names: Vec<&str> = slots.iter().map(|s| vocab.tags[*s].as_str()).collect();
+    match names.as_slice() {
+        [] => String::new(),
+        [one] => (*one).to_string(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
+}
+
+/// Writes a synthetic annotation set to `out` (atomically) and says what it holds.
+pub fn synthesize(
+    vocab: &Vocabulary,
+    opts: &SynthOptions,
+    out: &Path,
+    progress: &ProgressBar,
+) -> Result<SynthSummary> {
+    let n = vocab.len();
+    if opts.records == 0 {
+        return Err(Error::Usage("--records must be at least 1".into()));
+    }
+    let mut rng = Rng(opts.seed ^ 0x7461_6766_6978);
+    let absent = match &opts.absent {
+        AbsentSlots::List(list) => list.clone(),
+        AbsentSlots::Count(k) => {
+            let mut all: Vec<Slot> = (0..n).collect();
+            rng.shuffle(&mut all);
+            let mut chosen = all[..(*k).min(n)].to_vec();
+            chosen.sort_unstable();
+            chosen
+        }
+    };
+    if absent.len() >= n {
+        return Err(Error::Usage(format!(
+            "{} absent slots leave no present slot in a vocabulary of {n}",
+            absent.len()
+        )));
+    }
+    let mut is_absent = vec![false; n];
+    for s in &absent {
+        is_absent[*s] = true;
+    }
+    let mut present: Vec<Slot> = (0..n).filter(|s| !is_absent[*s]).collect();
+    rng.shuffle(&mut present);
+    // every present slot once, spread over the first records
+    let coverage = present.clone();
+    let per_record = coverage
+        .len()
+        .div_ceil(opts.records.min(usize::MAX as u64) as usize);
+    let zipf = Zipf::new(present, opts.zipf_exponent);
+
+    let mut union: Vec<Slot> = Vec::with_capacity(32);
+    let mut captions: Vec<String> = Vec::with_capacity(4);
+    let mut parse: Vec<Vec<Slot>> = Vec::with_capacity(4);
+    let mut path = String::new();
+    let gzip = opts.gzip;
+    let layout = opts.layout;
+    write_atomic(out, |w| {
+        let mut gz;
+        let w: &mut dyn Write = if gzip {
+            gz = Some(flate2::write::GzEncoder::new(
+                w,
+                flate2::Compression::fast(),
+            ));
+            gz.as_mut().unwrap()
+        } else {
+            gz = None;
+            w
+        };
+        if layout == Layout::JsonArray {
+            w.write_all(b"[\n")?;
+        }
+        for i in 0..opts.records {
+            union.clear();
+            let from = (i as usize).saturating_mul(per_record).min(coverage.len());
+            let to = (from + per_record).min(coverage.len());
+            union.extend_from_slice(&coverage[from..to]);
+            let k = 3 + rng.below(10);
+            for _ in 0..k {
+                let s = zipf.draw(&mut rng);
+                if !union.contains(&s) {
+                    union.push(s);
+                }
+            }
+            captions.clear();
+            parse.clear();
+            for _ in 0..1 + rng.below(3) {
+                let m = 1 + rng.below(union.len().min(3));
+                let mut mentioned: Vec<Slot> =
+                    (0..m).map(|_| union[rng.below(union.len())]).collect();
+                mentioned.sort_unstable();
+                mentioned.dedup();
+                let template = TEMPLATES[rng.below(TEMPLATES.len())];
+                captions.push(template.replace("{}", &phrase(vocab, &mentioned)));
+                parse.push(mentioned);
+            }
+            union.sort_unstable();
+            path.clear();
+            use std::fmt::Write as _;
+            let _ = write!(path, "synth/{:04}/{:09}.jpg", i % 1000, i);
+            if i > 0 && layout == Layout::JsonArray {
+                w.write_all(b",\n")?;
+            }
+            serde_json::to_writer(
+                &mut *w,
+                &OutRecord {
+                    image_path: &path,
+                    caption: &captions,
+                    union_label_id: &union,
+                    parse_label_id: &parse,
+                },
+            )?;
+            if layout == Layout::JsonLines {
+                w.write_all(b"\n")?;
+            }
+            if i % 4096 == 0 {
+                progress.set_position(i);
+            }
+        }
+        if layout == Layout::JsonArray {
+            w.write_all(b"\n]\n")?;
+        }
+        if let Some(gz) = gz {
+            gz.finish()?;
+        }
+        progress.set_position(opts.records);
+        Ok(())
+    })?;
+    let bytes = std::fs::metadata(out).map_err(|e| Error::io(out, e))?.len();
+    Ok(SynthSummary {
+        path: out.display().to_string(),
+        records: opts.records,
+        layout,
+        gzip,
+        bytes,
+        absent_slots: absent,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::annotations::{scan_files, ScanOptions};
+
+    fn vocab(n: usize) -> Vocabulary {
+        Vocabulary::from_tags((0..n).map(|i| format!("tag \"{i}\"")).collect())
+    }
+
+    #[test]
+    fn slot_lists_parse_with_ranges() {
+        assert_eq!(parse_slot_list("5, 1-3,2", 10).unwrap(), vec![1, 2, 3, 5]);
+        assert!(parse_slot_list("10", 10)
+            .unwrap_err()
+            .to_string()
+            .contains("beyond"));
+        assert!(parse_slot_list("x", 10).is_err());
+        assert!(parse_slot_list("3-1", 10).is_err());
+    }
+
+    #[test]
+    fn generated_set_has_exactly_the_absent_slots_and_reads_back() {
+        let v = vocab(300);
+        let dir = tempfile::tempdir().unwrap();
+        for (layout, gzip) in [(Layout::JsonArray, false), (Layout::JsonLines, true)] {
+            let out = dir.path().join("d");
+            let opts = SynthOptions {
+                records: 120,
+                absent: AbsentSlots::Count(17),
+                seed: 7,
+                layout,
+                gzip,
+                zipf_exponent: 1.0,
+            };
+            let s = synthesize(&v, &opts, &out, &ProgressBar::hidden()).unwrap();
+            assert_eq!(s.absent_slots.len(), 17);
+            let scan = scan_files(&[out.clone()], &ScanOptions::new(300)).unwrap();
+            assert_eq!(scan.records, 120);
+            assert_eq!(scan.files[0].layout, Some(layout));
+            let absent: Vec<Slot> = (0..300).filter(|s| scan.union[*s] == 0).collect();
+            assert_eq!(absent, s.absent_slots);
+            // the same seed gives the same file
+            let again = dir.path().join("e");
+            synthesize(&v, &opts, &again, &ProgressBar::hidden()).unwrap();
+            if !gzip {
+                assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&again).unwrap());
+            }
+        }
+    }
+}
