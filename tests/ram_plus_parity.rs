@@ -6,13 +6,13 @@
 
 mod common;
 
-use common::{fixture_dirs, read_tensors, rel_err};
+use common::{abs_err, fixture_dirs, read_tensors, rel_err, test_device};
 use std::collections::BTreeMap;
 use std::path::Path;
 use tagfix::train::model::ram_plus::format_tags;
 use tagfix::train::model::{ParamInit, RamPlus, RamPlusBatch, RamPlusConfig, Trace};
 use tagfix::train::weights::{load_state_dict, LoadOptions};
-use tch::{nn, Device, Kind, Tensor};
+use tch::{nn, Kind, Tensor};
 
 const OUTPUT_TOL: f64 = 1e-5;
 const GRAD_TOL: f64 = 1e-4;
@@ -36,12 +36,12 @@ struct GenerateTag {
 /// tensor group's gradients (`scale`).
 fn grad_err(name: &str, got: &Tensor, want: &Tensor, scale: f64) -> f64 {
     if name.ends_with("crossattention.self.key.bias") {
-        return (got - want).abs().max().double_value(&[]) / scale;
+        return abs_err(got, want) / scale;
     }
     if name.ends_with("attn.qkv.bias") {
         let n = want.size()[0] / 3;
         let part = |t: &Tensor, i: i64| t.narrow(0, i * n, n);
-        let k_abs = (part(got, 1) - part(want, 1)).abs().max().double_value(&[]) / scale;
+        let k_abs = abs_err(&part(got, 1), &part(want, 1)) / scale;
         let q = rel_err(&part(got, 0), &part(want, 0));
         let v = rel_err(&part(got, 2), &part(want, 2));
         return k_abs.max(q).max(v);
@@ -54,7 +54,9 @@ fn run_fixture(dir: &Path) {
     let cfg = RamPlusConfig::from_reference_json(&dir.join("config.json")).unwrap();
     let fixture: FixtureConfig =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
-    let vs = nn::VarStore::new(Device::Cpu);
+    let device = test_device();
+    println!("   on {device:?}");
+    let vs = nn::VarStore::new(device);
     let model = RamPlus::new(&vs, &cfg, ParamInit::Uninitialized).unwrap();
     // Strict load: every key of the file is a model key and vice versa; buffers in the file must
     // equal the ones the model computes.
@@ -67,7 +69,10 @@ fn run_fixture(dir: &Path) {
     assert!(report.is_complete(), "{}", report.to_table());
     assert_eq!(report.buffer_mismatches(), 0, "{}", report.to_table());
 
-    let inputs = read_tensors(&dir.join("inputs.safetensors"));
+    let inputs: BTreeMap<String, Tensor> = read_tensors(&dir.join("inputs.safetensors"))
+        .into_iter()
+        .map(|(k, v)| (k, v.to_device(device)))
+        .collect();
     let expected = read_tensors(&dir.join("outputs.safetensors"));
     let grads = read_tensors(&dir.join("grads.safetensors"));
     let batch = RamPlusBatch {

@@ -40,11 +40,35 @@ pub fn read_tensors(path: &Path) -> BTreeMap<String, Tensor> {
         .collect()
 }
 
+/// The device the model tests run on: `TAGFIX_TEST_DEVICE=cuda` (for the GPU check) or the CPU.
+/// A CUDA request fails loudly when libtorch sees no GPU. cuDNN is switched off on CUDA so that the
+/// patch-embedding convolution runs in plain f32 (cuDNN would use TF32).
+pub fn test_device() -> tch::Device {
+    match std::env::var("TAGFIX_TEST_DEVICE").as_deref() {
+        Ok("cuda") => {
+            assert!(
+                tch::Cuda::is_available(),
+                "TAGFIX_TEST_DEVICE=cuda but libtorch sees no CUDA device (binary built with TAGFIX_LINK_CUDA=1? driver present?)"
+            );
+            tch::Cuda::set_user_enabled_cudnn(false);
+            tch::Device::Cuda(0)
+        }
+        Ok("cpu") | Err(_) => tch::Device::Cpu,
+        Ok(other) => panic!("TAGFIX_TEST_DEVICE={other}: expected cpu or cuda"),
+    }
+}
+
+/// max |a − b|, computed in f64 on the CPU.
+pub fn abs_err(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a.to_device(tch::Device::Cpu).to_kind(tch::Kind::Double);
+    let b = b.to_device(tch::Device::Cpu).to_kind(tch::Kind::Double);
+    (&a - &b).abs().max().double_value(&[])
+}
+
 /// max |a − b| / max |b| (exactly 0 when both are all zeros).
 pub fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a.to_kind(tch::Kind::Double);
-    let b = b.to_kind(tch::Kind::Double);
-    let diff = (&a - &b).abs().max().double_value(&[]);
+    let diff = abs_err(a, b);
+    let b = b.to_device(tch::Device::Cpu).to_kind(tch::Kind::Double);
     let scale = b.abs().max().double_value(&[]);
     if diff == 0.0 {
         0.0
