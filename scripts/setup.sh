@@ -38,4 +38,19 @@ if [ -z "${TAGFIX_FONT:-}" ] && [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSa
     || { $sudo apt-get update -qq >/dev/null 2>&1 && $sudo apt-get install -y -qq fonts-dejavu-core >/dev/null; } \
     || echo "setup: could not install fonts-dejavu-core; set TAGFIX_FONT to a .ttf file for tagfix plot" >&2
 fi
+
+
+# Test fixture: a random-weight CLIP text tower with the real vocabulary (models/clip-tiny), generated
+# deterministically with the `onnx` package (no torch) in its own venv.
+freq="scripts/requirements-fixtures.txt"
+fstamp=".venv-fixtures/.tagfix-setup-$(cat "$freq" scripts/gen_clip_tiny.py | sha256sum | cut -c1-16)"
+if [ ! -f "$fstamp" ] || [ ! -f models/clip-tiny/model.onnx ]; then
+  echo "setup: generating the CLIP test fixture models/clip-tiny (onnx + numpy into .venv-fixtures)" >&2
+  [ -x .venv-fixtures/bin/python ] || "$py" -m venv .venv-fixtures
+  .venv-fixtures/bin/pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r "$freq"
+  tokens="${TAGFIX_SHARED:-../shared}/reference/clip_tokens/ram_single_template.jsonl"
+  .venv-fixtures/bin/python scripts/gen_clip_tiny.py --out models/clip-tiny --reference-tokens "$tokens"
+  rm -f .venv-fixtures/.tagfix-setup-*
+  touch "$fstamp"
+fi
 echo "setup: ready (libtorch: .libtorch, onnxruntime: .deps/libonnxruntime.so, models: models/)" >&2

@@ -64,6 +64,83 @@ the scan unless --keep-going)."
         after_help = "Example:\n  tagfix plot runs/ft1\n  tagfix plot runs/ft1 --out figs --smooth 100 --detect"
     )]
     Plot(PlotArgs),
+    /// Compute text embeddings for tag slots with an ONNX text encoder and patch them into an embedding
+    /// file in its slot layout: untouched rows stay bit-identical to the base.
+    #[command(after_help = "Examples:\n  \
+        tagfix embed --model minilm --manifest manifest.json --absent --base base.safetensors --out patched.safetensors --control 200\n  \
+        tagfix embed --vocab ram --model minilm --all --out minilm_ram.safetensors\n  \
+        tagfix embed --model clip --recipe ram-ensemble --slots 12,40-45 --base ram_tag_embedding_class_4585.pth --out patched.pth\n  \
+        tagfix embed --vocab tags.txt --model clip --descriptions descriptions.json --all --out label_embed.safetensors")]
+    Embed(EmbedArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("selection").args(["absent", "slots", "all"])))]
+pub struct EmbedArgs {
+    /// Vocabulary: a tag-list file (line i = slot i) or a preset (`ram`).
+    #[arg(long, default_value = "ram")]
+    pub vocab: String,
+    /// Text encoder: a model directory (ONNX file, tokenizer, descriptor.toml) or a name installed under
+    /// models/ (`minilm`, `clip`).
+    #[arg(long)]
+    pub model: String,
+    /// Slot manifest written by `tagfix diff --out` (must be for the same vocabulary).
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<std::path::PathBuf>,
+    /// Regenerate the slots the manifest lists as absent (the default with --manifest and --base).
+    #[arg(long, requires = "manifest")]
+    pub absent: bool,
+    /// Regenerate these slots, e.g. `3,17,100-120`.
+    #[arg(long, value_name = "LIST")]
+    pub slots: Option<String>,
+    /// Compute every slot (a full file; the default without --base).
+    #[arg(long)]
+    pub all: bool,
+    /// Text recipe: `single` ("a photo of a {}."), `ram-ensemble` (RAM's 63 open-set templates,
+    /// averaged) or `templates:FILE` (one template a line, `{}` = tag, `{article}` = a/an).
+    #[arg(long, default_value = "single", value_name = "RECIPE")]
+    pub recipe: String,
+    /// RAM++ tag descriptions (JSON: tag -> list of descriptions); one row per description, the RAM++
+    /// layout [tags × k, d].
+    #[arg(long, value_name = "FILE", conflicts_with = "recipe")]
+    pub descriptions: Option<std::path::PathBuf>,
+    /// Base embedding file (.safetensors, .npy, .pth) whose other rows are kept bit-identical.
+    #[arg(long, value_name = "FILE")]
+    pub base: Option<std::path::PathBuf>,
+    /// Tensor to patch when the base file holds several.
+    #[arg(long, value_name = "NAME", requires = "base")]
+    pub tensor: Option<String>,
+    /// Output file: .safetensors (with provenance metadata and the control tensor), .npy, or .pth (a
+    /// bare tensor, as RAM's frozen_tag_embedding loads it). Written atomically.
+    #[arg(long, value_name = "FILE")]
+    pub out: std::path::PathBuf,
+    /// cpu, cuda or cuda:N. CUDA fails when its execution provider cannot run; never falls back to CPU.
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    pub device: tagfix::embed::Device,
+    /// Texts per inference batch (batches are length-sorted and padded to their longest text).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_size: u64,
+    /// ONNX Runtime intra-op threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Also re-embed N present slots (seeded sample) or `all` into the `control` tensor, so `tagfix
+    /// check` can calibrate how well regenerated rows match originals. Needs --base.
+    #[arg(long, value_name = "N|all", value_parser = parse_control)]
+    pub control: Option<tagfix::embed::plan::ControlSpec>,
+    /// Seed of the control sample.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// libonnxruntime to load (default: $ORT_DYLIB_PATH, else the setup's .deps/libonnxruntime.so).
+    #[arg(long, value_name = "FILE")]
+    pub ort_lib: Option<std::path::PathBuf>,
+}
+
+fn parse_device(s: &str) -> Result<tagfix::embed::Device, String> {
+    s.parse()
+}
+
+fn parse_control(s: &str) -> Result<tagfix::embed::plan::ControlSpec, String> {
+    s.parse()
 }
 
 #[derive(Debug, Args)]

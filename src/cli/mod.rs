@@ -4,6 +4,7 @@
 pub mod args;
 mod convert;
 mod diff;
+mod embed;
 mod inspect;
 mod plot;
 mod synth;
@@ -60,6 +61,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Diff(a) => diff::run(a, &cli.global),
         Command::Synth(a) => synth::run(a, &cli.global),
         Command::Plot(a) => plot::run(a),
+        Command::Embed(a) => embed::run(a, &cli.global),
     }
 }
 

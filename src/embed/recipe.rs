@@ -267,6 +267,16 @@ impl Recipe {
         }
     }
 
+    /// Texts embedded per slot.
+    pub fn texts_per_slot(&self) -> usize {
+        match self {
+            Recipe::Single => 1,
+            Recipe::RamEnsemble => RAM_TEMPLATES.len(),
+            Recipe::Templates { templates, .. } => templates.len(),
+            Recipe::Descriptions(d) => d.per_tag,
+        }
+    }
+
     /// How the texts of a slot combine.
     pub fn combine(&self) -> Combine {
         match self {

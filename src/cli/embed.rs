@@ -1,0 +1,166 @@
+//! `tagfix embed`: regenerate tag embeddings through ONNX Runtime and patch them into a base file.
+
+use super::args::{EmbedArgs, GlobalArgs};
+use super::ExitStatus;
+
+#[cfg(not(feature = "embed"))]
+pub fn run(_args: EmbedArgs, _global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+    anyhow::bail!(
+        "this tagfix was built without the `embed` feature (ONNX Runtime); rebuild with `cargo build --features embed`"
+    )
+}
+
+#[cfg(feature = "embed")]
+pub fn run(args: EmbedArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+    use anyhow::Context;
+    use std::collections::BTreeSet;
+    use tagfix::embed::descriptor::{resolve_model_dir, ModelDescriptor};
+    use tagfix::embed::encoder::{EncoderOptions, TextEncoder};
+    use tagfix::embed::output::check_output_path;
+    use tagfix::embed::patch::check_base;
+    use tagfix::embed::pipeline::{self, EmbedRequest};
+    use tagfix::embed::plan::{parse_slot_list, sample_controls};
+    use tagfix::embed::recipe::{Descriptions, Recipe};
+    use tagfix::fsutil::sha256_file;
+    use tagfix::manifest::SlotManifest;
+    use tagfix::tensors::EmbeddingFile;
+    use tagfix::vocab::{Slot, Vocabulary};
+    use tagfix::Error;
+
+    let vocab = Vocabulary::load(&args.vocab)
+        .with_context(|| format!("loading vocabulary `{}`", args.vocab))?;
+    let manifest = match &args.manifest {
+        Some(p) => {
+            let m = SlotManifest::read(p)?;
+            m.check_vocabulary(&vocab, p)?;
+            Some(m)
+        }
+        None => None,
+    };
+    let recipe = match &args.descriptions {
+        Some(p) => Recipe::Descriptions(Descriptions::read(p)?),
+        None => Recipe::parse(&args.recipe)?,
+    };
+    check_output_path(&args.out, args.control.is_some())?;
+    if let Some(dir) = args
+        .out
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+    {
+        return Err(Error::invalid(
+            &args.out,
+            format!("output directory {} does not exist", dir.display()),
+        )
+        .into());
+    }
+    let base = match &args.base {
+        Some(p) => {
+            let file = EmbeddingFile::read(p, args.tensor.as_deref())?;
+            let layout = check_base(&file, &vocab, recipe.rows_per_slot())?;
+            tracing::info!("base {}: {} {}", p.display(), layout.describe(), file.dtype);
+            Some((file, sha256_file(p)?))
+        }
+        None => None,
+    };
+
+    let all: Vec<Slot> = (0..vocab.len()).collect();
+    let regenerate: Vec<Slot> = if args.all {
+        all.clone()
+    } else if let Some(list) = &args.slots {
+        parse_slot_list(list, vocab.len())?
+    } else if args.absent || (manifest.is_some() && base.is_some()) {
+        manifest
+            .as_ref()
+            .map(SlotManifest::absent_slots)
+            .unwrap_or_default()
+    } else if base.is_none() {
+        all.clone()
+    } else {
+        return Err(Error::Usage(
+            "with --base, choose the slots to regenerate: --manifest FILE [--absent], --slots LIST or --all".into(),
+        )
+        .into());
+    };
+    if base.is_none() && regenerate.len() != vocab.len() {
+        return Err(Error::Usage(format!(
+            "without --base every slot is computed (a full file), but {} of {} slots were selected: give --base FILE to patch only those, or --all",
+            regenerate.len(),
+            vocab.len()
+        ))
+        .into());
+    }
+    if regenerate.is_empty() {
+        tracing::warn!("no slots to regenerate: the output rows equal the base");
+    }
+
+    let control = match args.control {
+        None => Vec::new(),
+        Some(spec) => {
+            if base.is_none() {
+                return Err(Error::Usage(
+                    "--control compares re-embedded present slots with their original rows: give --base FILE".into(),
+                )
+                .into());
+            }
+            let regenerated: BTreeSet<Slot> = regenerate.iter().copied().collect();
+            let candidates: Vec<Slot> = match &manifest {
+                Some(m) => m.present_slots(),
+                None => all.clone(),
+            }
+            .into_iter()
+            .filter(|s| !regenerated.contains(s))
+            .collect();
+            sample_controls(&candidates, spec, args.seed)?
+        }
+    };
+
+    let dir = resolve_model_dir(&args.model)?;
+    let descriptor = ModelDescriptor::read_dir(&dir)?;
+    let options = EncoderOptions {
+        device: args.device,
+        threads: args.threads,
+        batch_size: args.batch_size as usize,
+        ort_lib: args.ort_lib.clone(),
+    };
+    let mut encoder = TextEncoder::load(descriptor, &options)?;
+
+    let texts = ((regenerate.len() + control.len()) * recipe.texts_per_slot()) as u64;
+    let progress = super::progress_bar(global, texts, false);
+    tracing::info!(
+        "{} slots to regenerate, {} control slots, recipe {}, {} texts",
+        regenerate.len(),
+        control.len(),
+        recipe.name(),
+        texts
+    );
+    let request = EmbedRequest {
+        vocab: &vocab,
+        recipe: &recipe,
+        regenerate,
+        control,
+        base: base.as_ref().map(|(f, sha)| (f, sha.clone())),
+    };
+    let started = std::time::Instant::now();
+    let output = pipeline::run(&mut encoder, &request, &progress)?;
+    progress.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    tagfix::embed::write_output(&args.out, &output)?;
+    let e = &output.embeddings;
+    println!(
+        "wrote {}: [{}, {}] {} — {} slots regenerated{}, {} control slots; {} texts in {:.1} s on {}",
+        args.out.display(),
+        e.rows,
+        e.dim,
+        e.dtype,
+        output.provenance.regenerated_slots.len(),
+        match &args.base {
+            Some(b) => format!(" into {}", b.display()),
+            None => " (full file)".into(),
+        },
+        output.provenance.control_slots.len(),
+        texts,
+        seconds,
+        encoder.provider
+    );
+    Ok(ExitStatus::Success)
+}
