@@ -154,7 +154,7 @@ pub fn run(args: EmbedArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
         e.dtype,
         output.provenance.regenerated_slots.len(),
         match &args.base {
-            Some(b) => format!(" into {}", b.display()),
+            Some(b) => format!(" (other rows copied bit-identically from {})", b.display()),
             None => " (full file)".into(),
         },
         output.provenance.control_slots.len(),
