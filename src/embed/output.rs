@@ -112,4 +112,45 @@ mod tests {
         write_output(&pth, &plain).unwrap();
         assert!(provenance_sidecar(&pth).exists());
     }
+
+    #[test]
+    fn f16_base_rows_stay_bit_identical() {
+        use crate::tensors::DType;
+        let dir = tempfile::tempdir().unwrap();
+        let base_path = dir.path().join("base.safetensors");
+        let values: Vec<f32> = (0..12).map(|i| (i as f32 * 0.37).sin()).collect();
+        let base_tensor = Tensor::from_f32_as(DType::F16, vec![4, 3], &values).unwrap();
+        safetensors_io::write(
+            &base_path,
+            &TensorSet {
+                tensors: vec![("embeddings".into(), base_tensor.clone())],
+                metadata: Default::default(),
+            },
+        )
+        .unwrap();
+        let base = EmbeddingFile::read(&base_path, None).unwrap();
+        let regen = SlotRows {
+            slots: vec![2],
+            values: vec![0.6, 0.8, 0.0],
+            rows_per_slot: 1,
+            dim: 3,
+        };
+        let out = EmbedOutput {
+            embeddings: super::super::patch::assemble(Some(&base), 4, &regen).unwrap(),
+            control: None,
+            provenance: Provenance::default(),
+        };
+        let p = dir.path().join("out.safetensors");
+        write_output(&p, &out).unwrap();
+        let written = safetensors_io::read(&p).unwrap();
+        let t = written.get("embeddings").unwrap();
+        assert_eq!(t.dtype, DType::F16);
+        for row in [0, 1, 3] {
+            assert_eq!(
+                t.data[row * 6..row * 6 + 6],
+                base_tensor.data[row * 6..row * 6 + 6]
+            );
+        }
+        assert_ne!(t.data[12..18], base_tensor.data[12..18]);
+    }
 }
