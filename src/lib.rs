@@ -5,6 +5,7 @@
 //! embedding file, `check` and `train` consume that.
 
 pub mod annotations;
+pub mod consistency;
 pub mod diff;
 pub mod embed;
 pub mod error;
@@ -13,6 +14,7 @@ pub mod manifest;
 pub mod monitor;
 pub mod plot;
 pub mod report;
+pub mod rng;
 pub mod synth;
 pub mod tensors;
 pub mod train;

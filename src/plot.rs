@@ -3,6 +3,8 @@
 //! second axis and the detected health events shaded; plus an overview of the weighted terms and
 //! the total, and the gradient norms per module group. PNG and SVG, written atomically.
 
+pub mod histogram;
+
 use crate::error::{Error, Result};
 use crate::monitor::{EventKind, HealthEvent, LossTerm, ModuleGroup, StepRecord};
 use plotters::chart::DualCoordChartContext;

@@ -72,6 +72,11 @@ the scan unless --keep-going)."
         tagfix embed --model clip --recipe ram-ensemble --slots 12,40-45 --base ram_tag_embedding_class_4585.pth --out patched.pth\n  \
         tagfix embed --vocab tags.txt --model clip --descriptions descriptions.json --all --out label_embed.safetensors")]
     Embed(EmbedArgs),
+    /// Gate an embedding file: drift from a baseline (cosine, kNN overlap, changed rows, mean shift),
+    /// or the semantic consistency of a patched file's regenerated rows (calibrated by its control
+    /// rows). Exit 0 when every rule holds, 1 when one fails, 2 on bad input.
+    #[command(after_help = CHECK_HELP)]
+    Check(CheckArgs),
 }
 
 #[derive(Debug, Args)]
@@ -141,6 +146,128 @@ fn parse_device(s: &str) -> Result<tagfix::embed::Device, String> {
 
 fn parse_control(s: &str) -> Result<tagfix::embed::plan::ControlSpec, String> {
     s.parse()
+}
+
+const CHECK_HELP: &str = "\
+Modes:
+  drift        every slot of the candidate against the same slot of the baseline
+  consistency  a patched file from `tagfix embed` against the base it was patched from: its `control`
+               rows (present slots re-embedded with the same pipeline) calibrate the regenerated rows
+  auto         consistency when the candidate carries a `control` tensor, else drift (default)
+
+Examples:
+  tagfix check --baseline fixtures/check/baseline.safetensors --candidate new.safetensors --vocab ram
+  tagfix check --base ram_tag_embedding_class_4585.safetensors --patched patched.safetensors --plot plots/
+  tagfix check --baseline a.npy --candidate b.npy --policy embeddings.policy.toml --format junit --out check.xml
+  tagfix check --baseline a.safetensors --candidate b.safetensors --format github --summary \"$GITHUB_STEP_SUMMARY\"";
+
+/// Which comparison `check` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckModeArg {
+    Auto,
+    Drift,
+    Consistency,
+}
+
+/// Neighbour search for `check`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SearchArg {
+    /// Exact up to 50 000 rows, HNSW above.
+    Auto,
+    Exact,
+    Hnsw,
+}
+
+/// Output formats of `check`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormatArg {
+    Table,
+    Json,
+    Junit,
+    Markdown,
+    Github,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Baseline embedding file (.safetensors, .npy, .pth); in consistency mode the base file the
+    /// candidate was patched from.
+    #[arg(long, visible_alias = "base", value_name = "FILE")]
+    pub baseline: std::path::PathBuf,
+    /// Candidate embedding file; in consistency mode the patched file `tagfix embed` wrote.
+    #[arg(long, visible_alias = "patched", value_name = "FILE")]
+    pub candidate: std::path::PathBuf,
+    /// Which comparison to run.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub mode: CheckModeArg,
+    /// Vocabulary (tag-list file or `ram`): names slots by tag and refuses files made for another
+    /// vocabulary (provenance sha256).
+    #[arg(long, value_name = "FILE|ram")]
+    pub vocab: Option<String>,
+    /// Compare and gate only these slots, e.g. `3,17,100-120` (neighbours still come from every row).
+    #[arg(long, value_name = "LIST")]
+    pub slots: Option<String>,
+    /// Neighbours for the gated kNN overlap (policy `k`, default 10).
+    #[arg(long)]
+    pub k: Option<usize>,
+    /// Further k to report, comma-separated (policy `also_k`, default 5,20).
+    #[arg(long, value_delimiter = ',', value_name = "K,...")]
+    pub also_k: Option<Vec<usize>>,
+    /// Policy file (TOML) with the thresholds; flags below override it. See docs/check.md.
+    #[arg(long, value_name = "TOML")]
+    pub policy: Option<std::path::PathBuf>,
+    /// Every compared slot's cosine must reach this (default 0.99).
+    #[arg(long, value_name = "X")]
+    pub min_cosine: Option<f64>,
+    /// Mean kNN overlap at k must reach this (default 0.9).
+    #[arg(long, value_name = "Y")]
+    pub min_knn_overlap: Option<f64>,
+    /// Every compared slot's kNN overlap at k must reach this (off by default).
+    #[arg(long, value_name = "Y")]
+    pub min_slot_knn_overlap: Option<f64>,
+    /// At most this many rows may differ in any bit (drift mode; off by default).
+    #[arg(long, value_name = "N")]
+    pub max_changed_rows: Option<u64>,
+    /// Largest distance between the mean unit vectors (off by default).
+    #[arg(long, value_name = "X")]
+    pub max_mean_shift: Option<f64>,
+    /// Largest relative change of a row's norm (default 0.01).
+    #[arg(long, value_name = "X")]
+    pub max_norm_deviation: Option<f64>,
+    /// Consistency mode: share of regenerated slots that must reach the control calibration
+    /// (default 0.9).
+    #[arg(long, value_name = "X")]
+    pub min_trusted_share: Option<f64>,
+    /// Neighbour search: exact (blocked matrix products), hnsw, or auto by size.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub search: SearchArg,
+    /// HNSW candidate list while searching (higher: better recall, slower).
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    pub hnsw_ef: usize,
+    /// Queries sampled to measure HNSW recall against exact search.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub recall_sample: usize,
+    /// Tensor to read when a file holds several (default: `embeddings`, `label_embed`, or the only one).
+    #[arg(long, value_name = "NAME")]
+    pub tensor: Option<String>,
+    /// Report format on stdout (or in --out).
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: ReportFormatArg,
+    /// Write the report to this file (atomically) instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<std::path::PathBuf>,
+    /// Also write the JSON report here.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<std::path::PathBuf>,
+    /// Also write JUnit XML here (one test case per rule).
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<std::path::PathBuf>,
+    /// Also append a Markdown summary to this file (e.g. "$GITHUB_STEP_SUMMARY").
+    #[arg(long, value_name = "FILE")]
+    pub summary: Option<std::path::PathBuf>,
+    /// Write histograms (PNG and SVG) of per-slot cosine, kNN overlap and neighbourhood score here.
+    #[arg(long, value_name = "DIR")]
+    pub plot: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

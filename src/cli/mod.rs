@@ -2,6 +2,7 @@
 //! [`args`].
 
 pub mod args;
+mod check;
 mod convert;
 mod diff;
 mod embed;
@@ -40,7 +41,8 @@ pub fn init_logging(global: &GlobalArgs) {
     } else if global.verbose > 0 {
         "debug"
     } else {
-        "info"
+        // hnsw_rs logs every graph parameter at info level.
+        "info,hnsw_rs=warn"
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -62,6 +64,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Synth(a) => synth::run(a, &cli.global),
         Command::Plot(a) => plot::run(a),
         Command::Embed(a) => embed::run(a, &cli.global),
+        Command::Check(a) => check::run(a),
     }
 }
 

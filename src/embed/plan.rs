@@ -1,6 +1,7 @@
 //! Which slots to regenerate and which present slots to re-embed as controls.
 
 use crate::error::{Error, Result};
+use crate::rng::SplitMix64;
 use crate::vocab::Slot;
 
 /// Parses a slot list such as `3,17,100-120` (inclusive ranges) against a vocabulary of `slots` slots.
@@ -54,30 +55,6 @@ impl std::str::FromStr for ControlSpec {
         s.parse::<usize>()
             .map(ControlSpec::Count)
             .map_err(|_| format!("`{s}` is neither a number of slots nor `all`"))
-    }
-}
-
-/// SplitMix64: a small, fully specified generator so a seed gives the same sample everywhere.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0), by rejection so there is no modulo bias.
-    fn below(&mut self, n: u64) -> u64 {
-        let zone = u64::MAX - (u64::MAX % n);
-        loop {
-            let v = self.next();
-            if v < zone {
-                return v % n;
-            }
-        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Output writers, separate from the computations: a readable table (comfy-table), Markdown, JSON
 //! and CSV. Table and Markdown render the same [`Section`]s; JSON is the report's serde form.
 
+pub mod check;
 mod diff;
 
 pub use diff::write_diff;

@@ -123,7 +123,13 @@ impl EmbeddingFile {
     /// Reads a 2-D float matrix from a safetensors, npy or pth file. With several tensors in the file,
     /// `tensor` names the one to use (default: the only one, else `embeddings` / `label_embed`).
     pub fn read(path: &Path, tensor: Option<&str>) -> Result<Self> {
-        let set = match FileFormat::from_path(path)? {
+        Self::from_set(&Self::read_set(path)?, path, tensor)
+    }
+
+    /// Reads every tensor of an embedding file (metadata only for safetensors), for callers that need
+    /// more than one tensor of it (e.g. `embeddings` and `control`).
+    pub fn read_set(path: &Path) -> Result<TensorSet> {
+        Ok(match FileFormat::from_path(path)? {
             FileFormat::Safetensors => safetensors_io::read(path)?,
             FileFormat::Npy => TensorSet {
                 tensors: vec![("array".into(), npy::read(path)?)],
@@ -136,7 +142,11 @@ impl EmbeddingFile {
                     metadata: BTreeMap::new(),
                 }
             }
-        };
+        })
+    }
+
+    /// Picks the embedding matrix out of a tensor set read from `path` (see [`EmbeddingFile::read`]).
+    pub fn from_set(set: &TensorSet, path: &Path, tensor: Option<&str>) -> Result<Self> {
         let names: Vec<&str> = set.tensors.iter().map(|(n, _)| n.as_str()).collect();
         let name = match tensor {
             Some(n) => n.to_string(),
@@ -185,7 +195,7 @@ impl EmbeddingFile {
             dim: t.shape[1],
             dtype: t.dtype,
             tensor_name: name,
-            metadata: set.metadata,
+            metadata: set.metadata.clone(),
             path: path.to_path_buf(),
         })
     }

@@ -1,0 +1,126 @@
+//! `tagfix check`: drift and semantic-consistency gate for embedding files.
+
+use super::args::{CheckArgs, CheckModeArg, ReportFormatArg, SearchArg};
+use super::ExitStatus;
+use anyhow::Context;
+use std::io::Write;
+use tagfix::consistency::{
+    run_check, CheckOptions, EmbeddingInput, Mode, Policy, SearchChoice, SearchConfig,
+};
+use tagfix::embed::plan::parse_slot_list;
+use tagfix::fsutil::write_bytes_atomic;
+use tagfix::report::check::{self as report, CheckFormat as Format};
+use tagfix::vocab::Vocabulary;
+
+/// Policy from the file (if any), then flags on top.
+fn policy(args: &CheckArgs) -> anyhow::Result<Policy> {
+    let mut p = match &args.policy {
+        Some(path) => Policy::load(path)?,
+        None => Policy::default(),
+    };
+    if let Some(k) = args.k {
+        p.k = k;
+    }
+    if let Some(ks) = &args.also_k {
+        p.also_k = ks.clone();
+    }
+    let set = |slot: &mut Option<f64>, v: Option<f64>| {
+        if v.is_some() {
+            *slot = v;
+        }
+    };
+    set(&mut p.min_cosine, args.min_cosine);
+    set(&mut p.min_knn_overlap, args.min_knn_overlap);
+    set(&mut p.min_slot_knn_overlap, args.min_slot_knn_overlap);
+    set(&mut p.max_mean_shift, args.max_mean_shift);
+    set(&mut p.max_norm_deviation, args.max_norm_deviation);
+    set(&mut p.min_trusted_share, args.min_trusted_share);
+    if args.max_changed_rows.is_some() {
+        p.max_changed_rows = args.max_changed_rows;
+    }
+    p.validate()
+        .map_err(|m| anyhow::anyhow!("invalid thresholds: {m}"))?;
+    Ok(p)
+}
+
+pub fn run(args: CheckArgs) -> anyhow::Result<ExitStatus> {
+    let policy = policy(&args)?;
+    let vocab = args
+        .vocab
+        .as_deref()
+        .map(|v| Vocabulary::load(v).with_context(|| format!("loading vocabulary `{v}`")))
+        .transpose()?;
+    let baseline = EmbeddingInput::load(&args.baseline, args.tensor.as_deref())
+        .with_context(|| format!("reading baseline {}", args.baseline.display()))?;
+    let candidate = EmbeddingInput::load(&args.candidate, args.tensor.as_deref())
+        .with_context(|| format!("reading candidate {}", args.candidate.display()))?;
+    let slots = match &args.slots {
+        Some(list) => {
+            let count = vocab.as_ref().map_or(baseline.file.rows, |v| v.len());
+            Some(parse_slot_list(list, count)?)
+        }
+        None => None,
+    };
+    let opts = CheckOptions {
+        mode: match args.mode {
+            CheckModeArg::Auto => None,
+            CheckModeArg::Drift => Some(Mode::Drift),
+            CheckModeArg::Consistency => Some(Mode::Consistency),
+        },
+        policy,
+        slots,
+        search: SearchConfig {
+            choice: match args.search {
+                SearchArg::Auto => SearchChoice::Auto,
+                SearchArg::Exact => SearchChoice::Exact,
+                SearchArg::Hnsw => SearchChoice::Hnsw,
+            },
+            hnsw: tagfix::consistency::hnsw::HnswParams {
+                ef_search: args.hnsw_ef,
+                ..Default::default()
+            },
+            recall_sample: args.recall_sample,
+            ..Default::default()
+        },
+    };
+    let report = run_check(&baseline, &candidate, vocab.as_ref(), &opts)?;
+
+    let format = match args.format {
+        ReportFormatArg::Table => Format::Table,
+        ReportFormatArg::Json => Format::Json,
+        ReportFormatArg::Junit => Format::Junit,
+        ReportFormatArg::Markdown => Format::Markdown,
+        ReportFormatArg::Github => Format::Github,
+    };
+    let text = report::render(&report, format)?;
+    match &args.out {
+        Some(path) => write_bytes_atomic(path, text.as_bytes())?,
+        None => std::io::stdout().write_all(text.as_bytes())?,
+    }
+    if let Some(path) = &args.json {
+        write_bytes_atomic(path, report::render(&report, Format::Json)?.as_bytes())?;
+    }
+    if let Some(path) = &args.junit {
+        write_bytes_atomic(path, report::render(&report, Format::Junit)?.as_bytes())?;
+    }
+    if let Some(path) = &args.summary {
+        // Appended, as CI step summaries collect several steps' output.
+        let md = report::render(&report, Format::Markdown)?;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(md.as_bytes()))
+            .with_context(|| format!("appending the summary to {}", path.display()))?;
+    }
+    if let Some(dir) = &args.plot {
+        for f in report::plots::check(&report, dir)? {
+            tracing::info!("wrote {}", f.display());
+        }
+    }
+    Ok(if report.passed {
+        ExitStatus::Success
+    } else {
+        ExitStatus::Failure
+    })
+}

@@ -1,0 +1,102 @@
+//! Approximate neighbour search with an HNSW graph (`hnsw_rs`) for large vocabularies
+//! (open-vocabulary lists of 10^5–10^6 rows, RAM++'s per-description layout).
+
+use super::kernels::dot;
+use super::knn::{Exclude, Neighbours, Rows, TopK};
+use hnsw_rs::anndists::dist::Distance;
+use hnsw_rs::hnsw::Hnsw;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// Graph parameters (see the HNSW paper: M, efConstruction, efSearch).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct HnswParams {
+    /// Links per node and layer (M).
+    pub max_connections: usize,
+    /// Candidate list while inserting.
+    pub ef_construction: usize,
+    /// Candidate list while searching (raised to at least k + 1).
+    pub ef_search: usize,
+}
+
+impl Default for HnswParams {
+    fn default() -> Self {
+        HnswParams {
+            max_connections: 24,
+            ef_construction: 200,
+            ef_search: 128,
+        }
+    }
+}
+
+/// Cosine distance of unit rows, `1 − a·b`, clamped at 0 (rounding can push a self-match past 1).
+#[derive(Debug, Clone, Copy, Default)]
+struct UnitCosine;
+
+impl Distance<f32> for UnitCosine {
+    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
+        (1.0 - dot(a, b)).max(0.0)
+    }
+}
+
+/// An HNSW graph over a database of unit rows (the graph keeps its own copy of the rows).
+pub struct HnswIndex {
+    graph: Hnsw<'static, f32, UnitCosine>,
+    ef_search: usize,
+}
+
+impl HnswIndex {
+    /// Builds the graph, inserting rows in parallel.
+    pub fn build(db: Rows<'_>, params: &HnswParams) -> Self {
+        let n = db.len();
+        let layers = 16;
+        let graph = Hnsw::new(
+            params.max_connections,
+            n,
+            layers,
+            params.ef_construction,
+            UnitCosine,
+        );
+        let items: Vec<(&[f32], usize)> = (0..n).map(|i| (db.row(i), i)).collect();
+        graph.parallel_insert_slice(&items);
+        HnswIndex {
+            graph,
+            ef_search: params.ef_search,
+        }
+    }
+
+    /// k approximate nearest neighbours per query (one extra is fetched so the excluded row can be
+    /// dropped). Missing results (tiny graphs) are filled with id `u32::MAX`, similarity −1.
+    pub fn search(&self, queries: Rows<'_>, k: usize, exclude: Exclude<'_>) -> Neighbours {
+        let ef = self.ef_search.max(k + 1);
+        let lists: Vec<TopK> = (0..queries.len())
+            .into_par_iter()
+            .map(|q| {
+                let skip = match exclude {
+                    Exclude::Nothing => u32::MAX,
+                    Exclude::SameIndex => q as u32,
+                    Exclude::Given(ids) => ids[q],
+                };
+                let mut top = TopK::new(k);
+                for nb in self.graph.search(queries.row(q), k + 1, ef) {
+                    let id = nb.get_origin_id() as u32;
+                    if id != skip {
+                        top.push(1.0 - nb.get_distance(), id);
+                    }
+                }
+                while top.ids.len() < k {
+                    top.ids.push(u32::MAX);
+                    top.sims.push(-1.0);
+                }
+                top
+            })
+            .collect();
+        let mut ids = Vec::with_capacity(lists.len() * k);
+        let mut sims = Vec::with_capacity(lists.len() * k);
+        for t in lists {
+            ids.extend_from_slice(&t.ids);
+            sims.extend_from_slice(&t.sims);
+        }
+        Neighbours { k, ids, sims }
+    }
+}

@@ -1,0 +1,281 @@
+//! The gate: thresholds (from a TOML policy file committed next to the baseline, overridden by flags)
+//! turned into one pass/fail result per rule.
+//!
+//! ```toml
+//! # tagfix check policy (every key optional; absent keys take the defaults below)
+//! k = 10                      # neighbours for the overlap rules
+//! also_k = [5, 20]            # further k reported (not gated)
+//! min_cosine = 0.99           # every compared slot: cosine(baseline row, candidate row)
+//! min_knn_overlap = 0.9       # mean kNN overlap at k over compared slots
+//! min_slot_knn_overlap = 0.5  # (off by default) every compared slot's kNN overlap at k
+//! max_changed_rows = 0        # (off by default, drift mode) rows that differ in any bit
+//! max_mean_shift = 0.01       # (off by default) distance between the mean unit vectors
+//! max_norm_deviation = 0.01   # every compared row: |‖c‖ − ‖b‖| / ‖b‖ (catches a lost L2 normalisation)
+//! max_misaligned_slots = 0    # slots holding another slot's baseline row (shuffled order)
+//! min_trusted_share = 0.9     # consistency mode: regenerated rows inside the control calibration
+//! calibration_quantile = 0.01 # consistency mode: control quantile a trusted row must reach
+//! min_search_recall = 0.9     # HNSW recall@k against exact search, measured on a sample
+//! ```
+
+use super::report::{CheckReport, Mode, RuleResult};
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Thresholds; `None` switches a rule off.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    pub k: usize,
+    pub also_k: Vec<usize>,
+    pub min_cosine: Option<f64>,
+    pub min_knn_overlap: Option<f64>,
+    pub min_slot_knn_overlap: Option<f64>,
+    pub max_changed_rows: Option<u64>,
+    pub max_mean_shift: Option<f64>,
+    pub max_norm_deviation: Option<f64>,
+    pub max_misaligned_slots: Option<u64>,
+    pub min_trusted_share: Option<f64>,
+    pub calibration_quantile: f64,
+    pub min_search_recall: Option<f64>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            k: 10,
+            also_k: vec![5, 20],
+            min_cosine: Some(0.99),
+            min_knn_overlap: Some(0.9),
+            min_slot_knn_overlap: None,
+            max_changed_rows: None,
+            max_mean_shift: None,
+            max_norm_deviation: Some(0.01),
+            max_misaligned_slots: Some(0),
+            min_trusted_share: Some(0.9),
+            calibration_quantile: 0.01,
+            min_search_recall: Some(0.9),
+        }
+    }
+}
+
+impl Policy {
+    /// Reads a policy file; unknown keys and out-of-range values are errors naming the file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let p: Policy = toml::from_str(&text)
+            .map_err(|e| Error::invalid(path, format!("invalid check policy: {e}")))?;
+        p.validate().map_err(|m| Error::invalid(path, m))?;
+        Ok(p)
+    }
+
+    /// Checks ranges; returns a message for the first bad value.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.k == 0 || self.also_k.contains(&0) {
+            return Err("k must be at least 1".into());
+        }
+        for (name, v) in [
+            ("min_cosine", self.min_cosine),
+            ("min_knn_overlap", self.min_knn_overlap),
+            ("min_slot_knn_overlap", self.min_slot_knn_overlap),
+            ("min_trusted_share", self.min_trusted_share),
+            ("min_search_recall", self.min_search_recall),
+        ] {
+            if let Some(v) = v {
+                let lo = if name == "min_cosine" { -1.0 } else { 0.0 };
+                if !(lo..=1.0).contains(&v) {
+                    return Err(format!("{name} = {v} is outside [{lo}, 1]"));
+                }
+            }
+        }
+        if !(0.0..1.0).contains(&self.calibration_quantile) {
+            return Err(format!(
+                "calibration_quantile = {} is outside [0, 1)",
+                self.calibration_quantile
+            ));
+        }
+        Ok(())
+    }
+
+    /// All k reported, ascending, the gated `k` included.
+    pub fn all_k(&self) -> Vec<usize> {
+        let mut ks = self.also_k.clone();
+        ks.push(self.k);
+        ks.sort_unstable();
+        ks.dedup();
+        ks
+    }
+
+    /// Evaluates every active rule against a report.
+    pub fn evaluate(&self, r: &CheckReport) -> Vec<RuleResult> {
+        let mut out = Vec::new();
+        let what = match r.mode {
+            Mode::Drift => "compared slot",
+            Mode::Consistency => "control slot",
+        };
+        let ki = r.ks.iter().position(|&k| k == self.k).unwrap_or(0);
+        if let Some(t) = self.min_cosine {
+            let failing: Vec<_> = r
+                .slots
+                .iter()
+                .filter(|s| (s.cosine as f64) < t)
+                .map(|s| s.slot)
+                .collect();
+            out.push(RuleResult::at_least(
+                "min_cosine",
+                format!("cosine of every {what} to its baseline row"),
+                t,
+                r.summary.cosine.min,
+                failing,
+            ));
+        }
+        if let Some(t) = self.min_knn_overlap {
+            let observed = r.summary.overlap.get(ki).map_or(1.0, |o| o.dist.mean);
+            out.push(RuleResult::at_least(
+                "min_knn_overlap",
+                format!("mean kNN overlap at k={} over {what}s", self.k),
+                t,
+                observed,
+                vec![],
+            ));
+        }
+        if let Some(t) = self.min_slot_knn_overlap {
+            let failing: Vec<_> = r
+                .slots
+                .iter()
+                .filter(|s| (s.overlap[ki] as f64) < t)
+                .map(|s| s.slot)
+                .collect();
+            let observed = r.summary.overlap.get(ki).map_or(1.0, |o| o.dist.min);
+            out.push(RuleResult::at_least(
+                "min_slot_knn_overlap",
+                format!("kNN overlap at k={} of every {what}", self.k),
+                t,
+                observed,
+                failing,
+            ));
+        }
+        if let (Some(t), Mode::Drift) = (self.max_changed_rows, r.mode) {
+            let failing = r
+                .slots
+                .iter()
+                .filter(|s| s.changed)
+                .map(|s| s.slot)
+                .collect();
+            out.push(RuleResult::at_most(
+                "max_changed_rows",
+                "rows that differ from the baseline in any bit".into(),
+                t as f64,
+                r.summary.changed_rows as f64,
+                failing,
+            ));
+        }
+        if r.mode == Mode::Consistency {
+            out.push(RuleResult::at_most(
+                "untouched_rows_identical",
+                "rows outside the regenerated slots that differ from the base file".into(),
+                0.0,
+                r.summary.changed_untouched_rows as f64,
+                r.changed_untouched_slots.clone(),
+            ));
+        }
+        if let Some(t) = self.max_mean_shift {
+            out.push(RuleResult::at_most(
+                "max_mean_shift",
+                "distance between the mean unit vectors".into(),
+                t,
+                r.summary.mean_shift,
+                vec![],
+            ));
+        }
+        if let Some(t) = self.max_norm_deviation {
+            let failing = r
+                .slots
+                .iter()
+                .filter(|s| (s.norm_deviation as f64) > t)
+                .map(|s| s.slot)
+                .collect();
+            out.push(RuleResult::at_most(
+                "max_norm_deviation",
+                format!("relative change of row norm of every {what} (normalisation)"),
+                t,
+                r.summary.max_norm_deviation,
+                failing,
+            ));
+        }
+        if let Some(t) = self.max_misaligned_slots {
+            let failing: Vec<_> = r
+                .slots
+                .iter()
+                .filter(|s| s.holds_baseline_slot.is_some())
+                .map(|s| s.slot)
+                .collect();
+            out.push(RuleResult::at_most(
+                "max_misaligned_slots",
+                "slots holding the baseline row of another slot (shuffled slot order)".into(),
+                t as f64,
+                failing.len() as f64,
+                failing,
+            ));
+        }
+        if let (Some(t), Some(cal)) = (self.min_trusted_share, &r.calibration) {
+            let failing = r
+                .regenerated
+                .iter()
+                .filter(|g| !g.trusted)
+                .map(|g| g.slot)
+                .collect();
+            out.push(RuleResult::at_least(
+                "min_trusted_share",
+                format!(
+                    "share of regenerated slots whose neighbourhood score reaches the control's {} quantile",
+                    self.calibration_quantile
+                ),
+                t,
+                cal.trusted_share,
+                failing,
+            ));
+        }
+        if let Some(t) = self.min_search_recall {
+            for s in r.search.iter().filter(|s| s.stats.recall_sample > 0) {
+                out.push(RuleResult::at_least(
+                    "min_search_recall",
+                    format!(
+                        "HNSW recall@{} against exact search ({} space, {} sampled queries)",
+                        s.stats.k, s.space, s.stats.recall_sample
+                    ),
+                    t,
+                    s.stats.recall,
+                    vec![],
+                ));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_file_overrides_defaults_and_rejects_typos() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("policy.toml");
+        std::fs::write(&p, "k = 5\nmin_cosine = 0.999\nmax_mean_shift = 0.02\n").unwrap();
+        let pol = Policy::load(&p).unwrap();
+        assert_eq!(pol.k, 5);
+        assert_eq!(pol.min_cosine, Some(0.999));
+        assert_eq!(pol.min_knn_overlap, Some(0.9));
+        assert_eq!(pol.all_k(), vec![5, 20]);
+        std::fs::write(&p, "min_cosin = 0.9\n").unwrap();
+        let err = Policy::load(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("policy.toml") && err.contains("min_cosin"),
+            "{err}"
+        );
+        std::fs::write(&p, "min_knn_overlap = 1.5\n").unwrap();
+        let err = Policy::load(&p).unwrap_err().to_string();
+        assert!(err.contains("outside"), "{err}");
+    }
+}
