@@ -10,6 +10,7 @@
 //! index (as in Python's list). By default the first problem stops the scan with an error; with
 //! `keep_going` all of them are recorded and the scan goes on.
 
+mod fast;
 mod record;
 mod split;
 
@@ -613,7 +614,12 @@ fn process_batch(batch: &Batch, ctx: &FileCtx) -> Acc {
             index: item.index,
             pos: item.pos,
         };
-        let rec = match RawRecord::parse(batch.bytes(item), &mut bufs) {
+        let bytes = batch.bytes(item);
+        let parsed = match fast::parse(bytes, &mut bufs) {
+            Some(r) => Ok(r),
+            None => RawRecord::parse(bytes, &mut bufs),
+        };
+        let rec = match parsed {
             Ok(r) => r,
             Err(e) => {
                 check.pos = absolute(item.pos, e.line(), e.column());

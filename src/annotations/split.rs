@@ -126,6 +126,13 @@ const SPECIAL: [bool; 256] = {
     t
 };
 
+/// [`SPECIAL`] without the comma.
+const SPECIAL_NESTED: [bool; 256] = {
+    let mut t = SPECIAL;
+    t[b',' as usize] = false;
+    t
+};
+
 impl<R: Read> Splitter<R> {
     pub fn new(reader: R, batch_bytes: usize) -> Self {
         Splitter {
@@ -356,7 +363,13 @@ impl<R: Read> Splitter<R> {
             }
             // skip bytes that cannot change the structure (digits, spaces, colons, letters)
             let start = i;
-            while i < n && !SPECIAL[self.buf[i] as usize] {
+            // inside a nested list or object a comma cannot end the record
+            let special = if self.depth > 0 {
+                &SPECIAL_NESTED
+            } else {
+                &SPECIAL
+            };
+            while i < n && !special[self.buf[i] as usize] {
                 i += 1;
             }
             if i > start {
