@@ -107,31 +107,9 @@ impl<'a> Parser<'a> {
         }
     }
 
-    /// `[id, ...]`, each id pushed through `push`.
+    /// `[item, ...]`: calls `item` for each element, returns how many there were.
     #[inline]
-    fn ids(&mut self, mut push: impl FnMut(u32, i64)) -> Option<u32> {
-        self.eat(b'[')?;
-        if self.peek()? == b']' {
-            self.i += 1;
-            return Some(0);
-        }
-        let mut j = 0;
-        loop {
-            push(j, self.int()?);
-            j += 1;
-            match self.peek()? {
-                b',' => self.i += 1,
-                b']' => {
-                    self.i += 1;
-                    return Some(j);
-                }
-                _ => return None,
-            }
-        }
-    }
-
-    /// `[str, ...]`: the number of strings.
-    fn strings(&mut self) -> Option<usize> {
+    fn list(&mut self, mut item: impl FnMut(&mut Self, u32) -> Option<()>) -> Option<u32> {
         self.eat(b'[')?;
         if self.peek()? == b']' {
             self.i += 1;
@@ -139,7 +117,7 @@ impl<'a> Parser<'a> {
         }
         let mut n = 0;
         loop {
-            self.string_bytes()?;
+            item(self, n)?;
             n += 1;
             match self.peek()? {
                 b',' => self.i += 1,
@@ -150,6 +128,21 @@ impl<'a> Parser<'a> {
                 _ => return None,
             }
         }
+    }
+
+    /// `[id, ...]`, each id pushed through `push` with its position.
+    #[inline]
+    fn ids(&mut self, mut push: impl FnMut(u32, i64)) -> Option<u32> {
+        self.list(|p, j| {
+            push(j, p.int()?);
+            Some(())
+        })
+    }
+
+    /// `[str, ...]`: the number of strings.
+    fn strings(&mut self) -> Option<usize> {
+        self.list(|p, _| p.string_bytes().map(drop))
+            .map(|n| n as usize)
     }
 
     /// Any JSON number, skipped.
@@ -198,24 +191,7 @@ impl<'a> Parser<'a> {
             b'f' => self.literal(b"false"),
             b'n' => self.literal(b"null"),
             b'-' | b'0'..=b'9' => self.number(),
-            b'[' => {
-                self.i += 1;
-                if self.peek()? == b']' {
-                    self.i += 1;
-                    return Some(());
-                }
-                loop {
-                    self.skip(depth + 1)?;
-                    match self.peek()? {
-                        b',' => self.i += 1,
-                        b']' => {
-                            self.i += 1;
-                            return Some(());
-                        }
-                        _ => return None,
-                    }
-                }
-            }
+            b'[' => self.list(|p, _| p.skip(depth + 1)).map(drop),
             b'{' => {
                 self.i += 1;
                 if self.peek()? == b'}' {
@@ -296,24 +272,8 @@ pub(crate) fn parse<'a>(bytes: &'a [u8], bufs: &mut IdBuffers) -> Option<RawReco
 }
 
 fn parse_lists(p: &mut Parser, out: &mut Vec<(u32, u32, LabelId)>) -> Option<usize> {
-    p.eat(b'[')?;
-    if p.peek()? == b']' {
-        p.i += 1;
-        return Some(0);
-    }
-    let mut c = 0u32;
-    loop {
-        p.ids(|j, v| out.push((c, j, LabelId::Int(v))))?;
-        c += 1;
-        match p.peek()? {
-            b',' => p.i += 1,
-            b']' => {
-                p.i += 1;
-                return Some(c as usize);
-            }
-            _ => return None,
-        }
-    }
+    p.list(|p, c| p.ids(|j, v| out.push((c, j, LabelId::Int(v)))).map(drop))
+        .map(|n| n as usize)
 }
 
 #[cfg(test)]
