@@ -23,11 +23,12 @@ use rayon::prelude::*;
 use record::PathOnly;
 use serde::Serialize;
 use split::{Batch, SplitError, Splitter};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::Hasher;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 /// What a problem is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -237,10 +238,18 @@ pub fn scan_files(paths: &[PathBuf], opts: &ScanOptions) -> Result<AnnotationSca
         }
     }
     let stop = AtomicBool::new(false);
+    // one hash per record with an image path; reserved for ~100-byte records (untouched capacity
+    // costs no memory)
+    let on_disk: u64 = paths
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    let hashes = Mutex::new(Vec::with_capacity((on_disk / 100) as usize));
     let results: Vec<Result<FileOut>> = paths
         .par_iter()
         .enumerate()
-        .map(|(i, p)| scan_file(i, p, opts, &stop))
+        .map(|(i, p)| scan_file(i, p, opts, &stop, &hashes))
         .collect();
     let mut outs = Vec::with_capacity(results.len());
     for r in results {
@@ -262,7 +271,6 @@ pub fn scan_files(paths: &[PathBuf], opts: &ScanOptions) -> Result<AnnotationSca
         problems: ProblemLog::default(),
         unknown_ids: BTreeMap::new(),
     };
-    let mut hashes = Vec::with_capacity(outs.len());
     for out in outs {
         add(&mut scan.union, &out.acc.union);
         add(&mut scan.parse, &out.acc.parse);
@@ -271,11 +279,10 @@ pub fn scan_files(paths: &[PathBuf], opts: &ScanOptions) -> Result<AnnotationSca
         for (id, c) in out.acc.unknown {
             *scan.unknown_ids.entry(id).or_default() += c;
         }
-        hashes.push(out.hashes);
         scan.files.push(out.file);
     }
-    let dups = duplicate_paths(paths, &hashes, opts)?;
-    drop(hashes);
+    let hashes = hashes.into_inner().expect("hash list lock poisoned");
+    let dups = duplicate_paths(paths, hashes, opts)?;
     if !opts.keep_going {
         if let Some(first) = dups.details.first() {
             return Err(first.clone().into_error());
@@ -295,8 +302,6 @@ fn add(into: &mut [u64], from: &[u64]) {
 struct FileOut {
     file: FileScan,
     acc: Acc,
-    /// Hash of each record's image path in record order (0: none).
-    hashes: Vec<u64>,
 }
 
 /// Counts from one or more batches.
@@ -305,8 +310,6 @@ struct Acc {
     parse: Vec<u64>,
     problems: ProblemLog,
     unknown: BTreeMap<i128, u64>,
-    /// (first record index, path hashes) per batch.
-    hashes: Vec<(u64, Vec<u64>)>,
 }
 
 impl Acc {
@@ -316,7 +319,6 @@ impl Acc {
             parse: vec![0; n],
             problems: ProblemLog::default(),
             unknown: BTreeMap::new(),
-            hashes: Vec::new(),
         }
     }
 
@@ -327,7 +329,6 @@ impl Acc {
         for (id, c) in other.unknown {
             *self.unknown.entry(id).or_default() += c;
         }
-        self.hashes.extend(other.hashes);
         self
     }
 }
@@ -346,22 +347,33 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
-/// Opens a file, decompressing gzip when the content starts with gzip's magic bytes.
+/// Opens a file, decompressing gzip when the content starts with gzip's magic bytes. Plain files are
+/// read straight into the splitter's buffer (no intermediate buffering).
 fn open(path: &Path, progress: ProgressBar) -> Result<(Box<dyn Read + Send>, bool)> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut reader = BufReader::with_capacity(
-        1 << 18,
-        Counting {
-            inner: file,
-            progress,
-        },
-    );
-    let head = reader.fill_buf().map_err(|e| Error::io(path, e))?;
-    if head.starts_with(&[0x1f, 0x8b]) {
-        let gz = flate2::read::MultiGzDecoder::new(reader);
+    use std::io::{Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut head = [0u8; 2];
+    let mut got = 0;
+    while got < 2 {
+        match file
+            .read(&mut head[got..])
+            .map_err(|e| Error::io(path, e))?
+        {
+            0 => break,
+            n => got += n,
+        }
+    }
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io(path, e))?;
+    let counted = Counting {
+        inner: file,
+        progress,
+    };
+    if got == 2 && head == [0x1f, 0x8b] {
+        let gz = flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 18, counted));
         Ok((Box::new(gz), true))
     } else {
-        Ok((Box::new(reader), false))
+        Ok((Box::new(counted), false))
     }
 }
 
@@ -370,6 +382,8 @@ struct FileCtx<'a> {
     name: String,
     opts: &'a ScanOptions,
     stop: &'a AtomicBool,
+    /// Hashes of all image paths, in no particular order.
+    hashes: &'a Mutex<Vec<u64>>,
 }
 
 fn split_failure(
@@ -405,6 +419,7 @@ fn scan_file(
     path: &Path,
     opts: &ScanOptions,
     stop: &AtomicBool,
+    hashes: &Mutex<Vec<u64>>,
 ) -> Result<FileOut> {
     let bytes = std::fs::metadata(path)
         .map_err(|e| Error::io(path, e))?
@@ -415,6 +430,7 @@ fn scan_file(
         name: path.display().to_string(),
         opts,
         stop,
+        hashes,
     };
     let n = opts.slot_count;
     let (split_result, acc) = std::thread::scope(|s| {
@@ -464,11 +480,6 @@ fn scan_file(
         acc.problems.push(p);
     }
     result.map_err(|e| split_failure(path, gzip, e))?;
-    acc.hashes.sort_unstable_by_key(|(first, _)| *first);
-    let mut hashes = Vec::with_capacity(records as usize);
-    for (_, h) in std::mem::take(&mut acc.hashes) {
-        hashes.extend(h);
-    }
     Ok(FileOut {
         file: FileScan {
             path: ctx.name,
@@ -478,7 +489,6 @@ fn scan_file(
             gzip,
         },
         acc,
-        hashes,
     })
 }
 
@@ -600,7 +610,6 @@ impl RecordCheck<'_, '_> {
 fn process_batch(batch: &Batch, ctx: &FileCtx) -> Acc {
     let n = ctx.opts.slot_count;
     let mut acc = Acc::new(n);
-    let first = batch.items.first().map_or(0, |i| i.index);
     let mut hashes = Vec::with_capacity(batch.items.len());
     // stamp[slot] == record number + 1 when the slot was already counted for this record
     let mut seen_union = vec![0u32; n];
@@ -624,7 +633,6 @@ fn process_batch(batch: &Batch, ctx: &FileCtx) -> Acc {
             Err(e) => {
                 check.pos = absolute(item.pos, e.line(), e.column());
                 check.problem(ProblemKind::InvalidRecord, serde_message(&e));
-                hashes.push(0);
                 continue;
             }
         };
@@ -636,7 +644,9 @@ fn process_batch(batch: &Batch, ctx: &FileCtx) -> Acc {
                 format!("missing field {} (null counts as missing)", list.join(", ")),
             );
         }
-        hashes.push(rec.image_path.as_deref().map_or(0, path_hash));
+        if let Some(p) = rec.image_path.as_deref() {
+            hashes.push(path_hash(p));
+        }
         if rec.union_label_id && bufs.union.is_empty() {
             check.problem(
                 ProblemKind::EmptyLabels,
@@ -675,118 +685,88 @@ fn process_batch(batch: &Batch, ctx: &FileCtx) -> Acc {
             }
         }
     }
-    acc.hashes.push((first, hashes));
+    ctx.hashes
+        .lock()
+        .expect("hash list lock poisoned")
+        .extend_from_slice(&hashes);
     acc
 }
 
-/// Finds records whose image path repeats an earlier one (in any file), then reads the files that
-/// hold the first `max_details` of them again to name their lines and paths.
+/// Finds records whose image path repeats an earlier one (in any file). The scan kept one 64-bit hash
+/// per path; sorting them shows which paths repeat. Only then are the files read again to name each
+/// repeat and the record it repeats (position and path), up to `max_details` (1 without keep_going).
 fn duplicate_paths(
     paths: &[PathBuf],
-    hashes: &[Vec<u64>],
+    mut hashes: Vec<u64>,
     opts: &ScanOptions,
 ) -> Result<ProblemLog> {
-    let mut all: Vec<u64> = hashes
-        .iter()
-        .flatten()
-        .copied()
-        .filter(|h| *h != 0)
-        .collect();
-    all.sort_unstable();
-    let repeated: HashSet<u64> = all
+    hashes.sort_unstable();
+    let repeated: HashSet<u64> = hashes
         .windows(2)
         .filter(|w| w[0] == w[1])
         .map(|w| w[0])
         .collect();
-    drop(all);
+    let total: u64 = hashes.len() as u64 - {
+        hashes.dedup();
+        hashes.len() as u64
+    };
+    drop(hashes);
     let mut log = ProblemLog::default();
     if repeated.is_empty() {
         return Ok(log);
     }
-    let mut first_seen: HashMap<u64, (usize, u64)> = HashMap::new();
-    let mut found: Vec<(usize, u64, usize, u64)> = Vec::new();
-    for (f, file_hashes) in hashes.iter().enumerate() {
-        for (i, h) in file_hashes.iter().enumerate() {
-            if !repeated.contains(h) {
-                continue;
-            }
-            match first_seen.get(h) {
-                None => {
-                    first_seen.insert(*h, (f, i as u64));
+    *log.counts
+        .entry(ProblemKind::DuplicateImagePath)
+        .or_default() += total;
+    let wanted = if opts.keep_going { opts.max_details } else { 1 };
+    let mut first_seen: HashMap<u64, (usize, u64, Pos)> = HashMap::new();
+    let mut bufs = record::IdBuffers::default();
+    'files: for (f, path) in paths.iter().enumerate() {
+        let (reader, gzip) = open(path, ProgressBar::hidden())?;
+        let mut sp = Splitter::new(reader, opts.batch_bytes);
+        while let Some(batch) = sp.next_batch().map_err(|e| split_failure(path, gzip, e))? {
+            for item in &batch.items {
+                let bytes = batch.bytes(item);
+                let image = match fast::parse(bytes, &mut bufs) {
+                    Some(r) => r.image_path.map(|p| p.into_owned()),
+                    None => serde_json::from_slice::<PathOnly>(bytes)
+                        .ok()
+                        .and_then(|p| p.image_path.map(|s| s.into_owned())),
+                };
+                let Some(image) = image else { continue };
+                let h = path_hash(&image);
+                if !repeated.contains(&h) {
+                    continue;
                 }
-                Some(&(f0, i0)) => {
-                    *log.counts
-                        .entry(ProblemKind::DuplicateImagePath)
-                        .or_default() += 1;
-                    if found.len() < opts.max_details {
-                        found.push((f, i as u64, f0, i0));
-                    } else {
-                        log.details_dropped += 1;
-                    }
+                let Some(&(f0, i0, pos0)) = first_seen.get(&h) else {
+                    first_seen.insert(h, (f, item.index, item.pos));
+                    continue;
+                };
+                let elsewhere = if f0 == f {
+                    String::new()
+                } else {
+                    format!("{} ", paths[f0].display())
+                };
+                log.details.push(Problem {
+                    kind: ProblemKind::DuplicateImagePath,
+                    file: path.display().to_string(),
+                    record: Some(item.index),
+                    line: item.pos.line,
+                    column: item.pos.column,
+                    message: format!(
+                        "duplicate image_path {image:?}: the same as record {i0} ({elsewhere}line {}, column {})",
+                        pos0.line, pos0.column
+                    ),
+                    file_index: f,
+                });
+                if log.details.len() >= wanted {
+                    break 'files;
                 }
             }
         }
     }
-    let mut wanted: BTreeMap<usize, BTreeSet<u64>> = BTreeMap::new();
-    for &(f, i, f0, i0) in &found {
-        wanted.entry(f).or_default().insert(i);
-        wanted.entry(f0).or_default().insert(i0);
-    }
-    let mut located: HashMap<(usize, u64), (Pos, String)> = HashMap::new();
-    for (f, indices) in wanted {
-        for (i, v) in locate(&paths[f], &indices)? {
-            located.insert((f, i), v);
-        }
-    }
-    for (f, i, f0, i0) in found {
-        let (pos, image) = located
-            .get(&(f, i))
-            .cloned()
-            .unwrap_or((Pos { line: 0, column: 0 }, String::new()));
-        let (pos0, _) = located
-            .get(&(f0, i0))
-            .cloned()
-            .unwrap_or((Pos { line: 0, column: 0 }, String::new()));
-        let same = if f == f0 {
-            String::new()
-        } else {
-            format!("{} ", paths[f0].display())
-        };
-        log.details.push(Problem {
-            kind: ProblemKind::DuplicateImagePath,
-            file: paths[f].display().to_string(),
-            record: Some(i),
-            line: pos.line,
-            column: pos.column,
-            message: format!(
-                "duplicate image_path {image:?}: the same as record {i0} ({same}line {}, column {})",
-                pos0.line, pos0.column
-            ),
-            file_index: f,
-        });
-    }
+    log.details_dropped = total - log.details.len() as u64;
     Ok(log)
-}
-
-/// Positions and image paths of the given records of a file (second pass, no counting).
-fn locate(path: &Path, indices: &BTreeSet<u64>) -> Result<HashMap<u64, (Pos, String)>> {
-    let (reader, gzip) = open(path, ProgressBar::hidden())?;
-    let mut sp = Splitter::new(reader, 4 << 20);
-    let mut out = HashMap::new();
-    let last = indices.last().copied().unwrap_or(0);
-    while let Some(batch) = sp.next_batch().map_err(|e| split_failure(path, gzip, e))? {
-        for item in batch.items.iter().filter(|it| indices.contains(&it.index)) {
-            let image = serde_json::from_slice::<PathOnly>(batch.bytes(item))
-                .ok()
-                .and_then(|p| p.image_path.map(|s| s.into_owned()))
-                .unwrap_or_default();
-            out.insert(item.index, (item.pos, image));
-        }
-        if batch.items.last().is_some_and(|it| it.index >= last) {
-            break;
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
