@@ -72,6 +72,8 @@ enum State {
     BeforeRecord { first: bool },
     /// Inside a record of a JSON array.
     InRecord,
+    /// After an object record's closing `}`: `,` or `]` must follow.
+    AfterRecord,
     /// After the closing `]`: only whitespace may follow.
     Done,
     /// JSON Lines: inside a line.
@@ -95,6 +97,8 @@ pub(crate) struct Splitter<R> {
     rec_start: usize,
     rec_pos: Pos,
     depth: u32,
+    /// The current record is an object: only braces and quotes matter until it closes.
+    object: bool,
     in_string: bool,
     escape: bool,
     last_sig: usize,
@@ -148,6 +152,7 @@ impl<R: Read> Splitter<R> {
             rec_start: 0,
             rec_pos: Pos { line: 1, column: 1 },
             depth: 0,
+            object: false,
             in_string: false,
             escape: false,
             last_sig: 0,
@@ -238,7 +243,9 @@ impl<R: Read> Splitter<R> {
             match self.state {
                 State::Start => self.scan_start()?,
                 State::BeforeRecord { first } => self.scan_before_record(first)?,
+                State::InRecord if self.object && !self.in_string => self.scan_object(),
                 State::InRecord => self.scan_record(),
+                State::AfterRecord => self.scan_after_record()?,
                 State::Done => self.scan_done()?,
                 State::Lines => self.scan_lines(),
             }
@@ -325,6 +332,7 @@ impl<R: Read> Splitter<R> {
                 self.rec_start = i;
                 self.rec_pos = self.pos_at(i);
                 self.depth = 0;
+                self.object = self.buf[i] == b'{';
                 self.in_string = false;
                 self.escape = false;
                 self.last_sig = i;
@@ -333,7 +341,84 @@ impl<R: Read> Splitter<R> {
         Ok(())
     }
 
-    /// The hot loop: finds where the current array element ends.
+    /// Lines start after each newline in `buf[from..to]`.
+    fn count_lines(&mut self, from: usize, to: usize) {
+        let seg = &self.buf[from..to];
+        if let Some(last) = memchr::memrchr(b'\n', seg) {
+            self.line += memchr::memchr_iter(b'\n', seg).count() as u64;
+            self.line_start = self.base + (from + last) as u64 + 1;
+        }
+    }
+
+    /// The hot loop for object records (RAM's): outside strings only braces and quotes matter, and
+    /// the record ends where its outermost brace closes.
+    fn scan_object(&mut self) {
+        let n = self.buf.len();
+        let mut i = self.scan;
+        while i < n {
+            if self.in_string {
+                self.scan = i;
+                self.scan_record();
+                if self.in_string || self.state != State::InRecord {
+                    return;
+                }
+                i = self.scan;
+                continue;
+            }
+            let Some(k) = memchr3(b'"', b'{', b'}', &self.buf[i..]) else {
+                self.count_lines(i, n);
+                i = n;
+                break;
+            };
+            self.count_lines(i, i + k);
+            i += k;
+            match self.buf[i] {
+                b'"' => self.in_string = true,
+                b'{' => self.depth += 1,
+                _ => {
+                    self.depth -= 1;
+                    if self.depth == 0 {
+                        self.items.push(Item {
+                            start: self.rec_start,
+                            end: i + 1,
+                            index: self.next_index,
+                            pos: self.rec_pos,
+                        });
+                        self.next_index += 1;
+                        self.state = State::AfterRecord;
+                        self.scan = i + 1;
+                        return;
+                    }
+                }
+            }
+            i += 1;
+        }
+        self.scan = i;
+    }
+
+    fn scan_after_record(&mut self) -> Result<(), SplitError> {
+        let Some(i) = self.skip_ws() else {
+            return Ok(());
+        };
+        match self.buf[i] {
+            b',' => self.state = State::BeforeRecord { first: false },
+            b']' => self.state = State::Done,
+            b => {
+                return Err(self.error(
+                    i,
+                    Some(self.next_index - 1),
+                    format!(
+                        "expected `,` or `]` after the record's closing `}}`, found {}",
+                        describe_byte(b)
+                    ),
+                ))
+            }
+        }
+        self.scan = i + 1;
+        Ok(())
+    }
+
+    /// The general loop (any JSON value as a record): finds where the current array element ends.
     fn scan_record(&mut self) {
         let n = self.buf.len();
         let mut i = self.scan;
@@ -352,6 +437,10 @@ impl<R: Read> Splitter<R> {
                             b'"' => {
                                 self.in_string = false;
                                 self.last_sig = i + 1;
+                                if self.object {
+                                    self.scan = i + 1;
+                                    return;
+                                }
                             }
                             b'\\' => self.escape = true,
                             _ => self.newline_at(i),
@@ -473,7 +562,7 @@ impl<R: Read> Splitter<R> {
                 None,
                 "the file is empty (expected a JSON array of records or JSON Lines)".into(),
             )),
-            State::BeforeRecord { .. } => Err(self.error(
+            State::BeforeRecord { .. } | State::AfterRecord => Err(self.error(
                 end,
                 None,
                 format!(
@@ -571,6 +660,28 @@ mod tests {
                 "batch {batch}"
             );
         }
+    }
+
+    #[test]
+    fn pretty_printed_objects_keep_their_lines() {
+        let text =
+            "[\n  {\n    \"a\": {\"b\": \"}{\\\"\"},\r\n    \"c\": [1,\n 2]\n  },\n  {\"d\": 1}\n]";
+        for batch in [1, 5, 1 << 20] {
+            let (recs, _) = split(text, batch).unwrap();
+            let starts: Vec<(u64, Pos)> = recs.iter().map(|r| (r.0, r.1)).collect();
+            assert_eq!(starts, vec![(0, p(2, 3)), (1, p(7, 3))], "batch {batch}");
+            assert!(recs[0].2.ends_with("2]\n  }"), "{:?}", recs[0].2);
+            assert_eq!(recs[1].2, "{\"d\": 1}");
+        }
+        let e = split("[{\"a\": 1}\n x]", 4).unwrap_err();
+        assert_eq!((e.pos, e.record), (p(2, 2), Some(0)));
+        assert!(
+            e.message
+                .contains("expected `,` or `]` after the record's closing `}`"),
+            "{e:?}"
+        );
+        let e = split("[{\"a\": 1}\n", 4).unwrap_err();
+        assert!(e.message.contains("before the array's closing"), "{e:?}");
     }
 
     #[test]
