@@ -54,7 +54,7 @@ fn first_problem_stops_with_position_and_record() {
     let dir = tempfile::tempdir().unwrap();
     let text = GOOD.replace("[2], \"parse", "[2, 7], \"parse");
     let a = write(dir.path(), "a.json", &text);
-    let err = scan_files(&[a.clone()], &opts(4, false))
+    let err = scan_files(std::slice::from_ref(&a), &opts(4, false))
         .unwrap_err()
         .to_string();
     assert!(
@@ -72,7 +72,7 @@ fn syntax_error_inside_a_record_is_placed_in_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let text = "[\n{\"image_path\": \"a.jpg\",\n \"caption\": [\"x\"] \"union_label_id\": [1]}\n]";
     let a = write(dir.path(), "a.json", text);
-    let err = scan_files(&[a.clone()], &opts(4, false))
+    let err = scan_files(std::slice::from_ref(&a), &opts(4, false))
         .unwrap_err()
         .to_string();
     assert!(
@@ -110,7 +110,7 @@ fn duplicates_are_found_across_files_with_both_places() {
 fn bom_is_an_error_unless_keep_going() {
     let dir = tempfile::tempdir().unwrap();
     let a = write(dir.path(), "a.json", &format!("\u{feff}{GOOD}"));
-    let err = scan_files(&[a.clone()], &opts(4, false))
+    let err = scan_files(std::slice::from_ref(&a), &opts(4, false))
         .unwrap_err()
         .to_string();
     assert!(
