@@ -9,6 +9,7 @@ pub mod consistency;
 pub mod diff;
 pub mod embed;
 pub mod error;
+pub mod eval;
 pub mod fsutil;
 pub mod manifest;
 pub mod monitor;

@@ -77,6 +77,12 @@ the scan unless --keep-going)."
     /// rows). Exit 0 when every rule holds, 1 when one fails, 2 on bad input.
     #[command(after_help = CHECK_HELP)]
     Check(CheckArgs),
+    /// Evaluate prediction scores on a benchmark: mAP and precision/recall/F1 at the per-class
+    /// thresholds, benchmark tags mapped to slots by name, absent slots reported separately.
+    #[command(
+        after_help = "Examples:\n  tagfix eval --benchmark ../shared/ram/benchmarks/openimages_common_214 --scores preds.csv\n  tagfix eval --benchmark DIR --scores preds.safetensors --manifest manifest.json --format json --out eval.json"
+    )]
+    Eval(EvalArgs),
 }
 
 #[derive(Debug, Args)]
@@ -436,4 +442,60 @@ pub struct PlotArgs {
     /// Also write the health events as JSON to stdout instead of the table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("bench").required(true).args(["benchmark", "taglist"])))]
+pub struct EvalArgs {
+    /// Prediction scores: CSV `image_id,slot_or_tag,score` or safetensors `scores` [images, slots]
+    /// with metadata `image_ids` (see docs/formats.md).
+    #[arg(long, value_name = "FILE")]
+    pub scores: PathBuf,
+    /// A benchmark folder in the official format (`*_taglist.txt` + `*_annots.txt`), e.g.
+    /// ../shared/ram/benchmarks/openimages_common_214.
+    #[arg(long, value_name = "DIR")]
+    pub benchmark: Option<PathBuf>,
+    /// The benchmark's tag list (instead of --benchmark).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "annots",
+        conflicts_with = "benchmark"
+    )]
+    pub taglist: Option<PathBuf>,
+    /// The benchmark's annotation file (`image_id,tag[,tag…]` or `image_id,i j k`).
+    #[arg(long, value_name = "FILE", requires = "taglist")]
+    pub annots: Option<PathBuf>,
+    /// The vocabulary the scores' slots refer to (a tag-list file or preset name).
+    #[arg(long, default_value = "ram")]
+    pub vocab: String,
+    /// Per-slot thresholds (one per line, as ram_tag_list_threshold.txt) [default: the vocabulary
+    /// preset's threshold sidecar].
+    #[arg(long, value_name = "FILE", conflicts_with = "threshold")]
+    pub thresholds: Option<PathBuf>,
+    /// One threshold for every slot.
+    #[arg(long, value_name = "P")]
+    pub threshold: Option<f32>,
+    /// Slot manifest (from `tagfix diff`): slots it marks absent are reported separately.
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = EvalFormat::Table)]
+    pub format: EvalFormat,
+    /// Write the output to FILE (atomically) instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Table: also list every class.
+    #[arg(long)]
+    pub per_class: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EvalFormat {
+    /// Summary table (mAP, CP/CR/CF1, OP/OR/OF1 in %).
+    Table,
+    /// The whole report (fractions in [0, 1]).
+    Json,
+    /// One row per class.
+    Csv,
 }

@@ -6,6 +6,7 @@ mod check;
 mod convert;
 mod diff;
 mod embed;
+mod eval;
 mod inspect;
 mod plot;
 mod synth;
@@ -65,6 +66,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Plot(a) => plot::run(a),
         Command::Embed(a) => embed::run(a, &cli.global),
         Command::Check(a) => check::run(a),
+        Command::Eval(a) => eval::run(a),
     }
 }
 

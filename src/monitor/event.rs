@@ -58,7 +58,7 @@ pub type EventWriter = super::record::JsonlWriter<HealthEvent>;
 
 /// Reads every event of an `events.jsonl` file; a malformed line is an error naming `file:line`.
 pub fn read_events(path: &Path) -> Result<Vec<HealthEvent>> {
-    super::record::JsonLines::open(path)?.collect()
+    super::record::read_jsonl(path)
 }
 
 #[cfg(test)]

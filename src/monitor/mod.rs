@@ -20,6 +20,7 @@ pub mod run_dir;
 pub mod run_monitor;
 pub mod summary;
 pub mod synthetic;
+pub mod validation;
 
 pub use detectors::{detect, DetectorConfig, HealthMonitor};
 pub use event::{read_events, EventKind, EventWriter, HealthEvent};
@@ -30,3 +31,4 @@ pub use record::{
 pub use run_dir::RunDir;
 pub use run_monitor::RunMonitor;
 pub use summary::events_table;
+pub use validation::{read_validation, ValidationRecord, ValidationWriter};

@@ -304,7 +304,12 @@ pub fn read_records(path: &Path) -> Result<JsonLines<StepRecord>> {
 
 /// Reads every record of a `metrics.jsonl` file (see [`read_records`]).
 pub fn read_all_records(path: &Path) -> Result<Vec<StepRecord>> {
-    read_records(path)?.collect()
+    read_jsonl(path)
+}
+
+/// Reads a whole JSON Lines file of `T`; a malformed line is an error naming `file:line`.
+pub fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
+    JsonLines::open(path)?.collect()
 }
 
 /// A streaming reader of a JSON Lines file of `T`, yielding `Err` naming `file:line` on a bad line.

@@ -1,0 +1,383 @@
+//! Evaluation of tag predictions on a benchmark: mAP and precision / recall / F1 at per-class
+//! thresholds, with benchmark tags mapped to vocabulary slots by name and slots the training data
+//! lacks (per the slot manifest) reported separately. Feature-free: scores come from a file
+//! ([`scores`]) or, during training, from memory ([`evaluate`]).
+
+pub mod benchmark;
+pub mod metrics;
+pub mod output;
+pub mod scores;
+
+pub use benchmark::{Benchmark, LabelForm};
+pub use metrics::{average_precision, Counts, Summary};
+pub use scores::{read_scores, ScoreMatrix};
+
+use crate::error::{Error, Result};
+use crate::manifest::{SlotManifest, SlotStatus};
+use crate::vocab::{normalize_tag, Slot, Vocabulary};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// How a benchmark tag found its slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MatchKind {
+    /// Same string as the vocabulary's tag.
+    Exact,
+    /// Same after `normalize_tag` (case, spaces/underscores, Unicode NFC).
+    Normalized,
+}
+
+/// One benchmark tag and its slot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MappedTag {
+    pub tag: String,
+    pub slot: Option<Slot>,
+    pub matched: Option<MatchKind>,
+}
+
+/// Benchmark tags mapped to vocabulary slots (index = benchmark tag index).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TagMapping {
+    pub tags: Vec<MappedTag>,
+}
+
+impl TagMapping {
+    /// Maps by exact name, then by normalised name (first slot wins when several share it).
+    pub fn new(benchmark_tags: &[String], vocab: &Vocabulary) -> Self {
+        let mut exact: HashMap<&str, Slot> = HashMap::new();
+        let mut normalized: HashMap<String, Slot> = HashMap::new();
+        for (slot, t) in vocab.tags.iter().enumerate() {
+            exact.entry(t.as_str()).or_insert(slot);
+            normalized.entry(normalize_tag(t)).or_insert(slot);
+        }
+        let tags = benchmark_tags
+            .iter()
+            .map(|t| {
+                let (slot, matched) = match exact.get(t.as_str()) {
+                    Some(s) => (Some(*s), Some(MatchKind::Exact)),
+                    None => match normalized.get(&normalize_tag(t)) {
+                        Some(s) => (Some(*s), Some(MatchKind::Normalized)),
+                        None => (None, None),
+                    },
+                };
+                MappedTag {
+                    tag: t.clone(),
+                    slot,
+                    matched,
+                }
+            })
+            .collect();
+        TagMapping { tags }
+    }
+
+    /// Benchmark tags without a slot.
+    pub fn unmapped(&self) -> Vec<&str> {
+        self.tags
+            .iter()
+            .filter(|m| m.slot.is_none())
+            .map(|m| m.tag.as_str())
+            .collect()
+    }
+
+    /// `(benchmark tag index, slot)` of every mapped tag.
+    pub fn mapped(&self) -> Vec<(usize, Slot)> {
+        self.tags
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| m.slot.map(|s| (i, s)))
+            .collect()
+    }
+}
+
+/// Per-slot decision thresholds and where they came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Thresholds {
+    pub values: Vec<f32>,
+    pub source: String,
+}
+
+impl Thresholds {
+    /// One threshold for every slot.
+    pub fn uniform(value: f32, slots: usize) -> Self {
+        Thresholds {
+            values: vec![value; slots],
+            source: format!("single threshold {value}"),
+        }
+    }
+
+    /// A threshold file aligned with the vocabulary (line i = slot i, as
+    /// `ram_tag_list_threshold.txt`); errors name file and line.
+    pub fn read(path: &Path, slots: usize) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let lines: Vec<&str> = text.lines().collect();
+        let lines = match lines.split_last() {
+            Some((last, rest)) if last.trim().is_empty() => rest.to_vec(),
+            _ => lines,
+        };
+        if lines.len() != slots {
+            return Err(Error::invalid(
+                path,
+                format!(
+                    "{} thresholds for a vocabulary of {slots} slots",
+                    lines.len()
+                ),
+            ));
+        }
+        let values = lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                l.trim()
+                    .parse::<f32>()
+                    .ok()
+                    .filter(|v| v.is_finite())
+                    .ok_or_else(|| Error::Parse {
+                        path: path.to_path_buf(),
+                        line: i + 1,
+                        message: format!("threshold `{}` is not a number", l.trim()),
+                    })
+            })
+            .collect::<Result<Vec<f32>>>()?;
+        Ok(Thresholds {
+            values,
+            source: path.display().to_string(),
+        })
+    }
+
+    /// The vocabulary preset's `threshold` sidecar (`ram_tag_list_threshold.txt` for `ram`).
+    pub fn from_preset(vocab: &Vocabulary) -> Option<Result<Self>> {
+        let preset = vocab.preset.as_ref()?;
+        let (_, path) = preset.sidecars.iter().find(|(n, _)| n == "threshold")?;
+        Some(Self::read(path, vocab.len()))
+    }
+}
+
+/// Whether a slot is covered by the training data (from the slot manifest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlotCoverage {
+    Present,
+    Absent,
+    /// No manifest given.
+    Unknown,
+}
+
+/// Metrics of one mapped benchmark tag.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassResult {
+    pub tag: String,
+    pub slot: Slot,
+    pub vocab_tag: String,
+    pub matched: MatchKind,
+    pub coverage: SlotCoverage,
+    pub threshold: f32,
+    #[serde(flatten)]
+    pub counts: Counts,
+    /// `None` when the benchmark has no positive for the tag (left out of every average).
+    pub ap: Option<f64>,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+}
+
+/// The result of one evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    pub benchmark: String,
+    pub images: usize,
+    pub benchmark_tags: usize,
+    pub thresholds: String,
+    /// Over mapped tags with positives whose slot is not absent (all of them without a manifest).
+    pub main: Option<Summary>,
+    /// Over mapped tags with positives whose slot the manifest marks absent.
+    pub absent: Option<Summary>,
+    /// Benchmark tags no slot matched (not evaluated).
+    pub unmapped: Vec<String>,
+    /// Mapped tags without any positive image (not averaged).
+    pub no_positives: Vec<String>,
+    pub classes: Vec<ClassResult>,
+}
+
+/// Evaluates scores on a benchmark. `scores[i][j]` is image i's score (a probability, compared
+/// with `> threshold`) for the j-th mapped tag of `mapping` (columns in [`TagMapping::mapped`]
+/// order); build it with [`ScoreMatrix::for_benchmark`] or [`gather_columns`].
+pub fn evaluate(
+    bench: &Benchmark,
+    vocab: &Vocabulary,
+    mapping: &TagMapping,
+    scores: &ScoreMatrix,
+    thresholds: &Thresholds,
+    manifest: Option<&SlotManifest>,
+) -> Result<EvalReport> {
+    let mapped = mapping.mapped();
+    if scores.rows != bench.images.len() || scores.cols != mapped.len() {
+        return Err(Error::Usage(format!(
+            "score matrix is {}x{}, the benchmark needs {}x{} (images x mapped tags)",
+            scores.rows,
+            scores.cols,
+            bench.images.len(),
+            mapped.len()
+        )));
+    }
+    if thresholds.values.len() != vocab.len() {
+        return Err(Error::Usage(format!(
+            "{} thresholds for a vocabulary of {} slots",
+            thresholds.values.len(),
+            vocab.len()
+        )));
+    }
+    let classes: Vec<ClassResult> = mapped
+        .par_iter()
+        .enumerate()
+        .map(|(col, &(tag, slot))| {
+            let targets = bench.targets(tag);
+            let column = scores.column(col);
+            let threshold = thresholds.values[slot];
+            let counts = Counts::at_threshold(&column, &targets, threshold);
+            let coverage = match manifest {
+                None => SlotCoverage::Unknown,
+                Some(m) => match m.slots[slot].status {
+                    SlotStatus::Present => SlotCoverage::Present,
+                    SlotStatus::Absent => SlotCoverage::Absent,
+                },
+            };
+            ClassResult {
+                tag: bench.tags[tag].clone(),
+                slot,
+                vocab_tag: vocab.tags[slot].clone(),
+                matched: mapping.tags[tag].matched.expect("mapped"),
+                coverage,
+                threshold,
+                ap: average_precision(&column, &targets),
+                precision: counts.precision(),
+                recall: counts.recall(),
+                f1: counts.f1(),
+                counts,
+            }
+        })
+        .collect();
+    let summary = |absent: bool| {
+        Summary::of(classes.iter().filter_map(|c| {
+            let ap = c.ap?;
+            ((c.coverage == SlotCoverage::Absent) == absent).then_some((ap, c.counts))
+        }))
+    };
+    Ok(EvalReport {
+        benchmark: bench.name.clone(),
+        images: bench.images.len(),
+        benchmark_tags: bench.tags.len(),
+        thresholds: thresholds.source.clone(),
+        main: summary(false),
+        absent: summary(true),
+        unmapped: mapping.unmapped().into_iter().map(String::from).collect(),
+        no_positives: classes
+            .iter()
+            .filter(|c| c.ap.is_none())
+            .map(|c| c.tag.clone())
+            .collect(),
+        classes,
+    })
+}
+
+/// For the training loop: selects the mapped tags' columns from full per-slot scores
+/// (`full[i * slots + s]` = image i, slot s; rows in benchmark image order).
+pub fn gather_columns(full: &[f32], slots: usize, mapping: &TagMapping) -> Result<ScoreMatrix> {
+    if slots == 0 || full.len() % slots != 0 {
+        return Err(Error::Usage(format!(
+            "{} scores do not form rows of {slots} slots",
+            full.len()
+        )));
+    }
+    let rows = full.len() / slots;
+    let mapped = mapping.mapped();
+    let mut m = ScoreMatrix::zeros(rows, mapped.len());
+    for r in 0..rows {
+        for (c, &(_, slot)) in mapped.iter().enumerate() {
+            m.set(r, c, full[r * slots + slot]);
+        }
+    }
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 5-tag vocabulary, a 4-image benchmark with 4 tags (one unmapped, one matched only after
+    /// normalisation, one without positives), hand-computed metrics.
+    #[test]
+    fn hand_computed_map_and_prf() {
+        let vocab = Vocabulary::from_tags(
+            ["cat", "dog", "red car", "tree", "boat"]
+                .map(String::from)
+                .to_vec(),
+        );
+        let d = tempfile::tempdir().unwrap();
+        let tl = d.path().join("t.txt");
+        std::fs::write(&tl, "cat\nDog\nunicorn\nboat\n").unwrap();
+        let an = d.path().join("a.txt");
+        // cat: images 1, 3; Dog: images 1, 2, 4; boat: none.
+        std::fs::write(&an, "i1,cat,Dog\ni2,Dog\ni3,cat\ni4,Dog,unicorn\n").unwrap();
+        let bench = Benchmark::load(&tl, &an).unwrap();
+        let mapping = TagMapping::new(&bench.tags, &vocab);
+        assert_eq!(mapping.unmapped(), vec!["unicorn"]);
+        assert_eq!(mapping.mapped(), vec![(0, 0), (1, 1), (3, 4)]);
+        assert_eq!(mapping.tags[1].matched, Some(MatchKind::Normalized));
+        // Columns: cat, Dog, boat.
+        let scores = ScoreMatrix::from_rows(&[
+            vec![0.9, 0.6, 0.1], // i1: cat+, Dog+
+            vec![0.8, 0.7, 0.2], // i2: Dog+
+            vec![0.3, 0.2, 0.3], // i3: cat+
+            vec![0.1, 0.5, 0.4], // i4: Dog+
+        ]);
+        let mut th = Thresholds::uniform(0.5, 5);
+        th.values[1] = 0.55;
+        let r = evaluate(&bench, &vocab, &mapping, &scores, &th, None).unwrap();
+        // cat: ranked 0.9(+) 0.8(-) 0.3(+) 0.1(-): AP = (1/1 + 2/3)/2 = 5/6.
+        //   > 0.5 predicts i1, i2: TP 1 -> P 1/2, R 1/2, F1 1/2.
+        // Dog: ranked 0.7(+) 0.6(+) 0.5(+) 0.2(-): AP = 1.
+        //   > 0.55 predicts i1, i2: TP 2 -> P 1, R 2/3, F1 0.8.
+        // boat: no positive -> no AP, not averaged.
+        let cat = &r.classes[0];
+        assert!((cat.ap.unwrap() - 5.0 / 6.0).abs() < 1e-12);
+        assert_eq!((cat.precision, cat.recall, cat.f1), (0.5, 0.5, 0.5));
+        let dog = &r.classes[1];
+        assert_eq!(dog.ap, Some(1.0));
+        assert!((dog.f1 - 0.8).abs() < 1e-12);
+        assert_eq!(r.no_positives, vec!["boat"]);
+        let m = r.main.unwrap();
+        assert_eq!(m.classes, 2);
+        // mAP = (5/6 + 1)/2 = 11/12; CP = (1/2 + 1)/2 = 3/4; CR = (1/2 + 2/3)/2 = 7/12;
+        // CF1 = 2·(3/4)(7/12)/(3/4 + 7/12) = 21/32; macro F1 = (1/2 + 4/5)/2 = 13/20;
+        // overall: TP 3, predicted 4, positives 5 -> OP 3/4, OR 3/5, OF1 2/3.
+        let close = |a: f64, b: f64| assert!((a - b).abs() < 1e-12, "{a} != {b}");
+        close(m.map, 11.0 / 12.0);
+        close(m.cp, 0.75);
+        close(m.cr, 7.0 / 12.0);
+        close(m.cf1, 21.0 / 32.0);
+        close(m.macro_f1, 13.0 / 20.0);
+        close(m.op, 0.75);
+        close(m.or, 0.6);
+        close(m.of1, 2.0 / 3.0);
+        assert_eq!(r.absent, None);
+
+        // With a manifest marking `dog` (slot 1) absent, Dog moves to the absent group.
+        let manifest = SlotManifest::from_counts(&vocab, &[3, 0, 1, 1, 1], &[0; 5], vec![], 0);
+        let r = evaluate(&bench, &vocab, &mapping, &scores, &th, Some(&manifest)).unwrap();
+        close(r.main.unwrap().map, 5.0 / 6.0);
+        assert_eq!(r.absent.unwrap().map, 1.0);
+        assert_eq!(r.classes[1].coverage, SlotCoverage::Absent);
+
+        // The same through full per-slot rows.
+        let full: Vec<f32> = (0..4)
+            .flat_map(|i| {
+                let row = scores.row(i);
+                vec![row[0], row[1], 0.0, 0.0, row[2]]
+            })
+            .collect();
+        assert_eq!(gather_columns(&full, 5, &mapping).unwrap(), scores);
+    }
+}

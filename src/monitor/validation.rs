@@ -1,0 +1,74 @@
+//! Periodic validation results (`RUN_DIR/validation.jsonl`): one line per evaluation during
+//! training, the summary of an [`crate::eval::EvalReport`].
+
+use super::record::JsonlWriter;
+use crate::error::Result;
+use crate::eval::{EvalReport, Summary};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// One validation: the benchmark's averages over the present (or all) slots and, with a slot
+/// manifest, over the absent ones. Fractions in [0, 1].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValidationRecord {
+    pub step: u64,
+    pub benchmark: String,
+    pub images: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub main: Option<Summary>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub absent: Option<Summary>,
+}
+
+impl ValidationRecord {
+    pub fn from_report(step: u64, report: &EvalReport) -> Self {
+        ValidationRecord {
+            step,
+            benchmark: report.benchmark.clone(),
+            images: report.images,
+            main: report.main,
+            absent: report.absent,
+        }
+    }
+}
+
+/// Appends [`ValidationRecord`]s to `validation.jsonl`.
+pub type ValidationWriter = JsonlWriter<ValidationRecord>;
+
+/// Reads `validation.jsonl`; a malformed line is an error naming `file:line`.
+pub fn read_validation(path: &Path) -> Result<Vec<ValidationRecord>> {
+    super::record::read_jsonl(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("validation.jsonl");
+        let rec = ValidationRecord {
+            step: 500,
+            benchmark: "openimages_common_214".into(),
+            images: 10,
+            main: Summary::of([(
+                0.5,
+                crate::eval::Counts {
+                    positives: 2,
+                    predicted: 1,
+                    true_positives: 1,
+                },
+            )]),
+            absent: None,
+        };
+        let mut w = ValidationWriter::append(&path).unwrap();
+        w.write(&rec).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("\"map\":0.5") && !text.contains("absent"),
+            "{text}"
+        );
+        assert_eq!(read_validation(&path).unwrap(), vec![rec]);
+    }
+}

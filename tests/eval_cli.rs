@@ -1,0 +1,160 @@
+//! `tagfix eval` end to end on a small fixture (hand-computed numbers in src/eval/mod.rs) and on
+//! the official benchmark format.
+
+use assert_cmd::Command;
+use std::path::Path;
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn eval(args: &[&str], dir: &Path) -> std::process::Output {
+    Command::cargo_bin("tagfix")
+        .unwrap()
+        .current_dir(dir)
+        .arg("eval")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// vocab: cat dog red_car tree boat; benchmark: cat, Dog, unicorn, boat.
+fn fixture(dir: &Path) {
+    write(dir, "vocab.txt", "cat\ndog\nred car\ntree\nboat");
+    write(dir, "th.txt", "0.5\n0.55\n0.5\n0.5\n0.5\n");
+    write(dir, "b_taglist.txt", "cat\nDog\nunicorn\nboat\n");
+    write(
+        dir,
+        "b_annots.txt",
+        "i1,cat,Dog\ni2,Dog\ni3,cat\ni4,Dog,unicorn\n",
+    );
+    write(
+        dir,
+        "s.csv",
+        "image_id,slot_or_tag,score\ni1,cat,0.9\ni1,dog,0.6\ni1,4,0.1\ni2,0,0.8\ni2,1,0.7\ni2,4,0.2\n\
+         i3,0,0.3\ni3,1,0.2\ni3,4,0.3\ni4,0,0.1\ni4,1,0.5\ni4,boat,0.4\n",
+    );
+}
+
+#[test]
+fn eval_fixture_table_json_csv() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    fixture(d);
+    let common = [
+        "--benchmark",
+        ".",
+        "--scores",
+        "s.csv",
+        "--vocab",
+        "vocab.txt",
+        "--thresholds",
+        "th.txt",
+    ];
+    let out = eval(&common, d);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    // mAP 11/12 = 91.67 %, CF1 21/32 = 65.62 %.
+    assert!(
+        table.contains("91.67") && table.contains("65.62"),
+        "{table}"
+    );
+    assert!(
+        table.contains("unmapped benchmark tags: unicorn"),
+        "{table}"
+    );
+
+    let out = eval(&[&common[..], &["--format", "json"]].concat(), d);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!((v["main"]["map"].as_f64().unwrap() - 11.0 / 12.0).abs() < 1e-12);
+    assert_eq!(v["no_positives"], serde_json::json!(["boat"]));
+
+    let out = eval(
+        &[&common[..], &["--format", "csv", "--out", "per_class.csv"]].concat(),
+        d,
+    );
+    assert!(out.status.success());
+    let csv = std::fs::read_to_string(d.join("per_class.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    assert!(
+        csv.lines()
+            .nth(2)
+            .unwrap()
+            .starts_with("Dog,1,dog,normalized,unknown,3,2,2,1,1,"),
+        "{csv}"
+    );
+}
+
+#[test]
+fn eval_usage_errors_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    fixture(d);
+    let base = ["--benchmark", ".", "--vocab", "vocab.txt", "--scores"];
+    // A custom vocabulary has no threshold sidecar.
+    let out = eval(&[&base[..], &["s.csv"]].concat(), d);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--threshold"));
+    write(d, "bad.csv", "i1,cat,0.9\ni2,cat,high\n");
+    let out = eval(&[&base[..], &["bad.csv", "--threshold", "0.5"]].concat(), d);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.csv:2:"));
+}
+
+#[test]
+fn eval_on_the_official_openimages_format() {
+    let Some(shared) =
+        tagfix::fsutil::shared_dir_for_test("eval_on_the_official_openimages_format")
+    else {
+        return;
+    };
+    let shared = shared.canonicalize().unwrap();
+    let bench = shared.join("ram/benchmarks/openimages_common_214");
+    let annots =
+        std::fs::read_to_string(bench.join("openimages_common_214_ram_annots.txt")).unwrap();
+    // Perfect scores: each image's ground-truth tags 1, everything else absent (0) -> mAP 100 %.
+    let mut csv = String::from("image_id,tag,score\n");
+    for line in annots.lines() {
+        let mut f = line.split(',');
+        let id = f.next().unwrap();
+        let tags: Vec<&str> = f.collect();
+        if !tags.contains(&"accident") {
+            csv.push_str(&format!("{id},accident,0\n"));
+        }
+        for t in tags {
+            csv.push_str(&format!("{id},{t},1\n"));
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "s.csv", &csv);
+    let out = eval(
+        &[
+            "--benchmark",
+            bench.to_str().unwrap(),
+            "--scores",
+            "s.csv",
+            "--format",
+            "json",
+        ],
+        tmp.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["images"], 57224);
+    assert_eq!(v["main"]["classes"], 214);
+    assert_eq!(v["main"]["map"], 1.0);
+    assert!(v["thresholds"]
+        .as_str()
+        .unwrap()
+        .ends_with("ram_tag_list_threshold.txt"));
+}
