@@ -3,6 +3,7 @@
 //! detector and plot tests and by `examples/synthetic_run.rs` (to see what each event looks like).
 
 use super::record::{GroupNorms, LossTerm, Losses, ModuleGroup, StepRecord, TermValue};
+use crate::rng::SplitMix64;
 
 /// One injected problem.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -55,32 +56,9 @@ impl Default for SyntheticRun {
     }
 }
 
-/// SplitMix64: a tiny deterministic generator (no dependency, same numbers everywhere).
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-
-    /// Standard normal (Box–Muller).
-    fn normal(&mut self) -> f64 {
-        let (u1, u2) = (self.uniform(), self.uniform());
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
-
-    /// Multiplicative noise with relative spread `sd`.
-    fn noise(&mut self, sd: f64) -> f64 {
-        (sd * self.normal()).exp()
-    }
+/// Multiplicative noise with relative spread `sd`.
+fn noise(rng: &mut SplitMix64, sd: f64) -> f64 {
+    (sd * rng.normal()).exp()
 }
 
 impl SyntheticRun {
@@ -103,16 +81,16 @@ impl SyntheticRun {
 
     /// Generates the records, steps 1..=steps.
     pub fn records(&self) -> Vec<StepRecord> {
-        let mut rng = Rng(self.seed);
+        let mut rng = SplitMix64(self.seed);
         let mut wall = 0.0;
         (1..=self.steps)
             .map(|step| {
                 let t = step as f64;
                 // Healthy curves: power-law decay with multiplicative noise.
                 let mut raw = [
-                    60.0 * (1.0 + t / 100.0).powf(-0.5) * rng.noise(0.05),
-                    4.0 * (1.0 + t / 200.0).powf(-0.4) * rng.noise(0.08),
-                    (0.2 + 0.6 * (1.0 + t / 300.0).powf(-0.5)) * rng.noise(0.03),
+                    60.0 * (1.0 + t / 100.0).powf(-0.5) * noise(&mut rng, 0.05),
+                    4.0 * (1.0 + t / 200.0).powf(-0.4) * noise(&mut rng, 0.08),
+                    (0.2 + 0.6 * (1.0 + t / 300.0).powf(-0.5)) * noise(&mut rng, 0.03),
                 ];
                 let mut weights = self.weights;
                 let mut enc_scale = 1.0;
@@ -156,19 +134,22 @@ impl SyntheticRun {
                 }
                 let lr = self.lr_at(step);
                 let grad_norm = GroupNorms::from_groups([
-                    (ModuleGroup::ImageEncoder, 1.0 * enc_scale * rng.noise(0.2)),
-                    (ModuleGroup::TaggingHead, 2.0 * rng.noise(0.2)),
-                    (ModuleGroup::Projections, 0.5 * rng.noise(0.2)),
+                    (
+                        ModuleGroup::ImageEncoder,
+                        1.0 * enc_scale * noise(&mut rng, 0.2),
+                    ),
+                    (ModuleGroup::TaggingHead, 2.0 * noise(&mut rng, 0.2)),
+                    (ModuleGroup::Projections, 0.5 * noise(&mut rng, 0.2)),
                 ]);
                 let update_norm = GroupNorms::from_groups([
                     (
                         ModuleGroup::ImageEncoder,
-                        300.0 * lr * enc_scale * rng.noise(0.1),
+                        300.0 * lr * enc_scale * noise(&mut rng, 0.1),
                     ),
-                    (ModuleGroup::TaggingHead, 100.0 * lr * rng.noise(0.1)),
-                    (ModuleGroup::Projections, 30.0 * lr * rng.noise(0.1)),
+                    (ModuleGroup::TaggingHead, 100.0 * lr * noise(&mut rng, 0.1)),
+                    (ModuleGroup::Projections, 30.0 * lr * noise(&mut rng, 0.1)),
                 ]);
-                let step_s = 0.5 * rng.noise(0.05);
+                let step_s = 0.5 * noise(&mut rng, 0.05);
                 wall += step_s;
                 StepRecord {
                     step,
@@ -179,7 +160,7 @@ impl SyntheticRun {
                     grad_norm,
                     update_norm: Some(update_norm),
                     images_per_s: 52.0 / step_s,
-                    data_wait_s: 0.01 * rng.noise(0.5),
+                    data_wait_s: 0.01 * noise(&mut rng, 0.5),
                     wall_s: wall,
                 }
             })
