@@ -1,7 +1,7 @@
 //! Neighbour-search benchmark for `tagfix check` (run by scripts/bench-check.sh):
 //! exact blocked kNN and HNSW on a deterministic clustered set, recall@k of HNSW against exact.
 //!
-//! `cargo run --release --example bench_check -- ROWS DIM QUERIES [NPY_OUT]`
+//! `cargo run --release --example bench_check -- ROWS DIM QUERIES [NPY_OUT [M EF_CONSTRUCTION EF_SEARCH]]`
 //! prints one JSON line; with NPY_OUT also writes the rows and the exact top-k ids of the sampled
 //! queries (for the numpy baseline to check its answer against).
 
@@ -15,7 +15,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize, d: usize| args.get(i).map_or(d, |s| s.parse().expect("number"));
     let (rows, dim, queries, k) = (arg(0, 100_000), arg(1, 512), arg(2, 2000), 10);
-    let npy_out = args.get(3);
+    let npy_out = args.get(3).filter(|s| s.as_str() != "-");
 
     let t = Instant::now();
     let data = clustered(rows, dim, 20, 0.7, 42);
@@ -33,7 +33,12 @@ fn main() {
     let truth = exact(db, Rows::new(&qdata, dim), k, Exclude::Given(&excl));
     let exact_s = t.elapsed().as_secs_f64();
 
-    let params = HnswParams::default();
+    let d = HnswParams::default();
+    let params = HnswParams {
+        max_connections: arg(4, d.max_connections),
+        ef_construction: arg(5, d.ef_construction),
+        ef_search: arg(6, d.ef_search),
+    };
     let t = Instant::now();
     let index = HnswIndex::build(db, &params);
     let build_s = t.elapsed().as_secs_f64();

@@ -20,3 +20,9 @@ echo "diff: out/manifest.json, report out/diff.md"
 # original label-embedding file of a model).
 $bin embed --model minilm --manifest out/manifest.json --absent --control 200 \
   --base "$shared/reference/minilm_ram_single_template.safetensors" --out out/embeddings.safetensors
+
+# check: are the 144 regenerated rows consistent with the base? The 200 control rows calibrate it;
+# histograms in out/check-plots/, a Markdown summary in out/check.md. Exit 1 if a rule fails.
+$bin check --base "$shared/reference/minilm_ram_single_template.safetensors" \
+  --patched out/embeddings.safetensors --vocab ram --plot out/check-plots --summary out/check.md
+echo "check: out/check.md, plots in out/check-plots/"

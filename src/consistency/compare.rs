@@ -718,3 +718,99 @@ fn consistency(
         passed: false,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consistency::synthetic::{add_noise, clustered, random_rotation, rotate};
+    use crate::tensors::EmbeddingFile;
+
+    const ROWS: usize = 600;
+    const DIM: usize = 32;
+
+    fn input(values: Vec<f32>, name: &str) -> EmbeddingInput {
+        let mut file = EmbeddingFile::new(values, ROWS, DIM);
+        file.path = name.into();
+        EmbeddingInput {
+            file,
+            control: None,
+            provenance: None,
+            sha256: name.into(),
+        }
+    }
+
+    fn drift_report(base: &[f32], cand: Vec<f32>) -> CheckReport {
+        let opts = CheckOptions {
+            mode: None,
+            policy: Policy::default(),
+            slots: None,
+            search: SearchConfig::default(),
+        };
+        run_check(
+            &input(base.to_vec(), "base"),
+            &input(cand, "cand"),
+            None,
+            &opts,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn cosine_and_overlap_fall_monotonically_with_noise() {
+        let base = clustered(ROWS, DIM, 12, 0.7, 1);
+        let mut last = (1.01f64, 1.01f64);
+        for (i, sigma) in [0.0f32, 0.005, 0.02, 0.05, 0.1, 0.3]
+            .into_iter()
+            .enumerate()
+        {
+            let mut cand = base.clone();
+            add_noise(&mut cand, sigma, 9);
+            let r = drift_report(&base, cand);
+            let (cos, ov) = (r.summary.cosine.mean, r.summary.overlap[1].dist.mean);
+            assert!(
+                cos <= last.0 && ov <= last.1 + 1e-9,
+                "σ={sigma}: {cos} {ov} after {last:?}"
+            );
+            if i == 0 {
+                assert!(r.passed && cos == 1.0 && ov == 1.0);
+            }
+            last = (cos, ov);
+        }
+        assert!(last.0 < 0.9 && last.1 < 0.9, "{last:?}");
+    }
+
+    #[test]
+    fn rotated_slots_fail_by_name_and_others_pass() {
+        let base = clustered(ROWS, DIM, 12, 0.7, 2);
+        let rot = random_rotation(DIM, 3);
+        let mut cand = base.clone();
+        let moved: Vec<Slot> = (0..ROWS).step_by(10).collect();
+        for &s in &moved {
+            let r = rotate(&base[s * DIM..(s + 1) * DIM], &rot);
+            cand[s * DIM..(s + 1) * DIM].copy_from_slice(&r);
+        }
+        let r = drift_report(&base, cand);
+        assert!(!r.passed);
+        let rule = r.rules.iter().find(|x| x.id == "min_cosine").unwrap();
+        assert_eq!(rule.failing_slots, moved);
+        assert!(r
+            .disagreements
+            .iter()
+            .take(10)
+            .all(|d| moved.contains(&d.slot)));
+    }
+
+    #[test]
+    fn lost_normalisation_fails_only_the_norm_rule() {
+        let base = clustered(ROWS, DIM, 12, 0.7, 4);
+        let cand: Vec<f32> = base.iter().map(|v| v * 3.0).collect();
+        let r = drift_report(&base, cand);
+        let failed: Vec<&str> = r
+            .rules
+            .iter()
+            .filter(|x| !x.passed)
+            .map(|x| x.id.as_str())
+            .collect();
+        assert_eq!(failed, vec!["max_norm_deviation"]);
+    }
+}
