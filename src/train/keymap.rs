@@ -146,6 +146,39 @@ fn window_of_table(rows: usize) -> Option<usize> {
     (side * side == rows && side % 2 == 1).then_some(side.div_ceil(2))
 }
 
+/// Stage index and rest of a `[visual_encoder.]layers.{i}.downsample.*` key.
+fn downsample_stage(name: &str) -> Option<(&str, usize, &str)> {
+    let start = if name.starts_with("layers.") {
+        0
+    } else {
+        name.find(".layers.")? + 1
+    };
+    let after = &name[start + "layers.".len()..];
+    let (stage, rest) = after.split_once('.')?;
+    rest.starts_with("downsample.").then_some(())?;
+    Some((&name[..start], stage.parse().ok()?, rest))
+}
+
+/// Renumbers timm-layout patch-merging keys (no `layers.0.downsample`, but later ones) one stage
+/// down; returns how many keys moved.
+fn remap_timm_downsample(names: &mut [(String, String)]) -> usize {
+    let stages: Vec<usize> = names
+        .iter()
+        .filter_map(|(_, n)| downsample_stage(n).map(|(_, s, _)| s))
+        .collect();
+    if stages.is_empty() || stages.contains(&0) {
+        return 0;
+    }
+    let mut moved = 0;
+    for (_, n) in names.iter_mut() {
+        if let Some((prefix, stage, rest)) = downsample_stage(n) {
+            *n = format!("{prefix}layers.{}.{rest}", stage - 1);
+            moved += 1;
+        }
+    }
+    moved
+}
+
 /// Adds `template` with `{}` replaced by `count` when `count` is non-zero.
 fn note_if(notes: &mut Vec<String>, count: usize, template: &str) {
     if count > 0 {
@@ -185,6 +218,15 @@ pub fn plan(source: &str, checkpoint: &[CheckpointKey], model: &[ModelKey]) -> L
         &mut notes,
         renamed,
         "renamed `vision_multi` to `tagging_head` in {} keys (as RAM's loader does)",
+    );
+
+    // timm >= 0.9 stores a stage's patch merging at the start of the next stage
+    // (`layers.{i+1}.downsample`); Microsoft's Swin and RAM put it at the end (`layers.{i}.downsample`).
+    let moved = remap_timm_downsample(&mut names);
+    note_if(
+        &mut notes,
+        moved,
+        "timm-style Swin keys: moved {} patch-merging keys from `layers.{i+1}.downsample` to `layers.{i}.downsample`",
     );
 
     // 2. Encoder prefix: a bare Swin checkpoint into RAM++, or a RAM++ checkpoint into a bare encoder.
@@ -634,6 +676,43 @@ mod tests {
             .notes
             .iter()
             .any(|n| n.contains("stripped the prefix `visual_encoder.` from 2 keys")));
+    }
+
+    #[test]
+    fn timm_patch_merging_keys_move_one_stage_down() {
+        let model = vec![
+            mk(
+                "visual_encoder.layers.0.downsample.reduction.weight",
+                &[16, 32],
+            ),
+            mk(
+                "visual_encoder.layers.1.downsample.reduction.weight",
+                &[32, 64],
+            ),
+            mk("visual_encoder.layers.1.blocks.0.norm1.weight", &[16]),
+        ];
+        let ckpt = vec![
+            ck("layers.1.downsample.reduction.weight", &[16, 32]),
+            ck("layers.2.downsample.reduction.weight", &[32, 64]),
+            ck("layers.1.blocks.0.norm1.weight", &[16]),
+            ck("head.fc.weight", &[1000, 64]),
+        ];
+        let r = plan("timm.safetensors", &ckpt, &model).report;
+        assert!(r.encoder_fully_loaded(), "{}", r.to_table());
+        assert_eq!(r.unexpected, vec!["head.fc.weight"]);
+        assert!(
+            r.notes
+                .iter()
+                .any(|n| n.starts_with("timm-style Swin keys: moved 2")),
+            "{:?}",
+            r.notes
+        );
+        // The official layout (with layers.0.downsample) is left alone.
+        let official = vec![ck(
+            "visual_encoder.layers.0.downsample.reduction.weight",
+            &[16, 32],
+        )];
+        assert!(plan("x", &official, &model).report.notes.is_empty());
     }
 
     #[test]
