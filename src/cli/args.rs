@@ -83,6 +83,47 @@ the scan unless --keep-going)."
         after_help = "Examples:\n  tagfix eval --benchmark ../shared/ram/benchmarks/openimages_common_214 --scores preds.csv\n  tagfix eval --benchmark DIR --scores preds.safetensors --manifest manifest.json --format json --out eval.json"
     )]
     Eval(EvalArgs),
+    /// The whole repair in one command: diff → embed → check → a short train, on your data or on the
+    /// embedded default (the `ram` vocabulary and a synthesized training set with 144 absent slots).
+    #[command(after_help = "Examples:\n  \
+        tagfix repair --out out/repair\n  \
+        tagfix repair --vocab ram --data part1.json.gz part2.json.gz --model clip --base ram_tag_embedding_class_4585.pth --out repair-run")]
+    Repair(RepairArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RepairArgs {
+    /// Vocabulary: a tag-list file (line i = slot i) or a preset (`ram`).
+    #[arg(long, default_value = "ram", value_name = "FILE|ram")]
+    pub vocab: String,
+    /// Annotation files (RAM format). Without any, a training set is synthesized (--records, --absent).
+    #[arg(long, num_args = 1.., value_name = "FILE")]
+    pub data: Vec<PathBuf>,
+    /// Records of the synthesized set.
+    #[arg(long, default_value_t = 20000)]
+    pub records: u64,
+    /// Absent slots of the synthesized set.
+    #[arg(long, default_value_t = 144)]
+    pub absent: usize,
+    /// Seed for synthesis and the control sample.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Text encoder for the missing rows (`minilm`, `clip`, or a model directory).
+    #[arg(long, default_value = "minilm")]
+    pub model: String,
+    /// The label-embedding file to patch [default: the MiniLM embeddings of the RAM vocabulary in the
+    /// shared material, standing in for a model's original file].
+    #[arg(long, value_name = "FILE")]
+    pub base: Option<PathBuf>,
+    /// Present slots re-embedded as the control set for `check` (N or `all`).
+    #[arg(long, default_value = "200")]
+    pub control: String,
+    /// Record malformed annotation records and go on.
+    #[arg(long)]
+    pub keep_going: bool,
+    /// Output directory (every artefact and REPORT.md go here).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -9,6 +9,7 @@ mod embed;
 mod eval;
 mod inspect;
 mod plot;
+mod repair;
 mod synth;
 mod vocab;
 
@@ -67,6 +68,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Embed(a) => embed::run(a, &cli.global),
         Command::Check(a) => check::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Repair(a) => repair::run(a),
     }
 }
 
