@@ -126,7 +126,44 @@ pub fn run(args: RepairArgs) -> anyhow::Result<ExitStatus> {
     let provenance = Provenance::from_metadata(&patched.metadata, &embeddings)?
         .context("embed wrote no provenance metadata")?;
 
-    let report = render(&args, &steps, &manifest, &provenance, &base, &embeddings);
+    // 4. check: do the regenerated rows sit in the base file's semantic space (calibrated by the
+    //    control rows), and are all other rows untouched?
+    let check_json = out.join("check.json");
+    run_step(
+        "check",
+        vec![
+            "check".into(),
+            "--baseline".into(),
+            path_arg(&base),
+            "--candidate".into(),
+            path_arg(&embeddings),
+            "--vocab".into(),
+            args.vocab.clone(),
+            "--format".into(),
+            "markdown".into(),
+            "--out".into(),
+            path_arg(&out.join("check.md")),
+            "--json".into(),
+            path_arg(&check_json),
+            "--plot".into(),
+            path_arg(&out.join("plots")),
+        ],
+        &mut steps,
+    )?;
+    let check: tagfix::consistency::report::CheckReport = serde_json::from_slice(
+        &std::fs::read(&check_json).with_context(|| format!("reading {}", check_json.display()))?,
+    )
+    .with_context(|| format!("parsing {}", check_json.display()))?;
+
+    let report = render(
+        &args,
+        &steps,
+        &manifest,
+        &provenance,
+        &base,
+        &embeddings,
+        &check,
+    );
     let report_path = out.join("REPORT.md");
     tagfix::fsutil::write_bytes_atomic(&report_path, report.as_bytes())?;
     println!("{report}");
@@ -151,6 +188,7 @@ fn render(
     provenance: &Provenance,
     base: &Path,
     embeddings: &Path,
+    check: &tagfix::consistency::report::CheckReport,
 ) -> String {
     let mut r = String::new();
     let s = &manifest.summary;
@@ -201,12 +239,44 @@ fn render(
         "- {} present slots re-embedded as a control set for `check`.",
         provenance.control_slots.len()
     );
+    let _ = writeln!(r, "\n## Checked (check, {:?} mode)\n", check.mode);
+    let _ = writeln!(
+        r,
+        "- Verdict: **{}** ({} of {} rules hold).",
+        if check.passed { "PASS" } else { "FAIL" },
+        check.rules.iter().filter(|x| x.passed).count(),
+        check.rules.len()
+    );
+    for rule in &check.rules {
+        let _ = writeln!(
+            r,
+            "  - {} `{}`: observed {:.4} {} {} — {}",
+            if rule.passed { "ok  " } else { "FAIL" },
+            rule.id,
+            rule.observed,
+            rule.op,
+            rule.threshold,
+            rule.description
+        );
+    }
+    if let Some(c) = &check.calibration {
+        let _ = writeln!(
+            r,
+            "- Calibration: {:.1}% of regenerated rows are trusted (their neighbourhood score is at least the control set's {:.0}% quantile, {:.3}).",
+            100.0 * c.trusted_share,
+            100.0 * c.quantile,
+            c.threshold
+        );
+    }
     let _ = writeln!(r, "\n## Outputs\n");
     let o = &args.out;
     for (what, p) in [
         ("slot manifest", o.join("manifest.json")),
         ("diff report", o.join("diff.md")),
         ("patched embeddings", embeddings.to_path_buf()),
+        ("check report", o.join("check.md")),
+        ("check report (JSON)", o.join("check.json")),
+        ("check plots (PNG, SVG)", o.join("plots")),
     ] {
         let _ = writeln!(r, "- {what}: `{}`", p.display());
     }
@@ -227,9 +297,9 @@ fn render(
          ```sh\n\
          tagfix repair --vocab ram --data ram_4m_part1.json.gz ram_4m_part2.json.gz \\\n    \
          --model clip --base ram_plus_tag_embedding_class_4585_des_51.pth --out repair-run\n\
-         tagfix train --config pretrain.yaml --device cuda ...   # see docs/guide.md\n\
+         tagfix train --help   # training RAM++ on the repaired set: see docs/guide.md\n\
          ```\n\
-         `--model clip` needs a CLIP text tower exported to ONNX (scripts/export-clip-text.py); \
+         `--model clip` needs a CLIP text tower exported to ONNX (scripts/export_clip_text_onnx.py); \
          see docs/guide.md for the whole walk-through."
     );
     r
