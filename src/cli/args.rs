@@ -83,7 +83,7 @@ the scan unless --keep-going)."
         after_help = "Examples:\n  tagfix eval --benchmark ../shared/ram/benchmarks/openimages_common_214 --scores preds.csv\n  tagfix eval --benchmark DIR --scores preds.safetensors --manifest manifest.json --format json --out eval.json"
     )]
     Eval(EvalArgs),
-    /// The whole repair in one command: diff → embed → check → a short train, on your data or on the
+    /// The whole repair in one command: diff → embed → check, on your data or on the
     /// embedded default (the `ram` vocabulary and a synthesized training set with 144 absent slots).
     #[command(after_help = "Examples:\n  \
         tagfix repair --out out/repair\n  \

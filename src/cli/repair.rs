@@ -1,4 +1,4 @@
-//! `tagfix repair`: the whole repair in one command — diff → embed → check → a short train — on the
+//! `tagfix repair`: the whole repair in one command — diff → embed → check — on the
 //! user's data or on the embedded default (the `ram` vocabulary and a synthesized training set), ending
 //! with a report of what was found, repaired, checked and trained and where every output is.
 //!
