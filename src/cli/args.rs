@@ -89,6 +89,19 @@ the scan unless --keep-going)."
         tagfix repair --out out/repair\n  \
         tagfix repair --vocab ram --data part1.json.gz part2.json.gz --model clip --base ram_tag_embedding_class_4585.pth --out repair-run")]
     Repair(RepairArgs),
+    /// Train RAM++ on RAM-format annotations with the patched label embeddings: absent-slot policy,
+    /// balanced losses, gradient accumulation, atomic checkpoints and exact resume (feature `train`).
+    #[command(
+        after_help = "Examples:\n  tagfix train --config ../shared/ram/configs/pretrain.yaml --data train.json --images imgs/ \\\n      --manifest manifest.json --label-embed patched.safetensors --teacher teacher.safetensors \\\n      --init swin_large_patch4_window7_224_22k.pth --batch-size 52 --micro-batch-size 26 --out runs/a\n  tagfix train --resume runs/a --max-steps 20000\n\nExit status: 0 trained, 2 bad input (checked before the first step) or a stopped run."
+    )]
+    Train(TrainArgs),
+    /// Write a synthetic training set (coloured shapes tagged by colour and shape, some vocabulary
+    /// slots absent) with annotations, slot manifest, label embeddings and teacher features.
+    #[command(
+        name = "synth-images",
+        after_help = "Example:\n  tagfix synth-images --out /tmp/synth --count 256"
+    )]
+    SynthImages(SynthImagesArgs),
 }
 
 #[derive(Debug, Args)]
@@ -539,4 +552,126 @@ pub enum EvalFormat {
     Json,
     /// One row per class.
     Csv,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Configuration: tagfix TOML, or RAM's own YAML (configs/pretrain.yaml, finetune.yaml). Flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// RAM-format annotation files (JSON array or JSON Lines, optionally .gz); default: the config's train_file.
+    #[arg(long, value_name = "FILE", num_args = 1..)]
+    pub data: Vec<std::path::PathBuf>,
+    /// Image root the records' image_path values are relative to; default: the config's image_path_root.
+    #[arg(long, value_name = "DIR")]
+    pub images: Option<std::path::PathBuf>,
+    /// Slot manifest written by `tagfix diff` (which slots are absent).
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<std::path::PathBuf>,
+    /// Label embeddings in RAM++ layout [slots x k, 512] (safetensors, npy or pth), e.g. from `tagfix embed`.
+    #[arg(long, value_name = "FILE")]
+    pub label_embed: Option<std::path::PathBuf>,
+    /// Teacher features (CLIP image features + caption embeddings keyed by image_path, docs/formats.md);
+    /// without it only the tag loss is trained.
+    #[arg(long, value_name = "FILE")]
+    pub teacher: Option<std::path::PathBuf>,
+    /// Checkpoint(s) to start from (ImageNet Swin or RAM++; .pth or .safetensors), loaded in order.
+    #[arg(long, value_name = "CHECKPOINT")]
+    pub init: Vec<std::path::PathBuf>,
+    /// Vocabulary (file or preset) the manifest must belong to.
+    #[arg(long, value_name = "VOCAB")]
+    pub vocab: Option<String>,
+    /// Train although the image encoder is not loaded from a pretrained checkpoint (prints a loud warning).
+    #[arg(long)]
+    pub allow_random_encoder: bool,
+    /// Model: swin_l_224, swin_l_384, swin_b_224, swin_b_384, tiny, or a reference config.json.
+    #[arg(long, value_name = "SPEC")]
+    pub model: Option<String>,
+    /// Absent slots: smooth=EPS (target EPS: logits settle at logit(EPS)), mask (no tag loss), negative (target 0:
+    /// probabilities collapse to 0), asl (RAM's ASL negatives).
+    #[arg(long, value_name = "POLICY")]
+    pub absent: Option<tagfix::train::config::AbsentPolicy>,
+    /// Loss weights, e.g. tag=1,align=10,dis=100.
+    #[arg(long, value_name = "WEIGHTS")]
+    pub loss_weights: Option<tagfix::train::config::LossWeights>,
+    /// `initial`: measure the terms over the first --balance-steps steps, then weight them to equal magnitude.
+    #[arg(long, value_name = "MODE", value_parser = ["initial", "fixed"])]
+    pub loss_balance: Option<String>,
+    /// Steps measured by --loss-balance initial.
+    #[arg(long, value_name = "N")]
+    pub balance_steps: Option<u64>,
+    /// Images per optimizer step.
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
+    /// Images per forward/backward (gradients are accumulated up to --batch-size).
+    #[arg(long, value_name = "N")]
+    pub micro_batch_size: Option<usize>,
+    /// Stop after N optimizer steps (default: max_epoch epochs).
+    #[arg(long, value_name = "N")]
+    pub max_steps: Option<u64>,
+    /// Peak learning rate (init_lr).
+    #[arg(long, value_name = "LR")]
+    pub lr: Option<f64>,
+    /// LR schedule after warm-up: ram-step (per-epoch decay) or cosine.
+    #[arg(long, value_name = "KIND", value_parser = ["ram-step", "cosine"])]
+    pub schedule: Option<String>,
+    /// Scale the learning rates linearly with --batch-size / base_batch_size.
+    #[arg(long)]
+    pub lr_scale_linear: bool,
+    /// Clip the global gradient norm.
+    #[arg(long, value_name = "NORM")]
+    pub grad_clip: Option<f64>,
+    /// Parameter-name prefix to freeze (repeatable; `none` freezes nothing). Default: label_embed when fine-tuning.
+    #[arg(long, value_name = "PREFIX")]
+    pub freeze: Vec<String>,
+    /// pretrain or finetune.
+    #[arg(long, value_name = "STAGE", value_parser = ["pretrain", "finetune"])]
+    pub stage: Option<String>,
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<tagfix::train::config::DeviceKind>,
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Image-decoding threads (0: all cores).
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// libtorch threads (0: one per core).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Checkpoint every N steps.
+    #[arg(long, value_name = "N")]
+    pub checkpoint_every: Option<u64>,
+    /// Checkpoints kept.
+    #[arg(long, value_name = "N")]
+    pub keep_checkpoints: Option<usize>,
+    /// Any config key, as KEY=TOML_VALUE (repeatable), applied after the file and before the flags above.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Continue the run in RUN_DIR from its newest checkpoint (inputs and config come from the run;
+    /// flags still override, e.g. --max-steps).
+    #[arg(long, value_name = "RUN_DIR")]
+    pub resume: Option<std::path::PathBuf>,
+    /// Run directory (metrics.jsonl, checkpoints/, config.toml).
+    #[arg(long, value_name = "RUN_DIR")]
+    pub out: Option<std::path::PathBuf>,
+    /// Print the run summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SynthImagesArgs {
+    /// Output folder (created).
+    #[arg(long, value_name = "DIR")]
+    pub out: std::path::PathBuf,
+    /// Number of images.
+    #[arg(long, default_value_t = 64)]
+    pub count: usize,
+    /// Image side in pixels.
+    #[arg(long, default_value_t = 64)]
+    pub size: u32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Description rows per tag in the label embedding file.
+    #[arg(long, default_value_t = 3)]
+    pub descriptions: usize,
 }

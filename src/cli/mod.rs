@@ -11,6 +11,8 @@ mod inspect;
 mod plot;
 mod repair;
 mod synth;
+mod synth_images;
+mod train;
 mod vocab;
 
 use args::{Cli, Command, GlobalArgs};
@@ -69,6 +71,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Check(a) => check::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Repair(a) => repair::run(a),
+        Command::Train(a) => train::run(a),
+        Command::SynthImages(a) => synth_images::run(a),
     }
 }
 

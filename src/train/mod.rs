@@ -1,10 +1,20 @@
-//! RAM++ training (feature `train`, libtorch through `tch`): the model and checkpoint loading.
-//! The model configuration, its state-dict layout, checkpoint key matching, inspection and
-//! conversion are available without the feature (`tagfix inspect` / `convert` use them).
+//! RAM++ training (feature `train`, libtorch through `tch`): the model, checkpoint loading, the data
+//! pipeline, the optimizer and the training loop. The model configuration, its state-dict layout,
+//! checkpoint key matching, inspection, conversion and the training configuration are available
+//! without the feature (`tagfix inspect` / `convert` use them).
 
+pub mod config;
 pub mod convert;
+#[cfg(feature = "train")]
+pub mod data;
 pub mod inspect;
 pub mod keymap;
 pub mod model;
+#[cfg(feature = "train")]
+pub mod objective;
+#[cfg(feature = "train")]
+pub mod optim;
+#[cfg(feature = "train")]
+pub mod run;
 #[cfg(feature = "train")]
 pub mod weights;

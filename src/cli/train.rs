@@ -1,0 +1,163 @@
+//! `tagfix train`: resolve the configuration (file, then `--set`, then flags), check every input,
+//! train, print a summary.
+
+use super::args::TrainArgs;
+use super::ExitStatus;
+use tagfix::train::config::TrainConfig;
+
+/// The configuration the flags describe: the file (or the run's `config.toml` on `--resume`), then
+/// `--set`, then the dedicated flags.
+pub fn resolve_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
+    use anyhow::Context;
+    let file = match (&args.config, &args.resume) {
+        (Some(f), _) => Some(f.clone()),
+        (None, Some(run)) => Some(run.join("config.toml")),
+        (None, None) => None,
+    };
+    let mut cfg = match file {
+        Some(f) => {
+            let loaded =
+                TrainConfig::load(&f).with_context(|| format!("reading config {}", f.display()))?;
+            if !loaded.ignored_keys.is_empty() {
+                tracing::warn!(
+                    "{}: keys not used by tagfix: {}",
+                    f.display(),
+                    loaded.ignored_keys.join(", ")
+                );
+            }
+            loaded.config
+        }
+        None => TrainConfig::default(),
+    };
+    cfg.apply_overrides(&args.set)?;
+    macro_rules! set {
+        ($field:ident, $value:expr) => {
+            if let Some(v) = $value {
+                cfg.$field = v;
+            }
+        };
+    }
+    set!(absent, args.absent);
+    set!(loss_weights, args.loss_weights);
+    set!(balance_steps, args.balance_steps);
+    set!(batch_size, args.batch_size);
+    set!(init_lr, args.lr);
+    set!(device, args.device);
+    set!(seed, args.seed);
+    set!(workers, args.workers);
+    set!(threads, args.threads);
+    set!(checkpoint_every, args.checkpoint_every);
+    set!(keep_checkpoints, args.keep_checkpoints);
+    if args.micro_batch_size.is_some() {
+        cfg.micro_batch_size = args.micro_batch_size;
+    }
+    if args.max_steps.is_some() {
+        cfg.max_steps = args.max_steps;
+    }
+    if args.grad_clip.is_some() {
+        cfg.grad_clip = args.grad_clip;
+    }
+    if let Some(m) = &args.model {
+        cfg.model = Some(m.clone());
+    }
+    if let Some(b) = &args.loss_balance {
+        cfg.loss_balance = serde_json::from_value(serde_json::Value::String(b.clone()))?;
+    }
+    if let Some(s) = &args.schedule {
+        cfg.schedule = serde_json::from_value(serde_json::Value::String(s.clone()))?;
+    }
+    if let Some(s) = &args.stage {
+        cfg.stage = serde_json::from_value(serde_json::Value::String(s.clone()))?;
+    }
+    if args.lr_scale_linear {
+        cfg.lr_scale_linear = true;
+    }
+    if !args.freeze.is_empty() {
+        cfg.freeze = Some(
+            args.freeze
+                .iter()
+                .filter(|f| f.as_str() != "none")
+                .cloned()
+                .collect(),
+        );
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+#[cfg(not(feature = "train"))]
+pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
+    resolve_config(&args)?;
+    anyhow::bail!("this tagfix was built without the `train` feature: rebuild with `cargo build --release --features train`")
+}
+
+#[cfg(feature = "train")]
+pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
+    use anyhow::Context;
+    use tagfix::train::run::{prepare, read_run_inputs, train, TrainInputs};
+
+    let cfg = resolve_config(&args)?;
+    let (inputs, out, resume) = match &args.resume {
+        Some(run_dir) => {
+            if let Some(o) = &args.out {
+                anyhow::ensure!(
+                    o == run_dir,
+                    "--resume {} and --out {} differ",
+                    run_dir.display(),
+                    o.display()
+                );
+            }
+            let mut inputs = read_run_inputs(run_dir).context("--resume")?;
+            inputs.allow_random_encoder |= args.allow_random_encoder;
+            (inputs, run_dir.clone(), true)
+        }
+        None => {
+            let need = |v: &Option<std::path::PathBuf>, flag: &str| {
+                v.clone()
+                    .ok_or_else(|| anyhow::anyhow!("{flag} is required (or --resume RUN_DIR)"))
+            };
+            let data = if args.data.is_empty() {
+                cfg.train_file.iter().map(Into::into).collect()
+            } else {
+                args.data.clone()
+            };
+            let images = args.images.clone().or_else(|| {
+                (!cfg.image_path_root.is_empty()).then(|| cfg.image_path_root.clone().into())
+            });
+            let inputs = TrainInputs {
+                data,
+                images: need(&images, "--images")?,
+                manifest: need(&args.manifest, "--manifest")?,
+                label_embed: need(&args.label_embed, "--label-embed")?,
+                teacher: args.teacher.clone(),
+                init: args.init.clone(),
+                vocab: args.vocab.clone(),
+                allow_random_encoder: args.allow_random_encoder,
+            };
+            (inputs, need(&args.out, "--out")?, false)
+        }
+    };
+    let prepared = prepare(&cfg, &inputs)?;
+    let summary = train(prepared, &out, resume)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "trained steps {}..{} → {}",
+            summary.first_step,
+            summary.steps,
+            summary.checkpoint.display()
+        );
+        for (term, late) in &summary.late {
+            let early = summary.early.get(term).copied().unwrap_or(f64::NAN);
+            println!("  {term:<6} {early:>10.4} → {late:>10.4} (mean raw, first vs last steps)");
+        }
+        let w = summary.final_weights;
+        println!("  weights tag {} align {} dis {}", w.tag, w.align, w.dis);
+        if let Some(p) = summary.absent_probability() {
+            println!("  absent slots: mean predicted probability {p:.4}");
+        }
+        println!("  metrics: {}", out.join("metrics.jsonl").display());
+    }
+    Ok(ExitStatus::Success)
+}

@@ -1,0 +1,684 @@
+//! Training configuration: a TOML file in tagfix's own keys, or RAM's YAML configs
+//! (`configs/pretrain.yaml`, `configs/finetune.yaml`) exactly as the official repository ships them.
+//! Command-line flags override the file; every key has a documented default (see [`TrainConfig`]).
+//!
+//! The key names are RAM's where RAM has one (`batch_size`, `init_lr`, `min_lr`, `warmup_lr`,
+//! `lr_decay_rate`, `max_epoch`, `warmup_steps`, `weight_decay`, `image_size`, `vit`, `class_num`,
+//! `train_file`, `image_path_root`), so a YAML file and a TOML file say the same thing. Keys tagfix
+//! does not use (`vit_grad_ckpt`, `vit_ckpt_layer`, …) are reported, never silently dropped.
+//! Feature-free: nothing here needs libtorch.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// What happens to the tag loss of the slots the manifest marks absent.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum AbsentPolicy {
+    /// Targets become `eps` instead of 0, with the label-smoothed binary cross-entropy
+    /// `−[ε·log p + (1−ε)·log(1−p)]` in place of the asymmetric loss for those slots. Its minimum is at
+    /// `p = ε`, so the slots' logits settle near `logit(ε)` rather than being driven towards −∞.
+    /// (ASL itself cannot do this: its clip and focal weight `(p−0.05)^7` give a soft target no
+    /// gradient below p = 0.05 and almost none above.)
+    Smooth(f64),
+    /// Left out of the tag loss: those slots' logits receive no gradient from it and only move
+    /// through the parameters they share with other slots (tagging head, `fc`, projections).
+    Mask,
+    /// Plain negatives, for comparison: hard target 0 with the same plain binary cross-entropy as
+    /// `smooth` (i.e. `smooth` with ε = 0), so the two runs differ only in the target. Nothing stops the
+    /// push: the slots' probabilities collapse toward 0 and their logits drift to −∞.
+    Negative,
+    /// RAM's own treatment: absent slots are ordinary ASL negatives (γ− 7, clip 0.05). The push
+    /// weakens as `(p − 0.05)^7` and stops below p = 0.05, so over a short run the probabilities fall
+    /// slowly from their start; over RAM's long schedules they end near the clip.
+    Asl,
+}
+
+impl Default for AbsentPolicy {
+    fn default() -> Self {
+        AbsentPolicy::Smooth(0.05)
+    }
+}
+
+impl std::str::FromStr for AbsentPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim() {
+            "mask" => Ok(AbsentPolicy::Mask),
+            "negative" => Ok(AbsentPolicy::Negative),
+            "asl" => Ok(AbsentPolicy::Asl),
+            "smooth" => Ok(AbsentPolicy::default()),
+            other => {
+                let eps = other
+                    .strip_prefix("smooth=")
+                    .ok_or_else(|| format!("unknown absent-tag policy `{other}` (use smooth=EPS, mask, negative or asl)"))?;
+                let eps: f64 = eps
+                    .parse()
+                    .map_err(|_| format!("smooth=EPS: `{eps}` is not a number"))?;
+                if !(eps > 0.0 && eps < 1.0) {
+                    return Err(format!("smooth=EPS: EPS must lie in (0, 1), got {eps}"));
+                }
+                Ok(AbsentPolicy::Smooth(eps))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for AbsentPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AbsentPolicy::Smooth(e) => write!(f, "smooth={e}"),
+            AbsentPolicy::Mask => f.write_str("mask"),
+            AbsentPolicy::Negative => f.write_str("negative"),
+            AbsentPolicy::Asl => f.write_str("asl"),
+        }
+    }
+}
+
+impl From<AbsentPolicy> for String {
+    fn from(p: AbsentPolicy) -> String {
+        p.to_string()
+    }
+}
+
+impl TryFrom<String> for AbsentPolicy {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        s.parse()
+    }
+}
+
+/// Per-term loss weights.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LossWeights {
+    pub tag: f64,
+    pub align: f64,
+    pub dis: f64,
+}
+
+impl Default for LossWeights {
+    /// tag 1, alignment 10, distillation 100.
+    fn default() -> Self {
+        LossWeights {
+            tag: 1.0,
+            align: 10.0,
+            dis: 100.0,
+        }
+    }
+}
+
+impl std::str::FromStr for LossWeights {
+    type Err = String;
+    /// `tag=1,align=10,dis=100`; terms left out keep their default.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let mut w = LossWeights::default();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part.split_once('=').ok_or_else(|| {
+                format!("`{part}`: expected TERM=WEIGHT (terms: tag, align, dis)")
+            })?;
+            let v: f64 = v
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{part}`: weight is not a number"))?;
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(format!("`{part}`: weight must be finite and >= 0"));
+            }
+            match k.trim() {
+                "tag" => w.tag = v,
+                "align" | "alignment" => w.align = v,
+                "dis" | "distill" | "distillation" => w.dis = v,
+                other => {
+                    return Err(format!(
+                        "unknown loss term `{other}` (terms: tag, align, dis)"
+                    ))
+                }
+            }
+        }
+        Ok(w)
+    }
+}
+
+/// How the loss weights are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LossBalance {
+    /// Use `loss_weights` as given.
+    Fixed,
+    /// Measure each raw term over the first `balance_steps` steps (trained with `loss_weights`), then
+    /// fix weights so the weighted terms have equal mean magnitude (the tag term keeps its weight; the
+    /// others are scaled to match it).
+    Initial,
+}
+
+/// Learning-rate schedule after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    /// RAM's `step_lr_schedule`: `max(min_lr, init_lr · lr_decay_rate^epoch)` per epoch.
+    RamStep,
+    /// Cosine from `init_lr` down to `min_lr` over the run's total steps.
+    Cosine,
+}
+
+/// Training stage: decides defaults such as which parameters are frozen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Pretrain,
+    Finetune,
+}
+
+/// Compute device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    Cpu,
+    Cuda,
+}
+
+impl std::str::FromStr for DeviceKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cpu" => Ok(DeviceKind::Cpu),
+            "cuda" | "gpu" => Ok(DeviceKind::Cuda),
+            other => Err(format!("unknown device `{other}` (cpu or cuda)")),
+        }
+    }
+}
+
+/// Arithmetic of the forward and backward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F32,
+    /// bf16 autocast (CUDA only); parameters and optimizer state stay f32.
+    Bf16,
+}
+
+/// The resolved training configuration. Defaults are RAM's `pretrain.yaml` values where it has them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    /// `pretrain` (default) or `finetune` (freezes `label_embed` unless `freeze` says otherwise).
+    /// Loading RAM's `finetune.yaml` sets it from the file name when the file does not.
+    pub stage: Stage,
+    /// Model: an official preset (`swin_l_224`, `swin_l_384`, `swin_b_224`, `swin_b_384`), `tiny` (a small
+    /// Swin for tests and smoke runs, 64×64 images), or a path to a reference `config.json`. When
+    /// unset, RAM's `vit` + `image_size` pick the preset (`swin_l` + 224 → `swin_l_224`).
+    pub model: Option<String>,
+    /// RAM: `swin_l` or `swin_b`.
+    pub vit: String,
+    /// RAM: input resolution (224 or 384).
+    pub image_size: usize,
+    /// Effective batch per optimizer step (RAM: 52).
+    pub batch_size: usize,
+    /// Images per forward/backward; gradients of `batch_size / micro_batch_size` micro-batches are
+    /// accumulated. Unset: equal to `batch_size`.
+    pub micro_batch_size: Option<usize>,
+    /// AdamW weight decay (not applied to norms, biases, `label_embed`, `reweight_scale` and position tables).
+    pub weight_decay: f64,
+    /// Peak learning rate after warm-up.
+    pub init_lr: f64,
+    pub min_lr: f64,
+    /// Learning rate at step 0 of the linear warm-up.
+    pub warmup_lr: f64,
+    /// RAM's per-epoch decay factor.
+    pub lr_decay_rate: f64,
+    pub max_epoch: usize,
+    pub warmup_steps: u64,
+    /// Stop after this many optimizer steps (unset: `max_epoch` epochs).
+    pub max_steps: Option<u64>,
+    pub schedule: Schedule,
+    /// Scale `init_lr`, `min_lr` and `warmup_lr` by `batch_size / base_batch_size` (linear scaling).
+    pub lr_scale_linear: bool,
+    /// Reference batch for linear LR scaling (RAM's 52).
+    pub base_batch_size: usize,
+    /// Clip the global gradient norm to this value (unset or 0: no clipping, as RAM).
+    pub grad_clip: Option<f64>,
+    /// AdamW betas and epsilon (PyTorch defaults).
+    pub betas: (f64, f64),
+    pub adam_eps: f64,
+    /// Parameter-name prefixes that are not trained. Unset: `["label_embed"]` in fine-tuning, none in
+    /// pre-training.
+    pub freeze: Option<Vec<String>>,
+    pub absent: AbsentPolicy,
+    pub loss_weights: LossWeights,
+    pub loss_balance: LossBalance,
+    /// Steps measured by `loss_balance = "initial"`.
+    pub balance_steps: u64,
+    pub device: DeviceKind,
+    pub precision: Precision,
+    pub seed: u64,
+    /// Image-decoding threads (0: all cores).
+    pub workers: usize,
+    /// libtorch intra-op threads (0: libtorch's default, one per core). Small models run faster with 1:
+    /// OpenMP's spinning threads lose badly on a busy machine.
+    pub threads: usize,
+    /// Micro-batches prepared ahead of the step.
+    pub prefetch: usize,
+    /// Write a checkpoint every this many optimizer steps (0: only at the end).
+    pub checkpoint_every: u64,
+    /// Checkpoints kept (older ones are deleted).
+    pub keep_checkpoints: usize,
+    /// Print a progress line every this many steps.
+    pub log_every: u64,
+    /// RAM: annotation files (used when `--data` is not given).
+    pub train_file: Vec<String>,
+    /// RAM: image root (used when `--images` is not given).
+    pub image_path_root: String,
+    /// RAM: number of classes; checked against the vocabulary when given.
+    pub class_num: Option<usize>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            stage: Stage::Pretrain,
+            model: None,
+            vit: "swin_l".into(),
+            image_size: 224,
+            batch_size: 52,
+            micro_batch_size: None,
+            weight_decay: 0.05,
+            init_lr: 1e-4,
+            min_lr: 5e-7,
+            warmup_lr: 5e-7,
+            lr_decay_rate: 0.9,
+            max_epoch: 5,
+            warmup_steps: 3000,
+            max_steps: None,
+            schedule: Schedule::RamStep,
+            lr_scale_linear: false,
+            base_batch_size: 52,
+            grad_clip: None,
+            betas: (0.9, 0.999),
+            adam_eps: 1e-8,
+            freeze: None,
+            absent: AbsentPolicy::default(),
+            loss_weights: LossWeights::default(),
+            loss_balance: LossBalance::Fixed,
+            balance_steps: 20,
+            device: DeviceKind::Cpu,
+            precision: Precision::F32,
+            seed: 0,
+            workers: 0,
+            threads: 0,
+            prefetch: 4,
+            checkpoint_every: 1000,
+            keep_checkpoints: 3,
+            log_every: 50,
+            train_file: Vec::new(),
+            image_path_root: String::new(),
+            class_num: None,
+        }
+    }
+}
+
+/// RAM YAML keys tagfix reads but does not act on; they are listed in the log.
+const IGNORED_RAM_KEYS: &[&str] = &["vit_grad_ckpt", "vit_ckpt_layer"];
+
+/// A loaded configuration file and what it did not use.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub config: TrainConfig,
+    /// Keys present in the file that tagfix ignores (RAM-only settings or unknown keys).
+    pub ignored_keys: Vec<String>,
+}
+
+impl TrainConfig {
+    /// Reads a `.toml`, `.yaml` or `.yml` file. Unknown keys are collected in `ignored_keys`; a value of
+    /// the wrong type is an error naming the file and key.
+    pub fn load(path: &Path) -> Result<LoadedConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        let value: serde_json::Value = match ext.as_deref() {
+            Some("toml") => {
+                let v: toml::Value = toml::from_str(&text).map_err(|e| Error::Parse {
+                    path: path.to_path_buf(),
+                    line: e
+                        .span()
+                        .map(|s| text[..s.start].lines().count().max(1))
+                        .unwrap_or(0),
+                    message: format!("not valid TOML: {}", e.message()),
+                })?;
+                serde_json::to_value(v).map_err(|e| Error::invalid(path, e.to_string()))?
+            }
+            Some("yaml" | "yml") => {
+                let v: serde_yaml::Value =
+                    serde_yaml::from_str(&text).map_err(|e| Error::Parse {
+                        path: path.to_path_buf(),
+                        line: e.location().map(|l| l.line()).unwrap_or(0),
+                        message: format!("not valid YAML: {e}"),
+                    })?;
+                serde_json::to_value(v).map_err(|e| Error::invalid(path, e.to_string()))?
+            }
+            _ => {
+                return Err(Error::invalid(
+                    path,
+                    "unknown config type: use .toml (tagfix keys) or .yaml (RAM's configs)",
+                ))
+            }
+        };
+        let serde_json::Value::Object(mut map) = value else {
+            return Err(Error::invalid(
+                path,
+                "config must be a table of key = value",
+            ));
+        };
+        let known = known_keys();
+        let mut ignored = Vec::new();
+        map.retain(|k, _| {
+            let keep = known.contains(&k.as_str());
+            if !keep {
+                ignored.push(k.clone());
+            }
+            keep
+        });
+        let stage_given = map.contains_key("stage");
+        // YAML writes 1e-4 as a string ("1e-4" without a dot is not a YAML float); accept numbers in strings.
+        for v in map.values_mut() {
+            if let serde_json::Value::String(s) = v {
+                if let Ok(n) = s.trim().parse::<f64>() {
+                    if let Some(num) = serde_json::Number::from_f64(n) {
+                        *v = serde_json::Value::Number(num);
+                    }
+                }
+            }
+        }
+        let mut config: TrainConfig = serde_json::from_value(serde_json::Value::Object(map))
+            .map_err(|e| Error::invalid(path, format!("bad value: {e}")))?;
+        if !stage_given
+            && path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .is_some_and(|s| s.contains("finetune"))
+        {
+            config.stage = Stage::Finetune;
+        }
+        ignored.sort();
+        Ok(LoadedConfig {
+            config,
+            ignored_keys: ignored,
+        })
+    }
+
+    /// The model preset or path the configuration names.
+    pub fn model_spec(&self) -> String {
+        self.model
+            .clone()
+            .unwrap_or_else(|| format!("{}_{}", self.vit, self.image_size))
+    }
+
+    /// The micro-batch size and the number of micro-batches per step.
+    pub fn accumulation(&self) -> Result<(usize, usize)> {
+        let micro = self.micro_batch_size.unwrap_or(self.batch_size);
+        if self.batch_size == 0 || micro == 0 {
+            return Err(Error::Usage("batch sizes must be positive".into()));
+        }
+        if self.batch_size % micro != 0 {
+            return Err(Error::Usage(format!(
+                "--batch-size {} is not a multiple of --micro-batch-size {micro}",
+                self.batch_size
+            )));
+        }
+        Ok((micro, self.batch_size / micro))
+    }
+
+    /// Parameter prefixes not trained.
+    pub fn frozen_prefixes(&self) -> Vec<String> {
+        match (&self.freeze, self.stage) {
+            (Some(f), _) => f.clone(),
+            (None, Stage::Finetune) => vec!["label_embed".to_string()],
+            (None, Stage::Pretrain) => Vec::new(),
+        }
+    }
+
+    /// Checks value ranges that serde cannot.
+    pub fn validate(&self) -> Result<()> {
+        self.accumulation()?;
+        let bad = |m: String| Err(Error::Usage(m));
+        if !(self.init_lr > 0.0) {
+            return bad(format!("init_lr must be > 0, got {}", self.init_lr));
+        }
+        if self.min_lr < 0.0 || self.warmup_lr < 0.0 {
+            return bad("min_lr and warmup_lr must be >= 0".into());
+        }
+        if !(self.lr_decay_rate > 0.0 && self.lr_decay_rate <= 1.0) {
+            return bad(format!(
+                "lr_decay_rate must lie in (0, 1], got {}",
+                self.lr_decay_rate
+            ));
+        }
+        if self.weight_decay < 0.0 {
+            return bad("weight_decay must be >= 0".into());
+        }
+        if self.max_steps == Some(0) || (self.max_steps.is_none() && self.max_epoch == 0) {
+            return bad("nothing to train: max_steps / max_epoch is 0".into());
+        }
+        if self.loss_balance == LossBalance::Initial && self.balance_steps == 0 {
+            return bad("loss_balance = initial needs balance_steps >= 1".into());
+        }
+        if self.keep_checkpoints == 0 {
+            return bad("keep_checkpoints must be >= 1".into());
+        }
+        if self.precision == Precision::Bf16 && self.device != DeviceKind::Cuda {
+            return bad(
+                "precision bf16 is autocast on CUDA: use --device cuda (or precision f32 on CPU)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML (written to the run directory).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises to TOML")
+    }
+
+    /// Overrides from a `KEY=VALUE` list (TOML values), as `--set` passes them.
+    pub fn apply_overrides(&mut self, pairs: &[String]) -> Result<()> {
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        let mut map: BTreeMap<String, serde_json::Value> =
+            serde_json::from_value(serde_json::to_value(&*self).expect("serialisable"))
+                .expect("object");
+        for pair in pairs {
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| Error::Usage(format!("--set `{pair}`: expected KEY=VALUE")))?;
+            let k = k.trim();
+            if !known_keys().contains(&k) {
+                return Err(Error::Usage(format!("--set: unknown config key `{k}`")));
+            }
+            let parsed: toml::Value = toml::from_str(&format!("v = {v}"))
+                .map(|t: toml::Table| t["v"].clone())
+                .unwrap_or_else(|_| toml::Value::String(v.to_string()));
+            map.insert(k.to_string(), serde_json::to_value(parsed).expect("json"));
+        }
+        *self = serde_json::from_value(serde_json::to_value(map).expect("json"))
+            .map_err(|e| Error::Usage(format!("--set: {e}")))?;
+        Ok(())
+    }
+}
+
+fn known_keys() -> Vec<&'static str> {
+    let mut keys = vec![
+        "stage",
+        "model",
+        "vit",
+        "image_size",
+        "batch_size",
+        "micro_batch_size",
+        "weight_decay",
+        "init_lr",
+        "min_lr",
+        "warmup_lr",
+        "lr_decay_rate",
+        "max_epoch",
+        "warmup_steps",
+        "max_steps",
+        "schedule",
+        "lr_scale_linear",
+        "base_batch_size",
+        "grad_clip",
+        "betas",
+        "adam_eps",
+        "freeze",
+        "absent",
+        "loss_weights",
+        "loss_balance",
+        "balance_steps",
+        "device",
+        "precision",
+        "seed",
+        "workers",
+        "threads",
+        "prefetch",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "log_every",
+        "train_file",
+        "image_path_root",
+        "class_num",
+    ];
+    keys.sort();
+    debug_assert!(IGNORED_RAM_KEYS.iter().all(|k| !keys.contains(k)));
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absent_policy_parses() {
+        assert_eq!("mask".parse::<AbsentPolicy>().unwrap(), AbsentPolicy::Mask);
+        assert_eq!(
+            "negative".parse::<AbsentPolicy>().unwrap(),
+            AbsentPolicy::Negative
+        );
+        assert_eq!(
+            "smooth=0.1".parse::<AbsentPolicy>().unwrap(),
+            AbsentPolicy::Smooth(0.1)
+        );
+        assert!("smooth=1.5".parse::<AbsentPolicy>().is_err());
+        assert!("zero".parse::<AbsentPolicy>().is_err());
+    }
+
+    #[test]
+    fn loss_weights_parse_partial() {
+        let w: LossWeights = "align=2, dis=0".parse().unwrap();
+        assert_eq!(
+            w,
+            LossWeights {
+                tag: 1.0,
+                align: 2.0,
+                dis: 0.0
+            }
+        );
+        assert!("foo=1".parse::<LossWeights>().is_err());
+        assert!("tag=-1".parse::<LossWeights>().is_err());
+    }
+
+    #[test]
+    fn toml_roundtrip_and_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "model = \"tiny\"\nbatch_size = 8\nmicro_batch_size = 4\nabsent = \"mask\"\nfoo = 3\n[loss_weights]\ntag = 1\nalign = 1\ndis = 5\n",
+        )
+        .unwrap();
+        let l = TrainConfig::load(&p).unwrap();
+        assert_eq!(l.ignored_keys, vec!["foo".to_string()]);
+        assert_eq!(l.config.accumulation().unwrap(), (4, 2));
+        assert_eq!(l.config.absent, AbsentPolicy::Mask);
+        assert_eq!(l.config.loss_weights.dis, 5.0);
+        let back: TrainConfig = toml::from_str(&l.config.to_toml()).unwrap();
+        assert_eq!(back, l.config);
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "batch_size = \"many\"\n").unwrap();
+        let e = TrainConfig::load(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("c.toml") && e.contains("batch_size") || e.contains("invalid type"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn overrides() {
+        let mut c = TrainConfig::default();
+        c.apply_overrides(&[
+            "batch_size=8".into(),
+            "absent=\"mask\"".into(),
+            "schedule=cosine".into(),
+        ])
+        .unwrap();
+        assert_eq!(c.batch_size, 8);
+        assert_eq!(c.absent, AbsentPolicy::Mask);
+        assert_eq!(c.schedule, Schedule::Cosine);
+        assert!(c.apply_overrides(&["nope=1".into()]).is_err());
+    }
+
+    #[test]
+    fn accumulation_must_divide() {
+        let c = TrainConfig {
+            batch_size: 52,
+            micro_batch_size: Some(26),
+            ..Default::default()
+        };
+        assert_eq!(c.accumulation().unwrap(), (26, 2));
+        let c = TrainConfig {
+            micro_batch_size: Some(10),
+            ..c
+        };
+        assert!(c.accumulation().is_err());
+    }
+
+    #[test]
+    fn ram_yaml_configs_load() {
+        let Some(shared) = crate::fsutil::shared_dir_for_test("ram_yaml_configs_load") else {
+            return;
+        };
+        let pre = TrainConfig::load(&shared.join("ram/configs/pretrain.yaml")).unwrap();
+        let c = &pre.config;
+        assert_eq!(c.stage, Stage::Pretrain);
+        assert_eq!(
+            (c.batch_size, c.init_lr, c.min_lr, c.warmup_lr),
+            (52, 1e-4, 5e-7, 5e-7)
+        );
+        assert_eq!(
+            (c.lr_decay_rate, c.max_epoch, c.warmup_steps),
+            (0.9, 5, 3000)
+        );
+        assert_eq!((c.weight_decay, c.class_num), (0.05, Some(4585)));
+        assert_eq!(c.model_spec(), "swin_l_224");
+        assert_eq!(c.train_file.len(), 6);
+        assert_eq!(pre.ignored_keys, vec!["vit_ckpt_layer", "vit_grad_ckpt"]);
+        c.validate().unwrap();
+
+        let fine = TrainConfig::load(&shared.join("ram/configs/finetune.yaml")).unwrap();
+        let c = &fine.config;
+        assert_eq!(c.stage, Stage::Finetune);
+        assert_eq!(
+            (c.batch_size, c.init_lr, c.min_lr, c.max_epoch),
+            (26, 5e-6, 0.0, 2)
+        );
+        assert_eq!(c.model_spec(), "swin_l_384");
+        assert_eq!(c.frozen_prefixes(), vec!["label_embed".to_string()]);
+        c.validate().unwrap();
+    }
+}

@@ -1,0 +1,173 @@
+//! Image decoding and RAM's training augmentation: `RandomResizedCrop(size, scale=(0.2, 1.0),
+//! bicubic)`, horizontal flip with probability ½, CLIP normalisation (torchvision's algorithms,
+//! `transform_train` in `ram/data/__init__.py`). RAM's `RandomAugment(2, 5, …)` is not applied.
+
+use crate::error::{Error, Result};
+use image::imageops::FilterType;
+use image::RgbImage;
+use rand::Rng;
+use std::path::Path;
+
+/// CLIP's per-channel mean and standard deviation (RGB), as RAM normalises.
+pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+
+/// Decodes a JPEG or PNG file to RGB8.
+pub fn decode(path: &Path) -> Result<RgbImage> {
+    let img = image::io::Reader::open(path)
+        .map_err(|e| Error::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?
+        .decode()
+        .map_err(|e| Error::invalid(path, format!("cannot decode image: {e}")))?;
+    Ok(img.to_rgb8())
+}
+
+/// Reads only the header: the image exists, its format is known and its size is sane.
+pub fn probe(path: &Path) -> Result<(u32, u32)> {
+    let (w, h) = image::io::Reader::open(path)
+        .map_err(|e| Error::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?
+        .into_dimensions()
+        .map_err(|e| Error::invalid(path, format!("unreadable image: {e}")))?;
+    if w == 0 || h == 0 {
+        return Err(Error::invalid(path, "image has zero size"));
+    }
+    Ok((w, h))
+}
+
+/// The training transform.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Augment {
+    /// Output side in pixels.
+    pub size: u32,
+    /// Crop area as a fraction of the image.
+    pub scale: (f64, f64),
+    /// Crop aspect ratio range (w/h).
+    pub ratio: (f64, f64),
+    /// Flip probability.
+    pub flip: f64,
+}
+
+impl Augment {
+    /// RAM's training transform at `size`.
+    pub fn ram(size: u32) -> Self {
+        Augment {
+            size,
+            scale: (0.2, 1.0),
+            ratio: (3.0 / 4.0, 4.0 / 3.0),
+            flip: 0.5,
+        }
+    }
+
+    /// torchvision's `RandomResizedCrop.get_params`: `(top, left, height, width)`.
+    pub fn crop_box<R: Rng>(&self, width: u32, height: u32, rng: &mut R) -> (u32, u32, u32, u32) {
+        let area = f64::from(width) * f64::from(height);
+        let (lr0, lr1) = (self.ratio.0.ln(), self.ratio.1.ln());
+        for _ in 0..10 {
+            let target = area * rng.gen_range(self.scale.0..=self.scale.1);
+            let aspect = rng.gen_range(lr0..=lr1).exp();
+            let w = (target * aspect).sqrt().round() as u32;
+            let h = (target / aspect).sqrt().round() as u32;
+            if w > 0 && h > 0 && w <= width && h <= height {
+                let top = rng.gen_range(0..=height - h);
+                let left = rng.gen_range(0..=width - w);
+                return (top, left, h, w);
+            }
+        }
+        // Fallback: central crop at the nearest allowed ratio.
+        let in_ratio = f64::from(width) / f64::from(height);
+        let (w, h) = if in_ratio < self.ratio.0 {
+            (
+                width,
+                ((f64::from(width) / self.ratio.0).round() as u32).clamp(1, height),
+            )
+        } else if in_ratio > self.ratio.1 {
+            (
+                ((f64::from(height) * self.ratio.1).round() as u32).clamp(1, width),
+                height,
+            )
+        } else {
+            (width, height)
+        };
+        ((height - h) / 2, (width - w) / 2, h, w)
+    }
+
+    /// Crops, resizes (bicubic), maybe flips, and writes CLIP-normalised CHW floats into `out`
+    /// (`3·size·size` values).
+    pub fn apply<R: Rng>(&self, img: &RgbImage, rng: &mut R, out: &mut [f32]) {
+        let (top, left, h, w) = self.crop_box(img.width(), img.height(), rng);
+        let crop = image::imageops::crop_imm(img, left, top, w, h).to_image();
+        let mut resized =
+            image::imageops::resize(&crop, self.size, self.size, FilterType::CatmullRom);
+        if rng.gen_bool(self.flip) {
+            image::imageops::flip_horizontal_in_place(&mut resized);
+        }
+        to_normalized_chw(&resized, out);
+    }
+}
+
+/// RGB8 → CLIP-normalised CHW floats.
+pub fn to_normalized_chw(img: &RgbImage, out: &mut [f32]) {
+    let plane = (img.width() * img.height()) as usize;
+    assert_eq!(out.len(), 3 * plane, "output buffer size");
+    for (i, px) in img.pixels().enumerate() {
+        for c in 0..3 {
+            out[c * plane + i] = (f32::from(px[c]) / 255.0 - CLIP_MEAN[c]) / CLIP_STD[c];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn crop_box_stays_inside_and_covers_scale() {
+        let aug = Augment::ram(32);
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        for _ in 0..500 {
+            let (t, l, h, w) = aug.crop_box(100, 60, &mut rng);
+            assert!(t + h <= 60 && l + w <= 100 && h > 0 && w > 0);
+            let frac = f64::from(h * w) / 6000.0;
+            assert!(frac > 0.15 && frac <= 1.0, "{frac}");
+        }
+        // A very wide image falls back to the ratio-limited centre crop eventually, never outside.
+        let (t, l, h, w) = aug.crop_box(1000, 2, &mut rng);
+        assert!(t + h <= 2 && l + w <= 1000);
+    }
+
+    #[test]
+    fn apply_is_seeded_and_normalised() {
+        let img = RgbImage::from_fn(40, 30, |x, y| {
+            image::Rgb([(x * 6) as u8, (y * 8) as u8, 128])
+        });
+        let aug = Augment::ram(16);
+        let mut a = vec![0f32; 3 * 256];
+        let mut b = vec![0f32; 3 * 256];
+        aug.apply(&img, &mut ChaCha8Rng::seed_from_u64(5), &mut a);
+        aug.apply(&img, &mut ChaCha8Rng::seed_from_u64(5), &mut b);
+        assert_eq!(a, b);
+        aug.apply(&img, &mut ChaCha8Rng::seed_from_u64(6), &mut b);
+        assert_ne!(a, b);
+        // Blue channel is constant 128 everywhere: normalised value (128/255 - mean) / std.
+        let blue = (128.0 / 255.0 - CLIP_MEAN[2]) / CLIP_STD[2];
+        assert!(a[512..].iter().all(|v| (v - blue).abs() < 1e-5));
+    }
+
+    #[test]
+    fn decode_errors_name_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bad.jpg");
+        std::fs::write(&p, b"not an image at all").unwrap();
+        let e = probe(&p).unwrap_err().to_string();
+        assert!(e.contains("bad.jpg"), "{e}");
+        let e = probe(&dir.path().join("missing.png"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing.png"), "{e}");
+    }
+}

@@ -1,0 +1,228 @@
+//! Training records from RAM-format annotation files: a JSON array or JSON Lines, optionally gzip
+//! (`.gz`), one object per image with `image_path` and `union_label_id` (slots). Other fields
+//! (`caption`, `parse_label_id`, …) are skipped. Records are kept in memory (path + slots) because
+//! training shuffles them every epoch.
+
+use crate::error::{Error, Result};
+use serde::Deserialize;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+/// One training image and its positive slots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrainRecord {
+    /// As written in the annotation (relative to the image root unless absolute).
+    pub image_path: String,
+    /// Positive slots, ascending, without repeats.
+    pub slots: Vec<u32>,
+    /// The annotation file and 1-based record number, for error messages.
+    pub origin: (usize, u64),
+}
+
+#[derive(Deserialize)]
+struct RawRecord {
+    image_path: Option<String>,
+    union_label_id: Option<Vec<i64>>,
+}
+
+/// Records of several annotation files, and the files they came from.
+#[derive(Debug, Clone)]
+pub struct RecordSet {
+    pub files: Vec<PathBuf>,
+    pub records: Vec<TrainRecord>,
+}
+
+impl RecordSet {
+    /// Reads every file; a record without `image_path`/`union_label_id` or with a slot outside
+    /// `0..num_slots` is an error naming file, record and slot.
+    pub fn read(files: &[PathBuf], num_slots: usize) -> Result<Self> {
+        if files.is_empty() {
+            return Err(Error::Usage(
+                "no training data: give --data FILE (or train_file in the config)".into(),
+            ));
+        }
+        let mut records = Vec::new();
+        for (fi, path) in files.iter().enumerate() {
+            let before = records.len();
+            read_file(path, fi, num_slots, &mut records)?;
+            if records.len() == before {
+                return Err(Error::invalid(path, "holds no records"));
+            }
+        }
+        Ok(RecordSet {
+            files: files.to_vec(),
+            records,
+        })
+    }
+
+    /// `file:record` of a record, for messages.
+    pub fn origin(&self, r: &TrainRecord) -> String {
+        format!("{} record {}", self.files[r.origin.0].display(), r.origin.1)
+    }
+
+    /// A fingerprint of the record order and contents (recorded in checkpoints so `--resume` can
+    /// tell that the data changed).
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for r in &self.records {
+            h.update(r.image_path.as_bytes());
+            h.update([0]);
+            for s in &r.slots {
+                h.update(s.to_le_bytes());
+            }
+            h.update([1]);
+        }
+        hex::encode(h.finalize())
+    }
+}
+
+fn open(path: &Path) -> Result<Box<dyn BufRead>> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let gz = path.extension().is_some_and(|e| e == "gz");
+    Ok(if gz {
+        Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(file)))
+    } else {
+        Box::new(BufReader::new(file))
+    })
+}
+
+fn read_file(
+    path: &Path,
+    file_index: usize,
+    num_slots: usize,
+    out: &mut Vec<TrainRecord>,
+) -> Result<()> {
+    let mut reader = open(path)?;
+    // Peek the first non-blank byte: `[` is a JSON array, anything else JSON Lines.
+    let first = loop {
+        let buf = reader.fill_buf().map_err(|e| Error::io(path, e))?;
+        if buf.is_empty() {
+            break None;
+        }
+        let skip = buf
+            .iter()
+            .take_while(|b| b.is_ascii_whitespace() || **b == 0xEF || **b == 0xBB || **b == 0xBF)
+            .count();
+        if skip < buf.len() {
+            let b = buf[skip];
+            reader.consume(skip);
+            break Some(b);
+        }
+        let n = buf.len();
+        reader.consume(n);
+    };
+    match first {
+        None => Ok(()),
+        Some(b'[') => {
+            let mut text = String::new();
+            reader
+                .read_to_string(&mut text)
+                .map_err(|e| Error::io(path, e))?;
+            let raws: Vec<serde_json::Value> =
+                serde_json::from_str(&text).map_err(|e| Error::Parse {
+                    path: path.to_path_buf(),
+                    line: e.line(),
+                    message: format!("not a JSON array of records: {e}"),
+                })?;
+            for (i, v) in raws.into_iter().enumerate() {
+                let raw: RawRecord = serde_json::from_value(v)
+                    .map_err(|e| Error::invalid(path, format!("record {}: {e}", i + 1)))?;
+                out.push(convert(raw, path, file_index, i as u64 + 1, num_slots)?);
+            }
+            Ok(())
+        }
+        Some(_) => {
+            let mut n = 0u64;
+            for (line_no, line) in reader.lines().enumerate() {
+                let line = line.map_err(|e| Error::io(path, e))?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                n += 1;
+                let raw: RawRecord = serde_json::from_str(&line).map_err(|e| Error::Parse {
+                    path: path.to_path_buf(),
+                    line: line_no + 1,
+                    message: format!("not a JSON record: {e}"),
+                })?;
+                out.push(convert(raw, path, file_index, n, num_slots)?);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn convert(
+    raw: RawRecord,
+    path: &Path,
+    file_index: usize,
+    n: u64,
+    num_slots: usize,
+) -> Result<TrainRecord> {
+    let image_path = raw
+        .image_path
+        .ok_or_else(|| Error::invalid(path, format!("record {n}: no `image_path`")))?;
+    let ids = raw.union_label_id.ok_or_else(|| {
+        Error::invalid(
+            path,
+            format!("record {n} ({image_path}): no `union_label_id`"),
+        )
+    })?;
+    let mut slots = Vec::with_capacity(ids.len());
+    for id in ids {
+        if id < 0 || id as usize >= num_slots {
+            return Err(Error::invalid(
+                path,
+                format!("record {n} ({image_path}): slot {id} is outside the vocabulary's 0..{num_slots}"),
+            ));
+        }
+        slots.push(id as u32);
+    }
+    slots.sort_unstable();
+    slots.dedup();
+    Ok(TrainRecord {
+        image_path,
+        slots,
+        origin: (file_index, n),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn reads_array_jsonl_and_gzip() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.json");
+        std::fs::write(
+            &a,
+            r#"[{"image_path":"x.jpg","caption":["c"],"union_label_id":[2,0,2],"parse_label_id":[[0]]}]"#,
+        )
+        .unwrap();
+        let b = dir.path().join("b.jsonl.gz");
+        let mut gz =
+            flate2::write::GzEncoder::new(std::fs::File::create(&b).unwrap(), Default::default());
+        gz.write_all(b"{\"image_path\":\"y.png\",\"union_label_id\":[1]}\n\n{\"image_path\":\"z.png\",\"union_label_id\":[]}\n")
+            .unwrap();
+        gz.finish().unwrap();
+        let set = RecordSet::read(&[a, b], 3).unwrap();
+        assert_eq!(set.records.len(), 3);
+        assert_eq!(set.records[0].slots, vec![0, 2]);
+        assert_eq!(set.records[1].image_path, "y.png");
+        assert_eq!(set.records[2].origin, (1, 2));
+    }
+
+    #[test]
+    fn bad_slot_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.jsonl");
+        std::fs::write(&a, "{\"image_path\":\"x.jpg\",\"union_label_id\":[7]}\n").unwrap();
+        let e = RecordSet::read(&[a], 3).unwrap_err().to_string();
+        assert!(
+            e.contains("a.jsonl") && e.contains("record 1") && e.contains("slot 7"),
+            "{e}"
+        );
+    }
+}

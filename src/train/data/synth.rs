@@ -1,0 +1,278 @@
+//! A synthetic training set whose image content determines its tags: coloured shapes on a noisy
+//! background, tagged with their colours and shapes. Some vocabulary slots (`purple`, `triangle`,
+//! …) are never drawn, so the slot manifest marks them absent. It comes with everything `tagfix
+//! train` reads: the tag list, RAM-format annotations, the slot manifest, a RAM++-layout label
+//! embedding file with provenance, and teacher features (CLIP-like image and caption vectors built
+//! from fixed per-tag directions).
+//!
+//! `tagfix synth-images` writes one; the training tests use it.
+
+use super::teacher::{TeacherFeatures, TEACHER_DIM};
+use crate::error::{Error, Result};
+use crate::manifest::{InputFile, SlotManifest};
+use crate::tensors::provenance::EMBEDDINGS_TENSOR;
+use crate::tensors::{EmbeddingFile, Provenance};
+use crate::vocab::Vocabulary;
+use image::{Rgb, RgbImage};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::path::{Path, PathBuf};
+
+/// Colours drawn, then colours never drawn (absent).
+const COLOURS: [(&str, [u8; 3]); 4] = [
+    ("red", [220, 30, 30]),
+    ("green", [30, 190, 40]),
+    ("blue", [30, 60, 230]),
+    ("yellow", [235, 220, 30]),
+];
+const SHAPES: [&str; 2] = ["circle", "square"];
+const ABSENT: [&str; 2] = ["purple", "triangle"];
+
+/// Generator settings.
+#[derive(Debug, Clone)]
+pub struct SynthOptions {
+    /// Images.
+    pub count: usize,
+    /// Image side in pixels.
+    pub size: u32,
+    pub seed: u64,
+    /// Description rows per tag in the label embedding file (RAM++ layout).
+    pub descriptions: usize,
+}
+
+impl Default for SynthOptions {
+    fn default() -> Self {
+        SynthOptions {
+            count: 64,
+            size: 64,
+            seed: 0,
+            descriptions: 3,
+        }
+    }
+}
+
+/// Paths of a generated dataset.
+#[derive(Debug, Clone)]
+pub struct SynthDataset {
+    pub root: PathBuf,
+    pub vocabulary: PathBuf,
+    pub vocabulary_len: usize,
+    pub image_root: PathBuf,
+    pub annotations: PathBuf,
+    pub manifest: PathBuf,
+    pub label_embed: PathBuf,
+    pub teacher: PathBuf,
+    /// Slots no image carries.
+    pub absent_slots: Vec<usize>,
+}
+
+/// The synthetic vocabulary in slot order: colours, shapes, then the absent tags interleaved so that
+/// absent slots are not simply the last ones.
+pub fn vocabulary_tags() -> Vec<String> {
+    let mut tags: Vec<String> = COLOURS.iter().map(|c| c.0.to_string()).collect();
+    tags.insert(2, ABSENT[0].to_string());
+    tags.extend(SHAPES.iter().map(|s| s.to_string()));
+    tags.push(ABSENT[1].to_string());
+    tags
+}
+
+fn unit(rng: &mut ChaCha8Rng) -> Vec<f32> {
+    let v: Vec<f32> = (0..TEACHER_DIM)
+        .map(|_| rng.gen_range(-1.0f32..1.0))
+        .collect();
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.into_iter().map(|x| x / n).collect()
+}
+
+/// Writes a synthetic dataset into `dir` (created if missing).
+pub fn generate(opts: &SynthOptions, dir: &Path) -> Result<SynthDataset> {
+    if opts.count == 0 || opts.size < 16 || opts.descriptions == 0 {
+        return Err(Error::Usage(
+            "synth: need count >= 1, size >= 16, descriptions >= 1".into(),
+        ));
+    }
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images).map_err(|e| Error::io(&images, e))?;
+    let tags = vocabulary_tags();
+    let slot = |name: &str| tags.iter().position(|t| t == name).expect("synthetic tag");
+    let vocab_path = dir.join("tags.txt");
+    crate::fsutil::write_bytes_atomic(&vocab_path, tags.join("\n").as_bytes())?;
+    let vocab = Vocabulary::from_file(&vocab_path)?;
+
+    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
+    let directions: Vec<Vec<f32>> = (0..tags.len()).map(|_| unit(&mut rng)).collect();
+
+    let mut records = Vec::with_capacity(opts.count);
+    let mut keys = Vec::with_capacity(opts.count);
+    let mut image_feat = Vec::with_capacity(opts.count * TEACHER_DIM);
+    let mut text_feat = Vec::with_capacity(opts.count * TEACHER_DIM);
+    let mut union = vec![0u64; tags.len()];
+    let s = opts.size as i64;
+    for i in 0..opts.count {
+        let mut img = RgbImage::from_fn(opts.size, opts.size, |_, _| {
+            let g = rng.gen_range(90u8..130);
+            Rgb([g, g, g])
+        });
+        let shapes = rng.gen_range(1..=2);
+        let mut slots = Vec::new();
+        for _ in 0..shapes {
+            let (cname, colour) = COLOURS[rng.gen_range(0..COLOURS.len())];
+            let shape = SHAPES[rng.gen_range(0..SHAPES.len())];
+            let r = rng.gen_range(s / 6..=s / 3);
+            let cx = rng.gen_range(r..s - r);
+            let cy = rng.gen_range(r..s - r);
+            for y in (cy - r).max(0)..(cy + r).min(s) {
+                for x in (cx - r).max(0)..(cx + r).min(s) {
+                    let inside = match shape {
+                        "circle" => (x - cx).pow(2) + (y - cy).pow(2) <= r * r,
+                        _ => true,
+                    };
+                    if inside {
+                        img.put_pixel(x as u32, y as u32, Rgb(colour));
+                    }
+                }
+            }
+            slots.push(slot(cname));
+            slots.push(slot(shape));
+        }
+        slots.sort_unstable();
+        slots.dedup();
+        for &t in &slots {
+            union[t] += 1;
+        }
+        // Every third image is a JPEG, the others PNG: both decoders get exercised.
+        let name = if i % 3 == 2 {
+            format!("{i:05}.jpg")
+        } else {
+            format!("{i:05}.png")
+        };
+        let path = images.join(&name);
+        img.save(&path)
+            .map_err(|e| Error::invalid(&path, format!("cannot write image: {e}")))?;
+        let caption = slots
+            .iter()
+            .map(|&t| tags[t].as_str())
+            .collect::<Vec<_>>()
+            .join(" and ");
+        records.push(serde_json::json!({
+            "image_path": name,
+            "caption": [format!("a picture with {caption}")],
+            "union_label_id": slots,
+            "parse_label_id": [slots],
+        }));
+        keys.push(name);
+        // Teacher: image feature = 0.5·Σ directions of its tags + noise; caption = normalised Σ + noise.
+        let mut f = vec![0f32; TEACHER_DIM];
+        for &t in &slots {
+            for (a, b) in f.iter_mut().zip(&directions[t]) {
+                *a += b;
+            }
+        }
+        image_feat.extend(f.iter().map(|v| 0.5 * v + rng.gen_range(-0.02f32..0.02)));
+        text_feat.extend(f.iter().map(|v| v + rng.gen_range(-0.05f32..0.05)));
+    }
+
+    let annotations = dir.join("train.json");
+    crate::fsutil::write_atomic(&annotations, |w| {
+        serde_json::to_writer(&mut *w, &records).map_err(std::io::Error::other)
+    })?;
+    let bytes = std::fs::metadata(&annotations)
+        .map_err(|e| Error::io(&annotations, e))?
+        .len();
+    let manifest = SlotManifest::from_counts(
+        &vocab,
+        &union,
+        &union,
+        vec![InputFile {
+            path: annotations.display().to_string(),
+            bytes,
+            records: opts.count as u64,
+        }],
+        0,
+    );
+    let manifest_path = dir.join("manifest.json");
+    manifest.write(&manifest_path)?;
+
+    // Label embeddings (RAM++ layout): description d of tag t = normalise(direction_t + 0.3·noise).
+    let k = opts.descriptions;
+    let mut values = Vec::with_capacity(tags.len() * k * TEACHER_DIM);
+    for dir_t in &directions {
+        for _ in 0..k {
+            let noise = unit(&mut rng);
+            let row: Vec<f32> = dir_t.iter().zip(&noise).map(|(a, b)| a + 0.3 * b).collect();
+            let n = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+            values.extend(row.into_iter().map(|x| x / n));
+        }
+    }
+    let mut emb = EmbeddingFile::new(values, tags.len() * k, TEACHER_DIM);
+    emb.tensor_name = EMBEDDINGS_TENSOR.into();
+    emb.metadata = Provenance {
+        vocabulary_sha256: vocab.sha256.clone(),
+        tag_count: tags.len(),
+        rows_per_slot: k,
+        model: "synthetic".into(),
+        recipe: "synthetic: per-tag direction + 0.3 noise per description".into(),
+        pooling: "l2".into(),
+        regenerated_slots: (0..tags.len()).collect(),
+        generator: format!("tagfix {}", env!("CARGO_PKG_VERSION")),
+        ..Default::default()
+    }
+    .to_metadata();
+    let label_embed = dir.join("label_embed.safetensors");
+    emb.write(&label_embed)?;
+
+    let teacher = dir.join("teacher.safetensors");
+    TeacherFeatures::write(&teacher, &keys, &image_feat, &text_feat)?;
+
+    Ok(SynthDataset {
+        root: dir.to_path_buf(),
+        vocabulary: vocab_path,
+        vocabulary_len: tags.len(),
+        image_root: images,
+        annotations,
+        manifest: manifest_path,
+        label_embed,
+        teacher,
+        absent_slots: manifest.absent_slots(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generates_consistent_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = generate(
+            &SynthOptions {
+                count: 12,
+                size: 32,
+                ..Default::default()
+            },
+            dir.path(),
+        )
+        .unwrap();
+        let tags = vocabulary_tags();
+        assert_eq!(
+            ds.absent_slots,
+            vec![slot_of(&tags, "purple"), slot_of(&tags, "triangle")]
+        );
+        let m = SlotManifest::read(&ds.manifest).unwrap();
+        assert_eq!(m.summary.absent, 2);
+        let e = EmbeddingFile::read(&ds.label_embed, None).unwrap();
+        assert_eq!((e.rows, e.dim), (tags.len() * 3, 512));
+        let p = Provenance::from_metadata(&e.metadata, &ds.label_embed)
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.vocabulary_sha256, m.vocabulary.sha256);
+        assert_eq!(TeacherFeatures::read(&ds.teacher).unwrap().len(), 12);
+        assert!(
+            ds.image_root.join("00002.jpg").is_file() && ds.image_root.join("00000.png").is_file()
+        );
+    }
+
+    fn slot_of(tags: &[String], t: &str) -> usize {
+        tags.iter().position(|x| x == t).unwrap()
+    }
+}

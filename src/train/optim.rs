@@ -1,0 +1,441 @@
+//! Optimisation: AdamW with parameter groups chosen by name (weight decay on weight matrices only),
+//! frozen parameters, warm-up then RAM's per-epoch decay or cosine, global gradient-norm clipping,
+//! optional linear LR scaling, and gradient norms per module group for the metrics log.
+//!
+//! AdamW is written out here (PyTorch's `torch.optim.AdamW` update, decoupled decay) rather than
+//! taken from tch, so that its state (moments and step) can be saved to and restored from a
+//! checkpoint exactly.
+
+use super::config::{Schedule, TrainConfig};
+use crate::error::{Error, Result};
+use crate::monitor::{GroupNorms, ModuleGroup};
+use std::collections::BTreeMap;
+use tch::nn::VarStore;
+use tch::{Kind, Tensor};
+
+/// The monitor's module group of a parameter name.
+pub fn module_group(name: &str) -> ModuleGroup {
+    match name.split('.').next().unwrap_or(name) {
+        "visual_encoder" => ModuleGroup::ImageEncoder,
+        "tagging_head" | "fc" => ModuleGroup::TaggingHead,
+        "label_embed" => ModuleGroup::LabelEmbed,
+        _ => ModuleGroup::Projections,
+    }
+}
+
+/// Whether AdamW decays a parameter: weight matrices and convolution kernels do; biases, norm
+/// weights, scalars (`reweight_scale`) and Swin's relative position tables (timm's
+/// `no_weight_decay_keywords`) do not.
+pub fn decays(name: &str, dims: usize) -> bool {
+    dims >= 2 && !name.ends_with("relative_position_bias_table")
+}
+
+/// One trained parameter and its AdamW state.
+struct Param {
+    name: String,
+    var: Tensor,
+    decay: bool,
+    group: ModuleGroup,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+}
+
+/// Which parameters are trained and how; stated in the log at start.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ParamSummary {
+    pub trained_tensors: usize,
+    pub trained_values: i64,
+    pub decayed_tensors: usize,
+    pub frozen: Vec<String>,
+    pub frozen_values: i64,
+}
+
+impl std::fmt::Display for ParamSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "training {} tensors ({} values; weight decay on {}, none on norms/biases/position tables); frozen: {}",
+            self.trained_tensors,
+            self.trained_values,
+            self.decayed_tensors,
+            if self.frozen.is_empty() {
+                "nothing".to_string()
+            } else {
+                format!("{} ({} values)", self.frozen.join(", "), self.frozen_values)
+            }
+        )
+    }
+}
+
+/// AdamW over the trainable variables of a [`VarStore`].
+pub struct AdamW {
+    params: Vec<Param>,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Updates applied so far.
+    pub step: u64,
+    pub summary: ParamSummary,
+}
+
+impl AdamW {
+    /// Collects the trainable variables (sorted by name), freezing those whose names start with one
+    /// of `frozen_prefixes` (`requires_grad` off). A prefix matching nothing is an error.
+    pub fn new(vs: &VarStore, frozen_prefixes: &[String], cfg: &TrainConfig) -> Result<Self> {
+        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        for p in frozen_prefixes {
+            if !vars.iter().any(|(n, _)| n.starts_with(p.as_str())) {
+                return Err(Error::Usage(format!(
+                    "freeze: no parameter name starts with `{p}`"
+                )));
+            }
+        }
+        let mut summary = ParamSummary::default();
+        let mut params = Vec::new();
+        for (name, var) in vars {
+            if !var.requires_grad() {
+                continue; // constant buffers
+            }
+            if frozen_prefixes.iter().any(|p| name.starts_with(p.as_str())) {
+                let _ = var.set_requires_grad(false);
+                summary.frozen_values += var.numel() as i64;
+                summary.frozen.push(name);
+                continue;
+            }
+            let decay = decays(&name, var.dim());
+            summary.trained_tensors += 1;
+            summary.trained_values += var.numel() as i64;
+            summary.decayed_tensors += usize::from(decay);
+            params.push(Param {
+                group: module_group(&name),
+                exp_avg: var.zeros_like(),
+                exp_avg_sq: var.zeros_like(),
+                name,
+                var,
+                decay,
+            });
+        }
+        if params.is_empty() {
+            return Err(Error::Usage(
+                "every parameter is frozen: nothing to train".into(),
+            ));
+        }
+        Ok(AdamW {
+            params,
+            beta1: cfg.betas.0,
+            beta2: cfg.betas.1,
+            eps: cfg.adam_eps,
+            weight_decay: cfg.weight_decay,
+            step: 0,
+            summary,
+        })
+    }
+
+    /// Sets every trained parameter's gradient to zero.
+    pub fn zero_grad(&mut self) {
+        for p in &mut self.params {
+            let mut g = p.var.grad();
+            if g.defined() {
+                let _ = g.detach_().zero_();
+            }
+        }
+    }
+
+    /// Gradient L2 norms in total and per module group (missing gradients count as zero).
+    pub fn grad_norms(&self) -> GroupNorms {
+        let mut sq: BTreeMap<ModuleGroup, f64> = BTreeMap::new();
+        for p in &self.params {
+            let g = p.var.grad();
+            let v = if g.defined() {
+                g.to_kind(Kind::Double)
+                    .square()
+                    .sum(Kind::Double)
+                    .double_value(&[])
+            } else {
+                0.0
+            };
+            *sq.entry(p.group).or_default() += v;
+        }
+        GroupNorms::from_groups(sq.into_iter().map(|(g, v)| (g, v.sqrt())))
+    }
+
+    /// Scales gradients so their global norm is at most `max_norm` (PyTorch's `clip_grad_norm_`
+    /// formula, `max_norm / (norm + 1e-6)`). Returns the factor applied (1 when none).
+    pub fn clip_grad_norm(&mut self, total_norm: f64, max_norm: f64) -> f64 {
+        let coef = max_norm / (total_norm + 1e-6);
+        if coef >= 1.0 {
+            return 1.0;
+        }
+        tch::no_grad(|| {
+            for p in &mut self.params {
+                let mut g = p.var.grad();
+                if g.defined() {
+                    let _ = g.f_mul_scalar_(coef);
+                }
+            }
+        });
+        coef
+    }
+
+    /// One AdamW update at learning rate `lr`; returns the update norms per group.
+    pub fn step(&mut self, lr: f64) -> GroupNorms {
+        self.step += 1;
+        let t = self.step as i32;
+        let bc1 = 1.0 - self.beta1.powi(t);
+        let bc2 = 1.0 - self.beta2.powi(t);
+        let mut sq: BTreeMap<ModuleGroup, f64> = BTreeMap::new();
+        tch::no_grad(|| {
+            for p in &mut self.params {
+                let g = p.var.grad();
+                if !g.defined() {
+                    continue;
+                }
+                let before = p.var.detach().copy();
+                if p.decay && self.weight_decay > 0.0 {
+                    let _ = p.var.f_mul_scalar_(1.0 - lr * self.weight_decay);
+                }
+                let _ = p.exp_avg.f_mul_scalar_(self.beta1);
+                let _ = p.exp_avg.f_add_(&(&g * (1.0 - self.beta1)));
+                let _ = p.exp_avg_sq.f_mul_scalar_(self.beta2);
+                let _ = p.exp_avg_sq.f_add_(&(g.square() * (1.0 - self.beta2)));
+                let denom = p.exp_avg_sq.sqrt() / bc2.sqrt() + self.eps;
+                let update = &p.exp_avg / denom * (lr / bc1);
+                let _ = p.var.f_sub_(&update);
+                let d = (&p.var - before)
+                    .to_kind(Kind::Double)
+                    .square()
+                    .sum(Kind::Double)
+                    .double_value(&[]);
+                *sq.entry(p.group).or_default() += d;
+            }
+        });
+        GroupNorms::from_groups(sq.into_iter().map(|(g, v)| (g, v.sqrt())))
+    }
+
+    /// The optimizer state as named tensors (`exp_avg.NAME`, `exp_avg_sq.NAME`) for a checkpoint.
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::with_capacity(2 * self.params.len());
+        for p in &self.params {
+            out.push((format!("exp_avg.{}", p.name), p.exp_avg.shallow_clone()));
+            out.push((
+                format!("exp_avg_sq.{}", p.name),
+                p.exp_avg_sq.shallow_clone(),
+            ));
+        }
+        out
+    }
+
+    /// Restores the state written by [`Self::state_tensors`]; every trained parameter must be present
+    /// with its shape (the same model and the same frozen set).
+    pub fn load_state(
+        &mut self,
+        state: &BTreeMap<String, Tensor>,
+        step: u64,
+        source: &str,
+    ) -> Result<()> {
+        tch::no_grad(|| -> Result<()> {
+            for p in &mut self.params {
+                for (prefix, dst) in [
+                    ("exp_avg", &mut p.exp_avg),
+                    ("exp_avg_sq", &mut p.exp_avg_sq),
+                ] {
+                    let key = format!("{prefix}.{}", p.name);
+                    let src = state.get(&key).ok_or_else(|| {
+                        Error::Other(format!(
+                            "{source}: optimizer state has no `{key}` (was the checkpoint written with another model or frozen set?)"
+                        ))
+                    })?;
+                    if src.size() != dst.size() {
+                        return Err(Error::Other(format!(
+                            "{source}: optimizer state `{key}` has shape {:?}, the parameter {:?}",
+                            src.size(),
+                            dst.size()
+                        )));
+                    }
+                    dst.copy_(&src.to_kind(dst.kind()).to_device(dst.device()));
+                }
+            }
+            Ok(())
+        })?;
+        self.step = step;
+        Ok(())
+    }
+
+    /// Names of the trained parameters.
+    pub fn trained_names(&self) -> impl Iterator<Item = &str> {
+        self.params.iter().map(|p| p.name.as_str())
+    }
+}
+
+/// The learning rate at each optimizer step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LrSchedule {
+    pub init_lr: f64,
+    pub min_lr: f64,
+    pub warmup_lr: f64,
+    pub warmup_steps: u64,
+    pub decay_rate: f64,
+    pub kind: Schedule,
+    pub steps_per_epoch: u64,
+    pub total_steps: u64,
+}
+
+impl LrSchedule {
+    /// From the configuration; with `lr_scale_linear`, the rates are multiplied by
+    /// `batch_size / base_batch_size`.
+    pub fn new(cfg: &TrainConfig, steps_per_epoch: u64, total_steps: u64) -> Self {
+        let scale = if cfg.lr_scale_linear {
+            cfg.batch_size as f64 / cfg.base_batch_size.max(1) as f64
+        } else {
+            1.0
+        };
+        LrSchedule {
+            init_lr: cfg.init_lr * scale,
+            min_lr: cfg.min_lr * scale,
+            warmup_lr: cfg.warmup_lr * scale,
+            warmup_steps: cfg.warmup_steps,
+            decay_rate: cfg.lr_decay_rate,
+            kind: cfg.schedule,
+            steps_per_epoch: steps_per_epoch.max(1),
+            total_steps,
+        }
+    }
+
+    /// Learning rate of step `step` (0-based). Warm-up: linear from `warmup_lr` to `init_lr` over
+    /// `warmup_steps` (RAM's `warmup_lr_schedule`, applied in epoch 0; here by global step). Then
+    /// `ram-step`: `max(min_lr, init_lr · decay_rate^epoch)`; `cosine`: from `init_lr` to `min_lr`
+    /// over the steps after warm-up.
+    pub fn lr(&self, step: u64) -> f64 {
+        if step < self.warmup_steps {
+            let f = step as f64 / self.warmup_steps as f64;
+            return self.warmup_lr + (self.init_lr - self.warmup_lr) * f;
+        }
+        match self.kind {
+            Schedule::RamStep => {
+                let epoch = (step / self.steps_per_epoch) as i32;
+                (self.init_lr * self.decay_rate.powi(epoch)).max(self.min_lr)
+            }
+            Schedule::Cosine => {
+                let span = self.total_steps.saturating_sub(self.warmup_steps).max(1) as f64;
+                let f = ((step - self.warmup_steps) as f64 / span).min(1.0);
+                self.min_lr
+                    + 0.5 * (self.init_lr - self.min_lr) * (1.0 + (std::f64::consts::PI * f).cos())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::nn::{self, Module};
+    use tch::Device;
+
+    fn cfg() -> TrainConfig {
+        TrainConfig {
+            weight_decay: 0.05,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn groups_by_name_and_freeze() {
+        let vs = VarStore::new(Device::Cpu);
+        let root = vs.root();
+        let _l = nn::linear(&root / "visual_encoder" / "proj", 4, 3, Default::default());
+        let _n = nn::layer_norm(
+            &root / "tagging_head" / "LayerNorm",
+            vec![3],
+            Default::default(),
+        );
+        let _e = root.var("label_embed", &[6, 4], nn::Init::Const(0.1));
+        let opt = AdamW::new(&vs, &["label_embed".to_string()], &cfg()).unwrap();
+        assert_eq!(opt.summary.frozen, vec!["label_embed".to_string()]);
+        assert_eq!(opt.summary.trained_tensors, 4);
+        assert_eq!(
+            opt.summary.decayed_tensors, 1,
+            "only the linear weight decays"
+        );
+        assert!(!vs.variables()["label_embed"].requires_grad());
+        assert!(AdamW::new(&vs, &["nope".to_string()], &cfg()).is_err());
+        assert_eq!(module_group("fc.weight"), ModuleGroup::TaggingHead);
+        assert_eq!(module_group("image_proj.bias"), ModuleGroup::Projections);
+    }
+
+    #[test]
+    fn adamw_matches_pytorch_formula() {
+        // One parameter, two steps, checked against the closed form of torch.optim.AdamW.
+        let vs = VarStore::new(Device::Cpu);
+        let w = vs.root().var("w", &[2, 1], nn::Init::Const(1.0));
+        let mut opt = AdamW::new(&vs, &[], &cfg()).unwrap();
+        let (lr, wd, b1, b2, eps) = (0.1, 0.05, 0.9, 0.999, 1e-8);
+        let mut p = 1.0f64;
+        let (mut m, mut v) = (0.0f64, 0.0f64);
+        for t in 1..=2 {
+            opt.zero_grad();
+            (&w * 3.0).sum(Kind::Float).backward(); // gradient 3
+            opt.step(lr);
+            let g = 3.0;
+            p *= 1.0 - lr * wd;
+            m = b1 * m + (1.0 - b1) * g;
+            v = b2 * v + (1.0 - b2) * g * g;
+            let mh = m / (1.0 - b1.powi(t));
+            let vh = v / (1.0 - b2.powi(t));
+            p -= lr * mh / (vh.sqrt() + eps);
+            assert!((w.double_value(&[0, 0]) - p).abs() < 1e-6, "step {t}");
+        }
+    }
+
+    #[test]
+    fn clipping_bounds_the_norm() {
+        let vs = VarStore::new(Device::Cpu);
+        let lin = nn::linear(vs.root() / "fc", 3, 2, Default::default());
+        let mut opt = AdamW::new(&vs, &[], &cfg()).unwrap();
+        let x = Tensor::ones([4, 3], (Kind::Float, Device::Cpu)) * 10.0;
+        lin.forward(&x).sum(Kind::Float).backward();
+        let before = opt.grad_norms().total;
+        assert!(before > 1.0);
+        opt.clip_grad_norm(before, 1.0);
+        assert!((opt.grad_norms().total - 1.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn schedules() {
+        let c = TrainConfig {
+            init_lr: 1e-4,
+            warmup_lr: 1e-6,
+            min_lr: 1e-6,
+            warmup_steps: 10,
+            lr_decay_rate: 0.5,
+            ..Default::default()
+        };
+        let s = LrSchedule::new(&c, 100, 1000);
+        assert_eq!(s.lr(0), 1e-6);
+        assert!((s.lr(5) - (1e-6 + 0.5 * (1e-4 - 1e-6))).abs() < 1e-12);
+        assert_eq!(s.lr(50), 1e-4);
+        assert_eq!(s.lr(150), 0.5e-4);
+        assert_eq!(s.lr(999), 1e-6, "clamped at min_lr");
+        let cos = LrSchedule::new(
+            &TrainConfig {
+                schedule: Schedule::Cosine,
+                ..c.clone()
+            },
+            100,
+            1010,
+        );
+        assert!((cos.lr(10) - 1e-4).abs() < 1e-12);
+        assert!((cos.lr(1010) - 1e-6).abs() < 1e-12);
+        let scaled = LrSchedule::new(
+            &TrainConfig {
+                lr_scale_linear: true,
+                batch_size: 104,
+                ..c
+            },
+            100,
+            1000,
+        );
+        assert_eq!(scaled.init_lr, 2e-4);
+    }
+}

@@ -1,0 +1,810 @@
+//! The training loop: every input checked before the first step, micro-batches accumulated into
+//! optimizer steps, one [`StepRecord`] per step in `RUN_DIR/metrics.jsonl`, atomic checkpoints
+//! (model, optimizer state, step, RNG scheme, data position, loss weights) keeping the last N, exact
+//! `--resume`, and a stop with a checkpoint on a non-finite loss.
+//!
+//! Randomness: the data order and augmentation derive from `(seed, epoch, position)` (see
+//! [`super::data`]); libtorch's generator (dropout, DropPath) is re-seeded from `(seed, step, micro)`
+//! before every micro-batch. A checkpoint's step therefore fixes all randomness that follows, and a
+//! resumed CPU run reproduces the uninterrupted one bit for bit.
+
+use super::config::{DeviceKind, Precision, TrainConfig};
+use super::data::{self, Augment, Loader, LoaderConfig, TrainData};
+use super::model::config::{SwinConfig, TaggingHeadConfig, CLIP_DIM};
+use super::model::{ParamInit, RamPlus, RamPlusConfig, Trace};
+use super::objective::{micro_losses, step_losses, AbsentSlots, LossWeighting, MicroInputs};
+use super::optim::{AdamW, LrSchedule};
+use super::weights::{self, InitFingerprint, LoadOptions};
+use crate::error::{Error, Result};
+use crate::fsutil::write_atomic;
+use crate::manifest::SlotManifest;
+use crate::monitor::{LossTerm, MetricsWriter, RunDir, StepRecord};
+use crate::tensors::{EmbeddingFile, Layout, Provenance};
+use crate::vocab::Vocabulary;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+/// The files a run reads. Saved as `RUN_DIR/run.json` so `--resume RUN_DIR` needs nothing else.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainInputs {
+    /// RAM-format annotation files.
+    pub data: Vec<PathBuf>,
+    /// Image root.
+    pub images: PathBuf,
+    /// Slot manifest from `tagfix diff`.
+    pub manifest: PathBuf,
+    /// Label embeddings in RAM++ layout (`[num_class · k, 512]`), e.g. from `tagfix embed`.
+    pub label_embed: PathBuf,
+    /// Teacher features (CLIP image features and caption embeddings); without them only the tag
+    /// loss is trained.
+    pub teacher: Option<PathBuf>,
+    /// Checkpoints loaded in order before training (e.g. an ImageNet Swin, or a RAM++ checkpoint).
+    pub init: Vec<PathBuf>,
+    /// Vocabulary (file or preset) the manifest and embeddings must belong to, when given.
+    pub vocab: Option<String>,
+    /// Train even when the image encoder is not loaded from a pretrained checkpoint (loud warning).
+    pub allow_random_encoder: bool,
+}
+
+const RUN_FILE: &str = "run.json";
+const STATE_SCHEMA: &str = "tagfix.train-checkpoint/1";
+
+/// A small RAM++ for tests and smoke runs: 64×64 images, Swin embed 16 with depths [2,2,2,2]
+/// (windows 4, shifted blocks in the first two stages), tagging head hidden 32 with 2 layers.
+pub fn tiny_model_config(num_class: usize, des_per_class: usize) -> RamPlusConfig {
+    RamPlusConfig {
+        name: "tiny".into(),
+        swin: SwinConfig {
+            img_size: 64,
+            patch_size: 4,
+            in_chans: 3,
+            embed_dim: 16,
+            depths: vec![2, 2, 2, 2],
+            num_heads: vec![2, 2, 4, 4],
+            window_size: 4,
+            mlp_ratio: 4.0,
+            qkv_bias: true,
+            drop_path_rate: 0.1,
+        },
+        tagging_head: TaggingHeadConfig {
+            hidden_size: 32,
+            num_hidden_layers: 2,
+            num_attention_heads: 2,
+            intermediate_size: 64,
+            ..TaggingHeadConfig::official()
+        },
+        num_class,
+        des_per_class,
+    }
+}
+
+/// Resolves the configuration's model spec for a vocabulary of `num_class` slots with
+/// `des_per_class` description rows each.
+pub fn resolve_model(spec: &str, num_class: usize, des_per_class: usize) -> Result<RamPlusConfig> {
+    let mut cfg = if spec == "tiny" {
+        tiny_model_config(num_class, des_per_class)
+    } else if spec.ends_with(".json") {
+        RamPlusConfig::from_reference_json(Path::new(spec))?
+    } else {
+        RamPlusConfig::preset(spec)?
+    };
+    cfg.num_class = num_class;
+    cfg.des_per_class = des_per_class;
+    Ok(cfg)
+}
+
+/// Everything checked and loaded, ready for the first step.
+pub struct Prepared {
+    pub config: TrainConfig,
+    pub inputs: TrainInputs,
+    pub model_config: RamPlusConfig,
+    pub vs: VarStore,
+    pub model: RamPlus,
+    pub data: Arc<TrainData>,
+    pub absent_slots: Vec<usize>,
+    pub device: Device,
+    pub loader: LoaderConfig,
+    pub steps_per_epoch: u64,
+    pub total_steps: u64,
+    /// Lines for the log: what was loaded, frozen, checked.
+    pub notes: Vec<String>,
+}
+
+fn device_of(kind: DeviceKind) -> Result<Device> {
+    match kind {
+        DeviceKind::Cpu => Ok(Device::Cpu),
+        DeviceKind::Cuda => {
+            if tch::Cuda::is_available() {
+                Ok(Device::Cuda(0))
+            } else {
+                Err(Error::Usage(
+                    "--device cuda: libtorch sees no CUDA device (no GPU, no driver, or a binary linked without \
+                     libtorch_cuda; see scripts/ and SETUP-NOTES for GPU builds)"
+                        .into(),
+                ))
+            }
+        }
+    }
+}
+
+/// Checks every input against the others and builds the model; fails before any training step.
+pub fn prepare(config: &TrainConfig, inputs: &TrainInputs) -> Result<Prepared> {
+    config.validate()?;
+    if config.precision == Precision::Bf16 {
+        return Err(Error::Usage(
+            "precision bf16 is not available: tch 0.24 exposes CUDA autocast only with its default fp16 type; \
+             train in f32"
+                .into(),
+        ));
+    }
+    let device = device_of(config.device)?;
+    if config.threads > 0 {
+        tch::set_num_threads(config.threads as i32);
+    }
+    let mut notes = Vec::new();
+
+    // Manifest, vocabulary and label embeddings must agree.
+    let manifest = SlotManifest::read(&inputs.manifest)?;
+    if let Some(spec) = &inputs.vocab {
+        let vocab = Vocabulary::load(spec)?;
+        manifest.check_vocabulary(&vocab, &inputs.manifest)?;
+    }
+    let num_class = manifest.slots.len();
+    if let Some(n) = config.class_num {
+        if n != num_class {
+            return Err(Error::invalid(
+                &inputs.manifest,
+                format!("has {num_class} slots but the config says class_num = {n}"),
+            ));
+        }
+    }
+    let emb = EmbeddingFile::read(&inputs.label_embed, None)?;
+    if emb.dim != CLIP_DIM {
+        return Err(Error::invalid(
+            &inputs.label_embed,
+            format!(
+                "rows have {} values; RAM++ label embeddings are {CLIP_DIM}-d (CLIP space)",
+                emb.dim
+            ),
+        ));
+    }
+    let layout = Layout::detect(emb.rows, num_class, &inputs.label_embed)?;
+    match Provenance::from_metadata(&emb.metadata, &inputs.label_embed)? {
+        Some(p) if p.vocabulary_sha256 != manifest.vocabulary.sha256 => {
+            return Err(Error::invalid(
+                &inputs.label_embed,
+                format!(
+                    "was made for another vocabulary (sha256 {}…, {} tags) than the slot manifest {} (sha256 {}…, {} tags)",
+                    &p.vocabulary_sha256[..p.vocabulary_sha256.len().min(12)],
+                    p.tag_count,
+                    inputs.manifest.display(),
+                    &manifest.vocabulary.sha256[..manifest.vocabulary.sha256.len().min(12)],
+                    manifest.vocabulary.tag_count
+                ),
+            ))
+        }
+        Some(_) => notes.push(format!(
+            "label embeddings {}: {}, provenance matches the manifest's vocabulary",
+            inputs.label_embed.display(),
+            layout.describe()
+        )),
+        None => notes.push(format!(
+            "label embeddings {}: {} (no tagfix provenance: only the row count was checked)",
+            inputs.label_embed.display(),
+            layout.describe()
+        )),
+    }
+    let model_config = resolve_model(&config.model_spec(), num_class, layout.rows_per_slot())?;
+
+    // Data: records, teacher rows, absent slots, every image readable.
+    let data = TrainData::open(
+        &inputs.data,
+        &inputs.images,
+        num_class,
+        inputs.teacher.as_deref(),
+    )?;
+    let absent_slots = manifest.absent_slots();
+    data.check_absent(&absent_slots, &inputs.manifest)?;
+    data.check_images()?;
+    notes.push(format!(
+        "data: {} records from {} file(s), images under {}, teacher {}; {} absent slot(s), policy {}",
+        data.len(),
+        inputs.data.len(),
+        inputs.images.display(),
+        inputs
+            .teacher
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "none (tag loss only)".into()),
+        absent_slots.len(),
+        config.absent
+    ));
+    let (micro, _) = config.accumulation()?;
+    let loader = LoaderConfig {
+        micro_batch: micro,
+        batch: config.batch_size,
+        augment: Augment::ram(model_config.swin.img_size as u32),
+        seed: config.seed,
+        workers: config.workers,
+        prefetch: config.prefetch,
+    };
+    let steps_per_epoch = loader.steps_per_epoch(data.len());
+    if steps_per_epoch == 0 {
+        return Err(Error::Usage(format!(
+            "{} records are fewer than one batch of {}",
+            data.len(),
+            config.batch_size
+        )));
+    }
+    let total_steps = config
+        .max_steps
+        .unwrap_or(steps_per_epoch * config.max_epoch as u64);
+
+    // Model, checkpoints, the encoder proof, then the label embeddings on top.
+    tch::manual_seed(config.seed as i64);
+    let vs = VarStore::new(device);
+    let model = RamPlus::new(&vs, &model_config, ParamInit::Official)?;
+    let fingerprint = InitFingerprint::capture(&vs, "visual_encoder.");
+    let mut reports = Vec::new();
+    for p in &inputs.init {
+        let r = weights::load_state_dict(&vs, p, &LoadOptions::lenient())?;
+        notes.push(format!("loaded {}:\n{}", p.display(), r.to_table()));
+        reports.push(r);
+    }
+    let report_refs: Vec<_> = reports.iter().collect();
+    let check = weights::verify_encoder_initialised(
+        &report_refs,
+        &fingerprint,
+        &vs,
+        inputs.allow_random_encoder,
+    )?;
+    notes.extend(check.warnings.iter().cloned());
+    let table = weights::to_tch(&emb.to_tensor()?)?;
+    tch::no_grad(|| {
+        let mut var = vs.variables()["label_embed"].shallow_clone();
+        var.copy_(&table.to_kind(var.kind()).to_device(device));
+    });
+    notes.push(format!(
+        "model {}: {} classes × {} descriptions; label_embed set from {}",
+        model_config.name,
+        num_class,
+        layout.rows_per_slot(),
+        inputs.label_embed.display()
+    ));
+
+    Ok(Prepared {
+        config: config.clone(),
+        inputs: inputs.clone(),
+        model_config,
+        vs,
+        model,
+        data: Arc::new(data),
+        absent_slots,
+        device,
+        loader,
+        steps_per_epoch,
+        total_steps,
+        notes,
+    })
+}
+
+/// `state.json` of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointState {
+    pub schema: String,
+    /// Optimizer steps completed.
+    pub step: u64,
+    pub epoch: u64,
+    pub step_in_epoch: u64,
+    pub samples_seen: u64,
+    pub seed: u64,
+    /// How libtorch's generator is driven (re-seeded per micro-batch, so nothing else to store).
+    pub torch_rng: String,
+    pub records: usize,
+    /// [`data::RecordSet::fingerprint`] of the training records.
+    pub data_fingerprint: String,
+    pub weighting: LossWeighting,
+    pub wall_s: f64,
+    pub model: String,
+}
+
+/// Where checkpoints go and what they hold: `RUN_DIR/checkpoints/step-NNNNNNNN/{model.safetensors,
+/// optimizer.safetensors, state.json}`, written into a hidden temporary folder and renamed.
+pub fn checkpoint_dir(run: &RunDir, step: u64) -> PathBuf {
+    run.checkpoints_dir().join(format!("step-{step:08}"))
+}
+
+/// The newest complete checkpoint of a run.
+pub fn latest_checkpoint(run: &RunDir) -> Result<Option<PathBuf>> {
+    let dir = run.checkpoints_dir();
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| Error::io(&dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("step-"))
+                && p.join("state.json").is_file()
+        })
+        .collect();
+    found.sort();
+    Ok(found.pop())
+}
+
+fn save_checkpoint(
+    run: &RunDir,
+    vs: &VarStore,
+    opt: &AdamW,
+    state: &CheckpointState,
+    keep: usize,
+) -> Result<PathBuf> {
+    let dir = checkpoint_dir(run, state.step);
+    let tmp = run
+        .checkpoints_dir()
+        .join(format!(".step-{:08}.tmp", state.step));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let model_path = tmp.join("model.safetensors");
+    let cpu: Vec<(String, Tensor)> = {
+        let mut v: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .map(|(n, t)| (n, t.detach().to_device(Device::Cpu)))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    Tensor::write_safetensors(&cpu, &model_path)
+        .map_err(|e| Error::invalid(&model_path, e.to_string()))?;
+    let opt_path = tmp.join("optimizer.safetensors");
+    let opt_state: Vec<(String, Tensor)> = opt
+        .state_tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.to_device(Device::Cpu)))
+        .collect();
+    Tensor::write_safetensors(&opt_state, &opt_path)
+        .map_err(|e| Error::invalid(&opt_path, e.to_string()))?;
+    write_atomic(&tmp.join("state.json"), |w| {
+        serde_json::to_writer_pretty(&mut *w, state).map_err(std::io::Error::other)
+    })?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    }
+    std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
+    // Keep the newest `keep`.
+    let mut all: Vec<PathBuf> = std::fs::read_dir(run.checkpoints_dir())
+        .map_err(|e| Error::io(run.checkpoints_dir(), e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("step-"))
+        })
+        .collect();
+    all.sort();
+    while all.len() > keep {
+        let old = all.remove(0);
+        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    }
+    Ok(dir)
+}
+
+fn read_checkpoint(dir: &Path, vs: &VarStore, opt: &mut AdamW) -> Result<CheckpointState> {
+    let state_path = dir.join("state.json");
+    let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
+    let state: CheckpointState = serde_json::from_str(&text)
+        .map_err(|e| Error::invalid(&state_path, format!("not a checkpoint state: {e}")))?;
+    if state.schema != STATE_SCHEMA {
+        return Err(Error::invalid(
+            &state_path,
+            format!("checkpoint schema {} is not {STATE_SCHEMA}", state.schema),
+        ));
+    }
+    let model_path = dir.join("model.safetensors");
+    let report = weights::load_state_dict(vs, &model_path, &LoadOptions::strict())?;
+    debug_assert!(report.is_complete());
+    let opt_path = dir.join("optimizer.safetensors");
+    let tensors = Tensor::read_safetensors(&opt_path)
+        .map_err(|e| Error::invalid(&opt_path, e.to_string()))?;
+    let map: BTreeMap<String, Tensor> = tensors.into_iter().collect();
+    opt.load_state(&map, state.step, &opt_path.display().to_string())?;
+    Ok(state)
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub run_dir: PathBuf,
+    pub first_step: u64,
+    pub steps: u64,
+    /// Mean raw value of each term over the first and the last `min(20, steps/4)` steps of this
+    /// invocation.
+    pub early: BTreeMap<String, f64>,
+    pub late: BTreeMap<String, f64>,
+    pub final_weights: super::config::LossWeights,
+    pub checkpoint: PathBuf,
+    /// Mean predicted probability per slot over (up to 256) training images, un-augmented, eval mode.
+    pub slot_probabilities: Vec<f64>,
+    pub absent_slots: Vec<usize>,
+}
+
+impl RunSummary {
+    /// Mean predicted probability over the absent slots.
+    pub fn absent_probability(&self) -> Option<f64> {
+        if self.absent_slots.is_empty() {
+            return None;
+        }
+        Some(
+            self.absent_slots
+                .iter()
+                .map(|&s| self.slot_probabilities[s])
+                .sum::<f64>()
+                / self.absent_slots.len() as f64,
+        )
+    }
+}
+
+/// splitmix-style seed for libtorch's generator at (step, micro).
+fn torch_seed(seed: u64, step: u64, micro: usize) -> i64 {
+    let mut z = seed
+        ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (micro as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+    z = (z ^ (z >> 31)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    ((z ^ (z >> 29)) >> 1) as i64
+}
+
+fn to_device(v: &[f32], shape: &[i64], device: Device) -> Tensor {
+    Tensor::from_slice(v).view(shape).to_device(device)
+}
+
+/// Trains (or resumes, when `resume` is set and `out` holds a checkpoint) and returns a summary.
+pub fn train(prepared: Prepared, out: &Path, resume: bool) -> Result<RunSummary> {
+    let Prepared {
+        config,
+        inputs,
+        model_config,
+        vs,
+        model,
+        data,
+        absent_slots,
+        device,
+        loader: loader_cfg,
+        steps_per_epoch,
+        total_steps,
+        notes,
+    } = prepared;
+    for n in &notes {
+        tracing::info!("{n}");
+    }
+    let run = RunDir::create(out)?;
+    let frozen = config.frozen_prefixes();
+    let mut opt = AdamW::new(&vs, &frozen, &config)?;
+    tracing::info!("{}", opt.summary);
+    let mut weighting = LossWeighting::new(
+        config.loss_weights,
+        config.loss_balance,
+        config.balance_steps,
+    );
+    let mut start_step = 0u64;
+    let mut wall_offset = 0.0;
+    let fingerprint = data.records.fingerprint();
+    if resume {
+        let ckpt = latest_checkpoint(&run)?.ok_or_else(|| {
+            Error::invalid(
+                &run.checkpoints_dir(),
+                "--resume: the run has no checkpoint to resume from",
+            )
+        })?;
+        let state = read_checkpoint(&ckpt, &vs, &mut opt)?;
+        if state.data_fingerprint != fingerprint || state.records != data.len() {
+            return Err(Error::invalid(
+                &ckpt,
+                format!(
+                    "--resume: the training records differ from the checkpoint's ({} records then, {} now): \
+                     the data position would be meaningless",
+                    state.records,
+                    data.len()
+                ),
+            ));
+        }
+        start_step = state.step;
+        wall_offset = state.wall_s;
+        weighting = state.weighting;
+        tracing::info!(
+            "resuming from {} at step {start_step} (epoch {})",
+            ckpt.display(),
+            state.epoch
+        );
+    } else if run.metrics_path().exists() || latest_checkpoint(&run)?.is_some() {
+        return Err(Error::invalid(
+            out,
+            "already holds a training run: pass --resume to continue it, or choose another --out",
+        ));
+    }
+    write_atomic(&run.config_path(), |w| {
+        w.write_all(config.to_toml().as_bytes())
+    })?;
+    write_atomic(&run.root().join(RUN_FILE), |w| {
+        serde_json::to_writer_pretty(&mut *w, &inputs).map_err(std::io::Error::other)
+    })?;
+    let mut metrics = if resume {
+        MetricsWriter::resume(&run.metrics_path(), start_step)?
+    } else {
+        MetricsWriter::append(&run.metrics_path())?
+    };
+    if start_step >= total_steps {
+        return Err(Error::Usage(format!(
+            "nothing to do: the run is at step {start_step} of {total_steps} (raise max_steps to continue)"
+        )));
+    }
+
+    let sched = LrSchedule::new(&config, steps_per_epoch, total_steps);
+    let absent = AbsentSlots::new(model_config.num_class, &absent_slots, config.absent, device);
+    let (micro, accumulation) = config.accumulation()?;
+    let side = model_config.swin.img_size as i64;
+    let nc = model_config.num_class as i64;
+    let mut loader = Loader::start(data.clone(), loader_cfg, start_step, total_steps)?;
+    let bar = indicatif::ProgressBar::new(total_steps);
+    bar.set_position(start_step);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} train [{bar:30}] {pos}/{len} steps {per_sec} eta {eta} {msg}",
+        )
+        .expect("template")
+        .progress_chars("=> "),
+    );
+    let started = Instant::now();
+    let mut history: Vec<Vec<(LossTerm, f64)>> = Vec::new();
+    let state_at = |step: u64, weighting: &LossWeighting, wall: f64| CheckpointState {
+        schema: STATE_SCHEMA.into(),
+        step,
+        epoch: step / steps_per_epoch,
+        step_in_epoch: step % steps_per_epoch,
+        samples_seen: step * config.batch_size as u64,
+        seed: config.seed,
+        torch_rng: "tch::manual_seed(mix(seed, step, micro)) before every micro-batch".into(),
+        records: data.len(),
+        data_fingerprint: fingerprint.clone(),
+        weighting: weighting.clone(),
+        wall_s: wall,
+        model: model_config.name.clone(),
+    };
+    let mut last_saved = None;
+    for step in start_step..total_steps {
+        let t0 = Instant::now();
+        let mut wait = 0.0;
+        let mut raw: Vec<(LossTerm, f64)> = Vec::new();
+        let mut total = 0.0;
+        opt.zero_grad();
+        let weights = weighting.weights;
+        for m in 0..accumulation {
+            let w0 = Instant::now();
+            let mb = loader.next_batch().ok_or_else(|| {
+                Error::Other(format!("step {}: the data loader stopped early", step + 1))
+            })??;
+            wait += w0.elapsed().as_secs_f64();
+            debug_assert_eq!((mb.step, mb.micro), (step, m));
+            let n = mb.len() as i64;
+            let images = to_device(&mb.images, &[n, 3, side, side], device);
+            let targets = to_device(&mb.targets, &[n, nc], device);
+            let clip = mb
+                .clip_feature
+                .as_ref()
+                .map(|c| to_device(c, &[n, CLIP_DIM as i64], device));
+            let text = mb
+                .text_embed
+                .as_ref()
+                .map(|c| to_device(c, &[n, CLIP_DIM as i64], device));
+            tch::manual_seed(torch_seed(config.seed, step, m));
+            let losses = micro_losses(
+                &model,
+                &MicroInputs {
+                    images: &images,
+                    targets: &targets,
+                    clip_feature: clip.as_ref(),
+                    text_embed: text.as_ref(),
+                    mean_share: micro as f64 / config.batch_size as f64,
+                },
+                &absent,
+                true,
+            );
+            for (t, v) in losses.terms() {
+                let v = v.double_value(&[]);
+                if !v.is_finite() {
+                    let elapsed = wall_offset + started.elapsed().as_secs_f64();
+                    let ckpt = save_checkpoint(
+                        &run,
+                        &vs,
+                        &opt,
+                        &state_at(step, &weighting, elapsed),
+                        config.keep_checkpoints,
+                    )?;
+                    bar.abandon();
+                    return Err(Error::Other(format!(
+                        "step {}: loss term `{t}` is {v} (micro-batch {m}, records {:?}); training stopped. \
+                         The state before this step is saved in {}",
+                        step + 1,
+                        &mb.indices[..mb.indices.len().min(8)],
+                        ckpt.display()
+                    )));
+                }
+                match raw.iter_mut().find(|(k, _)| *k == t) {
+                    Some(e) => e.1 += v,
+                    None => raw.push((t, v)),
+                }
+            }
+            let weighted = losses.weighted_sum(&weights);
+            total += weighted.double_value(&[]);
+            weighted.backward();
+        }
+        let grad_norm = opt.grad_norms();
+        if !grad_norm.total.is_finite() {
+            let elapsed = wall_offset + started.elapsed().as_secs_f64();
+            let ckpt = save_checkpoint(
+                &run,
+                &vs,
+                &opt,
+                &state_at(step, &weighting, elapsed),
+                config.keep_checkpoints,
+            )?;
+            bar.abandon();
+            return Err(Error::Other(format!(
+                "step {}: the gradient norm is {} although every loss term is finite; training stopped. \
+                 The state before this step is saved in {}",
+                step + 1,
+                grad_norm.total,
+                ckpt.display()
+            )));
+        }
+        if let Some(max) = config.grad_clip.filter(|c| *c > 0.0) {
+            opt.clip_grad_norm(grad_norm.total, max);
+        }
+        let lr = sched.lr(step);
+        let update_norm = opt.step(lr);
+        let secs = t0.elapsed().as_secs_f64();
+        let wall_s = wall_offset + started.elapsed().as_secs_f64();
+        let record = StepRecord {
+            step: step + 1,
+            epoch: step / steps_per_epoch,
+            lr,
+            loss: step_losses(&raw, &weights),
+            total,
+            grad_norm,
+            update_norm: Some(update_norm),
+            images_per_s: config.batch_size as f64 / secs.max(1e-9),
+            data_wait_s: wait,
+            wall_s,
+        };
+        metrics.write(&record)?;
+        if let Some(msg) = weighting.observe(step, &raw) {
+            tracing::info!("{msg}");
+        }
+        history.push(raw.clone());
+        let done = step + 1;
+        if config.log_every > 0 && done % config.log_every == 0 {
+            let terms: Vec<String> = raw.iter().map(|(t, v)| format!("{t} {v:.4}")).collect();
+            bar.set_message(terms.join(" "));
+            tracing::debug!("step {done}: lr {lr:.3e} {}", terms.join(" "));
+        }
+        bar.set_position(done);
+        if config.checkpoint_every > 0 && done % config.checkpoint_every == 0 {
+            last_saved = Some(save_checkpoint(
+                &run,
+                &vs,
+                &opt,
+                &state_at(done, &weighting, wall_s),
+                config.keep_checkpoints,
+            )?);
+        }
+    }
+    bar.finish_and_clear();
+    drop(loader);
+    let checkpoint = match last_saved {
+        Some(p) if p == checkpoint_dir(&run, total_steps) => p,
+        _ => save_checkpoint(
+            &run,
+            &vs,
+            &opt,
+            &state_at(
+                total_steps,
+                &weighting,
+                wall_offset + started.elapsed().as_secs_f64(),
+            ),
+            config.keep_checkpoints,
+        )?,
+    };
+    let window = (history.len() / 4).clamp(1, 20);
+    let mean_over = |rows: &[Vec<(LossTerm, f64)>]| {
+        let mut acc: BTreeMap<String, f64> = BTreeMap::new();
+        for row in rows {
+            for (t, v) in row {
+                *acc.entry(t.name().to_string()).or_default() += v / rows.len() as f64;
+            }
+        }
+        acc
+    };
+    let early = mean_over(&history[..window]);
+    let late = mean_over(&history[history.len() - window..]);
+    let slot_probabilities = slot_probabilities(&model, &data, device, 256)?;
+    let summary = RunSummary {
+        run_dir: out.to_path_buf(),
+        first_step: start_step,
+        steps: total_steps,
+        early,
+        late,
+        final_weights: weighting.weights,
+        checkpoint,
+        slot_probabilities,
+        absent_slots,
+    };
+    if let Some(p) = summary.absent_probability() {
+        tracing::info!(
+            "absent slots ({}): mean predicted probability {p:.4} under --absent {}",
+            summary.absent_slots.len(),
+            config.absent
+        );
+    }
+    Ok(summary)
+}
+
+/// Mean sigmoid probability of every slot over the first `limit` records, each image resized (bicubic)
+/// to the model's input without augmentation, in eval mode.
+pub fn slot_probabilities(
+    model: &RamPlus,
+    data: &TrainData,
+    device: Device,
+    limit: usize,
+) -> Result<Vec<f64>> {
+    let side = model.config.swin.img_size as u32;
+    let n = data.len().min(limit);
+    let per = 3 * (side * side) as usize;
+    let nc = model.config.num_class;
+    let mut sums = vec![0f64; nc];
+    for chunk in (0..n).collect::<Vec<_>>().chunks(16) {
+        let mut buf = vec![0f32; chunk.len() * per];
+        for (k, &i) in chunk.iter().enumerate() {
+            let img = data::augment::decode(&data.image_path(&data.records.records[i]))?;
+            let img =
+                image::imageops::resize(&img, side, side, image::imageops::FilterType::CatmullRom);
+            data::augment::to_normalized_chw(&img, &mut buf[k * per..(k + 1) * per]);
+        }
+        let x = to_device(
+            &buf,
+            &[chunk.len() as i64, 3, side as i64, side as i64],
+            device,
+        );
+        let probs = tch::no_grad(|| {
+            let mut trace = Trace::off();
+            let e = model.image_embeds(&x, false, &mut trace);
+            model
+                .tag_branch(&e.image_embeds, false, &mut trace)
+                .tagging_logits
+                .sigmoid()
+        });
+        let col = probs
+            .sum_dim_intlist([0i64].as_slice(), false, Kind::Double)
+            .to_device(Device::Cpu);
+        let v: Vec<f64> =
+            Vec::try_from(&col).map_err(|e: tch::TchError| Error::Other(e.to_string()))?;
+        for (s, x) in sums.iter_mut().zip(v) {
+            *s += x;
+        }
+    }
+    Ok(sums.into_iter().map(|s| s / n.max(1) as f64).collect())
+}
+
+/// Reads `RUN_DIR/run.json` (the inputs of a run, for `--resume`).
+pub fn read_run_inputs(run_dir: &Path) -> Result<TrainInputs> {
+    let p = run_dir.join(RUN_FILE);
+    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::invalid(&p, format!("not a run description: {e}")))
+}

@@ -1,0 +1,401 @@
+//! The training loop on the synthetic dataset with the tiny RAM++ (CPU): losses fall, the absent-slot
+//! policies do what they say, gradient accumulation equals the full batch, resume equals an
+//! uninterrupted run, and bad inputs fail before the first step.
+#![cfg(feature = "train")]
+
+use std::path::{Path, PathBuf};
+use tagfix::monitor::read_all_records;
+use tagfix::train::config::{AbsentPolicy, LossBalance, TrainConfig};
+use tagfix::train::data::synth::{generate, SynthDataset, SynthOptions};
+use tagfix::train::run::{prepare, train, RunSummary, TrainInputs};
+
+/// libtorch's generator and thread count are process-global: tests that train run one at a time so
+/// each run's randomness is its own.
+static TORCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    TORCH.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn dataset(dir: &Path, count: usize, seed: u64) -> SynthDataset {
+    generate(
+        &SynthOptions {
+            count,
+            size: 64,
+            seed,
+            descriptions: 3,
+        },
+        dir,
+    )
+    .unwrap()
+}
+
+fn inputs(ds: &SynthDataset) -> TrainInputs {
+    TrainInputs {
+        data: vec![ds.annotations.clone()],
+        images: ds.image_root.clone(),
+        manifest: ds.manifest.clone(),
+        label_embed: ds.label_embed.clone(),
+        teacher: Some(ds.teacher.clone()),
+        init: Vec::new(),
+        vocab: None,
+        allow_random_encoder: true,
+    }
+}
+
+fn small_config(steps: u64) -> TrainConfig {
+    TrainConfig {
+        model: Some("tiny".into()),
+        batch_size: 8,
+        micro_batch_size: Some(8),
+        init_lr: 2e-3,
+        min_lr: 2e-3,
+        warmup_lr: 1e-4,
+        warmup_steps: 10,
+        max_steps: Some(steps),
+        workers: 1,
+        threads: 1,
+        prefetch: 4,
+        checkpoint_every: 0,
+        keep_checkpoints: 2,
+        seed: 3,
+        ..Default::default()
+    }
+}
+
+fn run(cfg: &TrainConfig, inp: &TrainInputs, out: &Path) -> RunSummary {
+    let p = prepare(cfg, inp).unwrap();
+    train(p, out, false).unwrap()
+}
+
+#[test]
+fn losses_fall_and_absent_policies_hold() {
+    let _guard = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path(), 64, 1);
+    let inp = inputs(&ds);
+    let eps = 0.2;
+    let steps = 200;
+
+    let smooth = run(
+        &TrainConfig {
+            absent: AbsentPolicy::Smooth(eps),
+            ..small_config(steps)
+        },
+        &inp,
+        &tmp.path().join("smooth"),
+    );
+    for term in ["tag", "align", "dis"] {
+        let (e, l) = (smooth.early[term], smooth.late[term]);
+        assert!(l < 0.9 * e, "{term}: {e} → {l} did not fall");
+    }
+    let p_smooth = smooth.absent_probability().unwrap();
+    assert!(
+        (p_smooth - eps).abs() < 0.06,
+        "smooth={eps}: absent slots settle at {p_smooth}"
+    );
+
+    let negative = run(
+        &TrainConfig {
+            absent: AbsentPolicy::Negative,
+            ..small_config(steps)
+        },
+        &inp,
+        &tmp.path().join("negative"),
+    );
+    let p_neg = negative.absent_probability().unwrap();
+    assert!(
+        p_neg < 0.05,
+        "negative: absent slots should collapse toward 0, mean p = {p_neg}"
+    );
+    eprintln!("absent mean probability: smooth={eps} → {p_smooth:.4}, negative → {p_neg:.4}");
+
+    // The metrics log has one record per step with raw and weighted terms.
+    let recs = read_all_records(&tmp.path().join("smooth/metrics.jsonl")).unwrap();
+    assert_eq!(recs.len() as u64, steps);
+    let r = &recs[5];
+    let dis = r.loss.dis.unwrap();
+    assert!((dis.weighted - 100.0 * dis.raw).abs() < 1e-9 * dis.weighted.abs().max(1.0));
+    assert!(r.grad_norm.image_encoder.unwrap() > 0.0 && r.update_norm.is_some());
+}
+
+#[test]
+fn resume_equals_uninterrupted_run() {
+    let _guard = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path(), 32, 2);
+    let inp = inputs(&ds);
+    let cfg = TrainConfig {
+        batch_size: 8,
+        micro_batch_size: Some(4),
+        checkpoint_every: 3,
+        loss_balance: LossBalance::Initial,
+        balance_steps: 4,
+        ..small_config(10)
+    };
+    let full_dir = tmp.path().join("full");
+    run(&cfg, &inp, &full_dir);
+
+    let part_dir = tmp.path().join("part");
+    let first = TrainConfig {
+        max_steps: Some(6),
+        ..cfg.clone()
+    };
+    run(&first, &inp, &part_dir);
+    // Simulate the interrupted run having logged past its last checkpoint.
+    let resumed = train(prepare(&cfg, &inp).unwrap(), &part_dir, true).unwrap();
+    assert_eq!(resumed.first_step, 6);
+
+    let a = read_all_records(&full_dir.join("metrics.jsonl")).unwrap();
+    let b = read_all_records(&part_dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(a.len(), 10);
+    assert_eq!(b.len(), 10);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.step, y.step);
+        assert_eq!(
+            x.loss, y.loss,
+            "step {}: losses differ after resume",
+            x.step
+        );
+        assert_eq!(x.total, y.total);
+        assert_eq!(x.lr, y.lr);
+        assert_eq!(x.grad_norm, y.grad_norm, "step {}", x.step);
+    }
+    // Balanced weights were measured before the interruption and carried over.
+    assert_ne!(
+        a[9].loss.dis.unwrap().weighted / a[9].loss.dis.unwrap().raw,
+        100.0
+    );
+    // keep_checkpoints = 2: only the newest two remain.
+    let kept: Vec<PathBuf> = std::fs::read_dir(part_dir.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert!(part_dir
+        .join("checkpoints/step-00000010/optimizer.safetensors")
+        .is_file());
+    // A second plain run into the same folder is refused.
+    let err = match train(prepare(&cfg, &inp).unwrap(), &part_dir, false) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("reused run dir"),
+    };
+    assert!(err.contains("--resume"), "{err}");
+}
+
+#[test]
+fn non_finite_loss_stops_with_checkpoint() {
+    let _guard = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path(), 16, 3);
+    let cfg = TrainConfig {
+        batch_size: 8,
+        micro_batch_size: Some(8),
+        init_lr: 1e30,
+        warmup_steps: 0,
+        ..small_config(20)
+    };
+    let out = tmp.path().join("run");
+    let err = match train(prepare(&cfg, &inputs(&ds)).unwrap(), &out, false) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a learning rate of 1e30 should blow up"),
+    };
+    assert!(
+        err.contains("step ") && (err.contains("loss term `") || err.contains("gradient norm")),
+        "{err}"
+    );
+    assert!(err.contains("checkpoints/step-"), "{err}");
+    let ckpt = tagfix::train::run::latest_checkpoint(&tagfix::monitor::RunDir::open(&out).unwrap())
+        .unwrap()
+        .unwrap();
+    assert!(ckpt.join("model.safetensors").is_file());
+}
+
+fn prepare_err(cfg: &TrainConfig, inp: &TrainInputs) -> String {
+    match prepare(cfg, inp) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("prepare accepted bad input"),
+    }
+}
+
+#[test]
+fn bad_inputs_fail_before_the_first_step() {
+    let _guard = serial();
+    use tagfix::tensors::EmbeddingFile;
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(&tmp.path().join("a"), 12, 4);
+    let cfg = small_config(5);
+    let good = inputs(&ds);
+    prepare(&cfg, &good).unwrap();
+
+    // Embedding file with the wrong row count.
+    let mut emb = EmbeddingFile::read(&ds.label_embed, None).unwrap();
+    emb.rows += 1;
+    emb.values.extend(vec![0.0; emb.dim]);
+    let wrong_rows = tmp.path().join("rows.safetensors");
+    emb.write(&wrong_rows).unwrap();
+    let e = prepare_err(
+        &cfg,
+        &TrainInputs {
+            label_embed: wrong_rows,
+            ..good.clone()
+        },
+    );
+    assert!(e.contains("rows.safetensors") && e.contains("rows"), "{e}");
+
+    // Embeddings and manifest of another vocabulary (one tag renamed).
+    let other_dir = tmp.path().join("b");
+    std::fs::create_dir_all(&other_dir).unwrap();
+    let mut tags = tagfix::train::data::synth::vocabulary_tags();
+    tags[0] = "crimson".into();
+    let other_vocab = tagfix::vocab::Vocabulary::from_tags(tags);
+    let mut foreign = EmbeddingFile::read(&ds.label_embed, None).unwrap();
+    foreign.metadata.insert(
+        "tagfix.vocabulary_sha256".into(),
+        other_vocab.sha256.clone(),
+    );
+    let foreign_path = other_dir.join("foreign.safetensors");
+    foreign.write(&foreign_path).unwrap();
+    let e = prepare_err(
+        &cfg,
+        &TrainInputs {
+            label_embed: foreign_path,
+            ..good.clone()
+        },
+    );
+    assert!(
+        e.contains("foreign.safetensors") && e.contains("another vocabulary"),
+        "{e}"
+    );
+
+    let m = tagfix::manifest::SlotManifest::read(&ds.manifest).unwrap();
+    let union: Vec<u64> = m.slots.iter().map(|s| s.union).collect();
+    let other_manifest = tagfix::manifest::SlotManifest::from_counts(
+        &other_vocab,
+        &union,
+        &union,
+        m.inputs.clone(),
+        0,
+    );
+    let other_manifest_path = other_dir.join("manifest.json");
+    other_manifest.write(&other_manifest_path).unwrap();
+    let e = prepare_err(
+        &cfg,
+        &TrainInputs {
+            manifest: other_manifest_path.clone(),
+            ..good.clone()
+        },
+    );
+    assert!(
+        e.contains("another vocabulary") && e.contains("manifest.json"),
+        "{e}"
+    );
+    let e = prepare_err(
+        &cfg,
+        &TrainInputs {
+            manifest: other_manifest_path,
+            vocab: Some(ds.vocabulary.display().to_string()),
+            ..good.clone()
+        },
+    );
+    assert!(
+        e.contains("manifest.json") && e.contains("different vocabulary"),
+        "{e}"
+    );
+
+    // The pretrained-encoder refusal of weights.rs is honoured.
+    let e = prepare_err(
+        &cfg,
+        &TrainInputs {
+            allow_random_encoder: false,
+            ..inputs(&ds)
+        },
+    );
+    assert!(e.contains("--allow-random-encoder"), "{e}");
+
+    // Unreadable and missing images, named with their record.
+    std::fs::write(ds.image_root.join("00001.png"), b"garbage").unwrap();
+    std::fs::remove_file(ds.image_root.join("00004.png")).unwrap();
+    let e = prepare_err(&cfg, &good);
+    assert!(e.contains("2 of 12 training images"), "{e}");
+    assert!(
+        e.contains("00001.png") && e.contains("00004.png") && e.contains("record 2"),
+        "{e}"
+    );
+}
+
+#[test]
+fn accumulated_gradients_equal_full_batch() {
+    let _guard = serial();
+    use tagfix::train::config::AbsentPolicy;
+    use tagfix::train::model::{ParamInit, RamPlus};
+    use tagfix::train::objective::{micro_losses, AbsentSlots, MicroInputs};
+    use tagfix::train::run::tiny_model_config;
+    use tch::{Device, Kind, Tensor};
+
+    tch::manual_seed(11);
+    let cfg = tiny_model_config(6, 2);
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let model = RamPlus::new(&vs, &cfg, ParamInit::Official).unwrap();
+    tch::no_grad(|| {
+        let mut e = vs.variables()["label_embed"].shallow_clone();
+        e.copy_(&Tensor::randn([12, 512], (Kind::Float, Device::Cpu)));
+    });
+    let b = 8i64;
+    let images = Tensor::randn([b, 3, 64, 64], (Kind::Float, Device::Cpu));
+    let targets = Tensor::randint(2, [b, 6], (Kind::Float, Device::Cpu));
+    let clip = Tensor::randn([b, 512], (Kind::Float, Device::Cpu));
+    let absent = AbsentSlots::new(6, &[], AbsentPolicy::Negative, Device::Cpu);
+    let grads = |parts: i64| -> Vec<(String, Tensor)> {
+        vs.variables().values().for_each(|v| {
+            let mut g = v.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        });
+        let m = b / parts;
+        for k in 0..parts {
+            let x = MicroInputs {
+                images: &images.narrow(0, k * m, m),
+                targets: &targets.narrow(0, k * m, m),
+                clip_feature: Some(&clip.narrow(0, k * m, m)),
+                text_embed: None,
+                mean_share: m as f64 / b as f64,
+            };
+            let l = micro_losses(&model, &x, &absent, false);
+            (&l.tag + l.dis.unwrap() * 100.0).backward();
+        }
+        let mut v: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .map(|(n, t)| (n, t.grad().copy()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let full = grads(1);
+    let accumulated = grads(4);
+    // Tolerance as the parity tests: max|diff| <= 1e-4·max|ref| + 1e-6·(largest gradient), the second
+    // part for gradients that are analytically zero (cross-attention key biases) and hold only noise.
+    let global = full
+        .iter()
+        .map(|(_, a)| a.abs().max().double_value(&[]))
+        .fold(0.0, f64::max);
+    let mut worst = 0.0f64;
+    for ((n, a), (_, c)) in full.iter().zip(&accumulated) {
+        let scale = a.abs().max().double_value(&[]);
+        let diff = (a - c).abs().max().double_value(&[]);
+        assert!(
+            diff <= 1e-4 * scale + 1e-6 * global,
+            "{n}: accumulated gradient differs by {diff} (max |g| {scale})"
+        );
+        if scale > 1e-3 * global {
+            worst = worst.max(diff / scale);
+        }
+    }
+    eprintln!(
+        "accumulation vs full batch: worst relative difference {worst:.2e} over {} tensors",
+        full.len()
+    );
+}
