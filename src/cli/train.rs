@@ -157,6 +157,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
         if let Some(p) = summary.absent_probability() {
             println!("  absent slots: mean predicted probability {p:.4}");
         }
+        println!(
+            "  health events: {} (events.jsonl; `tagfix plot {}` draws them)",
+            summary.health_events.len(),
+            out.display()
+        );
         println!("  metrics: {}", out.join("metrics.jsonl").display());
     }
     Ok(ExitStatus::Success)

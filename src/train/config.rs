@@ -272,6 +272,8 @@ pub struct TrainConfig {
     pub image_path_root: String,
     /// RAM: number of classes; checked against the vocabulary when given.
     pub class_num: Option<usize>,
+    /// Training-health detector thresholds (`[monitor.spike]`, … ; see `tagfix::monitor`).
+    pub monitor: crate::monitor::DetectorConfig,
 }
 
 impl Default for TrainConfig {
@@ -314,6 +316,7 @@ impl Default for TrainConfig {
             train_file: Vec::new(),
             image_path_root: String::new(),
             class_num: None,
+            monitor: Default::default(),
         }
     }
 }

@@ -18,7 +18,7 @@ use super::weights::{self, InitFingerprint, LoadOptions};
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 use crate::manifest::SlotManifest;
-use crate::monitor::{LossTerm, MetricsWriter, RunDir, StepRecord};
+use crate::monitor::{events_table, HealthEvent, LossTerm, RunDir, RunMonitor, StepRecord};
 use crate::tensors::{EmbeddingFile, Layout, Provenance};
 use crate::vocab::Vocabulary;
 use serde::{Deserialize, Serialize};
@@ -434,6 +434,8 @@ pub struct RunSummary {
     /// Mean predicted probability per slot over (up to 256) training images, un-augmented, eval mode.
     pub slot_probabilities: Vec<f64>,
     pub absent_slots: Vec<usize>,
+    /// What the training-health detectors found over the whole run (`events.jsonl`).
+    pub health_events: Vec<HealthEvent>,
 }
 
 impl RunSummary {
@@ -535,10 +537,10 @@ pub fn train(prepared: Prepared, out: &Path, resume: bool) -> Result<RunSummary>
     write_atomic(&run.root().join(RUN_FILE), |w| {
         serde_json::to_writer_pretty(&mut *w, &inputs).map_err(std::io::Error::other)
     })?;
-    let mut metrics = if resume {
-        MetricsWriter::resume(&run.metrics_path(), start_step)?
+    let mut monitor = if resume {
+        RunMonitor::resume(&run, config.monitor.clone(), start_step)?
     } else {
-        MetricsWriter::append(&run.metrics_path())?
+        RunMonitor::start(&run, config.monitor.clone())?
     };
     if start_step >= total_steps {
         return Err(Error::Usage(format!(
@@ -683,7 +685,7 @@ pub fn train(prepared: Prepared, out: &Path, resume: bool) -> Result<RunSummary>
             data_wait_s: wait,
             wall_s,
         };
-        metrics.write(&record)?;
+        monitor.record(&record)?;
         if let Some(msg) = weighting.observe(step, &raw) {
             tracing::info!("{msg}");
         }
@@ -707,6 +709,10 @@ pub fn train(prepared: Prepared, out: &Path, resume: bool) -> Result<RunSummary>
     }
     bar.finish_and_clear();
     drop(loader);
+    let health_events = monitor.finish()?;
+    if !health_events.is_empty() {
+        tracing::warn!("training-health events:\n{}", events_table(&health_events));
+    }
     let checkpoint = match last_saved {
         Some(p) if p == checkpoint_dir(&run, total_steps) => p,
         _ => save_checkpoint(
@@ -744,6 +750,7 @@ pub fn train(prepared: Prepared, out: &Path, resume: bool) -> Result<RunSummary>
         checkpoint,
         slot_probabilities,
         absent_slots,
+        health_events,
     };
     if let Some(p) = summary.absent_probability() {
         tracing::info!(
