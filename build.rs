@@ -14,9 +14,13 @@ fn main() {
         return;
     }
     match std::env::var("DEP_TCH_LIBTORCH_LIB") {
-        Ok(lib) => println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}"),
-        Err(_) => println!(
-            "cargo:warning=torch-sys did not export DEP_TCH_LIBTORCH_LIB; set LD_LIBRARY_PATH to libtorch's lib folder to run"
+        Ok(lib) => {
+            println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+            build_autocast_shim(std::path::Path::new(&lib));
+        }
+        Err(_) => panic!(
+            "torch-sys did not export DEP_TCH_LIBTORCH_LIB: cannot find libtorch's headers for the autocast shim \
+             (run scripts/setup.sh, or set LIBTORCH to a libtorch 2.11 folder)"
         ),
     }
     if std::env::var("TAGFIX_LINK_CUDA").is_ok_and(|v| v == "1") {
@@ -30,4 +34,22 @@ fn main() {
             println!("cargo:rustc-link-arg={arg}");
         }
     }
+}
+
+/// Compiles `src/train/autocast.cpp`, the few lines of ATen that select the autocast dtype (bf16), which
+/// tch 0.24 does not expose. Headers come from the same libtorch that torch-sys links.
+fn build_autocast_shim(lib: &std::path::Path) {
+    println!("cargo:rerun-if-changed=src/train/autocast.cpp");
+    let root = lib.parent().expect("libtorch lib folder has a parent");
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    cc::Build::new()
+        .cpp(true)
+        .file("src/train/autocast.cpp")
+        .include(root.join("include"))
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .flag_if_supported("-Wno-unused-parameter")
+        .warnings(false)
+        .compile("tagfix_autocast");
 }

@@ -328,13 +328,13 @@ fn bad_inputs_fail_before_the_first_step() {
 fn accumulated_gradients_equal_full_batch() {
     let _guard = serial();
     use tagfix::train::config::AbsentPolicy;
+    use tagfix::train::model::RamPlusConfig;
     use tagfix::train::model::{ParamInit, RamPlus};
     use tagfix::train::objective::{micro_losses, AbsentSlots, MicroInputs};
-    use tagfix::train::run::tiny_model_config;
     use tch::{Device, Kind, Tensor};
 
     tch::manual_seed(11);
-    let cfg = tiny_model_config(6, 2);
+    let cfg = RamPlusConfig::tiny(6, 2);
     let vs = tch::nn::VarStore::new(Device::Cpu);
     let model = RamPlus::new(&vs, &cfg, ParamInit::Official).unwrap();
     tch::no_grad(|| {
@@ -397,5 +397,62 @@ fn accumulated_gradients_equal_full_batch() {
     eprintln!(
         "accumulation vs full batch: worst relative difference {worst:.2e} over {} tensors",
         full.len()
+    );
+}
+
+#[test]
+fn bf16_autocast_trains_close_to_f32() {
+    let _guard = serial();
+    use tagfix::train::config::Precision;
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path(), 32, 5);
+    let inp = inputs(&ds);
+    let steps = 40;
+    let f32_run = run(&small_config(steps), &inp, &tmp.path().join("f32"));
+    let bf16_run = run(
+        &TrainConfig {
+            precision: Precision::Bf16,
+            ..small_config(steps)
+        },
+        &inp,
+        &tmp.path().join("bf16"),
+    );
+    let f32_recs = read_all_records(&tmp.path().join("f32/metrics.jsonl")).unwrap();
+    let bf16_recs = read_all_records(&tmp.path().join("bf16/metrics.jsonl")).unwrap();
+    // Same seed, same data: the first step's terms differ only by bf16 rounding of the matrix products.
+    let (a, b) = (&f32_recs[0].loss, &bf16_recs[0].loss);
+    for (term, x, y) in [
+        ("tag", a.tag.unwrap().raw, b.tag.unwrap().raw),
+        ("align", a.align.unwrap().raw, b.align.unwrap().raw),
+        ("dis", a.dis.unwrap().raw, b.dis.unwrap().raw),
+    ] {
+        assert!(
+            x != y,
+            "{term}: bf16 gave the f32 value bit for bit: autocast did not engage"
+        );
+        assert!(
+            (x - y).abs() < 0.03 * x.abs(),
+            "{term}: step 1 f32 {x} vs bf16 {y}"
+        );
+    }
+    for term in ["tag", "align", "dis"] {
+        let (e, l) = (bf16_run.early[term], bf16_run.late[term]);
+        assert!(l < e, "bf16 {term}: {e} → {l} did not fall");
+    }
+    // Parameters (and therefore checkpoints) stay f32 under autocast.
+    let ckpt = safetensors::SafeTensors::deserialize(
+        &std::fs::read(bf16_run.checkpoint.join("model.safetensors")).unwrap(),
+    )
+    .unwrap()
+    .tensors()
+    .into_iter()
+    .map(|(_, v)| v.dtype())
+    .collect::<std::collections::BTreeSet<_>>();
+    assert!(ckpt.contains(&safetensors::Dtype::F32) && !ckpt.contains(&safetensors::Dtype::BF16));
+    eprintln!(
+        "step-1 tag f32 {} bf16 {}; f32 late {:?}",
+        a.tag.unwrap().raw,
+        b.tag.unwrap().raw,
+        f32_run.late
     );
 }

@@ -627,8 +627,12 @@ pub struct TrainArgs {
     /// pretrain or finetune.
     #[arg(long, value_name = "STAGE", value_parser = ["pretrain", "finetune"])]
     pub stage: Option<String>,
+    /// cpu or cuda.
     #[arg(long, value_name = "DEVICE")]
     pub device: Option<tagfix::train::config::DeviceKind>,
+    /// f32, or bf16 autocast (matrix products in bf16; parameters, gradients and optimizer state in f32).
+    #[arg(long, value_name = "PRECISION")]
+    pub precision: Option<tagfix::train::config::Precision>,
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
     /// Image-decoding threads (0: all cores).

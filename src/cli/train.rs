@@ -43,6 +43,7 @@ pub fn resolve_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     set!(batch_size, args.batch_size);
     set!(init_lr, args.lr);
     set!(device, args.device);
+    set!(precision, args.precision);
     set!(seed, args.seed);
     set!(workers, args.workers);
     set!(threads, args.threads);

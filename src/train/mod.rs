@@ -3,6 +3,8 @@
 //! checkpoint key matching, inspection, conversion and the training configuration are available
 //! without the feature (`tagfix inspect` / `convert` use them).
 
+#[cfg(feature = "train")]
+pub mod autocast;
 pub mod config;
 pub mod convert;
 #[cfg(feature = "train")]

@@ -8,9 +8,10 @@
 //! before every micro-batch. A checkpoint's step therefore fixes all randomness that follows, and a
 //! resumed CPU run reproduces the uninterrupted one bit for bit.
 
+use super::autocast::with_autocast;
 use super::config::{DeviceKind, Precision, TrainConfig};
 use super::data::{self, Augment, Loader, LoaderConfig, TrainData};
-use super::model::config::{SwinConfig, TaggingHeadConfig, CLIP_DIM};
+use super::model::config::CLIP_DIM;
 use super::model::{ParamInit, RamPlus, RamPlusConfig, Trace};
 use super::objective::{micro_losses, step_losses, AbsentSlots, LossWeighting, MicroInputs};
 use super::optim::{AdamW, LrSchedule};
@@ -54,40 +55,11 @@ pub struct TrainInputs {
 const RUN_FILE: &str = "run.json";
 const STATE_SCHEMA: &str = "tagfix.train-checkpoint/1";
 
-/// A small RAM++ for tests and smoke runs: 64×64 images, Swin embed 16 with depths [2,2,2,2]
-/// (windows 4, shifted blocks in the first two stages), tagging head hidden 32 with 2 layers.
-pub fn tiny_model_config(num_class: usize, des_per_class: usize) -> RamPlusConfig {
-    RamPlusConfig {
-        name: "tiny".into(),
-        swin: SwinConfig {
-            img_size: 64,
-            patch_size: 4,
-            in_chans: 3,
-            embed_dim: 16,
-            depths: vec![2, 2, 2, 2],
-            num_heads: vec![2, 2, 4, 4],
-            window_size: 4,
-            mlp_ratio: 4.0,
-            qkv_bias: true,
-            drop_path_rate: 0.1,
-        },
-        tagging_head: TaggingHeadConfig {
-            hidden_size: 32,
-            num_hidden_layers: 2,
-            num_attention_heads: 2,
-            intermediate_size: 64,
-            ..TaggingHeadConfig::official()
-        },
-        num_class,
-        des_per_class,
-    }
-}
-
 /// Resolves the configuration's model spec for a vocabulary of `num_class` slots with
 /// `des_per_class` description rows each.
 pub fn resolve_model(spec: &str, num_class: usize, des_per_class: usize) -> Result<RamPlusConfig> {
     let mut cfg = if spec == "tiny" {
-        tiny_model_config(num_class, des_per_class)
+        RamPlusConfig::tiny(num_class, des_per_class)
     } else if spec.ends_with(".json") {
         RamPlusConfig::from_reference_json(Path::new(spec))?
     } else {
@@ -135,13 +107,6 @@ fn device_of(kind: DeviceKind) -> Result<Device> {
 /// Checks every input against the others and builds the model; fails before any training step.
 pub fn prepare(config: &TrainConfig, inputs: &TrainInputs) -> Result<Prepared> {
     config.validate()?;
-    if config.precision == Precision::Bf16 {
-        return Err(Error::Usage(
-            "precision bf16 is not available: tch 0.24 exposes CUDA autocast only with its default fp16 type; \
-             train in f32"
-                .into(),
-        ));
-    }
     let device = device_of(config.device)?;
     if config.threads > 0 {
         tch::set_num_threads(config.threads as i32);
@@ -606,18 +571,25 @@ pub fn train(prepared: Prepared, out: &Path, resume: bool) -> Result<RunSummary>
                 .as_ref()
                 .map(|c| to_device(c, &[n, CLIP_DIM as i64], device));
             tch::manual_seed(torch_seed(config.seed, step, m));
-            let losses = micro_losses(
-                &model,
-                &MicroInputs {
-                    images: &images,
-                    targets: &targets,
-                    clip_feature: clip.as_ref(),
-                    text_embed: text.as_ref(),
-                    mean_share: micro as f64 / config.batch_size as f64,
-                },
-                &absent,
-                true,
-            );
+            let forward = || {
+                micro_losses(
+                    &model,
+                    &MicroInputs {
+                        images: &images,
+                        targets: &targets,
+                        clip_feature: clip.as_ref(),
+                        text_embed: text.as_ref(),
+                        mean_share: micro as f64 / config.batch_size as f64,
+                    },
+                    &absent,
+                    true,
+                )
+            };
+            // The backward pass runs outside the autocast region, as torch.autocast recommends.
+            let losses = match config.precision {
+                Precision::F32 => forward(),
+                Precision::Bf16 => with_autocast(device, Kind::BFloat16, forward)?,
+            };
             for (t, v) in losses.terms() {
                 let v = v.double_value(&[]);
                 if !v.is_finite() {

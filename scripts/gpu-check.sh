@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# GPU check of the RAM++ model and the training loop (feature `train`), in two steps:
+#   scripts/gpu-check.sh prepare   # here: CUDA-linked binaries + parity fixtures + the Python reference
+#                                  # -> target/gpu-check/ (carry that folder to the GPU machine)
+#   scripts/gpu-check.sh run       # on the GPU machine, from the repository root; results in $OUT
+# The GPU machine needs the NVIDIA driver and torch 2.11 (+cu130) for Python with its libraries
+# (TORCH_LIB, default /opt/torch/.venv/.../torch/lib; TORCH_PYTHON, default python3). Nothing is built there.
+# `run`, in a few minutes of GPU time:
+#   1. parity on CUDA for both reference fixtures (same tolerances as on the CPU);
+#   2. forward + backward step time and peak GPU memory of full-size RAM++ (Swin-B/L, 4585 classes x 51
+#      descriptions, micro-batch 26), f32 and bf16, side by side with the Python functional RAM++ on the same
+#      weights and batch (scripts/bench-step.sh);
+#   3. `tagfix train --device cuda --precision bf16` on a synthetic 224 px set: batch 52 as 2 x 26, images/s
+#      with data loading, the health summary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dest=target/gpu-check
+
+case "${1:-}" in
+prepare)
+  ref="${TAGFIX_SHARED:-../shared}/ram/reference"
+  export TAGFIX_LINK_CUDA=1
+  cargo build --release --features train --bin tagfix --example step_time
+  tests=$(cargo test --release --features train --test ram_plus_parity --no-run --message-format=json 2>/dev/null \
+          | grep -o '"executable":"[^"]*"' | cut -d'"' -f4)
+  rm -rf "$dest" && mkdir -p "$dest/bin" "$dest/ref"
+  objcopy --strip-debug target/release/tagfix "$dest/bin/tagfix"
+  objcopy --strip-debug target/release/examples/step_time "$dest/bin/step_time"
+  objcopy --strip-debug "$(echo "$tests" | grep /deps/ | head -1)" "$dest/bin/ram_plus_parity"
+  cp "$ref/functional_reference.py" "$dest/ref/"
+  for d in tiny tiny_224_w7; do
+    mkdir -p "$dest/ref/$d"
+    cp "$ref/$d"/{config.json,weights.safetensors,inputs.safetensors,outputs.safetensors,grads.safetensors,generate_tag.json} "$dest/ref/$d/"
+  done
+  # Relink the ordinary binaries without the CUDA libraries.
+  unset TAGFIX_LINK_CUDA
+  cargo build --release --features train --bin tagfix --example step_time --quiet
+  du -sh "$dest"
+  ;;
+run)
+  : "${OUT:=$dest/out}"
+  mkdir -p "$OUT"
+  export LD_LIBRARY_PATH="${TORCH_LIB:-/opt/torch/.venv/lib/python3.12/site-packages/torch/lib}"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
+  echo "== 1. parity on CUDA"
+  for d in tiny tiny_224_w7; do
+    TAGFIX_TEST_DEVICE=cuda TAGFIX_PARITY_DIR="$PWD/$dest/ref/$d" "$dest/bin/ram_plus_parity" --nocapture 2>&1 \
+      | tee "$OUT/parity_$d.txt" | grep -E "test result|max|FAILED|panicked" || true
+  done
+  echo "== 2. full-size step time, Rust vs Python"
+  for precision in ${PRECISIONS:-f32 bf16}; do
+    DEVICE=cuda PRECISION=$precision THREADS=${THREADS:-8} STEPS=${STEPS:-10} WARMUP=3 ROUNDS=1 \
+      CASES="${CASES:-swin_b_224:0:0:26 swin_l_224:0:0:26 swin_l_384:0:0:26}" GPU_MEMORY=1 \
+      STEP_TIME_BIN="$dest/bin/step_time" TAGFIX_REFERENCE="$dest/ref" TORCH_PYTHON="${TORCH_PYTHON:-python3}" \
+      OUT_DIR="$OUT/step_$precision" scripts/bench-step.sh 2>&1 | tee "$OUT/step_$precision.txt" || true
+  done
+  echo "== 3. tagfix train on CUDA (bf16, batch 52 = 2 x 26)"
+  synth=$(mktemp -d)
+  "$dest/bin/tagfix" synth-images --out "$synth" --count 520 --size 224 --descriptions 51 > "$OUT/synth.txt"
+  "$dest/bin/tagfix" train --model "${TRAIN_MODEL:-swin_l_224}" --data "$synth/train.json" --images "$synth/images" \
+    --manifest "$synth/manifest.json" --label-embed "$synth/label_embed.safetensors" \
+    --teacher "$synth/teacher.safetensors" --allow-random-encoder --device cuda --precision bf16 \
+    --batch-size 52 --micro-batch-size 26 --max-steps "${TRAIN_STEPS:-20}" --workers 12 --checkpoint-every 0 \
+    --out "$OUT/run" --json > "$OUT/train_summary.json" 2> "$OUT/train.log" || { tail -20 "$OUT/train.log"; true; }
+  tail -5 "$OUT/train.log"
+  python3 - "$OUT/run/metrics.jsonl" <<'PY' || true
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1])]
+late = recs[len(recs) // 2:]
+ips = sorted(r["images_per_s"] for r in late)[len(late) // 2]
+wait = sum(r["data_wait_s"] for r in late) / len(late)
+print(f"train: {len(recs)} steps; median images/s over the second half {ips:.1f}; mean data wait {wait:.3f} s/step")
+print("first/last tag loss", recs[0]["loss"]["tag"]["raw"], recs[-1]["loss"]["tag"]["raw"])
+PY
+  rm -f "$OUT/run/checkpoints" -r
+  ;;
+*)
+  echo "usage: $0 prepare|run" >&2
+  exit 2
+  ;;
+esac
