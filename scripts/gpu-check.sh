@@ -11,7 +11,8 @@
 #      descriptions, micro-batch 26), f32 and bf16, side by side with the Python functional RAM++ on the same
 #      weights and batch (scripts/bench-step.sh);
 #   3. `tagfix train --device cuda --precision bf16` on a synthetic 224 px set: batch 52 as 2 x 26, images/s
-#      with data loading, the health summary.
+#      with data loading, the health summary;
+#   4. the CPU step-time comparison of the tiny configuration (2 threads) on that machine's idle processor.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest=target/gpu-check
@@ -73,6 +74,10 @@ print(f"train: {len(recs)} steps; median images/s over the second half {ips:.1f}
 print("first/last tag loss", recs[0]["loss"]["tag"]["raw"], recs[-1]["loss"]["tag"]["raw"])
 PY
   rm -f "$OUT/run/checkpoints" -r
+  echo "== 4. CPU step time on this machine's processor (tiny configuration, 2 threads), Rust vs Python"
+  DEVICE=cpu THREADS=2 STEPS=30 ROUNDS=2 CASES="${CPU_CASES:-tiny:10:3:2 tiny:10:3:8}" \
+    STEP_TIME_BIN="$dest/bin/step_time" TAGFIX_REFERENCE="$dest/ref" TORCH_PYTHON="${TORCH_PYTHON:-python3}" \
+    OUT_DIR="$OUT/step_cpu" scripts/bench-step.sh 2>&1 | tee "$OUT/step_cpu.txt" || true
   ;;
 *)
   echo "usage: $0 prepare|run" >&2
