@@ -7,7 +7,12 @@ cargo build --release --all-features --quiet
 bin=target/release/tagfix
 $bin vocab ram
 # The whole repair on the embedded default: the `ram` vocabulary, a synthesized RAM-format training set
-# with 144 absent slots, diff -> embed (real MiniLM model through ONNX Runtime) -> check, ending with
-# out/repair/REPORT.md. The base file patched here is the MiniLM embedding of the whole vocabulary from the
-# shared material (standing in for a model's original label-embedding file); pass --base for your own.
-$bin repair --records 20000 --absent 144 --out out/repair
+# with 144 absent slots plus 64 synthetic images tagged with RAM's colour and shape slots, diff -> embed
+# (real MiniLM model through ONNX Runtime) -> check -> a short train of the small RAM++ (40 steps, CPU,
+# libtorch) with the repaired embeddings, ending with out/repair/REPORT.md. The base file patched here is
+# the MiniLM embedding of the whole vocabulary from the shared material (standing in for a model's
+# original label-embedding file); pass --base for your own.
+$bin repair --records 20000 --absent 144 --train-steps 40 --out out/repair
+echo
+echo "report: out/repair/REPORT.md"
+

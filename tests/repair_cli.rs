@@ -22,6 +22,8 @@ fn repair_runs_the_whole_pipeline_and_reports() {
             "144",
             "--control",
             "50",
+            "--train-steps",
+            "24",
             "--out",
         ])
         .arg(&out)
@@ -53,6 +55,40 @@ fn repair_runs_the_whole_pipeline_and_reports() {
         .unwrap()
         .unwrap();
     assert_eq!(prov.regenerated_slots, manifest.absent_slots());
+
+    // The short train: the small RAM++ on the synthetic images with the patched 384-d MiniLM rows.
+    assert!(report.contains("## Trained (train)"), "{report}");
+    if cfg!(feature = "train") {
+        let run = out.join("train");
+        let records = tagfix::monitor::read_all_records(&run.join("metrics.jsonl")).unwrap();
+        assert_eq!(records.len(), 24);
+        assert!(run
+            .join("checkpoints/step-00000024/model.safetensors")
+            .is_file());
+        let summary: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
+        let (early, late) = (
+            summary["early"]["tag"].as_f64().unwrap(),
+            summary["late"]["tag"].as_f64().unwrap(),
+        );
+        assert!(late < early, "tag loss {early} → {late} did not fall");
+        assert!(
+            report.contains(&format!("`tag`: {early:.4} → {late:.4}")),
+            "{report}"
+        );
+        // The image set's tags are real RAM slots, so they are present in the manifest.
+        for tag in ["red", "circle"] {
+            let slot = manifest.slots.iter().find(|s| s.tag == tag).unwrap();
+            assert_eq!(slot.status, tagfix::manifest::SlotStatus::Present, "{tag}");
+            assert!(
+                report.contains(&format!("{} `{tag}`", slot.slot)),
+                "{report}"
+            );
+        }
+        assert!(report.contains("--device cuda"), "{report}");
+    } else {
+        assert!(report.contains("without the `train` feature"), "{report}");
+    }
 }
 
 #[test]

@@ -24,6 +24,7 @@ fn dataset(dir: &Path, count: usize, seed: u64) -> SynthDataset {
             size: 64,
             seed,
             descriptions: 3,
+            vocab: None,
         },
         dir,
     )
@@ -322,6 +323,66 @@ fn bad_inputs_fail_before_the_first_step() {
         e.contains("00001.png") && e.contains("00004.png") && e.contains("record 2"),
         "{e}"
     );
+}
+
+/// A small model follows its label embeddings' width (384-d, as MiniLM's); the official presets and
+/// 512-d teacher features refuse it with the fix.
+#[test]
+fn tiny_model_trains_on_label_embeddings_of_another_width() {
+    let _guard = serial();
+    use tagfix::tensors::EmbeddingFile;
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(&tmp.path().join("a"), 16, 5);
+    let mut emb = EmbeddingFile::read(&ds.label_embed, None).unwrap();
+    let narrow: Vec<f32> = emb
+        .values
+        .chunks(emb.dim)
+        .flat_map(|row| row[..384].to_vec())
+        .collect();
+    emb = EmbeddingFile {
+        values: narrow,
+        dim: 384,
+        ..emb
+    };
+    let path = tmp.path().join("narrow.safetensors");
+    emb.write(&path).unwrap();
+    let inp = TrainInputs {
+        label_embed: path,
+        teacher: None,
+        ..inputs(&ds)
+    };
+    let e = prepare_err(
+        &TrainConfig {
+            model: Some("swin_b_224".into()),
+            ..small_config(3)
+        },
+        &inp,
+    );
+    assert!(
+        e.contains("narrow.safetensors") && e.contains("384") && e.contains("--model clip"),
+        "{e}"
+    );
+    let e = prepare_err(
+        &small_config(3),
+        &TrainInputs {
+            teacher: Some(ds.teacher.clone()),
+            ..inp.clone()
+        },
+    );
+    assert!(
+        e.contains("teacher.safetensors") && e.contains("--teacher"),
+        "{e}"
+    );
+
+    let summary = run(&small_config(3), &inp, &tmp.path().join("run"));
+    assert_eq!(summary.early.keys().collect::<Vec<_>>(), ["tag"]);
+    let model =
+        tagfix::tensors::safetensors_io::read(&summary.checkpoint.join("model.safetensors"))
+            .unwrap();
+    let shape = |k: &str| model.get(k).unwrap().shape.clone();
+    assert_eq!(shape("label_embed"), [ds.vocabulary_len * 3, 384]);
+    assert_eq!(shape("image_proj.weight")[0], 384);
+    assert_eq!(shape("wordvec_proj.weight")[1], 384);
 }
 
 #[test]

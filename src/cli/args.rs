@@ -83,8 +83,9 @@ the scan unless --keep-going)."
         after_help = "Examples:\n  tagfix eval --benchmark ../shared/ram/benchmarks/openimages_common_214 --scores preds.csv\n  tagfix eval --benchmark DIR --scores preds.safetensors --manifest manifest.json --format json --out eval.json"
     )]
     Eval(EvalArgs),
-    /// The whole repair in one command: diff → embed → check, on your data or on the
-    /// embedded default (the `ram` vocabulary and a synthesized training set with 144 absent slots).
+    /// The whole repair in one command: diff → embed → check → a short train, on your data or on the
+    /// embedded default (the `ram` vocabulary and a synthesized training set with 144 absent slots),
+    /// ending with OUT/REPORT.md.
     #[command(after_help = "Examples:\n  \
         tagfix repair --out out/repair\n  \
         tagfix repair --vocab ram --data part1.json.gz part2.json.gz --model clip --base ram_tag_embedding_class_4585.pth --out repair-run")]
@@ -99,9 +100,22 @@ the scan unless --keep-going)."
     /// slots absent) with annotations, slot manifest, label embeddings and teacher features.
     #[command(
         name = "synth-images",
-        after_help = "Example:\n  tagfix synth-images --out /tmp/synth --count 256"
+        after_help = "Examples:\n  tagfix synth-images --out /tmp/synth --count 256\n  tagfix synth-images --vocab ram --out /tmp/synth-ram --descriptions 1"
     )]
     SynthImages(SynthImagesArgs),
+    /// Write the command-line reference (Markdown, docs/cli.md) from these clap definitions.
+    #[command(name = "cli-reference", hide = true)]
+    CliReference(CliReferenceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CliReferenceArgs {
+    /// Write the reference here (atomically) instead of to stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Compare with --out instead of writing it: exit 1 when it is stale.
+    #[arg(long, requires = "out")]
+    pub check: bool,
 }
 
 #[derive(Debug, Args)]
@@ -134,6 +148,14 @@ pub struct RepairArgs {
     /// Record malformed annotation records and go on.
     #[arg(long)]
     pub keep_going: bool,
+    /// Optimizer steps of the short training run at the end (the small `tiny` RAM++, 64 px, CPU) on the
+    /// embedded default; 0 skips it. Needs the `train` feature.
+    #[arg(long, default_value_t = 40)]
+    pub train_steps: u64,
+    /// Synthetic images (coloured shapes tagged with the vocabulary's colour and shape slots) the short
+    /// training run trains on; they join the audited data.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(8..))]
+    pub train_images: u64,
     /// Output directory (every artefact and REPORT.md go here).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
@@ -678,4 +700,8 @@ pub struct SynthImagesArgs {
     /// Description rows per tag in the label embedding file.
     #[arg(long, default_value_t = 3)]
     pub descriptions: usize,
+    /// Tag the images in this vocabulary (a tag-list file or `ram`) instead of the generator's own
+    /// eight tags; it must hold red, green, blue, yellow, purple, circle, square and triangle.
+    #[arg(long, value_name = "FILE|ram")]
+    pub vocab: Option<String>,
 }

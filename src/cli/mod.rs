@@ -9,6 +9,7 @@ mod embed;
 mod eval;
 mod inspect;
 mod plot;
+mod reference;
 mod repair;
 mod synth;
 mod synth_images;
@@ -73,6 +74,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Repair(a) => repair::run(a),
         Command::Train(a) => train::run(a),
         Command::SynthImages(a) => synth_images::run(a),
+        Command::CliReference(a) => reference::run(a),
     }
 }
 

@@ -17,6 +17,7 @@ pub fn run(args: SynthImagesArgs) -> anyhow::Result<ExitStatus> {
             size: args.size,
             seed: args.seed,
             descriptions: args.descriptions,
+            vocab: args.vocab.clone(),
         },
         &args.out,
     )?;

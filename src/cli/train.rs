@@ -140,6 +140,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
     };
     let prepared = prepare(&cfg, &inputs)?;
     let summary = train(prepared, &out, resume)?;
+    tagfix::fsutil::write_bytes_atomic(
+        &out.join("summary.json"),
+        &serde_json::to_vec_pretty(&summary)?,
+    )?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {

@@ -11,7 +11,6 @@
 use super::autocast::with_autocast;
 use super::config::{DeviceKind, Precision, TrainConfig};
 use super::data::{self, Augment, Loader, LoaderConfig, TrainData};
-use super::model::config::CLIP_DIM;
 use super::model::{ParamInit, RamPlus, RamPlusConfig, Trace};
 use super::objective::{micro_losses, step_losses, AbsentSlots, LossWeighting, MicroInputs};
 use super::optim::{AdamW, LrSchedule};
@@ -39,7 +38,8 @@ pub struct TrainInputs {
     pub images: PathBuf,
     /// Slot manifest from `tagfix diff`.
     pub manifest: PathBuf,
-    /// Label embeddings in RAM++ layout (`[num_class · k, 512]`), e.g. from `tagfix embed`.
+    /// Label embeddings in RAM++ layout (`[num_class · k, d]`, d = 512 for the official models), e.g.
+    /// from `tagfix embed`.
     pub label_embed: PathBuf,
     /// Teacher features (CLIP image features and caption embeddings); without them only the tag
     /// loss is trained.
@@ -56,15 +56,30 @@ const RUN_FILE: &str = "run.json";
 const STATE_SCHEMA: &str = "tagfix.train-checkpoint/1";
 
 /// Resolves the configuration's model spec for a vocabulary of `num_class` slots with
-/// `des_per_class` description rows each.
-pub fn resolve_model(spec: &str, num_class: usize, des_per_class: usize) -> Result<RamPlusConfig> {
+/// `des_per_class` description rows each, `joint_dim` values a row. `tiny` takes the label
+/// embeddings' width as its joint space; the official presets and reference configurations are
+/// built for CLIP's 512-d space and refuse any other width.
+pub fn resolve_model(
+    spec: &str,
+    num_class: usize,
+    des_per_class: usize,
+    joint_dim: usize,
+) -> std::result::Result<RamPlusConfig, String> {
     let mut cfg = if spec == "tiny" {
-        RamPlusConfig::tiny(num_class, des_per_class)
+        RamPlusConfig::tiny(num_class, des_per_class).with_joint_dim(joint_dim)
     } else if spec.ends_with(".json") {
-        RamPlusConfig::from_reference_json(Path::new(spec))?
+        RamPlusConfig::from_reference_json(Path::new(spec)).map_err(|e| e.to_string())?
     } else {
-        RamPlusConfig::preset(spec)?
+        RamPlusConfig::preset(spec).map_err(|e| e.to_string())?
     };
+    if cfg.joint_dim != joint_dim {
+        return Err(format!(
+            "rows have {joint_dim} values, but model `{spec}` takes {}-d label embeddings (CLIP space, as the \
+             official checkpoints); embed the tags with a CLIP text tower (`tagfix embed --model clip`), or train \
+             the small `model = \"tiny\"`, which follows the embeddings' width",
+            cfg.joint_dim
+        ));
+    }
     cfg.num_class = num_class;
     cfg.des_per_class = des_per_class;
     Ok(cfg)
@@ -129,15 +144,6 @@ pub fn prepare(config: &TrainConfig, inputs: &TrainInputs) -> Result<Prepared> {
         }
     }
     let emb = EmbeddingFile::read(&inputs.label_embed, None)?;
-    if emb.dim != CLIP_DIM {
-        return Err(Error::invalid(
-            &inputs.label_embed,
-            format!(
-                "rows have {} values; RAM++ label embeddings are {CLIP_DIM}-d (CLIP space)",
-                emb.dim
-            ),
-        ));
-    }
     let layout = Layout::detect(emb.rows, num_class, &inputs.label_embed)?;
     match Provenance::from_metadata(&emb.metadata, &inputs.label_embed)? {
         Some(p) if p.vocabulary_sha256 != manifest.vocabulary.sha256 => {
@@ -164,7 +170,27 @@ pub fn prepare(config: &TrainConfig, inputs: &TrainInputs) -> Result<Prepared> {
             layout.describe()
         )),
     }
-    let model_config = resolve_model(&config.model_spec(), num_class, layout.rows_per_slot())?;
+    let model_config = resolve_model(
+        &config.model_spec(),
+        num_class,
+        layout.rows_per_slot(),
+        emb.dim,
+    )
+    .map_err(|m| Error::invalid(&inputs.label_embed, m))?;
+    if let Some(t) = inputs.teacher.as_deref() {
+        if model_config.joint_dim != data::teacher::TEACHER_DIM {
+            return Err(Error::invalid(
+                t,
+                format!(
+                    "holds {}-d CLIP teacher features, but the label embeddings {} are {}-d: leave out --teacher \
+                     (the tag loss trains alone) or embed the tags with a CLIP text tower",
+                    data::teacher::TEACHER_DIM,
+                    inputs.label_embed.display(),
+                    model_config.joint_dim
+                ),
+            ));
+        }
+    }
 
     // Data: records, teacher rows, absent slots, every image readable.
     let data = TrainData::open(
@@ -518,6 +544,7 @@ pub fn train(prepared: Prepared, out: &Path, resume: bool) -> Result<RunSummary>
     let (micro, accumulation) = config.accumulation()?;
     let side = model_config.swin.img_size as i64;
     let nc = model_config.num_class as i64;
+    let joint = model_config.joint_dim as i64;
     let mut loader = Loader::start(data.clone(), loader_cfg, start_step, total_steps)?;
     let bar = indicatif::ProgressBar::new(total_steps);
     bar.set_position(start_step);
@@ -565,11 +592,11 @@ pub fn train(prepared: Prepared, out: &Path, resume: bool) -> Result<RunSummary>
             let clip = mb
                 .clip_feature
                 .as_ref()
-                .map(|c| to_device(c, &[n, CLIP_DIM as i64], device));
+                .map(|c| to_device(c, &[n, joint], device));
             let text = mb
                 .text_embed
                 .as_ref()
-                .map(|c| to_device(c, &[n, CLIP_DIM as i64], device));
+                .map(|c| to_device(c, &[n, joint], device));
             tch::manual_seed(torch_seed(config.seed, step, m));
             let forward = || {
                 micro_losses(

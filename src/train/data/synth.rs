@@ -38,6 +38,10 @@ pub struct SynthOptions {
     pub seed: u64,
     /// Description rows per tag in the label embedding file (RAM++ layout).
     pub descriptions: usize,
+    /// Label the images in this vocabulary (a tag-list file or a preset such as `ram`) instead of the
+    /// generator's own eight tags: annotations carry its slots, the manifest and the label embeddings
+    /// cover all of them. Every colour and shape tag must be in it.
+    pub vocab: Option<String>,
 }
 
 impl Default for SynthOptions {
@@ -47,6 +51,7 @@ impl Default for SynthOptions {
             size: 64,
             seed: 0,
             descriptions: 3,
+            vocab: None,
         }
     }
 }
@@ -93,11 +98,34 @@ pub fn generate(opts: &SynthOptions, dir: &Path) -> Result<SynthDataset> {
     }
     let images = dir.join("images");
     std::fs::create_dir_all(&images).map_err(|e| Error::io(&images, e))?;
-    let tags = vocabulary_tags();
-    let slot = |name: &str| tags.iter().position(|t| t == name).expect("synthetic tag");
-    let vocab_path = dir.join("tags.txt");
-    crate::fsutil::write_bytes_atomic(&vocab_path, tags.join("\n").as_bytes())?;
-    let vocab = Vocabulary::from_file(&vocab_path)?;
+    let (vocab, vocab_path) = match &opts.vocab {
+        Some(spec) => {
+            let v = Vocabulary::load(spec)?;
+            let path = v.path.clone();
+            (v, path)
+        }
+        None => {
+            let path = dir.join("tags.txt");
+            crate::fsutil::write_bytes_atomic(&path, vocabulary_tags().join("\n").as_bytes())?;
+            (Vocabulary::from_file(&path)?, path)
+        }
+    };
+    let tags = vocab.tags.clone();
+    let mut slots_of = std::collections::HashMap::new();
+    for name in vocabulary_tags() {
+        let slot = tags.iter().position(|t| *t == name).ok_or_else(|| {
+            Error::invalid(
+                &vocab_path,
+                format!(
+                    "has no tag `{name}`: the synthetic images are tagged with {} (a vocabulary without them \
+                     cannot label them)",
+                    vocabulary_tags().join(", ")
+                ),
+            )
+        })?;
+        slots_of.insert(name, slot);
+    }
+    let slot = |name: &str| slots_of[name];
 
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     let directions: Vec<Vec<f32>> = (0..tags.len()).map(|_| unit(&mut rng)).collect();
@@ -270,6 +298,55 @@ mod tests {
         assert!(
             ds.image_root.join("00002.jpg").is_file() && ds.image_root.join("00000.png").is_file()
         );
+    }
+
+    #[test]
+    fn labels_images_in_another_vocabulary() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("list.txt");
+        let mut tags = vec!["cat".to_string(), "dog".into()];
+        tags.extend(vocabulary_tags().into_iter().rev());
+        std::fs::write(&list, tags.join("\n")).unwrap();
+        let ds = generate(
+            &SynthOptions {
+                count: 8,
+                size: 32,
+                descriptions: 1,
+                vocab: Some(list.display().to_string()),
+                ..Default::default()
+            },
+            &dir.path().join("set"),
+        )
+        .unwrap();
+        assert_eq!(ds.vocabulary_len, tags.len());
+        // Never drawn: cat, dog, purple, triangle.
+        let mut absent: Vec<usize> = ["cat", "dog", "purple", "triangle"]
+            .iter()
+            .map(|t| slot_of(&tags, t))
+            .collect();
+        absent.sort_unstable();
+        assert_eq!(ds.absent_slots, absent);
+        let records: Vec<serde_json::Value> =
+            serde_json::from_slice(&std::fs::read(&ds.annotations).unwrap()).unwrap();
+        for r in &records {
+            let caption = r["caption"][0].as_str().unwrap();
+            for id in r["union_label_id"].as_array().unwrap() {
+                let tag = &tags[id.as_u64().unwrap() as usize];
+                assert!(caption.contains(tag.as_str()), "{caption} / {tag}");
+            }
+        }
+
+        std::fs::write(&list, "cat\ndog\n").unwrap();
+        let err = generate(
+            &SynthOptions {
+                vocab: Some(list.display().to_string()),
+                ..Default::default()
+            },
+            &dir.path().join("bad"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("has no tag `red`"), "{err}");
     }
 
     fn slot_of(tags: &[String], t: &str) -> usize {

@@ -62,6 +62,15 @@ pub struct RamPlusConfig {
     pub num_class: usize,
     /// Descriptions per class: `label_embed` has `num_class * des_per_class` rows.
     pub des_per_class: usize,
+    /// Width of the joint image–text space: `label_embed` rows, `image_proj` output, the tagging
+    /// head's `encoder_width` and teacher features. [`CLIP_DIM`] in every official preset; a small
+    /// configuration may follow its label embeddings (384 for MiniLM).
+    #[serde(default = "clip_dim")]
+    pub joint_dim: usize,
+}
+
+fn clip_dim() -> usize {
+    CLIP_DIM
 }
 
 /// Names of the official presets, in the order `tagfix inspect` tries them.
@@ -269,6 +278,7 @@ impl RamPlusConfig {
             tagging_head: TaggingHeadConfig::official(),
             num_class: RAM_NUM_CLASS,
             des_per_class: RAM_PLUS_DES_PER_CLASS,
+            joint_dim: CLIP_DIM,
         })
     }
 
@@ -300,7 +310,16 @@ impl RamPlusConfig {
             },
             num_class,
             des_per_class,
+            joint_dim: CLIP_DIM,
         }
+    }
+
+    /// The same model with a joint space `dim` wide (label embeddings, `image_proj` output and the
+    /// tagging head's `encoder_width`), e.g. 384 for MiniLM label embeddings.
+    pub fn with_joint_dim(mut self, dim: usize) -> Self {
+        self.joint_dim = dim;
+        self.tagging_head.encoder_width = dim;
+        self
     }
 
     /// All official presets.
@@ -348,6 +367,7 @@ impl RamPlusConfig {
             },
             num_class: raw.num_class,
             des_per_class: raw.des_per_class,
+            joint_dim: CLIP_DIM,
         };
         cfg.validate().map_err(|m| Error::invalid(path, m))?;
         Ok(cfg)
@@ -366,6 +386,9 @@ impl RamPlusConfig {
         if self.num_class == 0 || self.des_per_class == 0 {
             return Err("num_class and des_per_class must be positive".into());
         }
+        if self.joint_dim == 0 {
+            return Err("joint_dim must be positive".into());
+        }
         Ok(())
     }
 
@@ -383,7 +406,7 @@ impl RamPlusConfig {
         let h = &self.tagging_head;
         out.push(param(
             "label_embed".into(),
-            &[self.num_class * self.des_per_class, CLIP_DIM],
+            &[self.num_class * self.des_per_class, self.joint_dim],
         ));
         out.push(param("reweight_scale".into(), &[]));
         let ve = "visual_encoder";
@@ -477,13 +500,13 @@ impl RamPlusConfig {
         }
         out.push(param(
             "wordvec_proj.weight".into(),
-            &[h.hidden_size, CLIP_DIM],
+            &[h.hidden_size, self.joint_dim],
         ));
         out.push(param("wordvec_proj.bias".into(), &[h.hidden_size]));
         out.push(param("fc.weight".into(), &[1, h.hidden_size]));
         out.push(param("fc.bias".into(), &[1]));
-        out.push(param("image_proj.weight".into(), &[CLIP_DIM, vw]));
-        out.push(param("image_proj.bias".into(), &[CLIP_DIM]));
+        out.push(param("image_proj.weight".into(), &[self.joint_dim, vw]));
+        out.push(param("image_proj.bias".into(), &[self.joint_dim]));
         out
     }
 

@@ -3,7 +3,7 @@
 //! embeddings by the image; `relu(wordvec_proj(·))` queries through the tagging head; `fc` to one
 //! logit per tag; the image–text alignment through the same head; `generate_tag` for inference.
 
-use super::config::{RamPlusConfig, CLIP_DIM};
+use super::config::RamPlusConfig;
 use super::layers::{param, Linear, ParamInit, Trace, WeightInit};
 use super::loss::{distillation_l1, AsymmetricLoss};
 use super::swin::SwinTransformer;
@@ -111,14 +111,9 @@ impl RamPlus {
             .validate()
             .map_err(|m| Error::Usage(format!("model config `{}`: {m}", config.name)))?;
         let rows = (config.num_class * config.des_per_class) as i64;
+        let joint = config.joint_dim as i64;
         // RAM_plus.__init__: label_embed zeros (filled from the embedding file), reweight_scale log(1/0.07).
-        let label_embed = param(
-            &p,
-            "label_embed",
-            &[rows, CLIP_DIM as i64],
-            Init::Const(0.0),
-            init,
-        );
+        let label_embed = param(&p, "label_embed", &[rows, joint], Init::Const(0.0), init);
         let reweight_scale = param(
             &p,
             "reweight_scale",
@@ -130,12 +125,19 @@ impl RamPlus {
         let tagging_head = TaggingHead::new(&p / "tagging_head", &config.tagging_head, init);
         let h = config.tagging_head.hidden_size;
         let torch_default = WeightInit::TorchDefault;
-        let wordvec_proj = Linear::new(&p / "wordvec_proj", CLIP_DIM, h, true, torch_default, init);
+        let wordvec_proj = Linear::new(
+            &p / "wordvec_proj",
+            config.joint_dim,
+            h,
+            true,
+            torch_default,
+            init,
+        );
         let fc = Linear::new(&p / "fc", h, 1, true, torch_default, init);
         let image_proj = Linear::new(
             &p / "image_proj",
             config.swin.vision_width(),
-            CLIP_DIM,
+            config.joint_dim,
             true,
             torch_default,
             init,
@@ -190,7 +192,9 @@ impl RamPlus {
         let reweight_weights = reweight_logits.softmax(2, None::<Kind>);
         // Σ_d w[b,c,d]·E[c,d,:] for all images at once: per class, [B, des] @ [des, 512]. The
         // official per-image loop materialises [num_class, des, 512] per image; this never does.
-        let table = self.label_embed.view([nc, des, CLIP_DIM as i64]);
+        let table = self
+            .label_embed
+            .view([nc, des, self.config.joint_dim as i64]);
         let label_embed_reweight = reweight_weights
             .transpose(0, 1)
             .matmul(&table)
@@ -265,11 +269,12 @@ impl RamPlus {
             batch.image_tag,
             &[b, self.config.num_class as i64],
         )?;
-        expect("clip_feature", batch.clip_feature, &[b, CLIP_DIM as i64])?;
+        let joint = self.config.joint_dim as i64;
+        expect("clip_feature", batch.clip_feature, &[b, joint])?;
         let bt = batch.batch_text_embed.size();
-        if bt.len() != 2 || bt[1] != CLIP_DIM as i64 {
+        if bt.len() != 2 || bt[1] != joint {
             return Err(Error::Usage(format!(
-                "batch_text_embed: expected [B_t, 512], got {bt:?}"
+                "batch_text_embed: expected [B_t, {joint}], got {bt:?}"
             )));
         }
 
