@@ -66,6 +66,7 @@ pub fn tag_loss(logits: &Tensor, targets: &Tensor, absent: &AbsentSlots) -> Tens
 
 /// Element-wise `BCE(x, ε) − H(ε)`: zero at σ(x) = ε (for ε = 0, plain BCE with target 0).
 fn smoothed_bce(logits: &Tensor, eps: f64) -> Tensor {
+    let logits = &crate::train::model::loss::at_least_f32(logits);
     let target = logits.full_like(eps);
     let bce =
         logits.binary_cross_entropy_with_logits::<Tensor>(&target, None, None, Reduction::None);

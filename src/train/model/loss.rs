@@ -1,6 +1,6 @@
 //! RAM++'s losses (`ram/models/utils.py` `AsymmetricLoss`, and `F.l1_loss` for distillation).
 
-use tch::{Reduction, Tensor};
+use tch::{Kind, Reduction, Tensor};
 
 /// Asymmetric loss (Ridnik et al., 2021) with a detached focal weight, as RAM uses it:
 /// `p = σ(x)`, `p₋ = min(1 − p + clip, 1)`,
@@ -32,7 +32,10 @@ impl AsymmetricLoss {
 
     /// Per-element loss `−L·w` (same shape as `logits`). `targets` may be integer 0/1 or float in
     /// [0, 1] (soft targets give fractional exponents, as in the official code).
+    /// Under bf16/f16 autocast the loss is computed in f32 from the low-precision logits (as
+    /// torch.autocast keeps `log` and `sum` in f32), so the summed value keeps its precision.
     pub fn elementwise(&self, logits: &Tensor, targets: &Tensor) -> Tensor {
+        let logits = &at_least_f32(logits);
         let y = targets.to_kind(logits.kind());
         let p = logits.sigmoid();
         let mut xs_neg: Tensor = 1.0 - &p;
@@ -58,20 +61,30 @@ impl AsymmetricLoss {
 
     /// The summed loss, as `AsymmetricLoss.forward`.
     pub fn sum(&self, logits: &Tensor, targets: &Tensor) -> Tensor {
-        self.elementwise(logits, targets).sum(logits.kind())
+        let loss = self.elementwise(logits, targets);
+        let kind = loss.kind();
+        loss.sum(kind)
+    }
+}
+
+/// `t` in f32 when it is bf16/f16 (autocast outputs), else `t` itself: losses are summed over
+/// 10^5 elements and must not be rounded to 8 mantissa bits.
+pub fn at_least_f32(t: &Tensor) -> Tensor {
+    match t.kind() {
+        Kind::BFloat16 | Kind::Half => t.to_kind(Kind::Float),
+        _ => t.shallow_clone(),
     }
 }
 
 /// CLIP distillation: mean absolute difference between the pooled image embedding and the teacher's
 /// image feature (`F.l1_loss(image_cls_embeds, clip_feature)`).
 pub fn distillation_l1(image_cls_embeds: &Tensor, clip_feature: &Tensor) -> Tensor {
-    image_cls_embeds.l1_loss(clip_feature, Reduction::Mean)
+    at_least_f32(image_cls_embeds).l1_loss(&at_least_f32(clip_feature), Reduction::Mean)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::Kind;
 
     #[test]
     fn clip_zeroes_confident_negatives_and_positives_have_unit_weight() {
@@ -109,5 +122,17 @@ mod tests {
         let expect = p * (1.0 - p) / (1.0 - p + 0.05) * w;
         assert!((g - expect).abs() < 1e-6, "{g} vs {expect}");
         assert_eq!(x.grad().kind(), Kind::Float);
+    }
+
+    #[test]
+    fn low_precision_logits_give_an_f32_loss() {
+        let x = Tensor::from_slice(&[-2.0f32, 0.3, 1.7, -0.4]).to_kind(Kind::BFloat16);
+        let y = Tensor::from_slice(&[0i64, 1, 1, 0]);
+        let s = AsymmetricLoss::TAGGING.sum(&x, &y);
+        assert_eq!(s.kind(), Kind::Float);
+        let reference = AsymmetricLoss::TAGGING.sum(&x.to_kind(Kind::Float), &y);
+        assert_eq!(s.double_value(&[]), reference.double_value(&[]));
+        let d = distillation_l1(&x, &x.ones_like());
+        assert_eq!(d.kind(), Kind::Float);
     }
 }
