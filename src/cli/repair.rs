@@ -224,6 +224,12 @@ pub fn run(args: RepairArgs) -> anyhow::Result<ExitStatus> {
                 "warmup_steps=5".into(),
                 "--set".into(),
                 "warmup_lr=1e-4".into(),
+                // One libtorch thread: OpenMP workers spin-wait when the cores are busy (measured
+                // 8 s/step with 2 threads on a loaded 2-core machine, 2 s/step with 1).
+                "--threads".into(),
+                "1".into(),
+                "--workers".into(),
+                "1".into(),
                 "--seed".into(),
                 args.seed.to_string(),
                 "--out".into(),
@@ -489,7 +495,7 @@ fn render_trained(r: &mut String, manifest: &SlotManifest, trained: &Result<Trai
     let _ = writeln!(
         r,
         "- The small `tiny` RAM++ (Swin 64×64 px, tagging head hidden 32, from random weights) trained {} steps of \
-         batch 8 on CPU with the patched label embeddings above, on {} synthetic images of coloured shapes \
+         batch 8 on CPU (one libtorch thread) with the patched label embeddings above, on {} synthetic images of coloured shapes \
          tagged with slots {} (the synthesized annotation records have no pixels).",
         s["steps"].as_u64().unwrap_or(0),
         t.images,
