@@ -53,4 +53,12 @@ if [ ! -f "$fstamp" ] || [ ! -f models/clip-tiny/model.onnx ]; then
   rm -f .venv-fixtures/.tagfix-setup-*
   touch "$fstamp"
 fi
+# Test fixture: a random-weight tiny CLIP ViT image tower (models/clip-tiny-vision), same venv, own stamp.
+vstamp=".venv-fixtures/.tagfix-vision-$(cat "$freq" scripts/gen_clip_tiny_vision.py | sha256sum | cut -c1-16)"
+if [ ! -f "$vstamp" ] || [ ! -f models/clip-tiny-vision/model.onnx ]; then
+  echo "setup: generating the CLIP image-tower test fixture models/clip-tiny-vision" >&2
+  .venv-fixtures/bin/python scripts/gen_clip_tiny_vision.py --out models/clip-tiny-vision
+  rm -f .venv-fixtures/.tagfix-vision-*
+  touch "$vstamp"
+fi
 echo "setup: ready (libtorch: .libtorch, onnxruntime: .deps/libonnxruntime.so, models: models/)" >&2

@@ -11,12 +11,15 @@ pub mod embed;
 pub mod error;
 pub mod eval;
 pub mod fsutil;
+#[cfg(feature = "embed")]
+pub mod imaging;
 pub mod manifest;
 pub mod monitor;
 pub mod plot;
 pub mod report;
 pub mod rng;
 pub mod synth;
+pub mod teacher;
 pub mod tensors;
 pub mod train;
 pub mod vocab;

@@ -12,6 +12,7 @@
 
 mod fast;
 mod record;
+pub mod records;
 mod split;
 
 pub use record::{LabelId, RawRecord};

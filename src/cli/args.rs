@@ -96,6 +96,11 @@ the scan unless --keep-going)."
         after_help = "Examples:\n  tagfix train --config ../shared/ram/configs/pretrain.yaml --data train.json --images imgs/ \\\n      --manifest manifest.json --label-embed patched.safetensors --teacher teacher.safetensors \\\n      --init swin_large_patch4_window7_224_22k.pth --batch-size 52 --micro-batch-size 26 --out runs/a\n  tagfix train --resume runs/a --max-steps 20000\n\nExit status: 0 trained, 2 bad input (checked before the first step) or a stopped run."
     )]
     Train(TrainArgs),
+    /// Compute the teacher file for `tagfix train --teacher FILE`: CLIP text embeddings of each
+    /// record's caption (embed's text encoder) and CLIP image features of its image (an ONNX image
+    /// tower with CLIP preprocessing), keyed by image_path (feature `embed`).
+    #[command(after_help = TEACHER_HELP)]
+    Teacher(TeacherArgs),
     /// Write a synthetic training set (coloured shapes tagged by colour and shape, some vocabulary
     /// slots absent) with annotations, slot manifest, label embeddings and teacher features.
     #[command(
@@ -593,10 +598,18 @@ pub struct TrainArgs {
     /// Label embeddings in RAM++ layout [slots x k, 512] (safetensors, npy or pth), e.g. from `tagfix embed`.
     #[arg(long, value_name = "FILE")]
     pub label_embed: Option<std::path::PathBuf>,
-    /// Teacher features (CLIP image features + caption embeddings keyed by image_path, docs/formats.md);
-    /// without it only the tag loss is trained.
-    #[arg(long, value_name = "FILE")]
+    /// Teacher features: a file (CLIP image features + caption embeddings keyed by image_path, from
+    /// `tagfix teacher`), or `online` (computed on every augmented batch through the CLIP towers of
+    /// --teacher-image-model / --teacher-text-model or [online_teacher]). Without it only the tag loss
+    /// is trained.
+    #[arg(long, value_name = "FILE|online")]
     pub teacher: Option<std::path::PathBuf>,
+    /// Online teacher: CLIP image tower (directory with descriptor.toml, kind = "clip-image", or a name).
+    #[arg(long, value_name = "DIR|NAME")]
+    pub teacher_image_model: Option<String>,
+    /// Online teacher: CLIP text tower (directory with descriptor.toml, or a name such as `clip`).
+    #[arg(long, value_name = "DIR|NAME")]
+    pub teacher_text_model: Option<String>,
     /// Checkpoint(s) to start from (ImageNet Swin or RAM++; .pth or .safetensors), loaded in order.
     #[arg(long, value_name = "CHECKPOINT")]
     pub init: Vec<std::path::PathBuf>,
@@ -682,6 +695,56 @@ pub struct TrainArgs {
     /// Print the run summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+const TEACHER_HELP: &str = "\
+Examples:
+  tagfix teacher --data train.json --images imgs/ --image-model clip-vision --text-model clip --out teacher.safetensors
+  tagfix teacher --data part1.json.gz part2.jsonl --images imgs/ --image-model models/clip-vision \\
+      --text-model models/clip --caption mean --device cuda --out teacher.safetensors
+
+Model directories hold model.onnx and descriptor.toml: a text tower as for `tagfix embed`
+(scripts/export_clip_text_onnx.py), an image tower with kind = \"clip-image\"
+(scripts/export_clip_image_onnx.py). The output is written atomically (docs/formats.md, Teacher features).
+
+Exit status: 0 written; 2 usage or input error (a missing or unreadable image, a record without a
+caption, a duplicate image_path, a model that does not match its descriptor).";
+
+#[derive(Debug, Args)]
+pub struct TeacherArgs {
+    /// RAM-format annotation files (JSON array or JSON Lines, optionally .gz); rows follow their records.
+    #[arg(long, value_name = "FILE", num_args = 1.., required = true)]
+    pub data: Vec<PathBuf>,
+    /// Image root the records' image_path values are relative to.
+    #[arg(long, value_name = "DIR")]
+    pub images: PathBuf,
+    /// CLIP image tower: a directory with descriptor.toml (kind = "clip-image") or a name under models/.
+    #[arg(long, value_name = "DIR|NAME")]
+    pub image_model: String,
+    /// CLIP text tower: a directory with descriptor.toml or a name under models/ (`clip`).
+    #[arg(long, value_name = "DIR|NAME")]
+    pub text_model: String,
+    /// Which caption a record's text row embeds: first, or mean (every caption, normalised, averaged).
+    #[arg(long, default_value = "first", value_parser = ["first", "mean"])]
+    pub caption: String,
+    /// Words kept per caption by RAM's pre_caption.
+    #[arg(long, default_value_t = tagfix::teacher::RAM_CAPTION_WORDS)]
+    pub max_words: usize,
+    /// Output teacher file (.safetensors), written atomically.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// cpu, cuda or cuda:N. CUDA fails when its execution provider cannot run; never falls back to CPU.
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    pub device: tagfix::embed::Device,
+    /// Texts and images per inference batch.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_size: u64,
+    /// ONNX Runtime intra-op threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// libonnxruntime to load (default: $ORT_DYLIB_PATH, else the setup's .deps/libonnxruntime.so).
+    #[arg(long, value_name = "FILE")]
+    pub ort_lib: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

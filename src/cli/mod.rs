@@ -13,6 +13,7 @@ mod reference;
 mod repair;
 mod synth;
 mod synth_images;
+mod teacher;
 mod train;
 mod vocab;
 
@@ -73,6 +74,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Eval(a) => eval::run(a),
         Command::Repair(a) => repair::run(a),
         Command::Train(a) => train::run(a),
+        Command::Teacher(a) => teacher::run(a, &cli.global),
         Command::SynthImages(a) => synth_images::run(a),
         Command::CliReference(a) => reference::run(a),
     }

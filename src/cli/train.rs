@@ -70,6 +70,7 @@ pub fn resolve_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     if let Some(s) = &args.stage {
         cfg.stage = serde_json::from_value(serde_json::Value::String(s.clone()))?;
     }
+    apply_teacher_flags(&mut cfg, args)?;
     if args.lr_scale_linear {
         cfg.lr_scale_linear = true;
     }
@@ -84,6 +85,53 @@ pub fn resolve_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     }
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// Whether `--teacher` names the online teacher rather than a file.
+fn teacher_is_online(args: &TrainArgs) -> bool {
+    args.teacher.as_deref() == Some(std::path::Path::new("online"))
+}
+
+/// `--teacher online` and `--teacher-image-model` / `--teacher-text-model` into `[online_teacher]`.
+fn apply_teacher_flags(cfg: &mut TrainConfig, args: &TrainArgs) -> anyhow::Result<()> {
+    let models = (&args.teacher_image_model, &args.teacher_text_model);
+    if !teacher_is_online(args) {
+        anyhow::ensure!(
+            models.0.is_none() && models.1.is_none(),
+            "--teacher-image-model / --teacher-text-model are for --teacher online"
+        );
+        if args.teacher.is_some() && cfg.online_teacher.is_some() {
+            anyhow::bail!(
+                "--teacher FILE, but the configuration has [online_teacher]: remove one (or pass --teacher online)"
+            );
+        }
+        return Ok(());
+    }
+    let current = cfg.online_teacher.take();
+    let image = models
+        .0
+        .clone()
+        .or_else(|| current.as_ref().map(|c| c.image_model.clone()))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--teacher online needs --teacher-image-model (or online_teacher.image_model)"
+            )
+        })?;
+    let text = models
+        .1
+        .clone()
+        .or_else(|| current.as_ref().map(|c| c.text_model.clone()))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--teacher online needs --teacher-text-model (or online_teacher.text_model)"
+            )
+        })?;
+    let mut online = current
+        .unwrap_or_else(|| tagfix::teacher::OnlineTeacherConfig::new(image.clone(), text.clone()));
+    online.image_model = image;
+    online.text_model = text;
+    cfg.online_teacher = Some(online);
+    Ok(())
 }
 
 #[cfg(not(feature = "train"))]
@@ -130,7 +178,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
                 images: need(&images, "--images")?,
                 manifest: need(&args.manifest, "--manifest")?,
                 label_embed: need(&args.label_embed, "--label-embed")?,
-                teacher: args.teacher.clone(),
+                teacher: args.teacher.clone().filter(|_| !teacher_is_online(&args)),
                 init: args.init.clone(),
                 vocab: args.vocab.clone(),
                 allow_random_encoder: args.allow_random_encoder,

@@ -182,6 +182,9 @@ pub fn resolve_model_dir(spec: &str) -> Result<PathBuf> {
         "clip" => "export a CLIP text tower with scripts/export_clip_text_onnx.py into models/clip/ \
                    (needs open_clip weights and a full PyTorch); scripts/setup.sh generates only the \
                    random-weight test fixture models/clip-tiny/",
+        "clip-vision" => "export a CLIP image tower with scripts/export_clip_image_onnx.py into models/clip-vision/ \
+                   (needs open_clip weights and a full PyTorch); scripts/setup.sh generates only the \
+                   random-weight test fixture models/clip-tiny-vision/",
         _ => "give a directory holding the ONNX model, its tokenizer and descriptor.toml",
     };
     let searched: Vec<String> = model_search_dirs()

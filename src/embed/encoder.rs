@@ -113,7 +113,7 @@ pub struct TextEncoder {
     batch_size: usize,
 }
 
-fn ort_error(context: &str, path: &Path) -> impl Fn(ort::Error) -> Error {
+pub(crate) fn ort_error(context: &str, path: &Path) -> impl Fn(ort::Error) -> Error {
     let path = path.to_path_buf();
     let context = context.to_string();
     move |e| Error::Runtime(format!("{}: {context}: {e}", path.display()))
@@ -143,50 +143,7 @@ impl TextEncoder {
             ));
         }
         let tokenizer = load_tokenizer(&descriptor)?;
-        let env = runtime(&ort_library(opts.ort_lib.as_deref()))?;
-        let threads = opts
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let builder = Session::builder(env)
-            .and_then(|b| b.with_intra_threads(threads).map_err(Into::into))
-            .map_err(ort_error("session options", &onnx))?;
-        let (builder, provider) = match opts.device {
-            Device::Cpu => (
-                builder
-                    .with_execution_providers([ep::CPU::default().build().error_on_failure()])
-                    .map_err(|e| Error::Runtime(format!("CPU execution provider: {e}")))?,
-                format!("CPUExecutionProvider ({threads} threads)"),
-            ),
-            Device::Cuda(id) => {
-                let available = ep::CUDA::is_available()
-                    .map_err(|e| Error::Runtime(format!("querying execution providers: {e}")))?;
-                if !available {
-                    return Err(Error::Runtime(format!(
-                        "--device cuda:{id}: this ONNX Runtime library ({}) has no CUDA execution provider \
-                         (it needs the onnxruntime-gpu build and its CUDA libraries); tagfix does not fall back \
-                         to the CPU, use --device cpu",
-                        ort_library(opts.ort_lib.as_deref()).display()
-                    )));
-                }
-                let cuda = ep::CUDA::default()
-                    .with_device_id(id)
-                    .build()
-                    .error_on_failure();
-                (
-                    builder.with_execution_providers([cuda]).map_err(|e| {
-                        Error::Runtime(format!(
-                            "--device cuda:{id}: the CUDA execution provider could not be registered ({e}); \
-                             tagfix does not fall back to the CPU, use --device cpu"
-                        ))
-                    })?,
-                    format!("CUDAExecutionProvider (device {id})"),
-                )
-            }
-        };
-        let mut builder = builder;
-        let session = builder
-            .commit_from_file(&onnx)
-            .map_err(ort_error("cannot load the ONNX model", &onnx))?;
+        let (session, provider) = build_session(&onnx, opts)?;
         let (dim, dynamic) = check_model(&session, &descriptor)?;
         tracing::info!(
             "model {} on {provider}; batches cut to the longest text: {}",
@@ -293,6 +250,57 @@ impl TextEncoder {
         }
         Ok(pooled)
     }
+}
+
+/// Opens an ONNX Runtime session for `onnx` on the requested device (shared by the text and image
+/// encoders). `--device cuda` either registers the CUDA execution provider or fails; it never falls
+/// back to the CPU. Returns the session and a description of its execution provider.
+pub fn build_session(onnx: &Path, opts: &EncoderOptions) -> Result<(Session, String)> {
+    let env = runtime(&ort_library(opts.ort_lib.as_deref()))?;
+    let threads = opts
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let builder = Session::builder(env)
+        .and_then(|b| b.with_intra_threads(threads).map_err(Into::into))
+        .map_err(ort_error("session options", onnx))?;
+    let (builder, provider) = match opts.device {
+        Device::Cpu => (
+            builder
+                .with_execution_providers([ep::CPU::default().build().error_on_failure()])
+                .map_err(|e| Error::Runtime(format!("CPU execution provider: {e}")))?,
+            format!("CPUExecutionProvider ({threads} threads)"),
+        ),
+        Device::Cuda(id) => {
+            let available = ep::CUDA::is_available()
+                .map_err(|e| Error::Runtime(format!("querying execution providers: {e}")))?;
+            if !available {
+                return Err(Error::Runtime(format!(
+                        "--device cuda:{id}: this ONNX Runtime library ({}) has no CUDA execution provider \
+                         (it needs the onnxruntime-gpu build and its CUDA libraries); tagfix does not fall back \
+                         to the CPU, use --device cpu",
+                        ort_library(opts.ort_lib.as_deref()).display()
+                    )));
+            }
+            let cuda = ep::CUDA::default()
+                .with_device_id(id)
+                .build()
+                .error_on_failure();
+            (
+                    builder.with_execution_providers([cuda]).map_err(|e| {
+                        Error::Runtime(format!(
+                            "--device cuda:{id}: the CUDA execution provider could not be registered ({e}); \
+                             tagfix does not fall back to the CPU, use --device cpu"
+                        ))
+                    })?,
+                    format!("CUDAExecutionProvider (device {id})"),
+                )
+        }
+    };
+    let mut builder = builder;
+    let session = builder
+        .commit_from_file(onnx)
+        .map_err(ort_error("cannot load the ONNX model", onnx))?;
+    Ok((session, provider))
 }
 
 /// Pools a model output into one vector per row.

@@ -287,6 +287,9 @@ pub struct TrainConfig {
     pub class_num: Option<usize>,
     /// Training-health detector thresholds (`[monitor.spike]`, … ; see `tagfix::monitor`).
     pub monitor: crate::monitor::DetectorConfig,
+    /// `[online_teacher]`: compute the teacher signals on every augmented batch through these CLIP
+    /// towers (`--teacher online`) instead of reading a teacher file.
+    pub online_teacher: Option<crate::teacher::OnlineTeacherConfig>,
 }
 
 impl Default for TrainConfig {
@@ -330,6 +333,7 @@ impl Default for TrainConfig {
             image_path_root: String::new(),
             class_num: None,
             monitor: Default::default(),
+            online_teacher: None,
         }
     }
 }
@@ -558,6 +562,7 @@ fn known_keys() -> Vec<&'static str> {
         "train_file",
         "image_path_root",
         "class_num",
+        "online_teacher",
     ];
     keys.sort();
     debug_assert!(IGNORED_RAM_KEYS.iter().all(|k| !keys.contains(k)));

@@ -10,7 +10,7 @@
 
 use super::autocast::with_autocast;
 use super::config::{DeviceKind, Precision, TrainConfig};
-use super::data::{self, Augment, Loader, LoaderConfig, TrainData};
+use super::data::{self, Augment, Loader, LoaderConfig, TeacherSource, TrainData};
 use super::model::{ParamInit, RamPlus, RamPlusConfig, Trace};
 use super::objective::{micro_losses, step_losses, AbsentSlots, LossWeighting, MicroInputs};
 use super::optim::{AdamW, LrSchedule};
@@ -177,7 +177,12 @@ pub fn prepare(config: &TrainConfig, inputs: &TrainInputs) -> Result<Prepared> {
         emb.dim,
     )
     .map_err(|m| Error::invalid(&inputs.label_embed, m))?;
-    if let Some(t) = inputs.teacher.as_deref() {
+    let teacher_named = match (&inputs.teacher, &config.online_teacher) {
+        (Some(t), _) => Some(t.as_path()),
+        (None, Some(_)) => Some(Path::new("--teacher online")),
+        (None, None) => None,
+    };
+    if let Some(t) = teacher_named {
         if model_config.joint_dim != data::teacher::TEACHER_DIM {
             return Err(Error::invalid(
                 t,
@@ -193,12 +198,22 @@ pub fn prepare(config: &TrainConfig, inputs: &TrainInputs) -> Result<Prepared> {
     }
 
     // Data: records, teacher rows, absent slots, every image readable.
-    let data = TrainData::open(
-        &inputs.data,
-        &inputs.images,
-        num_class,
-        inputs.teacher.as_deref(),
-    )?;
+    let source = match (&inputs.teacher, &config.online_teacher) {
+        (Some(_), Some(_)) => {
+            return Err(Error::Usage(
+                "both a teacher file (--teacher FILE) and the online teacher ([online_teacher] / --teacher online) \
+                 are configured: choose one"
+                    .into(),
+            ))
+        }
+        (Some(p), None) => TeacherSource::File(p),
+        (None, Some(o)) => TeacherSource::Online(o),
+        (None, None) => TeacherSource::None,
+    };
+    let data = TrainData::open_with(&inputs.data, &inputs.images, num_class, source)?;
+    if let Some(t) = &data.online_teacher {
+        notes.push(t.summary.clone());
+    }
     let absent_slots = manifest.absent_slots();
     data.check_absent(&absent_slots, &inputs.manifest)?;
     data.check_images()?;
@@ -207,11 +222,11 @@ pub fn prepare(config: &TrainConfig, inputs: &TrainInputs) -> Result<Prepared> {
         data.len(),
         inputs.data.len(),
         inputs.images.display(),
-        inputs
-            .teacher
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "none (tag loss only)".into()),
+        match (&inputs.teacher, &config.online_teacher) {
+            (Some(p), _) => p.display().to_string(),
+            (None, Some(_)) => "online (CLIP towers through ONNX Runtime on each augmented batch)".into(),
+            (None, None) => "none (tag loss only)".into(),
+        },
         absent_slots.len(),
         config.absent
     ));

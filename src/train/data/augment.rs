@@ -2,40 +2,13 @@
 //! bicubic)`, horizontal flip with probability ½, CLIP normalisation (torchvision's algorithms,
 //! `transform_train` in `ram/data/__init__.py`). RAM's `RandomAugment(2, 5, …)` is not applied.
 
-use crate::error::{Error, Result};
-use image::imageops::FilterType;
+use crate::imaging::{normalize_chw, render_view, View};
 use image::RgbImage;
 use rand::Rng;
-use std::path::Path;
 
+pub use crate::imaging::{decode, probe};
 /// CLIP's per-channel mean and standard deviation (RGB), as RAM normalises.
-pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
-
-/// Decodes a JPEG or PNG file to RGB8.
-pub fn decode(path: &Path) -> Result<RgbImage> {
-    let img = image::io::Reader::open(path)
-        .map_err(|e| Error::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?
-        .decode()
-        .map_err(|e| Error::invalid(path, format!("cannot decode image: {e}")))?;
-    Ok(img.to_rgb8())
-}
-
-/// Reads only the header: the image exists, its format is known and its size is sane.
-pub fn probe(path: &Path) -> Result<(u32, u32)> {
-    let (w, h) = image::io::Reader::open(path)
-        .map_err(|e| Error::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?
-        .into_dimensions()
-        .map_err(|e| Error::invalid(path, format!("unreadable image: {e}")))?;
-    if w == 0 || h == 0 {
-        return Err(Error::invalid(path, "image has zero size"));
-    }
-    Ok((w, h))
-}
+pub use crate::teacher::descriptor::{CLIP_MEAN, CLIP_STD};
 
 /// The training transform.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -94,29 +67,31 @@ impl Augment {
         ((height - h) / 2, (width - w) / 2, h, w)
     }
 
-    /// Crops, resizes (bicubic), maybe flips, and writes CLIP-normalised CHW floats into `out`
-    /// (`3·size·size` values).
-    pub fn apply<R: Rng>(&self, img: &RgbImage, rng: &mut R, out: &mut [f32]) {
-        let (top, left, h, w) = self.crop_box(img.width(), img.height(), rng);
-        let crop = image::imageops::crop_imm(img, left, top, w, h).to_image();
-        let mut resized =
-            image::imageops::resize(&crop, self.size, self.size, FilterType::CatmullRom);
-        if rng.gen_bool(self.flip) {
-            image::imageops::flip_horizontal_in_place(&mut resized);
+    /// Draws one crop box and flip (the random part of the transform).
+    pub fn draw<R: Rng>(&self, width: u32, height: u32, rng: &mut R) -> View {
+        let (top, left, h, w) = self.crop_box(width, height, rng);
+        View {
+            top,
+            left,
+            height: h,
+            width: w,
+            flip: rng.gen_bool(self.flip),
         }
-        to_normalized_chw(&resized, out);
+    }
+
+    /// Crops, resizes (bicubic), maybe flips, and writes CLIP-normalised CHW floats into `out`
+    /// (`3·size·size` values). Returns the view drawn, so another consumer (the online teacher) can
+    /// render the same crop and flip at its own resolution.
+    pub fn apply<R: Rng>(&self, img: &RgbImage, rng: &mut R, out: &mut [f32]) -> View {
+        let view = self.draw(img.width(), img.height(), rng);
+        render_view(img, &view, self.size, &CLIP_MEAN, &CLIP_STD, out);
+        view
     }
 }
 
 /// RGB8 → CLIP-normalised CHW floats.
 pub fn to_normalized_chw(img: &RgbImage, out: &mut [f32]) {
-    let plane = (img.width() * img.height()) as usize;
-    assert_eq!(out.len(), 3 * plane, "output buffer size");
-    for (i, px) in img.pixels().enumerate() {
-        for c in 0..3 {
-            out[c * plane + i] = (f32::from(px[c]) / 255.0 - CLIP_MEAN[c]) / CLIP_STD[c];
-        }
-    }
+    normalize_chw(img, &CLIP_MEAN, &CLIP_STD, out);
 }
 
 #[cfg(test)]

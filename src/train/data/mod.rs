@@ -16,6 +16,12 @@ pub use augment::Augment;
 pub use records::{RecordSet, TrainRecord};
 pub use teacher::TeacherFeatures;
 
+use crate::annotations::records::ReadOptions;
+use crate::imaging::View;
+use crate::teacher::online::OnlineTeacher;
+use crate::teacher::{CaptionChoice, OnlineTeacherConfig};
+use rand::Rng;
+
 use crate::error::{Error, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -26,6 +32,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 
+/// Where the teacher signals (distillation target, alignment queries) come from.
+#[derive(Debug, Clone, Copy)]
+pub enum TeacherSource<'a> {
+    /// No teacher: only the tag loss is trained.
+    None,
+    /// A precomputed teacher file (`tagfix teacher`, `tagfix synth-images`).
+    File(&'a Path),
+    /// CLIP towers through ONNX Runtime on every augmented batch.
+    Online(&'a OnlineTeacherConfig),
+}
+
 /// Records, image root and teacher features, checked against each other.
 #[derive(Debug)]
 pub struct TrainData {
@@ -34,6 +51,8 @@ pub struct TrainData {
     pub teacher: Option<TeacherFeatures>,
     /// Teacher row of each record.
     teacher_rows: Vec<usize>,
+    /// The online teacher (`--teacher online`), used by the loader's workers.
+    pub online_teacher: Option<OnlineTeacher>,
     pub num_slots: usize,
 }
 
@@ -45,13 +64,40 @@ impl TrainData {
         num_slots: usize,
         teacher: Option<&Path>,
     ) -> Result<Self> {
+        Self::open_with(
+            files,
+            image_root,
+            num_slots,
+            teacher.map_or(TeacherSource::None, TeacherSource::File),
+        )
+    }
+
+    /// Reads the annotation files and sets up the teacher: a file must have a row for every record;
+    /// the online teacher needs a caption in every record and loads both encoders.
+    pub fn open_with(
+        files: &[PathBuf],
+        image_root: &Path,
+        num_slots: usize,
+        source: TeacherSource<'_>,
+    ) -> Result<Self> {
         if !image_root.is_dir() {
             return Err(Error::invalid(image_root, "image root is not a folder"));
         }
-        let records = RecordSet::read(files, num_slots)?;
-        let (teacher, teacher_rows) = match teacher {
-            None => (None, Vec::new()),
-            Some(p) => {
+        let online = matches!(source, TeacherSource::Online(_));
+        let mut records = RecordSet::read_with(
+            files,
+            ReadOptions {
+                num_slots: Some(num_slots),
+                captions: online,
+            },
+        )?;
+        let online_teacher = match source {
+            TeacherSource::Online(cfg) => Some(OnlineTeacher::load(cfg, &mut records)?),
+            _ => None,
+        };
+        let (teacher, teacher_rows) = match source {
+            TeacherSource::None | TeacherSource::Online(_) => (None, Vec::new()),
+            TeacherSource::File(p) => {
                 let t = TeacherFeatures::read(p)?;
                 let mut rows = Vec::with_capacity(records.records.len());
                 let mut missing = Vec::new();
@@ -81,6 +127,7 @@ impl TrainData {
             image_root: image_root.to_path_buf(),
             teacher,
             teacher_rows,
+            online_teacher,
             num_slots,
         })
     }
@@ -197,9 +244,14 @@ pub struct MicroBatch {
     pub images: Vec<f32>,
     /// `[n, num_slots]` multi-hot.
     pub targets: Vec<f32>,
-    /// `[n, 512]` teacher image features / caption embeddings, when a teacher file was given.
+    /// `[n, 512]` teacher image features / caption embeddings, when a teacher file or the online
+    /// teacher was given.
     pub clip_feature: Option<Vec<f32>>,
     pub text_embed: Option<Vec<f32>>,
+    /// The augmentation drawn for each image (crop and flip), which the online teacher also saw.
+    pub views: Vec<View>,
+    /// With the online teacher and `random` captions: the caption index used for each sample.
+    pub captions: Vec<usize>,
 }
 
 impl MicroBatch {
@@ -245,18 +297,34 @@ pub fn load_micro_batch(
     let indices: Vec<usize> = order[first..first + cfg.micro_batch].to_vec();
     let side = cfg.augment.size as usize;
     let per_image = 3 * side * side;
+    let online = data.online_teacher.as_ref();
+    let per_teacher = online.map_or(0, OnlineTeacher::pixels_per_image);
     let mut images = vec![0f32; indices.len() * per_image];
+    let mut teacher_pixels = vec![0f32; indices.len() * per_teacher];
+    let mut teacher_slots: Vec<&mut [f32]> = if per_teacher > 0 {
+        teacher_pixels.chunks_mut(per_teacher).collect()
+    } else {
+        indices.iter().map(|_| <&mut [f32]>::default()).collect()
+    };
+    let mut views = vec![View::default(); indices.len()];
     images
         .par_chunks_mut(per_image)
+        .zip(teacher_slots.par_iter_mut())
+        .zip(views.par_iter_mut())
         .zip(indices.par_iter().enumerate())
-        .try_for_each(|(out, (k, &idx))| -> Result<()> {
+        .try_for_each(|(((out, teacher_out), view), (k, &idx))| -> Result<()> {
             let r = &data.records.records[idx];
             let img = augment::decode(&data.image_path(r))?;
             let pos = (first + k) as u64;
             let mut rng = ChaCha8Rng::seed_from_u64(mix(cfg.seed ^ 0xA5A5_A5A5, epoch, pos));
-            cfg.augment.apply(&img, &mut rng, out);
+            *view = cfg.augment.apply(&img, &mut rng, out);
+            // The CLIP teacher sees the same crop and flip, at its own resolution.
+            if let Some(t) = online {
+                t.render(&img, Some(view), teacher_out);
+            }
             Ok(())
         })?;
+    drop(teacher_slots);
     let n = data.num_slots;
     let mut targets = vec![0f32; indices.len() * n];
     for (k, &idx) in indices.iter().enumerate() {
@@ -264,9 +332,9 @@ pub fn load_micro_batch(
             targets[k * n + s as usize] = 1.0;
         }
     }
-    let (clip_feature, text_embed) = match &data.teacher {
-        None => (None, None),
-        Some(t) => {
+    let mut captions = Vec::new();
+    let (clip_feature, text_embed) = match (&data.teacher, online) {
+        (Some(t), _) => {
             let mut c = Vec::with_capacity(indices.len() * teacher::TEACHER_DIM);
             let mut x = Vec::with_capacity(indices.len() * teacher::TEACHER_DIM);
             for &idx in &indices {
@@ -276,6 +344,38 @@ pub fn load_micro_batch(
             }
             (Some(c), Some(x))
         }
+        (None, Some(t)) => {
+            let describe = |e: Error| {
+                Error::Other(format!(
+                    "online teacher, step {} micro-batch {micro} (records {:?}…): {e}",
+                    step + 1,
+                    &indices[..indices.len().min(4)]
+                ))
+            };
+            let c = t.image_features(&teacher_pixels).map_err(describe)?;
+            // RAM draws one of the record's captions per sample; the draw has its own stream.
+            captions = indices
+                .iter()
+                .enumerate()
+                .map(|(k, &idx)| match t.config.caption {
+                    CaptionChoice::Random => {
+                        let pos = (first + k) as u64;
+                        let mut rng =
+                            ChaCha8Rng::seed_from_u64(mix(cfg.seed ^ 0xC0C0_CAFE, epoch, pos));
+                        rng.gen_range(0..t.caption_count(idx))
+                    }
+                    _ => 0,
+                })
+                .collect();
+            let picks: Vec<(usize, usize)> = indices
+                .iter()
+                .copied()
+                .zip(captions.iter().copied())
+                .collect();
+            let x = t.text_features(&picks).map_err(describe)?;
+            (Some(c), Some(x))
+        }
+        (None, None) => (None, None),
     };
     Ok(MicroBatch {
         step,
@@ -286,6 +386,8 @@ pub fn load_micro_batch(
         targets,
         clip_feature,
         text_embed,
+        views,
+        captions,
     })
 }
 

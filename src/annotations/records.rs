@@ -1,0 +1,305 @@
+//! Training records from RAM-format annotation files: a JSON array or JSON Lines, optionally gzip
+//! (`.gz`), one object per image with `image_path`, `union_label_id` (slots) and, when asked for,
+//! `caption` (a list of strings, or one string). Other fields (`parse_label_id`, …) are skipped.
+//! Records are kept in memory (path + slots [+ captions]) because training shuffles them every epoch.
+
+use crate::error::{Error, Result};
+use serde::Deserialize;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+/// One training image and its positive slots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrainRecord {
+    /// As written in the annotation (relative to the image root unless absolute).
+    pub image_path: String,
+    /// Positive slots, ascending, without repeats.
+    pub slots: Vec<u32>,
+    /// The annotation file and 1-based record number, for error messages.
+    pub origin: (usize, u64),
+    /// The record's captions, when read with [`ReadOptions::captions`] (else empty).
+    pub captions: Vec<String>,
+}
+
+/// RAM writes `caption` as a list; a single string is accepted too.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum CaptionField {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+struct RawRecord {
+    image_path: Option<String>,
+    union_label_id: Option<Vec<i64>>,
+    #[serde(default)]
+    caption: Option<CaptionField>,
+}
+
+/// What [`RecordSet::read_with`] requires and keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadOptions {
+    /// Slots of the vocabulary: `union_label_id` is required and checked against it. `None`: the
+    /// labels are neither required nor read (e.g. for `tagfix teacher`).
+    pub num_slots: Option<usize>,
+    /// Keep the captions; every record must then have at least one.
+    pub captions: bool,
+}
+
+/// Records of several annotation files, and the files they came from.
+#[derive(Debug, Clone)]
+pub struct RecordSet {
+    pub files: Vec<PathBuf>,
+    pub records: Vec<TrainRecord>,
+}
+
+impl RecordSet {
+    /// Reads every file; a record without `image_path`/`union_label_id` or with a slot outside
+    /// `0..num_slots` is an error naming file, record and slot.
+    pub fn read(files: &[PathBuf], num_slots: usize) -> Result<Self> {
+        Self::read_with(
+            files,
+            ReadOptions {
+                num_slots: Some(num_slots),
+                captions: false,
+            },
+        )
+    }
+
+    /// Reads every file with explicit requirements (see [`ReadOptions`]).
+    pub fn read_with(files: &[PathBuf], opts: ReadOptions) -> Result<Self> {
+        if files.is_empty() {
+            return Err(Error::Usage(
+                "no training data: give --data FILE (or train_file in the config)".into(),
+            ));
+        }
+        let mut records = Vec::new();
+        for (fi, path) in files.iter().enumerate() {
+            let before = records.len();
+            read_file(path, fi, opts, &mut records)?;
+            if records.len() == before {
+                return Err(Error::invalid(path, "holds no records"));
+            }
+        }
+        Ok(RecordSet {
+            files: files.to_vec(),
+            records,
+        })
+    }
+
+    /// `file:record` of a record, for messages.
+    pub fn origin(&self, r: &TrainRecord) -> String {
+        format!("{} record {}", self.files[r.origin.0].display(), r.origin.1)
+    }
+
+    /// A fingerprint of the record order and contents (recorded in checkpoints so `--resume` can
+    /// tell that the data changed).
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for r in &self.records {
+            h.update(r.image_path.as_bytes());
+            h.update([0]);
+            for s in &r.slots {
+                h.update(s.to_le_bytes());
+            }
+            h.update([1]);
+        }
+        hex::encode(h.finalize())
+    }
+}
+
+fn open(path: &Path) -> Result<Box<dyn BufRead>> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let gz = path.extension().is_some_and(|e| e == "gz");
+    Ok(if gz {
+        Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(file)))
+    } else {
+        Box::new(BufReader::new(file))
+    })
+}
+
+fn read_file(
+    path: &Path,
+    file_index: usize,
+    opts: ReadOptions,
+    out: &mut Vec<TrainRecord>,
+) -> Result<()> {
+    let mut reader = open(path)?;
+    // Peek the first non-blank byte: `[` is a JSON array, anything else JSON Lines.
+    let first = loop {
+        let buf = reader.fill_buf().map_err(|e| Error::io(path, e))?;
+        if buf.is_empty() {
+            break None;
+        }
+        let skip = buf
+            .iter()
+            .take_while(|b| b.is_ascii_whitespace() || **b == 0xEF || **b == 0xBB || **b == 0xBF)
+            .count();
+        if skip < buf.len() {
+            let b = buf[skip];
+            reader.consume(skip);
+            break Some(b);
+        }
+        let n = buf.len();
+        reader.consume(n);
+    };
+    match first {
+        None => Ok(()),
+        Some(b'[') => {
+            let mut text = String::new();
+            reader
+                .read_to_string(&mut text)
+                .map_err(|e| Error::io(path, e))?;
+            let raws: Vec<serde_json::Value> =
+                serde_json::from_str(&text).map_err(|e| Error::Parse {
+                    path: path.to_path_buf(),
+                    line: e.line(),
+                    message: format!("not a JSON array of records: {e}"),
+                })?;
+            for (i, v) in raws.into_iter().enumerate() {
+                let raw: RawRecord = serde_json::from_value(v)
+                    .map_err(|e| Error::invalid(path, format!("record {}: {e}", i + 1)))?;
+                out.push(convert(raw, path, file_index, i as u64 + 1, opts)?);
+            }
+            Ok(())
+        }
+        Some(_) => {
+            let mut n = 0u64;
+            for (line_no, line) in reader.lines().enumerate() {
+                let line = line.map_err(|e| Error::io(path, e))?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                n += 1;
+                let raw: RawRecord = serde_json::from_str(&line).map_err(|e| Error::Parse {
+                    path: path.to_path_buf(),
+                    line: line_no + 1,
+                    message: format!("not a JSON record: {e}"),
+                })?;
+                out.push(convert(raw, path, file_index, n, opts)?);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn convert(
+    raw: RawRecord,
+    path: &Path,
+    file_index: usize,
+    n: u64,
+    opts: ReadOptions,
+) -> Result<TrainRecord> {
+    let image_path = raw
+        .image_path
+        .ok_or_else(|| Error::invalid(path, format!("record {n}: no `image_path`")))?;
+    let mut slots = Vec::new();
+    if let Some(num_slots) = opts.num_slots {
+        let ids = raw.union_label_id.ok_or_else(|| {
+            Error::invalid(
+                path,
+                format!("record {n} ({image_path}): no `union_label_id`"),
+            )
+        })?;
+        slots.reserve(ids.len());
+        for id in ids {
+            if id < 0 || id as usize >= num_slots {
+                return Err(Error::invalid(
+                    path,
+                    format!("record {n} ({image_path}): slot {id} is outside the vocabulary's 0..{num_slots}"),
+                ));
+            }
+            slots.push(id as u32);
+        }
+        slots.sort_unstable();
+        slots.dedup();
+    }
+    let captions = if opts.captions {
+        let c = match raw.caption {
+            Some(CaptionField::One(c)) => vec![c],
+            Some(CaptionField::Many(c)) => c,
+            None => Vec::new(),
+        };
+        if c.is_empty() {
+            return Err(Error::invalid(
+                path,
+                format!(
+                    "record {n} ({image_path}): no caption (`caption` is missing or an empty list)"
+                ),
+            ));
+        }
+        c
+    } else {
+        Vec::new()
+    };
+    Ok(TrainRecord {
+        image_path,
+        slots,
+        origin: (file_index, n),
+        captions,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn reads_array_jsonl_and_gzip() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.json");
+        std::fs::write(
+            &a,
+            r#"[{"image_path":"x.jpg","caption":["c"],"union_label_id":[2,0,2],"parse_label_id":[[0]]}]"#,
+        )
+        .unwrap();
+        let b = dir.path().join("b.jsonl.gz");
+        let mut gz =
+            flate2::write::GzEncoder::new(std::fs::File::create(&b).unwrap(), Default::default());
+        gz.write_all(b"{\"image_path\":\"y.png\",\"union_label_id\":[1]}\n\n{\"image_path\":\"z.png\",\"union_label_id\":[]}\n")
+            .unwrap();
+        gz.finish().unwrap();
+        let set = RecordSet::read(&[a, b], 3).unwrap();
+        assert_eq!(set.records.len(), 3);
+        assert_eq!(set.records[0].slots, vec![0, 2]);
+        assert_eq!(set.records[1].image_path, "y.png");
+        assert_eq!(set.records[2].origin, (1, 2));
+    }
+
+    #[test]
+    fn bad_slot_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.jsonl");
+        std::fs::write(&a, "{\"image_path\":\"x.jpg\",\"union_label_id\":[7]}\n").unwrap();
+        let e = RecordSet::read(&[a], 3).unwrap_err().to_string();
+        assert!(
+            e.contains("a.jsonl") && e.contains("record 1") && e.contains("slot 7"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn captions_are_read_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.jsonl");
+        std::fs::write(
+            &a,
+            "{\"image_path\":\"x.jpg\",\"caption\":[\"a dog\",\"a cat\"]}\n{\"image_path\":\"y.jpg\",\"caption\":\"one\"}\n",
+        )
+        .unwrap();
+        let opts = ReadOptions {
+            num_slots: None,
+            captions: true,
+        };
+        let set = RecordSet::read_with(std::slice::from_ref(&a), opts).unwrap();
+        assert_eq!(set.records[0].captions, vec!["a dog", "a cat"]);
+        assert_eq!(set.records[1].captions, vec!["one"]);
+        assert!(set.records[0].slots.is_empty());
+        std::fs::write(&a, "{\"image_path\":\"x.jpg\",\"caption\":[]}\n").unwrap();
+        let e = RecordSet::read_with(&[a], opts).unwrap_err().to_string();
+        assert!(e.contains("record 1 (x.jpg): no caption"), "{e}");
+    }
+}

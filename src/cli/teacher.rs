@@ -1,0 +1,93 @@
+//! `tagfix teacher`: the teacher file for `tagfix train --teacher FILE`, from RAM-format annotations,
+//! an image root and two CLIP towers (ONNX Runtime).
+
+use super::args::{GlobalArgs, TeacherArgs};
+use super::ExitStatus;
+
+#[cfg(not(feature = "embed"))]
+pub fn run(_args: TeacherArgs, _global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+    anyhow::bail!(
+        "this tagfix was built without the `embed` feature (ONNX Runtime); rebuild with `cargo build --features embed`"
+    )
+}
+
+#[cfg(feature = "embed")]
+pub fn run(args: TeacherArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+    use anyhow::Context;
+    use tagfix::annotations::records::{ReadOptions, RecordSet};
+    use tagfix::embed::descriptor::{resolve_model_dir, ModelDescriptor};
+    use tagfix::embed::encoder::{EncoderOptions, TextEncoder};
+    use tagfix::teacher::image_encoder::ImageEncoder;
+    use tagfix::teacher::produce::{produce, TeacherRequest};
+    use tagfix::teacher::{ImageDescriptor, TeacherFeatures};
+    use tagfix::Error;
+
+    if !args.images.is_dir() {
+        return Err(Error::invalid(&args.images, "image root is not a folder").into());
+    }
+    if let Some(dir) = args
+        .out
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+    {
+        return Err(Error::invalid(
+            &args.out,
+            format!("output directory {} does not exist", dir.display()),
+        )
+        .into());
+    }
+    let records = RecordSet::read_with(
+        &args.data,
+        ReadOptions {
+            num_slots: None,
+            captions: true,
+        },
+    )?;
+    let opts = EncoderOptions {
+        device: args.device,
+        threads: args.threads,
+        batch_size: args.batch_size as usize,
+        ort_lib: args.ort_lib.clone(),
+    };
+    let mut image = ImageEncoder::load(ImageDescriptor::resolve(&args.image_model)?, &opts)
+        .with_context(|| format!("loading the image tower `{}`", args.image_model))?;
+    let text_dir = resolve_model_dir(&args.text_model)?;
+    let mut text = TextEncoder::load(ModelDescriptor::read_dir(&text_dir)?, &opts)
+        .with_context(|| format!("loading the text tower `{}`", args.text_model))?;
+    let request = TeacherRequest {
+        records: &records,
+        image_root: &args.images,
+        caption: args.caption.parse().map_err(anyhow::Error::msg)?,
+        max_words: args.max_words,
+        image_batch: args.batch_size as usize,
+    };
+    let text_bar = super::progress_bar(global, 0, false);
+    let image_bar = super::progress_bar(global, 0, false);
+    let out = produce(&mut text, &mut image, &request, &text_bar, &image_bar)?;
+    TeacherFeatures::write_with_metadata(
+        &args.out,
+        &out.keys,
+        &out.image,
+        &out.text,
+        out.metadata,
+    )?;
+    println!(
+        "wrote {}: {} records × (image_features, text_features) [{}, {}]",
+        args.out.display(),
+        out.keys.len(),
+        out.keys.len(),
+        tagfix::teacher::TEACHER_DIM
+    );
+    println!(
+        "  image: {} on {}",
+        image.descriptor.display_name(),
+        image.provider
+    );
+    println!(
+        "  text:  {} on {} (caption {})",
+        text.descriptor.display_name(),
+        text.provider,
+        args.caption
+    );
+    Ok(ExitStatus::Success)
+}

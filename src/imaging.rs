@@ -1,0 +1,201 @@
+//! Image decoding and the pixel transforms shared by training augmentation and the CLIP teacher
+//! (feature `embed`; `train` includes it): decode JPEG/PNG to RGB8, crop + bicubic resize + flip to
+//! a square view, normalise to CHW floats, and CLIP's evaluation transform (shortest side, centre
+//! crop) as torchvision computes its geometry.
+
+use crate::error::{Error, Result};
+use crate::teacher::descriptor::{ImageInput, Resize};
+use image::imageops::FilterType;
+use image::RgbImage;
+use std::path::Path;
+
+/// Decodes a JPEG or PNG file to RGB8.
+pub fn decode(path: &Path) -> Result<RgbImage> {
+    let img = image::io::Reader::open(path)
+        .map_err(|e| Error::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?
+        .decode()
+        .map_err(|e| Error::invalid(path, format!("cannot decode image: {e}")))?;
+    Ok(img.to_rgb8())
+}
+
+/// Reads only the header: the image exists, its format is known and its size is sane.
+pub fn probe(path: &Path) -> Result<(u32, u32)> {
+    let (w, h) = image::io::Reader::open(path)
+        .map_err(|e| Error::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?
+        .into_dimensions()
+        .map_err(|e| Error::invalid(path, format!("unreadable image: {e}")))?;
+    if w == 0 || h == 0 {
+        return Err(Error::invalid(path, "image has zero size"));
+    }
+    Ok((w, h))
+}
+
+/// A rectangle of the source image and whether its resized square is flipped horizontally: one draw
+/// of the training augmentation, which the model's input and the online teacher's view share.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct View {
+    pub top: u32,
+    pub left: u32,
+    pub height: u32,
+    pub width: u32,
+    pub flip: bool,
+}
+
+impl View {
+    /// The whole image, not flipped.
+    pub fn full(img: &RgbImage) -> Self {
+        View {
+            top: 0,
+            left: 0,
+            height: img.height(),
+            width: img.width(),
+            flip: false,
+        }
+    }
+}
+
+/// RGB8 → CHW floats `(x/255 − mean)/std`.
+pub fn normalize_chw(img: &RgbImage, mean: &[f32; 3], std: &[f32; 3], out: &mut [f32]) {
+    let plane = (img.width() * img.height()) as usize;
+    assert_eq!(out.len(), 3 * plane, "output buffer size");
+    for (i, px) in img.pixels().enumerate() {
+        for c in 0..3 {
+            out[c * plane + i] = (f32::from(px[c]) / 255.0 - mean[c]) / std[c];
+        }
+    }
+}
+
+/// Crops `view`, resizes it to `size × size` (bicubic), flips it when the view says so and writes
+/// normalised CHW floats into `out` (`3·size·size` values).
+pub fn render_view(
+    img: &RgbImage,
+    view: &View,
+    size: u32,
+    mean: &[f32; 3],
+    std: &[f32; 3],
+    out: &mut [f32],
+) {
+    let crop = image::imageops::crop_imm(img, view.left, view.top, view.width, view.height);
+    let mut resized = if (view.width, view.height) == (size, size) {
+        crop.to_image()
+    } else {
+        image::imageops::resize(&*crop, size, size, FilterType::CatmullRom)
+    };
+    if view.flip {
+        image::imageops::flip_horizontal_in_place(&mut resized);
+    }
+    normalize_chw(&resized, mean, std, out);
+}
+
+/// The evaluation (un-augmented) transform of an image encoder's input: CLIP's
+/// `Resize(size, bicubic)` on the shortest side (the long side `int(size·long/short)`, as
+/// torchvision) and `CenterCrop(size)` (offsets `round((side − size)/2)`, ties to even, as Python's
+/// `round`), or a plain resize for `squash`; then normalisation.
+pub fn eval_transform(img: &RgbImage, input: &ImageInput, out: &mut [f32]) {
+    let size = input.size;
+    let resized = match input.resize {
+        Resize::Squash => image::imageops::resize(img, size, size, FilterType::CatmullRom),
+        Resize::ShortestSide => {
+            let (w, h) = (img.width(), img.height());
+            let (nw, nh) = if w <= h {
+                (
+                    size,
+                    ((u64::from(size) * u64::from(h)) / u64::from(w)) as u32,
+                )
+            } else {
+                (
+                    ((u64::from(size) * u64::from(w)) / u64::from(h)) as u32,
+                    size,
+                )
+            };
+            let r = if (nw, nh) == (w, h) {
+                img.clone()
+            } else {
+                image::imageops::resize(img, nw, nh, FilterType::CatmullRom)
+            };
+            let top = (f64::from(nh - size) / 2.0).round_ties_even() as u32;
+            let left = (f64::from(nw - size) / 2.0).round_ties_even() as u32;
+            image::imageops::crop_imm(&r, left, top, size, size).to_image()
+        }
+    };
+    normalize_chw(&resized, &input.mean, &input.std, out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::teacher::descriptor::{CLIP_MEAN, CLIP_STD};
+
+    fn input(size: u32, resize: Resize) -> ImageInput {
+        ImageInput {
+            name: "pixel_values".into(),
+            size,
+            resize,
+            mean: CLIP_MEAN,
+            std: CLIP_STD,
+        }
+    }
+
+    #[test]
+    fn eval_transform_centre_crops_the_shortest_side() {
+        // 40×20: a left half of red and a right half of blue, with a green 2-px border column at
+        // each side. Shortest side 20 → 10: resized 20×10, centre crop 10×10 drops 5 px per side.
+        let img = RgbImage::from_fn(40, 20, |x, _| {
+            if x < 2 || x >= 38 {
+                image::Rgb([0, 255, 0])
+            } else if x < 20 {
+                image::Rgb([255, 0, 0])
+            } else {
+                image::Rgb([0, 0, 255])
+            }
+        });
+        let mut out = vec![0f32; 3 * 100];
+        eval_transform(&img, &input(10, Resize::ShortestSide), &mut out);
+        let green = |i: usize| out[100 + i] * CLIP_STD[1] + CLIP_MEAN[1];
+        // No border green survives the crop: the first and last columns are red and blue.
+        assert!(
+            green(0) < 0.05 && green(9) < 0.05,
+            "{} {}",
+            green(0),
+            green(9)
+        );
+        let red0 = out[0] * CLIP_STD[0] + CLIP_MEAN[0];
+        let blue9 = out[200 + 9] * CLIP_STD[2] + CLIP_MEAN[2];
+        assert!(red0 > 0.95 && blue9 > 0.95, "{red0} {blue9}");
+        // A square image of the input size passes unchanged.
+        let sq = RgbImage::from_fn(10, 10, |x, y| {
+            image::Rgb([(x * 20) as u8, (y * 20) as u8, 7])
+        });
+        let mut a = vec![0f32; 300];
+        let mut b = vec![0f32; 300];
+        eval_transform(&sq, &input(10, Resize::ShortestSide), &mut a);
+        normalize_chw(&sq, &CLIP_MEAN, &CLIP_STD, &mut b);
+        assert_eq!(a, b);
+        // The full view of a square image of the input size is the same tensor.
+        render_view(&sq, &View::full(&sq), 10, &CLIP_MEAN, &CLIP_STD, &mut b);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn render_view_flips() {
+        let img = RgbImage::from_fn(8, 8, |x, _| image::Rgb([(x * 30) as u8, 0, 0]));
+        let mut a = vec![0f32; 3 * 64];
+        let mut b = vec![0f32; 3 * 64];
+        let v = View::full(&img);
+        render_view(&img, &v, 8, &CLIP_MEAN, &CLIP_STD, &mut a);
+        render_view(
+            &img,
+            &View { flip: true, ..v },
+            8,
+            &CLIP_MEAN,
+            &CLIP_STD,
+            &mut b,
+        );
+        assert_eq!(a[0], b[7]);
+        assert_ne!(a[0], b[0]);
+    }
+}

@@ -1,0 +1,206 @@
+//! The image-encoder descriptor: `descriptor.toml` beside an ONNX CLIP image tower, naming its input
+//! and output and the preprocessing the tower was trained with, so nothing about the model is
+//! hard-coded (the text models' descriptor is [`crate::embed::ModelDescriptor`]).
+//!
+//! ```toml
+//! kind = "clip-image"
+//! name = "CLIP ViT-B/16 image tower (openai)"
+//! onnx = "model.onnx"
+//! [input]
+//! name = "pixel_values"        # float32 [batch, 3, size, size]
+//! size = 224
+//! resize = "shortest-side"     # CLIP: shortest side to `size` (bicubic), then centre crop; or "squash"
+//! mean = [0.48145466, 0.4578275, 0.40821073]
+//! std = [0.26862954, 0.26130258, 0.27577711]
+//! [output]
+//! name = "image_embeds"        # float32 [batch, dim]
+//! normalize = false            # CLIP's encode_image is not normalised; RAM distils the raw feature
+//! ```
+
+use crate::embed::descriptor::{resolve_model_dir, DESCRIPTOR_FILE};
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The `kind` an image descriptor declares.
+pub const IMAGE_KIND: &str = "clip-image";
+
+/// CLIP's per-channel mean and standard deviation (RGB), OpenAI's values.
+pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+
+/// How an image is brought to `size × size` for the evaluation (un-augmented) view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Resize {
+    /// CLIP's `Resize(size)` (shortest side, bicubic) then `CenterCrop(size)`.
+    ShortestSide,
+    /// Both sides to `size` (aspect ratio not kept), no crop.
+    Squash,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageInput {
+    pub name: String,
+    /// Side of the square input in pixels.
+    pub size: u32,
+    #[serde(default = "shortest_side")]
+    pub resize: Resize,
+    #[serde(default = "clip_mean")]
+    pub mean: [f32; 3],
+    #[serde(default = "clip_std")]
+    pub std: [f32; 3],
+}
+
+fn shortest_side() -> Resize {
+    Resize::ShortestSide
+}
+fn clip_mean() -> [f32; 3] {
+    CLIP_MEAN
+}
+fn clip_std() -> [f32; 3] {
+    CLIP_STD
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageOutput {
+    pub name: String,
+    /// L2-normalise each feature (CLIP's `encode_image` is not normalised).
+    #[serde(default)]
+    pub normalize: bool,
+}
+
+/// An image-encoder descriptor (`descriptor.toml` with `kind = "clip-image"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageDescriptor {
+    pub kind: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The ONNX file, relative to the model directory.
+    pub onnx: PathBuf,
+    pub input: ImageInput,
+    pub output: ImageOutput,
+    /// The model directory (set when read).
+    #[serde(skip)]
+    pub dir: PathBuf,
+}
+
+impl ImageDescriptor {
+    /// Reads `dir/descriptor.toml` and checks it describes an image encoder.
+    pub fn read_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join(DESCRIPTOR_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            Error::invalid(
+                &path,
+                format!("cannot read the image-encoder descriptor ({e}); an image-encoder directory holds the ONNX file and {DESCRIPTOR_FILE} with kind = \"{IMAGE_KIND}\""),
+            )
+        })?;
+        let kind: Option<String> = toml::from_str::<toml::Table>(&text)
+            .ok()
+            .and_then(|t| t.get("kind").and_then(|k| k.as_str().map(str::to_string)));
+        if kind.as_deref() != Some(IMAGE_KIND) {
+            return Err(Error::invalid(
+                &path,
+                format!(
+                    "is not an image-encoder descriptor (kind = {kind:?}, expected \"{IMAGE_KIND}\"); \
+                     text towers are for `--text-model`, image towers for `--image-model`"
+                ),
+            ));
+        }
+        let mut d: ImageDescriptor = toml::from_str(&text).map_err(|e| {
+            Error::invalid(&path, format!("malformed image-encoder descriptor: {e}"))
+        })?;
+        if d.input.size < 8 {
+            return Err(Error::invalid(
+                &path,
+                "input.size must be at least 8 pixels",
+            ));
+        }
+        if let Some(s) = d.input.std.iter().find(|s| !(**s > 0.0)) {
+            return Err(Error::invalid(
+                &path,
+                format!("input.std must be positive, got {s}"),
+            ));
+        }
+        d.dir = dir.to_path_buf();
+        Ok(d)
+    }
+
+    /// Resolves a directory or a model name (`clip-vision`, `clip-tiny-vision`; see
+    /// [`resolve_model_dir`]) and reads its descriptor.
+    pub fn resolve(spec: &str) -> Result<Self> {
+        Self::read_dir(&resolve_model_dir(spec)?)
+    }
+
+    pub fn onnx_path(&self) -> PathBuf {
+        self.dir.join(&self.onnx)
+    }
+
+    /// Name for logs and provenance: the `name` field, else the directory.
+    pub fn display_name(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| self.dir.display().to_string())
+    }
+
+    /// The preprocessing, for provenance.
+    pub fn preprocessing_description(&self) -> String {
+        let resize = match self.input.resize {
+            Resize::ShortestSide => format!(
+                "shortest side to {0} (bicubic), centre crop {0}×{0}",
+                self.input.size
+            ),
+            Resize::Squash => format!("resize to {0}×{0} (bicubic)", self.input.size),
+        };
+        format!(
+            "{resize}, (x/255 - mean)/std with mean {:?} std {:?}",
+            self.input.mean, self.input.std
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TINY: &str = r#"
+kind = "clip-image"
+onnx = "model.onnx"
+[input]
+name = "pixel_values"
+size = 224
+[output]
+name = "image_embeds"
+"#;
+
+    #[test]
+    fn reads_defaults_and_refuses_text_descriptors() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(DESCRIPTOR_FILE), TINY).unwrap();
+        let d = ImageDescriptor::read_dir(dir.path()).unwrap();
+        assert_eq!(d.input.resize, Resize::ShortestSide);
+        assert_eq!(d.input.mean, CLIP_MEAN);
+        assert!(!d.output.normalize);
+        std::fs::write(
+            dir.path().join(DESCRIPTOR_FILE),
+            "onnx = \"model.onnx\"\nmax_length = 77\n",
+        )
+        .unwrap();
+        let e = ImageDescriptor::read_dir(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not an image-encoder descriptor"), "{e}");
+        std::fs::write(
+            dir.path().join(DESCRIPTOR_FILE),
+            TINY.replace("size = 224", "size = 224\nstd = [0.2, 0.0, 0.3]"),
+        )
+        .unwrap();
+        let e = ImageDescriptor::read_dir(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("std must be positive"), "{e}");
+    }
+}

@@ -1,0 +1,211 @@
+//! The online teacher of `tagfix train --teacher online` (feature `embed`): CLIP image features of
+//! each sample's *augmented* view (the same crop and flip as the model's input, rendered at the
+//! image tower's resolution) and CLIP text embeddings of its caption, computed through ONNX Runtime
+//! in the data loader, ahead of the training step.
+//!
+//! Caption embeddings depend only on (record, caption), so each is computed once and kept
+//! (`cache_text`); image features change with every augmentation and are always computed.
+
+use super::descriptor::ImageDescriptor;
+use super::file::TEACHER_DIM;
+use super::image_encoder::ImageEncoder;
+use super::{pre_caption, CaptionChoice, OnlineTeacherConfig, RAM_CAPTION_WORDS};
+use crate::annotations::records::RecordSet;
+use crate::embed::descriptor::{resolve_model_dir, Device, ModelDescriptor};
+use crate::embed::encoder::{l2_normalize, EncoderOptions, TextEncoder};
+use crate::error::{Error, Result};
+use crate::imaging::{eval_transform, render_view, View};
+use image::RgbImage;
+use indicatif::ProgressBar;
+use std::sync::{Mutex, OnceLock};
+
+/// Image and text towers plus the captions of every record.
+pub struct OnlineTeacher {
+    image: Mutex<ImageEncoder>,
+    text: Mutex<TextEncoder>,
+    /// The image tower's descriptor (input size and normalisation), readable without the lock.
+    pub image_descriptor: ImageDescriptor,
+    /// Cleaned captions (`pre_caption`), all records, flat; record r owns `offsets[r]..offsets[r+1]`.
+    captions: Vec<String>,
+    offsets: Vec<usize>,
+    cache: Vec<OnceLock<Box<[f32]>>>,
+    pub config: OnlineTeacherConfig,
+    /// One line for the log: models, providers, caption rule.
+    pub summary: String,
+}
+
+impl std::fmt::Debug for OnlineTeacher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnlineTeacher")
+            .field("summary", &self.summary)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OnlineTeacher {
+    /// Loads both towers on the CPU and takes the records' captions (they must have been read with
+    /// captions; every record needs at least one).
+    pub fn load(config: &OnlineTeacherConfig, records: &mut RecordSet) -> Result<Self> {
+        let opts = EncoderOptions {
+            device: Device::Cpu,
+            threads: (config.threads > 0).then_some(config.threads),
+            batch_size: config.batch_size.max(1),
+            ort_lib: None,
+        };
+        let image_descriptor = ImageDescriptor::resolve(&config.image_model)?;
+        let image = ImageEncoder::load(image_descriptor.clone(), &opts)?;
+        if image.dim != TEACHER_DIM {
+            return Err(Error::invalid(
+                image.descriptor.onnx_path(),
+                format!(
+                    "the image encoder gives {}-d features; the distillation target is {TEACHER_DIM}-d",
+                    image.dim
+                ),
+            ));
+        }
+        let text_dir = resolve_model_dir(&config.text_model)?;
+        let text = TextEncoder::load(ModelDescriptor::read_dir(&text_dir)?, &opts)?;
+        if let Some(d) = text.dim.filter(|d| *d != TEACHER_DIM) {
+            return Err(Error::invalid(
+                text.descriptor.onnx_path(),
+                format!("the text encoder gives {d}-d vectors; the alignment queries are {TEACHER_DIM}-d"),
+            ));
+        }
+        if config.caption == CaptionChoice::Mean {
+            return Err(Error::Usage(
+                "online_teacher.caption: `mean` is for teacher files; online takes `random` (RAM) or `first`"
+                    .into(),
+            ));
+        }
+        let mut captions = Vec::new();
+        let mut offsets = Vec::with_capacity(records.records.len() + 1);
+        offsets.push(0);
+        for r in &mut records.records {
+            if r.captions.is_empty() {
+                return Err(Error::Other(format!(
+                    "{} ({}): no caption for the online text teacher",
+                    records
+                        .files
+                        .get(r.origin.0)
+                        .map(|f| f.display().to_string())
+                        .unwrap_or_default(),
+                    r.image_path
+                )));
+            }
+            captions.extend(
+                std::mem::take(&mut r.captions)
+                    .iter()
+                    .map(|c| pre_caption(c, RAM_CAPTION_WORDS)),
+            );
+            offsets.push(captions.len());
+        }
+        let summary = format!(
+            "online teacher: image {} ({}, {}), text {} ({}); caption {}{}",
+            image.descriptor.display_name(),
+            image.provider,
+            image.descriptor.preprocessing_description(),
+            text.descriptor.display_name(),
+            text.provider,
+            config.caption,
+            if config.cache_text {
+                ", caption embeddings cached"
+            } else {
+                ""
+            }
+        );
+        Ok(OnlineTeacher {
+            cache: (0..captions.len()).map(|_| OnceLock::new()).collect(),
+            image: Mutex::new(image),
+            text: Mutex::new(text),
+            image_descriptor,
+            captions,
+            offsets,
+            config: config.clone(),
+            summary,
+        })
+    }
+
+    /// Values per rendered teacher image (`3·S·S`).
+    pub fn pixels_per_image(&self) -> usize {
+        let s = self.image_descriptor.input.size as usize;
+        3 * s * s
+    }
+
+    /// Renders the teacher's input for one image: the augmentation `view` at the tower's resolution
+    /// and normalisation, or (`None`) the tower's evaluation transform, as `tagfix teacher` does.
+    pub fn render(&self, img: &RgbImage, view: Option<&View>, out: &mut [f32]) {
+        let input = &self.image_descriptor.input;
+        match view {
+            Some(v) => render_view(img, v, input.size, &input.mean, &input.std, out),
+            None => eval_transform(img, input, out),
+        }
+    }
+
+    /// Image features `[n, 512]` of `n` rendered inputs.
+    pub fn image_features(&self, pixels: &[f32]) -> Result<Vec<f32>> {
+        self.image
+            .lock()
+            .expect("image encoder lock")
+            .encode(pixels)
+    }
+
+    /// Number of captions of record `record`.
+    pub fn caption_count(&self, record: usize) -> usize {
+        self.offsets[record + 1] - self.offsets[record]
+    }
+
+    /// The cleaned caption `caption` of record `record`.
+    pub fn caption(&self, record: usize, caption: usize) -> &str {
+        &self.captions[self.offsets[record] + caption]
+    }
+
+    /// Text features `[n, 512]` (L2-normalised) of `(record, caption index)` pairs; captions already
+    /// embedded come from the cache, the others are embedded in one batch.
+    pub fn text_features(&self, picks: &[(usize, usize)]) -> Result<Vec<f32>> {
+        let flat: Vec<usize> = picks
+            .iter()
+            .map(|&(r, c)| {
+                assert!(c < self.caption_count(r), "caption index in range");
+                self.offsets[r] + c
+            })
+            .collect();
+        let mut missing: Vec<usize> = flat
+            .iter()
+            .copied()
+            .filter(|&i| !self.config.cache_text || self.cache[i].get().is_none())
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        let mut fresh = std::collections::HashMap::new();
+        if !missing.is_empty() {
+            let texts: Vec<&str> = missing.iter().map(|&i| self.captions[i].as_str()).collect();
+            let (vectors, dim) = self
+                .text
+                .lock()
+                .expect("text encoder lock")
+                .encode(&texts, &ProgressBar::hidden())?;
+            if dim != TEACHER_DIM {
+                return Err(Error::Other(format!(
+                    "the text encoder gave {dim}-d vectors; the alignment queries are {TEACHER_DIM}-d"
+                )));
+            }
+            for (k, &i) in missing.iter().enumerate() {
+                let mut v = vectors[k * dim..(k + 1) * dim].to_vec();
+                l2_normalize(&mut v);
+                if self.config.cache_text {
+                    let _ = self.cache[i].set(v.into_boxed_slice());
+                } else {
+                    fresh.insert(i, v);
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(flat.len() * TEACHER_DIM);
+        for i in flat {
+            match self.cache[i].get() {
+                Some(v) => out.extend_from_slice(v),
+                None => out.extend_from_slice(&fresh[&i]),
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,279 @@
+//! `tagfix teacher` and the ONNX CLIP image tower on the generated fixtures (models/clip-tiny-vision,
+//! models/clip-tiny): the image tower equals the generator's numpy forward, the teacher file holds
+//! exactly what the two towers give for each record (read back by the training reader), and bad
+//! inputs fail with exit 2, a message naming file and record, and no output.
+#![cfg(feature = "embed")]
+
+mod embed_common;
+
+use assert_cmd::Command;
+use embed_common::model_dir_for_test;
+use indicatif::ProgressBar;
+use std::path::{Path, PathBuf};
+use tagfix::embed::encoder::{l2_normalize, EncoderOptions, TextEncoder};
+use tagfix::embed::ModelDescriptor;
+use tagfix::imaging::{decode, eval_transform};
+use tagfix::teacher::image_encoder::ImageEncoder;
+use tagfix::teacher::{pre_caption, ImageDescriptor, TeacherFeatures, TEACHER_DIM};
+
+fn towers(test: &str) -> Option<(PathBuf, PathBuf)> {
+    Some((
+        model_dir_for_test("clip-tiny-vision", test)?,
+        model_dir_for_test("clip-tiny", test)?,
+    ))
+}
+
+fn opts() -> EncoderOptions {
+    EncoderOptions {
+        threads: Some(1),
+        batch_size: 2,
+        ..Default::default()
+    }
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn image_tower_matches_numpy_forward() {
+    let Some((vision, _)) = towers("image_tower_matches_numpy_forward") else {
+        return;
+    };
+    let mut enc = ImageEncoder::load(ImageDescriptor::read_dir(&vision).unwrap(), &opts()).unwrap();
+    assert_eq!((enc.dim, enc.size()), (512, 224));
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(vision.join("expected.json")).unwrap())
+            .unwrap();
+    // pixel_values[b, c, y, x] = sin(0.05·(x+1)·(c+1) + 0.031·y·(b+1)) · 1.5, as the generator.
+    let s = 224usize;
+    let mut pixels = vec![0f32; 2 * 3 * s * s];
+    for b in 0..2 {
+        for c in 0..3 {
+            for y in 0..s {
+                for x in 0..s {
+                    let v = (0.05 * (x as f64 + 1.0) * (c as f64 + 1.0)
+                        + 0.031 * y as f64 * (b as f64 + 1.0))
+                        .sin()
+                        * 1.5;
+                    pixels[((b * 3 + c) * s + y) * s + x] = v as f32;
+                }
+            }
+        }
+    }
+    let got = enc.encode(&pixels).unwrap();
+    let want: Vec<f32> = expected["image_embeds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+        })
+        .collect();
+    let err = max_abs_diff(&got, &want);
+    let scale = want.iter().map(|v| v.abs()).fold(0.0, f32::max);
+    assert!(
+        err < 1e-4 * scale.max(1.0),
+        "max |ONNX − numpy| = {err} (scale {scale})"
+    );
+    // Batching does not change a row: image 1 alone equals row 1 of the pair.
+    let alone = enc.encode(&pixels[3 * s * s..]).unwrap();
+    assert!(max_abs_diff(&alone, &got[512..]) < 1e-5);
+}
+
+/// Three images of different shapes and their annotations (captions with RAM-style punctuation).
+fn dataset(dir: &Path) -> (PathBuf, PathBuf) {
+    let images = dir.join("images");
+    std::fs::create_dir_all(images.join("sub")).unwrap();
+    let pattern = |w: u32, h: u32, k: u32| {
+        image::RgbImage::from_fn(w, h, move |x, y| {
+            image::Rgb([
+                ((x * 7 + y * k) % 256) as u8,
+                ((x * k + 3 * y) % 256) as u8,
+                ((x + y) * 5 % 256) as u8,
+            ])
+        })
+    };
+    pattern(300, 200, 3).save(images.join("wide.png")).unwrap();
+    pattern(224, 224, 5)
+        .save(images.join("sub/square.png"))
+        .unwrap();
+    pattern(150, 260, 9).save(images.join("tall.jpg")).unwrap();
+    let data = dir.join("train.json");
+    std::fs::write(
+        &data,
+        r#"[
+ {"image_path": "wide.png", "caption": ["A red Car, parked.", "a car"], "union_label_id": [1], "parse_label_id": [[1], [1]]},
+ {"image_path": "sub/square.png", "caption": ["Two dogs (playing)!"], "union_label_id": [2], "parse_label_id": [[2]]},
+ {"image_path": "tall.jpg", "caption": ["a tall building"], "union_label_id": [0], "parse_label_id": [[0]]}
+]"#,
+    )
+    .unwrap();
+    (data, images)
+}
+
+fn teacher_cmd(data: &Path, images: &Path, vision: &Path, text: &Path, out: &Path) -> Command {
+    let mut cmd = Command::cargo_bin("tagfix").unwrap();
+    cmd.args(["--quiet", "teacher", "--data"])
+        .arg(data)
+        .arg("--images")
+        .arg(images)
+        .arg("--image-model")
+        .arg(vision)
+        .arg("--text-model")
+        .arg(text)
+        .arg("--out")
+        .arg(out)
+        .args(["--threads", "1", "--batch-size", "2"]);
+    cmd
+}
+
+#[test]
+fn teacher_file_holds_what_the_towers_give() {
+    let Some((vision, text_dir)) = towers("teacher_file_holds_what_the_towers_give") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, images) = dataset(tmp.path());
+    let out = tmp.path().join("teacher.safetensors");
+    let output = teacher_cmd(&data, &images, &vision, &text_dir, &out)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("3 records"), "{stdout}");
+
+    let t = TeacherFeatures::read(&out).unwrap();
+    assert_eq!(t.keys(), vec!["wide.png", "sub/square.png", "tall.jpg"]);
+    for key in [
+        "tagfix.teacher.image_model_sha256",
+        "tagfix.teacher.text_model_sha256",
+        "tagfix.teacher.image_preprocessing",
+        "tagfix.teacher.caption",
+        "tagfix.generator",
+    ] {
+        assert!(t.metadata.contains_key(key), "missing {key}");
+    }
+    assert!(t.metadata["tagfix.teacher.image_preprocessing"].contains("centre crop 224"));
+
+    // Image rows: the descriptor's evaluation transform, then the tower.
+    let desc = ImageDescriptor::read_dir(&vision).unwrap();
+    let mut enc = ImageEncoder::load(desc.clone(), &opts()).unwrap();
+    for (row, name) in ["wide.png", "sub/square.png", "tall.jpg"]
+        .iter()
+        .enumerate()
+    {
+        let img = decode(&images.join(name)).unwrap();
+        let mut px = vec![0f32; 3 * 224 * 224];
+        eval_transform(&img, &desc.input, &mut px);
+        let want = enc.encode(&px).unwrap();
+        let err = max_abs_diff(t.image_row(row), &want);
+        assert!(err < 1e-5, "{name}: |file − tower| = {err}");
+    }
+    // The square 224 image is fed unchanged: its row is the tower on its raw normalised pixels.
+    let sq = decode(&images.join("sub/square.png")).unwrap();
+    let mut raw = vec![0f32; 3 * 224 * 224];
+    tagfix::imaging::normalize_chw(&sq, &desc.input.mean, &desc.input.std, &mut raw);
+    assert!(max_abs_diff(t.image_row(1), &enc.encode(&raw).unwrap()) < 1e-5);
+    // Different images, different features.
+    assert!(max_abs_diff(t.image_row(0), t.image_row(2)) > 1e-3);
+
+    // Text rows: pre_caption of caption[0], the CLIP text tower, L2-normalised.
+    let mut text =
+        TextEncoder::load(ModelDescriptor::read_dir(&text_dir).unwrap(), &opts()).unwrap();
+    let captions = [
+        "A red Car, parked.",
+        "Two dogs (playing)!",
+        "a tall building",
+    ];
+    let cleaned: Vec<String> = captions.iter().map(|c| pre_caption(c, 30)).collect();
+    assert_eq!(cleaned[0], "a red car, parked");
+    let refs: Vec<&str> = cleaned.iter().map(String::as_str).collect();
+    let (vectors, dim) = text.encode(&refs, &ProgressBar::hidden()).unwrap();
+    assert_eq!(dim, TEACHER_DIM);
+    for row in 0..3 {
+        let mut want = vectors[row * dim..(row + 1) * dim].to_vec();
+        l2_normalize(&mut want);
+        let err = max_abs_diff(t.text_row(row), &want);
+        assert!(err < 1e-5, "caption {row}: {err}");
+    }
+
+    // --caption mean: record 0 averages its two captions, so its row changes; the others do not.
+    let mean_out = tmp.path().join("mean.safetensors");
+    teacher_cmd(&data, &images, &vision, &text_dir, &mean_out)
+        .args(["--caption", "mean"])
+        .assert()
+        .success();
+    let m = TeacherFeatures::read(&mean_out).unwrap();
+    assert!(max_abs_diff(m.text_row(0), t.text_row(0)) > 1e-3);
+    assert!(max_abs_diff(m.text_row(1), t.text_row(1)) < 1e-6);
+    assert_eq!(m.image_row(2), t.image_row(2));
+}
+
+#[test]
+fn bad_inputs_fail_with_exit_2_and_no_output() {
+    let Some((vision, text_dir)) = towers("bad_inputs_fail_with_exit_2_and_no_output") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, images) = dataset(tmp.path());
+    let out = tmp.path().join("t.safetensors");
+    let fails = |data: &Path, vision: &Path, needle: &str| {
+        let o = teacher_cmd(data, &images, vision, &text_dir, &out)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(2), "{needle}: {err}");
+        assert!(err.contains(needle), "expected `{needle}` in: {err}");
+        assert!(!out.exists(), "no output after a failure");
+    };
+    let write = |name: &str, text: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    // A missing image: the path and the record are named.
+    let missing = write(
+        "missing.jsonl",
+        "{\"image_path\":\"wide.png\",\"caption\":[\"x\"]}\n{\"image_path\":\"nope.png\",\"caption\":[\"y\"]}\n",
+    );
+    fails(&missing, &vision, "nope.png");
+    fails(&missing, &vision, "missing.jsonl record 2");
+    // A record without a caption.
+    let nocap = write(
+        "nocap.jsonl",
+        "{\"image_path\":\"wide.png\",\"caption\":[]}\n",
+    );
+    fails(&nocap, &vision, "record 1 (wide.png): no caption");
+    // The same image twice: the file is keyed by image_path.
+    let dup = write(
+        "dup.jsonl",
+        "{\"image_path\":\"wide.png\",\"caption\":[\"x\"]}\n{\"image_path\":\"wide.png\",\"caption\":[\"y\"]}\n",
+    );
+    fails(&dup, &vision, "appears twice");
+    // A text tower given as the image tower.
+    fails(&data, &text_dir, "not an image-encoder descriptor");
+    // A descriptor whose input size does not match the model.
+    let bad = tmp.path().join("bad-vision");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::copy(vision.join("model.onnx"), bad.join("model.onnx")).unwrap();
+    std::fs::write(
+        bad.join("descriptor.toml"),
+        std::fs::read_to_string(vision.join("descriptor.toml"))
+            .unwrap()
+            .replace("size = 224", "size = 256"),
+    )
+    .unwrap();
+    fails(&data, &bad, "input.size = 256");
+}

@@ -1,0 +1,288 @@
+//! The online teacher (`tagfix train --teacher online`) on the synthetic set with the generated CLIP
+//! towers (models/clip-tiny-vision, models/clip-tiny): for an un-augmented image it gives exactly the
+//! row `tagfix teacher` writes; in the loader it sees each sample's own augmented view; a short run
+//! with it lowers the distillation loss; conflicting teacher settings are refused.
+#![cfg(feature = "train")]
+
+mod embed_common;
+
+use assert_cmd::Command;
+use embed_common::model_dir_for_test;
+use indicatif::ProgressBar;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tagfix::annotations::records::{ReadOptions, RecordSet};
+use tagfix::embed::encoder::{EncoderOptions, TextEncoder};
+use tagfix::embed::ModelDescriptor;
+use tagfix::imaging::decode;
+use tagfix::teacher::image_encoder::ImageEncoder;
+use tagfix::teacher::produce::{produce, TeacherRequest};
+use tagfix::teacher::{CaptionChoice, ImageDescriptor, OnlineTeacherConfig, TeacherFeatures};
+use tagfix::train::config::TrainConfig;
+use tagfix::train::data::synth::{generate, SynthDataset, SynthOptions};
+use tagfix::train::data::{Augment, Loader, LoaderConfig, TeacherSource, TrainData};
+use tagfix::train::run::{prepare, train, TrainInputs};
+
+static TORCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn towers(test: &str) -> Option<(PathBuf, PathBuf)> {
+    Some((
+        model_dir_for_test("clip-tiny-vision", test)?,
+        model_dir_for_test("clip-tiny", test)?,
+    ))
+}
+
+fn dataset(dir: &Path, count: usize) -> SynthDataset {
+    generate(
+        &SynthOptions {
+            count,
+            size: 64,
+            seed: 5,
+            descriptions: 3,
+        },
+        dir,
+    )
+    .unwrap()
+}
+
+fn online_config(vision: &Path, text: &Path, caption: CaptionChoice) -> OnlineTeacherConfig {
+    OnlineTeacherConfig {
+        caption,
+        ..OnlineTeacherConfig::new(vision.display().to_string(), text.display().to_string())
+    }
+}
+
+/// The teacher file of the synthetic set, as `tagfix teacher` computes it (first caption).
+fn teacher_file(ds: &SynthDataset, vision: &Path, text: &Path, out: &Path) -> TeacherFeatures {
+    let opts = EncoderOptions {
+        threads: Some(1),
+        batch_size: 8,
+        ..Default::default()
+    };
+    let records = RecordSet::read_with(
+        std::slice::from_ref(&ds.annotations),
+        ReadOptions {
+            num_slots: None,
+            captions: true,
+        },
+    )
+    .unwrap();
+    let mut image = ImageEncoder::load(ImageDescriptor::read_dir(vision).unwrap(), &opts).unwrap();
+    let mut text = TextEncoder::load(ModelDescriptor::read_dir(text).unwrap(), &opts).unwrap();
+    let req = TeacherRequest {
+        records: &records,
+        image_root: &ds.image_root,
+        caption: CaptionChoice::First,
+        max_words: 30,
+        image_batch: 8,
+    };
+    let o = produce(
+        &mut text,
+        &mut image,
+        &req,
+        &ProgressBar::hidden(),
+        &ProgressBar::hidden(),
+    )
+    .unwrap();
+    TeacherFeatures::write_with_metadata(out, &o.keys, &o.image, &o.text, o.metadata).unwrap();
+    TeacherFeatures::read(out).unwrap()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn online_features_equal_the_file_and_follow_the_augmentation() {
+    let Some((vision, text)) = towers("online_features_equal_the_file_and_follow_the_augmentation")
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path(), 16);
+    let file = teacher_file(&ds, &vision, &text, &tmp.path().join("teacher.safetensors"));
+    let cfg = online_config(&vision, &text, CaptionChoice::First);
+    let data = Arc::new(
+        TrainData::open_with(
+            std::slice::from_ref(&ds.annotations),
+            &ds.image_root,
+            ds.vocabulary_len,
+            TeacherSource::Online(&cfg),
+        )
+        .unwrap(),
+    );
+    let t = data.online_teacher.as_ref().unwrap();
+    let per = t.pixels_per_image();
+
+    // Un-augmented: the online path gives the file's rows.
+    for (i, r) in data.records.records.iter().enumerate() {
+        let img = decode(&data.image_path(r)).unwrap();
+        let mut px = vec![0f32; per];
+        t.render(&img, None, &mut px);
+        let online = t.image_features(&px).unwrap();
+        let row = file.row_of(&r.image_path).unwrap();
+        let err = max_abs_diff(&online, file.image_row(row));
+        assert!(
+            err <= 1e-5,
+            "{}: image |online − file| = {err}",
+            r.image_path
+        );
+        let text_online = t.text_features(&[(i, 0)]).unwrap();
+        let err = max_abs_diff(&text_online, file.text_row(row));
+        assert!(
+            err <= 1e-5,
+            "{}: text |online − file| = {err}",
+            r.image_path
+        );
+    }
+
+    // In the loader: each sample's feature is the tower on the sample's own augmented view.
+    let loader_cfg = LoaderConfig {
+        micro_batch: 4,
+        batch: 8,
+        augment: Augment::ram(64),
+        seed: 2,
+        workers: 2,
+        prefetch: 2,
+    };
+    let mut loader = Loader::start(data.clone(), loader_cfg, 0, 1).unwrap();
+    let mb = loader.next_batch().unwrap().unwrap();
+    let clip = mb.clip_feature.as_ref().unwrap();
+    let texts = mb.text_embed.as_ref().unwrap();
+    let mut differs_from_file = 0;
+    for (k, &idx) in mb.indices.iter().enumerate() {
+        let r = &data.records.records[idx];
+        let img = decode(&data.image_path(r)).unwrap();
+        let mut px = vec![0f32; per];
+        t.render(&img, Some(&mb.views[k]), &mut px);
+        let want = t.image_features(&px).unwrap();
+        let got = &clip[k * 512..(k + 1) * 512];
+        assert!(max_abs_diff(got, &want) <= 1e-5, "sample {k}");
+        let row = file.row_of(&r.image_path).unwrap();
+        if max_abs_diff(got, file.image_row(row)) > 1e-3 {
+            differs_from_file += 1;
+        }
+        assert!(max_abs_diff(&texts[k * 512..(k + 1) * 512], file.text_row(row)) <= 1e-5);
+    }
+    assert!(
+        differs_from_file >= 3,
+        "augmented views give other features than the un-augmented file ({differs_from_file} of 4)"
+    );
+}
+
+fn small_config(steps: u64) -> TrainConfig {
+    TrainConfig {
+        model: Some("tiny".into()),
+        batch_size: 8,
+        micro_batch_size: Some(4),
+        init_lr: 2e-3,
+        min_lr: 2e-3,
+        warmup_lr: 1e-4,
+        warmup_steps: 5,
+        max_steps: Some(steps),
+        workers: 1,
+        threads: 1,
+        prefetch: 4,
+        checkpoint_every: 0,
+        keep_checkpoints: 1,
+        seed: 3,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn short_run_with_online_teacher_lowers_distillation() {
+    let Some((vision, text)) = towers("short_run_with_online_teacher_lowers_distillation") else {
+        return;
+    };
+    let _guard = TORCH.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path(), 32);
+    let mut cfg = small_config(40);
+    cfg.online_teacher = Some(online_config(&vision, &text, CaptionChoice::Random));
+    let inputs = TrainInputs {
+        data: vec![ds.annotations.clone()],
+        images: ds.image_root.clone(),
+        manifest: ds.manifest.clone(),
+        label_embed: ds.label_embed.clone(),
+        teacher: None,
+        init: Vec::new(),
+        vocab: None,
+        allow_random_encoder: true,
+    };
+    let out = tmp.path().join("run");
+    let summary = train(prepare(&cfg, &inputs).unwrap(), &out, false).unwrap();
+    let (early, late) = (summary.early["dis"], summary.late["dis"]);
+    eprintln!(
+        "online teacher: dis {early:.4} → {late:.4}, align {:.4} → {:.4}",
+        summary.early["align"], summary.late["align"]
+    );
+    assert!(
+        late < 0.7 * early,
+        "distillation did not fall: {early} → {late}"
+    );
+    assert!(summary.late["align"].is_finite());
+    // The resolved configuration keeps the online teacher, so --resume finds it again.
+    let saved = TrainConfig::load(&out.join("config.toml")).unwrap().config;
+    assert_eq!(saved.online_teacher, cfg.online_teacher);
+
+    // A teacher file and the online teacher at once is refused before any step.
+    let both = TrainInputs {
+        teacher: Some(ds.teacher.clone()),
+        ..inputs
+    };
+    let e = prepare(&cfg, &both).err().unwrap().to_string();
+    assert!(e.contains("choose one"), "{e}");
+}
+
+#[test]
+fn cli_teacher_flags_are_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path(), 8);
+    let base = |extra: &[&str]| {
+        let mut c = Command::cargo_bin("tagfix").unwrap();
+        c.args(["--quiet", "train", "--model", "tiny", "--data"])
+            .arg(&ds.annotations)
+            .arg("--images")
+            .arg(&ds.image_root)
+            .arg("--manifest")
+            .arg(&ds.manifest)
+            .arg("--label-embed")
+            .arg(&ds.label_embed)
+            .args([
+                "--allow-random-encoder",
+                "--max-steps",
+                "1",
+                "--batch-size",
+                "4",
+                "--out",
+            ])
+            .arg(tmp.path().join("run"))
+            .args(extra);
+        c.output().unwrap()
+    };
+    let o = base(&["--teacher", "online"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--teacher-image-model"));
+    let o = base(&["--teacher-image-model", "x"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("are for --teacher online"));
+    let o = base(&[
+        "--teacher",
+        "online",
+        "--teacher-image-model",
+        "clip-tiny",
+        "--teacher-text-model",
+        "clip-tiny",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not an image-encoder descriptor"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
