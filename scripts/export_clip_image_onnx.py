@@ -25,26 +25,11 @@ installed the script checks the ONNX output against PyTorch.
 """
 
 import argparse
-import json
 import os
+import sys
 
-DESCRIPTOR = """# CLIP image tower exported by scripts/export_clip_image_onnx.py ({source}).
-kind = "clip-image"
-name = "CLIP image tower ({source})"
-onnx = "model.onnx"
-
-[input]
-name = "pixel_values"
-size = {size}
-resize = "shortest-side"
-mean = {mean}
-std = {std}
-
-[output]
-name = "image_embeds"
-normalize = false
-"""
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from clip_tiny_common import image_descriptor  # noqa: E402 (the descriptor template the fixture uses too)
 
 def open_clip_tower(args):
     import open_clip
@@ -118,7 +103,8 @@ def main():
             opset_version=args.opset,
         )
     with open(os.path.join(args.out, "descriptor.toml"), "w") as f:
-        f.write(DESCRIPTOR.format(source=source, size=size, mean=json.dumps(mean), std=json.dumps(std)))
+        header = f"# CLIP image tower exported by scripts/export_clip_image_onnx.py ({source})."
+        f.write(image_descriptor(header, f"CLIP image tower ({source})", size, mean, std))
     try:
         import onnxruntime as ort
     except ImportError:

@@ -26,7 +26,9 @@ import sys
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
+
+from clip_tiny_common import Graph, layer_norm, resblock_numpy, resblock_weights
 
 VOCAB = 49408
 CONTEXT = 77
@@ -44,19 +46,7 @@ def weights(rng):
         "positional_embedding": rng.normal(0, 0.01, (CONTEXT, WIDTH)),
     }
     for i in range(LAYERS):
-        p = f"transformer.resblocks.{i}."
-        w[p + "ln_1.weight"] = 1 + rng.normal(0, 0.1, WIDTH)
-        w[p + "ln_1.bias"] = rng.normal(0, 0.1, WIDTH)
-        w[p + "attn.in_proj_weight"] = rng.normal(0, WIDTH**-0.5, (3 * WIDTH, WIDTH))
-        w[p + "attn.in_proj_bias"] = rng.normal(0, 0.02, 3 * WIDTH)
-        w[p + "attn.out_proj.weight"] = rng.normal(0, WIDTH**-0.5, (WIDTH, WIDTH))
-        w[p + "attn.out_proj.bias"] = rng.normal(0, 0.02, WIDTH)
-        w[p + "ln_2.weight"] = 1 + rng.normal(0, 0.1, WIDTH)
-        w[p + "ln_2.bias"] = rng.normal(0, 0.1, WIDTH)
-        w[p + "mlp.c_fc.weight"] = rng.normal(0, WIDTH**-0.5, (4 * WIDTH, WIDTH))
-        w[p + "mlp.c_fc.bias"] = rng.normal(0, 0.02, 4 * WIDTH)
-        w[p + "mlp.c_proj.weight"] = rng.normal(0, (4 * WIDTH) ** -0.5, (WIDTH, 4 * WIDTH))
-        w[p + "mlp.c_proj.bias"] = rng.normal(0, 0.02, WIDTH)
+        resblock_weights(rng, w, f"transformer.resblocks.{i}.", WIDTH)
     w["ln_final.weight"] = 1 + rng.normal(0, 0.1, WIDTH)
     w["ln_final.bias"] = rng.normal(0, 0.1, WIDTH)
     w["text_projection"] = rng.normal(0, WIDTH**-0.5, (WIDTH, EMBED))
@@ -70,34 +60,11 @@ def causal_mask(n):
 
 
 # ---------------------------------------------------------------- numpy forward (the reference semantics)
-def layer_norm(x, g, b, eps=1e-5):
-    mu = x.mean(-1, keepdims=True)
-    var = ((x - mu) ** 2).mean(-1, keepdims=True)
-    return (x - mu) / np.sqrt(var + eps) * g + b
-
-
 def forward_numpy(w, ids):
     b, s = ids.shape
     x = w["token_embedding.weight"][ids] + w["positional_embedding"][:s]
-    mask = causal_mask(s)
-    dh = WIDTH // HEADS
     for i in range(LAYERS):
-        p = f"transformer.resblocks.{i}."
-        h = layer_norm(x, w[p + "ln_1.weight"], w[p + "ln_1.bias"])
-        qkv = h @ w[p + "attn.in_proj_weight"].T + w[p + "attn.in_proj_bias"]
-        q, k, v = np.split(qkv, 3, axis=-1)
-        split = lambda t: t.reshape(b, s, HEADS, dh).transpose(0, 2, 1, 3)
-        q, k, v = split(q), split(k), split(v)
-        scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(dh) + mask
-        scores = scores - scores.max(-1, keepdims=True)
-        att = np.exp(scores)
-        att = att / att.sum(-1, keepdims=True)
-        ctx = (att @ v).transpose(0, 2, 1, 3).reshape(b, s, WIDTH)
-        x = x + ctx @ w[p + "attn.out_proj.weight"].T + w[p + "attn.out_proj.bias"]
-        h = layer_norm(x, w[p + "ln_2.weight"], w[p + "ln_2.bias"])
-        h = h @ w[p + "mlp.c_fc.weight"].T + w[p + "mlp.c_fc.bias"]
-        h = h * (1 / (1 + np.exp(-1.702 * h)))
-        x = x + h @ w[p + "mlp.c_proj.weight"].T + w[p + "mlp.c_proj.bias"]
+        x = resblock_numpy(w, f"transformer.resblocks.{i}.", x, HEADS, causal_mask(s))
     x = layer_norm(x, w["ln_final.weight"], w["ln_final.bias"])
     pooled = x[np.arange(b), ids.argmax(-1)]
     return pooled @ w["text_projection"]
@@ -105,86 +72,35 @@ def forward_numpy(w, ids):
 
 # ---------------------------------------------------------------- ONNX graph
 def build_graph(w):
-    nodes, inits = [], []
+    g = Graph()
+    g.weights(w)
+    g.const("causal_mask", causal_mask(CONTEXT))
+    i1 = g.const("i64_1", np.array([1], np.int64))
+    i2 = g.const("i64_2", np.array([2], np.int64))
+    z1 = g.const("i64_0", np.array([0], np.int64))
+    z2 = g.const("i64_00", np.array([0, 0], np.int64))
+    axes01 = g.const("axes_01", np.array([0, 1], np.int64))
+    g.block_constants(WIDTH, HEADS)
 
-    def const(name, array):
-        inits.append(numpy_helper.from_array(np.asarray(array), name))
-        return name
-
-    def node(op, inputs, output, **attrs):
-        nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
-        return output
-
-    for k, v in w.items():
-        if k.endswith("in_proj_weight") or k.endswith(".weight") and ("proj" in k or "c_fc" in k):
-            const(k + ".T", v.T.copy())  # MatMul wants [in, out]
-        const(k, v)
-    const("causal_mask", causal_mask(CONTEXT))
-    i1 = const("i64_1", np.array([1], np.int64))
-    i2 = const("i64_2", np.array([2], np.int64))
-    z1 = const("i64_0", np.array([0], np.int64))
-    z2 = const("i64_00", np.array([0, 0], np.int64))
-    axes01 = const("axes_01", np.array([0, 1], np.int64))
-    scale = const("attn_scale", np.array(1 / np.sqrt(WIDTH // HEADS), np.float32))
-    quick = const("quick_gelu", np.array(1.702, np.float32))
-    heads_shape = const("heads_shape", np.array([0, 0, HEADS, WIDTH // HEADS], np.int64))
-    merge_shape = const("merge_shape", np.array([0, 0, WIDTH], np.int64))
-
-    shape = node("Shape", ["input_ids"], "ids_shape")
-    seq = node("Slice", [shape, i1, i2], "seq_len")  # [S]
-    seq2 = node("Concat", [seq, seq], "seq_len_2", axis=0)  # [S, S]
-    pos = node("Slice", ["positional_embedding", z1, seq, z1], "pos_sliced")
-    mask = node("Slice", ["causal_mask", z2, seq2, axes01], "mask_sliced")
-    tok = node("Gather", ["token_embedding.weight", "input_ids"], "tok_emb", axis=0)
-    x = node("Add", [tok, pos], "x0")
-
-    def linear(inp, prefix, out):
-        mm = node("MatMul", [inp, prefix + ".weight.T"], out + "_mm")
-        return node("Add", [mm, prefix + ".bias"], out)
-
+    shape = g.node("Shape", ["input_ids"], "ids_shape")
+    seq = g.node("Slice", [shape, i1, i2], "seq_len")  # [S]
+    seq2 = g.node("Concat", [seq, seq], "seq_len_2", axis=0)  # [S, S]
+    pos = g.node("Slice", ["positional_embedding", z1, seq, z1], "pos_sliced")
+    mask = g.node("Slice", ["causal_mask", z2, seq2, axes01], "mask_sliced")
+    tok = g.node("Gather", ["token_embedding.weight", "input_ids"], "tok_emb", axis=0)
+    x = g.node("Add", [tok, pos], "x0")
     for i in range(LAYERS):
-        p = f"transformer.resblocks.{i}."
-        h = node("LayerNormalization", [x, p + "ln_1.weight", p + "ln_1.bias"], p + "ln_1", axis=-1, epsilon=1e-5)
-        qkv = node("MatMul", [h, p + "attn.in_proj_weight.T"], p + "qkv_mm")
-        qkv = node("Add", [qkv, p + "attn.in_proj_bias"], p + "qkv")
-        nodes.append(helper.make_node("Split", [qkv], [p + "q", p + "k", p + "v"], name=p + "split", axis=-1, num_outputs=3))
-        heads = {}
-        for t in "qkv":
-            r = node("Reshape", [p + t, heads_shape], p + t + "_heads")
-            perm = [0, 2, 3, 1] if t == "k" else [0, 2, 1, 3]
-            heads[t] = node("Transpose", [r], p + t + "_t", perm=perm)
-        s = node("MatMul", [heads["q"], heads["k"]], p + "scores_raw")
-        s = node("Mul", [s, scale], p + "scores_scaled")
-        s = node("Add", [s, mask], p + "scores")
-        a = node("Softmax", [s], p + "attn_probs", axis=-1)
-        c = node("MatMul", [a, heads["v"]], p + "ctx_heads")
-        c = node("Transpose", [c], p + "ctx_t", perm=[0, 2, 1, 3])
-        c = node("Reshape", [c, merge_shape], p + "ctx")
-        o = linear(c, p + "attn.out_proj", p + "attn_out")
-        x = node("Add", [x, o], p + "x_attn")
-        h = node("LayerNormalization", [x, p + "ln_2.weight", p + "ln_2.bias"], p + "ln_2", axis=-1, epsilon=1e-5)
-        h = linear(h, p + "mlp.c_fc", p + "fc")
-        g = node("Mul", [h, quick], p + "gelu_in")
-        g = node("Sigmoid", [g], p + "gelu_sig")
-        h = node("Mul", [h, g], p + "gelu")
-        h = linear(h, p + "mlp.c_proj", p + "mlp_out")
-        x = node("Add", [x, h], p + "x_mlp")
-    x = node("LayerNormalization", [x, "ln_final.weight", "ln_final.bias"], "ln_final", axis=-1, epsilon=1e-5)
-    eot = node("ArgMax", ["input_ids"], "eot_index", axis=-1, keepdims=1)  # [B, 1]
-    pooled = node("GatherND", [x, eot], "pooled", batch_dims=1)  # [B, W]
-    node("MatMul", [pooled, "text_projection"], "text_embeds")
-
-    graph = helper.make_graph(
-        nodes,
+        x = g.resblock(x, f"transformer.resblocks.{i}.", mask)
+    x = g.layer_norm(x, "ln_final.", "ln_final")
+    eot = g.node("ArgMax", ["input_ids"], "eot_index", axis=-1, keepdims=1)  # [B, 1]
+    pooled = g.node("GatherND", [x, eot], "pooled", batch_dims=1)  # [B, W]
+    g.node("MatMul", [pooled, "text_projection"], "text_embeds")
+    return g.model(
         "clip_text_tiny",
         [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])],
         [helper.make_tensor_value_info("text_embeds", TensorProto.FLOAT, ["batch", EMBED])],
-        inits,
+        "tagfix gen_clip_tiny.py",
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="tagfix gen_clip_tiny.py")
-    model.ir_version = 9
-    onnx.checker.check_model(model)
-    return model
 
 
 DESCRIPTOR = """# Random-weight CLIP text tower with the real CLIP vocabulary: a TEST FIXTURE, not a model.

@@ -28,7 +28,9 @@ import sys
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
+
+from clip_tiny_common import Graph, image_descriptor, layer_norm, resblock_numpy, resblock_weights
 
 SIZE = 224
 PATCH = 32
@@ -51,19 +53,7 @@ def weights(rng):
         "ln_pre.bias": rng.normal(0, 0.1, WIDTH),
     }
     for i in range(LAYERS):
-        p = f"transformer.resblocks.{i}."
-        w[p + "ln_1.weight"] = 1 + rng.normal(0, 0.1, WIDTH)
-        w[p + "ln_1.bias"] = rng.normal(0, 0.1, WIDTH)
-        w[p + "attn.in_proj_weight"] = rng.normal(0, WIDTH**-0.5, (3 * WIDTH, WIDTH))
-        w[p + "attn.in_proj_bias"] = rng.normal(0, 0.02, 3 * WIDTH)
-        w[p + "attn.out_proj.weight"] = rng.normal(0, WIDTH**-0.5, (WIDTH, WIDTH))
-        w[p + "attn.out_proj.bias"] = rng.normal(0, 0.02, WIDTH)
-        w[p + "ln_2.weight"] = 1 + rng.normal(0, 0.1, WIDTH)
-        w[p + "ln_2.bias"] = rng.normal(0, 0.1, WIDTH)
-        w[p + "mlp.c_fc.weight"] = rng.normal(0, WIDTH**-0.5, (4 * WIDTH, WIDTH))
-        w[p + "mlp.c_fc.bias"] = rng.normal(0, 0.02, 4 * WIDTH)
-        w[p + "mlp.c_proj.weight"] = rng.normal(0, (4 * WIDTH) ** -0.5, (WIDTH, 4 * WIDTH))
-        w[p + "mlp.c_proj.bias"] = rng.normal(0, 0.02, WIDTH)
+        resblock_weights(rng, w, f"transformer.resblocks.{i}.", WIDTH)
     w["ln_post.weight"] = 1 + rng.normal(0, 0.1, WIDTH)
     w["ln_post.bias"] = rng.normal(0, 0.1, WIDTH)
     w["proj"] = rng.normal(0, WIDTH**-0.5, (WIDTH, EMBED))
@@ -77,12 +67,6 @@ def sample_pixels(batch):
 
 
 # ---------------------------------------------------------------- numpy forward (the reference semantics)
-def layer_norm(x, g, b, eps=1e-5):
-    mu = x.mean(-1, keepdims=True)
-    var = ((x - mu) ** 2).mean(-1, keepdims=True)
-    return (x - mu) / np.sqrt(var + eps) * g + b
-
-
 def forward_numpy(w, pixels):
     b = pixels.shape[0]
     # conv1 with kernel = stride = PATCH is a matmul over non-overlapping patches.
@@ -91,131 +75,45 @@ def forward_numpy(w, pixels):
     cls = np.broadcast_to(w["class_embedding"], (b, 1, WIDTH))
     x = np.concatenate([cls, x], axis=1) + w["positional_embedding"]
     x = layer_norm(x, w["ln_pre.weight"], w["ln_pre.bias"])
-    s = x.shape[1]
-    dh = WIDTH // HEADS
     for i in range(LAYERS):
-        p = f"transformer.resblocks.{i}."
-        h = layer_norm(x, w[p + "ln_1.weight"], w[p + "ln_1.bias"])
-        qkv = h @ w[p + "attn.in_proj_weight"].T + w[p + "attn.in_proj_bias"]
-        q, k, v = np.split(qkv, 3, axis=-1)
-        split = lambda t: t.reshape(b, s, HEADS, dh).transpose(0, 2, 1, 3)
-        q, k, v = split(q), split(k), split(v)
-        scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(dh)
-        scores = scores - scores.max(-1, keepdims=True)
-        att = np.exp(scores)
-        att = att / att.sum(-1, keepdims=True)
-        ctx = (att @ v).transpose(0, 2, 1, 3).reshape(b, s, WIDTH)
-        x = x + ctx @ w[p + "attn.out_proj.weight"].T + w[p + "attn.out_proj.bias"]
-        h = layer_norm(x, w[p + "ln_2.weight"], w[p + "ln_2.bias"])
-        h = h @ w[p + "mlp.c_fc.weight"].T + w[p + "mlp.c_fc.bias"]
-        h = h * (1 / (1 + np.exp(-1.702 * h)))
-        x = x + h @ w[p + "mlp.c_proj.weight"].T + w[p + "mlp.c_proj.bias"]
+        x = resblock_numpy(w, f"transformer.resblocks.{i}.", x, HEADS)
     pooled = layer_norm(x[:, 0], w["ln_post.weight"], w["ln_post.bias"])
     return pooled @ w["proj"]
 
 
 # ---------------------------------------------------------------- ONNX graph
 def build_graph(w):
-    nodes, inits = [], []
+    g = Graph()
+    g.weights(w)
+    g.const("class_embedding_3d", w["class_embedding"].reshape(1, 1, WIDTH))
+    i0 = g.const("i64_0", np.array([0], np.int64))
+    i1 = g.const("i64_1", np.array([1], np.int64))
+    tail = g.const("cls_tail", np.array([1, WIDTH], np.int64))
+    flat_shape = g.const("flat_shape", np.array([0, WIDTH, GRID * GRID], np.int64))
+    g.block_constants(WIDTH, HEADS)
 
-    def const(name, array):
-        inits.append(numpy_helper.from_array(np.asarray(array), name))
-        return name
-
-    def node(op, inputs, output, **attrs):
-        nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
-        return output
-
-    for k, v in w.items():
-        if k.endswith("in_proj_weight") or k.endswith(".weight") and ("proj" in k or "c_fc" in k):
-            const(k + ".T", v.T.copy())  # MatMul wants [in, out]
-        const(k, v)
-    const("class_embedding_3d", w["class_embedding"].reshape(1, 1, WIDTH))
-    i0 = const("i64_0", np.array([0], np.int64))
-    i1 = const("i64_1", np.array([1], np.int64))
-    tail = const("cls_tail", np.array([1, WIDTH], np.int64))
-    scale = const("attn_scale", np.array(1 / np.sqrt(WIDTH // HEADS), np.float32))
-    quick = const("quick_gelu", np.array(1.702, np.float32))
-    heads_shape = const("heads_shape", np.array([0, 0, HEADS, WIDTH // HEADS], np.int64))
-    merge_shape = const("merge_shape", np.array([0, 0, WIDTH], np.int64))
-    flat_shape = const("flat_shape", np.array([0, WIDTH, GRID * GRID], np.int64))
-
-    x = node("Conv", ["pixel_values", "conv1.weight"], "conv1", kernel_shape=[PATCH, PATCH], strides=[PATCH, PATCH])
-    x = node("Reshape", [x, flat_shape], "patches_flat")  # [B, W, G*G]
-    x = node("Transpose", [x], "patches", perm=[0, 2, 1])  # [B, G*G, W]
-    shape = node("Shape", ["pixel_values"], "pixel_shape")
-    batch = node("Slice", [shape, i0, i1], "batch")  # [B]
-    cls_shape = node("Concat", [batch, tail], "cls_shape", axis=0)  # [B, 1, W]
-    cls = node("Expand", ["class_embedding_3d", cls_shape], "cls_tokens")
-    x = node("Concat", [cls, x], "tokens", axis=1)
-    x = node("Add", [x, "positional_embedding"], "x_pos")
-    x = node("LayerNormalization", [x, "ln_pre.weight", "ln_pre.bias"], "ln_pre", axis=-1, epsilon=1e-5)
-
-    def linear(inp, prefix, out):
-        mm = node("MatMul", [inp, prefix + ".weight.T"], out + "_mm")
-        return node("Add", [mm, prefix + ".bias"], out)
-
+    x = g.node("Conv", ["pixel_values", "conv1.weight"], "conv1", kernel_shape=[PATCH, PATCH], strides=[PATCH, PATCH])
+    x = g.node("Reshape", [x, flat_shape], "patches_flat")  # [B, W, G*G]
+    x = g.node("Transpose", [x], "patches", perm=[0, 2, 1])  # [B, G*G, W]
+    shape = g.node("Shape", ["pixel_values"], "pixel_shape")
+    batch = g.node("Slice", [shape, i0, i1], "batch")  # [B]
+    cls_shape = g.node("Concat", [batch, tail], "cls_shape", axis=0)  # [B, 1, W]
+    cls = g.node("Expand", ["class_embedding_3d", cls_shape], "cls_tokens")
+    x = g.node("Concat", [cls, x], "tokens", axis=1)
+    x = g.node("Add", [x, "positional_embedding"], "x_pos")
+    x = g.layer_norm(x, "ln_pre.", "ln_pre")
     for i in range(LAYERS):
-        p = f"transformer.resblocks.{i}."
-        h = node("LayerNormalization", [x, p + "ln_1.weight", p + "ln_1.bias"], p + "ln_1", axis=-1, epsilon=1e-5)
-        qkv = node("MatMul", [h, p + "attn.in_proj_weight.T"], p + "qkv_mm")
-        qkv = node("Add", [qkv, p + "attn.in_proj_bias"], p + "qkv")
-        nodes.append(helper.make_node("Split", [qkv], [p + "q", p + "k", p + "v"], name=p + "split", axis=-1, num_outputs=3))
-        heads = {}
-        for t in "qkv":
-            r = node("Reshape", [p + t, heads_shape], p + t + "_heads")
-            perm = [0, 2, 3, 1] if t == "k" else [0, 2, 1, 3]
-            heads[t] = node("Transpose", [r], p + t + "_t", perm=perm)
-        s = node("MatMul", [heads["q"], heads["k"]], p + "scores_raw")
-        s = node("Mul", [s, scale], p + "scores")
-        a = node("Softmax", [s], p + "attn_probs", axis=-1)
-        c = node("MatMul", [a, heads["v"]], p + "ctx_heads")
-        c = node("Transpose", [c], p + "ctx_t", perm=[0, 2, 1, 3])
-        c = node("Reshape", [c, merge_shape], p + "ctx")
-        o = linear(c, p + "attn.out_proj", p + "attn_out")
-        x = node("Add", [x, o], p + "x_attn")
-        h = node("LayerNormalization", [x, p + "ln_2.weight", p + "ln_2.bias"], p + "ln_2", axis=-1, epsilon=1e-5)
-        h = linear(h, p + "mlp.c_fc", p + "fc")
-        g = node("Mul", [h, quick], p + "gelu_in")
-        g = node("Sigmoid", [g], p + "gelu_sig")
-        h = node("Mul", [h, g], p + "gelu")
-        h = linear(h, p + "mlp.c_proj", p + "mlp_out")
-        x = node("Add", [x, h], p + "x_mlp")
-    cls_out = node("Gather", [x, "i64_0"], "cls_out", axis=1)  # [B, 1, W]
-    cls_out = node("Squeeze", [cls_out, "i64_1"], "cls_squeezed")  # [B, W]
-    pooled = node("LayerNormalization", [cls_out, "ln_post.weight", "ln_post.bias"], "ln_post", axis=-1, epsilon=1e-5)
-    node("MatMul", [pooled, "proj"], "image_embeds")
-
-    graph = helper.make_graph(
-        nodes,
+        x = g.resblock(x, f"transformer.resblocks.{i}.")
+    cls_out = g.node("Gather", [x, i0], "cls_out", axis=1)  # [B, 1, W]
+    cls_out = g.node("Squeeze", [cls_out, i1], "cls_squeezed")  # [B, W]
+    pooled = g.layer_norm(cls_out, "ln_post.", "ln_post")
+    g.node("MatMul", [pooled, "proj"], "image_embeds")
+    return g.model(
         "clip_vision_tiny",
         [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["batch", 3, SIZE, SIZE])],
         [helper.make_tensor_value_info("image_embeds", TensorProto.FLOAT, ["batch", EMBED])],
-        inits,
+        "tagfix gen_clip_tiny_vision.py",
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="tagfix gen_clip_tiny_vision.py")
-    model.ir_version = 9
-    onnx.checker.check_model(model)
-    return model
-
-
-DESCRIPTOR = """# Random-weight tiny CLIP ViT image tower: a TEST FIXTURE, not a model.
-# Generated by scripts/gen_clip_tiny_vision.py (patch {patch}, width {width}, {layers} layer, {heads} heads, seed {seed}).
-kind = "clip-image"
-name = "clip-tiny-vision (random weights, test fixture)"
-onnx = "model.onnx"
-
-[input]
-name = "pixel_values"
-size = {size}
-resize = "shortest-side"
-mean = {mean}
-std = {std}
-
-[output]
-name = "image_embeds"
-normalize = false
-"""
 
 
 def main():
@@ -238,12 +136,11 @@ def main():
     path = os.path.join(args.out, "model.onnx")
     onnx.save(model, path)
     with open(os.path.join(args.out, "descriptor.toml"), "w") as f:
-        f.write(
-            DESCRIPTOR.format(
-                patch=PATCH, width=WIDTH, layers=LAYERS, heads=HEADS, seed=SEED, size=SIZE,
-                mean=json.dumps(CLIP_MEAN), std=json.dumps(CLIP_STD),
-            )
+        header = (
+            "# Random-weight tiny CLIP ViT image tower: a TEST FIXTURE, not a model.\n"
+            f"# Generated by scripts/gen_clip_tiny_vision.py (patch {PATCH}, width {WIDTH}, {LAYERS} layer, {HEADS} heads, seed {SEED})."
         )
+        f.write(image_descriptor(header, "clip-tiny-vision (random weights, test fixture)", SIZE, CLIP_MEAN, CLIP_STD))
     with open(os.path.join(args.out, "expected.json"), "w") as f:
         json.dump(
             {

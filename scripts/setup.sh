@@ -43,7 +43,7 @@ fi
 # Test fixture: a random-weight CLIP text tower with the real vocabulary (models/clip-tiny), generated
 # deterministically with the `onnx` package (no torch) in its own venv.
 freq="scripts/requirements-fixtures.txt"
-fstamp=".venv-fixtures/.tagfix-setup-$(cat "$freq" scripts/gen_clip_tiny.py | sha256sum | cut -c1-16)"
+fstamp=".venv-fixtures/.tagfix-setup-$(cat "$freq" scripts/gen_clip_tiny.py scripts/clip_tiny_common.py | sha256sum | cut -c1-16)"
 if [ ! -f "$fstamp" ] || [ ! -f models/clip-tiny/model.onnx ]; then
   echo "setup: generating the CLIP test fixture models/clip-tiny (onnx + numpy into .venv-fixtures)" >&2
   [ -x .venv-fixtures/bin/python ] || "$py" -m venv .venv-fixtures
@@ -54,7 +54,7 @@ if [ ! -f "$fstamp" ] || [ ! -f models/clip-tiny/model.onnx ]; then
   touch "$fstamp"
 fi
 # Test fixture: a random-weight tiny CLIP ViT image tower (models/clip-tiny-vision), same venv, own stamp.
-vstamp=".venv-fixtures/.tagfix-vision-$(cat "$freq" scripts/gen_clip_tiny_vision.py | sha256sum | cut -c1-16)"
+vstamp=".venv-fixtures/.tagfix-vision-$(cat "$freq" scripts/gen_clip_tiny_vision.py scripts/clip_tiny_common.py | sha256sum | cut -c1-16)"
 if [ ! -f "$vstamp" ] || [ ! -f models/clip-tiny-vision/model.onnx ]; then
   echo "setup: generating the CLIP image-tower test fixture models/clip-tiny-vision" >&2
   .venv-fixtures/bin/python scripts/gen_clip_tiny_vision.py --out models/clip-tiny-vision

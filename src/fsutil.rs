@@ -11,16 +11,7 @@ pub fn write_atomic<F>(path: &Path, write: F) -> Result<()>
 where
     F: FnOnce(&mut dyn Write) -> std::io::Result<()>,
 {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    if !dir.is_dir() {
-        return Err(Error::invalid(
-            path,
-            format!("output directory {} does not exist", dir.display()),
-        ));
-    }
+    let dir = check_output_dir(path)?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".tagfix-")
         .suffix(".tmp")
@@ -42,6 +33,22 @@ where
     }
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())
+}
+
+/// The folder an output file goes to, which must exist (checked before long work, so a typo in
+/// `--out` fails at once).
+pub fn check_output_dir(path: &Path) -> Result<PathBuf> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        return Err(Error::invalid(
+            path,
+            format!("output directory {} does not exist", dir.display()),
+        ));
+    }
+    Ok(dir)
 }
 
 /// Writes bytes atomically (see [`write_atomic`]).

@@ -7,7 +7,7 @@
 mod embed_common;
 
 use assert_cmd::Command;
-use embed_common::model_dir_for_test;
+use embed_common::{max_abs_diff, model_dir_for_test};
 use indicatif::ProgressBar;
 use std::path::{Path, PathBuf};
 use tagfix::embed::encoder::{l2_normalize, EncoderOptions, TextEncoder};
@@ -29,14 +29,6 @@ fn opts() -> EncoderOptions {
         batch_size: 2,
         ..Default::default()
     }
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 #[test]

@@ -7,7 +7,7 @@
 mod embed_common;
 
 use assert_cmd::Command;
-use embed_common::model_dir_for_test;
+use embed_common::{max_abs_diff, model_dir_for_test};
 use indicatif::ProgressBar;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -86,14 +86,6 @@ fn teacher_file(ds: &SynthDataset, vision: &Path, text: &Path, out: &Path) -> Te
     .unwrap();
     TeacherFeatures::write_with_metadata(out, &o.keys, &o.image, &o.text, o.metadata).unwrap();
     TeacherFeatures::read(out).unwrap()
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 #[test]

@@ -206,15 +206,8 @@ pub struct EmbedArgs {
     /// bare tensor, as RAM's frozen_tag_embedding loads it). Written atomically.
     #[arg(long, value_name = "FILE")]
     pub out: std::path::PathBuf,
-    /// cpu, cuda or cuda:N. CUDA fails when its execution provider cannot run; never falls back to CPU.
-    #[arg(long, default_value = "cpu", value_parser = parse_device)]
-    pub device: tagfix::embed::Device,
-    /// Texts per inference batch (batches are length-sorted and padded to their longest text).
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
-    pub batch_size: u64,
-    /// ONNX Runtime intra-op threads (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub ort: OrtArgs,
     /// Also re-embed N present slots (seeded sample) or `all` into the `control` tensor, so `tagfix
     /// check` can calibrate how well regenerated rows match originals. Needs --base.
     #[arg(long, value_name = "N|all", value_parser = parse_control)]
@@ -222,9 +215,35 @@ pub struct EmbedArgs {
     /// Seed of the control sample.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+}
+
+/// How ONNX Runtime runs a model (`embed`, `teacher`).
+#[derive(Debug, Args)]
+pub struct OrtArgs {
+    /// cpu, cuda or cuda:N. CUDA fails when its execution provider cannot run; never falls back to CPU.
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    pub device: tagfix::embed::Device,
+    /// Texts (or images) per inference batch; texts are length-sorted and padded to their longest.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_size: u64,
+    /// ONNX Runtime intra-op threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// libonnxruntime to load (default: $ORT_DYLIB_PATH, else the setup's .deps/libonnxruntime.so).
     #[arg(long, value_name = "FILE")]
     pub ort_lib: Option<std::path::PathBuf>,
+}
+
+#[cfg(feature = "embed")]
+impl OrtArgs {
+    pub fn encoder_options(&self) -> tagfix::embed::encoder::EncoderOptions {
+        tagfix::embed::encoder::EncoderOptions {
+            device: self.device,
+            threads: self.threads,
+            batch_size: self.batch_size as usize,
+            ort_lib: self.ort_lib.clone(),
+        }
+    }
 }
 
 fn parse_device(s: &str) -> Result<tagfix::embed::Device, String> {
@@ -733,18 +752,8 @@ pub struct TeacherArgs {
     /// Output teacher file (.safetensors), written atomically.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
-    /// cpu, cuda or cuda:N. CUDA fails when its execution provider cannot run; never falls back to CPU.
-    #[arg(long, default_value = "cpu", value_parser = parse_device)]
-    pub device: tagfix::embed::Device,
-    /// Texts and images per inference batch.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
-    pub batch_size: u64,
-    /// ONNX Runtime intra-op threads (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// libonnxruntime to load (default: $ORT_DYLIB_PATH, else the setup's .deps/libonnxruntime.so).
-    #[arg(long, value_name = "FILE")]
-    pub ort_lib: Option<PathBuf>,
+    #[command(flatten)]
+    pub ort: OrtArgs,
 }
 
 #[derive(Debug, Args)]

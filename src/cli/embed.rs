@@ -15,7 +15,7 @@ pub fn run(args: EmbedArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     use anyhow::Context;
     use std::collections::BTreeSet;
     use tagfix::embed::descriptor::{resolve_model_dir, ModelDescriptor};
-    use tagfix::embed::encoder::{EncoderOptions, TextEncoder};
+    use tagfix::embed::encoder::TextEncoder;
     use tagfix::embed::output::check_output_path;
     use tagfix::embed::patch::check_base;
     use tagfix::embed::pipeline::{self, EmbedRequest};
@@ -42,17 +42,7 @@ pub fn run(args: EmbedArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
         None => Recipe::parse(&args.recipe)?,
     };
     check_output_path(&args.out, args.control.is_some())?;
-    if let Some(dir) = args
-        .out
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
-    {
-        return Err(Error::invalid(
-            &args.out,
-            format!("output directory {} does not exist", dir.display()),
-        )
-        .into());
-    }
+    tagfix::fsutil::check_output_dir(&args.out)?;
     let base = match &args.base {
         Some(p) => {
             let file = EmbeddingFile::read(p, args.tensor.as_deref())?;
@@ -116,12 +106,7 @@ pub fn run(args: EmbedArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
 
     let dir = resolve_model_dir(&args.model)?;
     let descriptor = ModelDescriptor::read_dir(&dir)?;
-    let options = EncoderOptions {
-        device: args.device,
-        threads: args.threads,
-        batch_size: args.batch_size as usize,
-        ort_lib: args.ort_lib.clone(),
-    };
+    let options = args.ort.encoder_options();
     let mut encoder = TextEncoder::load(descriptor, &options)?;
 
     let texts = ((regenerate.len() + control.len()) * recipe.texts_per_slot()) as u64;

@@ -16,7 +16,7 @@ pub fn run(args: TeacherArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
     use anyhow::Context;
     use tagfix::annotations::records::{ReadOptions, RecordSet};
     use tagfix::embed::descriptor::{resolve_model_dir, ModelDescriptor};
-    use tagfix::embed::encoder::{EncoderOptions, TextEncoder};
+    use tagfix::embed::encoder::TextEncoder;
     use tagfix::teacher::image_encoder::ImageEncoder;
     use tagfix::teacher::produce::{produce, TeacherRequest};
     use tagfix::teacher::{ImageDescriptor, TeacherFeatures};
@@ -25,17 +25,7 @@ pub fn run(args: TeacherArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
     if !args.images.is_dir() {
         return Err(Error::invalid(&args.images, "image root is not a folder").into());
     }
-    if let Some(dir) = args
-        .out
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
-    {
-        return Err(Error::invalid(
-            &args.out,
-            format!("output directory {} does not exist", dir.display()),
-        )
-        .into());
-    }
+    tagfix::fsutil::check_output_dir(&args.out)?;
     let records = RecordSet::read_with(
         &args.data,
         ReadOptions {
@@ -43,12 +33,7 @@ pub fn run(args: TeacherArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
             captions: true,
         },
     )?;
-    let opts = EncoderOptions {
-        device: args.device,
-        threads: args.threads,
-        batch_size: args.batch_size as usize,
-        ort_lib: args.ort_lib.clone(),
-    };
+    let opts = args.ort.encoder_options();
     let mut image = ImageEncoder::load(ImageDescriptor::resolve(&args.image_model)?, &opts)
         .with_context(|| format!("loading the image tower `{}`", args.image_model))?;
     let text_dir = resolve_model_dir(&args.text_model)?;
@@ -59,7 +44,7 @@ pub fn run(args: TeacherArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
         image_root: &args.images,
         caption: args.caption.parse().map_err(anyhow::Error::msg)?,
         max_words: args.max_words,
-        image_batch: args.batch_size as usize,
+        image_batch: args.ort.batch_size as usize,
     };
     let text_bar = super::progress_bar(global, 0, false);
     let image_bar = super::progress_bar(global, 0, false);

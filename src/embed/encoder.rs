@@ -12,7 +12,7 @@ use indicatif::ProgressBar;
 use ort::environment::Environment;
 use ort::ep::{self, ExecutionProvider};
 use ort::session::{Session, SessionInputValue};
-use ort::value::{Tensor, TensorElementType, ValueType};
+use ort::value::{Shape, Tensor, TensorElementType, ValueType};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
@@ -348,6 +348,25 @@ pub fn l2_normalize(v: &mut [f32]) {
     v.iter_mut().for_each(|x| *x /= norm);
 }
 
+/// The shape of the model output `name`, which must exist and be a float32 tensor (the message
+/// says what is wrong otherwise).
+pub(crate) fn float_output<'s>(
+    session: &'s Session,
+    name: &str,
+) -> std::result::Result<&'s Shape, String> {
+    let Some(output) = session.outputs().iter().find(|o| o.name() == name) else {
+        let names: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+        return Err(format!(
+            "the descriptor names output `{name}`, but the model's outputs are {names:?}"
+        ));
+    };
+    match output.dtype() {
+        ValueType::Tensor { ty, shape, .. } if *ty == TensorElementType::Float32 => Ok(shape),
+        ValueType::Tensor { ty, .. } => Err(format!("output `{name}` is {ty:?}, expected float32")),
+        _ => Err(format!("output `{name}` is not a tensor")),
+    }
+}
+
 /// Checks the session's inputs and output against the descriptor. Returns the output width (when
 /// static) and whether the sequence axis is dynamic.
 fn check_model(session: &Session, d: &ModelDescriptor) -> Result<(Option<usize>, bool)> {
@@ -418,25 +437,7 @@ fn check_model(session: &Session, d: &ModelDescriptor) -> Result<(Option<usize>,
             )));
         }
     }
-    let Some(output) = session.outputs().iter().find(|o| o.name() == d.output.name) else {
-        let names: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
-        return Err(mismatch(format!(
-            "the descriptor names output `{}`, but the model's outputs are {names:?}",
-            d.output.name
-        )));
-    };
-    let ValueType::Tensor { ty, shape, .. } = output.dtype() else {
-        return Err(mismatch(format!(
-            "output `{}` is not a tensor",
-            d.output.name
-        )));
-    };
-    if *ty != TensorElementType::Float32 {
-        return Err(mismatch(format!(
-            "output `{}` is {ty:?}, expected float32",
-            d.output.name
-        )));
-    }
+    let shape = float_output(session, &d.output.name).map_err(mismatch)?;
     let rank = match d.output.pooling {
         Pooling::Pooled => 2,
         Pooling::Mean | Pooling::Cls => 3,

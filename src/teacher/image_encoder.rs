@@ -2,8 +2,9 @@
 //! and turns preprocessed `[n, 3, S, S]` pixels into `[n, dim]` features, in batches.
 
 use super::descriptor::ImageDescriptor;
+use super::file::TEACHER_DIM;
 use crate::embed::descriptor::DESCRIPTOR_FILE;
-use crate::embed::encoder::{build_session, l2_normalize, ort_error, EncoderOptions};
+use crate::embed::encoder::{build_session, float_output, l2_normalize, ort_error, EncoderOptions};
 use crate::error::{Error, Result};
 use crate::fsutil::sha256_file;
 use ort::session::Session;
@@ -46,6 +47,20 @@ impl ImageEncoder {
             batch_size: opts.batch_size.max(1),
             descriptor,
         })
+    }
+
+    /// Refuses a tower whose features are not the teacher width (512, CLIP ViT-B's joint space).
+    pub fn check_teacher_dim(&self) -> Result<()> {
+        if self.dim != TEACHER_DIM {
+            return Err(Error::invalid(
+                self.descriptor.onnx_path(),
+                format!(
+                    "the image encoder gives {}-d features; teacher features are {TEACHER_DIM}-d (CLIP ViT-B)",
+                    self.dim
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Input side in pixels.
@@ -143,22 +158,10 @@ fn check_model(session: &Session, d: &ImageDescriptor) -> Result<usize> {
             d.input.name, d.input.size
         )));
     }
-    let Some(output) = session.outputs().iter().find(|o| o.name() == d.output.name) else {
-        let names: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+    let shape = float_output(session, &d.output.name).map_err(mismatch)?;
+    if shape.len() != 2 || shape[1] <= 0 {
         return Err(mismatch(format!(
-            "the descriptor names output `{}`, but the model's outputs are {names:?}",
-            d.output.name
-        )));
-    };
-    let ValueType::Tensor { ty, shape, .. } = output.dtype() else {
-        return Err(mismatch(format!(
-            "output `{}` is not a tensor",
-            d.output.name
-        )));
-    };
-    if *ty != TensorElementType::Float32 || shape.len() != 2 || shape[1] <= 0 {
-        return Err(mismatch(format!(
-            "output `{}` is {ty:?} {shape}; expected float32 [batch, dim] with a fixed dim",
+            "output `{}` has shape {shape}; expected [batch, dim] with a fixed dim",
             d.output.name
         )));
     }

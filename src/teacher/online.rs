@@ -54,15 +54,7 @@ impl OnlineTeacher {
         };
         let image_descriptor = ImageDescriptor::resolve(&config.image_model)?;
         let image = ImageEncoder::load(image_descriptor.clone(), &opts)?;
-        if image.dim != TEACHER_DIM {
-            return Err(Error::invalid(
-                image.descriptor.onnx_path(),
-                format!(
-                    "the image encoder gives {}-d features; the distillation target is {TEACHER_DIM}-d",
-                    image.dim
-                ),
-            ));
-        }
+        image.check_teacher_dim()?;
         let text_dir = resolve_model_dir(&config.text_model)?;
         let text = TextEncoder::load(ModelDescriptor::read_dir(&text_dir)?, &opts)?;
         if let Some(d) = text.dim.filter(|d| *d != TEACHER_DIM) {

@@ -130,15 +130,7 @@ pub fn image_features(
     req: &TeacherRequest<'_>,
     progress: &ProgressBar,
 ) -> Result<Vec<f32>> {
-    if image.dim != TEACHER_DIM {
-        return Err(Error::invalid(
-            image.descriptor.onnx_path(),
-            format!(
-                "the image encoder gives {}-d features; teacher features are {TEACHER_DIM}-d (CLIP ViT-B)",
-                image.dim
-            ),
-        ));
-    }
+    image.check_teacher_dim()?;
     let per = image.pixels_per_image();
     let input = image.descriptor.input.clone();
     let records = &req.records.records;
