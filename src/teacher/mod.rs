@@ -116,6 +116,10 @@ pub struct OnlineTeacherConfig {
     pub image_model: String,
     /// Text-encoder directory or name (`clip`, a directory with `descriptor.toml`).
     pub text_model: String,
+    /// Where ONNX Runtime runs the towers: `cpu`, `cuda` or `cuda:N` (CUDA needs the onnxruntime-gpu
+    /// library; it fails rather than fall back to the CPU).
+    #[serde(default = "cpu")]
+    pub device: String,
     /// ONNX Runtime intra-op threads per encoder (0: all cores).
     #[serde(default = "one")]
     pub threads: usize,
@@ -130,6 +134,9 @@ pub struct OnlineTeacherConfig {
     pub cache_text: bool,
 }
 
+fn cpu() -> String {
+    "cpu".into()
+}
 fn one() -> usize {
     1
 }
@@ -149,6 +156,7 @@ impl OnlineTeacherConfig {
         OnlineTeacherConfig {
             image_model,
             text_model,
+            device: cpu(),
             threads: one(),
             batch_size: batch(),
             caption: random(),

@@ -43,11 +43,15 @@ impl std::fmt::Debug for OnlineTeacher {
 }
 
 impl OnlineTeacher {
-    /// Loads both towers on the CPU and takes the records' captions (they must have been read with
+    /// Loads both towers (on `config.device`) and takes the records' captions (they must have been read with
     /// captions; every record needs at least one).
     pub fn load(config: &OnlineTeacherConfig, records: &mut RecordSet) -> Result<Self> {
+        let device: Device = config
+            .device
+            .parse()
+            .map_err(|e| Error::Usage(format!("online_teacher.device: {e}")))?;
         let opts = EncoderOptions {
-            device: Device::Cpu,
+            device,
             threads: (config.threads > 0).then_some(config.threads),
             batch_size: config.batch_size.max(1),
             ort_lib: None,
