@@ -16,6 +16,7 @@ fn main() {
     match std::env::var("DEP_TCH_LIBTORCH_LIB") {
         Ok(lib) => {
             println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+            #[cfg(feature = "train")]
             build_autocast_shim(std::path::Path::new(&lib));
         }
         Err(_) => panic!(
@@ -37,7 +38,9 @@ fn main() {
 }
 
 /// Compiles `src/train/autocast.cpp`, the few lines of ATen that select the autocast dtype (bf16), which
-/// tch 0.24 does not expose. Headers come from the same libtorch that torch-sys links.
+/// tch 0.24 does not expose. Headers come from the same libtorch that torch-sys links. (`cc` is a
+/// build dependency of feature `train` only.)
+#[cfg(feature = "train")]
 fn build_autocast_shim(lib: &std::path::Path) {
     println!("cargo:rerun-if-changed=src/train/autocast.cpp");
     let root = lib.parent().expect("libtorch lib folder has a parent");
