@@ -39,6 +39,7 @@ fn dataset(dir: &Path, count: usize) -> SynthDataset {
             size: 64,
             seed: 5,
             descriptions: 3,
+            vocab: None,
         },
         dir,
     )
