@@ -1,55 +1,63 @@
 #!/usr/bin/env bash
-# Neighbour-search benchmark for `tagfix check` (docs/PERFORMANCE.md, section "check"):
-#  1. exact kNN (k=10), every row against every row, at the RAM size 4585 x 512;
-#  2. 100k x 512 (deterministic clustered set): HNSW build + query of all rows, recall@10 against
-#     exact search on QUERIES sampled rows, exact search on those rows;
-#  3. the Python baseline in the same run: numpy exact top-10 (matrix product + argpartition) of the
-#     same sampled rows over the same 100k rows, from a separate venv (numpy from PyPI).
-# Usage: scripts/bench-check.sh [ROWS] [QUERIES]
+# Neighbour-search benchmark for `tagfix check` (docs/PERFORMANCE.md, section "check"), tagfix and
+# the Python baseline (numpy exact top-k) on the same data in the same run:
+#  1. exact kNN (k=10), every row against every row, at the RAM size 4585 x 512 (REPEATS runs each);
+#  2. ROWS x 512: tagfix exact top-10 of QUERIES sampled rows (the recall truth), HNSW build + query of
+#     every row with recall@10 against exact on the sample, and numpy exact top-10 of the same sample.
+# Data: examples/bench_check.rs's deterministic clustered unit rows (clusters of ~20, spread 0.7).
+# numpy (pinned, scripts/requirements-bench-check.txt) is installed into .venv when missing.
+# Usage: scripts/bench-check.sh [ROWS=100000] [QUERIES=2000] [REPEATS=5] [M EF_CONSTRUCTION EF_SEARCH]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rows="${1:-100000}"
 queries="${2:-2000}"
+repeats="${3:-5}"
+hnsw=("${@:4}")
 dim=512
-work="${TMPDIR:-/tmp}/tagfix-bench-check"
-mkdir -p "$work"
+work="$(mktemp -d "${TMPDIR:-/tmp}/tagfix-bench-check.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
 
-cargo build --release --example bench_check --quiet
-bench=target/release/examples/bench_check
-
-echo "== exact kNN, RAM size (4585 x $dim, all rows as queries)"
-$bench 4585 $dim 4585 - | tee "$work/ram.json"
-
-echo "== HNSW vs exact, $rows x $dim ($queries sampled queries for recall and exact timing)"
-$bench "$rows" $dim "$queries" "$work/rows.npy" | tee "$work/large.json"
-
-venv="$work/venv"
-if [ ! -x "$venv/bin/python" ]; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "numpy==2.2.6"
+py=.venv/bin/python
+[ -x "$py" ] || python3 -m venv .venv
+if ! "$py" -c 'import numpy' 2>/dev/null; then
+  echo "bench: installing numpy (pinned) into .venv" >&2
+  .venv/bin/pip install --quiet --disable-pip-version-check --no-deps --require-hashes \
+    -r scripts/requirements-bench-check.txt
 fi
-echo "== numpy exact top-10 (same rows, same sampled queries)"
-OMP_NUM_THREADS="$(nproc)" "$venv/bin/python" - "$work/rows.npy" <<'PY'
-import json, sys, time
-import numpy as np
-path = sys.argv[1]
-x = np.load(path)
-q_ids = np.load(path + ".queries.npy").astype(np.int64)
-truth = np.load(path + ".truth.npy").astype(np.int64)
-x /= np.linalg.norm(x, axis=1, keepdims=True)
-k = 10
-t = time.perf_counter()
-out = np.empty((len(q_ids), k), dtype=np.int64)
-for s in range(0, len(q_ids), 256):
-    ids = q_ids[s:s + 256]
-    sims = x[ids] @ x.T
-    sims[np.arange(len(ids)), ids] = -np.inf          # exclude the row itself
-    part = np.argpartition(-sims, k, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(sims, part, axis=1), axis=1)
-    out[s:s + len(ids)] = np.take_along_axis(part, order, axis=1)
-dt = time.perf_counter() - t
-agree = np.mean([len(set(a) & set(b)) / k for a, b in zip(out, truth)])
-print(json.dumps({"numpy": np.__version__, "rows": x.shape[0], "dim": x.shape[1], "queries": len(q_ids),
-                  "exact_s": round(dt, 3), "exact_queries_per_s": round(len(q_ids) / dt, 1),
-                  "agreement_with_tagfix_exact": round(float(agree), 4)}))
+
+cargo build --release --no-default-features --example bench_check --quiet
+bench=target/release/examples/bench_check
+timing=(/usr/bin/time -f '  process: %e s wall, %U s user + %S s sys, peak RSS %M KB')
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/ {print $2}') GiB"
+echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src examples || echo ' (modified)'), $(date -u '+%F %T UTC')"
+
+echo "== 1. exact kNN k=10, 4585 x $dim, all rows as queries ($repeats runs; load: $(cut -d' ' -f1-3 /proc/loadavg))"
+"${timing[@]}" $bench ram 4585 $dim "$repeats" "$work/ram" | tee "$work/ram-tagfix.json"
+"${timing[@]}" "$py" scripts/bench/check_baseline.py "$work/ram" "$repeats" | tee "$work/ram-numpy.json"
+
+echo "== 2. $rows x $dim: HNSW build + query of every row, recall@10 vs exact on $queries sampled rows (load: $(cut -d' ' -f1-3 /proc/loadavg))"
+"${timing[@]}" $bench large "$rows" $dim "$queries" "$work/large" "${hnsw[@]}" | tee "$work/large-tagfix.json"
+"${timing[@]}" "$py" scripts/bench/check_baseline.py "$work/large" 1 | tee "$work/large-numpy.json"
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+"$py" - "$work" <<'PY'
+import json, sys
+w = sys.argv[1]
+ld = lambda n: json.load(open(f"{w}/{n}.json"))
+rt, rn, lt, ln = ld("ram-tagfix"), ld("ram-numpy"), ld("large-tagfix"), ld("large-numpy")
+h, e = lt["hnsw"], lt["exact"]
+print(f"\nexact k=10, {rt['rows']} x {rt['dim']} all-vs-all (median of {rt['repeats']}):")
+print(f"  tagfix {rt['exact_wall_s_median']:.3f} s wall ({rt['exact_cpu_s_median']:.3f} s CPU) | "
+      f"numpy {rn['wall_s_median']:.3f} s wall ({rn['cpu_s_median']:.3f} s CPU) | "
+      f"numpy/tagfix wall {rn['wall_s_median'] / rt['exact_wall_s_median']:.2f}x | agreement {rn['agreement_with_tagfix_exact']}")
+print(f"{lt['rows']} x {lt['dim']}, k=10:")
+print(f"  HNSW (M {h['m']}, ef_construction {h['ef_construction']}, ef_search {h['ef_search']}): build {h['build_wall_s']:.1f} s "
+      f"({h['build_cpu_s']:.1f} s CPU), query {h['queries']} rows {h['query_wall_s']:.1f} s ({h['query_cpu_s']:.1f} s CPU, "
+      f"{h['queries_per_s']:.0f}/s), recall@10 {h['recall_at_10']:.4f} on {h['recall_sample']} sampled rows")
+print(f"  exact, {e['queries']} sampled rows: tagfix {e['wall_s']:.2f} s ({e['queries_per_s']:.0f}/s) | "
+      f"numpy {ln['wall_s_median']:.2f} s ({ln['queries_per_s']:.0f}/s), agreement {ln['agreement_with_tagfix_exact']}")
+full = lt["rows"]
+print(f"  every row, extrapolated from the sample: tagfix exact {full / e['queries_per_s']:.0f} s, "
+      f"numpy exact {full / ln['queries_per_s']:.0f} s, HNSW build + query {h['build_wall_s'] + h['query_wall_s']:.0f} s")
 PY

@@ -17,6 +17,7 @@ use super::stats::{overlap_at, quantile, rank_in, Dist};
 use crate::error::{Error, Result};
 use crate::tensors::Layout;
 use crate::vocab::{Slot, Vocabulary};
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 /// A candidate row counts as "moved" when it matches another slot's baseline row at least this well
@@ -169,6 +170,23 @@ fn file_info(input: &EmbeddingInput) -> FileInfo {
 }
 
 /// Copies rows `ids` of a row-major matrix.
+/// Rows `ids` of the unit matrix `unit` as queries that skip their own row. When `ids` are all rows
+/// in order, `unit` itself is returned (no copy) with `SameIndex`, which exact search answers with the
+/// symmetric self-join (half the arithmetic).
+fn own_rows<'a>(
+    unit: &'a [f32],
+    dim: usize,
+    ids: &[usize],
+    excl: &'a [u32],
+) -> (Cow<'a, [f32]>, Exclude<'a>) {
+    let all = ids.len() * dim == unit.len() && ids.iter().enumerate().all(|(i, &r)| i == r);
+    if all {
+        (Cow::Borrowed(unit), Exclude::SameIndex)
+    } else {
+        (Cow::Owned(gather(unit, dim, ids)), Exclude::Given(excl))
+    }
+}
+
 fn gather(values: &[f32], dim: usize, ids: &[usize]) -> Vec<f32> {
     let mut out = Vec::with_capacity(ids.len() * dim);
     for &r in ids {
@@ -391,10 +409,10 @@ fn drift(
     let excl: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
     let base_index = Index::build(Rows::new(&bu, dim), &ctx.search);
     let cand_index = Index::build(Rows::new(&cu, dim), &ctx.search);
-    let qb = gather(&bu, dim, &rows);
-    let qc = gather(&cu, dim, &rows);
-    let (nb_base, sb) = base_index.search(Rows::new(&qb, dim), ctx.kmax(), Exclude::Given(&excl));
-    let (nb_cand, sc) = cand_index.search(Rows::new(&qc, dim), ctx.kmax(), Exclude::Given(&excl));
+    let (qb, qb_excl) = own_rows(&bu, dim, &rows, &excl);
+    let (qc, qc_excl) = own_rows(&cu, dim, &rows, &excl);
+    let (nb_base, sb) = base_index.search(Rows::new(&qb, dim), ctx.kmax(), qb_excl);
+    let (nb_cand, sc) = cand_index.search(Rows::new(&qc, dim), ctx.kmax(), qc_excl);
     let (moved, sm) = find_moved(&base_index, &qc, dim, &rows, &m.cosine);
 
     let (slots, disagreements) = aggregate(ctx, &rows, &m, &nb_base, &nb_cand, &moved);
@@ -560,9 +578,9 @@ fn consistency(
     let base_index = Index::build(Rows::new(&bu, dim), &ctx.search);
     let patched_index = Index::build(Rows::new(&pu, dim), &ctx.search);
     let excl: Vec<u32> = base_rows.iter().map(|&r| r as u32).collect();
-    let qb = gather(&bu, dim, &base_rows);
+    let (qb, qb_excl) = own_rows(&bu, dim, &base_rows, &excl);
     let qc = gather(&cu, dim, &ctrl_rows);
-    let (nb_base, sb) = base_index.search(Rows::new(&qb, dim), ctx.kmax(), Exclude::Given(&excl));
+    let (nb_base, sb) = base_index.search(Rows::new(&qb, dim), ctx.kmax(), qb_excl);
     let (nb_ctrl, sc) =
         patched_index.search(Rows::new(&qc, dim), ctx.kmax(), Exclude::Given(&excl));
     let (moved, sm) = find_moved(&base_index, &qc, dim, &base_rows, &m.cosine);

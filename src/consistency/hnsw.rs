@@ -100,3 +100,27 @@ impl HnswIndex {
         Neighbours { k, ids, sims }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::knn::{exact, intersection};
+    use super::super::synthetic::clustered;
+    use super::*;
+
+    #[test]
+    fn recall_against_exact_on_a_clustered_set() {
+        // 3000 unit rows in clusters of ~20 (the benchmark's generator, smaller): HNSW with the
+        // default parameters finds ≥ 95 % of the exact top-10, and never returns the query itself.
+        let (n, dim, k) = (3000, 32, 10);
+        let data = clustered(n, dim, 20, 0.7, 11);
+        let rows = Rows::new(&data, dim);
+        let truth = exact(rows, rows, k, Exclude::SameIndex);
+        let index = HnswIndex::build(rows, &HnswParams::default());
+        let got = index.search(rows, k, Exclude::SameIndex);
+        let hits: usize = (0..n).map(|q| intersection(truth.ids(q), got.ids(q))).sum();
+        let recall = hits as f64 / (n * k) as f64;
+        assert!(recall >= 0.95, "recall@10 {recall}");
+        assert!((0..n).all(|q| !got.ids(q).contains(&(q as u32))));
+        assert!((0..n).all(|q| got.sims(q).windows(2).all(|w| w[0] >= w[1])));
+    }
+}

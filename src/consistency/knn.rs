@@ -87,12 +87,20 @@ impl Neighbours {
     }
 }
 
-/// The best `k` (similarity, id) pairs seen so far, sorted descending.
+/// The best `k` (similarity, id) pairs seen so far, best first. "Better" is the higher similarity,
+/// then the lower id, a total order: the result does not depend on the order candidates arrive in
+/// (the parallel searches offer them in any order), even among exact ties such as duplicate rows.
 #[derive(Debug, Clone)]
 pub(crate) struct TopK {
     k: usize,
     pub(crate) sims: Vec<f32>,
     pub(crate) ids: Vec<u32>,
+}
+
+/// Whether (similarity `a`, id `ia`) ranks before (`b`, `ib`).
+#[inline]
+fn ranks_before(a: f32, ia: u32, b: f32, ib: u32) -> bool {
+    a > b || (a == b && ia < ib)
 }
 
 impl TopK {
@@ -104,6 +112,7 @@ impl TopK {
         }
     }
 
+    /// Similarity a candidate must reach to be considered (−∞ until the list is full).
     #[inline]
     fn floor(&self) -> f32 {
         if self.sims.len() < self.k {
@@ -113,14 +122,18 @@ impl TopK {
         }
     }
 
-    /// Offers one candidate. Ties keep the earlier (lower) id, so results are deterministic.
+    /// Offers one candidate.
     #[inline]
     pub(crate) fn push(&mut self, sim: f32, id: u32) {
-        if self.k == 0 || sim <= self.floor() {
+        if self.k == 0 {
+            return;
+        }
+        let full = self.sims.len() == self.k;
+        if full && !ranks_before(sim, id, self.sims[self.k - 1], self.ids[self.k - 1]) {
             return;
         }
         let mut pos = self.sims.len();
-        while pos > 0 && self.sims[pos - 1] < sim {
+        while pos > 0 && ranks_before(sim, id, self.sims[pos - 1], self.ids[pos - 1]) {
             pos -= 1;
         }
         self.sims.insert(pos, sim);
@@ -132,30 +145,88 @@ impl TopK {
     /// Offers a block of similarities for database ids `first..first + sims.len()`.
     #[inline]
     fn push_block(&mut self, sims: &[f32], first: usize, exclude: u32) {
+        let mut floor = self.floor();
         for (j, &s) in sims.iter().enumerate() {
-            if s > self.floor() {
+            // Nearly every similarity is below the floor: one compare, no other work.
+            if s >= floor {
                 let id = (first + j) as u32;
                 if id != exclude {
                     self.push(s, id);
+                    floor = self.floor();
                 }
             }
         }
     }
 }
 
-/// Queries per block (one rayon task) and database rows per matrix product.
-const QUERY_BLOCK: usize = 128;
+/// Database rows per matrix product (the similarity block of one task is `query block × DB_BLOCK`).
 const DB_BLOCK: usize = 1024;
+/// Bounds of the query block (rows per rayon task).
+const MIN_QUERY_BLOCK: usize = 64;
+const MAX_QUERY_BLOCK: usize = 1024;
+/// Rows per block of the self-join (every row against every row): one task is one block pair.
+const SELF_BLOCK: usize = 1024;
 
-/// Exact k nearest neighbours by cosine (dot product of unit rows): for each block of queries, the
-/// similarity block `Q · Dᵀ` is computed with a packed SGEMM and scanned into a top-k list.
+/// Queries per rayon task. The matrix product packs the whole database once per query block, so
+/// blocks are as large as possible (packing is then a few percent of the work) while still giving
+/// every thread two tasks to balance the load.
+fn query_block_rows(queries: usize) -> usize {
+    let tasks = 2 * rayon::current_num_threads().max(1);
+    queries
+        .div_ceil(tasks)
+        .next_multiple_of(16)
+        .clamp(MIN_QUERY_BLOCK, MAX_QUERY_BLOCK)
+}
+
+/// `out = a · bᵀ` for row-major `a` (`m × dim`) and `b` (`n × dim`), `out` row-major `m × n`, with
+/// `matrixmultiply`'s packed SGEMM (AVX-512/AVX2/FMA kernels chosen at run time).
+fn similarity_block(a: &[f32], b: &[f32], dim: usize, out: &mut [f32]) {
+    let (m, n) = (a.len() / dim, b.len() / dim);
+    assert!(a.len() == m * dim && b.len() == n * dim && out.len() >= m * n);
+    // SAFETY: A is m×dim (row stride dim, column stride 1), B = bᵀ is dim×n read from the n×dim
+    // block (row stride 1, column stride dim), C is m×n (row stride n); the asserts above make
+    // every slice long enough for these shapes.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            dim,
+            n,
+            1.0,
+            a.as_ptr(),
+            dim as isize,
+            1,
+            b.as_ptr(),
+            1,
+            dim as isize,
+            0.0,
+            out.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+    }
+}
+
+/// Exact k nearest neighbours by cosine (dot product of unit rows): the similarity blocks `Q · Dᵀ`
+/// are computed with a packed SGEMM, query blocks in parallel, and each row of a block is scanned
+/// into a top-k list (one compare per similarity; nothing is allocated per pair).
+///
+/// When `queries` is `db` itself (the same slice) and the exclusion is `SameIndex` or `Nothing`, the
+/// symmetric self-join computes each block pair once (half the arithmetic).
 pub fn exact(db: Rows<'_>, queries: Rows<'_>, k: usize, exclude: Exclude<'_>) -> Neighbours {
     assert_eq!(db.dim, queries.dim, "dimension mismatch");
+    if std::ptr::eq(db.data, queries.data) {
+        match exclude {
+            Exclude::SameIndex => return exact_self(db, k, true),
+            Exclude::Nothing => return exact_self(db, k, false),
+            Exclude::Given(_) => {}
+        }
+    }
     let dim = db.dim;
     let n_db = db.len();
+    let query_block = query_block_rows(queries.len());
     let lists: Vec<Vec<TopK>> = queries
         .data
-        .par_chunks(QUERY_BLOCK * dim)
+        .par_chunks(query_block * dim)
         .enumerate()
         .map(|(block, qdata)| {
             let nq = qdata.len() / dim;
@@ -163,30 +234,14 @@ pub fn exact(db: Rows<'_>, queries: Rows<'_>, k: usize, exclude: Exclude<'_>) ->
             let mut sims = vec![0f32; nq * DB_BLOCK];
             for start in (0..n_db).step_by(DB_BLOCK) {
                 let nd = DB_BLOCK.min(n_db - start);
-                let d = &db.data[start * dim..(start + nd) * dim];
-                // SAFETY: A is nq×dim (row stride dim), B = Dᵀ is dim×nd read from the nd×dim block
-                // (row stride 1, column stride dim), C is nq×nd (row stride nd); all slices are long
-                // enough for these shapes.
-                unsafe {
-                    matrixmultiply::sgemm(
-                        nq,
-                        dim,
-                        nd,
-                        1.0,
-                        qdata.as_ptr(),
-                        dim as isize,
-                        1,
-                        d.as_ptr(),
-                        1,
-                        dim as isize,
-                        0.0,
-                        sims.as_mut_ptr(),
-                        nd as isize,
-                        1,
-                    );
-                }
+                similarity_block(
+                    qdata,
+                    &db.data[start * dim..(start + nd) * dim],
+                    dim,
+                    &mut sims,
+                );
                 for (qi, top) in tops.iter_mut().enumerate() {
-                    let q = block * QUERY_BLOCK + qi;
+                    let q = block * query_block + qi;
                     top.push_block(&sims[qi * nd..(qi + 1) * nd], start, exclude.of(q));
                 }
             }
@@ -194,6 +249,71 @@ pub fn exact(db: Rows<'_>, queries: Rows<'_>, k: usize, exclude: Exclude<'_>) ->
         })
         .collect();
     Neighbours::from_lists(k, lists.into_iter().flatten())
+}
+
+/// Every row against every row. Rows are cut into blocks; each pair of blocks (I ≤ J) is one task
+/// that computes `X_I · X_Jᵀ` once and offers its rows to I's top-k lists and its columns to J's
+/// (each block's lists behind a mutex, held only while scanning). `skip_self` drops row i from
+/// its own list.
+fn exact_self(db: Rows<'_>, k: usize, skip_self: bool) -> Neighbours {
+    let (dim, n) = (db.dim, db.len());
+    let blocks = n.div_ceil(SELF_BLOCK);
+    let span = |b: usize| b * SELF_BLOCK..(n).min((b + 1) * SELF_BLOCK);
+    let tops: Vec<std::sync::Mutex<Vec<TopK>>> = (0..blocks)
+        .map(|b| std::sync::Mutex::new(vec![TopK::new(k); span(b).len()]))
+        .collect();
+    let pairs: Vec<(usize, usize)> = (0..blocks)
+        .flat_map(|i| (i..blocks).map(move |j| (i, j)))
+        .collect();
+    pairs.par_iter().for_each_init(
+        || {
+            (
+                vec![0f32; SELF_BLOCK * SELF_BLOCK],
+                Vec::with_capacity(SELF_BLOCK),
+            )
+        },
+        |(sims, floors), &(bi, bj)| {
+            let (ri, rj) = (span(bi), span(bj));
+            let (ni, nj) = (ri.len(), rj.len());
+            similarity_block(
+                &db.data[ri.start * dim..ri.end * dim],
+                &db.data[rj.start * dim..rj.end * dim],
+                dim,
+                sims,
+            );
+            {
+                let mut row_tops = tops[bi].lock().expect("no panics while scanning");
+                for (i, top) in row_tops.iter_mut().enumerate() {
+                    let own = if skip_self {
+                        (ri.start + i) as u32
+                    } else {
+                        u32::MAX
+                    };
+                    top.push_block(&sims[i * nj..(i + 1) * nj], rj.start, own);
+                }
+            }
+            if bi != bj {
+                // Columns: row i of the block is a candidate for every row j of block J.
+                let mut col_tops = tops[bj].lock().expect("no panics while scanning");
+                floors.clear();
+                floors.extend(col_tops.iter().map(TopK::floor));
+                for i in 0..ni {
+                    let id = (ri.start + i) as u32;
+                    for (j, &s) in sims[i * nj..(i + 1) * nj].iter().enumerate() {
+                        if s >= floors[j] {
+                            col_tops[j].push(s, id);
+                            floors[j] = col_tops[j].floor();
+                        }
+                    }
+                }
+            }
+        },
+    );
+    Neighbours::from_lists(
+        k,
+        tops.into_iter()
+            .flat_map(|m| m.into_inner().expect("no panics while scanning")),
+    )
 }
 
 /// How neighbours are searched.
@@ -393,35 +513,106 @@ mod tests {
         all.into_iter().take(k).map(|x| x.1).collect()
     }
 
+    /// The symmetric self-join (queries = the database slice itself, each skipping its own row) and
+    /// the general path (queries = a copy, with the given exclusion).
+    fn both_paths(
+        db: &[f32],
+        dim: usize,
+        k: usize,
+        general: Exclude<'_>,
+    ) -> (Neighbours, Neighbours) {
+        let copy = db.to_vec();
+        let rows = Rows::new(db, dim);
+        (
+            exact(rows, rows, k, Exclude::SameIndex),
+            exact(rows, Rows::new(&copy, dim), k, general),
+        )
+    }
+
     #[test]
     fn exact_equals_brute_force_across_block_edges() {
-        // 1300 rows: crosses one database block (1024) and ten query blocks (128).
+        // 1300 rows: two self-join blocks (1024) and several query blocks (64..1024 rows each).
         let (n, dim, k) = (1300, 24, 7);
         let db = random_unit_rows(n, dim, 1);
-        let nb = exact(
-            Rows::new(&db, dim),
-            Rows::new(&db, dim),
-            k,
-            Exclude::SameIndex,
-        );
-        for q in [0, 1, 127, 128, 1023, 1024, 1299] {
+        let identity: Vec<u32> = (0..n as u32).collect();
+        let (joined, general) = both_paths(&db, dim, k, Exclude::Given(&identity));
+        assert_eq!(joined.len(), n);
+        for q in 0..n {
             let want = brute(&db, &db[q * dim..(q + 1) * dim], dim, k, q as u32);
-            // Similarities computed by SGEMM and by dot() may differ in the last bit, so compare sets
-            // where near-ties could swap order.
-            assert_eq!(intersection(nb.ids(q), &want), k, "query {q}");
-            assert!(!nb.ids(q).contains(&(q as u32)), "self excluded");
-            assert!(nb.sims(q).windows(2).all(|w| w[0] >= w[1]));
+            for nb in [&joined, &general] {
+                // Similarities computed by SGEMM and by dot() may differ in the last bit, so
+                // compare sets where near-ties could swap order.
+                assert_eq!(intersection(nb.ids(q), &want), k, "query {q}");
+                assert!(!nb.ids(q).contains(&(q as u32)), "self excluded");
+                assert!(nb.sims(q).windows(2).all(|w| w[0] >= w[1]));
+                for (&id, &sim) in nb.ids(q).iter().zip(nb.sims(q)) {
+                    let d = dot(&db[id as usize * dim..][..dim], &db[q * dim..][..dim]);
+                    assert!((sim - d).abs() < 1e-5, "query {q} id {id}: {sim} vs {d}");
+                }
+            }
+            assert_eq!(intersection(joined.ids(q), general.ids(q)), k, "query {q}");
         }
     }
 
     #[test]
-    fn topk_keeps_best_and_breaks_ties_by_lower_id() {
-        let mut t = TopK::new(3);
-        for (s, id) in [(0.1, 0), (0.9, 1), (0.5, 2), (0.9, 3), (0.2, 4), (0.95, 5)] {
-            t.push(s, id);
+    fn self_join_without_exclusion_finds_each_row_first() {
+        let (n, dim) = (300, 16);
+        let db = random_unit_rows(n, dim, 3);
+        let nb = exact(
+            Rows::new(&db, dim),
+            Rows::new(&db, dim),
+            3,
+            Exclude::Nothing,
+        );
+        for q in 0..n {
+            assert_eq!(nb.ids(q)[0], q as u32);
+            assert!((nb.sims(q)[0] - 1.0).abs() < 1e-5);
         }
-        assert_eq!(t.ids, vec![5, 1, 3]);
-        assert_eq!(t.sims, vec![0.95, 0.9, 0.9]);
+    }
+
+    #[test]
+    fn duplicate_rows_tie_in_id_order_whatever_the_path() {
+        // 1100 rows = 11 distinct vectors, each repeated 100 times (spread over both self-join
+        // blocks): every query's neighbours are exact ties, listed by ascending id.
+        let (dim, k) = (8, 5);
+        let distinct = random_unit_rows(11, dim, 4);
+        let db: Vec<f32> = (0..1100)
+            .flat_map(|i| distinct[(i % 11) * dim..][..dim].to_vec())
+            .collect();
+        let twins = |q: usize, skip_self: bool| -> Vec<u32> {
+            (0..1100u32)
+                .filter(|&i| i as usize % 11 == q % 11 && !(skip_self && i as usize == q))
+                .take(k)
+                .collect()
+        };
+        let (joined, general) = both_paths(&db, dim, k, Exclude::Nothing);
+        for q in [0usize, 5, 11, 600, 1099] {
+            assert_eq!(joined.ids(q), &twins(q, true)[..], "query {q}");
+            assert_eq!(general.ids(q), &twins(q, false)[..], "query {q}");
+        }
+    }
+
+    #[test]
+    fn topk_keeps_best_and_breaks_ties_by_lower_id_in_any_order() {
+        let offers = [
+            (0.1, 0),
+            (0.9, 1),
+            (0.5, 2),
+            (0.9, 3),
+            (0.2, 4),
+            (0.95, 5),
+            (0.9, 0),
+        ];
+        let mut reversed = offers;
+        reversed.reverse();
+        for order in [offers, reversed] {
+            let mut t = TopK::new(3);
+            for (s, id) in order {
+                t.push(s, id);
+            }
+            assert_eq!(t.ids, vec![5, 0, 1]);
+            assert_eq!(t.sims, vec![0.95, 0.9, 0.9]);
+        }
     }
 
     #[test]
