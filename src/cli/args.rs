@@ -2,6 +2,7 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
+use tagfix::consistency::hnsw::HnswParams;
 use tagfix::diff::Check;
 
 #[derive(Debug, Parser)]
@@ -278,7 +279,7 @@ pub enum CheckModeArg {
 /// Neighbour search for `check`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SearchArg {
-    /// Exact up to 50 000 rows, HNSW above.
+    /// Exact up to 200 000 database rows, HNSW above.
     Auto,
     Exact,
     Hnsw,
@@ -348,8 +349,15 @@ pub struct CheckArgs {
     #[arg(long, value_enum, default_value = "auto")]
     pub search: SearchArg,
     /// HNSW candidate list while searching (higher: better recall, slower).
-    #[arg(long, default_value_t = 128, value_name = "N")]
+    #[arg(long, default_value_t = HnswParams::default().ef_search, value_name = "N")]
     pub hnsw_ef: usize,
+    /// HNSW links per node and layer, M (higher: better recall, slower build).
+    #[arg(long, default_value_t = HnswParams::default().max_connections as u16, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(2..=256))]
+    pub hnsw_m: u16,
+    /// HNSW candidate list while building (higher: better graph, slower build).
+    #[arg(long, default_value_t = HnswParams::default().ef_construction, value_name = "N")]
+    pub hnsw_ef_construction: usize,
     /// Queries sampled to measure HNSW recall against exact search.
     #[arg(long, default_value_t = 1000, value_name = "N")]
     pub recall_sample: usize,

@@ -77,7 +77,8 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitStatus> {
             },
             hnsw: tagfix::consistency::hnsw::HnswParams {
                 ef_search: args.hnsw_ef,
-                ..Default::default()
+                max_connections: args.hnsw_m.into(),
+                ef_construction: args.hnsw_ef_construction,
             },
             recall_sample: args.recall_sample,
             ..Default::default()

@@ -19,12 +19,14 @@ pub struct HnswParams {
     pub ef_search: usize,
 }
 
+/// Defaults: recall@10 0.9998 against exact search at 100 000 × 512 clustered rows (scripts/bench-check.sh,
+/// docs/PERFORMANCE.md); lower values build faster at some recall.
 impl Default for HnswParams {
     fn default() -> Self {
         HnswParams {
-            max_connections: 24,
-            ef_construction: 200,
-            ef_search: 128,
+            max_connections: 16,
+            ef_construction: 100,
+            ef_search: 64,
         }
     }
 }

@@ -327,9 +327,11 @@ pub enum SearchChoice {
     Auto,
 }
 
-/// Largest database that `auto` searches exactly (a RAM vocabulary has 4585 rows; RAM++'s per-description
-/// layout has 233 835, where HNSW pays off).
-pub const AUTO_EXACT_MAX_ROWS: usize = 50_000;
+/// Largest database that `auto` searches exactly. Exact all-against-all search costs rows² × dim, HNSW
+/// about rows × (build + query cost); on the project's 2-core machine exact search of 100 000 × 512
+/// rows still takes less CPU time than building and querying the graph (docs/PERFORMANCE.md), so the
+/// switch is at 200 000 rows (a RAM vocabulary has 4585 rows; RAM++'s per-description layout 233 835).
+pub const AUTO_EXACT_MAX_ROWS: usize = 200_000;
 
 /// The search actually used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
