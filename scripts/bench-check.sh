@@ -7,6 +7,8 @@
 # Data: examples/bench_check.rs's deterministic clustered unit rows (clusters of ~20, spread 0.7).
 # numpy (pinned, scripts/requirements-bench-check.txt) is installed into .venv when missing.
 # Usage: scripts/bench-check.sh [ROWS=100000] [QUERIES=2000] [REPEATS=5] [M EF_CONSTRUCTION EF_SEARCH]
+# Cost with the default HNSW parameters (M 16 / 100 / 64) at 100 000 rows: about 11 min of CPU on 2 cores
+# (40 min wall on the shared machine at load ~10); docs/PERFORMANCE.md has the figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rows="${1:-100000}"
