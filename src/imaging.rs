@@ -79,6 +79,11 @@ pub fn render_view(
     std: &[f32; 3],
     out: &mut [f32],
 ) {
+    normalize_chw(&view_image(img, view, size), mean, std, out);
+}
+
+/// The view's crop, resized (bicubic) to `size`×`size` and flipped when the view says so.
+pub fn view_image(img: &RgbImage, view: &View, size: u32) -> RgbImage {
     let crop = image::imageops::crop_imm(img, view.left, view.top, view.width, view.height);
     let mut resized = if (view.width, view.height) == (size, size) {
         crop.to_image()
@@ -88,7 +93,7 @@ pub fn render_view(
     if view.flip {
         image::imageops::flip_horizontal_in_place(&mut resized);
     }
-    normalize_chw(&resized, mean, std, out);
+    resized
 }
 
 /// The evaluation (un-augmented) transform of an image encoder's input: CLIP's

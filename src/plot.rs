@@ -1,12 +1,13 @@
 //! Training curves of a run directory (`tagfix plot RUN_DIR`): per loss term a figure with the raw
 //! and the weighted value, each smoothed (EMA) over a faint raw trace, with the learning rate on a
 //! second axis and the detected health events shaded; plus an overview of the weighted terms and
-//! the total, and the gradient norms per module group. PNG and SVG, written atomically.
+//! the total, the gradient norms per module group, and (when the run validated) the validation mAP
+//! and precision / recall / F1. PNG and SVG, written atomically.
 
 pub mod histogram;
 
 use crate::error::{Error, Result};
-use crate::monitor::{EventKind, HealthEvent, LossTerm, ModuleGroup, StepRecord};
+use crate::monitor::{EventKind, HealthEvent, LossTerm, ModuleGroup, StepRecord, ValidationRecord};
 use plotters::chart::DualCoordChartContext;
 use plotters::coord::ranged1d::ValueFormatter;
 use plotters::coord::Shift;
@@ -111,6 +112,8 @@ struct Series<'a> {
     points: Vec<(f64, f64)>,
     /// Draw the raw points faint and the EMA strong (else: the points as they are).
     smooth: bool,
+    /// Mark every point with a dot (sparse series such as validation results).
+    dots: bool,
     _marker: std::marker::PhantomData<&'a ()>,
 }
 
@@ -126,7 +129,16 @@ impl Series<'_> {
             color,
             points,
             smooth,
+            dots: false,
             _marker: std::marker::PhantomData,
+        }
+    }
+
+    /// Unsmoothed, every point dotted.
+    fn dotted(label: impl Into<String>, color: RGBColor, points: Vec<(f64, f64)>) -> Self {
+        Series {
+            dots: true,
+            ..Series::new(label, color, points, false)
         }
     }
 }
@@ -169,10 +181,12 @@ fn term_color(term: LossTerm) -> RGBColor {
     TERM_COLORS[term as usize]
 }
 
-/// Writes every figure of a run into `out_dir`; returns them in the order written.
+/// Writes every figure of a run into `out_dir` (`validation` may be empty: no validation figure);
+/// returns them in the order written.
 pub fn plot_run(
     records: &[StepRecord],
     events: &[HealthEvent],
+    validation: &[ValidationRecord],
     out_dir: &Path,
     opts: &PlotOptions,
 ) -> Result<Vec<Figure>> {
@@ -293,7 +307,66 @@ pub fn plot_run(
     }
     let title = format!("{}gradient and update norms", title_prefix(opts));
     figures.push(render(out_dir, "grad_norm", &title, &panels, &lr, opts)?);
+
+    if !validation.is_empty() {
+        let title = format!(
+            "{}validation on {}",
+            title_prefix(opts),
+            validation[validation.len() - 1].benchmark
+        );
+        let panels = validation_panels(validation, events);
+        figures.push(render(out_dir, "validation", &title, &panels, &lr, opts)?);
+    }
     Ok(figures)
+}
+
+/// Validation figure: mAP (present and absent slots) above, precision / recall / F1 of the present
+/// slots at the per-class thresholds below; the learning rate on the right axis of each.
+fn validation_panels<'a>(
+    validation: &[ValidationRecord],
+    events: &'a [HealthEvent],
+) -> Vec<Panel<'a>> {
+    type Pick = fn(&crate::eval::Summary) -> f64;
+    let series = |label: &str, color: RGBColor, absent: bool, pick: Pick| {
+        let pts: Vec<(f64, f64)> = validation
+            .iter()
+            .filter_map(|v| {
+                let s = if absent { v.absent } else { v.main };
+                s.map(|s| (v.step as f64, pick(&s)))
+            })
+            .collect();
+        (!pts.is_empty()).then(|| Series::dotted(label, color, pts))
+    };
+    let map = [
+        series("mAP (present slots)", TERM_COLORS[0], false, |s| s.map),
+        series("mAP (absent slots)", TERM_COLORS[1], true, |s| s.map),
+    ];
+    let prf = [
+        series("CP (class precision)", GROUP_COLORS[0], false, |s| s.cp),
+        series("CR (class recall)", GROUP_COLORS[1], false, |s| s.cr),
+        series("CF1", GROUP_COLORS[2], false, |s| s.cf1),
+        series("OF1 (overall F1)", GROUP_COLORS[3], false, |s| s.of1),
+    ];
+    vec![
+        Panel {
+            caption: "validation mAP".into(),
+            y_label: "mAP".into(),
+            log_y: false,
+            series: map.into_iter().flatten().collect(),
+            events: events.iter().collect(),
+            legend: SeriesLabelPosition::LowerRight,
+        },
+        Panel {
+            caption:
+                "validation precision / recall / F1 at the per-class thresholds (present slots)"
+                    .into(),
+            y_label: "fraction".into(),
+            log_y: false,
+            series: prf.into_iter().flatten().collect(),
+            events: Vec::new(),
+            legend: SeriesLabelPosition::LowerRight,
+        },
+    ]
 }
 
 fn title_prefix(opts: &PlotOptions) -> String {
@@ -397,8 +470,15 @@ fn draw_panel<DB: DrawingBackend>(
     lr: &[(f64, f64)],
     opts: &PlotOptions,
 ) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
-    let x0 = lr.first().map_or(0.0, |p| p.0);
-    let x1 = lr.last().map_or(1.0, |p| p.0).max(x0 + 1.0);
+    // The steps of the learning rate, widened to the panel's own points (validation at step 0).
+    let xs = panel
+        .series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.0));
+    let x0 = xs.clone().fold(lr.first().map_or(0.0, |p| p.0), f64::min);
+    let x1 = xs
+        .fold(lr.last().map_or(1.0, |p| p.0), f64::max)
+        .max(x0 + 1.0);
     let (y0, y1) = y_range(&panel.series, panel.log_y);
     let lr_max = lr
         .iter()
@@ -517,6 +597,14 @@ where
                     color.stroke_width(2),
                 ))?
                 .label(format!("{} (EMA {})", s.label, opts.smooth))
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
+        } else if s.dots {
+            chart.draw_series(finite.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
+            chart
+                .draw_series(LineSeries::new(finite, color.stroke_width(2)))?
+                .label(s.label.clone())
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
                 });

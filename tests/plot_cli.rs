@@ -68,6 +68,10 @@ fn plot_writes_png_and_svg_per_term_and_lists_events() {
             "{name}.svg"
         );
     }
+    assert!(
+        !dir.plots_dir().join("validation.png").exists(),
+        "no validation.jsonl, no validation figure"
+    );
     let tag_svg = std::fs::read_to_string(dir.plots_dir().join("tag.svg")).unwrap();
     assert!(tag_svg.contains("event: spike") && tag_svg.contains("tag raw (EMA 20)"));
     let align_svg = std::fs::read_to_string(dir.plots_dir().join("align.svg")).unwrap();
@@ -124,4 +128,62 @@ fn plot_errors_name_the_problem() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("metrics.jsonl:1:"), "{err}");
+}
+
+#[test]
+fn plot_draws_validation_when_the_run_validated() {
+    use tagfix::eval::{Counts, Summary};
+    use tagfix::monitor::{ValidationRecord, ValidationWriter};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = synthetic_run_dir(&tmp.path().join("run"));
+    let mut w = ValidationWriter::append(&dir.validation_path()).unwrap();
+    for (step, ap) in [
+        (0u64, 0.31),
+        (200, 0.52),
+        (400, 0.64),
+        (600, 0.70),
+        (800, 0.73),
+    ] {
+        let counts = Counts {
+            positives: 10,
+            predicted: 8,
+            true_positives: (ap * 10.0) as u64,
+        };
+        w.write(&ValidationRecord {
+            step,
+            benchmark: "bench".into(),
+            images: 10,
+            main: Summary::of([(ap, counts)]),
+            absent: Summary::of([(ap / 2.0, counts)]),
+        })
+        .unwrap();
+    }
+    drop(w);
+    let out = plot(dir.root());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        png_size(&dir.plots_dir().join("validation.png")),
+        (1400, 900)
+    );
+    let svg = std::fs::read_to_string(dir.plots_dir().join("validation.svg")).unwrap();
+    for want in [
+        "validation on bench",
+        "mAP (present slots)",
+        "mAP (absent slots)",
+        "CF1",
+        "learning rate",
+        "event: spike",
+    ] {
+        assert!(svg.contains(want), "validation.svg lacks `{want}`");
+    }
+    // A malformed validation line is an error naming the file and line.
+    std::fs::write(dir.validation_path(), "{\"step\": \"x\"}\n").unwrap();
+    let out = plot(dir.root());
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("validation.jsonl:1:"), "{err}");
 }

@@ -41,6 +41,7 @@ fn inputs(ds: &SynthDataset) -> TrainInputs {
         init: Vec::new(),
         vocab: None,
         allow_random_encoder: true,
+        validation: None,
     }
 }
 
@@ -516,4 +517,138 @@ fn bf16_autocast_trains_close_to_f32() {
         b.tag.unwrap().raw,
         f32_run.late
     );
+}
+
+/// `tagfix train --val-data DIR --val-every N --plot` on the synthetic set with the tiny model: the
+/// validation mAP on held-out synthetic images (a benchmark folder: tag list + `image_id,tag` lines,
+/// with a tag no slot has) rises, `validation.jsonl` has a line per validation, and the plots
+/// include the validation figure. A RAM-format annotation file works as validation data too.
+#[test]
+fn validation_in_the_loop_rises_and_is_plotted() {
+    let _guard = serial();
+    use tagfix::monitor::read_validation;
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(&tmp.path().join("train"), 64, 7);
+    let held_out = dataset(&tmp.path().join("val"), 48, 8);
+
+    // The held-out annotations as an official-format benchmark folder.
+    let bench = tmp.path().join("bench");
+    std::fs::create_dir_all(&bench).unwrap();
+    let tags = tagfix::train::data::synth::vocabulary_tags();
+    std::fs::write(
+        bench.join("synth_taglist.txt"),
+        format!("{}\nunicorn\n", tags.join("\n")),
+    )
+    .unwrap();
+    let records: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&held_out.annotations).unwrap()).unwrap();
+    let lines: Vec<String> = records
+        .iter()
+        .map(|r| {
+            let names: Vec<&str> = r["union_label_id"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| tags[s.as_u64().unwrap() as usize].as_str())
+                .collect();
+            format!("{},{}", r["image_path"].as_str().unwrap(), names.join(","))
+        })
+        .collect();
+    std::fs::write(bench.join("synth_annots.txt"), lines.join("\n")).unwrap();
+
+    let run_dir = tmp.path().join("run");
+    let out = assert_cmd::Command::cargo_bin("tagfix")
+        .unwrap()
+        .args(["train", "--model", "tiny", "--allow-random-encoder"])
+        .arg("--data")
+        .arg(&ds.annotations)
+        .arg("--images")
+        .arg(&ds.image_root)
+        .arg("--manifest")
+        .arg(&ds.manifest)
+        .arg("--label-embed")
+        .arg(&ds.label_embed)
+        .arg("--teacher")
+        .arg(&ds.teacher)
+        .arg("--val-data")
+        .arg(&bench)
+        .arg("--val-images")
+        .arg(&held_out.image_root)
+        .args([
+            "--val-every",
+            "40",
+            "--max-steps",
+            "160",
+            "--batch-size",
+            "8",
+        ])
+        .args([
+            "--lr",
+            "2e-3",
+            "--set",
+            "min_lr=2e-3",
+            "--set",
+            "warmup_lr=1e-4",
+        ])
+        .args(["--set", "warmup_steps=10", "--seed", "3", "--workers", "1"])
+        .args(["--threads", "1", "--checkpoint-every", "0", "--plot"])
+        .arg("--out")
+        .arg(&run_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("1 of 9 benchmark tags") || stderr.contains("8 of 9 tags mapped"),
+        "{stderr}"
+    );
+
+    let v = read_validation(&run_dir.join("validation.jsonl")).unwrap();
+    let steps: Vec<u64> = v.iter().map(|r| r.step).collect();
+    assert_eq!(steps, vec![0, 40, 80, 120, 160]);
+    let maps: Vec<f64> = v.iter().map(|r| r.main.unwrap().map).collect();
+    eprintln!("validation mAP by step: {steps:?} -> {maps:?}");
+    assert!(v.iter().all(|r| r.images == 48 && r.benchmark == "synth"));
+    // Six drawn tags have positives; purple and triangle (absent, never drawn) have none.
+    assert_eq!(v[0].main.unwrap().classes, 6);
+    assert!(
+        maps[4] > maps[0] + 0.15 && maps[4] > 0.75,
+        "validation mAP did not rise: {maps:?}"
+    );
+    assert!(stdout.contains("validation at step 160"), "{stdout}");
+    for name in ["validation", "tag", "total", "grad_norm"] {
+        for ext in ["png", "svg"] {
+            let f = run_dir.join(format!("plots/{name}.{ext}"));
+            assert!(
+                std::fs::metadata(&f).is_ok_and(|m| m.len() > 1000),
+                "{}",
+                f.display()
+            );
+        }
+    }
+    let svg = std::fs::read_to_string(run_dir.join("plots/validation.svg")).unwrap();
+    assert!(svg.contains("mAP (present slots)") && svg.contains("learning rate"));
+
+    // A held-out RAM-format annotation file: slots used as they are, the same images.
+    let mut inp = inputs(&ds);
+    inp.validation = Some(tagfix::train::validate::ValidationInputs {
+        data: held_out.annotations.clone(),
+        images: Some(held_out.image_root.clone()),
+        thresholds: None,
+    });
+    let cfg = TrainConfig {
+        val_every: 2,
+        val_max_images: Some(20),
+        ..small_config(2)
+    };
+    let p = prepare(&cfg, &inp).unwrap();
+    let set = p.validation.as_ref().unwrap();
+    assert_eq!((set.image_paths.len(), set.mapping.mapped().len()), (20, 6));
+    let report = set.run(&p.model, p.device, 7).unwrap();
+    assert_eq!(report.images, 20);
+    assert!(report.main.is_some() && report.unmapped.is_empty());
+    // val_every without validation data is refused before the first step.
+    let e = prepare_err(&cfg, &inputs(&ds));
+    assert!(e.contains("--val-data"), "{e}");
 }

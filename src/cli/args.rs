@@ -709,6 +709,30 @@ pub struct TrainArgs {
     /// Checkpoints kept.
     #[arg(long, value_name = "N")]
     pub keep_checkpoints: Option<usize>,
+    /// Validation data: a benchmark folder in the official format (`*_taglist.txt` + `*_annots.txt`, tags
+    /// mapped to slots by name) or a held-out RAM-format annotation file. Results: RUN_DIR/validation.jsonl.
+    #[arg(long, value_name = "DIR_OR_FILE")]
+    pub val_data: Option<std::path::PathBuf>,
+    /// Image root of the validation data [default: --images].
+    #[arg(long, value_name = "DIR", requires = "val_data")]
+    pub val_images: Option<std::path::PathBuf>,
+    /// Per-slot thresholds for validation precision/recall/F1 (one a line, slot order)
+    /// [default: the --vocab preset's ram_tag_list_threshold.txt, else 0.5].
+    #[arg(long, value_name = "FILE", requires = "val_data")]
+    pub val_thresholds: Option<std::path::PathBuf>,
+    /// Validate every N optimizer steps (0: only before the first and after the last step).
+    #[arg(long, value_name = "N")]
+    pub val_every: Option<u64>,
+    /// Validate on the first N images of the validation data.
+    #[arg(long, value_name = "N")]
+    pub val_max_images: Option<usize>,
+    /// Write the training plots (as `tagfix plot RUN_DIR`) into RUN_DIR/plots at the end of the run.
+    #[arg(long)]
+    pub plot: bool,
+    /// Turn off RAM's RandomAugment(2, 5) in the training transform (on by default; the
+    /// `[random_augment]` config table sets N, M, probability and operations).
+    #[arg(long)]
+    pub no_random_augment: bool,
     /// Any config key, as KEY=TOML_VALUE (repeatable), applied after the file and before the flags above.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,

@@ -49,6 +49,10 @@ pub fn resolve_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     set!(threads, args.threads);
     set!(checkpoint_every, args.checkpoint_every);
     set!(keep_checkpoints, args.keep_checkpoints);
+    set!(val_every, args.val_every);
+    if args.val_max_images.is_some() {
+        cfg.val_max_images = args.val_max_images;
+    }
     if args.micro_batch_size.is_some() {
         cfg.micro_batch_size = args.micro_batch_size;
     }
@@ -71,6 +75,9 @@ pub fn resolve_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
         cfg.stage = serde_json::from_value(serde_json::Value::String(s.clone()))?;
     }
     apply_teacher_flags(&mut cfg, args)?;
+    if args.no_random_augment {
+        cfg.random_augment.enabled = false;
+    }
     if args.lr_scale_linear {
         cfg.lr_scale_linear = true;
     }
@@ -143,10 +150,16 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
 #[cfg(feature = "train")]
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
     use anyhow::Context;
-    use tagfix::train::run::{prepare, read_run_inputs, train, TrainInputs};
+    use tagfix::train::run::{prepare, read_run_inputs, train, validation_line, TrainInputs};
+    use tagfix::train::validate::ValidationInputs;
 
     let cfg = resolve_config(&args)?;
-    let (inputs, out, resume) = match &args.resume {
+    let validation = args.val_data.as_ref().map(|data| ValidationInputs {
+        data: data.clone(),
+        images: args.val_images.clone(),
+        thresholds: args.val_thresholds.clone(),
+    });
+    let (mut inputs, out, resume) = match &args.resume {
         Some(run_dir) => {
             if let Some(o) = &args.out {
                 anyhow::ensure!(
@@ -182,16 +195,23 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
                 init: args.init.clone(),
                 vocab: args.vocab.clone(),
                 allow_random_encoder: args.allow_random_encoder,
+                validation: None,
             };
             (inputs, need(&args.out, "--out")?, false)
         }
     };
+    if validation.is_some() {
+        inputs.validation = validation;
+    }
     let prepared = prepare(&cfg, &inputs)?;
     let summary = train(prepared, &out, resume)?;
     tagfix::fsutil::write_bytes_atomic(
         &out.join("summary.json"),
         &serde_json::to_vec_pretty(&summary)?,
     )?;
+    if args.plot {
+        super::plot::write_plots(&out, None, false, None, 50)?;
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -215,7 +235,16 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
             summary.health_events.len(),
             out.display()
         );
+        if let (Some(first), Some(last)) = (summary.validation.first(), summary.validation.last()) {
+            println!("  first {}", validation_line(first));
+            if last.step != first.step {
+                println!("  last  {}", validation_line(last));
+            }
+        }
         println!("  metrics: {}", out.join("metrics.jsonl").display());
+        if args.plot {
+            println!("  plots: {}", out.join("plots").display());
+        }
     }
     Ok(ExitStatus::Success)
 }

@@ -25,7 +25,7 @@ pub mod validation;
 pub use detectors::{detect, DetectorConfig, HealthMonitor};
 pub use event::{read_events, EventKind, EventWriter, HealthEvent};
 pub use record::{
-    read_all_records, read_records, GroupNorms, JsonLines, JsonlWriter, LossTerm, Losses,
+    read_all_records, read_records, AtStep, GroupNorms, JsonLines, JsonlWriter, LossTerm, Losses,
     MetricsWriter, ModuleGroup, StepRecord, TermValue,
 };
 pub use run_dir::RunDir;

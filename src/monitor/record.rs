@@ -264,15 +264,26 @@ impl<T: Serialize> JsonlWriter<T> {
     }
 }
 
-impl JsonlWriter<StepRecord> {
+/// A JSON Lines record that belongs to an optimizer step.
+pub trait AtStep {
+    fn at_step(&self) -> u64;
+}
+
+impl AtStep for StepRecord {
+    fn at_step(&self) -> u64 {
+        self.step
+    }
+}
+
+impl<T: Serialize + for<'de> Deserialize<'de> + AtStep> JsonlWriter<T> {
     /// For `--resume` from a checkpoint at `step`: drops the records after `step` (written after the
     /// checkpoint by the interrupted run, and about to be redone), atomically, then opens for appending.
     pub fn resume(path: &Path, step: u64) -> Result<Self> {
         if path.exists() {
             let mut kept = Vec::new();
-            for rec in read_records(path)? {
+            for rec in JsonLines::<T>::open(path)? {
                 let rec = rec?;
-                if rec.step <= step {
+                if rec.at_step() <= step {
                     kept.push(rec);
                 }
             }

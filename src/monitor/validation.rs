@@ -1,7 +1,7 @@
 //! Periodic validation results (`RUN_DIR/validation.jsonl`): one line per evaluation during
 //! training, the summary of an [`crate::eval::EvalReport`].
 
-use super::record::JsonlWriter;
+use super::record::{AtStep, JsonlWriter};
 use crate::error::Result;
 use crate::eval::{EvalReport, Summary};
 use serde::{Deserialize, Serialize};
@@ -32,7 +32,13 @@ impl ValidationRecord {
     }
 }
 
-/// Appends [`ValidationRecord`]s to `validation.jsonl`.
+impl AtStep for ValidationRecord {
+    fn at_step(&self) -> u64 {
+        self.step
+    }
+}
+
+/// Appends [`ValidationRecord`]s to `validation.jsonl` (`resume` drops lines after a checkpoint).
 pub type ValidationWriter = JsonlWriter<ValidationRecord>;
 
 /// Reads `validation.jsonl`; a malformed line is an error naming `file:line`.
@@ -69,6 +75,13 @@ mod tests {
             text.contains("\"map\":0.5") && !text.contains("absent"),
             "{text}"
         );
-        assert_eq!(read_validation(&path).unwrap(), vec![rec]);
+        assert_eq!(read_validation(&path).unwrap(), vec![rec.clone()]);
+        // Resuming from step 400 drops the later line.
+        drop(w);
+        let w = ValidationWriter::resume(&path, 400).unwrap();
+        drop(w);
+        assert!(read_validation(&path).unwrap().is_empty());
+        let w = ValidationWriter::resume(&path, 500);
+        assert!(w.is_ok());
     }
 }

@@ -212,6 +212,112 @@ impl std::str::FromStr for Precision {
     }
 }
 
+/// One operation of RAM's `RandomAugment` (`ram/data/randaugment.py`), named as RAM's `augs` list
+/// names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AugOp {
+    Identity,
+    AutoContrast,
+    Equalize,
+    Brightness,
+    Sharpness,
+    ShearX,
+    ShearY,
+    TranslateX,
+    TranslateY,
+    Rotate,
+}
+
+impl AugOp {
+    /// Every operation tagfix implements.
+    pub const ALL: [AugOp; 10] = [
+        AugOp::Identity,
+        AugOp::AutoContrast,
+        AugOp::Equalize,
+        AugOp::Brightness,
+        AugOp::Sharpness,
+        AugOp::ShearX,
+        AugOp::ShearY,
+        AugOp::TranslateX,
+        AugOp::TranslateY,
+        AugOp::Rotate,
+    ];
+
+    /// RAM's training list, in RAM's order (`transform_train` in `ram/data/__init__.py`).
+    pub const RAM: [AugOp; 10] = [
+        AugOp::Identity,
+        AugOp::AutoContrast,
+        AugOp::Brightness,
+        AugOp::Sharpness,
+        AugOp::Equalize,
+        AugOp::ShearX,
+        AugOp::ShearY,
+        AugOp::TranslateX,
+        AugOp::TranslateY,
+        AugOp::Rotate,
+    ];
+}
+
+/// RAM's `RandomAugment(N, M)` after the crop and flip: per image, `ops` operations are drawn
+/// uniformly with replacement from `augs`, and each is applied with probability `prob` at magnitude
+/// `magnitude` (of 10). RAM trains with `RandomAugment(2, 5, augs=[…10 ops…])`, the default here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RandomAugmentConfig {
+    pub enabled: bool,
+    /// Operations drawn per image (RAM's N).
+    pub ops: usize,
+    /// Magnitude on RAM's 0–10 scale (RAM's M): shear 0.3·M/10, translation M pixels, rotation
+    /// 3·M degrees, brightness/sharpness factor 0.1 + 1.8·M/10 (1.0, i.e. unchanged, at M = 5).
+    pub magnitude: f64,
+    /// Probability that a drawn operation is applied (RAM: 0.5).
+    pub prob: f64,
+    /// Operations drawn from.
+    pub augs: Vec<AugOp>,
+}
+
+impl Default for RandomAugmentConfig {
+    fn default() -> Self {
+        RandomAugmentConfig {
+            enabled: true,
+            ops: 2,
+            magnitude: 5.0,
+            prob: 0.5,
+            augs: AugOp::RAM.to_vec(),
+        }
+    }
+}
+
+impl RandomAugmentConfig {
+    fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Usage(format!("random_augment: {m}")));
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.ops == 0 || self.ops > 16 {
+            return bad(format!("ops must lie in 1..=16, got {}", self.ops));
+        }
+        if !(0.0..=10.0).contains(&self.magnitude) {
+            return bad(format!(
+                "magnitude must lie in [0, 10], got {}",
+                self.magnitude
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.prob) {
+            return bad(format!("prob must lie in [0, 1], got {}", self.prob));
+        }
+        if self.augs.is_empty() {
+            return bad("augs is empty (set enabled = false to turn RandomAugment off)".into());
+        }
+        for (i, op) in self.augs.iter().enumerate() {
+            if self.augs[..i].contains(op) {
+                return bad(format!("augs lists {op:?} twice"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The resolved training configuration. Defaults are RAM's `pretrain.yaml` values where it has them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -290,6 +396,16 @@ pub struct TrainConfig {
     /// `[online_teacher]`: compute the teacher signals on every augmented batch through these CLIP
     /// towers (`--teacher online`) instead of reading a teacher file.
     pub online_teacher: Option<crate::teacher::OnlineTeacherConfig>,
+    /// Validate every this many optimizer steps (0: only before the first and after the last step)
+    /// when the run has validation data (`--val-data`); results go to `validation.jsonl`.
+    pub val_every: u64,
+    /// Validate on the first this many images of the validation set (unset: all).
+    pub val_max_images: Option<usize>,
+    /// Images per validation forward pass (unset: the micro-batch size).
+    pub val_batch_size: Option<usize>,
+    /// RAM's `RandomAugment(2, 5)` in the training transform (`[random_augment]`; on by default, as
+    /// RAM trains).
+    pub random_augment: RandomAugmentConfig,
 }
 
 impl Default for TrainConfig {
@@ -334,6 +450,10 @@ impl Default for TrainConfig {
             class_num: None,
             monitor: Default::default(),
             online_teacher: None,
+            val_every: 0,
+            val_max_images: None,
+            val_batch_size: None,
+            random_augment: RandomAugmentConfig::default(),
         }
     }
 }
@@ -488,6 +608,10 @@ impl TrainConfig {
         if self.keep_checkpoints == 0 {
             return bad("keep_checkpoints must be >= 1".into());
         }
+        if self.val_max_images == Some(0) || self.val_batch_size == Some(0) {
+            return bad("val_max_images and val_batch_size must be >= 1".into());
+        }
+        self.random_augment.validate()?;
         Ok(())
     }
 
@@ -563,6 +687,11 @@ fn known_keys() -> Vec<&'static str> {
         "image_path_root",
         "class_num",
         "online_teacher",
+        "monitor",
+        "random_augment",
+        "val_every",
+        "val_max_images",
+        "val_batch_size",
     ];
     keys.sort();
     debug_assert!(IGNORED_RAM_KEYS.iter().all(|k| !keys.contains(k)));
@@ -619,6 +748,45 @@ mod tests {
         assert_eq!(l.config.loss_weights.dis, 5.0);
         let back: TrainConfig = toml::from_str(&l.config.to_toml()).unwrap();
         assert_eq!(back, l.config);
+    }
+
+    #[test]
+    fn random_augment_and_monitor_tables_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "[random_augment]\nops = 3\naugs = [\"Rotate\", \"Equalize\"]\n[monitor.spike]\nwindow = 77\n",
+        )
+        .unwrap();
+        let l = TrainConfig::load(&p).unwrap();
+        assert!(l.ignored_keys.is_empty(), "{:?}", l.ignored_keys);
+        let ra = &l.config.random_augment;
+        assert_eq!(
+            (ra.enabled, ra.ops, ra.magnitude, ra.prob),
+            (true, 3, 5.0, 0.5)
+        );
+        assert_eq!(ra.augs, vec![AugOp::Rotate, AugOp::Equalize]);
+        assert_ne!(l.config.monitor, crate::monitor::DetectorConfig::default());
+        // RAM's defaults: on, RandomAugment(2, 5) over RAM's ten operations.
+        let d = TrainConfig::default().random_augment;
+        assert_eq!((d.enabled, d.ops, d.magnitude), (true, 2, 5.0));
+        assert_eq!(d.augs, AugOp::RAM.to_vec());
+        let mut c = TrainConfig::default();
+        c.apply_overrides(&["random_augment={enabled=false}".into()])
+            .unwrap();
+        assert!(!c.random_augment.enabled);
+        std::fs::write(&p, "[random_augment]\naugs = [\"Solarize\"]\n").unwrap();
+        let e = TrainConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("Solarize"), "{e}");
+        let c = TrainConfig {
+            random_augment: RandomAugmentConfig {
+                magnitude: 12.0,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("magnitude"));
     }
 
     #[test]

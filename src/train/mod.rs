@@ -19,4 +19,6 @@ pub mod optim;
 #[cfg(feature = "train")]
 pub mod run;
 #[cfg(feature = "train")]
+pub mod validate;
+#[cfg(feature = "train")]
 pub mod weights;

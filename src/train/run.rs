@@ -11,16 +11,21 @@
 use super::autocast::with_autocast;
 use super::config::{DeviceKind, Precision, TrainConfig};
 use super::data::{self, Augment, Loader, LoaderConfig, TeacherSource, TrainData};
-use super::model::{ParamInit, RamPlus, RamPlusConfig, Trace};
+use super::model::{ParamInit, RamPlus, RamPlusConfig};
 use super::objective::{micro_losses, step_losses, AbsentSlots, LossWeighting, MicroInputs};
 use super::optim::{AdamW, LrSchedule};
+use super::validate::{score_images, ValidationInputs, ValidationSet};
 use super::weights::{self, InitFingerprint, LoadOptions};
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 use crate::manifest::SlotManifest;
-use crate::monitor::{events_table, HealthEvent, LossTerm, RunDir, RunMonitor, StepRecord};
+use crate::monitor::{
+    events_table, HealthEvent, LossTerm, RunDir, RunMonitor, StepRecord, ValidationRecord,
+    ValidationWriter,
+};
 use crate::tensors::{EmbeddingFile, Layout, Provenance};
 use crate::vocab::Vocabulary;
+use image::imageops::FilterType;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -50,6 +55,9 @@ pub struct TrainInputs {
     pub vocab: Option<String>,
     /// Train even when the image encoder is not loaded from a pretrained checkpoint (loud warning).
     pub allow_random_encoder: bool,
+    /// Held-out data validated on during training (`validation.jsonl`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<ValidationInputs>,
 }
 
 const RUN_FILE: &str = "run.json";
@@ -98,6 +106,8 @@ pub struct Prepared {
     pub loader: LoaderConfig,
     pub steps_per_epoch: u64,
     pub total_steps: u64,
+    /// The validation set, when the run validates.
+    pub validation: Option<ValidationSet>,
     /// Lines for the log: what was loaded, frozen, checked.
     pub notes: Vec<String>,
 }
@@ -130,10 +140,14 @@ pub fn prepare(config: &TrainConfig, inputs: &TrainInputs) -> Result<Prepared> {
 
     // Manifest, vocabulary and label embeddings must agree.
     let manifest = SlotManifest::read(&inputs.manifest)?;
-    if let Some(spec) = &inputs.vocab {
-        let vocab = Vocabulary::load(spec)?;
-        manifest.check_vocabulary(&vocab, &inputs.manifest)?;
-    }
+    let vocab = match &inputs.vocab {
+        Some(spec) => {
+            let vocab = Vocabulary::load(spec)?;
+            manifest.check_vocabulary(&vocab, &inputs.manifest)?;
+            Some(vocab)
+        }
+        None => None,
+    };
     let num_class = manifest.slots.len();
     if let Some(n) = config.class_num {
         if n != num_class {
@@ -230,15 +244,64 @@ pub fn prepare(config: &TrainConfig, inputs: &TrainInputs) -> Result<Prepared> {
         absent_slots.len(),
         config.absent
     ));
+    let validation = match &inputs.validation {
+        Some(v) => {
+            // Without --vocab the manifest's tags name the slots (no preset thresholds then).
+            let vocab = vocab.clone().unwrap_or_else(|| {
+                Vocabulary::from_tags(manifest.slots.iter().map(|s| s.tag.clone()).collect())
+            });
+            let set = ValidationSet::open(
+                v,
+                &inputs.images,
+                vocab,
+                manifest.clone(),
+                config.val_max_images,
+            )?;
+            notes.push(format!(
+                "{}; every {} steps",
+                set.describe(),
+                if config.val_every > 0 {
+                    config.val_every.to_string()
+                } else {
+                    "(only first and last)".into()
+                }
+            ));
+            Some(set)
+        }
+        None if config.val_every > 0 => {
+            return Err(Error::Usage(format!(
+                "val_every = {} but the run has no validation data: give --val-data (a benchmark folder or a RAM-format annotation file)",
+                config.val_every
+            )))
+        }
+        None => None,
+    };
     let (micro, _) = config.accumulation()?;
     let loader = LoaderConfig {
         micro_batch: micro,
         batch: config.batch_size,
-        augment: Augment::ram(model_config.swin.img_size as u32),
+        augment: Augment {
+            random: data::randaugment::RandomAugment::from_config(&config.random_augment),
+            ..Augment::ram(model_config.swin.img_size as u32)
+        },
         seed: config.seed,
         workers: config.workers,
         prefetch: config.prefetch,
     };
+    notes.push(match &loader.augment.random {
+        Some(ra) => format!(
+            "augmentation: RandomResizedCrop({}, scale 0.2-1), flip, RandomAugment({}, {}) p {} over {:?}",
+            loader.augment.size,
+            ra.n,
+            ra.magnitude,
+            ra.prob,
+            ra.ops()
+        ),
+        None => format!(
+            "augmentation: RandomResizedCrop({}, scale 0.2-1), flip; RandomAugment off",
+            loader.augment.size
+        ),
+    });
     let steps_per_epoch = loader.steps_per_epoch(data.len());
     if steps_per_epoch == 0 {
         return Err(Error::Usage(format!(
@@ -295,6 +358,7 @@ pub fn prepare(config: &TrainConfig, inputs: &TrainInputs) -> Result<Prepared> {
         loader,
         steps_per_epoch,
         total_steps,
+        validation,
         notes,
     })
 }
@@ -442,6 +506,8 @@ pub struct RunSummary {
     pub absent_slots: Vec<usize>,
     /// What the training-health detectors found over the whole run (`events.jsonl`).
     pub health_events: Vec<HealthEvent>,
+    /// The validations of this invocation (also in `validation.jsonl`).
+    pub validation: Vec<ValidationRecord>,
 }
 
 impl RunSummary {
@@ -487,6 +553,7 @@ pub fn train(prepared: Prepared, out: &Path, resume: bool) -> Result<RunSummary>
         loader: loader_cfg,
         steps_per_epoch,
         total_steps,
+        validation,
         notes,
     } = prepared;
     for n in &notes {
@@ -552,6 +619,40 @@ pub fn train(prepared: Prepared, out: &Path, resume: bool) -> Result<RunSummary>
         return Err(Error::Usage(format!(
             "nothing to do: the run is at step {start_step} of {total_steps} (raise max_steps to continue)"
         )));
+    }
+
+    let mut validations = Vec::new();
+    let mut val_writer = match &validation {
+        Some(_) if resume => Some(ValidationWriter::resume(
+            &run.validation_path(),
+            start_step,
+        )?),
+        Some(_) => {
+            crate::fsutil::write_bytes_atomic(&run.validation_path(), b"")?;
+            Some(ValidationWriter::append(&run.validation_path())?)
+        }
+        None => None,
+    };
+    let val_batch = config
+        .val_batch_size
+        .unwrap_or(config.micro_batch_size.unwrap_or(config.batch_size));
+    let mut validate_at = |step: u64, bar: Option<&indicatif::ProgressBar>| -> Result<()> {
+        let (Some(set), Some(writer)) = (&validation, val_writer.as_mut()) else {
+            return Ok(());
+        };
+        let report = set.run(&model, device, val_batch)?;
+        let rec = ValidationRecord::from_report(step, &report);
+        writer.write(&rec)?;
+        let line = validation_line(&rec);
+        match bar {
+            Some(b) => b.suspend(|| tracing::info!("{line}")),
+            None => tracing::info!("{line}"),
+        }
+        validations.push(rec);
+        Ok(())
+    };
+    if !resume {
+        validate_at(0, None)?;
     }
 
     let sched = LrSchedule::new(&config, steps_per_epoch, total_steps);
@@ -711,6 +812,9 @@ pub fn train(prepared: Prepared, out: &Path, resume: bool) -> Result<RunSummary>
             tracing::debug!("step {done}: lr {lr:.3e} {}", terms.join(" "));
         }
         bar.set_position(done);
+        if (config.val_every > 0 && done % config.val_every == 0) || done == total_steps {
+            validate_at(done, Some(&bar))?;
+        }
         if config.checkpoint_every > 0 && done % config.checkpoint_every == 0 {
             last_saved = Some(save_checkpoint(
                 &run,
@@ -765,6 +869,7 @@ pub fn train(prepared: Prepared, out: &Path, resume: bool) -> Result<RunSummary>
         slot_probabilities,
         absent_slots,
         health_events,
+        validation: validations,
     };
     if let Some(p) = summary.absent_probability() {
         tracing::info!(
@@ -776,6 +881,30 @@ pub fn train(prepared: Prepared, out: &Path, resume: bool) -> Result<RunSummary>
     Ok(summary)
 }
 
+/// `validation at step S (NAME, N images): mAP … CP … CR … CF1 … OF1 …; absent slots: mAP …`.
+pub fn validation_line(rec: &ValidationRecord) -> String {
+    let group = |s: &crate::eval::Summary| {
+        format!(
+            "mAP {:.4} CP {:.4} CR {:.4} CF1 {:.4} OF1 {:.4} ({} tags)",
+            s.map, s.cp, s.cr, s.cf1, s.of1, s.classes
+        )
+    };
+    let mut line = format!(
+        "validation at step {} ({}, {} images): {}",
+        rec.step,
+        rec.benchmark,
+        rec.images,
+        rec.main
+            .as_ref()
+            .map(group)
+            .unwrap_or_else(|| "no present tag with positives".into())
+    );
+    if let Some(a) = &rec.absent {
+        line.push_str(&format!("; absent slots: {}", group(a)));
+    }
+    line
+}
+
 /// Mean sigmoid probability of every slot over the first `limit` records, each image resized (bicubic)
 /// to the model's input without augmentation, in eval mode.
 pub fn slot_probabilities(
@@ -784,39 +913,17 @@ pub fn slot_probabilities(
     device: Device,
     limit: usize,
 ) -> Result<Vec<f64>> {
-    let side = model.config.swin.img_size as u32;
     let n = data.len().min(limit);
-    let per = 3 * (side * side) as usize;
+    let paths: Vec<PathBuf> = data.records.records[..n]
+        .iter()
+        .map(|r| data.image_path(r))
+        .collect();
+    let probs = score_images(model, &paths, device, 16, FilterType::CatmullRom)?;
     let nc = model.config.num_class;
     let mut sums = vec![0f64; nc];
-    for chunk in (0..n).collect::<Vec<_>>().chunks(16) {
-        let mut buf = vec![0f32; chunk.len() * per];
-        for (k, &i) in chunk.iter().enumerate() {
-            let img = data::augment::decode(&data.image_path(&data.records.records[i]))?;
-            let img =
-                image::imageops::resize(&img, side, side, image::imageops::FilterType::CatmullRom);
-            data::augment::to_normalized_chw(&img, &mut buf[k * per..(k + 1) * per]);
-        }
-        let x = to_device(
-            &buf,
-            &[chunk.len() as i64, 3, side as i64, side as i64],
-            device,
-        );
-        let probs = tch::no_grad(|| {
-            let mut trace = Trace::off();
-            let e = model.image_embeds(&x, false, &mut trace);
-            model
-                .tag_branch(&e.image_embeds, false, &mut trace)
-                .tagging_logits
-                .sigmoid()
-        });
-        let col = probs
-            .sum_dim_intlist([0i64].as_slice(), false, Kind::Double)
-            .to_device(Device::Cpu);
-        let v: Vec<f64> =
-            Vec::try_from(&col).map_err(|e: tch::TchError| Error::Other(e.to_string()))?;
-        for (s, x) in sums.iter_mut().zip(v) {
-            *s += x;
+    for row in probs.chunks(nc) {
+        for (s, p) in sums.iter_mut().zip(row) {
+            *s += f64::from(*p);
         }
     }
     Ok(sums.into_iter().map(|s| s / n.max(1) as f64).collect())

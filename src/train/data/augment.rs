@@ -1,8 +1,10 @@
 //! Image decoding and RAM's training augmentation: `RandomResizedCrop(size, scale=(0.2, 1.0),
-//! bicubic)`, horizontal flip with probability ½, CLIP normalisation (torchvision's algorithms,
-//! `transform_train` in `ram/data/__init__.py`). RAM's `RandomAugment(2, 5, …)` is not applied.
+//! bicubic)`, horizontal flip with probability ½, RAM's `RandomAugment(2, 5, …)`
+//! ([`super::randaugment`], optional), CLIP normalisation (torchvision's algorithms,
+//! `transform_train` in `ram/data/__init__.py`).
 
-use crate::imaging::{normalize_chw, render_view, View};
+use super::randaugment::RandomAugment;
+use crate::imaging::{normalize_chw, render_view, view_image, View};
 use image::RgbImage;
 use rand::Rng;
 
@@ -21,16 +23,27 @@ pub struct Augment {
     pub ratio: (f64, f64),
     /// Flip probability.
     pub flip: f64,
+    /// RAM's `RandomAugment` after the flip; `None`: off.
+    pub random: Option<RandomAugment>,
 }
 
 impl Augment {
-    /// RAM's training transform at `size`.
+    /// RAM's training transform at `size`, `RandomAugment(2, 5)` included.
     pub fn ram(size: u32) -> Self {
         Augment {
             size,
             scale: (0.2, 1.0),
             ratio: (3.0 / 4.0, 4.0 / 3.0),
             flip: 0.5,
+            random: Some(RandomAugment::ram()),
+        }
+    }
+
+    /// The transform without `RandomAugment`.
+    pub fn without_random_augment(self) -> Self {
+        Augment {
+            random: None,
+            ..self
         }
     }
 
@@ -79,12 +92,20 @@ impl Augment {
         }
     }
 
-    /// Crops, resizes (bicubic), maybe flips, and writes CLIP-normalised CHW floats into `out`
-    /// (`3·size·size` values). Returns the view drawn, so another consumer (the online teacher) can
-    /// render the same crop and flip at its own resolution.
+    /// Crops, resizes (bicubic), maybe flips, applies `RandomAugment` when on, and writes
+    /// CLIP-normalised CHW floats into `out` (`3·size·size` values); every random choice comes from
+    /// `rng`, in that order. Returns the view drawn, so another consumer (the online teacher) can
+    /// render the same crop and flip at its own resolution (without the RandomAugment operations).
     pub fn apply<R: Rng>(&self, img: &RgbImage, rng: &mut R, out: &mut [f32]) -> View {
         let view = self.draw(img.width(), img.height(), rng);
-        render_view(img, &view, self.size, &CLIP_MEAN, &CLIP_STD, out);
+        match &self.random {
+            None => render_view(img, &view, self.size, &CLIP_MEAN, &CLIP_STD, out),
+            Some(ra) => {
+                let mut image = view_image(img, &view, self.size);
+                ra.apply(&mut image, rng);
+                normalize_chw(&image, &CLIP_MEAN, &CLIP_STD, out);
+            }
+        }
         view
     }
 }
@@ -120,7 +141,7 @@ mod tests {
         let img = RgbImage::from_fn(40, 30, |x, y| {
             image::Rgb([(x * 6) as u8, (y * 8) as u8, 128])
         });
-        let aug = Augment::ram(16);
+        let aug = Augment::ram(16).without_random_augment();
         let mut a = vec![0f32; 3 * 256];
         let mut b = vec![0f32; 3 * 256];
         aug.apply(&img, &mut ChaCha8Rng::seed_from_u64(5), &mut a);
@@ -131,6 +152,31 @@ mod tests {
         // Blue channel is constant 128 everywhere: normalised value (128/255 - mean) / std.
         let blue = (128.0 / 255.0 - CLIP_MEAN[2]) / CLIP_STD[2];
         assert!(a[512..].iter().all(|v| (v - blue).abs() < 1e-5));
+    }
+
+    #[test]
+    fn random_augment_follows_the_crop_and_flip() {
+        // With RandomAugment on, the crop and flip draw the same numbers first: images the drawn
+        // operations leave alone (none applied, or Identity) equal the plain transform's.
+        let img = RgbImage::from_fn(40, 30, |x, y| {
+            image::Rgb([(x * 6) as u8, (y * 8) as u8, 90])
+        });
+        let (plain, full) = (Augment::ram(16).without_random_augment(), Augment::ram(16));
+        let (mut a, mut b) = (vec![0f32; 3 * 256], vec![0f32; 3 * 256]);
+        let (mut same, mut differ) = (0, 0);
+        for seed in 0..64 {
+            plain.apply(&img, &mut ChaCha8Rng::seed_from_u64(seed), &mut a);
+            full.apply(&img, &mut ChaCha8Rng::seed_from_u64(seed), &mut b);
+            if a == b {
+                same += 1;
+            } else {
+                differ += 1;
+            }
+            let mut c = vec![0f32; 3 * 256];
+            full.apply(&img, &mut ChaCha8Rng::seed_from_u64(seed), &mut c);
+            assert_eq!(b, c, "seed {seed}: not reproducible");
+        }
+        assert!(same > 5 && differ > 20, "same {same}, differ {differ}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! data position of a checkpoint is its step.
 
 pub mod augment;
+pub mod randaugment;
 pub mod records;
 pub mod synth;
 pub mod teacher;

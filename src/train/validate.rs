@@ -1,0 +1,252 @@
+//! Validation inside the training loop: every `val_every` steps the model scores a held-out set in
+//! eval mode and [`crate::eval::evaluate`] turns the scores into mAP and precision / recall / F1 at
+//! the per-class thresholds, appended to `RUN_DIR/validation.jsonl`.
+//!
+//! The set is either a benchmark in the official format (a folder with `*_taglist.txt` and
+//! `*_annots.txt`; tags mapped to slots by name) or a RAM-format annotation file (records with
+//! `image_path` and `union_label_id`, slots used as they are). Images are resized to the model's
+//! input (bilinear, as RAM's inference transform `Resize((S, S))`) without augmentation.
+
+use super::data::augment;
+use super::model::{RamPlus, Trace};
+use crate::error::{Error, Result};
+use crate::eval::{
+    evaluate, gather_columns, Benchmark, EvalReport, LabelForm, MappedTag, MatchKind, TagMapping,
+    Thresholds,
+};
+use crate::manifest::SlotManifest;
+use crate::vocab::Vocabulary;
+use image::imageops::FilterType;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+/// What to validate on, as the run records it (`run.json`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ValidationInputs {
+    /// A benchmark folder (official format) or a RAM-format annotation file.
+    pub data: PathBuf,
+    /// Image root; unset: the training images' root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<PathBuf>,
+    /// Per-slot thresholds (one a line, slot order); unset: the vocabulary preset's sidecar, else 0.5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thresholds: Option<PathBuf>,
+}
+
+/// A loaded validation set, its images checked.
+#[derive(Debug)]
+pub struct ValidationSet {
+    pub bench: Benchmark,
+    pub mapping: TagMapping,
+    pub vocab: Vocabulary,
+    pub thresholds: Thresholds,
+    pub manifest: SlotManifest,
+    /// Image file of each benchmark image.
+    pub image_paths: Vec<PathBuf>,
+}
+
+impl ValidationSet {
+    /// Loads the set, keeps its first `max_images` images when given, and opens every image's
+    /// header (so a missing image fails before the first step).
+    pub fn open(
+        inputs: &ValidationInputs,
+        train_images: &Path,
+        vocab: Vocabulary,
+        manifest: SlotManifest,
+        max_images: Option<usize>,
+    ) -> Result<Self> {
+        let root = inputs.images.as_deref().unwrap_or(train_images);
+        if !root.is_dir() {
+            return Err(Error::invalid(
+                root,
+                "validation image root is not a folder",
+            ));
+        }
+        let (mut bench, mapping) = if inputs.data.is_dir() {
+            let bench = Benchmark::from_dir(&inputs.data)?;
+            let mapping = TagMapping::new(&bench.tags, &vocab);
+            (bench, mapping)
+        } else {
+            from_records(&inputs.data, &vocab)?
+        };
+        if let Some(n) = max_images {
+            bench.images.truncate(n);
+            bench.labels.truncate(n);
+        }
+        if bench.images.is_empty() {
+            return Err(Error::invalid(&inputs.data, "validation set has no images"));
+        }
+        if mapping.mapped().is_empty() {
+            return Err(Error::invalid(
+                &inputs.data,
+                format!(
+                    "none of its {} tags matches a slot of the vocabulary",
+                    bench.tags.len()
+                ),
+            ));
+        }
+        let thresholds = match &inputs.thresholds {
+            Some(p) => Thresholds::read(p, vocab.len())?,
+            None => match Thresholds::from_preset(&vocab) {
+                Some(t) => t?,
+                None => Thresholds {
+                    values: vec![0.5; vocab.len()],
+                    source: "0.5 for every slot (no threshold file given)".into(),
+                },
+            },
+        };
+        let image_paths: Vec<PathBuf> = (0..bench.images.len())
+            .map(|i| bench.image_path(root, i))
+            .collect();
+        let failures: Vec<Error> = image_paths
+            .par_iter()
+            .filter_map(|p| augment::probe(p).err())
+            .collect();
+        if let Some(first) = failures.first() {
+            return Err(Error::Other(format!(
+                "{} of {} validation images cannot be read (image root {}), e.g. {first}",
+                failures.len(),
+                image_paths.len(),
+                root.display()
+            )));
+        }
+        Ok(ValidationSet {
+            bench,
+            mapping,
+            vocab,
+            thresholds,
+            manifest,
+            image_paths,
+        })
+    }
+
+    /// One line for the log.
+    pub fn describe(&self) -> String {
+        let unmapped = self.mapping.unmapped();
+        format!(
+            "validation: {} ({} images, {} of {} tags mapped to slots{}), thresholds {}",
+            self.bench.name,
+            self.image_paths.len(),
+            self.mapping.mapped().len(),
+            self.bench.tags.len(),
+            if unmapped.is_empty() {
+                String::new()
+            } else {
+                format!("; not evaluated: {}", unmapped.join(", "))
+            },
+            self.thresholds.source
+        )
+    }
+
+    /// Scores every image with the model in eval mode and evaluates.
+    pub fn run(&self, model: &RamPlus, device: Device, batch: usize) -> Result<EvalReport> {
+        let scores = score_images(
+            model,
+            &self.image_paths,
+            device,
+            batch.max(1),
+            FilterType::Triangle,
+        )?;
+        let columns = gather_columns(&scores, model.config.num_class, &self.mapping)?;
+        evaluate(
+            &self.bench,
+            &self.vocab,
+            &self.mapping,
+            &columns,
+            &self.thresholds,
+            Some(&self.manifest),
+        )
+    }
+}
+
+/// A RAM-format annotation file as a benchmark over the slots its records carry (slots kept as
+/// they are, so tags that share a name stay apart).
+fn from_records(path: &Path, vocab: &Vocabulary) -> Result<(Benchmark, TagMapping)> {
+    let set = super::data::RecordSet::read(&[path.to_path_buf()], vocab.len())?;
+    let mut slots: Vec<u32> = set
+        .records
+        .iter()
+        .flat_map(|r| r.slots.iter().copied())
+        .collect();
+    slots.sort_unstable();
+    slots.dedup();
+    let column = |s: u32| slots.binary_search(&s).expect("collected") as u32;
+    let tags: Vec<String> = slots
+        .iter()
+        .map(|&s| vocab.tags[s as usize].clone())
+        .collect();
+    let bench = Benchmark {
+        name: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        taglist_path: path.to_path_buf(),
+        annots_path: path.to_path_buf(),
+        images: set.records.iter().map(|r| r.image_path.clone()).collect(),
+        labels: set
+            .records
+            .iter()
+            .map(|r| r.slots.iter().map(|&s| column(s)).collect())
+            .collect(),
+        tags: tags.clone(),
+        form: LabelForm::Indices,
+    };
+    let mapping = TagMapping {
+        tags: tags
+            .into_iter()
+            .zip(&slots)
+            .map(|(tag, &s)| MappedTag {
+                tag,
+                slot: Some(s as usize),
+                matched: Some(MatchKind::Exact),
+            })
+            .collect(),
+    };
+    Ok((bench, mapping))
+}
+
+/// Sigmoid tag probabilities `[images, num_class]` (row-major), each image decoded, resized with
+/// `filter` to the model's input and CLIP-normalised, in eval mode without gradients.
+pub fn score_images(
+    model: &RamPlus,
+    paths: &[PathBuf],
+    device: Device,
+    batch: usize,
+    filter: FilterType,
+) -> Result<Vec<f32>> {
+    let side = model.config.swin.img_size as u32;
+    let per = 3 * (side * side) as usize;
+    let mut out = Vec::with_capacity(paths.len() * model.config.num_class);
+    for chunk in paths.chunks(batch) {
+        let mut buf = vec![0f32; chunk.len() * per];
+        buf.par_chunks_mut(per)
+            .zip(chunk.par_iter())
+            .try_for_each(|(dst, p)| -> Result<()> {
+                let img = augment::decode(p)?;
+                let img = image::imageops::resize(&img, side, side, filter);
+                augment::to_normalized_chw(&img, dst);
+                Ok(())
+            })?;
+        let x = Tensor::from_slice(&buf)
+            .view([chunk.len() as i64, 3, side as i64, side as i64])
+            .to_device(device);
+        let probs = tch::no_grad(|| {
+            let mut trace = Trace::off();
+            let e = model.image_embeds(&x, false, &mut trace);
+            model
+                .tag_branch(&e.image_embeds, false, &mut trace)
+                .tagging_logits
+                .sigmoid()
+        });
+        let flat = probs
+            .to_kind(Kind::Float)
+            .to_device(Device::Cpu)
+            .reshape([-1]);
+        let v: Vec<f32> =
+            Vec::try_from(&flat).map_err(|e: tch::TchError| Error::Other(e.to_string()))?;
+        out.extend(v);
+    }
+    Ok(out)
+}
