@@ -126,13 +126,23 @@ fn resume_equals_uninterrupted_run() {
     let _guard = serial();
     let tmp = tempfile::tempdir().unwrap();
     let ds = dataset(tmp.path(), 32, 2);
-    let inp = inputs(&ds);
+    // Validation on 8 of the training images every 3 steps: it must not disturb the trajectory.
+    let inp = TrainInputs {
+        validation: Some(tagfix::train::validate::ValidationInputs {
+            data: ds.annotations.clone(),
+            images: None,
+            thresholds: None,
+        }),
+        ..inputs(&ds)
+    };
     let cfg = TrainConfig {
         batch_size: 8,
         micro_batch_size: Some(4),
         checkpoint_every: 3,
         loss_balance: LossBalance::Initial,
         balance_steps: 4,
+        val_every: 3,
+        val_max_images: Some(8),
         ..small_config(10)
     };
     let full_dir = tmp.path().join("full");
@@ -163,6 +173,14 @@ fn resume_equals_uninterrupted_run() {
         assert_eq!(x.lr, y.lr);
         assert_eq!(x.grad_norm, y.grad_norm, "step {}", x.step);
     }
+    let va = tagfix::monitor::read_validation(&full_dir.join("validation.jsonl")).unwrap();
+    let vb = tagfix::monitor::read_validation(&part_dir.join("validation.jsonl")).unwrap();
+    assert_eq!(
+        va.iter().map(|v| v.step).collect::<Vec<_>>(),
+        vec![0, 3, 6, 9, 10]
+    );
+    assert_eq!(va, vb, "validation after resume differs");
+    assert_eq!(resumed.validation.len(), 2, "steps 9 and 10");
     // Balanced weights were measured before the interruption and carried over.
     assert_ne!(
         a[9].loss.dis.unwrap().weighted / a[9].loss.dis.unwrap().raw,
@@ -519,10 +537,12 @@ fn bf16_autocast_trains_close_to_f32() {
     );
 }
 
-/// `tagfix train --val-data DIR --val-every N --plot` on the synthetic set with the tiny model: the
-/// validation mAP on held-out synthetic images (a benchmark folder: tag list + `image_id,tag` lines,
-/// with a tag no slot has) rises, `validation.jsonl` has a line per validation, and the plots
-/// include the validation figure. A RAM-format annotation file works as validation data too.
+/// `tagfix train --val-data DIR --val-every N --plot` on the synthetic set with the tiny model (tag
+/// loss only: with the teacher's align/dis terms at weights 10/100 the tiny model learns the tags
+/// far slower): the validation mAP on held-out synthetic images (a benchmark folder: tag list +
+/// `image_id,tag` lines, with a tag no slot has) rises, `validation.jsonl` has a line per
+/// validation, and the plots include the validation figure. A RAM-format annotation file works as
+/// validation data too.
 #[test]
 fn validation_in_the_loop_rises_and_is_plotted() {
     let _guard = serial();
@@ -568,8 +588,6 @@ fn validation_in_the_loop_rises_and_is_plotted() {
         .arg(&ds.manifest)
         .arg("--label-embed")
         .arg(&ds.label_embed)
-        .arg("--teacher")
-        .arg(&ds.teacher)
         .arg("--val-data")
         .arg(&bench)
         .arg("--val-images")
@@ -584,11 +602,11 @@ fn validation_in_the_loop_rises_and_is_plotted() {
         ])
         .args([
             "--lr",
-            "2e-3",
+            "5e-4",
             "--set",
-            "min_lr=2e-3",
+            "min_lr=5e-4",
             "--set",
-            "warmup_lr=1e-4",
+            "warmup_lr=1e-5",
         ])
         .args(["--set", "warmup_steps=10", "--seed", "3", "--workers", "1"])
         .args(["--threads", "1", "--checkpoint-every", "0", "--plot"])
@@ -613,7 +631,7 @@ fn validation_in_the_loop_rises_and_is_plotted() {
     // Six drawn tags have positives; purple and triangle (absent, never drawn) have none.
     assert_eq!(v[0].main.unwrap().classes, 6);
     assert!(
-        maps[4] > maps[0] + 0.15 && maps[4] > 0.75,
+        maps[1] > maps[0] && maps[4] > maps[0] + 0.25 && maps[4] > 0.75,
         "validation mAP did not rise: {maps:?}"
     );
     assert!(stdout.contains("validation at step 160"), "{stdout}");
