@@ -206,6 +206,7 @@ fn short_run_with_online_teacher_lowers_distillation() {
         init: Vec::new(),
         vocab: None,
         allow_random_encoder: true,
+        validation: None,
     };
     let out = tmp.path().join("run");
     let summary = train(prepare(&cfg, &inputs).unwrap(), &out, false).unwrap();
