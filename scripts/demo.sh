@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The main job on the embedded default. Grows with the pipeline (diff -> embed -> check -> train).
+# The main job on the embedded default: setup, build, then `tagfix repair` (diff -> embed -> check -> train).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build --release --all-features --quiet
+# Progress stays visible: the first build compiles libtorch's C++ wrapper and ONNX Runtime bindings.
+cargo build --release --all-features
 bin=target/release/tagfix
 $bin vocab ram
 # The whole repair on the embedded default: the `ram` vocabulary, a synthesized RAM-format training set

@@ -6,11 +6,12 @@ use std::path::PathBuf;
 /// Errors raised by the tagfix library.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
+    /// The I/O error's message is part of this one's, so it is not also exposed as the source
+    /// (which would print it twice in `anyhow`'s `{:#}` chain).
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     #[error("{path}:{line}: {message}")]
@@ -65,7 +66,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 

@@ -89,10 +89,24 @@ impl Preset {
             return Err(Error::Preset {
                 name: self.name.clone(),
                 message: format!(
-                    "{} not found (searched: {}); set {} to the directory holding it, or pass the file with --vocab FILE",
+                    "{} not found (searched: {}); set {} to the directory holding it, point {} at the shared \
+                     material folder (its ram/data/; default ../shared), or pass the file with --vocab FILE",
                     self.file,
-                    if searched.is_empty() { "nothing".to_string() } else { searched.join(", ") },
-                    self.env_var()
+                    if searched.is_empty() {
+                        match std::env::var_os(crate::fsutil::SHARED_ENV) {
+                            Some(v) => format!(
+                                "nothing: {} is unset and {}={} is not a directory",
+                                self.env_var(),
+                                crate::fsutil::SHARED_ENV,
+                                PathBuf::from(v).display()
+                            ),
+                            None => format!("nothing: {} is unset and there is no ../shared", self.env_var()),
+                        }
+                    } else {
+                        searched.join(", ")
+                    },
+                    self.env_var(),
+                    crate::fsutil::SHARED_ENV
                 ),
             });
         };
