@@ -6,6 +6,8 @@ Weight names equal open_clip's state-dict keys.
 """
 
 import json
+import os
+import sys
 
 import numpy as np
 import onnx
@@ -154,3 +156,33 @@ class Graph:
         model.ir_version = 9
         onnx.checker.check_model(model)
         return model
+
+
+# ---------------------------------------------------------------- checking and writing a fixture
+def check_graph(model, feeds, expected, tol=1e-4):
+    """Runs the graph with onnx's reference evaluator on each feed dict and exits when an output
+    differs from the numpy forward `expected` by more than `tol`. Returns the largest error."""
+    from onnx.reference import ReferenceEvaluator
+
+    ev = ReferenceEvaluator(model)
+    worst = 0.0
+    for feed in feeds:
+        got = ev.run(None, feed)[0]
+        err = float(np.abs(got - expected).max())
+        if err > tol:
+            shapes = {k: list(v.shape) for k, v in feed.items()}
+            sys.exit(f"ONNX graph differs from the numpy forward by {err} (inputs {shapes})")
+        worst = max(worst, err)
+    return worst
+
+
+def write_fixture(out, model, descriptor, expected):
+    """model.onnx, descriptor.toml and expected.json (the numpy forward) into `out`."""
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "model.onnx")
+    onnx.save(model, path)
+    with open(os.path.join(out, "descriptor.toml"), "w") as f:
+        f.write(descriptor)
+    with open(os.path.join(out, "expected.json"), "w") as f:
+        json.dump(expected, f)
+    print(f"wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB), descriptor.toml, expected.json", file=sys.stderr)

@@ -2,7 +2,8 @@
 # GPU check of the RAM++ model and the training loop (feature `train`), in two steps:
 #   scripts/gpu-check.sh prepare   # here: CUDA-linked binaries + parity fixtures + the Python reference
 #                                  # -> target/gpu-check/ (carry that folder to the GPU machine)
-#   scripts/gpu-check.sh run       # on the GPU machine, from the repository root; results in $OUT
+#   scripts/gpu-check.sh run [PART...]  # on the GPU machine, from the repository root; results in $OUT
+#                                  # PART: parity step train cpu loop (default: all five)
 # The GPU machine needs the NVIDIA driver and torch 2.11 (+cu130) for Python with its libraries
 # (TORCH_LIB, default /opt/torch/.venv/.../torch/lib; TORCH_PYTHON, default python3). Nothing is built there.
 # `run`, in a few minutes of GPU time:
@@ -12,7 +13,11 @@
 #      weights and batch (scripts/bench-step.sh);
 #   3. `tagfix train --device cuda --precision bf16` on a synthetic 224 px set: batch 52 as 2 x 26, images/s
 #      with data loading, the health summary;
-#   4. the CPU step-time comparison of the tiny configuration (2 threads) on that machine's idle processor.
+#   4. the CPU step-time comparison of the tiny configuration (2 threads) on that machine's idle processor;
+#   5. (`loop`) the loop's later features on CUDA: RandomAugment and validation in the loop (images/s), the
+#      online teacher (ONNX Runtime on the CPU in the loader; data wait), and `tagfix repair --train-device
+#      cuda` on the embedded default. Needs target/gpu-check/bundle.tar.xz (ONNX Runtime, the MiniLM model,
+#      the CLIP test towers, the base embeddings and the RAM tag list, compressed to fit the carry limit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest=target/gpu-check
@@ -29,6 +34,15 @@ prepare)
   objcopy --strip-debug target/release/examples/step_time "$dest/bin/step_time"
   objcopy --strip-debug "$(echo "$tests" | grep /deps/ | head -1)" "$dest/bin/ram_plus_parity"
   cp "$ref/functional_reference.py" "$dest/ref/"
+  # What part 5 reads, dereferenced (the setup links into .venv) and compressed.
+  b=$(mktemp -d)
+  mkdir -p "$b/models"
+  cp -L .deps/libonnxruntime.so "$b/"
+  cp -rL models/minilm models/clip-tiny models/clip-tiny-vision models/clip-bpe "$b/models/"
+  cp "${TAGFIX_SHARED:-../shared}/reference/minilm_ram_single_template.safetensors" "$b/base.safetensors"
+  cp "${TAGFIX_SHARED:-../shared}/ram/data/ram_tag_list.txt" "$b/"
+  tar -C "$b" -cJf "$dest/bundle.tar.xz" .
+  rm -rf "$b"
   for d in tiny tiny_224_w7; do
     mkdir -p "$dest/ref/$d"
     cp "$ref/$d"/{config.json,weights.safetensors,inputs.safetensors,outputs.safetensors,grads.safetensors,generate_tag.json} "$dest/ref/$d/"
@@ -39,15 +53,21 @@ prepare)
   du -sh "$dest"
   ;;
 run)
+  shift
+  parts=" ${*:-parity step train cpu loop} "
+  want() { [[ "$parts" == *" $1 "* ]]; }
   : "${OUT:=$dest/out}"
   mkdir -p "$OUT"
   export LD_LIBRARY_PATH="${TORCH_LIB:-/opt/torch/.venv/lib/python3.12/site-packages/torch/lib}"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
+  if want parity; then
   echo "== 1. parity on CUDA"
   for d in tiny tiny_224_w7; do
     TAGFIX_TEST_DEVICE=cuda TAGFIX_PARITY_DIR="$PWD/$dest/ref/$d" "$dest/bin/ram_plus_parity" --nocapture 2>&1 \
       | tee "$OUT/parity_$d.txt" | grep -E "test result|max|FAILED|panicked" || true
   done
+  fi
+  if want step; then
   echo "== 2. full-size step time, Rust vs Python"
   for precision in ${PRECISIONS:-f32 bf16}; do
     DEVICE=cuda PRECISION=$precision THREADS=${THREADS:-8} STEPS=${STEPS:-10} WARMUP=3 ROUNDS=1 \
@@ -55,6 +75,8 @@ run)
       STEP_TIME_BIN="$dest/bin/step_time" TAGFIX_REFERENCE="$dest/ref" TORCH_PYTHON="${TORCH_PYTHON:-python3}" \
       OUT_DIR="$OUT/step_$precision" scripts/bench-step.sh 2>&1 | tee "$OUT/step_$precision.txt" || true
   done
+  fi
+  if want train; then
   echo "== 3. tagfix train on CUDA (bf16, batch 52 = 2 x 26)"
   synth=$(mktemp -d)
   "$dest/bin/tagfix" synth-images --out "$synth" --count 520 --size 224 --descriptions 51 > "$OUT/synth.txt"
@@ -74,10 +96,52 @@ print(f"train: {len(recs)} steps; median images/s over the second half {ips:.1f}
 print("first/last tag loss", recs[0]["loss"]["tag"]["raw"], recs[-1]["loss"]["tag"]["raw"])
 PY
   rm -f "$OUT/run/checkpoints" -r
+  fi
+  if want cpu; then
   echo "== 4. CPU step time on this machine's processor (tiny configuration, 2 threads), Rust vs Python"
   DEVICE=cpu THREADS=2 STEPS=30 ROUNDS=2 CASES="${CPU_CASES:-tiny:10:3:2 tiny:10:3:8}" \
     STEP_TIME_BIN="$dest/bin/step_time" TAGFIX_REFERENCE="$dest/ref" TORCH_PYTHON="${TORCH_PYTHON:-python3}" \
     OUT_DIR="$OUT/step_cpu" scripts/bench-step.sh 2>&1 | tee "$OUT/step_cpu.txt" || true
+  fi
+  if want loop; then
+  echo "== 5. RandomAugment + validation, the online teacher, repair on CUDA"
+  b=$(mktemp -d)
+  tar -C "$b" -xJf "$dest/bundle.tar.xz"
+  export ORT_DYLIB_PATH="$b/libonnxruntime.so" TAGFIX_MODELS="$b/models" TAGFIX_RAM_DATA="$b"
+  t="$dest/bin/tagfix"
+  s=$(mktemp -d)
+  "$t" synth-images --out "$s/train" --count 520 --size 224 --descriptions 51 > /dev/null
+  "$t" synth-images --out "$s/val" --count 104 --size 224 --descriptions 51 --seed 9 > /dev/null
+  common=(--data "$s/train/train.json" --images "$s/train/images" --manifest "$s/train/manifest.json"
+    --label-embed "$s/train/label_embed.safetensors" --allow-random-encoder --device cuda --precision bf16
+    --batch-size 52 --micro-batch-size 26 --workers 14 --checkpoint-every 0)
+  "$t" train --model "${TRAIN_MODEL:-swin_l_224}" "${common[@]}" --teacher "$s/train/teacher.safetensors" \
+    --max-steps "${LOOP_STEPS:-20}" --val-data "$s/val/train.json" --val-images "$s/val/images" --val-every 10 \
+    --out "$OUT/run_ra" > "$OUT/run_ra.txt" 2> "$OUT/run_ra.log" || tail -20 "$OUT/run_ra.log"
+  cat "$OUT/run_ra.txt"
+  printf '[online_teacher]\nimage_model = "clip-tiny-vision"\ntext_model = "clip-tiny"\nthreads = 8\nbatch_size = 26\n' \
+    > "$s/online.toml"
+  "$t" train --config "$s/online.toml" --model "${TRAIN_MODEL:-swin_l_224}" "${common[@]}" --teacher online \
+    --max-steps "${ONLINE_STEPS:-10}" --out "$OUT/run_online" > "$OUT/run_online.txt" 2> "$OUT/run_online.log" \
+    || tail -20 "$OUT/run_online.log"
+  cat "$OUT/run_online.txt"
+  for r in run_ra run_online; do
+    [ -f "$OUT/$r/metrics.jsonl" ] || continue
+    python3 - "$OUT/$r/metrics.jsonl" "$r" <<'PY' || true
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1])]
+late = recs[len(recs) // 2:]
+ips = sorted(r["images_per_s"] for r in late)[len(late) // 2]
+wait = sum(r["data_wait_s"] for r in late) / len(late)
+print(f"{sys.argv[2]}: {len(recs)} steps; median images/s over the second half {ips:.1f}; mean data wait {wait:.3f} s/step")
+PY
+    rm -rf "$OUT/$r/checkpoints"
+  done
+  "$t" repair --train-device cuda --base "$b/base.safetensors" --out "$OUT/repair" > /dev/null 2> "$OUT/repair.log" \
+    || tail -20 "$OUT/repair.log"
+  grep -A4 "## Trained" "$OUT/repair/REPORT.md" || true
+  rm -rf "$OUT/repair/train/checkpoints" "$OUT/repair/image-set" "$b" "$s"
+  fi
   ;;
 *)
   echo "usage: $0 prepare|run" >&2

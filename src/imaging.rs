@@ -35,7 +35,7 @@ pub fn probe(path: &Path) -> Result<(u32, u32)> {
 }
 
 /// A rectangle of the source image and whether its resized square is flipped horizontally: one draw
-/// of the training augmentation, which the model's input and the online teacher's view share.
+/// of the training augmentation's crop and flip (`train::data::Draw` adds its other operations).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct View {
     pub top: u32,

@@ -3,67 +3,13 @@
 //! uninterrupted run, and bad inputs fail before the first step.
 #![cfg(feature = "train")]
 
+mod common;
+
+use common::train::{dataset, inputs, serial, small_config};
 use std::path::{Path, PathBuf};
 use tagfix::monitor::read_all_records;
 use tagfix::train::config::{AbsentPolicy, LossBalance, TrainConfig};
-use tagfix::train::data::synth::{generate, SynthDataset, SynthOptions};
 use tagfix::train::run::{prepare, train, RunSummary, TrainInputs};
-
-/// libtorch's generator and thread count are process-global: tests that train run one at a time so
-/// each run's randomness is its own.
-static TORCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    TORCH.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn dataset(dir: &Path, count: usize, seed: u64) -> SynthDataset {
-    generate(
-        &SynthOptions {
-            count,
-            size: 64,
-            seed,
-            descriptions: 3,
-            vocab: None,
-        },
-        dir,
-    )
-    .unwrap()
-}
-
-fn inputs(ds: &SynthDataset) -> TrainInputs {
-    TrainInputs {
-        data: vec![ds.annotations.clone()],
-        images: ds.image_root.clone(),
-        manifest: ds.manifest.clone(),
-        label_embed: ds.label_embed.clone(),
-        teacher: Some(ds.teacher.clone()),
-        init: Vec::new(),
-        vocab: None,
-        allow_random_encoder: true,
-        validation: None,
-    }
-}
-
-fn small_config(steps: u64) -> TrainConfig {
-    TrainConfig {
-        model: Some("tiny".into()),
-        batch_size: 8,
-        micro_batch_size: Some(8),
-        init_lr: 2e-3,
-        min_lr: 2e-3,
-        warmup_lr: 1e-4,
-        warmup_steps: 10,
-        max_steps: Some(steps),
-        workers: 1,
-        threads: 1,
-        prefetch: 4,
-        checkpoint_every: 0,
-        keep_checkpoints: 2,
-        seed: 3,
-        ..Default::default()
-    }
-}
 
 fn run(cfg: &TrainConfig, inp: &TrainInputs, out: &Path) -> RunSummary {
     let p = prepare(cfg, inp).unwrap();

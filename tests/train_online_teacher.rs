@@ -1,12 +1,14 @@
 //! The online teacher (`tagfix train --teacher online`) on the synthetic set with the generated CLIP
 //! towers (models/clip-tiny-vision, models/clip-tiny): for an un-augmented image it gives exactly the
-//! row `tagfix teacher` writes; in the loader it sees each sample's own augmented view; a short run
+//! row `tagfix teacher` writes; in the loader it sees each sample's own augmented view (RandomAugment included); a short run
 //! with it lowers the distillation loss; conflicting teacher settings are refused.
 #![cfg(feature = "train")]
 
+mod common;
 mod embed_common;
 
 use assert_cmd::Command;
+use common::train::{dataset, inputs, serial, small_config};
 use embed_common::{max_abs_diff, model_dir_for_test};
 use indicatif::ProgressBar;
 use std::path::{Path, PathBuf};
@@ -19,31 +21,15 @@ use tagfix::teacher::image_encoder::ImageEncoder;
 use tagfix::teacher::produce::{produce, TeacherRequest};
 use tagfix::teacher::{CaptionChoice, ImageDescriptor, OnlineTeacherConfig, TeacherFeatures};
 use tagfix::train::config::TrainConfig;
-use tagfix::train::data::synth::{generate, SynthDataset, SynthOptions};
+use tagfix::train::data::synth::SynthDataset;
 use tagfix::train::data::{Augment, Loader, LoaderConfig, TeacherSource, TrainData};
 use tagfix::train::run::{prepare, train, TrainInputs};
-
-static TORCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn towers(test: &str) -> Option<(PathBuf, PathBuf)> {
     Some((
         model_dir_for_test("clip-tiny-vision", test)?,
         model_dir_for_test("clip-tiny", test)?,
     ))
-}
-
-fn dataset(dir: &Path, count: usize) -> SynthDataset {
-    generate(
-        &SynthOptions {
-            count,
-            size: 64,
-            seed: 5,
-            descriptions: 3,
-            vocab: None,
-        },
-        dir,
-    )
-    .unwrap()
 }
 
 fn online_config(vision: &Path, text: &Path, caption: CaptionChoice) -> OnlineTeacherConfig {
@@ -96,7 +82,7 @@ fn online_features_equal_the_file_and_follow_the_augmentation() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let ds = dataset(tmp.path(), 16);
+    let ds = dataset(tmp.path(), 16, 5);
     let file = teacher_file(&ds, &vision, &text, &tmp.path().join("teacher.safetensors"));
     let cfg = online_config(&vision, &text, CaptionChoice::First);
     let data = Arc::new(
@@ -115,7 +101,7 @@ fn online_features_equal_the_file_and_follow_the_augmentation() {
     for (i, r) in data.records.records.iter().enumerate() {
         let img = decode(&data.image_path(r)).unwrap();
         let mut px = vec![0f32; per];
-        t.render(&img, None, &mut px);
+        t.render_eval(&img, &mut px);
         let online = t.image_features(&px).unwrap();
         let row = file.row_of(&r.image_path).unwrap();
         let err = max_abs_diff(&online, file.image_row(row));
@@ -133,7 +119,8 @@ fn online_features_equal_the_file_and_follow_the_augmentation() {
         );
     }
 
-    // In the loader: each sample's feature is the tower on the sample's own augmented view.
+    // In the loader: each sample's feature is the tower on the sample's own augmented view (crop,
+    // flip and RandomAugment operations, replayed at the tower's 224 px).
     let loader_cfg = LoaderConfig {
         micro_batch: 4,
         batch: 8,
@@ -151,7 +138,7 @@ fn online_features_equal_the_file_and_follow_the_augmentation() {
         let r = &data.records.records[idx];
         let img = decode(&data.image_path(r)).unwrap();
         let mut px = vec![0f32; per];
-        t.render(&img, Some(&mb.views[k]), &mut px);
+        t.render_augmented(&mb.draws[k].image(&img, t.input_size()), &mut px);
         let want = t.image_features(&px).unwrap();
         let got = &clip[k * 512..(k + 1) * 512];
         assert!(max_abs_diff(got, &want) <= 1e-5, "sample {k}");
@@ -165,25 +152,26 @@ fn online_features_equal_the_file_and_follow_the_augmentation() {
         differs_from_file >= 3,
         "augmented views give other features than the un-augmented file ({differs_from_file} of 4)"
     );
-}
 
-fn small_config(steps: u64) -> TrainConfig {
-    TrainConfig {
-        model: Some("tiny".into()),
-        batch_size: 8,
-        micro_batch_size: Some(4),
-        init_lr: 2e-3,
-        min_lr: 2e-3,
-        warmup_lr: 1e-4,
-        warmup_steps: 5,
-        max_steps: Some(steps),
-        workers: 1,
-        threads: 1,
-        prefetch: 4,
-        checkpoint_every: 0,
-        keep_checkpoints: 1,
-        seed: 3,
-        ..Default::default()
+    // A model at the tower's size and normalisation: the teacher sees exactly the model's input,
+    // RandomAugment operations included (RAM pre-training feeds CLIP the model's image).
+    let loader_cfg = LoaderConfig {
+        micro_batch: 8,
+        batch: 8,
+        augment: Augment::ram(t.input_size()),
+        seed: 4,
+        workers: 2,
+        prefetch: 1,
+    };
+    let mut loader = Loader::start(data.clone(), loader_cfg, 0, 1).unwrap();
+    let mb = loader.next_batch().unwrap().unwrap();
+    let clip = mb.clip_feature.as_ref().unwrap();
+    let with_ops = mb.draws.iter().filter(|d| !d.ops.is_empty()).count();
+    assert!(with_ops >= 2, "{with_ops} of 8 samples drew RandomAugment operations");
+    for k in 0..mb.len() {
+        let want = t.image_features(&mb.images[k * per..(k + 1) * per]).unwrap();
+        let err = max_abs_diff(&clip[k * 512..(k + 1) * 512], &want);
+        assert!(err <= 1e-5, "sample {k}: |teacher − tower(model input)| = {err}");
     }
 }
 
@@ -192,21 +180,19 @@ fn short_run_with_online_teacher_lowers_distillation() {
     let Some((vision, text)) = towers("short_run_with_online_teacher_lowers_distillation") else {
         return;
     };
-    let _guard = TORCH.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = serial();
     let tmp = tempfile::tempdir().unwrap();
-    let ds = dataset(tmp.path(), 32);
-    let mut cfg = small_config(40);
+    let ds = dataset(tmp.path(), 32, 5);
+    let mut cfg = TrainConfig {
+        micro_batch_size: Some(4),
+        warmup_steps: 5,
+        keep_checkpoints: 1,
+        ..small_config(40)
+    };
     cfg.online_teacher = Some(online_config(&vision, &text, CaptionChoice::Random));
     let inputs = TrainInputs {
-        data: vec![ds.annotations.clone()],
-        images: ds.image_root.clone(),
-        manifest: ds.manifest.clone(),
-        label_embed: ds.label_embed.clone(),
         teacher: None,
-        init: Vec::new(),
-        vocab: None,
-        allow_random_encoder: true,
-        validation: None,
+        ..inputs(&ds)
     };
     let out = tmp.path().join("run");
     let summary = train(prepare(&cfg, &inputs).unwrap(), &out, false).unwrap();
@@ -236,7 +222,7 @@ fn short_run_with_online_teacher_lowers_distillation() {
 #[test]
 fn cli_teacher_flags_are_checked() {
     let tmp = tempfile::tempdir().unwrap();
-    let ds = dataset(tmp.path(), 8);
+    let ds = dataset(tmp.path(), 8, 5);
     let base = |extra: &[&str]| {
         let mut c = Command::cargo_bin("tagfix").unwrap();
         c.args(["--quiet", "train", "--model", "tiny", "--data"])

@@ -162,6 +162,13 @@ pub struct RepairArgs {
     /// training run trains on; they join the audited data.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(8..))]
     pub train_images: u64,
+    /// Device of the `embed` step's text encoder: cpu, cuda or cuda:N (CUDA needs the onnxruntime-gpu
+    /// library, found through ORT_DYLIB_PATH; never falls back to CPU).
+    #[arg(long, default_value = "cpu", value_parser = parse_device, value_name = "DEVICE")]
+    pub embed_device: tagfix::embed::Device,
+    /// Device of the short training run: cpu or cuda (the libtorch `scripts/setup.sh` installs has CUDA).
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    pub train_device: tagfix::train::config::DeviceKind,
     /// Output directory (every artefact and REPORT.md go here).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,

@@ -149,6 +149,8 @@ pub fn run(args: RepairArgs) -> anyhow::Result<ExitStatus> {
             args.control.clone(),
             "--seed".into(),
             args.seed.to_string(),
+            "--device".into(),
+            args.embed_device.to_string(),
             "--out".into(),
             path_arg(&embeddings),
         ],
@@ -232,6 +234,8 @@ pub fn run(args: RepairArgs) -> anyhow::Result<ExitStatus> {
                 "1".into(),
                 "--seed".into(),
                 args.seed.to_string(),
+                "--device".into(),
+                device_name(args.train_device).into(),
                 "--out".into(),
                 path_arg(&run_dir),
             ];
@@ -259,6 +263,14 @@ pub fn run(args: RepairArgs) -> anyhow::Result<ExitStatus> {
         return Ok(ExitStatus::Failure);
     }
     Ok(ExitStatus::Success)
+}
+
+/// The `--device` value of `tagfix train` for a device kind.
+fn device_name(d: tagfix::train::config::DeviceKind) -> &'static str {
+    match d {
+        tagfix::train::config::DeviceKind::Cpu => "cpu",
+        tagfix::train::config::DeviceKind::Cuda => "cuda",
+    }
 }
 
 /// Absent-slot policy of the short train.
@@ -419,7 +431,7 @@ fn render(
             c.threshold
         );
     }
-    render_trained(&mut r, manifest, trained);
+    render_trained(&mut r, manifest, trained, args.train_device);
     let _ = writeln!(r, "\n## Outputs\n");
     let o = &args.out;
     let mut outputs = vec![
@@ -463,20 +475,30 @@ fn render(
          ```sh\n\
          tagfix repair --vocab {vocab} --data ram_4m_part1.json.gz ram_4m_part2.json.gz \\\n    \
          --model clip --base ram_plus_tag_embedding_class_4585_des_51.pth --out repair-run\n\
+         tagfix teacher --data ram_4m_part1.json.gz ram_4m_part2.json.gz --images IMAGE_ROOT \\\n    \
+         --image-model clip-vision --text-model clip --device cuda --out teacher.safetensors\n\
          tagfix train --config ../shared/ram/configs/finetune.yaml --data ram_4m_part1.json.gz ram_4m_part2.json.gz \\\n    \
          --images IMAGE_ROOT --manifest repair-run/manifest.json --label-embed repair-run/embeddings.safetensors \\\n    \
          --teacher teacher.safetensors --init ram_plus_swin_large_14m.pth --vocab {vocab} --device cuda --out runs/ft\n\
          tagfix plot runs/ft   # loss curves and training-health events\n\
          ```\n\n\
          `--model clip` needs a CLIP text tower exported to ONNX (`scripts/export_clip_text_onnx.py`; 512-d, what \
-         the official presets take) and `--device cuda` a libtorch with CUDA. docs/guide.md walks through \
+         the official presets take), `tagfix teacher` also the image tower (`scripts/export_clip_image_onnx.py`; \
+         or `tagfix train --teacher online`) and `--device cuda` a libtorch with CUDA (the one `scripts/setup.sh` installs has it). \
+         On the embedded default, `--train-device cuda` runs the short training on the GPU and `--embed-device cuda` the \
+         text encoder (with the onnxruntime-gpu library). docs/guide.md walks through \
          every step (audit, repair, verify, gate in CI, train, monitor).",
         vocab = args.vocab,
     );
     r
 }
 
-fn render_trained(r: &mut String, manifest: &SlotManifest, trained: &Result<TrainOutcome, String>) {
+fn render_trained(
+    r: &mut String,
+    manifest: &SlotManifest,
+    trained: &Result<TrainOutcome, String>,
+    device: tagfix::train::config::DeviceKind,
+) {
     let _ = writeln!(r, "\n## Trained (train)\n");
     let t = match trained {
         Ok(t) => t,
@@ -495,9 +517,13 @@ fn render_trained(r: &mut String, manifest: &SlotManifest, trained: &Result<Trai
     let _ = writeln!(
         r,
         "- The small `tiny` RAM++ (Swin 64×64 px, tagging head hidden 32, from random weights) trained {} steps of \
-         batch 8 on CPU (one libtorch thread) with the patched label embeddings above, on {} synthetic images of coloured shapes \
+         batch 8 on {} with the patched label embeddings above, on {} synthetic images of coloured shapes \
          tagged with slots {} (the synthesized annotation records have no pixels).",
         s["steps"].as_u64().unwrap_or(0),
+        match device {
+            tagfix::train::config::DeviceKind::Cpu => "CPU (one libtorch thread)",
+            tagfix::train::config::DeviceKind::Cuda => "CUDA",
+        },
         t.images,
         drawn.join(", ")
     );

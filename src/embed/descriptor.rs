@@ -101,15 +101,12 @@ pub struct ModelDescriptor {
 impl ModelDescriptor {
     /// Reads `dir/descriptor.toml`.
     pub fn read_dir(dir: &Path) -> Result<Self> {
-        let path = dir.join(DESCRIPTOR_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            Error::invalid(
-                &path,
-                format!("cannot read the model descriptor ({e}); a model directory holds the ONNX file, its tokenizer and {DESCRIPTOR_FILE}"),
-            )
-        })?;
-        let mut d: ModelDescriptor = toml::from_str(&text)
-            .map_err(|e| Error::invalid(&path, format!("malformed model descriptor: {e}")))?;
+        let (path, text) = read_descriptor_text(
+            dir,
+            "model descriptor",
+            &format!("a model directory holds the ONNX file, its tokenizer and {DESCRIPTOR_FILE}"),
+        )?;
+        let mut d: ModelDescriptor = parse_descriptor(&path, &text, "model descriptor")?;
         if d.max_length < 2 {
             return Err(Error::invalid(&path, "max_length must be at least 2"));
         }
@@ -147,6 +144,28 @@ impl ModelDescriptor {
             pool.to_string()
         }
     }
+}
+
+/// Reads `dir/descriptor.toml`; an unreadable file is an error naming it and what the directory
+/// should hold (`holds`).
+pub(crate) fn read_descriptor_text(dir: &Path, what: &str, holds: &str) -> Result<(PathBuf, String)> {
+    let path = dir.join(DESCRIPTOR_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok((path, text)),
+        Err(e) => Err(Error::invalid(
+            &path,
+            format!("cannot read the {what} ({e}); {holds}"),
+        )),
+    }
+}
+
+/// Parses a descriptor's TOML (unknown keys refused by the type), naming the file on error.
+pub(crate) fn parse_descriptor<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+    what: &str,
+) -> Result<T> {
+    toml::from_str(text).map_err(|e| Error::invalid(path, format!("malformed {what}: {e}")))
 }
 
 /// Folders searched for a named model: `$TAGFIX_MODELS`, `./models`, the checkout's `models/`.

@@ -17,7 +17,9 @@
 //! normalize = false            # CLIP's encode_image is not normalised; RAM distils the raw feature
 //! ```
 
-use crate::embed::descriptor::{resolve_model_dir, DESCRIPTOR_FILE};
+use crate::embed::descriptor::{
+    parse_descriptor, read_descriptor_text, resolve_model_dir, DESCRIPTOR_FILE,
+};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -91,13 +93,11 @@ pub struct ImageDescriptor {
 impl ImageDescriptor {
     /// Reads `dir/descriptor.toml` and checks it describes an image encoder.
     pub fn read_dir(dir: &Path) -> Result<Self> {
-        let path = dir.join(DESCRIPTOR_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            Error::invalid(
-                &path,
-                format!("cannot read the image-encoder descriptor ({e}); an image-encoder directory holds the ONNX file and {DESCRIPTOR_FILE} with kind = \"{IMAGE_KIND}\""),
-            )
-        })?;
+        let (path, text) = read_descriptor_text(
+            dir,
+            "image-encoder descriptor",
+            &format!("an image-encoder directory holds the ONNX file and {DESCRIPTOR_FILE} with kind = \"{IMAGE_KIND}\""),
+        )?;
         let kind: Option<String> = toml::from_str::<toml::Table>(&text)
             .ok()
             .and_then(|t| t.get("kind").and_then(|k| k.as_str().map(str::to_string)));
@@ -110,9 +110,7 @@ impl ImageDescriptor {
                 ),
             ));
         }
-        let mut d: ImageDescriptor = toml::from_str(&text).map_err(|e| {
-            Error::invalid(&path, format!("malformed image-encoder descriptor: {e}"))
-        })?;
+        let mut d: ImageDescriptor = parse_descriptor(&path, &text, "image-encoder descriptor")?;
         if d.input.size < 8 {
             return Err(Error::invalid(
                 &path,

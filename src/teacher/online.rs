@@ -1,6 +1,6 @@
 //! The online teacher of `tagfix train --teacher online` (feature `embed`): CLIP image features of
-//! each sample's *augmented* view (the same crop and flip as the model's input, rendered at the
-//! image tower's resolution) and CLIP text embeddings of its caption, computed through ONNX Runtime
+//! each sample's *augmented* view (the model's crop, flip and RandomAugment operations, replayed at
+//! the image tower's resolution) and CLIP text embeddings of its caption, computed through ONNX Runtime
 //! in the data loader, ahead of the training step.
 //!
 //! Caption embeddings depend only on (record, caption), so each is computed once and kept
@@ -14,7 +14,7 @@ use crate::annotations::records::RecordSet;
 use crate::embed::descriptor::{resolve_model_dir, Device, ModelDescriptor};
 use crate::embed::encoder::{l2_normalize, EncoderOptions, TextEncoder};
 use crate::error::{Error, Result};
-use crate::imaging::{eval_transform, render_view, View};
+use crate::imaging::{eval_transform, normalize_chw};
 use image::RgbImage;
 use indicatif::ProgressBar;
 use std::sync::{Mutex, OnceLock};
@@ -127,14 +127,27 @@ impl OnlineTeacher {
         3 * s * s
     }
 
-    /// Renders the teacher's input for one image: the augmentation `view` at the tower's resolution
-    /// and normalisation, or (`None`) the tower's evaluation transform, as `tagfix teacher` does.
-    pub fn render(&self, img: &RgbImage, view: Option<&View>, out: &mut [f32]) {
+    /// Side of the image tower's square input.
+    pub fn input_size(&self) -> u32 {
+        self.image_descriptor.input.size
+    }
+
+    /// The teacher's input from an augmented view already rendered at [`Self::input_size`]
+    /// (the training transform's draw replayed at that size): the tower's normalisation only.
+    pub fn render_augmented(&self, view: &RgbImage, out: &mut [f32]) {
         let input = &self.image_descriptor.input;
-        match view {
-            Some(v) => render_view(img, v, input.size, &input.mean, &input.std, out),
-            None => eval_transform(img, input, out),
-        }
+        assert_eq!(
+            (view.width(), view.height()),
+            (input.size, input.size),
+            "augmented view at the tower's input size"
+        );
+        normalize_chw(view, &input.mean, &input.std, out);
+    }
+
+    /// The teacher's input for an un-augmented image: the tower's evaluation transform, as
+    /// `tagfix teacher` renders it.
+    pub fn render_eval(&self, img: &RgbImage, out: &mut [f32]) {
+        eval_transform(img, &self.image_descriptor.input, out);
     }
 
     /// Image features `[n, 512]` of `n` rendered inputs.

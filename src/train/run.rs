@@ -197,13 +197,13 @@ pub fn prepare(config: &TrainConfig, inputs: &TrainInputs) -> Result<Prepared> {
         (None, None) => None,
     };
     if let Some(t) = teacher_named {
-        if model_config.joint_dim != data::teacher::TEACHER_DIM {
+        if model_config.joint_dim != data::TEACHER_DIM {
             return Err(Error::invalid(
                 t,
                 format!(
                     "holds {}-d CLIP teacher features, but the label embeddings {} are {}-d: leave out --teacher \
                      (the tag loss trains alone) or embed the tags with a CLIP text tower",
-                    data::teacher::TEACHER_DIM,
+                    data::TEACHER_DIM,
                     inputs.label_embed.display(),
                     model_config.joint_dim
                 ),
@@ -687,6 +687,23 @@ pub fn train(prepared: Prepared, out: &Path, resume: bool) -> Result<RunSummary>
         wall_s: wall,
         model: model_config.name.clone(),
     };
+    // A non-finite step: save the state before it, stop, and say where that state is.
+    let stop_with_checkpoint =
+        |opt: &AdamW, step: u64, weighting: &LossWeighting, what: String| -> Error {
+            let elapsed = wall_offset + started.elapsed().as_secs_f64();
+            let state = state_at(step, weighting, elapsed);
+            match save_checkpoint(&run, &vs, opt, &state, config.keep_checkpoints) {
+                Ok(ckpt) => {
+                    bar.abandon();
+                    Error::Other(format!(
+                        "step {}: {what}; training stopped. The state before this step is saved in {}",
+                        step + 1,
+                        ckpt.display()
+                    ))
+                }
+                Err(e) => e,
+            }
+        };
     let mut last_saved = None;
     for step in start_step..total_steps {
         let t0 = Instant::now();
@@ -736,22 +753,15 @@ pub fn train(prepared: Prepared, out: &Path, resume: bool) -> Result<RunSummary>
             for (t, v) in losses.terms() {
                 let v = v.double_value(&[]);
                 if !v.is_finite() {
-                    let elapsed = wall_offset + started.elapsed().as_secs_f64();
-                    let ckpt = save_checkpoint(
-                        &run,
-                        &vs,
+                    return Err(stop_with_checkpoint(
                         &opt,
-                        &state_at(step, &weighting, elapsed),
-                        config.keep_checkpoints,
-                    )?;
-                    bar.abandon();
-                    return Err(Error::Other(format!(
-                        "step {}: loss term `{t}` is {v} (micro-batch {m}, records {:?}); training stopped. \
-                         The state before this step is saved in {}",
-                        step + 1,
-                        &mb.indices[..mb.indices.len().min(8)],
-                        ckpt.display()
-                    )));
+                        step,
+                        &weighting,
+                        format!(
+                            "loss term `{t}` is {v} (micro-batch {m}, records {:?})",
+                            &mb.indices[..mb.indices.len().min(8)]
+                        ),
+                    ));
                 }
                 match raw.iter_mut().find(|(k, _)| *k == t) {
                     Some(e) => e.1 += v,
@@ -764,22 +774,15 @@ pub fn train(prepared: Prepared, out: &Path, resume: bool) -> Result<RunSummary>
         }
         let grad_norm = opt.grad_norms();
         if !grad_norm.total.is_finite() {
-            let elapsed = wall_offset + started.elapsed().as_secs_f64();
-            let ckpt = save_checkpoint(
-                &run,
-                &vs,
+            return Err(stop_with_checkpoint(
                 &opt,
-                &state_at(step, &weighting, elapsed),
-                config.keep_checkpoints,
-            )?;
-            bar.abandon();
-            return Err(Error::Other(format!(
-                "step {}: the gradient norm is {} although every loss term is finite; training stopped. \
-                 The state before this step is saved in {}",
-                step + 1,
-                grad_norm.total,
-                ckpt.display()
-            )));
+                step,
+                &weighting,
+                format!(
+                    "the gradient norm is {} although every loss term is finite",
+                    grad_norm.total
+                ),
+            ));
         }
         if let Some(max) = config.grad_clip.filter(|c| *c > 0.0) {
             opt.clip_grad_norm(grad_norm.total, max);

@@ -1,6 +1,8 @@
 //! Helpers shared by the model tests: locating the reference fixtures, reading safetensors, errors.
 #![allow(dead_code)]
 
+pub mod train;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tch::Tensor;

@@ -3,8 +3,9 @@
 //! ([`super::randaugment`], optional), CLIP normalisation (torchvision's algorithms,
 //! `transform_train` in `ram/data/__init__.py`).
 
-use super::randaugment::RandomAugment;
-use crate::imaging::{normalize_chw, render_view, view_image, View};
+use super::randaugment::{apply_op, RandomAugment};
+use crate::imaging::{normalize_chw, view_image, View};
+use crate::train::config::AugOp;
 use image::RgbImage;
 use rand::Rng;
 
@@ -80,8 +81,8 @@ impl Augment {
         ((height - h) / 2, (width - w) / 2, h, w)
     }
 
-    /// Draws one crop box and flip (the random part of the transform).
-    pub fn draw<R: Rng>(&self, width: u32, height: u32, rng: &mut R) -> View {
+    /// Draws one crop box and flip.
+    pub fn draw_view<R: Rng>(&self, width: u32, height: u32, rng: &mut R) -> View {
         let (top, left, h, w) = self.crop_box(width, height, rng);
         View {
             top,
@@ -92,21 +93,57 @@ impl Augment {
         }
     }
 
-    /// Crops, resizes (bicubic), maybe flips, applies `RandomAugment` when on, and writes
-    /// CLIP-normalised CHW floats into `out` (`3·size·size` values); every random choice comes from
-    /// `rng`, in that order. Returns the view drawn, so another consumer (the online teacher) can
-    /// render the same crop and flip at its own resolution (without the RandomAugment operations).
-    pub fn apply<R: Rng>(&self, img: &RgbImage, rng: &mut R, out: &mut [f32]) -> View {
-        let view = self.draw(img.width(), img.height(), rng);
-        match &self.random {
-            None => render_view(img, &view, self.size, &CLIP_MEAN, &CLIP_STD, out),
-            Some(ra) => {
-                let mut image = view_image(img, &view, self.size);
-                ra.apply(&mut image, rng);
-                normalize_chw(&image, &CLIP_MEAN, &CLIP_STD, out);
-            }
+    /// Draws the random part of the transform: the crop box and flip, then (when on) the
+    /// `RandomAugment` operations, in that order from `rng`.
+    pub fn draw<R: Rng>(&self, width: u32, height: u32, rng: &mut R) -> Draw {
+        let view = self.draw_view(width, height, rng);
+        let ops = self.random.map(|ra| ra.draw(rng)).unwrap_or_default();
+        Draw {
+            view,
+            ops,
+            size: self.size,
         }
-        view
+    }
+
+    /// Draws the transform and writes the augmented image of `img`, CLIP-normalised CHW floats,
+    /// into `out` (`3·size·size` values). Returns the draw, so another consumer (the online
+    /// teacher) can render the same augmented view at its own resolution ([`Draw::image`]).
+    pub fn apply<R: Rng>(&self, img: &RgbImage, rng: &mut R, out: &mut [f32]) -> Draw {
+        let draw = self.draw(img.width(), img.height(), rng);
+        normalize_chw(&draw.image(img, self.size), &CLIP_MEAN, &CLIP_STD, out);
+        draw
+    }
+}
+
+/// One draw of the training transform: the crop and flip, and the `RandomAugment` operations
+/// applied after them with their arguments, for a model input of `size` pixels.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Draw {
+    pub view: View,
+    pub ops: Vec<(AugOp, f64)>,
+    pub size: u32,
+}
+
+impl Draw {
+    /// The augmented image at `size × size`: the view's crop resized (bicubic) and maybe flipped,
+    /// then the operations in order. Translations are in pixels of the model's input and scale with
+    /// `size / self.size`; shears about the corner and rotations about the centre do not depend on
+    /// the size. At the model's own size this is exactly the model's input image.
+    pub fn image(&self, img: &RgbImage, size: u32) -> RgbImage {
+        let mut out = view_image(img, &self.view, size);
+        let scale = if self.size == 0 || size == self.size {
+            1.0
+        } else {
+            f64::from(size) / f64::from(self.size)
+        };
+        for &(op, arg) in &self.ops {
+            let arg = match op {
+                AugOp::TranslateX | AugOp::TranslateY => arg * scale,
+                _ => arg,
+            };
+            apply_op(&mut out, op, arg);
+        }
+        out
     }
 }
 
@@ -177,6 +214,64 @@ mod tests {
             assert_eq!(b, c, "seed {seed}: not reproducible");
         }
         assert!(same > 5 && differ > 20, "same {same}, differ {differ}");
+    }
+
+    #[test]
+    fn draw_replays_the_model_input_and_scales_translations() {
+        let img = RgbImage::from_fn(48, 40, |x, y| {
+            image::Rgb([(x * 5) as u8, (y * 6) as u8, ((x + y) * 3) as u8])
+        });
+        let aug = Augment::ram(24);
+        let (mut with_ops, mut changed) = (0, 0);
+        for seed in 0..32 {
+            let mut px = vec![0f32; 3 * 24 * 24];
+            let draw = aug.apply(&img, &mut ChaCha8Rng::seed_from_u64(seed), &mut px);
+            // At the model's size the replay is the model's input, pixel for pixel.
+            let mut again = vec![0f32; px.len()];
+            normalize_chw(&draw.image(&img, 24), &CLIP_MEAN, &CLIP_STD, &mut again);
+            assert_eq!(px, again, "seed {seed}");
+            // The operations are part of the replay: without them the image mostly differs (an
+            // operation may leave a given image as it is, e.g. AutoContrast on a full-range crop).
+            if draw.ops.iter().any(|(op, _)| *op != AugOp::Identity) {
+                with_ops += 1;
+                let bare = Draw {
+                    ops: Vec::new(),
+                    ..draw.clone()
+                };
+                if bare.image(&img, 24) != draw.image(&img, 24) {
+                    changed += 1;
+                }
+            }
+        }
+        assert!(
+            with_ops > 10 && changed * 3 >= with_ops * 2,
+            "{changed} of {with_ops} draws with operations changed the image"
+        );
+
+        // A translation of 3 px at 16 px moves a vertical edge 6 px at 32 px.
+        let edge = RgbImage::from_fn(32, 32, |x, _| {
+            image::Rgb(if x < 16 { [0, 0, 0] } else { [250, 250, 250] })
+        });
+        let full = View::full(&edge);
+        let first_bright = |im: &RgbImage| {
+            (0..im.width())
+                .find(|&x| im.get_pixel(x, 8)[0] > 200)
+                .map(i64::from)
+                .expect("an edge")
+        };
+        let plain = Draw {
+            view: full,
+            ops: Vec::new(),
+            size: 16,
+        };
+        let moved = Draw {
+            ops: vec![(AugOp::TranslateX, 3.0)],
+            ..plain.clone()
+        };
+        let (p16, m16) = (first_bright(&plain.image(&edge, 16)), first_bright(&moved.image(&edge, 16)));
+        let (p32, m32) = (first_bright(&plain.image(&edge, 32)), first_bright(&moved.image(&edge, 32)));
+        assert_eq!((p16 - m16).abs(), 3);
+        assert_eq!((p32 - m32).abs(), 6);
     }
 
     #[test]

@@ -9,16 +9,13 @@
 
 pub mod augment;
 pub mod randaugment;
-pub mod records;
 pub mod synth;
-pub mod teacher;
 
-pub use augment::Augment;
-pub use records::{RecordSet, TrainRecord};
-pub use teacher::TeacherFeatures;
+pub use augment::{Augment, Draw};
+pub use crate::annotations::records::{RecordSet, TrainRecord};
+pub use crate::teacher::file::{TeacherFeatures, TEACHER_DIM};
 
 use crate::annotations::records::ReadOptions;
-use crate::imaging::View;
 use crate::teacher::online::OnlineTeacher;
 use crate::teacher::{CaptionChoice, OnlineTeacherConfig};
 use rand::Rng;
@@ -249,8 +246,9 @@ pub struct MicroBatch {
     /// teacher was given.
     pub clip_feature: Option<Vec<f32>>,
     pub text_embed: Option<Vec<f32>>,
-    /// The augmentation drawn for each image (crop and flip), which the online teacher also saw.
-    pub views: Vec<View>,
+    /// The augmentation drawn for each image (crop, flip, RandomAugment operations), which the
+    /// online teacher also saw.
+    pub draws: Vec<Draw>,
     /// With the online teacher and `random` captions: the caption index used for each sample.
     pub captions: Vec<usize>,
 }
@@ -307,21 +305,22 @@ pub fn load_micro_batch(
     } else {
         indices.iter().map(|_| <&mut [f32]>::default()).collect()
     };
-    let mut views = vec![View::default(); indices.len()];
+    let mut draws = vec![Draw::default(); indices.len()];
     images
         .par_chunks_mut(per_image)
         .zip(teacher_slots.par_iter_mut())
-        .zip(views.par_iter_mut())
+        .zip(draws.par_iter_mut())
         .zip(indices.par_iter().enumerate())
-        .try_for_each(|(((out, teacher_out), view), (k, &idx))| -> Result<()> {
+        .try_for_each(|(((out, teacher_out), draw), (k, &idx))| -> Result<()> {
             let r = &data.records.records[idx];
             let img = augment::decode(&data.image_path(r))?;
             let pos = (first + k) as u64;
             let mut rng = ChaCha8Rng::seed_from_u64(mix(cfg.seed ^ 0xA5A5_A5A5, epoch, pos));
-            *view = cfg.augment.apply(&img, &mut rng, out);
-            // The CLIP teacher sees the same crop and flip, at its own resolution.
+            *draw = cfg.augment.apply(&img, &mut rng, out);
+            // The CLIP teacher sees the same augmented view (crop, flip, operations) at its own
+            // resolution, as RAM's teacher sees the model's input.
             if let Some(t) = online {
-                t.render(&img, Some(view), teacher_out);
+                t.render_augmented(&draw.image(&img, t.input_size()), teacher_out);
             }
             Ok(())
         })?;
@@ -336,8 +335,8 @@ pub fn load_micro_batch(
     let mut captions = Vec::new();
     let (clip_feature, text_embed) = match (&data.teacher, online) {
         (Some(t), _) => {
-            let mut c = Vec::with_capacity(indices.len() * teacher::TEACHER_DIM);
-            let mut x = Vec::with_capacity(indices.len() * teacher::TEACHER_DIM);
+            let mut c = Vec::with_capacity(indices.len() * TEACHER_DIM);
+            let mut x = Vec::with_capacity(indices.len() * TEACHER_DIM);
             for &idx in &indices {
                 let row = data.teacher_rows[idx];
                 c.extend_from_slice(t.image_row(row));
@@ -387,7 +386,7 @@ pub fn load_micro_batch(
         targets,
         clip_feature,
         text_embed,
-        views,
+        draws,
         captions,
     })
 }

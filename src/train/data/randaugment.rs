@@ -62,8 +62,9 @@ impl RandomAugment {
     }
 
     /// Draws the operations, then for each the apply/skip decision and (for the geometric ones)
-    /// the direction, in RAM's order, and applies them. Returns what was applied.
-    pub fn apply<R: Rng>(&self, img: &mut RgbImage, rng: &mut R) -> Vec<(AugOp, f64)> {
+    /// the direction, in RAM's order. Returns the operations to apply, with their arguments; the
+    /// draws do not depend on the image, so one draw can be replayed on several renderings of it.
+    pub fn draw<R: Rng>(&self, rng: &mut R) -> Vec<(AugOp, f64)> {
         let drawn: Vec<AugOp> = (0..self.n)
             .map(|_| self.ops()[rng.gen_range(0..self.len)])
             .collect();
@@ -81,10 +82,18 @@ impl RandomAugment {
                 AugOp::TranslateX | AugOp::TranslateY => signed(level * TRANSLATE_CONST, rng),
                 AugOp::Rotate => signed(level * 30.0, rng),
             };
-            apply_op(img, op, arg);
             applied.push((op, arg));
         }
         applied
+    }
+
+    /// [`Self::draw`], then applies the operations to `img`. Returns what was applied.
+    pub fn apply<R: Rng>(&self, img: &mut RgbImage, rng: &mut R) -> Vec<(AugOp, f64)> {
+        let ops = self.draw(rng);
+        for &(op, arg) in &ops {
+            apply_op(img, op, arg);
+        }
+        ops
     }
 }
 

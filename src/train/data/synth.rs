@@ -7,7 +7,7 @@
 //!
 //! `tagfix synth-images` writes one; the training tests use it.
 
-use super::teacher::{TeacherFeatures, TEACHER_DIM};
+use super::{TeacherFeatures, TEACHER_DIM};
 use crate::error::{Error, Result};
 use crate::manifest::{InputFile, SlotManifest};
 use crate::tensors::provenance::EMBEDDINGS_TENSOR;

@@ -1,0 +1,68 @@
+//! Setup shared by the training tests: the synthetic dataset, its training inputs, a small
+//! configuration of the tiny RAM++, and the lock that runs one training at a time.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use tagfix::train::config::TrainConfig;
+use tagfix::train::data::synth::{generate, SynthDataset, SynthOptions};
+use tagfix::train::run::TrainInputs;
+
+/// libtorch's generator and thread count are process-global: tests that train run one at a time so
+/// each run's randomness is its own.
+static TORCH: Mutex<()> = Mutex::new(());
+
+pub fn serial() -> MutexGuard<'static, ()> {
+    TORCH.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `tagfix synth-images`' set of `count` 64-px images (three descriptions per tag).
+pub fn dataset(dir: &Path, count: usize, seed: u64) -> SynthDataset {
+    generate(
+        &SynthOptions {
+            count,
+            size: 64,
+            seed,
+            descriptions: 3,
+            vocab: None,
+        },
+        dir,
+    )
+    .unwrap()
+}
+
+/// The dataset's files as training inputs, with its teacher file and a random image encoder allowed.
+pub fn inputs(ds: &SynthDataset) -> TrainInputs {
+    TrainInputs {
+        data: vec![ds.annotations.clone()],
+        images: ds.image_root.clone(),
+        manifest: ds.manifest.clone(),
+        label_embed: ds.label_embed.clone(),
+        teacher: Some(ds.teacher.clone()),
+        init: Vec::new(),
+        vocab: None,
+        allow_random_encoder: true,
+        validation: None,
+    }
+}
+
+/// The tiny model, batch 8, a constant learning rate after 10 warm-up steps, one thread, no
+/// intermediate checkpoints.
+pub fn small_config(steps: u64) -> TrainConfig {
+    TrainConfig {
+        model: Some("tiny".into()),
+        batch_size: 8,
+        micro_batch_size: Some(8),
+        init_lr: 2e-3,
+        min_lr: 2e-3,
+        warmup_lr: 1e-4,
+        warmup_steps: 10,
+        max_steps: Some(steps),
+        workers: 1,
+        threads: 1,
+        prefetch: 4,
+        checkpoint_every: 0,
+        keep_checkpoints: 2,
+        seed: 3,
+        ..Default::default()
+    }
+}
