@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check of the RAM++ model and the training loop (feature `train`), in two steps:
 #   scripts/gpu-check.sh prepare   # here: CUDA-linked binaries + parity fixtures + the Python reference
-#                                  # -> target/gpu-check/ (carry that folder to the GPU machine)
+#                                  # + `bundle` -> target/gpu-check/ (carry that folder to the GPU machine)
 #   scripts/gpu-check.sh run [PART...]  # on the GPU machine, from the repository root; results in $OUT
 #                                  # PART: parity step train cpu loop (default: all five)
 # The GPU machine needs the NVIDIA driver and torch 2.11 (+cu130) for Python with its libraries
@@ -17,7 +17,11 @@
 #   5. (`loop`) the loop's later features on CUDA: RandomAugment and validation in the loop (images/s), the
 #      online teacher (ONNX Runtime on the CPU in the loader; data wait), and `tagfix repair --train-device
 #      cuda` on the embedded default. Needs target/gpu-check/bundle.tar.xz (ONNX Runtime, the MiniLM model,
-#      the CLIP test towers, the base embeddings and the RAM tag list, compressed to fit the carry limit).
+#      the CLIP test towers, the base embeddings and the RAM tag list; 43 MB compressed). Everything together
+#      exceeds the device tool's 64 MiB carry: carry target/gpu-check/bin + target/gpu-check/ref for parts
+#      1-4, target/gpu-check/bin + target/gpu-check/bundle.tar.xz for `run loop`.
+#      A CPU dry run of part 5 (no GPU): LOOP_DEVICE=cpu LOOP_PRECISION=f32 TRAIN_MODEL=tiny LOOP_STEPS=2
+#      ONLINE_STEPS=2 scripts/gpu-check.sh run loop
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest=target/gpu-check
@@ -34,15 +38,7 @@ prepare)
   objcopy --strip-debug target/release/examples/step_time "$dest/bin/step_time"
   objcopy --strip-debug "$(echo "$tests" | grep /deps/ | head -1)" "$dest/bin/ram_plus_parity"
   cp "$ref/functional_reference.py" "$dest/ref/"
-  # What part 5 reads, dereferenced (the setup links into .venv) and compressed.
-  b=$(mktemp -d)
-  mkdir -p "$b/models"
-  cp -L .deps/libonnxruntime.so "$b/"
-  cp -rL models/minilm models/clip-tiny models/clip-tiny-vision models/clip-bpe "$b/models/"
-  cp "${TAGFIX_SHARED:-../shared}/reference/minilm_ram_single_template.safetensors" "$b/base.safetensors"
-  cp "${TAGFIX_SHARED:-../shared}/ram/data/ram_tag_list.txt" "$b/"
-  tar -C "$b" -cJf "$dest/bundle.tar.xz" .
-  rm -rf "$b"
+  scripts/gpu-check.sh bundle
   for d in tiny tiny_224_w7; do
     mkdir -p "$dest/ref/$d"
     cp "$ref/$d"/{config.json,weights.safetensors,inputs.safetensors,outputs.safetensors,grads.safetensors,generate_tag.json} "$dest/ref/$d/"
@@ -52,6 +48,18 @@ prepare)
   cargo build --release --features train --bin tagfix --example step_time --quiet
   du -sh "$dest"
   ;;
+bundle)
+  # What part 5 reads, dereferenced (the setup links into .venv) and compressed to fit the carry limit.
+  b=$(mktemp -d)
+  mkdir -p "$b/models" "$dest"
+  cp -L .deps/libonnxruntime.so "$b/"
+  cp -rL models/minilm models/clip-tiny models/clip-tiny-vision models/clip-bpe "$b/models/"
+  cp "${TAGFIX_SHARED:-../shared}/reference/minilm_ram_single_template.safetensors" "$b/base.safetensors"
+  cp "${TAGFIX_SHARED:-../shared}/ram/data/ram_tag_list.txt" "$b/"
+  tar -C "$b" -cJf "$dest/bundle.tar.xz" .
+  rm -rf "$b"
+  du -sh "$dest/bundle.tar.xz"
+  ;;
 run)
   shift
   parts=" ${*:-parity step train cpu loop} "
@@ -59,7 +67,7 @@ run)
   : "${OUT:=$dest/out}"
   mkdir -p "$OUT"
   export LD_LIBRARY_PATH="${TORCH_LIB:-/opt/torch/.venv/lib/python3.12/site-packages/torch/lib}"
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt" || true
   if want parity; then
   echo "== 1. parity on CUDA"
   for d in tiny tiny_224_w7; do
@@ -113,7 +121,8 @@ PY
   "$t" synth-images --out "$s/train" --count 520 --size 224 --descriptions 51 > /dev/null
   "$t" synth-images --out "$s/val" --count 104 --size 224 --descriptions 51 --seed 9 > /dev/null
   common=(--data "$s/train/train.json" --images "$s/train/images" --manifest "$s/train/manifest.json"
-    --label-embed "$s/train/label_embed.safetensors" --allow-random-encoder --device cuda --precision bf16
+    --label-embed "$s/train/label_embed.safetensors" --allow-random-encoder --device "${LOOP_DEVICE:-cuda}"
+    --precision "${LOOP_PRECISION:-bf16}"
     --batch-size 52 --micro-batch-size 26 --workers 14 --checkpoint-every 0)
   "$t" train --model "${TRAIN_MODEL:-swin_l_224}" "${common[@]}" --teacher "$s/train/teacher.safetensors" \
     --max-steps "${LOOP_STEPS:-20}" --val-data "$s/val/train.json" --val-images "$s/val/images" --val-every 10 \
@@ -137,7 +146,7 @@ print(f"{sys.argv[2]}: {len(recs)} steps; median images/s over the second half {
 PY
     rm -rf "$OUT/$r/checkpoints"
   done
-  "$t" repair --train-device cuda --base "$b/base.safetensors" --out "$OUT/repair" > /dev/null 2> "$OUT/repair.log" \
+  "$t" repair --train-device "${LOOP_DEVICE:-cuda}" --base "$b/base.safetensors" --out "$OUT/repair" > /dev/null 2> "$OUT/repair.log" \
     || tail -20 "$OUT/repair.log"
   grep -A4 "## Trained" "$OUT/repair/REPORT.md" || true
   rm -rf "$OUT/repair/train/checkpoints" "$OUT/repair/image-set" "$b" "$s"
