@@ -109,9 +109,16 @@ impl Augment {
     /// into `out` (`3·size·size` values). Returns the draw, so another consumer (the online
     /// teacher) can render the same augmented view at its own resolution ([`Draw::image`]).
     pub fn apply<R: Rng>(&self, img: &RgbImage, rng: &mut R, out: &mut [f32]) -> Draw {
-        let draw = self.draw(img.width(), img.height(), rng);
-        normalize_chw(&draw.image(img, self.size), &CLIP_MEAN, &CLIP_STD, out);
+        let (draw, augmented) = self.augmented(img, rng);
+        normalize_chw(&augmented, &CLIP_MEAN, &CLIP_STD, out);
         draw
+    }
+
+    /// Draws the transform and returns the draw with the augmented RGB8 image (`size × size`).
+    pub fn augmented<R: Rng>(&self, img: &RgbImage, rng: &mut R) -> (Draw, RgbImage) {
+        let draw = self.draw(img.width(), img.height(), rng);
+        let augmented = draw.image(img, self.size);
+        (draw, augmented)
     }
 }
 

@@ -316,12 +316,18 @@ pub fn load_micro_batch(
             let img = augment::decode(&data.image_path(r))?;
             let pos = (first + k) as u64;
             let mut rng = ChaCha8Rng::seed_from_u64(mix(cfg.seed ^ 0xA5A5_A5A5, epoch, pos));
-            *draw = cfg.augment.apply(&img, &mut rng, out);
+            let (d, augmented) = cfg.augment.augmented(&img, &mut rng);
+            augment::to_normalized_chw(&augmented, out);
             // The CLIP teacher sees the same augmented view (crop, flip, operations) at its own
-            // resolution, as RAM's teacher sees the model's input.
+            // resolution, as RAM's teacher sees the model's input (that very image at equal sizes).
             if let Some(t) = online {
-                t.render_augmented(&draw.image(&img, t.input_size()), teacher_out);
+                if t.input_size() == cfg.augment.size {
+                    t.render_augmented(&augmented, teacher_out);
+                } else {
+                    t.render_augmented(&d.image(&img, t.input_size()), teacher_out);
+                }
             }
+            *draw = d;
             Ok(())
         })?;
     drop(teacher_slots);
