@@ -166,7 +166,7 @@ pub struct RepairArgs {
     /// library, found through ORT_DYLIB_PATH; never falls back to CPU).
     #[arg(long, default_value = "cpu", value_parser = parse_device, value_name = "DEVICE")]
     pub embed_device: tagfix::embed::Device,
-    /// Device of the short training run: cpu or cuda (the libtorch `scripts/setup.sh` installs has CUDA).
+    /// Device of the short training run: cpu or cuda (cuda needs the GPU build, `scripts/setup-gpu.sh`).
     #[arg(long, default_value = "cpu", value_name = "DEVICE")]
     pub train_device: tagfix::train::config::DeviceKind,
     /// Output directory (every artefact and REPORT.md go here).

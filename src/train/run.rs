@@ -121,7 +121,7 @@ fn device_of(kind: DeviceKind) -> Result<Device> {
             } else {
                 Err(Error::Usage(
                     "--device cuda: libtorch sees no CUDA device (no GPU, no driver, or a binary linked without \
-                     libtorch_cuda; see scripts/ and SETUP-NOTES for GPU builds)"
+                     libtorch_cuda: build it with scripts/setup-gpu.sh, docs/guide.md step 5)"
                         .into(),
                 ))
             }
