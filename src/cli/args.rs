@@ -696,7 +696,7 @@ pub struct TrainArgs {
     /// pretrain or finetune.
     #[arg(long, value_name = "STAGE", value_parser = ["pretrain", "finetune"])]
     pub stage: Option<String>,
-    /// cpu or cuda.
+    /// cpu or cuda (cuda needs the GPU build: scripts/setup-gpu.sh).
     #[arg(long, value_name = "DEVICE")]
     pub device: Option<tagfix::train::config::DeviceKind>,
     /// f32, or bf16 autocast (matrix products in bf16; parameters, gradients and optimizer state in f32).
