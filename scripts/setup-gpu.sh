@@ -24,9 +24,9 @@ if [ -n "$missing" ]; then
   echo "$missing" >&2
   exit 1
 fi
-if ! ldd target/release/tagfix | grep -q 'libtorch_cuda.so'; then
-  echo "setup-gpu: target/release/tagfix is not linked against libtorch_cuda.so" >&2
-  exit 1
-fi
-echo "setup-gpu: target/release/tagfix is linked against libtorch_cuda and every library resolves;" \
-  "\`tagfix train --device cuda\` and \`tagfix repair --train-device cuda\` use the GPU" >&2
+# The report of what this binary sees; libtorch_cuda must be linked, and with a driver a device seen.
+require="train,libtorch-cuda"
+if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then require="$require,cuda"; fi
+target/release/tagfix -q doctor --require "$require"
+echo "setup-gpu: target/release/tagfix is linked against libtorch_cuda and every library resolves; with a" \
+  "GPU seen (the \`cuda\` line above), \`tagfix train --device cuda\` and \`repair --train-device cuda\` use it" >&2

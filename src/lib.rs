@@ -7,6 +7,7 @@
 pub mod annotations;
 pub mod consistency;
 pub mod diff;
+pub mod doctor;
 pub mod embed;
 pub mod error;
 pub mod eval;

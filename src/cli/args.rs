@@ -31,6 +31,12 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// What this build and machine provide, each item found or not with the fix: features, the `ram`
+    /// vocabulary, ONNX Runtime (and its CUDA provider), models, libtorch, CUDA devices, the plot font.
+    #[command(
+        after_help = "Example:\n  tagfix doctor\n  tagfix doctor --require train,cuda   # exit 1 unless this binary can train on a GPU\n  tagfix doctor --json"
+    )]
+    Doctor(DoctorArgs),
     /// Show a vocabulary: where it was found, its slot count, hash and whether it is the official file.
     #[command(after_help = "Example:\n  tagfix vocab ram\n  tagfix vocab my_tag_list.txt --json")]
     Vocab(VocabArgs),
@@ -524,6 +530,18 @@ pub struct SynthArgs {
     #[arg(long, default_value_t = 1.0)]
     pub zipf: f64,
     /// Print the summary (with the absent slots) as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Items that must be present (comma-separated): exit 1 when one is not. Any item found broken
+    /// (status `error`) also gives exit 1.
+    #[arg(long, value_delimiter = ',', value_name = "ITEM,...",
+          value_parser = clap::builder::PossibleValuesParser::new(tagfix::doctor::CHECK_NAMES))]
+    pub require: Vec<String>,
+    /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
 }

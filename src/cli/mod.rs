@@ -5,6 +5,7 @@ pub mod args;
 mod check;
 mod convert;
 mod diff;
+mod doctor;
 mod embed;
 mod eval;
 mod inspect;
@@ -77,6 +78,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Teacher(a) => teacher::run(a, &cli.global),
         Command::SynthImages(a) => synth_images::run(a),
         Command::CliReference(a) => reference::run(a),
+        Command::Doctor(a) => doctor::run(a),
     }
 }
 

@@ -1,0 +1,280 @@
+//! `tagfix doctor`: what this build and this machine provide, each item found or not, with the fix —
+//! compiled features, the `ram` vocabulary, ONNX Runtime and its CUDA provider, the text and image
+//! models, libtorch (which library is loaded, whether `libtorch_cuda` is linked, the CUDA devices it
+//! sees) and the plot font. The checks only look; they change nothing.
+
+use serde::Serialize;
+
+/// The state of one item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Present and working.
+    Ok,
+    /// Not present; optional for most work (a GPU, an extra model).
+    Absent,
+    /// Expected from the setup but missing or broken.
+    Error,
+}
+
+/// One item of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// Short stable name, also what `--require` takes.
+    pub name: &'static str,
+    pub status: Status,
+    pub detail: String,
+    /// What to do when it is not `Ok`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+impl Check {
+    fn ok(name: &'static str, detail: impl Into<String>) -> Self {
+        Check {
+            name,
+            status: Status::Ok,
+            detail: detail.into(),
+            fix: None,
+        }
+    }
+
+    fn not_ok(name: &'static str, status: Status, detail: impl Into<String>, fix: &str) -> Self {
+        Check {
+            name,
+            status,
+            detail: detail.into(),
+            fix: Some(fix.to_string()),
+        }
+    }
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub version: &'static str,
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    pub fn get(&self, name: &str) -> Option<&Check> {
+        self.checks.iter().find(|c| c.name == name)
+    }
+}
+
+/// Names `--require` accepts, in report order.
+pub const CHECK_NAMES: &[&str] = &[
+    "embed",
+    "train",
+    "ram",
+    "onnxruntime",
+    "onnxruntime-cuda",
+    "minilm",
+    "clip",
+    "clip-vision",
+    "libtorch",
+    "libtorch-cuda",
+    "cuda",
+    "font",
+];
+
+const BUILD_ALL: &str = "build with `cargo build --release --all-features` (scripts/setup.sh installs the native libraries)";
+
+/// Runs every check.
+pub fn diagnose() -> Report {
+    let mut checks = vec![
+        feature("embed", cfg!(feature = "embed")),
+        feature("train", cfg!(feature = "train")),
+        vocabulary(),
+    ];
+    checks.extend(onnx_runtime());
+    for (name, spec) in [("minilm", "minilm"), ("clip", "clip"), ("clip-vision", "clip-vision")] {
+        checks.push(model(name, spec));
+    }
+    checks.extend(libtorch());
+    checks.push(match crate::plot::ensure_font() {
+        Ok(()) => Check::ok("font", "a TrueType font for plot text"),
+        Err(e) => Check::not_ok(
+            "font",
+            Status::Absent,
+            e.to_string(),
+            "install fonts-dejavu-core or set TAGFIX_FONT to a .ttf file",
+        ),
+    });
+    Report {
+        version: env!("CARGO_PKG_VERSION"),
+        checks,
+    }
+}
+
+fn feature(name: &'static str, on: bool) -> Check {
+    if on {
+        Check::ok(name, "feature compiled in")
+    } else {
+        Check::not_ok(name, Status::Absent, "feature not compiled in", BUILD_ALL)
+    }
+}
+
+fn vocabulary() -> Check {
+    let preset = crate::vocab::Preset::builtin("ram").expect("builtin preset");
+    match preset.resolve() {
+        Ok(r) => Check::ok(
+            "ram",
+            format!("{} ({:?}, {} sidecars)", r.path.display(), r.status, r.sidecars.len()),
+        ),
+        Err(e) => Check::not_ok(
+            "ram",
+            Status::Error,
+            e.to_string(),
+            "set TAGFIX_RAM_DATA or TAGFIX_SHARED, or pass --vocab FILE to each command",
+        ),
+    }
+}
+
+fn model(name: &'static str, spec: &str) -> Check {
+    match crate::embed::descriptor::resolve_model_dir(spec) {
+        Ok(dir) => Check::ok(name, dir.display().to_string()),
+        // The error says where it looked and how to get the model.
+        Err(e) => Check::not_ok(name, Status::Absent, "not found", &e.to_string()),
+    }
+}
+
+#[cfg(feature = "embed")]
+fn onnx_runtime() -> Vec<Check> {
+    use crate::embed::encoder::{ort_library, runtime};
+    use ort::ep::ExecutionProvider;
+    let lib = ort_library(None);
+    match runtime(&lib) {
+        Ok(_) => {
+            let cuda = match ort::ep::CUDA::is_available() {
+                Ok(true) => Check::ok("onnxruntime-cuda", "CUDA execution provider available"),
+                Ok(false) => Check::not_ok(
+                    "onnxruntime-cuda",
+                    Status::Absent,
+                    "no CUDA execution provider in this library (CPU build)",
+                    "for `embed --device cuda`, point ORT_DYLIB_PATH at the onnxruntime-gpu 1.31.1 library",
+                ),
+                Err(e) => Check::not_ok(
+                    "onnxruntime-cuda",
+                    Status::Error,
+                    format!("querying execution providers: {e}"),
+                    "check the ONNX Runtime library",
+                ),
+            };
+            vec![Check::ok("onnxruntime", lib.display().to_string()), cuda]
+        }
+        Err(e) => vec![
+            Check::not_ok(
+                "onnxruntime",
+                Status::Error,
+                e.to_string(),
+                "run scripts/setup.sh, or set ORT_DYLIB_PATH",
+            ),
+            Check::not_ok(
+                "onnxruntime-cuda",
+                Status::Absent,
+                "ONNX Runtime not loaded",
+                "fix `onnxruntime` first",
+            ),
+        ],
+    }
+}
+
+#[cfg(not(feature = "embed"))]
+fn onnx_runtime() -> Vec<Check> {
+    ["onnxruntime", "onnxruntime-cuda"]
+        .into_iter()
+        .map(|n| Check::not_ok(n, Status::Absent, "feature `embed` not compiled in", BUILD_ALL))
+        .collect()
+}
+
+/// Shared libraries mapped into this process whose file name contains `part` (Linux).
+#[cfg(feature = "train")]
+fn loaded_library(part: &str) -> Option<std::path::PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| {
+            std::path::Path::new(p)
+                .file_name()
+                .is_some_and(|f| f.to_string_lossy().contains(part))
+        })
+        .map(std::path::PathBuf::from)
+}
+
+#[cfg(feature = "train")]
+fn libtorch() -> Vec<Check> {
+    const GPU_BUILD: &str = "build with scripts/setup-gpu.sh (torch's CUDA libraries, libtorch_cuda linked)";
+    // Touch libtorch so its libraries are certainly mapped.
+    let cuda_available = tch::Cuda::is_available();
+    let cpu = loaded_library("libtorch_cpu.so");
+    let version = cpu
+        .as_ref()
+        .and_then(|p| p.parent()?.parent().map(|d| d.join("version.py")))
+        .and_then(|v| std::fs::read_to_string(v).ok())
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("__version__ = ").map(|v| v.trim_matches(['\'', '"']).to_string()))
+        });
+    let mut checks = vec![match &cpu {
+        Some(p) => Check::ok(
+            "libtorch",
+            format!("{} (torch {})", p.display(), version.as_deref().unwrap_or("version unknown")),
+        ),
+        None => Check::not_ok("libtorch", Status::Error, "libtorch_cpu.so is not loaded", BUILD_ALL),
+    }];
+    checks.push(match loaded_library("libtorch_cuda.so") {
+        Some(p) => Check::ok("libtorch-cuda", format!("linked: {}", p.display())),
+        None => Check::not_ok(
+            "libtorch-cuda",
+            Status::Absent,
+            "libtorch_cuda is not linked into this binary: it runs on the CPU only",
+            GPU_BUILD,
+        ),
+    });
+    checks.push(if cuda_available {
+        let n = tch::Cuda::device_count();
+        Check::ok(
+            "cuda",
+            format!(
+                "{n} CUDA device(s) visible to libtorch; cuDNN {}",
+                if tch::Cuda::cudnn_is_available() { "available" } else { "not available" }
+            ),
+        )
+    } else {
+        Check::not_ok(
+            "cuda",
+            Status::Absent,
+            "libtorch sees no CUDA device (`train --device cuda` will refuse to start)",
+            if loaded_library("libtorch_cuda.so").is_some() {
+                "check the NVIDIA driver (nvidia-smi) and CUDA_VISIBLE_DEVICES"
+            } else {
+                GPU_BUILD
+            },
+        )
+    });
+    checks
+}
+
+#[cfg(not(feature = "train"))]
+fn libtorch() -> Vec<Check> {
+    ["libtorch", "libtorch-cuda", "cuda"]
+        .into_iter()
+        .map(|n| Check::not_ok(n, Status::Absent, "feature `train` not compiled in", BUILD_ALL))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_has_every_named_check_once() {
+        let r = diagnose();
+        let names: Vec<&str> = r.checks.iter().map(|c| c.name).collect();
+        assert_eq!(names, CHECK_NAMES);
+        for c in &r.checks {
+            assert_eq!(c.fix.is_some(), c.status != Status::Ok, "{c:?}");
+        }
+    }
+}

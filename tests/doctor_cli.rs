@@ -1,0 +1,91 @@
+//! `tagfix doctor`: every item is reported once with a fix when it is not present, the exit code follows
+//! the report (`--require` and broken items), and the items the test setup installs are found.
+
+use assert_cmd::Command;
+use serde_json::Value;
+
+fn doctor(args: &[&str]) -> (Value, i32) {
+    let out = Command::cargo_bin("tagfix")
+        .unwrap()
+        .arg("doctor")
+        .arg("--json")
+        .args(args)
+        .output()
+        .unwrap();
+    let code = out.status.code().unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    (report, code)
+}
+
+fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no `{name}` in {report}"))
+}
+
+#[test]
+fn report_lists_every_item_and_exit_code_follows_it() {
+    let (report, code) = doctor(&[]);
+    let names: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, tagfix::doctor::CHECK_NAMES);
+    for c in report["checks"].as_array().unwrap() {
+        assert_eq!(c["fix"].is_string(), c["status"] != "ok", "{c}");
+    }
+    let broken = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] == "error")
+        .count();
+    assert_eq!(code, if broken == 0 { 0 } else { 1 }, "{report}");
+    assert_eq!(report["failing"].as_array().unwrap().len(), broken);
+
+    // What the build and the setup provide is found.
+    let want_embed = cfg!(feature = "embed");
+    assert_eq!(check(&report, "embed")["status"] == "ok", want_embed);
+    if want_embed {
+        assert_eq!(check(&report, "onnxruntime")["status"], "ok", "{report}");
+        assert_eq!(check(&report, "minilm")["status"], "ok", "{report}");
+    }
+    if cfg!(feature = "train") {
+        let torch = check(&report, "libtorch");
+        assert_eq!(torch["status"], "ok", "{report}");
+        assert!(torch["detail"].as_str().unwrap().contains("libtorch_cpu"), "{torch}");
+    }
+    if tagfix::fsutil::shared_dir_for_test("doctor: the ram vocabulary").is_some() {
+        assert_eq!(check(&report, "ram")["status"], "ok", "{report}");
+    }
+}
+
+#[test]
+fn require_turns_a_missing_item_into_exit_1() {
+    let (report, code) = doctor(&["--require", "cuda"]);
+    let cuda = check(&report, "cuda");
+    if cuda["status"] == "ok" {
+        assert_eq!(code, 0);
+    } else {
+        assert_eq!(code, 1, "{report}");
+        assert!(report["failing"].as_array().unwrap().iter().any(|f| f == "cuda"));
+        let fix = cuda["fix"].as_str().unwrap();
+        assert!(
+            fix.contains("setup-gpu.sh") || fix.contains("nvidia-smi") || fix.contains("--all-features"),
+            "{fix}"
+        );
+    }
+    let out = Command::cargo_bin("tagfix")
+        .unwrap()
+        .args(["doctor", "--require", "warp-drive"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("libtorch-cuda"));
+}
