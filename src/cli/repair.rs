@@ -485,7 +485,7 @@ fn render(
          `--model clip` needs a CLIP text tower exported to ONNX (`scripts/export_clip_text_onnx.py`; 512-d, what \
          the official presets take), `tagfix teacher` also the image tower (`scripts/export_clip_image_onnx.py`; \
          or `tagfix train --teacher online`) and `--device cuda` the GPU build of tagfix (`scripts/setup-gpu.sh`: torch's CUDA \
-         libraries from PyPI, libtorch_cuda linked). \
+         libraries from PyPI, libtorch_cuda linked; `tagfix doctor --require train,cuda` confirms it sees the GPU). \
          On the embedded default, `--train-device cuda` runs the short training on the GPU and `--embed-device cuda` the \
          text encoder (with the onnxruntime-gpu library). docs/guide.md walks through \
          every step (audit, repair, verify, gate in CI, train, monitor).",
