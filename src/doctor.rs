@@ -88,7 +88,11 @@ pub fn diagnose() -> Report {
         vocabulary(),
     ];
     checks.extend(onnx_runtime());
-    for (name, spec) in [("minilm", "minilm"), ("clip", "clip"), ("clip-vision", "clip-vision")] {
+    for (name, spec) in [
+        ("minilm", "minilm"),
+        ("clip", "clip"),
+        ("clip-vision", "clip-vision"),
+    ] {
         checks.push(model(name, spec));
     }
     checks.extend(libtorch());
@@ -120,7 +124,12 @@ fn vocabulary() -> Check {
     match preset.resolve() {
         Ok(r) => Check::ok(
             "ram",
-            format!("{} ({:?}, {} sidecars)", r.path.display(), r.status, r.sidecars.len()),
+            format!(
+                "{} ({:?}, {} sidecars)",
+                r.path.display(),
+                r.status,
+                r.sidecars.len()
+            ),
         ),
         Err(e) => Check::not_ok(
             "ram",
@@ -184,7 +193,14 @@ fn onnx_runtime() -> Vec<Check> {
 fn onnx_runtime() -> Vec<Check> {
     ["onnxruntime", "onnxruntime-cuda"]
         .into_iter()
-        .map(|n| Check::not_ok(n, Status::Absent, "feature `embed` not compiled in", BUILD_ALL))
+        .map(|n| {
+            Check::not_ok(
+                n,
+                Status::Absent,
+                "feature `embed` not compiled in",
+                BUILD_ALL,
+            )
+        })
         .collect()
 }
 
@@ -204,7 +220,8 @@ fn loaded_library(part: &str) -> Option<std::path::PathBuf> {
 
 #[cfg(feature = "train")]
 fn libtorch() -> Vec<Check> {
-    const GPU_BUILD: &str = "build with scripts/setup-gpu.sh (torch's CUDA libraries, libtorch_cuda linked)";
+    const GPU_BUILD: &str =
+        "build with scripts/setup-gpu.sh (torch's CUDA libraries, libtorch_cuda linked)";
     // Touch libtorch so its libraries are certainly mapped.
     let cuda_available = tch::Cuda::is_available();
     let cpu = loaded_library("libtorch_cpu.so");
@@ -213,15 +230,26 @@ fn libtorch() -> Vec<Check> {
         .and_then(|p| p.parent()?.parent().map(|d| d.join("version.py")))
         .and_then(|v| std::fs::read_to_string(v).ok())
         .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("__version__ = ").map(|v| v.trim_matches(['\'', '"']).to_string()))
+            t.lines().find_map(|l| {
+                l.strip_prefix("__version__ = ")
+                    .map(|v| v.trim_matches(['\'', '"']).to_string())
+            })
         });
     let mut checks = vec![match &cpu {
         Some(p) => Check::ok(
             "libtorch",
-            format!("{} (torch {})", p.display(), version.as_deref().unwrap_or("version unknown")),
+            format!(
+                "{} (torch {})",
+                p.display(),
+                version.as_deref().unwrap_or("version unknown")
+            ),
         ),
-        None => Check::not_ok("libtorch", Status::Error, "libtorch_cpu.so is not loaded", BUILD_ALL),
+        None => Check::not_ok(
+            "libtorch",
+            Status::Error,
+            "libtorch_cpu.so is not loaded",
+            BUILD_ALL,
+        ),
     }];
     checks.push(match loaded_library("libtorch_cuda.so") {
         Some(p) => Check::ok("libtorch-cuda", format!("linked: {}", p.display())),
@@ -238,7 +266,11 @@ fn libtorch() -> Vec<Check> {
             "cuda",
             format!(
                 "{n} CUDA device(s) visible to libtorch; cuDNN {}",
-                if tch::Cuda::cudnn_is_available() { "available" } else { "not available" }
+                if tch::Cuda::cudnn_is_available() {
+                    "available"
+                } else {
+                    "not available"
+                }
             ),
         )
     } else {
@@ -260,7 +292,14 @@ fn libtorch() -> Vec<Check> {
 fn libtorch() -> Vec<Check> {
     ["libtorch", "libtorch-cuda", "cuda"]
         .into_iter()
-        .map(|n| Check::not_ok(n, Status::Absent, "feature `train` not compiled in", BUILD_ALL))
+        .map(|n| {
+            Check::not_ok(
+                n,
+                Status::Absent,
+                "feature `train` not compiled in",
+                BUILD_ALL,
+            )
+        })
         .collect()
 }
 

@@ -59,7 +59,10 @@ fn report_lists_every_item_and_exit_code_follows_it() {
     if cfg!(feature = "train") {
         let torch = check(&report, "libtorch");
         assert_eq!(torch["status"], "ok", "{report}");
-        assert!(torch["detail"].as_str().unwrap().contains("libtorch_cpu"), "{torch}");
+        assert!(
+            torch["detail"].as_str().unwrap().contains("libtorch_cpu"),
+            "{torch}"
+        );
     }
     if tagfix::fsutil::shared_dir_for_test("doctor: the ram vocabulary").is_some() {
         assert_eq!(check(&report, "ram")["status"], "ok", "{report}");
@@ -74,10 +77,16 @@ fn require_turns_a_missing_item_into_exit_1() {
         assert_eq!(code, 0);
     } else {
         assert_eq!(code, 1, "{report}");
-        assert!(report["failing"].as_array().unwrap().iter().any(|f| f == "cuda"));
+        assert!(report["failing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "cuda"));
         let fix = cuda["fix"].as_str().unwrap();
         assert!(
-            fix.contains("setup-gpu.sh") || fix.contains("nvidia-smi") || fix.contains("--all-features"),
+            fix.contains("setup-gpu.sh")
+                || fix.contains("nvidia-smi")
+                || fix.contains("--all-features"),
             "{fix}"
         );
     }

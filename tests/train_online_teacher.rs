@@ -167,11 +167,19 @@ fn online_features_equal_the_file_and_follow_the_augmentation() {
     let mb = loader.next_batch().unwrap().unwrap();
     let clip = mb.clip_feature.as_ref().unwrap();
     let with_ops = mb.draws.iter().filter(|d| !d.ops.is_empty()).count();
-    assert!(with_ops >= 2, "{with_ops} of 8 samples drew RandomAugment operations");
+    assert!(
+        with_ops >= 2,
+        "{with_ops} of 8 samples drew RandomAugment operations"
+    );
     for k in 0..mb.len() {
-        let want = t.image_features(&mb.images[k * per..(k + 1) * per]).unwrap();
+        let want = t
+            .image_features(&mb.images[k * per..(k + 1) * per])
+            .unwrap();
         let err = max_abs_diff(&clip[k * 512..(k + 1) * 512], &want);
-        assert!(err <= 1e-5, "sample {k}: |teacher − tower(model input)| = {err}");
+        assert!(
+            err <= 1e-5,
+            "sample {k}: |teacher − tower(model input)| = {err}"
+        );
     }
 }
 

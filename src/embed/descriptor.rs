@@ -148,7 +148,11 @@ impl ModelDescriptor {
 
 /// Reads `dir/descriptor.toml`; an unreadable file is an error naming it and what the directory
 /// should hold (`holds`).
-pub(crate) fn read_descriptor_text(dir: &Path, what: &str, holds: &str) -> Result<(PathBuf, String)> {
+pub(crate) fn read_descriptor_text(
+    dir: &Path,
+    what: &str,
+    holds: &str,
+) -> Result<(PathBuf, String)> {
     let path = dir.join(DESCRIPTOR_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => Ok((path, text)),

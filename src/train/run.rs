@@ -696,10 +696,10 @@ pub fn train(prepared: Prepared, out: &Path, resume: bool) -> Result<RunSummary>
                 Ok(ckpt) => {
                     bar.abandon();
                     Error::Other(format!(
-                        "step {}: {what}; training stopped. The state before this step is saved in {}",
-                        step + 1,
-                        ckpt.display()
-                    ))
+                    "step {}: {what}; training stopped. The state before this step is saved in {}",
+                    step + 1,
+                    ckpt.display()
+                ))
                 }
                 Err(e) => e,
             }

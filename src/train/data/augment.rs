@@ -275,8 +275,14 @@ mod tests {
             ops: vec![(AugOp::TranslateX, 3.0)],
             ..plain.clone()
         };
-        let (p16, m16) = (first_bright(&plain.image(&edge, 16)), first_bright(&moved.image(&edge, 16)));
-        let (p32, m32) = (first_bright(&plain.image(&edge, 32)), first_bright(&moved.image(&edge, 32)));
+        let (p16, m16) = (
+            first_bright(&plain.image(&edge, 16)),
+            first_bright(&moved.image(&edge, 16)),
+        );
+        let (p32, m32) = (
+            first_bright(&plain.image(&edge, 32)),
+            first_bright(&moved.image(&edge, 32)),
+        );
         assert_eq!((p16 - m16).abs(), 3);
         assert_eq!((p32 - m32).abs(), 6);
     }

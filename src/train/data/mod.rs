@@ -11,9 +11,9 @@ pub mod augment;
 pub mod randaugment;
 pub mod synth;
 
-pub use augment::{Augment, Draw};
 pub use crate::annotations::records::{RecordSet, TrainRecord};
 pub use crate::teacher::file::{TeacherFeatures, TEACHER_DIM};
+pub use augment::{Augment, Draw};
 
 use crate::annotations::records::ReadOptions;
 use crate::teacher::online::OnlineTeacher;
