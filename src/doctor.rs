@@ -251,7 +251,8 @@ fn libtorch() -> Vec<Check> {
             BUILD_ALL,
         ),
     }];
-    checks.push(match loaded_library("libtorch_cuda.so") {
+    let cuda_lib = loaded_library("libtorch_cuda.so");
+    checks.push(match &cuda_lib {
         Some(p) => Check::ok("libtorch-cuda", format!("linked: {}", p.display())),
         None => Check::not_ok(
             "libtorch-cuda",
@@ -278,7 +279,7 @@ fn libtorch() -> Vec<Check> {
             "cuda",
             Status::Absent,
             "libtorch sees no CUDA device (`train --device cuda` will refuse to start)",
-            if loaded_library("libtorch_cuda.so").is_some() {
+            if cuda_lib.is_some() {
                 "check the NVIDIA driver (nvidia-smi) and CUDA_VISIBLE_DEVICES"
             } else {
                 GPU_BUILD

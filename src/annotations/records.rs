@@ -1,5 +1,4 @@
-//! Training records from RAM-format annotation files: a JSON array or JSON Lines, optionally gzip
-//! (`.gz`), one object per image with `image_path`, `union_label_id` (slots) and, when asked for,
+//! Training records from RAM-format annotation files: a JSON array or JSON Lines, optionally gzip, one object per image with `image_path`, `union_label_id` (slots) and, when asked for,
 //! `caption` (a list of strings, or one string). Other fields (`parse_label_id`, …) are skipped.
 //! Records are kept in memory (path + slots [+ captions]) because training shuffles them every epoch.
 
@@ -19,6 +18,18 @@ pub struct TrainRecord {
     pub origin: (usize, u64),
     /// The record's captions, when read with [`ReadOptions::captions`] (else empty).
     pub captions: Vec<String>,
+}
+
+impl TrainRecord {
+    /// Where the record's image is: `image_path` under `root` unless absolute.
+    pub fn image_file(&self, root: &Path) -> PathBuf {
+        let p = Path::new(&self.image_path);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            root.join(p)
+        }
+    }
 }
 
 /// RAM writes `caption` as a list; a single string is accepted too.
@@ -110,23 +121,14 @@ impl RecordSet {
     }
 }
 
-fn open(path: &Path) -> Result<Box<dyn BufRead>> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let gz = path.extension().is_some_and(|e| e == "gz");
-    Ok(if gz {
-        Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(file)))
-    } else {
-        Box::new(BufReader::new(file))
-    })
-}
-
 fn read_file(
     path: &Path,
     file_index: usize,
     opts: ReadOptions,
     out: &mut Vec<TrainRecord>,
 ) -> Result<()> {
-    let mut reader = open(path)?;
+    // The annotation scanner's opener: gzip recognised by its magic bytes, not the file name.
+    let mut reader = BufReader::new(super::open(path, indicatif::ProgressBar::hidden())?.0);
     // Peek the first non-blank byte: `[` is a JSON array, anything else JSON Lines.
     let first = loop {
         let buf = reader.fill_buf().map_err(|e| Error::io(path, e))?;

@@ -169,7 +169,6 @@ fn file_info(input: &EmbeddingInput) -> FileInfo {
     }
 }
 
-/// Copies rows `ids` of a row-major matrix.
 /// Rows `ids` of the unit matrix `unit` as queries that skip their own row. When `ids` are all rows
 /// in order, `unit` itself is returned (no copy) with `SameIndex`, which exact search answers with the
 /// symmetric self-join (half the arithmetic).
@@ -187,6 +186,7 @@ fn own_rows<'a>(
     }
 }
 
+/// Copies rows `ids` of a row-major matrix.
 fn gather(values: &[f32], dim: usize, ids: &[usize]) -> Vec<f32> {
     let mut out = Vec::with_capacity(ids.len() * dim);
     for &r in ids {

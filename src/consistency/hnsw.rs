@@ -19,8 +19,8 @@ pub struct HnswParams {
     pub ef_search: usize,
 }
 
-/// Defaults: recall@10 0.9998 against exact search at 100 000 × 512 clustered rows (scripts/bench-check.sh,
-/// docs/PERFORMANCE.md); lower values build faster at some recall.
+/// Defaults: recall@10 0.9997 against exact search at 100 000 × 512 clustered rows (2000 sampled rows;
+/// docs/PERFORMANCE.md, check run 2); lower values build faster at some recall.
 impl Default for HnswParams {
     fn default() -> Self {
         HnswParams {

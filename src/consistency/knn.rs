@@ -265,13 +265,10 @@ fn exact_self(db: Rows<'_>, k: usize, skip_self: bool) -> Neighbours {
     let pairs: Vec<(usize, usize)> = (0..blocks)
         .flat_map(|i| (i..blocks).map(move |j| (i, j)))
         .collect();
+    // Scratch per rayon split: no block is larger than the matrix.
+    let side = SELF_BLOCK.min(n);
     pairs.par_iter().for_each_init(
-        || {
-            (
-                vec![0f32; SELF_BLOCK * SELF_BLOCK],
-                Vec::with_capacity(SELF_BLOCK),
-            )
-        },
+        || (vec![0f32; side * side], Vec::with_capacity(side)),
         |(sims, floors), &(bi, bj)| {
             let (ri, rj) = (span(bi), span(bj));
             let (ni, nj) = (ri.len(), rj.len());
@@ -329,7 +326,8 @@ pub enum SearchChoice {
 
 /// Largest database that `auto` searches exactly. Exact all-against-all search costs rows² × dim, HNSW
 /// about rows × (build + query cost); on the project's 2-core machine exact search of 100 000 × 512
-/// rows still takes less CPU time than building and querying the graph (docs/PERFORMANCE.md), so the
+/// rows takes less CPU time than building and querying the graph, by an extrapolation from 4585 rows
+/// (docs/PERFORMANCE.md), so the
 /// switch is at 200 000 rows (a RAM vocabulary has 4585 rows; RAM++'s per-description layout 233 835).
 pub const AUTO_EXACT_MAX_ROWS: usize = 200_000;
 

@@ -1,6 +1,6 @@
 //! The online teacher of `tagfix train --teacher online` (feature `embed`): CLIP image features of
 //! each sample's *augmented* view (the model's crop, flip and RandomAugment operations, replayed at
-//! the image tower's resolution) and CLIP text embeddings of its caption, computed through ONNX Runtime
+//! the image tower's resolution; the model's very image when the sizes agree) and CLIP text embeddings of its caption, computed through ONNX Runtime
 //! in the data loader, ahead of the training step.
 //!
 //! Caption embeddings depend only on (record, caption), so each is computed once and kept
@@ -76,18 +76,8 @@ impl OnlineTeacher {
         let mut captions = Vec::new();
         let mut offsets = Vec::with_capacity(records.records.len() + 1);
         offsets.push(0);
+        // The reader (captions: true) refuses records without a caption.
         for r in &mut records.records {
-            if r.captions.is_empty() {
-                return Err(Error::Other(format!(
-                    "{} ({}): no caption for the online text teacher",
-                    records
-                        .files
-                        .get(r.origin.0)
-                        .map(|f| f.display().to_string())
-                        .unwrap_or_default(),
-                    r.image_path
-                )));
-            }
             captions.extend(
                 std::mem::take(&mut r.captions)
                     .iter()
@@ -161,11 +151,6 @@ impl OnlineTeacher {
     /// Number of captions of record `record`.
     pub fn caption_count(&self, record: usize) -> usize {
         self.offsets[record + 1] - self.offsets[record]
-    }
-
-    /// The cleaned caption `caption` of record `record`.
-    pub fn caption(&self, record: usize, caption: usize) -> &str {
-        &self.captions[self.offsets[record] + caption]
     }
 
     /// Text features `[n, 512]` (L2-normalised) of `(record, caption index)` pairs; captions already

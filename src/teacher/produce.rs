@@ -13,7 +13,7 @@ use crate::imaging::{decode, eval_transform};
 use indicatif::ProgressBar;
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// What to compute.
 #[derive(Debug, Clone)]
@@ -36,16 +36,6 @@ pub struct TeacherOutput {
     pub image: Vec<f32>,
     pub text: Vec<f32>,
     pub metadata: BTreeMap<String, String>,
-}
-
-/// Where a record's image is: `image_path` under the root unless absolute.
-pub fn image_file(root: &Path, image_path: &str) -> PathBuf {
-    let p = Path::new(image_path);
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        root.join(p)
-    }
 }
 
 /// Checks that keys are unique (the file is keyed by `image_path`).
@@ -79,7 +69,8 @@ pub fn caption_features(
     let mut counts = Vec::with_capacity(req.records.records.len());
     for r in &req.records.records {
         let chosen: &[String] = match req.caption {
-            CaptionChoice::First => &r.captions[..1.min(r.captions.len())],
+            // The reader (captions: true) refuses records without one.
+            CaptionChoice::First => &r.captions[..1],
             CaptionChoice::Mean => &r.captions,
             CaptionChoice::Random => {
                 return Err(Error::Usage(
@@ -88,13 +79,6 @@ pub fn caption_features(
                 ))
             }
         };
-        if chosen.is_empty() {
-            return Err(Error::Other(format!(
-                "{} ({}): no caption",
-                req.records.origin(r),
-                r.image_path
-            )));
-        }
         counts.push(chosen.len());
         texts.extend(chosen.iter().map(|c| pre_caption(c, req.max_words)));
     }
@@ -142,7 +126,7 @@ pub fn image_features(
             .par_chunks_mut(per)
             .zip(chunk.par_iter())
             .try_for_each(|(buf, r)| -> Result<()> {
-                let path = image_file(req.image_root, &r.image_path);
+                let path = r.image_file(req.image_root);
                 let img = decode(&path)
                     .map_err(|e| Error::Other(format!("{e} ({})", req.records.origin(r))))?;
                 eval_transform(&img, &input, buf);

@@ -703,6 +703,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn known_keys_are_the_config_fields() {
+        // `--set` and the config reader accept exactly the fields `TrainConfig` serialises.
+        let serde_json::Value::Object(fields) =
+            serde_json::to_value(TrainConfig::default()).unwrap()
+        else {
+            panic!("TrainConfig serialises to an object");
+        };
+        let mut fields: Vec<&str> = fields.keys().map(String::as_str).collect();
+        fields.sort();
+        assert_eq!(known_keys(), fields);
+    }
+
+    #[test]
     fn absent_policy_parses() {
         assert_eq!("mask".parse::<AbsentPolicy>().unwrap(), AbsentPolicy::Mask);
         assert_eq!(

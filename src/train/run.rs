@@ -64,7 +64,8 @@ const RUN_FILE: &str = "run.json";
 const STATE_SCHEMA: &str = "tagfix.train-checkpoint/1";
 
 /// Resolves the configuration's model spec for a vocabulary of `num_class` slots with
-/// `des_per_class` description rows each, `joint_dim` values a row. `tiny` takes the label
+/// `des_per_class` description rows each, `joint_dim` values a row (of the file `label_embed`, named
+/// when the width does not fit). `tiny` takes the label
 /// embeddings' width as its joint space; the official presets and reference configurations are
 /// built for CLIP's 512-d space and refuse any other width.
 pub fn resolve_model(
@@ -72,21 +73,22 @@ pub fn resolve_model(
     num_class: usize,
     des_per_class: usize,
     joint_dim: usize,
-) -> std::result::Result<RamPlusConfig, String> {
+    label_embed: &Path,
+) -> Result<RamPlusConfig> {
     let mut cfg = if spec == "tiny" {
         RamPlusConfig::tiny(num_class, des_per_class).with_joint_dim(joint_dim)
     } else if spec.ends_with(".json") {
-        RamPlusConfig::from_reference_json(Path::new(spec)).map_err(|e| e.to_string())?
+        RamPlusConfig::from_reference_json(Path::new(spec))?
     } else {
-        RamPlusConfig::preset(spec).map_err(|e| e.to_string())?
+        RamPlusConfig::preset(spec)?
     };
     if cfg.joint_dim != joint_dim {
-        return Err(format!(
+        return Err(Error::invalid(label_embed, format!(
             "rows have {joint_dim} values, but model `{spec}` takes {}-d label embeddings (CLIP space, as the \
              official checkpoints); embed the tags with a CLIP text tower (`tagfix embed --model clip`), or train \
              the small `model = \"tiny\"`, which follows the embeddings' width",
             cfg.joint_dim
-        ));
+        )));
     }
     cfg.num_class = num_class;
     cfg.des_per_class = des_per_class;
@@ -189,8 +191,8 @@ pub fn prepare(config: &TrainConfig, inputs: &TrainInputs) -> Result<Prepared> {
         num_class,
         layout.rows_per_slot(),
         emb.dim,
-    )
-    .map_err(|m| Error::invalid(&inputs.label_embed, m))?;
+        &inputs.label_embed,
+    )?;
     let teacher_named = match (&inputs.teacher, &config.online_teacher) {
         (Some(t), _) => Some(t.as_path()),
         (None, Some(_)) => Some(Path::new("--teacher online")),
@@ -633,9 +635,8 @@ pub fn train(prepared: Prepared, out: &Path, resume: bool) -> Result<RunSummary>
         }
         None => None,
     };
-    let val_batch = config
-        .val_batch_size
-        .unwrap_or(config.micro_batch_size.unwrap_or(config.batch_size));
+    let (micro, accumulation) = config.accumulation()?;
+    let val_batch = config.val_batch_size.unwrap_or(micro);
     let mut validate_at = |step: u64, bar: Option<&indicatif::ProgressBar>| -> Result<()> {
         let (Some(set), Some(writer)) = (&validation, val_writer.as_mut()) else {
             return Ok(());
@@ -657,7 +658,6 @@ pub fn train(prepared: Prepared, out: &Path, resume: bool) -> Result<RunSummary>
 
     let sched = LrSchedule::new(&config, steps_per_epoch, total_steps);
     let absent = AbsentSlots::new(model_config.num_class, &absent_slots, config.absent, device);
-    let (micro, accumulation) = config.accumulation()?;
     let side = model_config.swin.img_size as i64;
     let nc = model_config.num_class as i64;
     let joint = model_config.joint_dim as i64;

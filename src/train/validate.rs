@@ -92,8 +92,8 @@ impl ValidationSet {
             None => match Thresholds::from_preset(&vocab) {
                 Some(t) => t?,
                 None => Thresholds {
-                    values: vec![0.5; vocab.len()],
                     source: "0.5 for every slot (no threshold file given)".into(),
+                    ..Thresholds::uniform(0.5, vocab.len())
                 },
             },
         };

@@ -134,8 +134,10 @@ pub struct Draw {
 impl Draw {
     /// The augmented image at `size × size`: the view's crop resized (bicubic) and maybe flipped,
     /// then the operations in order. Translations are in pixels of the model's input and scale with
-    /// `size / self.size`; shears about the corner and rotations about the centre do not depend on
-    /// the size. At the model's own size this is exactly the model's input image.
+    /// `size / self.size`; shears about the corner and rotations about the centre keep their
+    /// arguments. At another size the result is therefore close to, not equal to, a resize of the
+    /// model's input (resampling, Sharpness's 3×3 kernel and the histogram operations see other
+    /// pixels); at the model's own size it is exactly the model's input image.
     pub fn image(&self, img: &RgbImage, size: u32) -> RgbImage {
         let mut out = view_image(img, &self.view, size);
         let scale = if self.size == 0 || size == self.size {

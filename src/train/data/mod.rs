@@ -141,12 +141,7 @@ impl TrainData {
 
     /// Where a record's image is.
     pub fn image_path(&self, r: &TrainRecord) -> PathBuf {
-        let p = Path::new(&r.image_path);
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.image_root.join(p)
-        }
+        r.image_file(&self.image_root)
     }
 
     /// Opens every image's header (in parallel): missing and unreadable images are reported before
@@ -249,8 +244,6 @@ pub struct MicroBatch {
     /// The augmentation drawn for each image (crop, flip, RandomAugment operations), which the
     /// online teacher also saw.
     pub draws: Vec<Draw>,
-    /// With the online teacher and `random` captions: the caption index used for each sample.
-    pub captions: Vec<usize>,
 }
 
 impl MicroBatch {
@@ -338,7 +331,6 @@ pub fn load_micro_batch(
             targets[k * n + s as usize] = 1.0;
         }
     }
-    let mut captions = Vec::new();
     let (clip_feature, text_embed) = match (&data.teacher, online) {
         (Some(t), _) => {
             let mut c = Vec::with_capacity(indices.len() * TEACHER_DIM);
@@ -360,7 +352,7 @@ pub fn load_micro_batch(
             };
             let c = t.image_features(&teacher_pixels).map_err(describe)?;
             // RAM draws one of the record's captions per sample; the draw has its own stream.
-            captions = indices
+            let captions: Vec<usize> = indices
                 .iter()
                 .enumerate()
                 .map(|(k, &idx)| match t.config.caption {
@@ -393,7 +385,6 @@ pub fn load_micro_batch(
         clip_feature,
         text_embed,
         draws,
-        captions,
     })
 }
 
