@@ -4,6 +4,7 @@
 
 mod embedding;
 pub mod npy;
+mod pickle;
 pub mod provenance;
 pub mod pth;
 pub mod safetensors_io;

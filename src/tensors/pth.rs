@@ -2,90 +2,31 @@
 //!
 //! The zip format (torch ≥ 1.6: `<archive>/data.pkl` + `<archive>/data/<key>` storages) and the legacy
 //! format (a sequence of pickles followed by raw storages) are both read. The pickle is interpreted by
-//! a small stack machine that knows only the globals a checkpoint needs (`_rebuild_tensor_v2`,
-//! `_rebuild_parameter`, typed storages, `OrderedDict`); any other global — `os.system`, say — is
-//! refused with an error that names it. Nothing a pickle names is ever called.
+//! a small stack machine ([`super::pickle`]) that knows only the globals a checkpoint needs
+//! (`_rebuild_tensor_v2`, `_rebuild_parameter`, typed storages, `OrderedDict`); any other global —
+//! `os.system`, say — is refused with an error that names it. Nothing a pickle names is ever called.
+//!
+//! Nothing in the file is trusted: offsets, sizes, strides and element counts are checked with
+//! checked arithmetic against the storage's real length, nesting and memo copies are bounded (see
+//! [`super::pickle`]), and a state dict that repeats a key is refused (see docs/formats.md). Each
+//! storage is read once however many views share it; each view is copied out once.
 //!
 //! The writer produces the zip format with a pickle that `torch.load(..., weights_only=True)` accepts:
 //! a bare tensor (as RAM stores `frozen_tag_embedding/*.pth`) or a dict of tensors.
 
+use super::pickle::{kind, StorageDecl, Unpickler};
+pub use super::pickle::{TensorRef, Value};
 use super::{DType, Tensor, TensorSet};
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Seek};
 use std::path::Path;
 
-/// Globals a checkpoint may name. Everything else is refused.
-const ALLOWED_GLOBALS: &[&str] = &[
-    "collections.OrderedDict",
-    "torch._utils._rebuild_tensor_v2",
-    "torch._utils._rebuild_tensor",
-    "torch._utils._rebuild_parameter",
-    "torch.FloatStorage",
-    "torch.DoubleStorage",
-    "torch.HalfStorage",
-    "torch.BFloat16Storage",
-    "torch.LongStorage",
-    "torch.IntStorage",
-    "torch.ShortStorage",
-    "torch.CharStorage",
-    "torch.ByteStorage",
-    "torch.BoolStorage",
-];
-
-fn storage_dtype(global: &str) -> Option<DType> {
-    Some(match global {
-        "torch.FloatStorage" => DType::F32,
-        "torch.DoubleStorage" => DType::F64,
-        "torch.HalfStorage" => DType::F16,
-        "torch.BFloat16Storage" => DType::BF16,
-        "torch.LongStorage" => DType::I64,
-        "torch.IntStorage" => DType::I32,
-        "torch.ShortStorage" => DType::I16,
-        "torch.CharStorage" => DType::I8,
-        "torch.ByteStorage" => DType::U8,
-        "torch.BoolStorage" => DType::Bool,
-        _ => return None,
-    })
-}
-
-/// A value of the unpickled object graph.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Value {
-    None,
-    Bool(bool),
-    Int(i64),
-    /// An integer too large for i64 (little-endian two's complement bytes).
-    BigInt(Vec<u8>),
-    Float(f64),
-    Str(String),
-    Bytes(Vec<u8>),
-    Tuple(Vec<Value>),
-    List(Vec<Value>),
-    Dict(Vec<(Value, Value)>),
-    /// A global reference, `module.name`.
-    Global(String),
-    /// A storage reference from a persistent id.
-    Storage {
-        key: String,
-        dtype: DType,
-        numel: usize,
-    },
-    /// A tensor view of a storage.
-    TensorRef(TensorRef),
-}
-
-/// A strided view into a storage, as `_rebuild_tensor_v2` describes it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TensorRef {
-    pub storage: String,
-    pub dtype: DType,
-    pub storage_numel: usize,
-    pub offset: usize,
-    pub shape: Vec<usize>,
-    pub stride: Vec<usize>,
-}
+/// Bytes that views may materialise beyond the size of the storages they view, over a whole file.
+/// Only views whose strides repeat elements (a saved `expand()`, stride 0) get there; a tiny file
+/// must not be able to ask for terabytes.
+pub const MAX_EXPANDED_BYTES: usize = 1 << 30;
 
 /// How the tensors sit in the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,25 +67,29 @@ impl Checkpoint {
 
 /// Reads a `torch.save` file.
 pub fn read(path: &Path) -> Result<Checkpoint> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let bad = |m: String| Error::invalid(path, m);
-    if bytes.starts_with(b"PK\x03\x04") {
-        read_zip(path, &bytes)
-    } else if bytes.first() == Some(&0x80) {
+    let io = |e| Error::io(path, e);
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut magic = Vec::with_capacity(4);
+    (&mut file).take(4).read_to_end(&mut magic).map_err(io)?;
+    if magic.starts_with(b"PK\x03\x04") {
+        file.rewind().map_err(io)?;
+        read_zip(path, std::io::BufReader::new(file))
+    } else if magic.first() == Some(&0x80) {
+        let bytes = std::fs::read(path).map_err(io)?;
         read_legacy(path, &bytes)
-    } else if bytes.is_empty() {
-        Err(bad("empty file, not a PyTorch checkpoint".into()))
+    } else if magic.is_empty() {
+        Err(Error::invalid(path, "empty file, not a PyTorch checkpoint"))
     } else {
-        Err(bad(
-            "not a PyTorch checkpoint (neither a torch.save zip archive nor a legacy pickle)"
-                .into(),
+        Err(Error::invalid(
+            path,
+            "not a PyTorch checkpoint (neither a torch.save zip archive nor a legacy pickle)",
         ))
     }
 }
 
-fn read_zip(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
+fn read_zip<R: Read + Seek>(path: &Path, reader: R) -> Result<Checkpoint> {
     let bad = |m: String| Error::invalid(path, m);
-    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| {
+    let mut zip = zip::ZipArchive::new(reader).map_err(|e| {
         bad(format!("damaged torch.save archive ({e}); the file may be truncated — re-download or re-save it"))
     })?;
     let pkl_name = (0..zip.len())
@@ -153,146 +98,141 @@ fn read_zip(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
         .ok_or_else(|| bad("torch.save archive without data.pkl".into()))?;
     let prefix = pkl_name.trim_end_matches("data.pkl").to_string();
     let pickle = read_entry(&mut zip, &pkl_name).map_err(bad)?;
-    let root = Unpickler::new(path).run(&pickle)?;
-    let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
-    let mut load = |key: &str| -> Result<Vec<u8>> {
-        if let Some(b) = storages.get(key) {
-            return Ok(b.clone());
-        }
-        let b = read_entry(&mut zip, &format!("{prefix}data/{key}")).map_err(bad)?;
-        storages.insert(key.to_string(), b.clone());
-        Ok(b)
-    };
-    assemble(path, root, &mut load, false)
+    let mut unpickler = Unpickler::new(path);
+    let layout = layout(path, unpickler.run(&pickle)?)?;
+    let mut owned: HashMap<String, Vec<u8>> = HashMap::new();
+    for key in layout.storage_keys() {
+        let data = read_entry(&mut zip, &format!("{prefix}data/{key}")).map_err(bad)?;
+        owned.insert(key.to_string(), data);
+    }
+    let storages = owned
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
+        .collect();
+    let (tensors, container, extras) = layout.materialise(path, &unpickler.storages, &storages)?;
+    Ok(Checkpoint {
+        tensors,
+        container,
+        extras,
+        legacy: false,
+    })
 }
 
 fn read_entry<R: Read + Seek>(
     zip: &mut zip::ZipArchive<R>,
     name: &str,
 ) -> std::result::Result<Vec<u8>, String> {
-    let mut f = zip
+    let f = zip
         .by_name(name)
         .map_err(|e| format!("archive entry {name}: {e}"))?;
-    let mut out = Vec::with_capacity(f.size() as usize);
-    f.read_to_end(&mut out)
+    // The size is the archive's claim: no preallocation from it, the reader stops at the real end.
+    let mut out = Vec::new();
+    f.take(u64::MAX)
+        .read_to_end(&mut out)
         .map_err(|e| format!("archive entry {name}: {e} (truncated file?)"))?;
     Ok(out)
 }
 
+/// The legacy magic number, `0x1950a86a20f9469cfc6c` as a pickled long.
+const LEGACY_MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
+
 fn read_legacy(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
     let bad = |m: String| Error::invalid(path, m);
     let mut pos = 0;
-    let next = |pos: &mut usize| -> Result<Value> {
+    let next = |pos: &mut usize| -> Result<(Value, HashMap<String, StorageDecl>)> {
         let mut up = Unpickler::new(path);
         let v = up.run(&bytes[*pos..])?;
         *pos += up.consumed;
-        Ok(v)
+        Ok((v, up.storages))
     };
-    let magic = next(&mut pos)?;
-    if magic
-        != Value::BigInt(vec![
-            0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
-        ])
-    {
+    if next(&mut pos)?.0 != Value::BigInt(LEGACY_MAGIC.to_vec()) {
         return Err(bad(
             "not a PyTorch checkpoint (legacy magic number missing)".into(),
         ));
     }
     let _protocol = next(&mut pos)?;
     let _sys_info = next(&mut pos)?;
-    let root = next(&mut pos)?;
-    let keys = match next(&mut pos)? {
-        Value::List(k) => k,
-        _ => return Err(bad("legacy checkpoint: storage key list missing".into())),
+    let (root, decls) = next(&mut pos)?;
+    let Value::List(keys) = next(&mut pos)?.0 else {
+        return Err(bad("legacy checkpoint: storage key list missing".into()));
     };
     // Storages follow in key order: an 8-byte element count, then the raw little-endian data.
-    let sizes = storage_sizes(&root);
-    let mut storages = HashMap::new();
+    let mut storages: HashMap<&str, &[u8]> = HashMap::new();
+    let mut names = Vec::with_capacity(keys.len());
     for k in keys {
         let Value::Str(key) = k else {
             return Err(bad("legacy checkpoint: storage key is not a string".into()));
         };
-        let header = bytes
-            .get(pos..pos + 8)
-            .ok_or_else(|| bad(format!("legacy checkpoint truncated before storage {key}")))?;
-        let numel = u64::from_le_bytes(header.try_into().unwrap()) as usize;
-        let elem = sizes.get(&key).copied().unwrap_or(1);
-        let data = bytes
-            .get(pos + 8..pos + 8 + numel * elem)
-            .ok_or_else(|| bad(format!("legacy checkpoint truncated inside storage {key}")))?;
-        storages.insert(key, data.to_vec());
-        pos += 8 + numel * elem;
+        names.push(key);
     }
-    let mut load = |key: &str| -> Result<Vec<u8>> {
-        storages
-            .get(key)
-            .cloned()
-            .ok_or_else(|| bad(format!("legacy checkpoint: storage {key} missing")))
-    };
-    assemble(path, root, &mut load, true)
-}
-
-fn storage_sizes(v: &Value) -> HashMap<String, usize> {
-    let mut out = HashMap::new();
-    fn walk(v: &Value, out: &mut HashMap<String, usize>) {
-        match v {
-            Value::TensorRef(t) => {
-                out.insert(t.storage.clone(), t.dtype.size());
-            }
-            Value::Tuple(xs) | Value::List(xs) => xs.iter().for_each(|x| walk(x, out)),
-            Value::Dict(kv) => kv.iter().for_each(|(_, x)| walk(x, out)),
-            _ => {}
+    for key in &names {
+        let decl = decls.get(key).ok_or_else(|| {
+            bad(format!(
+                "legacy checkpoint: storage {key} is listed but the pickle never declares it"
+            ))
+        })?;
+        let (data, end) = legacy_storage(bytes, pos, key, decl).map_err(bad)?;
+        if storages.insert(key, data).is_some() {
+            return Err(bad(format!(
+                "legacy checkpoint: storage {key} is listed twice"
+            )));
         }
+        pos = end;
     }
-    walk(v, &mut out);
-    out
+    let layout = layout(path, root)?;
+    let (tensors, container, extras) = layout.materialise(path, &decls, &storages)?;
+    Ok(Checkpoint {
+        tensors,
+        container,
+        extras,
+        legacy: true,
+    })
 }
 
-/// Turns the unpickled root into a checkpoint, materialising every tensor view.
-fn assemble(
-    path: &Path,
-    root: Value,
-    load: &mut dyn FnMut(&str) -> Result<Vec<u8>>,
-    legacy: bool,
-) -> Result<Checkpoint> {
+/// The data of the legacy storage `key` whose header starts at `pos`, and where it ends.
+fn legacy_storage<'b>(
+    bytes: &'b [u8],
+    pos: usize,
+    key: &str,
+    decl: &StorageDecl,
+) -> std::result::Result<(&'b [u8], usize), String> {
+    let truncated = || format!("legacy checkpoint truncated inside storage {key}");
+    let start = pos.checked_add(8).ok_or_else(truncated)?;
+    let header = bytes.get(pos..start).ok_or_else(truncated)?;
+    let numel = u64::from_le_bytes(header.try_into().expect("8 bytes"));
+    if numel != decl.numel as u64 {
+        return Err(format!(
+            "legacy checkpoint: storage {key} holds {numel} elements, but the pickle declares {}",
+            decl.numel
+        ));
+    }
+    let end = decl
+        .numel
+        .checked_mul(decl.dtype.size())
+        .and_then(|len| start.checked_add(len))
+        .ok_or_else(truncated)?;
+    Ok((bytes.get(start..end).ok_or_else(truncated)?, end))
+}
+
+/// Where the tensors sit, before any is copied out of its storage.
+struct Layout {
+    container: Container,
+    tensors: Vec<(String, TensorRef)>,
+    extras: BTreeMap<String, serde_json::Value>,
+}
+
+/// Reads the unpickled root: a bare tensor, a state dict, or a dict wrapping one.
+fn layout(path: &Path, root: Value) -> Result<Layout> {
     let bad = |m: String| Error::invalid(path, m);
-    let mut materialise = |name: &str, t: &TensorRef| -> Result<Tensor> {
-        let storage = load(&t.storage)?;
-        gather(&storage, t).map_err(|m| bad(format!("tensor `{name}`: {m}")))
-    };
-    let (container, entries, extras) = match root {
+    let (container, entries, mut extras) = match root {
         Value::TensorRef(t) => {
-            let tensor = materialise("tensor", &t)?;
-            return Ok(Checkpoint {
-                tensors: vec![("tensor".into(), tensor)],
+            return Ok(Layout {
                 container: Container::BareTensor,
+                tensors: vec![("tensor".into(), t)],
                 extras: BTreeMap::new(),
-                legacy,
-            });
+            })
         }
-        Value::Dict(kv) => {
-            let wrapped = kv.iter().position(|(k, v)| {
-                matches!(k, Value::Str(s) if ["model", "state_dict", "module"].contains(&s.as_str()))
-                    && matches!(v, Value::Dict(_))
-            });
-            match wrapped {
-                Some(i) => {
-                    let mut kv = kv;
-                    let (Value::Str(key), Value::Dict(inner)) = kv.remove(i) else {
-                        unreachable!()
-                    };
-                    let extras = kv
-                        .into_iter()
-                        .filter_map(|(k, v)| match k {
-                            Value::Str(k) => Some((k, to_json(&v))),
-                            _ => None,
-                        })
-                        .collect();
-                    (Container::Wrapped(key), inner, extras)
-                }
-                None => (Container::StateDict, kv, BTreeMap::new()),
-            }
-        }
+        Value::Dict(kv) => split_wrapper(path, kv)?,
         other => {
             return Err(bad(format!(
                 "holds a {} at the top level, not a tensor or a dict of tensors",
@@ -300,8 +240,8 @@ fn assemble(
             )))
         }
     };
+    check_unique_keys(path, &entries, "state-dict")?;
     let mut tensors = Vec::new();
-    let mut extras = extras;
     for (k, v) in entries {
         let name = match k {
             Value::Str(s) => s,
@@ -313,73 +253,272 @@ fn assemble(
             }
         };
         match v {
-            Value::TensorRef(t) => tensors.push((name.clone(), materialise(&name, &t)?)),
+            Value::TensorRef(t) => tensors.push((name, t)),
             other => {
                 extras.insert(name, to_json(&other));
             }
         }
     }
-    Ok(Checkpoint {
-        tensors,
+    Ok(Layout {
         container,
+        tensors,
         extras,
-        legacy,
     })
 }
 
-/// Copies a strided view out of its storage into a contiguous tensor.
-fn gather(storage: &[u8], t: &TensorRef) -> std::result::Result<Tensor, String> {
-    let es = t.dtype.size();
-    let numel: usize = t.shape.iter().product();
-    if t.shape.len() != t.stride.len() {
-        return Err("shape and stride differ in length".into());
-    }
-    if numel > 0 {
-        let last = t.offset
-            + t.shape
-                .iter()
-                .zip(&t.stride)
-                .map(|(s, st)| (s - 1) * st)
-                .sum::<usize>();
-        if (last + 1) * es > storage.len() {
-            return Err(format!(
-                "view reaches element {last} but its storage holds {} bytes ({} elements of {}); the file is truncated or damaged",
-                storage.len(),
-                storage.len() / es,
-                t.dtype
-            ));
+type Entries = Vec<(Value, Value)>;
+
+/// Splits `{"model" | "state_dict" | "module": state_dict, ...extras}` into its parts; any other
+/// dict is the state dict itself.
+fn split_wrapper(
+    path: &Path,
+    mut kv: Entries,
+) -> Result<(Container, Entries, BTreeMap<String, serde_json::Value>)> {
+    let wrapped = kv.iter().position(|(k, v)| {
+        matches!(k, Value::Str(s) if ["model", "state_dict", "module"].contains(&s.as_str()))
+            && matches!(v, Value::Dict(_))
+    });
+    let Some(i) = wrapped else {
+        return Ok((Container::StateDict, kv, BTreeMap::new()));
+    };
+    check_unique_keys(path, &kv, "top-level")?;
+    let (Value::Str(key), Value::Dict(inner)) = kv.remove(i) else {
+        unreachable!("matched above")
+    };
+    let extras = kv
+        .into_iter()
+        .filter_map(|(k, v)| match k {
+            Value::Str(k) => Some((k, to_json(&v))),
+            _ => None,
+        })
+        .collect();
+    Ok((Container::Wrapped(key), inner, extras))
+}
+
+/// Refuses a dict whose string keys repeat. A dict torch.save wrote cannot repeat a key; Python
+/// would keep the last value, so a repeated key means an edited or crafted file whose two readings
+/// (first or last) differ — neither is silently chosen.
+fn check_unique_keys(path: &Path, entries: &[(Value, Value)], what: &str) -> Result<()> {
+    let mut seen = HashSet::with_capacity(entries.len());
+    for (k, _) in entries {
+        if let Value::Str(s) = k {
+            if !seen.insert(s.as_str()) {
+                return Err(Error::invalid(
+                    path,
+                    format!(
+                        "{what} key `{s}` appears more than once; a dict saved by torch.save cannot repeat \
+                         a key, so the file was edited or damaged (refusing rather than picking one)"
+                    ),
+                ));
+            }
         }
     }
-    let mut data = Vec::with_capacity(numel * es);
-    let mut idx = vec![0usize; t.shape.len()];
-    for _ in 0..numel {
-        let off = t.offset + idx.iter().zip(&t.stride).map(|(i, s)| i * s).sum::<usize>();
-        data.extend_from_slice(&storage[off * es..(off + 1) * es]);
-        for d in (0..idx.len()).rev() {
+    Ok(())
+}
+
+impl Layout {
+    /// The keys of the storages the tensors view, each once, in first-use order.
+    fn storage_keys(&self) -> Vec<&str> {
+        let mut seen = HashSet::new();
+        self.tensors
+            .iter()
+            .map(|(_, t)| t.storage.as_str())
+            .filter(|k| seen.insert(*k))
+            .collect()
+    }
+
+    /// Copies every tensor out of its storage (`storages` by key, `decls` as the pickle declared them).
+    #[allow(clippy::type_complexity)]
+    fn materialise(
+        self,
+        path: &Path,
+        decls: &HashMap<String, StorageDecl>,
+        storages: &HashMap<&str, &[u8]>,
+    ) -> Result<(
+        Vec<(String, Tensor)>,
+        Container,
+        BTreeMap<String, serde_json::Value>,
+    )> {
+        let mut expanded = 0usize;
+        let mut tensors = Vec::with_capacity(self.tensors.len());
+        for (name, t) in self.tensors {
+            let storage =
+                declared_storage(&t, decls, storages).map_err(|m| Error::invalid(path, m))?;
+            let tensor = gather(storage, &t, &mut expanded)
+                .map_err(|m| Error::invalid(path, format!("tensor `{name}`: {m}")))?;
+            tensors.push((name, tensor));
+        }
+        Ok((tensors, self.container, self.extras))
+    }
+}
+
+/// The bytes of `t`'s storage, as long as the pickle declares it (and no longer).
+fn declared_storage<'s>(
+    t: &TensorRef,
+    decls: &HashMap<String, StorageDecl>,
+    storages: &HashMap<&str, &'s [u8]>,
+) -> std::result::Result<&'s [u8], String> {
+    let key = &t.storage;
+    let decl = decls
+        .get(key)
+        .ok_or_else(|| format!("storage {key} is never declared"))?;
+    let data = storages
+        .get(key.as_str())
+        .ok_or_else(|| format!("storage {key} missing"))?;
+    let len = decl.numel.checked_mul(decl.dtype.size());
+    match len {
+        Some(len) if len <= data.len() => Ok(&data[..len]),
+        _ => Err(format!(
+            "storage {key} holds {} bytes, but the pickle declares {} {} elements; the file is truncated or damaged",
+            data.len(),
+            decl.numel,
+            decl.dtype
+        )),
+    }
+}
+
+/// A view's geometry once every number is checked against its storage.
+#[derive(Debug)]
+struct View {
+    offset: usize,
+    shape: Vec<usize>,
+    stride: Vec<usize>,
+    numel: usize,
+}
+
+fn non_negative(v: i64, what: &str) -> std::result::Result<usize, String> {
+    usize::try_from(v).map_err(|_| format!("{what} {v} is negative"))
+}
+
+/// Checks offset, sizes and strides (checked arithmetic: nothing may wrap) against a storage of
+/// `storage_len` bytes.
+fn check_view(t: &TensorRef, storage_len: usize) -> std::result::Result<View, String> {
+    if t.shape.len() != t.stride.len() {
+        return Err(format!(
+            "size {:?} and stride {:?} differ in length",
+            t.shape, t.stride
+        ));
+    }
+    let overflow = || {
+        format!(
+            "size {:?} and stride {:?} overflow 64 bits",
+            t.shape, t.stride
+        )
+    };
+    let offset = non_negative(t.offset, "storage offset")?;
+    let shape = t
+        .shape
+        .iter()
+        .map(|&s| non_negative(s, "size"))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let stride = t
+        .stride
+        .iter()
+        .map(|&s| non_negative(s, "stride"))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let numel = shape
+        .iter()
+        .try_fold(1usize, |n, &s| n.checked_mul(s))
+        .ok_or_else(overflow)?;
+    let view = View {
+        offset,
+        shape,
+        stride,
+        numel,
+    };
+    if numel == 0 {
+        return Ok(view);
+    }
+    let es = t.dtype.size();
+    let last = view
+        .shape
+        .iter()
+        .zip(&view.stride)
+        .try_fold(offset, |acc, (&s, &st)| {
+            acc.checked_add((s - 1).checked_mul(st)?)
+        })
+        .ok_or_else(overflow)?;
+    let end = last.checked_add(1).and_then(|n| n.checked_mul(es));
+    if end.is_none_or(|end| end > storage_len) {
+        return Err(format!(
+            "view (offset {offset}, size {:?}, stride {:?}) reaches element {last} but its storage holds {} elements of {}; the file is truncated or damaged",
+            view.shape,
+            view.stride,
+            storage_len / es,
+            t.dtype
+        ));
+    }
+    Ok(view)
+}
+
+/// True when the strides are row-major for the shape (size-1 dimensions may have any stride).
+fn is_contiguous(shape: &[usize], stride: &[usize]) -> bool {
+    let mut expected = 1usize;
+    for (&s, &st) in shape.iter().zip(stride).rev() {
+        if s != 1 && st != expected {
+            return false;
+        }
+        expected = expected.saturating_mul(s);
+    }
+    true
+}
+
+/// Copies a strided view out of its storage into a contiguous tensor. `expanded` counts the bytes
+/// views have materialised beyond their storage's size so far (see [`MAX_EXPANDED_BYTES`]).
+fn gather(
+    storage: &[u8],
+    t: &TensorRef,
+    expanded: &mut usize,
+) -> std::result::Result<Tensor, String> {
+    let v = check_view(t, storage.len())?;
+    let es = t.dtype.size();
+    let bytes = v
+        .numel
+        .checked_mul(es)
+        .ok_or("element count overflows 64 bits")?;
+    *expanded = expanded.saturating_add(bytes.saturating_sub(storage.len()));
+    if *expanded > MAX_EXPANDED_BYTES {
+        return Err(format!(
+            "view of {} elements repeats its storage's elements (stride 0 or overlapping) up to {bytes} bytes \
+             from a {}-byte storage; tagfix materialises at most {MAX_EXPANDED_BYTES} bytes beyond the storages' own size",
+            v.numel,
+            storage.len()
+        ));
+    }
+    let mut data = Vec::new();
+    data.try_reserve_exact(bytes)
+        .map_err(|_| format!("cannot allocate {bytes} bytes for it"))?;
+    if v.numel > 0 && is_contiguous(&v.shape, &v.stride) {
+        data.extend_from_slice(&storage[v.offset * es..(v.offset + v.numel) * es]);
+    } else if v.numel > 0 {
+        copy_strided(storage, &v, es, &mut data);
+    }
+    Tensor::new(t.dtype, v.shape, data).map_err(|e| e.to_string())
+}
+
+/// Copies a non-contiguous view, a run of the innermost dimension at a time. `check_view` has
+/// bounded every index by the view's last element, so nothing here can overflow or go out of range.
+fn copy_strided(storage: &[u8], v: &View, es: usize, out: &mut Vec<u8>) {
+    let nd = v.shape.len();
+    let (inner, inner_stride) = (v.shape[nd - 1], v.stride[nd - 1]);
+    let mut idx = vec![0usize; nd - 1];
+    for _ in 0..v.numel / inner {
+        let base = v.offset + idx.iter().zip(&v.stride).map(|(i, s)| i * s).sum::<usize>();
+        if inner_stride == 1 {
+            out.extend_from_slice(&storage[base * es..(base + inner) * es]);
+        } else {
+            for j in 0..inner {
+                let e = base + j * inner_stride;
+                out.extend_from_slice(&storage[e * es..(e + 1) * es]);
+            }
+        }
+        for d in (0..nd - 1).rev() {
             idx[d] += 1;
-            if idx[d] < t.shape[d] {
+            if idx[d] < v.shape[d] {
                 break;
             }
             idx[d] = 0;
         }
-    }
-    Tensor::new(t.dtype, t.shape.clone(), data).map_err(|e| e.to_string())
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::None => "None",
-        Value::Bool(_) => "bool",
-        Value::Int(_) | Value::BigInt(_) => "int",
-        Value::Float(_) => "float",
-        Value::Str(_) => "str",
-        Value::Bytes(_) => "bytes",
-        Value::Tuple(_) => "tuple",
-        Value::List(_) => "list",
-        Value::Dict(_) => "dict",
-        Value::Global(_) => "global",
-        Value::Storage { .. } => "storage",
-        Value::TensorRef(_) => "tensor",
     }
 }
 
@@ -405,408 +544,6 @@ fn to_json(v: &Value) -> serde_json::Value {
         ),
         Value::TensorRef(t) => J::String(format!("<tensor {:?} {}>", t.shape, t.dtype)),
         other => J::String(format!("<{}>", kind(other))),
-    }
-}
-
-/// The restricted pickle machine.
-struct Unpickler<'p> {
-    path: &'p Path,
-    stack: Vec<Value>,
-    marks: Vec<usize>,
-    memo: HashMap<u32, Value>,
-    consumed: usize,
-}
-
-impl<'p> Unpickler<'p> {
-    fn new(path: &'p Path) -> Self {
-        Unpickler {
-            path,
-            stack: Vec::new(),
-            marks: Vec::new(),
-            memo: HashMap::new(),
-            consumed: 0,
-        }
-    }
-
-    fn err(&self, pos: usize, m: impl std::fmt::Display) -> Error {
-        Error::invalid(self.path, format!("pickle byte {pos}: {m}"))
-    }
-
-    fn pop(&mut self, pos: usize) -> Result<Value> {
-        self.stack
-            .pop()
-            .ok_or_else(|| self.err(pos, "stack underflow (damaged pickle)"))
-    }
-
-    fn pop_mark(&mut self, pos: usize) -> Result<Vec<Value>> {
-        let m = self
-            .marks
-            .pop()
-            .ok_or_else(|| self.err(pos, "no MARK (damaged pickle)"))?;
-        if m > self.stack.len() {
-            return Err(self.err(pos, "MARK above stack (damaged pickle)"));
-        }
-        Ok(self.stack.split_off(m))
-    }
-
-    fn top_mut(&mut self, pos: usize) -> Result<&mut Value> {
-        let path = self.path;
-        self.stack
-            .last_mut()
-            .ok_or_else(|| Error::invalid(path, format!("pickle byte {pos}: empty stack")))
-    }
-
-    fn run(&mut self, data: &[u8]) -> Result<Value> {
-        let mut p = 0usize;
-        macro_rules! take {
-            ($n:expr) => {{
-                let n = $n;
-                let s = data
-                    .get(p..p + n)
-                    .ok_or_else(|| self.err(p, "unexpected end of data (truncated file?)"))?;
-                p += n;
-                s
-            }};
-        }
-        macro_rules! u32le {
-            () => {
-                u32::from_le_bytes(take!(4).try_into().unwrap())
-            };
-        }
-        loop {
-            let at = p;
-            let op = *take!(1).first().unwrap();
-            match op {
-                0x80 => {
-                    take!(1);
-                } // PROTO
-                0x95 => {
-                    take!(8);
-                } // FRAME
-                b'.' => {
-                    self.consumed = p;
-                    return self.pop(at);
-                }
-                b'(' => self.marks.push(self.stack.len()),
-                b'N' => self.stack.push(Value::None),
-                0x88 => self.stack.push(Value::Bool(true)),
-                0x89 => self.stack.push(Value::Bool(false)),
-                b'K' => {
-                    let v = take!(1)[0];
-                    self.stack.push(Value::Int(v.into()))
-                }
-                b'M' => {
-                    let b = take!(2);
-                    self.stack.push(Value::Int(u16::from_le_bytes([b[0], b[1]]).into()))
-                }
-                b'J' => {
-                    let v = i32::from_le_bytes(take!(4).try_into().unwrap());
-                    self.stack.push(Value::Int(v.into()))
-                }
-                0x8a => {
-                    // LONG1
-                    let n = take!(1)[0] as usize;
-                    let b = take!(n).to_vec();
-                    self.stack.push(long_from_bytes(b));
-                }
-                0x8b => {
-                    let n = u32le!() as usize;
-                    let b = take!(n).to_vec();
-                    self.stack.push(long_from_bytes(b));
-                }
-                b'G' => {
-                    let v = f64::from_be_bytes(take!(8).try_into().unwrap());
-                    self.stack.push(Value::Float(v))
-                }
-                b'X' => {
-                    let n = u32le!() as usize;
-                    let s = self.utf8(take!(n), at)?;
-                    self.stack.push(Value::Str(s))
-                }
-                0x8c => {
-                    let n = take!(1)[0] as usize;
-                    let s = self.utf8(take!(n), at)?;
-                    self.stack.push(Value::Str(s))
-                }
-                0x8d => {
-                    let n = u64::from_le_bytes(take!(8).try_into().unwrap()) as usize;
-                    let s = self.utf8(take!(n), at)?;
-                    self.stack.push(Value::Str(s))
-                }
-                b'U' => {
-                    let n = take!(1)[0] as usize;
-                    let s = String::from_utf8_lossy(take!(n)).into_owned();
-                    self.stack.push(Value::Str(s))
-                }
-                b'T' => {
-                    let n = u32le!() as usize;
-                    let s = String::from_utf8_lossy(take!(n)).into_owned();
-                    self.stack.push(Value::Str(s))
-                }
-                b'C' => {
-                    let n = take!(1)[0] as usize;
-                    let b = take!(n).to_vec();
-                    self.stack.push(Value::Bytes(b))
-                }
-                b'B' => {
-                    let n = u32le!() as usize;
-                    let b = take!(n).to_vec();
-                    self.stack.push(Value::Bytes(b))
-                }
-                b')' => self.stack.push(Value::Tuple(vec![])),
-                b']' => self.stack.push(Value::List(vec![])),
-                b'}' => self.stack.push(Value::Dict(vec![])),
-                b't' => {
-                    let items = self.pop_mark(at)?;
-                    self.stack.push(Value::Tuple(items))
-                }
-                b'l' => {
-                    let items = self.pop_mark(at)?;
-                    self.stack.push(Value::List(items))
-                }
-                0x85..=0x87 => {
-                    let n = (op - 0x84) as usize;
-                    if self.stack.len() < n {
-                        return Err(self.err(at, "stack underflow (damaged pickle)"));
-                    }
-                    let items = self.stack.split_off(self.stack.len() - n);
-                    self.stack.push(Value::Tuple(items))
-                }
-                b'q' => {
-                    let k = take!(1)[0] as u32;
-                    let v = self.top_mut(at)?.clone();
-                    self.memo.insert(k, v);
-                }
-                b'r' => {
-                    let k = u32le!();
-                    let v = self.top_mut(at)?.clone();
-                    self.memo.insert(k, v);
-                }
-                0x94 => {
-                    let k = self.memo.len() as u32;
-                    let v = self.top_mut(at)?.clone();
-                    self.memo.insert(k, v);
-                }
-                b'h' => {
-                    let k = take!(1)[0] as u32;
-                    self.get_memo(k, at)?
-                }
-                b'j' => {
-                    let k = u32le!();
-                    self.get_memo(k, at)?
-                }
-                b'a' => {
-                    let v = self.pop(at)?;
-                    match self.top_mut(at)? {
-                        Value::List(l) => l.push(v),
-                        _ => return Err(self.err(at, "APPEND to a non-list")),
-                    }
-                }
-                b'e' => {
-                    let items = self.pop_mark(at)?;
-                    match self.top_mut(at)? {
-                        Value::List(l) => l.extend(items),
-                        _ => return Err(self.err(at, "APPENDS to a non-list")),
-                    }
-                }
-                b's' => {
-                    let v = self.pop(at)?;
-                    let k = self.pop(at)?;
-                    match self.top_mut(at)? {
-                        Value::Dict(d) => d.push((k, v)),
-                        _ => return Err(self.err(at, "SETITEM on a non-dict")),
-                    }
-                }
-                b'u' => {
-                    let items = self.pop_mark(at)?;
-                    if items.len() % 2 != 0 {
-                        return Err(self.err(at, "SETITEMS with an odd item count"));
-                    }
-                    let mut it = items.into_iter();
-                    let mut pairs = Vec::new();
-                    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                        pairs.push((k, v));
-                    }
-                    match self.top_mut(at)? {
-                        Value::Dict(d) => d.extend(pairs),
-                        _ => return Err(self.err(at, "SETITEMS on a non-dict")),
-                    }
-                }
-                b'c' => {
-                    let rest = &data[p..];
-                    let line = |r: &[u8]| r.iter().position(|&b| b == b'\n');
-                    let m_end = line(rest).ok_or_else(|| self.err(at, "unterminated GLOBAL"))?;
-                    let module = String::from_utf8_lossy(&rest[..m_end]).into_owned();
-                    let rest2 = &rest[m_end + 1..];
-                    let n_end = line(rest2).ok_or_else(|| self.err(at, "unterminated GLOBAL"))?;
-                    let name = String::from_utf8_lossy(&rest2[..n_end]).into_owned();
-                    p += m_end + 1 + n_end + 1;
-                    self.push_global(format!("{module}.{name}"), at)?;
-                }
-                0x93 => {
-                    let name = self.pop(at)?;
-                    let module = self.pop(at)?;
-                    match (module, name) {
-                        (Value::Str(m), Value::Str(n)) => self.push_global(format!("{m}.{n}"), at)?,
-                        _ => return Err(self.err(at, "STACK_GLOBAL with non-string operands")),
-                    }
-                }
-                b'Q' => {
-                    let pid = self.pop(at)?;
-                    let v = self.persistent(pid, at)?;
-                    self.stack.push(v)
-                }
-                b'R' => {
-                    let args = self.pop(at)?;
-                    let func = self.pop(at)?;
-                    let v = self.reduce(func, args, at)?;
-                    self.stack.push(v)
-                }
-                0x81 => {
-                    // NEWOBJ: cls.__new__(cls, *args) — only for allowed globals, same as REDUCE.
-                    let args = self.pop(at)?;
-                    let cls = self.pop(at)?;
-                    let v = self.reduce(cls, args, at)?;
-                    self.stack.push(v)
-                }
-                b'b' => {
-                    // BUILD: state for the object below. Dicts (OrderedDict `_metadata`) and tensors
-                    // (parameter attributes) carry nothing tagfix needs: drop the state.
-                    let _state = self.pop(at)?;
-                    self.top_mut(at)?;
-                }
-                other => {
-                    return Err(self.err(
-                        at,
-                        format!("unsupported pickle opcode 0x{other:02x}; this file is not a plain tensor checkpoint"),
-                    ))
-                }
-            }
-        }
-    }
-
-    fn utf8(&self, b: &[u8], at: usize) -> Result<String> {
-        String::from_utf8(b.to_vec()).map_err(|_| self.err(at, "invalid UTF-8 string"))
-    }
-
-    fn get_memo(&mut self, k: u32, at: usize) -> Result<()> {
-        let v = self
-            .memo
-            .get(&k)
-            .cloned()
-            .ok_or_else(|| self.err(at, format!("memo {k} missing")))?;
-        self.stack.push(v);
-        Ok(())
-    }
-
-    fn push_global(&mut self, name: String, at: usize) -> Result<()> {
-        if !ALLOWED_GLOBALS.contains(&name.as_str()) {
-            return Err(self.err(
-                at,
-                format!(
-                    "refusing to load: the pickle names the global `{name}`, which a tensor checkpoint never needs \
-                     (it could run code if unpickled by Python). Nothing was executed. Only tensors, storages and \
-                     OrderedDict are accepted"
-                ),
-            ));
-        }
-        self.stack.push(Value::Global(name));
-        Ok(())
-    }
-
-    fn persistent(&self, pid: Value, at: usize) -> Result<Value> {
-        // ('storage', storage_type, key, location, numel[, view_metadata])
-        let Value::Tuple(items) = pid else {
-            return Err(self.err(at, "persistent id is not a tuple"));
-        };
-        match items.as_slice() {
-            [Value::Str(tag), Value::Global(ty), key, _location, Value::Int(numel), ..]
-                if tag == "storage" =>
-            {
-                let dtype = storage_dtype(ty)
-                    .ok_or_else(|| self.err(at, format!("unknown storage type {ty}")))?;
-                let key = match key {
-                    Value::Str(s) => s.clone(),
-                    Value::Int(i) => i.to_string(),
-                    _ => return Err(self.err(at, "storage key is not a string")),
-                };
-                Ok(Value::Storage {
-                    key,
-                    dtype,
-                    numel: *numel as usize,
-                })
-            }
-            _ => Err(self.err(at, "unsupported persistent id (not a tensor storage)")),
-        }
-    }
-
-    fn reduce(&self, func: Value, args: Value, at: usize) -> Result<Value> {
-        let Value::Global(name) = func else {
-            return Err(self.err(at, format!("REDUCE of a {}", kind(&func))));
-        };
-        let Value::Tuple(args) = args else {
-            return Err(self.err(at, "REDUCE arguments are not a tuple"));
-        };
-        match name.as_str() {
-            "collections.OrderedDict" => match args.as_slice() {
-                [] => Ok(Value::Dict(vec![])),
-                [Value::List(pairs)] => Ok(Value::Dict(
-                    pairs
-                        .iter()
-                        .filter_map(|p| match p {
-                            Value::Tuple(kv) if kv.len() == 2 => {
-                                Some((kv[0].clone(), kv[1].clone()))
-                            }
-                            _ => None,
-                        })
-                        .collect(),
-                )),
-                _ => Err(self.err(at, "OrderedDict with unexpected arguments")),
-            },
-            "torch._utils._rebuild_tensor_v2" | "torch._utils._rebuild_tensor" => {
-                let (storage, offset, size, stride) = match args.as_slice() {
-                    [s, Value::Int(o), Value::Tuple(sz), Value::Tuple(st), ..] => (s, *o, sz, st),
-                    _ => return Err(self.err(at, "_rebuild_tensor with unexpected arguments")),
-                };
-                let Value::Storage { key, dtype, numel } = storage else {
-                    return Err(self.err(at, "_rebuild_tensor without a storage"));
-                };
-                let ints = |v: &[Value]| -> Result<Vec<usize>> {
-                    v.iter()
-                        .map(|x| match x {
-                            Value::Int(i) if *i >= 0 => Ok(*i as usize),
-                            _ => {
-                                Err(self.err(at, "tensor size or stride is not a non-negative int"))
-                            }
-                        })
-                        .collect()
-                };
-                Ok(Value::TensorRef(TensorRef {
-                    storage: key.clone(),
-                    dtype: *dtype,
-                    storage_numel: *numel,
-                    offset: offset as usize,
-                    shape: ints(size)?,
-                    stride: ints(stride)?,
-                }))
-            }
-            "torch._utils._rebuild_parameter" => match args.into_iter().next() {
-                Some(t @ Value::TensorRef(_)) => Ok(t),
-                _ => Err(self.err(at, "_rebuild_parameter without a tensor")),
-            },
-            other => Err(self.err(at, format!("`{other}` cannot be called"))),
-        }
-    }
-}
-
-fn long_from_bytes(b: Vec<u8>) -> Value {
-    if b.len() <= 8 {
-        let neg = b.last().is_some_and(|x| x & 0x80 != 0);
-        let mut buf = if neg { [0xffu8; 8] } else { [0u8; 8] };
-        buf[..b.len()].copy_from_slice(&b);
-        Value::Int(i64::from_le_bytes(buf))
-    } else {
-        Value::BigInt(b)
     }
 }
 
@@ -985,19 +722,119 @@ mod tests {
         assert_eq!(c.tensors, items);
     }
 
-    #[test]
-    fn gather_handles_transposed_views() {
-        let storage: Vec<u8> = (0..6u8).collect();
-        let t = TensorRef {
+    fn view(offset: i64, shape: &[i64], stride: &[i64]) -> TensorRef {
+        TensorRef {
             storage: "0".into(),
             dtype: DType::U8,
-            storage_numel: 6,
-            offset: 0,
-            shape: vec![3, 2],
-            stride: vec![1, 3],
-        };
-        assert_eq!(gather(&storage, &t).unwrap().data, vec![0, 3, 1, 4, 2, 5]);
+            offset,
+            shape: shape.to_vec(),
+            stride: stride.to_vec(),
+        }
+    }
+
+    fn gather_u8(storage: &[u8], t: &TensorRef) -> std::result::Result<Vec<u8>, String> {
+        gather(storage, t, &mut 0).map(|t| t.data)
+    }
+
+    #[test]
+    fn gather_handles_transposed_sliced_and_expanded_views() {
+        let storage: Vec<u8> = (0..6u8).collect();
+        let t = view(0, &[3, 2], &[1, 3]);
+        assert_eq!(gather_u8(&storage, &t).unwrap(), vec![0, 3, 1, 4, 2, 5]);
+        // A row slice, a column slice, a 0-d tensor and a stride-0 (expanded) view.
+        assert_eq!(
+            gather_u8(&storage, &view(3, &[3], &[1])).unwrap(),
+            vec![3, 4, 5]
+        );
+        assert_eq!(
+            gather_u8(&storage, &view(1, &[2, 1], &[3, 1])).unwrap(),
+            vec![1, 4]
+        );
+        assert_eq!(gather_u8(&storage, &view(5, &[], &[])).unwrap(), vec![5]);
+        assert_eq!(
+            gather_u8(&storage, &view(2, &[2, 3], &[0, 1])).unwrap(),
+            vec![2, 3, 4, 2, 3, 4]
+        );
+        assert_eq!(
+            gather_u8(&storage, &view(99, &[0, 4], &[4, 1])).unwrap(),
+            Vec::<u8>::new()
+        );
         let short = TensorRef { offset: 4, ..t };
-        assert!(gather(&storage, &short).unwrap_err().contains("truncated"));
+        assert!(gather_u8(&storage, &short)
+            .unwrap_err()
+            .contains("truncated"));
+    }
+
+    #[test]
+    fn hostile_view_numbers_are_errors_not_wraps() {
+        let storage = vec![0u8; 48];
+        let f32_view = |offset, shape: &[i64], stride: &[i64]| TensorRef {
+            dtype: DType::F32,
+            ..view(offset, shape, stride)
+        };
+        for (t, want) in [
+            (
+                f32_view(-4, &[4, 3], &[3, 1]),
+                "storage offset -4 is negative",
+            ),
+            (f32_view(1 << 62, &[4, 3], &[3, 1]), "reaches element"),
+            (f32_view(0, &[4, 3], &[1 << 62, 1]), "reaches element"),
+            (f32_view(0, &[4, 3], &[i64::MAX, 1]), "overflow"),
+            (f32_view(0, &[1 << 40, 1 << 40], &[0, 0]), "overflow"),
+            (f32_view(0, &[-1, 3], &[3, 1]), "size -1 is negative"),
+            (f32_view(0, &[4, 3], &[3, -1]), "stride -1 is negative"),
+            (f32_view(0, &[4, 3], &[3]), "differ in length"),
+        ] {
+            let err = gather(&storage, &t, &mut 0).unwrap_err();
+            assert!(err.contains(want), "{t:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn expanded_views_are_bounded() {
+        let storage = vec![0u8; 4];
+        let huge = TensorRef {
+            dtype: DType::F32,
+            ..view(0, &[1 << 31], &[0])
+        };
+        let err = gather(&storage, &huge, &mut 0).unwrap_err();
+        assert!(err.contains("at most"), "{err}");
+        let mut expanded = 0;
+        let small = TensorRef {
+            dtype: DType::F32,
+            ..view(0, &[1000], &[0])
+        };
+        assert_eq!(
+            gather(&storage, &small, &mut expanded).unwrap().data.len(),
+            4000
+        );
+        assert_eq!(expanded, 3996);
+    }
+
+    #[test]
+    fn repeated_state_dict_keys_are_refused() {
+        let t = Value::TensorRef(view(0, &[1], &[1]));
+        let dict = |keys: &[&str]| {
+            Value::Dict(
+                keys.iter()
+                    .map(|k| (Value::Str(k.to_string()), t.clone()))
+                    .collect(),
+            )
+        };
+        let p = Path::new("x.pth");
+        let err = layout(p, dict(&["w", "b", "w"])).err().unwrap().to_string();
+        assert!(err.contains("key `w` appears more than once"), "{err}");
+        let wrapped = Value::Dict(vec![
+            (Value::Str("model".into()), dict(&["a", "a"])),
+            (Value::Str("epoch".into()), Value::Int(1)),
+        ]);
+        assert!(layout(p, wrapped).is_err());
+        let twice = Value::Dict(vec![
+            (Value::Str("model".into()), dict(&["a"])),
+            (Value::Str("model".into()), dict(&["b"])),
+        ]);
+        let err = layout(p, twice).err().unwrap().to_string();
+        assert!(err.contains("top-level key `model`"), "{err}");
+        assert_eq!(layout(p, dict(&["a", "b"])).unwrap().tensors.len(), 2);
     }
 }
