@@ -37,29 +37,33 @@ fn to_st(d: DType) -> StDtype {
     }
 }
 
-/// Reads all tensors (in header order of offsets) and the metadata of a safetensors file.
+/// Reads all tensors (in the order of their data, which is the order the writer chose) and the
+/// metadata of a safetensors file. Linear in the number of tensors: the header is parsed once (plus
+/// a key-only pass that refuses a repeated tensor name) and each tensor is looked up by index.
 pub fn read(path: &Path) -> Result<TensorSet> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (_, header) = SafeTensors::read_metadata(&bytes)
-        .map_err(|e| Error::invalid(path, format!("not a valid safetensors file: {e}")))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::invalid(path, format!("not a valid safetensors file: {e}")))?;
-    let mut tensors = Vec::new();
-    for (name, view) in st.iter() {
-        let dtype = from_st(view.dtype()).ok_or_else(|| {
+    let invalid = |e: String| Error::invalid(path, format!("not a valid safetensors file: {e}"));
+    let (n, header) = SafeTensors::read_metadata(&bytes).map_err(|e| invalid(e.to_string()))?;
+    // read_metadata checked that the header and every tensor's data lie inside the file.
+    let start = HEADER_LEN + n;
+    check_unique_names(&bytes[HEADER_LEN..start]).map_err(invalid)?;
+    let data = &bytes[start..];
+    let names = header.offset_keys();
+    let mut tensors = Vec::with_capacity(names.len());
+    for name in names {
+        let info = header
+            .info(&name)
+            .expect("offset_keys lists the header's names");
+        let dtype = from_st(info.dtype).ok_or_else(|| {
             Error::invalid(
                 path,
-                format!("tensor `{name}` has unsupported dtype {:?}", view.dtype()),
+                format!("tensor `{name}` has unsupported dtype {:?}", info.dtype),
             )
         })?;
-        tensors.push((
-            name.to_string(),
-            Tensor::new(dtype, view.shape().to_vec(), view.data().to_vec())?,
-        ));
+        let (begin, end) = info.data_offsets;
+        let tensor = Tensor::new(dtype, info.shape.clone(), data[begin..end].to_vec())?;
+        tensors.push((name, tensor));
     }
-    // `iter()` is unordered; use the data order, which is the order the writer chose.
-    let offsets = header.offset_keys();
-    tensors.sort_by_key(|(n, _)| offsets.iter().position(|k| k == n));
     Ok(TensorSet {
         tensors,
         metadata: header
@@ -71,8 +75,52 @@ pub fn read(path: &Path) -> Result<TensorSet> {
     })
 }
 
-/// Writes tensors and metadata atomically.
+/// Bytes of the little-endian header length that starts a safetensors file.
+const HEADER_LEN: usize = 8;
+
+/// Refuses a header that names a tensor (or `__metadata__`) twice: JSON allows it and the
+/// safetensors crate silently keeps the last, so two readers could see two different tensors.
+fn check_unique_names(header: &[u8]) -> std::result::Result<(), String> {
+    struct FirstRepeat;
+    impl<'de> serde::de::Visitor<'de> for FirstRepeat {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> std::result::Result<Self::Value, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                if !seen.insert(key.clone()) {
+                    return Ok(Some(key));
+                }
+            }
+            Ok(None)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(header);
+    match serde::Deserializer::deserialize_map(&mut de, FirstRepeat) {
+        Ok(None) => Ok(()),
+        Ok(Some(name)) => Err(format!(
+            "the header names `{name}` more than once (refusing rather than picking one)"
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Writes tensors and metadata atomically. Tensor names must be unique (the format maps names to
+/// tensors; the safetensors serializer would panic on a repeat).
 pub fn write(path: &Path, set: &TensorSet) -> Result<()> {
+    let mut names = std::collections::HashSet::with_capacity(set.tensors.len());
+    if let Some((n, _)) = set.tensors.iter().find(|(n, _)| !names.insert(n.as_str())) {
+        return Err(Error::Other(format!(
+            "writing {}: tensor name `{n}` appears more than once",
+            path.display()
+        )));
+    }
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = set
         .tensors
         .iter()
@@ -120,5 +168,45 @@ mod tests {
             err.contains("bad.safetensors") && err.contains("not a valid safetensors"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn many_tensors_keep_their_data_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("many.safetensors");
+        // Names in reverse of data order: the order must come from the offsets, not the names.
+        let mut set = TensorSet::default();
+        for i in (0..2000).rev() {
+            let t = Tensor::from_f32(vec![1], &[i as f32]).unwrap();
+            set.tensors.push((format!("t{i:05}"), t));
+        }
+        write(&p, &set).unwrap();
+        let back = read(&p).unwrap();
+        let mut want = set.tensors.clone();
+        want.sort_by(|a, b| a.0.cmp(&b.0)); // the serializer lays data out by name within a dtype
+        assert_eq!(back.tensors, want);
+    }
+
+    #[test]
+    fn repeated_names_are_refused_on_read_and_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("dup.safetensors");
+        let header = br#"{"w":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend(header);
+        bytes.extend([0u8; 4]);
+        std::fs::write(&p, &bytes).unwrap();
+        let err = read(&p).unwrap_err().to_string();
+        assert!(err.contains("names `w` more than once"), "{err}");
+
+        let t = Tensor::from_f32(vec![1], &[1.0]).unwrap();
+        let set = TensorSet {
+            tensors: vec![("w".into(), t.clone()), ("w".into(), t)],
+            metadata: Default::default(),
+        };
+        let out = dir.path().join("out.safetensors");
+        let err = write(&out, &set).unwrap_err().to_string();
+        assert!(err.contains("`w` appears more than once"), "{err}");
+        assert!(!out.exists());
     }
 }

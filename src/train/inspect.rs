@@ -7,7 +7,7 @@ use super::model::config::{module_group, EntryKind, RamPlusConfig};
 use crate::error::Result;
 use crate::tensors::{self, pth, FileFormat, TensorSet};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 /// One tensor of the checkpoint.
@@ -237,23 +237,24 @@ pub fn inspect(path: &Path, extra_configs: &[RamPlusConfig]) -> Result<Checkpoin
     let keys = keymap::checkpoint_keys(&set);
     let mut dtypes: BTreeMap<String, usize> = BTreeMap::new();
     let mut groups: Vec<GroupInfo> = Vec::new();
+    // Index of each group in `groups` (first-seen order): a file of many top-level names stays linear.
+    let mut group_index: HashMap<&str, usize> = HashMap::new();
     let (mut elements, mut bytes) = (0, 0);
     for (name, t) in &set.tensors {
         *dtypes.entry(t.dtype.to_string()).or_default() += 1;
         elements += t.numel();
         bytes += t.data.len();
         let g = module_group(name.trim_start_matches("module."));
-        match groups.iter_mut().find(|x| x.group == g) {
-            Some(x) => {
-                x.tensors += 1;
-                x.elements += t.numel();
-            }
-            None => groups.push(GroupInfo {
+        let i = *group_index.entry(g).or_insert_with(|| {
+            groups.push(GroupInfo {
                 group: g.to_string(),
-                tensors: 1,
-                elements: t.numel(),
-            }),
-        }
+                tensors: 0,
+                elements: 0,
+            });
+            groups.len() - 1
+        });
+        groups[i].tensors += 1;
+        groups[i].elements += t.numel();
     }
     let label_embed = keys.iter().find(|k| k.name.trim_start_matches("module.") == "label_embed").map(|k| {
         let rows = k.shape.first().copied().unwrap_or(0);
