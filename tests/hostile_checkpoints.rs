@@ -247,13 +247,16 @@ fn moderate_nesting_in_extras_still_loads() {
     assert!(set.metadata["extra.config"].starts_with("[[[["));
 }
 
+/// (name, storage offset, size, stride, expected values).
+type ExpectedView<'a> = (&'a str, i64, &'a [i64], &'a [i64], Vec<f32>);
+
 #[test]
 fn views_sharing_one_storage_are_each_correct() {
     // One 3x4 storage, viewed whole, transposed, as its second row, as its last column, and as an
     // expanded (stride-0) copy of element 5: each view comes out contiguous and right.
     let values: Vec<f32> = (0..12).map(|v| v as f32).collect();
     let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let views: [(&str, i64, &[i64], &[i64], Vec<f32>); 5] = [
+    let views: [ExpectedView; 5] = [
         ("whole", 0, &[3, 4], &[4, 1], values.clone()),
         (
             "transposed",

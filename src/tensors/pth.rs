@@ -122,13 +122,12 @@ fn read_entry<R: Read + Seek>(
     zip: &mut zip::ZipArchive<R>,
     name: &str,
 ) -> std::result::Result<Vec<u8>, String> {
-    let f = zip
+    let mut f = zip
         .by_name(name)
         .map_err(|e| format!("archive entry {name}: {e}"))?;
     // The size is the archive's claim: no preallocation from it, the reader stops at the real end.
     let mut out = Vec::new();
-    f.take(u64::MAX)
-        .read_to_end(&mut out)
+    f.read_to_end(&mut out)
         .map_err(|e| format!("archive entry {name}: {e} (truncated file?)"))?;
     Ok(out)
 }
