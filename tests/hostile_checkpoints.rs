@@ -380,3 +380,16 @@ fn many_tensors_inspect_and_convert_completely() {
         );
     }
 }
+
+#[test]
+fn a_safetensors_header_repeating_a_name_is_refused() {
+    // JSON allows the repeat and the safetensors crate would keep the last `w` (u8 [4]).
+    let header = br#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"w":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header);
+    bytes.extend(1.0f32.to_le_bytes());
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("dup.safetensors");
+    std::fs::write(&f, bytes).unwrap();
+    assert_refused(&f, "names `w` more than once");
+}
