@@ -309,17 +309,13 @@ impl<'p> Unpickler<'p> {
     }
 
     fn put(&mut self, k: u32, pos: usize) -> Result<()> {
-        let top = self
-            .stack
-            .last()
-            .ok_or_else(|| self.err(pos, "memo PUT on an empty stack"))?;
-        let m = top.m;
+        let m = match self.stack.last() {
+            Some(top) => top.m,
+            None => return Err(self.err(pos, "memo PUT on an empty stack")),
+        };
+        // Charged before the copy is made, so a refused copy costs nothing.
         self.charge(m.weight, pos)?;
-        let v = self
-            .stack
-            .last()
-            .map(|s| s.v.clone())
-            .unwrap_or(Value::None);
+        let v = self.stack.last().expect("checked above").v.clone();
         self.generation += 1;
         let generation = self.generation;
         self.memo.insert(
