@@ -132,6 +132,12 @@ fn a_fifo_is_streamed_to_not_replaced() {
         })
     };
     let out = s.diff(&["--format", "json", "--report", fifo.to_str().unwrap()]);
+    // Should the command have failed before opening the FIFO, a writer of our own releases the reader.
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(&fifo);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let report: serde_json::Value = serde_json::from_str(&reader.join().unwrap()).unwrap();
     assert_eq!(report["summary"]["slots"], 6, "{report}");
@@ -402,4 +408,63 @@ fn npy_provenance_that_names_other_data_is_refused() {
         err.contains("patched.npy.provenance.json") && err.contains("describes other data"),
         "{err}"
     );
+}
+
+/// The real `embed` into an `.npy` through a symbolic link: data and provenance beside the link's
+/// target, bound by hash; a rerun's data beside the first run's provenance (a kill between the two
+/// renames) is refused by `check`; `--out` onto `--base` is refused before the model loads.
+#[cfg(feature = "embed")]
+#[test]
+fn embed_npy_provenance_follows_its_data() {
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/minilm");
+    if !models.join("descriptor.toml").is_file() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "models/minilm is missing (scripts/setup.sh installs it)"
+        );
+        eprintln!("SKIPPED embed_npy_provenance_follows_its_data: models/minilm missing");
+        return;
+    }
+    let s = Setup::new();
+    std::fs::create_dir(s.path("real")).unwrap();
+    std::os::unix::fs::symlink("real/e.npy", s.path("e.npy")).unwrap();
+    let embed = |extra: &[&str]| {
+        let vocab = s.vocab.to_str().unwrap();
+        let mut args = vec!["embed", "--vocab", vocab, "--model", "minilm", "--out"];
+        args.extend_from_slice(extra);
+        s.run(&args)
+    };
+    let out = embed(&["e.npy", "--all"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(std::fs::symlink_metadata(s.path("e.npy"))
+        .unwrap()
+        .is_symlink());
+    let data = s.path("real/e.npy");
+    let sidecar = s.path("real/e.npy.provenance.json");
+    let first: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&sidecar).unwrap()).unwrap();
+    assert_eq!(
+        first["data_sha256"],
+        tagfix::fsutil::sha256_file(&data).unwrap()
+    );
+    let check = || s.check(&["--baseline", "e.npy", "--candidate", "e.npy"]);
+    assert_eq!(check().status.code(), Some(0));
+
+    let first_sidecar = std::fs::read(&sidecar).unwrap();
+    let out = embed(&["e.npy", "--all", "--recipe", "ram-ensemble"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    std::fs::write(&sidecar, first_sidecar).unwrap();
+    let out = check();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("describes other data"),
+        "{}",
+        stderr(&out)
+    );
+
+    let before = std::fs::read(&data).unwrap();
+    let out = embed(&["e.npy", "--base", "real/e.npy", "--slots", "1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("never writes over its inputs"));
+    assert_eq!(std::fs::read(&data).unwrap(), before);
 }

@@ -142,6 +142,10 @@ pub fn write_sidecar(data: &Path, provenance: &Provenance) -> Result<()> {
 /// when there is none or it names no data hash (with a warning); an error when it names other data.
 pub fn read_sidecar(data: &Path) -> Result<Option<Provenance>> {
     let real = std::fs::canonicalize(data).map_err(|e| Error::io(data, e))?;
+    // A pipe or device read once cannot be hashed again; only files have sidecars.
+    if !std::fs::metadata(&real).is_ok_and(|m| m.is_file()) {
+        return Ok(None);
+    }
     let path = provenance_sidecar(&real);
     let text = match std::fs::read(&path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
