@@ -150,16 +150,41 @@ pub fn ensure_not_an_input<'a>(
 }
 
 /// The argument check of every command that writes files: each output is checked before any work
-/// ([`check_output`]) and refused when it is one of the inputs ([`ensure_not_an_input`]).
+/// ([`check_output`]), refused when it is one of the inputs ([`ensure_not_an_input`]) or the same
+/// file as another output (the second would replace the first).
 pub fn check_outputs<'a>(
     outputs: impl IntoIterator<Item = &'a Path>,
     inputs: &[&Path],
 ) -> Result<()> {
+    let mut files: Vec<(PathBuf, &Path)> = Vec::new();
     for out in outputs {
-        check_output(out)?;
+        if let OutputTarget::File(file) = check_output(out)? {
+            let key = canonical_file(&file);
+            if let Some((_, first)) = files.iter().find(|(k, _)| *k == key) {
+                return Err(Error::Usage(format!(
+                    "{} and {} are the same file: give each output its own name",
+                    first.display(),
+                    out.display()
+                )));
+            }
+            files.push((key, out));
+        }
         ensure_not_an_input(out, inputs.iter().copied())?;
     }
     Ok(())
+}
+
+/// A regular file's path with its folder canonicalised, so that two spellings of one file compare
+/// equal whether or not it exists yet.
+fn canonical_file(file: &Path) -> PathBuf {
+    let dir = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    match (std::fs::canonicalize(dir), file.file_name()) {
+        (Ok(d), Some(name)) => d.join(name),
+        _ => file.to_path_buf(),
+    }
 }
 
 /// Refuses two outputs on standard output, where they would interleave. `outputs` pairs what the
@@ -662,6 +687,12 @@ mod tests {
             &[Path::new("/dev/null")],
         )
         .unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let twice = dir.path().join("sub/../new.json");
+        let err = check_outputs([dir.path().join("new.json").as_path(), &twice], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("give each output its own name"), "{err}");
     }
 
     #[cfg(unix)]
