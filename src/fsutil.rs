@@ -1,4 +1,6 @@
-//! File-system helpers shared by every command: atomic writes, hashing, locating `../shared`.
+//! File-system helpers shared by every command: where an output goes and how it is written without
+//! destroying anything (symbolic links, streams, `-`, inputs, temporary files), hashing, locating
+//! `../shared`.
 
 use crate::error::{Error, Result};
 use sha2::{Digest, Sha256};
