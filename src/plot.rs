@@ -401,21 +401,15 @@ fn render(
     Ok(Figure { png, svg })
 }
 
-/// Draws into a temporary file beside `path` (same extension) and renames it over `path`.
+/// Draws into a temporary file beside `path` (same extension) and renames it over `path`, through
+/// [`crate::fsutil::write_atomic_via_path`] (symbolic links, pipes and stale temporary files handled).
 fn render_atomic(
     path: &Path,
     draw: impl FnOnce(&Path) -> std::result::Result<(), String>,
 ) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    let tmp = tempfile::Builder::new()
-        .prefix(".tagfix-")
-        .suffix(&format!(".tmp.{ext}"))
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
-    draw(tmp.path()).map_err(|m| Error::invalid(path, format!("drawing failed: {m}")))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
+    crate::fsutil::write_atomic_via_path(path, |tmp| {
+        draw(tmp).map_err(|m| Error::invalid(path, format!("drawing failed: {m}")))
+    })
 }
 
 fn draw_figure<DB: DrawingBackend>(

@@ -205,7 +205,14 @@ pub fn synthesize(
     let mut path = String::new();
     let gzip = opts.gzip;
     let layout = opts.layout;
+    let mut bytes = 0;
     write_atomic(out, |w| {
+        // Counted as written: the output may be standard output or a pipe, with no size to ask.
+        let mut counted = Counted {
+            inner: w,
+            bytes: &mut bytes,
+        };
+        let w: &mut dyn Write = &mut counted;
         let mut gz;
         let w: &mut dyn Write = if gzip {
             gz = Some(flate2::write::GzEncoder::new(
@@ -276,7 +283,6 @@ pub fn synthesize(
         progress.set_position(opts.records);
         Ok(())
     })?;
-    let bytes = std::fs::metadata(out).map_err(|e| Error::io(out, e))?.len();
     Ok(SynthSummary {
         path: out.display().to_string(),
         records: opts.records,
@@ -285,6 +291,23 @@ pub fn synthesize(
         bytes,
         absent_slots: absent,
     })
+}
+
+/// A writer that counts the bytes passed through it.
+struct Counted<'a> {
+    inner: &'a mut dyn Write,
+    bytes: &'a mut u64,
+}
+
+impl Write for Counted<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        *self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 #[cfg(test)]

@@ -380,7 +380,8 @@ pub struct CheckArgs {
     /// Report format on stdout (or in --out).
     #[arg(long, value_enum, default_value = "table")]
     pub format: ReportFormatArg,
-    /// Write the report to this file (atomically) instead of stdout.
+    /// Write the report to this file (atomically) instead of stdout. Here and below `-` is stdout
+    /// (one output at most) and an input file is refused.
     #[arg(long, value_name = "FILE")]
     pub out: Option<std::path::PathBuf>,
     /// Also write the JSON report here.
@@ -457,10 +458,10 @@ pub struct DiffArgs {
     /// Report format on stdout (or in --report).
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     pub format: OutputFormat,
-    /// Write the slot manifest (JSON, docs/formats.md) to this file, atomically.
+    /// Write the slot manifest (JSON, docs/formats.md) to this file, atomically (`-`: stdout).
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
-    /// Write the report to this file (atomically) instead of stdout.
+    /// Write the report to this file (atomically) instead of stdout (`-`: stdout).
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
     /// Exit with status 1 when any of these holds: absent (a slot has no record), unknown (an id names
@@ -517,7 +518,7 @@ pub struct SynthArgs {
     /// Seed: the same seed and flags give the same file.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Output file (written atomically).
+    /// Output file (written atomically; `-`: stdout, the summary then goes to stderr).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
     /// Write JSON Lines instead of a JSON array.
@@ -615,7 +616,7 @@ pub struct EvalArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = EvalFormat::Table)]
     pub format: EvalFormat,
-    /// Write the output to FILE (atomically) instead of stdout.
+    /// Write the output to FILE (atomically) instead of stdout (`-`: stdout).
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
     /// Table: also list every class.

@@ -8,7 +8,9 @@ use tagfix::consistency::{
     run_check, CheckOptions, EmbeddingInput, Mode, Policy, SearchChoice, SearchConfig,
 };
 use tagfix::embed::plan::parse_slot_list;
-use tagfix::fsutil::write_bytes_atomic;
+use tagfix::fsutil::{
+    append_output, check_outputs, ensure_one_stdout, is_stdout, write_bytes_atomic,
+};
 use tagfix::report::check::{self as report, CheckFormat as Format};
 use tagfix::vocab::Vocabulary;
 
@@ -43,6 +45,23 @@ fn policy(args: &CheckArgs) -> anyhow::Result<Policy> {
     Ok(p)
 }
 
+/// The report files: checked before the comparison, never one of the inputs, one on stdout at most.
+fn check_outputs_first(args: &CheckArgs, vocab: Option<&Vocabulary>) -> anyhow::Result<()> {
+    let mut inputs = vec![args.baseline.as_path(), args.candidate.as_path()];
+    inputs.extend(args.policy.as_deref());
+    inputs.extend(vocab.map(|v| v.path.as_path()));
+    let files = [&args.out, &args.json, &args.junit, &args.summary];
+    check_outputs(files.into_iter().flatten().map(|p| p.as_path()), &inputs)?;
+    let on_stdout = |p: &Option<std::path::PathBuf>| p.as_deref().is_some_and(is_stdout);
+    ensure_one_stdout(&[
+        ("the report", args.out.as_deref().is_none_or(is_stdout)),
+        ("--json -", on_stdout(&args.json)),
+        ("--junit -", on_stdout(&args.junit)),
+        ("--summary -", on_stdout(&args.summary)),
+    ])?;
+    Ok(())
+}
+
 pub fn run(args: CheckArgs) -> anyhow::Result<ExitStatus> {
     let policy = policy(&args)?;
     let vocab = args
@@ -50,6 +69,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitStatus> {
         .as_deref()
         .map(|v| Vocabulary::load(v).with_context(|| format!("loading vocabulary `{v}`")))
         .transpose()?;
+    check_outputs_first(&args, vocab.as_ref())?;
     let baseline = EmbeddingInput::load(&args.baseline, args.tensor.as_deref())
         .with_context(|| format!("reading baseline {}", args.baseline.display()))?;
     let candidate = EmbeddingInput::load(&args.candidate, args.tensor.as_deref())
@@ -107,12 +127,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitStatus> {
     if let Some(path) = &args.summary {
         // Appended, as CI step summaries collect several steps' output.
         let md = report::render(&report, Format::Markdown)?;
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .and_then(|mut f| f.write_all(md.as_bytes()))
-            .with_context(|| format!("appending the summary to {}", path.display()))?;
+        append_output(path, md.as_bytes()).context("appending the summary")?;
     }
     if let Some(dir) = &args.plot {
         for f in report::plots::check(&report, dir)? {

@@ -5,7 +5,7 @@ use super::{progress_bar, ExitStatus};
 use anyhow::Context;
 use tagfix::annotations::ScanOptions;
 use tagfix::diff::{diff, DiffOptions, SidecarSpec};
-use tagfix::fsutil::write_atomic;
+use tagfix::fsutil::{check_outputs, ensure_one_stdout, is_stdout, write_atomic};
 use tagfix::report::{write_diff, Format};
 use tagfix::vocab::{SidecarKind, Vocabulary};
 
@@ -33,6 +33,19 @@ pub fn run(args: DiffArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
         ),
         _ => (Vec::new(), None),
     };
+
+    let mut inputs: Vec<&std::path::Path> = args.data.iter().map(|p| p.as_path()).collect();
+    inputs.extend(sidecars.iter().map(|s| s.path.as_path()));
+    inputs.extend(args.tags.as_deref());
+    inputs.push(&vocab.path);
+    check_outputs(
+        args.out.iter().chain(&args.report).map(|p| p.as_path()),
+        &inputs,
+    )?;
+    ensure_one_stdout(&[
+        ("--out -", args.out.as_deref().is_some_and(is_stdout)),
+        ("the report", args.report.as_deref().is_none_or(is_stdout)),
+    ])?;
 
     let mut total = 0;
     for p in &args.data {

@@ -42,7 +42,11 @@ pub fn run(args: EmbedArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
         None => Recipe::parse(&args.recipe)?,
     };
     check_output_path(&args.out, args.control.is_some())?;
-    tagfix::fsutil::check_output_dir(&args.out)?;
+    let mut inputs: Vec<&std::path::Path> = vec![&vocab.path];
+    inputs.extend(args.base.as_deref());
+    inputs.extend(args.manifest.as_deref());
+    inputs.extend(args.descriptions.as_deref());
+    tagfix::fsutil::check_outputs([args.out.as_path()], &inputs)?;
     let base = match &args.base {
         Some(p) => {
             let file = EmbeddingFile::read(p, args.tensor.as_deref())?;

@@ -15,6 +15,17 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitStatus> {
         (None, Some(t), Some(a)) => Benchmark::load(t, a)?,
         _ => anyhow::bail!("give --benchmark DIR or --taglist FILE --annots FILE"),
     };
+    if let Some(out) = &args.out {
+        let mut inputs = vec![
+            args.scores.as_path(),
+            &bench.taglist_path,
+            &bench.annots_path,
+            &vocab.path,
+        ];
+        inputs.extend(args.thresholds.as_deref());
+        inputs.extend(args.manifest.as_deref());
+        tagfix::fsutil::check_outputs([out.as_path()], &inputs)?;
+    }
     let thresholds = match (&args.thresholds, args.threshold) {
         (Some(path), _) => Thresholds::read(path, vocab.len())?,
         (None, Some(v)) => Thresholds::uniform(v, vocab.len()),

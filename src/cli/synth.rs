@@ -14,6 +14,7 @@ pub fn run(args: SynthArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
         Some(list) => AbsentSlots::List(parse_slot_list(list, vocab.len())?),
         None => AbsentSlots::Count(args.absent),
     };
+    tagfix::fsutil::check_outputs([args.out.as_path()], &[&vocab.path])?;
     let opts = SynthOptions {
         records: args.records,
         absent,
@@ -30,19 +31,26 @@ pub fn run(args: SynthArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let result = synthesize(&vocab, &opts, &args.out, &progress);
     progress.finish_and_clear();
     let summary = result?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+    // With `--out -` the records own standard output; the summary goes to stderr.
+    let mut say: Box<dyn std::io::Write> = if tagfix::fsutil::is_stdout(&args.out) {
+        Box::new(std::io::stderr())
     } else {
-        println!(
+        Box::new(std::io::stdout())
+    };
+    if args.json {
+        writeln!(say, "{}", serde_json::to_string_pretty(&summary)?)?;
+    } else {
+        writeln!(
+            say,
             "wrote {} ({} records, {}{}, {} bytes)",
             summary.path,
             summary.records,
             summary.layout.name(),
             if summary.gzip { ", gzip" } else { "" },
             summary.bytes
-        );
+        )?;
         let list: Vec<String> = summary.absent_slots.iter().map(|s| s.to_string()).collect();
-        println!("absent slots ({}): {}", list.len(), list.join(","));
+        writeln!(say, "absent slots ({}): {}", list.len(), list.join(","))?;
     }
     Ok(ExitStatus::Success)
 }

@@ -25,7 +25,8 @@ pub fn run(args: TeacherArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
     if !args.images.is_dir() {
         return Err(Error::invalid(&args.images, "image root is not a folder").into());
     }
-    tagfix::fsutil::check_output_dir(&args.out)?;
+    let inputs: Vec<&std::path::Path> = args.data.iter().map(|p| p.as_path()).collect();
+    tagfix::fsutil::check_outputs([args.out.as_path()], &inputs)?;
     let records = RecordSet::read_with(
         &args.data,
         ReadOptions {

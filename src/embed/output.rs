@@ -1,13 +1,15 @@
 //! Writes an embedding file with its provenance: safetensors carries the `tagfix.*` metadata and the
 //! optional `control` tensor; `.npy` and `.pth` (a bare tensor, as RAM loads it) get the provenance in
-//! a `<file>.provenance.json` beside them.
+//! a `<file>.provenance.json` beside them, bound to the data by its sha256 (see
+//! [`crate::tensors::provenance`]).
 
 use super::patch::SlotRows;
 use crate::error::{Error, Result};
-use crate::fsutil::write_atomic;
-use crate::tensors::provenance::{CONTROL_TENSOR, EMBEDDINGS_TENSOR};
+use crate::fsutil::{resolve_output, OutputTarget};
+pub use crate::tensors::provenance::provenance_sidecar;
+use crate::tensors::provenance::{write_sidecar, CONTROL_TENSOR, EMBEDDINGS_TENSOR};
 use crate::tensors::{safetensors_io, EmbeddingFile, FileFormat, Provenance, Tensor, TensorSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// What `embed` produced.
 #[derive(Debug, Clone)]
@@ -16,13 +18,6 @@ pub struct EmbedOutput {
     /// Control slots re-embedded with the same pipeline (rows in `provenance.control_slots` order).
     pub control: Option<SlotRows>,
     pub provenance: Provenance,
-}
-
-/// The provenance sidecar of a non-safetensors output.
-pub fn provenance_sidecar(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".provenance.json");
-    PathBuf::from(name)
 }
 
 /// Checks before any work that `path` can hold what is asked (format known; control needs safetensors).
@@ -56,12 +51,21 @@ pub fn write_output(path: &Path, out: &EmbedOutput) -> Result<()> {
                 },
             )
         }
-        FileFormat::Npy | FileFormat::Pth => {
-            out.embeddings.write(path)?;
-            let json = serde_json::to_vec_pretty(&out.provenance)
-                .map_err(|e| Error::Other(e.to_string()))?;
-            write_atomic(&provenance_sidecar(path), |w| w.write_all(&json))
-        }
+        // Data first, then the sidecar naming its hash: see `tensors::provenance`.
+        FileFormat::Npy | FileFormat::Pth => match resolve_output(path)? {
+            OutputTarget::File(data) => {
+                out.embeddings.write(&data)?;
+                write_sidecar(&data, &out.provenance)
+            }
+            _ => {
+                out.embeddings.write(path)?;
+                tracing::warn!(
+                    "{} is a stream: its provenance is not written (a .safetensors output carries it inside)",
+                    path.display()
+                );
+                Ok(())
+            }
+        },
     }
 }
 
@@ -111,6 +115,9 @@ mod tests {
         };
         write_output(&pth, &plain).unwrap();
         assert!(provenance_sidecar(&pth).exists());
+        let back = EmbeddingFile::read(&pth, None).unwrap();
+        let prov = Provenance::from_metadata(&back.metadata, &pth).unwrap();
+        assert_eq!(prov, Some(plain.provenance.clone()));
     }
 
     #[test]

@@ -111,9 +111,17 @@ pub struct EmbeddingFile {
     pub dtype: DType,
     /// Tensor name inside the file.
     pub tensor_name: String,
-    /// safetensors metadata (provenance), empty for other formats.
+    /// safetensors metadata (provenance); for other formats the provenance of their verified
+    /// `.provenance.json` sidecar in the same `tagfix.*` keys, else empty.
     pub metadata: BTreeMap<String, String>,
     pub path: PathBuf,
+}
+
+/// The provenance sidecar of a `.npy` / `.pth` file as `tagfix.*` metadata (empty without one).
+fn sidecar_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
+    Ok(super::provenance::read_sidecar(path)?
+        .map(|p| p.to_metadata())
+        .unwrap_or_default())
 }
 
 /// Tensor names tried, in order, when a file holds several tensors and none is named.
@@ -133,13 +141,13 @@ impl EmbeddingFile {
             FileFormat::Safetensors => safetensors_io::read(path)?,
             FileFormat::Npy => TensorSet {
                 tensors: vec![("array".into(), npy::read(path)?)],
-                metadata: BTreeMap::new(),
+                metadata: sidecar_metadata(path)?,
             },
             FileFormat::Pth => {
                 let c = pth::read(path)?;
                 TensorSet {
                     tensors: c.tensors,
-                    metadata: BTreeMap::new(),
+                    metadata: sidecar_metadata(path)?,
                 }
             }
         })

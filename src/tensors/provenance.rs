@@ -1,13 +1,21 @@
-//! Provenance of an embedding file, stored in safetensors metadata under `tagfix.*` keys.
+//! Provenance of an embedding file, stored in safetensors metadata under `tagfix.*` keys, or for
+//! `.npy` / `.pth` files in a `<file>.provenance.json` beside them that names the data's sha256.
 //!
 //! `embed` writes it; `check` and `train` read it to know which vocabulary the rows follow, which rows
 //! were regenerated, and which control slots were re-embedded for calibration (tensor `control`).
+//!
+//! The sidecar cannot go into the file itself: NumPy's `np.load` refuses a `.npy` header with keys
+//! beyond `descr`, `fortran_order` and `shape`, and RAM loads a `.pth` as a bare tensor. So the two
+//! files are bound by hash instead: the data is renamed into place first, then the sidecar naming its
+//! sha256. A run killed between the two renames leaves new data beside a sidecar that names other
+//! data, which every reader refuses; it never pairs them silently.
 
 use crate::error::{Error, Result};
+use crate::fsutil::{sha256_file, write_atomic};
 use crate::vocab::Slot;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Schema tag written to `tagfix.schema`.
 pub const EMBEDDINGS_SCHEMA: &str = "tagfix.embeddings/1";
@@ -102,9 +110,108 @@ impl Provenance {
     }
 }
 
+/// The `<file>.provenance.json` of a `.npy` / `.pth` embedding file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProvenanceSidecar {
+    /// sha256 of the data file these fields describe. Sidecars written before this field existed
+    /// lack it and are ignored (with a warning): nothing ties them to the data beside them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_sha256: Option<String>,
+    #[serde(flatten)]
+    pub provenance: Provenance,
+}
+
+/// Where the provenance of a non-safetensors embedding file goes: `<file>.provenance.json`.
+pub fn provenance_sidecar(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".provenance.json");
+    PathBuf::from(name)
+}
+
+/// Writes the sidecar of the data file `data` (already in place) with the data's sha256.
+pub fn write_sidecar(data: &Path, provenance: &Provenance) -> Result<()> {
+    let sidecar = ProvenanceSidecar {
+        data_sha256: Some(sha256_file(data)?),
+        provenance: provenance.clone(),
+    };
+    let json = serde_json::to_vec_pretty(&sidecar).map_err(|e| Error::Other(e.to_string()))?;
+    write_atomic(&provenance_sidecar(data), |w| w.write_all(&json))
+}
+
+/// Reads the sidecar of the data file `data` (beside the file its symbolic links lead to): `None`
+/// when there is none or it names no data hash (with a warning); an error when it names other data.
+pub fn read_sidecar(data: &Path) -> Result<Option<Provenance>> {
+    let real = std::fs::canonicalize(data).map_err(|e| Error::io(data, e))?;
+    // A pipe or device read once cannot be hashed again; only files have sidecars.
+    if !std::fs::metadata(&real).is_ok_and(|m| m.is_file()) {
+        return Ok(None);
+    }
+    let path = provenance_sidecar(&real);
+    let text = match std::fs::read(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(&path, e)),
+        Ok(t) => t,
+    };
+    let sidecar: ProvenanceSidecar = serde_json::from_slice(&text)
+        .map_err(|e| Error::invalid(&path, format!("not a tagfix provenance file: {e}")))?;
+    let Some(expected) = &sidecar.data_sha256 else {
+        tracing::warn!(
+            "{}: ignored (written by an older tagfix, it names no data hash to tie it to {})",
+            path.display(),
+            data.display()
+        );
+        return Ok(None);
+    };
+    let actual = sha256_file(&real)?;
+    if &actual != expected {
+        return Err(Error::invalid(
+            data,
+            format!(
+                "its provenance {} describes other data (sha256 {expected}, this file has {actual}): the two were not written together (an interrupted `tagfix embed`, or the data replaced since); re-run `tagfix embed`, or delete the provenance file to use the data without provenance",
+                path.display()
+            ),
+        ));
+    }
+    Ok(Some(sidecar.provenance))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sidecar_is_bound_to_its_data_by_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("e.npy");
+        std::fs::write(&data, b"first rows").unwrap();
+        assert_eq!(read_sidecar(&data).unwrap(), None);
+        let p = Provenance {
+            model: "minilm".into(),
+            regenerated_slots: vec![3],
+            ..Default::default()
+        };
+        write_sidecar(&data, &p).unwrap();
+        assert_eq!(read_sidecar(&data).unwrap(), Some(p.clone()));
+        let sidecar: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(provenance_sidecar(&data)).unwrap()).unwrap();
+        assert_eq!(
+            sidecar["data_sha256"],
+            crate::fsutil::sha256_hex(b"first rows")
+        );
+        assert_eq!(sidecar["model"], "minilm");
+        // New data beside the old sidecar (a run killed between its two renames).
+        std::fs::write(&data, b"second rows").unwrap();
+        let err = read_sidecar(&data).unwrap_err().to_string();
+        assert!(err.contains("describes other data"), "{err}");
+        // A sidecar without a hash (older tagfix) ties nothing: ignored.
+        std::fs::write(provenance_sidecar(&data), serde_json::to_vec(&p).unwrap()).unwrap();
+        assert_eq!(read_sidecar(&data).unwrap(), None);
+        std::fs::write(provenance_sidecar(&data), b"{").unwrap();
+        assert!(read_sidecar(&data)
+            .unwrap_err()
+            .to_string()
+            .contains("not a tagfix provenance file"));
+    }
 
     #[test]
     fn metadata_roundtrip() {

@@ -33,16 +33,7 @@ pub fn convert(input: &Path, output: &Path) -> Result<ConvertSummary> {
             output.display()
         )));
     }
-    if input
-        .canonicalize()
-        .ok()
-        .is_some_and(|i| output.canonicalize().ok() == Some(i))
-    {
-        return Err(Error::Usage(format!(
-            "output {} is the input file",
-            output.display()
-        )));
-    }
+    crate::fsutil::check_outputs([output], &[input])?;
     let (mut set, format, container, extras) = read_checkpoint(input)?;
     if set.tensors.is_empty() {
         return Err(Error::invalid(input, "holds no tensors"));
