@@ -152,3 +152,36 @@ fn details_are_capped_but_counts_are_complete() {
     assert_eq!(scan.problems.details_dropped, 90);
     assert_eq!(scan.problems.details[0].record, Some(0));
 }
+
+#[test]
+fn invalid_utf8_anywhere_is_refused_by_diff_and_train_at_the_same_place() {
+    let dir = tempfile::tempdir().unwrap();
+    // An unread field (caption), an overlong '/' (C0 AF) and a byte that starts no character, in a
+    // JSON array (second line of record 1) and in JSON Lines (third line).
+    let array = b"[\n{\"image_path\": \"a.jpg\", \"caption\": [\"x\"], \"union_label_id\": [1], \"parse_label_id\": [[1]]},\n{\"image_path\": \"b.jpg\",\n  \"caption\": [\"a \xC0\xAF cat\"], \"union_label_id\": [2], \"parse_label_id\": [[2]]}\n]";
+    let lines = b"{\"image_path\": \"a.jpg\", \"caption\": [\"x\"], \"union_label_id\": [1], \"parse_label_id\": [[1]]}\n\n{\"image_path\": \"b.jpg\", \"caption\": [\"\xFF\xFEx\"], \"union_label_id\": [2], \"parse_label_id\": [[2]]}\n";
+    for (name, bytes, place, record, byte) in [
+        ("a.json", &array[..], "a.json:4:18", 1, "0xC0"),
+        ("b.jsonl", &lines[..], "b.jsonl:3:38", 1, "0xFF"),
+    ] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        let diff = scan_files(std::slice::from_ref(&p), &opts(4, false))
+            .unwrap_err()
+            .to_string();
+        let expected = format!("{place}: record {record}: invalid UTF-8 (byte {byte})");
+        assert!(diff.contains(&expected), "{diff}");
+        let scan = scan_files(std::slice::from_ref(&p), &opts(4, true)).unwrap();
+        assert_eq!(
+            scan.problems.counts.get(&ProblemKind::InvalidUtf8),
+            Some(&1)
+        );
+        let train = crate::annotations::records::RecordSet::read(&[p], 4)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            train.contains(&format!("{place}: invalid UTF-8 (byte {byte})")),
+            "{train}"
+        );
+    }
+}
