@@ -8,7 +8,7 @@ mod common;
 use common::train::{dataset, inputs, serial, small_config};
 use std::path::{Path, PathBuf};
 use tagfix::monitor::read_all_records;
-use tagfix::train::config::{AbsentPolicy, LossBalance, TrainConfig};
+use tagfix::train::config::{AbsentPolicy, CheckpointEvery, LossBalance, TrainConfig};
 use tagfix::train::run::{prepare, train, RunSummary, TrainInputs};
 
 fn run(cfg: &TrainConfig, inp: &TrainInputs, out: &Path) -> RunSummary {
@@ -84,7 +84,7 @@ fn resume_equals_uninterrupted_run() {
     let cfg = TrainConfig {
         batch_size: 8,
         micro_batch_size: Some(4),
-        checkpoint_every: 3,
+        checkpoint_every: CheckpointEvery::Steps(3),
         loss_balance: LossBalance::Initial,
         balance_steps: 4,
         val_every: 3,
@@ -555,7 +555,7 @@ fn validation_in_the_loop_rises_and_is_plotted() {
             "warmup_lr=1e-5",
         ])
         .args(["--set", "warmup_steps=10", "--seed", "3", "--workers", "1"])
-        .args(["--threads", "1", "--checkpoint-every", "0", "--plot"])
+        .args(["--threads", "1", "--checkpoint-every", "off", "--plot"])
         .arg("--out")
         .arg(&run_dir)
         .output()

@@ -135,10 +135,19 @@ fn device_of(kind: DeviceKind) -> Result<Device> {
 pub fn prepare(config: &TrainConfig, inputs: &TrainInputs) -> Result<Prepared> {
     config.validate()?;
     let device = device_of(config.device)?;
-    if config.threads > 0 {
-        tch::set_num_threads(config.threads as i32);
+    if config.torch_threads() > 0 {
+        tch::set_num_threads(config.torch_threads() as i32);
     }
     let mut notes = Vec::new();
+    if config.decode_workers() < config.workers || config.torch_threads() < config.threads {
+        notes.push(format!(
+            "threads capped at one per core: --workers {} → {}, --threads {} → {}",
+            config.workers,
+            config.decode_workers(),
+            config.threads,
+            config.torch_threads()
+        ));
+    }
 
     // Manifest, vocabulary and label embeddings must agree.
     let manifest = SlotManifest::read(&inputs.manifest)?;
@@ -287,7 +296,7 @@ pub fn prepare(config: &TrainConfig, inputs: &TrainInputs) -> Result<Prepared> {
             ..Augment::ram(model_config.swin.img_size as u32)
         },
         seed: config.seed,
-        workers: config.workers,
+        workers: config.decode_workers(),
         prefetch: config.prefetch,
     };
     notes.push(match &loader.augment.random {
@@ -818,7 +827,7 @@ pub fn train(prepared: Prepared, out: &Path, resume: bool) -> Result<RunSummary>
         if (config.val_every > 0 && done % config.val_every == 0) || done == total_steps {
             validate_at(done, Some(&bar))?;
         }
-        if config.checkpoint_every > 0 && done % config.checkpoint_every == 0 {
+        if config.checkpoint_every.due(done) {
             last_saved = Some(save_checkpoint(
                 &run,
                 &vs,
