@@ -146,13 +146,17 @@ fn read_file(
             if let Some((pos, message)) = super::invalid_utf8(item.pos, bytes) {
                 return Err(at_error(pos, message));
             }
-            let raw: RawRecord = serde_json::from_slice(bytes).map_err(|e| {
+            let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
                 let pos = super::absolute(item.pos, e.line(), e.column());
                 at_error(
                     pos,
                     format!("not a JSON record: {}", super::serde_message(&e)),
                 )
             })?;
+            // Through a `Value`, so that a repeated key keeps its last value, as in Python's json
+            // and `diff`.
+            let raw: RawRecord = serde_json::from_value(value)
+                .map_err(|e| at_error(item.pos, format!("not a RAM record: {e}")))?;
             out.push(convert(raw, path, file_index, item.index + 1, opts)?);
         }
     }

@@ -185,3 +185,34 @@ fn invalid_utf8_anywhere_is_refused_by_diff_and_train_at_the_same_place() {
         );
     }
 }
+
+#[test]
+fn diff_passes_exactly_what_the_training_reader_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = |rest: &str| {
+        format!("{{\"image_path\": \"a.jpg\", \"union_label_id\": [1], \"parse_label_id\": [[1]], {rest}}}\n")
+    };
+    for (rest, ok) in [
+        ("\"caption\": [\"x\"]", true),
+        // a repeated key keeps its last value (as Python's json)
+        ("\"caption\": [\"x\"], \"image_path\": \"b.jpg\"", true),
+        ("\"caption\": [\"x\", 3]", false),
+        ("\"caption\": [\"\\ud800\"]", false),
+        ("\"caption\": [\"x\"], \"image_path\": 7", false),
+    ] {
+        let p = write(dir.path(), "a.jsonl", &line(rest));
+        let diff = scan_files(std::slice::from_ref(&p), &opts(4, false));
+        let train = crate::annotations::records::RecordSet::read_with(
+            &[p],
+            crate::annotations::records::ReadOptions {
+                num_slots: Some(4),
+                captions: true,
+            },
+        );
+        assert_eq!(diff.is_ok(), ok, "{rest}: diff {:?}", diff.err());
+        assert_eq!(train.is_ok(), ok, "{rest}: train {:?}", train.err());
+        if let Ok(set) = train {
+            assert_eq!(set.records[0].captions, vec!["x"]);
+        }
+    }
+}
