@@ -728,6 +728,11 @@ pub struct TrainArgs {
     /// libtorch threads (0: one per core; more than one per core is capped to that).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// Images read before the first step: `full` decodes every image (truncated or corrupt files
+    /// are found before training), `header` reads only headers, `none` nothing
+    /// [default: full up to 1 000 000 images, else header].
+    #[arg(long, value_name = "MODE", value_parser = ["full", "header", "none"])]
+    pub check_images: Option<String>,
     /// Checkpoint every N >= 1 steps, or `off` (only the final checkpoint).
     #[arg(long, value_name = "N|off")]
     pub checkpoint_every: Option<tagfix::train::config::CheckpointEvery>,

@@ -318,6 +318,41 @@ impl RandomAugmentConfig {
     }
 }
 
+/// How thoroughly `train` reads the images before the first step (`--check-images`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageCheck {
+    /// Decode every image: truncated or corrupt bodies are found before training, not at the step
+    /// that loads them.
+    Full,
+    /// Read the headers only: missing files, unknown formats, zero or oversized dimensions.
+    Header,
+    /// Read nothing ahead: a bad image stops the run when its batch is loaded.
+    None,
+}
+
+impl ImageCheck {
+    /// Sets up to this many images are decoded in full by default; larger ones get headers only.
+    pub const FULL_BY_DEFAULT_UP_TO: usize = 1_000_000;
+
+    /// The check for a set of `images` when `--check-images` is not given.
+    pub fn default_for(images: usize) -> Self {
+        if images <= Self::FULL_BY_DEFAULT_UP_TO {
+            ImageCheck::Full
+        } else {
+            ImageCheck::Header
+        }
+    }
+}
+
+impl std::str::FromStr for ImageCheck {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        serde_json::from_value(serde_json::Value::String(s.trim().into()))
+            .map_err(|_| format!("`{s}`: expected header, full or none"))
+    }
+}
+
 /// How often a checkpoint is written: every `N >= 1` optimizer steps, or `off` (only the final
 /// checkpoint). 0 is refused rather than read as "never", so that turning checkpoints off is a choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -452,6 +487,9 @@ pub struct TrainConfig {
     /// libtorch intra-op threads (0: libtorch's default, one per core; at most one per core). Small
     /// models run faster with 1: OpenMP's spinning threads lose badly on a busy machine.
     pub threads: usize,
+    /// How the images are checked before the first step (`full`, `header`, `none`; unset: `full`
+    /// for up to 1 000 000 images, `header` above).
+    pub check_images: Option<ImageCheck>,
     /// Micro-batches prepared ahead of the step (1..=64: each holds decoded images).
     pub prefetch: usize,
     /// Write a checkpoint every this many optimizer steps, or `"off"` (only the final checkpoint).
@@ -516,6 +554,7 @@ impl Default for TrainConfig {
             seed: 0,
             workers: 0,
             threads: 0,
+            check_images: None,
             prefetch: 4,
             checkpoint_every: CheckpointEvery::Steps(1000),
             keep_checkpoints: 3,
@@ -891,6 +930,7 @@ fn known_keys() -> Vec<&'static str> {
         "seed",
         "workers",
         "threads",
+        "check_images",
         "prefetch",
         "checkpoint_every",
         "keep_checkpoints",
@@ -1177,6 +1217,20 @@ mod tests {
         std::fs::write(&p, "batch_size = 8\ninit_lr = inf\n").unwrap();
         let e = TrainConfig::load(&p).unwrap_err().to_string();
         assert!(e.contains("c.toml: init_lr (--lr) holds inf or nan"), "{e}");
+    }
+
+    #[test]
+    fn image_check_parses_and_defaults_by_set_size() {
+        assert_eq!("header".parse::<ImageCheck>().unwrap(), ImageCheck::Header);
+        assert_eq!("none".parse::<ImageCheck>().unwrap(), ImageCheck::None);
+        assert!("fast".parse::<ImageCheck>().is_err());
+        assert_eq!(ImageCheck::default_for(1_000_000), ImageCheck::Full);
+        assert_eq!(ImageCheck::default_for(1_000_001), ImageCheck::Header);
+        let mut c = TrainConfig::default();
+        c.apply_overrides(&["check_images=header".into()]).unwrap();
+        assert_eq!(c.check_images, Some(ImageCheck::Header));
+        let back: TrainConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back.check_images, Some(ImageCheck::Header));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! resumed CPU run reproduces the uninterrupted one bit for bit.
 
 use super::autocast::with_autocast;
-use super::config::{DeviceKind, Precision, TrainConfig};
+use super::config::{DeviceKind, ImageCheck, Precision, TrainConfig};
 use super::data::{self, Augment, Loader, LoaderConfig, TeacherSource, TrainData};
 use super::model::{ParamInit, RamPlus, RamPlusConfig};
 use super::objective::{micro_losses, step_losses, AbsentSlots, LossWeighting, MicroInputs};
@@ -241,12 +241,20 @@ pub fn prepare(config: &TrainConfig, inputs: &TrainInputs) -> Result<Prepared> {
     }
     let absent_slots = manifest.absent_slots();
     data.check_absent(&absent_slots, &inputs.manifest)?;
-    data.check_images()?;
+    let image_check = config
+        .check_images
+        .unwrap_or_else(|| ImageCheck::default_for(data.len()));
+    data.check_images(image_check)?;
     notes.push(format!(
-        "data: {} records from {} file(s), images under {}, teacher {}; {} absent slot(s), policy {}",
+        "data: {} records from {} file(s), images under {} (checked: {}), teacher {}; {} absent slot(s), policy {}",
         data.len(),
         inputs.data.len(),
         inputs.images.display(),
+        match image_check {
+            ImageCheck::Full => "every image decoded",
+            ImageCheck::Header => "headers only",
+            ImageCheck::None => "not checked ahead",
+        },
         match (&inputs.teacher, &config.online_teacher) {
             (Some(p), _) => p.display().to_string(),
             (None, Some(_)) => "online (CLIP towers through ONNX Runtime on each augmented batch)".into(),
