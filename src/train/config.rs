@@ -784,6 +784,9 @@ impl TrainConfig {
             return bad("val_batch_size", ">= 1", &0);
         }
         self.random_augment.validate()?;
+        self.monitor
+            .check()
+            .map_err(|m| Error::Usage(format!("monitor.{m} (config table [monitor])")))?;
         Ok(())
     }
 
@@ -1172,6 +1175,12 @@ mod tests {
                 ..d()
             },
             "prefetch",
+        );
+        let mut monitor = crate::monitor::DetectorConfig::default();
+        monitor.plateau.window = 1;
+        check(
+            TrainConfig { monitor, ..d() },
+            "monitor.plateau.window must be >= 4, got 1",
         );
         d().validate().unwrap();
         TrainConfig {
