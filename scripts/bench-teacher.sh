@@ -27,7 +27,7 @@ echo "tagfix teacher: $count images + captions in $(echo "$e - $s" | bc) s (1 ON
 
 common=(--quiet train --model tiny --data "$work/s/train.json" --images "$work/s/images" --manifest "$work/s/manifest.json"
   --label-embed "$work/s/label_embed.safetensors" --allow-random-encoder --batch-size 8 --max-steps "$steps"
-  --threads 1 --workers 1 --seed 3 --checkpoint-every 0 --lr 2e-3 --set warmup_steps=5)
+  --threads 1 --workers 1 --seed 3 --checkpoint-every off --lr 2e-3 --set warmup_steps=5)
 $bin "${common[@]}" --teacher "$work/teacher.safetensors" --out "$work/file" >/dev/null
 $bin "${common[@]}" --teacher online --teacher-image-model models/clip-tiny-vision \
   --teacher-text-model models/clip-tiny --out "$work/online" >/dev/null

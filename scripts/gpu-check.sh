@@ -91,7 +91,7 @@ run)
   "$dest/bin/tagfix" train --model "${TRAIN_MODEL:-swin_l_224}" --data "$synth/train.json" --images "$synth/images" \
     --manifest "$synth/manifest.json" --label-embed "$synth/label_embed.safetensors" \
     --teacher "$synth/teacher.safetensors" --allow-random-encoder --device cuda --precision bf16 \
-    --batch-size 52 --micro-batch-size 26 --max-steps "${TRAIN_STEPS:-20}" --workers 12 --checkpoint-every 0 \
+    --batch-size 52 --micro-batch-size 26 --max-steps "${TRAIN_STEPS:-20}" --workers 12 --checkpoint-every off \
     --out "$OUT/run" --json > "$OUT/train_summary.json" 2> "$OUT/train.log" || { tail -20 "$OUT/train.log"; true; }
   tail -5 "$OUT/train.log"
   python3 - "$OUT/run/metrics.jsonl" <<'PY' || true
@@ -123,7 +123,7 @@ PY
   common=(--data "$s/train/train.json" --images "$s/train/images" --manifest "$s/train/manifest.json"
     --label-embed "$s/train/label_embed.safetensors" --allow-random-encoder --device "${LOOP_DEVICE:-cuda}"
     --precision "${LOOP_PRECISION:-bf16}"
-    --batch-size 52 --micro-batch-size 26 --workers 14 --checkpoint-every 0)
+    --batch-size 52 --micro-batch-size 26 --workers 14 --checkpoint-every off)
   "$t" train --model "${TRAIN_MODEL:-swin_l_224}" "${common[@]}" --teacher "$s/train/teacher.safetensors" \
     --max-steps "${LOOP_STEPS:-20}" --val-data "$s/val/train.json" --val-images "$s/val/images" --val-every 10 \
     --out "$OUT/run_ra" > "$OUT/run_ra.txt" 2> "$OUT/run_ra.log" || tail -20 "$OUT/run_ra.log"

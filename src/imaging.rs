@@ -9,27 +9,48 @@ use image::imageops::FilterType;
 use image::RgbImage;
 use std::path::Path;
 
-/// Decodes a JPEG or PNG file to RGB8.
-pub fn decode(path: &Path) -> Result<RgbImage> {
-    let img = image::io::Reader::open(path)
+/// The most pixels an image may have (100 MP: 300 MB as RGB8). A header is only a claim: one
+/// saying 100000×100000 is refused before anything is allocated for it.
+pub const MAX_PIXELS: u64 = 100_000_000;
+
+fn reader(path: &Path) -> Result<image::io::Reader<std::io::BufReader<std::fs::File>>> {
+    image::io::Reader::open(path)
         .map_err(|e| Error::io(path, e))?
         .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?
+        .map_err(|e| Error::io(path, e))
+}
+
+/// Decodes a JPEG or PNG file to RGB8, after [`probe`] has checked its size; the decoder may
+/// allocate no more than the largest allowed image needs (16-bit RGBA).
+pub fn decode(path: &Path) -> Result<RgbImage> {
+    probe(path)?;
+    let mut limits = image::io::Limits::default();
+    limits.max_alloc = Some(MAX_PIXELS * 8);
+    let mut r = reader(path)?;
+    r.limits(limits);
+    let img = r
         .decode()
         .map_err(|e| Error::invalid(path, format!("cannot decode image: {e}")))?;
     Ok(img.to_rgb8())
 }
 
-/// Reads only the header: the image exists, its format is known and its size is sane.
+/// Reads only the header: the image exists, its format is known and its size is sane (not zero,
+/// at most [`MAX_PIXELS`]).
 pub fn probe(path: &Path) -> Result<(u32, u32)> {
-    let (w, h) = image::io::Reader::open(path)
-        .map_err(|e| Error::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?
+    let (w, h) = reader(path)?
         .into_dimensions()
         .map_err(|e| Error::invalid(path, format!("unreadable image: {e}")))?;
     if w == 0 || h == 0 {
         return Err(Error::invalid(path, "image has zero size"));
+    }
+    if u64::from(w) * u64::from(h) > MAX_PIXELS {
+        return Err(Error::invalid(
+            path,
+            format!(
+                "image claims {w}×{h} pixels, more than tagfix decodes ({} MP): resize it",
+                MAX_PIXELS / 1_000_000
+            ),
+        ));
     }
     Ok((w, h))
 }

@@ -448,6 +448,15 @@ fn bad_inputs_are_clear_errors() {
             "slot 4000",
         ],
     );
+    // A row of 3e38 values: its norm is beyond f32 (it once overflowed to "cosine 0", exit 1).
+    let mut huge = f.reference.clone();
+    huge.row_mut(5).fill(3e38);
+    let p = f.write("huge.safetensors", &huge);
+    expect_error(
+        &p,
+        &[],
+        &["huge.safetensors", "L2 norm beyond f32's range", "slot 5"],
+    );
     // Zero vectors.
     let mut zero = f.reference.clone();
     zero.row_mut(99).fill(0.0);

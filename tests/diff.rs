@@ -699,3 +699,37 @@ fn synth_is_atomic_and_refuses_bad_requests() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
 }
+
+/// The reliability reproducers (`../shared/reliability/`): invalid UTF-8 in a field `diff` never
+/// reads (a caption) is a problem at the byte's file:line:column, as `train` and `teacher` report it.
+#[test]
+fn invalid_utf8_reproducers_are_refused_at_the_byte() {
+    let Some(shared) = tagfix::fsutil::shared_dir_for_test("invalid_utf8_reproducers") else {
+        return;
+    };
+    let c = Case {
+        vocab: "ram".into(),
+        ..Case::new()
+    };
+    for (name, place, record, byte) in [
+        ("diff_accepts_invalid_utf8_caption.jsonl", "4:54", 3, "0xFF"),
+        ("diff_accepts_overlong_utf8.jsonl", "1:40", 0, "0xC0"),
+        ("diff_passes_train_refuses_badutf8.json", "1:32", 0, "0xFF"),
+    ] {
+        let data = shared.join("reliability").join(name);
+        c.expect_error(
+            &data,
+            &[],
+            &format!(
+                "{}:{place}: record {record}: invalid UTF-8 (byte {byte})",
+                data.display()
+            ),
+        );
+        let out = c.diff(&data, &["--keep-going", "--format", "json"]);
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["problems"]["counts"]["invalid-utf8"], 1, "{name}");
+        let out = c.diff(&data, &["--keep-going", "--fail-on", "malformed"]);
+        assert_eq!(out.status.code(), Some(1), "{name} --fail-on malformed");
+        std::fs::remove_file(c.dir.path().join("manifest.json")).unwrap();
+    }
+}

@@ -158,3 +158,109 @@ fn eval_on_the_official_openimages_format() {
         .unwrap()
         .ends_with("ram_tag_list_threshold.txt"));
 }
+
+/// The reliability recipes: NaN or out-of-range scores (CSV and safetensors), a NaN or
+/// out-of-range threshold, and a benchmark folder with two tag lists are refused with exit 2.
+#[test]
+fn eval_refuses_unusable_scores_thresholds_and_ambiguous_benchmarks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    fixture(d);
+    let scores = |name: &str, values: &[f32]| {
+        let set = tagfix::tensors::TensorSet {
+            tensors: vec![(
+                "scores".into(),
+                tagfix::tensors::Tensor::from_f32(vec![4, 5], values).unwrap(),
+            )],
+            metadata: [(
+                "image_ids".to_string(),
+                "[\"i1\", \"i2\", \"i3\", \"i4\"]".to_string(),
+            )]
+            .into(),
+        };
+        tagfix::tensors::safetensors_io::write(&d.join(name), &set).unwrap();
+    };
+    let mut good = vec![0.25f32; 20];
+    scores("good.safetensors", &good);
+    good[7] = f32::NAN;
+    scores("nan.safetensors", &good);
+    good[7] = 1.5;
+    scores("big.safetensors", &good);
+    write(d, "neg.csv", "i1,cat,0.9\ni2,cat,-0.5\n");
+    write(d, "nan.csv", "i1,cat,0.9\ni2,cat,NaN\n");
+    write(d, "th_nan.txt", "0.5\nnan\n0.5\n0.5\n0.5\n");
+    write(d, "th_big.txt", "0.5\n0.5\n2\n0.5\n0.5\n");
+    let base = ["--benchmark", ".", "--vocab", "vocab.txt"];
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--scores", "nan.safetensors", "--threshold", "0.5"],
+            "nan.safetensors: `scores`[1, 2] (image `i2`, slot 2 `red car`) is NaN: a score must be a number",
+        ),
+        (
+            &["--scores", "big.safetensors", "--threshold", "0.5"],
+            "`scores`[1, 2] (image `i2`, slot 2 `red car`) is 1.5: scores are probabilities in [0, 1]",
+        ),
+        (
+            &["--scores", "neg.csv", "--threshold", "0.5"],
+            "neg.csv:2: score `-0.5`: scores are probabilities in [0, 1] (apply the sigmoid to logits)",
+        ),
+        (
+            &["--scores", "nan.csv", "--threshold", "0.5"],
+            "nan.csv:2: score `NaN`: a score must be a number",
+        ),
+        (
+            &["--scores", "good.safetensors", "--threshold", "NaN"],
+            "--threshold must lie in [0, 1], got NaN",
+        ),
+        (
+            &["--scores", "good.safetensors", "--threshold", "1.2"],
+            "--threshold must lie in [0, 1], got 1.2",
+        ),
+        (
+            &["--scores", "good.safetensors", "--thresholds", "th_nan.txt"],
+            "th_nan.txt:2: threshold `nan` is not a number in [0, 1]",
+        ),
+        (
+            &["--scores", "good.safetensors", "--thresholds", "th_big.txt"],
+            "th_big.txt:3: threshold `2` is not a number in [0, 1]",
+        ),
+    ];
+    for (args, message) in cases {
+        let out = eval(&[&base[..], args].concat(), d);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(message),
+            "{args:?}: expected `{message}` in: {err}"
+        );
+    }
+    let ok = eval(
+        &[
+            &base[..],
+            &["--scores", "good.safetensors", "--threshold", "0.5"],
+        ]
+        .concat(),
+        d,
+    );
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // A second tag list in the folder: which one the annotations index cannot be told.
+    write(d, "c_taglist.txt", "cat\n");
+    let out = eval(
+        &[
+            &base[..],
+            &["--scores", "good.safetensors", "--threshold", "0.5"],
+        ]
+        .concat(),
+        d,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("holds 2 files ending in `_taglist.txt` (b_taglist.txt, c_taglist.txt)"),
+        "{err}"
+    );
+}

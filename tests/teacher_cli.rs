@@ -248,6 +248,18 @@ fn bad_inputs_fail_with_exit_2_and_no_output() {
         "{\"image_path\":\"wide.png\",\"caption\":[]}\n",
     );
     fails(&nocap, &vision, "record 1 (wide.png): no caption");
+    // A caption byte that is not UTF-8: named at its line:column, as `tagfix diff` names it.
+    let bad_utf8 = tmp.path().join("bad_utf8.jsonl");
+    std::fs::write(
+        &bad_utf8,
+        b"{\"image_path\":\"wide.png\",\"caption\":[\"x\"]}\n{\"image_path\":\"wide.png\",\"caption\":[\"a \xC0\xAF b\"]}\n",
+    )
+    .unwrap();
+    fails(
+        &bad_utf8,
+        &vision,
+        "bad_utf8.jsonl:2:40: invalid UTF-8 (byte 0xC0)",
+    );
     // The same image twice: the file is keyed by image_path.
     let dup = write(
         "dup.jsonl",

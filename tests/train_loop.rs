@@ -8,7 +8,7 @@ mod common;
 use common::train::{dataset, inputs, serial, small_config};
 use std::path::{Path, PathBuf};
 use tagfix::monitor::read_all_records;
-use tagfix::train::config::{AbsentPolicy, LossBalance, TrainConfig};
+use tagfix::train::config::{AbsentPolicy, CheckpointEvery, LossBalance, TrainConfig};
 use tagfix::train::run::{prepare, train, RunSummary, TrainInputs};
 
 fn run(cfg: &TrainConfig, inp: &TrainInputs, out: &Path) -> RunSummary {
@@ -84,7 +84,7 @@ fn resume_equals_uninterrupted_run() {
     let cfg = TrainConfig {
         batch_size: 8,
         micro_batch_size: Some(4),
-        checkpoint_every: 3,
+        checkpoint_every: CheckpointEvery::Steps(3),
         loss_balance: LossBalance::Initial,
         balance_steps: 4,
         val_every: 3,
@@ -555,7 +555,7 @@ fn validation_in_the_loop_rises_and_is_plotted() {
             "warmup_lr=1e-5",
         ])
         .args(["--set", "warmup_steps=10", "--seed", "3", "--workers", "1"])
-        .args(["--threads", "1", "--checkpoint-every", "0", "--plot"])
+        .args(["--threads", "1", "--checkpoint-every", "off", "--plot"])
         .arg("--out")
         .arg(&run_dir)
         .output()
@@ -612,4 +612,103 @@ fn validation_in_the_loop_rises_and_is_plotted() {
     // val_every without validation data is refused before the first step.
     let e = prepare_err(&cfg, &inputs(&ds));
     assert!(e.contains("--val-data"), "{e}");
+}
+
+/// A PNG claiming `w`×`h` pixels: signature, IHDR, a few bytes of IDAT and IEND (with their CRCs).
+fn png_header_only(w: u32, h: u32) -> Vec<u8> {
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut chunk = |kind: &[u8], data: &[u8]| {
+        let mut crc = flate2::Crc::new();
+        crc.update(kind);
+        crc.update(data);
+        png.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        png.extend_from_slice(kind);
+        png.extend_from_slice(data);
+        png.extend_from_slice(&crc.sum().to_be_bytes());
+    };
+    let ihdr = [&w.to_be_bytes()[..], &h.to_be_bytes(), &[8, 2, 0, 0, 0]].concat();
+    chunk(b"IHDR", &ihdr);
+    chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+    chunk(b"IEND", &[]);
+    png
+}
+
+/// The reliability recipes: truncated image bodies and a header claiming 100000×100000 pixels are
+/// found by the default full pre-check, before the first step (they used to stop the run after a
+/// step or two); `header` finds only the oversized one, `none` nothing. A caption byte that is not
+/// UTF-8 is named at its line:column; `workers = 100000` trains on one thread per core.
+#[test]
+fn image_pre_check_decodes_every_image_and_bounds_its_size() {
+    let _guard = serial();
+    use tagfix::train::config::ImageCheck;
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(&tmp.path().join("a"), 12, 4);
+    let good = inputs(&ds);
+    let cfg = TrainConfig {
+        workers: 100_000,
+        ..small_config(2)
+    };
+    run(&cfg, &good, &tmp.path().join("run"));
+
+    let mut images: Vec<PathBuf> = std::fs::read_dir(&ds.image_root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    images.sort();
+    let of = |ext: &str| -> Vec<PathBuf> {
+        images
+            .iter()
+            .filter(|p| p.extension().unwrap() == ext)
+            .cloned()
+            .collect()
+    };
+    let (pngs, jpgs) = (of("png"), of("jpg"));
+    assert!(pngs.len() >= 2 && !jpgs.is_empty(), "{images:?}");
+    for cut in [&pngs[0], &jpgs[0]] {
+        let bytes = std::fs::read(cut).unwrap();
+        std::fs::write(cut, &bytes[..bytes.len() / 2]).unwrap();
+    }
+    std::fs::write(&pngs[1], png_header_only(100_000, 100_000)).unwrap();
+    let name = |p: &PathBuf| p.file_name().unwrap().to_string_lossy().into_owned();
+
+    let e = prepare_err(&cfg, &good);
+    assert!(e.contains("3 of 12 training images"), "{e}");
+    for p in [&pngs[0], &jpgs[0], &pngs[1]] {
+        assert!(e.contains(&name(p)), "{e}");
+    }
+    assert!(e.contains("claims 100000×100000 pixels"), "{e}");
+    let header = TrainConfig {
+        check_images: Some(ImageCheck::Header),
+        ..cfg.clone()
+    };
+    let e = prepare_err(&header, &good);
+    assert!(e.contains("1 of 12 training images"), "{e}");
+    assert!(e.contains(&name(&pngs[1])), "{e}");
+    let none = TrainConfig {
+        check_images: Some(ImageCheck::None),
+        ..cfg.clone()
+    };
+    prepare(&none, &good).unwrap();
+
+    // One caption byte corrupted (as in ../shared/reliability/diff_passes_train_refuses_badutf8.json).
+    let mut text = std::fs::read(&ds.annotations).unwrap();
+    let at = text
+        .windows(12)
+        .position(|w| w == b"\"caption\":[\"")
+        .unwrap()
+        + 14;
+    text[at] = 0xFF;
+    std::fs::write(&ds.annotations, &text).unwrap();
+    let line = text[..at].iter().filter(|b| **b == b'\n').count() + 1;
+    let column = at
+        - text[..at]
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1)
+        + 1;
+    let e = prepare_err(&none, &good);
+    assert!(
+        e.contains(&format!(":{line}:{column}: invalid UTF-8 (byte 0xFF)")),
+        "{e}"
+    );
 }

@@ -37,6 +37,8 @@ use std::sync::Mutex;
 pub enum ProblemKind {
     /// Not valid JSON, or a field of the wrong type.
     InvalidRecord,
+    /// Bytes that are not UTF-8 (anywhere in the record, read or not).
+    InvalidUtf8,
     MissingField,
     /// A label id that is not a JSON integer.
     NonIntegerId,
@@ -501,6 +503,39 @@ fn path_hash(path: &str) -> u64 {
     h.finish().max(1)
 }
 
+/// The first bytes of `bytes` (read from position `start`) that are not UTF-8: where they are and
+/// what `diff`, `train` and `teacher` all say about them. JSON text must be UTF-8: Python's
+/// `json.load` refuses anything else, even inside a field RAM's loader never reads.
+pub(crate) fn invalid_utf8(start: Pos, bytes: &[u8]) -> Option<(Pos, String)> {
+    let e = std::str::from_utf8(bytes).err()?;
+    let at = e.valid_up_to();
+    let len = e.error_len().unwrap_or(bytes.len() - at);
+    let bad: Vec<String> = bytes[at..at + len]
+        .iter()
+        .map(|b| format!("0x{b:02X}"))
+        .collect();
+    let message = format!(
+        "invalid UTF-8 (byte {}): JSON text must be UTF-8 (Python's json.load refuses it); \
+         re-encode the file as UTF-8",
+        bad.join(" ")
+    );
+    Some((advance(start, &bytes[..at]), message))
+}
+
+/// The position after reading `bytes` from `start` (columns count bytes).
+fn advance(start: Pos, bytes: &[u8]) -> Pos {
+    match memchr::memrchr(b'\n', bytes) {
+        None => Pos {
+            line: start.line,
+            column: start.column + bytes.len() as u64,
+        },
+        Some(last) => Pos {
+            line: start.line + memchr::memchr_iter(b'\n', bytes).count() as u64,
+            column: (bytes.len() - last) as u64,
+        },
+    }
+}
+
 /// Where serde_json's error position (relative to the record's bytes) lies in the file.
 fn absolute(start: Pos, line: usize, column: usize) -> Pos {
     if line <= 1 {
@@ -625,6 +660,11 @@ fn process_batch(batch: &Batch, ctx: &FileCtx) -> Acc {
             pos: item.pos,
         };
         let bytes = batch.bytes(item);
+        if let Some((pos, message)) = invalid_utf8(item.pos, bytes) {
+            check.pos = pos;
+            check.problem(ProblemKind::InvalidUtf8, message);
+            continue;
+        }
         let parsed = match fast::parse(bytes, &mut bufs) {
             Some(r) => Ok(r),
             None => RawRecord::parse(bytes, &mut bufs),

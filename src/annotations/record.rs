@@ -56,9 +56,29 @@ impl<'de> Deserialize<'de> for LabelId {
     }
 }
 
-/// Counts the elements of a list without keeping them.
+/// Counts the captions of a list without keeping them. Each must be a string (escapes checked, so a
+/// lone surrogate is refused), as `train` and RAM's loader read them.
 #[derive(Debug, Default)]
 pub struct ListLen(pub usize);
+
+/// A caption: any valid JSON string, not kept.
+struct CaptionText;
+
+impl<'de> Deserialize<'de> for CaptionText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = CaptionText;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a caption string")
+            }
+            fn visit_str<E>(self, _: &str) -> Result<CaptionText, E> {
+                Ok(CaptionText)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
 
 impl<'de> Deserialize<'de> for ListLen {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -70,7 +90,7 @@ impl<'de> Deserialize<'de> for ListLen {
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ListLen, A::Error> {
                 let mut n = 0;
-                while seq.next_element::<IgnoredAny>()?.is_some() {
+                while seq.next_element::<CaptionText>()?.is_some() {
                     n += 1;
                 }
                 Ok(ListLen(n))
@@ -372,6 +392,10 @@ mod tests {
             vec!["image_path", "union_label_id", "parse_label_id"]
         );
         assert!(RawRecord::parse(br#"{"caption": "not a list"}"#, &mut bufs).is_err());
+        // captions are strings, with valid escapes, as the training reader requires
+        let e = RawRecord::parse(br#"{"caption": ["x", 3]}"#, &mut bufs).unwrap_err();
+        assert!(e.to_string().contains("expected a caption string"), "{e}");
+        assert!(RawRecord::parse(br#"{"caption": ["\ud800"]}"#, &mut bufs).is_err());
         assert!(RawRecord::parse(br#"[1]"#, &mut bufs).is_err());
         assert!(RawRecord::parse(br#"{"caption": []} x"#, &mut bufs).is_err());
     }

@@ -2,9 +2,9 @@
 //! `caption` (a list of strings, or one string). Other fields (`parse_label_id`, …) are skipped.
 //! Records are kept in memory (path + slots [+ captions]) because training shuffles them every epoch.
 
+use super::split::{Pos, Splitter};
 use crate::error::{Error, Result};
 use serde::Deserialize;
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 /// One training image and its positive slots.
@@ -127,64 +127,40 @@ fn read_file(
     opts: ReadOptions,
     out: &mut Vec<TrainRecord>,
 ) -> Result<()> {
-    // The annotation scanner's opener: gzip recognised by its magic bytes, not the file name.
-    let mut reader = BufReader::new(super::open(path, indicatif::ProgressBar::hidden())?.0);
-    // Peek the first non-blank byte: `[` is a JSON array, anything else JSON Lines.
-    let first = loop {
-        let buf = reader.fill_buf().map_err(|e| Error::io(path, e))?;
-        if buf.is_empty() {
-            break None;
-        }
-        let skip = buf
-            .iter()
-            .take_while(|b| b.is_ascii_whitespace() || **b == 0xEF || **b == 0xBB || **b == 0xBF)
-            .count();
-        if skip < buf.len() {
-            let b = buf[skip];
-            reader.consume(skip);
-            break Some(b);
-        }
-        let n = buf.len();
-        reader.consume(n);
-    };
-    match first {
-        None => Ok(()),
-        Some(b'[') => {
-            let mut text = String::new();
-            reader
-                .read_to_string(&mut text)
-                .map_err(|e| Error::io(path, e))?;
-            let raws: Vec<serde_json::Value> =
-                serde_json::from_str(&text).map_err(|e| Error::Parse {
-                    path: path.to_path_buf(),
-                    line: e.line(),
-                    message: format!("not a JSON array of records: {e}"),
-                })?;
-            for (i, v) in raws.into_iter().enumerate() {
-                let raw: RawRecord = serde_json::from_value(v)
-                    .map_err(|e| Error::invalid(path, format!("record {}: {e}", i + 1)))?;
-                out.push(convert(raw, path, file_index, i as u64 + 1, opts)?);
+    // The annotation scanner's opener and splitter, so that `train` and `teacher` read a file exactly
+    // as `diff` audits it (layout, structure, UTF-8) and name problems at the same line:column.
+    let (reader, gzip) = super::open(path, indicatif::ProgressBar::hidden())?;
+    let mut splitter = Splitter::new(reader, 4 << 20);
+    while let Some(batch) = splitter
+        .next_batch()
+        .map_err(|e| super::split_failure(path, gzip, e))?
+    {
+        for item in &batch.items {
+            let bytes = batch.bytes(item);
+            let at_error = |pos: Pos, message: String| Error::Syntax {
+                path: path.to_path_buf(),
+                line: pos.line,
+                column: pos.column,
+                message,
+            };
+            if let Some((pos, message)) = super::invalid_utf8(item.pos, bytes) {
+                return Err(at_error(pos, message));
             }
-            Ok(())
-        }
-        Some(_) => {
-            let mut n = 0u64;
-            for (line_no, line) in reader.lines().enumerate() {
-                let line = line.map_err(|e| Error::io(path, e))?;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                n += 1;
-                let raw: RawRecord = serde_json::from_str(&line).map_err(|e| Error::Parse {
-                    path: path.to_path_buf(),
-                    line: line_no + 1,
-                    message: format!("not a JSON record: {e}"),
-                })?;
-                out.push(convert(raw, path, file_index, n, opts)?);
-            }
-            Ok(())
+            let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+                let pos = super::absolute(item.pos, e.line(), e.column());
+                at_error(
+                    pos,
+                    format!("not a JSON record: {}", super::serde_message(&e)),
+                )
+            })?;
+            // Through a `Value`, so that a repeated key keeps its last value, as in Python's json
+            // and `diff`.
+            let raw: RawRecord = serde_json::from_value(value)
+                .map_err(|e| at_error(item.pos, format!("not a RAM record: {e}")))?;
+            out.push(convert(raw, path, file_index, item.index + 1, opts)?);
         }
     }
+    Ok(())
 }
 
 fn convert(
@@ -303,5 +279,25 @@ mod tests {
         std::fs::write(&a, "{\"image_path\":\"x.jpg\",\"caption\":[]}\n").unwrap();
         let e = RecordSet::read_with(&[a], opts).unwrap_err().to_string();
         assert!(e.contains("record 1 (x.jpg): no caption"), "{e}");
+    }
+
+    #[test]
+    fn reliability_reproducers_name_the_invalid_byte() {
+        // The file `diff` once passed and `train` refused with "stream did not contain valid UTF-8".
+        let Some(shared) = crate::fsutil::shared_dir_for_test("records_reproducers") else {
+            return;
+        };
+        for (name, place) in [
+            ("diff_passes_train_refuses_badutf8.json", "1:32"),
+            ("diff_accepts_invalid_utf8_caption.jsonl", "4:54"),
+            ("diff_accepts_overlong_utf8.jsonl", "1:40"),
+        ] {
+            let p = shared.join("reliability").join(name);
+            let e = RecordSet::read(std::slice::from_ref(&p), 4585)
+                .unwrap_err()
+                .to_string();
+            let expected = format!("{}:{place}: invalid UTF-8 (byte 0x", p.display());
+            assert!(e.contains(&expected), "{e}");
+        }
     }
 }

@@ -152,3 +152,67 @@ fn details_are_capped_but_counts_are_complete() {
     assert_eq!(scan.problems.details_dropped, 90);
     assert_eq!(scan.problems.details[0].record, Some(0));
 }
+
+#[test]
+fn invalid_utf8_anywhere_is_refused_by_diff_and_train_at_the_same_place() {
+    let dir = tempfile::tempdir().unwrap();
+    // An unread field (caption), an overlong '/' (C0 AF) and a byte that starts no character, in a
+    // JSON array (second line of record 1) and in JSON Lines (third line).
+    let array = b"[\n{\"image_path\": \"a.jpg\", \"caption\": [\"x\"], \"union_label_id\": [1], \"parse_label_id\": [[1]]},\n{\"image_path\": \"b.jpg\",\n  \"caption\": [\"a \xC0\xAF cat\"], \"union_label_id\": [2], \"parse_label_id\": [[2]]}\n]";
+    let lines = b"{\"image_path\": \"a.jpg\", \"caption\": [\"x\"], \"union_label_id\": [1], \"parse_label_id\": [[1]]}\n\n{\"image_path\": \"b.jpg\", \"caption\": [\"\xFF\xFEx\"], \"union_label_id\": [2], \"parse_label_id\": [[2]]}\n";
+    for (name, bytes, place, record, byte) in [
+        ("a.json", &array[..], "a.json:4:18", 1, "0xC0"),
+        ("b.jsonl", &lines[..], "b.jsonl:3:38", 1, "0xFF"),
+    ] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        let diff = scan_files(std::slice::from_ref(&p), &opts(4, false))
+            .unwrap_err()
+            .to_string();
+        let expected = format!("{place}: record {record}: invalid UTF-8 (byte {byte})");
+        assert!(diff.contains(&expected), "{diff}");
+        let scan = scan_files(std::slice::from_ref(&p), &opts(4, true)).unwrap();
+        assert_eq!(
+            scan.problems.counts.get(&ProblemKind::InvalidUtf8),
+            Some(&1)
+        );
+        let train = crate::annotations::records::RecordSet::read(&[p], 4)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            train.contains(&format!("{place}: invalid UTF-8 (byte {byte})")),
+            "{train}"
+        );
+    }
+}
+
+#[test]
+fn diff_passes_exactly_what_the_training_reader_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = |rest: &str| {
+        format!("{{\"image_path\": \"a.jpg\", \"union_label_id\": [1], \"parse_label_id\": [[1]], {rest}}}\n")
+    };
+    for (rest, ok) in [
+        ("\"caption\": [\"x\"]", true),
+        // a repeated key keeps its last value (as Python's json)
+        ("\"caption\": [\"x\"], \"image_path\": \"b.jpg\"", true),
+        ("\"caption\": [\"x\", 3]", false),
+        ("\"caption\": [\"\\ud800\"]", false),
+        ("\"caption\": [\"x\"], \"image_path\": 7", false),
+    ] {
+        let p = write(dir.path(), "a.jsonl", &line(rest));
+        let diff = scan_files(std::slice::from_ref(&p), &opts(4, false));
+        let train = crate::annotations::records::RecordSet::read_with(
+            &[p],
+            crate::annotations::records::ReadOptions {
+                num_slots: Some(4),
+                captions: true,
+            },
+        );
+        assert_eq!(diff.is_ok(), ok, "{rest}: diff {:?}", diff.err());
+        assert_eq!(train.is_ok(), ok, "{rest}: train {:?}", train.err());
+        if let Ok(set) = train {
+            assert_eq!(set.records[0].captions, vec!["x"]);
+        }
+    }
+}

@@ -723,15 +723,20 @@ pub struct TrainArgs {
     pub precision: Option<tagfix::train::config::Precision>,
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
-    /// Image-decoding threads (0: all cores).
+    /// Image-decoding threads (0: one per core; more than one per core is capped to that).
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
-    /// libtorch threads (0: one per core).
+    /// libtorch threads (0: one per core; more than one per core is capped to that).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
-    /// Checkpoint every N steps.
-    #[arg(long, value_name = "N")]
-    pub checkpoint_every: Option<u64>,
+    /// Images read before the first step: `full` decodes every image (truncated or corrupt files
+    /// are found before training), `header` reads only headers, `none` nothing
+    /// [default: full up to 1 000 000 images, else header].
+    #[arg(long, value_name = "MODE", value_parser = ["full", "header", "none"])]
+    pub check_images: Option<String>,
+    /// Checkpoint every N >= 1 steps, or `off` (only the final checkpoint).
+    #[arg(long, value_name = "N|off")]
+    pub checkpoint_every: Option<tagfix::train::config::CheckpointEvery>,
     /// Checkpoints kept.
     #[arg(long, value_name = "N")]
     pub keep_checkpoints: Option<usize>,

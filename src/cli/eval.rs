@@ -28,7 +28,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitStatus> {
     }
     let thresholds = match (&args.thresholds, args.threshold) {
         (Some(path), _) => Thresholds::read(path, vocab.len())?,
-        (None, Some(v)) => Thresholds::uniform(v, vocab.len()),
+        (None, Some(v)) => Thresholds::from_flag(v, vocab.len())?,
         (None, None) => Thresholds::from_preset(&vocab)
             .transpose()?
             .ok_or_else(|| {

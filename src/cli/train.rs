@@ -63,6 +63,7 @@ pub fn resolve_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
         max_steps = args.max_steps,
         grad_clip = args.grad_clip,
         model = args.model.clone(),
+        check_images = parse_setting("--check-images", &args.check_images)?,
     );
     apply_teacher_flags(&mut cfg, args)?;
     if args.no_random_augment {

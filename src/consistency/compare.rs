@@ -9,7 +9,7 @@
 //!   original) is then scored against that control distribution.
 
 use super::inputs::{ensure_comparable, resolve_layout, validate_rows, EmbeddingInput, SlotNames};
-use super::kernels::{dot, norm, normalised_rows};
+use super::kernels::{cosine, dot, norm, normalised_rows};
 use super::knn::{Exclude, Index, Neighbours, Rows, SearchConfig};
 use super::policy::Policy;
 use super::report::*;
@@ -212,8 +212,9 @@ fn row_metrics(base: &[f32], cand: &[f32], dim: usize) -> RowMetrics {
     for i in 0..n {
         let (b, c) = (&base[i * dim..(i + 1) * dim], &cand[i * dim..(i + 1) * dim]);
         let (nb, nc) = (norm(b), norm(c));
-        m.cosine.push((dot(b, c) / (nb * nc)).clamp(-1.0, 1.0));
-        m.norm_dev.push(((nc - nb) / nb).abs());
+        m.cosine.push(cosine(b, c));
+        m.norm_dev
+            .push(((f64::from(nc) - f64::from(nb)) / f64::from(nb)).abs() as f32);
         m.changed
             .push(b.iter().zip(c).any(|(x, y)| x.to_bits() != y.to_bits()));
     }

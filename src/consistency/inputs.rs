@@ -175,8 +175,9 @@ pub fn ensure_comparable(
     Ok(())
 }
 
-/// Refuses rows holding NaN or Inf, and zero rows (no direction, so no cosine), naming the file, the
-/// tensor, the slots and rows. Slots in `skip` are not checked (e.g. placeholder rows of a base file
+/// Refuses rows holding NaN or Inf, rows whose L2 norm is beyond f32's range (no f32 cosine or
+/// normalisation for them) and zero rows (no direction, so no cosine), naming the file, the tensor,
+/// the slots and rows. Slots in `skip` are not checked (e.g. placeholder rows of a base file
 /// at slots that were regenerated).
 pub fn validate_rows(
     file: &EmbeddingFile,
@@ -186,6 +187,7 @@ pub fn validate_rows(
     names: &SlotNames,
 ) -> Result<()> {
     let mut non_finite = Vec::new();
+    let mut huge = Vec::new();
     let mut zero = Vec::new();
     for r in 0..file.rows {
         let slot = slot_of_row(r);
@@ -195,6 +197,8 @@ pub fn validate_rows(
         let row = file.row(r);
         if row.iter().any(|v| !v.is_finite()) {
             non_finite.push(r);
+        } else if !super::kernels::norm(row).is_finite() {
+            huge.push(r);
         } else if row.iter().all(|v| *v == 0.0) {
             zero.push(r);
         }
@@ -226,6 +230,19 @@ pub fn validate_rows(
                 file.tensor_name,
                 non_finite.len(),
                 describe(&non_finite)
+            ),
+        ));
+    }
+    if !huge.is_empty() {
+        return Err(Error::invalid(
+            &file.path,
+            format!(
+                "tensor `{}`: {} row(s) have an L2 norm beyond f32's range (over {:e}), so no cosine \
+                 can be computed: {}",
+                file.tensor_name,
+                huge.len(),
+                f32::MAX,
+                describe(&huge)
             ),
         ));
     }

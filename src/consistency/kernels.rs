@@ -1,5 +1,7 @@
 //! f32 vector kernels: a dot product vectorised for AVX2+FMA where the CPU has it (checked at run
-//! time, so the binary stays portable), L2 normalisation, and row-wise helpers.
+//! time, so the binary stays portable), L2 normalisation, and row-wise helpers. Norms and cosines
+//! fall back to a scaled computation when the plain sum of squares overflows or underflows f32, so
+//! very large or very small rows keep their true direction instead of becoming "zero".
 
 /// Lanes of independent accumulators: lets the compiler keep 16 partial sums in vector registers
 /// (two 8-wide AVX registers) instead of one serial chain.
@@ -82,10 +84,29 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     dot_lanes(a, b)
 }
 
-/// Euclidean norm.
+/// Euclidean norm: `inf` only when the true norm exceeds `f32::MAX` (or the row holds Inf), NaN
+/// when the row holds NaN.
 #[inline]
 pub fn norm(a: &[f32]) -> f32 {
-    dot(a, a).sqrt()
+    let sq = dot(a, a);
+    if sq.is_finite() && sq >= f32::MIN_POSITIVE {
+        return sq.sqrt();
+    }
+    scaled_norm(a)
+}
+
+/// `max|x| · ‖x / max|x|‖`, in f64: no square overflows or underflows.
+#[cold]
+fn scaled_norm(a: &[f32]) -> f32 {
+    if a.iter().any(|v| v.is_nan()) {
+        return f32::NAN;
+    }
+    let m = a.iter().fold(0f64, |m, v| m.max(f64::from(v.abs())));
+    if m == 0.0 || m.is_infinite() {
+        return m as f32;
+    }
+    let s: f64 = a.iter().map(|v| (f64::from(*v) / m).powi(2)).sum();
+    (m * s.sqrt()) as f32
 }
 
 /// Cosine similarity; 0 when either vector is zero.
@@ -94,7 +115,18 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     if na == 0.0 || nb == 0.0 {
         return 0.0;
     }
-    (dot(a, b) / (na * nb)).clamp(-1.0, 1.0)
+    let plain = dot(a, b) / (na * nb);
+    if plain.is_finite() && (na * nb).is_normal() {
+        return plain.clamp(-1.0, 1.0);
+    }
+    // The product of the norms (or the dot product) left f32's range: divide first.
+    let (na, nb) = (f64::from(na), f64::from(nb));
+    let c: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (f64::from(*x) / na) * (f64::from(*y) / nb))
+        .sum();
+    (c as f32).clamp(-1.0, 1.0)
 }
 
 /// A copy of a row-major `rows × dim` matrix with every row scaled to unit length (zero rows stay
@@ -107,7 +139,11 @@ pub fn normalised_rows(values: &[f32], dim: usize) -> Vec<f32> {
             let n = norm(row);
             if n > 0.0 {
                 let inv = 1.0 / n;
-                row.iter_mut().for_each(|v| *v *= inv);
+                if inv.is_finite() {
+                    row.iter_mut().for_each(|v| *v *= inv);
+                } else {
+                    row.iter_mut().for_each(|v| *v /= n);
+                }
             }
         }
     });
@@ -144,5 +180,26 @@ mod tests {
         assert_eq!(cosine(&[0.0, 0.0], &[1.0, 0.0]), 0.0);
         let m = normalised_rows(&[3.0, 4.0, 0.0, 0.0, 0.0, 2.0], 2);
         assert_eq!(m, vec![0.6, 0.8, 0.0, 0.0, 0.0, 1.0]);
+    }
+
+    #[test]
+    fn huge_and_tiny_rows_keep_their_norm_and_direction() {
+        // Squares of 1e20 overflow f32 and squares of 1e-30 underflow it; the norms do neither.
+        let big = [3e20f32, 4e20];
+        let tiny = [3e-30f32, 4e-30];
+        assert!((norm(&big) / 5e20 - 1.0).abs() < 1e-6, "{}", norm(&big));
+        assert!((norm(&tiny) / 5e-30 - 1.0).abs() < 1e-6, "{}", norm(&tiny));
+        for row in [&big, &tiny] {
+            assert!((cosine(row, &[3.0, 4.0]) - 1.0).abs() < 1e-6);
+            let unit = normalised_rows(row, 2);
+            assert!(
+                (unit[0] - 0.6).abs() < 1e-6 && (unit[1] - 0.8).abs() < 1e-6,
+                "{unit:?}"
+            );
+        }
+        assert!((cosine(&big, &tiny) - 1.0).abs() < 1e-6);
+        // 3e38 in every one of 384 dimensions: the norm (5.9e39) is beyond f32, which callers refuse.
+        assert_eq!(norm(&[3e38f32; 384]), f32::INFINITY);
+        assert!(norm(&[1.0, f32::NAN]).is_nan());
     }
 }

@@ -35,7 +35,8 @@ pub struct Benchmark {
 impl Benchmark {
     /// Finds the tag list and annotation file in a benchmark folder: `*_ram_taglist.txt` and
     /// `*_ram_annots.txt`, else `*_taglist.txt` and `*_annots.txt` (the Tag2Text id files are not
-    /// used: they index another vocabulary).
+    /// used: they index another vocabulary). Two candidates for either file are refused: which one
+    /// was meant cannot be told.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
         let mut names: Vec<String> = entries
@@ -44,14 +45,30 @@ impl Benchmark {
             .filter(|n| !n.contains("tag2text"))
             .collect();
         names.sort();
-        let pick = |suffixes: &[&str]| -> Option<PathBuf> {
-            suffixes
-                .iter()
-                .find_map(|s| names.iter().find(|n| n.ends_with(s)))
-                .map(|n| dir.join(n))
+        let pick = |suffixes: &[&str]| -> Result<Option<PathBuf>> {
+            for s in suffixes {
+                let found: Vec<&String> = names.iter().filter(|n| n.ends_with(s)).collect();
+                match found[..] {
+                    [] => continue,
+                    [one] => return Ok(Some(dir.join(one))),
+                    _ => {
+                        let list: Vec<&str> = found.iter().map(|n| n.as_str()).collect();
+                        return Err(Error::invalid(
+                            dir,
+                            format!(
+                                "holds {} files ending in `{s}` ({}): keep one benchmark per folder, \
+                                 or pass the files themselves",
+                                found.len(),
+                                list.join(", ")
+                            ),
+                        ));
+                    }
+                }
+            }
+            Ok(None)
         };
-        let taglist = pick(&["_ram_taglist.txt", "_taglist.txt"]);
-        let annots = pick(&["_ram_annots.txt", "_annots.txt"]);
+        let taglist = pick(&["_ram_taglist.txt", "_taglist.txt"])?;
+        let annots = pick(&["_ram_annots.txt", "_annots.txt"])?;
         match (taglist, annots) {
             (Some(t), Some(a)) => Self::load(&t, &a),
             _ => Err(Error::invalid(

@@ -108,6 +108,17 @@ impl Thresholds {
         }
     }
 
+    /// `--threshold P`: one threshold for every slot, which must lie in [0, 1] (NaN would silently
+    /// call every score negative).
+    pub fn from_flag(value: f32, slots: usize) -> Result<Self> {
+        if !(0.0..=1.0).contains(&value) {
+            return Err(Error::Usage(format!(
+                "--threshold must lie in [0, 1], got {value}"
+            )));
+        }
+        Ok(Self::uniform(value, slots))
+    }
+
     /// A threshold file aligned with the vocabulary (line i = slot i, as
     /// `ram_tag_list_threshold.txt`); errors name file and line.
     pub fn read(path: &Path, slots: usize) -> Result<Self> {
@@ -133,11 +144,11 @@ impl Thresholds {
                 l.trim()
                     .parse::<f32>()
                     .ok()
-                    .filter(|v| v.is_finite())
+                    .filter(|v| (0.0..=1.0).contains(v))
                     .ok_or_else(|| Error::Parse {
                         path: path.to_path_buf(),
                         line: i + 1,
-                        message: format!("threshold `{}` is not a number", l.trim()),
+                        message: format!("threshold `{}` is not a number in [0, 1]", l.trim()),
                     })
             })
             .collect::<Result<Vec<f32>>>()?;

@@ -53,6 +53,18 @@ impl ScoreMatrix {
     }
 }
 
+/// Why a score cannot be used, if it cannot: scores are probabilities, so NaN, infinities and values
+/// outside [0, 1] (logits, say) are refused in every format rather than ranked or thresholded.
+fn bad_score(v: f32) -> Option<&'static str> {
+    if v.is_nan() {
+        Some("a score must be a number")
+    } else if !(0.0..=1.0).contains(&v) {
+        Some("scores are probabilities in [0, 1] (apply the sigmoid to logits)")
+    } else {
+        None
+    }
+}
+
 /// Reads a prediction file (by extension: `.csv`, `.safetensors`) into the benchmark's matrix.
 pub fn read_scores(
     path: &Path,
@@ -154,9 +166,12 @@ fn read_csv(
         }
         let score = rec[2].trim();
         let score = match score.parse::<f32>() {
-            Ok(v) if v.is_finite() => v,
+            Ok(v) => match bad_score(v) {
+                None => v,
+                Some(why) => return Err(parse_err(format!("score `{score}`: {why}"))),
+            },
             _ if line == 1 => continue, // header
-            _ => return Err(parse_err(format!("score `{score}` is not a finite number"))),
+            _ => return Err(parse_err(format!("score `{score}` is not a number"))),
         };
         let Some(&row) = rows.get(rec[0].trim()) else {
             unknown_images += 1;
@@ -249,6 +264,20 @@ fn read_safetensors(
         ));
     }
     let values = t.to_f32()?;
+    if let Some((k, why)) = values
+        .iter()
+        .enumerate()
+        .find_map(|(k, &v)| bad_score(v).map(|why| (k, why)))
+    {
+        let (r, slot) = (k / vocab.len(), k % vocab.len());
+        return Err(Error::invalid(
+            path,
+            format!(
+                "`scores`[{r}, {slot}] (image `{}`, slot {slot} `{}`) is {}: {why}",
+                ids[r], vocab.tags[slot], values[k]
+            ),
+        ));
+    }
     let rows = image_rows(bench);
     let mapped = mapping.mapped();
     let mut m = ScoreMatrix::zeros(bench.images.len(), mapped.len());

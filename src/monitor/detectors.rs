@@ -30,7 +30,68 @@ impl DetectorConfig {
     /// Reads a TOML file of thresholds (unknown keys are an error naming the file).
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        toml::from_str(&text).map_err(|e| Error::invalid(path, format!("detector config: {e}")))
+        let cfg: Self = toml::from_str(&text)
+            .map_err(|e| Error::invalid(path, format!("detector config: {e}")))?;
+        cfg.check()
+            .map_err(|m| Error::invalid(path, format!("detector config: {m}")))?;
+        Ok(cfg)
+    }
+
+    /// Checks the ranges serde cannot: every window long enough for its detector to ever fire (a
+    /// shorter one would silently never report), thresholds finite and >= 0. The error names the
+    /// key, e.g. `plateau.window must be >= 4, got 1`.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let (s, o) = (&self.spike, &self.oscillation);
+        let windows = [
+            ("oscillation.max_lag", o.max_lag, 1),
+            ("spike.min_history", s.min_history, 3),
+            ("spike.window", s.window, s.min_history.max(3)),
+            (
+                "oscillation.window",
+                o.window,
+                o.max_lag.saturating_mul(2).saturating_add(4),
+            ),
+            ("plateau.window", self.plateau.window, 4),
+            ("imbalance.window", self.imbalance.window, 1),
+            ("stalled_encoder.window", self.stalled_encoder.window, 1),
+        ];
+        if let Some((key, v, min)) = windows.into_iter().find(|(_, v, min)| v < min) {
+            return Err(format!("{key} must be >= {min}, got {v}"));
+        }
+        let thresholds = [
+            ("spike.mads", self.spike.mads),
+            ("spike.min_rel_jump", self.spike.min_rel_jump),
+            (
+                "oscillation.min_anticorrelation",
+                self.oscillation.min_anticorrelation,
+            ),
+            (
+                "oscillation.min_rel_amplitude",
+                self.oscillation.min_rel_amplitude,
+            ),
+            (
+                "plateau.min_rel_improvement",
+                self.plateau.min_rel_improvement,
+            ),
+            ("plateau.small_lr_ratio", self.plateau.small_lr_ratio),
+            ("plateau.min_lr", self.plateau.min_lr),
+            ("imbalance.max_share", self.imbalance.max_share),
+            (
+                "stalled_encoder.min_grad_ratio",
+                self.stalled_encoder.min_grad_ratio,
+            ),
+            (
+                "stalled_encoder.min_update_ratio",
+                self.stalled_encoder.min_update_ratio,
+            ),
+        ];
+        match thresholds
+            .into_iter()
+            .find(|(_, v)| !(v.is_finite() && *v >= 0.0))
+        {
+            Some((key, v)) => Err(format!("{key} must be a finite number >= 0, got {v}")),
+            None => Ok(()),
+        }
     }
 }
 
@@ -941,5 +1002,38 @@ mod tests {
         assert_eq!(cfg.spike.window, 100);
         assert_eq!(cfg.plateau, PlateauConfig::default());
         assert!(toml::from_str::<DetectorConfig>("[spike]\nmad = 4.0\n").is_err());
+    }
+
+    #[test]
+    fn thresholds_out_of_range_are_refused_with_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.toml");
+        for (text, want) in [
+            (
+                "[plateau]\nwindow = 1\n",
+                "plateau.window must be >= 4, got 1",
+            ),
+            (
+                "[spike]\nwindow = 10\n",
+                "spike.window must be >= 20, got 10",
+            ),
+            (
+                "[oscillation]\nmax_lag = 5\nwindow = 12\n",
+                "oscillation.window must be >= 14, got 12",
+            ),
+            (
+                "[spike]\nmads = nan\n",
+                "spike.mads must be a finite number >= 0, got NaN",
+            ),
+            (
+                "[imbalance]\nmax_share = -1\n",
+                "imbalance.max_share must be a finite number >= 0",
+            ),
+        ] {
+            std::fs::write(&p, text).unwrap();
+            let e = DetectorConfig::load(&p).unwrap_err().to_string();
+            assert!(e.contains("d.toml") && e.contains(want), "{e}");
+        }
+        DetectorConfig::default().check().unwrap();
     }
 }

@@ -318,6 +318,108 @@ impl RandomAugmentConfig {
     }
 }
 
+/// How thoroughly `train` reads the images before the first step (`--check-images`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageCheck {
+    /// Decode every image: truncated or corrupt bodies are found before training, not at the step
+    /// that loads them.
+    Full,
+    /// Read the headers only: missing files, unknown formats, zero or oversized dimensions.
+    Header,
+    /// Read nothing ahead: a bad image stops the run when its batch is loaded.
+    None,
+}
+
+impl ImageCheck {
+    /// Sets up to this many images are decoded in full by default; larger ones get headers only.
+    pub const FULL_BY_DEFAULT_UP_TO: usize = 1_000_000;
+
+    /// The check for a set of `images` when `--check-images` is not given.
+    pub fn default_for(images: usize) -> Self {
+        if images <= Self::FULL_BY_DEFAULT_UP_TO {
+            ImageCheck::Full
+        } else {
+            ImageCheck::Header
+        }
+    }
+}
+
+/// How often a checkpoint is written: every `N >= 1` optimizer steps, or `off` (only the final
+/// checkpoint). 0 is refused rather than read as "never", so that turning checkpoints off is a choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "serde_json::Value", into = "serde_json::Value")]
+pub enum CheckpointEvery {
+    Steps(u64),
+    Off,
+}
+
+impl CheckpointEvery {
+    /// Whether a checkpoint is due after `done` steps.
+    pub fn due(self, done: u64) -> bool {
+        matches!(self, CheckpointEvery::Steps(n) if done % n == 0)
+    }
+}
+
+impl std::str::FromStr for CheckpointEvery {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim() {
+            "off" => Ok(CheckpointEvery::Off),
+            n => match n.parse::<u64>() {
+                Ok(0) => Err(
+                    "checkpoint_every (--checkpoint-every) must be >= 1, or `off` for only the final checkpoint"
+                        .into(),
+                ),
+                Ok(n) => Ok(CheckpointEvery::Steps(n)),
+                Err(_) => Err(format!(
+                    "checkpoint_every (--checkpoint-every): `{n}` is neither a number of steps nor `off`"
+                )),
+            },
+        }
+    }
+}
+
+impl TryFrom<serde_json::Value> for CheckpointEvery {
+    type Error = String;
+    fn try_from(v: serde_json::Value) -> std::result::Result<Self, String> {
+        match &v {
+            serde_json::Value::String(s) => s.parse(),
+            // YAML numbers in strings arrive as floats (see `TrainConfig::load`)
+            serde_json::Value::Number(n) => match (n.as_u64(), n.as_f64()) {
+                (Some(n), _) => n.to_string().parse(),
+                (None, Some(f)) if f >= 0.0 && f.fract() == 0.0 && f < 1e19 => {
+                    (f as u64).to_string().parse()
+                }
+                _ => Err(format!(
+                    "checkpoint_every (--checkpoint-every): {n} is neither a number of steps nor `off`"
+                )),
+            },
+            other => Err(format!(
+                "checkpoint_every (--checkpoint-every): {other} is neither a number of steps nor `off`"
+            )),
+        }
+    }
+}
+
+impl From<CheckpointEvery> for serde_json::Value {
+    fn from(c: CheckpointEvery) -> Self {
+        match c {
+            CheckpointEvery::Steps(n) => n.into(),
+            CheckpointEvery::Off => "off".into(),
+        }
+    }
+}
+
+impl std::fmt::Display for CheckpointEvery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CheckpointEvery::Steps(n) => write!(f, "{n}"),
+            CheckpointEvery::Off => f.write_str("off"),
+        }
+    }
+}
+
 /// The resolved training configuration. Defaults are RAM's `pretrain.yaml` values where it has them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -356,9 +458,9 @@ pub struct TrainConfig {
     pub lr_scale_linear: bool,
     /// Reference batch for linear LR scaling (RAM's 52).
     pub base_batch_size: usize,
-    /// Clip the global gradient norm to this value (unset or 0: no clipping, as RAM).
+    /// Clip the global gradient norm to this value, which must be > 0 (unset: no clipping, as RAM).
     pub grad_clip: Option<f64>,
-    /// AdamW betas and epsilon (PyTorch defaults).
+    /// AdamW betas (each in [0, 1)) and epsilon (> 0); PyTorch's defaults.
     pub betas: (f64, f64),
     pub adam_eps: f64,
     /// Parameter-name prefixes that are not trained. Unset: `["label_embed"]` in fine-tuning, none in
@@ -372,15 +474,18 @@ pub struct TrainConfig {
     pub device: DeviceKind,
     pub precision: Precision,
     pub seed: u64,
-    /// Image-decoding threads (0: all cores).
+    /// Image-decoding threads (0: one per core); at most one per core (see [`TrainConfig::workers`]).
     pub workers: usize,
-    /// libtorch intra-op threads (0: libtorch's default, one per core). Small models run faster with 1:
-    /// OpenMP's spinning threads lose badly on a busy machine.
+    /// libtorch intra-op threads (0: libtorch's default, one per core; at most one per core). Small
+    /// models run faster with 1: OpenMP's spinning threads lose badly on a busy machine.
     pub threads: usize,
-    /// Micro-batches prepared ahead of the step.
+    /// How the images are checked before the first step (`full`, `header`, `none`; unset: `full`
+    /// for up to 1 000 000 images, `header` above).
+    pub check_images: Option<ImageCheck>,
+    /// Micro-batches prepared ahead of the step (1..=64: each holds decoded images).
     pub prefetch: usize,
-    /// Write a checkpoint every this many optimizer steps (0: only at the end).
-    pub checkpoint_every: u64,
+    /// Write a checkpoint every this many optimizer steps, or `"off"` (only the final checkpoint).
+    pub checkpoint_every: CheckpointEvery,
     /// Checkpoints kept (older ones are deleted).
     pub keep_checkpoints: usize,
     /// Print a progress line every this many steps.
@@ -441,8 +546,9 @@ impl Default for TrainConfig {
             seed: 0,
             workers: 0,
             threads: 0,
+            check_images: None,
             prefetch: 4,
-            checkpoint_every: 1000,
+            checkpoint_every: CheckpointEvery::Steps(1000),
             keep_checkpoints: 3,
             log_every: 50,
             train_file: Vec::new(),
@@ -488,6 +594,18 @@ impl TrainConfig {
                         .unwrap_or(0),
                     message: format!("not valid TOML: {}", e.message()),
                 })?;
+                let non_finite = v
+                    .as_table()
+                    .and_then(|t| t.iter().find(|(_, x)| has_non_finite(x)));
+                if let Some((k, _)) = non_finite {
+                    return Err(Error::invalid(
+                        path,
+                        format!(
+                            "{} holds inf or nan: settings must be finite numbers",
+                            setting(k)
+                        ),
+                    ));
+                }
                 serde_json::to_value(v).map_err(|e| Error::invalid(path, e.to_string()))?
             }
             Some("yaml" | "yml") => {
@@ -560,7 +678,10 @@ impl TrainConfig {
     pub fn accumulation(&self) -> Result<(usize, usize)> {
         let micro = self.micro_batch_size.unwrap_or(self.batch_size);
         if self.batch_size == 0 || micro == 0 {
-            return Err(Error::Usage("batch sizes must be positive".into()));
+            return Err(Error::Usage(
+                "batch_size (--batch-size) and micro_batch_size (--micro-batch-size) must be >= 1"
+                    .into(),
+            ));
         }
         if self.batch_size % micro != 0 {
             return Err(Error::Usage(format!(
@@ -580,39 +701,109 @@ impl TrainConfig {
         }
     }
 
-    /// Checks value ranges that serde cannot.
+    /// Checks value ranges that serde cannot, before anything is loaded: a bad learning rate, beta or
+    /// epsilon would otherwise only show as NaN after a step. Messages name the key and its flag.
     pub fn validate(&self) -> Result<()> {
         self.accumulation()?;
-        let bad = |m: String| Err(Error::Usage(m));
-        if !(self.init_lr > 0.0) {
-            return bad(format!("init_lr must be > 0, got {}", self.init_lr));
+        let bad = |key: &str, rule: &str, value: &dyn std::fmt::Display| {
+            Err(Error::Usage(format!(
+                "{} must be {rule}, got {value}",
+                setting(key)
+            )))
+        };
+        let finite = |v: f64| v.is_finite();
+        if !(finite(self.init_lr) && self.init_lr > 0.0) {
+            return bad("init_lr", "a finite number > 0", &self.init_lr);
         }
-        if self.min_lr < 0.0 || self.warmup_lr < 0.0 {
-            return bad("min_lr and warmup_lr must be >= 0".into());
+        for (key, v) in [("min_lr", self.min_lr), ("warmup_lr", self.warmup_lr)] {
+            if !(finite(v) && v >= 0.0) {
+                return bad(key, "a finite number >= 0", &v);
+            }
+        }
+        if self.min_lr > self.init_lr {
+            return bad(
+                "min_lr",
+                &format!("<= init_lr ({})", self.init_lr),
+                &self.min_lr,
+            );
         }
         if !(self.lr_decay_rate > 0.0 && self.lr_decay_rate <= 1.0) {
-            return bad(format!(
-                "lr_decay_rate must lie in (0, 1], got {}",
-                self.lr_decay_rate
-            ));
+            return bad("lr_decay_rate", "in (0, 1]", &self.lr_decay_rate);
         }
-        if self.weight_decay < 0.0 {
-            return bad("weight_decay must be >= 0".into());
+        if !(finite(self.weight_decay) && self.weight_decay >= 0.0) {
+            return bad("weight_decay", "a finite number >= 0", &self.weight_decay);
+        }
+        if let Some(c) = self.grad_clip {
+            if !(finite(c) && c > 0.0) {
+                return bad(
+                    "grad_clip",
+                    "a finite number > 0 (leave it unset for no clipping)",
+                    &c,
+                );
+            }
+        }
+        for (i, b) in [self.betas.0, self.betas.1].into_iter().enumerate() {
+            if !(0.0..1.0).contains(&b) {
+                return bad(&format!("betas[{i}]"), "in [0, 1)", &b);
+            }
+        }
+        if !(finite(self.adam_eps) && self.adam_eps > 0.0) {
+            return bad("adam_eps", "a finite number > 0", &self.adam_eps);
+        }
+        let w = self.loss_weights;
+        for (term, v) in [("tag", w.tag), ("align", w.align), ("dis", w.dis)] {
+            if !(finite(v) && v >= 0.0) {
+                return bad(&format!("loss_weights.{term}"), "a finite number >= 0", &v);
+            }
+        }
+        if self.lr_scale_linear && self.base_batch_size == 0 {
+            return bad("base_batch_size", ">= 1 with lr_scale_linear", &0);
         }
         if self.max_steps == Some(0) || (self.max_steps.is_none() && self.max_epoch == 0) {
-            return bad("nothing to train: max_steps / max_epoch is 0".into());
+            return Err(Error::Usage(
+                "nothing to train: max_steps (--max-steps) / max_epoch is 0".into(),
+            ));
         }
         if self.loss_balance == LossBalance::Initial && self.balance_steps == 0 {
-            return bad("loss_balance = initial needs balance_steps >= 1".into());
+            return bad("balance_steps", ">= 1 with loss_balance = initial", &0);
         }
         if self.keep_checkpoints == 0 {
-            return bad("keep_checkpoints must be >= 1".into());
+            return bad("keep_checkpoints", ">= 1", &0);
         }
-        if self.val_max_images == Some(0) || self.val_batch_size == Some(0) {
-            return bad("val_max_images and val_batch_size must be >= 1".into());
+        if !(1..=MAX_PREFETCH).contains(&self.prefetch) {
+            return bad(
+                "prefetch",
+                &format!("in 1..={MAX_PREFETCH}"),
+                &self.prefetch,
+            );
+        }
+        if self.val_max_images == Some(0) {
+            return bad("val_max_images", ">= 1", &0);
+        }
+        if self.val_batch_size == Some(0) {
+            return bad("val_batch_size", ">= 1", &0);
         }
         self.random_augment.validate()?;
+        self.monitor
+            .check()
+            .map_err(|m| Error::Usage(format!("monitor.{m} (config table [monitor])")))?;
         Ok(())
+    }
+
+    /// Image-decoding threads the loader starts: `workers`, 0 meaning one per core, and never more
+    /// than one per core. Decoding is CPU-bound, so more threads only add memory and contention
+    /// (`--workers 100000` once spent minutes starting threads).
+    pub fn decode_workers(&self) -> usize {
+        cap_to_cores(self.workers)
+    }
+
+    /// libtorch intra-op threads to set: `threads` capped at one per core (0: libtorch's default).
+    pub fn torch_threads(&self) -> usize {
+        if self.threads == 0 {
+            0
+        } else {
+            cap_to_cores(self.threads)
+        }
     }
 
     /// The configuration as TOML (written to the run directory).
@@ -639,12 +830,67 @@ impl TrainConfig {
             let parsed: toml::Value = toml::from_str(&format!("v = {v}"))
                 .map(|t: toml::Table| t["v"].clone())
                 .unwrap_or_else(|_| toml::Value::String(v.to_string()));
+            if has_non_finite(&parsed) {
+                return Err(Error::Usage(format!(
+                    "--set {k}: `{}` is not a finite number ({})",
+                    v.trim(),
+                    setting(k)
+                )));
+            }
             map.insert(k.to_string(), serde_json::to_value(parsed).expect("json"));
         }
         *self = serde_json::from_value(serde_json::to_value(map).expect("json"))
             .map_err(|e| Error::Usage(format!("--set: {e}")))?;
         Ok(())
     }
+}
+
+/// Whether a TOML value holds `inf` or `nan` anywhere (JSON, which the overrides pass through, has
+/// neither: they would arrive as a confusing "null").
+fn has_non_finite(v: &toml::Value) -> bool {
+    match v {
+        toml::Value::Float(f) => !f.is_finite(),
+        toml::Value::Array(a) => a.iter().any(has_non_finite),
+        toml::Value::Table(t) => t.values().any(has_non_finite),
+        _ => false,
+    }
+}
+
+/// The most micro-batches decoded ahead (each holds a micro-batch of decoded images).
+pub const MAX_PREFETCH: usize = 64;
+
+/// `n` threads (0: one per core), at most one per core.
+fn cap_to_cores(n: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    if n == 0 {
+        cores
+    } else {
+        n.min(cores)
+    }
+}
+
+/// How messages name a configuration key: with the `tagfix train` flag that sets it, else as the
+/// `--set` override.
+fn setting(key: &str) -> String {
+    let flag = match key {
+        "init_lr" => "--lr",
+        "grad_clip" => "--grad-clip",
+        "batch_size" => "--batch-size",
+        "micro_batch_size" => "--micro-batch-size",
+        "max_steps" => "--max-steps",
+        "balance_steps" => "--balance-steps",
+        "workers" => "--workers",
+        "threads" => "--threads",
+        "checkpoint_every" => "--checkpoint-every",
+        "keep_checkpoints" => "--keep-checkpoints",
+        "val_max_images" => "--val-max-images",
+        "loss_weights.tag" | "loss_weights.align" | "loss_weights.dis" => "--loss-weights",
+        _ => {
+            let base = key.split(['.', '[']).next().unwrap_or(key);
+            return format!("{key} (config key; --set {base}=...)");
+        }
+    };
+    format!("{key} ({flag})")
 }
 
 fn known_keys() -> Vec<&'static str> {
@@ -679,6 +925,7 @@ fn known_keys() -> Vec<&'static str> {
         "seed",
         "workers",
         "threads",
+        "check_images",
         "prefetch",
         "checkpoint_every",
         "keep_checkpoints",
@@ -876,5 +1123,134 @@ mod tests {
         assert_eq!(c.model_spec(), "swin_l_384");
         assert_eq!(c.frozen_prefixes(), vec!["label_embed".to_string()]);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn numeric_settings_are_validated_with_key_and_flag() {
+        let check = |c: TrainConfig, needle: &str| {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(needle), "expected `{needle}` in: {e}");
+        };
+        let d = TrainConfig::default;
+        check(
+            TrainConfig {
+                init_lr: f64::INFINITY,
+                ..d()
+            },
+            "init_lr (--lr) must be a finite number > 0",
+        );
+        check(
+            TrainConfig {
+                betas: (0.9, f64::NAN),
+                ..d()
+            },
+            "betas[1]",
+        );
+        check(
+            TrainConfig {
+                adam_eps: 0.0,
+                ..d()
+            },
+            "adam_eps (config key; --set adam_eps=...)",
+        );
+        check(
+            TrainConfig {
+                grad_clip: Some(f64::NAN),
+                ..d()
+            },
+            "grad_clip (--grad-clip)",
+        );
+        check(TrainConfig { min_lr: 1.0, ..d() }, "min_lr");
+        check(
+            TrainConfig {
+                lr_scale_linear: true,
+                base_batch_size: 0,
+                ..d()
+            },
+            "base_batch_size",
+        );
+        check(
+            TrainConfig {
+                prefetch: 65,
+                ..d()
+            },
+            "prefetch",
+        );
+        let mut monitor = crate::monitor::DetectorConfig::default();
+        monitor.plateau.window = 1;
+        check(
+            TrainConfig { monitor, ..d() },
+            "monitor.plateau.window must be >= 4, got 1",
+        );
+        d().validate().unwrap();
+        TrainConfig {
+            grad_clip: Some(1.0),
+            betas: (0.0, 0.5),
+            ..d()
+        }
+        .validate()
+        .unwrap();
+    }
+
+    #[test]
+    fn checkpoint_every_is_steps_or_off() {
+        let mut c = TrainConfig::default();
+        assert!(c.checkpoint_every.due(2000) && !c.checkpoint_every.due(1500));
+        c.apply_overrides(&["checkpoint_every=off".into()]).unwrap();
+        assert_eq!(c.checkpoint_every, CheckpointEvery::Off);
+        assert!(!c.checkpoint_every.due(1000));
+        // written to the run's config.toml and read back on --resume
+        let back: TrainConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back.checkpoint_every, CheckpointEvery::Off);
+        c.apply_overrides(&["checkpoint_every=7".into()]).unwrap();
+        assert_eq!(c.checkpoint_every, CheckpointEvery::Steps(7));
+        let e = c
+            .apply_overrides(&["checkpoint_every=0".into()])
+            .unwrap_err();
+        assert!(e.to_string().contains("must be >= 1, or `off`"), "{e}");
+        assert!("-3".parse::<CheckpointEvery>().is_err());
+    }
+
+    #[test]
+    fn non_finite_numbers_in_a_config_file_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "batch_size = 8\ninit_lr = inf\n").unwrap();
+        let e = TrainConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("c.toml: init_lr (--lr) holds inf or nan"), "{e}");
+    }
+
+    #[test]
+    fn image_check_defaults_by_set_size() {
+        assert_eq!(ImageCheck::default_for(1_000_000), ImageCheck::Full);
+        assert_eq!(ImageCheck::default_for(1_000_001), ImageCheck::Header);
+        let mut c = TrainConfig::default();
+        c.apply_overrides(&["check_images=header".into()]).unwrap();
+        assert_eq!(c.check_images, Some(ImageCheck::Header));
+        let back: TrainConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back.check_images, Some(ImageCheck::Header));
+    }
+
+    #[test]
+    fn workers_and_threads_are_capped_at_the_cores() {
+        let cores = std::thread::available_parallelism().unwrap().get();
+        let c = TrainConfig {
+            workers: 100_000,
+            threads: 100_000,
+            ..Default::default()
+        };
+        assert_eq!((c.decode_workers(), c.torch_threads()), (cores, cores));
+        let c = TrainConfig {
+            workers: 0,
+            threads: 0,
+            ..Default::default()
+        };
+        assert_eq!((c.decode_workers(), c.torch_threads()), (cores, 0));
+        let c = TrainConfig {
+            workers: 1,
+            threads: 1,
+            ..Default::default()
+        };
+        assert_eq!((c.decode_workers(), c.torch_threads()), (1, 1));
     }
 }

@@ -9,7 +9,7 @@
 //! resumed CPU run reproduces the uninterrupted one bit for bit.
 
 use super::autocast::with_autocast;
-use super::config::{DeviceKind, Precision, TrainConfig};
+use super::config::{DeviceKind, ImageCheck, Precision, TrainConfig};
 use super::data::{self, Augment, Loader, LoaderConfig, TeacherSource, TrainData};
 use super::model::{ParamInit, RamPlus, RamPlusConfig};
 use super::objective::{micro_losses, step_losses, AbsentSlots, LossWeighting, MicroInputs};
@@ -135,10 +135,19 @@ fn device_of(kind: DeviceKind) -> Result<Device> {
 pub fn prepare(config: &TrainConfig, inputs: &TrainInputs) -> Result<Prepared> {
     config.validate()?;
     let device = device_of(config.device)?;
-    if config.threads > 0 {
-        tch::set_num_threads(config.threads as i32);
+    if config.torch_threads() > 0 {
+        tch::set_num_threads(config.torch_threads() as i32);
     }
     let mut notes = Vec::new();
+    if config.decode_workers() < config.workers || config.torch_threads() < config.threads {
+        notes.push(format!(
+            "threads capped at one per core: --workers {} → {}, --threads {} → {}",
+            config.workers,
+            config.decode_workers(),
+            config.threads,
+            config.torch_threads()
+        ));
+    }
 
     // Manifest, vocabulary and label embeddings must agree.
     let manifest = SlotManifest::read(&inputs.manifest)?;
@@ -232,12 +241,20 @@ pub fn prepare(config: &TrainConfig, inputs: &TrainInputs) -> Result<Prepared> {
     }
     let absent_slots = manifest.absent_slots();
     data.check_absent(&absent_slots, &inputs.manifest)?;
-    data.check_images()?;
+    let image_check = config
+        .check_images
+        .unwrap_or_else(|| ImageCheck::default_for(data.len()));
+    data.check_images(image_check)?;
     notes.push(format!(
-        "data: {} records from {} file(s), images under {}, teacher {}; {} absent slot(s), policy {}",
+        "data: {} records from {} file(s), images under {} (checked: {}), teacher {}; {} absent slot(s), policy {}",
         data.len(),
         inputs.data.len(),
         inputs.images.display(),
+        match image_check {
+            ImageCheck::Full => "every image decoded",
+            ImageCheck::Header => "headers only",
+            ImageCheck::None => "not checked ahead",
+        },
         match (&inputs.teacher, &config.online_teacher) {
             (Some(p), _) => p.display().to_string(),
             (None, Some(_)) => "online (CLIP towers through ONNX Runtime on each augmented batch)".into(),
@@ -287,7 +304,7 @@ pub fn prepare(config: &TrainConfig, inputs: &TrainInputs) -> Result<Prepared> {
             ..Augment::ram(model_config.swin.img_size as u32)
         },
         seed: config.seed,
-        workers: config.workers,
+        workers: config.decode_workers(),
         prefetch: config.prefetch,
     };
     notes.push(match &loader.augment.random {
@@ -818,7 +835,7 @@ pub fn train(prepared: Prepared, out: &Path, resume: bool) -> Result<RunSummary>
         if (config.val_every > 0 && done % config.val_every == 0) || done == total_steps {
             validate_at(done, Some(&bar))?;
         }
-        if config.checkpoint_every > 0 && done % config.checkpoint_every == 0 {
+        if config.checkpoint_every.due(done) {
             last_saved = Some(save_checkpoint(
                 &run,
                 &vs,

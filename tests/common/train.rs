@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
-use tagfix::train::config::TrainConfig;
+use tagfix::train::config::{CheckpointEvery, TrainConfig};
 use tagfix::train::data::synth::{generate, SynthDataset, SynthOptions};
 use tagfix::train::run::TrainInputs;
 
@@ -60,7 +60,7 @@ pub fn small_config(steps: u64) -> TrainConfig {
         workers: 1,
         threads: 1,
         prefetch: 4,
-        checkpoint_every: 0,
+        checkpoint_every: CheckpointEvery::Off,
         keep_checkpoints: 2,
         seed: 3,
         ..Default::default()

@@ -18,6 +18,7 @@ pub use augment::{Augment, Draw};
 use crate::annotations::records::ReadOptions;
 use crate::teacher::online::OnlineTeacher;
 use crate::teacher::{CaptionChoice, OnlineTeacherConfig};
+use crate::train::config::ImageCheck;
 use rand::Rng;
 
 use crate::error::{Error, Result};
@@ -144,16 +145,36 @@ impl TrainData {
         r.image_file(&self.image_root)
     }
 
-    /// Opens every image's header (in parallel): missing and unreadable images are reported before
-    /// training starts, with the first few named and the total counted.
-    pub fn check_images(&self) -> Result<()> {
+    /// Reads every image ahead of training (in parallel, with a progress bar): decoded in full
+    /// (`Full`: truncated and corrupt bodies are found too) or only its header (`Header`: missing,
+    /// unknown-format, empty or oversized images). Failures are reported before training starts,
+    /// the first few named with their record and the total counted.
+    pub fn check_images(&self, mode: ImageCheck) -> Result<()> {
+        let read: fn(&Path) -> Result<()> = match mode {
+            ImageCheck::None => return Ok(()),
+            ImageCheck::Header => |p| augment::probe(p).map(drop),
+            ImageCheck::Full => |p| augment::decode(p).map(drop),
+        };
+        let bar = indicatif::ProgressBar::new(self.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} checking images [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
+            )
+            .expect("template")
+            .progress_chars("=> "),
+        );
         let failures: Vec<(usize, Error)> = self
             .records
             .records
             .par_iter()
             .enumerate()
-            .filter_map(|(i, r)| augment::probe(&self.image_path(r)).err().map(|e| (i, e)))
+            .filter_map(|(i, r)| {
+                let result = read(&self.image_path(r));
+                bar.inc(1);
+                result.err().map(|e| (i, e))
+            })
             .collect();
+        bar.finish_and_clear();
         if failures.is_empty() {
             return Ok(());
         }
@@ -506,7 +527,7 @@ mod tests {
             )
             .unwrap(),
         );
-        data.check_images().unwrap();
+        data.check_images(ImageCheck::Full).unwrap();
         let cfg = LoaderConfig {
             micro_batch: 4,
             batch: 8,
