@@ -9,11 +9,15 @@ cd "$(dirname "$0")/.."
 threads="${1:-$(nproc)}"
 repeats="${2:-3}"
 scripts/setup.sh
-if [ ! -f .venv-bench/.ready-1 ]; then
-  echo "bench: installing onnxruntime 1.31.1, tokenizers 0.23.3, numpy into .venv-bench" >&2
-  python3 -m venv .venv-bench
-  .venv-bench/bin/pip install --quiet --disable-pip-version-check onnxruntime==1.31.1 tokenizers==0.23.3 numpy==2.4.6
-  touch .venv-bench/.ready-1
+# The stamp names the packages (scripts/bench-step.sh installs other ones into the same venv).
+pkgs=(onnxruntime==1.31.1 tokenizers==0.23.3 numpy==2.4.6)
+stamp=".venv-bench/.tagfix-embed-$(echo "${pkgs[*]}" | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  echo "bench: installing ${pkgs[*]} into .venv-bench" >&2
+  [ -x .venv-bench/bin/python ] || python3 -m venv .venv-bench
+  .venv-bench/bin/pip install --quiet --disable-pip-version-check "${pkgs[@]}"
+  rm -f .venv-bench/.tagfix-embed-* .venv-bench/.ready-1
+  touch "$stamp"
 fi
 cargo build --release --features embed --quiet
 bin=target/release/tagfix

@@ -29,9 +29,14 @@ if [ ! -f "$REF/functional_reference.py" ]; then
   echo "bench-step: $REF/functional_reference.py not found (set TAGFIX_SHARED or TAGFIX_REFERENCE)" >&2
   exit 2
 fi
-if [ -z "${TORCH_PYTHON:-}" ] && [ ! -x "$PY" ]; then
-  python3 -m venv .venv-bench
-  .venv-bench/bin/pip install -q torch==2.11.0 safetensors==0.8.0 numpy==2.4.6
+# The stamp names the packages: .venv-bench may exist already without torch (scripts/bench-embed.sh).
+pkgs=(torch==2.11.0 safetensors==0.8.0 numpy==2.4.6)
+stamp=".venv-bench/.tagfix-step-$(echo "${pkgs[*]}" | sha256sum | cut -c1-16)"
+if [ -z "${TORCH_PYTHON:-}" ] && [ ! -f "$stamp" ]; then
+  [ -x "$PY" ] || python3 -m venv .venv-bench
+  .venv-bench/bin/pip install -q "${pkgs[@]}"
+  rm -f .venv-bench/.tagfix-step-*
+  touch "$stamp"
 fi
 if [ -z "${STEP_TIME_BIN:-}" ]; then
   scripts/setup.sh >/dev/null

@@ -15,6 +15,7 @@ stamp=".venv/.tagfix-gpu-$(sha256sum "$req" | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "setup-gpu: installing torch 2.11.0's CUDA libraries from PyPI into .venv (about 2.6 GB, once)" >&2
   .venv/bin/pip install --quiet --disable-pip-version-check -r "$req"
+  rm -f .venv/.tagfix-gpu-*
   touch "$stamp"
 fi
 TAGFIX_LINK_CUDA=1 cargo build --release --all-features

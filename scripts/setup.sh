@@ -16,6 +16,8 @@ if [ ! -f "$stamp" ]; then
   echo "setup: installing pinned wheels from PyPI into .venv (about 600 MB, once)" >&2
   [ -x .venv/bin/python ] || "$py" -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r "$req"
+  # One stamp at a time: an older one left behind would claim its wheels after a switch back.
+  rm -f .venv/.tagfix-setup-*
   touch "$stamp"
 fi
 site="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
@@ -40,25 +42,50 @@ if [ -z "${TAGFIX_FONT:-}" ] && [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSa
 fi
 
 
-# Test fixture: a random-weight CLIP text tower with the real vocabulary (models/clip-tiny), generated
-# deterministically with the `onnx` package (no torch) in its own venv.
+# Test fixtures, generated deterministically with the `onnx` package (no torch) in their own venv.
+# Each fixture folder holds a stamp (.tagfix-inputs) naming everything it was made from: the
+# generator scripts, the pinned packages and, for models/clip-tiny, the reference token file's sha256
+# (or its absence). A fixture is regenerated whenever that differs, e.g. once ../shared appears after
+# a first setup without it.
 freq="scripts/requirements-fixtures.txt"
-fstamp=".venv-fixtures/.tagfix-setup-$(cat "$freq" scripts/gen_clip_tiny.py scripts/clip_tiny_common.py | sha256sum | cut -c1-16)"
-if [ ! -f "$fstamp" ] || [ ! -f models/clip-tiny/model.onnx ]; then
-  echo "setup: generating the CLIP test fixture models/clip-tiny (onnx + numpy into .venv-fixtures)" >&2
+fixture_venv() {
+  local stamp=".venv-fixtures/.tagfix-setup-$(sha256sum "$freq" | cut -c1-16)"
+  [ -f "$stamp" ] && return
   [ -x .venv-fixtures/bin/python ] || "$py" -m venv .venv-fixtures
   .venv-fixtures/bin/pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r "$freq"
-  tokens="${TAGFIX_SHARED:-../shared}/reference/clip_tokens/ram_single_template.jsonl"
+  rm -f .venv-fixtures/.tagfix-setup-* .venv-fixtures/.tagfix-vision-*
+  touch "$stamp"
+}
+# fixture DIR WHAT INPUTS -- COMMAND...: runs COMMAND unless DIR/.tagfix-inputs already says INPUTS.
+fixture() {
+  local dir="$1" what="$2" inputs="$3"
+  shift 4
+  if [ -f "$dir/model.onnx" ] && [ "$(cat "$dir/.tagfix-inputs" 2>/dev/null)" = "$inputs" ]; then
+    return
+  fi
+  echo "setup: generating $what $dir (onnx + numpy in .venv-fixtures)" >&2
+  fixture_venv
+  rm -f "$dir/.tagfix-inputs"
+  "$@"
+  printf '%s\n' "$inputs" >"$dir/.tagfix-inputs"
+}
+hashes() { sha256sum "$@" | cut -c1-16 | paste -sd' '; }
+
+# models/clip-tiny: a random-weight CLIP text tower with the real vocabulary; its expected.json holds
+# reference texts when the shared token file is there.
+tokens="${TAGFIX_SHARED:-../shared}/reference/clip_tokens/ram_single_template.jsonl"
+if [ -f "$tokens" ]; then
+  token_state="reference tokens sha256 $(sha256sum "$tokens" | cut -c1-16)"
+else
+  token_state="no reference tokens"
+  echo "setup: $tokens not found: models/clip-tiny gets no reference texts (tests/embed_clip.rs needs" \
+    "them; set TAGFIX_SHARED and rerun, it is regenerated then)" >&2
+fi
+fixture models/clip-tiny "the CLIP test fixture" \
+  "generator $(hashes "$freq" scripts/gen_clip_tiny.py scripts/clip_tiny_common.py) | $token_state" -- \
   .venv-fixtures/bin/python scripts/gen_clip_tiny.py --out models/clip-tiny --reference-tokens "$tokens"
-  rm -f .venv-fixtures/.tagfix-setup-*
-  touch "$fstamp"
-fi
-# Test fixture: a random-weight tiny CLIP ViT image tower (models/clip-tiny-vision), same venv, own stamp.
-vstamp=".venv-fixtures/.tagfix-vision-$(cat "$freq" scripts/gen_clip_tiny_vision.py scripts/clip_tiny_common.py | sha256sum | cut -c1-16)"
-if [ ! -f "$vstamp" ] || [ ! -f models/clip-tiny-vision/model.onnx ]; then
-  echo "setup: generating the CLIP image-tower test fixture models/clip-tiny-vision" >&2
+# models/clip-tiny-vision: a random-weight tiny CLIP ViT image tower (no shared input).
+fixture models/clip-tiny-vision "the CLIP image-tower test fixture" \
+  "generator $(hashes "$freq" scripts/gen_clip_tiny_vision.py scripts/clip_tiny_common.py)" -- \
   .venv-fixtures/bin/python scripts/gen_clip_tiny_vision.py --out models/clip-tiny-vision
-  rm -f .venv-fixtures/.tagfix-vision-*
-  touch "$vstamp"
-fi
 echo "setup: ready (libtorch: .libtorch, onnxruntime: .deps/libonnxruntime.so, models: models/)" >&2

@@ -1,8 +1,10 @@
 //! Training curves of a run directory (`tagfix plot RUN_DIR`): per loss term a figure with the raw
-//! and the weighted value, each smoothed (EMA) over a faint raw trace, with the learning rate on a
-//! second axis and the detected health events shaded; plus an overview of the weighted terms and
+//! and the weighted value (one panel when the weight is 1 throughout), each smoothed (EMA, span in
+//! the legend, by default a tenth of the run) over a faint per-step trace, with the learning rate on
+//! a second axis and the detected health events shaded; plus an overview of the weighted terms and
 //! the total, the gradient norms per module group, and (when the run validated) the validation mAP
-//! and precision / recall / F1. PNG and SVG, written atomically.
+//! and precision / recall / F1. Legends go to the corner with the fewest curve points under them.
+//! PNG and SVG, written atomically.
 
 pub mod histogram;
 
@@ -18,8 +20,9 @@ use std::sync::OnceLock;
 /// Figure options.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlotOptions {
-    /// EMA span in steps (smoothing factor 2 / (span + 1)); 1 draws the raw values only.
-    pub smooth: usize,
+    /// EMA span in steps (smoothing factor 2 / (span + 1)); 1 draws the raw values only; `None`:
+    /// [`auto_smooth`] of the run's length.
+    pub smooth: Option<usize>,
     /// PNG size in pixels (the SVG has the same size in user units).
     pub size: (u32, u32),
     /// Title prefix (usually the run directory's name).
@@ -29,7 +32,7 @@ pub struct PlotOptions {
 impl Default for PlotOptions {
     fn default() -> Self {
         PlotOptions {
-            smooth: 50,
+            smooth: None,
             size: (1400, 900),
             title: String::new(),
         }
@@ -78,6 +81,12 @@ pub fn ensure_font() -> Result<()> {
     })
     .clone()
     .map_err(Error::Other)
+}
+
+/// The default EMA span for a run of `steps` steps: a tenth of the run, at most 50, so a short run's
+/// smoothed curve follows its values instead of lagging at the first steps' level.
+pub fn auto_smooth(steps: usize) -> usize {
+    (steps / 10).clamp(1, 50)
 }
 
 /// Exponential moving average with span `n` (α = 2/(n+1)), started at the first value; non-finite
@@ -195,6 +204,10 @@ pub fn plot_run(
     }
     ensure_font()?;
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    let opts = &PlotOptions {
+        smooth: Some(opts.smooth.unwrap_or_else(|| auto_smooth(records.len()))),
+        ..opts.clone()
+    };
     let lr: Vec<(f64, f64)> = records.iter().map(|r| (r.step as f64, r.lr)).collect();
     let mut figures = Vec::new();
 
@@ -210,34 +223,39 @@ pub fn plot_run(
         };
         let on_term =
             |e: &&HealthEvent| e.subject == term.name() || e.subject == format!("{term}.weighted");
-        let panels = vec![
-            Panel {
-                caption: format!("{term} loss (raw)"),
-                y_label: "loss".into(),
-                log_y: false,
-                series: vec![Series::new(
+        let unit = term_unit(term);
+        let weight = constant_weight(records, term);
+        // With weight 1 throughout, the weighted panel would repeat the raw one.
+        let panels = if weight == Some(1.0) {
+            vec![loss_panel(
+                term,
+                format!("{term} loss: {unit} (weight 1: weighted = raw)"),
+                "loss",
+                format!("{term} loss"),
+                pick(false),
+                events.iter().filter(on_term).collect(),
+            )]
+        } else {
+            let times = weight.map_or(String::new(), |w| format!(" × {}", tick_label(w)));
+            vec![
+                loss_panel(
+                    term,
+                    format!("{term} loss, raw: {unit}"),
+                    "loss",
                     format!("{term} raw"),
-                    term_color(term),
                     pick(false),
-                    true,
-                )],
-                events: events.iter().filter(|e| e.subject == term.name()).collect(),
-                legend: SeriesLabelPosition::UpperRight,
-            },
-            Panel {
-                caption: format!("{term} loss (weighted)"),
-                y_label: "weighted loss".into(),
-                log_y: false,
-                series: vec![Series::new(
+                    events.iter().filter(|e| e.subject == term.name()).collect(),
+                ),
+                loss_panel(
+                    term,
+                    format!("{term} loss, weighted: raw{times}"),
+                    "weight × loss",
                     format!("{term} weighted"),
-                    term_color(term),
                     pick(true),
-                    true,
-                )],
-                events: events.iter().filter(on_term).collect(),
-                legend: SeriesLabelPosition::UpperRight,
-            },
-        ];
+                    events.iter().filter(on_term).collect(),
+                ),
+            ]
+        };
         let title = format!("{}{term} loss", title_prefix(opts));
         figures.push(render(out_dir, term.name(), &title, &panels, &lr, opts)?);
     }
@@ -254,15 +272,19 @@ pub fn plot_run(
             Series::new(format!("{t} weighted"), term_color(t), pts, true)
         })
         .collect();
-    series.push(Series::new(
-        "total",
-        RGBColor(0, 0, 0),
-        records.iter().map(|r| (r.step as f64, r.total)).collect(),
-        true,
-    ));
+    let total: Vec<(f64, f64)> = records.iter().map(|r| (r.step as f64, r.total)).collect();
+    // One term that is the total: draw it once (two identical lines hide each other).
+    let total_label = match &series[..] {
+        [only] if same_values(&only.points, &total) => format!("total (= {})", only.label),
+        _ => "total".into(),
+    };
+    if total_label != "total" {
+        series.clear();
+    }
+    series.push(Series::new(total_label, RGBColor(0, 0, 0), total, true));
     let overview = Panel {
         caption: "weighted terms and total (log scale)".into(),
-        y_label: "loss".into(),
+        y_label: "weighted loss (total: their sum)".into(),
         log_y: true,
         series,
         events: events.iter().collect(),
@@ -377,6 +399,75 @@ fn title_prefix(opts: &PlotOptions) -> String {
     }
 }
 
+/// A panel of one loss curve, on a log scale when it spans more than 20×.
+fn loss_panel<'a>(
+    term: LossTerm,
+    caption: String,
+    y_label: &str,
+    label: String,
+    points: Vec<(f64, f64)>,
+    events: Vec<&'a HealthEvent>,
+) -> Panel<'a> {
+    let log_y = spans_decades(&points);
+    Panel {
+        caption: if log_y {
+            format!("{caption}, log scale")
+        } else {
+            caption
+        },
+        y_label: y_label.into(),
+        log_y,
+        series: vec![Series::new(label, term_color(term), points, true)],
+        events,
+        legend: SeriesLabelPosition::UpperRight,
+    }
+}
+
+/// What a loss term's value is (its reduction over the batch), for the y axis.
+fn term_unit(term: LossTerm) -> &'static str {
+    match term {
+        LossTerm::Tag => "ASL summed over images × tags",
+        LossTerm::Align => "ASL summed over image × caption pairs",
+        LossTerm::Dis => "L1, mean over the batch",
+    }
+}
+
+/// The weight of `term` when it is the same on every step that shows it (weighted / raw, rounded to
+/// 6 significant digits); `None` when it changes or no step shows it.
+fn constant_weight(records: &[StepRecord], term: LossTerm) -> Option<f64> {
+    let mut weights = records
+        .iter()
+        .filter_map(|r| r.loss.get(term))
+        .filter(|v| v.raw.is_finite() && v.weighted.is_finite() && v.raw != 0.0)
+        .map(|v| {
+            let w = v.weighted / v.raw;
+            format!("{w:.5e}").parse::<f64>().unwrap_or(w)
+        });
+    let first = weights.next()?;
+    weights.all(|w| w == first).then_some(first)
+}
+
+/// True when two series hold the same points (up to rounding).
+fn same_values(a: &[(f64, f64)], b: &[(f64, f64)]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(p, q)| {
+            p.0 == q.0 && (p.1 == q.1 || (p.1 - q.1).abs() <= 1e-9 * p.1.abs().max(q.1.abs()))
+        })
+}
+
+/// True when the positive values span more than 20× (a linear axis would flatten all but the first
+/// steps of a falling loss).
+fn spans_decades(points: &[(f64, f64)]) -> bool {
+    let (lo, hi) = points
+        .iter()
+        .map(|p| p.1)
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+            (a.min(v), b.max(v))
+        });
+    lo > 0.0 && hi / lo > 20.0
+}
+
 /// Renders one figure as `<name>.png` and `<name>.svg`, each written to a temporary file first.
 fn render(
     out_dir: &Path,
@@ -458,6 +549,20 @@ fn y_range(series: &[Series], log_y: bool) -> (f64, f64) {
     }
 }
 
+/// The top of the learning-rate axis: 10 % above the largest rate.
+fn lr_top(lr: &[(f64, f64)]) -> f64 {
+    let max = lr
+        .iter()
+        .map(|p| p.1)
+        .filter(|v| v.is_finite())
+        .fold(0.0, f64::max);
+    if max > 0.0 {
+        max * 1.1
+    } else {
+        1.0
+    }
+}
+
 fn draw_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     panel: &Panel,
@@ -474,12 +579,9 @@ fn draw_panel<DB: DrawingBackend>(
         .fold(lr.last().map_or(1.0, |p| p.0), f64::max)
         .max(x0 + 1.0);
     let (y0, y1) = y_range(&panel.series, panel.log_y);
-    let lr_max = lr
-        .iter()
-        .map(|p| p.1)
-        .filter(|v| v.is_finite())
-        .fold(0.0, f64::max);
-    let lr_top = if lr_max > 0.0 { lr_max * 1.1 } else { 1.0 };
+    let lr_top = lr_top(lr);
+    let (legend, (y0, y1, lr_top)) =
+        place_legend(area, panel, lr, opts, (x0, x1), (y0, y1, lr_top));
 
     let mut builder = ChartBuilder::on(area);
     builder
@@ -493,13 +595,100 @@ fn draw_panel<DB: DrawingBackend>(
         let mut chart = builder
             .build_cartesian_2d(x0..x1, (y0..y1).log_scale())?
             .set_secondary_coord(x0..x1, 0.0..lr_top);
-        fill_chart(&mut chart, panel, lr, opts, y0, y1)
+        fill_chart(&mut chart, panel, lr, opts, legend, y0, y1)
     } else {
         let mut chart = builder
             .build_cartesian_2d(x0..x1, y0..y1)?
             .set_secondary_coord(x0..x1, 0.0..lr_top);
-        fill_chart(&mut chart, panel, lr, opts, y0, y1)
+        fill_chart(&mut chart, panel, lr, opts, legend, y0, y1)
     }
+}
+
+/// Legend font size; a row takes about `LEGEND_ROW` pixels.
+const LEGEND_FONT: u32 = 15;
+const LEGEND_ROW: f64 = 19.0;
+
+/// Where the legend goes, and the axis ranges that leave it room: the corner covering the fewest
+/// drawn points; when every corner covers some, the top of both y axes is raised so the data stay
+/// below the legend (nothing drawn is hidden behind it).
+fn place_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    panel: &Panel,
+    lr: &[(f64, f64)],
+    opts: &PlotOptions,
+    (x0, x1): (f64, f64),
+    (y0, y1, lr_top): (f64, f64, f64),
+) -> (SeriesLabelPosition, (f64, f64, f64)) {
+    let (labels, entries) = legend_entries(panel, opts);
+    let longest = labels.iter().map(|l| l.chars().count()).max().unwrap_or(0);
+    // The plotting area inside the axis label areas, caption and margins (see draw_panel).
+    let (w, h) = area.dim_in_pixel();
+    let (w, h) = (
+        f64::from(w).max(200.0) - 184.0,
+        f64::from(h).max(200.0) - 105.0,
+    );
+    let size = (
+        (longest as f64 * 0.55 * f64::from(LEGEND_FONT) + 50.0) / w,
+        (entries as f64 * LEGEND_ROW + 12.0) / h,
+    );
+    let y_unit = |v: f64| {
+        if panel.log_y {
+            (v.ln() - y0.ln()) / (y1.ln() - y0.ln())
+        } else {
+            (v - y0) / (y1 - y0)
+        }
+    };
+    let x_unit = |x: f64| (x - x0) / (x1 - x0);
+    let mut lines: Vec<Vec<(f64, f64)>> = panel
+        .series
+        .iter()
+        .map(|s| {
+            s.points
+                .iter()
+                .filter(|p| p.1.is_finite() && (p.1 > 0.0 || !panel.log_y))
+                .map(|p| (x_unit(p.0), y_unit(p.1)))
+                .collect()
+        })
+        .collect();
+    lines.push(lr.iter().map(|p| (x_unit(p.0), p.1 / lr_top)).collect());
+    let (corner, covered) = emptiest_corner(&lines, size, &panel.legend);
+    if covered == 0 {
+        return (corner, (y0, y1, lr_top));
+    }
+    let room = (size.1 + 0.03).min(0.5);
+    let top = if panel.log_y {
+        y0 * (y1 / y0).powf(1.0 / (1.0 - room))
+    } else {
+        y0 + (y1 - y0) / (1.0 - room)
+    };
+    let corner = match panel.legend {
+        SeriesLabelPosition::UpperLeft => SeriesLabelPosition::UpperLeft,
+        _ => SeriesLabelPosition::UpperRight,
+    };
+    (corner, (y0, top, lr_top / (1.0 - room)))
+}
+
+/// The legend's labels (as drawn by fill_chart) and its number of rows.
+fn legend_entries(panel: &Panel, opts: &PlotOptions) -> (Vec<String>, usize) {
+    let mut labels: Vec<String> = panel.series.iter().map(|s| s.label.clone()).collect();
+    if let Some(l) = smoothing_label(panel, opts) {
+        labels.push(l);
+    }
+    labels.push(LR_LABEL.into());
+    let mut kinds: Vec<EventKind> = panel.events.iter().map(|e| e.kind).collect();
+    kinds.sort_by_key(|k| k.name());
+    kinds.dedup();
+    let rows = labels.len() + kinds.len();
+    (labels, rows)
+}
+
+const LR_LABEL: &str = "learning rate (right axis)";
+
+/// The legend entry that says how the curves are smoothed, when any is.
+fn smoothing_label(panel: &Panel, opts: &PlotOptions) -> Option<String> {
+    let span = opts.smooth.unwrap_or(1);
+    (span > 1 && panel.series.iter().any(|s| s.smooth))
+        .then(|| format!("thick: EMA over {span} steps; faint: each step"))
 }
 
 fn fill_chart<'a, DB, Y>(
@@ -512,6 +701,7 @@ fn fill_chart<'a, DB, Y>(
     panel: &Panel,
     lr: &[(f64, f64)],
     opts: &PlotOptions,
+    legend: SeriesLabelPosition,
     y0: f64,
     y1: f64,
 ) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>>
@@ -563,6 +753,7 @@ where
         }
     }
 
+    let span = opts.smooth.unwrap_or(1);
     for s in &panel.series {
         let finite: Vec<(f64, f64)> = s
             .points
@@ -571,26 +762,24 @@ where
             .filter(|p| p.1.is_finite() && (p.1 > 0.0 || !panel.log_y))
             .collect();
         let color = s.color;
-        if s.smooth && opts.smooth > 1 {
+        if s.smooth && span > 1 {
             chart.draw_series(LineSeries::new(
                 finite.iter().copied(),
-                color.mix(0.22).stroke_width(1),
+                color.mix(0.3).stroke_width(1),
             ))?;
             // On a log axis, smooth the logarithm (a geometric average) so the curve follows the trace.
             let ys: Vec<f64> = finite
                 .iter()
                 .map(|p| if panel.log_y { p.1.ln() } else { p.1 })
                 .collect();
-            let smoothed: Vec<f64> = ema(&ys, opts.smooth)
+            let smoothed: Vec<(f64, f64)> = ema(&ys, span)
                 .into_iter()
-                .map(|v| if panel.log_y { v.exp() } else { v })
+                .zip(&finite)
+                .map(|(v, p)| (p.0, if panel.log_y { v.exp() } else { v }))
                 .collect();
             chart
-                .draw_series(LineSeries::new(
-                    finite.iter().zip(smoothed).map(|(p, v)| (p.0, v)),
-                    color.stroke_width(2),
-                ))?
-                .label(format!("{} (EMA {})", s.label, opts.smooth))
+                .draw_series(LineSeries::new(smoothed, color.stroke_width(2)))?
+                .label(s.label.clone())
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
                 });
@@ -611,21 +800,87 @@ where
                 });
         }
     }
+    if let Some(label) = smoothing_label(panel, opts) {
+        // One entry for all smoothed series: the span, and what the faint traces are.
+        chart
+            .draw_series(std::iter::empty::<PathElement<(f64, f64)>>())?
+            .label(label)
+            .legend(|(x, y)| {
+                EmptyElement::at((x, y))
+                    + PathElement::new(vec![(0, -3), (18, -3)], BLACK.stroke_width(2))
+                    + PathElement::new(vec![(0, 3), (18, 3)], BLACK.mix(0.3))
+            });
+    }
 
     let lr_style = ShapeStyle::from(&LR_COLOR).stroke_width(2);
     chart
         .draw_secondary_series(DashedLineSeries::new(lr.iter().copied(), 8, 5, lr_style))?
-        .label("learning rate (right axis)")
+        .label(LR_LABEL)
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], lr_style));
 
     chart
         .configure_series_labels()
-        .position(panel.legend.clone())
-        .background_style(WHITE.mix(0.75))
+        .position(legend)
+        .background_style(WHITE.mix(0.85))
         .border_style(RGBColor(180, 180, 180))
-        .label_font(("sans-serif", 16))
+        .label_font(("sans-serif", LEGEND_FONT))
         .draw()?;
     Ok(())
+}
+
+/// The corner of the plotting area whose legend box (`size`, as fractions of the area) covers the
+/// fewest points of the drawn `lines` (unit square, y up; each segment sampled so a steep line
+/// through a box counts), and that count; `preferred` wins ties.
+fn emptiest_corner(
+    lines: &[Vec<(f64, f64)>],
+    size: (f64, f64),
+    preferred: &SeriesLabelPosition,
+) -> (SeriesLabelPosition, usize) {
+    use SeriesLabelPosition::*;
+    let mut samples = Vec::new();
+    for line in lines {
+        for w in line.windows(2) {
+            let ((ax, ay), (bx, by)) = (w[0], w[1]);
+            samples.extend((0..8).map(|i| {
+                let t = f64::from(i) / 8.0;
+                (ax + t * (bx - ax), ay + t * (by - ay))
+            }));
+        }
+        samples.extend(line.last().copied());
+    }
+    let covered = |pos: &SeriesLabelPosition| {
+        let (left, top) = match pos {
+            UpperLeft => (true, true),
+            UpperRight => (false, true),
+            LowerLeft => (true, false),
+            _ => (false, false),
+        };
+        samples
+            .iter()
+            .filter(|(x, y)| {
+                let in_x = if left {
+                    *x <= size.0
+                } else {
+                    *x >= 1.0 - size.0
+                };
+                let in_y = if top {
+                    *y >= 1.0 - size.1
+                } else {
+                    *y <= size.1
+                };
+                in_x && in_y
+            })
+            .count()
+    };
+    let mut best = preferred.clone();
+    let mut least = covered(preferred);
+    for pos in [UpperRight, UpperLeft, LowerRight, LowerLeft] {
+        let n = covered(&pos);
+        if n < least {
+            (best, least) = (pos, n);
+        }
+    }
+    (best, least)
 }
 
 /// A short axis label: plain decimals between 1e-3 and 1e5, else scientific with up to three
@@ -654,6 +909,48 @@ mod tests {
         // span 3: alpha = 0.5 -> 2, 2 + 0.5·(4-2) = 3, (NaN skipped) 3, 3 + 0.5·(7-3) = 5
         assert_eq!(ema(&[2.0, 4.0, f64::NAN, 7.0], 3), vec![2.0, 3.0, 3.0, 5.0]);
         assert_eq!(ema(&[1.0, 9.0], 1), vec![1.0, 9.0]);
+    }
+
+    #[test]
+    fn the_default_span_is_a_tenth_of_the_run_at_most_50() {
+        assert_eq!(auto_smooth(5), 1);
+        assert_eq!(auto_smooth(40), 4);
+        assert_eq!(auto_smooth(800), 50);
+    }
+
+    #[test]
+    fn a_weight_is_constant_only_when_every_step_agrees() {
+        let rec = |raw: f64, weight: f64| {
+            let run = crate::monitor::synthetic::SyntheticRun {
+                steps: 1,
+                ..Default::default()
+            };
+            let mut r = run.records().remove(0);
+            r.loss = Default::default();
+            r.loss
+                .set(LossTerm::Align, crate::monitor::TermValue::new(raw, weight));
+            r
+        };
+        let steady = [rec(0.3, 10.0), rec(0.7, 10.0), rec(0.0, 99.0)];
+        assert_eq!(constant_weight(&steady, LossTerm::Align), Some(10.0));
+        assert_eq!(constant_weight(&steady, LossTerm::Tag), None);
+        let balanced = [rec(0.3, 10.0), rec(0.7, 12.5)];
+        assert_eq!(constant_weight(&balanced, LossTerm::Align), None);
+    }
+
+    #[test]
+    fn the_legend_goes_to_the_emptiest_corner() {
+        use SeriesLabelPosition::*;
+        // A falling line crosses the upper left and lower right corners.
+        let falling = vec![vec![(0.0, 1.0), (1.0, 0.0)]];
+        let (corner, covered) = emptiest_corner(&falling, (0.3, 0.3), &UpperLeft);
+        assert!(matches!(corner, UpperRight | LowerLeft), "{corner:?}");
+        assert_eq!(covered, 0);
+        // Everything covered: the least covered corner and its count.
+        let flat_top = vec![vec![(0.0, 0.9), (1.0, 0.9)], vec![(0.0, 0.1), (0.5, 0.1)]];
+        let (corner, covered) = emptiest_corner(&flat_top, (0.3, 0.3), &UpperRight);
+        assert!(matches!(corner, LowerRight), "{corner:?}");
+        assert_eq!(covered, 0);
     }
 
     #[test]

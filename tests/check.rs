@@ -4,7 +4,10 @@
 //! No ONNX Runtime here: files "regenerated with a different model or template" are simulated from
 //! the real rows (explained at each test), so the check's behaviour is tested on real geometry.
 
+mod plot_common;
+
 use assert_cmd::Command;
+use plot_common::{assert_drawn_png, assert_texts};
 use std::path::{Path, PathBuf};
 use tagfix::consistency::knn::{exact, Exclude, Index, Rows, SearchConfig};
 use tagfix::consistency::synthetic::{add_noise, random_rotation, rotate};
@@ -364,8 +367,43 @@ fn consistency_mode_passes_a_faithful_patch_and_writes_plots() {
             std::fs::copy(e.path(), Path::new(&keep).join(e.file_name())).unwrap();
         }
     }
-    let png = std::fs::read(plots.join("cosine.png")).unwrap();
-    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    // The plots the main job (`tagfix repair`) writes, looked at: drawn, and each legend names the
+    // distributions shown and the rule's threshold.
+    let control = "control (re-embedded present slots) (n = 300)";
+    let regenerated = "regenerated rows vs the base file's old rows (n = 144)";
+    for name in ["cosine", "knn_overlap", "neighbourhood_score"] {
+        assert_drawn_png(&plots.join(format!("{name}.png")), (960, 560));
+    }
+    assert_texts(
+        &plots.join("cosine.svg"),
+        &[
+            "Per-slot cosine to the baseline row",
+            control,
+            regenerated,
+            "rule min_cosine: at least 0.99",
+        ],
+    );
+    assert_texts(
+        &plots.join("knn_overlap.svg"),
+        &[
+            "share of the 10 baseline neighbours kept",
+            control,
+            regenerated,
+        ],
+    );
+    let threshold = format!(
+        "trust threshold: the control rows' 1% quantile, {:.4}",
+        r["calibration"]["threshold"].as_f64().unwrap()
+    );
+    assert_texts(
+        &plots.join("neighbourhood_score.svg"),
+        &[
+            "base rows of the control slots (n = 300)",
+            "control rows (n = 300)",
+            "regenerated rows (n = 144)",
+            &threshold,
+        ],
+    );
 }
 
 #[test]

@@ -1,8 +1,12 @@
-//! `tagfix plot` on a synthetic run with known events: files written, PNG size, summary, errors.
+//! `tagfix plot` on a synthetic run with known events: files written, PNG size, summary, errors;
+//! and every plot of a run shaped like the main job's (`tagfix repair`'s 40-step train) looked at.
+
+mod plot_common;
 
 use assert_cmd::Command;
+use plot_common::{assert_drawn_png, assert_texts, svg_texts};
 use tagfix::monitor::synthetic::{Anomaly, SyntheticRun};
-use tagfix::monitor::{DetectorConfig, LossTerm, RunDir, RunMonitor};
+use tagfix::monitor::{DetectorConfig, LossTerm, RunDir, RunMonitor, TermValue};
 
 fn synthetic_run_dir(root: &std::path::Path) -> RunDir {
     let run = SyntheticRun {
@@ -72,8 +76,25 @@ fn plot_writes_png_and_svg_per_term_and_lists_events() {
         !dir.plots_dir().join("validation.png").exists(),
         "no validation.jsonl, no validation figure"
     );
-    let tag_svg = std::fs::read_to_string(dir.plots_dir().join("tag.svg")).unwrap();
-    assert!(tag_svg.contains("event: spike") && tag_svg.contains("tag raw (EMA 20)"));
+    // The tag weight is 1: one panel; align (weight 10) has raw and weighted panels.
+    let tag_svg = dir.plots_dir().join("tag.svg");
+    assert_texts(
+        &tag_svg,
+        &[
+            "event: spike",
+            "tag loss",
+            "thick: EMA over 20 steps; faint: each step",
+        ],
+    );
+    assert!(!svg_texts(&tag_svg).iter().any(|t| t.contains("weighted:")));
+    assert_texts(
+        &dir.plots_dir().join("align.svg"),
+        &[
+            "align raw",
+            "align weighted",
+            "align loss, weighted: raw × 10",
+        ],
+    );
     let align_svg = std::fs::read_to_string(dir.plots_dir().join("align.svg")).unwrap();
     assert!(
         !align_svg.contains("event: spike"),
@@ -186,4 +207,88 @@ fn plot_draws_validation_when_the_run_validated() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("validation.jsonl:1:"), "{err}");
+}
+
+/// A run shaped like the main job's training (`tagfix repair`: 40 steps, only the tag term, weight
+/// 1, the loss falling from about 700 to 10): every figure is drawn, smoothed over a tenth of the
+/// run (not 50 steps, which would show the first steps' level to the end), and its legend names
+/// what it shows.
+#[test]
+fn every_plot_of_a_short_main_job_run_is_drawn_and_labelled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = SyntheticRun {
+        steps: 40,
+        warmup: 5,
+        ..SyntheticRun::default()
+    };
+    let dir = RunDir::create(&tmp.path().join("train")).unwrap();
+    let mut m = RunMonitor::start(&dir, DetectorConfig::default()).unwrap();
+    for (i, mut r) in run.records().into_iter().enumerate() {
+        let tag = 700.0 * (10.0f64 / 700.0).powf(i as f64 / 39.0);
+        r.loss = Default::default();
+        r.loss.set(LossTerm::Tag, TermValue::new(tag, 1.0));
+        r.total = tag;
+        m.record(&r).unwrap();
+    }
+    m.finish().unwrap();
+    let out = plot(dir.root());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("40 steps"));
+    let plots = dir.plots_dir();
+    let mut names: Vec<String> = std::fs::read_dir(&plots)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "grad_norm.png",
+            "grad_norm.svg",
+            "tag.png",
+            "tag.svg",
+            "total.png",
+            "total.svg"
+        ]
+    );
+    for name in ["tag", "total", "grad_norm"] {
+        assert_drawn_png(&plots.join(format!("{name}.png")), (1400, 900));
+    }
+    let smoothing = "thick: EMA over 4 steps; faint: each step";
+    let lr = "learning rate (right axis)";
+    // One panel (weight 1), on a log scale (700 → 10), the reduction named.
+    let tag = plots.join("tag.svg");
+    assert_texts(
+        &tag,
+        &[
+            "tag loss",
+            smoothing,
+            lr,
+            "tag loss: ASL summed over images × tags (weight 1: weighted = raw), log scale",
+        ],
+    );
+    assert_eq!(
+        svg_texts(&tag).iter().filter(|t| *t == "step").count(),
+        1,
+        "one panel"
+    );
+    // The total is the tag term: drawn once, saying so.
+    let total = plots.join("total.svg");
+    assert_texts(&total, &["total (= tag weighted)", smoothing, lr]);
+    assert!(!svg_texts(&total).iter().any(|t| t == "tag weighted"));
+    assert_texts(
+        &plots.join("grad_norm.svg"),
+        &[
+            "image_encoder",
+            "tagging_head",
+            "projections",
+            smoothing,
+            lr,
+            "gradient norm per module group (before clipping)",
+        ],
+    );
 }

@@ -72,8 +72,21 @@ fn repair_runs_the_whole_pipeline_and_reports() {
             summary["late"]["tag"].as_f64().unwrap(),
         );
         assert!(late < early, "tag loss {early} → {late} did not fall");
+        // Four significant digits of the summary's means, e.g. "`tag`: 185.3 → 10.69".
+        let line = report
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("- `tag`: "))
+            .unwrap_or_else(|| panic!("no tag loss line: {report}"));
+        let shown: Vec<f64> = line.split(" → ").map(|v| v.parse().unwrap()).collect();
+        for (shown, exact) in shown.iter().zip([early, late]) {
+            assert!((shown - exact).abs() <= 1e-3 * exact, "{line} vs {exact}");
+        }
+        // The training curves are drawn and listed.
+        for name in ["tag", "total", "grad_norm"] {
+            assert!(run.join(format!("plots/{name}.png")).is_file(), "{name}");
+        }
         assert!(
-            report.contains(&format!("`tag`: {early:.4} → {late:.4}")),
+            report.contains("- training curves (PNG, SVG): `"),
             "{report}"
         );
         // The image set's tags are real RAM slots, so they are present in the manifest.

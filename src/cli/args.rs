@@ -564,9 +564,10 @@ pub struct PlotArgs {
     /// Where the PNG and SVG files go [default: RUN_DIR/plots].
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// EMA span in steps for the smoothed curves (1 = no smoothing).
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
-    pub smooth: u32,
+    /// EMA span in steps for the smoothed curves (1 = no smoothing) [default: a tenth of the run's
+    /// steps, at most 50].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub smooth: Option<u32>,
     /// Re-run the health detectors on metrics.jsonl instead of reading events.jsonl.
     #[arg(long)]
     pub detect: bool,

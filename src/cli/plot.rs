@@ -18,7 +18,7 @@ pub fn write_plots(
     out: Option<PathBuf>,
     detect: bool,
     thresholds: Option<&Path>,
-    smooth: usize,
+    smooth: Option<usize>,
 ) -> anyhow::Result<(Vec<Figure>, Vec<HealthEvent>, usize)> {
     let dir = RunDir::open(run_dir)?;
     let records = read_all_records(&dir.metrics_path())?;
@@ -61,7 +61,7 @@ pub fn run(args: PlotArgs) -> anyhow::Result<ExitStatus> {
         args.out.clone(),
         args.detect,
         args.thresholds.as_deref(),
-        args.smooth as usize,
+        args.smooth.map(|n| n as usize),
     )?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&events)?);

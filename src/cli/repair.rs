@@ -17,6 +17,7 @@ use clap::Parser;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use tagfix::manifest::SlotManifest;
+use tagfix::report::check::{num, op_symbol};
 use tagfix::tensors::{EmbeddingFile, Provenance};
 
 /// One step: the command line it ran and how it ended.
@@ -236,6 +237,8 @@ pub fn run(args: RepairArgs) -> anyhow::Result<ExitStatus> {
                 args.seed.to_string(),
                 "--device".into(),
                 device_name(args.train_device).into(),
+                // The training curves, into RUN_DIR/plots.
+                "--plot".into(),
                 "--out".into(),
                 path_arg(&run_dir),
             ];
@@ -413,12 +416,12 @@ fn render(
     for rule in &check.rules {
         let _ = writeln!(
             r,
-            "  - {} `{}`: observed {:.4} {} {} — {}",
+            "  - {} `{}`: {} (required {} {}) — {}",
             if rule.passed { "ok  " } else { "FAIL" },
             rule.id,
-            rule.observed,
-            rule.op,
-            rule.threshold,
+            num(rule.observed),
+            op_symbol(&rule.op),
+            num(rule.threshold),
             rule.description
         );
     }
@@ -448,6 +451,7 @@ fn render(
             "training run (metrics.jsonl, events.jsonl, summary.json)",
             t.run_dir.clone(),
         ));
+        outputs.push(("training curves (PNG, SVG)", t.run_dir.join("plots")));
         if let Some(c) = t.summary["checkpoint"].as_str() {
             outputs.push(("checkpoint (model, optimizer, state)", PathBuf::from(c)));
         }
@@ -528,14 +532,19 @@ fn render_trained(
         t.images,
         drawn.join(", ")
     );
-    let _ = writeln!(r, "- Loss terms (mean raw value, first vs last steps):");
+    let _ = writeln!(
+        r,
+        "- Loss (raw value per batch: the tag loss is the asymmetric loss summed over the batch's images × {} tags), \
+         mean over the first → the last quarter of the steps (at most 20 each):",
+        manifest.slots.len()
+    );
     if let (Some(early), Some(late)) = (s["early"].as_object(), s["late"].as_object()) {
         for (term, e) in early {
             let (e, l) = (
                 e.as_f64().unwrap_or(f64::NAN),
                 late.get(term).and_then(|v| v.as_f64()).unwrap_or(f64::NAN),
             );
-            let _ = writeln!(r, "  - `{term}`: {e:.4} → {l:.4}");
+            let _ = writeln!(r, "  - `{term}`: {} → {}", sig4(e), sig4(l));
         }
     }
     if let (Some(d), Some(a)) = (
@@ -552,8 +561,19 @@ fn render_trained(
     let _ = writeln!(
         r,
         "- Only the tag loss trains here: alignment and distillation need teacher features (CLIP image features and \
-         caption embeddings, `--teacher`) in the label embeddings' space. Health events: {}; `tagfix plot {}` draws the curves.",
+         caption embeddings, `--teacher`) in the label embeddings' space. Health events: {}. The curves (loss, \
+         gradient and update norms, learning rate) are in `{}`; `tagfix plot {}` redraws them.",
         s["health_events"].as_array().map_or(0, Vec::len),
+        t.run_dir.join("plots").display(),
         t.run_dir.display()
     );
+}
+
+/// Four significant digits (`185.3`, `10.69`, `0.04713`).
+fn sig4(x: f64) -> String {
+    if !x.is_finite() || x == 0.0 {
+        return format!("{x}");
+    }
+    let decimals = (3 - x.abs().log10().floor() as i32).clamp(0, 12) as usize;
+    format!("{x:.decimals$}")
 }

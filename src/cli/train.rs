@@ -216,13 +216,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
         &serde_json::to_vec_pretty(&summary)?,
     )?;
     if args.plot {
-        super::plot::write_plots(
-            &out,
-            None,
-            false,
-            None,
-            tagfix::plot::PlotOptions::default().smooth,
-        )?;
+        super::plot::write_plots(&out, None, false, None, None)?;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);

@@ -86,6 +86,7 @@ fn sections(r: &DiffReport) -> Vec<Section> {
     out.push(absent);
 
     let mut rare = Section::new(format!("Rarest present tags ({})", r.rarest_present.len()))
+        .line("union: records whose `union_label_id` holds the slot; parse: records whose `parse_label_id` (any caption) holds it")
         .header(&["slot", "tag", "union", "parse"]);
     for e in &r.rarest_present {
         rare.row(vec![

@@ -1,6 +1,6 @@
 //! A Markdown summary, e.g. for `$GITHUB_STEP_SUMMARY`.
 
-use super::{neighbours, num, slot_list};
+use super::{neighbours, num, op_symbol, slot_list};
 use crate::consistency::report::{CheckReport, Mode};
 
 /// Renders the summary.
@@ -20,13 +20,14 @@ pub fn check(r: &CheckReport) -> String {
         r.summary.compared_slots
     ));
     s.push_str(
-        "| rule | required | observed | result | slots |\n| --- | --- | --- | --- | --- |\n",
+        "| rule | what it checks | required | observed | result | slots |\n| --- | --- | --- | --- | --- | --- |\n",
     );
     for rule in &r.rules {
         s.push_str(&format!(
-            "| `{}` | {} {} | {} | {} | {} |\n",
+            "| `{}` | {} | {} {} | {} | {} | {} |\n",
             rule.id,
-            rule.op.replace('<', "&lt;").replace('>', "&gt;"),
+            rule.description.replace('|', "\\|"),
+            op_symbol(&rule.op),
             num(rule.threshold),
             num(rule.observed),
             if rule.passed { "pass" } else { "**FAIL**" },
@@ -50,6 +51,21 @@ pub fn check(r: &CheckReport) -> String {
     if let Some(c) = &r.calibration {
         row(format!("score @{} control", c.k), &c.control);
         row(format!("score @{} regenerated", c.k), &c.regenerated);
+    }
+    s.push_str(
+        "\nPer compared slot: *cosine* of its row to the baseline row; *kNN overlap @k*, the share of \
+         its k nearest baseline neighbours still among its k nearest (1 = the same neighbourhood)",
+    );
+    match &r.calibration {
+        Some(c) => s.push_str(&format!(
+            "; *score @{k}*, its neighbourhood score (mean similarity to its {k} nearest rows), for the \
+             control rows and the regenerated rows: a regenerated row is trusted when its score reaches \
+             the control rows' {q}% quantile, {t}.\n",
+            k = c.k,
+            q = num(c.quantile * 100.0),
+            t = num(c.threshold)
+        )),
+        None => s.push_str(".\n"),
     }
     if !r.disagreements.is_empty() {
         s.push_str(&format!(

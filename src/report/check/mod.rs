@@ -51,13 +51,22 @@ pub(crate) fn slot_list(report: &CheckReport, slots: &[usize], max: usize) -> St
 }
 
 /// Formats a number for people: integers plain, else 4 significant decimals.
-pub(crate) fn num(x: f64) -> String {
+pub fn num(x: f64) -> String {
     if x.fract() == 0.0 && x.abs() < 1e12 {
         format!("{x:.0}")
     } else if x.abs() >= 0.001 || x == 0.0 {
         format!("{x:.4}")
     } else {
         format!("{x:.2e}")
+    }
+}
+
+/// A rule's comparison as people write it: `≥` for `>=`, `≤` for `<=`.
+pub fn op_symbol(op: &str) -> &str {
+    match op {
+        ">=" => "≥",
+        "<=" => "≤",
+        other => other,
     }
 }
 

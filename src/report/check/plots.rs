@@ -3,7 +3,7 @@
 
 use crate::consistency::report::{CheckReport, Mode};
 use crate::error::{Error, Result};
-use crate::plot::histogram::{Histogram, Series, BLUE, GREEN, ORANGE};
+use crate::plot::histogram::{Histogram, Series, XAxis, BLUE, GREEN, ORANGE};
 use std::path::{Path, PathBuf};
 
 /// Writes the histograms into `dir` (created if missing); returns the files written.
@@ -30,7 +30,7 @@ pub fn check(r: &CheckReport, dir: &Path) -> Result<Vec<PathBuf>> {
         r.rules
             .iter()
             .find(|x| x.id == id)
-            .map(|x| (x.threshold, format!("{id} = {}", x.threshold)))
+            .map(|x| (x.threshold, format!("rule {id}: at least {}", x.threshold)))
     };
     let mut files = Vec::new();
 
@@ -41,7 +41,7 @@ pub fn check(r: &CheckReport, dir: &Path) -> Result<Vec<PathBuf>> {
     }];
     if !regen_cos.is_empty() {
         series.push(Series {
-            label: "regenerated vs older base row",
+            label: "regenerated rows vs the base file's old rows",
             values: &regen_cos,
             color: ORANGE,
         });
@@ -53,6 +53,7 @@ pub fn check(r: &CheckReport, dir: &Path) -> Result<Vec<PathBuf>> {
             series,
             bins: 50,
             threshold: rule("min_cosine"),
+            x_axis: XAxis::Data { max: 1.0 },
         }
         .write(&dir.join("cosine"))?,
     );
@@ -64,7 +65,7 @@ pub fn check(r: &CheckReport, dir: &Path) -> Result<Vec<PathBuf>> {
     }];
     if !regen_ov.is_empty() {
         series.push(Series {
-            label: "regenerated vs older base row",
+            label: "regenerated rows vs the base file's old rows",
             values: &regen_ov,
             color: ORANGE,
         });
@@ -74,8 +75,10 @@ pub fn check(r: &CheckReport, dir: &Path) -> Result<Vec<PathBuf>> {
             title: format!("Per-slot kNN overlap at k = {}", r.k),
             x_label: format!("share of the {} baseline neighbours kept", r.k),
             series,
-            bins: (r.k + 1).max(10),
+            // Overlap is a multiple of 1/k: one bin centred on each, the whole scale shown.
+            bins: r.k + 1,
             threshold: rule("min_slot_knn_overlap"),
+            x_axis: XAxis::Fixed(-0.5 / r.k as f64, 1.0 + 0.5 / r.k as f64),
         }
         .write(&dir.join("knn_overlap"))?,
     );
@@ -107,13 +110,18 @@ pub fn check(r: &CheckReport, dir: &Path) -> Result<Vec<PathBuf>> {
                     "Neighbourhood score (mean similarity to the {} nearest rows)",
                     c.k
                 ),
-                x_label: "score".into(),
+                x_label: "neighbourhood score".into(),
                 series,
                 bins: 50,
                 threshold: Some((
                     c.threshold,
-                    format!("control q{} = {:.4}", c.quantile, c.threshold),
+                    format!(
+                        "trust threshold: the control rows' {}% quantile, {:.4}",
+                        c.quantile * 100.0,
+                        c.threshold
+                    ),
                 )),
+                x_axis: XAxis::Data { max: 1.0 },
             }
             .write(&dir.join("neighbourhood_score"))?,
         );
