@@ -22,6 +22,12 @@ where
         write(&mut buf).map_err(|e| Error::io(path, e))?;
         buf.flush().map_err(|e| Error::io(path, e))?;
     }
+    persist(tmp, path)
+}
+
+/// Syncs a finished temporary file (made in `path`'s folder) and renames it over `path`: the last
+/// step of [`write_atomic`], for writers that stream into the temporary file themselves.
+pub fn persist(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
     // temporary files are created owner-only; the result should be an ordinary readable file
     #[cfg(unix)]
