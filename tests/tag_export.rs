@@ -402,23 +402,31 @@ fn sorted(mut v: Vec<(String, tagfix::tensors::Tensor)>) -> Vec<(String, tagfix:
     v
 }
 
-/// The first Python that imports torch, or says why it cannot.
-fn python_with_torch() -> Option<PathBuf> {
+/// The first Python that imports `module` (TORCH_PYTHON, .venv, .venv-bench from
+/// scripts/bench-step.sh, python3), or `None` with the reason printed.
+fn python_importing(module: &str, check: &str) -> Option<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for py in [root.join(".venv/bin/python"), PathBuf::from("python3")] {
-        let ok = std::process::Command::new(&py)
-            .args(["-c", "import torch"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if ok {
-            return Some(py);
-        }
+    let found = std::env::var_os("TORCH_PYTHON")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([
+            root.join(".venv/bin/python"),
+            root.join(".venv-bench/bin/python"),
+            PathBuf::from("python3"),
+        ])
+        .find(|py| {
+            std::process::Command::new(py)
+                .args(["-c", &format!("import {module}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    if found.is_none() {
+        eprintln!(
+            "SKIPPED {check}: no Python here imports {module} (.venv's torch wheel lacks its CUDA \
+             libraries; scripts/bench-step.sh creates .venv-bench)"
+        );
     }
-    eprintln!(
-        "SKIPPED the Python torch.load check: no Python here imports torch (.venv's wheel needs its CUDA \
-         libraries; the file is still checked with the project's reader)"
-    );
-    None
+    found
 }
 
 #[test]
@@ -505,7 +513,7 @@ fn export_writes_the_official_state_dict_and_round_trips_through_convert() {
         .stderr(contains("does not fit model").and(contains("missing")));
     assert!(!tmp.path().join("x.pth").exists());
 
-    if let Some(py) = python_with_torch() {
+    if let Some(py) = python_importing("torch", "the Python torch.load check") {
         let script = r#"
 import sys, torch
 for weights_only in (True, False):
@@ -540,5 +548,34 @@ for weights_only in (True, False):
             );
             assert_eq!(parts[2], "torch.int64");
         }
+    }
+}
+
+#[test]
+fn resize_equals_pillow_bilinear_where_pillow_is_at_hand() {
+    let Some(py) = python_importing("PIL", "the Pillow comparison") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // Landscape sizes (Pillow runs the horizontal pass first there; docs/formats.md, "Tagging").
+    for (w, h, s) in [(640u32, 428u32, 224u32), (1000, 700, 384), (300, 200, 64)] {
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            let v = |c: u32| ((x * 37 + y * 101 + c * 53 + (x * y) % 17) % 256) as u8;
+            image::Rgb([v(0), v(1), v(2)])
+        });
+        let src = tmp.path().join("src.png");
+        let out = tmp.path().join("pil.png");
+        img.save(&src).unwrap();
+        let script = format!(
+            "from PIL import Image; Image.open({src:?}).convert('RGB').resize(({s}, {s}), Image.BILINEAR).save({out:?})"
+        );
+        let o = std::process::Command::new(&py)
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let pil = image::open(&out).unwrap().to_rgb8();
+        let ours = tagfix::train::infer::pil_bilinear_resize(&img, s, s);
+        assert!(ours == pil, "{w}x{h} -> {s}: differs from Pillow");
     }
 }

@@ -101,7 +101,15 @@ mod with_train {
                 match result {
                     Ok(row) => {
                         let preds = labels.predictions(&row, args.top_k);
-                        out.record(id, path, &preds)?;
+                        // generate_tag's strings hold every tag above its threshold, top-k or not.
+                        let strings = match (args.format, args.top_k) {
+                            (TagFormat::Json, Some(_)) => {
+                                tag_strings(&labels.predictions(&row, None))
+                            }
+                            (TagFormat::Json, None) => tag_strings(&preds),
+                            _ => Default::default(),
+                        };
+                        out.record(id, path, &preds, strings)?;
                         if let Some(s) = scores.as_mut() {
                             s.push(id, &row)?;
                         }
@@ -172,6 +180,18 @@ mod with_train {
         Ok(bad.len())
     }
 
+    /// One JSON Lines record (scores and thresholds keep their f32 digits).
+    #[derive(serde::Serialize)]
+    struct JsonRecord<'a> {
+        image: &'a str,
+        path: &'a Path,
+        /// Best first.
+        tags: &'a [Prediction],
+        /// `generate_tag`'s strings: every tag above its threshold, slot order, " | ".
+        tag_output: String,
+        tag_output_chinese: Option<String>,
+    }
+
     /// The per-image output: stdout, or a temporary file renamed over `--out` at the end.
     struct Output {
         format: TagFormat,
@@ -204,18 +224,24 @@ mod with_train {
             })
         }
 
-        fn record(&mut self, id: &str, path: &Path, preds: &[Prediction]) -> anyhow::Result<()> {
+        fn record(
+            &mut self,
+            id: &str,
+            path: &Path,
+            preds: &[Prediction],
+            (en, zh): (String, Option<String>),
+        ) -> anyhow::Result<()> {
             match self.format {
                 TagFormat::Json => {
-                    let (en, zh) = tag_strings(preds);
-                    let rec = serde_json::json!({
-                        "image": id,
-                        "path": path,
-                        "tags": preds,
-                        "tag_output": en,
-                        "tag_output_chinese": zh,
-                    });
-                    writeln!(self.w, "{rec}")?;
+                    let rec = JsonRecord {
+                        image: id,
+                        path,
+                        tags: preds,
+                        tag_output: en,
+                        tag_output_chinese: zh,
+                    };
+                    serde_json::to_writer(&mut self.w, &rec)?;
+                    writeln!(self.w)?;
                 }
                 TagFormat::Csv => {
                     let mut w = csv::WriterBuilder::new()

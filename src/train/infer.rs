@@ -13,7 +13,6 @@ use crate::imaging::normalize_chw;
 use crate::manifest::SlotManifest;
 use crate::tensors::{self, TensorSet};
 use crate::vocab::{parse_lines, Vocabulary};
-use image::imageops::FilterType;
 use image::RgbImage;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -25,16 +24,114 @@ use tch::{Device, Kind, Tensor};
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
-/// RAM's inference transform (`ram/transform.py` `get_transform(S)`): RGB, `Resize((S, S))`
-/// bilinear — on a PIL image torchvision calls PIL's antialiased bilinear, whose weights the
-/// `image` crate's triangle filter reproduces (PIL rounds to 8 bits after each pass, this once) —
-/// then `ToTensor` and the ImageNet `Normalize`, as CHW floats into `out` (3·S·S values).
+/// RAM's inference transform (`ram/transform.py` `get_transform(S)`): RGB, `Resize((S, S))` —
+/// on a PIL image torchvision calls PIL's bilinear resize, reproduced to the bit by
+/// [`pil_bilinear_resize`] — then `ToTensor` and the ImageNet `Normalize`, as CHW floats into `out`
+/// (3·S·S values).
 pub fn official_transform(img: &RgbImage, size: u32, out: &mut [f32]) {
-    if (img.width(), img.height()) == (size, size) {
-        normalize_chw(img, &IMAGENET_MEAN, &IMAGENET_STD, out);
-    } else {
-        let resized = image::imageops::resize(img, size, size, FilterType::Triangle);
-        normalize_chw(&resized, &IMAGENET_MEAN, &IMAGENET_STD, out);
+    normalize_chw(
+        &pil_bilinear_resize(img, size, size),
+        &IMAGENET_MEAN,
+        &IMAGENET_STD,
+        out,
+    );
+}
+
+/// Fixed-point precision of PIL's 8-bit resampling (`PRECISION_BITS` in `Resample.c`).
+const PIL_PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// PIL's resampling weights for one axis (`precompute_coeffs` + `normalize_coeffs_8bpc` with the
+/// bilinear filter): per output pixel the first input index and its fixed-point weights. The
+/// support grows with the reduction factor, which is PIL's antialiasing.
+fn pil_bilinear_coeffs(in_size: u32, out_size: u32) -> Vec<(usize, Vec<i64>)> {
+    let scale = f64::from(in_size) / f64::from(out_size);
+    let filterscale = scale.max(1.0);
+    let support = filterscale; // the bilinear filter's support is 1
+    let ss = 1.0 / filterscale;
+    (0..out_size)
+        .map(|xx| {
+            let center = (f64::from(xx) + 0.5) * scale;
+            // C's (int) cast truncates toward zero, as `as` does.
+            let xmin = ((center - support + 0.5) as i64).max(0);
+            let xmax = ((center + support + 0.5) as i64).min(i64::from(in_size));
+            let w: Vec<f64> = (xmin..xmax)
+                .map(|x| {
+                    let t = ((x - xmin) as f64 + xmin as f64 - center + 0.5) * ss;
+                    (1.0 - t.abs()).max(0.0)
+                })
+                .collect();
+            let total: f64 = w.iter().sum();
+            let fixed = w
+                .iter()
+                .map(|&v| {
+                    let v = if total != 0.0 { v / total } else { v };
+                    let f = v * f64::from(1u32 << PIL_PRECISION_BITS);
+                    if f < 0.0 {
+                        (f - 0.5) as i64
+                    } else {
+                        (f + 0.5) as i64
+                    }
+                })
+                .collect();
+            (xmin as usize, fixed)
+        })
+        .collect()
+}
+
+/// PIL's `clip8`: the fixed-point sum back to 8 bits.
+fn pil_clip8(v: i64) -> u8 {
+    (v >> PIL_PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// `Image.resize((w, h), Image.BILINEAR)` as Pillow's `Resample.c` computes it: the horizontal pass
+/// first, each pass rounded to 8 bits, only the source rows the vertical pass reads
+/// (`ImagingResampleInner`). Identical to Pillow 13.0 on the shared photos except where that build
+/// ran the vertical pass first (one level on some pixels; docs/formats.md, "Tagging").
+pub fn pil_bilinear_resize(img: &RgbImage, w: u32, h: u32) -> RgbImage {
+    let (iw, ih) = img.dimensions();
+    let horiz = (iw != w).then(|| pil_bilinear_coeffs(iw, w));
+    let vert = (ih != h).then(|| pil_bilinear_coeffs(ih, h));
+    let half = 1i64 << (PIL_PRECISION_BITS - 1);
+    // Horizontal pass over the rows the vertical pass uses.
+    let (first, last) = match &vert {
+        Some(v) => (v[0].0, v[v.len() - 1].0 + v[v.len() - 1].1.len()),
+        None => (0, ih as usize),
+    };
+    let tmp = match &horiz {
+        None => {
+            image::imageops::crop_imm(img, 0, first as u32, iw, (last - first) as u32).to_image()
+        }
+        Some(coeffs) => RgbImage::from_fn(w, (last - first) as u32, |xx, y| {
+            let (xmin, k) = &coeffs[xx as usize];
+            let mut px = [0u8; 3];
+            for (c, out) in px.iter_mut().enumerate() {
+                let s: i64 = k
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &kv)| {
+                        i64::from(img.get_pixel((xmin + i) as u32, first as u32 + y)[c]) * kv
+                    })
+                    .sum();
+                *out = pil_clip8(s + half);
+            }
+            image::Rgb(px)
+        }),
+    };
+    match &vert {
+        None => tmp,
+        Some(coeffs) => RgbImage::from_fn(w, h, |x, yy| {
+            let (ymin, k) = &coeffs[yy as usize];
+            let mut px = [0u8; 3];
+            for (c, out) in px.iter_mut().enumerate() {
+                let s: i64 = k
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &kv)| i64::from(tmp.get_pixel(x, (ymin - first + i) as u32)[c]) * kv)
+                    .sum();
+                *out = pil_clip8(s + half);
+            }
+            image::Rgb(px)
+        }),
     }
 }
 
@@ -473,6 +570,7 @@ mod tests {
         // 2 has support 2: output column 0 (centre 1.0) takes input columns 0, 1, 2 with triangle
         // weights 0.75, 0.75, 0.25 (sum 1.75) -> (0.75·70 + 0.25·140)/1.75 = 50; column 1
         // (centre 3.0) takes 1, 2, 3 with 0.25, 0.75, 0.75 -> (17.5 + 105 + 157.5)/1.75 = 160.
+        // (In PIL's 22-bit fixed point: 50.499… and 160.499…, truncated after adding one half.)
         let img = RgbImage::from_fn(4, 4, |x, _| {
             let v = (x * 70) as u8;
             image::Rgb([v, v, v])
@@ -506,6 +604,23 @@ mod tests {
         let top = labels.predictions(&[0.6, 0.9, 0.5], Some(3));
         assert_eq!(top.len(), 3);
         assert!(!top[2].above && top[2].tag == "sky");
+    }
+
+    #[test]
+    fn pil_resize_rounds_each_pass_to_eight_bits() {
+        // 3×1 → 2×1 (scale 1.5, support 1.5): output 0 (centre 0.75) takes x = 0, 1 (xmax =
+        // int(2.75) = 2) with weights 1 − |x + 0.5 − 0.75|/1.5 = 5/6, 1/2, normalised 0.625, 0.375:
+        // 0.625·10 + 0.375·20 = 13.75, + 0.5 truncated -> 14. Output 1 (centre 2.25) takes x = 1, 2
+        // with 0.375, 0.625: 7.5 + 25 = 32.5 -> 33 (the half rounds up).
+        let img = RgbImage::from_fn(3, 1, |x, _| {
+            let v = [10u8, 20, 40][x as usize];
+            image::Rgb([v, v, v])
+        });
+        let out = pil_bilinear_resize(&img, 2, 1);
+        assert_eq!(out.get_pixel(0, 0)[0], 14);
+        assert_eq!(out.get_pixel(1, 0)[0], 33);
+        // Same size: unchanged.
+        assert_eq!(pil_bilinear_resize(&img, 3, 1), img);
     }
 
     #[test]
