@@ -83,6 +83,18 @@ fn pil_clip8(v: i64) -> u8 {
     (v >> PIL_PRECISION_BITS).clamp(0, 255) as u8
 }
 
+/// One output pixel of a pass: the fixed-point weighted sum of the taps, plus one half, to 8 bits.
+fn pil_tap_sum(k: &[i64], tap: impl Fn(usize) -> image::Rgb<u8>) -> image::Rgb<u8> {
+    let mut sums = [1i64 << (PIL_PRECISION_BITS - 1); 3];
+    for (i, &kv) in k.iter().enumerate() {
+        let p = tap(i);
+        for (s, v) in sums.iter_mut().zip(p.0) {
+            *s += i64::from(v) * kv;
+        }
+    }
+    image::Rgb(sums.map(pil_clip8))
+}
+
 /// `Image.resize((w, h), Image.BILINEAR)` as Pillow's `Resample.c` computes it: the horizontal pass
 /// first, each pass rounded to 8 bits, only the source rows the vertical pass reads
 /// (`ImagingResampleInner`). Identical to Pillow 13.0 on the shared photos except where that build
@@ -91,7 +103,6 @@ pub fn pil_bilinear_resize(img: &RgbImage, w: u32, h: u32) -> RgbImage {
     let (iw, ih) = img.dimensions();
     let horiz = (iw != w).then(|| pil_bilinear_coeffs(iw, w));
     let vert = (ih != h).then(|| pil_bilinear_coeffs(ih, h));
-    let half = 1i64 << (PIL_PRECISION_BITS - 1);
     // Horizontal pass over the rows the vertical pass uses.
     let (first, last) = match &vert {
         Some(v) => (v[0].0, v[v.len() - 1].0 + v[v.len() - 1].1.len()),
@@ -103,34 +114,14 @@ pub fn pil_bilinear_resize(img: &RgbImage, w: u32, h: u32) -> RgbImage {
         }
         Some(coeffs) => RgbImage::from_fn(w, (last - first) as u32, |xx, y| {
             let (xmin, k) = &coeffs[xx as usize];
-            let mut px = [0u8; 3];
-            for (c, out) in px.iter_mut().enumerate() {
-                let s: i64 = k
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &kv)| {
-                        i64::from(img.get_pixel((xmin + i) as u32, first as u32 + y)[c]) * kv
-                    })
-                    .sum();
-                *out = pil_clip8(s + half);
-            }
-            image::Rgb(px)
+            pil_tap_sum(k, |i| *img.get_pixel((xmin + i) as u32, first as u32 + y))
         }),
     };
     match &vert {
         None => tmp,
         Some(coeffs) => RgbImage::from_fn(w, h, |x, yy| {
             let (ymin, k) = &coeffs[yy as usize];
-            let mut px = [0u8; 3];
-            for (c, out) in px.iter_mut().enumerate() {
-                let s: i64 = k
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &kv)| i64::from(tmp.get_pixel(x, (ymin - first + i) as u32)[c]) * kv)
-                    .sum();
-                *out = pil_clip8(s + half);
-            }
-            image::Rgb(px)
+            pil_tap_sum(k, |i| *tmp.get_pixel(x, (ymin - first + i) as u32))
         }),
     }
 }
