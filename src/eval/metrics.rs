@@ -44,9 +44,10 @@ pub fn average_precision(scores: &[f32], targets: &[bool]) -> Option<f64> {
 /// used by `batch_inference.py`): images in the order of numpy's `scores.argsort()[::-1]`, the
 /// precision at each positive's rank summed and divided by `positives + 1e-8`. A class without
 /// positives scores 0 (and counts in the official mean). Tied scores are not grouped: they keep
-/// the reverse of an ascending stable sort (the later image first), the order numpy's stable sort
-/// gives; numpy's default sort may order ties otherwise on large arrays, so on ties this is the
-/// official value for one valid tie order. NaN sorts last ascending in numpy, so first here.
+/// the reverse of an ascending stable sort (the later image first, numpy's
+/// `argsort(kind="stable")[::-1]`); numpy's default sort orders ties as its build likes, so on
+/// ties this is the official value for one valid tie order. NaN sorts last ascending in numpy,
+/// so first here.
 pub fn ram_average_precision(scores: &[f32], targets: &[bool]) -> f64 {
     assert_eq!(scores.len(), targets.len());
     let mut order: Vec<usize> = (0..scores.len()).collect();
