@@ -275,6 +275,16 @@ fn tag_reports_unreadable_images_and_writes_nothing_without_keep_going() {
         })
         .count();
     assert_eq!(leftovers, 0);
+    // A checkpoint for another vocabulary (the `ram` preset's 4585 tags by default) is refused.
+    tagfix()
+        .arg("tag")
+        .arg("--checkpoint")
+        .arg(f.weights())
+        .arg("--images")
+        .arg(imgs.join("good.png"))
+        .assert()
+        .code(2)
+        .stderr(contains("not a multiple of the vocabulary's 4585 tags"));
 }
 
 #[test]

@@ -227,6 +227,16 @@ pub fn resolve_model(
     if let Some(c) = num_class.and_then(|n| with_classes(tiny(n), n, rows)) {
         candidates.push(c);
     }
+    if candidates.is_empty() {
+        return Err(Error::invalid(
+            source,
+            format!(
+                "label_embed has {rows} rows, not a multiple of the vocabulary's {} tags: pass the vocabulary \
+                 the checkpoint was trained with (--vocab), or name the model with --model",
+                num_class.unwrap_or(super::model::config::RAM_NUM_CLASS)
+            ),
+        ));
+    }
     let keys = checkpoint_keys(set);
     let fits = fit_presets(&source.display().to_string(), &keys, &candidates);
     if let Some(best) = fits.iter().find(|f| loads_every_parameter(&f.report)) {
