@@ -236,6 +236,28 @@ where
     }
 }
 
+/// A temporary file for an output that its writer fills itself before [`persist`] (a stream of
+/// rows of unknown length): beside the destination, named after it and locked, for a regular file;
+/// a private one for standard output or a stream, which get the finished content.
+pub fn output_temp(path: &Path) -> Result<tempfile::NamedTempFile> {
+    match resolve_output(path)? {
+        OutputTarget::File(target) => create_temp(path, &target, ""),
+        _ => tempfile::NamedTempFile::new().map_err(|e| Error::io(std::env::temp_dir(), e)),
+    }
+}
+
+/// Completes an output started with [`output_temp`]: renamed over a regular file, copied to
+/// standard output or a stream.
+pub fn persist(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
+    match resolve_output(path)? {
+        OutputTarget::File(target) => commit(tmp, path, &target),
+        _ => {
+            let mut file = tmp.reopen().map_err(|e| Error::io(tmp.path(), e))?;
+            write_atomic(path, |w| std::io::copy(&mut file, w).map(drop))
+        }
+    }
+}
+
 /// Like [`write_atomic`] for writers that need a file name (image encoders that pick the format by
 /// extension): `render` fills a temporary file with the destination's extension.
 pub fn write_atomic_via_path<F>(path: &Path, render: F) -> Result<()>

@@ -184,6 +184,16 @@ impl SlotManifest {
         Ok(())
     }
 
+    /// Reads an optional `--manifest` and checks it against `vocab`.
+    pub fn read_for(path: Option<&Path>, vocab: &Vocabulary) -> Result<Option<Self>> {
+        path.map(|p| {
+            let m = Self::read(p)?;
+            m.check_vocabulary(vocab, p)?;
+            Ok(m)
+        })
+        .transpose()
+    }
+
     /// Checks the manifest belongs to `vocab` (hash and size) and that tags agree slot by slot.
     pub fn check_vocabulary(&self, vocab: &Vocabulary, path: &Path) -> Result<()> {
         vocab.check_id(&self.vocabulary, path)?;

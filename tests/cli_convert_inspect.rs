@@ -105,7 +105,7 @@ fn convert_refuses_malicious_truncated_and_bad_output() {
     tagfix()
         .arg("convert")
         .arg(pth.join("plain_dict.pth"))
-        .arg(dir.path().join("out.pth"))
+        .arg(dir.path().join("out.npy"))
         .assert()
         .code(2)
         .stderr(contains("must end in .safetensors"));

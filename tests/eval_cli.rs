@@ -264,3 +264,98 @@ fn eval_refuses_unusable_scores_thresholds_and_ambiguous_benchmarks() {
         "{err}"
     );
 }
+
+/// `ram_average_precision` against numpy running the official `_average_precision` steps
+/// (`ram/utils/metrics.py`: `argsort()[::-1]`, cumulative positives over ranks, sum over the
+/// positives / (positives + 1e-8)), restated here, where a Python with numpy is at hand: random
+/// scores without ties (numpy's default sort), arrays with ties against `argsort(kind="stable")`
+/// — the order tagfix fixes, since numpy's default sort orders ties as its build likes (the
+/// AVX-512 numpy 2.4.6 here does not keep them in index order) — and a class without positives.
+#[test]
+fn ram_average_precision_equals_numpy_get_map_steps() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let Some(py) = [root.join(".venv-bench/bin/python"), "python3".into()]
+        .into_iter()
+        .find(|py| {
+            std::process::Command::new(py)
+                .args(["-c", "import numpy"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+    else {
+        eprintln!("SKIPPED the numpy comparison: no Python here imports numpy");
+        return;
+    };
+    let mut cases: Vec<(Vec<f32>, Vec<bool>)> = Vec::new();
+    let mut state = 12345u64;
+    let mut next = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as u32
+    };
+    for n in [5usize, 12, 16, 300] {
+        let scores: Vec<f32> = (0..n)
+            .map(|_| (next() % 100_000) as f32 / 100_000.0)
+            .collect();
+        let targets: Vec<bool> = (0..n).map(|_| next() % 3 == 0).collect();
+        cases.push((scores, targets));
+        // Ties (few distinct values) in a small array.
+        let m = n.min(16);
+        let tied: Vec<f32> = (0..m).map(|_| (next() % 3) as f32 / 2.0).collect();
+        let t: Vec<bool> = (0..m).map(|_| next() % 2 == 0).collect();
+        cases.push((tied, t));
+    }
+    cases.push((vec![0.3, 0.2, 0.9], vec![false, false, false]));
+    let input: Vec<String> = cases
+        .iter()
+        .map(|(s, t)| {
+            let s: Vec<String> = s.iter().map(|v| format!("{v:?}")).collect();
+            let t: Vec<&str> = t.iter().map(|&b| if b { "1" } else { "0" }).collect();
+            format!("{};{}", s.join(","), t.join(","))
+        })
+        .collect();
+    let script = r#"
+import sys, numpy as np
+for line in sys.stdin.read().split("\n"):
+    s, t = line.split(";")
+    output = np.array([float(v) for v in s.split(",")], dtype=np.float32)
+    target = np.array([float(v) for v in t.split(",")], dtype=np.float32)
+    tied = len(np.unique(output)) < len(output)
+    indices = (output.argsort(kind="stable") if tied else output.argsort())[::-1]
+    ranks = np.cumsum(np.ones((len(output), 1)))
+    hit = target[indices] == 1
+    positives = np.cumsum(hit)
+    total = positives[-1]
+    positives[np.logical_not(hit)] = 0
+    print(repr(float(np.sum(positives / ranks) / (total + 1e-8))))
+"#;
+    let mut child = std::process::Command::new(&py)
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.join("\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let want: Vec<f64> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(want.len(), cases.len());
+    for ((s, t), w) in cases.iter().zip(want) {
+        let got = tagfix::eval::metrics::ram_average_precision(s, t);
+        assert!(
+            (got - w).abs() <= 1e-12,
+            "{got} vs numpy {w} for {s:?} {t:?}"
+        );
+    }
+}

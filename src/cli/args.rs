@@ -41,11 +41,23 @@ pub enum Command {
     #[command(after_help = "Example:\n  tagfix vocab ram\n  tagfix vocab my_tag_list.txt --json")]
     Vocab(VocabArgs),
     /// Convert a PyTorch checkpoint (torch.save zip or legacy, `{"model": state_dict}` included) to
-    /// safetensors, without Python; unknown pickle globals are refused, never executed.
+    /// safetensors, without Python; unknown pickle globals are refused, never executed. An output
+    /// ending in .pth goes the other way: the tensors as they are into `{"model": state_dict}`.
     #[command(
-        after_help = "Example:\n  tagfix convert ram_plus_swin_large_14m.pth ram_plus_swin_large_14m.safetensors"
+        after_help = "Example:\n  tagfix convert ram_plus_swin_large_14m.pth ram_plus_swin_large_14m.safetensors\n  tagfix convert model.safetensors model.pth"
     )]
     Convert(ConvertArgs),
+    /// Write a RAM++ checkpoint (a tagfix training checkpoint or run, safetensors or .pth) for the
+    /// official code: `torch.save({"model": state_dict})` with the official key names, order and
+    /// dtypes, which `ram_plus(pretrained=OUT.pth)` and `torch.load` read; or, with
+    /// --label-embed-only, the label embedding as a bare tensor (feature `train`).
+    #[command(after_help = EXPORT_HELP)]
+    Export(ExportArgs),
+    /// Tag images with a RAM++ checkpoint: RAM's inference transform, the tags above the per-class
+    /// thresholds with English and Chinese names and scores, absent slots flagged; the full score
+    /// matrix for `tagfix eval` (feature `train`).
+    #[command(after_help = TAG_HELP)]
+    Tag(TagArgs),
     /// Show a checkpoint's keys, shapes and dtypes, and which RAM++ model preset and layout it fits.
     #[command(
         after_help = "Examples:\n  tagfix inspect ram_plus_swin_large_14m.pth\n  tagfix inspect swin_large_patch4_window7_224_22k.pth --json\n  tagfix inspect model.safetensors --expect swin_l_384"
@@ -85,9 +97,10 @@ the scan unless --keep-going)."
     #[command(after_help = CHECK_HELP)]
     Check(CheckArgs),
     /// Evaluate prediction scores on a benchmark: mAP and precision/recall/F1 at the per-class
-    /// thresholds, benchmark tags mapped to slots by name, absent slots reported separately.
+    /// thresholds, benchmark tags mapped to slots by name, absent slots reported separately. With
+    /// --checkpoint the scores come from the model (as `tagfix tag`), on one or more benchmarks.
     #[command(
-        after_help = "Examples:\n  tagfix eval --benchmark ../shared/ram/benchmarks/openimages_common_214 --scores preds.csv\n  tagfix eval --benchmark DIR --scores preds.safetensors --manifest manifest.json --format json --out eval.json"
+        after_help = "Examples:\n  tagfix eval --benchmark ../shared/ram/benchmarks/openimages_common_214 --scores preds.csv\n  tagfix eval --benchmark DIR --scores preds.safetensors --manifest manifest.json --format json --out eval.json\n  tagfix eval --checkpoint ram_plus_swin_large_14m.pth --benchmark openimages_common_214 --benchmark openimages_rare_200 \\\n      --images openimages_common_214/imgs --images openimages_rare_200/imgs"
     )]
     Eval(EvalArgs),
     /// The whole repair in one command: diff → embed → check → a short train, on your data or on the
@@ -402,11 +415,119 @@ pub struct CheckArgs {
 pub struct ConvertArgs {
     /// Input checkpoint: .pth / .pt / .bin (torch.save) or .safetensors.
     pub input: std::path::PathBuf,
-    /// Output file (.safetensors), written atomically.
+    /// Output file (.safetensors; or .pth for `{"model": state_dict}`), written atomically.
     pub output: std::path::PathBuf,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+const EXPORT_HELP: &str = "Examples:
+  tagfix export runs/a ram_plus_repaired.pth                  # newest checkpoint of a run
+  tagfix export runs/a/checkpoints/step-00020000 out.pth --model swin_l_384
+  tagfix export runs/a label_embed.pth --label-embed-only     # as RAM loads frozen_tag_embedding/*.pth
+
+The output holds every state-dict entry of the official model (parameters f32, the constant buffers
+relative_position_index int64 and attn_mask f32), in the official order, and is read back and
+compared before the command succeeds.";
+
+const TAG_HELP: &str = "Examples:
+  tagfix tag --checkpoint ram_plus_swin_large_14m.pth --images photos/
+  tagfix tag --checkpoint runs/a --images photos/ --manifest manifest.json --format json > tags.jsonl
+  tagfix tag --checkpoint runs/a --images imgs/ --scores scores.safetensors --keep-going
+
+Exit status: 0 tagged; 2 usage or input error. Every image's header is read before any output; an
+unreadable image stops the command (nothing written to --out or --scores) unless --keep-going, which
+reports it by path and goes on.";
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Checkpoint: a tagfix run folder (its newest checkpoint), a checkpoint folder, or a
+    /// .safetensors / .pth state dict.
+    pub checkpoint: PathBuf,
+    /// Output .pth file, written atomically.
+    pub output: PathBuf,
+    /// The model: a preset (swin_l_384, swin_l_224, swin_b_384, swin_b_224), `tiny`, or a reference
+    /// config.json [default: the preset the checkpoint fits].
+    #[arg(long, value_name = "PRESET")]
+    pub model: Option<String>,
+    /// The vocabulary the checkpoint was trained with (tag count) [default: the preset's 4585].
+    #[arg(long, value_name = "VOCAB")]
+    pub vocab: Option<String>,
+    /// Write only the label embedding [rows, dim] as a bare tensor.
+    #[arg(long)]
+    pub label_embed_only: bool,
+    /// Print the summary and the load report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Output formats of `tag`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TagFormat {
+    /// One block per image: its tags with Chinese name, score and threshold.
+    Table,
+    /// JSON Lines, one object per image.
+    Json,
+    /// One row per (image, tag).
+    Csv,
+}
+
+#[derive(Debug, Args)]
+pub struct TagArgs {
+    /// Checkpoint: the official RAM++ .pth, a tagfix run folder (its newest checkpoint), a
+    /// checkpoint folder, or a .safetensors state dict.
+    #[arg(long, value_name = "CKPT")]
+    pub checkpoint: PathBuf,
+    /// The model: a preset (swin_l_384, ...), `tiny`, or a reference config.json [default: the
+    /// preset the checkpoint fits].
+    #[arg(long, value_name = "PRESET")]
+    pub model: Option<String>,
+    /// Image files or folders (walked recursively for .jpg, .jpeg, .png).
+    #[arg(long, value_name = "FILE|DIR", num_args = 1.., required = true)]
+    pub images: Vec<PathBuf>,
+    /// The vocabulary the checkpoint's slots refer to (a tag-list file or preset name).
+    #[arg(long, default_value = "ram")]
+    pub vocab: String,
+    /// Per-slot thresholds (one a line) [default: the vocabulary preset's threshold sidecar, as the
+    /// official code; else 0.68, RAM's default].
+    #[arg(long, value_name = "FILE", conflicts_with = "threshold")]
+    pub thresholds: Option<PathBuf>,
+    /// One threshold for every slot.
+    #[arg(long, value_name = "P")]
+    pub threshold: Option<f32>,
+    /// Chinese tag names, one a line [default: the vocabulary preset's `zh` sidecar].
+    #[arg(long, value_name = "FILE")]
+    pub zh: Option<PathBuf>,
+    /// Slot manifest (from `tagfix diff`): predictions of slots it marks absent are flagged.
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
+    /// List each image's N best-scoring tags, each marked whether it passes its threshold,
+    /// instead of the tags above the thresholds.
+    #[arg(long, value_name = "N")]
+    pub top_k: Option<usize>,
+    /// cpu or cuda (cuda needs the GPU build: scripts/setup-gpu.sh).
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    pub device: tagfix::train::config::DeviceKind,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub batch_size: usize,
+    /// libtorch threads (0: libtorch's default).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub threads: usize,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = TagFormat::Table)]
+    pub format: TagFormat,
+    /// Write the per-image output to FILE (atomically) instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Write the full [images × slots] score matrix (.safetensors or .csv, as `tagfix eval --scores`
+    /// reads it; image ids are the paths relative to the folder given).
+    #[arg(long, value_name = "OUT")]
+    pub scores: Option<PathBuf>,
+    /// Report unreadable or corrupt images by path and go on without them.
+    #[arg(long)]
+    pub keep_going: bool,
 }
 
 #[derive(Debug, Args)]
@@ -584,12 +705,34 @@ pub struct PlotArgs {
 pub struct EvalArgs {
     /// Prediction scores: CSV `image_id,slot_or_tag,score` or safetensors `scores` [images, slots]
     /// with metadata `image_ids` (see docs/formats.md).
-    #[arg(long, value_name = "FILE")]
-    pub scores: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "checkpoint")]
+    pub scores: Option<PathBuf>,
+    /// Score the benchmark images with this RAM++ checkpoint instead (as `tagfix tag`: .pth, a
+    /// tagfix run or checkpoint folder, .safetensors).
+    #[arg(long, value_name = "CKPT", conflicts_with = "scores")]
+    pub checkpoint: Option<PathBuf>,
     /// A benchmark folder in the official format (`*_taglist.txt` + `*_annots.txt`), e.g.
-    /// ../shared/ram/benchmarks/openimages_common_214.
+    /// ../shared/ram/benchmarks/openimages_common_214. Repeat it with --checkpoint for several
+    /// benchmarks side by side.
     #[arg(long, value_name = "DIR")]
-    pub benchmark: Option<PathBuf>,
+    pub benchmark: Vec<PathBuf>,
+    /// With --checkpoint: the benchmark's image folder, once for all or once per --benchmark
+    /// [default: DIR/imgs, as batch_inference.py].
+    #[arg(long, value_name = "IMAGE_ROOT", requires = "checkpoint")]
+    pub images: Vec<PathBuf>,
+    /// With --checkpoint: the model (preset, `tiny` or reference config.json) [default: the preset
+    /// the checkpoint fits].
+    #[arg(long, value_name = "PRESET", requires = "checkpoint")]
+    pub model: Option<String>,
+    /// With --checkpoint: cpu or cuda.
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    pub device: tagfix::train::config::DeviceKind,
+    /// With --checkpoint: images per forward pass.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub batch_size: usize,
+    /// With --checkpoint: libtorch threads (0: libtorch's default).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub threads: usize,
     /// The benchmark's tag list (instead of --benchmark).
     #[arg(
         long,

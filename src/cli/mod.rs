@@ -8,12 +8,14 @@ mod diff;
 mod doctor;
 mod embed;
 mod eval;
+mod export;
 mod inspect;
 mod plot;
 mod reference;
 mod repair;
 mod synth;
 mod synth_images;
+mod tag;
 mod teacher;
 mod train;
 mod vocab;
@@ -72,7 +74,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Plot(a) => plot::run(a),
         Command::Embed(a) => embed::run(a, &cli.global),
         Command::Check(a) => check::run(a),
-        Command::Eval(a) => eval::run(a),
+        Command::Eval(a) => eval::run(a, &cli.global),
+        Command::Export(a) => export::run(a),
+        Command::Tag(a) => tag::run(a, &cli.global),
         Command::Repair(a) => repair::run(a),
         Command::Train(a) => train::run(a),
         Command::Teacher(a) => teacher::run(a, &cli.global),

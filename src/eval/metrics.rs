@@ -40,6 +40,89 @@ pub fn average_precision(scores: &[f32], targets: &[bool]) -> Option<f64> {
     Some(ap)
 }
 
+/// Average precision as RAM's own evaluation computes it (`get_mAP` in `ram/utils/metrics.py`,
+/// used by `batch_inference.py`): images in the order of numpy's `scores.argsort()[::-1]`, the
+/// precision at each positive's rank summed and divided by `positives + 1e-8`. A class without
+/// positives scores 0 (and counts in the official mean). Tied scores are not grouped: they keep
+/// the reverse of an ascending stable sort (the later image first, numpy's
+/// `argsort(kind="stable")[::-1]`); numpy's default sort orders ties as its build likes, so on
+/// ties this is the official value for one valid tie order. NaN sorts last ascending in numpy,
+/// so first here.
+pub fn ram_average_precision(scores: &[f32], targets: &[bool]) -> f64 {
+    assert_eq!(scores.len(), targets.len());
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    // Ascending, stable; equal values (also −0 and +0) keep their index order; NaN last.
+    order.sort_by(|&a, &b| {
+        let (x, y) = (scores[a], scores[b]);
+        match (x.is_nan(), y.is_nan()) {
+            (false, false) => x.partial_cmp(&y).expect("not NaN"),
+            (nx, ny) => nx.cmp(&ny),
+        }
+    });
+    let (mut tp, mut sum) = (0usize, 0.0f64);
+    for (rank, &i) in order.iter().rev().enumerate() {
+        if targets[i] {
+            tp += 1;
+            sum += tp as f64 / (rank + 1) as f64;
+        }
+    }
+    sum / (tp as f64 + 1e-8)
+}
+
+/// Precision and recall of one class as `get_PR` in `ram/utils/metrics.py` computes them from
+/// `batch_inference.py`'s predictions (`score >= threshold`, unlike `generate_tag`'s `>`):
+/// TP/(TP+FP+1e-9) and TP/(TP+FN+1e-9), so 0 without predictions or positives.
+pub fn ram_precision_recall(scores: &[f32], targets: &[bool], threshold: f32) -> (f64, f64) {
+    let (mut tp, mut fp, mut fn_) = (0u64, 0u64, 0u64);
+    for (s, t) in scores.iter().zip(targets) {
+        let p = *s >= threshold;
+        tp += u64::from(p && *t);
+        fp += u64::from(p && !*t);
+        fn_ += u64::from(!p && *t);
+    }
+    let eps = 1e-9;
+    (
+        tp as f64 / (tp as f64 + fp as f64 + eps),
+        tp as f64 / (tp as f64 + fn_ as f64 + eps),
+    )
+}
+
+/// mAP, CP and CR over every evaluated benchmark tag as `batch_inference.py` prints them (classes
+/// without positives included with AP 0, P and R per [`ram_precision_recall`]), and
+/// F1 = 2·CP·CR/(CP+CR).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct RamSummary {
+    pub classes: usize,
+    pub map: f64,
+    pub cp: f64,
+    pub cr: f64,
+    pub f1: f64,
+}
+
+impl RamSummary {
+    /// Averages `(ram_ap, precision, recall)` per class; `None` without classes.
+    pub fn of(classes: impl IntoIterator<Item = (f64, f64, f64)>) -> Option<Self> {
+        let (mut n, mut ap, mut p, mut r) = (0usize, 0.0, 0.0, 0.0);
+        for (a, pc, rc) in classes {
+            n += 1;
+            ap += a;
+            p += pc;
+            r += rc;
+        }
+        (n > 0).then(|| {
+            let nf = n as f64;
+            let (cp, cr) = (p / nf, r / nf);
+            RamSummary {
+                classes: n,
+                map: ap / nf,
+                cp,
+                cr,
+                f1: harmonic(cp, cr),
+            }
+        })
+    }
+}
+
 /// Counts of one class at a threshold (a prediction is `score > threshold`, as RAM's inference).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
@@ -174,6 +257,45 @@ mod tests {
         // All positives scored highest: AP = 1. No positive: undefined.
         close(average_precision(&[0.9, 0.1], &[true, false]).unwrap(), 1.0);
         assert_eq!(average_precision(&[0.9, 0.1], &[false, false]), None);
+    }
+
+    #[test]
+    fn ram_ap_is_precision_at_ranks_over_positives_plus_epsilon() {
+        // Without ties: ranks 0.9(+) 0.8(-) 0.7(+) 0.4(-) 0.2(+) -> (1 + 2/3 + 3/5) / (3 + 1e-8).
+        let ap = ram_average_precision(
+            &[0.2, 0.9, 0.4, 0.7, 0.8],
+            &[true, true, false, true, false],
+        );
+        close(ap, (1.0 + 2.0 / 3.0 + 3.0 / 5.0) / (3.0 + 1e-8));
+        // No positive: 0/(0 + 1e-8) = 0, and the class is not skipped.
+        assert_eq!(ram_average_precision(&[0.9, 0.1], &[false, false]), 0.0);
+        // Ties: argsort ascending (stable) is [3, 0, 1, 2]; reversed [2, 1, 0, 3]: the later
+        // tied image first. Positives at 0 and 2: ranks 3 and 1 -> (1/1 + 2/3) / 2.
+        let ap = ram_average_precision(&[0.5, 0.5, 0.5, 0.1], &[true, false, true, false]);
+        close(ap, (1.0 + 2.0 / 3.0) / (2.0 + 1e-8));
+        // Positive at 2 only: ranked first -> 1 (sklearn's tie grouping would give 1/3).
+        close(
+            ram_average_precision(&[0.5, 0.5, 0.5, 0.1], &[false, false, true, false]),
+            1.0 / (1.0 + 1e-8),
+        );
+        // NaN is last in numpy's ascending order, so ranked first.
+        close(
+            ram_average_precision(&[f32::NAN, 0.9], &[false, true]),
+            0.5 / (1.0 + 1e-8),
+        );
+    }
+
+    #[test]
+    fn ram_precision_recall_counts_equal_scores_as_predicted() {
+        let (p, r) = ram_precision_recall(&[0.9, 0.6, 0.5, 0.1], &[true, false, true, false], 0.5);
+        close(p, 2.0 / (3.0 + 1e-9));
+        close(r, 2.0 / (2.0 + 1e-9));
+        assert_eq!(ram_precision_recall(&[0.1], &[false], 0.5), (0.0, 0.0));
+        let s = RamSummary::of([(1.0, 0.5, 1.0), (0.0, 0.0, 0.0)]).unwrap();
+        close(s.map, 0.5);
+        close(s.cp, 0.25);
+        close(s.cr, 0.5);
+        close(s.f1, 2.0 * 0.25 * 0.5 / 0.75);
     }
 
     #[test]

@@ -9,8 +9,8 @@ pub mod output;
 pub mod scores;
 
 pub use benchmark::{Benchmark, LabelForm};
-pub use metrics::{average_precision, Counts, Summary};
-pub use scores::{read_scores, ScoreMatrix};
+pub use metrics::{average_precision, Counts, RamSummary, Summary};
+pub use scores::{read_scores, ScoreMatrix, ScoreWriter};
 
 use crate::error::{Error, Result};
 use crate::manifest::{SlotManifest, SlotStatus};
@@ -158,6 +158,35 @@ impl Thresholds {
         })
     }
 
+    /// `--thresholds FILE`, else `--threshold P` for every slot, else the vocabulary preset's
+    /// sidecar, else `fallback` for every slot (`None`: an error asking for one of the flags).
+    pub fn choose(
+        file: Option<&Path>,
+        value: Option<f32>,
+        vocab: &Vocabulary,
+        fallback: Option<f32>,
+    ) -> Result<Self> {
+        if let Some(path) = file {
+            return Self::read(path, vocab.len());
+        }
+        if let Some(v) = value {
+            return Self::from_flag(v, vocab.len());
+        }
+        if let Some(t) = Self::from_preset(vocab) {
+            return t;
+        }
+        match fallback {
+            Some(v) => Ok(Thresholds {
+                source: format!("{v} for every slot (no threshold file)"),
+                ..Self::uniform(v, vocab.len())
+            }),
+            None => Err(Error::Usage(format!(
+                "vocabulary {} has no threshold sidecar: pass --thresholds FILE or --threshold P",
+                vocab.path.display()
+            ))),
+        }
+    }
+
     /// The vocabulary preset's `threshold` sidecar (`ram_tag_list_threshold.txt` for `ram`).
     pub fn from_preset(vocab: &Vocabulary) -> Option<Result<Self>> {
         let preset = vocab.preset.as_ref()?;
@@ -192,6 +221,14 @@ pub struct ClassResult {
     pub precision: f64,
     pub recall: f64,
     pub f1: f64,
+    /// AP, precision and recall as RAM's `get_mAP` / `get_PR` compute them
+    /// ([`metrics::ram_average_precision`], [`metrics::ram_precision_recall`]).
+    #[serde(default)]
+    pub ram_ap: f64,
+    #[serde(default)]
+    pub ram_precision: f64,
+    #[serde(default)]
+    pub ram_recall: f64,
 }
 
 /// The result of one evaluation.
@@ -205,6 +242,10 @@ pub struct EvalReport {
     pub main: Option<Summary>,
     /// Over mapped tags with positives whose slot the manifest marks absent.
     pub absent: Option<Summary>,
+    /// Over every mapped tag (absent slots and tags without positives included), as
+    /// `batch_inference.py` reports mAP / CP / CR.
+    #[serde(default)]
+    pub ram: Option<RamSummary>,
     /// Benchmark tags no slot matched (not evaluated).
     pub unmapped: Vec<String>,
     /// Mapped tags without any positive image (not averaged).
@@ -248,6 +289,8 @@ pub fn evaluate(
             let column = scores.column(col);
             let threshold = thresholds.values[slot];
             let counts = Counts::at_threshold(&column, &targets, threshold);
+            let (ram_precision, ram_recall) =
+                metrics::ram_precision_recall(&column, &targets, threshold);
             let coverage = match manifest {
                 None => SlotCoverage::Unknown,
                 Some(m) => match m.slots[slot].status {
@@ -267,6 +310,9 @@ pub fn evaluate(
                 recall: counts.recall(),
                 f1: counts.f1(),
                 counts,
+                ram_ap: metrics::ram_average_precision(&column, &targets),
+                ram_precision,
+                ram_recall,
             }
         })
         .collect();
@@ -283,6 +329,11 @@ pub fn evaluate(
         thresholds: thresholds.source.clone(),
         main: summary(false),
         absent: summary(true),
+        ram: RamSummary::of(
+            classes
+                .iter()
+                .map(|c| (c.ram_ap, c.ram_precision, c.ram_recall)),
+        ),
         unmapped: mapping.unmapped().into_iter().map(String::from).collect(),
         no_positives: classes
             .iter()
@@ -374,6 +425,17 @@ mod tests {
         close(m.or, 0.6);
         close(m.of1, 2.0 / 3.0);
         assert_eq!(r.absent, None);
+        // As batch_inference.py: every mapped tag, boat (no positive) with AP 0, P and R at
+        // score >= threshold with RAM's epsilons. Dog ranks i2, i1, i4 (all +) first: AP 3/3.
+        let ram = r.ram.unwrap();
+        assert_eq!(ram.classes, 3);
+        close(
+            ram.map,
+            ((1.0 + 2.0 / 3.0) / (2.0 + 1e-8) + 3.0 / (3.0 + 1e-8)) / 3.0,
+        );
+        // cat >= 0.5: i1+, i2- -> P 1/2, R 1/2; Dog >= 0.55: i1+, i2+ -> P 1, R 2/3; boat: 0, 0.
+        close(ram.cp, (1.0 / (2.0 + 1e-9) + 2.0 / (2.0 + 1e-9)) / 3.0);
+        close(ram.cr, (1.0 / (2.0 + 1e-9) + 2.0 / (3.0 + 1e-9)) / 3.0);
 
         // With a manifest marking `dog` (slot 1) absent, Dog moves to the absent group.
         let manifest = SlotManifest::from_counts(&vocab, &[3, 0, 1, 1, 1], &[0; 5], vec![], 0);

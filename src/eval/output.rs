@@ -57,6 +57,18 @@ pub fn write_table(w: &mut dyn Write, r: &EvalReport, per_class: bool) -> std::i
         row("absent", s);
     }
     writeln!(w, "{t}")?;
+    if let Some(s) = &r.ram {
+        writeln!(
+            w,
+            "as batch_inference.py (all {} mapped tags, AP 0 without positives, predicted at score >= threshold): \
+             mAP {} CP {} CR {} F1 {}",
+            s.classes,
+            pct(s.map),
+            pct(s.cp),
+            pct(s.cr),
+            pct(s.f1)
+        )?;
+    }
     if !r.unmapped.is_empty() {
         writeln!(w, "unmapped benchmark tags: {}", r.unmapped.join(", "))?;
     }
@@ -91,6 +103,46 @@ pub fn write_table(w: &mut dyn Write, r: &EvalReport, per_class: bool) -> std::i
         writeln!(w, "{t}")?;
     }
     Ok(())
+}
+
+/// Several benchmarks side by side: one column per benchmark, the `batch_inference.py` numbers
+/// first, then tagfix's mAP over present and absent slots.
+pub fn write_side_by_side(w: &mut dyn Write, reports: &[EvalReport]) -> std::io::Result<()> {
+    let mut t = Table::new();
+    let mut header = vec!["".to_string()];
+    header.extend(reports.iter().map(|r| r.benchmark.clone()));
+    t.load_preset(UTF8_BORDERS_ONLY)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(header);
+    type Cell = fn(&EvalReport) -> String;
+    let rows: [(&str, Cell); 9] = [
+        ("images", |r| r.images.to_string()),
+        ("tags evaluated", |r| {
+            format!("{} of {}", r.classes.len(), r.benchmark_tags)
+        }),
+        ("mAP", |r| r.ram.map_or("-".into(), |s| pct(s.map))),
+        ("CP", |r| r.ram.map_or("-".into(), |s| pct(s.cp))),
+        ("CR", |r| r.ram.map_or("-".into(), |s| pct(s.cr))),
+        ("F1", |r| r.ram.map_or("-".into(), |s| pct(s.f1))),
+        ("mAP, tags with positives", |r| {
+            r.main.map_or("-".into(), |s| pct(s.map))
+        }),
+        ("mAP, absent slots", |r| {
+            r.absent.map_or("-".into(), |s| pct(s.map))
+        }),
+        ("thresholds", |r| r.thresholds.clone()),
+    ];
+    for (name, cell) in rows {
+        let mut row = vec![name.to_string()];
+        row.extend(reports.iter().map(cell));
+        t.add_row(row);
+    }
+    writeln!(w, "{t}")?;
+    writeln!(
+        w,
+        "mAP / CP / CR as batch_inference.py (every mapped tag; P and R at score >= threshold), F1 = 2·CP·CR/(CP+CR);\n\
+         the last mAP rows are tagfix's (tags with positives, slots the manifest marks absent apart)."
+    )
 }
 
 /// The whole report as pretty JSON (fractions in [0, 1]).

@@ -9,6 +9,7 @@ use super::{Benchmark, TagMapping};
 use crate::error::{Error, Result};
 use crate::vocab::{normalize_tag, Slot, Vocabulary};
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::Path;
 
 /// Dense scores, row-major: rows = benchmark images, columns = mapped benchmark tags.
@@ -63,6 +64,132 @@ fn bad_score(v: f32) -> Option<&'static str> {
     } else {
         None
     }
+}
+
+/// Writes the full score matrix [images × slots] row by row, in either format `read_scores` takes:
+/// safetensors (`scores` f32 + `image_ids`) or CSV `image_id,slot,score`. Rows stream to a temporary
+/// file in the output's folder, so memory does not grow with the image count; [`finish`] puts the
+/// file in place, and a writer dropped before that leaves nothing behind.
+///
+/// [`finish`]: ScoreWriter::finish
+pub struct ScoreWriter {
+    path: std::path::PathBuf,
+    slots: usize,
+    csv: bool,
+    ids: Vec<String>,
+    tmp: std::io::BufWriter<tempfile::NamedTempFile>,
+}
+
+impl ScoreWriter {
+    /// Starts `path` (`.safetensors` or `.csv`) for rows of `slots` scores.
+    pub fn create(path: &Path, slots: usize) -> Result<Self> {
+        let csv = match path.extension().and_then(|e| e.to_str()) {
+            Some("csv") => true,
+            Some("safetensors") => false,
+            _ => {
+                return Err(Error::Usage(format!(
+                    "scores output {} must end in .safetensors or .csv",
+                    path.display()
+                )))
+            }
+        };
+        let tmp = crate::fsutil::output_temp(path)?;
+        let mut w = ScoreWriter {
+            path: path.to_path_buf(),
+            slots,
+            csv,
+            ids: Vec::new(),
+            tmp: std::io::BufWriter::new(tmp),
+        };
+        if csv {
+            w.io(|t| t.write_all(b"image_id,slot,score\n"))?;
+        }
+        Ok(w)
+    }
+
+    fn io(&mut self, f: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
+        f(&mut self.tmp).map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// Appends one image's scores (slot order).
+    pub fn push(&mut self, id: &str, row: &[f32]) -> Result<()> {
+        if row.len() != self.slots {
+            return Err(Error::Usage(format!(
+                "{} scores for {} slots",
+                row.len(),
+                self.slots
+            )));
+        }
+        if self.csv {
+            let id = if id.contains([',', '"', '\n']) {
+                format!("\"{}\"", id.replace('"', "\"\""))
+            } else {
+                id.to_string()
+            };
+            self.io(|t| {
+                for (slot, v) in row.iter().enumerate() {
+                    writeln!(t, "{id},{slot},{v}")?;
+                }
+                Ok(())
+            })?;
+        } else {
+            self.io(|t| row.iter().try_for_each(|v| t.write_all(&v.to_le_bytes())))?;
+        }
+        self.ids.push(id.to_string());
+        Ok(())
+    }
+
+    /// Rows written so far.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Completes the file and renames it into place.
+    pub fn finish(self) -> Result<()> {
+        let path = self.path.clone();
+        let io = |e: std::io::Error| Error::io(&path, e);
+        let data = self.tmp.into_inner().map_err(|e| io(e.into_error()))?;
+        if self.csv {
+            return crate::fsutil::persist(data, &path);
+        }
+        let ids = serde_json::to_string(&self.ids).expect("strings serialise");
+        let n = self.ids.len() * self.slots * 4;
+        let mut header = serde_json::json!({
+            "__metadata__": {"image_ids": ids},
+            "scores": {"dtype": "F32", "shape": [self.ids.len(), self.slots], "data_offsets": [0, n]},
+        })
+        .to_string();
+        while header.len() % 8 != 0 {
+            header.push(' ');
+        }
+        let mut out = crate::fsutil::output_temp(&path)?;
+        {
+            let mut w = std::io::BufWriter::new(out.as_file_mut());
+            w.write_all(&(header.len() as u64).to_le_bytes())
+                .map_err(io)?;
+            w.write_all(header.as_bytes()).map_err(io)?;
+            let mut src = data.reopen().map_err(io)?;
+            std::io::copy(&mut src, &mut w).map_err(io)?;
+            w.flush().map_err(io)?;
+        }
+        crate::fsutil::persist(out, &path)
+    }
+}
+
+/// The benchmark row of a score file's image id: the id itself, or without its image extension
+/// (`tagfix tag` names images by file, benchmarks by id without `.jpg`).
+fn row_of(rows: &HashMap<&str, usize>, id: &str) -> Option<usize> {
+    rows.get(id).copied().or_else(|| {
+        let p = Path::new(id);
+        let ext = p.extension()?.to_str()?.to_ascii_lowercase();
+        matches!(ext.as_str(), "jpg" | "jpeg" | "png")
+            .then(|| rows.get(id[..id.len() - ext.len() - 1].trim()).copied())
+            .flatten()
+    })
 }
 
 /// Reads a prediction file (by extension: `.csv`, `.safetensors`) into the benchmark's matrix.
@@ -173,7 +300,7 @@ fn read_csv(
             _ if line == 1 => continue, // header
             _ => return Err(parse_err(format!("score `{score}` is not a number"))),
         };
-        let Some(&row) = rows.get(rec[0].trim()) else {
+        let Some(row) = row_of(&rows, rec[0].trim()) else {
             unknown_images += 1;
             continue;
         };
@@ -283,7 +410,7 @@ fn read_safetensors(
     let mut m = ScoreMatrix::zeros(bench.images.len(), mapped.len());
     let mut seen = vec![false; bench.images.len()];
     for (r, id) in ids.iter().enumerate() {
-        let Some(&row) = rows.get(id.as_str()) else {
+        let Some(row) = row_of(&rows, id) else {
             continue;
         };
         seen[row] = true;
@@ -346,6 +473,39 @@ mod tests {
                 .to_string();
             assert!(err.contains(want), "{err} (wanted {want})");
         }
+    }
+
+    #[test]
+    fn written_scores_read_back_in_both_formats() {
+        let d = tempfile::tempdir().unwrap();
+        let (bench, vocab, mapping) = fixture(d.path());
+        for name in ["w.safetensors", "w.csv"] {
+            let p = d.path().join(name);
+            let mut w = ScoreWriter::create(&p, 3).unwrap();
+            // Ids with the image extension match the benchmark's bare ids.
+            w.push("i2.jpg", &[0.1, 0.2, 0.3]).unwrap();
+            w.push("i1", &[0.4, 0.5, 0.6]).unwrap();
+            assert!(w.push("i3", &[0.0]).is_err());
+            assert_eq!(w.len(), 2);
+            w.finish().unwrap();
+            let m = read_scores(&p, &bench, &vocab, &mapping).unwrap();
+            assert_eq!(
+                m,
+                ScoreMatrix::from_rows(&[vec![0.5, 0.4], vec![0.2, 0.1]]),
+                "{name}"
+            );
+        }
+        // Dropped before finish: nothing is left.
+        let p = d.path().join("x.safetensors");
+        let mut w = ScoreWriter::create(&p, 3).unwrap();
+        w.push("i1", &[0.0; 3]).unwrap();
+        drop(w);
+        let left: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".tagfix"))
+            .collect();
+        assert!(left.is_empty() && !p.exists());
     }
 
     #[test]

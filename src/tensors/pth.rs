@@ -549,10 +549,12 @@ fn to_json(v: &Value) -> serde_json::Value {
 // ---------------------------------------------------------------------------------------------
 // Writer
 
-/// What to write: one bare tensor, or a dict of named tensors (an `OrderedDict`, as `state_dict()`).
+/// What to write: one bare tensor, a dict of named tensors (an `OrderedDict`, as `state_dict()`), or
+/// such a dict under one key of a plain dict (`{"model": state_dict}`, as RAM's checkpoints).
 pub enum PthContent<'a> {
     Tensor(&'a Tensor),
     Dict(&'a [(String, Tensor)]),
+    Wrapped(&'a str, &'a [(String, Tensor)]),
 }
 
 fn storage_class(d: DType) -> &'static str {
@@ -607,6 +609,16 @@ impl PickleWriter {
         }
         self.out.push(b't');
     }
+    /// `OrderedDict` of `items`, storages numbered from 0 in order.
+    fn ordered_dict(&mut self, items: &[(String, Tensor)]) {
+        self.global("collections", "OrderedDict");
+        self.out.extend([b')', b'R', b'(']);
+        for (i, (name, t)) in items.iter().enumerate() {
+            self.str(name);
+            self.tensor(t, i);
+        }
+        self.out.push(b'u');
+    }
     /// `_rebuild_tensor_v2(storage, 0, size, stride, False, OrderedDict())` for storage `key`.
     fn tensor(&mut self, t: &Tensor, key: usize) {
         self.global("torch._utils", "_rebuild_tensor_v2");
@@ -643,13 +655,15 @@ pub fn write(path: &Path, content: PthContent<'_>) -> Result<()> {
             vec![t]
         }
         PthContent::Dict(items) => {
-            pw.global("collections", "OrderedDict");
-            pw.out.extend([b')', b'R', b'(']);
-            for (i, (name, t)) in items.iter().enumerate() {
-                pw.str(name);
-                pw.tensor(t, i);
-            }
-            pw.out.push(b'u');
+            pw.ordered_dict(items);
+            items.iter().map(|(_, t)| t).collect()
+        }
+        PthContent::Wrapped(key, items) => {
+            // EMPTY_DICT, key, the state dict, SETITEM.
+            pw.out.push(b'}');
+            pw.str(key);
+            pw.ordered_dict(items);
+            pw.out.push(b's');
             items.iter().map(|(_, t)| t).collect()
         }
     };
@@ -719,6 +733,12 @@ mod tests {
         let c = read(&p).unwrap();
         assert_eq!(c.container, Container::StateDict);
         assert_eq!(c.tensors, items);
+
+        write(&p, PthContent::Wrapped("model", &items)).unwrap();
+        let c = read(&p).unwrap();
+        assert_eq!(c.container, Container::Wrapped("model".into()));
+        assert_eq!(c.tensors, items);
+        assert!(c.extras.is_empty());
     }
 
     fn view(offset: i64, shape: &[i64], stride: &[i64]) -> TensorRef {

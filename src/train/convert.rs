@@ -1,10 +1,11 @@
 //! `torch.save` checkpoints → safetensors, without Python and without executing pickle code
 //! (the reader refuses unknown globals). Shared-storage views become contiguous tensors; non-tensor
-//! extras (epoch, config, ...) go into the safetensors metadata as JSON strings.
+//! extras (epoch, config, ...) go into the safetensors metadata as JSON strings. A `.pth` output goes
+//! the other way: any tensor file to `{"model": state_dict}`.
 
 use super::inspect::read_checkpoint;
 use crate::error::{Error, Result};
-use crate::tensors::{safetensors_io, FileFormat};
+use crate::tensors::{pth, safetensors_io, FileFormat, TensorSet};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -24,19 +25,27 @@ pub struct ConvertSummary {
     pub extras: Vec<String>,
 }
 
-/// Converts `input` (`.pth`/`.pt`/`.bin`, or `.safetensors`) to the safetensors file `output`,
-/// written atomically and read back to check that every tensor round-trips.
+/// Converts `input` (`.pth`/`.pt`/`.bin`, or `.safetensors`) to the safetensors file `output`
+/// (or, for an `output` ending in `.pth`, to `{"model": state_dict}`), written atomically and read
+/// back to check that every tensor round-trips.
 pub fn convert(input: &Path, output: &Path) -> Result<ConvertSummary> {
-    if FileFormat::from_path(output).ok() != Some(FileFormat::Safetensors) {
-        return Err(Error::Usage(format!(
-            "output {} must end in .safetensors",
-            output.display()
-        )));
-    }
+    let to_pth = match FileFormat::from_path(output).ok() {
+        Some(FileFormat::Safetensors) => false,
+        Some(FileFormat::Pth) => true,
+        _ => {
+            return Err(Error::Usage(format!(
+                "output {} must end in .safetensors (or .pth for the other direction)",
+                output.display()
+            )))
+        }
+    };
     crate::fsutil::check_outputs([output], &[input])?;
     let (mut set, format, container, extras) = read_checkpoint(input)?;
     if set.tensors.is_empty() {
         return Err(Error::invalid(input, "holds no tensors"));
+    }
+    if to_pth {
+        return to_state_dict_pth(input, output, set, format, container);
     }
     let source = input
         .file_name()
@@ -62,11 +71,29 @@ pub fn convert(input: &Path, output: &Path) -> Result<ConvertSummary> {
             "written file does not read back identically",
         ));
     }
+    Ok(summary(
+        input,
+        output,
+        &set,
+        format,
+        container,
+        extras.keys().cloned().collect(),
+    ))
+}
+
+fn summary(
+    input: &Path,
+    output: &Path,
+    set: &TensorSet,
+    format: String,
+    container: Option<String>,
+    extras: Vec<String>,
+) -> ConvertSummary {
     let mut dtypes = BTreeMap::new();
     for (_, t) in &set.tensors {
         *dtypes.entry(t.dtype.to_string()).or_default() += 1;
     }
-    Ok(ConvertSummary {
+    ConvertSummary {
         input: input.display().to_string(),
         output: output.display().to_string(),
         format,
@@ -75,6 +102,26 @@ pub fn convert(input: &Path, output: &Path) -> Result<ConvertSummary> {
         elements: set.tensors.iter().map(|(_, t)| t.numel()).sum(),
         bytes: set.tensors.iter().map(|(_, t)| t.data.len()).sum(),
         dtypes,
-        extras: extras.keys().cloned().collect(),
-    })
+        extras,
+    }
+}
+
+/// The other direction: the tensors as they are (names, order, dtypes) into
+/// `torch.save({"model": state_dict})`, read back and compared. Metadata is not carried (the
+/// format holds tensors only); `tagfix export` writes a model's official key set and order.
+fn to_state_dict_pth(
+    input: &Path,
+    output: &Path,
+    set: TensorSet,
+    format: String,
+    container: Option<String>,
+) -> Result<ConvertSummary> {
+    pth::write(output, pth::PthContent::Wrapped("model", &set.tensors))?;
+    if pth::read(output)?.tensors != set.tensors {
+        return Err(Error::invalid(
+            output,
+            "written file does not read back identically",
+        ));
+    }
+    Ok(summary(input, output, &set, format, container, Vec::new()))
 }

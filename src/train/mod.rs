@@ -9,6 +9,10 @@ pub mod config;
 pub mod convert;
 #[cfg(feature = "train")]
 pub mod data;
+#[cfg(feature = "train")]
+pub mod export;
+#[cfg(feature = "train")]
+pub mod infer;
 pub mod inspect;
 pub mod keymap;
 pub mod model;

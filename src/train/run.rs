@@ -114,7 +114,8 @@ pub struct Prepared {
     pub notes: Vec<String>,
 }
 
-fn device_of(kind: DeviceKind) -> Result<Device> {
+/// The libtorch device of a `--device` value; `cuda` fails clearly when libtorch sees no GPU.
+pub fn device_of(kind: DeviceKind) -> Result<Device> {
     match kind {
         DeviceKind::Cpu => Ok(Device::Cpu),
         DeviceKind::Cuda => {

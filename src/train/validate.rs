@@ -8,7 +8,7 @@
 //! input (bilinear, as RAM's inference transform `Resize((S, S))`) without augmentation.
 
 use super::data::augment;
-use super::model::{RamPlus, Trace};
+use super::model::RamPlus;
 use crate::error::{Error, Result};
 use crate::eval::{
     evaluate, gather_columns, Benchmark, EvalReport, LabelForm, MappedTag, MatchKind, TagMapping,
@@ -232,14 +232,7 @@ pub fn score_images(
         let x = Tensor::from_slice(&buf)
             .view([chunk.len() as i64, 3, side as i64, side as i64])
             .to_device(device);
-        let probs = tch::no_grad(|| {
-            let mut trace = Trace::off();
-            let e = model.image_embeds(&x, false, &mut trace);
-            model
-                .tag_branch(&e.image_embeds, false, &mut trace)
-                .tagging_logits
-                .sigmoid()
-        });
+        let probs = model.tag_probabilities(&x)?;
         let flat = probs
             .to_kind(Kind::Float)
             .to_device(Device::Cpu)

@@ -296,6 +296,24 @@ impl RamPlus {
         })
     }
 
+    /// The tagging logits [B, num_class] of an image batch in eval mode, without gradients:
+    /// `generate_tag`'s steps before the sigmoid.
+    pub fn tag_logits(&self, image: &Tensor) -> Result<Tensor> {
+        self.check_image(image)?;
+        Ok(tch::no_grad(|| {
+            let mut trace = Trace::off();
+            let e = self.image_embeds(image, false, &mut trace);
+            self.tag_branch(&e.image_embeds, false, &mut trace)
+                .tagging_logits
+        }))
+    }
+
+    /// Sigmoid tag probabilities [B, num_class] in eval mode (what `generate_tag` compares with the
+    /// thresholds): the one scoring path of `tagfix tag`, `eval --checkpoint` and validation.
+    pub fn tag_probabilities(&self, image: &Tensor) -> Result<Tensor> {
+        Ok(self.tag_logits(image)?.sigmoid())
+    }
+
     /// `RAM_plus.generate_tag` without the string joining: logits, sigmoid scores, and
     /// `scores > threshold` per class (strict), with `delete_tag_index` classes zeroed. Eval mode.
     pub fn generate_tag(
@@ -304,7 +322,6 @@ impl RamPlus {
         class_threshold: &Tensor,
         delete_tag_index: &[i64],
     ) -> Result<TagPrediction> {
-        self.check_image(image)?;
         let nc = self.config.num_class as i64;
         if class_threshold.size() != [nc] {
             return Err(Error::Usage(format!(
@@ -312,11 +329,7 @@ impl RamPlus {
                 class_threshold.size()
             )));
         }
-        let mut trace = Trace::off();
-        let image = self.image_embeds(image, false, &mut trace);
-        let logits = self
-            .tag_branch(&image.image_embeds, false, &mut trace)
-            .tagging_logits;
+        let logits = self.tag_logits(image)?;
         let scores = logits.sigmoid();
         let thr = class_threshold
             .to_kind(scores.kind())

@@ -1,0 +1,313 @@
+//! `tagfix tag`: a RAM++ checkpoint's tags for image files and folders, streamed batch by batch.
+
+use super::args::{GlobalArgs, TagArgs};
+use super::ExitStatus;
+
+#[cfg(not(feature = "train"))]
+pub fn run(_args: TagArgs, _global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+    anyhow::bail!("this tagfix was built without the `train` feature: rebuild with `cargo build --release --features train`")
+}
+
+#[cfg(feature = "train")]
+pub use with_train::run;
+
+#[cfg(feature = "train")]
+mod with_train {
+    use super::super::args::TagFormat;
+    use super::*;
+    use anyhow::Context;
+    use rayon::prelude::*;
+    use std::io::Write;
+    use std::path::{Path, PathBuf};
+    use tagfix::eval::{ScoreWriter, Thresholds};
+    use tagfix::manifest::SlotManifest;
+    use tagfix::train::infer::{collect_images, load_model, tag_strings, Prediction, SlotLabels};
+    use tagfix::vocab::Vocabulary;
+
+    /// RAM's default `class_threshold` when no threshold file is known.
+    const RAM_DEFAULT_THRESHOLD: f32 = 0.68;
+
+    pub fn run(args: TagArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+        let vocab = Vocabulary::load(&args.vocab)
+            .with_context(|| format!("loading vocabulary `{}`", args.vocab))?;
+        let thresholds = Thresholds::choose(
+            args.thresholds.as_deref(),
+            args.threshold,
+            &vocab,
+            Some(RAM_DEFAULT_THRESHOLD),
+        )?;
+        let manifest = SlotManifest::read_for(args.manifest.as_deref(), &vocab)?;
+        let labels = SlotLabels::new(&vocab, args.zh.as_deref(), thresholds, manifest.as_ref())?;
+        anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
+        let mut images = collect_images(&args.images)?;
+        anyhow::ensure!(
+            !images.is_empty(),
+            "no .jpg, .jpeg or .png file under {}",
+            args.images
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        // Outputs are checked before the model loads, so a typo fails at once.
+        let mut inputs: Vec<&Path> = vec![args.checkpoint.as_path(), vocab.path.as_path()];
+        inputs.extend(args.thresholds.as_deref());
+        inputs.extend(args.manifest.as_deref());
+        inputs.extend(args.zh.as_deref());
+        inputs.extend(images.iter().map(|(p, _)| p.as_path()));
+        tagfix::fsutil::check_outputs(
+            args.out.iter().chain(&args.scores).map(|p| p.as_path()),
+            &inputs,
+        )?;
+        let skipped = probe_all(&mut images, args.keep_going)?;
+
+        if args.threads > 0 {
+            tch::set_num_threads(args.threads as i32);
+        }
+        let device = tagfix::train::run::device_of(args.device)?;
+        let model = load_model(
+            &args.checkpoint,
+            args.model.as_deref(),
+            Some(vocab.len()),
+            device,
+        )
+        .with_context(|| format!("loading {}", args.checkpoint.display()))?;
+        if !global.quiet {
+            eprint!("{}", model.report.to_table());
+            eprintln!(
+                "model {} ({}×{} input, {} tags); thresholds: {}{}",
+                model.config.name,
+                model.input_size(),
+                model.input_size(),
+                model.config.num_class,
+                labels.thresholds.source,
+                match &manifest {
+                    Some(m) => format!(
+                        "; {} absent slots flagged (manifest)",
+                        m.absent_slots().len()
+                    ),
+                    None => String::new(),
+                }
+            );
+        }
+
+        let mut out = Output::create(args.out.as_deref(), args.format)?;
+        let mut scores = args
+            .scores
+            .as_deref()
+            .map(|p| ScoreWriter::create(p, vocab.len()))
+            .transpose()?;
+        let pb = super::super::progress_bar(global, images.len() as u64, false);
+        let start = std::time::Instant::now();
+        let mut tagged = 0usize;
+        let mut unreadable = skipped;
+        for chunk in images.chunks(args.batch_size) {
+            let paths: Vec<PathBuf> = chunk.iter().map(|(p, _)| p.clone()).collect();
+            for ((path, id), result) in chunk.iter().zip(model.score_files(&paths)?) {
+                match result {
+                    Ok(row) => {
+                        let preds = labels.predictions(&row, args.top_k);
+                        // generate_tag's strings hold every tag above its threshold, top-k or not.
+                        let strings = match (args.format, args.top_k) {
+                            (TagFormat::Json, Some(_)) => {
+                                tag_strings(&labels.predictions(&row, None))
+                            }
+                            (TagFormat::Json, None) => tag_strings(&preds),
+                            _ => Default::default(),
+                        };
+                        out.record(id, path, &preds, strings)?;
+                        if let Some(s) = scores.as_mut() {
+                            s.push(id, &row)?;
+                        }
+                        tagged += 1;
+                    }
+                    Err(e) if args.keep_going => {
+                        pb.suspend(|| eprintln!("skipped {}: {e}", path.display()));
+                        unreadable += 1;
+                    }
+                    Err(e) => {
+                        return Err(anyhow::Error::new(e).context(
+                            "an image could not be read (nothing written; --keep-going skips such images)",
+                        ))
+                    }
+                }
+                pb.inc(1);
+            }
+        }
+        pb.finish_and_clear();
+        out.finish()?;
+        if let Some(s) = scores {
+            s.finish()?;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        if !global.quiet {
+            eprintln!(
+                "tagged {tagged} images in {secs:.2} s ({:.2} images/s){}",
+                tagged as f64 / secs.max(1e-9),
+                if unreadable > 0 {
+                    format!("; {unreadable} unreadable images skipped")
+                } else {
+                    String::new()
+                }
+            );
+        }
+        Ok(ExitStatus::Success)
+    }
+
+    /// Reads every image's header first, so a missing or unreadable file fails before any output;
+    /// with `keep_going` such files are reported and dropped. Returns how many were dropped.
+    fn probe_all(images: &mut Vec<(PathBuf, String)>, keep_going: bool) -> anyhow::Result<usize> {
+        let failures: Vec<(usize, String)> = images
+            .par_iter()
+            .enumerate()
+            .filter_map(|(i, (p, _))| tagfix::imaging::probe(p).err().map(|e| (i, e.to_string())))
+            .collect();
+        if failures.is_empty() {
+            return Ok(0);
+        }
+        if !keep_going {
+            let listed: Vec<&str> = failures.iter().take(5).map(|(_, e)| e.as_str()).collect();
+            anyhow::bail!(
+                "{} of {} images cannot be read (nothing written; --keep-going skips them):\n  {}",
+                failures.len(),
+                images.len(),
+                listed.join("\n  ")
+            );
+        }
+        for (_, e) in &failures {
+            eprintln!("skipped {e}");
+        }
+        let bad: std::collections::HashSet<usize> = failures.iter().map(|(i, _)| *i).collect();
+        let mut i = 0;
+        images.retain(|_| {
+            i += 1;
+            !bad.contains(&(i - 1))
+        });
+        Ok(bad.len())
+    }
+
+    /// One JSON Lines record (scores and thresholds keep their f32 digits).
+    #[derive(serde::Serialize)]
+    struct JsonRecord<'a> {
+        image: &'a str,
+        path: &'a Path,
+        /// Best first.
+        tags: &'a [Prediction],
+        /// `generate_tag`'s strings: every tag above its threshold, slot order, " | ".
+        tag_output: String,
+        tag_output_chinese: Option<String>,
+    }
+
+    /// The per-image output: stdout, or a temporary file renamed over `--out` at the end.
+    struct Output {
+        format: TagFormat,
+        w: Box<dyn Write>,
+        tmp: Option<(tempfile::NamedTempFile, PathBuf)>,
+        csv_header: bool,
+    }
+
+    impl Output {
+        fn create(path: Option<&Path>, format: TagFormat) -> anyhow::Result<Self> {
+            let (w, tmp): (Box<dyn Write>, _) = match path {
+                Some(p) => {
+                    let tmp = tagfix::fsutil::output_temp(p)?;
+                    let file = tmp.as_file().try_clone()?;
+                    (
+                        Box::new(std::io::BufWriter::new(file)),
+                        Some((tmp, p.to_path_buf())),
+                    )
+                }
+                None => (Box::new(std::io::stdout().lock()), None),
+            };
+            Ok(Output {
+                format,
+                w,
+                tmp,
+                csv_header: true,
+            })
+        }
+
+        fn record(
+            &mut self,
+            id: &str,
+            path: &Path,
+            preds: &[Prediction],
+            (en, zh): (String, Option<String>),
+        ) -> anyhow::Result<()> {
+            match self.format {
+                TagFormat::Json => {
+                    let rec = JsonRecord {
+                        image: id,
+                        path,
+                        tags: preds,
+                        tag_output: en,
+                        tag_output_chinese: zh,
+                    };
+                    serde_json::to_writer(&mut self.w, &rec)?;
+                    writeln!(self.w)?;
+                }
+                TagFormat::Csv => {
+                    let mut w = csv::WriterBuilder::new()
+                        .has_headers(false)
+                        .from_writer(&mut self.w);
+                    if std::mem::take(&mut self.csv_header) {
+                        w.write_record([
+                            "image",
+                            "slot",
+                            "tag",
+                            "zh",
+                            "score",
+                            "threshold",
+                            "above",
+                            "absent",
+                        ])?;
+                    }
+                    for p in preds {
+                        w.write_record([
+                            id,
+                            &p.slot.to_string(),
+                            &p.tag,
+                            p.zh.as_deref().unwrap_or(""),
+                            &p.score.to_string(),
+                            &p.threshold.to_string(),
+                            &p.above.to_string(),
+                            &p.absent.to_string(),
+                        ])?;
+                    }
+                    w.flush()?;
+                }
+                TagFormat::Table => {
+                    writeln!(self.w, "{id}: {} tags", preds.len())?;
+                    for p in preds {
+                        writeln!(
+                            self.w,
+                            "  {:.4}  {}{}  (threshold {}{}){}",
+                            p.score,
+                            p.tag,
+                            p.zh.as_deref()
+                                .map(|z| format!(" / {}", z.trim_end()))
+                                .unwrap_or_default(),
+                            p.threshold,
+                            if p.above { "" } else { ", below" },
+                            if p.absent {
+                                "  [absent slot: regenerated embedding]"
+                            } else {
+                                ""
+                            }
+                        )?;
+                    }
+                }
+            }
+            Ok(())
+        }
+
+        fn finish(mut self) -> anyhow::Result<()> {
+            self.w.flush()?;
+            drop(self.w);
+            if let Some((tmp, path)) = self.tmp {
+                tagfix::fsutil::persist(tmp, &path)?;
+            }
+            Ok(())
+        }
+    }
+}

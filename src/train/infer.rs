@@ -1,0 +1,640 @@
+//! Inference with a RAM++ checkpoint — the official `.pth`, a tagfix training checkpoint or any
+//! safetensors state dict: which model it holds, loading it with the same report as `train`, RAM's
+//! inference transform, and batched scoring of image files. Used by `tagfix tag`,
+//! `tagfix eval --checkpoint` and `tagfix export`.
+
+use super::inspect::fit_presets;
+use super::keymap::{checkpoint_keys, LoadReport};
+use super::model::{ParamInit, RamPlus, RamPlusConfig};
+use super::weights::{self, LoadOptions};
+use crate::error::{Error, Result};
+use crate::eval::Thresholds;
+use crate::imaging::normalize_chw;
+use crate::manifest::SlotManifest;
+use crate::tensors::{self, TensorSet};
+use crate::vocab::{parse_lines, Vocabulary};
+use image::RgbImage;
+use rayon::prelude::*;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+/// ImageNet mean and std, as RAM's `get_transform` normalises (training uses CLIP's instead).
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// RAM's inference transform (`ram/transform.py` `get_transform(S)`): RGB, `Resize((S, S))` —
+/// on a PIL image torchvision calls PIL's bilinear resize, reproduced to the bit by
+/// [`pil_bilinear_resize`] — then `ToTensor` and the ImageNet `Normalize`, as CHW floats into `out`
+/// (3·S·S values).
+pub fn official_transform(img: &RgbImage, size: u32, out: &mut [f32]) {
+    normalize_chw(
+        &pil_bilinear_resize(img, size, size),
+        &IMAGENET_MEAN,
+        &IMAGENET_STD,
+        out,
+    );
+}
+
+/// Fixed-point precision of PIL's 8-bit resampling (`PRECISION_BITS` in `Resample.c`).
+const PIL_PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// PIL's resampling weights for one axis (`precompute_coeffs` + `normalize_coeffs_8bpc` with the
+/// bilinear filter): per output pixel the first input index and its fixed-point weights. The
+/// support grows with the reduction factor, which is PIL's antialiasing.
+fn pil_bilinear_coeffs(in_size: u32, out_size: u32) -> Vec<(usize, Vec<i64>)> {
+    let scale = f64::from(in_size) / f64::from(out_size);
+    let filterscale = scale.max(1.0);
+    let support = filterscale; // the bilinear filter's support is 1
+    let ss = 1.0 / filterscale;
+    (0..out_size)
+        .map(|xx| {
+            let center = (f64::from(xx) + 0.5) * scale;
+            // C's (int) cast truncates toward zero, as `as` does.
+            let xmin = ((center - support + 0.5) as i64).max(0);
+            let xmax = ((center + support + 0.5) as i64).min(i64::from(in_size));
+            let w: Vec<f64> = (xmin..xmax)
+                .map(|x| {
+                    let t = ((x - xmin) as f64 + xmin as f64 - center + 0.5) * ss;
+                    (1.0 - t.abs()).max(0.0)
+                })
+                .collect();
+            let total: f64 = w.iter().sum();
+            let fixed = w
+                .iter()
+                .map(|&v| {
+                    let v = if total != 0.0 { v / total } else { v };
+                    let f = v * f64::from(1u32 << PIL_PRECISION_BITS);
+                    if f < 0.0 {
+                        (f - 0.5) as i64
+                    } else {
+                        (f + 0.5) as i64
+                    }
+                })
+                .collect();
+            (xmin as usize, fixed)
+        })
+        .collect()
+}
+
+/// PIL's `clip8`: the fixed-point sum back to 8 bits.
+fn pil_clip8(v: i64) -> u8 {
+    (v >> PIL_PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// One output pixel of a pass: the fixed-point weighted sum of the taps, plus one half, to 8 bits.
+fn pil_tap_sum(k: &[i64], tap: impl Fn(usize) -> image::Rgb<u8>) -> image::Rgb<u8> {
+    let mut sums = [1i64 << (PIL_PRECISION_BITS - 1); 3];
+    for (i, &kv) in k.iter().enumerate() {
+        let p = tap(i);
+        for (s, v) in sums.iter_mut().zip(p.0) {
+            *s += i64::from(v) * kv;
+        }
+    }
+    image::Rgb(sums.map(pil_clip8))
+}
+
+/// `Image.resize((w, h), Image.BILINEAR)` as Pillow's `Resample.c` computes it: the horizontal pass
+/// first, each pass rounded to 8 bits, only the source rows the vertical pass reads
+/// (`ImagingResampleInner`). Identical to Pillow 13.0 on the shared photos except where that build
+/// ran the vertical pass first (one level on some pixels; docs/formats.md, "Tagging").
+pub fn pil_bilinear_resize(img: &RgbImage, w: u32, h: u32) -> RgbImage {
+    let (iw, ih) = img.dimensions();
+    let horiz = (iw != w).then(|| pil_bilinear_coeffs(iw, w));
+    let vert = (ih != h).then(|| pil_bilinear_coeffs(ih, h));
+    // Horizontal pass over the rows the vertical pass uses.
+    let (first, last) = match &vert {
+        Some(v) => (v[0].0, v[v.len() - 1].0 + v[v.len() - 1].1.len()),
+        None => (0, ih as usize),
+    };
+    let tmp = match &horiz {
+        None => {
+            image::imageops::crop_imm(img, 0, first as u32, iw, (last - first) as u32).to_image()
+        }
+        Some(coeffs) => RgbImage::from_fn(w, (last - first) as u32, |xx, y| {
+            let (xmin, k) = &coeffs[xx as usize];
+            pil_tap_sum(k, |i| *img.get_pixel((xmin + i) as u32, first as u32 + y))
+        }),
+    };
+    match &vert {
+        None => tmp,
+        Some(coeffs) => RgbImage::from_fn(w, h, |x, yy| {
+            let (ymin, k) = &coeffs[yy as usize];
+            pil_tap_sum(k, |i| *tmp.get_pixel(x, (ymin - first + i) as u32))
+        }),
+    }
+}
+
+/// The state-dict file behind `path`: the file itself, `model.safetensors` of a tagfix checkpoint
+/// folder, or the newest checkpoint of a training run folder.
+pub fn checkpoint_file(path: &Path) -> Result<PathBuf> {
+    if !path.is_dir() {
+        if !path.exists() {
+            return Err(Error::invalid(path, "checkpoint not found"));
+        }
+        return Ok(path.to_path_buf());
+    }
+    let direct = path.join("model.safetensors");
+    if direct.is_file() {
+        return Ok(direct);
+    }
+    let ckpts = path.join("checkpoints");
+    let mut steps: Vec<PathBuf> = std::fs::read_dir(&ckpts)
+        .map_err(|_| {
+            Error::invalid(
+                path,
+                "folder holds neither model.safetensors nor a training run's checkpoints/",
+            )
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("step-"))
+                && p.join("model.safetensors").is_file()
+        })
+        .collect();
+    steps.sort();
+    steps
+        .pop()
+        .map(|s| s.join("model.safetensors"))
+        .ok_or_else(|| Error::invalid(&ckpts, "no complete checkpoint (step-*/model.safetensors)"))
+}
+
+/// Shape of the checkpoint's `label_embed` (DDP prefix ignored).
+fn label_embed_shape(set: &TensorSet) -> Option<(usize, usize)> {
+    set.tensors
+        .iter()
+        .find(|(n, _)| n.trim_start_matches("module.") == "label_embed")
+        .and_then(|(_, t)| (t.shape.len() == 2).then(|| (t.shape[0], t.shape[1])))
+}
+
+/// `cfg` for a vocabulary of `num_class` tags with the checkpoint's description rows per tag.
+fn with_classes(mut cfg: RamPlusConfig, num_class: usize, rows: usize) -> Option<RamPlusConfig> {
+    if num_class == 0 || rows % num_class != 0 {
+        return None;
+    }
+    cfg.num_class = num_class;
+    cfg.des_per_class = rows / num_class;
+    Some(cfg)
+}
+
+/// The model a checkpoint holds. `spec` names it (a preset such as `swin_l_384`, `tiny`, or a
+/// reference `config.json`); without it the presets (and `tiny`) are fitted to the checkpoint's
+/// keys and the first that loads completely is taken. `num_class` is the vocabulary's size
+/// (default: the preset's, 4585); the description rows per tag follow from `label_embed`.
+pub fn resolve_model(
+    spec: Option<&str>,
+    set: &TensorSet,
+    source: &Path,
+    num_class: Option<usize>,
+) -> Result<RamPlusConfig> {
+    let (rows, dim) = label_embed_shape(set).ok_or_else(|| {
+        Error::invalid(
+            source,
+            "has no `label_embed` [rows, dim]: not a RAM++ state dict (a bare Swin encoder cannot tag)",
+        )
+    })?;
+    let fit_classes = |cfg: RamPlusConfig| {
+        let n = num_class.unwrap_or(cfg.num_class);
+        let name = cfg.name.clone();
+        with_classes(cfg, n, rows).ok_or_else(|| {
+            Error::invalid(
+                source,
+                format!("label_embed has {rows} rows, not a multiple of {n} tags (model `{name}`): pass the vocabulary it was trained with"),
+            )
+        })
+    };
+    let tiny = |n: usize| RamPlusConfig::tiny(n, 1).with_joint_dim(dim);
+    if let Some(spec) = spec {
+        let cfg = match spec {
+            "tiny" => tiny(num_class.ok_or_else(|| {
+                Error::Usage("model `tiny` needs the vocabulary (--vocab) for its tag count".into())
+            })?),
+            s if s.ends_with(".json") => RamPlusConfig::from_reference_json(Path::new(s))?,
+            s => RamPlusConfig::preset(s)?,
+        };
+        return fit_classes(cfg);
+    }
+    let mut candidates: Vec<RamPlusConfig> = RamPlusConfig::presets()
+        .into_iter()
+        .filter_map(|c| {
+            let n = num_class.unwrap_or(c.num_class);
+            with_classes(c, n, rows)
+        })
+        .collect();
+    if let Some(c) = num_class.and_then(|n| with_classes(tiny(n), n, rows)) {
+        candidates.push(c);
+    }
+    if candidates.is_empty() {
+        return Err(Error::invalid(
+            source,
+            format!(
+                "label_embed has {rows} rows, not a multiple of the vocabulary's {} tags: pass the vocabulary \
+                 the checkpoint was trained with (--vocab), or name the model with --model",
+                num_class.unwrap_or(super::model::config::RAM_NUM_CLASS)
+            ),
+        ));
+    }
+    let keys = checkpoint_keys(set);
+    let fits = fit_presets(&source.display().to_string(), &keys, &candidates);
+    if let Some(best) = fits.iter().find(|f| loads_every_parameter(&f.report)) {
+        let name = &best.preset;
+        return Ok(candidates
+            .into_iter()
+            .find(|c| &c.name == name)
+            .expect("fitted candidate"));
+    }
+    let tried: Vec<String> = fits
+        .iter()
+        .take(3)
+        .map(|f| {
+            format!(
+                "{}: {} of {} parameters, {} shape mismatches",
+                f.preset,
+                f.report.loaded,
+                f.report.expected,
+                f.report.shape_mismatched.len()
+            )
+        })
+        .collect();
+    Err(Error::invalid(
+        source,
+        format!(
+            "fits no model preset completely (best: {}); name the model with --model (a preset, `tiny` or a reference config.json)",
+            tried.join("; ")
+        ),
+    ))
+}
+
+/// Every model parameter comes from the checkpoint with its shape (extra checkpoint tensors are
+/// ignored, as the official loaders' `strict=False` does; they stay listed in the report).
+fn loads_every_parameter(r: &LoadReport) -> bool {
+    r.missing.is_empty() && r.shape_mismatched.is_empty()
+}
+
+/// A model loaded from a checkpoint, in eval mode.
+pub struct LoadedModel {
+    pub vs: VarStore,
+    pub model: RamPlus,
+    pub config: RamPlusConfig,
+    /// What the load did (the same table `train` prints).
+    pub report: LoadReport,
+    /// The state-dict file read.
+    pub checkpoint: PathBuf,
+    pub device: Device,
+}
+
+/// Reads `path` (see [`checkpoint_file`]), resolves its model and loads every parameter; a
+/// checkpoint that leaves a parameter missing or has a tensor of the wrong shape is refused with
+/// the load report (bias tables of another window are resized, as `train` loads them).
+pub fn load_model(
+    path: &Path,
+    spec: Option<&str>,
+    num_class: Option<usize>,
+    device: Device,
+) -> Result<LoadedModel> {
+    let file = checkpoint_file(path)?;
+    let set = tensors::read_any(&file)?;
+    let config = resolve_model(spec, &set, &file, num_class)?;
+    let vs = VarStore::new(device);
+    let model = RamPlus::new(&vs, &config, ParamInit::Uninitialized)?;
+    let report = weights::load_tensor_set(
+        &vs,
+        &file.display().to_string(),
+        &set,
+        &LoadOptions::lenient(),
+    )?;
+    if !loads_every_parameter(&report) {
+        return Err(Error::invalid(
+            &file,
+            format!(
+                "does not fit model `{}` ({} tags × {} descriptions):\n{}",
+                config.name,
+                config.num_class,
+                config.des_per_class,
+                report.to_table()
+            ),
+        ));
+    }
+    Ok(LoadedModel {
+        vs,
+        model,
+        config,
+        report,
+        checkpoint: file,
+        device,
+    })
+}
+
+impl LoadedModel {
+    /// The model's input side S (images are S×S).
+    pub fn input_size(&self) -> u32 {
+        self.config.swin.img_size as u32
+    }
+
+    /// Probabilities [B·num_class] (row-major) of `b` transformed images (`pixels`: B·3·S·S).
+    pub fn score_pixels(&self, pixels: &[f32], b: usize) -> Result<Vec<f32>> {
+        let s = i64::from(self.input_size());
+        let x = Tensor::from_slice(pixels)
+            .view([b as i64, 3, s, s])
+            .to_device(self.device);
+        let probs = self.model.tag_probabilities(&x)?;
+        let flat = probs
+            .to_kind(Kind::Float)
+            .to_device(Device::Cpu)
+            .reshape([-1]);
+        Vec::try_from(&flat).map_err(|e: tch::TchError| Error::Other(e.to_string()))
+    }
+
+    /// Decodes `paths` in parallel, applies [`official_transform`] and scores the readable images
+    /// in one batch: per path, its probabilities [num_class] or why it could not be read.
+    pub fn score_files(&self, paths: &[PathBuf]) -> Result<Vec<Result<Vec<f32>>>> {
+        let side = self.input_size();
+        let per = 3 * (side * side) as usize;
+        let decoded: Vec<Result<Vec<f32>>> = paths
+            .par_iter()
+            .map(|p| {
+                let img = crate::imaging::decode(p)?;
+                let mut buf = vec![0f32; per];
+                official_transform(&img, side, &mut buf);
+                Ok(buf)
+            })
+            .collect();
+        let ok: Vec<&Vec<f32>> = decoded.iter().filter_map(|r| r.as_ref().ok()).collect();
+        let mut scores = if ok.is_empty() {
+            Vec::new()
+        } else {
+            let pixels: Vec<f32> = ok.iter().flat_map(|v| v.iter().copied()).collect();
+            self.score_pixels(&pixels, ok.len())?
+        }
+        .into_iter();
+        let nc = self.config.num_class;
+        Ok(decoded
+            .into_iter()
+            .map(|r| r.map(|_| scores.by_ref().take(nc).collect()))
+            .collect())
+    }
+}
+
+/// What `tag` shows beside a slot's score: its names, threshold and whether the training data
+/// lacked it (its label embedding regenerated).
+#[derive(Debug, Clone)]
+pub struct SlotLabels {
+    pub tags: Vec<String>,
+    /// Chinese names (the vocabulary's `zh` sidecar), when known.
+    pub zh: Option<Vec<String>>,
+    pub thresholds: Thresholds,
+    /// Per slot: absent from the training data per the slot manifest.
+    pub absent: Vec<bool>,
+}
+
+/// One slot's prediction for one image.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Prediction {
+    pub slot: usize,
+    pub tag: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zh: Option<String>,
+    pub score: f32,
+    pub threshold: f32,
+    /// `score > threshold` (strict, as `generate_tag`).
+    pub above: bool,
+    /// The slot is absent from the training data: the prediction rests on a regenerated embedding.
+    pub absent: bool,
+}
+
+impl SlotLabels {
+    /// Names from `vocab`, Chinese names from `zh` (else the preset's `zh` sidecar), absent slots
+    /// from `manifest`.
+    pub fn new(
+        vocab: &Vocabulary,
+        zh: Option<&Path>,
+        thresholds: Thresholds,
+        manifest: Option<&SlotManifest>,
+    ) -> Result<Self> {
+        let sidecar = vocab.preset.as_ref().and_then(|p| {
+            p.sidecars
+                .iter()
+                .find(|(n, _)| n == "zh")
+                .map(|(_, path)| path.clone())
+        });
+        let zh = match zh.map(Path::to_path_buf).or(sidecar) {
+            Some(path) => {
+                let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+                let names = parse_lines(&path, &bytes)?;
+                if names.len() != vocab.len() {
+                    return Err(Error::invalid(
+                        &path,
+                        format!(
+                            "{} names for a vocabulary of {} slots",
+                            names.len(),
+                            vocab.len()
+                        ),
+                    ));
+                }
+                Some(names)
+            }
+            None => None,
+        };
+        let mut absent = vec![false; vocab.len()];
+        if let Some(m) = manifest {
+            for s in m.absent_slots() {
+                absent[s] = true;
+            }
+        }
+        Ok(SlotLabels {
+            tags: vocab.tags.clone(),
+            zh,
+            thresholds,
+            absent,
+        })
+    }
+
+    fn prediction(&self, slot: usize, score: f32) -> Prediction {
+        let threshold = self.thresholds.values[slot];
+        Prediction {
+            slot,
+            tag: self.tags[slot].clone(),
+            zh: self.zh.as_ref().map(|z| z[slot].clone()),
+            score,
+            threshold,
+            above: score > threshold,
+            absent: self.absent[slot],
+        }
+    }
+
+    /// One image's predictions, best first: the slots above their thresholds, or with `top_k` the
+    /// k best-scoring slots whether above or not.
+    pub fn predictions(&self, row: &[f32], top_k: Option<usize>) -> Vec<Prediction> {
+        let mut out: Vec<Prediction> = row
+            .iter()
+            .enumerate()
+            .map(|(slot, &score)| self.prediction(slot, score))
+            .filter(|p| top_k.is_some() || p.above)
+            .collect();
+        out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.slot.cmp(&b.slot)));
+        if let Some(k) = top_k {
+            out.truncate(k);
+        }
+        out
+    }
+}
+
+/// `generate_tag`'s strings: the tags above their thresholds in slot order joined with " | ", in
+/// English and (when known) Chinese.
+pub fn tag_strings(preds: &[Prediction]) -> (String, Option<String>) {
+    let mut above: Vec<&Prediction> = preds.iter().filter(|p| p.above).collect();
+    above.sort_by_key(|p| p.slot);
+    let en = above
+        .iter()
+        .map(|p| p.tag.as_str())
+        .collect::<Vec<_>>()
+        .join(" | ");
+    let zh = above
+        .iter()
+        .map(|p| p.zh.as_deref())
+        .collect::<Option<Vec<_>>>()
+        .map(|v| v.join(" | "));
+    (en, zh)
+}
+
+/// Image files named by `inputs`: files as given, folders walked recursively (sorted, `.jpg`,
+/// `.jpeg`, `.png` in any case). Each comes with its id: the path relative to the folder it was
+/// found in, or the file argument as given.
+pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, String)>> {
+    let mut out = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            walk(input, input, &mut out)?;
+        } else if input.exists() {
+            out.push((input.clone(), input.display().to_string()));
+        } else {
+            return Err(Error::invalid(input, "no such image file or folder"));
+        }
+    }
+    Ok(out)
+}
+
+/// Whether a file name has an image extension `tag` reads.
+pub fn is_image_name(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, String)>) -> Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .map(|e| e.map(|e| e.path()).map_err(|e| Error::io(dir, e)))
+        .collect::<Result<_>>()?;
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            walk(root, &p, out)?;
+        } else if is_image_name(&p) {
+            let id = p
+                .strip_prefix(root)
+                .unwrap_or(&p)
+                .to_string_lossy()
+                .into_owned();
+            out.push((p, id));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transform_normalises_with_imagenet_statistics() {
+        // A 2×2 image at the model's size is only normalised: (x/255 − mean)/std per channel.
+        let img = RgbImage::from_fn(2, 2, |x, y| {
+            image::Rgb([(x * 100) as u8, (y * 200) as u8, 51])
+        });
+        let mut out = vec![0f32; 12];
+        official_transform(&img, 2, &mut out);
+        let r = |v: f32| (v / 255.0 - 0.485) / 0.229;
+        let g = |v: f32| (v / 255.0 - 0.456) / 0.224;
+        let b = (51.0 / 255.0 - 0.406) / 0.225;
+        assert_eq!(&out[0..4], &[r(0.0), r(100.0), r(0.0), r(100.0)]);
+        assert_eq!(&out[4..8], &[g(0.0), g(0.0), g(200.0), g(200.0)]);
+        assert_eq!(&out[8..12], &[b; 4]);
+    }
+
+    #[test]
+    fn transform_downscales_like_pil_bilinear() {
+        // 4×4 → 2×2 with columns 0, 70, 140, 210 (rows equal). PIL's antialiased bilinear at scale
+        // 2 has support 2: output column 0 (centre 1.0) takes input columns 0, 1, 2 with triangle
+        // weights 0.75, 0.75, 0.25 (sum 1.75) -> (0.75·70 + 0.25·140)/1.75 = 50; column 1
+        // (centre 3.0) takes 1, 2, 3 with 0.25, 0.75, 0.75 -> (17.5 + 105 + 157.5)/1.75 = 160.
+        // (In PIL's 22-bit fixed point: 50.499… and 160.499…, truncated after adding one half.)
+        let img = RgbImage::from_fn(4, 4, |x, _| {
+            let v = (x * 70) as u8;
+            image::Rgb([v, v, v])
+        });
+        let mut out = vec![0f32; 12];
+        official_transform(&img, 2, &mut out);
+        let r = |v: f32| (v / 255.0 - 0.485) / 0.229;
+        let b = |v: f32| (v / 255.0 - 0.406) / 0.225;
+        assert_eq!(&out[0..4], &[r(50.0), r(160.0), r(50.0), r(160.0)]);
+        assert_eq!(&out[8..12], &[b(50.0), b(160.0), b(50.0), b(160.0)]);
+    }
+
+    #[test]
+    fn predictions_above_thresholds_best_first_and_generate_tag_strings() {
+        let vocab = Vocabulary::from_tags(["cat", "dog", "sky"].map(String::from).to_vec());
+        let labels = SlotLabels {
+            zh: Some(["猫", "狗", "天空"].map(String::from).to_vec()),
+            absent: vec![false, true, false],
+            ..SlotLabels::new(&vocab, None, Thresholds::uniform(0.5, 3), None).unwrap()
+        };
+        let p = labels.predictions(&[0.6, 0.9, 0.5], None);
+        // 0.5 is not above 0.5 (strict, as generate_tag); best first.
+        assert_eq!(
+            p.iter().map(|p| (p.slot, p.absent)).collect::<Vec<_>>(),
+            vec![(1, true), (0, false)]
+        );
+        assert_eq!(
+            tag_strings(&p),
+            ("cat | dog".to_string(), Some("猫 | 狗".to_string()))
+        );
+        let top = labels.predictions(&[0.6, 0.9, 0.5], Some(3));
+        assert_eq!(top.len(), 3);
+        assert!(!top[2].above && top[2].tag == "sky");
+    }
+
+    #[test]
+    fn pil_resize_rounds_each_pass_to_eight_bits() {
+        // 3×1 → 2×1 (scale 1.5, support 1.5): output 0 (centre 0.75) takes x = 0, 1 (xmax =
+        // int(2.75) = 2) with weights 1 − |x + 0.5 − 0.75|/1.5 = 5/6, 1/2, normalised 0.625, 0.375:
+        // 0.625·10 + 0.375·20 = 13.75, + 0.5 truncated -> 14. Output 1 (centre 2.25) takes x = 1, 2
+        // with 0.375, 0.625: 7.5 + 25 = 32.5 -> 33 (the half rounds up).
+        let img = RgbImage::from_fn(3, 1, |x, _| {
+            let v = [10u8, 20, 40][x as usize];
+            image::Rgb([v, v, v])
+        });
+        let out = pil_bilinear_resize(&img, 2, 1);
+        assert_eq!(out.get_pixel(0, 0)[0], 14);
+        assert_eq!(out.get_pixel(1, 0)[0], 33);
+        // Same size: unchanged.
+        assert_eq!(pil_bilinear_resize(&img, 3, 1), img);
+    }
+
+    #[test]
+    fn images_are_collected_recursively_with_relative_ids() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        for f in ["b.JPG", "a.png", "notes.txt", "sub/c.jpeg"] {
+            std::fs::write(d.path().join(f), b"x").unwrap();
+        }
+        let got = collect_images(&[d.path().to_path_buf()]).unwrap();
+        let ids: Vec<&str> = got.iter().map(|(_, id)| id.as_str()).collect();
+        assert_eq!(ids, vec!["a.png", "b.JPG", "sub/c.jpeg"]);
+        let missing = collect_images(&[d.path().join("nope.jpg")]).unwrap_err();
+        assert!(missing.to_string().contains("nope.jpg"), "{missing}");
+    }
+}

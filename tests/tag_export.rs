@@ -1,0 +1,591 @@
+//! `tagfix tag`, `tagfix eval --checkpoint` and `tagfix export` on the tiny RAM++ parity fixture
+//! (`../shared/ram/reference/tiny/`): the tag probabilities equal the reference `generate_tag`
+//! outputs, the CLI's scores equal the model's on pixels normalised here by hand, export → convert
+//! is bit-identical and writes the official key list, and what `torch.load` reads is checked with
+//! the project's reader and, where a Python torch imports, by Python itself.
+#![cfg(feature = "train")]
+
+mod common;
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use predicates::str::contains;
+use std::path::{Path, PathBuf};
+use tagfix::tensors::{pth, safetensors_io, DType};
+use tagfix::train::infer::{load_model, tag_strings, SlotLabels};
+use tch::{Device, Kind, Tensor};
+
+fn tagfix() -> Command {
+    Command::cargo_bin("tagfix").unwrap()
+}
+
+#[derive(serde::Deserialize)]
+struct TinyConfig {
+    tag_list: Vec<String>,
+    tag_list_chinese: Vec<String>,
+    class_threshold: Vec<f32>,
+    state_dict_keys_in_order: Vec<tagfix::train::model::config::StateEntry>,
+}
+
+struct Fixture {
+    dir: PathBuf,
+    config: TinyConfig,
+    /// The tag list, Chinese names and thresholds of config.json written as files, in `tmp`.
+    vocab: PathBuf,
+    zh: PathBuf,
+    thresholds: PathBuf,
+}
+
+impl Fixture {
+    fn weights(&self) -> PathBuf {
+        self.dir.join("weights.safetensors")
+    }
+    fn config_json(&self) -> PathBuf {
+        self.dir.join("config.json")
+    }
+    /// `--checkpoint W --model config.json --vocab V --thresholds T --zh Z`.
+    fn model_args(&self, cmd: &mut Command) {
+        cmd.arg("--checkpoint")
+            .arg(self.weights())
+            .arg("--model")
+            .arg(self.config_json())
+            .arg("--vocab")
+            .arg(&self.vocab)
+            .arg("--thresholds")
+            .arg(&self.thresholds);
+    }
+}
+
+fn fixture(tmp: &Path) -> Option<Fixture> {
+    let dir = common::reference_dir()?.join("tiny");
+    let config: TinyConfig =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let lines = |name: &str, items: Vec<String>| {
+        let p = tmp.join(name);
+        std::fs::write(&p, items.join("\n") + "\n").unwrap();
+        p
+    };
+    let vocab = lines("tags.txt", config.tag_list.clone());
+    let zh = lines("zh.txt", config.tag_list_chinese.clone());
+    let thresholds = lines(
+        "th.txt",
+        config
+            .class_threshold
+            .iter()
+            .map(|t| t.to_string())
+            .collect(),
+    );
+    Some(Fixture {
+        dir,
+        config,
+        vocab,
+        zh,
+        thresholds,
+    })
+}
+
+fn to_vec(t: &Tensor) -> Vec<f32> {
+    Vec::try_from(t.to_kind(Kind::Float).reshape([-1])).unwrap()
+}
+
+#[test]
+fn tag_probabilities_equal_the_reference_generate_tag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(f) = fixture(tmp.path()) else { return };
+    let m = load_model(
+        &f.weights(),
+        Some(f.config_json().to_str().unwrap()),
+        Some(10),
+        Device::Cpu,
+    )
+    .unwrap();
+    assert!(m.report.is_complete(), "{}", m.report.to_table());
+    let inputs = common::read_tensors(&f.dir.join("inputs.safetensors"));
+    let outputs = common::read_tensors(&f.dir.join("outputs.safetensors"));
+    let probs = m.model.tag_probabilities(&inputs["image"]).unwrap();
+    let got = to_vec(&probs);
+    let want = to_vec(&outputs["generate_tag_scores"]);
+    let diff = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(diff <= 1e-5, "max |tag - generate_tag| = {diff}");
+
+    // The strings generate_tag returned, from the same scores and the fixture's thresholds.
+    let vocab = tagfix::vocab::Vocabulary::from_file(&f.vocab).unwrap();
+    let th = tagfix::eval::Thresholds::read(&f.thresholds, 10).unwrap();
+    let labels = SlotLabels::new(&vocab, Some(&f.zh), th, None).unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(f.dir.join("generate_tag.json")).unwrap())
+            .unwrap();
+    for (i, row) in got.chunks(10).enumerate() {
+        let (en, zh) = tag_strings(&labels.predictions(row, None));
+        assert_eq!(en, reference["tag_output"][i], "image {i}");
+        assert_eq!(zh.unwrap(), reference["tag_output_chinese"][i], "image {i}");
+    }
+}
+
+/// A 64×64 PNG (the tiny model's input size, so the transform only normalises) and the same
+/// pixels normalised here with ImageNet's mean and std.
+fn test_image(path: &Path, seed: u32) -> Vec<f32> {
+    let img = image::RgbImage::from_fn(64, 64, |x, y| {
+        let v = |c: u32| ((x * 7 + y * 13 + c * 29 + seed * 31) % 256) as u8;
+        image::Rgb([v(0), v(1), v(2)])
+    });
+    img.save(path).unwrap();
+    let (mean, std) = ([0.485f32, 0.456, 0.406], [0.229f32, 0.224, 0.225]);
+    let mut out = vec![0f32; 3 * 64 * 64];
+    for (i, px) in img.pixels().enumerate() {
+        for c in 0..3 {
+            out[c * 4096 + i] = (f32::from(px[c]) / 255.0 - mean[c]) / std[c];
+        }
+    }
+    out
+}
+
+#[test]
+fn tag_cli_scores_match_the_model_on_hand_normalised_pixels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(f) = fixture(tmp.path()) else { return };
+    let imgs = tmp.path().join("imgs");
+    std::fs::create_dir_all(imgs.join("sub")).unwrap();
+    let pixels: Vec<Vec<f32>> = ["a.png", "sub/b.png"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| test_image(&imgs.join(n), i as u32))
+        .collect();
+    // Slot 1 (dog) absent from the training data.
+    let vocab = tagfix::vocab::Vocabulary::from_file(&f.vocab).unwrap();
+    let mut counts = vec![5u64; 10];
+    counts[1] = 0;
+    let manifest = tmp.path().join("manifest.json");
+    tagfix::manifest::SlotManifest::from_counts(&vocab, &counts, &counts, vec![], 0)
+        .write(&manifest)
+        .unwrap();
+
+    let scores = tmp.path().join("scores.safetensors");
+    let out = tmp.path().join("tags.jsonl");
+    let mut cmd = tagfix();
+    cmd.arg("tag");
+    f.model_args(&mut cmd);
+    cmd.arg("--zh")
+        .arg(&f.zh)
+        .arg("--manifest")
+        .arg(&manifest)
+        .args(["--top-k", "10", "--format", "json", "--batch-size", "1"])
+        .arg("--images")
+        .arg(&imgs)
+        .arg("--scores")
+        .arg(&scores)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success()
+        .stderr(contains("load report").and(contains("tagged 2 images")));
+
+    // The model on the hand-normalised pixels.
+    let m = load_model(
+        &f.weights(),
+        Some(f.config_json().to_str().unwrap()),
+        Some(10),
+        Device::Cpu,
+    )
+    .unwrap();
+    let x = Tensor::from_slice(&pixels.concat()).view([2, 3, 64, 64]);
+    let want = to_vec(&m.model.tag_probabilities(&x).unwrap());
+
+    let set = safetensors_io::read(&scores).unwrap();
+    let got = set.get("scores").unwrap();
+    assert_eq!(got.shape, vec![2, 10]);
+    let got = got.to_f32().unwrap();
+    for (a, b) in got.iter().zip(&want) {
+        assert!((a - b).abs() <= 1e-6, "{a} vs {b}");
+    }
+    assert_eq!(set.metadata["image_ids"], r#"["a.png","sub/b.png"]"#);
+
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for (i, rec) in lines.iter().enumerate() {
+        let tags = rec["tags"].as_array().unwrap();
+        assert_eq!(tags.len(), 10, "--top-k 10 lists every slot");
+        for t in tags {
+            let slot = t["slot"].as_u64().unwrap() as usize;
+            let score = t["score"].as_f64().unwrap() as f32;
+            assert_eq!(score, got[i * 10 + slot]);
+            assert_eq!(t["absent"], slot == 1, "slot {slot}");
+            assert_eq!(t["tag"], f.config.tag_list[slot]);
+            assert_eq!(t["zh"], f.config.tag_list_chinese[slot]);
+            let above = score > f.config.class_threshold[slot];
+            assert_eq!(t["above"], above);
+        }
+    }
+}
+
+#[test]
+fn tag_reports_unreadable_images_and_writes_nothing_without_keep_going() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(f) = fixture(tmp.path()) else { return };
+    let imgs = tmp.path().join("imgs");
+    std::fs::create_dir(&imgs).unwrap();
+    test_image(&imgs.join("good.png"), 0);
+    std::fs::write(imgs.join("broken.jpg"), b"not a jpeg at all").unwrap();
+    let out = tmp.path().join("tags.csv");
+    let scores = tmp.path().join("scores.csv");
+    let run = |keep_going: bool| {
+        let mut cmd = tagfix();
+        cmd.arg("tag");
+        f.model_args(&mut cmd);
+        cmd.args(["--format", "csv", "--images"])
+            .arg(&imgs)
+            .arg("--out")
+            .arg(&out)
+            .arg("--scores")
+            .arg(&scores);
+        if keep_going {
+            cmd.arg("--keep-going");
+        }
+        cmd.assert()
+    };
+    run(false).code(2).stderr(contains("broken.jpg"));
+    assert!(!out.exists() && !scores.exists(), "nothing written");
+    run(true)
+        .success()
+        .stderr(contains("skipped").and(contains("broken.jpg")));
+    let csv = std::fs::read_to_string(&out).unwrap();
+    assert!(csv.starts_with("image,slot,tag,zh,score,threshold,above,absent\n"));
+    assert!(!csv.contains("broken"), "{csv}");
+    // The score file holds the good image's 10 slots.
+    assert_eq!(
+        std::fs::read_to_string(&scores).unwrap().lines().count(),
+        11
+    );
+    let leftovers = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".tagfix")
+        })
+        .count();
+    assert_eq!(leftovers, 0);
+    // A checkpoint for another vocabulary (the `ram` preset's 4585 tags by default) is refused.
+    tagfix()
+        .arg("tag")
+        .arg("--checkpoint")
+        .arg(f.weights())
+        .arg("--images")
+        .arg(imgs.join("good.png"))
+        .assert()
+        .code(2)
+        .stderr(contains("not a multiple of the vocabulary's 4585 tags"));
+}
+
+#[test]
+fn eval_checkpoint_equals_eval_of_tag_scores_and_sets_benchmarks_side_by_side() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(f) = fixture(tmp.path()) else { return };
+    let imgs = tmp.path().join("imgs");
+    std::fs::create_dir(&imgs).unwrap();
+    for i in 0..4 {
+        test_image(&imgs.join(format!("i{i}.png")), i);
+    }
+    let bench = |name: &str, taglist: &str, annots: &str| {
+        let d = tmp.path().join(name);
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join(format!("{name}_taglist.txt")), taglist).unwrap();
+        std::fs::write(d.join(format!("{name}_annots.txt")), annots).unwrap();
+        d
+    };
+    let b1 = bench(
+        "small_a",
+        "cat\ndog\nsky\n",
+        "i0.png,cat\ni1.png,dog,sky\ni2.png,sky\ni3.png\n",
+    );
+    let b2 = bench("small_b", "tree\nroad\n", "i0.png,road\ni3.png,tree\n");
+    let scores = tmp.path().join("s.safetensors");
+    let mut cmd = tagfix();
+    cmd.arg("tag");
+    f.model_args(&mut cmd);
+    cmd.arg("--images")
+        .arg(&imgs)
+        .arg("--scores")
+        .arg(&scores)
+        .assert()
+        .success();
+    let json = |cmd: &mut Command| -> serde_json::Value {
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let base = |cmd: &mut Command| {
+        cmd.arg("eval")
+            .arg("--vocab")
+            .arg(&f.vocab)
+            .arg("--thresholds")
+            .arg(&f.thresholds)
+            .args(["--format", "json"]);
+    };
+    let mut from_file = tagfix();
+    base(&mut from_file);
+    from_file
+        .arg("--benchmark")
+        .arg(&b1)
+        .arg("--scores")
+        .arg(&scores);
+    let mut from_ckpt = tagfix();
+    base(&mut from_ckpt);
+    from_ckpt
+        .arg("--benchmark")
+        .arg(&b1)
+        .arg("--images")
+        .arg(&imgs)
+        .arg("--checkpoint")
+        .arg(f.weights())
+        .arg("--model")
+        .arg(f.config_json());
+    let a = json(&mut from_file);
+    let b = json(&mut from_ckpt);
+    assert_eq!(a, b);
+    // mAP as batch_inference.py over all three tags (cat, dog, sky).
+    assert_eq!(a["ram"]["classes"], 3);
+    let mean_ap = a["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["ram_ap"].as_f64().unwrap())
+        .sum::<f64>()
+        / 3.0;
+    assert!((a["ram"]["map"].as_f64().unwrap() - mean_ap).abs() < 1e-12);
+
+    // Two benchmarks in one call: one table, a column each.
+    let mut both = tagfix();
+    both.arg("eval")
+        .arg("--vocab")
+        .arg(&f.vocab)
+        .arg("--thresholds")
+        .arg(&f.thresholds)
+        .arg("--benchmark")
+        .arg(&b1)
+        .arg("--benchmark")
+        .arg(&b2)
+        .arg("--images")
+        .arg(&imgs)
+        .arg("--checkpoint")
+        .arg(f.weights())
+        .arg("--model")
+        .arg(f.config_json())
+        .assert()
+        .success()
+        .stdout(
+            contains("small_a")
+                .and(contains("small_b"))
+                .and(contains("mAP")),
+        );
+    // Missing images fail before the model loads.
+    let mut missing = tagfix();
+    base(&mut missing);
+    missing
+        .arg("--benchmark")
+        .arg(&b1)
+        .arg("--images")
+        .arg(tmp.path())
+        .arg("--checkpoint")
+        .arg(f.weights())
+        .assert()
+        .code(2)
+        .stderr(contains("cannot be read"));
+}
+
+fn sorted(mut v: Vec<(String, tagfix::tensors::Tensor)>) -> Vec<(String, tagfix::tensors::Tensor)> {
+    v.sort_by(|x, y| x.0.cmp(&y.0));
+    v
+}
+
+/// The first Python that imports `module` (TORCH_PYTHON, .venv, .venv-bench from
+/// scripts/bench-step.sh, python3), or `None` with the reason printed.
+fn python_importing(module: &str, check: &str) -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let found = std::env::var_os("TORCH_PYTHON")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([
+            root.join(".venv/bin/python"),
+            root.join(".venv-bench/bin/python"),
+            PathBuf::from("python3"),
+        ])
+        .find(|py| {
+            std::process::Command::new(py)
+                .args(["-c", &format!("import {module}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    if found.is_none() {
+        eprintln!(
+            "SKIPPED {check}: no Python here imports {module} (.venv's torch wheel lacks its CUDA \
+             libraries; scripts/bench-step.sh creates .venv-bench)"
+        );
+    }
+    found
+}
+
+#[test]
+fn export_writes_the_official_state_dict_and_round_trips_through_convert() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(f) = fixture(tmp.path()) else { return };
+    // A tagfix run folder: its newest checkpoint is exported.
+    let step = tmp.path().join("run/checkpoints/step-00000002");
+    std::fs::create_dir_all(&step).unwrap();
+    std::fs::copy(f.weights(), step.join("model.safetensors")).unwrap();
+    let out = tmp.path().join("ram_plus_tiny.pth");
+    tagfix()
+        .arg("export")
+        .arg(tmp.path().join("run"))
+        .arg(&out)
+        .arg("--model")
+        .arg(f.config_json())
+        .assert()
+        .success()
+        .stdout(contains("read back identical"));
+
+    // The official keys, order, shapes and dtypes, under "model".
+    let ck = pth::read(&out).unwrap();
+    assert_eq!(ck.container, pth::Container::Wrapped("model".into()));
+    let names: Vec<(String, Vec<usize>, DType)> = ck
+        .tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shape.clone(), t.dtype))
+        .collect();
+    let want: Vec<(String, Vec<usize>, DType)> = f
+        .config
+        .state_dict_keys_in_order
+        .iter()
+        .map(|e| {
+            let d = match e.dtype {
+                tagfix::train::model::config::EntryDtype::Float32 => DType::F32,
+                tagfix::train::model::config::EntryDtype::Int64 => DType::I64,
+            };
+            (e.name.clone(), e.shape.clone(), d)
+        })
+        .collect();
+    assert_eq!(names, want);
+
+    // export -> convert: bit-identical to the weights it came from; and back the other way.
+    let b = sorted(safetensors_io::read(&f.weights()).unwrap().tensors);
+    let back = tmp.path().join("back.safetensors");
+    let again = tmp.path().join("again.pth");
+    for (from, to) in [(&out, &back), (&back, &again)] {
+        tagfix().arg("convert").arg(from).arg(to).assert().success();
+    }
+    assert_eq!(sorted(safetensors_io::read(&back).unwrap().tensors), b);
+    assert_eq!(sorted(pth::read(&again).unwrap().tensors), b);
+
+    // The label embedding alone, as RAM loads it.
+    let le = tmp.path().join("label_embed.pth");
+    tagfix()
+        .arg("export")
+        .arg(f.weights())
+        .arg(&le)
+        .arg("--model")
+        .arg(f.config_json())
+        .arg("--label-embed-only")
+        .assert()
+        .success();
+    let ck = pth::read(&le).unwrap();
+    assert_eq!(ck.container, pth::Container::BareTensor);
+    assert_eq!(
+        &ck.tensors[0].1,
+        safetensors_io::read(&f.weights())
+            .unwrap()
+            .get("label_embed")
+            .unwrap()
+    );
+
+    // A checkpoint that does not fit the model named is refused with the load report.
+    tagfix()
+        .arg("export")
+        .arg(f.weights())
+        .arg(tmp.path().join("x.pth"))
+        .args(["--model", "swin_b_224", "--vocab"])
+        .arg(&f.vocab)
+        .assert()
+        .code(2)
+        .stderr(contains("does not fit model").and(contains("missing")));
+    assert!(!tmp.path().join("x.pth").exists());
+
+    if let Some(py) = python_importing("torch", "the Python torch.load check") {
+        let script = r#"
+import sys, torch
+for weights_only in (True, False):
+    ck = torch.load(sys.argv[1], map_location="cpu", weights_only=weights_only)
+    sd = ck["model"]
+    print(len(sd), sum(float(t.double().sum()) for t in sd.values()), str(sd["visual_encoder.layers.0.blocks.0.attn.relative_position_index"].dtype))
+"#;
+        let o = std::process::Command::new(py)
+            .args(["-c", script])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let total: f64 = b
+            .iter()
+            .map(|(_, t)| match t.dtype {
+                DType::I64 => t
+                    .data
+                    .chunks(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+                    .sum::<f64>(),
+                _ => t.to_f32().unwrap().iter().map(|&v| f64::from(v)).sum(),
+            })
+            .sum();
+        for line in String::from_utf8_lossy(&o.stdout).lines() {
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(parts[0], b.len().to_string());
+            let s: f64 = parts[1].parse().unwrap();
+            assert!(
+                (s - total).abs() <= 1e-6 * total.abs().max(1.0),
+                "{s} vs {total}"
+            );
+            assert_eq!(parts[2], "torch.int64");
+        }
+    }
+}
+
+#[test]
+fn resize_equals_pillow_bilinear_where_pillow_is_at_hand() {
+    let Some(py) = python_importing("PIL", "the Pillow comparison") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // Landscape sizes (Pillow runs the horizontal pass first there; docs/formats.md, "Tagging").
+    for (w, h, s) in [(640u32, 428u32, 224u32), (1000, 700, 384), (300, 200, 64)] {
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            let v = |c: u32| ((x * 37 + y * 101 + c * 53 + (x * y) % 17) % 256) as u8;
+            image::Rgb([v(0), v(1), v(2)])
+        });
+        let src = tmp.path().join("src.png");
+        let out = tmp.path().join("pil.png");
+        img.save(&src).unwrap();
+        let script = format!(
+            "from PIL import Image; Image.open({src:?}).convert('RGB').resize(({s}, {s}), Image.BILINEAR).save({out:?})"
+        );
+        let o = std::process::Command::new(&py)
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let pil = image::open(&out).unwrap().to_rgb8();
+        let ours = tagfix::train::infer::pil_bilinear_resize(&img, s, s);
+        assert!(ours == pil, "{w}x{h} -> {s}: differs from Pillow");
+    }
+}
