@@ -468,3 +468,51 @@ fn embed_npy_provenance_follows_its_data() {
     assert!(stderr(&out).contains("never writes over its inputs"));
     assert_eq!(std::fs::read(&data).unwrap(), before);
 }
+
+/// A reader that goes away (`tagfix ... | head`) ends tagfix by SIGPIPE, as any Unix filter, and
+/// never as a panic from `println!`.
+#[test]
+fn closed_stdout_pipe_is_no_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    // `inspect --json` prints one JSON document of well over a pipe's 64 KiB buffer.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("many.safetensors");
+    let tensors = (0..4000)
+        .map(|i| {
+            let t = tagfix::tensors::Tensor::from_f32(vec![1], &[0.5]).unwrap();
+            (
+                format!("module_{i}.some_rather_long_parameter_name.weight"),
+                t,
+            )
+        })
+        .collect();
+    let set = tagfix::tensors::TensorSet {
+        tensors,
+        metadata: Default::default(),
+    };
+    tagfix::tensors::safetensors_io::write(&file, &set).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tagfix"))
+        .args(["inspect", "--json"])
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read a little, then close the pipe while tagfix still has most of the document to print.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    stdout.read_exact(&mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        out.status.success() || out.status.signal() == Some(libc_sigpipe()),
+        "{:?}: {err}",
+        out.status
+    );
+}
+
+fn libc_sigpipe() -> i32 {
+    13 // SIGPIPE on Linux and the BSDs
+}
