@@ -12,6 +12,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 shift || true
-cargo build --release --no-default-features --example fuzz --quiet
+cargo build --profile fuzz --no-default-features --example fuzz --quiet
 target_dir="${CARGO_TARGET_DIR:-target}"
-exec "$target_dir/release/examples/fuzz" --seconds "$seconds" "$@"
+exec "$target_dir/fuzz/examples/fuzz" --seconds "$seconds" "$@"

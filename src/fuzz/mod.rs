@@ -131,7 +131,8 @@ impl TargetReport {
 }
 
 /// Seed inputs of a target: every file of its seed folders (sorted, cut to `max_len`), then its
-/// shared files when the shared folder exists.
+/// shared files when the shared folder exists (long text files cut to whole lines); the crafted
+/// seeds when there are none.
 pub fn load_seeds(target: &Target, dirs: &[PathBuf], max_len: usize) -> Vec<Vec<u8>> {
     let mut files: Vec<PathBuf> = dirs
         .iter()
@@ -139,9 +140,6 @@ pub fn load_seeds(target: &Target, dirs: &[PathBuf], max_len: usize) -> Vec<Vec<
         .flat_map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())))
         .collect();
     files.sort();
-    if let Some(shared) = crate::fsutil::shared_dir() {
-        files.extend(target.shared_seeds.iter().flat_map(|p| expand(&shared, p)));
-    }
     let mut seeds: Vec<Vec<u8>> = files
         .iter()
         .filter(|p| p.is_file())
@@ -151,6 +149,20 @@ pub fn load_seeds(target: &Target, dirs: &[PathBuf], max_len: usize) -> Vec<Vec<
             b
         })
         .collect();
+    if let Some(shared) = crate::fsutil::shared_dir() {
+        let files = target.shared_seeds.iter().flat_map(|p| expand(&shared, p));
+        seeds.extend(files.filter_map(|p| std::fs::read(p).ok()).map(|b| {
+            // long text lists (4585 alike lines) only slow every execution down: keep whole lines
+            // of their first quarter of `max_len`
+            let quarter = max_len / 4;
+            if b.len() > quarter && std::str::from_utf8(&b).is_ok() {
+                let cut = b[..quarter].iter().rposition(|&c| c == b'\n');
+                b[..cut.map_or(quarter, |i| i + 1)].to_vec()
+            } else {
+                b[..b.len().min(max_len)].to_vec()
+            }
+        }));
+    }
     if seeds.is_empty() {
         seeds = (target.seeds)().into_iter().map(|(_, b)| b).collect();
     }

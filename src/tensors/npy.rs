@@ -43,6 +43,20 @@ pub fn read(path: &Path) -> Result<Tensor> {
 /// declared size up front (a 150-byte file can ask for 32 GiB and abort the process) and panics on
 /// shapes whose non-zero extents overflow `isize` even when one extent is 0.
 fn check_shape(path: &Path, bytes: &[u8]) -> Result<()> {
+    // format 2 and 3 store the header length in 4 bytes, and `ndarray-npy` allocates it as declared
+    if let (Some(b"\x93NUMPY"), Some(&[2 | 3, _, a, b, c, d])) = (bytes.get(..6), bytes.get(6..12))
+    {
+        let declared = u32::from_le_bytes([a, b, c, d]) as usize;
+        if declared > bytes.len() - 12 {
+            return Err(Error::invalid(
+                path,
+                format!(
+                    "cannot read .npy: the header claims {declared} bytes, the file holds {}",
+                    bytes.len()
+                ),
+            ));
+        }
+    }
     let mut reader = bytes;
     let Ok(header) = Header::from_reader(&mut reader) else {
         return Ok(()); // the reader below reports a bad header
@@ -147,8 +161,9 @@ mod tests {
         b
     }
 
-    /// Found by `scripts/fuzz.sh` (target `npy`): a small file declaring a huge array aborted the
-    /// process (allocation failure); a zero extent beside an overflowing one panicked.
+    /// Found by `scripts/fuzz.sh` (target `npy`): a small file declaring a huge array or a huge
+    /// header aborted the process (allocation failure); a zero extent beside an overflowing one
+    /// panicked.
     #[test]
     fn hostile_shapes_are_errors() {
         let dir = tempfile::tempdir().unwrap();
@@ -166,6 +181,16 @@ mod tests {
             let err = read(&p).unwrap_err().to_string();
             assert!(err.contains(says), "{shape}: {err}");
         }
+        let mut long_header = b"\x93NUMPY\x02\x00\x00\x00\x00\x9e{'descr': '<f8'}".to_vec();
+        std::fs::write(&p, &long_header).unwrap();
+        let err = read(&p).unwrap_err().to_string();
+        assert!(err.contains("the header claims 2650800128 bytes"), "{err}");
+        long_header[11] = 0;
+        std::fs::write(&p, &long_header).unwrap();
+        assert!(read(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("cannot read .npy"));
         let mut ok = header("<f4", "(0, 9223372036854775807)");
         std::fs::write(&p, &ok).unwrap();
         assert!(read(&p).unwrap_err().to_string().contains("overflows"));
