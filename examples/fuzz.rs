@@ -90,7 +90,13 @@ fn main() -> anyhow::Result<()> {
     let mut reports = Vec::new();
     for t in selected {
         eprintln!("fuzzing {} ...", t.name);
-        let r = fuzz::run_target(t, &budget, &[args.corpus.clone()], &args.crashes, &child)?;
+        let r = fuzz::run_target(
+            t,
+            &budget,
+            std::slice::from_ref(&args.corpus),
+            &args.crashes,
+            &child,
+        )?;
         eprintln!("  {} executions, {} crashes", r.execs, r.crashes.len());
         reports.push(r);
     }

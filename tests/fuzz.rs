@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use tagfix::fuzz::{self, Budget, ChildCommand, Target};
 
 /// Executions per reader target: a few seconds each in a debug build.
-const EXECS: u64 = 1500;
+const EXECS: u64 = 3000;
 
 fn canary(_: &Path, input: &[u8]) {
     let has = |w: &[u8]| memchr::memmem::find(input, w).is_some();
@@ -137,7 +137,13 @@ fn main() {
             println!("SKIPPED fuzz target {}: known issues being fixed elsewhere (TAGFIX_FUZZ_ALL=1 runs it)", t.name);
             continue;
         }
-        match fuzz::run_target(t, &budget, &[corpus.clone()], crash_dir.path(), &child()) {
+        match fuzz::run_target(
+            t,
+            &budget,
+            std::slice::from_ref(&corpus),
+            crash_dir.path(),
+            &child(),
+        ) {
             Ok(r) => {
                 if !r.crashes.is_empty() || r.execs != EXECS {
                     failures.push(format!(
