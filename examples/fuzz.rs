@@ -29,7 +29,7 @@ struct Args {
     /// An input running longer than this is a hang, seconds.
     #[arg(long, default_value_t = 10.0)]
     timeout: f64,
-    /// Address-space limit of each target's process, MiB.
+    /// Limit on each target process's heap and private writable memory (`ulimit -d`), MiB.
     #[arg(long, default_value_t = 2048)]
     memory_mb: u64,
     /// Write the crafted seeds of every target to the corpus folder and exit.

@@ -57,7 +57,9 @@ pub struct Budget {
     pub max_seconds: f64,
     /// An input running longer than this is a hang.
     pub timeout_seconds: f64,
-    /// Address-space limit of the child (MiB); exceeding it aborts the allocation.
+    /// Limit on the child's heap and other private writable memory (MiB, `ulimit -d`, not `-v`: shared
+    /// libraries such as libtorch and reserved but inaccessible ranges do not count); exceeding it
+    /// aborts the allocation.
     pub memory_mb: u64,
     /// Longest input produced by mutation.
     pub max_len: usize,
@@ -468,7 +470,7 @@ fn run_child_process(job: &Job, child: &ChildCommand) -> std::io::Result<ChildEn
     )?;
     let mut proc = Command::new("sh")
         .arg("-c")
-        .arg(r#"ulimit -v "$TAGFIX_FUZZ_MEM_KB" && exec "$0" "$@""#)
+        .arg(r#"ulimit -d "$TAGFIX_FUZZ_MEM_KB" && exec "$0" "$@""#)
         .arg(&child.program)
         .args(&child.args)
         .env(
