@@ -84,7 +84,7 @@ pub fn all() -> Vec<Target> {
             file: "policy.toml",
             run: run_policy,
             dict: TOML_DICT,
-            generate: None,
+            generate: Some(gen_policy),
             seeds: policy_seeds,
             shared_seeds: &[],
             known_issues: None,
@@ -94,7 +94,7 @@ pub fn all() -> Vec<Target> {
             file: "train.toml",
             run: run_train_config,
             dict: TOML_DICT,
-            generate: None,
+            generate: Some(gen_train_toml),
             seeds: train_toml_seeds,
             shared_seeds: &[],
             known_issues: None,
@@ -104,7 +104,7 @@ pub fn all() -> Vec<Target> {
             file: "pretrain.yaml",
             run: run_train_config,
             dict: YAML_DICT,
-            generate: None,
+            generate: Some(gen_ram_yaml),
             seeds: ram_yaml_seeds,
             shared_seeds: &["ram/configs/pretrain.yaml", "ram/configs/finetune.yaml"],
             known_issues: None,
@@ -973,6 +973,81 @@ fn gen_safetensors(rng: &mut SplitMix64) -> Vec<u8> {
     out
 }
 
+const POLICY_KEYS: &[&str] = &[
+    "k",
+    "also_k",
+    "min_cosine",
+    "min_knn_overlap",
+    "min_slot_knn_overlap",
+    "max_changed_rows",
+    "max_mean_shift",
+    "max_norm_deviation",
+    "max_misaligned_slots",
+    "min_trusted_share",
+    "calibration_quantile",
+    "min_search_recall",
+];
+
+/// Values of every type a config key might be given, as TOML and as YAML.
+const CONFIG_VALUES: &[(&str, &str)] = &[
+    ("0", "0"),
+    ("1", "1"),
+    ("-1", "-1"),
+    ("52", "52"),
+    ("9223372036854775807", "9223372036854775807"),
+    ("0.5", "0.5"),
+    ("1e-4", "1e-4"),
+    ("-0.0", "-0.0"),
+    ("inf", ".inf"),
+    ("nan", ".nan"),
+    ("1e308", "1e308"),
+    ("true", "True"),
+    ("\"finetune\"", "finetune"),
+    ("\"cosine\"", "'cosine'"),
+    ("\"bf16\"", "bf16"),
+    ("\"\"", "''"),
+    ("[0.9, 0.999]", "[0.9, 0.999]"),
+    ("[]", "[]"),
+    ("[\"label_embed\"]", "['label_embed']"),
+    ("[5, 0, 20]", "[5, 0, 20]"),
+    ("{ enabled = true, ops = 2 }", "{enabled: true, ops: 2}"),
+    ("{}", "{}"),
+    ("1979-05-27", "1979-05-27"),
+    ("\"1e-5\"", "'1e-5'"),
+    ("\"18446744073709551616\"", "18446744073709551616"),
+];
+
+/// A config file of random keys (mostly known ones) with values of random types.
+fn gen_config(rng: &mut SplitMix64, keys: &[&str], yaml: bool) -> Vec<u8> {
+    let mut out = String::new();
+    for _ in 0..rng.below(8) + 1 {
+        let key = if rng.below(8) == 0 {
+            "unknown_key"
+        } else {
+            pick_from(rng, keys)
+        };
+        let (toml, yml) = pick_from(rng, CONFIG_VALUES);
+        if yaml {
+            out += &format!("{key}: {yml}\n");
+        } else {
+            out += &format!("{key} = {toml}\n");
+        }
+    }
+    out.into_bytes()
+}
+
+fn gen_policy(rng: &mut SplitMix64) -> Vec<u8> {
+    gen_config(rng, POLICY_KEYS, false)
+}
+
+fn gen_train_toml(rng: &mut SplitMix64) -> Vec<u8> {
+    gen_config(rng, &crate::train::config::known_keys(), false)
+}
+
+fn gen_ram_yaml(rng: &mut SplitMix64) -> Vec<u8> {
+    gen_config(rng, &crate::train::config::known_keys(), true)
+}
+
 fn gen_npy(rng: &mut SplitMix64) -> Vec<u8> {
     let descr = pick_from(
         rng,
@@ -1012,7 +1087,13 @@ mod tests {
 
     #[test]
     fn generators_are_deterministic() {
-        for g in [gen_pth, gen_npy, gen_safetensors, gen_annotations] {
+        for g in [
+            gen_pth,
+            gen_npy,
+            gen_safetensors,
+            gen_annotations,
+            gen_ram_yaml,
+        ] {
             let a: Vec<_> = (0..20).map(|s| g(&mut SplitMix64(s))).collect();
             let b: Vec<_> = (0..20).map(|s| g(&mut SplitMix64(s))).collect();
             assert_eq!(a, b);

@@ -666,7 +666,8 @@ fn beyond_toml(v: &serde_json::Value) -> bool {
     }
 }
 
-fn known_keys() -> Vec<&'static str> {
+/// The configuration's keys, sorted (also used by the fuzz harness's config generator).
+pub(crate) fn known_keys() -> Vec<&'static str> {
     let mut keys = vec![
         "stage",
         "model",
