@@ -12,6 +12,9 @@ pub mod embed;
 pub mod error;
 pub mod eval;
 pub mod fsutil;
+/// Stable-Rust fuzz harness for the file readers (`scripts/fuzz.sh`); not a supported API.
+#[doc(hidden)]
+pub mod fuzz;
 #[cfg(feature = "embed")]
 pub mod imaging;
 pub mod manifest;

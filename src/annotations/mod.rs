@@ -21,7 +21,6 @@ pub use split::{Layout, Pos};
 use crate::error::{Error, Result};
 use indicatif::ProgressBar;
 use rayon::prelude::*;
-use record::PathOnly;
 use serde::Serialize;
 use split::{Batch, SplitError, Splitter};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -768,11 +767,12 @@ fn duplicate_paths(
         while let Some(batch) = sp.next_batch().map_err(|e| split_failure(path, gzip, e))? {
             for item in &batch.items {
                 let bytes = batch.bytes(item);
+                // the same parse as the first pass: a record it could not read has no hash there
                 let image = match fast::parse(bytes, &mut bufs) {
                     Some(r) => r.image_path.map(|p| p.into_owned()),
-                    None => serde_json::from_slice::<PathOnly>(bytes)
+                    None => RawRecord::parse(bytes, &mut bufs)
                         .ok()
-                        .and_then(|p| p.image_path.map(|s| s.into_owned())),
+                        .and_then(|r| r.image_path.map(|s| s.into_owned())),
                 };
                 let Some(image) = image else { continue };
                 let h = path_hash(&image);

@@ -328,13 +328,6 @@ impl<'de> Visitor<'de> for ParseSeed<'_> {
     }
 }
 
-/// Only the image path (for locating duplicates on a second pass).
-#[derive(Debug, Deserialize)]
-pub struct PathOnly<'a> {
-    #[serde(borrow, default)]
-    pub image_path: Option<Cow<'a, str>>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -106,6 +106,37 @@ fn duplicates_are_found_across_files_with_both_places() {
     );
 }
 
+/// Found by `scripts/fuzz.sh` (target `annotations`): the second pass also read the path of records
+/// the first pass had refused, found more duplicates than it had counted and underflowed
+/// (a panic in debug builds, a huge `details_dropped` in release).
+#[test]
+fn duplicates_of_unreadable_records_are_not_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "{\"image_path\": \"a.jpg\", \"union_label_id\": [1]}\n\
+                {\"image_path\": \"b.jpg\", \"union_label_id\": {\"k\": 1}}\n\
+                {\"image_path\": \"a.jpg\", \"union_label_id\": [1]}\n\
+                {\"image_path\": \"b.jpg\", \"union_label_id\": 1.5}\n";
+    let a = write(dir.path(), "a.jsonl", text);
+    let scan = scan_files(&[a], &opts(4, true)).unwrap();
+    let dups: Vec<_> = scan
+        .problems
+        .details
+        .iter()
+        .filter(|p| p.kind == ProblemKind::DuplicateImagePath)
+        .collect();
+    assert_eq!(dups.len(), 1);
+    assert_eq!(dups[0].record, Some(2));
+    assert_eq!(
+        scan.problems.counts.get(&ProblemKind::DuplicateImagePath),
+        Some(&1)
+    );
+    assert_eq!(
+        scan.problems.counts.get(&ProblemKind::InvalidRecord),
+        Some(&2)
+    );
+    assert_eq!(scan.problems.details_dropped, 0);
+}
+
 #[test]
 fn bom_is_an_error_unless_keep_going() {
     let dir = tempfile::tempdir().unwrap();

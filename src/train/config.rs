@@ -639,6 +639,15 @@ impl TrainConfig {
             }
             keep
         });
+        if let Some(key) = map.iter().find_map(|(k, v)| beyond_toml(v).then_some(k)) {
+            return Err(Error::invalid(
+                path,
+                format!(
+                    "`{key}`: integers above {} are not accepted (the run's config.toml could not hold them)",
+                    i64::MAX
+                ),
+            ));
+        }
         let stage_given = map.contains_key("stage");
         // YAML writes 1e-4 as a string ("1e-4" without a dot is not a YAML float); accept numbers in strings.
         for v in map.values_mut() {
@@ -856,6 +865,16 @@ fn has_non_finite(v: &toml::Value) -> bool {
     }
 }
 
+/// Whether a value holds an integer TOML cannot write (above `i64::MAX`; YAML reads them as u64).
+fn beyond_toml(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Number(n) => n.is_u64() && n.as_i64().is_none(),
+        serde_json::Value::Array(a) => a.iter().any(beyond_toml),
+        serde_json::Value::Object(o) => o.values().any(beyond_toml),
+        _ => false,
+    }
+}
+
 /// The most micro-batches decoded ahead (each holds a micro-batch of decoded images).
 pub const MAX_PREFETCH: usize = 64;
 
@@ -893,7 +912,8 @@ fn setting(key: &str) -> String {
     format!("{key} ({flag})")
 }
 
-fn known_keys() -> Vec<&'static str> {
+/// The configuration's keys, sorted (also used by the fuzz harness's config generator).
+pub(crate) fn known_keys() -> Vec<&'static str> {
     let mut keys = vec![
         "stage",
         "model",
@@ -1059,6 +1079,27 @@ mod tests {
             e.contains("c.toml") && e.contains("batch_size") || e.contains("invalid type"),
             "{e}"
         );
+    }
+
+    /// Found by `scripts/fuzz.sh` (target `ram_yaml`): a YAML integer above `i64::MAX` loaded, then
+    /// writing the run's config.toml panicked.
+    #[test]
+    fn integers_toml_cannot_hold_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.yaml");
+        for text in [
+            "image_size: 9223372036854775808\n",
+            "seed: 18446744073709551615\n",
+            "random_augment:\n  ops: 9223372036854775808\n",
+        ] {
+            std::fs::write(&p, text).unwrap();
+            let e = TrainConfig::load(&p).unwrap_err().to_string();
+            assert!(e.contains("c.yaml") && e.contains("integers above"), "{e}");
+        }
+        std::fs::write(&p, "seed: 9223372036854775807\n").unwrap();
+        let c = TrainConfig::load(&p).unwrap().config;
+        assert_eq!(c.seed, i64::MAX as u64);
+        assert!(c.to_toml().contains("seed = 9223372036854775807"));
     }
 
     #[test]
