@@ -6,8 +6,7 @@
 # Prints target, executions, execs/s and distinct crashes; crashing inputs go to fuzz/crashes/
 # (git-ignored). Exits 1 when any target crashed. Further options go to the harness, e.g.
 #   scripts/fuzz.sh 30 --targets npy,policy --seed 7 --execs 1000000   (see --help)
-# Targets marked "known issues" (pth, safetensors, scores_safetensors) hit bugs being fixed on
-# another branch; docs/reliability.md has the figures of the last long run.
+# docs/reliability.md has the figures of the last long runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"

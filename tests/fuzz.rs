@@ -1,8 +1,7 @@
 //! The short fuzz run of the test suite (`harness = false`: this binary is also the fuzz child it
 //! starts). First a canary target proves that panics, aborts (allocation failure, stack overflow)
 //! and hangs are caught, saved and counted; then every reader target runs a fixed number of inputs
-//! from seed 1 and must not crash. Targets with `known_issues` (readers being fixed on another
-//! branch) are skipped unless `TAGFIX_FUZZ_ALL=1`; clear their `known_issues` once the fix is in.
+//! from seed 1 and must not crash.
 
 use std::path::{Path, PathBuf};
 use tagfix::fuzz::{self, Budget, ChildCommand, Target};
@@ -58,7 +57,6 @@ fn targets() -> Vec<Target> {
         generate: None,
         seeds: canary_seeds,
         shared_seeds: &[],
-        known_issues: None,
     });
     all
 }
@@ -122,7 +120,6 @@ fn main() {
         failures.push(e);
     }
     let corpus = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
-    let include_known = std::env::var("TAGFIX_FUZZ_ALL").is_ok_and(|v| v == "1");
     let budget = Budget {
         max_execs: EXECS,
         max_seconds: 600.0,
@@ -130,10 +127,6 @@ fn main() {
     };
     let mut reports = Vec::new();
     for t in all.iter().filter(|t| t.name != "canary") {
-        if t.known_issues.is_some() && !include_known {
-            println!("SKIPPED fuzz target {}: known issues being fixed elsewhere (TAGFIX_FUZZ_ALL=1 runs it)", t.name);
-            continue;
-        }
         match fuzz::run_target(
             t,
             &budget,

@@ -43,8 +43,6 @@ pub struct Target {
     pub seeds: fn() -> Vec<(String, Vec<u8>)>,
     /// Files (relative to the shared folder, `*` as the last component allowed) also used as seeds.
     pub shared_seeds: &'static [&'static str],
-    /// Crashes known and being fixed elsewhere: the target still runs and reports them.
-    pub known_issues: Option<&'static str>,
 }
 
 /// How long and how hard to fuzz one target.
@@ -123,7 +121,6 @@ pub struct TargetReport {
     pub seeds: usize,
     /// Keyed by a message with digits masked, so the same bug at other sizes counts once.
     pub crashes: BTreeMap<String, Crash>,
-    pub known_issues: Option<String>,
 }
 
 impl TargetReport {
@@ -410,7 +407,6 @@ pub fn run_target(
         seconds: start.elapsed().as_secs_f64(),
         seeds,
         crashes,
-        known_issues: target.known_issues.map(str::to_string),
     })
 }
 
@@ -533,17 +529,12 @@ fn run_child_process(job: &Job, child: &ChildCommand) -> std::io::Result<ChildEn
 /// A plain-text table of reports, one line per target, then one line per distinct crash.
 pub fn render(reports: &[TargetReport]) -> String {
     let mut out = format!(
-        "{:<18} {:>12} {:>10} {:>8}  {}\n",
-        "target", "executions", "execs/s", "crashes", "note"
+        "{:<18} {:>12} {:>10} {:>8}\n",
+        "target", "executions", "execs/s", "crashes"
     );
     for r in reports {
-        let note = match (&r.known_issues, r.crashes.is_empty()) {
-            (Some(_), false) => "known issues (fix pending)",
-            (Some(_), true) => "known issues: none hit",
-            _ => "",
-        };
         out += &format!(
-            "{:<18} {:>12} {:>10.0} {:>8}  {note}\n",
+            "{:<18} {:>12} {:>10.0} {:>8}\n",
             r.target,
             r.execs,
             r.execs_per_second(),

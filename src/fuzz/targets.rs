@@ -31,7 +31,6 @@ pub fn all() -> Vec<Target> {
             generate: None,
             seeds: taglist_seeds,
             shared_seeds: &["ram/data/ram_tag_list.txt"],
-            known_issues: None,
         },
         Target {
             name: "sidecar",
@@ -44,7 +43,6 @@ pub fn all() -> Vec<Target> {
                 "ram/data/ram_tag_list_threshold.txt",
                 "ram/data/ram_tag_list_chinese.txt",
             ],
-            known_issues: None,
         },
         Target {
             name: "pth",
@@ -54,7 +52,6 @@ pub fn all() -> Vec<Target> {
             generate: Some(gen_pth),
             seeds: pth_seeds,
             shared_seeds: &["reference/pth/*"],
-            known_issues: Some(PTH_KNOWN),
         },
         Target {
             name: "safetensors",
@@ -67,7 +64,6 @@ pub fn all() -> Vec<Target> {
                 "reference/pth/expected.safetensors",
                 "reference/pth/bare_tensor.expected.safetensors",
             ],
-            known_issues: Some(SAFETENSORS_KNOWN),
         },
         Target {
             name: "npy",
@@ -77,7 +73,6 @@ pub fn all() -> Vec<Target> {
             generate: Some(gen_npy),
             seeds: npy_seeds,
             shared_seeds: &[],
-            known_issues: None,
         },
         Target {
             name: "policy",
@@ -87,7 +82,6 @@ pub fn all() -> Vec<Target> {
             generate: Some(gen_policy),
             seeds: policy_seeds,
             shared_seeds: &[],
-            known_issues: None,
         },
         Target {
             name: "train_toml",
@@ -97,7 +91,6 @@ pub fn all() -> Vec<Target> {
             generate: Some(gen_train_toml),
             seeds: train_toml_seeds,
             shared_seeds: &[],
-            known_issues: None,
         },
         Target {
             name: "ram_yaml",
@@ -107,7 +100,6 @@ pub fn all() -> Vec<Target> {
             generate: Some(gen_ram_yaml),
             seeds: ram_yaml_seeds,
             shared_seeds: &["ram/configs/pretrain.yaml", "ram/configs/finetune.yaml"],
-            known_issues: None,
         },
         Target {
             name: "benchmark",
@@ -117,7 +109,6 @@ pub fn all() -> Vec<Target> {
             generate: None,
             seeds: benchmark_seeds,
             shared_seeds: &[],
-            known_issues: None,
         },
         Target {
             name: "scores_csv",
@@ -127,7 +118,6 @@ pub fn all() -> Vec<Target> {
             generate: None,
             seeds: scores_csv_seeds,
             shared_seeds: &[],
-            known_issues: None,
         },
         Target {
             name: "scores_safetensors",
@@ -137,7 +127,6 @@ pub fn all() -> Vec<Target> {
             generate: None,
             seeds: scores_st_seeds,
             shared_seeds: &[],
-            known_issues: Some(SAFETENSORS_KNOWN),
         },
     ]
 }
@@ -155,14 +144,8 @@ fn annotation_target() -> Target {
             "reliability/diff_accepts_overlong_utf8.jsonl",
             "reliability/diff_passes_train_refuses_badutf8.json",
         ],
-        known_issues: None,
     }
 }
-
-const PTH_KNOWN: &str = "src/tensors/pth.rs is being fixed on another branch: negative or huge storage offsets and strides, \
-deep nesting (stack overflow), memo reuse (billion laughs, OOM), duplicate keys";
-const SAFETENSORS_KNOWN: &str =
-    "safetensors reading is being fixed on another branch (duplicate names, quadratic reading)";
 
 // ---- runners -------------------------------------------------------------------------------
 
