@@ -473,6 +473,36 @@ pub enum TagFormat {
     Csv,
 }
 
+/// The per-class thresholds of `tag` and `eval` (one definition for both).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ThresholdArgs {
+    /// Per-slot thresholds, one a line in slot order (as ram_tag_list_threshold.txt) [default: the
+    /// vocabulary preset's threshold sidecar, as the official code; `tag` falls back to 0.68, RAM's
+    /// default, for a vocabulary without one].
+    #[arg(long, value_name = "FILE", conflicts_with = "threshold")]
+    pub thresholds: Option<PathBuf>,
+    /// One threshold for every slot, in [0, 1].
+    #[arg(long, value_name = "P")]
+    pub threshold: Option<f32>,
+}
+
+impl ThresholdArgs {
+    /// The thresholds these flags select for `vocab` (`fallback`: for a vocabulary without a
+    /// threshold sidecar).
+    pub fn choose(
+        &self,
+        vocab: &tagfix::vocab::Vocabulary,
+        fallback: Option<f32>,
+    ) -> tagfix::error::Result<tagfix::eval::Thresholds> {
+        tagfix::eval::Thresholds::choose(
+            self.thresholds.as_deref(),
+            self.threshold,
+            vocab,
+            fallback,
+        )
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct TagArgs {
     /// Checkpoint: the official RAM++ .pth, a tagfix run folder (its newest checkpoint), a
@@ -489,13 +519,8 @@ pub struct TagArgs {
     /// The vocabulary the checkpoint's slots refer to (a tag-list file or preset name).
     #[arg(long, default_value = "ram")]
     pub vocab: String,
-    /// Per-slot thresholds (one a line) [default: the vocabulary preset's threshold sidecar, as the
-    /// official code; else 0.68, RAM's default].
-    #[arg(long, value_name = "FILE", conflicts_with = "threshold")]
-    pub thresholds: Option<PathBuf>,
-    /// One threshold for every slot.
-    #[arg(long, value_name = "P")]
-    pub threshold: Option<f32>,
+    #[command(flatten)]
+    pub thresholds: ThresholdArgs,
     /// Chinese tag names, one a line [default: the vocabulary preset's `zh` sidecar].
     #[arg(long, value_name = "FILE")]
     pub zh: Option<PathBuf>,
@@ -747,13 +772,8 @@ pub struct EvalArgs {
     /// The vocabulary the scores' slots refer to (a tag-list file or preset name).
     #[arg(long, default_value = "ram")]
     pub vocab: String,
-    /// Per-slot thresholds (one per line, as ram_tag_list_threshold.txt) [default: the vocabulary
-    /// preset's threshold sidecar].
-    #[arg(long, value_name = "FILE", conflicts_with = "threshold")]
-    pub thresholds: Option<PathBuf>,
-    /// One threshold for every slot.
-    #[arg(long, value_name = "P")]
-    pub threshold: Option<f32>,
+    #[command(flatten)]
+    pub thresholds: ThresholdArgs,
     /// Slot manifest (from `tagfix diff`): slots it marks absent are reported separately.
     #[arg(long, value_name = "FILE")]
     pub manifest: Option<PathBuf>,

@@ -4,7 +4,7 @@
 use super::args::{EvalArgs, EvalFormat, GlobalArgs};
 use super::ExitStatus;
 use anyhow::Context;
-use tagfix::eval::{evaluate, output, read_scores, Benchmark, EvalReport, TagMapping, Thresholds};
+use tagfix::eval::{evaluate, output, read_scores, Benchmark, EvalReport, TagMapping};
 use tagfix::manifest::SlotManifest;
 use tagfix::vocab::Vocabulary;
 
@@ -26,11 +26,11 @@ pub fn run(args: EvalArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
         }
         inputs.extend(args.scores.as_deref());
         inputs.extend(args.checkpoint.as_deref());
-        inputs.extend(args.thresholds.as_deref());
+        inputs.extend(args.thresholds.thresholds.as_deref());
         inputs.extend(args.manifest.as_deref());
         tagfix::fsutil::check_outputs([out.as_path()], &inputs)?;
     }
-    let thresholds = Thresholds::choose(args.thresholds.as_deref(), args.threshold, &vocab, None)?;
+    let thresholds = args.thresholds.choose(&vocab, None)?;
     let manifest = SlotManifest::read_for(args.manifest.as_deref(), &vocab)?;
     let mappings: Vec<TagMapping> = benches
         .iter()

@@ -19,7 +19,7 @@ mod with_train {
     use rayon::prelude::*;
     use std::io::Write;
     use std::path::{Path, PathBuf};
-    use tagfix::eval::{ScoreWriter, Thresholds};
+    use tagfix::eval::ScoreWriter;
     use tagfix::manifest::SlotManifest;
     use tagfix::train::infer::{collect_images, load_model, tag_strings, Prediction, SlotLabels};
     use tagfix::vocab::Vocabulary;
@@ -30,12 +30,9 @@ mod with_train {
     pub fn run(args: TagArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
         let vocab = Vocabulary::load(&args.vocab)
             .with_context(|| format!("loading vocabulary `{}`", args.vocab))?;
-        let thresholds = Thresholds::choose(
-            args.thresholds.as_deref(),
-            args.threshold,
-            &vocab,
-            Some(RAM_DEFAULT_THRESHOLD),
-        )?;
+        let thresholds = args
+            .thresholds
+            .choose(&vocab, Some(RAM_DEFAULT_THRESHOLD))?;
         let manifest = SlotManifest::read_for(args.manifest.as_deref(), &vocab)?;
         let labels = SlotLabels::new(&vocab, args.zh.as_deref(), thresholds, manifest.as_ref())?;
         anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
@@ -51,7 +48,7 @@ mod with_train {
         );
         // Outputs are checked before the model loads, so a typo fails at once.
         let mut inputs: Vec<&Path> = vec![args.checkpoint.as_path(), vocab.path.as_path()];
-        inputs.extend(args.thresholds.as_deref());
+        inputs.extend(args.thresholds.thresholds.as_deref());
         inputs.extend(args.manifest.as_deref());
         inputs.extend(args.zh.as_deref());
         inputs.extend(images.iter().map(|(p, _)| p.as_path()));
