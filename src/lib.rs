@@ -22,6 +22,8 @@ pub mod rng;
 pub mod synth;
 pub mod teacher;
 pub mod tensors;
+#[cfg(test)]
+mod testutil;
 pub mod train;
 pub mod vocab;
 
