@@ -27,6 +27,7 @@ pub fn in_ci() -> bool {
 /// with the same words instead. Every test that can return early goes through here (or through
 /// [`skip_tool_ci_lacks`]), so no skip is silent.
 pub fn skip<T>(test: &str, reason: impl Display) -> Option<T> {
+    let test = label(test);
     if in_ci() {
         panic!("{test}: {reason} (CI=true: a failure, not a skip)");
     }
@@ -37,8 +38,18 @@ pub fn skip<T>(test: &str, reason: impl Display) -> Option<T> {
 /// Skips `test` for want of an optional tool that CI's setup (scripts/setup.sh) does not install:
 /// prints the reason, under CI too, and never fails. The caller names the tool and says why CI lacks it.
 pub fn skip_tool_ci_lacks<T>(test: &str, reason: impl Display) -> Option<T> {
+    let test = label(test);
     eprintln!("SKIPPED {test}: {reason} (an optional tool that CI does not install)");
     None
+}
+
+/// `test`, preceded by the running test's name (the harness names each test's thread after it) when
+/// `test` names a shared setup such as "RAM++ reference tests" rather than the test itself.
+fn label(test: &str) -> String {
+    match std::thread::current().name() {
+        Some(name) if name != test && name != "main" => format!("{name} ({test})"),
+        _ => test.to_string(),
+    }
 }
 
 /// The shared material folder (`$TAGFIX_SHARED`, else `../shared`), or a [`skip`] when it is absent.
