@@ -497,21 +497,6 @@ pub fn shared_dir() -> Option<PathBuf> {
     candidates.into_iter().find(|p| p.is_dir())
 }
 
-/// For tests that read the shared material: returns its folder, or `None` after printing why the
-/// test is skipped. Under CI (`CI=true`) a missing folder is a failure, never a silent skip.
-pub fn shared_dir_for_test(test: &str) -> Option<PathBuf> {
-    match shared_dir() {
-        Some(d) => Some(d),
-        None if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => panic!(
-            "{test}: the shared material folder is missing (set {SHARED_ENV} or provide ../shared); CI must not skip"
-        ),
-        None => {
-            eprintln!("SKIPPED {test}: shared material not found (set {SHARED_ENV} or provide ../shared)");
-            None
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,6 +25,8 @@ pub mod rng;
 pub mod synth;
 pub mod teacher;
 pub mod tensors;
+#[cfg(test)]
+mod testutil;
 pub mod train;
 pub mod vocab;
 

@@ -4,20 +4,22 @@
 //! No ONNX Runtime here: files "regenerated with a different model or template" are simulated from
 //! the real rows (explained at each test), so the check's behaviour is tested on real geometry.
 
+mod common;
 mod plot_common;
 
 use assert_cmd::Command;
+use common::{shared_dir_for_test, Context};
 use plot_common::{assert_drawn_png, assert_texts};
 use std::path::{Path, PathBuf};
 use tagfix::consistency::knn::{exact, Exclude, Index, Rows, SearchConfig};
 use tagfix::consistency::synthetic::{add_noise, random_rotation, rotate};
 use tagfix::consistency::{kernels::normalised_rows, SearchChoice};
 use tagfix::embed::plan::{sample_controls, ControlSpec};
-use tagfix::fsutil::shared_dir_for_test;
 use tagfix::tensors::{DType, EmbeddingFile, Provenance, Tensor, TensorSet};
 
 struct Fixture {
-    dir: tempfile::TempDir,
+    /// `tagfix -q <subcommand> --vocab <the RAM tag list>` in a temporary folder.
+    ctx: Context,
     reference: EmbeddingFile,
     reference_path: PathBuf,
     vocab: PathBuf,
@@ -26,19 +28,30 @@ struct Fixture {
 fn fixture(test: &str) -> Option<Fixture> {
     let shared = shared_dir_for_test(test)?;
     let reference_path = shared.join("reference/minilm_ram_single_template.safetensors");
+    let vocab = shared.join("ram/data/ram_tag_list.txt");
     Some(Fixture {
-        dir: tempfile::tempdir().unwrap(),
+        ctx: Context::new().quiet().flag("--vocab", &vocab),
         reference: EmbeddingFile::read(&reference_path, None).unwrap(),
         reference_path,
-        vocab: shared.join("ram/data/ram_tag_list.txt"),
+        vocab,
     })
 }
 
 impl Fixture {
     fn write(&self, name: &str, e: &EmbeddingFile) -> PathBuf {
-        let p = self.dir.path().join(name);
+        let p = self.ctx.path(name);
         e.write(&p).unwrap();
         p
+    }
+
+    /// `tagfix -q check --vocab … --baseline baseline --candidate candidate`.
+    fn check_cmd(&self, baseline: &Path, candidate: &Path) -> Command {
+        let mut c = self.ctx.cmd("check");
+        c.arg("--baseline")
+            .arg(baseline)
+            .arg("--candidate")
+            .arg(candidate);
+        c
     }
 
     /// Runs `tagfix check --format json` and returns (exit code, report or stderr).
@@ -48,14 +61,9 @@ impl Fixture {
         candidate: &Path,
         extra: &[&str],
     ) -> (i32, serde_json::Value, String) {
-        let out = Command::cargo_bin("tagfix")
-            .unwrap()
-            .args(["-q", "check", "--format", "json", "--vocab"])
-            .arg(&self.vocab)
-            .arg("--baseline")
-            .arg(baseline)
-            .arg("--candidate")
-            .arg(candidate)
+        let out = self
+            .check_cmd(baseline, candidate)
+            .args(["--format", "json"])
             .args(extra)
             .output()
             .unwrap();
@@ -213,16 +221,7 @@ fn shuffled_slot_order_fails_loudly() {
             .copy_from_slice(f.reference.row((s + 1) % 4585));
     }
     let p = f.write("shifted.safetensors", &shifted);
-    let out = Command::cargo_bin("tagfix")
-        .unwrap()
-        .args(["-q", "check", "--vocab"])
-        .arg(&f.vocab)
-        .arg("--baseline")
-        .arg(&f.reference_path)
-        .arg("--candidate")
-        .arg(&p)
-        .output()
-        .unwrap();
+    let out = f.check_cmd(&f.reference_path, &p).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("max_misaligned_slots"), "{text}");
@@ -319,7 +318,7 @@ fn patched_file(
         ],
         metadata: prov.to_metadata(),
     };
-    let p = f.dir.path().join(name);
+    let p = f.ctx.path(name);
     tagfix::tensors::safetensors_io::write(&p, &set).unwrap();
     p
 }
@@ -343,7 +342,7 @@ fn consistency_mode_passes_a_faithful_patch_and_writes_plots() {
         r
     };
     let p = patched_file(&f, "faithful.safetensors", &same, &regen, &controls);
-    let plots = f.dir.path().join("plots");
+    let plots = f.ctx.path("plots");
     let (code, r, err) = f.check(&f.reference_path, &p, &["--plot", plots.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}\n{r:#}");
     assert_eq!(r["mode"], "consistency");
@@ -538,16 +537,11 @@ fn report_formats_junit_markdown_github() {
     let mut bad = f.reference.clone();
     bad.row_mut(5).copy_from_slice(&f.reference.row(6).to_vec());
     let p = f.write("bad.safetensors", &bad);
-    let junit = f.dir.path().join("check.xml");
-    let summary = f.dir.path().join("summary.md");
-    let out = Command::cargo_bin("tagfix")
-        .unwrap()
-        .args(["-q", "check", "--format", "github", "--vocab"])
-        .arg(&f.vocab)
-        .arg("--baseline")
-        .arg(&f.reference_path)
-        .arg("--candidate")
-        .arg(&p)
+    let junit = f.ctx.path("check.xml");
+    let summary = f.ctx.path("summary.md");
+    let out = f
+        .check_cmd(&f.reference_path, &p)
+        .args(["--format", "github"])
         .arg("--junit")
         .arg(&junit)
         .arg("--summary")

@@ -5,37 +5,27 @@
 //! the embeddings fails here.
 #![cfg(feature = "embed")]
 
-use assert_cmd::Command;
+mod common;
+
+use common::Context;
 use std::path::Path;
 
 #[test]
 fn fixture_embeddings_match_the_committed_baseline() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = common::crate_root();
     let fixtures = root.join("fixtures/check");
-    if !root.join("models/minilm/model.onnx").exists() {
-        assert!(
-            std::env::var("CI").is_err(),
-            "models/minilm is missing: run scripts/setup.sh (CI must not skip this test)"
-        );
-        eprintln!("SKIPPED fixture_embeddings_match_the_committed_baseline: run scripts/setup.sh for models/minilm");
+    let test = "fixture_embeddings_match_the_committed_baseline";
+    if common::setup_file("models/minilm/model.onnx", test).is_none() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let fresh = dir.path().join("fresh.safetensors");
-    let out = Command::cargo_bin("tagfix")
-        .unwrap()
+    let ctx = Context::new()
+        .quiet()
+        .flag("--vocab", fixtures.join("tags.txt"));
+    let fresh = ctx.path("fresh.safetensors");
+    let out = ctx
+        .cmd("embed")
         .current_dir(root)
-        .args([
-            "-q",
-            "embed",
-            "--model",
-            "minilm",
-            "--all",
-            "--threads",
-            "1",
-            "--vocab",
-        ])
-        .arg(fixtures.join("tags.txt"))
+        .args(["--model", "minilm", "--all", "--threads", "1"])
         .arg("--out")
         .arg(&fresh)
         .output()
@@ -46,10 +36,8 @@ fn fixture_embeddings_match_the_committed_baseline() {
         String::from_utf8_lossy(&out.stderr)
     );
     let check = |candidate: &Path| {
-        Command::cargo_bin("tagfix")
-            .unwrap()
-            .args(["-q", "check", "--format", "json", "--vocab"])
-            .arg(fixtures.join("tags.txt"))
+        ctx.cmd("check")
+            .args(["--format", "json"])
             .arg("--policy")
             .arg(fixtures.join("policy.toml"))
             .arg("--baseline")
@@ -72,7 +60,7 @@ fn fixture_embeddings_match_the_committed_baseline() {
     let (first, second) = (e.row(0).to_vec(), e.row(1).to_vec());
     e.row_mut(0).copy_from_slice(&second);
     e.row_mut(1).copy_from_slice(&first);
-    let swapped = dir.path().join("swapped.safetensors");
+    let swapped = ctx.path("swapped.safetensors");
     e.write(&swapped).unwrap();
     assert_eq!(check(&swapped).status.code(), Some(1));
 }

@@ -1,19 +1,12 @@
 //! `tagfix convert` and `tagfix inspect` end to end (no libtorch needed): the torch.save fixtures in
 //! `../shared/reference/pth/`, and the RAM++ reference weights in `../shared/ram/reference/tiny/`.
 
-use assert_cmd::Command;
+mod common;
+
+use common::{shared_dir_for_test, tagfix};
 use predicates::prelude::PredicateBooleanExt;
 use predicates::str::contains;
-use std::path::PathBuf;
 use tagfix::tensors::{safetensors_io, DType, TensorSet};
-
-fn shared(test: &str) -> Option<PathBuf> {
-    tagfix::fsutil::shared_dir_for_test(test)
-}
-
-fn tagfix() -> Command {
-    Command::cargo_bin("tagfix").unwrap()
-}
 
 fn sorted(set: &TensorSet) -> Vec<(String, tagfix::tensors::Tensor)> {
     let mut v = set.tensors.clone();
@@ -23,7 +16,7 @@ fn sorted(set: &TensorSet) -> Vec<(String, tagfix::tensors::Tensor)> {
 
 #[test]
 fn convert_pth_fixtures_to_safetensors() {
-    let Some(shared) = shared("convert_pth_fixtures_to_safetensors") else {
+    let Some(shared) = shared_dir_for_test("convert_pth_fixtures_to_safetensors") else {
         return;
     };
     let pth = shared.join("reference/pth");
@@ -80,7 +73,8 @@ fn convert_pth_fixtures_to_safetensors() {
 
 #[test]
 fn convert_refuses_malicious_truncated_and_bad_output() {
-    let Some(shared) = shared("convert_refuses_malicious_truncated_and_bad_output") else {
+    let Some(shared) = shared_dir_for_test("convert_refuses_malicious_truncated_and_bad_output")
+    else {
         return;
     };
     let pth = shared.join("reference/pth");
@@ -127,7 +121,7 @@ fn convert_refuses_malicious_truncated_and_bad_output() {
 
 #[test]
 fn inspect_tells_which_model_fits() {
-    let Some(shared) = shared("inspect_tells_which_model_fits") else {
+    let Some(shared) = shared_dir_for_test("inspect_tells_which_model_fits") else {
         return;
     };
     let tiny = shared.join("ram/reference/tiny");

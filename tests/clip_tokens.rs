@@ -1,21 +1,14 @@
 //! CLIP BPE tokenisation against the reference ids in ../shared/reference/clip_tokens/ (OpenAI's
 //! simple tokenizer, context 77, truncate): every row, tricky strings included.
 
+mod common;
+
+use common::shared_dir_for_test;
 use std::path::{Path, PathBuf};
 use tagfix::embed::clip_bpe::{ClipBpe, CONTEXT_LENGTH};
-use tagfix::fsutil::shared_dir_for_test;
 
-fn bpe_path() -> Option<PathBuf> {
-    let p =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("models/clip-bpe/bpe_simple_vocab_16e6.txt.gz");
-    if p.is_file() {
-        return Some(p);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!("{} is missing: scripts/setup.sh installs it", p.display());
-    }
-    eprintln!("SKIPPED: {} missing (run scripts/setup.sh)", p.display());
-    None
+fn bpe_path(test: &str) -> Option<PathBuf> {
+    common::setup_file("models/clip-bpe/bpe_simple_vocab_16e6.txt.gz", test)
 }
 
 fn check_file(bpe: &ClipBpe, file: &Path) -> usize {
@@ -52,7 +45,9 @@ fn clip_tokens_match_every_reference_row() {
     let Some(shared) = shared_dir_for_test("clip_tokens_match_every_reference_row") else {
         return;
     };
-    let Some(path) = bpe_path() else { return };
+    let Some(path) = bpe_path("clip_tokens_match_every_reference_row") else {
+        return;
+    };
     let bpe = ClipBpe::from_file(&path).unwrap();
     let dir = shared.join("reference/clip_tokens");
     let tags = check_file(&bpe, &dir.join("ram_single_template.jsonl"));

@@ -2,6 +2,8 @@
 //! independent count of every slot, the index shift of a compacted tag list, and every kind of bad
 //! input with its error text and exit status.
 
+mod common;
+
 use assert_cmd::Command;
 use serde_json::Value;
 use std::collections::{BTreeSet, HashSet};
@@ -9,31 +11,22 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 fn tagfix() -> Command {
-    let mut c = Command::cargo_bin("tagfix").unwrap();
+    let mut c = common::tagfix();
     c.arg("--quiet");
     c
 }
 
 /// The real RAM tag list from ../shared; `None` (with the reason printed) when absent, a failure
 /// under CI.
-fn real_vocabulary() -> Option<Vec<String>> {
-    let found = tagfix::fsutil::shared_dir().map(|d| d.join("ram/data/ram_tag_list.txt"));
-    match found.filter(|p| p.is_file()) {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .unwrap()
-                .split('\n')
-                .map(|l| l.trim_end_matches('\r').to_string())
-                .collect(),
-        ),
-        None if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("../shared/ram/data/ram_tag_list.txt is missing (CI=true: this is a failure, not a skip)")
-        }
-        None => {
-            eprintln!("SKIPPED: ../shared/ram/data/ram_tag_list.txt not found (set TAGFIX_SHARED)");
-            None
-        }
-    }
+fn real_vocabulary(test: &str) -> Option<Vec<String>> {
+    let p = common::shared_file("ram/data/ram_tag_list.txt", test)?;
+    Some(
+        std::fs::read_to_string(p)
+            .unwrap()
+            .split('\n')
+            .map(|l| l.trim_end_matches('\r').to_string())
+            .collect(),
+    )
 }
 
 fn run_json(cmd: &mut Command) -> Value {
@@ -117,7 +110,8 @@ fn synth(dir: &Path, name: &str, records: u64, extra: &[&str]) -> (PathBuf, Vec<
 
 #[test]
 fn real_vocabulary_with_144_absent_slots_is_reported_exactly() {
-    let Some(tags) = real_vocabulary() else {
+    let Some(tags) = real_vocabulary("real_vocabulary_with_144_absent_slots_is_reported_exactly")
+    else {
         return;
     };
     assert_eq!(tags.len(), 4585);
@@ -220,7 +214,7 @@ fn real_vocabulary_with_144_absent_slots_is_reported_exactly() {
 
 #[test]
 fn compacted_tag_list_gets_the_right_index_shift_report() {
-    let Some(tags) = real_vocabulary() else {
+    let Some(tags) = real_vocabulary("compacted_tag_list_gets_the_right_index_shift_report") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -704,7 +698,7 @@ fn synth_is_atomic_and_refuses_bad_requests() {
 /// reads (a caption) is a problem at the byte's file:line:column, as `train` and `teacher` report it.
 #[test]
 fn invalid_utf8_reproducers_are_refused_at_the_byte() {
-    let Some(shared) = tagfix::fsutil::shared_dir_for_test("invalid_utf8_reproducers") else {
+    let Some(shared) = common::shared_dir_for_test("invalid_utf8_reproducers") else {
         return;
     };
     let c = Case {

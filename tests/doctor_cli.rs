@@ -1,6 +1,8 @@
 //! `tagfix doctor`: every item is reported once with a fix when it is not present, the exit code follows
 //! the report (`--require` and broken items), and the items the test setup installs are found.
 
+mod common;
+
 use assert_cmd::Command;
 use serde_json::Value;
 
@@ -64,7 +66,7 @@ fn report_lists_every_item_and_exit_code_follows_it() {
             "{torch}"
         );
     }
-    if tagfix::fsutil::shared_dir_for_test("doctor: the ram vocabulary").is_some() {
+    if common::shared_dir_for_test("doctor: the ram vocabulary").is_some() {
         assert_eq!(check(&report, "ram")["status"], "ok", "{report}");
     }
 }

@@ -2,12 +2,14 @@
 //! slot manifest, RAM's .pth format, RAM++ descriptions, and bad inputs (clear error, exit 2, no output).
 #![cfg(feature = "embed")]
 
+mod common;
 mod embed_common;
 
 use assert_cmd::Command;
-use embed_common::{cosine, model_dir_for_test};
+use common::{model_dir_for_test, shared_dir_for_test};
+use embed_common::cosine;
 use std::path::{Path, PathBuf};
-use tagfix::fsutil::{sha256_file, shared_dir_for_test};
+use tagfix::fsutil::sha256_file;
 use tagfix::manifest::SlotManifest;
 use tagfix::tensors::{safetensors_io, EmbeddingFile, Provenance, Tensor, TensorSet};
 use tagfix::vocab::Vocabulary;
@@ -60,7 +62,7 @@ fn write_manifest(vocab: &Vocabulary, absent: &[usize], path: &Path) {
 }
 
 fn tagfix() -> Command {
-    let mut c = Command::cargo_bin("tagfix").unwrap();
+    let mut c = common::tagfix();
     c.arg("--quiet");
     c
 }

@@ -3,9 +3,11 @@
 //! text gives the same embeddings as CLIP's full 77-token input.
 #![cfg(feature = "embed")]
 
+mod common;
 mod embed_common;
 
-use embed_common::{cosine, model_dir_for_test};
+use common::{model_dir_for_test, shared_dir_for_test};
+use embed_common::cosine;
 use indicatif::ProgressBar;
 use tagfix::embed::encoder::{l2_normalize, EncoderOptions, TextEncoder};
 use tagfix::embed::pipeline::embed_slots;
@@ -74,8 +76,7 @@ fn cutting_batches_to_the_longest_text_equals_77_tokens() {
     let Some(mut enc) = clip_tiny("cutting_batches_to_the_longest_text_equals_77_tokens") else {
         return;
     };
-    let Some(shared) =
-        tagfix::fsutil::shared_dir_for_test("cutting_batches_to_the_longest_text_equals_77_tokens")
+    let Some(shared) = shared_dir_for_test("cutting_batches_to_the_longest_text_equals_77_tokens")
     else {
         return;
     };

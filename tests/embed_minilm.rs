@@ -1,14 +1,15 @@
 //! Real MiniLM (int8 ONNX through ONNX Runtime) against the reference embeddings of all 4585 RAM tags.
 #![cfg(feature = "embed")]
 
+mod common;
 mod embed_common;
 
-use embed_common::{cosine, model_dir_for_test};
+use common::{model_dir_for_test, shared_dir_for_test};
+use embed_common::cosine;
 use indicatif::ProgressBar;
 use tagfix::embed::encoder::{EncoderOptions, TextEncoder};
 use tagfix::embed::pipeline::embed_slots;
 use tagfix::embed::{ModelDescriptor, Recipe};
-use tagfix::fsutil::shared_dir_for_test;
 use tagfix::tensors::EmbeddingFile;
 use tagfix::vocab::Vocabulary;
 

@@ -3,14 +3,12 @@
 //! many tensors), generated here. Each must end as exit 2 with a clear message and nothing written;
 //! never a panic, an abort, a hang or a silently wrong tensor.
 
-use assert_cmd::Command;
+mod common;
+
+use common::tagfix;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use tagfix::tensors::{safetensors_io, DType, Tensor, TensorSet};
-
-fn tagfix() -> Command {
-    Command::cargo_bin("tagfix").unwrap()
-}
 
 /// Runs `inspect` and `convert` on `file`: both must exit 2 with `want` (and the file's name) in the
 /// message, and `convert` must leave no output behind.
@@ -42,7 +40,7 @@ fn assert_refused(file: &Path, want: &str) {
 }
 
 fn reliability_dir(test: &str) -> Option<PathBuf> {
-    tagfix::fsutil::shared_dir_for_test(test).map(|d| d.join("reliability"))
+    common::shared_dir_for_test(test).map(|d| d.join("reliability"))
 }
 
 #[test]

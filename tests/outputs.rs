@@ -3,13 +3,15 @@
 //! a killed run; `.npy` provenance bound to its data by hash.
 #![cfg(unix)]
 
+mod common;
+
 use assert_cmd::Command;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
 fn tagfix(dir: &Path) -> Command {
-    let mut c = Command::cargo_bin("tagfix").unwrap();
+    let mut c = common::tagfix();
     c.current_dir(dir);
     c
 }
@@ -183,7 +185,7 @@ fn a_dash_is_standard_output() {
 #[test]
 fn a_full_device_is_a_clear_error() {
     if !Path::new("/dev/full").exists() {
-        eprintln!("SKIPPED a_full_device_is_a_clear_error: no /dev/full");
+        common::skip::<()>("a_full_device_is_a_clear_error", "no /dev/full");
         return;
     }
     let s = Setup::new();
@@ -416,13 +418,8 @@ fn npy_provenance_that_names_other_data_is_refused() {
 #[cfg(feature = "embed")]
 #[test]
 fn embed_npy_provenance_follows_its_data() {
-    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/minilm");
-    if !models.join("descriptor.toml").is_file() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "models/minilm is missing (scripts/setup.sh installs it)"
-        );
-        eprintln!("SKIPPED embed_npy_provenance_follows_its_data: models/minilm missing");
+    let test = "embed_npy_provenance_follows_its_data";
+    if common::setup_file("models/minilm/descriptor.toml", test).is_none() {
         return;
     }
     let s = Setup::new();

@@ -1,6 +1,8 @@
 //! The PyTorch-format reader against `torch.save` fixtures in `../shared/reference/pth/`.
 
-use tagfix::fsutil::shared_dir_for_test;
+mod common;
+
+use common::shared_dir_for_test;
 use tagfix::tensors::pth::{self, Container};
 use tagfix::tensors::{safetensors_io, DType};
 

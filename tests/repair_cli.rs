@@ -1,11 +1,13 @@
 //! `tagfix repair` end to end on the embedded default (real RAM vocabulary, real MiniLM model).
 #![cfg(feature = "embed")]
 
+mod common;
+
 use assert_cmd::Command;
 
 #[test]
 fn repair_runs_the_whole_pipeline_and_reports() {
-    let Some(shared) = tagfix::fsutil::shared_dir_for_test("repair_cli") else {
+    let Some(shared) = common::shared_dir_for_test("repair_cli") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -4,10 +4,12 @@
 //! inputs fail with exit 2, a message naming file and record, and no output.
 #![cfg(feature = "embed")]
 
+mod common;
 mod embed_common;
 
 use assert_cmd::Command;
-use embed_common::{max_abs_diff, model_dir_for_test};
+use common::model_dir_for_test;
+use embed_common::max_abs_diff;
 use indicatif::ProgressBar;
 use std::path::{Path, PathBuf};
 use tagfix::embed::encoder::{l2_normalize, EncoderOptions, TextEncoder};

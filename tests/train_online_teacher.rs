@@ -8,8 +8,9 @@ mod common;
 mod embed_common;
 
 use assert_cmd::Command;
+use common::model_dir_for_test;
 use common::train::{dataset, inputs, serial, small_config};
-use embed_common::{max_abs_diff, model_dir_for_test};
+use embed_common::max_abs_diff;
 use indicatif::ProgressBar;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

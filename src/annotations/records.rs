@@ -284,7 +284,7 @@ mod tests {
     #[test]
     fn reliability_reproducers_name_the_invalid_byte() {
         // The file `diff` once passed and `train` refused with "stream did not contain valid UTF-8".
-        let Some(shared) = crate::fsutil::shared_dir_for_test("records_reproducers") else {
+        let Some(shared) = crate::testutil::shared_dir_for_test("records_reproducers") else {
             return;
         };
         for (name, place) in [

@@ -250,7 +250,7 @@ mod tests {
 
     #[test]
     fn official_benchmarks_load() {
-        let Some(shared) = crate::fsutil::shared_dir_for_test("official_benchmarks_load") else {
+        let Some(shared) = crate::testutil::shared_dir_for_test("official_benchmarks_load") else {
             return;
         };
         let root = shared.join("ram/benchmarks");

@@ -1134,7 +1134,7 @@ mod tests {
 
     #[test]
     fn ram_yaml_configs_load() {
-        let Some(shared) = crate::fsutil::shared_dir_for_test("ram_yaml_configs_load") else {
+        let Some(shared) = crate::testutil::shared_dir_for_test("ram_yaml_configs_load") else {
             return;
         };
         let pre = TrainConfig::load(&shared.join("ram/configs/pretrain.yaml")).unwrap();

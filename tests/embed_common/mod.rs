@@ -1,36 +1,5 @@
-//! Helpers shared by the integration tests.
+//! Numeric helpers shared by the embedding tests (where models live: `tests/common/`).
 #![allow(dead_code)]
-
-use std::path::{Path, PathBuf};
-
-/// True under CI, where missing material is a failure rather than a skip.
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-/// A model directory installed by scripts/setup.sh (`models/<name>`, or `$TAGFIX_TEST_MODELS/<name>`:
-/// scripts/check-fresh-setup.sh points it at a fresh copy's fixtures), or `None` after printing why the
-/// test is skipped. Under CI a missing model is a failure.
-pub fn model_dir_for_test(name: &str, test: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("TAGFIX_TEST_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models"))
-        .join(name);
-    if dir.join("descriptor.toml").is_file() {
-        return Some(dir);
-    }
-    if in_ci() {
-        panic!(
-            "{test}: {} is missing; scripts/setup.sh installs it",
-            dir.display()
-        );
-    }
-    eprintln!(
-        "SKIPPED {test}: {} missing (run scripts/setup.sh)",
-        dir.display()
-    );
-    None
-}
 
 /// Cosine similarity.
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
