@@ -68,7 +68,12 @@ fn losses_fall_and_absent_policies_hold() {
     // Update norms are measured on logging steps only (every `log_every`, 50 by default).
     let log_every = small_config(steps).log_every;
     for r in &recs {
-        assert_eq!(r.update_norm.is_some(), r.step % log_every == 0, "step {}", r.step);
+        assert_eq!(
+            r.update_norm.is_some(),
+            r.step % log_every == 0,
+            "step {}",
+            r.step
+        );
     }
     assert!(recs[49].update_norm.unwrap().image_encoder.unwrap() > 0.0);
 }
