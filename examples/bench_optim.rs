@@ -45,14 +45,13 @@ fn main() {
         weight_decay: 0.05,
         ..Default::default()
     };
-    let vars = vs.variables();
-    let values: i64 = vars.values().map(|v| v.numel() as i64).sum();
-    for v in vars.values().filter(|v| v.requires_grad()) {
+    for v in vs.variables().values().filter(|v| v.requires_grad()) {
         (v.square().sum(Kind::Float) * 0.5).backward();
     }
+    let summary = AdamW::new(&vs, &[], &train).expect("optimizer").summary;
     println!(
-        "{preset}: {} tensors, {values} values, {threads} threads, median of {steps} steps",
-        vars.len()
+        "{preset}: {} trained tensors, {} values, {threads} threads, median of {steps} steps after one warm-up",
+        summary.trained_tensors, summary.trained_values
     );
     let mut rows = Vec::new();
     for (imp, logging, label) in [
