@@ -37,17 +37,19 @@ fn main() {
     }
 }
 
-/// Compiles `src/train/autocast.cpp`, the few lines of ATen that select the autocast dtype (bf16), which
-/// tch 0.24 does not expose. Headers come from the same libtorch that torch-sys links. (`cc` is a
+/// Compiles `src/train/autocast.cpp`, the few lines of ATen that select the autocast dtype (bf16), and
+/// `src/train/optim.cpp` (fused AdamW, batched norms), which tch 0.24 does not expose. Headers come from the same libtorch that torch-sys links. (`cc` is a
 /// build dependency of feature `train` only.)
 #[cfg(feature = "train")]
 fn build_autocast_shim(lib: &std::path::Path) {
     println!("cargo:rerun-if-changed=src/train/autocast.cpp");
+    println!("cargo:rerun-if-changed=src/train/optim.cpp");
     let root = lib.parent().expect("libtorch lib folder has a parent");
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
     cc::Build::new()
         .cpp(true)
         .file("src/train/autocast.cpp")
+        .file("src/train/optim.cpp")
         .include(root.join("include"))
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))

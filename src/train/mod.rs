@@ -12,6 +12,8 @@ pub mod data;
 #[cfg(feature = "train")]
 pub mod export;
 #[cfg(feature = "train")]
+pub mod fused;
+#[cfg(feature = "train")]
 pub mod infer;
 pub mod inspect;
 pub mod keymap;
