@@ -140,24 +140,13 @@ pub fn checkpoint_file(path: &Path) -> Result<PathBuf> {
         return Ok(direct);
     }
     let ckpts = path.join("checkpoints");
-    let mut steps: Vec<PathBuf> = std::fs::read_dir(&ckpts)
-        .map_err(|_| {
-            Error::invalid(
-                path,
-                "folder holds neither model.safetensors nor a training run's checkpoints/",
-            )
-        })?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("step-"))
-                && p.join("model.safetensors").is_file()
-        })
-        .collect();
-    steps.sort();
-    steps
-        .pop()
+    if !ckpts.is_dir() {
+        return Err(Error::invalid(
+            path,
+            "folder holds neither model.safetensors nor a training run's checkpoints/",
+        ));
+    }
+    super::run::newest_checkpoint_in(&ckpts, "model.safetensors")?
         .map(|s| s.join("model.safetensors"))
         .ok_or_else(|| Error::invalid(&ckpts, "no complete checkpoint (step-*/model.safetensors)"))
 }

@@ -411,18 +411,23 @@ pub fn checkpoint_dir(run: &RunDir, step: u64) -> PathBuf {
 
 /// The newest complete checkpoint of a run.
 pub fn latest_checkpoint(run: &RunDir) -> Result<Option<PathBuf>> {
-    let dir = run.checkpoints_dir();
+    newest_checkpoint_in(&run.checkpoints_dir(), "state.json")
+}
+
+/// The newest `step-*` folder holding the file `needs` (resume needs `state.json`, inference only
+/// `model.safetensors`) in a run's `checkpoints/` folder `dir`.
+pub fn newest_checkpoint_in(dir: &Path, needs: &str) -> Result<Option<PathBuf>> {
     if !dir.is_dir() {
         return Ok(None);
     }
-    let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map_err(|e| Error::io(&dir, e))?
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with("step-"))
-                && p.join("state.json").is_file()
+                && p.join(needs).is_file()
         })
         .collect();
     found.sort();
