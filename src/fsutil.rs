@@ -484,17 +484,19 @@ pub const SHARED_ENV: &str = "TAGFIX_SHARED";
 
 /// Locates the shared material folder: `$TAGFIX_SHARED`, else `../shared` relative to the current
 /// directory, else `../shared` relative to the crate's source folder (for binaries run from
-/// elsewhere in a checkout). Returns `None` when none exists.
+/// elsewhere in a checkout). Returns `None` when none exists. The path is made absolute, so a
+/// relative `TAGFIX_SHARED=../shared` still names the same folder for a child process started in
+/// another working directory.
 pub fn shared_dir() -> Option<PathBuf> {
+    let absolute_dir = |p: PathBuf| p.canonicalize().ok().filter(|p| p.is_dir());
     if let Some(p) = std::env::var_os(SHARED_ENV) {
-        let p = PathBuf::from(p);
-        return p.is_dir().then_some(p);
+        return absolute_dir(PathBuf::from(p));
     }
     let candidates = [
         PathBuf::from("../shared"),
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"),
     ];
-    candidates.into_iter().find(|p| p.is_dir())
+    candidates.into_iter().find_map(absolute_dir)
 }
 
 #[cfg(test)]
