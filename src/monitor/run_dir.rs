@@ -1,6 +1,7 @@
 //! The run-directory contract: where a training run keeps its files (documented in
 //! `docs/formats.md`, "Run directory").
 
+use super::MonitorError;
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -42,16 +43,17 @@ impl RunDir {
     /// Opens an existing run directory; it must hold `metrics.jsonl`.
     pub fn open(root: &Path) -> Result<Self> {
         if !root.is_dir() {
-            return Err(Error::invalid(root, "run directory does not exist"));
+            return Err(MonitorError::NoRunDir { path: root.into() }.into());
         }
         let dir = RunDir {
             root: root.to_path_buf(),
         };
         if !dir.metrics_path().is_file() {
-            return Err(Error::invalid(
-                root,
-                format!("not a training run directory: no {METRICS_FILE}"),
-            ));
+            return Err(MonitorError::NotARunDir {
+                path: root.into(),
+                metrics: METRICS_FILE,
+            }
+            .into());
         }
         Ok(dir)
     }

@@ -718,11 +718,11 @@ pub fn train(prepared: Prepared, out: &Path, resume: bool) -> Result<RunSummary>
             match save_checkpoint(&run, &vs, opt, &state, config.keep_checkpoints) {
                 Ok(ckpt) => {
                     bar.abandon();
-                    Error::Other(format!(
-                    "step {}: {what}; training stopped. The state before this step is saved in {}",
-                    step + 1,
-                    ckpt.display()
-                ))
+                    Error::Stopped {
+                        step: step + 1,
+                        reason: what,
+                        checkpoint: ckpt,
+                    }
                 }
                 Err(e) => e,
             }
