@@ -24,7 +24,10 @@ pub enum ErrorKind {
     Stopped,
 }
 
-/// Errors raised by the tagfix library.
+/// Errors raised by the tagfix library: `Io`, one variant per module's error enum, and `Stopped`.
+/// The variants after `Stopped` (and [`Error::invalid`]) are legacy: free-text messages kept while
+/// the modules that still raise them (annotations, consistency, training, checkpoints) move to
+/// their own enums; new code does not use them.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The I/O error's message is part of this one's, so it is not also exposed as the source

@@ -137,7 +137,6 @@ pub fn progress_bar(global: &GlobalArgs, total: u64, bytes: bool) -> indicatif::
 #[cfg(test)]
 mod tests {
     use super::*;
-    use anyhow::Context;
 
     #[test]
     fn exit_status_follows_the_library_error_kind() {
