@@ -85,22 +85,29 @@ impl ArgvWriter {
             return;
         }
         let many = arg.get_num_args().is_some_and(|r| r.max_values() > 1);
+        // A value that looks like a flag (a file `-x.json`) is only read as a value after `=`.
+        let hyphen = values.iter().any(|v| v.len() > 1 && v.starts_with('-'));
         match (flag, arg.get_value_delimiter()) {
             (None, _) => self.argv.extend(values),
-            (Some(flag), Some(d)) => {
-                self.argv.push(flag);
-                self.argv.push(values.join(&d.to_string()));
-            }
-            (Some(flag), None) if many => {
+            (Some(flag), Some(d)) => self.push(flag, values.join(&d.to_string()), hyphen),
+            (Some(flag), None) if many && !hyphen => {
                 self.argv.push(flag);
                 self.argv.extend(values);
             }
             (Some(flag), None) => {
                 for v in values {
-                    self.argv.push(flag.clone());
-                    self.argv.push(v);
+                    self.push(flag.clone(), v, hyphen);
                 }
             }
+        }
+    }
+
+    /// `--flag value`, or `--flag=value`.
+    fn push(&mut self, flag: String, value: String, joined: bool) {
+        if joined {
+            self.argv.push(format!("{flag}={value}"));
+        } else {
+            self.argv.extend([flag, value]);
         }
     }
 }
@@ -659,6 +666,30 @@ mod tests {
             "diff", "--data", "a.json", "--vocab", "ram", "--rarest", "20",
         ]);
         assert_eq!(line, "tagfix diff --data a.json");
+    }
+
+    #[test]
+    fn values_that_look_like_flags_stay_values() {
+        let line = round_trip(&[
+            "diff",
+            "--data=-a.json",
+            "--data",
+            "b.json",
+            "--out=-m.json",
+            "--report",
+            "-",
+        ]);
+        assert!(
+            line.contains("'--data=-a.json' '--data=b.json' '--out=-m.json' --report -"),
+            "{line}"
+        );
+        round_trip(&[
+            "check",
+            "--base=-a.npy",
+            "--patched",
+            "b.npy",
+            "--min-cosine=-0.5",
+        ]);
     }
 
     #[test]
