@@ -168,8 +168,8 @@ pub struct RepairArgs {
     #[arg(long, value_name = "FILE")]
     pub base: Option<PathBuf>,
     /// Present slots re-embedded as the control set for `check` (N or `all`).
-    #[arg(long, default_value = "200")]
-    pub control: String,
+    #[arg(long, default_value = "200", value_parser = parse_control)]
+    pub control: tagfix::embed::plan::ControlSpec,
     /// Record malformed annotation records and go on.
     #[arg(long)]
     pub keep_going: bool,

@@ -2,6 +2,7 @@
 //! [`args`].
 
 pub mod args;
+mod argv;
 mod check;
 mod convert;
 mod diff;
@@ -105,7 +106,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Eval(a) => eval::run(a, &cli.global),
         Command::Export(a) => export::run(a),
         Command::Tag(a) => tag::run(a, &cli.global),
-        Command::Repair(a) => repair::run(a),
+        Command::Repair(a) => repair::run(a, &cli.global),
         Command::Train(a) => train::run(a),
         Command::Teacher(a) => teacher::run(a, &cli.global),
         Command::SynthImages(a) => synth_images::run(a),

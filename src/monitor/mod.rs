@@ -69,5 +69,5 @@ pub use record::{
 };
 pub use run_dir::RunDir;
 pub use run_monitor::RunMonitor;
-pub use summary::events_table;
+pub use summary::{events_table, RunSummary};
 pub use validation::{read_validation, ValidationRecord, ValidationWriter};

@@ -10,6 +10,7 @@ pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const EVENTS_FILE: &str = "events.jsonl";
 pub const VALIDATION_FILE: &str = "validation.jsonl";
 pub const CONFIG_FILE: &str = "config.toml";
+pub const SUMMARY_FILE: &str = "summary.json";
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
 pub const PLOTS_DIR: &str = "plots";
 
@@ -21,6 +22,7 @@ pub const PLOTS_DIR: &str = "plots";
 ///   metrics.jsonl      one StepRecord per optimizer step, appended and flushed per line
 ///   events.jsonl       one HealthEvent per line (spike, oscillation, plateau, imbalance, stalled encoder)
 ///   validation.jsonl   one ValidationRecord per periodic validation (mAP, P/R/F1)
+///   summary.json       the RunSummary of the last `tagfix train` invocation (written at its end)
 ///   checkpoints/       checkpoints, owned by `tagfix train`
 ///   plots/             `tagfix plot` output (PNG and SVG)
 /// ```
