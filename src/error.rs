@@ -59,6 +59,9 @@ pub enum Error {
 
     #[error("{0}")]
     Other(String),
+
+    #[error(transparent)]
+    Annotation(#[from] crate::annotations::AnnotationError),
 }
 
 impl Error {
