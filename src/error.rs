@@ -139,6 +139,9 @@ pub enum Error {
     /// Legacy, being replaced by module error enums.
     #[error("{0}")]
     Other(String),
+
+    #[error(transparent)]
+    Annotation(#[from] crate::annotations::AnnotationError),
 }
 
 impl Error {

@@ -243,13 +243,17 @@ fn bad_inputs_fail_with_exit_2_and_no_output() {
         "{\"image_path\":\"wide.png\",\"caption\":[\"x\"]}\n{\"image_path\":\"nope.png\",\"caption\":[\"y\"]}\n",
     );
     fails(&missing, &vision, "nope.png");
-    fails(&missing, &vision, "missing.jsonl record 2");
+    fails(&missing, &vision, "missing.jsonl:2:1: record 1");
     // A record without a caption.
     let nocap = write(
         "nocap.jsonl",
         "{\"image_path\":\"wide.png\",\"caption\":[]}\n",
     );
-    fails(&nocap, &vision, "record 1 (wide.png): no caption");
+    fails(
+        &nocap,
+        &vision,
+        "nocap.jsonl:1:1: record 0: caption is an empty list",
+    );
     // A caption byte that is not UTF-8: named at its line:column, as `tagfix diff` names it.
     let bad_utf8 = tmp.path().join("bad_utf8.jsonl");
     std::fs::write(
@@ -260,7 +264,7 @@ fn bad_inputs_fail_with_exit_2_and_no_output() {
     fails(
         &bad_utf8,
         &vision,
-        "bad_utf8.jsonl:2:40: invalid UTF-8 (byte 0xC0)",
+        "bad_utf8.jsonl:2:40: record 1: invalid UTF-8 (byte 0xC0)",
     );
     // The same image twice: the file is keyed by image_path.
     let dup = write(

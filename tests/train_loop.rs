@@ -296,7 +296,7 @@ fn bad_inputs_fail_before_the_first_step() {
     let e = prepare_err(&cfg, &good);
     assert!(e.contains("2 of 12 training images"), "{e}");
     assert!(
-        e.contains("00001.png") && e.contains("00004.png") && e.contains("record 2"),
+        e.contains("00001.png") && e.contains("00004.png") && e.contains(": record 1)"),
         "{e}"
     );
 }
@@ -719,7 +719,9 @@ fn image_pre_check_decodes_every_image_and_bounds_its_size() {
         + 1;
     let e = prepare_err(&none, &good);
     assert!(
-        e.contains(&format!(":{line}:{column}: invalid UTF-8 (byte 0xFF)")),
+        e.contains(&format!(
+            ":{line}:{column}: record 0: invalid UTF-8 (byte 0xFF)"
+        )),
         "{e}"
     );
 }

@@ -5,7 +5,7 @@
 //! precisely. So this parser may be stricter than serde_json, never laxer, and both agree on every
 //! record the fast path accepts (see the tests).
 
-use super::record::{IdBuffers, LabelId, RawRecord};
+use super::record::{CaptionMode, IdBuffers, LabelId, RawRecord};
 use std::borrow::Cow;
 
 /// Deeper nesting in an ignored field than this is left to serde_json.
@@ -139,10 +139,22 @@ impl<'a> Parser<'a> {
         })
     }
 
-    /// `[str, ...]`: the number of strings.
-    fn strings(&mut self) -> Option<usize> {
-        self.list(|p, _| p.string_bytes().map(drop))
-            .map(|n| n as usize)
+    /// `caption`: `[str, ...]` (or one string, when allowed), the strings kept when asked; the
+    /// number of captions.
+    fn captions(&mut self, out: &mut Vec<String>, mode: CaptionMode) -> Option<usize> {
+        out.clear();
+        let mut one = |p: &mut Self| {
+            if mode.keep {
+                out.push(p.string()?.to_owned());
+            } else {
+                p.string_bytes()?;
+            }
+            Some(())
+        };
+        if mode.allow_string && self.peek()? == b'"' {
+            return one(self).map(|()| 1);
+        }
+        self.list(|p, _| one(p)).map(|n| n as usize)
     }
 
     /// Any JSON number, skipped.
@@ -219,9 +231,12 @@ impl<'a> Parser<'a> {
 
 /// Reads a well-formed record, or `None` to leave it to serde_json. Fills `bufs` like
 /// [`RawRecord::parse`].
-pub(crate) fn parse<'a>(bytes: &'a [u8], bufs: &mut IdBuffers) -> Option<RawRecord<'a>> {
-    bufs.union.clear();
-    bufs.parse.clear();
+pub(crate) fn parse<'a>(
+    bytes: &'a [u8],
+    bufs: &mut IdBuffers,
+    captions: CaptionMode,
+) -> Option<RawRecord<'a>> {
+    bufs.clear();
     let mut p = Parser { b: bytes, i: 0 };
     let mut rec = RawRecord::default();
     p.eat(b'{')?;
@@ -239,7 +254,14 @@ pub(crate) fn parse<'a>(bytes: &'a [u8], bufs: &mut IdBuffers) -> Option<RawReco
                         Some(Cow::Borrowed(p.string()?))
                     };
                 }
-                b"caption" => rec.caption = if p.null()? { None } else { Some(p.strings()?) },
+                b"caption" => {
+                    bufs.captions.clear();
+                    rec.caption = if p.null()? {
+                        None
+                    } else {
+                        Some(p.captions(&mut bufs.captions, captions)?)
+                    };
+                }
                 b"union_label_id" => {
                     bufs.union.clear();
                     rec.union_label_id = !p.null()?;
@@ -282,10 +304,14 @@ mod tests {
 
     /// Whatever the fast path accepts, serde_json reads the same way.
     fn agree(text: &str) -> bool {
+        agree_with(text, CaptionMode::default())
+    }
+
+    fn agree_with(text: &str, mode: CaptionMode) -> bool {
         let mut fast_bufs = IdBuffers::default();
         let mut slow_bufs = IdBuffers::default();
-        let slow = RawRecord::parse(text.as_bytes(), &mut slow_bufs);
-        match parse(text.as_bytes(), &mut fast_bufs) {
+        let slow = RawRecord::parse(text.as_bytes(), &mut slow_bufs, mode);
+        match parse(text.as_bytes(), &mut fast_bufs, mode) {
             None => false,
             Some(f) => {
                 let s = slow.unwrap_or_else(|e| {
@@ -297,6 +323,7 @@ mod tests {
                 assert_eq!(f.parse_label_id, s.parse_label_id, "{text}");
                 assert_eq!(fast_bufs.union, slow_bufs.union, "{text}");
                 assert_eq!(fast_bufs.parse, slow_bufs.parse, "{text}");
+                assert_eq!(fast_bufs.captions, slow_bufs.captions, "{text}");
                 true
             }
         }
@@ -341,6 +368,29 @@ mod tests {
         ] {
             assert!(!agree(text), "fast path accepted {text}");
         }
-        assert!(parse(b"{\"image_path\": \"\xFF\"}", &mut IdBuffers::default()).is_none());
+        assert!(parse(
+            b"{\"image_path\": \"\xFF\"}",
+            &mut IdBuffers::default(),
+            CaptionMode::default()
+        )
+        .is_none());
+    }
+
+    #[test]
+    fn keeps_captions_like_serde() {
+        let keep = CaptionMode {
+            keep: true,
+            allow_string: true,
+        };
+        for text in [
+            r#"{"caption": ["a dog", "é"], "image_path": "x"}"#,
+            r#"{"caption": "one", "caption": ["two"]}"#,
+            r#"{"caption": ["two"], "caption": "one"}"#,
+            r#"{"caption": []}"#,
+        ] {
+            assert!(agree_with(text, keep), "fast path refused {text}");
+        }
+        assert!(!agree_with(r#"{"caption": "one"}"#, CaptionMode::default()));
+        assert!(!agree_with(r#"{"caption": ["a\nb"]}"#, keep));
     }
 }

@@ -1,31 +1,38 @@
-//! Streaming readers for RAM's training annotations and the per-slot counts `diff` reports.
+//! RAM's training annotations: the one streaming record reader every command uses ([`Records`],
+//! checked against a [`RecordSpec`]; `diff` reads the same batches in parallel), the training records collected from it
+//! ([`records`]) and the per-slot counts `diff` reports ([`scan_files`]).
 //!
 //! Accepted inputs: a JSON array of records (RAM's own files), JSON Lines, and gzip of either
 //! (recognised by content, whatever the extension). A file is never loaded whole: a reader thread
-//! cuts it into batches of whole records ([`split`]), rayon workers parse and count the batches, and
-//! several files run at once. Memory stays at a few batches plus 8 bytes per record (a hash of each
-//! image path, for finding duplicates).
+//! cuts it into batches of whole records ([`split`]), rayon workers parse, check and count the
+//! batches, and several files run at once. Memory stays at a few batches plus 8 bytes per record (a
+//! hash of each image path, for finding duplicates).
 //!
 //! Every problem names the file, the line:column where its record starts and the record's 0-based
-//! index (as in Python's list). By default the first problem stops the scan with an error; with
-//! `keep_going` all of them are recorded and the scan goes on.
+//! index (as in Python's list), in the same words as every other command. By default the first
+//! problem stops the scan with an error; with `keep_going` all of them are recorded and the scan
+//! goes on.
 
+mod error;
 mod fast;
+mod reader;
 mod record;
 pub mod records;
 mod split;
 
-pub use record::{LabelId, RawRecord};
+pub use error::AnnotationError;
+pub use reader::{Need, Record, RecordSpec, Records};
+pub use record::{CaptionMode, LabelId, RawRecord};
 pub use split::{Layout, Pos};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use indicatif::ProgressBar;
 use rayon::prelude::*;
+use reader::{parse_record, read_record, RecordStream, Scratch, Sink};
 use serde::Serialize;
-use split::{Batch, SplitError, Splitter};
+use split::Batch;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::Hasher;
-use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -98,23 +105,30 @@ impl std::fmt::Display for Problem {
 }
 
 impl Problem {
-    fn into_error(self) -> Error {
-        let message = format!(
-            "{} (--keep-going records such problems and continues)",
-            self.message
-        );
+    /// The error that stops a scan without `keep_going`: the problem (in the same words as any
+    /// other reader's for the same record) as the source of [`AnnotationError::Stopped`].
+    fn into_error(self) -> AnnotationError {
+        AnnotationError::Stopped {
+            first: Box::new(self.into_plain_error()),
+        }
+    }
+
+    fn into_plain_error(self) -> AnnotationError {
+        let path = PathBuf::from(self.file);
+        let (line, column, message) = (self.line, self.column, self.message);
         match self.record {
-            Some(record) => Error::Record {
-                path: PathBuf::from(self.file),
-                line: self.line,
-                column: self.column,
+            Some(record) => AnnotationError::Record {
+                path,
+                line,
+                column,
                 record,
+                kind: self.kind,
                 message,
             },
-            None => Error::Syntax {
-                path: PathBuf::from(self.file),
-                line: self.line,
-                column: self.column,
+            None => AnnotationError::Syntax {
+                path,
+                line,
+                column,
                 message,
             },
         }
@@ -234,9 +248,12 @@ pub struct AnnotationScan {
 /// Scans annotation files (in parallel) and counts, per slot, the records that carry it.
 pub fn scan_files(paths: &[PathBuf], opts: &ScanOptions) -> Result<AnnotationScan> {
     for p in paths {
-        let meta = std::fs::metadata(p).map_err(|e| Error::io(p, e))?;
+        let meta = std::fs::metadata(p).map_err(|source| AnnotationError::Io {
+            path: p.clone(),
+            source,
+        })?;
         if meta.is_dir() {
-            return Err(Error::invalid(p, "is a directory, not an annotation file"));
+            return Err(AnnotationError::Directory { path: p.clone() }.into());
         }
     }
     let stop = AtomicBool::new(false);
@@ -258,7 +275,7 @@ pub fn scan_files(paths: &[PathBuf], opts: &ScanOptions) -> Result<AnnotationSca
         let out = r?;
         if !opts.keep_going {
             if let Some(first) = out.acc.problems.details.iter().min_by_key(|p| p.sort_key()) {
-                return Err(first.clone().into_error());
+                return Err(first.clone().into_error().into());
             }
         }
         outs.push(out);
@@ -287,7 +304,7 @@ pub fn scan_files(paths: &[PathBuf], opts: &ScanOptions) -> Result<AnnotationSca
     let dups = duplicate_paths(paths, hashes, opts)?;
     if !opts.keep_going {
         if let Some(first) = dups.details.first() {
-            return Err(first.clone().into_error());
+            return Err(first.clone().into_error().into());
         }
     }
     scan.problems.merge(dups, opts.max_details);
@@ -335,50 +352,6 @@ impl Acc {
     }
 }
 
-/// Counts bytes read from disk into the progress bar.
-struct Counting<R> {
-    inner: R,
-    progress: ProgressBar,
-}
-
-impl<R: Read> Read for Counting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.progress.inc(n as u64);
-        Ok(n)
-    }
-}
-
-/// Opens a file, decompressing gzip when the content starts with gzip's magic bytes. Plain files are
-/// read straight into the splitter's buffer (no intermediate buffering).
-fn open(path: &Path, progress: ProgressBar) -> Result<(Box<dyn Read + Send>, bool)> {
-    use std::io::{Seek, SeekFrom};
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut head = [0u8; 2];
-    let mut got = 0;
-    while got < 2 {
-        match file
-            .read(&mut head[got..])
-            .map_err(|e| Error::io(path, e))?
-        {
-            0 => break,
-            n => got += n,
-        }
-    }
-    file.seek(SeekFrom::Start(0))
-        .map_err(|e| Error::io(path, e))?;
-    let counted = Counting {
-        inner: file,
-        progress,
-    };
-    if got == 2 && head == [0x1f, 0x8b] {
-        let gz = flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 18, counted));
-        Ok((Box::new(gz), true))
-    } else {
-        Ok((Box::new(counted), false))
-    }
-}
-
 struct FileCtx<'a> {
     file_index: usize,
     name: String,
@@ -386,34 +359,6 @@ struct FileCtx<'a> {
     stop: &'a AtomicBool,
     /// Hashes of all image paths, in no particular order.
     hashes: &'a Mutex<Vec<u64>>,
-}
-
-fn split_failure(
-    path: &Path,
-    gzip: bool,
-    e: std::result::Result<std::io::Error, SplitError>,
-) -> Error {
-    match e {
-        Ok(io) if gzip => {
-            Error::invalid(path, format!("gzip stream is corrupt or truncated: {io}"))
-        }
-        Ok(io) => Error::io(path, io),
-        Err(s) => match s.record {
-            Some(record) => Error::Record {
-                path: path.to_path_buf(),
-                line: s.pos.line,
-                column: s.pos.column,
-                record,
-                message: s.message,
-            },
-            None => Error::Syntax {
-                path: path.to_path_buf(),
-                line: s.pos.line,
-                column: s.pos.column,
-                message: s.message,
-            },
-        },
-    }
 }
 
 fn scan_file(
@@ -424,9 +369,13 @@ fn scan_file(
     hashes: &Mutex<Vec<u64>>,
 ) -> Result<FileOut> {
     let bytes = std::fs::metadata(path)
-        .map_err(|e| Error::io(path, e))?
+        .map_err(|source| AnnotationError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
         .len();
-    let (reader, gzip) = open(path, opts.progress.clone())?;
+    let mut stream = RecordStream::open(path, opts.batch_bytes, opts.progress.clone())?;
+    let gzip = stream.gzip();
     let ctx = FileCtx {
         file_index,
         name: path.display().to_string(),
@@ -438,12 +387,11 @@ fn scan_file(
     let (split_result, acc) = std::thread::scope(|s| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(2 * rayon::current_num_threads());
         let reader = s.spawn(move || {
-            let mut sp = Splitter::new(reader, opts.batch_bytes);
             let result = loop {
                 if stop.load(Ordering::Relaxed) {
                     break Ok(());
                 }
-                match sp.next_batch() {
+                match stream.next_batch() {
                     Ok(Some(b)) => {
                         if tx.send(b).is_err() {
                             break Ok(());
@@ -453,7 +401,7 @@ fn scan_file(
                     Err(e) => break Err(e),
                 }
             };
-            (result, sp.layout(), sp.records(), sp.bom())
+            (result, stream.layout(), stream.records(), stream.bom())
         });
         let acc = rx
             .into_iter()
@@ -477,11 +425,11 @@ fn scan_file(
             file_index,
         };
         if !opts.keep_going {
-            return Err(p.into_error());
+            return Err(p.into_error().into());
         }
         acc.problems.push(p);
     }
-    result.map_err(|e| split_failure(path, gzip, e))?;
+    result?;
     Ok(FileOut {
         file: FileScan {
             path: ctx.name,
@@ -502,76 +450,15 @@ fn path_hash(path: &str) -> u64 {
     h.finish().max(1)
 }
 
-/// The first bytes of `bytes` (read from position `start`) that are not UTF-8: where they are and
-/// what `diff`, `train` and `teacher` all say about them. JSON text must be UTF-8: Python's
-/// `json.load` refuses anything else, even inside a field RAM's loader never reads.
-pub(crate) fn invalid_utf8(start: Pos, bytes: &[u8]) -> Option<(Pos, String)> {
-    let e = std::str::from_utf8(bytes).err()?;
-    let at = e.valid_up_to();
-    let len = e.error_len().unwrap_or(bytes.len() - at);
-    let bad: Vec<String> = bytes[at..at + len]
-        .iter()
-        .map(|b| format!("0x{b:02X}"))
-        .collect();
-    let message = format!(
-        "invalid UTF-8 (byte {}): JSON text must be UTF-8 (Python's json.load refuses it); \
-         re-encode the file as UTF-8",
-        bad.join(" ")
-    );
-    Some((advance(start, &bytes[..at]), message))
-}
-
-/// The position after reading `bytes` from `start` (columns count bytes).
-fn advance(start: Pos, bytes: &[u8]) -> Pos {
-    match memchr::memrchr(b'\n', bytes) {
-        None => Pos {
-            line: start.line,
-            column: start.column + bytes.len() as u64,
-        },
-        Some(last) => Pos {
-            line: start.line + memchr::memchr_iter(b'\n', bytes).count() as u64,
-            column: (bytes.len() - last) as u64,
-        },
-    }
-}
-
-/// Where serde_json's error position (relative to the record's bytes) lies in the file.
-fn absolute(start: Pos, line: usize, column: usize) -> Pos {
-    if line <= 1 {
-        Pos {
-            line: start.line,
-            column: start.column + column.saturating_sub(1) as u64,
-        }
-    } else {
-        Pos {
-            line: start.line + line as u64 - 1,
-            column: column.max(1) as u64,
-        }
-    }
-}
-
-fn serde_message(e: &serde_json::Error) -> String {
-    let text = e.to_string();
-    let text = match text.rfind(" at line ") {
-        Some(i) => text[..i].to_string(),
-        None => text,
-    };
-    if e.is_eof() {
-        format!("{text}: the record is cut short (truncated file?)")
-    } else {
-        text
-    }
-}
-
-struct RecordCheck<'a, 'b> {
+/// Problems of one record of a batch, and the ids that name no slot.
+struct DiffSink<'a, 'b> {
     ctx: &'a FileCtx<'b>,
     acc: &'a mut Acc,
     index: u64,
-    pos: Pos,
 }
 
-impl RecordCheck<'_, '_> {
-    fn problem(&mut self, kind: ProblemKind, message: String) {
+impl Sink for DiffSink<'_, '_> {
+    fn problem(&mut self, at: Pos, kind: ProblemKind, message: String) {
         if !self.ctx.opts.keep_going {
             self.ctx.stop.store(true, Ordering::Relaxed);
         }
@@ -584,146 +471,54 @@ impl RecordCheck<'_, '_> {
             kind,
             file: self.ctx.name.clone(),
             record: Some(self.index),
-            line: self.pos.line,
-            column: self.pos.column,
+            line: at.line,
+            column: at.column,
             message,
             file_index: self.ctx.file_index,
         });
     }
 
-    /// The slot an id names, or a problem.
-    fn slot(&mut self, id: &LabelId, field: &dyn Fn() -> String) -> Option<usize> {
-        let n = self.ctx.opts.slot_count;
-        match id {
-            LabelId::Int(v) if *v >= 0 && (*v as u64) < n as u64 => Some(*v as usize),
-            LabelId::Int(v) if *v < 0 => {
-                *self.acc.unknown.entry(i128::from(*v)).or_default() += 1;
-                self.problem(
-                    ProblemKind::NegativeId,
-                    format!(
-                        "{} = {v} is negative (Python would silently index from the end)",
-                        field()
-                    ),
-                );
-                None
-            }
-            LabelId::Int(v) => {
-                *self.acc.unknown.entry(i128::from(*v)).or_default() += 1;
-                self.out_of_range(&v.to_string(), field);
-                None
-            }
-            LabelId::Huge(text) => {
-                if let Ok(v) = text.parse::<i128>() {
-                    *self.acc.unknown.entry(v).or_default() += 1;
-                }
-                self.out_of_range(text, field);
-                None
-            }
-            LabelId::NotInteger(text) => {
-                self.problem(
-                    ProblemKind::NonIntegerId,
-                    format!("{} = {text} is not an integer label id", field()),
-                );
-                None
-            }
-        }
+    fn unknown_id(&mut self, id: i128) {
+        *self.acc.unknown.entry(id).or_default() += 1;
     }
+}
 
-    fn out_of_range(&mut self, text: &str, field: &dyn Fn() -> String) {
-        let n = self.ctx.opts.slot_count;
-        self.problem(
-            ProblemKind::OutOfRangeId,
-            format!(
-                "{} = {text} is out of range: the vocabulary has {n} slots (0..={})",
-                field(),
-                n.saturating_sub(1)
-            ),
-        );
+/// Counts `slots` once each into `counts` (`seen[slot] == stamp` once counted for this record).
+fn count_once(slots: &[u32], seen: &mut [u32], stamp: u32, counts: &mut [u64]) {
+    for &slot in slots {
+        let slot = slot as usize;
+        if seen[slot] != stamp {
+            seen[slot] = stamp;
+            counts[slot] += 1;
+        }
     }
 }
 
 fn process_batch(batch: &Batch, ctx: &FileCtx) -> Acc {
     let n = ctx.opts.slot_count;
+    let spec = RecordSpec::audit(n);
     let mut acc = Acc::new(n);
     let mut hashes = Vec::with_capacity(batch.items.len());
     // stamp[slot] == record number + 1 when the slot was already counted for this record
     let mut seen_union = vec![0u32; n];
     let mut seen_parse = vec![0u32; n];
-    let mut bufs = record::IdBuffers::default();
+    let mut scratch = Scratch::default();
     for (k, item) in batch.items.iter().enumerate() {
         let stamp = k as u32 + 1;
-        let mut check = RecordCheck {
+        let mut sink = DiffSink {
             ctx,
             acc: &mut acc,
             index: item.index,
-            pos: item.pos,
         };
         let bytes = batch.bytes(item);
-        if let Some((pos, message)) = invalid_utf8(item.pos, bytes) {
-            check.pos = pos;
-            check.problem(ProblemKind::InvalidUtf8, message);
+        let Some(rec) = read_record(bytes, item.pos, &spec, &mut scratch, &mut sink) else {
             continue;
-        }
-        let parsed = match fast::parse(bytes, &mut bufs) {
-            Some(r) => Ok(r),
-            None => RawRecord::parse(bytes, &mut bufs),
         };
-        let rec = match parsed {
-            Ok(r) => r,
-            Err(e) => {
-                check.pos = absolute(item.pos, e.line(), e.column());
-                check.problem(ProblemKind::InvalidRecord, serde_message(&e));
-                continue;
-            }
-        };
-        let missing = rec.missing_fields();
-        if !missing.is_empty() {
-            let list: Vec<String> = missing.iter().map(|f| format!("`{f}`")).collect();
-            check.problem(
-                ProblemKind::MissingField,
-                format!("missing field {} (null counts as missing)", list.join(", ")),
-            );
-        }
         if let Some(p) = rec.image_path.as_deref() {
             hashes.push(path_hash(p));
         }
-        if rec.union_label_id && bufs.union.is_empty() {
-            check.problem(
-                ProblemKind::EmptyLabels,
-                "union_label_id is empty: the record carries no tag".into(),
-            );
-        }
-        for (j, id) in bufs.union.iter().enumerate() {
-            if let Some(slot) = check.slot(id, &|| format!("union_label_id[{j}]")) {
-                if seen_union[slot] != stamp {
-                    seen_union[slot] = stamp;
-                    check.acc.union[slot] += 1;
-                }
-            }
-        }
-        if let Some(captions) = rec.caption {
-            if captions == 0 {
-                check.problem(ProblemKind::EmptyLabels, "caption is an empty list".into());
-            }
-            if let Some(lists) = rec.parse_label_id {
-                if lists != captions {
-                    check.problem(
-                        ProblemKind::CaptionCountMismatch,
-                        format!(
-                            "parse_label_id holds {lists} lists for {captions} captions (RAM takes parse_label_id[i] for caption i)"
-                        ),
-                    );
-                }
-            }
-        }
-        for (c, j, id) in &bufs.parse {
-            if let Some(slot) = check.slot(id, &|| format!("parse_label_id[{c}][{j}]")) {
-                if seen_parse[slot] != stamp {
-                    seen_parse[slot] = stamp;
-                    check.acc.parse[slot] += 1;
-                }
-            }
-        }
+        count_once(&scratch.union, &mut seen_union, stamp, &mut acc.union);
+        count_once(&scratch.parse, &mut seen_parse, stamp, &mut acc.parse);
     }
     ctx.hashes
         .lock()
@@ -760,21 +555,20 @@ fn duplicate_paths(
         .or_default() += total;
     let wanted = if opts.keep_going { opts.max_details } else { 1 };
     let mut first_seen: HashMap<u64, (usize, u64, Pos)> = HashMap::new();
-    let mut bufs = record::IdBuffers::default();
+    let mut ids = record::IdBuffers::default();
     'files: for (f, path) in paths.iter().enumerate() {
-        let (reader, gzip) = open(path, ProgressBar::hidden())?;
-        let mut sp = Splitter::new(reader, opts.batch_bytes);
-        while let Some(batch) = sp.next_batch().map_err(|e| split_failure(path, gzip, e))? {
+        let mut stream = RecordStream::open(path, opts.batch_bytes, ProgressBar::hidden())?;
+        while let Some(batch) = stream.next_batch()? {
             for item in &batch.items {
                 let bytes = batch.bytes(item);
                 // the same parse as the first pass: a record it could not read has no hash there
-                let image = match fast::parse(bytes, &mut bufs) {
-                    Some(r) => r.image_path.map(|p| p.into_owned()),
-                    None => RawRecord::parse(bytes, &mut bufs)
-                        .ok()
-                        .and_then(|r| r.image_path.map(|s| s.into_owned())),
+                let parsed = parse_record(bytes, item.pos, &mut ids, CaptionMode::default());
+                let Some(image) = parsed
+                    .ok()
+                    .and_then(|r| r.image_path.map(|p| p.into_owned()))
+                else {
+                    continue;
                 };
-                let Some(image) = image else { continue };
                 let h = path_hash(&image);
                 if !repeated.contains(&h) {
                     continue;

@@ -56,56 +56,104 @@ impl<'de> Deserialize<'de> for LabelId {
     }
 }
 
-/// Counts the captions of a list without keeping them. Each must be a string (escapes checked, so a
-/// lone surrogate is refused), as `train` and RAM's loader read them.
-#[derive(Debug, Default)]
-pub struct ListLen(pub usize);
+/// How `caption` is read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CaptionMode {
+    /// Keep the texts (in [`IdBuffers::captions`]); otherwise they are only counted.
+    pub keep: bool,
+    /// Accept one string as a single caption (`train` and `teacher` do; RAM writes a list).
+    pub allow_string: bool,
+}
 
-/// A caption: any valid JSON string, not kept.
-struct CaptionText;
+/// A caption: any valid JSON string (escapes checked, so a lone surrogate is refused), as `train`
+/// and RAM's loader read them; appended to the list when it is kept.
+struct CaptionSeed<'b>(Option<&'b mut Vec<String>>);
 
-impl<'de> Deserialize<'de> for CaptionText {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = CaptionText;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a caption string")
-            }
-            fn visit_str<E>(self, _: &str) -> Result<CaptionText, E> {
-                Ok(CaptionText)
-            }
-        }
-        d.deserialize_str(V)
+impl<'de> de::DeserializeSeed<'de> for CaptionSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_str(self)
     }
 }
 
-impl<'de> Deserialize<'de> for ListLen {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = ListLen;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a list of captions")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ListLen, A::Error> {
-                let mut n = 0;
-                while seq.next_element::<CaptionText>()?.is_some() {
-                    n += 1;
-                }
-                Ok(ListLen(n))
-            }
+impl Visitor<'_> for CaptionSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a caption string")
+    }
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        if let Some(out) = self.0 {
+            out.push(v.to_owned());
         }
-        d.deserialize_seq(V)
+        Ok(())
     }
 }
 
-/// Label ids of one record, kept in buffers reused from record to record (no allocation per record).
+/// `caption`: a list of strings (or one string, when allowed); the number of captions.
+struct CaptionsSeed<'b> {
+    out: &'b mut Vec<String>,
+    mode: CaptionMode,
+}
+
+impl CaptionsSeed<'_> {
+    fn keep(&mut self) -> Option<&mut Vec<String>> {
+        self.mode.keep.then_some(&mut *self.out)
+    }
+}
+
+impl<'de> de::DeserializeSeed<'de> for CaptionsSeed<'_> {
+    type Value = usize;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
+        if self.mode.allow_string {
+            d.deserialize_any(self)
+        } else {
+            d.deserialize_seq(self)
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for CaptionsSeed<'_> {
+    type Value = usize;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        if self.mode.allow_string {
+            f.write_str("a caption string or a list of captions")
+        } else {
+            f.write_str("a list of captions")
+        }
+    }
+    fn visit_str<E: de::Error>(mut self, v: &str) -> Result<usize, E> {
+        if !self.mode.allow_string {
+            return Err(E::invalid_type(de::Unexpected::Str(v), &self));
+        }
+        CaptionSeed(self.keep()).visit_str::<E>(v)?;
+        Ok(1)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<usize, A::Error> {
+        let mut n = 0;
+        while seq.next_element_seed(CaptionSeed(self.keep()))?.is_some() {
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// Label ids (and kept captions) of one record, in buffers reused from record to record (no
+/// allocation per record).
 #[derive(Debug, Default)]
 pub struct IdBuffers {
     pub union: Vec<LabelId>,
     /// (caption index, position in its list, id).
     pub parse: Vec<(u32, u32, LabelId)>,
+    /// The captions, when read with [`CaptionMode::keep`].
+    pub captions: Vec<String>,
+}
+
+impl IdBuffers {
+    pub(crate) fn clear(&mut self) {
+        self.union.clear();
+        self.parse.clear();
+        self.captions.clear();
+    }
 }
 
 /// A record as read from the file; its ids are in the [`IdBuffers`] it was read with. Missing and
@@ -123,31 +171,16 @@ pub struct RawRecord<'a> {
 
 impl<'a> RawRecord<'a> {
     /// Parses one record's bytes, filling `bufs` with its ids.
-    pub fn parse(bytes: &'a [u8], bufs: &mut IdBuffers) -> serde_json::Result<RawRecord<'a>> {
-        bufs.union.clear();
-        bufs.parse.clear();
+    pub fn parse(
+        bytes: &'a [u8],
+        bufs: &mut IdBuffers,
+        captions: CaptionMode,
+    ) -> serde_json::Result<RawRecord<'a>> {
+        bufs.clear();
         let mut de = serde_json::Deserializer::from_slice(bytes);
-        let rec = de::DeserializeSeed::deserialize(RecordSeed { bufs }, &mut de)?;
+        let rec = de::DeserializeSeed::deserialize(RecordSeed { bufs, captions }, &mut de)?;
         de.end()?;
         Ok(rec)
-    }
-
-    /// Names of the required fields that are missing or `null`.
-    pub fn missing_fields(&self) -> Vec<&'static str> {
-        let mut missing = Vec::new();
-        if self.image_path.is_none() {
-            missing.push("image_path");
-        }
-        if self.caption.is_none() {
-            missing.push("caption");
-        }
-        if !self.union_label_id {
-            missing.push("union_label_id");
-        }
-        if self.parse_label_id.is_none() {
-            missing.push("parse_label_id");
-        }
-        missing
     }
 }
 
@@ -205,6 +238,7 @@ impl<'de> Deserialize<'de> for MaybeBorrowed<'de> {
 
 struct RecordSeed<'b> {
     bufs: &'b mut IdBuffers,
+    captions: CaptionMode,
 }
 
 impl<'de> de::DeserializeSeed<'de> for RecordSeed<'_> {
@@ -226,7 +260,14 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
                 Field::ImagePath => {
                     rec.image_path = map.next_value::<Option<MaybeBorrowed>>()?.map(|s| s.0)
                 }
-                Field::Caption => rec.caption = map.next_value::<Option<ListLen>>()?.map(|l| l.0),
+                Field::Caption => {
+                    // a repeated key keeps its last value (as Python's json)
+                    self.bufs.captions.clear();
+                    rec.caption = map.next_value_seed(Nullable(CaptionsSeed {
+                        out: &mut self.bufs.captions,
+                        mode: self.captions,
+                    }))?;
+                }
                 Field::Union => {
                     self.bufs.union.clear();
                     rec.union_label_id = map
@@ -358,7 +399,7 @@ mod tests {
     fn record_fields_and_missing_ones() {
         let mut bufs = IdBuffers::default();
         let text = r#"{"image_path": "a\/b.jpg", "caption": ["x", "y"], "union_label_id": [1, 2.5], "parse_label_id": [[4], [], [5, 6]], "extra": {"union_label_id": 1}}"#;
-        let r = RawRecord::parse(text.as_bytes(), &mut bufs).unwrap();
+        let r = RawRecord::parse(text.as_bytes(), &mut bufs, CaptionMode::default()).unwrap();
         assert_eq!(r.image_path.as_deref(), Some("a/b.jpg"));
         assert_eq!(r.caption, Some(2));
         assert_eq!(r.parse_label_id, Some(3));
@@ -374,22 +415,64 @@ mod tests {
                 (2, 1, LabelId::Int(6))
             ]
         );
-        assert!(r.missing_fields().is_empty());
+        assert!(r.union_label_id);
         let r = RawRecord::parse(
             br#"{"image_path": null, "caption": ["x"], "union_label_id": null}"#,
             &mut bufs,
+            CaptionMode::default(),
         )
         .unwrap();
-        assert_eq!(
-            r.missing_fields(),
-            vec!["image_path", "union_label_id", "parse_label_id"]
-        );
-        assert!(RawRecord::parse(br#"{"caption": "not a list"}"#, &mut bufs).is_err());
+        assert_eq!(r.image_path, None);
+        assert_eq!(r.caption, Some(1));
+        assert!(!r.union_label_id);
+        assert_eq!(r.parse_label_id, None);
+        assert!(RawRecord::parse(
+            br#"{"caption": "not a list"}"#,
+            &mut bufs,
+            CaptionMode::default()
+        )
+        .is_err());
         // captions are strings, with valid escapes, as the training reader requires
-        let e = RawRecord::parse(br#"{"caption": ["x", 3]}"#, &mut bufs).unwrap_err();
+        let e = RawRecord::parse(
+            br#"{"caption": ["x", 3]}"#,
+            &mut bufs,
+            CaptionMode::default(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("expected a caption string"), "{e}");
-        assert!(RawRecord::parse(br#"{"caption": ["\ud800"]}"#, &mut bufs).is_err());
-        assert!(RawRecord::parse(br#"[1]"#, &mut bufs).is_err());
-        assert!(RawRecord::parse(br#"{"caption": []} x"#, &mut bufs).is_err());
+        assert!(RawRecord::parse(
+            br#"{"caption": ["\ud800"]}"#,
+            &mut bufs,
+            CaptionMode::default()
+        )
+        .is_err());
+        assert!(RawRecord::parse(br#"[1]"#, &mut bufs, CaptionMode::default()).is_err());
+        assert!(
+            RawRecord::parse(br#"{"caption": []} x"#, &mut bufs, CaptionMode::default()).is_err()
+        );
+    }
+
+    #[test]
+    fn captions_kept_and_one_string_when_asked() {
+        let mut bufs = IdBuffers::default();
+        let keep = CaptionMode {
+            keep: true,
+            allow_string: true,
+        };
+        let r = RawRecord::parse(br#"{"caption": ["a\u00e9", "b"]}"#, &mut bufs, keep).unwrap();
+        assert_eq!(
+            (r.caption, bufs.captions.clone()),
+            (Some(2), vec!["a\u{e9}".to_string(), "b".into()])
+        );
+        let r =
+            RawRecord::parse(br#"{"caption": ["x"], "caption": "one"}"#, &mut bufs, keep).unwrap();
+        assert_eq!(
+            (r.caption, bufs.captions.clone()),
+            (Some(1), vec!["one".to_string()])
+        );
+        let e = RawRecord::parse(br#"{"caption": "one"}"#, &mut bufs, CaptionMode::default())
+            .unwrap_err();
+        assert!(e.to_string().contains("expected a list of captions"), "{e}");
+        assert!(RawRecord::parse(br#"{"caption": 3}"#, &mut bufs, keep).is_err());
     }
 }

@@ -1,10 +1,12 @@
-//! Training records from RAM-format annotation files: a JSON array or JSON Lines, optionally gzip, one object per image with `image_path`, `union_label_id` (slots) and, when asked for,
-//! `caption` (a list of strings, or one string). Other fields (`parse_label_id`, …) are skipped.
-//! Records are kept in memory (path + slots [+ captions]) because training shuffles them every epoch.
+//! Training records from RAM-format annotation files, collected through the one record reader
+//! ([`super::Records`]): a JSON array or JSON Lines, optionally gzip, one object per image with
+//! `image_path`, `union_label_id` (slots) and, when asked for, `caption` (a list of strings, or one
+//! string). Only the fields asked for are kept; records are kept in memory (path + slots
+//! [+ captions], never a JSON tree) because training shuffles them every epoch.
 
-use super::split::{Pos, Splitter};
+use super::reader::{Need, RecordSpec, Records};
+use super::{AnnotationError, CaptionMode, Pos};
 use crate::error::{Error, Result};
-use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
 /// One training image and its positive slots.
@@ -14,10 +16,19 @@ pub struct TrainRecord {
     pub image_path: String,
     /// Positive slots, ascending, without repeats.
     pub slots: Vec<u32>,
-    /// The annotation file and 1-based record number, for error messages.
-    pub origin: (usize, u64),
+    /// Where the record is, for messages.
+    pub origin: Origin,
     /// The record's captions, when read with [`ReadOptions::captions`] (else empty).
     pub captions: Vec<String>,
+}
+
+/// Where a record is: its file (an index into [`RecordSet::files`]), its 0-based index there and
+/// the line:column where it starts, as every reader of annotations numbers records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub file: usize,
+    pub record: u64,
+    pub pos: Pos,
 }
 
 impl TrainRecord {
@@ -32,22 +43,6 @@ impl TrainRecord {
     }
 }
 
-/// RAM writes `caption` as a list; a single string is accepted too.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum CaptionField {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Deserialize)]
-struct RawRecord {
-    image_path: Option<String>,
-    union_label_id: Option<Vec<i64>>,
-    #[serde(default)]
-    caption: Option<CaptionField>,
-}
-
 /// What [`RecordSet::read_with`] requires and keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadOptions {
@@ -56,6 +51,32 @@ pub struct ReadOptions {
     pub num_slots: Option<usize>,
     /// Keep the captions; every record must then have at least one.
     pub captions: bool,
+}
+
+impl ReadOptions {
+    /// The fields required and kept: `image_path` always, the labels and captions when asked for.
+    /// `parse_label_id` is not read by training.
+    pub fn spec(self) -> RecordSpec {
+        RecordSpec {
+            image_path: Need::Required,
+            caption: if self.captions {
+                Need::NonEmpty
+            } else {
+                Need::Ignored
+            },
+            union_label_id: if self.num_slots.is_some() {
+                Need::Required
+            } else {
+                Need::Ignored
+            },
+            parse_label_id: Need::Ignored,
+            slot_count: self.num_slots.unwrap_or(0),
+            captions: CaptionMode {
+                keep: self.captions,
+                allow_string: true,
+            },
+        }
+    }
 }
 
 /// Records of several annotation files, and the files they came from.
@@ -67,7 +88,7 @@ pub struct RecordSet {
 
 impl RecordSet {
     /// Reads every file; a record without `image_path`/`union_label_id` or with a slot outside
-    /// `0..num_slots` is an error naming file, record and slot.
+    /// `0..num_slots` is an error naming file, line:column, record and slot.
     pub fn read(files: &[PathBuf], num_slots: usize) -> Result<Self> {
         Self::read_with(
             files,
@@ -85,12 +106,29 @@ impl RecordSet {
                 "no training data: give --data FILE (or train_file in the config)".into(),
             ));
         }
+        let spec = opts.spec();
         let mut records = Vec::new();
-        for (fi, path) in files.iter().enumerate() {
+        for (file, path) in files.iter().enumerate() {
             let before = records.len();
-            read_file(path, fi, opts, &mut records)?;
+            for rec in Records::open(path, spec)? {
+                let rec = rec?;
+                let mut slots = rec.union_label_id;
+                slots.sort_unstable();
+                slots.dedup();
+                records.push(TrainRecord {
+                    // required: a record without one is an error above
+                    image_path: rec.image_path.unwrap_or_default(),
+                    slots,
+                    origin: Origin {
+                        file,
+                        record: rec.index,
+                        pos: rec.pos,
+                    },
+                    captions: rec.captions,
+                });
+            }
             if records.len() == before {
-                return Err(Error::invalid(path, "holds no records"));
+                return Err(AnnotationError::NoRecords { path: path.clone() }.into());
             }
         }
         Ok(RecordSet {
@@ -99,9 +137,16 @@ impl RecordSet {
         })
     }
 
-    /// `file:record` of a record, for messages.
+    /// `file:line:column: record N` of a record (0-based, as every annotation message numbers it).
     pub fn origin(&self, r: &TrainRecord) -> String {
-        format!("{} record {}", self.files[r.origin.0].display(), r.origin.1)
+        let o = r.origin;
+        format!(
+            "{}:{}:{}: record {}",
+            self.files[o.file].display(),
+            o.pos.line,
+            o.pos.column,
+            o.record
+        )
     }
 
     /// A fingerprint of the record order and contents (recorded in checkpoints so `--resume` can
@@ -119,105 +164,6 @@ impl RecordSet {
         }
         hex::encode(h.finalize())
     }
-}
-
-fn read_file(
-    path: &Path,
-    file_index: usize,
-    opts: ReadOptions,
-    out: &mut Vec<TrainRecord>,
-) -> Result<()> {
-    // The annotation scanner's opener and splitter, so that `train` and `teacher` read a file exactly
-    // as `diff` audits it (layout, structure, UTF-8) and name problems at the same line:column.
-    let (reader, gzip) = super::open(path, indicatif::ProgressBar::hidden())?;
-    let mut splitter = Splitter::new(reader, 4 << 20);
-    while let Some(batch) = splitter
-        .next_batch()
-        .map_err(|e| super::split_failure(path, gzip, e))?
-    {
-        for item in &batch.items {
-            let bytes = batch.bytes(item);
-            let at_error = |pos: Pos, message: String| Error::Syntax {
-                path: path.to_path_buf(),
-                line: pos.line,
-                column: pos.column,
-                message,
-            };
-            if let Some((pos, message)) = super::invalid_utf8(item.pos, bytes) {
-                return Err(at_error(pos, message));
-            }
-            let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
-                let pos = super::absolute(item.pos, e.line(), e.column());
-                at_error(
-                    pos,
-                    format!("not a JSON record: {}", super::serde_message(&e)),
-                )
-            })?;
-            // Through a `Value`, so that a repeated key keeps its last value, as in Python's json
-            // and `diff`.
-            let raw: RawRecord = serde_json::from_value(value)
-                .map_err(|e| at_error(item.pos, format!("not a RAM record: {e}")))?;
-            out.push(convert(raw, path, file_index, item.index + 1, opts)?);
-        }
-    }
-    Ok(())
-}
-
-fn convert(
-    raw: RawRecord,
-    path: &Path,
-    file_index: usize,
-    n: u64,
-    opts: ReadOptions,
-) -> Result<TrainRecord> {
-    let image_path = raw
-        .image_path
-        .ok_or_else(|| Error::invalid(path, format!("record {n}: no `image_path`")))?;
-    let mut slots = Vec::new();
-    if let Some(num_slots) = opts.num_slots {
-        let ids = raw.union_label_id.ok_or_else(|| {
-            Error::invalid(
-                path,
-                format!("record {n} ({image_path}): no `union_label_id`"),
-            )
-        })?;
-        slots.reserve(ids.len());
-        for id in ids {
-            if id < 0 || id as usize >= num_slots {
-                return Err(Error::invalid(
-                    path,
-                    format!("record {n} ({image_path}): slot {id} is outside the vocabulary's 0..{num_slots}"),
-                ));
-            }
-            slots.push(id as u32);
-        }
-        slots.sort_unstable();
-        slots.dedup();
-    }
-    let captions = if opts.captions {
-        let c = match raw.caption {
-            Some(CaptionField::One(c)) => vec![c],
-            Some(CaptionField::Many(c)) => c,
-            None => Vec::new(),
-        };
-        if c.is_empty() {
-            return Err(Error::invalid(
-                path,
-                format!(
-                    "record {n} ({image_path}): no caption (`caption` is missing or an empty list)"
-                ),
-            ));
-        }
-        c
-    } else {
-        Vec::new()
-    };
-    Ok(TrainRecord {
-        image_path,
-        slots,
-        origin: (file_index, n),
-        captions,
-    })
 }
 
 #[cfg(test)]
@@ -244,7 +190,14 @@ mod tests {
         assert_eq!(set.records.len(), 3);
         assert_eq!(set.records[0].slots, vec![0, 2]);
         assert_eq!(set.records[1].image_path, "y.png");
-        assert_eq!(set.records[2].origin, (1, 2));
+        let o = set.records[2].origin;
+        assert_eq!(
+            (o.file, o.record, o.pos),
+            (1, 1, Pos { line: 3, column: 1 })
+        );
+        assert!(set
+            .origin(&set.records[2])
+            .ends_with("b.jsonl.gz:3:1: record 1"));
     }
 
     #[test]
@@ -254,7 +207,7 @@ mod tests {
         std::fs::write(&a, "{\"image_path\":\"x.jpg\",\"union_label_id\":[7]}\n").unwrap();
         let e = RecordSet::read(&[a], 3).unwrap_err().to_string();
         assert!(
-            e.contains("a.jsonl") && e.contains("record 1") && e.contains("slot 7"),
+            e.contains("a.jsonl:1:1: record 0: union_label_id[0] = 7 is out of range: the vocabulary has 3 slots"),
             "{e}"
         );
     }
@@ -278,7 +231,10 @@ mod tests {
         assert!(set.records[0].slots.is_empty());
         std::fs::write(&a, "{\"image_path\":\"x.jpg\",\"caption\":[]}\n").unwrap();
         let e = RecordSet::read_with(&[a], opts).unwrap_err().to_string();
-        assert!(e.contains("record 1 (x.jpg): no caption"), "{e}");
+        assert!(
+            e.contains("a.jsonl:1:1: record 0: caption is an empty list"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -296,8 +252,9 @@ mod tests {
             let e = RecordSet::read(std::slice::from_ref(&p), 4585)
                 .unwrap_err()
                 .to_string();
-            let expected = format!("{}:{place}: invalid UTF-8 (byte 0x", p.display());
-            assert!(e.contains(&expected), "{e}");
+            let expected = format!("{}:{place}: record ", p.display());
+            assert!(e.starts_with(&expected), "{e}");
+            assert!(e.contains(": invalid UTF-8 (byte 0x"), "{e}");
         }
     }
 }

@@ -7,6 +7,12 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
+/// The error as the CLI prints it: with its sources (`diff` names the first problem as the source
+/// of [`AnnotationError::Stopped`]).
+fn chain(e: crate::error::Error) -> String {
+    format!("{:#}", anyhow::Error::from(e))
+}
+
 fn opts(n: usize, keep_going: bool) -> ScanOptions {
     ScanOptions {
         keep_going,
@@ -55,8 +61,8 @@ fn first_problem_stops_with_position_and_record() {
     let text = GOOD.replace("[2], \"parse", "[2, 7], \"parse");
     let a = write(dir.path(), "a.json", &text);
     let err = scan_files(std::slice::from_ref(&a), &opts(4, false))
-        .unwrap_err()
-        .to_string();
+        .map_err(chain)
+        .unwrap_err();
     assert!(
         err.contains("a.json:3:1: record 1: union_label_id[1] = 7 is out of range"),
         "{err}"
@@ -73,8 +79,8 @@ fn syntax_error_inside_a_record_is_placed_in_the_file() {
     let text = "[\n{\"image_path\": \"a.jpg\",\n \"caption\": [\"x\"] \"union_label_id\": [1]}\n]";
     let a = write(dir.path(), "a.json", text);
     let err = scan_files(std::slice::from_ref(&a), &opts(4, false))
-        .unwrap_err()
-        .to_string();
+        .map_err(chain)
+        .unwrap_err();
     assert!(
         err.contains("a.json:3:19: record 0: expected `,` or `}`"),
         "{err}"
@@ -92,8 +98,8 @@ fn duplicates_are_found_across_files_with_both_places() {
     let a = write(dir.path(), "a.json", GOOD);
     let b = write(dir.path(), "b.json", GOOD);
     let err = scan_files(&[a.clone(), b.clone()], &opts(4, false))
-        .unwrap_err()
-        .to_string();
+        .map_err(chain)
+        .unwrap_err();
     assert!(
         err.contains("b.json:2:1: record 0: duplicate image_path \"a.jpg\""),
         "{err}"
@@ -142,8 +148,8 @@ fn bom_is_an_error_unless_keep_going() {
     let dir = tempfile::tempdir().unwrap();
     let a = write(dir.path(), "a.json", &format!("\u{feff}{GOOD}"));
     let err = scan_files(std::slice::from_ref(&a), &opts(4, false))
-        .unwrap_err()
-        .to_string();
+        .map_err(chain)
+        .unwrap_err();
     assert!(
         err.contains("a.json:1:1: the file starts with a UTF-8 byte-order mark"),
         "{err}"
@@ -198,8 +204,8 @@ fn invalid_utf8_anywhere_is_refused_by_diff_and_train_at_the_same_place() {
         let p = dir.path().join(name);
         std::fs::write(&p, bytes).unwrap();
         let diff = scan_files(std::slice::from_ref(&p), &opts(4, false))
-            .unwrap_err()
-            .to_string();
+            .map_err(chain)
+            .unwrap_err();
         let expected = format!("{place}: record {record}: invalid UTF-8 (byte {byte})");
         assert!(diff.contains(&expected), "{diff}");
         let scan = scan_files(std::slice::from_ref(&p), &opts(4, true)).unwrap();
@@ -208,12 +214,9 @@ fn invalid_utf8_anywhere_is_refused_by_diff_and_train_at_the_same_place() {
             Some(&1)
         );
         let train = crate::annotations::records::RecordSet::read(&[p], 4)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            train.contains(&format!("{place}: invalid UTF-8 (byte {byte})")),
-            "{train}"
-        );
+            .map_err(chain)
+            .unwrap_err();
+        assert!(train.contains(&expected), "{train}");
     }
 }
 
@@ -244,6 +247,65 @@ fn diff_passes_exactly_what_the_training_reader_reads() {
         assert_eq!(train.is_ok(), ok, "{rest}: train {:?}", train.err());
         if let Ok(set) = train {
             assert_eq!(set.records[0].captions, vec!["x"]);
+        }
+    }
+}
+
+/// The error `diff` stops with (the first problem, under [`AnnotationError::Stopped`]).
+fn diff_problem(path: &Path, slots: usize) -> String {
+    match scan_files(&[path.to_path_buf()], &opts(slots, false)) {
+        Err(crate::error::Error::Annotation(AnnotationError::Stopped { first })) => {
+            first.to_string()
+        }
+        other => panic!("diff did not stop at a problem: {other:?}"),
+    }
+}
+
+#[test]
+fn the_same_bad_record_gets_the_same_error_from_diff_train_and_teacher() {
+    use crate::annotations::records::{ReadOptions, RecordSet};
+    let dir = tempfile::tempdir().unwrap();
+    let good = r#"{"image_path": "a.jpg", "caption": ["x"], "union_label_id": [1], "parse_label_id": [[1]]}"#;
+    // (second record, whether the teacher reads what is wrong with it: it reads no labels)
+    let bad: [(&[u8], bool); 6] = [
+        (br#"{"caption": ["y"], "union_label_id": [2], "parse_label_id": [[2]]}"#, true),
+        (br#"{"image_path": "b.jpg", "caption": ["y", 3], "union_label_id": [2], "parse_label_id": [[2], []]}"#, true),
+        (b"{\"image_path\": \"b.jpg\", \"caption\": [\"\xC0\xAF\"], \"union_label_id\": [2], \"parse_label_id\": [[2]]}", true),
+        (br#"{"image_path": "b.jpg", "caption": ["y"] "union_label_id": [2]}"#, true),
+        (br#"{"image_path": "b.jpg", "caption": ["y"], "union_label_id": [2, 9], "parse_label_id": [[2]]}"#, false),
+        (br#"{"image_path": "b.jpg", "caption": ["y"], "union_label_id": [-1], "parse_label_id": [[2]]}"#, false),
+    ];
+    for (k, (record, teacher_reads_it)) in bad.into_iter().enumerate() {
+        for array in [true, false] {
+            let mut text = Vec::new();
+            text.extend_from_slice(if array { b"[\n  " } else { b"" });
+            text.extend_from_slice(good.as_bytes());
+            text.extend_from_slice(if array { b",\n  " } else { b"\n" });
+            text.extend_from_slice(record);
+            text.extend_from_slice(if array { b"\n]\n" } else { b"\n" });
+            let p = dir.path().join(format!("bad{k}.json"));
+            std::fs::write(&p, &text).unwrap();
+            let diff = diff_problem(&p, 4);
+            // the bad record's line: after `[` and the good record, or after the good line
+            let line = format!("{}:{}:", p.display(), if array { 3 } else { 2 });
+            assert!(
+                diff.starts_with(&line) && diff.contains(": record 1: "),
+                "{diff}"
+            );
+            let train = RecordSet::read(std::slice::from_ref(&p), 4)
+                .unwrap_err()
+                .to_string();
+            assert_eq!(train, diff, "train and diff");
+            let teacher = ReadOptions {
+                num_slots: None,
+                captions: true,
+            };
+            let teacher = RecordSet::read_with(std::slice::from_ref(&p), teacher);
+            if teacher_reads_it {
+                assert_eq!(teacher.unwrap_err().to_string(), diff, "teacher and diff");
+            } else {
+                assert_eq!(teacher.unwrap().records.len(), 2);
+            }
         }
     }
 }

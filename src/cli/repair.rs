@@ -455,28 +455,22 @@ struct TrainOutcome {
     images: usize,
 }
 
-fn read_json(p: &Path) -> anyhow::Result<serde_json::Value> {
-    serde_json::from_slice(&std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)
-        .with_context(|| format!("parsing {}", p.display()))
-}
-
 impl TrainOutcome {
     fn read(run_dir: &Path, annotations: &Path) -> anyhow::Result<Self> {
         let summary = RunSummary::read(run_dir)?;
-        let records = read_json(annotations)?;
-        let records = records.as_array().cloned().unwrap_or_default();
-        let mut drawn_slots: Vec<usize> = records
-            .iter()
-            .flat_map(|r| r["union_label_id"].as_array().cloned().unwrap_or_default())
-            .filter_map(|v| v.as_u64().map(|s| s as usize))
-            .collect();
+        let (mut drawn_slots, mut images) = (Vec::new(), 0);
+        let spec = tagfix::annotations::RecordSpec::labels(u32::MAX as usize);
+        for record in tagfix::annotations::Records::open(annotations, spec)? {
+            drawn_slots.extend(record?.union_label_id.into_iter().map(|s| s as usize));
+            images += 1;
+        }
         drawn_slots.sort_unstable();
         drawn_slots.dedup();
         Ok(TrainOutcome {
             run_dir: run_dir.to_path_buf(),
             summary,
             drawn_slots,
-            images: records.len(),
+            images,
         })
     }
 }
