@@ -59,6 +59,18 @@ pub enum Error {
 
     #[error("{0}")]
     Other(String),
+
+    /// A training configuration refused (file, `--set` or a value out of range).
+    #[error(transparent)]
+    Config(#[from] crate::train::config::ConfigError),
+
+    /// A `check` policy refused (file or threshold out of range).
+    #[error(transparent)]
+    Policy(#[from] crate::consistency::policy::PolicyError),
+
+    /// `check` inputs that cannot be compared.
+    #[error(transparent)]
+    Check(#[from] crate::consistency::compare::CheckError),
 }
 
 impl Error {

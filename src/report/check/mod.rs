@@ -11,7 +11,9 @@ use crate::consistency::CheckReport;
 use crate::error::{Error, Result};
 
 /// Output formats of a check report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckFormat {
     Table,
