@@ -354,22 +354,18 @@ impl PolicyFlags {
             max_norm_deviation,
             min_trusted_share,
         } = self;
-        /// `flag`, when given, replaces `value`.
-        fn set<T>(value: &mut T, flag: Option<T>) {
-            if let Some(v) = flag {
-                *value = v;
-            }
-        }
         let p = policy;
-        set(&mut p.k, k);
-        set(&mut p.also_k, also_k);
-        set(&mut p.min_cosine, min_cosine.map(Some));
-        set(&mut p.min_knn_overlap, min_knn_overlap.map(Some));
-        set(&mut p.min_slot_knn_overlap, min_slot_knn_overlap.map(Some));
-        set(&mut p.max_changed_rows, max_changed_rows.map(Some));
-        set(&mut p.max_mean_shift, max_mean_shift.map(Some));
-        set(&mut p.max_norm_deviation, max_norm_deviation.map(Some));
-        set(&mut p.min_trusted_share, min_trusted_share.map(Some));
+        p.k = k.unwrap_or(p.k);
+        if let Some(ks) = also_k {
+            p.also_k = ks;
+        }
+        p.min_cosine = min_cosine.or(p.min_cosine);
+        p.min_knn_overlap = min_knn_overlap.or(p.min_knn_overlap);
+        p.min_slot_knn_overlap = min_slot_knn_overlap.or(p.min_slot_knn_overlap);
+        p.max_changed_rows = max_changed_rows.or(p.max_changed_rows);
+        p.max_mean_shift = max_mean_shift.or(p.max_mean_shift);
+        p.max_norm_deviation = max_norm_deviation.or(p.max_norm_deviation);
+        p.min_trusted_share = min_trusted_share.or(p.min_trusted_share);
     }
 }
 
@@ -422,5 +418,32 @@ mod tests {
         };
         let err = Policy::resolve(None, bad).unwrap_err().to_string();
         assert_eq!(err, "invalid thresholds: k must be at least 1");
+    }
+
+    #[test]
+    fn flag_help_states_the_policy_defaults() {
+        // The flags' help names each key's default; it must be the one `Policy::default` holds.
+        use clap::Args;
+        let defaults = serde_json::to_value(Policy::default()).unwrap();
+        let flags = PolicyFlags::augment_args(clap::Command::new("check"));
+        for arg in flags.get_arguments() {
+            let key = arg.get_id().as_str();
+            let help = arg
+                .get_help()
+                .expect("every policy flag has help")
+                .to_string();
+            let stated = match &defaults[key] {
+                serde_json::Value::Null => "off by default".to_string(),
+                serde_json::Value::Array(ks) => {
+                    let ks: Vec<String> = ks.iter().map(|k| k.to_string()).collect();
+                    format!("default {}", ks.join(","))
+                }
+                v => format!("default {v}"),
+            };
+            assert!(
+                help.contains(&stated),
+                "--{key}: `{help}` does not say `{stated}`"
+            );
+        }
     }
 }
