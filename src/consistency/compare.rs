@@ -67,6 +67,19 @@ pub enum CheckError {
     NoControlSelected { path: PathBuf, control_slots: usize },
 }
 
+impl CheckError {
+    /// Flags that ask for what the files cannot give are usage errors; files that do not fit, input.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            CheckError::TooFewRows { .. }
+            | CheckError::SlotOutOfRange { .. }
+            | CheckError::NoControlSelected { .. } => ErrorKind::Usage,
+            _ => ErrorKind::Input,
+        }
+    }
+}
+
 /// What one comparison measured: the report's content before the policy judges it.
 #[derive(Debug, Clone)]
 pub struct Comparison {

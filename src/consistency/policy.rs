@@ -41,6 +41,16 @@ pub enum PolicyError {
     Thresholds(Threshold),
 }
 
+impl PolicyError {
+    /// A bad policy file is an input error; a flag out of range, usage.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            PolicyError::Thresholds(_) => crate::error::ErrorKind::Usage,
+            PolicyError::Parse { .. } | PolicyError::File { .. } => crate::error::ErrorKind::Input,
+        }
+    }
+}
+
 /// A threshold out of its range.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Threshold {

@@ -160,6 +160,23 @@ impl TryFrom<String> for AbsentPolicy {
     }
 }
 
+impl ConfigError {
+    /// A config file that cannot be read as settings is an input error; a setting refused, usage.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            ConfigError::Syntax { .. }
+            | ConfigError::UnknownFormat { .. }
+            | ConfigError::NotATable { .. }
+            | ConfigError::NonFinite { .. }
+            | ConfigError::BeyondToml { .. }
+            | ConfigError::Value { .. }
+            | ConfigError::Convert { .. } => ErrorKind::Input,
+            _ => ErrorKind::Usage,
+        }
+    }
+}
+
 /// Per-term loss weights.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
