@@ -142,6 +142,18 @@ pub enum Error {
 
     #[error(transparent)]
     Annotation(#[from] crate::annotations::AnnotationError),
+
+    /// A training configuration refused (file, `--set` or a value out of range).
+    #[error(transparent)]
+    Config(#[from] crate::train::config::ConfigError),
+
+    /// A `check` policy refused (file or threshold out of range).
+    #[error(transparent)]
+    Policy(#[from] crate::consistency::policy::PolicyError),
+
+    /// `check` inputs that cannot be compared.
+    #[error(transparent)]
+    Check(#[from] crate::consistency::compare::CheckError),
 }
 
 impl Error {
@@ -180,6 +192,11 @@ impl Error {
             Error::Infer(e) => e.kind(),
             #[cfg(feature = "train")]
             Error::Export(e) => e.kind(),
+            Error::Annotation(crate::annotations::AnnotationError::Io { .. }) => ErrorKind::Io,
+            Error::Annotation(_) => ErrorKind::Input,
+            Error::Config(e) => e.kind(),
+            Error::Policy(e) => e.kind(),
+            Error::Check(e) => e.kind(),
             Error::Stopped { .. } => ErrorKind::Stopped,
             Error::Usage(_) => ErrorKind::Usage,
             Error::Runtime(_) => ErrorKind::Environment,

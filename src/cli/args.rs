@@ -302,23 +302,16 @@ pub enum CheckModeArg {
     Consistency,
 }
 
-/// Neighbour search for `check`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SearchArg {
-    /// Exact up to 200 000 database rows, HNSW above.
-    Auto,
-    Exact,
-    Hnsw,
-}
-
-/// Output formats of `check`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ReportFormatArg {
-    Table,
-    Json,
-    Junit,
-    Markdown,
-    Github,
+impl CheckModeArg {
+    /// The mode asked for (`None`: chosen by the candidate, see `CheckOptions::mode`).
+    pub fn mode(self) -> Option<tagfix::consistency::Mode> {
+        use tagfix::consistency::Mode;
+        match self {
+            CheckModeArg::Auto => None,
+            CheckModeArg::Drift => Some(Mode::Drift),
+            CheckModeArg::Consistency => Some(Mode::Consistency),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -340,40 +333,14 @@ pub struct CheckArgs {
     /// Compare and gate only these slots, e.g. `3,17,100-120` (neighbours still come from every row).
     #[arg(long, value_name = "LIST")]
     pub slots: Option<String>,
-    /// Neighbours for the gated kNN overlap (policy `k`, default 10).
-    #[arg(long)]
-    pub k: Option<usize>,
-    /// Further k to report, comma-separated (policy `also_k`, default 5,20).
-    #[arg(long, value_delimiter = ',', value_name = "K,...")]
-    pub also_k: Option<Vec<usize>>,
     /// Policy file (TOML) with the thresholds; flags below override it. See docs/check.md.
     #[arg(long, value_name = "TOML")]
     pub policy: Option<std::path::PathBuf>,
-    /// Every compared slot's cosine must reach this (default 0.99).
-    #[arg(long, value_name = "X")]
-    pub min_cosine: Option<f64>,
-    /// Mean kNN overlap at k must reach this (default 0.9).
-    #[arg(long, value_name = "Y")]
-    pub min_knn_overlap: Option<f64>,
-    /// Every compared slot's kNN overlap at k must reach this (off by default).
-    #[arg(long, value_name = "Y")]
-    pub min_slot_knn_overlap: Option<f64>,
-    /// At most this many rows may differ in any bit (drift mode; off by default).
-    #[arg(long, value_name = "N")]
-    pub max_changed_rows: Option<u64>,
-    /// Largest distance between the mean unit vectors (off by default).
-    #[arg(long, value_name = "X")]
-    pub max_mean_shift: Option<f64>,
-    /// Largest relative change of a row's norm (default 0.01).
-    #[arg(long, value_name = "X")]
-    pub max_norm_deviation: Option<f64>,
-    /// Consistency mode: share of regenerated slots that must reach the control calibration
-    /// (default 0.9).
-    #[arg(long, value_name = "X")]
-    pub min_trusted_share: Option<f64>,
+    #[command(flatten)]
+    pub thresholds: tagfix::consistency::policy::PolicyFlags,
     /// Neighbour search: exact (blocked matrix products), hnsw, or auto by size.
     #[arg(long, value_enum, default_value = "auto")]
-    pub search: SearchArg,
+    pub search: tagfix::consistency::SearchChoice,
     /// HNSW candidate list while searching (higher: better recall, slower).
     #[arg(long, default_value_t = HnswParams::default().ef_search, value_name = "N")]
     pub hnsw_ef: usize,
@@ -392,7 +359,7 @@ pub struct CheckArgs {
     pub tensor: Option<String>,
     /// Report format on stdout (or in --out).
     #[arg(long, value_enum, default_value = "table")]
-    pub format: ReportFormatArg,
+    pub format: tagfix::report::check::CheckFormat,
     /// Write the report to this file (atomically) instead of stdout. Here and below `-` is stdout
     /// (one output at most) and an input file is refused.
     #[arg(long, value_name = "FILE")]
@@ -836,74 +803,8 @@ pub struct TrainArgs {
     /// Train although the image encoder is not loaded from a pretrained checkpoint (prints a loud warning).
     #[arg(long)]
     pub allow_random_encoder: bool,
-    /// Model: swin_l_224, swin_l_384, swin_b_224, swin_b_384, tiny, or a reference config.json.
-    #[arg(long, value_name = "SPEC")]
-    pub model: Option<String>,
-    /// Absent slots: smooth=EPS (target EPS: logits settle at logit(EPS)), mask (no tag loss), negative (target 0:
-    /// probabilities collapse to 0), asl (RAM's ASL negatives).
-    #[arg(long, value_name = "POLICY")]
-    pub absent: Option<tagfix::train::config::AbsentPolicy>,
-    /// Loss weights, e.g. tag=1,align=10,dis=100.
-    #[arg(long, value_name = "WEIGHTS")]
-    pub loss_weights: Option<tagfix::train::config::LossWeights>,
-    /// `initial`: measure the terms over the first --balance-steps steps, then weight them to equal magnitude.
-    #[arg(long, value_name = "MODE", value_parser = ["initial", "fixed"])]
-    pub loss_balance: Option<String>,
-    /// Steps measured by --loss-balance initial.
-    #[arg(long, value_name = "N")]
-    pub balance_steps: Option<u64>,
-    /// Images per optimizer step.
-    #[arg(long, value_name = "N")]
-    pub batch_size: Option<usize>,
-    /// Images per forward/backward (gradients are accumulated up to --batch-size).
-    #[arg(long, value_name = "N")]
-    pub micro_batch_size: Option<usize>,
-    /// Stop after N optimizer steps (default: max_epoch epochs).
-    #[arg(long, value_name = "N")]
-    pub max_steps: Option<u64>,
-    /// Peak learning rate (init_lr).
-    #[arg(long, value_name = "LR")]
-    pub lr: Option<f64>,
-    /// LR schedule after warm-up: ram-step (per-epoch decay) or cosine.
-    #[arg(long, value_name = "KIND", value_parser = ["ram-step", "cosine"])]
-    pub schedule: Option<String>,
-    /// Scale the learning rates linearly with --batch-size / base_batch_size.
-    #[arg(long)]
-    pub lr_scale_linear: bool,
-    /// Clip the global gradient norm.
-    #[arg(long, value_name = "NORM")]
-    pub grad_clip: Option<f64>,
-    /// Parameter-name prefix to freeze (repeatable; `none` freezes nothing). Default: label_embed when fine-tuning.
-    #[arg(long, value_name = "PREFIX")]
-    pub freeze: Vec<String>,
-    /// pretrain or finetune.
-    #[arg(long, value_name = "STAGE", value_parser = ["pretrain", "finetune"])]
-    pub stage: Option<String>,
-    /// cpu or cuda (cuda needs the GPU build: scripts/setup-gpu.sh).
-    #[arg(long, value_name = "DEVICE")]
-    pub device: Option<tagfix::train::config::DeviceKind>,
-    /// f32, or bf16 autocast (matrix products in bf16; parameters, gradients and optimizer state in f32).
-    #[arg(long, value_name = "PRECISION")]
-    pub precision: Option<tagfix::train::config::Precision>,
-    #[arg(long, value_name = "N")]
-    pub seed: Option<u64>,
-    /// Image-decoding threads (0: one per core; more than one per core is capped to that).
-    #[arg(long, value_name = "N")]
-    pub workers: Option<usize>,
-    /// libtorch threads (0: one per core; more than one per core is capped to that).
-    #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
-    /// Images read before the first step: `full` decodes every image (truncated or corrupt files
-    /// are found before training), `header` reads only headers, `none` nothing
-    /// [default: full up to 1 000 000 images, else header].
-    #[arg(long, value_name = "MODE", value_parser = ["full", "header", "none"])]
-    pub check_images: Option<String>,
-    /// Checkpoint every N >= 1 steps, or `off` (only the final checkpoint).
-    #[arg(long, value_name = "N|off")]
-    pub checkpoint_every: Option<tagfix::train::config::CheckpointEvery>,
-    /// Checkpoints kept.
-    #[arg(long, value_name = "N")]
-    pub keep_checkpoints: Option<usize>,
+    #[command(flatten)]
+    pub settings: tagfix::train::config::TrainFlags,
     /// Validation data: a benchmark folder in the official format (`*_taglist.txt` + `*_annots.txt`, tags
     /// mapped to slots by name) or a held-out RAM-format annotation file. Results: RUN_DIR/validation.jsonl.
     #[arg(long, value_name = "DIR_OR_FILE")]
@@ -915,19 +816,9 @@ pub struct TrainArgs {
     /// [default: the --vocab preset's ram_tag_list_threshold.txt, else 0.5].
     #[arg(long, value_name = "FILE", requires = "val_data")]
     pub val_thresholds: Option<std::path::PathBuf>,
-    /// Validate every N optimizer steps (0: only before the first and after the last step).
-    #[arg(long, value_name = "N")]
-    pub val_every: Option<u64>,
-    /// Validate on the first N images of the validation data.
-    #[arg(long, value_name = "N")]
-    pub val_max_images: Option<usize>,
     /// Write the training plots (as `tagfix plot RUN_DIR`) into RUN_DIR/plots at the end of the run.
     #[arg(long)]
     pub plot: bool,
-    /// Turn off RAM's RandomAugment(2, 5) in the training transform (on by default; the
-    /// `[random_augment]` config table sets N, M, probability and operations).
-    #[arg(long)]
-    pub no_random_augment: bool,
     /// Any config key, as KEY=TOML_VALUE (repeatable), applied after the file and before the flags above.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,

@@ -7,11 +7,13 @@
 //! added, renamed or retyped without being written here fails to compile.
 
 use super::args::{
-    CheckArgs, CheckModeArg, DiffArgs, EmbedArgs, OrtArgs, OutputFormat, ReportFormatArg,
-    SearchArg, SynthArgs, SynthImagesArgs, TrainArgs,
+    CheckArgs, CheckModeArg, DiffArgs, EmbedArgs, OrtArgs, OutputFormat, SynthArgs,
+    SynthImagesArgs, TrainArgs,
 };
 use clap::ValueEnum;
 use std::path::PathBuf;
+use tagfix::consistency::policy::PolicyFlags;
+use tagfix::train::config::TrainFlags;
 
 /// Arguments of one subcommand that can be written back as its command line.
 pub trait ToArgv: clap::Args {
@@ -209,7 +211,16 @@ by_display!(
     tagfix::train::config::AbsentPolicy,
     tagfix::train::config::CheckpointEvery,
 );
-by_value_enum!(OutputFormat, ReportFormatArg, CheckModeArg, SearchArg);
+by_value_enum!(
+    OutputFormat,
+    CheckModeArg,
+    tagfix::consistency::SearchChoice,
+    tagfix::report::check::CheckFormat,
+    tagfix::train::config::LossBalance,
+    tagfix::train::config::Schedule,
+    tagfix::train::config::Stage,
+    tagfix::train::config::ImageCheck,
+);
 by_serde_name!(
     tagfix::train::config::DeviceKind,
     tagfix::train::config::Precision
@@ -272,6 +283,60 @@ impl WriteArgs for OrtArgs {
                 batch_size,
                 threads,
                 ort_lib
+            } = self
+        );
+    }
+}
+
+impl WriteArgs for PolicyFlags {
+    fn write_args(&self, w: &mut ArgvWriter) {
+        write_fields!(
+            w,
+            PolicyFlags {
+                k,
+                also_k,
+                min_cosine,
+                min_knn_overlap,
+                min_slot_knn_overlap,
+                max_changed_rows,
+                max_mean_shift,
+                max_norm_deviation,
+                min_trusted_share
+            } = self
+        );
+    }
+}
+
+impl WriteArgs for TrainFlags {
+    fn write_args(&self, w: &mut ArgvWriter) {
+        write_fields!(
+            w,
+            TrainFlags {
+                model,
+                absent,
+                loss_weights,
+                loss_balance,
+                balance_steps,
+                batch_size,
+                micro_batch_size,
+                max_steps,
+                init_lr,
+                schedule,
+                lr_scale_linear,
+                grad_clip,
+                freeze,
+                stage,
+                device,
+                precision,
+                seed,
+                workers,
+                threads,
+                check_images,
+                checkpoint_every,
+                keep_checkpoints,
+                val_every,
+                val_max_images,
+                no_random_augment
             } = self
         );
     }
@@ -359,16 +424,8 @@ impl ToArgv for CheckArgs {
                 mode,
                 vocab,
                 slots,
-                k,
-                also_k,
                 policy,
-                min_cosine,
-                min_knn_overlap,
-                min_slot_knn_overlap,
-                max_changed_rows,
-                max_mean_shift,
-                max_norm_deviation,
-                min_trusted_share,
+                thresholds[flatten],
                 search,
                 hnsw_ef,
                 hnsw_m,
@@ -403,35 +460,11 @@ impl ToArgv for TrainArgs {
                 init,
                 vocab,
                 allow_random_encoder,
-                model,
-                absent,
-                loss_weights,
-                loss_balance,
-                balance_steps,
-                batch_size,
-                micro_batch_size,
-                max_steps,
-                lr,
-                schedule,
-                lr_scale_linear,
-                grad_clip,
-                freeze,
-                stage,
-                device,
-                precision,
-                seed,
-                workers,
-                threads,
-                check_images,
-                checkpoint_every,
-                keep_checkpoints,
+                settings[flatten],
                 val_data,
                 val_images,
                 val_thresholds,
-                val_every,
-                val_max_images,
                 plot,
-                no_random_augment,
                 set,
                 resume,
                 out,

@@ -1,11 +1,11 @@
 //! `tagfix check`: drift and semantic-consistency gate for embedding files.
 
-use super::args::{CheckArgs, CheckModeArg, ReportFormatArg, SearchArg};
+use super::args::CheckArgs;
 use super::ExitStatus;
 use anyhow::Context;
 use std::io::Write;
 use tagfix::consistency::{
-    run_check, CheckOptions, CheckReport, EmbeddingInput, Mode, Policy, SearchChoice, SearchConfig,
+    run_check, CheckOptions, CheckReport, EmbeddingInput, Policy, SearchConfig,
 };
 use tagfix::embed::plan::parse_slot_list;
 use tagfix::fsutil::{
@@ -13,37 +13,6 @@ use tagfix::fsutil::{
 };
 use tagfix::report::check::{self as report, CheckFormat as Format};
 use tagfix::vocab::Vocabulary;
-
-/// Policy from the file (if any), then flags on top.
-fn policy(args: &CheckArgs) -> anyhow::Result<Policy> {
-    let mut p = match &args.policy {
-        Some(path) => Policy::load(path)?,
-        None => Policy::default(),
-    };
-    if let Some(k) = args.k {
-        p.k = k;
-    }
-    if let Some(ks) = &args.also_k {
-        p.also_k = ks.clone();
-    }
-    let set = |slot: &mut Option<f64>, v: Option<f64>| {
-        if v.is_some() {
-            *slot = v;
-        }
-    };
-    set(&mut p.min_cosine, args.min_cosine);
-    set(&mut p.min_knn_overlap, args.min_knn_overlap);
-    set(&mut p.min_slot_knn_overlap, args.min_slot_knn_overlap);
-    set(&mut p.max_mean_shift, args.max_mean_shift);
-    set(&mut p.max_norm_deviation, args.max_norm_deviation);
-    set(&mut p.min_trusted_share, args.min_trusted_share);
-    if args.max_changed_rows.is_some() {
-        p.max_changed_rows = args.max_changed_rows;
-    }
-    p.validate()
-        .map_err(|m| anyhow::anyhow!("invalid thresholds: {m}"))?;
-    Ok(p)
-}
 
 /// The report files: checked before the comparison, never one of the inputs, one on stdout at most.
 fn check_outputs_first(args: &CheckArgs, vocab: Option<&Vocabulary>) -> anyhow::Result<()> {
@@ -78,7 +47,7 @@ pub fn status(report: &CheckReport) -> ExitStatus {
 /// The comparison the arguments ask for, its report written where they say; `check` and `repair`'s
 /// check step both run through here.
 pub fn check(args: &CheckArgs) -> anyhow::Result<CheckReport> {
-    let policy = policy(args)?;
+    let policy = Policy::resolve(args.policy.as_deref(), args.thresholds.clone())?;
     let vocab = args
         .vocab
         .as_deref()
@@ -97,19 +66,11 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<CheckReport> {
         None => None,
     };
     let opts = CheckOptions {
-        mode: match args.mode {
-            CheckModeArg::Auto => None,
-            CheckModeArg::Drift => Some(Mode::Drift),
-            CheckModeArg::Consistency => Some(Mode::Consistency),
-        },
+        mode: args.mode.mode(),
         policy,
         slots,
         search: SearchConfig {
-            choice: match args.search {
-                SearchArg::Auto => SearchChoice::Auto,
-                SearchArg::Exact => SearchChoice::Exact,
-                SearchArg::Hnsw => SearchChoice::Hnsw,
-            },
+            choice: args.search,
             hnsw: tagfix::consistency::hnsw::HnswParams {
                 ef_search: args.hnsw_ef,
                 max_connections: args.hnsw_m.into(),
@@ -121,14 +82,7 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<CheckReport> {
     };
     let report = run_check(&baseline, &candidate, vocab.as_ref(), &opts)?;
 
-    let format = match args.format {
-        ReportFormatArg::Table => Format::Table,
-        ReportFormatArg::Json => Format::Json,
-        ReportFormatArg::Junit => Format::Junit,
-        ReportFormatArg::Markdown => Format::Markdown,
-        ReportFormatArg::Github => Format::Github,
-    };
-    let text = report::render(&report, format)?;
+    let text = report::render(&report, args.format)?;
     match &args.out {
         Some(path) => write_bytes_atomic(path, text.as_bytes())?,
         None => std::io::stdout().write_all(text.as_bytes())?,

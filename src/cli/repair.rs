@@ -14,7 +14,7 @@
 
 use super::args::{
     CheckArgs, CheckModeArg, DiffArgs, EmbedArgs, GlobalArgs, OrtArgs, OutputFormat, RepairArgs,
-    ReportFormatArg, SearchArg, SynthArgs, SynthImagesArgs, TrainArgs,
+    SynthArgs, SynthImagesArgs, TrainArgs,
 };
 use super::argv::{unset, ToArgv};
 use super::ExitStatus;
@@ -23,9 +23,10 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use tagfix::consistency::hnsw::HnswParams;
 use tagfix::consistency::report::CheckReport;
+use tagfix::consistency::SearchChoice;
 use tagfix::manifest::SlotManifest;
 use tagfix::monitor::RunSummary;
-use tagfix::report::check::{num, op_symbol};
+use tagfix::report::check::{num, op_symbol, CheckFormat};
 use tagfix::tensors::{EmbeddingFile, Provenance};
 use tagfix::train::config::{AbsentPolicy, DeviceKind, TrainConfig};
 
@@ -246,23 +247,15 @@ fn check_args(args: &RepairArgs, at: &Layout, base: &Path) -> CheckArgs {
         mode: CheckModeArg::Auto,
         vocab: Some(args.vocab.clone()),
         slots: None,
-        k: None,
-        also_k: None,
         policy: None,
-        min_cosine: None,
-        min_knn_overlap: None,
-        min_slot_knn_overlap: None,
-        max_changed_rows: None,
-        max_mean_shift: None,
-        max_norm_deviation: None,
-        min_trusted_share: None,
-        search: SearchArg::Auto,
+        thresholds: Default::default(),
+        search: SearchChoice::Auto,
         hnsw_ef: hnsw.ef_search,
         hnsw_m: hnsw.max_connections as u16,
         hnsw_ef_construction: hnsw.ef_construction,
         recall_sample: 1000,
         tensor: None,
-        format: ReportFormatArg::Markdown,
+        format: CheckFormat::Markdown,
         out: Some(at.check_report()),
         json: Some(at.check_json()),
         junit: None,
@@ -286,27 +279,27 @@ fn train_args(args: &RepairArgs, at: &Layout) -> Result<TrainArgs, RepairError> 
         step: "train",
         source,
     })?;
-    t.model = Some("tiny".into());
+    t.settings.model = Some("tiny".into());
     t.vocab = Some(args.vocab.clone());
     t.data = vec![at.image_annotations()];
     t.images = Some(at.image_set().join("images"));
     t.manifest = Some(at.manifest());
     t.label_embed = Some(at.embeddings());
     t.allow_random_encoder = true;
-    t.absent = Some(ABSENT_POLICY);
-    t.batch_size = Some(8);
-    t.max_steps = Some(args.train_steps);
-    t.lr = Some(2e-3);
+    t.settings.absent = Some(ABSENT_POLICY);
+    t.settings.batch_size = Some(8);
+    t.settings.max_steps = Some(args.train_steps);
+    t.settings.init_lr = Some(2e-3);
     t.set = vec![
         config_override!(warmup_steps = 5),
         config_override!(warmup_lr = 1e-4),
     ];
     // One libtorch thread: OpenMP workers spin-wait when the cores are busy (measured 8 s/step
     // with 2 threads on a loaded 2-core machine, 2 s/step with 1).
-    t.threads = Some(1);
-    t.workers = Some(1);
-    t.seed = Some(args.seed);
-    t.device = Some(args.train_device);
+    t.settings.threads = Some(1);
+    t.settings.workers = Some(1);
+    t.settings.seed = Some(args.seed);
+    t.settings.device = Some(args.train_device);
     // The training curves, into RUN_DIR/plots.
     t.plot = true;
     t.out = Some(at.run_dir());

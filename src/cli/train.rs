@@ -30,74 +30,10 @@ pub fn resolve_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
         None => TrainConfig::default(),
     };
     cfg.apply_overrides(&args.set)?;
-    // Each flag given replaces the configuration's value (`opt`: an optional setting).
-    macro_rules! set {
-        (opt $($field:ident = $value:expr),* $(,)?) => {
-            $(if let Some(v) = $value { cfg.$field = Some(v); })*
-        };
-        ($($field:ident = $value:expr),* $(,)?) => {
-            $(if let Some(v) = $value { cfg.$field = v; })*
-        };
-    }
-    set!(
-        absent = args.absent,
-        loss_weights = args.loss_weights,
-        balance_steps = args.balance_steps,
-        batch_size = args.batch_size,
-        init_lr = args.lr,
-        device = args.device,
-        precision = args.precision,
-        seed = args.seed,
-        workers = args.workers,
-        threads = args.threads,
-        checkpoint_every = args.checkpoint_every,
-        keep_checkpoints = args.keep_checkpoints,
-        val_every = args.val_every,
-        loss_balance = parse_setting("--loss-balance", &args.loss_balance)?,
-        schedule = parse_setting("--schedule", &args.schedule)?,
-        stage = parse_setting("--stage", &args.stage)?,
-    );
-    set!(opt
-        val_max_images = args.val_max_images,
-        micro_batch_size = args.micro_batch_size,
-        max_steps = args.max_steps,
-        grad_clip = args.grad_clip,
-        model = args.model.clone(),
-        check_images = parse_setting("--check-images", &args.check_images)?,
-    );
+    args.settings.clone().apply(&mut cfg);
     apply_teacher_flags(&mut cfg, args)?;
-    if args.no_random_augment {
-        cfg.random_augment.enabled = false;
-    }
-    if args.lr_scale_linear {
-        cfg.lr_scale_linear = true;
-    }
-    if !args.freeze.is_empty() {
-        cfg.freeze = Some(
-            args.freeze
-                .iter()
-                .filter(|f| f.as_str() != "none")
-                .cloned()
-                .collect(),
-        );
-    }
     cfg.validate()?;
     Ok(cfg)
-}
-
-/// A flag holding one of a configuration enum's names, read as the config file's value would be.
-fn parse_setting<T: serde::de::DeserializeOwned>(
-    flag: &str,
-    value: &Option<String>,
-) -> anyhow::Result<Option<T>> {
-    use anyhow::Context;
-    value
-        .as_ref()
-        .map(|v| {
-            serde_json::from_value(serde_json::Value::String(v.clone()))
-                .with_context(|| format!("{flag} {v}"))
-        })
-        .transpose()
 }
 
 /// Whether `--teacher` names the online teacher rather than a file.

@@ -14,11 +14,86 @@ use super::knn::{Exclude, Index, Neighbours, Rows, SearchConfig};
 use super::policy::Policy;
 use super::report::*;
 use super::stats::{overlap_at, quantile, rank_in, Dist};
-use crate::error::{Error, Result};
-use crate::tensors::Layout;
+use crate::error::Result;
+use crate::tensors::{EmbeddingFile, Layout};
 use crate::vocab::{Slot, Vocabulary};
 use std::borrow::Cow;
 use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+/// Why two embedding files cannot be compared as asked.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("k = {k} needs more than {k} rows, but {path} has {rows}")]
+    TooFewRows {
+        k: usize,
+        path: PathBuf,
+        rows: usize,
+    },
+    #[error("--slots names slot {slot}, but the files have {slots} slots (0..{})", slots - 1)]
+    SlotOutOfRange { slot: Slot, slots: usize },
+    #[error(
+        "{path}: has no `control` tensor, so semantic consistency cannot be calibrated: have `tagfix embed` \
+         re-embed control slots into it, or compare row by row with --mode drift"
+    )]
+    NoControl { path: PathBuf },
+    #[error("{path}: has a `control` tensor but no tagfix provenance (tagfix.control_slots, tagfix.regenerated_slots)")]
+    NoProvenance { path: PathBuf },
+    #[error("{path}: was patched from a base file with sha256 {want}, but {base} has sha256 {have}: give the base it was made from")]
+    OtherBase {
+        path: PathBuf,
+        want: String,
+        base: PathBuf,
+        have: String,
+    },
+    #[error("{path}: tensor `control` is [{rows}, {dim}], but {control_slots} control slots × {rows_per_slot} rows per slot × dim {expected_dim} were expected")]
+    ControlShape {
+        path: PathBuf,
+        rows: usize,
+        dim: usize,
+        control_slots: usize,
+        rows_per_slot: usize,
+        expected_dim: usize,
+    },
+    #[error("{path}: provenance names slot {slot}, but the vocabulary has {slots} slots")]
+    ProvenanceSlot {
+        path: PathBuf,
+        slot: Slot,
+        slots: usize,
+    },
+    #[error("{path}: {label} is both a control slot and a regenerated slot: control slots must have an original")]
+    ControlRegenerated { path: PathBuf, label: String },
+    #[error("{path}: none of the selected slots is a control slot ({control_slots} control slots in the file)")]
+    NoControlSelected { path: PathBuf, control_slots: usize },
+}
+
+impl CheckError {
+    /// Flags that ask for what the files cannot give are usage errors; files that do not fit, input.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            CheckError::TooFewRows { .. }
+            | CheckError::SlotOutOfRange { .. }
+            | CheckError::NoControlSelected { .. } => ErrorKind::Usage,
+            _ => ErrorKind::Input,
+        }
+    }
+}
+
+/// What one comparison measured: the report's content before the policy judges it.
+#[derive(Debug, Clone)]
+pub struct Comparison {
+    pub mode: Mode,
+    /// Every k measured, ascending.
+    pub ks: Vec<usize>,
+    pub search: Vec<NamedSearch>,
+    pub summary: Summary,
+    pub slots: Vec<SlotResult>,
+    pub regenerated: Vec<RegeneratedResult>,
+    pub calibration: Option<Calibration>,
+    pub disagreements: Vec<Disagreement>,
+    pub changed_untouched_slots: Vec<Slot>,
+}
 
 /// A candidate row counts as "moved" when it matches another slot's baseline row at least this well
 /// (and clearly better than its own).
@@ -47,10 +122,68 @@ pub fn run_check(
     let lb = resolve_layout(baseline, vocab)?;
     let lc = resolve_layout(candidate, vocab)?;
     ensure_comparable(baseline, candidate, lb, lc)?;
-    let names = SlotNames {
-        tags: vocab.map(|v| v.tags.clone()),
+    let mode = choose_mode(opts.mode, baseline, candidate);
+    let ks = opts.policy.all_k();
+    let kmax = *ks.last().expect("k");
+    if baseline.file.rows <= kmax {
+        return Err(CheckError::TooFewRows {
+            k: kmax,
+            path: baseline.path().into(),
+            rows: baseline.file.rows,
+        }
+        .into());
+    }
+    let ctx = Ctx {
+        layout: lb,
+        names: SlotNames {
+            tags: vocab.map(|v| v.tags.clone()),
+        },
+        ks,
+        k: opts.policy.k,
+        search: opts.search.clone(),
     };
-    let mode = match opts.mode {
+    let selected = select_slots(opts.slots.as_deref(), lb)?;
+    let measured = match mode {
+        Mode::Drift => drift(&ctx, baseline, candidate, &selected)?,
+        Mode::Consistency => consistency(&ctx, baseline, candidate, &selected, &opts.policy)?,
+    };
+    let rules = opts.policy.evaluate(&measured);
+    let Comparison {
+        mode,
+        ks,
+        search,
+        summary,
+        slots,
+        regenerated,
+        calibration,
+        disagreements,
+        changed_untouched_slots,
+    } = measured;
+    Ok(CheckReport {
+        schema: REPORT_SCHEMA.into(),
+        generator: format!("tagfix {}", env!("CARGO_PKG_VERSION")),
+        mode,
+        baseline: file_info(baseline),
+        candidate: file_info(candidate),
+        vocabulary_sha256: vocab.map(|v| v.sha256.clone()),
+        layout: lb,
+        ks,
+        k: ctx.k,
+        search,
+        summary,
+        slots,
+        regenerated,
+        calibration,
+        disagreements,
+        changed_untouched_slots,
+        passed: rules.iter().all(|r| r.passed),
+        rules,
+    })
+}
+
+/// The mode asked for, else consistency when the candidate carries a control tensor, else drift.
+fn choose_mode(asked: Option<Mode>, baseline: &EmbeddingInput, candidate: &EmbeddingInput) -> Mode {
+    match asked {
         Some(m) => m,
         None if candidate.control.is_some() => {
             tracing::info!(
@@ -61,32 +194,7 @@ pub fn run_check(
             Mode::Consistency
         }
         None => Mode::Drift,
-    };
-    let ks = opts.policy.all_k();
-    let kmax = *ks.last().expect("k");
-    if baseline.file.rows <= kmax {
-        return Err(Error::Usage(format!(
-            "k = {kmax} needs more than {kmax} rows, but {} has {}",
-            baseline.path().display(),
-            baseline.file.rows
-        )));
     }
-    let ctx = Ctx {
-        layout: lb,
-        names,
-        ks: ks.clone(),
-        k: opts.policy.k,
-        search: opts.search.clone(),
-    };
-    let selected = select_slots(opts.slots.as_deref(), lb)?;
-    let mut report = match mode {
-        Mode::Drift => drift(&ctx, baseline, candidate, &selected)?,
-        Mode::Consistency => consistency(&ctx, baseline, candidate, &selected, &opts.policy)?,
-    };
-    report.vocabulary_sha256 = vocab.map(|v| v.sha256.clone());
-    report.rules = opts.policy.evaluate(&report);
-    report.passed = report.rules.iter().all(|r| r.passed);
-    Ok(report)
 }
 
 struct Ctx {
@@ -130,16 +238,15 @@ impl Ctx {
     }
 }
 
-fn select_slots(slots: Option<&[Slot]>, layout: Layout) -> Result<Vec<Slot>> {
+fn select_slots(slots: Option<&[Slot]>, layout: Layout) -> Result<Vec<Slot>, CheckError> {
     match slots {
         None => Ok((0..layout.tags()).collect()),
         Some(list) => {
-            if let Some(bad) = list.iter().find(|&&s| s >= layout.tags()) {
-                return Err(Error::Usage(format!(
-                    "--slots names slot {bad}, but the files have {} slots (0..{})",
-                    layout.tags(),
-                    layout.tags() - 1
-                )));
+            if let Some(&slot) = list.iter().find(|&&s| s >= layout.tags()) {
+                return Err(CheckError::SlotOutOfRange {
+                    slot,
+                    slots: layout.tags(),
+                });
             }
             let set: BTreeSet<Slot> = list.iter().copied().collect();
             Ok(set.into_iter().collect())
@@ -388,7 +495,7 @@ fn drift(
     baseline: &EmbeddingInput,
     candidate: &EmbeddingInput,
     selected: &[Slot],
-) -> Result<CheckReport> {
+) -> Result<Comparison> {
     let (b, c) = (&baseline.file, &candidate.file);
     let dim = b.dim;
     let none = BTreeSet::new();
@@ -430,16 +537,9 @@ fn drift(
         },
     ];
     search.extend(sm);
-    Ok(CheckReport {
-        schema: REPORT_SCHEMA.into(),
-        generator: format!("tagfix {}", env!("CARGO_PKG_VERSION")),
+    Ok(Comparison {
         mode: Mode::Drift,
-        baseline: file_info(baseline),
-        candidate: file_info(candidate),
-        vocabulary_sha256: None,
-        layout: ctx.layout,
         ks: ctx.ks.clone(),
-        k: ctx.k,
         search,
         summary,
         slots,
@@ -447,178 +547,272 @@ fn drift(
         calibration: None,
         disagreements,
         changed_untouched_slots: vec![],
-        rules: vec![],
-        passed: false,
     })
 }
 
+/// The consistency comparison, in stages: the patch's provenance checked ([`read_patch`]), untouched
+/// rows ([`changed_untouched`]), control rows against their base rows ([`compare_controls`]), the
+/// calibration from the controls' neighbourhood scores, the regenerated rows scored against it
+/// ([`score_regenerated`]).
 fn consistency(
     ctx: &Ctx,
     baseline: &EmbeddingInput,
     patched: &EmbeddingInput,
     selected: &[Slot],
     policy: &Policy,
-) -> Result<CheckReport> {
-    let path = patched.path();
-    let control = patched.control.as_ref().ok_or_else(|| {
-        Error::invalid(
-            path,
-            "has no `control` tensor, so semantic consistency cannot be calibrated: have `tagfix embed` \
-             re-embed control slots into it, or compare row by row with --mode drift",
-        )
-    })?;
-    let prov = patched.provenance.as_ref().ok_or_else(|| {
-        Error::invalid(
-            path,
-            "has a `control` tensor but no tagfix provenance (tagfix.control_slots, tagfix.regenerated_slots)",
-        )
-    })?;
-    if let Some(want) = prov.base_sha256.as_deref().filter(|s| !s.is_empty()) {
-        if want != baseline.sha256 {
-            return Err(Error::invalid(
-                path,
-                format!(
-                    "was patched from a base file with sha256 {want}, but {} has sha256 {}: give the base it was made from",
-                    baseline.path().display(),
-                    baseline.sha256
-                ),
-            ));
-        }
-    }
+) -> Result<Comparison> {
+    let patch = read_patch(ctx, baseline, patched)?;
     let (b, p) = (&baseline.file, &patched.file);
-    let dim = b.dim;
-    let rps = ctx.rps();
-    let tags = ctx.layout.tags();
-    if control.dim != dim || control.rows != prov.control_slots.len() * rps {
-        return Err(Error::invalid(
-            path,
-            format!(
-                "tensor `control` is [{}, {}], but {} control slots × {rps} rows per slot × dim {dim} were expected",
-                control.rows,
-                control.dim,
-                prov.control_slots.len()
-            ),
-        ));
-    }
-    if let Some(&bad) = prov
-        .control_slots
-        .iter()
-        .chain(&prov.regenerated_slots)
-        .find(|&&s| s >= tags)
-    {
-        return Err(Error::invalid(
-            path,
-            format!("provenance names slot {bad}, but the vocabulary has {tags} slots"),
-        ));
-    }
-    let regenerated: BTreeSet<Slot> = prov.regenerated_slots.iter().copied().collect();
-    if let Some(s) = prov.control_slots.iter().find(|s| regenerated.contains(s)) {
-        return Err(Error::invalid(
-            path,
-            format!(
-                "{} is both a control slot and a regenerated slot: control slots must have an original",
-                ctx.names.label(*s)
-            ),
-        ));
-    }
-    let slot_of = |r: usize| ctx.slot_of(r);
-    validate_rows(b, rps, &slot_of, &regenerated, &ctx.names)?;
-    validate_rows(p, rps, &slot_of, &BTreeSet::new(), &ctx.names)?;
-    let control_slot_of = |r: usize| prov.control_slots[r / rps];
-    validate_rows(control, rps, &control_slot_of, &BTreeSet::new(), &ctx.names)?;
-
-    // Untouched rows must be bit-identical to the base.
-    let mut changed_untouched_rows = 0;
-    let mut changed_untouched_slots = BTreeSet::new();
-    for r in 0..b.rows {
-        let s = ctx.slot_of(r);
-        if !regenerated.contains(&s)
-            && b.row(r)
-                .iter()
-                .zip(p.row(r))
-                .any(|(x, y)| x.to_bits() != y.to_bits())
-        {
-            changed_untouched_rows += 1;
-            changed_untouched_slots.insert(s);
-        }
-    }
-
-    // Control rows (optionally restricted to --slots) against their base rows.
+    let untouched = changed_untouched(ctx, b, p, &patch.regenerated);
     let wanted: BTreeSet<Slot> = selected.iter().copied().collect();
-    let mut ctrl_rows = Vec::new(); // row in the control tensor
-    let mut base_rows = Vec::new(); // the matching row in base / patched
-    for (j, &s) in prov.control_slots.iter().enumerate() {
-        if wanted.contains(&s) {
-            for d in 0..rps {
-                ctrl_rows.push(j * rps + d);
-                base_rows.push(s * rps + d);
-            }
-        }
-    }
-    if ctrl_rows.is_empty() {
-        return Err(Error::Usage(format!(
-            "{}: none of the selected slots is a control slot ({} control slots in the file)",
-            path.display(),
-            prov.control_slots.len()
-        )));
-    }
-    // Keep slot order for aggregation.
-    let mut order: Vec<usize> = (0..ctrl_rows.len()).collect();
-    order.sort_by_key(|&i| base_rows[i]);
-    let ctrl_rows: Vec<usize> = order.iter().map(|&i| ctrl_rows[i]).collect();
-    let base_rows: Vec<usize> = order.iter().map(|&i| base_rows[i]).collect();
+    let rows = control_rows(ctx, &patch, &wanted, patched.path())?;
 
+    let dim = b.dim;
     let bu = normalised_rows(&b.values, dim);
     let pu = normalised_rows(&p.values, dim);
-    let cu = normalised_rows(&control.values, dim);
-    let m = row_metrics(
-        &gather(&b.values, dim, &base_rows),
-        &gather(&control.values, dim, &ctrl_rows),
+    let spaces = Spaces {
         dim,
-    );
-    let base_index = Index::build(Rows::new(&bu, dim), &ctx.search);
-    let patched_index = Index::build(Rows::new(&pu, dim), &ctx.search);
-    let excl: Vec<u32> = base_rows.iter().map(|&r| r as u32).collect();
-    let (qb, qb_excl) = own_rows(&bu, dim, &base_rows, &excl);
-    let qc = gather(&cu, dim, &ctrl_rows);
-    let (nb_base, sb) = base_index.search(Rows::new(&qb, dim), ctx.kmax(), qb_excl);
-    let (nb_ctrl, sc) =
-        patched_index.search(Rows::new(&qc, dim), ctx.kmax(), Exclude::Given(&excl));
-    let (moved, sm) = find_moved(&base_index, &qc, dim, &base_rows, &m.cosine);
-    let (slots, disagreements) = aggregate(ctx, &base_rows, &m, &nb_base, &nb_ctrl, &moved);
-    let mut summary = summarise(ctx, &slots, &m);
-    summary.mean_shift = mean_shift(&qc, &qb, dim);
-    summary.changed_untouched_rows = changed_untouched_rows;
-
-    // Calibration: neighbourhood score = mean similarity to the k nearest rows of the patched file.
-    let k = ctx.k;
-    let score =
-        |nb: &Neighbours, q: usize| -> f32 { nb.sims(q)[..k].iter().sum::<f32>() / k as f32 };
-    let per_slot_scores = |nb: &Neighbours, rows: &[usize]| -> Vec<(Slot, f32)> {
-        let mut out: Vec<(Slot, f32)> = Vec::new();
-        for (q, &r) in rows.iter().enumerate() {
-            let s = ctx.slot_of(r);
-            match out.last_mut() {
-                Some((last, acc)) if *last == s => *acc += score(nb, q),
-                _ => out.push((s, score(nb, q))),
-            }
-        }
-        out.iter_mut().for_each(|(_, a)| *a /= rps as f32);
-        out
+        base: &bu,
+        patched: &pu,
+        base_index: Index::build(Rows::new(&bu, dim), &ctx.search),
+        patched_index: Index::build(Rows::new(&pu, dim), &ctx.search),
     };
-    let control_scores: Vec<f32> = per_slot_scores(&nb_ctrl, &base_rows)
-        .into_iter()
-        .map(|x| x.1)
-        .collect();
-    let base_scores: Vec<f32> = per_slot_scores(&nb_base, &base_rows)
-        .into_iter()
-        .map(|x| x.1)
-        .collect();
-    let regen_rows: Vec<usize> = regenerated
+    let controls = compare_controls(ctx, &spaces, b, patch.control, &rows);
+    let scores_of = |nb: &Neighbours| -> Vec<f32> {
+        let per_slot = slot_scores(ctx, nb, &rows.base);
+        per_slot.into_iter().map(|(_, score)| score).collect()
+    };
+    let control_scores = scores_of(&controls.nb_control);
+    let base_scores = scores_of(&controls.nb_base);
+    let threshold = quantile(&control_scores, policy.calibration_quantile);
+
+    let regen_rows: Vec<usize> = patch
+        .regenerated
         .iter()
         .filter(|s| wanted.contains(s))
         .flat_map(|&s| ctx.layout.rows_of(s))
         .collect();
+    let (regenerated, regen_search) =
+        score_regenerated(ctx, &spaces, b, &regen_rows, &control_scores, threshold);
+
+    let mut summary = controls.summary;
+    summary.changed_untouched_rows = untouched.rows;
+    summary.regenerated_slots = regenerated.len();
+    let mut search = controls.search;
+    search.extend(regen_search);
+    let calibration = Calibration {
+        k: ctx.k,
+        quantile: policy.calibration_quantile,
+        threshold,
+        control: Dist::of(&control_scores),
+        base: Dist::of(&base_scores),
+        regenerated: Dist::of(&regenerated.iter().map(|g| g.score).collect::<Vec<_>>()),
+        trusted_share: trusted_share(&regenerated),
+        control_scores,
+        base_scores,
+    };
+    Ok(Comparison {
+        mode: Mode::Consistency,
+        ks: ctx.ks.clone(),
+        search,
+        summary,
+        slots: controls.slots,
+        regenerated,
+        calibration: Some(calibration),
+        disagreements: controls.disagreements,
+        changed_untouched_slots: untouched.slots,
+    })
+}
+
+/// What a patched file says about itself, checked against the base and the layout.
+struct Patch<'a> {
+    /// Present slots re-embedded with the same pipeline, `control_slots[j]` in rows `j·rps..`.
+    control: &'a EmbeddingFile,
+    control_slots: &'a [Slot],
+    regenerated: BTreeSet<Slot>,
+}
+
+/// The patched file's control tensor and provenance: present, made from this base, shaped and
+/// numbered for this layout; every row of the three matrices finite (regenerated base rows aside).
+fn read_patch<'a>(
+    ctx: &Ctx,
+    baseline: &EmbeddingInput,
+    patched: &'a EmbeddingInput,
+) -> Result<Patch<'a>> {
+    let path = || patched.path().to_path_buf();
+    let control = patched
+        .control
+        .as_ref()
+        .ok_or_else(|| CheckError::NoControl { path: path() })?;
+    let prov = patched
+        .provenance
+        .as_ref()
+        .ok_or_else(|| CheckError::NoProvenance { path: path() })?;
+    if let Some(want) = prov.base_sha256.as_deref().filter(|s| !s.is_empty()) {
+        if want != baseline.sha256 {
+            return Err(CheckError::OtherBase {
+                path: path(),
+                want: want.into(),
+                base: baseline.path().into(),
+                have: baseline.sha256.clone(),
+            }
+            .into());
+        }
+    }
+    let (dim, rps, tags) = (baseline.file.dim, ctx.rps(), ctx.layout.tags());
+    if control.dim != dim || control.rows != prov.control_slots.len() * rps {
+        return Err(CheckError::ControlShape {
+            path: path(),
+            rows: control.rows,
+            dim: control.dim,
+            control_slots: prov.control_slots.len(),
+            rows_per_slot: rps,
+            expected_dim: dim,
+        }
+        .into());
+    }
+    let named = prov.control_slots.iter().chain(&prov.regenerated_slots);
+    if let Some(&slot) = named.into_iter().find(|&&s| s >= tags) {
+        return Err(CheckError::ProvenanceSlot {
+            path: path(),
+            slot,
+            slots: tags,
+        }
+        .into());
+    }
+    let regenerated: BTreeSet<Slot> = prov.regenerated_slots.iter().copied().collect();
+    if let Some(s) = prov.control_slots.iter().find(|s| regenerated.contains(s)) {
+        return Err(CheckError::ControlRegenerated {
+            path: path(),
+            label: ctx.names.label(*s),
+        }
+        .into());
+    }
+    let slot_of = |r: usize| ctx.slot_of(r);
+    validate_rows(&baseline.file, rps, &slot_of, &regenerated, &ctx.names)?;
+    validate_rows(&patched.file, rps, &slot_of, &BTreeSet::new(), &ctx.names)?;
+    let control_slot_of = |r: usize| prov.control_slots[r / rps];
+    validate_rows(control, rps, &control_slot_of, &BTreeSet::new(), &ctx.names)?;
+    Ok(Patch {
+        control,
+        control_slots: &prov.control_slots,
+        regenerated,
+    })
+}
+
+/// Rows outside the regenerated slots that are not bit-identical to the base (there must be none).
+struct Untouched {
+    rows: usize,
+    slots: Vec<Slot>,
+}
+
+fn changed_untouched(
+    ctx: &Ctx,
+    base: &EmbeddingFile,
+    patched: &EmbeddingFile,
+    regenerated: &BTreeSet<Slot>,
+) -> Untouched {
+    let mut rows = 0;
+    let mut slots = BTreeSet::new();
+    for r in 0..base.rows {
+        let s = ctx.slot_of(r);
+        let differs = || {
+            let pairs = base.row(r).iter().zip(patched.row(r));
+            pairs.into_iter().any(|(x, y)| x.to_bits() != y.to_bits())
+        };
+        if !regenerated.contains(&s) && differs() {
+            rows += 1;
+            slots.insert(s);
+        }
+    }
+    Untouched {
+        rows,
+        slots: slots.into_iter().collect(),
+    }
+}
+
+/// The control rows compared (those of the selected slots), in slot order: row `control[i]` of the
+/// control tensor against row `base[i]` of the base (and patched) file.
+struct ControlRows {
+    control: Vec<usize>,
+    base: Vec<usize>,
+}
+
+fn control_rows(
+    ctx: &Ctx,
+    patch: &Patch<'_>,
+    wanted: &BTreeSet<Slot>,
+    path: &std::path::Path,
+) -> Result<ControlRows, CheckError> {
+    let rps = ctx.rps();
+    let mut pairs: Vec<(usize, usize)> = Vec::new(); // (base row, control row)
+    for (j, &s) in patch.control_slots.iter().enumerate() {
+        if wanted.contains(&s) {
+            pairs.extend((0..rps).map(|d| (s * rps + d, j * rps + d)));
+        }
+    }
+    if pairs.is_empty() {
+        return Err(CheckError::NoControlSelected {
+            path: path.into(),
+            control_slots: patch.control_slots.len(),
+        });
+    }
+    // Keep slot order for aggregation (a stable sort, as base rows are distinct).
+    pairs.sort_by_key(|&(base, _)| base);
+    Ok(ControlRows {
+        base: pairs.iter().map(|p| p.0).collect(),
+        control: pairs.iter().map(|p| p.1).collect(),
+    })
+}
+
+/// The unit rows of the base and patched files and their neighbour indexes.
+struct Spaces<'a> {
+    dim: usize,
+    base: &'a [f32],
+    patched: &'a [f32],
+    base_index: Index<'a>,
+    patched_index: Index<'a>,
+}
+
+/// The control rows against their base rows: per-slot results as in drift mode, and each control
+/// row's neighbours in the base space (its base row's) and in the patched file.
+struct ControlComparison {
+    slots: Vec<SlotResult>,
+    disagreements: Vec<Disagreement>,
+    summary: Summary,
+    nb_base: Neighbours,
+    nb_control: Neighbours,
+    search: Vec<NamedSearch>,
+}
+
+fn compare_controls(
+    ctx: &Ctx,
+    spaces: &Spaces<'_>,
+    base: &EmbeddingFile,
+    control: &EmbeddingFile,
+    rows: &ControlRows,
+) -> ControlComparison {
+    let dim = spaces.dim;
+    let cu = normalised_rows(&control.values, dim);
+    let m = row_metrics(
+        &gather(&base.values, dim, &rows.base),
+        &gather(&control.values, dim, &rows.control),
+        dim,
+    );
+    let excl: Vec<u32> = rows.base.iter().map(|&r| r as u32).collect();
+    let (qb, qb_excl) = own_rows(spaces.base, dim, &rows.base, &excl);
+    let qc = gather(&cu, dim, &rows.control);
+    let (nb_base, sb) = spaces
+        .base_index
+        .search(Rows::new(&qb, dim), ctx.kmax(), qb_excl);
+    let (nb_control, sc) =
+        spaces
+            .patched_index
+            .search(Rows::new(&qc, dim), ctx.kmax(), Exclude::Given(&excl));
+    let (moved, sm) = find_moved(&spaces.base_index, &qc, dim, &rows.base, &m.cosine);
+    let (slots, disagreements) = aggregate(ctx, &rows.base, &m, &nb_base, &nb_control, &moved);
+    let mut summary = summarise(ctx, &slots, &m);
+    summary.mean_shift = mean_shift(&qc, &qb, dim);
     let mut search = vec![
         NamedSearch {
             space: "baseline".into(),
@@ -630,112 +824,152 @@ fn consistency(
         },
     ];
     search.extend(sm);
-    let threshold = quantile(&control_scores, policy.calibration_quantile);
-    let mut sorted_control: Vec<f64> = control_scores.iter().map(|&x| x as f64).collect();
-    sorted_control.sort_by(|a, b| a.total_cmp(b));
-    let mut regen = Vec::new();
-    if !regen_rows.is_empty() {
-        let qr = gather(&pu, dim, &regen_rows);
-        let rex: Vec<u32> = regen_rows.iter().map(|&r| r as u32).collect();
-        let (nb_regen, sr) =
-            patched_index.search(Rows::new(&qr, dim), ctx.kmax(), Exclude::Given(&rex));
-        search.push(NamedSearch {
-            space: "regenerated".into(),
-            stats: sr,
-        });
-        // Older base rows at these slots, where usable, for an informational comparison.
-        let usable: Vec<bool> = regen_rows
-            .iter()
-            .map(|&r| {
-                let row = b.row(r);
-                row.iter().all(|v| v.is_finite()) && row.iter().any(|v| *v != 0.0)
-            })
-            .collect();
-        let old_rows: Vec<usize> = regen_rows
-            .iter()
-            .zip(&usable)
-            .filter(|(_, u)| **u)
-            .map(|(r, _)| *r)
-            .collect();
-        let qo = gather(&bu, dim, &old_rows);
-        let oex: Vec<u32> = old_rows.iter().map(|&r| r as u32).collect();
-        let (nb_old, _) = base_index.search(Rows::new(&qo, dim), ctx.kmax(), Exclude::Given(&oex));
-        let mut old_query = vec![usize::MAX; regen_rows.len()];
-        let mut next = 0;
-        for (i, u) in usable.iter().enumerate() {
-            if *u {
-                old_query[i] = next;
-                next += 1;
-            }
-        }
-        let mut first_query = 0;
-        for (slot, sc) in per_slot_scores(&nb_regen, &regen_rows) {
-            let qs = first_query..first_query + rps;
-            let (cosine_to_base, overlap_with_base) = if qs.clone().all(|q| usable[q]) {
-                let cos = qs
-                    .clone()
-                    .map(|q| dot(&bu[regen_rows[q] * dim..][..dim], &qr[q * dim..][..dim]))
-                    .fold(f32::INFINITY, f32::min);
-                let ov = qs
-                    .clone()
-                    .map(|q| overlap_at(nb_old.ids(old_query[q]), nb_regen.ids(q), k))
-                    .sum::<f32>()
-                    / rps as f32;
-                (Some(cos.clamp(-1.0, 1.0)), Some(ov))
-            } else {
-                (None, None)
-            };
-            regen.push(RegeneratedResult {
-                slot,
-                tag: ctx.tag(slot),
-                score: sc,
-                control_rank: rank_in(&sorted_control, sc as f64) as f32,
-                trusted: sc as f64 >= threshold,
-                neighbours: ctx.neighbour_tags(&nb_regen, first_query, &[]),
-                cosine_to_base,
-                overlap_with_base,
-            });
-            first_query += rps;
+    ControlComparison {
+        slots,
+        disagreements,
+        summary,
+        nb_base,
+        nb_control,
+        search,
+    }
+}
+
+/// Neighbourhood score of one query: its mean similarity to its k nearest rows.
+fn neighbourhood_score(ctx: &Ctx, nb: &Neighbours, q: usize) -> f32 {
+    nb.sims(q)[..ctx.k].iter().sum::<f32>() / ctx.k as f32
+}
+
+/// The neighbourhood score of each slot among `rows` (query q is row `rows[q]`, a slot's rows
+/// consecutive), averaged over the slot's rows.
+fn slot_scores(ctx: &Ctx, nb: &Neighbours, rows: &[usize]) -> Vec<(Slot, f32)> {
+    let mut out: Vec<(Slot, f32)> = Vec::new();
+    for (q, &r) in rows.iter().enumerate() {
+        let s = ctx.slot_of(r);
+        let score = neighbourhood_score(ctx, nb, q);
+        match out.last_mut() {
+            Some((last, acc)) if *last == s => *acc += score,
+            _ => out.push((s, score)),
         }
     }
-    let regen_scores: Vec<f32> = regen.iter().map(|g| g.score).collect();
-    let trusted_share = if regen.is_empty() {
+    out.iter_mut().for_each(|(_, a)| *a /= ctx.rps() as f32);
+    out
+}
+
+/// Share of regenerated slots inside the calibration (1 when there are none).
+fn trusted_share(regenerated: &[RegeneratedResult]) -> f64 {
+    if regenerated.is_empty() {
         1.0
     } else {
-        regen.iter().filter(|g| g.trusted).count() as f64 / regen.len() as f64
+        regenerated.iter().filter(|g| g.trusted).count() as f64 / regenerated.len() as f64
+    }
+}
+
+/// Scores the regenerated rows `regen_rows` (a slot's rows consecutive) in the patched file against
+/// the control scores: trusted when the slot's score reaches `threshold`. Where the base still has
+/// a usable (finite, non-zero) row at the slot, it is compared for information.
+fn score_regenerated(
+    ctx: &Ctx,
+    spaces: &Spaces<'_>,
+    base: &EmbeddingFile,
+    regen_rows: &[usize],
+    control_scores: &[f32],
+    threshold: f64,
+) -> (Vec<RegeneratedResult>, Option<NamedSearch>) {
+    if regen_rows.is_empty() {
+        return (Vec::new(), None);
+    }
+    let (dim, rps, k) = (spaces.dim, ctx.rps(), ctx.k);
+    let mut sorted_control: Vec<f64> = control_scores.iter().map(|&x| x as f64).collect();
+    sorted_control.sort_by(|a, b| a.total_cmp(b));
+    let qr = gather(spaces.patched, dim, regen_rows);
+    let rex: Vec<u32> = regen_rows.iter().map(|&r| r as u32).collect();
+    let (nb_regen, sr) =
+        spaces
+            .patched_index
+            .search(Rows::new(&qr, dim), ctx.kmax(), Exclude::Given(&rex));
+    let old = OldRows::search(ctx, spaces, base, regen_rows);
+    let mut out = Vec::new();
+    for (i, (slot, score)) in slot_scores(ctx, &nb_regen, regen_rows)
+        .into_iter()
+        .enumerate()
+    {
+        let qs = i * rps..(i + 1) * rps;
+        let (cosine_to_base, overlap_with_base) = if qs.clone().all(|q| old.query[q].is_some()) {
+            let cos = qs
+                .clone()
+                .map(|q| {
+                    dot(
+                        &spaces.base[regen_rows[q] * dim..][..dim],
+                        &qr[q * dim..][..dim],
+                    )
+                })
+                .fold(f32::INFINITY, f32::min);
+            let ov = qs
+                .clone()
+                .map(|q| {
+                    overlap_at(
+                        old.nb.ids(old.query[q].expect("usable")),
+                        nb_regen.ids(q),
+                        k,
+                    )
+                })
+                .sum::<f32>()
+                / rps as f32;
+            (Some(cos.clamp(-1.0, 1.0)), Some(ov))
+        } else {
+            (None, None)
+        };
+        out.push(RegeneratedResult {
+            slot,
+            tag: ctx.tag(slot),
+            score,
+            control_rank: rank_in(&sorted_control, score as f64) as f32,
+            trusted: score as f64 >= threshold,
+            neighbours: ctx.neighbour_tags(&nb_regen, qs.start, &[]),
+            cosine_to_base,
+            overlap_with_base,
+        });
+    }
+    let search = NamedSearch {
+        space: "regenerated".into(),
+        stats: sr,
     };
-    summary.regenerated_slots = regen.len();
-    let calibration = Calibration {
-        k,
-        quantile: policy.calibration_quantile,
-        threshold,
-        control: Dist::of(&control_scores),
-        base: Dist::of(&base_scores),
-        regenerated: Dist::of(&regen_scores),
-        trusted_share,
-        control_scores,
-        base_scores,
-    };
-    Ok(CheckReport {
-        schema: REPORT_SCHEMA.into(),
-        generator: format!("tagfix {}", env!("CARGO_PKG_VERSION")),
-        mode: Mode::Consistency,
-        baseline: file_info(baseline),
-        candidate: file_info(patched),
-        vocabulary_sha256: None,
-        layout: ctx.layout,
-        ks: ctx.ks.clone(),
-        k: ctx.k,
-        search,
-        summary,
-        slots,
-        regenerated: regen,
-        calibration: Some(calibration),
-        disagreements,
-        changed_untouched_slots: changed_untouched_slots.into_iter().collect(),
-        rules: vec![],
-        passed: false,
-    })
+    (out, Some(search))
+}
+
+/// The base's older rows at regenerated slots, where usable, with their neighbours in the base.
+struct OldRows {
+    /// For each regenerated row, its query in `nb` (`None`: the base row is unusable).
+    query: Vec<Option<usize>>,
+    nb: Neighbours,
+}
+
+impl OldRows {
+    fn search(ctx: &Ctx, spaces: &Spaces<'_>, base: &EmbeddingFile, regen_rows: &[usize]) -> Self {
+        let dim = spaces.dim;
+        let usable = |r: usize| {
+            let row = base.row(r);
+            row.iter().all(|v| v.is_finite()) && row.iter().any(|v| *v != 0.0)
+        };
+        let old_rows: Vec<usize> = regen_rows.iter().copied().filter(|&r| usable(r)).collect();
+        let mut next = 0;
+        let query = regen_rows
+            .iter()
+            .map(|&r| {
+                usable(r).then(|| {
+                    next += 1;
+                    next - 1
+                })
+            })
+            .collect();
+        let qo = gather(spaces.base, dim, &old_rows);
+        let oex: Vec<u32> = old_rows.iter().map(|&r| r as u32).collect();
+        let (nb, _) =
+            spaces
+                .base_index
+                .search(Rows::new(&qo, dim), ctx.kmax(), Exclude::Given(&oex));
+        OldRows { query, nb }
+    }
 }
 
 #[cfg(test)]

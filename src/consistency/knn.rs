@@ -314,14 +314,15 @@ fn exact_self(db: Rows<'_>, k: usize, skip_self: bool) -> Neighbours {
 }
 
 /// How neighbours are searched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum SearchChoice {
-    Exact,
-    Hnsw,
     /// Exact up to [`AUTO_EXACT_MAX_ROWS`] database rows, HNSW above.
     #[default]
+    #[value(help = "Exact up to 200 000 database rows, HNSW above")]
     Auto,
+    Exact,
+    Hnsw,
 }
 
 /// Largest database that `auto` searches exactly. Exact all-against-all search costs rows² × dim, HNSW

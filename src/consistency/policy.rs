@@ -17,10 +17,54 @@
 //! min_search_recall = 0.9     # HNSW recall@k against exact search, measured on a sample
 //! ```
 
-use super::report::{CheckReport, Mode, RuleResult};
+use super::compare::Comparison;
+use super::report::{Mode, RuleResult};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Why a policy was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// Not TOML, or a key that is not a policy key (typos are refused, never ignored).
+    #[error("{path}: invalid check policy")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        cause: toml::de::Error,
+    },
+    /// A threshold in the file out of range.
+    #[error("{path}: {problem}")]
+    File { path: PathBuf, problem: Threshold },
+    /// A threshold out of range once the flags are applied.
+    #[error("invalid thresholds: {0}")]
+    Thresholds(Threshold),
+}
+
+impl PolicyError {
+    /// A bad policy file is an input error; a flag out of range, usage.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            PolicyError::Thresholds(_) => crate::error::ErrorKind::Usage,
+            PolicyError::Parse { .. } | PolicyError::File { .. } => crate::error::ErrorKind::Input,
+        }
+    }
+}
+
+/// A threshold out of its range.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Threshold {
+    #[error("k must be at least 1")]
+    ZeroK,
+    #[error("{name} = {value} is outside [{low}, 1]")]
+    Outside {
+        name: &'static str,
+        value: f64,
+        low: f64,
+    },
+    #[error("calibration_quantile = {0} is outside [0, 1)")]
+    Quantile(f64),
+}
 
 /// Thresholds; `None` switches a rule off.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,16 +107,32 @@ impl Policy {
     /// Reads a policy file; unknown keys and out-of-range values are errors naming the file.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let p: Policy = toml::from_str(&text)
-            .map_err(|e| Error::invalid(path, format!("invalid check policy: {e}")))?;
-        p.validate().map_err(|m| Error::invalid(path, m))?;
+        let p: Policy = toml::from_str(&text).map_err(|cause| PolicyError::Parse {
+            path: path.into(),
+            cause,
+        })?;
+        p.validate().map_err(|problem| PolicyError::File {
+            path: path.into(),
+            problem,
+        })?;
         Ok(p)
     }
 
-    /// Checks ranges; returns a message for the first bad value.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    /// The policy `check` gates with: the file (if any; else the defaults), then the flags.
+    pub fn resolve(file: Option<&Path>, flags: PolicyFlags) -> Result<Self> {
+        let mut p = match file {
+            Some(path) => Policy::load(path)?,
+            None => Policy::default(),
+        };
+        flags.apply(&mut p);
+        p.validate().map_err(PolicyError::Thresholds)?;
+        Ok(p)
+    }
+
+    /// Checks ranges; returns the first bad value.
+    pub fn validate(&self) -> std::result::Result<(), Threshold> {
         if self.k == 0 || self.also_k.contains(&0) {
-            return Err("k must be at least 1".into());
+            return Err(Threshold::ZeroK);
         }
         for (name, v) in [
             ("min_cosine", self.min_cosine),
@@ -82,17 +142,18 @@ impl Policy {
             ("min_search_recall", self.min_search_recall),
         ] {
             if let Some(v) = v {
-                let lo = if name == "min_cosine" { -1.0 } else { 0.0 };
-                if !(lo..=1.0).contains(&v) {
-                    return Err(format!("{name} = {v} is outside [{lo}, 1]"));
+                let low = if name == "min_cosine" { -1.0 } else { 0.0 };
+                if !(low..=1.0).contains(&v) {
+                    return Err(Threshold::Outside {
+                        name,
+                        value: v,
+                        low,
+                    });
                 }
             }
         }
         if !(0.0..1.0).contains(&self.calibration_quantile) {
-            return Err(format!(
-                "calibration_quantile = {} is outside [0, 1)",
-                self.calibration_quantile
-            ));
+            return Err(Threshold::Quantile(self.calibration_quantile));
         }
         Ok(())
     }
@@ -106,8 +167,8 @@ impl Policy {
         ks
     }
 
-    /// Evaluates every active rule against a report.
-    pub fn evaluate(&self, r: &CheckReport) -> Vec<RuleResult> {
+    /// Evaluates every active rule against what a comparison measured.
+    pub fn evaluate(&self, r: &Comparison) -> Vec<RuleResult> {
         let mut out = Vec::new();
         let what = match r.mode {
             Mode::Drift => "compared slot",
@@ -254,6 +315,70 @@ impl Policy {
     }
 }
 
+/// The `tagfix check` flags that override a policy key; each field is named after its key.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct PolicyFlags {
+    /// Neighbours for the gated kNN overlap (policy `k`, default 10).
+    #[arg(long)]
+    pub k: Option<usize>,
+    /// Further k to report, comma-separated (policy `also_k`, default 5,20).
+    #[arg(long, value_delimiter = ',', value_name = "K,...")]
+    pub also_k: Option<Vec<usize>>,
+    /// Every compared slot's cosine must reach this (default 0.99).
+    #[arg(long, value_name = "X")]
+    pub min_cosine: Option<f64>,
+    /// Mean kNN overlap at k must reach this (default 0.9).
+    #[arg(long, value_name = "Y")]
+    pub min_knn_overlap: Option<f64>,
+    /// Every compared slot's kNN overlap at k must reach this (off by default).
+    #[arg(long, value_name = "Y")]
+    pub min_slot_knn_overlap: Option<f64>,
+    /// At most this many rows may differ in any bit (drift mode; off by default).
+    #[arg(long, value_name = "N")]
+    pub max_changed_rows: Option<u64>,
+    /// Largest distance between the mean unit vectors (off by default).
+    #[arg(long, value_name = "X")]
+    pub max_mean_shift: Option<f64>,
+    /// Largest relative change of a row's norm (default 0.01).
+    #[arg(long, value_name = "X")]
+    pub max_norm_deviation: Option<f64>,
+    /// Consistency mode: share of regenerated slots that must reach the control calibration
+    /// (default 0.9).
+    #[arg(long, value_name = "X")]
+    pub min_trusted_share: Option<f64>,
+}
+
+impl PolicyFlags {
+    /// Puts every flag given into `policy`. The pattern names every field, so a flag added to
+    /// [`PolicyFlags`] without being applied here does not compile.
+    #[deny(unused_variables)]
+    pub fn apply(self, policy: &mut Policy) {
+        let PolicyFlags {
+            k,
+            also_k,
+            min_cosine,
+            min_knn_overlap,
+            min_slot_knn_overlap,
+            max_changed_rows,
+            max_mean_shift,
+            max_norm_deviation,
+            min_trusted_share,
+        } = self;
+        let p = policy;
+        p.k = k.unwrap_or(p.k);
+        if let Some(ks) = also_k {
+            p.also_k = ks;
+        }
+        p.min_cosine = min_cosine.or(p.min_cosine);
+        p.min_knn_overlap = min_knn_overlap.or(p.min_knn_overlap);
+        p.min_slot_knn_overlap = min_slot_knn_overlap.or(p.min_slot_knn_overlap);
+        p.max_changed_rows = max_changed_rows.or(p.max_changed_rows);
+        p.max_mean_shift = max_mean_shift.or(p.max_mean_shift);
+        p.max_norm_deviation = max_norm_deviation.or(p.max_norm_deviation);
+        p.min_trusted_share = min_trusted_share.or(p.min_trusted_share);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,7 +394,8 @@ mod tests {
         assert_eq!(pol.min_knn_overlap, Some(0.9));
         assert_eq!(pol.all_k(), vec![5, 20]);
         std::fs::write(&p, "min_cosin = 0.9\n").unwrap();
-        let err = Policy::load(&p).unwrap_err().to_string();
+        let err = Policy::load(&p).unwrap_err();
+        let err = format!("{err}: {}", std::error::Error::source(&err).unwrap());
         assert!(
             err.contains("policy.toml") && err.contains("min_cosin"),
             "{err}"
@@ -277,5 +403,57 @@ mod tests {
         std::fs::write(&p, "min_knn_overlap = 1.5\n").unwrap();
         let err = Policy::load(&p).unwrap_err().to_string();
         assert!(err.contains("outside"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_the_file_and_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("policy.toml");
+        std::fs::write(&p, "k = 5\nmin_cosine = 0.999\nmax_mean_shift = 0.02\n").unwrap();
+        let flags = PolicyFlags {
+            min_cosine: Some(0.5),
+            also_k: Some(vec![3]),
+            ..Default::default()
+        };
+        let pol = Policy::resolve(Some(&p), flags).unwrap();
+        assert_eq!((pol.k, pol.min_cosine), (5, Some(0.5)));
+        assert_eq!((pol.all_k(), pol.max_mean_shift), (vec![3, 5], Some(0.02)));
+        assert_eq!(
+            Policy::resolve(None, PolicyFlags::default()).unwrap(),
+            Policy::default()
+        );
+        let bad = PolicyFlags {
+            k: Some(0),
+            ..Default::default()
+        };
+        let err = Policy::resolve(None, bad).unwrap_err().to_string();
+        assert_eq!(err, "invalid thresholds: k must be at least 1");
+    }
+
+    #[test]
+    fn flag_help_states_the_policy_defaults() {
+        // The flags' help names each key's default; it must be the one `Policy::default` holds.
+        use clap::Args;
+        let defaults = serde_json::to_value(Policy::default()).unwrap();
+        let flags = PolicyFlags::augment_args(clap::Command::new("check"));
+        for arg in flags.get_arguments() {
+            let key = arg.get_id().as_str();
+            let help = arg
+                .get_help()
+                .expect("every policy flag has help")
+                .to_string();
+            let stated = match &defaults[key] {
+                serde_json::Value::Null => "off by default".to_string(),
+                serde_json::Value::Array(ks) => {
+                    let ks: Vec<String> = ks.iter().map(|k| k.to_string()).collect();
+                    format!("default {}", ks.join(","))
+                }
+                v => format!("default {v}"),
+            };
+            assert!(
+                help.contains(&stated),
+                "--{key}: `{help}` does not say `{stated}`"
+            );
+        }
     }
 }

@@ -9,9 +9,79 @@
 //! Feature-free: nothing here needs libtorch.
 
 use crate::error::{Error, Result};
+use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Why a training configuration was refused: a config file that cannot be read as settings, a
+/// `--set` override, or a value out of range. Messages name the file (and line) or the key with the
+/// flag that sets it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file is not valid TOML or YAML (`format`), at `line` (0: unknown).
+    #[error("{path}:{line}: not valid {format}: {message}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        format: &'static str,
+        message: String,
+    },
+    #[error("{path}: unknown config type: use .toml (tagfix keys) or .yaml (RAM's configs)")]
+    UnknownFormat { path: PathBuf },
+    #[error("{path}: config must be a table of key = value")]
+    NotATable { path: PathBuf },
+    /// TOML `inf` / `nan` (JSON, which settings pass through, has neither).
+    #[error("{}: {} holds inf or nan: settings must be finite numbers", path.display(), setting(key))]
+    NonFinite { path: PathBuf, key: String },
+    /// A YAML integer TOML cannot write (the run's config.toml could not hold it).
+    #[error("{}: `{key}`: integers above {} are not accepted (the run's config.toml could not hold them)", path.display(), i64::MAX)]
+    BeyondToml { path: PathBuf, key: String },
+    /// The file's values do not fit the settings' types.
+    #[error("{path}: bad value")]
+    Value {
+        path: PathBuf,
+        #[source]
+        cause: serde_json::Error,
+    },
+    /// The file's content has no JSON form (e.g. a YAML mapping with non-string keys).
+    #[error("{path}")]
+    Convert {
+        path: PathBuf,
+        #[source]
+        cause: serde_json::Error,
+    },
+    #[error("--set `{pair}`: expected KEY=VALUE")]
+    SetSyntax { pair: String },
+    #[error("--set: unknown config key `{key}`")]
+    SetUnknownKey { key: String },
+    #[error("--set {key}: `{value}` is not a finite number ({})", setting(key))]
+    SetNonFinite { key: String, value: String },
+    /// The `--set` values do not fit the settings' types.
+    #[error("--set")]
+    SetValue {
+        #[source]
+        cause: serde_json::Error,
+    },
+    /// A value out of range: `setting` names the key (and its flag), `rule` what it must be.
+    #[error("{setting} must be {rule}, got {value}")]
+    OutOfRange {
+        setting: String,
+        rule: String,
+        value: String,
+    },
+    #[error("batch_size (--batch-size) and micro_batch_size (--micro-batch-size) must be >= 1")]
+    EmptyBatch,
+    #[error("--batch-size {batch} is not a multiple of --micro-batch-size {micro}")]
+    NotAMultiple { batch: usize, micro: usize },
+    #[error("nothing to train: max_steps (--max-steps) / max_epoch is 0")]
+    NothingToTrain,
+    #[error("random_augment: {0}")]
+    RandomAugment(String),
+    /// A `[monitor]` threshold out of range (the message starts with the key below `monitor.`).
+    #[error("monitor.{0} (config table [monitor])")]
+    Monitor(String),
+}
 
 /// What happens to the tag loss of the slots the manifest marks absent.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -90,6 +160,23 @@ impl TryFrom<String> for AbsentPolicy {
     }
 }
 
+impl ConfigError {
+    /// A config file that cannot be read as settings is an input error; a setting refused, usage.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            ConfigError::Syntax { .. }
+            | ConfigError::UnknownFormat { .. }
+            | ConfigError::NotATable { .. }
+            | ConfigError::NonFinite { .. }
+            | ConfigError::BeyondToml { .. }
+            | ConfigError::Value { .. }
+            | ConfigError::Convert { .. } => ErrorKind::Input,
+            _ => ErrorKind::Usage,
+        }
+    }
+}
+
 /// Per-term loss weights.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -142,7 +229,7 @@ impl std::str::FromStr for LossWeights {
 }
 
 /// How the loss weights are chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LossBalance {
     /// Use `loss_weights` as given.
@@ -154,7 +241,7 @@ pub enum LossBalance {
 }
 
 /// Learning-rate schedule after warm-up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Schedule {
     /// RAM's `step_lr_schedule`: `max(min_lr, init_lr · lr_decay_rate^epoch)` per epoch.
@@ -164,7 +251,7 @@ pub enum Schedule {
 }
 
 /// Training stage: decides defaults such as which parameters are frozen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Stage {
     Pretrain,
@@ -172,44 +259,24 @@ pub enum Stage {
 }
 
 /// Compute device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceKind {
     Cpu,
+    #[value(alias = "gpu")]
     Cuda,
 }
 
-impl std::str::FromStr for DeviceKind {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "cpu" => Ok(DeviceKind::Cpu),
-            "cuda" | "gpu" => Ok(DeviceKind::Cuda),
-            other => Err(format!("unknown device `{other}` (cpu or cuda)")),
-        }
-    }
-}
-
 /// Arithmetic of the forward and backward pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
+    #[value(alias = "fp32")]
     F32,
     /// bf16 autocast (`torch.autocast(dtype=torch.bfloat16)`): matrix products in bf16, parameters,
     /// gradients and optimizer state in f32. Meant for CUDA; on CPU it runs (for tests) but is slow
     /// unless the processor has bf16 instructions.
     Bf16,
-}
-
-impl std::str::FromStr for Precision {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "f32" | "fp32" => Ok(Precision::F32),
-            "bf16" => Ok(Precision::Bf16),
-            other => Err(format!("precision is f32 or bf16, not `{other}`")),
-        }
-    }
 }
 
 /// One operation of RAM's `RandomAugment` (`ram/data/randaugment.py`), named as RAM's `augs` list
@@ -289,8 +356,8 @@ impl Default for RandomAugmentConfig {
 }
 
 impl RandomAugmentConfig {
-    fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::Usage(format!("random_augment: {m}")));
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::RandomAugment(m));
         if !self.enabled {
             return Ok(());
         }
@@ -319,7 +386,7 @@ impl RandomAugmentConfig {
 }
 
 /// How thoroughly `train` reads the images before the first step (`--check-images`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ImageCheck {
     /// Decode every image: truncated or corrupt bodies are found before training, not at the step
@@ -580,56 +647,16 @@ impl TrainConfig {
     /// the wrong type is an error naming the file and key.
     pub fn load(path: &Path) -> Result<LoadedConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase);
-        let value: serde_json::Value = match ext.as_deref() {
-            Some("toml") => {
-                let v: toml::Value = toml::from_str(&text).map_err(|e| Error::Parse {
-                    path: path.to_path_buf(),
-                    line: e
-                        .span()
-                        .map(|s| text[..s.start].lines().count().max(1))
-                        .unwrap_or(0),
-                    message: format!("not valid TOML: {}", e.message()),
-                })?;
-                let non_finite = v
-                    .as_table()
-                    .and_then(|t| t.iter().find(|(_, x)| has_non_finite(x)));
-                if let Some((k, _)) = non_finite {
-                    return Err(Error::invalid(
-                        path,
-                        format!(
-                            "{} holds inf or nan: settings must be finite numbers",
-                            setting(k)
-                        ),
-                    ));
-                }
-                serde_json::to_value(v).map_err(|e| Error::invalid(path, e.to_string()))?
-            }
-            Some("yaml" | "yml") => {
-                let v: serde_yaml::Value =
-                    serde_yaml::from_str(&text).map_err(|e| Error::Parse {
-                        path: path.to_path_buf(),
-                        line: e.location().map(|l| l.line()).unwrap_or(0),
-                        message: format!("not valid YAML: {e}"),
-                    })?;
-                serde_json::to_value(v).map_err(|e| Error::invalid(path, e.to_string()))?
-            }
-            _ => {
-                return Err(Error::invalid(
-                    path,
-                    "unknown config type: use .toml (tagfix keys) or .yaml (RAM's configs)",
-                ))
-            }
-        };
-        let serde_json::Value::Object(mut map) = value else {
-            return Err(Error::invalid(
-                path,
-                "config must be a table of key = value",
-            ));
-        };
+        let map = read_table(path, &text)?;
+        Ok(Self::from_table(path, map)?)
+    }
+
+    /// The settings of a file's top-level table: unknown keys set aside, numbers in strings read as
+    /// numbers, the stage taken from a `finetune` file name when the file does not say.
+    fn from_table(
+        path: &Path,
+        mut map: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<LoadedConfig, ConfigError> {
         let known = known_keys();
         let mut ignored = Vec::new();
         map.retain(|k, _| {
@@ -640,13 +667,10 @@ impl TrainConfig {
             keep
         });
         if let Some(key) = map.iter().find_map(|(k, v)| beyond_toml(v).then_some(k)) {
-            return Err(Error::invalid(
-                path,
-                format!(
-                    "`{key}`: integers above {} are not accepted (the run's config.toml could not hold them)",
-                    i64::MAX
-                ),
-            ));
+            return Err(ConfigError::BeyondToml {
+                path: path.into(),
+                key: key.clone(),
+            });
         }
         let stage_given = map.contains_key("stage");
         // YAML writes 1e-4 as a string ("1e-4" without a dot is not a YAML float); accept numbers in strings.
@@ -660,7 +684,10 @@ impl TrainConfig {
             }
         }
         let mut config: TrainConfig = serde_json::from_value(serde_json::Value::Object(map))
-            .map_err(|e| Error::invalid(path, format!("bad value: {e}")))?;
+            .map_err(|cause| ConfigError::Value {
+                path: path.into(),
+                cause,
+            })?;
         if !stage_given
             && path
                 .file_stem()
@@ -684,19 +711,16 @@ impl TrainConfig {
     }
 
     /// The micro-batch size and the number of micro-batches per step.
-    pub fn accumulation(&self) -> Result<(usize, usize)> {
+    pub fn accumulation(&self) -> Result<(usize, usize), ConfigError> {
         let micro = self.micro_batch_size.unwrap_or(self.batch_size);
         if self.batch_size == 0 || micro == 0 {
-            return Err(Error::Usage(
-                "batch_size (--batch-size) and micro_batch_size (--micro-batch-size) must be >= 1"
-                    .into(),
-            ));
+            return Err(ConfigError::EmptyBatch);
         }
         if self.batch_size % micro != 0 {
-            return Err(Error::Usage(format!(
-                "--batch-size {} is not a multiple of --micro-batch-size {micro}",
-                self.batch_size
-            )));
+            return Err(ConfigError::NotAMultiple {
+                batch: self.batch_size,
+                micro,
+            });
         }
         Ok((micro, self.batch_size / micro))
     }
@@ -712,13 +736,14 @@ impl TrainConfig {
 
     /// Checks value ranges that serde cannot, before anything is loaded: a bad learning rate, beta or
     /// epsilon would otherwise only show as NaN after a step. Messages name the key and its flag.
-    pub fn validate(&self) -> Result<()> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.accumulation()?;
         let bad = |key: &str, rule: &str, value: &dyn std::fmt::Display| {
-            Err(Error::Usage(format!(
-                "{} must be {rule}, got {value}",
-                setting(key)
-            )))
+            Err(ConfigError::OutOfRange {
+                setting: setting(key),
+                rule: rule.into(),
+                value: value.to_string(),
+            })
         };
         let finite = |v: f64| v.is_finite();
         if !(finite(self.init_lr) && self.init_lr > 0.0) {
@@ -769,9 +794,7 @@ impl TrainConfig {
             return bad("base_batch_size", ">= 1 with lr_scale_linear", &0);
         }
         if self.max_steps == Some(0) || (self.max_steps.is_none() && self.max_epoch == 0) {
-            return Err(Error::Usage(
-                "nothing to train: max_steps (--max-steps) / max_epoch is 0".into(),
-            ));
+            return Err(ConfigError::NothingToTrain);
         }
         if self.loss_balance == LossBalance::Initial && self.balance_steps == 0 {
             return bad("balance_steps", ">= 1 with loss_balance = initial", &0);
@@ -793,9 +816,7 @@ impl TrainConfig {
             return bad("val_batch_size", ">= 1", &0);
         }
         self.random_augment.validate()?;
-        self.monitor
-            .check()
-            .map_err(|m| Error::Usage(format!("monitor.{m} (config table [monitor])")))?;
+        self.monitor.check().map_err(ConfigError::Monitor)?;
         Ok(())
     }
 
@@ -821,7 +842,7 @@ impl TrainConfig {
     }
 
     /// Overrides from a `KEY=VALUE` list (TOML values), as `--set` passes them.
-    pub fn apply_overrides(&mut self, pairs: &[String]) -> Result<()> {
+    pub fn apply_overrides(&mut self, pairs: &[String]) -> Result<(), ConfigError> {
         if pairs.is_empty() {
             return Ok(());
         }
@@ -831,26 +852,79 @@ impl TrainConfig {
         for pair in pairs {
             let (k, v) = pair
                 .split_once('=')
-                .ok_or_else(|| Error::Usage(format!("--set `{pair}`: expected KEY=VALUE")))?;
+                .ok_or_else(|| ConfigError::SetSyntax { pair: pair.clone() })?;
             let k = k.trim();
             if !known_keys().contains(&k) {
-                return Err(Error::Usage(format!("--set: unknown config key `{k}`")));
+                return Err(ConfigError::SetUnknownKey { key: k.into() });
             }
             let parsed: toml::Value = toml::from_str(&format!("v = {v}"))
                 .map(|t: toml::Table| t["v"].clone())
                 .unwrap_or_else(|_| toml::Value::String(v.to_string()));
             if has_non_finite(&parsed) {
-                return Err(Error::Usage(format!(
-                    "--set {k}: `{}` is not a finite number ({})",
-                    v.trim(),
-                    setting(k)
-                )));
+                return Err(ConfigError::SetNonFinite {
+                    key: k.into(),
+                    value: v.trim().into(),
+                });
             }
             map.insert(k.to_string(), serde_json::to_value(parsed).expect("json"));
         }
         *self = serde_json::from_value(serde_json::to_value(map).expect("json"))
-            .map_err(|e| Error::Usage(format!("--set: {e}")))?;
+            .map_err(|cause| ConfigError::SetValue { cause })?;
         Ok(())
+    }
+}
+
+/// The top-level table of a config file's text, as TOML (`.toml`) or YAML (`.yaml`, `.yml`) by its
+/// extension. TOML `inf` / `nan` are refused here, naming the key (JSON has no form for them).
+fn read_table(
+    path: &Path,
+    text: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>, ConfigError> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    let convert = |cause| ConfigError::Convert {
+        path: path.into(),
+        cause,
+    };
+    let value = match ext.as_deref() {
+        Some("toml") => {
+            let v: toml::Value = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+                path: path.into(),
+                line: e
+                    .span()
+                    .map(|s| text[..s.start].lines().count().max(1))
+                    .unwrap_or(0),
+                format: "TOML",
+                message: e.message().to_string(),
+            })?;
+            let non_finite = v
+                .as_table()
+                .and_then(|t| t.iter().find(|(_, x)| has_non_finite(x)));
+            if let Some((key, _)) = non_finite {
+                return Err(ConfigError::NonFinite {
+                    path: path.into(),
+                    key: key.clone(),
+                });
+            }
+            serde_json::to_value(v).map_err(convert)?
+        }
+        Some("yaml" | "yml") => {
+            let v: serde_yaml::Value =
+                serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax {
+                    path: path.into(),
+                    line: e.location().map(|l| l.line()).unwrap_or(0),
+                    format: "YAML",
+                    message: e.to_string(),
+                })?;
+            serde_json::to_value(v).map_err(convert)?
+        }
+        _ => return Err(ConfigError::UnknownFormat { path: path.into() }),
+    };
+    match value {
+        serde_json::Value::Object(map) => Ok(map),
+        _ => Err(ConfigError::NotATable { path: path.into() }),
     }
 }
 
@@ -888,98 +962,290 @@ fn cap_to_cores(n: usize) -> usize {
     }
 }
 
-/// How messages name a configuration key: with the `tagfix train` flag that sets it, else as the
-/// `--set` override.
+/// How messages name a configuration key: with the `tagfix train` flag that sets it (found in
+/// [`TrainFlags`]' clap definition, whose fields are named after the keys), else as the `--set`
+/// override.
 fn setting(key: &str) -> String {
-    let flag = match key {
-        "init_lr" => "--lr",
-        "grad_clip" => "--grad-clip",
-        "batch_size" => "--batch-size",
-        "micro_batch_size" => "--micro-batch-size",
-        "max_steps" => "--max-steps",
-        "balance_steps" => "--balance-steps",
-        "workers" => "--workers",
-        "threads" => "--threads",
-        "checkpoint_every" => "--checkpoint-every",
-        "keep_checkpoints" => "--keep-checkpoints",
-        "val_max_images" => "--val-max-images",
-        "loss_weights.tag" | "loss_weights.align" | "loss_weights.dis" => "--loss-weights",
-        _ => {
-            let base = key.split(['.', '[']).next().unwrap_or(key);
-            return format!("{key} (config key; --set {base}=...)");
-        }
-    };
-    format!("{key} ({flag})")
+    use clap::Args;
+    let base = key.split(['.', '[']).next().unwrap_or(key);
+    let flags = TrainFlags::augment_args(clap::Command::new("train"));
+    let long = flags
+        .get_arguments()
+        .find(|a| a.get_id() == base)
+        .and_then(|a| a.get_long());
+    match long {
+        Some(flag) => format!("{key} (--{flag})"),
+        None => format!("{key} (config key; --set {base}=...)"),
+    }
 }
 
-/// The configuration's keys, sorted (also used by the fuzz harness's config generator).
+/// The configuration's keys, sorted: the field names [`TrainConfig`] serialises (also used by the
+/// fuzz harness's config generator).
 pub(crate) fn known_keys() -> Vec<&'static str> {
-    let mut keys = vec![
-        "stage",
-        "model",
-        "vit",
-        "image_size",
-        "batch_size",
-        "micro_batch_size",
-        "weight_decay",
-        "init_lr",
-        "min_lr",
-        "warmup_lr",
-        "lr_decay_rate",
-        "max_epoch",
-        "warmup_steps",
-        "max_steps",
-        "schedule",
-        "lr_scale_linear",
-        "base_batch_size",
-        "grad_clip",
-        "betas",
-        "adam_eps",
-        "freeze",
-        "absent",
-        "loss_weights",
-        "loss_balance",
-        "balance_steps",
-        "device",
-        "precision",
-        "seed",
-        "workers",
-        "threads",
-        "check_images",
-        "prefetch",
-        "checkpoint_every",
-        "keep_checkpoints",
-        "log_every",
-        "train_file",
-        "image_path_root",
-        "class_num",
-        "online_teacher",
-        "monitor",
-        "random_augment",
-        "val_every",
-        "val_max_images",
-        "val_batch_size",
-    ];
-    keys.sort();
-    debug_assert!(IGNORED_RAM_KEYS.iter().all(|k| !keys.contains(k)));
+    static KEYS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let keys = KEYS.get_or_init(|| {
+        let serde_json::Value::Object(fields) =
+            serde_json::to_value(TrainConfig::default()).expect("the config serialises")
+        else {
+            unreachable!("a struct serialises to an object")
+        };
+        let keys: Vec<String> = fields.into_iter().map(|(k, _)| k).collect();
+        debug_assert!(IGNORED_RAM_KEYS
+            .iter()
+            .all(|k| !keys.iter().any(|x| x == k)));
+        keys
+    });
+    let mut keys: Vec<&'static str> = keys.iter().map(String::as_str).collect();
+    keys.sort_unstable();
     keys
+}
+
+/// The `tagfix train` flags that set a configuration key. Each field is named after the key it sets
+/// (the flag may be shorter: `init_lr` is `--lr`), which is how [`setting`] names a key's flag in
+/// messages; a flag given replaces the value of the file and of `--set`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TrainFlags {
+    /// Model: swin_l_224, swin_l_384, swin_b_224, swin_b_384, tiny, or a reference config.json.
+    #[arg(long, value_name = "SPEC")]
+    pub model: Option<String>,
+    /// Absent slots: smooth=EPS (target EPS: logits settle at logit(EPS)), mask (no tag loss), negative (target 0:
+    /// probabilities collapse to 0), asl (RAM's ASL negatives).
+    #[arg(long, value_name = "POLICY")]
+    pub absent: Option<AbsentPolicy>,
+    /// Loss weights, e.g. tag=1,align=10,dis=100.
+    #[arg(long, value_name = "WEIGHTS")]
+    pub loss_weights: Option<LossWeights>,
+    /// `initial`: measure the terms over the first --balance-steps steps, then weight them to equal magnitude.
+    #[arg(long, value_name = "MODE", value_enum)]
+    pub loss_balance: Option<LossBalance>,
+    /// Steps measured by --loss-balance initial.
+    #[arg(long, value_name = "N")]
+    pub balance_steps: Option<u64>,
+    /// Images per optimizer step.
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
+    /// Images per forward/backward (gradients are accumulated up to --batch-size).
+    #[arg(long, value_name = "N")]
+    pub micro_batch_size: Option<usize>,
+    /// Stop after N optimizer steps (default: max_epoch epochs).
+    #[arg(long, value_name = "N")]
+    pub max_steps: Option<u64>,
+    /// Peak learning rate (init_lr).
+    #[arg(long = "lr", value_name = "LR")]
+    pub init_lr: Option<f64>,
+    /// LR schedule after warm-up: ram-step (per-epoch decay) or cosine.
+    #[arg(long, value_name = "KIND", value_enum)]
+    pub schedule: Option<Schedule>,
+    /// Scale the learning rates linearly with --batch-size / base_batch_size.
+    #[arg(long)]
+    pub lr_scale_linear: bool,
+    /// Clip the global gradient norm.
+    #[arg(long, value_name = "NORM")]
+    pub grad_clip: Option<f64>,
+    /// Parameter-name prefix to freeze (repeatable; `none` freezes nothing). Default: label_embed when fine-tuning.
+    #[arg(long, value_name = "PREFIX")]
+    pub freeze: Vec<String>,
+    /// pretrain or finetune.
+    #[arg(long, value_name = "STAGE", value_enum)]
+    pub stage: Option<Stage>,
+    /// cpu or cuda (cuda needs the GPU build: scripts/setup-gpu.sh).
+    #[arg(long, value_name = "DEVICE", value_enum)]
+    pub device: Option<DeviceKind>,
+    /// f32, or bf16 autocast (matrix products in bf16; parameters, gradients and optimizer state in f32).
+    #[arg(long, value_name = "PRECISION", value_enum)]
+    pub precision: Option<Precision>,
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Image-decoding threads (0: one per core; more than one per core is capped to that).
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// libtorch threads (0: one per core; more than one per core is capped to that).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Images read before the first step: `full` decodes every image (truncated or corrupt files
+    /// are found before training), `header` reads only headers, `none` nothing
+    /// [default: full up to 1 000 000 images, else header].
+    #[arg(long, value_name = "MODE", value_enum)]
+    pub check_images: Option<ImageCheck>,
+    /// Checkpoint every N >= 1 steps, or `off` (only the final checkpoint).
+    #[arg(long, value_name = "N|off")]
+    pub checkpoint_every: Option<CheckpointEvery>,
+    /// Checkpoints kept.
+    #[arg(long, value_name = "N")]
+    pub keep_checkpoints: Option<usize>,
+    /// Validate every N optimizer steps (0: only before the first and after the last step).
+    #[arg(long, value_name = "N")]
+    pub val_every: Option<u64>,
+    /// Validate on the first N images of the validation data.
+    #[arg(long, value_name = "N")]
+    pub val_max_images: Option<usize>,
+    /// Turn off RAM's RandomAugment(2, 5) in the training transform (on by default; the
+    /// `[random_augment]` config table sets N, M, probability and operations).
+    #[arg(long)]
+    pub no_random_augment: bool,
+}
+
+impl TrainFlags {
+    /// Puts every flag given into `config`. The pattern names every field, so a flag added to
+    /// [`TrainFlags`] without being applied here does not compile (a field left unused is denied too).
+    #[deny(unused_variables)]
+    pub fn apply(self, config: &mut TrainConfig) {
+        let TrainFlags {
+            model,
+            absent,
+            loss_weights,
+            loss_balance,
+            balance_steps,
+            batch_size,
+            micro_batch_size,
+            max_steps,
+            init_lr,
+            schedule,
+            lr_scale_linear,
+            grad_clip,
+            freeze,
+            stage,
+            device,
+            precision,
+            seed,
+            workers,
+            threads,
+            check_images,
+            checkpoint_every,
+            keep_checkpoints,
+            val_every,
+            val_max_images,
+            no_random_augment,
+        } = self;
+        /// `flag`, when given, replaces `value`.
+        fn set<T>(value: &mut T, flag: Option<T>) {
+            if let Some(v) = flag {
+                *value = v;
+            }
+        }
+        let c = config;
+        set(&mut c.model, model.map(Some));
+        set(&mut c.absent, absent);
+        set(&mut c.loss_weights, loss_weights);
+        set(&mut c.loss_balance, loss_balance);
+        set(&mut c.balance_steps, balance_steps);
+        set(&mut c.batch_size, batch_size);
+        set(&mut c.micro_batch_size, micro_batch_size.map(Some));
+        set(&mut c.max_steps, max_steps.map(Some));
+        set(&mut c.init_lr, init_lr);
+        set(&mut c.schedule, schedule);
+        set(&mut c.lr_scale_linear, lr_scale_linear.then_some(true));
+        set(&mut c.grad_clip, grad_clip.map(Some));
+        let freeze =
+            (!freeze.is_empty()).then(|| freeze.into_iter().filter(|f| f != "none").collect());
+        set(&mut c.freeze, freeze.map(Some));
+        set(&mut c.stage, stage);
+        set(&mut c.device, device);
+        set(&mut c.precision, precision);
+        set(&mut c.seed, seed);
+        set(&mut c.workers, workers);
+        set(&mut c.threads, threads);
+        set(&mut c.check_images, check_images.map(Some));
+        set(&mut c.checkpoint_every, checkpoint_every);
+        set(&mut c.keep_checkpoints, keep_checkpoints);
+        set(&mut c.val_every, val_every);
+        set(&mut c.val_max_images, val_max_images.map(Some));
+        set(
+            &mut c.random_augment.enabled,
+            no_random_augment.then_some(false),
+        );
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// An error with its sources, as the command line prints it.
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut text = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            text += &format!(": {s}");
+            source = s.source();
+        }
+        text
+    }
+
     #[test]
-    fn known_keys_are_the_config_fields() {
-        // `--set` and the config reader accept exactly the fields `TrainConfig` serialises.
-        let serde_json::Value::Object(fields) =
-            serde_json::to_value(TrainConfig::default()).unwrap()
-        else {
-            panic!("TrainConfig serialises to an object");
+    fn flags_are_named_after_the_keys_they_set() {
+        // `setting` finds a key's flag by the field name, so every flag field must be a key.
+        use clap::Args;
+        let flags = TrainFlags::augment_args(clap::Command::new("train"));
+        let keys = known_keys();
+        for arg in flags.get_arguments() {
+            let id = arg.get_id().as_str();
+            assert!(
+                keys.contains(&id) || id == "no_random_augment",
+                "flag field `{id}` is not a config key"
+            );
+        }
+        assert!(keys.contains(&"random_augment") && keys.contains(&"init_lr"));
+        assert_eq!(setting("init_lr"), "init_lr (--lr)");
+        assert_eq!(
+            setting("loss_weights.dis"),
+            "loss_weights.dis (--loss-weights)"
+        );
+        assert_eq!(
+            setting("betas[1]"),
+            "betas[1] (config key; --set betas=...)"
+        );
+    }
+
+    #[test]
+    fn flags_replace_only_what_they_give() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            flags: TrainFlags,
+        }
+        let parse = |args: &[&str]| {
+            let cli = Cli::try_parse_from(std::iter::once("train").chain(args.iter().copied()));
+            cli.map(|c| c.flags)
         };
-        let mut fields: Vec<&str> = fields.keys().map(String::as_str).collect();
-        fields.sort();
-        assert_eq!(known_keys(), fields);
+        let mut c = TrainConfig {
+            batch_size: 8,
+            freeze: Some(vec!["x".into()]),
+            ..Default::default()
+        };
+        parse(&[]).unwrap().apply(&mut c);
+        assert_eq!(c.batch_size, 8);
+        let flags = parse(&[
+            "--lr=0.5",
+            "--stage=finetune",
+            "--device=gpu",
+            "--precision=fp32",
+            "--check-images=none",
+            "--schedule=cosine",
+            "--loss-balance=initial",
+            "--freeze=none",
+            "--no-random-augment",
+            "--micro-batch-size=4",
+        ])
+        .unwrap();
+        flags.apply(&mut c);
+        assert_eq!(
+            (c.init_lr, c.stage, c.device),
+            (0.5, Stage::Finetune, DeviceKind::Cuda)
+        );
+        assert_eq!(
+            (c.precision, c.check_images),
+            (Precision::F32, Some(ImageCheck::None))
+        );
+        assert_eq!(
+            (c.schedule, c.loss_balance),
+            (Schedule::Cosine, LossBalance::Initial)
+        );
+        assert_eq!(c.freeze, Some(vec![]));
+        assert_eq!(c.micro_batch_size, Some(4));
+        assert!(!c.random_augment.enabled && c.batch_size == 8);
+        assert!(parse(&["--stage=midtrain"]).is_err());
     }
 
     #[test]
@@ -1057,7 +1323,7 @@ mod tests {
             .unwrap();
         assert!(!c.random_augment.enabled);
         std::fs::write(&p, "[random_augment]\naugs = [\"Solarize\"]\n").unwrap();
-        let e = TrainConfig::load(&p).unwrap_err().to_string();
+        let e = chain(&TrainConfig::load(&p).unwrap_err());
         assert!(e.contains("Solarize"), "{e}");
         let c = TrainConfig {
             random_augment: RandomAugmentConfig {
@@ -1074,9 +1340,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
         std::fs::write(&p, "batch_size = \"many\"\n").unwrap();
-        let e = TrainConfig::load(&p).unwrap_err().to_string();
+        let e = chain(&TrainConfig::load(&p).unwrap_err());
         assert!(
-            e.contains("c.toml") && e.contains("batch_size") || e.contains("invalid type"),
+            e.contains("c.toml: bad value: invalid type: string \"many\""),
             "{e}"
         );
     }
@@ -1248,7 +1514,11 @@ mod tests {
         let e = c
             .apply_overrides(&["checkpoint_every=0".into()])
             .unwrap_err();
-        assert!(e.to_string().contains("must be >= 1, or `off`"), "{e}");
+        let e = chain(&e);
+        assert!(
+            e.contains("--set: checkpoint_every (--checkpoint-every) must be >= 1, or `off`"),
+            "{e}"
+        );
         assert!("-3".parse::<CheckpointEvery>().is_err());
     }
 

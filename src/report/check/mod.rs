@@ -12,7 +12,9 @@ use crate::error::Result;
 use crate::report::ReportError;
 
 /// Output formats of a check report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckFormat {
     Table,
