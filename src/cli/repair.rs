@@ -18,7 +18,6 @@ use super::args::{
 };
 use super::argv::{unset, ToArgv};
 use super::ExitStatus;
-use anyhow::Context;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use tagfix::consistency::hnsw::HnswParams;
