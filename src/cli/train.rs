@@ -163,7 +163,10 @@ fn launch_ranks(args: &TrainArgs) -> anyhow::Result<Option<ExitStatus>> {
     if n == 1 {
         return Ok(None);
     }
-    if let Some(r) = Rendezvous::from_env()?.filter(Rendezvous::is_multi_rank) {
+    if let Some(r) = Rendezvous::from_env()
+        .map_err(tagfix::Error::from)?
+        .filter(Rendezvous::is_multi_rank)
+    {
         anyhow::bail!(
             "--nproc-per-node {n}: this process is already rank {} of {} ({}); give the rank count to the launcher only",
             r.rank,
@@ -181,7 +184,7 @@ fn launch_ranks(args: &TrainArgs) -> anyhow::Result<Option<ExitStatus>> {
         Arc::new(Mutex::new(std::io::stdout())),
         Arc::new(Mutex::new(std::io::stderr())),
     );
-    launch::launch(&request, out, err)?;
+    launch::launch(&request, out, err).map_err(tagfix::Error::from)?;
     Ok(Some(ExitStatus::Success))
 }
 
@@ -246,10 +249,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
     }
     let prepared = prepare(&cfg, &inputs)?;
     let summary = train(prepared, &out, resume)?;
-    tagfix::fsutil::write_bytes_atomic(
-        &out.join("summary.json"),
-        &serde_json::to_vec_pretty(&summary)?,
-    )?;
+    summary.write(&out)?;
     if args.plot {
         super::plot::write_plots(&out, None, false, None, None)?;
     }

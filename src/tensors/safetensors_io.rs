@@ -1,6 +1,6 @@
 //! safetensors reading and writing (the `safetensors` crate), metadata included.
 
-use super::{DType, Tensor, TensorSet};
+use super::{DType, Tensor, TensorError, TensorSet};
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 use safetensors::{Dtype as StDtype, SafeTensors};
@@ -42,11 +42,14 @@ fn to_st(d: DType) -> StDtype {
 /// a key-only pass that refuses a repeated tensor name) and each tensor is looked up by index.
 pub fn read(path: &Path) -> Result<TensorSet> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let invalid = |e: String| Error::invalid(path, format!("not a valid safetensors file: {e}"));
-    let (n, header) = SafeTensors::read_metadata(&bytes).map_err(|e| invalid(e.to_string()))?;
+    let (n, header) =
+        SafeTensors::read_metadata(&bytes).map_err(|source| TensorError::Safetensors {
+            path: path.into(),
+            source,
+        })?;
     // read_metadata checked that the header and every tensor's data lie inside the file.
     let start = HEADER_LEN + n;
-    check_unique_names(&bytes[HEADER_LEN..start]).map_err(invalid)?;
+    check_unique_names(path, &bytes[HEADER_LEN..start])?;
     let data = &bytes[start..];
     let names = header.offset_keys();
     let mut tensors = Vec::with_capacity(names.len());
@@ -54,11 +57,10 @@ pub fn read(path: &Path) -> Result<TensorSet> {
         let info = header
             .info(&name)
             .expect("offset_keys lists the header's names");
-        let dtype = from_st(info.dtype).ok_or_else(|| {
-            Error::invalid(
-                path,
-                format!("tensor `{name}` has unsupported dtype {:?}", info.dtype),
-            )
+        let dtype = from_st(info.dtype).ok_or_else(|| TensorError::SafetensorsDtype {
+            path: path.into(),
+            name: name.clone(),
+            dtype: format!("{:?}", info.dtype),
         })?;
         let (begin, end) = info.data_offsets;
         let tensor = Tensor::new(dtype, info.shape.clone(), data[begin..end].to_vec())?;
@@ -80,7 +82,7 @@ const HEADER_LEN: usize = 8;
 
 /// Refuses a header that names a tensor (or `__metadata__`) twice: JSON allows it and the
 /// safetensors crate silently keeps the last, so two readers could see two different tensors.
-fn check_unique_names(header: &[u8]) -> std::result::Result<(), String> {
+fn check_unique_names(path: &Path, header: &[u8]) -> Result<(), TensorError> {
     struct FirstRepeat;
     impl<'de> serde::de::Visitor<'de> for FirstRepeat {
         type Value = Option<String>;
@@ -104,10 +106,14 @@ fn check_unique_names(header: &[u8]) -> std::result::Result<(), String> {
     let mut de = serde_json::Deserializer::from_slice(header);
     match serde::Deserializer::deserialize_map(&mut de, FirstRepeat) {
         Ok(None) => Ok(()),
-        Ok(Some(name)) => Err(format!(
-            "the header names `{name}` more than once (refusing rather than picking one)"
-        )),
-        Err(e) => Err(e.to_string()),
+        Ok(Some(name)) => Err(TensorError::SafetensorsRepeatedName {
+            path: path.into(),
+            name,
+        }),
+        Err(source) => Err(TensorError::SafetensorsHeader {
+            path: path.into(),
+            source,
+        }),
     }
 }
 
@@ -116,10 +122,11 @@ fn check_unique_names(header: &[u8]) -> std::result::Result<(), String> {
 pub fn write(path: &Path, set: &TensorSet) -> Result<()> {
     let mut names = std::collections::HashSet::with_capacity(set.tensors.len());
     if let Some((n, _)) = set.tensors.iter().find(|(n, _)| !names.insert(n.as_str())) {
-        return Err(Error::Other(format!(
-            "writing {}: tensor name `{n}` appears more than once",
-            path.display()
-        )));
+        return Err(TensorError::DuplicateName {
+            path: path.into(),
+            name: n.clone(),
+        }
+        .into());
     }
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = set
         .tensors
@@ -127,13 +134,20 @@ pub fn write(path: &Path, set: &TensorSet) -> Result<()> {
         .map(|(n, t)| {
             safetensors::tensor::TensorView::new(to_st(t.dtype), t.shape.clone(), &t.data)
                 .map(|v| (n.clone(), v))
-                .map_err(|e| Error::Other(format!("tensor `{n}`: {e}")))
+                .map_err(|source| TensorError::SafetensorsView {
+                    name: n.clone(),
+                    source,
+                })
         })
-        .collect::<Result<_>>()?;
+        .collect::<Result<_, _>>()?;
     let meta: std::collections::HashMap<String, String> =
         set.metadata.clone().into_iter().collect();
-    let bytes = safetensors::tensor::serialize(views, Some(meta))
-        .map_err(|e| Error::Other(format!("serializing {}: {e}", path.display())))?;
+    let bytes = safetensors::tensor::serialize(views, Some(meta)).map_err(|source| {
+        TensorError::SafetensorsWrite {
+            path: path.into(),
+            source,
+        }
+    })?;
     write_atomic(path, |w| w.write_all(&bytes))
 }
 

@@ -185,7 +185,7 @@ pub enum DistError {
     Usage(String),
 
     /// The launcher could not start a rank.
-    #[error("starting rank {rank} ({program}): {source}")]
+    #[error("starting rank {rank} ({program})")]
     Spawn {
         rank: usize,
         program: String,
@@ -204,4 +204,20 @@ pub enum DistError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl DistError {
+    /// The kind of failure, for the CLI's exit status.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            DistError::Env { .. } | DistError::Usage(_) => ErrorKind::Usage,
+            DistError::Disagreement { .. } => ErrorKind::Input,
+            DistError::Rendezvous { .. }
+            | DistError::Collective { .. }
+            | DistError::Spawn { .. }
+            | DistError::RankFailed { .. }
+            | DistError::Launcher { .. } => ErrorKind::Environment,
+        }
+    }
 }
