@@ -83,6 +83,10 @@ pub enum Error {
     #[error(transparent)]
     Export(#[from] crate::train::export::ExportError),
 
+    /// Distributed training: environment, rendezvous, a collective, the agreement check, the launcher.
+    #[error(transparent)]
+    Dist(#[from] crate::train::dist::DistError),
+
     /// A training run stopped itself at `step` (1-based) after saving the state before it.
     #[error(
         "step {step}: {reason}; training stopped. The state before this step is saved in {checkpoint}"
@@ -197,6 +201,7 @@ impl Error {
             Error::Config(e) => e.kind(),
             Error::Policy(e) => e.kind(),
             Error::Check(e) => e.kind(),
+            Error::Dist(e) => e.kind(),
             Error::Stopped { .. } => ErrorKind::Stopped,
             Error::Usage(_) => ErrorKind::Usage,
             Error::Runtime(_) => ErrorKind::Environment,

@@ -7,7 +7,7 @@
 //! added, renamed or retyped without being written here fails to compile.
 
 use super::args::{
-    CheckArgs, CheckModeArg, DiffArgs, EmbedArgs, OrtArgs, OutputFormat, SynthArgs,
+    CheckArgs, CheckModeArg, DiffArgs, DistArgs, EmbedArgs, OrtArgs, OutputFormat, SynthArgs,
     SynthImagesArgs, TrainArgs,
 };
 use clap::ValueEnum;
@@ -220,6 +220,7 @@ by_value_enum!(
     tagfix::train::config::Schedule,
     tagfix::train::config::Stage,
     tagfix::train::config::ImageCheck,
+    tagfix::train::dist::DistBackend,
 );
 by_serde_name!(
     tagfix::train::config::DeviceKind,
@@ -272,6 +273,19 @@ macro_rules! write_fields {
 /// Argument structs flattened into a subcommand's (`#[command(flatten)]`).
 pub trait WriteArgs {
     fn write_args(&self, w: &mut ArgvWriter);
+}
+
+impl WriteArgs for DistArgs {
+    fn write_args(&self, w: &mut ArgvWriter) {
+        write_fields!(
+            w,
+            DistArgs {
+                nproc_per_node,
+                dist_backend,
+                dist_timeout
+            } = self
+        );
+    }
 }
 
 impl WriteArgs for OrtArgs {
@@ -468,7 +482,8 @@ impl ToArgv for TrainArgs {
                 set,
                 resume,
                 out,
-                json
+                json,
+                dist [flatten]
             } = self
         );
     }
