@@ -59,6 +59,10 @@ pub enum Error {
 
     #[error("{0}")]
     Other(String),
+
+    /// A training run's failure (its own exit status when the run stopped on a non-finite step).
+    #[error(transparent)]
+    Train(#[from] crate::train::error::TrainError),
 }
 
 impl Error {

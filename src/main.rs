@@ -12,7 +12,7 @@ fn main() -> std::process::ExitCode {
         Ok(status) => status.into(),
         Err(err) => {
             eprintln!("error: {err:#}");
-            cli::ExitStatus::Error.into()
+            cli::ExitStatus::of_error(&err).into()
         }
     }
 }

@@ -29,8 +29,31 @@ pub enum ExitStatus {
     Success,
     /// 1: the command ran and a requested check failed.
     Failure,
-    /// 2: usage or input error.
+    /// 2: usage or input error (or a fault, e.g. a checkpoint that could not be written).
     Error,
+    /// 3: a training run stopped itself: a loss term or the gradient norm went non-finite (the state
+    /// before that step is checkpointed). Its inputs were fine; a lower learning rate may not be.
+    Stopped,
+}
+
+impl ExitStatus {
+    /// The status of a command that failed with `err`: [`ExitStatus::Stopped`] for a stopped
+    /// training run anywhere in the error's chain, [`ExitStatus::Error`] otherwise.
+    pub fn of_error(err: &anyhow::Error) -> Self {
+        let stopped = err
+            .chain()
+            .any(|e| match e.downcast_ref::<tagfix::Error>() {
+                Some(tagfix::Error::Train(t)) => t.is_stopped_run(),
+                _ => e
+                    .downcast_ref::<tagfix::train::error::TrainError>()
+                    .is_some_and(|t| t.is_stopped_run()),
+            });
+        if stopped {
+            ExitStatus::Stopped
+        } else {
+            ExitStatus::Error
+        }
+    }
 }
 
 impl From<ExitStatus> for std::process::ExitCode {
@@ -39,6 +62,7 @@ impl From<ExitStatus> for std::process::ExitCode {
             ExitStatus::Success => 0.into(),
             ExitStatus::Failure => 1.into(),
             ExitStatus::Error => 2.into(),
+            ExitStatus::Stopped => 3.into(),
         }
     }
 }

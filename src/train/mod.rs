@@ -9,6 +9,7 @@ pub mod config;
 pub mod convert;
 #[cfg(feature = "train")]
 pub mod data;
+pub mod error;
 #[cfg(feature = "train")]
 pub mod export;
 #[cfg(feature = "train")]
@@ -24,6 +25,8 @@ pub mod objective;
 pub mod optim;
 #[cfg(feature = "train")]
 pub mod run;
+#[cfg(feature = "train")]
+pub mod trainer;
 #[cfg(feature = "train")]
 pub mod validate;
 #[cfg(feature = "train")]

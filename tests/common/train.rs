@@ -45,6 +45,34 @@ pub fn inputs(ds: &SynthDataset) -> TrainInputs {
     }
 }
 
+/// `tagfix train` of the tiny model (random encoder allowed) on the dataset's annotations, images,
+/// manifest and label embeddings; the caller adds the rest.
+pub fn train_command(ds: &SynthDataset) -> assert_cmd::Command {
+    let mut c = assert_cmd::Command::cargo_bin("tagfix").unwrap();
+    c.args(["train", "--model", "tiny", "--allow-random-encoder"])
+        .arg("--data")
+        .arg(&ds.annotations)
+        .arg("--images")
+        .arg(&ds.image_root)
+        .arg("--manifest")
+        .arg(&ds.manifest)
+        .arg("--label-embed")
+        .arg(&ds.label_embed);
+    c
+}
+
+/// The dataset's inputs, validated on its own training images.
+pub fn inputs_validated_on_training_images(ds: &SynthDataset) -> TrainInputs {
+    TrainInputs {
+        validation: Some(tagfix::train::validate::ValidationInputs {
+            data: ds.annotations.clone(),
+            images: None,
+            thresholds: None,
+        }),
+        ..inputs(ds)
+    }
+}
+
 /// The tiny model, batch 8, a constant learning rate after 10 warm-up steps, one thread, no
 /// intermediate checkpoints.
 pub fn small_config(steps: u64) -> TrainConfig {
