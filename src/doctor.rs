@@ -1,7 +1,7 @@
 //! `tagfix doctor`: what this build and this machine provide, each item found or not, with the fix —
 //! compiled features, the `ram` vocabulary, ONNX Runtime and its CUDA provider, the text and image
 //! models, libtorch (which library is loaded, whether `libtorch_cuda` is linked, the CUDA devices it
-//! sees) and the plot font. The checks only look; they change nothing.
+//! sees), the distributed backends and launcher environment, and the plot font. The checks only look; they change nothing.
 
 use serde::Serialize;
 
@@ -75,6 +75,9 @@ pub const CHECK_NAMES: &[&str] = &[
     "libtorch",
     "libtorch-cuda",
     "cuda",
+    "gloo",
+    "nccl",
+    "rendezvous",
     "font",
 ];
 
@@ -96,6 +99,7 @@ pub fn diagnose() -> Report {
         checks.push(model(name, spec));
     }
     checks.extend(libtorch());
+    checks.extend(distributed());
     checks.push(match crate::plot::ensure_font() {
         Ok(()) => Check::ok("font", "a TrueType font for plot text"),
         Err(e) => Check::not_ok(
@@ -302,6 +306,60 @@ fn libtorch() -> Vec<Check> {
             )
         })
         .collect()
+}
+
+/// The c10d backends this build has and the launcher environment this process sees.
+fn distributed() -> Vec<Check> {
+    use crate::train::dist::{available_backends, DistBackend, Rendezvous};
+    let backends = available_backends();
+    let backend = |b: DistBackend, what: &str, fix: &str| {
+        if backends.contains(&b) {
+            Check::ok(b.name(), format!("c10d process group for {what}"))
+        } else {
+            Check::not_ok(
+                b.name(),
+                Status::Absent,
+                format!("this build has no {} process group", b.name()),
+                fix,
+            )
+        }
+    };
+    let rendezvous = match Rendezvous::from_env() {
+        Ok(Some(r)) => Check::ok(
+            "rendezvous",
+            format!(
+                "{}: rank {} of {} (local rank {}), master {}:{}{}",
+                r.contract.name(),
+                r.rank,
+                r.world_size,
+                r.local_rank,
+                r.master_addr,
+                r.master_port,
+                if r.agent_store { ", torchrun's agent store" } else { "" }
+            ),
+        ),
+        Ok(None) => Check::not_ok(
+            "rendezvous",
+            Status::Absent,
+            "no torchrun or Slurm environment: a single-process run",
+            "start ranks with `tagfix train --nproc-per-node N`, torchrun or srun (docs/distributed.md)",
+        ),
+        Err(e) => Check::not_ok(
+            "rendezvous",
+            Status::Error,
+            e.to_string(),
+            "set all of torchrun's (or Slurm's) variables, or none (docs/distributed.md)",
+        ),
+    };
+    vec![
+        backend(DistBackend::Gloo, "CPU tensors", BUILD_ALL),
+        backend(
+            DistBackend::Nccl,
+            "CUDA tensors",
+            "build with scripts/setup-gpu.sh (TAGFIX_LINK_CUDA=1 compiles ProcessGroupNCCL in)",
+        ),
+        rendezvous,
+    ]
 }
 
 #[cfg(test)]

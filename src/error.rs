@@ -57,6 +57,10 @@ pub enum Error {
     #[error("{0}")]
     Runtime(String),
 
+    /// Distributed training: environment, rendezvous, a collective, the agreement check, the launcher.
+    #[error(transparent)]
+    Dist(#[from] crate::train::dist::DistError),
+
     #[error("{0}")]
     Other(String),
 

@@ -942,6 +942,25 @@ pub struct TrainArgs {
     /// Print the run summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub dist: DistArgs,
+}
+
+/// Data-parallel training (docs/distributed.md). Under torchrun or srun the ranks come from their
+/// environment; `--nproc-per-node` starts them here.
+#[derive(Debug, Clone, Args)]
+pub struct DistArgs {
+    /// Start N ranks of this command on this machine (torchrun's environment, rendezvous on
+    /// 127.0.0.1), print their output prefixed `[rank r]`, and stop all if one fails.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub nproc_per_node: u16,
+    /// Process-group backend [default: nccl on cuda, gloo on cpu].
+    #[arg(long, value_name = "BACKEND")]
+    pub dist_backend: Option<tagfix::train::dist::DistBackend>,
+    /// Seconds a rank waits for the others (rendezvous, each collective) before failing with the
+    /// rank to blame.
+    #[arg(long, value_name = "SECONDS", default_value_t = tagfix::train::dist::DEFAULT_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    pub dist_timeout: u64,
 }
 
 const TEACHER_HELP: &str = "\

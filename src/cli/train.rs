@@ -153,9 +153,44 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
     anyhow::bail!("this tagfix was built without the `train` feature: rebuild with `cargo build --release --features train`")
 }
 
+/// `--nproc-per-node N` (N > 1) in a process that is not already one of several ranks: starts N
+/// ranks of this same command instead of training here, and returns their joint status.
+#[cfg(feature = "train")]
+fn launch_ranks(args: &TrainArgs) -> anyhow::Result<Option<ExitStatus>> {
+    use std::sync::{Arc, Mutex};
+    use tagfix::train::dist::{launch, Rendezvous};
+    let n = usize::from(args.dist.nproc_per_node);
+    if n == 1 {
+        return Ok(None);
+    }
+    if let Some(r) = Rendezvous::from_env()?.filter(Rendezvous::is_multi_rank) {
+        anyhow::bail!(
+            "--nproc-per-node {n}: this process is already rank {} of {} ({}); give the rank count to the launcher only",
+            r.rank,
+            r.world_size,
+            r.contract.name()
+        );
+    }
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let request = launch::LaunchRequest::new(
+        std::env::current_exe()?,
+        launch::without_flag(&argv, "--nproc-per-node"),
+        n,
+    );
+    let (out, err): (launch::Sink, launch::Sink) = (
+        Arc::new(Mutex::new(std::io::stdout())),
+        Arc::new(Mutex::new(std::io::stderr())),
+    );
+    launch::launch(&request, out, err)?;
+    Ok(Some(ExitStatus::Success))
+}
+
 #[cfg(feature = "train")]
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
     use anyhow::Context;
+    if let Some(status) = launch_ranks(&args)? {
+        return Ok(status);
+    }
     use tagfix::train::run::{prepare, read_run_inputs, train, validation_line, TrainInputs};
     use tagfix::train::validate::ValidationInputs;
 

@@ -9,6 +9,7 @@ pub mod config;
 pub mod convert;
 #[cfg(feature = "train")]
 pub mod data;
+pub mod dist;
 pub mod error;
 #[cfg(feature = "train")]
 pub mod export;

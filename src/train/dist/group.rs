@@ -1,0 +1,602 @@
+//! A process group: the ranks of one run joined through a `c10d::TCPStore`, with the collectives
+//! data-parallel training needs, each bounded by the group's timeout.
+//!
+//! Besides c10d's own key exchange, every rank keeps a few records in the store so that a failure
+//! can name the rank behind it: a heartbeat counter (a thread adds to it twice a second), the number
+//! of collectives it has entered with its training step, and a note when it leaves. When a
+//! collective fails, [`ProcessGroup`] reads them: a stopped heartbeat without a note is a dead rank,
+//! a note is a rank that failed or left, a rank still beating but behind is a hung one, and an
+//! unreachable store means rank 0 (its host) is gone.
+
+use super::ffi::{self, GlooDevice, Store};
+use super::{DistBackend, DistError, Rendezvous, Suspect};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tch::{Device, Kind, Tensor};
+
+/// Bytes per flattened gradient bucket: DDP's default `bucket_cap_mb=25`.
+pub const DEFAULT_BUCKET_BYTES: usize = 25 * 1024 * 1024;
+
+const HEARTBEAT: Duration = Duration::from_millis(500);
+/// How long a failing rank watches the heartbeats before calling one dead (several beats).
+const HEARTBEAT_WATCH: Duration = Duration::from_millis(1600);
+/// Timeout of the store reads made while diagnosing a failure.
+const DIAGNOSIS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How to form a process group.
+#[derive(Debug, Clone)]
+pub struct GroupOptions {
+    pub backend: DistBackend,
+    /// Rendezvous and collective timeout (`--dist-timeout`).
+    pub timeout: Duration,
+    /// Flattened bucket size for [`ProcessGroup::all_reduce_sum_`] and friends.
+    pub bucket_bytes: usize,
+}
+
+impl GroupOptions {
+    pub fn new(backend: DistBackend, timeout: Duration) -> Self {
+        GroupOptions {
+            backend,
+            timeout,
+            bucket_bytes: DEFAULT_BUCKET_BYTES,
+        }
+    }
+}
+
+/// The heartbeat thread; stops (promptly) when dropped.
+struct Heartbeat {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Heartbeat {
+    fn start(store: Store, rank: usize) -> Heartbeat {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("tagfix-dist-heartbeat-{rank}"))
+            .spawn(move || {
+                let key = format!("hb/{rank}");
+                while store.add(&key, 1).is_ok() {
+                    if !matches!(
+                        stopped.recv_timeout(HEARTBEAT),
+                        Err(mpsc::RecvTimeoutError::Timeout)
+                    ) {
+                        break;
+                    }
+                }
+            })
+            .ok();
+        Heartbeat {
+            stop: Some(stop),
+            thread,
+        }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// This rank's handle on the run's process group. Collectives take `&mut self`: one at a time, in
+/// the same order on every rank.
+pub struct ProcessGroup {
+    rank: usize,
+    world_size: usize,
+    local_rank: usize,
+    backend: DistBackend,
+    device: Device,
+    timeout: Duration,
+    bucket_bytes: usize,
+    agent_store: bool,
+    // Field order is drop order: the group, then the heartbeat, then the store (rank 0 serves it).
+    group: Option<ffi::Group>,
+    _heartbeat: Heartbeat,
+    store: Store,
+    seq: u64,
+    step: Option<u64>,
+    failed: bool,
+}
+
+impl std::fmt::Debug for ProcessGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ProcessGroup {{ rank: {}, world_size: {}, backend: {}, device: {:?} }}",
+            self.rank, self.world_size, self.backend, self.device
+        )
+    }
+}
+
+impl ProcessGroup {
+    /// Joins the run described by `rdzv`: connects to (rank 0: serves) the TCPStore at
+    /// MASTER_ADDR:MASTER_PORT, waits up to the timeout for every rank, then creates the c10d
+    /// process group. A CUDA (NCCL) rank uses `cuda:LOCAL_RANK`.
+    pub fn new(rdzv: &Rendezvous, opts: &GroupOptions) -> Result<ProcessGroup, DistError> {
+        if opts.backend == DistBackend::Nccl && !ffi::has_nccl() {
+            return Err(DistError::Usage(
+                "--dist-backend nccl: this tagfix was built without NCCL (build it with \
+                 TAGFIX_LINK_CUDA=1, scripts/setup-gpu.sh)"
+                    .into(),
+            ));
+        }
+        let fail = |message: String| DistError::Rendezvous {
+            addr: rdzv.master_addr.clone(),
+            port: rdzv.master_port,
+            rank: rdzv.rank,
+            world_size: rdzv.world_size,
+            message,
+        };
+        let serve = rdzv.rank == 0 && !rdzv.agent_store;
+        let store = Store::connect(
+            &rdzv.master_addr,
+            rdzv.master_port,
+            serve,
+            rdzv.world_size,
+            opts.timeout,
+        )
+        .map_err(|m| {
+            fail(if serve {
+                format!("cannot serve the rendezvous store: {m}")
+            } else {
+                format!("cannot reach the rendezvous store (is rank 0 running?): {m}")
+            })
+        })?;
+        join(&store, rdzv, opts.timeout).map_err(fail)?;
+        let heartbeat = Heartbeat::start(store.try_clone().map_err(fail)?, rdzv.rank);
+        let device = match opts.backend {
+            DistBackend::Nccl => Device::Cuda(rdzv.local_rank),
+            DistBackend::Gloo => Device::Cpu,
+        };
+        let group = ffi::Group::new(
+            &store,
+            opts.backend == DistBackend::Nccl,
+            rdzv.rank,
+            rdzv.world_size,
+            opts.timeout,
+            &gloo_device(&rdzv.master_addr),
+        )
+        .map_err(|m| fail(format!("creating the {} process group: {m}", opts.backend)))?;
+        Ok(ProcessGroup {
+            rank: rdzv.rank,
+            world_size: rdzv.world_size,
+            local_rank: rdzv.local_rank,
+            backend: opts.backend,
+            device,
+            timeout: opts.timeout,
+            bucket_bytes: opts.bucket_bytes.max(1),
+            agent_store: rdzv.agent_store,
+            group: Some(group),
+            _heartbeat: heartbeat,
+            store,
+            seq: 0,
+            step: None,
+            failed: false,
+        })
+    }
+
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    pub fn world_size(&self) -> usize {
+        self.world_size
+    }
+
+    pub fn local_rank(&self) -> usize {
+        self.local_rank
+    }
+
+    /// Rank 0: the rank that writes the run's files.
+    pub fn is_main(&self) -> bool {
+        self.rank == 0
+    }
+
+    pub fn backend(&self) -> DistBackend {
+        self.backend
+    }
+
+    /// Where the collectives' tensors live: the CPU for Gloo, `cuda:LOCAL_RANK` for NCCL.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The training step this rank is at; errors (here and on the other ranks) name it.
+    pub fn set_step(&mut self, step: u64) {
+        self.step = Some(step);
+    }
+
+    /// Records that this rank is stopping because of `message`, so that the other ranks' failing
+    /// collectives name it as the cause instead of waiting for their timeout to say less.
+    pub fn report_failure(&mut self, message: &str) {
+        let _ = self
+            .store
+            .set(&format!("exit/{}", self.rank), message.as_bytes());
+    }
+
+    /// Sums the tensors in place across the ranks, in flattened buckets of at most
+    /// `bucket_bytes` (one collective per bucket, all in flight together).
+    pub fn all_reduce_sum_(&mut self, tensors: &[Tensor]) -> Result<(), DistError> {
+        self.bucketed("all_reduce", tensors, |group, flats, timeout| {
+            group.all_reduce_sum(flats, timeout)
+        })
+    }
+
+    /// Averages the tensors in place across the ranks (sum, then divide by the world size), as
+    /// DDP averages gradients.
+    pub fn all_reduce_mean_(&mut self, tensors: &[Tensor]) -> Result<(), DistError> {
+        self.all_reduce_sum_(tensors)?;
+        let world = self.world_size as f64;
+        tch::no_grad(|| {
+            for t in tensors {
+                let _ = t.shallow_clone().f_div_scalar_(world);
+            }
+        });
+        Ok(())
+    }
+
+    /// Overwrites the tensors in place with rank `root`'s values (parameters at the start, so that
+    /// every rank begins from the same weights).
+    pub fn broadcast_(&mut self, tensors: &[Tensor], root: usize) -> Result<(), DistError> {
+        if root >= self.world_size {
+            return Err(DistError::Usage(format!(
+                "broadcast from rank {root} in a world of {}",
+                self.world_size
+            )));
+        }
+        self.bucketed("broadcast", tensors, |group, flats, timeout| {
+            group.broadcast(flats, root, timeout)
+        })
+    }
+
+    /// The sums over the ranks of a few scalars (loss terms, squared norms), in f64.
+    pub fn all_reduce_scalars(&mut self, values: &[f64]) -> Result<Vec<f64>, DistError> {
+        let t = Tensor::from_slice(values).to_device(self.device);
+        let timeout = self.timeout;
+        self.collective("all_reduce", |g| g.all_reduce_sum(&[&t], timeout))?;
+        Vec::<f64>::try_from(t.to_device(Device::Cpu))
+            .map_err(|e| DistError::Usage(format!("reading the reduced scalars: {e}")))
+    }
+
+    /// Every rank's `t`, in rank order, on this group's device. The ranks' tensors must have the
+    /// same kind and the same sizes after the first dimension; the first may differ (a sharded
+    /// validation's rows).
+    pub fn all_gather(&mut self, t: &Tensor) -> Result<Vec<Tensor>, DistError> {
+        let size = t.size();
+        let rows = size.first().copied().unwrap_or(1);
+        let cols: i64 = size.get(1..).unwrap_or(&[]).iter().product();
+        let row_counts: Vec<i64> = self
+            .gather_same_shape(&Tensor::from_slice(&[rows]))?
+            .iter()
+            .map(|c| c.int64_value(&[0]))
+            .collect();
+        let max = row_counts.iter().copied().max().unwrap_or(0);
+        let flat = t.to_device(self.device).reshape([rows, cols]);
+        let padded = if rows == max {
+            flat
+        } else {
+            let pad = Tensor::zeros([max - rows, cols], (t.kind(), self.device));
+            Tensor::cat(&[flat, pad], 0)
+        };
+        let gathered = self.gather_same_shape(&padded)?;
+        let trailing = size.get(1..).unwrap_or(&[]).to_vec();
+        Ok(gathered
+            .into_iter()
+            .zip(row_counts)
+            .map(|(g, n)| {
+                let mut shape = if size.is_empty() { vec![] } else { vec![n] };
+                shape.extend(&trailing);
+                g.narrow(0, 0, n).reshape(shape.as_slice())
+            })
+            .collect())
+    }
+
+    /// Every rank's bytes, in rank order.
+    pub fn all_gather_bytes(&mut self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, DistError> {
+        let t = Tensor::from_slice(bytes);
+        self.all_gather(&t)?
+            .into_iter()
+            .map(|g| {
+                Vec::<u8>::try_from(g.to_device(Device::Cpu))
+                    .map_err(|e| DistError::Usage(format!("reading gathered bytes: {e}")))
+            })
+            .collect()
+    }
+
+    /// Waits until every rank has arrived (e.g. while rank 0 writes a checkpoint).
+    pub fn barrier(&mut self) -> Result<(), DistError> {
+        let cuda = match self.device {
+            Device::Cuda(i) => Some(i),
+            _ => None,
+        };
+        let timeout = self.timeout;
+        self.collective("barrier", |g| g.barrier(cuda, timeout))
+    }
+
+    /// Gathers one tensor of identical shape from every rank.
+    fn gather_same_shape(&mut self, t: &Tensor) -> Result<Vec<Tensor>, DistError> {
+        let t = t.to_device(self.device).contiguous();
+        let outs: Vec<Tensor> = (0..self.world_size).map(|_| t.empty_like()).collect();
+        let refs: Vec<&Tensor> = outs.iter().collect();
+        let timeout = self.timeout;
+        self.collective("all_gather", |g| g.all_gather(&t, &refs, timeout))?;
+        Ok(outs)
+    }
+
+    /// Runs `op` on flattened buckets of `tensors` (staged on this group's device) and copies the
+    /// results back into them.
+    fn bucketed(
+        &mut self,
+        name: &'static str,
+        tensors: &[Tensor],
+        op: impl FnOnce(&mut ffi::Group, &[&Tensor], Duration) -> Result<(), String>,
+    ) -> Result<(), DistError> {
+        if tensors.iter().any(|t| !t.defined()) {
+            return Err(DistError::Usage(format!(
+                "{name}: an undefined tensor (a parameter without a gradient?)"
+            )));
+        }
+        let buckets = buckets(tensors, self.bucket_bytes);
+        let device = self.device;
+        let flats: Vec<Tensor> = tch::no_grad(|| {
+            buckets
+                .iter()
+                .map(|b| {
+                    let parts: Vec<Tensor> = b.iter().map(|&i| tensors[i].reshape(-1)).collect();
+                    Tensor::cat(&parts, 0).to_device(device)
+                })
+                .collect()
+        });
+        let refs: Vec<&Tensor> = flats.iter().collect();
+        let timeout = self.timeout;
+        self.collective(name, |g| op(g, &refs, timeout))?;
+        tch::no_grad(|| {
+            for (b, flat) in buckets.iter().zip(&flats) {
+                let mut offset = 0;
+                for &i in b {
+                    let t = &tensors[i];
+                    let n = t.numel() as i64;
+                    let part = flat.narrow(0, offset, n).view_as(t);
+                    let _ = t.shallow_clone().f_copy_(&part);
+                    offset += n;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Runs one collective (counted in the store), turning a failure into an error that names the
+    /// rank to blame.
+    fn collective<T>(
+        &mut self,
+        op: &'static str,
+        f: impl FnOnce(&mut ffi::Group) -> Result<T, String>,
+    ) -> Result<T, DistError> {
+        let Some(group) = self.group.as_mut().filter(|_| !self.failed) else {
+            return Err(DistError::Usage(format!(
+                "{op}: the process group failed earlier on rank {}",
+                self.rank
+            )));
+        };
+        self.seq += 1;
+        let progress = format!(
+            "{} {}",
+            self.seq,
+            self.step.map_or(String::from("-"), |s| s.to_string())
+        );
+        let _ = self
+            .store
+            .set(&format!("seq/{}", self.rank), progress.as_bytes());
+        match f(group) {
+            Ok(v) => Ok(v),
+            Err(message) => {
+                self.failed = true;
+                let suspect = self.suspect();
+                self.report_failure(&format!("{op} failed: {message}"));
+                Err(DistError::Collective {
+                    op,
+                    rank: self.rank,
+                    step: self.step,
+                    suspect,
+                    message,
+                })
+            }
+        }
+    }
+
+    /// The rank the store's records blame for a failed collective (see the module docs).
+    fn suspect(&self) -> Option<Suspect> {
+        let store = &self.store;
+        let others: Vec<usize> = (0..self.world_size).filter(|&r| r != self.rank).collect();
+        let beats = |store: &Store| -> Option<Vec<i64>> {
+            others
+                .iter()
+                .map(|r| store.add(&format!("hb/{r}"), 0).ok())
+                .collect()
+        };
+        let Some(before) = beats(store) else {
+            return (!self.agent_store).then_some(Suspect::StoreHostGone);
+        };
+        std::thread::sleep(HEARTBEAT_WATCH);
+        let after = beats(store)?;
+        let read = |key: String| -> Option<String> {
+            match store.check(&key) {
+                Ok(true) => store
+                    .get(&key, DIAGNOSIS_TIMEOUT)
+                    .ok()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned()),
+                _ => None,
+            }
+        };
+        let progress = |r: usize| -> (u64, Option<u64>) {
+            let text = read(format!("seq/{r}")).unwrap_or_default();
+            let mut it = text.split(' ');
+            let seq = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+            (seq, it.next().and_then(|s| s.parse().ok()))
+        };
+        let mut failed = None;
+        for (i, &r) in others.iter().enumerate() {
+            match read(format!("exit/{r}")) {
+                Some(message) => {
+                    failed.get_or_insert(Suspect::Failed { rank: r, message });
+                }
+                None if after[i] == before[i] => {
+                    return Some(Suspect::Died {
+                        rank: r,
+                        last_step: progress(r).1,
+                    })
+                }
+                None => {}
+            }
+        }
+        if failed.is_some() {
+            return failed;
+        }
+        others
+            .iter()
+            .map(|&r| (r, progress(r)))
+            .filter(|(_, (seq, _))| *seq < self.seq)
+            .min_by_key(|(_, (seq, _))| *seq)
+            .map(|(rank, (at, last_step))| Suspect::Behind {
+                rank,
+                at,
+                last_step,
+            })
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if !self.failed {
+            self.report_failure("left the process group");
+        }
+        if self.failed {
+            // A failed c10d group may still hold work waiting on dead peers; its destructor would
+            // wait for that. The process is about to report the error and end: leave it.
+            std::mem::forget(self.group.take());
+        }
+    }
+}
+
+/// Registers this rank in the store and waits until all ranks have, naming the missing ones.
+fn join(store: &Store, rdzv: &Rendezvous, timeout: Duration) -> Result<(), String> {
+    let claims = store.add(&format!("claim/{}", rdzv.rank), 1)?;
+    if claims > 1 {
+        return Err(format!(
+            "rank {} was claimed by {claims} processes (duplicate RANK / SLURM_PROCID?)",
+            rdzv.rank
+        ));
+    }
+    let me = format!(
+        "{}:{}",
+        std::env::var("HOSTNAME").unwrap_or_default(),
+        std::process::id()
+    );
+    store.set(&format!("join/{}", rdzv.rank), me.as_bytes())?;
+    let deadline = Instant::now() + timeout;
+    let mut missing: Vec<usize> = (0..rdzv.world_size).collect();
+    loop {
+        let mut still = Vec::new();
+        for r in missing {
+            if !store.check(&format!("join/{r}"))? {
+                still.push(r);
+            }
+        }
+        missing = still;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let list: Vec<String> = missing.iter().map(usize::to_string).collect();
+            return Err(format!(
+                "rank(s) {} did not join within {:?}",
+                list.join(", "),
+                timeout
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Gloo's network device: `GLOO_SOCKET_IFNAME` as in PyTorch, loopback for a loopback master
+/// (a single-node run), else the address this host's name resolves to.
+fn gloo_device(master_addr: &str) -> GlooDevice {
+    if let Some(iface) = std::env::var("GLOO_SOCKET_IFNAME")
+        .ok()
+        .filter(|s| !s.is_empty())
+    {
+        return GlooDevice::Interface(iface);
+    }
+    let loopback = master_addr == "localhost"
+        || master_addr
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        GlooDevice::Hostname("127.0.0.1".into())
+    } else {
+        GlooDevice::Default
+    }
+}
+
+/// Groups tensor indices into buckets of one device and kind, each at most `cap` bytes (a larger
+/// tensor is a bucket of its own), in order of first appearance, so every rank forms the same ones.
+fn buckets(tensors: &[Tensor], cap: usize) -> Vec<Vec<usize>> {
+    let mut open: Vec<((Device, Kind), Vec<usize>, usize)> = Vec::new();
+    let mut done = Vec::new();
+    for (i, t) in tensors.iter().enumerate() {
+        let key = (t.device(), t.kind());
+        let bytes = t.numel() * t.kind().elt_size_in_bytes();
+        if let Some(pos) = open.iter().position(|(k, _, _)| *k == key) {
+            if open[pos].2 + bytes > cap {
+                done.push(open.remove(pos).1);
+            }
+        }
+        match open.iter_mut().find(|(k, _, _)| *k == key) {
+            Some((_, idx, size)) => {
+                idx.push(i);
+                *size += bytes;
+            }
+            None => open.push((key, vec![i], bytes)),
+        }
+    }
+    done.extend(open.into_iter().map(|(_, idx, _)| idx));
+    done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_respect_the_cap_kind_and_order() {
+        let f = |n: i64| Tensor::zeros([n], (Kind::Float, Device::Cpu));
+        let d = |n: i64| Tensor::zeros([n], (Kind::Double, Device::Cpu));
+        // 4-byte floats, cap 40 bytes = 10 floats.
+        let ts = vec![f(4), f(4), d(2), f(4), f(20), f(1)];
+        let b = buckets(&ts, 40);
+        assert_eq!(b, vec![vec![0, 1], vec![3], vec![4], vec![2], vec![5]]);
+        let mut all: Vec<usize> = b.concat();
+        all.sort();
+        assert_eq!(all, (0..ts.len()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn loopback_masters_bind_gloo_to_loopback() {
+        if std::env::var_os("GLOO_SOCKET_IFNAME").is_some() {
+            return;
+        }
+        for addr in ["127.0.0.1", "localhost", "::1"] {
+            assert!(matches!(gloo_device(addr), GlooDevice::Hostname(h) if h == "127.0.0.1"));
+        }
+        assert!(matches!(gloo_device("10.1.2.3"), GlooDevice::Default));
+    }
+}

@@ -1,0 +1,359 @@
+//! Distributed engine on CPU (Gloo over loopback), two real processes per case. `harness = false`:
+//! this binary is also the rank process it starts (`dist ROLE` with torchrun's variables set), so
+//! each case runs the actual c10d code in separate processes, as `tagfix train` ranks do.
+//!
+//! Cases: the collectives give the right values on both ranks; the agreement check names the
+//! disagreeing rank and field; a rank that dies, hangs or (rank 0) takes the store with it makes the
+//! other fail with that rank named instead of hanging; the launcher prefixes each rank's lines and
+//! stops the other ranks when one fails.
+
+use std::ffi::OsString;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tagfix::train::dist::launch::{self, LaunchRequest, Sink};
+use tagfix::train::dist::{
+    DistBackend, DistError, Fingerprint, GroupOptions, ProcessGroup, Rendezvous, Suspect,
+};
+use tch::{Device, Kind, Tensor};
+
+/// The collective timeout of the rank processes: long enough for a loaded machine, short enough
+/// that the hang case ends soon.
+const TIMEOUT: Duration = Duration::from_secs(20);
+const HANG_TIMEOUT: Duration = Duration::from_secs(4);
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if std::env::var_os("RANK").is_some() {
+        if let Some(role) = args.get(1) {
+            std::process::exit(rank_main(role));
+        }
+    }
+    let cases: [(&str, fn() -> Result<(), String>); 6] = [
+        ("collectives_agree_on_both_ranks", collectives),
+        ("agreement_check_names_the_disagreeing_rank", disagreement),
+        ("a_rank_that_dies_is_named", || peer_fails("die", 1)),
+        ("a_rank_that_hangs_is_named", || peer_fails("hang", 1)),
+        ("rank_0_taking_the_store_along_is_named", || {
+            peer_fails("die", 0)
+        }),
+        (
+            "launcher_prefixes_output_and_stops_the_others",
+            launcher_stops_the_others,
+        ),
+    ];
+    let mut failed = 0;
+    for (name, case) in cases {
+        match case() {
+            Ok(()) => println!("test {name} ... ok"),
+            Err(e) => {
+                failed += 1;
+                println!("---- {name} ----\n{e}");
+                println!("test {name} ... FAILED");
+            }
+        }
+    }
+    println!(
+        "\ntest result: {}. {} passed; {failed} failed",
+        if failed == 0 { "ok" } else { "FAILED" },
+        cases.len() - failed
+    );
+    std::process::exit(i32::from(failed > 0));
+}
+
+// ---------------------------------------------------------------- rank side
+
+fn group(timeout: Duration) -> Result<ProcessGroup, DistError> {
+    let rdzv = Rendezvous::from_env()?.expect("torchrun variables set by the test");
+    let mut opts = GroupOptions::new(DistBackend::Gloo, timeout);
+    opts.bucket_bytes = 16; // several buckets even for these small tensors
+    ProcessGroup::new(&rdzv, &opts)
+}
+
+/// A rank process: returns its exit status (0: behaved as the case expects).
+fn rank_main(role: &str) -> i32 {
+    let result = match role {
+        "collectives" => rank_collectives(),
+        "disagree" => rank_disagree(),
+        "die" | "hang" | "survive" => rank_peer(role),
+        "launcher" => rank_launcher(),
+        other => Err(format!("unknown role {other}")),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("rank error: {e}");
+            1
+        }
+    }
+}
+
+fn values(t: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(t.to_kind(Kind::Double).reshape(-1)).expect("values")
+}
+
+fn expect(what: &str, got: Vec<f64>, want: Vec<f64>) -> Result<(), String> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!("{what}: got {got:?}, want {want:?}"))
+    }
+}
+
+fn rank_collectives() -> Result<(), String> {
+    let mut pg = group(TIMEOUT).map_err(|e| e.to_string())?;
+    let (r, w) = (pg.rank() as f64, pg.world_size() as f64);
+    let e = |e: DistError| e.to_string();
+    // Sum and mean over buckets of mixed kinds; a non-contiguous tensor is written back in place.
+    let a = Tensor::from_slice(&[1.0f32, 2.0, 3.0]) * (r + 1.0);
+    let b = Tensor::from_slice(&[10.0f64, 20.0, 30.0, 40.0])
+        .reshape([2, 2])
+        .tr()
+        + r;
+    pg.all_reduce_sum_(&[a.shallow_clone(), b.shallow_clone()])
+        .map_err(e)?;
+    expect("sum a", values(&a), vec![3.0, 6.0, 9.0])?;
+    expect(
+        "sum b (transposed)",
+        values(&b),
+        vec![21.0, 61.0, 41.0, 81.0],
+    )?;
+    let m = Tensor::from_slice(&[r * 4.0, 1.0]);
+    pg.all_reduce_mean_(&[m.shallow_clone()]).map_err(e)?;
+    expect("mean", values(&m), vec![2.0, 1.0])?;
+    // Parameters (leaves that require grad) take rank 1's values.
+    let p = (Tensor::ones([5], (Kind::Float, Device::Cpu)) * (r + 7.0)).set_requires_grad(true);
+    pg.broadcast_(&[p.shallow_clone()], 1).map_err(e)?;
+    expect("broadcast", values(&p), vec![8.0; 5])?;
+    expect(
+        "scalars",
+        pg.all_reduce_scalars(&[r, 0.5]).map_err(e)?,
+        vec![1.0, 2.0 * 0.5],
+    )?;
+    // Rank r contributes r + 1 rows of width 2.
+    let rows = Tensor::full([pg.rank() as i64 + 1, 2], r, (Kind::Float, Device::Cpu));
+    let gathered = pg.all_gather(&rows).map_err(e)?;
+    if gathered.len() != 2 {
+        return Err(format!("gathered {} tensors", gathered.len()));
+    }
+    for (k, g) in gathered.iter().enumerate() {
+        expect(
+            &format!("gathered {k}"),
+            values(g),
+            vec![k as f64; 2 * (k + 1)],
+        )?;
+    }
+    let bytes = pg
+        .all_gather_bytes(format!("hello from {}", pg.rank()).as_bytes())
+        .map_err(e)?;
+    if bytes != [b"hello from 0".to_vec(), b"hello from 1".to_vec()] {
+        return Err(format!("gathered bytes {bytes:?}"));
+    }
+    pg.barrier().map_err(e)?;
+    pg.check_agreement(&fingerprint("cfg")).map_err(e)?;
+    println!("collectives ok on rank {} of {w}", pg.rank());
+    Ok(())
+}
+
+fn fingerprint(label_embed: &str) -> Fingerprint {
+    Fingerprint {
+        config_sha256: "c0ffee".into(),
+        vocab_sha256: "v0cab".into(),
+        label_embed_sha256: label_embed.into(),
+        step: 40,
+    }
+}
+
+fn rank_disagree() -> Result<(), String> {
+    let mut pg = group(TIMEOUT).map_err(|e| e.to_string())?;
+    let mine = fingerprint(if pg.rank() == 1 { "other" } else { "cfg" });
+    match pg.check_agreement(&mine) {
+        Ok(()) => Err("the agreement check passed".into()),
+        Err(e @ DistError::Disagreement { .. }) => {
+            println!("refused: {e}");
+            Ok(())
+        }
+        Err(e) => Err(format!("unexpected error: {e}")),
+    }
+}
+
+/// `die` / `hang`: take part in one all-reduce, then exit without a word or stop responding;
+/// `survive`: the other rank, which must fail its second all-reduce and name the culprit.
+fn rank_peer(role: &str) -> Result<(), String> {
+    let timeout = if role == "survive" && std::env::var_os("EXPECT_HANG").is_some() {
+        HANG_TIMEOUT
+    } else {
+        TIMEOUT
+    };
+    let mut pg = group(timeout).map_err(|e| e.to_string())?;
+    pg.set_step(7);
+    let t = Tensor::ones([4], (Kind::Float, Device::Cpu));
+    pg.all_reduce_sum_(&[t.shallow_clone()])
+        .map_err(|e| e.to_string())?;
+    match role {
+        "die" => {
+            // As a crash: no destructors, no note in the store.
+            unsafe { libc::_exit(0) }
+        }
+        "hang" => loop {
+            std::thread::sleep(Duration::from_secs(60));
+        },
+        _ => {}
+    }
+    pg.set_step(8);
+    match pg.all_reduce_sum_(&[t.shallow_clone()]) {
+        Ok(()) => Err("the second all-reduce succeeded without the other rank".into()),
+        Err(e) => {
+            let suspect = match &e {
+                DistError::Collective {
+                    suspect: Some(s), ..
+                } => s.clone(),
+                _ => return Err(format!("no rank blamed: {e}")),
+            };
+            println!("failed as expected: {e}");
+            println!("suspect: {suspect:?}");
+            Ok(())
+        }
+    }
+}
+
+fn rank_launcher() -> Result<(), String> {
+    let rank = std::env::var("RANK").unwrap_or_default();
+    println!("hello from {rank}");
+    eprintln!("to stderr from {rank}");
+    if rank == "1" {
+        std::process::exit(3);
+    }
+    std::thread::sleep(Duration::from_secs(600));
+    Err("rank 0 was not stopped".into())
+}
+
+// ---------------------------------------------------------------- test side
+
+fn sinks() -> (Sink, Sink, Arc<Mutex<Vec<u8>>>, Arc<Mutex<Vec<u8>>>) {
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let err = Arc::new(Mutex::new(Vec::new()));
+    (out.clone(), err.clone(), out, err)
+}
+
+fn text(buf: &Arc<Mutex<Vec<u8>>>) -> String {
+    String::from_utf8_lossy(&buf.lock().unwrap()).into_owned()
+}
+
+/// Runs `role` on two ranks through the launcher; returns (stdout, stderr) on success.
+fn launch_two(role: &str) -> Result<(String, String), String> {
+    let (out, err, out_buf, err_buf) = sinks();
+    let req = LaunchRequest::new(
+        std::env::current_exe().map_err(|e| e.to_string())?,
+        vec![OsString::from(role)],
+        2,
+    );
+    let result = launch::launch(&req, out, err);
+    let (o, e) = (text(&out_buf), text(&err_buf));
+    result.map_err(|x| format!("{x}\nstdout:\n{o}\nstderr:\n{e}"))?;
+    Ok((o, e))
+}
+
+fn collectives() -> Result<(), String> {
+    let (out, _) = launch_two("collectives")?;
+    for r in 0..2 {
+        let line = format!("[rank {r}] collectives ok on rank {r} of 2");
+        if !out.contains(&line) {
+            return Err(format!("missing {line:?} in:\n{out}"));
+        }
+    }
+    Ok(())
+}
+
+fn disagreement() -> Result<(), String> {
+    let (out, _) = launch_two("disagree")?;
+    for r in 0..2 {
+        let line = format!(
+            "[rank {r}] refused: rank 1 disagrees with rank 0 on label_embed_sha256: other (rank 0: cfg)"
+        );
+        if !out.contains(&line) {
+            return Err(format!("missing {line:?} in:\n{out}"));
+        }
+    }
+    Ok(())
+}
+
+fn spawn_rank(role: &str, rank: usize, port: u16, hang: bool) -> Result<Child, String> {
+    let mut cmd = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+    cmd.arg(role)
+        .env("RANK", rank.to_string())
+        .env("LOCAL_RANK", rank.to_string())
+        .env("WORLD_SIZE", "2")
+        .env("LOCAL_WORLD_SIZE", "2")
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if hang {
+        cmd.env("EXPECT_HANG", "1");
+    }
+    cmd.spawn().map_err(|e| e.to_string())
+}
+
+/// Rank `culprit` dies or hangs after one collective; the other rank must fail its next one
+/// with `culprit` named, and exit by itself.
+fn peer_fails(how: &str, culprit: usize) -> Result<(), String> {
+    let port = launch::free_port("127.0.0.1").map_err(|e| e.to_string())?;
+    let hang = how == "hang";
+    let survivor = 1 - culprit;
+    let mut bad = spawn_rank(how, culprit, port, hang)?;
+    let good = spawn_rank("survive", survivor, port, hang)?;
+    let good_out = good.wait_with_output().map_err(|e| e.to_string())?;
+    let _ = bad.kill();
+    let _ = bad.wait();
+    let stdout = String::from_utf8_lossy(&good_out.stdout);
+    let report = format!(
+        "survivor (rank {survivor}) {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        good_out.status,
+        String::from_utf8_lossy(&good_out.stderr)
+    );
+    if !good_out.status.success() {
+        return Err(report);
+    }
+    let expected = match (how, culprit) {
+        ("die", 0) => format!("{:?}", Suspect::StoreHostGone),
+        ("die", r) => format!("Died {{ rank: {r}, last_step: Some(7) }}"),
+        (_, r) => format!("Behind {{ rank: {r}, at: 1, last_step: Some(7) }}"),
+    };
+    if !stdout.contains(&format!("suspect: {expected}")) {
+        return Err(format!("expected suspect {expected}\n{report}"));
+    }
+    if !stdout.contains("on rank") || !stdout.contains(&format!("rank {culprit}")) {
+        return Err(format!("the error does not name rank {culprit}\n{report}"));
+    }
+    Ok(())
+}
+
+fn launcher_stops_the_others() -> Result<(), String> {
+    let (out, err, out_buf, err_buf) = sinks();
+    let req = LaunchRequest::new(
+        std::env::current_exe().map_err(|e| e.to_string())?,
+        vec![OsString::from("launcher")],
+        2,
+    );
+    let result = launch::launch(&req, out, err);
+    let (o, e) = (text(&out_buf), text(&err_buf));
+    match result {
+        Err(DistError::RankFailed { rank: 1, status }) if status == "exited with status 3" => {}
+        other => return Err(format!("{other:?}\nstdout:\n{o}\nstderr:\n{e}")),
+    }
+    for (buf, line) in [
+        (&o, "[rank 0] hello from 0\n"),
+        (&o, "[rank 1] hello from 1\n"),
+        (&e, "[rank 1] to stderr from 1\n"),
+    ] {
+        if !buf.contains(line) {
+            return Err(format!("missing {line:?}\nstdout:\n{o}\nstderr:\n{e}"));
+        }
+    }
+    // Rank 0 was stopped, not left to finish its sleep and report that.
+    if e.contains("rank 0 was not stopped") {
+        return Err(format!("rank 0 ran to its end\nstderr:\n{e}"));
+    }
+    Ok(())
+}
