@@ -72,6 +72,15 @@ pub enum TrainError {
              RAM-format annotation file)")]
     NoValidationData(u64),
 
+    /// Distributed: the global batch's micro-batches do not divide evenly among the ranks.
+    #[error("--batch-size {batch} makes {} micro-batches of {micro}, which {world} ranks cannot share evenly: \
+             choose a --micro-batch-size that divides --batch-size / {world}", batch / micro)]
+    UnevenShares {
+        batch: usize,
+        micro: usize,
+        world: usize,
+    },
+
     #[error("{records} records are fewer than one batch of {batch}")]
     TooFewRecords { records: usize, batch: usize },
 

@@ -129,7 +129,12 @@ pub fn device_of(kind: DeviceKind) -> Result<Device> {
 /// Checks every input against the others and builds the model; fails before any training step.
 pub fn prepare(config: &TrainConfig, inputs: &TrainInputs) -> Result<Prepared> {
     config.validate()?;
-    let device = device_of(config.device)?;
+    prepare_on(config, inputs, device_of(config.device)?)
+}
+
+/// [`prepare`] on a given device (a distributed CUDA rank's `cuda:LOCAL_RANK`).
+pub fn prepare_on(config: &TrainConfig, inputs: &TrainInputs, device: Device) -> Result<Prepared> {
+    config.validate()?;
     if config.torch_threads() > 0 {
         tch::set_num_threads(config.torch_threads() as i32);
     }
@@ -548,6 +553,31 @@ impl RunSummary {
 /// it makes due.
 pub fn train(prepared: Prepared, out: &Path, resume: bool) -> Result<RunSummary> {
     let mut trainer = Trainer::new(prepared, out, resume)?;
+    drive(&mut trainer)?;
+    trainer.finish()
+}
+
+/// [`train`] as one rank of a data-parallel run (docs/distributed.md). A failing rank tells the
+/// others why through the rendezvous store before it returns, so that theirs name it.
+pub fn train_distributed(
+    prepared: Prepared,
+    out: &Path,
+    resume: bool,
+    group: super::dist::ProcessGroup,
+) -> Result<RunSummary> {
+    let mut trainer = Trainer::with_group(prepared, out, resume, Some(group))?;
+    match drive(&mut trainer) {
+        Ok(()) => trainer.finish(),
+        Err(e) => {
+            trainer.report_failure(&e.to_string());
+            Err(e)
+        }
+    }
+}
+
+/// The training loop: validation at the start of a new run, then each step followed by the
+/// validation and checkpoint it makes due.
+fn drive(trainer: &mut Trainer) -> Result<()> {
     if trainer.at_start() {
         trainer.validate()?;
     }
@@ -560,7 +590,7 @@ pub fn train(prepared: Prepared, out: &Path, resume: bool) -> Result<RunSummary>
             trainer.checkpoint()?;
         }
     }
-    trainer.finish()
+    Ok(())
 }
 
 /// `validation at step S (NAME, N images): mAP … CP … CR … CF1 … OF1 …; absent slots: mAP …`.

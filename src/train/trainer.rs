@@ -7,6 +7,7 @@
 use super::autocast::with_autocast;
 use super::config::{Precision, TrainConfig};
 use super::data::{Loader, MicroBatch, TrainData};
+use super::dist::{Fingerprint, ProcessGroup};
 use super::error::TrainError;
 use super::model::{RamPlus, RamPlusConfig};
 use super::objective::{micro_losses, step_losses, AbsentSlots, LossWeighting, MicroInputs};
@@ -56,7 +57,8 @@ impl Accumulated {
 /// Held-out validation: the set, where its records go, and those of this invocation.
 struct Validator {
     set: ValidationSet,
-    writer: ValidationWriter,
+    /// `None` on ranks other than 0 (rank 0 alone writes the run's files).
+    writer: Option<ValidationWriter>,
     batch: usize,
     records: Vec<ValidationRecord>,
 }
@@ -68,12 +70,14 @@ impl Validator {
         run: &RunDir,
         resume_at: Option<u64>,
         batch: usize,
+        writes: bool,
     ) -> Result<Self> {
         let writer = match resume_at {
-            Some(step) => ValidationWriter::resume(&run.validation_path(), step)?,
+            _ if !writes => None,
+            Some(step) => Some(ValidationWriter::resume(&run.validation_path(), step)?),
             None => {
                 crate::fsutil::write_bytes_atomic(&run.validation_path(), b"")?;
-                ValidationWriter::append(&run.validation_path())?
+                Some(ValidationWriter::append(&run.validation_path())?)
             }
         };
         Ok(Validator {
@@ -113,7 +117,10 @@ pub struct Trainer {
     opt: AdamW,
     sched: LrSchedule,
     weighting: LossWeighting,
-    monitor: RunMonitor,
+    /// `None` on ranks other than 0.
+    monitor: Option<RunMonitor>,
+    /// The process group of a distributed run (`None`: one process).
+    group: Option<ProcessGroup>,
     validator: Option<Validator>,
     loader: Loader,
     bar: indicatif::ProgressBar,
@@ -137,6 +144,22 @@ impl Trainer {
     /// `resume`, the newest checkpoint's model, optimizer, loss weights and position. Writes
     /// `config.toml` and `run.json` and starts the data loader at the first step to take.
     pub fn new(prepared: Prepared, out: &Path, resume: bool) -> Result<Self> {
+        Self::with_group(prepared, out, resume, None)
+    }
+
+    /// [`Trainer::new`] as one rank of a data-parallel run: this rank takes its share of every
+    /// step's micro-batches, rank 0 alone writes the run's files, and before returning every rank
+    /// has checked that all agree on configuration, vocabulary, label embeddings and step, and
+    /// holds rank 0's parameters.
+    pub fn with_group(
+        prepared: Prepared,
+        out: &Path,
+        resume: bool,
+        mut group: Option<ProcessGroup>,
+    ) -> Result<Self> {
+        let main = group.as_ref().is_none_or(ProcessGroup::is_main);
+        let world = group.as_ref().map_or(1, ProcessGroup::world_size);
+        let rank = group.as_ref().map_or(0, ProcessGroup::rank);
         let Prepared {
             config,
             inputs,
@@ -152,8 +175,20 @@ impl Trainer {
             validation,
             notes,
         } = prepared;
-        for n in &notes {
-            tracing::info!("{n}");
+        let (micro, all_micros) = config.accumulation()?;
+        if all_micros % world != 0 {
+            return Err(TrainError::UnevenShares {
+                batch: config.batch_size,
+                micro,
+                world,
+            }
+            .into());
+        }
+        let accumulation = all_micros / world;
+        if main {
+            for n in &notes {
+                tracing::info!("{n}");
+            }
         }
         let run = RunDir::create(out)?;
         let mut opt = AdamW::new(&vs, &config.frozen_prefixes(), &config)?;
@@ -162,20 +197,24 @@ impl Trainer {
         let resumed = if resume {
             Some(resume_state(&run, &vs, &mut opt, &data, &fingerprint)?)
         } else {
-            refuse_existing_run(&run, out)?;
+            if main {
+                refuse_existing_run(&run, out)?;
+            }
             None
         };
         let start_step = resumed.as_ref().map_or(0, |s| s.step);
-        write_atomic(&run.config_path(), |w| {
-            w.write_all(config.to_toml().as_bytes())
-        })?;
-        write_atomic(&run.root().join(RUN_FILE), |w| {
-            serde_json::to_writer_pretty(&mut *w, &inputs).map_err(std::io::Error::other)
-        })?;
-        let monitor = if resume {
-            RunMonitor::resume(&run, config.monitor.clone(), start_step)?
+        if let Some(g) = group.as_mut() {
+            agree_and_share(g, &config, &inputs, start_step, &vs)?;
+        }
+        let monitor = if main {
+            write_run_files(&run, &config, &inputs)?;
+            Some(if resume {
+                RunMonitor::resume(&run, config.monitor.clone(), start_step)?
+            } else {
+                RunMonitor::start(&run, config.monitor.clone())?
+            })
         } else {
-            RunMonitor::start(&run, config.monitor.clone())?
+            None
         };
         if start_step >= total_steps {
             return Err(TrainError::NothingToDo {
@@ -184,16 +223,17 @@ impl Trainer {
             }
             .into());
         }
-        let (micro, accumulation) = config.accumulation()?;
         let validator = match validation {
             Some(set) => {
                 let batch = config.val_batch_size.unwrap_or(micro);
                 let resume_at = resume.then_some(start_step);
-                Some(Validator::open(set, &run, resume_at, batch)?)
+                Some(Validator::open(set, &run, resume_at, batch, main)?)
             }
             None => None,
         };
-        let loader = Loader::start(data.clone(), loader_cfg, start_step, total_steps)?;
+        let micros = rank * accumulation..(rank + 1) * accumulation;
+        let loader =
+            Loader::start_micro_range(data.clone(), loader_cfg, start_step, total_steps, micros)?;
         Ok(Trainer {
             sched: LrSchedule::new(&config, steps_per_epoch, total_steps),
             absent: AbsentSlots::new(model_config.num_class, &absent_slots, config.absent, device),
@@ -210,7 +250,11 @@ impl Trainer {
                 offset: resumed.as_ref().map_or(0.0, |s| s.wall_s),
             },
             last_wall_s: 0.0,
-            bar: progress_bar(start_step, total_steps),
+            bar: if main {
+                progress_bar(start_step, total_steps)
+            } else {
+                indicatif::ProgressBar::hidden()
+            },
             out: out.to_path_buf(),
             config,
             model_config,
@@ -222,6 +266,7 @@ impl Trainer {
             run,
             opt,
             monitor,
+            group,
             validator,
             loader,
             fingerprint,
@@ -285,6 +330,7 @@ impl Trainer {
     fn accumulate(&mut self, step: u64) -> Result<Accumulated> {
         self.opt.zero_grad();
         let mut acc = Accumulated::default();
+        let mut non_finite = None;
         for m in 0..self.accumulation {
             let w0 = Instant::now();
             let mb = self
@@ -292,15 +338,61 @@ impl Trainer {
                 .next_batch()
                 .ok_or(TrainError::LoaderStopped(step + 1))??;
             acc.data_wait_s += w0.elapsed().as_secs_f64();
-            debug_assert_eq!((mb.step, mb.micro), (step, m));
-            self.micro_batch(&mb, &mut acc)?;
+            debug_assert_eq!((mb.step, mb.micro % self.accumulation), (step, m));
+            if let Some(reason) = self.micro_batch(&mb, &mut acc)? {
+                if self.group.is_none() {
+                    return Err(self.stop(step, reason));
+                }
+                // The other ranks are waiting for this step's sums: stop together after them.
+                non_finite.get_or_insert(reason);
+            }
+        }
+        if self.group.is_some() {
+            self.all_reduce(step, &mut acc, non_finite)?;
         }
         Ok(acc)
     }
 
+    /// Distributed: sums the gradients (DDP's bucketed all-reduce, once per step after the last
+    /// micro-batch: `no_sync` for the others) and the loss terms over the ranks, so every rank
+    /// holds the one-rank run's values. A non-finite term on any rank stops every rank.
+    fn all_reduce(
+        &mut self,
+        step: u64,
+        acc: &mut Accumulated,
+        non_finite: Option<String>,
+    ) -> Result<()> {
+        let grads = self.opt.grads();
+        let group = self.group.as_mut().expect("distributed");
+        group.set_step(step + 1);
+        group.all_reduce_sum_(&grads)?;
+        let mut values = [0f64; 8];
+        for &(t, v) in &acc.raw {
+            values[t as usize] = v;
+            values[3 + t as usize] = 1.0;
+        }
+        values[6] = acc.total;
+        values[7] = f64::from(u8::from(non_finite.is_some()));
+        let sums = group.all_reduce_scalars(&values)?;
+        if sums[7] > 0.0 {
+            let reason = non_finite.unwrap_or_else(|| {
+                format!("a loss term is non-finite on {} other rank(s)", sums[7])
+            });
+            return Err(self.stop(step, reason));
+        }
+        acc.raw = [LossTerm::Tag, LossTerm::Align, LossTerm::Dis]
+            .into_iter()
+            .filter(|t| sums[3 + *t as usize] > 0.0)
+            .map(|t| (t, sums[t as usize]))
+            .collect();
+        acc.total = sums[6];
+        Ok(())
+    }
+
     /// Forward and backward pass of one micro-batch, libtorch's generator seeded from
-    /// `(seed, step, micro)`; its raw terms and weighted total are added to `acc`.
-    fn micro_batch(&mut self, mb: &MicroBatch, acc: &mut Accumulated) -> Result<()> {
+    /// `(seed, step, micro)`; its raw terms and weighted total are added to `acc`. A non-finite
+    /// term is returned as the reason to stop (nothing added, no backward pass).
+    fn micro_batch(&mut self, mb: &MicroBatch, acc: &mut Accumulated) -> Result<Option<String>> {
         let device = self.device;
         let n = mb.len() as i64;
         let side = self.model_config.swin.img_size as i64;
@@ -333,22 +425,25 @@ impl Trainer {
             Precision::F32 => forward(),
             Precision::Bf16 => with_autocast(device, Kind::BFloat16, forward)?,
         };
-        for (t, v) in losses.terms() {
-            let v = v.double_value(&[]);
-            if !v.is_finite() {
-                let reason = format!(
-                    "loss term `{t}` is {v} (micro-batch {}, records {:?})",
-                    mb.micro,
-                    &mb.indices[..mb.indices.len().min(8)]
-                );
-                return Err(self.stop(mb.step, reason));
-            }
+        let terms: Vec<(LossTerm, f64)> = losses
+            .terms()
+            .into_iter()
+            .map(|(t, v)| (t, v.double_value(&[])))
+            .collect();
+        if let Some((t, v)) = terms.iter().find(|(_, v)| !v.is_finite()) {
+            return Ok(Some(format!(
+                "loss term `{t}` is {v} (micro-batch {}, records {:?})",
+                mb.micro,
+                &mb.indices[..mb.indices.len().min(8)]
+            )));
+        }
+        for (t, v) in terms {
             acc.add(t, v);
         }
         let weighted = losses.weighted_sum(&self.weighting.weights);
         acc.total += weighted.double_value(&[]);
         weighted.backward();
-        Ok(())
+        Ok(None)
     }
 
     /// Gradient norms, clipping and the AdamW update of `step`: returns the gradient norms, the
@@ -376,7 +471,9 @@ impl Trainer {
     /// Appends a finished step to the metrics (detectors included), lets the loss balancing see its
     /// raw terms, and shows them on logging steps.
     fn observe(&mut self, record: &StepRecord, raw: RawTerms) -> Result<()> {
-        self.monitor.record(record)?;
+        if let Some(monitor) = self.monitor.as_mut() {
+            monitor.record(record)?;
+        }
         if let Some(msg) = self.weighting.observe(record.step - 1, &raw) {
             tracing::info!("{msg}");
         }
@@ -392,15 +489,9 @@ impl Trainer {
 
     /// A non-finite step: saves the state before it (`step` steps done) and returns the error
     /// saying where that state is (or the error that kept it from being saved).
-    fn stop(&self, step: u64, reason: String) -> crate::Error {
+    fn stop(&mut self, step: u64, reason: String) -> crate::Error {
         let state = self.state_at(step, self.clock.wall_s());
-        match save_checkpoint(
-            &self.run,
-            &self.vs,
-            &self.opt,
-            &state,
-            self.config.keep_checkpoints,
-        ) {
+        match self.save(&state) {
             Ok(checkpoint) => {
                 self.bar.abandon();
                 TrainError::Stopped {
@@ -431,9 +522,31 @@ impl Trainer {
         let Some(v) = self.validator.as_mut() else {
             return Ok(None);
         };
-        let report = v.set.run(&self.model, self.device, v.batch)?;
+        let report = match self.group.as_mut() {
+            None => v.set.run(&self.model, self.device, v.batch)?,
+            Some(g) => {
+                // Each rank scores its share of the images; the gathered scores are the whole set's.
+                let all: Vec<usize> = (0..v.set.image_paths.len()).collect();
+                let share = super::dist::shard(&all, g.rank(), g.world_size());
+                let paths = &v.set.image_paths[share.start..share.start + share.indices.len()];
+                let nc = self.model_config.num_class;
+                let mine = v.set.score(&self.model, self.device, v.batch, paths)?;
+                let mine = Tensor::from_slice(&mine).view([paths.len() as i64, nc as i64]);
+                let gathered = Tensor::cat(&g.all_gather(&mine)?, 0).to_device(Device::Cpu);
+                let scores = Vec::<f32>::try_from(gathered.reshape([-1])).map_err(|e| {
+                    TrainError::Tensors {
+                        path: v.set.bench.annots_path.clone(),
+                        action: "gather the validation scores of",
+                        source: Box::new(e),
+                    }
+                })?;
+                v.set.report(&scores, nc)?
+            }
+        };
         let rec = ValidationRecord::from_report(self.step, &report);
-        v.writer.write(&rec)?;
+        if let Some(w) = v.writer.as_mut() {
+            w.write(&rec)?;
+        }
         let line = validation_line(&rec);
         self.bar.suspend(|| tracing::info!("{line}"));
         v.records.push(rec.clone());
@@ -443,15 +556,43 @@ impl Trainer {
     /// Saves a checkpoint of the current step (keeping the newest `keep_checkpoints`).
     pub fn checkpoint(&mut self) -> Result<PathBuf> {
         let state = self.state_at(self.step, self.last_wall_s);
-        let dir = save_checkpoint(
-            &self.run,
-            &self.vs,
-            &self.opt,
-            &state,
-            self.config.keep_checkpoints,
-        )?;
+        let dir = self.save(&state)?;
         self.last_saved = Some(dir.clone());
         Ok(dir)
+    }
+
+    /// Saves the checkpoint `state` describes: rank 0 writes it (atomically) while the other ranks
+    /// wait at a barrier; every rank returns its folder.
+    fn save(&mut self, state: &CheckpointState) -> Result<PathBuf> {
+        let main = self.is_main();
+        let dir = if main {
+            save_checkpoint(
+                &self.run,
+                &self.vs,
+                &self.opt,
+                state,
+                self.config.keep_checkpoints,
+            )?
+        } else {
+            checkpoint_dir(&self.run, state.step)
+        };
+        if let Some(g) = self.group.as_mut() {
+            g.barrier()?;
+        }
+        Ok(dir)
+    }
+
+    /// Whether this process writes the run's files (rank 0, or the only process).
+    pub fn is_main(&self) -> bool {
+        self.group.as_ref().is_none_or(ProcessGroup::is_main)
+    }
+
+    /// Tells the other ranks (through the rendezvous store) why this one stops, so that their
+    /// failing collectives name it.
+    pub fn report_failure(&mut self, message: &str) {
+        if let Some(g) = self.group.as_mut() {
+            g.report_failure(message);
+        }
     }
 
     /// `state.json` of a checkpoint after `step` steps, `wall_s` seconds into the run.
@@ -484,7 +625,11 @@ impl Trainer {
             }
         };
         drop(self.loader);
-        let health_events = self.monitor.finish()?;
+        let main = self.group.as_ref().is_none_or(ProcessGroup::is_main);
+        let health_events = match self.monitor {
+            Some(m) => m.finish()?,
+            None => Vec::new(),
+        };
         if !health_events.is_empty() {
             tracing::warn!("training-health events:\n{}", events_table(&health_events));
         }
@@ -497,7 +642,12 @@ impl Trainer {
             late,
             final_weights: self.weighting.weights,
             checkpoint,
-            slot_probabilities: slot_probabilities(&self.model, &self.data, self.device, 256)?,
+            // Rank 0 alone reports them (the others' summaries are not written).
+            slot_probabilities: if main {
+                slot_probabilities(&self.model, &self.data, self.device, 256)?
+            } else {
+                vec![0.0; self.model_config.num_class]
+            },
             absent_slots: self.absent_slots.clone(),
             health_events,
             validation: self.validator.map(|v| v.records).unwrap_or_default(),
@@ -511,6 +661,44 @@ impl Trainer {
         }
         Ok(summary)
     }
+}
+
+/// Distributed start: fails (on every rank, naming the first that differs) unless all ranks train
+/// the same configuration on the same vocabulary and label embeddings from the same step, then
+/// gives every rank rank 0's parameters.
+fn agree_and_share(
+    group: &mut ProcessGroup,
+    config: &TrainConfig,
+    inputs: &super::run::TrainInputs,
+    step: u64,
+    vs: &VarStore,
+) -> Result<()> {
+    let mine = Fingerprint {
+        config_sha256: crate::fsutil::sha256_hex(config.to_toml().as_bytes()),
+        vocab_sha256: crate::fsutil::sha256_file(&inputs.manifest)?,
+        label_embed_sha256: crate::fsutil::sha256_file(&inputs.label_embed)?,
+        step,
+    };
+    group.check_agreement(&mine)?;
+    let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    params.sort_by(|a, b| a.0.cmp(&b.0));
+    let tensors: Vec<Tensor> = params.into_iter().map(|(_, t)| t).collect();
+    tch::no_grad(|| group.broadcast_(&tensors, 0))?;
+    Ok(())
+}
+
+/// `config.toml` and `run.json`: what `--resume` reads back.
+fn write_run_files(
+    run: &RunDir,
+    config: &TrainConfig,
+    inputs: &super::run::TrainInputs,
+) -> Result<()> {
+    write_atomic(&run.config_path(), |w| {
+        w.write_all(config.to_toml().as_bytes())
+    })?;
+    write_atomic(&run.root().join(RUN_FILE), |w| {
+        serde_json::to_writer_pretty(&mut *w, inputs).map_err(std::io::Error::other)
+    })
 }
 
 /// Loads the newest checkpoint of `run` into `vs` and `opt`, refusing one made for other records.

@@ -49,16 +49,26 @@ pub fn inputs(ds: &SynthDataset) -> TrainInputs {
 /// manifest and label embeddings; the caller adds the rest.
 pub fn train_command(ds: &SynthDataset) -> assert_cmd::Command {
     let mut c = assert_cmd::Command::cargo_bin("tagfix").unwrap();
-    c.args(["train", "--model", "tiny", "--allow-random-encoder"])
-        .arg("--data")
-        .arg(&ds.annotations)
-        .arg("--images")
-        .arg(&ds.image_root)
-        .arg("--manifest")
-        .arg(&ds.manifest)
-        .arg("--label-embed")
-        .arg(&ds.label_embed);
+    c.args(train_argv(ds));
     c
+}
+
+/// The arguments of [`train_command`].
+pub fn train_argv(ds: &SynthDataset) -> Vec<std::ffi::OsString> {
+    let mut a: Vec<std::ffi::OsString> = ["train", "--model", "tiny", "--allow-random-encoder"]
+        .iter()
+        .map(Into::into)
+        .collect();
+    for (flag, path) in [
+        ("--data", &ds.annotations),
+        ("--images", &ds.image_root),
+        ("--manifest", &ds.manifest),
+        ("--label-embed", &ds.label_embed),
+    ] {
+        a.push(flag.into());
+        a.push(path.into());
+    }
+    a
 }
 
 /// The dataset's inputs, validated on its own training images.
