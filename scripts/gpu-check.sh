@@ -3,7 +3,7 @@
 #   scripts/gpu-check.sh prepare   # here: CUDA-linked binaries + parity fixtures + the Python reference
 #                                  # + `bundle` -> target/gpu-check/ (carry that folder to the GPU machine)
 #   scripts/gpu-check.sh run [PART...]  # on the GPU machine, from the repository root; results in $OUT
-#                                  # PART: parity step train cpu loop (default: all five)
+#                                  # PART: parity step train cpu loop dist (default: all six)
 # The GPU machine needs the NVIDIA driver and torch 2.11 (+cu130) for Python with its libraries
 # (TORCH_LIB, default /opt/torch/.venv/.../torch/lib; TORCH_PYTHON, default python3). Nothing is built there.
 # `run`, in a few minutes of GPU time:
@@ -22,6 +22,11 @@
 #      1-4, target/gpu-check/bin + target/gpu-check/bundle.tar.xz for `run loop`.
 #      A CPU dry run of part 5 (no GPU): LOOP_DEVICE=cpu LOOP_PRECISION=f32 TRAIN_MODEL=tiny LOOP_STEPS=2
 #      ONLINE_STEPS=2 scripts/gpu-check.sh run loop
+#   6. (`dist`, issue 13) data-parallel overhead: the same `tagfix train` as part 3 as a plain process and
+#      as a world of one rank over NCCL (torchrun's variables set by hand), images/s side by side (target:
+#      overhead <= 3 %); with >= 2 GPUs also `--nproc-per-node 2` at twice the global batch (scaling
+#      efficiency = images/s / (2 x one GPU), target >= 0.9). Needs the Trainer's distributed loop and the
+#      NCCL build (`tagfix doctor` line `nccl`); only parts 1-4 carry, as for part 3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest=target/gpu-check
@@ -62,7 +67,7 @@ bundle)
   ;;
 run)
   shift
-  parts=" ${*:-parity step train cpu loop} "
+  parts=" ${*:-parity step train cpu loop dist} "
   want() { [[ "$parts" == *" $1 "* ]]; }
   : "${OUT:=$dest/out}"
   mkdir -p "$OUT"
@@ -150,6 +155,50 @@ PY
     || tail -20 "$OUT/repair.log"
   grep -A4 "## Trained" "$OUT/repair/REPORT.md" || true
   rm -rf "$OUT/repair/train/checkpoints" "$OUT/repair/image-set" "$b" "$s"
+  fi
+  if want dist; then
+  echo "== 6. data-parallel overhead: plain loop vs one rank over NCCL (vs two ranks when there are 2 GPUs)"
+  t="$dest/bin/tagfix"
+  "$t" -q doctor --require nccl > "$OUT/dist_doctor.txt" || { cat "$OUT/dist_doctor.txt"; echo "dist: no NCCL in this build"; }
+  s=$(mktemp -d)
+  "$t" synth-images --out "$s" --count 1040 --size 224 --descriptions 51 > /dev/null
+  steps="${DIST_STEPS:-20}"
+  # dist_run NAME BATCH [ENV...] -- [FLAGS...]: one training run; its median images/s over the second half.
+  dist_run() {
+    local name="$1" batch="$2"; shift 2
+    local envs=(); while [ "$1" != "--" ]; do envs+=("$1"); shift; done; shift
+    env "${envs[@]}" "$t" train --model "${TRAIN_MODEL:-swin_l_224}" --data "$s/train.json" --images "$s/images" \
+      --manifest "$s/manifest.json" --label-embed "$s/label_embed.safetensors" --teacher "$s/teacher.safetensors" \
+      --allow-random-encoder --device cuda --precision bf16 --batch-size "$batch" --micro-batch-size 26 \
+      --max-steps "$steps" --workers 12 --checkpoint-every off --out "$OUT/$name" "$@" \
+      > "$OUT/$name.txt" 2> "$OUT/$name.log" || { tail -20 "$OUT/$name.log"; return 0; }
+    python3 - "$OUT/$name/metrics.jsonl" "$name" <<'PY' || true
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1])]
+late = recs[len(recs) // 2:]
+print(sys.argv[2], sorted(r["images_per_s"] for r in late)[len(late) // 2])
+PY
+    rm -rf "$OUT/$name/checkpoints"
+  }
+  {
+    dist_run dist_plain 52 --
+    dist_run dist_nccl1 52 RANK=0 LOCAL_RANK=0 WORLD_SIZE=1 LOCAL_WORLD_SIZE=1 MASTER_ADDR=127.0.0.1 \
+      MASTER_PORT=29517 -- --dist-backend nccl
+    if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ]; then
+      dist_run dist_nccl2 104 -- --nproc-per-node 2 --dist-backend nccl
+    fi
+  } | tee "$OUT/dist_ips.txt"
+  python3 - "$OUT/dist_ips.txt" <<'PY' || true
+import sys
+ips = dict((k, float(v)) for k, v in (l.split() for l in open(sys.argv[1]) if l.strip()))
+if "dist_plain" in ips and "dist_nccl1" in ips:
+    print(f"dist: plain {ips['dist_plain']:.1f} images/s, 1 rank over NCCL {ips['dist_nccl1']:.1f}: "
+          f"overhead {100 * (1 - ips['dist_nccl1'] / ips['dist_plain']):.1f} % (target <= 3 %)")
+if "dist_nccl2" in ips and "dist_plain" in ips:
+    print(f"dist: 2 ranks {ips['dist_nccl2']:.1f} images/s: scaling efficiency "
+          f"{ips['dist_nccl2'] / (2 * ips['dist_plain']):.3f} (target >= 0.9)")
+PY
+  rm -rf "$s"
   fi
   ;;
 *)

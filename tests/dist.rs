@@ -2,7 +2,8 @@
 //! this binary is also the rank process it starts (`dist ROLE` with torchrun's variables set), so
 //! each case runs the actual c10d code in separate processes, as `tagfix train` ranks do.
 //!
-//! Cases: the collectives give the right values on both ranks; the agreement check names the
+//! Cases: the collectives give the right values on both ranks (launched with torchrun's variables,
+//! and with Slurm's); the agreement check names the
 //! disagreeing rank and field; a rank that dies, hangs or (rank 0) takes the store with it makes the
 //! other fail with that rank named instead of hanging; the launcher prefixes each rank's lines and
 //! stops the other ranks when one fails.
@@ -24,13 +25,18 @@ const HANG_TIMEOUT: Duration = Duration::from_secs(4);
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if std::env::var_os("RANK").is_some() {
+    if std::env::var_os("RANK").is_some() || std::env::var_os("SLURM_PROCID").is_some() {
         if let Some(role) = args.get(1) {
             std::process::exit(rank_main(role));
         }
     }
-    let cases: [(&str, fn() -> Result<(), String>); 6] = [
+    let cases: [(&str, fn() -> Result<(), String>); 8] = [
         ("collectives_agree_on_both_ranks", collectives),
+        ("slurm_contract_ranks_meet", slurm_ranks),
+        (
+            "cli_nproc_per_node_prefixes_and_fails_with_the_rank",
+            cli_launcher,
+        ),
         ("agreement_check_names_the_disagreeing_rank", disagreement),
         ("a_rank_that_dies_is_named", || peer_fails("die", 1)),
         ("a_rank_that_hangs_is_named", || peer_fails("hang", 1)),
@@ -279,12 +285,21 @@ fn disagreement() -> Result<(), String> {
 }
 
 fn spawn_rank(role: &str, rank: usize, port: u16, hang: bool) -> Result<Child, String> {
+    let rank = rank.to_string();
+    let vars = [
+        ("RANK", rank.as_str()),
+        ("LOCAL_RANK", &rank),
+        ("WORLD_SIZE", "2"),
+        ("LOCAL_WORLD_SIZE", "2"),
+    ];
+    spawn_with(role, &vars, port, hang)
+}
+
+/// This binary as rank process `role`, with `vars` and the master at 127.0.0.1:`port`.
+fn spawn_with(role: &str, vars: &[(&str, &str)], port: u16, hang: bool) -> Result<Child, String> {
     let mut cmd = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
     cmd.arg(role)
-        .env("RANK", rank.to_string())
-        .env("LOCAL_RANK", rank.to_string())
-        .env("WORLD_SIZE", "2")
-        .env("LOCAL_WORLD_SIZE", "2")
+        .envs(vars.iter().copied())
         .env("MASTER_ADDR", "127.0.0.1")
         .env("MASTER_PORT", port.to_string())
         .stdout(Stdio::piped())
@@ -354,6 +369,64 @@ fn launcher_stops_the_others() -> Result<(), String> {
     // Rank 0 was stopped, not left to finish its sleep and report that.
     if e.contains("rank 0 was not stopped") {
         return Err(format!("rank 0 ran to its end\nstderr:\n{e}"));
+    }
+    Ok(())
+}
+
+/// Two ranks described by Slurm's variables (as `srun` sets them) meet and compute correctly.
+fn slurm_ranks() -> Result<(), String> {
+    let port = launch::free_port("127.0.0.1").map_err(|e| e.to_string())?;
+    let children = (0..2)
+        .map(|r: usize| {
+            let r = r.to_string();
+            let vars = [
+                ("SLURM_PROCID", r.as_str()),
+                ("SLURM_LOCALID", &r),
+                ("SLURM_NTASKS", "2"),
+            ];
+            spawn_with("collectives", &vars, port, false)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for (r, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() || !stdout.contains(&format!("collectives ok on rank {r} of 2")) {
+            return Err(format!(
+                "rank {r} {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `tagfix train --nproc-per-node 2` with inputs missing: the ranks report their usage error with
+/// their prefix, the launcher names a failed rank and exits 2.
+fn cli_launcher() -> Result<(), String> {
+    let run = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let out = Command::new(assert_cmd::cargo::cargo_bin("tagfix"))
+        .args(["train", "--nproc-per-node", "2", "--out"])
+        .arg(run.path())
+        .env_remove("RANK")
+        .env_remove("SLURM_PROCID")
+        .output()
+        .map_err(|e| e.to_string())?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report = format!("{:?}\nstderr:\n{stderr}", out.status);
+    if out.status.code() != Some(2) {
+        return Err(format!("expected exit 2: {report}"));
+    }
+    let failed = (0..2).any(|r| {
+        stderr.contains(&format!(
+            "rank {r} exited with status 2; the other ranks were stopped"
+        ))
+    });
+    let prefixed = (0..2).any(|r| stderr.contains(&format!("[rank {r}] error: ")));
+    if !failed || !prefixed {
+        return Err(format!(
+            "no prefixed rank error or no failed rank named: {report}"
+        ));
     }
     Ok(())
 }

@@ -56,6 +56,19 @@ std::vector<at::Tensor> list(at::Tensor* const* xs, size_t n) {
 void wait(const c10::intrusive_ptr<c10d::Work>& work, int64_t timeout_ms) {
   work->wait(milliseconds(timeout_ms));
 }
+
+// One collective per tensor (`start` issues it), all issued before the first wait so that the
+// backend pipelines them, then waits for each.
+template <class F>
+void each_then_wait(at::Tensor* const* xs, size_t n, int64_t timeout_ms, F&& start) {
+  std::vector<c10::intrusive_ptr<c10d::Work>> works;
+  works.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    std::vector<at::Tensor> one{*xs[i]};
+    works.push_back(start(one));
+  }
+  for (auto& w : works) wait(w, timeout_ms);
+}
 }  // namespace
 
 struct TagfixStore {
@@ -178,21 +191,15 @@ int tagfix_dist_has_nccl() {
 #endif
 }
 
-// Sums each of the `n` tensors in place across all ranks (one collective per tensor, all issued
-// before the first wait so the backend can pipeline them).
+// Sums each of the `n` tensors in place across all ranks.
 int tagfix_dist_allreduce_sum(TagfixGroup* group, at::Tensor* const* xs, size_t n,
                               int64_t timeout_ms, char* err, size_t cap) {
   return guarded(err, cap, [&] {
-    std::vector<c10::intrusive_ptr<c10d::Work>> works;
-    works.reserve(n);
-    for (size_t i = 0; i < n; ++i) {
-      std::vector<at::Tensor> one{*xs[i]};
-      c10d::AllreduceOptions opts;
-      opts.reduceOp = c10d::ReduceOp::SUM;
-      opts.timeout = milliseconds(timeout_ms);
-      works.push_back(group->backend->allreduce(one, opts));
-    }
-    for (auto& w : works) wait(w, timeout_ms);
+    c10d::AllreduceOptions opts;
+    opts.reduceOp = c10d::ReduceOp::SUM;
+    opts.timeout = milliseconds(timeout_ms);
+    each_then_wait(xs, n, timeout_ms,
+                   [&](std::vector<at::Tensor>& one) { return group->backend->allreduce(one, opts); });
   });
 }
 
@@ -200,16 +207,11 @@ int tagfix_dist_allreduce_sum(TagfixGroup* group, at::Tensor* const* xs, size_t 
 int tagfix_dist_broadcast(TagfixGroup* group, at::Tensor* const* xs, size_t n, int root,
                           int64_t timeout_ms, char* err, size_t cap) {
   return guarded(err, cap, [&] {
-    std::vector<c10::intrusive_ptr<c10d::Work>> works;
-    works.reserve(n);
-    for (size_t i = 0; i < n; ++i) {
-      std::vector<at::Tensor> one{*xs[i]};
-      c10d::BroadcastOptions opts;
-      opts.rootRank = root;
-      opts.timeout = milliseconds(timeout_ms);
-      works.push_back(group->backend->broadcast(one, opts));
-    }
-    for (auto& w : works) wait(w, timeout_ms);
+    c10d::BroadcastOptions opts;
+    opts.rootRank = root;
+    opts.timeout = milliseconds(timeout_ms);
+    each_then_wait(xs, n, timeout_ms,
+                   [&](std::vector<at::Tensor>& one) { return group->backend->broadcast(one, opts); });
   });
 }
 

@@ -3,9 +3,9 @@
 //!
 //! Besides c10d's own key exchange, every rank keeps a few records in the store so that a failure
 //! can name the rank behind it: a heartbeat counter (a thread adds to it twice a second), the number
-//! of collectives it has entered with its training step, and a note when it leaves. When a
-//! collective fails, [`ProcessGroup`] reads them: a stopped heartbeat without a note is a dead rank,
-//! a note is a rank that failed or left, a rank still beating but behind is a hung one, and an
+//! of collectives it has entered with its training step, and a note when it stops with an error.
+//! When a collective fails, [`ProcessGroup`] reads them: a stopped heartbeat without a note is a
+//! dead rank, a note is a rank that failed, a rank still beating but behind is a hung one, and an
 //! unreachable store means rank 0 (its host) is gone.
 
 use super::ffi::{self, GlooDevice, Store};
@@ -21,6 +21,8 @@ pub const DEFAULT_BUCKET_BYTES: usize = 25 * 1024 * 1024;
 const HEARTBEAT: Duration = Duration::from_millis(500);
 /// How long a failing rank watches the heartbeats before calling one dead (several beats).
 const HEARTBEAT_WATCH: Duration = Duration::from_millis(1600);
+/// How long rank 0 keeps the store up for the other ranks' clean leave.
+const LEAVE_WAIT: Duration = Duration::from_secs(10);
 /// Timeout of the store reads made while diagnosing a failure.
 const DIAGNOSIS_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -96,7 +98,7 @@ pub struct ProcessGroup {
     agent_store: bool,
     // Field order is drop order: the group, then the heartbeat, then the store (rank 0 serves it).
     group: Option<ffi::Group>,
-    _heartbeat: Heartbeat,
+    heartbeat: Option<Heartbeat>,
     store: Store,
     seq: u64,
     step: Option<u64>,
@@ -172,7 +174,7 @@ impl ProcessGroup {
             bucket_bytes: opts.bucket_bytes.max(1),
             agent_store: rdzv.agent_store,
             group: Some(group),
-            _heartbeat: heartbeat,
+            heartbeat: Some(heartbeat),
             store,
             seq: 0,
             step: None,
@@ -215,8 +217,9 @@ impl ProcessGroup {
         self.step = Some(step);
     }
 
-    /// Records that this rank is stopping because of `message`, so that the other ranks' failing
-    /// collectives name it as the cause instead of waiting for their timeout to say less.
+    /// Records that this rank is stopping because of `message` (an error outside the collectives,
+    /// e.g. an unreadable image), so that the other ranks' failing collectives quote it; without it
+    /// they report this rank as died.
     pub fn report_failure(&mut self, message: &str) {
         let _ = self
             .store
@@ -476,13 +479,26 @@ impl ProcessGroup {
 
 impl Drop for ProcessGroup {
     fn drop(&mut self) {
-        if !self.failed {
-            self.report_failure("left the process group");
-        }
         if self.failed {
             // A failed c10d group may still hold work waiting on dead peers; its destructor would
             // wait for that. The process is about to report the error and end: leave it.
             std::mem::forget(self.group.take());
+            return;
+        }
+        // A clean leave: stop beating, say so, and keep rank 0's store up until every rank has
+        // (bounded), so that no rank's last store operation meets a closed server.
+        drop(self.heartbeat.take());
+        let _ = self.store.add("done", 1);
+        if self.rank == 0 && !self.agent_store {
+            let deadline = Instant::now() + self.timeout.min(LEAVE_WAIT);
+            while Instant::now() < deadline
+                && self
+                    .store
+                    .add("done", 0)
+                    .is_ok_and(|n| n < self.world_size as i64)
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
 }
