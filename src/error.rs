@@ -24,8 +24,9 @@ pub enum ErrorKind {
     Stopped,
 }
 
-/// Errors raised by the tagfix library: `Io`, one variant per module's error enum, and `Stopped`.
-/// The variants after `Stopped` (and [`Error::invalid`]) are legacy: free-text messages kept while
+/// Errors raised by the tagfix library: `Io` and one variant per module's error enum (a training
+/// run that stopped itself is [`crate::train::error::TrainError::Stopped`]).
+/// The free-text variants below (and [`Error::invalid`]) are legacy: free-text messages kept while
 /// the modules that still raise them (annotations, consistency, training, checkpoints) move to
 /// their own enums; new code does not use them.
 #[derive(Debug, thiserror::Error)]
@@ -86,16 +87,6 @@ pub enum Error {
     /// Distributed training: environment, rendezvous, a collective, the agreement check, the launcher.
     #[error(transparent)]
     Dist(#[from] crate::train::dist::DistError),
-
-    /// A training run stopped itself at `step` (1-based) after saving the state before it.
-    #[error(
-        "step {step}: {reason}; training stopped. The state before this step is saved in {checkpoint}"
-    )]
-    Stopped {
-        step: u64,
-        reason: String,
-        checkpoint: PathBuf,
-    },
 
     /// Legacy, being replaced by module error enums.
     #[error("{path}:{line}: {message}")]
@@ -158,6 +149,10 @@ pub enum Error {
     /// `check` inputs that cannot be compared.
     #[error(transparent)]
     Check(#[from] crate::consistency::compare::CheckError),
+
+    /// A training run's failure (its own exit status when the run stopped on a non-finite step).
+    #[error(transparent)]
+    Train(#[from] crate::train::error::TrainError),
 }
 
 impl Error {
@@ -202,7 +197,7 @@ impl Error {
             Error::Policy(e) => e.kind(),
             Error::Check(e) => e.kind(),
             Error::Dist(e) => e.kind(),
-            Error::Stopped { .. } => ErrorKind::Stopped,
+            Error::Train(e) => e.kind(),
             Error::Usage(_) => ErrorKind::Usage,
             Error::Runtime(_) => ErrorKind::Environment,
             Error::Parse { .. }

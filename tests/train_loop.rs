@@ -5,11 +5,13 @@
 
 mod common;
 
-use common::train::{dataset, inputs, serial, small_config};
+use common::train::{
+    dataset, inputs, inputs_validated_on_training_images, serial, small_config, train_command,
+};
 use std::path::{Path, PathBuf};
 use tagfix::monitor::read_all_records;
 use tagfix::train::config::{AbsentPolicy, CheckpointEvery, LossBalance, TrainConfig};
-use tagfix::train::run::{prepare, train, RunSummary, TrainInputs};
+use tagfix::train::run::{prepare, train, RunSummary, TrainInputs, Trainer};
 
 fn run(cfg: &TrainConfig, inp: &TrainInputs, out: &Path) -> RunSummary {
     let p = prepare(cfg, inp).unwrap();
@@ -84,14 +86,7 @@ fn resume_equals_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = dataset(tmp.path(), 32, 2);
     // Validation on 8 of the training images every 3 steps: it must not disturb the trajectory.
-    let inp = TrainInputs {
-        validation: Some(tagfix::train::validate::ValidationInputs {
-            data: ds.annotations.clone(),
-            images: None,
-            thresholds: None,
-        }),
-        ..inputs(&ds)
-    };
+    let inp = inputs_validated_on_training_images(&ds);
     let cfg = TrainConfig {
         batch_size: 8,
         micro_batch_size: Some(4),
@@ -186,6 +181,84 @@ fn non_finite_loss_stops_with_checkpoint() {
         .unwrap()
         .unwrap();
     assert!(ckpt.join("model.safetensors").is_file());
+
+    // The command exits 3 (a stopped run), not 2 (bad input), and says where the state is.
+    let cli_out = tmp.path().join("cli-run");
+    let out = train_command(&ds)
+        .arg("--quiet")
+        .args(["--batch-size", "8", "--max-steps", "20", "--lr", "1e30"])
+        .args([
+            "--set",
+            "warmup_steps=0",
+            "--workers",
+            "1",
+            "--threads",
+            "1",
+        ])
+        .arg("--out")
+        .arg(&cli_out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("training stopped") && stderr.contains("checkpoints/step-"),
+        "{stderr}"
+    );
+    // Bad input still exits 2.
+    let out = assert_cmd::Command::cargo_bin("tagfix")
+        .unwrap()
+        .args(["--quiet", "train", "--resume"])
+        .arg(tmp.path().join("no-such-run"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// The Trainer's pieces one at a time: each step's record is the line `metrics.jsonl` gets, the
+/// due checks follow `val_every` / `checkpoint_every`, a checkpoint lands at the current step, and
+/// finishing after a checkpoint of the last step keeps it.
+#[test]
+fn trainer_steps_validates_and_checkpoints_when_asked() {
+    let _guard = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path(), 16, 4);
+    let inp = inputs_validated_on_training_images(&ds);
+    let cfg = TrainConfig {
+        val_every: 2,
+        val_max_images: Some(4),
+        checkpoint_every: CheckpointEvery::Steps(3),
+        ..small_config(4)
+    };
+    let out = tmp.path().join("run");
+    let mut t = Trainer::new(prepare(&cfg, &inp).unwrap(), &out, false).unwrap();
+    assert!(t.at_start() && !t.is_done());
+    assert_eq!(t.validate().unwrap().unwrap().step, 0);
+    let mut records = Vec::new();
+    let mut due = Vec::new();
+    while !t.is_done() {
+        records.push(t.step().unwrap());
+        due.push((t.current_step(), t.validation_due(), t.checkpoint_due()));
+    }
+    assert_eq!(
+        due,
+        vec![
+            (1, false, false),
+            (2, true, false),
+            (3, false, true),
+            (4, true, false)
+        ]
+    );
+    assert_eq!(
+        read_all_records(&out.join("metrics.jsonl")).unwrap(),
+        records
+    );
+    let ckpt = t.checkpoint().unwrap();
+    assert!(ckpt.ends_with("step-00000004"), "{}", ckpt.display());
+    let summary = t.finish().unwrap();
+    assert_eq!(summary.checkpoint, ckpt);
+    assert_eq!((summary.first_step, summary.steps), (0, 4));
+    assert_eq!(summary.validation.len(), 1, "only the one asked for");
 }
 
 fn prepare_err(cfg: &TrainConfig, inp: &TrainInputs) -> String {
@@ -534,17 +607,7 @@ fn validation_in_the_loop_rises_and_is_plotted() {
     std::fs::write(bench.join("synth_annots.txt"), lines.join("\n")).unwrap();
 
     let run_dir = tmp.path().join("run");
-    let out = assert_cmd::Command::cargo_bin("tagfix")
-        .unwrap()
-        .args(["train", "--model", "tiny", "--allow-random-encoder"])
-        .arg("--data")
-        .arg(&ds.annotations)
-        .arg("--images")
-        .arg(&ds.image_root)
-        .arg("--manifest")
-        .arg(&ds.manifest)
-        .arg("--label-embed")
-        .arg(&ds.label_embed)
+    let out = train_command(&ds)
         .arg("--val-data")
         .arg(&bench)
         .arg("--val-images")

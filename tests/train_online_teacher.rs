@@ -7,9 +7,8 @@
 mod common;
 mod embed_common;
 
-use assert_cmd::Command;
 use common::model_dir_for_test;
-use common::train::{dataset, inputs, serial, small_config};
+use common::train::{dataset, inputs, serial, small_config, train_command};
 use embed_common::max_abs_diff;
 use indicatif::ProgressBar;
 use std::path::{Path, PathBuf};
@@ -233,23 +232,8 @@ fn cli_teacher_flags_are_checked() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = dataset(tmp.path(), 8, 5);
     let base = |extra: &[&str]| {
-        let mut c = Command::cargo_bin("tagfix").unwrap();
-        c.args(["--quiet", "train", "--model", "tiny", "--data"])
-            .arg(&ds.annotations)
-            .arg("--images")
-            .arg(&ds.image_root)
-            .arg("--manifest")
-            .arg(&ds.manifest)
-            .arg("--label-embed")
-            .arg(&ds.label_embed)
-            .args([
-                "--allow-random-encoder",
-                "--max-steps",
-                "1",
-                "--batch-size",
-                "4",
-                "--out",
-            ])
+        let mut c = train_command(&ds);
+        c.args(["--quiet", "--max-steps", "1", "--batch-size", "4", "--out"])
             .arg(tmp.path().join("run"))
             .args(extra);
         c.output().unwrap()

@@ -31,10 +31,10 @@ pub enum ExitStatus {
     Success,
     /// 1: the command ran and a requested check failed.
     Failure,
-    /// 2: usage or input error.
+    /// 2: usage or input error (or a fault, e.g. a checkpoint that could not be written).
     Error,
-    /// 3: a training run stopped itself (a non-finite loss) after saving the state before the
-    /// step that failed.
+    /// 3: a training run stopped itself: a loss term or the gradient norm went non-finite (the state
+    /// before that step is checkpointed). Its inputs were fine; a lower learning rate may not be.
     Stopped,
 }
 
@@ -44,8 +44,15 @@ impl ExitStatus {
     pub fn of_error(err: &anyhow::Error) -> Self {
         let kind = err
             .chain()
-            .find_map(|e| e.downcast_ref::<tagfix::Error>())
-            .map_or(ErrorKind::Usage, tagfix::Error::kind);
+            .find_map(|e| {
+                e.downcast_ref::<tagfix::Error>()
+                    .map(tagfix::Error::kind)
+                    .or_else(|| {
+                        e.downcast_ref::<tagfix::train::error::TrainError>()
+                            .map(tagfix::train::error::TrainError::kind)
+                    })
+            })
+            .unwrap_or(ErrorKind::Usage);
         Self::of_kind(kind)
     }
 
@@ -141,7 +148,7 @@ mod tests {
 
     #[test]
     fn exit_status_follows_the_library_error_kind() {
-        let stopped = tagfix::Error::Stopped {
+        let stopped = tagfix::train::error::TrainError::Stopped {
             step: 3,
             reason: "loss term `tag` is NaN".into(),
             checkpoint: "runs/a/checkpoints/step-2".into(),

@@ -89,6 +89,29 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
     anyhow::bail!("this tagfix was built without the `train` feature: rebuild with `cargo build --release --features train`")
 }
 
+/// This process's rank of a data-parallel run when torchrun's or Slurm's environment names more than
+/// one rank: joins the process group (backend by device unless `--dist-backend`).
+#[cfg(feature = "train")]
+fn join_group(
+    args: &TrainArgs,
+    cfg: &TrainConfig,
+) -> anyhow::Result<Option<tagfix::train::dist::ProcessGroup>> {
+    use tagfix::train::config::DeviceKind;
+    use tagfix::train::dist::{DistBackend, GroupOptions, ProcessGroup, Rendezvous};
+    let Some(rdzv) = Rendezvous::from_env()?.filter(Rendezvous::is_multi_rank) else {
+        return Ok(None);
+    };
+    let backend = args
+        .dist
+        .dist_backend
+        .unwrap_or(DistBackend::for_cuda(cfg.device == DeviceKind::Cuda));
+    let timeout = std::time::Duration::from_secs(args.dist.dist_timeout);
+    Ok(Some(ProcessGroup::new(
+        &rdzv,
+        &GroupOptions::new(backend, timeout),
+    )?))
+}
+
 /// `--nproc-per-node N` (N > 1) in a process that is not already one of several ranks: starts N
 /// ranks of this same command instead of training here, and returns their joint status.
 #[cfg(feature = "train")]
@@ -130,7 +153,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
     if let Some(status) = launch_ranks(&args)? {
         return Ok(status);
     }
-    use tagfix::train::run::{prepare, read_run_inputs, train, validation_line, TrainInputs};
+    use tagfix::train::run::{
+        prepare, prepare_on, read_run_inputs, train, train_distributed, validation_line,
+        TrainInputs,
+    };
     use tagfix::train::validate::ValidationInputs;
 
     let cfg = resolve_config(&args)?;
@@ -183,8 +209,24 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
     if validation.is_some() {
         inputs.validation = validation;
     }
-    let prepared = prepare(&cfg, &inputs)?;
-    let summary = train(prepared, &out, resume)?;
+    let summary = match join_group(&args, &cfg)? {
+        None => train(prepare(&cfg, &inputs)?, &out, resume)?,
+        Some(mut group) => {
+            let main = group.is_main();
+            let prepared = match prepare_on(&cfg, &inputs, group.device()) {
+                Ok(p) => p,
+                Err(e) => {
+                    group.report_failure(&e.to_string());
+                    return Err(e.into());
+                }
+            };
+            let summary = train_distributed(prepared, &out, resume, group)?;
+            if !main {
+                return Ok(ExitStatus::Success); // rank 0 writes and prints the summary
+            }
+            summary
+        }
+    };
     summary.write(&out)?;
     if args.plot {
         super::plot::write_plots(&out, None, false, None, None)?;

@@ -10,6 +10,7 @@ pub mod convert;
 #[cfg(feature = "train")]
 pub mod data;
 pub mod dist;
+pub mod error;
 #[cfg(feature = "train")]
 pub mod export;
 #[cfg(feature = "train")]
@@ -25,6 +26,8 @@ pub mod objective;
 pub mod optim;
 #[cfg(feature = "train")]
 pub mod run;
+#[cfg(feature = "train")]
+pub mod trainer;
 #[cfg(feature = "train")]
 pub mod validate;
 #[cfg(feature = "train")]

@@ -208,6 +208,16 @@ impl AdamW {
         }
     }
 
+    /// The defined gradients of the trained parameters, in parameter order (shallow: writing to
+    /// them writes the gradients; distributed training sums them across ranks).
+    pub fn grads(&self) -> Vec<Tensor> {
+        self.params
+            .iter()
+            .map(|p| p.var.grad())
+            .filter(|g| g.defined())
+            .collect()
+    }
+
     /// Gradient L2 norms in total and per module group (missing gradients count as zero). The fused
     /// implementation reads them from the device once; the loop once per parameter.
     pub fn grad_norms(&self) -> Result<GroupNorms> {

@@ -142,14 +142,24 @@ impl ValidationSet {
 
     /// Scores every image with the model in eval mode and evaluates.
     pub fn run(&self, model: &RamPlus, device: Device, batch: usize) -> Result<EvalReport> {
-        let scores = score_images(
-            model,
-            &self.image_paths,
-            device,
-            batch.max(1),
-            FilterType::Triangle,
-        )?;
-        let columns = gather_columns(&scores, model.config.num_class, &self.mapping)?;
+        let scores = self.score(model, device, batch, &self.image_paths)?;
+        self.report(&scores, model.config.num_class)
+    }
+
+    /// Sigmoid probabilities `[paths, num_class]` of some of the set's images (a rank's share).
+    pub fn score(
+        &self,
+        model: &RamPlus,
+        device: Device,
+        batch: usize,
+        paths: &[PathBuf],
+    ) -> Result<Vec<f32>> {
+        score_images(model, paths, device, batch.max(1), FilterType::Triangle)
+    }
+
+    /// Evaluates the scores of every image of the set, in order.
+    pub fn report(&self, scores: &[f32], num_class: usize) -> Result<EvalReport> {
+        let columns = gather_columns(scores, num_class, &self.mapping)?;
         evaluate(
             &self.bench,
             &self.vocab,

@@ -45,6 +45,44 @@ pub fn inputs(ds: &SynthDataset) -> TrainInputs {
     }
 }
 
+/// `tagfix train` of the tiny model (random encoder allowed) on the dataset's annotations, images,
+/// manifest and label embeddings; the caller adds the rest.
+pub fn train_command(ds: &SynthDataset) -> assert_cmd::Command {
+    let mut c = assert_cmd::Command::cargo_bin("tagfix").unwrap();
+    c.args(train_argv(ds));
+    c
+}
+
+/// The arguments of [`train_command`].
+pub fn train_argv(ds: &SynthDataset) -> Vec<std::ffi::OsString> {
+    let mut a: Vec<std::ffi::OsString> = ["train", "--model", "tiny", "--allow-random-encoder"]
+        .iter()
+        .map(Into::into)
+        .collect();
+    for (flag, path) in [
+        ("--data", &ds.annotations),
+        ("--images", &ds.image_root),
+        ("--manifest", &ds.manifest),
+        ("--label-embed", &ds.label_embed),
+    ] {
+        a.push(flag.into());
+        a.push(path.into());
+    }
+    a
+}
+
+/// The dataset's inputs, validated on its own training images.
+pub fn inputs_validated_on_training_images(ds: &SynthDataset) -> TrainInputs {
+    TrainInputs {
+        validation: Some(tagfix::train::validate::ValidationInputs {
+            data: ds.annotations.clone(),
+            images: None,
+            thresholds: None,
+        }),
+        ..inputs(ds)
+    }
+}
+
 /// The tiny model, batch 8, a constant learning rate after 10 warm-up steps, one thread, no
 /// intermediate checkpoints.
 pub fn small_config(steps: u64) -> TrainConfig {

@@ -426,6 +426,20 @@ impl Loader {
         start_step: u64,
         end_step: u64,
     ) -> Result<Self> {
+        let all = 0..cfg.batch / cfg.micro_batch.max(1);
+        Self::start_micro_range(data, cfg, start_step, end_step, all)
+    }
+
+    /// Starts a producer of only the micro-batches `micros` of each step (a rank's share of the
+    /// global batch in distributed training). A micro-batch's samples, their augmentation and its
+    /// [`MicroBatch::micro`] index are those of the one-rank run.
+    pub fn start_micro_range(
+        data: Arc<TrainData>,
+        cfg: LoaderConfig,
+        start_step: u64,
+        end_step: u64,
+        micros: std::ops::Range<usize>,
+    ) -> Result<Self> {
         let spe = cfg.steps_per_epoch(data.len());
         if spe == 0 {
             return Err(Error::Usage(format!(
@@ -442,7 +456,6 @@ impl Loader {
         let (tx, rx) = sync_channel(cfg.prefetch.max(1));
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
-        let accumulation = cfg.batch / cfg.micro_batch;
         let handle = std::thread::Builder::new()
             .name("tagfix-loader".into())
             .spawn(move || {
@@ -453,7 +466,7 @@ impl Loader {
                         cached = Some((epoch, epoch_order(data.len(), cfg.seed, epoch)));
                     }
                     let order = &cached.as_ref().unwrap().1;
-                    for micro in 0..accumulation {
+                    for micro in micros.clone() {
                         if stop2.load(Ordering::Relaxed) {
                             return;
                         }

@@ -1,0 +1,827 @@
+//! [`Trainer`]: one training run as a value. [`Trainer::new`] opens (or resumes) the run folder,
+//! [`Trainer::step`] takes one optimizer step, [`Trainer::validate`] and [`Trainer::checkpoint`] act at
+//! the current step, [`Trainer::finish`] writes the last checkpoint and returns the summary;
+//! [`super::run::train`] drives them. The state a step needs lives in fields, not in closures, so
+//! each piece can be called (and tested) alone.
+
+use super::autocast::with_autocast;
+use super::config::{Precision, TrainConfig};
+use super::data::{Loader, MicroBatch, TrainData};
+use super::dist::{Fingerprint, ProcessGroup};
+use super::error::TrainError;
+use super::model::{RamPlus, RamPlusConfig};
+use super::objective::{micro_losses, step_losses, AbsentSlots, LossWeighting, MicroInputs};
+use super::optim::{AdamW, LrSchedule};
+use super::run::{
+    checkpoint_dir, latest_checkpoint, read_checkpoint, save_checkpoint, slot_probabilities,
+    validation_line, CheckpointState, Prepared, RunSummary, RUN_FILE, STATE_SCHEMA,
+};
+use super::validate::ValidationSet;
+use crate::error::Result;
+use crate::fsutil::write_atomic;
+use crate::monitor::{
+    events_table, GroupNorms, LossTerm, RunDir, RunMonitor, StepRecord, ValidationRecord,
+    ValidationWriter,
+};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+/// The raw loss terms of one step, summed over its micro-batches, in the order they first appeared.
+pub type RawTerms = Vec<(LossTerm, f64)>;
+
+/// What the micro-batches of one step produced before the update.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Accumulated {
+    /// Raw terms summed over the micro-batches (each already a share of the batch mean).
+    pub raw: RawTerms,
+    /// The weighted total that was back-propagated, summed likewise.
+    pub total: f64,
+    /// Seconds spent waiting for the data loader.
+    pub data_wait_s: f64,
+}
+
+impl Accumulated {
+    /// Adds one micro-batch's raw term.
+    fn add(&mut self, term: LossTerm, v: f64) {
+        match self.raw.iter_mut().find(|(k, _)| *k == term) {
+            Some(e) => e.1 += v,
+            None => self.raw.push((term, v)),
+        }
+    }
+}
+
+/// Held-out validation: the set, where its records go, and those of this invocation.
+struct Validator {
+    set: ValidationSet,
+    /// `None` on ranks other than 0 (rank 0 alone writes the run's files).
+    writer: Option<ValidationWriter>,
+    batch: usize,
+    records: Vec<ValidationRecord>,
+}
+
+impl Validator {
+    /// Opens `validation.jsonl`: truncated for a new run, cut back to `step` on resume.
+    fn open(
+        set: ValidationSet,
+        run: &RunDir,
+        resume_at: Option<u64>,
+        batch: usize,
+        writes: bool,
+    ) -> Result<Self> {
+        let writer = match resume_at {
+            _ if !writes => None,
+            Some(step) => Some(ValidationWriter::resume(&run.validation_path(), step)?),
+            None => {
+                crate::fsutil::write_bytes_atomic(&run.validation_path(), b"")?;
+                Some(ValidationWriter::append(&run.validation_path())?)
+            }
+        };
+        Ok(Validator {
+            set,
+            writer,
+            batch,
+            records: Vec::new(),
+        })
+    }
+}
+
+/// Wall-clock seconds of the run, across resumes.
+struct Clock {
+    started: Instant,
+    /// Seconds the run had taken before this invocation (from the resumed checkpoint).
+    offset: f64,
+}
+
+impl Clock {
+    fn wall_s(&self) -> f64 {
+        self.offset + self.started.elapsed().as_secs_f64()
+    }
+}
+
+/// One training run: model, optimizer, data loader, monitor and the position in the run.
+pub struct Trainer {
+    config: TrainConfig,
+    model_config: RamPlusConfig,
+    vs: VarStore,
+    model: RamPlus,
+    data: Arc<TrainData>,
+    absent_slots: Vec<usize>,
+    absent: AbsentSlots,
+    device: Device,
+    out: PathBuf,
+    run: RunDir,
+    opt: AdamW,
+    sched: LrSchedule,
+    weighting: LossWeighting,
+    /// `None` on ranks other than 0.
+    monitor: Option<RunMonitor>,
+    /// The process group of a distributed run (`None`: one process).
+    group: Option<ProcessGroup>,
+    validator: Option<Validator>,
+    loader: Loader,
+    bar: indicatif::ProgressBar,
+    clock: Clock,
+    /// `wall_s` of the last step's record (what its checkpoint stores).
+    last_wall_s: f64,
+    fingerprint: String,
+    steps_per_epoch: u64,
+    total_steps: u64,
+    first_step: u64,
+    /// Optimizer steps completed.
+    step: u64,
+    micro: usize,
+    accumulation: usize,
+    history: Vec<RawTerms>,
+    last_saved: Option<PathBuf>,
+}
+
+impl Trainer {
+    /// Opens the run folder `out`: a new run (refused when `out` already holds one) or, with
+    /// `resume`, the newest checkpoint's model, optimizer, loss weights and position. Writes
+    /// `config.toml` and `run.json` and starts the data loader at the first step to take.
+    pub fn new(prepared: Prepared, out: &Path, resume: bool) -> Result<Self> {
+        Self::with_group(prepared, out, resume, None)
+    }
+
+    /// [`Trainer::new`] as one rank of a data-parallel run: this rank takes its share of every
+    /// step's micro-batches, rank 0 alone writes the run's files, and before returning every rank
+    /// has checked that all agree on configuration, vocabulary, label embeddings and step, and
+    /// holds rank 0's parameters.
+    pub fn with_group(
+        prepared: Prepared,
+        out: &Path,
+        resume: bool,
+        mut group: Option<ProcessGroup>,
+    ) -> Result<Self> {
+        let main = group.as_ref().is_none_or(ProcessGroup::is_main);
+        let world = group.as_ref().map_or(1, ProcessGroup::world_size);
+        let rank = group.as_ref().map_or(0, ProcessGroup::rank);
+        let Prepared {
+            config,
+            inputs,
+            model_config,
+            vs,
+            model,
+            data,
+            absent_slots,
+            device,
+            loader: loader_cfg,
+            steps_per_epoch,
+            total_steps,
+            validation,
+            notes,
+        } = prepared;
+        let (micro, all_micros) = config.accumulation()?;
+        if all_micros % world != 0 {
+            return Err(TrainError::UnevenShares {
+                batch: config.batch_size,
+                micro,
+                world,
+            }
+            .into());
+        }
+        let accumulation = all_micros / world;
+        if main {
+            for n in &notes {
+                tracing::info!("{n}");
+            }
+        }
+        let run = RunDir::create(out)?;
+        let mut opt = AdamW::new(&vs, &config.frozen_prefixes(), &config)?;
+        tracing::info!("{}", opt.summary);
+        let fingerprint = data.records.fingerprint();
+        let resumed = if resume {
+            Some(resume_state(&run, &vs, &mut opt, &data, &fingerprint)?)
+        } else {
+            if main {
+                refuse_existing_run(&run, out)?;
+            }
+            None
+        };
+        let start_step = resumed.as_ref().map_or(0, |s| s.step);
+        if let Some(g) = group.as_mut() {
+            agree_and_share(g, &config, &inputs, start_step, &vs)?;
+        }
+        let monitor = if main {
+            write_run_files(&run, &config, &inputs)?;
+            Some(if resume {
+                RunMonitor::resume(&run, config.monitor.clone(), start_step)?
+            } else {
+                RunMonitor::start(&run, config.monitor.clone())?
+            })
+        } else {
+            None
+        };
+        if start_step >= total_steps {
+            return Err(TrainError::NothingToDo {
+                step: start_step,
+                total: total_steps,
+            }
+            .into());
+        }
+        let validator = match validation {
+            Some(set) => {
+                let batch = config.val_batch_size.unwrap_or(micro);
+                let resume_at = resume.then_some(start_step);
+                Some(Validator::open(set, &run, resume_at, batch, main)?)
+            }
+            None => None,
+        };
+        let micros = rank * accumulation..(rank + 1) * accumulation;
+        let loader =
+            Loader::start_micro_range(data.clone(), loader_cfg, start_step, total_steps, micros)?;
+        Ok(Trainer {
+            sched: LrSchedule::new(&config, steps_per_epoch, total_steps),
+            absent: AbsentSlots::new(model_config.num_class, &absent_slots, config.absent, device),
+            weighting: match &resumed {
+                Some(s) => s.weighting.clone(),
+                None => LossWeighting::new(
+                    config.loss_weights,
+                    config.loss_balance,
+                    config.balance_steps,
+                ),
+            },
+            clock: Clock {
+                started: Instant::now(),
+                offset: resumed.as_ref().map_or(0.0, |s| s.wall_s),
+            },
+            last_wall_s: 0.0,
+            bar: if main {
+                progress_bar(start_step, total_steps)
+            } else {
+                indicatif::ProgressBar::hidden()
+            },
+            out: out.to_path_buf(),
+            config,
+            model_config,
+            vs,
+            model,
+            data,
+            absent_slots,
+            device,
+            run,
+            opt,
+            monitor,
+            group,
+            validator,
+            loader,
+            fingerprint,
+            steps_per_epoch,
+            total_steps,
+            first_step: start_step,
+            step: start_step,
+            micro,
+            accumulation,
+            history: Vec::new(),
+            last_saved: None,
+        })
+    }
+
+    /// Optimizer steps completed (the checkpoint's step after a resume, before any `step`).
+    pub fn current_step(&self) -> u64 {
+        self.step
+    }
+
+    /// Whether every step of the run has been taken.
+    pub fn is_done(&self) -> bool {
+        self.step >= self.total_steps
+    }
+
+    /// Whether a new (not resumed) run is at its start: validation at step 0 is due then.
+    pub fn at_start(&self) -> bool {
+        self.step == 0
+    }
+
+    /// Takes one optimizer step: the micro-batches' forward and backward passes, the gradient
+    /// norm, clipping, the AdamW update, and the step's record in `metrics.jsonl` (with the health
+    /// detectors and the loss balancing seeing it). A non-finite loss term or gradient norm saves
+    /// the state before this step and ends with [`TrainError::Stopped`].
+    pub fn step(&mut self) -> Result<StepRecord> {
+        let t0 = Instant::now();
+        let step = self.step;
+        let acc = self.accumulate(step)?;
+        let (grad_norm, lr, update_norm) = self.update(step)?;
+        let secs = t0.elapsed().as_secs_f64();
+        let wall_s = self.clock.wall_s();
+        let record = StepRecord {
+            step: step + 1,
+            epoch: step / self.steps_per_epoch,
+            lr,
+            loss: step_losses(&acc.raw, &self.weighting.weights),
+            total: acc.total,
+            grad_norm,
+            update_norm,
+            images_per_s: self.config.batch_size as f64 / secs.max(1e-9),
+            data_wait_s: acc.data_wait_s,
+            wall_s,
+        };
+        self.observe(&record, acc.raw)?;
+        self.step = step + 1;
+        self.last_wall_s = wall_s;
+        self.bar.set_position(self.step);
+        Ok(record)
+    }
+
+    /// Zeroes the gradients and runs every micro-batch of `step`, accumulating their gradients.
+    fn accumulate(&mut self, step: u64) -> Result<Accumulated> {
+        self.opt.zero_grad();
+        let mut acc = Accumulated::default();
+        let mut non_finite = None;
+        for m in 0..self.accumulation {
+            let w0 = Instant::now();
+            let mb = self
+                .loader
+                .next_batch()
+                .ok_or(TrainError::LoaderStopped(step + 1))??;
+            acc.data_wait_s += w0.elapsed().as_secs_f64();
+            debug_assert_eq!((mb.step, mb.micro % self.accumulation), (step, m));
+            if let Some(reason) = self.micro_batch(&mb, &mut acc)? {
+                if self.group.is_none() {
+                    return Err(self.stop(step, reason));
+                }
+                // The other ranks are waiting for this step's sums: stop together after them.
+                non_finite.get_or_insert(reason);
+            }
+        }
+        if self.group.is_some() {
+            self.all_reduce(step, &mut acc, non_finite)?;
+        }
+        Ok(acc)
+    }
+
+    /// Distributed: sums the gradients (DDP's bucketed all-reduce, once per step after the last
+    /// micro-batch: `no_sync` for the others) and the loss terms over the ranks, so every rank
+    /// holds the one-rank run's values. A non-finite term on any rank stops every rank.
+    fn all_reduce(
+        &mut self,
+        step: u64,
+        acc: &mut Accumulated,
+        non_finite: Option<String>,
+    ) -> Result<()> {
+        let grads = self.opt.grads();
+        let group = self.group.as_mut().expect("distributed");
+        group.set_step(step + 1);
+        group.all_reduce_sum_(&grads)?;
+        let mut values = [0f64; 8];
+        for &(t, v) in &acc.raw {
+            values[t as usize] = v;
+            values[3 + t as usize] = 1.0;
+        }
+        values[6] = acc.total;
+        values[7] = f64::from(u8::from(non_finite.is_some()));
+        let sums = group.all_reduce_scalars(&values)?;
+        if sums[7] > 0.0 {
+            let reason = non_finite.unwrap_or_else(|| {
+                format!("a loss term is non-finite on {} other rank(s)", sums[7])
+            });
+            return Err(self.stop(step, reason));
+        }
+        acc.raw = [LossTerm::Tag, LossTerm::Align, LossTerm::Dis]
+            .into_iter()
+            .filter(|t| sums[3 + *t as usize] > 0.0)
+            .map(|t| (t, sums[t as usize]))
+            .collect();
+        acc.total = sums[6];
+        Ok(())
+    }
+
+    /// Forward and backward pass of one micro-batch, libtorch's generator seeded from
+    /// `(seed, step, micro)`; its raw terms and weighted total are added to `acc`. A non-finite
+    /// term is returned as the reason to stop (nothing added, no backward pass).
+    fn micro_batch(&mut self, mb: &MicroBatch, acc: &mut Accumulated) -> Result<Option<String>> {
+        let device = self.device;
+        let n = mb.len() as i64;
+        let side = self.model_config.swin.img_size as i64;
+        let joint = self.model_config.joint_dim as i64;
+        let images = to_device(&mb.images, &[n, 3, side, side], device);
+        let targets = to_device(
+            &mb.targets,
+            &[n, self.model_config.num_class as i64],
+            device,
+        );
+        let clip = mb
+            .clip_feature
+            .as_ref()
+            .map(|c| to_device(c, &[n, joint], device));
+        let text = mb
+            .text_embed
+            .as_ref()
+            .map(|c| to_device(c, &[n, joint], device));
+        tch::manual_seed(torch_seed(self.config.seed, mb.step, mb.micro));
+        let inputs = MicroInputs {
+            images: &images,
+            targets: &targets,
+            clip_feature: clip.as_ref(),
+            text_embed: text.as_ref(),
+            mean_share: self.micro as f64 / self.config.batch_size as f64,
+        };
+        let forward = || micro_losses(&self.model, &inputs, &self.absent, true);
+        // The backward pass runs outside the autocast region, as torch.autocast recommends.
+        let losses = match self.config.precision {
+            Precision::F32 => forward(),
+            Precision::Bf16 => with_autocast(device, Kind::BFloat16, forward)?,
+        };
+        let terms: Vec<(LossTerm, f64)> = losses
+            .terms()
+            .into_iter()
+            .map(|(t, v)| (t, v.double_value(&[])))
+            .collect();
+        if let Some((t, v)) = terms.iter().find(|(_, v)| !v.is_finite()) {
+            return Ok(Some(format!(
+                "loss term `{t}` is {v} (micro-batch {}, records {:?})",
+                mb.micro,
+                &mb.indices[..mb.indices.len().min(8)]
+            )));
+        }
+        for (t, v) in terms {
+            acc.add(t, v);
+        }
+        let weighted = losses.weighted_sum(&self.weighting.weights);
+        acc.total += weighted.double_value(&[]);
+        weighted.backward();
+        Ok(None)
+    }
+
+    /// Gradient norms, clipping and the AdamW update of `step`: returns the gradient norms, the
+    /// learning rate and (on logging steps) the update norms.
+    fn update(&mut self, step: u64) -> Result<(GroupNorms, f64, Option<GroupNorms>)> {
+        let grad_norm = self.opt.grad_norms()?;
+        if !grad_norm.total.is_finite() {
+            let reason = format!(
+                "the gradient norm is {} although every loss term is finite",
+                grad_norm.total
+            );
+            return Err(self.stop(step, reason));
+        }
+        if let Some(max) = self.config.grad_clip.filter(|c| *c > 0.0) {
+            self.opt.clip_grad_norm(grad_norm.total, max);
+        }
+        let lr = self.sched.lr(step);
+        // Update norms cost a parameter copy and a device read: measured on logging steps only.
+        let log_every = self.config.log_every;
+        let logging_step = log_every > 0 && (step + 1) % log_every == 0;
+        let update_norm = self.opt.step(lr, logging_step)?;
+        Ok((grad_norm, lr, update_norm))
+    }
+
+    /// Appends a finished step to the metrics (detectors included), lets the loss balancing see its
+    /// raw terms, and shows them on logging steps.
+    fn observe(&mut self, record: &StepRecord, raw: RawTerms) -> Result<()> {
+        if let Some(monitor) = self.monitor.as_mut() {
+            monitor.record(record)?;
+        }
+        if let Some(msg) = self.weighting.observe(record.step - 1, &raw) {
+            tracing::info!("{msg}");
+        }
+        let done = record.step;
+        if self.config.log_every > 0 && done % self.config.log_every == 0 {
+            let terms: Vec<String> = raw.iter().map(|(t, v)| format!("{t} {v:.4}")).collect();
+            self.bar.set_message(terms.join(" "));
+            tracing::debug!("step {done}: lr {:.3e} {}", record.lr, terms.join(" "));
+        }
+        self.history.push(raw);
+        Ok(())
+    }
+
+    /// A non-finite step: saves the state before it (`step` steps done) and returns the error
+    /// saying where that state is (or the error that kept it from being saved).
+    fn stop(&mut self, step: u64, reason: String) -> crate::Error {
+        let state = self.state_at(step, self.clock.wall_s());
+        match self.save(&state) {
+            Ok(checkpoint) => {
+                self.bar.abandon();
+                TrainError::Stopped {
+                    step: step + 1,
+                    reason,
+                    checkpoint,
+                }
+                .into()
+            }
+            Err(e) => e,
+        }
+    }
+
+    /// Whether validation is due after the current step (`val_every`, and always after the last).
+    pub fn validation_due(&self) -> bool {
+        let every = self.config.val_every;
+        (every > 0 && self.step % every == 0) || self.step == self.total_steps
+    }
+
+    /// Whether `checkpoint_every` asks for a checkpoint after the current step.
+    pub fn checkpoint_due(&self) -> bool {
+        self.config.checkpoint_every.due(self.step)
+    }
+
+    /// Validates the model at the current step (nothing when the run has no validation data):
+    /// appends the record to `validation.jsonl`, logs it and returns it.
+    pub fn validate(&mut self) -> Result<Option<ValidationRecord>> {
+        let Some(v) = self.validator.as_mut() else {
+            return Ok(None);
+        };
+        let report = match self.group.as_mut() {
+            None => v.set.run(&self.model, self.device, v.batch)?,
+            Some(g) => {
+                // Each rank scores its share of the images; the gathered scores are the whole set's.
+                let all: Vec<usize> = (0..v.set.image_paths.len()).collect();
+                let share = super::dist::shard(&all, g.rank(), g.world_size());
+                let paths = &v.set.image_paths[share.start..share.start + share.indices.len()];
+                let nc = self.model_config.num_class;
+                let mine = v.set.score(&self.model, self.device, v.batch, paths)?;
+                let mine = Tensor::from_slice(&mine).view([paths.len() as i64, nc as i64]);
+                let gathered = Tensor::cat(&g.all_gather(&mine)?, 0).to_device(Device::Cpu);
+                let scores = Vec::<f32>::try_from(gathered.reshape([-1])).map_err(|e| {
+                    TrainError::Tensors {
+                        path: v.set.bench.annots_path.clone(),
+                        action: "gather the validation scores of",
+                        source: Box::new(e),
+                    }
+                })?;
+                v.set.report(&scores, nc)?
+            }
+        };
+        let rec = ValidationRecord::from_report(self.step, &report);
+        if let Some(w) = v.writer.as_mut() {
+            w.write(&rec)?;
+        }
+        let line = validation_line(&rec);
+        self.bar.suspend(|| tracing::info!("{line}"));
+        v.records.push(rec.clone());
+        Ok(Some(rec))
+    }
+
+    /// Saves a checkpoint of the current step (keeping the newest `keep_checkpoints`).
+    pub fn checkpoint(&mut self) -> Result<PathBuf> {
+        let state = self.state_at(self.step, self.last_wall_s);
+        let dir = self.save(&state)?;
+        self.last_saved = Some(dir.clone());
+        Ok(dir)
+    }
+
+    /// Saves the checkpoint `state` describes: rank 0 writes it (atomically) while the other ranks
+    /// wait at a barrier; every rank returns its folder.
+    fn save(&mut self, state: &CheckpointState) -> Result<PathBuf> {
+        let main = self.is_main();
+        let dir = if main {
+            save_checkpoint(
+                &self.run,
+                &self.vs,
+                &self.opt,
+                state,
+                self.config.keep_checkpoints,
+            )?
+        } else {
+            checkpoint_dir(&self.run, state.step)
+        };
+        if let Some(g) = self.group.as_mut() {
+            g.barrier()?;
+        }
+        Ok(dir)
+    }
+
+    /// Whether this process writes the run's files (rank 0, or the only process).
+    pub fn is_main(&self) -> bool {
+        self.group.as_ref().is_none_or(ProcessGroup::is_main)
+    }
+
+    /// Tells the other ranks (through the rendezvous store) why this one stops, so that their
+    /// failing collectives name it.
+    pub fn report_failure(&mut self, message: &str) {
+        if let Some(g) = self.group.as_mut() {
+            g.report_failure(message);
+        }
+    }
+
+    /// `state.json` of a checkpoint after `step` steps, `wall_s` seconds into the run.
+    fn state_at(&self, step: u64, wall_s: f64) -> CheckpointState {
+        CheckpointState {
+            schema: STATE_SCHEMA.into(),
+            step,
+            epoch: step / self.steps_per_epoch,
+            step_in_epoch: step % self.steps_per_epoch,
+            samples_seen: step * self.config.batch_size as u64,
+            seed: self.config.seed,
+            torch_rng: "tch::manual_seed(mix(seed, step, micro)) before every micro-batch".into(),
+            records: self.data.len(),
+            data_fingerprint: self.fingerprint.clone(),
+            weighting: self.weighting.clone(),
+            wall_s,
+            model: self.model_config.name.clone(),
+        }
+    }
+
+    /// Ends the run: closes the health events, saves the final checkpoint (unless the last step's
+    /// is it) and returns the summary, with each slot's mean predicted probability.
+    pub fn finish(mut self) -> Result<RunSummary> {
+        self.bar.finish_and_clear();
+        let checkpoint = match &self.last_saved {
+            Some(p) if *p == checkpoint_dir(&self.run, self.total_steps) => p.clone(),
+            _ => {
+                self.last_wall_s = self.clock.wall_s();
+                self.checkpoint()?
+            }
+        };
+        drop(self.loader);
+        let main = self.group.as_ref().is_none_or(ProcessGroup::is_main);
+        let health_events = match self.monitor {
+            Some(m) => m.finish()?,
+            None => Vec::new(),
+        };
+        if !health_events.is_empty() {
+            tracing::warn!("training-health events:\n{}", events_table(&health_events));
+        }
+        let (early, late) = early_and_late(&self.history);
+        let summary = RunSummary {
+            run_dir: self.out.clone(),
+            first_step: self.first_step,
+            steps: self.total_steps,
+            early,
+            late,
+            final_weights: self.weighting.weights,
+            checkpoint,
+            // Rank 0 alone reports them (the others' summaries are not written).
+            slot_probabilities: if main {
+                slot_probabilities(&self.model, &self.data, self.device, 256)?
+            } else {
+                vec![0.0; self.model_config.num_class]
+            },
+            absent_slots: self.absent_slots.clone(),
+            health_events,
+            validation: self.validator.map(|v| v.records).unwrap_or_default(),
+        };
+        if let Some(p) = summary.absent_probability() {
+            tracing::info!(
+                "absent slots ({}): mean predicted probability {p:.4} under --absent {}",
+                summary.absent_slots.len(),
+                self.config.absent
+            );
+        }
+        Ok(summary)
+    }
+}
+
+/// Distributed start: fails (on every rank, naming the first that differs) unless all ranks train
+/// the same configuration on the same vocabulary and label embeddings from the same step, then
+/// gives every rank rank 0's parameters.
+fn agree_and_share(
+    group: &mut ProcessGroup,
+    config: &TrainConfig,
+    inputs: &super::run::TrainInputs,
+    step: u64,
+    vs: &VarStore,
+) -> Result<()> {
+    let mine = Fingerprint {
+        config_sha256: crate::fsutil::sha256_hex(config.to_toml().as_bytes()),
+        vocab_sha256: crate::fsutil::sha256_file(&inputs.manifest)?,
+        label_embed_sha256: crate::fsutil::sha256_file(&inputs.label_embed)?,
+        step,
+    };
+    group.check_agreement(&mine)?;
+    let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    params.sort_by(|a, b| a.0.cmp(&b.0));
+    let tensors: Vec<Tensor> = params.into_iter().map(|(_, t)| t).collect();
+    tch::no_grad(|| group.broadcast_(&tensors, 0))?;
+    Ok(())
+}
+
+/// `config.toml` and `run.json`: what `--resume` reads back.
+fn write_run_files(
+    run: &RunDir,
+    config: &TrainConfig,
+    inputs: &super::run::TrainInputs,
+) -> Result<()> {
+    write_atomic(&run.config_path(), |w| {
+        w.write_all(config.to_toml().as_bytes())
+    })?;
+    write_atomic(&run.root().join(RUN_FILE), |w| {
+        serde_json::to_writer_pretty(&mut *w, inputs).map_err(std::io::Error::other)
+    })
+}
+
+/// Loads the newest checkpoint of `run` into `vs` and `opt`, refusing one made for other records.
+fn resume_state(
+    run: &RunDir,
+    vs: &VarStore,
+    opt: &mut AdamW,
+    data: &TrainData,
+    fingerprint: &str,
+) -> Result<CheckpointState> {
+    let ckpt = latest_checkpoint(run)?
+        .ok_or_else(|| TrainError::NothingToResume(run.checkpoints_dir()))?;
+    let state = read_checkpoint(&ckpt, vs, opt)?;
+    if state.data_fingerprint != fingerprint || state.records != data.len() {
+        return Err(TrainError::DataChanged {
+            checkpoint: ckpt,
+            then: state.records,
+            now: data.len(),
+        }
+        .into());
+    }
+    tracing::info!(
+        "resuming from {} at step {} (epoch {})",
+        ckpt.display(),
+        state.step,
+        state.epoch
+    );
+    Ok(state)
+}
+
+/// A new run refuses a folder that already holds metrics or a checkpoint.
+fn refuse_existing_run(run: &RunDir, out: &Path) -> Result<()> {
+    if run.metrics_path().exists() || latest_checkpoint(run)?.is_some() {
+        return Err(TrainError::RunExists(out.to_path_buf()).into());
+    }
+    Ok(())
+}
+
+fn progress_bar(start_step: u64, total_steps: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total_steps);
+    bar.set_position(start_step);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} train [{bar:30}] {pos}/{len} steps {per_sec} eta {eta} {msg}",
+        )
+        .expect("template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Mean raw value of each term over the first and the last `clamp(steps / 4, 1, 20)` steps.
+pub fn early_and_late(history: &[RawTerms]) -> (BTreeMap<String, f64>, BTreeMap<String, f64>) {
+    let window = (history.len() / 4).clamp(1, 20).min(history.len());
+    let mean_over = |rows: &[RawTerms]| {
+        let mut acc: BTreeMap<String, f64> = BTreeMap::new();
+        for row in rows {
+            for (t, v) in row {
+                *acc.entry(t.name().to_string()).or_default() += v / rows.len() as f64;
+            }
+        }
+        acc
+    };
+    (
+        mean_over(&history[..window]),
+        mean_over(&history[history.len() - window..]),
+    )
+}
+
+/// splitmix-style seed for libtorch's generator at (step, micro).
+pub(crate) fn torch_seed(seed: u64, step: u64, micro: usize) -> i64 {
+    let mut z = seed
+        ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (micro as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+    z = (z ^ (z >> 31)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    ((z ^ (z >> 29)) >> 1) as i64
+}
+
+fn to_device(v: &[f32], shape: &[i64], device: Device) -> Tensor {
+    Tensor::from_slice(v).view(shape).to_device(device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accumulated_sums_each_term_in_first_seen_order() {
+        let mut acc = Accumulated::default();
+        acc.add(LossTerm::Tag, 1.0);
+        acc.add(LossTerm::Dis, 0.5);
+        acc.add(LossTerm::Tag, 2.0);
+        assert_eq!(acc.raw, vec![(LossTerm::Tag, 3.0), (LossTerm::Dis, 0.5)]);
+    }
+
+    #[test]
+    fn early_and_late_average_a_quarter_of_the_steps_between_1_and_20() {
+        let history = |n: usize| -> Vec<RawTerms> {
+            (0..n).map(|i| vec![(LossTerm::Tag, i as f64)]).collect()
+        };
+        // 8 steps: windows of 2 → means of (0, 1) and (6, 7).
+        let (early, late) = early_and_late(&history(8));
+        assert_eq!((early["tag"], late["tag"]), (0.5, 6.5));
+        // One step: both windows are that step.
+        let (early, late) = early_and_late(&history(1));
+        assert_eq!((early["tag"], late["tag"]), (0.0, 0.0));
+        // 200 steps: windows of 20.
+        let (early, late) = early_and_late(&history(200));
+        assert!((early["tag"] - 9.5).abs() < 1e-9, "{early:?}");
+        assert!((late["tag"] - 189.5).abs() < 1e-9, "{late:?}");
+    }
+
+    #[test]
+    fn torch_seeds_differ_by_step_and_micro_batch_and_are_non_negative() {
+        let seeds: Vec<i64> = (0..4)
+            .flat_map(|step| (0..3).map(move |m| torch_seed(7, step, m)))
+            .collect();
+        let mut unique = seeds.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), seeds.len());
+        assert!(seeds.iter().all(|s| *s >= 0));
+        assert_eq!(torch_seed(7, 2, 1), torch_seed(7, 2, 1));
+        assert_ne!(torch_seed(7, 2, 1), torch_seed(8, 2, 1));
+    }
+}

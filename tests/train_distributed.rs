@@ -1,0 +1,289 @@
+//! Data-parallel training on CPU (Gloo over loopback, two real `tagfix train` processes) against
+//! the one-rank run of the same global batch on the tiny RAM++: parameters, logged losses and
+//! validation agree; torchrun's variables and `--nproc-per-node` both launch it; a 2-rank run
+//! resumes on 1 rank; ranks that disagree on the configuration are refused before the first step.
+#![cfg(feature = "train")]
+
+mod common;
+
+use common::train::{dataset, serial, train_argv, train_command};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output};
+use tagfix::monitor::{read_all_records, read_validation};
+use tagfix::train::data::synth::SynthDataset;
+use tch::Tensor;
+
+/// Settings shared by every run: the global batch is 4 (or `batch`), micro-batches of 2.
+fn run_args(ds: &SynthDataset, out: &Path, batch: &str, steps: &str) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "--quiet",
+        "--batch-size",
+        batch,
+        "--micro-batch-size",
+        "2",
+        "--max-steps",
+        steps,
+        "--seed",
+        "3",
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+        "--checkpoint-every",
+        "off",
+        "--val-every",
+        "5",
+        "--val-max-images",
+        "12",
+        // A constant learning rate after warm-up: a run cut short takes the same steps.
+        "--lr",
+        "2e-3",
+        "--set",
+        "min_lr=2e-3",
+        "--set",
+        "warmup_lr=1e-4",
+        "--set",
+        "warmup_steps=2",
+        "--dist-timeout",
+        "60",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.push("--teacher".into());
+    a.push(ds.teacher.display().to_string());
+    a.push("--val-data".into());
+    a.push(ds.annotations.display().to_string());
+    a.push("--out".into());
+    a.push(out.display().to_string());
+    a
+}
+
+fn check(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what}: {:?}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Two ranks started by hand with torchrun's variables (`extra[r]` added to rank r's arguments).
+fn torchrun(ds: &SynthDataset, args: &[String], extra: [&[&str]; 2]) -> Vec<Output> {
+    let port = tagfix::train::dist::launch::free_port("127.0.0.1").unwrap();
+    let children: Vec<_> = (0..2)
+        .map(|rank| {
+            let mut c = Command::new(assert_cmd::cargo::cargo_bin("tagfix"));
+            c.args(train_argv(ds))
+                .args(args)
+                .args(extra[rank])
+                .env("RANK", rank.to_string())
+                .env("LOCAL_RANK", rank.to_string())
+                .env("WORLD_SIZE", "2")
+                .env("LOCAL_WORLD_SIZE", "2")
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", port.to_string())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect()
+}
+
+fn params(run: &Path, step: u64) -> BTreeMap<String, Tensor> {
+    let f = run.join(format!("checkpoints/step-{step:08}/model.safetensors"));
+    Tensor::read_safetensors(&f).unwrap().into_iter().collect()
+}
+
+/// Every parameter within `tol` relative to the larger of its largest |value| and 1e-2 (a floor for
+/// parameters that are near 0, e.g. attention key biases, whose gradient is 0 up to rounding).
+fn assert_params_close(a: &Path, b: &Path, step: u64, tol: f64) {
+    let (pa, pb) = (params(a, step), params(b, step));
+    assert_eq!(pa.len(), pb.len());
+    let mut worst = (0.0, String::new());
+    for (name, x) in &pa {
+        let y = &pb[name];
+        let diff = (x - y).abs().max().double_value(&[]);
+        let scale = x.abs().max().double_value(&[]).max(1e-2);
+        if diff / scale > worst.0 {
+            worst = (diff / scale, name.clone());
+        }
+    }
+    eprintln!(
+        "{}: worst relative parameter difference {:.3e} ({})",
+        b.display(),
+        worst.0,
+        worst.1
+    );
+    assert!(
+        worst.0 <= tol,
+        "{}: {} differs by {:.3e}",
+        b.display(),
+        worst.1,
+        worst.0
+    );
+}
+
+fn rel(a: f64, b: f64) -> f64 {
+    (a - b).abs() / a.abs().max(b.abs()).max(1e-12)
+}
+
+/// Logged losses and gradient norms within `tol` relative, step by step; validation mAP equal.
+fn assert_logs_close(a: &Path, b: &Path, tol: f64) {
+    let (ra, rb) = (
+        read_all_records(&a.join("metrics.jsonl")).unwrap(),
+        read_all_records(&b.join("metrics.jsonl")).unwrap(),
+    );
+    assert_eq!(ra.len(), rb.len());
+    for (x, y) in ra.iter().zip(&rb) {
+        assert_eq!(x.step, y.step);
+        assert!(
+            rel(x.total, y.total) <= tol,
+            "step {}: total {} vs {}",
+            x.step,
+            x.total,
+            y.total
+        );
+        for (t, p, q) in [
+            ("tag", x.loss.tag, y.loss.tag),
+            ("align", x.loss.align, y.loss.align),
+            ("dis", x.loss.dis, y.loss.dis),
+        ] {
+            let (p, q) = (p.map(|v| v.raw), q.map(|v| v.raw));
+            assert_eq!(p.is_some(), q.is_some(), "step {}: {t}", x.step);
+            if let (Some(p), Some(q)) = (p, q) {
+                assert!(rel(p, q) <= tol, "step {}: {t} {p} vs {q}", x.step);
+            }
+        }
+        assert!(
+            rel(x.grad_norm.total, y.grad_norm.total) <= 1e-5,
+            "step {}: grad norm {} vs {}",
+            x.step,
+            x.grad_norm.total,
+            y.grad_norm.total
+        );
+    }
+    let (va, vb) = (
+        read_validation(&a.join("validation.jsonl")).unwrap(),
+        read_validation(&b.join("validation.jsonl")).unwrap(),
+    );
+    // (A resumed run also validated where its first part ended.)
+    let vb: Vec<_> = vb
+        .into_iter()
+        .filter(|y| va.iter().any(|x| x.step == y.step))
+        .collect();
+    assert_eq!(va.len(), vb.len());
+    for (x, y) in va.iter().zip(&vb) {
+        assert_eq!((x.step, x.images), (y.step, y.images));
+        let (mx, my) = (x.main.unwrap().map, y.main.unwrap().map);
+        assert!(
+            rel(mx, my) <= 1e-6,
+            "validation at {}: mAP {mx} vs {my}",
+            x.step
+        );
+    }
+}
+
+#[test]
+fn two_ranks_train_as_one_rank_with_the_same_global_batch() {
+    let _guard = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(&tmp.path().join("data"), 32, 11);
+    let one = tmp.path().join("one");
+    check(
+        &train_command(&ds)
+            .args(run_args(&ds, &one, "4", "5"))
+            .output()
+            .unwrap(),
+        "one rank",
+    );
+
+    // `--nproc-per-node 2`: the built-in launcher.
+    let launched = tmp.path().join("launched");
+    let out = train_command(&ds)
+        .args(run_args(&ds, &launched, "4", "5"))
+        .args(["--nproc-per-node", "2"])
+        .output()
+        .unwrap();
+    check(&out, "--nproc-per-node 2");
+    assert_params_close(&one, &launched, 5, 1e-5);
+    assert_logs_close(&one, &launched, 1e-6);
+
+    // torchrun's variables, two processes started by hand.
+    let by_env = tmp.path().join("torchrun");
+    for (r, o) in torchrun(&ds, &run_args(&ds, &by_env, "4", "5"), [&[], &[]])
+        .iter()
+        .enumerate()
+    {
+        check(o, &format!("torchrun rank {r}"));
+    }
+    assert_params_close(&one, &by_env, 5, 1e-5);
+    assert_logs_close(&one, &by_env, 1e-6);
+    // Rank 0 alone wrote the run's files.
+    assert!(by_env.join("summary.json").is_file());
+}
+
+#[test]
+fn accumulation_across_two_ranks_and_resume_on_one() {
+    let _guard = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(&tmp.path().join("data"), 32, 12);
+    // Global batch 8 in micro-batches of 2: 4 on one rank, 2 on each of two. The gradient sums then
+    // differ in rounding ((g0+g1)+g2)+g3 vs (g0+g1)+(g2+g3); AdamW with eps 1e-8 would turn that
+    // rounding noise on parameters whose true gradient is 0 (attention key biases) into full-size
+    // updates of random sign, so this case uses eps 1e-4, far below the true gradients of the others.
+    let eps = ["--set", "adam_eps=1e-4"];
+    let one = tmp.path().join("one");
+    check(
+        &train_command(&ds)
+            .args(run_args(&ds, &one, "8", "5"))
+            .args(eps)
+            .output()
+            .unwrap(),
+        "one rank",
+    );
+    let two = tmp.path().join("two");
+    let out = train_command(&ds)
+        .args(run_args(&ds, &two, "8", "3"))
+        .args(eps)
+        .args(["--nproc-per-node", "2"])
+        .output()
+        .unwrap();
+    check(&out, "two ranks, 3 steps");
+    // Resume the 2-rank run on one rank to step 5: as if it had never stopped.
+    let out = train_command(&ds)
+        .args(["--quiet", "--resume"])
+        .arg(&two)
+        .args(["--max-steps", "5", "--workers", "1", "--threads", "1"])
+        .output()
+        .unwrap();
+    check(&out, "resume on one rank");
+    assert_params_close(&one, &two, 5, 1e-5);
+    assert_logs_close(&one, &two, 1e-6);
+}
+
+#[test]
+fn ranks_that_disagree_on_the_configuration_are_refused_before_the_first_step() {
+    let _guard = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(&tmp.path().join("data"), 16, 13);
+    let run = tmp.path().join("run");
+    let other = ["--set", "weight_decay=0.01"];
+    let outs = torchrun(&ds, &run_args(&ds, &run, "4", "3"), [&[], &other]);
+    for (r, o) in outs.iter().enumerate() {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "rank {r}: {err}");
+        assert!(err.contains("rank 1"), "rank {r}: {err}");
+    }
+    let err = String::from_utf8_lossy(&outs[1].stderr);
+    assert!(err.contains("config_sha256"), "{err}");
+    // No step was taken.
+    let metrics = run.join("metrics.jsonl");
+    assert!(!metrics.exists() || std::fs::read(&metrics).unwrap().is_empty());
+}
