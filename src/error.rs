@@ -59,6 +59,10 @@ pub enum Error {
 
     #[error("{0}")]
     Other(String),
+
+    /// Reading, writing or converting a checkpoint (`.pth`, its pickle, a model configuration).
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
 }
 
 impl Error {
