@@ -12,7 +12,8 @@ use common::tagfix;
 use predicates::prelude::*;
 use predicates::str::contains;
 use std::path::{Path, PathBuf};
-use tagfix::tensors::{pth, safetensors_io, DType};
+use tagfix::checkpoint::pth;
+use tagfix::tensors::{safetensors_io, DType};
 use tagfix::train::infer::{load_model, tag_strings, SlotLabels};
 use tch::{Device, Kind, Tensor};
 

@@ -1,10 +1,24 @@
 //! The pickle opcodes the checkpoint reader understands (protocols 0–4, as `torch.save` emits them
 //! and the tagfix writer uses them). Any other byte is refused with its value.
 
-/// One opcode; the discriminant is its byte in the stream (names as in Python's `pickletools`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Op {
+/// Defines [`Op`] and the list of all its values from one table.
+macro_rules! opcodes {
+    ($($name:ident = $byte:expr,)*) => {
+        /// One opcode; the discriminant is its byte in the stream (names as in Python's `pickletools`).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(u8)]
+        pub enum Op {
+            $($name = $byte,)*
+        }
+
+        impl Op {
+            /// Every opcode, for the byte lookup.
+            const ALL: &'static [Op] = &[$(Op::$name,)*];
+        }
+    };
+}
+
+opcodes! {
     Proto = 0x80,
     Frame = 0x95,
     Stop = b'.',
@@ -51,53 +65,6 @@ pub enum Op {
 }
 
 impl Op {
-    /// Every opcode, for the byte lookup.
-    const ALL: [Op; 43] = [
-        Op::Proto,
-        Op::Frame,
-        Op::Stop,
-        Op::Mark,
-        Op::None,
-        Op::NewTrue,
-        Op::NewFalse,
-        Op::BinInt1,
-        Op::BinInt2,
-        Op::BinInt,
-        Op::Long1,
-        Op::Long4,
-        Op::BinFloat,
-        Op::BinUnicode,
-        Op::ShortBinUnicode,
-        Op::BinUnicode8,
-        Op::ShortBinString,
-        Op::BinString,
-        Op::ShortBinBytes,
-        Op::BinBytes,
-        Op::EmptyTuple,
-        Op::EmptyList,
-        Op::EmptyDict,
-        Op::Tuple,
-        Op::List,
-        Op::Tuple1,
-        Op::Tuple2,
-        Op::Tuple3,
-        Op::BinPut,
-        Op::LongBinPut,
-        Op::Memoize,
-        Op::BinGet,
-        Op::LongBinGet,
-        Op::Append,
-        Op::Appends,
-        Op::SetItem,
-        Op::SetItems,
-        Op::Global,
-        Op::StackGlobal,
-        Op::BinPersId,
-        Op::Reduce,
-        Op::NewObj,
-        Op::Build,
-    ];
-
     /// Opcode by byte, built once at compile time.
     const BY_BYTE: [Option<Op>; 256] = {
         let mut table = [None; 256];
@@ -127,7 +94,7 @@ mod tests {
     #[test]
     fn bytes_round_trip_and_are_distinct() {
         let mut seen = std::collections::HashSet::new();
-        for op in Op::ALL {
+        for &op in Op::ALL {
             assert_eq!(Op::from_byte(op.byte()), Some(op));
             assert!(seen.insert(op.byte()), "{op:?} repeats a byte");
         }
