@@ -1,9 +1,33 @@
-//! The library's error type. Every variant names the file (and line / record / slot where it applies)
-//! so that the CLI can print it as is; the CLI maps all of them to exit code 2.
+//! The library's error type. Each module has its own error enum whose variants say what failed and
+//! keep the file (and line / record / slot where it applies); they fold into [`Error`] through
+//! `#[from]`. An underlying error (I/O, JSON, ONNX Runtime, ...) is kept as the `#[source]`, not
+//! repeated in the message: [`report`] (and `anyhow`'s `{:#}`) print the whole chain. The CLI
+//! derives its exit status from [`Error::kind`].
 
 use std::path::PathBuf;
 
-/// Errors raised by the tagfix library.
+/// What kind of failure an error is; the CLI derives its exit status from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The flags contradict each other or name nothing usable.
+    Usage,
+    /// An input file is missing, malformed or does not fit the others.
+    Input,
+    /// Reading or writing the file system failed.
+    Io,
+    /// Something the command needs from the machine (ONNX Runtime, a model, a device) is missing
+    /// or failed.
+    Environment,
+    /// A consistency check inside tagfix failed (a bug, or libtorch failing).
+    Internal,
+    /// A long run stopped on purpose (a non-finite loss) after saving its state.
+    Stopped,
+}
+
+/// Errors raised by the tagfix library: `Io`, one variant per module's error enum, and `Stopped`.
+/// The variants after `Stopped` (and [`Error::invalid`]) are legacy: free-text messages kept while
+/// the modules that still raise them (annotations, consistency, training, checkpoints) move to
+/// their own enums; new code does not use them.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The I/O error's message is part of this one's, so it is not also exposed as the source
@@ -14,6 +38,62 @@ pub enum Error {
         cause: std::io::Error,
     },
 
+    #[error(transparent)]
+    File(#[from] crate::fsutil::FileError),
+
+    #[error(transparent)]
+    Vocab(#[from] crate::vocab::VocabError),
+
+    #[error(transparent)]
+    Embed(#[from] crate::embed::EmbedError),
+
+    #[error(transparent)]
+    Eval(#[from] crate::eval::EvalError),
+
+    #[error(transparent)]
+    Manifest(#[from] crate::manifest::ManifestError),
+
+    #[error(transparent)]
+    Tensor(#[from] crate::tensors::TensorError),
+
+    #[error(transparent)]
+    Teacher(#[from] crate::teacher::TeacherError),
+
+    #[error(transparent)]
+    Monitor(#[from] crate::monitor::MonitorError),
+
+    #[error(transparent)]
+    Plot(#[from] crate::plot::PlotError),
+
+    #[error(transparent)]
+    Report(#[from] crate::report::ReportError),
+
+    #[error(transparent)]
+    Synth(#[from] crate::synth::SynthError),
+
+    #[cfg(feature = "embed")]
+    #[error(transparent)]
+    Image(#[from] crate::imaging::ImageError),
+
+    #[cfg(feature = "train")]
+    #[error(transparent)]
+    Infer(#[from] crate::train::infer::InferError),
+
+    #[cfg(feature = "train")]
+    #[error(transparent)]
+    Export(#[from] crate::train::export::ExportError),
+
+    /// A training run stopped itself at `step` (1-based) after saving the state before it.
+    #[error(
+        "step {step}: {reason}; training stopped. The state before this step is saved in {checkpoint}"
+    )]
+    Stopped {
+        step: u64,
+        reason: String,
+        checkpoint: PathBuf,
+    },
+
+    /// Legacy, being replaced by module error enums.
     #[error("{path}:{line}: {message}")]
     Parse {
         path: PathBuf,
@@ -40,12 +120,11 @@ pub enum Error {
         message: String,
     },
 
+    /// Legacy, being replaced by module error enums.
     #[error("{path}: {message}")]
     InvalidInput { path: PathBuf, message: String },
 
-    #[error("vocabulary preset `{name}`: {message}")]
-    Preset { name: String, message: String },
-
+    /// Legacy, being replaced by module error enums.
     #[error("{0}")]
     Usage(String),
 
@@ -53,10 +132,11 @@ pub enum Error {
     #[error("image encoder not initialised from a pretrained checkpoint: {0}")]
     EncoderNotInitialised(String),
 
-    /// ONNX Runtime could not be loaded or failed (the message names the library or model file).
+    /// Legacy, being replaced by module error enums: ONNX Runtime could not be loaded or failed.
     #[error("{0}")]
     Runtime(String),
 
+    /// Legacy, being replaced by module error enums.
     #[error("{0}")]
     Other(String),
 
@@ -74,14 +154,103 @@ impl Error {
         }
     }
 
-    /// An input file whose content is wrong (not a syntax error at a known line).
+    /// Legacy, being replaced by module error enums: an input file whose content is wrong.
     pub fn invalid(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         Error::InvalidInput {
             path: path.into(),
             message: message.into(),
         }
     }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Io { .. } => ErrorKind::Io,
+            Error::File(e) => e.kind(),
+            Error::Vocab(_) | Error::Manifest(_) | Error::Tensor(_) => ErrorKind::Input,
+            Error::Embed(e) => e.kind(),
+            Error::Eval(e) => e.kind(),
+            Error::Teacher(e) => e.kind(),
+            Error::Monitor(_) => ErrorKind::Input,
+            Error::Plot(e) => e.kind(),
+            Error::Report(_) => ErrorKind::Io,
+            Error::Synth(_) => ErrorKind::Usage,
+            #[cfg(feature = "embed")]
+            Error::Image(_) => ErrorKind::Input,
+            #[cfg(feature = "train")]
+            Error::Infer(e) => e.kind(),
+            #[cfg(feature = "train")]
+            Error::Export(e) => e.kind(),
+            Error::Checkpoint(e) => e.kind(),
+            Error::Stopped { .. } => ErrorKind::Stopped,
+            Error::Usage(_) => ErrorKind::Usage,
+            Error::Runtime(_) => ErrorKind::Environment,
+            Error::Parse { .. }
+            | Error::Syntax { .. }
+            | Error::Record { .. }
+            | Error::InvalidInput { .. }
+            | Error::EncoderNotInitialised(_)
+            | Error::Other(_) => ErrorKind::Input,
+        }
+    }
+}
+
+/// The error's message followed by each of its sources (`message: cause: ...`), as the CLI prints
+/// it. A source whose text the message already ends with (an error that quotes its cause) is not
+/// repeated.
+pub fn report(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = String::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !out.ends_with(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+        next = e.source();
+    }
+    out
 }
 
 /// Result alias for the library.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{path}: cannot read")]
+    struct Outer {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn report_prints_the_chain_once() {
+        let inner = std::io::Error::other("disk on fire");
+        let e = Outer {
+            path: "a.bin".into(),
+            source: inner,
+        };
+        assert_eq!(report(&e), "a.bin: cannot read: disk on fire");
+        // A message that already ends with its cause is not extended.
+        let quoted = anyhow::Error::new(std::io::Error::other("gone")).context("a.bin: gone");
+        assert_eq!(report(quoted.as_ref()), "a.bin: gone");
+    }
+
+    #[test]
+    fn module_errors_keep_their_kind() {
+        let usage: Error = crate::embed::EmbedError::NoSlots.into();
+        assert_eq!(usage.kind(), ErrorKind::Usage);
+        let input: Error = crate::vocab::VocabError::Empty {
+            path: "v.txt".into(),
+        }
+        .into();
+        assert_eq!(input.kind(), ErrorKind::Input);
+        assert_eq!(input.to_string(), "v.txt: vocabulary file is empty");
+    }
+}

@@ -2,7 +2,7 @@
 //! destroying anything (symbolic links, streams, `-`, inputs, temporary files), hashing, locating
 //! `../shared`.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -18,6 +18,55 @@ pub enum OutputTarget {
     /// A FIFO, a character device or a `/proc` descriptor link (`/dev/stdout`): written in place,
     /// because renaming a file over it would replace the node instead of feeding it.
     Stream(PathBuf),
+}
+
+/// Why an output cannot be written where it was asked for, or a JSON input could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("{path}: is a folder; give a file name")]
+    OutputIsFolder { path: PathBuf },
+
+    #[error(
+        "{path}: is a block device or socket; tagfix writes regular files, pipes and character devices only"
+    )]
+    UnwritableKind { path: PathBuf },
+
+    #[error("{path}: too many levels of symbolic links")]
+    LinkLoop { path: PathBuf },
+
+    #[error("{path}: output directory {dir} does not exist")]
+    NoOutputDir { path: PathBuf, dir: PathBuf },
+
+    #[error(
+        "{output} is the input {input} (the same file): tagfix never writes over its inputs; choose another output"
+    )]
+    OverwritesInput { output: PathBuf, input: PathBuf },
+
+    #[error("{first} and {second} are the same file: give each output its own name")]
+    SameOutput { first: PathBuf, second: PathBuf },
+
+    #[error("{} would all go to standard output; give file names to all but one", .outputs.join(" and "))]
+    SeveralOnStdout { outputs: Vec<String> },
+
+    #[error("{path}:{line}: not valid JSON")]
+    Json {
+        path: PathBuf,
+        line: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl FileError {
+    /// Outputs that clash are usage errors; the rest concern a file's content or kind.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            FileError::OverwritesInput { .. }
+            | FileError::SameOutput { .. }
+            | FileError::SeveralOnStdout { .. } => ErrorKind::Usage,
+            _ => ErrorKind::Input,
+        }
+    }
 }
 
 /// Symbolic links followed before giving up (Linux's own limit).
@@ -61,17 +110,14 @@ pub fn resolve_output(path: &Path) -> Result<OutputTarget> {
         } else if kind.is_file() {
             return Ok(OutputTarget::File(current));
         } else if kind.is_dir() {
-            return Err(Error::invalid(path, "is a folder; give a file name"));
+            return Err(FileError::OutputIsFolder { path: path.into() }.into());
         } else if is_streamable(&kind) {
             return Ok(OutputTarget::Stream(path.to_path_buf()));
         } else {
-            return Err(Error::invalid(
-                path,
-                "is a block device or socket; tagfix writes regular files, pipes and character devices only",
-            ));
+            return Err(FileError::UnwritableKind { path: path.into() }.into());
         }
     }
-    Err(Error::invalid(path, "too many levels of symbolic links"))
+    Err(FileError::LinkLoop { path: path.into() }.into())
 }
 
 /// A link inside `/proc` (`/dev/stdout` → `/proc/self/fd/1`) names an open descriptor, whose target
@@ -100,10 +146,11 @@ fn parent_dir(shown: &Path, file: &Path) -> Result<PathBuf> {
         _ => PathBuf::from("."),
     };
     if !dir.is_dir() {
-        return Err(Error::invalid(
-            shown,
-            format!("output directory {} does not exist", dir.display()),
-        ));
+        return Err(FileError::NoOutputDir {
+            path: shown.into(),
+            dir,
+        }
+        .into());
     }
     Ok(dir)
 }
@@ -141,11 +188,11 @@ pub fn ensure_not_an_input<'a>(
     }
     for input in inputs {
         if std::fs::metadata(input).is_ok_and(|m| same_file(&out, &m, output, input)) {
-            return Err(Error::Usage(format!(
-                "{} is the input {} (the same file): tagfix never writes over its inputs; choose another output",
-                output.display(),
-                input.display()
-            )));
+            return Err(FileError::OverwritesInput {
+                output: output.into(),
+                input: input.into(),
+            }
+            .into());
         }
     }
     Ok(())
@@ -163,11 +210,11 @@ pub fn check_outputs<'a>(
         if let OutputTarget::File(file) = check_output(out)? {
             let key = canonical_file(&file);
             if let Some((_, first)) = files.iter().find(|(k, _)| *k == key) {
-                return Err(Error::Usage(format!(
-                    "{} and {} are the same file: give each output its own name",
-                    first.display(),
-                    out.display()
-                )));
+                return Err(FileError::SameOutput {
+                    first: first.to_path_buf(),
+                    second: out.to_path_buf(),
+                }
+                .into());
             }
             files.push((key, out));
         }
@@ -194,10 +241,10 @@ fn canonical_file(file: &Path) -> PathBuf {
 pub fn ensure_one_stdout(outputs: &[(&str, bool)]) -> Result<()> {
     let on_stdout: Vec<&str> = outputs.iter().filter(|o| o.1).map(|o| o.0).collect();
     if on_stdout.len() > 1 {
-        return Err(Error::Usage(format!(
-            "{} would all go to standard output; give file names to all but one",
-            on_stdout.join(" and ")
-        )));
+        return Err(FileError::SeveralOnStdout {
+            outputs: on_stdout.iter().map(|o| o.to_string()).collect(),
+        }
+        .into());
     }
     Ok(())
 }
@@ -452,10 +499,13 @@ pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Reads a JSON file; a syntax error names the file and line.
 pub fn read_json(path: &Path) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::Parse {
-        path: path.to_path_buf(),
-        line: e.line(),
-        message: format!("not valid JSON: {e}"),
+    serde_json::from_str(&text).map_err(|e| {
+        FileError::Json {
+            path: path.to_path_buf(),
+            line: e.line(),
+            source: e,
+        }
+        .into()
     })
 }
 

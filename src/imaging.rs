@@ -7,7 +7,38 @@ use crate::error::{Error, Result};
 use crate::teacher::descriptor::{ImageInput, Resize};
 use image::imageops::FilterType;
 use image::RgbImage;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Why an image cannot be used. Unreadable images are listed one line each (`tag --keep-going`,
+/// the image checks before training), so the decoder's reason is part of the message, like
+/// [`Error::Io`]'s, rather than a source.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{path}: cannot decode image: {cause}")]
+    Decode {
+        path: PathBuf,
+        cause: image::ImageError,
+    },
+
+    #[error("{path}: unreadable image: {cause}")]
+    Header {
+        path: PathBuf,
+        cause: image::ImageError,
+    },
+
+    #[error("{path}: image has zero size")]
+    ZeroSize { path: PathBuf },
+
+    #[error(
+        "{path}: image claims {width}×{height} pixels, more than tagfix decodes ({} MP): resize it",
+        MAX_PIXELS / 1_000_000
+    )]
+    TooLarge {
+        path: PathBuf,
+        width: u32,
+        height: u32,
+    },
+}
 
 /// The most pixels an image may have (100 MP: 300 MB as RGB8). A header is only a claim: one
 /// saying 100000×100000 is refused before anything is allocated for it.
@@ -28,9 +59,10 @@ pub fn decode(path: &Path) -> Result<RgbImage> {
     limits.max_alloc = Some(MAX_PIXELS * 8);
     let mut r = reader(path)?;
     r.limits(limits);
-    let img = r
-        .decode()
-        .map_err(|e| Error::invalid(path, format!("cannot decode image: {e}")))?;
+    let img = r.decode().map_err(|cause| ImageError::Decode {
+        path: path.into(),
+        cause,
+    })?;
     Ok(img.to_rgb8())
 }
 
@@ -39,18 +71,20 @@ pub fn decode(path: &Path) -> Result<RgbImage> {
 pub fn probe(path: &Path) -> Result<(u32, u32)> {
     let (w, h) = reader(path)?
         .into_dimensions()
-        .map_err(|e| Error::invalid(path, format!("unreadable image: {e}")))?;
+        .map_err(|cause| ImageError::Header {
+            path: path.into(),
+            cause,
+        })?;
     if w == 0 || h == 0 {
-        return Err(Error::invalid(path, "image has zero size"));
+        return Err(ImageError::ZeroSize { path: path.into() }.into());
     }
     if u64::from(w) * u64::from(h) > MAX_PIXELS {
-        return Err(Error::invalid(
-            path,
-            format!(
-                "image claims {w}×{h} pixels, more than tagfix decodes ({} MP): resize it",
-                MAX_PIXELS / 1_000_000
-            ),
-        ));
+        return Err(ImageError::TooLarge {
+            path: path.into(),
+            width: w,
+            height: h,
+        }
+        .into());
     }
     Ok((w, h))
 }

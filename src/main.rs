@@ -11,8 +11,8 @@ fn main() -> std::process::ExitCode {
     match cli::run(args) {
         Ok(status) => status.into(),
         Err(err) => {
-            eprintln!("error: {err:#}");
-            cli::ExitStatus::Error.into()
+            eprintln!("error: {}", tagfix::error::report(err.as_ref()));
+            cli::ExitStatus::of_error(&err).into()
         }
     }
 }

@@ -4,11 +4,57 @@
 //! consumer can refuse a manifest made for another vocabulary, and lists every slot with its status
 //! and counts. Nothing downstream re-derives which slots are absent.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::fsutil::write_atomic;
 use crate::vocab::{Slot, Vocabulary, VocabularyId};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Why a slot manifest cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error(
+        "{path}: not a slot manifest (schema {schema:?}, expected {MANIFEST_SCHEMA:?}); write one with `tagfix diff --out`"
+    )]
+    NotAManifest { path: PathBuf, schema: String },
+
+    #[error(
+        "{path}: slot manifest version {version} is not supported (this tagfix reads version {MANIFEST_VERSION})"
+    )]
+    Version { path: PathBuf, version: u64 },
+
+    #[error("{path}: malformed slot manifest")]
+    Malformed {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("{path}: lists {listed} slots but its vocabulary has {tags}")]
+    SlotCount {
+        path: PathBuf,
+        listed: usize,
+        tags: usize,
+    },
+
+    #[error("{path}: slot entries out of order: entry {entry} is slot {slot}")]
+    OutOfOrder {
+        path: PathBuf,
+        entry: usize,
+        slot: Slot,
+    },
+
+    #[error(
+        "{path}: slot {slot} is `{manifest_tag}` in the manifest but `{vocab_tag}` in {vocab}"
+    )]
+    TagMismatch {
+        path: PathBuf,
+        slot: Slot,
+        manifest_tag: String,
+        vocab_tag: String,
+        vocab: PathBuf,
+    },
+}
 
 /// Value of the `schema` field.
 pub const MANIFEST_SCHEMA: &str = "tagfix.slot-manifest";
@@ -142,44 +188,46 @@ impl SlotManifest {
         match value.get("schema").and_then(|s| s.as_str()) {
             Some(MANIFEST_SCHEMA) => {}
             other => {
-                return Err(Error::invalid(
-                    path,
-                    format!(
-                        "not a slot manifest (schema {:?}, expected {MANIFEST_SCHEMA:?}); write one with `tagfix diff --out`",
-                        other.unwrap_or("missing")
-                    ),
-                ))
+                return Err(ManifestError::NotAManifest {
+                    path: path.into(),
+                    schema: other.unwrap_or("missing").into(),
+                }
+                .into())
             }
         }
         let version = value.get("version").and_then(|v| v.as_u64()).unwrap_or(0);
         if version != u64::from(MANIFEST_VERSION) {
-            return Err(Error::invalid(
-                path,
-                format!("slot manifest version {version} is not supported (this tagfix reads version {MANIFEST_VERSION})"),
-            ));
+            return Err(ManifestError::Version {
+                path: path.into(),
+                version,
+            }
+            .into());
         }
-        let manifest: SlotManifest = serde_json::from_value(value)
-            .map_err(|e| Error::invalid(path, format!("malformed slot manifest: {e}")))?;
+        let manifest: SlotManifest =
+            serde_json::from_value(value).map_err(|source| ManifestError::Malformed {
+                path: path.into(),
+                source,
+            })?;
         manifest.validate(path)?;
         Ok(manifest)
     }
 
     fn validate(&self, path: &Path) -> Result<()> {
         if self.slots.len() != self.vocabulary.tag_count {
-            return Err(Error::invalid(
-                path,
-                format!(
-                    "lists {} slots but its vocabulary has {}",
-                    self.slots.len(),
-                    self.vocabulary.tag_count
-                ),
-            ));
+            return Err(ManifestError::SlotCount {
+                path: path.into(),
+                listed: self.slots.len(),
+                tags: self.vocabulary.tag_count,
+            }
+            .into());
         }
         if let Some((i, s)) = self.slots.iter().enumerate().find(|(i, s)| s.slot != *i) {
-            return Err(Error::invalid(
-                path,
-                format!("slot entries out of order: entry {i} is slot {}", s.slot),
-            ));
+            return Err(ManifestError::OutOfOrder {
+                path: path.into(),
+                entry: i,
+                slot: s.slot,
+            }
+            .into());
         }
         Ok(())
     }
@@ -198,16 +246,14 @@ impl SlotManifest {
     pub fn check_vocabulary(&self, vocab: &Vocabulary, path: &Path) -> Result<()> {
         vocab.check_id(&self.vocabulary, path)?;
         if let Some(s) = self.slots.iter().find(|s| vocab.tags[s.slot] != s.tag) {
-            return Err(Error::invalid(
-                path,
-                format!(
-                    "slot {} is `{}` in the manifest but `{}` in {}",
-                    s.slot,
-                    s.tag,
-                    vocab.tags[s.slot],
-                    vocab.path.display()
-                ),
-            ));
+            return Err(ManifestError::TagMismatch {
+                path: path.into(),
+                slot: s.slot,
+                manifest_tag: s.tag.clone(),
+                vocab_tag: vocab.tags[s.slot].clone(),
+                vocab: vocab.path.clone(),
+            }
+            .into());
         }
         Ok(())
     }

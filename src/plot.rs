@@ -8,7 +8,7 @@
 
 pub mod histogram;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::monitor::{EventKind, HealthEvent, LossTerm, ModuleGroup, StepRecord, ValidationRecord};
 use plotters::chart::DualCoordChartContext;
 use plotters::coord::ranged1d::ValueFormatter;
@@ -56,31 +56,78 @@ const FONT_CANDIDATES: &[&str] = &[
     "C:\\Windows\\Fonts\\arial.ttf",
 ];
 
+/// Why a run could not be plotted.
+#[derive(Debug, thiserror::Error)]
+pub enum PlotError {
+    #[error("the run has no steps to plot")]
+    NoSteps,
+
+    #[error(transparent)]
+    Font(#[from] FontError),
+
+    /// plotters reports its backends' errors as text.
+    #[error("{path}: drawing failed: {problem}")]
+    Draw { path: PathBuf, problem: String },
+}
+
+impl PlotError {
+    /// An empty run is a usage error; a missing font is the machine's.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            PlotError::NoSteps => ErrorKind::Usage,
+            PlotError::Font(_) => ErrorKind::Environment,
+            PlotError::Draw { .. } => ErrorKind::Io,
+        }
+    }
+}
+
+/// Why no font could be registered (kept, and cloned, for every later figure of the process).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FontError {
+    #[error(
+        "no TrueType font for plot text: set {FONT_ENV} to a .ttf file or install fonts-dejavu-core (looked at {})",
+        .candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    NotFound { candidates: Vec<PathBuf> },
+
+    #[error("{path}: {cause}")]
+    Unreadable {
+        path: PathBuf,
+        cause: std::sync::Arc<std::io::Error>,
+    },
+
+    #[error("{path}: not a usable TrueType font")]
+    NotTrueType { path: PathBuf },
+}
+
 /// Registers a TrueType font as plotters' `sans-serif` (once per process). Errors name the
 /// places looked at.
 pub fn ensure_font() -> Result<()> {
-    static FONT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    static FONT: OnceLock<std::result::Result<(), FontError>> = OnceLock::new();
     FONT.get_or_init(|| {
         let candidates: Vec<PathBuf> = match std::env::var_os(FONT_ENV) {
             Some(p) => vec![PathBuf::from(p)],
             None => FONT_CANDIDATES.iter().map(PathBuf::from).collect(),
         };
-        let path = candidates.iter().find(|p| p.is_file()).ok_or_else(|| {
-            format!(
-                "no TrueType font for plot text: set {FONT_ENV} to a .ttf file or install fonts-dejavu-core (looked at {})",
-                candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-            )
+        let path = candidates
+            .iter()
+            .find(|p| p.is_file())
+            .ok_or_else(|| FontError::NotFound {
+                candidates: candidates.clone(),
+            })?;
+        let bytes = std::fs::read(path).map_err(|e| FontError::Unreadable {
+            path: path.clone(),
+            cause: e.into(),
         })?;
-        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
         for style in [FontStyle::Normal, FontStyle::Bold] {
             plotters::style::register_font("sans-serif", style, bytes)
-                .map_err(|_| format!("{}: not a usable TrueType font", path.display()))?;
+                .map_err(|_| FontError::NotTrueType { path: path.clone() })?;
         }
         Ok(())
     })
     .clone()
-    .map_err(Error::Other)
+    .map_err(|e| PlotError::Font(e).into())
 }
 
 /// The default EMA span for a run of `steps` steps: a tenth of the run, at most 50, so a short run's
@@ -200,7 +247,7 @@ pub fn plot_run(
     opts: &PlotOptions,
 ) -> Result<Vec<Figure>> {
     if records.is_empty() {
-        return Err(Error::Usage("the run has no steps to plot".into()));
+        return Err(PlotError::NoSteps.into());
     }
     ensure_font()?;
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
@@ -499,7 +546,13 @@ fn render_atomic(
     draw: impl FnOnce(&Path) -> std::result::Result<(), String>,
 ) -> Result<()> {
     crate::fsutil::write_atomic_via_path(path, |tmp| {
-        draw(tmp).map_err(|m| Error::invalid(path, format!("drawing failed: {m}")))
+        draw(tmp).map_err(|problem| {
+            PlotError::Draw {
+                path: path.into(),
+                problem,
+            }
+            .into()
+        })
     })
 }
 

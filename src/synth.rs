@@ -4,7 +4,7 @@
 //! are written one at a time (never held in memory together), atomically.
 
 use crate::annotations::Layout;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::fsutil::write_atomic;
 use crate::vocab::{Slot, Vocabulary};
 use indicatif::ProgressBar;
@@ -45,9 +45,41 @@ pub struct SynthSummary {
     pub absent_slots: Vec<Slot>,
 }
 
+/// Why synthetic data cannot be made with the given settings.
+#[derive(Debug, thiserror::Error)]
+pub enum SynthError {
+    #[error("slot list `{list}`: `{part}` {problem}")]
+    SlotList {
+        list: String,
+        part: String,
+        problem: SlotListProblem,
+    },
+
+    #[error("--records must be at least 1")]
+    NoRecords,
+
+    #[error("{absent} absent slots leave no present slot in a vocabulary of {slots}")]
+    NothingPresent { absent: usize, slots: usize },
+}
+
+/// What is wrong with one part of a slot list.
+#[derive(Debug, thiserror::Error)]
+pub enum SlotListProblem {
+    #[error("is not a slot number or range")]
+    NotASlot,
+    #[error("is an empty range")]
+    EmptyRange,
+    #[error("is beyond the vocabulary's {0} slots")]
+    BeyondVocabulary(usize),
+}
+
 /// Parses a slot list such as `3,17,200-210` (ranges inclusive) and checks it against `slot_count`.
 pub fn parse_slot_list(text: &str, slot_count: usize) -> Result<Vec<Slot>> {
-    let bad = |part: &str, why: &str| Error::Usage(format!("slot list `{text}`: `{part}` {why}"));
+    let bad = |part: &str, problem: SlotListProblem| SynthError::SlotList {
+        list: text.into(),
+        part: part.into(),
+        problem,
+    };
     let mut slots = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (a, b) = match part.split_once('-') {
@@ -56,18 +88,15 @@ pub fn parse_slot_list(text: &str, slot_count: usize) -> Result<Vec<Slot>> {
         };
         let a: Slot = a
             .parse()
-            .map_err(|_| bad(part, "is not a slot number or range"))?;
+            .map_err(|_| bad(part, SlotListProblem::NotASlot))?;
         let b: Slot = b
             .parse()
-            .map_err(|_| bad(part, "is not a slot number or range"))?;
+            .map_err(|_| bad(part, SlotListProblem::NotASlot))?;
         if a > b {
-            return Err(bad(part, "is an empty range"));
+            return Err(bad(part, SlotListProblem::EmptyRange).into());
         }
         if b >= slot_count {
-            return Err(bad(
-                part,
-                &format!("is beyond the vocabulary's {slot_count} slots"),
-            ));
+            return Err(bad(part, SlotListProblem::BeyondVocabulary(slot_count)).into());
         }
         slots.extend(a..=b);
     }
@@ -167,7 +196,7 @@ pub fn synthesize(
 ) -> Result<SynthSummary> {
     let n = vocab.len();
     if opts.records == 0 {
-        return Err(Error::Usage("--records must be at least 1".into()));
+        return Err(SynthError::NoRecords.into());
     }
     let mut rng = Rng(opts.seed ^ 0x7461_6766_6978);
     let absent = match &opts.absent {
@@ -181,10 +210,11 @@ pub fn synthesize(
         }
     };
     if absent.len() >= n {
-        return Err(Error::Usage(format!(
-            "{} absent slots leave no present slot in a vocabulary of {n}",
-            absent.len()
-        )));
+        return Err(SynthError::NothingPresent {
+            absent: absent.len(),
+            slots: n,
+        }
+        .into());
     }
     let mut is_absent = vec![false; n];
     for s in &absent {

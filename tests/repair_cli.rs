@@ -11,7 +11,8 @@ fn repair_runs_the_whole_pipeline_and_reports() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("run");
+    // A space in the path: the report's command lines must quote it.
+    let out = dir.path().join("run dir");
     let assert = Command::cargo_bin("tagfix")
         .unwrap()
         .env("TAGFIX_SHARED", &shared)
@@ -37,6 +38,24 @@ fn repair_runs_the_whole_pipeline_and_reports() {
     assert!(report.contains("**144 slots are absent**"), "{report}");
     assert!(report.contains("144 rows regenerated in place"), "{report}");
     assert!(report.contains("Verdict: **PASS**"), "{report}");
+    // Each step's line splits, as a shell splits it, into the words of its command line.
+    let steps: Vec<Vec<String>> = report
+        .lines()
+        .skip_while(|l| !l.starts_with("## Steps"))
+        .take_while(|l| !l.starts_with("## On real data"))
+        .filter_map(|l| l.split_once("    # "))
+        .map(|(line, _)| shlex::split(line).unwrap_or_else(|| panic!("unquotable: {line}")))
+        .collect();
+    assert!(steps.len() >= 4, "{report}");
+    for words in &steps {
+        assert_eq!(words[0], "tagfix", "{words:?}");
+    }
+    let diff = steps.iter().find(|w| w[1] == "diff").expect("a diff step");
+    let manifest_arg = diff.iter().position(|w| w == "--out").map(|i| &diff[i + 1]);
+    assert_eq!(
+        manifest_arg.map(std::path::PathBuf::from),
+        Some(out.join("manifest.json"))
+    );
     for f in [
         "manifest.json",
         "diff.md",
@@ -67,12 +86,8 @@ fn repair_runs_the_whole_pipeline_and_reports() {
         assert!(run
             .join("checkpoints/step-00000024/model.safetensors")
             .is_file());
-        let summary: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
-        let (early, late) = (
-            summary["early"]["tag"].as_f64().unwrap(),
-            summary["late"]["tag"].as_f64().unwrap(),
-        );
+        let summary = tagfix::monitor::RunSummary::read(&run).unwrap();
+        let (early, late) = (summary.early["tag"], summary.late["tag"]);
         assert!(late < early, "tag loss {early} → {late} did not fall");
         // Four significant digits of the summary's means, e.g. "`tag`: 185.3 → 10.69".
         let line = report

@@ -74,6 +74,14 @@ pub enum CheckpointError {
 }
 
 impl CheckpointError {
+    /// What kind of failure this is: the file system's for I/O, the input's for everything else.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            CheckpointError::Io { .. } => crate::error::ErrorKind::Io,
+            _ => crate::error::ErrorKind::Input,
+        }
+    }
+
     /// A structural problem of the file at `path`.
     pub(crate) fn invalid(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         CheckpointError::Invalid {

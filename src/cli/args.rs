@@ -113,7 +113,7 @@ the scan unless --keep-going)."
     /// Train RAM++ on RAM-format annotations with the patched label embeddings: absent-slot policy,
     /// balanced losses, gradient accumulation, atomic checkpoints and exact resume (feature `train`).
     #[command(
-        after_help = "Examples:\n  tagfix train --config ../shared/ram/configs/pretrain.yaml --data train.json --images imgs/ \\\n      --manifest manifest.json --label-embed patched.safetensors --teacher teacher.safetensors \\\n      --init swin_large_patch4_window7_224_22k.pth --batch-size 52 --micro-batch-size 26 --out runs/a\n  tagfix train --resume runs/a --max-steps 20000\n\nExit status: 0 trained, 2 bad input (checked before the first step) or a stopped run."
+        after_help = "Examples:\n  tagfix train --config ../shared/ram/configs/pretrain.yaml --data train.json --images imgs/ \\\n      --manifest manifest.json --label-embed patched.safetensors --teacher teacher.safetensors \\\n      --init swin_large_patch4_window7_224_22k.pth --batch-size 52 --micro-batch-size 26 --out runs/a\n  tagfix train --resume runs/a --max-steps 20000\n\nExit status: 0 trained, 2 bad input (checked before the first step), 3 a stopped run (non-finite loss)."
     )]
     Train(TrainArgs),
     /// Compute the teacher file for `tagfix train --teacher FILE`: CLIP text embeddings of each
@@ -168,8 +168,8 @@ pub struct RepairArgs {
     #[arg(long, value_name = "FILE")]
     pub base: Option<PathBuf>,
     /// Present slots re-embedded as the control set for `check` (N or `all`).
-    #[arg(long, default_value = "200")]
-    pub control: String,
+    #[arg(long, default_value = "200", value_parser = parse_control)]
+    pub control: tagfix::embed::plan::ControlSpec,
     /// Record malformed annotation records and go on.
     #[arg(long)]
     pub keep_going: bool,

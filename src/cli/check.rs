@@ -5,7 +5,7 @@ use super::ExitStatus;
 use anyhow::Context;
 use std::io::Write;
 use tagfix::consistency::{
-    run_check, CheckOptions, EmbeddingInput, Mode, Policy, SearchChoice, SearchConfig,
+    run_check, CheckOptions, CheckReport, EmbeddingInput, Mode, Policy, SearchChoice, SearchConfig,
 };
 use tagfix::embed::plan::parse_slot_list;
 use tagfix::fsutil::{
@@ -63,13 +63,28 @@ fn check_outputs_first(args: &CheckArgs, vocab: Option<&Vocabulary>) -> anyhow::
 }
 
 pub fn run(args: CheckArgs) -> anyhow::Result<ExitStatus> {
-    let policy = policy(&args)?;
+    Ok(status(&check(&args)?))
+}
+
+/// 0 when every rule holds, 1 when one fails.
+pub fn status(report: &CheckReport) -> ExitStatus {
+    if report.passed {
+        ExitStatus::Success
+    } else {
+        ExitStatus::Failure
+    }
+}
+
+/// The comparison the arguments ask for, its report written where they say; `check` and `repair`'s
+/// check step both run through here.
+pub fn check(args: &CheckArgs) -> anyhow::Result<CheckReport> {
+    let policy = policy(args)?;
     let vocab = args
         .vocab
         .as_deref()
         .map(|v| Vocabulary::load(v).with_context(|| format!("loading vocabulary `{v}`")))
         .transpose()?;
-    check_outputs_first(&args, vocab.as_ref())?;
+    check_outputs_first(args, vocab.as_ref())?;
     let baseline = EmbeddingInput::load(&args.baseline, args.tensor.as_deref())
         .with_context(|| format!("reading baseline {}", args.baseline.display()))?;
     let candidate = EmbeddingInput::load(&args.candidate, args.tensor.as_deref())
@@ -134,9 +149,5 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitStatus> {
             tracing::info!("wrote {}", f.display());
         }
     }
-    Ok(if report.passed {
-        ExitStatus::Success
-    } else {
-        ExitStatus::Failure
-    })
+    Ok(report)
 }

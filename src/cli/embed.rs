@@ -21,6 +21,7 @@ pub fn run(args: EmbedArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     use tagfix::embed::pipeline::{self, EmbedRequest};
     use tagfix::embed::plan::{parse_slot_list, sample_controls};
     use tagfix::embed::recipe::{Descriptions, Recipe};
+    use tagfix::embed::EmbedError;
     use tagfix::fsutil::sha256_file;
     use tagfix::manifest::SlotManifest;
     use tagfix::tensors::EmbeddingFile;
@@ -70,17 +71,13 @@ pub fn run(args: EmbedArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     } else if base.is_none() {
         all.clone()
     } else {
-        return Err(Error::Usage(
-            "with --base, choose the slots to regenerate: --manifest FILE [--absent], --slots LIST or --all".into(),
-        )
-        .into());
+        return Err(Error::from(EmbedError::NoSelection).into());
     };
     if base.is_none() && regenerate.len() != vocab.len() {
-        return Err(Error::Usage(format!(
-            "without --base every slot is computed (a full file), but {} of {} slots were selected: give --base FILE to patch only those, or --all",
-            regenerate.len(),
-            vocab.len()
-        ))
+        return Err(Error::from(EmbedError::PartialWithoutBase {
+            selected: regenerate.len(),
+            slots: vocab.len(),
+        })
         .into());
     }
     if regenerate.is_empty() {
@@ -91,10 +88,7 @@ pub fn run(args: EmbedArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
         None => Vec::new(),
         Some(spec) => {
             if base.is_none() {
-                return Err(Error::Usage(
-                    "--control compares re-embedded present slots with their original rows: give --base FILE".into(),
-                )
-                .into());
+                return Err(Error::from(EmbedError::ControlNeedsBase).into());
             }
             let regenerated: BTreeSet<Slot> = regenerate.iter().copied().collect();
             let candidates: Vec<Slot> = match &manifest {

@@ -2,6 +2,7 @@
 //! [`args`].
 
 pub mod args;
+mod argv;
 mod check;
 mod convert;
 mod diff;
@@ -21,6 +22,7 @@ mod train;
 mod vocab;
 
 use args::{Cli, Command, GlobalArgs};
+use tagfix::error::ErrorKind;
 
 /// The process exit status a CI job can rely on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +33,32 @@ pub enum ExitStatus {
     Failure,
     /// 2: usage or input error.
     Error,
+    /// 3: a training run stopped itself (a non-finite loss) after saving the state before the
+    /// step that failed.
+    Stopped,
+}
+
+impl ExitStatus {
+    /// The status of a command that failed with `err`, from the kind of the library error in its
+    /// chain (errors raised here at the CLI edge are usage errors).
+    pub fn of_error(err: &anyhow::Error) -> Self {
+        let kind = err
+            .chain()
+            .find_map(|e| e.downcast_ref::<tagfix::Error>())
+            .map_or(ErrorKind::Usage, tagfix::Error::kind);
+        Self::of_kind(kind)
+    }
+
+    fn of_kind(kind: ErrorKind) -> Self {
+        match kind {
+            ErrorKind::Stopped => ExitStatus::Stopped,
+            ErrorKind::Usage
+            | ErrorKind::Input
+            | ErrorKind::Io
+            | ErrorKind::Environment
+            | ErrorKind::Internal => ExitStatus::Error,
+        }
+    }
 }
 
 impl From<ExitStatus> for std::process::ExitCode {
@@ -39,6 +67,7 @@ impl From<ExitStatus> for std::process::ExitCode {
             ExitStatus::Success => 0.into(),
             ExitStatus::Failure => 1.into(),
             ExitStatus::Error => 2.into(),
+            ExitStatus::Stopped => 3.into(),
         }
     }
 }
@@ -77,7 +106,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Eval(a) => eval::run(a, &cli.global),
         Command::Export(a) => export::run(a),
         Command::Tag(a) => tag::run(a, &cli.global),
-        Command::Repair(a) => repair::run(a),
+        Command::Repair(a) => repair::run(a, &cli.global),
         Command::Train(a) => train::run(a),
         Command::Teacher(a) => teacher::run(a, &cli.global),
         Command::SynthImages(a) => synth_images::run(a),
@@ -104,4 +133,33 @@ pub fn progress_bar(global: &GlobalArgs, total: u64, bytes: bool) -> indicatif::
         indicatif::ProgressStyle::with_template(template).expect("valid progress template"),
     );
     pb
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_status_follows_the_library_error_kind() {
+        let stopped = tagfix::Error::Stopped {
+            step: 3,
+            reason: "loss term `tag` is NaN".into(),
+            checkpoint: "runs/a/checkpoints/step-2".into(),
+        };
+        let err = anyhow::Error::from(stopped).context("training");
+        assert_eq!(ExitStatus::of_error(&err), ExitStatus::Stopped);
+        let input: tagfix::Error = tagfix::vocab::VocabError::Empty {
+            path: "v.txt".into(),
+        }
+        .into();
+        assert_eq!(
+            ExitStatus::of_error(&anyhow::Error::from(input)),
+            ExitStatus::Error
+        );
+        // An error raised at the CLI edge is a usage error.
+        assert_eq!(
+            ExitStatus::of_error(&anyhow::anyhow!("--batch-size must be at least 1")),
+            ExitStatus::Error
+        );
+    }
 }

@@ -59,7 +59,7 @@ pub fn render() -> String {
     let _ = writeln!(
         md,
         "Exit status of every command: 0 ok, 1 the command ran and a requested check failed, 2 usage or \
-         input error.\n"
+         input error; `train` also 3, a run that stopped itself (non-finite loss).\n"
     );
     let _ = writeln!(md, "| command | what it does |\n| --- | --- |");
     for sub in visible_commands(&root) {

@@ -7,277 +7,426 @@
 //! with the vocabulary's colour and shape slots) to the audited data and trains the small `tiny`
 //! RAM++ on it, with the repaired label embeddings and the slot manifest.
 //!
-//! Each step runs the very subcommand a user would run by hand (same flags, same outputs), so the
-//! report's "run it yourself" lines are exact.
+//! Each step calls its subcommand's own entry point with typed arguments (the struct clap fills
+//! from a command line), so `repair` and a user running the step by hand take one path; the
+//! report prints those arguments back as shell-quoted command lines ([`super::argv`]), so its
+//! "run it yourself" lines are exact.
 
-use super::args::{Cli, RepairArgs};
+use super::args::{
+    CheckArgs, CheckModeArg, DiffArgs, EmbedArgs, GlobalArgs, OrtArgs, OutputFormat, RepairArgs,
+    ReportFormatArg, SearchArg, SynthArgs, SynthImagesArgs, TrainArgs,
+};
+use super::argv::{unset, ToArgv};
 use super::ExitStatus;
 use anyhow::Context;
-use clap::Parser;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use tagfix::consistency::hnsw::HnswParams;
+use tagfix::consistency::report::CheckReport;
 use tagfix::manifest::SlotManifest;
+use tagfix::monitor::RunSummary;
 use tagfix::report::check::{num, op_symbol};
 use tagfix::tensors::{EmbeddingFile, Provenance};
+use tagfix::train::config::{AbsentPolicy, DeviceKind, TrainConfig};
 
-/// One step: the command line it ran and how it ended.
+/// Why `repair` stopped (a step that ran and found problems is no error: it is in the report).
+#[derive(Debug, thiserror::Error)]
+pub enum RepairError {
+    #[error("creating {}", path.display())]
+    CreateOut {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no --base given and no default base found: pass the label-embedding file to patch with --base FILE")]
+    NoBase,
+    #[error("building the `{step}` step")]
+    Build {
+        step: &'static str,
+        #[source]
+        source: clap::Error,
+    },
+    #[error("step `{step}` failed")]
+    Step {
+        step: &'static str,
+        #[source]
+        source: anyhow::Error,
+    },
+    #[error("reading the output of step `{step}`")]
+    Output {
+        step: &'static str,
+        #[source]
+        source: tagfix::Error,
+    },
+    #[error("{}: embed wrote no provenance metadata", path.display())]
+    NoProvenance { path: PathBuf },
+    #[error("clearing the previous run {}", path.display())]
+    ClearRun {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading what the short training run produced")]
+    TrainOutcome(#[source] anyhow::Error),
+    #[error("writing the report")]
+    Report(#[source] tagfix::Error),
+}
+
+/// One step: its command line, how it ended and how long it took.
 struct Step {
     name: &'static str,
-    argv: Vec<String>,
+    line: String,
     status: ExitStatus,
     seconds: f64,
 }
 
-fn path_arg(p: &Path) -> String {
-    p.display().to_string()
+/// How a step's outcome maps to the exit status its subcommand would have.
+trait Outcome {
+    fn status(&self) -> ExitStatus;
 }
 
-/// Runs `tagfix <args>` in-process, as the user would from the shell.
-fn run_step(
-    name: &'static str,
-    argv: Vec<String>,
-    steps: &mut Vec<Step>,
-) -> anyhow::Result<ExitStatus> {
-    eprintln!("\n==> {name}: tagfix {}", argv.join(" "));
-    let cli =
-        Cli::try_parse_from(std::iter::once("tagfix".to_string()).chain(argv.iter().cloned()))
-            .with_context(|| format!("building the `{name}` step"))?;
-    let started = std::time::Instant::now();
-    let status = super::run(cli).with_context(|| format!("step `{name}` failed"))?;
-    steps.push(Step {
-        name,
-        argv,
-        status,
-        seconds: started.elapsed().as_secs_f64(),
-    });
-    Ok(status)
+impl Outcome for ExitStatus {
+    fn status(&self) -> ExitStatus {
+        *self
+    }
 }
 
-pub fn run(args: RepairArgs) -> anyhow::Result<ExitStatus> {
-    let out = &args.out;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let mut steps = Vec::new();
+impl Outcome for CheckReport {
+    fn status(&self) -> ExitStatus {
+        super::check::status(self)
+    }
+}
+
+/// The steps run so far.
+#[derive(Default)]
+struct Steps(Vec<Step>);
+
+impl Steps {
+    /// Runs `step` on `args` (a subcommand's entry point) and records its command line and status.
+    fn run<A: ToArgv, T: Outcome>(
+        &mut self,
+        name: &'static str,
+        args: A,
+        step: impl FnOnce(A) -> anyhow::Result<T>,
+    ) -> Result<T, RepairError> {
+        let line = args.command_line();
+        eprintln!("\n==> {name}: {line}");
+        let started = std::time::Instant::now();
+        let outcome = step(args).map_err(|source| RepairError::Step { step: name, source })?;
+        self.0.push(Step {
+            name,
+            line,
+            status: outcome.status(),
+            seconds: started.elapsed().as_secs_f64(),
+        });
+        Ok(outcome)
+    }
+
+    fn any_failed(&self) -> bool {
+        self.0.iter().any(|s| s.status != ExitStatus::Success)
+    }
+}
+
+/// Where `repair` writes each output under `--out`.
+struct Layout {
+    out: PathBuf,
+}
+
+impl Layout {
+    fn synthesized(&self) -> PathBuf {
+        self.out.join("train.json")
+    }
+    fn image_set(&self) -> PathBuf {
+        self.out.join("image-set")
+    }
+    fn image_annotations(&self) -> PathBuf {
+        self.image_set().join("train.json")
+    }
+    fn manifest(&self) -> PathBuf {
+        self.out.join("manifest.json")
+    }
+    fn diff_report(&self) -> PathBuf {
+        self.out.join("diff.md")
+    }
+    fn embeddings(&self) -> PathBuf {
+        self.out.join("embeddings.safetensors")
+    }
+    fn check_report(&self) -> PathBuf {
+        self.out.join("check.md")
+    }
+    fn check_json(&self) -> PathBuf {
+        self.out.join("check.json")
+    }
+    fn check_plots(&self) -> PathBuf {
+        self.out.join("plots")
+    }
+    fn run_dir(&self) -> PathBuf {
+        self.out.join("train")
+    }
+}
+
+/// `tagfix synth`: the embedded default's RAM-format set with absent slots.
+fn synth_args(args: &RepairArgs, at: &Layout) -> SynthArgs {
+    SynthArgs {
+        vocab: args.vocab.clone(),
+        records: args.records,
+        absent: args.absent,
+        absent_slots: None,
+        seed: args.seed,
+        out: at.synthesized(),
+        jsonl: false,
+        gzip: false,
+        zipf: 1.0,
+        json: false,
+    }
+}
+
+/// `tagfix synth-images`: the images the short train learns from.
+fn synth_images_args(args: &RepairArgs, at: &Layout) -> SynthImagesArgs {
+    SynthImagesArgs {
+        out: at.image_set(),
+        count: usize::try_from(args.train_images).unwrap_or(usize::MAX),
+        size: 64,
+        seed: args.seed,
+        descriptions: 1,
+        vocab: Some(args.vocab.clone()),
+    }
+}
+
+/// `tagfix diff`: the slot manifest and a Markdown report.
+fn diff_args(args: &RepairArgs, at: &Layout, data: Vec<PathBuf>) -> DiffArgs {
+    DiffArgs {
+        vocab: args.vocab.clone(),
+        data,
+        tags: None,
+        sidecars: Vec::new(),
+        no_preset_sidecars: false,
+        format: OutputFormat::Markdown,
+        out: Some(at.manifest()),
+        report: Some(at.diff_report()),
+        fail_on: Vec::new(),
+        keep_going: args.keep_going,
+        rarest: 20,
+        max_problems: 1000,
+    }
+}
+
+/// `tagfix embed`: the absent slots regenerated into `base`'s layout, with control rows.
+fn embed_args(args: &RepairArgs, at: &Layout, base: &Path) -> EmbedArgs {
+    EmbedArgs {
+        vocab: args.vocab.clone(),
+        model: args.model.clone(),
+        manifest: Some(at.manifest()),
+        absent: true,
+        slots: None,
+        all: false,
+        recipe: "single".into(),
+        descriptions: None,
+        base: Some(base.to_path_buf()),
+        tensor: None,
+        out: at.embeddings(),
+        ort: OrtArgs {
+            device: args.embed_device,
+            batch_size: 64,
+            threads: None,
+            ort_lib: None,
+        },
+        control: Some(args.control),
+        seed: args.seed,
+    }
+}
+
+/// `tagfix check`: do the regenerated rows sit in the base file's semantic space (calibrated by the
+/// control rows), and are all other rows untouched?
+fn check_args(args: &RepairArgs, at: &Layout, base: &Path) -> CheckArgs {
+    let hnsw = HnswParams::default();
+    CheckArgs {
+        baseline: base.to_path_buf(),
+        candidate: at.embeddings(),
+        mode: CheckModeArg::Auto,
+        vocab: Some(args.vocab.clone()),
+        slots: None,
+        k: None,
+        also_k: None,
+        policy: None,
+        min_cosine: None,
+        min_knn_overlap: None,
+        min_slot_knn_overlap: None,
+        max_changed_rows: None,
+        max_mean_shift: None,
+        max_norm_deviation: None,
+        min_trusted_share: None,
+        search: SearchArg::Auto,
+        hnsw_ef: hnsw.ef_search,
+        hnsw_m: hnsw.max_connections as u16,
+        hnsw_ef_construction: hnsw.ef_construction,
+        recall_sample: 1000,
+        tensor: None,
+        format: ReportFormatArg::Markdown,
+        out: Some(at.check_report()),
+        json: Some(at.check_json()),
+        junit: None,
+        summary: None,
+        plot: Some(at.check_plots()),
+    }
+}
+
+/// `KEY=VALUE` for `tagfix train --set`; KEY must be a [`TrainConfig`] setting of the value's type,
+/// or this fails to compile.
+macro_rules! config_override {
+    ($field:ident = $value:expr) => {{
+        let _ = |c: &mut TrainConfig| c.$field = $value;
+        format!("{}={}", stringify!($field), $value)
+    }};
+}
+
+/// `tagfix train`: the small `tiny` RAM++ on the synthetic images with the repaired embeddings.
+fn train_args(args: &RepairArgs, at: &Layout) -> Result<TrainArgs, RepairError> {
+    let mut t: TrainArgs = unset("train").map_err(|source| RepairError::Build {
+        step: "train",
+        source,
+    })?;
+    t.model = Some("tiny".into());
+    t.vocab = Some(args.vocab.clone());
+    t.data = vec![at.image_annotations()];
+    t.images = Some(at.image_set().join("images"));
+    t.manifest = Some(at.manifest());
+    t.label_embed = Some(at.embeddings());
+    t.allow_random_encoder = true;
+    t.absent = Some(ABSENT_POLICY);
+    t.batch_size = Some(8);
+    t.max_steps = Some(args.train_steps);
+    t.lr = Some(2e-3);
+    t.set = vec![
+        config_override!(warmup_steps = 5),
+        config_override!(warmup_lr = 1e-4),
+    ];
+    // One libtorch thread: OpenMP workers spin-wait when the cores are busy (measured 8 s/step
+    // with 2 threads on a loaded 2-core machine, 2 s/step with 1).
+    t.threads = Some(1);
+    t.workers = Some(1);
+    t.seed = Some(args.seed);
+    t.device = Some(args.train_device);
+    // The training curves, into RUN_DIR/plots.
+    t.plot = true;
+    t.out = Some(at.run_dir());
+    Ok(t)
+}
+
+pub fn run(args: RepairArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+    Ok(repair(&args, global)?)
+}
+
+fn repair(args: &RepairArgs, global: &GlobalArgs) -> Result<ExitStatus, RepairError> {
+    let at = Layout {
+        out: args.out.clone(),
+    };
+    std::fs::create_dir_all(&at.out).map_err(|source| RepairError::CreateOut {
+        path: at.out.clone(),
+        source,
+    })?;
+    let mut steps = Steps::default();
 
     // 1. The data: the user's files, or a synthesized RAM-format set with absent slots.
-    let data: Vec<PathBuf> = if args.data.is_empty() {
-        let file = out.join("train.json");
-        run_step(
-            "synth",
-            vec![
-                "synth".into(),
-                "--vocab".into(),
-                args.vocab.clone(),
-                "--records".into(),
-                args.records.to_string(),
-                "--absent".into(),
-                args.absent.to_string(),
-                "--seed".into(),
-                args.seed.to_string(),
-                "--out".into(),
-                path_arg(&file),
-            ],
-            &mut steps,
-        )?;
-        vec![file]
+    let mut data: Vec<PathBuf> = if args.data.is_empty() {
+        steps.run("synth", synth_args(args, &at), |a| {
+            super::synth::run(a, global)
+        })?;
+        vec![at.synthesized()]
     } else {
         args.data.clone()
     };
-    let train_plan = plan_training(&args);
-    let image_set = out.join("image-set");
-    let mut data = data;
+    let train_plan = plan_training(args);
     if train_plan.is_ok() {
-        run_step(
-            "synth-images",
-            vec![
-                "synth-images".into(),
-                "--vocab".into(),
-                args.vocab.clone(),
-                "--count".into(),
-                args.train_images.to_string(),
-                "--descriptions".into(),
-                "1".into(),
-                "--seed".into(),
-                args.seed.to_string(),
-                "--out".into(),
-                path_arg(&image_set),
-            ],
-            &mut steps,
-        )?;
-        data.push(image_set.join("train.json"));
+        steps.run("synth-images", synth_images_args(args, &at), |a| {
+            super::synth_images::run(a)
+        })?;
+        data.push(at.image_annotations());
     }
 
     // 2. diff → slot manifest.
-    let manifest_path = out.join("manifest.json");
-    let mut diff = vec!["diff".into(), "--vocab".into(), args.vocab.clone()];
-    diff.push("--data".into());
-    diff.extend(data.iter().map(|p| path_arg(p)));
-    diff.extend([
-        "--out".into(),
-        path_arg(&manifest_path),
-        "--format".into(),
-        "markdown".into(),
-        "--report".into(),
-        path_arg(&out.join("diff.md")),
-    ]);
-    if args.keep_going {
-        diff.push("--keep-going".into());
-    }
-    run_step("diff", diff, &mut steps)?;
-    let manifest = SlotManifest::read(&manifest_path)?;
+    steps.run("diff", diff_args(args, &at, data), |a| {
+        super::diff::run(a, global)
+    })?;
+    let manifest = SlotManifest::read(&at.manifest()).map_err(|source| RepairError::Output {
+        step: "diff",
+        source,
+    })?;
 
     // 3. embed → patched embedding file in the base file's slot layout.
     let base = match &args.base {
         Some(b) => b.clone(),
-        None => default_base().context(
-            "no --base given and no default base found: pass the label-embedding file to patch with --base FILE",
-        )?,
+        None => default_base().ok_or(RepairError::NoBase)?,
     };
-    let embeddings = out.join("embeddings.safetensors");
-    run_step(
-        "embed",
-        vec![
-            "embed".into(),
-            "--vocab".into(),
-            args.vocab.clone(),
-            "--model".into(),
-            args.model.clone(),
-            "--manifest".into(),
-            path_arg(&manifest_path),
-            "--absent".into(),
-            "--base".into(),
-            path_arg(&base),
-            "--control".into(),
-            args.control.clone(),
-            "--seed".into(),
-            args.seed.to_string(),
-            "--device".into(),
-            args.embed_device.to_string(),
-            "--out".into(),
-            path_arg(&embeddings),
-        ],
-        &mut steps,
-    )?;
-    let patched = EmbeddingFile::read(
-        &embeddings,
-        Some(tagfix::tensors::provenance::EMBEDDINGS_TENSOR),
-    )?;
-    let provenance = Provenance::from_metadata(&patched.metadata, &embeddings)?
-        .context("embed wrote no provenance metadata")?;
+    steps.run("embed", embed_args(args, &at, &base), |a| {
+        super::embed::run(a, global)
+    })?;
+    let provenance = read_provenance(&at.embeddings())?;
 
-    // 4. check: do the regenerated rows sit in the base file's semantic space (calibrated by the
-    //    control rows), and are all other rows untouched?
-    let check_json = out.join("check.json");
-    run_step(
-        "check",
-        vec![
-            "check".into(),
-            "--baseline".into(),
-            path_arg(&base),
-            "--candidate".into(),
-            path_arg(&embeddings),
-            "--vocab".into(),
-            args.vocab.clone(),
-            "--format".into(),
-            "markdown".into(),
-            "--out".into(),
-            path_arg(&out.join("check.md")),
-            "--json".into(),
-            path_arg(&check_json),
-            "--plot".into(),
-            path_arg(&out.join("plots")),
-        ],
-        &mut steps,
-    )?;
-    let check: tagfix::consistency::report::CheckReport =
-        serde_json::from_value(read_json(&check_json)?)
-            .with_context(|| format!("parsing {}", check_json.display()))?;
+    // 4. check.
+    let check = steps.run("check", check_args(args, &at, &base), |a| {
+        super::check::check(&a)
+    })?;
 
     // 5. A short train of the small RAM++ with the repaired label embeddings.
-    let run_dir = out.join("train");
     let trained = match &train_plan {
         Ok(()) => {
+            let run_dir = at.run_dir();
             if run_dir.exists() {
-                std::fs::remove_dir_all(&run_dir)
-                    .with_context(|| format!("clearing the previous run {}", run_dir.display()))?;
+                std::fs::remove_dir_all(&run_dir).map_err(|source| RepairError::ClearRun {
+                    path: run_dir.clone(),
+                    source,
+                })?;
             }
-            let argv: Vec<String> = vec![
-                "train".into(),
-                "--model".into(),
-                "tiny".into(),
-                "--vocab".into(),
-                args.vocab.clone(),
-                "--data".into(),
-                path_arg(&image_set.join("train.json")),
-                "--images".into(),
-                path_arg(&image_set.join("images")),
-                "--manifest".into(),
-                path_arg(&manifest_path),
-                "--label-embed".into(),
-                path_arg(&embeddings),
-                "--allow-random-encoder".into(),
-                "--absent".into(),
-                ABSENT_POLICY.into(),
-                "--batch-size".into(),
-                "8".into(),
-                "--max-steps".into(),
-                args.train_steps.to_string(),
-                "--lr".into(),
-                "2e-3".into(),
-                "--set".into(),
-                "warmup_steps=5".into(),
-                "--set".into(),
-                "warmup_lr=1e-4".into(),
-                // One libtorch thread: OpenMP workers spin-wait when the cores are busy (measured
-                // 8 s/step with 2 threads on a loaded 2-core machine, 2 s/step with 1).
-                "--threads".into(),
-                "1".into(),
-                "--workers".into(),
-                "1".into(),
-                "--seed".into(),
-                args.seed.to_string(),
-                "--device".into(),
-                device_name(args.train_device).into(),
-                // The training curves, into RUN_DIR/plots.
-                "--plot".into(),
-                "--out".into(),
-                path_arg(&run_dir),
-            ];
-            run_step("train", argv, &mut steps)?;
-            Ok(TrainOutcome::read(&run_dir, &image_set.join("train.json"))?)
+            steps.run("train", train_args(args, &at)?, super::train::run)?;
+            Ok(TrainOutcome::read(&run_dir, &at.image_annotations())
+                .map_err(RepairError::TrainOutcome)?)
         }
         Err(why) => Err(why.clone()),
     };
 
     let report = render(
-        &args,
-        &steps,
+        args,
+        &steps.0,
         &manifest,
         &provenance,
         &base,
-        &embeddings,
+        &at.embeddings(),
         &check,
         &trained,
     );
-    let report_path = out.join("REPORT.md");
-    tagfix::fsutil::write_bytes_atomic(&report_path, report.as_bytes())?;
+    let report_path = at.out.join("REPORT.md");
+    tagfix::fsutil::write_bytes_atomic(&report_path, report.as_bytes())
+        .map_err(RepairError::Report)?;
     println!("{report}");
     eprintln!("report: {}", report_path.display());
-    if steps.iter().any(|s| s.status != ExitStatus::Success) {
-        return Ok(ExitStatus::Failure);
-    }
-    Ok(ExitStatus::Success)
+    Ok(if steps.any_failed() {
+        ExitStatus::Failure
+    } else {
+        ExitStatus::Success
+    })
 }
 
-/// The `--device` value of `tagfix train` for a device kind.
-fn device_name(d: tagfix::train::config::DeviceKind) -> &'static str {
-    match d {
-        tagfix::train::config::DeviceKind::Cpu => "cpu",
-        tagfix::train::config::DeviceKind::Cuda => "cuda",
-    }
+/// The provenance `embed` wrote into the patched file.
+fn read_provenance(embeddings: &Path) -> Result<Provenance, RepairError> {
+    let output = |source| RepairError::Output {
+        step: "embed",
+        source,
+    };
+    let patched = EmbeddingFile::read(
+        embeddings,
+        Some(tagfix::tensors::provenance::EMBEDDINGS_TENSOR),
+    )
+    .map_err(output)?;
+    Provenance::from_metadata(&patched.metadata, embeddings)
+        .map_err(output)?
+        .ok_or_else(|| RepairError::NoProvenance {
+            path: embeddings.to_path_buf(),
+        })
 }
 
 /// Absent-slot policy of the short train.
-const ABSENT_POLICY: &str = "smooth=0.05";
+const ABSENT_POLICY: AbsentPolicy = AbsentPolicy::Smooth(0.05);
 
 /// Whether the short train can run, or why not (stated in the report).
 fn plan_training(args: &RepairArgs) -> Result<(), String> {
@@ -300,7 +449,7 @@ fn plan_training(args: &RepairArgs) -> Result<(), String> {
 /// What the short train produced, from its run directory (`summary.json` written by `tagfix train`).
 struct TrainOutcome {
     run_dir: PathBuf,
-    summary: serde_json::Value,
+    summary: RunSummary,
     /// Slots the training images carry.
     drawn_slots: Vec<usize>,
     images: usize,
@@ -313,7 +462,7 @@ fn read_json(p: &Path) -> anyhow::Result<serde_json::Value> {
 
 impl TrainOutcome {
     fn read(run_dir: &Path, annotations: &Path) -> anyhow::Result<Self> {
-        let summary = read_json(&run_dir.join("summary.json"))?;
+        let summary = RunSummary::read(run_dir)?;
         let records = read_json(annotations)?;
         let records = records.as_array().cloned().unwrap_or_default();
         let mut drawn_slots: Vec<usize> = records
@@ -329,13 +478,6 @@ impl TrainOutcome {
             drawn_slots,
             images: records.len(),
         })
-    }
-
-    /// Mean predicted probability over `slots` (from the summary's per-slot means).
-    fn mean_probability(&self, slots: &[usize]) -> Option<f64> {
-        let p = self.summary["slot_probabilities"].as_array()?;
-        let v: Vec<f64> = slots.iter().filter_map(|&s| p.get(s)?.as_f64()).collect();
-        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
     }
 }
 
@@ -353,7 +495,7 @@ fn render(
     provenance: &Provenance,
     base: &Path,
     embeddings: &Path,
-    check: &tagfix::consistency::report::CheckReport,
+    check: &CheckReport,
     trained: &Result<TrainOutcome, String>,
 ) -> String {
     let mut r = String::new();
@@ -452,9 +594,10 @@ fn render(
             t.run_dir.clone(),
         ));
         outputs.push(("training curves (PNG, SVG)", t.run_dir.join("plots")));
-        if let Some(c) = t.summary["checkpoint"].as_str() {
-            outputs.push(("checkpoint (model, optimizer, state)", PathBuf::from(c)));
-        }
+        outputs.push((
+            "checkpoint (model, optimizer, state)",
+            t.summary.checkpoint.clone(),
+        ));
     }
     for (what, p) in outputs {
         let _ = writeln!(r, "- {what}: `{}`", p.display());
@@ -463,11 +606,8 @@ fn render(
     for step in steps {
         let _ = writeln!(
             r,
-            "tagfix {}    # {}: {:?}, {:.1} s",
-            step.argv.join(" "),
-            step.name,
-            step.status,
-            step.seconds
+            "{}    # {}: {:?}, {:.1} s",
+            step.line, step.name, step.status, step.seconds
         );
     }
     let _ = writeln!(r, "```");
@@ -502,7 +642,7 @@ fn render_trained(
     r: &mut String,
     manifest: &SlotManifest,
     trained: &Result<TrainOutcome, String>,
-    device: tagfix::train::config::DeviceKind,
+    device: DeviceKind,
 ) {
     let _ = writeln!(r, "\n## Trained (train)\n");
     let t = match trained {
@@ -524,10 +664,10 @@ fn render_trained(
         "- The small `tiny` RAM++ (Swin 64×64 px, tagging head hidden 32, from random weights) trained {} steps of \
          batch 8 on {} with the patched label embeddings above, on {} synthetic images of coloured shapes \
          tagged with slots {} (the synthesized annotation records have no pixels).",
-        s["steps"].as_u64().unwrap_or(0),
+        s.steps,
         match device {
-            tagfix::train::config::DeviceKind::Cpu => "CPU (one libtorch thread)",
-            tagfix::train::config::DeviceKind::Cuda => "CUDA",
+            DeviceKind::Cpu => "CPU (one libtorch thread)",
+            DeviceKind::Cuda => "CUDA",
         },
         t.images,
         drawn.join(", ")
@@ -538,18 +678,13 @@ fn render_trained(
          mean over the first → the last quarter of the steps (at most 20 each):",
         manifest.slots.len()
     );
-    if let (Some(early), Some(late)) = (s["early"].as_object(), s["late"].as_object()) {
-        for (term, e) in early {
-            let (e, l) = (
-                e.as_f64().unwrap_or(f64::NAN),
-                late.get(term).and_then(|v| v.as_f64()).unwrap_or(f64::NAN),
-            );
-            let _ = writeln!(r, "  - `{term}`: {} → {}", sig4(e), sig4(l));
-        }
+    for (term, &e) in &s.early {
+        let l = s.late.get(term).copied().unwrap_or(f64::NAN);
+        let _ = writeln!(r, "  - `{term}`: {} → {}", sig4(e), sig4(l));
     }
     if let (Some(d), Some(a)) = (
-        t.mean_probability(&t.drawn_slots),
-        t.mean_probability(&absent),
+        s.mean_probability(&t.drawn_slots),
+        s.mean_probability(&absent),
     ) {
         let _ = writeln!(
             r,
@@ -563,7 +698,7 @@ fn render_trained(
         "- Only the tag loss trains here: alignment and distillation need teacher features (CLIP image features and \
          caption embeddings, `--teacher`) in the label embeddings' space. Health events: {}. The curves (loss, \
          gradient and update norms, learning rate) are in `{}`; `tagfix plot {}` redraws them.",
-        s["health_events"].as_array().map_or(0, Vec::len),
+        s.health_events.len(),
         t.run_dir.join("plots").display(),
         t.run_dir.display()
     );
@@ -576,4 +711,154 @@ fn sig4(x: f64) -> String {
     }
     let decimals = (3 - x.abs().log10().floor() as i32).clamp(0, 12) as usize;
     format!("{x:.decimals$}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::args::{Cli, Command};
+    use clap::Parser;
+
+    /// `repair`'s arguments as a user gives them, with words a shell would split or expand.
+    fn repair_args() -> RepairArgs {
+        let cli = Cli::try_parse_from([
+            "tagfix",
+            "repair",
+            "--vocab",
+            "my tags.txt",
+            "--data",
+            "a b.json",
+            "it's.json",
+            "--control",
+            "all",
+            "--embed-device",
+            "cuda:1",
+            "--train-device",
+            "cuda",
+            "--train-images",
+            "16",
+            "--keep-going",
+            "--out",
+            "/tmp/out dir/$HOME",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Repair(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The printed line, split as a shell splits it and parsed by the real command line.
+    fn reparse(line: &str) -> Command {
+        let words = shlex::split(line).unwrap_or_else(|| panic!("unbalanced quotes: {line}"));
+        assert_eq!(words[0], "tagfix", "{line}");
+        Cli::try_parse_from(words)
+            .unwrap_or_else(|e| panic!("{line}: {e}"))
+            .command
+    }
+
+    /// The step's line parses back to the same arguments; returns the flags the line gives.
+    macro_rules! round_trip {
+        ($args:expr, $variant:ident) => {{
+            let args = $args;
+            let line = args.command_line();
+            match reparse(&line) {
+                Command::$variant(back) => {
+                    assert_eq!(format!("{back:?}"), format!("{args:?}"), "{line}")
+                }
+                other => panic!("{line} parsed as {other:?}"),
+            }
+            let mut flags: Vec<String> = shlex::split(&line)
+                .unwrap()
+                .into_iter()
+                .filter(|w| w.starts_with("--"))
+                .collect();
+            flags.sort();
+            flags.dedup();
+            (line, flags)
+        }};
+    }
+
+    /// Each step's line gives back its arguments, and gives only the flags repair sets to other
+    /// than their defaults (so the values repair leaves alone are clap's defaults).
+    #[test]
+    fn every_step_line_parses_back_to_the_arguments_it_ran_with() {
+        let args = repair_args();
+        let at = Layout {
+            out: args.out.clone(),
+        };
+        let base = PathBuf::from("base (v2).safetensors");
+        let flags = |list: &[&str]| -> Vec<String> {
+            let mut v: Vec<String> = list.iter().map(|f| format!("--{f}")).collect();
+            v.sort();
+            v
+        };
+        let (_, f) = round_trip!(synth_args(&args, &at), Synth);
+        assert_eq!(f, flags(&["vocab", "records", "absent", "seed", "out"]));
+        let (_, f) = round_trip!(synth_images_args(&args, &at), SynthImages);
+        assert_eq!(f, flags(&["out", "count", "seed", "descriptions", "vocab"]));
+        let (line, f) = round_trip!(diff_args(&args, &at, args.data.clone()), Diff);
+        assert_eq!(
+            f,
+            flags(&["vocab", "data", "format", "out", "report", "keep-going"])
+        );
+        assert!(
+            line.contains("'/tmp/out dir/$HOME/manifest.json'"),
+            "{line}"
+        );
+        let (_, f) = round_trip!(embed_args(&args, &at, &base), Embed);
+        let embed = [
+            "vocab", "model", "manifest", "absent", "base", "out", "device",
+        ];
+        assert_eq!(f, flags(&[&embed[..], &["control", "seed"]].concat()));
+        let (_, f) = round_trip!(check_args(&args, &at, &base), Check);
+        assert_eq!(
+            f,
+            flags(&[
+                "baseline",
+                "candidate",
+                "vocab",
+                "format",
+                "out",
+                "json",
+                "plot"
+            ])
+        );
+        let (line, f) = round_trip!(train_args(&args, &at).unwrap(), Train);
+        let train = [
+            "data",
+            "images",
+            "manifest",
+            "label-embed",
+            "vocab",
+            "allow-random-encoder",
+            "model",
+            "absent",
+            "batch-size",
+            "max-steps",
+            "lr",
+            "device",
+            "seed",
+            "workers",
+            "threads",
+            "plot",
+            "set",
+            "out",
+        ];
+        assert_eq!(f, flags(&train));
+        assert!(line.contains("--device cuda "), "{line}");
+    }
+
+    /// The `--set` keys of the train step are settings the configuration takes.
+    #[test]
+    fn the_train_step_sets_what_repair_means() {
+        let args = repair_args();
+        let at = Layout {
+            out: args.out.clone(),
+        };
+        let cfg = super::super::train::resolve_config(&train_args(&args, &at).unwrap()).unwrap();
+        assert_eq!((cfg.warmup_steps, cfg.warmup_lr), (5, 1e-4));
+        assert_eq!((cfg.absent, cfg.batch_size), (ABSENT_POLICY, 8));
+        assert_eq!(cfg.model.as_deref(), Some("tiny"));
+    }
 }

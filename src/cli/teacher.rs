@@ -19,11 +19,14 @@ pub fn run(args: TeacherArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
     use tagfix::embed::encoder::TextEncoder;
     use tagfix::teacher::image_encoder::ImageEncoder;
     use tagfix::teacher::produce::{produce, TeacherRequest};
-    use tagfix::teacher::{ImageDescriptor, TeacherFeatures};
+    use tagfix::teacher::{ImageDescriptor, TeacherError, TeacherFeatures};
     use tagfix::Error;
 
     if !args.images.is_dir() {
-        return Err(Error::invalid(&args.images, "image root is not a folder").into());
+        return Err(Error::from(TeacherError::ImageRoot {
+            path: args.images.clone(),
+        })
+        .into());
     }
     let inputs: Vec<&std::path::Path> = args.data.iter().map(|p| p.as_path()).collect();
     tagfix::fsutil::check_outputs([args.out.as_path()], &inputs)?;

@@ -211,10 +211,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
     }
     let prepared = prepare(&cfg, &inputs)?;
     let summary = train(prepared, &out, resume)?;
-    tagfix::fsutil::write_bytes_atomic(
-        &out.join("summary.json"),
-        &serde_json::to_vec_pretty(&summary)?,
-    )?;
+    summary.write(&out)?;
     if args.plot {
         super::plot::write_plots(&out, None, false, None, None)?;
     }

@@ -6,7 +6,8 @@
 //! space, trim, lower case. Of ftfy this reproduces what applies to well-formed text (NFC, curly quotes,
 //! Latin ligatures, full-width forms, control characters); it does not repair mojibake.
 
-use crate::error::{Error, Result};
+use super::EmbedError;
+use crate::error::Result;
 use regex::Regex;
 use std::collections::HashMap;
 use std::io::Read;
@@ -64,17 +65,16 @@ fn bytes_to_unicode() -> [char; 256] {
 impl ClipBpe {
     /// Reads the gzip'd merges file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).map_err(|e| {
-            Error::invalid(
-                path,
-                format!("cannot open the CLIP BPE vocabulary ({e}); scripts/setup.sh installs it to models/clip-bpe/"),
-            )
+        let file = std::fs::File::open(path).map_err(|cause| EmbedError::BpeMissing {
+            path: path.into(),
+            cause,
         })?;
         let mut text = String::new();
         flate2::read::GzDecoder::new(file)
             .read_to_string(&mut text)
-            .map_err(|e| {
-                Error::invalid(path, format!("not a gzip'd UTF-8 BPE merges file: {e}"))
+            .map_err(|source| EmbedError::BpeNotGzip {
+                path: path.into(),
+                source,
             })?;
         Self::from_merges_text(&text, path)
     }
@@ -83,10 +83,12 @@ impl ClipBpe {
     pub fn from_merges_text(text: &str, path: &Path) -> Result<Self> {
         let lines: Vec<&str> = text.split('\n').skip(1).take(MERGES).collect();
         if lines.len() != MERGES {
-            return Err(Error::invalid(
-                path,
-                format!("holds {} merges, CLIP needs {MERGES}", lines.len()),
-            ));
+            return Err(EmbedError::BpeMergeCount {
+                path: path.into(),
+                found: lines.len(),
+                expected: MERGES,
+            }
+            .into());
         }
         let byte_encoder = bytes_to_unicode();
         // The reference lists byte symbols printable bytes first (in byte order), then the rest.
@@ -99,11 +101,12 @@ impl ClipBpe {
         for (i, line) in lines.iter().enumerate() {
             let mut parts = line.split_whitespace();
             let (Some(a), Some(b), None) = (parts.next(), parts.next(), parts.next()) else {
-                return Err(Error::Parse {
+                return Err(EmbedError::BpeLine {
                     path: path.to_path_buf(),
                     line: i + 2,
-                    message: format!("expected two symbols, found {line:?}"),
-                });
+                    text: line.to_string(),
+                }
+                .into());
             };
             vocab.push(format!("{a}{b}"));
             ranks.insert((a.to_string(), b.to_string()), i);

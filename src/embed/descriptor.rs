@@ -18,7 +18,8 @@
 //! normalize = true
 //! ```
 
-use crate::error::{Error, Result};
+use super::EmbedError;
+use crate::error::Result;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -108,7 +109,7 @@ impl ModelDescriptor {
         )?;
         let mut d: ModelDescriptor = parse_descriptor(&path, &text, "model descriptor")?;
         if d.max_length < 2 {
-            return Err(Error::invalid(&path, "max_length must be at least 2"));
+            return Err(EmbedError::MaxLength { path }.into());
         }
         d.dir = dir.to_path_buf();
         Ok(d)
@@ -156,10 +157,13 @@ pub(crate) fn read_descriptor_text(
     let path = dir.join(DESCRIPTOR_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => Ok((path, text)),
-        Err(e) => Err(Error::invalid(
-            &path,
-            format!("cannot read the {what} ({e}); {holds}"),
-        )),
+        Err(cause) => Err(EmbedError::DescriptorUnreadable {
+            path,
+            what: what.into(),
+            holds: holds.into(),
+            cause,
+        }
+        .into()),
     }
 }
 
@@ -169,7 +173,14 @@ pub(crate) fn parse_descriptor<T: serde::de::DeserializeOwned>(
     text: &str,
     what: &str,
 ) -> Result<T> {
-    toml::from_str(text).map_err(|e| Error::invalid(path, format!("malformed {what}: {e}")))
+    toml::from_str(text).map_err(|source| {
+        EmbedError::DescriptorSyntax {
+            path: path.into(),
+            what: what.into(),
+            source,
+        }
+        .into()
+    })
 }
 
 /// Folders searched for a named model: `$TAGFIX_MODELS`, `./models`, the checkout's `models/`.
@@ -214,17 +225,17 @@ pub fn resolve_model_dir(spec: &str) -> Result<PathBuf> {
         .iter()
         .map(|d| d.join(spec).display().to_string())
         .collect();
-    Err(Error::invalid(
-        as_path,
-        format!(
-            "model not found (looked for a directory with {DESCRIPTOR_FILE}{}): {hint}",
-            if is_name {
-                format!(" in {}", searched.join(", "))
-            } else {
-                String::new()
-            }
-        ),
-    ))
+    Err(EmbedError::ModelNotFound {
+        path: as_path.into(),
+        descriptor: DESCRIPTOR_FILE,
+        searched: if is_name {
+            format!(" in {}", searched.join(", "))
+        } else {
+            String::new()
+        },
+        hint,
+    }
+    .into())
 }
 
 /// Where to run the model.
@@ -294,10 +305,17 @@ pooling = "mean"
             format!("{MINILM}\nbogus = 1\n"),
         )
         .unwrap();
-        let err = ModelDescriptor::read_dir(dir.path())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("bogus"), "{err}");
+        let err = ModelDescriptor::read_dir(dir.path()).unwrap_err();
+        assert!(matches!(
+            &err,
+            crate::Error::Embed(EmbedError::DescriptorSyntax { .. })
+        ));
+        // The TOML error naming the key is the source, printed after the message.
+        let err = crate::error::report(&err);
+        assert!(
+            err.contains("malformed model descriptor: ") && err.contains("bogus"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ use super::clip_bpe::ClipBpe;
 use super::descriptor::{Device, ModelDescriptor, Pooling, TokenizerKind};
 use super::hf_tokenizer::HfTokenizer;
 use super::tokenize::{ClipTokenizer, TextTokenizer, TokenBatch};
+use super::EmbedError;
 use crate::error::{Error, Result};
 use crate::fsutil::sha256_file;
 use indicatif::ProgressBar;
@@ -55,23 +56,21 @@ pub fn runtime(lib: &Path) -> Result<&'static Environment> {
         return Ok(env);
     }
     if !lib.is_file() {
-        return Err(Error::Runtime(format!(
-            "ONNX Runtime library not found at {}: run scripts/setup.sh (it installs the onnxruntime 1.31.1 \
-             wheel's library to .deps/libonnxruntime.so), or point --ort-lib / ${ORT_LIB_ENV} at libonnxruntime.so",
-            lib.display()
-        )));
+        return Err(EmbedError::RuntimeNotFound {
+            lib: lib.into(),
+            env: ORT_LIB_ENV,
+        }
+        .into());
     }
     let abs = lib.canonicalize().map_err(|e| Error::io(lib, e))?;
     let env = ort::init_from(&abs)
-        .map_err(|e| {
-            Error::Runtime(format!(
-                "cannot load ONNX Runtime from {}: {e}",
-                abs.display()
-            ))
+        .map_err(|source| EmbedError::RuntimeLoad {
+            lib: abs.clone(),
+            source,
         })?
         .with_name("tagfix")
         .build()
-        .map_err(|e| Error::Runtime(format!("ONNX Runtime environment: {e}")))?;
+        .map_err(runtime_error("ONNX Runtime environment"))?;
     tracing::info!("ONNX Runtime loaded from {}", abs.display());
     Ok(&ENVIRONMENT.get_or_init(|| (lib.to_path_buf(), env)).1)
 }
@@ -113,10 +112,27 @@ pub struct TextEncoder {
     batch_size: usize,
 }
 
-pub(crate) fn ort_error(context: &str, path: &Path) -> impl Fn(ort::Error) -> Error {
+/// ONNX Runtime failing at `stage` of running the model at `path`.
+pub(crate) fn ort_error(stage: &str, path: &Path) -> impl Fn(ort::Error) -> Error {
     let path = path.to_path_buf();
-    let context = context.to_string();
-    move |e| Error::Runtime(format!("{}: {context}: {e}", path.display()))
+    let stage = stage.to_string();
+    move |source| {
+        EmbedError::Runtime {
+            path: Some(path.clone()),
+            stage: stage.clone(),
+            source,
+        }
+        .into()
+    }
+}
+
+/// ONNX Runtime failing at `stage` of its own set-up.
+fn runtime_error<E: Into<ort::Error>>(stage: &'static str) -> impl Fn(E) -> EmbedError {
+    move |source| EmbedError::Runtime {
+        path: None,
+        stage: stage.into(),
+        source: source.into(),
+    }
 }
 
 /// Loads the descriptor's tokenizer.
@@ -137,10 +153,11 @@ impl TextEncoder {
     pub fn load(descriptor: ModelDescriptor, opts: &EncoderOptions) -> Result<Self> {
         let onnx = descriptor.onnx_path();
         if !onnx.is_file() {
-            return Err(Error::invalid(
-                &onnx,
-                "ONNX model file not found (named by the model descriptor)",
-            ));
+            return Err(EmbedError::ModelFileMissing {
+                path: onnx,
+                by: "model descriptor",
+            }
+            .into());
         }
         let tokenizer = load_tokenizer(&descriptor)?;
         let (session, provider) = build_session(&onnx, opts)?;
@@ -238,12 +255,13 @@ impl TextEncoder {
             .try_extract_tensor::<f32>()
             .map_err(ort_error("reading the output", &onnx))?;
         let dims: Vec<usize> = out_shape.iter().map(|&d| d as usize).collect();
-        let mut pooled = pool(pooling, &dims, values, batch).map_err(|m| {
-            Error::invalid(
-                &onnx,
-                format!("output `{output_name}` of shape {dims:?}: {m}"),
-            )
-        })?;
+        let mut pooled =
+            pool(pooling, &dims, values, batch).map_err(|problem| EmbedError::OutputShape {
+                path: onnx.clone(),
+                output: output_name.clone(),
+                dims: dims.clone(),
+                problem,
+            })?;
         if normalize {
             let d = pooled.len() / batch.rows;
             pooled.chunks_mut(d).for_each(l2_normalize);
@@ -267,33 +285,32 @@ pub fn build_session(onnx: &Path, opts: &EncoderOptions) -> Result<(Session, Str
         Device::Cpu => (
             builder
                 .with_execution_providers([ep::CPU::default().build().error_on_failure()])
-                .map_err(|e| Error::Runtime(format!("CPU execution provider: {e}")))?,
+                .map_err(runtime_error("CPU execution provider"))?,
             format!("CPUExecutionProvider ({threads} threads)"),
         ),
         Device::Cuda(id) => {
-            let available = ep::CUDA::is_available()
-                .map_err(|e| Error::Runtime(format!("querying execution providers: {e}")))?;
+            let available =
+                ep::CUDA::is_available().map_err(runtime_error("querying execution providers"))?;
             if !available {
-                return Err(Error::Runtime(format!(
-                        "--device cuda:{id}: this ONNX Runtime library ({}) has no CUDA execution provider \
-                         (it needs the onnxruntime-gpu build and its CUDA libraries); tagfix does not fall back \
-                         to the CPU, use --device cpu",
-                        ort_library(opts.ort_lib.as_deref()).display()
-                    )));
+                return Err(EmbedError::NoCudaProvider {
+                    device: id,
+                    lib: ort_library(opts.ort_lib.as_deref()),
+                }
+                .into());
             }
             let cuda = ep::CUDA::default()
                 .with_device_id(id)
                 .build()
                 .error_on_failure();
             (
-                    builder.with_execution_providers([cuda]).map_err(|e| {
-                        Error::Runtime(format!(
-                            "--device cuda:{id}: the CUDA execution provider could not be registered ({e}); \
-                             tagfix does not fall back to the CPU, use --device cpu"
-                        ))
-                    })?,
-                    format!("CUDAExecutionProvider (device {id})"),
-                )
+                builder.with_execution_providers([cuda]).map_err(|cause| {
+                    EmbedError::CudaProvider {
+                        device: id,
+                        cause: cause.into(),
+                    }
+                })?,
+                format!("CUDAExecutionProvider (device {id})"),
+            )
         }
     };
     let mut builder = builder;
@@ -372,11 +389,12 @@ pub(crate) fn float_output<'s>(
 fn check_model(session: &Session, d: &ModelDescriptor) -> Result<(Option<usize>, bool)> {
     let path = d.onnx_path();
     let descriptor_path = d.dir.join(super::descriptor::DESCRIPTOR_FILE);
-    let mismatch = |m: String| {
-        Error::invalid(
-            &descriptor_path,
-            format!("does not match {}: {m}", path.display()),
-        )
+    let mismatch = |problem: String| {
+        Error::from(EmbedError::DescriptorMismatch {
+            descriptor: descriptor_path.clone(),
+            model: path.clone(),
+            problem,
+        })
     };
     let model_inputs: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
     let wanted: Vec<&str> = [

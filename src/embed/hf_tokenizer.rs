@@ -4,7 +4,8 @@
 //! at load time: padding to the longest text of a call, truncation to the model's maximum length.
 
 use super::tokenize::{TextTokenizer, TokenMatrix};
-use crate::error::{Error, Result};
+use super::EmbedError;
+use crate::error::Result;
 use std::path::{Path, PathBuf};
 use tokenizers::{PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
@@ -19,8 +20,11 @@ impl HfTokenizer {
     /// Loads `tokenizer.json`, sets batch-longest right padding (keeping the file's pad token) and
     /// truncation to `max_length`.
     pub fn from_file(path: &Path, max_length: usize) -> Result<Self> {
-        let mut inner = Tokenizer::from_file(path)
-            .map_err(|e| Error::invalid(path, format!("cannot load tokenizer.json: {e}")))?;
+        let mut inner = Tokenizer::from_file(path).map_err(|source| EmbedError::Tokenizer {
+            path: path.into(),
+            action: "cannot load tokenizer.json".into(),
+            source,
+        })?;
         let file_padding = inner.get_padding().cloned().unwrap_or_default();
         let padding = PaddingParams {
             strategy: PaddingStrategy::BatchLongest,
@@ -35,8 +39,10 @@ impl HfTokenizer {
                 max_length,
                 ..Default::default()
             }))
-            .map_err(|e| {
-                Error::invalid(path, format!("cannot set truncation to {max_length}: {e}"))
+            .map_err(|e| EmbedError::Tokenizer {
+                path: path.into(),
+                action: format!("cannot set truncation to {max_length}"),
+                source: e,
             })?;
         Ok(HfTokenizer {
             inner,
@@ -51,7 +57,11 @@ impl TextTokenizer for HfTokenizer {
         let encodings = self
             .inner
             .encode_batch(texts.to_vec(), true)
-            .map_err(|e| Error::invalid(&self.path, format!("tokenizing failed: {e}")))?;
+            .map_err(|source| EmbedError::Tokenizer {
+                path: self.path.clone(),
+                action: "tokenizing failed".into(),
+                source,
+            })?;
         let width = encodings.first().map_or(0, |e| e.get_ids().len());
         let mut m = TokenMatrix {
             ids: Vec::with_capacity(texts.len() * width),

@@ -5,6 +5,7 @@
 
 pub mod clip_bpe;
 pub mod descriptor;
+mod error;
 pub mod output;
 pub mod patch;
 pub mod plan;
@@ -19,6 +20,7 @@ pub mod hf_tokenizer;
 pub mod pipeline;
 
 pub use descriptor::{Device, ModelDescriptor};
+pub use error::EmbedError;
 pub use output::{write_output, EmbedOutput};
 pub use patch::SlotRows;
 pub use recipe::Recipe;

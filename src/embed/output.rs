@@ -4,7 +4,8 @@
 //! [`crate::tensors::provenance`]).
 
 use super::patch::SlotRows;
-use crate::error::{Error, Result};
+use super::EmbedError;
+use crate::error::Result;
 use crate::fsutil::{resolve_output, OutputTarget};
 pub use crate::tensors::provenance::provenance_sidecar;
 use crate::tensors::provenance::{write_sidecar, CONTROL_TENSOR, EMBEDDINGS_TENSOR};
@@ -24,10 +25,7 @@ pub struct EmbedOutput {
 pub fn check_output_path(path: &Path, with_control: bool) -> Result<FileFormat> {
     let format = FileFormat::from_path(path)?;
     if with_control && format != FileFormat::Safetensors {
-        return Err(Error::invalid(
-            path,
-            "--control stores its rows in a `control` tensor, which only a .safetensors output can hold",
-        ));
+        return Err(EmbedError::ControlNeedsSafetensors { path: path.into() }.into());
     }
     Ok(format)
 }

@@ -1,7 +1,8 @@
 //! Patching: regenerated rows go into their slots' places in the base file; every other row stays
 //! bit-identical. Without a base, the regenerated rows must cover every slot and form a new file.
 
-use crate::error::{Error, Result};
+use super::EmbedError;
+use crate::error::Result;
 use crate::tensors::{DType, EmbeddingFile, Layout, Provenance};
 use crate::vocab::{Slot, Vocabulary};
 
@@ -33,22 +34,17 @@ pub fn check_base(
 ) -> Result<Layout> {
     let path = &base.path;
     if base.dtype == DType::F64 {
-        return Err(Error::invalid(
-            path,
-            "base embeddings are f64; tagfix patches f32, f16 and bf16 files (convert the base to f32 first)",
-        ));
+        return Err(EmbedError::F64Base { path: path.clone() }.into());
     }
     if let Some(p) = Provenance::from_metadata(&base.metadata, path)? {
         if p.vocabulary_sha256 != vocab.sha256 {
-            return Err(Error::invalid(
-                path,
-                format!(
-                    "was made for another vocabulary (sha256 {}), not {} (sha256 {})",
-                    p.vocabulary_sha256,
-                    vocab.path.display(),
-                    vocab.sha256
-                ),
-            ));
+            return Err(EmbedError::OtherVocabulary {
+                path: path.clone(),
+                file_sha: p.vocabulary_sha256,
+                vocab: vocab.path.clone(),
+                vocab_sha: vocab.sha256.clone(),
+            }
+            .into());
         }
     }
     let layout = Layout::detect(base.rows, vocab.len(), path)?;
@@ -58,15 +54,14 @@ pub fn check_base(
         } else {
             format!("{rows_per_slot} description rows per tag (RAM++ layout)")
         };
-        return Err(Error::invalid(
-            path,
-            format!(
-                "is in the {} [{}, {}] but the recipe produces {want}: mixing averaged and per-description rows breaks RAM++",
-                layout.describe(),
-                base.rows,
-                base.dim
-            ),
-        ));
+        return Err(EmbedError::LayoutMismatch {
+            path: path.clone(),
+            layout: layout.describe(),
+            rows: base.rows,
+            dim: base.dim,
+            want,
+        }
+        .into());
     }
     Ok(layout)
 }
@@ -74,13 +69,13 @@ pub fn check_base(
 /// Checks the model's output width against the base.
 pub fn check_dim(base: &EmbeddingFile, dim: usize, model: &str) -> Result<()> {
     if base.dim != dim {
-        return Err(Error::invalid(
-            &base.path,
-            format!(
-                "rows are {}-dimensional but the model {model} gives {dim}-dimensional embeddings: wrong model for this file?",
-                base.dim
-            ),
-        ));
+        return Err(EmbedError::DimMismatch {
+            path: base.path.clone(),
+            file_dim: base.dim,
+            model: model.into(),
+            model_dim: dim,
+        }
+        .into());
     }
     Ok(())
 }
@@ -110,9 +105,7 @@ pub fn assemble(
                 covered[s] = true;
             }
             if let Some(missing) = covered.iter().position(|c| !c) {
-                return Err(Error::Other(format!(
-                    "without a base file every slot must be computed, but slot {missing} was not"
-                )));
+                return Err(EmbedError::SlotNotComputed(missing).into());
             }
             EmbeddingFile::new(
                 vec![0.0; tags * rps * regenerated.dim],

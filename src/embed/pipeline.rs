@@ -5,7 +5,8 @@ use super::encoder::{l2_normalize, TextEncoder};
 use super::output::EmbedOutput;
 use super::patch::{assemble, check_dim, SlotRows};
 use super::recipe::{Combine, Recipe};
-use crate::error::{Error, Result};
+use super::EmbedError;
+use crate::error::Result;
 use crate::tensors::{EmbeddingFile, Provenance};
 use crate::vocab::{Slot, Vocabulary};
 use indicatif::ProgressBar;
@@ -90,10 +91,7 @@ pub fn run(
         check_dim(base, dim, &model)?;
     }
     if req.base.is_none() && req.regenerate.len() != req.vocab.len() {
-        return Err(Error::Usage(
-            "without --base every slot is computed (a full file); choose --all or give --base"
-                .into(),
-        ));
+        return Err(EmbedError::FullFileNeedsAll.into());
     }
     let all: Vec<Slot> = req.regenerate.iter().chain(&req.control).copied().collect();
     let rows = embed_slots(encoder, req.vocab, req.recipe, &all, progress)?;

@@ -1,6 +1,7 @@
 //! Which slots to regenerate and which present slots to re-embed as controls.
 
-use crate::error::{Error, Result};
+use super::EmbedError;
+use crate::error::Result;
 use crate::rng::SplitMix64;
 use crate::vocab::Slot;
 
@@ -10,29 +11,28 @@ pub fn parse_slot_list(list: &str, slots: usize) -> Result<Vec<Slot>> {
     let mut out = Vec::new();
     for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let parse = |s: &str| -> Result<Slot> {
-            s.trim().parse::<Slot>().map_err(|_| {
-                Error::Usage(format!(
-                    "--slots: `{s}` is not a slot number (use e.g. 3,17,100-120)"
-                ))
-            })
+            s.trim()
+                .parse::<Slot>()
+                .map_err(|_| EmbedError::NotASlot(s.into()).into())
         };
         let (lo, hi) = match part.split_once('-') {
             Some((a, b)) => (parse(a)?, parse(b)?),
             None => (parse(part)?, parse(part)?),
         };
         if lo > hi {
-            return Err(Error::Usage(format!("--slots: range `{part}` is reversed")));
+            return Err(EmbedError::ReversedRange(part.into()).into());
         }
         if hi >= slots {
-            return Err(Error::Usage(format!(
-                "--slots: slot {hi} is out of range (the vocabulary has slots 0..={})",
-                slots - 1
-            )));
+            return Err(EmbedError::SlotOutOfRange {
+                slot: hi,
+                last: slots.saturating_sub(1),
+            }
+            .into());
         }
         out.extend(lo..=hi);
     }
     if out.is_empty() {
-        return Err(Error::Usage("--slots: no slots given".into()));
+        return Err(EmbedError::NoSlots.into());
     }
     out.sort_unstable();
     out.dedup();
@@ -64,10 +64,11 @@ pub fn sample_controls(candidates: &[Slot], spec: ControlSpec, seed: u64) -> Res
     let n = match spec {
         ControlSpec::All => candidates.len(),
         ControlSpec::Count(n) if n > candidates.len() => {
-            return Err(Error::Usage(format!(
-                "--control {n}: only {} slots have an original row to compare with",
-                candidates.len()
-            )))
+            return Err(EmbedError::TooManyControls {
+                wanted: n,
+                available: candidates.len(),
+            }
+            .into())
         }
         ControlSpec::Count(n) => n,
     };

@@ -7,6 +7,7 @@
 //! - `templates:FILE`: one template a line (`{}` = processed name, `{article}` = a/an), averaged the same way.
 //! - descriptions (RAM++): a JSON file of tag → descriptions, one normalised row per description.
 
+use super::EmbedError;
 use crate::error::{Error, Result};
 use crate::vocab::normalize_tag;
 use std::collections::HashMap;
@@ -132,21 +133,14 @@ impl Descriptions {
                 .iter()
                 .enumerate()
                 .map(|(i, v)| {
-                    v.as_object().ok_or_else(|| {
-                        Error::invalid(
-                            path,
-                            format!("item {i} is not an object {{tag: [descriptions]}}"),
-                        )
+                    v.as_object().ok_or_else(|| EmbedError::DescriptionItem {
+                        path: path.into(),
+                        index: i,
                     })
                 })
-                .collect::<Result<_>>()?,
+                .collect::<Result<_, _>>()?,
             serde_json::Value::Object(m) => vec![m],
-            _ => {
-                return Err(Error::invalid(
-                    path,
-                    "expected a JSON array of {tag: [descriptions]} objects or one such object",
-                ))
-            }
+            _ => return Err(EmbedError::DescriptionShape { path: path.into() }.into()),
         };
         let mut by_name = HashMap::new();
         let mut per_tag = None;
@@ -155,37 +149,46 @@ impl Descriptions {
                 let descs: Vec<String> = list
                     .as_array()
                     .and_then(|a| a.iter().map(|d| d.as_str().map(str::to_string)).collect())
-                    .ok_or_else(|| {
-                        Error::invalid(
-                            path,
-                            format!("descriptions of `{tag}` are not a list of strings"),
-                        )
+                    .ok_or_else(|| EmbedError::DescriptionsNotStrings {
+                        path: path.into(),
+                        tag: tag.clone(),
                     })?;
                 match per_tag {
                     None => per_tag = Some(descs.len()),
                     Some(k) if k != descs.len() => {
-                        return Err(Error::invalid(
-                            path,
-                            format!(
-                                "`{tag}` has {} descriptions but earlier tags have {k}: the RAM++ layout needs the same number for every tag",
-                                descs.len()
-                            ),
-                        ))
+                        return Err(EmbedError::UnevenDescriptions {
+                            path: path.into(),
+                            tag: tag.clone(),
+                            count: descs.len(),
+                            expected: k,
+                        }
+                        .into())
                     }
                     _ => {}
                 }
                 if descs.is_empty() {
-                    return Err(Error::invalid(path, format!("`{tag}` has no descriptions")));
+                    return Err(EmbedError::NoDescriptions {
+                        path: path.into(),
+                        tag: tag.clone(),
+                    }
+                    .into());
                 }
                 if by_name.insert(normalize_tag(tag), descs).is_some() {
-                    return Err(Error::invalid(path, format!("`{tag}` is listed twice")));
+                    return Err(EmbedError::TagTwice {
+                        path: path.into(),
+                        tag: tag.clone(),
+                    }
+                    .into());
                 }
             }
         }
         Ok(Descriptions {
             path: path.to_path_buf(),
             by_name,
-            per_tag: per_tag.ok_or_else(|| Error::invalid(path, "holds no tags"))?,
+            per_tag: per_tag.ok_or_else(|| EmbedError::EmptyRecipe {
+                path: path.into(),
+                what: "tags",
+            })?,
         })
     }
 
@@ -215,9 +218,7 @@ impl Recipe {
             "ram-ensemble" => Ok(Recipe::RamEnsemble),
             _ => match spec.strip_prefix("templates:") {
                 Some(file) => Self::templates_file(Path::new(file)),
-                None => Err(Error::Usage(format!(
-                    "unknown recipe `{spec}`: use single, ram-ensemble or templates:FILE"
-                ))),
+                None => Err(EmbedError::UnknownRecipe(spec.into()).into()),
             },
         }
     }
@@ -232,16 +233,21 @@ impl Recipe {
                 continue;
             }
             if !t.contains("{}") {
-                return Err(Error::Parse {
+                return Err(EmbedError::TemplateWithoutSlot {
                     path: path.to_path_buf(),
                     line: i + 1,
-                    message: format!("template {t:?} has no `{{}}` for the tag name"),
-                });
+                    template: t.into(),
+                }
+                .into());
             }
             templates.push(t.to_string());
         }
         if templates.is_empty() {
-            return Err(Error::invalid(path, "holds no templates"));
+            return Err(EmbedError::EmptyRecipe {
+                path: path.into(),
+                what: "templates",
+            }
+            .into());
         }
         Ok(Recipe::Templates {
             path: path.to_path_buf(),
@@ -309,11 +315,10 @@ impl Recipe {
             }
             Recipe::Descriptions(d) => d
                 .get(tag)
-                .ok_or_else(|| {
-                    Error::invalid(
-                        &d.path,
-                        format!("has no descriptions for slot {slot} `{tag}`"),
-                    )
+                .ok_or_else(|| EmbedError::MissingDescriptions {
+                    path: d.path.clone(),
+                    slot,
+                    tag: tag.into(),
                 })?
                 .to_vec(),
         })

@@ -2,6 +2,7 @@
 //! and an annotation file with one image a line, `image_id,tag[,tag…]` (OpenImages) or
 //! `image_id,i j k` (0-based indices into the tag list, HICO and ImageNet-multi), plus an image root.
 
+use super::EvalError;
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -52,16 +53,12 @@ impl Benchmark {
                     [] => continue,
                     [one] => return Ok(Some(dir.join(one))),
                     _ => {
-                        let list: Vec<&str> = found.iter().map(|n| n.as_str()).collect();
-                        return Err(Error::invalid(
-                            dir,
-                            format!(
-                                "holds {} files ending in `{s}` ({}): keep one benchmark per folder, \
-                                 or pass the files themselves",
-                                found.len(),
-                                list.join(", ")
-                            ),
-                        ));
+                        return Err(EvalError::SeveralBenchmarks {
+                            path: dir.into(),
+                            suffix: s.to_string(),
+                            files: found.into_iter().cloned().collect(),
+                        }
+                        .into());
                     }
                 }
             }
@@ -71,10 +68,7 @@ impl Benchmark {
         let annots = pick(&["_ram_annots.txt", "_annots.txt"])?;
         match (taglist, annots) {
             (Some(t), Some(a)) => Self::load(&t, &a),
-            _ => Err(Error::invalid(
-                dir,
-                "not a benchmark folder: expected *_taglist.txt and *_annots.txt",
-            )),
+            _ => Err(EvalError::NotABenchmark { path: dir.into() }.into()),
         }
     }
 
@@ -85,11 +79,11 @@ impl Benchmark {
         let text = std::fs::read_to_string(taglist).map_err(|e| Error::io(taglist, e))?;
         let tags: Vec<String> = text.lines().map(|l| l.trim().to_string()).collect();
         if let Some(i) = tags.iter().position(|t| t.is_empty()) {
-            return Err(Error::Parse {
+            return Err(EvalError::EmptyTag {
                 path: taglist.to_path_buf(),
                 line: i + 1,
-                message: "empty tag".into(),
-            });
+            }
+            .into());
         }
         let mut index: HashMap<&str, u32> = HashMap::new();
         for (i, t) in tags.iter().enumerate() {
@@ -127,25 +121,24 @@ impl Benchmark {
                 .iter()
                 .find_map(|(n, _, r)| parse_names(r).err().map(|t| (*n, t)))
                 .expect("some line failed");
-            return Err(Error::Parse {
+            return Err(EvalError::UnknownLabel {
                 path: annots.to_path_buf(),
                 line,
-                message: format!(
-                    "tag `{tag}` is not in {} (and the labels are not tag-list indices)",
-                    taglist.display()
-                ),
-            });
+                tag,
+                taglist: taglist.to_path_buf(),
+            }
+            .into());
         };
         let mut images = Vec::new();
         let mut labels: Vec<Vec<u32>> = Vec::new();
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (line, id, rest) in &lines {
             if id.is_empty() {
-                return Err(Error::Parse {
+                return Err(EvalError::EmptyImageId {
                     path: annots.to_path_buf(),
                     line: *line,
-                    message: "empty image id".into(),
-                });
+                }
+                .into());
             }
             let ls = match form {
                 LabelForm::Names => parse_names(rest).expect("checked"),

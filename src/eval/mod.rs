@@ -12,13 +12,165 @@ pub use benchmark::{Benchmark, LabelForm};
 pub use metrics::{average_precision, Counts, RamSummary, Summary};
 pub use scores::{read_scores, ScoreMatrix, ScoreWriter};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::manifest::{SlotManifest, SlotStatus};
 use crate::vocab::{normalize_tag, Slot, Vocabulary};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Why a benchmark, a threshold setting or a score file cannot be evaluated.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("--threshold must lie in [0, 1], got {0}")]
+    ThresholdFlag(f32),
+
+    #[error("{path}: {count} thresholds for a vocabulary of {slots} slots")]
+    ThresholdCount {
+        path: PathBuf,
+        count: usize,
+        slots: usize,
+    },
+
+    #[error("{path}:{line}: threshold `{text}` is not a number in [0, 1]")]
+    ThresholdValue {
+        path: PathBuf,
+        line: usize,
+        text: String,
+    },
+
+    #[error(
+        "vocabulary {vocab} has no threshold sidecar: pass --thresholds FILE or --threshold P"
+    )]
+    NoThresholds { vocab: PathBuf },
+
+    #[error(
+        "score matrix is {rows}x{cols}, the benchmark needs {images}x{tags} (images x mapped tags)"
+    )]
+    MatrixShape {
+        rows: usize,
+        cols: usize,
+        images: usize,
+        tags: usize,
+    },
+
+    #[error("{count} thresholds for a vocabulary of {slots} slots")]
+    ThresholdsForVocabulary { count: usize, slots: usize },
+
+    #[error("{count} scores do not form rows of {slots} slots")]
+    ScoreRows { count: usize, slots: usize },
+
+    #[error("{path}: holds {} files ending in `{suffix}` ({}): keep one benchmark per folder, or pass the files themselves", .files.len(), .files.join(", "))]
+    SeveralBenchmarks {
+        path: PathBuf,
+        suffix: String,
+        files: Vec<String>,
+    },
+
+    #[error("{path}: not a benchmark folder: expected *_taglist.txt and *_annots.txt")]
+    NotABenchmark { path: PathBuf },
+
+    #[error("{path}:{line}: empty tag")]
+    EmptyTag { path: PathBuf, line: usize },
+
+    #[error(
+        "{path}:{line}: tag `{tag}` is not in {taglist} (and the labels are not tag-list indices)"
+    )]
+    UnknownLabel {
+        path: PathBuf,
+        line: usize,
+        tag: String,
+        taglist: PathBuf,
+    },
+
+    #[error("{path}:{line}: empty image id")]
+    EmptyImageId { path: PathBuf, line: usize },
+
+    #[error("scores output {path} must end in .safetensors or .csv")]
+    ScoresOutputType { path: PathBuf },
+
+    #[error("{got} scores for {slots} slots")]
+    RowLength { got: usize, slots: usize },
+
+    #[error(
+        "{path}: prediction scores must be a .csv (image_id,slot_or_tag,score) or a .safetensors file"
+    )]
+    ScoresInputType { path: PathBuf },
+
+    #[error("{path}: no scores for {} of the {images} benchmark images (first: {})", .missing.len(), .missing.iter().take(5).cloned().collect::<Vec<_>>().join(", "))]
+    MissingImages {
+        path: PathBuf,
+        images: usize,
+        missing: Vec<String>,
+    },
+
+    #[error("{path}")]
+    Csv {
+        path: PathBuf,
+        #[source]
+        source: csv::Error,
+    },
+
+    #[error("{path}:{line}: {problem}")]
+    ScoreLine {
+        path: PathBuf,
+        line: usize,
+        problem: scores::LineProblem,
+    },
+
+    #[error("{path}: no tensor `scores` [images, slots]")]
+    NoScoresTensor { path: PathBuf },
+
+    #[error("{path}: `scores` has shape {shape:?}, expected [images, {slots}]")]
+    ScoresShape {
+        path: PathBuf,
+        shape: Vec<usize>,
+        slots: usize,
+    },
+
+    #[error("{path}: no metadata `image_ids` (a JSON array of image ids, one per row)")]
+    NoImageIds { path: PathBuf },
+
+    #[error("{path}: metadata `image_ids` is not a JSON array of strings")]
+    ImageIds {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("{path}: {ids} image ids for {rows} rows of `scores`")]
+    ImageIdCount {
+        path: PathBuf,
+        ids: usize,
+        rows: usize,
+    },
+
+    #[error(
+        "{path}: `scores`[{row}, {slot}] (image `{image}`, slot {slot} `{tag}`) is {value}: {why}"
+    )]
+    BadScore {
+        path: PathBuf,
+        row: usize,
+        slot: Slot,
+        image: String,
+        tag: String,
+        value: f32,
+        why: &'static str,
+    },
+}
+
+impl EvalError {
+    /// Flags and outputs are usage errors; files that do not fit, input errors.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            EvalError::ThresholdFlag(_)
+            | EvalError::NoThresholds { .. }
+            | EvalError::ScoresOutputType { .. } => ErrorKind::Usage,
+            _ => ErrorKind::Input,
+        }
+    }
+}
 
 /// How a benchmark tag found its slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,9 +264,7 @@ impl Thresholds {
     /// call every score negative).
     pub fn from_flag(value: f32, slots: usize) -> Result<Self> {
         if !(0.0..=1.0).contains(&value) {
-            return Err(Error::Usage(format!(
-                "--threshold must lie in [0, 1], got {value}"
-            )));
+            return Err(EvalError::ThresholdFlag(value).into());
         }
         Ok(Self::uniform(value, slots))
     }
@@ -129,13 +279,12 @@ impl Thresholds {
             _ => lines,
         };
         if lines.len() != slots {
-            return Err(Error::invalid(
-                path,
-                format!(
-                    "{} thresholds for a vocabulary of {slots} slots",
-                    lines.len()
-                ),
-            ));
+            return Err(EvalError::ThresholdCount {
+                path: path.into(),
+                count: lines.len(),
+                slots,
+            }
+            .into());
         }
         let values = lines
             .iter()
@@ -145,13 +294,13 @@ impl Thresholds {
                     .parse::<f32>()
                     .ok()
                     .filter(|v| (0.0..=1.0).contains(v))
-                    .ok_or_else(|| Error::Parse {
+                    .ok_or_else(|| EvalError::ThresholdValue {
                         path: path.to_path_buf(),
                         line: i + 1,
-                        message: format!("threshold `{}` is not a number in [0, 1]", l.trim()),
+                        text: l.trim().into(),
                     })
             })
-            .collect::<Result<Vec<f32>>>()?;
+            .collect::<Result<Vec<f32>, _>>()?;
         Ok(Thresholds {
             values,
             source: path.display().to_string(),
@@ -180,10 +329,10 @@ impl Thresholds {
                 source: format!("{v} for every slot (no threshold file)"),
                 ..Self::uniform(v, vocab.len())
             }),
-            None => Err(Error::Usage(format!(
-                "vocabulary {} has no threshold sidecar: pass --thresholds FILE or --threshold P",
-                vocab.path.display()
-            ))),
+            None => Err(EvalError::NoThresholds {
+                vocab: vocab.path.clone(),
+            }
+            .into()),
         }
     }
 
@@ -266,20 +415,20 @@ pub fn evaluate(
 ) -> Result<EvalReport> {
     let mapped = mapping.mapped();
     if scores.rows != bench.images.len() || scores.cols != mapped.len() {
-        return Err(Error::Usage(format!(
-            "score matrix is {}x{}, the benchmark needs {}x{} (images x mapped tags)",
-            scores.rows,
-            scores.cols,
-            bench.images.len(),
-            mapped.len()
-        )));
+        return Err(EvalError::MatrixShape {
+            rows: scores.rows,
+            cols: scores.cols,
+            images: bench.images.len(),
+            tags: mapped.len(),
+        }
+        .into());
     }
     if thresholds.values.len() != vocab.len() {
-        return Err(Error::Usage(format!(
-            "{} thresholds for a vocabulary of {} slots",
-            thresholds.values.len(),
-            vocab.len()
-        )));
+        return Err(EvalError::ThresholdsForVocabulary {
+            count: thresholds.values.len(),
+            slots: vocab.len(),
+        }
+        .into());
     }
     let classes: Vec<ClassResult> = mapped
         .par_iter()
@@ -348,10 +497,11 @@ pub fn evaluate(
 /// (`full[i * slots + s]` = image i, slot s; rows in benchmark image order).
 pub fn gather_columns(full: &[f32], slots: usize, mapping: &TagMapping) -> Result<ScoreMatrix> {
     if slots == 0 || full.len() % slots != 0 {
-        return Err(Error::Usage(format!(
-            "{} scores do not form rows of {slots} slots",
-            full.len()
-        )));
+        return Err(EvalError::ScoreRows {
+            count: full.len(),
+            slots,
+        }
+        .into());
     }
     let rows = full.len() / slots;
     let mapped = mapping.mapped();

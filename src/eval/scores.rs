@@ -5,12 +5,31 @@
 //! - safetensors with a 2-D tensor `scores` [images, slots] (f32/f16/bf16/f64) and the metadata
 //!   key `image_ids`, a JSON array of the row's image ids.
 
-use super::{Benchmark, TagMapping};
+use super::{Benchmark, EvalError, TagMapping};
 use crate::error::{Error, Result};
 use crate::vocab::{normalize_tag, Slot, Vocabulary};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
+
+/// What is wrong with one line of a CSV score file.
+#[derive(Debug, thiserror::Error)]
+pub enum LineProblem {
+    #[error("{0}")]
+    Csv(csv::Error),
+    #[error("expected 3 fields (image_id,slot_or_tag,score), found {0}")]
+    FieldCount(usize),
+    #[error("score `{score}`: {why}")]
+    BadScore { score: String, why: &'static str },
+    #[error("score `{0}` is not a number")]
+    NotANumber(String),
+    #[error("slot {slot} is outside the vocabulary ({slots} slots)")]
+    SlotOutside { slot: Slot, slots: usize },
+    #[error("tag `{0}` is not in the vocabulary")]
+    UnknownTag(String),
+    #[error("second score for image `{image}` and slot {slot}")]
+    SecondScore { image: String, slot: Slot },
+}
 
 /// Dense scores, row-major: rows = benchmark images, columns = mapped benchmark tags.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,12 +105,7 @@ impl ScoreWriter {
         let csv = match path.extension().and_then(|e| e.to_str()) {
             Some("csv") => true,
             Some("safetensors") => false,
-            _ => {
-                return Err(Error::Usage(format!(
-                    "scores output {} must end in .safetensors or .csv",
-                    path.display()
-                )))
-            }
+            _ => return Err(EvalError::ScoresOutputType { path: path.into() }.into()),
         };
         let tmp = crate::fsutil::output_temp(path)?;
         let mut w = ScoreWriter {
@@ -114,11 +128,11 @@ impl ScoreWriter {
     /// Appends one image's scores (slot order).
     pub fn push(&mut self, id: &str, row: &[f32]) -> Result<()> {
         if row.len() != self.slots {
-            return Err(Error::Usage(format!(
-                "{} scores for {} slots",
-                row.len(),
-                self.slots
-            )));
+            return Err(EvalError::RowLength {
+                got: row.len(),
+                slots: self.slots,
+            }
+            .into());
         }
         if self.csv {
             let id = if id.contains([',', '"', '\n']) {
@@ -202,10 +216,7 @@ pub fn read_scores(
     match path.extension().and_then(|e| e.to_str()) {
         Some("csv") => read_csv(path, bench, vocab, mapping),
         Some("safetensors") => read_safetensors(path, bench, vocab, mapping),
-        _ => Err(Error::invalid(
-            path,
-            "prediction scores must be a .csv (image_id,slot_or_tag,score) or a .safetensors file",
-        )),
+        _ => Err(EvalError::ScoresInputType { path: path.into() }.into()),
     }
 }
 
@@ -237,20 +248,12 @@ fn missing_images_error(path: &Path, bench: &Benchmark, seen: &[bool]) -> Option
         .map(|(id, _)| id.as_str())
         .collect();
     (!missing.is_empty()).then(|| {
-        Error::invalid(
-            path,
-            format!(
-                "no scores for {} of the {} benchmark images (first: {})",
-                missing.len(),
-                bench.images.len(),
-                missing
-                    .iter()
-                    .take(5)
-                    .copied()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        )
+        EvalError::MissingImages {
+            path: path.into(),
+            images: bench.images.len(),
+            missing: missing.into_iter().map(String::from).collect(),
+        }
+        .into()
     })
 }
 
@@ -276,29 +279,35 @@ fn read_csv(
         .has_headers(false)
         .flexible(true)
         .from_path(path)
-        .map_err(|e| Error::invalid(path, e.to_string()))?;
+        .map_err(|source| EvalError::Csv {
+            path: path.into(),
+            source,
+        })?;
     for (i, rec) in reader.records().enumerate() {
         let line = i + 1;
-        let parse_err = |message: String| Error::Parse {
+        let parse_err = |problem| EvalError::ScoreLine {
             path: path.to_path_buf(),
             line,
-            message,
+            problem,
         };
-        let rec = rec.map_err(|e| parse_err(e.to_string()))?;
+        let rec = rec.map_err(|e| parse_err(LineProblem::Csv(e)))?;
         if rec.len() != 3 {
-            return Err(parse_err(format!(
-                "expected 3 fields (image_id,slot_or_tag,score), found {}",
-                rec.len()
-            )));
+            return Err(parse_err(LineProblem::FieldCount(rec.len())).into());
         }
         let score = rec[2].trim();
         let score = match score.parse::<f32>() {
             Ok(v) => match bad_score(v) {
                 None => v,
-                Some(why) => return Err(parse_err(format!("score `{score}`: {why}"))),
+                Some(why) => {
+                    return Err(parse_err(LineProblem::BadScore {
+                        score: score.into(),
+                        why,
+                    })
+                    .into())
+                }
             },
             _ if line == 1 => continue, // header
-            _ => return Err(parse_err(format!("score `{score}` is not a number"))),
+            _ => return Err(parse_err(LineProblem::NotANumber(score.into())).into()),
         };
         let Some(row) = row_of(&rows, rec[0].trim()) else {
             unknown_images += 1;
@@ -309,23 +318,25 @@ fn read_csv(
         let slot = match key.parse::<usize>() {
             Ok(s) if s < vocab.len() => s,
             Ok(s) => {
-                return Err(parse_err(format!(
-                    "slot {s} is outside the vocabulary ({} slots)",
-                    vocab.len()
-                )))
+                return Err(parse_err(LineProblem::SlotOutside {
+                    slot: s,
+                    slots: vocab.len(),
+                })
+                .into())
             }
             Err(_) => *exact
                 .get(key)
                 .or_else(|| normalized.get(&normalize_tag(key)))
-                .ok_or_else(|| parse_err(format!("tag `{key}` is not in the vocabulary")))?,
+                .ok_or_else(|| parse_err(LineProblem::UnknownTag(key.into())))?,
         };
         for &col in columns.get(&slot).into_iter().flatten() {
             let k = row * m.cols + col;
             if filled[k] {
-                return Err(parse_err(format!(
-                    "second score for image `{}` and slot {slot}",
-                    &rec[0]
-                )));
+                return Err(parse_err(LineProblem::SecondScore {
+                    image: rec[0].into(),
+                    slot,
+                })
+                .into());
             }
             filled[k] = true;
             m.data[k] = score;
@@ -352,43 +363,32 @@ fn read_safetensors(
     let set = crate::tensors::safetensors_io::read(path)?;
     let t = set
         .get("scores")
-        .ok_or_else(|| Error::invalid(path, "no tensor `scores` [images, slots]"))?;
+        .ok_or_else(|| EvalError::NoScoresTensor { path: path.into() })?;
     if t.shape.len() != 2 || t.shape[1] != vocab.len() {
-        return Err(Error::invalid(
-            path,
-            format!(
-                "`scores` has shape {:?}, expected [images, {}]",
-                t.shape,
-                vocab.len()
-            ),
-        ));
+        return Err(EvalError::ScoresShape {
+            path: path.into(),
+            shape: t.shape.clone(),
+            slots: vocab.len(),
+        }
+        .into());
     }
     let ids: Vec<String> = set
         .metadata
         .get("image_ids")
-        .ok_or_else(|| {
-            Error::invalid(
-                path,
-                "no metadata `image_ids` (a JSON array of image ids, one per row)",
-            )
-        })
+        .ok_or_else(|| EvalError::NoImageIds { path: path.into() })
         .and_then(|s| {
-            serde_json::from_str(s).map_err(|e| {
-                Error::invalid(
-                    path,
-                    format!("metadata `image_ids` is not a JSON array of strings: {e}"),
-                )
+            serde_json::from_str(s).map_err(|source| EvalError::ImageIds {
+                path: path.into(),
+                source,
             })
         })?;
     if ids.len() != t.shape[0] {
-        return Err(Error::invalid(
-            path,
-            format!(
-                "{} image ids for {} rows of `scores`",
-                ids.len(),
-                t.shape[0]
-            ),
-        ));
+        return Err(EvalError::ImageIdCount {
+            path: path.into(),
+            ids: ids.len(),
+            rows: t.shape[0],
+        }
+        .into());
     }
     let values = t.to_f32()?;
     if let Some((k, why)) = values
@@ -397,13 +397,16 @@ fn read_safetensors(
         .find_map(|(k, &v)| bad_score(v).map(|why| (k, why)))
     {
         let (r, slot) = (k / vocab.len(), k % vocab.len());
-        return Err(Error::invalid(
-            path,
-            format!(
-                "`scores`[{r}, {slot}] (image `{}`, slot {slot} `{}`) is {}: {why}",
-                ids[r], vocab.tags[slot], values[k]
-            ),
-        ));
+        return Err(EvalError::BadScore {
+            path: path.into(),
+            row: r,
+            slot,
+            image: ids[r].clone(),
+            tag: vocab.tags[slot].clone(),
+            value: values[k],
+            why,
+        }
+        .into());
     }
     let rows = image_rows(bench);
     let mapped = mapping.mapped();

@@ -9,6 +9,7 @@
 
 use super::event::{EventKind, HealthEvent};
 use super::record::{LossTerm, ModuleGroup, StepRecord};
+use super::MonitorError;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
@@ -30,10 +31,14 @@ impl DetectorConfig {
     /// Reads a TOML file of thresholds (unknown keys are an error naming the file).
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let cfg: Self = toml::from_str(&text)
-            .map_err(|e| Error::invalid(path, format!("detector config: {e}")))?;
-        cfg.check()
-            .map_err(|m| Error::invalid(path, format!("detector config: {m}")))?;
+        let cfg: Self = toml::from_str(&text).map_err(|source| MonitorError::ConfigSyntax {
+            path: path.into(),
+            source,
+        })?;
+        cfg.check().map_err(|problem| MonitorError::ConfigRange {
+            path: path.into(),
+            problem,
+        })?;
         Ok(cfg)
     }
 

@@ -22,6 +22,45 @@ pub mod summary;
 pub mod synthetic;
 pub mod validation;
 
+/// Why a run directory or its files cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    #[error("{path}: run directory does not exist")]
+    NoRunDir { path: std::path::PathBuf },
+
+    #[error("{path}: not a training run directory: no {metrics}")]
+    NotARunDir {
+        path: std::path::PathBuf,
+        metrics: &'static str,
+    },
+
+    #[error(
+        "{path}: already holds a training run (metrics.jsonl is not empty); resume it or choose another output directory"
+    )]
+    RunExists { path: std::path::PathBuf },
+
+    #[error("{path}: detector config")]
+    ConfigSyntax {
+        path: std::path::PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+
+    #[error("{path}: detector config: {problem}")]
+    ConfigRange {
+        path: std::path::PathBuf,
+        problem: String,
+    },
+
+    #[error("{path}:{line}: malformed record")]
+    Record {
+        path: std::path::PathBuf,
+        line: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
 pub use detectors::{detect, DetectorConfig, HealthMonitor};
 pub use event::{read_events, EventKind, EventWriter, HealthEvent};
 pub use record::{
@@ -30,5 +69,5 @@ pub use record::{
 };
 pub use run_dir::RunDir;
 pub use run_monitor::RunMonitor;
-pub use summary::events_table;
+pub use summary::{events_table, RunSummary};
 pub use validation::{read_validation, ValidationRecord, ValidationWriter};

@@ -2,6 +2,7 @@
 //! appended and flushed line by line so a crashed run keeps every finished step, and read back by a
 //! streaming reader that names `file:line` on a malformed line.
 
+use super::MonitorError;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fs::{File, OpenOptions};
@@ -307,7 +308,7 @@ fn write_json_line<W: Write, T: Serialize>(out: &mut W, value: &T) -> std::io::R
 }
 
 /// Streams the records of a `metrics.jsonl` file. Blank lines are skipped; a malformed line is an
-/// [`Error::Parse`] naming the file and line (1-based). A last line without its newline that does
+/// [`MonitorError::Record`] naming the file and line (1-based). A last line without its newline that does
 /// not parse (a run killed mid-write) is reported like any other malformed line.
 pub fn read_records(path: &Path) -> Result<JsonLines<StepRecord>> {
     JsonLines::open(path)
@@ -357,10 +358,13 @@ impl<T: for<'de> Deserialize<'de>> Iterator for JsonLines<T> {
             if line.trim().is_empty() {
                 continue;
             }
-            return Some(serde_json::from_str(&line).map_err(|e| Error::Parse {
-                path: self.path.clone(),
-                line: self.line_no,
-                message: format!("malformed record: {e}"),
+            return Some(serde_json::from_str(&line).map_err(|source| {
+                MonitorError::Record {
+                    path: self.path.clone(),
+                    line: self.line_no,
+                    source,
+                }
+                .into()
             }));
         }
     }

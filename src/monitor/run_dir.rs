@@ -1,6 +1,7 @@
 //! The run-directory contract: where a training run keeps its files (documented in
 //! `docs/formats.md`, "Run directory").
 
+use super::MonitorError;
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -9,6 +10,7 @@ pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const EVENTS_FILE: &str = "events.jsonl";
 pub const VALIDATION_FILE: &str = "validation.jsonl";
 pub const CONFIG_FILE: &str = "config.toml";
+pub const SUMMARY_FILE: &str = "summary.json";
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
 pub const PLOTS_DIR: &str = "plots";
 
@@ -20,6 +22,7 @@ pub const PLOTS_DIR: &str = "plots";
 ///   metrics.jsonl      one StepRecord per optimizer step, appended and flushed per line
 ///   events.jsonl       one HealthEvent per line (spike, oscillation, plateau, imbalance, stalled encoder)
 ///   validation.jsonl   one ValidationRecord per periodic validation (mAP, P/R/F1)
+///   summary.json       the RunSummary of the last `tagfix train` invocation (written at its end)
 ///   checkpoints/       checkpoints, owned by `tagfix train`
 ///   plots/             `tagfix plot` output (PNG and SVG)
 /// ```
@@ -42,16 +45,17 @@ impl RunDir {
     /// Opens an existing run directory; it must hold `metrics.jsonl`.
     pub fn open(root: &Path) -> Result<Self> {
         if !root.is_dir() {
-            return Err(Error::invalid(root, "run directory does not exist"));
+            return Err(MonitorError::NoRunDir { path: root.into() }.into());
         }
         let dir = RunDir {
             root: root.to_path_buf(),
         };
         if !dir.metrics_path().is_file() {
-            return Err(Error::invalid(
-                root,
-                format!("not a training run directory: no {METRICS_FILE}"),
-            ));
+            return Err(MonitorError::NotARunDir {
+                path: root.into(),
+                metrics: METRICS_FILE,
+            }
+            .into());
         }
         Ok(dir)
     }

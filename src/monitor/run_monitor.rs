@@ -5,7 +5,8 @@ use super::detectors::{DetectorConfig, HealthMonitor};
 use super::event::{EventWriter, HealthEvent};
 use super::record::{read_all_records, MetricsWriter, StepRecord};
 use super::run_dir::RunDir;
-use crate::error::{Error, Result};
+use super::MonitorError;
+use crate::error::Result;
 
 /// Writes a run's metrics and health events while it trains.
 pub struct RunMonitor {
@@ -20,10 +21,10 @@ impl RunMonitor {
     pub fn start(dir: &RunDir, config: DetectorConfig) -> Result<Self> {
         let metrics = dir.metrics_path();
         if std::fs::metadata(&metrics).is_ok_and(|m| m.len() > 0) {
-            return Err(Error::invalid(
-                dir.root(),
-                "already holds a training run (metrics.jsonl is not empty); resume it or choose another output directory",
-            ));
+            return Err(MonitorError::RunExists {
+                path: dir.root().into(),
+            }
+            .into());
         }
         crate::fsutil::write_bytes_atomic(&dir.events_path(), b"")?;
         Ok(RunMonitor {

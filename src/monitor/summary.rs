@@ -1,8 +1,70 @@
-//! The end-of-run summary of health events as a table (stdout) — machine-readable output is
+//! The end of a run: its [`RunSummary`] (`summary.json`, written by `tagfix train`, read by
+//! `tagfix repair`) and the health events as a table (stdout) — machine-readable events are
 //! `events.jsonl` itself.
 
 use super::event::HealthEvent;
+use super::run_dir::SUMMARY_FILE;
+use super::validation::ValidationRecord;
+use crate::error::{Error, Result};
+use crate::train::config::LossWeights;
 use comfy_table::{presets::UTF8_BORDERS_ONLY, ContentArrangement, Table};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// What a finished run reports. Feature-free, so a build without libtorch reads what a training
+/// build wrote.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub run_dir: PathBuf,
+    pub first_step: u64,
+    pub steps: u64,
+    /// Mean raw value of each term over the first and the last `min(20, steps/4)` steps of this
+    /// invocation.
+    pub early: BTreeMap<String, f64>,
+    pub late: BTreeMap<String, f64>,
+    pub final_weights: LossWeights,
+    pub checkpoint: PathBuf,
+    /// Mean predicted probability per slot over (up to 256) training images, un-augmented, eval mode.
+    pub slot_probabilities: Vec<f64>,
+    pub absent_slots: Vec<usize>,
+    /// What the training-health detectors found over the whole run (`events.jsonl`).
+    pub health_events: Vec<HealthEvent>,
+    /// The validations of this invocation (also in `validation.jsonl`).
+    pub validation: Vec<ValidationRecord>,
+}
+
+impl RunSummary {
+    /// Mean predicted probability over the absent slots.
+    pub fn absent_probability(&self) -> Option<f64> {
+        self.mean_probability(&self.absent_slots)
+    }
+
+    /// Mean predicted probability over `slots` (those the summary has a probability for).
+    pub fn mean_probability(&self, slots: &[usize]) -> Option<f64> {
+        let p: Vec<f64> = slots
+            .iter()
+            .filter_map(|&s| self.slot_probabilities.get(s).copied())
+            .collect();
+        (!p.is_empty()).then(|| p.iter().sum::<f64>() / p.len() as f64)
+    }
+
+    /// Writes `RUN_DIR/summary.json` atomically.
+    pub fn write(&self, run_dir: &Path) -> Result<()> {
+        let path = run_dir.join(SUMMARY_FILE);
+        let json = serde_json::to_vec_pretty(self)
+            .map_err(|e| Error::invalid(&path, format!("cannot serialise the run summary: {e}")))?;
+        crate::fsutil::write_bytes_atomic(&path, &json)
+    }
+
+    /// Reads `RUN_DIR/summary.json`.
+    pub fn read(run_dir: &Path) -> Result<Self> {
+        let path = run_dir.join(SUMMARY_FILE);
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::invalid(&path, format!("not a run summary: {e}")))
+    }
+}
 
 /// One row per event: kind, subject, steps, message.
 pub fn events_table(events: &[HealthEvent]) -> Table {
@@ -28,4 +90,52 @@ pub fn events_table(events: &[HealthEvent]) -> Table {
         table.add_row([e.kind.name(), e.subject.as_str(), steps.as_str(), what]);
     }
     table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(dir: &Path) -> RunSummary {
+        RunSummary {
+            run_dir: dir.to_path_buf(),
+            first_step: 0,
+            steps: 4,
+            early: BTreeMap::from([("tag".to_string(), 185.25)]),
+            late: BTreeMap::from([("tag".to_string(), 10.6875)]),
+            final_weights: LossWeights::default(),
+            checkpoint: dir.join("checkpoints/step-00000004"),
+            slot_probabilities: vec![0.5, 0.25, 0.125],
+            absent_slots: vec![1, 2],
+            health_events: Vec::new(),
+            validation: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_written_summary_reads_back_equal() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = summary(dir.path());
+        s.write(dir.path()).unwrap();
+        assert_eq!(RunSummary::read(dir.path()).unwrap(), s);
+    }
+
+    #[test]
+    fn probabilities_average_the_slots_it_has() {
+        let s = summary(Path::new("run"));
+        assert_eq!(s.absent_probability(), Some(0.1875));
+        assert_eq!(s.mean_probability(&[0, 7]), Some(0.5));
+        assert_eq!(s.mean_probability(&[7]), None);
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_summary_names_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(SUMMARY_FILE), b"{\"steps\": 3}").unwrap();
+        let err = RunSummary::read(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("summary.json") && err.contains("not a run summary"),
+            "{err}"
+        );
+    }
 }

@@ -6,6 +6,16 @@ mod diff;
 
 pub use diff::write_diff;
 
+/// Why a report could not be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("serializing the report")]
+    Json(#[source] serde_json::Error),
+
+    #[error("writing JUnit XML")]
+    Junit(#[source] quick_junit::SerializeError),
+}
+
 use comfy_table::{presets, ContentArrangement, Table};
 use std::io::{self, Write};
 

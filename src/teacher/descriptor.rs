@@ -17,10 +17,11 @@
 //! normalize = false            # CLIP's encode_image is not normalised; RAM distils the raw feature
 //! ```
 
+use super::TeacherError;
 use crate::embed::descriptor::{
     parse_descriptor, read_descriptor_text, resolve_model_dir, DESCRIPTOR_FILE,
 };
-use crate::error::{Error, Result};
+use crate::error::Result;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -102,26 +103,14 @@ impl ImageDescriptor {
             .ok()
             .and_then(|t| t.get("kind").and_then(|k| k.as_str().map(str::to_string)));
         if kind.as_deref() != Some(IMAGE_KIND) {
-            return Err(Error::invalid(
-                &path,
-                format!(
-                    "is not an image-encoder descriptor (kind = {kind:?}, expected \"{IMAGE_KIND}\"); \
-                     text towers are for `--text-model`, image towers for `--image-model`"
-                ),
-            ));
+            return Err(TeacherError::NotImageDescriptor { path, kind }.into());
         }
         let mut d: ImageDescriptor = parse_descriptor(&path, &text, "image-encoder descriptor")?;
         if d.input.size < 8 {
-            return Err(Error::invalid(
-                &path,
-                "input.size must be at least 8 pixels",
-            ));
+            return Err(TeacherError::InputSize { path }.into());
         }
         if let Some(s) = d.input.std.iter().find(|s| !(**s > 0.0)) {
-            return Err(Error::invalid(
-                &path,
-                format!("input.std must be positive, got {s}"),
-            ));
+            return Err(TeacherError::InputStd { path, std: *s }.into());
         }
         d.dir = dir.to_path_buf();
         Ok(d)

@@ -12,7 +12,8 @@
 //! and preprocessing. File features are of the un-augmented image; the online teacher
 //! ([`super::online`]) computes them on each augmented batch instead.
 
-use crate::error::{Error, Result};
+use super::TeacherError;
+use crate::error::Result;
 use crate::tensors::{safetensors_io, Tensor, TensorSet};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -41,48 +42,46 @@ impl TeacherFeatures {
         match set.metadata.get("tagfix.schema").map(String::as_str) {
             Some(TEACHER_SCHEMA) => {}
             other => {
-                return Err(Error::invalid(
-                    path,
-                    format!("not a teacher-feature file (tagfix.schema {other:?}, expected {TEACHER_SCHEMA:?})"),
-                ))
+                return Err(TeacherError::NotATeacherFile {
+                    path: path.into(),
+                    schema: other.map(String::from),
+                }
+                .into())
             }
         }
         let keys: Vec<String> = set
             .metadata
             .get("tagfix.keys")
-            .ok_or_else(|| Error::invalid(path, "metadata has no tagfix.keys"))
+            .ok_or_else(|| TeacherError::NoKeys { path: path.into() })
             .and_then(|k| {
-                serde_json::from_str(k).map_err(|e| {
-                    Error::invalid(
-                        path,
-                        format!("tagfix.keys is not a JSON list of strings: {e}"),
-                    )
+                serde_json::from_str(k).map_err(|source| TeacherError::Keys {
+                    path: path.into(),
+                    source,
                 })
             })?;
         let load = |name: &str| -> Result<Vec<f32>> {
-            let t = set
-                .get(name)
-                .ok_or_else(|| Error::invalid(path, format!("has no tensor `{name}`")))?;
+            let t = set.get(name).ok_or_else(|| TeacherError::NoTensor {
+                path: path.into(),
+                name: name.into(),
+            })?;
             if t.shape != [keys.len(), TEACHER_DIM] {
-                return Err(Error::invalid(
-                    path,
-                    format!(
-                        "`{name}` has shape {:?}, expected [{}, {TEACHER_DIM}] (one row per key)",
-                        t.shape,
-                        keys.len()
-                    ),
-                ));
+                return Err(TeacherError::TensorShape {
+                    path: path.into(),
+                    name: name.into(),
+                    shape: t.shape.clone(),
+                    keys: keys.len(),
+                }
+                .into());
             }
             let v = t.to_f32()?;
             if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-                return Err(Error::invalid(
-                    path,
-                    format!(
-                        "`{name}` row {} ({}) is not finite",
-                        i / TEACHER_DIM,
-                        keys[i / TEACHER_DIM]
-                    ),
-                ));
+                return Err(TeacherError::NotFinite {
+                    path: path.into(),
+                    name: name.into(),
+                    row: i / TEACHER_DIM,
+                    key: keys[i / TEACHER_DIM].clone(),
+                }
+                .into());
             }
             Ok(v)
         };
@@ -97,7 +96,11 @@ impl TeacherFeatures {
         let mut index = HashMap::with_capacity(keys.len());
         for (i, k) in keys.into_iter().enumerate() {
             if index.insert(k.clone(), i).is_some() {
-                return Err(Error::invalid(path, format!("key `{k}` appears twice")));
+                return Err(TeacherError::KeyTwice {
+                    path: path.into(),
+                    key: k,
+                }
+                .into());
             }
         }
         Ok(TeacherFeatures {

@@ -3,8 +3,10 @@
 
 use super::descriptor::ImageDescriptor;
 use super::file::TEACHER_DIM;
+use super::TeacherError;
 use crate::embed::descriptor::DESCRIPTOR_FILE;
 use crate::embed::encoder::{build_session, float_output, l2_normalize, ort_error, EncoderOptions};
+use crate::embed::EmbedError;
 use crate::error::{Error, Result};
 use crate::fsutil::sha256_file;
 use ort::session::Session;
@@ -27,10 +29,11 @@ impl ImageEncoder {
     pub fn load(descriptor: ImageDescriptor, opts: &EncoderOptions) -> Result<Self> {
         let onnx = descriptor.onnx_path();
         if !onnx.is_file() {
-            return Err(Error::invalid(
-                &onnx,
-                "ONNX model file not found (named by the image-encoder descriptor)",
-            ));
+            return Err(EmbedError::ModelFileMissing {
+                path: onnx,
+                by: "image-encoder descriptor",
+            }
+            .into());
         }
         let (session, provider) = build_session(&onnx, opts)?;
         let dim = check_model(&session, &descriptor)?;
@@ -52,13 +55,11 @@ impl ImageEncoder {
     /// Refuses a tower whose features are not the teacher width (512, CLIP ViT-B's joint space).
     pub fn check_teacher_dim(&self) -> Result<()> {
         if self.dim != TEACHER_DIM {
-            return Err(Error::invalid(
-                self.descriptor.onnx_path(),
-                format!(
-                    "the image encoder gives {}-d features; teacher features are {TEACHER_DIM}-d (CLIP ViT-B)",
-                    self.dim
-                ),
-            ));
+            return Err(TeacherError::ImageWidth {
+                path: self.descriptor.onnx_path(),
+                dim: self.dim,
+            }
+            .into());
         }
         Ok(())
     }
@@ -96,13 +97,14 @@ impl ImageEncoder {
                 .map_err(ort_error("reading the output", &onnx))?;
             let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
             if dims != [rows, self.dim] {
-                return Err(Error::invalid(
-                    &onnx,
-                    format!(
-                        "output `{}` has shape {dims:?} for {rows} images, expected [{rows}, {}]",
-                        self.descriptor.output.name, self.dim
-                    ),
-                ));
+                return Err(TeacherError::OutputShape {
+                    path: onnx.clone(),
+                    output: self.descriptor.output.name.clone(),
+                    dims,
+                    rows,
+                    dim: self.dim,
+                }
+                .into());
             }
             let start = out.len();
             out.extend_from_slice(&values[..rows * self.dim]);
@@ -120,11 +122,12 @@ impl ImageEncoder {
 fn check_model(session: &Session, d: &ImageDescriptor) -> Result<usize> {
     let path = d.onnx_path();
     let descriptor_path = d.dir.join(DESCRIPTOR_FILE);
-    let mismatch = |m: String| {
-        Error::invalid(
-            &descriptor_path,
-            format!("does not match {}: {m}", path.display()),
-        )
+    let mismatch = |problem: String| {
+        Error::from(EmbedError::DescriptorMismatch {
+            descriptor: descriptor_path.clone(),
+            model: path.clone(),
+            problem,
+        })
     };
     let names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
     if names != [d.input.name.as_str()] {

@@ -21,7 +21,144 @@ pub mod produce;
 pub use descriptor::ImageDescriptor;
 pub use file::{TeacherFeatures, TEACHER_DIM};
 
+use crate::error::ErrorKind;
+use descriptor::IMAGE_KIND;
+use file::TEACHER_SCHEMA;
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Why teacher features cannot be produced or read.
+#[derive(Debug, thiserror::Error)]
+pub enum TeacherError {
+    #[error("{path}: image root is not a folder")]
+    ImageRoot { path: PathBuf },
+
+    #[error(
+        "{path}: not a teacher-feature file (tagfix.schema {schema:?}, expected {TEACHER_SCHEMA:?})"
+    )]
+    NotATeacherFile {
+        path: PathBuf,
+        schema: Option<String>,
+    },
+
+    #[error("{path}: metadata has no tagfix.keys")]
+    NoKeys { path: PathBuf },
+
+    #[error("{path}: tagfix.keys is not a JSON list of strings")]
+    Keys {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("{path}: has no tensor `{name}`")]
+    NoTensor { path: PathBuf, name: String },
+
+    #[error(
+        "{path}: `{name}` has shape {shape:?}, expected [{keys}, {TEACHER_DIM}] (one row per key)"
+    )]
+    TensorShape {
+        path: PathBuf,
+        name: String,
+        shape: Vec<usize>,
+        keys: usize,
+    },
+
+    #[error("{path}: `{name}` row {row} ({key}) is not finite")]
+    NotFinite {
+        path: PathBuf,
+        name: String,
+        row: usize,
+        key: String,
+    },
+
+    #[error("{path}: key `{key}` appears twice")]
+    KeyTwice { path: PathBuf, key: String },
+
+    #[error(
+        "image_path `{image}` appears twice ({first} and {second}): the teacher file is keyed by image_path"
+    )]
+    ImageTwice {
+        image: String,
+        first: String,
+        second: String,
+    },
+
+    #[error(
+        "{path}: is not an image-encoder descriptor (kind = {kind:?}, expected \"{IMAGE_KIND}\"); \
+         text towers are for `--text-model`, image towers for `--image-model`"
+    )]
+    NotImageDescriptor { path: PathBuf, kind: Option<String> },
+
+    #[error("{path}: input.size must be at least 8 pixels")]
+    InputSize { path: PathBuf },
+
+    #[error("{path}: input.std must be positive, got {std}")]
+    InputStd { path: PathBuf, std: f32 },
+
+    #[error("{path}: the image encoder gives {dim}-d features; teacher features are {TEACHER_DIM}-d (CLIP ViT-B)")]
+    ImageWidth { path: PathBuf, dim: usize },
+
+    #[error("{path}: the text encoder gives {dim}-d vectors; teacher features are {TEACHER_DIM}-d (CLIP ViT-B)")]
+    TextWidth { path: PathBuf, dim: usize },
+
+    #[error(
+        "{path}: the text encoder gives {dim}-d vectors; the alignment queries are {TEACHER_DIM}-d"
+    )]
+    QueryWidth { path: PathBuf, dim: usize },
+
+    #[error("the text encoder gave {0}-d vectors; the alignment queries are {TEACHER_DIM}-d")]
+    QueryWidthAtRun(usize),
+
+    #[error(
+        "{path}: output `{output}` has shape {dims:?} for {rows} images, expected [{rows}, {dim}]"
+    )]
+    OutputShape {
+        path: PathBuf,
+        output: String,
+        dims: Vec<usize>,
+        rows: usize,
+        dim: usize,
+    },
+
+    #[error(
+        "caption `random` is drawn per training sample (online teacher only); a file takes `first` or `mean`"
+    )]
+    RandomCaptionInFile,
+
+    #[error(
+        "online_teacher.caption: `mean` is for teacher files; online takes `random` (RAM) or `first`"
+    )]
+    MeanCaptionOnline,
+
+    #[error("online_teacher.device: {0}")]
+    Device(String),
+
+    /// An image of a record could not be read (`origin`: file and record).
+    #[error("{origin}")]
+    Image {
+        origin: String,
+        #[source]
+        source: Box<crate::Error>,
+    },
+
+    #[error("the image encoder returned a non-finite feature for {image} ({origin})")]
+    NonFiniteFeature { image: String, origin: String },
+}
+
+impl TeacherError {
+    /// Settings are usage errors; an image that cannot be read is the image's error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            TeacherError::RandomCaptionInFile
+            | TeacherError::MeanCaptionOnline
+            | TeacherError::Device(_)
+            | TeacherError::ImageRoot { .. } => ErrorKind::Usage,
+            TeacherError::Image { source, .. } => source.kind(),
+            _ => ErrorKind::Input,
+        }
+    }
+}
 
 /// Which caption of a record the text teacher embeds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

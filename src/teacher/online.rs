@@ -9,11 +9,12 @@
 use super::descriptor::ImageDescriptor;
 use super::file::TEACHER_DIM;
 use super::image_encoder::ImageEncoder;
+use super::TeacherError;
 use super::{pre_caption, CaptionChoice, OnlineTeacherConfig, RAM_CAPTION_WORDS};
 use crate::annotations::records::RecordSet;
 use crate::embed::descriptor::{resolve_model_dir, Device, ModelDescriptor};
 use crate::embed::encoder::{l2_normalize, EncoderOptions, TextEncoder};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::imaging::{eval_transform, normalize_chw};
 use image::RgbImage;
 use indicatif::ProgressBar;
@@ -46,10 +47,7 @@ impl OnlineTeacher {
     /// Loads both towers (on `config.device`) and takes the records' captions (they must have been read with
     /// captions; every record needs at least one).
     pub fn load(config: &OnlineTeacherConfig, records: &mut RecordSet) -> Result<Self> {
-        let device: Device = config
-            .device
-            .parse()
-            .map_err(|e| Error::Usage(format!("online_teacher.device: {e}")))?;
+        let device: Device = config.device.parse().map_err(TeacherError::Device)?;
         let opts = EncoderOptions {
             device,
             threads: (config.threads > 0).then_some(config.threads),
@@ -62,16 +60,14 @@ impl OnlineTeacher {
         let text_dir = resolve_model_dir(&config.text_model)?;
         let text = TextEncoder::load(ModelDescriptor::read_dir(&text_dir)?, &opts)?;
         if let Some(d) = text.dim.filter(|d| *d != TEACHER_DIM) {
-            return Err(Error::invalid(
-                text.descriptor.onnx_path(),
-                format!("the text encoder gives {d}-d vectors; the alignment queries are {TEACHER_DIM}-d"),
-            ));
+            return Err(TeacherError::QueryWidth {
+                path: text.descriptor.onnx_path(),
+                dim: d,
+            }
+            .into());
         }
         if config.caption == CaptionChoice::Mean {
-            return Err(Error::Usage(
-                "online_teacher.caption: `mean` is for teacher files; online takes `random` (RAM) or `first`"
-                    .into(),
-            ));
+            return Err(TeacherError::MeanCaptionOnline.into());
         }
         let mut captions = Vec::new();
         let mut offsets = Vec::with_capacity(records.records.len() + 1);
@@ -179,9 +175,7 @@ impl OnlineTeacher {
                 .expect("text encoder lock")
                 .encode(&texts, &ProgressBar::hidden())?;
             if dim != TEACHER_DIM {
-                return Err(Error::Other(format!(
-                    "the text encoder gave {dim}-d vectors; the alignment queries are {TEACHER_DIM}-d"
-                )));
+                return Err(TeacherError::QueryWidthAtRun(dim).into());
             }
             for (k, &i) in missing.iter().enumerate() {
                 let mut v = vectors[k * dim..(k + 1) * dim].to_vec();

@@ -5,10 +5,11 @@
 
 use super::file::TEACHER_DIM;
 use super::image_encoder::ImageEncoder;
+use super::TeacherError;
 use super::{pre_caption, CaptionChoice};
 use crate::annotations::records::RecordSet;
 use crate::embed::encoder::{l2_normalize, TextEncoder};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::imaging::{decode, eval_transform};
 use indicatif::ProgressBar;
 use rayon::prelude::*;
@@ -43,12 +44,12 @@ fn unique_keys(records: &RecordSet) -> Result<Vec<String>> {
     let mut seen: HashMap<&str, usize> = HashMap::with_capacity(records.records.len());
     for (i, r) in records.records.iter().enumerate() {
         if let Some(&first) = seen.get(r.image_path.as_str()) {
-            return Err(Error::Other(format!(
-                "image_path `{}` appears twice ({} and {}): the teacher file is keyed by image_path",
-                r.image_path,
-                records.origin(&records.records[first]),
-                records.origin(r)
-            )));
+            return Err(TeacherError::ImageTwice {
+                image: r.image_path.clone(),
+                first: records.origin(&records.records[first]),
+                second: records.origin(r),
+            }
+            .into());
         }
         seen.insert(&r.image_path, i);
     }
@@ -72,12 +73,7 @@ pub fn caption_features(
             // The reader (captions: true) refuses records without one.
             CaptionChoice::First => &r.captions[..1],
             CaptionChoice::Mean => &r.captions,
-            CaptionChoice::Random => {
-                return Err(Error::Usage(
-                    "caption `random` is drawn per training sample (online teacher only); a file takes `first` or `mean`"
-                        .into(),
-                ))
-            }
+            CaptionChoice::Random => return Err(TeacherError::RandomCaptionInFile.into()),
         };
         counts.push(chosen.len());
         texts.extend(chosen.iter().map(|c| pre_caption(c, req.max_words)));
@@ -86,10 +82,11 @@ pub fn caption_features(
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let (vectors, dim) = text.encode(&refs, progress)?;
     if dim != TEACHER_DIM {
-        return Err(Error::invalid(
-            text.descriptor.onnx_path(),
-            format!("the text encoder gives {dim}-d vectors; teacher features are {TEACHER_DIM}-d (CLIP ViT-B)"),
-        ));
+        return Err(TeacherError::TextWidth {
+            path: text.descriptor.onnx_path(),
+            dim,
+        }
+        .into());
     }
     let mut out = Vec::with_capacity(counts.len() * dim);
     let mut at = 0;
@@ -127,8 +124,10 @@ pub fn image_features(
             .zip(chunk.par_iter())
             .try_for_each(|(buf, r)| -> Result<()> {
                 let path = r.image_file(req.image_root);
-                let img = decode(&path)
-                    .map_err(|e| Error::Other(format!("{e} ({})", req.records.origin(r))))?;
+                let img = decode(&path).map_err(|e| TeacherError::Image {
+                    origin: req.records.origin(r),
+                    source: Box::new(e),
+                })?;
                 eval_transform(&img, &input, buf);
                 Ok(())
             })?;
@@ -137,11 +136,11 @@ pub fn image_features(
     }
     if let Some(i) = out.iter().position(|v| !v.is_finite()) {
         let r = &records[i / TEACHER_DIM];
-        return Err(Error::Other(format!(
-            "the image encoder returned a non-finite feature for {} ({})",
-            r.image_path,
-            req.records.origin(r)
-        )));
+        return Err(TeacherError::NonFiniteFeature {
+            image: r.image_path.clone(),
+            origin: req.records.origin(r),
+        }
+        .into());
     }
     Ok(out)
 }

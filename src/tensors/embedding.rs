@@ -1,8 +1,8 @@
 //! Embedding matrices in slot layout: RAM `[N, d]` (one row per tag) and RAM++ `[N·k, d]`
 //! (k descriptions per tag, slot-major: rows `slot·k .. slot·k+k`).
 
-use super::{npy, pth, safetensors_io, DType, Tensor, TensorSet};
-use crate::error::{Error, Result};
+use super::{npy, pth, safetensors_io, DType, Tensor, TensorError, TensorSet};
+use crate::error::Result;
 use crate::vocab::Slot;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,10 +28,7 @@ impl FileFormat {
             Some("safetensors") => Ok(FileFormat::Safetensors),
             Some("npy") => Ok(FileFormat::Npy),
             Some("pth" | "pt" | "bin") => Ok(FileFormat::Pth),
-            _ => Err(Error::invalid(
-                path,
-                "unknown file type: use .safetensors, .npy or .pth/.pt",
-            )),
+            _ => Err(TensorError::UnknownFileType { path: path.into() }.into()),
         }
     }
 }
@@ -57,14 +54,12 @@ impl Layout {
                 per_tag: rows / tags,
             })
         } else {
-            Err(Error::invalid(
-                path,
-                format!(
-                    "has {rows} rows, which fits neither one row per tag ({tags}) nor k descriptions per tag \
-                     (a multiple of {tags}, e.g. {} for RAM++'s 51): is it for another vocabulary?",
-                    tags * 51
-                ),
-            ))
+            Err(TensorError::RowsFitNoLayout {
+                path: path.into(),
+                rows,
+                tags,
+            }
+            .into())
         }
     }
 
@@ -163,39 +158,34 @@ impl EmbeddingFile {
                 .iter()
                 .find(|n| names.contains(n))
                 .map(|n| n.to_string())
-                .ok_or_else(|| {
-                    Error::invalid(
-                        path,
-                        format!(
-                            "holds several tensors ({}); choose one with --tensor NAME",
-                            names.join(", ")
-                        ),
-                    )
+                .ok_or_else(|| TensorError::SeveralTensors {
+                    path: path.into(),
+                    names: names.iter().map(|n| n.to_string()).collect(),
                 })?,
         };
-        let t = set.get(&name).ok_or_else(|| {
-            Error::invalid(
-                path,
-                format!("has no tensor `{name}` (it holds: {})", names.join(", ")),
-            )
-        })?;
+        let Some(t) = set.get(&name) else {
+            return Err(TensorError::NoSuchTensor {
+                path: path.into(),
+                names: names.iter().map(|n| n.to_string()).collect(),
+                name,
+            }
+            .into());
+        };
         if !t.dtype.is_float() {
-            return Err(Error::invalid(
-                path,
-                format!(
-                    "tensor `{name}` is {}, but embeddings must be floating point",
-                    t.dtype
-                ),
-            ));
+            return Err(TensorError::EmbeddingNotFloat {
+                path: path.into(),
+                name,
+                dtype: t.dtype,
+            }
+            .into());
         }
         if t.shape.len() != 2 {
-            return Err(Error::invalid(
-                path,
-                format!(
-                    "tensor `{name}` has shape {:?}; embeddings must be 2-D [rows, dim]",
-                    t.shape
-                ),
-            ));
+            return Err(TensorError::EmbeddingNot2d {
+                path: path.into(),
+                name,
+                shape: t.shape.clone(),
+            }
+            .into());
         }
         Ok(EmbeddingFile {
             values: t.to_f32()?,

@@ -11,8 +11,183 @@ pub use embedding::{EmbeddingFile, FileFormat, Layout};
 pub use provenance::Provenance;
 
 use crate::checkpoint::pth;
-use crate::error::{Error, Result};
-use std::path::Path;
+use crate::error::Result;
+use std::path::{Path, PathBuf};
+
+/// Why a tensor or a tensor file (safetensors, `.npy`, an embedding matrix, its provenance) cannot
+/// be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TensorError {
+    #[error("tensor of shape {shape:?} {dtype} needs {needed} bytes, got {got}")]
+    ByteLength {
+        shape: Vec<usize>,
+        dtype: DType,
+        needed: usize,
+        got: usize,
+    },
+
+    #[error("cannot store float values as {0}")]
+    NotFloatStorage(DType),
+
+    #[error("expected a floating-point tensor, found {0}")]
+    NotFloat(DType),
+
+    #[error("{path}: unknown file type: use .safetensors, .npy or .pth/.pt")]
+    UnknownFileType { path: PathBuf },
+
+    #[error(
+        "{path}: has {rows} rows, which fits neither one row per tag ({tags}) nor k descriptions per tag \
+         (a multiple of {tags}, e.g. {} for RAM++'s 51): is it for another vocabulary?",
+        .tags * 51
+    )]
+    RowsFitNoLayout {
+        path: PathBuf,
+        rows: usize,
+        tags: usize,
+    },
+
+    #[error("{path}: holds several tensors ({}); choose one with --tensor NAME", .names.join(", "))]
+    SeveralTensors { path: PathBuf, names: Vec<String> },
+
+    #[error("{path}: has no tensor `{name}` (it holds: {})", .names.join(", "))]
+    NoSuchTensor {
+        path: PathBuf,
+        name: String,
+        names: Vec<String>,
+    },
+
+    #[error("{path}: tensor `{name}` is {dtype}, but embeddings must be floating point")]
+    EmbeddingNotFloat {
+        path: PathBuf,
+        name: String,
+        dtype: DType,
+    },
+
+    #[error("{path}: tensor `{name}` has shape {shape:?}; embeddings must be 2-D [rows, dim]")]
+    EmbeddingNot2d {
+        path: PathBuf,
+        name: String,
+        shape: Vec<usize>,
+    },
+
+    #[error("{path}: cannot read .npy")]
+    Npy {
+        path: PathBuf,
+        #[source]
+        source: ndarray_npy::ReadNpyError,
+    },
+
+    #[error("{path}: cannot read .npy: the header claims {declared} bytes, the file holds {len}")]
+    NpyHeaderLength {
+        path: PathBuf,
+        declared: usize,
+        len: usize,
+    },
+
+    #[error("{path}: cannot read .npy: shape {shape:?} overflows")]
+    NpyShapeOverflow { path: PathBuf, shape: Vec<usize> },
+
+    #[error(
+        "{path}: cannot read .npy: shape {shape:?} needs more data than the {available} bytes after the header (truncated file?)"
+    )]
+    NpyTruncated {
+        path: PathBuf,
+        shape: Vec<usize>,
+        available: usize,
+    },
+
+    #[error("writing {path}")]
+    NpyWrite {
+        path: PathBuf,
+        #[source]
+        source: ndarray_npy::WriteNpyError,
+    },
+
+    #[error("{path}: .npy output supports f32, f64 and i64, not {dtype}")]
+    NpyDtype { path: PathBuf, dtype: DType },
+
+    #[error("{path}: not a valid safetensors file")]
+    Safetensors {
+        path: PathBuf,
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
+
+    #[error("{path}: not a valid safetensors file")]
+    SafetensorsHeader {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error(
+        "{path}: not a valid safetensors file: the header names `{name}` more than once (refusing rather than picking one)"
+    )]
+    SafetensorsRepeatedName { path: PathBuf, name: String },
+
+    #[error("{path}: tensor `{name}` has unsupported dtype {dtype}")]
+    SafetensorsDtype {
+        path: PathBuf,
+        name: String,
+        dtype: String,
+    },
+
+    #[error("writing {path}: tensor name `{name}` appears more than once")]
+    DuplicateName { path: PathBuf, name: String },
+
+    #[error("tensor `{name}`")]
+    SafetensorsView {
+        name: String,
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
+
+    #[error("serializing {path}")]
+    SafetensorsWrite {
+        path: PathBuf,
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
+
+    #[error("{path}: embedding provenance schema {schema} is not supported (expected {expected})")]
+    ProvenanceSchema {
+        path: PathBuf,
+        schema: String,
+        expected: &'static str,
+    },
+
+    #[error("{path}: metadata tagfix.{key} is not valid JSON")]
+    ProvenanceField {
+        path: PathBuf,
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("{path}: malformed tagfix metadata")]
+    ProvenanceMalformed {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("{path}: not a tagfix provenance file")]
+    NotProvenance {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error(
+        "{data}: its provenance {sidecar} describes other data (sha256 {expected}, this file has {actual}): the two were not written together (an interrupted `tagfix embed`, or the data replaced since); re-run `tagfix embed`, or delete the provenance file to use the data without provenance"
+    )]
+    ProvenanceMismatch {
+        data: PathBuf,
+        sidecar: PathBuf,
+        expected: String,
+        actual: String,
+    },
+}
 
 /// Element types tagfix reads and writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -82,11 +257,13 @@ impl Tensor {
     pub fn new(dtype: DType, shape: Vec<usize>, data: Vec<u8>) -> Result<Self> {
         let numel: usize = shape.iter().product();
         if numel * dtype.size() != data.len() {
-            return Err(Error::Other(format!(
-                "tensor of shape {shape:?} {dtype} needs {} bytes, got {}",
-                numel * dtype.size(),
-                data.len()
-            )));
+            return Err(TensorError::ByteLength {
+                shape,
+                dtype,
+                needed: numel * dtype.size(),
+                got: data.len(),
+            }
+            .into());
         }
         Ok(Tensor { dtype, shape, data })
     }
@@ -116,11 +293,7 @@ impl Tensor {
                 .iter()
                 .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
                 .collect(),
-            other => {
-                return Err(Error::Other(format!(
-                    "cannot store float values as {other}"
-                )))
-            }
+            other => return Err(TensorError::NotFloatStorage(other).into()),
         };
         Tensor::new(dtype, shape, data)
     }
@@ -146,11 +319,7 @@ impl Tensor {
             DType::BF16 => c
                 .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
                 .collect(),
-            other => {
-                return Err(Error::Other(format!(
-                    "expected a floating-point tensor, found {other}"
-                )))
-            }
+            other => return Err(TensorError::NotFloat(other).into()),
         })
     }
 }

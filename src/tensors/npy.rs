@@ -1,6 +1,6 @@
 //! `.npy` files (NumPy's format) through `ndarray-npy`: f32, f64 and i64 arrays of any rank.
 
-use super::{DType, Tensor};
+use super::{DType, Tensor, TensorError};
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 use ndarray::{ArrayD, IxDyn};
@@ -11,7 +11,10 @@ use std::path::Path;
 /// Reads an `.npy` array (f32, f64 or i64, C or Fortran order) as a contiguous tensor.
 pub fn read(path: &Path) -> Result<Tensor> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let bad = |e: ndarray_npy::ReadNpyError| Error::invalid(path, format!("cannot read .npy: {e}"));
+    let bad = |source| TensorError::Npy {
+        path: path.into(),
+        source,
+    };
     check_shape(path, &bytes)?;
     if let Ok(a) = ArrayD::<f32>::read_npy(&bytes[..]) {
         let shape = a.shape().to_vec();
@@ -48,13 +51,12 @@ fn check_shape(path: &Path, bytes: &[u8]) -> Result<()> {
     {
         let declared = u32::from_le_bytes([a, b, c, d]) as usize;
         if declared > bytes.len() - 12 {
-            return Err(Error::invalid(
-                path,
-                format!(
-                    "cannot read .npy: the header claims {declared} bytes, the file holds {}",
-                    bytes.len()
-                ),
-            ));
+            return Err(TensorError::NpyHeaderLength {
+                path: path.into(),
+                declared,
+                len: bytes.len(),
+            }
+            .into());
         }
     }
     let mut reader = bytes;
@@ -68,21 +70,21 @@ fn check_shape(path: &Path, bytes: &[u8]) -> Result<()> {
         .try_fold(1usize, |n, &d| n.checked_mul(d))
         .filter(|&n| n <= isize::MAX as usize / 8);
     let Some(extents) = extents else {
-        return Err(Error::invalid(
-            path,
-            format!("cannot read .npy: shape {shape:?} overflows"),
-        ));
+        return Err(TensorError::NpyShapeOverflow {
+            path: path.into(),
+            shape: shape.clone(),
+        }
+        .into());
     };
     let numel = if shape.contains(&0) { 0 } else { extents };
     // every element type read here takes at least 4 bytes
     if numel * 4 > reader.len() {
-        return Err(Error::invalid(
-            path,
-            format!(
-                "cannot read .npy: shape {shape:?} needs more data than the {} bytes after the header (truncated file?)",
-                reader.len()
-            ),
-        ));
+        return Err(TensorError::NpyTruncated {
+            path: path.into(),
+            shape: shape.clone(),
+            available: reader.len(),
+        }
+        .into());
     }
     Ok(())
 }
@@ -91,8 +93,10 @@ fn check_shape(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn write(path: &Path, t: &Tensor) -> Result<()> {
     let mut buf = Vec::new();
     let shape = IxDyn(&t.shape);
-    let err =
-        |e: ndarray_npy::WriteNpyError| Error::Other(format!("writing {}: {e}", path.display()));
+    let err = |source| TensorError::NpyWrite {
+        path: path.into(),
+        source,
+    };
     match t.dtype {
         DType::F32 => ArrayD::from_shape_vec(shape, t.to_f32()?)
             .unwrap()
@@ -121,10 +125,11 @@ pub fn write(path: &Path, t: &Tensor) -> Result<()> {
                 .map_err(err)?
         }
         other => {
-            return Err(Error::invalid(
-                path,
-                format!(".npy output supports f32, f64 and i64, not {other}"),
-            ))
+            return Err(TensorError::NpyDtype {
+                path: path.into(),
+                dtype: other,
+            }
+            .into())
         }
     }
     write_atomic(path, |w| w.write_all(&buf))

@@ -10,6 +10,7 @@
 //! sha256. A run killed between the two renames leaves new data beside a sidecar that names other
 //! data, which every reader refuses; it never pairs them silently.
 
+use super::TensorError;
 use crate::error::{Error, Result};
 use crate::fsutil::{sha256_file, write_atomic};
 use crate::vocab::Slot;
@@ -79,10 +80,12 @@ impl Provenance {
             None => return Ok(None),
             Some(EMBEDDINGS_SCHEMA) => {}
             Some(other) => {
-                return Err(Error::invalid(
-                    path,
-                    format!("embedding provenance schema {other} is not supported (expected {EMBEDDINGS_SCHEMA})"),
-                ))
+                return Err(TensorError::ProvenanceSchema {
+                    path: path.into(),
+                    schema: other.into(),
+                    expected: EMBEDDINGS_SCHEMA,
+                }
+                .into())
             }
         }
         let template = serde_json::to_value(Provenance::default()).expect("serializable");
@@ -95,17 +98,20 @@ impl Provenance {
             let value = if default.is_string() || default.is_null() {
                 serde_json::Value::String(text.clone())
             } else {
-                serde_json::from_str(text).map_err(|e| {
-                    Error::invalid(
-                        path,
-                        format!("metadata tagfix.{key} is not valid JSON: {e}"),
-                    )
+                serde_json::from_str(text).map_err(|source| TensorError::ProvenanceField {
+                    path: path.into(),
+                    key: key.clone(),
+                    source,
                 })?
             };
             obj.insert(key.clone(), value);
         }
-        let p = serde_json::from_value(serde_json::Value::Object(obj))
-            .map_err(|e| Error::invalid(path, format!("malformed tagfix metadata: {e}")))?;
+        let p = serde_json::from_value(serde_json::Value::Object(obj)).map_err(|source| {
+            TensorError::ProvenanceMalformed {
+                path: path.into(),
+                source,
+            }
+        })?;
         Ok(Some(p))
     }
 }
@@ -134,8 +140,9 @@ pub fn write_sidecar(data: &Path, provenance: &Provenance) -> Result<()> {
         data_sha256: Some(sha256_file(data)?),
         provenance: provenance.clone(),
     };
-    let json = serde_json::to_vec_pretty(&sidecar).map_err(|e| Error::Other(e.to_string()))?;
-    write_atomic(&provenance_sidecar(data), |w| w.write_all(&json))
+    write_atomic(&provenance_sidecar(data), |w| {
+        serde_json::to_writer_pretty(&mut *w, &sidecar).map_err(std::io::Error::other)
+    })
 }
 
 /// Reads the sidecar of the data file `data` (beside the file its symbolic links lead to): `None`
@@ -152,8 +159,11 @@ pub fn read_sidecar(data: &Path) -> Result<Option<Provenance>> {
         Err(e) => return Err(Error::io(&path, e)),
         Ok(t) => t,
     };
-    let sidecar: ProvenanceSidecar = serde_json::from_slice(&text)
-        .map_err(|e| Error::invalid(&path, format!("not a tagfix provenance file: {e}")))?;
+    let sidecar: ProvenanceSidecar =
+        serde_json::from_slice(&text).map_err(|source| TensorError::NotProvenance {
+            path: path.clone(),
+            source,
+        })?;
     let Some(expected) = &sidecar.data_sha256 else {
         tracing::warn!(
             "{}: ignored (written by an older tagfix, it names no data hash to tie it to {})",
@@ -164,13 +174,13 @@ pub fn read_sidecar(data: &Path) -> Result<Option<Provenance>> {
     };
     let actual = sha256_file(&real)?;
     if &actual != expected {
-        return Err(Error::invalid(
-            data,
-            format!(
-                "its provenance {} describes other data (sha256 {expected}, this file has {actual}): the two were not written together (an interrupted `tagfix embed`, or the data replaced since); re-run `tagfix embed`, or delete the provenance file to use the data without provenance",
-                path.display()
-            ),
-        ));
+        return Err(TensorError::ProvenanceMismatch {
+            data: data.into(),
+            sidecar: path,
+            expected: expected.clone(),
+            actual,
+        }
+        .into());
     }
     Ok(Some(sidecar.provenance))
 }

@@ -1,6 +1,6 @@
 //! safetensors reading and writing (the `safetensors` crate), metadata included.
 
-use super::{DType, Tensor, TensorSet};
+use super::{DType, Tensor, TensorError, TensorSet};
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 use safetensors::tensor::{Metadata, TensorInfo};
@@ -44,11 +44,14 @@ fn to_st(d: DType) -> StDtype {
 /// a key-only pass that refuses a repeated tensor name) and each tensor is looked up by index.
 pub fn read(path: &Path) -> Result<TensorSet> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let invalid = |e: String| Error::invalid(path, format!("not a valid safetensors file: {e}"));
-    let (n, header) = SafeTensors::read_metadata(&bytes).map_err(|e| invalid(e.to_string()))?;
+    let (n, header) =
+        SafeTensors::read_metadata(&bytes).map_err(|source| TensorError::Safetensors {
+            path: path.into(),
+            source,
+        })?;
     // read_metadata checked that the header and every tensor's data lie inside the file.
     let start = HEADER_LEN + n;
-    check_unique_names(&bytes[HEADER_LEN..start]).map_err(invalid)?;
+    check_unique_names(path, &bytes[HEADER_LEN..start])?;
     let data = &bytes[start..];
     let names = header.offset_keys();
     let mut tensors = Vec::with_capacity(names.len());
@@ -56,11 +59,10 @@ pub fn read(path: &Path) -> Result<TensorSet> {
         let info = header
             .info(&name)
             .expect("offset_keys lists the header's names");
-        let dtype = from_st(info.dtype).ok_or_else(|| {
-            Error::invalid(
-                path,
-                format!("tensor `{name}` has unsupported dtype {:?}", info.dtype),
-            )
+        let dtype = from_st(info.dtype).ok_or_else(|| TensorError::SafetensorsDtype {
+            path: path.into(),
+            name: name.clone(),
+            dtype: format!("{:?}", info.dtype),
         })?;
         let (begin, end) = info.data_offsets;
         let tensor = Tensor::new(dtype, info.shape.clone(), data[begin..end].to_vec())?;
@@ -82,7 +84,7 @@ const HEADER_LEN: usize = 8;
 
 /// Refuses a header that names a tensor (or `__metadata__`) twice: JSON allows it and the
 /// safetensors crate silently keeps the last, so two readers could see two different tensors.
-fn check_unique_names(header: &[u8]) -> std::result::Result<(), String> {
+fn check_unique_names(path: &Path, header: &[u8]) -> Result<(), TensorError> {
     struct FirstRepeat;
     impl<'de> serde::de::Visitor<'de> for FirstRepeat {
         type Value = Option<String>;
@@ -106,10 +108,14 @@ fn check_unique_names(header: &[u8]) -> std::result::Result<(), String> {
     let mut de = serde_json::Deserializer::from_slice(header);
     match serde::Deserializer::deserialize_map(&mut de, FirstRepeat) {
         Ok(None) => Ok(()),
-        Ok(Some(name)) => Err(format!(
-            "the header names `{name}` more than once (refusing rather than picking one)"
-        )),
-        Err(e) => Err(e.to_string()),
+        Ok(Some(name)) => Err(TensorError::SafetensorsRepeatedName {
+            path: path.into(),
+            name,
+        }),
+        Err(source) => Err(TensorError::SafetensorsHeader {
+            path: path.into(),
+            source,
+        }),
     }
 }
 
@@ -120,24 +126,24 @@ fn check_unique_names(header: &[u8]) -> std::result::Result<(), String> {
 pub fn write(path: &Path, set: &TensorSet) -> Result<()> {
     let mut names = std::collections::HashSet::with_capacity(set.tensors.len());
     if let Some((n, _)) = set.tensors.iter().find(|(n, _)| !names.insert(n.as_str())) {
-        return Err(Error::Other(format!(
-            "writing {}: tensor name `{n}` appears more than once",
-            path.display()
-        )));
+        return Err(TensorError::DuplicateName {
+            path: path.into(),
+            name: n.clone(),
+        }
+        .into());
     }
     let mut order: Vec<&(String, Tensor)> = set.tensors.iter().collect();
     order.sort_by(|(ln, l), (rn, r)| to_st(r.dtype).cmp(&to_st(l.dtype)).then(ln.cmp(rn)));
     let mut infos = Vec::with_capacity(order.len());
     let mut offset = 0usize;
     for (n, t) in &order {
-        if t.numel().checked_mul(t.dtype.size()) != Some(t.data.len()) {
-            return Err(Error::Other(format!(
-                "tensor `{n}`: shape {:?} {} does not match its {} bytes",
-                t.shape,
-                t.dtype,
-                t.data.len()
-            )));
-        }
+        // Only checks the shape against the bytes (no copy).
+        safetensors::tensor::TensorView::new(to_st(t.dtype), t.shape.clone(), &t.data).map_err(
+            |source| TensorError::SafetensorsView {
+                name: n.clone(),
+                source,
+            },
+        )?;
         let info = TensorInfo {
             dtype: to_st(t.dtype),
             shape: t.shape.clone(),
@@ -146,10 +152,14 @@ pub fn write(path: &Path, set: &TensorSet) -> Result<()> {
         offset += t.data.len();
         infos.push((n.clone(), info));
     }
-    let serializing = |e: String| Error::Other(format!("serializing {}: {e}", path.display()));
+    let serializing = |source| TensorError::SafetensorsWrite {
+        path: path.into(),
+        source,
+    };
     let meta = Some(set.metadata.clone().into_iter().collect());
-    let header = Metadata::new(meta, infos).map_err(|e| serializing(e.to_string()))?;
-    let mut header = serde_json::to_vec(&header).map_err(|e| serializing(e.to_string()))?;
+    let header = Metadata::new(meta, infos).map_err(serializing)?;
+    let mut header = serde_json::to_vec(&header)
+        .map_err(|e| serializing(safetensors::SafeTensorError::JsonError(e)))?;
     // The data starts 8-byte aligned, as the crate's serializer pads it.
     header.resize(header.len().next_multiple_of(HEADER_LEN), b' ');
     write_atomic(path, |w| {
@@ -174,7 +184,7 @@ pub fn holds(path: &Path, set: &TensorSet) -> Result<bool> {
     }
     let mut header = vec![0u8; n];
     file.read_exact(&mut header).map_err(io)?;
-    check_unique_names(&header).map_err(|e| Error::invalid(path, e))?;
+    check_unique_names(path, &header)?;
     let Ok(meta) = serde_json::from_slice::<Metadata>(&header) else {
         return Ok(false);
     };

@@ -8,8 +8,8 @@ use super::infer::{load_model, LoadedModel};
 use crate::checkpoint::keymap::LoadReport;
 use crate::checkpoint::model_config::EntryDtype;
 use super::weights::from_tch;
-use crate::error::{Error, Result};
 use crate::checkpoint::pth;
+use crate::error::{ErrorKind, Result};
 use crate::tensors::{FileFormat, Tensor};
 use serde::Serialize;
 use std::path::Path;
@@ -30,35 +30,78 @@ pub struct ExportSummary {
     pub bytes: usize,
 }
 
+/// Why a model cannot be exported.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("model `{model}` holds {held} tensors, its official state dict {official}")]
+    TensorCount {
+        model: String,
+        held: usize,
+        official: usize,
+    },
+
+    #[error("model has no `{0}` of the official layout")]
+    MissingTensor(String),
+
+    #[error("`{name}` has shape {shape:?}, the official layout {official:?}")]
+    Shape {
+        name: String,
+        shape: Vec<usize>,
+        official: Vec<usize>,
+    },
+
+    #[error("output {0} must end in .pth (or .pt)")]
+    NotPth(std::path::PathBuf),
+
+    #[error("output {0} must be a file: the export is read back and compared")]
+    NotAFile(std::path::PathBuf),
+
+    #[error("{0}: written file does not read back identically")]
+    ReadBack(std::path::PathBuf),
+}
+
+impl ExportError {
+    /// The output's name is a usage error; a model that differs from its own layout is a bug.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ExportError::NotPth(_) | ExportError::NotAFile(_) => ErrorKind::Usage,
+            ExportError::ReadBack(_) => ErrorKind::Io,
+            _ => ErrorKind::Internal,
+        }
+    }
+}
+
 /// The model's state dict under the official names, in the official order and dtypes
 /// ([`RamPlusConfig::state_dict_layout`](super::model::RamPlusConfig::state_dict_layout)).
 pub fn official_state_dict(m: &LoadedModel) -> Result<Vec<(String, Tensor)>> {
     let vars = m.vs.variables();
     let layout = m.config.state_dict_layout();
     if vars.len() != layout.len() {
-        return Err(Error::Other(format!(
-            "model `{}` holds {} tensors, its official state dict {}",
-            m.config.name,
-            vars.len(),
-            layout.len()
-        )));
+        return Err(ExportError::TensorCount {
+            model: m.config.name.clone(),
+            held: vars.len(),
+            official: layout.len(),
+        }
+        .into());
     }
     layout
         .into_iter()
         .map(|e| {
-            let var = vars.get(&e.name).ok_or_else(|| {
-                Error::Other(format!("model has no `{}` of the official layout", e.name))
-            })?;
+            let var = vars
+                .get(&e.name)
+                .ok_or_else(|| ExportError::MissingTensor(e.name.clone()))?;
             let kind = match e.dtype {
                 EntryDtype::Float32 => Kind::Float,
                 EntryDtype::Int64 => Kind::Int64,
             };
             let t = from_tch(&var.to_kind(kind))?;
             if t.shape != e.shape {
-                return Err(Error::Other(format!(
-                    "`{}` has shape {:?}, the official layout {:?}",
-                    e.name, t.shape, e.shape
-                )));
+                return Err(ExportError::Shape {
+                    name: e.name,
+                    shape: t.shape,
+                    official: e.shape,
+                }
+                .into());
             }
             Ok((e.name, t))
         })
@@ -75,20 +118,14 @@ pub fn export(
     label_embed_only: bool,
 ) -> Result<(ExportSummary, LoadReport)> {
     if FileFormat::from_path(output).ok() != Some(FileFormat::Pth) {
-        return Err(Error::Usage(format!(
-            "output {} must end in .pth (or .pt)",
-            output.display()
-        )));
+        return Err(ExportError::NotPth(output.into()).into());
     }
     // Read back before success, so a pipe or device (which cannot be read back) is refused.
     if !matches!(
         crate::fsutil::check_output(output)?,
         crate::fsutil::OutputTarget::File(_)
     ) {
-        return Err(Error::Usage(format!(
-            "output {} must be a file: the export is read back and compared",
-            output.display()
-        )));
+        return Err(ExportError::NotAFile(output.into()).into());
     }
     crate::fsutil::check_outputs([output], &[input])?;
     let m = load_model(input, spec, num_class, Device::Cpu)?;
@@ -114,10 +151,7 @@ pub fn export(
         back.tensors == items && back.container == pth::Container::Wrapped("model".into())
     };
     if !same {
-        return Err(Error::invalid(
-            output,
-            "written file does not read back identically",
-        ));
+        return Err(ExportError::ReadBack(output.into()).into());
     }
     let buffers = m
         .config

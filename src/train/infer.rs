@@ -7,7 +7,7 @@ use crate::checkpoint::inspect::fit_presets;
 use crate::checkpoint::keymap::{checkpoint_keys, LoadReport};
 use super::model::{ParamInit, RamPlus, RamPlusConfig};
 use super::weights::{self, LoadOptions};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::eval::Thresholds;
 use crate::imaging::normalize_chw;
 use crate::manifest::SlotManifest;
@@ -19,6 +19,87 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
+
+/// Why a checkpoint cannot be loaded for inference, or its inputs cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    #[error("{path}: checkpoint not found")]
+    NoCheckpoint { path: PathBuf },
+
+    #[error("{path}: folder holds neither model.safetensors nor a training run's checkpoints/")]
+    NotACheckpointFolder { path: PathBuf },
+
+    #[error("{path}: no complete checkpoint (step-*/model.safetensors)")]
+    NoCompleteCheckpoint { path: PathBuf },
+
+    #[error(
+        "{path}: has no `label_embed` [rows, dim]: not a RAM++ state dict (a bare Swin encoder cannot tag)"
+    )]
+    NoLabelEmbed { path: PathBuf },
+
+    #[error(
+        "{path}: label_embed has {rows} rows, not a multiple of {tags} tags (model `{model}`): pass the vocabulary it was trained with"
+    )]
+    RowsForModel {
+        path: PathBuf,
+        rows: usize,
+        tags: usize,
+        model: String,
+    },
+
+    #[error("model `tiny` needs the vocabulary (--vocab) for its tag count")]
+    TinyNeedsVocabulary,
+
+    #[error(
+        "{path}: label_embed has {rows} rows, not a multiple of the vocabulary's {tags} tags: pass the vocabulary \
+         the checkpoint was trained with (--vocab), or name the model with --model"
+    )]
+    RowsForVocabulary {
+        path: PathBuf,
+        rows: usize,
+        tags: usize,
+    },
+
+    #[error(
+        "{path}: fits no model preset completely (best: {}); name the model with --model (a preset, `tiny` or a reference config.json)",
+        .tried.join("; ")
+    )]
+    NoPresetFits { path: PathBuf, tried: Vec<String> },
+
+    /// `report` is the load table (one line per mismatch).
+    #[error("{path}: does not fit model `{model}` ({tags} tags × {descriptions} descriptions):\n{report}")]
+    DoesNotFit {
+        path: PathBuf,
+        model: String,
+        tags: usize,
+        descriptions: usize,
+        report: String,
+    },
+
+    #[error("{path}: {names} names for a vocabulary of {slots} slots")]
+    NameCount {
+        path: PathBuf,
+        names: usize,
+        slots: usize,
+    },
+
+    #[error("{path}: no such image file or folder")]
+    NoSuchImage { path: PathBuf },
+
+    #[error("reading the scores")]
+    Scores(#[source] tch::TchError),
+}
+
+impl InferError {
+    /// A `tiny` model without its vocabulary is a usage error; libtorch failing is internal.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            InferError::TinyNeedsVocabulary => ErrorKind::Usage,
+            InferError::Scores(_) => ErrorKind::Internal,
+            _ => ErrorKind::Input,
+        }
+    }
+}
 
 /// ImageNet mean and std, as RAM's `get_transform` normalises (training uses CLIP's instead).
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -131,7 +212,7 @@ pub fn pil_bilinear_resize(img: &RgbImage, w: u32, h: u32) -> RgbImage {
 pub fn checkpoint_file(path: &Path) -> Result<PathBuf> {
     if !path.is_dir() {
         if !path.exists() {
-            return Err(Error::invalid(path, "checkpoint not found"));
+            return Err(InferError::NoCheckpoint { path: path.into() }.into());
         }
         return Ok(path.to_path_buf());
     }
@@ -141,14 +222,11 @@ pub fn checkpoint_file(path: &Path) -> Result<PathBuf> {
     }
     let ckpts = path.join("checkpoints");
     if !ckpts.is_dir() {
-        return Err(Error::invalid(
-            path,
-            "folder holds neither model.safetensors nor a training run's checkpoints/",
-        ));
+        return Err(InferError::NotACheckpointFolder { path: path.into() }.into());
     }
     super::run::newest_checkpoint_in(&ckpts, "model.safetensors")?
         .map(|s| s.join("model.safetensors"))
-        .ok_or_else(|| Error::invalid(&ckpts, "no complete checkpoint (step-*/model.safetensors)"))
+        .ok_or_else(|| InferError::NoCompleteCheckpoint { path: ckpts }.into())
 }
 
 /// Shape of the checkpoint's `label_embed` (DDP prefix ignored).
@@ -179,28 +257,25 @@ pub fn resolve_model(
     source: &Path,
     num_class: Option<usize>,
 ) -> Result<RamPlusConfig> {
-    let (rows, dim) = label_embed_shape(set).ok_or_else(|| {
-        Error::invalid(
-            source,
-            "has no `label_embed` [rows, dim]: not a RAM++ state dict (a bare Swin encoder cannot tag)",
-        )
+    let (rows, dim) = label_embed_shape(set).ok_or_else(|| InferError::NoLabelEmbed {
+        path: source.into(),
     })?;
     let fit_classes = |cfg: RamPlusConfig| {
         let n = num_class.unwrap_or(cfg.num_class);
         let name = cfg.name.clone();
         with_classes(cfg, n, rows).ok_or_else(|| {
-            Error::invalid(
-                source,
-                format!("label_embed has {rows} rows, not a multiple of {n} tags (model `{name}`): pass the vocabulary it was trained with"),
-            )
+            Error::from(InferError::RowsForModel {
+                path: source.into(),
+                rows,
+                tags: n,
+                model: name,
+            })
         })
     };
     let tiny = |n: usize| RamPlusConfig::tiny(n, 1).with_joint_dim(dim);
     if let Some(spec) = spec {
         let cfg = match spec {
-            "tiny" => tiny(num_class.ok_or_else(|| {
-                Error::Usage("model `tiny` needs the vocabulary (--vocab) for its tag count".into())
-            })?),
+            "tiny" => tiny(num_class.ok_or(InferError::TinyNeedsVocabulary)?),
             s if s.ends_with(".json") => RamPlusConfig::from_reference_json(Path::new(s))?,
             s => RamPlusConfig::preset(s)?,
         };
@@ -217,14 +292,12 @@ pub fn resolve_model(
         candidates.push(c);
     }
     if candidates.is_empty() {
-        return Err(Error::invalid(
-            source,
-            format!(
-                "label_embed has {rows} rows, not a multiple of the vocabulary's {} tags: pass the vocabulary \
-                 the checkpoint was trained with (--vocab), or name the model with --model",
-                num_class.unwrap_or(super::model::config::RAM_NUM_CLASS)
-            ),
-        ));
+        return Err(InferError::RowsForVocabulary {
+            path: source.into(),
+            rows,
+            tags: num_class.unwrap_or(super::model::config::RAM_NUM_CLASS),
+        }
+        .into());
     }
     let keys = checkpoint_keys(set);
     let fits = fit_presets(&source.display().to_string(), &keys, &candidates);
@@ -248,13 +321,11 @@ pub fn resolve_model(
             )
         })
         .collect();
-    Err(Error::invalid(
-        source,
-        format!(
-            "fits no model preset completely (best: {}); name the model with --model (a preset, `tiny` or a reference config.json)",
-            tried.join("; ")
-        ),
-    ))
+    Err(InferError::NoPresetFits {
+        path: source.into(),
+        tried,
+    }
+    .into())
 }
 
 /// Every model parameter comes from the checkpoint with its shape (extra checkpoint tensors are
@@ -296,16 +367,14 @@ pub fn load_model(
         &LoadOptions::lenient(),
     )?;
     if !loads_every_parameter(&report) {
-        return Err(Error::invalid(
-            &file,
-            format!(
-                "does not fit model `{}` ({} tags × {} descriptions):\n{}",
-                config.name,
-                config.num_class,
-                config.des_per_class,
-                report.to_table()
-            ),
-        ));
+        return Err(InferError::DoesNotFit {
+            model: config.name,
+            tags: config.num_class,
+            descriptions: config.des_per_class,
+            report: report.to_table(),
+            path: file,
+        }
+        .into());
     }
     Ok(LoadedModel {
         vs,
@@ -334,7 +403,7 @@ impl LoadedModel {
             .to_kind(Kind::Float)
             .to_device(Device::Cpu)
             .reshape([-1]);
-        Vec::try_from(&flat).map_err(|e: tch::TchError| Error::Other(e.to_string()))
+        Ok(Vec::try_from(&flat).map_err(InferError::Scores)?)
     }
 
     /// Decodes `paths` in parallel, applies [`official_transform`] and scores the readable images
@@ -414,14 +483,12 @@ impl SlotLabels {
                 let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
                 let names = parse_lines(&path, &bytes)?;
                 if names.len() != vocab.len() {
-                    return Err(Error::invalid(
-                        &path,
-                        format!(
-                            "{} names for a vocabulary of {} slots",
-                            names.len(),
-                            vocab.len()
-                        ),
-                    ));
+                    return Err(InferError::NameCount {
+                        path,
+                        names: names.len(),
+                        slots: vocab.len(),
+                    }
+                    .into());
                 }
                 Some(names)
             }
@@ -500,7 +567,10 @@ pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, String)>> {
         } else if input.exists() {
             out.push((input.clone(), input.display().to_string()));
         } else {
-            return Err(Error::invalid(input, "no such image file or folder"));
+            return Err(InferError::NoSuchImage {
+                path: input.clone(),
+            }
+            .into());
         }
     }
     Ok(out)

@@ -19,9 +19,10 @@ use super::weights::{self, InitFingerprint, LoadOptions};
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 use crate::manifest::SlotManifest;
+/// What a finished run reports (feature-free, so `repair` reads it without libtorch).
+pub use crate::monitor::RunSummary;
 use crate::monitor::{
-    events_table, HealthEvent, LossTerm, RunDir, RunMonitor, StepRecord, ValidationRecord,
-    ValidationWriter,
+    events_table, LossTerm, RunDir, RunMonitor, StepRecord, ValidationRecord, ValidationWriter,
 };
 use crate::tensors::{EmbeddingFile, Layout, Provenance};
 use crate::vocab::Vocabulary;
@@ -514,43 +515,6 @@ fn read_checkpoint(dir: &Path, vs: &VarStore, opt: &mut AdamW) -> Result<Checkpo
     Ok(state)
 }
 
-/// What a finished run reports.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunSummary {
-    pub run_dir: PathBuf,
-    pub first_step: u64,
-    pub steps: u64,
-    /// Mean raw value of each term over the first and the last `min(20, steps/4)` steps of this
-    /// invocation.
-    pub early: BTreeMap<String, f64>,
-    pub late: BTreeMap<String, f64>,
-    pub final_weights: super::config::LossWeights,
-    pub checkpoint: PathBuf,
-    /// Mean predicted probability per slot over (up to 256) training images, un-augmented, eval mode.
-    pub slot_probabilities: Vec<f64>,
-    pub absent_slots: Vec<usize>,
-    /// What the training-health detectors found over the whole run (`events.jsonl`).
-    pub health_events: Vec<HealthEvent>,
-    /// The validations of this invocation (also in `validation.jsonl`).
-    pub validation: Vec<ValidationRecord>,
-}
-
-impl RunSummary {
-    /// Mean predicted probability over the absent slots.
-    pub fn absent_probability(&self) -> Option<f64> {
-        if self.absent_slots.is_empty() {
-            return None;
-        }
-        Some(
-            self.absent_slots
-                .iter()
-                .map(|&s| self.slot_probabilities[s])
-                .sum::<f64>()
-                / self.absent_slots.len() as f64,
-        )
-    }
-}
-
 /// splitmix-style seed for libtorch's generator at (step, micro).
 fn torch_seed(seed: u64, step: u64, micro: usize) -> i64 {
     let mut z = seed
@@ -718,11 +682,11 @@ pub fn train(prepared: Prepared, out: &Path, resume: bool) -> Result<RunSummary>
             match save_checkpoint(&run, &vs, opt, &state, config.keep_checkpoints) {
                 Ok(ckpt) => {
                     bar.abandon();
-                    Error::Other(format!(
-                    "step {}: {what}; training stopped. The state before this step is saved in {}",
-                    step + 1,
-                    ckpt.display()
-                ))
+                    Error::Stopped {
+                        step: step + 1,
+                        reason: what,
+                        checkpoint: ckpt,
+                    }
                 }
                 Err(e) => e,
             }

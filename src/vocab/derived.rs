@@ -2,7 +2,7 @@
 //! the vocabulary it came from: by exact name first, then by normalised name ([`normalize_tag`]).
 //! The report says what would go wrong if the derived list were used as-is, row i read as slot i.
 
-use super::{normalize_tag, parse_lines, Slot, Vocabulary};
+use super::{normalize_tag, parse_lines, Slot, VocabError, Vocabulary};
 use crate::error::{Error, Result};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -69,7 +69,7 @@ pub fn map_derived(vocab: &Vocabulary, path: &Path) -> Result<DerivedReport> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let tags = parse_lines(path, &bytes)?;
     if tags.is_empty() {
-        return Err(Error::invalid(path, "the derived tag list is empty"));
+        return Err(VocabError::DerivedEmpty { path: path.into() }.into());
     }
     let mut exact: HashMap<&str, Slot> = HashMap::with_capacity(vocab.len());
     let mut normalized: HashMap<String, Vec<Slot>> = HashMap::with_capacity(vocab.len());

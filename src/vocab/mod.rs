@@ -18,6 +18,63 @@ use crate::fsutil::sha256_hex;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// Why a vocabulary, or a file made for one, cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum VocabError {
+    #[error(
+        "{path}: vocabulary file not found (give a tag-list file, one tag a line, or a preset: {presets})"
+    )]
+    NotFound { path: PathBuf, presets: String },
+
+    #[error("{path}: vocabulary file is empty")]
+    Empty { path: PathBuf },
+
+    #[error("{path}: the derived tag list is empty")]
+    DerivedEmpty { path: PathBuf },
+
+    #[error("{path}:{line}: empty tag at slot {slot}")]
+    EmptyTag {
+        path: PathBuf,
+        line: usize,
+        slot: usize,
+    },
+
+    #[error("{path}:{line}: invalid UTF-8")]
+    InvalidUtf8 {
+        path: PathBuf,
+        line: usize,
+        #[source]
+        source: std::string::FromUtf8Error,
+    },
+
+    /// A file produced for another vocabulary (hashes shortened to 12 hex digits).
+    #[error(
+        "{path}: was made for a different vocabulary ({file_tags} tags, sha256 {file_sha}…) than {vocab} \
+         ({vocab_tags} tags, sha256 {vocab_sha}…); regenerate it with this vocabulary"
+    )]
+    OtherVocabulary {
+        path: PathBuf,
+        file_tags: usize,
+        file_sha: String,
+        vocab: PathBuf,
+        vocab_tags: usize,
+        vocab_sha: String,
+    },
+
+    #[error(
+        "vocabulary preset `{name}`: {file} not found (searched: {searched}); set {env_var} to the directory \
+         holding it, point {shared_env} at the shared material folder (its ram/data/; default ../shared), or \
+         pass the file with --vocab FILE"
+    )]
+    PresetNotFound {
+        name: String,
+        file: String,
+        searched: String,
+        env_var: String,
+        shared_env: &'static str,
+    },
+}
+
 /// A slot number: the 0-based line index of a tag in the vocabulary file.
 pub type Slot = usize;
 
@@ -59,13 +116,11 @@ impl Vocabulary {
         }
         let path = Path::new(spec);
         if !path.exists() {
-            return Err(Error::invalid(
-                path,
-                format!(
-                    "vocabulary file not found (give a tag-list file, one tag a line, or a preset: {})",
-                    Preset::names().join(", ")
-                ),
-            ));
+            return Err(VocabError::NotFound {
+                path: path.into(),
+                presets: Preset::names().join(", "),
+            }
+            .into());
         }
         Self::from_file(path)
     }
@@ -76,15 +131,16 @@ impl Vocabulary {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let tags = parse_lines(path, &bytes)?;
         if tags.is_empty() {
-            return Err(Error::invalid(path, "vocabulary file is empty"));
+            return Err(VocabError::Empty { path: path.into() }.into());
         }
         for (i, t) in tags.iter().enumerate() {
             if t.trim().is_empty() {
-                return Err(Error::Parse {
+                return Err(VocabError::EmptyTag {
                     path: path.to_path_buf(),
                     line: i + 1,
-                    message: format!("empty tag at slot {i}"),
-                });
+                    slot: i,
+                }
+                .into());
             }
         }
         Ok(Vocabulary {
@@ -145,18 +201,15 @@ impl Vocabulary {
     /// Checks that a file produced for vocabulary `other` belongs to this one (same hash and size).
     pub fn check_id(&self, other: &VocabularyId, what: &Path) -> Result<()> {
         if other.sha256 != self.sha256 || other.tag_count != self.len() {
-            return Err(Error::invalid(
-                what,
-                format!(
-                    "was made for a different vocabulary ({} tags, sha256 {}…) than {} ({} tags, sha256 {}…); \
-                     regenerate it with this vocabulary",
-                    other.tag_count,
-                    &other.sha256[..other.sha256.len().min(12)],
-                    self.path.display(),
-                    self.len(),
-                    &self.sha256[..12]
-                ),
-            ));
+            return Err(VocabError::OtherVocabulary {
+                path: what.into(),
+                file_tags: other.tag_count,
+                file_sha: other.sha256.chars().take(12).collect(),
+                vocab: self.path.clone(),
+                vocab_tags: self.len(),
+                vocab_sha: self.sha256.chars().take(12).collect(),
+            }
+            .into());
         }
         Ok(())
     }
@@ -164,7 +217,7 @@ impl Vocabulary {
 
 /// Splits a text file into lines the way RAM reads tag lists (line i = slot i), naming the first
 /// invalid UTF-8 line. A final newline does not start a new slot.
-pub fn parse_lines(path: &Path, bytes: &[u8]) -> Result<Vec<String>> {
+pub fn parse_lines(path: &Path, bytes: &[u8]) -> Result<Vec<String>, VocabError> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     if bytes.is_empty() {
         return Ok(Vec::new());
@@ -174,10 +227,10 @@ pub fn parse_lines(path: &Path, bytes: &[u8]) -> Result<Vec<String>> {
         .enumerate()
         .map(|(i, line)| {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
-            String::from_utf8(line.to_vec()).map_err(|e| Error::Parse {
+            String::from_utf8(line.to_vec()).map_err(|source| VocabError::InvalidUtf8 {
                 path: path.to_path_buf(),
                 line: i + 1,
-                message: format!("invalid UTF-8: {e}"),
+                source,
             })
         })
         .collect()

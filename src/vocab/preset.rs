@@ -1,7 +1,8 @@
 //! Named vocabulary presets. `vocab/<name>.toml` holds the project's manifest of a known vocabulary
 //! (tag count, sha256 of the official file, its sidecars); the list itself is looked up at run time.
 
-use crate::error::{Error, Result};
+use super::VocabError;
+use crate::error::Result;
 use crate::fsutil::{sha256_file, shared_dir};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -86,29 +87,29 @@ impl Preset {
         let dirs = self.search_dirs();
         let Some(dir) = dirs.iter().find(|d| d.join(&self.file).is_file()) else {
             let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
-            return Err(Error::Preset {
+            return Err(VocabError::PresetNotFound {
                 name: self.name.clone(),
-                message: format!(
-                    "{} not found (searched: {}); set {} to the directory holding it, point {} at the shared \
-                     material folder (its ram/data/; default ../shared), or pass the file with --vocab FILE",
-                    self.file,
-                    if searched.is_empty() {
-                        match std::env::var_os(crate::fsutil::SHARED_ENV) {
-                            Some(v) => format!(
-                                "nothing: {} is unset and {}={} is not a directory",
-                                self.env_var(),
-                                crate::fsutil::SHARED_ENV,
-                                PathBuf::from(v).display()
-                            ),
-                            None => format!("nothing: {} is unset and there is no ../shared", self.env_var()),
-                        }
-                    } else {
-                        searched.join(", ")
-                    },
-                    self.env_var(),
-                    crate::fsutil::SHARED_ENV
-                ),
-            });
+                file: self.file.clone(),
+                searched: if searched.is_empty() {
+                    match std::env::var_os(crate::fsutil::SHARED_ENV) {
+                        Some(v) => format!(
+                            "nothing: {} is unset and {}={} is not a directory",
+                            self.env_var(),
+                            crate::fsutil::SHARED_ENV,
+                            PathBuf::from(v).display()
+                        ),
+                        None => format!(
+                            "nothing: {} is unset and there is no ../shared",
+                            self.env_var()
+                        ),
+                    }
+                } else {
+                    searched.join(", ")
+                },
+                env_var: self.env_var(),
+                shared_env: crate::fsutil::SHARED_ENV,
+            }
+            .into());
         };
         let path = dir.join(&self.file);
         let status = if sha256_file(&path)? == self.sha256 {

@@ -5,7 +5,7 @@
 //! [0, 1], invalid UTF-8). Warnings are cosmetic but worth fixing (trailing or leading whitespace,
 //! empty names, CRLF, BOM). A final newline is normal (RAM's own sidecars end with one) and noted only.
 
-use super::parse_lines;
+use super::{parse_lines, VocabError};
 use crate::error::{Error, Result};
 use serde::Serialize;
 use std::path::Path;
@@ -98,8 +98,12 @@ pub fn check_sidecar(
     }
     let lines = match parse_lines(path, &bytes) {
         Ok(lines) => lines,
-        Err(Error::Parse { line, message, .. }) => {
-            issue(Severity::Error, message, vec![line]);
+        Err(VocabError::InvalidUtf8 { line, source, .. }) => {
+            issue(
+                Severity::Error,
+                format!("invalid UTF-8: {source}"),
+                vec![line],
+            );
             return Ok(SidecarReport {
                 name: name.into(),
                 path: path.display().to_string(),
@@ -110,7 +114,7 @@ pub fn check_sidecar(
                 issues,
             });
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     };
     let crlf: Vec<usize> = bytes
         .split(|b| *b == b'\n')

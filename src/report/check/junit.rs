@@ -2,7 +2,8 @@
 
 use super::{num, rule_line};
 use crate::consistency::report::CheckReport;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::report::ReportError;
 use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 
 /// Renders the rules as a JUnit report.
@@ -33,7 +34,5 @@ pub fn check(r: &CheckReport) -> Result<String> {
         suite.add_test_case(case);
     }
     report.add_test_suite(suite);
-    report
-        .to_string()
-        .map_err(|e| Error::Other(format!("writing JUnit XML: {e}")))
+    Ok(report.to_string().map_err(ReportError::Junit)?)
 }

@@ -8,7 +8,8 @@ pub mod plots;
 pub mod table;
 
 use crate::consistency::CheckReport;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::report::ReportError;
 
 /// Output formats of a check report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -26,8 +27,7 @@ pub fn render(report: &CheckReport, format: CheckFormat) -> Result<String> {
     Ok(match format {
         CheckFormat::Table => table::check(report),
         CheckFormat::Json => {
-            let mut s = serde_json::to_string_pretty(report)
-                .map_err(|e| Error::Other(format!("serializing the report: {e}")))?;
+            let mut s = serde_json::to_string_pretty(report).map_err(ReportError::Json)?;
             s.push('\n');
             s
         }

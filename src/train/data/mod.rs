@@ -366,9 +366,10 @@ pub fn load_micro_batch(
         (None, Some(t)) => {
             let describe = |e: Error| {
                 Error::Other(format!(
-                    "online teacher, step {} micro-batch {micro} (records {:?}…): {e}",
+                    "online teacher, step {} micro-batch {micro} (records {:?}…): {}",
                     step + 1,
-                    &indices[..indices.len().min(4)]
+                    &indices[..indices.len().min(4)],
+                    crate::error::report(&e)
                 ))
             };
             let c = t.image_features(&teacher_pixels).map_err(describe)?;
