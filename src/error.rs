@@ -153,6 +153,10 @@ pub enum Error {
     /// A training run's failure (its own exit status when the run stopped on a non-finite step).
     #[error(transparent)]
     Train(#[from] crate::train::error::TrainError),
+
+    /// Reading, writing or converting a checkpoint (`.pth`, its pickle, a model configuration).
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
 }
 
 impl Error {
@@ -198,6 +202,7 @@ impl Error {
             Error::Check(e) => e.kind(),
             Error::Dist(e) => e.kind(),
             Error::Train(e) => e.kind(),
+            Error::Checkpoint(e) => e.kind(),
             Error::Usage(_) => ErrorKind::Usage,
             Error::Runtime(_) => ErrorKind::Environment,
             Error::Parse { .. }

@@ -5,6 +5,7 @@
 //! embedding file, `check` and `train` consume that.
 
 pub mod annotations;
+pub mod checkpoint;
 pub mod consistency;
 pub mod diff;
 pub mod doctor;

@@ -157,7 +157,8 @@ fn inspect_tells_which_model_fits() {
         .collect();
     let dir = tempfile::tempdir().unwrap();
     let swin = dir.path().join("swin.pth");
-    tagfix::tensors::pth::write(&swin, tagfix::tensors::pth::PthContent::Dict(&encoder)).unwrap();
+    tagfix::checkpoint::pth::write(&swin, tagfix::checkpoint::pth::PthContent::Dict(&encoder))
+        .unwrap();
     let assert = tagfix()
         .arg("inspect")
         .arg(&swin)

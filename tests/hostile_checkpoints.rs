@@ -345,8 +345,11 @@ fn many_tensors_inspect_and_convert_completely() {
     let st = dir.path().join("many.safetensors");
     safetensors_io::write(&st, &set).unwrap();
     let pth = dir.path().join("many.pth");
-    tagfix::tensors::pth::write(&pth, tagfix::tensors::pth::PthContent::Dict(&set.tensors))
-        .unwrap();
+    tagfix::checkpoint::pth::write(
+        &pth,
+        tagfix::checkpoint::pth::PthContent::Dict(&set.tensors),
+    )
+    .unwrap();
     for input in [&st, &pth] {
         let info = tagfix()
             .arg("inspect")

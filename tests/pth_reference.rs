@@ -3,7 +3,7 @@
 mod common;
 
 use common::shared_dir_for_test;
-use tagfix::tensors::pth::{self, Container};
+use tagfix::checkpoint::pth::{self, Container};
 use tagfix::tensors::{safetensors_io, DType};
 
 fn fixtures() -> Option<std::path::PathBuf> {

@@ -7,7 +7,7 @@ mod common;
 
 use common::reference_dir;
 use std::collections::BTreeMap;
-use tagfix::train::model::config::{EntryDtype, EntryKind, StateEntry};
+use tagfix::checkpoint::model_config::{EntryDtype, EntryKind, StateEntry};
 use tagfix::train::model::{ParamInit, RamPlus, RamPlusConfig};
 use tch::{nn, Device, Kind};
 

@@ -12,7 +12,8 @@ use common::tagfix;
 use predicates::prelude::*;
 use predicates::str::contains;
 use std::path::{Path, PathBuf};
-use tagfix::tensors::{pth, safetensors_io, DType};
+use tagfix::checkpoint::pth;
+use tagfix::tensors::{safetensors_io, DType};
 use tagfix::train::infer::{load_model, tag_strings, SlotLabels};
 use tch::{Device, Kind, Tensor};
 
@@ -21,7 +22,7 @@ struct TinyConfig {
     tag_list: Vec<String>,
     tag_list_chinese: Vec<String>,
     class_threshold: Vec<f32>,
-    state_dict_keys_in_order: Vec<tagfix::train::model::config::StateEntry>,
+    state_dict_keys_in_order: Vec<tagfix::checkpoint::model_config::StateEntry>,
 }
 
 struct Fixture {
@@ -473,8 +474,8 @@ fn export_writes_the_official_state_dict_and_round_trips_through_convert() {
         .iter()
         .map(|e| {
             let d = match e.dtype {
-                tagfix::train::model::config::EntryDtype::Float32 => DType::F32,
-                tagfix::train::model::config::EntryDtype::Int64 => DType::I64,
+                tagfix::checkpoint::model_config::EntryDtype::Float32 => DType::F32,
+                tagfix::checkpoint::model_config::EntryDtype::Int64 => DType::I64,
             };
             (e.name.clone(), e.shape.clone(), d)
         })

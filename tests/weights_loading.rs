@@ -3,7 +3,8 @@
 //! the encoder-initialisation proof.
 #![cfg(feature = "train")]
 
-use tagfix::tensors::{self, pth, DType, TensorSet};
+use tagfix::checkpoint::pth;
+use tagfix::tensors::{self, DType, TensorSet};
 use tagfix::train::model::{ParamInit, RamPlus, RamPlusConfig};
 use tagfix::train::weights::{
     from_tch, load_state_dict, load_tensor_set, resize_bias_table, save_state_dict, state_dict,

@@ -3,7 +3,7 @@
 use super::args::ConvertArgs;
 use super::ExitStatus;
 use anyhow::Context;
-use tagfix::train::convert::{convert, ConvertSummary};
+use tagfix::checkpoint::convert::{convert, ConvertSummary};
 
 pub fn run(args: ConvertArgs) -> anyhow::Result<ExitStatus> {
     let summary = convert(&args.input, &args.output).with_context(|| {

@@ -4,8 +4,8 @@ use super::args::InspectArgs;
 use super::ExitStatus;
 use anyhow::Context;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
-use tagfix::train::inspect::{inspect, CheckpointInfo, Fit};
-use tagfix::train::model::RamPlusConfig;
+use tagfix::checkpoint::inspect::{inspect, CheckpointInfo, Fit};
+use tagfix::checkpoint::RamPlusConfig;
 
 pub fn run(args: InspectArgs) -> anyhow::Result<ExitStatus> {
     if let Some(p) = &args.expect {

@@ -5,9 +5,9 @@
 use super::Target;
 use crate::annotations::records::{ReadOptions, RecordSet};
 use crate::annotations::{scan_files, ScanOptions};
+use crate::checkpoint::pth::PthContent;
 use crate::eval::{read_scores, Benchmark, LabelForm, TagMapping, Thresholds};
 use crate::rng::SplitMix64;
-use crate::tensors::pth::PthContent;
 use crate::tensors::{DType, EmbeddingFile, Provenance, Tensor, TensorSet};
 use crate::vocab::{check_sidecar, map_derived, SidecarKind, Vocabulary};
 use std::io::Write;
@@ -217,7 +217,7 @@ fn use_tensors(path: &Path, set: &TensorSet) {
 }
 
 fn run_pth(path: &Path, _: &[u8]) {
-    if let Ok(c) = crate::tensors::pth::read(path) {
+    if let Ok(c) = crate::checkpoint::pth::read(path) {
         use_tensors(path, &c.into_tensor_set());
     }
 }
@@ -489,10 +489,10 @@ fn pth_seeds() -> Vec<(String, Vec<u8>)> {
     let tensors = sample_tensors();
     vec![
         written("dict.pth", |p| {
-            crate::tensors::pth::write(p, PthContent::Dict(&tensors))
+            crate::checkpoint::pth::write(p, PthContent::Dict(&tensors))
         }),
         written("bare.pth", |p| {
-            crate::tensors::pth::write(p, PthContent::Tensor(&tensors[0].1))
+            crate::checkpoint::pth::write(p, PthContent::Tensor(&tensors[0].1))
         }),
         ("legacy.pth".into(), legacy_pth()),
     ]
@@ -1058,7 +1058,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("checkpoint.pth");
         std::fs::write(&p, legacy_pth()).unwrap();
-        let c = crate::tensors::pth::read(&p).unwrap();
+        let c = crate::checkpoint::pth::read(&p).unwrap();
         assert!(c.legacy);
         assert_eq!(c.tensors[0].1.to_f32().unwrap(), [1.5, -2.0]);
         for (name, bytes) in npy_seeds() {

@@ -1,17 +1,16 @@
-//! Tensor files: safetensors (primary), `.npy`, and PyTorch's `torch.save` format (read without
-//! executing anything, written so Python's `torch.load` reads it), plus embedding matrices and their
-//! slot layouts (RAM `[N, d]`, RAM++ `[N·k, d]`).
+//! Tensor files: safetensors (primary) and `.npy`, one entry point for those and PyTorch's
+//! `torch.save` format ([`crate::checkpoint::pth`]), plus embedding matrices and their slot layouts
+//! (RAM `[N, d]`, RAM++ `[N·k, d]`).
 
 mod embedding;
 pub mod npy;
-mod pickle;
 pub mod provenance;
-pub mod pth;
 pub mod safetensors_io;
 
 pub use embedding::{EmbeddingFile, FileFormat, Layout};
 pub use provenance::Provenance;
 
+use crate::checkpoint::pth;
 use crate::error::Result;
 use std::path::{Path, PathBuf};
 

@@ -3,7 +3,9 @@
 use super::{DType, Tensor, TensorError, TensorSet};
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
+use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::{Dtype as StDtype, SafeTensors};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 fn from_st(d: StDtype) -> Option<DType> {
@@ -117,8 +119,10 @@ fn check_unique_names(path: &Path, header: &[u8]) -> Result<(), TensorError> {
     }
 }
 
-/// Writes tensors and metadata atomically. Tensor names must be unique (the format maps names to
-/// tensors; the safetensors serializer would panic on a repeat).
+/// Writes tensors and metadata atomically, streamed: the header first (laid out as the safetensors
+/// crate lays it out: data ordered by descending dtype alignment, then by name), then each tensor's
+/// bytes, with no copy of the tensors in memory. Tensor names must be unique (the format maps names
+/// to tensors).
 pub fn write(path: &Path, set: &TensorSet) -> Result<()> {
     let mut names = std::collections::HashSet::with_capacity(set.tensors.len());
     if let Some((n, _)) = set.tensors.iter().find(|(n, _)| !names.insert(n.as_str())) {
@@ -128,27 +132,92 @@ pub fn write(path: &Path, set: &TensorSet) -> Result<()> {
         }
         .into());
     }
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = set
-        .tensors
-        .iter()
-        .map(|(n, t)| {
-            safetensors::tensor::TensorView::new(to_st(t.dtype), t.shape.clone(), &t.data)
-                .map(|v| (n.clone(), v))
-                .map_err(|source| TensorError::SafetensorsView {
-                    name: n.clone(),
-                    source,
-                })
-        })
-        .collect::<Result<_, _>>()?;
-    let meta: std::collections::HashMap<String, String> =
-        set.metadata.clone().into_iter().collect();
-    let bytes = safetensors::tensor::serialize(views, Some(meta)).map_err(|source| {
-        TensorError::SafetensorsWrite {
-            path: path.into(),
-            source,
+    let mut order: Vec<&(String, Tensor)> = set.tensors.iter().collect();
+    order.sort_by(|(ln, l), (rn, r)| to_st(r.dtype).cmp(&to_st(l.dtype)).then(ln.cmp(rn)));
+    let mut infos = Vec::with_capacity(order.len());
+    let mut offset = 0usize;
+    for (n, t) in &order {
+        // Only checks the shape against the bytes (no copy).
+        safetensors::tensor::TensorView::new(to_st(t.dtype), t.shape.clone(), &t.data).map_err(
+            |source| TensorError::SafetensorsView {
+                name: n.clone(),
+                source,
+            },
+        )?;
+        let info = TensorInfo {
+            dtype: to_st(t.dtype),
+            shape: t.shape.clone(),
+            data_offsets: (offset, offset + t.data.len()),
+        };
+        offset += t.data.len();
+        infos.push((n.clone(), info));
+    }
+    let serializing = |source| TensorError::SafetensorsWrite {
+        path: path.into(),
+        source,
+    };
+    let meta = Some(set.metadata.clone().into_iter().collect());
+    let header = Metadata::new(meta, infos).map_err(serializing)?;
+    let mut header = serde_json::to_vec(&header)
+        .map_err(|e| serializing(safetensors::SafeTensorError::JsonError(e)))?;
+    // The data starts 8-byte aligned, as the crate's serializer pads it.
+    header.resize(header.len().next_multiple_of(HEADER_LEN), b' ');
+    write_atomic(path, |w| {
+        w.write_all(&(header.len() as u64).to_le_bytes())?;
+        w.write_all(&header)?;
+        order.iter().try_for_each(|(_, t)| w.write_all(&t.data))
+    })
+}
+
+/// True when the safetensors file at `path` holds exactly the tensors of `set` (names, dtypes,
+/// shapes and bytes; metadata aside). Reads the file a bounded chunk at a time, so checking a written
+/// file costs no second copy of it in memory.
+pub fn holds(path: &Path, set: &TensorSet) -> Result<bool> {
+    let io = |e| Error::io(path, e);
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut len = [0u8; HEADER_LEN];
+    file.read_exact(&mut len).map_err(io)?;
+    let n = usize::try_from(u64::from_le_bytes(len)).unwrap_or(usize::MAX);
+    let file_len = file.metadata().map_err(io)?.len();
+    if n as u64 > file_len {
+        return Ok(false);
+    }
+    let mut header = vec![0u8; n];
+    file.read_exact(&mut header).map_err(io)?;
+    check_unique_names(path, &header)?;
+    let Ok(meta) = serde_json::from_slice::<Metadata>(&header) else {
+        return Ok(false);
+    };
+    let start = (HEADER_LEN + n) as u64;
+    if meta.tensors().len() != set.tensors.len() {
+        return Ok(false);
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    for (name, t) in &set.tensors {
+        let Some(info) = meta.info(name) else {
+            return Ok(false);
+        };
+        let (begin, end) = info.data_offsets;
+        if from_st(info.dtype) != Some(t.dtype)
+            || info.shape != t.shape
+            || end - begin != t.data.len()
+        {
+            return Ok(false);
         }
-    })?;
-    write_atomic(path, |w| w.write_all(&bytes))
+        if start + end as u64 > file_len {
+            return Ok(false);
+        }
+        file.seek(SeekFrom::Start(start + begin as u64))
+            .map_err(io)?;
+        for chunk in t.data.chunks(buf.len()) {
+            let got = &mut buf[..chunk.len()];
+            file.read_exact(got).map_err(io)?;
+            if got != chunk {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -170,6 +239,26 @@ mod tests {
         write(&p, &set).unwrap();
         let back = read(&p).unwrap();
         assert_eq!(back, set);
+        assert!(holds(&p, &set).unwrap());
+        // The crate's own serializer lays the file out byte for byte the same (metadata aside,
+        // whose map order is not fixed).
+        let mut plain = set.clone();
+        plain.metadata.clear();
+        write(&p, &plain).unwrap();
+        let views = plain.tensors.iter().map(|(n, t)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(to_st(t.dtype), t.shape.clone(), &t.data)
+                    .unwrap(),
+            )
+        });
+        let want = safetensors::serialize(views, Some(Default::default())).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), want);
+        let mut changed = set.clone();
+        changed.tensors[1].1.data[0] ^= 1;
+        assert!(!holds(&p, &changed).unwrap());
+        changed.tensors.pop();
+        assert!(!holds(&p, &changed).unwrap());
     }
 
     #[test]

@@ -5,11 +5,12 @@
 //! label embedding as a bare tensor, as RAM loads its `frozen_tag_embedding/*.pth`.
 
 use super::infer::{load_model, LoadedModel};
-use super::keymap::LoadReport;
-use super::model::config::EntryDtype;
+use crate::checkpoint::keymap::LoadReport;
+use crate::checkpoint::model_config::EntryDtype;
 use super::weights::from_tch;
+use crate::checkpoint::pth;
 use crate::error::{ErrorKind, Result};
-use crate::tensors::{pth, FileFormat, Tensor};
+use crate::tensors::{FileFormat, Tensor};
 use serde::Serialize;
 use std::path::Path;
 use tch::{Device, Kind};
@@ -156,7 +157,7 @@ pub fn export(
         .config
         .state_dict_layout()
         .iter()
-        .filter(|e| e.kind == super::model::config::EntryKind::Buffer)
+        .filter(|e| e.kind == crate::checkpoint::model_config::EntryKind::Buffer)
         .count();
     let summary = ExportSummary {
         checkpoint: m.checkpoint.display().to_string(),

@@ -3,8 +3,8 @@
 //! inference transform, and batched scoring of image files. Used by `tagfix tag`,
 //! `tagfix eval --checkpoint` and `tagfix export`.
 
-use super::inspect::fit_presets;
-use super::keymap::{checkpoint_keys, LoadReport};
+use crate::checkpoint::inspect::fit_presets;
+use crate::checkpoint::keymap::{checkpoint_keys, LoadReport};
 use super::model::{ParamInit, RamPlus, RamPlusConfig};
 use super::weights::{self, LoadOptions};
 use crate::error::{Error, ErrorKind, Result};

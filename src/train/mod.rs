@@ -1,34 +1,29 @@
-//! RAM++ training (feature `train`, libtorch through `tch`): the model, checkpoint loading, the data
-//! pipeline, the optimizer and the training loop. The model configuration, its state-dict layout,
-//! checkpoint key matching, inspection, conversion and the training configuration are available
-//! without the feature (`tagfix inspect` / `convert` use them).
+//! RAM++ training with libtorch (`tch`): the model, loading checkpoints into it, the data pipeline,
+//! the optimizer and the training loop, all behind the feature `train` (one gate, below). The
+//! training settings ([`config`]) build without it, since every build's command line parses them.
+//! What else needs no libtorch — the model configurations and their state-dict layout, the `.pth`
+//! reader and writer, key matching, inspection and conversion — is in [`crate::checkpoint`].
 
-#[cfg(feature = "train")]
-pub mod autocast;
 pub mod config;
-pub mod convert;
-#[cfg(feature = "train")]
-pub mod data;
 pub mod dist;
 pub mod error;
-#[cfg(feature = "train")]
-pub mod export;
-#[cfg(feature = "train")]
-pub mod fused;
-#[cfg(feature = "train")]
-pub mod infer;
-pub mod inspect;
-pub mod keymap;
-pub mod model;
-#[cfg(feature = "train")]
-pub mod objective;
-#[cfg(feature = "train")]
-pub mod optim;
-#[cfg(feature = "train")]
-pub mod run;
-#[cfg(feature = "train")]
-pub mod trainer;
-#[cfg(feature = "train")]
-pub mod validate;
-#[cfg(feature = "train")]
-pub mod weights;
+
+/// Puts every item given behind the feature `train`: the one place the libtorch half is gated.
+macro_rules! with_libtorch {
+    ($($item:item)*) => { $( #[cfg(feature = "train")] $item )* };
+}
+
+with_libtorch! {
+    pub mod autocast;
+    pub mod data;
+    pub mod export;
+    pub mod fused;
+    pub mod infer;
+    pub mod model;
+    pub mod objective;
+    pub mod optim;
+    pub mod run;
+    pub mod trainer;
+    pub mod validate;
+    pub mod weights;
+}

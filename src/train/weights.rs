@@ -2,13 +2,13 @@
 //! was really initialised from pretrained weights.
 //!
 //! Accepts safetensors and PyTorch `torch.save` files (zip or legacy, `{"model": state_dict}` as the
-//! official RAM++ and Swin checkpoints are stored; read by [`crate::tensors::pth`] without running
-//! any pickle code). Key matching follows RAM's loaders ([`super::keymap`]); bias tables of another
+//! official RAM++ and Swin checkpoints are stored; read by [`crate::checkpoint::pth`] without running
+//! any pickle code). Key matching follows RAM's loaders ([`crate::checkpoint::keymap`]); bias tables of another
 //! window size are resized bicubically over the (2w−1)² grid as timm does
 //! (`F.interpolate(mode="bicubic", align_corners=False)`), since the SciPy `interp2d` the official
 //! code used no longer exists.
 
-use super::keymap::{self, Action, LoadReport, ModelKey};
+use crate::checkpoint::keymap::{self, Action, LoadReport, ModelKey};
 use crate::error::{Error, Result};
 use crate::tensors::{self, DType, TensorSet};
 use std::path::Path;

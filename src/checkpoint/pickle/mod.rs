@@ -14,8 +14,12 @@
 //! A pickle that refers to an object before it is complete (a self-referencing structure) or that
 //! mutates an object it obtained through a memo reference is refused rather than read wrongly.
 
-use super::DType;
-use crate::error::{Error, Result};
+mod opcode;
+
+pub use opcode::Op;
+
+use super::error::{CheckpointError, Result};
+use crate::tensors::DType;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -227,8 +231,12 @@ impl<'p> Unpickler<'p> {
         }
     }
 
-    fn err(&self, pos: usize, m: impl std::fmt::Display) -> Error {
-        Error::invalid(self.path, format!("pickle byte {pos}: {m}"))
+    fn err(&self, pos: usize, m: impl std::fmt::Display) -> CheckpointError {
+        CheckpointError::Pickle {
+            path: self.path.to_path_buf(),
+            offset: pos,
+            message: m.to_string(),
+        }
     }
 
     fn pop(&mut self, pos: usize) -> Result<Slot> {
@@ -420,137 +428,145 @@ impl<'p> Unpickler<'p> {
         }
         loop {
             let at = p;
-            let op = take!(1)[0];
+            let byte = take!(1)[0];
+            let Some(op) = Op::from_byte(byte) else {
+                return Err(self.err(
+                    at,
+                    format!("unsupported pickle opcode 0x{byte:02x}; this file is not a plain tensor checkpoint"),
+                ));
+            };
             match op {
-                0x80 => {
+                Op::Proto => {
                     take!(1);
                 } // PROTO
-                0x95 => {
+                Op::Frame => {
                     take!(8);
                 } // FRAME
-                b'.' => {
+                Op::Stop => {
                     self.consumed = p;
                     return Ok(self.pop(at)?.v);
                 }
-                b'(' => self.marks.push(self.stack.len()),
-                b'N' => self.push(Value::None),
-                0x88 => self.push(Value::Bool(true)),
-                0x89 => self.push(Value::Bool(false)),
-                b'K' => {
+                Op::Mark => self.marks.push(self.stack.len()),
+                Op::None => self.push(Value::None),
+                Op::NewTrue => self.push(Value::Bool(true)),
+                Op::NewFalse => self.push(Value::Bool(false)),
+                Op::BinInt1 => {
                     let v = take!(1)[0];
                     self.push(Value::Int(v.into()))
                 }
-                b'M' => {
+                Op::BinInt2 => {
                     let b = take!(2);
                     self.push(Value::Int(u16::from_le_bytes([b[0], b[1]]).into()))
                 }
-                b'J' => {
+                Op::BinInt => {
                     let v = i32::from_le_bytes(take!(4).try_into().unwrap());
                     self.push(Value::Int(v.into()))
                 }
-                0x8a => {
+                Op::Long1 => {
                     // LONG1
                     let n = take!(1)[0] as usize;
                     let b = take!(n).to_vec();
                     self.push(long_from_bytes(b));
                 }
-                0x8b => {
+                Op::Long4 => {
                     let n = u32le!() as usize;
                     let b = take!(n).to_vec();
                     self.push(long_from_bytes(b));
                 }
-                b'G' => {
+                Op::BinFloat => {
                     let v = f64::from_be_bytes(take!(8).try_into().unwrap());
                     self.push(Value::Float(v))
                 }
-                b'X' => {
+                Op::BinUnicode => {
                     let n = u32le!() as usize;
                     let s = self.utf8(take!(n), at)?;
                     self.push(Value::Str(s))
                 }
-                0x8c => {
+                Op::ShortBinUnicode => {
                     let n = take!(1)[0] as usize;
                     let s = self.utf8(take!(n), at)?;
                     self.push(Value::Str(s))
                 }
-                0x8d => {
+                Op::BinUnicode8 => {
                     let n = u64::from_le_bytes(take!(8).try_into().unwrap());
                     let n = usize::try_from(n).unwrap_or(usize::MAX);
                     let s = self.utf8(take!(n), at)?;
                     self.push(Value::Str(s))
                 }
-                b'U' => {
+                Op::ShortBinString => {
                     let n = take!(1)[0] as usize;
                     let s = String::from_utf8_lossy(take!(n)).into_owned();
                     self.push(Value::Str(s))
                 }
-                b'T' => {
+                Op::BinString => {
                     let n = u32le!() as usize;
                     let s = String::from_utf8_lossy(take!(n)).into_owned();
                     self.push(Value::Str(s))
                 }
-                b'C' => {
+                Op::ShortBinBytes => {
                     let n = take!(1)[0] as usize;
                     let b = take!(n).to_vec();
                     self.push(Value::Bytes(b))
                 }
-                b'B' => {
+                Op::BinBytes => {
                     let n = u32le!() as usize;
                     let b = take!(n).to_vec();
                     self.push(Value::Bytes(b))
                 }
-                b')' => self.push_container(Vec::new(), Value::Tuple, at)?,
-                b']' => self.push_container(Vec::new(), Value::List, at)?,
-                b'}' => self.push_container(Vec::new(), |_| Value::Dict(Vec::new()), at)?,
-                b't' => {
+                Op::EmptyTuple => self.push_container(Vec::new(), Value::Tuple, at)?,
+                Op::EmptyList => self.push_container(Vec::new(), Value::List, at)?,
+                Op::EmptyDict => {
+                    self.push_container(Vec::new(), |_| Value::Dict(Vec::new()), at)?
+                }
+                Op::Tuple => {
                     let items = self.pop_mark(at)?;
                     self.push_container(items, Value::Tuple, at)?
                 }
-                b'l' => {
+                Op::List => {
                     let items = self.pop_mark(at)?;
                     self.push_container(items, Value::List, at)?
                 }
-                0x85..=0x87 => {
-                    let items = self.pop_n((op - 0x84) as usize, at)?;
+                Op::Tuple1 | Op::Tuple2 | Op::Tuple3 => {
+                    let items = self.pop_n(usize::from(op.byte() - Op::Tuple1.byte()) + 1, at)?;
                     self.push_container(items, Value::Tuple, at)?
                 }
-                b'q' => {
+                Op::BinPut => {
                     let k = take!(1)[0] as u32;
                     self.put(k, at)?
                 }
-                b'r' => {
+                Op::LongBinPut => {
                     let k = u32le!();
                     self.put(k, at)?
                 }
-                0x94 => {
+                Op::Memoize => {
                     let k = self.memo.len() as u32;
                     self.put(k, at)?
                 }
-                b'h' => {
+                Op::BinGet => {
                     let k = take!(1)[0] as u32;
                     self.get(k, at)?
                 }
-                b'j' => {
+                Op::LongBinGet => {
                     let k = u32le!();
                     self.get(k, at)?
                 }
-                b'a' => {
+                Op::Append => {
                     let v = self.pop(at)?;
                     self.extend_top(vec![v], at, "APPEND")?
                 }
-                b'e' => {
+                Op::Appends => {
                     let items = self.pop_mark(at)?;
                     self.extend_top(items, at, "APPENDS")?
                 }
-                b's' => {
+                Op::SetItem => {
                     let kv = self.pop_n(2, at)?;
                     self.extend_top(kv, at, "SETITEM")?
                 }
-                b'u' => {
+                Op::SetItems => {
                     let items = self.pop_mark(at)?;
                     self.extend_top(items, at, "SETITEMS")?
                 }
-                b'c' => {
+                Op::Global => {
                     let rest = &data[p..];
                     let line = |r: &[u8]| memchr::memchr(b'\n', r);
                     let m_end = line(rest).ok_or_else(|| self.err(at, "unterminated GLOBAL"))?;
@@ -561,21 +577,23 @@ impl<'p> Unpickler<'p> {
                     p += m_end + 1 + n_end + 1;
                     self.push_global(format!("{module}.{name}"), at)?;
                 }
-                0x93 => {
+                Op::StackGlobal => {
                     let name = self.pop(at)?.v;
                     let module = self.pop(at)?.v;
                     match (module, name) {
-                        (Value::Str(m), Value::Str(n)) => self.push_global(format!("{m}.{n}"), at)?,
+                        (Value::Str(m), Value::Str(n)) => {
+                            self.push_global(format!("{m}.{n}"), at)?
+                        }
                         _ => return Err(self.err(at, "STACK_GLOBAL with non-string operands")),
                     }
                 }
-                b'Q' => {
+                Op::BinPersId => {
                     let pid = self.pop(at)?.v;
                     let v = self.persistent(pid, at)?;
                     self.push(v)
                 }
                 // REDUCE, and NEWOBJ: cls.__new__(cls, *args) — both only for allowed globals.
-                b'R' | 0x81 => {
+                Op::Reduce | Op::NewObj => {
                     let args = self.pop(at)?;
                     let func = self.pop(at)?.v;
                     let m = args.m;
@@ -586,19 +604,13 @@ impl<'p> Unpickler<'p> {
                     };
                     self.stack.push(Slot::new(v, m))
                 }
-                b'b' => {
+                Op::Build => {
                     // BUILD: state for the object below. Dicts (OrderedDict `_metadata`) and tensors
                     // (parameter attributes) carry nothing tagfix needs: drop the state.
                     self.pop(at)?;
                     if self.stack.is_empty() {
                         return Err(self.err(at, "BUILD on an empty stack"));
                     }
-                }
-                other => {
-                    return Err(self.err(
-                        at,
-                        format!("unsupported pickle opcode 0x{other:02x}; this file is not a plain tensor checkpoint"),
-                    ))
                 }
             }
         }
@@ -610,14 +622,11 @@ impl<'p> Unpickler<'p> {
 
     fn push_global(&mut self, name: String, at: usize) -> Result<()> {
         if !ALLOWED_GLOBALS.contains(&name.as_str()) {
-            return Err(self.err(
-                at,
-                format!(
-                    "refusing to load: the pickle names the global `{name}`, which a tensor checkpoint never needs \
-                     (it could run code if unpickled by Python). Nothing was executed. Only tensors, storages and \
-                     OrderedDict are accepted"
-                ),
-            ));
+            return Err(CheckpointError::RefusedGlobal {
+                path: self.path.to_path_buf(),
+                offset: at,
+                global: name,
+            });
         }
         self.push(Value::Global(name));
         Ok(())

@@ -8,9 +8,9 @@
 //!
 //! Pure bookkeeping without libtorch: `tagfix inspect` uses it to tell which preset a checkpoint fits.
 
-use super::model::config::module_group;
+use super::model_config::module_group;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// A key of the model being loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,14 +186,46 @@ fn note_if(notes: &mut Vec<String>, count: usize, template: &str) {
     }
 }
 
-/// Plans loading `checkpoint` into a model with `model` keys.
+/// Plans loading `checkpoint` into a model with `model` keys, in four phases: [`normalise_names`],
+/// [`place_encoder`], [`match_keys`], [`group_counts`].
 pub fn plan(source: &str, checkpoint: &[CheckpointKey], model: &[ModelKey]) -> LoadPlan {
     let model_by_name: HashMap<&str, &ModelKey> =
         model.iter().map(|k| (k.name.as_str(), k)).collect();
-    let mut notes = Vec::new();
+    let (mut names, mut notes) = normalise_names(checkpoint);
+    let (layout, encoder_notes) = place_encoder(&mut names, &model_by_name);
+    notes.extend(encoder_notes);
+    let matched = match_keys(checkpoint, &names, &model_by_name);
+    notes.extend(matched.notes());
+    let (groups, missing) = group_counts(model, &matched);
+    let expected = groups.iter().map(|g| g.expected).sum();
+    let loaded = groups.iter().map(|g| g.loaded).sum();
+    LoadPlan {
+        tensors: matched.tensors,
+        report: LoadReport {
+            source: source.to_string(),
+            layout,
+            notes,
+            groups,
+            expected,
+            loaded,
+            missing,
+            unexpected: matched.unexpected,
+            shape_mismatched: matched.mismatched,
+            resized: matched.resized,
+            buffers_recomputed: matched.dropped_buffers.len(),
+            buffer_mismatches: Vec::new(),
+            dtype_converted: 0,
+        },
+        dropped_buffers: matched.dropped_buffers,
+    }
+}
 
-    // 1. DDP prefix and the official rename.
-    let mut names: Vec<(String, String)> = Vec::with_capacity(checkpoint.len()); // (checkpoint, candidate)
+/// Phase 1: each checkpoint key with the name it is matched under (`(checkpoint, candidate)`):
+/// the DDP prefix `module.` stripped, `vision_multi` renamed to `tagging_head` as RAM's loader does,
+/// timm's patch-merging keys moved one stage down. Notes say what changed.
+pub fn normalise_names(checkpoint: &[CheckpointKey]) -> (Vec<(String, String)>, Vec<String>) {
+    let mut notes = Vec::new();
+    let mut names: Vec<(String, String)> = Vec::with_capacity(checkpoint.len());
     let mut stripped_module = 0;
     let mut renamed = 0;
     for k in checkpoint {
@@ -228,9 +260,19 @@ pub fn plan(source: &str, checkpoint: &[CheckpointKey], model: &[ModelKey]) -> L
         moved,
         "timm-style Swin keys: moved {} patch-merging keys from `layers.{i+1}.downsample` to `layers.{i}.downsample`",
     );
+    (names, notes)
+}
 
-    // 2. Encoder prefix: a bare Swin checkpoint into RAM++, or a RAM++ checkpoint into a bare encoder.
-    let model_has_encoder_prefix = model.iter().any(|k| k.name.starts_with("visual_encoder."));
+/// Phase 2: the encoder prefix — a bare Swin checkpoint into RAM++ gains `visual_encoder.`, a RAM++
+/// checkpoint into a bare encoder loses it — for names the model does not already have. Returns what
+/// the checkpoint was read as, and notes.
+pub fn place_encoder(
+    names: &mut [(String, String)],
+    model_by_name: &HashMap<&str, &ModelKey>,
+) -> (String, Vec<String>) {
+    let model_has_encoder_prefix = model_by_name
+        .keys()
+        .any(|k| k.starts_with("visual_encoder."));
     let checkpoint_has_encoder_prefix = names.iter().any(|(_, n)| n.starts_with("visual_encoder."));
     let mut added = 0;
     let mut stripped_encoder = 0;
@@ -251,14 +293,14 @@ pub fn plan(source: &str, checkpoint: &[CheckpointKey], model: &[ModelKey]) -> L
     }
     let layout = if added > 0 && !checkpoint_has_encoder_prefix {
         "Swin image-encoder checkpoint (keys without `visual_encoder.`), loaded into visual_encoder"
-            .to_string()
     } else if stripped_encoder > 0 {
-        "RAM++ checkpoint, image-encoder part loaded into a bare encoder".to_string()
+        "RAM++ checkpoint, image-encoder part loaded into a bare encoder"
     } else if checkpoint_has_encoder_prefix {
-        "RAM++ state dict".to_string()
+        "RAM++ state dict"
     } else {
-        "state dict without image-encoder keys".to_string()
+        "state dict without image-encoder keys"
     };
+    let mut notes = Vec::new();
     note_if(
         &mut notes,
         added,
@@ -269,96 +311,126 @@ pub fn plan(source: &str, checkpoint: &[CheckpointKey], model: &[ModelKey]) -> L
         stripped_encoder,
         "stripped the prefix `visual_encoder.` from {} keys",
     );
+    (layout.to_string(), notes)
+}
 
-    // 3. Match.
-    let mut tensors = Vec::new();
-    let mut dropped_buffers = Vec::new();
-    let mut unexpected = Vec::new();
-    let mut mismatched = Vec::new();
-    let mut resized = Vec::new();
-    let mut unexpected_groups: BTreeMap<String, usize> = BTreeMap::new();
-    let mut loaded_names: HashMap<&str, ()> = HashMap::new();
-    for (k, (ck_name, name)) in checkpoint.iter().zip(&names) {
+/// What phase 3 decided for every checkpoint key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Matched {
+    pub tensors: Vec<PlannedTensor>,
+    pub dropped_buffers: Vec<DroppedBuffer>,
+    /// Checkpoint names with no place in the model.
+    pub unexpected: Vec<String>,
+    pub mismatched: Vec<ShapeMismatch>,
+    pub resized: Vec<Resized>,
+    /// Unexpected keys per module group (of their normalised names).
+    pub unexpected_groups: BTreeMap<String, usize>,
+    /// Model names that receive a tensor.
+    pub loaded: HashSet<String>,
+}
+
+impl Matched {
+    /// Notes on the buffers dropped and the tables resized.
+    fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        let dropped = self.dropped_buffers.len();
+        if dropped > 0 {
+            notes.push(format!(
+                "dropped {dropped} constant buffers (relative_position_index, attn_mask) from the checkpoint: recomputed for the model's geometry"
+            ));
+        }
+        if let Some(r) = self.resized.first() {
+            notes.push(format!(
+                "resized {} relative_position_bias_table tensors bicubically (e.g. window {} → {})",
+                self.resized.len(),
+                r.from_window,
+                r.to_window
+            ));
+        }
+        notes
+    }
+
+    fn unexpected(&mut self, checkpoint_name: &str, name: &str) {
+        self.unexpected.push(checkpoint_name.to_string());
+        *self
+            .unexpected_groups
+            .entry(module_group(name).to_string())
+            .or_default() += 1;
+    }
+
+    fn load(&mut self, checkpoint_name: &str, m: &ModelKey, action: Action) {
+        self.tensors.push(PlannedTensor {
+            checkpoint_name: checkpoint_name.to_string(),
+            model_name: m.name.clone(),
+            action,
+        });
+        self.loaded.insert(m.name.clone());
+    }
+}
+
+/// Phase 3: matches each checkpoint key (under its normalised name from `names`) to the model:
+/// constant buffers are dropped (recomputed), equal shapes copied, bias tables of another window
+/// resized, anything else unexpected or a shape mismatch.
+pub fn match_keys(
+    checkpoint: &[CheckpointKey],
+    names: &[(String, String)],
+    model_by_name: &HashMap<&str, &ModelKey>,
+) -> Matched {
+    let mut out = Matched::default();
+    for (k, (ck_name, name)) in checkpoint.iter().zip(names) {
         if is_buffer_key(name) {
             let model_name = model_by_name
                 .get(name.as_str())
                 .filter(|m| m.buffer && m.shape == k.shape)
                 .map(|m| m.name.clone());
-            dropped_buffers.push(DroppedBuffer {
+            out.dropped_buffers.push(DroppedBuffer {
                 checkpoint_name: ck_name.clone(),
                 model_name,
             });
             continue;
         }
         match model_by_name.get(name.as_str()) {
-            None => {
-                unexpected.push(ck_name.clone());
-                *unexpected_groups
-                    .entry(module_group(name).to_string())
-                    .or_default() += 1;
-            }
-            Some(m) if m.buffer => {
-                unexpected.push(ck_name.clone());
-                *unexpected_groups
-                    .entry(module_group(name).to_string())
-                    .or_default() += 1;
-            }
-            Some(m) if m.shape == k.shape => {
-                tensors.push(PlannedTensor {
-                    checkpoint_name: ck_name.clone(),
-                    model_name: m.name.clone(),
-                    action: Action::Copy,
-                });
-                loaded_names.insert(m.name.as_str(), ());
-            }
-            Some(m) => {
-                let resize = (name.ends_with(BIAS_TABLE)
-                    && k.shape.len() == 2
-                    && m.shape.len() == 2
-                    && k.shape[1] == m.shape[1])
-                    .then(|| Some((window_of_table(k.shape[0])?, window_of_table(m.shape[0])?)))
-                    .flatten();
-                match resize {
-                    Some((from_window, to_window)) => {
-                        tensors.push(PlannedTensor {
-                            checkpoint_name: ck_name.clone(),
-                            model_name: m.name.clone(),
-                            action: Action::ResizeBiasTable {
-                                from_window,
-                                to_window,
-                            },
-                        });
-                        resized.push(Resized {
-                            name: m.name.clone(),
+            None => out.unexpected(ck_name, name),
+            Some(m) if m.buffer => out.unexpected(ck_name, name),
+            Some(m) if m.shape == k.shape => out.load(ck_name, m, Action::Copy),
+            Some(m) => match bias_table_resize(name, &k.shape, &m.shape) {
+                Some((from_window, to_window)) => {
+                    out.load(
+                        ck_name,
+                        m,
+                        Action::ResizeBiasTable {
                             from_window,
                             to_window,
-                        });
-                        loaded_names.insert(m.name.as_str(), ());
-                    }
-                    None => mismatched.push(ShapeMismatch {
+                        },
+                    );
+                    out.resized.push(Resized {
                         name: m.name.clone(),
-                        checkpoint: k.shape.clone(),
-                        model: m.shape.clone(),
-                    }),
+                        from_window,
+                        to_window,
+                    });
                 }
-            }
+                None => out.mismatched.push(ShapeMismatch {
+                    name: m.name.clone(),
+                    checkpoint: k.shape.clone(),
+                    model: m.shape.clone(),
+                }),
+            },
         }
     }
-    let dropped = dropped_buffers.len();
-    if dropped > 0 {
-        notes.push(format!(
-            "dropped {dropped} constant buffers (relative_position_index, attn_mask) from the checkpoint: recomputed for the model's geometry"
-        ));
-    }
-    if !resized.is_empty() {
-        let (f, t) = (resized[0].from_window, resized[0].to_window);
-        notes.push(format!(
-            "resized {} relative_position_bias_table tensors bicubically (e.g. window {f} → {t})",
-            resized.len()
-        ));
-    }
+    out
+}
 
-    // 4. Per group.
+/// The windows (from, to) when a bias table of shape `from` can be resized to `to`.
+fn bias_table_resize(name: &str, from: &[usize], to: &[usize]) -> Option<(usize, usize)> {
+    let tables = name.ends_with(BIAS_TABLE) && from.len() == 2 && to.len() == 2 && from[1] == to[1];
+    tables
+        .then(|| Some((window_of_table(from[0])?, window_of_table(to[0])?)))
+        .flatten()
+}
+
+/// Phase 4: counts per module group (in RAM++'s `state_dict` order of top-level modules, others
+/// after them), and the model parameters nothing was loaded into.
+pub fn group_counts(model: &[ModelKey], matched: &Matched) -> (Vec<GroupCounts>, Vec<String>) {
     let mut groups: Vec<GroupCounts> = Vec::new();
     let mut group_index: HashMap<String, usize> = HashMap::new();
     let mut group_of = |g: &str, groups: &mut Vec<GroupCounts>| -> usize {
@@ -374,26 +446,25 @@ pub fn plan(source: &str, checkpoint: &[CheckpointKey], model: &[ModelKey]) -> L
     for m in model.iter().filter(|m| !m.buffer) {
         let gi = group_of(module_group(&m.name), &mut groups);
         groups[gi].expected += 1;
-        if loaded_names.contains_key(m.name.as_str()) {
+        if matched.loaded.contains(&m.name) {
             groups[gi].loaded += 1;
         } else {
             groups[gi].missing += 1;
             missing.push(m.name.clone());
         }
     }
-    for s in &mismatched {
+    for s in &matched.mismatched {
         let gi = group_of(module_group(&s.name), &mut groups);
         groups[gi].shape_mismatched += 1;
     }
-    for r in &resized {
+    for r in &matched.resized {
         let gi = group_of(module_group(&r.name), &mut groups);
         groups[gi].resized += 1;
     }
-    for (g, n) in unexpected_groups {
-        let gi = group_of(&g, &mut groups);
+    for (g, n) in &matched.unexpected_groups {
+        let gi = group_of(g, &mut groups);
         groups[gi].unexpected += n;
     }
-    // state_dict order of RAM++'s top-level modules; others after them.
     const ORDER: [&str; 7] = [
         "label_embed",
         "reweight_scale",
@@ -409,27 +480,7 @@ pub fn plan(source: &str, checkpoint: &[CheckpointKey], model: &[ModelKey]) -> L
             .position(|o| *o == g.group)
             .unwrap_or(ORDER.len())
     });
-    let expected = groups.iter().map(|g| g.expected).sum();
-    let loaded = groups.iter().map(|g| g.loaded).sum();
-    LoadPlan {
-        tensors,
-        dropped_buffers,
-        report: LoadReport {
-            source: source.to_string(),
-            layout,
-            notes,
-            groups,
-            expected,
-            loaded,
-            missing,
-            unexpected,
-            shape_mismatched: mismatched,
-            resized,
-            buffers_recomputed: dropped,
-            buffer_mismatches: Vec::new(),
-            dtype_converted: 0,
-        },
-    }
+    (groups, missing)
 }
 
 impl LoadReport {
@@ -713,6 +764,63 @@ mod tests {
             &[16, 32],
         )];
         assert!(plan("x", &official, &model).report.notes.is_empty());
+    }
+
+    #[test]
+    fn phases_work_alone() {
+        // 1: prefix, rename and timm renumbering, without looking at the model.
+        let ckpt = vec![
+            ck("module.vision_multi.fc.weight", &[3]),
+            ck("layers.1.downsample.norm.weight", &[4]),
+        ];
+        let (mut names, notes) = normalise_names(&ckpt);
+        assert_eq!(names[0].1, "tagging_head.fc.weight");
+        assert_eq!(names[1].1, "layers.0.downsample.norm.weight");
+        assert_eq!(notes.len(), 3, "{notes:?}");
+
+        // 2: only names the model lacks get the encoder prefix.
+        let model = [
+            mk("tagging_head.fc.weight", &[3]),
+            mk("visual_encoder.layers.0.downsample.norm.weight", &[4]),
+        ];
+        let by_name: HashMap<&str, &ModelKey> =
+            model.iter().map(|k| (k.name.as_str(), k)).collect();
+        let (layout, notes) = place_encoder(&mut names, &by_name);
+        assert_eq!(names[0].1, "tagging_head.fc.weight");
+        assert_eq!(names[1].1, "visual_encoder.layers.0.downsample.norm.weight");
+        assert!(layout.starts_with("Swin image-encoder"), "{layout}");
+        assert_eq!(notes.len(), 1);
+
+        // 3: a shape mismatch, a copy, a dropped buffer, an unexpected key.
+        let ckpt = vec![
+            ck("a", &[2]),
+            ck("b", &[5]),
+            ck("x.attn_mask", &[1, 4, 4]),
+            ck("c.w", &[1]),
+        ];
+        let model = [mk("a", &[3]), mk("b", &[5])];
+        let by_name: HashMap<&str, &ModelKey> =
+            model.iter().map(|k| (k.name.as_str(), k)).collect();
+        let names: Vec<_> = ckpt
+            .iter()
+            .map(|k| (k.name.clone(), k.name.clone()))
+            .collect();
+        let m = match_keys(&ckpt, &names, &by_name);
+        assert_eq!(m.tensors.len(), 1);
+        assert_eq!(m.tensors[0].model_name, "b");
+        assert_eq!(m.mismatched[0].name, "a");
+        assert_eq!(m.dropped_buffers.len(), 1);
+        assert_eq!(m.unexpected, vec!["c.w"]);
+        assert_eq!(m.unexpected_groups.get("c"), Some(&1));
+
+        // 4: counts per group, RAM++'s module order first.
+        let model = [mk("zz.w", &[1]), mk("b", &[5]), mk("label_embed", &[1])];
+        let (groups, missing) = group_counts(&model, &m);
+        let order: Vec<_> = groups.iter().map(|g| g.group.as_str()).collect();
+        assert_eq!(order, vec!["label_embed", "zz", "b", "a", "c"]);
+        assert_eq!(missing, vec!["zz.w", "label_embed"]);
+        let b = &groups[2];
+        assert_eq!((b.expected, b.loaded), (1, 1));
     }
 
     #[test]

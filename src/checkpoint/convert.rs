@@ -4,8 +4,10 @@
 //! the other way: any tensor file to `{"model": state_dict}`.
 
 use super::inspect::read_checkpoint;
+use super::pth;
+use super::CheckpointError;
 use crate::error::{Error, Result};
-use crate::tensors::{pth, safetensors_io, FileFormat, TensorSet};
+use crate::tensors::{safetensors_io, FileFormat, TensorSet};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -27,7 +29,8 @@ pub struct ConvertSummary {
 
 /// Converts `input` (`.pth`/`.pt`/`.bin`, or `.safetensors`) to the safetensors file `output`
 /// (or, for an `output` ending in `.pth`, to `{"model": state_dict}`), written atomically and read
-/// back to check that every tensor round-trips.
+/// back to check that every tensor round-trips. Holds the tensors once: the input is read one
+/// storage at a time, the output written and compared as a stream.
 pub fn convert(input: &Path, output: &Path) -> Result<ConvertSummary> {
     let to_pth = match FileFormat::from_path(output).ok() {
         Some(FileFormat::Safetensors) => false,
@@ -42,7 +45,7 @@ pub fn convert(input: &Path, output: &Path) -> Result<ConvertSummary> {
     crate::fsutil::check_outputs([output], &[input])?;
     let (mut set, format, container, extras) = read_checkpoint(input)?;
     if set.tensors.is_empty() {
-        return Err(Error::invalid(input, "holds no tensors"));
+        return Err(CheckpointError::invalid(input, "holds no tensors").into());
     }
     if to_pth {
         return to_state_dict_pth(input, output, set, format, container);
@@ -59,17 +62,12 @@ pub fn convert(input: &Path, output: &Path) -> Result<ConvertSummary> {
         set.metadata.insert(format!("extra.{k}"), v.to_string());
     }
     safetensors_io::write(output, &set)?;
-    let back = safetensors_io::read(output)?;
-    let sorted = |v: &[(String, crate::tensors::Tensor)]| {
-        let mut r: Vec<_> = v.iter().collect();
-        r.sort_by(|a, b| a.0.cmp(&b.0));
-        r.into_iter().cloned().collect::<Vec<_>>()
-    };
-    if sorted(&back.tensors) != sorted(&set.tensors) {
-        return Err(Error::invalid(
-            output,
-            "written file does not read back identically",
-        ));
+    // Compared a chunk at a time: no second copy of the checkpoint in memory.
+    if !safetensors_io::holds(output, &set)? {
+        return Err(CheckpointError::RoundTrip {
+            path: output.to_path_buf(),
+        }
+        .into());
     }
     Ok(summary(
         input,
@@ -118,10 +116,10 @@ fn to_state_dict_pth(
 ) -> Result<ConvertSummary> {
     pth::write(output, pth::PthContent::Wrapped("model", &set.tensors))?;
     if pth::read(output)?.tensors != set.tensors {
-        return Err(Error::invalid(
-            output,
-            "written file does not read back identically",
-        ));
+        return Err(CheckpointError::RoundTrip {
+            path: output.to_path_buf(),
+        }
+        .into());
     }
     Ok(summary(input, output, &set, format, container, Vec::new()))
 }

@@ -3,9 +3,10 @@
 //! preset (through the same key matching the loader uses). Needs no libtorch.
 
 use super::keymap::{self, CheckpointKey, LoadReport, ModelKey};
-use super::model::config::{module_group, EntryKind, RamPlusConfig};
+use super::model_config::{module_group, EntryKind, RamPlusConfig, RAM_NUM_CLASS};
+use super::pth;
 use crate::error::Result;
-use crate::tensors::{self, pth, FileFormat, TensorSet};
+use crate::tensors::{self, FileFormat, TensorSet};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -258,7 +259,7 @@ pub fn inspect(path: &Path, extra_configs: &[RamPlusConfig]) -> Result<Checkpoin
     }
     let label_embed = keys.iter().find(|k| k.name.trim_start_matches("module.") == "label_embed").map(|k| {
         let rows = k.shape.first().copied().unwrap_or(0);
-        let n = super::model::config::RAM_NUM_CLASS;
+        let n = RAM_NUM_CLASS;
         match tensors::Layout::detect(rows, n, path) {
             Ok(tensors::Layout::PerTag { .. }) => format!("{rows} rows: RAM layout, one row per tag of a {n}-tag vocabulary"),
             Ok(tensors::Layout::PerDescription { per_tag, .. }) => {
