@@ -216,7 +216,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
             let prepared = match prepare_on(&cfg, &inputs, group.device()) {
                 Ok(p) => p,
                 Err(e) => {
-                    group.report_failure(&e.to_string());
+                    group.report_failure(&tagfix::error::report(&e));
                     return Err(e.into());
                 }
             };
