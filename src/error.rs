@@ -89,33 +89,6 @@ pub enum Error {
     Dist(#[from] crate::train::dist::DistError),
 
     /// Legacy, being replaced by module error enums.
-    #[error("{path}:{line}: {message}")]
-    Parse {
-        path: PathBuf,
-        line: usize,
-        message: String,
-    },
-
-    /// A syntax error at a known position of a file (not inside one record).
-    #[error("{path}:{line}:{column}: {message}")]
-    Syntax {
-        path: PathBuf,
-        line: u64,
-        column: u64,
-        message: String,
-    },
-
-    /// A problem with one record of an annotation file (`record` is its 0-based index).
-    #[error("{path}:{line}:{column}: record {record}: {message}")]
-    Record {
-        path: PathBuf,
-        line: u64,
-        column: u64,
-        record: u64,
-        message: String,
-    },
-
-    /// Legacy, being replaced by module error enums.
     #[error("{path}: {message}")]
     InvalidInput { path: PathBuf, message: String },
 
@@ -126,10 +99,6 @@ pub enum Error {
     /// Training would start with an image encoder that no pretrained checkpoint initialised.
     #[error("image encoder not initialised from a pretrained checkpoint: {0}")]
     EncoderNotInitialised(String),
-
-    /// Legacy, being replaced by module error enums: ONNX Runtime could not be loaded or failed.
-    #[error("{0}")]
-    Runtime(String),
 
     /// Legacy, being replaced by module error enums.
     #[error("{0}")]
@@ -204,11 +173,7 @@ impl Error {
             Error::Train(e) => e.kind(),
             Error::Checkpoint(e) => e.kind(),
             Error::Usage(_) => ErrorKind::Usage,
-            Error::Runtime(_) => ErrorKind::Environment,
-            Error::Parse { .. }
-            | Error::Syntax { .. }
-            | Error::Record { .. }
-            | Error::InvalidInput { .. }
+            Error::InvalidInput { .. }
             | Error::EncoderNotInitialised(_)
             | Error::Other(_) => ErrorKind::Input,
         }
