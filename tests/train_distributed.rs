@@ -2,7 +2,8 @@
 //! the one-rank run of the same global batch on the tiny RAM++: parameters, logged losses and
 //! validation agree; torchrun's variables, Slurm's and `--nproc-per-node` all launch it; a 2-rank run
 //! resumes on 1 rank and a 1-rank run on 2; a killed rank stops the other with its name and leaves the
-//! newest checkpoint intact; ranks that disagree on the configuration are refused before the first step.
+//! newest checkpoint intact; a run that stops itself exits 3 through the launcher; ranks that disagree
+//! on the configuration are refused before the first step.
 #![cfg(feature = "train")]
 
 mod common;
@@ -60,6 +61,17 @@ fn run_args(ds: &SynthDataset, out: &Path, batch: &str, steps: &str) -> Vec<Stri
     a.push("--out".into());
     a.push(out.display().to_string());
     a
+}
+
+/// Changes a setting of [`run_args`]: `--flag`'s value, or `--set key=`'s.
+fn set_value(args: &mut [String], flag_or_key: &str, value: &str) {
+    if let Some(at) = args.iter().position(|a| a == flag_or_key) {
+        args[at + 1] = value.into();
+        return;
+    }
+    let prefix = format!("{flag_or_key}=");
+    let at = args.iter().position(|a| a.starts_with(&prefix)).unwrap();
+    args[at] = format!("{prefix}{value}");
 }
 
 fn check(out: &Output, what: &str) {
@@ -382,10 +394,8 @@ fn a_rank_killed_mid_run_stops_the_other_with_its_name_and_an_intact_checkpoint(
     let ds = dataset(&tmp.path().join("data"), 32, 14);
     let run = tmp.path().join("run");
     let mut args = run_args(&ds, &run, "4", "100000");
-    for (flag, value) in [("--checkpoint-every", "2"), ("--dist-timeout", "10")] {
-        let at = args.iter().position(|a| a == flag).unwrap();
-        args[at + 1] = value.into();
-    }
+    set_value(&mut args, "--checkpoint-every", "2");
+    set_value(&mut args, "--dist-timeout", "10");
     let mut ranks = spawn_ranks(&ds, &args, [&[], &[]], Contract::Torchrun).into_iter();
     let (rank0, mut rank1) = (ranks.next().unwrap(), ranks.next().unwrap());
     // Rank 1 dies without a word once rank 0 has written its first checkpoint.
@@ -429,4 +439,27 @@ fn a_rank_killed_mid_run_stops_the_other_with_its_name_and_an_intact_checkpoint(
         let name = e.unwrap().file_name().to_string_lossy().into_owned();
         assert!(name.starts_with("step-"), "left behind: {name}");
     }
+}
+
+#[test]
+fn a_run_that_stops_itself_on_two_ranks_exits_3_with_a_checkpoint() {
+    let _guard = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(&tmp.path().join("data"), 16, 15);
+    let run = tmp.path().join("run");
+    // A learning rate near f32's largest value overflows the weights in the first update.
+    let mut args = run_args(&ds, &run, "4", "5");
+    for key in ["--lr", "min_lr", "warmup_lr"] {
+        set_value(&mut args, key, "1e38");
+    }
+    let out = train_command(&ds)
+        .args(args)
+        .args(["--nproc-per-node", "2"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("exited with status 3"), "{err}");
+    let saved = tagfix::train::run::newest_checkpoint_in(&run.join("checkpoints"), "state.json");
+    assert!(saved.unwrap().is_some(), "the last good state is saved");
 }
