@@ -353,8 +353,16 @@ fn launcher_stops_the_others() -> Result<(), String> {
     );
     let result = launch::launch(&req, out, err);
     let (o, e) = (text(&out_buf), text(&err_buf));
-    match result {
-        Err(DistError::RankFailed { rank: 1, status }) if status == "exited with status 3" => {}
+    match &result {
+        // Rank 1 stopped its run itself (exit 3): the launch exits 3 too, not 2.
+        Err(
+            err @ DistError::RankFailed {
+                rank: 1,
+                status,
+                code: Some(3),
+            },
+        ) if status == "exited with status 3"
+            && err.kind() == tagfix::error::ErrorKind::Stopped => {}
         other => return Err(format!("{other:?}\nstdout:\n{o}\nstderr:\n{e}")),
     }
     for (buf, line) in [

@@ -1,7 +1,9 @@
 //! Data-parallel training on CPU (Gloo over loopback, two real `tagfix train` processes) against
 //! the one-rank run of the same global batch on the tiny RAM++: parameters, logged losses and
-//! validation agree; torchrun's variables and `--nproc-per-node` both launch it; a 2-rank run
-//! resumes on 1 rank; ranks that disagree on the configuration are refused before the first step.
+//! validation agree; torchrun's variables, Slurm's and `--nproc-per-node` all launch it; a 2-rank run
+//! resumes on 1 rank and a 1-rank run on 2; a killed rank stops the other with its name and leaves the
+//! newest checkpoint intact; a run that stops itself exits 3 through the launcher; ranks that disagree
+//! on the configuration are refused before the first step.
 #![cfg(feature = "train")]
 
 mod common;
@@ -9,7 +11,8 @@ mod common;
 use common::train::{dataset, serial, train_argv, train_command};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 use tagfix::monitor::{read_all_records, read_validation};
 use tagfix::train::data::synth::SynthDataset;
 use tch::Tensor;
@@ -60,6 +63,17 @@ fn run_args(ds: &SynthDataset, out: &Path, batch: &str, steps: &str) -> Vec<Stri
     a
 }
 
+/// Changes a setting of [`run_args`]: `--flag`'s value, or `--set key=`'s.
+fn set_value(args: &mut [String], flag_or_key: &str, value: &str) {
+    if let Some(at) = args.iter().position(|a| a == flag_or_key) {
+        args[at + 1] = value.into();
+        return;
+    }
+    let prefix = format!("{flag_or_key}=");
+    let at = args.iter().position(|a| a.starts_with(&prefix)).unwrap();
+    args[at] = format!("{prefix}{value}");
+}
+
 fn check(out: &Output, what: &str) {
     assert!(
         out.status.success(),
@@ -69,31 +83,72 @@ fn check(out: &Output, what: &str) {
     );
 }
 
-/// Two ranks started by hand with torchrun's variables (`extra[r]` added to rank r's arguments).
-fn torchrun(ds: &SynthDataset, args: &[String], extra: [&[&str]; 2]) -> Vec<Output> {
+/// A launch contract: the variables that make a process rank `rank` of two.
+#[derive(Clone, Copy)]
+enum Contract {
+    Torchrun,
+    Slurm,
+}
+
+/// Two ranks started by hand with `contract`'s variables (`extra[r]` added to rank r's arguments),
+/// still running.
+fn spawn_ranks(
+    ds: &SynthDataset,
+    args: &[String],
+    extra: [&[&str]; 2],
+    contract: Contract,
+) -> Vec<Child> {
     let port = tagfix::train::dist::launch::free_port("127.0.0.1").unwrap();
-    let children: Vec<_> = (0..2)
+    (0..2)
         .map(|rank| {
             let mut c = Command::new(assert_cmd::cargo::cargo_bin("tagfix"));
-            c.args(train_argv(ds))
-                .args(args)
-                .args(extra[rank])
-                .env("RANK", rank.to_string())
-                .env("LOCAL_RANK", rank.to_string())
-                .env("WORLD_SIZE", "2")
-                .env("LOCAL_WORLD_SIZE", "2")
+            c.args(train_argv(ds)).args(args).args(extra[rank]);
+            let r = rank.to_string();
+            let vars: [(&str, &str); 4] = match contract {
+                Contract::Torchrun => [
+                    ("RANK", r.as_str()),
+                    ("LOCAL_RANK", r.as_str()),
+                    ("WORLD_SIZE", "2"),
+                    ("LOCAL_WORLD_SIZE", "2"),
+                ],
+                Contract::Slurm => [
+                    ("SLURM_PROCID", r.as_str()),
+                    ("SLURM_LOCALID", r.as_str()),
+                    ("SLURM_NTASKS", "2"),
+                    ("SLURM_NTASKS_PER_NODE", "2"),
+                ],
+            };
+            // Only the one contract's variables (torchrun's would win over Slurm's).
+            for v in ["RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"] {
+                c.env_remove(v);
+            }
+            c.envs(vars)
                 .env("MASTER_ADDR", "127.0.0.1")
                 .env("MASTER_PORT", port.to_string())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
                 .spawn()
                 .unwrap()
         })
-        .collect();
-    children
+        .collect()
+}
+
+/// Two ranks started by hand with `contract`'s variables, run to the end.
+fn run_ranks(
+    ds: &SynthDataset,
+    args: &[String],
+    extra: [&[&str]; 2],
+    contract: Contract,
+) -> Vec<Output> {
+    spawn_ranks(ds, args, extra, contract)
         .into_iter()
         .map(|c| c.wait_with_output().unwrap())
         .collect()
+}
+
+/// Two ranks started by hand with torchrun's variables.
+fn torchrun(ds: &SynthDataset, args: &[String], extra: [&[&str]; 2]) -> Vec<Output> {
+    run_ranks(ds, args, extra, Contract::Torchrun)
 }
 
 fn params(run: &Path, step: u64) -> BTreeMap<String, Tensor> {
@@ -227,10 +282,24 @@ fn two_ranks_train_as_one_rank_with_the_same_global_batch() {
     assert_logs_close(&one, &by_env, 1e-6);
     // Rank 0 alone wrote the run's files.
     assert!(by_env.join("summary.json").is_file());
+
+    // Slurm's variables (as `srun` sets them), two processes started by hand.
+    let slurm = tmp.path().join("slurm");
+    let outs = run_ranks(
+        &ds,
+        &run_args(&ds, &slurm, "4", "5"),
+        [&[], &[]],
+        Contract::Slurm,
+    );
+    for (r, o) in outs.iter().enumerate() {
+        check(o, &format!("Slurm rank {r}"));
+    }
+    assert_params_close(&one, &slurm, 5, 1e-5);
+    assert_logs_close(&one, &slurm, 1e-6);
 }
 
 #[test]
-fn accumulation_across_two_ranks_and_resume_on_one() {
+fn accumulation_across_two_ranks_and_resume_across_world_sizes() {
     let _guard = serial();
     let tmp = tempfile::tempdir().unwrap();
     let ds = dataset(&tmp.path().join("data"), 32, 12);
@@ -248,24 +317,35 @@ fn accumulation_across_two_ranks_and_resume_on_one() {
             .unwrap(),
         "one rank",
     );
+    // Two ranks to step 3, resumed on one to step 5, and one rank resumed on two: as if the run had
+    // never stopped.
     let two = tmp.path().join("two");
-    let out = train_command(&ds)
-        .args(run_args(&ds, &two, "8", "3"))
-        .args(eps)
-        .args(["--nproc-per-node", "2"])
-        .output()
-        .unwrap();
-    check(&out, "two ranks, 3 steps");
-    // Resume the 2-rank run on one rank to step 5: as if it had never stopped.
-    let out = train_command(&ds)
-        .args(["--quiet", "--resume"])
-        .arg(&two)
-        .args(["--max-steps", "5", "--workers", "1", "--threads", "1"])
-        .output()
-        .unwrap();
-    check(&out, "resume on one rank");
+    split_run(&ds, &two, &eps, [&["--nproc-per-node", "2"], &[]]);
     assert_params_close(&one, &two, 5, 1e-5);
     assert_logs_close(&one, &two, 1e-6);
+    let grown = tmp.path().join("grown");
+    split_run(&ds, &grown, &eps, [&[], &["--nproc-per-node", "2"]]);
+    assert_params_close(&one, &grown, 5, 1e-5);
+    assert_logs_close(&one, &grown, 1e-6);
+}
+
+/// A run of global batch 8 to step 3 with `extra[0]`, resumed to step 5 with `extra[1]`.
+fn split_run(ds: &SynthDataset, run: &Path, settings: &[&str], extra: [&[&str]; 2]) {
+    let out = train_command(ds)
+        .args(run_args(ds, run, "8", "3"))
+        .args(settings)
+        .args(extra[0])
+        .output()
+        .unwrap();
+    check(&out, &format!("3 steps {:?}", extra[0]));
+    let out = train_command(ds)
+        .args(["--quiet", "--resume"])
+        .arg(run)
+        .args(["--max-steps", "5", "--workers", "1", "--threads", "1"])
+        .args(extra[1])
+        .output()
+        .unwrap();
+    check(&out, &format!("resume {:?}", extra[1]));
 }
 
 #[test]
@@ -286,4 +366,100 @@ fn ranks_that_disagree_on_the_configuration_are_refused_before_the_first_step() 
     // No step was taken.
     let metrics = run.join("metrics.jsonl");
     assert!(!metrics.exists() || std::fs::read(&metrics).unwrap().is_empty());
+}
+
+/// Waits for `child` until `limit`, then kills it (a hang fails the test instead of blocking it).
+fn wait_bounded(mut child: Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let hung = matches!(child.try_wait(), Ok(None));
+    if hung {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        !hung,
+        "still running after {limit:?}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn a_rank_killed_mid_run_stops_the_other_with_its_name_and_an_intact_checkpoint() {
+    let _guard = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(&tmp.path().join("data"), 32, 14);
+    let run = tmp.path().join("run");
+    let mut args = run_args(&ds, &run, "4", "100000");
+    set_value(&mut args, "--checkpoint-every", "2");
+    set_value(&mut args, "--dist-timeout", "10");
+    let mut ranks = spawn_ranks(&ds, &args, [&[], &[]], Contract::Torchrun).into_iter();
+    let (rank0, mut rank1) = (ranks.next().unwrap(), ranks.next().unwrap());
+    // Rank 1 dies without a word once rank 0 has written its first checkpoint.
+    let first = run.join("checkpoints/step-00000002/state.json");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !first.is_file() {
+        assert!(Instant::now() < deadline, "no checkpoint at step 2");
+        if !matches!(rank1.try_wait(), Ok(None)) {
+            let out = rank1.wait_with_output().unwrap();
+            panic!(
+                "rank 1 ended before the first checkpoint: {:?}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    rank1.kill().unwrap();
+    let _ = rank1.wait();
+
+    // Rank 0 stops on its own (the limit only keeps a hang from blocking the test).
+    let out = wait_bounded(rank0, Duration::from_secs(120));
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("rank 0:\n{err}");
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("rank 1"), "{err}");
+    assert!(err.contains("last at step"), "{err}");
+
+    // The newest checkpoint is complete and loads; no half-written one is left behind.
+    let ckpts = run.join("checkpoints");
+    let newest = tagfix::train::run::newest_checkpoint_in(&ckpts, "state.json")
+        .unwrap()
+        .expect("a checkpoint");
+    for f in ["model.safetensors", "optimizer.safetensors"] {
+        assert!(!Tensor::read_safetensors(newest.join(f)).unwrap().is_empty());
+    }
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(newest.join("state.json")).unwrap()).unwrap();
+    assert!(state["step"].as_u64().unwrap() >= 2, "{state}");
+    for e in std::fs::read_dir(&ckpts).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(name.starts_with("step-"), "left behind: {name}");
+    }
+}
+
+#[test]
+fn a_run_that_stops_itself_on_two_ranks_exits_3_with_a_checkpoint() {
+    let _guard = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(&tmp.path().join("data"), 16, 15);
+    let run = tmp.path().join("run");
+    // A learning rate near f32's largest value overflows the weights in the first update.
+    let mut args = run_args(&ds, &run, "4", "5");
+    for key in ["--lr", "min_lr", "warmup_lr"] {
+        set_value(&mut args, key, "1e38");
+    }
+    let out = train_command(&ds)
+        .args(args)
+        .args(["--nproc-per-node", "2"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("exited with status 3"), "{err}");
+    let saved = tagfix::train::run::newest_checkpoint_in(&run.join("checkpoints"), "state.json");
+    assert!(saved.unwrap().is_some(), "the last good state is saved");
 }

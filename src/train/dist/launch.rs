@@ -218,6 +218,7 @@ fn supervise(children: &mut [Option<Child>], grace: Duration) -> Result<(), Dist
                         return Err(DistError::RankFailed {
                             rank,
                             status: describe(status),
+                            code: status.code(),
                         });
                     }
                 }

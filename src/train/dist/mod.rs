@@ -193,9 +193,14 @@ pub enum DistError {
         source: std::io::Error,
     },
 
-    /// A rank started by the launcher failed; the others were stopped.
+    /// A rank started by the launcher failed; the others were stopped. `code` is its exit status
+    /// (`None` when a signal ended it): a rank that stopped its run itself (3) makes the launch exit 3.
     #[error("rank {rank} {status}; the other ranks were stopped")]
-    RankFailed { rank: usize, status: String },
+    RankFailed {
+        rank: usize,
+        status: String,
+        code: Option<i32>,
+    },
 
     /// The launcher found no free TCP port for the rendezvous, or lost a rank's process.
     #[error("launcher: {message}")]
@@ -213,6 +218,7 @@ impl DistError {
         match self {
             DistError::Env { .. } | DistError::Usage(_) => ErrorKind::Usage,
             DistError::Disagreement { .. } => ErrorKind::Input,
+            DistError::RankFailed { code: Some(3), .. } => ErrorKind::Stopped,
             DistError::Rendezvous { .. }
             | DistError::Collective { .. }
             | DistError::Spawn { .. }
