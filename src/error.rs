@@ -173,9 +173,9 @@ impl Error {
             Error::Train(e) => e.kind(),
             Error::Checkpoint(e) => e.kind(),
             Error::Usage(_) => ErrorKind::Usage,
-            Error::InvalidInput { .. }
-            | Error::EncoderNotInitialised(_)
-            | Error::Other(_) => ErrorKind::Input,
+            Error::InvalidInput { .. } | Error::EncoderNotInitialised(_) | Error::Other(_) => {
+                ErrorKind::Input
+            }
         }
     }
 }
