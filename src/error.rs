@@ -206,5 +206,7 @@ mod tests {
         .into();
         assert_eq!(input.kind(), ErrorKind::Input);
         assert_eq!(input.to_string(), "v.txt: vocabulary file is empty");
+        let no_data: Error = crate::annotations::AnnotationError::NoFiles.into();
+        assert_eq!(no_data.kind(), ErrorKind::Usage);
     }
 }

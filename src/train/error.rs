@@ -371,3 +371,41 @@ impl TrainError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    #[test]
+    fn unreadable_images_list_the_first_few_and_mark_the_rest() {
+        let e = |failed| TrainError::UnreadableImages {
+            failed,
+            total: 9,
+            image_root: "img".into(),
+            examples: vec!["a.png: missing (x)".into(), "b.png: empty (y)".into()],
+        };
+        assert_eq!(
+            e(2).to_string(),
+            "2 of 9 training images cannot be read (image root img):\n  a.png: missing (x)\n  b.png: empty (y)"
+        );
+        assert!(e(7).to_string().ends_with("(y)\n  …"));
+    }
+
+    #[test]
+    fn a_failing_online_teacher_keeps_its_cause_and_kind() {
+        let cause: crate::Error = crate::embed::EmbedError::NoSlots.into();
+        let cause_text = cause.to_string();
+        let e = TrainError::OnlineTeacher {
+            step: 3,
+            micro: 1,
+            records: vec![4, 5],
+            source: Box::new(cause),
+        };
+        assert_eq!(e.kind(), ErrorKind::Usage);
+        assert_eq!(
+            crate::error::report(&e),
+            format!("online teacher, step 3 micro-batch 1 (records [4, 5]…): {cause_text}")
+        );
+    }
+}
