@@ -25,10 +25,8 @@ pub enum ErrorKind {
 }
 
 /// Errors raised by the tagfix library: `Io` and one variant per module's error enum (a training
-/// run that stopped itself is [`crate::train::error::TrainError::Stopped`]).
-/// The free-text variants below (and [`Error::invalid`]) are legacy: free-text messages kept while
-/// the modules that still raise them (annotations, consistency, training, checkpoints) move to
-/// their own enums; new code does not use them.
+/// run that stopped itself is [`crate::train::error::TrainError::Stopped`]). There is no free-text
+/// variant: a new failure gets a variant in its module's enum.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The I/O error's message is part of this one's, so it is not also exposed as the source
@@ -88,22 +86,6 @@ pub enum Error {
     #[error(transparent)]
     Dist(#[from] crate::train::dist::DistError),
 
-    /// Legacy, being replaced by module error enums.
-    #[error("{path}: {message}")]
-    InvalidInput { path: PathBuf, message: String },
-
-    /// Legacy, being replaced by module error enums.
-    #[error("{0}")]
-    Usage(String),
-
-    /// Training would start with an image encoder that no pretrained checkpoint initialised.
-    #[error("image encoder not initialised from a pretrained checkpoint: {0}")]
-    EncoderNotInitialised(String),
-
-    /// Legacy, being replaced by module error enums.
-    #[error("{0}")]
-    Other(String),
-
     #[error(transparent)]
     Annotation(#[from] crate::annotations::AnnotationError),
 
@@ -137,14 +119,6 @@ impl Error {
         }
     }
 
-    /// Legacy, being replaced by module error enums: an input file whose content is wrong.
-    pub fn invalid(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        Error::InvalidInput {
-            path: path.into(),
-            message: message.into(),
-        }
-    }
-
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         match self {
@@ -164,18 +138,13 @@ impl Error {
             Error::Infer(e) => e.kind(),
             #[cfg(feature = "train")]
             Error::Export(e) => e.kind(),
-            Error::Annotation(crate::annotations::AnnotationError::Io { .. }) => ErrorKind::Io,
-            Error::Annotation(_) => ErrorKind::Input,
+            Error::Annotation(e) => e.kind(),
             Error::Config(e) => e.kind(),
             Error::Policy(e) => e.kind(),
             Error::Check(e) => e.kind(),
             Error::Dist(e) => e.kind(),
             Error::Train(e) => e.kind(),
             Error::Checkpoint(e) => e.kind(),
-            Error::Usage(_) => ErrorKind::Usage,
-            Error::InvalidInput { .. } | Error::EncoderNotInitialised(_) | Error::Other(_) => {
-                ErrorKind::Input
-            }
         }
     }
 }
@@ -237,5 +206,7 @@ mod tests {
         .into();
         assert_eq!(input.kind(), ErrorKind::Input);
         assert_eq!(input.to_string(), "v.txt: vocabulary file is empty");
+        let no_data: Error = crate::annotations::AnnotationError::NoFiles.into();
+        assert_eq!(no_data.kind(), ErrorKind::Usage);
     }
 }

@@ -5,6 +5,7 @@
 
 use tagfix::checkpoint::pth;
 use tagfix::tensors::{self, DType, TensorSet};
+use tagfix::train::error::TrainError;
 use tagfix::train::model::{ParamInit, RamPlus, RamPlusConfig};
 use tagfix::train::weights::{
     from_tch, load_state_dict, load_tensor_set, resize_bias_table, save_state_dict, state_dict,
@@ -165,7 +166,10 @@ fn missing_encoder_keys_refuse_training_unless_overridden() {
         "two blocks of layers.3, 13 parameters each"
     );
     let err = verify_encoder_initialised(&[&report], &fp, &dst, false).unwrap_err();
-    assert!(matches!(err, Error::EncoderNotInitialised(_)));
+    assert!(matches!(
+        err,
+        Error::Train(TrainError::EncoderNotInitialised { .. })
+    ));
     let msg = err.to_string();
     assert!(
         msg.contains("26 of")

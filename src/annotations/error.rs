@@ -48,10 +48,27 @@ pub enum AnnotationError {
     #[error("{path}: holds no records")]
     NoRecords { path: PathBuf },
 
+    /// A command that reads annotations was given no file.
+    #[error("no training data: give --data FILE (or train_file in the config)")]
+    NoFiles,
+
     /// `diff` without `keep_going` stops at the first problem it would otherwise record.
     #[error("stopped at the first problem (--keep-going records such problems and continues)")]
     Stopped {
         #[source]
         first: Box<AnnotationError>,
     },
+}
+
+impl AnnotationError {
+    /// What kind of failure this is: no file given is a usage error, a file that cannot be read an
+    /// I/O error, anything in a file an input error.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            AnnotationError::NoFiles => ErrorKind::Usage,
+            AnnotationError::Io { .. } => ErrorKind::Io,
+            _ => ErrorKind::Input,
+        }
+    }
 }

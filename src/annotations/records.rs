@@ -6,7 +6,7 @@
 
 use super::reader::{Need, RecordSpec, Records};
 use super::{AnnotationError, CaptionMode, Pos};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use std::path::{Path, PathBuf};
 
 /// One training image and its positive slots.
@@ -102,9 +102,7 @@ impl RecordSet {
     /// Reads every file with explicit requirements (see [`ReadOptions`]).
     pub fn read_with(files: &[PathBuf], opts: ReadOptions) -> Result<Self> {
         if files.is_empty() {
-            return Err(Error::Usage(
-                "no training data: give --data FILE (or train_file in the config)".into(),
-            ));
+            return Err(AnnotationError::NoFiles.into());
         }
         let spec = opts.spec();
         let mut records = Vec::new();

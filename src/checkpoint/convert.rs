@@ -6,7 +6,7 @@
 use super::inspect::read_checkpoint;
 use super::pth;
 use super::CheckpointError;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::tensors::{safetensors_io, FileFormat, TensorSet};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -36,16 +36,19 @@ pub fn convert(input: &Path, output: &Path) -> Result<ConvertSummary> {
         Some(FileFormat::Safetensors) => false,
         Some(FileFormat::Pth) => true,
         _ => {
-            return Err(Error::Usage(format!(
-                "output {} must end in .safetensors (or .pth for the other direction)",
-                output.display()
-            )))
+            return Err(CheckpointError::OutputFormat {
+                path: output.to_path_buf(),
+            }
+            .into())
         }
     };
     crate::fsutil::check_outputs([output], &[input])?;
     let (mut set, format, container, extras) = read_checkpoint(input)?;
     if set.tensors.is_empty() {
-        return Err(CheckpointError::invalid(input, "holds no tensors").into());
+        return Err(CheckpointError::NoTensors {
+            path: input.to_path_buf(),
+        }
+        .into());
     }
     if to_pth {
         return to_state_dict_pth(input, output, set, format, container);

@@ -1,5 +1,6 @@
-//! What can go wrong reading, writing or converting a checkpoint. Every variant names the file, and
-//! the archive entry, pickle byte or tensor where it applies; all of them are input errors (exit 2).
+//! What can go wrong reading, writing or converting a checkpoint or choosing a model configuration.
+//! Every variant about a file names it, and the archive entry, pickle byte or tensor where it
+//! applies; all of them exit 2.
 
 use std::path::PathBuf;
 
@@ -65,28 +66,63 @@ pub enum CheckpointError {
 
     /// The file's structure is not that of a tensor checkpoint (wrong container, missing or repeated
     /// parts, storages shorter than declared).
-    #[error("{path}: {message}")]
-    Invalid { path: PathBuf, message: String },
+    #[error("{path}: {problem}")]
+    Structure {
+        path: PathBuf,
+        problem: StructureProblem,
+    },
 
     /// A written file does not read back as the tensors that were written.
     #[error("{path}: written file does not read back identically")]
     RoundTrip { path: PathBuf },
+
+    /// The file holds no tensors to convert.
+    #[error("{path}: holds no tensors")]
+    NoTensors { path: PathBuf },
+
+    /// `convert` writes safetensors or `.pth`, named by the output's extension.
+    #[error("output {path} must end in .safetensors (or .pth for the other direction)")]
+    OutputFormat { path: PathBuf },
+
+    #[error("unknown model preset `{name}` (known: {})", .known.join(", "))]
+    UnknownPreset {
+        name: String,
+        known: &'static [&'static str],
+    },
+
+    /// A reference fixture's `config.json` that does not parse.
+    #[error("{path}: not a reference config.json")]
+    ReferenceConfig {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A model configuration read from `path` that cannot be built (`problem` says which dimension
+    /// does not fit).
+    #[error("{path}: {problem}")]
+    ModelConfig { path: PathBuf, problem: String },
 }
 
 impl CheckpointError {
-    /// What kind of failure this is: the file system's for I/O, the input's for everything else.
+    /// What kind of failure this is: the file system's for I/O, a usage error for flags that name
+    /// nothing usable, the input's for everything else.
     pub fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
         match self {
-            CheckpointError::Io { .. } => crate::error::ErrorKind::Io,
-            _ => crate::error::ErrorKind::Input,
+            CheckpointError::Io { .. } => ErrorKind::Io,
+            CheckpointError::OutputFormat { .. } | CheckpointError::UnknownPreset { .. } => {
+                ErrorKind::Usage
+            }
+            _ => ErrorKind::Input,
         }
     }
 
     /// A structural problem of the file at `path`.
-    pub(crate) fn invalid(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        CheckpointError::Invalid {
+    pub(crate) fn structure(path: impl Into<PathBuf>, problem: StructureProblem) -> Self {
+        CheckpointError::Structure {
             path: path.into(),
-            message: message.into(),
+            problem,
         }
     }
 
@@ -102,6 +138,58 @@ impl CheckpointError {
             source,
         }
     }
+}
+
+/// What is wrong with the structure of a `torch.save` file (`key`: a storage's key in the pickle).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StructureProblem {
+    #[error("empty file, not a PyTorch checkpoint")]
+    Empty,
+    #[error("not a PyTorch checkpoint (neither a torch.save zip archive nor a legacy pickle)")]
+    NotACheckpoint,
+    #[error("torch.save archive without data.pkl")]
+    NoDataPkl,
+    #[error("not a PyTorch checkpoint (legacy magic number missing)")]
+    NoLegacyMagic,
+    #[error("legacy checkpoint: storage key list missing")]
+    NoStorageKeys,
+    #[error("legacy checkpoint: storage key is not a string")]
+    StorageKeyNotString,
+    #[error("legacy checkpoint: storage {key} is listed but the pickle never declares it")]
+    ListedUndeclared { key: String },
+    #[error("legacy checkpoint: storage {key} is listed twice")]
+    ListedTwice { key: String },
+    #[error("legacy checkpoint truncated inside storage {key}")]
+    LegacyTruncated { key: String },
+    #[error("legacy checkpoint: storage {key} holds {found} elements, but the pickle declares {declared}")]
+    LegacyCount {
+        key: String,
+        found: u64,
+        declared: usize,
+    },
+    /// A tensor views a storage the pickle never declares.
+    #[error("storage {key} is never declared")]
+    Undeclared { key: String },
+    /// A tensor views a storage the legacy file does not hold.
+    #[error("storage {key} missing")]
+    StorageMissing { key: String },
+    #[error("storage {key} holds {bytes} bytes, but the pickle declares {numel} {dtype} elements; the file is \
+             truncated or damaged")]
+    StorageShort {
+        key: String,
+        bytes: usize,
+        numel: usize,
+        dtype: crate::tensors::DType,
+    },
+    /// `found` is the pickle type's name (`list`, `int`, ...).
+    #[error("holds a {found} at the top level, not a tensor or a dict of tensors")]
+    TopLevel { found: &'static str },
+    #[error("state-dict key is a {found}, not a string")]
+    KeyNotString { found: &'static str },
+    /// `dict` is "state-dict" or "top-level".
+    #[error("{dict} key `{key}` appears more than once; a dict saved by torch.save cannot repeat a key, so the \
+             file was edited or damaged (refusing rather than picking one)")]
+    RepeatedKey { dict: &'static str, key: String },
 }
 
 /// Result alias of the checkpoint module.

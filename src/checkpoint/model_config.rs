@@ -5,6 +5,7 @@
 //! Nothing here needs libtorch, so `tagfix inspect` can tell which preset a checkpoint fits in a
 //! build without the `train` feature.
 
+use super::CheckpointError;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -266,10 +267,11 @@ impl RamPlusConfig {
             "swin_l_224" => SwinConfig::official(192, [6, 12, 24, 48], 224, 7),
             "swin_l_384" => SwinConfig::official(192, [6, 12, 24, 48], 384, 12),
             other => {
-                return Err(Error::Usage(format!(
-                    "unknown model preset `{other}` (known: {})",
-                    PRESET_NAMES.join(", ")
-                )))
+                return Err(CheckpointError::UnknownPreset {
+                    name: other.to_string(),
+                    known: &PRESET_NAMES,
+                }
+                .into())
             }
         };
         Ok(RamPlusConfig {
@@ -334,8 +336,11 @@ impl RamPlusConfig {
     /// under `ram/reference/`): its `swin`, `q2l`, `num_class` and `des_per_class` fields.
     pub fn from_reference_json(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let raw: RefConfig = serde_json::from_str(&text)
-            .map_err(|e| Error::invalid(path, format!("not a reference config.json: {e}")))?;
+        let raw: RefConfig =
+            serde_json::from_str(&text).map_err(|source| CheckpointError::ReferenceConfig {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let q = raw.q2l.config_json;
         let cfg = RamPlusConfig {
             name: format!(
@@ -369,7 +374,11 @@ impl RamPlusConfig {
             des_per_class: raw.des_per_class,
             joint_dim: CLIP_DIM,
         };
-        cfg.validate().map_err(|m| Error::invalid(path, m))?;
+        cfg.validate()
+            .map_err(|problem| CheckpointError::ModelConfig {
+                path: path.to_path_buf(),
+                problem,
+            })?;
         Ok(cfg)
     }
 

@@ -15,7 +15,7 @@ use super::policy::Policy;
 use super::report::*;
 use super::stats::{overlap_at, quantile, rank_in, Dist};
 use crate::error::Result;
-use crate::tensors::{EmbeddingFile, Layout};
+use crate::tensors::{DType, EmbeddingFile, Layout};
 use crate::vocab::{Slot, Vocabulary};
 use std::borrow::Cow;
 use std::collections::BTreeSet;
@@ -65,6 +65,84 @@ pub enum CheckError {
     ControlRegenerated { path: PathBuf, label: String },
     #[error("{path}: none of the selected slots is a control slot ({control_slots} control slots in the file)")]
     NoControlSelected { path: PathBuf, control_slots: usize },
+    #[error("{path}: was made for another vocabulary: its provenance names vocabulary sha256 {found}, but --vocab {vocab} has sha256 {expected}")]
+    OtherVocabulary {
+        path: PathBuf,
+        found: String,
+        vocab: PathBuf,
+        expected: String,
+    },
+    #[error("{path}: its provenance says {declared} rows per slot, but {rows} rows for {slots} slots is {}", .layout.describe())]
+    RowsPerSlot {
+        path: PathBuf,
+        declared: usize,
+        rows: usize,
+        slots: usize,
+        layout: Layout,
+    },
+    #[error("{path}: shape [{rows}, {dim}] does not match baseline {baseline} [{baseline_rows}, {baseline_dim}]: the files hold different vocabularies, layouts or models")]
+    ShapeMismatch {
+        path: PathBuf,
+        rows: usize,
+        dim: usize,
+        baseline: PathBuf,
+        baseline_rows: usize,
+        baseline_dim: usize,
+    },
+    #[error("{path}: dtype {dtype} does not match baseline {baseline} ({baseline_dtype}): convert one of them first so rows compare bit for bit")]
+    DtypeMismatch {
+        path: PathBuf,
+        dtype: DType,
+        baseline: PathBuf,
+        baseline_dtype: DType,
+    },
+    #[error("{path}: {} does not match baseline {baseline} ({})", .layout.describe(), .baseline_layout.describe())]
+    LayoutMismatch {
+        path: PathBuf,
+        layout: Layout,
+        baseline: PathBuf,
+        baseline_layout: Layout,
+    },
+    #[error("{path}: was made for vocabulary sha256 {vocabulary}, but baseline {baseline} for {baseline_vocabulary}: slots do not correspond")]
+    BaselineVocabulary {
+        path: PathBuf,
+        vocabulary: String,
+        baseline: PathBuf,
+        baseline_vocabulary: String,
+    },
+    /// Rows that cannot be compared (`rows` names the first few slots, and rows, and how many more).
+    #[error("{path}: tensor `{tensor}`: {count} row(s) {problem}: {rows}")]
+    BadRows {
+        path: PathBuf,
+        tensor: String,
+        count: usize,
+        problem: RowProblem,
+        rows: String,
+    },
+}
+
+/// Why rows of an embedding file cannot be compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowProblem {
+    NonFinite,
+    /// The L2 norm overflows f32: no cosine and no normalisation.
+    Huge,
+    /// No direction, so no cosine.
+    Zero,
+}
+
+impl std::fmt::Display for RowProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RowProblem::NonFinite => f.write_str("hold NaN or Inf"),
+            RowProblem::Huge => write!(
+                f,
+                "have an L2 norm beyond f32's range (over {:e}), so no cosine can be computed",
+                f32::MAX
+            ),
+            RowProblem::Zero => f.write_str("are zero vectors (no direction to compare)"),
+        }
+    }
 }
 
 impl CheckError {

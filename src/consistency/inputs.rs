@@ -1,7 +1,8 @@
 //! Loading and validating the files `check` compares: shapes, dtypes, layouts, vocabularies, and
 //! every row (NaN / Inf, zero vectors), with errors that name the file and the slot.
 
-use crate::error::{Error, Result};
+use super::compare::{CheckError, RowProblem};
+use crate::error::Result;
 use crate::fsutil::sha256_file;
 use crate::tensors::provenance::CONTROL_TENSOR;
 use crate::tensors::{EmbeddingFile, Layout, Provenance};
@@ -79,15 +80,13 @@ pub fn resolve_layout(input: &EmbeddingInput, vocab: Option<&Vocabulary>) -> Res
     let prov = input.provenance.as_ref();
     if let (Some(v), Some(p)) = (vocab, prov) {
         if !p.vocabulary_sha256.is_empty() && p.vocabulary_sha256 != v.sha256 {
-            return Err(Error::invalid(
-                path,
-                format!(
-                    "was made for another vocabulary: its provenance names vocabulary sha256 {}, but --vocab {} has sha256 {}",
-                    p.vocabulary_sha256,
-                    v.path.display(),
-                    v.sha256
-                ),
-            ));
+            return Err(CheckError::OtherVocabulary {
+                path: path.to_path_buf(),
+                found: p.vocabulary_sha256.clone(),
+                vocab: v.path.clone(),
+                expected: v.sha256.clone(),
+            }
+            .into());
         }
     }
     let tags = match (vocab, prov) {
@@ -98,15 +97,14 @@ pub fn resolve_layout(input: &EmbeddingInput, vocab: Option<&Vocabulary>) -> Res
     let layout = Layout::detect(input.file.rows, tags, path)?;
     if let Some(p) = prov {
         if p.rows_per_slot > 0 && p.rows_per_slot != layout.rows_per_slot() {
-            return Err(Error::invalid(
-                path,
-                format!(
-                    "its provenance says {} rows per slot, but {} rows for {tags} slots is {}",
-                    p.rows_per_slot,
-                    input.file.rows,
-                    layout.describe()
-                ),
-            ));
+            return Err(CheckError::RowsPerSlot {
+                path: path.to_path_buf(),
+                declared: p.rows_per_slot,
+                rows: input.file.rows,
+                slots: tags,
+                layout,
+            }
+            .into());
         }
     }
     Ok(layout)
@@ -122,54 +120,46 @@ pub fn ensure_comparable(
 ) -> Result<()> {
     let (b, c) = (&baseline.file, &candidate.file);
     if (b.rows, b.dim) != (c.rows, c.dim) {
-        return Err(Error::invalid(
-            &c.path,
-            format!(
-                "shape [{}, {}] does not match baseline {} [{}, {}]: the files hold different vocabularies, layouts or models",
-                c.rows,
-                c.dim,
-                b.path.display(),
-                b.rows,
-                b.dim
-            ),
-        ));
+        return Err(CheckError::ShapeMismatch {
+            path: c.path.clone(),
+            rows: c.rows,
+            dim: c.dim,
+            baseline: b.path.clone(),
+            baseline_rows: b.rows,
+            baseline_dim: b.dim,
+        }
+        .into());
     }
     if b.dtype != c.dtype {
-        return Err(Error::invalid(
-            &c.path,
-            format!(
-                "dtype {} does not match baseline {} ({}): convert one of them first so rows compare bit for bit",
-                c.dtype,
-                b.path.display(),
-                b.dtype
-            ),
-        ));
+        return Err(CheckError::DtypeMismatch {
+            path: c.path.clone(),
+            dtype: c.dtype,
+            baseline: b.path.clone(),
+            baseline_dtype: b.dtype,
+        }
+        .into());
     }
     if lb != lc {
-        return Err(Error::invalid(
-            &c.path,
-            format!(
-                "{} does not match baseline {} ({})",
-                lc.describe(),
-                b.path.display(),
-                lb.describe()
-            ),
-        ));
+        return Err(CheckError::LayoutMismatch {
+            path: c.path.clone(),
+            layout: lc,
+            baseline: b.path.clone(),
+            baseline_layout: lb,
+        }
+        .into());
     }
     if let (Some(pb), Some(pc)) = (&baseline.provenance, &candidate.provenance) {
         if !pb.vocabulary_sha256.is_empty()
             && !pc.vocabulary_sha256.is_empty()
             && pb.vocabulary_sha256 != pc.vocabulary_sha256
         {
-            return Err(Error::invalid(
-                &c.path,
-                format!(
-                    "was made for vocabulary sha256 {}, but baseline {} for {}: slots do not correspond",
-                    pc.vocabulary_sha256,
-                    b.path.display(),
-                    pb.vocabulary_sha256
-                ),
-            ));
+            return Err(CheckError::BaselineVocabulary {
+                path: c.path.clone(),
+                vocabulary: pc.vocabulary_sha256.clone(),
+                baseline: b.path.clone(),
+                baseline_vocabulary: pb.vocabulary_sha256.clone(),
+            }
+            .into());
         }
     }
     Ok(())
@@ -222,40 +212,21 @@ pub fn validate_rows(
         };
         format!("{}{more}", shown.join(", "))
     };
-    if !non_finite.is_empty() {
-        return Err(Error::invalid(
-            &file.path,
-            format!(
-                "tensor `{}`: {} row(s) hold NaN or Inf: {}",
-                file.tensor_name,
-                non_finite.len(),
-                describe(&non_finite)
-            ),
-        ));
-    }
-    if !huge.is_empty() {
-        return Err(Error::invalid(
-            &file.path,
-            format!(
-                "tensor `{}`: {} row(s) have an L2 norm beyond f32's range (over {:e}), so no cosine \
-                 can be computed: {}",
-                file.tensor_name,
-                huge.len(),
-                f32::MAX,
-                describe(&huge)
-            ),
-        ));
-    }
-    if !zero.is_empty() {
-        return Err(Error::invalid(
-            &file.path,
-            format!(
-                "tensor `{}`: {} row(s) are zero vectors (no direction to compare): {}",
-                file.tensor_name,
-                zero.len(),
-                describe(&zero)
-            ),
-        ));
+    for (rows, problem) in [
+        (non_finite, RowProblem::NonFinite),
+        (huge, RowProblem::Huge),
+        (zero, RowProblem::Zero),
+    ] {
+        if !rows.is_empty() {
+            return Err(CheckError::BadRows {
+                path: file.path.clone(),
+                tensor: file.tensor_name.clone(),
+                count: rows.len(),
+                problem,
+                rows: describe(&rows),
+            }
+            .into());
+        }
     }
     Ok(())
 }

@@ -59,6 +59,15 @@ pub enum MonitorError {
         #[source]
         source: serde_json::Error,
     },
+
+    /// `summary.json` cannot be read as (or written from) a [`RunSummary`].
+    #[error("{path}: {problem}")]
+    Summary {
+        path: std::path::PathBuf,
+        problem: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 pub use detectors::{detect, DetectorConfig, HealthMonitor};

@@ -5,6 +5,7 @@
 use super::event::HealthEvent;
 use super::run_dir::SUMMARY_FILE;
 use super::validation::ValidationRecord;
+use super::MonitorError;
 use crate::error::{Error, Result};
 use crate::train::config::LossWeights;
 use comfy_table::{presets::UTF8_BORDERS_ONLY, ContentArrangement, Table};
@@ -52,8 +53,11 @@ impl RunSummary {
     /// Writes `RUN_DIR/summary.json` atomically.
     pub fn write(&self, run_dir: &Path) -> Result<()> {
         let path = run_dir.join(SUMMARY_FILE);
-        let json = serde_json::to_vec_pretty(self)
-            .map_err(|e| Error::invalid(&path, format!("cannot serialise the run summary: {e}")))?;
+        let json = serde_json::to_vec_pretty(self).map_err(|source| MonitorError::Summary {
+            path: path.clone(),
+            problem: "cannot serialise the run summary",
+            source,
+        })?;
         crate::fsutil::write_bytes_atomic(&path, &json)
     }
 
@@ -61,8 +65,14 @@ impl RunSummary {
     pub fn read(run_dir: &Path) -> Result<Self> {
         let path = run_dir.join(SUMMARY_FILE);
         let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| Error::invalid(&path, format!("not a run summary: {e}")))
+        serde_json::from_slice(&bytes).map_err(|source| {
+            MonitorError::Summary {
+                path,
+                problem: "not a run summary",
+                source,
+            }
+            .into()
+        })
     }
 }
 

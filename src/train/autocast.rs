@@ -6,7 +6,8 @@
 //! losses) keep f32 per ATen's autocast op lists. tch 0.24 only switches CUDA autocast with its default
 //! fp16 type, so the dtype is set through a small ATen shim (`src/train/autocast.cpp`).
 
-use crate::error::{Error, Result};
+use super::error::TrainError;
+use crate::error::Result;
 use std::os::raw::{c_char, c_int};
 use tch::{Device, Kind};
 
@@ -34,9 +35,7 @@ fn scalar_type(kind: Kind) -> Result<c_int> {
     match kind {
         Kind::Half => Ok(5),
         Kind::BFloat16 => Ok(15),
-        other => Err(Error::Usage(format!(
-            "autocast dtype must be bf16 or f16, not {other:?}"
-        ))),
+        other => Err(TrainError::AutocastDtype(format!("{other:?}")).into()),
     }
 }
 
@@ -54,10 +53,11 @@ fn call(f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<()> {
     }
     // SAFETY: the shim writes a NUL-terminated message into `buf`.
     let msg = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
-    Err(Error::Other(format!(
-        "libtorch autocast: {}",
-        msg.to_string_lossy()
-    )))
+    Err(TrainError::Libtorch {
+        op: "autocast",
+        message: msg.to_string_lossy().into_owned(),
+    }
+    .into())
 }
 
 /// Whether autocast is on for `device`'s type, and its dtype code.

@@ -128,6 +128,187 @@ pub enum TrainError {
         found: String,
         expected: &'static str,
     },
+
+    /// `what` is "image root" or "validation image root".
+    #[error("{}: {what} is not a folder", .path.display())]
+    NotAFolder { path: PathBuf, what: &'static str },
+
+    #[error("{}: has no features for {missing} of {records} records, e.g. `{image}` ({origin})", .teacher.display())]
+    TeacherRowsMissing {
+        teacher: PathBuf,
+        missing: usize,
+        records: usize,
+        /// The first record without a row: its image path and where it is (`file:line:column, record N`).
+        image: String,
+        origin: String,
+    },
+
+    /// Images found unreadable before the first step; `examples` are the first few, each
+    /// `error (where the record is)`.
+    #[error("{failed} of {total} training images cannot be read (image root {}):{}", .image_root.display(),
+            listed(.examples, .failed))]
+    UnreadableImages {
+        failed: usize,
+        total: usize,
+        image_root: PathBuf,
+        examples: Vec<String>,
+    },
+
+    /// Validation images found unreadable before the first step; `first` is the first failure.
+    #[error("{failed} of {total} validation images cannot be read (image root {})", .image_root.display())]
+    UnreadableValidationImages {
+        failed: usize,
+        total: usize,
+        image_root: PathBuf,
+        #[source]
+        first: Box<crate::Error>,
+    },
+
+    #[error("{}: marks slot {slot} absent, but {origin} carries it: the manifest does not describe this training data \
+             (rerun `tagfix diff` on it)", .manifest.display())]
+    AbsentSlotCarried {
+        manifest: PathBuf,
+        slot: u32,
+        origin: String,
+    },
+
+    /// The online teacher failed on a micro-batch (`records`: its first few record indices).
+    #[error("online teacher, step {step} micro-batch {micro} (records {records:?}…)")]
+    OnlineTeacher {
+        /// 1-based.
+        step: u64,
+        micro: usize,
+        records: Vec<usize>,
+        #[source]
+        source: Box<crate::Error>,
+    },
+
+    /// `what`: "data threads", "the loader thread".
+    #[error("cannot start {what}")]
+    Threads {
+        what: &'static str,
+        #[source]
+        source: Source,
+    },
+
+    #[error("synth: need count >= 1, size >= 16, descriptions >= 1")]
+    SynthOptions,
+
+    #[error("{}: has no tag `{tag}`: the synthetic images are tagged with {} (a vocabulary without them cannot \
+             label them)", .path.display(), .needed.join(", "))]
+    SynthVocabulary {
+        path: PathBuf,
+        tag: String,
+        needed: Vec<String>,
+    },
+
+    #[error("{}: cannot write image", .path.display())]
+    WriteImage {
+        path: PathBuf,
+        #[source]
+        source: Source,
+    },
+
+    /// A libtorch tensor could not be made from (or copied into) tagfix's bytes.
+    #[error("tensor conversion")]
+    TensorConversion(#[source] Source),
+
+    #[error("cannot store tensors of kind {0}")]
+    UnsupportedKind(String),
+
+    /// Reading a tensor's values back to the host failed (`what`: "optimizer norms", ...).
+    #[error("reading {what}")]
+    ReadBack {
+        what: &'static str,
+        #[source]
+        source: Source,
+    },
+
+    /// `checkpoint` is the path (or name) of the tensors being loaded; `report` the load report.
+    #[error("{checkpoint}: strict load failed:\n{report}")]
+    StrictLoad { checkpoint: String, report: String },
+
+    #[error("{checkpoint}: copying `{from}` into `{into}`")]
+    CopyTensor {
+        checkpoint: String,
+        from: String,
+        into: String,
+        #[source]
+        source: Source,
+    },
+
+    /// Training would start with an image encoder that no pretrained checkpoint initialised.
+    #[error("image encoder not initialised from a pretrained checkpoint: {}. Pass a pretrained Swin or RAM++ \
+             checkpoint with --init (see the load report above), or --allow-random-encoder to train from scratch \
+             anyway", .problems.join("; "))]
+    EncoderNotInitialised { problems: Vec<String> },
+
+    #[error("{}: validation set has no images", .0.display())]
+    NoValidationImages(PathBuf),
+
+    #[error("{}: none of its {tags} tags matches a slot of the vocabulary", .path.display())]
+    NoValidationTags { path: PathBuf, tags: usize },
+
+    #[error("freeze: no parameter name starts with `{0}`")]
+    FreezeMatchesNothing(String),
+
+    #[error("every parameter is frozen: nothing to train")]
+    AllFrozen,
+
+    #[error("{checkpoint}: optimizer state has no `{key}` (was the checkpoint written with another model or frozen \
+             set?)")]
+    OptimizerStateMissing { checkpoint: String, key: String },
+
+    #[error("{checkpoint}: optimizer state `{key}` has shape {state:?}, the parameter {param:?}")]
+    OptimizerStateShape {
+        checkpoint: String,
+        key: String,
+        state: Vec<i64>,
+        param: Vec<i64>,
+    },
+
+    /// A C++ shim (fused AdamW, foreach norm, autocast) reported a libtorch error.
+    #[error("libtorch {op}: {message}")]
+    Libtorch { op: &'static str, message: String },
+
+    #[error("fused AdamW: parameter, gradient and state lists differ in length")]
+    FusedLengths,
+
+    #[error(
+        "fused AdamW: tensor {tensor} of shape {shape:?} has a gradient or state of another shape"
+    )]
+    FusedShape { tensor: usize, shape: Vec<i64> },
+
+    #[error("autocast dtype must be bf16 or f16, not {0}")]
+    AutocastDtype(String),
+
+    /// The model configuration cannot be built (`problem` says which dimension does not fit).
+    #[error("model config `{name}`: {problem}")]
+    ModelConfig { name: String, problem: String },
+
+    #[error("model `{model}` takes images [B, {}, {}, {}], got {got:?}", .expected[0], .expected[1], .expected[2])]
+    ImageShape {
+        model: String,
+        expected: [i64; 3],
+        got: Vec<i64>,
+    },
+
+    /// A model input other than the image has the wrong shape (`expected`: e.g. `[4, 512]`, `[B_t, 512]`).
+    #[error("{tensor}: expected shape {expected}, got shape {got:?}")]
+    InputShape {
+        tensor: &'static str,
+        expected: String,
+        got: Vec<i64>,
+    },
+}
+
+/// The examples on lines of their own, indented, and `…` when there are more than shown.
+fn listed(examples: &[String], total: &usize) -> String {
+    let mut out: String = examples.iter().map(|e| format!("\n  {e}")).collect();
+    if *total > examples.len() {
+        out.push_str("\n  …");
+    }
+    out
 }
 
 impl TrainError {
@@ -147,7 +328,14 @@ impl TrainError {
             | TrainError::UnevenShares { .. }
             | TrainError::NothingToResume(_)
             | TrainError::RunExists(_)
-            | TrainError::NothingToDo { .. } => ErrorKind::Usage,
+            | TrainError::NothingToDo { .. }
+            | TrainError::SynthOptions
+            | TrainError::FreezeMatchesNothing(_)
+            | TrainError::AllFrozen
+            | TrainError::AutocastDtype(_)
+            | TrainError::ModelConfig { .. }
+            | TrainError::ImageShape { .. }
+            | TrainError::InputShape { .. } => ErrorKind::Usage,
             TrainError::EmbeddingWidth { .. }
             | TrainError::ClassCount { .. }
             | TrainError::VocabularyMismatch { .. }
@@ -155,9 +343,69 @@ impl TrainError {
             | TrainError::TooFewRecords { .. }
             | TrainError::DataChanged { .. }
             | TrainError::RunFile { .. }
-            | TrainError::Schema { .. } => ErrorKind::Input,
-            TrainError::Tensors { .. } => ErrorKind::Io,
-            TrainError::LoaderStopped(_) => ErrorKind::Internal,
+            | TrainError::Schema { .. }
+            | TrainError::NotAFolder { .. }
+            | TrainError::TeacherRowsMissing { .. }
+            | TrainError::UnreadableImages { .. }
+            | TrainError::UnreadableValidationImages { .. }
+            | TrainError::AbsentSlotCarried { .. }
+            | TrainError::SynthVocabulary { .. }
+            | TrainError::StrictLoad { .. }
+            | TrainError::CopyTensor { .. }
+            | TrainError::EncoderNotInitialised { .. }
+            | TrainError::NoValidationImages(_)
+            | TrainError::NoValidationTags { .. }
+            | TrainError::OptimizerStateMissing { .. }
+            | TrainError::OptimizerStateShape { .. } => ErrorKind::Input,
+            TrainError::Tensors { .. } | TrainError::WriteImage { .. } => ErrorKind::Io,
+            TrainError::Threads { .. } => ErrorKind::Environment,
+            // The teacher's own failure says what kind it is (a missing model, a failing runtime).
+            TrainError::OnlineTeacher { source, .. } => source.kind(),
+            TrainError::LoaderStopped(_)
+            | TrainError::TensorConversion(_)
+            | TrainError::UnsupportedKind(_)
+            | TrainError::ReadBack { .. }
+            | TrainError::Libtorch { .. }
+            | TrainError::FusedLengths
+            | TrainError::FusedShape { .. } => ErrorKind::Internal,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    #[test]
+    fn unreadable_images_list_the_first_few_and_mark_the_rest() {
+        let e = |failed| TrainError::UnreadableImages {
+            failed,
+            total: 9,
+            image_root: "img".into(),
+            examples: vec!["a.png: missing (x)".into(), "b.png: empty (y)".into()],
+        };
+        assert_eq!(
+            e(2).to_string(),
+            "2 of 9 training images cannot be read (image root img):\n  a.png: missing (x)\n  b.png: empty (y)"
+        );
+        assert!(e(7).to_string().ends_with("(y)\n  …"));
+    }
+
+    #[test]
+    fn a_failing_online_teacher_keeps_its_cause_and_kind() {
+        let cause: crate::Error = crate::embed::EmbedError::NoSlots.into();
+        let cause_text = cause.to_string();
+        let e = TrainError::OnlineTeacher {
+            step: 3,
+            micro: 1,
+            records: vec![4, 5],
+            source: Box::new(cause),
+        };
+        assert_eq!(e.kind(), ErrorKind::Usage);
+        assert_eq!(
+            crate::error::report(&e),
+            format!("online teacher, step 3 micro-batch 1 (records [4, 5]…): {cause_text}")
+        );
     }
 }

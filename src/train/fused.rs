@@ -3,7 +3,8 @@
 //! `src/train/optim.cpp`. Both take whole lists of tensors, so one call replaces a loop of per-tensor
 //! kernels.
 
-use crate::error::{Error, Result};
+use super::error::TrainError;
+use crate::error::Result;
 use std::os::raw::{c_char, c_int};
 use tch::Tensor;
 use torch_sys::C_tensor;
@@ -33,17 +34,18 @@ extern "C" {
     ) -> c_int;
 }
 
-fn call(what: &str, f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<()> {
+fn call(what: &'static str, f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<()> {
     let mut buf = vec![0 as c_char; 512];
     if f(buf.as_mut_ptr(), buf.len()) == 0 {
         return Ok(());
     }
     // SAFETY: the shim writes a NUL-terminated message into `buf`.
     let msg = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
-    Err(Error::Other(format!(
-        "libtorch {what}: {}",
-        msg.to_string_lossy()
-    )))
+    Err(TrainError::Libtorch {
+        op: what,
+        message: msg.to_string_lossy().into_owned(),
+    }
+    .into())
 }
 
 fn handles(xs: &[&Tensor]) -> Vec<*const C_tensor> {
@@ -73,9 +75,7 @@ pub fn fused_adamw(
 ) -> Result<()> {
     let n = params.len();
     if [grads.len(), exp_avgs.len(), exp_avg_sqs.len()] != [n; 3] {
-        return Err(Error::Other(
-            "fused AdamW: parameter, gradient and state lists differ in length".into(),
-        ));
+        return Err(TrainError::FusedLengths.into());
     }
     // The CPU kernel indexes all four tensors alike, so shapes are checked here first.
     for i in 0..n {
@@ -84,9 +84,11 @@ pub fn fused_adamw(
             .iter()
             .any(|t| t.size() != shape)
         {
-            return Err(Error::Other(format!(
-                "fused AdamW: tensor {i} of shape {shape:?} has a gradient or state of another shape"
-            )));
+            return Err(TrainError::FusedShape {
+                tensor: i,
+                shape,
+            }
+            .into());
         }
     }
     let (p, g, m, v) = (

@@ -11,7 +11,8 @@
 
 use super::config::{Schedule, TrainConfig};
 use super::fused::{foreach_norm, fused_adamw, AdamWArgs};
-use crate::error::{Error, Result};
+use super::error::TrainError;
+use crate::error::Result;
 use crate::monitor::{GroupNorms, ModuleGroup};
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -55,7 +56,13 @@ fn read_scalar(t: &Tensor) -> f64 {
 fn read_vec(t: &Tensor) -> Result<Vec<f64>> {
     count_read();
     Vec::<f64>::try_from(t.to_device(Device::Cpu))
-        .map_err(|e| Error::Other(format!("reading optimizer norms: {e}")))
+        .map_err(|e| {
+            TrainError::ReadBack {
+                what: "optimizer norms",
+                source: Box::new(e),
+            }
+            .into()
+        })
 }
 
 /// Sums squared per-tensor norms into module groups; `GroupNorms` of the square roots.
@@ -150,9 +157,7 @@ impl AdamW {
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         for p in frozen_prefixes {
             if !vars.iter().any(|(n, _)| n.starts_with(p.as_str())) {
-                return Err(Error::Usage(format!(
-                    "freeze: no parameter name starts with `{p}`"
-                )));
+                return Err(TrainError::FreezeMatchesNothing(p.clone()).into());
             }
         }
         let mut summary = ParamSummary::default();
@@ -181,9 +186,7 @@ impl AdamW {
             });
         }
         if params.is_empty() {
-            return Err(Error::Usage(
-                "every parameter is frozen: nothing to train".into(),
-            ));
+            return Err(TrainError::AllFrozen.into());
         }
         Ok(AdamW {
             params,
@@ -416,17 +419,21 @@ impl AdamW {
                     ("exp_avg_sq", &mut p.exp_avg_sq),
                 ] {
                     let key = format!("{prefix}.{}", p.name);
-                    let src = state.get(&key).ok_or_else(|| {
-                        Error::Other(format!(
-                            "{source}: optimizer state has no `{key}` (was the checkpoint written with another model or frozen set?)"
-                        ))
-                    })?;
+                    let Some(src) = state.get(&key) else {
+                        return Err(TrainError::OptimizerStateMissing {
+                            checkpoint: source.to_string(),
+                            key,
+                        }
+                        .into());
+                    };
                     if src.size() != dst.size() {
-                        return Err(Error::Other(format!(
-                            "{source}: optimizer state `{key}` has shape {:?}, the parameter {:?}",
-                            src.size(),
-                            dst.size()
-                        )));
+                        return Err(TrainError::OptimizerStateShape {
+                            checkpoint: source.to_string(),
+                            key,
+                            state: src.size(),
+                            param: dst.size(),
+                        }
+                        .into());
                     }
                     dst.copy_(&src.to_kind(dst.kind()).to_device(dst.device()));
                 }

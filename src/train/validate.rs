@@ -10,6 +10,7 @@
 use super::data::augment;
 use super::model::RamPlus;
 use crate::error::{Error, Result};
+use crate::train::error::TrainError;
 use crate::eval::{
     evaluate, gather_columns, Benchmark, EvalReport, LabelForm, MappedTag, MatchKind, TagMapping,
     Thresholds,
@@ -59,10 +60,11 @@ impl ValidationSet {
     ) -> Result<Self> {
         let root = inputs.images.as_deref().unwrap_or(train_images);
         if !root.is_dir() {
-            return Err(Error::invalid(
-                root,
-                "validation image root is not a folder",
-            ));
+            return Err(TrainError::NotAFolder {
+                path: root.to_path_buf(),
+                what: "validation image root",
+            }
+            .into());
         }
         let (mut bench, mapping) = if inputs.data.is_dir() {
             let bench = Benchmark::from_dir(&inputs.data)?;
@@ -76,16 +78,14 @@ impl ValidationSet {
             bench.labels.truncate(n);
         }
         if bench.images.is_empty() {
-            return Err(Error::invalid(&inputs.data, "validation set has no images"));
+            return Err(TrainError::NoValidationImages(inputs.data.clone()).into());
         }
         if mapping.mapped().is_empty() {
-            return Err(Error::invalid(
-                &inputs.data,
-                format!(
-                    "none of its {} tags matches a slot of the vocabulary",
-                    bench.tags.len()
-                ),
-            ));
+            return Err(TrainError::NoValidationTags {
+                path: inputs.data.clone(),
+                tags: bench.tags.len(),
+            }
+            .into());
         }
         let thresholds = match &inputs.thresholds {
             Some(p) => Thresholds::read(p, vocab.len())?,
@@ -104,13 +104,15 @@ impl ValidationSet {
             .par_iter()
             .filter_map(|p| augment::probe(p).err())
             .collect();
-        if let Some(first) = failures.first() {
-            return Err(Error::Other(format!(
-                "{} of {} validation images cannot be read (image root {}), e.g. {first}",
-                failures.len(),
-                image_paths.len(),
-                root.display()
-            )));
+        let failed = failures.len();
+        if let Some(first) = failures.into_iter().next() {
+            return Err(TrainError::UnreadableValidationImages {
+                failed,
+                total: image_paths.len(),
+                image_root: root.to_path_buf(),
+                first: Box::new(first),
+            }
+            .into());
         }
         Ok(ValidationSet {
             bench,
@@ -248,7 +250,10 @@ pub fn score_images(
             .to_device(Device::Cpu)
             .reshape([-1]);
         let v: Vec<f32> =
-            Vec::try_from(&flat).map_err(|e: tch::TchError| Error::Other(e.to_string()))?;
+            Vec::try_from(&flat).map_err(|e: tch::TchError| TrainError::ReadBack {
+                what: "tag probabilities",
+                source: Box::new(e),
+            })?;
         out.extend(v);
     }
     Ok(out)

@@ -9,7 +9,8 @@
 //! code used no longer exists.
 
 use crate::checkpoint::keymap::{self, Action, LoadReport, ModelKey};
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::train::error::TrainError;
 use crate::tensors::{self, DType, TensorSet};
 use std::path::Path;
 use tch::nn::VarStore;
@@ -71,7 +72,7 @@ fn kind_of(d: DType) -> Kind {
 pub fn to_tch(t: &tensors::Tensor) -> Result<Tensor> {
     let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
     Tensor::f_from_data_size(&t.data, &shape, kind_of(t.dtype))
-        .map_err(|e| Error::Other(format!("tensor conversion: {e}")))
+        .map_err(|e| TrainError::TensorConversion(Box::new(e)).into())
 }
 
 fn dtype_of(k: Kind) -> Result<DType> {
@@ -87,9 +88,7 @@ fn dtype_of(k: Kind) -> Result<DType> {
         Kind::Uint8 => DType::U8,
         Kind::Bool => DType::Bool,
         other => {
-            return Err(Error::Other(format!(
-                "cannot store tensors of kind {other:?}"
-            )))
+            return Err(TrainError::UnsupportedKind(format!("{other:?}")).into())
         }
     })
 }
@@ -101,7 +100,7 @@ pub fn from_tch(t: &Tensor) -> Result<tensors::Tensor> {
     let numel = t.numel();
     let mut data = vec![0u8; numel * dtype.size()];
     t.f_copy_data_u8(&mut data, numel)
-        .map_err(|e| Error::Other(format!("tensor conversion: {e}")))?;
+        .map_err(|e| TrainError::TensorConversion(Box::new(e)))?;
     tensors::Tensor::new(dtype, t.size().iter().map(|&d| d as usize).collect(), data)
 }
 
@@ -152,10 +151,7 @@ pub fn resize_bias_table(table: &Tensor, to_window: usize) -> Tensor {
 /// Reads a checkpoint (safetensors or `torch.save`) and loads it into `vs`.
 pub fn load_state_dict(vs: &VarStore, path: &Path, opts: &LoadOptions) -> Result<LoadReport> {
     let set = tensors::read_any(path)?;
-    load_tensor_set(vs, &path.display().to_string(), &set, opts).map_err(|e| match e {
-        Error::Other(m) => Error::invalid(path, m),
-        e => e,
-    })
+    load_tensor_set(vs, &path.display().to_string(), &set, opts)
 }
 
 /// Loads named tensors into `vs` (see the module docs for the key rules).
@@ -173,10 +169,11 @@ pub fn load_tensor_set(
         set.tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
 
     if opts.strict && !report.is_complete() {
-        return Err(Error::Other(format!(
-            "strict load failed:\n{}",
-            report.to_table()
-        )));
+        return Err(TrainError::StrictLoad {
+            checkpoint: source.to_string(),
+            report: report.to_table(),
+        }
+        .into());
     }
     tch::no_grad(|| -> Result<()> {
         for item in &plan.tensors {
@@ -189,12 +186,13 @@ pub fn load_tensor_set(
                 Action::Copy => src,
                 Action::ResizeBiasTable { to_window, .. } => resize_bias_table(&src, to_window),
             };
-            var.f_copy_(&src.to_kind(var.kind())).map_err(|e| {
-                Error::Other(format!(
-                    "copying `{}` into `{}`: {e}",
-                    item.checkpoint_name, item.model_name
-                ))
-            })?;
+            var.f_copy_(&src.to_kind(var.kind()))
+                .map_err(|e| TrainError::CopyTensor {
+                    checkpoint: source.to_string(),
+                    from: item.checkpoint_name.clone(),
+                    into: item.model_name.clone(),
+                    source: Box::new(e),
+                })?;
         }
         for b in &plan.dropped_buffers {
             if let Some(model_name) = &b.model_name {
@@ -338,11 +336,7 @@ pub fn verify_encoder_initialised(
         });
     }
     if !allow_unloaded_encoder {
-        return Err(Error::EncoderNotInitialised(format!(
-            "{}. Pass a pretrained Swin or RAM++ checkpoint with --init (see the load report above), \
-             or --allow-random-encoder to train from scratch anyway",
-            problems.join("; ")
-        )));
+        return Err(TrainError::EncoderNotInitialised { problems }.into());
     }
     let mut warnings = vec![UNLOADED_ENCODER_WARNING.to_string()];
     warnings.extend(problems);

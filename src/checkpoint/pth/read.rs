@@ -3,7 +3,7 @@
 
 use super::view::materialise;
 use super::{Checkpoint, Container, TensorRef, Value};
-use crate::checkpoint::error::{CheckpointError, Result};
+use crate::checkpoint::error::{CheckpointError, Result, StructureProblem};
 use crate::checkpoint::pickle::{kind, StorageDecl, Unpickler};
 use crate::tensors::Tensor;
 use std::borrow::Cow;
@@ -26,14 +26,11 @@ pub fn read(path: &Path) -> Result<Checkpoint> {
         let bytes = std::fs::read(path).map_err(|e| CheckpointError::io(path, "cannot read", e))?;
         read_legacy(path, &bytes)
     } else if magic.is_empty() {
-        Err(CheckpointError::invalid(
-            path,
-            "empty file, not a PyTorch checkpoint",
-        ))
+        Err(CheckpointError::structure(path, StructureProblem::Empty))
     } else {
-        Err(CheckpointError::invalid(
+        Err(CheckpointError::structure(
             path,
-            "not a PyTorch checkpoint (neither a torch.save zip archive nor a legacy pickle)",
+            StructureProblem::NotACheckpoint,
         ))
     }
 }
@@ -54,7 +51,7 @@ fn read_zip(path: &Path, file: File) -> Result<Checkpoint> {
     let pkl_name = (0..zip.len())
         .filter_map(|i| zip.name_for_index(i).map(str::to_string))
         .find(|n| n == "data.pkl" || n.ends_with("/data.pkl"))
-        .ok_or_else(|| CheckpointError::invalid(path, "torch.save archive without data.pkl"))?;
+        .ok_or_else(|| CheckpointError::structure(path, StructureProblem::NoDataPkl))?;
     let prefix = pkl_name.trim_end_matches("data.pkl").to_string();
     let pickle = read_entry(path, &mut zip, &pkl_name, None, 0)?;
     let mut unpickler = Unpickler::new(path);
@@ -110,10 +107,10 @@ fn read_entry(
 fn declared_len(
     key: &str,
     decls: &HashMap<String, StorageDecl>,
-) -> std::result::Result<Option<usize>, String> {
+) -> std::result::Result<Option<usize>, StructureProblem> {
     let decl = decls
         .get(key)
-        .ok_or_else(|| format!("storage {key} is never declared"))?;
+        .ok_or_else(|| StructureProblem::Undeclared { key: key.into() })?;
     Ok(decl.numel.checked_mul(decl.dtype.size()))
 }
 
@@ -130,14 +127,14 @@ fn check_length(
             data.truncate(len);
             Ok(data)
         }
-        _ => Err(CheckpointError::invalid(
+        _ => Err(CheckpointError::structure(
             path,
-            format!(
-                "storage {key} holds {} bytes, but the pickle declares {} {} elements; the file is truncated or damaged",
-                data.len(),
-                decl.numel,
-                decl.dtype
-            ),
+            StructureProblem::StorageShort {
+                key: key.into(),
+                bytes: data.len(),
+                numel: decl.numel,
+                dtype: decl.dtype,
+            },
         )),
     }
 }
@@ -146,7 +143,7 @@ fn check_length(
 const LEGACY_MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
 
 fn read_legacy(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
-    let bad = |m: String| CheckpointError::invalid(path, m);
+    let bad = |problem: StructureProblem| CheckpointError::structure(path, problem);
     let mut pos = 0;
     let next = |pos: &mut usize| -> Result<(Value, HashMap<String, StorageDecl>)> {
         let mut up = Unpickler::new(path);
@@ -155,32 +152,26 @@ fn read_legacy(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
         Ok((v, up.storages))
     };
     if next(&mut pos)?.0 != Value::BigInt(LEGACY_MAGIC.to_vec()) {
-        return Err(bad(
-            "not a PyTorch checkpoint (legacy magic number missing)".into(),
-        ));
+        return Err(bad(StructureProblem::NoLegacyMagic));
     }
     let _protocol = next(&mut pos)?;
     let _sys_info = next(&mut pos)?;
     let (root, decls) = next(&mut pos)?;
     let Value::List(keys) = next(&mut pos)?.0 else {
-        return Err(bad("legacy checkpoint: storage key list missing".into()));
+        return Err(bad(StructureProblem::NoStorageKeys));
     };
     // Storages follow in key order: an 8-byte element count, then the raw little-endian data.
     let mut storages: HashMap<String, &[u8]> = HashMap::new();
     for k in keys {
         let Value::Str(key) = k else {
-            return Err(bad("legacy checkpoint: storage key is not a string".into()));
+            return Err(bad(StructureProblem::StorageKeyNotString));
         };
-        let decl = decls.get(&key).ok_or_else(|| {
-            bad(format!(
-                "legacy checkpoint: storage {key} is listed but the pickle never declares it"
-            ))
-        })?;
+        let decl = decls
+            .get(&key)
+            .ok_or_else(|| bad(StructureProblem::ListedUndeclared { key: key.clone() }))?;
         let (data, end) = legacy_storage(bytes, pos, &key, decl).map_err(bad)?;
         if storages.contains_key(&key) {
-            return Err(bad(format!(
-                "legacy checkpoint: storage {key} is listed twice"
-            )));
+            return Err(bad(StructureProblem::ListedTwice { key }));
         }
         storages.insert(key, data);
         pos = end;
@@ -189,7 +180,7 @@ fn read_legacy(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
         declared_len(key, &decls)?;
         let data = storages
             .get(key)
-            .ok_or_else(|| format!("storage {key} missing"))?;
+            .ok_or_else(|| StructureProblem::StorageMissing { key: key.into() })?;
         Ok(Cow::Borrowed(*data))
     })?;
     checkpoint.legacy = true;
@@ -202,16 +193,17 @@ fn legacy_storage<'b>(
     pos: usize,
     key: &str,
     decl: &StorageDecl,
-) -> std::result::Result<(&'b [u8], usize), String> {
-    let truncated = || format!("legacy checkpoint truncated inside storage {key}");
+) -> std::result::Result<(&'b [u8], usize), StructureProblem> {
+    let truncated = || StructureProblem::LegacyTruncated { key: key.into() };
     let start = pos.checked_add(8).ok_or_else(truncated)?;
     let header = bytes.get(pos..start).ok_or_else(truncated)?;
     let numel = u64::from_le_bytes(header.try_into().expect("8 bytes"));
     if numel != decl.numel as u64 {
-        return Err(format!(
-            "legacy checkpoint: storage {key} holds {numel} elements, but the pickle declares {}",
-            decl.numel
-        ));
+        return Err(StructureProblem::LegacyCount {
+            key: key.into(),
+            found: numel,
+            declared: decl.numel,
+        });
     }
     let end = decl
         .numel
@@ -230,7 +222,7 @@ struct Layout {
 
 /// Reads the unpickled root: a bare tensor, a state dict, or a dict wrapping one.
 fn layout(path: &Path, root: Value) -> Result<Layout> {
-    let bad = |m: String| CheckpointError::invalid(path, m);
+    let bad = |problem: StructureProblem| CheckpointError::structure(path, problem);
     let (container, entries, mut extras) = match root {
         Value::TensorRef(t) => {
             return Ok(Layout {
@@ -241,10 +233,9 @@ fn layout(path: &Path, root: Value) -> Result<Layout> {
         }
         Value::Dict(kv) => split_wrapper(path, kv)?,
         other => {
-            return Err(bad(format!(
-                "holds a {} at the top level, not a tensor or a dict of tensors",
-                kind(&other)
-            )))
+            return Err(bad(StructureProblem::TopLevel {
+                found: kind(&other),
+            }))
         }
     };
     check_unique_keys(path, &entries, "state-dict")?;
@@ -253,10 +244,9 @@ fn layout(path: &Path, root: Value) -> Result<Layout> {
         let name = match k {
             Value::Str(s) => s,
             other => {
-                return Err(bad(format!(
-                    "state-dict key is a {}, not a string",
-                    kind(&other)
-                )))
+                return Err(bad(StructureProblem::KeyNotString {
+                    found: kind(&other),
+                }))
             }
         };
         match v {
@@ -305,17 +295,17 @@ fn split_wrapper(
 /// Refuses a dict whose string keys repeat. A dict torch.save wrote cannot repeat a key; Python
 /// would keep the last value, so a repeated key means an edited or crafted file whose two readings
 /// (first or last) differ — neither is silently chosen.
-fn check_unique_keys(path: &Path, entries: &[(Value, Value)], what: &str) -> Result<()> {
+fn check_unique_keys(path: &Path, entries: &[(Value, Value)], what: &'static str) -> Result<()> {
     let mut seen = HashSet::with_capacity(entries.len());
     for (k, _) in entries {
         if let Value::Str(s) = k {
             if !seen.insert(s.as_str()) {
-                return Err(CheckpointError::invalid(
+                return Err(CheckpointError::structure(
                     path,
-                    format!(
-                        "{what} key `{s}` appears more than once; a dict saved by torch.save cannot repeat \
-                         a key, so the file was edited or damaged (refusing rather than picking one)"
-                    ),
+                    StructureProblem::RepeatedKey {
+                        dict: what,
+                        key: s.clone(),
+                    },
                 ));
             }
         }
@@ -377,17 +367,17 @@ impl Layout {
     }
 }
 
-/// Why a storage's bytes could not be had: a complete error, or a message about the file.
+/// Why a storage's bytes could not be had: a complete error, or a problem of the file.
 enum StorageFailure {
     Error(CheckpointError),
-    Message(String),
+    Structure(StructureProblem),
 }
 
 impl StorageFailure {
     fn into_error(self, path: &Path) -> CheckpointError {
         match self {
             StorageFailure::Error(e) => e,
-            StorageFailure::Message(m) => CheckpointError::invalid(path, m),
+            StorageFailure::Structure(p) => CheckpointError::structure(path, p),
         }
     }
 }
@@ -398,9 +388,9 @@ impl From<CheckpointError> for StorageFailure {
     }
 }
 
-impl From<String> for StorageFailure {
-    fn from(m: String) -> Self {
-        StorageFailure::Message(m)
+impl From<StructureProblem> for StorageFailure {
+    fn from(p: StructureProblem) -> Self {
+        StorageFailure::Structure(p)
     }
 }
 

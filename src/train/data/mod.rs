@@ -22,6 +22,7 @@ use crate::train::config::ImageCheck;
 use rand::Rng;
 
 use crate::error::{Error, Result};
+use crate::train::error::TrainError;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -80,7 +81,11 @@ impl TrainData {
         source: TeacherSource<'_>,
     ) -> Result<Self> {
         if !image_root.is_dir() {
-            return Err(Error::invalid(image_root, "image root is not a folder"));
+            return Err(TrainError::NotAFolder {
+                path: image_root.to_path_buf(),
+                what: "image root",
+            }
+            .into());
         }
         let online = matches!(source, TeacherSource::Online(_));
         let mut records = RecordSet::read_with(
@@ -107,16 +112,14 @@ impl TrainData {
                     }
                 }
                 if let Some(first) = missing.first() {
-                    return Err(Error::invalid(
-                        p,
-                        format!(
-                            "has no features for {} of {} records, e.g. `{}` ({})",
-                            missing.len(),
-                            records.records.len(),
-                            first.image_path,
-                            records.origin(first)
-                        ),
-                    ));
+                    return Err(TrainError::TeacherRowsMissing {
+                        teacher: p.to_path_buf(),
+                        missing: missing.len(),
+                        records: records.records.len(),
+                        image: first.image_path.clone(),
+                        origin: records.origin(first),
+                    }
+                    .into());
                 }
                 (Some(t), rows)
             }
@@ -178,25 +181,24 @@ impl TrainData {
         if failures.is_empty() {
             return Ok(());
         }
-        let shown: Vec<String> = failures
+        let examples: Vec<String> = failures
             .iter()
             .take(5)
             .map(|(i, e)| {
                 format!(
-                    "  {} ({})",
-                    e,
+                    "{} ({})",
+                    crate::error::report(e),
                     self.records.origin(&self.records.records[*i])
                 )
             })
             .collect();
-        Err(Error::Other(format!(
-            "{} of {} training images cannot be read (image root {}):\n{}{}",
-            failures.len(),
-            self.len(),
-            self.image_root.display(),
-            shown.join("\n"),
-            if failures.len() > 5 { "\n  …" } else { "" }
-        )))
+        Err(TrainError::UnreadableImages {
+            failed: failures.len(),
+            total: self.len(),
+            image_root: self.image_root.clone(),
+            examples,
+        }
+        .into())
     }
 
     /// Slots the data carries that `absent` (from the manifest) says no record carries.
@@ -212,14 +214,12 @@ impl TrainData {
             .find(|r| r.slots.iter().any(|&s| is_absent[s as usize]))
         {
             let s = r.slots.iter().find(|&&s| is_absent[s as usize]).unwrap();
-            return Err(Error::invalid(
-                manifest,
-                format!(
-                    "marks slot {s} absent, but {} carries it: the manifest does not describe this training data \
-                     (rerun `tagfix diff` on it)",
-                    self.records.origin(r)
-                ),
-            ));
+            return Err(TrainError::AbsentSlotCarried {
+                manifest: manifest.to_path_buf(),
+                slot: *s,
+                origin: self.records.origin(r),
+            }
+            .into());
         }
         Ok(())
     }
@@ -364,13 +364,11 @@ pub fn load_micro_batch(
             (Some(c), Some(x))
         }
         (None, Some(t)) => {
-            let describe = |e: Error| {
-                Error::Other(format!(
-                    "online teacher, step {} micro-batch {micro} (records {:?}…): {}",
-                    step + 1,
-                    &indices[..indices.len().min(4)],
-                    crate::error::report(&e)
-                ))
+            let describe = |e: Error| TrainError::OnlineTeacher {
+                step: step + 1,
+                micro,
+                records: indices[..indices.len().min(4)].to_vec(),
+                source: Box::new(e),
             };
             let c = t.image_features(&teacher_pixels).map_err(describe)?;
             // RAM draws one of the record's captions per sample; the draw has its own stream.
@@ -442,17 +440,20 @@ impl Loader {
     ) -> Result<Self> {
         let spe = cfg.steps_per_epoch(data.len());
         if spe == 0 {
-            return Err(Error::Usage(format!(
-                "{} records are fewer than one batch of {}",
-                data.len(),
-                cfg.batch
-            )));
+            return Err(TrainError::TooFewRecords {
+                records: data.len(),
+                batch: cfg.batch,
+            }
+            .into());
         }
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(cfg.workers)
             .thread_name(|i| format!("tagfix-data-{i}"))
             .build()
-            .map_err(|e| Error::Other(format!("cannot start data threads: {e}")))?;
+            .map_err(|e| TrainError::Threads {
+                what: "data threads",
+                source: Box::new(e),
+            })?;
         let (tx, rx) = sync_channel(cfg.prefetch.max(1));
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
@@ -479,7 +480,10 @@ impl Loader {
                     }
                 }
             })
-            .map_err(|e| Error::Other(format!("cannot start the loader thread: {e}")))?;
+            .map_err(|e| TrainError::Threads {
+                what: "the loader thread",
+                source: Box::new(e),
+            })?;
         Ok(Loader {
             rx: Some(rx),
             stop,

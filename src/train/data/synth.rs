@@ -9,6 +9,7 @@
 
 use super::{TeacherFeatures, TEACHER_DIM};
 use crate::error::{Error, Result};
+use crate::train::error::TrainError;
 use crate::manifest::{InputFile, SlotManifest};
 use crate::tensors::provenance::EMBEDDINGS_TENSOR;
 use crate::tensors::{EmbeddingFile, Provenance};
@@ -92,9 +93,7 @@ fn unit(rng: &mut ChaCha8Rng) -> Vec<f32> {
 /// Writes a synthetic dataset into `dir` (created if missing).
 pub fn generate(opts: &SynthOptions, dir: &Path) -> Result<SynthDataset> {
     if opts.count == 0 || opts.size < 16 || opts.descriptions == 0 {
-        return Err(Error::Usage(
-            "synth: need count >= 1, size >= 16, descriptions >= 1".into(),
-        ));
+        return Err(TrainError::SynthOptions.into());
     }
     let images = dir.join("images");
     std::fs::create_dir_all(&images).map_err(|e| Error::io(&images, e))?;
@@ -114,14 +113,11 @@ pub fn generate(opts: &SynthOptions, dir: &Path) -> Result<SynthDataset> {
     let mut slots_of = std::collections::HashMap::new();
     for name in vocabulary_tags() {
         let slot = tags.iter().position(|t| *t == name).ok_or_else(|| {
-            Error::invalid(
-                &vocab_path,
-                format!(
-                    "has no tag `{name}`: the synthetic images are tagged with {} (a vocabulary without them \
-                     cannot label them)",
-                    vocabulary_tags().join(", ")
-                ),
-            )
+            TrainError::SynthVocabulary {
+                path: vocab_path.clone(),
+                tag: name.clone(),
+                needed: vocabulary_tags(),
+            }
         })?;
         slots_of.insert(name, slot);
     }
@@ -176,7 +172,10 @@ pub fn generate(opts: &SynthOptions, dir: &Path) -> Result<SynthDataset> {
         };
         let path = images.join(&name);
         img.save(&path)
-            .map_err(|e| Error::invalid(&path, format!("cannot write image: {e}")))?;
+            .map_err(|e| TrainError::WriteImage {
+                path: path.clone(),
+                source: Box::new(e),
+            })?;
         let caption = slots
             .iter()
             .map(|&t| tags[t].as_str())

@@ -32,16 +32,14 @@ impl ProcessGroup {
     /// Gathers every rank's fingerprint and fails, on every rank alike, naming the lowest rank
     /// that differs from rank 0 and the first field in which it does.
     pub fn check_agreement(&mut self, mine: &Fingerprint) -> Result<(), DistError> {
-        let bytes = serde_json::to_vec(mine)
-            .map_err(|e| DistError::Usage(format!("encoding the fingerprint: {e}")))?;
+        let bytes = serde_json::to_vec(mine).map_err(DistError::EncodeFingerprint)?;
         let all = self.all_gather_bytes(&bytes)?;
         let prints = all
             .iter()
             .enumerate()
             .map(|(rank, b)| {
-                serde_json::from_slice::<Fingerprint>(b).map_err(|e| {
-                    DistError::Usage(format!("rank {rank} sent an unreadable fingerprint: {e}"))
-                })
+                serde_json::from_slice::<Fingerprint>(b)
+                    .map_err(|source| DistError::UnreadableFingerprint { rank, source })
             })
             .collect::<Result<Vec<_>, _>>()?;
         first_disagreement(&prints).map_or(Ok(()), Err)

@@ -121,11 +121,7 @@ impl ProcessGroup {
     /// process group. A CUDA (NCCL) rank uses `cuda:LOCAL_RANK`.
     pub fn new(rdzv: &Rendezvous, opts: &GroupOptions) -> Result<ProcessGroup, DistError> {
         if opts.backend == DistBackend::Nccl && !ffi::has_nccl() {
-            return Err(DistError::Usage(
-                "--dist-backend nccl: this tagfix was built without NCCL (build it with \
-                 TAGFIX_LINK_CUDA=1, scripts/setup-gpu.sh)"
-                    .into(),
-            ));
+            return Err(DistError::NoNccl);
         }
         let fail = |message: String| DistError::Rendezvous {
             addr: rdzv.master_addr.clone(),
@@ -251,10 +247,10 @@ impl ProcessGroup {
     /// every rank begins from the same weights).
     pub fn broadcast_(&mut self, tensors: &[Tensor], root: usize) -> Result<(), DistError> {
         if root >= self.world_size {
-            return Err(DistError::Usage(format!(
-                "broadcast from rank {root} in a world of {}",
-                self.world_size
-            )));
+            return Err(DistError::BroadcastRoot {
+                root,
+                world_size: self.world_size,
+            });
         }
         self.bucketed("broadcast", tensors, |group, flats, timeout| {
             group.broadcast(flats, root, timeout)
@@ -266,8 +262,10 @@ impl ProcessGroup {
         let t = Tensor::from_slice(values).to_device(self.device);
         let timeout = self.timeout;
         self.collective("all_reduce", |g| g.all_reduce_sum(&[&t], timeout))?;
-        Vec::<f64>::try_from(t.to_device(Device::Cpu))
-            .map_err(|e| DistError::Usage(format!("reading the reduced scalars: {e}")))
+        Vec::<f64>::try_from(t.to_device(Device::Cpu)).map_err(|e| DistError::ReadBack {
+            what: "the reduced scalars",
+            source: Box::new(e),
+        })
     }
 
     /// Every rank's `t`, in rank order, on this group's device. The ranks' tensors must have the
@@ -309,8 +307,10 @@ impl ProcessGroup {
         self.all_gather(&t)?
             .into_iter()
             .map(|g| {
-                Vec::<u8>::try_from(g.to_device(Device::Cpu))
-                    .map_err(|e| DistError::Usage(format!("reading gathered bytes: {e}")))
+                Vec::<u8>::try_from(g.to_device(Device::Cpu)).map_err(|e| DistError::ReadBack {
+                    what: "gathered bytes",
+                    source: Box::new(e),
+                })
             })
             .collect()
     }
@@ -344,9 +344,7 @@ impl ProcessGroup {
         op: impl FnOnce(&mut ffi::Group, &[&Tensor], Duration) -> Result<(), String>,
     ) -> Result<(), DistError> {
         if tensors.iter().any(|t| !t.defined()) {
-            return Err(DistError::Usage(format!(
-                "{name}: an undefined tensor (a parameter without a gradient?)"
-            )));
+            return Err(DistError::UndefinedTensor { op: name });
         }
         let buckets = buckets(tensors, self.bucket_bytes);
         let device = self.device;
@@ -385,10 +383,10 @@ impl ProcessGroup {
         f: impl FnOnce(&mut ffi::Group) -> Result<T, String>,
     ) -> Result<T, DistError> {
         let Some(group) = self.group.as_mut().filter(|_| !self.failed) else {
-            return Err(DistError::Usage(format!(
-                "{op}: the process group failed earlier on rank {}",
-                self.rank
-            )));
+            return Err(DistError::GroupFailed {
+                op,
+                rank: self.rank,
+            });
         };
         self.seq += 1;
         let progress = format!(

@@ -133,9 +133,7 @@ fn terminate(child: &Child) {
 /// the others are stopped and the error names the first that failed.
 pub fn launch(req: &LaunchRequest, stdout: Sink, stderr: Sink) -> Result<(), DistError> {
     if req.nproc == 0 {
-        return Err(DistError::Usage(
-            "--nproc-per-node must be at least 1".into(),
-        ));
+        return Err(DistError::NoProcesses);
     }
     let port = match req.master_port {
         Some(p) => p,

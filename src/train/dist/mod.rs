@@ -180,9 +180,41 @@ pub enum DistError {
         expected: String,
     },
 
-    /// A request the process group cannot serve (backend not built, tensors on the wrong device...).
-    #[error("{0}")]
-    Usage(String),
+    #[error("--dist-backend nccl: this tagfix was built without NCCL (build it with TAGFIX_LINK_CUDA=1, \
+             scripts/setup-gpu.sh)")]
+    NoNccl,
+
+    #[error("--nproc-per-node must be at least 1")]
+    NoProcesses,
+
+    #[error("broadcast from rank {root} in a world of {world_size}")]
+    BroadcastRoot { root: usize, world_size: usize },
+
+    /// `op` was given a tensor that holds nothing (a parameter without a gradient?).
+    #[error("{op}: an undefined tensor (a parameter without a gradient?)")]
+    UndefinedTensor { op: &'static str },
+
+    /// A collective after one that failed: the group cannot be used any more.
+    #[error("{op}: the process group failed earlier on rank {rank}")]
+    GroupFailed { op: &'static str, rank: usize },
+
+    /// A collective's result could not be read back to the host (`what`: "the reduced scalars", ...).
+    #[error("reading {what}")]
+    ReadBack {
+        what: &'static str,
+        #[source]
+        source: crate::train::error::Source,
+    },
+
+    #[error("encoding the fingerprint")]
+    EncodeFingerprint(#[source] serde_json::Error),
+
+    #[error("rank {rank} sent an unreadable fingerprint")]
+    UnreadableFingerprint {
+        rank: usize,
+        #[source]
+        source: serde_json::Error,
+    },
 
     /// The launcher could not start a rank.
     #[error("starting rank {rank} ({program})")]
@@ -216,8 +248,15 @@ impl DistError {
     pub fn kind(&self) -> crate::error::ErrorKind {
         use crate::error::ErrorKind;
         match self {
-            DistError::Env { .. } | DistError::Usage(_) => ErrorKind::Usage,
-            DistError::Disagreement { .. } => ErrorKind::Input,
+            DistError::Env { .. } | DistError::NoNccl | DistError::NoProcesses => ErrorKind::Usage,
+            DistError::Disagreement { .. } | DistError::UnreadableFingerprint { .. } => {
+                ErrorKind::Input
+            }
+            DistError::BroadcastRoot { .. }
+            | DistError::UndefinedTensor { .. }
+            | DistError::ReadBack { .. }
+            | DistError::EncodeFingerprint(_) => ErrorKind::Internal,
+            DistError::GroupFailed { .. } => ErrorKind::Environment,
             DistError::RankFailed { code: Some(3), .. } => ErrorKind::Stopped,
             DistError::Rendezvous { .. }
             | DistError::Collective { .. }

@@ -8,7 +8,8 @@ use super::layers::{param, Linear, ParamInit, Trace, WeightInit};
 use super::loss::{distillation_l1, AsymmetricLoss};
 use super::swin::SwinTransformer;
 use super::tagging_head::TaggingHead;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::train::error::TrainError;
 use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
 
@@ -109,7 +110,10 @@ impl RamPlus {
     pub fn new_at(p: nn::Path, config: &RamPlusConfig, init: ParamInit) -> Result<Self> {
         config
             .validate()
-            .map_err(|m| Error::Usage(format!("model config `{}`: {m}", config.name)))?;
+            .map_err(|problem| TrainError::ModelConfig {
+                name: config.name.clone(),
+                problem,
+            })?;
         let rows = (config.num_class * config.des_per_class) as i64;
         let joint = config.joint_dim as i64;
         // RAM_plus.__init__: label_embed zeros (filled from the embedding file), reweight_scale log(1/0.07).
@@ -160,10 +164,12 @@ impl RamPlus {
         let size = image.size();
         let want = [s.in_chans as i64, s.img_size as i64, s.img_size as i64];
         if size.len() != 4 || size[1..] != want {
-            return Err(Error::Usage(format!(
-                "model `{}` takes images [B, {}, {}, {}], got {:?}",
-                self.config.name, want[0], want[1], want[2], size
-            )));
+            return Err(TrainError::ImageShape {
+                model: self.config.name.clone(),
+                expected: want,
+                got: size,
+            }
+            .into());
         }
         Ok(())
     }
@@ -255,12 +261,14 @@ impl RamPlus {
     ) -> Result<RamPlusOutputs> {
         self.check_image(batch.image)?;
         let b = batch.image.size()[0];
-        let expect = |name: &str, t: &Tensor, shape: &[i64]| -> Result<()> {
+        let expect = |name: &'static str, t: &Tensor, shape: &[i64]| -> Result<()> {
             if t.size() != shape {
-                return Err(Error::Usage(format!(
-                    "{name}: expected shape {shape:?}, got {:?}",
-                    t.size()
-                )));
+                return Err(TrainError::InputShape {
+                    tensor: name,
+                    expected: format!("{shape:?}"),
+                    got: t.size(),
+                }
+                .into());
             }
             Ok(())
         };
@@ -273,9 +281,12 @@ impl RamPlus {
         expect("clip_feature", batch.clip_feature, &[b, joint])?;
         let bt = batch.batch_text_embed.size();
         if bt.len() != 2 || bt[1] != joint {
-            return Err(Error::Usage(format!(
-                "batch_text_embed: expected [B_t, {joint}], got {bt:?}"
-            )));
+            return Err(TrainError::InputShape {
+                tensor: "batch_text_embed",
+                expected: format!("[B_t, {joint}]"),
+                got: bt,
+            }
+            .into());
         }
 
         let image = self.image_embeds(batch.image, train, trace);
@@ -324,10 +335,12 @@ impl RamPlus {
     ) -> Result<TagPrediction> {
         let nc = self.config.num_class as i64;
         if class_threshold.size() != [nc] {
-            return Err(Error::Usage(format!(
-                "class_threshold: expected {nc} thresholds, got shape {:?}",
-                class_threshold.size()
-            )));
+            return Err(TrainError::InputShape {
+                tensor: "class_threshold",
+                expected: format!("[{nc}]"),
+                got: class_threshold.size(),
+            }
+            .into());
         }
         let logits = self.tag_logits(image)?;
         let scores = logits.sigmoid();
