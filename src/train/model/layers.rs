@@ -2,7 +2,7 @@
 //! with PyTorch's parameter names and init rules, DropPath, and the trace of intermediates.
 
 use tch::nn::{self, Init};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// How parameters are filled when a model is built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +118,8 @@ impl LayerNorm {
 
 /// Stochastic depth as timm's `drop_path`: in training, each sample's residual branch is dropped
 /// with probability `p` and the kept ones are scaled by 1/(1−p); the identity in eval mode.
+/// The per-sample factor (0 or 1/(1−p), drawn as ⌊U + 1−p⌋) is built on the [B, 1, …] shape, so
+/// the activation sees one broadcast multiply.
 pub fn drop_path(x: &Tensor, p: f64, train: bool) -> Tensor {
     if !train || p <= 0.0 {
         return x.shallow_clone();
@@ -125,18 +127,13 @@ pub fn drop_path(x: &Tensor, p: f64, train: bool) -> Tensor {
     let keep = 1.0 - p;
     let mut shape = vec![1i64; x.dim()];
     shape[0] = x.size()[0];
-    let mask = (Tensor::rand(shape.as_slice(), (x.kind(), x.device())) + keep).floor();
-    x / keep * mask
+    let factor = (Tensor::rand(shape.as_slice(), (x.kind(), x.device())) + keep).floor() / keep;
+    x * factor
 }
 
 /// Exact (erf) GELU, as `nn.GELU()` and BERT's `gelu`.
 pub fn gelu(x: &Tensor) -> Tensor {
     x.gelu("none")
-}
-
-/// Softmax over the last dimension in the input's dtype.
-pub fn softmax_last(x: &Tensor) -> Tensor {
-    x.softmax(-1, None::<Kind>)
 }
 
 /// Collects named intermediate tensors during a forward pass (for parity tests and debugging).
@@ -180,5 +177,30 @@ impl Trace {
     /// The tensor recorded under `name`.
     pub fn get(&self, name: &str) -> Option<&Tensor> {
         self.entries.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn drop_path_keeps_the_random_draws_and_scales_kept_samples() {
+        let x = Tensor::randn([64, 3, 5], (Kind::Float, Device::Cpu));
+        let p = 0.3;
+        tch::manual_seed(11);
+        let got = drop_path(&x, p, true);
+        // The same uniform draws, one per sample, as the former `x / keep * ⌊U + keep⌋`.
+        tch::manual_seed(11);
+        let kept = (Tensor::rand([64, 1, 1], (Kind::Float, Device::Cpu)) + (1.0 - p)).floor();
+        let want = &x / (1.0 - p) * &kept;
+        let err = (&got - &want).abs().max().double_value(&[]);
+        assert!(err < 1e-6, "max |diff| {err}");
+        let n_kept = kept.sum(Kind::Float).double_value(&[]);
+        assert!(n_kept > 0.0 && n_kept < 64.0, "{n_kept} of 64 samples kept");
+        // Eval mode and rate 0 are the identity.
+        assert!(drop_path(&x, p, false).equal(&x));
+        assert!(drop_path(&x, 0.0, true).equal(&x));
     }
 }

@@ -8,7 +8,7 @@
 
 use super::config::{BlockGeometry, SwinConfig};
 use super::layers::{
-    buffer, drop_path, gelu, param, softmax_last, LayerNorm, Linear, ParamInit, Trace, WeightInit,
+    buffer, drop_path, gelu, param, LayerNorm, Linear, ParamInit, Trace, WeightInit,
 };
 use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
@@ -125,27 +125,46 @@ impl WindowAttention {
             .contiguous()
     }
 
-    /// `x`: [B·nW, N, C] window tokens; `mask`: [nW, N, N] for shifted windows.
+    /// `x`: [B·nW, N, C] window tokens; `mask`: [nW, N, N] for shifted windows; `bias`: [nH, N, N].
+    ///
+    /// One `scaled_dot_product_attention` (fused kernels on CUDA), with the bias and the shift mask
+    /// summed into one additive float mask that keeps the bias table's gradient. So that the mask
+    /// broadcasts over the batch without a per-image copy, an image's windows are folded into the
+    /// head dimension: q, k, v [B, nW·nH, N, hd] and the mask [1, nW·nH, N, N] (nW = 1 unshifted).
     fn forward(&self, x: &Tensor, mask: Option<&Tensor>, bias: &Tensor) -> Tensor {
         let (b_, n, c) = x.size3().expect("window tokens [B*nW, N, C]");
         let nh = self.num_heads;
         let hd = c / nh;
+        let nw = mask.map_or(1, |m| m.size()[0]);
         let qkv = self
             .qkv
             .forward(x)
-            .reshape([b_, n, 3, nh, hd])
-            .permute([2, 0, 3, 1, 4]);
+            .view([b_ / nw, nw, n, 3, nh, hd])
+            .permute([3, 0, 1, 4, 2, 5])
+            .reshape([3, b_ / nw, nw * nh, n, hd]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
-        // Swin scales q before the product (BERT divides the scores after it).
-        let q = q * (hd as f64).powf(-0.5);
-        let mut attn = q.matmul(&k.transpose(-2, -1)) + bias.unsqueeze(0);
-        if let Some(mask) = mask {
-            let nw = mask.size()[0];
-            attn = attn.view([b_ / nw, nw, nh, n, n]) + mask.unsqueeze(1).unsqueeze(0);
-            attn = attn.view([-1, nh, n, n]);
+        let attn_mask = match mask {
+            Some(mask) => bias.unsqueeze(0) + mask.unsqueeze(1),
+            None => bias.unsqueeze(0),
         }
-        let attn = softmax_last(&attn);
-        let out = attn.matmul(&v).transpose(1, 2).reshape([b_, n, c]);
+        .view([1, nw * nh, n, n]);
+        // Swin scales q before the product (BERT divides the scores after it); SDPA's own scale is
+        // then 1, which its CPU math path applies exactly, keeping the reference's rounding.
+        let q = q * (hd as f64).powf(-0.5);
+        let out = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            Some(attn_mask),
+            0.0,
+            false,
+            1.0,
+            false,
+        );
+        let out = out
+            .reshape([b_ / nw, nw, nh, n, hd])
+            .permute([0, 1, 3, 2, 4])
+            .reshape([b_, n, c]);
         self.proj.forward(&out)
     }
 }
@@ -376,5 +395,85 @@ impl SwinTransformer {
         // AdaptiveAvgPool1d(1) over the tokens, prepended as token 0.
         let pooled = x.mean_dim(1, true, None::<Kind>);
         Tensor::cat(&[pooled, x], 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    /// The official module's explicit form: (q·hd^-½)·kᵀ + bias (+ shift mask per window), softmax, ·v.
+    fn explicit(a: &WindowAttention, x: &Tensor, mask: Option<&Tensor>, bias: &Tensor) -> Tensor {
+        let (b_, n, c) = x.size3().unwrap();
+        let (nh, hd) = (a.num_heads, c / a.num_heads);
+        let qkv = a
+            .qkv
+            .forward(x)
+            .reshape([b_, n, 3, nh, hd])
+            .permute([2, 0, 3, 1, 4]);
+        let q = qkv.get(0) * (hd as f64).powf(-0.5);
+        let mut attn = q.matmul(&qkv.get(1).transpose(-2, -1)) + bias.unsqueeze(0);
+        if let Some(mask) = mask {
+            let nw = mask.size()[0];
+            attn = (attn.view([b_ / nw, nw, nh, n, n]) + mask.unsqueeze(1).unsqueeze(0))
+                .view([-1, nh, n, n]);
+        }
+        let out = attn.softmax(-1, Kind::Float).matmul(&qkv.get(2));
+        a.proj.forward(&out.transpose(1, 2).reshape([b_, n, c]))
+    }
+
+    fn max_rel(got: &Tensor, want: &Tensor) -> f64 {
+        (got - want).abs().max().double_value(&[]) / want.abs().max().double_value(&[])
+    }
+
+    /// 2 images of 8×8 tokens, windows 4×4 (4 per image), 2 heads of width 4; shifted by 2 or not.
+    /// Returns the attention output and the gradients of the bias table and the qkv weight for a
+    /// fixed upstream gradient.
+    fn run(shifted: bool, sdpa: bool) -> (Tensor, Tensor, Tensor) {
+        tch::manual_seed(5);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let a = WindowAttention::new(vs.root() / "attn", 8, 4, 2, true, ParamInit::Official);
+        let mask = shifted.then(|| Tensor::from_slice(&shift_attention_mask(8, 4, 2)).view([4, 16, 16]));
+        let x = Tensor::randn([8, 16, 8], (Kind::Float, Device::Cpu));
+        let upstream = Tensor::randn([8, 16, 8], (Kind::Float, Device::Cpu));
+        let bias = a.relative_position_bias();
+        let y = if sdpa {
+            a.forward(&x, mask.as_ref(), &bias)
+        } else {
+            explicit(&a, &x, mask.as_ref(), &bias)
+        };
+        (&y * &upstream).sum(Kind::Float).backward();
+        let grad = |t: &Tensor| t.grad().detach().copy();
+        (y.detach(), grad(&a.relative_position_bias_table), grad(&a.qkv.weight))
+    }
+
+    #[test]
+    fn sdpa_window_attention_equals_the_explicit_form_and_trains_the_bias_table() {
+        for shifted in [false, true] {
+            let (y, table, qkv) = run(shifted, true);
+            let (y0, table0, qkv0) = run(shifted, false);
+            assert!(max_rel(&y, &y0) < 1e-6, "output, shifted {shifted}");
+            assert!(table.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+            assert!(max_rel(&table, &table0) < 1e-5, "bias table grad, shifted {shifted}");
+            assert!(max_rel(&qkv, &qkv0) < 1e-5, "qkv grad, shifted {shifted}");
+        }
+    }
+
+    #[test]
+    fn sdpa_window_attention_without_grad_equals_the_explicit_form() {
+        // Without autograd the mask needs no gradient and the CPU fused kernel may take it.
+        tch::manual_seed(6);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let a = WindowAttention::new(vs.root() / "attn", 8, 4, 2, true, ParamInit::Official);
+        let mask = Tensor::from_slice(&shift_attention_mask(8, 4, 2)).view([4, 16, 16]);
+        let x = Tensor::randn([8, 16, 8], (Kind::Float, Device::Cpu));
+        tch::no_grad(|| {
+            let bias = a.relative_position_bias();
+            for mask in [None, Some(&mask)] {
+                let got = a.forward(&x, mask, &bias);
+                assert!(max_rel(&got, &explicit(&a, &x, mask, &bias)) < 1e-5);
+            }
+        });
     }
 }

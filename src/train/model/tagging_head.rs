@@ -6,7 +6,7 @@
 //! `crossattention.output.{dense,LayerNorm}`, `intermediate.dense`, `output.{dense,LayerNorm}`.
 
 use super::config::TaggingHeadConfig;
-use super::layers::{gelu, softmax_last, LayerNorm, Linear, ParamInit, Trace, WeightInit};
+use super::layers::{gelu, LayerNorm, Linear, ParamInit, Trace, WeightInit};
 use tch::{nn, Tensor};
 
 /// One `BertLayer` without self-attention.
@@ -59,11 +59,12 @@ impl CrossAttentionLayer {
         let q = heads(self.query.forward(x));
         let k = heads(self.key.forward(enc));
         let v = heads(self.value.forward(enc));
-        // BERT divides after the product. The all-ones image mask adds −0.0: omitted.
-        let scores = q.matmul(&k.transpose(-1, -2)) / (hd as f64).sqrt();
-        let probs = softmax_last(&scores).dropout(cfg.attention_probs_dropout_prob, train);
-        let ctx = probs
-            .matmul(&v)
+        let dropout = if train {
+            cfg.attention_probs_dropout_prob
+        } else {
+            0.0
+        };
+        let ctx = cross_attention(&q, &k, &v, dropout)
             .permute([0, 2, 1, 3])
             .contiguous()
             .view([b, q_len, hidden]);
@@ -83,6 +84,15 @@ impl CrossAttentionLayer {
             + &a;
         self.output_norm.forward(&out)
     }
+}
+
+/// softmax(q·kᵀ/√hd) dropped out with probability `dropout`, times v: one
+/// `scaled_dot_product_attention` (flash / memory-efficient kernels on CUDA; on CPU its math path,
+/// whose dropout draws what `softmax(..).dropout(..)` drew, or the CPU flash kernel without dropout).
+/// BERT's all-ones image mask adds −0.0 to the scores: omitted.
+fn cross_attention(q: &Tensor, k: &Tensor, v: &Tensor, dropout: f64) -> Tensor {
+    let scale = 1.0 / (q.size()[3] as f64).sqrt();
+    Tensor::scaled_dot_product_attention(q, k, v, None::<Tensor>, dropout, false, scale, false)
 }
 
 /// The tagging head (`tagging_head` in RAM++).
@@ -119,5 +129,36 @@ impl TaggingHead {
             trace.record(|| format!("debug.tagging_head.{use_name}.layer.{l}"), &x);
         }
         x
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    /// BERT's explicit form: softmax(q·kᵀ / √hd), dropout, ·v.
+    fn explicit(q: &Tensor, k: &Tensor, v: &Tensor, dropout: f64) -> Tensor {
+        let hd = q.size()[3] as f64;
+        (q.matmul(&k.transpose(-1, -2)) / hd.sqrt())
+            .softmax(-1, Kind::Float)
+            .dropout(dropout, dropout > 0.0)
+            .matmul(v)
+    }
+
+    #[test]
+    fn cross_attention_equals_the_explicit_form_with_the_same_dropout_draws() {
+        let opts = (Kind::Float, Device::Cpu);
+        let q = Tensor::randn([2, 2, 7, 16], opts).set_requires_grad(true);
+        let k = Tensor::randn([2, 2, 5, 16], opts);
+        let v = Tensor::randn([2, 2, 5, 16], opts);
+        for dropout in [0.0, 0.1] {
+            tch::manual_seed(21);
+            let got = cross_attention(&q, &k, &v, dropout);
+            tch::manual_seed(21);
+            let want = explicit(&q, &k, &v, dropout);
+            let err = (&got - &want).abs().max().double_value(&[]);
+            assert!(err < 1e-5, "dropout {dropout}: max |diff| {err}");
+        }
     }
 }
