@@ -6,7 +6,9 @@
 //! - [`LayoutRecorder`] (no libtorch) records [`StateEntry`]s:
 //!   [`RamPlusConfig::state_dict_layout`], which `inspect`, `convert` and export's key order use;
 //! - the `train` feature's `TchBuilder` (`train::model::layers`) creates the `VarStore` variables
-//!   under an `nn::Path`, and the libtorch modules take their tensors from the structs returned here.
+//!   under an `nn::Path`, and the libtorch modules take their tensors from the structs returned here
+//!   (by exhaustive destructuring: a parameter added here that a module does not take fails to
+//!   compile).
 //!
 //! Creation order is the walk order, which is the official `state_dict` order and also fixes the
 //! order of the RNG draws of [`Init`] (so training runs resume and reproduce exactly).

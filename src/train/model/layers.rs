@@ -101,11 +101,8 @@ pub struct Linear {
 }
 
 impl From<LinearParams<Tensor>> for Linear {
-    fn from(p: LinearParams<Tensor>) -> Self {
-        Linear {
-            weight: p.weight,
-            bias: p.bias,
-        }
+    fn from(LinearParams { weight, bias }: LinearParams<Tensor>) -> Self {
+        Linear { weight, bias }
     }
 }
 
@@ -125,11 +122,11 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    pub fn new(p: LayerNormParams<Tensor>, eps: f64) -> Self {
-        let dim = p.weight.size()[0];
+    pub fn new(LayerNormParams { weight, bias }: LayerNormParams<Tensor>, eps: f64) -> Self {
+        let dim = weight.size()[0];
         LayerNorm {
-            weight: p.weight,
-            bias: p.bias,
+            weight,
+            bias,
             eps,
             dim,
         }

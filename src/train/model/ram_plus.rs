@@ -109,16 +109,25 @@ impl RamPlus {
             .validate()
             .map_err(|m| Error::Usage(format!("model config `{}`: {m}", config.name)))?;
         // Names, shapes, order and initialisation: the parameter tree of `model_def`.
-        let p = model_def::ram_plus(&TchBuilder::new(p, init), config);
+        // Exhaustive: a parameter added to the definition must be taken here.
+        let model_def::RamPlusParams {
+            label_embed,
+            reweight_scale,
+            visual_encoder,
+            tagging_head,
+            wordvec_proj,
+            fc,
+            image_proj,
+        } = model_def::ram_plus(&TchBuilder::new(p, init), config);
         Ok(RamPlus {
             config: config.clone(),
-            label_embed: p.label_embed,
-            reweight_scale: p.reweight_scale,
-            visual_encoder: SwinTransformer::new(&config.swin, p.visual_encoder),
-            tagging_head: TaggingHead::new(&config.tagging_head, p.tagging_head),
-            wordvec_proj: p.wordvec_proj.into(),
-            fc: p.fc.into(),
-            image_proj: p.image_proj.into(),
+            label_embed,
+            reweight_scale,
+            visual_encoder: SwinTransformer::new(&config.swin, visual_encoder),
+            tagging_head: TaggingHead::new(&config.tagging_head, tagging_head),
+            wordvec_proj: wordvec_proj.into(),
+            fc: fc.into(),
+            image_proj: image_proj.into(),
         })
     }
 

@@ -9,7 +9,8 @@
 use super::config::{BlockGeometry, SwinConfig};
 use super::layers::{drop_path, gelu, softmax_last, LayerNorm, Linear, Trace};
 use crate::checkpoint::model_def::{
-    PatchMergingParams, SwinBlockParams, SwinParams, WindowAttentionParams,
+    Conv2dParams, PatchMergingParams, SwinBlockParams, SwinParams, SwinStageParams,
+    WindowAttentionParams,
 };
 use tch::{Kind, Tensor};
 
@@ -81,11 +82,18 @@ pub struct WindowAttention {
 
 impl WindowAttention {
     fn new(p: WindowAttentionParams<Tensor>, g: &BlockGeometry) -> Self {
+        // Exhaustive: a parameter added to the definition must be taken here.
+        let WindowAttentionParams {
+            relative_position_bias_table,
+            relative_position_index,
+            qkv,
+            proj,
+        } = p;
         WindowAttention {
-            qkv: p.qkv.into(),
-            proj: p.proj.into(),
-            relative_position_bias_table: p.relative_position_bias_table,
-            relative_position_index: p.relative_position_index,
+            qkv: qkv.into(),
+            proj: proj.into(),
+            relative_position_bias_table,
+            relative_position_index,
             num_heads: g.num_heads as i64,
             window: g.window as i64,
         }
@@ -141,15 +149,23 @@ pub struct SwinBlock {
 
 impl SwinBlock {
     fn new(p: SwinBlockParams<Tensor>, drop_path: f64) -> Self {
-        let g = p.geometry;
+        let SwinBlockParams {
+            geometry,
+            attn_mask,
+            norm1,
+            attn,
+            norm2,
+            fc1,
+            fc2,
+        } = p;
         SwinBlock {
-            geometry: g,
-            norm1: LayerNorm::new(p.norm1, SWIN_LN_EPS),
-            attn: WindowAttention::new(p.attn, &g),
-            norm2: LayerNorm::new(p.norm2, SWIN_LN_EPS),
-            fc1: p.fc1.into(),
-            fc2: p.fc2.into(),
-            attn_mask: p.attn_mask,
+            geometry,
+            norm1: LayerNorm::new(norm1, SWIN_LN_EPS),
+            attn: WindowAttention::new(attn, &geometry),
+            norm2: LayerNorm::new(norm2, SWIN_LN_EPS),
+            fc1: fc1.into(),
+            fc2: fc2.into(),
+            attn_mask,
             drop_path,
         }
     }
@@ -198,9 +214,10 @@ pub struct PatchMerging {
 
 impl PatchMerging {
     fn new(p: PatchMergingParams<Tensor>, resolution: usize) -> Self {
+        let PatchMergingParams { reduction, norm } = p;
         PatchMerging {
-            reduction: p.reduction.into(),
-            norm: LayerNorm::new(p.norm, SWIN_LN_EPS),
+            reduction: reduction.into(),
+            norm: LayerNorm::new(norm, SWIN_LN_EPS),
             resolution: resolution as i64,
         }
     }
@@ -241,33 +258,41 @@ impl SwinTransformer {
     /// The encoder over the tensors of [`model_def::swin`](crate::checkpoint::model_def::swin)
     /// (in RAM++: `visual_encoder`). The config must be valid ([`SwinConfig::validate`]).
     pub fn new(cfg: &SwinConfig, p: SwinParams<Tensor>) -> Self {
+        let SwinParams {
+            patch_embed_proj:
+                Conv2dParams {
+                    weight: patch_embed_proj_weight,
+                    bias: patch_embed_proj_bias,
+                },
+            patch_embed_norm,
+            layers,
+            norm,
+        } = p;
         let rates = cfg.drop_path_rates();
         let mut res = cfg.patches_per_side();
         let mut flat = 0;
-        let layers = p
-            .layers
+        let layers = layers
             .into_iter()
-            .map(|stage| {
-                let blocks = stage
-                    .blocks
+            .map(|SwinStageParams { blocks, downsample }| {
+                let blocks = blocks
                     .into_iter()
                     .map(|b| {
                         flat += 1;
                         SwinBlock::new(b, rates[flat - 1])
                     })
                     .collect();
-                let downsample = stage.downsample.map(|d| PatchMerging::new(d, res));
+                let downsample = downsample.map(|d| PatchMerging::new(d, res));
                 res /= 2;
                 SwinStage { blocks, downsample }
             })
             .collect();
         SwinTransformer {
             config: cfg.clone(),
-            patch_embed_proj_weight: p.patch_embed_proj.weight,
-            patch_embed_proj_bias: p.patch_embed_proj.bias,
-            patch_embed_norm: LayerNorm::new(p.patch_embed_norm, SWIN_LN_EPS),
+            patch_embed_proj_weight,
+            patch_embed_proj_bias,
+            patch_embed_norm: LayerNorm::new(patch_embed_norm, SWIN_LN_EPS),
             layers,
-            norm: LayerNorm::new(p.norm, SWIN_LN_EPS),
+            norm: LayerNorm::new(norm, SWIN_LN_EPS),
         }
     }
 

@@ -25,15 +25,26 @@ pub struct CrossAttentionLayer {
 
 impl CrossAttentionLayer {
     fn new(p: CrossAttentionLayerParams<Tensor>, layer_norm_eps: f64) -> Self {
+        // Exhaustive: a parameter added to the definition must be taken here.
+        let CrossAttentionLayerParams {
+            query,
+            key,
+            value,
+            attention_output_dense,
+            attention_output_norm,
+            intermediate_dense,
+            output_dense,
+            output_norm,
+        } = p;
         CrossAttentionLayer {
-            query: p.query.into(),
-            key: p.key.into(),
-            value: p.value.into(),
-            attention_output_dense: p.attention_output_dense.into(),
-            attention_output_norm: LayerNorm::new(p.attention_output_norm, layer_norm_eps),
-            intermediate_dense: p.intermediate_dense.into(),
-            output_dense: p.output_dense.into(),
-            output_norm: LayerNorm::new(p.output_norm, layer_norm_eps),
+            query: query.into(),
+            key: key.into(),
+            value: value.into(),
+            attention_output_dense: attention_output_dense.into(),
+            attention_output_norm: LayerNorm::new(attention_output_norm, layer_norm_eps),
+            intermediate_dense: intermediate_dense.into(),
+            output_dense: output_dense.into(),
+            output_norm: LayerNorm::new(output_norm, layer_norm_eps),
         }
     }
 
