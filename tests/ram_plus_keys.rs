@@ -1,6 +1,7 @@
 //! Every key, shape, dtype and kind of the official RAM++ state dicts (the manifests in
 //! `../shared/ram/reference/*.keys.json` and the tiny fixtures' `state_dict_keys_in_order`) is
-//! produced, in order, by the configuration's layout and by the libtorch model's VarStore.
+//! produced, in order, by the configuration's layout and by the libtorch model's VarStore (whose
+//! parameters are created in that order).
 #![cfg(feature = "train")]
 
 mod common;
@@ -22,12 +23,26 @@ struct FixtureKeys {
     state_dict_keys_in_order: Vec<StateEntry>,
 }
 
-/// The VarStore of a model built without writing its parameters (large tensors stay untouched).
-fn varstore_entries(cfg: &RamPlusConfig) -> BTreeMap<String, (Vec<usize>, EntryDtype, EntryKind)> {
+type Entries = BTreeMap<String, (Vec<usize>, EntryDtype, EntryKind)>;
+
+/// The VarStore of a model built without writing its parameters (large tensors stay untouched),
+/// and the names of its trainable variables in creation order (the order of the init's draws).
+fn varstore_entries(cfg: &RamPlusConfig) -> (Entries, Vec<String>) {
     let vs = nn::VarStore::new(Device::Cpu);
     let _model = RamPlus::new(&vs, cfg, ParamInit::Uninitialized).unwrap();
     let trainable: Vec<_> = vs.trainable_variables();
-    vs.variables()
+    let vars = vs.variables();
+    let created = trainable
+        .iter()
+        .map(|t| {
+            let (name, _) = vars
+                .iter()
+                .find(|(_, v)| v.data_ptr() == t.data_ptr() && v.size() == t.size())
+                .expect("every trainable variable is named");
+            name.clone()
+        })
+        .collect();
+    let entries = vars
         .into_iter()
         .map(|(name, t)| {
             let dtype = match t.kind() {
@@ -48,7 +63,8 @@ fn varstore_entries(cfg: &RamPlusConfig) -> BTreeMap<String, (Vec<usize>, EntryD
                 (t.size().iter().map(|&d| d as usize).collect(), dtype, kind),
             )
         })
-        .collect()
+        .collect();
+    (entries, created)
 }
 
 fn check(cfg: &RamPlusConfig, expected: &[StateEntry], what: &str) {
@@ -59,8 +75,15 @@ fn check(cfg: &RamPlusConfig, expected: &[StateEntry], what: &str) {
     }
     assert_eq!(layout.len(), expected.len(), "{what}: entry count");
 
-    // The libtorch model: same names, shapes, dtypes, and parameter/buffer split.
-    let got = varstore_entries(cfg);
+    // The libtorch model: same names, shapes, dtypes, and parameter/buffer split; its parameters
+    // are created in the layout's order (both walk `checkpoint::model_def`).
+    let (got, created) = varstore_entries(cfg);
+    let layout_params: Vec<_> = layout
+        .iter()
+        .filter(|e| e.kind == EntryKind::Parameter)
+        .map(|e| e.name.clone())
+        .collect();
+    assert_eq!(created, layout_params, "{what}: parameter creation order");
     let want: BTreeMap<_, _> = expected
         .iter()
         .map(|e| (e.name.clone(), (e.shape.clone(), e.dtype, e.kind)))

@@ -11,6 +11,7 @@ mod error;
 pub mod inspect;
 pub mod keymap;
 pub mod model_config;
+pub mod model_def;
 pub mod pickle;
 pub mod pth;
 

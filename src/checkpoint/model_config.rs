@@ -402,121 +402,12 @@ impl RamPlusConfig {
     }
 
     /// The model's `state_dict` keys, shapes, dtypes and kinds, in `state_dict` order (root
-    /// parameters, `visual_encoder`, `tagging_head`, `wordvec_proj`, `fc`, `image_proj`).
+    /// parameters, `visual_encoder`, `tagging_head`, `wordvec_proj`, `fc`, `image_proj`): the
+    /// parameter tree of [`model_def::ram_plus`](super::model_def::ram_plus), recorded.
     pub fn state_dict_layout(&self) -> Vec<StateEntry> {
-        let mut out = Vec::new();
-        let param = |name: String, shape: &[usize]| StateEntry {
-            name,
-            shape: shape.to_vec(),
-            dtype: EntryDtype::Float32,
-            kind: EntryKind::Parameter,
-        };
-        let s = &self.swin;
-        let h = &self.tagging_head;
-        out.push(param(
-            "label_embed".into(),
-            &[self.num_class * self.des_per_class, self.joint_dim],
-        ));
-        out.push(param("reweight_scale".into(), &[]));
-        let ve = "visual_encoder";
-        out.push(param(
-            format!("{ve}.patch_embed.proj.weight"),
-            &[s.embed_dim, s.in_chans, s.patch_size, s.patch_size],
-        ));
-        out.push(param(format!("{ve}.patch_embed.proj.bias"), &[s.embed_dim]));
-        out.push(param(
-            format!("{ve}.patch_embed.norm.weight"),
-            &[s.embed_dim],
-        ));
-        out.push(param(format!("{ve}.patch_embed.norm.bias"), &[s.embed_dim]));
-        let blocks = s.blocks();
-        for stage in 0..s.depths.len() {
-            for g in blocks.iter().filter(|g| g.stage == stage) {
-                let p = format!("{ve}.layers.{stage}.blocks.{}", g.block);
-                let (d, n) = (g.dim, g.window * g.window);
-                let hidden = (d as f64 * s.mlp_ratio) as usize;
-                if g.shift > 0 {
-                    let nw = (g.resolution / g.window).pow(2);
-                    out.push(StateEntry {
-                        name: format!("{p}.attn_mask"),
-                        shape: vec![nw, n, n],
-                        dtype: EntryDtype::Float32,
-                        kind: EntryKind::Buffer,
-                    });
-                }
-                out.push(param(format!("{p}.norm1.weight"), &[d]));
-                out.push(param(format!("{p}.norm1.bias"), &[d]));
-                out.push(param(
-                    format!("{p}.attn.relative_position_bias_table"),
-                    &[(2 * g.window - 1).pow(2), g.num_heads],
-                ));
-                out.push(StateEntry {
-                    name: format!("{p}.attn.relative_position_index"),
-                    shape: vec![n, n],
-                    dtype: EntryDtype::Int64,
-                    kind: EntryKind::Buffer,
-                });
-                out.push(param(format!("{p}.attn.qkv.weight"), &[3 * d, d]));
-                if s.qkv_bias {
-                    out.push(param(format!("{p}.attn.qkv.bias"), &[3 * d]));
-                }
-                out.push(param(format!("{p}.attn.proj.weight"), &[d, d]));
-                out.push(param(format!("{p}.attn.proj.bias"), &[d]));
-                out.push(param(format!("{p}.norm2.weight"), &[d]));
-                out.push(param(format!("{p}.norm2.bias"), &[d]));
-                out.push(param(format!("{p}.mlp.fc1.weight"), &[hidden, d]));
-                out.push(param(format!("{p}.mlp.fc1.bias"), &[hidden]));
-                out.push(param(format!("{p}.mlp.fc2.weight"), &[d, hidden]));
-                out.push(param(format!("{p}.mlp.fc2.bias"), &[d]));
-            }
-            if stage + 1 < s.depths.len() {
-                let d = s.embed_dim << stage;
-                let p = format!("{ve}.layers.{stage}.downsample");
-                out.push(param(format!("{p}.reduction.weight"), &[2 * d, 4 * d]));
-                out.push(param(format!("{p}.norm.weight"), &[4 * d]));
-                out.push(param(format!("{p}.norm.bias"), &[4 * d]));
-            }
-        }
-        let vw = s.vision_width();
-        out.push(param(format!("{ve}.norm.weight"), &[vw]));
-        out.push(param(format!("{ve}.norm.bias"), &[vw]));
-        for l in 0..h.num_hidden_layers {
-            let p = format!("tagging_head.encoder.layer.{l}");
-            let (hs, ew, is) = (h.hidden_size, h.encoder_width, h.intermediate_size);
-            for (sub, shape) in [
-                ("crossattention.self.query", [hs, hs]),
-                ("crossattention.self.key", [hs, ew]),
-                ("crossattention.self.value", [hs, ew]),
-                ("crossattention.output.dense", [hs, hs]),
-            ] {
-                out.push(param(format!("{p}.{sub}.weight"), &shape));
-                out.push(param(format!("{p}.{sub}.bias"), &[hs]));
-            }
-            out.push(param(
-                format!("{p}.crossattention.output.LayerNorm.weight"),
-                &[hs],
-            ));
-            out.push(param(
-                format!("{p}.crossattention.output.LayerNorm.bias"),
-                &[hs],
-            ));
-            out.push(param(format!("{p}.intermediate.dense.weight"), &[is, hs]));
-            out.push(param(format!("{p}.intermediate.dense.bias"), &[is]));
-            out.push(param(format!("{p}.output.dense.weight"), &[hs, is]));
-            out.push(param(format!("{p}.output.dense.bias"), &[hs]));
-            out.push(param(format!("{p}.output.LayerNorm.weight"), &[hs]));
-            out.push(param(format!("{p}.output.LayerNorm.bias"), &[hs]));
-        }
-        out.push(param(
-            "wordvec_proj.weight".into(),
-            &[h.hidden_size, self.joint_dim],
-        ));
-        out.push(param("wordvec_proj.bias".into(), &[h.hidden_size]));
-        out.push(param("fc.weight".into(), &[1, h.hidden_size]));
-        out.push(param("fc.bias".into(), &[1]));
-        out.push(param("image_proj.weight".into(), &[self.joint_dim, vw]));
-        out.push(param("image_proj.bias".into(), &[self.joint_dim]));
-        out
+        super::model_def::LayoutRecorder::record(|b| {
+            super::model_def::ram_plus(b, self);
+        })
     }
 
     /// Number of trainable parameters (elements), buffers excluded.

@@ -1,8 +1,14 @@
-//! Building blocks shared by the Swin encoder and the tagging head: `nn.Linear` and `nn.LayerNorm`
-//! with PyTorch's parameter names and init rules, DropPath, and the trace of intermediates.
+//! Building blocks shared by the Swin encoder and the tagging head: the [`TchBuilder`] that creates
+//! the variables of the parameter tree ([`model_def`]), `nn.Linear` and `nn.LayerNorm` over its
+//! tensors, DropPath, and the trace of intermediates.
 
+use super::swin::{relative_position_index, shift_attention_mask};
+use crate::checkpoint::model_def::{self, Buffer, LayerNormParams, LinearParams, ParamBuilder};
+use std::fmt::Display;
 use tch::nn::{self, Init};
 use tch::Tensor;
+
+pub use crate::checkpoint::model_def::WeightInit;
 
 /// How parameters are filled when a model is built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,17 +19,6 @@ pub enum ParamInit {
     /// Allocated but not written: for models whose every tensor is loaded next, or whose layout is
     /// only inspected (pages of large CPU tensors are never touched).
     Uninitialized,
-}
-
-/// How a weight is drawn under [`ParamInit::Official`].
-#[derive(Debug, Clone, Copy)]
-pub enum WeightInit {
-    /// N(0, std²); timm's `trunc_normal_(std)` truncates at ±2 (absolute), i.e. ±100σ for
-    /// std 0.02, which is this distribution. Bias 0.
-    Normal(f64),
-    /// PyTorch's default for `nn.Linear`/`nn.Conv2d` (kaiming-uniform with a=√5): weight and bias
-    /// U(−1/√fan_in, 1/√fan_in).
-    TorchDefault,
 }
 
 /// Creates a trainable parameter `name` under `p`.
@@ -41,6 +36,63 @@ pub(crate) fn buffer(p: &nn::Path, name: &str, t: Tensor) -> Tensor {
     p.add(name, t.to_device(p.device()), false)
 }
 
+/// Creates the variables of a [`model_def`] definition under an `nn::Path`, so the `VarStore`
+/// holds exactly the entries (names, shapes, order) of the recorded state-dict layout.
+pub(crate) struct TchBuilder<'a> {
+    path: nn::Path<'a>,
+    mode: ParamInit,
+}
+
+impl<'a> TchBuilder<'a> {
+    pub(crate) fn new(path: nn::Path<'a>, mode: ParamInit) -> Self {
+        TchBuilder { path, mode }
+    }
+}
+
+impl ParamBuilder for TchBuilder<'_> {
+    type Tensor = Tensor;
+
+    fn sub(&self, name: impl Display) -> Self {
+        TchBuilder {
+            path: &self.path / name.to_string(),
+            mode: self.mode,
+        }
+    }
+
+    fn param(&self, name: &str, shape: &[usize], init: model_def::Init) -> Tensor {
+        let init = match init {
+            model_def::Init::Normal { std } => Init::Randn {
+                mean: 0.0,
+                stdev: std,
+            },
+            model_def::Init::Uniform { bound } => Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+            model_def::Init::Const(v) => Init::Const(v),
+        };
+        param(&self.path, name, &dims(shape), init, self.mode)
+    }
+
+    fn buffer(&self, name: &str, b: Buffer) -> Tensor {
+        let t = match b {
+            Buffer::RelativePositionIndex { window } => {
+                Tensor::from_slice(&relative_position_index(window))
+            }
+            Buffer::ShiftMask {
+                resolution,
+                window,
+                shift,
+            } => Tensor::from_slice(&shift_attention_mask(resolution, window, shift)),
+        };
+        buffer(&self.path, name, t.view(dims(&b.shape()).as_slice()))
+    }
+}
+
+fn dims(shape: &[usize]) -> Vec<i64> {
+    shape.iter().map(|&d| d as i64).collect()
+}
+
 /// `nn.Linear`: `weight` [out, in] and optional `bias` [out].
 #[derive(Debug)]
 pub struct Linear {
@@ -48,38 +100,13 @@ pub struct Linear {
     pub bias: Option<Tensor>,
 }
 
-impl Linear {
-    pub fn new(
-        p: nn::Path,
-        in_dim: usize,
-        out_dim: usize,
-        bias: bool,
-        init: WeightInit,
-        mode: ParamInit,
-    ) -> Self {
-        let (i, o) = (in_dim as i64, out_dim as i64);
-        let (w_init, b_init) = match init {
-            WeightInit::Normal(std) => (
-                Init::Randn {
-                    mean: 0.0,
-                    stdev: std,
-                },
-                Init::Const(0.0),
-            ),
-            WeightInit::TorchDefault => {
-                let bound = 1.0 / (in_dim as f64).sqrt();
-                let u = Init::Uniform {
-                    lo: -bound,
-                    up: bound,
-                };
-                (u, u)
-            }
-        };
-        let weight = param(&p, "weight", &[o, i], w_init, mode);
-        let bias = bias.then(|| param(&p, "bias", &[o], b_init, mode));
+impl From<LinearParams<Tensor>> for Linear {
+    fn from(LinearParams { weight, bias }: LinearParams<Tensor>) -> Self {
         Linear { weight, bias }
     }
+}
 
+impl Linear {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         x.linear(&self.weight, self.bias.as_ref())
     }
@@ -95,13 +122,13 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    pub fn new(p: nn::Path, dim: usize, eps: f64, mode: ParamInit) -> Self {
-        let d = dim as i64;
+    pub fn new(LayerNormParams { weight, bias }: LayerNormParams<Tensor>, eps: f64) -> Self {
+        let dim = weight.size()[0];
         LayerNorm {
-            weight: param(&p, "weight", &[d], Init::Const(1.0), mode),
-            bias: param(&p, "bias", &[d], Init::Const(0.0), mode),
+            weight,
+            bias,
             eps,
-            dim: d,
+            dim,
         }
     }
 

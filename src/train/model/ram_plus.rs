@@ -4,19 +4,17 @@
 //! logit per tag; the image–text alignment through the same head; `generate_tag` for inference.
 
 use super::config::RamPlusConfig;
-use super::layers::{param, Linear, ParamInit, Trace, WeightInit};
+use super::layers::{Linear, ParamInit, TchBuilder, Trace};
 use super::loss::{distillation_l1, AsymmetricLoss};
 use super::swin::SwinTransformer;
 use super::tagging_head::TaggingHead;
+use crate::checkpoint::model_def;
 use crate::error::Result;
 use crate::train::error::TrainError;
-use tch::nn::{self, Init};
+use tch::nn;
 use tch::{Kind, Tensor};
 
-/// `log(1/0.07)`: the initial value of `reweight_scale` (CLIP's temperature).
-pub fn reweight_scale_init() -> f64 {
-    (1.0f64 / 0.07).ln()
-}
+pub use model_def::reweight_scale_init;
 
 /// The RAM++ model. Field names follow the state dict.
 #[derive(Debug)]
@@ -114,40 +112,9 @@ impl RamPlus {
                 name: config.name.clone(),
                 problem,
             })?;
-        let rows = (config.num_class * config.des_per_class) as i64;
-        let joint = config.joint_dim as i64;
-        // RAM_plus.__init__: label_embed zeros (filled from the embedding file), reweight_scale log(1/0.07).
-        let label_embed = param(&p, "label_embed", &[rows, joint], Init::Const(0.0), init);
-        let reweight_scale = param(
-            &p,
-            "reweight_scale",
-            &[],
-            Init::Const(reweight_scale_init()),
-            init,
-        );
-        let visual_encoder = SwinTransformer::new(&p / "visual_encoder", &config.swin, init);
-        let tagging_head = TaggingHead::new(&p / "tagging_head", &config.tagging_head, init);
-        let h = config.tagging_head.hidden_size;
-        let torch_default = WeightInit::TorchDefault;
-        let wordvec_proj = Linear::new(
-            &p / "wordvec_proj",
-            config.joint_dim,
-            h,
-            true,
-            torch_default,
-            init,
-        );
-        let fc = Linear::new(&p / "fc", h, 1, true, torch_default, init);
-        let image_proj = Linear::new(
-            &p / "image_proj",
-            config.swin.vision_width(),
-            config.joint_dim,
-            true,
-            torch_default,
-            init,
-        );
-        Ok(RamPlus {
-            config: config.clone(),
+        // Names, shapes, order and initialisation: the parameter tree of `model_def`.
+        // Exhaustive: a parameter added to the definition must be taken here.
+        let model_def::RamPlusParams {
             label_embed,
             reweight_scale,
             visual_encoder,
@@ -155,6 +122,16 @@ impl RamPlus {
             wordvec_proj,
             fc,
             image_proj,
+        } = model_def::ram_plus(&TchBuilder::new(p, init), config);
+        Ok(RamPlus {
+            config: config.clone(),
+            label_embed,
+            reweight_scale,
+            visual_encoder: SwinTransformer::new(&config.swin, visual_encoder),
+            tagging_head: TaggingHead::new(&config.tagging_head, tagging_head),
+            wordvec_proj: wordvec_proj.into(),
+            fc: fc.into(),
+            image_proj: image_proj.into(),
         })
     }
 

@@ -3,20 +3,19 @@
 //! windows with their attention mask, patch merging, the window clamped to small resolutions, the
 //! final LayerNorm, and RAM's addition: the average-pooled token prepended to the patch tokens.
 //!
-//! Variable names equal the official state-dict keys under the path the encoder is built at
-//! (`visual_encoder.` in RAM++).
+//! The parameters are those of [`model_def::swin`](crate::checkpoint::model_def::swin): names equal
+//! the official state-dict keys under the path the encoder is built at (`visual_encoder.` in RAM++).
 
 use super::config::{BlockGeometry, SwinConfig};
-use super::layers::{
-    buffer, drop_path, gelu, param, LayerNorm, Linear, ParamInit, Trace, WeightInit,
+use super::layers::{drop_path, gelu, LayerNorm, Linear, Trace};
+use crate::checkpoint::model_def::{
+    Conv2dParams, PatchMergingParams, SwinBlockParams, SwinParams, SwinStageParams,
+    WindowAttentionParams,
 };
-use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
 
 /// LayerNorm eps of every Swin norm (`nn.LayerNorm` default).
 const SWIN_LN_EPS: f64 = 1e-5;
-/// Init std of Swin's Linear weights and bias tables (`trunc_normal_(std=.02)`).
-const SWIN_INIT_STD: f64 = 0.02;
 /// Value the shift mask puts between tokens of different regions (not −inf).
 pub const ATTN_MASK_FILL: f32 = -100.0;
 
@@ -82,36 +81,21 @@ pub struct WindowAttention {
 }
 
 impl WindowAttention {
-    fn new(
-        p: nn::Path,
-        dim: usize,
-        window: usize,
-        num_heads: usize,
-        qkv_bias: bool,
-        mode: ParamInit,
-    ) -> Self {
-        let table_rows = ((2 * window - 1) * (2 * window - 1)) as i64;
-        let relative_position_bias_table = param(
-            &p,
-            "relative_position_bias_table",
-            &[table_rows, num_heads as i64],
-            Init::Randn {
-                mean: 0.0,
-                stdev: SWIN_INIT_STD,
-            },
-            mode,
-        );
-        let n = (window * window) as i64;
-        let index = Tensor::from_slice(&relative_position_index(window)).view([n, n]);
-        let relative_position_index = buffer(&p, "relative_position_index", index);
-        let init = WeightInit::Normal(SWIN_INIT_STD);
-        WindowAttention {
-            qkv: Linear::new(&p / "qkv", dim, 3 * dim, qkv_bias, init, mode),
-            proj: Linear::new(&p / "proj", dim, dim, true, init, mode),
+    fn new(p: WindowAttentionParams<Tensor>, g: &BlockGeometry) -> Self {
+        // Exhaustive: a parameter added to the definition must be taken here.
+        let WindowAttentionParams {
             relative_position_bias_table,
             relative_position_index,
-            num_heads: num_heads as i64,
-            window: window as i64,
+            qkv,
+            proj,
+        } = p;
+        WindowAttention {
+            qkv: qkv.into(),
+            proj: proj.into(),
+            relative_position_bias_table,
+            relative_position_index,
+            num_heads: g.num_heads as i64,
+            window: g.window as i64,
         }
     }
 
@@ -183,36 +167,23 @@ pub struct SwinBlock {
 }
 
 impl SwinBlock {
-    fn new(
-        p: nn::Path,
-        g: BlockGeometry,
-        cfg: &SwinConfig,
-        drop_path: f64,
-        mode: ParamInit,
-    ) -> Self {
-        // The block's own buffer comes first in the state dict, as in the official module.
-        let attn_mask = (g.shift > 0).then(|| {
-            let n = (g.window * g.window) as i64;
-            let nw = ((g.resolution / g.window) * (g.resolution / g.window)) as i64;
-            let mask = Tensor::from_slice(&shift_attention_mask(g.resolution, g.window, g.shift));
-            buffer(&p, "attn_mask", mask.view([nw, n, n]))
-        });
-        let hidden = (g.dim as f64 * cfg.mlp_ratio) as usize;
-        let init = WeightInit::Normal(SWIN_INIT_STD);
+    fn new(p: SwinBlockParams<Tensor>, drop_path: f64) -> Self {
+        let SwinBlockParams {
+            geometry,
+            attn_mask,
+            norm1,
+            attn,
+            norm2,
+            fc1,
+            fc2,
+        } = p;
         SwinBlock {
-            geometry: g,
-            norm1: LayerNorm::new(&p / "norm1", g.dim, SWIN_LN_EPS, mode),
-            attn: WindowAttention::new(
-                &p / "attn",
-                g.dim,
-                g.window,
-                g.num_heads,
-                cfg.qkv_bias,
-                mode,
-            ),
-            norm2: LayerNorm::new(&p / "norm2", g.dim, SWIN_LN_EPS, mode),
-            fc1: Linear::new(&p / "mlp" / "fc1", g.dim, hidden, true, init, mode),
-            fc2: Linear::new(&p / "mlp" / "fc2", hidden, g.dim, true, init, mode),
+            geometry,
+            norm1: LayerNorm::new(norm1, SWIN_LN_EPS),
+            attn: WindowAttention::new(attn, &geometry),
+            norm2: LayerNorm::new(norm2, SWIN_LN_EPS),
+            fc1: fc1.into(),
+            fc2: fc2.into(),
             attn_mask,
             drop_path,
         }
@@ -261,17 +232,11 @@ pub struct PatchMerging {
 }
 
 impl PatchMerging {
-    fn new(p: nn::Path, resolution: usize, dim: usize, mode: ParamInit) -> Self {
+    fn new(p: PatchMergingParams<Tensor>, resolution: usize) -> Self {
+        let PatchMergingParams { reduction, norm } = p;
         PatchMerging {
-            reduction: Linear::new(
-                &p / "reduction",
-                4 * dim,
-                2 * dim,
-                false,
-                WeightInit::Normal(SWIN_INIT_STD),
-                mode,
-            ),
-            norm: LayerNorm::new(&p / "norm", 4 * dim, SWIN_LN_EPS, mode),
+            reduction: reduction.into(),
+            norm: LayerNorm::new(norm, SWIN_LN_EPS),
             resolution: resolution as i64,
         }
     }
@@ -309,51 +274,44 @@ pub struct SwinTransformer {
 }
 
 impl SwinTransformer {
-    /// Builds the encoder under `p` (in RAM++: `visual_encoder`). The config must be valid
-    /// ([`SwinConfig::validate`]).
-    pub fn new(p: nn::Path, cfg: &SwinConfig, mode: ParamInit) -> Self {
-        // PatchEmbed: Conv2d(in_chans, embed_dim, patch, stride patch) with PyTorch's default init.
-        let pe = &p / "patch_embed";
-        let (c, k) = (cfg.embed_dim as i64, cfg.patch_size as i64);
-        let fan_in = (cfg.in_chans * cfg.patch_size * cfg.patch_size) as f64;
-        let u = Init::Uniform {
-            lo: -1.0 / fan_in.sqrt(),
-            up: 1.0 / fan_in.sqrt(),
-        };
-        let proj = &pe / "proj";
-        let patch_embed_proj_weight =
-            param(&proj, "weight", &[c, cfg.in_chans as i64, k, k], u, mode);
-        let patch_embed_proj_bias = param(&proj, "bias", &[c], u, mode);
-        let patch_embed_norm = LayerNorm::new(&pe / "norm", cfg.embed_dim, SWIN_LN_EPS, mode);
-
+    /// The encoder over the tensors of [`model_def::swin`](crate::checkpoint::model_def::swin)
+    /// (in RAM++: `visual_encoder`). The config must be valid ([`SwinConfig::validate`]).
+    pub fn new(cfg: &SwinConfig, p: SwinParams<Tensor>) -> Self {
+        let SwinParams {
+            patch_embed_proj:
+                Conv2dParams {
+                    weight: patch_embed_proj_weight,
+                    bias: patch_embed_proj_bias,
+                },
+            patch_embed_norm,
+            layers,
+            norm,
+        } = p;
         let rates = cfg.drop_path_rates();
-        let geometry = cfg.blocks();
-        let mut layers = Vec::new();
         let mut res = cfg.patches_per_side();
         let mut flat = 0;
-        for (stage, &depth) in cfg.depths.iter().enumerate() {
-            let lp = &p / "layers" / stage;
-            let blocks = (0..depth)
-                .map(|j| {
-                    let g = geometry[flat];
-                    let rate = rates[flat];
-                    flat += 1;
-                    SwinBlock::new(&lp / "blocks" / j, g, cfg, rate, mode)
-                })
-                .collect();
-            let downsample = (stage + 1 < cfg.depths.len())
-                .then(|| PatchMerging::new(&lp / "downsample", res, cfg.embed_dim << stage, mode));
-            layers.push(SwinStage { blocks, downsample });
-            res /= 2;
-        }
-        let norm = LayerNorm::new(&p / "norm", cfg.vision_width(), SWIN_LN_EPS, mode);
+        let layers = layers
+            .into_iter()
+            .map(|SwinStageParams { blocks, downsample }| {
+                let blocks = blocks
+                    .into_iter()
+                    .map(|b| {
+                        flat += 1;
+                        SwinBlock::new(b, rates[flat - 1])
+                    })
+                    .collect();
+                let downsample = downsample.map(|d| PatchMerging::new(d, res));
+                res /= 2;
+                SwinStage { blocks, downsample }
+            })
+            .collect();
         SwinTransformer {
             config: cfg.clone(),
             patch_embed_proj_weight,
             patch_embed_proj_bias,
-            patch_embed_norm,
+            patch_embed_norm: LayerNorm::new(patch_embed_norm, SWIN_LN_EPS),
             layers,
-            norm,
+            norm: LayerNorm::new(norm, SWIN_LN_EPS),
         }
     }
 

@@ -6,8 +6,9 @@
 //! `crossattention.output.{dense,LayerNorm}`, `intermediate.dense`, `output.{dense,LayerNorm}`.
 
 use super::config::TaggingHeadConfig;
-use super::layers::{gelu, LayerNorm, Linear, ParamInit, Trace, WeightInit};
-use tch::{nn, Tensor};
+use super::layers::{gelu, LayerNorm, Linear, Trace};
+use crate::checkpoint::model_def::CrossAttentionLayerParams;
+use tch::Tensor;
 
 /// One `BertLayer` without self-attention.
 #[derive(Debug)]
@@ -23,26 +24,27 @@ pub struct CrossAttentionLayer {
 }
 
 impl CrossAttentionLayer {
-    fn new(p: nn::Path, cfg: &TaggingHeadConfig, mode: ParamInit) -> Self {
-        let (h, e, i) = (cfg.hidden_size, cfg.encoder_width, cfg.intermediate_size);
-        // BertPreTrainedModel._init_weights: Linear N(0, initializer_range), bias 0; LayerNorm (1, 0).
-        let init = WeightInit::Normal(cfg.initializer_range);
-        let ca = &p / "crossattention";
-        let sa = &ca / "self";
+    fn new(p: CrossAttentionLayerParams<Tensor>, layer_norm_eps: f64) -> Self {
+        // Exhaustive: a parameter added to the definition must be taken here.
+        let CrossAttentionLayerParams {
+            query,
+            key,
+            value,
+            attention_output_dense,
+            attention_output_norm,
+            intermediate_dense,
+            output_dense,
+            output_norm,
+        } = p;
         CrossAttentionLayer {
-            query: Linear::new(&sa / "query", h, h, true, init, mode),
-            key: Linear::new(&sa / "key", e, h, true, init, mode),
-            value: Linear::new(&sa / "value", e, h, true, init, mode),
-            attention_output_dense: Linear::new(&ca / "output" / "dense", h, h, true, init, mode),
-            attention_output_norm: LayerNorm::new(
-                &ca / "output" / "LayerNorm",
-                h,
-                cfg.layer_norm_eps,
-                mode,
-            ),
-            intermediate_dense: Linear::new(&p / "intermediate" / "dense", h, i, true, init, mode),
-            output_dense: Linear::new(&p / "output" / "dense", i, h, true, init, mode),
-            output_norm: LayerNorm::new(&p / "output" / "LayerNorm", h, cfg.layer_norm_eps, mode),
+            query: query.into(),
+            key: key.into(),
+            value: value.into(),
+            attention_output_dense: attention_output_dense.into(),
+            attention_output_norm: LayerNorm::new(attention_output_norm, layer_norm_eps),
+            intermediate_dense: intermediate_dense.into(),
+            output_dense: output_dense.into(),
+            output_norm: LayerNorm::new(output_norm, layer_norm_eps),
         }
     }
 
@@ -103,13 +105,15 @@ pub struct TaggingHead {
 }
 
 impl TaggingHead {
-    /// Builds the head under `p` (in RAM++: `tagging_head`).
-    pub fn new(p: nn::Path, cfg: &TaggingHeadConfig, mode: ParamInit) -> Self {
-        let enc = &p / "encoder" / "layer";
+    /// The head over the tensors of
+    /// [`model_def::tagging_head`](crate::checkpoint::model_def::tagging_head) (in RAM++:
+    /// `tagging_head`).
+    pub fn new(cfg: &TaggingHeadConfig, layers: Vec<CrossAttentionLayerParams<Tensor>>) -> Self {
         TaggingHead {
             config: cfg.clone(),
-            layers: (0..cfg.num_hidden_layers)
-                .map(|l| CrossAttentionLayer::new(&enc / l, cfg, mode))
+            layers: layers
+                .into_iter()
+                .map(|l| CrossAttentionLayer::new(l, cfg.layer_norm_eps))
                 .collect(),
         }
     }
