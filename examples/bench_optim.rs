@@ -4,14 +4,15 @@
 //! Gradients are set once by a backward pass of Σ ½‖θ‖² (so ∇ = θ, no extra buffers) and kept for
 //! every step. Each implementation gets its own fresh moments, one after the other, so at most one set
 //! of optimizer state is alive (params + grads + moments ≈ 5.3 GB for swin_l_224). Host reads per step
-//! are counted by `tagfix::train::optim::host_reads` (every device-to-host read in the optimizer).
+//! are counted by `tagfix::train::sync` (every device-to-host read of the training step).
 //!
 //!   bench_optim [PRESET] [STEPS] [THREADS]      (defaults: swin_l_224 5 2)
 
 use std::time::Instant;
 use tagfix::train::config::TrainConfig;
 use tagfix::train::model::{ParamInit, RamPlus, RamPlusConfig};
-use tagfix::train::optim::{host_reads, AdamW, OptimizerImpl};
+use tagfix::train::optim::{AdamW, OptimizerImpl};
+use tagfix::train::sync::thread_host_reads as host_reads;
 use tch::{nn, Device, Kind};
 
 /// Median seconds and host reads per step of `steps` timed steps after one warm-up step.

@@ -101,6 +101,14 @@ pub enum TrainError {
     #[error("nothing to do: the run is at step {step} of {total} (raise max_steps to continue)")]
     NothingToDo { step: u64, total: u64 },
 
+    /// Values of the training step could not be copied from the device.
+    #[error("cannot read {what} from the device")]
+    HostRead {
+        what: &'static str,
+        #[source]
+        source: Source,
+    },
+
     #[error("step {0}: the data loader stopped early")]
     LoaderStopped(u64),
 
@@ -157,7 +165,7 @@ impl TrainError {
             | TrainError::RunFile { .. }
             | TrainError::Schema { .. } => ErrorKind::Input,
             TrainError::Tensors { .. } => ErrorKind::Io,
-            TrainError::LoaderStopped(_) => ErrorKind::Internal,
+            TrainError::LoaderStopped(_) | TrainError::HostRead { .. } => ErrorKind::Internal,
         }
     }
 }
