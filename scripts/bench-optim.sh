@@ -2,8 +2,8 @@
 # One optimizer step (gradient norms + AdamW update) over a model preset's full parameter set on CPU:
 # the original per-parameter loop against ATen's fused AdamW (`_fused_adamw_` per weight-decay group,
 # `_foreach_norm` + one device-to-host read), side by side in one run, with the optimizer's
-# device-to-host reads per step (every read in src/train/optim.rs goes through one counter,
-# `tagfix::train::optim::host_reads`; on CUDA each is a host sync).
+# device-to-host reads per step (every read of the training step goes through one counter,
+# `tagfix::train::sync::host_reads`; on CUDA each is a host sync).
 #
 #   scripts/bench-optim.sh                       # swin_l_224 (329M values), 5 steps, 2 threads
 #   PRESET=swin_b_224 STEPS=3 THREADS=2 scripts/bench-optim.sh

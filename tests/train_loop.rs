@@ -788,3 +788,62 @@ fn image_pre_check_decodes_every_image_and_bounds_its_size() {
         "{e}"
     );
 }
+
+/// A step reads the device once (its packed losses and norms), logging steps included; the earlier
+/// flow, kept as `StepSync::PerMicroBatch`, reads each micro-batch's terms and weighted total, then
+/// the gradient norms. Both train the same: equal losses and gradient norms.
+#[test]
+fn a_step_reads_the_device_once() {
+    use tagfix::train::sync::thread_host_reads;
+    use tagfix::train::trainer::StepSync;
+    let _guard = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path(), 16, 5);
+    let cfg = TrainConfig {
+        micro_batch_size: Some(4),
+        log_every: 2,
+        ..small_config(4)
+    };
+    let run = |sync: StepSync, name: &str| {
+        let mut t = Trainer::new(
+            prepare(&cfg, &inputs(&ds)).unwrap(),
+            &tmp.path().join(name),
+            false,
+        )
+        .unwrap();
+        t.set_step_sync(sync);
+        let mut steps = Vec::new();
+        while !t.is_done() {
+            let before = thread_host_reads();
+            let record = t.step().unwrap();
+            steps.push((record, thread_host_reads() - before));
+        }
+        steps
+    };
+    let once = run(StepSync::Once, "once");
+    let synced = run(StepSync::PerMicroBatch, "synced");
+    for ((a, reads_once), (b, reads_synced)) in once.iter().zip(&synced) {
+        let logging = a.step % 2 == 0;
+        assert!(a.update_norm.is_some() == logging && b.update_norm.is_some() == logging);
+        assert_eq!(*reads_once, 1, "step {}: one read", a.step);
+        // Two micro-batches' terms and weighted totals, then the gradient norms (and the update
+        // norms on a logging step).
+        let terms = a.loss.iter().count() as u64;
+        assert!(terms >= 2, "tag and the teacher's terms");
+        let expected = 2 * (terms + 1) + 1 + u64::from(logging);
+        assert_eq!(*reads_synced, expected, "step {}", a.step);
+        let close = |x: f64, y: f64| (x - y).abs() <= 1e-6 * x.abs().max(y.abs()).max(1e-12);
+        assert!(
+            close(a.total, b.total),
+            "step {}: {} vs {}",
+            a.step,
+            a.total,
+            b.total
+        );
+        assert!(
+            close(a.grad_norm.total, b.grad_norm.total),
+            "step {}",
+            a.step
+        );
+    }
+}

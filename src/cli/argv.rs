@@ -342,6 +342,7 @@ impl WriteArgs for TrainFlags {
                 stage,
                 device,
                 precision,
+                tf32,
                 seed,
                 workers,
                 threads,

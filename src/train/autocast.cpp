@@ -5,6 +5,7 @@
 // (ATen/autocast_mode.h: set_autocast_enabled / set_autocast_dtype, the calls behind
 // torch.autocast(device_type, dtype) in Python). Every function catches C++ exceptions and reports
 // them as a message so no exception crosses into Rust.
+#include <ATen/Context.h>
 #include <ATen/autocast_mode.h>
 
 #include <cstring>
@@ -59,4 +60,21 @@ int tagfix_autocast_exit() {
   if (depth == 0) at::autocast::clear_cache();
   return depth;
 }
+
+// TF32 for f32 matrix products (cuBLAS) and convolutions (cuDNN) on CUDA, on or off (what
+// torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32 set). Process-wide; the
+// flags exist in every libtorch build and change nothing on the CPU. Returns 0 on success.
+int tagfix_set_tf32(int on, char* err, size_t cap) {
+  try {
+    at::globalContext().setAllowTF32CuBLAS(on != 0);
+    at::globalContext().setAllowTF32CuDNN(on != 0);
+    return 0;
+  } catch (const std::exception& e) {
+    set_error(err, cap, e.what());
+    return 1;
+  }
+}
+
+// Whether TF32 is on for cuBLAS f32 matrix products (1) or not (0).
+int tagfix_tf32_cublas() { return at::globalContext().allowTF32CuBLAS() ? 1 : 0; }
 }

@@ -6,6 +6,7 @@
 //! losses) keep f32 per ATen's autocast op lists. tch 0.24 only switches CUDA autocast with its default
 //! fp16 type, so the dtype is set through a small ATen shim (`src/train/autocast.cpp`).
 
+use super::config::Precision;
 use super::error::TrainError;
 use crate::error::Result;
 use std::os::raw::{c_char, c_int};
@@ -27,6 +28,8 @@ extern "C" {
         cap: usize,
     ) -> c_int;
     fn tagfix_autocast_enter() -> c_int;
+    fn tagfix_set_tf32(on: c_int, err: *mut c_char, cap: usize) -> c_int;
+    fn tagfix_tf32_cublas() -> c_int;
     fn tagfix_autocast_exit() -> c_int;
 }
 
@@ -98,6 +101,41 @@ pub fn with_autocast<T>(device: Device, kind: Kind, f: impl FnOnce() -> T) -> Re
     Ok(f())
 }
 
+/// Sets TF32 for f32 matrix products (cuBLAS) and convolutions (cuDNN), process-wide.
+fn apply_tf32(on: bool) -> Result<()> {
+    // SAFETY: two flags of ATen's global context; the shim catches every C++ exception.
+    call(|err, cap| unsafe { tagfix_set_tf32(c_int::from(on), err, cap) })
+}
+
+/// Whether f32 matrix products on CUDA may use TF32 (ATen's cuBLAS flag).
+pub fn tf32_enabled() -> bool {
+    // SAFETY: reads a flag of ATen's global context.
+    unsafe { tagfix_tf32_cublas() != 0 }
+}
+
+/// The `tf32` setting for a run on `device`: on CUDA, TF32 on or off for f32 matrix products and
+/// convolutions (off: IEEE f32, also for cuDNN's convolutions, which PyTorch otherwise runs in TF32);
+/// on the CPU nothing is set (TF32 is a CUDA tensor-core format). Returns the line for the log.
+pub fn set_tf32(on: bool, device: Device, precision: Precision) -> Result<String> {
+    if !device.is_cuda() {
+        return Ok(if on {
+            "TF32: --tf32 has no effect on the CPU (it only changes f32 matrix products and convolutions on CUDA); f32 stays IEEE".into()
+        } else {
+            "TF32: off (IEEE f32)".into()
+        });
+    }
+    apply_tf32(on)?;
+    let bf16 = match precision {
+        Precision::Bf16 => " that bf16 autocast leaves in f32",
+        Precision::F32 => "",
+    };
+    Ok(if on {
+        format!("TF32: on for the f32 matrix products and convolutions{bf16} on CUDA (--tf32: inputs rounded to a 10-bit mantissa)")
+    } else {
+        "TF32: off (IEEE f32 matrix products and convolutions on CUDA; --tf32 turns it on)".into()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,5 +180,17 @@ mod tests {
         })
         .unwrap();
         assert_eq!(a.matmul(&a).kind(), Kind::Float);
+    }
+
+    #[test]
+    fn tf32_is_set_through_the_shim_and_left_alone_on_the_cpu() {
+        let note = set_tf32(true, Device::Cpu, Precision::F32).unwrap();
+        assert!(note.contains("no effect on the CPU"), "{note}");
+        assert!(!tf32_enabled(), "a CPU run sets nothing");
+        // The shim itself works in the CPU libtorch (the flags only matter to CUDA kernels).
+        apply_tf32(true).unwrap();
+        assert!(tf32_enabled());
+        apply_tf32(false).unwrap();
+        assert!(!tf32_enabled());
     }
 }

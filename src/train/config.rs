@@ -540,6 +540,9 @@ pub struct TrainConfig {
     pub balance_steps: u64,
     pub device: DeviceKind,
     pub precision: Precision,
+    /// TF32 for the f32 matrix products and convolutions on CUDA (faster; their inputs rounded to a
+    /// 10-bit mantissa). Off: IEEE f32. No effect on the CPU.
+    pub tf32: bool,
     pub seed: u64,
     /// Image-decoding threads (0: one per core); at most one per core (see [`TrainConfig::workers`]).
     pub workers: usize,
@@ -610,6 +613,7 @@ impl Default for TrainConfig {
             balance_steps: 20,
             device: DeviceKind::Cpu,
             precision: Precision::F32,
+            tf32: false,
             seed: 0,
             workers: 0,
             threads: 0,
@@ -1054,6 +1058,10 @@ pub struct TrainFlags {
     /// f32, or bf16 autocast (matrix products in bf16; parameters, gradients and optimizer state in f32).
     #[arg(long, value_name = "PRECISION", value_enum)]
     pub precision: Option<Precision>,
+    /// TF32 for f32 matrix products and convolutions on CUDA (faster, 10-bit mantissa inputs; no
+    /// effect on the CPU). Default: IEEE f32.
+    #[arg(long)]
+    pub tf32: bool,
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
     /// Image-decoding threads (0: one per core; more than one per core is capped to that).
@@ -1107,6 +1115,7 @@ impl TrainFlags {
             stage,
             device,
             precision,
+            tf32,
             seed,
             workers,
             threads,
@@ -1142,6 +1151,7 @@ impl TrainFlags {
         set(&mut c.stage, stage);
         set(&mut c.device, device);
         set(&mut c.precision, precision);
+        set(&mut c.tf32, tf32.then_some(true));
         set(&mut c.seed, seed);
         set(&mut c.workers, workers);
         set(&mut c.threads, threads);

@@ -101,6 +101,14 @@ pub enum TrainError {
     #[error("nothing to do: the run is at step {step} of {total} (raise max_steps to continue)")]
     NothingToDo { step: u64, total: u64 },
 
+    /// Values of the training step could not be copied from the device.
+    #[error("cannot read {what} from the device")]
+    HostRead {
+        what: &'static str,
+        #[source]
+        source: Source,
+    },
+
     #[error("step {0}: the data loader stopped early")]
     LoaderStopped(u64),
 
@@ -279,6 +287,15 @@ pub enum TrainError {
     )]
     FusedShape { tensor: usize, shape: Vec<i64> },
 
+    #[error("fused AdamW: grad_scale and found_inf must be one f32 value, not {kind} {shape:?}")]
+    FusedGuard { kind: String, shape: Vec<i64> },
+
+    #[error("the per-parameter loop optimizer reads its norms on the host: it has no device-side update")]
+    NoDeviceUpdate,
+
+    #[error("optimizer: {read} values read back for an update that left {expected}")]
+    UpdateReadBack { read: usize, expected: usize },
+
     #[error("autocast dtype must be bf16 or f16, not {0}")]
     AutocastDtype(String),
 
@@ -365,9 +382,13 @@ impl TrainError {
             | TrainError::TensorConversion(_)
             | TrainError::UnsupportedKind(_)
             | TrainError::ReadBack { .. }
+            | TrainError::HostRead { .. }
             | TrainError::Libtorch { .. }
             | TrainError::FusedLengths
-            | TrainError::FusedShape { .. } => ErrorKind::Internal,
+            | TrainError::FusedShape { .. }
+            | TrainError::FusedGuard { .. }
+            | TrainError::NoDeviceUpdate
+            | TrainError::UpdateReadBack { .. } => ErrorKind::Internal,
         }
     }
 }

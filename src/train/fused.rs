@@ -22,6 +22,8 @@ extern "C" {
         beta2: f64,
         weight_decay: f64,
         eps: f64,
+        grad_scale: *const C_tensor,
+        found_inf: *const C_tensor,
         err: *mut c_char,
         cap: usize,
     ) -> c_int;
@@ -62,6 +64,16 @@ pub struct AdamWArgs {
     pub eps: f64,
 }
 
+/// Device-side controls of a fused update, each a 1-value f32 tensor on the parameters' device, so
+/// that clipping and skipping need no host read.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StepGuards<'a> {
+    /// Every gradient is divided by it (global-norm clipping: `max(1, norm / max_norm)`).
+    pub grad_scale: Option<&'a Tensor>,
+    /// When it holds 1, nothing changes (parameters, moments): a non-finite step is skipped.
+    pub found_inf: Option<&'a Tensor>,
+}
+
 /// One AdamW update of `params` in place (PyTorch's decoupled-decay formula), with their moments.
 /// `step` is a 0-dim f32 tensor on the parameters' device holding this update's step number (from 1).
 /// All lists have the same length; the tensors share one device and dtype.
@@ -72,6 +84,7 @@ pub fn fused_adamw(
     exp_avg_sqs: &[&Tensor],
     step: &Tensor,
     a: AdamWArgs,
+    guards: StepGuards,
 ) -> Result<()> {
     let n = params.len();
     if [grads.len(), exp_avgs.len(), exp_avg_sqs.len()] != [n; 3] {
@@ -91,6 +104,16 @@ pub fn fused_adamw(
             .into());
         }
     }
+    for t in [guards.grad_scale, guards.found_inf].into_iter().flatten() {
+        if t.kind() != tch::Kind::Float || t.numel() != 1 {
+            return Err(TrainError::FusedGuard {
+                kind: format!("{:?}", t.kind()),
+                shape: t.size(),
+            }
+            .into());
+        }
+    }
+    let guard = |t: Option<&Tensor>| t.map_or(std::ptr::null(), |t| t.as_ptr());
     let (p, g, m, v) = (
         handles(params),
         handles(grads),
@@ -111,6 +134,8 @@ pub fn fused_adamw(
             a.beta2,
             a.weight_decay,
             a.eps,
+            guard(guards.grad_scale),
+            guard(guards.found_inf),
             err,
             cap,
         )
@@ -143,21 +168,69 @@ mod tests {
         assert_eq!(Vec::<f64>::try_from(&n).unwrap(), vec![5.0, 3.0]);
     }
 
+    const ARGS: AdamWArgs = AdamWArgs {
+        lr: 0.1,
+        beta1: 0.9,
+        beta2: 0.999,
+        weight_decay: 0.0,
+        eps: 1e-8,
+    };
+
     #[test]
     fn mismatched_lists_are_refused() {
         let a = Tensor::ones([2], (Kind::Float, Device::Cpu));
         let step = Tensor::from(1.0f32);
-        let args = AdamWArgs {
-            lr: 0.1,
-            beta1: 0.9,
-            beta2: 0.999,
-            weight_decay: 0.0,
-            eps: 1e-8,
-        };
-        assert!(fused_adamw(&[&a], &[], &[&a], &[&a], &step, args).is_err());
+        let args = ARGS;
+        let none = StepGuards::default();
+        assert!(fused_adamw(&[&a], &[], &[&a], &[&a], &step, args, none).is_err());
         // A gradient of another shape is refused before the kernel runs.
         let g = Tensor::ones([3], (Kind::Float, Device::Cpu));
         let (m, v) = (a.zeros_like(), a.zeros_like());
-        assert!(fused_adamw(&[&a], &[&g], &[&m], &[&v], &step, args).is_err());
+        assert!(fused_adamw(&[&a], &[&g], &[&m], &[&v], &step, args, none).is_err());
+        // So is a guard that is not one f32 value.
+        let two = Tensor::zeros([2], (Kind::Float, Device::Cpu));
+        let bad = StepGuards {
+            found_inf: Some(&two),
+            ..none
+        };
+        let g = a.ones_like();
+        assert!(fused_adamw(&[&a], &[&g], &[&m], &[&v], &step, args, bad).is_err());
+    }
+
+    #[test]
+    fn found_inf_skips_and_grad_scale_divides() {
+        let args = ARGS;
+        let step = Tensor::from(1.0f32);
+        let run = |grad: f32, guards: StepGuards| {
+            let p = Tensor::from_slice(&[1.0f32, 2.0]);
+            let g = Tensor::from_slice(&[grad, -grad]);
+            let (m, v) = (p.zeros_like(), p.zeros_like());
+            fused_adamw(&[&p], &[&g], &[&m], &[&v], &step, args, guards).unwrap();
+            let values = |t: &Tensor| Vec::<f32>::try_from(t).unwrap();
+            (values(&p), values(&m))
+        };
+        let (one, zero) = (Tensor::from_slice(&[1.0f32]), Tensor::from(0.0f32));
+        // found_inf = 1: parameters and moments untouched, even with a NaN gradient.
+        let skip = StepGuards {
+            found_inf: Some(&one),
+            grad_scale: None,
+        };
+        assert_eq!(run(f32::NAN, skip), (vec![1.0, 2.0], vec![0.0, 0.0]));
+        // found_inf = 0: the update runs.
+        let go = StepGuards {
+            found_inf: Some(&zero),
+            grad_scale: None,
+        };
+        let (p, m) = run(4.0, go);
+        assert!((p[0] - 0.9).abs() < 1e-6 && (p[1] - 2.1).abs() < 1e-6, "{p:?}");
+        assert!((m[0] - 0.4).abs() < 1e-6, "{m:?}");
+        // grad_scale 4: the first moment sees gradient 1 instead of 4.
+        let four = Tensor::from(4.0f32);
+        let scaled = StepGuards {
+            grad_scale: Some(&four),
+            found_inf: None,
+        };
+        let (_, m) = run(4.0, scaled);
+        assert!((m[0] - 0.1).abs() < 1e-6 && (m[1] + 0.1).abs() < 1e-6, "{m:?}");
     }
 }

@@ -23,6 +23,7 @@ with_libtorch! {
     pub mod objective;
     pub mod optim;
     pub mod run;
+    pub mod sync;
     pub mod trainer;
     pub mod validate;
     pub mod weights;

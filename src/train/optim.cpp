@@ -12,6 +12,7 @@
 
 #include <cstring>
 #include <exception>
+#include <optional>
 #include <vector>
 
 namespace {
@@ -34,17 +35,24 @@ extern "C" {
 // One `_fused_adamw_` call over `n` parameters (one weight-decay group), updating params, exp_avgs and
 // exp_avg_sqs in place. `step` is a 0-dim f32 tensor on the parameters' device holding the step
 // number already counted for this update (the kernel reads it for the bias corrections); it is shared
-// by every parameter of the group. Returns 0 on success.
+// by every parameter of the group. `grad_scale` and `found_inf` may be null; otherwise they are 1-value
+// f32 tensors on the same device: the kernel divides every gradient by `grad_scale` (global-norm
+// clipping without a host read) and changes nothing when `found_inf` is 1 (a non-finite step skipped
+// without a host read). Returns 0 on success.
 int tagfix_fused_adamw(at::Tensor* const* params, at::Tensor* const* grads,
                        at::Tensor* const* exp_avgs, at::Tensor* const* exp_avg_sqs, size_t n,
                        const at::Tensor* step, double lr, double beta1, double beta2,
-                       double weight_decay, double eps, char* err, size_t cap) {
+                       double weight_decay, double eps, const at::Tensor* grad_scale,
+                       const at::Tensor* found_inf, char* err, size_t cap) {
   try {
     c10::AutoGradMode no_grad(false);
     std::vector<at::Tensor> steps(n, *step);
+    auto optional = [](const at::Tensor* t) {
+      return t == nullptr ? std::optional<at::Tensor>() : std::optional<at::Tensor>(*t);
+    };
     at::_fused_adamw_(list(params, n), list(grads, n), list(exp_avgs, n), list(exp_avg_sqs, n),
                       {}, steps, lr, beta1, beta2, weight_decay, eps, /*amsgrad=*/false,
-                      /*maximize=*/false);
+                      /*maximize=*/false, optional(grad_scale), optional(found_inf));
     return 0;
   } catch (const std::exception& e) {
     set_error(err, cap, e.what());

@@ -10,14 +10,14 @@
 //! parity test and `scripts/bench-optim.sh`.
 
 use super::config::{Schedule, TrainConfig};
-use super::fused::{foreach_norm, fused_adamw, AdamWArgs};
 use super::error::TrainError;
+use super::fused::{foreach_norm, fused_adamw, AdamWArgs, StepGuards};
+use super::sync::{read_f64, read_f64s};
 use crate::error::Result;
 use crate::monitor::{GroupNorms, ModuleGroup};
-use std::cell::Cell;
 use std::collections::BTreeMap;
 use tch::nn::VarStore;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 /// Which AdamW implementation runs the update (the same formula and state either way).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -31,38 +31,13 @@ pub enum OptimizerImpl {
     Fused,
 }
 
-thread_local! {
-    /// Device-to-host reads made by the optimizer on this thread (gradient norms, update norms).
-    /// Every such read in this module goes through [`read_scalar`] or [`read_vec`]; on CUDA each one
-    /// waits for the device (a host sync). Always counted (a thread-local add per read); per thread
-    /// so that a caller counts exactly its own optimizer's reads.
-    static HOST_READS: Cell<u64> = const { Cell::new(0) };
-}
-
-/// The number of optimizer device-to-host reads made on this thread so far.
-pub fn host_reads() -> u64 {
-    HOST_READS.with(Cell::get)
-}
-
-fn count_read() {
-    HOST_READS.with(|c| c.set(c.get() + 1));
-}
-
+/// One optimizer device-to-host read, counted by [`super::sync`] (on CUDA each is a host sync).
 fn read_scalar(t: &Tensor) -> f64 {
-    count_read();
-    t.double_value(&[])
+    read_f64(t, "a parameter's norm").unwrap_or(f64::NAN)
 }
 
 fn read_vec(t: &Tensor) -> Result<Vec<f64>> {
-    count_read();
-    Vec::<f64>::try_from(t.to_device(Device::Cpu))
-        .map_err(|e| {
-            TrainError::ReadBack {
-                what: "optimizer norms",
-                source: Box::new(e),
-            }
-            .into()
-        })
+    Ok(read_f64s(t, "the optimizer's norms")?)
 }
 
 /// Sums squared per-tensor norms into module groups; `GroupNorms` of the square roots.
@@ -131,6 +106,46 @@ impl std::fmt::Display for ParamSummary {
             }
         )
     }
+}
+
+/// What [`AdamW::update_on_device`] left on the device, to be read in one copy with the caller's own
+/// values and handed to [`AdamW::settle`].
+pub struct DeviceUpdate {
+    /// f64: the gradient norm (before clipping) of each parameter with a gradient, the skip flag (1:
+    /// the update was skipped), then the update norms when measured.
+    packed: Tensor,
+    /// The parameter of each gradient norm.
+    with_grad: Vec<usize>,
+    /// The parameter of each update norm (`None`: not measured).
+    updated: Option<Vec<usize>>,
+}
+
+impl DeviceUpdate {
+    /// The values to read (f64, on the parameters' device).
+    pub fn packed(&self) -> &Tensor {
+        &self.packed
+    }
+
+    /// How many values [`Self::packed`] holds.
+    pub fn len(&self) -> usize {
+        self.with_grad.len() + 1 + self.updated.as_ref().map_or(0, Vec::len)
+    }
+
+    /// Never: the skip flag is always there.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// An update as the host sees it after reading its [`DeviceUpdate`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settled {
+    /// Gradient norms before clipping, in total and per module group.
+    pub grad_norm: GroupNorms,
+    /// Update norms per module group, when measured.
+    pub update_norm: Option<GroupNorms>,
+    /// Whether the update was skipped (a non-finite gradient norm or the caller's flag).
+    pub skipped: bool,
 }
 
 /// AdamW over the trainable variables of a [`VarStore`].
@@ -282,11 +297,130 @@ impl AdamW {
         self.step += 1;
         match self.imp {
             OptimizerImpl::Loop => Ok(Some(self.loop_step(lr))),
-            OptimizerImpl::Fused => tch::no_grad(|| self.fused_step(lr, measure_update)),
+            OptimizerImpl::Fused => {
+                let guards = StepGuards::default();
+                match tch::no_grad(|| self.fused_step(lr, measure_update, guards))? {
+                    None => Ok(None),
+                    Some((_, order)) if order.is_empty() => Ok(Some(group_norms([]))),
+                    Some((norms, order)) => Ok(Some(self.norms_of(&order, &read_vec(&norms)?))),
+                }
+            }
         }
     }
 
-    fn fused_step(&mut self, lr: f64, measure: bool) -> Result<Option<GroupNorms>> {
+    /// One fused AdamW step that reads nothing from the device: the gradient norms
+    /// (`_foreach_norm`); a skip flag, set when their total or `bad` (a one-value flag of the caller,
+    /// non-zero for a non-finite loss term) is not finite; clipping to `max_norm` as the kernel's
+    /// `grad_scale`; and the update, which the kernel skips when the flag is set. The results stay on
+    /// the device ([`DeviceUpdate::packed`]) for the caller to read with its own values and hand to
+    /// [`Self::settle`], which also takes the step count back when the update was skipped.
+    pub fn update_on_device(
+        &mut self,
+        lr: f64,
+        max_norm: Option<f64>,
+        bad: &Tensor,
+        measure_update: bool,
+    ) -> Result<DeviceUpdate> {
+        if self.imp != OptimizerImpl::Fused {
+            return Err(TrainError::NoDeviceUpdate.into());
+        }
+        tch::no_grad(|| {
+            let device = self.params[0].var.device();
+            let with_grad: Vec<usize> = (0..self.params.len())
+                .filter(|&i| self.params[i].var.grad().defined())
+                .collect();
+            let norms = if with_grad.is_empty() {
+                Tensor::zeros([0], (Kind::Double, device))
+            } else {
+                let grads: Vec<Tensor> = with_grad.iter().map(|&i| self.params[i].var.grad()).collect();
+                foreach_norm(&grads.iter().collect::<Vec<_>>())?
+            };
+            let total = norms.square().sum(Kind::Double).sqrt();
+            let found_inf = total
+                .isfinite()
+                .logical_not()
+                .logical_or(&bad.to_device(device).reshape([]).ne(0.0))
+                .to_kind(Kind::Float)
+                .reshape([1]);
+            // PyTorch's clip_grad_norm_ multiplies by max / (norm + 1e-6) when that is below 1; the
+            // kernel divides by the inverse.
+            let grad_scale = max_norm.map(|m| {
+                ((&total + 1e-6) / m)
+                    .clamp_min(1.0)
+                    .to_kind(Kind::Float)
+                    .reshape([1])
+            });
+            let guards = StepGuards {
+                grad_scale: grad_scale.as_ref(),
+                found_inf: Some(&found_inf),
+            };
+            self.step += 1;
+            let updates = self.fused_step(lr, measure_update, guards)?;
+            let mut parts = vec![norms, found_inf.to_kind(Kind::Double)];
+            let updated = updates.map(|(t, order)| {
+                parts.push(t);
+                order
+            });
+            Ok(DeviceUpdate {
+                packed: Tensor::cat(&parts, 0),
+                with_grad,
+                updated,
+            })
+        })
+    }
+
+    /// The host side of [`Self::update_on_device`]: `values` are its [`DeviceUpdate::packed`]
+    /// values as read. A skipped update does not count as a step.
+    pub fn settle(&mut self, update: &DeviceUpdate, values: &[f64]) -> Result<Settled> {
+        let k = update.with_grad.len();
+        if values.len() != update.len() {
+            return Err(TrainError::UpdateReadBack {
+                read: values.len(),
+                expected: update.len(),
+            }
+            .into());
+        }
+        let grad_norm = group_norms(
+            self.params.iter().map(|p| (p.group, 0.0)).chain(
+                update
+                    .with_grad
+                    .iter()
+                    .zip(&values[..k])
+                    .map(|(&i, n)| (self.params[i].group, n * n)),
+            ),
+        );
+        let skipped = values[k] != 0.0;
+        if skipped {
+            self.step -= 1;
+        }
+        Ok(Settled {
+            grad_norm,
+            update_norm: update
+                .updated
+                .as_ref()
+                .map(|order| self.norms_of(order, &values[k + 1..])),
+            skipped,
+        })
+    }
+
+    /// Update norms per module group from the per-parameter norms of the parameters `order`.
+    fn norms_of(&self, order: &[usize], norms: &[f64]) -> GroupNorms {
+        group_norms(
+            order
+                .iter()
+                .zip(norms)
+                .map(|(&i, n)| (self.params[i].group, n * n)),
+        )
+    }
+
+    /// The fused update (both weight-decay groups) under `guards`. When `measure` is set, returns the
+    /// update norm of each parameter updated (f64, on the device) and which parameters they are.
+    fn fused_step(
+        &mut self,
+        lr: f64,
+        measure: bool,
+        guards: StepGuards,
+    ) -> Result<Option<(Tensor, Vec<usize>)>> {
         let device = self.params[0].var.device();
         let step = self
             .step_tensor
@@ -312,7 +446,7 @@ impl AdamW {
                 } else {
                     Vec::new()
                 };
-                self.fused_call(chunk, &grads, &step, args)?;
+                self.fused_call(chunk, &grads, &step, args, guards)?;
                 if measure {
                     for (b, &i) in before.iter_mut().zip(chunk) {
                         let _ = b.f_sub_(&self.params[i].var);
@@ -326,16 +460,12 @@ impl AdamW {
         if !measure {
             return Ok(None);
         }
-        if norms.is_empty() {
-            return Ok(Some(group_norms([])));
-        }
-        let values = read_vec(&Tensor::cat(&norms, 0))?;
-        Ok(Some(group_norms(
-            order
-                .iter()
-                .zip(values)
-                .map(|(&i, n)| (self.params[i].group, n * n)),
-        )))
+        let norms = if norms.is_empty() {
+            Tensor::zeros([0], (Kind::Double, device))
+        } else {
+            Tensor::cat(&norms, 0)
+        };
+        Ok(Some((norms, order)))
     }
 
     /// One `_fused_adamw_` call over the parameters `idx` (one weight-decay group).
@@ -345,6 +475,7 @@ impl AdamW {
         grads: &[Tensor],
         step: &Tensor,
         a: AdamWArgs,
+        guards: StepGuards,
     ) -> Result<()> {
         let params: Vec<&Param> = idx.iter().map(|&i| &self.params[i]).collect();
         fused_adamw(
@@ -354,6 +485,7 @@ impl AdamW {
             &params.iter().map(|p| &p.exp_avg_sq).collect::<Vec<_>>(),
             step,
             a,
+            guards,
         )
     }
 
@@ -534,6 +666,7 @@ impl LrSchedule {
 mod tests {
     use super::*;
     use tch::nn::{self, Module};
+    use crate::train::sync::thread_host_reads;
     use tch::Device;
 
     fn cfg() -> TrainConfig {
@@ -687,9 +820,20 @@ mod tests {
                     .reduce(|a, b| a + b)
                     .unwrap();
                 loss.backward();
-                let g = opt.grad_norms().unwrap();
-                opt.clip_grad_norm(g.total, 20.0);
-                norms.push((g, opt.step(sched.lr(step), true).unwrap().unwrap()));
+                let lr = sched.lr(step);
+                if opt.imp == OptimizerImpl::Loop {
+                    let g = opt.grad_norms().unwrap();
+                    opt.clip_grad_norm(g.total, 20.0);
+                    norms.push((g, opt.step(lr, true).unwrap().unwrap()));
+                } else {
+                    // The trainer's path: norms, clipping and the update on the device, one read.
+                    let ok = Tensor::zeros([1], (Kind::Float, Device::Cpu));
+                    let u = opt.update_on_device(lr, Some(20.0), &ok, true).unwrap();
+                    let values = Vec::<f64>::try_from(u.packed()).unwrap();
+                    let settled = opt.settle(&u, &values).unwrap();
+                    assert!(!settled.skipped);
+                    norms.push((settled.grad_norm, settled.update_norm.unwrap()));
+                }
             }
             let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * a.abs().max(b.abs());
             let ((g0, u0), (g1, u1)) = (&norms[0], &norms[1]);
@@ -734,9 +878,9 @@ mod tests {
         let vars = vs.variables();
         let n = vars.len() as u64;
         let reads = |f: &mut dyn FnMut()| {
-            let before = host_reads();
+            let before = thread_host_reads();
             f();
-            host_reads() - before
+            thread_host_reads() - before
         };
         vars.values()
             .map(|v| v.square().sum(Kind::Float))
@@ -770,6 +914,55 @@ mod tests {
             }),
             n
         );
+    }
+
+    #[test]
+    fn a_device_update_reads_nothing_clips_and_skips_a_flagged_step() {
+        let vs = parity_store();
+        let mut opt = AdamW::new(&vs, &[], &cfg()).unwrap();
+        let vars = vs.variables();
+        let backward = || {
+            vars.values()
+                .map(|v| (v * 3.0).square().sum(Kind::Float))
+                .reduce(|a, b| a + b)
+                .unwrap()
+                .backward()
+        };
+        backward();
+        let snapshot = || -> Vec<Tensor> { vars.values().map(|v| v.copy()).collect() };
+        let same = |a: &[Tensor], b: &[Tensor]| a.iter().zip(b).all(|(x, y)| x.equal(y));
+        let flag = |v: f32| Tensor::from_slice(&[v]);
+        let before = snapshot();
+        let r0 = thread_host_reads();
+        let u = opt.update_on_device(1e-3, Some(0.5), &flag(1.0), false).unwrap();
+        assert_eq!(thread_host_reads(), r0, "no read until the caller's");
+        let values = Vec::<f64>::try_from(u.packed()).unwrap();
+        assert_eq!(values.len(), u.len());
+        let s = opt.settle(&u, &values).unwrap();
+        assert!(s.skipped && s.update_norm.is_none());
+        assert!(s.grad_norm.total > 0.5 && s.grad_norm.total.is_finite());
+        assert_eq!(opt.step, 0, "a skipped update is no step");
+        assert!(same(&before, &snapshot()), "a skipped update changes nothing");
+        // Unflagged, measured: the update runs, clipped to norm 0.5, and reports its norms.
+        let u = opt.update_on_device(1e-3, Some(0.5), &flag(0.0), true).unwrap();
+        let values = Vec::<f64>::try_from(u.packed()).unwrap();
+        let s = opt.settle(&u, &values).unwrap();
+        assert!(!s.skipped && s.update_norm.unwrap().total > 0.0);
+        assert_eq!(opt.step, 1);
+        assert!(!same(&before, &snapshot()));
+        let clipped = opt.grad_norms().unwrap().total;
+        assert!((clipped - 0.5).abs() < 1e-4, "kernel-clipped gradients: {clipped}");
+        // A non-finite gradient skips the step without a flag.
+        let after = snapshot();
+        opt.zero_grad();
+        (&vars["label_embed"] * f64::INFINITY).sum(Kind::Float).backward();
+        let u = opt.update_on_device(1e-3, None, &flag(0.0), false).unwrap();
+        let values = Vec::<f64>::try_from(u.packed()).unwrap();
+        let s = opt.settle(&u, &values).unwrap();
+        assert!(s.skipped && !s.grad_norm.total.is_finite());
+        assert_eq!(opt.step, 1);
+        assert!(same(&after, &snapshot()));
+        assert!(opt.settle(&u, &values[1..]).is_err(), "a short read is refused");
     }
 
     #[test]

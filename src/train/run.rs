@@ -140,7 +140,11 @@ pub fn prepare_on(config: &TrainConfig, inputs: &TrainInputs, device: Device) ->
     if config.torch_threads() > 0 {
         tch::set_num_threads(config.torch_threads() as i32);
     }
-    let mut notes = Vec::new();
+    let mut notes = vec![super::autocast::set_tf32(
+        config.tf32,
+        device,
+        config.precision,
+    )?];
     if config.decode_workers() < config.workers || config.torch_threads() < config.threads {
         notes.push(format!(
             "threads capped at one per core: --workers {} → {}, --threads {} → {}",

@@ -11,7 +11,8 @@ use super::dist::{Fingerprint, ProcessGroup};
 use super::error::TrainError;
 use super::model::{RamPlus, RamPlusConfig};
 use super::objective::{micro_losses, step_losses, AbsentSlots, LossWeighting, MicroInputs};
-use super::optim::{AdamW, LrSchedule};
+use super::optim::{AdamW, LrSchedule, OptimizerImpl};
+use super::sync::{read_f64, read_f64s};
 use super::run::{
     checkpoint_dir, latest_checkpoint, read_checkpoint, save_checkpoint, slot_probabilities,
     validation_line, CheckpointState, Prepared, RunSummary, RUN_FILE, STATE_SCHEMA,
@@ -52,6 +53,124 @@ impl Accumulated {
             None => self.raw.push((term, v)),
         }
     }
+}
+
+/// How a step reads its values from the device (on CUDA every read is a host sync).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StepSync {
+    /// The loss terms accumulate on the device, finiteness is checked and gradients are clipped
+    /// there, a non-finite step is skipped by the fused AdamW kernel itself, and the step reads one
+    /// packed vector once (the per-parameter loop optimizer always reads as
+    /// [`StepSync::PerMicroBatch`] does).
+    #[default]
+    Once,
+    /// The earlier flow: each micro-batch's terms and weighted total are read and checked as they
+    /// are computed, then the gradient norms, with clipping on the host. Kept to compare against
+    /// (`scripts/bench-syncs.sh`) and for the loop optimizer.
+    PerMicroBatch,
+}
+
+/// One step's values as the host sees them.
+struct StepValues {
+    acc: Accumulated,
+    grad_norm: GroupNorms,
+    update_norm: Option<GroupNorms>,
+}
+
+/// One micro-batch's forward pass: its raw terms (detached) and the weighted total to back-propagate.
+struct MicroOut {
+    terms: Vec<(LossTerm, Tensor)>,
+    weighted: Tensor,
+}
+
+/// Values per micro-batch on the device: the raw terms (tag, align, dis; 0 where absent), then the
+/// weighted total.
+const ROW: usize = 4;
+/// The step's loss summary: the sums of a row over the micro-batches, then how many micro-batches
+/// hold a non-finite value (over every rank when distributed).
+const SUMMARY: usize = ROW + 1;
+const TERMS: [LossTerm; 3] = [LossTerm::Tag, LossTerm::Align, LossTerm::Dis];
+
+/// The loss values of one step's micro-batches, kept on the device until the step's one read.
+struct DeviceLosses {
+    /// f64 `[micro-batches, ROW]`.
+    rows: Tensor,
+    /// The terms computed (the same for every micro-batch: they follow the inputs).
+    present: [bool; 3],
+    /// Each micro-batch's index within the step's batch and its first record indices, to name it.
+    names: Vec<(usize, Vec<usize>)>,
+    data_wait_s: f64,
+}
+
+impl DeviceLosses {
+    fn new(micro_batches: usize, device: Device) -> Self {
+        DeviceLosses {
+            rows: Tensor::zeros([micro_batches as i64, ROW as i64], (Kind::Double, device)),
+            present: [false; 3],
+            names: Vec::with_capacity(micro_batches),
+            data_wait_s: 0.0,
+        }
+    }
+
+    /// Writes micro-batch `m`'s values into its row (device kernels only).
+    fn add(&mut self, m: usize, mb: &MicroBatch, out: &MicroOut) {
+        let device = self.rows.device();
+        let mut row: Vec<Tensor> = (0..ROW)
+            .map(|_| Tensor::zeros([], (Kind::Double, device)))
+            .collect();
+        for (t, v) in &out.terms {
+            self.present[*t as usize] = true;
+            row[*t as usize] = v.to_kind(Kind::Double);
+        }
+        row[ROW - 1] = out.weighted.detach().to_kind(Kind::Double);
+        tch::no_grad(|| self.rows.get(m as i64).copy_(&Tensor::stack(&row, 0)));
+        self.names
+            .push((mb.micro, mb.indices[..mb.indices.len().min(8)].to_vec()));
+    }
+
+    /// `[SUMMARY]`: the rows' sums and the count of rows with a non-finite value.
+    fn summary(&self) -> Tensor {
+        let sums = self.rows.sum_dim_intlist(0, false, Kind::Double);
+        let bad = self
+            .rows
+            .isfinite()
+            .logical_not()
+            .any_dim(1, false)
+            .sum(Kind::Double)
+            .reshape([1]);
+        Tensor::cat(&[sums, bad], 0)
+    }
+
+    /// The present terms with their summed values `sums`, in the order tag, align, dis.
+    fn raw_terms(&self, sums: &[f64]) -> RawTerms {
+        TERMS
+            .into_iter()
+            .filter(|t| self.present[*t as usize])
+            .map(|t| (t, sums[t as usize]))
+            .collect()
+    }
+
+    /// Why the step stops, from this rank's rows as read (`rows`: ROW values per micro-batch): the
+    /// first non-finite value, naming its micro-batch. `None` when this rank's values are finite.
+    fn non_finite(&self, rows: &[f64]) -> Option<String> {
+        rows.chunks(ROW).zip(&self.names).find_map(|(row, (micro, records))| {
+            let term = TERMS
+                .into_iter()
+                .find(|t| self.present[*t as usize] && !row[*t as usize].is_finite());
+            let (what, v) = match term {
+                Some(t) => (format!("loss term `{t}`"), row[t as usize]),
+                None if !row[ROW - 1].is_finite() => ("the weighted loss".into(), row[ROW - 1]),
+                None => return None,
+            };
+            Some(non_finite_reason(&what, v, *micro, records))
+        })
+    }
+}
+
+/// Why a step stops on a non-finite value `v` of `what` in micro-batch `micro` (first records
+/// `records`).
+fn non_finite_reason(what: &str, v: f64, micro: usize, records: &[usize]) -> String {
+    format!("{what} is {v} (micro-batch {micro}, records {records:?})")
 }
 
 /// Held-out validation: the set, where its records go, and those of this invocation.
@@ -137,6 +256,7 @@ pub struct Trainer {
     accumulation: usize,
     history: Vec<RawTerms>,
     last_saved: Option<PathBuf>,
+    sync: StepSync,
 }
 
 impl Trainer {
@@ -278,6 +398,7 @@ impl Trainer {
             accumulation,
             history: Vec::new(),
             last_saved: None,
+            sync: StepSync::default(),
         })
     }
 
@@ -303,49 +424,154 @@ impl Trainer {
     pub fn step(&mut self) -> Result<StepRecord> {
         let t0 = Instant::now();
         let step = self.step;
-        let acc = self.accumulate(step)?;
-        let (grad_norm, lr, update_norm) = self.update(step)?;
+        let lr = self.sched.lr(step);
+        let done = if self.sync == StepSync::Once && self.opt.imp == OptimizerImpl::Fused {
+            self.step_once(step, lr)?
+        } else {
+            self.step_synced(step, lr)?
+        };
         let secs = t0.elapsed().as_secs_f64();
         let wall_s = self.clock.wall_s();
         let record = StepRecord {
             step: step + 1,
             epoch: step / self.steps_per_epoch,
             lr,
-            loss: step_losses(&acc.raw, &self.weighting.weights),
-            total: acc.total,
-            grad_norm,
-            update_norm,
+            loss: step_losses(&done.acc.raw, &self.weighting.weights),
+            total: done.acc.total,
+            grad_norm: done.grad_norm,
+            update_norm: done.update_norm,
             images_per_s: self.config.batch_size as f64 / secs.max(1e-9),
-            data_wait_s: acc.data_wait_s,
+            data_wait_s: done.acc.data_wait_s,
             wall_s,
         };
-        self.observe(&record, acc.raw)?;
+        self.observe(&record, done.acc.raw)?;
         self.step = step + 1;
         self.last_wall_s = wall_s;
         self.bar.set_position(self.step);
         Ok(record)
     }
 
-    /// Zeroes the gradients and runs every micro-batch of `step`, accumulating their gradients.
+    /// How the steps read their values from the device ([`StepSync::Once`] unless set).
+    pub fn set_step_sync(&mut self, sync: StepSync) {
+        self.sync = sync;
+    }
+
+    /// Whether update norms are measured at `step` (0-based): on logging steps only, since they
+    /// cost a parameter copy.
+    fn logging_step(&self, step: u64) -> bool {
+        let log_every = self.config.log_every;
+        log_every > 0 && (step + 1) % log_every == 0
+    }
+
+    /// The next micro-batch (`m` of `step`) and the seconds spent waiting for it.
+    fn next_micro_batch(&mut self, step: u64, m: usize) -> Result<(MicroBatch, f64)> {
+        let w0 = Instant::now();
+        let mb = self
+            .loader
+            .next_batch()
+            .ok_or(TrainError::LoaderStopped(step + 1))??;
+        debug_assert_eq!((mb.step, mb.micro % self.accumulation), (step, m));
+        Ok((mb, w0.elapsed().as_secs_f64()))
+    }
+
+    /// [`StepSync::Once`]: the micro-batches' loss values accumulate on the device, the fused update
+    /// checks finiteness, clips and skips there, and one read brings back everything the step
+    /// reports (see [`StepValues`]).
+    fn step_once(&mut self, step: u64, lr: f64) -> Result<StepValues> {
+        self.opt.zero_grad();
+        let mut losses = DeviceLosses::new(self.accumulation, self.device);
+        for m in 0..self.accumulation {
+            let (mb, wait) = self.next_micro_batch(step, m)?;
+            losses.data_wait_s += wait;
+            let out = self.micro_batch(&mb)?;
+            losses.add(m, &mb, &out);
+            out.weighted.backward();
+        }
+        let summary = losses.summary();
+        if let Some(group) = self.group.as_mut() {
+            // DDP's bucketed all-reduce of the gradients, once per step after the last micro-batch,
+            // then the loss summary: every rank holds the one-rank run's values.
+            group.set_step(step + 1);
+            group.all_reduce_sum_(&self.opt.grads())?;
+            group.all_reduce_sum_(std::slice::from_ref(&summary))?;
+        }
+        let bad = summary.narrow(0, SUMMARY as i64 - 1, 1);
+        let clip = self.config.grad_clip.filter(|c| *c > 0.0);
+        let measure = self.logging_step(step);
+        let update = self.opt.update_on_device(lr, clip, &bad, measure)?;
+        let packed = Tensor::cat(&[&summary, &losses.rows.reshape([-1]), update.packed()], 0);
+        let values = read_f64s(&packed, "the step's losses and norms")?;
+        let (head, rest) = values.split_at(SUMMARY + ROW * self.accumulation);
+        let settled = self.opt.settle(&update, rest)?;
+        let (sums, rows) = head.split_at(SUMMARY);
+        if sums[SUMMARY - 1] > 0.0 {
+            let reason = losses.non_finite(rows).unwrap_or_else(|| {
+                format!(
+                    "a loss term is non-finite on another rank ({} micro-batch(es))",
+                    sums[SUMMARY - 1]
+                )
+            });
+            return Err(self.stop(step, reason));
+        }
+        if settled.skipped {
+            let reason = format!(
+                "the gradient norm is {} although every loss term is finite",
+                settled.grad_norm.total
+            );
+            return Err(self.stop(step, reason));
+        }
+        Ok(StepValues {
+            acc: Accumulated {
+                raw: losses.raw_terms(sums),
+                total: sums[ROW - 1],
+                data_wait_s: losses.data_wait_s,
+            },
+            grad_norm: settled.grad_norm,
+            update_norm: settled.update_norm,
+        })
+    }
+
+    /// [`StepSync::PerMicroBatch`]: each micro-batch's terms are read and checked as they are
+    /// computed, then the gradient norms, clipping and the update read on the host.
+    fn step_synced(&mut self, step: u64, lr: f64) -> Result<StepValues> {
+        let acc = self.accumulate(step)?;
+        let (grad_norm, update_norm) = self.update(step, lr)?;
+        Ok(StepValues {
+            acc,
+            grad_norm,
+            update_norm,
+        })
+    }
+
+    /// Zeroes the gradients and runs every micro-batch of `step`, accumulating their gradients and
+    /// reading their loss terms as they come.
     fn accumulate(&mut self, step: u64) -> Result<Accumulated> {
         self.opt.zero_grad();
         let mut acc = Accumulated::default();
         let mut non_finite = None;
         for m in 0..self.accumulation {
-            let w0 = Instant::now();
-            let mb = self
-                .loader
-                .next_batch()
-                .ok_or(TrainError::LoaderStopped(step + 1))??;
-            acc.data_wait_s += w0.elapsed().as_secs_f64();
-            debug_assert_eq!((mb.step, mb.micro % self.accumulation), (step, m));
-            if let Some(reason) = self.micro_batch(&mb, &mut acc)? {
+            let (mb, wait) = self.next_micro_batch(step, m)?;
+            acc.data_wait_s += wait;
+            let out = self.micro_batch(&mb)?;
+            let mut terms = Vec::new();
+            for (t, v) in &out.terms {
+                terms.push((*t, read_f64(v, "a loss term")?));
+            }
+            if let Some((t, v)) = terms.iter().find(|(_, v)| !v.is_finite()) {
+                let records = &mb.indices[..mb.indices.len().min(8)];
+                let reason = non_finite_reason(&format!("loss term `{t}`"), *v, mb.micro, records);
                 if self.group.is_none() {
                     return Err(self.stop(step, reason));
                 }
                 // The other ranks are waiting for this step's sums: stop together after them.
                 non_finite.get_or_insert(reason);
+                continue;
             }
+            for (t, v) in terms {
+                acc.add(t, v);
+            }
+            acc.total += read_f64(&out.weighted, "the weighted loss")?;
+            out.weighted.backward();
         }
         if self.group.is_some() {
             self.all_reduce(step, &mut acc, non_finite)?;
@@ -353,8 +579,8 @@ impl Trainer {
         Ok(acc)
     }
 
-    /// Distributed: sums the gradients (DDP's bucketed all-reduce, once per step after the last
-    /// micro-batch: `no_sync` for the others) and the loss terms over the ranks, so every rank
+    /// Distributed, [`StepSync::PerMicroBatch`]: sums the gradients (DDP's bucketed all-reduce,
+    /// once per step after the last micro-batch) and the loss terms over the ranks, so every rank
     /// holds the one-rank run's values. A non-finite term on any rank stops every rank.
     fn all_reduce(
         &mut self,
@@ -389,10 +615,9 @@ impl Trainer {
         Ok(())
     }
 
-    /// Forward and backward pass of one micro-batch, libtorch's generator seeded from
-    /// `(seed, step, micro)`; its raw terms and weighted total are added to `acc`. A non-finite
-    /// term is returned as the reason to stop (nothing added, no backward pass).
-    fn micro_batch(&mut self, mb: &MicroBatch, acc: &mut Accumulated) -> Result<Option<String>> {
+    /// Forward pass of one micro-batch, libtorch's generator seeded from `(seed, step, micro)`: its
+    /// raw terms (detached) and the weighted total to back-propagate. Reads nothing from the device.
+    fn micro_batch(&mut self, mb: &MicroBatch) -> Result<MicroOut> {
         let device = self.device;
         let n = mb.len() as i64;
         let side = self.model_config.swin.img_size as i64;
@@ -425,30 +650,19 @@ impl Trainer {
             Precision::F32 => forward(),
             Precision::Bf16 => with_autocast(device, Kind::BFloat16, forward)?,
         };
-        let terms: Vec<(LossTerm, f64)> = losses
-            .terms()
-            .into_iter()
-            .map(|(t, v)| (t, v.double_value(&[])))
-            .collect();
-        if let Some((t, v)) = terms.iter().find(|(_, v)| !v.is_finite()) {
-            return Ok(Some(format!(
-                "loss term `{t}` is {v} (micro-batch {}, records {:?})",
-                mb.micro,
-                &mb.indices[..mb.indices.len().min(8)]
-            )));
-        }
-        for (t, v) in terms {
-            acc.add(t, v);
-        }
-        let weighted = losses.weighted_sum(&self.weighting.weights);
-        acc.total += weighted.double_value(&[]);
-        weighted.backward();
-        Ok(None)
+        Ok(MicroOut {
+            terms: losses
+                .terms()
+                .into_iter()
+                .map(|(t, v)| (t, v.detach()))
+                .collect(),
+            weighted: losses.weighted_sum(&self.weighting.weights),
+        })
     }
 
-    /// Gradient norms, clipping and the AdamW update of `step`: returns the gradient norms, the
-    /// learning rate and (on logging steps) the update norms.
-    fn update(&mut self, step: u64) -> Result<(GroupNorms, f64, Option<GroupNorms>)> {
+    /// [`StepSync::PerMicroBatch`]: gradient norms (read), clipping and the AdamW update of `step`
+    /// at `lr`: returns the gradient norms and (on logging steps) the update norms.
+    fn update(&mut self, step: u64, lr: f64) -> Result<(GroupNorms, Option<GroupNorms>)> {
         let grad_norm = self.opt.grad_norms()?;
         if !grad_norm.total.is_finite() {
             let reason = format!(
@@ -460,12 +674,8 @@ impl Trainer {
         if let Some(max) = self.config.grad_clip.filter(|c| *c > 0.0) {
             self.opt.clip_grad_norm(grad_norm.total, max);
         }
-        let lr = self.sched.lr(step);
-        // Update norms cost a parameter copy and a device read: measured on logging steps only.
-        let log_every = self.config.log_every;
-        let logging_step = log_every > 0 && (step + 1) % log_every == 0;
-        let update_norm = self.opt.step(lr, logging_step)?;
-        Ok((grad_norm, lr, update_norm))
+        let update_norm = self.opt.step(lr, self.logging_step(step))?;
+        Ok((grad_norm, update_norm))
     }
 
     /// Appends a finished step to the metrics (detectors included), lets the loss balancing see its
