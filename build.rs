@@ -71,6 +71,7 @@ fn build_autocast_shim(lib: &std::path::Path) {
 fn build_dist_shim(lib: &std::path::Path) {
     use std::path::PathBuf;
     println!("cargo:rerun-if-changed=src/train/dist.cpp");
+    println!("cargo:rerun-if-changed=src/train/device.cpp");
     println!("cargo:rerun-if-env-changed=GLOO_INCLUDE_DIR");
     let root = lib.parent().expect("libtorch lib folder has a parent");
     let gloo_dirs: Vec<PathBuf> = match std::env::var_os("GLOO_INCLUDE_DIR") {
@@ -90,6 +91,8 @@ fn build_dist_shim(lib: &std::path::Path) {
     build
         .cpp(true)
         .file("src/train/dist.cpp")
+        // Pinned copies and CUDA memory counters (the batch upload, `--micro-batch-size auto`).
+        .file("src/train/device.cpp")
         .include(root.join("include"))
         .include(root.join("include/torch/csrc/api/include"))
         .include(gloo)
@@ -103,7 +106,8 @@ fn build_dist_shim(lib: &std::path::Path) {
         // ProcessGroupNCCL: CUDA's headers and nccl.h come from the torch wheel's nvidia-* wheels.
         build
             .define("USE_C10D_NCCL", None)
-            .define("TAGFIX_DIST_NCCL", None);
+            .define("TAGFIX_DIST_NCCL", None)
+            .define("TAGFIX_CUDA_MEMORY", None);
         if let Some(site) = root.parent() {
             if let Ok(entries) = std::fs::read_dir(site.join("nvidia")) {
                 for include in entries.flatten().map(|e| e.path().join("include")) {

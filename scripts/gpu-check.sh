@@ -3,7 +3,7 @@
 #   scripts/gpu-check.sh prepare   # here: CUDA-linked binaries + parity fixtures + the Python reference
 #                                  # + `bundle` -> target/gpu-check/ (carry that folder to the GPU machine)
 #   scripts/gpu-check.sh run [PART...]  # on the GPU machine, from the repository root; results in $OUT
-#                                  # PART: parity step train cpu loop dist (default: all six)
+#                                  # PART: parity step train cpu loop dist upload (default: all seven)
 # The GPU machine needs the NVIDIA driver and torch 2.11 (+cu130) for Python with its libraries
 # (TORCH_LIB, default /opt/torch/.venv/.../torch/lib; TORCH_PYTHON, default python3). Nothing is built there.
 # `run`, in a few minutes of GPU time:
@@ -27,6 +27,10 @@
 #      overhead <= 3 %); with >= 2 GPUs also `--nproc-per-node 2` at twice the global batch (scaling
 #      efficiency = images/s / (2 x one GPU), target >= 0.9). Needs the Trainer's distributed loop and the
 #      NCCL build (`tagfix doctor` line `nccl`); only parts 1-4 carry, as for part 3.
+#   7. (`upload`, issue 14) the batch upload, f32 from pageable memory against uint8 through pinned memory
+#      normalised on the device (examples/bench_upload.rs: time per micro-batch of 26 and 52, bytes, and the
+#      two tensors equal bit for bit on CUDA), and `tagfix train --micro-batch-size auto` for Swin-L 224 bf16
+#      at batch 52 (the size chosen, its prediction, and the number recorded in config.toml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest=target/gpu-check
@@ -48,6 +52,9 @@ prepare)
     mkdir -p "$dest/ref/$d"
     cp "$ref/$d"/{config.json,weights.safetensors,inputs.safetensors,outputs.safetensors,grads.safetensors,generate_tag.json} "$dest/ref/$d/"
   done
+  # Part `upload` (issue 14): the batch-upload benchmark, CUDA-linked.
+  cargo build --release --features train --example bench_upload
+  objcopy --strip-debug target/release/examples/bench_upload "$dest/bin/bench_upload"
   # Relink the ordinary binaries without the CUDA libraries.
   unset TAGFIX_LINK_CUDA
   cargo build --release --features train --bin tagfix --example step_time --quiet
@@ -67,7 +74,7 @@ bundle)
   ;;
 run)
   shift
-  parts=" ${*:-parity step train cpu loop dist} "
+  parts=" ${*:-parity step train cpu loop dist upload} "
   want() { [[ "$parts" == *" $1 "* ]]; }
   : "${OUT:=$dest/out}"
   mkdir -p "$OUT"
@@ -199,6 +206,25 @@ if "dist_nccl2" in ips and "dist_plain" in ips:
           f"{ips['dist_nccl2'] / (2 * ips['dist_plain']):.3f} (target >= 0.9)")
 PY
   rm -rf "$s"
+  fi
+  # ---- part `upload` (issue 14: uint8 pinned non-blocking upload, --micro-batch-size auto) ----
+  if want upload; then
+  echo "== upload: f32 pageable vs uint8 pinned + device normalisation; --micro-batch-size auto"
+  for m in 26 52; do
+    "$dest/bin/bench_upload" "$m" 224 10 cuda 2>&1 | tee "$OUT/upload_$m.txt" || true
+  done
+  t="$dest/bin/tagfix"
+  s=$(mktemp -d)
+  "$t" synth-images --out "$s" --count 260 --size 224 --descriptions 51 > /dev/null
+  "$t" train --model "${TRAIN_MODEL:-swin_l_224}" --data "$s/train.json" --images "$s/images" \
+    --manifest "$s/manifest.json" --label-embed "$s/label_embed.safetensors" --teacher "$s/teacher.safetensors" \
+    --allow-random-encoder --device cuda --precision bf16 --batch-size 52 --micro-batch-size auto \
+    --max-steps "${AUTO_STEPS:-6}" --workers 12 --checkpoint-every off --out "$OUT/auto" \
+    > "$OUT/auto.txt" 2> "$OUT/auto.log" || tail -20 "$OUT/auto.log"
+  grep -h "micro_batch_size auto" "$OUT/auto.log" || true
+  grep -h "^micro_batch_size" "$OUT/auto/config.toml" || true
+  nvidia-smi --query-gpu=memory.used,memory.total --format=csv >> "$OUT/auto.txt" || true
+  rm -rf "$OUT/auto/checkpoints" "$s"
   fi
   ;;
 *)

@@ -119,9 +119,16 @@ pub fn normalize_chw(img: &RgbImage, mean: &[f32; 3], std: &[f32; 3], out: &mut 
     assert_eq!(out.len(), 3 * plane, "output buffer size");
     for (i, px) in img.pixels().enumerate() {
         for c in 0..3 {
-            out[c * plane + i] = (f32::from(px[c]) / 255.0 - mean[c]) / std[c];
+            out[c * plane + i] = normalize_value(px[c], mean[c], std[c]);
         }
     }
+}
+
+/// One pixel value standardised, `(x/255 − mean)/std` in f32 in this order (torchvision's
+/// `ToTensor` then `Normalize`); the trainer's device normalisation performs the same f32 operations.
+#[inline]
+pub fn normalize_value(x: u8, mean: f32, std: f32) -> f32 {
+    (f32::from(x) / 255.0 - mean) / std
 }
 
 /// Crops `view`, resizes it to `size × size` (bicubic), flips it when the view says so and writes

@@ -10,7 +10,9 @@ use common::train::{
 };
 use std::path::{Path, PathBuf};
 use tagfix::monitor::read_all_records;
-use tagfix::train::config::{AbsentPolicy, CheckpointEvery, LossBalance, TrainConfig};
+use tagfix::train::config::{
+    AbsentPolicy, CheckpointEvery, LossBalance, MicroBatchSize, TrainConfig,
+};
 use tagfix::train::run::{prepare, train, RunSummary, TrainInputs, Trainer};
 
 fn run(cfg: &TrainConfig, inp: &TrainInputs, out: &Path) -> RunSummary {
@@ -89,7 +91,7 @@ fn resume_equals_uninterrupted_run() {
     let inp = inputs_validated_on_training_images(&ds);
     let cfg = TrainConfig {
         batch_size: 8,
-        micro_batch_size: Some(4),
+        micro_batch_size: Some(4.into()),
         checkpoint_every: CheckpointEvery::Steps(3),
         loss_balance: LossBalance::Initial,
         balance_steps: 4,
@@ -156,13 +158,42 @@ fn resume_equals_uninterrupted_run() {
 }
 
 #[test]
+fn micro_batch_size_auto_takes_the_whole_batch_on_the_cpu_and_is_recorded() {
+    let _guard = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path(), 16, 4);
+    let inp = inputs(&ds);
+    let fixed = TrainConfig {
+        batch_size: 8,
+        micro_batch_size: Some(8.into()),
+        ..small_config(2)
+    };
+    let auto = TrainConfig {
+        micro_batch_size: Some(MicroBatchSize::Auto),
+        ..fixed.clone()
+    };
+    run(&fixed, &inp, &tmp.path().join("fixed"));
+    run(&auto, &inp, &tmp.path().join("auto"));
+    // The run's config.toml (what --resume reads) holds the number chosen, not `auto`.
+    let saved = TrainConfig::load(&tmp.path().join("auto/config.toml")).unwrap();
+    assert_eq!(saved.config.micro_batch_size, Some(8.into()));
+    let a = read_all_records(&tmp.path().join("fixed/metrics.jsonl")).unwrap();
+    let b = read_all_records(&tmp.path().join("auto/metrics.jsonl")).unwrap();
+    assert_eq!(a.len(), 2);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.loss, y.loss, "step {}", x.step);
+        assert_eq!(x.total, y.total, "step {}", x.step);
+    }
+}
+
+#[test]
 fn non_finite_loss_stops_with_checkpoint() {
     let _guard = serial();
     let tmp = tempfile::tempdir().unwrap();
     let ds = dataset(tmp.path(), 16, 3);
     let cfg = TrainConfig {
         batch_size: 8,
-        micro_batch_size: Some(8),
+        micro_batch_size: Some(8.into()),
         init_lr: 1e30,
         warmup_steps: 0,
         ..small_config(20)

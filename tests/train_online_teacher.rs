@@ -171,10 +171,9 @@ fn online_features_equal_the_file_and_follow_the_augmentation() {
         with_ops >= 2,
         "{with_ops} of 8 samples drew RandomAugment operations"
     );
+    let images = mb.normalized_images();
     for k in 0..mb.len() {
-        let want = t
-            .image_features(&mb.images[k * per..(k + 1) * per])
-            .unwrap();
+        let want = t.image_features(&images[k * per..(k + 1) * per]).unwrap();
         let err = max_abs_diff(&clip[k * 512..(k + 1) * 512], &want);
         assert!(
             err <= 1e-5,
@@ -192,7 +191,7 @@ fn short_run_with_online_teacher_lowers_distillation() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = dataset(tmp.path(), 32, 5);
     let mut cfg = TrainConfig {
-        micro_batch_size: Some(4),
+        micro_batch_size: Some(4.into()),
         warmup_steps: 5,
         keep_checkpoints: 1,
         ..small_config(40)

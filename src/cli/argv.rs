@@ -210,6 +210,7 @@ by_display!(
     tagfix::embed::Device,
     tagfix::train::config::AbsentPolicy,
     tagfix::train::config::CheckpointEvery,
+    tagfix::train::config::MicroBatchSize,
 );
 by_value_enum!(
     OutputFormat,

@@ -450,22 +450,32 @@ impl std::str::FromStr for CheckpointEvery {
 impl TryFrom<serde_json::Value> for CheckpointEvery {
     type Error = String;
     fn try_from(v: serde_json::Value) -> std::result::Result<Self, String> {
-        match &v {
-            serde_json::Value::String(s) => s.parse(),
-            // YAML numbers in strings arrive as floats (see `TrainConfig::load`)
-            serde_json::Value::Number(n) => match (n.as_u64(), n.as_f64()) {
-                (Some(n), _) => n.to_string().parse(),
-                (None, Some(f)) if f >= 0.0 && f.fract() == 0.0 && f < 1e19 => {
-                    (f as u64).to_string().parse()
-                }
-                _ => Err(format!(
-                    "checkpoint_every (--checkpoint-every): {n} is neither a number of steps nor `off`"
-                )),
-            },
-            other => Err(format!(
-                "checkpoint_every (--checkpoint-every): {other} is neither a number of steps nor `off`"
-            )),
-        }
+        number_or_word(
+            &v,
+            "checkpoint_every (--checkpoint-every)",
+            "a number of steps nor `off`",
+        )
+    }
+}
+
+/// A setting that is a whole number or a word (`off`, `auto`), read as its flag reads it: a string
+/// as given, a number (YAML's numbers in strings arrive as floats, see `TrainConfig::load`) as its
+/// integer's text. Other values fail naming `setting` and the `expected` forms ("neither …").
+fn number_or_word<T: std::str::FromStr<Err = String>>(
+    v: &serde_json::Value,
+    setting: &str,
+    expected: &str,
+) -> std::result::Result<T, String> {
+    match v {
+        serde_json::Value::String(s) => s.parse(),
+        serde_json::Value::Number(n) => match (n.as_u64(), n.as_f64()) {
+            (Some(n), _) => n.to_string().parse(),
+            (None, Some(f)) if f >= 0.0 && f.fract() == 0.0 && f < 1e19 => {
+                (f as u64).to_string().parse()
+            }
+            _ => Err(format!("{setting}: {n} is neither {expected}")),
+        },
+        other => Err(format!("{setting}: {other} is neither {expected}")),
     }
 }
 
@@ -483,6 +493,64 @@ impl std::fmt::Display for CheckpointEvery {
         match self {
             CheckpointEvery::Steps(n) => write!(f, "{n}"),
             CheckpointEvery::Off => f.write_str("off"),
+        }
+    }
+}
+
+/// Images per forward/backward pass: a number, or `auto`, the largest divisor of the per-rank batch
+/// whose forward and backward pass fit the device's memory (the whole per-rank batch on the CPU),
+/// found once when training starts; the run's `config.toml` records the number chosen, so
+/// `--resume` continues with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "serde_json::Value", into = "serde_json::Value")]
+pub enum MicroBatchSize {
+    Images(usize),
+    Auto,
+}
+
+impl From<usize> for MicroBatchSize {
+    fn from(n: usize) -> Self {
+        MicroBatchSize::Images(n)
+    }
+}
+
+impl std::str::FromStr for MicroBatchSize {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim() {
+            "auto" => Ok(MicroBatchSize::Auto),
+            n => n.parse().map(MicroBatchSize::Images).map_err(|_| {
+                format!("micro_batch_size (--micro-batch-size): `{n}` is neither a number of images nor `auto`")
+            }),
+        }
+    }
+}
+
+impl TryFrom<serde_json::Value> for MicroBatchSize {
+    type Error = String;
+    fn try_from(v: serde_json::Value) -> std::result::Result<Self, String> {
+        number_or_word(
+            &v,
+            "micro_batch_size (--micro-batch-size)",
+            "a number of images nor `auto`",
+        )
+    }
+}
+
+impl From<MicroBatchSize> for serde_json::Value {
+    fn from(m: MicroBatchSize) -> Self {
+        match m {
+            MicroBatchSize::Images(n) => n.into(),
+            MicroBatchSize::Auto => "auto".into(),
+        }
+    }
+}
+
+impl std::fmt::Display for MicroBatchSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MicroBatchSize::Images(n) => write!(f, "{n}"),
+            MicroBatchSize::Auto => f.write_str("auto"),
         }
     }
 }
@@ -505,8 +573,9 @@ pub struct TrainConfig {
     /// Effective batch per optimizer step (RAM: 52).
     pub batch_size: usize,
     /// Images per forward/backward; gradients of `batch_size / micro_batch_size` micro-batches are
-    /// accumulated. Unset: equal to `batch_size`.
-    pub micro_batch_size: Option<usize>,
+    /// accumulated. Unset: equal to `batch_size`. `"auto"`: the largest that fits the device, chosen
+    /// when training starts (see [`MicroBatchSize`]).
+    pub micro_batch_size: Option<MicroBatchSize>,
     /// AdamW weight decay (not applied to norms, biases, `label_embed`, `reweight_scale` and position tables).
     pub weight_decay: f64,
     /// Peak learning rate after warm-up.
@@ -714,9 +783,13 @@ impl TrainConfig {
             .unwrap_or_else(|| format!("{}_{}", self.vit, self.image_size))
     }
 
-    /// The micro-batch size and the number of micro-batches per step.
+    /// The micro-batch size and the number of micro-batches per step. `auto` counts as the whole
+    /// batch until the trainer has chosen the size (`train::micro_auto`) and set it here.
     pub fn accumulation(&self) -> Result<(usize, usize), ConfigError> {
-        let micro = self.micro_batch_size.unwrap_or(self.batch_size);
+        let micro = match self.micro_batch_size {
+            Some(MicroBatchSize::Images(n)) => n,
+            None | Some(MicroBatchSize::Auto) => self.batch_size,
+        };
         if self.batch_size == 0 || micro == 0 {
             return Err(ConfigError::EmptyBatch);
         }
@@ -1028,9 +1101,10 @@ pub struct TrainFlags {
     /// Images per optimizer step.
     #[arg(long, value_name = "N")]
     pub batch_size: Option<usize>,
-    /// Images per forward/backward (gradients are accumulated up to --batch-size).
-    #[arg(long, value_name = "N")]
-    pub micro_batch_size: Option<usize>,
+    /// Images per forward/backward (gradients are accumulated up to --batch-size), or `auto`: the
+    /// largest divisor of the per-rank batch that fits the device's memory, chosen at the start.
+    #[arg(long, value_name = "N|auto")]
+    pub micro_batch_size: Option<MicroBatchSize>,
     /// Stop after N optimizer steps (default: max_epoch epochs).
     #[arg(long, value_name = "N")]
     pub max_steps: Option<u64>,
@@ -1253,7 +1327,7 @@ mod tests {
             (Schedule::Cosine, LossBalance::Initial)
         );
         assert_eq!(c.freeze, Some(vec![]));
-        assert_eq!(c.micro_batch_size, Some(4));
+        assert_eq!(c.micro_batch_size, Some(4.into()));
         assert!(!c.random_augment.enabled && c.batch_size == 8);
         assert!(parse(&["--stage=midtrain"]).is_err());
     }
@@ -1394,15 +1468,42 @@ mod tests {
     }
 
     #[test]
+    fn micro_batch_size_is_a_number_or_auto() {
+        use MicroBatchSize::{Auto, Images};
+        for (text, want) in [
+            ("micro_batch_size = \"auto\"", Auto),
+            ("micro_batch_size = 26", Images(26)),
+        ] {
+            let c: TrainConfig = toml::from_str(text).unwrap();
+            assert_eq!(c.micro_batch_size, Some(want), "{text}");
+            let back: TrainConfig = toml::from_str(&c.to_toml()).unwrap();
+            assert_eq!(back.micro_batch_size, Some(want), "{text} written back");
+        }
+        let e = toml::from_str::<TrainConfig>("micro_batch_size = \"most\"").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("neither a number of images nor `auto`"),
+            "{e}"
+        );
+        let mut c = TrainConfig::default();
+        c.apply_overrides(&["micro_batch_size=auto".into()])
+            .unwrap();
+        assert_eq!(c.micro_batch_size, Some(Auto));
+        // Until the trainer chooses, `auto` counts as the whole batch.
+        assert_eq!(c.accumulation().unwrap(), (52, 1));
+        assert_eq!(" 13 ".parse::<MicroBatchSize>(), Ok(Images(13)));
+    }
+
+    #[test]
     fn accumulation_must_divide() {
         let c = TrainConfig {
             batch_size: 52,
-            micro_batch_size: Some(26),
+            micro_batch_size: Some(26.into()),
             ..Default::default()
         };
         assert_eq!(c.accumulation().unwrap(), (26, 2));
         let c = TrainConfig {
-            micro_batch_size: Some(10),
+            micro_batch_size: Some(10.into()),
             ..c
         };
         assert!(c.accumulation().is_err());

@@ -36,7 +36,8 @@ extern "C" {
     ) -> c_int;
 }
 
-fn call(what: &'static str, f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<()> {
+/// Runs a shim call that reports failure as a NUL-terminated message in `err`.
+pub(crate) fn call(what: &'static str, f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<()> {
     let mut buf = vec![0 as c_char; 512];
     if f(buf.as_mut_ptr(), buf.len()) == 0 {
         return Ok(());

@@ -19,12 +19,14 @@ with_libtorch! {
     pub mod export;
     pub mod fused;
     pub mod infer;
+    pub mod micro_auto;
     pub mod model;
     pub mod objective;
     pub mod optim;
     pub mod run;
     pub mod sync;
     pub mod trainer;
+    pub mod upload;
     pub mod validate;
     pub mod weights;
 }

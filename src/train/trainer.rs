@@ -5,14 +5,16 @@
 //! each piece can be called (and tested) alone.
 
 use super::autocast::with_autocast;
-use super::config::{Precision, TrainConfig};
+use super::config::{MicroBatchSize, Precision, TrainConfig};
 use super::data::{Loader, MicroBatch, TrainData};
 use super::dist::{Fingerprint, ProcessGroup};
 use super::error::TrainError;
 use super::model::{RamPlus, RamPlusConfig};
 use super::objective::{micro_losses, step_losses, AbsentSlots, LossWeighting, MicroInputs};
+use super::micro_auto;
 use super::optim::{AdamW, LrSchedule, OptimizerImpl};
 use super::sync::{read_f64, read_f64s};
+use super::upload::{upload, PixelNormalizer};
 use super::run::{
     checkpoint_dir, latest_checkpoint, read_checkpoint, save_checkpoint, slot_probabilities,
     validation_line, CheckpointState, Prepared, RunSummary, RUN_FILE, STATE_SCHEMA,
@@ -231,6 +233,8 @@ pub struct Trainer {
     absent_slots: Vec<usize>,
     absent: AbsentSlots,
     device: Device,
+    /// Normalises the uploaded RGB8 images on the device.
+    pixels: PixelNormalizer,
     out: PathBuf,
     run: RunDir,
     opt: AdamW,
@@ -281,7 +285,7 @@ impl Trainer {
         let world = group.as_ref().map_or(1, ProcessGroup::world_size);
         let rank = group.as_ref().map_or(0, ProcessGroup::rank);
         let Prepared {
-            config,
+            mut config,
             inputs,
             model_config,
             vs,
@@ -289,12 +293,29 @@ impl Trainer {
             data,
             absent_slots,
             device,
-            loader: loader_cfg,
+            loader: mut loader_cfg,
             steps_per_epoch,
             total_steps,
             validation,
             notes,
         } = prepared;
+        let absent = AbsentSlots::new(model_config.num_class, &absent_slots, config.absent, device);
+        let run = RunDir::create(out)?;
+        let mut opt = AdamW::new(&vs, &config.frozen_prefixes(), &config)?;
+        if config.micro_batch_size == Some(MicroBatchSize::Auto) {
+            let probe = AutoProbe {
+                model: &model,
+                model_config: &model_config,
+                absent: &absent,
+                config: &config,
+                device,
+                teacher: data.teacher.is_some() || data.online_teacher.is_some(),
+            };
+            let micro = probe.choose(world, group.as_mut(), main)?;
+            opt.zero_grad();
+            config.micro_batch_size = Some(micro.into());
+            loader_cfg.micro_batch = micro;
+        }
         let (micro, all_micros) = config.accumulation()?;
         if all_micros % world != 0 {
             return Err(TrainError::UnevenShares {
@@ -310,8 +331,6 @@ impl Trainer {
                 tracing::info!("{n}");
             }
         }
-        let run = RunDir::create(out)?;
-        let mut opt = AdamW::new(&vs, &config.frozen_prefixes(), &config)?;
         tracing::info!("{}", opt.summary);
         let fingerprint = data.records.fingerprint();
         let resumed = if resume {
@@ -356,7 +375,7 @@ impl Trainer {
             Loader::start_micro_range(data.clone(), loader_cfg, start_step, total_steps, micros)?;
         Ok(Trainer {
             sched: LrSchedule::new(&config, steps_per_epoch, total_steps),
-            absent: AbsentSlots::new(model_config.num_class, &absent_slots, config.absent, device),
+            absent,
             weighting: match &resumed {
                 Some(s) => s.weighting.clone(),
                 None => LossWeighting::new(
@@ -383,6 +402,7 @@ impl Trainer {
             data,
             absent_slots,
             device,
+            pixels: PixelNormalizer::clip(device),
             run,
             opt,
             monitor,
@@ -622,20 +642,18 @@ impl Trainer {
         let n = mb.len() as i64;
         let side = self.model_config.swin.img_size as i64;
         let joint = self.model_config.joint_dim as i64;
-        let images = to_device(&mb.images, &[n, 3, side, side], device);
-        let targets = to_device(
+        let images = self.pixels.upload(&mb.images, n, side, device)?;
+        let targets = upload(
             &mb.targets,
             &[n, self.model_config.num_class as i64],
             device,
-        );
-        let clip = mb
-            .clip_feature
-            .as_ref()
-            .map(|c| to_device(c, &[n, joint], device));
-        let text = mb
-            .text_embed
-            .as_ref()
-            .map(|c| to_device(c, &[n, joint], device));
+        )?;
+        let features = |v: &Option<Vec<f32>>| {
+            v.as_ref()
+                .map(|c| upload(c, &[n, joint], device))
+                .transpose()
+        };
+        let (clip, text) = (features(&mb.clip_feature)?, features(&mb.text_embed)?);
         tch::manual_seed(torch_seed(self.config.seed, mb.step, mb.micro));
         let inputs = MicroInputs {
             images: &images,
@@ -873,6 +891,82 @@ impl Trainer {
     }
 }
 
+/// What `--micro-batch-size auto` measures with: a training forward and backward pass of the model
+/// on placeholder inputs of the run's shapes (teacher signals included when the run has them).
+struct AutoProbe<'a> {
+    model: &'a RamPlus,
+    model_config: &'a RamPlusConfig,
+    absent: &'a AbsentSlots,
+    config: &'a TrainConfig,
+    device: Device,
+    teacher: bool,
+}
+
+impl AutoProbe<'_> {
+    /// The micro-batch this rank's share of the batch is split into ([`micro_auto::resolve`]); in a
+    /// distributed run the smallest any rank chose, so that all run the same configuration.
+    fn choose(
+        &self,
+        world: usize,
+        group: Option<&mut ProcessGroup>,
+        main: bool,
+    ) -> Result<usize> {
+        let batch = self.config.batch_size;
+        if batch % world != 0 {
+            // Not even micro-batches of one image share evenly.
+            return Err(TrainError::UnevenShares {
+                batch,
+                micro: 1,
+                world,
+            }
+            .into());
+        }
+        let per_rank = batch / world;
+        let choice = micro_auto::resolve(per_rank, self.device, |m| self.pass(m))?;
+        let micro = match group {
+            None => choice.micro,
+            Some(g) => {
+                let mut mine = vec![0.0; world];
+                mine[g.rank()] = choice.micro as f64;
+                let all = g.all_reduce_scalars(&mine)?;
+                all.into_iter().fold(choice.micro as f64, f64::min) as usize
+            }
+        };
+        if main {
+            tracing::info!("{}", choice.describe(per_rank));
+            if micro != choice.micro {
+                tracing::info!("micro_batch_size auto → {micro}: the smallest any rank chose");
+            }
+        }
+        Ok(micro)
+    }
+
+    /// One forward and backward pass of `m` images, as [`Trainer::micro_batch`] runs it.
+    fn pass(&self, m: usize) -> Result<()> {
+        let (n, side) = (m as i64, self.model_config.swin.img_size as i64);
+        let opts = (Kind::Float, self.device);
+        let joint = self.model_config.joint_dim as i64;
+        let images = Tensor::zeros([n, 3, side, side], opts);
+        let targets = Tensor::zeros([n, self.model_config.num_class as i64], opts);
+        let feature = || self.teacher.then(|| Tensor::full([n, joint], 0.05, opts));
+        let (clip, text) = (feature(), feature());
+        let inputs = MicroInputs {
+            images: &images,
+            targets: &targets,
+            clip_feature: clip.as_ref(),
+            text_embed: text.as_ref(),
+            mean_share: m as f64 / self.config.batch_size as f64,
+        };
+        let forward = || micro_losses(self.model, &inputs, self.absent, true);
+        let losses = match self.config.precision {
+            Precision::F32 => forward(),
+            Precision::Bf16 => with_autocast(self.device, Kind::BFloat16, forward)?,
+        };
+        losses.weighted_sum(&self.config.loss_weights).backward();
+        Ok(())
+    }
+}
+
 /// Distributed start: fails (on every rank, naming the first that differs) unless all ranks train
 /// the same configuration on the same vocabulary and label embeddings from the same step, then
 /// gives every rank rank 0's parameters.
@@ -985,10 +1079,6 @@ pub(crate) fn torch_seed(seed: u64, step: u64, micro: usize) -> i64 {
         ^ (micro as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
     z = (z ^ (z >> 31)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     ((z ^ (z >> 29)) >> 1) as i64
-}
-
-fn to_device(v: &[f32], shape: &[i64], device: Device) -> Tensor {
-    Tensor::from_slice(v).view(shape).to_device(device)
 }
 
 #[cfg(test)]

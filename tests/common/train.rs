@@ -89,7 +89,7 @@ pub fn small_config(steps: u64) -> TrainConfig {
     TrainConfig {
         model: Some("tiny".into()),
         batch_size: 8,
-        micro_batch_size: Some(8),
+        micro_batch_size: Some(8.into()),
         init_lr: 2e-3,
         min_lr: 2e-3,
         warmup_lr: 1e-4,

@@ -161,6 +161,19 @@ pub fn to_normalized_chw(img: &RgbImage, out: &mut [f32]) {
     normalize_chw(img, &CLIP_MEAN, &CLIP_STD, out);
 }
 
+/// RGB8 → CHW bytes: the training loader's output, a quarter of the floats' size; the trainer
+/// normalises them on the device ([`crate::train::upload::PixelNormalizer`]) to exactly the values
+/// [`to_normalized_chw`] gives.
+pub fn to_chw(img: &RgbImage, out: &mut [u8]) {
+    let plane = (img.width() * img.height()) as usize;
+    assert_eq!(out.len(), 3 * plane, "output buffer size");
+    for (i, px) in img.pixels().enumerate() {
+        for c in 0..3 {
+            out[c * plane + i] = px[c];
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

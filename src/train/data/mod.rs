@@ -254,8 +254,9 @@ pub struct MicroBatch {
     pub epoch: u64,
     /// Record indices.
     pub indices: Vec<usize>,
-    /// `[n, 3, S, S]` CLIP-normalised.
-    pub images: Vec<f32>,
+    /// `[n, 3, S, S]` RGB8 pixels after augmentation (CHW), as the official transform has them
+    /// before `ToTensor` and `Normalize`; the trainer normalises them on the device.
+    pub images: Vec<u8>,
     /// `[n, num_slots]` multi-hot.
     pub targets: Vec<f32>,
     /// `[n, 512]` teacher image features / caption embeddings, when a teacher file or the online
@@ -274,6 +275,18 @@ impl MicroBatch {
 
     pub fn is_empty(&self) -> bool {
         self.indices.is_empty()
+    }
+
+    /// The images CLIP-normalised on the host (`[n, 3, S, S]` floats): what the trainer computes
+    /// on the device, for consumers on the host (the online teacher's checks, the upload benchmark).
+    pub fn normalized_images(&self) -> Vec<f32> {
+        let plane = self.images.len() / (3 * self.len()).max(1);
+        let mut out = vec![0f32; self.images.len()];
+        for (i, (o, &x)) in out.iter_mut().zip(&self.images).enumerate() {
+            let c = (i / plane.max(1)) % 3;
+            *o = crate::imaging::normalize_value(x, augment::CLIP_MEAN[c], augment::CLIP_STD[c]);
+        }
+        out
     }
 }
 
@@ -312,7 +325,7 @@ pub fn load_micro_batch(
     let per_image = 3 * side * side;
     let online = data.online_teacher.as_ref();
     let per_teacher = online.map_or(0, OnlineTeacher::pixels_per_image);
-    let mut images = vec![0f32; indices.len() * per_image];
+    let mut images = vec![0u8; indices.len() * per_image];
     let mut teacher_pixels = vec![0f32; indices.len() * per_teacher];
     let mut teacher_slots: Vec<&mut [f32]> = if per_teacher > 0 {
         teacher_pixels.chunks_mut(per_teacher).collect()
@@ -331,7 +344,7 @@ pub fn load_micro_batch(
             let pos = (first + k) as u64;
             let mut rng = ChaCha8Rng::seed_from_u64(mix(cfg.seed ^ 0xA5A5_A5A5, epoch, pos));
             let (d, augmented) = cfg.augment.augmented(&img, &mut rng);
-            augment::to_normalized_chw(&augmented, out);
+            augment::to_chw(&augmented, out);
             // The CLIP teacher sees the same augmented view (crop, flip, operations) at its own
             // resolution, as RAM's teacher sees the model's input (that very image at equal sizes).
             if let Some(t) = online {
