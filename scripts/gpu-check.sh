@@ -3,7 +3,8 @@
 #   scripts/gpu-check.sh prepare   # here: CUDA-linked binaries + parity fixtures + the Python reference
 #                                  # + `bundle` -> target/gpu-check/ (carry that folder to the GPU machine)
 #   scripts/gpu-check.sh run [PART...]  # on the GPU machine, from the repository root; results in $OUT
-#                                  # PART: parity step train cpu loop dist upload (default: all seven)
+#                                  # PART: parity step train cpu loop dist upload speed embed (default: the
+#                                  # first seven; `speed` and `embed` are issue 14's, each run on its own)
 # The GPU machine needs the NVIDIA driver and torch 2.11 (+cu130) for Python with its libraries
 # (TORCH_LIB, default /opt/torch/.venv/.../torch/lib; TORCH_PYTHON, default python3). Nothing is built there.
 # `run`, in a few minutes of GPU time:
@@ -31,6 +32,25 @@
 #      normalised on the device (examples/bench_upload.rs: time per micro-batch of 26 and 52, bytes, and the
 #      two tensors equal bit for bit on CUDA), and `tagfix train --micro-batch-size auto` for Swin-L 224 bf16
 #      at batch 52 (the size chosen, its prediction, and the number recorded in config.toml).
+#   8. (`speed`, issue 14, < 5 minutes on an H200, most important first) images/s of the loop
+#      (`tagfix train`, synthetic data) against the step alone (forward + backward, `step_time`):
+#      Swin-L 224 bf16 at batch 52 as 2 x 26 and as 1 x 52 (and `--micro-batch-size auto` once the
+#      trainer has it), Swin-B 224 and Swin-L 384 the same way, f32 without and with `--tf32` (once the
+#      trainer has it); peak GPU memory of each run (nvidia-smi every 50 ms) and MFU from the FLOP model
+#      (bin/flop_model, docs/PERFORMANCE.md; peaks PEAK_BF16/PEAK_TF32/PEAK_F32 TFLOP/s, default
+#      H100/H200 SXM dense: 989/495/67). Results in $OUT/speed.md. Carry target/gpu-check/bin only.
+#      A CPU dry run (no GPU): SPEED_DEVICE=cpu SPEED_MODELS=tiny SPEED_STEPS=2 SPEED_BATCH=4
+#      scripts/gpu-check.sh run speed
+#   9. (`embed`, issue 14) `tagfix embed --device cuda` vs `--device cpu` for the RAM vocabulary with
+#      MiniLM and the CLIP-architecture fixture (models/clip-tiny): every row equal within cosine 1e-5,
+#      both times recorded, after `tagfix doctor --require onnxruntime-cuda`. Needs onnxruntime-gpu,
+#      which the GPU machine lacks and which cannot travel in one call: `prepare` writes its three
+#      libraries (314 MB) as an xz archive cut into pieces under target/gpu-check/ort-gpu/ (see
+#      docs/PERFORMANCE.md for the calls that move them; ORT_GPU_PARTS names where they were gathered),
+#      linked there to the CUDA libraries of /opt/torch/.venv (`scripts/setup-gpu.sh ort-link`). Without
+#      the pieces the part stops with a message saying so; without a GPU it must fail at the
+#      `onnxruntime-cuda` line. Carry target/gpu-check/bin + target/gpu-check/bundle.tar.xz.
+#      A CPU dry run (both sides on the CPU): EMBED_DEVICE=cpu scripts/gpu-check.sh run embed
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest=target/gpu-check
@@ -39,15 +59,17 @@ case "${1:-}" in
 prepare)
   ref="${TAGFIX_SHARED:-../shared}/ram/reference"
   export TAGFIX_LINK_CUDA=1
-  cargo build --release --features train --bin tagfix --example step_time
+  cargo build --release --features train --bin tagfix --example step_time --example flop_model
   tests=$(cargo test --release --features train --test ram_plus_parity --no-run --message-format=json 2>/dev/null \
           | grep -o '"executable":"[^"]*"' | cut -d'"' -f4)
   rm -rf "$dest" && mkdir -p "$dest/bin" "$dest/ref"
   objcopy --strip-debug target/release/tagfix "$dest/bin/tagfix"
   objcopy --strip-debug target/release/examples/step_time "$dest/bin/step_time"
+  objcopy --strip-debug target/release/examples/flop_model "$dest/bin/flop_model"
   objcopy --strip-debug "$(echo "$tests" | grep /deps/ | head -1)" "$dest/bin/ram_plus_parity"
   cp "$ref/functional_reference.py" "$dest/ref/"
   scripts/gpu-check.sh bundle
+  scripts/gpu-check.sh ort-gpu
   for d in tiny tiny_224_w7; do
     mkdir -p "$dest/ref/$d"
     cp "$ref/$d"/{config.json,weights.safetensors,inputs.safetensors,outputs.safetensors,grads.safetensors,generate_tag.json} "$dest/ref/$d/"
@@ -71,6 +93,18 @@ bundle)
   tar -C "$b" -cJf "$dest/bundle.tar.xz" .
   rm -rf "$b"
   du -sh "$dest/bundle.tar.xz"
+  ;;
+ort-gpu)
+  # Part 8's onnxruntime-gpu (from PyPI, scripts/setup-gpu.sh ort-files), xz-compressed and cut into
+  # pieces that each fit one call's carry beside nothing else, with the archive's sha256.
+  o=$(mktemp -d)
+  scripts/setup-gpu.sh ort-files "$o/ort-gpu"
+  rm -rf "$dest/ort-gpu" && mkdir -p "$dest/ort-gpu"
+  tar -C "$o" -cf - ort-gpu | xz -T0 -1 > "$o/ort-gpu.tar.xz"  # -1: CUDA code barely compresses further
+  (cd "$o" && sha256sum ort-gpu.tar.xz) > "$dest/ort-gpu/SHA256SUMS"
+  split -b 60M -d "$o/ort-gpu.tar.xz" "$dest/ort-gpu/ort-gpu.tar.xz.part"
+  rm -rf "$o"
+  ls -l "$dest/ort-gpu"
   ;;
 run)
   shift
@@ -226,9 +260,185 @@ PY
   nvidia-smi --query-gpu=memory.used,memory.total --format=csv >> "$OUT/auto.txt" || true
   rm -rf "$OUT/auto/checkpoints" "$s"
   fi
+  if want speed; then
+  echo "== 8. (issue 14) throughput: the loop against the step, peak memory, MFU"
+  t="$dest/bin/tagfix"
+  dev="${SPEED_DEVICE:-cuda}"
+  batch="${SPEED_BATCH:-52}"
+  half=$((batch / 2))
+  steps="${SPEED_STEPS:-20}"
+  help="$("$t" train --help)"
+  has_tf32=$(grep -q -- '--tf32' <<< "$help" && echo 1 || echo 0)
+  has_auto=$(grep -A6 -- '--micro-batch-size' <<< "$help" | grep -q auto && echo 1 || echo 0)
+  : > "$OUT/speed.tsv"
+  synth_root=$(mktemp -d)
+  # peak_of NAME CMD...: runs CMD; on a GPU, nvidia-smi samples the used memory every 50 ms meanwhile
+  # (the whole device: CUDA context, caching allocator and all) and NAME's peak MiB goes to NAME.mib.
+  peak_of() {
+    local name="$1" smi=""
+    shift
+    if [ "$dev" = cuda ]; then
+      nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 50 > "$OUT/$name.mem" &
+      smi=$!
+    fi
+    "$@" || echo "$name: failed (exit $?)" >&2
+    if [ -n "$smi" ]; then
+      kill "$smi"; wait "$smi" 2>/dev/null || true
+      sort -n "$OUT/$name.mem" | tail -1 > "$OUT/$name.mib"
+      rm -f "$OUT/$name.mem"
+    fi
+  }
+  # record NAME MODEL MICRO PRECISION KIND IMAGES_PER_S: one row of $OUT/speed.tsv.
+  record() {
+    local mib="-"
+    [ -f "$OUT/$1.mib" ] && mib=$(cat "$OUT/$1.mib")
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" "$mib" >> "$OUT/speed.tsv"
+  }
+  synth_for() {  # synth_for SIZE: a synthetic set at that image size, made once.
+    [ -d "$synth_root/$1" ] || "$t" synth-images --out "$synth_root/$1" --count "$((batch * 10))" --size "$1" \
+      --descriptions 51 > /dev/null
+  }
+  size_of() { case "$1" in *_384) echo 384 ;; tiny) echo 64 ;; *) echo 224 ;; esac; }
+  # loop NAME MODEL SIZE MICRO PRECISION [FLAGS...]: `tagfix train`; median images/s over the second half.
+  loop() {
+    local name="$1" model="$2" size="$3" micro="$4" precision="$5"
+    shift 5
+    synth_for "$size"
+    local s="$synth_root/$size"
+    peak_of "$name" "$t" train --model "$model" --data "$s/train.json" --images "$s/images" \
+      --manifest "$s/manifest.json" --label-embed "$s/label_embed.safetensors" --teacher "$s/teacher.safetensors" \
+      --allow-random-encoder --device "$dev" --precision "$precision" --batch-size "$batch" \
+      --micro-batch-size "$micro" --max-steps "$steps" --workers "${SPEED_WORKERS:-12}" --checkpoint-every off \
+      --out "$OUT/$name" "$@" > "$OUT/$name.txt" 2> "$OUT/$name.log"
+    [ -f "$OUT/$name/metrics.jsonl" ] || { tail -5 "$OUT/$name.log"; return 0; }
+    record "$name" "$model" "$micro" "$precision$([ "$*" = --tf32 ] && echo +tf32)" loop "$(python3 -c '
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1])]
+late = recs[len(recs) // 2:]
+print(sorted(r["images_per_s"] for r in late)[len(late) // 2])' "$OUT/$name/metrics.jsonl")"
+    grep -i "micro-batch" "$OUT/$name.log" | head -2 || true
+    rm -rf "$OUT/$name/checkpoints"
+  }
+  # step NAME MODEL MICRO PRECISION: forward + backward alone (examples/step_time); images/s = micro / median.
+  step() {
+    local name="$1" model="$2" micro="$3" precision="$4" config=(--config "$2")
+    [ "$model" = tiny ] && config=(--config tiny --classes 4585 --des 51)
+    peak_of "$name" bash -c '"$@" > "$0"' "$OUT/$name.json" "$dest/bin/step_time" "${config[@]}" --batch "$micro" \
+      --steps "${SPEED_STEP_STEPS:-10}" --warmup 3 --threads "${THREADS:-8}" --device "$dev" --precision "$precision"
+    [ -s "$OUT/$name.json" ] || return 0
+    record "$name" "$model" "$micro" "$precision" step \
+      "$(python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print(r["batch"] / r["median_s"])' "$OUT/$name.json")"
+  }
+  models="${SPEED_MODELS:-swin_l_224 swin_b_224 swin_l_384}"
+  for model in $models; do
+    size=$(size_of "$model")
+    loop "loop_${model}_bf16_${half}" "$model" "$size" "$half" bf16
+    step "step_${model}_bf16_${half}" "$model" "$half" bf16
+    if [ "$model" = "${models%% *}" ]; then  # the first model also as one micro-batch of the whole batch
+      loop "loop_${model}_bf16_${batch}" "$model" "$size" "$batch" bf16
+      step "step_${model}_bf16_${batch}" "$model" "$batch" bf16
+      if [ "$has_auto" = 1 ]; then
+        loop "loop_${model}_bf16_auto" "$model" "$size" auto bf16
+      else
+        echo "speed: tagfix train has no --micro-batch-size auto yet: skipped"
+      fi
+    fi
+  done
+  first="${models%% *}"; size=$(size_of "$first")
+  STEPS_F32="${SPEED_F32_STEPS:-10}"
+  steps=$STEPS_F32 loop "loop_${first}_f32_${half}" "$first" "$size" "$half" f32
+  if [ "$has_tf32" = 1 ]; then
+    steps=$STEPS_F32 loop "loop_${first}_tf32_${half}" "$first" "$size" "$half" f32 --tf32
+  else
+    echo "speed: tagfix train has no --tf32 yet: skipped"
+  fi
+  # The table: images/s, the loop as a share of its step, peak memory and MFU against the precision's peak.
+  {
+    echo "| run | model | micro-batch | precision | what | images/s | loop / step | peak MiB | MFU |"
+    echo "|---|---|---|---|---|---|---|---|---|"
+    while IFS=$'\t' read -r name model micro precision kind ips mib; do
+      ratio="-"
+      stepname="step_${model}_bf16_${micro}"
+      if [ "$kind" = loop ] && [ "$precision" = bf16 ]; then
+        ratio=$(awk -F'\t' -v n="$stepname" -v i="$ips" '$1 == n { printf "%.1f %%", 100 * i / $6 }' "$OUT/speed.tsv")
+      fi
+      case "$precision" in bf16) peak="${PEAK_BF16:-989}" ;; f32+tf32) peak="${PEAK_TF32:-495}" ;; *) peak="${PEAK_F32:-67}" ;; esac
+      mb="$micro"; [ "$micro" = auto ] && mb="$half"
+      mfu=$("$dest/bin/flop_model" "$model" "$mb" "$ips" "$peak" | sed -n 's/.*MFU \([0-9.]*\) %.*/\1 %/p')
+      printf '| %s | %s | %s | %s | %s | %.1f | %s | %s | %s |\n' "$name" "$model" "$micro" "$precision" "$kind" \
+        "$ips" "${ratio:--}" "$mib" "${mfu:--}"
+    done < "$OUT/speed.tsv"
+  } | tee "$OUT/speed.md"
+  rm -rf "$synth_root"
+  fi
+  if want embed; then
+  echo "== 9. (issue 14) tagfix embed on CUDA vs the CPU: MiniLM and the CLIP fixture over the RAM vocabulary"
+  t="$dest/bin/tagfix"
+  b=$(mktemp -d)
+  tar -C "$b" -xJf "$dest/bundle.tar.xz"
+  export TAGFIX_MODELS="$b/models" TAGFIX_RAM_DATA="$b"
+  edev="${EMBED_DEVICE:-cuda}"
+  gpu_lib="$b/libonnxruntime.so"
+  if [ "$edev" != cpu ]; then
+    parts_dir="${ORT_GPU_PARTS:-$dest/ort-gpu}"
+    if ! ls "$parts_dir"/ort-gpu.tar.xz.part* > /dev/null 2>&1; then
+      echo "embed: onnxruntime-gpu is not on this machine: no $parts_dir/ort-gpu.tar.xz.part* (the pieces"
+      echo "embed: \`prepare\` wrote; the GPU machine has no network and only torch's CUDA libraries)."
+      echo "embed: stopped; see docs/PERFORMANCE.md for moving the pieces"
+      rm -rf "$b"
+      exit 1
+    fi
+    cat "$parts_dir"/ort-gpu.tar.xz.part* > "$b/ort-gpu.tar.xz"
+    sums="$(cd "$parts_dir" && pwd)/SHA256SUMS"
+    (cd "$b" && sha256sum --quiet -c "$sums") \
+      || { echo "embed: the onnxruntime-gpu pieces do not add up to the archive prepare wrote"; exit 1; }
+    tar -C "$b" -xJf "$b/ort-gpu.tar.xz" && rm "$b/ort-gpu.tar.xz"
+    site="${TORCH_SITE:-/opt/torch/.venv/lib/python3.12/site-packages}"
+    scripts/setup-gpu.sh ort-link "$b/ort-gpu" "$site"/nvidia/*/lib
+    gpu_lib="$b/ort-gpu/libonnxruntime.so"
+    ORT_DYLIB_PATH="$gpu_lib" "$t" -q doctor --require onnxruntime-cuda > "$OUT/embed_doctor.txt" \
+      || { grep -A1 onnxruntime "$OUT/embed_doctor.txt"; echo "embed: the CUDA provider cannot run"; exit 1; }
+    grep -A1 onnxruntime-cuda "$OUT/embed_doctor.txt"
+  fi
+  # The CPU rows come from the CPU build of ONNX Runtime (the bundle's), the device's from onnxruntime-gpu.
+  for model in minilm clip-tiny; do
+    for side in ref dev; do
+      lib="$b/libonnxruntime.so" device=cpu
+      [ "$side" = dev ] && lib="$gpu_lib" device="$edev"
+      start=$(date +%s.%N)
+      ORT_DYLIB_PATH="$lib" "$t" embed --model "$model" --vocab "$b/ram_tag_list.txt" --all --device "$device" \
+        --batch-size "${EMBED_BATCH:-256}" --out "$OUT/embed_${model}_$side.safetensors" 2> "$OUT/embed_${model}_$side.log" \
+        || { tail -5 "$OUT/embed_${model}_$side.log"; continue; }
+      echo "embed: $model on $device ($(basename "$(dirname "$lib")")/libonnxruntime.so): $(awk "BEGIN { printf \"%.2f\", $(date +%s.%N) - $start }") s" \
+        "for the whole command (load + 4585 texts)"
+    done
+    python3 - "$OUT/embed_${model}_ref.safetensors" "$OUT/embed_${model}_dev.safetensors" "$model" <<'PY' || true
+import json, math, struct, sys
+def rows(path):
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    meta = header["embeddings"]
+    assert meta["dtype"] == "F32", meta
+    r, d = meta["shape"]
+    begin, end = meta["data_offsets"]
+    v = struct.unpack(f"<{r * d}f", data[begin:end])
+    return [v[i * d:(i + 1) * d] for i in range(r)]
+a, b = rows(sys.argv[1]), rows(sys.argv[2])
+assert len(a) == len(b), (len(a), len(b))
+def cos(x, y):
+    return sum(p * q for p, q in zip(x, y)) / math.sqrt(sum(p * p for p in x) * sum(q * q for q in y))
+worst = min((cos(x, y), i) for i, (x, y) in enumerate(zip(a, b)))
+print(f"embed: {sys.argv[3]}: {len(a)} rows, lowest cosine CPU vs device {worst[0]:.8f} (row {worst[1]}): "
+      + ("PASS (>= 1 - 1e-5)" if worst[0] >= 1 - 1e-5 else "FAIL (< 1 - 1e-5)"))
+PY
+  done | tee "$OUT/embed.txt"
+  rm -rf "$b"
+  fi
   ;;
 *)
-  echo "usage: $0 prepare|run" >&2
+  echo "usage: $0 prepare|bundle|ort-gpu|run [PART...]" >&2
   exit 2
   ;;
 esac

@@ -155,27 +155,12 @@ fn model(name: &'static str, spec: &str) -> Check {
 #[cfg(feature = "embed")]
 fn onnx_runtime() -> Vec<Check> {
     use crate::embed::encoder::{ort_library, runtime};
-    use ort::ep::ExecutionProvider;
     let lib = ort_library(None);
     match runtime(&lib) {
-        Ok(_) => {
-            let cuda = match ort::ep::CUDA::is_available() {
-                Ok(true) => Check::ok("onnxruntime-cuda", "CUDA execution provider available"),
-                Ok(false) => Check::not_ok(
-                    "onnxruntime-cuda",
-                    Status::Absent,
-                    "no CUDA execution provider in this library (CPU build)",
-                    "for `embed --device cuda`, point ORT_DYLIB_PATH at the onnxruntime-gpu 1.31.1 library",
-                ),
-                Err(e) => Check::not_ok(
-                    "onnxruntime-cuda",
-                    Status::Error,
-                    format!("querying execution providers: {e}"),
-                    "check the ONNX Runtime library",
-                ),
-            };
-            vec![Check::ok("onnxruntime", lib.display().to_string()), cuda]
-        }
+        Ok(env) => vec![
+            Check::ok("onnxruntime", lib.display().to_string()),
+            onnx_runtime_cuda(env, &lib),
+        ],
         Err(e) => vec![
             Check::not_ok(
                 "onnxruntime",
@@ -191,6 +176,36 @@ fn onnx_runtime() -> Vec<Check> {
             ),
         ],
     }
+}
+
+/// The CUDA execution provider of `lib`: present, its libraries loadable, and a one-node model run
+/// on device 0. A CPU build or a machine without the NVIDIA driver is `Absent`; an installed provider
+/// that cannot run is `Error`.
+#[cfg(feature = "embed")]
+fn onnx_runtime_cuda(env: &ort::environment::Environment, lib: &std::path::Path) -> Check {
+    use crate::embed::cuda::{probe, DRIVER_LIBRARY};
+    use crate::embed::EmbedError;
+    use crate::error::Error;
+    const NAME: &str = "onnxruntime-cuda";
+    const INSTALL: &str = "for `embed --device cuda`: scripts/setup-gpu.sh installs onnxruntime-gpu 1.31.1 into \
+        .deps/ort-gpu/ (used by default once there), or point ORT_DYLIB_PATH at that build's libonnxruntime.so";
+    let e = match probe(env, lib, 0) {
+        Ok(detail) => return Check::ok(NAME, detail),
+        Err(e) => e,
+    };
+    let (status, fix) = match &e {
+        Error::Embed(EmbedError::NoCudaProvider { .. }) => (Status::Absent, INSTALL),
+        Error::Embed(EmbedError::CudaLibraries { missing, .. })
+            if missing.iter().all(|m| m.starts_with(DRIVER_LIBRARY)) =>
+        {
+            (
+                Status::Absent,
+                "install the NVIDIA driver (nvidia-smi must list a GPU)",
+            )
+        }
+        _ => (Status::Error, INSTALL),
+    };
+    Check::not_ok(NAME, status, e.to_string(), fix)
 }
 
 #[cfg(not(feature = "embed"))]

@@ -100,3 +100,47 @@ fn require_turns_a_missing_item_into_exit_1() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("libtorch-cuda"));
 }
+
+/// `onnxruntime-cuda` with ONNX Runtime's CPU build: reported absent with the install to do, and
+/// `--require onnxruntime-cuda` fails with exit 1.
+#[cfg(feature = "embed")]
+#[test]
+fn require_onnxruntime_cuda_fails_with_the_cpu_build() {
+    let test = "require_onnxruntime_cuda_fails_with_the_cpu_build";
+    let Some(cpu_lib) = common::setup_file(".deps/libonnxruntime.so", test) else {
+        return;
+    };
+    let out = Command::cargo_bin("tagfix")
+        .unwrap()
+        .env("ORT_DYLIB_PATH", &cpu_lib)
+        .args(["doctor", "--json", "--require", "onnxruntime-cuda"])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert_eq!(
+        check(&report, "onnxruntime")["detail"],
+        cpu_lib.to_str().unwrap()
+    );
+    let cuda = check(&report, "onnxruntime-cuda");
+    assert_eq!(cuda["status"], "absent", "{cuda}");
+    assert!(
+        cuda["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no CUDA execution provider"),
+        "{cuda}"
+    );
+    assert!(
+        cuda["fix"]
+            .as_str()
+            .unwrap()
+            .contains("scripts/setup-gpu.sh"),
+        "{cuda}"
+    );
+    assert!(report["failing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f == "onnxruntime-cuda"));
+}

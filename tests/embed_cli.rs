@@ -393,9 +393,20 @@ fn bad_inputs_are_refused_with_clear_errors_and_no_output() {
         "ONNX Runtime library not found at /nonexistent/libonnxruntime.so",
     );
 
-    // --device cuda without a usable CUDA provider: an error, never a CPU fallback.
+    // --device cuda without a usable CUDA provider (the CPU build, named: once scripts/setup-gpu.sh
+    // installed onnxruntime-gpu it is the default): an error, never a CPU fallback.
+    let cpu_lib = common::crate_root().join(".deps/libonnxruntime.so");
     run(
-        &["--model", "minilm", "--base", reference, "--device", "cuda"],
+        &[
+            "--model",
+            "minilm",
+            "--base",
+            reference,
+            "--device",
+            "cuda",
+            "--ort-lib",
+            cpu_lib.to_str().unwrap(),
+        ],
         "does not fall back to the CPU",
     );
 
@@ -494,4 +505,64 @@ fn bad_inputs_are_refused_with_clear_errors_and_no_output() {
         &["--model", "no-such-model", "--base", reference],
         "model not found",
     );
+}
+
+/// `--device cuda` with ONNX Runtime's CPU build (the setup's `.deps/libonnxruntime.so`, which has no
+/// CUDA execution provider), named by `--ort-lib` or `ORT_DYLIB_PATH`: exit 2 with a message naming
+/// the provider and what to install, and nothing written — never a silent run on the CPU. The same
+/// library embeds on the CPU, so the refusal is the provider's.
+#[test]
+fn cuda_with_a_cpu_only_onnx_runtime_fails_loudly() {
+    let test = "cuda_with_a_cpu_only_onnx_runtime_fails_loudly";
+    let (Some(_), Some(cpu_lib)) = (
+        model_dir_for_test("minilm", test),
+        common::setup_file(".deps/libonnxruntime.so", test),
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let vocab = dir.path().join("tags.txt");
+    std::fs::write(&vocab, "dog\ncat\n").unwrap();
+    let out = dir.path().join("out.safetensors");
+    let lib = cpu_lib.to_str().unwrap();
+    let args = |device: &'static str| {
+        vec![
+            "embed",
+            "--model",
+            "minilm",
+            "--vocab",
+            vocab.to_str().unwrap(),
+            "--all",
+            "--device",
+            device,
+        ]
+    };
+    // Named by --ort-lib, then by ORT_DYLIB_PATH.
+    for env in [None, Some(lib)] {
+        let mut cmd = tagfix();
+        let mut argv = args("cuda");
+        match env {
+            Some(lib) => {
+                cmd.env("ORT_DYLIB_PATH", lib);
+            }
+            None => argv.extend(["--ort-lib", lib]),
+        }
+        let result = cmd.args(argv).arg("--out").arg(&out).assert().code(2);
+        let stderr = String::from_utf8_lossy(&result.get_output().stderr).to_string();
+        for expected in [
+            "CUDAExecutionProvider",
+            lib,
+            "onnxruntime-gpu",
+            "scripts/setup-gpu.sh",
+            "does not fall back to the CPU",
+        ] {
+            assert!(stderr.contains(expected), "{expected:?} not in:\n{stderr}");
+        }
+        assert!(!out.exists(), "{} was written", out.display());
+    }
+    let mut cpu = args("cpu");
+    cpu.extend(["--ort-lib", lib, "--out", out.to_str().unwrap()]);
+    tagfix().args(cpu).assert().success();
+    let written = EmbeddingFile::read(&out, None).unwrap();
+    assert_eq!((written.rows, written.dim), (2, 384));
 }

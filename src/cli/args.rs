@@ -34,7 +34,7 @@ pub enum Command {
     /// What this build and machine provide, each item found or not with the fix: features, the `ram`
     /// vocabulary, ONNX Runtime (and its CUDA provider), models, libtorch, CUDA devices, the plot font.
     #[command(
-        after_help = "Example:\n  tagfix doctor\n  tagfix doctor --require train,cuda   # exit 1 unless this binary can train on a GPU\n  tagfix doctor --json"
+        after_help = "Example:\n  tagfix doctor\n  tagfix doctor --require train,cuda   # exit 1 unless this binary can train on a GPU\n  tagfix doctor --require onnxruntime-cuda   # exit 1 unless `embed --device cuda` can run\n  tagfix doctor --json"
     )]
     Doctor(DoctorArgs),
     /// Show a vocabulary: where it was found, its slot count, hash and whether it is the official file.
@@ -183,7 +183,7 @@ pub struct RepairArgs {
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(8..))]
     pub train_images: u64,
     /// Device of the `embed` step's text encoder: cpu, cuda or cuda:N (CUDA needs the onnxruntime-gpu
-    /// library, found through ORT_DYLIB_PATH; never falls back to CPU).
+    /// library: scripts/setup-gpu.sh, or ORT_DYLIB_PATH; never falls back to CPU).
     #[arg(long, default_value = "cpu", value_parser = parse_device, value_name = "DEVICE")]
     pub embed_device: tagfix::embed::Device,
     /// Device of the short training run: cpu or cuda (cuda needs the GPU build, `scripts/setup-gpu.sh`).
@@ -257,7 +257,8 @@ pub struct OrtArgs {
     /// ONNX Runtime intra-op threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// libonnxruntime to load (default: $ORT_DYLIB_PATH, else the setup's .deps/libonnxruntime.so).
+    /// libonnxruntime to load (default: $ORT_DYLIB_PATH, else .deps/ort-gpu/libonnxruntime.so once
+    /// scripts/setup-gpu.sh installed onnxruntime-gpu there, else the setup's .deps/libonnxruntime.so).
     #[arg(long, value_name = "FILE")]
     pub ort_lib: Option<std::path::PathBuf>,
 }

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::fsutil::sha256_file;
 use indicatif::ProgressBar;
 use ort::environment::Environment;
-use ort::ep::{self, ExecutionProvider};
+use ort::ep;
 use ort::session::{Session, SessionInputValue};
 use ort::value::{Shape, Tensor, TensorElementType, ValueType};
 use std::path::{Path, PathBuf};
@@ -24,8 +24,9 @@ pub const DEFAULT_ORT_LIB: &str = ".deps/libonnxruntime.so";
 /// Texts tokenized at once (bounds memory for RAM++'s 4585 × 51 descriptions).
 const TOKENIZE_CHUNK: usize = 8192;
 
-/// Picks the ONNX Runtime library: `--ort-lib`, `$ORT_DYLIB_PATH`, the path this build was configured
-/// with (`.cargo/config.toml`), else `.deps/libonnxruntime.so` under the current directory.
+/// Picks the ONNX Runtime library: `--ort-lib`, `$ORT_DYLIB_PATH`, onnxruntime-gpu in `ort-gpu/` beside
+/// the path this build was configured with (`.cargo/config.toml`) when scripts/setup-gpu.sh installed
+/// it, that path, else the same two under `.deps/` of the current directory.
 pub fn ort_library(flag: Option<&Path>) -> PathBuf {
     if let Some(p) = flag {
         return p.to_path_buf();
@@ -33,10 +34,19 @@ pub fn ort_library(flag: Option<&Path>) -> PathBuf {
     if let Some(p) = std::env::var_os(ORT_LIB_ENV).filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
-    match option_env!("ORT_DYLIB_PATH") {
-        Some(p) if Path::new(p).exists() => PathBuf::from(p),
-        _ => PathBuf::from(DEFAULT_ORT_LIB),
+    let configured = option_env!("ORT_DYLIB_PATH")
+        .map(Path::new)
+        .filter(|p| p.exists());
+    // onnxruntime-gpu, once scripts/setup-gpu.sh installed it beside the CPU build, serves both
+    // devices: a process loads one ONNX Runtime library only.
+    let gpu = match configured.and_then(Path::parent) {
+        Some(deps) => deps.join("ort-gpu/libonnxruntime.so"),
+        None => PathBuf::from(super::cuda::GPU_ORT_LIB),
+    };
+    if gpu.exists() {
+        return gpu;
     }
+    configured.map_or_else(|| PathBuf::from(DEFAULT_ORT_LIB), Path::to_path_buf)
 }
 
 static ENVIRONMENT: OnceLock<(PathBuf, Environment)> = OnceLock::new();
@@ -274,7 +284,8 @@ impl TextEncoder {
 /// encoders). `--device cuda` either registers the CUDA execution provider or fails; it never falls
 /// back to the CPU. Returns the session and a description of its execution provider.
 pub fn build_session(onnx: &Path, opts: &EncoderOptions) -> Result<(Session, String)> {
-    let env = runtime(&ort_library(opts.ort_lib.as_deref()))?;
+    let lib = ort_library(opts.ort_lib.as_deref());
+    let env = runtime(&lib)?;
     let threads = opts
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -289,26 +300,13 @@ pub fn build_session(onnx: &Path, opts: &EncoderOptions) -> Result<(Session, Str
             format!("CPUExecutionProvider ({threads} threads)"),
         ),
         Device::Cuda(id) => {
-            let available =
-                ep::CUDA::is_available().map_err(runtime_error("querying execution providers"))?;
-            if !available {
-                return Err(EmbedError::NoCudaProvider {
-                    device: id,
-                    lib: ort_library(opts.ort_lib.as_deref()),
-                }
-                .into());
-            }
-            let cuda = ep::CUDA::default()
-                .with_device_id(id)
-                .build()
-                .error_on_failure();
+            let loaded = super::cuda::prepare(&lib, id)?;
+            tracing::info!(
+                "CUDA libraries loaded from beside {}: {loaded:?}",
+                lib.display()
+            );
             (
-                builder.with_execution_providers([cuda]).map_err(|cause| {
-                    EmbedError::CudaProvider {
-                        device: id,
-                        cause: cause.into(),
-                    }
-                })?,
+                super::cuda::register(builder, id)?,
                 format!("CUDAExecutionProvider (device {id})"),
             )
         }

@@ -207,10 +207,23 @@ pub enum EmbedError {
 
     #[error(
         "--device cuda:{device}: this ONNX Runtime library ({lib}) has no CUDA execution provider \
-         (it needs the onnxruntime-gpu build and its CUDA libraries); tagfix does not fall back \
-         to the CPU, use --device cpu"
+         (CUDAExecutionProvider; it is a CPU build): install onnxruntime-gpu 1.31.1 with \
+         scripts/setup-gpu.sh (into .deps/ort-gpu/) or point --ort-lib / ORT_DYLIB_PATH at its \
+         libonnxruntime.so; tagfix does not fall back to the CPU, use --device cpu"
     )]
     NoCudaProvider { device: i32, lib: PathBuf },
+
+    #[error(
+        "--device cuda:{device}: the CUDA execution provider of {lib} cannot be loaded, missing: {}; \
+         scripts/setup-gpu.sh installs the provider and links torch's CUDA 13 libraries beside it \
+         (libcuda.so.1 comes with the NVIDIA driver); tagfix does not fall back to the CPU",
+        .missing.join("; ")
+    )]
+    CudaLibraries {
+        device: i32,
+        lib: PathBuf,
+        missing: Vec<String>,
+    },
 
     #[cfg(feature = "embed")]
     #[error(
@@ -275,9 +288,10 @@ impl EmbedError {
             | FullFileNeedsAll
             | ControlNeedsBase
             | ControlNeedsSafetensors { .. } => ErrorKind::Usage,
-            RuntimeNotFound { .. } | NoCudaProvider { .. } | BpeMissing { .. } => {
-                ErrorKind::Environment
-            }
+            RuntimeNotFound { .. }
+            | NoCudaProvider { .. }
+            | CudaLibraries { .. }
+            | BpeMissing { .. } => ErrorKind::Environment,
             #[cfg(feature = "embed")]
             RuntimeLoad { .. } | Runtime { .. } | CudaProvider { .. } => ErrorKind::Environment,
             _ => ErrorKind::Input,

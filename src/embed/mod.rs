@@ -13,6 +13,8 @@ pub mod recipe;
 pub mod tokenize;
 
 #[cfg(feature = "embed")]
+pub mod cuda;
+#[cfg(feature = "embed")]
 pub mod encoder;
 #[cfg(feature = "embed")]
 pub mod hf_tokenizer;
