@@ -57,7 +57,7 @@ fn main() {
     let cfg = TrainConfig {
         model: Some("tiny".into()),
         batch_size: batch,
-        micro_batch_size: Some(micro),
+        micro_batch_size: Some(micro.into()),
         max_steps: Some(steps as u64),
         log_every: 3,
         workers: 1,

@@ -831,7 +831,7 @@ fn a_step_reads_the_device_once() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = dataset(tmp.path(), 16, 5);
     let cfg = TrainConfig {
-        micro_batch_size: Some(4),
+        micro_batch_size: Some(4.into()),
         log_every: 2,
         ..small_config(4)
     };

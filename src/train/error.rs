@@ -296,6 +296,19 @@ pub enum TrainError {
     #[error("optimizer: {read} values read back for an update that left {expected}")]
     UpdateReadBack { read: usize, expected: usize },
 
+    #[error(
+        "--micro-batch-size auto: even one image per forward and backward pass needs about {need_gib:.2} GiB \
+         on the device, more than the {budget_gib:.2} GiB available"
+    )]
+    MicroBatchTooLarge { need_gib: f64, budget_gib: f64 },
+
+    #[error("upload to {device}")]
+    Upload {
+        device: String,
+        #[source]
+        source: Source,
+    },
+
     #[error("autocast dtype must be bf16 or f16, not {0}")]
     AutocastDtype(String),
 
@@ -388,7 +401,9 @@ impl TrainError {
             | TrainError::FusedShape { .. }
             | TrainError::FusedGuard { .. }
             | TrainError::NoDeviceUpdate
-            | TrainError::UpdateReadBack { .. } => ErrorKind::Internal,
+            | TrainError::UpdateReadBack { .. }
+            | TrainError::Upload { .. } => ErrorKind::Internal,
+            TrainError::MicroBatchTooLarge { .. } => ErrorKind::Environment,
         }
     }
 }

@@ -9,7 +9,8 @@
 //! within 90 % of the memory still available. On the CPU there is no device limit: the whole
 //! per-rank batch.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::train::error::TrainError;
 use std::os::raw::{c_char, c_int};
 use tch::Device;
 
@@ -89,12 +90,11 @@ pub fn choose(per_rank: usize, probes: [Probe; 2], budget: u64) -> Result<Choice
             predicted: Some(predict(micro)),
             budget: Some(budget),
         }),
-        None => Err(Error::Other(format!(
-            "--micro-batch-size auto: even one image per forward and backward pass needs about {:.2} GiB on \
-             the device, more than the {:.2} GiB available",
-            predict(1) as f64 / (1u64 << 30) as f64,
-            budget as f64 / (1u64 << 30) as f64
-        ))),
+        None => Err(TrainError::MicroBatchTooLarge {
+            need_gib: predict(1) as f64 / (1u64 << 30) as f64,
+            budget_gib: budget as f64 / (1u64 << 30) as f64,
+        }
+        .into()),
     }
 }
 

@@ -8,7 +8,8 @@
 //! PyTorch's pinned allocator records the copy's stream, so a pinned buffer dropped right after
 //! the copy is not reused before the transfer has finished.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::train::error::TrainError;
 use crate::train::fused::call as shim_call;
 use crate::train::data::augment::{CLIP_MEAN, CLIP_STD};
 use std::os::raw::{c_char, c_int};
@@ -45,7 +46,13 @@ pub fn upload<T: tch::kind::Element>(values: &[T], shape: &[i64], device: Device
     let pinned = pin_memory(&host)?;
     pinned
         .f_to_device_(device, pinned.kind(), true, false)
-        .map_err(|e| Error::Other(format!("upload to {device:?}: {e}")))
+        .map_err(|e| {
+            TrainError::Upload {
+                device: format!("{device:?}"),
+                source: Box::new(e),
+            }
+            .into()
+        })
 }
 
 /// The training transform's normalisation on the device: RGB8 `[n, 3, S, S]` to

@@ -359,7 +359,25 @@ impl SwinTransformer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::Device;
+    use crate::checkpoint::model_def;
+    use crate::train::model::layers::TchBuilder;
+    use crate::train::model::ParamInit;
+    use tch::{nn, Device};
+
+    /// A window attention of `dim` 8, window 4 and 2 heads (with qkv bias) under `vs`'s root.
+    fn attention(vs: &nn::VarStore) -> WindowAttention {
+        let g = BlockGeometry {
+            stage: 0,
+            block: 0,
+            resolution: 8,
+            dim: 8,
+            num_heads: 2,
+            window: 4,
+            shift: 0,
+        };
+        let builder = TchBuilder::new(vs.root() / "attn", ParamInit::Official);
+        WindowAttention::new(model_def::window_attention(&builder, &g, true), &g)
+    }
 
     /// The official module's explicit form: (q·hd^-½)·kᵀ + bias (+ shift mask per window), softmax, ·v.
     fn explicit(a: &WindowAttention, x: &Tensor, mask: Option<&Tensor>, bias: &Tensor) -> Tensor {
@@ -391,7 +409,7 @@ mod tests {
     fn run(shifted: bool, sdpa: bool) -> (Tensor, Tensor, Tensor) {
         tch::manual_seed(5);
         let vs = nn::VarStore::new(Device::Cpu);
-        let a = WindowAttention::new(vs.root() / "attn", 8, 4, 2, true, ParamInit::Official);
+        let a = attention(&vs);
         let mask = shifted.then(|| Tensor::from_slice(&shift_attention_mask(8, 4, 2)).view([4, 16, 16]));
         let x = Tensor::randn([8, 16, 8], (Kind::Float, Device::Cpu));
         let upstream = Tensor::randn([8, 16, 8], (Kind::Float, Device::Cpu));
@@ -423,7 +441,7 @@ mod tests {
         // Without autograd the mask needs no gradient and the CPU fused kernel may take it.
         tch::manual_seed(6);
         let vs = nn::VarStore::new(Device::Cpu);
-        let a = WindowAttention::new(vs.root() / "attn", 8, 4, 2, true, ParamInit::Official);
+        let a = attention(&vs);
         let mask = Tensor::from_slice(&shift_attention_mask(8, 4, 2)).view([4, 16, 16]);
         let x = Tensor::randn([8, 16, 8], (Kind::Float, Device::Cpu));
         tch::no_grad(|| {
