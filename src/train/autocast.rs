@@ -49,18 +49,9 @@ fn device_code(device: Device) -> c_int {
     }
 }
 
+/// Runs an autocast shim call (see [`super::fused::call`]).
 fn call(f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<()> {
-    let mut buf = vec![0 as c_char; 512];
-    if f(buf.as_mut_ptr(), buf.len()) == 0 {
-        return Ok(());
-    }
-    // SAFETY: the shim writes a NUL-terminated message into `buf`.
-    let msg = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
-    Err(TrainError::Libtorch {
-        op: "autocast",
-        message: msg.to_string_lossy().into_owned(),
-    }
-    .into())
+    super::fused::call("autocast", f)
 }
 
 /// Whether autocast is on for `device`'s type, and its dtype code.
