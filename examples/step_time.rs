@@ -5,6 +5,9 @@
 //! cargo run --release --features train --example step_time -- \
 //!     --config tiny --classes 10 --des 3 --batch 2 --steps 50 --threads 2 --device cpu --export DIR
 //! ```
+//! `--accumulate N` times N forward + backward passes per step (gradient accumulation over N
+//! micro-batches); with `--precision bf16`, `--cast-cache on` (default) keeps autocast's weight casts
+//! for the whole step as the trainer does, `off` casts the weights again in every micro-batch.
 //! Builds the configuration with the official init (seed 0), draws one batch (image, tags, CLIP
 //! feature, caption embedding) and times `--steps` forward + backward passes after `--warmup` passes.
 //! Mode is eval (no dropout / DropPath), as the Python functional implementation computes. With
@@ -12,7 +15,7 @@
 //! (`inputs.safetensors`) and `config.json` in the reference fixture's layout so the Python side
 //! times the same computation. Prints one JSON line.
 use std::time::Instant;
-use tagfix::train::autocast::with_autocast;
+use tagfix::train::autocast::{with_autocast, CastCacheScope};
 use tagfix::train::model::{ParamInit, RamPlus, RamPlusBatch, RamPlusConfig, Trace};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -26,6 +29,8 @@ struct Args {
     threads: i32,
     device: Device,
     bf16: bool,
+    accumulate: usize,
+    cast_cache: bool,
     export: Option<std::path::PathBuf>,
 }
 
@@ -40,6 +45,8 @@ fn parse() -> Args {
         threads: 0,
         device: Device::Cpu,
         bf16: false,
+        accumulate: 1,
+        cast_cache: true,
         export: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -66,6 +73,8 @@ fn parse() -> Args {
                 }
             }
             "--precision" => a.bf16 = value() == "bf16",
+            "--accumulate" => a.accumulate = value().parse().expect("--accumulate"),
+            "--cast-cache" => a.cast_cache = value() == "on",
             "--export" => a.export = Some(value().into()),
             other => panic!("unknown flag {other}"),
         }
@@ -163,13 +172,22 @@ fn main() {
                 .forward_t(&b, false, &mut Trace::off())
                 .expect("forward")
         };
-        let out = if a.bf16 {
-            with_autocast(a.device, Kind::BFloat16, forward).expect("autocast")
-        } else {
-            forward()
+        let casts = (a.bf16 && a.cast_cache).then(CastCacheScope::open);
+        let micro = || {
+            let out = if a.bf16 {
+                with_autocast(a.device, Kind::BFloat16, forward).expect("autocast")
+            } else {
+                forward()
+            };
+            let total = &out.loss_tag + &out.loss_dis + &out.loss_alignment;
+            total.backward();
+            (out, total)
         };
-        let total = &out.loss_tag + &out.loss_dis + &out.loss_alignment;
-        total.backward();
+        for _ in 1..a.accumulate {
+            let _ = micro();
+        }
+        let (out, total) = micro();
+        drop(casts);
         let _ = total.double_value(&[]); // synchronises the device
         if let Device::Cuda(_) = a.device {
             tch::Cuda::synchronize(0);
@@ -194,13 +212,15 @@ fn main() {
             "num_class": cfg.num_class,
             "des_per_class": cfg.des_per_class,
             "batch": a.batch,
+            "accumulate": a.accumulate,
+            "cast_cache": a.bf16 && a.cast_cache,
             "device": format!("{:?}", a.device),
             "threads": tch::get_num_threads(),
             "precision": if a.bf16 { "bf16" } else { "f32" },
             "steps": a.steps,
             "median_s": median,
             "min_s": times[0],
-            "images_per_s": a.batch as f64 / median,
+            "images_per_s": (a.batch as usize * a.accumulate) as f64 / median,
             "loss_tag": losses.0,
             "loss_dis": losses.1,
             "loss_alignment": losses.2,

@@ -3,8 +3,9 @@
 #   scripts/gpu-check.sh prepare   # here: CUDA-linked binaries + parity fixtures + the Python reference
 #                                  # + `bundle` -> target/gpu-check/ (carry that folder to the GPU machine)
 #   scripts/gpu-check.sh run [PART...]  # on the GPU machine, from the repository root; results in $OUT
-#                                  # PART: parity step train cpu loop dist upload speed embed (default: the
-#                                  # first seven; `speed` and `embed` are issue 14's, each run on its own)
+#                                  # PART: parity step train cpu loop dist upload speed embed casts ckpt
+#                                  # (default: the first seven; the last four are issue 14's, each run on
+#                                  # its own)
 # The GPU machine needs the NVIDIA driver and torch 2.11 (+cu130) for Python with its libraries
 # (TORCH_LIB, default /opt/torch/.venv/.../torch/lib; TORCH_PYTHON, default python3). Nothing is built there.
 # `run`, in a few minutes of GPU time:
@@ -51,6 +52,14 @@
 #      the pieces the part stops with a message saying so; without a GPU it must fail at the
 #      `onnxruntime-cuda` line. Carry target/gpu-check/bin + target/gpu-check/bundle.tar.xz.
 #      A CPU dry run (both sides on the CPU): EMBED_DEVICE=cpu scripts/gpu-check.sh run embed
+#  10. (`casts`, issue 14, ~1 minute) bf16 weight casts once per step vs once per micro-batch: Swin-L 224,
+#      one step of 2 x 26 forward + backward passes with autocast's cast cache kept for the step and
+#      without (scripts/bench-casts.sh on bin/step_time). Carry target/gpu-check/bin only.
+#      A CPU dry run: CASTS_DEVICE=cpu CASTS_CONFIG=tiny CASTS_BATCH=2 scripts/gpu-check.sh run casts
+#  11. (`ckpt`, issue 14, ~1 minute) how long a checkpoint holds up training: Swin-L 224's parameters and
+#      AdamW moments (~4 GB) saved inline (pageable copies, files written on the training thread) vs
+#      copied to pinned memory and written by a background thread (bin/bench_checkpoint_save).
+#      A CPU dry run: CKPT_DEVICE=cpu CKPT_PRESET=swin_b_224 scripts/gpu-check.sh run ckpt
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest=target/gpu-check
@@ -75,8 +84,10 @@ prepare)
     cp "$ref/$d"/{config.json,weights.safetensors,inputs.safetensors,outputs.safetensors,grads.safetensors,generate_tag.json} "$dest/ref/$d/"
   done
   # Part `upload` (issue 14): the batch-upload benchmark, CUDA-linked.
-  cargo build --release --features train --example bench_upload
+  cargo build --release --features train --example bench_upload --example bench_checkpoint_save
   objcopy --strip-debug target/release/examples/bench_upload "$dest/bin/bench_upload"
+  # Part `ckpt` (issue 14): the checkpoint-save benchmark, CUDA-linked.
+  objcopy --strip-debug target/release/examples/bench_checkpoint_save "$dest/bin/bench_checkpoint_save"
   # Relink the ordinary binaries without the CUDA libraries.
   unset TAGFIX_LINK_CUDA
   cargo build --release --features train --bin tagfix --example step_time --quiet
@@ -259,6 +270,19 @@ PY
   grep -h "^micro_batch_size" "$OUT/auto/config.toml" || true
   nvidia-smi --query-gpu=memory.used,memory.total --format=csv >> "$OUT/auto.txt" || true
   rm -rf "$OUT/auto/checkpoints" "$s"
+  fi
+  if want casts; then
+  echo "== 10. (issue 14) bf16 weight casts once per step vs once per micro-batch"
+  STEP_TIME_BIN="$dest/bin/step_time" DEVICE="${CASTS_DEVICE:-cuda}" CONFIG="${CASTS_CONFIG:-swin_l_224}" \
+    BATCH="${CASTS_BATCH:-26}" ACCUMULATE=2 STEPS="${CASTS_STEPS:-5}" WARMUP=2 ROUNDS=2 THREADS=8 \
+    bash scripts/bench-casts.sh 2>&1 | tee "$OUT/casts.txt" || true
+  fi
+  if want ckpt; then
+  echo "== 11. (issue 14) checkpoint: inline vs pinned copy + background writer"
+  c=$(mktemp -d)
+  "$dest/bin/bench_checkpoint_save" "$c/run" "${CKPT_PRESET:-swin_l_224}" "${CKPT_ROUNDS:-2}" 8 \
+    "${CKPT_DEVICE:-cuda}" 2>&1 | tee "$OUT/ckpt.txt" || true
+  rm -rf "$c"
   fi
   if want speed; then
   echo "== 8. (issue 14) throughput: the loop against the step, peak memory, MFU"

@@ -7,6 +7,7 @@
 // them as a message so no exception crosses into Rust.
 #include <ATen/Context.h>
 #include <ATen/autocast_mode.h>
+#include <ATen/core/Tensor.h>
 
 #include <cstring>
 #include <exception>
@@ -59,6 +60,25 @@ int tagfix_autocast_exit() {
   int depth = at::autocast::decrement_nesting();
   if (depth == 0) at::autocast::clear_cache();
   return depth;
+}
+
+// The operand autocast would use for `self` on `device`: while autocast is on there, ATen's cached cast
+// to the autocast dtype (a trained f32 weight is cast once until the outermost region ends, then
+// reused); otherwise `self`. For a weight the model uses through views (which autocast casts afresh
+// each time, uncached). Returns 0 on success; `*out` is a new tensor the caller owns.
+int tagfix_autocast_operand(const at::Tensor* self, int device, at::Tensor** out, char* err, size_t cap) {
+  try {
+    auto dt = device_type(device);
+    if (at::autocast::is_autocast_enabled(dt)) {
+      *out = new at::Tensor(at::autocast::cached_cast(at::autocast::get_autocast_dtype(dt), *self, dt));
+    } else {
+      *out = new at::Tensor(*self);
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    set_error(err, cap, e.what());
+    return 1;
+  }
 }
 
 // TF32 for f32 matrix products (cuBLAS) and convolutions (cuDNN) on CUDA, on or off (what

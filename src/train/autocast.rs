@@ -10,7 +10,8 @@ use super::config::Precision;
 use super::error::TrainError;
 use crate::error::Result;
 use std::os::raw::{c_char, c_int};
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
+use torch_sys::C_tensor;
 
 extern "C" {
     fn tagfix_autocast_get(
@@ -31,6 +32,13 @@ extern "C" {
     fn tagfix_set_tf32(on: c_int, err: *mut c_char, cap: usize) -> c_int;
     fn tagfix_tf32_cublas() -> c_int;
     fn tagfix_autocast_exit() -> c_int;
+    fn tagfix_autocast_operand(
+        t: *const C_tensor,
+        device: c_int,
+        out: *mut *mut C_tensor,
+        err: *mut c_char,
+        cap: usize,
+    ) -> c_int;
 }
 
 /// c10::ScalarType codes of the dtypes autocast accepts.
@@ -92,6 +100,47 @@ pub fn with_autocast<T>(device: Device, kind: Kind, f: impl FnOnce() -> T) -> Re
     Ok(f())
 }
 
+/// The operand autocast would compute with for the weight `t` on `device`: inside an autocast
+/// region its cached low-precision cast (made once per [`CastCacheScope`], like the weights the
+/// matrix products take directly), outside `t` itself. For a weight the model reads through views
+/// (`label_embed`: a transpose and a reshape), whose casts autocast neither caches nor shares.
+pub fn operand(t: &Tensor, device: Device) -> Result<Tensor> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    // SAFETY: `t` is a live tensor handle; on success `out` is a new tensor the caller owns.
+    call(|err, cap| unsafe {
+        tagfix_autocast_operand(t.as_ptr(), device_code(device), &mut out, err, cap)
+    })?;
+    // SAFETY: allocated by the shim with `new at::Tensor`, which tch frees on drop.
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// Keeps autocast's cast cache alive from its creation to its drop, across the autocast regions
+/// inside: a training step casts each f32 weight to the low-precision dtype once, not once per
+/// micro-batch (ATen caches the casts of leaf tensors that require grad within a region and clears
+/// the cache when the outermost region ends; this scope is that outermost level). The weights must
+/// not change while it lives — end it before the optimizer update, or the next forward computes
+/// with the previous step's casts.
+///
+/// ATen's cache is process-wide while the nesting is per thread: an outermost region ending on
+/// another thread clears it, which costs a fresh cast, never a wrong value.
+pub struct CastCacheScope(());
+
+impl CastCacheScope {
+    /// Opens the scope (it enables nothing by itself; [`with_autocast`] regions inside do).
+    pub fn open() -> Self {
+        // SAFETY: nesting counter of ATen's thread-local autocast state, decremented in `drop`.
+        unsafe { tagfix_autocast_enter() };
+        CastCacheScope(())
+    }
+}
+
+impl Drop for CastCacheScope {
+    fn drop(&mut self) {
+        // SAFETY: see `open`; at depth 0 the shim clears the cast cache.
+        unsafe { tagfix_autocast_exit() };
+    }
+}
+
 /// Sets TF32 for f32 matrix products (cuBLAS) and convolutions (cuDNN), process-wide.
 fn apply_tf32(on: bool) -> Result<()> {
     // SAFETY: two flags of ATen's global context; the shim catches every C++ exception.
@@ -130,10 +179,18 @@ pub fn set_tf32(on: bool, device: Device, precision: Precision) -> Result<String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::Tensor;
+    use std::sync::{Mutex, MutexGuard};
+
+    /// ATen's cast cache is process-wide: a region ending on another test's thread clears it. The
+    /// tests that run regions take turns.
+    fn serial() -> MutexGuard<'static, ()> {
+        static LOCK: Mutex<()> = Mutex::new(());
+        LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    }
 
     #[test]
     fn matmul_runs_in_bf16_inside_and_f32_outside() {
+        let _serial = serial();
         let a = Tensor::randn([4, 8], (Kind::Float, Device::Cpu));
         let b = Tensor::randn([8, 3], (Kind::Float, Device::Cpu));
         let inside = with_autocast(Device::Cpu, Kind::BFloat16, || a.matmul(&b)).unwrap();
@@ -153,6 +210,7 @@ mod tests {
 
     #[test]
     fn half_is_accepted_and_other_kinds_refused() {
+        let _serial = serial();
         let a = Tensor::ones([2, 2], (Kind::Float, Device::Cpu));
         let out = with_autocast(Device::Cpu, Kind::Half, || a.matmul(&a)).unwrap();
         assert_eq!(out.kind(), Kind::Half);
@@ -161,6 +219,7 @@ mod tests {
 
     #[test]
     fn nested_regions_restore_the_outer_state() {
+        let _serial = serial();
         let a = Tensor::ones([2, 2], (Kind::Float, Device::Cpu));
         with_autocast(Device::Cpu, Kind::BFloat16, || {
             with_autocast(Device::Cpu, Kind::Half, || {
@@ -171,6 +230,90 @@ mod tests {
         })
         .unwrap();
         assert_eq!(a.matmul(&a).kind(), Kind::Float);
+    }
+
+    /// `x · w` in a bf16 region, as f32.
+    fn product(x: &Tensor, w: &Tensor) -> Tensor {
+        with_autocast(Device::Cpu, Kind::BFloat16, || x.matmul(w))
+            .unwrap()
+            .to_kind(Kind::Float)
+    }
+
+    #[test]
+    fn a_scope_casts_each_weight_once_for_all_its_regions() {
+        let _serial = serial();
+        let x = Tensor::ones([2, 3], (Kind::Float, Device::Cpu));
+        let w = Tensor::ones([3, 2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let set = |v: f64| {
+            tch::no_grad(|| {
+                let _ = w.shallow_clone().fill_(v);
+            })
+        };
+        let scope = CastCacheScope::open();
+        let first = product(&x, &w);
+        set(2.0);
+        // The cached bf16 copy of `w` from the first region is reused: the change is not seen.
+        assert!(product(&x, &w).equal(&first), "one cast per scope");
+        drop(scope);
+        assert_eq!(product(&x, &w).sum(Kind::Float).double_value(&[]), 24.0);
+        // Without a scope every region casts afresh.
+        set(3.0);
+        assert_eq!(product(&x, &w).sum(Kind::Float).double_value(&[]), 36.0);
+    }
+
+    #[test]
+    fn an_operand_is_cast_once_inside_a_region_and_itself_outside() {
+        let _serial = serial();
+        let w = Tensor::ones([3, 2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        assert_eq!(operand(&w, Device::Cpu).unwrap().kind(), Kind::Float);
+        let scope = CastCacheScope::open();
+        let first = with_autocast(Device::Cpu, Kind::BFloat16, || operand(&w, Device::Cpu))
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.kind(), Kind::BFloat16);
+        tch::no_grad(|| {
+            let _ = w.shallow_clone().fill_(5.0);
+        });
+        let again = with_autocast(Device::Cpu, Kind::BFloat16, || operand(&w, Device::Cpu))
+            .unwrap()
+            .unwrap();
+        assert!(again.equal(&first), "the cached cast of the scope");
+        drop(scope);
+        // Gradients reach the f32 weight through the cast.
+        let y = with_autocast(Device::Cpu, Kind::BFloat16, || {
+            operand(&w, Device::Cpu).map(|e| e.tr().sum(Kind::Float))
+        })
+        .unwrap()
+        .unwrap();
+        y.backward();
+        assert_eq!(w.grad().sum(Kind::Float).double_value(&[]), 6.0);
+    }
+
+    #[test]
+    fn gradients_accumulate_through_a_cached_cast() {
+        let _serial = serial();
+        let w = Tensor::randn([4, 3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let inputs: Vec<Tensor> = (0..3)
+            .map(|_| Tensor::randn([5, 4], (Kind::Float, Device::Cpu)))
+            .collect();
+        let accumulate = |scoped: bool| {
+            let _ = w.shallow_clone().zero_grad();
+            let scope = scoped.then(CastCacheScope::open);
+            for x in &inputs {
+                // One backward per micro-batch, each through the same cached cast when scoped.
+                let loss = with_autocast(Device::Cpu, Kind::BFloat16, || x.matmul(&w).tanh())
+                    .unwrap()
+                    .to_kind(Kind::Float)
+                    .sum(Kind::Float);
+                loss.backward();
+            }
+            drop(scope);
+            w.grad().copy()
+        };
+        let cached = accumulate(true);
+        let fresh = accumulate(false);
+        assert!(cached.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+        assert!(cached.equal(&fresh), "same gradients with and without the cache");
     }
 
     #[test]

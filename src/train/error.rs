@@ -121,6 +121,10 @@ pub enum TrainError {
         source: Source,
     },
 
+    /// The background thread writing a checkpoint ended without a result (it panicked).
+    #[error("{}: the thread writing this checkpoint failed: {reason}", .dir.display())]
+    CheckpointWriter { dir: PathBuf, reason: String },
+
     /// A JSON file of the run (`state.json`, `run.json`) is not what it should be.
     #[error("{}: not a {what}", .path.display())]
     RunFile {
@@ -402,7 +406,8 @@ impl TrainError {
             | TrainError::FusedGuard { .. }
             | TrainError::NoDeviceUpdate
             | TrainError::UpdateReadBack { .. }
-            | TrainError::Upload { .. } => ErrorKind::Internal,
+            | TrainError::Upload { .. }
+            | TrainError::CheckpointWriter { .. } => ErrorKind::Internal,
             TrainError::MicroBatchTooLarge { .. } => ErrorKind::Environment,
         }
     }

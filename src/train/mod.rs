@@ -24,6 +24,7 @@ with_libtorch! {
     pub mod objective;
     pub mod optim;
     pub mod run;
+    pub mod saver;
     pub mod sync;
     pub mod trainer;
     pub mod upload;

@@ -103,10 +103,10 @@ pub fn micro_losses(
     x: &MicroInputs,
     absent: &AbsentSlots,
     train: bool,
-) -> MicroLosses {
+) -> crate::error::Result<MicroLosses> {
     let mut trace = Trace::off();
     let image = model.image_embeds(x.images, train, &mut trace);
-    let tags = model.tag_branch(&image.image_embeds, train, &mut trace);
+    let tags = model.tag_branch(&image.image_embeds, train, &mut trace)?;
     let tag = tag_loss(&tags.tagging_logits, x.targets, absent);
     let dis = x
         .clip_feature
@@ -115,12 +115,12 @@ pub fn micro_losses(
         let a = model.alignment_branch(&image.image_embeds, t, train, &mut trace);
         AsymmetricLoss::ALIGNMENT.sum(&a.alignment_logits, &a.alignment_targets)
     });
-    MicroLosses {
+    Ok(MicroLosses {
         tag,
         align,
         dis,
         tag_logits: tags.tagging_logits,
-    }
+    })
 }
 
 impl MicroLosses {

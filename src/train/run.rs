@@ -18,7 +18,6 @@ pub use super::trainer::Trainer;
 use super::validate::{score_images, ValidationInputs, ValidationSet};
 use super::weights::{self, InitFingerprint, LoadOptions};
 use crate::error::{Error, Result};
-use crate::fsutil::write_atomic;
 use crate::manifest::SlotManifest;
 /// What a finished run reports (feature-free, so `repair` reads it without libtorch).
 pub use crate::monitor::RunSummary;
@@ -60,7 +59,8 @@ pub struct TrainInputs {
 }
 
 pub(super) const RUN_FILE: &str = "run.json";
-pub(super) const STATE_SCHEMA: &str = "tagfix.train-checkpoint/1";
+/// The `schema` of a checkpoint's `state.json`.
+pub const STATE_SCHEMA: &str = "tagfix.train-checkpoint/1";
 
 /// Resolves the configuration's model spec for a vocabulary of `num_class` slots with
 /// `des_per_class` description rows each, `joint_dim` values a row (of the file `label_embed`, named
@@ -427,64 +427,6 @@ pub fn newest_checkpoint_in(dir: &Path, needs: &str) -> Result<Option<PathBuf>> 
     Ok(found.pop())
 }
 
-pub(super) fn save_checkpoint(
-    run: &RunDir,
-    vs: &VarStore,
-    opt: &AdamW,
-    state: &CheckpointState,
-    keep: usize,
-) -> Result<PathBuf> {
-    let dir = checkpoint_dir(run, state.step);
-    let tmp = run
-        .checkpoints_dir()
-        .join(format!(".step-{:08}.tmp", state.step));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let model_path = tmp.join("model.safetensors");
-    let cpu: Vec<(String, Tensor)> = {
-        let mut v: Vec<(String, Tensor)> = vs
-            .variables()
-            .into_iter()
-            .map(|(n, t)| (n, t.detach().to_device(Device::Cpu)))
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    };
-    Tensor::write_safetensors(&cpu, &model_path)
-        .map_err(|e| tensors_error(&model_path, "write", e))?;
-    let opt_path = tmp.join("optimizer.safetensors");
-    let opt_state: Vec<(String, Tensor)> = opt
-        .state_tensors()
-        .into_iter()
-        .map(|(n, t)| (n, t.to_device(Device::Cpu)))
-        .collect();
-    Tensor::write_safetensors(&opt_state, &opt_path)
-        .map_err(|e| tensors_error(&opt_path, "write", e))?;
-    write_atomic(&tmp.join("state.json"), |w| {
-        serde_json::to_writer_pretty(&mut *w, state).map_err(std::io::Error::other)
-    })?;
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    }
-    std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
-    // Keep the newest `keep`.
-    let mut all: Vec<PathBuf> = std::fs::read_dir(run.checkpoints_dir())
-        .map_err(|e| Error::io(run.checkpoints_dir(), e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("step-"))
-        })
-        .collect();
-    all.sort();
-    while all.len() > keep {
-        let old = all.remove(0);
-        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
-    }
-    Ok(dir)
-}
-
 pub(super) fn read_checkpoint(
     dir: &Path,
     vs: &VarStore,
@@ -624,7 +566,7 @@ pub fn read_run_inputs(run_dir: &Path) -> Result<TrainInputs> {
     })
 }
 
-fn tensors_error(path: &Path, action: &'static str, e: tch::TchError) -> Error {
+pub(super) fn tensors_error(path: &Path, action: &'static str, e: tch::TchError) -> Error {
     TrainError::Tensors {
         path: path.to_path_buf(),
         action,

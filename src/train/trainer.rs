@@ -4,7 +4,7 @@
 //! [`super::run::train`] drives them. The state a step needs lives in fields, not in closures, so
 //! each piece can be called (and tested) alone.
 
-use super::autocast::with_autocast;
+use super::autocast::{with_autocast, CastCacheScope};
 use super::config::{MicroBatchSize, Precision, TrainConfig};
 use super::data::{Loader, MicroBatch, TrainData};
 use super::dist::{Fingerprint, ProcessGroup};
@@ -13,10 +13,11 @@ use super::model::{RamPlus, RamPlusConfig};
 use super::objective::{micro_losses, step_losses, AbsentSlots, LossWeighting, MicroInputs};
 use super::micro_auto;
 use super::optim::{AdamW, LrSchedule, OptimizerImpl};
+use super::saver::{CheckpointWriter, Snapshot};
 use super::sync::{read_f64, read_f64s};
 use super::upload::{upload, PixelNormalizer};
 use super::run::{
-    checkpoint_dir, latest_checkpoint, read_checkpoint, save_checkpoint, slot_probabilities,
+    checkpoint_dir, latest_checkpoint, read_checkpoint, slot_probabilities,
     validation_line, CheckpointState, Prepared, RunSummary, RUN_FILE, STATE_SCHEMA,
 };
 use super::validate::ValidationSet;
@@ -260,6 +261,8 @@ pub struct Trainer {
     accumulation: usize,
     history: Vec<RawTerms>,
     last_saved: Option<PathBuf>,
+    /// Writes checkpoints on a background thread (rank 0).
+    writer: CheckpointWriter,
     sync: StepSync,
 }
 
@@ -418,6 +421,7 @@ impl Trainer {
             accumulation,
             history: Vec::new(),
             last_saved: None,
+            writer: CheckpointWriter::default(),
             sync: StepSync::default(),
         })
     }
@@ -500,6 +504,7 @@ impl Trainer {
     fn step_once(&mut self, step: u64, lr: f64) -> Result<StepValues> {
         self.opt.zero_grad();
         let mut losses = DeviceLosses::new(self.accumulation, self.device);
+        let casts = self.cast_cache();
         for m in 0..self.accumulation {
             let (mb, wait) = self.next_micro_batch(step, m)?;
             losses.data_wait_s += wait;
@@ -507,6 +512,7 @@ impl Trainer {
             losses.add(m, &mb, &out);
             out.weighted.backward();
         }
+        drop(casts);
         let summary = losses.summary();
         if let Some(group) = self.group.as_mut() {
             // DDP's bucketed all-reduce of the gradients, once per step after the last micro-batch,
@@ -569,6 +575,7 @@ impl Trainer {
         self.opt.zero_grad();
         let mut acc = Accumulated::default();
         let mut non_finite = None;
+        let casts = self.cast_cache();
         for m in 0..self.accumulation {
             let (mb, wait) = self.next_micro_batch(step, m)?;
             acc.data_wait_s += wait;
@@ -593,6 +600,7 @@ impl Trainer {
             acc.total += read_f64(&out.weighted, "the weighted loss")?;
             out.weighted.backward();
         }
+        drop(casts);
         if self.group.is_some() {
             self.all_reduce(step, &mut acc, non_finite)?;
         }
@@ -635,6 +643,12 @@ impl Trainer {
         Ok(())
     }
 
+    /// A bf16 step's cast cache: each weight is cast to bf16 once for all the step's micro-batches
+    /// (dropped before the update, which changes the weights).
+    fn cast_cache(&self) -> Option<CastCacheScope> {
+        (self.config.precision == Precision::Bf16).then(CastCacheScope::open)
+    }
+
     /// Forward pass of one micro-batch, libtorch's generator seeded from `(seed, step, micro)`: its
     /// raw terms (detached) and the weighted total to back-propagate. Reads nothing from the device.
     fn micro_batch(&mut self, mb: &MicroBatch) -> Result<MicroOut> {
@@ -667,7 +681,7 @@ impl Trainer {
         let losses = match self.config.precision {
             Precision::F32 => forward(),
             Precision::Bf16 => with_autocast(device, Kind::BFloat16, forward)?,
-        };
+        }?;
         Ok(MicroOut {
             terms: losses
                 .terms()
@@ -719,7 +733,7 @@ impl Trainer {
     /// saying where that state is (or the error that kept it from being saved).
     fn stop(&mut self, step: u64, reason: String) -> crate::Error {
         let state = self.state_at(step, self.clock.wall_s());
-        match self.save(&state) {
+        match self.save(&state, true) {
             Ok(checkpoint) => {
                 self.bar.abandon();
                 TrainError::Stopped {
@@ -781,26 +795,37 @@ impl Trainer {
         Ok(Some(rec))
     }
 
-    /// Saves a checkpoint of the current step (keeping the newest `keep_checkpoints`).
+    /// Saves a checkpoint of the current step (keeping the newest `keep_checkpoints`): copies the
+    /// tensors to the host and writes them on a background thread while training goes on. Returns
+    /// the checkpoint's folder, complete once [`Trainer::wait_for_checkpoint`], the next
+    /// checkpoint or [`Trainer::finish`] returns (each reports a failed write).
     pub fn checkpoint(&mut self) -> Result<PathBuf> {
         let state = self.state_at(self.step, self.last_wall_s);
-        let dir = self.save(&state)?;
+        let dir = self.save(&state, false)?;
         self.last_saved = Some(dir.clone());
         Ok(dir)
     }
 
-    /// Saves the checkpoint `state` describes: rank 0 writes it (atomically) while the other ranks
-    /// wait at a barrier; every rank returns its folder.
-    fn save(&mut self, state: &CheckpointState) -> Result<PathBuf> {
+    /// Waits until the checkpoint being written is complete: its folder, or `None` when no write
+    /// was in flight.
+    pub fn wait_for_checkpoint(&mut self) -> Result<Option<PathBuf>> {
+        self.writer.wait()
+    }
+
+    /// Saves the checkpoint `state` describes: rank 0 copies the tensors to the host and writes
+    /// them (atomically, in the background unless `wait`) while the other ranks wait at a
+    /// barrier; every rank returns its folder.
+    fn save(&mut self, state: &CheckpointState, wait: bool) -> Result<PathBuf> {
         let main = self.is_main();
         let dir = if main {
-            save_checkpoint(
-                &self.run,
-                &self.vs,
-                &self.opt,
-                state,
-                self.config.keep_checkpoints,
-            )?
+            let snapshot = Snapshot::take(&self.vs, &self.opt, state)?;
+            let dir = self
+                .writer
+                .start(&self.run, snapshot, self.config.keep_checkpoints)?;
+            if wait {
+                self.writer.wait()?;
+            }
+            dir
         } else {
             checkpoint_dir(&self.run, state.step)
         };
@@ -852,6 +877,11 @@ impl Trainer {
                 self.checkpoint()?
             }
         };
+        // The summary names a complete checkpoint, on every rank.
+        self.writer.wait()?;
+        if let Some(g) = self.group.as_mut() {
+            g.barrier()?;
+        }
         drop(self.loader);
         let main = self.group.as_ref().is_none_or(ProcessGroup::is_main);
         let health_events = match self.monitor {
@@ -961,7 +991,7 @@ impl AutoProbe<'_> {
         let losses = match self.config.precision {
             Precision::F32 => forward(),
             Precision::Bf16 => with_autocast(self.device, Kind::BFloat16, forward)?,
-        };
+        }?;
         losses.weighted_sum(&self.config.loss_weights).backward();
         Ok(())
     }

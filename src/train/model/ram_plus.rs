@@ -9,6 +9,7 @@ use super::loss::{distillation_l1, AsymmetricLoss};
 use super::swin::SwinTransformer;
 use super::tagging_head::TaggingHead;
 use crate::checkpoint::model_def;
+use crate::train::autocast;
 use crate::error::Result;
 use crate::train::error::TrainError;
 use tch::nn;
@@ -162,22 +163,28 @@ impl RamPlus {
     }
 
     /// Description reweighting, queries, tagging head and `fc` (shared by `forward` and `generate_tag`).
-    pub fn tag_branch(&self, image_embeds: &Tensor, train: bool, trace: &mut Trace) -> TagOutputs {
+    pub fn tag_branch(
+        &self,
+        image_embeds: &Tensor,
+        train: bool,
+        trace: &mut Trace,
+    ) -> Result<TagOutputs> {
         let b = image_embeds.size()[0];
         let nc = self.config.num_class as i64;
         let des = self.config.des_per_class as i64;
         let cls = image_embeds.select(1, 0);
         let cls = &cls / cls.norm_scalaropt_dim(2, [-1], true);
         // (scale · cls) @ Eᵀ: the scale multiplies cls before the product, as Python evaluates it.
+        // Under bf16 autocast, one cached cast of the 120M-value table per step serves both
+        // products below (cast through their views, it would be cast twice per micro-batch).
+        let label_embed = autocast::operand(&self.label_embed, self.label_embed.device())?;
         let reweight_logits = (self.reweight_scale.exp() * &cls)
-            .matmul(&self.label_embed.tr())
+            .matmul(&label_embed.tr())
             .view([b, nc, des]);
         let reweight_weights = reweight_logits.softmax(2, None::<Kind>);
         // Σ_d w[b,c,d]·E[c,d,:] for all images at once: per class, [B, des] @ [des, 512]. The
         // official per-image loop materialises [num_class, des, 512] per image; this never does.
-        let table = self
-            .label_embed
-            .view([nc, des, self.config.joint_dim as i64]);
+        let table = label_embed.view([nc, des, self.config.joint_dim as i64]);
         let label_embed_reweight = reweight_weights
             .transpose(0, 1)
             .matmul(&table)
@@ -191,7 +198,7 @@ impl RamPlus {
             "tagging",
         );
         let tagging_logits = self.fc.forward(&tagging_hidden).squeeze_dim(-1);
-        TagOutputs {
+        Ok(TagOutputs {
             image_cls_embeds_normalized: cls,
             reweight_logits,
             reweight_weights,
@@ -199,7 +206,7 @@ impl RamPlus {
             label_embed_projected,
             tagging_hidden,
             tagging_logits,
-        }
+        })
     }
 
     /// Every image queried with every caption: [B, B_t] logits against an identity target.
@@ -268,7 +275,7 @@ impl RamPlus {
 
         let image = self.image_embeds(batch.image, train, trace);
         let loss_dis = distillation_l1(&image.image_embeds.select(1, 0), batch.clip_feature);
-        let tags = self.tag_branch(&image.image_embeds, train, trace);
+        let tags = self.tag_branch(&image.image_embeds, train, trace)?;
         let loss_tag = AsymmetricLoss::TAGGING.sum(&tags.tagging_logits, batch.image_tag);
         let alignment =
             self.alignment_branch(&image.image_embeds, batch.batch_text_embed, train, trace);
@@ -288,12 +295,11 @@ impl RamPlus {
     /// `generate_tag`'s steps before the sigmoid.
     pub fn tag_logits(&self, image: &Tensor) -> Result<Tensor> {
         self.check_image(image)?;
-        Ok(tch::no_grad(|| {
+        tch::no_grad(|| {
             let mut trace = Trace::off();
             let e = self.image_embeds(image, false, &mut trace);
-            self.tag_branch(&e.image_embeds, false, &mut trace)
-                .tagging_logits
-        }))
+            Ok(self.tag_branch(&e.image_embeds, false, &mut trace)?.tagging_logits)
+        })
     }
 
     /// Sigmoid tag probabilities [B, num_class] in eval mode (what `generate_tag` compares with the

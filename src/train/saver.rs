@@ -1,0 +1,280 @@
+//! Checkpoints written off the training thread. Saving takes two parts: a [`Snapshot`] copies the
+//! step's tensors to the host (on CUDA into page-locked memory with non-blocking copies and one
+//! synchronisation, so the copies run at the bus's speed), then a background thread writes the
+//! files into a hidden folder, renames it into place and prunes old checkpoints while the next
+//! steps run. One write is in flight at a time: the next save, [`CheckpointWriter::wait`] or
+//! dropping the writer collects its result, so a failed write is reported and never lost.
+
+use super::error::TrainError;
+use super::optim::AdamW;
+use super::run::{checkpoint_dir, tensors_error, CheckpointState};
+use crate::error::{Error, Result};
+use crate::fsutil::write_atomic;
+use crate::monitor::RunDir;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use tch::nn::VarStore;
+use tch::{Device, Tensor};
+
+/// A checkpoint's contents on the host, independent of the training tensors: the next optimizer
+/// step may update those in place while this is written.
+pub struct Snapshot {
+    model: Vec<(String, Tensor)>,
+    optimizer: Vec<(String, Tensor)>,
+    state: CheckpointState,
+}
+
+impl Snapshot {
+    /// Copies the model's parameters (sorted by name) and the optimizer state to the host.
+    pub fn take(vs: &VarStore, opt: &AdamW, state: &CheckpointState) -> Result<Self> {
+        let mut model = vs
+            .variables()
+            .into_iter()
+            .map(|(n, t)| host_copy(&t).map(|c| (n, c)))
+            .collect::<Result<Vec<_>>>()?;
+        model.sort_by(|a, b| a.0.cmp(&b.0));
+        let optimizer = opt
+            .state_tensors()
+            .into_iter()
+            .map(|(n, t)| host_copy(&t).map(|c| (n, c)))
+            .collect::<Result<Vec<_>>>()?;
+        if let Device::Cuda(index) = vs.device() {
+            // The non-blocking copies above are queued on the stream; wait for them once.
+            tch::Cuda::synchronize(index as i64);
+        }
+        Ok(Snapshot {
+            model,
+            optimizer,
+            state: state.clone(),
+        })
+    }
+
+    /// Optimizer steps completed at this snapshot.
+    pub fn step(&self) -> u64 {
+        self.state.step
+    }
+}
+
+/// An owned host copy of `t`. From CUDA, `to(cpu, non_blocking=true)` allocates the destination
+/// in page-locked memory (ATen's `_to_copy` pins it for a non-blocking device-to-host copy), which
+/// lets the copy run asynchronously; on the CPU it is a plain copy.
+fn host_copy(t: &Tensor) -> Result<Tensor> {
+    t.detach()
+        .f_to_device_(Device::Cpu, t.kind(), true, true)
+        .map_err(|e| tensors_error(Path::new("(checkpoint snapshot)"), "copy to the host", e))
+}
+
+/// Writes `snapshot` as `RUN_DIR/checkpoints/step-NNNNNNNN/` (model, optimizer state,
+/// `state.json`) through a hidden temporary folder renamed into place, then keeps the newest
+/// `keep` checkpoints. Returns the checkpoint's folder.
+pub fn write_checkpoint(run: &RunDir, snapshot: &Snapshot, keep: usize) -> Result<PathBuf> {
+    let step = snapshot.state.step;
+    let dir = checkpoint_dir(run, step);
+    let tmp = run.checkpoints_dir().join(format!(".step-{step:08}.tmp"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let model_path = tmp.join("model.safetensors");
+    Tensor::write_safetensors(&snapshot.model, &model_path)
+        .map_err(|e| tensors_error(&model_path, "write", e))?;
+    let opt_path = tmp.join("optimizer.safetensors");
+    Tensor::write_safetensors(&snapshot.optimizer, &opt_path)
+        .map_err(|e| tensors_error(&opt_path, "write", e))?;
+    write_atomic(&tmp.join("state.json"), |w| {
+        serde_json::to_writer_pretty(&mut *w, &snapshot.state).map_err(std::io::Error::other)
+    })?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    }
+    std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
+    prune(run, keep)?;
+    Ok(dir)
+}
+
+/// Removes all but the newest `keep` checkpoints.
+fn prune(run: &RunDir, keep: usize) -> Result<()> {
+    let root = run.checkpoints_dir();
+    let mut all: Vec<PathBuf> = std::fs::read_dir(&root)
+        .map_err(|e| Error::io(&root, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("step-"))
+        })
+        .collect();
+    all.sort();
+    while all.len() > keep {
+        let old = all.remove(0);
+        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    }
+    Ok(())
+}
+
+/// Writes checkpoints on a background thread, one at a time.
+#[derive(Default)]
+pub struct CheckpointWriter {
+    pending: Option<(PathBuf, JoinHandle<Result<PathBuf>>)>,
+}
+
+impl CheckpointWriter {
+    /// Waits for the previous write (returning its error, if it failed), then starts writing
+    /// `snapshot` and returns the folder it will be in once written.
+    pub fn start(&mut self, run: &RunDir, snapshot: Snapshot, keep: usize) -> Result<PathBuf> {
+        self.wait()?;
+        let dir = checkpoint_dir(run, snapshot.step());
+        let run = run.clone();
+        let handle = std::thread::Builder::new()
+            .name("tagfix-checkpoint".into())
+            .spawn(move || write_checkpoint(&run, &snapshot, keep))
+            .map_err(|e| TrainError::CheckpointWriter {
+                dir: dir.clone(),
+                reason: format!("cannot start a thread: {e}"),
+            })?;
+        self.pending = Some((dir.clone(), handle));
+        Ok(dir)
+    }
+
+    /// Waits for the write in flight: its folder once complete, `None` when nothing was being
+    /// written.
+    pub fn wait(&mut self) -> Result<Option<PathBuf>> {
+        let Some((dir, handle)) = self.pending.take() else {
+            return Ok(None);
+        };
+        match handle.join() {
+            Ok(written) => written.map(Some),
+            Err(panic) => Err(TrainError::CheckpointWriter {
+                dir,
+                reason: panic_text(panic.as_ref()),
+            }
+            .into()),
+        }
+    }
+
+    /// Whether a write is in flight (started and not yet collected).
+    pub fn is_writing(&self) -> bool {
+        self.pending.is_some()
+    }
+}
+
+impl Drop for CheckpointWriter {
+    /// A run ending on an error still finishes the checkpoint it started.
+    fn drop(&mut self) {
+        if let Err(e) = self.wait() {
+            tracing::error!("{}", crate::error::report(&e));
+        }
+    }
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "it panicked".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::config::TrainConfig;
+    use crate::train::config::{LossBalance, LossWeights};
+    use crate::train::objective::LossWeighting;
+    use tch::nn::Init;
+    use tch::Kind;
+
+    fn state(step: u64) -> CheckpointState {
+        CheckpointState {
+            schema: super::super::run::STATE_SCHEMA.into(),
+            step,
+            epoch: 0,
+            step_in_epoch: step,
+            samples_seen: step * 4,
+            seed: 0,
+            torch_rng: "test".into(),
+            records: 8,
+            data_fingerprint: "f".into(),
+            weighting: LossWeighting::new(LossWeights::default(), LossBalance::Initial, 2),
+            wall_s: 0.0,
+            model: "tiny".into(),
+        }
+    }
+
+    fn model() -> (VarStore, AdamW) {
+        let vs = VarStore::new(Device::Cpu);
+        let root = vs.root();
+        let _ = (&root / "encoder").var("weight", &[3, 4], Init::Const(1.0));
+        let _ = (&root / "head").var("bias", &[4], Init::Const(2.0));
+        let opt = AdamW::new(&vs, &[], &TrainConfig::default()).unwrap();
+        (vs, opt)
+    }
+
+    fn saved(dir: &Path, name: &str) -> Tensor {
+        Tensor::read_safetensors(dir.join("model.safetensors"))
+            .unwrap()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .unwrap()
+            .1
+    }
+
+    #[test]
+    fn a_snapshot_keeps_the_values_of_its_step_while_training_goes_on() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::create(tmp.path()).unwrap();
+        let (vs, opt) = model();
+        let snapshot = Snapshot::take(&vs, &opt, &state(3)).unwrap();
+        // The next optimizer step updates the parameters in place before the file is written.
+        tch::no_grad(|| {
+            for (_, mut t) in vs.variables() {
+                let _ = t.fill_(9.0);
+            }
+        });
+        let mut writer = CheckpointWriter::default();
+        let dir = writer.start(&run, snapshot, 2).unwrap();
+        assert!(writer.is_writing());
+        assert_eq!(writer.wait().unwrap(), Some(dir.clone()));
+        assert!(dir.ends_with("step-00000003"));
+        let w = saved(&dir, "encoder.weight");
+        assert_eq!(w.size(), vec![3, 4]);
+        assert_eq!(w.sum(Kind::Float).double_value(&[]), 12.0, "step 3's values");
+        assert_eq!(saved(&dir, "head.bias").sum(Kind::Float).double_value(&[]), 8.0);
+        assert!(dir.join("optimizer.safetensors").is_file() && dir.join("state.json").is_file());
+        assert_eq!(writer.wait().unwrap(), None, "nothing in flight");
+    }
+
+    #[test]
+    fn writes_follow_one_another_and_keep_the_newest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::create(tmp.path()).unwrap();
+        let (vs, opt) = model();
+        let mut writer = CheckpointWriter::default();
+        for step in 1..=4 {
+            let snapshot = Snapshot::take(&vs, &opt, &state(step)).unwrap();
+            writer.start(&run, snapshot, 2).unwrap();
+        }
+        writer.wait().unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(run.checkpoints_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["step-00000003", "step-00000004"]);
+    }
+
+    #[test]
+    fn a_failed_write_is_reported_by_the_next_save() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::create(tmp.path()).unwrap();
+        let (vs, opt) = model();
+        // A file where the checkpoints folder should be: the write cannot create its folder.
+        std::fs::remove_dir_all(run.checkpoints_dir()).unwrap();
+        std::fs::write(run.checkpoints_dir(), b"not a folder").unwrap();
+        let mut writer = CheckpointWriter::default();
+        let snapshot = Snapshot::take(&vs, &opt, &state(1)).unwrap();
+        writer.start(&run, snapshot, 2).unwrap();
+        let snapshot = Snapshot::take(&vs, &opt, &state(2)).unwrap();
+        let err = writer.start(&run, snapshot, 2).unwrap_err().to_string();
+        assert!(err.contains(".step-00000001.tmp"), "{err}");
+        assert!(!writer.is_writing(), "the failed save started nothing");
+    }
+}
