@@ -456,6 +456,9 @@ fn drain_panics(work: &Path) -> std::io::Result<Vec<Crash>> {
         .collect())
 }
 
+/// How long a child may take to reach its first input (a hang is still `timeout_seconds` per input).
+const CHILD_START_ALLOWANCE: Duration = Duration::from_secs(60);
+
 /// Starts one child under the memory limit and watches it for progress.
 fn run_child_process(job: &Job, child: &ChildCommand) -> std::io::Result<ChildEnd> {
     let state_path = job.work.join("state");
@@ -486,15 +489,23 @@ fn run_child_process(job: &Job, child: &ChildCommand) -> std::io::Result<ChildEn
         all
     });
     let timeout = Duration::from_secs_f64(job.budget.timeout_seconds);
+    // Before its first input the child is still starting (exec, shared libraries, seeds), which
+    // under load can take longer than one input may: that phase gets its own allowance.
+    let not_started = job.first.wrapping_sub(1);
     let (mut last, mut since) = (u64::MAX - 1, Instant::now());
     let status = loop {
         if let Some(status) = proc.try_wait()? {
             break Some(status);
         }
         let (at, _) = read_state(&job.work)?;
+        let limit = if at == not_started {
+            timeout.max(CHILD_START_ALLOWANCE)
+        } else {
+            timeout
+        };
         if at != last {
             (last, since) = (at, Instant::now());
-        } else if since.elapsed() > timeout {
+        } else if since.elapsed() > limit {
             proc.kill()?;
             proc.wait()?;
             break None;
@@ -510,6 +521,10 @@ fn run_child_process(job: &Job, child: &ChildCommand) -> std::io::Result<ChildEn
         .collect();
     let last_line = words[words.len().saturating_sub(2)..].join(" | ");
     Ok(match status {
+        None if last == not_started => ChildEnd::Hung(format!(
+            "hang: the child did not reach its first input within {:.0} s",
+            timeout.max(CHILD_START_ALLOWANCE).as_secs_f64()
+        )),
         None => ChildEnd::Hung(format!(
             "hang: no progress for {:.1} s",
             timeout.as_secs_f64()

@@ -36,19 +36,23 @@ extern "C" {
     ) -> c_int;
 }
 
-/// Runs a shim call that reports failure as a NUL-terminated message in `err`.
-pub(crate) fn call(what: &'static str, f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<()> {
-    let mut buf = vec![0 as c_char; 512];
+/// Runs a call into one of the C++ shims (`src/train/*.cpp`), which return non-zero on failure and
+/// write a NUL-terminated message into the buffer they are given: that message, trimmed.
+pub(crate) fn call_message(
+    f: impl FnOnce(*mut c_char, usize) -> c_int,
+) -> std::result::Result<(), String> {
+    let mut buf = vec![0 as c_char; 2048];
     if f(buf.as_mut_ptr(), buf.len()) == 0 {
         return Ok(());
     }
-    // SAFETY: the shim writes a NUL-terminated message into `buf`.
+    // SAFETY: the shim writes a NUL-terminated message into `buf` (zeroed, so terminated anyway).
     let msg = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
-    Err(TrainError::Libtorch {
-        op: what,
-        message: msg.to_string_lossy().into_owned(),
-    }
-    .into())
+    Err(msg.to_string_lossy().trim().to_string())
+}
+
+/// [`call_message`], its failure as [`TrainError::Libtorch`] naming `what`.
+pub(crate) fn call(what: &'static str, f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<()> {
+    call_message(f).map_err(|message| TrainError::Libtorch { op: what, message }.into())
 }
 
 fn handles(xs: &[&Tensor]) -> Vec<*const C_tensor> {

@@ -2,7 +2,8 @@
 //! call returns the C++ exception's message as an `Err(String)`; callers wrap it in a
 //! [`super::DistError`] that names the rank and the operation.
 
-use std::ffi::{c_char, c_int, CStr, CString};
+use crate::train::fused::call_message as call;
+use std::ffi::{c_char, c_int, CString};
 use std::time::Duration;
 use tch::Tensor;
 use torch_sys::C_tensor;
@@ -115,17 +116,6 @@ extern "C" {
         err: *mut c_char,
         cap: usize,
     ) -> c_int;
-}
-
-/// Runs one shim call with a message buffer; its non-zero return becomes the message.
-fn call(f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<(), String> {
-    let mut buf = vec![0 as c_char; 2048];
-    if f(buf.as_mut_ptr(), buf.len()) == 0 {
-        return Ok(());
-    }
-    // SAFETY: the shim writes a NUL-terminated message into `buf`.
-    let msg = unsafe { CStr::from_ptr(buf.as_ptr()) };
-    Err(msg.to_string_lossy().trim().to_string())
 }
 
 fn cstring(s: &str) -> Result<CString, String> {
