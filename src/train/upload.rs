@@ -79,9 +79,15 @@ impl PixelNormalizer {
         }
     }
 
-    /// `(x/255 − mean)/std` of uint8 pixels `[n, 3, S, S]` already on the device, as f32.
+    /// `(x/255 − mean)/std` of uint8 pixels `[n, 3, S, S]` already on the device, as f32. One
+    /// conversion, then the three operations in place: the same IEEE operations in the same order,
+    /// without allocating (and on the CPU first touching) a new batch-sized tensor for each.
     pub fn normalize(&self, pixels: &Tensor) -> Tensor {
-        (pixels.to_kind(Kind::Float) / &self.scale - &self.mean) / &self.std
+        let mut x = pixels.to_kind(Kind::Float);
+        let _ = x.g_div_(&self.scale);
+        let _ = x.g_sub_(&self.mean);
+        let _ = x.g_div_(&self.std);
+        x
     }
 
     /// Uploads RGB8 pixels `[n, 3, side, side]` and normalises them on `device`.
