@@ -5,6 +5,22 @@ use std::path::PathBuf;
 use tagfix::consistency::hnsw::HnswParams;
 use tagfix::diff::Check;
 
+/// Defaults that `repair` also passes to the commands it runs: defined once, here.
+pub mod defaults {
+    /// `synth --zipf`.
+    pub const ZIPF: f64 = 1.0;
+    /// `synth-images --size`.
+    pub const SYNTH_IMAGE_SIZE: u32 = 64;
+    /// `diff --rarest`.
+    pub const RAREST: usize = 20;
+    /// `diff --max-problems`.
+    pub const MAX_PROBLEMS: usize = 1000;
+    /// `--batch-size` of the ONNX Runtime commands.
+    pub const ORT_BATCH: u64 = 64;
+    /// `check --recall-sample`.
+    pub const RECALL_SAMPLE: usize = 1000;
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tagfix",
@@ -252,7 +268,7 @@ pub struct OrtArgs {
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     pub device: tagfix::embed::Device,
     /// Texts (or images) per inference batch; texts are length-sorted and padded to their longest.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = defaults::ORT_BATCH, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_size: u64,
     /// ONNX Runtime intra-op threads (default: all cores).
     #[arg(long)]
@@ -354,7 +370,7 @@ pub struct CheckArgs {
     #[arg(long, default_value_t = HnswParams::default().ef_construction, value_name = "N")]
     pub hnsw_ef_construction: usize,
     /// Queries sampled to measure HNSW recall against exact search.
-    #[arg(long, default_value_t = 1000, value_name = "N")]
+    #[arg(long, default_value_t = defaults::RECALL_SAMPLE, value_name = "N")]
     pub recall_sample: usize,
     /// Tensor to read when a file holds several (default: `embeddings`, `label_embed`, or the only one).
     #[arg(long, value_name = "NAME")]
@@ -588,10 +604,10 @@ pub struct DiffArgs {
     #[arg(long)]
     pub keep_going: bool,
     /// How many of the rarest present tags to list.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = defaults::RAREST)]
     pub rarest: usize,
     /// How many problems to keep with details (all are counted).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = defaults::MAX_PROBLEMS)]
     pub max_problems: usize,
 }
 
@@ -643,7 +659,7 @@ pub struct SynthArgs {
     #[arg(long)]
     pub gzip: bool,
     /// Zipf exponent of tag frequencies.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = defaults::ZIPF)]
     pub zipf: f64,
     /// Print the summary (with the absent slots) as JSON.
     #[arg(long)]
@@ -904,7 +920,7 @@ pub struct SynthImagesArgs {
     #[arg(long, default_value_t = 64)]
     pub count: usize,
     /// Image side in pixels.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = defaults::SYNTH_IMAGE_SIZE)]
     pub size: u32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

@@ -13,8 +13,8 @@
 //! "run it yourself" lines are exact.
 
 use super::args::{
-    CheckArgs, CheckModeArg, DiffArgs, EmbedArgs, GlobalArgs, OrtArgs, OutputFormat, RepairArgs,
-    SynthArgs, SynthImagesArgs, TrainArgs,
+    defaults, CheckArgs, CheckModeArg, DiffArgs, EmbedArgs, GlobalArgs, OrtArgs, OutputFormat,
+    RepairArgs, SynthArgs, SynthImagesArgs, TrainArgs,
 };
 use super::argv::{unset, ToArgv};
 use super::ExitStatus;
@@ -176,7 +176,7 @@ fn synth_args(args: &RepairArgs, at: &Layout) -> SynthArgs {
         out: at.synthesized(),
         jsonl: false,
         gzip: false,
-        zipf: 1.0,
+        zipf: defaults::ZIPF,
         json: false,
     }
 }
@@ -186,7 +186,7 @@ fn synth_images_args(args: &RepairArgs, at: &Layout) -> SynthImagesArgs {
     SynthImagesArgs {
         out: at.image_set(),
         count: usize::try_from(args.train_images).unwrap_or(usize::MAX),
-        size: 64,
+        size: defaults::SYNTH_IMAGE_SIZE,
         seed: args.seed,
         descriptions: 1,
         vocab: Some(args.vocab.clone()),
@@ -206,8 +206,8 @@ fn diff_args(args: &RepairArgs, at: &Layout, data: Vec<PathBuf>) -> DiffArgs {
         report: Some(at.diff_report()),
         fail_on: Vec::new(),
         keep_going: args.keep_going,
-        rarest: 20,
-        max_problems: 1000,
+        rarest: defaults::RAREST,
+        max_problems: defaults::MAX_PROBLEMS,
     }
 }
 
@@ -227,7 +227,7 @@ fn embed_args(args: &RepairArgs, at: &Layout, base: &Path) -> EmbedArgs {
         out: at.embeddings(),
         ort: OrtArgs {
             device: args.embed_device,
-            batch_size: 64,
+            batch_size: defaults::ORT_BATCH,
             threads: None,
             ort_lib: None,
         },
@@ -252,7 +252,7 @@ fn check_args(args: &RepairArgs, at: &Layout, base: &Path) -> CheckArgs {
         hnsw_ef: hnsw.ef_search,
         hnsw_m: hnsw.max_connections as u16,
         hnsw_ef_construction: hnsw.ef_construction,
-        recall_sample: 1000,
+        recall_sample: defaults::RECALL_SAMPLE,
         tensor: None,
         format: CheckFormat::Markdown,
         out: Some(at.check_report()),
