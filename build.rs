@@ -108,14 +108,35 @@ fn build_dist_shim(lib: &std::path::Path) {
             .define("USE_C10D_NCCL", None)
             .define("TAGFIX_DIST_NCCL", None)
             .define("TAGFIX_CUDA_MEMORY", None);
-        if let Some(site) = root.parent() {
-            if let Ok(entries) = std::fs::read_dir(site.join("nvidia")) {
-                for include in entries.flatten().map(|e| e.path().join("include")) {
-                    if include.is_dir() {
-                        build.include(include);
-                    }
-                }
-            }
+        // The torch folder itself, not the link to it (setup.sh makes `.libtorch` a link into the
+        // venv), so that its parent is the venv's site-packages holding nvidia/*/include.
+        let torch = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+        let nvidia = torch.parent().map(|site| site.join("nvidia")).unwrap_or_default();
+        let includes: Vec<PathBuf> = std::fs::read_dir(&nvidia)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.path().join("include"))
+                    .filter(|include| include.is_dir())
+                    .collect()
+            })
+            .unwrap_or_default();
+        // What ProcessGroupNCCL.hpp pulls in, from the runtime, crt, cuSPARSE and NCCL wheels.
+        let missing: Vec<&str> = ["cuda_runtime.h", "crt/host_config.h", "cusparse.h", "nccl.h"]
+            .into_iter()
+            .filter(|h| !includes.iter().any(|d| d.join(h).is_file()))
+            .collect();
+        if !missing.is_empty() {
+            panic!(
+                "TAGFIX_LINK_CUDA=1: CUDA headers {missing:?} are not under {}/*/include, beside libtorch \
+                 ({}): install torch's CUDA stack into that venv first (scripts/setup-gpu.sh does, from \
+                 scripts/requirements-gpu.txt)",
+                nvidia.display(),
+                torch.display()
+            );
+        }
+        for include in includes {
+            build.include(include);
         }
     }
     build.compile("tagfix_dist");

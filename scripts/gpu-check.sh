@@ -2,6 +2,9 @@
 # GPU check of the RAM++ model and the training loop (feature `train`), in two steps:
 #   scripts/gpu-check.sh prepare   # here: CUDA-linked binaries + parity fixtures + the Python reference
 #                                  # + `bundle` -> target/gpu-check/ (carry that folder to the GPU machine)
+#                                  # Needs torch's CUDA stack in .venv (its headers: the pip step of
+#                                  # scripts/setup-gpu.sh, scripts/requirements-gpu.txt); build.rs names
+#                                  # the missing headers otherwise.
 #   scripts/gpu-check.sh run [PART...]  # on the GPU machine, from the repository root; results in $OUT
 #                                  # PART: parity step train cpu loop dist upload speed embed casts ckpt
 #                                  # (default: the first seven; the last four are issue 14's, each run on
