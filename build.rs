@@ -111,7 +111,10 @@ fn build_dist_shim(lib: &std::path::Path) {
         // The torch folder itself, not the link to it (setup.sh makes `.libtorch` a link into the
         // venv), so that its parent is the venv's site-packages holding nvidia/*/include.
         let torch = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
-        let nvidia = torch.parent().map(|site| site.join("nvidia")).unwrap_or_default();
+        let nvidia = torch
+            .parent()
+            .map(|site| site.join("nvidia"))
+            .unwrap_or_default();
         let includes: Vec<PathBuf> = std::fs::read_dir(&nvidia)
             .map(|entries| {
                 entries
@@ -122,10 +125,15 @@ fn build_dist_shim(lib: &std::path::Path) {
             })
             .unwrap_or_default();
         // What ProcessGroupNCCL.hpp pulls in, from the runtime, crt, cuSPARSE and NCCL wheels.
-        let missing: Vec<&str> = ["cuda_runtime.h", "crt/host_config.h", "cusparse.h", "nccl.h"]
-            .into_iter()
-            .filter(|h| !includes.iter().any(|d| d.join(h).is_file()))
-            .collect();
+        let missing: Vec<&str> = [
+            "cuda_runtime.h",
+            "crt/host_config.h",
+            "cusparse.h",
+            "nccl.h",
+        ]
+        .into_iter()
+        .filter(|h| !includes.iter().any(|d| d.join(h).is_file()))
+        .collect();
         if !missing.is_empty() {
             panic!(
                 "TAGFIX_LINK_CUDA=1: CUDA headers {missing:?} are not under {}/*/include, beside libtorch \

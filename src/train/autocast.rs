@@ -179,18 +179,10 @@ pub fn set_tf32(on: bool, device: Device, precision: Precision) -> Result<String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Mutex, MutexGuard};
-
-    /// ATen's cast cache is process-wide: a region ending on another test's thread clears it. The
-    /// tests that run regions take turns.
-    fn serial() -> MutexGuard<'static, ()> {
-        static LOCK: Mutex<()> = Mutex::new(());
-        LOCK.lock().unwrap_or_else(|e| e.into_inner())
-    }
 
     #[test]
     fn matmul_runs_in_bf16_inside_and_f32_outside() {
-        let _serial = serial();
+        let _torch = crate::train::torch_test_lock();
         let a = Tensor::randn([4, 8], (Kind::Float, Device::Cpu));
         let b = Tensor::randn([8, 3], (Kind::Float, Device::Cpu));
         let inside = with_autocast(Device::Cpu, Kind::BFloat16, || a.matmul(&b)).unwrap();
@@ -210,7 +202,7 @@ mod tests {
 
     #[test]
     fn half_is_accepted_and_other_kinds_refused() {
-        let _serial = serial();
+        let _torch = crate::train::torch_test_lock();
         let a = Tensor::ones([2, 2], (Kind::Float, Device::Cpu));
         let out = with_autocast(Device::Cpu, Kind::Half, || a.matmul(&a)).unwrap();
         assert_eq!(out.kind(), Kind::Half);
@@ -219,7 +211,7 @@ mod tests {
 
     #[test]
     fn nested_regions_restore_the_outer_state() {
-        let _serial = serial();
+        let _torch = crate::train::torch_test_lock();
         let a = Tensor::ones([2, 2], (Kind::Float, Device::Cpu));
         with_autocast(Device::Cpu, Kind::BFloat16, || {
             with_autocast(Device::Cpu, Kind::Half, || {
@@ -241,7 +233,7 @@ mod tests {
 
     #[test]
     fn a_scope_casts_each_weight_once_for_all_its_regions() {
-        let _serial = serial();
+        let _torch = crate::train::torch_test_lock();
         let x = Tensor::ones([2, 3], (Kind::Float, Device::Cpu));
         let w = Tensor::ones([3, 2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         let set = |v: f64| {
@@ -263,7 +255,7 @@ mod tests {
 
     #[test]
     fn an_operand_is_cast_once_inside_a_region_and_itself_outside() {
-        let _serial = serial();
+        let _torch = crate::train::torch_test_lock();
         let w = Tensor::ones([3, 2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         assert_eq!(operand(&w, Device::Cpu).unwrap().kind(), Kind::Float);
         let scope = CastCacheScope::open();
@@ -291,7 +283,7 @@ mod tests {
 
     #[test]
     fn gradients_accumulate_through_a_cached_cast() {
-        let _serial = serial();
+        let _torch = crate::train::torch_test_lock();
         let w = Tensor::randn([4, 3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         let inputs: Vec<Tensor> = (0..3)
             .map(|_| Tensor::randn([5, 4], (Kind::Float, Device::Cpu)))
@@ -318,6 +310,7 @@ mod tests {
 
     #[test]
     fn tf32_is_set_through_the_shim_and_left_alone_on_the_cpu() {
+        let _torch = crate::train::torch_test_lock();
         let note = set_tf32(true, Device::Cpu, Precision::F32).unwrap();
         assert!(note.contains("no effect on the CPU"), "{note}");
         assert!(!tf32_enabled(), "a CPU run sets nothing");

@@ -31,3 +31,12 @@ with_libtorch! {
     pub mod validate;
     pub mod weights;
 }
+
+/// Serialises the tests that use libtorch's global state: its one CPU random generator (a test
+/// comparing two runs after `manual_seed` fails when another test draws in between) and autocast's
+/// process-wide cast cache.
+#[cfg(all(test, feature = "train"))]
+pub(crate) fn torch_test_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

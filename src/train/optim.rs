@@ -678,6 +678,7 @@ mod tests {
 
     #[test]
     fn groups_by_name_and_freeze() {
+        let _torch = crate::train::torch_test_lock();
         let vs = VarStore::new(Device::Cpu);
         let root = vs.root();
         let _l = nn::linear(&root / "visual_encoder" / "proj", 4, 3, Default::default());
@@ -702,6 +703,7 @@ mod tests {
 
     #[test]
     fn adamw_matches_pytorch_formula() {
+        let _torch = crate::train::torch_test_lock();
         // One parameter, two steps, checked against the closed form of torch.optim.AdamW.
         let vs = VarStore::new(Device::Cpu);
         let w = vs.root().var("w", &[2, 1], nn::Init::Const(1.0));
@@ -726,6 +728,7 @@ mod tests {
 
     #[test]
     fn clipping_bounds_the_norm() {
+        let _torch = crate::train::torch_test_lock();
         let vs = VarStore::new(Device::Cpu);
         let lin = nn::linear(vs.root() / "fc", 3, 2, Default::default());
         let mut opt = AdamW::new(&vs, &[], &cfg()).unwrap();
@@ -783,6 +786,7 @@ mod tests {
 
     #[test]
     fn fused_adamw_equals_the_loop_over_ten_steps() {
+        let _torch = crate::train::torch_test_lock();
         let c = TrainConfig {
             weight_decay: 0.05,
             init_lr: 1e-2,
@@ -873,6 +877,7 @@ mod tests {
 
     #[test]
     fn fused_step_reads_the_device_only_for_norms() {
+        let _torch = crate::train::torch_test_lock();
         let vs = parity_store();
         let mut opt = AdamW::new(&vs, &[], &cfg()).unwrap();
         let vars = vs.variables();
@@ -918,6 +923,7 @@ mod tests {
 
     #[test]
     fn a_device_update_reads_nothing_clips_and_skips_a_flagged_step() {
+        let _torch = crate::train::torch_test_lock();
         let vs = parity_store();
         let mut opt = AdamW::new(&vs, &[], &cfg()).unwrap();
         let vars = vs.variables();
@@ -967,6 +973,7 @@ mod tests {
 
     #[test]
     fn schedules() {
+        let _torch = crate::train::torch_test_lock();
         let c = TrainConfig {
             init_lr: 1e-4,
             warmup_lr: 1e-6,

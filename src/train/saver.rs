@@ -219,6 +219,7 @@ mod tests {
 
     #[test]
     fn a_snapshot_keeps_the_values_of_its_step_while_training_goes_on() {
+        let _torch = crate::train::torch_test_lock();
         let tmp = tempfile::tempdir().unwrap();
         let run = RunDir::create(tmp.path()).unwrap();
         let (vs, opt) = model();
@@ -244,6 +245,7 @@ mod tests {
 
     #[test]
     fn writes_follow_one_another_and_keep_the_newest() {
+        let _torch = crate::train::torch_test_lock();
         let tmp = tempfile::tempdir().unwrap();
         let run = RunDir::create(tmp.path()).unwrap();
         let (vs, opt) = model();
@@ -263,6 +265,7 @@ mod tests {
 
     #[test]
     fn a_failed_write_is_reported_by_the_next_save() {
+        let _torch = crate::train::torch_test_lock();
         let tmp = tempfile::tempdir().unwrap();
         let run = RunDir::create(tmp.path()).unwrap();
         let (vs, opt) = model();

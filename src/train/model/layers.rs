@@ -214,6 +214,7 @@ mod tests {
 
     #[test]
     fn drop_path_keeps_the_random_draws_and_scales_kept_samples() {
+        let _torch = crate::train::torch_test_lock();
         let x = Tensor::randn([64, 3, 5], (Kind::Float, Device::Cpu));
         let p = 0.3;
         tch::manual_seed(11);

@@ -426,6 +426,7 @@ mod tests {
 
     #[test]
     fn sdpa_window_attention_equals_the_explicit_form_and_trains_the_bias_table() {
+        let _torch = crate::train::torch_test_lock();
         for shifted in [false, true] {
             let (y, table, qkv) = run(shifted, true);
             let (y0, table0, qkv0) = run(shifted, false);
@@ -438,6 +439,7 @@ mod tests {
 
     #[test]
     fn sdpa_window_attention_without_grad_equals_the_explicit_form() {
+        let _torch = crate::train::torch_test_lock();
         // Without autograd the mask needs no gradient and the CPU fused kernel may take it.
         tch::manual_seed(6);
         let vs = nn::VarStore::new(Device::Cpu);

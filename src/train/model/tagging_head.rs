@@ -152,6 +152,7 @@ mod tests {
 
     #[test]
     fn cross_attention_equals_the_explicit_form_with_the_same_dropout_draws() {
+        let _torch = crate::train::torch_test_lock();
         let opts = (Kind::Float, Device::Cpu);
         let q = Tensor::randn([2, 2, 7, 16], opts).set_requires_grad(true);
         let k = Tensor::randn([2, 2, 5, 16], opts);
