@@ -292,6 +292,40 @@ fn trainer_steps_validates_and_checkpoints_when_asked() {
     assert_eq!(summary.validation.len(), 1, "only the one asked for");
 }
 
+/// Checkpoints are written by a background thread: the write of one checkpoint can fail after
+/// `checkpoint` has returned, and that failure must come back from `finish` (naming the folder),
+/// not be lost; a later good checkpoint is complete when `wait_for_checkpoint` returns.
+#[test]
+fn a_checkpoint_written_in_the_background_reports_its_failure() {
+    let _guard = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path(), 16, 4);
+    let inp = inputs(&ds);
+    let cfg = TrainConfig {
+        checkpoint_every: CheckpointEvery::Steps(100),
+        ..small_config(3)
+    };
+    let out = tmp.path().join("run");
+    let mut t = Trainer::new(prepare(&cfg, &inp).unwrap(), &out, false).unwrap();
+    t.step().unwrap();
+    let first = t.checkpoint().unwrap();
+    assert_eq!(t.wait_for_checkpoint().unwrap(), Some(first.clone()));
+    assert!(first.join("state.json").is_file() && first.join("model.safetensors").is_file());
+    // A file where the checkpoints folder is: the next write cannot make its folder.
+    let checkpoints = out.join("checkpoints");
+    std::fs::remove_dir_all(&checkpoints).unwrap();
+    std::fs::write(&checkpoints, b"not a folder").unwrap();
+    t.step().unwrap();
+    t.checkpoint()
+        .expect("the copy is taken; the write fails later, on its thread");
+    let err = t
+        .finish()
+        .err()
+        .expect("finish reports the failed write")
+        .to_string();
+    assert!(err.contains(".step-00000002.tmp"), "{err}");
+}
+
 fn prepare_err(cfg: &TrainConfig, inp: &TrainInputs) -> String {
     match prepare(cfg, inp) {
         Err(e) => e.to_string(),
