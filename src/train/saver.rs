@@ -11,7 +11,7 @@ use super::run::{checkpoint_dir, tensors_error, CheckpointState};
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 use crate::monitor::RunDir;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::thread::JoinHandle;
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
@@ -61,7 +61,13 @@ impl Snapshot {
 fn host_copy(t: &Tensor) -> Result<Tensor> {
     t.detach()
         .f_to_device_(Device::Cpu, t.kind(), true, true)
-        .map_err(|e| tensors_error(Path::new("(checkpoint snapshot)"), "copy to the host", e))
+        .map_err(|e| {
+            TrainError::HostRead {
+                what: "a checkpoint tensor",
+                source: Box::new(e),
+            }
+            .into()
+        })
 }
 
 /// Writes `snapshot` as `RUN_DIR/checkpoints/step-NNNNNNNN/` (model, optimizer state,
@@ -151,7 +157,8 @@ impl CheckpointWriter {
     }
 
     /// Whether a write is in flight (started and not yet collected).
-    pub fn is_writing(&self) -> bool {
+    #[cfg(test)]
+    fn is_writing(&self) -> bool {
         self.pending.is_some()
     }
 }
@@ -177,6 +184,7 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
 mod tests {
     use super::*;
     use crate::train::config::TrainConfig;
+    use std::path::Path;
     use crate::train::config::{LossBalance, LossWeights};
     use crate::train::objective::LossWeighting;
     use tch::nn::Init;
@@ -197,6 +205,15 @@ mod tests {
             wall_s: 0.0,
             model: "tiny".into(),
         }
+    }
+
+    /// A run folder in a temporary directory (kept alive by the first value) and a small model
+    /// with its optimizer.
+    fn fresh_run() -> (tempfile::TempDir, RunDir, VarStore, AdamW) {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::create(tmp.path()).unwrap();
+        let (vs, opt) = model();
+        (tmp, run, vs, opt)
     }
 
     fn model() -> (VarStore, AdamW) {
@@ -220,9 +237,7 @@ mod tests {
     #[test]
     fn a_snapshot_keeps_the_values_of_its_step_while_training_goes_on() {
         let _torch = crate::train::torch_test_lock();
-        let tmp = tempfile::tempdir().unwrap();
-        let run = RunDir::create(tmp.path()).unwrap();
-        let (vs, opt) = model();
+        let (_tmp, run, vs, opt) = fresh_run();
         let snapshot = Snapshot::take(&vs, &opt, &state(3)).unwrap();
         // The next optimizer step updates the parameters in place before the file is written.
         tch::no_grad(|| {
@@ -246,9 +261,7 @@ mod tests {
     #[test]
     fn writes_follow_one_another_and_keep_the_newest() {
         let _torch = crate::train::torch_test_lock();
-        let tmp = tempfile::tempdir().unwrap();
-        let run = RunDir::create(tmp.path()).unwrap();
-        let (vs, opt) = model();
+        let (_tmp, run, vs, opt) = fresh_run();
         let mut writer = CheckpointWriter::default();
         for step in 1..=4 {
             let snapshot = Snapshot::take(&vs, &opt, &state(step)).unwrap();
@@ -266,9 +279,7 @@ mod tests {
     #[test]
     fn a_failed_write_is_reported_by_the_next_save() {
         let _torch = crate::train::torch_test_lock();
-        let tmp = tempfile::tempdir().unwrap();
-        let run = RunDir::create(tmp.path()).unwrap();
-        let (vs, opt) = model();
+        let (_tmp, run, vs, opt) = fresh_run();
         // A file where the checkpoints folder should be: the write cannot create its folder.
         std::fs::remove_dir_all(run.checkpoints_dir()).unwrap();
         std::fs::write(run.checkpoints_dir(), b"not a folder").unwrap();
