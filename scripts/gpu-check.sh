@@ -37,7 +37,8 @@
 #      two tensors equal bit for bit on CUDA), and `tagfix train --micro-batch-size auto` for Swin-L 224 bf16
 #      at batch 52 (the size chosen, its prediction, and the number recorded in config.toml).
 #   8. (`speed`, issue 14, < 5 minutes on an H200, most important first) images/s of the loop
-#      (`tagfix train`, synthetic data) against the step alone (forward + backward, `step_time`):
+#      (`tagfix train` on synthetic data in the RAM vocabulary: 4585 classes, like the step) against the
+#      step alone (forward + backward, `step_time`):
 #      Swin-L 224 bf16 at batch 52 as 2 x 26 and as 1 x 52 (and `--micro-batch-size auto` once the
 #      trainer has it), Swin-B 224 and Swin-L 384 the same way, f32 without and with `--tf32` (once the
 #      trainer has it); peak GPU memory of each run (nvidia-smi every 50 ms) and MFU from the FLOP model
@@ -65,7 +66,7 @@
 #      A CPU dry run: CKPT_DEVICE=cpu CKPT_PRESET=swin_b_224 scripts/gpu-check.sh run ckpt
 set -euo pipefail
 cd "$(dirname "$0")/.."
-dest=target/gpu-check
+dest="${GPU_CHECK_DIR:-target/gpu-check}"  # GPU_CHECK_DIR: another prepared folder (CPU dry runs)
 
 case "${1:-}" in
 prepare)
@@ -80,6 +81,8 @@ prepare)
   objcopy --strip-debug target/release/examples/flop_model "$dest/bin/flop_model"
   objcopy --strip-debug "$(echo "$tests" | grep /deps/ | head -1)" "$dest/bin/ram_plus_parity"
   cp "$ref/functional_reference.py" "$dest/ref/"
+  # Part `speed` trains on a synthetic set in the RAM vocabulary, so the loop has the step's 4585 classes.
+  cp "${TAGFIX_SHARED:-../shared}/ram/data/ram_tag_list.txt" "$dest/bin/"
   scripts/gpu-check.sh bundle
   scripts/gpu-check.sh ort-gpu
   for d in tiny tiny_224_w7; do
@@ -128,6 +131,20 @@ run)
   mkdir -p "$OUT"
   export LD_LIBRARY_PATH="${TORCH_LIB:-/opt/torch/.venv/lib/python3.12/site-packages/torch/lib}"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt" || true
+  # synth_ram DIR COUNT SIZE: a synthetic set tagged in the RAM vocabulary, so `tagfix train` builds the
+  # 4585 classes x 51 descriptions that step_time and real training have (the generator's own eight tags
+  # would give the head 8 queries instead of 4585: a cheaper step, a larger `auto` micro-batch). Part 3
+  # keeps the eight tags its earlier figure was measured with.
+  ram_vocab="${SPEED_VOCAB:-$dest/bin/ram_tag_list.txt}"
+  synth_ram() {
+    local vocab=(--vocab "$ram_vocab")
+    if [ ! -f "$ram_vocab" ]; then
+      echo "$ram_vocab is missing (run prepare again): this set has 8 tags, not 4585;" \
+        "its loop is not comparable with the step" | tee -a "$OUT/vocab_missing.txt" >&2
+      vocab=()
+    fi
+    "$dest/bin/tagfix" synth-images --out "$1" --count "$2" --size "$3" --descriptions 51 "${vocab[@]}" > /dev/null
+  }
   if want parity; then
   echo "== 1. parity on CUDA"
   for d in tiny tiny_224_w7; do
@@ -216,7 +233,7 @@ PY
   t="$dest/bin/tagfix"
   "$t" -q doctor --require nccl > "$OUT/dist_doctor.txt" || { cat "$OUT/dist_doctor.txt"; echo "dist: no NCCL in this build"; }
   s=$(mktemp -d)
-  "$t" synth-images --out "$s" --count 1040 --size 224 --descriptions 51 > /dev/null
+  synth_ram "$s" 1040 224
   steps="${DIST_STEPS:-20}"
   # dist_run NAME BATCH [ENV...] -- [FLAGS...]: one training run; its median images/s over the second half.
   dist_run() {
@@ -263,7 +280,7 @@ PY
   done
   t="$dest/bin/tagfix"
   s=$(mktemp -d)
-  "$t" synth-images --out "$s" --count 260 --size 224 --descriptions 51 > /dev/null
+  synth_ram "$s" 260 224
   "$t" train --model "${TRAIN_MODEL:-swin_l_224}" --data "$s/train.json" --images "$s/images" \
     --manifest "$s/manifest.json" --label-embed "$s/label_embed.safetensors" --teacher "$s/teacher.safetensors" \
     --allow-random-encoder --device cuda --precision bf16 --batch-size 52 --micro-batch-size auto \
@@ -321,9 +338,8 @@ PY
     [ -f "$OUT/$1.mib" ] && mib=$(cat "$OUT/$1.mib")
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" "$mib" >> "$OUT/speed.tsv"
   }
-  synth_for() {  # synth_for SIZE: a synthetic set at that image size, made once.
-    [ -d "$synth_root/$1" ] || "$t" synth-images --out "$synth_root/$1" --count "$((batch * 10))" --size "$1" \
-      --descriptions 51 > /dev/null
+  synth_for() {  # synth_for SIZE: a synthetic set in the RAM vocabulary at that image size, made once.
+    [ -d "$synth_root/$1" ] || synth_ram "$synth_root/$1" "$((batch * 10))" "$1"
   }
   size_of() { case "$1" in *_384) echo 384 ;; tiny) echo 64 ;; *) echo 224 ;; esac; }
   # loop NAME MODEL SIZE MICRO PRECISION [FLAGS...]: `tagfix train`; median images/s over the second half.

@@ -105,6 +105,28 @@ pub fn parse_slot_list(text: &str, slot_count: usize) -> Result<Vec<Slot>> {
     Ok(slots)
 }
 
+/// Writes slots in the syntax [`parse_slot_list`] reads, runs as ranges (`0-479,481-929`), so a list
+/// of thousands of absent RAM slots prints in a line and can be pasted back into a command.
+pub fn format_slot_list(slots: &[Slot]) -> String {
+    let mut sorted = slots.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let start = sorted[i];
+        while i + 1 < sorted.len() && sorted[i + 1] == sorted[i] + 1 {
+            i += 1;
+        }
+        parts.push(match sorted[i] {
+            end if end == start => start.to_string(),
+            end => format!("{start}-{end}"),
+        });
+        i += 1;
+    }
+    parts.join(",")
+}
+
 /// SplitMix64: small, seedable, and stable across versions (the same seed always gives the same set).
 struct Rng(u64);
 
@@ -358,6 +380,19 @@ mod tests {
             .contains("beyond"));
         assert!(parse_slot_list("x", 10).is_err());
         assert!(parse_slot_list("3-1", 10).is_err());
+    }
+
+    #[test]
+    fn slot_lists_format_as_ranges_that_parse_back() {
+        assert_eq!(format_slot_list(&[]), "");
+        assert_eq!(format_slot_list(&[7, 1, 2, 3, 5, 3]), "1-3,5,7");
+        let slots: Vec<Slot> = (0..4585).filter(|s| s % 1000 != 480).collect();
+        let text = format_slot_list(&slots);
+        assert_eq!(
+            text,
+            "0-479,481-1479,1481-2479,2481-3479,3481-4479,4481-4584"
+        );
+        assert_eq!(parse_slot_list(&text, 4585).unwrap(), slots);
     }
 
     #[test]

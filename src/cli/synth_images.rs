@@ -10,6 +10,7 @@ pub fn run(_args: SynthImagesArgs) -> anyhow::Result<ExitStatus> {
 
 #[cfg(feature = "train")]
 pub fn run(args: SynthImagesArgs) -> anyhow::Result<ExitStatus> {
+    use tagfix::synth::format_slot_list;
     use tagfix::train::data::synth::{generate, SynthOptions};
     let ds = generate(
         &SynthOptions {
@@ -29,9 +30,10 @@ pub fn run(args: SynthImagesArgs) -> anyhow::Result<ExitStatus> {
     println!("images:       {}", ds.image_root.display());
     println!("annotations:  {}", ds.annotations.display());
     println!(
-        "manifest:     {} (absent slots {:?})",
+        "manifest:     {} ({} absent slots: {})",
         ds.manifest.display(),
-        ds.absent_slots
+        ds.absent_slots.len(),
+        format_slot_list(&ds.absent_slots)
     );
     println!("label embed:  {}", ds.label_embed.display());
     println!("teacher:      {}", ds.teacher.display());
