@@ -418,6 +418,44 @@ fn bad_inputs_fail_before_the_first_step() {
         "{e}"
     );
 
+    // A configuration's class_num that is not the manifest's slot count.
+    let e = prepare_err(
+        &TrainConfig {
+            class_num: Some(9),
+            ..cfg.clone()
+        },
+        &good,
+    );
+    assert!(
+        e.contains("manifest.json") && e.contains("8 slots") && e.contains("class_num = 9"),
+        "{e}"
+    );
+
+    // Fewer records than one batch, and validation asked for without validation data.
+    let e = prepare_err(
+        &TrainConfig {
+            batch_size: 16,
+            micro_batch_size: Some(16.into()),
+            ..cfg.clone()
+        },
+        &good,
+    );
+    assert!(
+        e.contains("12 records are fewer than one batch of 16"),
+        "{e}"
+    );
+    let e = prepare_err(
+        &TrainConfig {
+            val_every: 2,
+            ..cfg.clone()
+        },
+        &good,
+    );
+    assert!(
+        e.contains("val_every = 2") && e.contains("--val-data"),
+        "{e}"
+    );
+
     // The pretrained-encoder refusal of weights.rs is honoured.
     let e = prepare_err(
         &cfg,

@@ -134,9 +134,47 @@ pub fn prepare(config: &TrainConfig, inputs: &TrainInputs) -> Result<Prepared> {
     prepare_on(config, inputs, device_of(config.device)?)
 }
 
-/// [`prepare`] on a given device (a distributed CUDA rank's `cuda:LOCAL_RANK`).
+/// [`prepare`] on a given device (a distributed CUDA rank's `cuda:LOCAL_RANK`). Each stage checks its
+/// inputs against what the earlier ones established and adds its lines to the log's notes.
 pub fn prepare_on(config: &TrainConfig, inputs: &TrainInputs, device: Device) -> Result<Prepared> {
     config.validate()?;
+    let mut notes = set_up_threads(config, device)?;
+    let labels = LabelInputs::check(config, inputs, &mut notes)?;
+    let (data, absent_slots) = open_data(config, inputs, &labels, &mut notes)?;
+    let validation = open_validation(config, inputs, &labels, &mut notes)?;
+    let loader = loader_config(config, &labels.model_config)?;
+    notes.push(describe_augmentation(&loader.augment));
+    let steps_per_epoch = loader.steps_per_epoch(data.len());
+    if steps_per_epoch == 0 {
+        return Err(TrainError::TooFewRecords {
+            records: data.len(),
+            batch: config.batch_size,
+        }
+        .into());
+    }
+    let total_steps = config
+        .max_steps
+        .unwrap_or(steps_per_epoch * config.max_epoch as u64);
+    let (vs, model) = build_model(config, inputs, &labels, device, &mut notes)?;
+    Ok(Prepared {
+        config: config.clone(),
+        inputs: inputs.clone(),
+        model_config: labels.model_config,
+        vs,
+        model,
+        data: Arc::new(data),
+        absent_slots,
+        device,
+        loader,
+        steps_per_epoch,
+        total_steps,
+        validation,
+        notes,
+    })
+}
+
+/// libtorch's thread count and TF32 switch; the notes say what was set and what was capped.
+fn set_up_threads(config: &TrainConfig, device: Device) -> Result<Vec<String>> {
     if config.torch_threads() > 0 {
         tch::set_num_threads(config.torch_threads() as i32);
     }
@@ -154,20 +192,32 @@ pub fn prepare_on(config: &TrainConfig, inputs: &TrainInputs, device: Device) ->
             config.torch_threads()
         ));
     }
+    Ok(notes)
+}
 
-    // Manifest, vocabulary and label embeddings must agree.
-    let manifest = SlotManifest::read(&inputs.manifest)?;
-    let vocab = match &inputs.vocab {
-        Some(spec) => {
-            let vocab = Vocabulary::load(spec)?;
-            manifest.check_vocabulary(&vocab, &inputs.manifest)?;
-            Some(vocab)
-        }
-        None => None,
-    };
-    let num_class = manifest.slots.len();
-    if let Some(n) = config.class_num {
-        if n != num_class {
+/// The manifest, the vocabulary and the label embeddings, checked against each other, and the model
+/// configuration they size.
+struct LabelInputs {
+    manifest: SlotManifest,
+    vocab: Option<Vocabulary>,
+    embeddings: EmbeddingFile,
+    layout: Layout,
+    model_config: RamPlusConfig,
+}
+
+impl LabelInputs {
+    fn check(config: &TrainConfig, inputs: &TrainInputs, notes: &mut Vec<String>) -> Result<Self> {
+        let manifest = SlotManifest::read(&inputs.manifest)?;
+        let vocab = match &inputs.vocab {
+            Some(spec) => {
+                let vocab = Vocabulary::load(spec)?;
+                manifest.check_vocabulary(&vocab, &inputs.manifest)?;
+                Some(vocab)
+            }
+            None => None,
+        };
+        let num_class = manifest.slots.len();
+        if let Some(n) = config.class_num.filter(|&n| n != num_class) {
             return Err(TrainError::ClassCount {
                 manifest: inputs.manifest.clone(),
                 slots: num_class,
@@ -175,12 +225,37 @@ pub fn prepare_on(config: &TrainConfig, inputs: &TrainInputs, device: Device) ->
             }
             .into());
         }
+        let embeddings = EmbeddingFile::read(&inputs.label_embed, None)?;
+        let layout = Layout::detect(embeddings.rows, num_class, &inputs.label_embed)?;
+        notes.push(check_provenance(inputs, &manifest, &embeddings, layout)?);
+        let model_config = resolve_model(
+            &config.model_spec(),
+            num_class,
+            layout.rows_per_slot(),
+            embeddings.dim,
+            &inputs.label_embed,
+        )?;
+        check_teacher_width(config, inputs, &model_config)?;
+        Ok(LabelInputs {
+            manifest,
+            vocab,
+            embeddings,
+            layout,
+            model_config,
+        })
     }
-    let emb = EmbeddingFile::read(&inputs.label_embed, None)?;
-    let layout = Layout::detect(emb.rows, num_class, &inputs.label_embed)?;
-    match Provenance::from_metadata(&emb.metadata, &inputs.label_embed)? {
+}
+
+/// Label embeddings made by tagfix name their vocabulary; it must be the manifest's.
+fn check_provenance(
+    inputs: &TrainInputs,
+    manifest: &SlotManifest,
+    embeddings: &EmbeddingFile,
+    layout: Layout,
+) -> Result<String> {
+    match Provenance::from_metadata(&embeddings.metadata, &inputs.label_embed)? {
         Some(p) if p.vocabulary_sha256 != manifest.vocabulary.sha256 => {
-            return Err(TrainError::VocabularyMismatch {
+            Err(TrainError::VocabularyMismatch {
                 label_embed: inputs.label_embed.clone(),
                 embed_sha: short_sha(&p.vocabulary_sha256),
                 embed_tags: p.tag_count,
@@ -190,53 +265,61 @@ pub fn prepare_on(config: &TrainConfig, inputs: &TrainInputs, device: Device) ->
             }
             .into())
         }
-        Some(_) => notes.push(format!(
+        Some(_) => Ok(format!(
             "label embeddings {}: {}, provenance matches the manifest's vocabulary",
             inputs.label_embed.display(),
             layout.describe()
         )),
-        None => notes.push(format!(
+        None => Ok(format!(
             "label embeddings {}: {} (no tagfix provenance: only the row count was checked)",
             inputs.label_embed.display(),
             layout.describe()
         )),
     }
-    let model_config = resolve_model(
-        &config.model_spec(),
-        num_class,
-        layout.rows_per_slot(),
-        emb.dim,
-        &inputs.label_embed,
-    )?;
+}
+
+/// Teacher features live in CLIP's 512-d space, so a teacher needs a model of that joint width.
+fn check_teacher_width(
+    config: &TrainConfig,
+    inputs: &TrainInputs,
+    model_config: &RamPlusConfig,
+) -> Result<()> {
     let teacher_named = match (&inputs.teacher, &config.online_teacher) {
         (Some(t), _) => Some(t.as_path()),
         (None, Some(_)) => Some(Path::new("--teacher online")),
         (None, None) => None,
     };
-    if let Some(t) = teacher_named {
-        if model_config.joint_dim != data::TEACHER_DIM {
-            return Err(TrainError::TeacherWidth {
-                teacher: t.to_path_buf(),
-                teacher_dim: data::TEACHER_DIM,
-                label_embed: inputs.label_embed.clone(),
-                embed_dim: model_config.joint_dim,
-            }
-            .into());
+    match teacher_named {
+        Some(t) if model_config.joint_dim != data::TEACHER_DIM => Err(TrainError::TeacherWidth {
+            teacher: t.to_path_buf(),
+            teacher_dim: data::TEACHER_DIM,
+            label_embed: inputs.label_embed.clone(),
+            embed_dim: model_config.joint_dim,
         }
+        .into()),
+        _ => Ok(()),
     }
+}
 
-    // Data: records, teacher rows, absent slots, every image readable.
+/// Records, teacher rows and images, checked: no record tags an absent slot and the images read.
+fn open_data(
+    config: &TrainConfig,
+    inputs: &TrainInputs,
+    labels: &LabelInputs,
+    notes: &mut Vec<String>,
+) -> Result<(TrainData, Vec<usize>)> {
     let source = match (&inputs.teacher, &config.online_teacher) {
         (Some(_), Some(_)) => return Err(TrainError::TwoTeachers.into()),
         (Some(p), None) => TeacherSource::File(p),
         (None, Some(o)) => TeacherSource::Online(o),
         (None, None) => TeacherSource::None,
     };
+    let num_class = labels.model_config.num_class;
     let data = TrainData::open_with(&inputs.data, &inputs.images, num_class, source)?;
     if let Some(t) = &data.online_teacher {
         notes.push(t.summary.clone());
     }
-    let absent_slots = manifest.absent_slots();
+    let absent_slots = labels.manifest.absent_slots();
     data.check_absent(&absent_slots, &inputs.manifest)?;
     let image_check = config
         .check_images
@@ -260,37 +343,49 @@ pub fn prepare_on(config: &TrainConfig, inputs: &TrainInputs, device: Device) ->
         absent_slots.len(),
         config.absent
     ));
-    let validation = match &inputs.validation {
-        Some(v) => {
-            // Without --vocab the manifest's tags name the slots (no preset thresholds then).
-            let vocab = vocab.clone().unwrap_or_else(|| {
-                Vocabulary::from_tags(manifest.slots.iter().map(|s| s.tag.clone()).collect())
-            });
-            let set = ValidationSet::open(
-                v,
-                &inputs.images,
-                vocab,
-                manifest.clone(),
-                config.val_max_images,
-            )?;
-            notes.push(format!(
-                "{}; every {} steps",
-                set.describe(),
-                if config.val_every > 0 {
-                    config.val_every.to_string()
-                } else {
-                    "(only first and last)".into()
-                }
-            ));
-            Some(set)
-        }
-        None if config.val_every > 0 => {
-            return Err(TrainError::NoValidationData(config.val_every).into())
-        }
-        None => None,
+    Ok((data, absent_slots))
+}
+
+/// The held-out set, when the run validates; `--val-every` without one is an error.
+fn open_validation(
+    config: &TrainConfig,
+    inputs: &TrainInputs,
+    labels: &LabelInputs,
+    notes: &mut Vec<String>,
+) -> Result<Option<ValidationSet>> {
+    let Some(v) = &inputs.validation else {
+        return match config.val_every {
+            0 => Ok(None),
+            every => Err(TrainError::NoValidationData(every).into()),
+        };
     };
+    // Without --vocab the manifest's tags name the slots (no preset thresholds then).
+    let vocab = labels.vocab.clone().unwrap_or_else(|| {
+        Vocabulary::from_tags(labels.manifest.slots.iter().map(|s| s.tag.clone()).collect())
+    });
+    let set = ValidationSet::open(
+        v,
+        &inputs.images,
+        vocab,
+        labels.manifest.clone(),
+        config.val_max_images,
+    )?;
+    notes.push(format!(
+        "{}; every {} steps",
+        set.describe(),
+        if config.val_every > 0 {
+            config.val_every.to_string()
+        } else {
+            "(only first and last)".into()
+        }
+    ));
+    Ok(Some(set))
+}
+
+/// Batch sizes, augmentation at the model's image size, seed and loader threads.
+fn loader_config(config: &TrainConfig, model_config: &RamPlusConfig) -> Result<LoaderConfig> {
     let (micro, _) = config.accumulation()?;
-    let loader = LoaderConfig {
+    Ok(LoaderConfig {
         micro_batch: micro,
         batch: config.batch_size,
         augment: Augment {
@@ -300,11 +395,14 @@ pub fn prepare_on(config: &TrainConfig, inputs: &TrainInputs, device: Device) ->
         seed: config.seed,
         workers: config.decode_workers(),
         prefetch: config.prefetch,
-    };
-    notes.push(match &loader.augment.random {
+    })
+}
+
+fn describe_augmentation(augment: &Augment) -> String {
+    match &augment.random {
         Some(ra) => format!(
             "augmentation: RandomResizedCrop({}, scale 0.2-1), flip, RandomAugment({}, {}) p {} over {:?}",
-            loader.augment.size,
+            augment.size,
             ra.n,
             ra.magnitude,
             ra.prob,
@@ -312,25 +410,24 @@ pub fn prepare_on(config: &TrainConfig, inputs: &TrainInputs, device: Device) ->
         ),
         None => format!(
             "augmentation: RandomResizedCrop({}, scale 0.2-1), flip; RandomAugment off",
-            loader.augment.size
+            augment.size
         ),
-    });
-    let steps_per_epoch = loader.steps_per_epoch(data.len());
-    if steps_per_epoch == 0 {
-        return Err(TrainError::TooFewRecords {
-            records: data.len(),
-            batch: config.batch_size,
-        }
-        .into());
     }
-    let total_steps = config
-        .max_steps
-        .unwrap_or(steps_per_epoch * config.max_epoch as u64);
+}
 
-    // Model, checkpoints, the encoder proof, then the label embeddings on top.
+/// The model on `device`: official initialisation, the `--init` checkpoints in order, the proof that
+/// the image encoder was loaded (or the loud warning `--allow-random-encoder` asks for), then the label
+/// embeddings on top.
+fn build_model(
+    config: &TrainConfig,
+    inputs: &TrainInputs,
+    labels: &LabelInputs,
+    device: Device,
+    notes: &mut Vec<String>,
+) -> Result<(VarStore, RamPlus)> {
     tch::manual_seed(config.seed as i64);
     let vs = VarStore::new(device);
-    let model = RamPlus::new(&vs, &model_config, ParamInit::Official)?;
+    let model = RamPlus::new(&vs, &labels.model_config, ParamInit::Official)?;
     let fingerprint = InitFingerprint::capture(&vs, "visual_encoder.");
     let mut reports = Vec::new();
     for p in &inputs.init {
@@ -346,34 +443,19 @@ pub fn prepare_on(config: &TrainConfig, inputs: &TrainInputs, device: Device) ->
         inputs.allow_random_encoder,
     )?;
     notes.extend(check.warnings.iter().cloned());
-    let table = weights::to_tch(&emb.to_tensor()?)?;
+    let table = weights::to_tch(&labels.embeddings.to_tensor()?)?;
     tch::no_grad(|| {
         let mut var = vs.variables()["label_embed"].shallow_clone();
         var.copy_(&table.to_kind(var.kind()).to_device(device));
     });
     notes.push(format!(
         "model {}: {} classes × {} descriptions; label_embed set from {}",
-        model_config.name,
-        num_class,
-        layout.rows_per_slot(),
+        labels.model_config.name,
+        labels.model_config.num_class,
+        labels.layout.rows_per_slot(),
         inputs.label_embed.display()
     ));
-
-    Ok(Prepared {
-        config: config.clone(),
-        inputs: inputs.clone(),
-        model_config,
-        vs,
-        model,
-        data: Arc::new(data),
-        absent_slots,
-        device,
-        loader,
-        steps_per_epoch,
-        total_steps,
-        validation,
-        notes,
-    })
+    Ok((vs, model))
 }
 
 /// `state.json` of a checkpoint.
