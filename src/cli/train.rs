@@ -149,17 +149,52 @@ fn launch_ranks(args: &TrainArgs) -> anyhow::Result<Option<ExitStatus>> {
 
 #[cfg(feature = "train")]
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
-    use anyhow::Context;
+    use tagfix::train::run::{prepare, prepare_on, train, train_distributed};
     if let Some(status) = launch_ranks(&args)? {
         return Ok(status);
     }
-    use tagfix::train::run::{
-        prepare, prepare_on, read_run_inputs, train, train_distributed, validation_line,
-        TrainInputs,
-    };
-    use tagfix::train::validate::ValidationInputs;
-
     let cfg = resolve_config(&args)?;
+    let (inputs, out, resume) = resolve_inputs(&args, &cfg)?;
+    let summary = match join_group(&args, &cfg)? {
+        None => train(prepare(&cfg, &inputs)?, &out, resume)?,
+        Some(mut group) => {
+            let main = group.is_main();
+            let prepared = match prepare_on(&cfg, &inputs, group.device()) {
+                Ok(p) => p,
+                Err(e) => {
+                    group.report_failure(&tagfix::error::report(&e));
+                    return Err(e.into());
+                }
+            };
+            let summary = train_distributed(prepared, &out, resume, group)?;
+            if !main {
+                return Ok(ExitStatus::Success); // rank 0 writes and prints the summary
+            }
+            summary
+        }
+    };
+    summary.write(&out)?;
+    if args.plot {
+        super::plot::write_plots(&out, None, false, None, None)?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print_summary(&summary, &out, args.plot);
+    }
+    Ok(ExitStatus::Success)
+}
+
+/// The run's inputs, its folder and whether it resumes: from `run.json` under `--resume` (the flags
+/// may add validation and `--allow-random-encoder`), else from the flags and the configuration.
+#[cfg(feature = "train")]
+fn resolve_inputs(
+    args: &TrainArgs,
+    cfg: &TrainConfig,
+) -> anyhow::Result<(tagfix::train::run::TrainInputs, std::path::PathBuf, bool)> {
+    use anyhow::Context;
+    use tagfix::train::run::{read_run_inputs, TrainInputs};
+    use tagfix::train::validate::ValidationInputs;
     let validation = args.val_data.as_ref().map(|data| ValidationInputs {
         data: data.clone(),
         images: args.val_images.clone(),
@@ -197,7 +232,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
                 images: need(&images, "--images")?,
                 manifest: need(&args.manifest, "--manifest")?,
                 label_embed: need(&args.label_embed, "--label-embed")?,
-                teacher: args.teacher.clone().filter(|_| !teacher_is_online(&args)),
+                teacher: args.teacher.clone().filter(|_| !teacher_is_online(args)),
                 init: args.init.clone(),
                 vocab: args.vocab.clone(),
                 allow_random_encoder: args.allow_random_encoder,
@@ -209,61 +244,42 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
     if validation.is_some() {
         inputs.validation = validation;
     }
-    let summary = match join_group(&args, &cfg)? {
-        None => train(prepare(&cfg, &inputs)?, &out, resume)?,
-        Some(mut group) => {
-            let main = group.is_main();
-            let prepared = match prepare_on(&cfg, &inputs, group.device()) {
-                Ok(p) => p,
-                Err(e) => {
-                    group.report_failure(&tagfix::error::report(&e));
-                    return Err(e.into());
-                }
-            };
-            let summary = train_distributed(prepared, &out, resume, group)?;
-            if !main {
-                return Ok(ExitStatus::Success); // rank 0 writes and prints the summary
-            }
-            summary
-        }
-    };
-    summary.write(&out)?;
-    if args.plot {
-        super::plot::write_plots(&out, None, false, None, None)?;
+    Ok((inputs, out, resume))
+}
+
+/// The finished run for a person: steps, each loss term first vs last, weights, absent slots, health
+/// events, validation and where the files are.
+#[cfg(feature = "train")]
+fn print_summary(summary: &tagfix::train::run::RunSummary, out: &std::path::Path, plotted: bool) {
+    use tagfix::train::run::validation_line;
+    println!(
+        "trained steps {}..{} → {}",
+        summary.first_step,
+        summary.steps,
+        summary.checkpoint.display()
+    );
+    for (term, late) in &summary.late {
+        let early = summary.early.get(term).copied().unwrap_or(f64::NAN);
+        println!("  {term:<6} {early:>10.4} → {late:>10.4} (mean raw, first vs last steps)");
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
-    } else {
-        println!(
-            "trained steps {}..{} → {}",
-            summary.first_step,
-            summary.steps,
-            summary.checkpoint.display()
-        );
-        for (term, late) in &summary.late {
-            let early = summary.early.get(term).copied().unwrap_or(f64::NAN);
-            println!("  {term:<6} {early:>10.4} → {late:>10.4} (mean raw, first vs last steps)");
-        }
-        let w = summary.final_weights;
-        println!("  weights tag {} align {} dis {}", w.tag, w.align, w.dis);
-        if let Some(p) = summary.absent_probability() {
-            println!("  absent slots: mean predicted probability {p:.4}");
-        }
-        println!(
-            "  health events: {} (events.jsonl; `tagfix plot {}` draws them)",
-            summary.health_events.len(),
-            out.display()
-        );
-        if let (Some(first), Some(last)) = (summary.validation.first(), summary.validation.last()) {
-            println!("  first {}", validation_line(first));
-            if last.step != first.step {
-                println!("  last  {}", validation_line(last));
-            }
-        }
-        println!("  metrics: {}", out.join("metrics.jsonl").display());
-        if args.plot {
-            println!("  plots: {}", out.join("plots").display());
+    let w = summary.final_weights;
+    println!("  weights tag {} align {} dis {}", w.tag, w.align, w.dis);
+    if let Some(p) = summary.absent_probability() {
+        println!("  absent slots: mean predicted probability {p:.4}");
+    }
+    println!(
+        "  health events: {} (events.jsonl; `tagfix plot {}` draws them)",
+        summary.health_events.len(),
+        out.display()
+    );
+    if let (Some(first), Some(last)) = (summary.validation.first(), summary.validation.last()) {
+        println!("  first {}", validation_line(first));
+        if last.step != first.step {
+            println!("  last  {}", validation_line(last));
         }
     }
-    Ok(ExitStatus::Success)
+    println!("  metrics: {}", out.join("metrics.jsonl").display());
+    if plotted {
+        println!("  plots: {}", out.join("plots").display());
+    }
 }
