@@ -193,9 +193,13 @@ fn onnx_runtime_cuda(env: &ort::environment::Environment, lib: &std::path::Path)
         Ok(detail) => return Check::ok(NAME, detail),
         Err(e) => e,
     };
-    let (status, fix) = match &e {
-        Error::Embed(EmbedError::NoCudaProvider { .. }) => (Status::Absent, INSTALL),
-        Error::Embed(EmbedError::CudaLibraries { missing, .. })
+    let embed_error = match &e {
+        Error::Embed(inner) => Some(&**inner),
+        _ => None,
+    };
+    let (status, fix) = match embed_error {
+        Some(EmbedError::NoCudaProvider { .. }) => (Status::Absent, INSTALL),
+        Some(EmbedError::CudaLibraries { missing, .. })
             if missing.iter().all(|m| m.starts_with(DRIVER_LIBRARY)) =>
         {
             (

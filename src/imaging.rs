@@ -212,7 +212,7 @@ mod tests {
         // 40×20: a left half of red and a right half of blue, with a green 2-px border column at
         // each side. Shortest side 20 → 10: resized 20×10, centre crop 10×10 drops 5 px per side.
         let img = RgbImage::from_fn(40, 20, |x, _| {
-            if x < 2 || x >= 38 {
+            if !(2..38).contains(&x) {
                 image::Rgb([0, 255, 0])
             } else if x < 20 {
                 image::Rgb([255, 0, 0])

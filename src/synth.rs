@@ -48,83 +48,11 @@ pub struct SynthSummary {
 /// Why synthetic data cannot be made with the given settings.
 #[derive(Debug, thiserror::Error)]
 pub enum SynthError {
-    #[error("slot list `{list}`: `{part}` {problem}")]
-    SlotList {
-        list: String,
-        part: String,
-        problem: SlotListProblem,
-    },
-
     #[error("--records must be at least 1")]
     NoRecords,
 
     #[error("{absent} absent slots leave no present slot in a vocabulary of {slots}")]
     NothingPresent { absent: usize, slots: usize },
-}
-
-/// What is wrong with one part of a slot list.
-#[derive(Debug, thiserror::Error)]
-pub enum SlotListProblem {
-    #[error("is not a slot number or range")]
-    NotASlot,
-    #[error("is an empty range")]
-    EmptyRange,
-    #[error("is beyond the vocabulary's {0} slots")]
-    BeyondVocabulary(usize),
-}
-
-/// Parses a slot list such as `3,17,200-210` (ranges inclusive) and checks it against `slot_count`.
-pub fn parse_slot_list(text: &str, slot_count: usize) -> Result<Vec<Slot>> {
-    let bad = |part: &str, problem: SlotListProblem| SynthError::SlotList {
-        list: text.into(),
-        part: part.into(),
-        problem,
-    };
-    let mut slots = Vec::new();
-    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (a, b) = match part.split_once('-') {
-            Some((a, b)) => (a.trim(), b.trim()),
-            None => (part, part),
-        };
-        let a: Slot = a
-            .parse()
-            .map_err(|_| bad(part, SlotListProblem::NotASlot))?;
-        let b: Slot = b
-            .parse()
-            .map_err(|_| bad(part, SlotListProblem::NotASlot))?;
-        if a > b {
-            return Err(bad(part, SlotListProblem::EmptyRange).into());
-        }
-        if b >= slot_count {
-            return Err(bad(part, SlotListProblem::BeyondVocabulary(slot_count)).into());
-        }
-        slots.extend(a..=b);
-    }
-    slots.sort_unstable();
-    slots.dedup();
-    Ok(slots)
-}
-
-/// Writes slots in the syntax [`parse_slot_list`] reads, runs as ranges (`0-479,481-929`), so a list
-/// of thousands of absent RAM slots prints in a line and can be pasted back into a command.
-pub fn format_slot_list(slots: &[Slot]) -> String {
-    let mut sorted = slots.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
-    let mut parts = Vec::new();
-    let mut i = 0;
-    while i < sorted.len() {
-        let start = sorted[i];
-        while i + 1 < sorted.len() && sorted[i + 1] == sorted[i] + 1 {
-            i += 1;
-        }
-        parts.push(match sorted[i] {
-            end if end == start => start.to_string(),
-            end => format!("{start}-{end}"),
-        });
-        i += 1;
-    }
-    parts.join(",")
 }
 
 /// SplitMix64: small, seedable, and stable across versions (the same seed always gives the same set).
@@ -372,30 +300,6 @@ mod tests {
     }
 
     #[test]
-    fn slot_lists_parse_with_ranges() {
-        assert_eq!(parse_slot_list("5, 1-3,2", 10).unwrap(), vec![1, 2, 3, 5]);
-        assert!(parse_slot_list("10", 10)
-            .unwrap_err()
-            .to_string()
-            .contains("beyond"));
-        assert!(parse_slot_list("x", 10).is_err());
-        assert!(parse_slot_list("3-1", 10).is_err());
-    }
-
-    #[test]
-    fn slot_lists_format_as_ranges_that_parse_back() {
-        assert_eq!(format_slot_list(&[]), "");
-        assert_eq!(format_slot_list(&[7, 1, 2, 3, 5, 3]), "1-3,5,7");
-        let slots: Vec<Slot> = (0..4585).filter(|s| s % 1000 != 480).collect();
-        let text = format_slot_list(&slots);
-        assert_eq!(
-            text,
-            "0-479,481-1479,1481-2479,2481-3479,3481-4479,4481-4584"
-        );
-        assert_eq!(parse_slot_list(&text, 4585).unwrap(), slots);
-    }
-
-    #[test]
     fn generated_set_has_exactly_the_absent_slots_and_reads_back() {
         let v = vocab(300);
         let dir = tempfile::tempdir().unwrap();
@@ -411,7 +315,7 @@ mod tests {
             };
             let s = synthesize(&v, &opts, &out, &ProgressBar::hidden()).unwrap();
             assert_eq!(s.absent_slots.len(), 17);
-            let scan = scan_files(&[out.clone()], &ScanOptions::new(300)).unwrap();
+            let scan = scan_files(std::slice::from_ref(&out), &ScanOptions::new(300)).unwrap();
             assert_eq!(scan.records, 120);
             assert_eq!(scan.files[0].layout, Some(layout));
             let absent: Vec<Slot> = (0..300).filter(|s| scan.union[*s] == 0).collect();

@@ -535,7 +535,7 @@ fn report_formats_junit_markdown_github() {
         return;
     };
     let mut bad = f.reference.clone();
-    bad.row_mut(5).copy_from_slice(&f.reference.row(6).to_vec());
+    bad.row_mut(5).copy_from_slice(f.reference.row(6));
     let p = f.write("bad.safetensors", &bad);
     let junit = f.ctx.path("check.xml");
     let summary = f.ctx.path("summary.md");

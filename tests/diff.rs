@@ -682,7 +682,9 @@ fn synth_is_atomic_and_refuses_bad_requests() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("`9` is beyond the vocabulary's 5 slots"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(
+        "--absent-slots `1,9`: slot 9 is out of range: the vocabulary has 5 slots (0..=4)"
+    ));
     let out = tagfix()
         .args(["synth", "--records", "10", "--vocab"])
         .arg(&c.vocab)

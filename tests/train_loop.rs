@@ -320,8 +320,7 @@ fn a_checkpoint_written_in_the_background_reports_its_failure() {
         .expect("the copy is taken; the write fails later, on its thread");
     let err = t
         .finish()
-        .err()
-        .expect("finish reports the failed write")
+        .expect_err("finish reports the failed write")
         .to_string();
     assert!(err.contains(".step-00000002.tmp"), "{err}");
 }

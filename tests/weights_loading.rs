@@ -167,8 +167,8 @@ fn missing_encoder_keys_refuse_training_unless_overridden() {
     );
     let err = verify_encoder_initialised(&[&report], &fp, &dst, false).unwrap_err();
     assert!(matches!(
-        err,
-        Error::Train(TrainError::EncoderNotInitialised { .. })
+        &err,
+        Error::Train(e) if matches!(**e, TrainError::EncoderNotInitialised { .. })
     ));
     let msg = err.to_string();
     assert!(

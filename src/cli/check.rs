@@ -7,7 +7,6 @@ use std::io::Write;
 use tagfix::consistency::{
     run_check, CheckOptions, CheckReport, EmbeddingInput, Policy, SearchConfig,
 };
-use tagfix::embed::plan::parse_slot_list;
 use tagfix::fsutil::{
     append_output, check_outputs, ensure_one_stdout, is_stdout, write_bytes_atomic,
 };
@@ -61,7 +60,7 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<CheckReport> {
     let slots = match &args.slots {
         Some(list) => {
             let count = vocab.as_ref().map_or(baseline.file.rows, |v| v.len());
-            Some(parse_slot_list(list, count)?)
+            Some(tagfix::vocab::slot_list::parse("--slots", list, count)?)
         }
         None => None,
     };

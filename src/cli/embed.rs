@@ -19,7 +19,7 @@ pub fn run(args: EmbedArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     use tagfix::embed::output::check_output_path;
     use tagfix::embed::patch::check_base;
     use tagfix::embed::pipeline::{self, EmbedRequest};
-    use tagfix::embed::plan::{parse_slot_list, sample_controls};
+    use tagfix::embed::plan::sample_controls;
     use tagfix::embed::recipe::{Descriptions, Recipe};
     use tagfix::embed::EmbedError;
     use tagfix::fsutil::sha256_file;
@@ -62,7 +62,7 @@ pub fn run(args: EmbedArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let regenerate: Vec<Slot> = if args.all {
         all.clone()
     } else if let Some(list) = &args.slots {
-        parse_slot_list(list, vocab.len())?
+        tagfix::vocab::slot_list::parse("--slots", list, vocab.len())?
     } else if args.absent || (manifest.is_some() && base.is_some()) {
         manifest
             .as_ref()

@@ -4,14 +4,15 @@ use super::args::{GlobalArgs, SynthArgs};
 use super::{progress_bar, ExitStatus};
 use anyhow::Context;
 use tagfix::annotations::Layout;
-use tagfix::synth::{parse_slot_list, synthesize, AbsentSlots, SynthOptions};
+use tagfix::synth::{synthesize, AbsentSlots, SynthOptions};
+use tagfix::vocab::slot_list;
 use tagfix::vocab::Vocabulary;
 
 pub fn run(args: SynthArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let vocab = Vocabulary::load(&args.vocab)
         .with_context(|| format!("loading vocabulary `{}`", args.vocab))?;
     let absent = match &args.absent_slots {
-        Some(list) => AbsentSlots::List(parse_slot_list(list, vocab.len())?),
+        Some(list) => AbsentSlots::List(slot_list::parse("--absent-slots", list, vocab.len())?),
         None => AbsentSlots::Count(args.absent),
     };
     tagfix::fsutil::check_outputs([args.out.as_path()], &[&vocab.path])?;

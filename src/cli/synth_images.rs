@@ -10,7 +10,6 @@ pub fn run(_args: SynthImagesArgs) -> anyhow::Result<ExitStatus> {
 
 #[cfg(feature = "train")]
 pub fn run(args: SynthImagesArgs) -> anyhow::Result<ExitStatus> {
-    use tagfix::synth::format_slot_list;
     use tagfix::train::data::synth::{generate, SynthOptions};
     let ds = generate(
         &SynthOptions {
@@ -33,7 +32,7 @@ pub fn run(args: SynthImagesArgs) -> anyhow::Result<ExitStatus> {
         "manifest:     {} ({} absent slots: {})",
         ds.manifest.display(),
         ds.absent_slots.len(),
-        format_slot_list(&ds.absent_slots)
+        tagfix::vocab::slot_list::format(&ds.absent_slots)
     );
     println!("label embed:  {}", ds.label_embed.display());
     println!("teacher:      {}", ds.teacher.display());

@@ -367,7 +367,7 @@ impl Default for SearchConfig {
             choice: SearchChoice::Auto,
             hnsw: HnswParams::default(),
             recall_sample: 1000,
-            seed: 0x7a6f_1c,
+            seed: 0x007a_6f1c,
         }
     }
 }

@@ -177,7 +177,7 @@ pub(crate) fn parse_descriptor<T: serde::de::DeserializeOwned>(
         EmbedError::DescriptorSyntax {
             path: path.into(),
             what: what.into(),
-            source,
+            source: Box::new(source),
         }
         .into()
     })
@@ -308,7 +308,7 @@ pooling = "mean"
         let err = ModelDescriptor::read_dir(dir.path()).unwrap_err();
         assert!(matches!(
             &err,
-            crate::Error::Embed(EmbedError::DescriptorSyntax { .. })
+            crate::Error::Embed(e) if matches!(**e, EmbedError::DescriptorSyntax { .. })
         ));
         // The TOML error naming the key is the source, printed after the message.
         let err = crate::error::report(&err);

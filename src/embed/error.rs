@@ -8,18 +8,6 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum EmbedError {
     // --- flags ---
-    #[error("--slots: `{0}` is not a slot number (use e.g. 3,17,100-120)")]
-    NotASlot(String),
-
-    #[error("--slots: range `{0}` is reversed")]
-    ReversedRange(String),
-
-    #[error("--slots: slot {slot} is out of range (the vocabulary has slots 0..={last})")]
-    SlotOutOfRange { slot: Slot, last: Slot },
-
-    #[error("--slots: no slots given")]
-    NoSlots,
-
     #[error("--control {wanted}: only {available} slots have an original row to compare with")]
     TooManyControls { wanted: usize, available: usize },
 
@@ -147,7 +135,7 @@ pub enum EmbedError {
         path: PathBuf,
         what: String,
         #[source]
-        source: toml::de::Error,
+        source: Box<toml::de::Error>,
     },
 
     #[error(
@@ -277,11 +265,7 @@ impl EmbedError {
     pub fn kind(&self) -> ErrorKind {
         use EmbedError::*;
         match self {
-            NotASlot(_)
-            | ReversedRange(_)
-            | SlotOutOfRange { .. }
-            | NoSlots
-            | TooManyControls { .. }
+            TooManyControls { .. }
             | UnknownRecipe(_)
             | NoSelection
             | PartialWithoutBase { .. }

@@ -5,40 +5,6 @@ use crate::error::Result;
 use crate::rng::SplitMix64;
 use crate::vocab::Slot;
 
-/// Parses a slot list such as `3,17,100-120` (inclusive ranges) against a vocabulary of `slots` slots.
-/// Returns ascending, de-duplicated slots.
-pub fn parse_slot_list(list: &str, slots: usize) -> Result<Vec<Slot>> {
-    let mut out = Vec::new();
-    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let parse = |s: &str| -> Result<Slot> {
-            s.trim()
-                .parse::<Slot>()
-                .map_err(|_| EmbedError::NotASlot(s.into()).into())
-        };
-        let (lo, hi) = match part.split_once('-') {
-            Some((a, b)) => (parse(a)?, parse(b)?),
-            None => (parse(part)?, parse(part)?),
-        };
-        if lo > hi {
-            return Err(EmbedError::ReversedRange(part.into()).into());
-        }
-        if hi >= slots {
-            return Err(EmbedError::SlotOutOfRange {
-                slot: hi,
-                last: slots.saturating_sub(1),
-            }
-            .into());
-        }
-        out.extend(lo..=hi);
-    }
-    if out.is_empty() {
-        return Err(EmbedError::NoSlots.into());
-    }
-    out.sort_unstable();
-    out.dedup();
-    Ok(out)
-}
-
 /// How many present slots to re-embed as controls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ControlSpec {
@@ -87,18 +53,6 @@ pub fn sample_controls(candidates: &[Slot], spec: ControlSpec, seed: u64) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn slot_lists() {
-        assert_eq!(parse_slot_list("5, 1-3,2", 10).unwrap(), vec![1, 2, 3, 5]);
-        assert!(parse_slot_list("10", 10)
-            .unwrap_err()
-            .to_string()
-            .contains("out of range"));
-        assert!(parse_slot_list("3-1", 10).is_err());
-        assert!(parse_slot_list("x", 10).is_err());
-        assert!(parse_slot_list(" , ", 10).is_err());
-    }
 
     #[test]
     fn control_sample_is_seeded_and_within_candidates() {

@@ -816,8 +816,7 @@ impl HealthMonitor {
             .filter_map(Tracker::close)
             .collect();
         self.events.extend(ended.iter().cloned());
-        self.events
-            .sort_by(|a, b| (a.first_step, a.kind).cmp(&(b.first_step, b.kind)));
+        self.events.sort_by_key(|e| (e.first_step, e.kind));
         ended
     }
 

@@ -28,8 +28,11 @@ use std::path::{Path, PathBuf};
 /// The `kind` an image descriptor declares.
 pub const IMAGE_KIND: &str = "clip-image";
 
-/// CLIP's per-channel mean and standard deviation (RGB), OpenAI's values.
+/// CLIP's per-channel mean and standard deviation (RGB), OpenAI's values as published (more digits
+/// than an f32 holds; the nearest f32 is what every implementation uses).
+#[allow(clippy::excessive_precision)]
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+#[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// How an image is brought to `size × size` for the evaluation (un-augmented) view.
@@ -109,7 +112,8 @@ impl ImageDescriptor {
         if d.input.size < 8 {
             return Err(TeacherError::InputSize { path }.into());
         }
-        if let Some(s) = d.input.std.iter().find(|s| !(**s > 0.0)) {
+        // NaN fails `> 0.0` too: a std that is not a positive number is refused.
+        if let Some(s) = d.input.std.iter().find(|s| !s.is_finite() || **s <= 0.0) {
             return Err(TeacherError::InputStd { path, std: *s }.into());
         }
         d.dir = dir.to_path_buf();

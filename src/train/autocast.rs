@@ -289,7 +289,7 @@ mod tests {
             .map(|_| Tensor::randn([5, 4], (Kind::Float, Device::Cpu)))
             .collect();
         let accumulate = |scoped: bool| {
-            let _ = w.shallow_clone().zero_grad();
+            w.shallow_clone().zero_grad();
             let scope = scoped.then(CastCacheScope::open);
             for x in &inputs {
                 // One backward per micro-batch, each through the same cached cast when scoped.

@@ -435,7 +435,7 @@ mod tests {
 
     #[test]
     fn a_failing_online_teacher_keeps_its_cause_and_kind() {
-        let cause: crate::Error = crate::embed::EmbedError::NoSlots.into();
+        let cause: crate::Error = crate::embed::EmbedError::NoSelection.into();
         let cause_text = cause.to_string();
         let e = TrainError::OnlineTeacher {
             step: 3,

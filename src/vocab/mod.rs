@@ -7,11 +7,13 @@ mod derived;
 mod normalize;
 mod preset;
 mod sidecar;
+pub mod slot_list;
 
 pub use derived::{map_derived, DerivedReport, DerivedRow, IndexShift, MatchRule};
 pub use normalize::normalize_tag;
 pub use preset::{Preset, PresetSidecar, PresetStatus, ResolvedPreset};
 pub use sidecar::{check_sidecar, Severity, SidecarIssue, SidecarKind, SidecarReport};
+pub use slot_list::SlotListError;
 
 use crate::error::{Error, Result};
 use crate::fsutil::sha256_hex;

@@ -551,7 +551,7 @@ mod tests {
         .unwrap();
         let data = Arc::new(
             TrainData::open(
-                &[ds.annotations.clone()],
+                std::slice::from_ref(&ds.annotations),
                 &ds.image_root,
                 ds.vocabulary_len,
                 Some(&ds.teacher),

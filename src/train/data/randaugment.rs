@@ -164,11 +164,7 @@ pub fn equalize(img: &mut RgbImage) {
         let step = (h.iter().sum::<u64>() - last) / 255;
         let mut below = step / 2;
         for (v, t) in tables[c].iter_mut().enumerate() {
-            *t = if step == 0 {
-                v as u8
-            } else {
-                (below / step).min(255) as u8
-            };
+            *t = below.checked_div(step).map_or(v as u8, |q| q.min(255) as u8);
             below += h[v];
         }
     }

@@ -127,7 +127,7 @@ fn millis(d: Duration) -> i64 {
 }
 
 fn handles(xs: &[&Tensor]) -> Vec<*const C_tensor> {
-    xs.iter().map(|t| t.as_ptr() as *const C_tensor).collect()
+    xs.iter().map(|t| t.as_ptr()).collect()
 }
 
 /// Whether this build has c10d's NCCL process group.
