@@ -13,20 +13,17 @@ pub fn run(_args: EmbedArgs, _global: &GlobalArgs) -> anyhow::Result<ExitStatus>
 #[cfg(feature = "embed")]
 pub fn run(args: EmbedArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     use anyhow::Context;
-    use std::collections::BTreeSet;
     use tagfix::embed::descriptor::{resolve_model_dir, ModelDescriptor};
     use tagfix::embed::encoder::TextEncoder;
     use tagfix::embed::output::check_output_path;
     use tagfix::embed::patch::check_base;
     use tagfix::embed::pipeline::{self, EmbedRequest};
-    use tagfix::embed::plan::sample_controls;
+    use tagfix::embed::plan::{select, SelectionRequest, SlotSelection};
     use tagfix::embed::recipe::{Descriptions, Recipe};
-    use tagfix::embed::EmbedError;
     use tagfix::fsutil::sha256_file;
     use tagfix::manifest::SlotManifest;
     use tagfix::tensors::EmbeddingFile;
-    use tagfix::vocab::{Slot, Vocabulary};
-    use tagfix::Error;
+    use tagfix::vocab::Vocabulary;
 
     let vocab = Vocabulary::load(&args.vocab)
         .with_context(|| format!("loading vocabulary `{}`", args.vocab))?;
@@ -58,49 +55,22 @@ pub fn run(args: EmbedArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
         None => None,
     };
 
-    let all: Vec<Slot> = (0..vocab.len()).collect();
-    let regenerate: Vec<Slot> = if args.all {
-        all.clone()
-    } else if let Some(list) = &args.slots {
-        tagfix::vocab::slot_list::parse("--slots", list, vocab.len())?
-    } else if args.absent || (manifest.is_some() && base.is_some()) {
-        manifest
-            .as_ref()
-            .map(SlotManifest::absent_slots)
-            .unwrap_or_default()
-    } else if base.is_none() {
-        all.clone()
-    } else {
-        return Err(Error::from(EmbedError::NoSelection).into());
-    };
-    if base.is_none() && regenerate.len() != vocab.len() {
-        return Err(Error::from(EmbedError::PartialWithoutBase {
-            selected: regenerate.len(),
-            slots: vocab.len(),
-        })
-        .into());
-    }
+    let SlotSelection {
+        regenerate,
+        control,
+    } = select(&SelectionRequest {
+        slot_count: vocab.len(),
+        all: args.all,
+        slots: args.slots.as_deref(),
+        absent: args.absent,
+        manifest: manifest.as_ref(),
+        has_base: base.is_some(),
+        control: args.control,
+        seed: args.seed,
+    })?;
     if regenerate.is_empty() {
         tracing::warn!("no slots to regenerate: the output rows equal the base");
     }
-
-    let control = match args.control {
-        None => Vec::new(),
-        Some(spec) => {
-            if base.is_none() {
-                return Err(Error::from(EmbedError::ControlNeedsBase).into());
-            }
-            let regenerated: BTreeSet<Slot> = regenerate.iter().copied().collect();
-            let candidates: Vec<Slot> = match &manifest {
-                Some(m) => m.present_slots(),
-                None => all.clone(),
-            }
-            .into_iter()
-            .filter(|s| !regenerated.contains(s))
-            .collect();
-            sample_controls(&candidates, spec, args.seed)?
-        }
-    };
 
     let dir = resolve_model_dir(&args.model)?;
     let descriptor = ModelDescriptor::read_dir(&dir)?;
