@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# GPU check of the RAM++ model and the training loop (feature `train`), in two steps:
+# GPU check of the RAM++ model and the training loop (feature `train`), in two steps (docs/gpu-check.md
+# lists the device calls in order for one session's device time):
 #   scripts/gpu-check.sh prepare   # here: CUDA-linked binaries + parity fixtures + the Python reference
 #                                  # + `bundle` -> target/gpu-check/ (carry that folder to the GPU machine)
 #                                  # Needs torch's CUDA stack in .venv (its headers: the pip step of
