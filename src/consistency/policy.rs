@@ -18,8 +18,9 @@
 //! ```
 
 use super::compare::Comparison;
-use super::report::{Mode, RuleResult};
+use super::report::{Mode, RuleResult, SlotResult};
 use crate::error::{Error, Result};
+use crate::vocab::Slot;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -176,12 +177,7 @@ impl Policy {
         };
         let ki = r.ks.iter().position(|&k| k == self.k).unwrap_or(0);
         if let Some(t) = self.min_cosine {
-            let failing: Vec<_> = r
-                .slots
-                .iter()
-                .filter(|s| (s.cosine as f64) < t)
-                .map(|s| s.slot)
-                .collect();
+            let failing = slots_where(r, |s| (s.cosine as f64) < t);
             out.push(RuleResult::at_least(
                 "min_cosine",
                 format!("cosine of every {what} to its baseline row"),
@@ -201,12 +197,7 @@ impl Policy {
             ));
         }
         if let Some(t) = self.min_slot_knn_overlap {
-            let failing: Vec<_> = r
-                .slots
-                .iter()
-                .filter(|s| (s.overlap[ki] as f64) < t)
-                .map(|s| s.slot)
-                .collect();
+            let failing = slots_where(r, |s| (s.overlap[ki] as f64) < t);
             let observed = r.summary.overlap.get(ki).map_or(1.0, |o| o.dist.min);
             out.push(RuleResult::at_least(
                 "min_slot_knn_overlap",
@@ -217,12 +208,7 @@ impl Policy {
             ));
         }
         if let (Some(t), Mode::Drift) = (self.max_changed_rows, r.mode) {
-            let failing = r
-                .slots
-                .iter()
-                .filter(|s| s.changed)
-                .map(|s| s.slot)
-                .collect();
+            let failing = slots_where(r, |s| s.changed);
             out.push(RuleResult::at_most(
                 "max_changed_rows",
                 "rows that differ from the baseline in any bit".into(),
@@ -250,12 +236,7 @@ impl Policy {
             ));
         }
         if let Some(t) = self.max_norm_deviation {
-            let failing = r
-                .slots
-                .iter()
-                .filter(|s| (s.norm_deviation as f64) > t)
-                .map(|s| s.slot)
-                .collect();
+            let failing = slots_where(r, |s| (s.norm_deviation as f64) > t);
             out.push(RuleResult::at_most(
                 "max_norm_deviation",
                 format!("relative change of row norm of every {what} (normalisation)"),
@@ -265,12 +246,7 @@ impl Policy {
             ));
         }
         if let Some(t) = self.max_misaligned_slots {
-            let failing: Vec<_> = r
-                .slots
-                .iter()
-                .filter(|s| s.holds_baseline_slot.is_some())
-                .map(|s| s.slot)
-                .collect();
+            let failing = slots_where(r, |s| s.holds_baseline_slot.is_some());
             out.push(RuleResult::at_most(
                 "max_misaligned_slots",
                 "slots holding the baseline row of another slot (shuffled slot order)".into(),
@@ -313,6 +289,11 @@ impl Policy {
         }
         out
     }
+}
+
+/// The slots of the comparison whose result meets `pred`, in slot order.
+fn slots_where(r: &Comparison, pred: impl Fn(&SlotResult) -> bool) -> Vec<Slot> {
+    r.slots.iter().filter(|s| pred(s)).map(|s| s.slot).collect()
 }
 
 /// The `tagfix check` flags that override a policy key; each field is named after its key.
