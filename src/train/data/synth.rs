@@ -17,6 +17,7 @@ use crate::vocab::Vocabulary;
 use image::{Rgb, RgbImage};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Colours drawn, then colours never drawn (absent).
@@ -97,31 +98,9 @@ pub fn generate(opts: &SynthOptions, dir: &Path) -> Result<SynthDataset> {
     }
     let images = dir.join("images");
     std::fs::create_dir_all(&images).map_err(|e| Error::io(&images, e))?;
-    let (vocab, vocab_path) = match &opts.vocab {
-        Some(spec) => {
-            let v = Vocabulary::load(spec)?;
-            let path = v.path.clone();
-            (v, path)
-        }
-        None => {
-            let path = dir.join("tags.txt");
-            crate::fsutil::write_bytes_atomic(&path, vocabulary_tags().join("\n").as_bytes())?;
-            (Vocabulary::from_file(&path)?, path)
-        }
-    };
+    let (vocab, vocab_path) = synth_vocabulary(opts, dir)?;
     let tags = vocab.tags.clone();
-    let mut slots_of = std::collections::HashMap::new();
-    for name in vocabulary_tags() {
-        let slot = tags.iter().position(|t| *t == name).ok_or_else(|| {
-            TrainError::SynthVocabulary {
-                path: vocab_path.clone(),
-                tag: name.clone(),
-                needed: vocabulary_tags(),
-            }
-        })?;
-        slots_of.insert(name, slot);
-    }
-    let slot = |name: &str| slots_of[name];
+    let slots_of = drawn_tag_slots(&vocab, &vocab_path)?;
 
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     let directions: Vec<Vec<f32>> = (0..tags.len()).map(|_| unit(&mut rng)).collect();
@@ -131,36 +110,8 @@ pub fn generate(opts: &SynthOptions, dir: &Path) -> Result<SynthDataset> {
     let mut image_feat = Vec::with_capacity(opts.count * TEACHER_DIM);
     let mut text_feat = Vec::with_capacity(opts.count * TEACHER_DIM);
     let mut union = vec![0u64; tags.len()];
-    let s = opts.size as i64;
     for i in 0..opts.count {
-        let mut img = RgbImage::from_fn(opts.size, opts.size, |_, _| {
-            let g = rng.gen_range(90u8..130);
-            Rgb([g, g, g])
-        });
-        let shapes = rng.gen_range(1..=2);
-        let mut slots = Vec::new();
-        for _ in 0..shapes {
-            let (cname, colour) = COLOURS[rng.gen_range(0..COLOURS.len())];
-            let shape = SHAPES[rng.gen_range(0..SHAPES.len())];
-            let r = rng.gen_range(s / 6..=s / 3);
-            let cx = rng.gen_range(r..s - r);
-            let cy = rng.gen_range(r..s - r);
-            for y in (cy - r).max(0)..(cy + r).min(s) {
-                for x in (cx - r).max(0)..(cx + r).min(s) {
-                    let inside = match shape {
-                        "circle" => (x - cx).pow(2) + (y - cy).pow(2) <= r * r,
-                        _ => true,
-                    };
-                    if inside {
-                        img.put_pixel(x as u32, y as u32, Rgb(colour));
-                    }
-                }
-            }
-            slots.push(slot(cname));
-            slots.push(slot(shape));
-        }
-        slots.sort_unstable();
-        slots.dedup();
+        let (img, slots) = draw_image(&mut rng, opts.size, &slots_of);
         for &t in &slots {
             union[t] += 1;
         }
@@ -220,33 +171,8 @@ pub fn generate(opts: &SynthOptions, dir: &Path) -> Result<SynthDataset> {
     let manifest_path = dir.join("manifest.json");
     manifest.write(&manifest_path)?;
 
-    // Label embeddings (RAM++ layout): description d of tag t = normalise(direction_t + 0.3·noise).
-    let k = opts.descriptions;
-    let mut values = Vec::with_capacity(tags.len() * k * TEACHER_DIM);
-    for dir_t in &directions {
-        for _ in 0..k {
-            let noise = unit(&mut rng);
-            let row: Vec<f32> = dir_t.iter().zip(&noise).map(|(a, b)| a + 0.3 * b).collect();
-            let n = row.iter().map(|x| x * x).sum::<f32>().sqrt();
-            values.extend(row.into_iter().map(|x| x / n));
-        }
-    }
-    let mut emb = EmbeddingFile::new(values, tags.len() * k, TEACHER_DIM);
-    emb.tensor_name = EMBEDDINGS_TENSOR.into();
-    emb.metadata = Provenance {
-        vocabulary_sha256: vocab.sha256.clone(),
-        tag_count: tags.len(),
-        rows_per_slot: k,
-        model: "synthetic".into(),
-        recipe: "synthetic: per-tag direction + 0.3 noise per description".into(),
-        pooling: "l2".into(),
-        regenerated_slots: (0..tags.len()).collect(),
-        generator: format!("tagfix {}", env!("CARGO_PKG_VERSION")),
-        ..Default::default()
-    }
-    .to_metadata();
     let label_embed = dir.join("label_embed.safetensors");
-    emb.write(&label_embed)?;
+    label_embeddings(&directions, opts.descriptions, &vocab, &mut rng).write(&label_embed)?;
 
     let teacher = dir.join("teacher.safetensors");
     TeacherFeatures::write(&teacher, &keys, &image_feat, &text_feat)?;
@@ -262,6 +188,112 @@ pub fn generate(opts: &SynthOptions, dir: &Path) -> Result<SynthDataset> {
         teacher,
         absent_slots: manifest.absent_slots(),
     })
+}
+
+/// The vocabulary the set is tagged in: the one asked for, else the generator's eight tags written
+/// to `dir/tags.txt`.
+fn synth_vocabulary(opts: &SynthOptions, dir: &Path) -> Result<(Vocabulary, PathBuf)> {
+    match &opts.vocab {
+        Some(spec) => {
+            let v = Vocabulary::load(spec)?;
+            let path = v.path.clone();
+            Ok((v, path))
+        }
+        None => {
+            let path = dir.join("tags.txt");
+            crate::fsutil::write_bytes_atomic(&path, vocabulary_tags().join("\n").as_bytes())?;
+            Ok((Vocabulary::from_file(&path)?, path))
+        }
+    }
+}
+
+/// The slot of every colour and shape the images are drawn with; each must be in the vocabulary.
+fn drawn_tag_slots(vocab: &Vocabulary, path: &Path) -> Result<HashMap<String, usize>> {
+    vocabulary_tags()
+        .into_iter()
+        .map(|name| match vocab.tags.iter().position(|t| *t == name) {
+            Some(slot) => Ok((name, slot)),
+            None => Err(TrainError::SynthVocabulary {
+                path: path.to_path_buf(),
+                tag: name,
+                needed: vocabulary_tags(),
+            }
+            .into()),
+        })
+        .collect()
+}
+
+/// One image: grey noise with one or two coloured circles or squares, and the slots of their colours
+/// and shapes, ascending.
+fn draw_image(
+    rng: &mut ChaCha8Rng,
+    size: u32,
+    slots_of: &HashMap<String, usize>,
+) -> (RgbImage, Vec<usize>) {
+    let s = size as i64;
+    let mut img = RgbImage::from_fn(size, size, |_, _| {
+        let g = rng.gen_range(90u8..130);
+        Rgb([g, g, g])
+    });
+    let shapes = rng.gen_range(1..=2);
+    let mut slots = Vec::new();
+    for _ in 0..shapes {
+        let (cname, colour) = COLOURS[rng.gen_range(0..COLOURS.len())];
+        let shape = SHAPES[rng.gen_range(0..SHAPES.len())];
+        let r = rng.gen_range(s / 6..=s / 3);
+        let cx = rng.gen_range(r..s - r);
+        let cy = rng.gen_range(r..s - r);
+        for y in (cy - r).max(0)..(cy + r).min(s) {
+            for x in (cx - r).max(0)..(cx + r).min(s) {
+                let inside = match shape {
+                    "circle" => (x - cx).pow(2) + (y - cy).pow(2) <= r * r,
+                    _ => true,
+                };
+                if inside {
+                    img.put_pixel(x as u32, y as u32, Rgb(colour));
+                }
+            }
+        }
+        slots.push(slots_of[cname]);
+        slots.push(slots_of[shape]);
+    }
+    slots.sort_unstable();
+    slots.dedup();
+    (img, slots)
+}
+
+/// Label embeddings in RAM++ layout, `k` rows per tag: description d of tag t =
+/// normalise(direction_t + 0.3·noise), with provenance naming the vocabulary.
+fn label_embeddings(
+    directions: &[Vec<f32>],
+    k: usize,
+    vocab: &Vocabulary,
+    rng: &mut ChaCha8Rng,
+) -> EmbeddingFile {
+    let mut values = Vec::with_capacity(directions.len() * k * TEACHER_DIM);
+    for dir_t in directions {
+        for _ in 0..k {
+            let noise = unit(rng);
+            let row: Vec<f32> = dir_t.iter().zip(&noise).map(|(a, b)| a + 0.3 * b).collect();
+            let n = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+            values.extend(row.into_iter().map(|x| x / n));
+        }
+    }
+    let mut emb = EmbeddingFile::new(values, directions.len() * k, TEACHER_DIM);
+    emb.tensor_name = EMBEDDINGS_TENSOR.into();
+    emb.metadata = Provenance {
+        vocabulary_sha256: vocab.sha256.clone(),
+        tag_count: vocab.len(),
+        rows_per_slot: k,
+        model: "synthetic".into(),
+        recipe: "synthetic: per-tag direction + 0.3 noise per description".into(),
+        pooling: "l2".into(),
+        regenerated_slots: (0..vocab.len()).collect(),
+        generator: format!("tagfix {}", env!("CARGO_PKG_VERSION")),
+        ..Default::default()
+    }
+    .to_metadata();
+    emb
 }
 
 #[cfg(test)]
