@@ -45,6 +45,8 @@ pub struct GlobalArgs {
     pub verbose: u8,
 }
 
+// Parsed once per process, so the largest variant's size (`TrainArgs`) costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// What this build and machine provide, each item found or not with the fix: features, the `ram`

@@ -379,13 +379,15 @@ fn repair(args: &RepairArgs, global: &GlobalArgs) -> Result<ExitStatus, RepairEr
 
     let report = render(
         args,
-        &steps.0,
-        &manifest,
-        &provenance,
-        &base,
-        &at.embeddings(),
-        &check,
-        &trained,
+        &RepairOutcome {
+            steps: &steps.0,
+            manifest,
+            provenance,
+            embeddings: at.embeddings(),
+            base,
+            check,
+            trained,
+        },
     );
     let report_path = at.out.join("REPORT.md");
     tagfix::fsutil::write_bytes_atomic(&report_path, report.as_bytes())
@@ -474,16 +476,32 @@ fn default_base() -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
-fn render(
-    args: &RepairArgs,
-    steps: &[Step],
-    manifest: &SlotManifest,
-    provenance: &Provenance,
-    base: &Path,
-    embeddings: &Path,
-    check: &CheckReport,
-    trained: &Result<TrainOutcome, String>,
-) -> String {
+/// What the repair found, wrote and measured: the content of `REPORT.md`.
+struct RepairOutcome<'a> {
+    steps: &'a [Step],
+    manifest: SlotManifest,
+    /// The provenance `embed` wrote into the patched file.
+    provenance: Provenance,
+    /// The label-embedding file patched.
+    base: PathBuf,
+    /// The patched file.
+    embeddings: PathBuf,
+    check: CheckReport,
+    /// The short train's outcome, or why it was not run.
+    trained: Result<TrainOutcome, String>,
+}
+
+/// `REPORT.md`: found, repaired, checked, trained, the outputs and what to run next.
+fn render(args: &RepairArgs, outcome: &RepairOutcome) -> String {
+    let RepairOutcome {
+        steps,
+        manifest,
+        provenance,
+        base,
+        embeddings,
+        check,
+        trained,
+    } = outcome;
     let mut r = String::new();
     let s = &manifest.summary;
     let _ = writeln!(r, "# tagfix repair report\n");
@@ -589,7 +607,7 @@ fn render(
         let _ = writeln!(r, "- {what}: `{}`", p.display());
     }
     let _ = writeln!(r, "\n## Steps (run them yourself)\n\n```sh");
-    for step in steps {
+    for step in *steps {
         let _ = writeln!(
             r,
             "{}    # {}: {:?}, {:.1} s",
