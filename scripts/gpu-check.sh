@@ -82,7 +82,7 @@ prepare)
   objcopy --strip-debug target/release/examples/flop_model "$dest/bin/flop_model"
   objcopy --strip-debug "$(echo "$tests" | grep /deps/ | head -1)" "$dest/bin/ram_plus_parity"
   cp "$ref/functional_reference.py" "$dest/ref/"
-  # Part `speed` trains on a synthetic set in the RAM vocabulary, so the loop has the step's 4585 classes.
+  # Parts `speed`, `upload` and `dist` train on synthetic sets in the RAM vocabulary (the step's 4585 classes).
   cp "${TAGFIX_SHARED:-../shared}/ram/data/ram_tag_list.txt" "$dest/bin/"
   scripts/gpu-check.sh bundle
   scripts/gpu-check.sh ort-gpu
@@ -136,7 +136,7 @@ run)
   # 4585 classes x 51 descriptions that step_time and real training have (the generator's own eight tags
   # would give the head 8 queries instead of 4585: a cheaper step, a larger `auto` micro-batch). Part 3
   # keeps the eight tags its earlier figure was measured with.
-  ram_vocab="${SPEED_VOCAB:-$dest/bin/ram_tag_list.txt}"
+  ram_vocab="${SYNTH_VOCAB:-$dest/bin/ram_tag_list.txt}"  # SYNTH_VOCAB: another tag list
   synth_ram() {
     local vocab=(--vocab "$ram_vocab")
     if [ ! -f "$ram_vocab" ]; then
