@@ -36,10 +36,14 @@ if [ "$status" != 0 ]; then
   failed+=("cargo test --all-features --release --no-fail-fast (exit $status):" "${lines[@]}")
 fi
 
+# The GPU check's `speed` part run on the CPU with the binaries just built (docs/gpu-check.md), so a
+# session lent a GPU does not find a broken script with its device time.
+scripts/gpu-check-dry-run.sh || failed+=("GPU check dry run on the CPU (scripts/gpu-check-dry-run.sh, above)")
+
 echo
 if [ ${#failed[@]} -gt 0 ]; then
   echo "test.sh: FAILED:"
   printf '%s\n' "${failed[@]}" | sed 's/^/  /'
   exit 1
 fi
-echo "test.sh: everything passed (embedding gate, fresh-copy setup, every test binary)"
+echo "test.sh: everything passed (embedding gate, fresh-copy setup, every test binary, GPU check dry run)"
