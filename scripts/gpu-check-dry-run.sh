@@ -2,7 +2,7 @@
 # The GPU check's `speed` part (docs/gpu-check.md, issue 14's measurement) run on the CPU with the tiny
 # model and the release binaries already built, so that a session lent a GPU does not spend its device
 # time finding that the script broke. Checks the plumbing, not the figures: every loop and step row of
-# speed.md has an images/s figure, and the loops trained the step's 4585 classes. About 2 minutes.
+# speed.md has an images/s figure, and the loops trained the step's 4585 classes. 2-3 minutes.
 #   scripts/gpu-check-dry-run.sh          # after `cargo build --release --all-features --bin tagfix
 #                                         #  --example step_time --example flop_model` (scripts/test.sh)
 set -euo pipefail
