@@ -35,16 +35,17 @@ pub fn parse(flag: &'static str, text: &str, count: usize) -> Result<Vec<Slot>> 
         list: text.into(),
         problem,
     };
-    let number = |s: &str| {
+    // A bad number is reported with its whole part (`3-x`, `-1`), which is what the user typed.
+    let number = |s: &str, part: &str| {
         s.trim()
             .parse::<Slot>()
-            .map_err(|_| refuse(SlotListProblem::NotASlot(s.trim().into())))
+            .map_err(|_| refuse(SlotListProblem::NotASlot(part.into())))
     };
     let mut chosen = vec![false; count];
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (lo, hi) = match part.split_once('-') {
-            Some((a, b)) => (number(a)?, number(b)?),
-            None => (number(part)?, number(part)?),
+            Some((a, b)) => (number(a, part)?, number(b, part)?),
+            None => (number(part, part)?, number(part, part)?),
         };
         if lo > hi {
             return Err(refuse(SlotListProblem::Reversed(part.into())).into());
@@ -111,7 +112,11 @@ mod tests {
         );
         assert_eq!(refusal("3-1", 10), "--slots `3-1`: range `3-1` is reversed");
         assert_eq!(refusal(" , ", 10), "--slots ` , `: no slots given");
-        assert!(refusal("-1", 10).contains("is not a slot number"));
+        assert_eq!(
+            refusal("2,-1", 10),
+            "--slots `2,-1`: `-1` is not a slot number or range (use e.g. 3,17,100-120)"
+        );
+        assert!(refusal("3-x", 10).contains(": `3-x` is not a slot number"));
     }
 
     #[test]
