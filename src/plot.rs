@@ -262,52 +262,80 @@ pub fn plot_run(
         if records.iter().all(|r| r.loss.get(term).is_none()) {
             continue;
         }
-        let pick = |weighted: bool| -> Vec<(f64, f64)> {
-            records
-                .iter()
-                .filter_map(|r| r.term(term, weighted).map(|v| (r.step as f64, v)))
-                .collect()
-        };
-        let on_term =
-            |e: &&HealthEvent| e.subject == term.name() || e.subject == format!("{term}.weighted");
-        let unit = term_unit(term);
-        let weight = constant_weight(records, term);
-        // With weight 1 throughout, the weighted panel would repeat the raw one.
-        let panels = if weight == Some(1.0) {
-            vec![loss_panel(
-                term,
-                format!("{term} loss: {unit} (weight 1: weighted = raw)"),
-                "loss",
-                format!("{term} loss"),
-                pick(false),
-                events.iter().filter(on_term).collect(),
-            )]
-        } else {
-            let times = weight.map_or(String::new(), |w| format!(" × {}", tick_label(w)));
-            vec![
-                loss_panel(
-                    term,
-                    format!("{term} loss, raw: {unit}"),
-                    "loss",
-                    format!("{term} raw"),
-                    pick(false),
-                    events.iter().filter(|e| e.subject == term.name()).collect(),
-                ),
-                loss_panel(
-                    term,
-                    format!("{term} loss, weighted: raw{times}"),
-                    "weight × loss",
-                    format!("{term} weighted"),
-                    pick(true),
-                    events.iter().filter(on_term).collect(),
-                ),
-            ]
-        };
+        let panels = term_panels(records, events, term);
         let title = format!("{}{term} loss", title_prefix(opts));
         figures.push(render(out_dir, term.name(), &title, &panels, &lr, opts)?);
     }
+    let title = format!("{}losses", title_prefix(opts));
+    let overview = overview_panel(records, events);
+    figures.push(render(out_dir, "total", &title, &[overview], &lr, opts)?);
+    let title = format!("{}gradient and update norms", title_prefix(opts));
+    let panels = norm_panels(records, events);
+    figures.push(render(out_dir, "grad_norm", &title, &panels, &lr, opts)?);
 
-    // Overview: the weighted terms and the total.
+    if !validation.is_empty() {
+        let title = format!(
+            "{}validation on {}",
+            title_prefix(opts),
+            validation[validation.len() - 1].benchmark
+        );
+        let panels = validation_panels(validation, events);
+        figures.push(render(out_dir, "validation", &title, &panels, &lr, opts)?);
+    }
+    Ok(figures)
+}
+
+/// One loss term's panels: raw and weighted, or one panel when its weight is 1 throughout (the
+/// weighted panel would repeat the raw one); the health events on that term marked.
+fn term_panels<'a>(
+    records: &[StepRecord],
+    events: &'a [HealthEvent],
+    term: LossTerm,
+) -> Vec<Panel<'a>> {
+    let pick = |weighted: bool| -> Vec<(f64, f64)> {
+        records
+            .iter()
+            .filter_map(|r| r.term(term, weighted).map(|v| (r.step as f64, v)))
+            .collect()
+    };
+    let on_term =
+        |e: &&HealthEvent| e.subject == term.name() || e.subject == format!("{term}.weighted");
+    let unit = term_unit(term);
+    let weight = constant_weight(records, term);
+    if weight == Some(1.0) {
+        vec![loss_panel(
+            term,
+            format!("{term} loss: {unit} (weight 1: weighted = raw)"),
+            "loss",
+            format!("{term} loss"),
+            pick(false),
+            events.iter().filter(on_term).collect(),
+        )]
+    } else {
+        let times = weight.map_or(String::new(), |w| format!(" × {}", tick_label(w)));
+        vec![
+            loss_panel(
+                term,
+                format!("{term} loss, raw: {unit}"),
+                "loss",
+                format!("{term} raw"),
+                pick(false),
+                events.iter().filter(|e| e.subject == term.name()).collect(),
+            ),
+            loss_panel(
+                term,
+                format!("{term} loss, weighted: raw{times}"),
+                "weight × loss",
+                format!("{term} weighted"),
+                pick(true),
+                events.iter().filter(on_term).collect(),
+            ),
+        ]
+    }
+}
+
+/// The overview: every weighted term and the total, on a log scale, with all health events.
+fn overview_panel<'a>(records: &[StepRecord], events: &'a [HealthEvent]) -> Panel<'a> {
     let mut series: Vec<Series> = LossTerm::ALL
         .into_iter()
         .filter(|t| records.iter().any(|r| r.loss.get(*t).is_some()))
@@ -329,18 +357,19 @@ pub fn plot_run(
         series.clear();
     }
     series.push(Series::new(total_label, RGBColor(0, 0, 0), total, true));
-    let overview = Panel {
+    Panel {
         caption: "weighted terms and total (log scale)".into(),
         y_label: "weighted loss (total: their sum)".into(),
         log_y: true,
         series,
         events: events.iter().collect(),
         legend: SeriesLabelPosition::UpperRight,
-    };
-    let title = format!("{}losses", title_prefix(opts));
-    figures.push(render(out_dir, "total", &title, &[overview], &lr, opts)?);
+    }
+}
 
-    // Gradient (and update) norms per module group.
+/// Gradient norms per module group, and update norms when the run logged them; stalled-encoder
+/// events marked.
+fn norm_panels<'a>(records: &[StepRecord], events: &'a [HealthEvent]) -> Vec<Panel<'a>> {
     let norm_panel =
         |caption: &str, get: &dyn Fn(&StepRecord) -> Option<crate::monitor::GroupNorms>| {
             let mut series = Vec::new();
@@ -374,19 +403,7 @@ pub fn plot_run(
             r.update_norm
         }));
     }
-    let title = format!("{}gradient and update norms", title_prefix(opts));
-    figures.push(render(out_dir, "grad_norm", &title, &panels, &lr, opts)?);
-
-    if !validation.is_empty() {
-        let title = format!(
-            "{}validation on {}",
-            title_prefix(opts),
-            validation[validation.len() - 1].benchmark
-        );
-        let panels = validation_panels(validation, events);
-        figures.push(render(out_dir, "validation", &title, &panels, &lr, opts)?);
-    }
-    Ok(figures)
+    panels
 }
 
 /// Validation figure: mAP (present and absent slots) above, precision / recall / F1 of the present
