@@ -144,14 +144,7 @@ pub fn prepare_on(config: &TrainConfig, inputs: &TrainInputs, device: Device) ->
     let validation = open_validation(config, inputs, &labels, &mut notes)?;
     let loader = loader_config(config, &labels.model_config)?;
     notes.push(describe_augmentation(&loader.augment));
-    let steps_per_epoch = loader.steps_per_epoch(data.len());
-    if steps_per_epoch == 0 {
-        return Err(TrainError::TooFewRecords {
-            records: data.len(),
-            batch: config.batch_size,
-        }
-        .into());
-    }
+    let steps_per_epoch = loader.steps_per_epoch(data.len())?;
     let total_steps = config
         .max_steps
         .unwrap_or(steps_per_epoch * config.max_epoch as u64);

@@ -239,9 +239,17 @@ pub struct LoaderConfig {
 }
 
 impl LoaderConfig {
-    /// Optimizer steps per epoch (the last incomplete batch is dropped).
-    pub fn steps_per_epoch(&self, records: usize) -> u64 {
-        (records / self.batch) as u64
+    /// Optimizer steps per epoch (the last incomplete batch is dropped); fewer records than one batch
+    /// is an error, so no caller divides by zero epochs.
+    pub fn steps_per_epoch(&self, records: usize) -> Result<u64> {
+        match (records / self.batch.max(1)) as u64 {
+            0 => Err(TrainError::TooFewRecords {
+                records,
+                batch: self.batch,
+            }
+            .into()),
+            steps => Ok(steps),
+        }
     }
 }
 
@@ -317,7 +325,7 @@ pub fn load_micro_batch(
     micro: usize,
     order: &[usize],
 ) -> Result<MicroBatch> {
-    let spe = cfg.steps_per_epoch(data.len());
+    let spe = cfg.steps_per_epoch(data.len())?;
     let epoch = step / spe;
     let first = ((step % spe) as usize) * cfg.batch + micro * cfg.micro_batch;
     let indices: Vec<usize> = order[first..first + cfg.micro_batch].to_vec();
@@ -451,14 +459,7 @@ impl Loader {
         end_step: u64,
         micros: std::ops::Range<usize>,
     ) -> Result<Self> {
-        let spe = cfg.steps_per_epoch(data.len());
-        if spe == 0 {
-            return Err(TrainError::TooFewRecords {
-                records: data.len(),
-                batch: cfg.batch,
-            }
-            .into());
-        }
+        let spe = cfg.steps_per_epoch(data.len())?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(cfg.workers)
             .thread_name(|i| format!("tagfix-data-{i}"))
