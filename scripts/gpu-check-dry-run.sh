@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
-# The GPU check's `speed` part (docs/gpu-check.md, issue 14's measurement) run on the CPU with the tiny
-# model and the release binaries already built, so that a session lent a GPU does not spend its device
-# time finding that the script broke. Checks the plumbing, not the figures: every loop and step row of
-# speed.md has an images/s figure, and the loops trained the step's 4585 classes. 2-3 minutes.
-#   scripts/gpu-check-dry-run.sh          # after `cargo build --release --all-features --bin tagfix
-#                                         #  --example step_time --example flop_model` (scripts/test.sh)
+# The GPU check's first two device calls (docs/gpu-check.md: `run parity speed`, `run casts ckpt upload`)
+# run on the CPU with the tiny model and the release binaries already built, so that a session lent a GPU
+# does not spend its device time finding that the script broke. Checks the plumbing, not the figures:
+#   parity  both reference fixtures pass (TAGFIX_TEST_DEVICE=cpu);
+#   speed   every loop and step row of speed.md has an images/s figure, and the loops trained the step's
+#           4585 classes;
+#   casts   both medians and their ratio; ckpt: the inline and background rows and their ratio;
+#   upload  both micro-batch sizes uploaded identical tensors, and `--micro-batch-size auto` chose a size
+#           that config.toml records.
+# Call 3 (`run step`) is not covered: its Python side needs an importable torch with its CUDA libraries,
+# which this machine's .venv does not have. 3-4 minutes.
+#   scripts/gpu-check-dry-run.sh          # after `cargo test --release --all-features` built the binaries
+#                                         # (scripts/test.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 release="${CARGO_TARGET_DIR:-target}/release"
-tags="${TAGFIX_SHARED:-../shared}/ram/data/ram_tag_list.txt"
+shared="${TAGFIX_SHARED:-../shared}"
+tags="$shared/ram/data/ram_tag_list.txt"
 if [ ! -f "$tags" ]; then
   if [ "${CI:-}" = true ]; then
     echo "gpu-check dry run: $tags is missing (CI=true: set TAGFIX_SHARED)" >&2
@@ -17,27 +25,56 @@ if [ ! -f "$tags" ]; then
   echo "gpu-check dry run: skipped, $tags is missing (set TAGFIX_SHARED)"
   exit 0
 fi
+# The folder `prepare` would write, from the ordinary (CPU) release binaries.
 dir="$(mktemp -d)"
 trap 'rm -rf "$dir"' EXIT
-mkdir -p "$dir/bin"
-cp "$release/tagfix" "$release/examples/step_time" "$release/examples/flop_model" "$tags" "$dir/bin/"
-GPU_CHECK_DIR="$dir" OUT="$dir/out" SPEED_DEVICE=cpu SPEED_MODELS=tiny SPEED_STEPS=2 SPEED_F32_STEPS=2 \
-  SPEED_BATCH=4 SPEED_STEP_STEPS=2 THREADS=2 SPEED_WORKERS=1 scripts/gpu-check.sh run speed
-table="$dir/out/speed.md"
-problems=()
-[ -f "$table" ] || problems+=("no speed.md written")
-[ ! -f "$dir/out/vocab_missing.txt" ] || problems+=("the synthetic set was not in the RAM vocabulary")
-if [ -f "$table" ]; then
-  # | run | model | micro-batch | precision | what | images/s | ...: 5 loops and 2 steps, each measured.
-  measured=$(awk -F'|' '$6 ~ /^ (loop|step) $/ && $7 ~ /^ [0-9.]+ $/' "$table" | wc -l)
-  [ "$measured" -eq 7 ] || problems+=("$measured of 7 loop and step rows have an images/s figure")
-fi
-for log in "$dir"/out/loop_*.log; do
-  grep -q "4585 classes" "$log" || problems+=("$(basename "$log"): the model did not have 4585 classes")
+mkdir -p "$dir/bin" "$dir/ref"
+cargo build --release --all-features --quiet --bin tagfix --example step_time --example flop_model \
+  --example bench_upload --example bench_checkpoint_save
+parity=$(cargo test --release --all-features --test ram_plus_parity --no-run --message-format=json 2>/dev/null \
+  | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | grep /deps/ | head -1)
+cp "$release/tagfix" "$release"/examples/{step_time,flop_model,bench_upload,bench_checkpoint_save} "$tags" "$dir/bin/"
+cp "$parity" "$dir/bin/ram_plus_parity"
+for d in tiny tiny_224_w7; do
+  mkdir -p "$dir/ref/$d"
+  cp "$shared/ram/reference/$d"/{config.json,weights.safetensors,inputs.safetensors,outputs.safetensors,grads.safetensors,generate_tag.json} "$dir/ref/$d/"
 done
+out="$dir/out"
+export GPU_CHECK_DIR="$dir" OUT="$out" TORCH_LIB="${TORCH_LIB:-$PWD/.libtorch/lib}" THREADS=2 TRAIN_MODEL=tiny
+PARITY_DEVICE=cpu SPEED_DEVICE=cpu SPEED_MODELS=tiny SPEED_STEPS=2 SPEED_F32_STEPS=2 SPEED_BATCH=4 \
+  SPEED_STEP_STEPS=2 SPEED_WORKERS=1 scripts/gpu-check.sh run parity speed
+CASTS_DEVICE=cpu CASTS_CONFIG=tiny CASTS_BATCH=2 CASTS_STEPS=2 CKPT_DEVICE=cpu CKPT_PRESET=swin_b_224 CKPT_ROUNDS=1 \
+  UPLOAD_DEVICE=cpu UPLOAD_BATCH=8 UPLOAD_SIZE=64 UPLOAD_WORKERS=1 AUTO_STEPS=2 \
+  scripts/gpu-check.sh run casts ckpt upload
+
+problems=()
+# has FILE PATTERN WHAT: WHAT is a problem unless FILE has a line matching PATTERN (extended regex).
+has() { grep -Eq "$2" "$1" 2>/dev/null || problems+=("$3"); }
+for d in tiny tiny_224_w7; do
+  has "$out/parity_$d.txt" '^test result: ok\. 1 passed' "parity: the $d fixture did not pass"
+done
+table="$out/speed.md"
+[ ! -f "$out/vocab_missing.txt" ] || problems+=("speed: the synthetic set was not in the RAM vocabulary")
+# | run | model | micro-batch | precision | what | images/s | ...: 5 loops and 2 steps, each measured.
+measured=$(awk -F'|' '$6 ~ /^ (loop|step) $/ && $7 ~ /^ [0-9.]+ $/' "$table" 2>/dev/null | wc -l)
+[ "$measured" -eq 7 ] || problems+=("speed: $measured of 7 loop and step rows have an images/s figure")
+for log in "$out"/loop_*.log; do
+  has "$log" "4585 classes" "speed: $(basename "$log"): the model did not have 4585 classes"
+done
+has "$out/casts.txt" '^median s/step: casts per micro-batch [0-9.]+, once per step [0-9.]+, ratio [0-9.]+$' \
+  "casts: no medians"
+has "$out/ckpt.txt" '^\| inline .*\| [0-9]+ \|$' "ckpt: no inline row"
+has "$out/ckpt.txt" '^\| background .*\| [0-9]+ \|$' "ckpt: no background row"
+has "$out/ckpt.txt" '^ratio held \(background / inline\): [0-9.]+$' "ckpt: no ratio"
+for m in 4 8; do
+  has "$out/upload_$m.txt" '^normalised tensors identical bit for bit: yes$' "upload: micro-batch $m not bit for bit"
+done
+has "$out/auto.log" 'micro_batch_size auto → 8 ' "upload: --micro-batch-size auto did not choose the whole batch"
+has "$out/auto/config.toml" '^micro_batch_size = 8$' "upload: config.toml does not record the chosen size"
 if [ ${#problems[@]} -gt 0 ]; then
   printf 'gpu-check dry run: %s\n' "${problems[@]}" >&2
   [ -f "$table" ] && cat "$table" >&2
   exit 1
 fi
-echo "gpu-check dry run: the speed part ran on the CPU (7 rows measured, 4585 classes in every loop)"
+echo "gpu-check dry run: calls 1 and 2 ran on the CPU (parity: both fixtures; speed: 7 rows measured, 4585 classes" \
+  "in every loop; casts, ckpt and upload: every figure written)"

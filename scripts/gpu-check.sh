@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check of the RAM++ model and the training loop (feature `train`), in two steps (docs/gpu-check.md
-# lists the device calls in order for one session's device time):
+# lists the device calls in order for one session's device time; scripts/gpu-check-dry-run.sh runs the
+# first two of them on the CPU):
 #   scripts/gpu-check.sh prepare   # here: CUDA-linked binaries + parity fixtures + the Python reference
 #                                  # + `bundle` -> target/gpu-check/ (carry that folder to the GPU machine)
 #                                  # Needs torch's CUDA stack in .venv (its headers: the pip step of
@@ -13,7 +14,8 @@
 # The GPU machine needs the NVIDIA driver and torch 2.11 (+cu130) for Python with its libraries
 # (TORCH_LIB, default /opt/torch/.venv/.../torch/lib; TORCH_PYTHON, default python3). Nothing is built there.
 # `run`, in a few minutes of GPU time:
-#   1. parity on CUDA for both reference fixtures (same tolerances as on the CPU);
+#   1. parity on CUDA for both reference fixtures (same tolerances as on the CPU; PARITY_DEVICE=cpu for a
+#      dry run);
 #   2. forward + backward step time and peak GPU memory of full-size RAM++ (Swin-B/L, 4585 classes x 51
 #      descriptions, micro-batch 26), f32 and bf16, side by side with the Python functional RAM++ on the same
 #      weights and batch (scripts/bench-step.sh);
@@ -37,6 +39,8 @@
 #      normalised on the device (examples/bench_upload.rs: time per micro-batch of 26 and 52, bytes, and the
 #      two tensors equal bit for bit on CUDA), and `tagfix train --micro-batch-size auto` for Swin-L 224 bf16
 #      at batch 52 (the size chosen, its prediction, and the number recorded in config.toml).
+#      A CPU dry run: UPLOAD_DEVICE=cpu UPLOAD_BATCH=8 UPLOAD_SIZE=64 UPLOAD_WORKERS=1 TRAIN_MODEL=tiny
+#      AUTO_STEPS=2 scripts/gpu-check.sh run upload
 #   8. (`speed`, issue 14, < 5 minutes on an H200, most important first) images/s of the loop
 #      (`tagfix train` on synthetic data in the RAM vocabulary: 4585 classes, like the step) against the
 #      step alone (forward + backward, `step_time`):
@@ -149,7 +153,8 @@ run)
   if want parity; then
   echo "== 1. parity on CUDA"
   for d in tiny tiny_224_w7; do
-    TAGFIX_TEST_DEVICE=cuda TAGFIX_PARITY_DIR="$PWD/$dest/ref/$d" "$dest/bin/ram_plus_parity" --nocapture 2>&1 \
+    TAGFIX_TEST_DEVICE="${PARITY_DEVICE:-cuda}" TAGFIX_PARITY_DIR="$(cd "$dest/ref/$d" && pwd)" \
+      "$dest/bin/ram_plus_parity" --nocapture 2>&1 \
       | tee "$OUT/parity_$d.txt" | grep -E "test result|max|FAILED|panicked" || true
   done
   fi
@@ -276,20 +281,21 @@ PY
   # ---- part `upload` (issue 14: uint8 pinned non-blocking upload, --micro-batch-size auto) ----
   if want upload; then
   echo "== upload: f32 pageable vs uint8 pinned + device normalisation; --micro-batch-size auto"
-  for m in 26 52; do
-    "$dest/bin/bench_upload" "$m" 224 10 cuda 2>&1 | tee "$OUT/upload_$m.txt" || true
+  udev="${UPLOAD_DEVICE:-cuda}" ubatch="${UPLOAD_BATCH:-52}" usize="${UPLOAD_SIZE:-224}"
+  for m in $((ubatch / 2)) "$ubatch"; do
+    "$dest/bin/bench_upload" "$m" "$usize" 10 "$udev" 2>&1 | tee "$OUT/upload_$m.txt" || true
   done
   t="$dest/bin/tagfix"
   s=$(mktemp -d)
-  synth_ram "$s" 260 224
+  synth_ram "$s" $((ubatch * 5)) "$usize"
   "$t" train --model "${TRAIN_MODEL:-swin_l_224}" --data "$s/train.json" --images "$s/images" \
     --manifest "$s/manifest.json" --label-embed "$s/label_embed.safetensors" --teacher "$s/teacher.safetensors" \
-    --allow-random-encoder --device cuda --precision bf16 --batch-size 52 --micro-batch-size auto \
-    --max-steps "${AUTO_STEPS:-6}" --workers 12 --checkpoint-every off --out "$OUT/auto" \
+    --allow-random-encoder --device "$udev" --precision bf16 --batch-size "$ubatch" --micro-batch-size auto \
+    --max-steps "${AUTO_STEPS:-6}" --workers "${UPLOAD_WORKERS:-12}" --checkpoint-every off --out "$OUT/auto" \
     > "$OUT/auto.txt" 2> "$OUT/auto.log" || tail -20 "$OUT/auto.log"
   grep -h "micro_batch_size auto" "$OUT/auto.log" || true
   grep -h "^micro_batch_size" "$OUT/auto/config.toml" || true
-  nvidia-smi --query-gpu=memory.used,memory.total --format=csv >> "$OUT/auto.txt" || true
+  nvidia-smi --query-gpu=memory.used,memory.total --format=csv >> "$OUT/auto.txt" 2> /dev/null || true
   rm -rf "$OUT/auto/checkpoints" "$s"
   fi
   if want casts; then
