@@ -319,16 +319,7 @@ impl Trainer {
             config.micro_batch_size = Some(micro.into());
             loader_cfg.micro_batch = micro;
         }
-        let (micro, all_micros) = config.accumulation()?;
-        if all_micros % world != 0 {
-            return Err(TrainError::UnevenShares {
-                batch: config.batch_size,
-                micro,
-                world,
-            }
-            .into());
-        }
-        let accumulation = all_micros / world;
+        let (micro, accumulation) = accumulation_per_rank(&config, world)?;
         if main {
             for n in &notes {
                 tracing::info!("{n}");
@@ -350,11 +341,7 @@ impl Trainer {
         }
         let monitor = if main {
             write_run_files(&run, &config, &inputs)?;
-            Some(if resume {
-                RunMonitor::resume(&run, config.monitor.clone(), start_step)?
-            } else {
-                RunMonitor::start(&run, config.monitor.clone())?
-            })
+            Some(open_monitor(&run, &config, resume.then_some(start_step))?)
         } else {
             None
         };
@@ -921,6 +908,30 @@ impl Trainer {
     }
 }
 
+/// The micro-batch of `config` and how many of them each of `world` ranks accumulates per step.
+fn accumulation_per_rank(config: &TrainConfig, world: usize) -> Result<(usize, usize)> {
+    let (micro, _) = config.accumulation()?;
+    shares(config.batch_size, micro, world)
+}
+
+/// `(micro, micro-batches per rank)` when the `batch / micro` micro-batches share evenly among
+/// `world` ranks.
+fn shares(batch: usize, micro: usize, world: usize) -> Result<(usize, usize)> {
+    let all_micros = batch / micro;
+    if all_micros % world != 0 {
+        return Err(TrainError::UnevenShares { batch, micro, world }.into());
+    }
+    Ok((micro, all_micros / world))
+}
+
+/// The run's monitor: a new one, or one that continues `metrics.jsonl` from the resumed step.
+fn open_monitor(run: &RunDir, config: &TrainConfig, resumed_at: Option<u64>) -> Result<RunMonitor> {
+    match resumed_at {
+        Some(step) => RunMonitor::resume(run, config.monitor.clone(), step),
+        None => RunMonitor::start(run, config.monitor.clone()),
+    }
+}
+
 /// What `--micro-batch-size auto` measures with: a training forward and backward pass of the model
 /// on placeholder inputs of the run's shapes (teacher signals included when the run has them).
 struct AutoProbe<'a> {
@@ -942,16 +953,8 @@ impl AutoProbe<'_> {
         main: bool,
     ) -> Result<usize> {
         let batch = self.config.batch_size;
-        if batch % world != 0 {
-            // Not even micro-batches of one image share evenly.
-            return Err(TrainError::UnevenShares {
-                batch,
-                micro: 1,
-                world,
-            }
-            .into());
-        }
-        let per_rank = batch / world;
+        // Not even micro-batches of one image share evenly.
+        let (_, per_rank) = shares(batch, 1, world)?;
         let choice = micro_auto::resolve(per_rank, self.device, |m| self.pass(m))?;
         let micro = match group {
             None => choice.micro,
@@ -1114,6 +1117,22 @@ pub(crate) fn torch_seed(seed: u64, step: u64, micro: usize) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn micro_batches_must_share_evenly_among_ranks() {
+        let config = TrainConfig {
+            batch_size: 52,
+            micro_batch_size: Some(13.into()),
+            ..Default::default()
+        };
+        assert_eq!(accumulation_per_rank(&config, 1).unwrap(), (13, 4));
+        assert_eq!(accumulation_per_rank(&config, 2).unwrap(), (13, 2));
+        assert_eq!(accumulation_per_rank(&config, 4).unwrap(), (13, 1));
+        let err = accumulation_per_rank(&config, 3).unwrap_err().to_string();
+        assert!(err.contains("4 micro-batches of 13, which 3 ranks cannot share"), "{err}");
+        assert_eq!(shares(52, 1, 4).unwrap(), (1, 13));
+        assert!(shares(52, 1, 8).is_err());
+    }
 
     #[test]
     fn accumulated_sums_each_term_in_first_seen_order() {
