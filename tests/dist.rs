@@ -23,6 +23,9 @@ use tch::{Device, Kind, Tensor};
 const TIMEOUT: Duration = Duration::from_secs(20);
 const HANG_TIMEOUT: Duration = Duration::from_secs(4);
 
+/// The body of one test case run in the parent process.
+type Case = fn() -> Result<(), String>;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if std::env::var_os("RANK").is_some() || std::env::var_os("SLURM_PROCID").is_some() {
@@ -30,7 +33,7 @@ fn main() {
             std::process::exit(rank_main(role));
         }
     }
-    let cases: [(&str, fn() -> Result<(), String>); 8] = [
+    let cases: [(&str, Case); 8] = [
         ("collectives_agree_on_both_ranks", collectives),
         ("slurm_contract_ranks_meet", slurm_ranks),
         (
@@ -236,13 +239,16 @@ fn rank_launcher() -> Result<(), String> {
 
 // ---------------------------------------------------------------- test side
 
-fn sinks() -> (Sink, Sink, Arc<Mutex<Vec<u8>>>, Arc<Mutex<Vec<u8>>>) {
+/// What a sink writes into, read back by [`text`].
+type Captured = Arc<Mutex<Vec<u8>>>;
+
+fn sinks() -> (Sink, Sink, Captured, Captured) {
     let out = Arc::new(Mutex::new(Vec::new()));
     let err = Arc::new(Mutex::new(Vec::new()));
     (out.clone(), err.clone(), out, err)
 }
 
-fn text(buf: &Arc<Mutex<Vec<u8>>>) -> String {
+fn text(buf: &Captured) -> String {
     String::from_utf8_lossy(&buf.lock().unwrap()).into_owned()
 }
 

@@ -3,7 +3,7 @@
 //! extras (epoch, config, ...) go into the safetensors metadata as JSON strings. A `.pth` output goes
 //! the other way: any tensor file to `{"model": state_dict}`.
 
-use super::inspect::read_checkpoint;
+use super::inspect::{read_checkpoint, ReadCheckpoint};
 use super::pth;
 use super::CheckpointError;
 use crate::error::Result;
@@ -43,7 +43,12 @@ pub fn convert(input: &Path, output: &Path) -> Result<ConvertSummary> {
         }
     };
     crate::fsutil::check_outputs([output], &[input])?;
-    let (mut set, format, container, extras) = read_checkpoint(input)?;
+    let ReadCheckpoint {
+        mut set,
+        format,
+        container,
+        extras,
+    } = read_checkpoint(input)?;
     if set.tensors.is_empty() {
         return Err(CheckpointError::NoTensors {
             path: input.to_path_buf(),

@@ -87,15 +87,19 @@ pub struct CheckpointInfo {
     pub extras: BTreeMap<String, serde_json::Value>,
 }
 
-/// Reads a checkpoint and its non-tensor extras: (tensors, format, container, extras).
-pub fn read_checkpoint(
-    path: &Path,
-) -> Result<(
-    TensorSet,
-    String,
-    Option<String>,
-    BTreeMap<String, serde_json::Value>,
-)> {
+/// A checkpoint as read, with what `inspect` and `convert` report about its file.
+pub struct ReadCheckpoint {
+    pub set: TensorSet,
+    /// `pytorch zip`, `pytorch legacy` or `safetensors`.
+    pub format: String,
+    /// How a `.pth` holds its state dict (`None`: safetensors).
+    pub container: Option<String>,
+    /// Non-tensor entries of a PyTorch checkpoint.
+    pub extras: BTreeMap<String, serde_json::Value>,
+}
+
+/// Reads a checkpoint and its non-tensor extras.
+pub fn read_checkpoint(path: &Path) -> Result<ReadCheckpoint> {
     match FileFormat::from_path(path)? {
         FileFormat::Pth => {
             let ck = pth::read(path)?;
@@ -109,23 +113,22 @@ pub fn read_checkpoint(
             } else {
                 "pytorch zip"
             };
-            let extras = ck.extras.clone();
-            Ok((
-                TensorSet {
+            Ok(ReadCheckpoint {
+                set: TensorSet {
                     tensors: ck.tensors,
                     metadata: Default::default(),
                 },
-                format.into(),
-                Some(container),
-                extras,
-            ))
+                format: format.into(),
+                container: Some(container),
+                extras: ck.extras,
+            })
         }
-        _ => Ok((
-            tensors::read_any(path)?,
-            "safetensors".into(),
-            None,
-            BTreeMap::new(),
-        )),
+        _ => Ok(ReadCheckpoint {
+            set: tensors::read_any(path)?,
+            format: "safetensors".into(),
+            container: None,
+            extras: BTreeMap::new(),
+        }),
     }
 }
 
@@ -234,7 +237,12 @@ pub fn swin_geometry(keys: &[CheckpointKey]) -> Option<SwinGeometry> {
 
 /// Inspects a checkpoint file; `extra_configs` are fitted besides the official presets.
 pub fn inspect(path: &Path, extra_configs: &[RamPlusConfig]) -> Result<CheckpointInfo> {
-    let (set, format, container, extras) = read_checkpoint(path)?;
+    let ReadCheckpoint {
+        set,
+        format,
+        container,
+        extras,
+    } = read_checkpoint(path)?;
     let keys = keymap::checkpoint_keys(&set);
     let mut dtypes: BTreeMap<String, usize> = BTreeMap::new();
     let mut groups: Vec<GroupInfo> = Vec::new();

@@ -894,7 +894,26 @@ impl TrainConfig {
         }
         self.random_augment.validate()?;
         self.monitor.check().map_err(ConfigError::Monitor)?;
+        if let Some((key, value)) = self.first_integer_beyond_toml() {
+            return bad(
+                &key,
+                &format!(
+                    "at most {} (config.toml stores it as a TOML integer)",
+                    i64::MAX
+                ),
+                &value,
+            );
+        }
         Ok(())
+    }
+
+    /// The first setting holding an integer TOML cannot write, and its value (a flag such as
+    /// `--seed` takes any u64; a config file was checked when read).
+    fn first_integer_beyond_toml(&self) -> Option<(String, serde_json::Value)> {
+        let serde_json::Value::Object(map) = serde_json::to_value(self).ok()? else {
+            return None;
+        };
+        map.into_iter().find(|(_, v)| beyond_toml(v))
     }
 
     /// Image-decoding threads the loader starts: `workers`, 0 meaning one per core, and never more
@@ -1433,6 +1452,38 @@ mod tests {
 
     /// Found by `scripts/fuzz.sh` (target `ram_yaml`): a YAML integer above `i64::MAX` loaded, then
     /// writing the run's config.toml panicked.
+    #[test]
+    fn flags_toml_cannot_hold_are_refused() {
+        let cases = [
+            (
+                TrainConfig {
+                    seed: u64::MAX,
+                    ..Default::default()
+                },
+                "seed (--seed)",
+            ),
+            (
+                TrainConfig {
+                    balance_steps: i64::MAX as u64 + 1,
+                    ..Default::default()
+                },
+                "balance_steps (--balance-steps)",
+            ),
+        ];
+        for (c, setting) in cases {
+            let e = c.validate().unwrap_err().to_string();
+            let rule =
+                "must be at most 9223372036854775807 (config.toml stores it as a TOML integer)";
+            assert!(e.starts_with(&format!("{setting} {rule}, got ")), "{e}");
+        }
+        let ok = TrainConfig {
+            seed: i64::MAX as u64,
+            ..Default::default()
+        };
+        ok.validate().unwrap();
+        assert!(ok.to_toml().contains("seed = 9223372036854775807"));
+    }
+
     #[test]
     fn integers_toml_cannot_hold_are_refused() {
         let dir = tempfile::tempdir().unwrap();

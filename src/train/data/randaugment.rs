@@ -207,8 +207,7 @@ pub fn sharpness(img: &mut RgbImage, factor: f32) {
             if factor != 0.0 && !interior {
                 continue;
             }
-            let mut out = [0u8; 3];
-            for c in 0..3 {
+            let out: [u8; 3] = std::array::from_fn(|c| {
                 let mut sum = 0i64;
                 for dy in -1..=1 {
                     for dx in -1..=1 {
@@ -220,8 +219,8 @@ pub fn sharpness(img: &mut RgbImage, factor: f32) {
                 // round(sum / 13): never a tie for an integer sum.
                 let smooth = ((2 * sum + 13) / 26) as f32;
                 let v = f32::from(src.get_pixel(x as u32, y as u32)[c]);
-                out[c] = (smooth + factor * (v - smooth)).clamp(0.0, 255.0) as u8;
-            }
+                (smooth + factor * (v - smooth)).clamp(0.0, 255.0) as u8
+            });
             img.put_pixel(x as u32, y as u32, Rgb(out));
         }
     }
