@@ -51,6 +51,9 @@ pub enum SynthError {
     #[error("--records must be at least 1")]
     NoRecords,
 
+    #[error("--zipf must be a finite number >= 0, got {0}")]
+    BadZipf(f64),
+
     #[error("{absent} absent slots leave no present slot in a vocabulary of {slots}")]
     NothingPresent { absent: usize, slots: usize },
 }
@@ -147,6 +150,9 @@ pub fn synthesize(
     let n = vocab.len();
     if opts.records == 0 {
         return Err(SynthError::NoRecords.into());
+    }
+    if !(opts.zipf_exponent.is_finite() && opts.zipf_exponent >= 0.0) {
+        return Err(SynthError::BadZipf(opts.zipf_exponent).into());
     }
     let mut rng = Rng(opts.seed ^ 0x7461_6766_6978);
     let absent = match &opts.absent {
@@ -326,6 +332,28 @@ mod tests {
             if !gzip {
                 assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&again).unwrap());
             }
+        }
+    }
+
+    #[test]
+    fn zipf_exponent_must_be_finite_and_not_negative() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("d");
+        for bad in [f64::NAN, f64::INFINITY, -1.0] {
+            let opts = SynthOptions {
+                records: 3,
+                absent: AbsentSlots::Count(0),
+                seed: 0,
+                layout: Layout::JsonArray,
+                gzip: false,
+                zipf_exponent: bad,
+            };
+            let e = synthesize(&vocab(5), &opts, &out, &ProgressBar::hidden()).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("--zipf must be a finite number >= 0, got {bad}")
+            );
+            assert!(!out.exists());
         }
     }
 }

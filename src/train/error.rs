@@ -203,8 +203,13 @@ pub enum TrainError {
         source: Source,
     },
 
-    #[error("synth: need count >= 1, size >= 16, descriptions >= 1")]
-    SynthOptions,
+    /// A `synth-images` setting out of its range (the set is built in memory, so sizes are bounded).
+    #[error("synth-images: {setting} must be {rule}, got {value}")]
+    SynthOptions {
+        setting: &'static str,
+        rule: String,
+        value: String,
+    },
 
     #[error("{}: has no tag `{tag}`: the synthetic images are tagged with {} (a vocabulary without them cannot \
              label them)", .path.display(), .needed.join(", "))]
@@ -363,7 +368,7 @@ impl TrainError {
             | TrainError::NothingToResume(_)
             | TrainError::RunExists(_)
             | TrainError::NothingToDo { .. }
-            | TrainError::SynthOptions
+            | TrainError::SynthOptions { .. }
             | TrainError::FreezeMatchesNothing(_)
             | TrainError::AllFrozen
             | TrainError::AutocastDtype(_)

@@ -91,14 +91,66 @@ fn unit(rng: &mut ChaCha8Rng) -> Vec<f32> {
     v.into_iter().map(|x| x / n).collect()
 }
 
+/// Most images a set may have: its annotations and teacher features (4 KiB an image) are built in
+/// memory.
+pub const MAX_COUNT: usize = 1_000_000;
+/// Largest image side (RAM++ trains at 224 and 384).
+pub const MAX_SIZE: u32 = 4096;
+/// Most description rows per tag (RAM++ has 51).
+pub const MAX_DESCRIPTIONS: usize = 256;
+/// Most label-embedding values (tags × descriptions × 512), 4 GiB of f32 built in memory.
+pub const MAX_LABEL_VALUES: usize = 1 << 30;
+
+impl SynthOptions {
+    /// Refuses settings the generator cannot meet: no images, images too small to draw a shape in,
+    /// or a set too large to build in memory.
+    pub fn check(&self) -> Result<()> {
+        let out_of_range = |setting, rule: String, value: &dyn std::fmt::Display| {
+            Err(TrainError::SynthOptions {
+                setting,
+                rule,
+                value: value.to_string(),
+            }
+            .into())
+        };
+        if !(1..=MAX_COUNT).contains(&self.count) {
+            return out_of_range("--count", format!("in 1..={MAX_COUNT}"), &self.count);
+        }
+        if !(16..=MAX_SIZE).contains(&self.size) {
+            return out_of_range("--size", format!("in 16..={MAX_SIZE}"), &self.size);
+        }
+        if !(1..=MAX_DESCRIPTIONS).contains(&self.descriptions) {
+            let rule = format!("in 1..={MAX_DESCRIPTIONS}");
+            return out_of_range("--descriptions", rule, &self.descriptions);
+        }
+        Ok(())
+    }
+
+    /// Refuses a label embedding of `tags` × `descriptions` rows too large to build in memory.
+    fn check_label_values(&self, tags: usize) -> Result<()> {
+        let values = tags.saturating_mul(self.descriptions).saturating_mul(TEACHER_DIM);
+        if values > MAX_LABEL_VALUES {
+            return Err(TrainError::SynthOptions {
+                setting: "--descriptions",
+                rule: format!(
+                    "at most {} for a vocabulary of {tags} tags ({MAX_LABEL_VALUES} label-embedding values)",
+                    MAX_LABEL_VALUES / TEACHER_DIM / tags.max(1)
+                ),
+                value: self.descriptions.to_string(),
+            }
+            .into());
+        }
+        Ok(())
+    }
+}
+
 /// Writes a synthetic dataset into `dir` (created if missing).
 pub fn generate(opts: &SynthOptions, dir: &Path) -> Result<SynthDataset> {
-    if opts.count == 0 || opts.size < 16 || opts.descriptions == 0 {
-        return Err(TrainError::SynthOptions.into());
-    }
+    opts.check()?;
     let images = dir.join("images");
     std::fs::create_dir_all(&images).map_err(|e| Error::io(&images, e))?;
     let (vocab, vocab_path) = synth_vocabulary(opts, dir)?;
+    opts.check_label_values(vocab.len())?;
     let tags = vocab.tags.clone();
     let slots_of = drawn_tag_slots(&vocab, &vocab_path)?;
 
@@ -299,6 +351,53 @@ fn label_embeddings(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_out_of_range_are_refused_before_anything_is_built() {
+        let dir = tempfile::tempdir().unwrap();
+        for (opts, message) in [
+            (
+                SynthOptions {
+                    count: 0,
+                    ..Default::default()
+                },
+                "--count must be in 1..=1000000, got 0",
+            ),
+            (
+                SynthOptions {
+                    count: usize::MAX,
+                    ..Default::default()
+                },
+                "--count must be in 1..=1000000, got 18446744073709551615",
+            ),
+            (
+                SynthOptions {
+                    size: 65535,
+                    ..Default::default()
+                },
+                "--size must be in 16..=4096, got 65535",
+            ),
+            (
+                SynthOptions {
+                    descriptions: 100_000_000,
+                    ..Default::default()
+                },
+                "--descriptions must be in 1..=256, got 100000000",
+            ),
+        ] {
+            let e = generate(&opts, dir.path()).unwrap_err().to_string();
+            assert_eq!(e, format!("synth-images: {message}"));
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let wide = SynthOptions {
+            descriptions: 256,
+            ..Default::default()
+        };
+        wide.check().unwrap();
+        let e = wide.check_label_values(10_000).unwrap_err().to_string();
+        assert!(e.contains("--descriptions must be at most 209 for a vocabulary of 10000 tags"), "{e}");
+        wide.check_label_values(4585).unwrap();
+    }
 
     #[test]
     fn generates_consistent_files() {
