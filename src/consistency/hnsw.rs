@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 pub struct HnswParams {
     /// Links per node and layer (M).
     pub max_connections: usize,
-    /// Candidate list while inserting.
+    /// Candidate list while inserting (at most the number of rows: a longer list finds nothing more).
     pub ef_construction: usize,
-    /// Candidate list while searching (raised to at least k + 1).
+    /// Candidate list while searching (raised to at least k + 1, at most the number of rows).
     pub ef_search: usize,
 }
 
@@ -45,6 +45,8 @@ impl Distance<f32> for UnitCosine {
 pub struct HnswIndex {
     graph: Hnsw<'static, f32, UnitCosine>,
     ef_search: usize,
+    /// Rows in the graph: the longest useful candidate list.
+    rows: usize,
 }
 
 impl HnswIndex {
@@ -52,11 +54,13 @@ impl HnswIndex {
     pub fn build(db: Rows<'_>, params: &HnswParams) -> Self {
         let n = db.len();
         let layers = 16;
+        // The crate sizes its candidate heap by ef: an ef above the row count only costs memory (and
+        // `--hnsw-ef-construction 18446744073709551615` overflowed the allocation).
         let graph = Hnsw::new(
             params.max_connections,
             n,
             layers,
-            params.ef_construction,
+            params.ef_construction.clamp(1, n.max(1)),
             UnitCosine,
         );
         let items: Vec<(&[f32], usize)> = (0..n).map(|i| (db.row(i), i)).collect();
@@ -64,13 +68,14 @@ impl HnswIndex {
         HnswIndex {
             graph,
             ef_search: params.ef_search,
+            rows: n,
         }
     }
 
     /// k approximate nearest neighbours per query (one extra is fetched so the excluded row can be
     /// dropped). Missing results (tiny graphs) are filled with id `u32::MAX`, similarity −1.
     pub fn search(&self, queries: Rows<'_>, k: usize, exclude: Exclude<'_>) -> Neighbours {
-        let ef = self.ef_search.max(k + 1);
+        let ef = self.ef_search.min(self.rows).max(k + 1);
         let lists: Vec<TopK> = (0..queries.len())
             .into_par_iter()
             .map(|q| {
@@ -124,5 +129,22 @@ mod tests {
         assert!(recall >= 0.95, "recall@10 {recall}");
         assert!((0..n).all(|q| !got.ids(q).contains(&(q as u32))));
         assert!((0..n).all(|q| got.sims(q).windows(2).all(|w| w[0] >= w[1])));
+    }
+
+    #[test]
+    fn candidate_lists_longer_than_the_rows_are_cut_to_the_rows() {
+        // With ef at least the row count, the search visits every row: the result is exact.
+        let (n, dim, k) = (200, 16, 5);
+        let data = clustered(n, dim, 10, 0.7, 3);
+        let rows = Rows::new(&data, dim);
+        let huge = HnswParams {
+            ef_construction: usize::MAX,
+            ef_search: usize::MAX,
+            ..HnswParams::default()
+        };
+        let got = HnswIndex::build(rows, &huge).search(rows, k, Exclude::SameIndex);
+        let truth = exact(rows, rows, k, Exclude::SameIndex);
+        let hits: usize = (0..n).map(|q| intersection(truth.ids(q), got.ids(q))).sum();
+        assert_eq!(hits, n * k);
     }
 }

@@ -65,6 +65,8 @@ pub enum Threshold {
     },
     #[error("calibration_quantile = {0} is outside [0, 1)")]
     Quantile(f64),
+    #[error("{name} = {value} is not a finite number >= 0")]
+    NotABound { name: &'static str, value: f64 },
 }
 
 /// Thresholds; `None` switches a rule off.
@@ -155,6 +157,15 @@ impl Policy {
         }
         if !(0.0..1.0).contains(&self.calibration_quantile) {
             return Err(Threshold::Quantile(self.calibration_quantile));
+        }
+        for (name, v) in [
+            ("max_mean_shift", self.max_mean_shift),
+            ("max_norm_deviation", self.max_norm_deviation),
+        ] {
+            // NaN would fail every file and a negative bound every row: a typo, not a gate.
+            if let Some(value) = v.filter(|v| !(v.is_finite() && *v >= 0.0)) {
+                return Err(Threshold::NotABound { name, value });
+            }
         }
         Ok(())
     }
@@ -409,6 +420,32 @@ mod tests {
         };
         let err = Policy::resolve(None, bad).unwrap_err().to_string();
         assert_eq!(err, "invalid thresholds: k must be at least 1");
+        for (flags, message) in [
+            (
+                PolicyFlags {
+                    max_mean_shift: Some(f64::NAN),
+                    ..Default::default()
+                },
+                "max_mean_shift = NaN is not a finite number >= 0",
+            ),
+            (
+                PolicyFlags {
+                    max_norm_deviation: Some(-0.5),
+                    ..Default::default()
+                },
+                "max_norm_deviation = -0.5 is not a finite number >= 0",
+            ),
+        ] {
+            let err = Policy::resolve(None, flags).unwrap_err().to_string();
+            assert_eq!(err, format!("invalid thresholds: {message}"));
+        }
+        std::fs::write(&p, "max_mean_shift = inf\n").unwrap();
+        let err = Policy::resolve(Some(&p), PolicyFlags::default()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("max_mean_shift = inf is not a finite number >= 0"),
+            "{err}"
+        );
     }
 
     #[test]
