@@ -176,8 +176,9 @@ pub struct RepairArgs {
     /// Absent slots of the synthesized set.
     #[arg(long, default_value_t = 144)]
     pub absent: usize,
-    /// Seed for synthesis and the control sample.
-    #[arg(long, default_value_t = 1)]
+    /// Seed for synthesis, the control sample and the training run (at most 2^63 − 1, which the
+    /// run's config.toml can hold).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(..=i64::MAX as u64))]
     pub seed: u64,
     /// Text encoder for the missing rows (`minilm`, `clip`, or a model directory).
     #[arg(long, default_value = "minilm")]
@@ -194,7 +195,7 @@ pub struct RepairArgs {
     pub keep_going: bool,
     /// Optimizer steps of the short training run at the end (the small `tiny` RAM++, 64 px, CPU) on the
     /// embedded default; 0 skips it. Needs the `train` feature.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u64).range(..=i64::MAX as u64))]
     pub train_steps: u64,
     /// Synthetic images (coloured shapes tagged with the vocabulary's colour and shape slots) the short
     /// training run trains on; they join the audited data.

@@ -151,9 +151,7 @@ fn checkpoint_scores(
             Ok(paths)
         })
         .collect::<anyhow::Result<_>>()?;
-    if args.threads > 0 {
-        tch::set_num_threads(args.threads as i32);
-    }
+    tagfix::train::run::set_torch_threads(args.threads);
     let device = tagfix::train::run::device_of(args.device)?;
     let model =
         tagfix::train::infer::load_model(ckpt, args.model.as_deref(), Some(vocab.len()), device)

@@ -58,9 +58,7 @@ mod with_train {
         )?;
         let skipped = probe_all(&mut images, args.keep_going)?;
 
-        if args.threads > 0 {
-            tch::set_num_threads(args.threads as i32);
-        }
+        tagfix::train::run::set_torch_threads(args.threads);
         let device = tagfix::train::run::device_of(args.device)?;
         let model = load_model(
             &args.checkpoint,

@@ -925,11 +925,7 @@ impl TrainConfig {
 
     /// libtorch intra-op threads to set: `threads` capped at one per core (0: libtorch's default).
     pub fn torch_threads(&self) -> usize {
-        if self.threads == 0 {
-            0
-        } else {
-            cap_to_cores(self.threads)
-        }
+        torch_threads_for(self.threads)
     }
 
     /// The configuration as TOML (written to the run directory).
@@ -1049,6 +1045,14 @@ fn beyond_toml(v: &serde_json::Value) -> bool {
 pub const MAX_PREFETCH: usize = 64;
 
 /// `n` threads (0: one per core), at most one per core.
+/// libtorch intra-op threads for a `--threads` value: capped at one per core (0: libtorch's default).
+pub fn torch_threads_for(requested: usize) -> usize {
+    match requested {
+        0 => 0,
+        n => cap_to_cores(n),
+    }
+}
+
 fn cap_to_cores(n: usize) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     if n == 0 {

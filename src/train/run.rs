@@ -166,11 +166,20 @@ pub fn prepare_on(config: &TrainConfig, inputs: &TrainInputs, device: Device) ->
     })
 }
 
+/// Sets libtorch's intra-op threads to `requested` capped at one per core (0: libtorch's default,
+/// left as it is) and returns the count set (0: none). More threads than cores only contend, and
+/// libtorch refuses a count beyond `i32` (`--threads 18446744073709551615` panicked in `tag`).
+pub fn set_torch_threads(requested: usize) -> usize {
+    let n = super::config::torch_threads_for(requested);
+    if n > 0 {
+        tch::set_num_threads(n as i32);
+    }
+    n
+}
+
 /// libtorch's thread count and TF32 switch; the notes say what was set and what was capped.
 fn set_up_threads(config: &TrainConfig, device: Device) -> Result<Vec<String>> {
-    if config.torch_threads() > 0 {
-        tch::set_num_threads(config.torch_threads() as i32);
-    }
+    set_torch_threads(config.threads);
     let mut notes = vec![super::autocast::set_tf32(
         config.tf32,
         device,
