@@ -128,6 +128,33 @@ pub fn all() -> Vec<Target> {
             seeds: scores_st_seeds,
             shared_seeds: &[],
         },
+        Target {
+            name: "manifest",
+            file: "manifest.json",
+            run: run_manifest,
+            dict: MANIFEST_DICT,
+            generate: None,
+            seeds: manifest_seeds,
+            shared_seeds: &[],
+        },
+        Target {
+            name: "descriptions",
+            file: "descriptions.json",
+            run: run_descriptions,
+            dict: JSON_DICT,
+            generate: None,
+            seeds: descriptions_seeds,
+            shared_seeds: &[],
+        },
+        Target {
+            name: "teacher",
+            file: "teacher.safetensors",
+            run: run_teacher,
+            dict: SAFETENSORS_DICT,
+            generate: None,
+            seeds: teacher_seeds,
+            shared_seeds: &[],
+        },
     ]
 }
 
@@ -253,6 +280,31 @@ fn run_train_config(path: &Path, _: &[u8]) {
     }
 }
 
+fn run_manifest(path: &Path, _: &[u8]) {
+    if let Ok(m) = crate::manifest::SlotManifest::read(path) {
+        let _ = (m.absent_slots(), m.present_slots());
+        let _ = m.check_vocabulary(&small_vocab(), path);
+    }
+}
+
+fn run_descriptions(path: &Path, _: &[u8]) {
+    if let Ok(d) = crate::embed::recipe::Descriptions::read(path) {
+        for tag in small_vocab().tags {
+            let _ = d.get(&tag);
+        }
+    }
+}
+
+fn run_teacher(path: &Path, _: &[u8]) {
+    if let Ok(t) = crate::teacher::TeacherFeatures::read(path) {
+        for key in t.keys() {
+            if let Some(row) = t.row_of(key) {
+                let _ = (t.image_row(row), t.text_row(row));
+            }
+        }
+    }
+}
+
 /// Benchmark inputs hold the tag list, a line `%%`, then the annotation file.
 const BENCH_SPLIT: &[u8] = b"\n%%\n";
 
@@ -309,10 +361,39 @@ const JSON_DICT: &[&[u8]] = &[
 ];
 
 #[rustfmt::skip]
+const MANIFEST_DICT: &[&[u8]] = &[
+    b"\"tagfix.slot-manifest\"", b"\"present\"", b"\"absent\"", b"\"slots\"", b"\"slot\"",
+    b"\"version\"", b"\"summary\"", b"\"union\"", b"18446744073709551615", b"-1", b"null",
+];
+
 const TEXT_DICT: &[&[u8]] = &[
-    b"\n", b"\r\n", b"\r", b"\xEF\xBB\xBF", b" ", b"\t", b"\xFF", b"\xC0\x80", b"\xE2\x80\xA8",
-    b"\xC2\x85", b"_", b",", b"0.5", b"1", b"0", b"-0", b"nan", b"NaN", b"inf", b"1e40", b"1.5",
-    b"cat", b"Dog", b"ice cream", b"\xE7\x8C\xAB", b"e\xCC\x81", b"\x00",
+    b"\n",
+    b"\r\n",
+    b"\r",
+    b"\xEF\xBB\xBF",
+    b" ",
+    b"\t",
+    b"\xFF",
+    b"\xC0\x80",
+    b"\xE2\x80\xA8",
+    b"\xC2\x85",
+    b"_",
+    b",",
+    b"0.5",
+    b"1",
+    b"0",
+    b"-0",
+    b"nan",
+    b"NaN",
+    b"inf",
+    b"1e40",
+    b"1.5",
+    b"cat",
+    b"Dog",
+    b"ice cream",
+    b"\xE7\x8C\xAB",
+    b"e\xCC\x81",
+    b"\x00",
 ];
 
 #[rustfmt::skip]
@@ -433,6 +514,59 @@ fn sidecar_seeds() -> Vec<(String, Vec<u8>)> {
             b"\xEF\xBB\xBF0.5 \r\n 0.7\n\n2\nnan\n-0\n1e-3\n0.5\n",
         ),
     ])
+}
+
+fn manifest_seeds() -> Vec<(String, Vec<u8>)> {
+    let vocab = small_vocab();
+    let union = [3, 0, 1, 0, 2, 0, 5, 1];
+    let parse = [2, 0, 1, 0, 0, 0, 5, 1];
+    let inputs = vec![crate::manifest::InputFile {
+        path: "train.json".into(),
+        bytes: 1234,
+        records: 9,
+    }];
+    let manifest = crate::manifest::SlotManifest::from_counts(&vocab, &union, &parse, inputs, 2);
+    let all_absent =
+        crate::manifest::SlotManifest::from_counts(&vocab, &[0; 8], &[0; 8], vec![], 0);
+    vec![
+        written("manifest.json", |p| manifest.write(p)),
+        written("all_absent.json", |p| all_absent.write(p)),
+    ]
+}
+
+fn descriptions_seeds() -> Vec<(String, Vec<u8>)> {
+    seeds(&[
+        (
+            "ram_plus.json",
+            br#"[{"cat": ["a small furry pet", "an animal that purrs"]}, {"Dog": ["a loyal pet", "it barks"]}, {"ice cream": ["a frozen dessert", "sweet and cold"]}]"#,
+        ),
+        (
+            "object.json",
+            br#"{"sky": ["blue above"], "\u732b": ["\u732b"], "e\u0301": ["accent"]}"#,
+        ),
+        ("uneven.json", br#"[{"cat": ["a", "b"]}, {"dog": ["c"]}]"#),
+        ("twice.json", br#"[{"cat": ["a"]}, {"Cat": ["b"]}]"#),
+    ])
+}
+
+fn teacher_seeds() -> Vec<(String, Vec<u8>)> {
+    use crate::teacher::{TeacherFeatures, TEACHER_DIM};
+    let row = |k: usize| {
+        (0..TEACHER_DIM)
+            .map(|i| ((i + k) % 7) as f32 * 0.1 - 0.3)
+            .collect::<Vec<_>>()
+    };
+    let keys = ["a.jpg".to_string(), "sub/b.png".to_string()];
+    let image = [row(0), row(1)].concat();
+    let text = [row(2), row(3)].concat();
+    vec![
+        written("two.safetensors", |p| {
+            TeacherFeatures::write(p, &keys, &image, &text)
+        }),
+        written("one.safetensors", |p| {
+            TeacherFeatures::write(p, &keys[..1], &image[..TEACHER_DIM], &text[..TEACHER_DIM])
+        }),
+    ]
 }
 
 /// Writes with one of the project's writers into a temp dir and returns the bytes.
