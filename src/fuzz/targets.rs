@@ -147,6 +147,24 @@ pub fn all() -> Vec<Target> {
             shared_seeds: &[],
         },
         Target {
+            name: "metrics",
+            file: "metrics.jsonl",
+            run: run_metrics,
+            dict: JSON_DICT,
+            generate: None,
+            seeds: metrics_seeds,
+            shared_seeds: &[],
+        },
+        Target {
+            name: "detector_toml",
+            file: "detectors.toml",
+            run: run_detector_config,
+            dict: TOML_DICT,
+            generate: Some(gen_detector_toml),
+            seeds: detector_toml_seeds,
+            shared_seeds: &[],
+        },
+        Target {
             name: "teacher",
             file: "teacher.safetensors",
             run: run_teacher,
@@ -292,6 +310,34 @@ fn run_descriptions(path: &Path, _: &[u8]) {
         for tag in small_vocab().tags {
             let _ = d.get(&tag);
         }
+    }
+}
+
+/// A short synthetic run's records, which the detectors are run over.
+fn short_run() -> Vec<crate::monitor::StepRecord> {
+    crate::monitor::synthetic::SyntheticRun {
+        steps: 40,
+        warmup: 5,
+        ..Default::default()
+    }
+    .records()
+}
+
+/// `tagfix plot`'s reading of a run folder: the records (then every detector over them), the
+/// events and the validation records, all JSON Lines.
+fn run_metrics(path: &Path, _: &[u8]) {
+    if let Ok(records) = crate::monitor::read_all_records(path) {
+        let _ = crate::monitor::detect(&records, &crate::monitor::DetectorConfig::default());
+    }
+    let _ = crate::monitor::read_events(path);
+    let _ = crate::monitor::read_validation(path);
+}
+
+/// `plot --thresholds` and `[monitor]`: the detector thresholds, then every detector built from
+/// them run over a short synthetic run.
+fn run_detector_config(path: &Path, _: &[u8]) {
+    if let Ok(config) = crate::monitor::DetectorConfig::load(path) {
+        let _ = crate::monitor::detect(&short_run(), &config);
     }
 }
 
@@ -546,6 +592,51 @@ fn descriptions_seeds() -> Vec<(String, Vec<u8>)> {
         ),
         ("uneven.json", br#"[{"cat": ["a", "b"]}, {"dog": ["c"]}]"#),
         ("twice.json", br#"[{"cat": ["a"]}, {"Cat": ["b"]}]"#),
+    ])
+}
+
+fn metrics_seeds() -> Vec<(String, Vec<u8>)> {
+    use crate::monitor::synthetic::{Anomaly, SyntheticRun};
+    // 20 steps keep the file under the harness's 16 KiB input limit.
+    let spiky = SyntheticRun {
+        steps: 20,
+        warmup: 3,
+        anomalies: vec![Anomaly::Spike {
+            term: crate::monitor::LossTerm::Tag,
+            at: 15,
+            len: 2,
+            factor: 20.0,
+        }],
+        ..Default::default()
+    };
+    vec![written("metrics.jsonl", |p| {
+        let mut w = crate::monitor::MetricsWriter::append(p)?;
+        spiky.records().iter().try_for_each(|r| w.write(r))
+    })]
+}
+
+/// Every detector key, dotted (`spike.window`), from the defaults' own serialisation.
+fn detector_keys() -> Vec<String> {
+    let value = serde_json::to_value(crate::monitor::DetectorConfig::default()).unwrap_or_default();
+    let mut keys = Vec::new();
+    if let Some(sections) = value.as_object() {
+        for (section, fields) in sections {
+            for key in fields.as_object().into_iter().flat_map(|f| f.keys()) {
+                keys.push(format!("{section}.{key}"));
+            }
+        }
+    }
+    keys
+}
+
+fn detector_toml_seeds() -> Vec<(String, Vec<u8>)> {
+    let defaults = toml::to_string(&crate::monitor::DetectorConfig::default()).unwrap_or_default();
+    seeds(&[
+        ("defaults.toml", defaults.as_bytes()),
+        (
+            "short.toml",
+            b"[spike]\nwindow = 40\nmin_history = 5\n[oscillation]\nmax_lag = 2\nwindow = 8\n",
+        ),
     ])
 }
 
@@ -1158,7 +1249,20 @@ fn gen_policy(rng: &mut SplitMix64) -> Vec<u8> {
 }
 
 fn gen_train_toml(rng: &mut SplitMix64) -> Vec<u8> {
-    gen_config(rng, &crate::train::config::known_keys(), false)
+    // The top-level keys and the `[monitor]` table's detector keys (`monitor.spike.window`).
+    let monitor: Vec<String> = detector_keys()
+        .iter()
+        .map(|k| format!("monitor.{k}"))
+        .collect();
+    let mut keys: Vec<&str> = crate::train::config::known_keys().into_iter().collect();
+    keys.extend(monitor.iter().map(String::as_str));
+    gen_config(rng, &keys, false)
+}
+
+fn gen_detector_toml(rng: &mut SplitMix64) -> Vec<u8> {
+    let keys = detector_keys();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    gen_config(rng, &keys, false)
 }
 
 fn gen_ram_yaml(rng: &mut SplitMix64) -> Vec<u8> {

@@ -17,6 +17,10 @@ use std::path::Path;
 
 /// Every detector's thresholds. In a TOML file, each detector is a table (`[spike]`, …), or a
 /// sub-table of the training config's `[monitor]`; missing keys take their defaults.
+/// Longest detector window, in steps: far beyond any useful one (the defaults are 20 to 200), small
+/// enough that its history buffer is always allocated.
+pub const MAX_WINDOW: usize = 1_000_000;
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DetectorConfig {
@@ -43,8 +47,9 @@ impl DetectorConfig {
     }
 
     /// Checks the ranges serde cannot: every window long enough for its detector to ever fire (a
-    /// shorter one would silently never report), thresholds finite and >= 0. The error names the
-    /// key, e.g. `plateau.window must be >= 4, got 1`.
+    /// shorter one would silently never report) and at most [`MAX_WINDOW`] steps (the windows are
+    /// allocated up front: `window = 9223372036854775807` overflowed), thresholds finite and >= 0.
+    /// The error names the key, e.g. `plateau.window must be >= 4, got 1`.
     pub fn check(&self) -> std::result::Result<(), String> {
         let (s, o) = (&self.spike, &self.oscillation);
         let windows = [
@@ -60,6 +65,9 @@ impl DetectorConfig {
             ("imbalance.window", self.imbalance.window, 1),
             ("stalled_encoder.window", self.stalled_encoder.window, 1),
         ];
+        if let Some((key, v, _)) = windows.iter().find(|(_, v, _)| *v > MAX_WINDOW) {
+            return Err(format!("{key} must be <= {MAX_WINDOW}, got {v}"));
+        }
         if let Some((key, v, min)) = windows.into_iter().find(|(_, v, min)| v < min) {
             return Err(format!("{key} must be >= {min}, got {v}"));
         }
@@ -1032,6 +1040,14 @@ mod tests {
             (
                 "[imbalance]\nmax_share = -1\n",
                 "imbalance.max_share must be a finite number >= 0",
+            ),
+            (
+                "[stalled_encoder]\nwindow = 9223372036854775807\n",
+                "stalled_encoder.window must be <= 1000000, got 9223372036854775807",
+            ),
+            (
+                "[oscillation]\nmax_lag = 9223372036854775807\n",
+                "oscillation.max_lag must be <= 1000000",
             ),
         ] {
             std::fs::write(&p, text).unwrap();

@@ -156,8 +156,12 @@ pub fn write(path: &Path, set: &TensorSet) -> Result<()> {
         path: path.into(),
         source,
     };
-    let meta = Some(set.metadata.clone().into_iter().collect());
-    let header = Metadata::new(meta, infos).map_err(serializing)?;
+    // The crate checks the offsets; the header itself is ours, for its metadata order.
+    Metadata::new(None, infos.clone()).map_err(serializing)?;
+    let header = Header {
+        metadata: &set.metadata,
+        tensors: &infos,
+    };
     let mut header = serde_json::to_vec(&header)
         .map_err(|e| serializing(safetensors::SafeTensorError::JsonError(e)))?;
     // The data starts 8-byte aligned, as the crate's serializer pads it.
@@ -167,6 +171,26 @@ pub fn write(path: &Path, set: &TensorSet) -> Result<()> {
         w.write_all(&header)?;
         order.iter().try_for_each(|(_, t)| w.write_all(&t.data))
     })
+}
+
+/// A header laid out as the crate's `Metadata` lays it out (`__metadata__`, then the tensors in data
+/// order) but with the metadata in key order: the crate keeps it in a `HashMap`, whose order changes
+/// from run to run, so the same tensors and metadata gave files with different bytes and hashes.
+struct Header<'a> {
+    metadata: &'a std::collections::BTreeMap<String, String>,
+    tensors: &'a [(String, TensorInfo)],
+}
+
+impl serde::Serialize for Header<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.tensors.len() + 1))?;
+        map.serialize_entry("__metadata__", self.metadata)?;
+        for (name, info) in self.tensors {
+            map.serialize_entry(name, info)?;
+        }
+        map.end()
+    }
 }
 
 /// True when the safetensors file at `path` holds exactly the tensors of `set` (names, dtypes,
@@ -241,7 +265,7 @@ mod tests {
         assert_eq!(back, set);
         assert!(holds(&p, &set).unwrap());
         // The crate's own serializer lays the file out byte for byte the same (metadata aside,
-        // whose map order is not fixed).
+        // which the crate writes in its hash map's order and `write` in key order).
         let mut plain = set.clone();
         plain.metadata.clear();
         write(&p, &plain).unwrap();
@@ -259,6 +283,39 @@ mod tests {
         assert!(!holds(&p, &changed).unwrap());
         changed.tensors.pop();
         assert!(!holds(&p, &changed).unwrap());
+    }
+
+    #[test]
+    fn the_same_set_gives_the_same_bytes_with_metadata_in_key_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut set = TensorSet::default();
+        set.tensors
+            .push(("t".into(), Tensor::from_f32(vec![1], &[1.0]).unwrap()));
+        for k in [
+            "zeta",
+            "alpha",
+            "mid",
+            "beta",
+            "omega",
+            "tagfix.keys",
+            "tagfix.schema",
+        ] {
+            set.metadata.insert(k.into(), format!("value of {k}"));
+        }
+        // Each write builds its own hash map in the crate's way: 20 writes met several orders.
+        let bytes: Vec<Vec<u8>> = (0..20)
+            .map(|i| {
+                let p = dir.path().join(format!("{i}.safetensors"));
+                write(&p, &set).unwrap();
+                std::fs::read(&p).unwrap()
+            })
+            .collect();
+        assert!(bytes.iter().all(|b| *b == bytes[0]));
+        let header = String::from_utf8_lossy(&bytes[0][8..]).into_owned();
+        let at = |k: &str| header.find(&format!("\"{k}\"")).unwrap();
+        assert!(at("alpha") < at("beta") && at("beta") < at("mid") && at("omega") < at("zeta"));
+        assert!(at("__metadata__") < at("alpha") && at("zeta") < at("t"));
+        assert_eq!(read(&dir.path().join("0.safetensors")).unwrap(), set);
     }
 
     #[test]
