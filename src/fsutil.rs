@@ -496,9 +496,49 @@ pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic(path, |w| w.write_all(bytes))
 }
 
+/// Most bytes [`read`] takes from an input that is not a regular file (a FIFO, `/dev/stdin`, a
+/// character device): such an input has no size to trust, and `/dev/zero` would never end.
+pub const STREAM_LIMIT: u64 = 1 << 30;
+
+/// `std::fs::read` for a user's input file: a regular file is read whole (its size bounds it);
+/// anything else at most [`STREAM_LIMIT`] bytes, beyond which it is an error rather than memory
+/// growing until the process is killed (`--vocab /dev/zero` did that).
+pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
+    read_with_limit(path, STREAM_LIMIT)
+}
+
+/// [`read`] with another limit on what a stream may give.
+fn read_with_limit(path: &Path, stream_limit: u64) -> std::io::Result<Vec<u8>> {
+    let mut file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    if meta.is_file() {
+        let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+        file.read_to_end(&mut bytes)?;
+        return Ok(bytes);
+    }
+    let mut bytes = Vec::new();
+    file.take(stream_limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > stream_limit {
+        return Err(std::io::Error::other(format!(
+            "not a regular file, and more than {stream_limit} bytes came from it: give a file"
+        )));
+    }
+    Ok(bytes)
+}
+
+/// [`read`] as UTF-8 text (an invalid byte is `InvalidData`, as `std::fs::read_to_string` says).
+pub fn read_to_string(path: &Path) -> std::io::Result<String> {
+    String::from_utf8(read(path)?).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        )
+    })
+}
+
 /// Reads a JSON file; a syntax error names the file and line.
 pub fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = read_to_string(path).map_err(|e| Error::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| {
         FileError::Json {
             path: path.to_path_buf(),
@@ -552,6 +592,33 @@ pub fn shared_dir() -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inputs_that_never_end_are_cut_off_with_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tags.txt");
+        std::fs::write(&file, "cat\ndog\n").unwrap();
+        assert_eq!(read(&file).unwrap(), b"cat\ndog\n");
+        // A regular file is read whole whatever the stream limit.
+        assert_eq!(read_with_limit(&file, 2).unwrap().len(), 8);
+        let zero = Path::new("/dev/zero");
+        if zero.exists() {
+            let e = read_with_limit(zero, 4096).unwrap_err().to_string();
+            assert_eq!(
+                e,
+                "not a regular file, and more than 4096 bytes came from it: give a file"
+            );
+        }
+        let null = Path::new("/dev/null");
+        if null.exists() {
+            assert!(read(null).unwrap().is_empty());
+        }
+        std::fs::write(&file, b"\xff").unwrap();
+        assert_eq!(
+            read_to_string(&file).unwrap_err().kind(),
+            std::io::ErrorKind::InvalidData
+        );
+    }
 
     #[test]
     fn atomic_write_leaves_nothing_on_error() {

@@ -335,7 +335,7 @@ impl RamPlusConfig {
     /// Reads the model description of a reference fixture's `config.json` (the `tiny*/` folders
     /// under `ram/reference/`): its `swin`, `q2l`, `num_class` and `des_per_class` fields.
     pub fn from_reference_json(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::fsutil::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let raw: RefConfig =
             serde_json::from_str(&text).map_err(|source| CheckpointError::ReferenceConfig {
                 path: path.to_path_buf(),

@@ -109,7 +109,7 @@ impl Default for Policy {
 impl Policy {
     /// Reads a policy file; unknown keys and out-of-range values are errors naming the file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::fsutil::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let p: Policy = toml::from_str(&text).map_err(|cause| PolicyError::Parse {
             path: path.into(),
             cause,

@@ -155,7 +155,7 @@ pub(crate) fn read_descriptor_text(
     holds: &str,
 ) -> Result<(PathBuf, String)> {
     let path = dir.join(DESCRIPTOR_FILE);
-    match std::fs::read_to_string(&path) {
+    match crate::fsutil::read_to_string(&path) {
         Ok(text) => Ok((path, text)),
         Err(cause) => Err(EmbedError::DescriptorUnreadable {
             path,

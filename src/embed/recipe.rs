@@ -225,7 +225,7 @@ impl Recipe {
 
     /// Reads a template file: one template a line, each containing `{}`; `#` lines and blank lines skipped.
     pub fn templates_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::fsutil::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let mut templates = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let t = line.trim_end_matches('\r');

@@ -76,7 +76,7 @@ impl Benchmark {
     /// is a tag of the list, else indices when every label is a whitespace-separated list of
     /// in-range integers). Errors name the file and line.
     pub fn load(taglist: &Path, annots: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(taglist).map_err(|e| Error::io(taglist, e))?;
+        let text = crate::fsutil::read_to_string(taglist).map_err(|e| Error::io(taglist, e))?;
         let tags: Vec<String> = text.lines().map(|l| l.trim().to_string()).collect();
         if let Some(i) = tags.iter().position(|t| t.is_empty()) {
             return Err(EvalError::EmptyTag {
@@ -89,7 +89,7 @@ impl Benchmark {
         for (i, t) in tags.iter().enumerate() {
             index.entry(t.as_str()).or_insert(i as u32);
         }
-        let text = std::fs::read_to_string(annots).map_err(|e| Error::io(annots, e))?;
+        let text = crate::fsutil::read_to_string(annots).map_err(|e| Error::io(annots, e))?;
         let lines: Vec<(usize, &str, &str)> = text
             .lines()
             .enumerate()

@@ -272,7 +272,7 @@ impl Thresholds {
     /// A threshold file aligned with the vocabulary (line i = slot i, as
     /// `ram_tag_list_threshold.txt`); errors name file and line.
     pub fn read(path: &Path, slots: usize) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::fsutil::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let lines: Vec<&str> = text.lines().collect();
         let lines = match lines.split_last() {
             Some((last, rest)) if last.trim().is_empty() => rest.to_vec(),

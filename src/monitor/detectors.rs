@@ -34,7 +34,7 @@ pub struct DetectorConfig {
 impl DetectorConfig {
     /// Reads a TOML file of thresholds (unknown keys are an error naming the file).
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::fsutil::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let cfg: Self = toml::from_str(&text).map_err(|source| MonitorError::ConfigSyntax {
             path: path.into(),
             source,

@@ -64,7 +64,7 @@ impl RunSummary {
     /// Reads `RUN_DIR/summary.json`.
     pub fn read(run_dir: &Path) -> Result<Self> {
         let path = run_dir.join(SUMMARY_FILE);
-        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let bytes = crate::fsutil::read(&path).map_err(|e| Error::io(&path, e))?;
         serde_json::from_slice(&bytes).map_err(|source| {
             MonitorError::Summary {
                 path,

@@ -10,7 +10,7 @@ use std::path::Path;
 
 /// Reads an `.npy` array (f32, f64 or i64, C or Fortran order) as a contiguous tensor.
 pub fn read(path: &Path) -> Result<Tensor> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::fsutil::read(path).map_err(|e| Error::io(path, e))?;
     let bad = |source| TensorError::Npy {
         path: path.into(),
         source,

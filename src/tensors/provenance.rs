@@ -154,7 +154,7 @@ pub fn read_sidecar(data: &Path) -> Result<Option<Provenance>> {
         return Ok(None);
     }
     let path = provenance_sidecar(&real);
-    let text = match std::fs::read(&path) {
+    let text = match crate::fsutil::read(&path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(&path, e)),
         Ok(t) => t,

@@ -43,7 +43,7 @@ fn to_st(d: DType) -> StDtype {
 /// metadata of a safetensors file. Linear in the number of tensors: the header is parsed once (plus
 /// a key-only pass that refuses a repeated tensor name) and each tensor is looked up by index.
 pub fn read(path: &Path) -> Result<TensorSet> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::fsutil::read(path).map_err(|e| Error::io(path, e))?;
     let (n, header) =
         SafeTensors::read_metadata(&bytes).map_err(|source| TensorError::Safetensors {
             path: path.into(),

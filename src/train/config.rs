@@ -719,7 +719,7 @@ impl TrainConfig {
     /// Reads a `.toml`, `.yaml` or `.yml` file. Unknown keys are collected in `ignored_keys`; a value of
     /// the wrong type is an error naming the file and key.
     pub fn load(path: &Path) -> Result<LoadedConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::fsutil::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let map = read_table(path, &text)?;
         Ok(Self::from_table(path, map)?)
     }

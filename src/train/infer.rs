@@ -480,7 +480,7 @@ impl SlotLabels {
         });
         let zh = match zh.map(Path::to_path_buf).or(sidecar) {
             Some(path) => {
-                let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+                let bytes = crate::fsutil::read(&path).map_err(|e| Error::io(&path, e))?;
                 let names = parse_lines(&path, &bytes)?;
                 if names.len() != vocab.len() {
                     return Err(InferError::NameCount {

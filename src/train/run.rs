@@ -517,7 +517,7 @@ pub(super) fn read_checkpoint(
     opt: &mut AdamW,
 ) -> Result<CheckpointState> {
     let state_path = dir.join("state.json");
-    let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
+    let text = crate::fsutil::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
     let state: CheckpointState =
         serde_json::from_str(&text).map_err(|source| TrainError::RunFile {
             path: state_path.clone(),
@@ -639,7 +639,7 @@ pub fn slot_probabilities(
 /// Reads `RUN_DIR/run.json` (the inputs of a run, for `--resume`).
 pub fn read_run_inputs(run_dir: &Path) -> Result<TrainInputs> {
     let p = run_dir.join(RUN_FILE);
-    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    let text = crate::fsutil::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
     serde_json::from_str(&text).map_err(|source| {
         TrainError::RunFile {
             path: p,

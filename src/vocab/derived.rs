@@ -66,7 +66,7 @@ pub struct DerivedReport {
 
 /// Reads a derived list and maps each row to a slot of `vocab`.
 pub fn map_derived(vocab: &Vocabulary, path: &Path) -> Result<DerivedReport> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::fsutil::read(path).map_err(|e| Error::io(path, e))?;
     let tags = parse_lines(path, &bytes)?;
     if tags.is_empty() {
         return Err(VocabError::DerivedEmpty { path: path.into() }.into());

@@ -130,7 +130,7 @@ impl Vocabulary {
     /// Reads a tag-list file. Accepts a UTF-8 BOM, CRLF line ends and a missing or present final
     /// newline; refuses empty files, empty lines and invalid UTF-8 with the offending line named.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = crate::fsutil::read(path).map_err(|e| Error::io(path, e))?;
         let tags = parse_lines(path, &bytes)?;
         if tags.is_empty() {
             return Err(VocabError::Empty { path: path.into() }.into());

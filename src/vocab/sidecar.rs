@@ -77,7 +77,7 @@ pub fn check_sidecar(
     kind: SidecarKind,
     slots: usize,
 ) -> Result<SidecarReport> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::fsutil::read(path).map_err(|e| Error::io(path, e))?;
     let mut issues = Vec::new();
     let mut issue = |severity, message: String, lines: Vec<usize>| {
         if severity == Severity::Note || !lines.is_empty() {

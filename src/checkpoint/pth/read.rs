@@ -23,7 +23,8 @@ pub fn read(path: &Path) -> Result<Checkpoint> {
     if magic.starts_with(b"PK\x03\x04") {
         read_zip(path, file)
     } else if magic.first() == Some(&0x80) {
-        let bytes = std::fs::read(path).map_err(|e| CheckpointError::io(path, "cannot read", e))?;
+        let bytes =
+            crate::fsutil::read(path).map_err(|e| CheckpointError::io(path, "cannot read", e))?;
         read_legacy(path, &bytes)
     } else if magic.is_empty() {
         Err(CheckpointError::structure(path, StructureProblem::Empty))
