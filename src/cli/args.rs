@@ -919,15 +919,16 @@ pub struct SynthImagesArgs {
     /// Output folder (created).
     #[arg(long, value_name = "DIR")]
     pub out: std::path::PathBuf,
-    /// Number of images.
+    /// Number of images (1 to 1000000: the set's annotations and teacher features are built in
+    /// memory).
     #[arg(long, default_value_t = 64)]
     pub count: usize,
-    /// Image side in pixels.
+    /// Image side in pixels (16 to 4096).
     #[arg(long, default_value_t = defaults::SYNTH_IMAGE_SIZE)]
     pub size: u32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Description rows per tag in the label embedding file.
+    /// Description rows per tag in the label embedding file (1 to 256; RAM++ has 51).
     #[arg(long, default_value_t = 3)]
     pub descriptions: usize,
     /// Tag the images in this vocabulary (a tag-list file or `ram`) instead of the generator's own
