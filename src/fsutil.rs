@@ -512,7 +512,12 @@ fn read_with_limit(path: &Path, stream_limit: u64) -> std::io::Result<Vec<u8>> {
     let mut file = std::fs::File::open(path)?;
     let meta = file.metadata()?;
     if meta.is_file() {
-        let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+        // Reserved fallibly, as `std::fs::read` does: a file larger than memory is an error, not an
+        // abort.
+        let mut bytes = Vec::new();
+        bytes
+            .try_reserve_exact(usize::try_from(meta.len()).unwrap_or(usize::MAX))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::OutOfMemory))?;
         file.read_to_end(&mut bytes)?;
         return Ok(bytes);
     }

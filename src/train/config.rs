@@ -1044,7 +1044,6 @@ fn beyond_toml(v: &serde_json::Value) -> bool {
 /// The most micro-batches decoded ahead (each holds a micro-batch of decoded images).
 pub const MAX_PREFETCH: usize = 64;
 
-/// `n` threads (0: one per core), at most one per core.
 /// libtorch intra-op threads for a `--threads` value: capped at one per core (0: libtorch's default).
 pub fn torch_threads_for(requested: usize) -> usize {
     match requested {
@@ -1053,6 +1052,7 @@ pub fn torch_threads_for(requested: usize) -> usize {
     }
 }
 
+/// `n` threads (0: one per core), at most one per core.
 fn cap_to_cores(n: usize) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     if n == 0 {
@@ -1454,7 +1454,7 @@ mod tests {
         );
     }
 
-    /// Found by `scripts/fuzz.sh` (target `ram_yaml`): a YAML integer above `i64::MAX` loaded, then
+    /// Found by probing the flags (docs/reliability.md): `--seed 18446744073709551615` passed, then
     /// writing the run's config.toml panicked.
     #[test]
     fn flags_toml_cannot_hold_are_refused() {
@@ -1488,6 +1488,8 @@ mod tests {
         assert!(ok.to_toml().contains("seed = 9223372036854775807"));
     }
 
+    /// Found by `scripts/fuzz.sh` (target `ram_yaml`): a YAML integer above `i64::MAX` loaded, then
+    /// writing the run's config.toml panicked.
     #[test]
     fn integers_toml_cannot_hold_are_refused() {
         let dir = tempfile::tempdir().unwrap();
