@@ -904,9 +904,11 @@ pub struct TeacherArgs {
     /// Which caption a record's text row embeds: first, or mean (every caption, normalised, averaged).
     #[arg(long, default_value = "first", value_parser = ["first", "mean"])]
     pub caption: String,
-    /// Words kept per caption by RAM's pre_caption.
-    #[arg(long, default_value_t = tagfix::teacher::RAM_CAPTION_WORDS)]
-    pub max_words: usize,
+    /// Words kept per caption by RAM's pre_caption (at least 1: 0 would embed every caption as the
+    /// same empty text).
+    #[arg(long, default_value_t = tagfix::teacher::RAM_CAPTION_WORDS as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_words: u64,
     /// Output teacher file (.safetensors), written atomically.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,

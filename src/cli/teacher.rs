@@ -47,7 +47,7 @@ pub fn run(args: TeacherArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
         records: &records,
         image_root: &args.images,
         caption: args.caption.parse().map_err(anyhow::Error::msg)?,
-        max_words: args.max_words,
+        max_words: usize::try_from(args.max_words).unwrap_or(usize::MAX),
         image_batch: args.ort.batch_size as usize,
     };
     let text_bar = super::progress_bar(global, 0, false);
