@@ -116,6 +116,22 @@ fn repair_refuses_integers_its_training_config_cannot_hold() {
     assert!(!cx.path("r").exists());
 }
 
+#[test]
+fn teacher_refuses_captions_cut_to_no_words() {
+    let cx = Context::new().quiet();
+    let args = [
+        "--data",
+        "d.json",
+        "--images",
+        "i",
+        "--out",
+        "t.safetensors",
+        "--max-words",
+        "0",
+    ];
+    refused(&cx, "teacher", &args, "0 is not in 1..");
+}
+
 #[cfg(feature = "train")]
 #[test]
 fn train_and_tag_take_extreme_integers_without_panicking() {
