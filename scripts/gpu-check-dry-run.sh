@@ -7,9 +7,11 @@
 #           4585 classes;
 #   casts   both medians and their ratio; ckpt: the inline and background rows and their ratio;
 #   upload  both micro-batch sizes uploaded identical tensors, and `--micro-batch-size auto` chose a size
-#           that config.toml records.
+#           that config.toml records;
+#   embed   (`bundle`, then both sides on the CPU) MiniLM and the CLIP fixture over the RAM vocabulary
+#           compared row by row and passing (the CUDA side's onnxruntime-gpu pieces cannot be tried here).
 # Call 3 (`run step`) is not covered: its Python side needs an importable torch with its CUDA libraries,
-# which this machine's .venv does not have. 3-4 minutes.
+# which this machine's .venv does not have. 4-5 minutes.
 #   scripts/gpu-check-dry-run.sh          # after `cargo test --release --all-features` built the binaries
 #                                         # (scripts/test.sh)
 set -euo pipefail
@@ -46,6 +48,8 @@ PARITY_DEVICE=cpu SPEED_DEVICE=cpu SPEED_MODELS=tiny SPEED_STEPS=2 SPEED_F32_STE
 CASTS_DEVICE=cpu CASTS_CONFIG=tiny CASTS_BATCH=2 CASTS_STEPS=2 CKPT_DEVICE=cpu CKPT_PRESET=swin_b_224 CKPT_ROUNDS=1 \
   UPLOAD_DEVICE=cpu UPLOAD_BATCH=8 UPLOAD_SIZE=64 UPLOAD_WORKERS=1 AUTO_STEPS=2 \
   scripts/gpu-check.sh run casts ckpt upload
+scripts/gpu-check.sh bundle > /dev/null
+EMBED_DEVICE=cpu scripts/gpu-check.sh run embed
 
 problems=()
 # has FILE PATTERN WHAT: WHAT is a problem unless FILE has a line matching PATTERN (extended regex).
@@ -71,10 +75,14 @@ for m in 4 8; do
 done
 has "$out/auto.log" 'micro_batch_size auto → 8 ' "upload: --micro-batch-size auto did not choose the whole batch"
 has "$out/auto/config.toml" '^micro_batch_size = 8$' "upload: config.toml does not record the chosen size"
+for model in minilm clip-tiny; do
+  has "$out/embed.txt" "^embed: $model: 4585 rows, lowest cosine CPU vs device [0-9.]+ \(row [0-9]+\): PASS" \
+    "embed: $model: no passing row-by-row comparison"
+done
 if [ ${#problems[@]} -gt 0 ]; then
   printf 'gpu-check dry run: %s\n' "${problems[@]}" >&2
   [ -f "$table" ] && cat "$table" >&2
   exit 1
 fi
-echo "gpu-check dry run: calls 1 and 2 ran on the CPU (parity: both fixtures; speed: 7 rows measured, 4585 classes" \
-  "in every loop; casts, ckpt and upload: every figure written)"
+echo "gpu-check dry run: calls 1 and 2 and the embed part ran on the CPU (parity: both fixtures; speed: 7 rows" \
+  "measured, 4585 classes in every loop; casts, ckpt and upload: every figure written; embed: both models compared)"

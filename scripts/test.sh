@@ -36,8 +36,8 @@ if [ "$status" != 0 ]; then
   failed+=("cargo test --all-features --release --no-fail-fast (exit $status):" "${lines[@]}")
 fi
 
-# The GPU check's first two device calls run on the CPU with the binaries just built (docs/gpu-check.md),
-# so a session lent a GPU does not find a broken script with its device time.
+# The GPU check's first two device calls and its embed part run on the CPU with the binaries just built
+# (docs/gpu-check.md), so a session lent a GPU does not find a broken script with its device time.
 scripts/gpu-check-dry-run.sh || failed+=("GPU check dry run on the CPU (scripts/gpu-check-dry-run.sh, above)")
 
 echo
