@@ -19,15 +19,19 @@ fn exit_code(out: &Output, what: &str) -> i32 {
         .unwrap_or_else(|| panic!("{what}: killed by a signal ({:?}):\n{stderr}", out.status))
 }
 
-/// Runs `subcommand args` in `cx`'s folder; asserts the exit code is `code` and stderr says `says`.
-fn refused(cx: &Context, subcommand: &str, args: &[&str], says: &str) {
-    let what = format!("tagfix {subcommand} {}", args.join(" "));
-    let out = cx
-        .cmd(subcommand)
+/// `tagfix subcommand args` run in `cx`'s folder.
+fn run_in(cx: &Context, subcommand: &str, args: &[&str]) -> Output {
+    cx.cmd(subcommand)
         .args(args)
         .current_dir(cx.dir.path())
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs `subcommand args` in `cx`'s folder; asserts the exit code is `code` and stderr says `says`.
+fn refused(cx: &Context, subcommand: &str, args: &[&str], says: &str) {
+    let what = format!("tagfix {subcommand} {}", args.join(" "));
+    let out = run_in(cx, subcommand, args);
     assert_eq!(exit_code(&out, &what), 2, "{what}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -146,12 +150,7 @@ fn train_and_tag_take_extreme_integers_without_panicking() {
         "--descriptions",
         "1",
     ];
-    let out = cx
-        .cmd("synth-images")
-        .args(synth)
-        .current_dir(cx.dir.path())
-        .output()
-        .unwrap();
+    let out = run_in(&cx, "synth-images", &synth);
     assert_eq!(exit_code(&out, "synth-images"), 0);
     let train = [
         "--data",
@@ -182,13 +181,7 @@ fn train_and_tag_take_extreme_integers_without_panicking() {
         !cx.path("bad").exists(),
         "refused before the run folder is made"
     );
-    let out = cx
-        .cmd("train")
-        .args(train)
-        .args(["--out", "run"])
-        .current_dir(cx.dir.path())
-        .output()
-        .unwrap();
+    let out = run_in(&cx, "train", &[&train[..], &["--out", "run"]].concat());
     assert_eq!(exit_code(&out, "train"), 0);
     let tag = [
         "--checkpoint",
@@ -198,12 +191,6 @@ fn train_and_tag_take_extreme_integers_without_panicking() {
         "--vocab",
         "s/tags.txt",
     ];
-    let out = cx
-        .cmd("tag")
-        .args(tag)
-        .args(["--threads", MAX])
-        .current_dir(cx.dir.path())
-        .output()
-        .unwrap();
+    let out = run_in(&cx, "tag", &[&tag[..], &["--threads", MAX]].concat());
     assert_eq!(exit_code(&out, "tag --threads u64::MAX"), 0);
 }
