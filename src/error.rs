@@ -22,6 +22,9 @@ pub enum ErrorKind {
     Internal,
     /// A long run stopped on purpose (a non-finite loss) after saving its state.
     Stopped,
+    /// A long run stopped on a signal (SIGTERM, SIGINT, SIGUSR1) after saving its state; the exit
+    /// status is 128 + `signal`, as for a process the signal ended.
+    Interrupted { signal: i32 },
 }
 
 /// Errors raised by the tagfix library: `Io` and one variant per module's error enum (a training

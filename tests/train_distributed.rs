@@ -2,13 +2,14 @@
 //! the one-rank run of the same global batch on the tiny RAM++: parameters, logged losses and
 //! validation agree; torchrun's variables, Slurm's and `--nproc-per-node` all launch it; a 2-rank run
 //! resumes on 1 rank and a 1-rank run on 2; a killed rank stops the other with its name and leaves the
-//! newest checkpoint intact; a run that stops itself exits 3 through the launcher; ranks that disagree
+//! newest checkpoint intact; a run that stops itself exits 3 through the launcher; a stop signal to the
+//! launcher or to one rank stops every rank after the same step with a checkpoint; ranks that disagree
 //! on the configuration are refused before the first step.
 #![cfg(feature = "train")]
 
 mod common;
 
-use common::train::{dataset, serial, train_argv, train_command};
+use common::train::{dataset, serial, signal_after_steps, train_argv, train_command, wait_bounded};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -368,25 +369,6 @@ fn ranks_that_disagree_on_the_configuration_are_refused_before_the_first_step() 
     assert!(!metrics.exists() || std::fs::read(&metrics).unwrap().is_empty());
 }
 
-/// Waits for `child` until `limit`, then kills it (a hang fails the test instead of blocking it).
-fn wait_bounded(mut child: Child, limit: Duration) -> Output {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let hung = matches!(child.try_wait(), Ok(None));
-    if hung {
-        let _ = child.kill();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        !hung,
-        "still running after {limit:?}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 #[test]
 fn a_rank_killed_mid_run_stops_the_other_with_its_name_and_an_intact_checkpoint() {
     let _guard = serial();
@@ -462,4 +444,88 @@ fn a_run_that_stops_itself_on_two_ranks_exits_3_with_a_checkpoint() {
     assert!(err.contains("exited with status 3"), "{err}");
     let saved = tagfix::train::run::newest_checkpoint_in(&run.join("checkpoints"), "state.json");
     assert!(saved.unwrap().is_some(), "the last good state is saved");
+}
+
+/// The step a run's newest checkpoint holds, and how many steps its metrics log.
+fn saved_and_logged(run: &Path) -> (u64, u64) {
+    let newest = tagfix::train::run::newest_checkpoint_in(&run.join("checkpoints"), "state.json")
+        .unwrap()
+        .expect("a checkpoint");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(newest.join("state.json")).unwrap()).unwrap();
+    let logged = read_all_records(&run.join("metrics.jsonl")).unwrap().len() as u64;
+    (state["step"].as_u64().unwrap(), logged)
+}
+
+#[test]
+fn sigterm_to_the_launcher_stops_both_ranks_after_the_same_step_and_resume_finishes() {
+    let _guard = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(&tmp.path().join("data"), 32, 16);
+    let run = tmp.path().join("run");
+    let mut launcher = Command::new(assert_cmd::cargo::cargo_bin("tagfix"))
+        .args(train_argv(&ds))
+        .args(run_args(&ds, &run, "4", "100000"))
+        .args(["--nproc-per-node", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    signal_after_steps(&mut launcher, &run.join("metrics.jsonl"), 2, libc::SIGTERM);
+    let out = wait_bounded(launcher, Duration::from_secs(120));
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{err}");
+    assert_eq!(out.status.code(), Some(143), "{err}");
+    for line in [
+        "SIGTERM: the ranks stop after the current step",
+        "[rank 0] SIGTERM: training stops after the current step",
+        "[rank 1] SIGTERM: training stops after the current step",
+        "the ranks stopped on SIGTERM, after saving a checkpoint",
+    ] {
+        assert!(err.contains(line), "missing {line:?}:\n{err}");
+    }
+    let (saved, logged) = saved_and_logged(&run);
+    assert_eq!(saved, logged, "the checkpoint holds the last step logged");
+
+    let more = (logged + 2).to_string();
+    let out = train_command(&ds)
+        .args(["--quiet", "--resume"])
+        .arg(&run)
+        .args(["--max-steps", &more, "--nproc-per-node", "2"])
+        .output()
+        .unwrap();
+    check(&out, "resume on 2 ranks");
+    assert_eq!(saved_and_logged(&run), (logged + 2, logged + 2));
+}
+
+/// A signal that reaches one rank only (a `kill` of its process): the ranks vote through the step's
+/// loss sums, so both stop after the same step and rank 0 saves it.
+#[test]
+fn a_stop_signal_to_one_rank_stops_both_after_the_same_step() {
+    let _guard = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(&tmp.path().join("data"), 32, 17);
+    let run = tmp.path().join("run");
+    let args = run_args(&ds, &run, "4", "100000");
+    let mut ranks = spawn_ranks(&ds, &args, [&[], &[]], Contract::Torchrun).into_iter();
+    let (rank0, mut rank1) = (ranks.next().unwrap(), ranks.next().unwrap());
+    signal_after_steps(&mut rank1, &run.join("metrics.jsonl"), 2, libc::SIGUSR1);
+    let one = wait_bounded(rank1, Duration::from_secs(120));
+    let zero = wait_bounded(rank0, Duration::from_secs(120));
+    let (err0, err1) = (
+        String::from_utf8_lossy(&zero.stderr),
+        String::from_utf8_lossy(&one.stderr),
+    );
+    assert_eq!(one.status.code(), Some(128 + libc::SIGUSR1), "{err1}");
+    assert!(err1.contains("SIGUSR1 after step"), "{err1}");
+    assert_eq!(zero.status.code(), Some(143), "{err0}");
+    assert!(
+        err0.contains("a stop signal to another rank after step"),
+        "{err0}"
+    );
+    let (saved, logged) = saved_and_logged(&run);
+    assert_eq!(saved, logged);
+    for err in [&err0, &err1] {
+        assert!(err.contains(&format!("after step {saved}:")), "{err}");
+    }
 }

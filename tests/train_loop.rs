@@ -949,3 +949,108 @@ fn a_step_reads_the_device_once() {
         );
     }
 }
+
+/// A stop request (what SIGTERM/SIGINT/SIGUSR1 set) ends the run after the step in progress with a
+/// complete checkpoint of that step, through either way a step reads the device, and `--resume`
+/// from it reproduces the uninterrupted run.
+#[test]
+fn a_stop_request_checkpoints_the_step_in_progress_and_resume_goes_on_exactly() {
+    use tagfix::train::error::TrainError;
+    use tagfix::train::interrupt::SIGTERM;
+    use tagfix::train::run::StopRequest;
+    use tagfix::train::trainer::StepSync;
+    let _guard = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path(), 32, 5);
+    let inp = inputs(&ds);
+    let cfg = TrainConfig {
+        batch_size: 8,
+        micro_batch_size: Some(4.into()),
+        ..small_config(8)
+    };
+    let full_dir = tmp.path().join("full");
+    run(&cfg, &inp, &full_dir);
+
+    for (sync, name) in [
+        (StepSync::Once, "once"),
+        (StepSync::PerMicroBatch, "per-micro-batch"),
+    ] {
+        let part_dir = tmp.path().join(name);
+        let stop = StopRequest::new();
+        let mut trainer = Trainer::new(prepare(&cfg, &inp).unwrap(), &part_dir, false).unwrap();
+        trainer.set_step_sync(sync);
+        trainer.stop_on(stop.clone());
+        for _ in 0..3 {
+            trainer.step().unwrap();
+            assert!(!trainer.interrupt_due(), "{name}: no stop was asked for");
+        }
+        stop.request(SIGTERM);
+        trainer.step().unwrap();
+        assert!(trainer.interrupt_due(), "{name}");
+        let checkpoint = match trainer.interrupt() {
+            tagfix::Error::Train(e) => match *e {
+                TrainError::Interrupted {
+                    step: 4,
+                    signal: Some(s),
+                    checkpoint,
+                    ..
+                } if s == SIGTERM => checkpoint,
+                other => panic!("{name}: {other}"),
+            },
+            other => panic!("{name}: {other}"),
+        };
+        assert_eq!(checkpoint, part_dir.join("checkpoints/step-00000004"));
+        assert!(checkpoint.join("optimizer.safetensors").is_file());
+        drop(trainer);
+
+        let resumed = train(prepare(&cfg, &inp).unwrap(), &part_dir, true).unwrap();
+        assert_eq!(resumed.first_step, 4, "{name}");
+        let a = read_all_records(&full_dir.join("metrics.jsonl")).unwrap();
+        let b = read_all_records(&part_dir.join("metrics.jsonl")).unwrap();
+        assert_eq!(b.len(), 8, "{name}");
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(
+                (x.step, &x.loss, x.total),
+                (y.step, &y.loss, y.total),
+                "{name}"
+            );
+        }
+    }
+
+    // Through `train_until`: a request standing before the run stops it after its first step.
+    let early = tmp.path().join("early");
+    let stop = StopRequest::new();
+    stop.request(SIGTERM);
+    let err = tagfix::train::run::train_until(prepare(&cfg, &inp).unwrap(), &early, false, stop)
+        .expect_err("stopped");
+    assert!(
+        matches!(err.kind(), tagfix::error::ErrorKind::Interrupted { signal } if signal == SIGTERM),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("SIGTERM") && text.contains("--resume"),
+        "{text}"
+    );
+    assert!(early.join("checkpoints/step-00000001/state.json").is_file());
+    // A request that comes with the last step changes nothing: the run is complete.
+    let last = tmp.path().join("last");
+    let stop = StopRequest::new();
+    let mut trainer = Trainer::new(
+        prepare(
+            &TrainConfig {
+                max_steps: Some(1),
+                ..cfg.clone()
+            },
+            &inp,
+        )
+        .unwrap(),
+        &last,
+        false,
+    )
+    .unwrap();
+    trainer.stop_on(stop.clone());
+    stop.request(SIGTERM);
+    trainer.step().unwrap();
+    assert!(trainer.is_done() && !trainer.interrupt_due());
+}

@@ -132,7 +132,9 @@ the scan unless --keep-going)."
     /// balanced losses, gradient accumulation, atomic checkpoints and exact resume (feature `train`).
     #[command(
         after_help = "Examples:\n  tagfix train --config ../shared/ram/configs/pretrain.yaml --data train.json --images imgs/ \\\n      --manifest manifest.json --label-embed patched.safetensors --teacher teacher.safetensors \\\n      --init swin_large_patch4_window7_224_22k.pth --batch-size 52 --micro-batch-size 26 --out runs/a\n  tagfix train --resume runs/a --max-steps 20000\n\nExit status: 0 trained, 2 bad input (checked before the first step) or a fault, 3 the run stopped itself \
-                      (a non-finite loss term or gradient norm; the state before that step is checkpointed)."
+                      (a non-finite loss term or gradient norm; the state before that step is checkpointed), 128 + the \
+                      signal when SIGTERM, SIGINT or SIGUSR1 stopped it (143, 130, 138: the step in progress finishes and \
+                      is checkpointed; continue with --resume)."
     )]
     Train(TrainArgs),
     /// Compute the teacher file for `tagfix train --teacher FILE`: CLIP text embeddings of each

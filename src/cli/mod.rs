@@ -36,6 +36,10 @@ pub enum ExitStatus {
     /// 3: a training run stopped itself: a loss term or the gradient norm went non-finite (the state
     /// before that step is checkpointed). Its inputs were fine; a lower learning rate may not be.
     Stopped,
+    /// 128 + the signal: a training run stopped on SIGTERM, SIGINT or SIGUSR1 after saving a
+    /// checkpoint of its last step (143, 130, 138 on Linux), the status a shell gives a process that
+    /// signal ended; `--resume` goes on from the checkpoint.
+    Interrupted(i32),
 }
 
 impl ExitStatus {
@@ -59,6 +63,7 @@ impl ExitStatus {
     fn of_kind(kind: ErrorKind) -> Self {
         match kind {
             ErrorKind::Stopped => ExitStatus::Stopped,
+            ErrorKind::Interrupted { signal } => ExitStatus::Interrupted(signal),
             ErrorKind::Usage
             | ErrorKind::Input
             | ErrorKind::Io
@@ -75,6 +80,10 @@ impl From<ExitStatus> for std::process::ExitCode {
             ExitStatus::Failure => 1.into(),
             ExitStatus::Error => 2.into(),
             ExitStatus::Stopped => 3.into(),
+            ExitStatus::Interrupted(signal) => {
+                let code = tagfix::train::interrupt::exit_code(signal);
+                u8::try_from(code).unwrap_or(1).into()
+            }
         }
     }
 }
@@ -155,6 +164,18 @@ mod tests {
         };
         let err = anyhow::Error::from(stopped).context("training");
         assert_eq!(ExitStatus::of_error(&err), ExitStatus::Stopped);
+        let interrupted = tagfix::train::error::TrainError::Interrupted {
+            step: 7,
+            signal: None,
+            checkpoint: "runs/a/checkpoints/step-7".into(),
+            run_dir: "runs/a".into(),
+        };
+        let status = ExitStatus::of_error(&anyhow::Error::from(interrupted));
+        assert_eq!(
+            status,
+            ExitStatus::Interrupted(15),
+            "from another rank: SIGTERM's status"
+        );
         let input: tagfix::Error = tagfix::vocab::VocabError::Empty {
             path: "v.txt".into(),
         }

@@ -116,6 +116,7 @@ fn join_group(
 /// ranks of this same command instead of training here, and returns their joint status.
 #[cfg(feature = "train")]
 fn launch_ranks(args: &TrainArgs) -> anyhow::Result<Option<ExitStatus>> {
+    use anyhow::Context;
     use std::sync::{Arc, Mutex};
     use tagfix::train::dist::{launch, Rendezvous};
     let n = usize::from(args.dist.nproc_per_node);
@@ -143,20 +144,30 @@ fn launch_ranks(args: &TrainArgs) -> anyhow::Result<Option<ExitStatus>> {
         Arc::new(Mutex::new(std::io::stdout())),
         Arc::new(Mutex::new(std::io::stderr())),
     );
+    let _signals = request
+        .stop
+        .on_signals("the ranks stop")
+        .context("installing the stop-signal handlers")?;
     launch::launch(&request, out, err).map_err(tagfix::Error::from)?;
     Ok(Some(ExitStatus::Success))
 }
 
 #[cfg(feature = "train")]
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
-    use tagfix::train::run::{prepare, prepare_on, train, train_distributed};
+    use tagfix::train::run::{prepare, prepare_on, train_distributed, train_until, StopRequest};
     if let Some(status) = launch_ranks(&args)? {
         return Ok(status);
     }
     let cfg = resolve_config(&args)?;
     let (inputs, out, resume) = resolve_inputs(&args, &cfg)?;
+    // Stop signals are caught from the loop's start (everything before it is lost by nothing).
+    let stop = StopRequest::new();
     let summary = match join_group(&args, &cfg)? {
-        None => train(prepare(&cfg, &inputs)?, &out, resume)?,
+        None => {
+            let prepared = prepare(&cfg, &inputs)?;
+            let _signals = catch_stop_signals(&stop)?;
+            train_until(prepared, &out, resume, stop)?
+        }
         Some(mut group) => {
             let main = group.is_main();
             let prepared = match prepare_on(&cfg, &inputs, group.device()) {
@@ -166,7 +177,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
                     return Err(e.into());
                 }
             };
-            let summary = train_distributed(prepared, &out, resume, group)?;
+            let _signals = catch_stop_signals(&stop)?;
+            let summary = train_distributed(prepared, &out, resume, group, stop)?;
             if !main {
                 return Ok(ExitStatus::Success); // rank 0 writes and prints the summary
             }
@@ -183,6 +195,17 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
         print_summary(&summary, &out, args.plot);
     }
     Ok(ExitStatus::Success)
+}
+
+/// Records SIGTERM, SIGINT and SIGUSR1 in `stop` while the guard lives: the loop then stops after
+/// the step in progress with a checkpoint (docs/training.md, "Stopping and resuming").
+#[cfg(feature = "train")]
+fn catch_stop_signals(
+    stop: &tagfix::train::run::StopRequest,
+) -> anyhow::Result<tagfix::train::interrupt::SignalGuard> {
+    use anyhow::Context;
+    stop.on_signals("training stops")
+        .context("installing the stop-signal handlers")
 }
 
 /// The run's inputs, its folder and whether it resumes: from `run.json` under `--resume` (the flags

@@ -20,6 +20,19 @@ pub enum TrainError {
         checkpoint: PathBuf,
     },
 
+    /// A stop signal arrived (on this rank, or on another: `signal` is `None`); the state after
+    /// `step` steps is saved in `checkpoint`, from which `--resume` goes on exactly.
+    #[error("{} after step {step}: training stopped. The state is saved in {}; continue with `tagfix train --resume {}`",
+            .signal.map(crate::train::interrupt::signal_name).unwrap_or_else(|| "a stop signal to another rank".into()),
+            .checkpoint.display(), .run_dir.display())]
+    Interrupted {
+        /// Optimizer steps completed (and saved).
+        step: u64,
+        signal: Option<i32>,
+        checkpoint: PathBuf,
+        run_dir: PathBuf,
+    },
+
     #[error("--device cuda: libtorch sees no CUDA device (no GPU, no driver, or a binary linked without \
              libtorch_cuda: build it with scripts/setup-gpu.sh, docs/guide.md step 5)")]
     NoCuda,
@@ -361,6 +374,9 @@ impl TrainError {
         use crate::error::ErrorKind;
         match self {
             TrainError::Stopped { .. } => ErrorKind::Stopped,
+            TrainError::Interrupted { signal, .. } => ErrorKind::Interrupted {
+                signal: signal.unwrap_or(crate::train::interrupt::SIGTERM),
+            },
             TrainError::NoCuda => ErrorKind::Environment,
             TrainError::TwoTeachers
             | TrainError::NoValidationData(_)

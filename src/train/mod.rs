@@ -7,6 +7,7 @@
 pub mod config;
 pub mod dist;
 pub mod error;
+pub mod interrupt;
 
 /// Puts every item given behind the feature `train`: the one place the libtorch half is gated.
 macro_rules! with_libtorch {

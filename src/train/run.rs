@@ -11,6 +11,7 @@
 use super::config::{DeviceKind, ImageCheck, TrainConfig};
 use super::data::{self, Augment, LoaderConfig, TeacherSource, TrainData};
 use super::error::TrainError;
+pub use super::interrupt::StopRequest;
 use super::model::{ParamInit, RamPlus, RamPlusConfig};
 use super::objective::LossWeighting;
 use super::optim::AdamW;
@@ -547,22 +548,38 @@ pub(super) fn read_checkpoint(
 /// validation at the start of a new run, then each step followed by the validation and checkpoint
 /// it makes due.
 pub fn train(prepared: Prepared, out: &Path, resume: bool) -> Result<RunSummary> {
+    train_until(prepared, out, resume, StopRequest::new())
+}
+
+/// [`train`] that stops after the step in progress, with a checkpoint, once `stop` is requested
+/// (by a signal: [`StopRequest::on_signals`]), ending with [`TrainError::Interrupted`].
+pub fn train_until(
+    prepared: Prepared,
+    out: &Path,
+    resume: bool,
+    stop: StopRequest,
+) -> Result<RunSummary> {
     let mut trainer = Trainer::new(prepared, out, resume)?;
+    trainer.stop_on(stop);
     drive(&mut trainer)?;
     trainer.finish()
 }
 
-/// [`train`] as one rank of a data-parallel run (docs/distributed.md). A failing rank tells the
-/// others why through the rendezvous store before it returns, so that theirs name it.
+/// [`train_until`] as one rank of a data-parallel run (docs/distributed.md). A failing rank tells
+/// the others why through the rendezvous store before it returns, so that theirs name it; a stop
+/// signal on any rank stops them all after the same step.
 pub fn train_distributed(
     prepared: Prepared,
     out: &Path,
     resume: bool,
     group: super::dist::ProcessGroup,
+    stop: StopRequest,
 ) -> Result<RunSummary> {
     let mut trainer = Trainer::with_group(prepared, out, resume, Some(group))?;
+    trainer.stop_on(stop);
     match drive(&mut trainer) {
         Ok(()) => trainer.finish(),
+        Err(e) if matches!(e.kind(), crate::error::ErrorKind::Interrupted { .. }) => Err(e),
         Err(e) => {
             trainer.report_failure(&e.to_string());
             Err(e)
@@ -571,13 +588,16 @@ pub fn train_distributed(
 }
 
 /// The training loop: validation at the start of a new run, then each step followed by the
-/// validation and checkpoint it makes due.
+/// validation and checkpoint it makes due, or by the checkpoint a stop signal asks for.
 fn drive(trainer: &mut Trainer) -> Result<()> {
     if trainer.at_start() {
         trainer.validate()?;
     }
     while !trainer.is_done() {
         trainer.step()?;
+        if trainer.interrupt_due() {
+            return Err(trainer.interrupt());
+        }
         if trainer.validation_due() {
             trainer.validate()?;
         }

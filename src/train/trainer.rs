@@ -9,6 +9,7 @@ use super::config::{MicroBatchSize, Precision, TrainConfig};
 use super::data::{Loader, MicroBatch, TrainData};
 use super::dist::{Fingerprint, ProcessGroup};
 use super::error::TrainError;
+use super::interrupt::StopRequest;
 use super::model::{RamPlus, RamPlusConfig};
 use super::objective::{micro_losses, step_losses, AbsentSlots, LossWeighting, MicroInputs};
 use super::micro_auto;
@@ -78,6 +79,8 @@ struct StepValues {
     acc: Accumulated,
     grad_norm: GroupNorms,
     update_norm: Option<GroupNorms>,
+    /// The stop votes of the step, summed over the ranks (> 0: stop after it).
+    stop_votes: f64,
 }
 
 /// One micro-batch's forward pass: its raw terms (detached) and the weighted total to back-propagate.
@@ -89,9 +92,14 @@ struct MicroOut {
 /// Values per micro-batch on the device: the raw terms (tag, align, dis; 0 where absent), then the
 /// weighted total.
 const ROW: usize = 4;
-/// The step's loss summary: the sums of a row over the micro-batches, then how many micro-batches
-/// hold a non-finite value (over every rank when distributed).
-const SUMMARY: usize = ROW + 1;
+/// The step's loss summary: the sums of a row over the micro-batches, how many micro-batches hold a
+/// non-finite value, then the stop signal's number where one arrived (each summed over every rank
+/// when distributed, so that all ranks see a stop in the same step).
+const SUMMARY: usize = ROW + 2;
+/// Where [`SUMMARY`] counts the non-finite micro-batches.
+const NON_FINITE: usize = ROW;
+/// Where [`SUMMARY`] holds the stop votes.
+const STOP_VOTES: usize = ROW + 1;
 const TERMS: [LossTerm; 3] = [LossTerm::Tag, LossTerm::Align, LossTerm::Dis];
 
 /// The loss values of one step's micro-batches, kept on the device until the step's one read.
@@ -131,8 +139,9 @@ impl DeviceLosses {
             .push((mb.micro, mb.indices[..mb.indices.len().min(8)].to_vec()));
     }
 
-    /// `[SUMMARY]`: the rows' sums and the count of rows with a non-finite value.
-    fn summary(&self) -> Tensor {
+    /// `[SUMMARY]`: the rows' sums, the count of rows with a non-finite value and `stop_vote`
+    /// (filled on the device: no copy from the host).
+    fn summary(&self, stop_vote: f64) -> Tensor {
         let sums = self.rows.sum_dim_intlist(0, false, Kind::Double);
         let bad = self
             .rows
@@ -141,7 +150,8 @@ impl DeviceLosses {
             .any_dim(1, false)
             .sum(Kind::Double)
             .reshape([1]);
-        Tensor::cat(&[sums, bad], 0)
+        let vote = Tensor::full([1], stop_vote, (Kind::Double, self.rows.device()));
+        Tensor::cat(&[sums, bad, vote], 0)
     }
 
     /// The present terms with their summed values `sums`, in the order tag, align, dis.
@@ -264,6 +274,19 @@ pub struct Trainer {
     /// Writes checkpoints on a background thread (rank 0).
     writer: CheckpointWriter,
     sync: StepSync,
+    /// Set by a stop signal ([`Trainer::stop_on`]); read once per step.
+    stop: StopRequest,
+    /// The step just taken is the last: a stop signal arrived (here or on another rank).
+    interrupt: Option<Interrupt>,
+}
+
+/// Where the stop signal the ranks agreed on arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Interrupt {
+    /// On this process: its number.
+    Here(i32),
+    /// On another rank only.
+    OtherRank,
 }
 
 impl Trainer {
@@ -410,6 +433,8 @@ impl Trainer {
             last_saved: None,
             writer: CheckpointWriter::default(),
             sync: StepSync::default(),
+            stop: StopRequest::new(),
+            interrupt: None,
         })
     }
 
@@ -459,7 +484,53 @@ impl Trainer {
         self.step = step + 1;
         self.last_wall_s = wall_s;
         self.bar.set_position(self.step);
+        if done.stop_votes > 0.0 && !self.is_done() {
+            self.interrupt = Some(match self.stop.signal() {
+                Some(signal) => Interrupt::Here(signal),
+                None => Interrupt::OtherRank,
+            });
+        }
         Ok(record)
+    }
+
+    /// Stops after the step in progress when `stop` is requested (by a signal: see
+    /// [`StopRequest::on_signals`]); [`Trainer::interrupt_due`] then says so. In a distributed run
+    /// the ranks vote through the step's loss summary, so all stop after the same step.
+    pub fn stop_on(&mut self, stop: StopRequest) {
+        self.stop = stop;
+    }
+
+    /// Whether a stop signal ended the run after the current step ([`Trainer::interrupt`] then).
+    pub fn interrupt_due(&self) -> bool {
+        self.interrupt.is_some()
+    }
+
+    /// Saves a checkpoint of the current step and waits until it is complete (every rank), then
+    /// returns [`TrainError::Interrupted`] naming it (or the error that kept it from being saved).
+    pub fn interrupt(&mut self) -> crate::Error {
+        let state = self.state_at(self.step, self.last_wall_s);
+        match self.save(&state, true) {
+            Ok(checkpoint) => {
+                self.last_saved = Some(checkpoint.clone());
+                self.bar.abandon();
+                TrainError::Interrupted {
+                    step: self.step,
+                    signal: match self.interrupt {
+                        Some(Interrupt::Here(signal)) => Some(signal),
+                        _ => None,
+                    },
+                    checkpoint,
+                    run_dir: self.out.clone(),
+                }
+                .into()
+            }
+            Err(e) => e,
+        }
+    }
+
+    /// This rank's stop vote for the step: the signal's number, or 0.
+    fn stop_vote(&self) -> f64 {
+        self.stop.signal().map_or(0.0, f64::from)
     }
 
     /// How the steps read their values from the device ([`StepSync::Once`] unless set).
@@ -500,7 +571,7 @@ impl Trainer {
             out.weighted.backward();
         }
         drop(casts);
-        let summary = losses.summary();
+        let summary = losses.summary(self.stop_vote());
         if let Some(group) = self.group.as_mut() {
             // DDP's bucketed all-reduce of the gradients, once per step after the last micro-batch,
             // then the loss summary: every rank holds the one-rank run's values.
@@ -508,7 +579,7 @@ impl Trainer {
             group.all_reduce_sum_(&self.opt.grads())?;
             group.all_reduce_sum_(std::slice::from_ref(&summary))?;
         }
-        let bad = summary.narrow(0, SUMMARY as i64 - 1, 1);
+        let bad = summary.narrow(0, NON_FINITE as i64, 1);
         let clip = self.config.grad_clip.filter(|c| *c > 0.0);
         let measure = self.logging_step(step);
         let update = self.opt.update_on_device(lr, clip, &bad, measure)?;
@@ -517,11 +588,11 @@ impl Trainer {
         let (head, rest) = values.split_at(SUMMARY + ROW * self.accumulation);
         let settled = self.opt.settle(&update, rest)?;
         let (sums, rows) = head.split_at(SUMMARY);
-        if sums[SUMMARY - 1] > 0.0 {
+        if sums[NON_FINITE] > 0.0 {
             let reason = losses.non_finite(rows).unwrap_or_else(|| {
                 format!(
                     "a loss term is non-finite on another rank ({} micro-batch(es))",
-                    sums[SUMMARY - 1]
+                    sums[NON_FINITE]
                 )
             });
             return Err(self.stop(step, reason));
@@ -541,24 +612,26 @@ impl Trainer {
             },
             grad_norm: settled.grad_norm,
             update_norm: settled.update_norm,
+            stop_votes: sums[STOP_VOTES],
         })
     }
 
     /// [`StepSync::PerMicroBatch`]: each micro-batch's terms are read and checked as they are
     /// computed, then the gradient norms, clipping and the update read on the host.
     fn step_synced(&mut self, step: u64, lr: f64) -> Result<StepValues> {
-        let acc = self.accumulate(step)?;
+        let (acc, stop_votes) = self.accumulate(step)?;
         let (grad_norm, update_norm) = self.update(step, lr)?;
         Ok(StepValues {
             acc,
             grad_norm,
             update_norm,
+            stop_votes,
         })
     }
 
     /// Zeroes the gradients and runs every micro-batch of `step`, accumulating their gradients and
-    /// reading their loss terms as they come.
-    fn accumulate(&mut self, step: u64) -> Result<Accumulated> {
+    /// reading their loss terms as they come; also returns the step's stop votes (over the ranks).
+    fn accumulate(&mut self, step: u64) -> Result<(Accumulated, f64)> {
         self.opt.zero_grad();
         let mut acc = Accumulated::default();
         let mut non_finite = None;
@@ -588,32 +661,36 @@ impl Trainer {
             out.weighted.backward();
         }
         drop(casts);
-        if self.group.is_some() {
-            self.all_reduce(step, &mut acc, non_finite)?;
-        }
-        Ok(acc)
+        let stop_votes = match self.group {
+            Some(_) => self.all_reduce(step, &mut acc, non_finite)?,
+            None => self.stop_vote(),
+        };
+        Ok((acc, stop_votes))
     }
 
     /// Distributed, [`StepSync::PerMicroBatch`]: sums the gradients (DDP's bucketed all-reduce,
     /// once per step after the last micro-batch) and the loss terms over the ranks, so every rank
-    /// holds the one-rank run's values. A non-finite term on any rank stops every rank.
+    /// holds the one-rank run's values. A non-finite term on any rank stops every rank. Returns the
+    /// summed stop votes.
     fn all_reduce(
         &mut self,
         step: u64,
         acc: &mut Accumulated,
         non_finite: Option<String>,
-    ) -> Result<()> {
+    ) -> Result<f64> {
         let grads = self.opt.grads();
+        let stop_vote = self.stop_vote();
         let group = self.group.as_mut().expect("distributed");
         group.set_step(step + 1);
         group.all_reduce_sum_(&grads)?;
-        let mut values = [0f64; 8];
+        let mut values = [0f64; 9];
         for &(t, v) in &acc.raw {
             values[t as usize] = v;
             values[3 + t as usize] = 1.0;
         }
         values[6] = acc.total;
         values[7] = f64::from(u8::from(non_finite.is_some()));
+        values[8] = stop_vote;
         let sums = group.all_reduce_scalars(&values)?;
         if sums[7] > 0.0 {
             let reason = non_finite.unwrap_or_else(|| {
@@ -627,7 +704,7 @@ impl Trainer {
             .map(|t| (t, sums[t as usize]))
             .collect();
         acc.total = sums[6];
-        Ok(())
+        Ok(sums[8])
     }
 
     /// A bf16 step's cast cache: each weight is cast to bf16 once for all the step's micro-batches

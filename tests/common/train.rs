@@ -2,7 +2,9 @@
 //! configuration of the tiny RAM++, and the lock that runs one training at a time.
 
 use std::path::Path;
+use std::process::{Child, Output};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 use tagfix::train::config::{CheckpointEvery, TrainConfig};
 use tagfix::train::data::synth::{generate, SynthDataset, SynthOptions};
 use tagfix::train::run::TrainInputs;
@@ -103,4 +105,49 @@ pub fn small_config(steps: u64) -> TrainConfig {
         seed: 3,
         ..Default::default()
     }
+}
+
+/// Waits for `child` until `limit`, then kills it (a hang fails the test instead of blocking it).
+pub fn wait_bounded(mut child: Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let hung = matches!(child.try_wait(), Ok(None));
+    if hung {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        !hung,
+        "still running after {limit:?}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Sends `signal` to `child` once `metrics` (a run's `metrics.jsonl`) holds at least `steps` records,
+/// as a scheduler's time limit or Ctrl-C would mid-run. Panics when the child ends first or no such
+/// step comes within 300 s.
+pub fn signal_after_steps(child: &mut Child, metrics: &Path, steps: usize, signal: i32) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let records = || {
+        std::fs::read_to_string(metrics)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    while records() < steps {
+        assert!(
+            Instant::now() < deadline,
+            "no step {steps} in {}",
+            metrics.display()
+        );
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("ended before step {steps}: {status:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: signalling a child this test spawned and has not reaped.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
 }

@@ -1,8 +1,11 @@
 //! The single-node launcher behind `tagfix train --nproc-per-node N`: starts N copies of a program
 //! with torchrun's environment contract, prefixes their output lines with `[rank r]`, and when one
-//! rank fails stops the others (SIGTERM, then SIGKILL after a grace period) and names it.
+//! rank fails stops the others (SIGTERM, then SIGKILL after a grace period) and names it. A stop
+//! signal the launcher gets (a scheduler's SIGTERM, Ctrl-C) goes on to every rank, which stop after
+//! the same step with a checkpoint; the launch then ends with that signal's status.
 
 use super::DistError;
+use crate::train::interrupt::{signal_of_exit_code, StopRequest};
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
@@ -26,6 +29,8 @@ pub struct LaunchRequest {
     pub master_port: Option<u16>,
     /// How long a rank has to exit after SIGTERM before it gets SIGKILL.
     pub grace: Duration,
+    /// Set by a stop signal to the launcher ([`StopRequest::on_signals`]): forwarded to every rank.
+    pub stop: StopRequest,
 }
 
 impl LaunchRequest {
@@ -38,6 +43,7 @@ impl LaunchRequest {
             master_addr: "127.0.0.1".into(),
             master_port: None,
             grace: Duration::from_secs(5),
+            stop: StopRequest::new(),
         }
     }
 }
@@ -119,14 +125,39 @@ fn describe(status: ExitStatus) -> String {
 /// Asks a child to stop (SIGTERM on Unix).
 fn terminate(child: &Child) {
     #[cfg(unix)]
+    send_signal(child, libc::SIGTERM);
+    #[cfg(not(unix))]
+    let _ = child;
+}
+
+/// Sends `signal` to a child that has not been reaped.
+#[cfg(unix)]
+fn send_signal(child: &Child, signal: i32) {
     if let Ok(pid) = libc::pid_t::try_from(child.id()) {
         // SAFETY: signalling our own child, whose pid we hold and have not reaped.
         unsafe {
-            libc::kill(pid, libc::SIGTERM);
+            libc::kill(pid, signal);
         }
     }
-    #[cfg(not(unix))]
-    let _ = child;
+}
+
+/// The stop signal a rank ended on: its exit status 128 + signal (it saved a checkpoint first) or,
+/// once the launcher itself was asked to stop, death by that signal (a rank still preparing, before
+/// its handlers were installed: no step of this launch to lose).
+fn stop_signal_of(status: ExitStatus, stop: &StopRequest) -> Option<i32> {
+    if let Some(signal) = status.code().and_then(signal_of_exit_code) {
+        return Some(signal);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        let stop_signals = crate::train::interrupt::STOP_SIGNALS;
+        if let Some(signal) = status.signal().filter(|s| stop_signals.contains(s)) {
+            return stop.signal().map(|_| signal);
+        }
+    }
+    let _ = stop;
+    None
 }
 
 /// Starts the ranks and waits for them. `Ok` when every rank exits with status 0; when one fails,
@@ -159,7 +190,7 @@ pub fn launch(req: &LaunchRequest, stdout: Sink, stderr: Sink) -> Result<(), Dis
             }
         }
     }
-    let result = supervise(&mut children, req.grace);
+    let result = supervise(&mut children, req.grace, &req.stop);
     for f in forwarders {
         let _ = f.join();
     }
@@ -199,9 +230,25 @@ fn spawn_rank(req: &LaunchRequest, rank: usize, port: u16) -> Result<Child, Dist
     })
 }
 
-/// Polls the ranks until all have exited; the first failure stops the rest.
-fn supervise(children: &mut [Option<Child>], grace: Duration) -> Result<(), DistError> {
+/// Polls the ranks until all have exited; the first failure stops the rest. A stop signal to the
+/// launcher is passed on to every rank once; ranks that end on a stop signal are not failures, and
+/// the launch then ends with [`DistError::Interrupted`].
+fn supervise(
+    children: &mut [Option<Child>],
+    grace: Duration,
+    stop: &StopRequest,
+) -> Result<(), DistError> {
+    let mut forwarded = false;
+    let mut interrupted = None;
     loop {
+        #[cfg(unix)]
+        if let Some(signal) = stop.signal().filter(|_| !forwarded) {
+            children
+                .iter()
+                .flatten()
+                .for_each(|c| send_signal(c, signal));
+            forwarded = true;
+        }
         let mut running = false;
         for rank in 0..children.len() {
             let Some(child) = children[rank].as_mut() else {
@@ -211,7 +258,9 @@ fn supervise(children: &mut [Option<Child>], grace: Duration) -> Result<(), Dist
                 Ok(None) => running = true,
                 Ok(Some(status)) => {
                     children[rank] = None;
-                    if !status.success() {
+                    if let Some(signal) = stop_signal_of(status, stop) {
+                        interrupted.get_or_insert(signal);
+                    } else if !status.success() {
                         stop_all(children, grace);
                         return Err(DistError::RankFailed {
                             rank,
@@ -230,7 +279,10 @@ fn supervise(children: &mut [Option<Child>], grace: Duration) -> Result<(), Dist
             }
         }
         if !running {
-            return Ok(());
+            return match interrupted {
+                Some(signal) => Err(DistError::Interrupted { signal }),
+                None => Ok(()),
+            };
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -259,6 +311,31 @@ mod tests {
 
     fn os(args: &[&str]) -> Vec<OsString> {
         args.iter().map(OsString::from).collect()
+    }
+
+    /// Which rank endings are a stop on a signal rather than a failure.
+    #[cfg(unix)]
+    #[test]
+    fn a_rank_that_ended_on_a_stop_signal_is_stopped_not_failed() {
+        use std::os::unix::process::ExitStatusExt;
+        let exited = |code: i32| ExitStatus::from_raw(code << 8);
+        let killed = |signal: i32| ExitStatus::from_raw(signal);
+        let idle = StopRequest::new();
+        let asked = StopRequest::new();
+        asked.request(libc::SIGTERM);
+        // 128 + signal: the rank saved its checkpoint and said so, whoever asked.
+        assert_eq!(stop_signal_of(exited(143), &idle), Some(libc::SIGTERM));
+        assert_eq!(stop_signal_of(exited(138), &idle), Some(libc::SIGUSR1));
+        // Killed by a stop signal: stopped only when the launcher was asked to stop (a rank still
+        // preparing); otherwise something else killed it.
+        assert_eq!(
+            stop_signal_of(killed(libc::SIGINT), &asked),
+            Some(libc::SIGINT)
+        );
+        assert_eq!(stop_signal_of(killed(libc::SIGTERM), &idle), None);
+        for failed in [exited(2), exited(3), killed(libc::SIGKILL)] {
+            assert_eq!(stop_signal_of(failed, &asked), None, "{failed:?}");
+        }
     }
 
     #[test]

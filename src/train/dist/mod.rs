@@ -234,6 +234,12 @@ pub enum DistError {
         code: Option<i32>,
     },
 
+    /// The ranks stopped on a stop signal (to the launcher or to a rank), each after the same step,
+    /// whose checkpoint rank 0 saved and named.
+    #[error("the ranks stopped on {}, after saving a checkpoint (rank 0 names it above); continue with `--resume`",
+            crate::train::interrupt::signal_name(*.signal))]
+    Interrupted { signal: i32 },
+
     /// The launcher found no free TCP port for the rendezvous, or lost a rank's process.
     #[error("launcher: {message}")]
     Launcher {
@@ -258,6 +264,7 @@ impl DistError {
             | DistError::EncodeFingerprint(_) => ErrorKind::Internal,
             DistError::GroupFailed { .. } => ErrorKind::Environment,
             DistError::RankFailed { code: Some(3), .. } => ErrorKind::Stopped,
+            DistError::Interrupted { signal } => ErrorKind::Interrupted { signal: *signal },
             DistError::Rendezvous { .. }
             | DistError::Collective { .. }
             | DistError::Spawn { .. }
