@@ -172,16 +172,16 @@ fn teacher_file_holds_what_the_towers_give() {
         let mut px = vec![0f32; 3 * 224 * 224];
         eval_transform(&img, &desc.input, &mut px);
         let want = enc.encode(&px).unwrap();
-        let err = max_abs_diff(t.image_row(row), &want);
+        let err = max_abs_diff(&t.image_row(row).unwrap(), &want);
         assert!(err < 1e-5, "{name}: |file − tower| = {err}");
     }
     // The square 224 image is fed unchanged: its row is the tower on its raw normalised pixels.
     let sq = decode(&images.join("sub/square.png")).unwrap();
     let mut raw = vec![0f32; 3 * 224 * 224];
     tagfix::imaging::normalize_chw(&sq, &desc.input.mean, &desc.input.std, &mut raw);
-    assert!(max_abs_diff(t.image_row(1), &enc.encode(&raw).unwrap()) < 1e-5);
+    assert!(max_abs_diff(&t.image_row(1).unwrap(), &enc.encode(&raw).unwrap()) < 1e-5);
     // Different images, different features.
-    assert!(max_abs_diff(t.image_row(0), t.image_row(2)) > 1e-3);
+    assert!(max_abs_diff(&t.image_row(0).unwrap(), &t.image_row(2).unwrap()) > 1e-3);
 
     // Text rows: pre_caption of caption[0], the CLIP text tower, L2-normalised.
     let mut text =
@@ -199,7 +199,7 @@ fn teacher_file_holds_what_the_towers_give() {
     for row in 0..3 {
         let mut want = vectors[row * dim..(row + 1) * dim].to_vec();
         l2_normalize(&mut want);
-        let err = max_abs_diff(t.text_row(row), &want);
+        let err = max_abs_diff(&t.text_row(row).unwrap(), &want);
         assert!(err < 1e-5, "caption {row}: {err}");
     }
 
@@ -210,9 +210,9 @@ fn teacher_file_holds_what_the_towers_give() {
         .assert()
         .success();
     let m = TeacherFeatures::read(&mean_out).unwrap();
-    assert!(max_abs_diff(m.text_row(0), t.text_row(0)) > 1e-3);
-    assert!(max_abs_diff(m.text_row(1), t.text_row(1)) < 1e-6);
-    assert_eq!(m.image_row(2), t.image_row(2));
+    assert!(max_abs_diff(&m.text_row(0).unwrap(), &t.text_row(0).unwrap()) > 1e-3);
+    assert!(max_abs_diff(&m.text_row(1).unwrap(), &t.text_row(1).unwrap()) < 1e-6);
+    assert_eq!(m.image_row(2).unwrap(), t.image_row(2).unwrap());
 }
 
 #[test]
@@ -286,4 +286,16 @@ fn bad_inputs_fail_with_exit_2_and_no_output() {
     )
     .unwrap();
     fails(&data, &bad, "input.size = 256");
+    // A text tower of another width (MiniLM, 384-d) is refused before the image pass (which would
+    // stop at the missing image first).
+    if let Some(minilm) = model_dir_for_test("minilm", "bad_inputs_fail_with_exit_2_and_no_output")
+    {
+        let o = teacher_cmd(&missing, &images, &vision, &minilm, &out)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains("gives 384-d vectors"), "{err}");
+        assert!(!out.exists(), "no output after a failure");
+    }
 }

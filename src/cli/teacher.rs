@@ -18,8 +18,8 @@ pub fn run(args: TeacherArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
     use tagfix::embed::descriptor::{resolve_model_dir, ModelDescriptor};
     use tagfix::embed::encoder::TextEncoder;
     use tagfix::teacher::image_encoder::ImageEncoder;
-    use tagfix::teacher::produce::{produce, TeacherRequest};
-    use tagfix::teacher::{ImageDescriptor, TeacherError, TeacherFeatures};
+    use tagfix::teacher::produce::{write_teacher_file, TeacherRequest};
+    use tagfix::teacher::{ImageDescriptor, TeacherError};
     use tagfix::Error;
 
     if !args.images.is_dir() {
@@ -52,19 +52,12 @@ pub fn run(args: TeacherArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
     };
     let text_bar = super::progress_bar(global, 0, false);
     let image_bar = super::progress_bar(global, 0, false);
-    let out = produce(&mut text, &mut image, &request, &text_bar, &image_bar)?;
-    TeacherFeatures::write_with_metadata(
-        &args.out,
-        &out.keys,
-        &out.image,
-        &out.text,
-        out.metadata,
+    let rows = write_teacher_file(
+        &args.out, &mut text, &mut image, &request, &text_bar, &image_bar,
     )?;
     println!(
-        "wrote {}: {} records × (image_features, text_features) [{}, {}]",
+        "wrote {}: {rows} records × (image_features, text_features) [{rows}, {}]",
         args.out.display(),
-        out.keys.len(),
-        out.keys.len(),
         tagfix::teacher::TEACHER_DIM
     );
     println!(

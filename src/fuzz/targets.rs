@@ -346,6 +346,7 @@ fn run_teacher(path: &Path, _: &[u8]) {
         for key in t.keys() {
             if let Some(row) = t.row_of(key) {
                 let _ = (t.image_row(row), t.text_row(row));
+                let _ = t.image_row(row + t.len());
             }
         }
     }
@@ -656,6 +657,27 @@ fn teacher_seeds() -> Vec<(String, Vec<u8>)> {
         }),
         written("one.safetensors", |p| {
             TeacherFeatures::write(p, &keys[..1], &image[..TEACHER_DIM], &text[..TEACHER_DIM])
+        }),
+        // The first layout (keys in the metadata), which is still read.
+        written("v1.safetensors", |p| {
+            let features = |v: &[f32]| Tensor::from_f32(vec![2, TEACHER_DIM], v).expect("rows");
+            crate::tensors::safetensors_io::write(
+                p,
+                &crate::tensors::TensorSet {
+                    tensors: vec![
+                        ("image_features".into(), features(&image)),
+                        ("text_features".into(), features(&text)),
+                    ],
+                    metadata: [
+                        ("tagfix.schema".into(), "tagfix.teacher/1".into()),
+                        (
+                            "tagfix.keys".into(),
+                            serde_json::to_string(&keys).expect("json"),
+                        ),
+                    ]
+                    .into(),
+                },
+            )
         }),
     ]
 }

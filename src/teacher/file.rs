@@ -4,43 +4,63 @@
 //! - `image_features` `[N, 512]` (f32/f16/bf16): CLIP image features of each record's image, the
 //!   target of the distillation loss;
 //! - `text_features` `[N, 512]`: CLIP text embeddings of one caption per record (L2-normalised
-//!   rows; they are re-normalised on load), the alignment queries;
-//! - metadata `tagfix.schema = "tagfix.teacher/1"` and `tagfix.keys` = a JSON array of N strings,
-//!   the records' `image_path` values in row order.
+//!   rows; they are re-normalised as they are read), the alignment queries;
+//! - `keys` u8 `[bytes]`: a JSON array of N strings in UTF-8, the records' `image_path` values in row
+//!   order (in a tensor, not in the header's metadata: the safetensors crate, and so Python's
+//!   `safe_open`, refuse a header over 100 MB, which the keys of ≈ 2.5M records already exceed);
+//! - metadata `tagfix.schema = "tagfix.teacher/2"`.
 //!
-//! Optional provenance metadata (`tagfix.teacher.*`, written by `tagfix teacher`) names the encoders
-//! and preprocessing. File features are of the un-augmented image; the online teacher
+//! `tagfix.teacher/1` files (the keys in the metadata `tagfix.keys`) are still read. Optional
+//! provenance metadata (`tagfix.teacher.*`, written by `tagfix teacher`) names the encoders and
+//! preprocessing. File features are of the un-augmented image; the online teacher
 //! ([`super::online`]) computes them on each augmented batch instead.
+//!
+//! The rows stay on disk: opening a file reads the keys and checks every value once, streamed, and a
+//! row is read when a batch needs it. A 4M-record file is 16 GB (f32); held in memory, it took twice
+//! that while loading, in every rank of a distributed run.
 
 use super::TeacherError;
 use crate::error::Result;
-use crate::tensors::{safetensors_io, Tensor, TensorSet};
+use crate::tensors::safetensors_io::{self, SafetensorsFile, StreamedTensor};
+use crate::tensors::DType;
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-pub const TEACHER_SCHEMA: &str = "tagfix.teacher/1";
+pub const TEACHER_SCHEMA: &str = "tagfix.teacher/2";
+/// The first layout: the keys in the metadata `tagfix.keys` (read, no longer written).
+pub const TEACHER_SCHEMA_V1: &str = "tagfix.teacher/1";
 pub const IMAGE_FEATURES: &str = "image_features";
 pub const TEXT_FEATURES: &str = "text_features";
+/// The tensor that holds the keys (`tagfix.teacher/2`).
+pub const KEYS: &str = "keys";
 /// Width of CLIP's joint space.
 pub const TEACHER_DIM: usize = 512;
+/// Rows checked per read when a file is opened (4 MiB of f32).
+const CHECK_ROWS: usize = 2048;
 
-/// Teacher features in memory.
+/// Teacher features, read row by row from their file.
 #[derive(Debug, Clone)]
 pub struct TeacherFeatures {
     pub path: PathBuf,
-    /// The file's metadata (schema, keys, provenance).
+    /// The file's metadata (schema, provenance).
     pub metadata: BTreeMap<String, String>,
     index: HashMap<String, usize>,
-    image: Vec<f32>,
-    text: Vec<f32>,
+    file: Arc<SafetensorsFile>,
+    /// The dtypes of `image_features` and `text_features`.
+    image: DType,
+    text: DType,
 }
 
 impl TeacherFeatures {
-    /// Reads and checks a teacher file.
+    /// Opens and checks a teacher file: schema, keys (unique), shapes, and every value finite.
     pub fn read(path: &Path) -> Result<Self> {
-        let set = safetensors_io::read(path)?;
-        match set.metadata.get("tagfix.schema").map(String::as_str) {
-            Some(TEACHER_SCHEMA) => {}
+        let file = SafetensorsFile::open(path)?;
+        let metadata = file.metadata();
+        let keys = match metadata.get("tagfix.schema").map(String::as_str) {
+            Some(TEACHER_SCHEMA) => keys_from_tensor(&file)?,
+            Some(TEACHER_SCHEMA_V1) => keys_from_metadata(path, &metadata)?,
             other => {
                 return Err(TeacherError::NotATeacherFile {
                     path: path.into(),
@@ -48,68 +68,110 @@ impl TeacherFeatures {
                 }
                 .into())
             }
-        }
-        let keys: Vec<String> = set
-            .metadata
-            .get("tagfix.keys")
-            .ok_or_else(|| TeacherError::NoKeys { path: path.into() })
-            .and_then(|k| {
-                serde_json::from_str(k).map_err(|source| TeacherError::Keys {
-                    path: path.into(),
-                    source,
-                })
-            })?;
-        let load = |name: &str| -> Result<Vec<f32>> {
-            let t = set.get(name).ok_or_else(|| TeacherError::NoTensor {
-                path: path.into(),
-                name: name.into(),
-            })?;
-            if t.shape != [keys.len(), TEACHER_DIM] {
-                return Err(TeacherError::TensorShape {
-                    path: path.into(),
-                    name: name.into(),
-                    shape: t.shape.clone(),
-                    keys: keys.len(),
-                }
-                .into());
-            }
-            let v = t.to_f32()?;
-            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-                return Err(TeacherError::NotFinite {
-                    path: path.into(),
-                    name: name.into(),
-                    row: i / TEACHER_DIM,
-                    key: keys[i / TEACHER_DIM].clone(),
-                }
-                .into());
-            }
-            Ok(v)
         };
-        let image = load(IMAGE_FEATURES)?;
-        let mut text = load(TEXT_FEATURES)?;
-        for row in text.chunks_mut(TEACHER_DIM) {
-            let n = row.iter().map(|x| x * x).sum::<f32>().sqrt();
-            if n > 0.0 {
-                row.iter_mut().for_each(|x| *x /= n);
-            }
-        }
+        let image = feature_dtype(&file, IMAGE_FEATURES, keys.len())?;
+        let text = feature_dtype(&file, TEXT_FEATURES, keys.len())?;
         let mut index = HashMap::with_capacity(keys.len());
-        for (i, k) in keys.into_iter().enumerate() {
-            if index.insert(k.clone(), i).is_some() {
+        for (i, key) in keys.into_iter().enumerate() {
+            if index.contains_key(&key) {
                 return Err(TeacherError::KeyTwice {
                     path: path.into(),
-                    key: k,
+                    key,
                 }
                 .into());
             }
+            index.insert(key, i);
         }
-        Ok(TeacherFeatures {
+        let t = TeacherFeatures {
             path: path.to_path_buf(),
-            metadata: set.metadata.clone(),
+            metadata,
             index,
+            file: Arc::new(file),
             image,
             text,
-        })
+        };
+        t.check_finite(IMAGE_FEATURES, image)?;
+        t.check_finite(TEXT_FEATURES, text)?;
+        Ok(t)
+    }
+
+    /// Reads every value of `name` once, a block of rows at a time, and names the first row
+    /// holding a non-finite one.
+    fn check_finite(&self, name: &'static str, dtype: DType) -> Result<()> {
+        let n = self.len();
+        let mut values = Vec::with_capacity(CHECK_ROWS * TEACHER_DIM);
+        let mut start = 0;
+        while start < n {
+            let rows = CHECK_ROWS.min(n - start);
+            values.clear();
+            self.append_rows(name, dtype, start, rows, &mut values)?;
+            if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+                let row = start + i / TEACHER_DIM;
+                return Err(TeacherError::NotFinite {
+                    path: self.path.clone(),
+                    name: name.into(),
+                    row,
+                    key: self.key_of(row).unwrap_or_default().to_string(),
+                }
+                .into());
+            }
+            start += rows;
+        }
+        Ok(())
+    }
+
+    /// Appends rows `start..start + rows` of tensor `name` (of `dtype`) to `out`, as f32.
+    fn append_rows(
+        &self,
+        name: &'static str,
+        dtype: DType,
+        start: usize,
+        rows: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let row_bytes = TEACHER_DIM * dtype.size();
+        let mut bytes = vec![0u8; rows * row_bytes];
+        if !self.file.read_at(name, start * row_bytes, &mut bytes)? {
+            return Err(TeacherError::Row {
+                path: self.path.clone(),
+                name,
+                row: start + rows.saturating_sub(1),
+            }
+            .into());
+        }
+        decode_f32(dtype, &bytes, out);
+        Ok(())
+    }
+
+    /// Appends record row `row`'s image feature (512 values) to `out`.
+    pub fn append_image_row(&self, row: usize, out: &mut Vec<f32>) -> Result<()> {
+        self.append_rows(IMAGE_FEATURES, self.image, row, 1, out)
+    }
+
+    /// Appends record row `row`'s caption embedding (512 values, L2-normalised) to `out`.
+    pub fn append_text_row(&self, row: usize, out: &mut Vec<f32>) -> Result<()> {
+        let at = out.len();
+        self.append_rows(TEXT_FEATURES, self.text, row, 1, out)?;
+        let v = &mut out[at..];
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if n > 0.0 {
+            v.iter_mut().for_each(|x| *x /= n);
+        }
+        Ok(())
+    }
+
+    /// Record row `row`'s image feature.
+    pub fn image_row(&self, row: usize) -> Result<Vec<f32>> {
+        let mut v = Vec::with_capacity(TEACHER_DIM);
+        self.append_image_row(row, &mut v)?;
+        Ok(v)
+    }
+
+    /// Record row `row`'s caption embedding (L2-normalised).
+    pub fn text_row(&self, row: usize) -> Result<Vec<f32>> {
+        let mut v = Vec::with_capacity(TEACHER_DIM);
+        self.append_text_row(row, &mut v)?;
+        Ok(v)
     }
 
     /// Writes a teacher file (keys in row order) atomically.
@@ -123,37 +185,28 @@ impl TeacherFeatures {
         keys: &[String],
         image: &[f32],
         text: &[f32],
-        mut metadata: BTreeMap<String, String>,
+        metadata: BTreeMap<String, String>,
     ) -> Result<()> {
-        let n = keys.len();
-        assert_eq!(image.len(), n * TEACHER_DIM);
-        assert_eq!(text.len(), n * TEACHER_DIM);
-        metadata.insert("tagfix.schema".into(), TEACHER_SCHEMA.into());
-        metadata.insert(
-            "tagfix.keys".into(),
-            serde_json::to_string(keys).expect("json"),
-        );
-        safetensors_io::write(
+        write_streamed(
             path,
-            &TensorSet {
-                tensors: vec![
-                    (
-                        IMAGE_FEATURES.into(),
-                        Tensor::from_f32(vec![n, TEACHER_DIM], image)?,
-                    ),
-                    (
-                        TEXT_FEATURES.into(),
-                        Tensor::from_f32(vec![n, TEACHER_DIM], text)?,
-                    ),
-                ],
-                metadata,
-            },
+            keys,
+            metadata,
+            |sink| sink.push(image),
+            |sink| sink.push(text),
         )
     }
 
     /// Row of a record key.
     pub fn row_of(&self, key: &str) -> Option<usize> {
         self.index.get(key).copied()
+    }
+
+    /// The key of row `row` (a scan: for messages).
+    fn key_of(&self, row: usize) -> Option<&str> {
+        self.index
+            .iter()
+            .find(|(_, &r)| r == row)
+            .map(|(k, _)| k.as_str())
     }
 
     /// Keys in row order.
@@ -163,20 +216,191 @@ impl TeacherFeatures {
         k.into_iter().map(|e| e.0).collect()
     }
 
-    pub fn image_row(&self, row: usize) -> &[f32] {
-        &self.image[row * TEACHER_DIM..(row + 1) * TEACHER_DIM]
-    }
-
-    pub fn text_row(&self, row: usize) -> &[f32] {
-        &self.text[row * TEACHER_DIM..(row + 1) * TEACHER_DIM]
-    }
-
     pub fn len(&self) -> usize {
         self.index.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.index.is_empty()
+    }
+}
+
+/// Where [`write_streamed`]'s row producers put their rows: row-major f32, any number of rows a
+/// call, written to the file as they come.
+pub struct RowSink<'w> {
+    out: &'w mut dyn Write,
+    rows: usize,
+    bytes: Vec<u8>,
+}
+
+impl RowSink<'_> {
+    /// Writes whole rows (`values.len()` a multiple of 512).
+    pub fn push(&mut self, values: &[f32]) -> Result<()> {
+        debug_assert_eq!(values.len() % TEACHER_DIM, 0);
+        for chunk in values.chunks(CHECK_ROWS * TEACHER_DIM) {
+            self.bytes.clear();
+            self.bytes
+                .extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
+            self.out
+                .write_all(&self.bytes)
+                .map_err(|e| crate::Error::io("the teacher file", e))?;
+        }
+        self.rows += values.len() / TEACHER_DIM;
+        Ok(())
+    }
+}
+
+/// Writes a teacher file atomically with rows that `image_rows` and then `text_rows` produce into a
+/// [`RowSink`] (each exactly one row per key, in key order), so that `tagfix teacher` writes rows as
+/// it computes them instead of holding 4 KiB per record in memory. An error of a producer is
+/// returned as it is, and no file is left.
+pub fn write_streamed(
+    path: &Path,
+    keys: &[String],
+    mut metadata: BTreeMap<String, String>,
+    image_rows: impl FnOnce(&mut RowSink) -> Result<()>,
+    text_rows: impl FnOnce(&mut RowSink) -> Result<()>,
+) -> Result<()> {
+    metadata.insert("tagfix.schema".into(), TEACHER_SCHEMA.into());
+    let keys_json = serde_json::to_vec(keys).expect("strings serialise");
+    let n = keys.len();
+    // A producer's own error is kept here and returned instead of the write's I/O error.
+    let failure = std::cell::RefCell::new(None);
+    let tensors = vec![
+        rows_tensor(IMAGE_FEATURES, n, &failure, image_rows),
+        rows_tensor(TEXT_FEATURES, n, &failure, text_rows),
+        StreamedTensor {
+            name: KEYS.into(),
+            dtype: DType::U8,
+            shape: vec![keys_json.len()],
+            write: Box::new(|w: &mut dyn Write| w.write_all(&keys_json)),
+        },
+    ];
+    let written = safetensors_io::write_streamed(path, tensors, &metadata);
+    match failure.into_inner() {
+        Some(e) => Err(e),
+        None => written,
+    }
+}
+
+/// A `[n, 512]` f32 tensor whose rows `produce` writes; its error, or a wrong row count, is kept in
+/// `failure` (the write itself only sees an I/O error).
+fn rows_tensor<'a>(
+    name: &'static str,
+    n: usize,
+    failure: &'a std::cell::RefCell<Option<crate::Error>>,
+    produce: impl FnOnce(&mut RowSink) -> Result<()> + 'a,
+) -> StreamedTensor<'a> {
+    let mut produce = Some(produce);
+    StreamedTensor {
+        name: name.into(),
+        dtype: DType::F32,
+        shape: vec![n, TEACHER_DIM],
+        write: Box::new(move |w: &mut dyn Write| {
+            let produce = produce.take().expect("each tensor is written once");
+            let mut sink = RowSink {
+                out: w,
+                rows: 0,
+                bytes: Vec::new(),
+            };
+            let done = produce(&mut sink).and_then(|()| match sink.rows {
+                rows if rows == n => Ok(()),
+                got => Err(TeacherError::RowCount {
+                    name,
+                    got,
+                    expected: n,
+                }
+                .into()),
+            });
+            done.map_err(|e| {
+                let message = e.to_string();
+                *failure.borrow_mut() = Some(e);
+                std::io::Error::other(message)
+            })
+        }),
+    }
+}
+
+/// The keys of a `tagfix.teacher/2` file: the `keys` tensor.
+fn keys_from_tensor(file: &SafetensorsFile) -> Result<Vec<String>> {
+    let path = file.path();
+    let Some(tensor) = file.read_tensor(KEYS)? else {
+        return Err(TeacherError::NoTensor {
+            path: path.into(),
+            name: KEYS.into(),
+        }
+        .into());
+    };
+    if tensor.dtype != DType::U8 || tensor.shape.len() != 1 {
+        return Err(TeacherError::KeysTensor {
+            path: path.into(),
+            dtype: tensor.dtype.to_string(),
+            shape: tensor.shape.clone(),
+        }
+        .into());
+    }
+    serde_json::from_slice(&tensor.data).map_err(|source| {
+        TeacherError::Keys {
+            path: path.into(),
+            what: "the `keys` tensor",
+            source,
+        }
+        .into()
+    })
+}
+
+/// The keys of a `tagfix.teacher/1` file: the metadata `tagfix.keys`.
+fn keys_from_metadata(path: &Path, metadata: &BTreeMap<String, String>) -> Result<Vec<String>> {
+    let text = metadata
+        .get("tagfix.keys")
+        .ok_or_else(|| TeacherError::NoKeys { path: path.into() })?;
+    serde_json::from_str(text).map_err(|source| {
+        TeacherError::Keys {
+            path: path.into(),
+            what: "tagfix.keys",
+            source,
+        }
+        .into()
+    })
+}
+
+/// The dtype of feature tensor `name`, checked to be a float `[keys, 512]`.
+fn feature_dtype(file: &SafetensorsFile, name: &str, keys: usize) -> Result<DType> {
+    let path = file.path();
+    let Some((dtype, shape)) = file.info(name)? else {
+        return Err(TeacherError::NoTensor {
+            path: path.into(),
+            name: name.into(),
+        }
+        .into());
+    };
+    if shape != [keys, TEACHER_DIM] {
+        return Err(TeacherError::TensorShape {
+            path: path.into(),
+            name: name.into(),
+            shape,
+            keys,
+        }
+        .into());
+    }
+    if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+        return Err(TeacherError::FeatureDtype {
+            path: path.into(),
+            name: name.into(),
+            dtype: dtype.to_string(),
+        }
+        .into());
+    }
+    Ok(dtype)
+}
+
+/// Appends little-endian `dtype` values (f32, f16 or bf16) to `out` as f32.
+fn decode_f32(dtype: DType, bytes: &[u8], out: &mut Vec<f32>) {
+    let values = bytes.chunks_exact(dtype.size());
+    match dtype {
+        DType::F16 => out.extend(values.map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())),
+        DType::BF16 => out.extend(values.map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())),
+        _ => out.extend(values.map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
     }
 }
 
@@ -196,8 +420,161 @@ mod tests {
         TeacherFeatures::write(&p, &keys, &image, &text).unwrap();
         let t = TeacherFeatures::read(&p).unwrap();
         assert_eq!(t.row_of("b.png"), Some(1));
-        assert_eq!(t.image_row(1)[0], 512.0);
-        assert_eq!(t.text_row(0)[0], 1.0, "text rows are L2-normalised");
+        assert_eq!(t.image_row(1).unwrap()[0], 512.0);
+        assert_eq!(
+            t.text_row(0).unwrap()[0],
+            1.0,
+            "text rows are L2-normalised"
+        );
         assert!(t.row_of("c.png").is_none());
+        assert!(t.image_row(2).is_err(), "a row past the end is an error");
+    }
+
+    fn rows(n: usize, value: impl Fn(usize, usize) -> f32) -> Vec<f32> {
+        (0..n * TEACHER_DIM)
+            .map(|i| value(i / TEACHER_DIM, i % TEACHER_DIM))
+            .collect()
+    }
+
+    /// The keys live in a tensor, so the header stays small however many records there are (a
+    /// header over 100 MB is refused by every safetensors reader).
+    #[test]
+    fn keys_are_a_tensor_and_the_header_does_not_grow_with_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.safetensors");
+        let n = 3000;
+        let keys: Vec<String> = (0..n)
+            .map(|i| format!("cc3m/train/{:05}/{i:09}.jpg", i / 100))
+            .collect();
+        let image = rows(n, |r, c| (r * 7 + c) as f32);
+        let text = rows(n, |r, c| if c == r % TEACHER_DIM { 3.0 } else { 0.0 });
+        TeacherFeatures::write(&p, &keys, &image, &text).unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        let header = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+        assert!(header < 1024, "{header}-byte header");
+        let t = TeacherFeatures::read(&p).unwrap();
+        assert_eq!(t.metadata["tagfix.schema"], TEACHER_SCHEMA);
+        assert_eq!(
+            t.keys(),
+            keys.iter().map(String::as_str).collect::<Vec<_>>()
+        );
+        let row = t.row_of("cc3m/train/00017/000001717.jpg").unwrap();
+        assert_eq!(row, 1717);
+        assert_eq!(t.image_row(row).unwrap(), image[row * 512..(row + 1) * 512]);
+        let unit = t.text_row(row).unwrap();
+        assert_eq!(unit[row % TEACHER_DIM], 1.0);
+    }
+
+    /// Files of the first layout (keys in the metadata) and f16/bf16 features still read.
+    #[test]
+    fn version_1_files_and_half_precision_features_are_read() {
+        use crate::tensors::{Tensor, TensorSet};
+        let dir = tempfile::tempdir().unwrap();
+        let keys = vec!["a.jpg".to_string(), "b.jpg".to_string()];
+        let image = rows(2, |r, c| (r + c) as f32 / 4.0);
+        let half: Vec<u8> = image
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect();
+        let text = rows(2, |_, c| if c == 0 { 1.0 } else { 0.0 });
+        let v1 = TensorSet {
+            tensors: vec![
+                (
+                    IMAGE_FEATURES.into(),
+                    Tensor::new(DType::F16, vec![2, TEACHER_DIM], half).unwrap(),
+                ),
+                (
+                    TEXT_FEATURES.into(),
+                    Tensor::from_f32(vec![2, TEACHER_DIM], &text).unwrap(),
+                ),
+            ],
+            metadata: [
+                ("tagfix.schema".to_string(), TEACHER_SCHEMA_V1.to_string()),
+                (
+                    "tagfix.keys".to_string(),
+                    serde_json::to_string(&keys).unwrap(),
+                ),
+            ]
+            .into(),
+        };
+        let p = dir.path().join("v1.safetensors");
+        safetensors_io::write(&p, &v1).unwrap();
+        let t = TeacherFeatures::read(&p).unwrap();
+        assert_eq!(t.row_of("b.jpg"), Some(1));
+        assert_eq!(t.image_row(1).unwrap(), image[512..]);
+        assert_eq!(t.text_row(0).unwrap(), text[..512]);
+    }
+
+    /// A producer's own error comes back as it is, a wrong row count is refused, and neither leaves
+    /// a file.
+    #[test]
+    fn a_failing_or_short_producer_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.safetensors");
+        let keys = vec!["a".to_string(), "b".to_string()];
+        let two = rows(2, |_, _| 1.0);
+        let err = write_streamed(
+            &p,
+            &keys,
+            BTreeMap::new(),
+            |sink| sink.push(&two),
+            |_| Err(TeacherError::RandomCaptionInFile.into()),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("caption `random`"), "{err}");
+        let err = write_streamed(
+            &p,
+            &keys,
+            BTreeMap::new(),
+            |sink| sink.push(&two[..TEACHER_DIM]),
+            |sink| sink.push(&two),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("1 rows computed for 2"), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// Every value is checked on opening (a block at a time); the error names the row and its key.
+    #[test]
+    fn a_non_finite_value_is_named_with_its_row_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.safetensors");
+        let n = CHECK_ROWS + 5;
+        let keys: Vec<String> = (0..n).map(|i| format!("{i}.jpg")).collect();
+        let image = rows(n, |_, _| 0.5);
+        let text = rows(n, |r, c| {
+            if r == CHECK_ROWS + 3 && c == 9 {
+                f32::NAN
+            } else {
+                1.0
+            }
+        });
+        TeacherFeatures::write(&p, &keys, &image, &text).unwrap();
+        let err = TeacherFeatures::read(&p).unwrap_err().to_string();
+        let row = CHECK_ROWS + 3;
+        assert!(
+            err.contains(&format!(
+                "`text_features` row {row} ({row}.jpg) is not finite"
+            )),
+            "{err}"
+        );
+    }
+
+    /// A file cut short after it was opened gives an error for the rows it lost, not a panic.
+    #[test]
+    fn a_file_truncated_after_opening_fails_row_reads_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.safetensors");
+        let keys = vec!["a".to_string(), "b".to_string()];
+        TeacherFeatures::write(&p, &keys, &rows(2, |_, _| 1.0), &rows(2, |_, _| 1.0)).unwrap();
+        let t = TeacherFeatures::read(&p).unwrap();
+        let len = std::fs::metadata(&p).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(len / 2)
+            .unwrap();
+        assert!(t.text_row(1).is_err());
     }
 }

@@ -1,7 +1,7 @@
 //! Teacher signals for RAM++'s distillation and alignment losses: CLIP image features of each
 //! training image and CLIP text embeddings of its caption.
 //!
-//! - [`file`]: the precomputed teacher file (`tagfix.teacher/1` safetensors keyed by record), read
+//! - [`file`]: the precomputed teacher file (`tagfix.teacher/2` safetensors keyed by record), read
 //!   by `tagfix train --teacher FILE`;
 //! - [`descriptor`]: the image-encoder descriptor (`descriptor.toml`, `kind = "clip-image"`);
 //! - [`produce`] (feature `embed`): `tagfix teacher`, which writes the file from RAM-format
@@ -44,11 +44,43 @@ pub enum TeacherError {
     #[error("{path}: metadata has no tagfix.keys")]
     NoKeys { path: PathBuf },
 
-    #[error("{path}: tagfix.keys is not a JSON list of strings")]
+    /// The keys (the `keys` tensor, or `tagfix.keys` of a `tagfix.teacher/1` file) do not parse.
+    #[error("{path}: {what} is not a JSON list of strings")]
     Keys {
         path: PathBuf,
+        what: &'static str,
         #[source]
         source: serde_json::Error,
+    },
+
+    #[error("{path}: the `keys` tensor is {dtype} {shape:?}; it must be u8 [bytes] (a JSON list in UTF-8)")]
+    KeysTensor {
+        path: PathBuf,
+        dtype: String,
+        shape: Vec<usize>,
+    },
+
+    #[error("{path}: `{name}` is {dtype}; teacher features are f32, f16 or bf16")]
+    FeatureDtype {
+        path: PathBuf,
+        name: String,
+        dtype: String,
+    },
+
+    /// A row read after opening failed: the file changed underneath (or a read error).
+    #[error("{path}: `{name}` row {row} cannot be read (the file changed since it was opened?)")]
+    Row {
+        path: PathBuf,
+        name: &'static str,
+        row: usize,
+    },
+
+    /// `tagfix teacher` computed a different number of rows than it has records (a bug).
+    #[error("{name}: {got} rows computed for {expected} records")]
+    RowCount {
+        name: &'static str,
+        got: usize,
+        expected: usize,
     },
 
     #[error("{path}: has no tensor `{name}`")]

@@ -3,7 +3,7 @@
 //! ONNX CLIP image tower with its descriptor's evaluation transform; rows follow the records, keyed
 //! by `image_path`, exactly as [`super::file::TeacherFeatures`] reads them.
 
-use super::file::TEACHER_DIM;
+use super::file::{write_streamed, RowSink, TEACHER_DIM};
 use super::image_encoder::ImageEncoder;
 use super::TeacherError;
 use super::{pre_caption, CaptionChoice};
@@ -30,15 +30,6 @@ pub struct TeacherRequest<'a> {
     pub image_batch: usize,
 }
 
-/// The computed rows and their provenance, ready for [`super::file::TeacherFeatures::write_with_metadata`].
-#[derive(Debug, Clone)]
-pub struct TeacherOutput {
-    pub keys: Vec<String>,
-    pub image: Vec<f32>,
-    pub text: Vec<f32>,
-    pub metadata: BTreeMap<String, String>,
-}
-
 /// Checks that keys are unique (the file is keyed by `image_path`).
 fn unique_keys(records: &RecordSet) -> Result<Vec<String>> {
     let mut seen: HashMap<&str, usize> = HashMap::with_capacity(records.records.len());
@@ -60,63 +51,78 @@ fn unique_keys(records: &RecordSet) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Caption text features: `[n, 512]`, one L2-normalised row per record.
-pub fn caption_features(
+/// Records whose captions are embedded per text-encoder call: bounds memory (the captions' vectors
+/// of one chunk) whatever the set's size.
+const CAPTION_CHUNK: usize = 4096;
+
+/// Caption text features into `sink`: one L2-normalised row per record, a chunk of records at a time.
+pub fn caption_rows(
     text: &mut TextEncoder,
     req: &TeacherRequest<'_>,
     progress: &ProgressBar,
-) -> Result<Vec<f32>> {
-    let mut texts = Vec::new();
-    let mut counts = Vec::with_capacity(req.records.records.len());
-    for r in &req.records.records {
-        let chosen: &[String] = match req.caption {
+    sink: &mut RowSink,
+) -> Result<()> {
+    let chosen = |r: &crate::annotations::records::TrainRecord| -> Result<std::ops::Range<usize>> {
+        match req.caption {
             // The reader (captions: true) refuses records without one.
-            CaptionChoice::First => &r.captions[..1],
-            CaptionChoice::Mean => &r.captions,
-            CaptionChoice::Random => return Err(TeacherError::RandomCaptionInFile.into()),
-        };
-        counts.push(chosen.len());
-        texts.extend(chosen.iter().map(|c| pre_caption(c, req.max_words)));
-    }
-    progress.set_length(texts.len() as u64);
-    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let (vectors, dim) = text.encode(&refs, progress)?;
-    if dim != TEACHER_DIM {
-        return Err(TeacherError::TextWidth {
-            path: text.descriptor.onnx_path(),
-            dim,
+            CaptionChoice::First => Ok(0..1),
+            CaptionChoice::Mean => Ok(0..r.captions.len()),
+            CaptionChoice::Random => Err(TeacherError::RandomCaptionInFile.into()),
         }
-        .into());
+    };
+    let mut total = 0;
+    for r in &req.records.records {
+        total += chosen(r)?.len();
     }
-    let mut out = Vec::with_capacity(counts.len() * dim);
-    let mut at = 0;
-    for n in counts {
-        let mut mean = vec![0f32; dim];
-        for v in vectors[at * dim..(at + n) * dim].chunks(dim) {
-            let mut unit = v.to_vec();
-            l2_normalize(&mut unit);
-            mean.iter_mut().zip(&unit).for_each(|(m, u)| *m += u);
+    progress.set_length(total as u64);
+    for chunk in req.records.records.chunks(CAPTION_CHUNK) {
+        let mut texts = Vec::new();
+        let mut counts = Vec::with_capacity(chunk.len());
+        for r in chunk {
+            let captions = &r.captions[chosen(r)?];
+            counts.push(captions.len());
+            texts.extend(captions.iter().map(|c| pre_caption(c, req.max_words)));
         }
-        l2_normalize(&mut mean);
-        out.extend(mean);
-        at += n;
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let (vectors, dim) = text.encode(&refs, progress)?;
+        if dim != TEACHER_DIM {
+            return Err(TeacherError::TextWidth {
+                path: text.descriptor.onnx_path(),
+                dim,
+            }
+            .into());
+        }
+        let mut rows = Vec::with_capacity(counts.len() * dim);
+        let mut at = 0;
+        for n in counts {
+            let mut mean = vec![0f32; dim];
+            for v in vectors[at * dim..(at + n) * dim].chunks(dim) {
+                let mut unit = v.to_vec();
+                l2_normalize(&mut unit);
+                mean.iter_mut().zip(&unit).for_each(|(m, u)| *m += u);
+            }
+            l2_normalize(&mut mean);
+            rows.extend(mean);
+            at += n;
+        }
+        sink.push(&rows)?;
     }
-    Ok(out)
+    Ok(())
 }
 
-/// Image features: `[n, 512]`, each image decoded and brought to the encoder's input by its
+/// Image features into `sink`: each image decoded and brought to the encoder's input by its
 /// descriptor's evaluation transform (decoding in parallel, one ONNX Runtime call per batch).
-pub fn image_features(
+pub fn image_rows(
     image: &mut ImageEncoder,
     req: &TeacherRequest<'_>,
     progress: &ProgressBar,
-) -> Result<Vec<f32>> {
+    sink: &mut RowSink,
+) -> Result<()> {
     image.check_teacher_dim()?;
     let per = image.pixels_per_image();
     let input = image.descriptor.input.clone();
     let records = &req.records.records;
     progress.set_length(records.len() as u64);
-    let mut out = Vec::with_capacity(records.len() * TEACHER_DIM);
     for chunk in records.chunks(req.image_batch.max(1)) {
         let mut pixels = vec![0f32; chunk.len() * per];
         pixels
@@ -131,33 +137,82 @@ pub fn image_features(
                 eval_transform(&img, &input, buf);
                 Ok(())
             })?;
-        out.extend(image.encode(&pixels)?);
+        let features = image.encode(&pixels)?;
+        if let Some(i) = features.iter().position(|v| !v.is_finite()) {
+            let r = &chunk[i / TEACHER_DIM];
+            return Err(TeacherError::NonFiniteFeature {
+                image: r.image_path.clone(),
+                origin: req.records.origin(r),
+            }
+            .into());
+        }
+        sink.push(&features)?;
         progress.inc(chunk.len() as u64);
     }
-    if let Some(i) = out.iter().position(|v| !v.is_finite()) {
-        let r = &records[i / TEACHER_DIM];
-        return Err(TeacherError::NonFiniteFeature {
-            image: r.image_path.clone(),
-            origin: req.records.origin(r),
-        }
-        .into());
-    }
-    Ok(out)
+    Ok(())
 }
 
-/// Computes both teachers and the provenance metadata (`tagfix.teacher.*`).
-pub fn produce(
+/// Computes both teachers and writes the teacher file `out` as the rows come (image features, then
+/// caption embeddings; memory stays that of a batch, whatever the record count), with the
+/// provenance metadata (`tagfix.teacher.*`). Returns the rows written. A failure leaves no file.
+pub fn write_teacher_file(
+    out: &Path,
     text: &mut TextEncoder,
     image: &mut ImageEncoder,
     req: &TeacherRequest<'_>,
     text_progress: &ProgressBar,
     image_progress: &ProgressBar,
-) -> Result<TeacherOutput> {
+) -> Result<usize> {
     let keys = unique_keys(req.records)?;
-    let text_rows = caption_features(text, req, text_progress)?;
-    text_progress.finish_and_clear();
-    let image_rows = image_features(image, req, image_progress)?;
-    image_progress.finish_and_clear();
+    if req.caption == CaptionChoice::Random {
+        return Err(TeacherError::RandomCaptionInFile.into());
+    }
+    check_caption_width(text, req)?;
+    let metadata = provenance(text, image, req);
+    write_streamed(
+        out,
+        &keys,
+        metadata,
+        |sink| {
+            image_rows(image, req, image_progress, sink)?;
+            image_progress.finish_and_clear();
+            Ok(())
+        },
+        |sink| {
+            caption_rows(text, req, text_progress, sink)?;
+            text_progress.finish_and_clear();
+            Ok(())
+        },
+    )?;
+    Ok(keys.len())
+}
+
+/// Embeds one caption to learn the text tower's width before the image pass: the captions are
+/// written after the images, and a wrong tower should not cost a pass over the whole set first.
+fn check_caption_width(text: &mut TextEncoder, req: &TeacherRequest<'_>) -> Result<()> {
+    let Some(caption) = req.records.records.first().and_then(|r| r.captions.first()) else {
+        return Ok(());
+    };
+    let (_, dim) = text.encode(
+        &[&pre_caption(caption, req.max_words)],
+        &ProgressBar::hidden(),
+    )?;
+    if dim != TEACHER_DIM {
+        return Err(TeacherError::TextWidth {
+            path: text.descriptor.onnx_path(),
+            dim,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// What made the file: inputs, towers, preprocessing and caption rule (`tagfix.teacher.*`).
+fn provenance(
+    text: &TextEncoder,
+    image: &ImageEncoder,
+    req: &TeacherRequest<'_>,
+) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     let files: Vec<String> = req
         .records
@@ -212,10 +267,5 @@ pub fn produce(
         "tagfix.generator".into(),
         format!("tagfix {}", env!("CARGO_PKG_VERSION")),
     );
-    Ok(TeacherOutput {
-        keys,
-        image: image_rows,
-        text: text_rows,
-        metadata: m,
-    })
+    m
 }

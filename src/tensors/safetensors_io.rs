@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::{Dtype as StDtype, SafeTensors};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 fn from_st(d: StDtype) -> Option<DType> {
@@ -124,19 +124,7 @@ fn check_unique_names(path: &Path, header: &[u8]) -> Result<(), TensorError> {
 /// bytes, with no copy of the tensors in memory. Tensor names must be unique (the format maps names
 /// to tensors).
 pub fn write(path: &Path, set: &TensorSet) -> Result<()> {
-    let mut names = std::collections::HashSet::with_capacity(set.tensors.len());
-    if let Some((n, _)) = set.tensors.iter().find(|(n, _)| !names.insert(n.as_str())) {
-        return Err(TensorError::DuplicateName {
-            path: path.into(),
-            name: n.clone(),
-        }
-        .into());
-    }
-    let mut order: Vec<&(String, Tensor)> = set.tensors.iter().collect();
-    order.sort_by(|(ln, l), (rn, r)| to_st(r.dtype).cmp(&to_st(l.dtype)).then(ln.cmp(rn)));
-    let mut infos = Vec::with_capacity(order.len());
-    let mut offset = 0usize;
-    for (n, t) in &order {
+    for (n, t) in &set.tensors {
         // Only checks the shape against the bytes (no copy).
         safetensors::tensor::TensorView::new(to_st(t.dtype), t.shape.clone(), &t.data).map_err(
             |source| TensorError::SafetensorsView {
@@ -144,33 +132,274 @@ pub fn write(path: &Path, set: &TensorSet) -> Result<()> {
                 source,
             },
         )?;
-        let info = TensorInfo {
-            dtype: to_st(t.dtype),
-            shape: t.shape.clone(),
-            data_offsets: (offset, offset + t.data.len()),
-        };
-        offset += t.data.len();
-        infos.push((n.clone(), info));
     }
+    let streamed = set
+        .tensors
+        .iter()
+        .map(|(name, t)| StreamedTensor {
+            name: name.clone(),
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+            write: Box::new(move |w: &mut dyn Write| w.write_all(&t.data)),
+        })
+        .collect();
+    write_streamed(path, streamed, &set.metadata)
+}
+
+/// Fills one [`StreamedTensor`]'s bytes into the file being written.
+pub type WriteBytes<'a> = Box<dyn FnMut(&mut dyn Write) -> std::io::Result<()> + 'a>;
+
+/// A tensor whose bytes a callback writes straight into the file, so that a large tensor computed
+/// piece by piece (a teacher file's rows) never needs to be in memory whole. The callback must write
+/// exactly the bytes `dtype` and `shape` call for, little-endian.
+pub struct StreamedTensor<'a> {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub write: WriteBytes<'a>,
+}
+
+/// [`write`] for [`StreamedTensor`]s: the header is laid out from the shapes before any byte is
+/// written, then each callback fills its tensor in data order. A callback that fails or writes the
+/// wrong number of bytes leaves no output (the file is written atomically).
+pub fn write_streamed(
+    path: &Path,
+    mut tensors: Vec<StreamedTensor<'_>>,
+    metadata: &std::collections::BTreeMap<String, String>,
+) -> Result<()> {
+    let mut names = std::collections::HashSet::with_capacity(tensors.len());
+    if let Some(t) = tensors.iter().find(|t| !names.insert(t.name.clone())) {
+        return Err(TensorError::DuplicateName {
+            path: path.into(),
+            name: t.name.clone(),
+        }
+        .into());
+    }
+    tensors.sort_by(|l, r| {
+        to_st(r.dtype)
+            .cmp(&to_st(l.dtype))
+            .then(l.name.cmp(&r.name))
+    });
     let serializing = |source| TensorError::SafetensorsWrite {
         path: path.into(),
         source,
     };
+    let mut infos = Vec::with_capacity(tensors.len());
+    let mut offset = 0usize;
+    for t in &tensors {
+        let bytes = t
+            .shape
+            .iter()
+            .try_fold(t.dtype.size(), |n, &d| n.checked_mul(d))
+            .ok_or_else(|| serializing(safetensors::SafeTensorError::ValidationOverflow))?;
+        let end = offset
+            .checked_add(bytes)
+            .ok_or_else(|| serializing(safetensors::SafeTensorError::ValidationOverflow))?;
+        infos.push((
+            t.name.clone(),
+            TensorInfo {
+                dtype: to_st(t.dtype),
+                shape: t.shape.clone(),
+                data_offsets: (offset, end),
+            },
+        ));
+        offset = end;
+    }
     // The crate checks the offsets; the header itself is ours, for its metadata order.
     Metadata::new(None, infos.clone()).map_err(serializing)?;
     let header = Header {
-        metadata: &set.metadata,
+        metadata,
         tensors: &infos,
     };
     let mut header = serde_json::to_vec(&header)
         .map_err(|e| serializing(safetensors::SafeTensorError::JsonError(e)))?;
     // The data starts 8-byte aligned, as the crate's serializer pads it.
     header.resize(header.len().next_multiple_of(HEADER_LEN), b' ');
+    if header.len() > MAX_HEADER_BYTES {
+        // Readers (the safetensors crate, and so Python's `safe_open`) refuse such a header.
+        return Err(serializing(safetensors::SafeTensorError::HeaderTooLarge).into());
+    }
     write_atomic(path, |w| {
         w.write_all(&(header.len() as u64).to_le_bytes())?;
         w.write_all(&header)?;
-        order.iter().try_for_each(|(_, t)| w.write_all(&t.data))
+        for (t, (_, info)) in tensors.iter_mut().zip(&infos) {
+            let mut counted = CountingWriter {
+                inner: &mut *w,
+                n: 0,
+            };
+            (t.write)(&mut counted)?;
+            let expected = info.data_offsets.1 - info.data_offsets.0;
+            if counted.n != expected {
+                return Err(std::io::Error::other(format!(
+                    "tensor `{}`: {} bytes written, {expected} expected",
+                    t.name, counted.n
+                )));
+            }
+        }
+        Ok(())
     })
+}
+
+/// The largest header the safetensors crate reads (its `MAX_HEADER_SIZE`).
+pub const MAX_HEADER_BYTES: usize = 100_000_000;
+
+/// Counts the bytes a [`StreamedTensor`]'s callback writes.
+struct CountingWriter<'w> {
+    inner: &'w mut dyn Write,
+    n: usize,
+}
+
+impl Write for CountingWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.n += n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A safetensors file opened for reading its tensors in pieces, on demand: the header is read and
+/// checked (offsets, sizes, names, against the file's length), the data stays on disk and is read
+/// with positioned reads, which any number of threads may do at once. For files too large to hold
+/// in memory (a teacher file for millions of images); a rank of a distributed run then shares the
+/// operating system's page cache with the others instead of holding its own copy.
+#[derive(Debug)]
+pub struct SafetensorsFile {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+    /// File offset of the data section.
+    data_start: u64,
+    header: Metadata,
+}
+
+impl SafetensorsFile {
+    /// Opens `path` and checks its header.
+    pub fn open(path: &Path) -> Result<Self> {
+        let io = |e| Error::io(path, e);
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        let invalid = |source| TensorError::Safetensors {
+            path: path.into(),
+            source,
+        };
+        if len < HEADER_LEN as u64 {
+            return Err(invalid(safetensors::SafeTensorError::HeaderTooSmall).into());
+        }
+        let mut n = [0u8; HEADER_LEN];
+        file.read_exact(&mut n).map_err(io)?;
+        let n = u64::from_le_bytes(n);
+        if n > MAX_HEADER_BYTES as u64 {
+            return Err(invalid(safetensors::SafeTensorError::HeaderTooLarge).into());
+        }
+        if n > len - HEADER_LEN as u64 {
+            return Err(invalid(safetensors::SafeTensorError::InvalidHeaderLength).into());
+        }
+        let mut header = vec![0u8; n as usize];
+        file.read_exact(&mut header).map_err(io)?;
+        check_unique_names(path, &header)?;
+        let header: Metadata =
+            serde_json::from_slice(&header).map_err(|source| TensorError::SafetensorsHeader {
+                path: path.into(),
+                source,
+            })?;
+        let data_start = HEADER_LEN as u64 + n;
+        if header.data_len() as u64 != len - data_start {
+            return Err(invalid(safetensors::SafeTensorError::MetadataIncompleteBuffer).into());
+        }
+        Ok(SafetensorsFile {
+            path: path.to_path_buf(),
+            file,
+            data_start,
+            header,
+        })
+    }
+
+    /// The file's `__metadata__`.
+    pub fn metadata(&self) -> std::collections::BTreeMap<String, String> {
+        self.header
+            .metadata()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect()
+    }
+
+    /// The dtype and shape of tensor `name`, if the file has it (`Err` for a dtype tagfix does not
+    /// read).
+    pub fn info(&self, name: &str) -> Result<Option<(DType, Vec<usize>)>> {
+        let Some(info) = self.header.info(name) else {
+            return Ok(None);
+        };
+        let dtype = from_st(info.dtype).ok_or_else(|| TensorError::SafetensorsDtype {
+            path: self.path.clone(),
+            name: name.into(),
+            dtype: format!("{:?}", info.dtype),
+        })?;
+        Ok(Some((dtype, info.shape.clone())))
+    }
+
+    /// Fills `buf` from tensor `name`'s bytes starting at byte `at` of that tensor; `false` when the
+    /// file has no such tensor or the range lies outside it.
+    pub fn read_at(&self, name: &str, at: usize, buf: &mut [u8]) -> Result<bool> {
+        let Some(info) = self.header.info(name) else {
+            return Ok(false);
+        };
+        let (begin, end) = info.data_offsets;
+        let start = begin.checked_add(at);
+        match (start, start.and_then(|s| s.checked_add(buf.len()))) {
+            (Some(start), Some(stop)) if stop <= end => {
+                positioned_read(&self.file, buf, self.data_start + start as u64)
+                    .map_err(|e| Error::io(&self.path, e))?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Tensor `name` whole (memory reserved fallibly), or `None`.
+    pub fn read_tensor(&self, name: &str) -> Result<Option<Tensor>> {
+        let Some((dtype, shape)) = self.info(name)? else {
+            return Ok(None);
+        };
+        let (begin, end) = self.header.info(name).expect("listed").data_offsets;
+        let mut data = Vec::new();
+        data.try_reserve_exact(end - begin)
+            .map_err(|_| Error::io(&self.path, std::io::ErrorKind::OutOfMemory.into()))?;
+        data.resize(end - begin, 0);
+        self.read_at(name, 0, &mut data)?;
+        Ok(Some(Tensor::new(dtype, shape, data)?))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// `pread`: reads `buf.len()` bytes at `offset` without moving a shared cursor.
+#[cfg(unix)]
+fn positioned_read(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn positioned_read(
+    file: &std::fs::File,
+    mut buf: &mut [u8],
+    mut offset: u64,
+) -> std::io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        match file.seek_read(buf, offset)? {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A header laid out as the crate's `Metadata` lays it out (`__metadata__`, then the tensors in data
@@ -368,5 +597,58 @@ mod tests {
         let err = write(&out, &set).unwrap_err().to_string();
         assert!(err.contains("`w` appears more than once"), "{err}");
         assert!(!out.exists());
+    }
+
+    /// A header no reader accepts (over 100 MB: the safetensors crate's limit) is refused when
+    /// writing, and refused cleanly when reading.
+    #[test]
+    fn headers_over_the_readers_limit_are_refused_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big.safetensors");
+        let mut set = TensorSet::default();
+        set.tensors
+            .push(("t".into(), Tensor::from_f32(vec![1], &[1.0]).unwrap()));
+        set.metadata
+            .insert("keys".into(), "k".repeat(MAX_HEADER_BYTES));
+        let err = write(&p, &set).unwrap_err();
+        assert!(format!("{err:#}").contains("serializing"), "{err:#}");
+        assert!(!p.exists());
+        // A file claiming such a header.
+        let mut bytes = ((MAX_HEADER_BYTES + 8) as u64).to_le_bytes().to_vec();
+        bytes.extend(b"{}");
+        std::fs::write(&p, &bytes).unwrap();
+        assert!(SafetensorsFile::open(&p).is_err());
+    }
+
+    /// The on-demand reader sees what `read` sees, and refuses ranges outside a tensor.
+    #[test]
+    fn safetensors_file_reads_pieces_of_tensors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.safetensors");
+        let mut set = TensorSet::default();
+        set.tensors.push((
+            "a".into(),
+            Tensor::from_f32(vec![2, 2], &[1.0, 2.0, 3.0, 4.0]).unwrap(),
+        ));
+        set.tensors.push((
+            "b".into(),
+            Tensor::new(DType::U8, vec![3], vec![7, 8, 9]).unwrap(),
+        ));
+        set.metadata.insert("m".into(), "v".into());
+        write(&p, &set).unwrap();
+        let f = SafetensorsFile::open(&p).unwrap();
+        assert_eq!(f.metadata()["m"], "v");
+        assert_eq!(f.info("a").unwrap(), Some((DType::F32, vec![2, 2])));
+        let mut four = [0u8; 4];
+        assert!(f.read_at("a", 8, &mut four).unwrap());
+        assert_eq!(f32::from_le_bytes(four), 3.0);
+        assert!(!f.read_at("a", 13, &mut four).unwrap(), "past the end");
+        assert!(!f.read_at("a", usize::MAX, &mut four).unwrap(), "overflow");
+        assert!(!f.read_at("c", 0, &mut four).unwrap(), "no such tensor");
+        assert_eq!(f.read_tensor("b").unwrap().unwrap().data, vec![7, 8, 9]);
+        // A file whose data is shorter than its header says is refused on opening.
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() - 1]).unwrap();
+        assert!(SafetensorsFile::open(&p).is_err());
     }
 }

@@ -379,8 +379,8 @@ pub fn load_micro_batch(
             let mut x = Vec::with_capacity(indices.len() * TEACHER_DIM);
             for &idx in &indices {
                 let row = data.teacher_rows[idx];
-                c.extend_from_slice(t.image_row(row));
-                x.extend_from_slice(t.text_row(row));
+                t.append_image_row(row, &mut c)?;
+                t.append_text_row(row, &mut x)?;
             }
             (Some(c), Some(x))
         }
