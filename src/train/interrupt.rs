@@ -59,13 +59,14 @@ impl StopRequest {
     #[cfg(unix)]
     pub fn on_signals(&self, who: &'static str) -> std::io::Result<SignalGuard> {
         use signal_hook::iterator::Signals;
-        // Once the guard is dropped, the signals act as they did before (signal-hook would
-        // otherwise leave them caught with nothing to do, so that SIGTERM no longer ends the process).
-        let released = Arc::new(AtomicBool::new(false));
-        for sig in STOP_SIGNALS {
-            signal_hook::flag::register_conditional_default(sig, Arc::clone(&released))?;
-        }
-        let mut signals = Signals::new(STOP_SIGNALS)?;
+        hold_signals()?;
+        let mut signals = match Signals::new(STOP_SIGNALS) {
+            Ok(signals) => signals,
+            Err(e) => {
+                release_signals();
+                return Err(e);
+            }
+        };
         let handle = signals.handle();
         let request = self.clone();
         let thread = std::thread::Builder::new()
@@ -85,8 +86,52 @@ impl StopRequest {
         Ok(SignalGuard {
             handle,
             thread: Some(thread),
-            released,
         })
+    }
+}
+
+/// While no [`SignalGuard`] lives, the stop signals act as they did before any was made (signal-hook
+/// would otherwise leave them caught with nothing to do, so that SIGTERM no longer ended the process).
+/// One flag per process, registered once, with a count of the live guards: registering a flag per
+/// guard would leave the first guard's released flag in force, and a signal during a second guard
+/// would end the process instead of being recorded.
+#[cfg(unix)]
+static DEFAULT_ACTION: std::sync::Mutex<Option<(Arc<AtomicBool>, usize)>> =
+    std::sync::Mutex::new(None);
+
+/// Counts a new guard in and keeps the default actions off while it lives.
+#[cfg(unix)]
+fn hold_signals() -> std::io::Result<()> {
+    let mut state = DEFAULT_ACTION
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match &mut *state {
+        Some((released, live)) => {
+            *live += 1;
+            released.store(false, Ordering::SeqCst);
+        }
+        None => {
+            let released = Arc::new(AtomicBool::new(false));
+            for sig in STOP_SIGNALS {
+                signal_hook::flag::register_conditional_default(sig, Arc::clone(&released))?;
+            }
+            *state = Some((released, 1));
+        }
+    }
+    Ok(())
+}
+
+/// Counts a guard out; the last one gives the signals their default action back.
+#[cfg(unix)]
+fn release_signals() {
+    let mut state = DEFAULT_ACTION
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((released, live)) = &mut *state {
+        *live = live.saturating_sub(1);
+        if *live == 0 {
+            released.store(true, Ordering::SeqCst);
+        }
     }
 }
 
@@ -96,17 +141,16 @@ impl StopRequest {
 pub struct SignalGuard {
     handle: signal_hook::iterator::Handle,
     thread: Option<std::thread::JoinHandle<()>>,
-    released: Arc<AtomicBool>,
 }
 
 #[cfg(unix)]
 impl Drop for SignalGuard {
     fn drop(&mut self) {
-        self.released.store(true, Ordering::SeqCst);
         self.handle.close();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        release_signals();
     }
 }
 
@@ -157,17 +201,21 @@ mod tests {
         assert_eq!(signal_name(SIGTERM), "SIGTERM");
     }
 
-    /// A real SIGUSR1 raised in this process lands in the request while the guard lives.
+    /// A real SIGUSR1 raised in this process lands in the request while the guard lives, and so it
+    /// does under a second guard made after the first was dropped (were the first guard's default
+    /// action still in force, the signal would end this test process).
     #[test]
-    fn a_raised_signal_is_recorded() {
-        let stop = StopRequest::new();
-        let guard = stop.on_signals("the test stops").unwrap();
-        signal_hook::low_level::raise(signal_hook::consts::SIGUSR1).unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while stop.signal().is_none() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(5));
+    fn a_raised_signal_is_recorded_under_each_guard_in_turn() {
+        for _ in 0..2 {
+            let stop = StopRequest::new();
+            let guard = stop.on_signals("the test stops").unwrap();
+            signal_hook::low_level::raise(signal_hook::consts::SIGUSR1).unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while stop.signal().is_none() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            assert_eq!(stop.signal(), Some(signal_hook::consts::SIGUSR1));
+            drop(guard);
         }
-        assert_eq!(stop.signal(), Some(signal_hook::consts::SIGUSR1));
-        drop(guard);
     }
 }
