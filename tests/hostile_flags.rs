@@ -136,6 +136,25 @@ fn teacher_refuses_captions_cut_to_no_words() {
     refused(&cx, "teacher", &args, "0 is not in 1..");
 }
 
+#[test]
+fn teacher_refuses_shards_outside_their_set() {
+    let cx = Context::new().quiet();
+    for (shard, needle) in [
+        ("2/2", "must be below the count"),
+        ("0/0", "must be below the count"),
+        ("18446744073709551616/2", "is not a shard"),
+        ("1", "is not a shard"),
+        ("-1/4", "unexpected argument"),
+        ("1/-4", "is not a shard"),
+    ] {
+        let args = [
+            "--data", "d.json", "--images", "i", "--out", "set", "--shard", shard,
+        ];
+        refused(&cx, "teacher", &args, needle);
+    }
+    assert!(!cx.path("set").exists());
+}
+
 #[cfg(feature = "train")]
 #[test]
 fn train_and_tag_take_extreme_integers_without_panicking() {

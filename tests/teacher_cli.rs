@@ -215,6 +215,60 @@ fn teacher_file_holds_what_the_towers_give() {
     assert_eq!(m.image_row(2).unwrap(), t.image_row(2).unwrap());
 }
 
+/// `--shard I/N` splits the work: the shards' folder reads (as `tagfix train --teacher DIR` reads
+/// it) as the unsharded file, row for row.
+#[test]
+fn shards_of_the_teacher_read_as_the_whole_file() {
+    let Some((vision, text_dir)) = towers("shards_of_the_teacher_read_as_the_whole_file") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, images) = dataset(tmp.path());
+    let whole = tmp.path().join("teacher.safetensors");
+    teacher_cmd(&data, &images, &vision, &text_dir, &whole)
+        .assert()
+        .success();
+    let set = tmp.path().join("set");
+    for shard in ["1/2", "0/2"] {
+        let output = teacher_cmd(&data, &images, &vision, &text_dir, &set)
+            .args(["--shard", shard])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            stdout.contains(&format!("shard {shard}: records")),
+            "{stdout}"
+        );
+    }
+    assert!(set.join("teacher-00000-of-00002.safetensors").is_file());
+    let (t, s) = (
+        TeacherFeatures::read(&whole).unwrap(),
+        TeacherFeatures::read(&set).unwrap(),
+    );
+    assert_eq!(s.keys(), t.keys());
+    assert_eq!(s.files().len(), 2);
+    for row in 0..t.len() {
+        let image = max_abs_diff(&s.image_row(row).unwrap(), &t.image_row(row).unwrap());
+        let text = max_abs_diff(&s.text_row(row).unwrap(), &t.text_row(row).unwrap());
+        assert!(image < 1e-5 && text < 1e-5, "row {row}: {image} {text}");
+    }
+    // A shard past the count is a usage error; one shard alone is not a set.
+    let o = teacher_cmd(&data, &images, &vision, &text_dir, &set)
+        .args(["--shard", "2/2"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("must be below the count"));
+    std::fs::remove_file(set.join("teacher-00001-of-00002.safetensors")).unwrap();
+    let err = TeacherFeatures::read(&set).unwrap_err().to_string();
+    assert!(err.contains("1 of its 2 shards are missing: 1"), "{err}");
+}
+
 #[test]
 fn bad_inputs_fail_with_exit_2_and_no_output() {
     let Some((vision, text_dir)) = towers("bad_inputs_fail_with_exit_2_and_no_output") else {

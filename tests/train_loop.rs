@@ -1054,3 +1054,59 @@ fn a_stop_request_checkpoints_the_step_in_progress_and_resume_goes_on_exactly() 
     trainer.step().unwrap();
     assert!(trainer.is_done() && !trainer.interrupt_due());
 }
+
+/// A teacher set (`--teacher DIR`, the shards of `tagfix teacher --shard I/N`) trains exactly as the
+/// one file it was split from: same rows, same losses step for step.
+#[test]
+fn a_teacher_set_trains_exactly_as_its_single_file() {
+    use tagfix::teacher::shard::{Shard, SET_RECORDS_KEY, SHARD_KEY};
+    use tagfix::teacher::{TeacherFeatures, TEACHER_DIM};
+    let _guard = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path(), 16, 4);
+    let whole = TeacherFeatures::read(&ds.teacher).unwrap();
+    let set = tmp.path().join("teacher-set");
+    std::fs::create_dir(&set).unwrap();
+    let keys: Vec<String> = whole.keys().iter().map(|k| k.to_string()).collect();
+    // The stored values (text rows as written, before the reader's re-normalisation).
+    let stored = tagfix::tensors::safetensors_io::read(&ds.teacher).unwrap();
+    let values = |name: &str| stored.get(name).unwrap().to_f32().unwrap();
+    let (all_image, all_text) = (values("image_features"), values("text_features"));
+    for index in 0..3 {
+        let shard = Shard { index, count: 3 };
+        let rows = shard.range(keys.len());
+        let cut = |v: &[f32]| v[rows.start * TEACHER_DIM..rows.end * TEACHER_DIM].to_vec();
+        let (image, text) = (cut(&all_image), cut(&all_text));
+        let metadata = [
+            (SHARD_KEY.to_string(), shard.to_string()),
+            (SET_RECORDS_KEY.to_string(), keys.len().to_string()),
+        ]
+        .into();
+        TeacherFeatures::write_with_metadata(
+            &set.join(shard.file_name()),
+            &keys[rows],
+            &image,
+            &text,
+            metadata,
+        )
+        .unwrap();
+    }
+    let cfg = small_config(4);
+    run(&cfg, &inputs(&ds), &tmp.path().join("file"));
+    let from_set = TrainInputs {
+        teacher: Some(set.clone()),
+        ..inputs(&ds)
+    };
+    run(&cfg, &from_set, &tmp.path().join("set-run"));
+    let a = read_all_records(&tmp.path().join("file/metrics.jsonl")).unwrap();
+    let b = read_all_records(&tmp.path().join("set-run/metrics.jsonl")).unwrap();
+    assert_eq!(a.len(), 4);
+    for (x, y) in a.iter().zip(&b) {
+        assert!(x.loss.dis.is_some(), "the teacher's terms are trained");
+        assert_eq!(x.loss, y.loss, "step {}", x.step);
+    }
+    // A set with a shard missing is refused before any step, naming it.
+    std::fs::remove_file(set.join(Shard { index: 1, count: 3 }.file_name())).unwrap();
+    let err = prepare_err(&cfg, &from_set);
+    assert!(err.contains("1 of its 3 shards are missing: 1"), "{err}");
+}

@@ -62,6 +62,7 @@ fn teacher_file(ds: &SynthDataset, vision: &Path, text: &Path, out: &Path) -> Te
         caption: CaptionChoice::First,
         max_words: 30,
         image_batch: 8,
+        shard: None,
     };
     let hidden = ProgressBar::hidden();
     write_teacher_file(out, &mut text, &mut image, &req, &hidden, &hidden).unwrap();

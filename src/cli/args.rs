@@ -806,10 +806,10 @@ pub struct TrainArgs {
     #[arg(long, value_name = "FILE")]
     pub label_embed: Option<std::path::PathBuf>,
     /// Teacher features: a file (CLIP image features + caption embeddings keyed by image_path, from
-    /// `tagfix teacher`), or `online` (computed on every augmented batch through the CLIP towers of
+    /// `tagfix teacher`), a folder of the shards of `tagfix teacher --shard I/N`, or `online` (computed on every augmented batch through the CLIP towers of
     /// --teacher-image-model / --teacher-text-model or [online_teacher]). Without it only the tag loss
     /// is trained.
-    #[arg(long, value_name = "FILE|online")]
+    #[arg(long, value_name = "FILE|DIR|online")]
     pub teacher: Option<std::path::PathBuf>,
     /// Online teacher: CLIP image tower (directory with descriptor.toml, kind = "clip-image", or a name).
     #[arg(long, value_name = "DIR|NAME")]
@@ -881,6 +881,9 @@ Examples:
   tagfix teacher --data train.json --images imgs/ --image-model clip-vision --text-model clip --out teacher.safetensors
   tagfix teacher --data part1.json.gz part2.jsonl --images imgs/ --image-model models/clip-vision \\
       --text-model models/clip --caption mean --device cuda --out teacher.safetensors
+  # one shard per Slurm array task (0..63), then `tagfix train --teacher teacher/`:
+  tagfix teacher --data train.json --images imgs/ --image-model clip-vision --text-model clip \
+      --device cuda --shard $SLURM_ARRAY_TASK_ID/64 --out teacher/
 
 Model directories hold model.onnx and descriptor.toml: a text tower as for `tagfix embed`
 (scripts/export_clip_text_onnx.py), an image tower with kind = \"clip-image\"
@@ -911,9 +914,14 @@ pub struct TeacherArgs {
     #[arg(long, default_value_t = tagfix::teacher::RAM_CAPTION_WORDS as u64,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_words: u64,
-    /// Output teacher file (.safetensors), written atomically.
-    #[arg(long, value_name = "FILE")]
+    /// Output teacher file (.safetensors), written atomically; with --shard, the set's folder
+    /// (created), which gets teacher-IIIII-of-NNNNN.safetensors.
+    #[arg(long, value_name = "FILE|DIR")]
     pub out: PathBuf,
+    /// Compute only shard I of N (I from 0): the I-th of N contiguous blocks of the records, so that
+    /// N processes or machines share the work. `tagfix train --teacher DIR` reads the complete set.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<tagfix::teacher::shard::Shard>,
     #[command(flatten)]
     pub ort: OrtArgs,
 }

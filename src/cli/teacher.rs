@@ -28,8 +28,9 @@ pub fn run(args: TeacherArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
         })
         .into());
     }
+    let out = output_file(&args)?;
     let inputs: Vec<&std::path::Path> = args.data.iter().map(|p| p.as_path()).collect();
-    tagfix::fsutil::check_outputs([args.out.as_path()], &inputs)?;
+    tagfix::fsutil::check_outputs([out.as_path()], &inputs)?;
     let records = RecordSet::read_with(
         &args.data,
         ReadOptions {
@@ -49,17 +50,27 @@ pub fn run(args: TeacherArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
         caption: args.caption.parse().map_err(anyhow::Error::msg)?,
         max_words: usize::try_from(args.max_words).unwrap_or(usize::MAX),
         image_batch: args.ort.batch_size as usize,
+        shard: args.shard,
     };
     let text_bar = super::progress_bar(global, 0, false);
     let image_bar = super::progress_bar(global, 0, false);
-    let rows = write_teacher_file(
-        &args.out, &mut text, &mut image, &request, &text_bar, &image_bar,
-    )?;
+    let rows = write_teacher_file(&out, &mut text, &mut image, &request, &text_bar, &image_bar)?;
     println!(
         "wrote {}: {rows} records × (image_features, text_features) [{rows}, {}]",
-        args.out.display(),
+        out.display(),
         tagfix::teacher::TEACHER_DIM
     );
+    if let Some(shard) = args.shard {
+        let range = shard.range(records.records.len());
+        println!(
+            "  shard {shard}: records {}..{} of {}; `tagfix train --teacher {}` reads the set once all {} shards are there",
+            range.start,
+            range.end,
+            records.records.len(),
+            args.out.display(),
+            shard.count
+        );
+    }
     println!(
         "  image: {} on {}",
         image.descriptor.display_name(),
@@ -72,4 +83,20 @@ pub fn run(args: TeacherArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
         args.caption
     );
     Ok(ExitStatus::Success)
+}
+
+/// The file to write: `--out`, or with `--shard` the shard's file in the `--out` folder (created).
+#[cfg(feature = "embed")]
+fn output_file(args: &TeacherArgs) -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context;
+    let Some(shard) = args.shard else {
+        return Ok(args.out.clone());
+    };
+    std::fs::create_dir_all(&args.out).with_context(|| {
+        format!(
+            "creating the teacher set's folder {} (--shard writes into a folder)",
+            args.out.display()
+        )
+    })?;
+    Ok(args.out.join(shard.file_name()))
 }

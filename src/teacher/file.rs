@@ -19,6 +19,7 @@
 //! row is read when a batch needs it. A 4M-record file is 16 GB (f32); held in memory, it took twice
 //! that while loading, in every rank of a distributed run.
 
+use super::shard;
 use super::TeacherError;
 use crate::error::Result;
 use crate::tensors::safetensors_io::{self, SafetensorsFile, StreamedTensor};
@@ -40,102 +41,56 @@ pub const TEACHER_DIM: usize = 512;
 /// Rows checked per read when a file is opened (4 MiB of f32).
 const CHECK_ROWS: usize = 2048;
 
-/// Teacher features, read row by row from their file.
+/// Teacher features, read row by row from their file, or from the shard files of a teacher set
+/// ([`super::shard`]) as one file of all their rows in shard order.
 #[derive(Debug, Clone)]
 pub struct TeacherFeatures {
+    /// The file, or the set's folder.
     pub path: PathBuf,
-    /// The file's metadata (schema, provenance).
+    /// The file's metadata (schema, provenance); a set's first shard's, without its shard number.
     pub metadata: BTreeMap<String, String>,
     index: HashMap<String, usize>,
+    /// The files, each holding the rows from its `first_row` on.
+    parts: Vec<Part>,
+}
+
+/// One file of the features: its rows `first_row..first_row + rows`.
+#[derive(Debug, Clone)]
+struct Part {
+    path: PathBuf,
     file: Arc<SafetensorsFile>,
+    first_row: usize,
+    rows: usize,
     /// The dtypes of `image_features` and `text_features`.
     image: DType,
     text: DType,
 }
 
-impl TeacherFeatures {
-    /// Opens and checks a teacher file: schema, keys (unique), shapes, and every value finite.
-    pub fn read(path: &Path) -> Result<Self> {
-        let file = SafetensorsFile::open(path)?;
-        let metadata = file.metadata();
-        let keys = match metadata.get("tagfix.schema").map(String::as_str) {
-            Some(TEACHER_SCHEMA) => keys_from_tensor(&file)?,
-            Some(TEACHER_SCHEMA_V1) => keys_from_metadata(path, &metadata)?,
-            other => {
-                return Err(TeacherError::NotATeacherFile {
-                    path: path.into(),
-                    schema: other.map(String::from),
-                }
-                .into())
-            }
-        };
-        let image = feature_dtype(&file, IMAGE_FEATURES, keys.len())?;
-        let text = feature_dtype(&file, TEXT_FEATURES, keys.len())?;
-        let mut index = HashMap::with_capacity(keys.len());
-        for (i, key) in keys.into_iter().enumerate() {
-            if index.contains_key(&key) {
-                return Err(TeacherError::KeyTwice {
-                    path: path.into(),
-                    key,
-                }
-                .into());
-            }
-            index.insert(key, i);
+impl Part {
+    fn dtype(&self, name: &str) -> DType {
+        if name == IMAGE_FEATURES {
+            self.image
+        } else {
+            self.text
         }
-        let t = TeacherFeatures {
-            path: path.to_path_buf(),
-            metadata,
-            index,
-            file: Arc::new(file),
-            image,
-            text,
-        };
-        t.check_finite(IMAGE_FEATURES, image)?;
-        t.check_finite(TEXT_FEATURES, text)?;
-        Ok(t)
     }
 
-    /// Reads every value of `name` once, a block of rows at a time, and names the first row
-    /// holding a non-finite one.
-    fn check_finite(&self, name: &'static str, dtype: DType) -> Result<()> {
-        let n = self.len();
-        let mut values = Vec::with_capacity(CHECK_ROWS * TEACHER_DIM);
-        let mut start = 0;
-        while start < n {
-            let rows = CHECK_ROWS.min(n - start);
-            values.clear();
-            self.append_rows(name, dtype, start, rows, &mut values)?;
-            if let Some(i) = values.iter().position(|x| !x.is_finite()) {
-                let row = start + i / TEACHER_DIM;
-                return Err(TeacherError::NotFinite {
-                    path: self.path.clone(),
-                    name: name.into(),
-                    row,
-                    key: self.key_of(row).unwrap_or_default().to_string(),
-                }
-                .into());
-            }
-            start += rows;
-        }
-        Ok(())
-    }
-
-    /// Appends rows `start..start + rows` of tensor `name` (of `dtype`) to `out`, as f32.
+    /// Appends local rows `start..start + rows` of tensor `name` to `out`, as f32.
     fn append_rows(
         &self,
         name: &'static str,
-        dtype: DType,
         start: usize,
         rows: usize,
         out: &mut Vec<f32>,
     ) -> Result<()> {
+        let dtype = self.dtype(name);
         let row_bytes = TEACHER_DIM * dtype.size();
         let mut bytes = vec![0u8; rows * row_bytes];
         if !self.file.read_at(name, start * row_bytes, &mut bytes)? {
             return Err(TeacherError::Row {
                 path: self.path.clone(),
                 name,
-                row: start + rows.saturating_sub(1),
+                row: self.first_row + start + rows.saturating_sub(1),
             }
             .into());
         }
@@ -143,15 +98,123 @@ impl TeacherFeatures {
         Ok(())
     }
 
+    /// Reads every value of `name` once, a block of rows at a time: the first non-finite one's
+    /// local row, if any.
+    fn first_non_finite(&self, name: &'static str) -> Result<Option<usize>> {
+        let mut values = Vec::with_capacity(CHECK_ROWS * TEACHER_DIM);
+        let mut start = 0;
+        while start < self.rows {
+            let rows = CHECK_ROWS.min(self.rows - start);
+            values.clear();
+            self.append_rows(name, start, rows, &mut values)?;
+            if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+                return Ok(Some(start + i / TEACHER_DIM));
+            }
+            start += rows;
+        }
+        Ok(None)
+    }
+}
+
+impl TeacherFeatures {
+    /// Opens and checks a teacher file, or the teacher set in folder `path`: schema, keys (unique),
+    /// shapes, every value finite, and for a set that its shards are complete and made alike.
+    pub fn read(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            return Self::read_set(path);
+        }
+        let (part, keys, metadata) = open_part(path, 0)?;
+        Self::assemble(path, metadata, vec![(part, keys)])
+    }
+
+    /// The shard files of the set in `dir` ([`super::shard::set_files`]), checked against the first.
+    fn read_set(dir: &Path) -> Result<Self> {
+        let files = shard::set_files(dir)?;
+        let mut parts = Vec::with_capacity(files.len());
+        let mut first_metadata = None;
+        let mut first_row = 0;
+        for (position, file) in files.iter().enumerate() {
+            let (part, keys, metadata) = open_part(file, first_row)?;
+            let first = first_metadata.get_or_insert_with(|| metadata.clone());
+            shard::check_member(dir, file, position, files.len(), &metadata, first)?;
+            first_row += part.rows;
+            parts.push((part, keys));
+        }
+        let mut metadata = first_metadata.unwrap_or_default();
+        shard::check_record_count(dir, &metadata, first_row)?;
+        metadata.remove(shard::SHARD_KEY);
+        Self::assemble(dir, metadata, parts)
+    }
+
+    /// Indexes the parts' keys (unique over all of them) and checks every value.
+    fn assemble(
+        path: &Path,
+        metadata: BTreeMap<String, String>,
+        parts: Vec<(Part, Vec<String>)>,
+    ) -> Result<Self> {
+        let rows = parts.iter().map(|(p, _)| p.rows).sum();
+        let mut index = HashMap::with_capacity(rows);
+        for (n, (part, keys)) in parts.iter().enumerate() {
+            for (i, key) in keys.iter().enumerate() {
+                if let Some(&row) = index.get(key.as_str()) {
+                    return Err(key_twice(&parts, row, n, key.clone()));
+                }
+                index.insert(key.clone(), part.first_row + i);
+            }
+        }
+        let t = TeacherFeatures {
+            path: path.to_path_buf(),
+            metadata,
+            index,
+            parts: parts.into_iter().map(|(p, _)| p).collect(),
+        };
+        t.check_finite(IMAGE_FEATURES)?;
+        t.check_finite(TEXT_FEATURES)?;
+        Ok(t)
+    }
+
+    /// Names the first row holding a non-finite value of `name`, with its file and key.
+    fn check_finite(&self, name: &'static str) -> Result<()> {
+        for part in &self.parts {
+            if let Some(local) = part.first_non_finite(name)? {
+                let row = part.first_row + local;
+                return Err(TeacherError::NotFinite {
+                    path: part.path.clone(),
+                    name: name.into(),
+                    row: local,
+                    key: self.key_of(row).unwrap_or_default().to_string(),
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The part holding row `row`, and the row's place in it.
+    fn part_of(&self, name: &'static str, row: usize) -> Result<(&Part, usize)> {
+        let n = self.parts.partition_point(|p| p.first_row + p.rows <= row);
+        match self.parts.get(n) {
+            Some(part) => Ok((part, row - part.first_row)),
+            None => Err(TeacherError::Row {
+                path: self.path.clone(),
+                name,
+                row,
+            }
+            .into()),
+        }
+    }
+
     /// Appends record row `row`'s image feature (512 values) to `out`.
     pub fn append_image_row(&self, row: usize, out: &mut Vec<f32>) -> Result<()> {
-        self.append_rows(IMAGE_FEATURES, self.image, row, 1, out)
+        let (part, local) = self.part_of(IMAGE_FEATURES, row)?;
+        part.append_rows(IMAGE_FEATURES, local, 1, out)
     }
 
     /// Appends record row `row`'s caption embedding (512 values, L2-normalised) to `out`.
     pub fn append_text_row(&self, row: usize, out: &mut Vec<f32>) -> Result<()> {
         let at = out.len();
-        self.append_rows(TEXT_FEATURES, self.text, row, 1, out)?;
+        let (part, local) = self.part_of(TEXT_FEATURES, row)?;
+        part.append_rows(TEXT_FEATURES, local, 1, out)?;
         let v = &mut out[at..];
         let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
         if n > 0.0 {
@@ -216,6 +279,11 @@ impl TeacherFeatures {
         k.into_iter().map(|e| e.0).collect()
     }
 
+    /// The files the rows come from (one, or a set's shards in order).
+    pub fn files(&self) -> Vec<&Path> {
+        self.parts.iter().map(|p| p.path.as_path()).collect()
+    }
+
     pub fn len(&self) -> usize {
         self.index.len()
     }
@@ -223,6 +291,58 @@ impl TeacherFeatures {
     pub fn is_empty(&self) -> bool {
         self.index.is_empty()
     }
+}
+
+/// Opens one teacher file whose rows start at `first_row`: the part, its keys and its metadata.
+fn open_part(
+    path: &Path,
+    first_row: usize,
+) -> Result<(Part, Vec<String>, BTreeMap<String, String>)> {
+    let file = SafetensorsFile::open(path)?;
+    let metadata = file.metadata();
+    let keys = match metadata.get("tagfix.schema").map(String::as_str) {
+        Some(TEACHER_SCHEMA) => keys_from_tensor(&file)?,
+        Some(TEACHER_SCHEMA_V1) => keys_from_metadata(path, &metadata)?,
+        other => {
+            return Err(TeacherError::NotATeacherFile {
+                path: path.into(),
+                schema: other.map(String::from),
+            }
+            .into())
+        }
+    };
+    let part = Part {
+        path: path.to_path_buf(),
+        image: feature_dtype(&file, IMAGE_FEATURES, keys.len())?,
+        text: feature_dtype(&file, TEXT_FEATURES, keys.len())?,
+        file: Arc::new(file),
+        first_row,
+        rows: keys.len(),
+    };
+    Ok((part, keys, metadata))
+}
+
+/// The error for `key` seen a second time in part `second`, first at row `first_row`.
+fn key_twice(
+    parts: &[(Part, Vec<String>)],
+    first_row: usize,
+    second: usize,
+    key: String,
+) -> crate::Error {
+    let path = |n: usize| parts[n].0.path.clone();
+    let first = parts.partition_point(|(p, _)| p.first_row + p.rows <= first_row);
+    match first {
+        first if first != second => TeacherError::KeyInTwoShards {
+            key,
+            first: path(first),
+            second: path(second),
+        },
+        _ => TeacherError::KeyTwice {
+            path: path(second),
+            key,
+        },
+    }
+    .into()
 }
 
 /// Where [`write_streamed`]'s row producers put their rows: row-major f32, any number of rows a
@@ -556,6 +676,150 @@ mod tests {
             err.contains(&format!(
                 "`text_features` row {row} ({row}.jpg) is not finite"
             )),
+            "{err}"
+        );
+    }
+
+    /// Writes shard `index` of `count` of a set of `keys` into `dir`, with `provenance`.
+    fn write_shard(
+        dir: &Path,
+        index: usize,
+        count: usize,
+        keys: &[String],
+        provenance: &str,
+    ) -> PathBuf {
+        let shard = shard::Shard { index, count };
+        let range = shard.range(keys.len());
+        let image = rows(keys.len(), |r, c| (r * 1000 + c) as f32);
+        let text = rows(keys.len(), |r, c| if c == r { 1.0 } else { 0.0 });
+        let metadata: BTreeMap<String, String> = [
+            (shard::SHARD_KEY, shard.to_string()),
+            (shard::SET_RECORDS_KEY, keys.len().to_string()),
+            ("tagfix.teacher.image_model_sha256", provenance.to_string()),
+            ("tagfix.generator", format!("tagfix 0.{index}")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let path = dir.join(shard.file_name());
+        let cut = |v: &[f32]| v[range.start * TEACHER_DIM..range.end * TEACHER_DIM].to_vec();
+        TeacherFeatures::write_with_metadata(
+            &path,
+            &keys[range.clone()],
+            &cut(&image),
+            &cut(&text),
+            metadata,
+        )
+        .unwrap();
+        path
+    }
+
+    /// The shards of a set read as one file of all their rows, in shard order.
+    #[test]
+    fn a_set_of_shards_reads_as_one_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys: Vec<String> = (0..10).map(|i| format!("img/{i}.jpg")).collect();
+        for i in [2, 0, 1] {
+            write_shard(dir.path(), i, 3, &keys, "abc");
+        }
+        let t = TeacherFeatures::read(dir.path()).unwrap();
+        assert_eq!(t.len(), 10);
+        assert_eq!(t.files().len(), 3);
+        assert_eq!(
+            t.keys(),
+            keys.iter().map(String::as_str).collect::<Vec<_>>()
+        );
+        assert!(!t.metadata.contains_key(shard::SHARD_KEY));
+        for (row, key) in keys.iter().enumerate() {
+            assert_eq!(t.row_of(key), Some(row));
+            assert_eq!(
+                t.image_row(row).unwrap()[7],
+                (row * 1000 + 7) as f32,
+                "{key}"
+            );
+            assert_eq!(t.text_row(row).unwrap()[row], 1.0, "{key}");
+        }
+        assert!(t.image_row(10).is_err(), "a row past the set's end");
+    }
+
+    /// Shards that do not form one set are refused, naming the file and what differs.
+    #[test]
+    fn shards_that_do_not_belong_together_are_refused() {
+        let keys: Vec<String> = (0..6).map(|i| format!("{i}.jpg")).collect();
+        let read = |dir: &Path| TeacherFeatures::read(dir).unwrap_err().to_string();
+        // Another image tower in one shard.
+        let dir = tempfile::tempdir().unwrap();
+        write_shard(dir.path(), 0, 2, &keys, "abc");
+        write_shard(dir.path(), 1, 2, &keys, "xyz");
+        let err = read(dir.path());
+        assert!(
+            err.contains("teacher-00001-of-00002.safetensors was made differently from shard 0: tagfix.teacher.image_model_sha256 is `xyz` there, `abc` in shard 0"),
+            "{err}"
+        );
+        // A shard file renamed to another place in the set.
+        let dir = tempfile::tempdir().unwrap();
+        write_shard(dir.path(), 0, 2, &keys, "abc");
+        let one = write_shard(dir.path(), 1, 2, &keys, "abc");
+        std::fs::copy(dir.path().join("teacher-00000-of-00002.safetensors"), &one).unwrap();
+        let err = read(dir.path());
+        assert!(
+            err.contains("says it is shard 0/2, its name says 1/2"),
+            "{err}"
+        );
+        // Two sets' shards: a record in both.
+        let dir = tempfile::tempdir().unwrap();
+        write_shard(dir.path(), 0, 2, &keys, "abc");
+        let overlap: Vec<String> = keys.iter().rev().cloned().collect();
+        write_shard(dir.path(), 1, 2, &overlap, "abc");
+        let err = read(dir.path());
+        assert!(err.contains("key `2.jpg` is in"), "{err}");
+        assert!(
+            err.contains("teacher-00000-of-00002.safetensors and in"),
+            "{err}"
+        );
+        // A shard of another split of the records.
+        let dir = tempfile::tempdir().unwrap();
+        write_shard(dir.path(), 0, 2, &keys, "abc");
+        write_shard(dir.path(), 1, 2, &keys[..4], "abc");
+        let err = read(dir.path());
+        assert!(
+            err.contains("tagfix.teacher.set_records is `4` there, `6` in shard 0"),
+            "{err}"
+        );
+    }
+
+    /// A non-finite value in a shard is named with that shard's file and its row there.
+    #[test]
+    fn a_non_finite_value_in_a_shard_names_the_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys: Vec<String> = (0..4).map(|i| format!("{i}.jpg")).collect();
+        write_shard(dir.path(), 0, 2, &keys, "abc");
+        let shard = shard::Shard { index: 1, count: 2 };
+        let mut text = rows(2, |_, _| 1.0);
+        text[TEACHER_DIM + 3] = f32::INFINITY;
+        let metadata: BTreeMap<String, String> = [
+            (shard::SHARD_KEY.to_string(), "1/2".to_string()),
+            (shard::SET_RECORDS_KEY.to_string(), "4".to_string()),
+            (
+                "tagfix.teacher.image_model_sha256".to_string(),
+                "abc".to_string(),
+            ),
+        ]
+        .into();
+        let path = dir.path().join(shard.file_name());
+        TeacherFeatures::write_with_metadata(
+            &path,
+            &keys[2..],
+            &rows(2, |_, _| 0.0),
+            &text,
+            metadata,
+        )
+        .unwrap();
+        let err = TeacherFeatures::read(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "teacher-00001-of-00002.safetensors: `text_features` row 1 (3.jpg) is not finite"
+            ),
             "{err}"
         );
     }

@@ -2,7 +2,7 @@
 //! training image and CLIP text embeddings of its caption.
 //!
 //! - [`file`]: the precomputed teacher file (`tagfix.teacher/2` safetensors keyed by record), read
-//!   by `tagfix train --teacher FILE`;
+//!   by `tagfix train --teacher FILE`, or a set of shard files ([`shard`], `--teacher DIR`);
 //! - [`descriptor`]: the image-encoder descriptor (`descriptor.toml`, `kind = "clip-image"`);
 //! - [`produce`] (feature `embed`): `tagfix teacher`, which writes the file from RAM-format
 //!   annotations through `embed`'s text encoder and an ONNX CLIP image tower;
@@ -17,6 +17,7 @@ pub mod image_encoder;
 pub mod online;
 #[cfg(feature = "embed")]
 pub mod produce;
+pub mod shard;
 
 pub use descriptor::ImageDescriptor;
 pub use file::{TeacherFeatures, TEACHER_DIM};
@@ -106,6 +107,17 @@ pub enum TeacherError {
 
     #[error("{path}: key `{key}` appears twice")]
     KeyTwice { path: PathBuf, key: String },
+
+    /// A teacher set (`--teacher DIR`) whose shards do not form one set.
+    #[error("teacher set {dir}: {problem}")]
+    Set { dir: PathBuf, problem: String },
+
+    #[error("teacher set: key `{key}` is in {first} and in {second}")]
+    KeyInTwoShards {
+        key: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
 
     #[error(
         "image_path `{image}` appears twice ({first} and {second}): the teacher file is keyed by image_path"

@@ -5,9 +5,10 @@
 
 use super::file::{write_streamed, RowSink, TEACHER_DIM};
 use super::image_encoder::ImageEncoder;
+use super::shard::{Shard, SET_RECORDS_KEY, SHARD_KEY};
 use super::TeacherError;
 use super::{pre_caption, CaptionChoice};
-use crate::annotations::records::RecordSet;
+use crate::annotations::records::{RecordSet, TrainRecord};
 use crate::embed::encoder::{l2_normalize, TextEncoder};
 use crate::error::Result;
 use crate::imaging::{decode, eval_transform};
@@ -28,6 +29,19 @@ pub struct TeacherRequest<'a> {
     pub max_words: usize,
     /// Images decoded and encoded per ONNX Runtime call.
     pub image_batch: usize,
+    /// Compute only this shard of the records (`--shard I/N`, [`super::shard`]).
+    pub shard: Option<Shard>,
+}
+
+impl TeacherRequest<'_> {
+    /// The records to compute: all, or the shard's block.
+    pub fn selected(&self) -> &[TrainRecord] {
+        let all = &self.records.records;
+        match self.shard {
+            Some(shard) => &all[shard.range(all.len())],
+            None => all,
+        }
+    }
 }
 
 /// Checks that keys are unique (the file is keyed by `image_path`).
@@ -62,7 +76,7 @@ pub fn caption_rows(
     progress: &ProgressBar,
     sink: &mut RowSink,
 ) -> Result<()> {
-    let chosen = |r: &crate::annotations::records::TrainRecord| -> Result<std::ops::Range<usize>> {
+    let chosen = |r: &TrainRecord| -> Result<std::ops::Range<usize>> {
         match req.caption {
             // The reader (captions: true) refuses records without one.
             CaptionChoice::First => Ok(0..1),
@@ -71,11 +85,11 @@ pub fn caption_rows(
         }
     };
     let mut total = 0;
-    for r in &req.records.records {
+    for r in req.selected() {
         total += chosen(r)?.len();
     }
     progress.set_length(total as u64);
-    for chunk in req.records.records.chunks(CAPTION_CHUNK) {
+    for chunk in req.selected().chunks(CAPTION_CHUNK) {
         let mut texts = Vec::new();
         let mut counts = Vec::with_capacity(chunk.len());
         for r in chunk {
@@ -121,7 +135,7 @@ pub fn image_rows(
     image.check_teacher_dim()?;
     let per = image.pixels_per_image();
     let input = image.descriptor.input.clone();
-    let records = &req.records.records;
+    let records = req.selected();
     progress.set_length(records.len() as u64);
     for chunk in records.chunks(req.image_batch.max(1)) {
         let mut pixels = vec![0f32; chunk.len() * per];
@@ -163,7 +177,12 @@ pub fn write_teacher_file(
     text_progress: &ProgressBar,
     image_progress: &ProgressBar,
 ) -> Result<usize> {
-    let keys = unique_keys(req.records)?;
+    // Keys are checked over the whole set, so that every shard refuses a repeated image_path.
+    let all_keys = unique_keys(req.records)?;
+    let keys = match req.shard {
+        Some(shard) => &all_keys[shard.range(all_keys.len())],
+        None => &all_keys[..],
+    };
     if req.caption == CaptionChoice::Random {
         return Err(TeacherError::RandomCaptionInFile.into());
     }
@@ -171,7 +190,7 @@ pub fn write_teacher_file(
     let metadata = provenance(text, image, req);
     write_streamed(
         out,
-        &keys,
+        keys,
         metadata,
         |sink| {
             image_rows(image, req, image_progress, sink)?;
@@ -190,7 +209,7 @@ pub fn write_teacher_file(
 /// Embeds one caption to learn the text tower's width before the image pass: the captions are
 /// written after the images, and a wrong tower should not cost a pass over the whole set first.
 fn check_caption_width(text: &mut TextEncoder, req: &TeacherRequest<'_>) -> Result<()> {
-    let Some(caption) = req.records.records.first().and_then(|r| r.captions.first()) else {
+    let Some(caption) = req.selected().first().and_then(|r| r.captions.first()) else {
         return Ok(());
     };
     let (_, dim) = text.encode(
@@ -267,5 +286,12 @@ fn provenance(
         "tagfix.generator".into(),
         format!("tagfix {}", env!("CARGO_PKG_VERSION")),
     );
+    if let Some(shard) = req.shard {
+        m.insert(SHARD_KEY.into(), shard.to_string());
+        m.insert(
+            SET_RECORDS_KEY.into(),
+            req.records.records.len().to_string(),
+        );
+    }
     m
 }

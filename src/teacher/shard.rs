@@ -1,0 +1,343 @@
+//! Teacher sets: a teacher file split into shards that separate processes compute (`tagfix teacher
+//! --shard I/N`, e.g. one Slurm array task or one GPU each), read back together by `tagfix train
+//! --teacher DIR`. Computing the CLIP features of a 4M–14M image set is hours of work on one device;
+//! shards spread it, and a shard that dies is recomputed alone.
+//!
+//! Shard I of N holds the records `I·n/N .. (I+1)·n/N` of the annotation files' record order, in a
+//! file named `teacher-IIIII-of-NNNNN.safetensors` (I counted from 0, like a Slurm array task id or
+//! a torchrun rank), with its place in the metadata (`tagfix.teacher.shard = "I/N"`) and the set's
+//! record count (`tagfix.teacher.set_records`).
+
+use super::TeacherError;
+use crate::error::Result;
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// Metadata key of a shard's place in its set: `"I/N"`.
+pub const SHARD_KEY: &str = "tagfix.teacher.shard";
+/// Metadata key of the number of records of the whole set.
+pub const SET_RECORDS_KEY: &str = "tagfix.teacher.set_records";
+/// Metadata that may differ between the shards of one set: what the shard is, which tagfix
+/// version computed it, and where its inputs were (nodes may mount them at other paths; that every
+/// record has exactly one row is checked by keys). Every other key must be equal, so that no set
+/// mixes towers, preprocessing or caption rules.
+const PER_SHARD_KEYS: [&str; 4] = [
+    SHARD_KEY,
+    "tagfix.generator",
+    "tagfix.teacher.annotations",
+    "tagfix.teacher.image_root",
+];
+
+/// Shard `index` of `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    /// The records of this shard among `n`: a contiguous block, the blocks' sizes differing by at
+    /// most one.
+    pub fn range(&self, n: usize) -> Range<usize> {
+        let at = |i: usize| (i as u128 * n as u128 / self.count as u128) as usize;
+        at(self.index)..at(self.index + 1)
+    }
+
+    /// `teacher-IIIII-of-NNNNN.safetensors`.
+    pub fn file_name(&self) -> String {
+        format!("teacher-{:05}-of-{:05}.safetensors", self.index, self.count)
+    }
+
+    /// The shard a file name of [`Shard::file_name`]'s form names.
+    pub fn of_file_name(name: &str) -> Option<Shard> {
+        let middle = name
+            .strip_prefix("teacher-")?
+            .strip_suffix(".safetensors")?;
+        let (index, count) = middle.split_once("-of-")?;
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(index) || !digits(count) {
+            return None;
+        }
+        Shard::new(index.parse().ok()?, count.parse().ok()?).ok()
+    }
+
+    /// Checks `index < count`.
+    pub fn new(index: usize, count: usize) -> std::result::Result<Shard, String> {
+        if index >= count {
+            return Err(format!(
+                "shard {index}/{count}: the index counts from 0 and must be below the count"
+            ));
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let parse = |part: &str| part.trim().parse::<usize>().ok();
+        match s.split_once('/').map(|(i, n)| (parse(i), parse(n))) {
+            Some((Some(index), Some(count))) => Shard::new(index, count),
+            _ => Err(format!(
+                "`{s}` is not a shard: write I/N, e.g. 0/8 for the first of 8 (I counts from 0)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+/// The shard files of the set in `dir`, in shard order: every file named like a shard, all of one
+/// count, none missing. Other files in `dir` are left alone.
+pub fn set_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| crate::Error::io(dir, e))?;
+    let mut shards: BTreeMap<usize, (usize, PathBuf)> = BTreeMap::new();
+    let mut count: Option<(usize, PathBuf)> = None;
+    for entry in entries {
+        let entry = entry.map_err(|e| crate::Error::io(dir, e))?;
+        let Some(shard) = Shard::of_file_name(&entry.file_name().to_string_lossy()) else {
+            continue;
+        };
+        let path = entry.path();
+        if let Some((n, first)) = &count {
+            if *n != shard.count {
+                return Err(set_error(
+                    dir,
+                    format!(
+                        "{} is one of {} shards, {} one of {n}",
+                        path.display(),
+                        shard.count,
+                        first.display()
+                    ),
+                ));
+            }
+        } else {
+            count = Some((shard.count, path.clone()));
+        }
+        shards.insert(shard.index, (shard.count, path));
+    }
+    let Some((count, _)) = count else {
+        return Err(set_error(
+            dir,
+            "holds no teacher shard (teacher-IIIII-of-NNNNN.safetensors, from `tagfix teacher --shard I/N`)"
+                .into(),
+        ));
+    };
+    // Every index is below the count, so this many are missing; the first few lie within the
+    // first `shards.len() + 10` indices, whatever the count a file name claims.
+    let missing = count - shards.len();
+    if missing > 0 {
+        let first: Vec<usize> = (0..count)
+            .filter(|i| !shards.contains_key(i))
+            .take(LISTED)
+            .collect();
+        return Err(set_error(
+            dir,
+            format!(
+                "{missing} of its {count} shards are missing: {}",
+                list_some(&first, missing)
+            ),
+        ));
+    }
+    Ok(shards.into_values().map(|(_, path)| path).collect())
+}
+
+/// Checks that shard `path` (the `position`-th file of the set in `dir`) says it is that shard, and
+/// that its metadata equals the first shard's `first` but for [`PER_SHARD_KEYS`].
+pub fn check_member(
+    dir: &Path,
+    path: &Path,
+    position: usize,
+    count: usize,
+    metadata: &BTreeMap<String, String>,
+    first: &BTreeMap<String, String>,
+) -> Result<()> {
+    let expected = Shard {
+        index: position,
+        count,
+    };
+    match metadata.get(SHARD_KEY) {
+        Some(s) if s.parse::<Shard>() == Ok(expected) => {}
+        other => {
+            return Err(set_error(
+                dir,
+                format!(
+                    "{} says it is shard {}, its name says {expected}",
+                    path.display(),
+                    other.map_or("(no tagfix.teacher.shard)", String::as_str)
+                ),
+            ))
+        }
+    }
+    let shared = |m: &BTreeMap<String, String>| -> BTreeMap<String, String> {
+        m.iter()
+            .filter(|(k, _)| !PER_SHARD_KEYS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    let (this, theirs) = (shared(metadata), shared(first));
+    let differing = this
+        .keys()
+        .chain(theirs.keys())
+        .find(|k| this.get(*k) != theirs.get(*k));
+    if let Some(key) = differing {
+        return Err(set_error(
+            dir,
+            format!(
+                "{} was made differently from shard 0: {key} is {} there, {} in shard 0 \
+                 (recompute it with the same command and --shard {expected})",
+                path.display(),
+                shown(this.get(key)),
+                shown(theirs.get(key))
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the set's record count against its shards' rows.
+pub fn check_record_count(dir: &Path, first: &BTreeMap<String, String>, rows: usize) -> Result<()> {
+    match first.get(SET_RECORDS_KEY).map(|s| s.parse::<usize>()) {
+        None => Ok(()),
+        Some(Ok(n)) if n == rows => Ok(()),
+        Some(_) => Err(set_error(
+            dir,
+            format!(
+                "its shards hold {rows} records, their {SET_RECORDS_KEY} says {}",
+                shown(first.get(SET_RECORDS_KEY))
+            ),
+        )),
+    }
+}
+
+fn shown(value: Option<&String>) -> String {
+    value.map_or_else(|| "absent".into(), |v| format!("`{v}`"))
+}
+
+/// Missing shards named in an error.
+const LISTED: usize = 10;
+
+/// The `first` few of `total` items, and how many more.
+fn list_some(first: &[usize], total: usize) -> String {
+    let shown: Vec<String> = first.iter().map(usize::to_string).collect();
+    match total - first.len() {
+        0 => shown.join(", "),
+        more => format!("{} and {more} more", shown.join(", ")),
+    }
+}
+
+fn set_error(dir: &Path, problem: String) -> crate::Error {
+    TeacherError::Set {
+        dir: dir.into(),
+        problem,
+    }
+    .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_split_the_records_into_contiguous_blocks() {
+        let of = |count| {
+            (0..count)
+                .map(|index| Shard { index, count }.range(10))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(of(1), vec![0..10]);
+        assert_eq!(of(3), vec![0..3, 3..6, 6..10]);
+        assert_eq!(of(4), vec![0..2, 2..5, 5..7, 7..10]);
+        // More shards than records: some are empty, none is lost.
+        let many = of(12);
+        assert_eq!(many.iter().map(|r| r.len()).sum::<usize>(), 10);
+        assert!(many.windows(2).all(|w| w[0].end == w[1].start));
+    }
+
+    #[test]
+    fn shards_parse_print_and_name_their_files() {
+        let s: Shard = "3/8".parse().unwrap();
+        assert_eq!((s.index, s.count), (3, 8));
+        assert_eq!(s.to_string(), "3/8");
+        assert_eq!(s.file_name(), "teacher-00003-of-00008.safetensors");
+        assert_eq!(Shard::of_file_name(&s.file_name()), Some(s));
+        for bad in ["8/8", "1/0", "x/2", "2", "-1/4", "1/2/3"] {
+            assert!(bad.parse::<Shard>().is_err(), "{bad}");
+        }
+        for name in [
+            "teacher-00008-of-00008.safetensors",
+            "teacher-1-of-.safetensors",
+            ".teacher-00000-of-00002.safetensors.tagfix-abc.tmp",
+            "teacher.safetensors",
+        ] {
+            assert_eq!(Shard::of_file_name(name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_set_record_count_must_equal_the_shards_rows() {
+        let dir = Path::new("set");
+        let m = |n: &str| BTreeMap::from([(SET_RECORDS_KEY.to_string(), n.to_string())]);
+        check_record_count(dir, &m("10"), 10).unwrap();
+        check_record_count(dir, &BTreeMap::new(), 10).unwrap();
+        let err = check_record_count(dir, &m("12"), 10)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("teacher set set: its shards hold 10 records, their tagfix.teacher.set_records says `12`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_set_lists_its_shards_in_order_and_names_the_missing_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let touch = |name: &str| std::fs::write(dir.path().join(name), b"").unwrap();
+        let err = set_files(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("holds no teacher shard"), "{err}");
+        for i in [2, 0] {
+            touch(&Shard { index: i, count: 4 }.file_name());
+        }
+        touch("notes.txt");
+        let err = set_files(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("2 of its 4 shards are missing: 1, 3"), "{err}");
+        for i in [1, 3] {
+            touch(&Shard { index: i, count: 4 }.file_name());
+        }
+        let files = set_files(dir.path()).unwrap();
+        let names: Vec<String> = files
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names[0], "teacher-00000-of-00004.safetensors");
+        assert_eq!(names[3], "teacher-00003-of-00004.safetensors");
+        touch(&Shard { index: 0, count: 2 }.file_name());
+        let err = set_files(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("one of 2 shards") || err.contains("one of 4 shards"),
+            "{err}"
+        );
+    }
+
+    /// A file name may claim any count: the missing shards are counted, not enumerated.
+    #[test]
+    fn a_set_claiming_a_huge_count_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let huge = Shard {
+            index: 3,
+            count: usize::MAX,
+        };
+        std::fs::write(dir.path().join(huge.file_name()), b"").unwrap();
+        let err = set_files(dir.path()).unwrap_err().to_string();
+        let more = usize::MAX - 1 - LISTED;
+        assert!(
+            err.contains(&format!("0, 1, 2, 4, 5, 6, 7, 8, 9, 10 and {more} more")),
+            "{err}"
+        );
+    }
+}
