@@ -92,6 +92,9 @@ mod with_train {
             .as_deref()
             .map(|p| ScoreWriter::create(p, vocab.len()))
             .transpose()?;
+        if let Some(s) = &scores {
+            s.check_ids_fit(images.iter().map(|(_, id)| id.as_str()))?;
+        }
         let pb = super::super::progress_bar(global, images.len() as u64, false);
         let start = std::time::Instant::now();
         let mut tagged = 0usize;

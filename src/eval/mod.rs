@@ -90,6 +90,17 @@ pub enum EvalError {
     #[error("scores output {path} must end in .safetensors or .csv")]
     ScoresOutputType { path: PathBuf },
 
+    /// The image ids of a safetensors score file live in its header, which every reader limits.
+    #[error(
+        "{path}: the ids of {images} images do not fit a safetensors header ({bytes} bytes; readers          take at most {limit}): write CSV scores (--scores FILE.csv) or score the images in parts"
+    )]
+    ScoresHeader {
+        path: PathBuf,
+        images: usize,
+        bytes: usize,
+        limit: usize,
+    },
+
     #[error("{got} scores for {slots} slots")]
     RowLength { got: usize, slots: usize },
 
@@ -166,7 +177,8 @@ impl EvalError {
         match self {
             EvalError::ThresholdFlag(_)
             | EvalError::NoThresholds { .. }
-            | EvalError::ScoresOutputType { .. } => ErrorKind::Usage,
+            | EvalError::ScoresOutputType { .. }
+            | EvalError::ScoresHeader { .. } => ErrorKind::Usage,
             _ => ErrorKind::Input,
         }
     }

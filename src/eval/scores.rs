@@ -97,6 +97,23 @@ pub struct ScoreWriter {
     csv: bool,
     ids: Vec<String>,
     tmp: std::io::BufWriter<tempfile::NamedTempFile>,
+    /// Bytes the header will take (safetensors), and at most.
+    header_bytes: usize,
+    header_limit: usize,
+}
+
+/// The header of a score file without its ids: `__metadata__`, the `scores` entry, padding.
+const HEADER_BASE: usize = 1024;
+
+/// Bytes image id `id` adds to the header: a JSON string in the `image_ids` list, which is itself
+/// stored as a JSON string (escaped twice), and its comma.
+fn id_header_bytes(id: &str) -> usize {
+    let once = serde_json::to_string(id).expect("strings serialise");
+    serde_json::to_string(&once)
+        .expect("strings serialise")
+        .len()
+        - 2
+        + 1
 }
 
 impl ScoreWriter {
@@ -114,11 +131,41 @@ impl ScoreWriter {
             csv,
             ids: Vec::new(),
             tmp: std::io::BufWriter::new(tmp),
+            header_bytes: HEADER_BASE,
+            header_limit: crate::tensors::safetensors_io::MAX_HEADER_BYTES,
         };
         if csv {
             w.io(|t| t.write_all(b"image_id,slot,score\n"))?;
         }
         Ok(w)
+    }
+
+    /// Checks, before any image is scored, that the ids of these images will fit the header (a
+    /// safetensors reader refuses a header over 100 MB, ≈ 2M ids): the error then comes at once,
+    /// not after hours of scoring. CSV takes any number.
+    pub fn check_ids_fit<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Result<()> {
+        if self.csv {
+            return Ok(());
+        }
+        let (mut images, mut bytes) = (0, self.header_bytes);
+        for id in ids {
+            images += 1;
+            bytes += id_header_bytes(id);
+        }
+        self.fits(images, bytes)
+    }
+
+    fn fits(&self, images: usize, bytes: usize) -> Result<()> {
+        if bytes <= self.header_limit {
+            return Ok(());
+        }
+        Err(EvalError::ScoresHeader {
+            path: self.path.clone(),
+            images,
+            bytes,
+            limit: self.header_limit,
+        }
+        .into())
     }
 
     fn io(&mut self, f: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
@@ -147,6 +194,9 @@ impl ScoreWriter {
                 Ok(())
             })?;
         } else {
+            let bytes = self.header_bytes + id_header_bytes(id);
+            self.fits(self.ids.len() + 1, bytes)?;
+            self.header_bytes = bytes;
             self.io(|t| row.iter().try_for_each(|v| t.write_all(&v.to_le_bytes())))?;
         }
         self.ids.push(id.to_string());
@@ -509,6 +559,54 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().starts_with(".tagfix"))
             .collect();
         assert!(left.is_empty() && !p.exists());
+    }
+
+    /// The header's size is known before the file is finished (an upper bound, close to the truth
+    /// whatever the ids hold), so ids that would make the file unreadable are refused up front.
+    #[test]
+    fn image_ids_beyond_the_header_limit_are_refused_before_scoring() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.safetensors");
+        let ids = [
+            "plain.jpg",
+            "quote\"d.jpg",
+            "back\\slash.jpg",
+            "ünï/cödé.jpg",
+            "tab\t.jpg",
+        ];
+        let mut w = ScoreWriter::create(&p, 2).unwrap();
+        w.check_ids_fit(ids).unwrap();
+        for id in ids {
+            w.push(id, &[0.5, 0.25]).unwrap();
+        }
+        let estimate = w.header_bytes;
+        w.finish().unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        let actual = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        assert!(
+            actual <= estimate && estimate - actual < HEADER_BASE,
+            "{actual} vs {estimate}"
+        );
+
+        let mut w = ScoreWriter::create(&d.path().join("t.safetensors"), 2).unwrap();
+        w.header_limit = HEADER_BASE + 3 * id_header_bytes("image-0.jpg");
+        let many: Vec<String> = (0..4).map(|i| format!("image-{i}.jpg")).collect();
+        let err = w
+            .check_ids_fit(many.iter().map(String::as_str))
+            .unwrap_err();
+        assert_eq!(err.kind(), crate::error::ErrorKind::Usage);
+        assert!(
+            err.to_string().contains("the ids of 4 images do not fit"),
+            "{err}"
+        );
+        for id in &many[..3] {
+            w.push(id, &[0.0, 1.0]).unwrap();
+        }
+        let err = w.push(&many[3], &[0.0, 1.0]).unwrap_err().to_string();
+        assert!(err.contains("write CSV scores"), "{err}");
+        // CSV has no header to outgrow.
+        let csv = ScoreWriter::create(&d.path().join("t.csv"), 2).unwrap();
+        csv.check_ids_fit(many.iter().map(String::as_str)).unwrap();
     }
 
     #[test]
