@@ -220,27 +220,16 @@ impl ScoreWriter {
         if self.csv {
             return crate::fsutil::persist(data, &path);
         }
+        use crate::tensors::safetensors_io::{write_streamed, StreamedTensor};
         let ids = serde_json::to_string(&self.ids).expect("strings serialise");
-        let n = self.ids.len() * self.slots * 4;
-        let mut header = serde_json::json!({
-            "__metadata__": {"image_ids": ids},
-            "scores": {"dtype": "F32", "shape": [self.ids.len(), self.slots], "data_offsets": [0, n]},
-        })
-        .to_string();
-        while header.len() % 8 != 0 {
-            header.push(' ');
-        }
-        let mut out = crate::fsutil::output_temp(&path)?;
-        {
-            let mut w = std::io::BufWriter::new(out.as_file_mut());
-            w.write_all(&(header.len() as u64).to_le_bytes())
-                .map_err(io)?;
-            w.write_all(header.as_bytes()).map_err(io)?;
-            let mut src = data.reopen().map_err(io)?;
-            std::io::copy(&mut src, &mut w).map_err(io)?;
-            w.flush().map_err(io)?;
-        }
-        crate::fsutil::persist(out, &path)
+        let mut rows = data.reopen().map_err(io)?;
+        let scores = StreamedTensor {
+            name: "scores".into(),
+            dtype: crate::tensors::DType::F32,
+            shape: vec![self.ids.len(), self.slots],
+            write: Box::new(move |w: &mut dyn Write| std::io::copy(&mut rows, w).map(|_| ())),
+        };
+        write_streamed(&path, vec![scores], &[("image_ids".into(), ids)].into())
     }
 }
 
