@@ -19,12 +19,13 @@
 //! row is read when a batch needs it. A 4M-record file is 16 GB (f32); held in memory, it took twice
 //! that while loading, in every rank of a distributed run.
 
+use super::keys::{each_json_string, EachStringError, KeyIndex, PushError};
 use super::shard;
 use super::TeacherError;
 use crate::error::Result;
 use crate::tensors::safetensors_io::{self, SafetensorsFile, StreamedTensor};
 use crate::tensors::DType;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -49,7 +50,8 @@ pub struct TeacherFeatures {
     pub path: PathBuf,
     /// The file's metadata (schema, provenance); a set's first shard's, without its shard number.
     pub metadata: BTreeMap<String, String>,
-    index: HashMap<String, usize>,
+    /// The records' keys over all files, in row order.
+    index: KeyIndex,
     /// The files, each holding the rows from its `first_row` on.
     parts: Vec<Part>,
 }
@@ -123,50 +125,42 @@ impl TeacherFeatures {
         if path.is_dir() {
             return Self::read_set(path);
         }
-        let (part, keys, metadata) = open_part(path, 0)?;
-        Self::assemble(path, metadata, vec![(part, keys)])
+        let mut index = KeyIndex::default();
+        let (part, metadata) = open_part(path, &mut index, &[], |_| Ok(()))?;
+        Self::assemble(path, metadata, index, vec![part])
     }
 
     /// The shard files of the set in `dir` ([`super::shard::set_files`]), checked against the first.
     fn read_set(dir: &Path) -> Result<Self> {
         let files = shard::set_files(dir)?;
         let mut parts = Vec::with_capacity(files.len());
+        let mut index = KeyIndex::default();
         let mut first_metadata = None;
-        let mut first_row = 0;
         for (position, file) in files.iter().enumerate() {
-            let (part, keys, metadata) = open_part(file, first_row)?;
-            let first = first_metadata.get_or_insert_with(|| metadata.clone());
-            shard::check_member(dir, file, position, files.len(), &metadata, first)?;
-            first_row += part.rows;
-            parts.push((part, keys));
+            let (part, _) = open_part(file, &mut index, &parts, |metadata| {
+                let first = first_metadata.get_or_insert_with(|| metadata.clone());
+                shard::check_member(dir, file, position, files.len(), metadata, first)
+            })?;
+            parts.push(part);
         }
         let mut metadata = first_metadata.unwrap_or_default();
-        shard::check_record_count(dir, &metadata, first_row)?;
+        shard::check_record_count(dir, &metadata, index.len())?;
         metadata.remove(shard::SHARD_KEY);
-        Self::assemble(dir, metadata, parts)
+        Self::assemble(dir, metadata, index, parts)
     }
 
-    /// Indexes the parts' keys (unique over all of them) and checks every value.
+    /// The features of the opened parts, every value checked.
     fn assemble(
         path: &Path,
         metadata: BTreeMap<String, String>,
-        parts: Vec<(Part, Vec<String>)>,
+        index: KeyIndex,
+        parts: Vec<Part>,
     ) -> Result<Self> {
-        let rows = parts.iter().map(|(p, _)| p.rows).sum();
-        let mut index = HashMap::with_capacity(rows);
-        for (n, (part, keys)) in parts.iter().enumerate() {
-            for (i, key) in keys.iter().enumerate() {
-                if let Some(&row) = index.get(key.as_str()) {
-                    return Err(key_twice(&parts, row, n, key.clone()));
-                }
-                index.insert(key.clone(), part.first_row + i);
-            }
-        }
         let t = TeacherFeatures {
             path: path.to_path_buf(),
             metadata,
             index,
-            parts: parts.into_iter().map(|(p, _)| p).collect(),
+            parts,
         };
         t.check_finite(IMAGE_FEATURES)?;
         t.check_finite(TEXT_FEATURES)?;
@@ -261,22 +255,17 @@ impl TeacherFeatures {
 
     /// Row of a record key.
     pub fn row_of(&self, key: &str) -> Option<usize> {
-        self.index.get(key).copied()
+        self.index.row_of(key)
     }
 
-    /// The key of row `row` (a scan: for messages).
-    fn key_of(&self, row: usize) -> Option<&str> {
-        self.index
-            .iter()
-            .find(|(_, &r)| r == row)
-            .map(|(k, _)| k.as_str())
+    /// The key of row `row`.
+    pub fn key_of(&self, row: usize) -> Option<&str> {
+        self.index.key(row)
     }
 
     /// Keys in row order.
     pub fn keys(&self) -> Vec<&str> {
-        let mut k: Vec<(&str, usize)> = self.index.iter().map(|(k, &i)| (k.as_str(), i)).collect();
-        k.sort_by_key(|e| e.1);
-        k.into_iter().map(|e| e.0).collect()
+        self.index.iter().collect()
     }
 
     /// The files the rows come from (one, or a set's shards in order).
@@ -293,54 +282,83 @@ impl TeacherFeatures {
     }
 }
 
-/// Opens one teacher file whose rows start at `first_row`: the part, its keys and its metadata.
+/// Opens one teacher file whose rows follow those already in `index`, adding its keys there (a
+/// key already there, in this file or in one of the `earlier` parts, is refused) once `check` has
+/// accepted its metadata: the part and its metadata.
 fn open_part(
     path: &Path,
-    first_row: usize,
-) -> Result<(Part, Vec<String>, BTreeMap<String, String>)> {
+    index: &mut KeyIndex,
+    earlier: &[Part],
+    check: impl FnOnce(&BTreeMap<String, String>) -> Result<()>,
+) -> Result<(Part, BTreeMap<String, String>)> {
     let file = SafetensorsFile::open(path)?;
     let metadata = file.metadata();
-    let keys = match metadata.get("tagfix.schema").map(String::as_str) {
-        Some(TEACHER_SCHEMA) => keys_from_tensor(&file)?,
-        Some(TEACHER_SCHEMA_V1) => keys_from_metadata(path, &metadata)?,
-        other => {
-            return Err(TeacherError::NotATeacherFile {
-                path: path.into(),
-                schema: other.map(String::from),
-            }
-            .into())
+    let schema = metadata.get("tagfix.schema").map(String::as_str);
+    if !matches!(schema, Some(TEACHER_SCHEMA | TEACHER_SCHEMA_V1)) {
+        return Err(TeacherError::NotATeacherFile {
+            path: path.into(),
+            schema: schema.map(String::from),
         }
+        .into());
+    }
+    check(&metadata)?;
+    let first_row = index.len();
+    let (json, what) = match metadata.get("tagfix.keys") {
+        _ if schema == Some(TEACHER_SCHEMA) => (keys_tensor(&file)?, "the `keys` tensor"),
+        Some(text) => (text.clone().into_bytes(), "tagfix.keys"),
+        None => return Err(TeacherError::NoKeys { path: path.into() }.into()),
     };
+    // Room for the rows the features claim, bounded by what the JSON can hold (`"",` a key).
+    if let Ok(Some((_, shape))) = file.info(IMAGE_FEATURES) {
+        index.reserve(shape.first().copied().unwrap_or(0).min(json.len() / 3));
+    }
+    each_json_string(&json, |key| {
+        index.push(key).map_err(|e| (key.to_string(), e))
+    })
+    .map_err(|e| keys_error(path, what, first_row, earlier, e))?;
+    let rows = index.len() - first_row;
     let part = Part {
         path: path.to_path_buf(),
-        image: feature_dtype(&file, IMAGE_FEATURES, keys.len())?,
-        text: feature_dtype(&file, TEXT_FEATURES, keys.len())?,
+        image: feature_dtype(&file, IMAGE_FEATURES, rows)?,
+        text: feature_dtype(&file, TEXT_FEATURES, rows)?,
         file: Arc::new(file),
         first_row,
-        rows: keys.len(),
+        rows,
     };
-    Ok((part, keys, metadata))
+    Ok((part, metadata))
 }
 
-/// The error for `key` seen a second time in part `second`, first at row `first_row`.
-fn key_twice(
-    parts: &[(Part, Vec<String>)],
+/// The error for keys of the file at `path` (rows from `first_row` on) that could not be read or
+/// indexed: not JSON, too many, or a key already at a row of this file or of an `earlier` part.
+fn keys_error(
+    path: &Path,
+    what: &'static str,
     first_row: usize,
-    second: usize,
-    key: String,
+    earlier: &[Part],
+    error: EachStringError<(String, PushError)>,
 ) -> crate::Error {
-    let path = |n: usize| parts[n].0.path.clone();
-    let first = parts.partition_point(|(p, _)| p.first_row + p.rows <= first_row);
-    match first {
-        first if first != second => TeacherError::KeyInTwoShards {
-            key,
-            first: path(first),
-            second: path(second),
+    match error {
+        EachStringError::Json(source) => TeacherError::Keys {
+            path: path.into(),
+            what,
+            source,
         },
-        _ => TeacherError::KeyTwice {
-            path: path(second),
-            key,
-        },
+        EachStringError::Stopped((_, PushError::TooMany)) => {
+            TeacherError::TooManyKeys { path: path.into() }
+        }
+        EachStringError::Stopped((key, PushError::Duplicate { first_row: row })) => {
+            match earlier.iter().find(|p| row < p.first_row + p.rows) {
+                Some(first) if row < first_row => TeacherError::KeyInTwoShards {
+                    key,
+                    first: first.path.clone(),
+                    second: path.into(),
+                },
+                _ => TeacherError::KeyTwice {
+                    path: path.into(),
+                    key,
+                },
+            }
+        }
     }
     .into()
 }
@@ -441,8 +459,8 @@ fn rows_tensor<'a>(
     }
 }
 
-/// The keys of a `tagfix.teacher/2` file: the `keys` tensor.
-fn keys_from_tensor(file: &SafetensorsFile) -> Result<Vec<String>> {
+/// The JSON bytes of a `tagfix.teacher/2` file's keys: the `keys` tensor.
+fn keys_tensor(file: &SafetensorsFile) -> Result<Vec<u8>> {
     let path = file.path();
     let Some(tensor) = file.read_tensor(KEYS)? else {
         return Err(TeacherError::NoTensor {
@@ -459,29 +477,7 @@ fn keys_from_tensor(file: &SafetensorsFile) -> Result<Vec<String>> {
         }
         .into());
     }
-    serde_json::from_slice(&tensor.data).map_err(|source| {
-        TeacherError::Keys {
-            path: path.into(),
-            what: "the `keys` tensor",
-            source,
-        }
-        .into()
-    })
-}
-
-/// The keys of a `tagfix.teacher/1` file: the metadata `tagfix.keys`.
-fn keys_from_metadata(path: &Path, metadata: &BTreeMap<String, String>) -> Result<Vec<String>> {
-    let text = metadata
-        .get("tagfix.keys")
-        .ok_or_else(|| TeacherError::NoKeys { path: path.into() })?;
-    serde_json::from_str(text).map_err(|source| {
-        TeacherError::Keys {
-            path: path.into(),
-            what: "tagfix.keys",
-            source,
-        }
-        .into()
-    })
+    Ok(tensor.data)
 }
 
 /// The dtype of feature tensor `name`, checked to be a float `[keys, 512]`.
@@ -586,6 +582,52 @@ mod tests {
     }
 
     /// Files of the first layout (keys in the metadata) and f16/bf16 features still read.
+    /// A `keys` tensor that is not a JSON array of strings, or holds another number of keys than
+    /// the features have rows, is refused with the file and what is wrong.
+    #[test]
+    fn keys_that_do_not_fit_the_rows_are_refused() {
+        use crate::tensors::{Tensor, TensorSet};
+        let dir = tempfile::tempdir().unwrap();
+        let file = |keys: &str| {
+            let zeros = rows(2, |_, _| 0.5);
+            let set = TensorSet {
+                tensors: vec![
+                    (
+                        IMAGE_FEATURES.into(),
+                        Tensor::from_f32(vec![2, TEACHER_DIM], &zeros).unwrap(),
+                    ),
+                    (
+                        TEXT_FEATURES.into(),
+                        Tensor::from_f32(vec![2, TEACHER_DIM], &zeros).unwrap(),
+                    ),
+                    (
+                        KEYS.into(),
+                        Tensor::new(DType::U8, vec![keys.len()], keys.as_bytes().to_vec()).unwrap(),
+                    ),
+                ],
+                metadata: [("tagfix.schema".to_string(), TEACHER_SCHEMA.to_string())].into(),
+            };
+            let p = dir.path().join("t.safetensors");
+            safetensors_io::write(&p, &set).unwrap();
+            TeacherFeatures::read(&p).map(|t| t.keys().join(","))
+        };
+        assert_eq!(file(r#"["a.jpg", "b\u00e9.jpg"]"#).unwrap(), "a.jpg,bé.jpg");
+        for (keys, says) in [
+            (r#"["a.jpg", 2]"#, "the `keys` tensor"),
+            (r#"["a.jpg", "b.jpg""#, "the `keys` tensor"),
+            (r#"{"a.jpg": 0}"#, "the `keys` tensor"),
+            (r#"["a.jpg", "a.jpg"]"#, "key `a.jpg` appears twice"),
+            (r#"["a.jpg"]"#, "image_features"),
+            (r#"["a.jpg", "b.jpg", "c.jpg"]"#, "image_features"),
+        ] {
+            let err = file(keys).unwrap_err().to_string();
+            assert!(
+                err.contains("t.safetensors") && err.contains(says),
+                "{keys}: {err}"
+            );
+        }
+    }
+
     #[test]
     fn version_1_files_and_half_precision_features_are_read() {
         use crate::tensors::{Tensor, TensorSet};

@@ -13,6 +13,7 @@ pub mod descriptor;
 pub mod file;
 #[cfg(feature = "embed")]
 pub mod image_encoder;
+pub mod keys;
 #[cfg(feature = "embed")]
 pub mod online;
 #[cfg(feature = "embed")]
@@ -107,6 +108,9 @@ pub enum TeacherError {
 
     #[error("{path}: key `{key}` appears twice")]
     KeyTwice { path: PathBuf, key: String },
+
+    #[error("{path}: more than 4294967295 keys (rows are numbered with 32 bits)")]
+    TooManyKeys { path: PathBuf },
 
     /// A teacher set (`--teacher DIR`) whose shards do not form one set.
     #[error("teacher set {dir}: {problem}")]
