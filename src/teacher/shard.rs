@@ -49,7 +49,8 @@ impl Shard {
         format!("teacher-{:05}-of-{:05}.safetensors", self.index, self.count)
     }
 
-    /// The shard a file name of [`Shard::file_name`]'s form names.
+    /// The shard a file name of [`Shard::file_name`]'s form names: exactly that name, so that no two
+    /// names (`teacher-1-of-2…`, `teacher-00001-of-00002…`) claim one shard.
     pub fn of_file_name(name: &str) -> Option<Shard> {
         let middle = name
             .strip_prefix("teacher-")?
@@ -59,7 +60,14 @@ impl Shard {
         if !digits(index) || !digits(count) {
             return None;
         }
-        Shard::new(index.parse().ok()?, count.parse().ok()?).ok()
+        let shard = Shard::new(index.parse().ok()?, count.parse().ok()?).ok()?;
+        (shard.file_name() == name).then_some(shard)
+    }
+
+    /// Whether `name` looks like a shard's name, [`Shard::of_file_name`] or not: a file of a set
+    /// that would otherwise be passed over without a word.
+    fn looks_like_file_name(name: &str) -> bool {
+        name.starts_with("teacher-") && name.ends_with(".safetensors") && name.contains("-of-")
     }
 
     /// Checks `index < count`.
@@ -100,10 +108,22 @@ pub fn set_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut count: Option<(usize, PathBuf)> = None;
     for entry in entries {
         let entry = entry.map_err(|e| crate::Error::io(dir, e))?;
-        let Some(shard) = Shard::of_file_name(&entry.file_name().to_string_lossy()) else {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        let Some(shard) = Shard::of_file_name(&name) else {
+            if Shard::looks_like_file_name(&name) {
+                return Err(set_error(
+                    dir,
+                    format!(
+                        "{} is named like a shard but is not one: shards are named \
+                         teacher-IIIII-of-NNNNN.safetensors with I below N, as `tagfix teacher \
+                         --shard I/N` names them (rename it, or move it out of the folder)",
+                        path.display()
+                    ),
+                ));
+            }
             continue;
         };
-        let path = entry.path();
         if let Some((n, first)) = &count {
             if *n != shard.count {
                 return Err(set_error(
@@ -271,6 +291,9 @@ mod tests {
         }
         for name in [
             "teacher-00008-of-00008.safetensors",
+            "teacher-3-of-8.safetensors",
+            "teacher-000003-of-00008.safetensors",
+            "teacher-00003-of-8.safetensors",
             "teacher-1-of-.safetensors",
             ".teacher-00000-of-00002.safetensors.tagfix-abc.tmp",
             "teacher.safetensors",
@@ -304,6 +327,7 @@ mod tests {
             touch(&Shard { index: i, count: 4 }.file_name());
         }
         touch("notes.txt");
+        touch("teacher.safetensors");
         let err = set_files(dir.path()).unwrap_err().to_string();
         assert!(err.contains("2 of its 4 shards are missing: 1, 3"), "{err}");
         for i in [1, 3] {
@@ -322,6 +346,29 @@ mod tests {
             err.contains("one of 2 shards") || err.contains("one of 4 shards"),
             "{err}"
         );
+    }
+
+    /// A file named like a shard, but not as tagfix names one, is refused rather than passed over:
+    /// `teacher-1-of-2` beside `teacher-00001-of-00002` would otherwise be one shard twice.
+    #[test]
+    fn files_named_almost_like_shards_are_refused() {
+        for odd in [
+            "teacher-1-of-2.safetensors",
+            "teacher-00002-of-00002.safetensors",
+            "teacher-00x01-of-00002.safetensors",
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            for index in 0..2 {
+                std::fs::write(dir.path().join(Shard { index, count: 2 }.file_name()), b"")
+                    .unwrap();
+            }
+            std::fs::write(dir.path().join(odd), b"").unwrap();
+            let err = set_files(dir.path()).unwrap_err().to_string();
+            assert!(
+                err.contains(odd) && err.contains("is named like a shard but is not one"),
+                "{odd}: {err}"
+            );
+        }
     }
 
     /// A file name may claim any count: the missing shards are counted, not enumerated.
