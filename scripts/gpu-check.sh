@@ -262,6 +262,9 @@ PY
     dist_run dist_plain 52 --
     dist_run dist_nccl1 52 RANK=0 LOCAL_RANK=0 WORLD_SIZE=1 LOCAL_WORLD_SIZE=1 MASTER_ADDR=127.0.0.1 \
       MASTER_PORT=29517 -- --dist-backend nccl
+    # The same with the gradients sent as bf16 (--grad-comm bf16): NCCL's bf16 sum on the device.
+    dist_run dist_nccl1_bf16 52 RANK=0 LOCAL_RANK=0 WORLD_SIZE=1 LOCAL_WORLD_SIZE=1 MASTER_ADDR=127.0.0.1 \
+      MASTER_PORT=29518 -- --dist-backend nccl --grad-comm bf16
     if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ]; then
       dist_run dist_nccl2 104 -- --nproc-per-node 2 --dist-backend nccl
     fi

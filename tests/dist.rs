@@ -127,6 +127,20 @@ fn rank_collectives() -> Result<(), String> {
         values(&b),
         vec![21.0, 61.0, 41.0, 81.0],
     )?;
+    // Sent as bf16 (8-bit mantissa): each rank's 1 + 2^-9 rounds to 1, so the sum is 2 where f32
+    // gives 2 + 2^-8; the tensor stays f32, and integers travel as they are.
+    let fine = Tensor::from_slice(&[1.0f32 + 2f32.powi(-9), 3.0]);
+    let count = Tensor::from_slice(&[1_000_001i64 + pg.rank() as i64]);
+    pg.all_reduce_sum_as_(
+        &[fine.shallow_clone(), count.shallow_clone()],
+        Kind::BFloat16,
+    )
+    .map_err(e)?;
+    expect("sum as bf16", values(&fine), vec![2.0, 6.0])?;
+    expect("integers beside bf16", values(&count), vec![2_000_003.0])?;
+    if fine.kind() != Kind::Float {
+        return Err(format!("the bf16 sum came back as {:?}", fine.kind()));
+    }
     let m = Tensor::from_slice(&[r * 4.0, 1.0]);
     pg.all_reduce_mean_(&[m.shallow_clone()]).map_err(e)?;
     expect("mean", values(&m), vec![2.0, 1.0])?;

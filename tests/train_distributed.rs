@@ -160,6 +160,19 @@ fn params(run: &Path, step: u64) -> BTreeMap<String, Tensor> {
 /// Every parameter within `tol` relative to the larger of its largest |value| and 1e-2 (a floor for
 /// parameters that are near 0, e.g. attention key biases, whose gradient is 0 up to rounding).
 fn assert_params_close(a: &Path, b: &Path, step: u64, tol: f64) {
+    let worst = worst_param_difference(a, b, step);
+    assert!(
+        worst.0 <= tol,
+        "{}: {} differs by {:.3e}",
+        b.display(),
+        worst.1,
+        worst.0
+    );
+}
+
+/// The largest relative difference of a parameter between two runs at `step` (see
+/// [`assert_params_close`]), and the parameter's name.
+fn worst_param_difference(a: &Path, b: &Path, step: u64) -> (f64, String) {
     let (pa, pb) = (params(a, step), params(b, step));
     assert_eq!(pa.len(), pb.len());
     let mut worst = (0.0, String::new());
@@ -177,13 +190,7 @@ fn assert_params_close(a: &Path, b: &Path, step: u64, tol: f64) {
         worst.0,
         worst.1
     );
-    assert!(
-        worst.0 <= tol,
-        "{}: {} differs by {:.3e}",
-        b.display(),
-        worst.1,
-        worst.0
-    );
+    worst
 }
 
 fn rel(a: f64, b: f64) -> f64 {
@@ -297,6 +304,68 @@ fn two_ranks_train_as_one_rank_with_the_same_global_batch() {
     }
     assert_params_close(&one, &slurm, 5, 1e-5);
     assert_logs_close(&one, &slurm, 1e-6);
+}
+
+/// `--grad-comm bf16` sends the gradients as bf16: the run is recorded so, trains close to the f32
+/// exchange (each gradient rounded to 8 bits of mantissa), and is not the f32 run.
+#[test]
+fn gradients_exchanged_as_bf16_train_close_to_f32() {
+    let _guard = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(&tmp.path().join("data"), 32, 13);
+    let run = |name: &str, comm: &str| {
+        let out = tmp.path().join(name);
+        let o = train_command(&ds)
+            .args(run_args(&ds, &out, "4", "5"))
+            .args(["--nproc-per-node", "2", "--grad-comm", comm])
+            // As in the accumulation case: AdamW's eps 1e-8 would turn the rounding of gradients
+            // whose true value is 0 (attention key biases) into full-size updates of random sign.
+            .args(["--set", "adam_eps=1e-4"])
+            .output()
+            .unwrap();
+        check(&o, name);
+        out
+    };
+    let (f32_run, bf16_run) = (run("f32", "f32"), run("bf16", "bf16"));
+    let config = std::fs::read_to_string(bf16_run.join("config.toml")).unwrap();
+    assert!(config.contains("grad_comm = \"bf16\""), "{config}");
+    let (worst, _) = worst_param_difference(&f32_run, &bf16_run, 5);
+    assert!(
+        worst > 0.0,
+        "bf16 exchange left every parameter bit-identical"
+    );
+    // Per parameter, AdamW's first steps move each value by about ±lr whatever the gradient's size,
+    // so a gradient whose two halves nearly cancel may flip its step; the losses and the gradient
+    // norm show whether the run as a whole trains the same.
+    let (ra, rb) = (
+        read_all_records(&f32_run.join("metrics.jsonl")).unwrap(),
+        read_all_records(&bf16_run.join("metrics.jsonl")).unwrap(),
+    );
+    assert_eq!(ra.len(), rb.len());
+    for (x, y) in ra.iter().zip(&rb) {
+        let (loss, norm) = (
+            rel(x.total, y.total),
+            rel(x.grad_norm.total, y.grad_norm.total),
+        );
+        eprintln!(
+            "step {}: loss {loss:.2e}, gradient norm {norm:.2e} relative",
+            x.step
+        );
+        assert!(
+            loss <= 1e-3,
+            "step {}: loss {} vs {}",
+            x.step,
+            x.total,
+            y.total
+        );
+        assert!(
+            norm <= 1e-2,
+            "step {}: gradient norm {} vs {}",
+            x.step,
+            x.grad_norm.total,
+            y.grad_norm.total
+        );
+    }
 }
 
 #[test]

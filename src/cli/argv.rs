@@ -225,7 +225,8 @@ by_value_enum!(
 );
 by_serde_name!(
     tagfix::train::config::DeviceKind,
-    tagfix::train::config::Precision
+    tagfix::train::config::Precision,
+    tagfix::train::config::GradComm
 );
 
 /// The same for types spelled by a function (`|value| spelling`).
@@ -344,6 +345,7 @@ impl WriteArgs for TrainFlags {
                 device,
                 precision,
                 tf32,
+                grad_comm,
                 seed,
                 workers,
                 threads,
@@ -689,6 +691,8 @@ mod tests {
             "--device",
             "cuda",
             "--precision",
+            "bf16",
+            "--grad-comm",
             "bf16",
             "--check-images",
             "header",

@@ -5,7 +5,7 @@
 //! each piece can be called (and tested) alone.
 
 use super::autocast::{with_autocast, CastCacheScope};
-use super::config::{MicroBatchSize, Precision, TrainConfig};
+use super::config::{GradComm, MicroBatchSize, Precision, TrainConfig};
 use super::data::{Loader, MicroBatch, TrainData};
 use super::dist::{Fingerprint, ProcessGroup};
 use super::error::TrainError;
@@ -576,7 +576,7 @@ impl Trainer {
             // DDP's bucketed all-reduce of the gradients, once per step after the last micro-batch,
             // then the loss summary: every rank holds the one-rank run's values.
             group.set_step(step + 1);
-            group.all_reduce_sum_(&self.opt.grads())?;
+            all_reduce_grads(group, &self.opt.grads(), self.config.grad_comm)?;
             group.all_reduce_sum_(std::slice::from_ref(&summary))?;
         }
         let bad = summary.narrow(0, NON_FINITE as i64, 1);
@@ -682,7 +682,7 @@ impl Trainer {
         let stop_vote = self.stop_vote();
         let group = self.group.as_mut().expect("distributed");
         group.set_step(step + 1);
-        group.all_reduce_sum_(&grads)?;
+        all_reduce_grads(group, &grads, self.config.grad_comm)?;
         let mut values = [0f64; 9];
         for &(t, v) in &acc.raw {
             values[t as usize] = v;
@@ -1098,6 +1098,15 @@ fn agree_and_share(
     params.sort_by(|a, b| a.0.cmp(&b.0));
     let tensors: Vec<Tensor> = params.into_iter().map(|(_, t)| t).collect();
     tch::no_grad(|| group.broadcast_(&tensors, 0))?;
+    Ok(())
+}
+
+/// Sums the gradients over the ranks, sent as `grad_comm` says.
+fn all_reduce_grads(group: &mut ProcessGroup, grads: &[Tensor], grad_comm: GradComm) -> Result<()> {
+    match grad_comm {
+        GradComm::F32 => group.all_reduce_sum_(grads)?,
+        GradComm::Bf16 => group.all_reduce_sum_as_(grads, Kind::BFloat16)?,
+    }
     Ok(())
 }
 

@@ -225,9 +225,21 @@ impl ProcessGroup {
     /// Sums the tensors in place across the ranks, in flattened buckets of at most
     /// `bucket_bytes` (one collective per bucket, all in flight together).
     pub fn all_reduce_sum_(&mut self, tensors: &[Tensor]) -> Result<(), DistError> {
-        self.bucketed("all_reduce", tensors, |group, flats, timeout| {
+        self.bucketed("all_reduce", tensors, None, |group, flats, timeout| {
             group.all_reduce_sum(flats, timeout)
         })
+    }
+
+    /// [`ProcessGroup::all_reduce_sum_`] with the f32 and f64 tensors sent, and summed, as `wire`
+    /// (bf16: half the bytes of f32, as DDP's `bf16_compress_hook`), the sums written back in the
+    /// tensors' own kind.
+    pub fn all_reduce_sum_as_(&mut self, tensors: &[Tensor], wire: Kind) -> Result<(), DistError> {
+        self.bucketed(
+            "all_reduce",
+            tensors,
+            Some(wire),
+            |group, flats, timeout| group.all_reduce_sum(flats, timeout),
+        )
     }
 
     /// Averages the tensors in place across the ranks (sum, then divide by the world size), as
@@ -252,7 +264,7 @@ impl ProcessGroup {
                 world_size: self.world_size,
             });
         }
-        self.bucketed("broadcast", tensors, |group, flats, timeout| {
+        self.bucketed("broadcast", tensors, None, |group, flats, timeout| {
             group.broadcast(flats, root, timeout)
         })
     }
@@ -335,12 +347,13 @@ impl ProcessGroup {
         Ok(outs)
     }
 
-    /// Runs `op` on flattened buckets of `tensors` (staged on this group's device) and copies the
-    /// results back into them.
+    /// Runs `op` on flattened buckets of `tensors` (staged on this group's device, the f32 and f64
+    /// ones as `wire` when given) and copies the results back into them.
     fn bucketed(
         &mut self,
         name: &'static str,
         tensors: &[Tensor],
+        wire: Option<Kind>,
         op: impl FnOnce(&mut ffi::Group, &[&Tensor], Duration) -> Result<(), String>,
     ) -> Result<(), DistError> {
         if tensors.iter().any(|t| !t.defined()) {
@@ -353,7 +366,13 @@ impl ProcessGroup {
                 .iter()
                 .map(|b| {
                     let parts: Vec<Tensor> = b.iter().map(|&i| tensors[i].reshape(-1)).collect();
-                    Tensor::cat(&parts, 0).to_device(device)
+                    let flat = Tensor::cat(&parts, 0).to_device(device);
+                    match wire {
+                        Some(kind) if matches!(flat.kind(), Kind::Float | Kind::Double) => {
+                            flat.to_kind(kind)
+                        }
+                        _ => flat,
+                    }
                 })
                 .collect()
         });
