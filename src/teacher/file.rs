@@ -25,6 +25,7 @@ use super::TeacherError;
 use crate::error::Result;
 use crate::tensors::safetensors_io::{self, SafetensorsFile, StreamedTensor};
 use crate::tensors::DType;
+use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -100,21 +101,22 @@ impl Part {
         Ok(())
     }
 
-    /// Reads every value of `name` once, a block of rows at a time: the first non-finite one's
-    /// local row, if any.
+    /// Reads every value of `name` once, blocks of rows on rayon's threads (decoding and checking
+    /// 4 GB a million records is CPU work, and every rank of a run does it): the first non-finite
+    /// value's local row, if any.
     fn first_non_finite(&self, name: &'static str) -> Result<Option<usize>> {
-        let mut values = Vec::with_capacity(CHECK_ROWS * TEACHER_DIM);
-        let mut start = 0;
-        while start < self.rows {
-            let rows = CHECK_ROWS.min(self.rows - start);
-            values.clear();
-            self.append_rows(name, start, rows, &mut values)?;
-            if let Some(i) = values.iter().position(|x| !x.is_finite()) {
-                return Ok(Some(start + i / TEACHER_DIM));
-            }
-            start += rows;
-        }
-        Ok(None)
+        let starts: Vec<usize> = (0..self.rows).step_by(CHECK_ROWS).collect();
+        starts
+            .par_iter()
+            .map(|&start| {
+                let rows = CHECK_ROWS.min(self.rows - start);
+                let mut values = Vec::with_capacity(rows * TEACHER_DIM);
+                self.append_rows(name, start, rows, &mut values)?;
+                let bad = values.iter().position(|x| !x.is_finite());
+                Ok(bad.map(|i| start + i / TEACHER_DIM))
+            })
+            .find_map_first(|block: Result<Option<usize>>| block.transpose())
+            .transpose()
     }
 }
 
@@ -259,7 +261,7 @@ impl TeacherFeatures {
     }
 
     /// The key of row `row`.
-    pub fn key_of(&self, row: usize) -> Option<&str> {
+    fn key_of(&self, row: usize) -> Option<&str> {
         self.index.key(row)
     }
 
@@ -303,10 +305,13 @@ fn open_part(
     }
     check(&metadata)?;
     let first_row = index.len();
-    let (json, what) = match metadata.get("tagfix.keys") {
-        _ if schema == Some(TEACHER_SCHEMA) => (keys_tensor(&file)?, "the `keys` tensor"),
-        Some(text) => (text.clone().into_bytes(), "tagfix.keys"),
-        None => return Err(TeacherError::NoKeys { path: path.into() }.into()),
+    let (json, what) = if schema == Some(TEACHER_SCHEMA) {
+        (keys_tensor(&file)?, "the `keys` tensor")
+    } else {
+        let text = metadata
+            .get("tagfix.keys")
+            .ok_or_else(|| TeacherError::NoKeys { path: path.into() })?;
+        (text.clone().into_bytes(), "tagfix.keys")
     };
     // Room for the rows the features claim, bounded by what the JSON can hold (`"",` a key).
     if let Ok(Some((_, shape))) = file.info(IMAGE_FEATURES) {
@@ -701,15 +706,15 @@ mod tests {
     fn a_non_finite_value_is_named_with_its_row_and_key() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("t.safetensors");
-        let n = CHECK_ROWS + 5;
+        // Blocks are checked in parallel; the first bad row is named, not the first one found.
+        let n = 3 * CHECK_ROWS + 5;
         let keys: Vec<String> = (0..n).map(|i| format!("{i}.jpg")).collect();
         let image = rows(n, |_, _| 0.5);
-        let text = rows(n, |r, c| {
-            if r == CHECK_ROWS + 3 && c == 9 {
-                f32::NAN
-            } else {
-                1.0
-            }
+        let text = rows(n, |r, c| match (r, c) {
+            (r, 9) if r == CHECK_ROWS + 3 => f32::NAN,
+            (r, 0) if r == 3 * CHECK_ROWS + 1 => f32::INFINITY,
+            (r, 5) if r == 2 * CHECK_ROWS => f32::NAN,
+            _ => 1.0,
         });
         TeacherFeatures::write(&p, &keys, &image, &text).unwrap();
         let err = TeacherFeatures::read(&p).unwrap_err().to_string();
