@@ -307,7 +307,8 @@ fn two_ranks_train_as_one_rank_with_the_same_global_batch() {
 }
 
 /// `--grad-comm bf16` sends the gradients as bf16: the run is recorded so, trains close to the f32
-/// exchange (each gradient rounded to 8 bits of mantissa), and is not the f32 run.
+/// exchange (each gradient rounded to 8 bits of mantissa), and is not the f32 run; one rank alone
+/// trains exactly as with f32.
 #[test]
 fn gradients_exchanged_as_bf16_train_close_to_f32() {
     let _guard = serial();
@@ -326,6 +327,28 @@ fn gradients_exchanged_as_bf16_train_close_to_f32() {
         check(&o, name);
         out
     };
+    // A group of one rank sends nothing, so nothing is rounded.
+    let alone = |name: &str, comm: &str| {
+        let out = tmp.path().join(name);
+        let port = tagfix::train::dist::launch::free_port("127.0.0.1").unwrap();
+        let o = train_command(&ds)
+            .args(run_args(&ds, &out, "4", "2"))
+            .args(["--grad-comm", comm, "--set", "adam_eps=1e-4"])
+            .envs([
+                ("RANK", "0"),
+                ("LOCAL_RANK", "0"),
+                ("WORLD_SIZE", "1"),
+                ("LOCAL_WORLD_SIZE", "1"),
+                ("MASTER_ADDR", "127.0.0.1"),
+                ("MASTER_PORT", &port.to_string()),
+            ])
+            .output()
+            .unwrap();
+        check(&o, name);
+        out
+    };
+    let (one_f32, one_bf16) = (alone("one-f32", "f32"), alone("one-bf16", "bf16"));
+    assert_eq!(worst_param_difference(&one_f32, &one_bf16, 2).0, 0.0);
     let (f32_run, bf16_run) = (run("f32", "f32"), run("bf16", "bf16"));
     let config = std::fs::read_to_string(bf16_run.join("config.toml")).unwrap();
     assert!(config.contains("grad_comm = \"bf16\""), "{config}");

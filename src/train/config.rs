@@ -626,7 +626,7 @@ pub struct TrainConfig {
     /// 10-bit mantissa). Off: IEEE f32. No effect on the CPU.
     pub tf32: bool,
     /// Gradients between the ranks of a data-parallel run: `f32`, or `bf16` (half the bytes on the
-    /// network, each rank's gradient and the sum rounded to bf16). No effect on one rank.
+    /// network, each rank's gradient and the sum rounded to bf16). No effect with a single rank.
     pub grad_comm: GradComm,
     pub seed: u64,
     /// Image-decoding threads (0: one per core); at most one per core (see [`TrainConfig::workers`]).
@@ -1177,7 +1177,7 @@ pub struct TrainFlags {
     #[arg(long)]
     pub tf32: bool,
     /// Gradients between the ranks of a distributed run: f32, or bf16 (half the network bytes,
-    /// rounded to bf16 as DDP's bf16_compress_hook; no effect on one rank).
+    /// rounded to bf16 as DDP's bf16_compress_hook; no effect with a single rank).
     #[arg(long, value_name = "DTYPE", value_enum)]
     pub grad_comm: Option<GradComm>,
     #[arg(long, value_name = "N")]

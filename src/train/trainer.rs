@@ -1101,11 +1101,14 @@ fn agree_and_share(
     Ok(())
 }
 
-/// Sums the gradients over the ranks, sent as `grad_comm` says.
+/// Sums the gradients over the ranks, sent as `grad_comm` says. A group of one rank sends nothing
+/// anywhere, so its gradients are not rounded.
 fn all_reduce_grads(group: &mut ProcessGroup, grads: &[Tensor], grad_comm: GradComm) -> Result<()> {
     match grad_comm {
-        GradComm::F32 => group.all_reduce_sum_(grads)?,
-        GradComm::Bf16 => group.all_reduce_sum_as_(grads, Kind::BFloat16)?,
+        GradComm::Bf16 if group.world_size() > 1 => {
+            group.all_reduce_sum_as_(grads, Kind::BFloat16)?
+        }
+        _ => group.all_reduce_sum_(grads)?,
     }
     Ok(())
 }
