@@ -327,7 +327,7 @@ fn gradients_exchanged_as_bf16_train_close_to_f32() {
         check(&o, name);
         out
     };
-    // A group of one rank sends nothing, so nothing is rounded.
+    // A single rank (torchrun's variables with WORLD_SIZE=1) exchanges nothing: bf16 changes nothing.
     let alone = |name: &str, comm: &str| {
         let out = tmp.path().join(name);
         let port = tagfix::train::dist::launch::free_port("127.0.0.1").unwrap();
