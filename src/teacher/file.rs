@@ -313,9 +313,10 @@ fn open_part(
             .ok_or_else(|| TeacherError::NoKeys { path: path.into() })?;
         (text.clone().into_bytes(), "tagfix.keys")
     };
-    // Room for the rows the features claim, bounded by what the JSON can hold (`"",` a key).
+    // Room for the rows the features claim, bounded by what the JSON can hold (`"",` a key); only a
+    // hint, so a refused reservation is no error.
     if let Ok(Some((_, shape))) = file.info(IMAGE_FEATURES) {
-        index.reserve(shape.first().copied().unwrap_or(0).min(json.len() / 3));
+        index.try_reserve(shape.first().copied().unwrap_or(0).min(json.len() / 3));
     }
     each_json_string(&json, |key| {
         index.push(key).map_err(|e| (key.to_string(), e))

@@ -52,12 +52,17 @@ impl KeyIndex {
         }
     }
 
-    /// Makes room for `keys` more keys.
-    pub fn reserve(&mut self, keys: usize) {
-        self.ends.reserve(keys);
+    /// Makes room for `keys` more keys where memory allows (a hint from a file's shapes, which may
+    /// claim more than it holds: `false` when the allocator refuses, and the keys then grow the index
+    /// as they come).
+    pub fn try_reserve(&mut self, keys: usize) -> bool {
+        if self.ends.try_reserve(keys).is_err() {
+            return false;
+        }
         let (text, ends, hasher) = (&self.text, &self.ends, &self.hasher);
         self.rows
-            .reserve(keys, |&r| hasher.hash_one(key_at(text, ends, r)));
+            .try_reserve(keys, |&r| hasher.hash_one(key_at(text, ends, r)))
+            .is_ok()
     }
 
     /// Adds `key` as the next row's key.
@@ -232,6 +237,15 @@ mod tests {
         // Prefixes and concatenations of keys are other keys.
         index.push("xy").unwrap();
         assert_eq!(index.row_of("xy"), Some(2));
+    }
+
+    #[test]
+    fn an_impossible_reservation_is_refused_not_fatal() {
+        let mut index = KeyIndex::default();
+        assert!(!index.try_reserve(usize::MAX / 4));
+        assert!(index.try_reserve(1000));
+        index.push("a").unwrap();
+        assert_eq!(index.row_of("a"), Some(0));
     }
 
     #[test]
