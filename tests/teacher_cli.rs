@@ -229,9 +229,22 @@ fn shards_of_the_teacher_read_as_the_whole_file() {
         .assert()
         .success();
     let set = tmp.path().join("set");
-    for shard in ["1/2", "0/2"] {
+    // Shard 1 as task 2 of a Slurm job array 1-2 (`--shard auto`), shard 0 given.
+    let array = [
+        ("SLURM_ARRAY_TASK_ID", "2"),
+        ("SLURM_ARRAY_TASK_MIN", "1"),
+        ("SLURM_ARRAY_TASK_MAX", "2"),
+        ("SLURM_ARRAY_TASK_COUNT", "2"),
+    ];
+    for (flag, env, says) in [
+        ("auto", &array[..], "shard 1/2 (--shard auto: SLURM_ARRAY_TASK_ID=2, SLURM_ARRAY_TASK_MIN=1, SLURM_ARRAY_TASK_COUNT=2): records"),
+        ("0/2", &[][..], "shard 0/2: records"),
+    ] {
         let output = teacher_cmd(&data, &images, &vision, &text_dir, &set)
-            .args(["--shard", shard])
+            .args(["--shard", flag])
+            .env_remove("RANK")
+            .env_remove("WORLD_SIZE")
+            .envs(env.iter().copied())
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);
@@ -240,10 +253,7 @@ fn shards_of_the_teacher_read_as_the_whole_file() {
             "{}",
             String::from_utf8_lossy(&output.stderr)
         );
-        assert!(
-            stdout.contains(&format!("shard {shard}: records")),
-            "{stdout}"
-        );
+        assert!(stdout.contains(says), "{stdout}");
     }
     assert!(set.join("teacher-00000-of-00002.safetensors").is_file());
     let (t, s) = (
@@ -264,6 +274,17 @@ fn shards_of_the_teacher_read_as_the_whole_file() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("must be below the count"));
+    // `auto` outside any launcher says what it looked for.
+    let o = teacher_cmd(&data, &images, &vision, &text_dir, &set)
+        .args(["--shard", "auto"])
+        .env_remove("RANK")
+        .env_remove("WORLD_SIZE")
+        .env_remove("SLURM_ARRAY_TASK_ID")
+        .env_remove("SLURM_PROCID")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no launcher's variables"));
     std::fs::remove_file(set.join("teacher-00001-of-00002.safetensors")).unwrap();
     let err = TeacherFeatures::read(&set).unwrap_err().to_string();
     assert!(err.contains("1 of its 2 shards are missing: 1"), "{err}");

@@ -920,8 +920,10 @@ pub struct TeacherArgs {
     pub out: PathBuf,
     /// Compute only shard I of N (I from 0): the I-th of N contiguous blocks of the records, so that
     /// N processes or machines share the work. `tagfix train --teacher DIR` reads the complete set.
-    #[arg(long, value_name = "I/N")]
-    pub shard: Option<tagfix::teacher::shard::Shard>,
+    /// `auto`: this process's place among torchrun's ranks (RANK of WORLD_SIZE), a Slurm job array's
+    /// tasks (counted from SLURM_ARRAY_TASK_MIN) or srun's tasks (SLURM_PROCID of SLURM_NTASKS).
+    #[arg(long, value_name = "I/N|auto")]
+    pub shard: Option<tagfix::teacher::shard::ShardSpec>,
     #[command(flatten)]
     pub ort: OrtArgs,
 }

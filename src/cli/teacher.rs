@@ -22,13 +22,20 @@ pub fn run(args: TeacherArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
     use tagfix::teacher::{ImageDescriptor, TeacherError};
     use tagfix::Error;
 
+    let shard = match args.shard {
+        Some(spec) => Some(
+            spec.resolve(|name| std::env::var(name).ok())
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
     if !args.images.is_dir() {
         return Err(Error::from(TeacherError::ImageRoot {
             path: args.images.clone(),
         })
         .into());
     }
-    let out = output_file(&args)?;
+    let out = output_file(&args.out, shard.as_ref().map(|(s, _)| *s))?;
     let inputs: Vec<&std::path::Path> = args.data.iter().map(|p| p.as_path()).collect();
     tagfix::fsutil::check_outputs([out.as_path()], &inputs)?;
     let records = RecordSet::read_with(
@@ -50,7 +57,7 @@ pub fn run(args: TeacherArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
         caption: args.caption.parse().map_err(anyhow::Error::msg)?,
         max_words: usize::try_from(args.max_words).unwrap_or(usize::MAX),
         image_batch: args.ort.batch_size as usize,
-        shard: args.shard,
+        shard: shard.as_ref().map(|(s, _)| *s),
     };
     let text_bar = super::progress_bar(global, 0, false);
     let image_bar = super::progress_bar(global, 0, false);
@@ -60,10 +67,14 @@ pub fn run(args: TeacherArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
         out.display(),
         tagfix::teacher::TEACHER_DIM
     );
-    if let Some(shard) = args.shard {
+    if let Some((shard, from)) = &shard {
         let range = shard.range(records.records.len());
+        let from = match from.as_str() {
+            "" => String::new(),
+            vars => format!(" (--shard auto: {vars})"),
+        };
         println!(
-            "  shard {shard}: records {}..{} of {}; `tagfix train --teacher {}` reads the set once all {} shards are there",
+            "  shard {shard}{from}: records {}..{} of {}; `tagfix train --teacher {}` reads the set once all {} shards are there",
             range.start,
             range.end,
             records.records.len(),
@@ -85,18 +96,21 @@ pub fn run(args: TeacherArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
     Ok(ExitStatus::Success)
 }
 
-/// The file to write: `--out`, or with `--shard` the shard's file in the `--out` folder (created).
+/// The file to write: `out`, or for a shard its file in the `out` folder (created).
 #[cfg(feature = "embed")]
-fn output_file(args: &TeacherArgs) -> anyhow::Result<std::path::PathBuf> {
+fn output_file(
+    out: &std::path::Path,
+    shard: Option<tagfix::teacher::shard::Shard>,
+) -> anyhow::Result<std::path::PathBuf> {
     use anyhow::Context;
-    let Some(shard) = args.shard else {
-        return Ok(args.out.clone());
+    let Some(shard) = shard else {
+        return Ok(out.to_path_buf());
     };
-    std::fs::create_dir_all(&args.out).with_context(|| {
+    std::fs::create_dir_all(out).with_context(|| {
         format!(
             "creating the teacher set's folder {} (--shard writes into a folder)",
-            args.out.display()
+            out.display()
         )
     })?;
-    Ok(args.out.join(shard.file_name()))
+    Ok(out.join(shard.file_name()))
 }

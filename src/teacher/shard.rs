@@ -94,6 +94,110 @@ impl std::str::FromStr for Shard {
     }
 }
 
+/// `--shard`: a shard given as `I/N`, or `auto`: this process's place among a launcher's
+/// ([`Shard::from_env`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardSpec {
+    Given(Shard),
+    Auto,
+}
+
+impl std::str::FromStr for ShardSpec {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim() {
+            "auto" => Ok(ShardSpec::Auto),
+            _ => s
+                .parse()
+                .map(ShardSpec::Given)
+                .map_err(|e| format!("{e}, or auto")),
+        }
+    }
+}
+
+impl ShardSpec {
+    /// The shard, `auto` read from the environment through `var`, and where it came from (for the
+    /// log; empty when given).
+    pub fn resolve(
+        self,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> std::result::Result<(Shard, String), String> {
+        match self {
+            ShardSpec::Given(shard) => Ok((shard, String::new())),
+            ShardSpec::Auto => Shard::from_env(var),
+        }
+    }
+}
+
+impl Shard {
+    /// This process's shard from a launcher's variables (`var` reads one), and the variables used:
+    /// torchrun's `RANK` of `WORLD_SIZE`; else a Slurm job array's task, counted from
+    /// `SLURM_ARRAY_TASK_MIN` among `SLURM_ARRAY_TASK_COUNT` (the array must be contiguous, so
+    /// that every shard has a task); else `srun`'s `SLURM_PROCID` of `SLURM_NTASKS` when there are
+    /// several tasks.
+    pub fn from_env(
+        var: impl Fn(&str) -> Option<String>,
+    ) -> std::result::Result<(Shard, String), String> {
+        let number = |name: &str| -> std::result::Result<Option<usize>, String> {
+            match var(name) {
+                None => Ok(None),
+                Some(v) => v.trim().parse().map(Some).map_err(|_| {
+                    format!("--shard auto: {name}={v:?} is not a non-negative integer")
+                }),
+            }
+        };
+        let shard = |index: usize, count: usize, from: String| {
+            Shard::new(index, count)
+                .map(|s| (s, from.clone()))
+                .map_err(|e| format!("--shard auto: {e} ({from})"))
+        };
+        if let (Some(rank), Some(world)) = (number("RANK")?, number("WORLD_SIZE")?) {
+            return shard(rank, world, format!("RANK={rank}, WORLD_SIZE={world}"));
+        }
+        if let Some(id) = number("SLURM_ARRAY_TASK_ID")? {
+            let min = number("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
+            let max = number("SLURM_ARRAY_TASK_MAX")?;
+            let count = number("SLURM_ARRAY_TASK_COUNT")?;
+            let step = number("SLURM_ARRAY_TASK_STEP")?.unwrap_or(1);
+            let from = format!(
+                "SLURM_ARRAY_TASK_ID={id}, SLURM_ARRAY_TASK_MIN={min}, SLURM_ARRAY_TASK_COUNT={}",
+                count.map_or("unset".into(), |c| c.to_string())
+            );
+            return match (count, max) {
+                (Some(count), Some(max))
+                    if step == 1 && id >= min && max.checked_sub(min) == Some(count - 1) =>
+                {
+                    shard(id - min, count, from)
+                }
+                (Some(_), Some(_)) => Err(format!(
+                    "--shard auto: the job array is not one contiguous range ({from}, \
+                     SLURM_ARRAY_TASK_MAX={}, step {step}): give --shard I/N",
+                    max.unwrap_or(0)
+                )),
+                _ => Err(format!(
+                    "--shard auto: a Slurm array task without SLURM_ARRAY_TASK_COUNT and \
+                     SLURM_ARRAY_TASK_MAX ({from}): give --shard I/N"
+                )),
+            };
+        }
+        if let (Some(id), Some(tasks)) = (number("SLURM_PROCID")?, number("SLURM_NTASKS")?) {
+            if tasks > 1 {
+                return shard(
+                    id,
+                    tasks,
+                    format!("SLURM_PROCID={id}, SLURM_NTASKS={tasks}"),
+                );
+            }
+        }
+        Err(
+            "--shard auto: no launcher's variables (torchrun's RANK and WORLD_SIZE, a Slurm job \
+             array's SLURM_ARRAY_TASK_*, or srun's SLURM_PROCID and SLURM_NTASKS with several \
+             tasks): give --shard I/N"
+                .into(),
+        )
+    }
+}
+
 impl std::fmt::Display for Shard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.index, self.count)
@@ -346,6 +450,73 @@ mod tests {
             err.contains("one of 2 shards") || err.contains("one of 4 shards"),
             "{err}"
         );
+    }
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn auto_takes_the_launchers_place_for_the_shard() {
+        let auto = |vars: &[(&str, &str)]| Shard::from_env(env(vars)).map(|(s, _)| s.to_string());
+        assert_eq!(auto(&[("RANK", "3"), ("WORLD_SIZE", "8")]).unwrap(), "3/8");
+        // torchrun's variables win over Slurm's (`srun torchrun ...`).
+        let both = [
+            ("RANK", "1"),
+            ("WORLD_SIZE", "2"),
+            ("SLURM_PROCID", "0"),
+            ("SLURM_NTASKS", "4"),
+        ];
+        assert_eq!(auto(&both).unwrap(), "1/2");
+        // An array 1-64 (`--array=1-64`): task 1 is shard 0.
+        let array = |id: &str, min: &str, max: &str, count: &str| {
+            auto(&[
+                ("SLURM_ARRAY_TASK_ID", id),
+                ("SLURM_ARRAY_TASK_MIN", min),
+                ("SLURM_ARRAY_TASK_MAX", max),
+                ("SLURM_ARRAY_TASK_COUNT", count),
+                ("SLURM_PROCID", "0"),
+                ("SLURM_NTASKS", "1"),
+            ])
+        };
+        assert_eq!(array("1", "1", "64", "64").unwrap(), "0/64");
+        assert_eq!(array("64", "1", "64", "64").unwrap(), "63/64");
+        assert_eq!(array("7", "0", "63", "64").unwrap(), "7/64");
+        // `--array=0-63:2` or a list: not every shard would have a task.
+        let err = array("2", "0", "62", "32").unwrap_err();
+        assert!(err.contains("not one contiguous range"), "{err}");
+        assert_eq!(
+            auto(&[("SLURM_PROCID", "2"), ("SLURM_NTASKS", "4")]).unwrap(),
+            "2/4"
+        );
+        for (vars, says) in [
+            (&[][..], "no launcher's variables"),
+            (
+                &[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "1")][..],
+                "no launcher's variables",
+            ),
+            (
+                &[("RANK", "x"), ("WORLD_SIZE", "2")][..],
+                "RANK=\"x\" is not",
+            ),
+            (
+                &[("RANK", "2"), ("WORLD_SIZE", "2")][..],
+                "must be below the count",
+            ),
+        ] {
+            let err = auto(vars).unwrap_err();
+            assert!(err.contains(says), "{vars:?}: {err}");
+        }
+        let (given, from) = ShardSpec::Given(Shard { index: 0, count: 2 })
+            .resolve(env(&both))
+            .unwrap();
+        assert_eq!((given.to_string(), from.as_str()), ("0/2".into(), ""));
+        assert_eq!("auto".parse::<ShardSpec>(), Ok(ShardSpec::Auto));
+        assert!("2/2".parse::<ShardSpec>().unwrap_err().contains("or auto"));
     }
 
     /// A file named like a shard, but not as tagfix names one, is refused rather than passed over:
