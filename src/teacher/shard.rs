@@ -165,7 +165,9 @@ impl Shard {
             );
             return match (count, max) {
                 (Some(count), Some(max))
-                    if step == 1 && id >= min && max.checked_sub(min) == Some(count - 1) =>
+                    if step == 1
+                        && id >= min
+                        && max.checked_sub(min).and_then(|d| d.checked_add(1)) == Some(count) =>
                 {
                     shard(id - min, count, from)
                 }
@@ -488,6 +490,12 @@ mod tests {
         assert_eq!(array("7", "0", "63", "64").unwrap(), "7/64");
         // `--array=0-63:2` or a list: not every shard would have a task.
         let err = array("2", "0", "62", "32").unwrap_err();
+        assert!(err.contains("not one contiguous range"), "{err}");
+        // Counts no array has: refused, not overflowed.
+        let err = array("0", "0", "0", "0").unwrap_err();
+        assert!(err.contains("not one contiguous range"), "{err}");
+        let max = usize::MAX.to_string();
+        let err = array("5", "0", &max, &max).unwrap_err();
         assert!(err.contains("not one contiguous range"), "{err}");
         assert_eq!(
             auto(&[("SLURM_PROCID", "2"), ("SLURM_NTASKS", "4")]).unwrap(),
