@@ -43,15 +43,6 @@ impl fmt::Debug for KeyIndex {
 }
 
 impl KeyIndex {
-    /// An empty index with room for `keys` keys.
-    pub fn with_capacity(keys: usize) -> Self {
-        KeyIndex {
-            ends: Vec::with_capacity(keys),
-            rows: HashTable::with_capacity(keys),
-            ..Default::default()
-        }
-    }
-
     /// Makes room for `keys` more keys where memory allows (a hint from a file's shapes, which may
     /// claim more than it holds: `false` when the allocator refuses, and the keys then grow the index
     /// as they come).
@@ -212,7 +203,8 @@ mod tests {
 
     #[test]
     fn keys_keep_their_rows_and_order() {
-        let mut index = KeyIndex::with_capacity(2);
+        let mut index = KeyIndex::default();
+        assert!(index.try_reserve(2));
         for key in ["b.jpg", "a.jpg", "", "ünï/ß.png"] {
             index.push(key).unwrap();
         }
