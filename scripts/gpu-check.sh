@@ -31,7 +31,8 @@
 #      A CPU dry run of part 5 (no GPU): LOOP_DEVICE=cpu LOOP_PRECISION=f32 TRAIN_MODEL=tiny LOOP_STEPS=2
 #      ONLINE_STEPS=2 scripts/gpu-check.sh run loop
 #   6. (`dist`, issue 13) data-parallel scaling: the same `tagfix train` as part 3 as a plain process and,
-#      with >= 2 GPUs, `--nproc-per-node 2` at twice the global batch, with f32 and with bf16 gradients
+#      with >= 2 GPUs, `--nproc-per-node 2` at twice the global batch, with f32 gradients exchanged during
+#      the backward pass (the default) and after it (`--grad-sync after-backward`), and with bf16 gradients
 #      (`--grad-comm bf16`): scaling efficiency = images/s / (2 x one GPU), target >= 0.9. On one GPU it
 #      says so and measures only the plain run: a world of one rank (torchrun's variables with
 #      WORLD_SIZE=1) joins no process group, so it would time the plain loop again. Needs the NCCL build
@@ -265,6 +266,9 @@ PY
       echo "dist: one GPU here; the scaling runs need two (a world of one rank joins no group)" >&2
     else
       dist_run dist_nccl2 104 -- --nproc-per-node 2 --dist-backend nccl
+      # The same exchange started only after the backward pass (--grad-sync after-backward): what the
+      # overlap (the default, DDP's way) saves.
+      dist_run dist_nccl2_after 104 -- --nproc-per-node 2 --dist-backend nccl --grad-sync after-backward
       # The gradients sent as bf16 (--grad-comm bf16): NCCL's bf16 sum, half the bytes.
       dist_run dist_nccl2_bf16 104 -- --nproc-per-node 2 --dist-backend nccl --grad-comm bf16
     fi
@@ -277,6 +281,9 @@ if "dist_plain" in ips:
 if "dist_nccl2" in ips and "dist_plain" in ips:
     print(f"dist: 2 ranks {ips['dist_nccl2']:.1f} images/s: scaling efficiency "
           f"{ips['dist_nccl2'] / (2 * ips['dist_plain']):.3f} (target >= 0.9)")
+if "dist_nccl2_after" in ips and "dist_plain" in ips:
+    print(f"dist: 2 ranks, exchange after the backward pass, {ips['dist_nccl2_after']:.1f} images/s: scaling "
+          f"efficiency {ips['dist_nccl2_after'] / (2 * ips['dist_plain']):.3f}")
 if "dist_nccl2_bf16" in ips and "dist_plain" in ips:
     print(f"dist: 2 ranks, gradients sent as bf16, {ips['dist_nccl2_bf16']:.1f} images/s: scaling efficiency "
           f"{ips['dist_nccl2_bf16'] / (2 * ips['dist_plain']):.3f}")

@@ -33,8 +33,12 @@ fn main() {
             std::process::exit(rank_main(role));
         }
     }
-    let cases: [(&str, Case); 8] = [
+    let cases: [(&str, Case); 9] = [
         ("collectives_agree_on_both_ranks", collectives),
+        (
+            "gradients_summed_during_the_backward_pass_equal_the_sums_after_it",
+            overlap,
+        ),
         ("slurm_contract_ranks_meet", slurm_ranks),
         (
             "cli_nproc_per_node_prefixes_and_fails_with_the_rank",
@@ -83,6 +87,7 @@ fn group(timeout: Duration) -> Result<ProcessGroup, DistError> {
 fn rank_main(role: &str) -> i32 {
     let result = match role {
         "collectives" => rank_collectives(),
+        "overlap" => rank_overlap(),
         "disagree" => rank_disagree(),
         "die" | "hang" | "survive" => rank_peer(role),
         "launcher" => rank_launcher(),
@@ -175,6 +180,119 @@ fn rank_collectives() -> Result<(), String> {
     pg.barrier().map_err(e)?;
     pg.check_agreement(&fingerprint("cfg")).map_err(e)?;
     println!("collectives ok on rank {} of {w}", pg.rank());
+    Ok(())
+}
+
+/// A small chain of parameters (`w1`, `w2`, `w3`) and one the loss never uses (`unused`), valued per
+/// rank; `leaves` makes fresh copies (leaves without hooks) for the reference gradients.
+struct Chain {
+    params: Vec<Tensor>,
+}
+
+impl Chain {
+    fn new(rank: f64) -> Chain {
+        let leaf = |n: i64, shape: &[i64], scale: f64| {
+            (Tensor::arange(n, (Kind::Float, Device::Cpu)).reshape(shape) * scale + rank * 0.25)
+                .set_requires_grad(true)
+        };
+        Chain {
+            params: vec![
+                leaf(16, &[4, 4], 0.1),
+                leaf(16, &[4, 4], -0.05),
+                leaf(4, &[4], 0.3),
+                leaf(3, &[3], 1.0),
+            ],
+        }
+    }
+
+    fn leaves(&self) -> Chain {
+        Chain {
+            params: self
+                .params
+                .iter()
+                .map(|p| p.detach().copy().set_requires_grad(true))
+                .collect(),
+        }
+    }
+
+    /// One micro-batch's backward pass (input `x`, [2, 4]).
+    fn backward(&self, x: &Tensor) {
+        let [w1, w2, w3, _] = &self.params[..] else {
+            unreachable!()
+        };
+        let h = x.matmul(w1).tanh().matmul(w2) + w3;
+        (&h * &h).sum(Kind::Float).backward();
+    }
+
+    fn grads(&self) -> Vec<Tensor> {
+        self.params[..3].iter().map(Tensor::grad).collect()
+    }
+
+    fn zero_grad(&self) {
+        for p in &self.params {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+    }
+}
+
+/// The overlapped exchange (hooks in the backward pass) gives exactly the gradients of the
+/// exchange after it, f32 and bf16, with only the armed (last) micro-batch overlapped; after the
+/// first exchange's bucket rebuild every bucket with a gradient starts during the backward pass;
+/// a parameter the loss never uses keeps no gradient.
+fn rank_overlap() -> Result<(), String> {
+    let mut pg = group(TIMEOUT).map_err(|e| e.to_string())?;
+    let e = |e: DistError| e.to_string();
+    let r = pg.rank() as f64;
+    let input = |k: f64| {
+        Tensor::arange(8, (Kind::Float, Device::Cpu)).reshape([2, 4]) * (0.1 * k) - r * 0.3
+    };
+    let model = Chain::new(r);
+    for (round, bf16) in [(0, false), (1, false), (2, true), (3, true)] {
+        if round == 0 || round == 2 {
+            // Fresh hooks (the f32 ones replaced by the bf16 ones) in registration order.
+            pg.overlap_grads(&model.params, bf16).map_err(e)?;
+        }
+        let reference = model.leaves();
+        model.zero_grad();
+        // Micro-batch 1 accumulates locally, micro-batch 2's backward pass is armed.
+        model.backward(&input(1.0 + round as f64));
+        pg.arm_grad_overlap();
+        model.backward(&input(2.0));
+        let stats = pg.finish_grad_overlap().map_err(e)?;
+        reference.backward(&input(1.0 + round as f64));
+        reference.backward(&input(2.0));
+        let want = reference.grads();
+        if bf16 {
+            pg.all_reduce_sum_as_(&want, Kind::BFloat16).map_err(e)?;
+        } else {
+            pg.all_reduce_sum_(&want).map_err(e)?;
+        }
+        for (k, (got, want)) in model.grads().iter().zip(&want).enumerate() {
+            expect(
+                &format!("round {round}: gradient {k}"),
+                values(got),
+                values(want),
+            )?;
+        }
+        if model.params[3].grad().defined() {
+            return Err(format!(
+                "round {round}: the unused parameter got a gradient"
+            ));
+        }
+        // 16-byte buckets: one per parameter. Before the rebuild the unused parameter is first
+        // (reverse registration order) and holds every bucket back until the backward pass ends;
+        // after it, it is last, and the buckets of w3 and w2 start while w1's gradient is computed.
+        let want = if round % 2 == 0 { 0 } else { 2 };
+        if stats.buckets != 4 || stats.overlapped != want {
+            return Err(format!(
+                "round {round}: {stats:?}, want 4 buckets, {want} overlapping the backward pass"
+            ));
+        }
+    }
+    println!("overlap ok on rank {}", pg.rank());
     Ok(())
 }
 
@@ -284,6 +402,17 @@ fn collectives() -> Result<(), String> {
     let (out, _) = launch_two("collectives")?;
     for r in 0..2 {
         let line = format!("[rank {r}] collectives ok on rank {r} of 2");
+        if !out.contains(&line) {
+            return Err(format!("missing {line:?} in:\n{out}"));
+        }
+    }
+    Ok(())
+}
+
+fn overlap() -> Result<(), String> {
+    let (out, _) = launch_two("overlap")?;
+    for r in 0..2 {
+        let line = format!("[rank {r}] overlap ok on rank {r}");
         if !out.contains(&line) {
             return Err(format!("missing {line:?} in:\n{out}"));
         }

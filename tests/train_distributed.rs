@@ -391,6 +391,78 @@ fn gradients_exchanged_as_bf16_train_close_to_f32() {
     }
 }
 
+/// `--grad-sync overlap` (the default: each gradient bucket's all-reduce starts during the last
+/// micro-batch's backward pass) and `after-backward` train bit-identically: with two ranks each sum
+/// is one addition, whatever the buckets. Two micro-batches per rank, so one backward pass
+/// accumulates locally before the armed one.
+#[test]
+fn gradients_exchanged_during_the_backward_pass_train_exactly_as_after_it() {
+    let _guard = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(&tmp.path().join("data"), 32, 14);
+    let run = |name: &str, sync: &str| {
+        let out = tmp.path().join(name);
+        let o = train_command(&ds)
+            .args(run_args(&ds, &out, "8", "5"))
+            .args(["--nproc-per-node", "2", "--grad-sync", sync])
+            .args(["--bucket-cap-mb", "1"])
+            .env("RUST_LOG", "tagfix=debug")
+            .output()
+            .unwrap();
+        check(&o, name);
+        let log =
+            String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout);
+        (out, log)
+    };
+    let ((during, log), (after, after_log)) =
+        (run("during", "overlap"), run("after", "after-backward"));
+    // Each rank logs each step's exchange; from the second step on (buckets rebuilt in the order
+    // the gradients became ready) buckets start while the backward pass is still computing.
+    let exchanges = |rank: usize| -> Vec<(usize, usize)> {
+        let prefix = format!("[rank {rank}]");
+        log.lines()
+            .filter(|l| l.starts_with(&prefix))
+            .filter_map(|l| {
+                let rest = l.split("gradient exchange: ").nth(1)?;
+                let mut w = rest.split(' ');
+                let overlapped = w.next()?.parse().ok()?;
+                let total = w.nth(1)?.parse().ok()?;
+                Some((overlapped, total))
+            })
+            .collect()
+    };
+    for rank in 0..2 {
+        let steps = exchanges(rank);
+        eprintln!("rank {rank}: (overlapped, buckets) per step {steps:?}");
+        assert_eq!(steps.len(), 5, "{log}");
+        assert!(
+            steps[1..].iter().all(|(overlapped, _)| *overlapped > 0),
+            "{steps:?}"
+        );
+    }
+    assert_eq!(
+        after_log
+            .matches("gradient exchange: after the backward pass")
+            .count(),
+        2 * 5,
+        "{after_log}"
+    );
+    let config = std::fs::read_to_string(after.join("config.toml")).unwrap();
+    assert!(
+        config.contains("grad_sync = \"after-backward\""),
+        "{config}"
+    );
+    assert_eq!(worst_param_difference(&during, &after, 5).0, 0.0);
+    let (ra, rb) = (
+        read_all_records(&during.join("metrics.jsonl")).unwrap(),
+        read_all_records(&after.join("metrics.jsonl")).unwrap(),
+    );
+    assert_eq!(ra.len(), 5);
+    for (x, y) in ra.iter().zip(&rb) {
+        assert_eq!((x.total, x.grad_norm.total), (y.total, y.grad_norm.total));
+    }
+}
+
 #[test]
 fn accumulation_across_two_ranks_and_resume_across_world_sizes() {
     let _guard = serial();

@@ -874,6 +874,10 @@ pub struct DistArgs {
     /// rank to blame.
     #[arg(long, value_name = "SECONDS", default_value_t = tagfix::train::dist::DEFAULT_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     pub dist_timeout: u64,
+    /// Size of a gradient bucket, one all-reduce each, in MiB (DDP's bucket_cap_mb). Smaller
+    /// buckets start sooner during the backward pass; larger ones make fewer calls.
+    #[arg(long, value_name = "MIB", default_value_t = tagfix::train::dist::DEFAULT_BUCKET_BYTES as u64 >> 20, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub bucket_cap_mb: u64,
 }
 
 const TEACHER_HELP: &str = "\

@@ -226,7 +226,8 @@ by_value_enum!(
 by_serde_name!(
     tagfix::train::config::DeviceKind,
     tagfix::train::config::Precision,
-    tagfix::train::config::GradComm
+    tagfix::train::config::GradComm,
+    tagfix::train::config::GradSync
 );
 
 /// The same for types spelled by a function (`|value| spelling`).
@@ -284,7 +285,8 @@ impl WriteArgs for DistArgs {
             DistArgs {
                 nproc_per_node,
                 dist_backend,
-                dist_timeout
+                dist_timeout,
+                bucket_cap_mb
             } = self
         );
     }
@@ -346,6 +348,7 @@ impl WriteArgs for TrainFlags {
                 precision,
                 tf32,
                 grad_comm,
+                grad_sync,
                 seed,
                 workers,
                 threads,

@@ -106,10 +106,9 @@ fn join_group(
         .dist_backend
         .unwrap_or(DistBackend::for_cuda(cfg.device == DeviceKind::Cuda));
     let timeout = std::time::Duration::from_secs(args.dist.dist_timeout);
-    Ok(Some(ProcessGroup::new(
-        &rdzv,
-        &GroupOptions::new(backend, timeout),
-    )?))
+    let mut opts = GroupOptions::new(backend, timeout);
+    opts.bucket_bytes = (args.dist.bucket_cap_mb as usize) << 20;
+    Ok(Some(ProcessGroup::new(&rdzv, &opts)?))
 }
 
 /// `--nproc-per-node N` (N > 1) in a process that is not already one of several ranks: starts N

@@ -292,6 +292,18 @@ pub enum GradComm {
     Bf16,
 }
 
+/// When the ranks of a data-parallel run exchange a step's gradients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum GradSync {
+    /// During the last micro-batch's backward pass, each bucket as soon as its gradients are
+    /// complete (DDP's overlap: the network works while the backward pass computes).
+    #[default]
+    Overlap,
+    /// After the backward pass, all buckets at once (no hooks in the backward pass).
+    AfterBackward,
+}
+
 /// One operation of RAM's `RandomAugment` (`ram/data/randaugment.py`), named as RAM's `augs` list
 /// names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -628,6 +640,9 @@ pub struct TrainConfig {
     /// Gradients between the ranks of a data-parallel run: `f32`, or `bf16` (half the bytes on the
     /// network, each rank's gradient and the sum rounded to bf16). No effect with a single rank.
     pub grad_comm: GradComm,
+    /// When the gradients are exchanged: `overlap` (during the backward pass, as DDP) or
+    /// `after-backward`. Same sums either way; no effect with a single rank.
+    pub grad_sync: GradSync,
     pub seed: u64,
     /// Image-decoding threads (0: one per core); at most one per core (see [`TrainConfig::workers`]).
     pub workers: usize,
@@ -700,6 +715,7 @@ impl Default for TrainConfig {
             precision: Precision::F32,
             tf32: false,
             grad_comm: GradComm::F32,
+            grad_sync: GradSync::Overlap,
             seed: 0,
             workers: 0,
             threads: 0,
@@ -1180,6 +1196,10 @@ pub struct TrainFlags {
     /// rounded to bf16 as DDP's bf16_compress_hook; no effect with a single rank).
     #[arg(long, value_name = "DTYPE", value_enum)]
     pub grad_comm: Option<GradComm>,
+    /// When a distributed run exchanges gradients: overlap (during the backward pass, each bucket
+    /// as it completes, as DDP) or after-backward. Same sums; no effect with a single rank.
+    #[arg(long, value_name = "WHEN", value_enum)]
+    pub grad_sync: Option<GradSync>,
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
     /// Image-decoding threads (0: one per core; more than one per core is capped to that).
@@ -1235,6 +1255,7 @@ impl TrainFlags {
             precision,
             tf32,
             grad_comm,
+            grad_sync,
             seed,
             workers,
             threads,
@@ -1272,6 +1293,7 @@ impl TrainFlags {
         set(&mut c.precision, precision);
         set(&mut c.tf32, tf32.then_some(true));
         set(&mut c.grad_comm, grad_comm);
+        set(&mut c.grad_sync, grad_sync);
         set(&mut c.seed, seed);
         set(&mut c.workers, workers);
         set(&mut c.threads, threads);

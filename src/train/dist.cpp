@@ -13,11 +13,19 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -77,6 +85,101 @@ struct TagfixStore {
 
 struct TagfixGroup {
   c10::intrusive_ptr<c10d::Backend> backend;
+};
+
+namespace {
+// The gradient all-reduce overlapped with the backward pass, as DDP's Reducer does it
+// (torch/csrc/distributed/c10d/reducer.cpp): a hook after each parameter's gradient accumulation
+// marks it ready; when every parameter of a bucket is ready, the bucket is flattened (cast to the
+// wire type) and its all-reduce started, while the backward pass goes on. Buckets start strictly in
+// their index order, so every rank issues the same collectives in the same order whatever order its
+// gradients arrive in. Hooks do nothing unless armed: only the last micro-batch's backward of a
+// step is overlapped (the earlier ones accumulate locally, as under DDP's `no_sync`).
+struct Overlap {
+  c10::intrusive_ptr<c10d::Backend> backend;
+  std::vector<at::Tensor> params;
+  std::vector<std::vector<size_t>> buckets;
+  std::vector<size_t> bucket_of;
+  std::optional<at::ScalarType> wire;
+
+  std::mutex mu;
+  bool armed = false;
+  std::vector<size_t> pending;  // per bucket: parameters not yet ready
+  std::vector<char> ready;
+  size_t next = 0;               // the next bucket to start
+  size_t n_ready = 0;
+  std::vector<size_t> ready_at_start;  // per bucket started by a hook: gradients ready by then
+  std::vector<at::Tensor> flats;
+  std::vector<c10::intrusive_ptr<c10d::Work>> works;
+  std::vector<int64_t> order;    // parameters in the order they became ready (last armed backward)
+  std::string error;
+
+  // Back to "nothing ready, nothing started" (caller holds `mu`).
+  void reset() {
+    armed = false;
+    next = 0;
+    n_ready = 0;
+    ready.assign(params.size(), 0);
+    ready_at_start.assign(buckets.size(), SIZE_MAX);
+    for (size_t b = 0; b < buckets.size(); ++b) pending[b] = buckets[b].size();
+    flats.assign(buckets.size(), at::Tensor());
+    works.assign(buckets.size(), nullptr);
+  }
+
+  // Flattens bucket `b`'s gradients (zeros for a parameter without one) and starts its all-reduce.
+  void start(size_t b) {
+    at::NoGradGuard no_grad;
+    std::vector<at::Tensor> parts;
+    parts.reserve(buckets[b].size());
+    for (size_t i : buckets[b]) {
+      const at::Tensor g = params[i].grad();
+      parts.push_back(g.defined() ? g.reshape(-1) : at::zeros({params[i].numel()}, params[i].options()));
+    }
+    at::Tensor flat = at::cat(parts, 0);
+    if (wire && at::isFloatingType(flat.scalar_type())) flat = flat.to(*wire);
+    std::vector<at::Tensor> one{flat};
+    c10d::AllreduceOptions opts;
+    opts.reduceOp = c10d::ReduceOp::SUM;
+    works[b] = backend->allreduce(one, opts);
+    flats[b] = flat;
+  }
+
+  // The hook's body (on the autograd engine's thread): never throws into the engine.
+  void mark_ready(size_t i) noexcept {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!armed) return;
+    try {
+      if (ready[i]) throw std::runtime_error("a parameter's gradient was accumulated twice in one backward pass");
+      ready[i] = 1;
+      ++n_ready;
+      order.push_back(static_cast<int64_t>(i));
+      pending[bucket_of[i]] -= 1;
+      while (next < buckets.size() && pending[next] == 0) {
+        ready_at_start[next] = n_ready;
+        start(next++);
+      }
+    } catch (const c10::Error& e) {
+      error = e.what_without_backtrace();
+      armed = false;
+    } catch (const std::exception& e) {
+      error = e.what();
+      armed = false;
+    }
+  }
+};
+
+struct ReadyHook : torch::autograd::PostAccumulateGradHook {
+  std::weak_ptr<Overlap> overlap;
+  size_t index;
+  ReadyHook(std::weak_ptr<Overlap> o, size_t i) : overlap(std::move(o)), index(i) {}
+  void operator()(const torch::autograd::Variable&) override {
+    if (auto o = overlap.lock()) o->mark_ready(index);
+  }
+};
+}  // namespace
+
+struct TagfixOverlap {
+  std::shared_ptr<Overlap> overlap;
 };
 
 extern "C" {
@@ -237,5 +340,101 @@ int tagfix_dist_barrier(TagfixGroup* group, int device_index, int64_t timeout_ms
     if (device_index >= 0) opts.device_ids.push_back(device_index);
     wait(group->backend->barrier(opts), timeout_ms);
   });
+}
+
+// Registers the overlap hooks on the `n` parameters (leaves), grouped into buckets: `order` lists
+// parameter indices bucket after bucket, `ends[b]` is where bucket b ends in `order`. `wire`: 1 sends
+// floating-point buckets as bf16, 0 as they are. Replaces any post-accumulate hook of theirs.
+int tagfix_dist_overlap_new(TagfixGroup* group, at::Tensor* const* params, size_t n,
+                            const int64_t* order, const int64_t* ends, size_t n_buckets, int wire,
+                            TagfixOverlap** out, char* err, size_t cap) {
+  return guarded(err, cap, [&] {
+    auto o = std::make_shared<Overlap>();
+    o->backend = group->backend;
+    o->params = list(params, n);
+    o->bucket_of.assign(n, SIZE_MAX);
+    int64_t begin = 0;
+    for (size_t b = 0; b < n_buckets; ++b) {
+      if (ends[b] < begin || ends[b] > static_cast<int64_t>(n)) throw std::invalid_argument("bucket ends out of order");
+      std::vector<size_t> bucket;
+      for (int64_t k = begin; k < ends[b]; ++k) {
+        if (order[k] < 0 || order[k] >= static_cast<int64_t>(n) || o->bucket_of[order[k]] != SIZE_MAX)
+          throw std::invalid_argument("bucket order is not a permutation of the parameters");
+        o->bucket_of[order[k]] = b;
+        bucket.push_back(static_cast<size_t>(order[k]));
+      }
+      o->buckets.push_back(std::move(bucket));
+      begin = ends[b];
+    }
+    if (begin != static_cast<int64_t>(n)) throw std::invalid_argument("the buckets do not hold every parameter");
+    if (wire == 1) o->wire = at::kBFloat16;
+    o->pending.assign(n_buckets, 0);
+    o->reset();
+    for (size_t i = 0; i < n; ++i)
+      torch::autograd::impl::set_post_acc_grad_hooks(o->params[i], std::make_unique<ReadyHook>(o, i));
+    *out = new TagfixOverlap{o};
+  });
+}
+
+// Removes the hooks (those still this overlap's) and frees it.
+void tagfix_dist_overlap_free(TagfixOverlap* o) {
+  if (o == nullptr) return;
+  for (auto& p : o->overlap->params) {
+    auto& hook = torch::autograd::impl::post_acc_grad_hooks(p);
+    auto* ours = dynamic_cast<ReadyHook*>(hook.get());
+    if (ours != nullptr && ours->overlap.lock() == o->overlap) hook.reset();
+  }
+  delete o;
+}
+
+// The next backward pass starts each bucket's all-reduce as soon as its gradients are complete.
+void tagfix_dist_overlap_arm(TagfixOverlap* o) {
+  std::lock_guard<std::mutex> lock(o->overlap->mu);
+  o->overlap->reset();
+  o->overlap->order.clear();
+  o->overlap->armed = true;
+}
+
+// After the backward pass: starts the buckets not yet started (in order), waits for all, and
+// writes the sums back into the gradients (a parameter without a gradient keeps none).
+// `overlapped`: how many buckets started while the backward pass still had gradients to compute
+// (before its last parameter's gradient was ready).
+int tagfix_dist_overlap_finish(TagfixOverlap* handle, int64_t timeout_ms, size_t* overlapped,
+                               char* err, size_t cap) {
+  return guarded(err, cap, [&] {
+    Overlap& o = *handle->overlap;
+    std::lock_guard<std::mutex> lock(o.mu);
+    o.armed = false;
+    if (!o.error.empty()) {
+      std::string e = o.error;
+      o.error.clear();
+      throw std::runtime_error(e);
+    }
+    *overlapped = static_cast<size_t>(std::count_if(o.ready_at_start.begin(), o.ready_at_start.end(),
+                                                    [&](size_t r) { return r < o.n_ready; }));
+    while (o.next < o.buckets.size()) o.start(o.next++);
+    at::NoGradGuard no_grad;
+    for (size_t b = 0; b < o.buckets.size(); ++b) {
+      wait(o.works[b], timeout_ms);
+      int64_t offset = 0;
+      for (size_t i : o.buckets[b]) {
+        const int64_t len = o.params[i].numel();
+        at::Tensor g = o.params[i].grad();
+        if (g.defined()) g.copy_(o.flats[b].narrow(0, offset, len).view(g.sizes()));
+        offset += len;
+      }
+    }
+    o.reset();
+  });
+}
+
+// The parameters in the order their gradients became ready in the last armed backward pass
+// (`*n` of them, at most the parameter count; `out` holds room for all).
+void tagfix_dist_overlap_ready_order(TagfixOverlap* handle, int64_t* out, size_t* n) {
+  Overlap& o = *handle->overlap;
+  std::lock_guard<std::mutex> lock(o.mu);
+  size_t k = std::min(o.order.size(), o.params.size());
+  for (size_t i = 0; i < k; ++i) out[i] = o.order[i];
+  *n = k;
 }
 }

@@ -226,6 +226,11 @@ impl AdamW {
         }
     }
 
+    /// The trained parameters, in parameter order (shallow: the variables themselves).
+    pub fn trained_vars(&self) -> Vec<Tensor> {
+        self.params.iter().map(|p| p.var.shallow_clone()).collect()
+    }
+
     /// The defined gradients of the trained parameters, in parameter order (shallow: writing to
     /// them writes the gradients; distributed training sums them across ranks).
     pub fn grads(&self) -> Vec<Tensor> {

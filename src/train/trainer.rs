@@ -5,7 +5,7 @@
 //! each piece can be called (and tested) alone.
 
 use super::autocast::{with_autocast, CastCacheScope};
-use super::config::{GradComm, MicroBatchSize, Precision, TrainConfig};
+use super::config::{GradComm, GradSync, MicroBatchSize, Precision, TrainConfig};
 use super::data::{Loader, MicroBatch, TrainData};
 use super::dist::{Fingerprint, ProcessGroup};
 use super::error::TrainError;
@@ -361,6 +361,9 @@ impl Trainer {
         let start_step = resumed.as_ref().map_or(0, |s| s.step);
         if let Some(g) = group.as_mut() {
             agree_and_share(g, &config, &inputs, start_step, &vs)?;
+            if config.grad_sync == GradSync::Overlap && g.world_size() > 1 {
+                g.overlap_grads(&opt.trained_vars(), config.grad_comm == GradComm::Bf16)?;
+            }
         }
         let monitor = if main {
             write_run_files(&run, &config, &inputs)?;
@@ -545,6 +548,16 @@ impl Trainer {
         log_every > 0 && (step + 1) % log_every == 0
     }
 
+    /// Before micro-batch `m`'s backward pass: the last one of the step starts the gradient buckets
+    /// as they complete (distributed, `grad_sync = "overlap"`); the earlier ones accumulate locally.
+    fn arm_grad_overlap(&mut self, m: usize) {
+        if m + 1 == self.accumulation {
+            if let Some(group) = self.group.as_mut() {
+                group.arm_grad_overlap();
+            }
+        }
+    }
+
     /// The next micro-batch (`m` of `step`) and the seconds spent waiting for it.
     fn next_micro_batch(&mut self, step: u64, m: usize) -> Result<(MicroBatch, f64)> {
         let w0 = Instant::now();
@@ -568,13 +581,15 @@ impl Trainer {
             losses.data_wait_s += wait;
             let out = self.micro_batch(&mb)?;
             losses.add(m, &mb, &out);
+            self.arm_grad_overlap(m);
             out.weighted.backward();
         }
         drop(casts);
         let summary = losses.summary(self.stop_vote());
         if let Some(group) = self.group.as_mut() {
-            // DDP's bucketed all-reduce of the gradients, once per step after the last micro-batch,
-            // then the loss summary: every rank holds the one-rank run's values.
+            // DDP's bucketed all-reduce of the gradients, once per step (started during the last
+            // micro-batch's backward pass when overlapped), then the loss summary: every rank holds
+            // the one-rank run's values.
             group.set_step(step + 1);
             all_reduce_grads(group, &self.opt.grads(), self.config.grad_comm)?;
             group.all_reduce_sum_(std::slice::from_ref(&summary))?;
@@ -658,6 +673,7 @@ impl Trainer {
                 acc.add(t, v);
             }
             acc.total += read_f64(&out.weighted, "the weighted loss")?;
+            self.arm_grad_overlap(m);
             out.weighted.backward();
         }
         drop(casts);
@@ -1103,13 +1119,32 @@ fn agree_and_share(
 
 /// Sums the gradients over the ranks, sent as `grad_comm` says. A group of one rank sends nothing
 /// anywhere, so its gradients are not rounded.
+/// Sums the step's gradients over the ranks: completes the overlapped exchange when there is one
+/// ([`ProcessGroup::overlap_grads`]), else all-reduces `grads` now. Logs (debug) how long the step
+/// waited for it after the backward pass (on the CPU; CUDA work is only queued) and, overlapped, how
+/// many buckets started while the backward pass was still computing.
 fn all_reduce_grads(group: &mut ProcessGroup, grads: &[Tensor], grad_comm: GradComm) -> Result<()> {
+    let t0 = Instant::now();
+    if group.has_grad_overlap() {
+        let stats = group.finish_grad_overlap()?;
+        tracing::debug!(
+            "gradient exchange: {} of {} buckets overlapped the backward pass, {:.1} ms after it",
+            stats.overlapped,
+            stats.buckets,
+            t0.elapsed().as_secs_f64() * 1e3
+        );
+        return Ok(());
+    }
     match grad_comm {
         GradComm::Bf16 if group.world_size() > 1 => {
             group.all_reduce_sum_as_(grads, Kind::BFloat16)?
         }
         _ => group.all_reduce_sum_(grads)?,
     }
+    tracing::debug!(
+        "gradient exchange: after the backward pass, {:.1} ms",
+        t0.elapsed().as_secs_f64() * 1e3
+    );
     Ok(())
 }
 

@@ -16,6 +16,10 @@ struct RawStore {
 struct RawGroup {
     _private: [u8; 0],
 }
+#[repr(C)]
+struct RawOverlap {
+    _private: [u8; 0],
+}
 
 extern "C" {
     fn tagfix_dist_store_new(
@@ -109,6 +113,28 @@ extern "C" {
         err: *mut c_char,
         cap: usize,
     ) -> c_int;
+    fn tagfix_dist_overlap_new(
+        group: *mut RawGroup,
+        params: *const *const C_tensor,
+        n: usize,
+        order: *const i64,
+        ends: *const i64,
+        n_buckets: usize,
+        wire: c_int,
+        out: *mut *mut RawOverlap,
+        err: *mut c_char,
+        cap: usize,
+    ) -> c_int;
+    fn tagfix_dist_overlap_free(overlap: *mut RawOverlap);
+    fn tagfix_dist_overlap_arm(overlap: *mut RawOverlap);
+    fn tagfix_dist_overlap_finish(
+        overlap: *mut RawOverlap,
+        timeout_ms: i64,
+        overlapped: *mut usize,
+        err: *mut c_char,
+        cap: usize,
+    ) -> c_int;
+    fn tagfix_dist_overlap_ready_order(overlap: *mut RawOverlap, out: *mut i64, n: *mut usize);
     fn tagfix_dist_barrier(
         group: *mut RawGroup,
         device_index: c_int,
@@ -351,5 +377,94 @@ impl Drop for Group {
     fn drop(&mut self) {
         // SAFETY: created by the shim, freed once.
         unsafe { tagfix_dist_group_free(self.0) }
+    }
+}
+
+/// The hooks that start each gradient bucket's all-reduce during the backward pass (DDP's Reducer;
+/// see `Overlap` in `src/train/dist.cpp`). Holds the parameters and a reference to the group's
+/// backend; dropping it removes the hooks.
+pub struct Overlap {
+    raw: *mut RawOverlap,
+    params: usize,
+}
+
+// SAFETY: the shim guards the overlap's state with a mutex; tagfix drives it from one thread.
+unsafe impl Send for Overlap {}
+
+impl Overlap {
+    /// Hooks `params` (leaves), bucketed as `buckets` (parameter indices, a permutation of all of
+    /// them, started in this order); floating-point buckets travel as bf16 when `bf16`.
+    pub fn new(
+        group: &mut Group,
+        params: &[&Tensor],
+        buckets: &[Vec<usize>],
+        bf16: bool,
+    ) -> Result<Overlap, String> {
+        let h = handles(params);
+        let order: Vec<i64> = buckets.iter().flatten().map(|&i| i as i64).collect();
+        let ends: Vec<i64> = buckets
+            .iter()
+            .scan(0i64, |end, b| {
+                *end += b.len() as i64;
+                Some(*end)
+            })
+            .collect();
+        let mut out = std::ptr::null_mut();
+        // SAFETY: the slices outlive the call, which copies them (the tensors by reference count);
+        // the shim checks that `order` and `ends` describe a partition of the parameters.
+        call(|e, c| unsafe {
+            tagfix_dist_overlap_new(
+                group.0,
+                h.as_ptr(),
+                h.len(),
+                order.as_ptr(),
+                ends.as_ptr(),
+                ends.len(),
+                c_int::from(bf16),
+                &mut out,
+                e,
+                c,
+            )
+        })?;
+        Ok(Overlap {
+            raw: out,
+            params: params.len(),
+        })
+    }
+
+    /// The next backward pass starts the buckets as their gradients complete.
+    pub fn arm(&mut self) {
+        // SAFETY: `raw` is live.
+        unsafe { tagfix_dist_overlap_arm(self.raw) }
+    }
+
+    /// Starts the buckets the backward pass did not, waits for every bucket and writes the sums
+    /// into the gradients; returns how many buckets started while the backward pass still had
+    /// gradients to compute.
+    pub fn finish(&mut self, timeout: Duration) -> Result<usize, String> {
+        let mut overlapped = 0usize;
+        // SAFETY: `raw` is live; out-pointer to a local.
+        call(|e, c| unsafe {
+            tagfix_dist_overlap_finish(self.raw, millis(timeout), &mut overlapped, e, c)
+        })?;
+        Ok(overlapped)
+    }
+
+    /// The parameters in the order their gradients became ready in the last armed backward pass
+    /// (those that got none are missing).
+    pub fn ready_order(&self) -> Vec<usize> {
+        let mut out = vec![0i64; self.params];
+        let mut n = 0usize;
+        // SAFETY: `out` has room for every parameter, the most the shim writes.
+        unsafe { tagfix_dist_overlap_ready_order(self.raw, out.as_mut_ptr(), &mut n) };
+        out.truncate(n);
+        out.into_iter().map(|i| i as usize).collect()
+    }
+}
+
+impl Drop for Overlap {
+    fn drop(&mut self) {
+        // SAFETY: created by the shim, freed once.
+        unsafe { tagfix_dist_overlap_free(self.raw) }
     }
 }

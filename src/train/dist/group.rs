@@ -17,6 +17,9 @@ use tch::{Device, Kind, Tensor};
 
 /// Bytes per flattened gradient bucket: DDP's default `bucket_cap_mb=25`.
 pub const DEFAULT_BUCKET_BYTES: usize = 25 * 1024 * 1024;
+/// The first bucket of the overlapped gradient exchange is small (DDP's
+/// `_DEFAULT_FIRST_BUCKET_BYTES`), so that the network starts early in the backward pass.
+const FIRST_BUCKET_BYTES: usize = 1024 * 1024;
 
 const HEARTBEAT: Duration = Duration::from_millis(500);
 /// How long a failing rank watches the heartbeats before calling one dead (several beats).
@@ -96,7 +99,9 @@ pub struct ProcessGroup {
     timeout: Duration,
     bucket_bytes: usize,
     agent_store: bool,
-    // Field order is drop order: the group, then the heartbeat, then the store (rank 0 serves it).
+    // Field order is drop order: the overlap hooks (they hold the backend), the group, then the
+    // heartbeat, then the store (rank 0 serves it).
+    overlap: Option<GradOverlap>,
     group: Option<ffi::Group>,
     heartbeat: Option<Heartbeat>,
     store: Store,
@@ -169,6 +174,7 @@ impl ProcessGroup {
             timeout: opts.timeout,
             bucket_bytes: opts.bucket_bytes.max(1),
             agent_store: rdzv.agent_store,
+            overlap: None,
             group: Some(group),
             heartbeat: Some(heartbeat),
             store,
@@ -337,6 +343,130 @@ impl ProcessGroup {
         self.collective("barrier", |g| g.barrier(cuda, timeout))
     }
 
+    /// From now on the gradients of `params` (leaves) are summed over the ranks while the backward
+    /// pass runs, as DDP does: hooks start each bucket's all-reduce as soon as its gradients are
+    /// complete, in a backward pass armed by [`Self::arm_grad_overlap`], and
+    /// [`Self::finish_grad_overlap`] completes the exchange. Floating-point buckets travel as bf16
+    /// when `bf16` (as [`Self::all_reduce_sum_as_`]). The buckets first follow the reverse of
+    /// `params` and, after the first exchange, the order rank 0's gradients became ready in (DDP's
+    /// bucket rebuild), so that the first bucket to fill is the first to go.
+    pub fn overlap_grads(&mut self, params: &[Tensor], bf16: bool) -> Result<(), DistError> {
+        let order: Vec<usize> = (0..params.len()).rev().collect();
+        self.hook_overlap(
+            params.iter().map(Tensor::shallow_clone).collect(),
+            &order,
+            bf16,
+            false,
+        )
+    }
+
+    /// Whether [`Self::overlap_grads`] is in force.
+    pub fn has_grad_overlap(&self) -> bool {
+        self.overlap.is_some()
+    }
+
+    /// The next backward pass (a step's last micro-batch) starts the gradient buckets as they fill.
+    pub fn arm_grad_overlap(&mut self) {
+        if let Some(o) = self.overlap.as_mut() {
+            o.hooks.arm();
+        }
+    }
+
+    /// After the armed backward pass: starts the buckets it did not (all of them when none was
+    /// armed), waits for every bucket and writes the sums into the gradients. A parameter without a
+    /// gradient on this rank contributes zeros and keeps none (the ranks run the same graph, so it
+    /// has none on any rank). Returns how much of the exchange overlapped the backward pass.
+    pub fn finish_grad_overlap(&mut self) -> Result<OverlapStats, DistError> {
+        let Some(mut o) = self.overlap.take() else {
+            return Err(DistError::Overlap {
+                rank: self.rank,
+                message: "no overlapped gradient exchange was set up".into(),
+            });
+        };
+        let timeout = self.timeout;
+        let overlapped = match self.collective("all_reduce", |_| o.hooks.finish(timeout)) {
+            Ok(n) => n,
+            Err(e) => {
+                // Its buckets may still wait on dead peers (see Drop).
+                std::mem::forget(o);
+                return Err(e);
+            }
+        };
+        let stats = OverlapStats {
+            buckets: o.buckets,
+            overlapped,
+        };
+        if o.rebuilt {
+            self.overlap = Some(o);
+        } else {
+            self.rebuild_overlap(o)?;
+        }
+        Ok(stats)
+    }
+
+    /// DDP's bucket rebuild: the parameters in the order rank 0's gradients became ready (those
+    /// that got none last), sent by rank 0 so that every rank forms the same buckets.
+    fn rebuild_overlap(&mut self, o: GradOverlap) -> Result<(), DistError> {
+        let n = o.params.len();
+        let mut order = o.hooks.ready_order();
+        let mut seen = vec![false; n];
+        order.retain(|&i| i < n && !std::mem::replace(&mut seen[i], true));
+        order.extend((0..n).rev().filter(|&i| !seen[i]));
+        let wire: Vec<i64> = order.iter().map(|&i| i as i64).collect();
+        let t = Tensor::from_slice(&wire);
+        self.broadcast_(&[t.shallow_clone()], 0)?;
+        let order: Vec<usize> = Vec::<i64>::try_from(&t)
+            .map_err(|e| DistError::ReadBack {
+                what: "rank 0's gradient order",
+                source: Box::new(e),
+            })?
+            .into_iter()
+            .map(|i| usize::try_from(i).unwrap_or(usize::MAX))
+            .collect();
+        let (params, bf16) = (o.params.iter().map(Tensor::shallow_clone).collect(), o.bf16);
+        drop(o); // its hooks go before the new ones are set
+        self.hook_overlap(params, &order, bf16, true)
+    }
+
+    /// Sets the hooks of the overlapped exchange, its buckets filled in `order`.
+    fn hook_overlap(
+        &mut self,
+        params: Vec<Tensor>,
+        order: &[usize],
+        bf16: bool,
+        rebuilt: bool,
+    ) -> Result<(), DistError> {
+        drop(self.overlap.take());
+        let rank = self.rank;
+        let fail = |message: String| DistError::Overlap { rank, message };
+        let ordered: Vec<Tensor> = order
+            .iter()
+            .map(|&i| params.get(i).map(Tensor::shallow_clone))
+            .collect::<Option<_>>()
+            .ok_or_else(|| fail("the bucket order names a parameter that does not exist".into()))?;
+        let first = FIRST_BUCKET_BYTES.min(self.bucket_bytes);
+        let buckets: Vec<Vec<usize>> = buckets_with(&ordered, first, self.bucket_bytes)
+            .into_iter()
+            .map(|b| b.into_iter().map(|k| order[k]).collect())
+            .collect();
+        let Some(group) = self.group.as_mut().filter(|_| !self.failed) else {
+            return Err(DistError::GroupFailed {
+                op: "overlap",
+                rank,
+            });
+        };
+        let refs: Vec<&Tensor> = params.iter().collect();
+        let hooks = ffi::Overlap::new(group, &refs, &buckets, bf16).map_err(fail)?;
+        self.overlap = Some(GradOverlap {
+            hooks,
+            buckets: buckets.len(),
+            params,
+            bf16,
+            rebuilt,
+        });
+        Ok(())
+    }
+
     /// Gathers one tensor of identical shape from every rank.
     fn gather_same_shape(&mut self, t: &Tensor) -> Result<Vec<Tensor>, DistError> {
         let t = t.to_device(self.device).contiguous();
@@ -494,11 +624,32 @@ impl ProcessGroup {
     }
 }
 
+/// The hooks of [`ProcessGroup::overlap_grads`] and what a rebuild needs.
+struct GradOverlap {
+    hooks: ffi::Overlap,
+    params: Vec<Tensor>,
+    buckets: usize,
+    bf16: bool,
+    /// Whether the buckets follow an observed gradient order yet.
+    rebuilt: bool,
+}
+
+/// What one overlapped gradient exchange did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverlapStats {
+    /// Buckets (all-reduce calls) of the exchange.
+    pub buckets: usize,
+    /// How many of them started while the backward pass still had gradients to compute (the
+    /// rest started with its last gradient or after it).
+    pub overlapped: usize,
+}
+
 impl Drop for ProcessGroup {
     fn drop(&mut self) {
         if self.failed {
             // A failed c10d group may still hold work waiting on dead peers; its destructor would
             // wait for that. The process is about to report the error and end: leave it.
+            std::mem::forget(self.overlap.take());
             std::mem::forget(self.group.take());
             return;
         }
@@ -583,11 +734,17 @@ fn gloo_device(master_addr: &str) -> GlooDevice {
 /// Groups tensor indices into buckets of one device and kind, each at most `cap` bytes (a larger
 /// tensor is a bucket of its own), in order of first appearance, so every rank forms the same ones.
 fn buckets(tensors: &[Tensor], cap: usize) -> Vec<Vec<usize>> {
+    buckets_with(tensors, cap, cap)
+}
+
+/// [`buckets`] with the first bucket closed at `first_cap` bytes.
+fn buckets_with(tensors: &[Tensor], first_cap: usize, cap: usize) -> Vec<Vec<usize>> {
     let mut open: Vec<((Device, Kind), Vec<usize>, usize)> = Vec::new();
     let mut done = Vec::new();
     for (i, t) in tensors.iter().enumerate() {
         let key = (t.device(), t.kind());
         let bytes = t.numel() * t.kind().elt_size_in_bytes();
+        let cap = if done.is_empty() { first_cap } else { cap };
         if let Some(pos) = open.iter().position(|(k, _, _)| *k == key) {
             if open[pos].2 + bytes > cap {
                 done.push(open.remove(pos).1);

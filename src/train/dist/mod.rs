@@ -23,7 +23,7 @@ mod group;
 pub use agree::Fingerprint;
 pub use env::{Contract, Rendezvous};
 #[cfg(feature = "train")]
-pub use group::{GroupOptions, ProcessGroup, DEFAULT_BUCKET_BYTES};
+pub use group::{GroupOptions, OverlapStats, ProcessGroup, DEFAULT_BUCKET_BYTES};
 pub use shard::{shard, Share};
 
 use std::fmt;
@@ -195,6 +195,8 @@ pub enum DistError {
     UndefinedTensor { op: &'static str },
 
     /// A collective after one that failed: the group cannot be used any more.
+    #[error("hooking the gradient exchange into the backward pass on rank {rank}: {message}")]
+    Overlap { rank: usize, message: String },
     #[error("{op}: the process group failed earlier on rank {rank}")]
     GroupFailed { op: &'static str, rank: usize },
 
@@ -261,6 +263,7 @@ impl DistError {
             DistError::BroadcastRoot { .. }
             | DistError::UndefinedTensor { .. }
             | DistError::ReadBack { .. }
+            | DistError::Overlap { .. }
             | DistError::EncodeFingerprint(_) => ErrorKind::Internal,
             DistError::GroupFailed { .. } => ErrorKind::Environment,
             DistError::RankFailed { code: Some(3), .. } => ErrorKind::Stopped,
