@@ -9,6 +9,31 @@ use common::train::{dataset, serial, signal_after_steps, train_argv, wait_bounde
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// A run of 100000 steps without periodic checkpoints into `run`, for a test to signal; `stdio` makes
+/// its stdout and stderr.
+fn spawn_endless(
+    ds: &tagfix::train::data::synth::SynthDataset,
+    run: &std::path::Path,
+    stdio: fn() -> Stdio,
+) -> std::process::Child {
+    Command::new(assert_cmd::cargo::cargo_bin("tagfix"))
+        .args(train_argv(ds))
+        .args([
+            "--max-steps",
+            "100000",
+            "--batch-size",
+            "4",
+            "--workers",
+            "1",
+        ])
+        .args(["--threads", "1", "--checkpoint-every", "off", "--out"])
+        .arg(run)
+        .stdout(stdio())
+        .stderr(stdio())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn a_diverging_run_exits_3_with_a_checkpoint() {
     let _guard = serial();
@@ -54,22 +79,7 @@ fn a_stop_signal_mid_run_checkpoints_the_step_and_exits_128_plus_the_signal() {
     let ds = dataset(&tmp.path().join("ds"), 16, 2);
     for (signal, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
         let run = tmp.path().join(name);
-        let mut child = Command::new(assert_cmd::cargo::cargo_bin("tagfix"))
-            .args(train_argv(&ds))
-            .args([
-                "--max-steps",
-                "100000",
-                "--batch-size",
-                "4",
-                "--workers",
-                "1",
-            ])
-            .args(["--threads", "1", "--checkpoint-every", "off", "--out"])
-            .arg(&run)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_endless(&ds, &run, Stdio::piped);
         signal_after_steps(&mut child, &run.join("metrics.jsonl"), 3, signal);
         // Without the handler the run would go on for 100000 steps (or die without a checkpoint).
         let out = wait_bounded(child, Duration::from_secs(120));
@@ -118,4 +128,99 @@ fn a_stop_signal_mid_run_checkpoints_the_step_and_exits_128_plus_the_signal() {
             .collect();
         assert_eq!(steps, (1..=logged + 2).collect::<Vec<_>>(), "{name}");
     }
+}
+
+/// `--auto-resume`, the one command a scheduler restarts: it starts a new run, continues one with a
+/// checkpoint from there, starts again from step 0 where a killed attempt left no checkpoint, and
+/// refuses a run folder started with other inputs.
+#[test]
+fn auto_resume_starts_continues_and_starts_again() {
+    let _guard = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(&tmp.path().join("ds"), 16, 3);
+    let run = tmp.path().join("run");
+    let train = |steps: &str, out: &std::path::Path| {
+        Command::new(assert_cmd::cargo::cargo_bin("tagfix"))
+            .args(train_argv(&ds))
+            .args(["--auto-resume", "--max-steps", steps, "--batch-size", "4"])
+            .args([
+                "--workers",
+                "1",
+                "--threads",
+                "1",
+                "--checkpoint-every",
+                "1",
+            ])
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let steps = |out: &std::path::Path| -> Vec<u64> {
+        tagfix::monitor::read_all_records(&out.join("metrics.jsonl"))
+            .unwrap()
+            .iter()
+            .map(|r| r.step)
+            .collect()
+    };
+    let o = train("2", &run);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(steps(&run), [1, 2]);
+    // The same command with more steps continues from the checkpoint of step 2.
+    let o = train("4", &run);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("resuming from") && err.contains("at step 2"),
+        "{err}"
+    );
+    assert_eq!(steps(&run), [1, 2, 3, 4]);
+    // Other inputs than the run's: refused, naming the flag, the run left as it was.
+    let other = tmp.path().join("other-label-embed.safetensors");
+    std::fs::copy(&ds.label_embed, &other).unwrap();
+    let mut argv: Vec<std::ffi::OsString> = train_argv(&ds);
+    let at = argv.iter().position(|a| a == "--label-embed").unwrap();
+    argv[at + 1] = other.into();
+    let o = Command::new(assert_cmd::cargo::cargo_bin("tagfix"))
+        .args(argv)
+        .args(["--auto-resume", "--max-steps", "6", "--batch-size", "4"])
+        .args(["--workers", "1", "--threads", "1", "--out"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--auto-resume") && err.contains("was started with --label-embed"),
+        "{err}"
+    );
+    assert_eq!(steps(&run), [1, 2, 3, 4]);
+
+    // An attempt killed before its first checkpoint: a plain new run refuses the folder, the
+    // auto-resuming one trains it again from step 0 and replaces the dead attempt's records.
+    let dead = tmp.path().join("dead");
+    let mut child = spawn_endless(&ds, &dead, Stdio::null);
+    signal_after_steps(&mut child, &dead.join("metrics.jsonl"), 3, libc::SIGKILL);
+    let _ = wait_bounded(child, Duration::from_secs(60));
+    assert!(steps(&dead).len() >= 3);
+    let plain = Command::new(assert_cmd::cargo::cargo_bin("tagfix"))
+        .args(train_argv(&ds))
+        .args([
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--workers",
+            "1",
+            "--out",
+        ])
+        .arg(&dead)
+        .output()
+        .unwrap();
+    assert_eq!(plain.status.code(), Some(2));
+    let o = train("2", &dead);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("training it again from step 0"), "{err}");
+    assert_eq!(steps(&dead), [1, 2]);
 }

@@ -849,6 +849,11 @@ pub struct TrainArgs {
     /// flags still override, e.g. --max-steps).
     #[arg(long, value_name = "RUN_DIR")]
     pub resume: Option<std::path::PathBuf>,
+    /// With --out: continue the run there from its newest checkpoint when it has one, else start it
+    /// (again from step 0 when an earlier attempt left no checkpoint). For jobs a scheduler restarts
+    /// with the same command (torchrun --max-restarts, Slurm --requeue); the inputs must be the run's.
+    #[arg(long, requires = "out", conflicts_with = "resume")]
+    pub auto_resume: bool,
     /// Run directory (metrics.jsonl, checkpoints/, config.toml).
     #[arg(long, value_name = "RUN_DIR")]
     pub out: Option<std::path::PathBuf>,

@@ -488,6 +488,7 @@ impl ToArgv for TrainArgs {
                 plot,
                 set,
                 resume,
+                auto_resume,
                 out,
                 json,
                 dist [flatten]

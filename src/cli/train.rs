@@ -5,11 +5,24 @@ use super::args::TrainArgs;
 use super::ExitStatus;
 use tagfix::train::config::TrainConfig;
 
+/// The run folder this invocation continues: `--resume`'s, or under `--auto-resume` the `--out`
+/// folder when it holds a checkpoint.
+fn resume_dir(args: &TrainArgs) -> anyhow::Result<Option<std::path::PathBuf>> {
+    #[cfg(feature = "train")]
+    if let (true, Some(out)) = (args.auto_resume, &args.out) {
+        use tagfix::train::run::{auto_start, RunStart};
+        if auto_start(out)? == RunStart::Resume {
+            return Ok(Some(out.clone()));
+        }
+    }
+    Ok(args.resume.clone())
+}
+
 /// The configuration the flags describe: the file (or the run's `config.toml` on `--resume`), then
 /// `--set`, then the dedicated flags.
 pub fn resolve_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     use anyhow::Context;
-    let file = match (&args.config, &args.resume) {
+    let file = match (&args.config, &resume_dir(args)?) {
         (Some(f), _) => Some(f.clone()),
         (None, Some(run)) => Some(run.join("config.toml")),
         (None, None) => None,
@@ -158,14 +171,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
         return Ok(status);
     }
     let cfg = resolve_config(&args)?;
-    let (inputs, out, resume) = resolve_inputs(&args, &cfg)?;
+    let (inputs, out, start) = resolve_inputs(&args, &cfg)?;
     // Stop signals are caught from the loop's start (everything before it is lost by nothing).
     let stop = StopRequest::new();
     let summary = match join_group(&args, &cfg)? {
         None => {
             let prepared = prepare(&cfg, &inputs)?;
             let _signals = catch_stop_signals(&stop)?;
-            train_until(prepared, &out, resume, stop)?
+            train_until(prepared, &out, start, stop)?
         }
         Some(mut group) => {
             let main = group.is_main();
@@ -177,7 +190,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
                 }
             };
             let _signals = catch_stop_signals(&stop)?;
-            let summary = train_distributed(prepared, &out, resume, group, stop)?;
+            let summary = train_distributed(prepared, &out, start, group, stop)?;
             if !main {
                 return Ok(ExitStatus::Success); // rank 0 writes and prints the summary
             }
@@ -207,66 +220,121 @@ fn catch_stop_signals(
         .context("installing the stop-signal handlers")
 }
 
-/// The run's inputs, its folder and whether it resumes: from `run.json` under `--resume` (the flags
-/// may add validation and `--allow-random-encoder`), else from the flags and the configuration.
+/// The run's inputs, its folder and how it begins: from `run.json` when it resumes (`--resume`, or
+/// `--auto-resume` on a folder with a checkpoint, whose flags must name the same inputs; the flags may
+/// add validation and `--allow-random-encoder`), else from the flags and the configuration.
 #[cfg(feature = "train")]
 fn resolve_inputs(
     args: &TrainArgs,
     cfg: &TrainConfig,
-) -> anyhow::Result<(tagfix::train::run::TrainInputs, std::path::PathBuf, bool)> {
+) -> anyhow::Result<(
+    tagfix::train::run::TrainInputs,
+    std::path::PathBuf,
+    tagfix::train::run::RunStart,
+)> {
     use anyhow::Context;
-    use tagfix::train::run::{read_run_inputs, TrainInputs};
+    use tagfix::train::run::{auto_start, read_run_inputs, RunStart};
     use tagfix::train::validate::ValidationInputs;
     let validation = args.val_data.as_ref().map(|data| ValidationInputs {
         data: data.clone(),
         images: args.val_images.clone(),
         thresholds: args.val_thresholds.clone(),
     });
-    let (mut inputs, out, resume) = match &args.resume {
+    let (mut inputs, out, start) = match resume_dir(args)? {
         Some(run_dir) => {
             if let Some(o) = &args.out {
                 anyhow::ensure!(
-                    o == run_dir,
+                    *o == run_dir,
                     "--resume {} and --out {} differ",
                     run_dir.display(),
                     o.display()
                 );
             }
-            let mut inputs = read_run_inputs(run_dir).context("--resume")?;
+            let mut inputs = read_run_inputs(&run_dir).context("--resume")?;
+            if args.auto_resume {
+                refuse_other_inputs(&inputs_from_flags(args, cfg)?, &inputs, &run_dir)?;
+            }
             inputs.allow_random_encoder |= args.allow_random_encoder;
-            (inputs, run_dir.clone(), true)
+            (inputs, run_dir, RunStart::Resume)
         }
         None => {
-            let need = |v: &Option<std::path::PathBuf>, flag: &str| {
-                v.clone()
-                    .ok_or_else(|| anyhow::anyhow!("{flag} is required (or --resume RUN_DIR)"))
+            let inputs = inputs_from_flags(args, cfg)?;
+            let out = required(&args.out, "--out")?;
+            let start = match args.auto_resume {
+                true => auto_start(&out)?,
+                false => RunStart::New,
             };
-            let data = if args.data.is_empty() {
-                cfg.train_file.iter().map(Into::into).collect()
-            } else {
-                args.data.clone()
-            };
-            let images = args.images.clone().or_else(|| {
-                (!cfg.image_path_root.is_empty()).then(|| cfg.image_path_root.clone().into())
-            });
-            let inputs = TrainInputs {
-                data,
-                images: need(&images, "--images")?,
-                manifest: need(&args.manifest, "--manifest")?,
-                label_embed: need(&args.label_embed, "--label-embed")?,
-                teacher: args.teacher.clone().filter(|_| !teacher_is_online(args)),
-                init: args.init.clone(),
-                vocab: args.vocab.clone(),
-                allow_random_encoder: args.allow_random_encoder,
-                validation: None,
-            };
-            (inputs, need(&args.out, "--out")?, false)
+            if start == RunStart::Again {
+                tracing::warn!(
+                    "--auto-resume: {} holds no checkpoint of an earlier attempt; training it again from \
+                     step 0 (that attempt's metrics are replaced)",
+                    out.display()
+                );
+            }
+            (inputs, out, start)
         }
     };
     if validation.is_some() {
         inputs.validation = validation;
     }
-    Ok((inputs, out, resume))
+    Ok((inputs, out, start))
+}
+
+/// A path flag's value, or the error that says it is needed.
+#[cfg(feature = "train")]
+fn required(v: &Option<std::path::PathBuf>, flag: &str) -> anyhow::Result<std::path::PathBuf> {
+    v.clone()
+        .ok_or_else(|| anyhow::anyhow!("{flag} is required (or --resume RUN_DIR)"))
+}
+
+/// A new run's inputs: the flags, with the configuration's `train_file` and `image_path_root` where
+/// `--data` and `--images` are not given.
+#[cfg(feature = "train")]
+fn inputs_from_flags(
+    args: &TrainArgs,
+    cfg: &TrainConfig,
+) -> anyhow::Result<tagfix::train::run::TrainInputs> {
+    let data = if args.data.is_empty() {
+        cfg.train_file.iter().map(Into::into).collect()
+    } else {
+        args.data.clone()
+    };
+    let images = args
+        .images
+        .clone()
+        .or_else(|| (!cfg.image_path_root.is_empty()).then(|| cfg.image_path_root.clone().into()));
+    Ok(tagfix::train::run::TrainInputs {
+        data,
+        images: required(&images, "--images")?,
+        manifest: required(&args.manifest, "--manifest")?,
+        label_embed: required(&args.label_embed, "--label-embed")?,
+        teacher: args.teacher.clone().filter(|_| !teacher_is_online(args)),
+        init: args.init.clone(),
+        vocab: args.vocab.clone(),
+        allow_random_encoder: args.allow_random_encoder,
+        validation: None,
+    })
+}
+
+/// `--auto-resume` continues a run only with the inputs it was started with.
+#[cfg(feature = "train")]
+fn refuse_other_inputs(
+    given: &tagfix::train::run::TrainInputs,
+    recorded: &tagfix::train::run::TrainInputs,
+    run_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    match given.first_difference(recorded) {
+        None => Ok(()),
+        Some(d) => anyhow::bail!(
+            "--auto-resume: {} was started with {} {}, this command gives {}; continue it with \
+             `tagfix train --resume {}`, or train into another --out",
+            run_dir.display(),
+            d.flag,
+            d.recorded,
+            d.given,
+            run_dir.display()
+        ),
+    }
 }
 
 /// The finished run for a person: steps, each loss term first vs last, weights, absent slots, health

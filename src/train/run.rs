@@ -15,7 +15,7 @@ pub use super::interrupt::StopRequest;
 use super::model::{ParamInit, RamPlus, RamPlusConfig};
 use super::objective::LossWeighting;
 use super::optim::AdamW;
-pub use super::trainer::Trainer;
+pub use super::trainer::{RunStart, Trainer};
 use super::validate::{score_images, ValidationInputs, ValidationSet};
 use super::weights::{self, InitFingerprint, LoadOptions};
 use crate::error::{Error, Result};
@@ -57,6 +57,63 @@ pub struct TrainInputs {
     /// Held-out data validated on during training (`validation.jsonl`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation: Option<ValidationInputs>,
+}
+
+/// An input in which two [`TrainInputs`] differ: its flag and both values, as a person reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputDifference {
+    pub flag: &'static str,
+    pub given: String,
+    pub recorded: String,
+}
+
+impl TrainInputs {
+    /// The first input, by flag, naming other files in `self` than in `recorded` (paths compared
+    /// after resolving them where they exist, so `./a` and `a` agree). Validation and
+    /// `allow_random_encoder`, which a resume may change, are not compared.
+    pub fn first_difference(&self, recorded: &TrainInputs) -> Option<InputDifference> {
+        fn resolved(p: &Path) -> PathBuf {
+            std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+        }
+        fn paths(ps: &[PathBuf]) -> String {
+            ps.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
+        let same = |a: &[PathBuf], b: &[PathBuf]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| resolved(x) == resolved(y))
+        };
+        let opt = |p: &Option<PathBuf>| p.iter().cloned().collect::<Vec<_>>();
+        let vocab = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none)".into());
+        let pairs: [(&'static str, Vec<PathBuf>, Vec<PathBuf>); 6] = [
+            ("--data", self.data.clone(), recorded.data.clone()),
+            ("--images", vec![self.images.clone()], vec![recorded.images.clone()]),
+            ("--manifest", vec![self.manifest.clone()], vec![recorded.manifest.clone()]),
+            ("--label-embed", vec![self.label_embed.clone()], vec![recorded.label_embed.clone()]),
+            ("--teacher", opt(&self.teacher), opt(&recorded.teacher)),
+            ("--init", self.init.clone(), recorded.init.clone()),
+        ];
+        let shown = |ps: &[PathBuf]| match ps {
+            [] => "(none)".to_string(),
+            ps => paths(ps),
+        };
+        pairs
+            .iter()
+            .find(|(_, a, b)| !same(a, b))
+            .map(|(flag, a, b)| InputDifference {
+                flag,
+                given: shown(a),
+                recorded: shown(b),
+            })
+            .or_else(|| {
+                (self.vocab != recorded.vocab).then(|| InputDifference {
+                    flag: "--vocab",
+                    given: vocab(&self.vocab),
+                    recorded: vocab(&recorded.vocab),
+                })
+            })
+    }
 }
 
 pub(super) const RUN_FILE: &str = "run.json";
@@ -492,6 +549,26 @@ pub fn latest_checkpoint(run: &RunDir) -> Result<Option<PathBuf>> {
     newest_checkpoint_in(&run.checkpoints_dir(), "state.json")
 }
 
+/// How `--auto-resume` begins in `out`: [`RunStart::Resume`] when it holds a complete checkpoint,
+/// [`RunStart::Again`] when an earlier attempt left metrics but no checkpoint, else
+/// [`RunStart::New`] (also when `out` is not a folder: the new run then says what is wrong).
+pub fn auto_start(out: &Path) -> Result<RunStart> {
+    if !out.is_dir() {
+        return Ok(RunStart::New);
+    }
+    // Adds no more than the checkpoints folder every run has.
+    let run = RunDir::create(out)?;
+    if latest_checkpoint(&run)?.is_some() {
+        return Ok(RunStart::Resume);
+    }
+    let logged = std::fs::metadata(run.metrics_path()).is_ok_and(|m| m.len() > 0);
+    Ok(if logged {
+        RunStart::Again
+    } else {
+        RunStart::New
+    })
+}
+
 /// The newest `step-*` folder holding the file `needs` (resume needs `state.json`, inference only
 /// `model.safetensors`) in a run's `checkpoints/` folder `dir`.
 pub fn newest_checkpoint_in(dir: &Path, needs: &str) -> Result<Option<PathBuf>> {
@@ -556,10 +633,10 @@ pub fn train(prepared: Prepared, out: &Path, resume: bool) -> Result<RunSummary>
 pub fn train_until(
     prepared: Prepared,
     out: &Path,
-    resume: bool,
+    start: impl Into<RunStart>,
     stop: StopRequest,
 ) -> Result<RunSummary> {
-    let mut trainer = Trainer::new(prepared, out, resume)?;
+    let mut trainer = Trainer::new(prepared, out, start)?;
     trainer.stop_on(stop);
     drive(&mut trainer)?;
     trainer.finish()
@@ -571,11 +648,11 @@ pub fn train_until(
 pub fn train_distributed(
     prepared: Prepared,
     out: &Path,
-    resume: bool,
+    start: impl Into<RunStart>,
     group: super::dist::ProcessGroup,
     stop: StopRequest,
 ) -> Result<RunSummary> {
-    let mut trainer = Trainer::with_group(prepared, out, resume, Some(group))?;
+    let mut trainer = Trainer::with_group(prepared, out, start, Some(group))?;
     trainer.stop_on(stop);
     match drive(&mut trainer) {
         Ok(()) => trainer.finish(),

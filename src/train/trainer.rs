@@ -289,12 +289,37 @@ enum Interrupt {
     OtherRank,
 }
 
+/// How a run begins in its folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStart {
+    /// A new run: a folder that already holds metrics or a checkpoint is refused.
+    New,
+    /// From the newest checkpoint (there must be one).
+    Resume,
+    /// From the beginning in a folder an earlier attempt left without a checkpoint (`--auto-resume`):
+    /// that attempt's metrics, events and validation records are replaced, as a resume replaces
+    /// the records after its checkpoint.
+    Again,
+}
+
+impl From<bool> for RunStart {
+    /// `resume` as the flag it used to be: true is [`RunStart::Resume`], false [`RunStart::New`].
+    fn from(resume: bool) -> Self {
+        if resume {
+            RunStart::Resume
+        } else {
+            RunStart::New
+        }
+    }
+}
+
 impl Trainer {
-    /// Opens the run folder `out`: a new run (refused when `out` already holds one) or, with
-    /// `resume`, the newest checkpoint's model, optimizer, loss weights and position. Writes
-    /// `config.toml` and `run.json` and starts the data loader at the first step to take.
-    pub fn new(prepared: Prepared, out: &Path, resume: bool) -> Result<Self> {
-        Self::with_group(prepared, out, resume, None)
+    /// Opens the run folder `out`: a new run (refused when `out` already holds one), with
+    /// [`RunStart::Resume`] the newest checkpoint's model, optimizer, loss weights and position, or
+    /// [`RunStart::Again`]. Writes `config.toml` and `run.json` and starts the data loader at the
+    /// first step to take.
+    pub fn new(prepared: Prepared, out: &Path, start: impl Into<RunStart>) -> Result<Self> {
+        Self::with_group(prepared, out, start, None)
     }
 
     /// [`Trainer::new`] as one rank of a data-parallel run: this rank takes its share of every
@@ -304,9 +329,11 @@ impl Trainer {
     pub fn with_group(
         prepared: Prepared,
         out: &Path,
-        resume: bool,
+        start: impl Into<RunStart>,
         mut group: Option<ProcessGroup>,
     ) -> Result<Self> {
+        let start = start.into();
+        let resume = start == RunStart::Resume;
         let main = group.as_ref().is_none_or(ProcessGroup::is_main);
         let world = group.as_ref().map_or(1, ProcessGroup::world_size);
         let rank = group.as_ref().map_or(0, ProcessGroup::rank);
@@ -350,13 +377,13 @@ impl Trainer {
         }
         tracing::info!("{}", opt.summary);
         let fingerprint = data.records.fingerprint();
-        let resumed = if resume {
-            Some(resume_state(&run, &vs, &mut opt, &data, &fingerprint)?)
-        } else {
-            if main {
+        let resumed = match start {
+            RunStart::Resume => Some(resume_state(&run, &vs, &mut opt, &data, &fingerprint)?),
+            RunStart::New if main => {
                 refuse_existing_run(&run, out)?;
+                None
             }
-            None
+            RunStart::New | RunStart::Again => None,
         };
         let start_step = resumed.as_ref().map_or(0, |s| s.step);
         if let Some(g) = group.as_mut() {
@@ -367,7 +394,9 @@ impl Trainer {
         }
         let monitor = if main {
             write_run_files(&run, &config, &inputs)?;
-            Some(open_monitor(&run, &config, resume.then_some(start_step))?)
+            // Starting again continues the monitor from step 0: no metrics record is kept.
+            let from = (start != RunStart::New).then_some(start_step);
+            Some(open_monitor(&run, &config, from)?)
         } else {
             None
         };
@@ -381,6 +410,7 @@ impl Trainer {
         let validator = match validation {
             Some(set) => {
                 let batch = config.val_batch_size.unwrap_or(micro);
+                // Starting again truncates it, as a new run does.
                 let resume_at = resume.then_some(start_step);
                 Some(Validator::open(set, &run, resume_at, batch, main)?)
             }
