@@ -21,6 +21,10 @@ if ! { cargo build --all-features --release --quiet --bin tagfix \
   failed+=("embedding gate (tagfix embed + tagfix check on fixtures/check, above)")
 fi
 
+# `diff`, `check` and the rest build with no native library: the binary without features compiles
+# (README, "Cargo features": ONNX Runtime and libtorch sit behind features `embed` and `train`).
+cargo check --bin tagfix --quiet || failed+=("the build without features (cargo check --bin tagfix, above)")
+
 # A fresh copy set up first without the shared folder, then with it, needs no manual step.
 scripts/check-fresh-setup.sh || failed+=("fresh-copy setup sequence (scripts/check-fresh-setup.sh, above)")
 
@@ -46,4 +50,4 @@ if [ ${#failed[@]} -gt 0 ]; then
   printf '%s\n' "${failed[@]}" | sed 's/^/  /'
   exit 1
 fi
-echo "test.sh: everything passed (embedding gate, fresh-copy setup, every test binary, GPU check dry run)"
+echo "test.sh: everything passed (embedding gate, build without features, fresh-copy setup, every test binary, GPU check dry run)"

@@ -9,14 +9,12 @@
 //! unreachable store means rank 0 (its host) is gone.
 
 use super::ffi::{self, GlooDevice, Store};
-use super::{DistBackend, DistError, Rendezvous, Suspect};
+use super::{DistBackend, DistError, Rendezvous, Suspect, DEFAULT_BUCKET_BYTES};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 
-/// Bytes per flattened gradient bucket: DDP's default `bucket_cap_mb=25`.
-pub const DEFAULT_BUCKET_BYTES: usize = 25 * 1024 * 1024;
 /// The first bucket of the overlapped gradient exchange is small (DDP's
 /// `_DEFAULT_FIRST_BUCKET_BYTES`), so that the network starts early in the backward pass.
 const FIRST_BUCKET_BYTES: usize = 1024 * 1024;

@@ -23,7 +23,7 @@ mod group;
 pub use agree::Fingerprint;
 pub use env::{Contract, Rendezvous};
 #[cfg(feature = "train")]
-pub use group::{GroupOptions, OverlapStats, ProcessGroup, DEFAULT_BUCKET_BYTES};
+pub use group::{GroupOptions, OverlapStats, ProcessGroup};
 pub use shard::{shard, Share};
 
 use std::fmt;
@@ -80,6 +80,9 @@ pub fn available_backends() -> Vec<DistBackend> {
 
 /// Default of `--dist-timeout`: how long a collective (or the rendezvous) waits for the other ranks.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Bytes per flattened gradient bucket: DDP's default `bucket_cap_mb=25`.
+pub const DEFAULT_BUCKET_BYTES: usize = 25 * 1024 * 1024;
 
 /// Why a rank is held responsible for a failed collective (see [`DistError::Collective`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
