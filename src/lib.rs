@@ -23,6 +23,7 @@ pub mod monitor;
 pub mod plot;
 pub mod report;
 pub mod rng;
+pub mod share;
 pub mod synth;
 pub mod teacher;
 pub mod tensors;

@@ -463,6 +463,46 @@ fn gradients_exchanged_during_the_backward_pass_train_exactly_as_after_it() {
     }
 }
 
+/// The ranks split the checks before the first step (each image decoded once in the run): an
+/// unreadable image in rank 1's part stops the run with exit 2, rank 1 naming the image and its
+/// part, rank 0 naming rank 1.
+#[test]
+fn an_unreadable_image_in_one_ranks_part_of_the_check_stops_every_rank() {
+    let _guard = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(&tmp.path().join("data"), 16, 15);
+    let records: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&ds.annotations).unwrap()).unwrap();
+    let last = records.as_array().unwrap().last().unwrap()["image_path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::write(ds.image_root.join(&last), b"not an image").unwrap();
+    let out = tmp.path().join("run");
+    let o = train_command(&ds)
+        .args(run_args(&ds, &out, "4", "2"))
+        .args(["--nproc-per-node", "2", "--check-images", "full"])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{text}");
+    let rank1 = text
+        .lines()
+        .find(|l| l.starts_with("[rank 1]") && l.contains("cannot be read"))
+        .unwrap_or_else(|| panic!("rank 1 names the image: {text}"));
+    assert!(
+        rank1.contains("1 of 8 training images (part 2 of 2 of the set"),
+        "{rank1}"
+    );
+    assert!(text.contains(&last), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("[rank 0]") && l.contains("rank 1")),
+        "rank 0 names rank 1: {text}"
+    );
+}
+
 #[test]
 fn accumulation_across_two_ranks_and_resume_across_world_sizes() {
     let _guard = serial();

@@ -166,7 +166,7 @@ fn launch_ranks(args: &TrainArgs) -> anyhow::Result<Option<ExitStatus>> {
 
 #[cfg(feature = "train")]
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
-    use tagfix::train::run::{prepare, prepare_on, train_distributed, train_until, StopRequest};
+    use tagfix::train::run::{prepare, prepare_rank, train_distributed, train_until, StopRequest};
     if let Some(status) = launch_ranks(&args)? {
         return Ok(status);
     }
@@ -182,7 +182,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
         }
         Some(mut group) => {
             let main = group.is_main();
-            let prepared = match prepare_on(&cfg, &inputs, group.device()) {
+            // The ranks split the checks that read every image and teacher value.
+            let share = tagfix::share::WorkShare::new(group.rank(), group.world_size())
+                .ok_or_else(|| {
+                    anyhow::anyhow!("rank {} of {}", group.rank(), group.world_size())
+                })?;
+            let prepared = match prepare_rank(&cfg, &inputs, group.device(), share) {
                 Ok(p) => p,
                 Err(e) => {
                     group.report_failure(&tagfix::error::report(&e));

@@ -23,11 +23,13 @@ use super::keys::{each_json_string, EachStringError, KeyIndex, PushError};
 use super::shard;
 use super::TeacherError;
 use crate::error::Result;
+use crate::share::WorkShare;
 use crate::tensors::safetensors_io::{self, SafetensorsFile, StreamedTensor};
 use crate::tensors::DType;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -101,15 +103,16 @@ impl Part {
         Ok(())
     }
 
-    /// Reads every value of `name` once, blocks of rows on rayon's threads (decoding and checking
-    /// 4 GB a million records is CPU work, and every rank of a run does it): the first non-finite
-    /// value's local row, if any.
-    fn first_non_finite(&self, name: &'static str) -> Result<Option<usize>> {
-        let starts: Vec<usize> = (0..self.rows).step_by(CHECK_ROWS).collect();
+    /// Reads every value of `name` in the local rows `rows` once, blocks of rows on rayon's threads
+    /// (decoding and checking 4 GB a million records is CPU work): the first non-finite value's
+    /// local row, if any.
+    fn first_non_finite(&self, name: &'static str, rows: Range<usize>) -> Result<Option<usize>> {
+        let end = rows.end.min(self.rows);
+        let starts: Vec<usize> = (rows.start..end).step_by(CHECK_ROWS).collect();
         starts
             .par_iter()
             .map(|&start| {
-                let rows = CHECK_ROWS.min(self.rows - start);
+                let rows = CHECK_ROWS.min(end - start);
                 let mut values = Vec::with_capacity(rows * TEACHER_DIM);
                 self.append_rows(name, start, rows, &mut values)?;
                 let bad = values.iter().position(|x| !x.is_finite());
@@ -124,16 +127,23 @@ impl TeacherFeatures {
     /// Opens and checks a teacher file, or the teacher set in folder `path`: schema, keys (unique),
     /// shapes, every value finite, and for a set that its shards are complete and made alike.
     pub fn read(path: &Path) -> Result<Self> {
+        Self::read_checking(path, WorkShare::WHOLE)
+    }
+
+    /// [`Self::read`] that checks the values of `share`'s rows only (a distributed run's ranks
+    /// check one part each, so that every value is read once in the run); everything else is
+    /// checked whole.
+    pub fn read_checking(path: &Path, share: WorkShare) -> Result<Self> {
         if path.is_dir() {
-            return Self::read_set(path);
+            return Self::read_set(path, share);
         }
         let mut index = KeyIndex::default();
         let (part, metadata) = open_part(path, &mut index, &[], |_| Ok(()))?;
-        Self::assemble(path, metadata, index, vec![part])
+        Self::assemble(path, metadata, index, vec![part], share)
     }
 
     /// The shard files of the set in `dir` ([`super::shard::set_files`]), checked against the first.
-    fn read_set(dir: &Path) -> Result<Self> {
+    fn read_set(dir: &Path, share: WorkShare) -> Result<Self> {
         let files = shard::set_files(dir)?;
         let mut parts = Vec::with_capacity(files.len());
         let mut index = KeyIndex::default();
@@ -148,15 +158,16 @@ impl TeacherFeatures {
         let mut metadata = first_metadata.unwrap_or_default();
         shard::check_record_count(dir, &metadata, index.len())?;
         metadata.remove(shard::SHARD_KEY);
-        Self::assemble(dir, metadata, index, parts)
+        Self::assemble(dir, metadata, index, parts, share)
     }
 
-    /// The features of the opened parts, every value checked.
+    /// The features of the opened parts, the values of `share`'s rows checked.
     fn assemble(
         path: &Path,
         metadata: BTreeMap<String, String>,
         index: KeyIndex,
         parts: Vec<Part>,
+        share: WorkShare,
     ) -> Result<Self> {
         let t = TeacherFeatures {
             path: path.to_path_buf(),
@@ -164,15 +175,21 @@ impl TeacherFeatures {
             index,
             parts,
         };
-        t.check_finite(IMAGE_FEATURES)?;
-        t.check_finite(TEXT_FEATURES)?;
+        let rows = share.range(t.len());
+        t.check_finite(IMAGE_FEATURES, &rows)?;
+        t.check_finite(TEXT_FEATURES, &rows)?;
         Ok(t)
     }
 
-    /// Names the first row holding a non-finite value of `name`, with its file and key.
-    fn check_finite(&self, name: &'static str) -> Result<()> {
+    /// Names the first row of `rows` holding a non-finite value of `name`, with its file and key.
+    fn check_finite(&self, name: &'static str, rows: &Range<usize>) -> Result<()> {
         for part in &self.parts {
-            if let Some(local) = part.first_non_finite(name)? {
+            let first = rows.start.saturating_sub(part.first_row);
+            let end = rows.end.saturating_sub(part.first_row).min(part.rows);
+            if first >= end {
+                continue;
+            }
+            if let Some(local) = part.first_non_finite(name, first..end)? {
                 let row = part.first_row + local;
                 return Err(TeacherError::NotFinite {
                     path: part.path.clone(),
@@ -726,6 +743,58 @@ mod tests {
             )),
             "{err}"
         );
+    }
+
+    /// Split among ranks, the check of the values finds a bad row in exactly the part holding it,
+    /// within one file and across a set's shards.
+    #[test]
+    fn each_part_checks_its_own_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.safetensors");
+        let n = 2 * CHECK_ROWS + 11;
+        let bad = CHECK_ROWS + 7;
+        let keys: Vec<String> = (0..n).map(|i| format!("{i}.jpg")).collect();
+        let image = rows(n, |r, c| if (r, c) == (bad, 3) { f32::NAN } else { 0.5 });
+        let text = rows(n, |_, _| 1.0);
+        TeacherFeatures::write(&p, &keys, &image, &text).unwrap();
+        let set = dir.path().join("set");
+        std::fs::create_dir(&set).unwrap();
+        for index in 0..2 {
+            // The bad row is the second shard's third.
+            let shard = shard::Shard { index, count: 2 };
+            let range = shard.range(n);
+            let metadata: BTreeMap<String, String> = [
+                (shard::SHARD_KEY.to_string(), shard.to_string()),
+                (shard::SET_RECORDS_KEY.to_string(), n.to_string()),
+            ]
+            .into_iter()
+            .collect();
+            let slice = |t: &[f32]| t[range.start * TEACHER_DIM..range.end * TEACHER_DIM].to_vec();
+            TeacherFeatures::write_with_metadata(
+                &set.join(shard.file_name()),
+                &keys[range.clone()],
+                &slice(&image),
+                &slice(&text),
+                metadata,
+            )
+            .unwrap();
+        }
+        for path in [&p, &set] {
+            for count in [1, 2, 3, 7] {
+                let mut found = Vec::new();
+                for index in 0..count {
+                    let share = WorkShare::new(index, count).unwrap();
+                    if let Err(e) = TeacherFeatures::read_checking(path, share) {
+                        assert!(e.to_string().contains(&format!("({bad}.jpg)")), "{e}");
+                        found.push(index);
+                    }
+                }
+                let holder = (0..count)
+                    .find(|&i| WorkShare::new(i, count).unwrap().range(n).contains(&bad))
+                    .unwrap();
+                assert_eq!(found, [holder], "{}, {count} parts", path.display());
+            }
+        }
     }
 
     /// Writes shard `index` of `count` of a set of `keys` into `dir`, with `provenance`.

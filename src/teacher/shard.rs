@@ -40,8 +40,7 @@ impl Shard {
     /// The records of this shard among `n`: a contiguous block, the blocks' sizes differing by at
     /// most one.
     pub fn range(&self, n: usize) -> Range<usize> {
-        let at = |i: usize| (i as u128 * n as u128 / self.count as u128) as usize;
-        at(self.index)..at(self.index + 1)
+        crate::share::block(self.index, self.count, n)
     }
 
     /// `teacher-IIIII-of-NNNNN.safetensors`.

@@ -170,11 +170,14 @@ pub enum TrainError {
 
     /// Images found unreadable before the first step; `examples` are the first few, each
     /// `error (where the record is)`.
-    #[error("{failed} of {total} training images cannot be read (image root {}):{}", .image_root.display(),
-            listed(.examples, .failed))]
+    #[error("{failed} of {total} training images{} cannot be read (image root {}):{}",
+            .part.as_ref().map(|p| format!(" ({p} of the set, this rank's share of the check)")).unwrap_or_default(),
+            .image_root.display(), listed(.examples, .failed))]
     UnreadableImages {
         failed: usize,
         total: usize,
+        /// Which part of the set this process checked, when the ranks split the check.
+        part: Option<String>,
         image_root: PathBuf,
         examples: Vec<String>,
     },
@@ -444,6 +447,7 @@ mod tests {
         let e = |failed| TrainError::UnreadableImages {
             failed,
             total: 9,
+            part: None,
             image_root: "img".into(),
             examples: vec!["a.png: missing (x)".into(), "b.png: empty (y)".into()],
         };

@@ -9,6 +9,7 @@
 //! resumed CPU run reproduces the uninterrupted one bit for bit.
 
 use super::config::{DeviceKind, ImageCheck, TrainConfig};
+use crate::share::WorkShare;
 use super::data::{self, Augment, LoaderConfig, TeacherSource, TrainData};
 use super::error::TrainError;
 pub use super::interrupt::StopRequest;
@@ -195,10 +196,22 @@ pub fn prepare(config: &TrainConfig, inputs: &TrainInputs) -> Result<Prepared> {
 /// [`prepare`] on a given device (a distributed CUDA rank's `cuda:LOCAL_RANK`). Each stage checks its
 /// inputs against what the earlier ones established and adds its lines to the log's notes.
 pub fn prepare_on(config: &TrainConfig, inputs: &TrainInputs, device: Device) -> Result<Prepared> {
+    prepare_rank(config, inputs, device, WorkShare::WHOLE)
+}
+
+/// [`prepare_on`] as one rank of a distributed run: of the checks that read every item (the
+/// images, the teacher file's values) this rank makes `share` (its rank of the world), so that the
+/// ranks together read each item once; a failure is this rank's error, which the others name.
+pub fn prepare_rank(
+    config: &TrainConfig,
+    inputs: &TrainInputs,
+    device: Device,
+    share: WorkShare,
+) -> Result<Prepared> {
     config.validate()?;
     let mut notes = set_up_threads(config, device)?;
     let labels = LabelInputs::check(config, inputs, &mut notes)?;
-    let (data, absent_slots) = open_data(config, inputs, &labels, &mut notes)?;
+    let (data, absent_slots) = open_data(config, inputs, &labels, share, &mut notes)?;
     let validation = open_validation(config, inputs, &labels, &mut notes)?;
     let loader = loader_config(config, &labels.model_config)?;
     notes.push(describe_augmentation(&loader.augment));
@@ -366,6 +379,7 @@ fn open_data(
     config: &TrainConfig,
     inputs: &TrainInputs,
     labels: &LabelInputs,
+    share: WorkShare,
     notes: &mut Vec<String>,
 ) -> Result<(TrainData, Vec<usize>)> {
     let source = match (&inputs.teacher, &config.online_teacher) {
@@ -375,7 +389,7 @@ fn open_data(
         (None, None) => TeacherSource::None,
     };
     let num_class = labels.model_config.num_class;
-    let data = TrainData::open_with(&inputs.data, &inputs.images, num_class, source)?;
+    let data = TrainData::open_checking(&inputs.data, &inputs.images, num_class, source, share)?;
     if let Some(t) = &data.online_teacher {
         notes.push(t.summary.clone());
     }
@@ -384,9 +398,17 @@ fn open_data(
     let image_check = config
         .check_images
         .unwrap_or_else(|| ImageCheck::default_for(data.len()));
-    data.check_images(image_check)?;
+    data.check_images_of(image_check, share)?;
+    let checked_by = if share.is_whole() {
+        String::new()
+    } else {
+        format!(
+            "; this rank checked {} of the images and teacher values",
+            share
+        )
+    };
     notes.push(format!(
-        "data: {} records from {} file(s), images under {} (checked: {}), teacher {}; {} absent slot(s), policy {}",
+        "data: {} records from {} file(s), images under {} (checked: {}{checked_by}), teacher {}; {} absent slot(s), policy {}",
         data.len(),
         inputs.data.len(),
         inputs.images.display(),

@@ -18,6 +18,7 @@ pub use augment::{Augment, Draw};
 use crate::annotations::records::ReadOptions;
 use crate::teacher::online::OnlineTeacher;
 use crate::teacher::{CaptionChoice, OnlineTeacherConfig};
+use crate::share::WorkShare;
 use crate::train::config::ImageCheck;
 use rand::Rng;
 
@@ -80,6 +81,18 @@ impl TrainData {
         num_slots: usize,
         source: TeacherSource<'_>,
     ) -> Result<Self> {
+        Self::open_checking(files, image_root, num_slots, source, WorkShare::WHOLE)
+    }
+
+    /// [`Self::open_with`] that checks the values of `share`'s rows of a teacher file only (a
+    /// distributed run's ranks split that check).
+    pub fn open_checking(
+        files: &[PathBuf],
+        image_root: &Path,
+        num_slots: usize,
+        source: TeacherSource<'_>,
+        share: WorkShare,
+    ) -> Result<Self> {
         if !image_root.is_dir() {
             return Err(TrainError::NotAFolder {
                 path: image_root.to_path_buf(),
@@ -102,7 +115,7 @@ impl TrainData {
         let (teacher, teacher_rows) = match source {
             TeacherSource::None | TeacherSource::Online(_) => (None, Vec::new()),
             TeacherSource::File(p) => {
-                let t = TeacherFeatures::read(p)?;
+                let t = TeacherFeatures::read_checking(p, share)?;
                 let mut rows = Vec::with_capacity(records.records.len());
                 let mut missing = Vec::new();
                 for r in &records.records {
@@ -153,12 +166,20 @@ impl TrainData {
     /// unknown-format, empty or oversized images). Failures are reported before training starts,
     /// the first few named with their record and the total counted.
     pub fn check_images(&self, mode: ImageCheck) -> Result<()> {
+        self.check_images_of(mode, WorkShare::WHOLE)
+    }
+
+    /// [`Self::check_images`] for `share`'s records only (a distributed run's ranks split the
+    /// check, so that each image is read once in the run).
+    pub fn check_images_of(&self, mode: ImageCheck, share: WorkShare) -> Result<()> {
         let read: fn(&Path) -> Result<()> = match mode {
             ImageCheck::None => return Ok(()),
             ImageCheck::Header => |p| augment::probe(p).map(drop),
             ImageCheck::Full => |p| augment::decode(p).map(drop),
         };
-        let bar = indicatif::ProgressBar::new(self.len() as u64);
+        let mine = &self.records.records[share.range(self.len())];
+        let first = share.range(self.len()).start;
+        let bar = indicatif::ProgressBar::new(mine.len() as u64);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
                 "{spinner} checking images [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
@@ -166,15 +187,13 @@ impl TrainData {
             .expect("template")
             .progress_chars("=> "),
         );
-        let failures: Vec<(usize, Error)> = self
-            .records
-            .records
+        let failures: Vec<(usize, Error)> = mine
             .par_iter()
             .enumerate()
             .filter_map(|(i, r)| {
                 let result = read(&self.image_path(r));
                 bar.inc(1);
-                result.err().map(|e| (i, e))
+                result.err().map(|e| (first + i, e))
             })
             .collect();
         bar.finish_and_clear();
@@ -194,7 +213,8 @@ impl TrainData {
             .collect();
         Err(TrainError::UnreadableImages {
             failed: failures.len(),
-            total: self.len(),
+            total: mine.len(),
+            part: (!share.is_whole()).then(|| share.to_string()),
             image_root: self.image_root.clone(),
             examples,
         }
