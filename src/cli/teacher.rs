@@ -69,10 +69,10 @@ pub fn run(args: TeacherArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
     );
     if let Some((shard, from)) = &shard {
         let range = shard.range(records.records.len());
-        let from = match from.as_str() {
-            "" => String::new(),
-            vars => format!(" (--shard auto: {vars})"),
-        };
+        let from = from
+            .as_ref()
+            .map(|vars| format!(" (--shard auto: {vars})"))
+            .unwrap_or_default();
         println!(
             "  shard {shard}{from}: records {}..{} of {}; `tagfix train --teacher {}` reads the set once all {} shards are there",
             range.start,

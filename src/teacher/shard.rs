@@ -115,15 +115,15 @@ impl std::str::FromStr for ShardSpec {
 }
 
 impl ShardSpec {
-    /// The shard, `auto` read from the environment through `var`, and where it came from (for the
-    /// log; empty when given).
+    /// The shard, `auto` read from the environment through `var`, and for `auto` the variables it
+    /// came from (for the log).
     pub fn resolve(
         self,
         var: impl Fn(&str) -> Option<String>,
-    ) -> std::result::Result<(Shard, String), String> {
+    ) -> std::result::Result<(Shard, Option<String>), String> {
         match self {
-            ShardSpec::Given(shard) => Ok((shard, String::new())),
-            ShardSpec::Auto => Shard::from_env(var),
+            ShardSpec::Given(shard) => Ok((shard, None)),
+            ShardSpec::Auto => Shard::from_env(var).map(|(shard, from)| (shard, Some(from))),
         }
     }
 }
@@ -521,7 +521,7 @@ mod tests {
         let (given, from) = ShardSpec::Given(Shard { index: 0, count: 2 })
             .resolve(env(&both))
             .unwrap();
-        assert_eq!((given.to_string(), from.as_str()), ("0/2".into(), ""));
+        assert_eq!((given.to_string(), from), ("0/2".into(), None));
         assert_eq!("auto".parse::<ShardSpec>(), Ok(ShardSpec::Auto));
         assert!("2/2".parse::<ShardSpec>().unwrap_err().contains("or auto"));
     }
