@@ -778,6 +778,17 @@ mod tests {
     }
 
     #[test]
+    fn the_first_bucket_closes_at_its_own_cap() {
+        let f = |n: i64| Tensor::zeros([n], (Kind::Float, Device::Cpu));
+        // First bucket at most 8 bytes (2 floats), the others 40 (10 floats).
+        let ts = vec![f(2), f(2), f(4), f(4), f(4)];
+        assert_eq!(
+            buckets_with(&ts, 8, 40),
+            vec![vec![0], vec![1, 2, 3], vec![4]]
+        );
+    }
+
+    #[test]
     fn loopback_masters_bind_gloo_to_loopback() {
         if std::env::var_os("GLOO_SOCKET_IFNAME").is_some() {
             return;
