@@ -245,9 +245,16 @@ fn resolve_inputs(
         images: args.val_images.clone(),
         thresholds: args.val_thresholds.clone(),
     });
-    let (mut inputs, out, start) = match resume_dir(args)? {
-        Some(run_dir) => {
-            if let Some(o) = &args.out {
+    // --auto-resume looks at --out once: a checkpoint there makes it a resume.
+    let start = match (&args.resume, args.auto_resume, &args.out) {
+        (Some(_), _, _) => RunStart::Resume,
+        (None, true, Some(out)) => auto_start(out)?,
+        _ => RunStart::New,
+    };
+    let (mut inputs, out) = match (start, &args.resume) {
+        (RunStart::Resume, resume) => {
+            let run_dir = required(resume.as_ref().or(args.out.as_ref()), "--resume")?;
+            if let (Some(o), Some(_)) = (&args.out, resume) {
                 anyhow::ensure!(
                     *o == run_dir,
                     "--resume {} and --out {} differ",
@@ -260,15 +267,11 @@ fn resolve_inputs(
                 refuse_other_inputs(&inputs_from_flags(args, cfg)?, &inputs, &run_dir)?;
             }
             inputs.allow_random_encoder |= args.allow_random_encoder;
-            (inputs, run_dir, RunStart::Resume)
+            (inputs, run_dir)
         }
-        None => {
+        (RunStart::New | RunStart::Again, _) => {
             let inputs = inputs_from_flags(args, cfg)?;
-            let out = required(&args.out, "--out")?;
-            let start = match args.auto_resume {
-                true => auto_start(&out)?,
-                false => RunStart::New,
-            };
+            let out = required(args.out.as_ref(), "--out")?;
             if start == RunStart::Again {
                 tracing::warn!(
                     "--auto-resume: {} holds no checkpoint of an earlier attempt; training it again from \
@@ -276,7 +279,7 @@ fn resolve_inputs(
                     out.display()
                 );
             }
-            (inputs, out, start)
+            (inputs, out)
         }
     };
     if validation.is_some() {
@@ -287,8 +290,8 @@ fn resolve_inputs(
 
 /// A path flag's value, or the error that says it is needed.
 #[cfg(feature = "train")]
-fn required(v: &Option<std::path::PathBuf>, flag: &str) -> anyhow::Result<std::path::PathBuf> {
-    v.clone()
+fn required(v: Option<&std::path::PathBuf>, flag: &str) -> anyhow::Result<std::path::PathBuf> {
+    v.cloned()
         .ok_or_else(|| anyhow::anyhow!("{flag} is required (or --resume RUN_DIR)"))
 }
 
@@ -310,9 +313,9 @@ fn inputs_from_flags(
         .or_else(|| (!cfg.image_path_root.is_empty()).then(|| cfg.image_path_root.clone().into()));
     Ok(tagfix::train::run::TrainInputs {
         data,
-        images: required(&images, "--images")?,
-        manifest: required(&args.manifest, "--manifest")?,
-        label_embed: required(&args.label_embed, "--label-embed")?,
+        images: required(images.as_ref(), "--images")?,
+        manifest: required(args.manifest.as_ref(), "--manifest")?,
+        label_embed: required(args.label_embed.as_ref(), "--label-embed")?,
         teacher: args.teacher.clone().filter(|_| !teacher_is_online(args)),
         init: args.init.clone(),
         vocab: args.vocab.clone(),
