@@ -76,12 +76,6 @@ impl TrainInputs {
         fn resolved(p: &Path) -> PathBuf {
             std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
         }
-        fn paths(ps: &[PathBuf]) -> String {
-            ps.iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(" ")
-        }
         let same = |a: &[PathBuf], b: &[PathBuf]| {
             a.len() == b.len() && a.iter().zip(b).all(|(x, y)| resolved(x) == resolved(y))
         };
@@ -97,7 +91,11 @@ impl TrainInputs {
         ];
         let shown = |ps: &[PathBuf]| match ps {
             [] => "(none)".to_string(),
-            ps => paths(ps),
+            ps => ps
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
         };
         pairs
             .iter()
@@ -781,4 +779,44 @@ pub(super) fn tensors_error(path: &Path, action: &'static str, e: tch::TchError)
 /// The first 12 hex digits of a sha256, as error messages show them.
 fn short_sha(sha: &str) -> String {
     sha[..sha.len().min(12)].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs(dir: &Path) -> TrainInputs {
+        TrainInputs {
+            data: vec![dir.join("a.json"), dir.join("b.json")],
+            images: dir.to_path_buf(),
+            manifest: dir.join("manifest.json"),
+            label_embed: dir.join("e.safetensors"),
+            teacher: None,
+            init: Vec::new(),
+            vocab: None,
+            allow_random_encoder: false,
+            validation: None,
+        }
+    }
+
+    #[test]
+    fn inputs_differ_by_the_files_they_name_not_by_spelling() {
+        let dir = tempfile::tempdir().unwrap();
+        let recorded = inputs(dir.path());
+        std::fs::write(dir.path().join("e.safetensors"), b"x").unwrap();
+        let mut given = inputs(dir.path());
+        given.label_embed = dir.path().join(".").join("e.safetensors");
+        given.allow_random_encoder = true;
+        assert_eq!(given.first_difference(&recorded), None);
+        given.init = vec![dir.path().join("swin.pth")];
+        let d = given.first_difference(&recorded).unwrap();
+        assert_eq!((d.flag, d.recorded.as_str()), ("--init", "(none)"));
+        let mut given = inputs(dir.path());
+        given.data.reverse();
+        assert_eq!(given.first_difference(&recorded).unwrap().flag, "--data");
+        let mut given = inputs(dir.path());
+        given.vocab = Some("ram".into());
+        let d = given.first_difference(&recorded).unwrap();
+        assert_eq!((d.flag, d.given.as_str()), ("--vocab", "ram"));
+    }
 }

@@ -1147,10 +1147,9 @@ fn agree_and_share(
     Ok(())
 }
 
-/// Sums the gradients over the ranks, sent as `grad_comm` says. A group of one rank sends nothing
-/// anywhere, so its gradients are not rounded.
 /// Sums the step's gradients over the ranks: completes the overlapped exchange when there is one
-/// ([`ProcessGroup::overlap_grads`]), else all-reduces `grads` now. Logs (debug) how long the step
+/// ([`ProcessGroup::overlap_grads`]), else all-reduces `grads` now, sent as `grad_comm` says (a group
+/// of one rank sends nothing anywhere, so its gradients are not rounded). Logs (debug) how long the step
 /// waited for it after the backward pass (on the CPU; CUDA work is only queued) and, overlapped, how
 /// many buckets started while the backward pass was still computing.
 fn all_reduce_grads(group: &mut ProcessGroup, grads: &[Tensor], grad_comm: GradComm) -> Result<()> {

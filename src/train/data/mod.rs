@@ -177,8 +177,9 @@ impl TrainData {
             ImageCheck::Header => |p| augment::probe(p).map(drop),
             ImageCheck::Full => |p| augment::decode(p).map(drop),
         };
-        let mine = &self.records.records[share.range(self.len())];
-        let first = share.range(self.len()).start;
+        let part = share.range(self.len());
+        let first = part.start;
+        let mine = &self.records.records[part];
         let bar = indicatif::ProgressBar::new(mine.len() as u64);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
