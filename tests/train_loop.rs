@@ -991,7 +991,8 @@ fn a_stop_request_checkpoints_the_step_in_progress_and_resume_goes_on_exactly() 
             tagfix::Error::Train(e) => match *e {
                 TrainError::Interrupted {
                     step: 4,
-                    signal: Some(s),
+                    signal: s,
+                    from_other_rank: false,
                     checkpoint,
                     ..
                 } if s == SIGTERM => checkpoint,

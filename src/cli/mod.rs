@@ -166,15 +166,19 @@ mod tests {
         assert_eq!(ExitStatus::of_error(&err), ExitStatus::Stopped);
         let interrupted = tagfix::train::error::TrainError::Interrupted {
             step: 7,
-            signal: None,
+            signal: 10,
+            from_other_rank: true,
             checkpoint: "runs/a/checkpoints/step-7".into(),
             run_dir: "runs/a".into(),
         };
+        assert!(interrupted
+            .to_string()
+            .starts_with("SIGUSR1 to another rank after step 7"));
         let status = ExitStatus::of_error(&anyhow::Error::from(interrupted));
         assert_eq!(
             status,
-            ExitStatus::Interrupted(15),
-            "from another rank: SIGTERM's status"
+            ExitStatus::Interrupted(10),
+            "from another rank: the signal the ranks agreed on"
         );
         let input: tagfix::Error = tagfix::vocab::VocabError::Empty {
             path: "v.txt".into(),

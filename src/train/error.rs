@@ -20,15 +20,19 @@ pub enum TrainError {
         checkpoint: PathBuf,
     },
 
-    /// A stop signal arrived (on this rank, or on another: `signal` is `None`); the state after
+    /// A stop signal arrived (on this rank, or on another: `from_other_rank`); the state after
     /// `step` steps is saved in `checkpoint`, from which `--resume` goes on exactly.
-    #[error("{} after step {step}: training stopped. The state is saved in {}; continue with `tagfix train --resume {}`",
-            .signal.map(crate::train::interrupt::signal_name).unwrap_or_else(|| "a stop signal to another rank".into()),
+    #[error("{}{} after step {step}: training stopped. The state is saved in {}; continue with `tagfix train --resume {}`",
+            crate::train::interrupt::signal_name(*.signal),
+            if *.from_other_rank { " to another rank" } else { "" },
             .checkpoint.display(), .run_dir.display())]
     Interrupted {
         /// Optimizer steps completed (and saved).
         step: u64,
-        signal: Option<i32>,
+        /// The signal the ranks stopped for: this rank's, or the one the others voted (SIGTERM when
+        /// they received different ones).
+        signal: i32,
+        from_other_rank: bool,
         checkpoint: PathBuf,
         run_dir: PathBuf,
     },
@@ -377,9 +381,7 @@ impl TrainError {
         use crate::error::ErrorKind;
         match self {
             TrainError::Stopped { .. } => ErrorKind::Stopped,
-            TrainError::Interrupted { signal, .. } => ErrorKind::Interrupted {
-                signal: signal.unwrap_or(crate::train::interrupt::SIGTERM),
-            },
+            TrainError::Interrupted { signal, .. } => ErrorKind::Interrupted { signal: *signal },
             TrainError::NoCuda => ErrorKind::Environment,
             TrainError::TwoTeachers
             | TrainError::NoValidationData(_)

@@ -20,11 +20,38 @@ pub const STOP_SIGNALS: [i32; 3] = [
 #[cfg(not(unix))]
 pub const STOP_SIGNALS: [i32; 0] = [];
 
-/// SIGTERM's number: the status a rank reports when the stop reached it from another rank.
+/// SIGTERM's number: the signal the ranks stop for when they received different stop signals.
 #[cfg(unix)]
 pub const SIGTERM: i32 = signal_hook::consts::SIGTERM;
 #[cfg(not(unix))]
 pub const SIGTERM: i32 = 15;
+
+/// The signals a rank votes with, one counter each in the step's summed values (SIGTERM, SIGINT,
+/// SIGUSR1: Linux's numbers where there are no such signals, so the counters stay three).
+#[cfg(unix)]
+const VOTED: [i32; 3] = STOP_SIGNALS;
+#[cfg(not(unix))]
+const VOTED: [i32; 3] = [15, 2, 10];
+
+/// Counters of a step's stop votes, summed over the ranks.
+pub const VOTES: usize = VOTED.len();
+
+/// This rank's vote: 1 in the counter of `signal` (a stop signal it received), else zeros.
+pub fn vote(signal: Option<i32>) -> [f64; VOTES] {
+    VOTED.map(|s| f64::from(u8::from(signal == Some(s))))
+}
+
+/// The signal the ranks stop for, from the summed counters `votes`: the one kind voted, or SIGTERM
+/// when the ranks received different ones; `None` when no rank voted.
+pub fn agreed(votes: &[f64]) -> Option<i32> {
+    let mut voted = VOTED.iter().zip(votes).filter(|(_, n)| **n > 0.0);
+    let (first, _) = voted.next()?;
+    Some(if voted.next().is_none() {
+        *first
+    } else {
+        SIGTERM
+    })
+}
 
 /// Whether a stop was asked for, and by which signal: shared between the signal thread and the
 /// training loop (clones share it). Tests and embedders set it with [`StopRequest::request`].
@@ -177,6 +204,23 @@ pub fn signal_of_exit_code(code: i32) -> Option<i32> {
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ranks_agree_on_the_one_signal_voted_else_sigterm() {
+        let sum = |votes: &[[f64; VOTES]]| -> Vec<f64> {
+            (0..VOTES)
+                .map(|i| votes.iter().map(|v| v[i]).sum())
+                .collect()
+        };
+        let [term, int, usr1] = VOTED;
+        assert_eq!(agreed(&sum(&[vote(None), vote(None)])), None);
+        assert_eq!(agreed(&sum(&[vote(None), vote(Some(usr1))])), Some(usr1));
+        assert_eq!(agreed(&sum(&[vote(Some(int)), vote(Some(int))])), Some(int));
+        assert_eq!(
+            agreed(&sum(&[vote(Some(int)), vote(Some(usr1))])),
+            Some(term)
+        );
+    }
 
     #[test]
     fn a_request_keeps_its_signal_and_clones_share_it() {

@@ -9,7 +9,7 @@ use super::config::{GradComm, GradSync, MicroBatchSize, Precision, TrainConfig};
 use super::data::{Loader, MicroBatch, TrainData};
 use super::dist::{Fingerprint, ProcessGroup};
 use super::error::TrainError;
-use super::interrupt::StopRequest;
+use super::interrupt::{self, StopRequest};
 use super::model::{RamPlus, RamPlusConfig};
 use super::objective::{micro_losses, step_losses, AbsentSlots, LossWeighting, MicroInputs};
 use super::micro_auto;
@@ -80,7 +80,8 @@ struct StepValues {
     grad_norm: GroupNorms,
     update_norm: Option<GroupNorms>,
     /// The stop votes of the step, summed over the ranks (> 0: stop after it).
-    stop_votes: f64,
+    /// The stop signal the ranks agreed on in this step, if any rank received one.
+    stop: Option<i32>,
 }
 
 /// One micro-batch's forward pass: its raw terms (detached) and the weighted total to back-propagate.
@@ -93,12 +94,12 @@ struct MicroOut {
 /// weighted total.
 const ROW: usize = 4;
 /// The step's loss summary: the sums of a row over the micro-batches, how many micro-batches hold a
-/// non-finite value, then the stop signal's number where one arrived (each summed over every rank
-/// when distributed, so that all ranks see a stop in the same step).
-const SUMMARY: usize = ROW + 2;
+/// non-finite value, then the stop votes, a counter per stop signal (each summed over every rank
+/// when distributed, so that all ranks see a stop in the same step, and for which signal).
+const SUMMARY: usize = ROW + 1 + interrupt::VOTES;
 /// Where [`SUMMARY`] counts the non-finite micro-batches.
 const NON_FINITE: usize = ROW;
-/// Where [`SUMMARY`] holds the stop votes.
+/// Where [`SUMMARY`]'s stop votes start.
 const STOP_VOTES: usize = ROW + 1;
 const TERMS: [LossTerm; 3] = [LossTerm::Tag, LossTerm::Align, LossTerm::Dis];
 
@@ -141,7 +142,7 @@ impl DeviceLosses {
 
     /// `[SUMMARY]`: the rows' sums, the count of rows with a non-finite value and `stop_vote`
     /// (filled on the device: no copy from the host).
-    fn summary(&self, stop_vote: f64) -> Tensor {
+    fn summary(&self, votes: [f64; interrupt::VOTES]) -> Tensor {
         let sums = self.rows.sum_dim_intlist(0, false, Kind::Double);
         let bad = self
             .rows
@@ -150,8 +151,8 @@ impl DeviceLosses {
             .any_dim(1, false)
             .sum(Kind::Double)
             .reshape([1]);
-        let vote = Tensor::full([1], stop_vote, (Kind::Double, self.rows.device()));
-        Tensor::cat(&[sums, bad, vote], 0)
+        let votes = Tensor::from_slice(&votes).to_device(self.rows.device());
+        Tensor::cat(&[sums, bad, votes], 0)
     }
 
     /// The present terms with their summed values `sums`, in the order tag, align, dis.
@@ -285,8 +286,8 @@ pub struct Trainer {
 enum Interrupt {
     /// On this process: its number.
     Here(i32),
-    /// On another rank only.
-    OtherRank,
+    /// On another rank only: the signal the ranks agreed on.
+    OtherRank(i32),
 }
 
 /// How a run begins in its folder.
@@ -517,10 +518,10 @@ impl Trainer {
         self.step = step + 1;
         self.last_wall_s = wall_s;
         self.bar.set_position(self.step);
-        if done.stop_votes > 0.0 && !self.is_done() {
+        if let Some(agreed) = done.stop.filter(|_| !self.is_done()) {
             self.interrupt = Some(match self.stop.signal() {
                 Some(signal) => Interrupt::Here(signal),
-                None => Interrupt::OtherRank,
+                None => Interrupt::OtherRank(agreed),
             });
         }
         Ok(record)
@@ -549,9 +550,10 @@ impl Trainer {
                 TrainError::Interrupted {
                     step: self.step,
                     signal: match self.interrupt {
-                        Some(Interrupt::Here(signal)) => Some(signal),
-                        _ => None,
+                        Some(Interrupt::Here(signal) | Interrupt::OtherRank(signal)) => signal,
+                        None => interrupt::SIGTERM,
                     },
+                    from_other_rank: matches!(self.interrupt, Some(Interrupt::OtherRank(_))),
                     checkpoint,
                     run_dir: self.out.clone(),
                 }
@@ -561,9 +563,9 @@ impl Trainer {
         }
     }
 
-    /// This rank's stop vote for the step: the signal's number, or 0.
-    fn stop_vote(&self) -> f64 {
-        self.stop.signal().map_or(0.0, f64::from)
+    /// This rank's stop vote for the step ([`interrupt::vote`]).
+    fn stop_vote(&self) -> [f64; interrupt::VOTES] {
+        interrupt::vote(self.stop.signal())
     }
 
     /// How the steps read their values from the device ([`StepSync::Once`] unless set).
@@ -657,26 +659,26 @@ impl Trainer {
             },
             grad_norm: settled.grad_norm,
             update_norm: settled.update_norm,
-            stop_votes: sums[STOP_VOTES],
+            stop: interrupt::agreed(&sums[STOP_VOTES..SUMMARY]),
         })
     }
 
     /// [`StepSync::PerMicroBatch`]: each micro-batch's terms are read and checked as they are
     /// computed, then the gradient norms, clipping and the update read on the host.
     fn step_synced(&mut self, step: u64, lr: f64) -> Result<StepValues> {
-        let (acc, stop_votes) = self.accumulate(step)?;
+        let (acc, stop) = self.accumulate(step)?;
         let (grad_norm, update_norm) = self.update(step, lr)?;
         Ok(StepValues {
             acc,
             grad_norm,
             update_norm,
-            stop_votes,
+            stop,
         })
     }
 
     /// Zeroes the gradients and runs every micro-batch of `step`, accumulating their gradients and
-    /// reading their loss terms as they come; also returns the step's stop votes (over the ranks).
-    fn accumulate(&mut self, step: u64) -> Result<(Accumulated, f64)> {
+    /// reading their loss terms as they come; also returns the stop signal the step agreed on (over the ranks).
+    fn accumulate(&mut self, step: u64) -> Result<(Accumulated, Option<i32>)> {
         self.opt.zero_grad();
         let mut acc = Accumulated::default();
         let mut non_finite = None;
@@ -707,36 +709,36 @@ impl Trainer {
             out.weighted.backward();
         }
         drop(casts);
-        let stop_votes = match self.group {
+        let stop = match self.group {
             Some(_) => self.all_reduce(step, &mut acc, non_finite)?,
-            None => self.stop_vote(),
+            None => self.stop.signal(),
         };
-        Ok((acc, stop_votes))
+        Ok((acc, stop))
     }
 
     /// Distributed, [`StepSync::PerMicroBatch`]: sums the gradients (DDP's bucketed all-reduce,
     /// once per step after the last micro-batch) and the loss terms over the ranks, so every rank
     /// holds the one-rank run's values. A non-finite term on any rank stops every rank. Returns the
-    /// summed stop votes.
+    /// stop signal the ranks agreed on, if any voted.
     fn all_reduce(
         &mut self,
         step: u64,
         acc: &mut Accumulated,
         non_finite: Option<String>,
-    ) -> Result<f64> {
+    ) -> Result<Option<i32>> {
         let grads = self.opt.grads();
         let stop_vote = self.stop_vote();
         let group = self.group.as_mut().expect("distributed");
         group.set_step(step + 1);
         all_reduce_grads(group, &grads, self.config.grad_comm)?;
-        let mut values = [0f64; 9];
+        let mut values = [0f64; 8 + interrupt::VOTES];
         for &(t, v) in &acc.raw {
             values[t as usize] = v;
             values[3 + t as usize] = 1.0;
         }
         values[6] = acc.total;
         values[7] = f64::from(u8::from(non_finite.is_some()));
-        values[8] = stop_vote;
+        values[8..].copy_from_slice(&stop_vote);
         let sums = group.all_reduce_scalars(&values)?;
         if sums[7] > 0.0 {
             let reason = non_finite.unwrap_or_else(|| {
@@ -750,7 +752,7 @@ impl Trainer {
             .map(|t| (t, sums[t as usize]))
             .collect();
         acc.total = sums[6];
-        Ok(sums[8])
+        Ok(interrupt::agreed(&sums[8..]))
     }
 
     /// A bf16 step's cast cache: each weight is cast to bf16 once for all the step's micro-batches
