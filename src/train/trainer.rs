@@ -151,8 +151,11 @@ impl DeviceLosses {
             .any_dim(1, false)
             .sum(Kind::Double)
             .reshape([1]);
-        let votes = Tensor::from_slice(&votes).to_device(self.rows.device());
-        Tensor::cat(&[sums, bad, votes], 0)
+        // Filled on the device (a host-to-device copy each step would wait for the queue on CUDA).
+        let device = self.rows.device();
+        let mut parts = vec![sums, bad];
+        parts.extend(votes.map(|v| Tensor::full([1], v, (Kind::Double, device))));
+        Tensor::cat(&parts, 0)
     }
 
     /// The present terms with their summed values `sums`, in the order tag, align, dis.
