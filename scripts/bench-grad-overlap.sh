@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # The gradient exchange of a two-rank `tagfix train` (Gloo on the CPU): `--grad-sync overlap` (each
 # bucket's all-reduce started during the backward pass, DDP's way) against `--grad-sync after-backward`
-# (every bucket after it), in alternating rounds of the same run on the same machine.
+# (every bucket after it), in alternating rounds of the same run on the same machine. With BASE=REV,
+# each round also runs the overlap of tagfix built at REV (scripts/base-build.sh), e.g. BASE=7525064:
+# the overlap before the gradients became views of the buckets.
 #
 #   scripts/bench-grad-overlap.sh                  # tiny model, RAM vocabulary x 51 descriptions
-#   ROUNDS=5 STEPS=12 BUCKET_MB=25 scripts/bench-grad-overlap.sh
+#   ROUNDS=5 STEPS=12 BUCKET_MB=25 BASE=7525064 scripts/bench-grad-overlap.sh
 #
 # Per run: the median over steps 3.. of the time each rank's step waited for the exchange after its
-# backward pass (the debug line `gradient exchange: ... ms`), of images/s (metrics.jsonl), and, overlapped,
-# how many buckets started while the backward pass was still computing. The RAM vocabulary makes the
+# backward pass (the debug line `gradient exchange: ... ms`), of images/s (metrics.jsonl), overlapped,
+# how many buckets started while the backward pass was still computing, and the peak RSS of the
+# larger rank (/usr/bin/time's maximum over the launcher's children). The RAM vocabulary makes the
 # label embedding (4585 x 51 rows) a trained parameter of 120M values: 0.48 GB of gradients a step.
 # Results: $OUT_DIR/results.jsonl and a table on stdout.
 set -euo pipefail
@@ -23,20 +26,27 @@ if [ -z "${TAGFIX_BIN:-}" ]; then
   scripts/setup.sh >/dev/null
   cargo build --release --all-features --quiet
 fi
+BASE_BIN=
+if [ -n "${BASE:-}" ]; then
+  # shellcheck source=scripts/base-build.sh
+  . scripts/base-build.sh
+  BASE_BIN=$(base_build "$BASE")
+fi
 rm -rf "$OUT_DIR"
 mkdir -p "$OUT_DIR"
+echo "command: ROUNDS=$ROUNDS STEPS=$STEPS BUCKET_MB=$BUCKET_MB BASE=${BASE:-} scripts/bench-grad-overlap.sh, $(git rev-parse --short HEAD), $(date -u +%FT%TZ), $(nproc) cores"
 set_dir="$OUT_DIR/set"
 "$BIN" -q synth-images --out "$set_dir" --count 64 --size 64 --descriptions 51 --vocab ram > /dev/null
 results="$OUT_DIR/results.jsonl"
 : > "$results"
-run() { # run MODE ROUND
-  local out="$OUT_DIR/run-$1-$2"
-  RUST_LOG=tagfix=debug "$BIN" train --model tiny --allow-random-encoder --data "$set_dir/train.json" \
-    --images "$set_dir/images" --manifest "$set_dir/manifest.json" \
+run() { # run LABEL BIN MODE ROUND
+  local out="$OUT_DIR/run-$1-$4"
+  RUST_LOG=tagfix=debug /usr/bin/time -f '%M' -o "$out.rss" "$2" train --model tiny --allow-random-encoder \
+    --data "$set_dir/train.json" --images "$set_dir/images" --manifest "$set_dir/manifest.json" \
     --label-embed "$set_dir/label_embed.safetensors" --batch-size 4 --micro-batch-size 2 \
     --max-steps "$STEPS" --workers 1 --threads "$THREADS" --checkpoint-every off --seed 3 \
-    --nproc-per-node 2 --bucket-cap-mb "$BUCKET_MB" --grad-sync "$1" --out "$out" > "$out.log" 2>&1
-  python3 - "$out" "$1" "$2" >> "$results" <<'PY'
+    --nproc-per-node 2 --bucket-cap-mb "$BUCKET_MB" --grad-sync "$3" --out "$out" > "$out.log" 2>&1
+  python3 - "$out" "$1" "$4" >> "$results" <<'PY'
 import json, re, statistics, sys
 out, mode, rnd = sys.argv[1:]
 waits, overlapped = [], []
@@ -56,24 +66,28 @@ print(json.dumps({
     "exchange_wait_ms": statistics.median(waits),
     "images_per_s": statistics.median(r["images_per_s"] for r in recs),
     "overlapped": sorted(set(overlapped)),
+    "peak_rss_mib": int(open(out + ".rss").read().split()[-1]) / 1024,
 }))
 PY
 }
+modes=(overlap after-backward)
 for r in $(seq 1 "$ROUNDS"); do
-  run overlap "$r"
-  run after-backward "$r"
+  [ -n "$BASE_BIN" ] && run "overlap@$BASE" "$BASE_BIN" overlap "$r"
+  run overlap "$BIN" overlap "$r"
+  run after-backward "$BIN" after-backward "$r"
 done
-python3 - "$results" <<'PY'
+[ -n "$BASE_BIN" ] && modes+=("overlap@$BASE")
+python3 - "$results" "${modes[@]}" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-print("| mode | round | exchange wait after backward, ms (median) | images/s (median) | buckets overlapped |")
-print("| --- | ---: | ---: | ---: | --- |")
+modes = sys.argv[2:]
+print("| mode | round | exchange wait after backward, ms (median) | images/s (median) | buckets overlapped | peak RSS of a rank, MiB |")
+print("| --- | ---: | ---: | ---: | --- | ---: |")
 for r in rows:
-    print(f"| {r['mode']} | {r['round']} | {r['exchange_wait_ms']:.1f} | {r['images_per_s']:.2f} | {', '.join(r['overlapped']) or '-'} |")
-by = {m: [r for r in rows if r["mode"] == m] for m in ("overlap", "after-backward")}
-w = {m: statistics.median(r["exchange_wait_ms"] for r in v) for m, v in by.items()}
-i = {m: statistics.median(r["images_per_s"] for r in v) for m, v in by.items()}
-print(f"\nmedian of rounds: exchange wait {w['overlap']:.1f} ms (overlap) vs {w['after-backward']:.1f} ms "
-      f"(after-backward), ratio {w['overlap'] / w['after-backward']:.2f}; images/s {i['overlap']:.2f} vs "
-      f"{i['after-backward']:.2f}, ratio {i['overlap'] / i['after-backward']:.2f}")
+    print(f"| {r['mode']} | {r['round']} | {r['exchange_wait_ms']:.1f} | {r['images_per_s']:.2f} | {', '.join(r['overlapped']) or '-'} | {r['peak_rss_mib']:.0f} |")
+med = lambda m, k: statistics.median(r[k] for r in rows if r["mode"] == m)
+print("\nmedian of rounds:")
+for m in modes:
+    print(f"- {m}: exchange wait {med(m, 'exchange_wait_ms'):.1f} ms ({med(m, 'exchange_wait_ms') / med('after-backward', 'exchange_wait_ms'):.2f} of after-backward), "
+          f"images/s {med(m, 'images_per_s'):.2f}, peak RSS {med(m, 'peak_rss_mib'):.0f} MiB")
 PY

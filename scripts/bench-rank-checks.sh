@@ -7,9 +7,8 @@
 #
 # Each round times `tagfix train --nproc-per-node 2 --max-steps 1` on the tiny model with
 # `--check-images full` and with `none`, on each side; the difference is what the checks cost. The
-# table gives the seconds per round and the medians of the differences. The baseline is a git
-# worktree in target/bench-base-train/tree built with all features there (both kept between runs, so
-# that the binary's run path to libtorch stays valid; the first build takes minutes).
+# table gives the seconds per round and the medians of the differences. The baseline is built by
+# scripts/base-build.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-3000}"
@@ -19,17 +18,10 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/rank-checks.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 scripts/setup.sh > /dev/null
 cargo build --release --all-features --quiet --bin tagfix
-tree=target/bench-base-train/tree
-if [ -d "$tree" ]; then
-  git -C "$tree" checkout --quiet --detach "$base"
-else
-  mkdir -p target/bench-base-train
-  git worktree add --quiet --detach "$tree" "$base"
-fi
-for link in .libtorch .deps .venv; do ln -sfn "$PWD/$link" "$tree/$link"; done
-(cd "$tree" && CARGO_TARGET_DIR="$OLDPWD/target/bench-base-train" cargo build --release --all-features --quiet --bin tagfix)
+# shellcheck source=scripts/base-build.sh
+. scripts/base-build.sh
+old=$(base_build "$base")
 new=target/release/tagfix
-old=target/bench-base-train/release/tagfix
 "$new" -q synth-images --out "$work/set" --count "$n" --size 224 > /dev/null
 echo "command: scripts/bench-rank-checks.sh $n $base (ROUNDS=$rounds), $(date -u +%FT%TZ), $(nproc) cores"
 run() { # run BIN OUT CHECK: seconds of the whole two-rank command

@@ -243,20 +243,29 @@ PY
   s=$(mktemp -d)
   synth_ram "$s" 1040 224
   steps="${DIST_STEPS:-20}"
-  # dist_run NAME BATCH [ENV...] -- [FLAGS...]: one training run; its median images/s over the second half.
+  # dist_run NAME BATCH [ENV...] -- [FLAGS...]: one training run; its median images/s over the second half,
+  # and the most memory nvidia-smi saw in use on a GPU during the run (sampled every 200 ms; the caching
+  # allocator's reserve: what decides whether a batch fits).
   dist_run() {
     local name="$1" batch="$2"; shift 2
     local envs=(); while [ "$1" != "--" ]; do envs+=("$1"); shift; done; shift
+    nvidia-smi --query-gpu=index,memory.used --format=csv,noheader,nounits -lms 200 > "$OUT/$name.mem" 2>/dev/null &
+    local sampler=$!
     env "${envs[@]}" "$t" train --model "${TRAIN_MODEL:-swin_l_224}" --data "$s/train.json" --images "$s/images" \
       --manifest "$s/manifest.json" --label-embed "$s/label_embed.safetensors" --teacher "$s/teacher.safetensors" \
       --allow-random-encoder --device cuda --precision bf16 --batch-size "$batch" --micro-batch-size 26 \
       --max-steps "$steps" --workers 12 --checkpoint-every off --out "$OUT/$name" "$@" \
-      > "$OUT/$name.txt" 2> "$OUT/$name.log" || { tail -20 "$OUT/$name.log"; return 0; }
-    python3 - "$OUT/$name/metrics.jsonl" "$name" <<'PY' || true
+      > "$OUT/$name.txt" 2> "$OUT/$name.log" || { kill "$sampler" 2>/dev/null || true; tail -20 "$OUT/$name.log"; return 0; }
+    kill "$sampler" 2>/dev/null || true
+    python3 - "$OUT/$name/metrics.jsonl" "$name" "$OUT/$name.mem" "$OUT/dist_memory.txt" <<'PY' || true
 import json, sys
 recs = [json.loads(l) for l in open(sys.argv[1])]
 late = recs[len(recs) // 2:]
 print(sys.argv[2], sorted(r["images_per_s"] for r in late)[len(late) // 2])
+used = [int(l.split(",")[1]) for l in open(sys.argv[3]) if l.count(",") == 1 and l.split(",")[1].strip().isdigit()]
+if used:
+    with open(sys.argv[4], "a") as f:
+        print(f"{sys.argv[2]}: at most {max(used)} MiB in use on a GPU", file=f)
 PY
     rm -rf "$OUT/$name/checkpoints"
   }

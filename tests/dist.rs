@@ -250,8 +250,16 @@ fn rank_overlap() -> Result<(), String> {
         Tensor::arange(8, (Kind::Float, Device::Cpu)).reshape([2, 4]) * (0.1 * k) - r * 0.3
     };
     let model = Chain::new(r);
-    for (round, bf16) in [(0, false), (1, false), (2, true), (3, true)] {
-        if round == 0 || round == 2 {
+    let rounds = [
+        (0, false),
+        (1, false),
+        (2, false),
+        (3, true),
+        (4, true),
+        (5, true),
+    ];
+    for (round, bf16) in rounds {
+        if round == 0 || round == 3 {
             // Fresh hooks (the f32 ones replaced by the bf16 ones) in registration order.
             pg.overlap_grads(&model.params, bf16).map_err(e)?;
         }
@@ -285,10 +293,18 @@ fn rank_overlap() -> Result<(), String> {
         // 16-byte buckets: one per parameter. Before the rebuild the unused parameter is first
         // (reverse registration order) and holds every bucket back until the backward pass ends;
         // after it, it is last, and the buckets of w3 and w2 start while w1's gradient is computed.
-        let want = if round % 2 == 0 { 0 } else { 2 };
+        let want = if round % 3 == 0 { 0 } else { 2 };
         if stats.buckets != 4 || stats.overlapped != want {
             return Err(format!(
                 "round {round}: {stats:?}, want 4 buckets, {want} overlapping the backward pass"
+            ));
+        }
+        // The 3 used gradients are copied into the buckets at the first exchange and at the one
+        // after the rebuild; then they are views of the buckets (the unused one stays without).
+        let copied = if round % 3 == 2 { 0 } else { 3 };
+        if stats.copied != copied {
+            return Err(format!(
+                "round {round}: {stats:?}, want {copied} gradients copied into the buckets"
             ));
         }
     }

@@ -417,8 +417,10 @@ fn gradients_exchanged_during_the_backward_pass_train_exactly_as_after_it() {
     let ((during, log), (after, after_log)) =
         (run("during", "overlap"), run("after", "after-backward"));
     // Each rank logs each step's exchange; from the second step on (buckets rebuilt in the order
-    // the gradients became ready) buckets start while the backward pass is still computing.
-    let exchanges = |rank: usize| -> Vec<(usize, usize)> {
+    // the gradients became ready) buckets start while the backward pass is still computing. The
+    // gradients are copied into the buckets at the first step and again at the second (rebuilt
+    // buckets); from then on they are views of the buckets and nothing is copied.
+    let exchanges = |rank: usize| -> Vec<(usize, usize, usize)> {
         let prefix = format!("[rank {rank}]");
         log.lines()
             .filter(|l| l.starts_with(&prefix))
@@ -427,18 +429,22 @@ fn gradients_exchanged_during_the_backward_pass_train_exactly_as_after_it() {
                 let mut w = rest.split(' ');
                 let overlapped = w.next()?.parse().ok()?;
                 let total = w.nth(1)?.parse().ok()?;
-                Some((overlapped, total))
+                let copied = rest.split('(').nth(1)?.split(' ').next()?.parse().ok()?;
+                Some((overlapped, total, copied))
             })
             .collect()
     };
     for rank in 0..2 {
         let steps = exchanges(rank);
-        eprintln!("rank {rank}: (overlapped, buckets) per step {steps:?}");
+        eprintln!("rank {rank}: (overlapped, buckets, copied) per step {steps:?}");
         assert_eq!(steps.len(), 5, "{log}");
         assert!(
-            steps[1..].iter().all(|(overlapped, _)| *overlapped > 0),
+            steps[1..].iter().all(|(overlapped, _, _)| *overlapped > 0),
             "{steps:?}"
         );
+        let copied: Vec<usize> = steps.iter().map(|s| s.2).collect();
+        assert!(copied[0] > 0 && copied[1] == copied[0], "{steps:?}");
+        assert_eq!(copied[2..], [0, 0, 0], "{steps:?}");
     }
     assert_eq!(
         after_log

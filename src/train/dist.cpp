@@ -15,6 +15,7 @@
 
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
+#include <c10/util/strides.h>
 
 #include <algorithm>
 #include <chrono>
@@ -95,12 +96,20 @@ namespace {
 // their index order, so every rank issues the same collectives in the same order whatever order its
 // gradients arrive in. Hooks do nothing unless armed: only the last micro-batch's backward of a
 // step is overlapped (the earlier ones accumulate locally, as under DDP's `no_sync`).
+//
+// As under DDP's `gradient_as_bucket_view`, each bucket is one persistent buffer and the gradients
+// of its (contiguous) parameters become views of it: the backward pass accumulates straight into
+// the buffer, the all-reduce sums it in place, and neither a flattened copy of the bucket nor a
+// copy back into the gradients is made (nor held in memory during the exchange).
 struct Overlap {
   c10::intrusive_ptr<c10d::Backend> backend;
   std::vector<at::Tensor> params;
   std::vector<std::vector<size_t>> buckets;
   std::vector<size_t> bucket_of;
   std::optional<at::ScalarType> wire;
+  std::vector<char> in_place;     // per bucket: its gradients become views of one buffer
+  std::vector<at::Tensor> bufs;   // per bucket: that buffer, once the bucket has started
+  std::vector<at::Tensor> views;  // per parameter: its part of its bucket's buffer, shaped as it
 
   std::mutex mu;
   bool armed = false;
@@ -108,6 +117,7 @@ struct Overlap {
   std::vector<char> ready;
   size_t next = 0;               // the next bucket to start
   size_t n_ready = 0;
+  size_t copied = 0;             // gradients copied into their bucket (not yet its views)
   std::vector<size_t> ready_at_start;  // per bucket started by a hook: gradients ready by then
   std::vector<at::Tensor> flats;
   std::vector<c10::intrusive_ptr<c10d::Work>> works;
@@ -119,6 +129,7 @@ struct Overlap {
     armed = false;
     next = 0;
     n_ready = 0;
+    copied = 0;
     ready.assign(params.size(), 0);
     ready_at_start.assign(buckets.size(), SIZE_MAX);
     for (size_t b = 0; b < buckets.size(); ++b) pending[b] = buckets[b].size();
@@ -126,22 +137,97 @@ struct Overlap {
     works.assign(buckets.size(), nullptr);
   }
 
-  // Flattens bucket `b`'s gradients (zeros for a parameter without one) and starts its all-reduce.
-  void start(size_t b) {
-    at::NoGradGuard no_grad;
-    std::vector<at::Tensor> parts;
-    parts.reserve(buckets[b].size());
+  // Which buckets get a buffer: those of a single dtype and device (all of them, as bucketed by
+  // tagfix); the buffers themselves are allocated when the bucket first starts, so that the
+  // gradients they replace are freed bucket by bucket rather than all held twice.
+  void plan_buffers() {
+    bufs.assign(buckets.size(), at::Tensor());
+    views.assign(params.size(), at::Tensor());
+    in_place.assign(buckets.size(), 0);
+    for (size_t b = 0; b < buckets.size(); ++b) {
+      if (buckets[b].empty()) continue;
+      const at::Tensor& first = params[buckets[b].front()];
+      in_place[b] = std::all_of(buckets[b].begin(), buckets[b].end(), [&](size_t i) {
+        return params[i].scalar_type() == first.scalar_type() && params[i].device() == first.device();
+      });
+    }
+  }
+
+  // Bucket b's buffer and each of its parameters' view of it (made with `set_`, so that the view is
+  // not an autograd view and can be zeroed and detached in place).
+  void make_buffer(size_t b) {
+    const at::Tensor& first = params[buckets[b].front()];
+    int64_t total = 0;
+    for (size_t i : buckets[b]) total += params[i].numel();
+    bufs[b] = at::empty({total}, at::TensorOptions().dtype(first.scalar_type()).device(first.device()));
+    int64_t offset = 0;
+    for (size_t i : buckets[b]) {
+      const auto sizes = params[i].sizes();
+      views[i] = at::empty({0}, bufs[b].options()).set_(bufs[b].storage(), offset, sizes, c10::contiguous_strides(sizes));
+      offset += params[i].numel();
+    }
+  }
+
+  // Whether parameter i's gradient `g` is its view of the bucket buffer.
+  bool bound(size_t i, const at::Tensor& g) const {
+    return views[i].defined() && g.data_ptr() == views[i].data_ptr() && g.sizes() == views[i].sizes() &&
+           g.strides() == views[i].strides();
+  }
+
+  // Bucket `b`'s gradients, flat: its buffer, into which a gradient not yet a view of it (the first
+  // step, a rebuilt bucket) is copied and, for a contiguous parameter, replaced by the view (as DDP's
+  // Reducer does in its hook); zeros for a parameter without one, which keeps none. A bucket of mixed
+  // kinds is concatenated instead.
+  at::Tensor gather(size_t b) {
+    if (!in_place[b]) {
+      std::vector<at::Tensor> parts;
+      parts.reserve(buckets[b].size());
+      for (size_t i : buckets[b]) {
+        const at::Tensor g = params[i].grad();
+        parts.push_back(g.defined() ? g.reshape(-1) : at::zeros({params[i].numel()}, params[i].options()));
+      }
+      return at::cat(parts, 0);
+    }
+    if (!bufs[b].defined()) make_buffer(b);
     for (size_t i : buckets[b]) {
       const at::Tensor g = params[i].grad();
-      parts.push_back(g.defined() ? g.reshape(-1) : at::zeros({params[i].numel()}, params[i].options()));
+      if (!g.defined()) {
+        views[i].zero_();
+      } else if (!bound(i, g)) {
+        views[i].copy_(g);
+        ++copied;
+        if (params[i].is_contiguous()) params[i].mutable_grad() = views[i];
+      }
     }
-    at::Tensor flat = at::cat(parts, 0);
+    return bufs[b];
+  }
+
+  // Flattens bucket `b`'s gradients and starts its all-reduce (cast to the wire type first, if any).
+  void start(size_t b) {
+    at::NoGradGuard no_grad;
+    at::Tensor flat = gather(b);
     if (wire && at::isFloatingType(flat.scalar_type())) flat = flat.to(*wire);
     std::vector<at::Tensor> one{flat};
     c10d::AllreduceOptions opts;
     opts.reduceOp = c10d::ReduceOp::SUM;
     works[b] = backend->allreduce(one, opts);
     flats[b] = flat;
+  }
+
+  // After bucket `b`'s all-reduce: the sums into the gradients. A view already holds them unless
+  // they travelled in another type; other gradients (mixed buckets, non-contiguous parameters) are
+  // copied from the summed values.
+  void scatter(size_t b) {
+    const bool viewed = in_place[b];
+    if (viewed && !flats[b].is_same(bufs[b])) bufs[b].copy_(flats[b]);
+    int64_t offset = 0;
+    for (size_t i : buckets[b]) {
+      const int64_t len = params[i].numel();
+      at::Tensor g = params[i].grad();
+      if (g.defined() && !bound(i, g))
+        g.copy_(viewed ? views[i] : flats[b].narrow(0, offset, len).view(g.sizes()));
+      offset += len;
+    }
   }
 
   // The hook's body (on the autograd engine's thread): never throws into the engine.
@@ -369,6 +455,7 @@ int tagfix_dist_overlap_new(TagfixGroup* group, at::Tensor* const* params, size_
     if (begin != static_cast<int64_t>(n)) throw std::invalid_argument("the buckets do not hold every parameter");
     if (wire == 1) o->wire = at::kBFloat16;
     o->pending.assign(n_buckets, 0);
+    o->plan_buffers();
     o->reset();
     for (size_t i = 0; i < n; ++i)
       torch::autograd::impl::set_post_acc_grad_hooks(o->params[i], std::make_unique<ReadyHook>(o, i));
@@ -395,12 +482,13 @@ void tagfix_dist_overlap_arm(TagfixOverlap* o) {
   o->overlap->armed = true;
 }
 
-// After the backward pass: starts the buckets not yet started (in order), waits for all, and
-// writes the sums back into the gradients (a parameter without a gradient keeps none).
+// After the backward pass: starts the buckets not yet started (in order), waits for all, and leaves
+// the sums in the gradients (views of the buckets; a parameter without a gradient keeps none).
 // `overlapped`: how many buckets started while the backward pass still had gradients to compute
-// (before its last parameter's gradient was ready).
+// (before its last parameter's gradient was ready); `copied`: how many gradients were copied into
+// their bucket because they were not yet views of it.
 int tagfix_dist_overlap_finish(TagfixOverlap* handle, int64_t timeout_ms, size_t* overlapped,
-                               char* err, size_t cap) {
+                               size_t* copied, char* err, size_t cap) {
   return guarded(err, cap, [&] {
     Overlap& o = *handle->overlap;
     std::lock_guard<std::mutex> lock(o.mu);
@@ -416,14 +504,9 @@ int tagfix_dist_overlap_finish(TagfixOverlap* handle, int64_t timeout_ms, size_t
     at::NoGradGuard no_grad;
     for (size_t b = 0; b < o.buckets.size(); ++b) {
       wait(o.works[b], timeout_ms);
-      int64_t offset = 0;
-      for (size_t i : o.buckets[b]) {
-        const int64_t len = o.params[i].numel();
-        at::Tensor g = o.params[i].grad();
-        if (g.defined()) g.copy_(o.flats[b].narrow(0, offset, len).view(g.sizes()));
-        offset += len;
-      }
+      o.scatter(b);
     }
+    *copied = o.copied;
     o.reset();
   });
 }

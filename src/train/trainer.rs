@@ -1162,10 +1162,11 @@ fn all_reduce_grads(group: &mut ProcessGroup, grads: &[Tensor], grad_comm: GradC
     if group.has_grad_overlap() {
         let stats = group.finish_grad_overlap()?;
         tracing::debug!(
-            "gradient exchange: {} of {} buckets overlapped the backward pass, {:.1} ms after it",
+            "gradient exchange: {} of {} buckets overlapped the backward pass, {:.1} ms after it ({} gradients copied into bucket views)",
             stats.overlapped,
             stats.buckets,
-            t0.elapsed().as_secs_f64() * 1e3
+            t0.elapsed().as_secs_f64() * 1e3,
+            stats.copied
         );
         return Ok(());
     }

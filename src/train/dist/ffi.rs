@@ -131,6 +131,7 @@ extern "C" {
         overlap: *mut RawOverlap,
         timeout_ms: i64,
         overlapped: *mut usize,
+        copied: *mut usize,
         err: *mut c_char,
         cap: usize,
     ) -> c_int;
@@ -438,16 +439,24 @@ impl Overlap {
         unsafe { tagfix_dist_overlap_arm(self.raw) }
     }
 
-    /// Starts the buckets the backward pass did not, waits for every bucket and writes the sums
-    /// into the gradients; returns how many buckets started while the backward pass still had
-    /// gradients to compute.
-    pub fn finish(&mut self, timeout: Duration) -> Result<usize, String> {
-        let mut overlapped = 0usize;
-        // SAFETY: `raw` is live; out-pointer to a local.
+    /// Starts the buckets the backward pass did not, waits for every bucket and leaves the sums in
+    /// the gradients; returns how many buckets started while the backward pass still had
+    /// gradients to compute, and how many gradients were copied into their bucket (not yet views
+    /// of it).
+    pub fn finish(&mut self, timeout: Duration) -> Result<(usize, usize), String> {
+        let (mut overlapped, mut copied) = (0usize, 0usize);
+        // SAFETY: `raw` is live; out-pointers to locals.
         call(|e, c| unsafe {
-            tagfix_dist_overlap_finish(self.raw, millis(timeout), &mut overlapped, e, c)
+            tagfix_dist_overlap_finish(
+                self.raw,
+                millis(timeout),
+                &mut overlapped,
+                &mut copied,
+                e,
+                c,
+            )
         })?;
-        Ok(overlapped)
+        Ok((overlapped, copied))
     }
 
     /// The parameters in the order their gradients became ready in the last armed backward pass

@@ -371,7 +371,9 @@ impl ProcessGroup {
     }
 
     /// After the armed backward pass: starts the buckets it did not (all of them when none was
-    /// armed), waits for every bucket and writes the sums into the gradients. A parameter without a
+    /// armed), waits for every bucket and leaves the sums in the gradients, which are views of the
+    /// buckets from then on (DDP's `gradient_as_bucket_view`: no copy in or out, and no second copy
+    /// of the gradients in memory during the exchange). A parameter without a
     /// gradient on this rank contributes zeros and keeps none (the ranks run the same graph, so it
     /// has none on any rank). Returns how much of the exchange overlapped the backward pass.
     pub fn finish_grad_overlap(&mut self) -> Result<OverlapStats, DistError> {
@@ -382,7 +384,8 @@ impl ProcessGroup {
             });
         };
         let timeout = self.timeout;
-        let overlapped = match self.collective("all_reduce", |_| o.hooks.finish(timeout)) {
+        let (overlapped, copied) = match self.collective("all_reduce", |_| o.hooks.finish(timeout))
+        {
             Ok(n) => n,
             Err(e) => {
                 // Its buckets may still wait on dead peers (see Drop).
@@ -393,6 +396,7 @@ impl ProcessGroup {
         let stats = OverlapStats {
             buckets: o.buckets,
             overlapped,
+            copied,
         };
         if o.rebuilt {
             self.overlap = Some(o);
@@ -640,6 +644,10 @@ pub struct OverlapStats {
     /// How many of them started while the backward pass still had gradients to compute (the
     /// rest started with its last gradient or after it).
     pub overlapped: usize,
+    /// Gradients copied into their bucket because they were not yet views of it (DDP's
+    /// `gradient_as_bucket_view`): each parameter's once after its buckets are (re)built, then none,
+    /// as the backward pass accumulates into the buckets.
+    pub copied: usize,
 }
 
 impl Drop for ProcessGroup {
