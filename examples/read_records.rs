@@ -15,7 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .parse()?;
     let files: Vec<PathBuf> = args.map(PathBuf::from).collect();
     let set = RecordSet::read(&files, slots)?;
-    let labels: usize = set.records.iter().map(|r| r.slots.len()).sum();
-    println!("{} records, {labels} labels", set.records.len());
+    let labels: usize = set.slot_lists().map(<[u32]>::len).sum();
+    println!("{} records, {labels} labels", set.len());
     Ok(())
 }

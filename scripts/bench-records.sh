@@ -10,7 +10,8 @@
 #   FEATURES          cargo features of both builds (default none: record reading needs none)
 #   SKIP_BUILD=1      measure the binaries already in BENCH_DIR/{before,after} (tagfix, read_records)
 # "train's record loading" is examples/read_records.rs: `RecordSet::read(FILE, 4585)`, the call
-# `tagfix train` makes before it touches libtorch; the same source is built against both revisions.
+# `tagfix train` makes before it touches libtorch; each revision builds its own copy (this tree's when
+# it has none), and both must print the same counts.
 # Measures with /usr/bin/time (wall seconds, peak RSS). Not part of the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,14 +19,14 @@ records="${RECORDS:-1000000}"
 runs="${RUNS:-3}"
 base="${BASE:-main}"
 dir="${BENCH_DIR:-out/bench-records}"
-base_tree="$dir/base-tree"
-base_target="${BASE_TARGET_DIR:-$dir/base-target}"
 features=(--no-default-features)
 [ -n "${FEATURES:-}" ] && features=(--features "$FEATURES")
 [ -x /usr/bin/time ] || { echo "bench-records: needs /usr/bin/time (apt-get install time)" >&2; exit 2; }
 mkdir -p "$dir/before" "$dir/after"
 dir="$(cd "$dir" && pwd)"
 base_tree="$dir/base-tree"
+# Absolute: the base builds from inside its worktree.
+base_target="$(mkdir -p "${BASE_TARGET_DIR:-$dir/base-target}" && cd "${BASE_TARGET_DIR:-$dir/base-target}" && pwd)"
 
 build() { # tree, target dir, destination: builds tagfix and the example, copies both to the destination
   (cd "$1" && CARGO_TARGET_DIR="$2" cargo build --release --quiet "${features[@]}" --bin tagfix --example read_records)
@@ -34,7 +35,9 @@ build() { # tree, target dir, destination: builds tagfix and the example, copies
 if [ -z "${SKIP_BUILD:-}" ]; then
   [ -d "$base_tree" ] || git worktree add --detach "$base_tree" "$base"
   git -C "$base_tree" checkout --quiet --detach "$base"
-  cp examples/read_records.rs "$base_tree/examples/read_records.rs"
+  # Each side builds its own copy of the example (the same output; the record API may differ), the
+  # base this tree's copy if it has none.
+  [ -f "$base_tree/examples/read_records.rs" ] || cp examples/read_records.rs "$base_tree/examples/read_records.rs"
   build "$base_tree" "$base_target" "$dir/before"
   build . "${CARGO_TARGET_DIR:-$PWD/target}" "$dir/after"
 fi

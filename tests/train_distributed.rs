@@ -469,9 +469,9 @@ fn gradients_exchanged_during_the_backward_pass_train_exactly_as_after_it() {
     }
 }
 
-/// The ranks split the checks before the first step (each image decoded once in the run): an
-/// unreadable image in rank 1's part stops the run with exit 2, rank 1 naming the image and its
-/// part, rank 0 naming rank 1.
+/// The ranks split the checks before the first step (each image read once in the run): an
+/// unreadable training image in rank 1's part stops the run with exit 2, rank 1 naming the image and
+/// its part, rank 0 naming rank 1; so does an unreadable validation image in rank 1's part.
 #[test]
 fn an_unreadable_image_in_one_ranks_part_of_the_check_stops_every_rank() {
     let _guard = serial();
@@ -506,6 +506,27 @@ fn an_unreadable_image_in_one_ranks_part_of_the_check_stops_every_rank() {
         text.lines()
             .any(|l| l.starts_with("[rank 0]") && l.contains("rank 1")),
         "rank 0 names rank 1: {text}"
+    );
+    // The validation images' check is split too: the first 12 records validate, records 6..12 are
+    // rank 1's part (the training images are not checked here).
+    let eighth = records[8]["image_path"].as_str().unwrap();
+    std::fs::write(ds.image_root.join(eighth), b"not an image either").unwrap();
+    let o = train_command(&ds)
+        .args(run_args(&ds, &tmp.path().join("val"), "4", "2"))
+        .args(["--nproc-per-node", "2", "--check-images", "none"])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("[rank 1]")
+            && l.contains("1 of 6 validation images (part 2 of 2 of the set")),
+        "{text}"
+    );
+    assert!(
+        !text.contains("part 1 of 2"),
+        "rank 0 found nothing in its part: {text}"
     );
 }
 

@@ -92,12 +92,12 @@ fn online_features_equal_the_file_and_follow_the_augmentation() {
     let per = t.pixels_per_image();
 
     // Un-augmented: the online path gives the file's rows.
-    for (i, r) in data.records.records.iter().enumerate() {
-        let img = decode(&data.image_path(r)).unwrap();
+    for (i, r) in data.records.iter().enumerate() {
+        let img = decode(&data.image_path(&r)).unwrap();
         let mut px = vec![0f32; per];
         t.render_eval(&img, &mut px);
         let online = t.image_features(&px).unwrap();
-        let row = file.row_of(&r.image_path).unwrap();
+        let row = file.row_of(r.image_path).unwrap();
         let err = max_abs_diff(&online, &file.image_row(row).unwrap());
         assert!(
             err <= 1e-5,
@@ -129,14 +129,14 @@ fn online_features_equal_the_file_and_follow_the_augmentation() {
     let texts = mb.text_embed.as_ref().unwrap();
     let mut differs_from_file = 0;
     for (k, &idx) in mb.indices.iter().enumerate() {
-        let r = &data.records.records[idx];
-        let img = decode(&data.image_path(r)).unwrap();
+        let r = data.records.get(idx);
+        let img = decode(&data.image_path(&r)).unwrap();
         let mut px = vec![0f32; per];
         t.render_augmented(&mb.draws[k].image(&img, t.input_size()), &mut px);
         let want = t.image_features(&px).unwrap();
         let got = &clip[k * 512..(k + 1) * 512];
         assert!(max_abs_diff(got, &want) <= 1e-5, "sample {k}");
-        let row = file.row_of(&r.image_path).unwrap();
+        let row = file.row_of(r.image_path).unwrap();
         if max_abs_diff(got, &file.image_row(row).unwrap()) > 1e-3 {
             differs_from_file += 1;
         }

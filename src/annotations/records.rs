@@ -9,17 +9,17 @@ use super::{AnnotationError, CaptionMode, Pos};
 use crate::error::Result;
 use std::path::{Path, PathBuf};
 
-/// One training image and its positive slots.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TrainRecord {
+/// One training image and its positive slots: a view into a [`RecordSet`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrainRecord<'a> {
     /// As written in the annotation (relative to the image root unless absolute).
-    pub image_path: String,
+    pub image_path: &'a str,
     /// Positive slots, ascending, without repeats.
-    pub slots: Vec<u32>,
+    pub slots: &'a [u32],
     /// Where the record is, for messages.
     pub origin: Origin,
     /// The record's captions, when read with [`ReadOptions::captions`] (else empty).
-    pub captions: Vec<String>,
+    pub captions: &'a [String],
 }
 
 /// Where a record is: its file (an index into [`RecordSet::files`]), its 0-based index there and
@@ -31,10 +31,10 @@ pub struct Origin {
     pub pos: Pos,
 }
 
-impl TrainRecord {
+impl TrainRecord<'_> {
     /// Where the record's image is: `image_path` under `root` unless absolute.
     pub fn image_file(&self, root: &Path) -> PathBuf {
-        let p = Path::new(&self.image_path);
+        let p = Path::new(self.image_path);
         if p.is_absolute() {
             p.to_path_buf()
         } else {
@@ -80,10 +80,30 @@ impl ReadOptions {
 }
 
 /// Records of several annotation files, and the files they came from.
-#[derive(Debug, Clone)]
+///
+/// Kept column by column, because training holds every record of its set (shuffled every epoch) in
+/// each rank: all image paths in one string, all slots in one array, each with one offset per
+/// record, and the records' start positions. A record costs its path's bytes, 4 bytes a slot and 32
+/// bytes (40 with captions), not 104 bytes of fields and two allocations as a struct of `String`
+/// and `Vec`s (docs/PERFORMANCE.md, "Training records, column by column").
+#[derive(Debug, Clone, Default)]
 pub struct RecordSet {
     pub files: Vec<PathBuf>,
-    pub records: Vec<TrainRecord>,
+    /// Every image path, one after the other.
+    paths: String,
+    /// Record i's path is `paths[path_at[i]..path_at[i + 1]]`.
+    path_at: Vec<usize>,
+    slots: Vec<u32>,
+    /// Record i's slots are `slots[slot_at[i]..slot_at[i + 1]]`.
+    slot_at: Vec<usize>,
+    /// Where each record starts in its file.
+    positions: Vec<Pos>,
+    /// The first record of each file (records are numbered from 0 in each file).
+    file_start: Vec<usize>,
+    /// Captions, when kept: record i's are `captions[caption_at[i]..caption_at[i + 1]]`.
+    captions: Vec<String>,
+    /// Empty when captions are not kept.
+    caption_at: Vec<usize>,
 }
 
 impl RecordSet {
@@ -105,34 +125,110 @@ impl RecordSet {
             return Err(AnnotationError::NoFiles.into());
         }
         let spec = opts.spec();
-        let mut records = Vec::new();
-        for (file, path) in files.iter().enumerate() {
-            let before = records.len();
+        let mut set = RecordSet {
+            files: files.to_vec(),
+            path_at: vec![0],
+            slot_at: vec![0],
+            caption_at: if opts.captions { vec![0] } else { Vec::new() },
+            ..RecordSet::default()
+        };
+        for path in files {
+            let before = set.len();
+            set.file_start.push(before);
             for rec in Records::open(path, spec)? {
                 let rec = rec?;
+                debug_assert_eq!(rec.index, (set.len() - before) as u64);
                 let mut slots = rec.union_label_id;
                 slots.sort_unstable();
                 slots.dedup();
-                records.push(TrainRecord {
-                    // required: a record without one is an error above
-                    image_path: rec.image_path.unwrap_or_default(),
-                    slots,
-                    origin: Origin {
-                        file,
-                        record: rec.index,
-                        pos: rec.pos,
-                    },
-                    captions: rec.captions,
-                });
+                // required: a record without one is an error above
+                set.push(
+                    rec.image_path.as_deref().unwrap_or_default(),
+                    &slots,
+                    rec.pos,
+                    rec.captions,
+                );
             }
-            if records.len() == before {
+            if set.len() == before {
                 return Err(AnnotationError::NoRecords { path: path.clone() }.into());
             }
         }
-        Ok(RecordSet {
-            files: files.to_vec(),
-            records,
-        })
+        set.shrink_to_fit();
+        Ok(set)
+    }
+
+    fn push(&mut self, image_path: &str, slots: &[u32], pos: Pos, captions: Vec<String>) {
+        self.paths.push_str(image_path);
+        self.path_at.push(self.paths.len());
+        self.slots.extend_from_slice(slots);
+        self.slot_at.push(self.slots.len());
+        self.positions.push(pos);
+        if !self.caption_at.is_empty() {
+            self.captions.extend(captions);
+            self.caption_at.push(self.captions.len());
+        }
+    }
+
+    fn shrink_to_fit(&mut self) {
+        self.paths.shrink_to_fit();
+        self.path_at.shrink_to_fit();
+        self.slots.shrink_to_fit();
+        self.slot_at.shrink_to_fit();
+        self.positions.shrink_to_fit();
+        self.captions.shrink_to_fit();
+        self.caption_at.shrink_to_fit();
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.positions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.positions.is_empty()
+    }
+
+    /// Record `i` (panics when `i >= len()`, as indexing does).
+    pub fn get(&self, i: usize) -> TrainRecord<'_> {
+        let file = self.file_start.partition_point(|&s| s <= i) - 1;
+        TrainRecord {
+            image_path: &self.paths[self.path_at[i]..self.path_at[i + 1]],
+            slots: &self.slots[self.slot_at[i]..self.slot_at[i + 1]],
+            origin: Origin {
+                file,
+                record: (i - self.file_start[file]) as u64,
+                pos: self.positions[i],
+            },
+            captions: match self.caption_at.get(i..i + 2) {
+                Some(&[a, b]) => &self.captions[a..b],
+                _ => &[],
+            },
+        }
+    }
+
+    /// The records in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = TrainRecord<'_>> + '_ {
+        (0..self.len()).map(|i| self.get(i))
+    }
+
+    /// Every record's slots, in record order (as [`Self::iter`] without the rest).
+    pub fn slot_lists(&self) -> impl ExactSizeIterator<Item = &[u32]> + '_ {
+        self.slot_at.windows(2).map(|w| &self.slots[w[0]..w[1]])
+    }
+
+    /// Takes the captions out, all of them one after the other, with each record's start in that
+    /// list and the end (`len() + 1` offsets); the records keep none.
+    pub fn take_captions(&mut self) -> (Vec<String>, Vec<usize>) {
+        let captions = std::mem::take(&mut self.captions);
+        let at = std::mem::take(&mut self.caption_at);
+        (
+            captions,
+            if at.is_empty() {
+                vec![0; self.len() + 1]
+            } else {
+                at
+            },
+        )
     }
 
     /// `file:line:column: record N` of a record (0-based, as every annotation message numbers it).
@@ -147,15 +243,20 @@ impl RecordSet {
         )
     }
 
+    /// [`Self::origin`] of record `i`.
+    pub fn origin_of(&self, i: usize) -> String {
+        self.origin(&self.get(i))
+    }
+
     /// A fingerprint of the record order and contents (recorded in checkpoints so `--resume` can
     /// tell that the data changed).
     pub fn fingerprint(&self) -> String {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
-        for r in &self.records {
+        for r in self.iter() {
             h.update(r.image_path.as_bytes());
             h.update([0]);
-            for s in &r.slots {
+            for s in r.slots {
                 h.update(s.to_le_bytes());
             }
             h.update([1]);
@@ -185,17 +286,82 @@ mod tests {
             .unwrap();
         gz.finish().unwrap();
         let set = RecordSet::read(&[a, b], 3).unwrap();
-        assert_eq!(set.records.len(), 3);
-        assert_eq!(set.records[0].slots, vec![0, 2]);
-        assert_eq!(set.records[1].image_path, "y.png");
-        let o = set.records[2].origin;
+        assert_eq!(set.len(), 3);
+        assert_eq!(set.get(0).slots, [0, 2]);
+        assert_eq!(set.get(1).image_path, "y.png");
+        let o = set.get(2).origin;
         assert_eq!(
             (o.file, o.record, o.pos),
             (1, 1, Pos { line: 3, column: 1 })
         );
-        assert!(set
-            .origin(&set.records[2])
-            .ends_with("b.jsonl.gz:3:1: record 1"));
+        assert!(set.origin_of(2).ends_with("b.jsonl.gz:3:1: record 1"));
+        // Checkpoints record it: the value of the record-per-struct layout, so that `--resume`
+        // accepts runs started before the columns.
+        assert_eq!(
+            set.fingerprint(),
+            "098f885df0d830526951bb928bbdd1ace558b213659640a91179589ddb390186"
+        );
+    }
+
+    #[test]
+    fn columns_give_each_record_its_own_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+        std::fs::write(
+            &a,
+            "{\"image_path\":\"/abs/a0.jpg\",\"caption\":[\"one\",\"two\"],\"union_label_id\":[3,1]}\n{\"image_path\":\"a1.jpg\",\"caption\":\"three\",\"union_label_id\":[]}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &b,
+            "{\"image_path\":\"\",\"caption\":[\"four\"],\"union_label_id\":[0,4,0]}\n",
+        )
+        .unwrap();
+        let opts = ReadOptions {
+            num_slots: Some(5),
+            captions: true,
+        };
+        let mut set = RecordSet::read_with(&[a, b], opts).unwrap();
+        type Fields<'a> = (&'a str, Vec<u32>, usize, u64, Vec<String>);
+        let got: Vec<Fields> = set
+            .iter()
+            .map(|r| {
+                let o = r.origin;
+                (
+                    r.image_path,
+                    r.slots.to_vec(),
+                    o.file,
+                    o.record,
+                    r.captions.to_vec(),
+                )
+            })
+            .collect();
+        let s = |v: &[&str]| v.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            got,
+            [
+                ("/abs/a0.jpg", vec![1, 3], 0, 0, s(&["one", "two"])),
+                ("a1.jpg", vec![], 0, 1, s(&["three"])),
+                ("", vec![0, 4], 1, 0, s(&["four"])),
+            ]
+        );
+        let slot_lists: Vec<&[u32]> = set.slot_lists().collect();
+        assert_eq!(slot_lists, [&[1, 3][..], &[], &[0, 4]]);
+        assert_eq!(
+            set.get(0).image_file(Path::new("/root")),
+            Path::new("/abs/a0.jpg")
+        );
+        assert_eq!(
+            set.get(1).image_file(Path::new("/root")),
+            Path::new("/root/a1.jpg")
+        );
+        let (captions, at) = set.take_captions();
+        assert_eq!(
+            (captions, at),
+            (s(&["one", "two", "three", "four"]), vec![0, 2, 3, 4])
+        );
+        assert!(set.iter().all(|r| r.captions.is_empty()));
+        assert_eq!(set.take_captions(), (vec![], vec![0; 4]));
     }
 
     #[test]
@@ -224,9 +390,9 @@ mod tests {
             captions: true,
         };
         let set = RecordSet::read_with(std::slice::from_ref(&a), opts).unwrap();
-        assert_eq!(set.records[0].captions, vec!["a dog", "a cat"]);
-        assert_eq!(set.records[1].captions, vec!["one"]);
-        assert!(set.records[0].slots.is_empty());
+        assert_eq!(set.get(0).captions, ["a dog", "a cat"]);
+        assert_eq!(set.get(1).captions, ["one"]);
+        assert!(set.get(0).slots.is_empty());
         std::fs::write(&a, "{\"image_path\":\"x.jpg\",\"caption\":[]}\n").unwrap();
         let e = RecordSet::read_with(&[a], opts).unwrap_err().to_string();
         assert!(

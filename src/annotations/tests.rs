@@ -246,7 +246,7 @@ fn diff_passes_exactly_what_the_training_reader_reads() {
         assert_eq!(diff.is_ok(), ok, "{rest}: diff {:?}", diff.err());
         assert_eq!(train.is_ok(), ok, "{rest}: train {:?}", train.err());
         if let Ok(set) = train {
-            assert_eq!(set.records[0].captions, vec!["x"]);
+            assert_eq!(set.get(0).captions, ["x"]);
         }
     }
 }
@@ -304,7 +304,7 @@ fn the_same_bad_record_gets_the_same_error_from_diff_train_and_teacher() {
             if teacher_reads_it {
                 assert_eq!(teacher.unwrap_err().to_string(), diff, "teacher and diff");
             } else {
-                assert_eq!(teacher.unwrap().records.len(), 2);
+                assert_eq!(teacher.unwrap().len(), 2);
             }
         }
     }

@@ -68,7 +68,7 @@ pub fn run(args: TeacherArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
         tagfix::teacher::TEACHER_DIM
     );
     if let Some((shard, from)) = &shard {
-        let range = shard.range(records.records.len());
+        let range = shard.range(records.len());
         let from = from
             .as_ref()
             .map(|vars| format!(" (--shard auto: {vars})"))
@@ -77,7 +77,7 @@ pub fn run(args: TeacherArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
             "  shard {shard}{from}: records {}..{} of {}; `tagfix train --teacher {}` reads the set once all {} shards are there",
             range.start,
             range.end,
-            records.records.len(),
+            records.len(),
             args.out.display(),
             shard.count
         );

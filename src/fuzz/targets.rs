@@ -217,9 +217,14 @@ fn run_records(path: &Path, input: &[u8]) {
     };
     if let Ok(set) = RecordSet::read_with(&[path.to_path_buf()], opts) {
         let _ = set.fingerprint();
-        set.records.iter().for_each(|r| {
-            let _ = (set.origin(r), r.image_file(Path::new("/root")));
+        set.iter().for_each(|r| {
+            let _ = (
+                set.origin(&r),
+                r.image_file(Path::new("/root")),
+                r.captions.len(),
+            );
         });
+        let _ = set.slot_lists().count();
     }
 }
 

@@ -69,17 +69,10 @@ impl OnlineTeacher {
         if config.caption == CaptionChoice::Mean {
             return Err(TeacherError::MeanCaptionOnline.into());
         }
-        let mut captions = Vec::new();
-        let mut offsets = Vec::with_capacity(records.records.len() + 1);
-        offsets.push(0);
         // The reader (captions: true) refuses records without a caption.
-        for r in &mut records.records {
-            captions.extend(
-                std::mem::take(&mut r.captions)
-                    .iter()
-                    .map(|c| pre_caption(c, RAM_CAPTION_WORDS)),
-            );
-            offsets.push(captions.len());
+        let (mut captions, offsets) = records.take_captions();
+        for c in &mut captions {
+            *c = pre_caption(c, RAM_CAPTION_WORDS);
         }
         let summary = format!(
             "online teacher: image {} ({}, {}), text {} ({}); caption {}{}",

@@ -35,34 +35,41 @@ pub struct TeacherRequest<'a> {
 
 impl TeacherRequest<'_> {
     /// The records to compute: all, or the shard's block.
-    pub fn selected(&self) -> &[TrainRecord] {
-        let all = &self.records.records;
+    pub fn selected(&self) -> std::ops::Range<usize> {
+        let n = self.records.len();
         match self.shard {
-            Some(shard) => &all[shard.range(all.len())],
-            None => all,
+            Some(shard) => shard.range(n),
+            None => 0..n,
         }
+    }
+
+    /// [`Self::selected`]'s records, `size` (≥ 1) at a time.
+    fn selected_chunks(&self, size: usize) -> impl Iterator<Item = Vec<TrainRecord<'_>>> + '_ {
+        let range = self.selected();
+        let end = range.end;
+        range.step_by(size).map(move |start| {
+            (start..(start + size).min(end))
+                .map(|i| self.records.get(i))
+                .collect()
+        })
     }
 }
 
 /// Checks that keys are unique (the file is keyed by `image_path`).
 fn unique_keys(records: &RecordSet) -> Result<Vec<String>> {
-    let mut seen: HashMap<&str, usize> = HashMap::with_capacity(records.records.len());
-    for (i, r) in records.records.iter().enumerate() {
-        if let Some(&first) = seen.get(r.image_path.as_str()) {
+    let mut seen: HashMap<&str, usize> = HashMap::with_capacity(records.len());
+    for (i, r) in records.iter().enumerate() {
+        if let Some(&first) = seen.get(r.image_path) {
             return Err(TeacherError::ImageTwice {
-                image: r.image_path.clone(),
-                first: records.origin(&records.records[first]),
-                second: records.origin(r),
+                image: r.image_path.to_string(),
+                first: records.origin_of(first),
+                second: records.origin(&r),
             }
             .into());
         }
-        seen.insert(&r.image_path, i);
+        seen.insert(r.image_path, i);
     }
-    Ok(records
-        .records
-        .iter()
-        .map(|r| r.image_path.clone())
-        .collect())
+    Ok(records.iter().map(|r| r.image_path.to_string()).collect())
 }
 
 /// Records whose captions are embedded per text-encoder call: bounds memory (the captions' vectors
@@ -85,14 +92,14 @@ pub fn caption_rows(
         }
     };
     let mut total = 0;
-    for r in req.selected() {
-        total += chosen(r)?.len();
+    for i in req.selected() {
+        total += chosen(&req.records.get(i))?.len();
     }
     progress.set_length(total as u64);
-    for chunk in req.selected().chunks(CAPTION_CHUNK) {
+    for chunk in req.selected_chunks(CAPTION_CHUNK) {
         let mut texts = Vec::new();
         let mut counts = Vec::with_capacity(chunk.len());
-        for r in chunk {
+        for r in &chunk {
             let captions = &r.captions[chosen(r)?];
             counts.push(captions.len());
             texts.extend(captions.iter().map(|c| pre_caption(c, req.max_words)));
@@ -135,9 +142,8 @@ pub fn image_rows(
     image.check_teacher_dim()?;
     let per = image.pixels_per_image();
     let input = image.descriptor.input.clone();
-    let records = req.selected();
-    progress.set_length(records.len() as u64);
-    for chunk in records.chunks(req.image_batch.max(1)) {
+    progress.set_length(req.selected().len() as u64);
+    for chunk in req.selected_chunks(req.image_batch.max(1)) {
         let mut pixels = vec![0f32; chunk.len() * per];
         pixels
             .par_chunks_mut(per)
@@ -155,7 +161,7 @@ pub fn image_rows(
         if let Some(i) = features.iter().position(|v| !v.is_finite()) {
             let r = &chunk[i / TEACHER_DIM];
             return Err(TeacherError::NonFiniteFeature {
-                image: r.image_path.clone(),
+                image: r.image_path.to_string(),
                 origin: req.records.origin(r),
             }
             .into());
@@ -209,7 +215,8 @@ pub fn write_teacher_file(
 /// Embeds one caption to learn the text tower's width before the image pass: the captions are
 /// written after the images, and a wrong tower should not cost a pass over the whole set first.
 fn check_caption_width(text: &mut TextEncoder, req: &TeacherRequest<'_>) -> Result<()> {
-    let Some(caption) = req.selected().first().and_then(|r| r.captions.first()) else {
+    let first = req.selected().next().map(|i| req.records.get(i));
+    let Some(caption) = first.as_ref().and_then(|r| r.captions.first()) else {
         return Ok(());
     };
     let (_, dim) = text.encode(
@@ -288,10 +295,7 @@ fn provenance(
     );
     if let Some(shard) = req.shard {
         m.insert(SHARD_KEY.into(), shard.to_string());
-        m.insert(
-            SET_RECORDS_KEY.into(),
-            req.records.records.len().to_string(),
-        );
+        m.insert(SET_RECORDS_KEY.into(), req.records.len().to_string());
     }
     m
 }

@@ -187,10 +187,14 @@ pub enum TrainError {
     },
 
     /// Validation images found unreadable before the first step; `first` is the first failure.
-    #[error("{failed} of {total} validation images cannot be read (image root {})", .image_root.display())]
+    #[error("{failed} of {total} validation images{} cannot be read (image root {})",
+            .part.as_ref().map(|p| format!(" ({p} of the set, this rank's share of the check)")).unwrap_or_default(),
+            .image_root.display())]
     UnreadableValidationImages {
         failed: usize,
         total: usize,
+        /// Which part of the set this process checked, when the ranks split the check.
+        part: Option<String>,
         image_root: PathBuf,
         #[source]
         first: Box<crate::Error>,

@@ -210,7 +210,7 @@ pub fn prepare_rank(
     let mut notes = set_up_threads(config, device)?;
     let labels = LabelInputs::check(config, inputs, &mut notes)?;
     let (data, absent_slots) = open_data(config, inputs, &labels, share, &mut notes)?;
-    let validation = open_validation(config, inputs, &labels, &mut notes)?;
+    let validation = open_validation(config, inputs, &labels, share, &mut notes)?;
     let loader = loader_config(config, &labels.model_config)?;
     notes.push(describe_augmentation(&loader.augment));
     let steps_per_epoch = loader.steps_per_epoch(data.len())?;
@@ -431,6 +431,7 @@ fn open_validation(
     config: &TrainConfig,
     inputs: &TrainInputs,
     labels: &LabelInputs,
+    share: WorkShare,
     notes: &mut Vec<String>,
 ) -> Result<Option<ValidationSet>> {
     let Some(v) = &inputs.validation else {
@@ -449,6 +450,7 @@ fn open_validation(
         vocab,
         labels.manifest.clone(),
         config.val_max_images,
+        share,
     )?;
     notes.push(format!(
         "{}; every {} steps",
@@ -738,9 +740,8 @@ pub fn slot_probabilities(
     limit: usize,
 ) -> Result<Vec<f64>> {
     let n = data.len().min(limit);
-    let paths: Vec<PathBuf> = data.records.records[..n]
-        .iter()
-        .map(|r| data.image_path(r))
+    let paths: Vec<PathBuf> = (0..n)
+        .map(|i| data.image_path(&data.records.get(i)))
         .collect();
     let probs = score_images(model, &paths, device, 16, FilterType::CatmullRom)?;
     let nc = model.config.num_class;

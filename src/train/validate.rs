@@ -16,6 +16,7 @@ use crate::eval::{
     Thresholds,
 };
 use crate::manifest::SlotManifest;
+use crate::share::WorkShare;
 use crate::vocab::Vocabulary;
 use image::imageops::FilterType;
 use rayon::prelude::*;
@@ -49,14 +50,16 @@ pub struct ValidationSet {
 }
 
 impl ValidationSet {
-    /// Loads the set, keeps its first `max_images` images when given, and opens every image's
-    /// header (so a missing image fails before the first step).
+    /// Loads the set, keeps its first `max_images` images when given, and opens the header of each
+    /// of `share`'s images (so a missing image fails before the first step; a distributed run's ranks
+    /// split that check, as they split the training images').
     pub fn open(
         inputs: &ValidationInputs,
         train_images: &Path,
         vocab: Vocabulary,
         manifest: SlotManifest,
         max_images: Option<usize>,
+        share: WorkShare,
     ) -> Result<Self> {
         let root = inputs.images.as_deref().unwrap_or(train_images);
         if !root.is_dir() {
@@ -100,7 +103,8 @@ impl ValidationSet {
         let image_paths: Vec<PathBuf> = (0..bench.images.len())
             .map(|i| bench.image_path(root, i))
             .collect();
-        let failures: Vec<Error> = image_paths
+        let mine = &image_paths[share.range(image_paths.len())];
+        let failures: Vec<Error> = mine
             .par_iter()
             .filter_map(|p| augment::probe(p).err())
             .collect();
@@ -108,7 +112,8 @@ impl ValidationSet {
         if let Some(first) = failures.into_iter().next() {
             return Err(TrainError::UnreadableValidationImages {
                 failed,
-                total: image_paths.len(),
+                total: mine.len(),
+                part: (!share.is_whole()).then(|| share.to_string()),
                 image_root: root.to_path_buf(),
                 first: Box::new(first),
             }
@@ -177,11 +182,7 @@ impl ValidationSet {
 /// they are, so tags that share a name stay apart).
 fn from_records(path: &Path, vocab: &Vocabulary) -> Result<(Benchmark, TagMapping)> {
     let set = super::data::RecordSet::read(&[path.to_path_buf()], vocab.len())?;
-    let mut slots: Vec<u32> = set
-        .records
-        .iter()
-        .flat_map(|r| r.slots.iter().copied())
-        .collect();
+    let mut slots: Vec<u32> = set.slot_lists().flatten().copied().collect();
     slots.sort_unstable();
     slots.dedup();
     let column = |s: u32| slots.binary_search(&s).expect("collected") as u32;
@@ -196,11 +197,10 @@ fn from_records(path: &Path, vocab: &Vocabulary) -> Result<(Benchmark, TagMappin
             .unwrap_or_default(),
         taglist_path: path.to_path_buf(),
         annots_path: path.to_path_buf(),
-        images: set.records.iter().map(|r| r.image_path.clone()).collect(),
+        images: set.iter().map(|r| r.image_path.to_string()).collect(),
         labels: set
-            .records
-            .iter()
-            .map(|r| r.slots.iter().map(|&s| column(s)).collect())
+            .slot_lists()
+            .map(|slots| slots.iter().map(|&s| column(s)).collect())
             .collect(),
         tags: tags.clone(),
         form: LabelForm::Indices,

@@ -116,21 +116,24 @@ impl TrainData {
             TeacherSource::None | TeacherSource::Online(_) => (None, Vec::new()),
             TeacherSource::File(p) => {
                 let t = TeacherFeatures::read_checking(p, share)?;
-                let mut rows = Vec::with_capacity(records.records.len());
-                let mut missing = Vec::new();
-                for r in &records.records {
-                    match t.row_of(&r.image_path) {
+                let mut rows = Vec::with_capacity(records.len());
+                let (mut missing, mut first_missing) = (0, None);
+                for r in records.iter() {
+                    match t.row_of(r.image_path) {
                         Some(i) => rows.push(i),
-                        None => missing.push(r),
+                        None => {
+                            missing += 1;
+                            first_missing.get_or_insert(r);
+                        }
                     }
                 }
-                if let Some(first) = missing.first() {
+                if let Some(first) = first_missing {
                     return Err(TrainError::TeacherRowsMissing {
                         teacher: p.to_path_buf(),
-                        missing: missing.len(),
-                        records: records.records.len(),
-                        image: first.image_path.clone(),
-                        origin: records.origin(first),
+                        missing,
+                        records: records.len(),
+                        image: first.image_path.to_string(),
+                        origin: records.origin(&first),
                     }
                     .into());
                 }
@@ -149,11 +152,11 @@ impl TrainData {
 
     /// Number of records.
     pub fn len(&self) -> usize {
-        self.records.records.len()
+        self.records.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.records.records.is_empty()
+        self.records.is_empty()
     }
 
     /// Where a record's image is.
@@ -178,9 +181,8 @@ impl TrainData {
             ImageCheck::Full => |p| augment::decode(p).map(drop),
         };
         let part = share.range(self.len());
-        let first = part.start;
-        let mine = &self.records.records[part];
-        let bar = indicatif::ProgressBar::new(mine.len() as u64);
+        let total = part.len();
+        let bar = indicatif::ProgressBar::new(total as u64);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
                 "{spinner} checking images [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
@@ -188,13 +190,12 @@ impl TrainData {
             .expect("template")
             .progress_chars("=> "),
         );
-        let failures: Vec<(usize, Error)> = mine
-            .par_iter()
-            .enumerate()
-            .filter_map(|(i, r)| {
-                let result = read(&self.image_path(r));
+        let failures: Vec<(usize, Error)> = part
+            .into_par_iter()
+            .filter_map(|i| {
+                let result = read(&self.image_path(&self.records.get(i)));
                 bar.inc(1);
-                result.err().map(|e| (first + i, e))
+                result.err().map(|e| (i, e))
             })
             .collect();
         bar.finish_and_clear();
@@ -208,13 +209,13 @@ impl TrainData {
                 format!(
                     "{} ({})",
                     crate::error::report(e),
-                    self.records.origin(&self.records.records[*i])
+                    self.records.origin_of(*i)
                 )
             })
             .collect();
         Err(TrainError::UnreadableImages {
             failed: failures.len(),
-            total: mine.len(),
+            total,
             part: (!share.is_whole()).then(|| share.to_string()),
             image_root: self.image_root.clone(),
             examples,
@@ -230,7 +231,6 @@ impl TrainData {
         }
         if let Some(r) = self
             .records
-            .records
             .iter()
             .find(|r| r.slots.iter().any(|&s| is_absent[s as usize]))
         {
@@ -238,7 +238,7 @@ impl TrainData {
             return Err(TrainError::AbsentSlotCarried {
                 manifest: manifest.to_path_buf(),
                 slot: *s,
-                origin: self.records.origin(r),
+                origin: self.records.origin(&r),
             }
             .into());
         }
@@ -368,8 +368,8 @@ pub fn load_micro_batch(
         .zip(draws.par_iter_mut())
         .zip(indices.par_iter().enumerate())
         .try_for_each(|(((out, teacher_out), draw), (k, &idx))| -> Result<()> {
-            let r = &data.records.records[idx];
-            let img = augment::decode(&data.image_path(r))?;
+            let r = data.records.get(idx);
+            let img = augment::decode(&data.image_path(&r))?;
             let pos = (first + k) as u64;
             let mut rng = ChaCha8Rng::seed_from_u64(mix(cfg.seed ^ 0xA5A5_A5A5, epoch, pos));
             let (d, augmented) = cfg.augment.augmented(&img, &mut rng);
@@ -390,7 +390,7 @@ pub fn load_micro_batch(
     let n = data.num_slots;
     let mut targets = vec![0f32; indices.len() * n];
     for (k, &idx) in indices.iter().enumerate() {
-        for &s in &data.records.records[idx].slots {
+        for &s in data.records.get(idx).slots {
             targets[k * n + s as usize] = 1.0;
         }
     }
