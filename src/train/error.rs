@@ -287,6 +287,11 @@ pub enum TrainError {
     #[error("{}: validation set has no images", .0.display())]
     NoValidationImages(PathBuf),
 
+    /// More records than the loader numbers (32-bit record numbers keep its per-epoch order and the
+    /// teacher rows at 4 bytes a record in every rank).
+    #[error("{records} training records: at most {} are supported", u32::MAX)]
+    TooManyRecords { records: usize },
+
     #[error("{}: none of its {tags} tags matches a slot of the vocabulary", .path.display())]
     NoValidationTags { path: PathBuf, tags: usize },
 
@@ -418,6 +423,7 @@ impl TrainError {
             | TrainError::CopyTensor { .. }
             | TrainError::EncoderNotInitialised { .. }
             | TrainError::NoValidationImages(_)
+            | TrainError::TooManyRecords { .. }
             | TrainError::NoValidationTags { .. }
             | TrainError::OptimizerStateMissing { .. }
             | TrainError::OptimizerStateShape { .. } => ErrorKind::Input,

@@ -50,8 +50,8 @@ pub struct TrainData {
     pub records: RecordSet,
     pub image_root: PathBuf,
     pub teacher: Option<TeacherFeatures>,
-    /// Teacher row of each record.
-    teacher_rows: Vec<usize>,
+    /// Teacher row of each record (the teacher's key index numbers rows with 32 bits).
+    teacher_rows: Vec<u32>,
     /// The online teacher (`--teacher online`), used by the loader's workers.
     pub online_teacher: Option<OnlineTeacher>,
     pub num_slots: usize,
@@ -108,6 +108,12 @@ impl TrainData {
                 captions: online,
             },
         )?;
+        if u32::try_from(records.len()).is_err() {
+            return Err(TrainError::TooManyRecords {
+                records: records.len(),
+            }
+            .into());
+        }
         let online_teacher = match source {
             TeacherSource::Online(cfg) => Some(OnlineTeacher::load(cfg, &mut records)?),
             _ => None,
@@ -120,7 +126,7 @@ impl TrainData {
                 let (mut missing, mut first_missing) = (0, None);
                 for r in records.iter() {
                     match t.row_of(r.image_path) {
-                        Some(i) => rows.push(i),
+                        Some(i) => rows.push(i as u32),
                         None => {
                             missing += 1;
                             first_missing.get_or_insert(r);
@@ -331,9 +337,11 @@ fn mix(a: u64, b: u64, c: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The record order of epoch `epoch`.
-pub fn epoch_order(records: usize, seed: u64, epoch: u64) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..records).collect();
+/// The record order of epoch `epoch` (records numbered with 32 bits, see
+/// [`TrainError::TooManyRecords`]; the same permutation as numbering them with `usize`).
+pub fn epoch_order(records: usize, seed: u64, epoch: u64) -> Vec<u32> {
+    debug_assert!(u32::try_from(records).is_ok(), "TrainData refuses more records");
+    let mut order: Vec<u32> = (0..records as u32).collect();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(seed, epoch, 0x5EED)));
     order
 }
@@ -344,12 +352,15 @@ pub fn load_micro_batch(
     cfg: &LoaderConfig,
     step: u64,
     micro: usize,
-    order: &[usize],
+    order: &[u32],
 ) -> Result<MicroBatch> {
     let spe = cfg.steps_per_epoch(data.len())?;
     let epoch = step / spe;
     let first = ((step % spe) as usize) * cfg.batch + micro * cfg.micro_batch;
-    let indices: Vec<usize> = order[first..first + cfg.micro_batch].to_vec();
+    let indices: Vec<usize> = order[first..first + cfg.micro_batch]
+        .iter()
+        .map(|&i| i as usize)
+        .collect();
     let side = cfg.augment.size as usize;
     let per_image = 3 * side * side;
     let online = data.online_teacher.as_ref();
@@ -399,7 +410,7 @@ pub fn load_micro_batch(
             let mut c = Vec::with_capacity(indices.len() * TEACHER_DIM);
             let mut x = Vec::with_capacity(indices.len() * TEACHER_DIM);
             for &idx in &indices {
-                let row = data.teacher_rows[idx];
+                let row = data.teacher_rows[idx] as usize;
                 t.append_image_row(row, &mut c)?;
                 t.append_text_row(row, &mut x)?;
             }
@@ -495,7 +506,7 @@ impl Loader {
         let handle = std::thread::Builder::new()
             .name("tagfix-loader".into())
             .spawn(move || {
-                let mut cached: Option<(u64, Vec<usize>)> = None;
+                let mut cached: Option<(u64, Vec<u32>)> = None;
                 for step in start_step..end_step {
                     let epoch = step / spe;
                     if cached.as_ref().map(|c| c.0) != Some(epoch) {
@@ -556,6 +567,16 @@ mod tests {
         let mut s = a.clone();
         s.sort();
         assert_eq!(s, (0..50).collect::<Vec<_>>());
+        // The order runs started with `usize` record numbers followed, so that they resume exactly.
+        for epoch in 0..3 {
+            let mut wide: Vec<usize> = (0..1000).collect();
+            wide.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(7, epoch, 0x5EED)));
+            let narrow: Vec<usize> = epoch_order(1000, 7, epoch)
+                .into_iter()
+                .map(|i| i as usize)
+                .collect();
+            assert_eq!(narrow, wide);
+        }
     }
 
     #[test]
