@@ -626,7 +626,7 @@ impl Trainer {
             // micro-batch's backward pass when overlapped), then the loss summary: every rank holds
             // the one-rank run's values.
             group.set_step(step + 1);
-            all_reduce_grads(group, &self.opt.grads(), self.config.grad_comm)?;
+            all_reduce_grads(group, &self.opt, self.config.grad_comm)?;
             group.all_reduce_sum_(std::slice::from_ref(&summary))?;
         }
         let bad = summary.narrow(0, NON_FINITE as i64, 1);
@@ -729,11 +729,10 @@ impl Trainer {
         acc: &mut Accumulated,
         non_finite: Option<String>,
     ) -> Result<Option<i32>> {
-        let grads = self.opt.grads();
         let stop_vote = self.stop_vote();
         let group = self.group.as_mut().expect("distributed");
         group.set_step(step + 1);
-        all_reduce_grads(group, &grads, self.config.grad_comm)?;
+        all_reduce_grads(group, &self.opt, self.config.grad_comm)?;
         let mut values = [0f64; 8 + interrupt::VOTES];
         for &(t, v) in &acc.raw {
             values[t as usize] = v;
@@ -1153,11 +1152,11 @@ fn agree_and_share(
 }
 
 /// Sums the step's gradients over the ranks: completes the overlapped exchange when there is one
-/// ([`ProcessGroup::overlap_grads`]), else all-reduces `grads` now, sent as `grad_comm` says (a group
+/// ([`ProcessGroup::overlap_grads`]), else all-reduces `opt`'s gradients now, sent as `grad_comm` says (a group
 /// of one rank sends nothing anywhere, so its gradients are not rounded). Logs (debug) how long the step
 /// waited for it after the backward pass (on the CPU; CUDA work is only queued) and, overlapped, how
 /// many buckets started while the backward pass was still computing.
-fn all_reduce_grads(group: &mut ProcessGroup, grads: &[Tensor], grad_comm: GradComm) -> Result<()> {
+fn all_reduce_grads(group: &mut ProcessGroup, opt: &AdamW, grad_comm: GradComm) -> Result<()> {
     let t0 = Instant::now();
     if group.has_grad_overlap() {
         let stats = group.finish_grad_overlap()?;
@@ -1170,11 +1169,12 @@ fn all_reduce_grads(group: &mut ProcessGroup, grads: &[Tensor], grad_comm: GradC
         );
         return Ok(());
     }
+    let grads = opt.grads();
     match grad_comm {
         GradComm::Bf16 if group.world_size() > 1 => {
-            group.all_reduce_sum_as_(grads, Kind::BFloat16)?
+            group.all_reduce_sum_as_(&grads, Kind::BFloat16)?
         }
-        _ => group.all_reduce_sum_(grads)?,
+        _ => group.all_reduce_sum_(&grads)?,
     }
     tracing::debug!(
         "gradient exchange: after the backward pass, {:.1} ms",
