@@ -9,9 +9,11 @@
 #   BASE_TARGET_DIR   cargo target folder for the base build (default BENCH_DIR/base-target)
 #   FEATURES          cargo features of both builds (default none: record reading needs none)
 #   SKIP_BUILD=1      measure the binaries already in BENCH_DIR/{before,after} (tagfix, read_records)
+#   CAPTIONS=1        record loading keeps every record's captions too
 # "train's record loading" is examples/read_records.rs: `RecordSet::read(FILE, 4585)`, the call
-# `tagfix train` makes before it touches libtorch; each revision builds its own copy (this tree's when
-# it has none), and both must print the same counts.
+# `tagfix train` makes before it touches libtorch (CAPTIONS=1: with every caption kept, as `tagfix
+# teacher` and the online teacher read them); both revisions build this tree's copy of the example and
+# must print the same fingerprint.
 # Measures with /usr/bin/time (wall seconds, peak RSS). Not part of the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,10 +36,9 @@ build() { # tree, target dir, destination: builds tagfix and the example, copies
 }
 if [ -z "${SKIP_BUILD:-}" ]; then
   [ -d "$base_tree" ] || git worktree add --detach "$base_tree" "$base"
-  git -C "$base_tree" checkout --quiet --detach "$base"
-  # Each side builds its own copy of the example (the same output; the record API may differ), the
-  # base this tree's copy if it has none.
-  [ -f "$base_tree/examples/read_records.rs" ] || cp examples/read_records.rs "$base_tree/examples/read_records.rs"
+  git -C "$base_tree" checkout --quiet --force --detach "$base"  # drops the example copied in last time
+  # Both sides build this tree's example (it calls only API every revision has).
+  cp examples/read_records.rs "$base_tree/examples/read_records.rs"
   build "$base_tree" "$base_target" "$dir/before"
   build . "${CARGO_TARGET_DIR:-$PWD/target}" "$dir/after"
 fi
@@ -56,7 +57,7 @@ measure() { # label, command...: prints "wall_s peak_kb"; keeps stdout in $dir/<
 declare -A wall rss
 for i in $(seq 1 "$runs"); do
   for side in before after; do
-    read -r w m < <(measure "$side-records" "$dir/$side/read_records" 4585 "$data")
+    read -r w m < <(measure "$side-records" "$dir/$side/read_records" ${CAPTIONS:+--captions} 4585 "$data")
     wall[$side-records]+="$w "; rss[$side-records]+="$m "
     line="run $i $side: record loading $w s $m KB"
     read -r w m < <(measure "$side-diff" "$dir/$side/tagfix" -q diff --vocab ram --no-preset-sidecars \

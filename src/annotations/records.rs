@@ -5,6 +5,7 @@
 //! [+ captions], never a JSON tree) because training shuffles them every epoch.
 
 use super::reader::{Need, RecordSpec, Records};
+use super::strings::{StrList, Strings};
 use super::{AnnotationError, CaptionMode, Pos};
 use crate::error::Result;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ pub struct TrainRecord<'a> {
     /// Where the record is, for messages.
     pub origin: Origin,
     /// The record's captions, when read with [`ReadOptions::captions`] (else empty).
-    pub captions: &'a [String],
+    pub captions: StrList<'a>,
 }
 
 /// Where a record is: its file (an index into [`RecordSet::files`]), its 0-based index there and
@@ -84,15 +85,14 @@ impl ReadOptions {
 /// Kept column by column, because training holds every record of its set (shuffled every epoch) in
 /// each rank: all image paths in one string, all slots in one array, each with one offset per
 /// record, and the records' start positions. A record costs its path's bytes, 4 bytes a slot and 32
-/// bytes (40 with captions), not 104 bytes of fields and two allocations as a struct of `String`
-/// and `Vec`s (docs/PERFORMANCE.md, "Training records, column by column").
+/// bytes (with captions, 8 more and each caption's bytes + 8), not 104 bytes of fields and an
+/// allocation per path, slot list and caption as a struct of `String` and `Vec`s
+/// (docs/PERFORMANCE.md, "Training records, column by column").
 #[derive(Debug, Clone, Default)]
 pub struct RecordSet {
     pub files: Vec<PathBuf>,
-    /// Every image path, one after the other.
-    paths: String,
-    /// Record i's path is `paths[path_at[i]..path_at[i + 1]]`.
-    path_at: Vec<usize>,
+    /// Record i's image path is `paths.get(i)`.
+    paths: Strings,
     slots: Vec<u32>,
     /// Record i's slots are `slots[slot_at[i]..slot_at[i + 1]]`.
     slot_at: Vec<usize>,
@@ -100,8 +100,8 @@ pub struct RecordSet {
     positions: Vec<Pos>,
     /// The first record of each file (records are numbered from 0 in each file).
     file_start: Vec<usize>,
-    /// Captions, when kept: record i's are `captions[caption_at[i]..caption_at[i + 1]]`.
-    captions: Vec<String>,
+    /// Captions, when kept: record i's are `captions.slice(caption_at[i]..caption_at[i + 1])`.
+    captions: Strings,
     /// Empty when captions are not kept.
     caption_at: Vec<usize>,
 }
@@ -127,7 +127,6 @@ impl RecordSet {
         let spec = opts.spec();
         let mut set = RecordSet {
             files: files.to_vec(),
-            path_at: vec![0],
             slot_at: vec![0],
             caption_at: if opts.captions { vec![0] } else { Vec::new() },
             ..RecordSet::default()
@@ -158,20 +157,18 @@ impl RecordSet {
     }
 
     fn push(&mut self, image_path: &str, slots: &[u32], pos: Pos, captions: Vec<String>) {
-        self.paths.push_str(image_path);
-        self.path_at.push(self.paths.len());
+        self.paths.push(image_path);
         self.slots.extend_from_slice(slots);
         self.slot_at.push(self.slots.len());
         self.positions.push(pos);
         if !self.caption_at.is_empty() {
-            self.captions.extend(captions);
+            captions.iter().for_each(|c| self.captions.push(c));
             self.caption_at.push(self.captions.len());
         }
     }
 
     fn shrink_to_fit(&mut self) {
         self.paths.shrink_to_fit();
-        self.path_at.shrink_to_fit();
         self.slots.shrink_to_fit();
         self.slot_at.shrink_to_fit();
         self.positions.shrink_to_fit();
@@ -192,7 +189,7 @@ impl RecordSet {
     pub fn get(&self, i: usize) -> TrainRecord<'_> {
         let file = self.file_start.partition_point(|&s| s <= i) - 1;
         TrainRecord {
-            image_path: &self.paths[self.path_at[i]..self.path_at[i + 1]],
+            image_path: self.paths.get(i),
             slots: &self.slots[self.slot_at[i]..self.slot_at[i + 1]],
             origin: Origin {
                 file,
@@ -200,8 +197,8 @@ impl RecordSet {
                 pos: self.positions[i],
             },
             captions: match self.caption_at.get(i..i + 2) {
-                Some(&[a, b]) => &self.captions[a..b],
-                _ => &[],
+                Some(&[a, b]) => self.captions.slice(a..b),
+                _ => StrList::empty(),
             },
         }
     }
@@ -218,7 +215,7 @@ impl RecordSet {
 
     /// Takes the captions out, all of them one after the other, with each record's start in that
     /// list and the end (`len() + 1` offsets); the records keep none.
-    pub fn take_captions(&mut self) -> (Vec<String>, Vec<usize>) {
+    pub fn take_captions(&mut self) -> (Strings, Vec<usize>) {
         let captions = std::mem::take(&mut self.captions);
         let at = std::mem::take(&mut self.caption_at);
         (
@@ -332,7 +329,7 @@ mod tests {
                     r.slots.to_vec(),
                     o.file,
                     o.record,
-                    r.captions.to_vec(),
+                    r.captions.iter().map(String::from).collect(),
                 )
             })
             .collect();
@@ -357,11 +354,11 @@ mod tests {
         );
         let (captions, at) = set.take_captions();
         assert_eq!(
-            (captions, at),
-            (s(&["one", "two", "three", "four"]), vec![0, 2, 3, 4])
+            (captions.iter().collect::<Vec<_>>(), at),
+            (vec!["one", "two", "three", "four"], vec![0, 2, 3, 4])
         );
         assert!(set.iter().all(|r| r.captions.is_empty()));
-        assert_eq!(set.take_captions(), (vec![], vec![0; 4]));
+        assert_eq!(set.take_captions(), (Strings::default(), vec![0; 4]));
     }
 
     #[test]
@@ -390,8 +387,8 @@ mod tests {
             captions: true,
         };
         let set = RecordSet::read_with(std::slice::from_ref(&a), opts).unwrap();
-        assert_eq!(set.get(0).captions, ["a dog", "a cat"]);
-        assert_eq!(set.get(1).captions, ["one"]);
+        assert_eq!(set.get(0).captions.to_vec(), ["a dog", "a cat"]);
+        assert_eq!(set.get(1).captions.to_vec(), ["one"]);
         assert!(set.get(0).slots.is_empty());
         std::fs::write(&a, "{\"image_path\":\"x.jpg\",\"caption\":[]}\n").unwrap();
         let e = RecordSet::read_with(&[a], opts).unwrap_err().to_string();

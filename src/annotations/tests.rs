@@ -246,7 +246,7 @@ fn diff_passes_exactly_what_the_training_reader_reads() {
         assert_eq!(diff.is_ok(), ok, "{rest}: diff {:?}", diff.err());
         assert_eq!(train.is_ok(), ok, "{rest}: train {:?}", train.err());
         if let Ok(set) = train {
-            assert_eq!(set.get(0).captions, ["x"]);
+            assert_eq!(set.get(0).captions.to_vec(), ["x"]);
         }
     }
 }

@@ -12,6 +12,7 @@ use super::image_encoder::ImageEncoder;
 use super::TeacherError;
 use super::{pre_caption, CaptionChoice, OnlineTeacherConfig, RAM_CAPTION_WORDS};
 use crate::annotations::records::RecordSet;
+use crate::annotations::strings::Strings;
 use crate::embed::descriptor::{resolve_model_dir, Device, ModelDescriptor};
 use crate::embed::encoder::{l2_normalize, EncoderOptions, TextEncoder};
 use crate::error::Result;
@@ -27,8 +28,9 @@ pub struct OnlineTeacher {
     /// The image tower's descriptor (input size and normalisation), readable without the lock.
     pub image_descriptor: ImageDescriptor,
     /// Cleaned captions (`pre_caption`), all records, flat; record r owns `offsets[r]..offsets[r+1]`.
-    captions: Vec<String>,
+    captions: Strings,
     offsets: Vec<usize>,
+    /// Each caption's embedding once computed, with `cache_text` (else empty).
     cache: Vec<OnceLock<Box<[f32]>>>,
     pub config: OnlineTeacherConfig,
     /// One line for the log: models, providers, caption rule.
@@ -70,10 +72,12 @@ impl OnlineTeacher {
             return Err(TeacherError::MeanCaptionOnline.into());
         }
         // The reader (captions: true) refuses records without a caption.
-        let (mut captions, offsets) = records.take_captions();
-        for c in &mut captions {
-            *c = pre_caption(c, RAM_CAPTION_WORDS);
-        }
+        let (raw, offsets) = records.take_captions();
+        let captions: Strings = raw
+            .iter()
+            .map(|c| pre_caption(c, RAM_CAPTION_WORDS))
+            .collect();
+        drop(raw);
         let summary = format!(
             "online teacher: image {} ({}, {}), text {} ({}); caption {}{}",
             image.descriptor.display_name(),
@@ -89,7 +93,11 @@ impl OnlineTeacher {
             }
         );
         Ok(OnlineTeacher {
-            cache: (0..captions.len()).map(|_| OnceLock::new()).collect(),
+            cache: if config.cache_text {
+                (0..captions.len()).map(|_| OnceLock::new()).collect()
+            } else {
+                Vec::new()
+            },
             image: Mutex::new(image),
             text: Mutex::new(text),
             image_descriptor,
@@ -161,7 +169,7 @@ impl OnlineTeacher {
         missing.dedup();
         let mut fresh = std::collections::HashMap::new();
         if !missing.is_empty() {
-            let texts: Vec<&str> = missing.iter().map(|&i| self.captions[i].as_str()).collect();
+            let texts: Vec<&str> = missing.iter().map(|&i| self.captions.get(i)).collect();
             let (vectors, dim) = self
                 .text
                 .lock()
@@ -182,7 +190,7 @@ impl OnlineTeacher {
         }
         let mut out = Vec::with_capacity(flat.len() * TEACHER_DIM);
         for i in flat {
-            match self.cache[i].get() {
+            match self.cache.get(i).and_then(OnceLock::get) {
                 Some(v) => out.extend_from_slice(v),
                 None => out.extend_from_slice(&fresh[&i]),
             }

@@ -100,7 +100,7 @@ pub fn caption_rows(
         let mut texts = Vec::new();
         let mut counts = Vec::with_capacity(chunk.len());
         for r in &chunk {
-            let captions = &r.captions[chosen(r)?];
+            let captions = r.captions.slice(chosen(r)?);
             counts.push(captions.len());
             texts.extend(captions.iter().map(|c| pre_caption(c, req.max_words)));
         }
