@@ -90,6 +90,13 @@ fn online_features_equal_the_file_and_follow_the_augmentation() {
     );
     let t = data.online_teacher.as_ref().unwrap();
     let per = t.pixels_per_image();
+    // The log line says what a full caption cache would take (512 f32 a caption).
+    let captions: usize = (0..data.len()).map(|r| t.caption_count(r)).sum();
+    let full = format!(
+        "cached (up to {} as",
+        indicatif::HumanBytes(captions as u64 * 2048)
+    );
+    assert!(t.summary.contains(&full), "{}: {full}", t.summary);
 
     // Un-augmented: the online path gives the file's rows.
     for (i, r) in data.records.iter().enumerate() {

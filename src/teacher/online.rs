@@ -87,9 +87,11 @@ impl OnlineTeacher {
             text.provider,
             config.caption,
             if config.cache_text {
-                ", caption embeddings cached"
+                // Each embedding stays once computed: say what a full cache takes (every caption seen).
+                let full = indicatif::HumanBytes((captions.len() * TEACHER_DIM * 4) as u64);
+                format!(", caption embeddings cached (up to {full} as captions are seen; `cache_text = false` keeps none)")
             } else {
-                ""
+                String::new()
             }
         );
         Ok(OnlineTeacher {
