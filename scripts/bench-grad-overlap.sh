@@ -34,7 +34,7 @@ if [ -n "${BASE:-}" ]; then
 fi
 rm -rf "$OUT_DIR"
 mkdir -p "$OUT_DIR"
-echo "command: ROUNDS=$ROUNDS STEPS=$STEPS BUCKET_MB=$BUCKET_MB BASE=${BASE:-} scripts/bench-grad-overlap.sh, $(git rev-parse --short HEAD), $(date -u +%FT%TZ), $(nproc) cores"
+echo "command: ROUNDS=$ROUNDS STEPS=$STEPS BUCKET_MB=$BUCKET_MB BASE=${BASE:-} scripts/bench-grad-overlap.sh, $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' + uncommitted changes'), $(date -u +%FT%TZ), $(nproc) cores"
 set_dir="$OUT_DIR/set"
 "$BIN" -q synth-images --out "$set_dir" --count 64 --size 64 --descriptions 51 --vocab ram > /dev/null
 results="$OUT_DIR/results.jsonl"

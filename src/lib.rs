@@ -24,6 +24,7 @@ pub mod plot;
 pub mod report;
 pub mod rng;
 pub mod share;
+pub mod strings;
 pub mod synth;
 pub mod teacher;
 pub mod tensors;

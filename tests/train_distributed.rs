@@ -484,15 +484,19 @@ fn an_unreadable_image_in_one_ranks_part_of_the_check_stops_every_rank() {
         .unwrap()
         .to_string();
     std::fs::write(ds.image_root.join(&last), b"not an image").unwrap();
-    let out = tmp.path().join("run");
-    let o = train_command(&ds)
-        .args(run_args(&ds, &out, "4", "2"))
-        .args(["--nproc-per-node", "2", "--check-images", "full"])
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{text}");
+    // A two-rank run with `--check-images CHECK` that stops before its first step with exit 2: its output.
+    let refused = |name: &str, check: &str| {
+        let o = train_command(&ds)
+            .args(run_args(&ds, &tmp.path().join(name), "4", "2"))
+            .args(["--nproc-per-node", "2", "--check-images", check])
+            .output()
+            .unwrap();
+        let text =
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{text}");
+        text
+    };
+    let text = refused("run", "full");
     let rank1 = text
         .lines()
         .find(|l| l.starts_with("[rank 1]") && l.contains("cannot be read"))
@@ -511,14 +515,7 @@ fn an_unreadable_image_in_one_ranks_part_of_the_check_stops_every_rank() {
     // rank 1's part (the training images are not checked here).
     let eighth = records[8]["image_path"].as_str().unwrap();
     std::fs::write(ds.image_root.join(eighth), b"not an image either").unwrap();
-    let o = train_command(&ds)
-        .args(run_args(&ds, &tmp.path().join("val"), "4", "2"))
-        .args(["--nproc-per-node", "2", "--check-images", "none"])
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{text}");
+    let text = refused("val", "none");
     assert!(
         text.lines().any(|l| l.starts_with("[rank 1]")
             && l.contains("1 of 6 validation images (part 2 of 2 of the set")),

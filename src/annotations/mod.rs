@@ -19,7 +19,6 @@ mod reader;
 mod record;
 pub mod records;
 mod split;
-pub mod strings;
 
 pub use error::AnnotationError;
 pub use reader::{Need, Record, RecordSpec, Records};

@@ -5,9 +5,9 @@
 //! [+ captions], never a JSON tree) because training shuffles them every epoch.
 
 use super::reader::{Need, RecordSpec, Records};
-use super::strings::{StrList, Strings};
 use super::{AnnotationError, CaptionMode, Pos};
 use crate::error::Result;
+use crate::strings::{StrList, Strings};
 use std::path::{Path, PathBuf};
 
 /// One training image and its positive slots: a view into a [`RecordSet`].

@@ -2,9 +2,9 @@
 //!
 //! Every rank of a training run holds the keys of the whole teacher set. As a
 //! `HashMap<String, usize>` plus the parsed `Vec<String>` they cost ≈ 190 bytes a key (2.5 GiB a
-//! rank for a 14M-record set); here they are one string buffer, an end offset per row and a hash
-//! table of row numbers: the key's bytes + ≈ 13 bytes. Keys are streamed out of their JSON array
-//! straight into the buffer, with no string allocated per key.
+//! rank for a 14M-record set); here they are one string buffer (`crate::strings::Strings`), an
+//! end offset per row and a hash table of row numbers: the key's bytes + ≈ 13 bytes. Keys are
+//! streamed out of their JSON array straight into the buffer, with no string allocated per key.
 
 use hashbrown::HashTable;
 use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
@@ -15,10 +15,8 @@ use std::hash::BuildHasher;
 /// Keys in row order, each at most once.
 #[derive(Clone, Default)]
 pub struct KeyIndex {
-    /// All keys, back to back.
-    text: String,
-    /// Where each row's key ends in `text`.
-    ends: Vec<u64>,
+    /// Row r's key is `keys.get(r)`.
+    keys: crate::strings::Strings,
     /// Row numbers, hashed by their key.
     rows: HashTable<u32>,
     hasher: RandomState,
@@ -37,7 +35,7 @@ impl fmt::Debug for KeyIndex {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyIndex")
             .field("keys", &self.len())
-            .field("bytes", &self.text.len())
+            .field("bytes", &self.keys.text_len())
             .finish()
     }
 }
@@ -47,30 +45,29 @@ impl KeyIndex {
     /// claim more than it holds: `false` when the allocator refuses, and the keys then grow the index
     /// as they come).
     pub fn try_reserve(&mut self, keys: usize) -> bool {
-        if self.ends.try_reserve(keys).is_err() {
+        if !self.keys.try_reserve(keys) {
             return false;
         }
-        let (text, ends, hasher) = (&self.text, &self.ends, &self.hasher);
+        let (all, hasher) = (&self.keys, &self.hasher);
         self.rows
-            .try_reserve(keys, |&r| hasher.hash_one(key_at(text, ends, r)))
+            .try_reserve(keys, |&r| hasher.hash_one(all.get(r as usize)))
             .is_ok()
     }
 
     /// Adds `key` as the next row's key.
     pub fn push(&mut self, key: &str) -> Result<(), PushError> {
-        let row = u32::try_from(self.ends.len()).map_err(|_| PushError::TooMany)?;
+        let row = u32::try_from(self.keys.len()).map_err(|_| PushError::TooMany)?;
         let hash = self.hasher.hash_one(key);
-        let (text, ends) = (&self.text, &self.ends);
-        if let Some(&first) = self.rows.find(hash, |&r| key_at(text, ends, r) == key) {
+        let all = &self.keys;
+        if let Some(&first) = self.rows.find(hash, |&r| all.get(r as usize) == key) {
             return Err(PushError::Duplicate {
                 first_row: first as usize,
             });
         }
-        self.text.push_str(key);
-        self.ends.push(self.text.len() as u64);
-        let (text, ends, hasher) = (&self.text, &self.ends, &self.hasher);
+        self.keys.push(key);
+        let (all, hasher) = (&self.keys, &self.hasher);
         self.rows
-            .insert_unique(hash, row, |&r| hasher.hash_one(key_at(text, ends, r)));
+            .insert_unique(hash, row, |&r| hasher.hash_one(all.get(r as usize)));
         Ok(())
     }
 
@@ -78,33 +75,27 @@ impl KeyIndex {
     pub fn row_of(&self, key: &str) -> Option<usize> {
         let hash = self.hasher.hash_one(key);
         self.rows
-            .find(hash, |&r| key_at(&self.text, &self.ends, r) == key)
+            .find(hash, |&r| self.keys.get(r as usize) == key)
             .map(|&r| r as usize)
     }
 
     /// The key of row `row`.
     pub fn key(&self, row: usize) -> Option<&str> {
-        (row < self.ends.len()).then(|| key_at(&self.text, &self.ends, row as u32))
+        (row < self.keys.len()).then(|| self.keys.get(row))
     }
 
     /// The keys in row order.
     pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
-        (0..self.ends.len()).map(|r| key_at(&self.text, &self.ends, r as u32))
+        self.keys.iter()
     }
 
     pub fn len(&self) -> usize {
-        self.ends.len()
+        self.keys.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.keys.is_empty()
     }
-}
-
-fn key_at<'t>(text: &'t str, ends: &[u64], row: u32) -> &'t str {
-    let row = row as usize;
-    let start = if row == 0 { 0 } else { ends[row - 1] as usize };
-    &text[start..ends[row] as usize]
 }
 
 /// What stopped [`each_json_string`].

@@ -1,6 +1,6 @@
-//! Many strings in one buffer: the image paths and captions of a training set, which every rank
-//! holds whole. One allocation for all of them and 8 bytes of offset each, where a `Vec<String>`
-//! costs a 24-byte header and an allocation per string.
+//! Many strings in one buffer: the image paths and captions of a training set and the teacher
+//! set's keys, which every rank holds whole. One allocation for all of them and 8 bytes of offset
+//! each, where a `Vec<String>` costs a 24-byte header and an allocation per string.
 
 use std::ops::Range;
 
@@ -24,6 +24,17 @@ impl Strings {
 
     pub fn is_empty(&self) -> bool {
         self.ends.is_empty()
+    }
+
+    /// Bytes of all the strings together.
+    pub fn text_len(&self) -> usize {
+        self.text.len()
+    }
+
+    /// Makes room for `n` more strings' offsets (their bytes grow as they come); `false` when the
+    /// allocator refuses.
+    pub fn try_reserve(&mut self, n: usize) -> bool {
+        self.ends.try_reserve(n).is_ok()
     }
 
     /// String `i` (panics when `i >= len()`, as indexing does).
