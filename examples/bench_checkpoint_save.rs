@@ -111,7 +111,8 @@ fn main() {
             let step = 2 * round + 1 + u64::from(background);
             let t0 = Instant::now();
             if background {
-                let snapshot = Snapshot::take(&vs, &opt, &state(step, preset)).expect("snapshot");
+                let snapshot = Snapshot::take(&vs, opt.state_tensors(), &state(step, preset))
+                    .expect("snapshot");
                 writer.start(&run, snapshot, 1).expect("start");
                 blocked.push(t0.elapsed().as_secs_f64());
                 writer.wait().expect("write");

@@ -15,7 +15,7 @@
 # (TORCH_LIB, default /opt/torch/.venv/.../torch/lib; TORCH_PYTHON, default python3). Nothing is built there.
 # `run`, in a few minutes of GPU time:
 #   1. parity on CUDA for both reference fixtures (same tolerances as on the CPU; PARITY_DEVICE=cpu for a
-#      dry run);
+#      dry run), and the sharded AdamW update (`--shard-optimizer`) against the whole one, bit for bit;
 #   2. forward + backward step time and peak GPU memory of full-size RAM++ (Swin-B/L, 4585 classes x 51
 #      descriptions, micro-batch 26), f32 and bf16, side by side with the Python functional RAM++ on the same
 #      weights and batch (scripts/bench-step.sh);
@@ -33,7 +33,8 @@
 #   6. (`dist`, issue 13) data-parallel scaling: the same `tagfix train` as part 3 as a plain process and,
 #      with >= 2 GPUs, `--nproc-per-node 2` at twice the global batch, with f32 gradients exchanged during
 #      the backward pass (the default) and after it (`--grad-sync after-backward`), and with bf16 gradients
-#      (`--grad-comm bf16`): scaling efficiency = images/s / (2 x one GPU), target >= 0.9. On one GPU it
+#      (`--grad-comm bf16`), and with the optimizer state sharded (`--shard-optimizer`; its memory in
+#      dist_memory.txt): scaling efficiency = images/s / (2 x one GPU), target >= 0.9. On one GPU it
 #      says so and measures only the plain run: a world of one rank (torchrun's variables with
 #      WORLD_SIZE=1) joins no process group, so it would time the plain loop again. Needs the NCCL build
 #      (`tagfix doctor` line `nccl`); only parts 1-4 carry, as for part 3.
@@ -280,6 +281,9 @@ PY
       dist_run dist_nccl2_after 104 -- --nproc-per-node 2 --dist-backend nccl --grad-sync after-backward
       # The gradients sent as bf16 (--grad-comm bf16): NCCL's bf16 sum, half the bytes.
       dist_run dist_nccl2_bf16 104 -- --nproc-per-node 2 --dist-backend nccl --grad-comm bf16
+      # The optimizer state sharded over the two ranks (--shard-optimizer, ZeRO stage 1): the memory
+      # freed (dist_memory.txt) and what the broadcast of the updated shares costs.
+      dist_run dist_nccl2_sharded 104 -- --nproc-per-node 2 --dist-backend nccl --shard-optimizer
     fi
   } | tee "$OUT/dist_ips.txt"
   python3 - "$OUT/dist_ips.txt" <<'PY' || true
@@ -296,6 +300,9 @@ if "dist_nccl2_after" in ips and "dist_plain" in ips:
 if "dist_nccl2_bf16" in ips and "dist_plain" in ips:
     print(f"dist: 2 ranks, gradients sent as bf16, {ips['dist_nccl2_bf16']:.1f} images/s: scaling efficiency "
           f"{ips['dist_nccl2_bf16'] / (2 * ips['dist_plain']):.3f}")
+if "dist_nccl2_sharded" in ips and "dist_plain" in ips:
+    print(f"dist: 2 ranks, optimizer state sharded, {ips['dist_nccl2_sharded']:.1f} images/s: scaling "
+          f"efficiency {ips['dist_nccl2_sharded'] / (2 * ips['dist_plain']):.3f}")
 PY
   rm -rf "$s"
   fi

@@ -3,7 +3,8 @@
 //! each case runs the actual c10d code in separate processes, as `tagfix train` ranks do.
 //!
 //! Cases: the collectives give the right values on both ranks (launched with torchrun's variables,
-//! and with Slurm's); the agreement check names the
+//! and with Slurm's); a sharded optimizer state on three ranks updates, reports and checkpoints
+//! exactly as the whole state; the agreement check names the
 //! disagreeing rank and field; a rank that dies, hangs or (rank 0) takes the store with it makes the
 //! other fail with that rank named instead of hanging; the launcher prefixes each rank's lines and
 //! stops the other ranks when one fails.
@@ -33,13 +34,17 @@ fn main() {
             std::process::exit(rank_main(role));
         }
     }
-    let cases: [(&str, Case); 9] = [
+    let cases: [(&str, Case); 10] = [
         ("collectives_agree_on_both_ranks", collectives),
         (
             "gradients_summed_during_the_backward_pass_equal_the_sums_after_it",
             overlap,
         ),
         ("slurm_contract_ranks_meet", slurm_ranks),
+        (
+            "a_sharded_optimizer_state_on_three_ranks_equals_the_whole_state",
+            sharded_optimizer,
+        ),
         (
             "cli_nproc_per_node_prefixes_and_fails_with_the_rank",
             cli_launcher,
@@ -88,6 +93,7 @@ fn rank_main(role: &str) -> i32 {
     let result = match role {
         "collectives" => rank_collectives(),
         "overlap" => rank_overlap(),
+        "zero" => rank_zero(),
         "disagree" => rank_disagree(),
         "die" | "hang" | "survive" => rank_peer(role),
         "launcher" => rank_launcher(),
@@ -242,6 +248,106 @@ impl Chain {
 /// exchange after it, f32 and bf16, with only the armed (last) micro-batch overlapped; after the
 /// first exchange's bucket rebuild every bucket with a gradient starts during the backward pass;
 /// a parameter the loss never uses keeps no gradient.
+/// The same small model on every rank (no random draw): four parameters of 300, 1000, 77 and 5
+/// values, so that the three shares cut two of them.
+fn zero_model() -> tch::nn::VarStore {
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let root = vs.root();
+    for (k, (module, name, shape)) in [
+        ("", "embed", &[100i64, 10][..]),
+        ("layer", "bias", &[77]),
+        ("layer", "weight", &[10, 30]),
+        ("norm", "weight", &[5]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let n: i64 = shape.iter().product();
+        let init = (Tensor::arange(n, (Kind::Float, Device::Cpu)) * (0.37 + k as f64)).sin();
+        let path = if module.is_empty() {
+            root.clone()
+        } else {
+            &root / module
+        };
+        let _ = path.var_copy(name, &init.reshape(shape));
+    }
+    vs
+}
+
+/// A sharded optimizer state over the ranks (each updates its slices, the update norms summed over
+/// the ranks, the slices broadcast; the per-parameter loop of `Trainer`'s per-micro-batch path)
+/// against the whole state on this rank: the same parameters bit for bit after each of three steps,
+/// update norms to rounding; rank 0's gathered checkpoint state equals the whole state.
+fn rank_zero() -> Result<(), String> {
+    use tagfix::train::config::TrainConfig;
+    use tagfix::train::dist::zero;
+    use tagfix::train::optim::AdamW;
+    let mut pg = group(TIMEOUT).map_err(|e| e.to_string())?;
+    let e = |e: tagfix::Error| e.to_string();
+    let cfg = TrainConfig {
+        weight_decay: 0.05,
+        ..Default::default()
+    };
+    let (whole_vs, sharded_vs) = (zero_model(), zero_model());
+    let mut whole = AdamW::new(&whole_vs, &[], &cfg).map_err(e)?;
+    let mut sharded = AdamW::new(&sharded_vs, &[], &cfg).map_err(e)?;
+    let summary = sharded.shard(pg.rank(), pg.world_size()).map_err(e)?;
+    println!("{summary}");
+    for step in 0..3 {
+        for (vs, opt) in [(&whole_vs, &mut whole), (&sharded_vs, &mut sharded)] {
+            opt.zero_grad();
+            let loss = vs
+                .variables()
+                .values()
+                .map(|v| (v * (v * (1.0 + step as f64)).cos()).sum(Kind::Float))
+                .reduce(|a, b| a + b)
+                .expect("parameters");
+            loss.backward();
+        }
+        let want = whole.step(1e-2, true).map_err(e)?.expect("measured");
+        let got = sharded
+            .step_with(1e-2, true, |n| {
+                Ok(pg.all_reduce_sum_(std::slice::from_ref(n))?)
+            })
+            .map_err(e)?
+            .expect("measured");
+        zero::broadcast_params(&mut pg, &sharded).map_err(|e| e.to_string())?;
+        for ((g, a), (h, b)) in got.iter().zip(want.iter()) {
+            if g != h || (a - b).abs() > 1e-12 * b.abs() {
+                return Err(format!("step {step}: update norm {g:?} {a} vs {h:?} {b}"));
+            }
+        }
+        let (w, s) = (whole_vs.variables(), sharded_vs.variables());
+        for (name, t) in &w {
+            expect(&format!("step {step}: {name}"), values(&s[name]), values(t))?;
+        }
+    }
+    let gathered = zero::gather_state(&mut pg, &sharded).map_err(|e| e.to_string())?;
+    match (pg.rank(), gathered) {
+        (0, Some(state)) => {
+            let want = whole.state_tensors();
+            if state.len() != want.len() {
+                return Err(format!(
+                    "{} state tensors, want {}",
+                    state.len(),
+                    want.len()
+                ));
+            }
+            for ((n, t), (m, u)) in state.iter().zip(&want) {
+                if n != m {
+                    return Err(format!("state tensor {n}, want {m}"));
+                }
+                expect(n, values(t), values(u))?;
+            }
+        }
+        (0, None) => return Err("rank 0 gathered nothing".into()),
+        (_, Some(_)) => return Err("a rank other than 0 gathered the state".into()),
+        (_, None) => {}
+    }
+    println!("zero ok on rank {} of {}", pg.rank(), pg.world_size());
+    Ok(())
+}
+
 fn rank_overlap() -> Result<(), String> {
     let mut pg = group(TIMEOUT).map_err(|e| e.to_string())?;
     let e = |e: DistError| e.to_string();
@@ -402,11 +508,16 @@ fn text(buf: &Captured) -> String {
 
 /// Runs `role` on two ranks through the launcher; returns (stdout, stderr) on success.
 fn launch_two(role: &str) -> Result<(String, String), String> {
+    launch_ranks(role, 2)
+}
+
+/// Runs `role` on `n` ranks through the launcher; returns (stdout, stderr) on success.
+fn launch_ranks(role: &str, n: usize) -> Result<(String, String), String> {
     let (out, err, out_buf, err_buf) = sinks();
     let req = LaunchRequest::new(
         std::env::current_exe().map_err(|e| e.to_string())?,
         vec![OsString::from(role)],
-        2,
+        n,
     );
     let result = launch::launch(&req, out, err);
     let (o, e) = (text(&out_buf), text(&err_buf));
@@ -418,6 +529,17 @@ fn collectives() -> Result<(), String> {
     let (out, _) = launch_two("collectives")?;
     for r in 0..2 {
         let line = format!("[rank {r}] collectives ok on rank {r} of 2");
+        if !out.contains(&line) {
+            return Err(format!("missing {line:?} in:\n{out}"));
+        }
+    }
+    Ok(())
+}
+
+fn sharded_optimizer() -> Result<(), String> {
+    let (out, _) = launch_ranks("zero", 3)?;
+    for r in 0..3 {
+        let line = format!("[rank {r}] zero ok on rank {r} of 3");
         if !out.contains(&line) {
             return Err(format!("missing {line:?} in:\n{out}"));
         }

@@ -75,6 +75,13 @@ fn set_value(args: &mut [String], flag_or_key: &str, value: &str) {
     args[at] = format!("{prefix}{value}");
 }
 
+/// Runs `command` to success and returns its log (stderr, then stdout).
+fn logged(command: &mut assert_cmd::Command, what: &str) -> String {
+    let o = command.output().unwrap();
+    check(&o, what);
+    String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout)
+}
+
 fn check(out: &Output, what: &str) {
     assert!(
         out.status.success(),
@@ -402,16 +409,14 @@ fn gradients_exchanged_during_the_backward_pass_train_exactly_as_after_it() {
     let ds = dataset(&tmp.path().join("data"), 32, 14);
     let run = |name: &str, sync: &str| {
         let out = tmp.path().join(name);
-        let o = train_command(&ds)
-            .args(run_args(&ds, &out, "8", "5"))
-            .args(["--nproc-per-node", "2", "--grad-sync", sync])
-            .args(["--bucket-cap-mb", "1"])
-            .env("RUST_LOG", "tagfix=debug")
-            .output()
-            .unwrap();
-        check(&o, name);
-        let log =
-            String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout);
+        let log = logged(
+            train_command(&ds)
+                .args(run_args(&ds, &out, "8", "5"))
+                .args(["--nproc-per-node", "2", "--grad-sync", sync])
+                .args(["--bucket-cap-mb", "1"])
+                .env("RUST_LOG", "tagfix=debug"),
+            name,
+        );
         (out, log)
     };
     let ((during, log), (after, after_log)) =
@@ -466,6 +471,90 @@ fn gradients_exchanged_during_the_backward_pass_train_exactly_as_after_it() {
     assert_eq!(ra.len(), 5);
     for (x, y) in ra.iter().zip(&rb) {
         assert_eq!((x.total, x.grad_norm.total), (y.total, y.grad_norm.total));
+    }
+}
+
+/// With the optimizer state sharded (`--shard-optimizer`, ZeRO stage 1) two ranks train exactly as
+/// with the whole state on each: the same parameters and checkpointed moments (gathered on rank 0),
+/// losses and gradient norms (update norms to rounding: summed from the ranks' slices); each rank
+/// says what it keeps; and a sharded run stopped at step 3 resumes, sharded, to the same step 5.
+#[test]
+fn a_sharded_optimizer_state_trains_exactly_as_the_whole_state() {
+    let _guard = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(&tmp.path().join("data"), 32, 15);
+    let run = |name: &str, steps: &str, extra: &[&str]| {
+        let out = tmp.path().join(name);
+        let log = logged(
+            train_command(&ds)
+                .args(run_args(&ds, &out, "8", steps))
+                .args(["--nproc-per-node", "2", "--set", "log_every=1"])
+                .args(extra)
+                .env("RUST_LOG", "tagfix=info"),
+            name,
+        );
+        (out, log)
+    };
+    let (whole, _) = run("whole", "5", &[]);
+    let (sharded, log) = run("sharded", "5", &["--shard-optimizer"]);
+    for rank in 0..2 {
+        let line = log
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!("[rank {rank}]")) && l.contains("optimizer state sharded")
+            })
+            .unwrap_or_else(|| panic!("rank {rank} states its shard:\n{log}"));
+        assert!(line.contains(&format!("rank {rank} updates")), "{line}");
+    }
+    assert!(!log.contains("single rank"), "{log}");
+    assert_eq!(worst_param_difference(&whole, &sharded, 5).0, 0.0);
+    let moments = |run: &Path| -> BTreeMap<String, Tensor> {
+        let f = run.join("checkpoints/step-00000005/optimizer.safetensors");
+        Tensor::read_safetensors(&f).unwrap().into_iter().collect()
+    };
+    let (a, b) = (moments(&whole), moments(&sharded));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (name, t) in &a {
+        assert!(t.equal(&b[name]), "{name}");
+    }
+    let config = std::fs::read_to_string(sharded.join("config.toml")).unwrap();
+    assert!(config.contains("shard_optimizer = true"), "{config}");
+    let records = |run: &Path| read_all_records(&run.join("metrics.jsonl")).unwrap();
+    let (ra, rb) = (records(&whole), records(&sharded));
+    assert_eq!(ra.len(), 5);
+    for (x, y) in ra.iter().zip(&rb) {
+        assert_eq!(
+            (x.total, x.grad_norm),
+            (y.total, y.grad_norm),
+            "step {}",
+            x.step
+        );
+        // Update norms: the sharded ranks' squared norms are summed, then square-rooted.
+        let (u, v) = (x.update_norm.unwrap(), y.update_norm.unwrap());
+        assert_eq!(u.iter().count(), v.iter().count());
+        for ((g, a), (h, b)) in u.iter().zip(v.iter()) {
+            assert_eq!(g, h);
+            assert!(
+                rel(a, b) <= 1e-12,
+                "step {}: {g:?} update norm {a} vs {b}",
+                x.step
+            );
+        }
+    }
+    // Stopped at step 3 and resumed: each rank loads its share of the checkpoint's moments.
+    let (split, _) = run("split", "3", &["--shard-optimizer"]);
+    let out = train_command(&ds)
+        .args(["--quiet", "--resume"])
+        .arg(&split)
+        .args(["--max-steps", "5", "--workers", "1", "--threads", "1"])
+        .args(["--nproc-per-node", "2"])
+        .output()
+        .unwrap();
+    check(&out, "resumed sharded");
+    assert_eq!(worst_param_difference(&whole, &split, 5).0, 0.0);
+    let c = moments(&split);
+    for (name, t) in &a {
+        assert!(t.equal(&c[name]), "resumed: {name}");
     }
 }
 

@@ -93,7 +93,7 @@ fn online_features_equal_the_file_and_follow_the_augmentation() {
     // The log line says what a full caption cache would take (512 f32 a caption).
     let captions: usize = (0..data.len()).map(|r| t.caption_count(r)).sum();
     let full = format!(
-        "cached (up to {} as",
+        "cached (all {captions}: up to {} as",
         indicatif::HumanBytes(captions as u64 * 2048)
     );
     assert!(t.summary.contains(&full), "{}: {full}", t.summary);
@@ -180,6 +180,53 @@ fn online_features_equal_the_file_and_follow_the_augmentation() {
             err <= 1e-5,
             "sample {k}: |teacher − tower(model input)| = {err}"
         );
+    }
+}
+
+/// The caption cache changes no value: with no room for it (`cache_text_mib = 0`) every caption is
+/// embedded when drawn and gives the cached embedding, a first and a second time.
+#[test]
+fn captions_embedded_when_drawn_equal_the_cached_ones() {
+    let Some((vision, text)) = towers("captions_embedded_when_drawn_equal_the_cached_ones") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path(), 6, 5);
+    let open = |cfg: &OnlineTeacherConfig| {
+        TrainData::open_with(
+            std::slice::from_ref(&ds.annotations),
+            &ds.image_root,
+            ds.vocabulary_len,
+            TeacherSource::Online(cfg),
+        )
+        .unwrap()
+    };
+    let cached = open(&online_config(&vision, &text, CaptionChoice::First));
+    let mut cfg = online_config(&vision, &text, CaptionChoice::First);
+    cfg.cache_text_mib = 0;
+    let uncached = open(&cfg);
+    let (a, b) = (
+        cached.online_teacher.as_ref().unwrap(),
+        uncached.online_teacher.as_ref().unwrap(),
+    );
+    assert!(
+        b.summary.contains("caption embeddings not cached"),
+        "{}",
+        b.summary
+    );
+    let picks: Vec<(usize, usize)> = (0..cached.len())
+        .flat_map(|r| (0..a.caption_count(r)).map(move |c| (r, c)))
+        .collect();
+    let want = a.text_features(&picks).unwrap();
+    for round in 0..2 {
+        assert_eq!(
+            a.text_features(&picks).unwrap(),
+            want,
+            "cached, round {round}"
+        );
+        let got = b.text_features(&picks).unwrap();
+        let err = max_abs_diff(&got, &want);
+        assert!(err <= 1e-6, "uncached, round {round}: {err}");
     }
 }
 

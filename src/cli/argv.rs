@@ -349,6 +349,7 @@ impl WriteArgs for TrainFlags {
                 tf32,
                 grad_comm,
                 grad_sync,
+                shard_optimizer,
                 seed,
                 workers,
                 threads,

@@ -860,7 +860,8 @@ mod tests {
         let at = Layout {
             out: args.out.clone(),
         };
-        let cfg = super::super::train::resolve_config(&train_args(&args, &at).unwrap()).unwrap();
+        let cfg =
+            super::super::train::resolve_config(&train_args(&args, &at).unwrap(), false).unwrap();
         assert_eq!((cfg.warmup_steps, cfg.warmup_lr), (5, 1e-4));
         assert_eq!((cfg.absent, cfg.batch_size), (ABSENT_POLICY, 8));
         assert_eq!(cfg.model.as_deref(), Some("tiny"));

@@ -5,24 +5,27 @@ use super::args::TrainArgs;
 use super::ExitStatus;
 use tagfix::train::config::TrainConfig;
 
-/// The run folder this invocation continues: `--resume`'s, or under `--auto-resume` the `--out`
-/// folder when it holds a checkpoint.
-fn resume_dir(args: &TrainArgs) -> anyhow::Result<Option<std::path::PathBuf>> {
-    #[cfg(feature = "train")]
-    if let (true, Some(out)) = (args.auto_resume, &args.out) {
-        use tagfix::train::run::{auto_start, RunStart};
-        if auto_start(out)? == RunStart::Resume {
-            return Ok(Some(out.clone()));
-        }
-    }
-    Ok(args.resume.clone())
+/// How this invocation begins: `--resume`; under `--auto-resume`, a resume when `--out` holds a
+/// checkpoint (else a new run, or the same run again); else a new run. The one place that looks at
+/// `--out` for it, so the configuration and the inputs follow the same answer.
+#[cfg(feature = "train")]
+fn run_start(args: &TrainArgs) -> anyhow::Result<tagfix::train::run::RunStart> {
+    use tagfix::train::run::{auto_start, RunStart};
+    Ok(match (&args.resume, args.auto_resume, &args.out) {
+        (Some(_), _, _) => RunStart::Resume,
+        (None, true, Some(out)) => auto_start(out)?,
+        _ => RunStart::New,
+    })
 }
 
-/// The configuration the flags describe: the file (or the run's `config.toml` on `--resume`), then
-/// `--set`, then the dedicated flags.
-pub fn resolve_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
+/// The configuration the flags describe: the file (or, when the run resumes, its `config.toml`:
+/// `--resume`'s folder, or `--out` under `--auto-resume`), then `--set`, then the dedicated flags.
+pub fn resolve_config(args: &TrainArgs, resume: bool) -> anyhow::Result<TrainConfig> {
     use anyhow::Context;
-    let file = match (&args.config, &resume_dir(args)?) {
+    let resumed = resume
+        .then(|| args.resume.clone().or_else(|| args.out.clone()))
+        .flatten();
+    let file = match (&args.config, &resumed) {
         (Some(f), _) => Some(f.clone()),
         (None, Some(run)) => Some(run.join("config.toml")),
         (None, None) => None,
@@ -98,7 +101,7 @@ fn apply_teacher_flags(cfg: &mut TrainConfig, args: &TrainArgs) -> anyhow::Resul
 
 #[cfg(not(feature = "train"))]
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
-    resolve_config(&args)?;
+    resolve_config(&args, args.resume.is_some())?;
     anyhow::bail!("this tagfix was built without the `train` feature: rebuild with `cargo build --release --features train`")
 }
 
@@ -170,8 +173,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
     if let Some(status) = launch_ranks(&args)? {
         return Ok(status);
     }
-    let cfg = resolve_config(&args)?;
-    let (inputs, out, start) = resolve_inputs(&args, &cfg)?;
+    let start = run_start(&args)?;
+    let cfg = resolve_config(&args, start == tagfix::train::run::RunStart::Resume)?;
+    let (inputs, out) = resolve_inputs(&args, &cfg, start)?;
     // Stop signals are caught from the loop's start (everything before it is lost by nothing).
     let stop = StopRequest::new();
     let summary = match join_group(&args, &cfg)? {
@@ -232,25 +236,16 @@ fn catch_stop_signals(
 fn resolve_inputs(
     args: &TrainArgs,
     cfg: &TrainConfig,
-) -> anyhow::Result<(
-    tagfix::train::run::TrainInputs,
-    std::path::PathBuf,
-    tagfix::train::run::RunStart,
-)> {
+    start: tagfix::train::run::RunStart,
+) -> anyhow::Result<(tagfix::train::run::TrainInputs, std::path::PathBuf)> {
     use anyhow::Context;
-    use tagfix::train::run::{auto_start, read_run_inputs, RunStart};
+    use tagfix::train::run::{read_run_inputs, RunStart};
     use tagfix::train::validate::ValidationInputs;
     let validation = args.val_data.as_ref().map(|data| ValidationInputs {
         data: data.clone(),
         images: args.val_images.clone(),
         thresholds: args.val_thresholds.clone(),
     });
-    // --auto-resume looks at --out once: a checkpoint there makes it a resume.
-    let start = match (&args.resume, args.auto_resume, &args.out) {
-        (Some(_), _, _) => RunStart::Resume,
-        (None, true, Some(out)) => auto_start(out)?,
-        _ => RunStart::New,
-    };
     let (mut inputs, out) = match (start, &args.resume) {
         (RunStart::Resume, resume) => {
             let run_dir = required(resume.as_ref().or(args.out.as_ref()), "--resume")?;
@@ -285,7 +280,7 @@ fn resolve_inputs(
     if validation.is_some() {
         inputs.validation = validation;
     }
-    Ok((inputs, out, start))
+    Ok((inputs, out))
 }
 
 /// A path flag's value, or the error that says it is needed.

@@ -9,6 +9,8 @@
 //! - [`online`] (feature `embed`): the online teacher of `tagfix train --teacher online`, computing
 //!   the features of every augmented batch in the data-loading workers.
 
+#[cfg(feature = "embed")]
+pub mod caption_cache;
 pub mod descriptor;
 pub mod file;
 #[cfg(feature = "embed")]
@@ -317,6 +319,10 @@ pub struct OnlineTeacherConfig {
     /// Keep each caption's embedding after its first use (captions do not change between epochs).
     #[serde(default = "yes")]
     pub cache_text: bool,
+    /// The most memory kept caption embeddings take in each rank, MiB (2 KB a caption): the first
+    /// captions embedded stay, the others are embedded whenever drawn.
+    #[serde(default = "cache_mib")]
+    pub cache_text_mib: u64,
 }
 
 fn cpu() -> String {
@@ -334,6 +340,10 @@ fn random() -> CaptionChoice {
 fn yes() -> bool {
     true
 }
+/// 4 GiB: two million captions a rank.
+fn cache_mib() -> u64 {
+    4096
+}
 
 impl OnlineTeacherConfig {
     /// With the defaults for everything but the two encoders.
@@ -345,7 +355,8 @@ impl OnlineTeacherConfig {
             threads: one(),
             batch_size: batch(),
             caption: random(),
-            cache_text: true,
+            cache_text: yes(),
+            cache_text_mib: cache_mib(),
         }
     }
 }

@@ -4,8 +4,10 @@
 //! in the data loader, ahead of the training step.
 //!
 //! Caption embeddings depend only on (record, caption), so each is computed once and kept
-//! (`cache_text`); image features change with every augmentation and are always computed.
+//! (`cache_text`, up to `cache_text_mib` in each rank: [`CaptionCache`]); image features change
+//! with every augmentation and are always computed.
 
+use super::caption_cache::CaptionCache;
 use super::descriptor::ImageDescriptor;
 use super::file::TEACHER_DIM;
 use super::image_encoder::ImageEncoder;
@@ -19,7 +21,7 @@ use crate::imaging::{eval_transform, normalize_chw};
 use crate::strings::Strings;
 use image::RgbImage;
 use indicatif::ProgressBar;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 /// Image and text towers plus the captions of every record.
 pub struct OnlineTeacher {
@@ -30,8 +32,8 @@ pub struct OnlineTeacher {
     /// Cleaned captions (`pre_caption`), all records, flat; record r owns `offsets[r]..offsets[r+1]`.
     captions: Strings,
     offsets: Vec<usize>,
-    /// Each caption's embedding once computed, with `cache_text` (else empty).
-    cache: Vec<OnceLock<Box<[f32]>>>,
+    /// Caption embeddings once computed, up to the budget (none without `cache_text`).
+    cache: CaptionCache,
     pub config: OnlineTeacherConfig,
     /// One line for the log: models, providers, caption rule.
     pub summary: String,
@@ -78,6 +80,7 @@ impl OnlineTeacher {
             .map(|c| pre_caption(c, RAM_CAPTION_WORDS))
             .collect();
         drop(raw);
+        let cache = CaptionCache::new(captions.len(), TEACHER_DIM, cache_budget(config));
         let summary = format!(
             "online teacher: image {} ({}, {}), text {} ({}); caption {}{}",
             image.descriptor.display_name(),
@@ -86,20 +89,10 @@ impl OnlineTeacher {
             text.descriptor.display_name(),
             text.provider,
             config.caption,
-            if config.cache_text {
-                // Each embedding stays once computed: say what a full cache takes (every caption seen).
-                let full = indicatif::HumanBytes((captions.len() * TEACHER_DIM * 4) as u64);
-                format!(", caption embeddings cached (up to {full} as captions are seen; `cache_text = false` keeps none)")
-            } else {
-                String::new()
-            }
+            cache_summary(&cache, captions.len())
         );
         Ok(OnlineTeacher {
-            cache: if config.cache_text {
-                (0..captions.len()).map(|_| OnceLock::new()).collect()
-            } else {
-                Vec::new()
-            },
+            cache,
             image: Mutex::new(image),
             text: Mutex::new(text),
             image_descriptor,
@@ -165,7 +158,7 @@ impl OnlineTeacher {
         let mut missing: Vec<usize> = flat
             .iter()
             .copied()
-            .filter(|&i| !self.config.cache_text || self.cache[i].get().is_none())
+            .filter(|&i| !self.cache.contains(i))
             .collect();
         missing.sort_unstable();
         missing.dedup();
@@ -183,20 +176,82 @@ impl OnlineTeacher {
             for (k, &i) in missing.iter().enumerate() {
                 let mut v = vectors[k * dim..(k + 1) * dim].to_vec();
                 l2_normalize(&mut v);
-                if self.config.cache_text {
-                    let _ = self.cache[i].set(v.into_boxed_slice());
-                } else {
-                    fresh.insert(i, v);
-                }
+                self.cache.insert(i, &v);
+                fresh.insert(i, v);
             }
         }
         let mut out = Vec::with_capacity(flat.len() * TEACHER_DIM);
         for i in flat {
-            match self.cache.get(i).and_then(OnceLock::get) {
+            match fresh.get(&i) {
                 Some(v) => out.extend_from_slice(v),
-                None => out.extend_from_slice(&fresh[&i]),
+                None => {
+                    let kept = self.cache.get_into(i, &mut out);
+                    debug_assert!(kept, "a caption not embedded now is kept");
+                }
             }
         }
         Ok(out)
+    }
+}
+
+/// The bytes `config` lets the caption cache keep in each rank.
+fn cache_budget(config: &OnlineTeacherConfig) -> u64 {
+    if config.cache_text {
+        config.cache_text_mib.saturating_mul(1 << 20)
+    } else {
+        0
+    }
+}
+
+/// The log's words on the caption cache of `captions` captions: how many of their embeddings it can
+/// keep.
+fn cache_summary(cache: &CaptionCache, captions: usize) -> String {
+    let row = (TEACHER_DIM * std::mem::size_of::<f32>()) as u64;
+    let keep = cache.capacity() as u64;
+    if keep == 0 {
+        return ", caption embeddings not cached (each embedded when drawn)".to_string();
+    }
+    let all = indicatif::HumanBytes(captions as u64 * row);
+    if keep == captions as u64 {
+        format!(", caption embeddings cached (all {captions}: up to {all} as captions are seen)")
+    } else {
+        format!(
+            ", caption embeddings cached for {keep} of {captions} captions ({:.0} %: {}; all would take \
+             {all}; raise cache_text_mib to keep more)",
+            100.0 * keep as f64 / captions as f64,
+            indicatif::HumanBytes(keep * row)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_says_how_many_captions_the_cache_keeps() {
+        let mut config = OnlineTeacherConfig::new("v".into(), "t".into());
+        assert_eq!(cache_budget(&config), 4 << 30);
+        let summary = |config: &OnlineTeacherConfig, captions: usize| {
+            let cache = CaptionCache::new(captions, TEACHER_DIM, cache_budget(config));
+            cache_summary(&cache, captions)
+        };
+        let all = summary(&config, 1024);
+        assert!(all.contains("cached (all 1024: up to 2.00 MiB"), "{all}");
+        config.cache_text_mib = 1; // 512 captions of 2 KB
+        let part = summary(&config, 1024);
+        assert!(
+            part.contains(
+                "cached for 512 of 1024 captions (50 %: 1.00 MiB; all would take 2.00 MiB;"
+            ),
+            "{part}"
+        );
+        config.cache_text = false;
+        assert!(summary(&config, 1000).contains("not cached"));
+        config.cache_text = true;
+        config.cache_text_mib = 0;
+        assert!(summary(&config, 1000).contains("not cached"));
+        config.cache_text_mib = u64::MAX;
+        assert_eq!(cache_budget(&config), u64::MAX);
     }
 }

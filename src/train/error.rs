@@ -331,6 +331,12 @@ pub enum TrainError {
     #[error("the per-parameter loop optimizer reads its norms on the host: it has no device-side update")]
     NoDeviceUpdate,
 
+    #[error("the per-parameter loop optimizer cannot run sharded (the fused one can)")]
+    ShardedLoop,
+
+    #[error("cannot shard the optimizer state: parameter `{0}` is not contiguous in memory")]
+    ShardNonContiguous(String),
+
     #[error("optimizer: {read} values read back for an update that left {expected}")]
     UpdateReadBack { read: usize, expected: usize },
 
@@ -441,6 +447,8 @@ impl TrainError {
             | TrainError::FusedShape { .. }
             | TrainError::FusedGuard { .. }
             | TrainError::NoDeviceUpdate
+            | TrainError::ShardedLoop
+            | TrainError::ShardNonContiguous(_)
             | TrainError::UpdateReadBack { .. }
             | TrainError::Upload { .. }
             | TrainError::CheckpointWriter { .. } => ErrorKind::Internal,

@@ -8,8 +8,13 @@
 //! `_foreach_norm` and one device-to-host read); the original per-parameter loop
 //! ([`OptimizerImpl::Loop`], PyTorch's `torch.optim.AdamW` formula written out) stays selectable for the
 //! parity test and `scripts/bench-optim.sh`.
+//!
+//! In a data-parallel run the state can be sharded ([`AdamW::shard`], ZeRO stage 1): each rank keeps
+//! the moments of, and updates, only its slice of the parameters; [`super::dist::zero`] then
+//! broadcasts each slice from its rank and gathers the state for checkpoints.
 
 use super::config::{Schedule, TrainConfig};
+use super::dist::zero::{Partition, Slice};
 use super::error::TrainError;
 use super::fused::{foreach_norm, fused_adamw, AdamWArgs, StepGuards};
 use super::sync::{read_f64, read_f64s};
@@ -77,8 +82,34 @@ struct Param {
     var: Tensor,
     decay: bool,
     group: ModuleGroup,
+    /// The moments of the values this rank updates: the parameter's shape when it updates all of
+    /// it, else flat (the slice's values); empty when it updates none.
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
+    /// The values this rank updates: all of them unless sharded.
+    slice: Option<Slice>,
+}
+
+impl Param {
+    fn numel(&self) -> i64 {
+        self.var.numel() as i64
+    }
+
+    /// Whether this rank updates every value.
+    fn whole(&self) -> bool {
+        self.slice.is_some_and(|s| s.start == 0 && s.len == self.numel())
+    }
+
+    /// The part of `t` (the parameter or its gradient) this rank updates: `t` itself or a flat view
+    /// of the slice. Make views of the parameter under `no_grad`.
+    fn part_of(&self, t: &Tensor) -> Option<Tensor> {
+        let slice = self.slice?;
+        Some(if self.whole() {
+            t.shallow_clone()
+        } else {
+            slice.of(t)
+        })
+    }
 }
 
 /// Which parameters are trained and how; stated in the log at start.
@@ -135,6 +166,13 @@ impl DeviceUpdate {
     pub fn is_empty(&self) -> bool {
         false
     }
+
+    /// The per-parameter update norms within [`Self::packed`] (a view), when measured: sharded,
+    /// the caller sums them over the ranks before reading.
+    pub fn update_norms(&self) -> Option<Tensor> {
+        let n = self.updated.as_ref()?.len() as i64;
+        Some(self.packed.narrow(0, self.with_grad.len() as i64 + 1, n))
+    }
 }
 
 /// An update as the host sees it after reading its [`DeviceUpdate`].
@@ -162,6 +200,39 @@ pub struct AdamW {
     pub imp: OptimizerImpl,
     /// The fused kernel's step counter (0-dim f32 on the parameters' device), refilled each step.
     step_tensor: Option<Tensor>,
+    /// Sharded ([`Self::shard`]): how the values are split over the ranks.
+    partition: Option<Partition>,
+}
+
+/// What [`AdamW::shard`] left this rank, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardSummary {
+    pub rank: usize,
+    pub world: usize,
+    /// The values this rank updates, and of how many tensors (wholly or in part).
+    pub values: i64,
+    pub tensors: usize,
+    pub total_values: i64,
+    pub total_tensors: usize,
+}
+
+impl std::fmt::Display for ShardSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mb = |values: i64| 2.0 * 4.0 * values as f64 / 1e6;
+        write!(
+            f,
+            "optimizer state sharded over {} ranks: rank {} updates {} of {} values (in {} of {} \
+             tensors; moments {:.1} MB instead of {:.1} MB)",
+            self.world,
+            self.rank,
+            self.values,
+            self.total_values,
+            self.tensors,
+            self.total_tensors,
+            mb(self.values),
+            mb(self.total_values)
+        )
+    }
 }
 
 impl AdamW {
@@ -195,6 +266,11 @@ impl AdamW {
                 group: module_group(&name),
                 exp_avg: var.zeros_like(),
                 exp_avg_sq: var.zeros_like(),
+                slice: Some(Slice {
+                    param: params.len(),
+                    start: 0,
+                    len: var.numel() as i64,
+                }),
                 name,
                 var,
                 decay,
@@ -213,7 +289,54 @@ impl AdamW {
             summary,
             imp: OptimizerImpl::default(),
             step_tensor: None,
+            partition: None,
         })
+    }
+
+    /// Shards the state over `world` ranks ([`Partition`]): this rank (`rank`) keeps the moments of,
+    /// and updates, only its slice of the values; the rest of the moments are freed. Call it before
+    /// [`Self::load_state`] and before any step. The parameters must be contiguous (they are, as
+    /// created), so that a slice is a view.
+    pub fn shard(&mut self, rank: usize, world: usize) -> Result<ShardSummary> {
+        if let Some(p) = self.params.iter().find(|p| !p.var.is_contiguous()) {
+            return Err(TrainError::ShardNonContiguous(p.name.clone()).into());
+        }
+        let sizes: Vec<i64> = self.params.iter().map(Param::numel).collect();
+        let partition = Partition::new(&sizes, world);
+        let mine = partition.slices(rank);
+        for p in &mut self.params {
+            p.slice = None;
+        }
+        for sl in &mine {
+            self.params[sl.param].slice = Some(*sl);
+        }
+        for p in &mut self.params {
+            let (kind, device) = (p.var.kind(), p.var.device());
+            let moments = match p.slice {
+                _ if p.whole() => None,
+                Some(slice) => Some(Tensor::zeros([slice.len], (kind, device))),
+                None => Some(Tensor::empty([0], (kind, device))),
+            };
+            if let Some(m) = moments {
+                p.exp_avg_sq = m.zeros_like();
+                p.exp_avg = m;
+            }
+        }
+        let summary = ShardSummary {
+            rank,
+            world: partition.world(),
+            values: partition.share(rank),
+            tensors: mine.len(),
+            total_values: sizes.iter().sum(),
+            total_tensors: self.params.len(),
+        };
+        self.partition = Some(partition);
+        Ok(summary)
+    }
+
+    /// Sharded: how the values are split over the ranks.
+    pub fn partition(&self) -> Option<&Partition> {
+        self.partition.as_ref()
     }
 
     /// Sets every trained parameter's gradient to zero.
@@ -299,6 +422,20 @@ impl AdamW {
     /// `measure_update` is set (the loop always measures them); the fused path then copies the
     /// parameters chunk by chunk and reads the norms once, otherwise it makes no device-to-host read.
     pub fn step(&mut self, lr: f64, measure_update: bool) -> Result<Option<GroupNorms>> {
+        self.step_with(lr, measure_update, |_| Ok(()))
+    }
+
+    /// [`Self::step`], sharded: `reduce` sums the per-parameter update measures (f64, on the device)
+    /// over the ranks before they are read ([`Self::combine_update_norms`]).
+    pub fn step_with(
+        &mut self,
+        lr: f64,
+        measure_update: bool,
+        reduce: impl FnOnce(&Tensor) -> Result<()>,
+    ) -> Result<Option<GroupNorms>> {
+        if self.imp == OptimizerImpl::Loop && self.partition.is_some() {
+            return Err(TrainError::ShardedLoop.into());
+        }
         self.step += 1;
         match self.imp {
             OptimizerImpl::Loop => Ok(Some(self.loop_step(lr))),
@@ -307,7 +444,10 @@ impl AdamW {
                 match tch::no_grad(|| self.fused_step(lr, measure_update, guards))? {
                     None => Ok(None),
                     Some((_, order)) if order.is_empty() => Ok(Some(group_norms([]))),
-                    Some((norms, order)) => Ok(Some(self.norms_of(&order, &read_vec(&norms)?))),
+                    Some((norms, order)) => {
+                        self.combine_update_norms(&norms, reduce)?;
+                        Ok(Some(self.norms_of(&order, &read_vec(&norms)?)))
+                    }
                 }
             }
         }
@@ -408,6 +548,22 @@ impl AdamW {
         })
     }
 
+    /// Sharded: turns this rank's per-parameter update measures (the squared norms of its slices,
+    /// in place in `measures`, e.g. [`DeviceUpdate::update_norms`]) into the step's update norms:
+    /// `reduce` sums them over the ranks, then their square roots are taken. Unsharded they are the
+    /// norms already.
+    pub fn combine_update_norms(
+        &self,
+        measures: &Tensor,
+        reduce: impl FnOnce(&Tensor) -> Result<()>,
+    ) -> Result<()> {
+        if self.partition.is_some() {
+            reduce(measures)?;
+            let _ = measures.shallow_clone().sqrt_();
+        }
+        Ok(())
+    }
+
     /// Update norms per module group from the per-parameter norms of the parameters `order`.
     fn norms_of(&self, order: &[usize], norms: &[f64]) -> GroupNorms {
         group_norms(
@@ -436,7 +592,10 @@ impl AdamW {
         let (mut norms, mut order) = (Vec::new(), Vec::new());
         for decay in [true, false] {
             let idx: Vec<usize> = (0..self.params.len())
-                .filter(|&i| self.params[i].decay == decay && grads[i].defined())
+                .filter(|&i| {
+                    let p = &self.params[i];
+                    p.decay == decay && p.slice.is_some() && grads[i].defined()
+                })
                 .collect();
             let args = AdamWArgs {
                 lr,
@@ -446,15 +605,16 @@ impl AdamW {
                 eps: self.eps,
             };
             for chunk in chunks(&self.params, &idx, measure) {
+                let targets = self.targets(chunk);
                 let mut before: Vec<Tensor> = if measure {
-                    chunk.iter().map(|&i| self.params[i].var.copy()).collect()
+                    targets.iter().map(Tensor::copy).collect()
                 } else {
                     Vec::new()
                 };
-                self.fused_call(chunk, &grads, &step, args, guards)?;
+                self.fused_call(chunk, &targets, &grads, &step, args, guards)?;
                 if measure {
-                    for (b, &i) in before.iter_mut().zip(chunk) {
-                        let _ = b.f_sub_(&self.params[i].var);
+                    for (b, t) in before.iter_mut().zip(&targets) {
+                        let _ = b.f_sub_(t);
                     }
                     let refs: Vec<&Tensor> = before.iter().collect();
                     norms.push(foreach_norm(&refs)?);
@@ -470,22 +630,70 @@ impl AdamW {
         } else {
             Tensor::cat(&norms, 0)
         };
+        if self.partition.is_some() {
+            return Ok(Some(self.every_update_norm(&grads, &norms.square(), &order)));
+        }
         Ok(Some((norms, order)))
     }
 
-    /// One `_fused_adamw_` call over the parameters `idx` (one weight-decay group).
+    /// The values of the parameters `idx` this rank updates (the variables, or views of their
+    /// slices; call under `no_grad`).
+    fn targets(&self, idx: &[usize]) -> Vec<Tensor> {
+        idx.iter()
+            .filter_map(|&i| self.params[i].part_of(&self.params[i].var))
+            .collect()
+    }
+
+    /// Sharded: the squared update norms of this rank's slices of the parameters `order` placed
+    /// among those of every parameter with a gradient, in the order an unsharded step measures them,
+    /// the others 0. The ranks' vectors then line up: their sum over the ranks is each parameter's
+    /// squared update norm.
+    fn every_update_norm(
+        &self,
+        grads: &[Tensor],
+        norms: &Tensor,
+        order: &[usize],
+    ) -> (Tensor, Vec<usize>) {
+        let every: Vec<usize> = [true, false]
+            .into_iter()
+            .flat_map(|decay| {
+                (0..self.params.len())
+                    .filter(move |&i| self.params[i].decay == decay && grads[i].defined())
+            })
+            .collect();
+        // Where each parameter's measure goes (every parameter updated has a gradient).
+        let mut slot = vec![0i64; self.params.len()];
+        for (k, &i) in every.iter().enumerate() {
+            slot[i] = k as i64;
+        }
+        let at: Vec<i64> = order.iter().map(|&i| slot[i]).collect();
+        let mut full = Tensor::zeros([every.len() as i64], (Kind::Double, norms.device()));
+        if !at.is_empty() {
+            let index = Tensor::from_slice(&at).to_device(norms.device());
+            let _ = full.index_copy_(0, &index, norms);
+        }
+        (full, every)
+    }
+
+    /// One `_fused_adamw_` call over this rank's `targets` ([`Self::targets`]) of the parameters
+    /// `idx` (one weight-decay group).
     fn fused_call(
         &self,
         idx: &[usize],
+        targets: &[Tensor],
         grads: &[Tensor],
         step: &Tensor,
         a: AdamWArgs,
         guards: StepGuards,
     ) -> Result<()> {
         let params: Vec<&Param> = idx.iter().map(|&i| &self.params[i]).collect();
+        let grads: Vec<Tensor> = idx
+            .iter()
+            .filter_map(|&i| self.params[i].part_of(&grads[i]))
+            .collect();
         fused_adamw(
-            &params.iter().map(|p| &p.var).collect::<Vec<_>>(),
-            &idx.iter().map(|&i| &grads[i]).collect::<Vec<_>>(),
+            &targets.iter().collect::<Vec<_>>(),
+            &grads.iter().collect::<Vec<_>>(),
             &params.iter().map(|p| &p.exp_avg).collect::<Vec<_>>(),
             &params.iter().map(|p| &p.exp_avg_sq).collect::<Vec<_>>(),
             step,
@@ -529,9 +737,11 @@ impl AdamW {
     }
 
     /// The optimizer state as named tensors (`exp_avg.NAME`, `exp_avg_sq.NAME`) for a checkpoint.
+    /// Sharded, only the parameters this rank updates whole: [`super::dist::zero::gather_state`]
+    /// assembles the whole state from every rank's [`Self::state_slices`].
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::with_capacity(2 * self.params.len());
-        for p in &self.params {
+        for p in self.params.iter().filter(|p| p.whole()) {
             out.push((format!("exp_avg.{}", p.name), p.exp_avg.shallow_clone()));
             out.push((
                 format!("exp_avg_sq.{}", p.name),
@@ -541,8 +751,19 @@ impl AdamW {
         out
     }
 
+    /// The moments of each slice this rank updates, flat (`[len]`), in parameter order.
+    pub fn state_slices(&self) -> Vec<(Slice, Tensor, Tensor)> {
+        self.params
+            .iter()
+            .filter_map(|p| {
+                let slice = p.slice?;
+                Some((slice, p.exp_avg.reshape([-1]), p.exp_avg_sq.reshape([-1])))
+            })
+            .collect()
+    }
+
     /// Restores the state written by [`Self::state_tensors`]; every trained parameter must be present
-    /// with its shape (the same model and the same frozen set).
+    /// with its shape (the same model and the same frozen set). Sharded, each rank keeps its slices.
     pub fn load_state(
         &mut self,
         state: &BTreeMap<String, Tensor>,
@@ -551,10 +772,7 @@ impl AdamW {
     ) -> Result<()> {
         tch::no_grad(|| -> Result<()> {
             for p in &mut self.params {
-                for (prefix, dst) in [
-                    ("exp_avg", &mut p.exp_avg),
-                    ("exp_avg_sq", &mut p.exp_avg_sq),
-                ] {
+                for prefix in ["exp_avg", "exp_avg_sq"] {
                     let key = format!("{prefix}.{}", p.name);
                     let Some(src) = state.get(&key) else {
                         return Err(TrainError::OptimizerStateMissing {
@@ -563,16 +781,22 @@ impl AdamW {
                         }
                         .into());
                     };
-                    if src.size() != dst.size() {
+                    if src.size() != p.var.size() {
                         return Err(TrainError::OptimizerStateShape {
                             checkpoint: source.to_string(),
                             key,
                             state: src.size(),
-                            param: dst.size(),
+                            param: p.var.size(),
                         }
                         .into());
                     }
-                    dst.copy_(&src.to_kind(dst.kind()).to_device(dst.device()));
+                    if let Some(part) = p.part_of(src) {
+                        let dst = match prefix {
+                            "exp_avg" => &mut p.exp_avg,
+                            _ => &mut p.exp_avg_sq,
+                        };
+                        dst.copy_(&part.to_kind(dst.kind()).to_device(dst.device()));
+                    }
                 }
             }
             Ok(())
@@ -598,7 +822,7 @@ fn chunks<'a>(params: &[Param], idx: &'a [usize], measure: bool) -> Vec<&'a [usi
     }
     let (mut out, mut start, mut values) = (Vec::new(), 0, 0i64);
     for (k, &i) in idx.iter().enumerate() {
-        let n = params[i].var.numel() as i64;
+        let n = params[i].slice.map_or(0, |s| s.len);
         if k > start && values + n > MEASURE_CHUNK_VALUES {
             out.push(&idx[start..k]);
             (start, values) = (k, 0);

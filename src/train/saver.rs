@@ -6,7 +6,6 @@
 //! dropping the writer collects its result, so a failed write is reported and never lost.
 
 use super::error::TrainError;
-use super::optim::AdamW;
 use super::run::{checkpoint_dir, tensors_error, CheckpointState};
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
@@ -25,16 +24,20 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Copies the model's parameters (sorted by name) and the optimizer state to the host.
-    pub fn take(vs: &VarStore, opt: &AdamW, state: &CheckpointState) -> Result<Self> {
+    /// Copies the model's parameters (sorted by name) and the optimizer state (the whole, as
+    /// [`super::optim::AdamW::state_tensors`] names it) to the host.
+    pub fn take(
+        vs: &VarStore,
+        optimizer: Vec<(String, Tensor)>,
+        state: &CheckpointState,
+    ) -> Result<Self> {
         let mut model = vs
             .variables()
             .into_iter()
             .map(|(n, t)| host_copy(&t).map(|c| (n, c)))
             .collect::<Result<Vec<_>>>()?;
         model.sort_by(|a, b| a.0.cmp(&b.0));
-        let optimizer = opt
-            .state_tensors()
+        let optimizer = optimizer
             .into_iter()
             .map(|(n, t)| host_copy(&t).map(|c| (n, c)))
             .collect::<Result<Vec<_>>>()?;
@@ -183,6 +186,7 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::optim::AdamW;
     use crate::train::config::TrainConfig;
     use std::path::Path;
     use crate::train::config::{LossBalance, LossWeights};
@@ -238,7 +242,7 @@ mod tests {
     fn a_snapshot_keeps_the_values_of_its_step_while_training_goes_on() {
         let _torch = crate::train::torch_test_lock();
         let (_tmp, run, vs, opt) = fresh_run();
-        let snapshot = Snapshot::take(&vs, &opt, &state(3)).unwrap();
+        let snapshot = Snapshot::take(&vs, opt.state_tensors(), &state(3)).unwrap();
         // The next optimizer step updates the parameters in place before the file is written.
         tch::no_grad(|| {
             for (_, mut t) in vs.variables() {
@@ -264,7 +268,7 @@ mod tests {
         let (_tmp, run, vs, opt) = fresh_run();
         let mut writer = CheckpointWriter::default();
         for step in 1..=4 {
-            let snapshot = Snapshot::take(&vs, &opt, &state(step)).unwrap();
+            let snapshot = Snapshot::take(&vs, opt.state_tensors(), &state(step)).unwrap();
             writer.start(&run, snapshot, 2).unwrap();
         }
         writer.wait().unwrap();
@@ -284,9 +288,9 @@ mod tests {
         std::fs::remove_dir_all(run.checkpoints_dir()).unwrap();
         std::fs::write(run.checkpoints_dir(), b"not a folder").unwrap();
         let mut writer = CheckpointWriter::default();
-        let snapshot = Snapshot::take(&vs, &opt, &state(1)).unwrap();
+        let snapshot = Snapshot::take(&vs, opt.state_tensors(), &state(1)).unwrap();
         writer.start(&run, snapshot, 2).unwrap();
-        let snapshot = Snapshot::take(&vs, &opt, &state(2)).unwrap();
+        let snapshot = Snapshot::take(&vs, opt.state_tensors(), &state(2)).unwrap();
         let err = writer.start(&run, snapshot, 2).unwrap_err().to_string();
         assert!(err.contains(".step-00000001.tmp"), "{err}");
         assert!(!writer.is_writing(), "the failed save started nothing");

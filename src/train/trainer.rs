@@ -7,7 +7,7 @@
 use super::autocast::{with_autocast, CastCacheScope};
 use super::config::{GradComm, GradSync, MicroBatchSize, Precision, TrainConfig};
 use super::data::{Loader, MicroBatch, TrainData};
-use super::dist::{Fingerprint, ProcessGroup};
+use super::dist::{zero, Fingerprint, ProcessGroup};
 use super::error::TrainError;
 use super::interrupt::{self, StopRequest};
 use super::model::{RamPlus, RamPlusConfig};
@@ -359,6 +359,14 @@ impl Trainer {
         let absent = AbsentSlots::new(model_config.num_class, &absent_slots, config.absent, device);
         let run = RunDir::create(out)?;
         let mut opt = AdamW::new(&vs, &config.frozen_prefixes(), &config)?;
+        if config.shard_optimizer {
+            // Before the micro-batch probe, so that it sees the memory the sharding frees.
+            if world > 1 {
+                tracing::info!("{}", opt.shard(rank, world)?);
+            } else {
+                tracing::info!("shard_optimizer: a single rank keeps the whole optimizer state");
+            }
+        }
         if config.micro_batch_size == Some(MicroBatchSize::Auto) {
             let probe = AutoProbe {
                 model: &model,
@@ -633,6 +641,9 @@ impl Trainer {
         let clip = self.config.grad_clip.filter(|c| *c > 0.0);
         let measure = self.logging_step(step);
         let update = self.opt.update_on_device(lr, clip, &bad, measure)?;
+        if let Some(group) = self.group.as_mut() {
+            share_sharded_update(group, &self.opt, update.update_norms())?;
+        }
         let packed = Tensor::cat(&[&summary, &losses.rows.reshape([-1]), update.packed()], 0);
         let values = read_f64s(&packed, "the step's losses and norms")?;
         let (head, rest) = values.split_at(SUMMARY + ROW * self.accumulation);
@@ -820,7 +831,16 @@ impl Trainer {
         if let Some(max) = self.config.grad_clip.filter(|c| *c > 0.0) {
             self.opt.clip_grad_norm(grad_norm.total, max);
         }
-        let update_norm = self.opt.step(lr, self.logging_step(step))?;
+        let measure = self.logging_step(step);
+        let update_norm = match self.group.as_mut() {
+            Some(group) if self.opt.partition().is_some() => {
+                // Each rank measured its own slices' updates: sum them over the ranks before reading.
+                let norms = self.opt.step_with(lr, measure, sum_over_ranks(group))?;
+                zero::broadcast_params(group, &self.opt)?;
+                norms
+            }
+            _ => self.opt.step(lr, measure)?,
+        };
         Ok((grad_norm, update_norm))
     }
 
@@ -930,9 +950,13 @@ impl Trainer {
     /// them (atomically, in the background unless `wait`) while the other ranks wait at a
     /// barrier; every rank returns its folder.
     fn save(&mut self, state: &CheckpointState, wait: bool) -> Result<PathBuf> {
-        let main = self.is_main();
-        let dir = if main {
-            let snapshot = Snapshot::take(&self.vs, &self.opt, state)?;
+        // Rank 0 gets the whole optimizer state (sharded: gathered from every rank), the others none.
+        let optimizer = match self.group.as_mut() {
+            Some(g) => zero::gather_state(g, &self.opt)?,
+            None => Some(self.opt.state_tensors()),
+        };
+        let dir = if let Some(optimizer) = optimizer {
+            let snapshot = Snapshot::take(&self.vs, optimizer, state)?;
             let dir = self
                 .writer
                 .start(&self.run, snapshot, self.config.keep_checkpoints)?;
@@ -1149,6 +1173,29 @@ fn agree_and_share(
     let tensors: Vec<Tensor> = params.into_iter().map(|(_, t)| t).collect();
     tch::no_grad(|| group.broadcast_(&tensors, 0))?;
     Ok(())
+}
+
+/// Sharded optimizer state ([`zero`]): combines the update norms over the ranks (each measured its
+/// own slices' updates; nothing on steps that measure none) and broadcasts each rank's slice. Nothing
+/// when the state is not sharded.
+fn share_sharded_update(
+    group: &mut ProcessGroup,
+    opt: &AdamW,
+    update_norms: Option<Tensor>,
+) -> Result<()> {
+    if opt.partition().is_none() {
+        return Ok(());
+    }
+    if let Some(norms) = update_norms {
+        opt.combine_update_norms(&norms, sum_over_ranks(group))?;
+    }
+    zero::broadcast_params(group, opt)?;
+    Ok(())
+}
+
+/// Sums a tensor over the ranks in place (for [`AdamW::combine_update_norms`]).
+fn sum_over_ranks(group: &mut ProcessGroup) -> impl FnOnce(&Tensor) -> Result<()> + '_ {
+    |t| Ok(group.all_reduce_sum_(std::slice::from_ref(t))?)
 }
 
 /// Sums the step's gradients over the ranks: completes the overlapped exchange when there is one

@@ -18,6 +18,8 @@ mod agree;
 mod ffi;
 #[cfg(feature = "train")]
 mod group;
+#[cfg(feature = "train")]
+pub mod zero;
 
 #[cfg(feature = "train")]
 pub use agree::Fingerprint;
