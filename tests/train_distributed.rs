@@ -763,6 +763,34 @@ fn a_run_that_stops_itself_on_two_ranks_exits_3_with_a_checkpoint() {
     assert!(saved.unwrap().is_some(), "the last good state is saved");
 }
 
+/// `--checkpoint-every` as a duration on two ranks: each rank's clock votes in the step's summed
+/// values, so both save after the same steps (a rank saving alone would leave the other waiting in
+/// the checkpoint's barrier until `--dist-timeout`).
+#[test]
+fn a_checkpoint_interval_of_time_saves_on_both_ranks_after_the_same_steps() {
+    let _guard = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(&tmp.path().join("data"), 16, 16);
+    let run = tmp.path().join("run");
+    let mut args = run_args(&ds, &run, "4", "3");
+    set_value(&mut args, "--checkpoint-every", "1ns");
+    args.retain(|a| a != "--quiet");
+    let outs = torchrun(&ds, &args, [&[], &[]]);
+    for (r, o) in outs.iter().enumerate() {
+        check(o, &format!("rank {r}"));
+    }
+    let log = String::from_utf8_lossy(&outs[0].stderr);
+    for step in 1..=3 {
+        assert!(run
+            .join(format!("checkpoints/step-{step:08}/state.json"))
+            .is_file());
+    }
+    assert!(
+        log.contains("checkpoint at step 2: ") && log.contains("(checkpoint_every = 1ns)"),
+        "{log}"
+    );
+}
+
 /// The step a run's newest checkpoint holds, and how many steps its metrics log.
 fn saved_and_logged(run: &Path) -> (u64, u64) {
     let newest = tagfix::train::run::newest_checkpoint_in(&run.join("checkpoints"), "state.json")

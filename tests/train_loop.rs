@@ -292,6 +292,46 @@ fn trainer_steps_validates_and_checkpoints_when_asked() {
     assert_eq!(summary.validation.len(), 1, "only the one asked for");
 }
 
+/// `checkpoint_every` as a duration: a checkpoint is due after the first step that ends the interval
+/// after the loop's start or the last checkpoint, and saving restarts the clock. A nanosecond has
+/// always passed by the end of a step; an hour never has in this test.
+#[test]
+fn a_checkpoint_interval_of_time_makes_checkpoints_due_when_it_has_passed() {
+    let _guard = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path(), 16, 4);
+    let inp = inputs(&ds);
+    let due_after_each_step = |every: &str, out: &str| {
+        let cfg = TrainConfig {
+            checkpoint_every: every.parse().unwrap(),
+            ..small_config(3)
+        };
+        let mut t =
+            Trainer::new(prepare(&cfg, &inp).unwrap(), &tmp.path().join(out), false).unwrap();
+        let mut due = Vec::new();
+        while !t.is_done() {
+            t.step().unwrap();
+            due.push(t.checkpoint_due());
+            if t.checkpoint_due() {
+                let dir = t.checkpoint().unwrap();
+                assert!(dir.ends_with(format!("step-{:08}", t.current_step())));
+                assert!(!t.checkpoint_due(), "saved: the clock starts again");
+            }
+        }
+        t.finish().unwrap();
+        due
+    };
+    assert_eq!(due_after_each_step("1ns", "often"), [true, true, true]);
+    // Every step saved; the newest `keep_checkpoints` (2) kept.
+    let mut saved: Vec<_> = std::fs::read_dir(tmp.path().join("often/checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    saved.sort();
+    assert_eq!(saved, ["step-00000002", "step-00000003"]);
+    assert_eq!(due_after_each_step("1h", "rarely"), [false, false, false]);
+}
+
 /// Checkpoints are written by a background thread: the write of one checkpoint can fail after
 /// `checkpoint` has returned, and that failure must come back from `finish` (naming the folder),
 /// not be lost; a later good checkpoint is complete when `wait_for_checkpoint` returns.

@@ -42,9 +42,10 @@ fn reliability_recipes_are_refused_with_the_flag_named() {
         (&["--set", "prefetch=0"], "prefetch (config key; --set prefetch=...) must be in 1..=64, got 0"),
         (&["--batch-size", "0"], "batch_size (--batch-size) and micro_batch_size (--micro-batch-size) must be >= 1"),
         (&["--keep-checkpoints", "0"], "keep_checkpoints (--keep-checkpoints) must be >= 1, got 0"),
-        (&["--checkpoint-every", "0"], "checkpoint_every (--checkpoint-every) must be >= 1, or `off` for only the final checkpoint"),
-        (&["--set", "checkpoint_every=0"], "checkpoint_every (--checkpoint-every) must be >= 1, or `off`"),
-        (&["--checkpoint-every", "soon"], "`soon` is neither a number of steps nor `off`"),
+        (&["--checkpoint-every", "0"], "checkpoint_every (--checkpoint-every) must be >= 1 step or a positive duration, or `off` for only the final checkpoint"),
+        (&["--set", "checkpoint_every=0"], "checkpoint_every (--checkpoint-every) must be >= 1 step or a positive duration, or `off`"),
+        (&["--checkpoint-every", "0s"], "must be >= 1 step or a positive duration"),
+        (&["--checkpoint-every", "soon"], "`soon` is neither a number of steps, a duration (`30m`, `2h`: "),
     ];
     for (args, message) in cases {
         let (code, err) = train(args);

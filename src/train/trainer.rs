@@ -79,9 +79,32 @@ struct StepValues {
     acc: Accumulated,
     grad_norm: GroupNorms,
     update_norm: Option<GroupNorms>,
-    /// The stop votes of the step, summed over the ranks (> 0: stop after it).
-    /// The stop signal the ranks agreed on in this step, if any rank received one.
+    /// What the ranks agreed on through the step's votes.
+    agreed: Agreed,
+}
+
+/// The votes a rank casts in each step, each summed over the ranks so that all act after the same
+/// step: a counter per stop signal ([`interrupt::vote`]), then whether the rank's clock makes a
+/// time checkpoint due (`checkpoint_every` a duration).
+const VOTES: usize = interrupt::VOTES + 1;
+
+/// What the ranks agreed on through a step's summed votes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Agreed {
+    /// The stop signal, if any rank received one ([`interrupt::agreed`]).
     stop: Option<i32>,
+    /// Some rank's clock made a time checkpoint due: every rank saves after this step.
+    checkpoint: bool,
+}
+
+impl Agreed {
+    /// From the `[VOTES]` sums.
+    fn from_sums(votes: &[f64]) -> Self {
+        Agreed {
+            stop: interrupt::agreed(&votes[..interrupt::VOTES]),
+            checkpoint: votes[interrupt::VOTES] > 0.0,
+        }
+    }
 }
 
 /// One micro-batch's forward pass: its raw terms (detached) and the weighted total to back-propagate.
@@ -94,13 +117,12 @@ struct MicroOut {
 /// weighted total.
 const ROW: usize = 4;
 /// The step's loss summary: the sums of a row over the micro-batches, how many micro-batches hold a
-/// non-finite value, then the stop votes, a counter per stop signal (each summed over every rank
-/// when distributed, so that all ranks see a stop in the same step, and for which signal).
-const SUMMARY: usize = ROW + 1 + interrupt::VOTES;
+/// non-finite value, then the [`VOTES`] (each summed over every rank when distributed).
+const SUMMARY: usize = ROW + 1 + VOTES;
 /// Where [`SUMMARY`] counts the non-finite micro-batches.
 const NON_FINITE: usize = ROW;
-/// Where [`SUMMARY`]'s stop votes start.
-const STOP_VOTES: usize = ROW + 1;
+/// Where [`SUMMARY`]'s votes start.
+const VOTES_AT: usize = ROW + 1;
 const TERMS: [LossTerm; 3] = [LossTerm::Tag, LossTerm::Align, LossTerm::Dis];
 
 /// The loss values of one step's micro-batches, kept on the device until the step's one read.
@@ -140,9 +162,9 @@ impl DeviceLosses {
             .push((mb.micro, mb.indices[..mb.indices.len().min(8)].to_vec()));
     }
 
-    /// `[SUMMARY]`: the rows' sums, the count of rows with a non-finite value and `stop_vote`
-    /// (filled on the device: no copy from the host).
-    fn summary(&self, votes: [f64; interrupt::VOTES]) -> Tensor {
+    /// `[SUMMARY]`: the rows' sums, the count of rows with a non-finite value and `votes` (filled
+    /// on the device: no copy from the host).
+    fn summary(&self, votes: [f64; VOTES]) -> Tensor {
         let sums = self.rows.sum_dim_intlist(0, false, Kind::Double);
         let bad = self
             .rows
@@ -282,6 +304,11 @@ pub struct Trainer {
     stop: StopRequest,
     /// The step just taken is the last: a stop signal arrived (here or on another rank).
     interrupt: Option<Interrupt>,
+    /// When this rank's clock for `checkpoint_every` as a duration started: the first step, then
+    /// each periodic checkpoint.
+    checkpoint_clock: Option<Instant>,
+    /// The ranks agreed that a time checkpoint is due after the step just taken.
+    time_checkpoint: bool,
 }
 
 /// Where the stop signal the ranks agreed on arrived.
@@ -447,6 +474,8 @@ impl Trainer {
                 offset: resumed.as_ref().map_or(0.0, |s| s.wall_s),
             },
             last_wall_s: 0.0,
+            checkpoint_clock: None,
+            time_checkpoint: false,
             bar: if main {
                 progress_bar(start_step, total_steps)
             } else {
@@ -504,6 +533,7 @@ impl Trainer {
     /// the state before this step and ends with [`TrainError::Stopped`].
     pub fn step(&mut self) -> Result<StepRecord> {
         let t0 = Instant::now();
+        self.checkpoint_clock.get_or_insert(t0);
         let step = self.step;
         let lr = self.sched.lr(step);
         let done = if self.sync == StepSync::Once && self.opt.imp == OptimizerImpl::Fused {
@@ -529,7 +559,8 @@ impl Trainer {
         self.step = step + 1;
         self.last_wall_s = wall_s;
         self.bar.set_position(self.step);
-        if let Some(agreed) = done.stop.filter(|_| !self.is_done()) {
+        self.time_checkpoint = done.agreed.checkpoint;
+        if let Some(agreed) = done.agreed.stop.filter(|_| !self.is_done()) {
             self.interrupt = Some(match self.stop.signal() {
                 Some(signal) => Interrupt::Here(signal),
                 None => Interrupt::OtherRank(agreed),
@@ -574,9 +605,15 @@ impl Trainer {
         }
     }
 
-    /// This rank's stop vote for the step ([`interrupt::vote`]).
-    fn stop_vote(&self) -> [f64; interrupt::VOTES] {
-        interrupt::vote(self.stop.signal())
+    /// This rank's [`VOTES`] for the step: its stop signal ([`interrupt::vote`]) and whether its
+    /// clock makes a time checkpoint due.
+    fn votes(&self) -> [f64; VOTES] {
+        let mut votes = [0.0; VOTES];
+        votes[..interrupt::VOTES].copy_from_slice(&interrupt::vote(self.stop.signal()));
+        let interval = self.config.checkpoint_every.interval();
+        let due = matches!((interval, self.checkpoint_clock), (Some(every), Some(since)) if since.elapsed() >= every);
+        votes[interrupt::VOTES] = f64::from(u8::from(due));
+        votes
     }
 
     /// How the steps read their values from the device ([`StepSync::Once`] unless set).
@@ -628,7 +665,7 @@ impl Trainer {
             out.weighted.backward();
         }
         drop(casts);
-        let summary = losses.summary(self.stop_vote());
+        let summary = losses.summary(self.votes());
         if let Some(group) = self.group.as_mut() {
             // DDP's bucketed all-reduce of the gradients, once per step (started during the last
             // micro-batch's backward pass when overlapped), then the loss summary: every rank holds
@@ -673,26 +710,27 @@ impl Trainer {
             },
             grad_norm: settled.grad_norm,
             update_norm: settled.update_norm,
-            stop: interrupt::agreed(&sums[STOP_VOTES..SUMMARY]),
+            agreed: Agreed::from_sums(&sums[VOTES_AT..SUMMARY]),
         })
     }
 
     /// [`StepSync::PerMicroBatch`]: each micro-batch's terms are read and checked as they are
     /// computed, then the gradient norms, clipping and the update read on the host.
     fn step_synced(&mut self, step: u64, lr: f64) -> Result<StepValues> {
-        let (acc, stop) = self.accumulate(step)?;
+        let (acc, agreed) = self.accumulate(step)?;
         let (grad_norm, update_norm) = self.update(step, lr)?;
         Ok(StepValues {
             acc,
             grad_norm,
             update_norm,
-            stop,
+            agreed,
         })
     }
 
     /// Zeroes the gradients and runs every micro-batch of `step`, accumulating their gradients and
-    /// reading their loss terms as they come; also returns the stop signal the step agreed on (over the ranks).
-    fn accumulate(&mut self, step: u64) -> Result<(Accumulated, Option<i32>)> {
+    /// reading their loss terms as they come; also returns what the step's votes agreed on (over the
+    /// ranks).
+    fn accumulate(&mut self, step: u64) -> Result<(Accumulated, Agreed)> {
         self.opt.zero_grad();
         let mut acc = Accumulated::default();
         let mut non_finite = None;
@@ -723,35 +761,35 @@ impl Trainer {
             out.weighted.backward();
         }
         drop(casts);
-        let stop = match self.group {
+        let agreed = match self.group {
             Some(_) => self.all_reduce(step, &mut acc, non_finite)?,
-            None => self.stop.signal(),
+            None => Agreed::from_sums(&self.votes()),
         };
-        Ok((acc, stop))
+        Ok((acc, agreed))
     }
 
     /// Distributed, [`StepSync::PerMicroBatch`]: sums the gradients (DDP's bucketed all-reduce,
     /// once per step after the last micro-batch) and the loss terms over the ranks, so every rank
-    /// holds the one-rank run's values. A non-finite term on any rank stops every rank. Returns the
-    /// stop signal the ranks agreed on, if any voted.
+    /// holds the one-rank run's values. A non-finite term on any rank stops every rank. Returns what
+    /// the ranks' votes agreed on.
     fn all_reduce(
         &mut self,
         step: u64,
         acc: &mut Accumulated,
         non_finite: Option<String>,
-    ) -> Result<Option<i32>> {
-        let stop_vote = self.stop_vote();
+    ) -> Result<Agreed> {
+        let votes = self.votes();
         let group = self.group.as_mut().expect("distributed");
         group.set_step(step + 1);
         all_reduce_grads(group, &self.opt, self.config.grad_comm)?;
-        let mut values = [0f64; 8 + interrupt::VOTES];
+        let mut values = [0f64; 8 + VOTES];
         for &(t, v) in &acc.raw {
             values[t as usize] = v;
             values[3 + t as usize] = 1.0;
         }
         values[6] = acc.total;
         values[7] = f64::from(u8::from(non_finite.is_some()));
-        values[8..].copy_from_slice(&stop_vote);
+        values[8..].copy_from_slice(&votes);
         let sums = group.all_reduce_scalars(&values)?;
         if sums[7] > 0.0 {
             let reason = non_finite.unwrap_or_else(|| {
@@ -765,7 +803,7 @@ impl Trainer {
             .map(|t| (t, sums[t as usize]))
             .collect();
         acc.total = sums[6];
-        Ok(interrupt::agreed(&sums[8..]))
+        Ok(Agreed::from_sums(&sums[8..]))
     }
 
     /// A bf16 step's cast cache: each weight is cast to bf16 once for all the step's micro-batches
@@ -887,9 +925,10 @@ impl Trainer {
         (every > 0 && self.step % every == 0) || self.step == self.total_steps
     }
 
-    /// Whether `checkpoint_every` asks for a checkpoint after the current step.
+    /// Whether `checkpoint_every` asks for a checkpoint after the current step: its step count, or
+    /// its interval of time passed on some rank (the ranks agreed in the step).
     pub fn checkpoint_due(&self) -> bool {
-        self.config.checkpoint_every.due(self.step)
+        self.config.checkpoint_every.due(self.step) || self.time_checkpoint
     }
 
     /// Validates the model at the current step (nothing when the run has no validation data):
@@ -936,6 +975,16 @@ impl Trainer {
     pub fn checkpoint(&mut self) -> Result<PathBuf> {
         let state = self.state_at(self.step, self.last_wall_s);
         let dir = self.save(&state, false)?;
+        if std::mem::take(&mut self.time_checkpoint) {
+            let since = self.checkpoint_clock.map(|t| t.elapsed()).unwrap_or_default();
+            let since = humantime::format_duration(std::time::Duration::from_secs(since.as_secs()));
+            let line = format!(
+                "checkpoint at step {}: {since} since the last one or the loop's start (checkpoint_every = {})",
+                self.step, self.config.checkpoint_every
+            );
+            self.bar.suspend(|| tracing::info!("{line}"));
+        }
+        self.checkpoint_clock = Some(Instant::now());
         self.last_saved = Some(dir.clone());
         Ok(dir)
     }
@@ -1364,6 +1413,30 @@ mod tests {
         let (early, late) = early_and_late(&history(200));
         assert!((early["tag"] - 9.5).abs() < 1e-9, "{early:?}");
         assert!((late["tag"] - 189.5).abs() < 1e-9, "{late:?}");
+    }
+
+    #[test]
+    fn one_ranks_time_vote_makes_every_rank_checkpoint() {
+        // Two ranks' votes summed as the step's all-reduce sums them.
+        let vote = |signal: Option<i32>, due: bool| {
+            let mut v = [0.0; VOTES];
+            v[..interrupt::VOTES].copy_from_slice(&interrupt::vote(signal));
+            v[interrupt::VOTES] = f64::from(u8::from(due));
+            v
+        };
+        let sum = |a: [f64; VOTES], b: [f64; VOTES]| -> Vec<f64> {
+            a.iter().zip(&b).map(|(x, y)| x + y).collect()
+        };
+        let quiet = vote(None, false);
+        assert_eq!(Agreed::from_sums(&sum(quiet, quiet)), Agreed::default());
+        let due = Agreed::from_sums(&sum(quiet, vote(None, true)));
+        assert_eq!((due.stop, due.checkpoint), (None, true));
+        let both = Agreed::from_sums(&sum(vote(None, true), vote(None, true)));
+        assert!(both.checkpoint, "two votes are one decision");
+        // A stop and a due checkpoint in one step: both are seen (the stop saves anyway).
+        let term = interrupt::SIGTERM;
+        let stop = Agreed::from_sums(&sum(vote(Some(term), false), vote(None, true)));
+        assert_eq!((stop.stop, stop.checkpoint), (Some(term), true));
     }
 
     #[test]

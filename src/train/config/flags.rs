@@ -89,8 +89,9 @@ pub struct TrainFlags {
     /// [default: full up to 1 000 000 images, else header].
     #[arg(long, value_name = "MODE", value_enum)]
     pub check_images: Option<ImageCheck>,
-    /// Checkpoint every N >= 1 steps, or `off` (only the final checkpoint).
-    #[arg(long, value_name = "N|off")]
+    /// Checkpoint every N >= 1 steps, every interval of wall-clock time (`30m`, `2h`, `1h 30m`;
+    /// all ranks save after the same step), or `off` (only the final checkpoint).
+    #[arg(long, value_name = "N|DURATION|off")]
     pub checkpoint_every: Option<CheckpointEvery>,
     /// Checkpoints kept.
     #[arg(long, value_name = "N")]

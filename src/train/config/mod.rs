@@ -184,7 +184,8 @@ pub struct TrainConfig {
     pub check_images: Option<ImageCheck>,
     /// Micro-batches prepared ahead of the step (1..=64: each holds decoded images).
     pub prefetch: usize,
-    /// Write a checkpoint every this many optimizer steps, or `"off"` (only the final checkpoint).
+    /// Write a checkpoint every this many optimizer steps, every interval of wall-clock time (`"30m"`),
+    /// or `"off"` (only the final checkpoint).
     pub checkpoint_every: CheckpointEvery,
     /// Checkpoints kept (older ones are deleted).
     pub keep_checkpoints: usize,
@@ -1068,7 +1069,7 @@ mod tests {
     }
 
     #[test]
-    fn checkpoint_every_is_steps_or_off() {
+    fn checkpoint_every_is_steps_a_duration_or_off() {
         let mut c = TrainConfig::default();
         assert!(c.checkpoint_every.due(2000) && !c.checkpoint_every.due(1500));
         c.apply_overrides(&["checkpoint_every=off".into()]).unwrap();
@@ -1084,10 +1085,33 @@ mod tests {
             .unwrap_err();
         let e = chain(&e);
         assert!(
-            e.contains("--set: checkpoint_every (--checkpoint-every) must be >= 1, or `off`"),
+            e.contains("--set: checkpoint_every (--checkpoint-every) must be >= 1 step or a positive duration, or `off`"),
             "{e}"
         );
         assert!("-3".parse::<CheckpointEvery>().is_err());
+        // A duration: wall-clock time between checkpoints, kept as written in config.toml.
+        c.apply_overrides(&["checkpoint_every=1h 30m".into()])
+            .unwrap();
+        let ninety = std::time::Duration::from_secs(90 * 60);
+        assert_eq!(c.checkpoint_every, CheckpointEvery::Interval(ninety));
+        assert_eq!(c.checkpoint_every.interval(), Some(ninety));
+        assert!(!c.checkpoint_every.due(1000), "a duration is no step count");
+        assert!(
+            c.to_toml().contains("checkpoint_every = \"1h 30m\""),
+            "{}",
+            c.to_toml()
+        );
+        let back: TrainConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back.checkpoint_every, c.checkpoint_every);
+        for zero in ["0s", "0m"] {
+            let e = zero.parse::<CheckpointEvery>().unwrap_err();
+            assert!(e.contains("positive duration"), "{e}");
+        }
+        let e = "30 minits".parse::<CheckpointEvery>().unwrap_err();
+        assert!(
+            e.contains("`30 minits` is neither a number of steps, a duration"),
+            "{e}"
+        );
     }
 
     #[test]

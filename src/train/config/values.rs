@@ -343,35 +343,48 @@ impl ImageCheck {
     }
 }
 
-/// How often a checkpoint is written: every `N >= 1` optimizer steps, or `off` (only the final
-/// checkpoint). 0 is refused rather than read as "never", so that turning checkpoints off is a choice.
+/// How often a checkpoint is written: every `N >= 1` optimizer steps, every interval of wall-clock
+/// time (`30m`, `2h`, `1h 30m`: what a cluster's preemptions cost is time, not steps), or `off`
+/// (only the final checkpoint). 0 is refused rather than read as "never", so that turning
+/// checkpoints off is a choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "serde_json::Value", into = "serde_json::Value")]
 pub enum CheckpointEvery {
     Steps(u64),
+    /// After the first step that ends this long after the loop's start or the last periodic
+    /// checkpoint (ranks agree through the step's summed votes).
+    Interval(std::time::Duration),
     Off,
 }
 
 impl CheckpointEvery {
-    /// Whether a checkpoint is due after `done` steps.
+    /// Whether a step count asks for a checkpoint after `done` steps.
     pub fn due(self, done: u64) -> bool {
         matches!(self, CheckpointEvery::Steps(n) if done % n == 0)
+    }
+
+    /// The wall-clock interval, when checkpoints follow the time.
+    pub fn interval(self) -> Option<std::time::Duration> {
+        match self {
+            CheckpointEvery::Interval(d) => Some(d),
+            _ => None,
+        }
     }
 }
 
 impl std::str::FromStr for CheckpointEvery {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
+        const ZERO: &str = "checkpoint_every (--checkpoint-every) must be >= 1 step or a positive duration, or `off` for only the final checkpoint";
         match s.trim() {
             "off" => Ok(CheckpointEvery::Off),
-            n => match n.parse::<u64>() {
-                Ok(0) => Err(
-                    "checkpoint_every (--checkpoint-every) must be >= 1, or `off` for only the final checkpoint"
-                        .into(),
-                ),
-                Ok(n) => Ok(CheckpointEvery::Steps(n)),
-                Err(_) => Err(format!(
-                    "checkpoint_every (--checkpoint-every): `{n}` is neither a number of steps nor `off`"
+            n => match (n.parse::<u64>(), humantime::parse_duration(n)) {
+                (Ok(0), _) => Err(ZERO.into()),
+                (Ok(n), _) => Ok(CheckpointEvery::Steps(n)),
+                (Err(_), Ok(d)) if d.is_zero() => Err(ZERO.into()),
+                (Err(_), Ok(d)) => Ok(CheckpointEvery::Interval(d)),
+                (Err(_), Err(e)) => Err(format!(
+                    "checkpoint_every (--checkpoint-every): `{n}` is neither a number of steps, a duration (`30m`, `2h`: {e}) nor `off`"
                 )),
             },
         }
@@ -384,7 +397,7 @@ impl TryFrom<serde_json::Value> for CheckpointEvery {
         number_or_word(
             &v,
             "checkpoint_every (--checkpoint-every)",
-            "a number of steps nor `off`",
+            "a number of steps, a duration nor `off`",
         )
     }
 }
@@ -414,6 +427,7 @@ impl From<CheckpointEvery> for serde_json::Value {
     fn from(c: CheckpointEvery) -> Self {
         match c {
             CheckpointEvery::Steps(n) => n.into(),
+            CheckpointEvery::Interval(d) => humantime::format_duration(d).to_string().into(),
             CheckpointEvery::Off => "off".into(),
         }
     }
@@ -423,6 +437,7 @@ impl std::fmt::Display for CheckpointEvery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CheckpointEvery::Steps(n) => write!(f, "{n}"),
+            CheckpointEvery::Interval(d) => write!(f, "{}", humantime::format_duration(*d)),
             CheckpointEvery::Off => f.write_str("off"),
         }
     }
