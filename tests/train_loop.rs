@@ -780,6 +780,14 @@ fn validation_in_the_loop_rises_and_is_plotted() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("8 of 9 tags mapped"), "{stderr}");
+    // stderr is a pipe, as a job's log file is: no bar is drawn, a progress line stands for it on
+    // each logging step (log_every 50), in plain text.
+    assert!(
+        stderr.contains("step 50/160 (31 %): tag ") && stderr.contains(" images/s | eta "),
+        "{stderr}"
+    );
+    assert!(stderr.contains("step 150/160 (93 %): "), "{stderr}");
+    assert!(!stderr.contains('\x1b'), "colour codes in a log file: {stderr}");
 
     let v = read_validation(&run_dir.join("validation.jsonl")).unwrap();
     let steps: Vec<u64> = v.iter().map(|r| r.step).collect();

@@ -309,6 +309,9 @@ pub struct Trainer {
     checkpoint_clock: Option<Instant>,
     /// The ranks agreed that a time checkpoint is due after the step just taken.
     time_checkpoint: bool,
+    /// When and after how many steps the last progress line was logged (the loop's start before
+    /// the first): the pace it reports is measured since then.
+    pace_mark: Option<(Instant, u64)>,
 }
 
 /// Where the stop signal the ranks agreed on arrived.
@@ -476,6 +479,7 @@ impl Trainer {
             last_wall_s: 0.0,
             checkpoint_clock: None,
             time_checkpoint: false,
+            pace_mark: None,
             bar: if main {
                 progress_bar(start_step, total_steps)
             } else {
@@ -534,6 +538,7 @@ impl Trainer {
     pub fn step(&mut self) -> Result<StepRecord> {
         let t0 = Instant::now();
         self.checkpoint_clock.get_or_insert(t0);
+        self.pace_mark.get_or_insert((t0, self.step));
         let step = self.step;
         let lr = self.sched.lr(step);
         let done = if self.sync == StepSync::Once && self.opt.imp == OptimizerImpl::Fused {
@@ -894,8 +899,18 @@ impl Trainer {
         let done = record.step;
         if self.config.log_every > 0 && done % self.config.log_every == 0 {
             let terms: Vec<String> = raw.iter().map(|(t, v)| format!("{t} {v:.4}")).collect();
-            self.bar.set_message(terms.join(" "));
-            tracing::debug!("step {done}: lr {:.3e} {}", record.lr, terms.join(" "));
+            let terms = terms.join(" ");
+            self.bar.set_message(terms.clone());
+            if self.is_main() && self.bar.is_hidden() {
+                // No bar is drawn (stderr is a file or a pipe: a cluster's job log): a line instead.
+                let now = Instant::now();
+                let (since, from) = self.pace_mark.replace((now, done)).unwrap_or((now, done));
+                let pace = Pace::measure(done - from, now - since, self.config.batch_size);
+                let line = progress_line(done, self.total_steps, &terms, record.lr, pace);
+                tracing::info!("{line}");
+            } else {
+                tracing::debug!("step {done}: lr {:.3e} {terms}", record.lr);
+            }
         }
         self.history.push(raw);
         Ok(())
@@ -1329,6 +1344,38 @@ fn refuse_existing_run(run: &RunDir, out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// How fast the steps since the last progress line went.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Pace {
+    images_per_s: f64,
+    s_per_step: f64,
+}
+
+impl Pace {
+    /// `steps` of `batch` images in `took`.
+    fn measure(steps: u64, took: std::time::Duration, batch: usize) -> Option<Self> {
+        let secs = took.as_secs_f64();
+        (steps > 0 && secs > 0.0).then(|| Pace {
+            images_per_s: (steps * batch as u64) as f64 / secs,
+            s_per_step: secs / steps as f64,
+        })
+    }
+}
+
+/// The line that stands for the progress bar where none is drawn: `step 50/1000 (5 %): tag 123.4567
+/// align 12.3456 | lr 1.00e-4 | 155.5 images/s | eta 1h 2m 3s`, the pace (when known) being that
+/// since the previous line, pauses for validation and checkpoints included.
+fn progress_line(done: u64, total: u64, terms: &str, lr: f64, pace: Option<Pace>) -> String {
+    let percent = 100 * done / total.max(1);
+    let mut line = format!("step {done}/{total} ({percent} %): {terms} | lr {lr:.2e}");
+    if let Some(p) = pace {
+        let left = total.saturating_sub(done) as f64 * p.s_per_step;
+        let eta = humantime::format_duration(std::time::Duration::from_secs(left.round() as u64));
+        line.push_str(&format!(" | {:.1} images/s | eta {eta}", p.images_per_s));
+    }
+    line
+}
+
 fn progress_bar(start_step: u64, total_steps: u64) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(total_steps);
     bar.set_position(start_step);
@@ -1413,6 +1460,28 @@ mod tests {
         let (early, late) = early_and_late(&history(200));
         assert!((early["tag"] - 9.5).abs() < 1e-9, "{early:?}");
         assert!((late["tag"] - 189.5).abs() < 1e-9, "{late:?}");
+    }
+
+    #[test]
+    fn the_progress_line_says_where_the_run_is_and_when_it_ends() {
+        let pace = Pace::measure(50, std::time::Duration::from_secs(25), 52);
+        assert_eq!(
+            pace,
+            Some(Pace {
+                images_per_s: 104.0,
+                s_per_step: 0.5
+            })
+        );
+        assert_eq!(
+            progress_line(250, 10_000, "tag 123.4568 dis 0.2800", 1e-4, pace),
+            "step 250/10000 (2 %): tag 123.4568 dis 0.2800 | lr 1.00e-4 | 104.0 images/s | eta 1h 21m 15s"
+        );
+        // No steps or no time measured: no pace, no eta.
+        assert_eq!(Pace::measure(0, std::time::Duration::from_secs(3), 8), None);
+        assert_eq!(
+            progress_line(4, 4, "tag 1.0000", 2e-3, None),
+            "step 4/4 (100 %): tag 1.0000 | lr 2.00e-3"
+        );
     }
 
     #[test]
