@@ -787,7 +787,10 @@ fn validation_in_the_loop_rises_and_is_plotted() {
         "{stderr}"
     );
     assert!(stderr.contains("step 150/160 (93 %): "), "{stderr}");
-    assert!(!stderr.contains('\x1b'), "colour codes in a log file: {stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "colour codes in a log file: {stderr}"
+    );
 
     let v = read_validation(&run_dir.join("validation.jsonl")).unwrap();
     let steps: Vec<u64> = v.iter().map(|r| r.step).collect();

@@ -53,7 +53,7 @@ pub fn run(args: DiffArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
             .with_context(|| format!("{}: cannot read annotation file", p.display()))?
             .len();
     }
-    let progress = progress_bar(global, total, true);
+    let progress = progress_bar(global, "diff: annotations", total, true);
     let opts = DiffOptions {
         data: args.data.clone(),
         sidecars,

@@ -78,7 +78,7 @@ pub fn run(args: EmbedArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let mut encoder = TextEncoder::load(descriptor, &options)?;
 
     let texts = ((regenerate.len() + control.len()) * recipe.texts_per_slot()) as u64;
-    let progress = super::progress_bar(global, texts, false);
+    let progress = super::progress_bar(global, "embed: texts", texts, false);
     tracing::info!(
         "{} slots to regenerate, {} control slots, recipe {}, {} texts",
         regenerate.len(),

@@ -160,7 +160,7 @@ fn checkpoint_scores(
         eprint!("{}", model.report.to_table());
     }
     let total: usize = paths.iter().map(Vec::len).sum();
-    let pb = super::progress_bar(global, total as u64, false);
+    let pb = super::progress_bar(global, "eval: images", total as u64, false);
     let mut out = Vec::new();
     for (bench_paths, mapping) in paths.iter().zip(mappings) {
         // Only the benchmark's columns are kept, batch by batch.

@@ -12,6 +12,7 @@ mod eval;
 mod export;
 mod inspect;
 mod plot;
+mod progress;
 mod reference;
 mod repair;
 mod synth;
@@ -22,6 +23,7 @@ mod train;
 mod vocab;
 
 use args::{Cli, Command, GlobalArgs};
+pub use progress::progress_bar;
 use tagfix::error::ErrorKind;
 
 /// The process exit status a CI job can rely on.
@@ -131,26 +133,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::CliReference(a) => reference::run(a),
         Command::Doctor(a) => doctor::run(a),
     }
-}
-
-/// A progress bar on stderr: hidden with `--quiet` (indicatif hides it when stderr is not a terminal).
-pub fn progress_bar(global: &GlobalArgs, total: u64, bytes: bool) -> indicatif::ProgressBar {
-    if global.quiet {
-        return indicatif::ProgressBar::hidden();
-    }
-    let pb = indicatif::ProgressBar::with_draw_target(
-        Some(total),
-        indicatif::ProgressDrawTarget::stderr(),
-    );
-    let template = if bytes {
-        "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})"
-    } else {
-        "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, eta {eta})"
-    };
-    pb.set_style(
-        indicatif::ProgressStyle::with_template(template).expect("valid progress template"),
-    );
-    pb
 }
 
 #[cfg(test)]

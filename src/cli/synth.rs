@@ -28,7 +28,7 @@ pub fn run(args: SynthArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
         gzip: args.gzip,
         zipf_exponent: args.zipf,
     };
-    let progress = progress_bar(global, args.records, false);
+    let progress = progress_bar(global, "synth: records", args.records, false);
     let result = synthesize(&vocab, &opts, &args.out, &progress);
     progress.finish_and_clear();
     let summary = result?;

@@ -95,7 +95,7 @@ mod with_train {
         if let Some(s) = &scores {
             s.check_ids_fit(images.iter().map(|(_, id)| id.as_str()))?;
         }
-        let pb = super::super::progress_bar(global, images.len() as u64, false);
+        let pb = super::super::progress_bar(global, "tag: images", images.len() as u64, false);
         let start = std::time::Instant::now();
         let mut tagged = 0usize;
         let mut unreadable = skipped;

@@ -59,8 +59,8 @@ pub fn run(args: TeacherArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
         image_batch: args.ort.batch_size as usize,
         shard: shard.as_ref().map(|(s, _)| *s),
     };
-    let text_bar = super::progress_bar(global, 0, false);
-    let image_bar = super::progress_bar(global, 0, false);
+    let text_bar = super::progress_bar(global, "teacher: captions", 0, false);
+    let image_bar = super::progress_bar(global, "teacher: images", 0, false);
     let rows = write_teacher_file(&out, &mut text, &mut image, &request, &text_bar, &image_bar)?;
     println!(
         "wrote {}: {rows} records × (image_features, text_features) [{rows}, {}]",
