@@ -12,7 +12,6 @@ mod eval;
 mod export;
 mod inspect;
 mod plot;
-mod progress;
 mod reference;
 mod repair;
 mod synth;
@@ -23,7 +22,6 @@ mod train;
 mod vocab;
 
 use args::{Cli, Command, GlobalArgs};
-pub use progress::progress_bar;
 use tagfix::error::ErrorKind;
 
 /// The process exit status a CI job can rely on.
@@ -133,6 +131,20 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::CliReference(a) => reference::run(a),
         Command::Doctor(a) => doctor::run(a),
     }
+}
+
+/// A progress bar on stderr named `what` ([`tagfix::progress::stderr_bar`]: plain lines in a log),
+/// hidden with `--quiet`.
+pub fn progress_bar(
+    global: &GlobalArgs,
+    what: &str,
+    total: u64,
+    bytes: bool,
+) -> indicatif::ProgressBar {
+    if global.quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    tagfix::progress::stderr_bar(what, total, bytes)
 }
 
 #[cfg(test)]

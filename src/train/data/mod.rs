@@ -188,14 +188,12 @@ impl TrainData {
         };
         let part = share.range(self.len());
         let total = part.len();
-        let bar = indicatif::ProgressBar::new(total as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} checking images [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
-            )
-            .expect("template")
-            .progress_chars("=> "),
-        );
+        // The first share's rank speaks for all (they check equal shares side by side).
+        let bar = if share.index() == 0 {
+            crate::progress::stderr_bar("checking images", total as u64, false)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
         let failures: Vec<(usize, Error)> = part
             .into_par_iter()
             .filter_map(|i| {

@@ -1,8 +1,8 @@
 //! Progress bars on stderr. On a terminal indicatif redraws a bar in place; where stderr is a file
-//! or a pipe (a cluster job's log) indicatif would draw nothing, which leaves a long `teacher` or
-//! `embed` job silent for hours, so there the bar's state is written as a plain line now and then.
+//! or a pipe (a cluster job's log) indicatif would draw nothing, which leaves a long `teacher`,
+//! `embed` or image check silent for hours, so there the bar's state is written as a plain line now
+//! and then.
 
-use super::args::GlobalArgs;
 use std::io::Write;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -10,17 +10,9 @@ use std::time::{Duration, Instant};
 /// How often a log-file progress line is written at most.
 const LOG_EVERY: Duration = Duration::from_secs(30);
 
-/// A progress bar on stderr named `what`: hidden with `--quiet`, plain lines at most every 30 s
-/// where stderr is not a terminal.
-pub fn progress_bar(
-    global: &GlobalArgs,
-    what: &str,
-    total: u64,
-    bytes: bool,
-) -> indicatif::ProgressBar {
-    if global.quiet {
-        return indicatif::ProgressBar::hidden();
-    }
+/// A progress bar on stderr named `what`, counting items (or bytes): redrawn on a terminal, else a
+/// plain line every 30 s (from 30 s on: a short task adds nothing but its finished line).
+pub fn stderr_bar(what: &str, total: u64, bytes: bool) -> indicatif::ProgressBar {
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let target = if terminal {
         indicatif::ProgressDrawTarget::stderr()
@@ -49,12 +41,12 @@ fn template(terminal: bool, bytes: bool) -> &'static str {
     }
 }
 
-/// indicatif's "terminal" for a log: every drawn line goes to `sink` unless one went less than
-/// `every` ago; a line at 100 % always goes (once), so a log ends with the finished state.
+/// indicatif's "terminal" for a log: a drawn line goes to `sink` once `every` has passed since the
+/// bar was made or the last line went; a line at 100 % always goes (once), when it is drawn.
 struct LogLines {
     every: Duration,
-    /// When the last line was written, and that line.
-    last: Mutex<(Option<Instant>, String)>,
+    /// When the last line was written (at first: when the bar was made), and that line.
+    last: Mutex<(Instant, String)>,
     sink: Box<dyn Fn(&str) + Send + Sync>,
 }
 
@@ -62,7 +54,7 @@ impl LogLines {
     fn new(every: Duration, sink: impl Fn(&str) + Send + Sync + 'static) -> Self {
         LogLines {
             every,
-            last: Mutex::new((None, String::new())),
+            last: Mutex::new((Instant::now(), String::new())),
             sink: Box::new(sink),
         }
     }
@@ -103,9 +95,9 @@ impl indicatif::TermLike for LogLines {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         let finished = line.contains("(100 %");
-        let due = last.0.is_none_or(|t| now.duration_since(t) >= self.every);
+        let due = now.duration_since(last.0) >= self.every;
         if (due || finished) && last.1 != line {
-            *last = (Some(now), line.to_string());
+            *last = (now, line.to_string());
             (self.sink)(line);
         }
         Ok(())
@@ -132,7 +124,7 @@ mod tests {
     }
 
     #[test]
-    fn a_log_gets_the_first_line_then_one_per_interval_and_the_finished_one() {
+    fn a_log_gets_a_line_per_interval_and_the_finished_one() {
         let (log, lines) = collecting(Duration::from_secs(3600));
         for line in [
             "diff: 1/4 (25 %, 1/s, 1s elapsed, eta 3s)",
@@ -143,12 +135,10 @@ mod tests {
         ] {
             log.write_line(line).unwrap();
         }
+        // Within the first interval only the finished state is written.
         assert_eq!(
             *lines.lock().unwrap(),
-            [
-                "diff: 1/4 (25 %, 1/s, 1s elapsed, eta 3s)",
-                "diff: 4/4 (100 %, 1/s, 4s elapsed, eta 0s)"
-            ]
+            ["diff: 4/4 (100 %, 1/s, 4s elapsed, eta 0s)"]
         );
         // With no interval to wait, every new state is written.
         let (log, lines) = collecting(Duration::ZERO);
