@@ -791,6 +791,12 @@ fn validation_in_the_loop_rises_and_is_plotted() {
         !stderr.contains('\x1b'),
         "colour codes in a log file: {stderr}"
     );
+    let stamped =
+        regex::Regex::new(r"(?m)^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ +INFO step 50/160 ").unwrap();
+    assert!(
+        stamped.is_match(&stderr),
+        "each log line has its UTC time: {stderr}"
+    );
 
     let v = read_validation(&run_dir.join("validation.jsonl")).unwrap();
     let steps: Vec<u64> = v.iter().map(|r| r.step).collect();

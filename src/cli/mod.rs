@@ -100,14 +100,27 @@ pub fn init_logging(global: &GlobalArgs) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        // Colour codes only on a terminal: a job's log file gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .without_time()
-        .try_init();
+        .with_target(false);
+    // A terminal's reader is watching: colours, no time. A job's log file is read hours later:
+    // plain text, each line with its UTC time.
+    let _ = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        log.without_time().try_init()
+    } else {
+        log.with_ansi(false).with_timer(UtcSeconds).try_init()
+    };
+}
+
+/// Log lines' time in a log file: UTC, RFC 3339, to the second.
+struct UtcSeconds;
+
+impl tracing_subscriber::fmt::time::FormatTime for UtcSeconds {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+        write!(w, "{now}")
+    }
 }
 
 /// Runs the parsed command.
