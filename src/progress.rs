@@ -11,8 +11,12 @@ use std::time::{Duration, Instant};
 const LOG_EVERY: Duration = Duration::from_secs(30);
 
 /// A progress bar on stderr named `what`, counting items (or bytes): redrawn on a terminal, else a
-/// plain line every 30 s (from 30 s on: a short task adds nothing but its finished line).
+/// plain line every 30 s (from 30 s on: a short task adds nothing but its finished line). Hidden
+/// where info-level logging is off (`--quiet`): progress is info.
 pub fn stderr_bar(what: &str, total: u64, bytes: bool) -> indicatif::ProgressBar {
+    if !tracing::enabled!(tracing::Level::INFO) {
+        return indicatif::ProgressBar::hidden();
+    }
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let target = if terminal {
         indicatif::ProgressDrawTarget::stderr()
