@@ -783,7 +783,9 @@ fn validation_in_the_loop_rises_and_is_plotted() {
     // stderr is a pipe, as a job's log file is: no bar is drawn, a progress line stands for it on
     // each logging step (log_every 50), in plain text.
     assert!(
-        stderr.contains("step 50/160 (31 %): tag ") && stderr.contains(" images/s | eta "),
+        stderr.contains("step 50/160 (31 %): tag ")
+            && stderr.contains(" images/s, ")
+            && stderr.contains(" % waiting for data | eta "),
         "{stderr}"
     );
     assert!(stderr.contains("step 150/160 (93 %): "), "{stderr}");

@@ -481,6 +481,7 @@ const TOML_DICT: &[&[u8]] = &[
     b"k", b"also_k", b"min_cosine", b"calibration_quantile", b"max_changed_rows", b"batch_size",
     b"micro_batch_size", b"init_lr", b"betas", b"absent", b"loss_weights", b"random_augment",
     b"monitor", b"freeze", b"stage", b"\"finetune\"", b"precision", b"device",
+    b"checkpoint_every", b"\"30m\"", b"ns\"", b"h ", b"584942417355y",
 ];
 
 #[rustfmt::skip]
@@ -1250,6 +1251,14 @@ const CONFIG_VALUES: &[(&str, &str)] = &[
     ("1979-05-27", "1979-05-27"),
     ("\"1e-5\"", "'1e-5'"),
     ("\"18446744073709551616\"", "18446744073709551616"),
+    // Durations (`checkpoint_every = "30m"`): ordinary, zero, and past what a Duration holds.
+    ("\"1h 30m\"", "1h 30m"),
+    ("\"0s\"", "0s"),
+    (
+        "\"18446744073709551615s 999999999ns\"",
+        "'18446744073709551615s 999999999ns'",
+    ),
+    ("\"99999999999999999999y\"", "99999999999999999999y"),
 ];
 
 /// A config file of random keys (mostly known ones) with values of random types.

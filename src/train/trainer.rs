@@ -312,6 +312,8 @@ pub struct Trainer {
     /// When and after how many steps the last progress line was logged (the loop's start before
     /// the first): the pace it reports is measured since then.
     pace_mark: Option<(Instant, u64)>,
+    /// Seconds this rank waited for data since then.
+    waited_s: f64,
 }
 
 /// Where the stop signal the ranks agreed on arrived.
@@ -480,7 +482,9 @@ impl Trainer {
             checkpoint_clock: None,
             time_checkpoint: false,
             pace_mark: None,
-            bar: if main {
+            waited_s: 0.0,
+            // Progress is info: `--quiet` hides the bar too.
+            bar: if main && tracing::enabled!(tracing::Level::INFO) {
                 progress_bar(start_step, total_steps)
             } else {
                 indicatif::ProgressBar::hidden()
@@ -897,6 +901,7 @@ impl Trainer {
             tracing::info!("{msg}");
         }
         let done = record.step;
+        self.waited_s += record.data_wait_s;
         if self.config.log_every > 0 && done % self.config.log_every == 0 {
             let terms: Vec<String> = raw.iter().map(|(t, v)| format!("{t} {v:.4}")).collect();
             let terms = terms.join(" ");
@@ -905,7 +910,8 @@ impl Trainer {
                 // No bar is drawn (stderr is a file or a pipe: a cluster's job log): a line instead.
                 let now = Instant::now();
                 let (since, from) = self.pace_mark.replace((now, done)).unwrap_or((now, done));
-                let pace = Pace::measure(done - from, now - since, self.config.batch_size);
+                let waited = std::mem::take(&mut self.waited_s);
+                let pace = Pace::measure(done - from, now - since, self.config.batch_size, waited);
                 let line = progress_line(done, self.total_steps, &terms, record.lr, pace);
                 tracing::info!("{line}");
             } else {
@@ -1349,29 +1355,37 @@ fn refuse_existing_run(run: &RunDir, out: &Path) -> Result<()> {
 struct Pace {
     images_per_s: f64,
     s_per_step: f64,
+    /// The share of the time spent waiting for the next micro-batch (0..=1): an input pipeline
+    /// slower than the steps.
+    waiting: f64,
 }
 
 impl Pace {
-    /// `steps` of `batch` images in `took`.
-    fn measure(steps: u64, took: std::time::Duration, batch: usize) -> Option<Self> {
+    /// `steps` of `batch` images in `took`, `waited_s` of it waiting for data.
+    fn measure(steps: u64, took: std::time::Duration, batch: usize, waited_s: f64) -> Option<Self> {
         let secs = took.as_secs_f64();
         (steps > 0 && secs > 0.0).then(|| Pace {
             images_per_s: (steps * batch as u64) as f64 / secs,
             s_per_step: secs / steps as f64,
+            waiting: (waited_s / secs).clamp(0.0, 1.0),
         })
     }
 }
 
 /// The line that stands for the progress bar where none is drawn: `step 50/1000 (5 %): tag 123.4567
-/// align 12.3456 | lr 1.00e-4 | 155.5 images/s | eta 1h 2m 3s`, the pace (when known) being that
-/// since the previous line, pauses for validation and checkpoints included.
+/// align 12.3456 | lr 1.00e-4 | 155.5 images/s, 3 % waiting for data | eta 1h 2m 3s`, the pace
+/// (when known) being that since the previous line, pauses for validation and checkpoints included.
 fn progress_line(done: u64, total: u64, terms: &str, lr: f64, pace: Option<Pace>) -> String {
     let percent = 100 * done / total.max(1);
     let mut line = format!("step {done}/{total} ({percent} %): {terms} | lr {lr:.2e}");
     if let Some(p) = pace {
         let left = total.saturating_sub(done) as f64 * p.s_per_step;
         let eta = humantime::format_duration(std::time::Duration::from_secs(left.round() as u64));
-        line.push_str(&format!(" | {:.1} images/s | eta {eta}", p.images_per_s));
+        line.push_str(&format!(
+            " | {:.1} images/s, {:.0} % waiting for data | eta {eta}",
+            p.images_per_s,
+            100.0 * p.waiting
+        ));
     }
     line
 }
@@ -1464,20 +1478,21 @@ mod tests {
 
     #[test]
     fn the_progress_line_says_where_the_run_is_and_when_it_ends() {
-        let pace = Pace::measure(50, std::time::Duration::from_secs(25), 52);
+        let pace = Pace::measure(50, std::time::Duration::from_secs(25), 52, 1.0);
         assert_eq!(
             pace,
             Some(Pace {
                 images_per_s: 104.0,
-                s_per_step: 0.5
+                s_per_step: 0.5,
+                waiting: 0.04
             })
         );
         assert_eq!(
             progress_line(250, 10_000, "tag 123.4568 dis 0.2800", 1e-4, pace),
-            "step 250/10000 (2 %): tag 123.4568 dis 0.2800 | lr 1.00e-4 | 104.0 images/s | eta 1h 21m 15s"
+            "step 250/10000 (2 %): tag 123.4568 dis 0.2800 | lr 1.00e-4 | 104.0 images/s, 4 % waiting for data | eta 1h 21m 15s"
         );
         // No steps or no time measured: no pace, no eta.
-        assert_eq!(Pace::measure(0, std::time::Duration::from_secs(3), 8), None);
+        assert_eq!(Pace::measure(0, std::time::Duration::from_secs(3), 8, 0.0), None);
         assert_eq!(
             progress_line(4, 4, "tag 1.0000", 2e-3, None),
             "step 4/4 (100 %): tag 1.0000 | lr 2.00e-3"
