@@ -290,6 +290,14 @@ fn trainer_steps_validates_and_checkpoints_when_asked() {
     assert_eq!(summary.checkpoint, ckpt);
     assert_eq!((summary.first_step, summary.steps), (0, 4));
     assert_eq!(summary.validation.len(), 1, "only the one asked for");
+    // The pace of the 4 steps of 8 images (validation between them included).
+    let pace = summary.pace.expect("steps were taken");
+    assert!(
+        pace.seconds > 0.0 && pace.data_wait_s <= pace.seconds,
+        "{pace:?}"
+    );
+    let images = pace.images_per_s * pace.seconds;
+    assert!((images - 32.0).abs() < 1e-6, "{pace:?}");
 }
 
 /// `checkpoint_every` as a duration: a checkpoint is due after the first step that ends the interval
@@ -813,6 +821,10 @@ fn validation_in_the_loop_rises_and_is_plotted() {
         "validation mAP did not rise: {maps:?}"
     );
     assert!(stdout.contains("validation at step 160"), "{stdout}");
+    assert!(
+        stdout.contains("  steps took ") && stdout.contains(" % waiting for data"),
+        "{stdout}"
+    );
     for name in ["validation", "tag", "total", "grad_norm"] {
         for ext in ["png", "svg"] {
             let f = run_dir.join(format!("plots/{name}.{ext}"));

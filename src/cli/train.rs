@@ -357,6 +357,9 @@ fn print_summary(summary: &tagfix::train::run::RunSummary, out: &std::path::Path
     }
     let w = summary.final_weights;
     println!("  weights tag {} align {} dis {}", w.tag, w.align, w.dis);
+    if let Some(pace) = summary.pace {
+        println!("  steps took {pace}");
+    }
     if let Some(p) = summary.absent_probability() {
         println!("  absent slots: mean predicted probability {p:.4}");
     }

@@ -78,5 +78,5 @@ pub use record::{
 };
 pub use run_dir::RunDir;
 pub use run_monitor::RunMonitor;
-pub use summary::{events_table, RunSummary};
+pub use summary::{events_table, RunPace, RunSummary};
 pub use validation::{read_validation, ValidationRecord, ValidationWriter};

@@ -33,6 +33,36 @@ pub struct RunSummary {
     pub health_events: Vec<HealthEvent>,
     /// The validations of this invocation (also in `validation.jsonl`).
     pub validation: Vec<ValidationRecord>,
+    /// How fast this invocation's steps went (absent in summaries written before it was kept, and
+    /// when no step was taken).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pace: Option<RunPace>,
+}
+
+/// The pace of a run's steps, from the start of its first step to the end of its last (validation
+/// and checkpoints between them included; the final checkpoint not).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RunPace {
+    pub seconds: f64,
+    /// Images of the global batch per second, over every rank.
+    pub images_per_s: f64,
+    /// Seconds rank 0 waited for its next micro-batch.
+    pub data_wait_s: f64,
+}
+
+impl std::fmt::Display for RunPace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let waiting = if self.seconds > 0.0 {
+            100.0 * self.data_wait_s / self.seconds
+        } else {
+            0.0
+        };
+        write!(
+            f,
+            "{:.1} s, {:.1} images/s, {waiting:.0} % waiting for data",
+            self.seconds, self.images_per_s
+        )
+    }
 }
 
 impl RunSummary {
@@ -119,6 +149,11 @@ mod tests {
             absent_slots: vec![1, 2],
             health_events: Vec::new(),
             validation: Vec::new(),
+            pace: Some(RunPace {
+                seconds: 12.5,
+                images_per_s: 25.6,
+                data_wait_s: 0.25,
+            }),
         }
     }
 
@@ -128,6 +163,22 @@ mod tests {
         let s = summary(dir.path());
         s.write(dir.path()).unwrap();
         assert_eq!(RunSummary::read(dir.path()).unwrap(), s);
+    }
+
+    #[test]
+    fn a_summary_written_before_the_pace_was_kept_reads_without_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = summary(dir.path());
+        s.pace = None;
+        s.write(dir.path()).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(SUMMARY_FILE)).unwrap();
+        assert!(!text.contains("pace"), "{text}");
+        assert_eq!(RunSummary::read(dir.path()).unwrap(), s);
+        let pace = summary(dir.path()).pace.unwrap();
+        assert_eq!(
+            pace.to_string(),
+            "12.5 s, 25.6 images/s, 2 % waiting for data"
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ use super::optim::{AdamW, LrSchedule, OptimizerImpl};
 use super::saver::{CheckpointWriter, Snapshot};
 use super::sync::{read_f64, read_f64s};
 use super::upload::{upload, PixelNormalizer};
+use crate::monitor::RunPace;
 use super::run::{
     checkpoint_dir, latest_checkpoint, read_checkpoint, slot_probabilities,
     validation_line, CheckpointState, Prepared, RunSummary, RUN_FILE, STATE_SCHEMA,
@@ -314,6 +315,10 @@ pub struct Trainer {
     pace_mark: Option<(Instant, u64)>,
     /// Seconds this rank waited for data since then.
     waited_s: f64,
+    /// This invocation's steps: when the first began and the last ended, and the seconds waited
+    /// for data in them (the summary's [`RunPace`]).
+    steps_timed: Option<(Instant, Instant)>,
+    waited_total_s: f64,
 }
 
 /// Where the stop signal the ranks agreed on arrived.
@@ -483,6 +488,8 @@ impl Trainer {
             time_checkpoint: false,
             pace_mark: None,
             waited_s: 0.0,
+            steps_timed: None,
+            waited_total_s: 0.0,
             // Progress is info: `--quiet` hides the bar too.
             bar: if main && tracing::enabled!(tracing::Level::INFO) {
                 progress_bar(start_step, total_steps)
@@ -542,6 +549,7 @@ impl Trainer {
     pub fn step(&mut self) -> Result<StepRecord> {
         let t0 = Instant::now();
         self.checkpoint_clock.get_or_insert(t0);
+        self.steps_timed.get_or_insert((t0, t0));
         self.pace_mark.get_or_insert((t0, self.step));
         let step = self.step;
         let lr = self.sched.lr(step);
@@ -568,6 +576,9 @@ impl Trainer {
         self.step = step + 1;
         self.last_wall_s = wall_s;
         self.bar.set_position(self.step);
+        if let Some((_, end)) = self.steps_timed.as_mut() {
+            *end = Instant::now();
+        }
         self.time_checkpoint = done.agreed.checkpoint;
         if let Some(agreed) = done.agreed.stop.filter(|_| !self.is_done()) {
             self.interrupt = Some(match self.stop.signal() {
@@ -902,6 +913,7 @@ impl Trainer {
         }
         let done = record.step;
         self.waited_s += record.data_wait_s;
+        self.waited_total_s += record.data_wait_s;
         if self.config.log_every > 0 && done % self.config.log_every == 0 {
             let terms: Vec<String> = raw.iter().map(|(t, v)| format!("{t} {v:.4}")).collect();
             let terms = terms.join(" ");
@@ -1100,6 +1112,15 @@ impl Trainer {
             tracing::warn!("training-health events:\n{}", events_table(&health_events));
         }
         let (early, late) = early_and_late(&self.history);
+        let pace = self.steps_timed.map(|(start, end)| {
+            let seconds = (end - start).as_secs_f64();
+            let images = (self.step - self.first_step) * self.config.batch_size as u64;
+            RunPace {
+                seconds,
+                images_per_s: images as f64 / seconds.max(1e-9),
+                data_wait_s: self.waited_total_s,
+            }
+        });
         let summary = RunSummary {
             run_dir: self.out.clone(),
             first_step: self.first_step,
@@ -1117,6 +1138,7 @@ impl Trainer {
             absent_slots: self.absent_slots.clone(),
             health_events,
             validation: self.validator.map(|v| v.records).unwrap_or_default(),
+            pace,
         };
         if let Some(p) = summary.absent_probability() {
             tracing::info!(
