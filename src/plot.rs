@@ -272,6 +272,15 @@ pub fn plot_run(
     let title = format!("{}gradient and update norms", title_prefix(opts));
     let panels = norm_panels(records, events);
     figures.push(render(out_dir, "grad_norm", &title, &panels, &lr, opts)?);
+    let title = format!("{}pace", title_prefix(opts));
+    figures.push(render(
+        out_dir,
+        "pace",
+        &title,
+        &pace_panels(records),
+        &lr,
+        opts,
+    )?);
 
     if !validation.is_empty() {
         let title = format!(
@@ -404,6 +413,44 @@ fn norm_panels<'a>(records: &[StepRecord], events: &'a [HealthEvent]) -> Vec<Pan
         }));
     }
     panels
+}
+
+/// The steps' pace: images per second above, the wait for data below (a wait that grows with the
+/// images per second falling is an input pipeline the steps outrun).
+fn pace_panels<'a>(records: &[StepRecord]) -> Vec<Panel<'a>> {
+    let points = |get: fn(&StepRecord) -> f64| -> Vec<(f64, f64)> {
+        records.iter().map(|r| (r.step as f64, get(r))).collect()
+    };
+    let panel = |caption: &str, y_label: &str, series: Series<'a>| Panel {
+        caption: caption.into(),
+        y_label: y_label.into(),
+        log_y: false,
+        series: vec![series],
+        events: Vec::new(),
+        legend: SeriesLabelPosition::LowerRight,
+    };
+    vec![
+        panel(
+            "images per second of each step (validation and checkpoints between steps not counted)",
+            "images / s",
+            Series::new(
+                "images/s",
+                GROUP_COLORS[0],
+                points(|r| r.images_per_s),
+                true,
+            ),
+        ),
+        panel(
+            "time each step waited for its micro-batches (data loading behind the steps)",
+            "seconds per step",
+            Series::new(
+                "data wait",
+                GROUP_COLORS[1],
+                points(|r| r.data_wait_s),
+                true,
+            ),
+        ),
+    ]
 }
 
 /// Validation figure: mAP (present and absent slots) above, precision / recall / F1 of the present

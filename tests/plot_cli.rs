@@ -63,7 +63,7 @@ fn plot_writes_png_and_svg_per_term_and_lists_events() {
         stdout.contains("spike") && stdout.contains("400-401"),
         "{stdout}"
     );
-    for name in ["tag", "align", "dis", "total", "grad_norm"] {
+    for name in ["tag", "align", "dis", "total", "grad_norm", "pace"] {
         let png = dir.plots_dir().join(format!("{name}.png"));
         assert_eq!(png_size(&png), (1400, 900));
         let svg = std::fs::read_to_string(dir.plots_dir().join(format!("{name}.svg"))).unwrap();
@@ -249,13 +249,15 @@ fn every_plot_of_a_short_main_job_run_is_drawn_and_labelled() {
         [
             "grad_norm.png",
             "grad_norm.svg",
+            "pace.png",
+            "pace.svg",
             "tag.png",
             "tag.svg",
             "total.png",
             "total.svg"
         ]
     );
-    for name in ["tag", "total", "grad_norm"] {
+    for name in ["tag", "total", "grad_norm", "pace"] {
         assert_drawn_png(&plots.join(format!("{name}.png")), (1400, 900));
     }
     let smoothing = "thick: EMA over 4 steps; faint: each step";
@@ -290,5 +292,23 @@ fn every_plot_of_a_short_main_job_run_is_drawn_and_labelled() {
             lr,
             "gradient norm per module group (before clipping)",
         ],
+    );
+    // The pace: images per second above, the wait for data below, each with the learning rate.
+    let pace = plots.join("pace.svg");
+    assert_texts(
+        &pace,
+        &[
+            "images/s",
+            "data wait",
+            smoothing,
+            lr,
+            "images per second of each step (validation and checkpoints between steps not counted)",
+            "time each step waited for its micro-batches (data loading behind the steps)",
+        ],
+    );
+    assert_eq!(
+        svg_texts(&pace).iter().filter(|t| *t == "step").count(),
+        2,
+        "two panels"
     );
 }
