@@ -310,15 +310,8 @@ pub struct Trainer {
     checkpoint_clock: Option<Instant>,
     /// The ranks agreed that a time checkpoint is due after the step just taken.
     time_checkpoint: bool,
-    /// When and after how many steps the last progress line was logged (the loop's start before
-    /// the first): the pace it reports is measured since then.
-    pace_mark: Option<(Instant, u64)>,
-    /// Seconds this rank waited for data since then.
-    waited_s: f64,
-    /// This invocation's steps: when the first began and the last ended, and the seconds waited
-    /// for data in them (the summary's [`RunPace`]).
-    steps_timed: Option<(Instant, Instant)>,
-    waited_total_s: f64,
+    /// How fast this invocation's steps go: for the progress lines and the summary.
+    pace: StepPace,
 }
 
 /// Where the stop signal the ranks agreed on arrived.
@@ -486,10 +479,7 @@ impl Trainer {
             last_wall_s: 0.0,
             checkpoint_clock: None,
             time_checkpoint: false,
-            pace_mark: None,
-            waited_s: 0.0,
-            steps_timed: None,
-            waited_total_s: 0.0,
+            pace: StepPace::default(),
             // Progress is info: `--quiet` hides the bar too.
             bar: if main && tracing::enabled!(tracing::Level::INFO) {
                 progress_bar(start_step, total_steps)
@@ -549,8 +539,7 @@ impl Trainer {
     pub fn step(&mut self) -> Result<StepRecord> {
         let t0 = Instant::now();
         self.checkpoint_clock.get_or_insert(t0);
-        self.steps_timed.get_or_insert((t0, t0));
-        self.pace_mark.get_or_insert((t0, self.step));
+        self.pace.begin(t0, self.step);
         let step = self.step;
         let lr = self.sched.lr(step);
         let done = if self.sync == StepSync::Once && self.opt.imp == OptimizerImpl::Fused {
@@ -572,13 +561,11 @@ impl Trainer {
             data_wait_s: done.acc.data_wait_s,
             wall_s,
         };
+        self.pace.end(record.data_wait_s);
         self.observe(&record, done.acc.raw)?;
         self.step = step + 1;
         self.last_wall_s = wall_s;
         self.bar.set_position(self.step);
-        if let Some((_, end)) = self.steps_timed.as_mut() {
-            *end = Instant::now();
-        }
         self.time_checkpoint = done.agreed.checkpoint;
         if let Some(agreed) = done.agreed.stop.filter(|_| !self.is_done()) {
             self.interrupt = Some(match self.stop.signal() {
@@ -912,18 +899,13 @@ impl Trainer {
             tracing::info!("{msg}");
         }
         let done = record.step;
-        self.waited_s += record.data_wait_s;
-        self.waited_total_s += record.data_wait_s;
         if self.config.log_every > 0 && done % self.config.log_every == 0 {
             let terms: Vec<String> = raw.iter().map(|(t, v)| format!("{t} {v:.4}")).collect();
             let terms = terms.join(" ");
             self.bar.set_message(terms.clone());
             if self.is_main() && self.bar.is_hidden() {
                 // No bar is drawn (stderr is a file or a pipe: a cluster's job log): a line instead.
-                let now = Instant::now();
-                let (since, from) = self.pace_mark.replace((now, done)).unwrap_or((now, done));
-                let waited = std::mem::take(&mut self.waited_s);
-                let pace = Pace::measure(done - from, now - since, self.config.batch_size, waited);
+                let pace = self.pace.since_last_line(done, self.config.batch_size);
                 let line = progress_line(done, self.total_steps, &terms, record.lr, pace);
                 tracing::info!("{line}");
             } else {
@@ -1112,15 +1094,9 @@ impl Trainer {
             tracing::warn!("training-health events:\n{}", events_table(&health_events));
         }
         let (early, late) = early_and_late(&self.history);
-        let pace = self.steps_timed.map(|(start, end)| {
-            let seconds = (end - start).as_secs_f64();
-            let images = (self.step - self.first_step) * self.config.batch_size as u64;
-            RunPace {
-                seconds,
-                images_per_s: images as f64 / seconds.max(1e-9),
-                data_wait_s: self.waited_total_s,
-            }
-        });
+        let pace = self
+            .pace
+            .of_run(self.step - self.first_step, self.config.batch_size);
         let summary = RunSummary {
             run_dir: self.out.clone(),
             first_step: self.first_step,
@@ -1370,6 +1346,56 @@ fn refuse_existing_run(run: &RunDir, out: &Path) -> Result<()> {
         return Err(TrainError::RunExists(out.to_path_buf()).into());
     }
     Ok(())
+}
+
+/// The clocks of this invocation's steps: since the first step (the run's [`RunPace`]) and since
+/// the last progress line ([`Pace`]), with the seconds waited for data in each.
+#[derive(Debug, Default)]
+struct StepPace {
+    /// When the first step began and the last ended.
+    run: Option<(Instant, Instant)>,
+    waited_in_run_s: f64,
+    /// When the last progress line was logged and after how many steps (the first step's start
+    /// and step before the first line).
+    line: Option<(Instant, u64)>,
+    waited_since_line_s: f64,
+}
+
+impl StepPace {
+    /// A step begins at `t0`, after `step` steps (starts the clocks at the first).
+    fn begin(&mut self, t0: Instant, step: u64) {
+        self.run.get_or_insert((t0, t0));
+        self.line.get_or_insert((t0, step));
+    }
+
+    /// The step ended now, having waited `data_wait_s` for its micro-batches.
+    fn end(&mut self, data_wait_s: f64) {
+        if let Some((_, end)) = self.run.as_mut() {
+            *end = Instant::now();
+        }
+        self.waited_in_run_s += data_wait_s;
+        self.waited_since_line_s += data_wait_s;
+    }
+
+    /// The pace since the last line, now that a line is logged after `done` steps of `batch`.
+    fn since_last_line(&mut self, done: u64, batch: usize) -> Option<Pace> {
+        let now = Instant::now();
+        let (since, from) = self.line.replace((now, done)).unwrap_or((now, done));
+        let waited = std::mem::take(&mut self.waited_since_line_s);
+        Pace::measure(done - from, now - since, batch, waited)
+    }
+
+    /// The pace of the run's `steps` steps of `batch` (`None` before a step).
+    fn of_run(&self, steps: u64, batch: usize) -> Option<RunPace> {
+        self.run.map(|(start, end)| {
+            let seconds = (end - start).as_secs_f64();
+            RunPace {
+                seconds,
+                images_per_s: (steps * batch as u64) as f64 / seconds.max(1e-9),
+                data_wait_s: self.waited_in_run_s,
+            }
+        })
+    }
 }
 
 /// How fast the steps since the last progress line went.
