@@ -1,6 +1,7 @@
 //! A run that stops itself on a non-finite loss exits with its own status, 3 (bad input is 2), after
 //! saving the state before the failing step; a run a stop signal ends (SIGTERM, SIGINT) saves the step
-//! in progress and exits with 128 + the signal, and `--resume` finishes it.
+//! in progress and exits with 128 + the signal, and `--resume` finishes it; `--auto-resume` starts,
+//! continues and starts again; `--dry-run` checks a run's start without writing.
 #![cfg(feature = "train")]
 
 mod common;
@@ -223,4 +224,89 @@ fn auto_resume_starts_continues_and_starts_again() {
     assert!(o.status.success(), "{err}");
     assert!(err.contains("training it again from step 0"), "{err}");
     assert_eq!(steps(&dead), [1, 2]);
+}
+
+/// `--dry-run` checks what the run would check before its first step and writes nothing: a new run
+/// prints its plan and leaves no folder; a folder that holds a run is refused as the run would
+/// refuse it; `--resume` and `--auto-resume` say where they would continue; a missing image fails.
+#[test]
+fn a_dry_run_checks_the_start_and_writes_nothing() {
+    let _guard = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(&tmp.path().join("ds"), 16, 4);
+    let run = tmp.path().join("run");
+    let train = |extra: &[&str], out: Option<&std::path::Path>| {
+        let mut c = Command::new(assert_cmd::cargo::cargo_bin("tagfix"));
+        c.args(train_argv(&ds))
+            .args(["--batch-size", "4", "--workers", "1", "--threads", "1"])
+            .args(extra);
+        if let Some(out) = out {
+            c.arg("--out").arg(out);
+        }
+        let o = c.output().unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (o.status.code(), text(&o.stdout), text(&o.stderr))
+    };
+    let (code, out, err) = train(&["--max-steps", "2", "--dry-run"], Some(&run));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("dry run: every input checked; nothing trained or written")
+            && out.contains("steps 0..2 (a new run in ")
+            && out.contains("16 records, 4 steps per epoch; batch 4 = 1 micro-batch(es) of 4"),
+        "{out}"
+    );
+    assert!(!run.exists(), "a dry run writes nothing");
+
+    let (code, _, err) = train(&["--max-steps", "2", "--checkpoint-every", "1"], Some(&run));
+    assert_eq!(code, Some(0), "{err}");
+    let metrics = std::fs::read(run.join("metrics.jsonl")).unwrap();
+    let (code, _, err) = train(&["--max-steps", "2", "--dry-run"], Some(&run));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("already holds a training run"), "{err}");
+    let resume = run.to_str().unwrap();
+    for how in [&["--resume", resume][..], &["--auto-resume"]] {
+        let out_flag = (how[0] == "--auto-resume").then_some(run.as_path());
+        let mut args = vec!["--max-steps", "4", "--dry-run"];
+        args.extend_from_slice(how);
+        let (code, out, err) = train(&args, out_flag);
+        assert_eq!(code, Some(0), "{how:?}: {err}");
+        assert!(
+            out.contains("steps 2..4 (resuming at step 2 from ") && out.contains("step-00000002"),
+            "{how:?}: {out}"
+        );
+    }
+    assert_eq!(std::fs::read(run.join("metrics.jsonl")).unwrap(), metrics);
+    let saved = std::fs::read_dir(run.join("checkpoints")).unwrap().count();
+    assert_eq!(saved, 2, "no checkpoint added");
+    // An earlier attempt's records without a checkpoint: --auto-resume would start again.
+    let attempt = tmp.path().join("attempt");
+    std::fs::create_dir(&attempt).unwrap();
+    std::fs::write(attempt.join("metrics.jsonl"), &metrics).unwrap();
+    let (code, out, err) = train(
+        &["--max-steps", "2", "--dry-run", "--auto-resume"],
+        Some(&attempt),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("steps 0..2 (again from the start in "),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read(attempt.join("metrics.jsonl")).unwrap(),
+        metrics
+    );
+
+    // The images are checked as the run checks them.
+    let image = std::fs::read_dir(&ds.image_root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_file())
+        .unwrap();
+    std::fs::remove_file(&image).unwrap();
+    let other = tmp.path().join("other");
+    let (code, _, err) = train(&["--max-steps", "2", "--dry-run"], Some(&other));
+    assert_eq!(code, Some(2), "{err}");
+    let name = image.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(err.contains(&name), "{err}");
+    assert!(!other.exists());
 }

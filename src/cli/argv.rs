@@ -492,6 +492,7 @@ impl ToArgv for TrainArgs {
                 auto_resume,
                 out,
                 json,
+                dry_run,
                 dist [flatten]
             } = self
         );

@@ -170,6 +170,9 @@ fn launch_ranks(args: &TrainArgs) -> anyhow::Result<Option<ExitStatus>> {
 #[cfg(feature = "train")]
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
     use tagfix::train::run::{prepare, prepare_rank, train_distributed, train_until, StopRequest};
+    if args.dry_run {
+        return dry_run(&args);
+    }
     if let Some(status) = launch_ranks(&args)? {
         return Ok(status);
     }
@@ -216,6 +219,53 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
         print_summary(&summary, &out, args.plot);
     }
     Ok(ExitStatus::Success)
+}
+
+/// `--dry-run`: the checks of the run's start in this one process, then the plan on stdout.
+#[cfg(feature = "train")]
+fn dry_run(args: &TrainArgs) -> anyhow::Result<ExitStatus> {
+    use tagfix::train::run::{dry_run, prepare, RunStart};
+    let start = run_start(args)?;
+    let cfg = resolve_config(args, start == RunStart::Resume)?;
+    let (inputs, out) = resolve_inputs(args, &cfg, start)?;
+    let prepared = prepare(&cfg, &inputs)?;
+    for note in &prepared.notes {
+        tracing::info!("{note}");
+    }
+    let plan = dry_run(&prepared, &out, start)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+    } else {
+        print!("{}", plan_text(&plan));
+    }
+    Ok(ExitStatus::Success)
+}
+
+/// `--dry-run`'s plan for a person.
+#[cfg(feature = "train")]
+fn plan_text(plan: &tagfix::train::run::DryRun) -> String {
+    let begin = match (&plan.resume_from, plan.again) {
+        (Some(ckpt), _) => format!("resuming at step {} from {}", plan.start_step, ckpt.display()),
+        (None, true) => format!(
+            "again from the start in {}: an earlier attempt left no checkpoint, its records would be replaced",
+            plan.out.display()
+        ),
+        (None, false) => format!("a new run in {}", plan.out.display()),
+    };
+    let micro = match plan.micro_batch_size {
+        Some(m) => format!("{} micro-batch(es) of {m}", plan.batch_size / m.max(1)),
+        None => "micro-batches chosen when the run starts (auto)".into(),
+    };
+    format!(
+        "dry run: every input checked; nothing trained or written\n  steps {}..{} ({begin})\n  \
+         {} records, {} steps per epoch; batch {} = {micro}\n  model: {} parameters\n",
+        plan.start_step,
+        plan.total_steps,
+        plan.records,
+        plan.steps_per_epoch,
+        plan.batch_size,
+        plan.parameters
+    )
 }
 
 /// Records SIGTERM, SIGINT and SIGUSR1 in `stop` while the guard lives: the loop then stops after

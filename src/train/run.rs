@@ -616,6 +616,20 @@ pub(super) fn read_checkpoint(
     vs: &VarStore,
     opt: &mut AdamW,
 ) -> Result<CheckpointState> {
+    let state = read_state(dir)?;
+    let model_path = dir.join("model.safetensors");
+    let report = weights::load_state_dict(vs, &model_path, &LoadOptions::strict())?;
+    debug_assert!(report.is_complete());
+    let opt_path = dir.join("optimizer.safetensors");
+    let tensors =
+        Tensor::read_safetensors(&opt_path).map_err(|e| tensors_error(&opt_path, "read", e))?;
+    let map: BTreeMap<String, Tensor> = tensors.into_iter().collect();
+    opt.load_state(&map, state.step, &opt_path.display().to_string())?;
+    Ok(state)
+}
+
+/// A checkpoint's `state.json` (its schema checked).
+fn read_state(dir: &Path) -> Result<CheckpointState> {
     let state_path = dir.join("state.json");
     let text = crate::fsutil::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
     let state: CheckpointState =
@@ -632,15 +646,88 @@ pub(super) fn read_checkpoint(
         }
         .into());
     }
-    let model_path = dir.join("model.safetensors");
-    let report = weights::load_state_dict(vs, &model_path, &LoadOptions::strict())?;
-    debug_assert!(report.is_complete());
-    let opt_path = dir.join("optimizer.safetensors");
-    let tensors =
-        Tensor::read_safetensors(&opt_path).map_err(|e| tensors_error(&opt_path, "read", e))?;
-    let map: BTreeMap<String, Tensor> = tensors.into_iter().collect();
-    opt.load_state(&map, state.step, &opt_path.display().to_string())?;
     Ok(state)
+}
+
+/// What `tagfix train --dry-run` established: the inputs checked and the model built ([`prepare`]),
+/// and `--out` as the run would use it; nothing trained or written.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DryRun {
+    pub out: PathBuf,
+    /// The checkpoint a resume would continue from.
+    pub resume_from: Option<PathBuf>,
+    /// `--auto-resume` on a folder an earlier attempt left without a checkpoint: its records would
+    /// be replaced.
+    pub again: bool,
+    /// The step the run would start from (the checkpoint's, else 0).
+    pub start_step: u64,
+    pub total_steps: u64,
+    pub steps_per_epoch: u64,
+    pub records: usize,
+    pub batch_size: usize,
+    /// `None`: `micro_batch_size = "auto"`, chosen when the run starts.
+    pub micro_batch_size: Option<usize>,
+    /// The model's parameters (the frozen ones included).
+    pub parameters: i64,
+}
+
+/// Checks `out` as a run begun with `start` would use it, without writing: a new run refuses a
+/// folder that holds one; a resume needs a checkpoint whose records are `prepared`'s (its tensors
+/// are read when the run starts).
+pub fn dry_run(prepared: &Prepared, out: &Path, start: RunStart) -> Result<DryRun> {
+    let checkpoints = out.join(crate::monitor::run_dir::CHECKPOINTS_DIR);
+    let newest = if checkpoints.is_dir() {
+        newest_checkpoint_in(&checkpoints, "state.json")?
+    } else {
+        None
+    };
+    let mut start_step = 0;
+    match start {
+        RunStart::New if newest.is_some() || out.join(crate::monitor::run_dir::METRICS_FILE).exists() => {
+            return Err(TrainError::RunExists(out.to_path_buf()).into());
+        }
+        RunStart::Resume => {
+            let ckpt = newest
+                .as_ref()
+                .ok_or_else(|| TrainError::NothingToResume(checkpoints.clone()))?;
+            let state = read_state(ckpt)?;
+            let records = prepared.data.len();
+            if state.data_fingerprint != prepared.data.records.fingerprint()
+                || state.records != records
+            {
+                return Err(TrainError::DataChanged {
+                    checkpoint: ckpt.clone(),
+                    then: state.records,
+                    now: records,
+                }
+                .into());
+            }
+            start_step = state.step;
+        }
+        RunStart::New | RunStart::Again => {}
+    }
+    let config = &prepared.config;
+    Ok(DryRun {
+        out: out.to_path_buf(),
+        resume_from: newest.filter(|_| start == RunStart::Resume),
+        again: start == RunStart::Again,
+        start_step,
+        total_steps: prepared.total_steps,
+        steps_per_epoch: prepared.steps_per_epoch,
+        records: prepared.data.len(),
+        batch_size: config.batch_size,
+        micro_batch_size: match config.micro_batch_size {
+            Some(super::config::MicroBatchSize::Auto) => None,
+            Some(super::config::MicroBatchSize::Images(n)) => Some(n),
+            None => Some(config.batch_size),
+        },
+        parameters: prepared
+            .vs
+            .variables()
+            .values()
+            .map(|t| t.numel() as i64)
+            .sum(),
+    })
 }
 
 /// Trains (or resumes, when `resume` is set and `out` holds a checkpoint) and returns a summary:
