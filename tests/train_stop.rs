@@ -296,6 +296,20 @@ fn a_dry_run_checks_the_start_and_writes_nothing() {
         metrics
     );
 
+    // Records edited since the checkpoint: the resume is refused (the run's own refusal).
+    let records: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(&ds.annotations).unwrap()).unwrap();
+    let kept = serde_json::to_vec(&records[..records.len() - 1]).unwrap();
+    let original = std::fs::read(&ds.annotations).unwrap();
+    std::fs::write(&ds.annotations, kept).unwrap();
+    let (code, _, err) = train(&["--max-steps", "4", "--dry-run", "--resume", resume], None);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("the training records differ from the checkpoint's (16 records then, 15 now)"),
+        "{err}"
+    );
+    std::fs::write(&ds.annotations, original).unwrap();
+
     // The images are checked as the run checks them.
     let image = std::fs::read_dir(&ds.image_root)
         .unwrap()

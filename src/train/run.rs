@@ -628,6 +628,24 @@ pub(super) fn read_checkpoint(
     Ok(state)
 }
 
+/// A resume refuses other records than the checkpoint's (`fingerprint`: `data`'s).
+pub(super) fn check_same_records(
+    checkpoint: &Path,
+    state: &CheckpointState,
+    data: &TrainData,
+    fingerprint: &str,
+) -> Result<()> {
+    if state.data_fingerprint != fingerprint || state.records != data.len() {
+        return Err(TrainError::DataChanged {
+            checkpoint: checkpoint.to_path_buf(),
+            then: state.records,
+            now: data.len(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
 /// A checkpoint's `state.json` (its schema checked).
 fn read_state(dir: &Path) -> Result<CheckpointState> {
     let state_path = dir.join("state.json");
@@ -691,17 +709,7 @@ pub fn dry_run(prepared: &Prepared, out: &Path, start: RunStart) -> Result<DryRu
                 .as_ref()
                 .ok_or_else(|| TrainError::NothingToResume(checkpoints.clone()))?;
             let state = read_state(ckpt)?;
-            let records = prepared.data.len();
-            if state.data_fingerprint != prepared.data.records.fingerprint()
-                || state.records != records
-            {
-                return Err(TrainError::DataChanged {
-                    checkpoint: ckpt.clone(),
-                    then: state.records,
-                    now: records,
-                }
-                .into());
-            }
+            check_same_records(ckpt, &state, &prepared.data, &prepared.data.records.fingerprint())?;
             start_step = state.step;
         }
         RunStart::New | RunStart::Again => {}

@@ -19,7 +19,7 @@ use super::sync::{read_f64, read_f64s};
 use super::upload::{upload, PixelNormalizer};
 use crate::monitor::RunPace;
 use super::run::{
-    checkpoint_dir, latest_checkpoint, read_checkpoint, slot_probabilities,
+    check_same_records, checkpoint_dir, latest_checkpoint, read_checkpoint, slot_probabilities,
     validation_line, CheckpointState, Prepared, RunSummary, RUN_FILE, STATE_SCHEMA,
 };
 use super::validate::ValidationSet;
@@ -1323,14 +1323,7 @@ fn resume_state(
     let ckpt = latest_checkpoint(run)?
         .ok_or_else(|| TrainError::NothingToResume(run.checkpoints_dir()))?;
     let state = read_checkpoint(&ckpt, vs, opt)?;
-    if state.data_fingerprint != fingerprint || state.records != data.len() {
-        return Err(TrainError::DataChanged {
-            checkpoint: ckpt,
-            then: state.records,
-            now: data.len(),
-        }
-        .into());
-    }
+    check_same_records(&ckpt, &state, data, fingerprint)?;
     tracing::info!(
         "resuming from {} at step {} (epoch {})",
         ckpt.display(),
