@@ -256,6 +256,21 @@ fn a_dry_run_checks_the_start_and_writes_nothing() {
         "{out}"
     );
     assert!(!run.exists(), "a dry run writes nothing");
+    // The batch's split among the ranks of --nproc-per-node (the run's check, made in one process).
+    let ranks = ["--max-steps", "2", "--dry-run", "--nproc-per-node"];
+    let (code, out, err) = train(
+        &[&ranks[..], &["2", "--micro-batch-size", "2"]].concat(),
+        Some(&run),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("batch 4 = 2 ranks × 1 micro-batch(es) of 2"),
+        "{out}"
+    );
+    let (code, _, err) = train(&[&ranks[..], &["3"]].concat(), Some(&run));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("which 3 ranks cannot share evenly"), "{err}");
+    assert!(!run.exists());
 
     let (code, _, err) = train(&["--max-steps", "2", "--checkpoint-every", "1"], Some(&run));
     assert_eq!(code, Some(0), "{err}");

@@ -232,7 +232,12 @@ fn dry_run(args: &TrainArgs) -> anyhow::Result<ExitStatus> {
     for note in &prepared.notes {
         tracing::info!("{note}");
     }
-    let plan = dry_run(&prepared, &out, start)?;
+    // The ranks the run would have: --nproc-per-node's, else the launcher's (torchrun, srun).
+    let world = match args.dist.nproc_per_node {
+        1 => tagfix::train::dist::Rendezvous::from_env()?.map_or(1, |r| r.world_size),
+        n => usize::from(n),
+    };
+    let plan = dry_run(&prepared, &out, start, world)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&plan)?);
     } else {
@@ -252,9 +257,13 @@ fn plan_text(plan: &tagfix::train::run::DryRun) -> String {
         ),
         (None, false) => format!("a new run in {}", plan.out.display()),
     };
-    let micro = match plan.micro_batch_size {
-        Some(m) => format!("{} micro-batch(es) of {m}", plan.batch_size / m.max(1)),
-        None => "micro-batches chosen when the run starts (auto)".into(),
+    let ranks = match plan.world {
+        1 => String::new(),
+        n => format!("{n} ranks × "),
+    };
+    let micro = match (plan.micro_batch_size, plan.micro_batches_per_rank) {
+        (Some(m), Some(n)) => format!("{ranks}{n} micro-batch(es) of {m}"),
+        _ => "micro-batches chosen when the run starts (auto)".into(),
     };
     format!(
         "dry run: every input checked; nothing trained or written\n  steps {}..{} ({begin})\n  \

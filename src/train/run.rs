@@ -683,16 +683,21 @@ pub struct DryRun {
     pub steps_per_epoch: u64,
     pub records: usize,
     pub batch_size: usize,
+    /// The ranks the batch is split among.
+    pub world: usize,
     /// `None`: `micro_batch_size = "auto"`, chosen when the run starts.
     pub micro_batch_size: Option<usize>,
+    /// The micro-batches each rank accumulates per step (with a fixed micro-batch size).
+    pub micro_batches_per_rank: Option<usize>,
     /// The model's parameters (the frozen ones included).
     pub parameters: i64,
 }
 
 /// Checks `out` as a run begun with `start` would use it, without writing: a new run refuses a
 /// folder that holds one; a resume needs a checkpoint whose records are `prepared`'s (its tensors
-/// are read when the run starts).
-pub fn dry_run(prepared: &Prepared, out: &Path, start: RunStart) -> Result<DryRun> {
+/// are read when the run starts). A fixed micro-batch size must split the batch evenly among
+/// `world` ranks.
+pub fn dry_run(prepared: &Prepared, out: &Path, start: RunStart, world: usize) -> Result<DryRun> {
     let checkpoints = out.join(crate::monitor::run_dir::CHECKPOINTS_DIR);
     let newest = if checkpoints.is_dir() {
         newest_checkpoint_in(&checkpoints, "state.json")?
@@ -715,6 +720,12 @@ pub fn dry_run(prepared: &Prepared, out: &Path, start: RunStart) -> Result<DryRu
         RunStart::New | RunStart::Again => {}
     }
     let config = &prepared.config;
+    let auto = config.micro_batch_size == Some(super::config::MicroBatchSize::Auto);
+    let split = if auto {
+        None
+    } else {
+        Some(super::trainer::accumulation_per_rank(config, world)?)
+    };
     Ok(DryRun {
         out: out.to_path_buf(),
         resume_from: newest.filter(|_| start == RunStart::Resume),
@@ -724,11 +735,9 @@ pub fn dry_run(prepared: &Prepared, out: &Path, start: RunStart) -> Result<DryRu
         steps_per_epoch: prepared.steps_per_epoch,
         records: prepared.data.len(),
         batch_size: config.batch_size,
-        micro_batch_size: match config.micro_batch_size {
-            Some(super::config::MicroBatchSize::Auto) => None,
-            Some(super::config::MicroBatchSize::Images(n)) => Some(n),
-            None => Some(config.batch_size),
-        },
+        world,
+        micro_batch_size: split.map(|(micro, _)| micro),
+        micro_batches_per_rank: split.map(|(_, n)| n),
         parameters: prepared
             .vs
             .variables()

@@ -1128,7 +1128,10 @@ impl Trainer {
 }
 
 /// The micro-batch of `config` and how many of them each of `world` ranks accumulates per step.
-fn accumulation_per_rank(config: &TrainConfig, world: usize) -> Result<(usize, usize)> {
+pub(super) fn accumulation_per_rank(
+    config: &TrainConfig,
+    world: usize,
+) -> Result<(usize, usize)> {
     let (micro, _) = config.accumulation()?;
     shares(config.batch_size, micro, world)
 }
