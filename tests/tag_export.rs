@@ -564,30 +564,62 @@ for weights_only in (True, False):
 }
 
 #[test]
-fn resize_equals_pillow_bilinear_where_pillow_is_at_hand() {
+fn resize_equals_pillow_where_pillow_is_at_hand() {
+    use tagfix::imaging::{pil_resize_region, PilFilter, Region};
     let Some(py) = python_importing("PIL", "the Pillow comparison") else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    // Landscape sizes (Pillow runs the horizontal pass first there; docs/formats.md, "Tagging").
-    for (w, h, s) in [(640u32, 428u32, 224u32), (1000, 700, 384), (300, 200, 64)] {
+    // Landscape and portrait, reductions and enlargements, whole images and crops (torchvision's
+    // `resized_crop`: `img.crop(box).resize(size)`), both filters RAM uses.
+    let cases = [
+        (640u32, 428u32, (0, 0, 640, 428), 224u32),
+        (428, 640, (0, 0, 428, 640), 224),
+        (1000, 700, (0, 0, 1000, 700), 384),
+        (300, 200, (0, 0, 300, 200), 64),
+        (640, 480, (101, 37, 311, 402), 224),
+        (500, 375, (3, 60, 150, 97), 384),
+    ];
+    for (w, h, (left, top, cw, ch), s) in cases {
         let img = image::RgbImage::from_fn(w, h, |x, y| {
             let v = |c: u32| ((x * 37 + y * 101 + c * 53 + (x * y) % 17) % 256) as u8;
             image::Rgb([v(0), v(1), v(2)])
         });
         let src = tmp.path().join("src.png");
-        let out = tmp.path().join("pil.png");
         img.save(&src).unwrap();
-        let script = format!(
-            "from PIL import Image; Image.open({src:?}).convert('RGB').resize(({s}, {s}), Image.BILINEAR).save({out:?})"
-        );
-        let o = std::process::Command::new(&py)
-            .args(["-c", &script])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let pil = image::open(&out).unwrap().to_rgb8();
-        let ours = tagfix::train::infer::pil_bilinear_resize(&img, s, s);
-        assert!(ours == pil, "{w}x{h} -> {s}: differs from Pillow");
+        for (filter, name) in [
+            (PilFilter::Bilinear, "BILINEAR"),
+            (PilFilter::Bicubic, "BICUBIC"),
+        ] {
+            let out = tmp.path().join("pil.png");
+            let script = format!(
+                "from PIL import Image; Image.open({src:?}).convert('RGB')\
+                 .crop(({left}, {top}, {r}, {b})).resize(({s}, {s}), Image.{name}).save({out:?})",
+                r = left + cw,
+                b = top + ch
+            );
+            let o = std::process::Command::new(&py)
+                .args(["-c", &script])
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let pil = image::open(&out).unwrap().to_rgb8();
+            let region = Region {
+                left,
+                top,
+                width: cw,
+                height: ch,
+            };
+            let ours = pil_resize_region(&img, region, s, s, filter);
+            let differing = ours
+                .pixels()
+                .zip(pil.pixels())
+                .filter(|(a, b)| a != b)
+                .count();
+            assert!(
+                differing == 0,
+                "{w}x{h} crop {region:?} -> {s} {name}: {differing} pixels differ from Pillow"
+            );
+        }
     }
 }

@@ -9,7 +9,7 @@ use super::model::{ParamInit, RamPlus, RamPlusConfig};
 use super::weights::{self, LoadOptions};
 use crate::error::{Error, ErrorKind, Result};
 use crate::eval::Thresholds;
-use crate::imaging::normalize_chw;
+use crate::imaging::{normalize_chw, pil_resize, PilFilter};
 use crate::manifest::SlotManifest;
 use crate::tensors::{self, TensorSet};
 use crate::vocab::{parse_lines, Vocabulary};
@@ -107,104 +107,15 @@ pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// RAM's inference transform (`ram/transform.py` `get_transform(S)`): RGB, `Resize((S, S))` —
 /// on a PIL image torchvision calls PIL's bilinear resize, reproduced to the bit by
-/// [`pil_bilinear_resize`] — then `ToTensor` and the ImageNet `Normalize`, as CHW floats into `out`
+/// [`pil_resize`] — then `ToTensor` and the ImageNet `Normalize`, as CHW floats into `out`
 /// (3·S·S values).
 pub fn official_transform(img: &RgbImage, size: u32, out: &mut [f32]) {
     normalize_chw(
-        &pil_bilinear_resize(img, size, size),
+        &pil_resize(img, size, size, PilFilter::Bilinear),
         &IMAGENET_MEAN,
         &IMAGENET_STD,
         out,
     );
-}
-
-/// Fixed-point precision of PIL's 8-bit resampling (`PRECISION_BITS` in `Resample.c`).
-const PIL_PRECISION_BITS: u32 = 32 - 8 - 2;
-
-/// PIL's resampling weights for one axis (`precompute_coeffs` + `normalize_coeffs_8bpc` with the
-/// bilinear filter): per output pixel the first input index and its fixed-point weights. The
-/// support grows with the reduction factor, which is PIL's antialiasing.
-fn pil_bilinear_coeffs(in_size: u32, out_size: u32) -> Vec<(usize, Vec<i64>)> {
-    let scale = f64::from(in_size) / f64::from(out_size);
-    let filterscale = scale.max(1.0);
-    let support = filterscale; // the bilinear filter's support is 1
-    let ss = 1.0 / filterscale;
-    (0..out_size)
-        .map(|xx| {
-            let center = (f64::from(xx) + 0.5) * scale;
-            // C's (int) cast truncates toward zero, as `as` does.
-            let xmin = ((center - support + 0.5) as i64).max(0);
-            let xmax = ((center + support + 0.5) as i64).min(i64::from(in_size));
-            let w: Vec<f64> = (xmin..xmax)
-                .map(|x| {
-                    let t = ((x - xmin) as f64 + xmin as f64 - center + 0.5) * ss;
-                    (1.0 - t.abs()).max(0.0)
-                })
-                .collect();
-            let total: f64 = w.iter().sum();
-            let fixed = w
-                .iter()
-                .map(|&v| {
-                    let v = if total != 0.0 { v / total } else { v };
-                    let f = v * f64::from(1u32 << PIL_PRECISION_BITS);
-                    if f < 0.0 {
-                        (f - 0.5) as i64
-                    } else {
-                        (f + 0.5) as i64
-                    }
-                })
-                .collect();
-            (xmin as usize, fixed)
-        })
-        .collect()
-}
-
-/// PIL's `clip8`: the fixed-point sum back to 8 bits.
-fn pil_clip8(v: i64) -> u8 {
-    (v >> PIL_PRECISION_BITS).clamp(0, 255) as u8
-}
-
-/// One output pixel of a pass: the fixed-point weighted sum of the taps, plus one half, to 8 bits.
-fn pil_tap_sum(k: &[i64], tap: impl Fn(usize) -> image::Rgb<u8>) -> image::Rgb<u8> {
-    let mut sums = [1i64 << (PIL_PRECISION_BITS - 1); 3];
-    for (i, &kv) in k.iter().enumerate() {
-        let p = tap(i);
-        for (s, v) in sums.iter_mut().zip(p.0) {
-            *s += i64::from(v) * kv;
-        }
-    }
-    image::Rgb(sums.map(pil_clip8))
-}
-
-/// `Image.resize((w, h), Image.BILINEAR)` as Pillow's `Resample.c` computes it: the horizontal pass
-/// first, each pass rounded to 8 bits, only the source rows the vertical pass reads
-/// (`ImagingResampleInner`). Identical to Pillow 13.0 on the shared photos except where that build
-/// ran the vertical pass first (one level on some pixels; docs/formats.md, "Tagging").
-pub fn pil_bilinear_resize(img: &RgbImage, w: u32, h: u32) -> RgbImage {
-    let (iw, ih) = img.dimensions();
-    let horiz = (iw != w).then(|| pil_bilinear_coeffs(iw, w));
-    let vert = (ih != h).then(|| pil_bilinear_coeffs(ih, h));
-    // Horizontal pass over the rows the vertical pass uses.
-    let (first, last) = match &vert {
-        Some(v) => (v[0].0, v[v.len() - 1].0 + v[v.len() - 1].1.len()),
-        None => (0, ih as usize),
-    };
-    let tmp = match &horiz {
-        None => {
-            image::imageops::crop_imm(img, 0, first as u32, iw, (last - first) as u32).to_image()
-        }
-        Some(coeffs) => RgbImage::from_fn(w, (last - first) as u32, |xx, y| {
-            let (xmin, k) = &coeffs[xx as usize];
-            pil_tap_sum(k, |i| *img.get_pixel((xmin + i) as u32, first as u32 + y))
-        }),
-    };
-    match &vert {
-        None => tmp,
-        Some(coeffs) => RgbImage::from_fn(w, h, |x, yy| {
-            let (ymin, k) = &coeffs[yy as usize];
-            pil_tap_sum(k, |i| *tmp.get_pixel(x, (ymin - first + i) as u32))
-        }),
-    }
 }
 
 /// The state-dict file behind `path`: the file itself, `model.safetensors` of a tagfix checkpoint
@@ -664,23 +575,6 @@ mod tests {
         let top = labels.predictions(&[0.6, 0.9, 0.5], Some(3));
         assert_eq!(top.len(), 3);
         assert!(!top[2].above && top[2].tag == "sky");
-    }
-
-    #[test]
-    fn pil_resize_rounds_each_pass_to_eight_bits() {
-        // 3×1 → 2×1 (scale 1.5, support 1.5): output 0 (centre 0.75) takes x = 0, 1 (xmax =
-        // int(2.75) = 2) with weights 1 − |x + 0.5 − 0.75|/1.5 = 5/6, 1/2, normalised 0.625, 0.375:
-        // 0.625·10 + 0.375·20 = 13.75, + 0.5 truncated -> 14. Output 1 (centre 2.25) takes x = 1, 2
-        // with 0.375, 0.625: 7.5 + 25 = 32.5 -> 33 (the half rounds up).
-        let img = RgbImage::from_fn(3, 1, |x, _| {
-            let v = [10u8, 20, 40][x as usize];
-            image::Rgb([v, v, v])
-        });
-        let out = pil_bilinear_resize(&img, 2, 1);
-        assert_eq!(out.get_pixel(0, 0)[0], 14);
-        assert_eq!(out.get_pixel(1, 0)[0], 33);
-        // Same size: unchanged.
-        assert_eq!(pil_bilinear_resize(&img, 3, 1), img);
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub use crate::monitor::RunSummary;
 use crate::monitor::{RunDir, ValidationRecord};
 use crate::tensors::{EmbeddingFile, Layout, Provenance};
 use crate::vocab::Vocabulary;
-use image::imageops::FilterType;
+use crate::imaging::PilFilter;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -847,7 +847,7 @@ pub fn slot_probabilities(
     let paths: Vec<PathBuf> = (0..n)
         .map(|i| data.image_path(&data.records.get(i)))
         .collect();
-    let probs = score_images(model, &paths, device, 16, FilterType::CatmullRom)?;
+    let probs = score_images(model, &paths, device, 16, PilFilter::Bicubic)?;
     let nc = model.config.num_class;
     let mut sums = vec![0f64; nc];
     for row in probs.chunks(nc) {

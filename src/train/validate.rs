@@ -18,7 +18,7 @@ use crate::eval::{
 use crate::manifest::SlotManifest;
 use crate::share::WorkShare;
 use crate::vocab::Vocabulary;
-use image::imageops::FilterType;
+use crate::imaging::{pil_resize, PilFilter};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -161,7 +161,7 @@ impl ValidationSet {
         batch: usize,
         paths: &[PathBuf],
     ) -> Result<Vec<f32>> {
-        score_images(model, paths, device, batch.max(1), FilterType::Triangle)
+        score_images(model, paths, device, batch.max(1), PilFilter::Bilinear)
     }
 
     /// Evaluates the scores of every image of the set, in order.
@@ -226,7 +226,7 @@ pub fn score_images(
     paths: &[PathBuf],
     device: Device,
     batch: usize,
-    filter: FilterType,
+    filter: PilFilter,
 ) -> Result<Vec<f32>> {
     let side = model.config.swin.img_size as u32;
     let per = 3 * (side * side) as usize;
@@ -237,7 +237,7 @@ pub fn score_images(
             .zip(chunk.par_iter())
             .try_for_each(|(dst, p)| -> Result<()> {
                 let img = augment::decode(p)?;
-                let img = image::imageops::resize(&img, side, side, filter);
+                let img = pil_resize(&img, side, side, filter);
                 augment::to_normalized_chw(&img, dst);
                 Ok(())
             })?;

@@ -99,17 +99,27 @@ impl RandomAugment {
 
 /// Applies one operation with its argument (factor, shear, pixels or degrees).
 pub fn apply_op(img: &mut RgbImage, op: AugOp, arg: f64) {
+    apply_op_warping(img, op, arg, warp_affine);
+}
+
+/// A `warp_affine` implementation: the one in use or [`warp_affine_by_definition`].
+pub type Warp = fn(&RgbImage, [[f64; 3]; 2], [u8; 3]) -> RgbImage;
+
+/// [`apply_op`] with the geometric operations done by `warp` (`scripts/bench-loader.sh` times the
+/// definition as its baseline).
+#[doc(hidden)]
+pub fn apply_op_warping(img: &mut RgbImage, op: AugOp, arg: f64, warp: Warp) {
     match op {
         AugOp::Identity => {}
         AugOp::AutoContrast => autocontrast(img),
         AugOp::Equalize => equalize(img),
         AugOp::Brightness => brightness(img, arg as f32),
         AugOp::Sharpness => sharpness(img, arg as f32),
-        AugOp::ShearX => *img = warp_affine(img, [[1.0, arg, 0.0], [0.0, 1.0, 0.0]], FILL),
-        AugOp::ShearY => *img = warp_affine(img, [[1.0, 0.0, 0.0], [arg, 1.0, 0.0]], FILL),
-        AugOp::TranslateX => *img = warp_affine(img, [[1.0, 0.0, -arg], [0.0, 1.0, 0.0]], FILL),
-        AugOp::TranslateY => *img = warp_affine(img, [[1.0, 0.0, 0.0], [0.0, 1.0, -arg]], FILL),
-        AugOp::Rotate => *img = rotate(img, arg, FILL),
+        AugOp::ShearX => *img = warp(img, [[1.0, arg, 0.0], [0.0, 1.0, 0.0]], FILL),
+        AugOp::ShearY => *img = warp(img, [[1.0, 0.0, 0.0], [arg, 1.0, 0.0]], FILL),
+        AugOp::TranslateX => *img = warp(img, [[1.0, 0.0, -arg], [0.0, 1.0, 0.0]], FILL),
+        AugOp::TranslateY => *img = warp(img, [[1.0, 0.0, 0.0], [0.0, 1.0, -arg]], FILL),
+        AugOp::Rotate => *img = warp(img, rotation(img, arg), FILL),
     }
 }
 
@@ -229,14 +239,44 @@ pub fn sharpness(img: &mut RgbImage, factor: f32) {
 /// `cv2.getRotationMatrix2D((W/2, H/2), degrees, 1)` then [`warp_affine`]: positive degrees turn
 /// the content counter-clockwise.
 pub fn rotate(img: &RgbImage, degrees: f64, fill: [u8; 3]) -> RgbImage {
+    warp_affine(img, rotation(img, degrees), fill)
+}
+
+/// `t.round() as i64` (halves away from zero) without the libm call, which dominated the warp's
+/// time: the fraction after truncation is exact in f64.
+#[inline]
+fn round_half_away(t: f64) -> i64 {
+    let whole = t as i64;
+    let frac = t - whole as f64;
+    if frac >= 0.5 {
+        whole + 1
+    } else if frac <= -0.5 {
+        whole - 1
+    } else {
+        whole
+    }
+}
+
+/// `cv2.getRotationMatrix2D((w/2, h/2), degrees, 1)`.
+fn rotation(img: &RgbImage, degrees: f64) -> [[f64; 3]; 2] {
     let (cx, cy) = (f64::from(img.width()) / 2.0, f64::from(img.height()) / 2.0);
     let a = degrees.to_radians();
     let (alpha, beta) = (a.cos(), a.sin());
-    let m = [
+    [
         [alpha, beta, (1.0 - alpha) * cx - beta * cy],
         [-beta, alpha, beta * cx + (1.0 - alpha) * cy],
-    ];
-    warp_affine(img, m, fill)
+    ]
+}
+
+/// The inverse of an affine map (`cv2.invertAffineTransform`; zero when it is singular).
+fn inverse(m: [[f64; 3]; 2]) -> [[f64; 3]; 2] {
+    let [[a, b, c], [d, e, f]] = m;
+    let det = a * e - b * d;
+    let det = if det != 0.0 { 1.0 / det } else { 0.0 };
+    [
+        [e * det, -b * det, (b * f - c * e) * det],
+        [-d * det, a * det, (c * d - a * f) * det],
+    ]
 }
 
 /// `cv2.warpAffine(img, m, (W, H), flags=INTER_LINEAR, borderValue=fill)`: `m` maps source to
@@ -244,13 +284,50 @@ pub fn rotate(img: &RgbImage, degrees: f64, fill: [u8; 3]) -> RgbImage {
 /// source bilinearly at `m⁻¹·(x, y)`, with the position rounded to 1/32 pixel as OpenCV does and
 /// neighbours outside the image taking `fill`. Rounded to the nearest integer.
 pub fn warp_affine(img: &RgbImage, m: [[f64; 3]; 2], fill: [u8; 3]) -> RgbImage {
-    let [[a, b, c], [d, e, f]] = m;
-    let det = a * e - b * d;
-    let det = if det != 0.0 { 1.0 / det } else { 0.0 };
-    let inv = [
-        [e * det, -b * det, (b * f - c * e) * det],
-        [-d * det, a * det, (c * d - a * f) * det],
-    ];
+    let inv = inverse(m);
+    let (w, h) = (img.width() as i64, img.height() as i64);
+    let (src, stride) = (img.as_raw(), w as usize * 3);
+    // One neighbour's three values, or the fill outside the image.
+    let pixel = |x: i64, y: i64| -> [f64; 3] {
+        if x >= 0 && y >= 0 && x < w && y < h {
+            let i = y as usize * stride + x as usize * 3;
+            [src[i], src[i + 1], src[i + 2]].map(f64::from)
+        } else {
+            fill.map(f64::from)
+        }
+    };
+    let mut out = Vec::with_capacity(src.len());
+    for y in 0..h {
+        let y = y as f64;
+        for x in 0..w {
+            let x = x as f64;
+            let sx = round_half_away((inv[0][0] * x + inv[0][1] * y + inv[0][2]) * 32.0);
+            let sy = round_half_away((inv[1][0] * x + inv[1][1] * y + inv[1][2]) * 32.0);
+            let (x0, y0) = (sx.div_euclid(32), sy.div_euclid(32));
+            let (fx, fy) = (
+                sx.rem_euclid(32) as f64 / 32.0,
+                sy.rem_euclid(32) as f64 / 32.0,
+            );
+            let (p00, p10) = (pixel(x0, y0), pixel(x0 + 1, y0));
+            let (p01, p11) = (pixel(x0, y0 + 1), pixel(x0 + 1, y0 + 1));
+            for ch in 0..3 {
+                // A convex combination of 0..=255 with weights in 1/32 steps: exact in f64 and
+                // never negative, so adding ½ and truncating rounds as `round` would.
+                let v = (1.0 - fy) * ((1.0 - fx) * p00[ch] + fx * p10[ch])
+                    + fy * ((1.0 - fx) * p01[ch] + fx * p11[ch]);
+                out.push((v + 0.5) as u8);
+            }
+        }
+    }
+    RgbImage::from_raw(img.width(), img.height(), out).expect("w × h × 3 bytes")
+}
+
+/// [`warp_affine`] as first written, one channel and one neighbour at a time, `round` from libm:
+/// the definition the faster loop equals to the bit (tested), and `scripts/bench-loader.sh`'s
+/// baseline.
+#[doc(hidden)]
+pub fn warp_affine_by_definition(img: &RgbImage, m: [[f64; 3]; 2], fill: [u8; 3]) -> RgbImage {
+    let inv = inverse(m);
     let (w, h) = (img.width() as i64, img.height() as i64);
     let sample = |x: i64, y: i64, ch: usize| -> f64 {
         if x >= 0 && y >= 0 && x < w && y < h {
@@ -270,7 +347,8 @@ pub fn warp_affine(img: &RgbImage, m: [[f64; 3]; 2], fill: [u8; 3]) -> RgbImage 
         );
         let mut out = [0u8; 3];
         for (ch, o) in out.iter_mut().enumerate() {
-            let v = (1.0 - fy) * ((1.0 - fx) * sample(x0, y0, ch) + fx * sample(x0 + 1, y0, ch))
+            let v = (1.0 - fy)
+                * ((1.0 - fx) * sample(x0, y0, ch) + fx * sample(x0 + 1, y0, ch))
                 + fy * ((1.0 - fx) * sample(x0, y0 + 1, ch) + fx * sample(x0 + 1, y0 + 1, ch));
             *o = v.round().clamp(0.0, 255.0) as u8;
         }
@@ -283,6 +361,47 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn rounding_halves_away_from_zero_as_round_does() {
+        for t in [
+            0.0, 0.5, -0.5, 1.5, -1.5, 2.4999999999999996, -2.4999999999999996, 0.49999999999999994,
+            -0.49999999999999994, 1e15 + 0.5, -3.75, 7.25, 12345.5,
+        ] {
+            assert_eq!(round_half_away(t), t.round() as i64, "{t}");
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        for _ in 0..100_000 {
+            let t: f64 = rng.gen_range(-40_000.0..40_000.0);
+            assert_eq!(round_half_away(t), t.round() as i64, "{t}");
+        }
+    }
+
+    #[test]
+    fn warp_affine_equals_its_definition_to_the_bit() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let img = RgbImage::from_fn(37, 29, |_, _| Rgb(rng.gen()));
+        for m in [
+            [[1.0, 0.3, 0.0], [0.0, 1.0, 0.0]],
+            [[1.0, 0.0, 0.0], [-0.27, 1.0, 0.0]],
+            [[1.0, 0.0, -4.5], [0.0, 1.0, 0.0]],
+            [[1.0, 0.0, 0.0], [0.0, 1.0, 7.25]],
+            [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]],
+        ] {
+            assert_eq!(
+                warp_affine(&img, m, FILL),
+                warp_affine_by_definition(&img, m, FILL),
+                "{m:?}"
+            );
+        }
+        for degrees in [-30.0, -12.5, 3.0, 29.9] {
+            assert_eq!(
+                rotate(&img, degrees, [1, 2, 3]),
+                warp_affine_by_definition(&img, rotation(&img, degrees), [1, 2, 3]),
+                "{degrees}°"
+            );
+        }
+    }
 
     /// A grey image from rows of values.
     fn grey(rows: &[&[u8]]) -> RgbImage {

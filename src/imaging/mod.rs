@@ -5,9 +5,11 @@
 
 use crate::error::{Error, Result};
 use crate::teacher::descriptor::{ImageInput, Resize};
-use image::imageops::FilterType;
 use image::RgbImage;
 use std::path::{Path, PathBuf};
+
+pub mod resample;
+pub use resample::{pil_resize, pil_resize_region, PilFilter, Region};
 
 /// Why an image cannot be used. Unreadable images are listed one line each (`tag --keep-going`,
 /// the image checks before training), so the decoder's reason is part of the message, like
@@ -144,14 +146,16 @@ pub fn render_view(
     normalize_chw(&view_image(img, view, size), mean, std, out);
 }
 
-/// The view's crop, resized (bicubic) to `size`×`size` and flipped when the view says so.
+/// The view's crop, resized to `size`×`size` with Pillow's bicubic filter (torchvision's
+/// `RandomResizedCrop` on a PIL image) and flipped when the view says so.
 pub fn view_image(img: &RgbImage, view: &View, size: u32) -> RgbImage {
-    let crop = image::imageops::crop_imm(img, view.left, view.top, view.width, view.height);
-    let mut resized = if (view.width, view.height) == (size, size) {
-        crop.to_image()
-    } else {
-        image::imageops::resize(&*crop, size, size, FilterType::CatmullRom)
+    let region = Region {
+        left: view.left,
+        top: view.top,
+        width: view.width,
+        height: view.height,
     };
+    let mut resized = pil_resize_region(img, region, size, size, PilFilter::Bicubic);
     if view.flip {
         image::imageops::flip_horizontal_in_place(&mut resized);
     }
@@ -159,13 +163,13 @@ pub fn view_image(img: &RgbImage, view: &View, size: u32) -> RgbImage {
 }
 
 /// The evaluation (un-augmented) transform of an image encoder's input: CLIP's
-/// `Resize(size, bicubic)` on the shortest side (the long side `int(size·long/short)`, as
+/// `Resize(size, bicubic)` (Pillow's, [`pil_resize`]) on the shortest side (the long side `int(size·long/short)`, as
 /// torchvision) and `CenterCrop(size)` (offsets `round((side − size)/2)`, ties to even, as Python's
 /// `round`), or a plain resize for `squash`; then normalisation.
 pub fn eval_transform(img: &RgbImage, input: &ImageInput, out: &mut [f32]) {
     let size = input.size;
     let resized = match input.resize {
-        Resize::Squash => image::imageops::resize(img, size, size, FilterType::CatmullRom),
+        Resize::Squash => pil_resize(img, size, size, PilFilter::Bicubic),
         Resize::ShortestSide => {
             let (w, h) = (img.width(), img.height());
             let (nw, nh) = if w <= h {
@@ -179,11 +183,7 @@ pub fn eval_transform(img: &RgbImage, input: &ImageInput, out: &mut [f32]) {
                     size,
                 )
             };
-            let r = if (nw, nh) == (w, h) {
-                img.clone()
-            } else {
-                image::imageops::resize(img, nw, nh, FilterType::CatmullRom)
-            };
+            let r = pil_resize(img, nw, nh, PilFilter::Bicubic);
             let top = (f64::from(nh - size) / 2.0).round_ties_even() as u32;
             let left = (f64::from(nw - size) / 2.0).round_ties_even() as u32;
             image::imageops::crop_imm(&r, left, top, size, size).to_image()
