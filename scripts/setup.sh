@@ -100,4 +100,6 @@ fixture models/clip-tiny "the CLIP test fixture" \
 fixture models/clip-tiny-vision "the CLIP image-tower test fixture" \
   "generator $(hashes "$freq" scripts/gen_clip_tiny_vision.py scripts/clip_tiny_common.py)" -- \
   .venv-fixtures/bin/python scripts/gen_clip_tiny_vision.py --out models/clip-tiny-vision
+# Pillow for the resize comparison (tests/tag_export.rs), in the same venv.
+fixture_venv
 echo "setup: ready (libtorch: .libtorch, onnxruntime: .deps/libonnxruntime.so, models: models/)" >&2

@@ -428,8 +428,8 @@ fn python_importing(module: &str, check: &str) -> Option<PathBuf> {
                 .output()
                 .is_ok_and(|o| o.status.success())
         });
-    // Optional tools: scripts/setup.sh installs no Pillow, and .venv's torch wheel lacks its CUDA
-    // libraries (only scripts/bench-step.sh's .venv-bench imports torch), so CI skips these too.
+    // An optional tool: .venv's torch wheel lacks its CUDA libraries (only scripts/bench-step.sh's
+    // .venv-bench imports torch), so CI skips this too.
     found.or_else(|| {
         common::skip_tool_ci_lacks(
             check,
@@ -566,9 +566,19 @@ for weights_only in (True, False):
 #[test]
 fn resize_equals_pillow_where_pillow_is_at_hand() {
     use tagfix::imaging::{pil_resize_region, PilFilter, Region};
-    let Some(py) = python_importing("PIL", "the Pillow comparison") else {
-        return;
-    };
+    // scripts/setup.sh installs Pillow into .venv-fixtures (scripts/requirements-fixtures.txt).
+    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-fixtures/bin/python");
+    let has_pillow = std::process::Command::new(&py)
+        .args(["-c", "import PIL"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_pillow {
+        return common::skip(
+            "resize_equals_pillow",
+            format_args!("{} cannot import PIL: run scripts/setup.sh", py.display()),
+        )
+        .unwrap_or(());
+    }
     let tmp = tempfile::tempdir().unwrap();
     // Landscape and portrait, reductions and enlargements, whole images and crops (torchvision's
     // `resized_crop`: `img.crop(box).resize(size)`), both filters RAM uses.
