@@ -256,6 +256,66 @@ fn a_dry_run_checks_the_start_and_writes_nothing() {
         "{out}"
     );
     assert!(!run.exists(), "a dry run writes nothing");
+    // What is trained, and the model's state per rank before activations.
+    assert!(
+        out.contains("training ") && out.contains(" tensors (") && out.contains("frozen: nothing"),
+        "{out}"
+    );
+    assert!(
+        out.contains("memory per rank before activations: ")
+            && out.contains("= parameters ")
+            && out.contains(", gradients ")
+            && out.contains(", AdamW moments ")
+            && out.contains("the activations come on top"),
+        "{out}"
+    );
+    // The plan with --json: the parts add up; sharded over 2 ranks the moments halve (about).
+    let plan = |extra: &[&str]| -> serde_json::Value {
+        let args = [&["--max-steps", "2", "--dry-run", "--json"], extra].concat();
+        let (code, out, err) = train(&args, Some(&run));
+        assert_eq!(code, Some(0), "{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let whole = plan(&[]);
+    let m = &whole["memory"];
+    let bytes = |k: &str| m[k].as_u64().unwrap();
+    assert_eq!(bytes("optimizer"), 2 * bytes("gradients"), "{m}");
+    assert!(
+        bytes("parameters") >= bytes("gradients") && bytes("gradients") > 0,
+        "{m}"
+    );
+    let sharded = plan(&[
+        "--nproc-per-node",
+        "2",
+        "--micro-batch-size",
+        "2",
+        "--shard-optimizer",
+        "--precision",
+        "bf16",
+    ]);
+    let s = &sharded["memory"];
+    assert_eq!(s["optimizer_shared_by"], 2, "{s}");
+    let half = bytes("optimizer") / 2;
+    let share = s["optimizer"].as_u64().unwrap();
+    assert!(
+        share >= half && share <= half + 2 * 4 * 64,
+        "{share} vs {half}"
+    );
+    assert!(s["bf16_casts"].as_u64().unwrap() > 0, "{s}");
+    // --freeze is checked as the run checks it.
+    let (code, _, err) = train(
+        &[
+            "--max-steps",
+            "2",
+            "--dry-run",
+            "--freeze",
+            "no_such_module",
+        ],
+        Some(&run),
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("no_such_module"), "{err}");
+    assert!(!run.exists());
     // The batch's split among the ranks of --nproc-per-node (the run's check, made in one process).
     let ranks = ["--max-steps", "2", "--dry-run", "--nproc-per-node"];
     let (code, out, err) = train(

@@ -267,13 +267,39 @@ fn plan_text(plan: &tagfix::train::run::DryRun) -> String {
     };
     format!(
         "dry run: every input checked; nothing trained or written\n  steps {}..{} ({begin})\n  \
-         {} records, {} steps per epoch; batch {} = {micro}\n  model: {} parameters\n",
+         {} records, {} steps per epoch; batch {} = {micro}\n  model: {} parameters, {}\n  {}\n",
         plan.start_step,
         plan.total_steps,
         plan.records,
         plan.steps_per_epoch,
         plan.batch_size,
-        plan.parameters
+        plan.parameters,
+        plan.trained,
+        memory_text(&plan.memory),
+    )
+}
+
+/// The memory plan's line: each part, then what comes on top.
+#[cfg(feature = "train")]
+fn memory_text(m: &tagfix::train::memory::MemoryPlan) -> String {
+    use indicatif::HumanBytes;
+    let moments = match m.optimizer_shared_by {
+        1 => format!("AdamW moments {}", HumanBytes(m.optimizer)),
+        n => format!(
+            "AdamW moments {} (a share of {n} ranks)",
+            HumanBytes(m.optimizer)
+        ),
+    };
+    let casts = match m.bf16_casts {
+        0 => String::new(),
+        b => format!(", bf16 weight casts up to {}", HumanBytes(b)),
+    };
+    format!(
+        "memory per rank before activations: {} = parameters {}, gradients {}, {moments}{casts}; \
+         the activations come on top and grow with the micro-batch",
+        HumanBytes(m.total()),
+        HumanBytes(m.parameters),
+        HumanBytes(m.gradients),
     )
 }
 

@@ -20,6 +20,7 @@ with_libtorch! {
     pub mod export;
     pub mod fused;
     pub mod infer;
+    pub mod memory;
     pub mod micro_auto;
     pub mod model;
     pub mod objective;

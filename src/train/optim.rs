@@ -113,7 +113,7 @@ impl Param {
 }
 
 /// Which parameters are trained and how; stated in the log at start.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ParamSummary {
     pub trained_tensors: usize,
     pub trained_values: i64,
@@ -186,6 +186,44 @@ pub struct Settled {
     pub skipped: bool,
 }
 
+/// The variables training updates, sorted by name, and their summary: those with `requires_grad`
+/// (constant buffers have none) whose names start with none of `frozen_prefixes`; the frozen ones get
+/// `requires_grad` off. A prefix matching nothing, or nothing left to train, is an error. Allocates
+/// nothing, so `train --dry-run` makes the same checks.
+pub fn select_trained(
+    vs: &VarStore,
+    frozen_prefixes: &[String],
+) -> Result<(Vec<(String, Tensor)>, ParamSummary)> {
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    for p in frozen_prefixes {
+        if !vars.iter().any(|(n, _)| n.starts_with(p.as_str())) {
+            return Err(TrainError::FreezeMatchesNothing(p.clone()).into());
+        }
+    }
+    let mut summary = ParamSummary::default();
+    let mut trained = Vec::new();
+    for (name, var) in vars {
+        if !var.requires_grad() {
+            continue; // constant buffers
+        }
+        if frozen_prefixes.iter().any(|p| name.starts_with(p.as_str())) {
+            let _ = var.set_requires_grad(false);
+            summary.frozen_values += var.numel() as i64;
+            summary.frozen.push(name);
+            continue;
+        }
+        summary.trained_tensors += 1;
+        summary.trained_values += var.numel() as i64;
+        summary.decayed_tensors += usize::from(decays(&name, var.dim()));
+        trained.push((name, var));
+    }
+    if trained.is_empty() {
+        return Err(TrainError::AllFrozen.into());
+    }
+    Ok((trained, summary))
+}
+
 /// AdamW over the trainable variables of a [`VarStore`].
 pub struct AdamW {
     params: Vec<Param>,
@@ -239,29 +277,10 @@ impl AdamW {
     /// Collects the trainable variables (sorted by name), freezing those whose names start with one
     /// of `frozen_prefixes` (`requires_grad` off). A prefix matching nothing is an error.
     pub fn new(vs: &VarStore, frozen_prefixes: &[String], cfg: &TrainConfig) -> Result<Self> {
-        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        for p in frozen_prefixes {
-            if !vars.iter().any(|(n, _)| n.starts_with(p.as_str())) {
-                return Err(TrainError::FreezeMatchesNothing(p.clone()).into());
-            }
-        }
-        let mut summary = ParamSummary::default();
+        let (trained, summary) = select_trained(vs, frozen_prefixes)?;
         let mut params = Vec::new();
-        for (name, var) in vars {
-            if !var.requires_grad() {
-                continue; // constant buffers
-            }
-            if frozen_prefixes.iter().any(|p| name.starts_with(p.as_str())) {
-                let _ = var.set_requires_grad(false);
-                summary.frozen_values += var.numel() as i64;
-                summary.frozen.push(name);
-                continue;
-            }
+        for (name, var) in trained {
             let decay = decays(&name, var.dim());
-            summary.trained_tensors += 1;
-            summary.trained_values += var.numel() as i64;
-            summary.decayed_tensors += usize::from(decay);
             params.push(Param {
                 group: module_group(&name),
                 exp_avg: var.zeros_like(),
@@ -275,9 +294,6 @@ impl AdamW {
                 var,
                 decay,
             });
-        }
-        if params.is_empty() {
-            return Err(TrainError::AllFrozen.into());
         }
         Ok(AdamW {
             params,

@@ -691,6 +691,10 @@ pub struct DryRun {
     pub micro_batches_per_rank: Option<usize>,
     /// The model's parameters (the frozen ones included).
     pub parameters: i64,
+    /// What is trained and frozen (`--freeze` checked as the run checks it).
+    pub trained: super::optim::ParamSummary,
+    /// The model's state per rank before any activation.
+    pub memory: super::memory::MemoryPlan,
 }
 
 /// Checks `out` as a run begun with `start` would use it, without writing: a new run refuses a
@@ -726,6 +730,10 @@ pub fn dry_run(prepared: &Prepared, out: &Path, start: RunStart, world: usize) -
     } else {
         Some(super::trainer::accumulation_per_rank(config, world)?)
     };
+    let (trained, summary) = super::optim::select_trained(&prepared.vs, &config.frozen_prefixes())?;
+    let shard_over = if config.shard_optimizer { world } else { 1 };
+    let bf16 = config.precision == super::config::Precision::Bf16;
+    let memory = super::memory::MemoryPlan::new(&prepared.vs, &trained, shard_over, bf16);
     Ok(DryRun {
         out: out.to_path_buf(),
         resume_from: newest.filter(|_| start == RunStart::Resume),
@@ -744,6 +752,8 @@ pub fn dry_run(prepared: &Prepared, out: &Path, start: RunStart, world: usize) -
             .values()
             .map(|t| t.numel() as i64)
             .sum(),
+        trained: summary,
+        memory,
     })
 }
 
