@@ -248,12 +248,27 @@ pub fn set_torch_threads(requested: usize) -> usize {
 
 /// libtorch's thread count and TF32 switch; the notes say what was set and what was capped.
 fn set_up_threads(config: &TrainConfig, device: Device) -> Result<Vec<String>> {
-    set_torch_threads(config.threads);
+    let threads = config.torch_threads();
+    if threads > 0 {
+        tch::set_num_threads(threads as i32);
+    }
     let mut notes = vec![super::autocast::set_tf32(
         config.tf32,
         device,
         config.precision,
     )?];
+    let sharing = super::config::ranks_sharing_cores();
+    if sharing > 1 && (config.workers == 0 || config.threads == 0) {
+        notes.push(format!(
+            "{sharing} ranks share this machine's cores: {} image-decoding threads and {} each \
+             (--workers, --threads choose)",
+            config.decode_workers(),
+            match threads {
+                0 => "libtorch's threads as OMP_NUM_THREADS says".to_string(),
+                n => format!("{n} libtorch threads"),
+            }
+        ));
+    }
     if config.decode_workers() < config.workers || config.torch_threads() < config.threads {
         notes.push(format!(
             "threads capped at one per core: --workers {} → {}, --threads {} → {}",

@@ -481,16 +481,37 @@ impl TrainConfig {
         map.into_iter().find(|(_, v)| beyond_toml(v))
     }
 
-    /// Image-decoding threads the loader starts: `workers`, 0 meaning one per core, and never more
-    /// than one per core. Decoding is CPU-bound, so more threads only add memory and contention
-    /// (`--workers 100000` once spent minutes starting threads).
+    /// Image-decoding threads the loader starts: `workers`, 0 meaning this process's share of the
+    /// cores ([`ranks_sharing_cores`]), and never more than one per core. Decoding is CPU-bound, so
+    /// more threads only add memory and contention (`--workers 100000` once spent minutes starting
+    /// threads).
     pub fn decode_workers(&self) -> usize {
-        cap_to_cores(self.workers)
+        self.decode_workers_among(ranks_sharing_cores())
     }
 
-    /// libtorch intra-op threads to set: `threads` capped at one per core (0: libtorch's default).
+    /// [`Self::decode_workers`] for a process that shares the cores with `sharing` ranks in all.
+    pub fn decode_workers_among(&self, sharing: usize) -> usize {
+        match self.workers {
+            0 => core_share(sharing),
+            n => cap_to_cores(n),
+        }
+    }
+
+    /// libtorch intra-op threads to set: `threads` capped at one per core; 0 leaves libtorch's
+    /// default (0), except where several ranks share the cores ([`ranks_sharing_cores`]) and
+    /// `OMP_NUM_THREADS` does not say otherwise: then the process's share of the cores, since each
+    /// rank's default would be every core.
     pub fn torch_threads(&self) -> usize {
-        torch_threads_for(self.threads)
+        let omp = std::env::var_os("OMP_NUM_THREADS").is_some();
+        self.torch_threads_among(ranks_sharing_cores(), omp)
+    }
+
+    /// [`Self::torch_threads`] for `sharing` ranks, `OMP_NUM_THREADS` set or not.
+    pub fn torch_threads_among(&self, sharing: usize, omp_num_threads_set: bool) -> usize {
+        match self.threads {
+            0 if sharing > 1 && !omp_num_threads_set => core_share(sharing),
+            n => torch_threads_for(n),
+        }
     }
 
     /// The configuration as TOML (written to the run directory).
@@ -615,6 +636,34 @@ pub fn torch_threads_for(requested: usize) -> usize {
         0 => 0,
         n => cap_to_cores(n),
     }
+}
+
+/// The processes of this run that share this machine's cores: torchrun's (and `--nproc-per-node`'s)
+/// `LOCAL_WORLD_SIZE`, which start every rank on all the cores. Slurm binds each task to its own
+/// cores (`--cpus-per-task`), which [`std::thread::available_parallelism`] already counts alone, so
+/// under Slurm, as in a single-process run, it is 1.
+pub fn ranks_sharing_cores() -> usize {
+    ranks_sharing_cores_in(
+        crate::train::dist::Rendezvous::from_env()
+            .ok()
+            .flatten()
+            .as_ref(),
+    )
+}
+
+/// [`ranks_sharing_cores`] for the launcher's description `rendezvous` (`None`: no launcher).
+fn ranks_sharing_cores_in(rendezvous: Option<&crate::train::dist::Rendezvous>) -> usize {
+    match rendezvous {
+        Some(r) if r.contract == crate::train::dist::Contract::Torchrun => {
+            r.local_world_size.unwrap_or(1).max(1)
+        }
+        _ => 1,
+    }
+}
+
+/// An equal share of the cores among `sharing` processes, at least one.
+fn core_share(sharing: usize) -> usize {
+    (cap_to_cores(0) / sharing.max(1)).max(1)
 }
 
 /// `n` threads (0: one per core), at most one per core.
@@ -1155,5 +1204,53 @@ mod tests {
             ..Default::default()
         };
         assert_eq!((c.decode_workers(), c.torch_threads()), (1, 1));
+    }
+
+    #[test]
+    fn ranks_on_one_machine_share_its_cores_unless_told_otherwise() {
+        let cores = std::thread::available_parallelism().unwrap().get();
+        let auto = TrainConfig::default();
+        // 8 ranks (torchrun --nproc-per-node 8): an eighth of the cores each, at least one.
+        assert_eq!(auto.decode_workers_among(8), (cores / 8).max(1));
+        assert_eq!(auto.torch_threads_among(8, false), (cores / 8).max(1));
+        // OMP_NUM_THREADS (torchrun sets 1) is libtorch's to read: left alone.
+        assert_eq!(auto.torch_threads_among(8, true), 0);
+        // One rank: every core, libtorch's default.
+        assert_eq!(
+            (
+                auto.decode_workers_among(1),
+                auto.torch_threads_among(1, false)
+            ),
+            (cores, 0)
+        );
+        // Chosen counts stay, capped at the cores.
+        let chosen = TrainConfig {
+            workers: 3,
+            threads: 2,
+            ..Default::default()
+        };
+        assert_eq!(chosen.decode_workers_among(8), 3.min(cores));
+        assert_eq!(chosen.torch_threads_among(8, false), 2.min(cores));
+        // Who shares: torchrun's local ranks; Slurm's tasks are bound to their own cores.
+        use crate::train::dist::{Contract, Rendezvous};
+        let launched = |contract, local| Rendezvous {
+            contract,
+            rank: 0,
+            world_size: 16,
+            local_rank: 0,
+            local_world_size: local,
+            master_addr: "node0".into(),
+            master_port: 29500,
+            agent_store: false,
+        };
+        assert_eq!(ranks_sharing_cores_in(None), 1);
+        assert_eq!(
+            ranks_sharing_cores_in(Some(&launched(Contract::Torchrun, Some(8)))),
+            8
+        );
+        assert_eq!(
+            ranks_sharing_cores_in(Some(&launched(Contract::Slurm, Some(8)))),
+            1
+        );
     }
 }
