@@ -259,13 +259,14 @@ fn set_up_threads(config: &TrainConfig, device: Device) -> Result<Vec<String>> {
     )?];
     let sharing = super::config::ranks_sharing_cores();
     if sharing > 1 && (config.workers == 0 || config.threads == 0) {
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
         notes.push(format!(
-            "{sharing} ranks share this machine's cores: {} image-decoding threads and {} each \
-             (--workers, --threads choose)",
+            "{sharing} ranks share this machine's {cores} cores: each decodes images on {} thread(s) \
+             and runs libtorch on {} (--workers, --threads choose)",
             config.decode_workers(),
             match threads {
-                0 => "libtorch's threads as OMP_NUM_THREADS says".to_string(),
-                n => format!("{n} libtorch threads"),
+                0 => "as many as OMP_NUM_THREADS says".to_string(),
+                n => n.to_string(),
             }
         ));
     }
