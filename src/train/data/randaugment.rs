@@ -242,16 +242,16 @@ pub fn rotate(img: &RgbImage, degrees: f64, fill: [u8; 3]) -> RgbImage {
     warp_affine(img, rotation(img, degrees), fill)
 }
 
-/// `t.round() as i64` (halves away from zero) without the libm call, which dominated the warp's
-/// time: the fraction after truncation is exact in f64.
+/// `t.round() as i64` (halves away from zero; NaN 0, beyond i64 saturated, as `as` does) without
+/// the libm call, which dominated the warp's time: the fraction after truncation is exact in f64.
 #[inline]
 fn round_half_away(t: f64) -> i64 {
     let whole = t as i64;
     let frac = t - whole as f64;
     if frac >= 0.5 {
-        whole + 1
+        whole.saturating_add(1)
     } else if frac <= -0.5 {
-        whole - 1
+        whole.saturating_sub(1)
     } else {
         whole
     }
@@ -366,7 +366,8 @@ mod tests {
     fn rounding_halves_away_from_zero_as_round_does() {
         for t in [
             0.0, 0.5, -0.5, 1.5, -1.5, 2.4999999999999996, -2.4999999999999996, 0.49999999999999994,
-            -0.49999999999999994, 1e15 + 0.5, -3.75, 7.25, 12345.5,
+            -0.49999999999999994, 1e15 + 0.5, -3.75, 7.25, 12345.5, f64::NAN, f64::INFINITY,
+            f64::NEG_INFINITY, 1e300, -1e300,
         ] {
             assert_eq!(round_half_away(t), t.round() as i64, "{t}");
         }
