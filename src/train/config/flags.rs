@@ -78,10 +78,12 @@ pub struct TrainFlags {
     pub shard_optimizer: bool,
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
-    /// Image-decoding threads (0: one per core; more than one per core is capped to that).
+    /// Image-decoding threads (0: one per core, or this rank's share of them where several ranks start
+    /// on one machine; more than one per core is capped to that).
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
-    /// libtorch threads (0: one per core; more than one per core is capped to that).
+    /// libtorch threads (0: one per core, or this rank's share of them where several ranks start on one
+    /// machine and OMP_NUM_THREADS is unset; more than one per core is capped to that).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     /// Images read before the first step: `full` decodes every image (truncated or corrupt files
