@@ -167,13 +167,14 @@ pub fn pil_resize_region(
         first: 0,
     };
     let (need_horizontal, need_vertical) = (region.width != w, region.height != h);
-    let horizontal = Axis::new(region.width, w, filter);
+    // Built only where the width changes.
+    let horizontal = || Axis::new(region.width, w, filter);
     let vertical = Axis::new(region.height, h, filter);
     let bytes = if vertical_first(region, w, h) {
         let tall = vertical_pass(&vertical, &source);
         let rows = Rows::packed(&tall, region.width as usize * 3);
         if need_horizontal {
-            horizontal_pass(&horizontal, &rows, 0..h as usize)
+            horizontal_pass(&horizontal(), &rows, 0..h as usize)
         } else {
             tall
         }
@@ -184,11 +185,11 @@ pub fn pil_resize_region(
                 .copied()
                 .collect(),
             (false, true) => vertical_pass(&vertical, &source),
-            (true, false) => horizontal_pass(&horizontal, &source, 0..h as usize),
+            (true, false) => horizontal_pass(&horizontal(), &source, 0..h as usize),
             (true, true) => {
                 // Only the rows the vertical pass reads.
                 let (from, to) = vertical.span();
-                let narrowed = horizontal_pass(&horizontal, &source, from..to);
+                let narrowed = horizontal_pass(&horizontal(), &source, from..to);
                 let rows = Rows {
                     first: from,
                     ..Rows::packed(&narrowed, w as usize * 3)

@@ -239,7 +239,12 @@ pub fn prepare_rank(
 /// left as it is) and returns the count set (0: none). More threads than cores only contend, and
 /// libtorch refuses a count beyond `i32` (`--threads 18446744073709551615` panicked in `tag`).
 pub fn set_torch_threads(requested: usize) -> usize {
-    let n = super::config::torch_threads_for(requested);
+    apply_torch_threads(super::config::torch_threads_for(requested))
+}
+
+/// Sets libtorch's intra-op threads to `n`, a count already resolved and capped (0: leaves
+/// libtorch's default); returns `n`.
+fn apply_torch_threads(n: usize) -> usize {
     if n > 0 {
         tch::set_num_threads(n as i32);
     }
@@ -248,10 +253,8 @@ pub fn set_torch_threads(requested: usize) -> usize {
 
 /// libtorch's thread count and TF32 switch; the notes say what was set and what was capped.
 fn set_up_threads(config: &TrainConfig, device: Device) -> Result<Vec<String>> {
-    let threads = config.torch_threads();
-    if threads > 0 {
-        tch::set_num_threads(threads as i32);
-    }
+    let threads = apply_torch_threads(config.torch_threads());
+    let workers = config.decode_workers();
     let mut notes = vec![super::autocast::set_tf32(
         config.tf32,
         device,
@@ -261,22 +264,18 @@ fn set_up_threads(config: &TrainConfig, device: Device) -> Result<Vec<String>> {
     if sharing > 1 && (config.workers == 0 || config.threads == 0) {
         let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
         notes.push(format!(
-            "{sharing} ranks share this machine's {cores} cores: each decodes images on {} thread(s) \
-             and runs libtorch on {} (--workers, --threads choose)",
-            config.decode_workers(),
+            "{sharing} ranks share this machine's {cores} cores: each decodes images on {workers} \
+             thread(s) and runs libtorch on {} (--workers, --threads choose)",
             match threads {
                 0 => "as many as OMP_NUM_THREADS says".to_string(),
                 n => n.to_string(),
             }
         ));
     }
-    if config.decode_workers() < config.workers || config.torch_threads() < config.threads {
+    if workers < config.workers || threads < config.threads {
         notes.push(format!(
-            "threads capped at one per core: --workers {} → {}, --threads {} → {}",
-            config.workers,
-            config.decode_workers(),
-            config.threads,
-            config.torch_threads()
+            "threads capped at one per core: --workers {} → {workers}, --threads {} → {threads}",
+            config.workers, config.threads,
         ));
     }
     Ok(notes)
