@@ -1,9 +1,11 @@
-//! What one training image costs the loader on one core, stage by stage, with the resize before
-//! and after it became Pillow's (`tagfix::imaging::resample`), side by side in one run; run by
-//! `scripts/bench-loader.sh`.
+//! What one training image costs the loader on one core, stage by stage, with the loader before
+//! (the `image` crate's JPEG decoder and resize, the warp by its definition) and now
+//! (libjpeg-turbo, `tagfix::imaging::jpeg`; Pillow's resize, `tagfix::imaging::resample`; the
+//! faster warp) side by side in one run; run by `scripts/bench-loader.sh`.
 //!
 //! Each image gets the same draw of RAM's training transform (`RandomResizedCrop` + flip +
-//! `RandomAugment(2, 5)`) for both resizes. Stages: decode (JPEG/PNG to RGB8), crop + resize +
+//! `RandomAugment(2, 5)`) for both variants. Stages: decode (JPEG/PNG to RGB8; before: the `image`
+//! crate's decoder; now: libjpeg-turbo for JPEG, bit for bit what Pillow decodes), crop + resize +
 //! flip (before: `image::imageops::resize` with `CatmullRom` on a crop; now: Pillow's bicubic on
 //! the region in place), the `RandomAugment` operations (before: the geometric ones through
 //! `warp_affine_by_definition`, one channel and neighbour at a time with libm's `round`; now: the
@@ -65,6 +67,11 @@ fn generated(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The decoder before: the `image` crate's, whatever the format.
+fn decode_before(path: &Path) -> RgbImage {
+    image::open(path).expect("decode").to_rgb8()
+}
+
 /// The resize before: the crop copied, then `image::imageops::resize` (bicubic, Catmull-Rom).
 fn resize_before(img: &RgbImage, view: &View, size: u32) -> RgbImage {
     let crop = image::imageops::crop_imm(img, view.left, view.top, view.width, view.height);
@@ -94,6 +101,7 @@ fn timed<T>(f: impl FnOnce() -> T) -> (f64, T) {
 /// Per-stage medians for one image, in seconds.
 #[derive(Default)]
 struct Stages {
+    decode_before: Vec<f64>,
     decode: Vec<f64>,
     before: Vec<f64>,
     now: Vec<f64>,
@@ -114,14 +122,16 @@ fn main() {
     let aug = Augment::ram(size);
     let mut chw = vec![0u8; 3 * (size * size) as usize];
     println!(
-        "| image | decode ms | crop+resize before ms | crop+resize now ms | RandomAugment before ms | RandomAugment now ms | CHW ms | before: images/s per core | now: images/s per core |"
+        "| image | decode before ms | decode now ms | crop+resize before ms | crop+resize now ms | RandomAugment before ms | RandomAugment now ms | CHW ms | before: images/s per core | now: images/s per core |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let (mut sum_before, mut sum_now) = (0.0, 0.0);
     for path in &paths {
         let mut s = Stages::default();
         for round in 0..=rounds {
+            let (t_decode_before, old_img) = timed(|| decode_before(path));
             let (t_decode, img) = timed(|| decode(path).expect("decode"));
+            std::hint::black_box(old_img);
             // The same draw for both resizes, a new one each round.
             let mut rng = ChaCha8Rng::seed_from_u64(round as u64);
             let draw = aug.draw(img.width(), img.height(), &mut rng);
@@ -139,6 +149,7 @@ fn main() {
             });
             let (t_chw, ()) = timed(|| to_chw(&out, &mut chw));
             if round > 0 {
+                s.decode_before.push(t_decode_before);
                 s.decode.push(t_decode);
                 s.before.push(t_before);
                 s.ops_before.push(t_ops_before);
@@ -148,14 +159,24 @@ fn main() {
             }
         }
         let img = image::image_dimensions(path).expect("dimensions");
-        let [decode, before, now, ops_before, ops, chw] =
-            [s.decode, s.before, s.now, s.ops_before, s.ops, s.chw].map(|v| median(v) * 1e3);
-        let (total_before, total_now) =
-            (decode + before + ops_before + chw, decode + now + ops + chw);
+        let [decode_before, decode, before, now, ops_before, ops, chw] = [
+            s.decode_before,
+            s.decode,
+            s.before,
+            s.now,
+            s.ops_before,
+            s.ops,
+            s.chw,
+        ]
+        .map(|v| median(v) * 1e3);
+        let (total_before, total_now) = (
+            decode_before + before + ops_before + chw,
+            decode + now + ops + chw,
+        );
         sum_before += total_before;
         sum_now += total_now;
         println!(
-            "| {} ({}×{}) | {decode:.2} | {before:.2} | {now:.2} | {ops_before:.2} | {ops:.2} | {chw:.3} | {:.0} | {:.0} |",
+            "| {} ({}×{}) | {decode_before:.2} | {decode:.2} | {before:.2} | {now:.2} | {ops_before:.2} | {ops:.2} | {chw:.3} | {:.0} | {:.0} |",
             path.file_name().unwrap_or_default().to_string_lossy(),
             img.0,
             img.1,

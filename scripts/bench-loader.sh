@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What one training image costs the loader on one core, stage by stage (decode, crop + resize + flip,
-# RandomAugment, CHW copy), with the resize before (image's Catmull-Rom) and now (Pillow's bicubic,
-# src/imaging/resample.rs) side by side in one run, on the same images and draws.
+# RandomAugment, CHW copy), with the loader before (the image crate's JPEG decoder and Catmull-Rom
+# resize, the warp by its definition) and now (libjpeg-turbo, src/imaging/jpeg.rs; Pillow's bicubic,
+# src/imaging/resample.rs; the faster warp) side by side in one run, on the same images and draws.
 #
 #   scripts/bench-loader.sh                       # generated photo-like JPEGs, 224 px, 5 rounds
 #   SIZE=384 scripts/bench-loader.sh ../shared/ram/images/*.jpg

@@ -11,6 +11,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 shift || true
-cargo build --profile fuzz --no-default-features --example fuzz --quiet
+cargo build --profile fuzz --no-default-features --features embed --example fuzz --quiet
 target_dir="${CARGO_TARGET_DIR:-target}"
 exec "$target_dir/fuzz/examples/fuzz" --seconds "$seconds" "$@"

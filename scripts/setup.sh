@@ -53,6 +53,12 @@ if [ -z "${GLOO_INCLUDE_DIR:-}" ] && [ ! -f /usr/include/gloo/config.h ] && [ ! 
     || echo "setup: could not install libgloo-dev; \`cargo build --features train\` needs it (or GLOO_INCLUDE_DIR)" >&2
 fi
 
+# cmake and nasm build libjpeg-turbo (the decoder Pillow ships) from turbojpeg-sys's bundled source
+# with its SIMD code, for features `embed` and `train` (src/imaging/jpeg.rs).
+for tool in cmake nasm; do
+  command -v "$tool" >/dev/null || apt_install "$tool" "libjpeg-turbo's build for features embed and train" \
+    || echo "setup: could not install $tool; \`cargo build --features embed\` needs it to build libjpeg-turbo" >&2
+done
 
 # Test fixtures, generated deterministically with the `onnx` package (no torch) in their own venv.
 # Each fixture folder holds a stamp (.tagfix-inputs) naming everything it was made from: the

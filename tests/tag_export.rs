@@ -563,22 +563,30 @@ for weights_only in (True, False):
     }
 }
 
-#[test]
-fn resize_equals_pillow_where_pillow_is_at_hand() {
-    use tagfix::imaging::{pil_resize_region, PilFilter, Region};
-    // scripts/setup.sh installs Pillow into .venv-fixtures (scripts/requirements-fixtures.txt).
+/// The Python with Pillow 13.0 that scripts/setup.sh installs into .venv-fixtures
+/// (scripts/requirements-fixtures.txt), or `None` with the reason printed (a failure under CI).
+fn pillow_python(test: &str) -> Option<PathBuf> {
     let py = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-fixtures/bin/python");
     let has_pillow = std::process::Command::new(&py)
         .args(["-c", "import PIL"])
         .output()
         .is_ok_and(|o| o.status.success());
-    if !has_pillow {
-        return common::skip(
-            "resize_equals_pillow",
+    if has_pillow {
+        Some(py)
+    } else {
+        common::skip(
+            test,
             format_args!("{} cannot import PIL: run scripts/setup.sh", py.display()),
         )
-        .unwrap_or(());
     }
+}
+
+#[test]
+fn resize_equals_pillow_where_pillow_is_at_hand() {
+    use tagfix::imaging::{pil_resize_region, PilFilter, Region};
+    let Some(py) = pillow_python("resize_equals_pillow") else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     // Landscape and portrait, reductions and enlargements, whole images and crops (torchvision's
     // `resized_crop`: `img.crop(box).resize(size)`), both filters RAM uses.
@@ -632,4 +640,100 @@ fn resize_equals_pillow_where_pillow_is_at_hand() {
             );
         }
     }
+}
+
+/// JPEG files as RAM's Python pipeline reads them (`Image.open(p).convert("RGB")`): Pillow writes
+/// each flavour of JPEG (chroma subsampling 4:2:0, 4:2:2 and 4:4:4, progressive, grayscale, an odd
+/// size, low quality, and one with corrupt entropy data that Pillow decodes anyway) and decodes
+/// them and the shared photos; `imaging::decode` must give the same pixels, and refuse the files
+/// Pillow calls truncated.
+#[test]
+fn jpeg_decoding_equals_pillow_where_pillow_is_at_hand() {
+    let Some(py) = pillow_python("jpeg_decoding_equals_pillow") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let photos = common::shared_dir_for_test("jpeg_decoding_equals_pillow")
+        .map(|s| s.join("ram/images"))
+        .filter(|d| d.is_dir());
+    let script = r#"
+import sys, glob, os
+from PIL import Image
+out, photos = sys.argv[1], sys.argv[2:]
+base = Image.new("RGB", (613, 397))
+base.putdata([((x * 37 + y * 11) % 256, (x * y) % 251, (x * 3 + y * 7 + (x ^ y)) % 256)
+              for y in range(397) for x in range(613)])
+files = {}
+for name, img, kw in [("s420", base, dict(quality=90, subsampling=2)),
+                      ("s422", base, dict(quality=85, subsampling=1)),
+                      ("s444", base, dict(quality=95, subsampling=0)),
+                      ("progressive", base, dict(quality=80, progressive=True)),
+                      ("gray", base.convert("L"), dict(quality=90)),
+                      ("odd", base.resize((333, 217)), dict(quality=75)),
+                      ("q30", base, dict(quality=30))]:
+    files[name] = os.path.join(out, name + ".jpg")
+    img.save(files[name], **kw)
+data = bytearray(open(files["s420"], "rb").read())
+for i in range(5):
+    data[len(data) // 2 + i * 997] ^= 0x55
+files["corrupt"] = os.path.join(out, "corrupt.jpg")
+open(files["corrupt"], "wb").write(data)
+files["truncated"] = os.path.join(out, "truncated.jpg")
+open(files["truncated"], "wb").write(data[: len(data) // 2])
+for p in photos:
+    files[os.path.basename(p)] = p
+for name, path in files.items():
+    try:
+        Image.open(path).convert("RGB").save(os.path.join(out, name + ".pil.png"))
+        print(name, path, "ok")
+    except OSError as e:
+        print(name, path, "refused", str(e).replace(" ", "_"))
+"#;
+    let mut cmd = std::process::Command::new(&py);
+    cmd.args(["-c", script]).arg(dir);
+    if let Some(photos) = &photos {
+        for entry in std::fs::read_dir(photos).unwrap() {
+            cmd.arg(entry.unwrap().path());
+        }
+    }
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let listing = String::from_utf8(o.stdout).unwrap();
+    let mut compared = Vec::new();
+    for line in listing.lines() {
+        let [name, path, verdict, ..] = line.split(' ').collect::<Vec<_>>()[..] else {
+            panic!("unexpected line {line:?}");
+        };
+        let ours = tagfix::imaging::decode(Path::new(path));
+        if verdict == "refused" {
+            let e = ours.expect_err(name).to_string();
+            assert!(e.contains("ends before the image does"), "{name}: {e}");
+            continue;
+        }
+        let ours = ours.unwrap_or_else(|e| panic!("{name}: {e}"));
+        let pil = image::open(dir.join(format!("{name}.pil.png")))
+            .unwrap()
+            .to_rgb8();
+        assert_eq!(ours.dimensions(), pil.dimensions(), "{name}");
+        let differing = ours
+            .as_raw()
+            .iter()
+            .zip(pil.as_raw())
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(
+            differing, 0,
+            "{name}: {differing} values differ from Pillow"
+        );
+        compared.push(name.to_string());
+    }
+    let shared = photos.map_or(0, |d| std::fs::read_dir(d).unwrap().count());
+    assert_eq!(compared.len(), 8 + shared, "compared only {compared:?}");
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with("truncated ") && l.contains(" refused ")),
+        "{listing}"
+    );
 }

@@ -173,6 +173,16 @@ pub fn all() -> Vec<Target> {
             seeds: teacher_seeds,
             shared_seeds: &[],
         },
+        #[cfg(feature = "embed")]
+        Target {
+            name: "image",
+            file: "image.jpg",
+            run: run_image,
+            dict: JPEG_DICT,
+            generate: None,
+            seeds: image_seeds,
+            shared_seeds: &[],
+        },
     ]
 }
 
@@ -285,6 +295,17 @@ fn run_npy(path: &Path, _: &[u8]) {
             metadata: Default::default(),
         };
         use_tensors(path, &set);
+    }
+}
+
+/// The image decoder behind training, `tag` and the teacher (libjpeg-turbo for JPEG, the `image`
+/// crate for PNG and CMYK JPEG; the file name says `.jpg` whatever the bytes are, as a mislabelled
+/// file would), then the header probe and a resize of what it decoded.
+#[cfg(feature = "embed")]
+fn run_image(path: &Path, _: &[u8]) {
+    let _ = crate::imaging::probe(path);
+    if let Ok(img) = crate::imaging::decode(path) {
+        let _ = crate::imaging::pil_resize(&img, 7, 5, crate::imaging::PilFilter::Bicubic);
     }
 }
 
@@ -472,6 +493,18 @@ const NPY_DICT: &[&[u8]] = &[
     b"'>f4'", b"'|u1'", b"'<f2'", b"'|b1'", b"'<U3'", b"'O'", b"'fortran_order'", b"True", b"False",
     b"'shape'", b"()", b"(0,)", b"(3,)", b"(2, 3)", b"{", b"}", b"(", b")", b",", b": ", b"\n",
     b" ",
+];
+
+/// JPEG markers (start and end of image, frame headers baseline/progressive/lossless/arithmetic,
+/// tables, scan, restarts, APP0/APP14) and the values that stress them.
+#[cfg(feature = "embed")]
+#[rustfmt::skip]
+const JPEG_DICT: &[&[u8]] = &[
+    b"\xFF\xD8\xFF", b"\xFF\xD9", b"\xFF\xC0", b"\xFF\xC1", b"\xFF\xC2", b"\xFF\xC3", b"\xFF\xC9",
+    b"\xFF\xCA", b"\xFF\xC4", b"\xFF\xCC", b"\xFF\xDB", b"\xFF\xDA", b"\xFF\xDD", b"\xFF\xD0",
+    b"\xFF\xD7", b"\xFF\xE0", b"\xFF\xEE", b"Adobe", b"JFIF\x00", b"\xFF\xFF", b"\x00\x00",
+    b"\xFF\x00", b"\x11", b"\x22", b"\x01\x01", b"\x08", b"\x0C", b"\x10", b"\x03", b"\x04",
+    b"\x89PNG\r\n\x1a\n", b"IHDR", b"IDAT", b"IEND",
 ];
 
 #[rustfmt::skip]
@@ -798,6 +831,46 @@ fn npy_seeds() -> Vec<(String, Vec<u8>)> {
         written("i64.npy", |p| crate::tensors::npy::write(p, ids)),
         ("fortran_f64.npy".into(), fortran),
         ("big_endian_f32.npy".into(), big_endian),
+    ]
+}
+
+/// Small images from the `image` crate's encoders: baseline JPEG in colour (4:2:0) and grayscale,
+/// at sizes that are and are not multiples of the 8×8 and 16×16 blocks, and a PNG.
+#[cfg(feature = "embed")]
+fn image_seeds() -> Vec<(String, Vec<u8>)> {
+    use image::codecs::jpeg::JpegEncoder;
+    let rgb = |w: u32, h: u32| {
+        image::RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([(x * 29) as u8, (y * 41) as u8, ((x ^ y) * 13) as u8])
+        })
+    };
+    let jpeg = |img: image::DynamicImage, quality: u8| {
+        let mut out = Vec::new();
+        JpegEncoder::new_with_quality(&mut out, quality)
+            .encode_image(&img)
+            .expect("encoding a seed");
+        out
+    };
+    let mut png = Vec::new();
+    rgb(9, 6)
+        .write_to(
+            &mut std::io::Cursor::new(&mut png),
+            image::ImageOutputFormat::Png,
+        )
+        .expect("encoding a seed");
+    vec![
+        ("rgb_16x16.jpg".into(), jpeg(rgb(16, 16).into(), 90)),
+        ("rgb_37x21.jpg".into(), jpeg(rgb(37, 21).into(), 50)),
+        (
+            "gray_13x9.jpg".into(),
+            jpeg(
+                image::DynamicImage::ImageRgb8(rgb(13, 9))
+                    .into_luma8()
+                    .into(),
+                75,
+            ),
+        ),
+        ("rgb_9x6.png".into(), png),
     ]
 }
 

@@ -8,6 +8,7 @@ use crate::teacher::descriptor::{ImageInput, Resize};
 use image::RgbImage;
 use std::path::{Path, PathBuf};
 
+pub mod jpeg;
 pub mod resample;
 pub use resample::{pil_resize, pil_resize_region, PilFilter, Region};
 
@@ -26,6 +27,18 @@ pub enum ImageError {
     Header {
         path: PathBuf,
         cause: image::ImageError,
+    },
+
+    #[error("{path}: unreadable image: {cause}")]
+    JpegHeader {
+        path: PathBuf,
+        cause: jpeg::JpegError,
+    },
+
+    #[error("{path}: cannot decode image: {cause}")]
+    JpegDecode {
+        path: PathBuf,
+        cause: jpeg::JpegError,
     },
 
     #[error("{path}: image has zero size")]
@@ -53,13 +66,37 @@ fn reader(path: &Path) -> Result<image::io::Reader<std::io::BufReader<std::fs::F
         .map_err(|e| Error::io(path, e))
 }
 
-/// Decodes a JPEG or PNG file to RGB8, after [`probe`] has checked its size; the decoder may
-/// allocate no more than the largest allowed image needs (16-bit RGBA).
+/// Decodes a JPEG or PNG file to RGB8: JPEG by libjpeg-turbo, as Pillow decodes it
+/// ([`jpeg`]), PNG and CMYK JPEG by the `image` crate after [`probe`] has checked the size; that
+/// decoder may allocate no more than the largest allowed image needs (16-bit RGBA).
 pub fn decode(path: &Path) -> Result<RgbImage> {
+    let data = read_if_jpeg(path)?;
+    if let Some(data) = &data {
+        let header = jpeg::Jpeg::open(data).map_err(|cause| ImageError::JpegHeader {
+            path: path.into(),
+            cause,
+        })?;
+        check_size(path, header.width, header.height)?;
+        if header.converts_to_rgb {
+            return header.decode_rgb().map_err(|cause| {
+                ImageError::JpegDecode {
+                    path: path.into(),
+                    cause,
+                }
+                .into()
+            });
+        }
+    }
     probe(path)?;
     let mut limits = image::io::Limits::default();
     limits.max_alloc = Some(MAX_PIXELS * 8);
-    let mut r = reader(path)?;
+    let mut r = match data {
+        Some(_) => image::io::Reader::with_format(
+            std::io::BufReader::new(std::fs::File::open(path).map_err(|e| Error::io(path, e))?),
+            image::ImageFormat::Jpeg,
+        ),
+        None => reader(path)?,
+    };
     r.limits(limits);
     let img = r.decode().map_err(|cause| ImageError::Decode {
         path: path.into(),
@@ -68,15 +105,32 @@ pub fn decode(path: &Path) -> Result<RgbImage> {
     Ok(img.to_rgb8())
 }
 
-/// Reads only the header: the image exists, its format is known and its size is sane (not zero,
-/// at most [`MAX_PIXELS`]).
-pub fn probe(path: &Path) -> Result<(u32, u32)> {
-    let (w, h) = reader(path)?
-        .into_dimensions()
-        .map_err(|cause| ImageError::Header {
-            path: path.into(),
-            cause,
-        })?;
+/// The whole file when it starts as a JPEG does, else `None` (read no further than its magic).
+fn read_if_jpeg(path: &Path) -> Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut magic = [0u8; 3];
+    let mut got = 0;
+    while got < magic.len() {
+        match file
+            .read(&mut magic[got..])
+            .map_err(|e| Error::io(path, e))?
+        {
+            0 => return Ok(None),
+            n => got += n,
+        }
+    }
+    if !jpeg::is_jpeg(&magic) {
+        return Ok(None);
+    }
+    let mut data = magic.to_vec();
+    file.read_to_end(&mut data)
+        .map_err(|e| Error::io(path, e))?;
+    Ok(Some(data))
+}
+
+/// Not zero, at most [`MAX_PIXELS`].
+fn check_size(path: &Path, w: u32, h: u32) -> Result<()> {
     if w == 0 || h == 0 {
         return Err(ImageError::ZeroSize { path: path.into() }.into());
     }
@@ -88,6 +142,19 @@ pub fn probe(path: &Path) -> Result<(u32, u32)> {
         }
         .into());
     }
+    Ok(())
+}
+
+/// Reads only the header: the image exists, its format is known and its size is sane (not zero,
+/// at most [`MAX_PIXELS`]).
+pub fn probe(path: &Path) -> Result<(u32, u32)> {
+    let (w, h) = reader(path)?
+        .into_dimensions()
+        .map_err(|cause| ImageError::Header {
+            path: path.into(),
+            cause,
+        })?;
+    check_size(path, w, h)?;
     Ok((w, h))
 }
 
