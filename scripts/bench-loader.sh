@@ -10,7 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE=${SIZE:-224}
 ROUNDS=${ROUNDS:-5}
-cargo build --release --features train --example bench_loader
-BIN=${CARGO_TARGET_DIR:-target}/release/examples/bench_loader
+if [ -z "${BENCH_LOADER_BIN:-}" ]; then
+  cargo build --release --features train --example bench_loader
+fi
+BIN=${BENCH_LOADER_BIN:-${CARGO_TARGET_DIR:-target}/release/examples/bench_loader}
 echo "command: scripts/bench-loader.sh $* (SIZE=$SIZE ROUNDS=$ROUNDS), $(date -u +%FT%TZ), $(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg)"
 exec "$BIN" "$SIZE" "$ROUNDS" "$@"

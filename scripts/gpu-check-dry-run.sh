@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check's first two device calls (docs/gpu-check.md: `run parity speed`, `run casts ckpt upload`)
+# The GPU check's first two device calls (docs/gpu-check.md: `run parity speed`, `run casts ckpt upload loader`)
 # run on the CPU with the tiny model and the release binaries already built, so that a session lent a GPU
 # does not spend its device time finding that the script broke. Checks the plumbing, not the figures:
 #   parity  both reference fixtures pass (TAGFIX_TEST_DEVICE=cpu);
@@ -8,6 +8,7 @@
 #   casts   both medians and their ratio; ckpt: the inline and background rows and their ratio;
 #   upload  both micro-batch sizes uploaded identical tensors, and `--micro-batch-size auto` chose a size
 #           that config.toml records;
+#   loader  the loader's images/s on several threads and one image's stages on one core have figures;
 #   embed   (`bundle`, then both sides on the CPU) MiniLM and the CLIP fixture over the RAM vocabulary
 #           compared row by row and passing (the CUDA side's onnxruntime-gpu pieces cannot be tried here).
 # Call 3 (`run step`) is not covered: its Python side needs an importable torch with its CUDA libraries,
@@ -32,10 +33,11 @@ dir="$(mktemp -d)"
 trap 'rm -rf "$dir"' EXIT
 mkdir -p "$dir/bin" "$dir/ref"
 cargo build --release --all-features --quiet --bin tagfix --example step_time --example flop_model \
-  --example bench_upload --example bench_checkpoint_save
+  --example bench_upload --example bench_checkpoint_save --example bench_loader --example bench_loader_pool
 parity=$(cargo test --release --all-features --test ram_plus_parity --no-run --message-format=json 2>/dev/null \
   | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | grep /deps/ | head -1)
-cp "$release/tagfix" "$release"/examples/{step_time,flop_model,bench_upload,bench_checkpoint_save} "$tags" "$dir/bin/"
+cp "$release/tagfix" "$release"/examples/{step_time,flop_model,bench_upload,bench_checkpoint_save,bench_loader,bench_loader_pool} \
+  "$tags" "$dir/bin/"
 cp "$parity" "$dir/bin/ram_plus_parity"
 for d in tiny tiny_224_w7; do
   mkdir -p "$dir/ref/$d"
@@ -47,7 +49,8 @@ PARITY_DEVICE=cpu SPEED_DEVICE=cpu SPEED_MODELS=tiny SPEED_STEPS=2 SPEED_F32_STE
   SPEED_STEP_STEPS=2 SPEED_WORKERS=1 scripts/gpu-check.sh run parity speed
 CASTS_DEVICE=cpu CASTS_CONFIG=tiny CASTS_BATCH=2 CASTS_STEPS=2 CKPT_DEVICE=cpu CKPT_PRESET=swin_b_224 CKPT_ROUNDS=1 \
   UPLOAD_DEVICE=cpu UPLOAD_BATCH=8 UPLOAD_SIZE=64 UPLOAD_WORKERS=1 AUTO_STEPS=2 \
-  scripts/gpu-check.sh run casts ckpt upload
+  LOADER_THREADS=2 LOADER_MICRO=4 LOADER_STEPS=2 LOADER_ROUNDS=1 \
+  scripts/gpu-check.sh run casts ckpt upload loader
 scripts/gpu-check.sh bundle > /dev/null
 EMBED_DEVICE=cpu scripts/gpu-check.sh run embed
 
@@ -76,6 +79,10 @@ for m in 4 8; do
 done
 has "$out/auto.log" 'micro_batch_size auto → 8 ' "upload: --micro-batch-size auto did not choose the whole batch"
 has "$out/auto/config.toml" '^micro_batch_size = 8$' "upload: config.toml does not record the chosen size"
+has "$out/loader_pool.txt" '^\| 2 \| 4 \| [0-9.]+ \| [0-9.]+ \| [0-9]+ % \| [0-9.]+ \| [0-9]+ % \| [0-9.]+× \|$' \
+  "loader: no row of images/s on several threads"
+has "$out/loader_core.txt" '^at 224 px, these images in equal shares: [0-9.]+ images/s per core before, [0-9.]+ now' \
+  "loader: no per-core figure"
 for model in minilm clip-tiny; do
   has "$out/embed.txt" "^embed: $model: 4585 rows, lowest cosine CPU vs device [0-9.]+ \(row [0-9]+\): PASS" \
     "embed: $model: no passing row-by-row comparison"

@@ -9,8 +9,8 @@
 #                                  # the missing headers otherwise.
 #   scripts/gpu-check.sh run [PART...]  # on the GPU machine, from the repository root; results in $OUT
 #                                  # PART: parity step train cpu loop dist upload speed embed casts ckpt
-#                                  # (default: the first seven; the last four are issue 14's, each run on
-#                                  # its own)
+#                                  # loader (default: the first seven; the last five are issue 14's, each
+#                                  # run on its own)
 # The GPU machine needs the NVIDIA driver and torch 2.11 (+cu130) for Python with its libraries
 # (TORCH_LIB, default /opt/torch/.venv/.../torch/lib; TORCH_PYTHON, default python3). Nothing is built there.
 # `run`, in a few minutes of GPU time:
@@ -72,6 +72,12 @@
 #      AdamW moments (~4 GB) saved inline (pageable copies, files written on the training thread) vs
 #      copied to pinned memory and written by a background thread (bin/bench_checkpoint_save).
 #      A CPU dry run: CKPT_DEVICE=cpu CKPT_PRESET=swin_b_224 scripts/gpu-check.sh run ckpt
+#  12. (`loader`, issue 14, ~1 minute, CPU only) whether the host's cores feed the GPU: the training
+#      loader's images/s at 224 px on all cores, micro-batch 26, micro-batches decoded one at a time vs
+#      several at once (bin/bench_loader_pool, mixed image sizes), then one image's stages on one core
+#      (bin/bench_loader). Results in $OUT/loader_pool.txt and $OUT/loader_core.txt; the target is
+#      >= 320 images/s per GPU. Carry target/gpu-check/bin only.
+#      A CPU dry run: LOADER_THREADS=2 LOADER_MICRO=4 LOADER_STEPS=2 LOADER_ROUNDS=1 scripts/gpu-check.sh run loader
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest="${GPU_CHECK_DIR:-target/gpu-check}"  # GPU_CHECK_DIR: another prepared folder (CPU dry runs)
@@ -105,6 +111,9 @@ prepare)
   # Relink the ordinary binaries without the CUDA libraries.
   unset TAGFIX_LINK_CUDA
   cargo build --release --features train --bin tagfix --example step_time --quiet
+  # Part `loader` (issue 14): CPU only.
+  cargo build --release --features train --example bench_loader --example bench_loader_pool --quiet
+  for b in bench_loader bench_loader_pool; do objcopy --strip-debug "target/release/examples/$b" "$dest/bin/$b"; done
   du -sh "$dest"
   ;;
 bundle)
@@ -338,6 +347,13 @@ PY
   "$dest/bin/bench_checkpoint_save" "$c/run" "${CKPT_PRESET:-swin_l_224}" "${CKPT_ROUNDS:-2}" 8 \
     "${CKPT_DEVICE:-cuda}" 2>&1 | tee "$OUT/ckpt.txt" || true
   rm -rf "$c"
+  fi
+  if want loader; then
+  echo "== 12. (issue 14) the loader on this machine's cores"
+  BENCH_LOADER_POOL_BIN="$dest/bin/bench_loader_pool" scripts/bench-loader-pool.sh "${LOADER_THREADS:-0}" \
+    "${LOADER_MICRO:-26}" "${LOADER_STEPS:-16}" "${LOADER_ROUNDS:-3}" 2>&1 | tee "$OUT/loader_pool.txt" || true
+  BENCH_LOADER_BIN="$dest/bin/bench_loader" ROUNDS="${LOADER_ROUNDS:-3}" scripts/bench-loader.sh 2>&1 \
+    | tee "$OUT/loader_core.txt" || true
   fi
   if want speed; then
   echo "== 8. (issue 14) throughput: the loop against the step, peak memory, MFU"

@@ -129,6 +129,14 @@ pub enum TrainError {
     #[error("step {0}: the data loader stopped early")]
     LoaderStopped(u64),
 
+    /// Decoding a micro-batch panicked (a bug); the message is the panic's.
+    #[error("step {step}: loading micro-batch {micro} failed unexpectedly: {reason}")]
+    LoaderPanicked {
+        step: u64,
+        micro: usize,
+        reason: String,
+    },
+
     /// A checkpoint file (`model.safetensors`, `optimizer.safetensors`) could not be written or read.
     #[error("{}: cannot {action} its tensors", .path.display())]
     Tensors {
@@ -438,6 +446,7 @@ impl TrainError {
             // The teacher's own failure says what kind it is (a missing model, a failing runtime).
             TrainError::OnlineTeacher { source, .. } => source.kind(),
             TrainError::LoaderStopped(_)
+            | TrainError::LoaderPanicked { .. }
             | TrainError::TensorConversion(_)
             | TrainError::UnsupportedKind(_)
             | TrainError::ReadBack { .. }
@@ -455,6 +464,15 @@ impl TrainError {
             TrainError::MicroBatchTooLarge { .. } => ErrorKind::Environment,
         }
     }
+}
+
+/// What a caught panic said (its `&str` or `String` payload).
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "it panicked".into())
 }
 
 #[cfg(test)]

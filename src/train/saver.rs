@@ -153,7 +153,7 @@ impl CheckpointWriter {
             Ok(written) => written.map(Some),
             Err(panic) => Err(TrainError::CheckpointWriter {
                 dir,
-                reason: panic_text(panic.as_ref()),
+                reason: crate::train::error::panic_text(panic.as_ref()),
             }
             .into()),
         }
@@ -173,14 +173,6 @@ impl Drop for CheckpointWriter {
             tracing::error!("{}", crate::error::report(&e));
         }
     }
-}
-
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "it panicked".into())
 }
 
 #[cfg(test)]

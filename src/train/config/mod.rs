@@ -182,7 +182,8 @@ pub struct TrainConfig {
     /// How the images are checked before the first step (`full`, `header`, `none`; unset: `full`
     /// for up to 1 000 000 images, `header` above).
     pub check_images: Option<ImageCheck>,
-    /// Micro-batches prepared ahead of the step (1..=64: each holds decoded images).
+    /// Micro-batches prepared ahead of the step, up to this many decoded at once (1..=64: each
+    /// holds decoded images; 1 decodes one micro-batch at a time).
     pub prefetch: usize,
     /// Write a checkpoint every this many optimizer steps, every interval of wall-clock time (`"30m"`),
     /// or `"off"` (only the final checkpoint).
