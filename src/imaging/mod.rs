@@ -41,6 +41,9 @@ pub enum ImageError {
         cause: jpeg::JpegError,
     },
 
+    #[error("{path}: JPEG file larger than tagfix decodes ({limit} bytes)")]
+    FileTooLarge { path: PathBuf, limit: u64 },
+
     #[error("{path}: image has zero size")]
     ZeroSize { path: PathBuf },
 
@@ -54,6 +57,10 @@ pub enum ImageError {
         height: u32,
     },
 }
+
+/// The largest JPEG file decoded (1 GiB): JPEG files are read whole, and one of [`MAX_PIXELS`]
+/// pixels at the highest quality is a few hundred MB.
+pub const MAX_JPEG_BYTES: u64 = 1 << 30;
 
 /// The most pixels an image may have (100 MP: 300 MB as RGB8). A header is only a claim: one
 /// saying 100000×100000 is refused before anything is allocated for it.
@@ -70,7 +77,7 @@ fn reader(path: &Path) -> Result<image::io::Reader<std::io::BufReader<std::fs::F
 /// ([`jpeg`]), PNG and CMYK JPEG by the `image` crate after [`probe`] has checked the size; that
 /// decoder may allocate no more than the largest allowed image needs (16-bit RGBA).
 pub fn decode(path: &Path) -> Result<RgbImage> {
-    let data = read_if_jpeg(path)?;
+    let data = read_if_jpeg(path, MAX_JPEG_BYTES)?;
     if let Some(data) = &data {
         let header = jpeg::Jpeg::open(data).map_err(|cause| ImageError::JpegHeader {
             path: path.into(),
@@ -106,26 +113,28 @@ pub fn decode(path: &Path) -> Result<RgbImage> {
 }
 
 /// The whole file when it starts as a JPEG does, else `None` (read no further than its magic).
-fn read_if_jpeg(path: &Path) -> Result<Option<Vec<u8>>> {
+/// A JPEG file of more than `limit` bytes is refused before it is read into memory.
+fn read_if_jpeg(path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
     use std::io::Read;
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut magic = [0u8; 3];
-    let mut got = 0;
-    while got < magic.len() {
-        match file
-            .read(&mut magic[got..])
-            .map_err(|e| Error::io(path, e))?
-        {
-            0 => return Ok(None),
-            n => got += n,
-        }
-    }
-    if !jpeg::is_jpeg(&magic) {
+    let mut data = Vec::new();
+    file.by_ref()
+        .take(3)
+        .read_to_end(&mut data)
+        .map_err(|e| Error::io(path, e))?;
+    if !jpeg::is_jpeg(&data) {
         return Ok(None);
     }
-    let mut data = magic.to_vec();
-    file.read_to_end(&mut data)
+    file.take((limit + 1).saturating_sub(data.len() as u64))
+        .read_to_end(&mut data)
         .map_err(|e| Error::io(path, e))?;
+    if data.len() as u64 > limit {
+        return Err(ImageError::FileTooLarge {
+            path: path.into(),
+            limit,
+        }
+        .into());
+    }
     Ok(Some(data))
 }
 
@@ -263,6 +272,24 @@ pub fn eval_transform(img: &RgbImage, input: &ImageInput, out: &mut [f32]) {
 mod tests {
     use super::*;
     use crate::teacher::descriptor::{CLIP_MEAN, CLIP_STD};
+
+    #[test]
+    fn only_jpeg_files_are_read_whole_and_only_up_to_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, bytes: &[u8]| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, bytes).unwrap();
+            p
+        };
+        let png = file("a.jpg", b"\x89PNG\r\n\x1a\n rest");
+        assert_eq!(read_if_jpeg(&png, 8).unwrap(), None);
+        assert_eq!(read_if_jpeg(&file("short", b"\xFF"), 8).unwrap(), None);
+        let jpeg = file("b.png", b"\xFF\xD8\xFF\xE0 12345");
+        assert_eq!(read_if_jpeg(&jpeg, 10).unwrap().unwrap().len(), 10);
+        let e = read_if_jpeg(&jpeg, 9).unwrap_err().to_string();
+        assert!(e.contains("b.png") && e.contains("larger than"), "{e}");
+        assert!(read_if_jpeg(dir.path(), 9).is_err(), "a folder is an error");
+    }
 
     fn input(size: u32, resize: Resize) -> ImageInput {
         ImageInput {
