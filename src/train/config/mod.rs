@@ -639,27 +639,48 @@ pub fn torch_threads_for(requested: usize) -> usize {
     }
 }
 
-/// The processes of this run that share this machine's cores: torchrun's (and `--nproc-per-node`'s)
-/// `LOCAL_WORLD_SIZE`, which start every rank on all the cores. Slurm binds each task to its own
-/// cores (`--cpus-per-task`), which [`std::thread::available_parallelism`] already counts alone, so
-/// under Slurm, as in a single-process run, it is 1.
+/// The processes of this run that share this machine's cores: the launcher's ranks on this machine
+/// (torchrun's and `--nproc-per-node`'s `LOCAL_WORLD_SIZE`, Slurm's `SLURM_NTASKS_PER_NODE`), unless
+/// this process is bound to part of the machine. torchrun starts every rank on all the cores; Slurm
+/// binds each task to its own (`--cpus-per-task`, task affinity) on most clusters but not all, and
+/// `taskset` or `numactl` may bind a torchrun rank. A bound process's cores are its own, and
+/// [`std::thread::available_parallelism`] already counts only them: then, as in a single-process
+/// run, it is 1.
 pub fn ranks_sharing_cores() -> usize {
     ranks_sharing_cores_in(
         crate::train::dist::Rendezvous::from_env()
             .ok()
             .flatten()
             .as_ref(),
+        bound_to_part_of_machine(),
     )
 }
 
-/// [`ranks_sharing_cores`] for the launcher's description `rendezvous` (`None`: no launcher).
-fn ranks_sharing_cores_in(rendezvous: Option<&crate::train::dist::Rendezvous>) -> usize {
+/// [`ranks_sharing_cores`] for the launcher's description `rendezvous` (`None`: no launcher) and
+/// whether this process is bound to part of the machine's cores.
+fn ranks_sharing_cores_in(
+    rendezvous: Option<&crate::train::dist::Rendezvous>,
+    bound: bool,
+) -> usize {
     match rendezvous {
-        Some(r) if r.contract == crate::train::dist::Contract::Torchrun => {
-            r.local_world_size.unwrap_or(1).max(1)
-        }
+        Some(r) if !bound => r.local_world_size.unwrap_or(1).max(1),
         _ => 1,
     }
+}
+
+/// Whether this process's CPU affinity leaves out some of the machine's online CPUs (Slurm's
+/// task binding, `taskset`, `numactl`). Unknown (more than 1024 CPUs, no `sysconf`) counts as not
+/// bound.
+fn bound_to_part_of_machine() -> bool {
+    // SAFETY: `cpu_set_t` is plain data; `sched_getaffinity` writes at most its size into it.
+    let mine = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        (libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0)
+            .then(|| libc::CPU_COUNT(&set))
+    };
+    // SAFETY: a plain query.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    matches!(mine, Some(n) if n > 0 && i64::from(n) < online)
 }
 
 /// An equal share of the cores among `sharing` processes, at least one.
@@ -1232,7 +1253,7 @@ mod tests {
         };
         assert_eq!(chosen.decode_workers_among(8), 3.min(cores));
         assert_eq!(chosen.torch_threads_among(8, false), 2.min(cores));
-        // Who shares: torchrun's local ranks; Slurm's tasks are bound to their own cores.
+        // Who shares: the launcher's ranks on this machine, unless bound to their own cores.
         use crate::train::dist::{Contract, Rendezvous};
         let launched = |contract, local| Rendezvous {
             contract,
@@ -1244,14 +1265,42 @@ mod tests {
             master_port: 29500,
             agent_store: false,
         };
-        assert_eq!(ranks_sharing_cores_in(None), 1);
-        assert_eq!(
-            ranks_sharing_cores_in(Some(&launched(Contract::Torchrun, Some(8)))),
-            8
-        );
-        assert_eq!(
-            ranks_sharing_cores_in(Some(&launched(Contract::Slurm, Some(8)))),
-            1
-        );
+        for bound in [false, true] {
+            assert_eq!(ranks_sharing_cores_in(None, bound), 1);
+            for contract in [Contract::Torchrun, Contract::Slurm] {
+                let r = launched(contract, Some(8));
+                assert_eq!(
+                    ranks_sharing_cores_in(Some(&r), bound),
+                    if bound { 1 } else { 8 },
+                    "{contract:?}, bound {bound}"
+                );
+                // Slurm states the tasks per machine only for a uniform layout.
+                let unknown = launched(contract, None);
+                assert_eq!(ranks_sharing_cores_in(Some(&unknown), bound), 1);
+            }
+        }
+    }
+
+    #[test]
+    fn a_process_pinned_to_one_cpu_is_bound_to_part_of_a_larger_machine() {
+        // SAFETY: as in `bound_to_part_of_machine`; only this test's own thread is pinned.
+        let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+        if online < 2 {
+            return; // one CPU: nothing to be bound to part of
+        }
+        std::thread::spawn(|| {
+            // SAFETY: pins this test thread alone to CPU 0.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(0, &mut set);
+                assert_eq!(
+                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+                    0
+                );
+            }
+            assert!(bound_to_part_of_machine());
+        })
+        .join()
+        .unwrap();
     }
 }
