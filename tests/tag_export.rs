@@ -643,8 +643,8 @@ fn resize_equals_pillow_where_pillow_is_at_hand() {
 }
 
 /// JPEG files as RAM's Python pipeline reads them (`Image.open(p).convert("RGB")`): Pillow writes
-/// each flavour of JPEG (chroma subsampling 4:2:0, 4:2:2 and 4:4:4, progressive, grayscale, an odd
-/// size, low quality, and one with corrupt entropy data that Pillow decodes anyway) and decodes
+/// each flavour of JPEG (chroma subsampling 4:2:0, 4:2:2 and 4:4:4, progressive, grayscale, CMYK, an
+/// odd size, low quality, and one with corrupt entropy data that Pillow decodes anyway) and decodes
 /// them and the shared photos; `imaging::decode` must give the same pixels, and refuse the files
 /// Pillow calls truncated.
 #[test]
@@ -670,6 +670,7 @@ for name, img, kw in [("s420", base, dict(quality=90, subsampling=2)),
                       ("s444", base, dict(quality=95, subsampling=0)),
                       ("progressive", base, dict(quality=80, progressive=True)),
                       ("gray", base.convert("L"), dict(quality=90)),
+                      ("cmyk", base.convert("CMYK"), dict(quality=90)),
                       ("odd", base.resize((333, 217)), dict(quality=75)),
                       ("q30", base, dict(quality=30))]:
     files[name] = os.path.join(out, name + ".jpg")
@@ -729,7 +730,7 @@ for name, path in files.items():
         compared.push(name.to_string());
     }
     let shared = photos.map_or(0, |d| std::fs::read_dir(d).unwrap().count());
-    assert_eq!(compared.len(), 8 + shared, "compared only {compared:?}");
+    assert_eq!(compared.len(), 9 + shared, "compared only {compared:?}");
     assert!(
         listing
             .lines()

@@ -299,8 +299,8 @@ fn run_npy(path: &Path, _: &[u8]) {
 }
 
 /// The image decoder behind training, `tag` and the teacher (libjpeg-turbo for JPEG, the `image`
-/// crate for PNG and CMYK JPEG; the file name says `.jpg` whatever the bytes are, as a mislabelled
-/// file would), then the header probe and a resize of what it decoded.
+/// crate for PNG; the file name says `.jpg` whatever the bytes are, as a mislabelled file would),
+/// then the header probe and a resize of what it decoded.
 #[cfg(feature = "embed")]
 fn run_image(path: &Path, _: &[u8]) {
     let _ = crate::imaging::probe(path);

@@ -4,8 +4,9 @@
 //! Python pipeline sees, and decoding, the loader's largest cost, is 1.2–2× faster than the
 //! `image` crate's decoder (docs/PERFORMANCE.md, "The loader's cost per image").
 //!
-//! Only 8-bit YCbCr, RGB and grayscale images are decoded here; CMYK and YCCK files (rare, from
-//! print workflows) are left to the `image` crate, whose conversion to RGB libjpeg does not offer.
+//! CMYK and YCCK files (rare, from print workflows) are decoded to CMYK and converted as Pillow
+//! converts them: the values inverted (Adobe's convention, which Pillow assumes for every CMYK
+//! JPEG), then `Image.convert("RGB")`'s integer formula.
 
 use image::RgbImage;
 use std::ffi::{c_int, CStr};
@@ -42,8 +43,8 @@ pub struct Jpeg<'a> {
     data: &'a [u8],
     pub width: u32,
     pub height: u32,
-    /// YCbCr, RGB or grayscale: libjpeg converts it to RGB as Pillow does.
-    pub converts_to_rgb: bool,
+    /// CMYK or YCCK: decoded to CMYK and converted here; else libjpeg converts to RGB.
+    cmyk: bool,
 }
 
 impl<'a> Jpeg<'a> {
@@ -61,7 +62,7 @@ impl<'a> Jpeg<'a> {
         Ok(Jpeg {
             width: dimension(&handle, tj::TJPARAM_TJPARAM_JPEGWIDTH),
             height: dimension(&handle, tj::TJPARAM_TJPARAM_JPEGHEIGHT),
-            converts_to_rgb: ![tj::TJCS_TJCS_CMYK, tj::TJCS_TJCS_YCCK]
+            cmyk: [tj::TJCS_TJCS_CMYK, tj::TJCS_TJCS_YCCK]
                 .iter()
                 .any(|&cs| cs as c_int == colorspace),
             handle,
@@ -74,7 +75,8 @@ impl<'a> Jpeg<'a> {
     /// ("image file is truncated"). So the first attempt stops at the first warning; only a
     /// file with a warning other than the early end is decoded a second time, to the end.
     pub fn decode_rgb(mut self) -> Result<RgbImage, JpegError> {
-        let mut pixels = vec![0u8; self.width as usize * self.height as usize * 3];
+        let channels = if self.cmyk { 4 } else { 3 };
+        let mut pixels = vec![0u8; self.width as usize * self.height as usize * channels];
         self.handle.set(tj::TJPARAM_TJPARAM_STOPONWARNING, 1)?;
         if let Err(first) = self.decompress_into(&mut pixels) {
             if !first.warning {
@@ -90,13 +92,21 @@ impl<'a> Jpeg<'a> {
                 }
             }
         }
+        if self.cmyk {
+            pixels = inverted_cmyk_to_rgb(&pixels);
+        }
         RgbImage::from_raw(self.width, self.height, pixels)
             .ok_or_else(|| JpegError::Decode("decoded buffer does not match the header".into()))
     }
 
     fn decompress_into(&mut self, pixels: &mut [u8]) -> Result<(), Failure> {
-        // SAFETY: `pixels` holds width × height RGB pixels of the size the header gave, and
-        // pitch 0 means rows of width × 3 bytes; TurboJPEG writes no more than that.
+        // SAFETY: `pixels` holds width × height pixels of the format's size (RGB or CMYK) as the
+        // header gave, and pitch 0 means rows of exactly that; TurboJPEG writes no more.
+        let format = if self.cmyk {
+            tj::TJPF_TJPF_CMYK
+        } else {
+            tj::TJPF_TJPF_RGB
+        };
         let rc = unsafe {
             tj::tj3Decompress8(
                 self.handle.0,
@@ -104,7 +114,7 @@ impl<'a> Jpeg<'a> {
                 self.data.len() as _,
                 pixels.as_mut_ptr(),
                 0,
-                tj::TJPF_TJPF_RGB,
+                format,
             )
         };
         if rc == 0 {
@@ -115,6 +125,22 @@ impl<'a> Jpeg<'a> {
             message: self.handle.message(),
         })
     }
+}
+
+/// What `Image.open(p).convert("RGB")` gives for CMYK JPEG data as libjpeg decodes it: Pillow reads
+/// it as inverted CMYK (`CMYK;I`), then converts each channel as `k' − c'·k'/255` with
+/// `c' = 255 − c`, `k' = 255 − k` (Pillow's `cmyk2rgb`, its rounded division by 255 included).
+fn inverted_cmyk_to_rgb(cmyk: &[u8]) -> Vec<u8> {
+    let mul_div_255 = |a: i32, b: i32| {
+        let t = a * b + 128;
+        ((t >> 8) + t) >> 8
+    };
+    cmyk.chunks_exact(4)
+        .flat_map(|p| {
+            let nk = i32::from(p[3]); // 255 − (255 − k)
+            [0, 1, 2].map(|i| (nk - mul_div_255(255 - i32::from(p[i]), nk)).clamp(0, 255) as u8)
+        })
+        .collect()
 }
 
 /// A failed `tj3Decompress8`: a warning (non-fatal, data may be corrupt) or an error.
@@ -202,10 +228,7 @@ mod tests {
         let data = encoded(37, 21, 95);
         assert!(is_jpeg(&data));
         let jpeg = Jpeg::open(&data).unwrap();
-        assert_eq!(
-            (jpeg.width, jpeg.height, jpeg.converts_to_rgb),
-            (37, 21, true)
-        );
+        assert_eq!((jpeg.width, jpeg.height, jpeg.cmyk), (37, 21, false));
         let img = jpeg.decode_rgb().unwrap();
         assert_eq!(img.dimensions(), (37, 21));
         // Quality 95 keeps the gradient within a few levels.
@@ -213,6 +236,17 @@ mod tests {
         let p = img.get_pixel(x, y).0;
         assert!((i32::from(p[0]) - 70).abs() <= 6, "{p:?}");
         assert!((i32::from(p[1]) - 35).abs() <= 6, "{p:?}");
+    }
+
+    #[test]
+    fn inverted_cmyk_converts_as_pillow_does() {
+        // Stored values (c, m, y, k) as libjpeg returns them, i.e. inverted: 255 is no ink.
+        let got = inverted_cmyk_to_rgb(&[
+            255, 255, 255, 255, 0, 0, 0, 255, 255, 0, 128, 200, 7, 9, 11, 0,
+        ]);
+        // No ink: white; full cyan, magenta and yellow: black; k' = 200 scales the inverted
+        // (255, 0, 127) to (200, 0, 100) (200·127/255 = 99.6, rounded); full black: black.
+        assert_eq!(got, [255, 255, 255, 0, 0, 0, 200, 0, 100, 0, 0, 0]);
     }
 
     #[test]

@@ -73,37 +73,28 @@ fn reader(path: &Path) -> Result<image::io::Reader<std::io::BufReader<std::fs::F
         .map_err(|e| Error::io(path, e))
 }
 
-/// Decodes a JPEG or PNG file to RGB8: JPEG by libjpeg-turbo, as Pillow decodes it
-/// ([`jpeg`]), PNG and CMYK JPEG by the `image` crate after [`probe`] has checked the size; that
-/// decoder may allocate no more than the largest allowed image needs (16-bit RGBA).
+/// Decodes a JPEG or PNG file to RGB8: JPEG by libjpeg-turbo, as Pillow decodes it ([`jpeg`]),
+/// anything else by the `image` crate after [`probe`] has checked the size; that decoder may
+/// allocate no more than the largest allowed image needs (16-bit RGBA).
 pub fn decode(path: &Path) -> Result<RgbImage> {
-    let data = read_if_jpeg(path, MAX_JPEG_BYTES)?;
-    if let Some(data) = &data {
-        let header = jpeg::Jpeg::open(data).map_err(|cause| ImageError::JpegHeader {
+    if let Some(data) = read_if_jpeg(path, MAX_JPEG_BYTES)? {
+        let header = jpeg::Jpeg::open(&data).map_err(|cause| ImageError::JpegHeader {
             path: path.into(),
             cause,
         })?;
         check_size(path, header.width, header.height)?;
-        if header.converts_to_rgb {
-            return header.decode_rgb().map_err(|cause| {
-                ImageError::JpegDecode {
-                    path: path.into(),
-                    cause,
-                }
-                .into()
-            });
-        }
+        return header.decode_rgb().map_err(|cause| {
+            ImageError::JpegDecode {
+                path: path.into(),
+                cause,
+            }
+            .into()
+        });
     }
     probe(path)?;
     let mut limits = image::io::Limits::default();
     limits.max_alloc = Some(MAX_PIXELS * 8);
-    let mut r = match data {
-        Some(_) => image::io::Reader::with_format(
-            std::io::BufReader::new(std::fs::File::open(path).map_err(|e| Error::io(path, e))?),
-            image::ImageFormat::Jpeg,
-        ),
-        None => reader(path)?,
-    };
+    let mut r = reader(path)?;
     r.limits(limits);
     let img = r.decode().map_err(|cause| ImageError::Decode {
         path: path.into(),
