@@ -93,4 +93,5 @@ if [ ${#problems[@]} -gt 0 ]; then
   exit 1
 fi
 echo "gpu-check dry run: calls 1 and 2 and the embed part ran on the CPU (parity: both fixtures; speed: 7 rows" \
-  "measured, 4585 classes in every loop; casts, ckpt and upload: every figure written; embed: both models compared)"
+  "measured, 4585 classes in every loop; casts, ckpt, upload and loader: every figure written; embed: both models" \
+  "compared)"

@@ -93,7 +93,7 @@ impl<'a> Jpeg<'a> {
             }
         }
         if self.cmyk {
-            pixels = inverted_cmyk_to_rgb(&pixels);
+            inverted_cmyk_to_rgb(&mut pixels);
         }
         RgbImage::from_raw(self.width, self.height, pixels)
             .ok_or_else(|| JpegError::Decode("decoded buffer does not match the header".into()))
@@ -130,17 +130,22 @@ impl<'a> Jpeg<'a> {
 /// What `Image.open(p).convert("RGB")` gives for CMYK JPEG data as libjpeg decodes it: Pillow reads
 /// it as inverted CMYK (`CMYK;I`), then converts each channel as `k' − c'·k'/255` with
 /// `c' = 255 − c`, `k' = 255 − k` (Pillow's `cmyk2rgb`, its rounded division by 255 included).
-fn inverted_cmyk_to_rgb(cmyk: &[u8]) -> Vec<u8> {
+/// In place: pixel `i`'s RGB goes to bytes `3i..3i + 3`, never past the CMYK still to be read, and
+/// the buffer is cut to the RGB.
+fn inverted_cmyk_to_rgb(pixels: &mut Vec<u8>) {
     let mul_div_255 = |a: i32, b: i32| {
         let t = a * b + 128;
         ((t >> 8) + t) >> 8
     };
-    cmyk.chunks_exact(4)
-        .flat_map(|p| {
-            let nk = i32::from(p[3]); // 255 − (255 − k)
-            [0, 1, 2].map(|i| (nk - mul_div_255(255 - i32::from(p[i]), nk)).clamp(0, 255) as u8)
-        })
-        .collect()
+    let n = pixels.len() / 4;
+    for i in 0..n {
+        let nk = i32::from(pixels[4 * i + 3]); // 255 − (255 − k)
+        for c in 0..3 {
+            let ink = 255 - i32::from(pixels[4 * i + c]);
+            pixels[3 * i + c] = (nk - mul_div_255(ink, nk)).clamp(0, 255) as u8;
+        }
+    }
+    pixels.truncate(3 * n);
 }
 
 /// A failed `tj3Decompress8`: a warning (non-fatal, data may be corrupt) or an error.
@@ -241,9 +246,10 @@ mod tests {
     #[test]
     fn inverted_cmyk_converts_as_pillow_does() {
         // Stored values (c, m, y, k) as libjpeg returns them, i.e. inverted: 255 is no ink.
-        let got = inverted_cmyk_to_rgb(&[
+        let mut got = vec![
             255, 255, 255, 255, 0, 0, 0, 255, 255, 0, 128, 200, 7, 9, 11, 0,
-        ]);
+        ];
+        inverted_cmyk_to_rgb(&mut got);
         // No ink: white; full cyan, magenta and yellow: black; k' = 200 scales the inverted
         // (255, 0, 127) to (200, 0, 100) (200·127/255 = 99.6, rounded); full black: black.
         assert_eq!(got, [255, 255, 255, 0, 0, 0, 200, 0, 100, 0, 0, 0]);

@@ -53,7 +53,7 @@ pub struct TrainData {
     pub teacher: Option<TeacherFeatures>,
     /// Teacher row of each record (the teacher's key index numbers rows with 32 bits).
     teacher_rows: Vec<u32>,
-    /// The online teacher (`--teacher online`), used by the loader's workers.
+    /// The online teacher (`--teacher online`): the loader renders its inputs and computes its features.
     pub online_teacher: Option<OnlineTeacher>,
     pub num_slots: usize,
 }
@@ -345,7 +345,7 @@ pub fn epoch_order(records: usize, seed: u64, epoch: u64) -> Vec<u32> {
     order
 }
 
-/// Decodes and augments one micro-batch.
+/// Decodes and augments one micro-batch, and computes its online teacher's features.
 pub fn load_micro_batch(
     data: &TrainData,
     cfg: &LoaderConfig,
@@ -353,6 +353,30 @@ pub fn load_micro_batch(
     micro: usize,
     order: &[u32],
 ) -> Result<MicroBatch> {
+    decode_micro_batch(data, cfg, step, micro, order)?.with_teacher(data, cfg)
+}
+
+/// A micro-batch decoded and augmented, its online teacher's features not yet computed: the
+/// part the loader's workers do in parallel, several micro-batches at once. The teacher's part
+/// runs one micro-batch at a time in order ([`Decoded::with_teacher`]): its encoders are shared
+/// behind locks, and the text encoder's tokenizer runs on rayon, so a worker holding the lock
+/// could otherwise pick up another micro-batch's job that waits for the same lock.
+struct Decoded {
+    batch: MicroBatch,
+    /// Position of the micro-batch's first sample in its epoch's order.
+    first: usize,
+    /// The online teacher's input pixels, one rendered view per image (empty without it).
+    teacher_pixels: Vec<f32>,
+}
+
+/// [`load_micro_batch`]'s parallel part: decode, augment, targets, the precomputed teacher's rows.
+fn decode_micro_batch(
+    data: &TrainData,
+    cfg: &LoaderConfig,
+    step: u64,
+    micro: usize,
+    order: &[u32],
+) -> Result<Decoded> {
     let spe = cfg.steps_per_epoch(data.len())?;
     let epoch = step / spe;
     let first = ((step % spe) as usize) * cfg.batch + micro * cfg.micro_batch;
@@ -404,8 +428,8 @@ pub fn load_micro_batch(
             targets[k * n + s as usize] = 1.0;
         }
     }
-    let (clip_feature, text_embed) = match (&data.teacher, online) {
-        (Some(t), _) => {
+    let (clip_feature, text_embed) = match &data.teacher {
+        Some(t) => {
             let mut c = Vec::with_capacity(indices.len() * TEACHER_DIM);
             let mut x = Vec::with_capacity(indices.len() * TEACHER_DIM);
             for &idx in &indices {
@@ -415,19 +439,52 @@ pub fn load_micro_batch(
             }
             (Some(c), Some(x))
         }
-        (None, Some(t)) => {
-            let describe = |e: Error| TrainError::OnlineTeacher {
-                step: step + 1,
-                micro,
-                records: indices[..indices.len().min(4)].to_vec(),
-                source: Box::new(e),
-            };
-            let c = t.image_features(&teacher_pixels).map_err(describe)?;
-            // RAM draws one of the record's captions per sample; the draw has its own stream.
-            let captions: Vec<usize> = indices
-                .iter()
-                .enumerate()
-                .map(|(k, &idx)| match t.config.caption {
+        None => (None, None),
+    };
+    Ok(Decoded {
+        batch: MicroBatch {
+            step,
+            micro,
+            epoch,
+            indices,
+            images,
+            targets,
+            clip_feature,
+            text_embed,
+            draws,
+        },
+        first,
+        teacher_pixels,
+    })
+}
+
+impl Decoded {
+    /// The micro-batch with the online teacher's image and caption features, where there is one
+    /// and no teacher file.
+    fn with_teacher(self, data: &TrainData, cfg: &LoaderConfig) -> Result<MicroBatch> {
+        let Decoded {
+            mut batch,
+            first,
+            teacher_pixels,
+        } = self;
+        let Some(t) = data.online_teacher.as_ref().filter(|_| data.teacher.is_none()) else {
+            return Ok(batch);
+        };
+        let (step, micro, epoch) = (batch.step, batch.micro, batch.epoch);
+        let indices = &batch.indices;
+        let describe = |e: Error| TrainError::OnlineTeacher {
+            step: step + 1,
+            micro,
+            records: indices[..indices.len().min(4)].to_vec(),
+            source: Box::new(e),
+        };
+        let c = t.image_features(&teacher_pixels).map_err(describe)?;
+        // RAM draws one of the record's captions per sample; the draw has its own stream.
+        let picks: Vec<(usize, usize)> = indices
+            .iter()
+            .enumerate()
+            .map(|(k, &idx)| {
+                let caption = match t.config.caption {
                     CaptionChoice::Random => {
                         let pos = (first + k) as u64;
                         let mut rng =
@@ -435,29 +492,14 @@ pub fn load_micro_batch(
                         rng.gen_range(0..t.caption_count(idx))
                     }
                     _ => 0,
-                })
-                .collect();
-            let picks: Vec<(usize, usize)> = indices
-                .iter()
-                .copied()
-                .zip(captions.iter().copied())
-                .collect();
-            let x = t.text_features(&picks).map_err(describe)?;
-            (Some(c), Some(x))
-        }
-        (None, None) => (None, None),
-    };
-    Ok(MicroBatch {
-        step,
-        micro,
-        epoch,
-        indices,
-        images,
-        targets,
-        clip_feature,
-        text_embed,
-        draws,
-    })
+                };
+                (idx, caption)
+            })
+            .collect();
+        let x = t.text_features(&picks).map_err(describe)?;
+        (batch.clip_feature, batch.text_embed) = (Some(c), Some(x));
+        Ok(batch)
+    }
 }
 
 /// Background loader: a producer thread hands out micro-batches `[start_step, end_step)` in order
@@ -561,8 +603,9 @@ impl<I: Iterator<Item = (u64, usize)>> Schedule<I> {
     }
 }
 
-/// The producer thread: keeps up to `in_flight` micro-batches decoding on `pool` and sends them to
-/// `tx` in schedule order; stops after the last, at the first error, or when the loader is dropped.
+/// The producer thread: keeps up to `in_flight` micro-batches decoding on `pool`, adds the online
+/// teacher's features to each in schedule order and sends it to `tx`; stops after the last, at the
+/// first error, or when the loader is dropped.
 fn produce<I: Iterator<Item = (u64, usize)>>(
     mut schedule: Schedule<I>,
     pool: &rayon::ThreadPool,
@@ -571,7 +614,7 @@ fn produce<I: Iterator<Item = (u64, usize)>>(
     stop: &AtomicBool,
 ) {
     let (done_tx, done_rx) = std::sync::mpsc::channel();
-    let mut finished: BTreeMap<u64, Result<MicroBatch>> = BTreeMap::new();
+    let mut finished: BTreeMap<u64, Result<Decoded>> = BTreeMap::new();
     let (mut issued, mut sent) = (0u64, 0u64);
     loop {
         while issued - sent < in_flight as u64 && !stop.load(Ordering::Relaxed) {
@@ -581,7 +624,7 @@ fn produce<I: Iterator<Item = (u64, usize)>>(
             let (data, cfg, done_tx, seq) = (schedule.data.clone(), schedule.cfg, done_tx.clone(), issued);
             pool.spawn(move || {
                 let item = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    load_micro_batch(&data, &cfg, step, micro, &order)
+                    decode_micro_batch(&data, &cfg, step, micro, &order)
                 }))
                 .unwrap_or_else(|panic| {
                     Err(TrainError::LoaderPanicked {
@@ -610,6 +653,8 @@ fn produce<I: Iterator<Item = (u64, usize)>>(
             finished.insert(seq, item);
         };
         sent += 1;
+        // The online teacher's part, in order on this thread (see `Decoded`).
+        let item = item.and_then(|d| d.with_teacher(&schedule.data, &schedule.cfg));
         // After an error nothing more is sent; jobs still running finish into a closed channel.
         let failed = item.is_err();
         if tx.send(item).is_err() || failed || stop.load(Ordering::Relaxed) {
@@ -655,7 +700,7 @@ mod tests {
     }
 
     /// A synthetic set of 24 records (32 px images) in `dir`, its images checked.
-    fn synth_data(dir: &Path) -> (synth::SynthDataset, Arc<TrainData>) {
+    fn synth_data(dir: &Path) -> Arc<TrainData> {
         let ds = synth::generate(
             &synth::SynthOptions {
                 count: 24,
@@ -676,7 +721,7 @@ mod tests {
             .unwrap(),
         );
         data.check_images(ImageCheck::Full).unwrap();
-        (ds, data)
+        data
     }
 
     fn drain(mut l: Loader) -> Vec<Result<MicroBatch>> {
@@ -686,7 +731,7 @@ mod tests {
     #[test]
     fn micro_batches_decoded_at_once_arrive_in_order_and_equal_one_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
-        let (_, data) = synth_data(dir.path());
+        let data = synth_data(dir.path());
         let cfg = |workers, prefetch| LoaderConfig {
             micro_batch: 3,
             batch: 6,
@@ -722,7 +767,7 @@ mod tests {
     #[test]
     fn an_unreadable_image_stops_the_loader_after_the_batches_before_it() {
         let dir = tempfile::tempdir().unwrap();
-        let (ds, data) = synth_data(dir.path());
+        let data = synth_data(dir.path());
         let cfg = LoaderConfig {
             micro_batch: 2,
             batch: 4,
@@ -741,13 +786,12 @@ mod tests {
         let name = victim.file_name().unwrap().to_string_lossy().into_owned();
         let e = got[3].as_ref().unwrap_err().to_string();
         assert!(e.contains(&name), "{e}");
-        drop(ds);
     }
 
     #[test]
     fn loader_is_reproducible_and_resumable() {
         let dir = tempfile::tempdir().unwrap();
-        let (_, data) = synth_data(dir.path());
+        let data = synth_data(dir.path());
         let cfg = LoaderConfig {
             micro_batch: 4,
             batch: 8,
