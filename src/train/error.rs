@@ -467,6 +467,7 @@ impl TrainError {
 }
 
 /// What a caught panic said (its `&str` or `String` payload).
+#[cfg(feature = "train")]
 pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()
