@@ -18,28 +18,10 @@ pub use resample::{pil_resize, pil_resize_region, PilFilter, Region};
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error("{path}: cannot decode image: {cause}")]
-    Decode {
-        path: PathBuf,
-        cause: image::ImageError,
-    },
+    Decode { path: PathBuf, cause: DecoderError },
 
     #[error("{path}: unreadable image: {cause}")]
-    Header {
-        path: PathBuf,
-        cause: image::ImageError,
-    },
-
-    #[error("{path}: unreadable image: {cause}")]
-    JpegHeader {
-        path: PathBuf,
-        cause: jpeg::JpegError,
-    },
-
-    #[error("{path}: cannot decode image: {cause}")]
-    JpegDecode {
-        path: PathBuf,
-        cause: jpeg::JpegError,
-    },
+    Header { path: PathBuf, cause: DecoderError },
 
     #[error("{path}: JPEG file larger than tagfix decodes ({limit} bytes)")]
     FileTooLarge { path: PathBuf, limit: u64 },
@@ -58,6 +40,31 @@ pub enum ImageError {
     },
 }
 
+/// The decoder that refused a file: libjpeg-turbo for JPEG, the `image` crate for the rest.
+#[derive(Debug, thiserror::Error)]
+pub enum DecoderError {
+    #[error(transparent)]
+    Jpeg(#[from] jpeg::JpegError),
+    #[error(transparent)]
+    Image(#[from] image::ImageError),
+}
+
+impl ImageError {
+    fn header(path: &Path, cause: impl Into<DecoderError>) -> Self {
+        ImageError::Header {
+            path: path.into(),
+            cause: cause.into(),
+        }
+    }
+
+    fn decode(path: &Path, cause: impl Into<DecoderError>) -> Self {
+        ImageError::Decode {
+            path: path.into(),
+            cause: cause.into(),
+        }
+    }
+}
+
 /// The largest JPEG file decoded (1 GiB): JPEG files are read whole, and one of [`MAX_PIXELS`]
 /// pixels at the highest quality is a few hundred MB.
 pub const MAX_JPEG_BYTES: u64 = 1 << 30;
@@ -74,48 +81,48 @@ fn reader(path: &Path) -> Result<image::io::Reader<std::io::BufReader<std::fs::F
 }
 
 /// Decodes a JPEG or PNG file to RGB8: JPEG by libjpeg-turbo, as Pillow decodes it ([`jpeg`]),
-/// anything else by the `image` crate after [`probe`] has checked the size; that decoder may
-/// allocate no more than the largest allowed image needs (16-bit RGBA).
+/// PNG by the `image` crate. The file is opened once; the size is checked on its header before
+/// the pixel buffer exists, and the PNG decoder may allocate no more than the largest allowed
+/// image needs (16-bit RGBA).
 pub fn decode(path: &Path) -> Result<RgbImage> {
-    if let Some(data) = read_if_jpeg(path, MAX_JPEG_BYTES)? {
-        let header = jpeg::Jpeg::open(&data).map_err(|cause| ImageError::JpegHeader {
-            path: path.into(),
-            cause,
-        })?;
-        check_size(path, header.width, header.height)?;
-        return header.decode_rgb().map_err(|cause| {
-            ImageError::JpegDecode {
-                path: path.into(),
-                cause,
-            }
-            .into()
-        });
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    match sniff(&mut file, path, MAX_JPEG_BYTES)? {
+        Sniffed::Jpeg(data) => {
+            let header = jpeg::Jpeg::open(&data).map_err(|e| ImageError::header(path, e))?;
+            check_size(path, header.width, header.height)?;
+            Ok(header
+                .decode_rgb()
+                .map_err(|e| ImageError::decode(path, e))?)
+        }
+        Sniffed::Other(magic) => decode_other(file, &magic, path),
     }
-    probe(path)?;
-    let mut limits = image::io::Limits::default();
-    limits.max_alloc = Some(MAX_PIXELS * 8);
-    let mut r = reader(path)?;
-    r.limits(limits);
-    let img = r.decode().map_err(|cause| ImageError::Decode {
-        path: path.into(),
-        cause,
-    })?;
-    Ok(img.to_rgb8())
 }
 
-/// The whole file when it starts as a JPEG does, else `None` (read no further than its magic).
-/// A JPEG file of more than `limit` bytes is refused before it is read into memory.
-fn read_if_jpeg(path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
+/// What the start of a file says it is.
+#[derive(Debug, PartialEq, Eq)]
+enum Sniffed {
+    /// A JPEG file, read whole.
+    Jpeg(Vec<u8>),
+    /// Anything else: its first bytes (up to 8), the rest unread.
+    Other(Vec<u8>),
+}
+
+/// The PNG signature.
+const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
+
+/// Reads a file's first bytes and, when they are a JPEG's, the whole file. A JPEG file of more
+/// than `limit` bytes is refused before it is read into memory.
+fn sniff(file: &mut std::fs::File, path: &Path, limit: u64) -> Result<Sniffed> {
     use std::io::Read;
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut data = Vec::new();
+    let mut magic = Vec::new();
     file.by_ref()
-        .take(3)
-        .read_to_end(&mut data)
+        .take(PNG_MAGIC.len() as u64)
+        .read_to_end(&mut magic)
         .map_err(|e| Error::io(path, e))?;
-    if !jpeg::is_jpeg(&data) {
-        return Ok(None);
+    if !jpeg::is_jpeg(&magic) {
+        return Ok(Sniffed::Other(magic));
     }
+    let mut data = magic;
     file.take((limit + 1).saturating_sub(data.len() as u64))
         .read_to_end(&mut data)
         .map_err(|e| Error::io(path, e))?;
@@ -126,7 +133,33 @@ fn read_if_jpeg(path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
         }
         .into());
     }
-    Ok(Some(data))
+    Ok(Sniffed::Jpeg(data))
+}
+
+/// Decodes a file that is not a JPEG, its first bytes `magic` already read from `file`: a PNG,
+/// or an error naming the format the `image` crate guesses (tagfix decodes JPEG and PNG only).
+fn decode_other(file: std::fs::File, magic: &[u8], path: &Path) -> Result<RgbImage> {
+    use image::codecs::png::PngDecoder;
+    use image::error::{ImageFormatHint, UnsupportedError, UnsupportedErrorKind};
+    use image::ImageDecoder;
+    if magic != PNG_MAGIC {
+        let hint =
+            image::guess_format(magic).map_or(ImageFormatHint::Unknown, ImageFormatHint::Exact);
+        let unsupported = UnsupportedError::from_format_and_kind(
+            hint.clone(),
+            UnsupportedErrorKind::Format(hint),
+        );
+        return Err(ImageError::header(path, image::ImageError::Unsupported(unsupported)).into());
+    }
+    let mut limits = image::io::Limits::default();
+    limits.max_alloc = Some(MAX_PIXELS * 8);
+    let rest = std::io::BufReader::new(file);
+    let png = PngDecoder::with_limits(std::io::Read::chain(magic, rest), limits)
+        .map_err(|e| ImageError::header(path, e))?;
+    let (w, h) = png.dimensions();
+    check_size(path, w, h)?;
+    let img = image::DynamicImage::from_decoder(png).map_err(|e| ImageError::decode(path, e))?;
+    Ok(img.to_rgb8())
 }
 
 /// Not zero, at most [`MAX_PIXELS`].
@@ -150,10 +183,7 @@ fn check_size(path: &Path, w: u32, h: u32) -> Result<()> {
 pub fn probe(path: &Path) -> Result<(u32, u32)> {
     let (w, h) = reader(path)?
         .into_dimensions()
-        .map_err(|cause| ImageError::Header {
-            path: path.into(),
-            cause,
-        })?;
+        .map_err(|e| ImageError::header(path, e))?;
     check_size(path, w, h)?;
     Ok((w, h))
 }
@@ -272,14 +302,45 @@ mod tests {
             std::fs::write(&p, bytes).unwrap();
             p
         };
+        let sniffed = |p: &Path, limit| sniff(&mut std::fs::File::open(p).unwrap(), p, limit);
         let png = file("a.jpg", b"\x89PNG\r\n\x1a\n rest");
-        assert_eq!(read_if_jpeg(&png, 8).unwrap(), None);
-        assert_eq!(read_if_jpeg(&file("short", b"\xFF"), 8).unwrap(), None);
+        assert_eq!(
+            sniffed(&png, 8).unwrap(),
+            Sniffed::Other(PNG_MAGIC.to_vec())
+        );
+        let short = file("short", b"\xFF");
+        assert_eq!(
+            sniffed(&short, 8).unwrap(),
+            Sniffed::Other(b"\xFF".to_vec())
+        );
         let jpeg = file("b.png", b"\xFF\xD8\xFF\xE0 12345");
-        assert_eq!(read_if_jpeg(&jpeg, 10).unwrap().unwrap().len(), 10);
-        let e = read_if_jpeg(&jpeg, 9).unwrap_err().to_string();
+        assert!(matches!(sniffed(&jpeg, 10).unwrap(), Sniffed::Jpeg(d) if d.len() == 10));
+        let e = sniffed(&jpeg, 9).unwrap_err().to_string();
         assert!(e.contains("b.png") && e.contains("larger than"), "{e}");
-        assert!(read_if_jpeg(dir.path(), 9).is_err(), "a folder is an error");
+        assert!(sniffed(dir.path(), 9).is_err(), "a folder is an error");
+    }
+
+    #[test]
+    fn png_is_decoded_from_one_open_file_and_other_formats_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = RgbImage::from_fn(5, 3, |x, y| image::Rgb([x as u8 * 40, y as u8 * 60, 9]));
+        let png = dir.path().join("p.jpg");
+        img.save_with_format(&png, image::ImageFormat::Png).unwrap();
+        assert_eq!(decode(&png).unwrap(), img);
+        assert_eq!(probe(&png).unwrap(), (5, 3));
+        let gif = dir.path().join("g.png");
+        std::fs::write(&gif, b"GIF89a\x05\x00\x03\x00 rest").unwrap();
+        let e = decode(&gif).unwrap_err().to_string();
+        assert!(e.contains("g.png") && e.contains("Gif"), "{e}");
+        let text = dir.path().join("t.png");
+        std::fs::write(&text, b"hello").unwrap();
+        let e = decode(&text).unwrap_err().to_string();
+        assert!(e.contains("t.png") && e.contains("unreadable image"), "{e}");
+        // A PNG claiming 0 × 0 pixels: refused on its header.
+        let mut bytes = std::fs::read(&png).unwrap();
+        bytes[16..24].fill(0);
+        std::fs::write(&png, &bytes).unwrap();
+        assert!(decode(&png).is_err());
     }
 
     fn input(size: u32, resize: Resize) -> ImageInput {

@@ -537,29 +537,38 @@ impl Loader {
         end_step: u64,
         micros: std::ops::Range<usize>,
     ) -> Result<Self> {
-        let spe = cfg.steps_per_epoch(data.len())?;
+        let schedule = Schedule {
+            steps_per_epoch: cfg.steps_per_epoch(data.len())?,
+            data,
+            cfg,
+            next: (start_step..end_step)
+                .flat_map(move |step| micros.clone().map(move |micro| (step, micro))),
+            order: None,
+            decode: decode_micro_batch,
+        };
+        Self::spawn(schedule)
+    }
+
+    /// Starts the producer thread and its worker pool on `schedule`.
+    fn spawn<I>(schedule: Schedule<I>) -> Result<Self>
+    where
+        I: Iterator<Item = (u64, usize)> + Send + 'static,
+    {
         let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(cfg.workers)
+            .num_threads(schedule.cfg.workers)
             .thread_name(|i| format!("tagfix-data-{i}"))
             .build()
             .map_err(|e| TrainError::Threads {
                 what: "data threads",
                 source: Box::new(e),
             })?;
-        let (tx, rx) = sync_channel(cfg.prefetch.max(1));
+        let prefetch = schedule.cfg.prefetch.max(1);
+        let (tx, rx) = sync_channel(prefetch);
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
-        let schedule = Schedule {
-            data,
-            cfg,
-            steps_per_epoch: spe,
-            next: (start_step..end_step)
-                .flat_map(move |step| micros.clone().map(move |micro| (step, micro))),
-            order: None,
-        };
         let handle = std::thread::Builder::new()
             .name("tagfix-loader".into())
-            .spawn(move || produce(schedule, &pool, cfg.prefetch.max(1), &tx, &stop2))
+            .spawn(move || produce(schedule, &pool, prefetch, &tx, &stop2))
             .map_err(|e| TrainError::Threads {
                 what: "the loader thread",
                 source: Box::new(e),
@@ -577,6 +586,9 @@ impl Loader {
     }
 }
 
+/// How the loader's workers decode a micro-batch: [`decode_micro_batch`] (a test swaps it).
+type DecodeJob = fn(&TrainData, &LoaderConfig, u64, usize, &[u32]) -> Result<Decoded>;
+
 /// The micro-batches a loader produces, in order, with the current epoch's sample order.
 struct Schedule<I> {
     data: Arc<TrainData>,
@@ -584,6 +596,7 @@ struct Schedule<I> {
     steps_per_epoch: u64,
     next: I,
     order: Option<(u64, Arc<Vec<u32>>)>,
+    decode: DecodeJob,
 }
 
 impl<I: Iterator<Item = (u64, usize)>> Schedule<I> {
@@ -622,9 +635,10 @@ fn produce<I: Iterator<Item = (u64, usize)>>(
                 break;
             };
             let (data, cfg, done_tx, seq) = (schedule.data.clone(), schedule.cfg, done_tx.clone(), issued);
+            let decode = schedule.decode;
             pool.spawn(move || {
                 let item = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    decode_micro_batch(&data, &cfg, step, micro, &order)
+                    decode(&data, &cfg, step, micro, &order)
                 }))
                 .unwrap_or_else(|panic| {
                     Err(TrainError::LoaderPanicked {
@@ -724,6 +738,18 @@ mod tests {
         data
     }
 
+    /// Two micro-batches of `micro_batch` 16-px images per step.
+    fn small_loader(micro_batch: usize, workers: usize, prefetch: usize) -> LoaderConfig {
+        LoaderConfig {
+            micro_batch,
+            batch: 2 * micro_batch,
+            augment: Augment::ram(16),
+            seed: 5,
+            workers,
+            prefetch,
+        }
+    }
+
     fn drain(mut l: Loader) -> Vec<Result<MicroBatch>> {
         std::iter::from_fn(|| l.next_batch()).collect()
     }
@@ -732,14 +758,7 @@ mod tests {
     fn micro_batches_decoded_at_once_arrive_in_order_and_equal_one_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
         let data = synth_data(dir.path());
-        let cfg = |workers, prefetch| LoaderConfig {
-            micro_batch: 3,
-            batch: 6,
-            augment: Augment::ram(16),
-            seed: 5,
-            workers,
-            prefetch,
-        };
+        let cfg = |workers, prefetch| small_loader(3, workers, prefetch);
         let run = |workers, prefetch| -> Vec<MicroBatch> {
             drain(Loader::start(data.clone(), cfg(workers, prefetch), 0, 9).unwrap())
                 .into_iter()
@@ -768,14 +787,7 @@ mod tests {
     fn an_unreadable_image_stops_the_loader_after_the_batches_before_it() {
         let dir = tempfile::tempdir().unwrap();
         let data = synth_data(dir.path());
-        let cfg = LoaderConfig {
-            micro_batch: 2,
-            batch: 4,
-            augment: Augment::ram(16),
-            seed: 5,
-            workers: 2,
-            prefetch: 8,
-        };
+        let cfg = small_loader(2, 2, 8);
         // The image of the 7th sample of epoch 0 (micro-batch 3) disappears after the check.
         let order = epoch_order(data.len(), cfg.seed, 0);
         let victim = data.image_path(&data.records.get(order[6] as usize));
@@ -789,16 +801,45 @@ mod tests {
     }
 
     #[test]
+    fn a_panicking_job_stops_the_loader_with_an_error_naming_its_micro_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = synth_data(dir.path());
+        let cfg = small_loader(2, 2, 4);
+        let schedule = Schedule {
+            steps_per_epoch: cfg.steps_per_epoch(data.len()).unwrap(),
+            data,
+            cfg,
+            next: (0..5u64).flat_map(|step| (0..2).map(move |micro| (step, micro))),
+            order: None,
+            decode: |data, cfg, step, micro, order| {
+                assert!((step, micro) != (2, 1), "a bug in the augmentation");
+                decode_micro_batch(data, cfg, step, micro, order)
+            },
+        };
+        let got = drain(Loader::spawn(schedule).unwrap());
+        assert_eq!(got.len(), 6, "five micro-batches, then the panic as an error");
+        assert!(got[..5].iter().all(Result::is_ok));
+        let e = got[5].as_ref().unwrap_err();
+        let Error::Train(train) = e else {
+            panic!("{e:?}")
+        };
+        assert!(
+            matches!(
+                train.as_ref(),
+                TrainError::LoaderPanicked { step: 3, micro: 1, reason }
+                    if reason.contains("a bug in the augmentation")
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn loader_is_reproducible_and_resumable() {
         let dir = tempfile::tempdir().unwrap();
         let data = synth_data(dir.path());
         let cfg = LoaderConfig {
-            micro_batch: 4,
-            batch: 8,
-            augment: Augment::ram(16),
             seed: 1,
-            workers: 2,
-            prefetch: 2,
+            ..small_loader(4, 2, 2)
         };
         let collect = |start, end| -> Vec<MicroBatch> {
             drain(Loader::start(data.clone(), cfg, start, end).unwrap())
