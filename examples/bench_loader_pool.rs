@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 use std::time::Instant;
+use tagfix::train::config::UnreadableImages;
 use tagfix::train::data::augment::Augment;
 use tagfix::train::data::{Loader, LoaderConfig, TrainData};
 
@@ -47,6 +48,7 @@ fn rate(data: &Arc<TrainData>, threads: usize, micro: usize, steps: u64, prefetc
         seed: 1,
         workers: threads,
         prefetch,
+        unreadable: UnreadableImages::Stop,
     };
     let t = Instant::now();
     let mut loader = Loader::start(data.clone(), cfg, 0, steps).expect("loader");

@@ -602,8 +602,11 @@ fn an_unreadable_image_in_one_ranks_part_of_the_check_stops_every_rank() {
     );
     // The validation images' check is split too: the first 12 records validate, records 6..12 are
     // rank 1's part (the training images are not checked here).
-    let eighth = records[8]["image_path"].as_str().unwrap();
-    std::fs::write(ds.image_root.join(eighth), b"not an image either").unwrap();
+    let eighth = ds
+        .image_root
+        .join(records[8]["image_path"].as_str().unwrap());
+    let intact = std::fs::read(&eighth).unwrap();
+    std::fs::write(&eighth, b"not an image either").unwrap();
     let text = refused("val", "none");
     assert!(
         text.lines().any(|l| l.starts_with("[rank 1]")
@@ -614,6 +617,27 @@ fn an_unreadable_image_in_one_ranks_part_of_the_check_stops_every_rank() {
         !text.contains("part 1 of 2"),
         "rank 0 found nothing in its part: {text}"
     );
+    // `--unreadable-images skip`: rank 1's check warns, a whole epoch (4 steps of 4) loads the
+    // image once on whichever rank, and rank 0's summary counts the skips of both ranks.
+    std::fs::write(&eighth, intact).unwrap();
+    let run = tmp.path().join("skip");
+    let mut args = run_args(&ds, &run, "4", "4");
+    args.retain(|a| a != "--quiet"); // the skips are warnings
+    let o = train_command(&ds)
+        .args(args)
+        .args(["--nproc-per-node", "2", "--check-images", "full"])
+        .args(["--unreadable-images", "skip"])
+        .output()
+        .unwrap();
+    check(&o, "skipping run");
+    let text = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        text.matches("skipped an unreadable image").count(),
+        1,
+        "{text}"
+    );
+    let summary = tagfix::monitor::RunSummary::read(&run).unwrap();
+    assert_eq!(summary.skipped_images, 1);
 }
 
 #[test]

@@ -1182,3 +1182,48 @@ fn a_teacher_set_trains_exactly_as_its_single_file() {
     let err = prepare_err(&cfg, &from_set);
     assert!(err.contains("1 of its 3 shards are missing: 1"), "{err}");
 }
+
+/// `--unreadable-images`: an image that breaks after the check stops the run (`stop`, the
+/// default) or is replaced in its micro-batch, named in the log and counted (`skip`).
+#[test]
+fn unreadable_images_stop_the_run_or_are_skipped_and_counted() {
+    let _guard = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path(), 16, 4);
+    let victim = ds.image_root.join("00006.png");
+    std::fs::write(&victim, b"\x89PNG\r\n\x1a\n cut short").unwrap();
+    let train = |out: &str, extra: &[&str]| {
+        train_command(&ds)
+            .args(["--batch-size", "8", "--max-steps", "6", "--workers", "1"])
+            .args(["--threads", "1", "--out"])
+            .arg(tmp.path().join(out))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // Not checked ahead: the default policy stops at the step that loads it.
+    let out = train("stop", &["--check-images", "none"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("00006.png"), "{stderr}");
+
+    // Skipped: the check warns, each of the 3 epochs replaces it once, the summary counts them.
+    let out = train("skip", &["--unreadable-images", "skip"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("1 of 16 training images") && stderr.contains("00006.png"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("skipped an unreadable image").count(),
+        3,
+        "{stderr}"
+    );
+    assert!(stdout.contains("unreadable images skipped: 3"), "{stdout}");
+    let summary = RunSummary::read(&tmp.path().join("skip")).unwrap();
+    assert_eq!(summary.skipped_images, 3);
+}

@@ -20,7 +20,7 @@ use tagfix::imaging::decode;
 use tagfix::teacher::image_encoder::ImageEncoder;
 use tagfix::teacher::produce::{write_teacher_file, TeacherRequest};
 use tagfix::teacher::{CaptionChoice, ImageDescriptor, OnlineTeacherConfig, TeacherFeatures};
-use tagfix::train::config::TrainConfig;
+use tagfix::train::config::{TrainConfig, UnreadableImages};
 use tagfix::train::data::synth::SynthDataset;
 use tagfix::train::data::{Augment, Loader, LoaderConfig, TeacherSource, TrainData};
 use tagfix::train::run::{prepare, train, TrainInputs};
@@ -129,6 +129,7 @@ fn online_features_equal_the_file_and_follow_the_augmentation() {
         seed: 2,
         workers: 2,
         prefetch: 2,
+        unreadable: UnreadableImages::Stop,
     };
     let mut loader = Loader::start(data.clone(), loader_cfg, 0, 1).unwrap();
     let mb = loader.next_batch().unwrap().unwrap();
@@ -163,6 +164,7 @@ fn online_features_equal_the_file_and_follow_the_augmentation() {
         seed: 4,
         workers: 2,
         prefetch: 1,
+        unreadable: UnreadableImages::Stop,
     };
     let mut loader = Loader::start(data.clone(), loader_cfg, 0, 1).unwrap();
     let mb = loader.next_batch().unwrap().unwrap();

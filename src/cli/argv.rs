@@ -221,6 +221,7 @@ by_value_enum!(
     tagfix::train::config::Schedule,
     tagfix::train::config::Stage,
     tagfix::train::config::ImageCheck,
+    tagfix::train::config::UnreadableImages,
     tagfix::train::dist::DistBackend,
 );
 by_serde_name!(
@@ -354,6 +355,7 @@ impl WriteArgs for TrainFlags {
                 workers,
                 threads,
                 check_images,
+                unreadable_images,
                 checkpoint_every,
                 keep_checkpoints,
                 val_every,

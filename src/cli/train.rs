@@ -445,6 +445,12 @@ fn print_summary(summary: &tagfix::train::run::RunSummary, out: &std::path::Path
     if let Some(pace) = summary.pace {
         println!("  steps took {pace}");
     }
+    if summary.skipped_images > 0 {
+        println!(
+            "  unreadable images skipped: {} (named in the log; summary.json)",
+            summary.skipped_images
+        );
+    }
     if let Some(p) = summary.absent_probability() {
         println!("  absent slots: mean predicted probability {p:.4}");
     }

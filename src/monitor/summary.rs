@@ -37,6 +37,10 @@ pub struct RunSummary {
     /// when no step was taken).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pace: Option<RunPace>,
+    /// Training images that could not be read and were replaced in their micro-batches during
+    /// this invocation, over every rank (`--unreadable-images skip`; each is named in the log).
+    #[serde(default)]
+    pub skipped_images: u64,
 }
 
 /// The pace of a run's steps, from the start of its first step to the end of its last (validation
@@ -154,6 +158,7 @@ mod tests {
                 images_per_s: 25.6,
                 data_wait_s: 0.25,
             }),
+            skipped_images: 2,
         }
     }
 

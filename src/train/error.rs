@@ -129,6 +129,16 @@ pub enum TrainError {
     #[error("step {0}: the data loader stopped early")]
     LoaderStopped(u64),
 
+    /// `--unreadable-images skip` and no image of a micro-batch can be read: nothing could take
+    /// their places (a wrong image root, a lost disk).
+    #[error("step {step}: none of the {images} images of micro-batch {micro} can be read, so none can stand in for the others (the first: {first})")]
+    NoReadableImage {
+        step: u64,
+        micro: usize,
+        images: usize,
+        first: String,
+    },
+
     /// Decoding a micro-batch panicked (a bug); the message is the panic's.
     #[error("step {step}: loading micro-batch {micro} failed unexpectedly: {reason}")]
     LoaderPanicked {
@@ -430,6 +440,7 @@ impl TrainError {
             | TrainError::NotAFolder { .. }
             | TrainError::TeacherRowsMissing { .. }
             | TrainError::UnreadableImages { .. }
+            | TrainError::NoReadableImage { .. }
             | TrainError::UnreadableValidationImages { .. }
             | TrainError::AbsentSlotCarried { .. }
             | TrainError::SynthVocabulary { .. }

@@ -8,7 +8,7 @@
 //! before every micro-batch. A checkpoint's step therefore fixes all randomness that follows, and a
 //! resumed CPU run reproduces the uninterrupted one bit for bit.
 
-use super::config::{DeviceKind, ImageCheck, TrainConfig};
+use super::config::{DeviceKind, ImageCheck, TrainConfig, UnreadableImages};
 use crate::share::WorkShare;
 use super::data::{self, Augment, LoaderConfig, TeacherSource, TrainData};
 use super::error::TrainError;
@@ -411,8 +411,8 @@ fn open_data(
     let image_check = config
         .check_images
         .unwrap_or_else(|| ImageCheck::default_for(data.len()));
-    data.check_images_of(image_check, share)?;
-    let checked_by = if share.is_whole() {
+    let unreadable = data.check_images_of(image_check, share, config.unreadable_images)?;
+    let mut checked_by = if share.is_whole() {
         String::new()
     } else {
         format!(
@@ -420,6 +420,9 @@ fn open_data(
             share
         )
     };
+    if unreadable > 0 {
+        checked_by += &format!("; {unreadable} unreadable, to be skipped");
+    }
     notes.push(format!(
         "data: {} records from {} file(s), images under {} (checked: {}{checked_by}), teacher {}; {} absent slot(s), policy {}",
         data.len(),
@@ -492,6 +495,7 @@ fn loader_config(config: &TrainConfig, model_config: &RamPlusConfig) -> Result<L
         seed: config.seed,
         workers: config.decode_workers(),
         prefetch: config.prefetch,
+        unreadable: config.unreadable_images,
     })
 }
 
@@ -861,17 +865,28 @@ pub fn validation_line(rec: &ValidationRecord) -> String {
 }
 
 /// Mean sigmoid probability of every slot over the first `limit` records, each image resized (bicubic)
-/// to the model's input without augmentation, in eval mode.
+/// to the model's input without augmentation, in eval mode. Under [`UnreadableImages::Skip`] the
+/// records whose image cannot be read are left out.
 pub fn slot_probabilities(
     model: &RamPlus,
     data: &TrainData,
     device: Device,
     limit: usize,
+    unreadable: UnreadableImages,
 ) -> Result<Vec<f64>> {
-    let n = data.len().min(limit);
-    let paths: Vec<PathBuf> = (0..n)
+    let mut paths: Vec<PathBuf> = (0..data.len().min(limit))
         .map(|i| data.image_path(&data.records.get(i)))
         .collect();
+    if unreadable == UnreadableImages::Skip {
+        use rayon::prelude::*;
+        let readable: Vec<bool> = paths
+            .par_iter()
+            .map(|p| data::augment::decode(p).is_ok())
+            .collect();
+        let mut keep = readable.into_iter();
+        paths.retain(|_| keep.next().unwrap_or(false));
+    }
+    let n = paths.len();
     let probs = score_images(model, &paths, device, 16, PilFilter::Bicubic)?;
     let nc = model.config.num_class;
     let mut sums = vec![0f64; nc];

@@ -312,6 +312,8 @@ pub struct Trainer {
     time_checkpoint: bool,
     /// How fast this invocation's steps go: for the progress lines and the summary.
     pace: StepPace,
+    /// Unreadable images this rank's loader replaced in this invocation (`--unreadable-images skip`).
+    skipped_images: u64,
 }
 
 /// Where the stop signal the ranks agreed on arrived.
@@ -480,6 +482,7 @@ impl Trainer {
             checkpoint_clock: None,
             time_checkpoint: false,
             pace: StepPace::default(),
+            skipped_images: 0,
             // Progress is info: `--quiet` hides the bar too.
             bar: if main && tracing::enabled!(tracing::Level::INFO) {
                 progress_bar(start_step, total_steps)
@@ -653,6 +656,16 @@ impl Trainer {
             .next_batch()
             .ok_or(TrainError::LoaderStopped(step + 1))??;
         debug_assert_eq!((mb.step, mb.micro % self.accumulation), (step, m));
+        for s in &mb.skipped {
+            tracing::warn!(
+                "step {}: skipped an unreadable image: {}; record {} took its place in micro-batch {}",
+                step + 1,
+                s.reason,
+                s.replaced_by,
+                mb.micro
+            );
+        }
+        self.skipped_images += mb.skipped.len() as u64;
         Ok((mb, w0.elapsed().as_secs_f64()))
     }
 
@@ -1081,8 +1094,12 @@ impl Trainer {
         };
         // The summary names a complete checkpoint, on every rank.
         self.writer.wait()?;
+        let mut skipped_images = self.skipped_images;
         if let Some(g) = self.group.as_mut() {
             g.barrier()?;
+            let count = Tensor::from_slice(&[skipped_images as f64]).to_device(self.device);
+            g.all_reduce_sum_(std::slice::from_ref(&count))?;
+            skipped_images = read_f64s(&count, "the skipped images")?[0] as u64;
         }
         drop(self.loader);
         let main = self.group.as_ref().is_none_or(ProcessGroup::is_main);
@@ -1107,7 +1124,8 @@ impl Trainer {
             checkpoint,
             // Rank 0 alone reports them (the others' summaries are not written).
             slot_probabilities: if main {
-                slot_probabilities(&self.model, &self.data, self.device, 256)?
+                let unreadable = self.config.unreadable_images;
+                slot_probabilities(&self.model, &self.data, self.device, 256, unreadable)?
             } else {
                 vec![0.0; self.model_config.num_class]
             },
@@ -1115,7 +1133,13 @@ impl Trainer {
             health_events,
             validation: self.validator.map(|v| v.records).unwrap_or_default(),
             pace,
+            skipped_images,
         };
+        if skipped_images > 0 {
+            tracing::warn!(
+                "{skipped_images} unreadable image(s) skipped (each named above; --unreadable-images skip)"
+            );
+        }
         if let Some(p) = summary.absent_probability() {
             tracing::info!(
                 "absent slots ({}): mean predicted probability {p:.4} under --absent {}",

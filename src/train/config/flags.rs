@@ -91,6 +91,11 @@ pub struct TrainFlags {
     /// [default: full up to 1 000 000 images, else header].
     #[arg(long, value_name = "MODE", value_enum)]
     pub check_images: Option<ImageCheck>,
+    /// An image found unreadable during training: `stop` the run, or `skip` it (its place in the
+    /// micro-batch taken by the next readable image of that micro-batch; each skip logged, the
+    /// count in summary.json; the check before the first step then warns instead of refusing).
+    #[arg(long, value_name = "POLICY", value_enum)]
+    pub unreadable_images: Option<UnreadableImages>,
     /// Checkpoint every N >= 1 steps, every interval of wall-clock time (`30m`, `2h`, `1h 30m`;
     /// all ranks save after the same step), or `off` (only the final checkpoint).
     #[arg(long, value_name = "N|DURATION|off")]
@@ -140,6 +145,7 @@ impl TrainFlags {
             workers,
             threads,
             check_images,
+            unreadable_images,
             checkpoint_every,
             keep_checkpoints,
             val_every,
@@ -179,6 +185,7 @@ impl TrainFlags {
         set(&mut c.workers, workers);
         set(&mut c.threads, threads);
         set(&mut c.check_images, check_images.map(Some));
+        set(&mut c.unreadable_images, unreadable_images);
         set(&mut c.checkpoint_every, checkpoint_every);
         set(&mut c.keep_checkpoints, keep_checkpoints);
         set(&mut c.val_every, val_every);

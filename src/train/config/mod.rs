@@ -182,6 +182,9 @@ pub struct TrainConfig {
     /// How the images are checked before the first step (`full`, `header`, `none`; unset: `full`
     /// for up to 1 000 000 images, `header` above).
     pub check_images: Option<ImageCheck>,
+    /// An image unreadable when its micro-batch is loaded stops the run (`stop`) or is replaced by
+    /// another image of its micro-batch (`skip`, logged and counted in the summary).
+    pub unreadable_images: UnreadableImages,
     /// Micro-batches prepared ahead of the step, up to this many decoded at once (1..=64: each
     /// holds decoded images; 1 decodes one micro-batch at a time).
     pub prefetch: usize,
@@ -253,6 +256,7 @@ impl Default for TrainConfig {
             workers: 0,
             threads: 0,
             check_images: None,
+            unreadable_images: UnreadableImages::Stop,
             prefetch: 4,
             checkpoint_every: CheckpointEvery::Steps(1000),
             keep_checkpoints: 3,

@@ -343,6 +343,20 @@ impl ImageCheck {
     }
 }
 
+/// What training does with an image that cannot be read when its micro-batch is loaded
+/// (`--unreadable-images`); rebuilt web-scale sets hold a few truncated or vanished files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum UnreadableImages {
+    /// Stop the run with an error naming the image and its record.
+    #[default]
+    Stop,
+    /// Go on: the image's place in its micro-batch is taken by the next readable image of that
+    /// micro-batch (with its own augmentation draw), and the skip is logged and counted. The
+    /// check before the first step then warns instead of refusing.
+    Skip,
+}
+
 /// How often a checkpoint is written: every `N >= 1` optimizer steps, every interval of wall-clock
 /// time (`30m`, `2h`, `1h 30m`: what a cluster's preemptions cost is time, not steps), or `off`
 /// (only the final checkpoint). 0 is refused rather than read as "never", so that turning

@@ -19,7 +19,7 @@ use crate::annotations::records::ReadOptions;
 use crate::teacher::online::OnlineTeacher;
 use crate::teacher::{CaptionChoice, OnlineTeacherConfig};
 use crate::share::WorkShare;
-use crate::train::config::ImageCheck;
+use crate::train::config::{ImageCheck, UnreadableImages};
 use rand::Rng;
 
 use crate::error::{Error, Result};
@@ -176,14 +176,22 @@ impl TrainData {
     /// unknown-format, empty or oversized images). Failures are reported before training starts,
     /// the first few named with their record and the total counted.
     pub fn check_images(&self, mode: ImageCheck) -> Result<()> {
-        self.check_images_of(mode, WorkShare::WHOLE)
+        self.check_images_of(mode, WorkShare::WHOLE, UnreadableImages::Stop)
+            .map(drop)
     }
 
     /// [`Self::check_images`] for `share`'s records only (a distributed run's ranks split the
-    /// check, so that each image is read once in the run).
-    pub fn check_images_of(&self, mode: ImageCheck, share: WorkShare) -> Result<()> {
+    /// check, so that each image is read once in the run). Under [`UnreadableImages::Skip`]
+    /// failures are a warning, unless no image of the share can be read, and their number is
+    /// returned.
+    pub fn check_images_of(
+        &self,
+        mode: ImageCheck,
+        share: WorkShare,
+        unreadable: UnreadableImages,
+    ) -> Result<usize> {
         let read: fn(&Path) -> Result<()> = match mode {
-            ImageCheck::None => return Ok(()),
+            ImageCheck::None => return Ok(0),
             ImageCheck::Header => |p| augment::probe(p).map(drop),
             ImageCheck::Full => |p| augment::decode(p).map(drop),
         };
@@ -205,7 +213,7 @@ impl TrainData {
             .collect();
         bar.finish_and_clear();
         if failures.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let examples: Vec<String> = failures
             .iter()
@@ -218,14 +226,18 @@ impl TrainData {
                 )
             })
             .collect();
-        Err(TrainError::UnreadableImages {
+        let error = TrainError::UnreadableImages {
             failed: failures.len(),
             total,
             part: (!share.is_whole()).then(|| share.to_string()),
             image_root: self.image_root.clone(),
             examples,
+        };
+        if unreadable == UnreadableImages::Skip && failures.len() < total {
+            tracing::warn!("{error}; each is replaced in its micro-batch (--unreadable-images skip)");
+            return Ok(failures.len());
         }
-        .into())
+        Err(error.into())
     }
 
     /// Slots the data carries that `absent` (from the manifest) says no record carries.
@@ -262,6 +274,8 @@ pub struct LoaderConfig {
     pub workers: usize,
     /// Micro-batches decoded ahead, up to this many at once (see [`Loader`]).
     pub prefetch: usize,
+    /// An image that cannot be read stops the loader, or is replaced ([`SkippedImage`]).
+    pub unreadable: UnreadableImages,
 }
 
 impl LoaderConfig {
@@ -300,6 +314,23 @@ pub struct MicroBatch {
     /// The augmentation drawn for each image (crop, flip, RandomAugment operations), which the
     /// online teacher also saw.
     pub draws: Vec<Draw>,
+    /// The images that could not be read and were replaced (`--unreadable-images skip`).
+    pub skipped: Vec<SkippedImage>,
+}
+
+/// An image that could not be read when its micro-batch was loaded, and the image of the same
+/// micro-batch that took its place: the next readable one after it (wrapping around), augmented
+/// with the draw of the unreadable image's position, so the batch keeps its size and the run
+/// stays reproducible.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedImage {
+    /// Position in the micro-batch.
+    pub position: usize,
+    /// The record whose image could not be read, and the record that took its place.
+    pub record: usize,
+    pub replaced_by: usize,
+    /// The read error and where the record is (file and line).
+    pub reason: String,
 }
 
 impl MicroBatch {
@@ -380,7 +411,7 @@ fn decode_micro_batch(
     let spe = cfg.steps_per_epoch(data.len())?;
     let epoch = step / spe;
     let first = ((step % spe) as usize) * cfg.batch + micro * cfg.micro_batch;
-    let indices: Vec<usize> = order[first..first + cfg.micro_batch]
+    let mut indices: Vec<usize> = order[first..first + cfg.micro_batch]
         .iter()
         .map(|&i| i as usize)
         .collect();
@@ -396,30 +427,72 @@ fn decode_micro_batch(
         indices.iter().map(|_| <&mut [f32]>::default()).collect()
     };
     let mut draws = vec![Draw::default(); indices.len()];
-    images
+    // Decodes record `idx`'s image and writes its augmented view at position `k`.
+    let fill = |k: usize, idx: usize, out: &mut [u8], teacher_out: &mut [f32]| -> Result<Draw> {
+        let img = augment::decode(&data.image_path(&data.records.get(idx)))?;
+        let pos = (first + k) as u64;
+        let mut rng = ChaCha8Rng::seed_from_u64(mix(cfg.seed ^ 0xA5A5_A5A5, epoch, pos));
+        let (d, augmented) = cfg.augment.augmented(&img, &mut rng);
+        augment::to_chw(&augmented, out);
+        // The CLIP teacher sees the same augmented view (crop, flip, operations) at its own
+        // resolution, as RAM's teacher sees the model's input (that very image at equal sizes).
+        if let Some(t) = online {
+            if t.input_size() == cfg.augment.size {
+                t.render_augmented(&augmented, teacher_out);
+            } else {
+                t.render_augmented(&d.image(&img, t.input_size()), teacher_out);
+            }
+        }
+        Ok(d)
+    };
+    let outcomes: Vec<Result<()>> = images
         .par_chunks_mut(per_image)
         .zip(teacher_slots.par_iter_mut())
         .zip(draws.par_iter_mut())
         .zip(indices.par_iter().enumerate())
-        .try_for_each(|(((out, teacher_out), draw), (k, &idx))| -> Result<()> {
-            let r = data.records.get(idx);
-            let img = augment::decode(&data.image_path(&r))?;
-            let pos = (first + k) as u64;
-            let mut rng = ChaCha8Rng::seed_from_u64(mix(cfg.seed ^ 0xA5A5_A5A5, epoch, pos));
-            let (d, augmented) = cfg.augment.augmented(&img, &mut rng);
-            augment::to_chw(&augmented, out);
-            // The CLIP teacher sees the same augmented view (crop, flip, operations) at its own
-            // resolution, as RAM's teacher sees the model's input (that very image at equal sizes).
-            if let Some(t) = online {
-                if t.input_size() == cfg.augment.size {
-                    t.render_augmented(&augmented, teacher_out);
-                } else {
-                    t.render_augmented(&d.image(&img, t.input_size()), teacher_out);
-                }
-            }
-            *draw = d;
+        .map(|(((out, teacher_out), draw), (k, &idx))| {
+            *draw = fill(k, idx, out, teacher_out)?;
             Ok(())
-        })?;
+        })
+        .collect();
+    let failed: Vec<(usize, Error)> = outcomes
+        .into_iter()
+        .enumerate()
+        .filter_map(|(k, r)| r.err().map(|e| (k, e)))
+        .collect();
+    let mut skipped = Vec::with_capacity(failed.len());
+    if !failed.is_empty() && cfg.unreadable == UnreadableImages::Stop {
+        return Err(failed.into_iter().next().expect("not empty").1);
+    }
+    let readable: Vec<usize> = (0..indices.len())
+        .filter(|k| failed.iter().all(|(f, _)| f != k))
+        .collect();
+    if let (Some((_, e)), true) = (failed.first(), readable.is_empty()) {
+        return Err(TrainError::NoReadableImage {
+            step: step + 1,
+            micro,
+            images: indices.len(),
+            first: crate::error::report(e),
+        }
+        .into());
+    }
+    for (k, e) in failed {
+        let by = *readable.iter().find(|&&r| r > k).unwrap_or(&readable[0]);
+        let (record, replaced_by) = (indices[k], indices[by]);
+        let out = &mut images[k * per_image..(k + 1) * per_image];
+        draws[k] = fill(k, replaced_by, out, teacher_slots[k])?;
+        skipped.push(SkippedImage {
+            position: k,
+            record,
+            replaced_by,
+            reason: format!(
+                "{} ({})",
+                crate::error::report(&e),
+                data.records.origin_of(record)
+            ),
+        });
+        indices[k] = replaced_by;
+    }
     drop(teacher_slots);
     let n = data.num_slots;
     let mut targets = vec![0f32; indices.len() * n];
@@ -452,6 +525,7 @@ fn decode_micro_batch(
             clip_feature,
             text_embed,
             draws,
+            skipped,
         },
         first,
         teacher_pixels,
@@ -747,6 +821,7 @@ mod tests {
             seed: 5,
             workers,
             prefetch,
+            unreadable: UnreadableImages::Stop,
         }
     }
 
@@ -798,6 +873,82 @@ mod tests {
         let name = victim.file_name().unwrap().to_string_lossy().into_owned();
         let e = got[3].as_ref().unwrap_err().to_string();
         assert!(e.contains(&name), "{e}");
+    }
+
+    #[test]
+    fn skipped_images_are_replaced_by_the_next_readable_image_of_their_micro_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = synth_data(dir.path());
+        let skip = LoaderConfig {
+            unreadable: UnreadableImages::Skip,
+            ..small_loader(3, 2, 4)
+        };
+        // Positions 1 and 2 of micro-batch 1 (samples 4 and 5) unreadable: both take the image of
+        // position 0 (wrapping around), each with its own position's augmentation.
+        let order = epoch_order(data.len(), skip.seed, 0);
+        let record = |pos: usize| order[pos] as usize;
+        let path = |pos: usize| data.image_path(&data.records.get(record(pos)));
+        let intact = drain(Loader::start(data.clone(), skip, 0, 2).unwrap());
+        std::fs::write(path(4), b"not an image").unwrap();
+        std::fs::remove_file(path(5)).unwrap();
+        let got: Vec<MicroBatch> = drain(Loader::start(data.clone(), skip, 0, 2).unwrap())
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(got.len(), 4);
+        let hit = &got[1];
+        assert_eq!(hit.indices, [record(3), record(3), record(3)]);
+        let skipped: Vec<(usize, usize, usize)> = hit
+            .skipped
+            .iter()
+            .map(|s| (s.position, s.record, s.replaced_by))
+            .collect();
+        assert_eq!(skipped, [(1, record(4), record(3)), (2, record(5), record(3))]);
+        let name = |pos| path(pos).file_name().unwrap().to_string_lossy().into_owned();
+        assert!(hit.skipped[0].reason.contains(&name(4)), "{:?}", hit.skipped);
+        assert!(hit.skipped[1].reason.contains(&name(5)), "{:?}", hit.skipped);
+        assert!(hit.skipped[0].reason.contains(": record"), "{:?}", hit.skipped);
+        let n = data.num_slots;
+        for k in 1..3 {
+            assert_eq!(hit.targets[k * n..(k + 1) * n], hit.targets[..n]);
+        }
+        // The other micro-batches are untouched; the same file at position 4 gives position 4's
+        // view of the stand-in.
+        for (a, b) in intact.iter().zip(&got).filter(|(_, b)| b.skipped.is_empty()) {
+            assert_eq!(a.as_ref().unwrap().images, b.images);
+        }
+        std::fs::copy(path(3), path(4)).unwrap();
+        std::fs::copy(path(3), path(5)).unwrap();
+        let copied = drain(Loader::start(data.clone(), skip, 0, 1).unwrap());
+        let copied = copied[1].as_ref().unwrap();
+        assert!(copied.skipped.is_empty());
+        assert_eq!(copied.images, hit.images);
+        assert_eq!(copied.draws, hit.draws);
+        assert_ne!(hit.images[..16 * 16 * 3], hit.images[16 * 16 * 3..2 * 16 * 16 * 3]);
+
+        // With none of a micro-batch readable, nothing can stand in: the loader stops.
+        for pos in 3..6 {
+            std::fs::remove_file(path(pos)).unwrap();
+        }
+        let got = drain(Loader::start(data.clone(), skip, 0, 2).unwrap());
+        assert_eq!(got.len(), 2);
+        let e = got[1].as_ref().unwrap_err().to_string();
+        assert!(e.contains("none of the 3 images of micro-batch 1"), "{e}");
+
+        // The check before training warns and counts under `skip`, and refuses when nothing of
+        // the share can be read.
+        let whole = WorkShare::WHOLE;
+        let checked = data.check_images_of(ImageCheck::Header, whole, UnreadableImages::Skip);
+        assert_eq!(checked.unwrap(), 3);
+        assert!(data.check_images(ImageCheck::Header).is_err());
+        for pos in 0..data.len() {
+            let _ = std::fs::remove_file(path(pos));
+        }
+        let e = data
+            .check_images_of(ImageCheck::Header, whole, UnreadableImages::Skip)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("24 of 24 training images"), "{e}");
     }
 
     #[test]
