@@ -682,6 +682,12 @@ files["corrupt"] = os.path.join(out, "corrupt.jpg")
 open(files["corrupt"], "wb").write(data)
 files["truncated"] = os.path.join(out, "truncated.jpg")
 open(files["truncated"], "wb").write(data[: len(data) // 2])
+# Junk bytes between two header segments (libjpeg warns "extraneous bytes before marker"; Pillow
+# skips them and decodes): after SOI and the first segment.
+data = bytearray(open(files["s420"], "rb").read())
+first = 4 + int.from_bytes(data[4:6], "big")
+files["junk"] = os.path.join(out, "junk.jpg")
+open(files["junk"], "wb").write(data[:first] + b"\x12\x34\x00" + data[first:])
 for p in photos:
     files[os.path.basename(p)] = p
 for name, path in files.items():
@@ -730,7 +736,7 @@ for name, path in files.items():
         compared.push(name.to_string());
     }
     let shared = photos.map_or(0, |d| std::fs::read_dir(d).unwrap().count());
-    assert_eq!(compared.len(), 9 + shared, "compared only {compared:?}");
+    assert_eq!(compared.len(), 10 + shared, "compared only {compared:?}");
     assert!(
         listing
             .lines()

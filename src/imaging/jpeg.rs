@@ -48,20 +48,33 @@ pub struct Jpeg<'a> {
 }
 
 impl<'a> Jpeg<'a> {
-    /// Reads the header (`tj3DecompressHeader`).
+    /// Reads the header (`tj3DecompressHeader`). A warning about corrupt data in it (junk
+    /// between two segments) is no error, as in Pillow, once the frame's size and colour space
+    /// are known; data that ends, or holds only tables, before a frame header is.
     pub fn open(data: &'a [u8]) -> Result<Self, JpegError> {
         let mut handle = Handle::new()?;
         handle.set(tj::TJPARAM_TJPARAM_SCANLIMIT, SCAN_LIMIT)?;
         // SAFETY: `data` outlives the call; TurboJPEG only reads `data.len()` bytes of it.
         let rc = unsafe { tj::tj3DecompressHeader(handle.0, data.as_ptr(), data.len() as _) };
-        if rc != 0 {
+        let dimension = |h: &Handle, p| u32::try_from(h.get(p)).unwrap_or(0);
+        let (width, height) = (
+            dimension(&handle, tj::TJPARAM_TJPARAM_JPEGWIDTH),
+            dimension(&handle, tj::TJPARAM_TJPARAM_JPEGHEIGHT),
+        );
+        let colorspace = handle.get(tj::TJPARAM_TJPARAM_COLORSPACE);
+        let framed = width > 0 && height > 0 && colorspace >= 0;
+        let warned = handle.error_code() == tj::TJERR_TJERR_WARNING as c_int;
+        if rc != 0 && !(warned && framed) {
             return Err(JpegError::Header(handle.message()));
         }
-        let dimension = |h: &Handle, p| u32::try_from(h.get(p)).unwrap_or(0);
-        let colorspace = handle.get(tj::TJPARAM_TJPARAM_COLORSPACE);
+        if !framed {
+            return Err(JpegError::Header(
+                "no frame header: the data ends, or holds only tables, before one".into(),
+            ));
+        }
         Ok(Jpeg {
-            width: dimension(&handle, tj::TJPARAM_TJPARAM_JPEGWIDTH),
-            height: dimension(&handle, tj::TJPARAM_TJPARAM_JPEGHEIGHT),
+            width,
+            height,
             cmyk: [tj::TJCS_TJCS_CMYK, tj::TJCS_TJCS_YCCK]
                 .iter()
                 .any(|&cs| cs as c_int == colorspace),
@@ -74,6 +87,8 @@ impl<'a> Jpeg<'a> {
     /// which decodes such files; a file whose data ends early is refused, as Pillow refuses it
     /// ("image file is truncated"). So the first attempt stops at the first warning; only a
     /// file with a warning other than the early end is decoded a second time, to the end.
+    /// libjpeg reports only the first warning of a pass, so a second pass that ends with another
+    /// message met an error after its warnings, which Pillow refuses too ("broken data stream").
     pub fn decode_rgb(mut self) -> Result<RgbImage, JpegError> {
         let channels = if self.cmyk { 4 } else { 3 };
         let mut pixels = vec![0u8; self.width as usize * self.height as usize * channels];
@@ -87,7 +102,7 @@ impl<'a> Jpeg<'a> {
             }
             self.handle.set(tj::TJPARAM_TJPARAM_STOPONWARNING, 0)?;
             if let Err(e) = self.decompress_into(&mut pixels) {
-                if !e.warning {
+                if !e.warning || e.message != first.message {
                     return Err(JpegError::Decode(e.message));
                 }
             }
