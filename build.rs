@@ -6,6 +6,9 @@
 //! `src/train/dist.cpp` (PyTorch's distributed engine, c10d), which needs gloo's headers from Debian's
 //! `libgloo-dev` (or `GLOO_INCLUDE_DIR`): the torch wheel ships gloo's library code but not its headers.
 //!
+//! With feature `embed` it compiles `src/imaging/jpeg_decode.c` (JPEG decoding with Pillow's
+//! verdicts on broken files) against the libjpeg-turbo that turbojpeg-sys builds.
+//!
 //! `TAGFIX_LINK_CUDA=1` also links `libtorch_cuda` / `libc10_cuda` for binaries meant to run on a GPU
 //! (the linker's default `--as-needed` drops them, and libtorch then never sees CUDA). The CUDA
 //! libraries they need only have to exist where the binary runs.
@@ -14,6 +17,8 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=TAGFIX_LINK_CUDA");
+    #[cfg(feature = "embed")]
+    build_jpeg_shim();
     if std::env::var_os("CARGO_FEATURE_TRAIN").is_none() {
         return;
     }
@@ -41,6 +46,22 @@ fn main() {
             println!("cargo:rustc-link-arg={arg}");
         }
     }
+}
+
+/// Compiles `src/imaging/jpeg_decode.c` (feature `embed`) against the libjpeg-turbo that
+/// turbojpeg-sys builds; turbojpeg-sys (`links = "turbojpeg"`) exports its headers' folder as
+/// `DEP_TURBOJPEG_INCLUDE`.
+#[cfg(feature = "embed")]
+fn build_jpeg_shim() {
+    println!("cargo:rerun-if-changed=src/imaging/jpeg_decode.c");
+    println!("cargo:rerun-if-env-changed=DEP_TURBOJPEG_INCLUDE");
+    let include = std::env::var("DEP_TURBOJPEG_INCLUDE").unwrap_or_default();
+    let mut build = cc::Build::new();
+    build.file("src/imaging/jpeg_decode.c").warnings(true);
+    for dir in include.split(',').filter(|d| !d.is_empty()) {
+        build.include(dir);
+    }
+    build.compile("tagfix_jpeg");
 }
 
 /// Compiles `src/train/autocast.cpp`, the few lines of ATen that select the autocast dtype (bf16), and

@@ -737,10 +737,108 @@ for name, path in files.items():
     }
     let shared = photos.map_or(0, |d| std::fs::read_dir(d).unwrap().count());
     assert_eq!(compared.len(), 10 + shared, "compared only {compared:?}");
+    // Pillow's progressive file has about ten scans: under a limit of 3 it is refused.
+    let progressive = std::fs::read(dir.join("progressive.jpg")).unwrap();
+    let jpeg = tagfix::imaging::jpeg::Jpeg::open(&progressive).unwrap();
+    let e = jpeg
+        .with_scan_limit(3)
+        .decode_rgb()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("more than 3 scans"), "{e}");
     assert!(
         listing
             .lines()
             .any(|l| l.starts_with("truncated ") && l.contains(" refused ")),
         "{listing}"
     );
+}
+
+/// Broken JPEG files get Pillow's verdicts: 800 files made from six small JPEGs (baseline,
+/// progressive, restart markers, grayscale, CMYK, 4:4:4) by changing, inserting, deleting bytes,
+/// inserting markers and cutting the file short; each one is decoded by Pillow
+/// (`Image.open(p).convert("RGB")`) and by `imaging::decode`. Where Pillow decodes, the pixels are
+/// equal; where Pillow refuses, tagfix refuses too, and calls the file truncated where Pillow does.
+#[test]
+fn broken_jpeg_files_get_pillows_verdicts() {
+    let Some(py) = pillow_python("broken_jpeg_files_get_pillows_verdicts") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let script = r#"
+import io, os, random, sys
+from PIL import Image
+out = sys.argv[1]
+random.seed(20261206)
+base = Image.new("RGB", (96, 72))
+base.putdata([((x * 37 + y * 11) % 256, (x * y) % 251, (x * 3 + y * 7 + (x ^ y)) % 256)
+              for y in range(72) for x in range(96)])
+sources = []
+for img, kw in [(base, dict(quality=90)), (base, dict(quality=85, progressive=True)),
+                (base, dict(quality=80, restart_marker_blocks=4)), (base.convert("L"), {}),
+                (base.convert("CMYK"), {}), (base, dict(subsampling=0))]:
+    b = io.BytesIO()
+    img.save(b, "JPEG", **kw)
+    sources.append(b.getvalue())
+for i in range(800):
+    d = bytearray(random.choice(sources))
+    for _ in range(random.randint(1, 3)):
+        kind, j = random.random(), random.randrange(2, len(d))
+        if kind < 0.4:
+            d[j] = random.randrange(256)
+        elif kind < 0.6:
+            d[j:j] = bytes(random.randrange(256) for _ in range(random.randint(1, 8)))
+        elif kind < 0.8:
+            del d[j:j + random.randint(1, 8)]
+        elif kind < 0.9:
+            d = d[:j]
+        else:
+            d[j:j] = bytes([0xFF, random.randrange(256)])
+    p = os.path.join(out, f"m{i:03d}.jpg")
+    open(p, "wb").write(d)
+    try:
+        Image.open(p).convert("RGB").save(p + ".png")
+        print(p, "ok")
+    except Exception as e:
+        print(p, "truncated" if "truncated" in str(e) else "refused")
+"#;
+    let o = std::process::Command::new(&py)
+        .args(["-c", script])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let listing = String::from_utf8(o.stdout).unwrap();
+    let mut verdicts = std::collections::BTreeMap::<&str, usize>::new();
+    let mut disagreements = Vec::new();
+    for line in listing.lines() {
+        let (path, pillow) = line.rsplit_once(' ').unwrap();
+        *verdicts.entry(pillow).or_default() += 1;
+        let ours = tagfix::imaging::decode(Path::new(path));
+        let agree = match (pillow, &ours) {
+            ("ok", Ok(img)) => {
+                let pil = image::open(format!("{path}.png")).unwrap().to_rgb8();
+                pil.dimensions() == img.dimensions() && pil.as_raw() == img.as_raw()
+            }
+            ("truncated", Err(e)) => e.to_string().contains("ends before the image does"),
+            // Pillow's own header parser refuses files cut in their header without calling them
+            // truncated; tagfix does (libjpeg's "Premature end of JPEG file").
+            ("refused", Err(_)) => true,
+            _ => false,
+        };
+        if !agree {
+            disagreements.push(format!(
+                "{path}: Pillow {pillow}, tagfix {:?}",
+                ours.map(drop)
+            ));
+        }
+    }
+    eprintln!("Pillow's verdicts on 800 broken JPEGs: {verdicts:?}");
+    assert_eq!(verdicts.values().sum::<usize>(), 800);
+    // All three kinds occur, so the comparison covers each.
+    assert!(
+        verdicts.len() == 3 && verdicts.values().all(|&n| n >= 20),
+        "{verdicts:?}"
+    );
+    assert!(disagreements.is_empty(), "{disagreements:#?}");
 }

@@ -1,26 +1,30 @@
-//! JPEG decoding by libjpeg-turbo, the decoder Pillow ships, through its TurboJPEG 3 API
-//! (`turbojpeg-sys`, built from its bundled source with SIMD). With it the decoded pixels equal
-//! `Image.open(p).convert("RGB")` bit for bit, so training crops and `tagfix tag` see what RAM's
-//! Python pipeline sees, and decoding, the loader's largest cost, is 1.2–2× faster than the
-//! `image` crate's decoder (docs/PERFORMANCE.md, "The loader's cost per image").
+//! JPEG decoding by libjpeg-turbo, the decoder Pillow ships (`turbojpeg-sys` builds it from its
+//! bundled source with SIMD), through its libjpeg API and a few lines of C
+//! (`src/imaging/jpeg_decode.c`). With it the decoded pixels equal `Image.open(p).convert("RGB")`
+//! bit for bit, so training crops and `tagfix tag` see what RAM's Python pipeline sees, and
+//! decoding, the loader's largest cost, is 1.2–2× faster than the `image` crate's decoder
+//! (docs/PERFORMANCE.md, "The loader's cost per image").
+//!
+//! Broken files get Pillow's verdicts: libjpeg's warnings (corrupt entropy data, junk between
+//! segments) are not errors, its errors are, and data that ends before the last row of pixels is
+//! refused as truncated while data that only lacks its end marker is not. The C file exists for
+//! these: TurboJPEG's API reports only a decoding's first warning and not where the data ran out.
 //!
 //! CMYK and YCCK files (rare, from print workflows) are decoded to CMYK and converted as Pillow
 //! converts them: the values inverted (Adobe's convention, which Pillow assumes for every CMYK
 //! JPEG), then `Image.convert("RGB")`'s integer formula.
 
 use image::RgbImage;
-use std::ffi::{c_int, CStr};
-use turbojpeg_sys as tj;
+use std::ffi::{c_char, c_int, c_uint, CStr};
+// The library the C file calls into; nothing of its TurboJPEG API is used.
+use turbojpeg_sys as _;
 
 /// Most progressive scans a file may have: real encoders write about ten, a crafted file can
 /// hold thousands of tiny scans that each cost a pass over the whole image (libjpeg-turbo's
 /// fuzzers use the same limit).
 const SCAN_LIMIT: c_int = 500;
 
-/// libjpeg's message when the data ends before the image does (`JWRN_JPEG_EOF`).
-const TRUNCATED: &str = "Premature end of JPEG file";
-
-/// Why libjpeg-turbo could not decode a file; the text is libjpeg-turbo's own message.
+/// Why libjpeg-turbo could not decode a file; the text is libjpeg's own message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JpegError {
     #[error("{0}")]
@@ -36,109 +40,129 @@ pub fn is_jpeg(data: &[u8]) -> bool {
     data.starts_with(&[0xFF, 0xD8, 0xFF])
 }
 
-/// A TurboJPEG decompressor with a file's header read: the size is known before any pixel
-/// buffer is allocated.
+// src/imaging/jpeg_decode.c
+extern "C" {
+    static tagfix_jpeg_message_len: usize;
+    fn tagfix_jpeg_header(
+        data: *const u8,
+        len: usize,
+        scan_limit: c_int,
+        width: *mut c_uint,
+        height: *mut c_uint,
+        cmyk: *mut c_int,
+        message: *mut c_char,
+    ) -> c_int;
+    fn tagfix_jpeg_decode(
+        data: *const u8,
+        len: usize,
+        scan_limit: c_int,
+        width: c_uint,
+        height: c_uint,
+        cmyk: c_int,
+        out: *mut u8,
+        message: *mut c_char,
+    ) -> c_int;
+}
+
+/// What the C functions return.
+const OK: c_int = 0;
+const TRUNCATED: c_int = 2;
+
+/// A buffer for libjpeg's message (`JMSG_LENGTH_MAX` bytes).
+fn message_buffer() -> Vec<c_char> {
+    // SAFETY: a constant defined in the C file.
+    vec![0; unsafe { tagfix_jpeg_message_len }]
+}
+
+fn message_text(buffer: &[c_char]) -> String {
+    // SAFETY: the C side writes NUL-terminated text into the zeroed buffer (snprintf and
+    // libjpeg's format_message stay within JMSG_LENGTH_MAX), so a NUL is always within it.
+    unsafe { CStr::from_ptr(buffer.as_ptr()) }
+        .to_string_lossy()
+        .trim()
+        .to_string()
+}
+
+/// A JPEG file with its header read: the size is known before any pixel buffer is allocated.
 pub struct Jpeg<'a> {
-    handle: Handle,
     data: &'a [u8],
     pub width: u32,
     pub height: u32,
     /// CMYK or YCCK: decoded to CMYK and converted here; else libjpeg converts to RGB.
     cmyk: bool,
+    scan_limit: c_int,
 }
 
 impl<'a> Jpeg<'a> {
-    /// Reads the header (`tj3DecompressHeader`). A warning about corrupt data in it (junk
-    /// between two segments) is no error, as in Pillow, once the frame's size and colour space
-    /// are known; data that ends, or holds only tables, before a frame header is.
+    /// Reads the header. A warning about corrupt data in it (junk between two segments) is no
+    /// error, as in Pillow; data that ends, or holds only tables, before a frame header is.
     pub fn open(data: &'a [u8]) -> Result<Self, JpegError> {
-        let mut handle = Handle::new()?;
-        handle.set(tj::TJPARAM_TJPARAM_SCANLIMIT, SCAN_LIMIT)?;
-        // SAFETY: `data` outlives the call; TurboJPEG only reads `data.len()` bytes of it.
-        let rc = unsafe { tj::tj3DecompressHeader(handle.0, data.as_ptr(), data.len() as _) };
-        let dimension = |h: &Handle, p| u32::try_from(h.get(p)).unwrap_or(0);
-        let (width, height) = (
-            dimension(&handle, tj::TJPARAM_TJPARAM_JPEGWIDTH),
-            dimension(&handle, tj::TJPARAM_TJPARAM_JPEGHEIGHT),
-        );
-        let colorspace = handle.get(tj::TJPARAM_TJPARAM_COLORSPACE);
-        let framed = width > 0 && height > 0 && colorspace >= 0;
-        let warned = handle.error_code() == tj::TJERR_TJERR_WARNING as c_int;
-        if rc != 0 && !(warned && framed) {
-            return Err(JpegError::Header(handle.message()));
+        let (mut width, mut height, mut cmyk) = (0, 0, 0);
+        let mut message = message_buffer();
+        // SAFETY: `data` outlives the call and is only read within its length; the out-pointers
+        // are valid locals; `message` holds JMSG_LENGTH_MAX bytes.
+        let rc = unsafe {
+            tagfix_jpeg_header(
+                data.as_ptr(),
+                data.len(),
+                SCAN_LIMIT,
+                &mut width,
+                &mut height,
+                &mut cmyk,
+                message.as_mut_ptr(),
+            )
+        };
+        match rc {
+            OK if width > 0 && height > 0 => Ok(Jpeg {
+                data,
+                width,
+                height,
+                cmyk: cmyk != 0,
+                scan_limit: SCAN_LIMIT,
+            }),
+            OK => Err(JpegError::Header(format!("the frame is {width}×{height}"))),
+            TRUNCATED => Err(JpegError::Truncated(message_text(&message))),
+            _ => Err(JpegError::Header(message_text(&message))),
         }
-        if !framed {
-            return Err(JpegError::Header(
-                "no frame header: the data ends, or holds only tables, before one".into(),
-            ));
-        }
-        Ok(Jpeg {
-            width,
-            height,
-            cmyk: [tj::TJCS_TJCS_CMYK, tj::TJCS_TJCS_YCCK]
-                .iter()
-                .any(|&cs| cs as c_int == colorspace),
-            handle,
-            data,
-        })
     }
 
-    /// Decodes to RGB8. libjpeg's warnings about corrupt data are not errors, as in Pillow,
-    /// which decodes such files; a file whose data ends early is refused, as Pillow refuses it
-    /// ("image file is truncated"). So the first attempt stops at the first warning; only a
-    /// file with a warning other than the early end is decoded a second time, to the end.
-    /// libjpeg reports only the first warning of a pass, so a second pass that ends with another
-    /// message met an error after its warnings, which Pillow refuses too ("broken data stream").
-    pub fn decode_rgb(mut self) -> Result<RgbImage, JpegError> {
+    /// Refuses, when decoding, a progressive file of more than `scans` scans (default 500).
+    pub fn with_scan_limit(self, scans: u16) -> Self {
+        Jpeg {
+            scan_limit: c_int::from(scans),
+            ..self
+        }
+    }
+
+    /// Decodes to RGB8 in one pass, with Pillow's verdicts on broken data (see the module).
+    pub fn decode_rgb(self) -> Result<RgbImage, JpegError> {
         let channels = if self.cmyk { 4 } else { 3 };
         let mut pixels = vec![0u8; self.width as usize * self.height as usize * channels];
-        self.handle.set(tj::TJPARAM_TJPARAM_STOPONWARNING, 1)?;
-        if let Err(first) = self.decompress_into(&mut pixels) {
-            if !first.warning {
-                return Err(JpegError::Decode(first.message));
-            }
-            if first.message.contains(TRUNCATED) {
-                return Err(JpegError::Truncated(first.message));
-            }
-            self.handle.set(tj::TJPARAM_TJPARAM_STOPONWARNING, 0)?;
-            if let Err(e) = self.decompress_into(&mut pixels) {
-                if !e.warning || e.message != first.message {
-                    return Err(JpegError::Decode(e.message));
-                }
-            }
+        let mut message = message_buffer();
+        // SAFETY: `pixels` holds width × height pixels of `channels` bytes, which the C side
+        // checks the decoder's output size against before writing a row; `data` is only read.
+        let rc = unsafe {
+            tagfix_jpeg_decode(
+                self.data.as_ptr(),
+                self.data.len(),
+                self.scan_limit,
+                self.width,
+                self.height,
+                c_int::from(self.cmyk),
+                pixels.as_mut_ptr(),
+                message.as_mut_ptr(),
+            )
+        };
+        match rc {
+            OK => {}
+            TRUNCATED => return Err(JpegError::Truncated(message_text(&message))),
+            _ => return Err(JpegError::Decode(message_text(&message))),
         }
         if self.cmyk {
             inverted_cmyk_to_rgb(&mut pixels);
         }
         RgbImage::from_raw(self.width, self.height, pixels)
             .ok_or_else(|| JpegError::Decode("decoded buffer does not match the header".into()))
-    }
-
-    fn decompress_into(&mut self, pixels: &mut [u8]) -> Result<(), Failure> {
-        // SAFETY: `pixels` holds width × height pixels of the format's size (RGB or CMYK) as the
-        // header gave, and pitch 0 means rows of exactly that; TurboJPEG writes no more.
-        let format = if self.cmyk {
-            tj::TJPF_TJPF_CMYK
-        } else {
-            tj::TJPF_TJPF_RGB
-        };
-        let rc = unsafe {
-            tj::tj3Decompress8(
-                self.handle.0,
-                self.data.as_ptr(),
-                self.data.len() as _,
-                pixels.as_mut_ptr(),
-                0,
-                format,
-            )
-        };
-        if rc == 0 {
-            return Ok(());
-        }
-        Err(Failure {
-            warning: self.handle.error_code() == tj::TJERR_TJERR_WARNING as c_int,
-            message: self.handle.message(),
-        })
     }
 }
 
@@ -162,66 +186,6 @@ fn inverted_cmyk_to_rgb(pixels: &mut Vec<u8>) {
     }
     pixels.truncate(3 * n);
 }
-
-/// A failed `tj3Decompress8`: a warning (non-fatal, data may be corrupt) or an error.
-struct Failure {
-    warning: bool,
-    message: String,
-}
-
-/// An owned `tjhandle`, destroyed on drop.
-struct Handle(tj::tjhandle);
-
-impl Handle {
-    fn new() -> Result<Self, JpegError> {
-        // SAFETY: plain constructor; a null handle is reported through the global error string.
-        let ptr = unsafe { tj::tj3Init(tj::TJINIT_TJINIT_DECOMPRESS as c_int) };
-        if ptr.is_null() {
-            return Err(JpegError::Decode(Self(ptr).message()));
-        }
-        Ok(Self(ptr))
-    }
-
-    fn set(&mut self, param: tj::TJPARAM, value: c_int) -> Result<(), JpegError> {
-        // SAFETY: the handle is valid for the life of `self`.
-        if unsafe { tj::tj3Set(self.0, param as c_int, value) } != 0 {
-            return Err(JpegError::Decode(self.message()));
-        }
-        Ok(())
-    }
-
-    fn get(&self, param: tj::TJPARAM) -> c_int {
-        // SAFETY: as in `set`.
-        unsafe { tj::tj3Get(self.0, param as c_int) }
-    }
-
-    fn error_code(&self) -> c_int {
-        // SAFETY: as in `set`.
-        unsafe { tj::tj3GetErrorCode(self.0) }
-    }
-
-    /// The last error or warning (a null handle gives the last global error).
-    fn message(&self) -> String {
-        // SAFETY: TurboJPEG returns a NUL-terminated string it owns, valid until the next
-        // call on the handle; it is copied at once.
-        unsafe { CStr::from_ptr(tj::tj3GetErrorStr(self.0)) }
-            .to_string_lossy()
-            .trim()
-            .to_string()
-    }
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        if !self.0.is_null() {
-            // SAFETY: created by `tj3Init`, destroyed once.
-            unsafe { tj::tj3Destroy(self.0) }
-        }
-    }
-}
-
-// SAFETY: a TurboJPEG handle has no thread affinity; `Jpeg` is used by one thread at a time.
-unsafe impl Send for Handle {}
 
 #[cfg(test)]
 mod tests {

@@ -73,13 +73,6 @@ pub const MAX_JPEG_BYTES: u64 = 1 << 30;
 /// saying 100000×100000 is refused before anything is allocated for it.
 pub const MAX_PIXELS: u64 = 100_000_000;
 
-fn reader(path: &Path) -> Result<image::io::Reader<std::io::BufReader<std::fs::File>>> {
-    image::io::Reader::open(path)
-        .map_err(|e| Error::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))
-}
-
 /// Decodes a JPEG or PNG file to RGB8: JPEG by libjpeg-turbo, as Pillow decodes it ([`jpeg`]),
 /// PNG by the `image` crate. The file is opened once; the size is checked on its header before
 /// the pixel buffer exists, and the PNG decoder may allocate no more than the largest allowed
@@ -113,19 +106,41 @@ const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
 /// Reads a file's first bytes and, when they are a JPEG's, the whole file. A JPEG file of more
 /// than `limit` bytes is refused before it is read into memory.
 fn sniff(file: &mut std::fs::File, path: &Path, limit: u64) -> Result<Sniffed> {
-    use std::io::Read;
-    let mut magic = Vec::new();
-    file.by_ref()
-        .take(PNG_MAGIC.len() as u64)
-        .read_to_end(&mut magic)
-        .map_err(|e| Error::io(path, e))?;
-    if !jpeg::is_jpeg(&magic) {
-        return Ok(Sniffed::Other(magic));
+    let mut data = Vec::new();
+    read_up_to(file, &mut data, PNG_MAGIC.len() as u64, path)?;
+    if !jpeg::is_jpeg(&data) {
+        return Ok(Sniffed::Other(data));
     }
-    let mut data = magic;
-    file.take((limit + 1).saturating_sub(data.len() as u64))
-        .read_to_end(&mut data)
+    read_whole_jpeg(file, &mut data, path, limit)?;
+    Ok(Sniffed::Jpeg(data))
+}
+
+/// Appends `file`'s next bytes to `data` until it holds `upto` bytes or the file ends; true
+/// where the file ended first.
+fn read_up_to(
+    file: &mut std::fs::File,
+    data: &mut Vec<u8>,
+    upto: u64,
+    path: &Path,
+) -> Result<bool> {
+    use std::io::Read;
+    let want = upto.saturating_sub(data.len() as u64);
+    let read = file
+        .by_ref()
+        .take(want)
+        .read_to_end(data)
         .map_err(|e| Error::io(path, e))?;
+    Ok((read as u64) < want)
+}
+
+/// Reads the rest of a JPEG file into `data`, refusing one of more than `limit` bytes.
+fn read_whole_jpeg(
+    file: &mut std::fs::File,
+    data: &mut Vec<u8>,
+    path: &Path,
+    limit: u64,
+) -> Result<()> {
+    read_up_to(file, data, limit + 1, path)?;
     if data.len() as u64 > limit {
         return Err(ImageError::FileTooLarge {
             path: path.into(),
@@ -133,7 +148,7 @@ fn sniff(file: &mut std::fs::File, path: &Path, limit: u64) -> Result<Sniffed> {
         }
         .into());
     }
-    Ok(Sniffed::Jpeg(data))
+    Ok(())
 }
 
 /// Decodes a file that is not a JPEG, its first bytes `magic` already read from `file`: a PNG,
@@ -178,12 +193,38 @@ fn check_size(path: &Path, w: u32, h: u32) -> Result<()> {
     Ok(())
 }
 
+/// How much of a JPEG file [`probe`] reads at first: the header is nearly always within it (an
+/// EXIF or ICC segment holds at most 64 KiB); where it is not, the whole file is read.
+const JPEG_PROBE_BYTES: u64 = 64 * 1024;
+
 /// Reads only the header: the image exists, its format is known and its size is sane (not zero,
-/// at most [`MAX_PIXELS`]).
+/// at most [`MAX_PIXELS`]). A JPEG's header is read by the parser that decodes it ([`jpeg`]), so
+/// the check and the decoding agree on it.
 pub fn probe(path: &Path) -> Result<(u32, u32)> {
-    let (w, h) = reader(path)?
-        .into_dimensions()
-        .map_err(|e| ImageError::header(path, e))?;
+    use std::io::{Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut data = Vec::new();
+    read_up_to(&mut file, &mut data, PNG_MAGIC.len() as u64, path)?;
+    let (w, h) = if jpeg::is_jpeg(&data) {
+        let ended = read_up_to(&mut file, &mut data, JPEG_PROBE_BYTES, path)?;
+        let header = match jpeg::Jpeg::open(&data) {
+            Err(jpeg::JpegError::Truncated(_)) if !ended => {
+                read_whole_jpeg(&mut file, &mut data, path, MAX_JPEG_BYTES)?;
+                jpeg::Jpeg::open(&data)
+            }
+            header => header,
+        };
+        let header = header.map_err(|e| ImageError::header(path, e))?;
+        (header.width, header.height)
+    } else {
+        file.seek(SeekFrom::Start(0))
+            .map_err(|e| Error::io(path, e))?;
+        image::io::Reader::new(std::io::BufReader::new(file))
+            .with_guessed_format()
+            .map_err(|e| Error::io(path, e))?
+            .into_dimensions()
+            .map_err(|e| ImageError::header(path, e))?
+    };
     check_size(path, w, h)?;
     Ok((w, h))
 }
@@ -318,6 +359,46 @@ mod tests {
         let e = sniffed(&jpeg, 9).unwrap_err().to_string();
         assert!(e.contains("b.png") && e.contains("larger than"), "{e}");
         assert!(sniffed(dir.path(), 9).is_err(), "a folder is an error");
+    }
+
+    #[test]
+    fn a_jpeg_header_is_probed_from_the_file_start_or_whole_where_it_is_longer() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = RgbImage::from_fn(40, 24, |x, y| image::Rgb([x as u8 * 6, y as u8 * 9, 50]));
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+            .encode_image(&img)
+            .unwrap();
+        // Three 60 KiB application segments after SOI: the frame header starts past 180 KiB.
+        let mut long = jpeg[..2].to_vec();
+        for _ in 0..3 {
+            long.extend([0xFF, 0xE3, 0xF0, 0x00]);
+            long.extend(std::iter::repeat_n(7u8, 0xF000 - 2));
+        }
+        long.extend(&jpeg[2..]);
+        let write = |name: &str, bytes: &[u8]| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, bytes).unwrap();
+            p
+        };
+        let long_path = write("long.jpg", &long);
+        assert_eq!(probe(&long_path).unwrap(), (40, 24));
+        assert_eq!(decode(&long_path).unwrap().dimensions(), (40, 24));
+        // Cut inside those segments: the whole file is read, and it ends in its header.
+        let cut = write("cut.jpg", &long[..100_000]);
+        let e = probe(&cut).unwrap_err().to_string();
+        assert!(
+            e.contains("cut.jpg") && e.contains("ends before the image"),
+            "{e}"
+        );
+        // Junk between two segments is a warning for the header check as for decoding.
+        let first = 4 + usize::from(u16::from_be_bytes([jpeg[4], jpeg[5]]));
+        let mut junk = jpeg[..first].to_vec();
+        junk.extend([0x12, 0x34]);
+        junk.extend(&jpeg[first..]);
+        let junk = write("junk.jpg", &junk);
+        assert_eq!(probe(&junk).unwrap(), (40, 24));
+        assert_eq!(decode(&junk).unwrap().dimensions(), (40, 24));
     }
 
     #[test]
