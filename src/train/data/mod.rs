@@ -461,37 +461,35 @@ fn decode_micro_batch(
         .filter_map(|(k, r)| r.err().map(|e| (k, e)))
         .collect();
     let mut skipped = Vec::with_capacity(failed.len());
-    if !failed.is_empty() && cfg.unreadable == UnreadableImages::Stop {
-        return Err(failed.into_iter().next().expect("not empty").1);
-    }
-    let readable: Vec<usize> = (0..indices.len())
-        .filter(|k| failed.iter().all(|(f, _)| f != k))
-        .collect();
-    if let (Some((_, e)), true) = (failed.first(), readable.is_empty()) {
-        return Err(TrainError::NoReadableImage {
-            step: step + 1,
-            micro,
-            images: indices.len(),
-            first: crate::error::report(e),
+    if cfg.unreadable == UnreadableImages::Stop {
+        if let Some((_, e)) = failed.into_iter().next() {
+            return Err(e);
         }
-        .into());
-    }
-    for (k, e) in failed {
-        let by = *readable.iter().find(|&&r| r > k).unwrap_or(&readable[0]);
-        let (record, replaced_by) = (indices[k], indices[by]);
-        let out = &mut images[k * per_image..(k + 1) * per_image];
-        draws[k] = fill(k, replaced_by, out, teacher_slots[k])?;
-        skipped.push(SkippedImage {
-            position: k,
-            record,
-            replaced_by,
-            reason: format!(
-                "{} ({})",
-                crate::error::report(&e),
-                data.records.origin_of(record)
-            ),
-        });
-        indices[k] = replaced_by;
+    } else if !failed.is_empty() {
+        let unreadable: Vec<usize> = failed.iter().map(|(k, _)| *k).collect();
+        let Some(stand_ins) = stand_ins(&unreadable, indices.len()) else {
+            return Err(TrainError::NoReadableImage {
+                step: step + 1,
+                micro,
+                images: indices.len(),
+                first: crate::error::report(&failed[0].1),
+            }
+            .into());
+        };
+        for ((k, e), by) in failed.into_iter().zip(stand_ins) {
+            let (record, replaced_by) = (indices[k], indices[by]);
+            let out = &mut images[k * per_image..(k + 1) * per_image];
+            draws[k] = fill(k, replaced_by, out, teacher_slots[k])?;
+            let origin = data.records.origin_of(record);
+            let reason = format!("{} ({origin})", crate::error::report(&e));
+            skipped.push(SkippedImage {
+                position: k,
+                record,
+                replaced_by,
+                reason,
+            });
+            indices[k] = replaced_by;
+        }
     }
     drop(teacher_slots);
     let n = data.num_slots;
@@ -530,6 +528,20 @@ fn decode_micro_batch(
         first,
         teacher_pixels,
     })
+}
+
+/// For each of the `unreadable` positions (ascending) of a micro-batch of `len` images, the position
+/// whose image takes its place: the next readable one after it, wrapping around; `None` when no
+/// position is readable.
+fn stand_ins(unreadable: &[usize], len: usize) -> Option<Vec<usize>> {
+    let readable: Vec<usize> = (0..len).filter(|k| !unreadable.contains(k)).collect();
+    let first = *readable.first()?;
+    Some(
+        unreadable
+            .iter()
+            .map(|&k| readable.iter().copied().find(|&r| r > k).unwrap_or(first))
+            .collect(),
+    )
 }
 
 impl Decoded {
@@ -873,6 +885,15 @@ mod tests {
         let name = victim.file_name().unwrap().to_string_lossy().into_owned();
         let e = got[3].as_ref().unwrap_err().to_string();
         assert!(e.contains(&name), "{e}");
+    }
+
+    #[test]
+    fn stand_ins_are_the_next_readable_positions_wrapping_around() {
+        assert_eq!(stand_ins(&[], 3), Some(vec![]));
+        assert_eq!(stand_ins(&[1], 3), Some(vec![2]));
+        assert_eq!(stand_ins(&[1, 2], 3), Some(vec![0, 0]));
+        assert_eq!(stand_ins(&[0, 2, 3], 5), Some(vec![1, 4, 4]));
+        assert_eq!(stand_ins(&[0, 1, 2], 3), None);
     }
 
     #[test]
