@@ -719,20 +719,7 @@ for name, path in files.items():
             continue;
         }
         let ours = ours.unwrap_or_else(|e| panic!("{name}: {e}"));
-        let pil = image::open(dir.join(format!("{name}.pil.png")))
-            .unwrap()
-            .to_rgb8();
-        assert_eq!(ours.dimensions(), pil.dimensions(), "{name}");
-        let differing = ours
-            .as_raw()
-            .iter()
-            .zip(pil.as_raw())
-            .filter(|(a, b)| a != b)
-            .count();
-        assert_eq!(
-            differing, 0,
-            "{name}: {differing} values differ from Pillow"
-        );
+        assert_equals_pillow(&ours, &dir.join(format!("{name}.pil.png")), name);
         compared.push(name.to_string());
     }
     let shared = photos.map_or(0, |d| std::fs::read_dir(d).unwrap().count());
@@ -761,10 +748,6 @@ for name, path in files.items():
 /// equal; where Pillow refuses, tagfix refuses too, and calls the file truncated where Pillow does.
 #[test]
 fn broken_jpeg_files_get_pillows_verdicts() {
-    let Some(py) = pillow_python("broken_jpeg_files_get_pillows_verdicts") else {
-        return;
-    };
-    let tmp = tempfile::tempdir().unwrap();
     let script = r#"
 import io, os, random, sys
 from PIL import Image
@@ -802,13 +785,10 @@ for i in range(800):
     except Exception as e:
         print(p, "truncated" if "truncated" in str(e) else "refused")
 "#;
-    let o = std::process::Command::new(&py)
-        .args(["-c", script])
-        .arg(tmp.path())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let listing = String::from_utf8(o.stdout).unwrap();
+    let Some((_dir, listing)) = pillow_files("broken_jpeg_files_get_pillows_verdicts", script)
+    else {
+        return;
+    };
     let mut verdicts = std::collections::BTreeMap::<&str, usize>::new();
     let mut disagreements = Vec::new();
     for line in listing.lines() {
@@ -841,4 +821,87 @@ for i in range(800):
         "{verdicts:?}"
     );
     assert!(disagreements.is_empty(), "{disagreements:#?}");
+}
+
+/// PNG files decode to Pillow's `Image.open(p).convert("RGB")` values: 8-bit RGB, RGBA, gray,
+/// gray+alpha, palette and 1-bit images, and 16-bit RGB, RGBA, gray+alpha (Pillow keeps the high
+/// byte) and gray (Pillow clips at 255).
+#[test]
+fn png_decoding_equals_pillow_where_pillow_is_at_hand() {
+    let script = r#"
+import os, struct, sys, zlib
+import numpy as np
+from PIL import Image
+out = sys.argv[1]
+yy, xx = np.mgrid[0:23, 0:37]
+rgb8 = np.stack([(xx * 7) % 256, (yy * 11) % 256, (xx * yy) % 256], -1).astype(np.uint8)
+a8 = ((xx + yy) * 5 % 256).astype(np.uint8)
+rgb16 = np.stack([(xx * 1777) % 65536, (yy * 2903) % 65536, (xx * yy * 97) % 65536], -1)
+g16 = (xx * 1777 + yy * 13) % 65536
+images = {
+    "rgb8": Image.fromarray(rgb8),
+    "rgba8": Image.fromarray(np.dstack([rgb8, a8])),
+    "gray8": Image.fromarray(rgb8[..., 0]),
+    "la8": Image.merge("LA", [Image.fromarray(rgb8[..., 0]), Image.fromarray(a8)]),
+    "palette": Image.fromarray(rgb8).quantize(50),
+    "bit1": Image.fromarray(rgb8[..., 0] > 128),
+}
+for name, img in images.items():
+    img.save(os.path.join(out, name + ".png"))
+def png16(name, values, colour_type):
+    # Pillow writes no 16-bit colour PNG: the file is assembled here.
+    h, w = values.shape[:2]
+    raw = b"".join(b"\x00" + values[y].astype(">u2").tobytes() for y in range(h))
+    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+    header = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
+    data = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    open(os.path.join(out, name + ".png"), "wb").write(b"\x89PNG\r\n\x1a\n" + data)
+png16("rgb16", rgb16, 2)
+png16("rgba16", np.dstack([rgb16, g16]), 6)
+png16("gray16", g16, 0)
+png16("ga16", np.dstack([g16, g16]), 4)
+for name in sorted(f[:-4] for f in os.listdir(out)):
+    img = Image.open(os.path.join(out, name + ".png"))
+    img.convert("RGB").save(os.path.join(out, name + ".pil.png"))
+    print(name, img.mode)
+"#;
+    let Some((dir, listing)) = pillow_files("png_decoding_equals_pillow", script) else {
+        return;
+    };
+    assert_eq!(listing.lines().count(), 10, "{listing}");
+    for line in listing.lines() {
+        let name = line.split(' ').next().unwrap();
+        let ours = tagfix::imaging::decode(&dir.path().join(format!("{name}.png"))).unwrap();
+        assert_equals_pillow(&ours, &dir.path().join(format!("{name}.pil.png")), line);
+    }
+}
+
+/// Runs a Pillow `script` with a new folder as its argument: the folder and what it printed, or
+/// `None` (the test skipped) where no Python with Pillow is at hand.
+fn pillow_files(test: &str, script: &str) -> Option<(tempfile::TempDir, String)> {
+    let py = pillow_python(test)?;
+    let dir = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new(&py)
+        .args(["-c", script])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    Some((dir, String::from_utf8(o.stdout).unwrap()))
+}
+
+/// `ours` has the size and every value of the image Pillow wrote to `pil_png`.
+fn assert_equals_pillow(ours: &image::RgbImage, pil_png: &Path, what: &str) {
+    let pil = image::open(pil_png).unwrap().to_rgb8();
+    assert_eq!(ours.dimensions(), pil.dimensions(), "{what}");
+    let differing = ours
+        .as_raw()
+        .iter()
+        .zip(pil.as_raw())
+        .filter(|(a, b)| a != b)
+        .count();
+    assert_eq!(
+        differing, 0,
+        "{what}: {differing} values differ from Pillow"
+    );
 }

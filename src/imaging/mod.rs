@@ -174,7 +174,32 @@ fn decode_other(file: std::fs::File, magic: &[u8], path: &Path) -> Result<RgbIma
     let (w, h) = png.dimensions();
     check_size(path, w, h)?;
     let img = image::DynamicImage::from_decoder(png).map_err(|e| ImageError::decode(path, e))?;
-    Ok(img.to_rgb8())
+    Ok(pillow_rgb(img))
+}
+
+/// What `Image.open(p).convert("RGB")` gives for a decoded PNG. 8-bit images as the `image`
+/// crate converts them (alpha dropped, gray and palettes expanded: Pillow's values). Pillow reads
+/// 16-bit RGB, RGBA and gray+alpha PNGs as 8-bit by keeping each value's high byte, where the
+/// `image` crate rounds, and converts 16-bit gray (`I;16`) by clipping at 255, not scaling.
+fn pillow_rgb(img: image::DynamicImage) -> RgbImage {
+    use image::{DynamicImage, Rgb};
+    let high = |v: u16| (v >> 8) as u8;
+    match img {
+        DynamicImage::ImageLuma16(g) => RgbImage::from_fn(g.width(), g.height(), |x, y| {
+            Rgb([g.get_pixel(x, y)[0].min(255) as u8; 3])
+        }),
+        DynamicImage::ImageLumaA16(g) => RgbImage::from_fn(g.width(), g.height(), |x, y| {
+            Rgb([high(g.get_pixel(x, y)[0]); 3])
+        }),
+        DynamicImage::ImageRgb16(c) => RgbImage::from_fn(c.width(), c.height(), |x, y| {
+            Rgb(c.get_pixel(x, y).0.map(high))
+        }),
+        DynamicImage::ImageRgba16(c) => RgbImage::from_fn(c.width(), c.height(), |x, y| {
+            let [r, g, b, _] = c.get_pixel(x, y).0;
+            Rgb([high(r), high(g), high(b)])
+        }),
+        other => other.to_rgb8(),
+    }
 }
 
 /// Not zero, at most [`MAX_PIXELS`].
@@ -399,6 +424,42 @@ mod tests {
         let junk = write("junk.jpg", &junk);
         assert_eq!(probe(&junk).unwrap(), (40, 24));
         assert_eq!(decode(&junk).unwrap().dimensions(), (40, 24));
+    }
+
+    #[test]
+    fn sixteen_bit_pngs_convert_as_pillow_converts_them() {
+        use image::{DynamicImage, ImageBuffer, Luma, LumaA, Rgb, Rgba};
+        let values = [0u16, 200, 255, 256, 0x7F80, 0xFFFF];
+        let row = |f: &dyn Fn(u16) -> [u8; 3]| values.map(f).concat();
+        let luma = ImageBuffer::from_fn(6, 1, |x, _| Luma([values[x as usize]]));
+        assert_eq!(
+            pillow_rgb(DynamicImage::ImageLuma16(luma)).into_raw(),
+            row(&|v| [v.min(255) as u8; 3]),
+            "I;16 → RGB clips at 255"
+        );
+        let high = |v: u16| [(v >> 8) as u8; 3];
+        let luma_a = ImageBuffer::from_fn(6, 1, |x, _| LumaA([values[x as usize], 9]));
+        assert_eq!(
+            pillow_rgb(DynamicImage::ImageLumaA16(luma_a)).into_raw(),
+            row(&high)
+        );
+        let rgb = ImageBuffer::from_fn(6, 1, |x, _| Rgb([values[x as usize]; 3]));
+        assert_eq!(
+            pillow_rgb(DynamicImage::ImageRgb16(rgb)).into_raw(),
+            row(&high)
+        );
+        let rgba = ImageBuffer::from_fn(6, 1, |x, _| {
+            Rgba([
+                values[x as usize],
+                values[x as usize],
+                values[x as usize],
+                1,
+            ])
+        });
+        assert_eq!(
+            pillow_rgb(DynamicImage::ImageRgba16(rgba)).into_raw(),
+            row(&high)
+        );
     }
 
     #[test]
