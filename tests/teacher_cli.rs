@@ -374,3 +374,88 @@ fn bad_inputs_fail_with_exit_2_and_no_output() {
         assert!(!out.exists(), "no output after a failure");
     }
 }
+
+/// `--unreadable-images skip`: an image that cannot be read gets a row of zeros flagged in
+/// `image_unreadable` and a warning, every other row is what the towers give; with no image
+/// readable at all the command fails. The default, `stop`, refuses the file.
+#[test]
+fn unreadable_images_are_refused_or_flagged() {
+    let Some((vision, text_dir)) = towers("unreadable_images_are_refused_or_flagged") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, images) = dataset(tmp.path());
+    let whole = tmp.path().join("whole.safetensors");
+    teacher_cmd(&data, &images, &vision, &text_dir, &whole)
+        .assert()
+        .success();
+    let tall = images.join("tall.jpg");
+    let bytes = std::fs::read(&tall).unwrap();
+    std::fs::write(&tall, &bytes[..bytes.len() / 2]).unwrap();
+
+    let out = tmp.path().join("t.safetensors");
+    let o = teacher_cmd(&data, &images, &vision, &text_dir, &out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("tall.jpg"), "{stderr}");
+    assert!(!out.exists(), "no output after a failure");
+
+    // (`--quiet` shows errors only; RUST_LOG brings the warnings back.)
+    let o = teacher_cmd(&data, &images, &vision, &text_dir, &out)
+        .args(["--unreadable-images", "skip"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{stderr}");
+    assert_eq!(
+        stderr.matches("skipped an unreadable image").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("tall.jpg") && stderr.contains("train.json:4:2: record 2"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("unreadable images skipped: 1"), "{stdout}");
+    let (t, w) = (
+        TeacherFeatures::read(&out).unwrap(),
+        TeacherFeatures::read(&whole).unwrap(),
+    );
+    assert_eq!(t.keys(), w.keys());
+    let flagged: Vec<usize> = (0..3).filter(|&r| t.image_unreadable(r)).collect();
+    assert_eq!(flagged, [2]);
+    assert_eq!(t.image_row(2).unwrap(), vec![0.0; TEACHER_DIM]);
+    for row in 0..3 {
+        if row < 2 {
+            let err = max_abs_diff(&t.image_row(row).unwrap(), &w.image_row(row).unwrap());
+            assert!(err < 1e-6, "image row {row}: {err}");
+        }
+        assert_eq!(
+            t.text_row(row).unwrap(),
+            w.text_row(row).unwrap(),
+            "text row {row}"
+        );
+    }
+
+    // Nothing readable: a wrong image root, most likely; no file.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    std::fs::remove_file(&out).unwrap();
+    let o = teacher_cmd(&data, &empty, &vision, &text_dir, &out)
+        .args(["--unreadable-images", "skip"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("none of the 3 images could be read"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "no output after a failure");
+}

@@ -13,6 +13,7 @@ use tagfix::monitor::read_all_records;
 use tagfix::train::config::{
     AbsentPolicy, CheckpointEvery, LossBalance, MicroBatchSize, TrainConfig,
 };
+use tagfix::train::data::synth::SynthDataset;
 use tagfix::train::run::{prepare, train, RunSummary, TrainInputs, Trainer};
 
 fn run(cfg: &TrainConfig, inp: &TrainInputs, out: &Path) -> RunSummary {
@@ -1183,6 +1184,34 @@ fn a_teacher_set_trains_exactly_as_its_single_file() {
     assert!(err.contains("1 of its 3 shards are missing: 1"), "{err}");
 }
 
+/// Trains the 16-image set for 6 steps of 8 (3 epochs) into `dir/out`, with `extra` flags.
+fn three_epochs(ds: &SynthDataset, dir: &Path, out: &str, extra: &[&str]) -> std::process::Output {
+    train_command(ds)
+        .args(["--batch-size", "8", "--max-steps", "6", "--workers", "1"])
+        .args(["--threads", "1", "--out"])
+        .arg(dir.join(out))
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// Asserts that [`three_epochs`] under `--unreadable-images skip` finished, replacing its one
+/// unreadable image once an epoch: warned, printed and counted in the summary.
+fn assert_skipped_each_epoch(out: &std::process::Output, run: &Path) {
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stderr.matches("skipped an unreadable image").count(),
+        3,
+        "{stderr}"
+    );
+    assert!(stdout.contains("unreadable images skipped: 3"), "{stdout}");
+    assert_eq!(RunSummary::read(run).unwrap().skipped_images, 3);
+}
+
 /// `--unreadable-images`: an image that breaks after the check stops the run (`stop`, the
 /// default) or is replaced in its micro-batch, named in the log and counted (`skip`).
 #[test]
@@ -1192,38 +1221,70 @@ fn unreadable_images_stop_the_run_or_are_skipped_and_counted() {
     let ds = dataset(tmp.path(), 16, 4);
     let victim = ds.image_root.join("00006.png");
     std::fs::write(&victim, b"\x89PNG\r\n\x1a\n cut short").unwrap();
-    let train = |out: &str, extra: &[&str]| {
-        train_command(&ds)
-            .args(["--batch-size", "8", "--max-steps", "6", "--workers", "1"])
-            .args(["--threads", "1", "--out"])
-            .arg(tmp.path().join(out))
-            .args(extra)
-            .output()
-            .unwrap()
-    };
     // Not checked ahead: the default policy stops at the step that loads it.
-    let out = train("stop", &["--check-images", "none"]);
+    let out = three_epochs(&ds, tmp.path(), "stop", &["--check-images", "none"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("00006.png"), "{stderr}");
 
     // Skipped: the check warns, each of the 3 epochs replaces it once, the summary counts them.
-    let out = train("skip", &["--unreadable-images", "skip"]);
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "{stderr}");
+    let out = three_epochs(&ds, tmp.path(), "skip", &["--unreadable-images", "skip"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("1 of 16 training images") && stderr.contains("00006.png"),
         "{stderr}"
     );
-    assert_eq!(
-        stderr.matches("skipped an unreadable image").count(),
-        3,
+    assert_skipped_each_epoch(&out, &tmp.path().join("skip"));
+}
+
+/// A teacher file made with `tagfix teacher --unreadable-images skip` flags the records whose image
+/// it could not read (a row of zeros): training refuses them before the first step under `stop`,
+/// even when the image reads now, and skips them like unreadable images under `skip`.
+#[test]
+fn records_a_teacher_file_flags_as_unreadable_are_refused_or_skipped() {
+    use tagfix::teacher::file::{write_streamed, ImageRows};
+    use tagfix::teacher::TeacherFeatures;
+    let _guard = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path(), 16, 4);
+    let t = TeacherFeatures::read(&ds.teacher).unwrap();
+    let keys: Vec<String> = t.keys().iter().map(|k| k.to_string()).collect();
+    let flagged = t.row_of("00006.png").unwrap();
+    write_streamed(
+        &ds.teacher,
+        &keys,
+        Default::default(),
+        ImageRows::MayBeUnreadable,
+        |sink| {
+            for row in 0..keys.len() {
+                match row == flagged {
+                    true => sink.push_unreadable()?,
+                    false => sink.push(&t.image_row(row)?)?,
+                }
+            }
+            Ok(())
+        },
+        |sink| (0..keys.len()).try_for_each(|row| sink.push(&t.text_row(row)?)),
+    )
+    .unwrap();
+    let teacher = ds.teacher.to_str().unwrap();
+    let out = three_epochs(
+        &ds,
+        tmp.path(),
+        "stop",
+        &["--teacher", teacher, "--check-images", "none"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("1 of 16 training images")
+            && stderr.contains("00006.png: the teacher file")
+            && stderr.contains("has no image features for it"),
         "{stderr}"
     );
-    assert!(stdout.contains("unreadable images skipped: 3"), "{stdout}");
-    let summary = RunSummary::read(&tmp.path().join("skip")).unwrap();
-    assert_eq!(summary.skipped_images, 3);
+    assert!(!tmp.path().join("stop").join("summary.json").exists());
+
+    let skip = ["--teacher", teacher, "--unreadable-images", "skip"];
+    let out = three_epochs(&ds, tmp.path(), "skip", &skip);
+    assert_skipped_each_epoch(&out, &tmp.path().join("skip"));
 }

@@ -63,6 +63,7 @@ fn teacher_file(ds: &SynthDataset, vision: &Path, text: &Path, out: &Path) -> Te
         max_words: 30,
         image_batch: 8,
         shard: None,
+        unreadable: Default::default(),
     };
     let hidden = ProgressBar::hidden();
     write_teacher_file(out, &mut text, &mut image, &req, &hidden, &hidden).unwrap();

@@ -4,6 +4,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use tagfix::consistency::hnsw::HnswParams;
 use tagfix::diff::Check;
+use tagfix::train::config::UnreadableImages;
 
 /// Defaults that `repair` also passes to the commands it runs: defined once, here.
 pub mod defaults {
@@ -904,8 +905,9 @@ Model directories hold model.onnx and descriptor.toml: a text tower as for `tagf
 (scripts/export_clip_text_onnx.py), an image tower with kind = \"clip-image\"
 (scripts/export_clip_image_onnx.py). The output is written atomically (docs/formats.md, Teacher features).
 
-Exit status: 0 written; 2 usage or input error (a missing or unreadable image, a record without a
-caption, a duplicate image_path, a model that does not match its descriptor).";
+Exit status: 0 written; 2 usage or input error (a missing or unreadable image, or under
+--unreadable-images skip no readable image at all; a record without a caption, a duplicate
+image_path, a model that does not match its descriptor).";
 
 #[derive(Debug, Args)]
 pub struct TeacherArgs {
@@ -939,6 +941,12 @@ pub struct TeacherArgs {
     /// tasks (counted from SLURM_ARRAY_TASK_MIN) or srun's tasks (SLURM_PROCID of SLURM_NTASKS).
     #[arg(long, value_name = "I/N|auto")]
     pub shard: Option<tagfix::teacher::shard::ShardSpec>,
+    /// An image that cannot be read: `stop` with an error, or `skip` it (its image row zeros,
+    /// flagged in the file's `image_unreadable`, a warning each; `tagfix train` then treats the
+    /// record as an unreadable image: refused under `--unreadable-images stop`, replaced in its
+    /// micro-batch under `skip`).
+    #[arg(long, value_name = "POLICY", value_enum, default_value_t = UnreadableImages::Stop)]
+    pub unreadable_images: UnreadableImages,
     #[command(flatten)]
     pub ort: OrtArgs,
 }

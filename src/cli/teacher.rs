@@ -58,10 +58,12 @@ pub fn run(args: TeacherArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
         max_words: usize::try_from(args.max_words).unwrap_or(usize::MAX),
         image_batch: args.ort.batch_size as usize,
         shard: shard.as_ref().map(|(s, _)| *s),
+        unreadable: args.unreadable_images,
     };
     let text_bar = super::progress_bar(global, "teacher: captions", 0, false);
     let image_bar = super::progress_bar(global, "teacher: images", 0, false);
-    let rows = write_teacher_file(&out, &mut text, &mut image, &request, &text_bar, &image_bar)?;
+    let written = write_teacher_file(&out, &mut text, &mut image, &request, &text_bar, &image_bar)?;
+    let rows = written.rows;
     println!(
         "wrote {}: {rows} records × (image_features, text_features) [{rows}, {}]",
         out.display(),
@@ -80,6 +82,12 @@ pub fn run(args: TeacherArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
             records.len(),
             args.out.display(),
             shard.count
+        );
+    }
+    if request.unreadable == tagfix::train::config::UnreadableImages::Skip {
+        println!(
+            "  unreadable images skipped: {} (image rows of zeros, flagged in image_unreadable; each named above)",
+            written.unreadable_images
         );
     }
     println!(

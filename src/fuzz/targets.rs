@@ -369,9 +369,10 @@ fn run_detector_config(path: &Path, _: &[u8]) {
 
 fn run_teacher(path: &Path, _: &[u8]) {
     if let Ok(t) = crate::teacher::TeacherFeatures::read(path) {
+        let _ = t.unreadable_images();
         for key in t.keys() {
             if let Some(row) = t.row_of(key) {
-                let _ = (t.image_row(row), t.text_row(row));
+                let _ = (t.image_row(row), t.text_row(row), t.image_unreadable(row));
                 let _ = t.image_row(row + t.len());
             }
         }
@@ -697,6 +698,20 @@ fn teacher_seeds() -> Vec<(String, Vec<u8>)> {
         written("one.safetensors", |p| {
             TeacherFeatures::write(p, &keys[..1], &image[..TEACHER_DIM], &text[..TEACHER_DIM])
         }),
+        // `tagfix teacher --unreadable-images skip`: row 1 unreadable, flagged in `image_unreadable`.
+        written("flagged.safetensors", |p| {
+            crate::teacher::file::write_streamed(
+                p,
+                &keys,
+                Default::default(),
+                crate::teacher::file::ImageRows::MayBeUnreadable,
+                |sink| {
+                    sink.push(&image[..TEACHER_DIM])?;
+                    sink.push_unreadable()
+                },
+                |sink| sink.push(&text),
+            )
+        }),
         // The first layout (keys in the metadata), which is still read.
         written("v1.safetensors", |p| {
             let features = |v: &[f32]| Tensor::from_f32(vec![2, TEACHER_DIM], v).expect("rows");
@@ -834,8 +849,10 @@ fn npy_seeds() -> Vec<(String, Vec<u8>)> {
     ]
 }
 
-/// Small images from the `image` crate's encoders: baseline JPEG in colour (4:2:0) and grayscale,
-/// at sizes that are and are not multiples of the 8×8 and 16×16 blocks, and a PNG.
+/// Small images: baseline JPEG from the `image` crate in colour (4:2:0) and grayscale, at sizes that
+/// are and are not multiples of the 8×8 and 16×16 blocks; JPEG flavours from libjpeg-turbo's own
+/// encoder (progressive, arithmetic-coded, restart markers, 4:2:2, CMYK); PNG in 8-bit RGB and
+/// 16-bit RGB and gray+alpha.
 #[cfg(feature = "embed")]
 fn image_seeds() -> Vec<(String, Vec<u8>)> {
     use image::codecs::jpeg::JpegEncoder;
@@ -871,7 +888,116 @@ fn image_seeds() -> Vec<(String, Vec<u8>)> {
             ),
         ),
         ("rgb_9x6.png".into(), png),
+        ("rgb16_7x5.png".into(), png16(7, 5, false)),
+        ("gray_alpha16_6x9.png".into(), png16(6, 9, true)),
+        (
+            "progressive_23x17.jpg".into(),
+            turbojpeg_seed(23, 17, false, &[(PROGRESSIVE, 1)]),
+        ),
+        (
+            "arithmetic_19x11.jpg".into(),
+            turbojpeg_seed(19, 11, false, &[(ARITHMETIC, 1)]),
+        ),
+        (
+            "restarts_33x18.jpg".into(),
+            turbojpeg_seed(33, 18, false, &[(RESTART_BLOCKS, 1)]),
+        ),
+        (
+            "subsampled_422_21x13.jpg".into(),
+            turbojpeg_seed(21, 13, false, &[(SUBSAMPLING, 1)]),
+        ),
+        (
+            "cmyk_12x10.jpg".into(),
+            turbojpeg_seed(12, 10, true, &[(SUBSAMPLING, 0)]),
+        ),
+        (
+            "gray_15x7.jpg".into(),
+            turbojpeg_seed(15, 7, false, &[(SUBSAMPLING, 3)]),
+        ),
     ]
+}
+
+/// 16-bit PNG in RGB or gray+alpha (the image crate's encoder).
+#[cfg(feature = "embed")]
+fn png16(w: u32, h: u32, gray_alpha: bool) -> Vec<u8> {
+    let value = |x: u32, y: u32, k: u32| ((x * 7919 + y * 104_729 + k * 31_337) % 65_536) as u16;
+    let img: image::DynamicImage = if gray_alpha {
+        image::ImageBuffer::<image::LumaA<u16>, _>::from_fn(w, h, |x, y| {
+            image::LumaA([value(x, y, 0), value(x, y, 1)])
+        })
+        .into()
+    } else {
+        image::ImageBuffer::<image::Rgb<u16>, _>::from_fn(w, h, |x, y| {
+            image::Rgb([value(x, y, 0), value(x, y, 1), value(x, y, 2)])
+        })
+        .into()
+    };
+    let mut out = Vec::new();
+    img.write_to(
+        &mut std::io::Cursor::new(&mut out),
+        image::ImageOutputFormat::Png,
+    )
+    .expect("encoding a seed");
+    out
+}
+
+#[cfg(feature = "embed")]
+use turbojpeg_sys::{
+    TJPARAM_TJPARAM_ARITHMETIC as ARITHMETIC, TJPARAM_TJPARAM_PROGRESSIVE as PROGRESSIVE,
+    TJPARAM_TJPARAM_RESTARTBLOCKS as RESTART_BLOCKS, TJPARAM_TJPARAM_SUBSAMP as SUBSAMPLING,
+};
+
+/// A `w`×`h` JPEG (RGB, or CMYK) from libjpeg-turbo's encoder at quality 80, 4:2:0 unless
+/// `params` (TurboJPEG parameters and values, set in order) say otherwise.
+#[cfg(feature = "embed")]
+fn turbojpeg_seed(
+    w: usize,
+    h: usize,
+    cmyk: bool,
+    params: &[(turbojpeg_sys::TJPARAM, i32)],
+) -> Vec<u8> {
+    use std::os::raw::c_int;
+    use turbojpeg_sys as tj;
+    let channels = if cmyk { 4 } else { 3 };
+    let pixels: Vec<u8> = (0..w * h * channels)
+        .map(|i| ((i / channels % w) * 37 + (i / channels / w) * 23 + (i % channels) * 71) as u8)
+        .collect();
+    let format = if cmyk {
+        tj::TJPF_TJPF_CMYK
+    } else {
+        tj::TJPF_TJPF_RGB
+    };
+    // SAFETY: the handle is checked and destroyed; the source buffer holds w·h·channels bytes as
+    // the pitch says; TurboJPEG allocates the output, which is copied and freed with tj3Free.
+    unsafe {
+        let handle = tj::tj3Init(tj::TJINIT_TJINIT_COMPRESS as c_int);
+        assert!(!handle.is_null(), "tj3Init");
+        let mut ok = tj::tj3Set(handle, tj::TJPARAM_TJPARAM_QUALITY as c_int, 80) == 0;
+        let defaults = [(SUBSAMPLING, tj::TJSAMP_TJSAMP_420)];
+        for &(param, value) in defaults.iter().chain(params) {
+            ok &= tj::tj3Set(handle, param as c_int, value) == 0;
+        }
+        let (mut buf, mut size) = (std::ptr::null_mut(), 0);
+        ok &= tj::tj3Compress8(
+            handle,
+            pixels.as_ptr(),
+            w as c_int,
+            (w * channels) as c_int,
+            h as c_int,
+            format as c_int,
+            &mut buf,
+            &mut size,
+        ) == 0;
+        let out = if ok && !buf.is_null() {
+            std::slice::from_raw_parts(buf, size as usize).to_vec()
+        } else {
+            Vec::new()
+        };
+        tj::tj3Free(buf.cast());
+        tj::tj3Destroy(handle);
+        assert!(!out.is_empty(), "libjpeg-turbo could not encode a seed");
+        out
+    }
 }
 
 fn policy_seeds() -> Vec<(String, Vec<u8>)> {
@@ -1412,6 +1538,34 @@ mod tests {
             let p = dir.path().join(&name);
             std::fs::write(&p, bytes).unwrap();
             assert!(crate::tensors::npy::read(&p).is_ok(), "{name}");
+        }
+        for (name, bytes) in teacher_seeds() {
+            let p = dir.path().join(&name);
+            std::fs::write(&p, bytes).unwrap();
+            let t = crate::teacher::TeacherFeatures::read(&p).unwrap();
+            assert_eq!(
+                t.unreadable_images(),
+                usize::from(name == "flagged.safetensors")
+            );
+        }
+    }
+
+    /// Every image seed decodes, at the size its name says, so that mutations start from each
+    /// flavour's decoding path.
+    #[cfg(feature = "embed")]
+    #[test]
+    fn image_seeds_decode_at_their_size() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, bytes) in image_seeds() {
+            let p = dir.path().join(&name);
+            std::fs::write(&p, bytes).unwrap();
+            let img = crate::imaging::decode(&p).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let size = name
+                .rsplit('_')
+                .next()
+                .and_then(|s| s.split('.').next())
+                .unwrap();
+            assert_eq!(format!("{}x{}", img.width(), img.height()), size, "{name}");
         }
     }
 

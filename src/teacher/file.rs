@@ -8,7 +8,10 @@
 //! - `keys` u8 `[bytes]`: a JSON array of N strings in UTF-8, the records' `image_path` values in row
 //!   order (in a tensor, not in the header's metadata: the safetensors crate, and so Python's
 //!   `safe_open`, refuse a header over 100 MB, which the keys of ≈ 2.5M records already exceed);
-//! - metadata `tagfix.schema = "tagfix.teacher/2"`.
+//! - metadata `tagfix.schema = "tagfix.teacher/2"`;
+//! - optionally `image_unreadable` u8 `[N]` (`tagfix teacher --unreadable-images skip`): 1 where the
+//!   record's image could not be read, its `image_features` row zeros. Training treats such a
+//!   record as an unreadable image.
 //!
 //! `tagfix.teacher/1` files (the keys in the metadata `tagfix.keys`) are still read. Optional
 //! provenance metadata (`tagfix.teacher.*`, written by `tagfix teacher`) names the encoders and
@@ -27,6 +30,7 @@ use crate::share::WorkShare;
 use crate::tensors::safetensors_io::{self, SafetensorsFile, StreamedTensor};
 use crate::tensors::DType;
 use rayon::prelude::*;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::ops::Range;
@@ -42,6 +46,8 @@ pub const TEXT_FEATURES: &str = "text_features";
 pub const KEYS: &str = "keys";
 /// Width of CLIP's joint space.
 pub const TEACHER_DIM: usize = 512;
+/// The optional flags of rows whose image could not be read (u8 `[N]`, 1 = unreadable).
+pub const IMAGE_UNREADABLE: &str = "image_unreadable";
 /// Rows checked per read when a file is opened (4 MiB of f32).
 const CHECK_ROWS: usize = 2048;
 
@@ -69,6 +75,9 @@ struct Part {
     /// The dtypes of `image_features` and `text_features`.
     image: DType,
     text: DType,
+    /// Local rows whose image could not be read when the file was made (`image_unreadable`),
+    /// ascending.
+    unreadable: Vec<u32>,
 }
 
 impl Part {
@@ -217,6 +226,21 @@ impl TeacherFeatures {
         }
     }
 
+    /// Whether record row `row`'s image could not be read when the file was made (its image
+    /// features are zeros, not CLIP's).
+    pub fn image_unreadable(&self, row: usize) -> bool {
+        self.part_of(IMAGE_FEATURES, row)
+            .is_ok_and(|(part, local)| {
+                u32::try_from(local)
+                    .is_ok_and(|local| part.unreadable.binary_search(&local).is_ok())
+            })
+    }
+
+    /// Rows flagged by [`Self::image_unreadable`].
+    pub fn unreadable_images(&self) -> usize {
+        self.parts.iter().map(|p| p.unreadable.len()).sum()
+    }
+
     /// Appends record row `row`'s image feature (512 values) to `out`.
     pub fn append_image_row(&self, row: usize, out: &mut Vec<f32>) -> Result<()> {
         let (part, local) = self.part_of(IMAGE_FEATURES, row)?;
@@ -267,6 +291,7 @@ impl TeacherFeatures {
             path,
             keys,
             metadata,
+            ImageRows::AllRead,
             |sink| sink.push(image),
             |sink| sink.push(text),
         )
@@ -344,6 +369,7 @@ fn open_part(
         path: path.to_path_buf(),
         image: feature_dtype(&file, IMAGE_FEATURES, rows)?,
         text: feature_dtype(&file, TEXT_FEATURES, rows)?,
+        unreadable: unreadable_rows(&file, rows)?,
         file: Arc::new(file),
         first_row,
         rows,
@@ -392,9 +418,22 @@ pub struct RowSink<'w> {
     out: &'w mut dyn Write,
     rows: usize,
     bytes: Vec<u8>,
+    /// Where the rows of unreadable images are noted: image rows of a file written with
+    /// [`ImageRows::MayBeUnreadable`], else none.
+    unreadable: Option<&'w RefCell<Vec<usize>>>,
 }
 
 impl RowSink<'_> {
+    /// Writes a row of zeros for a record whose image could not be read, flagged in the file's
+    /// `image_unreadable` tensor. Only image rows of a file that flags them take it.
+    pub fn push_unreadable(&mut self) -> Result<()> {
+        let Some(flagged) = self.unreadable else {
+            return Err(TeacherError::UnflaggedRow { row: self.rows }.into());
+        };
+        flagged.borrow_mut().push(self.rows);
+        self.push(&[0.0; TEACHER_DIM])
+    }
+
     /// Writes whole rows (`values.len()` a multiple of 512).
     pub fn push(&mut self, values: &[f32]) -> Result<()> {
         debug_assert_eq!(values.len() % TEACHER_DIM, 0);
@@ -411,14 +450,25 @@ impl RowSink<'_> {
     }
 }
 
+/// Whether the image rows of a file being written may stand for images that could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageRows {
+    /// Every row is an image's features (no `image_unreadable` tensor).
+    AllRead,
+    /// Rows may be [`RowSink::push_unreadable`]'s zeros, flagged in `image_unreadable`.
+    MayBeUnreadable,
+}
+
 /// Writes a teacher file atomically with rows that `image_rows` and then `text_rows` produce into a
 /// [`RowSink`] (each exactly one row per key, in key order), so that `tagfix teacher` writes rows as
 /// it computes them instead of holding 4 KiB per record in memory. An error of a producer is
-/// returned as it is, and no file is left.
+/// returned as it is, and no file is left. With [`ImageRows::MayBeUnreadable`] the file also gets
+/// the `image_unreadable` flags of the rows `image_rows` pushed as unreadable (all 0 when none).
 pub fn write_streamed(
     path: &Path,
     keys: &[String],
     mut metadata: BTreeMap<String, String>,
+    rows: ImageRows,
     image_rows: impl FnOnce(&mut RowSink) -> Result<()>,
     text_rows: impl FnOnce(&mut RowSink) -> Result<()>,
 ) -> Result<()> {
@@ -426,10 +476,12 @@ pub fn write_streamed(
     let keys_json = serde_json::to_vec(keys).expect("strings serialise");
     let n = keys.len();
     // A producer's own error is kept here and returned instead of the write's I/O error.
-    let failure = std::cell::RefCell::new(None);
-    let tensors = vec![
-        rows_tensor(IMAGE_FEATURES, n, &failure, image_rows),
-        rows_tensor(TEXT_FEATURES, n, &failure, text_rows),
+    let failure = RefCell::new(None);
+    let unreadable = RefCell::new(Vec::new());
+    let flagged = (rows == ImageRows::MayBeUnreadable).then_some(&unreadable);
+    let mut tensors = vec![
+        rows_tensor(IMAGE_FEATURES, n, &failure, flagged, image_rows),
+        rows_tensor(TEXT_FEATURES, n, &failure, None, text_rows),
         StreamedTensor {
             name: KEYS.into(),
             dtype: DType::U8,
@@ -437,6 +489,21 @@ pub fn write_streamed(
             write: Box::new(|w: &mut dyn Write| w.write_all(&keys_json)),
         },
     ];
+    if let Some(flagged) = flagged {
+        // Written after the image rows, which note the unreadable ones as they go.
+        tensors.push(StreamedTensor {
+            name: IMAGE_UNREADABLE.into(),
+            dtype: DType::U8,
+            shape: vec![n],
+            write: Box::new(move |w: &mut dyn Write| {
+                let mut flags = vec![0u8; n];
+                for &row in flagged.borrow().iter() {
+                    flags[row] = 1;
+                }
+                w.write_all(&flags)
+            }),
+        });
+    }
     let written = safetensors_io::write_streamed(path, tensors, &metadata);
     match failure.into_inner() {
         Some(e) => Err(e),
@@ -445,11 +512,13 @@ pub fn write_streamed(
 }
 
 /// A `[n, 512]` f32 tensor whose rows `produce` writes; its error, or a wrong row count, is kept in
-/// `failure` (the write itself only sees an I/O error).
+/// `failure` (the write itself only sees an I/O error). Rows pushed as unreadable are noted in
+/// `unreadable` (refused without it).
 fn rows_tensor<'a>(
     name: &'static str,
     n: usize,
-    failure: &'a std::cell::RefCell<Option<crate::Error>>,
+    failure: &'a RefCell<Option<crate::Error>>,
+    unreadable: Option<&'a RefCell<Vec<usize>>>,
     produce: impl FnOnce(&mut RowSink) -> Result<()> + 'a,
 ) -> StreamedTensor<'a> {
     let mut produce = Some(produce);
@@ -463,6 +532,7 @@ fn rows_tensor<'a>(
                 out: w,
                 rows: 0,
                 bytes: Vec::new(),
+                unreadable,
             };
             let done = produce(&mut sink).and_then(|()| match sink.rows {
                 rows if rows == n => Ok(()),
@@ -531,6 +601,41 @@ fn feature_dtype(file: &SafetensorsFile, name: &str, keys: usize) -> Result<DTyp
         .into());
     }
     Ok(dtype)
+}
+
+/// The local rows flagged in the optional `image_unreadable` tensor, checked to be u8 `[keys]` of
+/// 0 and 1.
+fn unreadable_rows(file: &SafetensorsFile, keys: usize) -> Result<Vec<u32>> {
+    let path = file.path();
+    let Some(tensor) = file.read_tensor(IMAGE_UNREADABLE)? else {
+        return Ok(Vec::new());
+    };
+    if tensor.dtype != DType::U8 || tensor.shape != [keys] {
+        return Err(TeacherError::UnreadableTensor {
+            path: path.into(),
+            dtype: tensor.dtype.to_string(),
+            shape: tensor.shape,
+            keys,
+        }
+        .into());
+    }
+    let mut rows = Vec::new();
+    for (row, &flag) in tensor.data.iter().enumerate() {
+        match flag {
+            0 => {}
+            // Keys are at most u32::MAX + 1 (the key index), so every row fits.
+            1 => rows.push(row as u32),
+            _ => {
+                return Err(TeacherError::UnreadableFlag {
+                    path: path.into(),
+                    row,
+                    flag,
+                }
+                .into())
+            }
+        }
+    }
+    Ok(rows)
 }
 
 /// Appends little-endian `dtype` values (f32, f16 or bf16) to `out` as f32.
@@ -702,6 +807,7 @@ mod tests {
             &p,
             &keys,
             BTreeMap::new(),
+            ImageRows::AllRead,
             |sink| sink.push(&two),
             |_| Err(TeacherError::RandomCaptionInFile.into()),
         )
@@ -711,12 +817,149 @@ mod tests {
             &p,
             &keys,
             BTreeMap::new(),
+            ImageRows::AllRead,
             |sink| sink.push(&two[..TEACHER_DIM]),
             |sink| sink.push(&two),
         )
         .unwrap_err();
         assert!(err.to_string().contains("1 rows computed for 2"), "{err}");
+        // An unreadable image's row needs a file that flags it; text rows never take one.
+        for (rows, image_unreadable) in [
+            (ImageRows::AllRead, true),
+            (ImageRows::MayBeUnreadable, false),
+        ] {
+            let err = write_streamed(
+                &p,
+                &keys,
+                BTreeMap::new(),
+                rows,
+                |sink| match image_unreadable {
+                    true => sink
+                        .push_unreadable()
+                        .and_then(|()| sink.push(&two[..TEACHER_DIM])),
+                    false => sink.push(&two),
+                },
+                |sink| {
+                    sink.push_unreadable()
+                        .and_then(|()| sink.push(&two[..TEACHER_DIM]))
+                },
+            )
+            .unwrap_err();
+            assert!(
+                err.to_string().contains("without `image_unreadable`"),
+                "{err}"
+            );
+        }
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// Rows pushed as unreadable are zeros flagged in `image_unreadable`, read back per row (in a
+    /// shard set too); a file written without such rows has no flags.
+    #[test]
+    fn unreadable_images_are_flagged_rows_of_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys: Vec<String> = (0..5).map(|i| format!("{i}.jpg")).collect();
+        let image = rows(5, |r, c| (r * 10 + c) as f32 + 1.0);
+        let text = rows(5, |r, c| if c == r { 1.0 } else { 0.0 });
+        let write = |path: &Path, range: Range<usize>, bad: &[usize], metadata| {
+            write_streamed(
+                path,
+                &keys[range.clone()],
+                metadata,
+                ImageRows::MayBeUnreadable,
+                |sink| {
+                    for r in range.clone() {
+                        match bad.contains(&r) {
+                            true => sink.push_unreadable()?,
+                            false => sink.push(&image[r * TEACHER_DIM..(r + 1) * TEACHER_DIM])?,
+                        }
+                    }
+                    Ok(())
+                },
+                |sink| sink.push(&text[range.start * TEACHER_DIM..range.end * TEACHER_DIM]),
+            )
+        };
+        let p = dir.path().join("t.safetensors");
+        write(&p, 0..5, &[1, 4], BTreeMap::new()).unwrap();
+        let t = TeacherFeatures::read(&p).unwrap();
+        let flagged: Vec<usize> = (0..6).filter(|&r| t.image_unreadable(r)).collect();
+        assert_eq!((flagged, t.unreadable_images()), (vec![1, 4], 2));
+        assert_eq!(t.image_row(1).unwrap(), vec![0.0; TEACHER_DIM]);
+        assert_eq!(t.image_row(2).unwrap()[3], 24.0);
+        assert_eq!(t.text_row(4).unwrap()[4], 1.0, "caption rows are all there");
+        TeacherFeatures::write(&p, &keys, &image, &text).unwrap();
+        let t = TeacherFeatures::read(&p).unwrap();
+        assert!((0..5).all(|r| !t.image_unreadable(r)));
+        // Shards: each file flags its own rows, the set numbers them in set order.
+        let set = dir.path().join("set");
+        std::fs::create_dir(&set).unwrap();
+        for index in 0..2 {
+            let shard = shard::Shard { index, count: 2 };
+            let metadata = [
+                (shard::SHARD_KEY.to_string(), shard.to_string()),
+                (shard::SET_RECORDS_KEY.to_string(), "5".to_string()),
+            ]
+            .into();
+            write(
+                &set.join(shard.file_name()),
+                shard.range(5),
+                &[0, 3],
+                metadata,
+            )
+            .unwrap();
+        }
+        let t = TeacherFeatures::read(&set).unwrap();
+        let flagged: Vec<usize> = (0..5).filter(|&r| t.image_unreadable(r)).collect();
+        assert_eq!(flagged, vec![0, 3]);
+    }
+
+    /// Flags that are not u8 [keys] of 0 and 1 are refused, naming the file and what is wrong.
+    #[test]
+    fn bad_unreadable_flags_are_refused() {
+        use crate::tensors::{Tensor, TensorSet};
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.safetensors");
+        let read = |flags: Tensor| {
+            let half = rows(2, |_, _| 0.5);
+            let keys = br#"["a.jpg","b.jpg"]"#.to_vec();
+            let set = TensorSet {
+                tensors: vec![
+                    (
+                        IMAGE_FEATURES.into(),
+                        Tensor::from_f32(vec![2, TEACHER_DIM], &half).unwrap(),
+                    ),
+                    (
+                        TEXT_FEATURES.into(),
+                        Tensor::from_f32(vec![2, TEACHER_DIM], &half).unwrap(),
+                    ),
+                    (
+                        KEYS.into(),
+                        Tensor::new(DType::U8, vec![keys.len()], keys).unwrap(),
+                    ),
+                    (IMAGE_UNREADABLE.into(), flags),
+                ],
+                metadata: [("tagfix.schema".to_string(), TEACHER_SCHEMA.to_string())].into(),
+            };
+            safetensors_io::write(&p, &set).unwrap();
+            TeacherFeatures::read(&p).map(|t| t.unreadable_images())
+        };
+        let u8s = |v: &[u8]| Tensor::new(DType::U8, vec![v.len()], v.to_vec()).unwrap();
+        assert_eq!(read(u8s(&[0, 1])).unwrap(), 1);
+        for (flags, says) in [
+            (
+                u8s(&[0, 1, 0]),
+                "`image_unreadable` is u8 [3]; it must be u8 [2]",
+            ),
+            (u8s(&[1]), "`image_unreadable` is u8 [1]"),
+            (
+                Tensor::from_f32(vec![2], &[0.0, 1.0]).unwrap(),
+                "`image_unreadable` is f32 [2]",
+            ),
+            (u8s(&[0, 2]), "`image_unreadable` row 1 is 2"),
+        ] {
+            let err = read(flags).unwrap_err().to_string();
+            assert!(err.contains("t.safetensors") && err.contains(says), "{err}");
+        }
     }
 
     /// Every value is checked on opening (a block at a time); the error names the row and its key.

@@ -87,6 +87,31 @@ pub enum TeacherError {
         expected: usize,
     },
 
+    /// `tagfix teacher` pushed an unreadable image's row into a sink that cannot flag it (a bug).
+    #[error(
+        "image row {row}: an unreadable image's row in a file written without `image_unreadable`"
+    )]
+    UnflaggedRow { row: usize },
+
+    #[error("{path}: `image_unreadable` is {dtype} {shape:?}; it must be u8 [{keys}] (one flag per key)")]
+    UnreadableTensor {
+        path: PathBuf,
+        dtype: String,
+        shape: Vec<usize>,
+        keys: usize,
+    },
+
+    #[error(
+        "{path}: `image_unreadable` row {row} is {flag}; a flag is 0 (read) or 1 (unreadable)"
+    )]
+    UnreadableFlag { path: PathBuf, row: usize, flag: u8 },
+
+    /// `tagfix teacher --unreadable-images skip` could read none of the images it was given.
+    #[error(
+        "none of the {images} images could be read (first: {first}); is --images the right folder?"
+    )]
+    NoReadableImage { images: usize, first: String },
+
     #[error("{path}: has no tensor `{name}`")]
     NoTensor { path: PathBuf, name: String },
 

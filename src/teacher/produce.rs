@@ -3,7 +3,7 @@
 //! ONNX CLIP image tower with its descriptor's evaluation transform; rows follow the records, keyed
 //! by `image_path`, exactly as [`super::file::TeacherFeatures`] reads them.
 
-use super::file::{write_streamed, RowSink, TEACHER_DIM};
+use super::file::{write_streamed, ImageRows, RowSink, TEACHER_DIM};
 use super::image_encoder::ImageEncoder;
 use super::shard::{Shard, SET_RECORDS_KEY, SHARD_KEY};
 use super::TeacherError;
@@ -12,6 +12,7 @@ use crate::annotations::records::{RecordSet, TrainRecord};
 use crate::embed::encoder::{l2_normalize, TextEncoder};
 use crate::error::Result;
 use crate::imaging::{decode, eval_transform};
+use crate::train::config::UnreadableImages;
 use indicatif::ProgressBar;
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
@@ -31,6 +32,9 @@ pub struct TeacherRequest<'a> {
     pub image_batch: usize,
     /// Compute only this shard of the records (`--shard I/N`, [`super::shard`]).
     pub shard: Option<Shard>,
+    /// An image that cannot be read stops the run, or gets a row of zeros flagged in the file's
+    /// `image_unreadable` (`--unreadable-images skip`).
+    pub unreadable: UnreadableImages,
 }
 
 impl TeacherRequest<'_> {
@@ -133,48 +137,101 @@ pub fn caption_rows(
 
 /// Image features into `sink`: each image decoded and brought to the encoder's input by its
 /// descriptor's evaluation transform (decoding in parallel, one ONNX Runtime call per batch).
+/// Under [`UnreadableImages::Skip`] an image that cannot be read gets a flagged row of zeros and a
+/// warning; the number of such images is returned. None readable at all is an error.
 pub fn image_rows(
     image: &mut ImageEncoder,
     req: &TeacherRequest<'_>,
     progress: &ProgressBar,
     sink: &mut RowSink,
-) -> Result<()> {
+) -> Result<usize> {
     image.check_teacher_dim()?;
     let per = image.pixels_per_image();
     let input = image.descriptor.input.clone();
     progress.set_length(req.selected().len() as u64);
+    let mut skipped = 0;
+    let mut first_failure = None;
     for chunk in req.selected_chunks(req.image_batch.max(1)) {
         let mut pixels = vec![0f32; chunk.len() * per];
-        pixels
+        let read: Vec<Result<()>> = pixels
             .par_chunks_mut(per)
             .zip(chunk.par_iter())
-            .try_for_each(|(buf, r)| -> Result<()> {
-                let path = r.image_file(req.image_root);
-                let img = decode(&path).map_err(|e| TeacherError::Image {
-                    origin: req.records.origin(r),
-                    source: Box::new(e),
-                })?;
+            .map(|(buf, r)| {
+                let img =
+                    decode(&r.image_file(req.image_root)).map_err(|e| TeacherError::Image {
+                        origin: req.records.origin(r),
+                        source: Box::new(e),
+                    })?;
                 eval_transform(&img, &input, buf);
                 Ok(())
-            })?;
-        let features = image.encode(&pixels)?;
-        if let Some(i) = features.iter().position(|v| !v.is_finite()) {
-            let r = &chunk[i / TEACHER_DIM];
-            return Err(TeacherError::NonFiniteFeature {
-                image: r.image_path.to_string(),
-                origin: req.records.origin(r),
+            })
+            .collect();
+        let mut unreadable = vec![false; chunk.len()];
+        for (k, outcome) in read.into_iter().enumerate() {
+            let Err(e) = outcome else { continue };
+            if req.unreadable == UnreadableImages::Stop {
+                return Err(e);
             }
-            .into());
+            let reason = crate::error::report(&e);
+            tracing::warn!(
+                "skipped an unreadable image: {reason}; its image_features row is zeros, flagged in image_unreadable"
+            );
+            first_failure.get_or_insert(reason);
+            unreadable[k] = true;
+            skipped += 1;
         }
-        sink.push(&features)?;
+        let read_pixels: Vec<f32> = pixels
+            .chunks(per)
+            .zip(&unreadable)
+            .filter(|(_, &bad)| !bad)
+            .flat_map(|(px, _)| px.iter().copied())
+            .collect();
+        let features = if read_pixels.is_empty() {
+            Vec::new()
+        } else {
+            image.encode(&read_pixels)?
+        };
+        let mut rows = features.chunks(TEACHER_DIM);
+        for (r, &bad) in chunk.iter().zip(&unreadable) {
+            if bad {
+                sink.push_unreadable()?;
+                continue;
+            }
+            let row = rows.next().unwrap_or_default();
+            if row.len() != TEACHER_DIM || row.iter().any(|v| !v.is_finite()) {
+                return Err(TeacherError::NonFiniteFeature {
+                    image: r.image_path.to_string(),
+                    origin: req.records.origin(r),
+                }
+                .into());
+            }
+            sink.push(row)?;
+        }
         progress.inc(chunk.len() as u64);
     }
-    Ok(())
+    let images = req.selected().len();
+    if images > 0 && skipped == images {
+        return Err(TeacherError::NoReadableImage {
+            images,
+            first: first_failure.unwrap_or_default(),
+        }
+        .into());
+    }
+    Ok(skipped)
+}
+
+/// What [`write_teacher_file`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TeacherWritten {
+    /// Records (rows) in the file.
+    pub rows: usize,
+    /// Of them, images that could not be read (`--unreadable-images skip`): flagged rows of zeros.
+    pub unreadable_images: usize,
 }
 
 /// Computes both teachers and writes the teacher file `out` as the rows come (image features, then
 /// caption embeddings; memory stays that of a batch, whatever the record count), with the
-/// provenance metadata (`tagfix.teacher.*`). Returns the rows written. A failure leaves no file.
+/// provenance metadata (`tagfix.teacher.*`). A failure leaves no file.
 pub fn write_teacher_file(
     out: &Path,
     text: &mut TextEncoder,
@@ -182,7 +239,7 @@ pub fn write_teacher_file(
     req: &TeacherRequest<'_>,
     text_progress: &ProgressBar,
     image_progress: &ProgressBar,
-) -> Result<usize> {
+) -> Result<TeacherWritten> {
     // Keys are checked over the whole set, so that every shard refuses a repeated image_path.
     let all_keys = unique_keys(req.records)?;
     let keys = match req.shard {
@@ -194,12 +251,18 @@ pub fn write_teacher_file(
     }
     check_caption_width(text, req)?;
     let metadata = provenance(text, image, req);
+    let rows = match req.unreadable {
+        UnreadableImages::Stop => ImageRows::AllRead,
+        UnreadableImages::Skip => ImageRows::MayBeUnreadable,
+    };
+    let mut unreadable_images = 0;
     write_streamed(
         out,
         keys,
         metadata,
+        rows,
         |sink| {
-            image_rows(image, req, image_progress, sink)?;
+            unreadable_images = image_rows(image, req, image_progress, sink)?;
             image_progress.finish_and_clear();
             Ok(())
         },
@@ -209,7 +272,10 @@ pub fn write_teacher_file(
             Ok(())
         },
     )?;
-    Ok(keys.len())
+    Ok(TeacherWritten {
+        rows: keys.len(),
+        unreadable_images,
+    })
 }
 
 /// Embeds one caption to learn the text tower's width before the image pass: the captions are

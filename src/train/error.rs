@@ -190,6 +190,11 @@ pub enum TrainError {
         origin: String,
     },
 
+    /// A record whose teacher row is a flagged row of zeros: `tagfix teacher --unreadable-images skip`
+    /// could not read its image, so training counts the image as unreadable too.
+    #[error("{image}: the teacher file {} has no image features for it (its image could not be read when `tagfix teacher --unreadable-images skip` made the file)", .teacher.display())]
+    TeacherImageUnreadable { teacher: PathBuf, image: String },
+
     /// Images found unreadable before the first step; `examples` are the first few, each
     /// `error (where the record is)`.
     #[error("{failed} of {total} training images{} cannot be read (image root {}):{}",
@@ -439,6 +444,7 @@ impl TrainError {
             | TrainError::Schema { .. }
             | TrainError::NotAFolder { .. }
             | TrainError::TeacherRowsMissing { .. }
+            | TrainError::TeacherImageUnreadable { .. }
             | TrainError::UnreadableImages { .. }
             | TrainError::NoReadableImage { .. }
             | TrainError::UnreadableValidationImages { .. }

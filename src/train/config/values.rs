@@ -343,17 +343,18 @@ impl ImageCheck {
     }
 }
 
-/// What training does with an image that cannot be read when its micro-batch is loaded
-/// (`--unreadable-images`); rebuilt web-scale sets hold a few truncated or vanished files.
+/// What training (when a micro-batch is loaded) and `tagfix teacher` do with an image that cannot
+/// be read (`--unreadable-images`); rebuilt web-scale sets hold a few truncated or vanished files.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum UnreadableImages {
-    /// Stop the run with an error naming the image and its record.
+    /// Stop with an error naming the image and its record.
     #[default]
     Stop,
-    /// Go on: the image's place in its micro-batch is taken by the next readable image of that
-    /// micro-batch (with its own augmentation draw), and the skip is logged and counted. The
-    /// check before the first step then warns instead of refusing.
+    /// Go on, each skip logged and counted. Training: the image's place in its micro-batch is
+    /// taken by the next readable image of that micro-batch (with its own augmentation draw), and
+    /// the check before the first step warns instead of refusing. `tagfix teacher`: the image's
+    /// row is zeros, flagged in the file's `image_unreadable`.
     Skip,
 }
 

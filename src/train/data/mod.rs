@@ -190,23 +190,32 @@ impl TrainData {
         share: WorkShare,
         unreadable: UnreadableImages,
     ) -> Result<usize> {
-        let read: fn(&Path) -> Result<()> = match mode {
-            ImageCheck::None => return Ok(0),
-            ImageCheck::Header => |p| augment::probe(p).map(drop),
-            ImageCheck::Full => |p| augment::decode(p).map(drop),
+        let read: Option<fn(&Path) -> Result<()>> = match mode {
+            ImageCheck::None => None,
+            ImageCheck::Header => Some(|p| augment::probe(p).map(drop)),
+            ImageCheck::Full => Some(|p| augment::decode(p).map(drop)),
         };
+        let flagged = self.teacher.as_ref().map_or(0, |t| t.unreadable_images());
+        if read.is_none() && flagged == 0 {
+            return Ok(0);
+        }
         let part = share.range(self.len());
         let total = part.len();
         // The first share's rank speaks for all (they check equal shares side by side).
-        let bar = if share.index() == 0 {
+        let bar = if share.index() == 0 && read.is_some() {
             crate::progress::stderr_bar("checking images", total as u64, false)
         } else {
             indicatif::ProgressBar::hidden()
         };
+        // Records the teacher file could not read count as unreadable whatever the check mode:
+        // knowing them costs no I/O.
         let failures: Vec<(usize, Error)> = part
             .into_par_iter()
             .filter_map(|i| {
-                let result = read(&self.image_path(&self.records.get(i)));
+                let result = self.teacher_image_read(i).and_then(|()| match read {
+                    Some(read) => read(&self.image_path(&self.records.get(i))),
+                    None => Ok(()),
+                });
                 bar.inc(1);
                 result.err().map(|e| (i, e))
             })
@@ -238,6 +247,21 @@ impl TrainData {
             return Ok(failures.len());
         }
         Err(error.into())
+    }
+
+    /// Refuses record `idx` when its teacher row is a flagged row of zeros (`tagfix teacher
+    /// --unreadable-images skip` could not read its image): for training its image is unreadable.
+    fn teacher_image_read(&self, idx: usize) -> Result<()> {
+        match &self.teacher {
+            Some(t) if t.image_unreadable(self.teacher_rows[idx] as usize) => {
+                Err(TrainError::TeacherImageUnreadable {
+                    teacher: t.path.clone(),
+                    image: self.records.get(idx).image_path.to_string(),
+                }
+                .into())
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Slots the data carries that `absent` (from the manifest) says no record carries.
@@ -429,6 +453,7 @@ fn decode_micro_batch(
     let mut draws = vec![Draw::default(); indices.len()];
     // Decodes record `idx`'s image and writes its augmented view at position `k`.
     let fill = |k: usize, idx: usize, out: &mut [u8], teacher_out: &mut [f32]| -> Result<Draw> {
+        data.teacher_image_read(idx)?;
         let img = augment::decode(&data.image_path(&data.records.get(idx)))?;
         let pos = (first + k) as u64;
         let mut rng = ChaCha8Rng::seed_from_u64(mix(cfg.seed ^ 0xA5A5_A5A5, epoch, pos));
@@ -970,6 +995,81 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("24 of 24 training images"), "{e}");
+    }
+
+    /// Records whose teacher row is flagged (`tagfix teacher --unreadable-images skip` could not
+    /// read their image) are unreadable images for training, whatever their files hold now.
+    #[test]
+    fn records_the_teacher_could_not_read_are_unreadable_images() {
+        use crate::teacher::file::{write_streamed, ImageRows};
+        let dir = tempfile::tempdir().unwrap();
+        let data = synth_data(dir.path());
+        let skip = LoaderConfig {
+            unreadable: UnreadableImages::Skip,
+            ..small_loader(3, 2, 4)
+        };
+        let order = epoch_order(data.len(), skip.seed, 0);
+        let record = |pos: usize| order[pos] as usize;
+        // The synthetic set's teacher file again, the rows of the records at positions 4 and 5
+        // (micro-batch 1) flagged.
+        let t = data.teacher.as_ref().unwrap();
+        let keys: Vec<String> = t.keys().iter().map(|k| k.to_string()).collect();
+        let row = |pos| t.row_of(data.records.get(record(pos)).image_path).unwrap();
+        let flagged = [row(4), row(5)];
+        let teacher = dir.path().join("flagged.safetensors");
+        write_streamed(
+            &teacher,
+            &keys,
+            Default::default(),
+            ImageRows::MayBeUnreadable,
+            |sink| {
+                for r in 0..keys.len() {
+                    match flagged.contains(&r) {
+                        true => sink.push_unreadable()?,
+                        false => sink.push(&t.image_row(r)?)?,
+                    }
+                }
+                Ok(())
+            },
+            |sink| (0..keys.len()).try_for_each(|r| sink.push(&t.text_row(r)?)),
+        )
+        .unwrap();
+        let open = || {
+            let files = &data.records.files;
+            Arc::new(TrainData::open(files, &data.image_root, data.num_slots, Some(&teacher)).unwrap())
+        };
+        let flagged_data = open();
+        let got: Vec<MicroBatch> = drain(Loader::start(flagged_data.clone(), skip, 0, 2).unwrap())
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(got[1].indices, [record(3), record(3), record(3)]);
+        assert_eq!(got[1].skipped.len(), 2);
+        for s in &got[1].skipped {
+            assert!(s.reason.contains("flagged.safetensors has no image features"), "{}", s.reason);
+        }
+        // The stand-ins' teacher rows come with them.
+        let mut stand_in = Vec::new();
+        flagged_data.teacher.as_ref().unwrap().append_image_row(row(3), &mut stand_in).unwrap();
+        assert_eq!(got[1].clip_feature.as_ref().unwrap()[TEACHER_DIM..2 * TEACHER_DIM], stand_in[..]);
+        // Under `stop` the loader refuses them, and so does the check before training in any mode
+        // (knowing them costs no reading); under `skip` the check counts them once.
+        let stop = small_loader(3, 2, 4);
+        let got = drain(Loader::start(flagged_data.clone(), stop, 0, 2).unwrap());
+        let e = got[1].as_ref().unwrap_err().to_string();
+        let image = data.records.get(record(4)).image_path.to_string();
+        assert!(e.contains(&image) || e.contains(data.records.get(record(5)).image_path), "{e}");
+        let whole = WorkShare::WHOLE;
+        for mode in [ImageCheck::None, ImageCheck::Header, ImageCheck::Full] {
+            let e = flagged_data
+                .check_images_of(mode, whole, UnreadableImages::Stop)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("2 of 24 training images"), "{mode:?}: {e}");
+            let skipped = flagged_data.check_images_of(mode, whole, UnreadableImages::Skip);
+            assert_eq!(skipped.unwrap(), 2, "{mode:?}");
+        }
+        assert_eq!(data.check_images_of(ImageCheck::None, whole, UnreadableImages::Stop).unwrap(), 0);
     }
 
     #[test]
