@@ -17,7 +17,7 @@ use super::model::{ParamInit, RamPlus, RamPlusConfig};
 use super::objective::LossWeighting;
 use super::optim::AdamW;
 pub use super::trainer::{RunStart, Trainer};
-use super::validate::{score_images, ValidationInputs, ValidationSet};
+use super::validate::{score_images, score_readable_images, ValidationInputs, ValidationSet};
 use super::weights::{self, InitFingerprint, LoadOptions};
 use crate::error::{Error, Result};
 use crate::manifest::SlotManifest;
@@ -874,21 +874,17 @@ pub fn slot_probabilities(
     limit: usize,
     unreadable: UnreadableImages,
 ) -> Result<Vec<f64>> {
-    let mut paths: Vec<PathBuf> = (0..data.len().min(limit))
+    let paths: Vec<PathBuf> = (0..data.len().min(limit))
         .map(|i| data.image_path(&data.records.get(i)))
         .collect();
-    if unreadable == UnreadableImages::Skip {
-        use rayon::prelude::*;
-        let readable: Vec<bool> = paths
-            .par_iter()
-            .map(|p| data::augment::decode(p).is_ok())
-            .collect();
-        let mut keep = readable.into_iter();
-        paths.retain(|_| keep.next().unwrap_or(false));
-    }
-    let n = paths.len();
-    let probs = score_images(model, &paths, device, 16, PilFilter::Bicubic)?;
+    let probs = match unreadable {
+        UnreadableImages::Stop => score_images(model, &paths, device, 16, PilFilter::Bicubic)?,
+        UnreadableImages::Skip => {
+            score_readable_images(model, &paths, device, 16, PilFilter::Bicubic)?.0
+        }
+    };
     let nc = model.config.num_class;
+    let n = probs.len() / nc.max(1);
     let mut sums = vec![0f64; nc];
     for row in probs.chunks(nc) {
         for (s, p) in sums.iter_mut().zip(row) {

@@ -220,7 +220,8 @@ fn from_records(path: &Path, vocab: &Vocabulary) -> Result<(Benchmark, TagMappin
 }
 
 /// Sigmoid tag probabilities `[images, num_class]` (row-major), each image decoded, resized with
-/// `filter` to the model's input and CLIP-normalised, in eval mode without gradients.
+/// `filter` to the model's input and CLIP-normalised, in eval mode without gradients. An image
+/// that cannot be read is an error.
 pub fn score_images(
     model: &RamPlus,
     paths: &[PathBuf],
@@ -228,21 +229,65 @@ pub fn score_images(
     batch: usize,
     filter: PilFilter,
 ) -> Result<Vec<f32>> {
+    let (scores, _) = score_batches(model, paths, device, batch, filter, false)?;
+    Ok(scores)
+}
+
+/// [`score_images`] of the images that can be read (each decoded once): their probabilities in
+/// order, and how many were left out.
+pub fn score_readable_images(
+    model: &RamPlus,
+    paths: &[PathBuf],
+    device: Device,
+    batch: usize,
+    filter: PilFilter,
+) -> Result<(Vec<f32>, usize)> {
+    score_batches(model, paths, device, batch, filter, true)
+}
+
+/// Scores `paths` `batch` at a time; `leave_out_unreadable` drops an image that cannot be read
+/// (counted) instead of failing with its error.
+fn score_batches(
+    model: &RamPlus,
+    paths: &[PathBuf],
+    device: Device,
+    batch: usize,
+    filter: PilFilter,
+    leave_out_unreadable: bool,
+) -> Result<(Vec<f32>, usize)> {
     let side = model.config.swin.img_size as u32;
     let per = 3 * (side * side) as usize;
     let mut out = Vec::with_capacity(paths.len() * model.config.num_class);
-    for chunk in paths.chunks(batch) {
+    let mut left_out = 0;
+    for chunk in paths.chunks(batch.max(1)) {
         let mut buf = vec![0f32; chunk.len() * per];
-        buf.par_chunks_mut(per)
+        let read: Vec<Result<()>> = buf
+            .par_chunks_mut(per)
             .zip(chunk.par_iter())
-            .try_for_each(|(dst, p)| -> Result<()> {
+            .map(|(dst, p)| {
                 let img = augment::decode(p)?;
                 let img = pil_resize(&img, side, side, filter);
                 augment::to_normalized_chw(&img, dst);
                 Ok(())
-            })?;
-        let x = Tensor::from_slice(&buf)
-            .view([chunk.len() as i64, 3, side as i64, side as i64])
+            })
+            .collect();
+        // The readable images' pixels moved to the front, in order.
+        let mut images = 0;
+        for (k, outcome) in read.into_iter().enumerate() {
+            match outcome {
+                Ok(()) => {
+                    buf.copy_within(k * per..(k + 1) * per, images * per);
+                    images += 1;
+                }
+                Err(_) if leave_out_unreadable => left_out += 1,
+                Err(e) => return Err(e),
+            }
+        }
+        if images == 0 {
+            continue;
+        }
+        let x = Tensor::from_slice(&buf[..images * per])
+            .view([images as i64, 3, side as i64, side as i64])
             .to_device(device);
         let probs = model.tag_probabilities(&x)?;
         let flat = probs
@@ -256,5 +301,46 @@ pub fn score_images(
             })?;
         out.extend(v);
     }
-    Ok(out)
+    Ok((out, left_out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::model::{ParamInit, RamPlusConfig};
+
+    /// Leaving out an unreadable image gives the readable images' scores (one decode each) and
+    /// the count; scoring them all fails with the file's error.
+    #[test]
+    fn unreadable_images_are_left_out_or_fail_the_scoring() {
+        tch::manual_seed(3);
+        let cfg = RamPlusConfig::tiny(6, 2);
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let model = RamPlus::new(&vs, &cfg, ParamInit::Official).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<PathBuf> = (0..5).map(|i| dir.path().join(format!("{i}.png"))).collect();
+        for (i, p) in paths.iter().enumerate() {
+            let img = image::RgbImage::from_fn(40 + i as u32, 30, |x, y| {
+                image::Rgb([(x * 9) as u8, (y * 7 + i as u32 * 40) as u8, 128])
+            });
+            img.save(p).unwrap();
+        }
+        std::fs::write(&paths[1], b"\x89PNG\r\n\x1a\n cut short").unwrap();
+        std::fs::remove_file(&paths[3]).unwrap();
+        let readable = [paths[0].clone(), paths[2].clone(), paths[4].clone()];
+        let score = |paths: &[PathBuf]| score_images(&model, paths, Device::Cpu, 2, PilFilter::Bicubic);
+        let want = score(&readable).unwrap();
+        assert_eq!(want.len(), 3 * 6);
+        let (got, left_out) =
+            score_readable_images(&model, &paths, Device::Cpu, 2, PilFilter::Bicubic).unwrap();
+        assert_eq!(left_out, 2);
+        let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(got.len() == want.len() && diff < 1e-6, "{diff}");
+        let e = crate::error::report(&score(&paths).unwrap_err());
+        assert!(e.contains("1.png"), "{e}");
+        // A batch with nothing readable contributes nothing.
+        let (none, left_out) =
+            score_readable_images(&model, &paths[1..2], Device::Cpu, 2, PilFilter::Bicubic).unwrap();
+        assert_eq!((none.len(), left_out), (0, 1));
+    }
 }
