@@ -151,9 +151,18 @@ fn read_whole_jpeg(
     Ok(())
 }
 
-/// Decodes a file that is not a JPEG, its first bytes `magic` already read from `file`: a PNG,
-/// or an error naming the format the `image` crate guesses (tagfix decodes JPEG and PNG only).
-fn decode_other(file: std::fs::File, magic: &[u8], path: &Path) -> Result<RgbImage> {
+/// The rest of a file whose first bytes were read: those bytes, then the file.
+type Rest<'a> = std::io::Chain<&'a [u8], std::io::BufReader<std::fs::File>>;
+
+/// A file that is not a JPEG, its first bytes `magic` already read from `file`, as a PNG decoder
+/// with its header read and its size checked; any other format is an error naming what the
+/// `image` crate guesses it is (tagfix reads JPEG and PNG only). [`decode`] and [`probe`] both
+/// come here, so they agree on every such file.
+fn png_header<'a>(
+    file: std::fs::File,
+    magic: &'a [u8],
+    path: &Path,
+) -> Result<image::codecs::png::PngDecoder<Rest<'a>>> {
     use image::codecs::png::PngDecoder;
     use image::error::{ImageFormatHint, UnsupportedError, UnsupportedErrorKind};
     use image::ImageDecoder;
@@ -173,6 +182,12 @@ fn decode_other(file: std::fs::File, magic: &[u8], path: &Path) -> Result<RgbIma
         .map_err(|e| ImageError::header(path, e))?;
     let (w, h) = png.dimensions();
     check_size(path, w, h)?;
+    Ok(png)
+}
+
+/// Decodes a file that is not a JPEG ([`png_header`]).
+fn decode_other(file: std::fs::File, magic: &[u8], path: &Path) -> Result<RgbImage> {
+    let png = png_header(file, magic, path)?;
     let img = image::DynamicImage::from_decoder(png).map_err(|e| ImageError::decode(path, e))?;
     Ok(pillow_rgb(img))
 }
@@ -226,7 +241,6 @@ const JPEG_PROBE_BYTES: u64 = 64 * 1024;
 /// at most [`MAX_PIXELS`]). A JPEG's header is read by the parser that decodes it ([`jpeg`]), so
 /// the check and the decoding agree on it.
 pub fn probe(path: &Path) -> Result<(u32, u32)> {
-    use std::io::{Seek, SeekFrom};
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut data = Vec::new();
     read_up_to(&mut file, &mut data, PNG_MAGIC.len() as u64, path)?;
@@ -242,13 +256,7 @@ pub fn probe(path: &Path) -> Result<(u32, u32)> {
         let header = header.map_err(|e| ImageError::header(path, e))?;
         (header.width, header.height)
     } else {
-        file.seek(SeekFrom::Start(0))
-            .map_err(|e| Error::io(path, e))?;
-        image::io::Reader::new(std::io::BufReader::new(file))
-            .with_guessed_format()
-            .map_err(|e| Error::io(path, e))?
-            .into_dimensions()
-            .map_err(|e| ImageError::header(path, e))?
+        image::ImageDecoder::dimensions(&png_header(file, &data, path)?)
     };
     check_size(path, w, h)?;
     Ok((w, h))
@@ -481,8 +489,21 @@ mod tests {
         // A PNG claiming 0 × 0 pixels: refused on its header.
         let mut bytes = std::fs::read(&png).unwrap();
         bytes[16..24].fill(0);
-        std::fs::write(&png, &bytes).unwrap();
-        assert!(decode(&png).is_err());
+        let zero = dir.path().join("zero.png");
+        std::fs::write(&zero, &bytes).unwrap();
+        assert!(decode(&zero).is_err());
+        // The header check says what decoding says of every file that is not a JPEG.
+        let cut = dir.path().join("cut.png");
+        std::fs::write(&cut, &std::fs::read(&png).unwrap()[..20]).unwrap();
+        let bmp = dir.path().join("b.png");
+        std::fs::write(&bmp, b"BM\x3e\0\0\0\0\0\0\0").unwrap();
+        let empty = dir.path().join("empty.png");
+        std::fs::write(&empty, b"").unwrap();
+        for p in [&gif, &text, &zero, &cut, &bmp, &empty] {
+            let (d, h) = (decode(p).unwrap_err(), probe(p).unwrap_err());
+            assert_eq!(d.to_string(), h.to_string(), "{}", p.display());
+            assert_eq!(crate::error::report(&d), crate::error::report(&h));
+        }
     }
 
     fn input(size: u32, resize: Resize) -> ImageInput {
