@@ -1287,4 +1287,10 @@ fn records_a_teacher_file_flags_as_unreadable_are_refused_or_skipped() {
     let skip = ["--teacher", teacher, "--unreadable-images", "skip"];
     let out = three_epochs(&ds, tmp.path(), "skip", &skip);
     assert_skipped_each_epoch(&out, &tmp.path().join("skip"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("(1 row(s) flagged: images `tagfix teacher` could not read)")
+            && stderr.contains("1 unreadable, to be skipped"),
+        "{stderr}"
+    );
 }

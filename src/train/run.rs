@@ -434,7 +434,10 @@ fn open_data(
             ImageCheck::None => "not checked ahead",
         },
         match (&inputs.teacher, &config.online_teacher) {
-            (Some(p), _) => p.display().to_string(),
+            (Some(p), _) => match data.teacher.as_ref().map_or(0, |t| t.unreadable_images()) {
+                0 => p.display().to_string(),
+                n => format!("{} ({n} row(s) flagged: images `tagfix teacher` could not read)", p.display()),
+            },
             (None, Some(_)) => "online (CLIP towers through ONNX Runtime on each augmented batch)".into(),
             (None, None) => "none (tag loss only)".into(),
         },
