@@ -286,6 +286,20 @@ impl View {
     }
 }
 
+/// Moves the images of a batch buffer (`per` values each) that `keep` says to keep to its front,
+/// in order, and returns how many there are: the batch that goes to the model once the images
+/// that could not be read are left out.
+pub fn keep_images(pixels: &mut [f32], per: usize, keep: &[bool]) -> usize {
+    let mut kept = 0;
+    for (k, _) in keep.iter().enumerate().filter(|(_, &keep)| keep) {
+        if k != kept {
+            pixels.copy_within(k * per..(k + 1) * per, kept * per);
+        }
+        kept += 1;
+    }
+    kept
+}
+
 /// RGB8 → CHW floats `(x/255 − mean)/std`.
 pub fn normalize_chw(img: &RgbImage, mean: &[f32; 3], std: &[f32; 3], out: &mut [f32]) {
     let plane = (img.width() * img.height()) as usize;
@@ -514,6 +528,20 @@ mod tests {
             mean: CLIP_MEAN,
             std: CLIP_STD,
         }
+    }
+
+    #[test]
+    fn kept_images_move_to_the_front_in_order() {
+        let mut px: Vec<f32> = (0..10).map(|v| v as f32).collect();
+        assert_eq!(
+            keep_images(&mut px, 2, &[false, true, false, true, true]),
+            3
+        );
+        assert_eq!(px[..6], [2.0, 3.0, 6.0, 7.0, 8.0, 9.0]);
+        assert_eq!(keep_images(&mut px, 2, &[false; 5]), 0);
+        let mut px = vec![1.0, 2.0];
+        assert_eq!(keep_images(&mut px, 2, &[true]), 1);
+        assert_eq!(px, [1.0, 2.0]);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use super::{pre_caption, CaptionChoice};
 use crate::annotations::records::{RecordSet, TrainRecord};
 use crate::embed::encoder::{l2_normalize, TextEncoder};
 use crate::error::Result;
-use crate::imaging::{decode, eval_transform};
+use crate::imaging::{decode, eval_transform, keep_images};
 use crate::train::config::UnreadableImages;
 use indicatif::ProgressBar;
 use rayon::prelude::*;
@@ -166,7 +166,7 @@ pub fn image_rows(
                 Ok(())
             })
             .collect();
-        let mut unreadable = vec![false; chunk.len()];
+        let mut readable = vec![true; chunk.len()];
         for (k, outcome) in read.into_iter().enumerate() {
             let Err(e) = outcome else { continue };
             if req.unreadable == UnreadableImages::Stop {
@@ -177,23 +177,16 @@ pub fn image_rows(
                 "skipped an unreadable image: {reason}; its image_features row is zeros, flagged in image_unreadable"
             );
             first_failure.get_or_insert(reason);
-            unreadable[k] = true;
+            readable[k] = false;
             skipped += 1;
         }
-        let read_pixels: Vec<f32> = pixels
-            .chunks(per)
-            .zip(&unreadable)
-            .filter(|(_, &bad)| !bad)
-            .flat_map(|(px, _)| px.iter().copied())
-            .collect();
-        let features = if read_pixels.is_empty() {
-            Vec::new()
-        } else {
-            image.encode(&read_pixels)?
+        let features = match keep_images(&mut pixels, per, &readable) {
+            0 => Vec::new(),
+            n => image.encode(&pixels[..n * per])?,
         };
         let mut rows = features.chunks(TEACHER_DIM);
-        for (r, &bad) in chunk.iter().zip(&unreadable) {
-            if bad {
+        for (r, &read) in chunk.iter().zip(&readable) {
+            if !read {
                 sink.push_unreadable()?;
                 continue;
             }

@@ -18,7 +18,7 @@ use crate::eval::{
 use crate::manifest::SlotManifest;
 use crate::share::WorkShare;
 use crate::vocab::Vocabulary;
-use crate::imaging::{pil_resize, PilFilter};
+use crate::imaging::{keep_images, pil_resize, PilFilter};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -271,18 +271,16 @@ fn score_batches(
                 Ok(())
             })
             .collect();
-        // The readable images' pixels moved to the front, in order.
-        let mut images = 0;
-        for (k, outcome) in read.into_iter().enumerate() {
+        let mut readable = Vec::with_capacity(chunk.len());
+        for outcome in read {
             match outcome {
-                Ok(()) => {
-                    buf.copy_within(k * per..(k + 1) * per, images * per);
-                    images += 1;
-                }
-                Err(_) if leave_out_unreadable => left_out += 1,
+                Ok(()) => readable.push(true),
+                Err(_) if leave_out_unreadable => readable.push(false),
                 Err(e) => return Err(e),
             }
         }
+        left_out += readable.iter().filter(|&&ok| !ok).count();
+        let images = keep_images(&mut buf, per, &readable);
         if images == 0 {
             continue;
         }
