@@ -7,17 +7,15 @@
 use super::autocast::{with_autocast, CastCacheScope};
 use super::config::{GradComm, GradSync, MicroBatchSize, Precision, TrainConfig};
 use super::data::{Loader, MicroBatch, TrainData};
-use super::dist::{zero, Fingerprint, ProcessGroup};
+use super::dist::{zero, ProcessGroup};
 use super::error::TrainError;
 use super::interrupt::{self, StopRequest};
 use super::model::{RamPlus, RamPlusConfig};
 use super::objective::{micro_losses, step_losses, AbsentSlots, LossWeighting, MicroInputs};
-use super::micro_auto;
 use super::optim::{AdamW, LrSchedule, OptimizerImpl};
 use super::saver::{CheckpointWriter, Snapshot};
 use super::sync::{read_f64, read_f64s};
 use super::upload::{upload, PixelNormalizer};
-use crate::monitor::RunPace;
 use super::run::{
     check_same_records, checkpoint_dir, latest_checkpoint, read_checkpoint, slot_probabilities,
     validation_line, CheckpointState, Prepared, RunSummary, RUN_FILE, STATE_SCHEMA,
@@ -36,29 +34,20 @@ use std::time::Instant;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
-/// The raw loss terms of one step, summed over its micro-batches, in the order they first appeared.
-pub type RawTerms = Vec<(LossTerm, f64)>;
 
-/// What the micro-batches of one step produced before the update.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Accumulated {
-    /// Raw terms summed over the micro-batches (each already a share of the batch mean).
-    pub raw: RawTerms,
-    /// The weighted total that was back-propagated, summed likewise.
-    pub total: f64,
-    /// Seconds spent waiting for the data loader.
-    pub data_wait_s: f64,
-}
+mod auto_batch;
+mod losses;
+mod pace;
+mod ranks;
 
-impl Accumulated {
-    /// Adds one micro-batch's raw term.
-    fn add(&mut self, term: LossTerm, v: f64) {
-        match self.raw.iter_mut().find(|(k, _)| *k == term) {
-            Some(e) => e.1 += v,
-            None => self.raw.push((term, v)),
-        }
-    }
-}
+use auto_batch::AutoProbe;
+pub use losses::{Accumulated, RawTerms};
+use losses::{
+    non_finite_reason, Agreed, DeviceLosses, MicroOut, StepValues, NON_FINITE, ROW, SUMMARY,
+    VOTES, VOTES_AT,
+};
+use pace::{progress_bar, progress_line, StepPace};
+use ranks::{agree_and_share, all_reduce_grads, share_sharded_update, sum_over_ranks};
 
 /// How a step reads its values from the device (on CUDA every read is a host sync).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -73,144 +62,6 @@ pub enum StepSync {
     /// are computed, then the gradient norms, with clipping on the host. Kept to compare against
     /// (`scripts/bench-syncs.sh`) and for the loop optimizer.
     PerMicroBatch,
-}
-
-/// One step's values as the host sees them.
-struct StepValues {
-    acc: Accumulated,
-    grad_norm: GroupNorms,
-    update_norm: Option<GroupNorms>,
-    /// What the ranks agreed on through the step's votes.
-    agreed: Agreed,
-}
-
-/// The votes a rank casts in each step, each summed over the ranks so that all act after the same
-/// step: a counter per stop signal ([`interrupt::vote`]), then whether the rank's clock makes a
-/// time checkpoint due (`checkpoint_every` a duration).
-const VOTES: usize = interrupt::VOTES + 1;
-
-/// What the ranks agreed on through a step's summed votes.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Agreed {
-    /// The stop signal, if any rank received one ([`interrupt::agreed`]).
-    stop: Option<i32>,
-    /// Some rank's clock made a time checkpoint due: every rank saves after this step.
-    checkpoint: bool,
-}
-
-impl Agreed {
-    /// From the `[VOTES]` sums.
-    fn from_sums(votes: &[f64]) -> Self {
-        Agreed {
-            stop: interrupt::agreed(&votes[..interrupt::VOTES]),
-            checkpoint: votes[interrupt::VOTES] > 0.0,
-        }
-    }
-}
-
-/// One micro-batch's forward pass: its raw terms (detached) and the weighted total to back-propagate.
-struct MicroOut {
-    terms: Vec<(LossTerm, Tensor)>,
-    weighted: Tensor,
-}
-
-/// Values per micro-batch on the device: the raw terms (tag, align, dis; 0 where absent), then the
-/// weighted total.
-const ROW: usize = 4;
-/// The step's loss summary: the sums of a row over the micro-batches, how many micro-batches hold a
-/// non-finite value, then the [`VOTES`] (each summed over every rank when distributed).
-const SUMMARY: usize = ROW + 1 + VOTES;
-/// Where [`SUMMARY`] counts the non-finite micro-batches.
-const NON_FINITE: usize = ROW;
-/// Where [`SUMMARY`]'s votes start.
-const VOTES_AT: usize = ROW + 1;
-const TERMS: [LossTerm; 3] = [LossTerm::Tag, LossTerm::Align, LossTerm::Dis];
-
-/// The loss values of one step's micro-batches, kept on the device until the step's one read.
-struct DeviceLosses {
-    /// f64 `[micro-batches, ROW]`.
-    rows: Tensor,
-    /// The terms computed (the same for every micro-batch: they follow the inputs).
-    present: [bool; 3],
-    /// Each micro-batch's index within the step's batch and its first record indices, to name it.
-    names: Vec<(usize, Vec<usize>)>,
-    data_wait_s: f64,
-}
-
-impl DeviceLosses {
-    fn new(micro_batches: usize, device: Device) -> Self {
-        DeviceLosses {
-            rows: Tensor::zeros([micro_batches as i64, ROW as i64], (Kind::Double, device)),
-            present: [false; 3],
-            names: Vec::with_capacity(micro_batches),
-            data_wait_s: 0.0,
-        }
-    }
-
-    /// Writes micro-batch `m`'s values into its row (device kernels only).
-    fn add(&mut self, m: usize, mb: &MicroBatch, out: &MicroOut) {
-        let device = self.rows.device();
-        let mut row: Vec<Tensor> = (0..ROW)
-            .map(|_| Tensor::zeros([], (Kind::Double, device)))
-            .collect();
-        for (t, v) in &out.terms {
-            self.present[*t as usize] = true;
-            row[*t as usize] = v.to_kind(Kind::Double);
-        }
-        row[ROW - 1] = out.weighted.detach().to_kind(Kind::Double);
-        tch::no_grad(|| self.rows.get(m as i64).copy_(&Tensor::stack(&row, 0)));
-        self.names
-            .push((mb.micro, mb.indices[..mb.indices.len().min(8)].to_vec()));
-    }
-
-    /// `[SUMMARY]`: the rows' sums, the count of rows with a non-finite value and `votes` (filled
-    /// on the device: no copy from the host).
-    fn summary(&self, votes: [f64; VOTES]) -> Tensor {
-        let sums = self.rows.sum_dim_intlist(0, false, Kind::Double);
-        let bad = self
-            .rows
-            .isfinite()
-            .logical_not()
-            .any_dim(1, false)
-            .sum(Kind::Double)
-            .reshape([1]);
-        // Filled on the device (a host-to-device copy each step would wait for the queue on CUDA).
-        let device = self.rows.device();
-        let mut parts = vec![sums, bad];
-        parts.extend(votes.map(|v| Tensor::full([1], v, (Kind::Double, device))));
-        Tensor::cat(&parts, 0)
-    }
-
-    /// The present terms with their summed values `sums`, in the order tag, align, dis.
-    fn raw_terms(&self, sums: &[f64]) -> RawTerms {
-        TERMS
-            .into_iter()
-            .filter(|t| self.present[*t as usize])
-            .map(|t| (t, sums[t as usize]))
-            .collect()
-    }
-
-    /// Why the step stops, from this rank's rows as read (`rows`: ROW values per micro-batch): the
-    /// first non-finite value, naming its micro-batch. `None` when this rank's values are finite.
-    fn non_finite(&self, rows: &[f64]) -> Option<String> {
-        rows.chunks(ROW).zip(&self.names).find_map(|(row, (micro, records))| {
-            let term = TERMS
-                .into_iter()
-                .find(|t| self.present[*t as usize] && !row[*t as usize].is_finite());
-            let (what, v) = match term {
-                Some(t) => (format!("loss term `{t}`"), row[t as usize]),
-                None if !row[ROW - 1].is_finite() => ("the weighted loss".into(), row[ROW - 1]),
-                None => return None,
-            };
-            Some(non_finite_reason(&what, v, *micro, records))
-        })
-    }
-}
-
-/// Why a step stops on a non-finite value `v` of `what` in micro-batch `micro` (first records
-/// `records`).
-fn non_finite_reason(what: &str, v: f64, micro: usize, records: &[usize]) -> String {
-    format!("{what} is {v} (micro-batch {micro}, records {records:?})")
 }
 
 /// Held-out validation: the set, where its records go, and those of this invocation.
@@ -1178,153 +1029,6 @@ fn open_monitor(run: &RunDir, config: &TrainConfig, resumed_at: Option<u64>) -> 
     }
 }
 
-/// What `--micro-batch-size auto` measures with: a training forward and backward pass of the model
-/// on placeholder inputs of the run's shapes (teacher signals included when the run has them).
-struct AutoProbe<'a> {
-    model: &'a RamPlus,
-    model_config: &'a RamPlusConfig,
-    absent: &'a AbsentSlots,
-    config: &'a TrainConfig,
-    device: Device,
-    teacher: bool,
-}
-
-impl AutoProbe<'_> {
-    /// The micro-batch this rank's share of the batch is split into ([`micro_auto::resolve`]); in a
-    /// distributed run the smallest any rank chose, so that all run the same configuration.
-    fn choose(
-        &self,
-        world: usize,
-        group: Option<&mut ProcessGroup>,
-        main: bool,
-    ) -> Result<usize> {
-        let batch = self.config.batch_size;
-        // Not even micro-batches of one image share evenly.
-        let (_, per_rank) = shares(batch, 1, world)?;
-        let choice = micro_auto::resolve(per_rank, self.device, |m| self.pass(m))?;
-        let micro = match group {
-            None => choice.micro,
-            Some(g) => {
-                let mut mine = vec![0.0; world];
-                mine[g.rank()] = choice.micro as f64;
-                let all = g.all_reduce_scalars(&mine)?;
-                all.into_iter().fold(choice.micro as f64, f64::min) as usize
-            }
-        };
-        if main {
-            tracing::info!("{}", choice.describe(per_rank));
-            if micro != choice.micro {
-                tracing::info!("micro_batch_size auto → {micro}: the smallest any rank chose");
-            }
-        }
-        Ok(micro)
-    }
-
-    /// One forward and backward pass of `m` images, as [`Trainer::micro_batch`] runs it.
-    fn pass(&self, m: usize) -> Result<()> {
-        let (n, side) = (m as i64, self.model_config.swin.img_size as i64);
-        let opts = (Kind::Float, self.device);
-        let joint = self.model_config.joint_dim as i64;
-        let images = Tensor::zeros([n, 3, side, side], opts);
-        let targets = Tensor::zeros([n, self.model_config.num_class as i64], opts);
-        let feature = || self.teacher.then(|| Tensor::full([n, joint], 0.05, opts));
-        let (clip, text) = (feature(), feature());
-        let inputs = MicroInputs {
-            images: &images,
-            targets: &targets,
-            clip_feature: clip.as_ref(),
-            text_embed: text.as_ref(),
-            mean_share: m as f64 / self.config.batch_size as f64,
-        };
-        let forward = || micro_losses(self.model, &inputs, self.absent, true);
-        let losses = match self.config.precision {
-            Precision::F32 => forward(),
-            Precision::Bf16 => with_autocast(self.device, Kind::BFloat16, forward)?,
-        }?;
-        losses.weighted_sum(&self.config.loss_weights).backward();
-        Ok(())
-    }
-}
-
-/// Distributed start: fails (on every rank, naming the first that differs) unless all ranks train
-/// the same configuration on the same vocabulary and label embeddings from the same step, then
-/// gives every rank rank 0's parameters.
-fn agree_and_share(
-    group: &mut ProcessGroup,
-    config: &TrainConfig,
-    inputs: &super::run::TrainInputs,
-    step: u64,
-    vs: &VarStore,
-) -> Result<()> {
-    let mine = Fingerprint {
-        config_sha256: crate::fsutil::sha256_hex(config.to_toml().as_bytes()),
-        vocab_sha256: crate::fsutil::sha256_file(&inputs.manifest)?,
-        label_embed_sha256: crate::fsutil::sha256_file(&inputs.label_embed)?,
-        step,
-    };
-    group.check_agreement(&mine)?;
-    let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    params.sort_by(|a, b| a.0.cmp(&b.0));
-    let tensors: Vec<Tensor> = params.into_iter().map(|(_, t)| t).collect();
-    tch::no_grad(|| group.broadcast_(&tensors, 0))?;
-    Ok(())
-}
-
-/// Sharded optimizer state ([`zero`]): combines the update norms over the ranks (each measured its
-/// own slices' updates; nothing on steps that measure none) and broadcasts each rank's slice. Nothing
-/// when the state is not sharded.
-fn share_sharded_update(
-    group: &mut ProcessGroup,
-    opt: &AdamW,
-    update_norms: Option<Tensor>,
-) -> Result<()> {
-    if opt.partition().is_none() {
-        return Ok(());
-    }
-    if let Some(norms) = update_norms {
-        opt.combine_update_norms(&norms, sum_over_ranks(group))?;
-    }
-    zero::broadcast_params(group, opt)?;
-    Ok(())
-}
-
-/// Sums a tensor over the ranks in place (for [`AdamW::combine_update_norms`]).
-fn sum_over_ranks(group: &mut ProcessGroup) -> impl FnOnce(&Tensor) -> Result<()> + '_ {
-    |t| Ok(group.all_reduce_sum_(std::slice::from_ref(t))?)
-}
-
-/// Sums the step's gradients over the ranks: completes the overlapped exchange when there is one
-/// ([`ProcessGroup::overlap_grads`]), else all-reduces `opt`'s gradients now, sent as `grad_comm` says (a group
-/// of one rank sends nothing anywhere, so its gradients are not rounded). Logs (debug) how long the step
-/// waited for it after the backward pass (on the CPU; CUDA work is only queued) and, overlapped, how
-/// many buckets started while the backward pass was still computing.
-fn all_reduce_grads(group: &mut ProcessGroup, opt: &AdamW, grad_comm: GradComm) -> Result<()> {
-    let t0 = Instant::now();
-    if group.has_grad_overlap() {
-        let stats = group.finish_grad_overlap()?;
-        tracing::debug!(
-            "gradient exchange: {} of {} buckets overlapped the backward pass, {:.1} ms after it ({} gradients copied into bucket views)",
-            stats.overlapped,
-            stats.buckets,
-            t0.elapsed().as_secs_f64() * 1e3,
-            stats.copied
-        );
-        return Ok(());
-    }
-    let grads = opt.grads();
-    match grad_comm {
-        GradComm::Bf16 if group.world_size() > 1 => {
-            group.all_reduce_sum_as_(&grads, Kind::BFloat16)?
-        }
-        _ => group.all_reduce_sum_(&grads)?,
-    }
-    tracing::debug!(
-        "gradient exchange: after the backward pass, {:.1} ms",
-        t0.elapsed().as_secs_f64() * 1e3
-    );
-    Ok(())
-}
-
 /// `config.toml` and `run.json`: what `--resume` reads back.
 fn write_run_files(
     run: &RunDir,
@@ -1366,109 +1070,6 @@ fn refuse_existing_run(run: &RunDir, out: &Path) -> Result<()> {
         return Err(TrainError::RunExists(out.to_path_buf()).into());
     }
     Ok(())
-}
-
-/// The clocks of this invocation's steps: since the first step (the run's [`RunPace`]) and since
-/// the last progress line ([`Pace`]), with the seconds waited for data in each.
-#[derive(Debug, Default)]
-struct StepPace {
-    /// When the first step began and the last ended.
-    run: Option<(Instant, Instant)>,
-    waited_in_run_s: f64,
-    /// When the last progress line was logged and after how many steps (the first step's start
-    /// and step before the first line).
-    line: Option<(Instant, u64)>,
-    waited_since_line_s: f64,
-}
-
-impl StepPace {
-    /// A step begins at `t0`, after `step` steps (starts the clocks at the first).
-    fn begin(&mut self, t0: Instant, step: u64) {
-        self.run.get_or_insert((t0, t0));
-        self.line.get_or_insert((t0, step));
-    }
-
-    /// The step ended now, having waited `data_wait_s` for its micro-batches.
-    fn end(&mut self, data_wait_s: f64) {
-        if let Some((_, end)) = self.run.as_mut() {
-            *end = Instant::now();
-        }
-        self.waited_in_run_s += data_wait_s;
-        self.waited_since_line_s += data_wait_s;
-    }
-
-    /// The pace since the last line, now that a line is logged after `done` steps of `batch`.
-    fn since_last_line(&mut self, done: u64, batch: usize) -> Option<Pace> {
-        let now = Instant::now();
-        let (since, from) = self.line.replace((now, done)).unwrap_or((now, done));
-        let waited = std::mem::take(&mut self.waited_since_line_s);
-        Pace::measure(done - from, now - since, batch, waited)
-    }
-
-    /// The pace of the run's `steps` steps of `batch` (`None` before a step).
-    fn of_run(&self, steps: u64, batch: usize) -> Option<RunPace> {
-        self.run.map(|(start, end)| {
-            let seconds = (end - start).as_secs_f64();
-            RunPace {
-                seconds,
-                images_per_s: (steps * batch as u64) as f64 / seconds.max(1e-9),
-                data_wait_s: self.waited_in_run_s,
-            }
-        })
-    }
-}
-
-/// How fast the steps since the last progress line went.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Pace {
-    images_per_s: f64,
-    s_per_step: f64,
-    /// The share of the time spent waiting for the next micro-batch (0..=1): an input pipeline
-    /// slower than the steps.
-    waiting: f64,
-}
-
-impl Pace {
-    /// `steps` of `batch` images in `took`, `waited_s` of it waiting for data.
-    fn measure(steps: u64, took: std::time::Duration, batch: usize, waited_s: f64) -> Option<Self> {
-        let secs = took.as_secs_f64();
-        (steps > 0 && secs > 0.0).then(|| Pace {
-            images_per_s: (steps * batch as u64) as f64 / secs,
-            s_per_step: secs / steps as f64,
-            waiting: (waited_s / secs).clamp(0.0, 1.0),
-        })
-    }
-}
-
-/// The line that stands for the progress bar where none is drawn: `step 50/1000 (5 %): tag 123.4567
-/// align 12.3456 | lr 1.00e-4 | 155.5 images/s, 3 % waiting for data | eta 1h 2m 3s`, the pace
-/// (when known) being that since the previous line, pauses for validation and checkpoints included.
-fn progress_line(done: u64, total: u64, terms: &str, lr: f64, pace: Option<Pace>) -> String {
-    let percent = 100 * done / total.max(1);
-    let mut line = format!("step {done}/{total} ({percent} %): {terms} | lr {lr:.2e}");
-    if let Some(p) = pace {
-        let left = total.saturating_sub(done) as f64 * p.s_per_step;
-        let eta = humantime::format_duration(std::time::Duration::from_secs(left.round() as u64));
-        line.push_str(&format!(
-            " | {:.1} images/s, {:.0} % waiting for data | eta {eta}",
-            p.images_per_s,
-            100.0 * p.waiting
-        ));
-    }
-    line
-}
-
-fn progress_bar(start_step: u64, total_steps: u64) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(total_steps);
-    bar.set_position(start_step);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} train [{bar:30}] {pos}/{len} steps {per_sec} eta {eta} {msg}",
-        )
-        .expect("template")
-        .progress_chars("=> "),
-    );
-    bar
 }
 
 /// Mean raw value of each term over the first and the last `clamp(steps / 4, 1, 20)` steps.
@@ -1519,15 +1120,6 @@ mod tests {
     }
 
     #[test]
-    fn accumulated_sums_each_term_in_first_seen_order() {
-        let mut acc = Accumulated::default();
-        acc.add(LossTerm::Tag, 1.0);
-        acc.add(LossTerm::Dis, 0.5);
-        acc.add(LossTerm::Tag, 2.0);
-        assert_eq!(acc.raw, vec![(LossTerm::Tag, 3.0), (LossTerm::Dis, 0.5)]);
-    }
-
-    #[test]
     fn early_and_late_average_a_quarter_of_the_steps_between_1_and_20() {
         let history = |n: usize| -> Vec<RawTerms> {
             (0..n).map(|i| vec![(LossTerm::Tag, i as f64)]).collect()
@@ -1542,53 +1134,6 @@ mod tests {
         let (early, late) = early_and_late(&history(200));
         assert!((early["tag"] - 9.5).abs() < 1e-9, "{early:?}");
         assert!((late["tag"] - 189.5).abs() < 1e-9, "{late:?}");
-    }
-
-    #[test]
-    fn the_progress_line_says_where_the_run_is_and_when_it_ends() {
-        let pace = Pace::measure(50, std::time::Duration::from_secs(25), 52, 1.0);
-        assert_eq!(
-            pace,
-            Some(Pace {
-                images_per_s: 104.0,
-                s_per_step: 0.5,
-                waiting: 0.04
-            })
-        );
-        assert_eq!(
-            progress_line(250, 10_000, "tag 123.4568 dis 0.2800", 1e-4, pace),
-            "step 250/10000 (2 %): tag 123.4568 dis 0.2800 | lr 1.00e-4 | 104.0 images/s, 4 % waiting for data | eta 1h 21m 15s"
-        );
-        // No steps or no time measured: no pace, no eta.
-        assert_eq!(Pace::measure(0, std::time::Duration::from_secs(3), 8, 0.0), None);
-        assert_eq!(
-            progress_line(4, 4, "tag 1.0000", 2e-3, None),
-            "step 4/4 (100 %): tag 1.0000 | lr 2.00e-3"
-        );
-    }
-
-    #[test]
-    fn one_ranks_time_vote_makes_every_rank_checkpoint() {
-        // Two ranks' votes summed as the step's all-reduce sums them.
-        let vote = |signal: Option<i32>, due: bool| {
-            let mut v = [0.0; VOTES];
-            v[..interrupt::VOTES].copy_from_slice(&interrupt::vote(signal));
-            v[interrupt::VOTES] = f64::from(u8::from(due));
-            v
-        };
-        let sum = |a: [f64; VOTES], b: [f64; VOTES]| -> Vec<f64> {
-            a.iter().zip(&b).map(|(x, y)| x + y).collect()
-        };
-        let quiet = vote(None, false);
-        assert_eq!(Agreed::from_sums(&sum(quiet, quiet)), Agreed::default());
-        let due = Agreed::from_sums(&sum(quiet, vote(None, true)));
-        assert_eq!((due.stop, due.checkpoint), (None, true));
-        let both = Agreed::from_sums(&sum(vote(None, true), vote(None, true)));
-        assert!(both.checkpoint, "two votes are one decision");
-        // A stop and a due checkpoint in one step: both are seen (the stop saves anyway).
-        let term = interrupt::SIGTERM;
-        let stop = Agreed::from_sums(&sum(vote(Some(term), false), vote(None, true)));
-        assert_eq!((stop.stop, stop.checkpoint), (Some(term), true));
     }
 
     #[test]
