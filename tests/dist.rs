@@ -88,8 +88,13 @@ fn group(timeout: Duration) -> Result<ProcessGroup, DistError> {
     ProcessGroup::new(&rdzv, &opts)
 }
 
-/// A rank process: returns its exit status (0: behaved as the case expects).
+/// A rank process: returns its exit status (0: behaved as the case expects). SIGPIPE is first
+/// given back its default action, as tagfix's `main` does (Rust's runtime ignores it).
 fn rank_main(role: &str) -> i32 {
+    // SAFETY: before any thread starts; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let result = match role {
         "collectives" => rank_collectives(),
         "overlap" => rank_overlap(),
@@ -120,8 +125,31 @@ fn expect(what: &str, got: Vec<f64>, want: Vec<f64>) -> Result<(), String> {
     }
 }
 
+/// Writing to a pipe (or a socket, as Gloo writes) whose reader is gone fails with EPIPE: a rank
+/// that has joined its group is not ended by SIGPIPE when a peer dies (it names the peer instead).
+fn write_to_a_closed_pipe() -> Result<(), String> {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors; each is owned once (closed, or by the File).
+    let mut writer = unsafe {
+        if libc::pipe(fds.as_mut_ptr()) != 0 {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+        libc::close(fds[0]);
+        std::fs::File::from_raw_fd(fds[1])
+    };
+    match writer.write_all(b"x") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Err(format!(
+            "writing to a closed pipe: {other:?}, expected a broken pipe"
+        )),
+    }
+}
+
 fn rank_collectives() -> Result<(), String> {
     let mut pg = group(TIMEOUT).map_err(|e| e.to_string())?;
+    write_to_a_closed_pipe()?;
     let (r, w) = (pg.rank() as f64, pg.world_size() as f64);
     let e = |e: DistError| e.to_string();
     // Sum and mean over buckets of mixed kinds; a non-contiguous tensor is written back in place.

@@ -89,6 +89,20 @@ impl From<ExitStatus> for std::process::ExitCode {
 }
 
 /// Sets up `tracing` on stderr: `--quiet` shows errors only, `-v` debug; `RUST_LOG` overrides.
+/// Writes `text` to stdout. A reader that went away (`| head`) ends the output quietly, as SIGPIPE
+/// would: a rank of a distributed run ignores that signal (`train::dist::ignore_sigpipe`), and
+/// `println!` would panic there instead.
+pub fn write_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context("writing to stdout"))
+        }
+        _ => Ok(()),
+    }
+}
+
 pub fn init_logging(global: &GlobalArgs) {
     let default = if global.quiet {
         "error"

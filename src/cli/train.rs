@@ -213,11 +213,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
     if args.plot {
         super::plot::write_plots(&out, None, false, None, None)?;
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+    let text = if args.json {
+        serde_json::to_string_pretty(&summary)? + "\n"
     } else {
-        print_summary(&summary, &out, args.plot);
-    }
+        summary_text(&summary, &out, args.plot)
+    };
+    super::write_stdout(&text)?;
     Ok(ExitStatus::Success)
 }
 
@@ -428,45 +429,58 @@ fn refuse_other_inputs(
 /// The finished run for a person: steps, each loss term first vs last, weights, absent slots, health
 /// events, validation and where the files are.
 #[cfg(feature = "train")]
-fn print_summary(summary: &tagfix::train::run::RunSummary, out: &std::path::Path, plotted: bool) {
+fn summary_text(
+    summary: &tagfix::train::run::RunSummary,
+    out: &std::path::Path,
+    plotted: bool,
+) -> String {
     use tagfix::train::run::validation_line;
-    println!(
+    let mut lines = vec![format!(
         "trained steps {}..{} → {}",
         summary.first_step,
         summary.steps,
         summary.checkpoint.display()
-    );
+    )];
     for (term, late) in &summary.late {
         let early = summary.early.get(term).copied().unwrap_or(f64::NAN);
-        println!("  {term:<6} {early:>10.4} → {late:>10.4} (mean raw, first vs last steps)");
+        lines.push(format!(
+            "  {term:<6} {early:>10.4} → {late:>10.4} (mean raw, first vs last steps)"
+        ));
     }
     let w = summary.final_weights;
-    println!("  weights tag {} align {} dis {}", w.tag, w.align, w.dis);
+    lines.push(format!(
+        "  weights tag {} align {} dis {}",
+        w.tag, w.align, w.dis
+    ));
     if let Some(pace) = summary.pace {
-        println!("  steps took {pace}");
+        lines.push(format!("  steps took {pace}"));
     }
     if summary.skipped_images > 0 {
-        println!(
+        lines.push(format!(
             "  unreadable images skipped: {} (named in the log; summary.json)",
             summary.skipped_images
-        );
+        ));
     }
     if let Some(p) = summary.absent_probability() {
-        println!("  absent slots: mean predicted probability {p:.4}");
+        lines.push(format!("  absent slots: mean predicted probability {p:.4}"));
     }
-    println!(
+    lines.push(format!(
         "  health events: {} (events.jsonl; `tagfix plot {}` draws them)",
         summary.health_events.len(),
         out.display()
-    );
+    ));
     if let (Some(first), Some(last)) = (summary.validation.first(), summary.validation.last()) {
-        println!("  first {}", validation_line(first));
+        lines.push(format!("  first {}", validation_line(first)));
         if last.step != first.step {
-            println!("  last  {}", validation_line(last));
+            lines.push(format!("  last  {}", validation_line(last)));
         }
     }
-    println!("  metrics: {}", out.join("metrics.jsonl").display());
+    lines.push(format!(
+        "  metrics: {}",
+        out.join("metrics.jsonl").display()
+    ));
     if plotted {
-        println!("  plots: {}", out.join("plots").display());
+        lines.push(format!("  plots: {}", out.join("plots").display()));
     }
+    lines.join("\n") + "\n"
 }

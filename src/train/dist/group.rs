@@ -118,14 +118,29 @@ impl std::fmt::Debug for ProcessGroup {
     }
 }
 
+/// A peer that dies closes its sockets, and the next write to one of them (the TCPStore client,
+/// the heartbeat, Gloo's pairs) raises SIGPIPE. tagfix's `main` restores SIGPIPE's default action,
+/// ending the process, so that `tagfix ... | head` ends quietly; a rank would then die without a
+/// word instead of reporting which peer failed (PyTorch's ranks run under Python, which ignores
+/// SIGPIPE). Ignored, the write fails with EPIPE and the collective names the peer.
+pub fn ignore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: SIG_IGN is a valid disposition; changing it is process-wide and thread-safe.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
 impl ProcessGroup {
     /// Joins the run described by `rdzv`: connects to (rank 0: serves) the TCPStore at
     /// MASTER_ADDR:MASTER_PORT, waits up to the timeout for every rank, then creates the c10d
     /// process group. A CUDA (NCCL) rank uses `cuda:LOCAL_RANK`.
+    /// SIGPIPE is ignored from here on ([`ignore_sigpipe`]).
     pub fn new(rdzv: &Rendezvous, opts: &GroupOptions) -> Result<ProcessGroup, DistError> {
         if opts.backend == DistBackend::Nccl && !ffi::has_nccl() {
             return Err(DistError::NoNccl);
         }
+        ignore_sigpipe();
         let fail = |message: String| DistError::Rendezvous {
             addr: rdzv.master_addr.clone(),
             port: rdzv.master_port,
