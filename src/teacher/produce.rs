@@ -147,59 +147,19 @@ pub fn image_rows(
 ) -> Result<usize> {
     image.check_teacher_dim()?;
     let per = image.pixels_per_image();
-    let input = image.descriptor.input.clone();
     progress.set_length(req.selected().len() as u64);
     let mut skipped = 0;
     let mut first_failure = None;
     for chunk in req.selected_chunks(req.image_batch.max(1)) {
-        let mut pixels = vec![0f32; chunk.len() * per];
-        let read: Vec<Result<()>> = pixels
-            .par_chunks_mut(per)
-            .zip(chunk.par_iter())
-            .map(|(buf, r)| {
-                let img =
-                    decode(&r.image_file(req.image_root)).map_err(|e| TeacherError::Image {
-                        origin: req.records.origin(r),
-                        source: Box::new(e),
-                    })?;
-                eval_transform(&img, &input, buf);
-                Ok(())
-            })
-            .collect();
-        let mut readable = vec![true; chunk.len()];
-        for (k, outcome) in read.into_iter().enumerate() {
-            let Err(e) = outcome else { continue };
-            if req.unreadable == UnreadableImages::Stop {
-                return Err(e);
-            }
-            let reason = crate::error::report(&e);
-            tracing::warn!(
-                "skipped an unreadable image: {reason}; its image_features row is zeros, flagged in image_unreadable"
-            );
+        let (mut pixels, readable) = read_images(image, req, &chunk, &mut |reason| {
             first_failure.get_or_insert(reason);
-            readable[k] = false;
             skipped += 1;
-        }
+        })?;
         let features = match keep_images(&mut pixels, per, &readable) {
             0 => Vec::new(),
             n => image.encode(&pixels[..n * per])?,
         };
-        let mut rows = features.chunks(TEACHER_DIM);
-        for (r, &read) in chunk.iter().zip(&readable) {
-            if !read {
-                sink.push_unreadable()?;
-                continue;
-            }
-            let row = rows.next().unwrap_or_default();
-            if row.len() != TEACHER_DIM || row.iter().any(|v| !v.is_finite()) {
-                return Err(TeacherError::NonFiniteFeature {
-                    image: r.image_path.to_string(),
-                    origin: req.records.origin(r),
-                }
-                .into());
-            }
-            sink.push(row)?;
-        }
+        push_image_rows(sink, req, &chunk, &readable, &features)?;
         progress.inc(chunk.len() as u64);
     }
     let images = req.selected().len();
@@ -211,6 +171,74 @@ pub fn image_rows(
         .into());
     }
     Ok(skipped)
+}
+
+/// The encoder's input pixels of `chunk`'s images (decoded in parallel) and which could be read.
+/// An unreadable image is an error under [`UnreadableImages::Stop`]; under `Skip` it is warned
+/// about and its reason passed to `skipped`.
+fn read_images(
+    image: &ImageEncoder,
+    req: &TeacherRequest<'_>,
+    chunk: &[TrainRecord<'_>],
+    skipped: &mut dyn FnMut(String),
+) -> Result<(Vec<f32>, Vec<bool>)> {
+    let per = image.pixels_per_image();
+    let input = &image.descriptor.input;
+    let mut pixels = vec![0f32; chunk.len() * per];
+    let read: Vec<Result<()>> = pixels
+        .par_chunks_mut(per)
+        .zip(chunk.par_iter())
+        .map(|(buf, r)| {
+            let img = decode(&r.image_file(req.image_root)).map_err(|e| TeacherError::Image {
+                origin: req.records.origin(r),
+                source: Box::new(e),
+            })?;
+            eval_transform(&img, input, buf);
+            Ok(())
+        })
+        .collect();
+    let mut readable = vec![true; chunk.len()];
+    for (k, outcome) in read.into_iter().enumerate() {
+        let Err(e) = outcome else { continue };
+        if req.unreadable == UnreadableImages::Stop {
+            return Err(e);
+        }
+        let reason = crate::error::report(&e);
+        tracing::warn!(
+            "skipped an unreadable image: {reason}; its image_features row is zeros, flagged in image_unreadable"
+        );
+        skipped(reason);
+        readable[k] = false;
+    }
+    Ok((pixels, readable))
+}
+
+/// `chunk`'s image rows into `sink`: the readable images' `features` (in order, each checked to be
+/// finite), a flagged row of zeros for each of the others.
+fn push_image_rows(
+    sink: &mut RowSink,
+    req: &TeacherRequest<'_>,
+    chunk: &[TrainRecord<'_>],
+    readable: &[bool],
+    features: &[f32],
+) -> Result<()> {
+    let mut rows = features.chunks(TEACHER_DIM);
+    for (r, &read) in chunk.iter().zip(readable) {
+        if !read {
+            sink.push_unreadable()?;
+            continue;
+        }
+        let row = rows.next().unwrap_or_default();
+        if row.len() != TEACHER_DIM || row.iter().any(|v| !v.is_finite()) {
+            return Err(TeacherError::NonFiniteFeature {
+                image: r.image_path.to_string(),
+                origin: req.records.origin(r),
+            }
+            .into());
+        }
+        sink.push(row)?;
+    }
+    Ok(())
 }
 
 /// What [`write_teacher_file`] wrote.
