@@ -497,8 +497,11 @@ pub fn write_streamed(
             shape: vec![n],
             write: Box::new(move |w: &mut dyn Write| {
                 let mut flags = vec![0u8; n];
+                // (Rows past `n` cannot be noted: the image rows' count was checked first.)
                 for &row in flagged.borrow().iter() {
-                    flags[row] = 1;
+                    if let Some(flag) = flags.get_mut(row) {
+                        *flag = 1;
+                    }
                 }
                 w.write_all(&flags)
             }),
