@@ -921,17 +921,23 @@ mod tests {
         assert_eq!(stand_ins(&[0, 1, 2], 3), None);
     }
 
-    #[test]
-    fn skipped_images_are_replaced_by_the_next_readable_image_of_their_micro_batch() {
-        let dir = tempfile::tempdir().unwrap();
-        let data = synth_data(dir.path());
+    /// [`small_loader`] (micro-batches of 3) under `--unreadable-images skip`, and its first epoch's
+    /// order of `data`'s records.
+    fn skipping_loader(data: &TrainData) -> (LoaderConfig, Vec<u32>) {
         let skip = LoaderConfig {
             unreadable: UnreadableImages::Skip,
             ..small_loader(3, 2, 4)
         };
+        (skip, epoch_order(data.len(), skip.seed, 0))
+    }
+
+    #[test]
+    fn skipped_images_are_replaced_by_the_next_readable_image_of_their_micro_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = synth_data(dir.path());
+        let (skip, order) = skipping_loader(&data);
         // Positions 1 and 2 of micro-batch 1 (samples 4 and 5) unreadable: both take the image of
         // position 0 (wrapping around), each with its own position's augmentation.
-        let order = epoch_order(data.len(), skip.seed, 0);
         let record = |pos: usize| order[pos] as usize;
         let path = |pos: usize| data.image_path(&data.records.get(record(pos)));
         let intact = drain(Loader::start(data.clone(), skip, 0, 2).unwrap());
@@ -1004,11 +1010,7 @@ mod tests {
         use crate::teacher::file::{write_streamed, ImageRows};
         let dir = tempfile::tempdir().unwrap();
         let data = synth_data(dir.path());
-        let skip = LoaderConfig {
-            unreadable: UnreadableImages::Skip,
-            ..small_loader(3, 2, 4)
-        };
-        let order = epoch_order(data.len(), skip.seed, 0);
+        let (skip, order) = skipping_loader(&data);
         let record = |pos: usize| order[pos] as usize;
         // The synthetic set's teacher file again, the rows of the records at positions 4 and 5
         // (micro-batch 1) flagged.
