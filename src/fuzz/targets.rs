@@ -851,7 +851,7 @@ fn npy_seeds() -> Vec<(String, Vec<u8>)> {
 
 /// Small images: baseline JPEG from the `image` crate in colour (4:2:0) and grayscale, at sizes that
 /// are and are not multiples of the 8×8 and 16×16 blocks; JPEG flavours from libjpeg-turbo's own
-/// encoder (progressive, arithmetic-coded, restart markers, 4:2:2, CMYK); PNG in 8-bit RGB and
+/// encoder (progressive, arithmetic-coded, restart markers, 4:2:2, CMYK, grayscale); PNG in 8-bit RGB and
 /// 16-bit RGB and gray+alpha.
 #[cfg(feature = "embed")]
 fn image_seeds() -> Vec<(String, Vec<u8>)> {
@@ -904,15 +904,15 @@ fn image_seeds() -> Vec<(String, Vec<u8>)> {
         ),
         (
             "subsampled_422_21x13.jpg".into(),
-            turbojpeg_seed(21, 13, false, &[(SUBSAMPLING, 1)]),
+            turbojpeg_seed(21, 13, false, &[(SUBSAMPLING, SAMP_422)]),
         ),
         (
             "cmyk_12x10.jpg".into(),
-            turbojpeg_seed(12, 10, true, &[(SUBSAMPLING, 0)]),
+            turbojpeg_seed(12, 10, true, &[(SUBSAMPLING, SAMP_444)]),
         ),
         (
             "gray_15x7.jpg".into(),
-            turbojpeg_seed(15, 7, false, &[(SUBSAMPLING, 3)]),
+            turbojpeg_seed(15, 7, false, &[(SUBSAMPLING, SAMP_GRAY)]),
         ),
     ]
 }
@@ -945,6 +945,7 @@ fn png16(w: u32, h: u32, gray_alpha: bool) -> Vec<u8> {
 use turbojpeg_sys::{
     TJPARAM_TJPARAM_ARITHMETIC as ARITHMETIC, TJPARAM_TJPARAM_PROGRESSIVE as PROGRESSIVE,
     TJPARAM_TJPARAM_RESTARTBLOCKS as RESTART_BLOCKS, TJPARAM_TJPARAM_SUBSAMP as SUBSAMPLING,
+    TJSAMP_TJSAMP_422 as SAMP_422, TJSAMP_TJSAMP_444 as SAMP_444, TJSAMP_TJSAMP_GRAY as SAMP_GRAY,
 };
 
 /// A `w`×`h` JPEG (RGB, or CMYK) from libjpeg-turbo's encoder at quality 80, 4:2:0 unless
