@@ -27,6 +27,9 @@ use std::path::{Path, PathBuf};
 pub const DESCRIPTOR_FILE: &str = "descriptor.toml";
 /// Environment variable naming the folder that holds named models (`minilm`, `clip`).
 pub const MODELS_ENV: &str = "TAGFIX_MODELS";
+/// The longest `max_length` a descriptor may name: far above any text encoder tags are embedded with
+/// (CLIP 77, BERT 512), and a bound on what padding to it can allocate.
+pub const MAX_SEQUENCE: usize = 65_536;
 
 /// Which tokenizer implementation reads the tokenizer file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,8 +111,9 @@ impl ModelDescriptor {
             &format!("a model directory holds the ONNX file, its tokenizer and {DESCRIPTOR_FILE}"),
         )?;
         let mut d: ModelDescriptor = parse_descriptor(&path, &text, "model descriptor")?;
-        if d.max_length < 2 {
-            return Err(EmbedError::MaxLength { path }.into());
+        if !(2..=MAX_SEQUENCE).contains(&d.max_length) {
+            let max_length = d.max_length;
+            return Err(EmbedError::MaxLength { path, max_length }.into());
         }
         d.dir = dir.to_path_buf();
         Ok(d)
@@ -316,6 +320,30 @@ pooling = "mean"
             err.contains("malformed model descriptor: ") && err.contains("bogus"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn max_lengths_outside_the_bounds_are_refused_with_the_value() {
+        let dir = tempfile::tempdir().unwrap();
+        for (max_length, ok) in [
+            (1u64, false),
+            (2, true),
+            (65_536, true),
+            (65_537, false),
+            (1 << 40, false),
+        ] {
+            let text = MINILM.replace("max_length = 128", &format!("max_length = {max_length}"));
+            std::fs::write(dir.path().join(DESCRIPTOR_FILE), text).unwrap();
+            match ModelDescriptor::read_dir(dir.path()) {
+                Ok(d) => assert!(ok, "{max_length} taken: {}", d.max_length),
+                Err(e) => {
+                    let e = e.to_string();
+                    let want =
+                        format!("max_length = {max_length} is not between 2 and 65536 tokens");
+                    assert!(!ok && e.contains(&want), "{e}");
+                }
+            }
+        }
     }
 
     #[test]

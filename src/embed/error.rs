@@ -117,8 +117,11 @@ pub enum EmbedError {
         source: tokenizers::Error,
     },
 
-    #[error("{path}: max_length must be at least 2")]
-    MaxLength { path: PathBuf },
+    #[error(
+        "{path}: max_length = {max_length} is not between 2 and {} tokens",
+        crate::embed::descriptor::MAX_SEQUENCE
+    )]
+    MaxLength { path: PathBuf, max_length: usize },
 
     /// The descriptor file cannot be read (`what`: which descriptor, `holds`: what its folder
     /// should hold).

@@ -13,6 +13,9 @@ use crate::vocab::{check_sidecar, map_derived, SidecarKind, Vocabulary};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+mod check;
+mod descriptor;
+
 /// Every target, in the order the report lists them.
 pub fn all() -> Vec<Target> {
     vec![
@@ -173,6 +176,8 @@ pub fn all() -> Vec<Target> {
             seeds: teacher_seeds,
             shared_seeds: &[],
         },
+        check::target(),
+        descriptor::target(),
         #[cfg(feature = "embed")]
         Target {
             name: "image",

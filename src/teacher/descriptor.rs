@@ -28,6 +28,10 @@ use std::path::{Path, PathBuf};
 /// The `kind` an image descriptor declares.
 pub const IMAGE_KIND: &str = "clip-image";
 
+/// The largest input side a descriptor may name: well above any CLIP tower's (224–448), and small
+/// enough that a batch's pixel buffer (`batch × 3 × size²` floats) is never a surprise allocation.
+pub const MAX_INPUT_SIZE: u32 = 4096;
+
 /// CLIP's per-channel mean and standard deviation (RGB), OpenAI's values as published (more digits
 /// than an f32 holds; the nearest f32 is what every implementation uses).
 #[allow(clippy::excessive_precision)]
@@ -109,8 +113,9 @@ impl ImageDescriptor {
             return Err(TeacherError::NotImageDescriptor { path, kind }.into());
         }
         let mut d: ImageDescriptor = parse_descriptor(&path, &text, "image-encoder descriptor")?;
-        if d.input.size < 8 {
-            return Err(TeacherError::InputSize { path }.into());
+        if !(8..=MAX_INPUT_SIZE).contains(&d.input.size) {
+            let size = d.input.size;
+            return Err(TeacherError::InputSize { path, size }.into());
         }
         // NaN fails `> 0.0` too: a std that is not a positive number is refused.
         if let Some(s) = d.input.std.iter().find(|s| !s.is_finite() || **s <= 0.0) {
@@ -193,5 +198,31 @@ name = "image_embeds"
             .unwrap_err()
             .to_string();
         assert!(e.contains("std must be positive"), "{e}");
+    }
+
+    #[test]
+    fn input_sizes_outside_the_bounds_are_refused_with_the_value() {
+        let dir = tempfile::tempdir().unwrap();
+        for (size, ok) in [
+            (7u64, false),
+            (8, true),
+            (4096, true),
+            (4097, false),
+            (4_000_000_000, false),
+        ] {
+            let text = TINY.replace("size = 224", &format!("size = {size}"));
+            std::fs::write(dir.path().join(DESCRIPTOR_FILE), text).unwrap();
+            match ImageDescriptor::read_dir(dir.path()) {
+                Ok(d) => assert!(ok, "{size} taken: {}", d.input.size),
+                Err(e) => {
+                    let e = e.to_string();
+                    assert!(
+                        !ok && e
+                            .contains(&format!("input.size = {size} is not between 8 and 4096")),
+                        "{e}"
+                    );
+                }
+            }
+        }
     }
 }

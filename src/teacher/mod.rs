@@ -26,7 +26,7 @@ pub use descriptor::ImageDescriptor;
 pub use file::{TeacherFeatures, TEACHER_DIM};
 
 use crate::error::ErrorKind;
-use descriptor::IMAGE_KIND;
+use descriptor::{IMAGE_KIND, MAX_INPUT_SIZE};
 use file::TEACHER_SCHEMA;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -165,8 +165,8 @@ pub enum TeacherError {
     )]
     NotImageDescriptor { path: PathBuf, kind: Option<String> },
 
-    #[error("{path}: input.size must be at least 8 pixels")]
-    InputSize { path: PathBuf },
+    #[error("{path}: input.size = {size} is not between 8 and {MAX_INPUT_SIZE} pixels")]
+    InputSize { path: PathBuf, size: u32 },
 
     #[error("{path}: input.std must be positive, got {std}")]
     InputStd { path: PathBuf, std: f32 },
