@@ -491,20 +491,38 @@ fn decode_micro_batch(
             return Err(e);
         }
     } else if !failed.is_empty() {
-        let unreadable: Vec<usize> = failed.iter().map(|(k, _)| *k).collect();
-        let Some(stand_ins) = stand_ins(&unreadable, indices.len()) else {
-            return Err(TrainError::NoReadableImage {
-                step: step + 1,
-                micro,
-                images: indices.len(),
-                first: crate::error::report(&failed[0].1),
-            }
-            .into());
+        let mut unreadable: Vec<usize> = failed.iter().map(|(k, _)| *k).collect();
+        let len = indices.len();
+        let none_readable = |first: &Error| TrainError::NoReadableImage {
+            step: step + 1,
+            micro,
+            images: len,
+            first: crate::error::report(first),
         };
-        for ((k, e), by) in failed.into_iter().zip(stand_ins) {
-            let (record, replaced_by) = (indices[k], indices[by]);
+        for (k, e) in failed {
+            let record = indices[k];
             let out = &mut images[k * per_image..(k + 1) * per_image];
-            draws[k] = fill(k, replaced_by, out, teacher_slots[k])?;
+            // The stand-in is read again; one that fails now (its file changed or vanished since
+            // the first read) is unreadable too, and the next candidate is tried.
+            let replaced_by = loop {
+                let Some(by) = stand_in(&unreadable, k, len) else {
+                    return Err(none_readable(&e).into());
+                };
+                match fill(k, indices[by], out, teacher_slots[k]) {
+                    Ok(d) => {
+                        draws[k] = d;
+                        break indices[by];
+                    }
+                    Err(again) => {
+                        tracing::warn!(
+                            "step {} micro-batch {micro}: the stand-in for an unreadable image could not be read again, trying the next: {}",
+                            step + 1,
+                            crate::error::report(&again)
+                        );
+                        unreadable.push(by);
+                    }
+                }
+            };
             let origin = data.records.origin_of(record);
             let reason = format!("{} ({origin})", crate::error::report(&e));
             skipped.push(SkippedImage {
@@ -555,18 +573,13 @@ fn decode_micro_batch(
     })
 }
 
-/// For each of the `unreadable` positions (ascending) of a micro-batch of `len` images, the position
-/// whose image takes its place: the next readable one after it, wrapping around; `None` when no
-/// position is readable.
-fn stand_ins(unreadable: &[usize], len: usize) -> Option<Vec<usize>> {
-    let readable: Vec<usize> = (0..len).filter(|k| !unreadable.contains(k)).collect();
-    let first = *readable.first()?;
-    Some(
-        unreadable
-            .iter()
-            .map(|&k| readable.iter().copied().find(|&r| r > k).unwrap_or(first))
-            .collect(),
-    )
+/// The position whose image takes the place of unreadable position `k` in a micro-batch of `len`
+/// images: the next position after `k` that is not `unreadable`, wrapping around; `None` when
+/// every position is unreadable.
+fn stand_in(unreadable: &[usize], k: usize, len: usize) -> Option<usize> {
+    (k + 1..len)
+        .chain(0..k)
+        .find(|r| !unreadable.contains(r))
 }
 
 impl Decoded {
@@ -914,11 +927,15 @@ mod tests {
 
     #[test]
     fn stand_ins_are_the_next_readable_positions_wrapping_around() {
-        assert_eq!(stand_ins(&[], 3), Some(vec![]));
-        assert_eq!(stand_ins(&[1], 3), Some(vec![2]));
-        assert_eq!(stand_ins(&[1, 2], 3), Some(vec![0, 0]));
-        assert_eq!(stand_ins(&[0, 2, 3], 5), Some(vec![1, 4, 4]));
-        assert_eq!(stand_ins(&[0, 1, 2], 3), None);
+        let all = |unreadable: &[usize], len| -> Option<Vec<usize>> {
+            unreadable.iter().map(|&k| stand_in(unreadable, k, len)).collect()
+        };
+        assert_eq!(all(&[], 3), Some(vec![]));
+        assert_eq!(all(&[1], 3), Some(vec![2]));
+        assert_eq!(all(&[1, 2], 3), Some(vec![0, 0]));
+        assert_eq!(all(&[0, 2, 3], 5), Some(vec![1, 4, 4]));
+        assert_eq!(all(&[0, 1, 2], 3), None);
+        assert_eq!(stand_in(&[0], 0, 1), None);
     }
 
     /// [`small_loader`] (micro-batches of 3) under `--unreadable-images skip`, and its first epoch's
@@ -929,6 +946,72 @@ mod tests {
             ..small_loader(3, 2, 4)
         };
         (skip, epoch_order(data.len(), skip.seed, 0))
+    }
+
+    /// Writes `image` to the first reader of the FIFO `fifo`, then junk to the next one. A reader
+    /// is there when a non-blocking open for writing succeeds; the junk waits until the first
+    /// reader has closed (an open failing with ENXIO), so that it cannot be appended to the image.
+    /// A second reader already waiting before that gap is seen gets an empty file instead (also
+    /// unreadable). Gives up after 20 s, so a test that never reads again does not keep it.
+    #[cfg(unix)]
+    fn serve_once_then_junk(fifo: &Path, image: &[u8]) {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Ok(mut w) = std::fs::OpenOptions::new().write(true).open(fifo) {
+            let _ = w.write_all(image);
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut first_reader_gone = false;
+        while std::time::Instant::now() < deadline {
+            let open = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(fifo);
+            match open {
+                Ok(mut w) if first_reader_gone => {
+                    let _ = w.write_all(b"junk, not an image");
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => first_reader_gone |= e.raw_os_error() == Some(libc::ENXIO),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// A stand-in whose file changed between its two reads (a FIFO here: the first open gives
+    /// the image, the second junk) is unreadable too: the next readable position stands in.
+    #[cfg(unix)]
+    #[test]
+    fn a_stand_in_that_fails_when_read_again_gives_way_to_the_next() {
+        use rustix::fs::{mknodat, FileType, Mode, CWD};
+        let dir = tempfile::tempdir().unwrap();
+        let data = synth_data(dir.path());
+        let (skip, order) = skipping_loader(&data);
+        let record = |pos: usize| order[pos] as usize;
+        let path = |pos: usize| data.image_path(&data.records.get(record(pos)));
+        // Micro-batch 1 is positions 3, 4, 5: 5 is gone, so 3 (wrapping around) stands in for it,
+        // but 3 is a FIFO that serves its image once.
+        let image = std::fs::read(path(3)).unwrap();
+        std::fs::remove_file(path(3)).unwrap();
+        mknodat(CWD, path(3), FileType::Fifo, Mode::from(0o600), 0).unwrap();
+        std::fs::remove_file(path(5)).unwrap();
+        let fifo = path(3);
+        std::thread::spawn(move || serve_once_then_junk(&fifo, &image));
+        let got: Vec<MicroBatch> = drain(Loader::start(data.clone(), skip, 0, 1).unwrap())
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let hit = &got[1];
+        assert_eq!(hit.indices, [record(3), record(4), record(4)]);
+        let skipped: Vec<(usize, usize, usize)> = hit
+            .skipped
+            .iter()
+            .map(|s| (s.position, s.record, s.replaced_by))
+            .collect();
+        assert_eq!(skipped, [(2, record(5), record(4))]);
+        let n = data.num_slots;
+        assert_eq!(hit.targets[2 * n..], hit.targets[n..2 * n]);
     }
 
     #[test]
