@@ -88,10 +88,10 @@ impl From<ExitStatus> for std::process::ExitCode {
     }
 }
 
-/// Sets up `tracing` on stderr: `--quiet` shows errors only, `-v` debug; `RUST_LOG` overrides.
 /// Writes `text` to stdout. A reader that went away (`| head`) ends the output quietly, as SIGPIPE
 /// would: a rank of a distributed run ignores that signal (`train::dist::ignore_sigpipe`), and
 /// `println!` would panic there instead.
+#[cfg(feature = "train")]
 pub fn write_stdout(text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
@@ -103,6 +103,7 @@ pub fn write_stdout(text: &str) -> anyhow::Result<()> {
     }
 }
 
+/// Sets up `tracing` on stderr: `--quiet` shows errors only, `-v` debug; `RUST_LOG` overrides.
 pub fn init_logging(global: &GlobalArgs) {
     let default = if global.quiet {
         "error"
