@@ -177,6 +177,7 @@ pub fn all() -> Vec<Target> {
             shared_seeds: &[],
         },
         check::target(),
+        check::provenance_target(),
         descriptor::target(),
         #[cfg(feature = "embed")]
         Target {
