@@ -5,7 +5,6 @@
 use super::Target;
 use crate::annotations::records::{ReadOptions, RecordSet};
 use crate::annotations::{scan_files, ScanOptions};
-use crate::checkpoint::pth::PthContent;
 use crate::eval::{read_scores, Benchmark, LabelForm, TagMapping, Thresholds};
 use crate::rng::SplitMix64;
 use crate::tensors::{DType, EmbeddingFile, Provenance, Tensor, TensorSet};
@@ -15,6 +14,9 @@ use std::path::{Path, PathBuf};
 
 mod check;
 mod descriptor;
+#[cfg(feature = "embed")]
+mod image;
+mod pth;
 
 /// Every target, in the order the report lists them.
 pub fn all() -> Vec<Target> {
@@ -47,15 +49,7 @@ pub fn all() -> Vec<Target> {
                 "ram/data/ram_tag_list_chinese.txt",
             ],
         },
-        Target {
-            name: "pth",
-            file: "checkpoint.pth",
-            run: run_pth,
-            dict: PICKLE_DICT,
-            generate: Some(gen_pth),
-            seeds: pth_seeds,
-            shared_seeds: &["reference/pth/*"],
-        },
+        pth::target(),
         Target {
             name: "safetensors",
             file: "tensors.safetensors",
@@ -180,15 +174,7 @@ pub fn all() -> Vec<Target> {
         check::provenance_target(),
         descriptor::target(),
         #[cfg(feature = "embed")]
-        Target {
-            name: "image",
-            file: "image.jpg",
-            run: run_image,
-            dict: JPEG_DICT,
-            generate: None,
-            seeds: image_seeds,
-            shared_seeds: &[],
-        },
+        image::target(),
     ]
 }
 
@@ -282,12 +268,6 @@ fn use_tensors(path: &Path, set: &TensorSet) {
     }
 }
 
-fn run_pth(path: &Path, _: &[u8]) {
-    if let Ok(c) = crate::checkpoint::pth::read(path) {
-        use_tensors(path, &c.into_tensor_set());
-    }
-}
-
 fn run_safetensors(path: &Path, _: &[u8]) {
     if let Ok(set) = crate::tensors::safetensors_io::read(path) {
         use_tensors(path, &set);
@@ -301,17 +281,6 @@ fn run_npy(path: &Path, _: &[u8]) {
             metadata: Default::default(),
         };
         use_tensors(path, &set);
-    }
-}
-
-/// The image decoder behind training, `tag` and the teacher (libjpeg-turbo for JPEG, the `image`
-/// crate for PNG; the file name says `.jpg` whatever the bytes are, as a mislabelled file would),
-/// then the header probe and a resize of what it decoded.
-#[cfg(feature = "embed")]
-fn run_image(path: &Path, _: &[u8]) {
-    let _ = crate::imaging::probe(path);
-    if let Ok(img) = crate::imaging::decode(path) {
-        let _ = crate::imaging::pil_resize(&img, 7, 5, crate::imaging::PilFilter::Bicubic);
     }
 }
 
@@ -477,16 +446,6 @@ const TEXT_DICT: &[&[u8]] = &[
 ];
 
 #[rustfmt::skip]
-const PICKLE_DICT: &[&[u8]] = &[
-    b"\x80\x02", b"}", b"]", b")", b"(", b"t", b"R", b"Q", b"u", b"s", b"a", b"e", b".", b"K", b"J",
-    b"M", b"\x8a\x08", b"X", b"\x8c", b"q", b"r", b"h", b"j", b"N", b"\x88", b"\x89", b"G", b"\x85",
-    b"\x86", b"\x87", b"0", b"1", b"2", b"(X\x01\x00\x00\x00w",
-    b"ctorch._utils\n_rebuild_tensor_v2\n", b"ctorch\nFloatStorage\n", b"ctorch\nLongStorage\n",
-    b"ctorch\nHalfStorage\n", b"ccollections\nOrderedDict\n", b"X\x07\x00\x00\x00storage",
-    b"X\x03\x00\x00\x00cpu", b"PK\x03\x04", b"PK\x01\x02", b"PK\x05\x06", b"data.pkl", b"data/0",
-];
-
-#[rustfmt::skip]
 const SAFETENSORS_DICT: &[&[u8]] = &[
     b"{\"", b"\"dtype\"", b"\"F32\"", b"\"F16\"", b"\"BF16\"", b"\"I64\"", b"\"BOOL\"", b"\"U8\"",
     b"\"F64\"", b"\"shape\"", b"\"data_offsets\"", b"\"__metadata__\"", b"\"image_ids\"",
@@ -500,18 +459,6 @@ const NPY_DICT: &[&[u8]] = &[
     b"'>f4'", b"'|u1'", b"'<f2'", b"'|b1'", b"'<U3'", b"'O'", b"'fortran_order'", b"True", b"False",
     b"'shape'", b"()", b"(0,)", b"(3,)", b"(2, 3)", b"{", b"}", b"(", b")", b",", b": ", b"\n",
     b" ",
-];
-
-/// JPEG markers (start and end of image, frame headers baseline/progressive/lossless/arithmetic,
-/// tables, scan, restarts, APP0/APP14) and the values that stress them.
-#[cfg(feature = "embed")]
-#[rustfmt::skip]
-const JPEG_DICT: &[&[u8]] = &[
-    b"\xFF\xD8\xFF", b"\xFF\xD9", b"\xFF\xC0", b"\xFF\xC1", b"\xFF\xC2", b"\xFF\xC3", b"\xFF\xC9",
-    b"\xFF\xCA", b"\xFF\xC4", b"\xFF\xCC", b"\xFF\xDB", b"\xFF\xDA", b"\xFF\xDD", b"\xFF\xD0",
-    b"\xFF\xD7", b"\xFF\xE0", b"\xFF\xEE", b"Adobe", b"JFIF\x00", b"\xFF\xFF", b"\x00\x00",
-    b"\xFF\x00", b"\x11", b"\x22", b"\x01\x01", b"\x08", b"\x0C", b"\x10", b"\x03", b"\x04",
-    b"\x89PNG\r\n\x1a\n", b"IHDR", b"IDAT", b"IEND",
 ];
 
 #[rustfmt::skip]
@@ -777,34 +724,6 @@ fn sample_tensors() -> Vec<(String, Tensor)> {
     ]
 }
 
-/// A legacy (pre-1.6) `torch.save` file with one `[2]` float tensor under key `w`.
-fn legacy_pth() -> Vec<u8> {
-    let mut b = vec![0x80, 0x02, 0x8a, 0x0a];
-    b.extend([0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19]);
-    b.extend(
-        b".\x80\x02M\xe9\x03.\x80\x02}q\x00(X\x10\x00\x00\x00protocol_versionq\x01M\xe9\x03u.",
-    );
-    b.extend(b"\x80\x02}q\x00X\x01\x00\x00\x00wq\x01ctorch._utils\n_rebuild_tensor_v2\nq\x02((X\x07\x00\x00\x00storageq\x03ctorch\nFloatStorage\nq\x04X\x01\x00\x00\x000q\x05X\x03\x00\x00\x00cpuq\x06K\x02tq\x07QK\x00K\x02\x85K\x01\x85\x89ccollections\nOrderedDict\nq\x08)Rq\ttq\nRq\x0bs.");
-    b.extend(b"\x80\x02]q\x00X\x01\x00\x00\x000q\x01a.");
-    b.extend(2u64.to_le_bytes());
-    b.extend(1.5f32.to_le_bytes());
-    b.extend((-2.0f32).to_le_bytes());
-    b
-}
-
-fn pth_seeds() -> Vec<(String, Vec<u8>)> {
-    let tensors = sample_tensors();
-    vec![
-        written("dict.pth", |p| {
-            crate::checkpoint::pth::write(p, PthContent::Dict(&tensors))
-        }),
-        written("bare.pth", |p| {
-            crate::checkpoint::pth::write(p, PthContent::Tensor(&tensors[0].1))
-        }),
-        ("legacy.pth".into(), legacy_pth()),
-    ]
-}
-
 fn safetensors_seeds() -> Vec<(String, Vec<u8>)> {
     let mut set = TensorSet {
         tensors: sample_tensors(),
@@ -853,158 +772,6 @@ fn npy_seeds() -> Vec<(String, Vec<u8>)> {
         ("fortran_f64.npy".into(), fortran),
         ("big_endian_f32.npy".into(), big_endian),
     ]
-}
-
-/// Small images: baseline JPEG from the `image` crate in colour (4:2:0) and grayscale, at sizes that
-/// are and are not multiples of the 8×8 and 16×16 blocks; JPEG flavours from libjpeg-turbo's own
-/// encoder (progressive, arithmetic-coded, restart markers, 4:2:2, CMYK, grayscale); PNG in 8-bit RGB and
-/// 16-bit RGB and gray+alpha.
-#[cfg(feature = "embed")]
-fn image_seeds() -> Vec<(String, Vec<u8>)> {
-    use image::codecs::jpeg::JpegEncoder;
-    let rgb = |w: u32, h: u32| {
-        image::RgbImage::from_fn(w, h, |x, y| {
-            image::Rgb([(x * 29) as u8, (y * 41) as u8, ((x ^ y) * 13) as u8])
-        })
-    };
-    let jpeg = |img: image::DynamicImage, quality: u8| {
-        let mut out = Vec::new();
-        JpegEncoder::new_with_quality(&mut out, quality)
-            .encode_image(&img)
-            .expect("encoding a seed");
-        out
-    };
-    let mut png = Vec::new();
-    rgb(9, 6)
-        .write_to(
-            &mut std::io::Cursor::new(&mut png),
-            image::ImageOutputFormat::Png,
-        )
-        .expect("encoding a seed");
-    vec![
-        ("rgb_16x16.jpg".into(), jpeg(rgb(16, 16).into(), 90)),
-        ("rgb_37x21.jpg".into(), jpeg(rgb(37, 21).into(), 50)),
-        (
-            "gray_13x9.jpg".into(),
-            jpeg(
-                image::DynamicImage::ImageRgb8(rgb(13, 9))
-                    .into_luma8()
-                    .into(),
-                75,
-            ),
-        ),
-        ("rgb_9x6.png".into(), png),
-        ("rgb16_7x5.png".into(), png16(7, 5, false)),
-        ("gray_alpha16_6x9.png".into(), png16(6, 9, true)),
-        (
-            "progressive_23x17.jpg".into(),
-            turbojpeg_seed(23, 17, false, &[(PROGRESSIVE, 1)]),
-        ),
-        (
-            "arithmetic_19x11.jpg".into(),
-            turbojpeg_seed(19, 11, false, &[(ARITHMETIC, 1)]),
-        ),
-        (
-            "restarts_33x18.jpg".into(),
-            turbojpeg_seed(33, 18, false, &[(RESTART_BLOCKS, 1)]),
-        ),
-        (
-            "subsampled_422_21x13.jpg".into(),
-            turbojpeg_seed(21, 13, false, &[(SUBSAMPLING, SAMP_422)]),
-        ),
-        (
-            "cmyk_12x10.jpg".into(),
-            turbojpeg_seed(12, 10, true, &[(SUBSAMPLING, SAMP_444)]),
-        ),
-        (
-            "gray_15x7.jpg".into(),
-            turbojpeg_seed(15, 7, false, &[(SUBSAMPLING, SAMP_GRAY)]),
-        ),
-    ]
-}
-
-/// 16-bit PNG in RGB or gray+alpha (the image crate's encoder).
-#[cfg(feature = "embed")]
-fn png16(w: u32, h: u32, gray_alpha: bool) -> Vec<u8> {
-    let value = |x: u32, y: u32, k: u32| ((x * 7919 + y * 104_729 + k * 31_337) % 65_536) as u16;
-    let img: image::DynamicImage = if gray_alpha {
-        image::ImageBuffer::<image::LumaA<u16>, _>::from_fn(w, h, |x, y| {
-            image::LumaA([value(x, y, 0), value(x, y, 1)])
-        })
-        .into()
-    } else {
-        image::ImageBuffer::<image::Rgb<u16>, _>::from_fn(w, h, |x, y| {
-            image::Rgb([value(x, y, 0), value(x, y, 1), value(x, y, 2)])
-        })
-        .into()
-    };
-    let mut out = Vec::new();
-    img.write_to(
-        &mut std::io::Cursor::new(&mut out),
-        image::ImageOutputFormat::Png,
-    )
-    .expect("encoding a seed");
-    out
-}
-
-#[cfg(feature = "embed")]
-use turbojpeg_sys::{
-    TJPARAM_TJPARAM_ARITHMETIC as ARITHMETIC, TJPARAM_TJPARAM_PROGRESSIVE as PROGRESSIVE,
-    TJPARAM_TJPARAM_RESTARTBLOCKS as RESTART_BLOCKS, TJPARAM_TJPARAM_SUBSAMP as SUBSAMPLING,
-    TJSAMP_TJSAMP_422 as SAMP_422, TJSAMP_TJSAMP_444 as SAMP_444, TJSAMP_TJSAMP_GRAY as SAMP_GRAY,
-};
-
-/// A `w`×`h` JPEG (RGB, or CMYK) from libjpeg-turbo's encoder at quality 80, 4:2:0 unless
-/// `params` (TurboJPEG parameters and values, set in order) say otherwise.
-#[cfg(feature = "embed")]
-fn turbojpeg_seed(
-    w: usize,
-    h: usize,
-    cmyk: bool,
-    params: &[(turbojpeg_sys::TJPARAM, i32)],
-) -> Vec<u8> {
-    use std::os::raw::c_int;
-    use turbojpeg_sys as tj;
-    let channels = if cmyk { 4 } else { 3 };
-    let pixels: Vec<u8> = (0..w * h * channels)
-        .map(|i| ((i / channels % w) * 37 + (i / channels / w) * 23 + (i % channels) * 71) as u8)
-        .collect();
-    let format = if cmyk {
-        tj::TJPF_TJPF_CMYK
-    } else {
-        tj::TJPF_TJPF_RGB
-    };
-    // SAFETY: the handle is checked and destroyed; the source buffer holds w·h·channels bytes as
-    // the pitch says; TurboJPEG allocates the output, which is copied and freed with tj3Free.
-    unsafe {
-        let handle = tj::tj3Init(tj::TJINIT_TJINIT_COMPRESS as c_int);
-        assert!(!handle.is_null(), "tj3Init");
-        let mut ok = tj::tj3Set(handle, tj::TJPARAM_TJPARAM_QUALITY as c_int, 80) == 0;
-        let defaults = [(SUBSAMPLING, tj::TJSAMP_TJSAMP_420)];
-        for &(param, value) in defaults.iter().chain(params) {
-            ok &= tj::tj3Set(handle, param as c_int, value) == 0;
-        }
-        let (mut buf, mut size) = (std::ptr::null_mut(), 0);
-        ok &= tj::tj3Compress8(
-            handle,
-            pixels.as_ptr(),
-            w as c_int,
-            (w * channels) as c_int,
-            h as c_int,
-            format as c_int,
-            &mut buf,
-            &mut size,
-        ) == 0;
-        let out = if ok && !buf.is_null() {
-            std::slice::from_raw_parts(buf, size as usize).to_vec()
-        } else {
-            Vec::new()
-        };
-        tj::tj3Free(buf.cast());
-        tj::tj3Destroy(handle);
-        assert!(!out.is_empty(), "libjpeg-turbo could not encode a seed");
-        out
-    }
 }
 
 fn policy_seeds() -> Vec<(String, Vec<u8>)> {
@@ -1176,205 +943,6 @@ fn gen_annotations(rng: &mut SplitMix64) -> Vec<u8> {
     }
 }
 
-/// A pickle: protocol 2, then random opcodes with arguments, sometimes around a tensor record.
-fn gen_pickle(rng: &mut SplitMix64) -> Vec<u8> {
-    let mut out = vec![0x80, 0x02];
-    if rng.below(2) == 0 {
-        out.extend(b"}(X\x01\x00\x00\x00w");
-        tensor_record(rng, &mut out);
-        for _ in 0..rng.below(4) {
-            opcode(rng, &mut out);
-        }
-        out.extend(b"u.");
-        return out;
-    }
-    for _ in 0..rng.below(40) + 1 {
-        opcode(rng, &mut out);
-    }
-    out.push(b'.');
-    out
-}
-
-fn tensor_record(rng: &mut SplitMix64, out: &mut Vec<u8>) {
-    let storage = pick_from(
-        rng,
-        &[
-            "FloatStorage",
-            "HalfStorage",
-            "LongStorage",
-            "BFloat16Storage",
-            "ByteStorage",
-            "BoolStorage",
-            "Nope",
-        ],
-    );
-    out.extend(b"ctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storage");
-    out.extend(format!("ctorch\n{storage}\n").as_bytes());
-    out.extend(b"X\x01\x00\x00\x000X\x03\x00\x00\x00cpu");
-    push_int(out, int(rng));
-    out.extend(b"tQ");
-    push_int(out, int(rng));
-    for _ in 0..2 {
-        out.push(b'(');
-        for _ in 0..rng.below(4) {
-            push_int(out, int(rng));
-        }
-        out.push(b't');
-    }
-    out.extend(b"\x89ccollections\nOrderedDict\n)RtR");
-}
-
-fn push_int(out: &mut Vec<u8>, v: i64) {
-    if (0..256).contains(&v) {
-        out.extend([b'K', v as u8]);
-    } else if let Ok(v) = i32::try_from(v) {
-        out.push(b'J');
-        out.extend(v.to_le_bytes());
-    } else {
-        out.extend([0x8a, 8]);
-        out.extend(v.to_le_bytes());
-    }
-}
-
-fn put_one(rng: &mut SplitMix64, out: &mut Vec<u8>, items: &[&[u8]]) {
-    out.extend_from_slice(items[rng.below(items.len() as u64) as usize]);
-}
-
-fn opcode(rng: &mut SplitMix64, out: &mut Vec<u8>) {
-    match rng.below(16) {
-        0 => put_one(
-            rng,
-            out,
-            &[&b"}"[..], b"]", b")", b"(", b"N", b"\x88", b"\x89"],
-        ),
-        1 => push_int(out, int(rng)),
-        2 => put_one(
-            rng,
-            out,
-            &[
-                &b"X\x01\x00\x00\x00k"[..],
-                b"\x8c\x02ab",
-                b"X\x00\x00\x00\x00",
-                b"X\xff\xff\xff\x7fx",
-            ],
-        ),
-        3 => put_one(
-            rng,
-            out,
-            &[&b"t"[..], b"\x85", b"\x86", b"\x87", b"l", b"d"],
-        ),
-        4 => put_one(
-            rng,
-            out,
-            &[
-                &b"s"[..],
-                b"u",
-                b"a",
-                b"e",
-                b"R",
-                b"Q",
-                b"b",
-                b"0",
-                b"1",
-                b"2",
-            ],
-        ),
-        5 => out.extend([b'q', rng.below(4) as u8]),
-        6 => out.extend([b'h', rng.below(4) as u8]),
-        7 => {
-            out.push(b'r');
-            out.extend((rng.below(4) as u32).to_le_bytes());
-        }
-        8 => {
-            out.push(b'j');
-            out.extend((*pick_from(rng, &[0u32, 1, 2, u32::MAX])).to_le_bytes());
-        }
-        9 => put_one(
-            rng,
-            out,
-            &[
-                &b"ctorch._utils\n_rebuild_tensor_v2\n"[..],
-                b"ccollections\nOrderedDict\n",
-                b"ctorch\nFloatStorage\n",
-                b"cos\nsystem\n",
-                b"c__builtin__\nset\n",
-            ],
-        ),
-        10 => {
-            out.push(b'G');
-            out.extend(pick_from(rng, &[0.5f64, f64::NAN, f64::INFINITY, -0.0]).to_be_bytes());
-        }
-        11 => tensor_record(rng, out),
-        12 => put_one(
-            rng,
-            out,
-            &[
-                &b"\x8a\x00"[..],
-                b"\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19",
-                b"\x8b\xff\xff\xff\xff",
-                b"\x8a\x09\x00\x00\x00\x00\x00\x00\x00\x00\x80",
-            ],
-        ),
-        13 => put_one(
-            rng,
-            out,
-            &[
-                &b"C\x03abc"[..],
-                b"B\x00\x00\x00\x80",
-                b"T\x02\x00\x00\x00ab",
-                b"U\x01a",
-            ],
-        ),
-        14 => put_one(
-            rng,
-            out,
-            &[
-                &b"\x95\x00\x00\x00\x00\x00\x00\x00\x00"[..],
-                b"\x94",
-                b"\x93",
-                b"\x8d\x00\x00\x00\x00\x00\x00\x00\x00",
-            ],
-        ),
-        _ => out.push(rng.next_u64() as u8),
-    }
-}
-
-/// A `torch.save` zip (random pickle, storages of random sizes) or a legacy file around a pickle.
-fn gen_pth(rng: &mut SplitMix64) -> Vec<u8> {
-    let pickle = gen_pickle(rng);
-    if rng.below(4) == 0 {
-        let mut b = legacy_pth();
-        let at = memchr::memmem::find(&b, b"\x80\x02}q\x00X\x01").unwrap_or(0);
-        let tail = b.split_off(at);
-        b.extend(&pickle);
-        if rng.below(2) == 0 {
-            let keys = memchr::memmem::find(&tail, b"\x80\x02]").unwrap_or(0);
-            b.extend(&tail[keys..]);
-        }
-        return b;
-    }
-    let mut buf = std::io::Cursor::new(Vec::new());
-    {
-        let mut zip = zip::ZipWriter::new(&mut buf);
-        let opts = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Stored);
-        let mut put = |name: &str, bytes: &[u8]| -> zip::result::ZipResult<()> {
-            zip.start_file(name, opts)?;
-            zip.write_all(bytes)?;
-            Ok(())
-        };
-        let archive = pick_from(rng, &["archive", "a/b", ""]);
-        let _ = put(&format!("{archive}/data.pkl"), &pickle);
-        for k in 0..rng.below(3) {
-            let n = *pick_from(rng, &[0usize, 1, 4, 8, 12, 48, 100]);
-            let data: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
-            let _ = put(&format!("{archive}/data/{k}"), &data);
-        }
-        let _ = zip.finish();
-    }
-    buf.into_inner()
-}
-
 fn gen_safetensors(rng: &mut SplitMix64) -> Vec<u8> {
     let mut entries = Vec::new();
     let mut offset = 0i64;
@@ -1537,7 +1105,7 @@ mod tests {
     fn seeds_are_read_by_their_readers() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("checkpoint.pth");
-        std::fs::write(&p, legacy_pth()).unwrap();
+        std::fs::write(&p, pth::legacy_pth()).unwrap();
         let c = crate::checkpoint::pth::read(&p).unwrap();
         assert!(c.legacy);
         assert_eq!(c.tensors[0].1.to_f32().unwrap(), [1.5, -2.0]);
@@ -1557,29 +1125,10 @@ mod tests {
         }
     }
 
-    /// Every image seed decodes, at the size its name says, so that mutations start from each
-    /// flavour's decoding path.
-    #[cfg(feature = "embed")]
-    #[test]
-    fn image_seeds_decode_at_their_size() {
-        let dir = tempfile::tempdir().unwrap();
-        for (name, bytes) in image_seeds() {
-            let p = dir.path().join(&name);
-            std::fs::write(&p, bytes).unwrap();
-            let img = crate::imaging::decode(&p).unwrap_or_else(|e| panic!("{name}: {e}"));
-            let size = name
-                .rsplit('_')
-                .next()
-                .and_then(|s| s.split('.').next())
-                .unwrap();
-            assert_eq!(format!("{}x{}", img.width(), img.height()), size, "{name}");
-        }
-    }
-
     #[test]
     fn generators_are_deterministic() {
         for g in [
-            gen_pth,
+            pth::gen_pth,
             gen_npy,
             gen_safetensors,
             gen_annotations,
