@@ -331,6 +331,45 @@ fn a_dry_run_checks_the_start_and_writes_nothing() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("which 3 ranks cannot share evenly"), "{err}");
     assert!(!run.exists());
+    // Under a launcher (torchrun's variables) rank 0 checks and prints the plan for the job's
+    // ranks; the others do nothing.
+    let launched = |rank: &str| {
+        let mut c = Command::new(assert_cmd::cargo::cargo_bin("tagfix"));
+        c.args(train_argv(&ds))
+            .args([
+                "--batch-size",
+                "4",
+                "--micro-batch-size",
+                "2",
+                "--workers",
+                "1",
+            ])
+            .args(["--threads", "1", "--max-steps", "2", "--dry-run", "--out"])
+            .arg(&run);
+        for (k, v) in [("RANK", rank), ("LOCAL_RANK", rank), ("WORLD_SIZE", "2")] {
+            c.env(k, v);
+        }
+        c.env("LOCAL_WORLD_SIZE", "2")
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", "29999");
+        let o = c.output().unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (o.status.code(), text(&o.stdout), text(&o.stderr))
+    };
+    let (code, out, err) = launched("0");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("batch 4 = 2 ranks × 1 micro-batch(es) of 2"),
+        "{out}"
+    );
+    let (code, out, err) = launched("1");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("rank 1 of 2: the dry run checks in one process, rank 0"),
+        "{err}"
+    );
+    assert!(!run.exists());
 
     let (code, _, err) = train(&["--max-steps", "2", "--checkpoint-every", "1"], Some(&run));
     assert_eq!(code, Some(0), "{err}");

@@ -863,8 +863,9 @@ pub struct TrainArgs {
     pub json: bool,
     /// Check everything the run would check before its first step (configuration, inputs, every
     /// image, the model and its weights, --out or the checkpoint to resume), print the plan and
-    /// exit: nothing is trained or written. One process, also with --nproc-per-node or under
-    /// torchrun; exit 2 on what the run would refuse.
+    /// exit: nothing is trained or written. One process, also with --nproc-per-node; under
+    /// torchrun or srun rank 0 checks and the other ranks exit at once; exit 2 on what the run
+    /// would refuse.
     #[arg(long)]
     pub dry_run: bool,
     #[command(flatten)]

@@ -226,6 +226,17 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
 #[cfg(feature = "train")]
 fn dry_run(args: &TrainArgs) -> anyhow::Result<ExitStatus> {
     use tagfix::train::run::{dry_run, prepare, RunStart};
+    // Under a launcher every rank runs the command: one process checks for the job (its inputs
+    // are the same files on a shared file system), rather than each reading every image again.
+    let launcher = tagfix::train::dist::Rendezvous::from_env()?;
+    if let Some(r) = launcher.as_ref().filter(|r| r.rank != 0) {
+        tracing::info!(
+            "rank {} of {}: the dry run checks in one process, rank 0; nothing to do here",
+            r.rank,
+            r.world_size
+        );
+        return Ok(ExitStatus::Success);
+    }
     let start = run_start(args)?;
     let cfg = resolve_config(args, start == RunStart::Resume)?;
     let (inputs, out) = resolve_inputs(args, &cfg, start)?;
@@ -235,7 +246,7 @@ fn dry_run(args: &TrainArgs) -> anyhow::Result<ExitStatus> {
     }
     // The ranks the run would have: --nproc-per-node's, else the launcher's (torchrun, srun).
     let world = match args.dist.nproc_per_node {
-        1 => tagfix::train::dist::Rendezvous::from_env()?.map_or(1, |r| r.world_size),
+        1 => launcher.map_or(1, |r| r.world_size),
         n => usize::from(n),
     };
     let plan = dry_run(&prepared, &out, start, world)?;
