@@ -333,9 +333,10 @@ fn a_dry_run_checks_the_start_and_writes_nothing() {
     assert!(!run.exists());
     // Under a launcher (torchrun's variables) rank 0 checks and prints the plan for the job's
     // ranks; the others do nothing.
-    let launched = |rank: &str| {
+    let launched = |rank: &str, extra: &[&str]| {
         let mut c = Command::new(assert_cmd::cargo::cargo_bin("tagfix"));
         c.args(train_argv(&ds))
+            .args(extra)
             .args([
                 "--batch-size",
                 "4",
@@ -356,17 +357,40 @@ fn a_dry_run_checks_the_start_and_writes_nothing() {
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         (o.status.code(), text(&o.stdout), text(&o.stderr))
     };
-    let (code, out, err) = launched("0");
+    let (code, out, err) = launched("0", &[]);
     assert_eq!(code, Some(0), "{err}");
     assert!(
         out.contains("batch 4 = 2 ranks × 1 micro-batch(es) of 2"),
         "{out}"
     );
-    let (code, out, err) = launched("1");
+    let (code, out, err) = launched("1", &[]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.is_empty(), "{out}");
     assert!(
         err.contains("rank 1 of 2: the dry run checks in one process, rank 0"),
+        "{err}"
+    );
+    // --nproc-per-node inside a launcher's rank is refused, as the run refuses it.
+    let (code, _, err) = launched("0", &["--nproc-per-node", "2"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("give the rank count to the launcher only"),
+        "{err}"
+    );
+    // So does the run itself, before it starts anything.
+    let o = Command::new(assert_cmd::cargo::cargo_bin("tagfix"))
+        .args(train_argv(&ds))
+        .args(["--batch-size", "4", "--nproc-per-node", "2", "--out"])
+        .arg(&run)
+        .envs([("RANK", "1"), ("LOCAL_RANK", "1"), ("WORLD_SIZE", "2")])
+        .envs([("LOCAL_WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1")])
+        .env("MASTER_PORT", "29999")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("this process is already rank 1 of 2 (torchrun)"),
         "{err}"
     );
     assert!(!run.exists());

@@ -138,17 +138,12 @@ fn launch_ranks(args: &TrainArgs) -> anyhow::Result<Option<ExitStatus>> {
     if n == 1 {
         return Ok(None);
     }
-    if let Some(r) = Rendezvous::from_env()
-        .map_err(tagfix::Error::from)?
-        .filter(Rendezvous::is_multi_rank)
-    {
-        anyhow::bail!(
-            "--nproc-per-node {n}: this process is already rank {} of {} ({}); give the rank count to the launcher only",
-            r.rank,
-            r.world_size,
-            r.contract.name()
-        );
-    }
+    refuse_nproc_under_launcher(
+        n,
+        Rendezvous::from_env()
+            .map_err(tagfix::Error::from)?
+            .as_ref(),
+    )?;
     let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let request = launch::LaunchRequest::new(
         std::env::current_exe()?,
@@ -222,6 +217,24 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
     Ok(ExitStatus::Success)
 }
 
+/// `--nproc-per-node N` (N > 1) starts ranks itself: refused in a process a launcher already made
+/// one rank of several.
+#[cfg(feature = "train")]
+fn refuse_nproc_under_launcher(
+    n: usize,
+    launcher: Option<&tagfix::train::dist::Rendezvous>,
+) -> anyhow::Result<()> {
+    match launcher.filter(|r| n > 1 && r.is_multi_rank()) {
+        Some(r) => anyhow::bail!(
+            "--nproc-per-node {n}: this process is already rank {} of {} ({}); give the rank count to the launcher only",
+            r.rank,
+            r.world_size,
+            r.contract.name()
+        ),
+        None => Ok(()),
+    }
+}
+
 /// `--dry-run`: the checks of the run's start in this one process, then the plan on stdout.
 #[cfg(feature = "train")]
 fn dry_run(args: &TrainArgs) -> anyhow::Result<ExitStatus> {
@@ -229,6 +242,7 @@ fn dry_run(args: &TrainArgs) -> anyhow::Result<ExitStatus> {
     // Under a launcher every rank runs the command: one process checks for the job (its inputs
     // are the same files on a shared file system), rather than each reading every image again.
     let launcher = tagfix::train::dist::Rendezvous::from_env()?;
+    refuse_nproc_under_launcher(usize::from(args.dist.nproc_per_node), launcher.as_ref())?;
     if let Some(r) = launcher.as_ref().filter(|r| r.rank != 0) {
         tracing::info!(
             "rank {} of {}: the dry run checks in one process, rank 0; nothing to do here",
