@@ -17,6 +17,7 @@ mod descriptor;
 #[cfg(feature = "embed")]
 mod image;
 mod pth;
+mod summary;
 
 /// Every target, in the order the report lists them.
 pub fn all() -> Vec<Target> {
@@ -173,6 +174,7 @@ pub fn all() -> Vec<Target> {
         check::target(),
         check::provenance_target(),
         descriptor::target(),
+        summary::target(),
         #[cfg(feature = "embed")]
         image::target(),
     ]
