@@ -591,20 +591,26 @@ fn descriptions_seeds() -> Vec<(String, Vec<u8>)> {
     ])
 }
 
-fn metrics_seeds() -> Vec<(String, Vec<u8>)> {
+/// A synthetic run of `steps` steps whose tag loss spikes 20-fold for two steps at `at` (so the
+/// detectors raise health events).
+fn spiky_run(steps: u64, at: u64) -> crate::monitor::synthetic::SyntheticRun {
     use crate::monitor::synthetic::{Anomaly, SyntheticRun};
-    // 20 steps keep the file under the harness's 16 KiB input limit.
-    let spiky = SyntheticRun {
-        steps: 20,
+    SyntheticRun {
+        steps,
         warmup: 3,
         anomalies: vec![Anomaly::Spike {
             term: crate::monitor::LossTerm::Tag,
-            at: 15,
+            at,
             len: 2,
             factor: 20.0,
         }],
         ..Default::default()
-    };
+    }
+}
+
+fn metrics_seeds() -> Vec<(String, Vec<u8>)> {
+    // 20 steps keep the file under the harness's 16 KiB input limit.
+    let spiky = spiky_run(20, 15);
     vec![written("metrics.jsonl", |p| {
         let mut w = crate::monitor::MetricsWriter::append(p)?;
         spiky.records().iter().try_for_each(|r| w.write(r))

@@ -2,7 +2,6 @@
 //! then what is computed from it: the probabilities over slots, the pace line, the events table.
 
 use super::{written, JSON_DICT};
-use crate::monitor::synthetic::{Anomaly, SyntheticRun};
 use crate::monitor::{events_table, DetectorConfig, RunPace, RunSummary, ValidationRecord};
 use std::path::Path;
 
@@ -33,18 +32,7 @@ fn run_summary(path: &Path, _: &[u8]) {
 /// A summary as `train` writes it: a short synthetic run with a loss spike (so it holds health
 /// events), slot probabilities, absent slots, a validation record and the pace.
 fn summary_seeds() -> Vec<(String, Vec<u8>)> {
-    let run = SyntheticRun {
-        steps: 30,
-        warmup: 3,
-        anomalies: vec![Anomaly::Spike {
-            term: crate::monitor::LossTerm::Tag,
-            at: 20,
-            len: 2,
-            factor: 20.0,
-        }],
-        ..Default::default()
-    };
-    let records = run.records();
+    let records = super::spiky_run(30, 20).records();
     let summary = RunSummary {
         run_dir: "runs/a".into(),
         first_step: 0,
