@@ -425,6 +425,12 @@ mod tests {
         (skip, epoch_order(data.len(), skip.seed, 0))
     }
 
+    /// A micro-batch's skips as (position, unreadable record, the record standing in).
+    fn skips(batch: &MicroBatch) -> Vec<(usize, usize, usize)> {
+        let skip = |s: &SkippedImage| (s.position, s.record, s.replaced_by);
+        batch.skipped.iter().map(skip).collect()
+    }
+
     /// Writes `image` to the first reader of the FIFO `fifo`, then junk to the next one. A reader
     /// is there when a non-blocking open for writing succeeds; the junk waits until the first
     /// reader has closed (an open failing with ENXIO), so that it cannot be appended to the image.
@@ -481,12 +487,7 @@ mod tests {
             .collect();
         let hit = &got[1];
         assert_eq!(hit.indices, [record(3), record(4), record(4)]);
-        let skipped: Vec<(usize, usize, usize)> = hit
-            .skipped
-            .iter()
-            .map(|s| (s.position, s.record, s.replaced_by))
-            .collect();
-        assert_eq!(skipped, [(2, record(5), record(4))]);
+        assert_eq!(skips(hit), [(2, record(5), record(4))]);
         let n = data.num_slots;
         assert_eq!(hit.targets[2 * n..], hit.targets[n..2 * n]);
     }
@@ -510,12 +511,7 @@ mod tests {
         assert_eq!(got.len(), 4);
         let hit = &got[1];
         assert_eq!(hit.indices, [record(3), record(3), record(3)]);
-        let skipped: Vec<(usize, usize, usize)> = hit
-            .skipped
-            .iter()
-            .map(|s| (s.position, s.record, s.replaced_by))
-            .collect();
-        assert_eq!(skipped, [(1, record(4), record(3)), (2, record(5), record(3))]);
+        assert_eq!(skips(hit), [(1, record(4), record(3)), (2, record(5), record(3))]);
         let name = |pos| path(pos).file_name().unwrap().to_string_lossy().into_owned();
         assert!(hit.skipped[0].reason.contains(&name(4)), "{:?}", hit.skipped);
         assert!(hit.skipped[1].reason.contains(&name(5)), "{:?}", hit.skipped);
