@@ -102,6 +102,14 @@ pub fn write_sections(sections: &[Section], markdown: bool, w: &mut dyn Write) -
     Ok(())
 }
 
+/// The first 12 characters of a hash, as reports and messages show it. Characters, not bytes: a
+/// hash read from a file's metadata may hold anything, and cutting inside a character would panic.
+pub fn short_hash(hash: &str) -> &str {
+    hash.char_indices()
+        .nth(12)
+        .map_or(hash, |(end, _)| &hash[..end])
+}
+
 /// `1, 2, 3 … (+N more)`: a long list shortened for a readable report.
 pub fn short_list<T: std::fmt::Display>(items: &[T], keep: usize) -> String {
     let shown: Vec<String> = items.iter().take(keep).map(|i| i.to_string()).collect();
@@ -109,5 +117,20 @@ pub fn short_list<T: std::fmt::Display>(items: &[T], keep: usize) -> String {
         format!("{} … (+{} more)", shown.join(", "), items.len() - keep)
     } else {
         shown.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_hashes_cut_at_characters_not_bytes() {
+        let hex = "0123456789abcdef0123";
+        assert_eq!(short_hash(hex), "0123456789ab");
+        assert_eq!(short_hash("abc"), "abc");
+        // Byte 12 falls inside the sixth `é`: a byte cut would panic.
+        let odd = format!("a{}", "é".repeat(13));
+        assert_eq!(short_hash(&odd), format!("a{}", "é".repeat(11)));
     }
 }

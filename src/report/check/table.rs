@@ -176,5 +176,5 @@ pub fn check(r: &CheckReport) -> String {
 }
 
 fn short(sha: &str) -> String {
-    format!("sha256 {}…", &sha[..sha.len().min(12)])
+    format!("sha256 {}…", crate::report::short_hash(sha))
 }
