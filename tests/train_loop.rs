@@ -158,6 +158,56 @@ fn resume_equals_uninterrupted_run() {
     assert!(err.contains("--resume"), "{err}");
 }
 
+/// A resume whose configuration changes the loss weights trains with them from the resumed step on
+/// (the checkpoint's weighting is kept only when the configuration asks for it); a checkpoint whose
+/// `state.json` cannot be continued is refused before anything is written.
+#[test]
+fn a_resume_with_other_loss_weights_uses_them_and_a_damaged_state_is_refused() {
+    let _guard = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path(), 16, 5);
+    let inp = inputs(&ds);
+    let cfg = TrainConfig {
+        batch_size: 4,
+        micro_batch_size: Some(4.into()),
+        checkpoint_every: CheckpointEvery::Steps(2),
+        ..small_config(2)
+    };
+    let dir = tmp.path().join("run");
+    run(&cfg, &inp, &dir);
+    let heavier = TrainConfig {
+        loss_weights: "tag=2".parse().unwrap(),
+        max_steps: Some(4),
+        ..cfg.clone()
+    };
+    let state = dir.join("checkpoints/step-00000002/state.json");
+    let good = std::fs::read(&state).unwrap();
+    let metrics = std::fs::read(dir.join("metrics.jsonl")).unwrap();
+    let mut damaged: serde_json::Value = serde_json::from_slice(&good).unwrap();
+    damaged["weighting"]["weights"]["tag"] = (-1.0).into();
+    std::fs::write(&state, serde_json::to_vec(&damaged).unwrap()).unwrap();
+    let err = match train(prepare(&heavier, &inp).unwrap(), &dir, true) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("resumed from a damaged state"),
+    };
+    assert!(
+        err.contains("loss weighting: weights tag=-1,align=10,dis=100"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(dir.join("metrics.jsonl")).unwrap(), metrics);
+
+    std::fs::write(&state, good).unwrap();
+    let summary = train(prepare(&heavier, &inp).unwrap(), &dir, true).unwrap();
+    assert_eq!(summary.final_weights.tag, 2.0);
+    let records = read_all_records(&dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(records.len(), 4);
+    for r in &records {
+        let tag = r.loss.tag.unwrap();
+        let weight = if r.step <= 2 { 1.0 } else { 2.0 };
+        assert_eq!(tag.weighted, tag.raw * weight, "step {}", r.step);
+    }
+}
+
 #[test]
 fn micro_batch_size_auto_takes_the_whole_batch_on_the_cpu_and_is_recorded() {
     let _guard = serial();

@@ -413,6 +413,27 @@ fn a_dry_run_checks_the_start_and_writes_nothing() {
             "{how:?}: {out}"
         );
     }
+    // Other loss weights than the checkpoint's: the resume would train with them, and says so.
+    let (code, out, err) = train(
+        &[
+            "--max-steps",
+            "4",
+            "--dry-run",
+            "--resume",
+            resume,
+            "--loss-weights",
+            "tag=3",
+        ],
+        None,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains(
+            "loss weighting changed since the checkpoint: fixed tag=1,align=10,dis=100 → fixed \
+             tag=3,align=10,dis=100"
+        ),
+        "{out}"
+    );
     assert_eq!(std::fs::read(run.join("metrics.jsonl")).unwrap(), metrics);
     let saved = std::fs::read_dir(run.join("checkpoints")).unwrap().count();
     assert_eq!(saved, 2, "no checkpoint added");

@@ -291,9 +291,14 @@ fn plan_text(plan: &tagfix::train::run::DryRun) -> String {
         (Some(m), Some(n)) => format!("{ranks}{n} micro-batch(es) of {m}"),
         _ => "micro-batches chosen when the run starts (auto)".into(),
     };
+    let weighting = plan
+        .weighting_change
+        .as_ref()
+        .map_or(String::new(), |c| format!("  {c}\n"));
     format!(
         "dry run: every input checked; nothing trained or written\n  steps {}..{} ({begin})\n  \
-         {} records, {} steps per epoch; batch {} = {micro}\n  model: {} parameters, {}\n  {}\n",
+         {} records, {} steps per epoch; batch {} = {micro}\n  model: {} parameters, {}\n  {}\n\
+         {weighting}",
         plan.start_step,
         plan.total_steps,
         plan.records,

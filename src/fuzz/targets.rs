@@ -17,6 +17,7 @@ mod descriptor;
 #[cfg(feature = "embed")]
 mod image;
 mod pth;
+mod run_files;
 mod summary;
 
 /// Every target, in the order the report lists them.
@@ -175,6 +176,8 @@ pub fn all() -> Vec<Target> {
         check::provenance_target(),
         descriptor::target(),
         summary::target(),
+        run_files::state_target(),
+        run_files::run_target(),
         #[cfg(feature = "embed")]
         image::target(),
     ]

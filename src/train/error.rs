@@ -169,6 +169,18 @@ pub enum TrainError {
         source: serde_json::Error,
     },
 
+    /// A `state.json` or `run.json` that parses but whose values cannot be continued from.
+    #[error("{}: {problem}; the file is damaged or was not written by tagfix", .path.display())]
+    RunFileValue { path: PathBuf, problem: String },
+
+    /// A checkpoint folder whose `state.json` is another step's (copied or renamed by hand).
+    #[error("{}: its state.json is step {state_step}'s, not the folder's step {folder_step}", .dir.display())]
+    CheckpointFolder {
+        dir: PathBuf,
+        folder_step: u64,
+        state_step: u64,
+    },
+
     #[error("{}: checkpoint schema {found} is not {expected}", .path.display())]
     Schema {
         path: PathBuf,
@@ -441,6 +453,8 @@ impl TrainError {
             | TrainError::TooFewRecords { .. }
             | TrainError::DataChanged { .. }
             | TrainError::RunFile { .. }
+            | TrainError::RunFileValue { .. }
+            | TrainError::CheckpointFolder { .. }
             | TrainError::Schema { .. }
             | TrainError::NotAFolder { .. }
             | TrainError::TeacherRowsMissing { .. }

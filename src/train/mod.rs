@@ -8,6 +8,8 @@ pub mod config;
 pub mod dist;
 pub mod error;
 pub mod interrupt;
+pub mod run_files;
+pub mod weighting;
 
 /// Puts every item given behind the feature `train`: the one place the libtorch half is gated.
 macro_rules! with_libtorch {

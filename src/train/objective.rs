@@ -7,10 +7,11 @@
 //! images and captions of one micro-batch (the diagonal of a `micro × micro` block), as each GPU does
 //! with its local batch in RAM's distributed training.
 
-use super::config::{AbsentPolicy, LossBalance, LossWeights};
+use super::config::{AbsentPolicy, LossWeights};
+pub use super::weighting::{step_losses, weight_of, LossWeighting};
 use super::model::loss::{distillation_l1, AsymmetricLoss};
 use super::model::{RamPlus, Trace};
-use crate::monitor::{LossTerm, Losses, TermValue};
+use crate::monitor::LossTerm;
 use tch::{Kind, Reduction, Tensor};
 
 /// Which slots are absent, as a `[num_class]` float mask (1 = absent), and the policy for them.
@@ -149,94 +150,6 @@ impl MicroLosses {
     }
 }
 
-/// The weight of a term.
-pub fn weight_of(w: &LossWeights, t: LossTerm) -> f64 {
-    match t {
-        LossTerm::Tag => w.tag,
-        LossTerm::Align => w.align,
-        LossTerm::Dis => w.dis,
-    }
-}
-
-fn set_weight(w: &mut LossWeights, t: LossTerm, v: f64) {
-    match t {
-        LossTerm::Tag => w.tag = v,
-        LossTerm::Align => w.align = v,
-        LossTerm::Dis => w.dis = v,
-    }
-}
-
-/// Raw and weighted values of a step's terms for the metrics log.
-pub fn step_losses(raw: &[(LossTerm, f64)], w: &LossWeights) -> Losses {
-    let mut l = Losses::default();
-    for &(t, v) in raw {
-        l.set(t, TermValue::new(v, weight_of(w, t)));
-    }
-    l
-}
-
-/// Loss weights, fixed or balanced on the first steps. Serialised into checkpoints.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct LossWeighting {
-    pub weights: LossWeights,
-    pub mode: LossBalance,
-    pub balance_steps: u64,
-    /// Sums of the raw terms over the measured steps (tag, align, dis) and how many steps.
-    pub measured: [f64; 3],
-    pub measured_steps: u64,
-    /// Step at which the balanced weights took effect.
-    pub balanced_at: Option<u64>,
-}
-
-impl LossWeighting {
-    pub fn new(weights: LossWeights, mode: LossBalance, balance_steps: u64) -> Self {
-        LossWeighting {
-            weights,
-            mode,
-            balance_steps,
-            measured: [0.0; 3],
-            measured_steps: 0,
-            balanced_at: None,
-        }
-    }
-
-    /// Records a finished step's raw terms. Under `initial`, after `balance_steps` steps the weights
-    /// are set so every present term's weighted mean equals the tag term's (the tag weight is kept);
-    /// returns a description of the change when it happens.
-    pub fn observe(&mut self, step: u64, raw: &[(LossTerm, f64)]) -> Option<String> {
-        if self.mode != LossBalance::Initial || self.balanced_at.is_some() {
-            return None;
-        }
-        for &(t, v) in raw {
-            self.measured[t as usize] += v.abs();
-        }
-        self.measured_steps += 1;
-        if self.measured_steps < self.balance_steps {
-            return None;
-        }
-        let n = self.measured_steps as f64;
-        let mean = |t: LossTerm| self.measured[t as usize] / n;
-        let target = self.weights.tag * mean(LossTerm::Tag);
-        let mut parts = Vec::new();
-        for &(t, _) in raw {
-            let m = mean(t);
-            if t != LossTerm::Tag && m > 0.0 && target > 0.0 {
-                set_weight(&mut self.weights, t, target / m);
-            }
-            parts.push(format!(
-                "{t}: mean raw {m:.4} → weight {:.4}",
-                weight_of(&self.weights, t)
-            ));
-        }
-        self.balanced_at = Some(step + 1);
-        Some(format!(
-            "loss balance over the first {} steps: {}",
-            self.measured_steps,
-            parts.join(", ")
-        ))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,25 +187,5 @@ mod tests {
         let y = Tensor::from_slice(&[1.0f32, 0.0]).view([1, 2]);
         let l = tag_loss(&x, &y, &mk(AbsentPolicy::Smooth(eps))).double_value(&[]);
         assert!(l.abs() < 1e-5, "{l}");
-    }
-
-    #[test]
-    fn balance_equalises_weighted_terms() {
-        let mut w = LossWeighting::new(LossWeights::default(), LossBalance::Initial, 2);
-        let raw = [
-            (LossTerm::Tag, 20.0),
-            (LossTerm::Align, 4.0),
-            (LossTerm::Dis, 0.5),
-        ];
-        assert!(w.observe(0, &raw).is_none());
-        let msg = w.observe(1, &raw).unwrap();
-        assert!(msg.contains("first 2 steps"), "{msg}");
-        assert_eq!(w.weights.tag, 1.0);
-        assert!((w.weights.align * 4.0 - 20.0).abs() < 1e-9);
-        assert!((w.weights.dis * 0.5 - 20.0).abs() < 1e-9);
-        assert_eq!(w.balanced_at, Some(2));
-        let before = w.weights;
-        assert!(w.observe(2, &raw).is_none());
-        assert_eq!(w.weights, before, "fixed afterwards");
     }
 }

@@ -14,10 +14,14 @@ use super::data::{self, Augment, LoaderConfig, TeacherSource, TrainData};
 use super::error::TrainError;
 pub use super::interrupt::StopRequest;
 use super::model::{ParamInit, RamPlus, RamPlusConfig};
-use super::objective::LossWeighting;
+use super::weighting::LossWeighting;
+pub use super::run_files::{
+    read_run_inputs, read_state, CheckpointState, InputDifference, TrainInputs, RUN_FILE,
+    STATE_SCHEMA,
+};
 use super::optim::AdamW;
 pub use super::trainer::{RunStart, Trainer};
-use super::validate::{score_images, score_readable_images, ValidationInputs, ValidationSet};
+use super::validate::{score_images, score_readable_images, ValidationSet};
 use super::weights::{self, InitFingerprint, LoadOptions};
 use crate::error::{Error, Result};
 use crate::manifest::SlotManifest;
@@ -27,97 +31,12 @@ use crate::monitor::{RunDir, ValidationRecord};
 use crate::tensors::{EmbeddingFile, Layout, Provenance};
 use crate::vocab::Vocabulary;
 use crate::imaging::PilFilter;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
-
-/// The files a run reads. Saved as `RUN_DIR/run.json` so `--resume RUN_DIR` needs nothing else.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TrainInputs {
-    /// RAM-format annotation files.
-    pub data: Vec<PathBuf>,
-    /// Image root.
-    pub images: PathBuf,
-    /// Slot manifest from `tagfix diff`.
-    pub manifest: PathBuf,
-    /// Label embeddings in RAM++ layout (`[num_class · k, d]`, d = 512 for the official models), e.g.
-    /// from `tagfix embed`.
-    pub label_embed: PathBuf,
-    /// Teacher features (CLIP image features and caption embeddings); without them only the tag
-    /// loss is trained.
-    pub teacher: Option<PathBuf>,
-    /// Checkpoints loaded in order before training (e.g. an ImageNet Swin, or a RAM++ checkpoint).
-    pub init: Vec<PathBuf>,
-    /// Vocabulary (file or preset) the manifest and embeddings must belong to, when given.
-    pub vocab: Option<String>,
-    /// Train even when the image encoder is not loaded from a pretrained checkpoint (loud warning).
-    pub allow_random_encoder: bool,
-    /// Held-out data validated on during training (`validation.jsonl`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub validation: Option<ValidationInputs>,
-}
-
-/// An input in which two [`TrainInputs`] differ: its flag and both values, as a person reads them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InputDifference {
-    pub flag: &'static str,
-    pub given: String,
-    pub recorded: String,
-}
-
-impl TrainInputs {
-    /// The first input, by flag, naming other files in `self` than in `recorded` (paths compared
-    /// after resolving them where they exist, so `./a` and `a` agree). Validation and
-    /// `allow_random_encoder`, which a resume may change, are not compared.
-    pub fn first_difference(&self, recorded: &TrainInputs) -> Option<InputDifference> {
-        fn resolved(p: &Path) -> PathBuf {
-            std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
-        }
-        let same = |a: &[PathBuf], b: &[PathBuf]| {
-            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| resolved(x) == resolved(y))
-        };
-        let opt = |p: &Option<PathBuf>| p.iter().cloned().collect::<Vec<_>>();
-        let vocab = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none)".into());
-        let pairs: [(&'static str, Vec<PathBuf>, Vec<PathBuf>); 6] = [
-            ("--data", self.data.clone(), recorded.data.clone()),
-            ("--images", vec![self.images.clone()], vec![recorded.images.clone()]),
-            ("--manifest", vec![self.manifest.clone()], vec![recorded.manifest.clone()]),
-            ("--label-embed", vec![self.label_embed.clone()], vec![recorded.label_embed.clone()]),
-            ("--teacher", opt(&self.teacher), opt(&recorded.teacher)),
-            ("--init", self.init.clone(), recorded.init.clone()),
-        ];
-        let shown = |ps: &[PathBuf]| match ps {
-            [] => "(none)".to_string(),
-            ps => ps
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(" "),
-        };
-        pairs
-            .iter()
-            .find(|(_, a, b)| !same(a, b))
-            .map(|(flag, a, b)| InputDifference {
-                flag,
-                given: shown(a),
-                recorded: shown(b),
-            })
-            .or_else(|| {
-                (self.vocab != recorded.vocab).then(|| InputDifference {
-                    flag: "--vocab",
-                    given: vocab(&self.vocab),
-                    recorded: vocab(&recorded.vocab),
-                })
-            })
-    }
-}
-
-pub(super) const RUN_FILE: &str = "run.json";
-/// The `schema` of a checkpoint's `state.json`.
-pub const STATE_SCHEMA: &str = "tagfix.train-checkpoint/1";
 
 /// Resolves the configuration's model spec for a vocabulary of `num_class` slots with
 /// `des_per_class` description rows each, `joint_dim` values a row (of the file `label_embed`, named
@@ -562,26 +481,6 @@ fn build_model(
     Ok((vs, model))
 }
 
-/// `state.json` of a checkpoint.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CheckpointState {
-    pub schema: String,
-    /// Optimizer steps completed.
-    pub step: u64,
-    pub epoch: u64,
-    pub step_in_epoch: u64,
-    pub samples_seen: u64,
-    pub seed: u64,
-    /// How libtorch's generator is driven (re-seeded per micro-batch, so nothing else to store).
-    pub torch_rng: String,
-    pub records: usize,
-    /// [`data::RecordSet::fingerprint`] of the training records.
-    pub data_fingerprint: String,
-    pub weighting: LossWeighting,
-    pub wall_s: f64,
-    pub model: String,
-}
-
 /// Where checkpoints go and what they hold: `RUN_DIR/checkpoints/step-NNNNNNNN/{model.safetensors,
 /// optimizer.safetensors, state.json}`, written into a hidden temporary folder and renamed.
 pub fn checkpoint_dir(run: &RunDir, step: u64) -> PathBuf {
@@ -668,27 +567,6 @@ pub(super) fn check_same_records(
     Ok(())
 }
 
-/// A checkpoint's `state.json` (its schema checked).
-fn read_state(dir: &Path) -> Result<CheckpointState> {
-    let state_path = dir.join("state.json");
-    let text = crate::fsutil::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
-    let state: CheckpointState =
-        serde_json::from_str(&text).map_err(|source| TrainError::RunFile {
-            path: state_path.clone(),
-            what: "checkpoint state",
-            source,
-        })?;
-    if state.schema != STATE_SCHEMA {
-        return Err(TrainError::Schema {
-            path: state_path,
-            found: state.schema,
-            expected: STATE_SCHEMA,
-        }
-        .into());
-    }
-    Ok(state)
-}
-
 /// What `tagfix train --dry-run` established: the inputs checked and the model built ([`prepare`]),
 /// and `--out` as the run would use it; nothing trained or written.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -717,6 +595,9 @@ pub struct DryRun {
     pub trained: super::optim::ParamSummary,
     /// The model's state per rank before any activation.
     pub memory: super::memory::MemoryPlan,
+    /// On a resume whose configuration changed the loss weighting, what the run would change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weighting_change: Option<String>,
 }
 
 /// Checks `out` as a run begun with `start` would use it, without writing: a new run refuses a
@@ -730,7 +611,7 @@ pub fn dry_run(prepared: &Prepared, out: &Path, start: RunStart, world: usize) -
     } else {
         None
     };
-    let mut start_step = 0;
+    let (mut start_step, mut weighting_change) = (0, None);
     match start {
         RunStart::New if newest.is_some() || out.join(crate::monitor::run_dir::METRICS_FILE).exists() => {
             return Err(TrainError::RunExists(out.to_path_buf()).into());
@@ -742,6 +623,7 @@ pub fn dry_run(prepared: &Prepared, out: &Path, start: RunStart, world: usize) -
             let state = read_state(ckpt)?;
             check_same_records(ckpt, &state, &prepared.data, &prepared.data.records.fingerprint())?;
             start_step = state.step;
+            weighting_change = LossWeighting::resumed(state.weighting, &prepared.config).1;
         }
         RunStart::New | RunStart::Again => {}
     }
@@ -776,6 +658,7 @@ pub fn dry_run(prepared: &Prepared, out: &Path, start: RunStart, world: usize) -
             .sum(),
         trained: summary,
         memory,
+        weighting_change,
     })
 }
 
@@ -897,20 +780,6 @@ pub fn slot_probabilities(
     Ok(sums.into_iter().map(|s| s / n.max(1) as f64).collect())
 }
 
-/// Reads `RUN_DIR/run.json` (the inputs of a run, for `--resume`).
-pub fn read_run_inputs(run_dir: &Path) -> Result<TrainInputs> {
-    let p = run_dir.join(RUN_FILE);
-    let text = crate::fsutil::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-    serde_json::from_str(&text).map_err(|source| {
-        TrainError::RunFile {
-            path: p,
-            what: "run description",
-            source,
-        }
-        .into()
-    })
-}
-
 pub(super) fn tensors_error(path: &Path, action: &'static str, e: tch::TchError) -> Error {
     TrainError::Tensors {
         path: path.to_path_buf(),
@@ -920,47 +789,22 @@ pub(super) fn tensors_error(path: &Path, action: &'static str, e: tch::TchError)
     .into()
 }
 
-/// The first 12 hex digits of a sha256, as error messages show them.
+/// The first 12 hex digits of a sha256, as error messages show them (a label embedding file's
+/// provenance may hold any text there).
 fn short_sha(sha: &str) -> String {
-    sha[..sha.len().min(12)].to_string()
+    crate::report::short_hash(sha).to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn inputs(dir: &Path) -> TrainInputs {
-        TrainInputs {
-            data: vec![dir.join("a.json"), dir.join("b.json")],
-            images: dir.to_path_buf(),
-            manifest: dir.join("manifest.json"),
-            label_embed: dir.join("e.safetensors"),
-            teacher: None,
-            init: Vec::new(),
-            vocab: None,
-            allow_random_encoder: false,
-            validation: None,
-        }
+    /// A label embedding file's provenance may name any text as its vocabulary hash; the mismatch
+    /// message shows its start without cutting a character.
+    #[test]
+    fn a_vocabulary_hash_of_any_text_shortens_without_panicking() {
+        assert_eq!(short_sha(&"ab".repeat(32)), "abababababab");
+        assert_eq!(short_sha(&format!("a{}", "é".repeat(20))).chars().count(), 12);
     }
 
-    #[test]
-    fn inputs_differ_by_the_files_they_name_not_by_spelling() {
-        let dir = tempfile::tempdir().unwrap();
-        let recorded = inputs(dir.path());
-        std::fs::write(dir.path().join("e.safetensors"), b"x").unwrap();
-        let mut given = inputs(dir.path());
-        given.label_embed = dir.path().join(".").join("e.safetensors");
-        given.allow_random_encoder = true;
-        assert_eq!(given.first_difference(&recorded), None);
-        given.init = vec![dir.path().join("swin.pth")];
-        let d = given.first_difference(&recorded).unwrap();
-        assert_eq!((d.flag, d.recorded.as_str()), ("--init", "(none)"));
-        let mut given = inputs(dir.path());
-        given.data.reverse();
-        assert_eq!(given.first_difference(&recorded).unwrap().flag, "--data");
-        let mut given = inputs(dir.path());
-        given.vocab = Some("ram".into());
-        let d = given.first_difference(&recorded).unwrap();
-        assert_eq!((d.flag, d.given.as_str()), ("--vocab", "ram"));
-    }
 }

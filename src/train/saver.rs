@@ -8,7 +8,6 @@
 use super::error::TrainError;
 use super::run::{checkpoint_dir, tensors_error, CheckpointState};
 use crate::error::{Error, Result};
-use crate::fsutil::write_atomic;
 use crate::monitor::RunDir;
 use std::path::PathBuf;
 use std::thread::JoinHandle;
@@ -88,9 +87,7 @@ pub fn write_checkpoint(run: &RunDir, snapshot: &Snapshot, keep: usize) -> Resul
     let opt_path = tmp.join("optimizer.safetensors");
     Tensor::write_safetensors(&snapshot.optimizer, &opt_path)
         .map_err(|e| tensors_error(&opt_path, "write", e))?;
-    write_atomic(&tmp.join("state.json"), |w| {
-        serde_json::to_writer_pretty(&mut *w, &snapshot.state).map_err(std::io::Error::other)
-    })?;
+    super::run_files::write_state(&tmp, &snapshot.state)?;
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     }

@@ -9,6 +9,7 @@
 
 use super::data::augment;
 use super::model::RamPlus;
+pub use super::run_files::ValidationInputs;
 use crate::error::{Error, Result};
 use crate::train::error::TrainError;
 use crate::eval::{
@@ -20,22 +21,8 @@ use crate::share::WorkShare;
 use crate::vocab::Vocabulary;
 use crate::imaging::{keep_images, pil_resize, PilFilter};
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
-
-/// What to validate on, as the run records it (`run.json`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ValidationInputs {
-    /// A benchmark folder (official format) or a RAM-format annotation file.
-    pub data: PathBuf,
-    /// Image root; unset: the training images' root.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub images: Option<PathBuf>,
-    /// Per-slot thresholds (one a line, slot order); unset: the vocabulary preset's sidecar, else 0.5.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub thresholds: Option<PathBuf>,
-}
 
 /// A loaded validation set, its images checked.
 #[derive(Debug)]

@@ -102,6 +102,31 @@ impl Default for LossWeights {
     }
 }
 
+impl std::fmt::Display for LossWeights {
+    /// As `--loss-weights` takes them, to 4 decimals (4 digits in exponent form below 0.01):
+    /// `tag=1,align=10,dis=100`, `align=3.0988`, `dis=2.500e-5`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let short = |v: f64| match v {
+            0.0 => "0".to_string(),
+            v if v.abs() < 0.01 && v.is_finite() => format!("{v:.3e}"),
+            v => {
+                let s = format!("{v:.4}");
+                match s.contains('.') {
+                    true => s.trim_end_matches('0').trim_end_matches('.').to_string(),
+                    false => s,
+                }
+            }
+        };
+        write!(
+            f,
+            "tag={},align={},dis={}",
+            short(self.tag),
+            short(self.align),
+            short(self.dis)
+        )
+    }
+}
+
 impl std::str::FromStr for LossWeights {
     type Err = String;
     /// `tag=1,align=10,dis=100`; terms left out keep their default.

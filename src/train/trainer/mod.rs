@@ -18,7 +18,7 @@ use super::sync::{read_f64, read_f64s};
 use super::upload::{upload, PixelNormalizer};
 use super::run::{
     check_same_records, checkpoint_dir, latest_checkpoint, read_checkpoint, slot_probabilities,
-    validation_line, CheckpointState, Prepared, RunSummary, RUN_FILE, STATE_SCHEMA,
+    validation_line, CheckpointState, Prepared, RunSummary, STATE_SCHEMA,
 };
 use super::validate::ValidationSet;
 use crate::error::Result;
@@ -311,20 +311,23 @@ impl Trainer {
             }
             None => None,
         };
+        let weighting = match &resumed {
+            Some(state) => {
+                let (weighting, change) = LossWeighting::resumed(state.weighting.clone(), &config);
+                if let (Some(change), true) = (change, main) {
+                    tracing::warn!("{change}");
+                }
+                weighting
+            }
+            None => LossWeighting::of_config(&config),
+        };
         let micros = rank * accumulation..(rank + 1) * accumulation;
         let loader =
             Loader::start_micro_range(data.clone(), loader_cfg, start_step, total_steps, micros)?;
         Ok(Trainer {
             sched: LrSchedule::new(&config, steps_per_epoch, total_steps),
             absent,
-            weighting: match &resumed {
-                Some(s) => s.weighting.clone(),
-                None => LossWeighting::new(
-                    config.loss_weights,
-                    config.loss_balance,
-                    config.balance_steps,
-                ),
-            },
+            weighting,
             clock: Clock {
                 started: Instant::now(),
                 offset: resumed.as_ref().map_or(0.0, |s| s.wall_s),
@@ -1038,9 +1041,7 @@ fn write_run_files(
     write_atomic(&run.config_path(), |w| {
         w.write_all(config.to_toml().as_bytes())
     })?;
-    write_atomic(&run.root().join(RUN_FILE), |w| {
-        serde_json::to_writer_pretty(&mut *w, inputs).map_err(std::io::Error::other)
-    })
+    super::run_files::write_run_inputs(run.root(), inputs)
 }
 
 /// Loads the newest checkpoint of `run` into `vs` and `opt`, refusing one made for other records.

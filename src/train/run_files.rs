@@ -1,0 +1,413 @@
+//! The files a run keeps so that `--resume` needs nothing else: `RUN_DIR/run.json` (the inputs) and
+//! each checkpoint's `state.json` (the step, the data position, the loss weighting). Free of libtorch,
+//! so both readers are fuzzed (`src/fuzz/targets/run_files.rs`) in the harness built without it.
+
+use super::error::TrainError;
+use super::weighting::LossWeighting;
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const RUN_FILE: &str = "run.json";
+/// The `schema` of a checkpoint's `state.json`.
+pub const STATE_SCHEMA: &str = "tagfix.train-checkpoint/1";
+
+/// The files a run reads. Saved as `RUN_DIR/run.json` so `--resume RUN_DIR` needs nothing else.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainInputs {
+    /// RAM-format annotation files.
+    pub data: Vec<PathBuf>,
+    /// Image root.
+    pub images: PathBuf,
+    /// Slot manifest from `tagfix diff`.
+    pub manifest: PathBuf,
+    /// Label embeddings in RAM++ layout (`[num_class · k, d]`, d = 512 for the official models), e.g.
+    /// from `tagfix embed`.
+    pub label_embed: PathBuf,
+    /// Teacher features (CLIP image features and caption embeddings); without them only the tag
+    /// loss is trained.
+    pub teacher: Option<PathBuf>,
+    /// Checkpoints loaded in order before training (e.g. an ImageNet Swin, or a RAM++ checkpoint).
+    pub init: Vec<PathBuf>,
+    /// Vocabulary (file or preset) the manifest and embeddings must belong to, when given.
+    pub vocab: Option<String>,
+    /// Train even when the image encoder is not loaded from a pretrained checkpoint (loud warning).
+    pub allow_random_encoder: bool,
+    /// Held-out data validated on during training (`validation.jsonl`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<ValidationInputs>,
+}
+
+/// An input in which two [`TrainInputs`] differ: its flag and both values, as a person reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputDifference {
+    pub flag: &'static str,
+    pub given: String,
+    pub recorded: String,
+}
+
+impl TrainInputs {
+    /// What a recorded run lacks that every run has: a `--data` file, and a path for each required
+    /// input (an empty path would resolve to the working folder).
+    pub fn problem(&self) -> Option<String> {
+        if self.data.is_empty() {
+            return Some("names no --data file".into());
+        }
+        let empty = |p: &Path| p.as_os_str().is_empty();
+        let named = [
+            ("--data", self.data.iter().any(|p| empty(p))),
+            ("--images", empty(&self.images)),
+            ("--manifest", empty(&self.manifest)),
+            ("--label-embed", empty(&self.label_embed)),
+            ("--teacher", self.teacher.as_deref().is_some_and(empty)),
+            ("--init", self.init.iter().any(|p| empty(p))),
+            (
+                "--val-data",
+                self.validation.as_ref().is_some_and(|v| empty(&v.data)),
+            ),
+        ];
+        named
+            .iter()
+            .find(|(_, is_empty)| *is_empty)
+            .map(|(flag, _)| format!("{flag} is an empty path"))
+    }
+
+    /// The first input, by flag, naming other files in `self` than in `recorded` (paths compared
+    /// after resolving them where they exist, so `./a` and `a` agree). Validation and
+    /// `allow_random_encoder`, which a resume may change, are not compared.
+    pub fn first_difference(&self, recorded: &TrainInputs) -> Option<InputDifference> {
+        fn resolved(p: &Path) -> PathBuf {
+            std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+        }
+        let same = |a: &[PathBuf], b: &[PathBuf]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| resolved(x) == resolved(y))
+        };
+        let opt = |p: &Option<PathBuf>| p.iter().cloned().collect::<Vec<_>>();
+        let vocab = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none)".into());
+        let pairs: [(&'static str, Vec<PathBuf>, Vec<PathBuf>); 6] = [
+            ("--data", self.data.clone(), recorded.data.clone()),
+            (
+                "--images",
+                vec![self.images.clone()],
+                vec![recorded.images.clone()],
+            ),
+            (
+                "--manifest",
+                vec![self.manifest.clone()],
+                vec![recorded.manifest.clone()],
+            ),
+            (
+                "--label-embed",
+                vec![self.label_embed.clone()],
+                vec![recorded.label_embed.clone()],
+            ),
+            ("--teacher", opt(&self.teacher), opt(&recorded.teacher)),
+            ("--init", self.init.clone(), recorded.init.clone()),
+        ];
+        let shown = |ps: &[PathBuf]| match ps {
+            [] => "(none)".to_string(),
+            ps => ps
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+        };
+        pairs
+            .iter()
+            .find(|(_, a, b)| !same(a, b))
+            .map(|(flag, a, b)| InputDifference {
+                flag,
+                given: shown(a),
+                recorded: shown(b),
+            })
+            .or_else(|| {
+                (self.vocab != recorded.vocab).then(|| InputDifference {
+                    flag: "--vocab",
+                    given: vocab(&self.vocab),
+                    recorded: vocab(&recorded.vocab),
+                })
+            })
+    }
+}
+
+/// What to validate on, as the run records it (`run.json`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ValidationInputs {
+    /// A benchmark folder (official format) or a RAM-format annotation file.
+    pub data: PathBuf,
+    /// Image root; unset: the training images' root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<PathBuf>,
+    /// Per-slot thresholds (one a line, slot order); unset: the vocabulary preset's sidecar, else 0.5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thresholds: Option<PathBuf>,
+}
+
+/// `state.json` of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointState {
+    pub schema: String,
+    /// Optimizer steps completed.
+    pub step: u64,
+    pub epoch: u64,
+    pub step_in_epoch: u64,
+    pub samples_seen: u64,
+    pub seed: u64,
+    /// How libtorch's generator is driven (re-seeded per micro-batch, so nothing else to store).
+    pub torch_rng: String,
+    pub records: usize,
+    /// [`crate::train::data::RecordSet::fingerprint`] of the training records.
+    pub data_fingerprint: String,
+    pub weighting: LossWeighting,
+    pub wall_s: f64,
+    pub model: String,
+}
+
+impl CheckpointState {
+    /// Why the state cannot be continued from: counters that contradict the step (an epoch, or a
+    /// step within it, beyond the steps done), a negative or non-finite wall time, or a loss
+    /// weighting that cannot go on ([`LossWeighting::problem`]).
+    pub fn problem(&self) -> Option<String> {
+        if self.epoch > self.step || self.step_in_epoch > self.step {
+            return Some(format!(
+                "epoch {} and step in epoch {} do not fit {} steps done",
+                self.epoch, self.step_in_epoch, self.step
+            ));
+        }
+        if !(self.wall_s.is_finite() && self.wall_s >= 0.0) {
+            return Some(format!(
+                "wall time {} s is not finite and >= 0",
+                self.wall_s
+            ));
+        }
+        self.weighting
+            .problem(self.step)
+            .map(|p| format!("loss weighting: {p}"))
+    }
+}
+
+/// Writes `state` as the checkpoint folder `dir`'s `state.json` (atomically).
+pub fn write_state(dir: &Path, state: &CheckpointState) -> Result<()> {
+    crate::fsutil::write_atomic(&dir.join("state.json"), |w| {
+        serde_json::to_writer_pretty(&mut *w, state).map_err(std::io::Error::other)
+    })
+}
+
+/// Writes `inputs` as `RUN_DIR/run.json` (atomically), what `--resume` reads back.
+pub fn write_run_inputs(run_dir: &Path, inputs: &TrainInputs) -> Result<()> {
+    crate::fsutil::write_atomic(&run_dir.join(RUN_FILE), |w| {
+        serde_json::to_writer_pretty(&mut *w, inputs).map_err(std::io::Error::other)
+    })
+}
+
+/// The step a checkpoint folder's name `step-NNNNNNNN` gives; `None` for another name.
+pub fn folder_step(dir: &Path) -> Option<u64> {
+    dir.file_name()?
+        .to_str()?
+        .strip_prefix("step-")?
+        .parse()
+        .ok()
+}
+
+/// A checkpoint's `state.json`: its schema, its values ([`CheckpointState::problem`]) and, in a
+/// folder named `step-N`, its step N checked.
+pub fn read_state(dir: &Path) -> Result<CheckpointState> {
+    let state_path = dir.join("state.json");
+    let text = crate::fsutil::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
+    let state: CheckpointState =
+        serde_json::from_str(&text).map_err(|source| TrainError::RunFile {
+            path: state_path.clone(),
+            what: "checkpoint state",
+            source,
+        })?;
+    if state.schema != STATE_SCHEMA {
+        return Err(TrainError::Schema {
+            path: state_path,
+            found: state.schema,
+            expected: STATE_SCHEMA,
+        }
+        .into());
+    }
+    if let Some(problem) = state.problem() {
+        return Err(TrainError::RunFileValue {
+            path: state_path,
+            problem,
+        }
+        .into());
+    }
+    match folder_step(dir) {
+        Some(folder_step) if folder_step != state.step => Err(TrainError::CheckpointFolder {
+            dir: dir.to_path_buf(),
+            folder_step,
+            state_step: state.step,
+        }
+        .into()),
+        _ => Ok(state),
+    }
+}
+
+/// Reads `RUN_DIR/run.json` (the inputs of a run, for `--resume`): it must name the files every run
+/// needs ([`TrainInputs::problem`]).
+pub fn read_run_inputs(run_dir: &Path) -> Result<TrainInputs> {
+    let p = run_dir.join(RUN_FILE);
+    let text = crate::fsutil::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    let inputs: TrainInputs =
+        serde_json::from_str(&text).map_err(|source| TrainError::RunFile {
+            path: p.clone(),
+            what: "run description",
+            source,
+        })?;
+    match inputs.problem() {
+        Some(problem) => Err(TrainError::RunFileValue { path: p, problem }.into()),
+        None => Ok(inputs),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::config::{LossBalance, LossWeights};
+
+    fn state(step: u64) -> CheckpointState {
+        CheckpointState {
+            schema: STATE_SCHEMA.into(),
+            step,
+            epoch: 1,
+            step_in_epoch: 2,
+            samples_seen: step * 4,
+            seed: 7,
+            torch_rng: "reseeded".into(),
+            records: 12,
+            data_fingerprint: "ab".repeat(32),
+            weighting: LossWeighting::new(LossWeights::default(), LossBalance::Fixed, 20),
+            wall_s: 1.5,
+            model: "tiny".into(),
+        }
+    }
+
+    fn write_state(dir: &Path, s: &CheckpointState) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("state.json"), serde_json::to_vec(s).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_state_reads_back_in_its_own_step_folder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("step-00000005");
+        write_state(&dir, &state(5));
+        assert_eq!(read_state(&dir).unwrap(), state(5));
+        assert_eq!(folder_step(&dir), Some(5));
+        assert_eq!(folder_step(tmp.path()), None);
+    }
+
+    #[test]
+    fn a_state_that_cannot_be_continued_is_refused_naming_why() {
+        let tmp = tempfile::tempdir().unwrap();
+        let refused = |s: CheckpointState, folder: &str| {
+            let dir = tmp.path().join(folder);
+            write_state(&dir, &s);
+            let e = read_state(&dir).unwrap_err();
+            assert_eq!(e.kind(), crate::error::ErrorKind::Input, "{e}");
+            e.to_string()
+        };
+        let e = refused(state(5), "step-00000006");
+        assert!(
+            e.contains("state.json is step 5's, not the folder's step 6"),
+            "{e}"
+        );
+        let e = refused(
+            CheckpointState {
+                epoch: 9,
+                ..state(5)
+            },
+            "step-00000005",
+        );
+        assert!(
+            e.contains("epoch 9 and step in epoch 2 do not fit 5 steps done"),
+            "{e}"
+        );
+        assert!(e.contains("damaged or was not written by tagfix"), "{e}");
+        let e = refused(
+            CheckpointState {
+                wall_s: -1.0,
+                ..state(5)
+            },
+            "step-00000005",
+        );
+        assert!(e.contains("wall time -1 s"), "{e}");
+        let mut s = state(5);
+        s.weighting.weights.dis = -2.0;
+        let e = refused(s, "step-00000005");
+        assert!(
+            e.contains("loss weighting: weights tag=1,align=10,dis=-2"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn run_inputs_must_name_the_files_every_run_needs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let write = |i: &TrainInputs| {
+            std::fs::write(tmp.path().join(RUN_FILE), serde_json::to_vec(i).unwrap()).unwrap();
+            read_run_inputs(tmp.path())
+        };
+        let ok = inputs(tmp.path());
+        assert_eq!(write(&ok).unwrap(), ok);
+        let e = write(&TrainInputs {
+            data: vec![],
+            ..ok.clone()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("run.json: names no --data file"), "{e}");
+        let e = write(&TrainInputs {
+            manifest: PathBuf::new(),
+            ..ok.clone()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("--manifest is an empty path"), "{e}");
+        let no_val = TrainInputs {
+            validation: Some(ValidationInputs::default()),
+            ..ok
+        };
+        assert!(write(&no_val)
+            .unwrap_err()
+            .to_string()
+            .contains("--val-data is an empty path"));
+    }
+
+    fn inputs(dir: &Path) -> TrainInputs {
+        TrainInputs {
+            data: vec![dir.join("a.json"), dir.join("b.json")],
+            images: dir.to_path_buf(),
+            manifest: dir.join("manifest.json"),
+            label_embed: dir.join("e.safetensors"),
+            teacher: None,
+            init: Vec::new(),
+            vocab: None,
+            allow_random_encoder: false,
+            validation: None,
+        }
+    }
+
+    #[test]
+    fn inputs_differ_by_the_files_they_name_not_by_spelling() {
+        let dir = tempfile::tempdir().unwrap();
+        let recorded = inputs(dir.path());
+        std::fs::write(dir.path().join("e.safetensors"), b"x").unwrap();
+        let mut given = inputs(dir.path());
+        given.label_embed = dir.path().join(".").join("e.safetensors");
+        given.allow_random_encoder = true;
+        assert_eq!(given.first_difference(&recorded), None);
+        given.init = vec![dir.path().join("swin.pth")];
+        let d = given.first_difference(&recorded).unwrap();
+        assert_eq!((d.flag, d.recorded.as_str()), ("--init", "(none)"));
+        let mut given = inputs(dir.path());
+        given.data.reverse();
+        assert_eq!(given.first_difference(&recorded).unwrap().flag, "--data");
+        let mut given = inputs(dir.path());
+        given.vocab = Some("ram".into());
+        let d = given.first_difference(&recorded).unwrap();
+        assert_eq!((d.flag, d.given.as_str()), ("--vocab", "ram"));
+    }
+}
