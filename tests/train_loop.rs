@@ -160,7 +160,7 @@ fn resume_equals_uninterrupted_run() {
 
 /// A resume whose configuration changes the loss weights trains with them from the resumed step on
 /// (the checkpoint's weighting is kept only when the configuration asks for it); a checkpoint whose
-/// `state.json` cannot be continued is refused before anything is written.
+/// `state.json` cannot be continued, or another batch size, is refused before anything is written.
 #[test]
 fn a_resume_with_other_loss_weights_uses_them_and_a_damaged_state_is_refused() {
     let _guard = serial();
@@ -197,6 +197,21 @@ fn a_resume_with_other_loss_weights_uses_them_and_a_damaged_state_is_refused() {
     assert_eq!(std::fs::read(dir.join("metrics.jsonl")).unwrap(), metrics);
 
     std::fs::write(&state, good).unwrap();
+    // Another batch size is refused before the checkpoint's tensors are read.
+    let other_batch = TrainConfig {
+        batch_size: 8,
+        micro_batch_size: Some(8.into()),
+        ..heavier.clone()
+    };
+    let err = match train(prepare(&other_batch, &inp).unwrap(), &dir, true) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("resumed with another batch size"),
+    };
+    assert!(
+        err.contains("batches of 4 images, this configuration's batch is 8"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(dir.join("metrics.jsonl")).unwrap(), metrics);
     let summary = train(prepare(&heavier, &inp).unwrap(), &dir, true).unwrap();
     assert_eq!(summary.final_weights.tag, 2.0);
     let records = read_all_records(&dir.join("metrics.jsonl")).unwrap();

@@ -413,6 +413,28 @@ fn a_dry_run_checks_the_start_and_writes_nothing() {
             "{how:?}: {out}"
         );
     }
+    // Another batch size: each step would stand for other data; refused, pointing at micro-batches.
+    let other_batch = Command::new(assert_cmd::cargo::cargo_bin("tagfix"))
+        .args(train_argv(&ds))
+        .args([
+            "--batch-size",
+            "8",
+            "--max-steps",
+            "4",
+            "--dry-run",
+            "--resume",
+            resume,
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&other_batch.stderr);
+    assert_eq!(other_batch.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(
+            "the checkpoint's steps are batches of 4 images, this configuration's batch is 8"
+        ) && err.contains("Resume with --batch-size 4"),
+        "{err}"
+    );
     // Other loss weights than the checkpoint's: the resume would train with them, and says so.
     let (code, out, err) = train(
         &[

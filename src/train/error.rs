@@ -115,6 +115,16 @@ pub enum TrainError {
         now: usize,
     },
 
+    #[error("{}: --resume: the checkpoint's steps are batches of {then} images, this configuration's batch is \
+             {now}: each step would stand for another epoch, data position and learning rate. Resume with \
+             --batch-size {then}; on a card with less memory keep it and split it with --micro-batch-size \
+             (a divisor of {then} per rank) or --micro-batch-size auto", .checkpoint.display())]
+    BatchChanged {
+        checkpoint: PathBuf,
+        then: u64,
+        now: usize,
+    },
+
     #[error("nothing to do: the run is at step {step} of {total} (raise max_steps to continue)")]
     NothingToDo { step: u64, total: u64 },
 
@@ -452,6 +462,7 @@ impl TrainError {
             | TrainError::TeacherWidth { .. }
             | TrainError::TooFewRecords { .. }
             | TrainError::DataChanged { .. }
+            | TrainError::BatchChanged { .. }
             | TrainError::RunFile { .. }
             | TrainError::RunFileValue { .. }
             | TrainError::CheckpointFolder { .. }

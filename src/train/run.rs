@@ -532,12 +532,14 @@ pub fn newest_checkpoint_in(dir: &Path, needs: &str) -> Result<Option<PathBuf>> 
     Ok(found.pop())
 }
 
-pub(super) fn read_checkpoint(
+/// Loads a checkpoint's model and optimizer tensors into `vs` and `opt`; `state` is its
+/// `state.json`, read and checked first ([`read_state`], [`check_resumable`]).
+pub(super) fn load_checkpoint(
     dir: &Path,
+    state: &CheckpointState,
     vs: &VarStore,
     opt: &mut AdamW,
-) -> Result<CheckpointState> {
-    let state = read_state(dir)?;
+) -> Result<()> {
     let model_path = dir.join("model.safetensors");
     let report = weights::load_state_dict(vs, &model_path, &LoadOptions::strict())?;
     debug_assert!(report.is_complete());
@@ -545,16 +547,19 @@ pub(super) fn read_checkpoint(
     let tensors =
         Tensor::read_safetensors(&opt_path).map_err(|e| tensors_error(&opt_path, "read", e))?;
     let map: BTreeMap<String, Tensor> = tensors.into_iter().collect();
-    opt.load_state(&map, state.step, &opt_path.display().to_string())?;
-    Ok(state)
+    opt.load_state(&map, state.step, &opt_path.display().to_string())
 }
 
-/// A resume refuses other records than the checkpoint's (`fingerprint`: `data`'s).
-pub(super) fn check_same_records(
+/// A resume continues only where a step means what it meant: the same records (`fingerprint`:
+/// `data`'s), split into batches of the same size (`batch_size`, the configuration's). Another
+/// batch size would shift the epoch, the data position and the learning-rate schedule the step
+/// counter stands for; a card with less memory keeps the batch with smaller micro-batches.
+pub(super) fn check_resumable(
     checkpoint: &Path,
     state: &CheckpointState,
     data: &TrainData,
     fingerprint: &str,
+    batch_size: usize,
 ) -> Result<()> {
     if state.data_fingerprint != fingerprint || state.records != data.len() {
         return Err(TrainError::DataChanged {
@@ -564,7 +569,15 @@ pub(super) fn check_same_records(
         }
         .into());
     }
-    Ok(())
+    match state.batch_size() {
+        Some(then) if then != batch_size as u64 => Err(TrainError::BatchChanged {
+            checkpoint: checkpoint.to_path_buf(),
+            then,
+            now: batch_size,
+        }
+        .into()),
+        _ => Ok(()),
+    }
 }
 
 /// What `tagfix train --dry-run` established: the inputs checked and the model built ([`prepare`]),
@@ -621,7 +634,13 @@ pub fn dry_run(prepared: &Prepared, out: &Path, start: RunStart, world: usize) -
                 .as_ref()
                 .ok_or_else(|| TrainError::NothingToResume(checkpoints.clone()))?;
             let state = read_state(ckpt)?;
-            check_same_records(ckpt, &state, &prepared.data, &prepared.data.records.fingerprint())?;
+            check_resumable(
+                ckpt,
+                &state,
+                &prepared.data,
+                &prepared.data.records.fingerprint(),
+                prepared.config.batch_size,
+            )?;
             start_step = state.step;
             weighting_change = LossWeighting::resumed(state.weighting, &prepared.config).1;
         }

@@ -164,14 +164,27 @@ pub struct CheckpointState {
 }
 
 impl CheckpointState {
+    /// The batch size the checkpoint's steps were taken with (`samples_seen / step`); `None` before
+    /// the first step.
+    pub fn batch_size(&self) -> Option<u64> {
+        (self.step > 0).then(|| self.samples_seen / self.step)
+    }
+
     /// Why the state cannot be continued from: counters that contradict the step (an epoch, or a
-    /// step within it, beyond the steps done), a negative or non-finite wall time, or a loss
-    /// weighting that cannot go on ([`LossWeighting::problem`]).
+    /// step within it, beyond the steps done; samples seen that are not a whole batch size times the
+    /// steps), a negative or non-finite wall time, or a loss weighting that cannot go on
+    /// ([`LossWeighting::problem`]).
     pub fn problem(&self) -> Option<String> {
         if self.epoch > self.step || self.step_in_epoch > self.step {
             return Some(format!(
                 "epoch {} and step in epoch {} do not fit {} steps done",
                 self.epoch, self.step_in_epoch, self.step
+            ));
+        }
+        if self.step > 0 && (self.samples_seen < self.step || self.samples_seen % self.step != 0) {
+            return Some(format!(
+                "{} samples seen are not a whole batch size times the {} steps done",
+                self.samples_seen, self.step
             ));
         }
         if !(self.wall_s.is_finite() && self.wall_s >= 0.0) {
@@ -327,6 +340,23 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("damaged or was not written by tagfix"), "{e}");
+        let e = refused(
+            CheckpointState {
+                samples_seen: 21,
+                ..state(5)
+            },
+            "step-00000005",
+        );
+        assert!(
+            e.contains("21 samples seen are not a whole batch size times the 5 steps"),
+            "{e}"
+        );
+        assert_eq!(state(5).batch_size(), Some(4));
+        let before_the_first_step = CheckpointState {
+            samples_seen: 0,
+            ..state(0)
+        };
+        assert_eq!(before_the_first_step.batch_size(), None);
         let e = refused(
             CheckpointState {
                 wall_s: -1.0,

@@ -17,7 +17,7 @@ use super::saver::{CheckpointWriter, Snapshot};
 use super::sync::{read_f64, read_f64s};
 use super::upload::{upload, PixelNormalizer};
 use super::run::{
-    check_same_records, checkpoint_dir, latest_checkpoint, read_checkpoint, slot_probabilities,
+    check_resumable, checkpoint_dir, latest_checkpoint, load_checkpoint, read_state, slot_probabilities,
     validation_line, CheckpointState, Prepared, RunSummary, STATE_SCHEMA,
 };
 use super::validate::ValidationSet;
@@ -273,7 +273,14 @@ impl Trainer {
         tracing::info!("{}", opt.summary);
         let fingerprint = data.records.fingerprint();
         let resumed = match start {
-            RunStart::Resume => Some(resume_state(&run, &vs, &mut opt, &data, &fingerprint)?),
+            RunStart::Resume => Some(resume_state(
+                &run,
+                &vs,
+                &mut opt,
+                &data,
+                &fingerprint,
+                config.batch_size,
+            )?),
             RunStart::New if main => {
                 refuse_existing_run(&run, out)?;
                 None
@@ -1044,18 +1051,21 @@ fn write_run_files(
     super::run_files::write_run_inputs(run.root(), inputs)
 }
 
-/// Loads the newest checkpoint of `run` into `vs` and `opt`, refusing one made for other records.
+/// Loads the newest checkpoint of `run` into `vs` and `opt`, refusing one made for other records or
+/// another batch size before its tensors are read.
 fn resume_state(
     run: &RunDir,
     vs: &VarStore,
     opt: &mut AdamW,
     data: &TrainData,
     fingerprint: &str,
+    batch_size: usize,
 ) -> Result<CheckpointState> {
     let ckpt = latest_checkpoint(run)?
         .ok_or_else(|| TrainError::NothingToResume(run.checkpoints_dir()))?;
-    let state = read_checkpoint(&ckpt, vs, opt)?;
-    check_same_records(&ckpt, &state, data, fingerprint)?;
+    let state = read_state(&ckpt)?;
+    check_resumable(&ckpt, &state, data, fingerprint, batch_size)?;
+    load_checkpoint(&ckpt, &state, vs, opt)?;
     tracing::info!(
         "resuming from {} at step {} (epoch {})",
         ckpt.display(),
