@@ -160,7 +160,8 @@ fn resume_equals_uninterrupted_run() {
 
 /// A resume whose configuration changes the loss weights trains with them from the resumed step on
 /// (the checkpoint's weighting is kept only when the configuration asks for it); a checkpoint whose
-/// `state.json` cannot be continued, or another batch size, is refused before anything is written.
+/// `state.json` cannot be continued, another batch size or another seed is refused before anything is
+/// written.
 #[test]
 fn a_resume_with_other_loss_weights_uses_them_and_a_damaged_state_is_refused() {
     let _guard = serial();
@@ -209,6 +210,18 @@ fn a_resume_with_other_loss_weights_uses_them_and_a_damaged_state_is_refused() {
     };
     assert!(
         err.contains("batches of 4 images, this configuration's batch is 8"),
+        "{err}"
+    );
+    let other_seed = TrainConfig {
+        seed: 4,
+        ..heavier.clone()
+    };
+    let err = match train(prepare(&other_seed, &inp).unwrap(), &dir, true) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("resumed with another seed"),
+    };
+    assert!(
+        err.contains("from seed 3, this configuration's seed is 4") && err.contains("--seed 3"),
         "{err}"
     );
     assert_eq!(std::fs::read(dir.join("metrics.jsonl")).unwrap(), metrics);

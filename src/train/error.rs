@@ -125,6 +125,15 @@ pub enum TrainError {
         now: usize,
     },
 
+    #[error("{}: --resume: the checkpoint's run draws its data order and augmentation from seed {then}, this \
+             configuration's seed is {now}: the rest of the epoch in progress would repeat some records and \
+             skip others. Resume with --seed {then}", .checkpoint.display())]
+    SeedChanged {
+        checkpoint: PathBuf,
+        then: u64,
+        now: u64,
+    },
+
     #[error("nothing to do: the run is at step {step} of {total} (raise max_steps to continue)")]
     NothingToDo { step: u64, total: u64 },
 
@@ -463,6 +472,7 @@ impl TrainError {
             | TrainError::TooFewRecords { .. }
             | TrainError::DataChanged { .. }
             | TrainError::BatchChanged { .. }
+            | TrainError::SeedChanged { .. }
             | TrainError::RunFile { .. }
             | TrainError::RunFileValue { .. }
             | TrainError::CheckpointFolder { .. }

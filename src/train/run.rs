@@ -551,16 +551,19 @@ pub(super) fn load_checkpoint(
 }
 
 /// A resume continues only where a step means what it meant: the same records (`fingerprint`:
-/// `data`'s), split into batches of the same size (`batch_size`, the configuration's). Another
-/// batch size would shift the epoch, the data position and the learning-rate schedule the step
-/// counter stands for; a card with less memory keeps the batch with smaller micro-batches.
+/// `data`'s), split into batches of the same size and drawn in the same order (the configuration's
+/// `batch_size` and `seed`). Another batch size would shift the epoch, the data position and the
+/// learning-rate schedule the step counter stands for (a card with less memory keeps the batch with
+/// smaller micro-batches); another seed would reorder the epoch in progress, so that its rest
+/// repeats some records and skips others.
 pub(super) fn check_resumable(
     checkpoint: &Path,
     state: &CheckpointState,
     data: &TrainData,
     fingerprint: &str,
-    batch_size: usize,
+    config: &TrainConfig,
 ) -> Result<()> {
+    let batch_size = config.batch_size;
     if state.data_fingerprint != fingerprint || state.records != data.len() {
         return Err(TrainError::DataChanged {
             checkpoint: checkpoint.to_path_buf(),
@@ -574,6 +577,12 @@ pub(super) fn check_resumable(
             checkpoint: checkpoint.to_path_buf(),
             then,
             now: batch_size,
+        }
+        .into()),
+        _ if state.seed != config.seed => Err(TrainError::SeedChanged {
+            checkpoint: checkpoint.to_path_buf(),
+            then: state.seed,
+            now: config.seed,
         }
         .into()),
         _ => Ok(()),
@@ -639,7 +648,7 @@ pub fn dry_run(prepared: &Prepared, out: &Path, start: RunStart, world: usize) -
                 &state,
                 &prepared.data,
                 &prepared.data.records.fingerprint(),
-                prepared.config.batch_size,
+                &prepared.config,
             )?;
             start_step = state.step;
             weighting_change = LossWeighting::resumed(state.weighting, &prepared.config).1;

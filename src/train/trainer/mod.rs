@@ -279,7 +279,7 @@ impl Trainer {
                 &mut opt,
                 &data,
                 &fingerprint,
-                config.batch_size,
+                &config,
             )?),
             RunStart::New if main => {
                 refuse_existing_run(&run, out)?;
@@ -1051,20 +1051,20 @@ fn write_run_files(
     super::run_files::write_run_inputs(run.root(), inputs)
 }
 
-/// Loads the newest checkpoint of `run` into `vs` and `opt`, refusing one made for other records or
-/// another batch size before its tensors are read.
+/// Loads the newest checkpoint of `run` into `vs` and `opt`, refusing one made for other records,
+/// another batch size or another seed ([`check_resumable`]) before its tensors are read.
 fn resume_state(
     run: &RunDir,
     vs: &VarStore,
     opt: &mut AdamW,
     data: &TrainData,
     fingerprint: &str,
-    batch_size: usize,
+    config: &TrainConfig,
 ) -> Result<CheckpointState> {
     let ckpt = latest_checkpoint(run)?
         .ok_or_else(|| TrainError::NothingToResume(run.checkpoints_dir()))?;
     let state = read_state(&ckpt)?;
-    check_resumable(&ckpt, &state, data, fingerprint, batch_size)?;
+    check_resumable(&ckpt, &state, data, fingerprint, config)?;
     load_checkpoint(&ckpt, &state, vs, opt)?;
     tracing::info!(
         "resuming from {} at step {} (epoch {})",
