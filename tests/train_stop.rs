@@ -435,6 +435,43 @@ fn a_dry_run_checks_the_start_and_writes_nothing() {
         ) && err.contains("Resume with --batch-size 4"),
         "{err}"
     );
+    // The images moved (a dataset mounted elsewhere): `--images` says where; the run's other inputs
+    // come from run.json. Without it the resume fails on the recorded root.
+    let moved = tmp.path().join("moved-images");
+    std::fs::rename(&ds.image_root, &moved).unwrap();
+    let resume_moved = |extra: &[&std::ffi::OsStr]| {
+        let o = Command::new(assert_cmd::cargo::cargo_bin("tagfix"))
+            .args([
+                "train",
+                "--batch-size",
+                "4",
+                "--max-steps",
+                "4",
+                "--dry-run",
+                "--resume",
+                resume,
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (code, err) = resume_moved(&[]);
+    assert_eq!(code, Some(2), "{err}");
+    let (code, err) = resume_moved(&["--images".as_ref(), moved.as_os_str()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains(&format!(
+            "--resume: --images {} (the run recorded {})",
+            moved.display(),
+            ds.image_root.display()
+        )),
+        "{err}"
+    );
+    std::fs::rename(&moved, &ds.image_root).unwrap();
     // Other loss weights than the checkpoint's: the resume would train with them, and says so.
     let (code, out, err) = train(
         &[

@@ -376,6 +376,8 @@ fn resolve_inputs(
             let mut inputs = read_run_inputs(&run_dir).context("--resume")?;
             if args.auto_resume {
                 refuse_other_inputs(&inputs_from_flags(args, cfg)?, &inputs, &run_dir)?;
+            } else {
+                log_moved_inputs(&inputs.moved_to(moved_inputs(args)));
             }
             inputs.allow_random_encoder |= args.allow_random_encoder;
             (inputs, run_dir)
@@ -397,6 +399,43 @@ fn resolve_inputs(
         inputs.validation = validation;
     }
     Ok((inputs, out))
+}
+
+/// The input flags given to `--resume`: where the run's files are now.
+#[cfg(feature = "train")]
+fn moved_inputs(args: &TrainArgs) -> tagfix::train::run_files::MovedInputs {
+    tagfix::train::run_files::MovedInputs {
+        data: args.data.clone(),
+        images: args.images.clone(),
+        manifest: args.manifest.clone(),
+        label_embed: args.label_embed.clone(),
+        teacher: args.teacher.clone().filter(|_| !teacher_is_online(args)),
+        init: args.init.clone(),
+        vocab: args.vocab.clone(),
+    }
+}
+
+/// Each input a resume's flag moved, and for the label embeddings what the file still does: the
+/// checkpoint holds the trained rows, so another file is checked but not trained from.
+#[cfg(feature = "train")]
+fn log_moved_inputs(moved: &[tagfix::train::run::InputDifference]) {
+    for d in moved {
+        tracing::info!(
+            "--resume: {} {} (the run recorded {})",
+            d.flag,
+            d.given,
+            d.recorded
+        );
+        if d.flag == "--label-embed" {
+            tracing::warn!(
+                "--resume: the label embeddings the run trains on are the checkpoint's; {} is checked \
+                 against the manifest and the model as a new run's, but its rows are not loaded (to train \
+                 from other label embeddings, start a new run with --init on the checkpoint's \
+                 model.safetensors)",
+                d.given
+            );
+        }
+    }
 }
 
 /// A path flag's value, or the error that says it is needed.

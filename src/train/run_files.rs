@@ -76,6 +76,43 @@ impl TrainInputs {
     /// after resolving them where they exist, so `./a` and `a` agree). Validation and
     /// `allow_random_encoder`, which a resume may change, are not compared.
     pub fn first_difference(&self, recorded: &TrainInputs) -> Option<InputDifference> {
+        self.differences(recorded).into_iter().next()
+    }
+
+    /// The recorded inputs of a resumed run with the input flags of the command that resumes it:
+    /// each flag given names where that input is now (a dataset mounted elsewhere, a file moved) and
+    /// replaces the recorded path; the run then checks every input again as it checks a new run's, and
+    /// the checkpoint's records, batch size and seed against the configuration. Returns what changed,
+    /// by flag, for the log.
+    pub fn moved_to(&mut self, given: MovedInputs) -> Vec<InputDifference> {
+        let before = self.clone();
+        if !given.data.is_empty() {
+            self.data = given.data;
+        }
+        if let Some(p) = given.images {
+            self.images = p;
+        }
+        if let Some(p) = given.manifest {
+            self.manifest = p;
+        }
+        if let Some(p) = given.label_embed {
+            self.label_embed = p;
+        }
+        if let Some(p) = given.teacher {
+            self.teacher = Some(p);
+        }
+        if !given.init.is_empty() {
+            self.init = given.init;
+        }
+        if let Some(v) = given.vocab {
+            self.vocab = Some(v);
+        }
+        self.differences(&before)
+    }
+
+    /// Every input, by flag, naming other files in `self` than in `recorded` (as
+    /// [`Self::first_difference`] compares them).
+    pub fn differences(&self, recorded: &TrainInputs) -> Vec<InputDifference> {
         fn resolved(p: &Path) -> PathBuf {
             std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
         }
@@ -112,22 +149,38 @@ impl TrainInputs {
                 .collect::<Vec<_>>()
                 .join(" "),
         };
-        pairs
+        let mut found: Vec<InputDifference> = pairs
             .iter()
-            .find(|(_, a, b)| !same(a, b))
+            .filter(|(_, a, b)| !same(a, b))
             .map(|(flag, a, b)| InputDifference {
                 flag,
                 given: shown(a),
                 recorded: shown(b),
             })
-            .or_else(|| {
-                (self.vocab != recorded.vocab).then(|| InputDifference {
-                    flag: "--vocab",
-                    given: vocab(&self.vocab),
-                    recorded: vocab(&recorded.vocab),
-                })
-            })
+            .collect();
+        if self.vocab != recorded.vocab {
+            found.push(InputDifference {
+                flag: "--vocab",
+                given: vocab(&self.vocab),
+                recorded: vocab(&recorded.vocab),
+            });
+        }
+        found
     }
+}
+
+/// The input flags of a command that resumes a run ([`TrainInputs::moved_to`]): empty or `None` where
+/// not given.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MovedInputs {
+    pub data: Vec<PathBuf>,
+    pub images: Option<PathBuf>,
+    pub manifest: Option<PathBuf>,
+    pub label_embed: Option<PathBuf>,
+    /// A teacher file or shard folder (not `online`, which is a setting).
+    pub teacher: Option<PathBuf>,
+    pub init: Vec<PathBuf>,
+    pub vocab: Option<String>,
 }
 
 /// What to validate on, as the run records it (`run.json`).
@@ -372,6 +425,33 @@ mod tests {
             e.contains("loss weighting: weights tag=1,align=10,dis=-2"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_resumes_input_flags_move_the_recorded_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut inputs = inputs(dir.path());
+        let same = inputs.clone();
+        // Flags naming the recorded files (spelled otherwise) change nothing.
+        std::fs::write(dir.path().join("e.safetensors"), b"x").unwrap();
+        let respelled = MovedInputs {
+            label_embed: Some(dir.path().join(".").join("e.safetensors")),
+            ..MovedInputs::default()
+        };
+        assert_eq!(inputs.moved_to(respelled), []);
+        let moved = MovedInputs {
+            images: Some("/mnt/other/images".into()),
+            init: vec!["/mnt/other/swin.pth".into()],
+            vocab: Some("ram".into()),
+            ..MovedInputs::default()
+        };
+        let changed = inputs.moved_to(moved);
+        let flags: Vec<_> = changed.iter().map(|d| d.flag).collect();
+        assert_eq!(flags, ["--images", "--init", "--vocab"]);
+        assert_eq!(changed[1].recorded, "(none)");
+        assert_eq!(inputs.images, PathBuf::from("/mnt/other/images"));
+        assert_eq!(inputs.data, same.data, "not given: kept");
+        assert_eq!(same.differences(&inputs).len(), 3);
     }
 
     #[test]
