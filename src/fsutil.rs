@@ -464,6 +464,17 @@ fn create_temp(shown: &Path, target: &Path, ext: &str) -> Result<tempfile::Named
     Ok(tmp)
 }
 
+/// Flushes a file's data, or a folder's entries, to the disk (`fsync`): what was written to it
+/// survives the machine dying, not only the process. On a file system that cannot sync a folder the
+/// folder's sync is skipped.
+pub fn sync_to_disk(path: &Path) -> Result<()> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    match file.sync_all() {
+        Err(e) if path.is_dir() && e.kind() == std::io::ErrorKind::InvalidInput => Ok(()),
+        r => r.map_err(|e| Error::io(path, e)),
+    }
+}
+
 /// Makes the temporary file durable with the destination's permissions (0644 for a new file; the
 /// temporary file is owner-only) and renames it over `target`.
 fn commit(tmp: tempfile::NamedTempFile, shown: &Path, target: &Path) -> Result<()> {

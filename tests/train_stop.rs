@@ -413,6 +413,22 @@ fn a_dry_run_checks_the_start_and_writes_nothing() {
             "{how:?}: {out}"
         );
     }
+    // The newest checkpoint cut short (its machine died before the disk had it): the resume passes
+    // over it to the one before, with a warning.
+    let model = run.join("checkpoints/step-00000002/model.safetensors");
+    let whole = std::fs::read(&model).unwrap();
+    std::fs::write(&model, &whole[..whole.len() / 2]).unwrap();
+    let (code, out, err) = train(&["--max-steps", "4", "--dry-run", "--resume", resume], None);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("steps 1..4 (resuming at step 1 from "),
+        "{out}"
+    );
+    assert!(
+        err.contains("step-00000002 is not whole (") && err.contains("passed over for "),
+        "{err}"
+    );
+    std::fs::write(&model, whole).unwrap();
     // Another batch size: each step would stand for other data; refused, pointing at micro-batches.
     let other_batch = Command::new(assert_cmd::cargo::cargo_bin("tagfix"))
         .args(train_argv(&ds))

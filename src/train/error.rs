@@ -192,6 +192,10 @@ pub enum TrainError {
     #[error("{}: {problem}; the file is damaged or was not written by tagfix", .path.display())]
     RunFileValue { path: PathBuf, problem: String },
 
+    /// Every checkpoint of a run is damaged (`problems`: each one's, newest first).
+    #[error("{}: --resume: no checkpoint is whole: {problems}", .dir.display())]
+    NoWholeCheckpoint { dir: PathBuf, problems: String },
+
     /// A checkpoint folder whose `state.json` is another step's (copied or renamed by hand).
     #[error("{}: its state.json is step {state_step}'s, not the folder's step {folder_step}", .dir.display())]
     CheckpointFolder {
@@ -476,6 +480,7 @@ impl TrainError {
             | TrainError::RunFile { .. }
             | TrainError::RunFileValue { .. }
             | TrainError::CheckpointFolder { .. }
+            | TrainError::NoWholeCheckpoint { .. }
             | TrainError::Schema { .. }
             | TrainError::NotAFolder { .. }
             | TrainError::TeacherRowsMissing { .. }

@@ -16,7 +16,7 @@ pub use super::interrupt::StopRequest;
 use super::model::{ParamInit, RamPlus, RamPlusConfig};
 use super::weighting::LossWeighting;
 pub use super::run_files::{
-    read_run_inputs, read_state, CheckpointState, InputDifference, TrainInputs, RUN_FILE,
+    newest_checkpoint_in, newest_whole_checkpoint, read_run_inputs, read_state, Resumable, CheckpointState, InputDifference, TrainInputs, RUN_FILE,
     STATE_SCHEMA,
 };
 use super::optim::AdamW;
@@ -512,24 +512,15 @@ pub fn auto_start(out: &Path) -> Result<RunStart> {
     })
 }
 
-/// The newest `step-*` folder holding the file `needs` (resume needs `state.json`, inference only
-/// `model.safetensors`) in a run's `checkpoints/` folder `dir`.
-pub fn newest_checkpoint_in(dir: &Path, needs: &str) -> Result<Option<PathBuf>> {
-    if !dir.is_dir() {
-        return Ok(None);
+/// Warns of each damaged checkpoint a resume from `used` passes over (newest first).
+pub(super) fn warn_skipped(skipped: &[(PathBuf, String)], used: &Path) {
+    for (dir, why) in skipped {
+        tracing::warn!(
+            "--resume: {} is not whole ({why}); passed over for {}",
+            dir.display(),
+            used.display()
+        );
     }
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("step-"))
-                && p.join(needs).is_file()
-        })
-        .collect();
-    found.sort();
-    Ok(found.pop())
 }
 
 /// Loads a checkpoint's model and optimizer tensors into `vs` and `opt`; `state` is its
@@ -628,23 +619,24 @@ pub struct DryRun {
 /// `world` ranks.
 pub fn dry_run(prepared: &Prepared, out: &Path, start: RunStart, world: usize) -> Result<DryRun> {
     let checkpoints = out.join(crate::monitor::run_dir::CHECKPOINTS_DIR);
-    let newest = if checkpoints.is_dir() {
-        newest_checkpoint_in(&checkpoints, "state.json")?
-    } else {
-        None
-    };
-    let (mut start_step, mut weighting_change) = (0, None);
+    let (mut start_step, mut weighting_change, mut resume_from) = (0, None, None);
     match start {
-        RunStart::New if newest.is_some() || out.join(crate::monitor::run_dir::METRICS_FILE).exists() => {
+        RunStart::New
+            if newest_checkpoint_in(&checkpoints, "state.json")?.is_some()
+                || out.join(crate::monitor::run_dir::METRICS_FILE).exists() =>
+        {
             return Err(TrainError::RunExists(out.to_path_buf()).into());
         }
         RunStart::Resume => {
-            let ckpt = newest
-                .as_ref()
+            let Resumable {
+                dir: ckpt,
+                state,
+                skipped,
+            } = newest_whole_checkpoint(&checkpoints)?
                 .ok_or_else(|| TrainError::NothingToResume(checkpoints.clone()))?;
-            let state = read_state(ckpt)?;
+            warn_skipped(&skipped, &ckpt);
             check_resumable(
-                ckpt,
+                &ckpt,
                 &state,
                 &prepared.data,
                 &prepared.data.records.fingerprint(),
@@ -652,6 +644,7 @@ pub fn dry_run(prepared: &Prepared, out: &Path, start: RunStart, world: usize) -
             )?;
             start_step = state.step;
             weighting_change = LossWeighting::resumed(state.weighting, &prepared.config).1;
+            resume_from = Some(ckpt);
         }
         RunStart::New | RunStart::Again => {}
     }
@@ -668,7 +661,7 @@ pub fn dry_run(prepared: &Prepared, out: &Path, start: RunStart, world: usize) -
     let memory = super::memory::MemoryPlan::new(&prepared.vs, &trained, shard_over, bf16);
     Ok(DryRun {
         out: out.to_path_buf(),
-        resume_from: newest.filter(|_| start == RunStart::Resume),
+        resume_from,
         again: start == RunStart::Again,
         start_step,
         total_steps: prepared.total_steps,

@@ -252,6 +252,86 @@ impl CheckpointState {
     }
 }
 
+/// The tensor files of a checkpoint folder, beside its `state.json`.
+pub const CHECKPOINT_TENSORS: [&str; 2] = ["model.safetensors", "optimizer.safetensors"];
+
+/// The `step-*` folders of a run's `checkpoints/` folder `dir` that hold the file `needs` (resume
+/// needs `state.json`, inference only `model.safetensors`), oldest first.
+pub fn checkpoint_folders(dir: &Path, needs: &str) -> Result<Vec<PathBuf>> {
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("step-"))
+                && p.join(needs).is_file()
+        })
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// The newest `step-*` folder holding the file `needs` in a run's `checkpoints/` folder `dir`.
+pub fn newest_checkpoint_in(dir: &Path, needs: &str) -> Result<Option<PathBuf>> {
+    Ok(checkpoint_folders(dir, needs)?.pop())
+}
+
+/// A checkpoint's `state.json` ([`read_state`]) once its tensor files are found whole without
+/// reading them: each header parses and the file is as long as its header says. A checkpoint folder
+/// appears by a rename, so it is never half-written by tagfix; this finds what a machine that died
+/// before its disk cache was written, a full quota or a copy cut short left.
+pub fn read_whole_checkpoint(dir: &Path) -> Result<CheckpointState> {
+    let state = read_state(dir)?;
+    for name in CHECKPOINT_TENSORS {
+        crate::tensors::safetensors_io::SafetensorsFile::open(&dir.join(name))?;
+    }
+    Ok(state)
+}
+
+/// The checkpoint a resume continues from: the newest whole one ([`read_whole_checkpoint`]) and the
+/// newer folders passed over, each with why.
+#[derive(Debug)]
+pub struct Resumable {
+    pub dir: PathBuf,
+    pub state: CheckpointState,
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// The newest whole checkpoint in a run's `checkpoints/` folder `dir`; `None` when it holds none at
+/// all, an error listing each when none is whole.
+pub fn newest_whole_checkpoint(dir: &Path) -> Result<Option<Resumable>> {
+    let folders = checkpoint_folders(dir, "state.json")?;
+    let mut skipped = Vec::new();
+    for folder in folders.iter().rev() {
+        match read_whole_checkpoint(folder) {
+            Ok(state) => {
+                return Ok(Some(Resumable {
+                    dir: folder.clone(),
+                    state,
+                    skipped,
+                }))
+            }
+            Err(e) => skipped.push((folder.clone(), crate::error::report(&e))),
+        }
+    }
+    if skipped.is_empty() {
+        return Ok(None);
+    }
+    Err(TrainError::NoWholeCheckpoint {
+        dir: dir.to_path_buf(),
+        problems: skipped
+            .iter()
+            .map(|(_, why)| why.as_str())
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
+    .into())
+}
+
 /// Writes `state` as the checkpoint folder `dir`'s `state.json` (atomically).
 pub fn write_state(dir: &Path, state: &CheckpointState) -> Result<()> {
     crate::fsutil::write_atomic(&dir.join("state.json"), |w| {
@@ -423,6 +503,60 @@ mod tests {
         let e = refused(s, "step-00000005");
         assert!(
             e.contains("loss weighting: weights tag=1,align=10,dis=-2"),
+            "{e}"
+        );
+    }
+
+    /// A checkpoint folder as the saver leaves it: `state.json` and two small tensor files.
+    fn write_checkpoint(dir: &Path, step: u64) {
+        write_state(dir, &state(step));
+        let t = crate::tensors::Tensor::from_f32(vec![4], &[1.0, 2.0, 3.0, 4.0]).unwrap();
+        for name in CHECKPOINT_TENSORS {
+            let set = crate::tensors::TensorSet {
+                tensors: vec![("w".into(), t.clone())],
+                metadata: Default::default(),
+            };
+            crate::tensors::safetensors_io::write(&dir.join(name), &set).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_resume_passes_over_damaged_checkpoints_to_the_newest_whole_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ckpts = tmp.path().join("checkpoints");
+        assert!(
+            newest_whole_checkpoint(&ckpts).unwrap().is_none(),
+            "no folder"
+        );
+        for step in [4, 8, 12] {
+            write_checkpoint(&ckpts.join(format!("step-{step:08}")), step);
+        }
+        let found = newest_whole_checkpoint(&ckpts).unwrap().unwrap();
+        assert_eq!((found.state.step, found.skipped.len()), (12, 0));
+        // Step 12's model cut short (a machine that died before its cache reached the disk), step
+        // 8's state.json emptied: step 4 is the newest whole one.
+        let model = ckpts.join("step-00000012/model.safetensors");
+        let bytes = std::fs::read(&model).unwrap();
+        std::fs::write(&model, &bytes[..bytes.len() - 3]).unwrap();
+        std::fs::write(ckpts.join("step-00000008/state.json"), b"").unwrap();
+        let found = newest_whole_checkpoint(&ckpts).unwrap().unwrap();
+        assert_eq!(found.dir, ckpts.join("step-00000004"));
+        let why: Vec<_> = found
+            .skipped
+            .iter()
+            .map(|(d, w)| (d.file_name().unwrap(), w))
+            .collect();
+        assert_eq!(why.len(), 2);
+        assert_eq!(why[0].0, "step-00000012");
+        assert!(why[0].1.contains("model.safetensors"), "{}", why[0].1);
+        assert!(why[1].1.contains("not a checkpoint state"), "{}", why[1].1);
+        // None whole: an error naming each.
+        std::fs::remove_file(ckpts.join("step-00000004/optimizer.safetensors")).unwrap();
+        let e = newest_whole_checkpoint(&ckpts).unwrap_err();
+        assert_eq!(e.kind(), crate::error::ErrorKind::Input, "{e}");
+        let e = crate::error::report(&e);
+        assert!(
+            e.contains("no checkpoint is whole") && e.contains("optimizer.safetensors"),
             "{e}"
         );
     }

@@ -88,10 +88,16 @@ pub fn write_checkpoint(run: &RunDir, snapshot: &Snapshot, keep: usize) -> Resul
     Tensor::write_safetensors(&snapshot.optimizer, &opt_path)
         .map_err(|e| tensors_error(&opt_path, "write", e))?;
     super::run_files::write_state(&tmp, &snapshot.state)?;
+    // On the disk before the folder appears, so a machine that dies after the rename leaves a whole
+    // checkpoint (or, where a disk loses it anyway, one a resume finds damaged and passes over).
+    for path in [&model_path, &opt_path, &tmp] {
+        crate::fsutil::sync_to_disk(path)?;
+    }
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     }
     std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
+    crate::fsutil::sync_to_disk(&run.checkpoints_dir())?;
     prune(run, keep)?;
     Ok(dir)
 }

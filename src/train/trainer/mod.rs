@@ -17,7 +17,7 @@ use super::saver::{CheckpointWriter, Snapshot};
 use super::sync::{read_f64, read_f64s};
 use super::upload::{upload, PixelNormalizer};
 use super::run::{
-    check_resumable, checkpoint_dir, latest_checkpoint, load_checkpoint, read_state, slot_probabilities,
+    check_resumable, checkpoint_dir, latest_checkpoint, load_checkpoint, newest_whole_checkpoint, slot_probabilities, warn_skipped, Resumable,
     validation_line, CheckpointState, Prepared, RunSummary, STATE_SCHEMA,
 };
 use super::validate::ValidationSet;
@@ -1051,8 +1051,9 @@ fn write_run_files(
     super::run_files::write_run_inputs(run.root(), inputs)
 }
 
-/// Loads the newest checkpoint of `run` into `vs` and `opt`, refusing one made for other records,
-/// another batch size or another seed ([`check_resumable`]) before its tensors are read.
+/// Loads the newest whole checkpoint of `run` ([`newest_whole_checkpoint`]; newer damaged ones are
+/// passed over with a warning) into `vs` and `opt`, refusing one made for other records, another
+/// batch size or another seed ([`check_resumable`]) before its tensors are read.
 fn resume_state(
     run: &RunDir,
     vs: &VarStore,
@@ -1061,9 +1062,13 @@ fn resume_state(
     fingerprint: &str,
     config: &TrainConfig,
 ) -> Result<CheckpointState> {
-    let ckpt = latest_checkpoint(run)?
+    let Resumable {
+        dir: ckpt,
+        state,
+        skipped,
+    } = newest_whole_checkpoint(&run.checkpoints_dir())?
         .ok_or_else(|| TrainError::NothingToResume(run.checkpoints_dir()))?;
-    let state = read_state(&ckpt)?;
+    warn_skipped(&skipped, &ckpt);
     check_resumable(&ckpt, &state, data, fingerprint, config)?;
     load_checkpoint(&ckpt, &state, vs, opt)?;
     tracing::info!(
