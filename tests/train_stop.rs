@@ -428,6 +428,33 @@ fn a_dry_run_checks_the_start_and_writes_nothing() {
         err.contains("step-00000002 is not whole (") && err.contains("passed over for "),
         "{err}"
     );
+    let (code, out, err) = train(
+        &[
+            "--max-steps",
+            "4",
+            "--dry-run",
+            "--json",
+            "--resume",
+            resume,
+        ],
+        None,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        plan["resume_from"]
+            .as_str()
+            .unwrap()
+            .ends_with("step-00000001"),
+        "{plan}"
+    );
+    assert!(
+        plan["passed_over"][0][0]
+            .as_str()
+            .unwrap()
+            .ends_with("step-00000002"),
+        "{plan}"
+    );
     std::fs::write(&model, whole).unwrap();
     // Another batch size: each step would stand for other data; refused, pointing at micro-batches.
     let other_batch = Command::new(assert_cmd::cargo::cargo_bin("tagfix"))

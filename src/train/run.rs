@@ -611,6 +611,9 @@ pub struct DryRun {
     /// On a resume whose configuration changed the loss weighting, what the run would change.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weighting_change: Option<String>,
+    /// Newer checkpoints a resume passes over as damaged, each with why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub passed_over: Vec<(PathBuf, String)>,
 }
 
 /// Checks `out` as a run begun with `start` would use it, without writing: a new run refuses a
@@ -620,6 +623,7 @@ pub struct DryRun {
 pub fn dry_run(prepared: &Prepared, out: &Path, start: RunStart, world: usize) -> Result<DryRun> {
     let checkpoints = out.join(crate::monitor::run_dir::CHECKPOINTS_DIR);
     let (mut start_step, mut weighting_change, mut resume_from) = (0, None, None);
+    let mut passed_over = Vec::new();
     match start {
         RunStart::New
             if newest_checkpoint_in(&checkpoints, "state.json")?.is_some()
@@ -645,6 +649,7 @@ pub fn dry_run(prepared: &Prepared, out: &Path, start: RunStart, world: usize) -
             start_step = state.step;
             weighting_change = LossWeighting::resumed(state.weighting, &prepared.config).1;
             resume_from = Some(ckpt);
+            passed_over = skipped;
         }
         RunStart::New | RunStart::Again => {}
     }
@@ -680,6 +685,7 @@ pub fn dry_run(prepared: &Prepared, out: &Path, start: RunStart, world: usize) -
         trained: summary,
         memory,
         weighting_change,
+        passed_over,
     })
 }
 
