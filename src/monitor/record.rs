@@ -6,7 +6,7 @@ use super::MonitorError;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 /// The loss terms of RAM++ training, in the order they are reported.
@@ -279,10 +279,22 @@ impl AtStep for StepRecord {
 impl<T: Serialize + for<'de> Deserialize<'de> + AtStep> JsonlWriter<T> {
     /// For `--resume` from a checkpoint at `step`: drops the records after `step` (written after the
     /// checkpoint by the interrupted run, and about to be redone), atomically, then opens for appending.
+    ///
+    /// A torn end — the last line without its newline that does not parse, or NUL bytes, which a
+    /// machine that died mid-write leaves — was never a whole record: it is dropped with a warning
+    /// rather than stopping the resume. A malformed line before it is still an error.
     pub fn resume(path: &Path, step: u64) -> Result<Self> {
         if path.exists() {
+            let (whole, torn) = whole_lines_len::<T>(path)?;
+            if let Some(torn) = torn {
+                tracing::warn!(
+                    "{}: dropping its torn end ({torn} bytes from byte {whole}: a record the stopped \
+                     run did not finish writing)",
+                    path.display()
+                );
+            }
             let mut kept = Vec::new();
-            for rec in JsonLines::<T>::open(path)? {
+            for rec in JsonLines::<T>::open_first(path, whole)? {
                 let rec = rec?;
                 if rec.at_step() <= step {
                     kept.push(rec);
@@ -298,6 +310,29 @@ impl<T: Serialize + for<'de> Deserialize<'de> + AtStep> JsonlWriter<T> {
         }
         Self::append(path)
     }
+}
+
+/// How much of a JSON Lines file of `T` holds whole lines: its length, or where its torn end begins
+/// and how long that end is. The end is torn when the file ends in NUL bytes (a file system that
+/// extended the file before a crash wrote its data) or in a last line without its newline that does
+/// not parse.
+fn whole_lines_len<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<(u64, Option<u64>)> {
+    let bytes = crate::fsutil::read(path).map_err(|e| Error::io(path, e))?;
+    let len = bytes.len() as u64;
+    // The whole lines end at the last newline before the NUL bytes that end the file, if any.
+    let clean = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    let lines_end = bytes[..clean]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let last = &bytes[lines_end..clean];
+    let last_is_whole = clean == bytes.len()
+        && (last.iter().all(u8::is_ascii_whitespace) || serde_json::from_slice::<T>(last).is_ok());
+    Ok(if last_is_whole {
+        (len, None)
+    } else {
+        (lines_end as u64, Some(len - lines_end as u64))
+    })
 }
 
 /// Writes one value as a JSON line and flushes.
@@ -327,7 +362,7 @@ pub fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
 /// A streaming reader of a JSON Lines file of `T`, yielding `Err` naming `file:line` on a bad line.
 pub struct JsonLines<T> {
     path: PathBuf,
-    lines: std::io::Lines<BufReader<File>>,
+    lines: std::io::Lines<BufReader<std::io::Take<File>>>,
     line_no: usize,
     _marker: std::marker::PhantomData<T>,
 }
@@ -335,10 +370,15 @@ pub struct JsonLines<T> {
 impl<T: for<'de> Deserialize<'de>> JsonLines<T> {
     /// Opens a JSON Lines file.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_first(path, u64::MAX)
+    }
+
+    /// Opens the first `bytes` bytes of a JSON Lines file.
+    fn open_first(path: &Path, bytes: u64) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         Ok(JsonLines {
             path: path.to_path_buf(),
-            lines: BufReader::new(file).lines(),
+            lines: BufReader::new(file.take(bytes)).lines(),
             line_no: 0,
             _marker: std::marker::PhantomData,
         })
@@ -455,6 +495,55 @@ mod tests {
         assert!(results[0].is_ok());
         let err = results[1].as_ref().unwrap_err().to_string();
         assert!(err.contains("metrics.jsonl:3:"), "{err}");
+    }
+
+    /// What a machine that died mid-write leaves at the end of `metrics.jsonl` is dropped by a
+    /// resume; a malformed line before the end still stops it.
+    #[test]
+    fn resume_drops_a_torn_end_but_not_a_malformed_line_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let line = |s| serde_json::to_string(&sample(s)).unwrap();
+        let steps = |p: &Path| -> Vec<u64> {
+            read_all_records(p)
+                .unwrap()
+                .iter()
+                .map(|r| r.step)
+                .collect()
+        };
+        let whole = format!("{}\n{}\n", line(1), line(2));
+        let cut = &line(3)[..20];
+        for (end, what) in [
+            (cut.to_string(), "a line cut short"),
+            (format!("{cut}\0\0\0"), "a cut line, then NULs"),
+            ("\0".repeat(300), "NULs alone"),
+            (format!("{}\n\0\0", line(3)), "a whole line, then NULs"),
+        ] {
+            std::fs::write(&path, format!("{whole}{end}")).unwrap();
+            assert!(
+                read_all_records(&path).is_err(),
+                "{what}: plot still reports it"
+            );
+            let mut w = MetricsWriter::resume(&path, 5).unwrap();
+            w.write(&sample(4)).unwrap();
+            let kept = if what.starts_with("a whole") {
+                vec![1, 2, 3, 4]
+            } else {
+                vec![1, 2, 4]
+            };
+            assert_eq!(steps(&path), kept, "{what}");
+        }
+        // A last line missing only its newline is a whole record.
+        std::fs::write(&path, format!("{whole}{}", line(3))).unwrap();
+        drop(MetricsWriter::resume(&path, 5).unwrap());
+        assert_eq!(steps(&path), [1, 2, 3]);
+        // Damage before the end is not a torn write: an error naming the line.
+        std::fs::write(&path, format!("{}\n{cut}\n{}\n", line(1), line(2))).unwrap();
+        let e = match MetricsWriter::resume(&path, 5) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("resumed over a malformed line"),
+        };
+        assert!(e.contains("metrics.jsonl:2:"), "{e}");
     }
 
     #[test]
