@@ -6,7 +6,7 @@ use super::MonitorError;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 /// The loss terms of RAM++ training, in the order they are reported.
@@ -279,22 +279,11 @@ impl AtStep for StepRecord {
 impl<T: Serialize + for<'de> Deserialize<'de> + AtStep> JsonlWriter<T> {
     /// For `--resume` from a checkpoint at `step`: drops the records after `step` (written after the
     /// checkpoint by the interrupted run, and about to be redone), atomically, then opens for appending.
-    ///
-    /// A torn end — the last line without its newline that does not parse, or NUL bytes, which a
-    /// machine that died mid-write leaves — was never a whole record: it is dropped with a warning
-    /// rather than stopping the resume. A malformed line before it is still an error.
+    /// A torn end ([`JsonLines::open`]) goes too; a malformed line before it stops the resume.
     pub fn resume(path: &Path, step: u64) -> Result<Self> {
         if path.exists() {
-            let (whole, torn) = whole_lines_len::<T>(path)?;
-            if let Some(torn) = torn {
-                tracing::warn!(
-                    "{}: dropping its torn end ({torn} bytes from byte {whole}: a record the stopped \
-                     run did not finish writing)",
-                    path.display()
-                );
-            }
             let mut kept = Vec::new();
-            for rec in JsonLines::<T>::open_first(path, whole)? {
+            for rec in JsonLines::<T>::open(path)? {
                 let rec = rec?;
                 if rec.at_step() <= step {
                     kept.push(rec);
@@ -312,27 +301,48 @@ impl<T: Serialize + for<'de> Deserialize<'de> + AtStep> JsonlWriter<T> {
     }
 }
 
-/// How much of a JSON Lines file of `T` holds whole lines: its length, or where its torn end begins
-/// and how long that end is. The end is torn when the file ends in NUL bytes (a file system that
-/// extended the file before a crash wrote its data) or in a last line without its newline that does
-/// not parse.
-fn whole_lines_len<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<(u64, Option<u64>)> {
-    let bytes = crate::fsutil::read(path).map_err(|e| Error::io(path, e))?;
-    let len = bytes.len() as u64;
-    // The whole lines end at the last newline before the NUL bytes that end the file, if any.
-    let clean = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-    let lines_end = bytes[..clean]
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(0, |i| i + 1);
-    let last = &bytes[lines_end..clean];
-    let last_is_whole = clean == bytes.len()
-        && (last.iter().all(u8::is_ascii_whitespace) || serde_json::from_slice::<T>(last).is_ok());
-    Ok(if last_is_whole {
-        (len, None)
-    } else {
-        (lines_end as u64, Some(len - lines_end as u64))
-    })
+/// How far back from the end a torn end is looked for: a record line is far shorter; a longer run
+/// of NUL bytes or a longer last line is left to the reader, which names the line it cannot parse.
+const TORN_END_SEARCH: u64 = 64 << 20;
+
+/// Where the whole lines of the JSON Lines file `file` (`len` bytes) of `T` end: `len`, or the start
+/// of a torn end. The end is torn when the file ends in NUL bytes (a file system that extended the
+/// file before a crash wrote its data) or in a last line without its newline that does not parse (a
+/// record still being written, or one whose writer was stopped). Reads only the end of the file.
+fn whole_lines_end<T: for<'de> Deserialize<'de>>(
+    file: &mut File,
+    len: u64,
+) -> std::io::Result<u64> {
+    use std::io::SeekFrom;
+    let mut tail: Vec<u8> = Vec::new();
+    let mut start = len;
+    loop {
+        // The tail holds the bytes from `start`; look for the newline before its trailing NULs.
+        let clean = tail.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        let newline = tail[..clean].iter().rposition(|&b| b == b'\n');
+        if newline.is_some() || start == 0 {
+            let line_start = newline.map_or(0, |i| i + 1);
+            let last = &tail[line_start..clean];
+            let whole = clean == tail.len()
+                && (last.iter().all(u8::is_ascii_whitespace)
+                    || serde_json::from_slice::<T>(last).is_ok());
+            return Ok(if whole {
+                len
+            } else {
+                start + line_start as u64
+            });
+        }
+        if len - start >= TORN_END_SEARCH {
+            return Ok(len);
+        }
+        let chunk = start.min(64 << 10);
+        start -= chunk;
+        let mut more = vec![0u8; chunk as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut more)?;
+        more.extend_from_slice(&tail);
+        tail = more;
+    }
 }
 
 /// Writes one value as a JSON line and flushes.
@@ -343,8 +353,9 @@ fn write_json_line<W: Write, T: Serialize>(out: &mut W, value: &T) -> std::io::R
 }
 
 /// Streams the records of a `metrics.jsonl` file. Blank lines are skipped; a malformed line is an
-/// [`MonitorError::Record`] naming the file and line (1-based). A last line without its newline that does
-/// not parse (a run killed mid-write) is reported like any other malformed line.
+/// [`MonitorError::Record`] naming the file and line (1-based). A torn end (a last line without its
+/// newline that does not parse, trailing NUL bytes: a run still writing, or stopped mid-write) is
+/// left out with a warning.
 pub fn read_records(path: &Path) -> Result<JsonLines<StepRecord>> {
     JsonLines::open(path)
 }
@@ -368,14 +379,22 @@ pub struct JsonLines<T> {
 }
 
 impl<T: for<'de> Deserialize<'de>> JsonLines<T> {
-    /// Opens a JSON Lines file.
+    /// Opens a JSON Lines file, leaving out a torn end ([`whole_lines_end`]: the last line of a run
+    /// still writing it, or what a run stopped mid-write left) with a warning giving its size.
     pub fn open(path: &Path) -> Result<Self> {
-        Self::open_first(path, u64::MAX)
-    }
-
-    /// Opens the first `bytes` bytes of a JSON Lines file.
-    fn open_first(path: &Path, bytes: u64) -> Result<Self> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let io = |e| Error::io(path, e);
+        let mut file = File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        let bytes = whole_lines_end::<T>(&mut file, len).map_err(io)?;
+        if bytes < len {
+            tracing::warn!(
+                "{}: its last {} bytes are not a whole record (a run still writing it, or one stopped \
+                 mid-write): left out",
+                path.display(),
+                len - bytes
+            );
+        }
+        file.rewind().map_err(io)?;
         Ok(JsonLines {
             path: path.to_path_buf(),
             lines: BufReader::new(file.take(bytes)).lines(),
@@ -497,8 +516,9 @@ mod tests {
         assert!(err.contains("metrics.jsonl:3:"), "{err}");
     }
 
-    /// What a machine that died mid-write leaves at the end of `metrics.jsonl` is dropped by a
-    /// resume; a malformed line before the end still stops it.
+    /// What a machine that died mid-write (or a run still writing) leaves at the end of
+    /// `metrics.jsonl` is left out by readers and dropped by a resume; a malformed line before the
+    /// end is still an error.
     #[test]
     fn resume_drops_a_torn_end_but_not_a_malformed_line_before_it() {
         let dir = tempfile::tempdir().unwrap();
@@ -517,13 +537,19 @@ mod tests {
             (cut.to_string(), "a line cut short"),
             (format!("{cut}\0\0\0"), "a cut line, then NULs"),
             ("\0".repeat(300), "NULs alone"),
+            (
+                "\0".repeat(200_000),
+                "NULs over several chunks read from the end",
+            ),
             (format!("{}\n\0\0", line(3)), "a whole line, then NULs"),
         ] {
             std::fs::write(&path, format!("{whole}{end}")).unwrap();
-            assert!(
-                read_all_records(&path).is_err(),
-                "{what}: plot still reports it"
-            );
+            let whole_only = if what.starts_with("a whole") {
+                vec![1, 2, 3]
+            } else {
+                vec![1, 2]
+            };
+            assert_eq!(steps(&path), whole_only, "{what}: readers leave it out");
             let mut w = MetricsWriter::resume(&path, 5).unwrap();
             w.write(&sample(4)).unwrap();
             let kept = if what.starts_with("a whole") {
@@ -533,6 +559,9 @@ mod tests {
             };
             assert_eq!(steps(&path), kept, "{what}");
         }
+        // A file that holds only a cut line holds no record.
+        std::fs::write(&path, cut).unwrap();
+        assert_eq!(steps(&path), Vec::<u64>::new());
         // A last line missing only its newline is a whole record.
         std::fs::write(&path, format!("{whole}{}", line(3))).unwrap();
         drop(MetricsWriter::resume(&path, 5).unwrap());
