@@ -72,6 +72,41 @@ impl TrainInputs {
             .map(|(flag, _)| format!("{flag} is an empty path"))
     }
 
+    /// The inputs with every path joined to the working folder where it is relative (symbolic links
+    /// and `..` kept as given); a `--vocab` that names a preset stays a name.
+    pub fn absolute(&self) -> Result<TrainInputs> {
+        let abs = |p: &Path| std::path::absolute(p).map_err(|e| Error::io(p, e));
+        let all = |ps: &[PathBuf]| ps.iter().map(|p| abs(p)).collect::<Result<Vec<_>>>();
+        let vocab = match &self.vocab {
+            // A working folder whose name is not UTF-8 leaves the file as named.
+            Some(v) if crate::vocab::Preset::builtin(v).is_none() => Some(
+                abs(Path::new(v))?
+                    .to_str()
+                    .map_or_else(|| v.clone(), String::from),
+            ),
+            v => v.clone(),
+        };
+        let validation = match &self.validation {
+            Some(v) => Some(ValidationInputs {
+                data: abs(&v.data)?,
+                images: v.images.as_deref().map(abs).transpose()?,
+                thresholds: v.thresholds.as_deref().map(abs).transpose()?,
+            }),
+            None => None,
+        };
+        Ok(TrainInputs {
+            data: all(&self.data)?,
+            images: abs(&self.images)?,
+            manifest: abs(&self.manifest)?,
+            label_embed: abs(&self.label_embed)?,
+            teacher: self.teacher.as_deref().map(abs).transpose()?,
+            init: all(&self.init)?,
+            vocab,
+            allow_random_encoder: self.allow_random_encoder,
+            validation,
+        })
+    }
+
     /// The first input, by flag, naming other files in `self` than in `recorded` (paths compared
     /// after resolving them where they exist, so `./a` and `a` agree). Validation and
     /// `allow_random_encoder`, which a resume may change, are not compared.
@@ -113,8 +148,12 @@ impl TrainInputs {
     /// Every input, by flag, naming other files in `self` than in `recorded` (as
     /// [`Self::first_difference`] compares them).
     pub fn differences(&self, recorded: &TrainInputs) -> Vec<InputDifference> {
+        /// The file a path names: with links resolved where it exists, else joined to the working
+        /// folder (run.json records paths absolute, a command may give them relative).
         fn resolved(p: &Path) -> PathBuf {
-            std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+            std::fs::canonicalize(p)
+                .or_else(|_| std::path::absolute(p))
+                .unwrap_or_else(|_| p.to_path_buf())
         }
         let same = |a: &[PathBuf], b: &[PathBuf]| {
             a.len() == b.len() && a.iter().zip(b).all(|(x, y)| resolved(x) == resolved(y))
@@ -158,7 +197,16 @@ impl TrainInputs {
                 recorded: shown(b),
             })
             .collect();
-        if self.vocab != recorded.vocab {
+        // A vocabulary file is compared as a path (run.json records it absolute); a preset by name.
+        let vocab_file = |v: &Option<String>| match v {
+            Some(v) if crate::vocab::Preset::builtin(v).is_none() => Some(resolved(Path::new(v))),
+            _ => None,
+        };
+        let same_vocab = match (vocab_file(&self.vocab), vocab_file(&recorded.vocab)) {
+            (Some(a), Some(b)) => a == b,
+            _ => self.vocab == recorded.vocab,
+        };
+        if !same_vocab {
             found.push(InputDifference {
                 flag: "--vocab",
                 given: vocab(&self.vocab),
@@ -339,10 +387,12 @@ pub fn write_state(dir: &Path, state: &CheckpointState) -> Result<()> {
     })
 }
 
-/// Writes `inputs` as `RUN_DIR/run.json` (atomically), what `--resume` reads back.
+/// Writes `inputs` as `RUN_DIR/run.json` (atomically), what `--resume` reads back: each path made
+/// absolute ([`TrainInputs::absolute`]), so a resume from another working folder finds the same files.
 pub fn write_run_inputs(run_dir: &Path, inputs: &TrainInputs) -> Result<()> {
+    let recorded = inputs.absolute()?;
     crate::fsutil::write_atomic(&run_dir.join(RUN_FILE), |w| {
-        serde_json::to_writer_pretty(&mut *w, inputs).map_err(std::io::Error::other)
+        serde_json::to_writer_pretty(&mut *w, &recorded).map_err(std::io::Error::other)
     })
 }
 
@@ -586,6 +636,55 @@ mod tests {
         assert_eq!(inputs.images, PathBuf::from("/mnt/other/images"));
         assert_eq!(inputs.data, same.data, "not given: kept");
         assert_eq!(same.differences(&inputs).len(), 3);
+    }
+
+    /// run.json records absolute paths, so a resume from another working folder finds the files.
+    #[test]
+    fn run_json_records_absolute_paths() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        let relative = TrainInputs {
+            data: vec!["train.json".into()],
+            images: "images".into(),
+            manifest: "runs/../manifest.json".into(),
+            label_embed: tmp.path().join("e.safetensors"),
+            teacher: Some("teacher".into()),
+            init: vec!["swin.pth".into()],
+            vocab: Some("tags.txt".into()),
+            allow_random_encoder: false,
+            validation: Some(ValidationInputs {
+                data: "bench".into(),
+                images: None,
+                thresholds: Some("t.txt".into()),
+            }),
+        };
+        write_run_inputs(tmp.path(), &relative).unwrap();
+        let read = read_run_inputs(tmp.path()).unwrap();
+        assert_eq!(read.data, [cwd.join("train.json")]);
+        assert_eq!(
+            read.manifest,
+            cwd.join("runs/../manifest.json"),
+            "`..` kept"
+        );
+        assert_eq!(read.label_embed, relative.label_embed, "absolute already");
+        assert_eq!(read.teacher, Some(cwd.join("teacher")));
+        assert_eq!(read.vocab.as_deref(), cwd.join("tags.txt").to_str());
+        let v = read.validation.clone().unwrap();
+        assert_eq!(
+            (v.data, v.images, v.thresholds),
+            (cwd.join("bench"), None, Some(cwd.join("t.txt")))
+        );
+        assert_eq!(
+            relative.differences(&read),
+            [],
+            "the same files, relative or absolute"
+        );
+        // A preset stays a name.
+        let preset = TrainInputs {
+            vocab: Some("ram".into()),
+            ..relative
+        };
+        assert_eq!(preset.absolute().unwrap().vocab.as_deref(), Some("ram"));
     }
 
     #[test]

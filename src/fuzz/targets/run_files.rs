@@ -10,7 +10,7 @@ use crate::train::run_files::{
     ValidationInputs, RUN_FILE, STATE_SCHEMA,
 };
 use crate::train::weighting::{step_losses, LossWeighting};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The steps of the run the fuzzed checkpoint is resumed into: a state at or beyond it is refused
 /// before any step, as the trainer refuses it.
@@ -111,7 +111,7 @@ fn sample_inputs(dir: &Path) -> TrainInputs {
         manifest: dir.join("manifest.json"),
         label_embed: dir.join("label_embed.safetensors"),
         teacher: Some(dir.join("teacher.safetensors")),
-        init: vec![PathBuf::from("swin_large_patch4_window7_224_22k.pth")],
+        init: vec![dir.join("swin_large_patch4_window7_224_22k.pth")],
         vocab: Some("ram".into()),
         allow_random_encoder: false,
         validation: Some(ValidationInputs {
