@@ -131,6 +131,65 @@ fn a_stop_signal_mid_run_checkpoints_the_step_and_exits_128_plus_the_signal() {
     }
 }
 
+/// A run started with paths relative to the dataset's folder resumes from another working folder:
+/// run.json records them absolute.
+#[test]
+fn a_run_started_with_relative_paths_resumes_from_another_folder() {
+    let _guard = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let ds_dir = tmp.path().join("ds");
+    let ds = dataset(&ds_dir, 16, 6);
+    let run = tmp.path().join("run");
+    let relative = |p: &std::path::Path| p.strip_prefix(&ds_dir).unwrap().to_path_buf();
+    let common = ["--batch-size", "4", "--workers", "1", "--threads", "1"];
+    let started = Command::new(assert_cmd::cargo::cargo_bin("tagfix"))
+        .current_dir(&ds_dir)
+        .args([
+            "train",
+            "--model",
+            "tiny",
+            "--allow-random-encoder",
+            "--max-steps",
+            "2",
+        ])
+        .args(common)
+        .arg("--data")
+        .arg(relative(&ds.annotations))
+        .arg("--images")
+        .arg(relative(&ds.image_root))
+        .arg("--manifest")
+        .arg(relative(&ds.manifest))
+        .arg("--label-embed")
+        .arg(relative(&ds.label_embed))
+        .arg("--out")
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let recorded: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap();
+    assert_eq!(
+        recorded["images"].as_str().map(std::path::PathBuf::from),
+        Some(ds.image_root.clone())
+    );
+    let resumed = Command::new(assert_cmd::cargo::cargo_bin("tagfix"))
+        .current_dir(tmp.path())
+        .args(["train", "--max-steps", "3", "--resume"])
+        .arg(&run)
+        .args(common)
+        .output()
+        .unwrap();
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+}
+
 /// `--auto-resume`, the one command a scheduler restarts: it starts a new run, continues one with a
 /// checkpoint from there, starts again from step 0 where a killed attempt left no checkpoint, and
 /// refuses a run folder started with other inputs.
