@@ -563,6 +563,11 @@ fn a_dry_run_checks_the_start_and_writes_nothing() {
     };
     let (code, err) = resume_moved(&[]);
     assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("its inputs are those ")
+            && err.contains("run.json records (give --data, --images"),
+        "{err}"
+    );
     let (code, err) = resume_moved(&["--images".as_ref(), moved.as_os_str()]);
     assert_eq!(code, Some(0), "{err}");
     assert!(

@@ -178,7 +178,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
     let stop = StopRequest::new();
     let summary = match join_group(&args, &cfg)? {
         None => {
-            let prepared = prepare(&cfg, &inputs)?;
+            let prepared = prepare(&cfg, &inputs).map_err(|e| on_resume(e, start, &out))?;
             let _signals = catch_stop_signals(&stop)?;
             train_until(prepared, &out, start, stop)?
         }
@@ -193,7 +193,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
                 Ok(p) => p,
                 Err(e) => {
                     group.report_failure(&tagfix::error::report(&e));
-                    return Err(e.into());
+                    return Err(on_resume(e, start, &out));
                 }
             };
             let _signals = catch_stop_signals(&stop)?;
@@ -254,7 +254,7 @@ fn dry_run(args: &TrainArgs) -> anyhow::Result<ExitStatus> {
     let start = run_start(args)?;
     let cfg = resolve_config(args, start == RunStart::Resume)?;
     let (inputs, out) = resolve_inputs(args, &cfg, start)?;
-    let prepared = prepare(&cfg, &inputs)?;
+    let prepared = prepare(&cfg, &inputs).map_err(|e| on_resume(e, start, &out))?;
     for note in &prepared.notes {
         tracing::info!("{note}");
     }
@@ -435,6 +435,26 @@ fn log_moved_inputs(moved: &[tagfix::train::run::InputDifference]) {
                 d.given
             );
         }
+    }
+}
+
+/// An error checking a resumed run's inputs, with where they came from and how to say where a file
+/// is now (the error itself keeps its kind, and so the exit status).
+#[cfg(feature = "train")]
+fn on_resume(
+    e: tagfix::Error,
+    start: tagfix::train::run::RunStart,
+    out: &std::path::Path,
+) -> anyhow::Error {
+    let e = anyhow::Error::from(e);
+    match start {
+        tagfix::train::run::RunStart::Resume => e.context(format!(
+            "resuming {}: its inputs are those {} records (give --data, --images, --manifest, \
+             --label-embed, --teacher or --init where a file is now)",
+            out.display(),
+            out.join(tagfix::train::run::RUN_FILE).display()
+        )),
+        _ => e,
     }
 }
 
