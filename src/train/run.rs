@@ -512,15 +512,27 @@ pub fn auto_start(out: &Path) -> Result<RunStart> {
     })
 }
 
-/// Warns of each damaged checkpoint a resume from `used` passes over (newest first).
-pub(super) fn warn_skipped(skipped: &[(PathBuf, String)], used: &Path) {
-    for (dir, why) in skipped {
+/// The checkpoint a resume continues from in a run's `checkpoints` folder: the newest whole one
+/// ([`newest_whole_checkpoint`]; each damaged one passed over is a warning), checked against the
+/// run's records (`fingerprint`: `data`'s), batch size and seed ([`check_resumable`]) before any of
+/// its tensors is read.
+pub(super) fn checkpoint_to_resume(
+    checkpoints: &Path,
+    data: &TrainData,
+    fingerprint: &str,
+    config: &TrainConfig,
+) -> Result<Resumable> {
+    let found = newest_whole_checkpoint(checkpoints)?
+        .ok_or_else(|| TrainError::NothingToResume(checkpoints.to_path_buf()))?;
+    for (dir, why) in &found.skipped {
         tracing::warn!(
             "--resume: {} is not whole ({why}); passed over for {}",
             dir.display(),
-            used.display()
+            found.dir.display()
         );
     }
+    check_resumable(&found.dir, &found.state, data, fingerprint, config)?;
+    Ok(found)
 }
 
 /// Loads a checkpoint's model and optimizer tensors into `vs` and `opt`; `state` is its
@@ -547,7 +559,7 @@ pub(super) fn load_checkpoint(
 /// learning-rate schedule the step counter stands for (a card with less memory keeps the batch with
 /// smaller micro-batches); another seed would reorder the epoch in progress, so that its rest
 /// repeats some records and skips others.
-pub(super) fn check_resumable(
+fn check_resumable(
     checkpoint: &Path,
     state: &CheckpointState,
     data: &TrainData,
@@ -636,12 +648,8 @@ pub fn dry_run(prepared: &Prepared, out: &Path, start: RunStart, world: usize) -
                 dir: ckpt,
                 state,
                 skipped,
-            } = newest_whole_checkpoint(&checkpoints)?
-                .ok_or_else(|| TrainError::NothingToResume(checkpoints.clone()))?;
-            warn_skipped(&skipped, &ckpt);
-            check_resumable(
-                &ckpt,
-                &state,
+            } = checkpoint_to_resume(
+                &checkpoints,
                 &prepared.data,
                 &prepared.data.records.fingerprint(),
                 &prepared.config,

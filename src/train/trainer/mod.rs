@@ -17,7 +17,7 @@ use super::saver::{CheckpointWriter, Snapshot};
 use super::sync::{read_f64, read_f64s};
 use super::upload::{upload, PixelNormalizer};
 use super::run::{
-    check_resumable, checkpoint_dir, latest_checkpoint, load_checkpoint, newest_whole_checkpoint, slot_probabilities, warn_skipped, Resumable,
+    checkpoint_dir, checkpoint_to_resume, latest_checkpoint, load_checkpoint, slot_probabilities, Resumable,
     validation_line, CheckpointState, Prepared, RunSummary, STATE_SCHEMA,
 };
 use super::validate::ValidationSet;
@@ -1051,9 +1051,8 @@ fn write_run_files(
     super::run_files::write_run_inputs(run.root(), inputs)
 }
 
-/// Loads the newest whole checkpoint of `run` ([`newest_whole_checkpoint`]; newer damaged ones are
-/// passed over with a warning) into `vs` and `opt`, refusing one made for other records, another
-/// batch size or another seed ([`check_resumable`]) before its tensors are read.
+/// Loads the checkpoint a resume of `run` continues from ([`checkpoint_to_resume`]: the newest whole
+/// one, checked against the records, batch size and seed) into `vs` and `opt`.
 fn resume_state(
     run: &RunDir,
     vs: &VarStore,
@@ -1063,13 +1062,8 @@ fn resume_state(
     config: &TrainConfig,
 ) -> Result<CheckpointState> {
     let Resumable {
-        dir: ckpt,
-        state,
-        skipped,
-    } = newest_whole_checkpoint(&run.checkpoints_dir())?
-        .ok_or_else(|| TrainError::NothingToResume(run.checkpoints_dir()))?;
-    warn_skipped(&skipped, &ckpt);
-    check_resumable(&ckpt, &state, data, fingerprint, config)?;
+        dir: ckpt, state, ..
+    } = checkpoint_to_resume(&run.checkpoints_dir(), data, fingerprint, config)?;
     load_checkpoint(&ckpt, &state, vs, opt)?;
     tracing::info!(
         "resuming from {} at step {} (epoch {})",
