@@ -438,17 +438,19 @@ fn log_moved_inputs(moved: &[tagfix::train::run::InputDifference]) {
     }
 }
 
-/// An error checking a resumed run's inputs, with where they came from and how to say where a file
-/// is now (the error itself keeps its kind, and so the exit status).
+/// An input or file-system error checking a resumed run's inputs, with where they came from and how
+/// to say where a file is now (the error itself keeps its kind, and so the exit status).
 #[cfg(feature = "train")]
 fn on_resume(
     e: tagfix::Error,
     start: tagfix::train::run::RunStart,
     out: &std::path::Path,
 ) -> anyhow::Error {
+    use tagfix::error::ErrorKind;
+    let about_inputs = matches!(e.kind(), ErrorKind::Input | ErrorKind::Io);
     let e = anyhow::Error::from(e);
     match start {
-        tagfix::train::run::RunStart::Resume => e.context(format!(
+        tagfix::train::run::RunStart::Resume if about_inputs => e.context(format!(
             "resuming {}: its inputs are those {} records (give --data, --images, --manifest, \
              --label-embed, --teacher or --init where a file is now)",
             out.display(),
