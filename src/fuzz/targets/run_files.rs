@@ -94,13 +94,15 @@ fn resumed_config(loss_balance: LossBalance, balance_steps: u64) -> TrainConfig 
     }
 }
 
-/// Reads the input as `run.json` and compares it with a command's inputs both ways.
+/// Reads the input as `run.json`, compares it with a command's inputs both ways and makes its paths
+/// absolute, as a run that records it again does.
 fn run_run_inputs(path: &Path, _: &[u8]) {
     let dir = path.parent().unwrap_or(Path::new("."));
     if let Ok(recorded) = read_run_inputs(dir) {
         let given = sample_inputs(dir);
         let _ = given.first_difference(&recorded);
         let _ = recorded.first_difference(&given);
+        let _ = recorded.absolute();
     }
 }
 
