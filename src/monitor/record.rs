@@ -314,35 +314,40 @@ fn whole_lines_end<T: for<'de> Deserialize<'de>>(
     len: u64,
 ) -> std::io::Result<u64> {
     use std::io::SeekFrom;
-    let mut tail: Vec<u8> = Vec::new();
-    let mut start = len;
-    loop {
-        // The tail holds the bytes from `start`; look for the newline before its trailing NULs.
-        let clean = tail.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-        let newline = tail[..clean].iter().rposition(|&b| b == b'\n');
-        if newline.is_some() || start == 0 {
-            let line_start = newline.map_or(0, |i| i + 1);
-            let last = &tail[line_start..clean];
-            let whole = clean == tail.len()
-                && (last.iter().all(u8::is_ascii_whitespace)
-                    || serde_json::from_slice::<T>(last).is_ok());
-            return Ok(if whole {
-                len
-            } else {
-                start + line_start as u64
-            });
-        }
-        if len - start >= TORN_END_SEARCH {
+    // Scan back from the end, chunk by chunk: past the trailing NULs (`clean`: where they begin),
+    // then to the newline that ends the last whole line (`line_start`: the byte after it).
+    let (mut clean, mut line_start) = (None, None);
+    let mut chunk = vec![0u8; 64 << 10];
+    let mut pos = len;
+    while pos > 0 && line_start.is_none() {
+        if len - pos >= TORN_END_SEARCH {
             return Ok(len);
         }
-        let chunk = start.min(64 << 10);
-        start -= chunk;
-        let mut more = vec![0u8; chunk as usize];
-        file.seek(SeekFrom::Start(start))?;
-        file.read_exact(&mut more)?;
-        more.extend_from_slice(&tail);
-        tail = more;
+        let n = pos.min(chunk.len() as u64) as usize;
+        pos -= n as u64;
+        file.seek(SeekFrom::Start(pos))?;
+        file.read_exact(&mut chunk[..n])?;
+        for (i, &b) in chunk[..n].iter().enumerate().rev() {
+            let at = pos + i as u64;
+            if clean.is_none() {
+                if b == 0 {
+                    continue;
+                }
+                clean = Some(at + 1);
+            }
+            if b == b'\n' {
+                line_start = Some(at + 1);
+                break;
+            }
+        }
     }
+    let (clean, line_start) = (clean.unwrap_or(0), line_start.unwrap_or(0));
+    let mut last = vec![0u8; (clean - line_start) as usize];
+    file.seek(SeekFrom::Start(line_start))?;
+    file.read_exact(&mut last)?;
+    let whole = clean == len
+        && (last.iter().all(u8::is_ascii_whitespace) || serde_json::from_slice::<T>(&last).is_ok());
+    Ok(if whole { len } else { line_start })
 }
 
 /// Writes one value as a JSON line and flushes.
