@@ -77,14 +77,14 @@ impl TrainInputs {
     pub fn absolute(&self) -> Result<TrainInputs> {
         let abs = |p: &Path| std::path::absolute(p).map_err(|e| Error::io(p, e));
         let all = |ps: &[PathBuf]| ps.iter().map(|p| abs(p)).collect::<Result<Vec<_>>>();
-        let vocab = match &self.vocab {
+        let vocab = match self.vocab_file() {
             // A working folder whose name is not UTF-8 leaves the file as named.
-            Some(v) if crate::vocab::Preset::builtin(v).is_none() => Some(
-                abs(Path::new(v))?
+            Some(file) => Some(
+                abs(file)?
                     .to_str()
-                    .map_or_else(|| v.clone(), String::from),
+                    .map_or_else(|| file.to_string_lossy().into_owned(), String::from),
             ),
-            v => v.clone(),
+            None => self.vocab.clone(),
         };
         let validation = match &self.validation {
             Some(v) => Some(ValidationInputs {
@@ -105,6 +105,14 @@ impl TrainInputs {
             allow_random_encoder: self.allow_random_encoder,
             validation,
         })
+    }
+
+    /// The vocabulary file `--vocab` names; `None` for a preset (or none given).
+    fn vocab_file(&self) -> Option<&Path> {
+        self.vocab
+            .as_deref()
+            .filter(|v| crate::vocab::Preset::builtin(v).is_none())
+            .map(Path::new)
     }
 
     /// The first input, by flag, naming other files in `self` than in `recorded` (paths compared
@@ -198,12 +206,8 @@ impl TrainInputs {
             })
             .collect();
         // A vocabulary file is compared as a path (run.json records it absolute); a preset by name.
-        let vocab_file = |v: &Option<String>| match v {
-            Some(v) if crate::vocab::Preset::builtin(v).is_none() => Some(resolved(Path::new(v))),
-            _ => None,
-        };
-        let same_vocab = match (vocab_file(&self.vocab), vocab_file(&recorded.vocab)) {
-            (Some(a), Some(b)) => a == b,
+        let same_vocab = match (self.vocab_file(), recorded.vocab_file()) {
+            (Some(a), Some(b)) => resolved(a) == resolved(b),
             _ => self.vocab == recorded.vocab,
         };
         if !same_vocab {
