@@ -409,17 +409,24 @@ pub fn folder_step(dir: &Path) -> Option<u64> {
         .ok()
 }
 
+/// A JSON file of the run (`what` names it in the error when it does not parse as one).
+fn read_run_file<T: serde::de::DeserializeOwned>(path: &Path, what: &'static str) -> Result<T> {
+    let text = crate::fsutil::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|source| {
+        TrainError::RunFile {
+            path: path.to_path_buf(),
+            what,
+            source,
+        }
+        .into()
+    })
+}
+
 /// A checkpoint's `state.json`: its schema, its values ([`CheckpointState::problem`]) and, in a
 /// folder named `step-N`, its step N checked.
 pub fn read_state(dir: &Path) -> Result<CheckpointState> {
     let state_path = dir.join("state.json");
-    let text = crate::fsutil::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
-    let state: CheckpointState =
-        serde_json::from_str(&text).map_err(|source| TrainError::RunFile {
-            path: state_path.clone(),
-            what: "checkpoint state",
-            source,
-        })?;
+    let state: CheckpointState = read_run_file(&state_path, "checkpoint state")?;
     if state.schema != STATE_SCHEMA {
         return Err(TrainError::Schema {
             path: state_path,
@@ -450,13 +457,7 @@ pub fn read_state(dir: &Path) -> Result<CheckpointState> {
 /// needs ([`TrainInputs::problem`]).
 pub fn read_run_inputs(run_dir: &Path) -> Result<TrainInputs> {
     let p = run_dir.join(RUN_FILE);
-    let text = crate::fsutil::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-    let inputs: TrainInputs =
-        serde_json::from_str(&text).map_err(|source| TrainError::RunFile {
-            path: p.clone(),
-            what: "run description",
-            source,
-        })?;
+    let inputs: TrainInputs = read_run_file(&p, "run description")?;
     match inputs.problem() {
         Some(problem) => Err(TrainError::RunFileValue { path: p, problem }.into()),
         None => Ok(inputs),
