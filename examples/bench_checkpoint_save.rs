@@ -8,6 +8,8 @@
 //! returns — the host copy — and until the write has finished). Medians of the rounds; the
 //! background writer keeps one checkpoint, so at most three are on disk.
 //!
+//! Then times the newest checkpoint's `SHA256SUMS`: hashing its files, and the check a resume makes.
+//!
 //!   bench_checkpoint_save DIR [PRESET] [ROUNDS] [THREADS] [DEVICE]
 //!   (defaults: swin_b_224 3 2 cpu; DEVICE cpu or cuda, the latter in a GPU build)
 
@@ -140,4 +142,19 @@ fn main() {
     println!("| inline (before): written from the training thread | {inline:.3} | {inline:.3} | {bytes} |");
     println!("| background (now): snapshot, then a writer thread | {blocked:.3} | {written:.3} | {bytes} |");
     println!("ratio held (background / inline): {:.3}", blocked / inline);
+    // What the checkpoint's SHA256SUMS costs: hashing its files (part of "until written" above, on
+    // the writer thread) and a resume's check of the newest checkpoint before loading it.
+    let files = tagfix::train::run_files::CHECKPOINT_FILES;
+    let t0 = Instant::now();
+    tagfix::fsutil::checksums::ChecksumList::of_files(&newest, &files).expect("hash");
+    let hashed = t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    let (_, verified) =
+        tagfix::train::run_files::read_whole_checkpoint(&newest).expect("a whole checkpoint");
+    let checked = t0.elapsed().as_secs_f64();
+    assert_eq!(verified, tagfix::fsutil::checksums::Verified::Matched);
+    println!(
+        "SHA256SUMS: hashing the checkpoint's {bytes} bytes {hashed:.3} s ({:.2} GB/s); a resume's whole-checkpoint check {checked:.3} s",
+        bytes as f64 / hashed / 1e9
+    );
 }

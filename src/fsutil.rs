@@ -2,6 +2,8 @@
 //! destroying anything (symbolic links, streams, `-`, inputs, temporary files), hashing, locating
 //! `../shared`.
 
+pub mod checksums;
+
 use crate::error::{Error, ErrorKind, Result};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
@@ -47,6 +49,27 @@ pub enum FileError {
 
     #[error("{} would all go to standard output; give file names to all but one", .outputs.join(" and "))]
     SeveralOnStdout { outputs: Vec<String> },
+
+    /// A `SHA256SUMS` list ([`checksums`]) that cannot be read as one (`line` 0: the whole file).
+    #[error("{}:{line}: {problem}", .path.display())]
+    ChecksumList {
+        path: PathBuf,
+        line: usize,
+        problem: String,
+    },
+
+    /// A file whose bytes no longer hash to the digest its folder's `SHA256SUMS` recorded.
+    #[error(
+        "{}: its bytes changed since they were written: sha256 {found}, {} recorded {recorded}",
+        .path.display(),
+        .list.display()
+    )]
+    ChecksumMismatch {
+        path: PathBuf,
+        list: PathBuf,
+        recorded: String,
+        found: String,
+    },
 
     #[error("{path}:{line}: not valid JSON")]
     Json {

@@ -468,7 +468,8 @@ fn a_dry_run_checks_the_start_and_writes_nothing() {
         let (code, out, err) = train(&args, out_flag);
         assert_eq!(code, Some(0), "{how:?}: {err}");
         assert!(
-            out.contains("steps 2..4 (resuming at step 2 from ") && out.contains("step-00000002"),
+            out.contains("steps 2..4 (resuming at step 2 from ")
+                && out.contains("step-00000002, its files checked against its SHA256SUMS"),
             "{how:?}: {out}"
         );
     }
@@ -477,16 +478,21 @@ fn a_dry_run_checks_the_start_and_writes_nothing() {
     let model = run.join("checkpoints/step-00000002/model.safetensors");
     let whole = std::fs::read(&model).unwrap();
     std::fs::write(&model, &whole[..whole.len() / 2]).unwrap();
-    let (code, out, err) = train(&["--max-steps", "4", "--dry-run", "--resume", resume], None);
-    assert_eq!(code, Some(0), "{err}");
-    assert!(
-        out.contains("steps 1..4 (resuming at step 1 from "),
-        "{out}"
-    );
-    assert!(
-        err.contains("step-00000002 is not whole (") && err.contains("passed over for "),
-        "{err}"
-    );
+    let resumes_from_step_1 = |why: &str| {
+        let (code, out, err) = train(&["--max-steps", "4", "--dry-run", "--resume", resume], None);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(
+            out.contains("steps 1..4 (resuming at step 1 from "),
+            "{out}"
+        );
+        assert!(
+            err.contains("step-00000002 is not whole (")
+                && err.contains(why)
+                && err.contains("passed over for "),
+            "{err}"
+        );
+    };
+    resumes_from_step_1("model.safetensors");
     let (code, out, err) = train(
         &[
             "--max-steps",
@@ -515,6 +521,16 @@ fn a_dry_run_checks_the_start_and_writes_nothing() {
         "{plan}"
     );
     std::fs::write(&model, whole).unwrap();
+    // One bit of the newest optimizer state flipped on the disk (its length and header intact):
+    // found by the checkpoint's SHA256SUMS and passed over the same way.
+    let moments = run.join("checkpoints/step-00000002/optimizer.safetensors");
+    let mut flipped = std::fs::read(&moments).unwrap();
+    let middle = flipped.len() - 5;
+    flipped[middle] ^= 0x10;
+    std::fs::write(&moments, &flipped).unwrap();
+    resumes_from_step_1("optimizer.safetensors: its bytes changed since they were written");
+    flipped[middle] ^= 0x10;
+    std::fs::write(&moments, &flipped).unwrap();
     // Another batch size: each step would stand for other data; refused, pointing at micro-batches.
     let other_batch = Command::new(assert_cmd::cargo::cargo_bin("tagfix"))
         .args(train_argv(&ds))

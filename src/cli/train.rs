@@ -276,7 +276,15 @@ fn dry_run(args: &TrainArgs) -> anyhow::Result<ExitStatus> {
 #[cfg(feature = "train")]
 fn plan_text(plan: &tagfix::train::run::DryRun) -> String {
     let begin = match (&plan.resume_from, plan.again) {
-        (Some(ckpt), _) => format!("resuming at step {} from {}", plan.start_step, ckpt.display()),
+        (Some(ckpt), _) => format!(
+            "resuming at step {} from {}, {}",
+            plan.start_step,
+            ckpt.display(),
+            match plan.resume_verified {
+                Some(true) => "its files checked against its SHA256SUMS",
+                _ => "written without SHA256SUMS: its bytes not verified",
+            }
+        ),
         (None, true) => format!(
             "again from the start in {}: an earlier attempt left no checkpoint, its records would be replaced",
             plan.out.display()

@@ -178,6 +178,7 @@ pub fn all() -> Vec<Target> {
         summary::target(),
         run_files::state_target(),
         run_files::run_target(),
+        run_files::checksums_target(),
         #[cfg(feature = "embed")]
         image::target(),
     ]

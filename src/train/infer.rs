@@ -118,9 +118,18 @@ pub fn official_transform(img: &RgbImage, size: u32, out: &mut [f32]) {
     );
 }
 
-/// The state-dict file behind `path`: the file itself, `model.safetensors` of a tagfix checkpoint
-/// folder, or the newest checkpoint of a training run folder.
+/// The state-dict file behind `path` (the file itself, `model.safetensors` of a tagfix checkpoint
+/// folder, or the newest checkpoint of a training run folder), checked against the `SHA256SUMS`
+/// beside it where that lists it: a checkpoint whose bytes changed on the disk is refused rather
+/// than evaluated.
 pub fn checkpoint_file(path: &Path) -> Result<PathBuf> {
+    let file = state_dict_file(path)?;
+    crate::fsutil::checksums::verify_file(&file)?;
+    Ok(file)
+}
+
+/// [`checkpoint_file`]'s file, not yet verified.
+fn state_dict_file(path: &Path) -> Result<PathBuf> {
     if !path.is_dir() {
         if !path.exists() {
             return Err(InferError::NoCheckpoint { path: path.into() }.into());
@@ -518,6 +527,27 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, String)>) -> Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_checkpoint_whose_bytes_changed_is_refused() {
+        let run = tempfile::tempdir().unwrap();
+        let step = run.path().join("checkpoints/step-00000002");
+        std::fs::create_dir_all(&step).unwrap();
+        let model = step.join("model.safetensors");
+        std::fs::write(&model, b"weights").unwrap();
+        // Without a list (written by another tool or an earlier tagfix): taken as it is.
+        assert_eq!(checkpoint_file(run.path()).unwrap(), model);
+        crate::fsutil::checksums::write_checksums(&step, &["model.safetensors"]).unwrap();
+        for path in [run.path(), &step, &model] {
+            assert_eq!(checkpoint_file(path).unwrap(), model);
+        }
+        std::fs::write(&model, b"weighTs").unwrap();
+        for path in [run.path(), &step, &model] {
+            let e = checkpoint_file(path).unwrap_err();
+            assert_eq!(e.kind(), crate::error::ErrorKind::Input);
+            assert!(e.to_string().contains("its bytes changed"), "{e}");
+        }
+    }
 
     #[test]
     fn transform_normalises_with_imagenet_statistics() {

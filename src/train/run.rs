@@ -24,6 +24,7 @@ pub use super::trainer::{RunStart, Trainer};
 use super::validate::{score_images, score_readable_images, ValidationSet};
 use super::weights::{self, InitFingerprint, LoadOptions};
 use crate::error::{Error, Result};
+use crate::fsutil::checksums::{self, Verified};
 use crate::manifest::SlotManifest;
 /// What a finished run reports (feature-free, so `repair` reads it without libtorch).
 pub use crate::monitor::RunSummary;
@@ -531,6 +532,14 @@ pub(super) fn checkpoint_to_resume(
             found.dir.display()
         );
     }
+    if found.verified == Verified::NoList {
+        tracing::warn!(
+            "--resume: {} has no {} (written by a tagfix before checkpoints carried one): its \
+             bytes cannot be verified",
+            found.dir.display(),
+            checksums::CHECKSUM_FILE
+        );
+    }
     check_resumable(&found.dir, &found.state, data, fingerprint, config)?;
     Ok(found)
 }
@@ -599,6 +608,9 @@ pub struct DryRun {
     pub out: PathBuf,
     /// The checkpoint a resume would continue from.
     pub resume_from: Option<PathBuf>,
+    /// Whether that checkpoint's files were checked against its `SHA256SUMS` (`false`: it has none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resume_verified: Option<bool>,
     /// `--auto-resume` on a folder an earlier attempt left without a checkpoint: its records would
     /// be replaced.
     pub again: bool,
@@ -635,6 +647,7 @@ pub struct DryRun {
 pub fn dry_run(prepared: &Prepared, out: &Path, start: RunStart, world: usize) -> Result<DryRun> {
     let checkpoints = out.join(crate::monitor::run_dir::CHECKPOINTS_DIR);
     let (mut start_step, mut weighting_change, mut resume_from) = (0, None, None);
+    let mut resume_verified = None;
     let mut passed_over = Vec::new();
     match start {
         RunStart::New
@@ -647,6 +660,7 @@ pub fn dry_run(prepared: &Prepared, out: &Path, start: RunStart, world: usize) -
             let Resumable {
                 dir: ckpt,
                 state,
+                verified,
                 skipped,
             } = checkpoint_to_resume(
                 &checkpoints,
@@ -657,6 +671,7 @@ pub fn dry_run(prepared: &Prepared, out: &Path, start: RunStart, world: usize) -
             start_step = state.step;
             weighting_change = LossWeighting::resumed(state.weighting, &prepared.config).1;
             resume_from = Some(ckpt);
+            resume_verified = Some(verified == Verified::Matched);
             passed_over = skipped;
         }
         RunStart::New | RunStart::Again => {}
@@ -675,6 +690,7 @@ pub fn dry_run(prepared: &Prepared, out: &Path, start: RunStart, world: usize) -
     Ok(DryRun {
         out: out.to_path_buf(),
         resume_from,
+        resume_verified,
         again: start == RunStart::Again,
         start_step,
         total_steps: prepared.total_steps,

@@ -5,6 +5,7 @@
 use super::error::TrainError;
 use super::weighting::LossWeighting;
 use crate::error::{Error, Result};
+use crate::fsutil::checksums::{self, Verified};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -307,6 +308,10 @@ impl CheckpointState {
 /// The tensor files of a checkpoint folder, beside its `state.json`.
 pub const CHECKPOINT_TENSORS: [&str; 2] = ["model.safetensors", "optimizer.safetensors"];
 
+/// The files of a checkpoint folder its `SHA256SUMS` lists.
+pub const CHECKPOINT_FILES: [&str; 3] =
+    [CHECKPOINT_TENSORS[0], CHECKPOINT_TENSORS[1], "state.json"];
+
 /// The `step-*` folders of a run's `checkpoints/` folder `dir` that hold the file `needs` (resume
 /// needs `state.json`, inference only `model.safetensors`), oldest first.
 pub fn checkpoint_folders(dir: &Path, needs: &str) -> Result<Vec<PathBuf>> {
@@ -332,16 +337,19 @@ pub fn newest_checkpoint_in(dir: &Path, needs: &str) -> Result<Option<PathBuf>> 
     Ok(checkpoint_folders(dir, needs)?.pop())
 }
 
-/// A checkpoint's `state.json` ([`read_state`]) once its tensor files are found whole without
-/// reading them: each header parses and the file is as long as its header says. A checkpoint folder
-/// appears by a rename, so it is never half-written by tagfix; this finds what a machine that died
-/// before its disk cache was written, a full quota or a copy cut short left.
-pub fn read_whole_checkpoint(dir: &Path) -> Result<CheckpointState> {
+/// A checkpoint's `state.json` ([`read_state`]) once its files are found whole: each tensor file's
+/// header parses and the file is as long as its header says, then every file hashes to the digest
+/// its `SHA256SUMS` recorded (a checkpoint written before tagfix wrote them has none:
+/// [`Verified::NoList`]). A checkpoint folder appears by a rename, so it is never half-written by
+/// tagfix; this finds what a machine that died before its disk cache was written, a full quota, a
+/// copy cut short or bytes changed on the disk left.
+pub fn read_whole_checkpoint(dir: &Path) -> Result<(CheckpointState, Verified)> {
     let state = read_state(dir)?;
     for name in CHECKPOINT_TENSORS {
         crate::tensors::safetensors_io::SafetensorsFile::open(&dir.join(name))?;
     }
-    Ok(state)
+    let verified = checksums::verify_folder(dir, &CHECKPOINT_FILES)?;
+    Ok((state, verified))
 }
 
 /// The checkpoint a resume continues from: the newest whole one ([`read_whole_checkpoint`]) and the
@@ -350,6 +358,8 @@ pub fn read_whole_checkpoint(dir: &Path) -> Result<CheckpointState> {
 pub struct Resumable {
     pub dir: PathBuf,
     pub state: CheckpointState,
+    /// Whether its files were checked against its `SHA256SUMS`.
+    pub verified: Verified,
     pub skipped: Vec<(PathBuf, String)>,
 }
 
@@ -360,10 +370,11 @@ pub fn newest_whole_checkpoint(dir: &Path) -> Result<Option<Resumable>> {
     let mut skipped = Vec::new();
     for folder in folders.iter().rev() {
         match read_whole_checkpoint(folder) {
-            Ok(state) => {
+            Ok((state, verified)) => {
                 return Ok(Some(Resumable {
                     dir: folder.clone(),
                     state,
+                    verified,
                     skipped,
                 }))
             }
@@ -573,6 +584,7 @@ mod tests {
             };
             crate::tensors::safetensors_io::write(&dir.join(name), &set).unwrap();
         }
+        checksums::write_checksums(dir, &CHECKPOINT_FILES).unwrap();
     }
 
     #[test]
@@ -583,13 +595,20 @@ mod tests {
             newest_whole_checkpoint(&ckpts).unwrap().is_none(),
             "no folder"
         );
-        for step in [4, 8, 12] {
+        for step in [4, 8, 12, 16] {
             write_checkpoint(&ckpts.join(format!("step-{step:08}")), step);
         }
         let found = newest_whole_checkpoint(&ckpts).unwrap().unwrap();
-        assert_eq!((found.state.step, found.skipped.len()), (12, 0));
-        // Step 12's model cut short (a machine that died before its cache reached the disk), step
-        // 8's state.json emptied: step 4 is the newest whole one.
+        assert_eq!((found.state.step, found.skipped.len()), (16, 0));
+        assert_eq!(found.verified, Verified::Matched);
+        // Step 16's optimizer state with one byte of a value changed (a bit flipped on the disk;
+        // its length and header still right), step 12's model cut short (a machine that died
+        // before its cache reached the disk), step 8's state.json emptied: step 4 is the newest
+        // whole one.
+        let optimizer = ckpts.join("step-00000016/optimizer.safetensors");
+        let mut bytes = std::fs::read(&optimizer).unwrap();
+        *bytes.last_mut().unwrap() ^= 0x01;
+        std::fs::write(&optimizer, &bytes).unwrap();
         let model = ckpts.join("step-00000012/model.safetensors");
         let bytes = std::fs::read(&model).unwrap();
         std::fs::write(&model, &bytes[..bytes.len() - 3]).unwrap();
@@ -601,10 +620,22 @@ mod tests {
             .iter()
             .map(|(d, w)| (d.file_name().unwrap(), w))
             .collect();
-        assert_eq!(why.len(), 2);
-        assert_eq!(why[0].0, "step-00000012");
-        assert!(why[0].1.contains("model.safetensors"), "{}", why[0].1);
-        assert!(why[1].1.contains("not a checkpoint state"), "{}", why[1].1);
+        assert_eq!(why.len(), 3);
+        assert_eq!(why[0].0, "step-00000016");
+        assert!(
+            why[0]
+                .1
+                .contains("optimizer.safetensors: its bytes changed"),
+            "{}",
+            why[0].1
+        );
+        assert_eq!(why[1].0, "step-00000012");
+        assert!(why[1].1.contains("model.safetensors"), "{}", why[1].1);
+        assert!(why[2].1.contains("not a checkpoint state"), "{}", why[2].1);
+        // A checkpoint written before checkpoints carried a SHA256SUMS is whole, not verified.
+        std::fs::remove_file(ckpts.join("step-00000004/SHA256SUMS")).unwrap();
+        let found = newest_whole_checkpoint(&ckpts).unwrap().unwrap();
+        assert_eq!((found.state.step, found.verified), (4, Verified::NoList));
         // None whole: an error naming each.
         std::fs::remove_file(ckpts.join("step-00000004/optimizer.safetensors")).unwrap();
         let e = newest_whole_checkpoint(&ckpts).unwrap_err();

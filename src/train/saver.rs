@@ -8,6 +8,7 @@
 use super::error::TrainError;
 use super::run::{checkpoint_dir, tensors_error, CheckpointState};
 use crate::error::{Error, Result};
+use crate::fsutil::checksums;
 use crate::monitor::RunDir;
 use std::path::PathBuf;
 use std::thread::JoinHandle;
@@ -88,9 +89,13 @@ pub fn write_checkpoint(run: &RunDir, snapshot: &Snapshot, keep: usize) -> Resul
     Tensor::write_safetensors(&snapshot.optimizer, &opt_path)
         .map_err(|e| tensors_error(&opt_path, "write", e))?;
     super::run_files::write_state(&tmp, &snapshot.state)?;
+    // Read back from the page cache and hashed while the next steps run: a resume or an evaluation
+    // then finds bytes that changed on the disk later (`sha256sum -c` checks a copy too).
+    checksums::write_checksums(&tmp, &super::run_files::CHECKPOINT_FILES)?;
     // On the disk before the folder appears, so a machine that dies after the rename leaves a whole
     // checkpoint (or, where a disk loses it anyway, one a resume finds damaged and passes over).
-    for path in [&model_path, &opt_path, &tmp] {
+    let list = checksums::list_path(&tmp);
+    for path in [&model_path, &opt_path, &list, &tmp] {
         crate::fsutil::sync_to_disk(path)?;
     }
     if dir.exists() {
@@ -254,6 +259,17 @@ mod tests {
         assert_eq!(w.sum(Kind::Float).double_value(&[]), 12.0, "step 3's values");
         assert_eq!(saved(&dir, "head.bias").sum(Kind::Float).double_value(&[]), 8.0);
         assert!(dir.join("optimizer.safetensors").is_file() && dir.join("state.json").is_file());
+        // Every file listed in its SHA256SUMS, as `sha256sum -c` reads it.
+        let files = crate::train::run_files::CHECKPOINT_FILES;
+        assert_eq!(
+            checksums::verify_folder(&dir, &files).unwrap(),
+            checksums::Verified::Matched
+        );
+        let listed: Vec<String> = checksums::read_checksums(&dir).unwrap().unwrap().entries
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        assert_eq!(listed, files);
         assert_eq!(writer.wait().unwrap(), None, "nothing in flight");
     }
 

@@ -1,13 +1,15 @@
-//! The `state` and `run` targets: the two files `tagfix train --resume` reads back, a checkpoint's
-//! `state.json` (then the loss weighting continued from it, as the trainer continues it) and the
-//! run folder's `run.json` (then compared with the inputs of the command, as `--auto-resume` does).
+//! The `state`, `run` and `checksums` targets: the files `tagfix train --resume` reads back, a
+//! checkpoint's `state.json` (then the loss weighting continued from it, as the trainer continues
+//! it), the run folder's `run.json` (then compared with the inputs of the command, as
+//! `--auto-resume` does) and a checkpoint's `SHA256SUMS` (then its files verified against it).
 
 use super::written;
+use crate::fsutil::checksums::{self, CHECKSUM_FILE};
 use crate::monitor::LossTerm;
 use crate::train::config::{LossBalance, LossWeights, TrainConfig};
 use crate::train::run_files::{
     read_run_inputs, read_state, write_run_inputs, write_state, CheckpointState, TrainInputs,
-    ValidationInputs, RUN_FILE, STATE_SCHEMA,
+    ValidationInputs, CHECKPOINT_FILES, RUN_FILE, STATE_SCHEMA,
 };
 use crate::train::weighting::{step_losses, LossWeighting};
 use std::path::Path;
@@ -40,6 +42,48 @@ pub(super) fn run_target() -> super::Target {
         seeds: run_seeds,
         shared_seeds: &[],
     }
+}
+
+/// The checksum list of a checkpoint folder (`SHA256SUMS`), verified against the folder's files as a
+/// resume and an evaluation verify it.
+pub(super) fn checksums_target() -> super::Target {
+    super::Target {
+        name: "checksums",
+        file: CHECKSUM_FILE,
+        run: run_checksums,
+        dict: CHECKSUMS_DICT,
+        generate: None,
+        seeds: checksums_seeds,
+        shared_seeds: &[],
+    }
+}
+
+/// Small stand-ins for a checkpoint's files, which the fuzzed list is checked against.
+fn write_checkpoint_files(dir: &Path) -> std::io::Result<()> {
+    for name in CHECKPOINT_FILES {
+        std::fs::write(dir.join(name), name.as_bytes())?;
+    }
+    Ok(())
+}
+
+fn run_checksums(path: &Path, _: &[u8]) {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    if write_checkpoint_files(dir).is_err() {
+        return;
+    }
+    let _ = checksums::verify_folder(dir, &CHECKPOINT_FILES);
+    let _ = checksums::verify_file(&dir.join(CHECKPOINT_FILES[0]));
+}
+
+/// The list the saver writes for the stand-in files, and one whose model digest is another's.
+fn checksums_seeds() -> Vec<(String, Vec<u8>)> {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    write_checkpoint_files(tmp.path()).expect("writing the stand-ins");
+    checksums::write_checksums(tmp.path(), &CHECKPOINT_FILES).expect("writing a seed");
+    let whole = std::fs::read(tmp.path().join(CHECKSUM_FILE)).expect("reading a seed");
+    let mut changed = whole.clone();
+    changed[0] = if changed[0] == b'0' { b'1' } else { b'0' };
+    vec![("whole.txt".into(), whole), ("changed.txt".into(), changed)]
 }
 
 /// Reads the input as a checkpoint's state in a `step-00000005` folder, then continues its loss
@@ -201,6 +245,13 @@ const STATE_DICT: &[&[u8]] = &[
 ];
 
 #[rustfmt::skip]
+const CHECKSUMS_DICT: &[&[u8]] = &[
+    b"  ", b" *", b"\n", b"\r\n", b"\\", b"model.safetensors", b"optimizer.safetensors",
+    b"state.json", b"SHA256SUMS", b"..", b"/", b".", b"\0",
+    b"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+];
+
+#[rustfmt::skip]
 const RUN_DICT: &[&[u8]] = &[
     b"\"data\"", b"\"images\"", b"\"manifest\"", b"\"label_embed\"", b"\"teacher\"", b"\"init\"",
     b"\"vocab\"", b"\"allow_random_encoder\"", b"\"validation\"", b"\"thresholds\"", b"\"\"",
@@ -243,5 +294,22 @@ mod tests {
             })
             .collect();
         assert_eq!(differences, [None, Some("--teacher")]);
+    }
+
+    /// The saver's list verifies the stand-ins; the changed one names the model's digest.
+    #[test]
+    fn the_checksum_seeds_verify_and_fail_as_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        write_checkpoint_files(tmp.path()).unwrap();
+        let verdicts: Vec<_> = checksums_seeds()
+            .into_iter()
+            .map(|(_, bytes)| {
+                std::fs::write(tmp.path().join(CHECKSUM_FILE), bytes).unwrap();
+                checksums::verify_folder(tmp.path(), &CHECKPOINT_FILES).map_err(|e| e.to_string())
+            })
+            .collect();
+        assert_eq!(verdicts[0], Ok(checksums::Verified::Matched));
+        let e = verdicts[1].as_ref().unwrap_err();
+        assert!(e.contains("model.safetensors: its bytes changed"), "{e}");
     }
 }
