@@ -1,42 +1,17 @@
-//! Optimisation: AdamW with parameter groups chosen by name (weight decay on weight matrices only),
-//! frozen parameters, warm-up then RAM's per-epoch decay or cosine, global gradient-norm clipping,
-//! optional linear LR scaling, and gradient norms per module group for the metrics log.
-//!
-//! AdamW keeps its own state (moments and step) rather than tch's optimizer, so that it can be saved
-//! to and restored from a checkpoint exactly. The update runs as ATen's fused AdamW
-//! ([`OptimizerImpl::Fused`], one `_fused_adamw_` call per weight-decay group, norms through
-//! `_foreach_norm` and one device-to-host read); the original per-parameter loop
-//! ([`OptimizerImpl::Loop`], PyTorch's `torch.optim.AdamW` formula written out) stays selectable for the
-//! parity test and `scripts/bench-optim.sh`.
-//!
-//! In a data-parallel run the state can be sharded ([`AdamW::shard`], ZeRO stage 1): each rank keeps
-//! the moments of, and updates, only its slice of the parameters; [`super::dist::zero`] then
-//! broadcasts each slice from its rank and gathers the state for checkpoints.
+//! The AdamW update: ATen's fused kernel (one call per weight-decay group; norms by
+//! `_foreach_norm`), the same on the device without a host read ([`AdamW::update_on_device`], then
+//! [`AdamW::settle`]), and the original per-parameter loop kept for the parity test and the benchmark.
 
-use super::config::{Schedule, TrainConfig};
-use super::dist::zero::{Partition, Slice};
-use super::error::TrainError;
-use super::fused::{foreach_norm, fused_adamw, AdamWArgs, StepGuards};
-use super::sync::{read_f64, read_f64s};
+use crate::train::error::TrainError;
+use crate::train::fused::{foreach_norm, fused_adamw, AdamWArgs, StepGuards};
+use super::{AdamW, OptimizerImpl, Param};
+use crate::train::sync::{read_f64, read_f64s};
 use crate::error::Result;
 use crate::monitor::{GroupNorms, ModuleGroup};
 use std::collections::BTreeMap;
-use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 
-/// Which AdamW implementation runs the update (the same formula and state either way).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OptimizerImpl {
-    /// The original loop: ~19 kernels per parameter, a copy of each parameter and one device-to-host
-    /// read per parameter for the update norm, one more per parameter for the gradient norms.
-    Loop,
-    /// ATen's fused AdamW, one call per weight-decay group; gradient norms by `_foreach_norm` with one
-    /// device-to-host read; update norms only when asked for (logging steps).
-    #[default]
-    Fused,
-}
-
-/// One optimizer device-to-host read, counted by [`super::sync`] (on CUDA each is a host sync).
+/// One optimizer device-to-host read, counted by [`crate::train::sync`] (on CUDA each is a host sync).
 fn read_scalar(t: &Tensor) -> f64 {
     read_f64(t, "a parameter's norm").unwrap_or(f64::NAN)
 }
@@ -58,86 +33,6 @@ fn group_norms(entries: impl IntoIterator<Item = (ModuleGroup, f64)>) -> GroupNo
 /// copied before the update, so this bounds the extra memory (256 MB in f32; a larger single tensor
 /// forms its own chunk, as the loop's per-parameter copy does).
 const MEASURE_CHUNK_VALUES: i64 = 1 << 26;
-
-/// The monitor's module group of a parameter name.
-pub fn module_group(name: &str) -> ModuleGroup {
-    match name.split('.').next().unwrap_or(name) {
-        "visual_encoder" => ModuleGroup::ImageEncoder,
-        "tagging_head" | "fc" => ModuleGroup::TaggingHead,
-        "label_embed" => ModuleGroup::LabelEmbed,
-        _ => ModuleGroup::Projections,
-    }
-}
-
-/// Whether AdamW decays a parameter: weight matrices and convolution kernels do; biases, norm
-/// weights, scalars (`reweight_scale`) and Swin's relative position tables (timm's
-/// `no_weight_decay_keywords`) do not.
-pub fn decays(name: &str, dims: usize) -> bool {
-    dims >= 2 && !name.ends_with("relative_position_bias_table")
-}
-
-/// One trained parameter and its AdamW state.
-struct Param {
-    name: String,
-    var: Tensor,
-    decay: bool,
-    group: ModuleGroup,
-    /// The moments of the values this rank updates: the parameter's shape when it updates all of
-    /// it, else flat (the slice's values); empty when it updates none.
-    exp_avg: Tensor,
-    exp_avg_sq: Tensor,
-    /// The values this rank updates: all of them unless sharded.
-    slice: Option<Slice>,
-}
-
-impl Param {
-    fn numel(&self) -> i64 {
-        self.var.numel() as i64
-    }
-
-    /// Whether this rank updates every value.
-    fn whole(&self) -> bool {
-        self.slice.is_some_and(|s| s.start == 0 && s.len == self.numel())
-    }
-
-    /// The part of `t` (the parameter or its gradient) this rank updates: `t` itself or a flat view
-    /// of the slice. Make views of the parameter under `no_grad`.
-    fn part_of(&self, t: &Tensor) -> Option<Tensor> {
-        let slice = self.slice?;
-        Some(if self.whole() {
-            t.shallow_clone()
-        } else {
-            slice.of(t)
-        })
-    }
-}
-
-/// Which parameters are trained and how; stated in the log at start.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct ParamSummary {
-    pub trained_tensors: usize,
-    pub trained_values: i64,
-    pub decayed_tensors: usize,
-    pub frozen: Vec<String>,
-    pub frozen_values: i64,
-}
-
-impl std::fmt::Display for ParamSummary {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "training {} tensors ({} values; weight decay on {}, none on norms/biases/position tables); frozen: {}",
-            self.trained_tensors,
-            self.trained_values,
-            self.decayed_tensors,
-            if self.frozen.is_empty() {
-                "nothing".to_string()
-            } else {
-                format!("{} ({} values)", self.frozen.join(", "), self.frozen_values)
-            }
-        )
-    }
-}
 
 /// What [`AdamW::update_on_device`] left on the device, to be read in one copy with the caller's own
 /// values and handed to [`AdamW::settle`].
@@ -186,200 +81,7 @@ pub struct Settled {
     pub skipped: bool,
 }
 
-/// The variables training updates, sorted by name, and their summary: those with `requires_grad`
-/// (constant buffers have none) whose names start with none of `frozen_prefixes`; the frozen ones get
-/// `requires_grad` off. A prefix matching nothing, or nothing left to train, is an error. Allocates
-/// nothing, so `train --dry-run` makes the same checks.
-pub fn select_trained(
-    vs: &VarStore,
-    frozen_prefixes: &[String],
-) -> Result<(Vec<(String, Tensor)>, ParamSummary)> {
-    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    for p in frozen_prefixes {
-        if !vars.iter().any(|(n, _)| n.starts_with(p.as_str())) {
-            return Err(TrainError::FreezeMatchesNothing(p.clone()).into());
-        }
-    }
-    let mut summary = ParamSummary::default();
-    let mut trained = Vec::new();
-    for (name, var) in vars {
-        if !var.requires_grad() {
-            continue; // constant buffers
-        }
-        if frozen_prefixes.iter().any(|p| name.starts_with(p.as_str())) {
-            let _ = var.set_requires_grad(false);
-            summary.frozen_values += var.numel() as i64;
-            summary.frozen.push(name);
-            continue;
-        }
-        summary.trained_tensors += 1;
-        summary.trained_values += var.numel() as i64;
-        summary.decayed_tensors += usize::from(decays(&name, var.dim()));
-        trained.push((name, var));
-    }
-    if trained.is_empty() {
-        return Err(TrainError::AllFrozen.into());
-    }
-    Ok((trained, summary))
-}
-
-/// AdamW over the trainable variables of a [`VarStore`].
-pub struct AdamW {
-    params: Vec<Param>,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    pub weight_decay: f64,
-    /// Updates applied so far.
-    pub step: u64,
-    pub summary: ParamSummary,
-    /// The implementation used by [`Self::grad_norms`] and [`Self::step`].
-    pub imp: OptimizerImpl,
-    /// The fused kernel's step counter (0-dim f32 on the parameters' device), refilled each step.
-    step_tensor: Option<Tensor>,
-    /// Sharded ([`Self::shard`]): how the values are split over the ranks.
-    partition: Option<Partition>,
-}
-
-/// What [`AdamW::shard`] left this rank, for the log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShardSummary {
-    pub rank: usize,
-    pub world: usize,
-    /// The values this rank updates, and of how many tensors (wholly or in part).
-    pub values: i64,
-    pub tensors: usize,
-    pub total_values: i64,
-    pub total_tensors: usize,
-}
-
-impl std::fmt::Display for ShardSummary {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mb = |values: i64| 2.0 * 4.0 * values as f64 / 1e6;
-        write!(
-            f,
-            "optimizer state sharded over {} ranks: rank {} updates {} of {} values (in {} of {} \
-             tensors; moments {:.1} MB instead of {:.1} MB)",
-            self.world,
-            self.rank,
-            self.values,
-            self.total_values,
-            self.tensors,
-            self.total_tensors,
-            mb(self.values),
-            mb(self.total_values)
-        )
-    }
-}
-
 impl AdamW {
-    /// Collects the trainable variables (sorted by name), freezing those whose names start with one
-    /// of `frozen_prefixes` (`requires_grad` off). A prefix matching nothing is an error.
-    pub fn new(vs: &VarStore, frozen_prefixes: &[String], cfg: &TrainConfig) -> Result<Self> {
-        let (trained, summary) = select_trained(vs, frozen_prefixes)?;
-        let mut params = Vec::new();
-        for (name, var) in trained {
-            let decay = decays(&name, var.dim());
-            params.push(Param {
-                group: module_group(&name),
-                exp_avg: var.zeros_like(),
-                exp_avg_sq: var.zeros_like(),
-                slice: Some(Slice {
-                    param: params.len(),
-                    start: 0,
-                    len: var.numel() as i64,
-                }),
-                name,
-                var,
-                decay,
-            });
-        }
-        Ok(AdamW {
-            params,
-            beta1: cfg.betas.0,
-            beta2: cfg.betas.1,
-            eps: cfg.adam_eps,
-            weight_decay: cfg.weight_decay,
-            step: 0,
-            summary,
-            imp: OptimizerImpl::default(),
-            step_tensor: None,
-            partition: None,
-        })
-    }
-
-    /// Shards the state over `world` ranks ([`Partition`]): this rank (`rank`) keeps the moments of,
-    /// and updates, only its slice of the values; the rest of the moments are freed. Call it before
-    /// [`Self::load_state`] and before any step. The parameters must be contiguous (they are, as
-    /// created), so that a slice is a view.
-    pub fn shard(&mut self, rank: usize, world: usize) -> Result<ShardSummary> {
-        if let Some(p) = self.params.iter().find(|p| !p.var.is_contiguous()) {
-            return Err(TrainError::ShardNonContiguous(p.name.clone()).into());
-        }
-        let sizes: Vec<i64> = self.params.iter().map(Param::numel).collect();
-        let partition = Partition::new(&sizes, world);
-        let mine = partition.slices(rank);
-        for p in &mut self.params {
-            p.slice = None;
-        }
-        for sl in &mine {
-            self.params[sl.param].slice = Some(*sl);
-        }
-        for p in &mut self.params {
-            let (kind, device) = (p.var.kind(), p.var.device());
-            let moments = match p.slice {
-                _ if p.whole() => None,
-                Some(slice) => Some(Tensor::zeros([slice.len], (kind, device))),
-                None => Some(Tensor::empty([0], (kind, device))),
-            };
-            if let Some(m) = moments {
-                p.exp_avg_sq = m.zeros_like();
-                p.exp_avg = m;
-            }
-        }
-        let summary = ShardSummary {
-            rank,
-            world: partition.world(),
-            values: partition.share(rank),
-            tensors: mine.len(),
-            total_values: sizes.iter().sum(),
-            total_tensors: self.params.len(),
-        };
-        self.partition = Some(partition);
-        Ok(summary)
-    }
-
-    /// Sharded: how the values are split over the ranks.
-    pub fn partition(&self) -> Option<&Partition> {
-        self.partition.as_ref()
-    }
-
-    /// Sets every trained parameter's gradient to zero.
-    pub fn zero_grad(&mut self) {
-        for p in &mut self.params {
-            let mut g = p.var.grad();
-            if g.defined() {
-                let _ = g.detach_().zero_();
-            }
-        }
-    }
-
-    /// The trained parameters, in parameter order (shallow: the variables themselves).
-    pub fn trained_vars(&self) -> Vec<Tensor> {
-        self.params.iter().map(|p| p.var.shallow_clone()).collect()
-    }
-
-    /// The defined gradients of the trained parameters, in parameter order (shallow: writing to
-    /// them writes the gradients; distributed training sums them across ranks).
-    pub fn grads(&self) -> Vec<Tensor> {
-        self.params
-            .iter()
-            .map(|p| p.var.grad())
-            .filter(|g| g.defined())
-            .collect()
-    }
-
     /// Gradient L2 norms in total and per module group (missing gradients count as zero). The fused
     /// implementation reads them from the device once; the loop once per parameter.
     pub fn grad_norms(&self) -> Result<GroupNorms> {
@@ -414,24 +116,6 @@ impl AdamW {
             };
             (p.group, v)
         }))
-    }
-
-    /// Scales gradients so their global norm is at most `max_norm` (PyTorch's `clip_grad_norm_`
-    /// formula, `max_norm / (norm + 1e-6)`). Returns the factor applied (1 when none).
-    pub fn clip_grad_norm(&mut self, total_norm: f64, max_norm: f64) -> f64 {
-        let coef = max_norm / (total_norm + 1e-6);
-        if coef >= 1.0 {
-            return 1.0;
-        }
-        tch::no_grad(|| {
-            for p in &mut self.params {
-                let mut g = p.var.grad();
-                if g.defined() {
-                    let _ = g.f_mul_scalar_(coef);
-                }
-            }
-        });
-        coef
     }
 
     /// One AdamW update at learning rate `lr`. Returns the update norms per group when
@@ -751,80 +435,6 @@ impl AdamW {
         });
         GroupNorms::from_groups(sq.into_iter().map(|(g, v)| (g, v.sqrt())))
     }
-
-    /// The optimizer state as named tensors (`exp_avg.NAME`, `exp_avg_sq.NAME`) for a checkpoint.
-    /// Sharded, only the parameters this rank updates whole: [`super::dist::zero::gather_state`]
-    /// assembles the whole state from every rank's [`Self::state_slices`].
-    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut out = Vec::with_capacity(2 * self.params.len());
-        for p in self.params.iter().filter(|p| p.whole()) {
-            out.push((format!("exp_avg.{}", p.name), p.exp_avg.shallow_clone()));
-            out.push((
-                format!("exp_avg_sq.{}", p.name),
-                p.exp_avg_sq.shallow_clone(),
-            ));
-        }
-        out
-    }
-
-    /// The moments of each slice this rank updates, flat (`[len]`), in parameter order.
-    pub fn state_slices(&self) -> Vec<(Slice, Tensor, Tensor)> {
-        self.params
-            .iter()
-            .filter_map(|p| {
-                let slice = p.slice?;
-                Some((slice, p.exp_avg.reshape([-1]), p.exp_avg_sq.reshape([-1])))
-            })
-            .collect()
-    }
-
-    /// Restores the state written by [`Self::state_tensors`]; every trained parameter must be present
-    /// with its shape (the same model and the same frozen set). Sharded, each rank keeps its slices.
-    pub fn load_state(
-        &mut self,
-        state: &BTreeMap<String, Tensor>,
-        step: u64,
-        source: &str,
-    ) -> Result<()> {
-        tch::no_grad(|| -> Result<()> {
-            for p in &mut self.params {
-                for prefix in ["exp_avg", "exp_avg_sq"] {
-                    let key = format!("{prefix}.{}", p.name);
-                    let Some(src) = state.get(&key) else {
-                        return Err(TrainError::OptimizerStateMissing {
-                            checkpoint: source.to_string(),
-                            key,
-                        }
-                        .into());
-                    };
-                    if src.size() != p.var.size() {
-                        return Err(TrainError::OptimizerStateShape {
-                            checkpoint: source.to_string(),
-                            key,
-                            state: src.size(),
-                            param: p.var.size(),
-                        }
-                        .into());
-                    }
-                    if let Some(part) = p.part_of(src) {
-                        let dst = match prefix {
-                            "exp_avg" => &mut p.exp_avg,
-                            _ => &mut p.exp_avg_sq,
-                        };
-                        dst.copy_(&part.to_kind(dst.kind()).to_device(dst.device()));
-                    }
-                }
-            }
-            Ok(())
-        })?;
-        self.step = step;
-        Ok(())
-    }
-
-    /// Names of the trained parameters.
-    pub fn trained_names(&self) -> impl Iterator<Item = &str> {
-        self.params.iter().map(|p| p.name.as_str())
-    }
 }
 
 /// The parameter indices `idx` as one slice, or (when update norms are measured) as consecutive
@@ -849,141 +459,16 @@ fn chunks<'a>(params: &[Param], idx: &'a [usize], measure: bool) -> Vec<&'a [usi
     out
 }
 
-/// The learning rate at each optimizer step.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LrSchedule {
-    pub init_lr: f64,
-    pub min_lr: f64,
-    pub warmup_lr: f64,
-    pub warmup_steps: u64,
-    pub decay_rate: f64,
-    pub kind: Schedule,
-    pub steps_per_epoch: u64,
-    pub total_steps: u64,
-}
-
-impl LrSchedule {
-    /// From the configuration; with `lr_scale_linear`, the rates are multiplied by
-    /// `batch_size / base_batch_size`.
-    pub fn new(cfg: &TrainConfig, steps_per_epoch: u64, total_steps: u64) -> Self {
-        let scale = if cfg.lr_scale_linear {
-            cfg.batch_size as f64 / cfg.base_batch_size.max(1) as f64
-        } else {
-            1.0
-        };
-        LrSchedule {
-            init_lr: cfg.init_lr * scale,
-            min_lr: cfg.min_lr * scale,
-            warmup_lr: cfg.warmup_lr * scale,
-            warmup_steps: cfg.warmup_steps,
-            decay_rate: cfg.lr_decay_rate,
-            kind: cfg.schedule,
-            steps_per_epoch: steps_per_epoch.max(1),
-            total_steps,
-        }
-    }
-
-    /// Learning rate of step `step` (0-based). Warm-up: linear from `warmup_lr` to `init_lr` over
-    /// `warmup_steps` (RAM's `warmup_lr_schedule`, applied in epoch 0; here by global step). Then
-    /// `ram-step`: `max(min_lr, init_lr · decay_rate^epoch)`; `cosine`: from `init_lr` to `min_lr`
-    /// over the steps after warm-up.
-    pub fn lr(&self, step: u64) -> f64 {
-        if step < self.warmup_steps {
-            let f = step as f64 / self.warmup_steps as f64;
-            return self.warmup_lr + (self.init_lr - self.warmup_lr) * f;
-        }
-        match self.kind {
-            Schedule::RamStep => {
-                let epoch = (step / self.steps_per_epoch) as i32;
-                (self.init_lr * self.decay_rate.powi(epoch)).max(self.min_lr)
-            }
-            Schedule::Cosine => {
-                let span = self.total_steps.saturating_sub(self.warmup_steps).max(1) as f64;
-                let f = ((step - self.warmup_steps) as f64 / span).min(1.0);
-                self.min_lr
-                    + 0.5 * (self.init_lr - self.min_lr) * (1.0 + (std::f64::consts::PI * f).cos())
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::nn::{self, Module};
+    use crate::train::config::TrainConfig;
+    use crate::train::optim::tests::cfg;
+    use crate::train::optim::LrSchedule;
     use crate::train::sync::thread_host_reads;
+    use tch::nn;
     use tch::Device;
-
-    fn cfg() -> TrainConfig {
-        TrainConfig {
-            weight_decay: 0.05,
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn groups_by_name_and_freeze() {
-        let _torch = crate::train::torch_test_lock();
-        let vs = VarStore::new(Device::Cpu);
-        let root = vs.root();
-        let _l = nn::linear(&root / "visual_encoder" / "proj", 4, 3, Default::default());
-        let _n = nn::layer_norm(
-            &root / "tagging_head" / "LayerNorm",
-            vec![3],
-            Default::default(),
-        );
-        let _e = root.var("label_embed", &[6, 4], nn::Init::Const(0.1));
-        let opt = AdamW::new(&vs, &["label_embed".to_string()], &cfg()).unwrap();
-        assert_eq!(opt.summary.frozen, vec!["label_embed".to_string()]);
-        assert_eq!(opt.summary.trained_tensors, 4);
-        assert_eq!(
-            opt.summary.decayed_tensors, 1,
-            "only the linear weight decays"
-        );
-        assert!(!vs.variables()["label_embed"].requires_grad());
-        assert!(AdamW::new(&vs, &["nope".to_string()], &cfg()).is_err());
-        assert_eq!(module_group("fc.weight"), ModuleGroup::TaggingHead);
-        assert_eq!(module_group("image_proj.bias"), ModuleGroup::Projections);
-    }
-
-    #[test]
-    fn adamw_matches_pytorch_formula() {
-        let _torch = crate::train::torch_test_lock();
-        // One parameter, two steps, checked against the closed form of torch.optim.AdamW.
-        let vs = VarStore::new(Device::Cpu);
-        let w = vs.root().var("w", &[2, 1], nn::Init::Const(1.0));
-        let mut opt = AdamW::new(&vs, &[], &cfg()).unwrap();
-        let (lr, wd, b1, b2, eps) = (0.1, 0.05, 0.9, 0.999, 1e-8);
-        let mut p = 1.0f64;
-        let (mut m, mut v) = (0.0f64, 0.0f64);
-        for t in 1..=2 {
-            opt.zero_grad();
-            (&w * 3.0).sum(Kind::Float).backward(); // gradient 3
-            opt.step(lr, false).unwrap();
-            let g = 3.0;
-            p *= 1.0 - lr * wd;
-            m = b1 * m + (1.0 - b1) * g;
-            v = b2 * v + (1.0 - b2) * g * g;
-            let mh = m / (1.0 - b1.powi(t));
-            let vh = v / (1.0 - b2.powi(t));
-            p -= lr * mh / (vh.sqrt() + eps);
-            assert!((w.double_value(&[0, 0]) - p).abs() < 1e-6, "step {t}");
-        }
-    }
-
-    #[test]
-    fn clipping_bounds_the_norm() {
-        let _torch = crate::train::torch_test_lock();
-        let vs = VarStore::new(Device::Cpu);
-        let lin = nn::linear(vs.root() / "fc", 3, 2, Default::default());
-        let mut opt = AdamW::new(&vs, &[], &cfg()).unwrap();
-        let x = Tensor::ones([4, 3], (Kind::Float, Device::Cpu)) * 10.0;
-        lin.forward(&x).sum(Kind::Float).backward();
-        let before = opt.grad_norms().unwrap().total;
-        assert!(before > 1.0);
-        opt.clip_grad_norm(before, 1.0);
-        assert!((opt.grad_norms().unwrap().total - 1.0).abs() < 1e-4);
-    }
+    use tch::nn::VarStore;
 
     /// The same named parameters (decayed and not, in three module groups, one without a gradient
     /// on odd steps) in a new store.
@@ -1214,44 +699,5 @@ mod tests {
         assert_eq!(opt.step, 1);
         assert!(same(&after, &snapshot()));
         assert!(opt.settle(&u, &values[1..]).is_err(), "a short read is refused");
-    }
-
-    #[test]
-    fn schedules() {
-        let _torch = crate::train::torch_test_lock();
-        let c = TrainConfig {
-            init_lr: 1e-4,
-            warmup_lr: 1e-6,
-            min_lr: 1e-6,
-            warmup_steps: 10,
-            lr_decay_rate: 0.5,
-            ..Default::default()
-        };
-        let s = LrSchedule::new(&c, 100, 1000);
-        assert_eq!(s.lr(0), 1e-6);
-        assert!((s.lr(5) - (1e-6 + 0.5 * (1e-4 - 1e-6))).abs() < 1e-12);
-        assert_eq!(s.lr(50), 1e-4);
-        assert_eq!(s.lr(150), 0.5e-4);
-        assert_eq!(s.lr(999), 1e-6, "clamped at min_lr");
-        let cos = LrSchedule::new(
-            &TrainConfig {
-                schedule: Schedule::Cosine,
-                ..c.clone()
-            },
-            100,
-            1010,
-        );
-        assert!((cos.lr(10) - 1e-4).abs() < 1e-12);
-        assert!((cos.lr(1010) - 1e-6).abs() < 1e-12);
-        let scaled = LrSchedule::new(
-            &TrainConfig {
-                lr_scale_linear: true,
-                batch_size: 104,
-                ..c
-            },
-            100,
-            1000,
-        );
-        assert_eq!(scaled.init_lr, 2e-4);
     }
 }
