@@ -498,6 +498,33 @@ pub fn sync_to_disk(path: &Path) -> Result<()> {
     }
 }
 
+/// Bytes an unprivileged process may still write on the file system holding `path` (`statvfs`'s
+/// available blocks times their size); `None` where the system cannot say. A quota is not counted,
+/// so a write can still fail with space left.
+#[cfg(unix)]
+pub fn available_space(path: &Path) -> Option<u64> {
+    let stat = rustix::fs::statvfs(path).ok()?;
+    stat.f_bavail.checked_mul(stat.f_frsize)
+}
+
+#[cfg(not(unix))]
+pub fn available_space(_: &Path) -> Option<u64> {
+    None
+}
+
+/// The bytes of the regular files directly in `dir` (0 where it cannot be listed).
+pub fn folder_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .filter(std::fs::Metadata::is_file)
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// Makes the temporary file durable with the destination's permissions (0644 for a new file; the
 /// temporary file is owner-only) and renames it over `target`.
 fn commit(tmp: tempfile::NamedTempFile, shown: &Path, target: &Path) -> Result<()> {
@@ -631,6 +658,13 @@ pub fn shared_dir() -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn available_space_is_known_for_a_folder_and_not_for_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(available_space(dir.path()).is_some_and(|b| b > 0));
+        assert_eq!(available_space(&dir.path().join("missing")), None);
+    }
 
     #[test]
     fn inputs_that_never_end_are_cut_off_with_an_error() {

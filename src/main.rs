@@ -6,6 +6,7 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     restore_sigpipe();
+    ignore_sigxfsz();
     let args = cli::args::Cli::parse();
     cli::init_logging(&args.global);
     match cli::run(args) {
@@ -30,3 +31,18 @@ fn restore_sigpipe() {
 
 #[cfg(not(unix))]
 fn restore_sigpipe() {}
+
+/// A file-size limit (`ulimit -f`, set on some shared machines) ends a process writing past it with
+/// SIGXFSZ, which leaves the file half-written (a checkpoint's temporary folder, an output's
+/// temporary file). Ignored, the write fails with EFBIG ("File too large") and tagfix reports it as
+/// the I/O error it is, removing what it had begun to write.
+#[cfg(unix)]
+fn ignore_sigxfsz() {
+    // SAFETY: called first thing in main, before any thread starts; SIG_IGN is a valid handler.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
+#[cfg(not(unix))]
+fn ignore_sigxfsz() {}

@@ -35,6 +35,89 @@ fn spawn_endless(
         .unwrap()
 }
 
+/// A checkpoint the file system cannot take (here a file-size limit, as `ulimit -f` sets on shared
+/// machines; a full disk or quota fails the same write) stops the run with an error naming the
+/// newest checkpoint, and leaves no partial files; the next start removes those a killed process
+/// left, and the resume goes on.
+#[test]
+fn a_checkpoint_that_cannot_be_written_leaves_nothing_and_names_the_newest() {
+    use std::os::unix::process::CommandExt;
+    let _guard = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(&tmp.path().join("ds"), 16, 4);
+    let run = tmp.path().join("run");
+    let train = |max_steps: &str, file_limit: Option<u64>| {
+        let mut c = Command::new(assert_cmd::cargo::cargo_bin("tagfix"));
+        c.args(train_argv(&ds))
+            .args(["--batch-size", "4", "--workers", "1", "--threads", "1"])
+            .args(["--checkpoint-every", "1", "--max-steps", max_steps, "--out"])
+            .arg(&run);
+        if run.exists() {
+            c.arg("--resume").arg(&run);
+        }
+        if let Some(bytes) = file_limit {
+            // SAFETY: setrlimit is async-signal-safe; the limit is the child's alone.
+            unsafe {
+                c.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: bytes,
+                        rlim_max: bytes,
+                    };
+                    match libc::setrlimit(libc::RLIMIT_FSIZE, &limit) {
+                        0 => Ok(()),
+                        _ => Err(std::io::Error::last_os_error()),
+                    }
+                });
+            }
+        }
+        let o = c.output().unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (code, err) = train("1", None);
+    assert_eq!(code, Some(0), "{err}");
+    let ckpts = run.join("checkpoints");
+    let size = |name: &str| {
+        std::fs::metadata(ckpts.join("step-00000001").join(name))
+            .unwrap()
+            .len()
+    };
+    let (model, moments) = (size("model.safetensors"), size("optimizer.safetensors"));
+    assert!(model < moments, "{model} {moments}");
+    // What a process killed while writing step 7 left.
+    let killed = ckpts.join(".step-00000007.tmp");
+    std::fs::create_dir(&killed).unwrap();
+    std::fs::write(killed.join("model.safetensors"), vec![0u8; 1000]).unwrap();
+    // The model file fits under the limit, the optimizer state does not.
+    let (code, err) = train("2", Some(moments - 1));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(".step-00000007.tmp (1000 B): a checkpoint whose write never finished"),
+        "{err}"
+    );
+    assert!(
+        err.contains("step-00000002: checkpoint not written (its partial files removed); the newest written is ")
+            && err.contains("step-00000001, which --resume continues from")
+            && err.contains("File too large"),
+        "{err}"
+    );
+    let mut left: Vec<String> = std::fs::read_dir(&ckpts)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["step-00000001"]);
+    let (code, err) = train("2", None);
+    assert_eq!(code, Some(0), "{err}");
+    let list = tagfix::fsutil::checksums::verify_folder(
+        &ckpts.join("step-00000002"),
+        &tagfix::train::run_files::CHECKPOINT_FILES,
+    );
+    assert_eq!(list.unwrap(), tagfix::fsutil::checksums::Verified::Matched);
+}
+
 #[test]
 fn a_diverging_run_exits_3_with_a_checkpoint() {
     let _guard = serial();
@@ -315,6 +398,15 @@ fn a_dry_run_checks_the_start_and_writes_nothing() {
         "{out}"
     );
     assert!(!run.exists(), "a dry run writes nothing");
+    // What the checkpoints take on the disk, and what is free there (--out does not exist yet).
+    assert!(
+        out.contains("checkpoints: ")
+            && out
+                .contains(" each; up to 4 on the disk while one is written (keep_checkpoints = 3)")
+            && out.contains(" free there")
+            && !out.contains("there already"),
+        "{out}"
+    );
     // What is trained, and the model's state per rank before activations.
     assert!(
         out.contains("training ") && out.contains(" tensors (") && out.contains("frozen: nothing"),
@@ -469,10 +561,39 @@ fn a_dry_run_checks_the_start_and_writes_nothing() {
         assert_eq!(code, Some(0), "{how:?}: {err}");
         assert!(
             out.contains("steps 2..4 (resuming at step 2 from ")
-                && out.contains("step-00000002, its files checked against its SHA256SUMS"),
+                && out.contains("step-00000002, its files checked against its SHA256SUMS")
+                && out.contains("of it there already"),
             "{how:?}: {out}"
         );
     }
+    // The size a checkpoint is planned at covers the files a checkpoint of the run holds.
+    let resume_plan = || -> serde_json::Value {
+        let args = [
+            "--max-steps",
+            "4",
+            "--dry-run",
+            "--json",
+            "--resume",
+            resume,
+        ];
+        let (code, out, err) = train(&args, None);
+        assert_eq!(code, Some(0), "{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let space = &resume_plan()["checkpoints"];
+    let written = |step: &str| {
+        std::fs::read_dir(run.join("checkpoints").join(step))
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum::<u64>()
+    };
+    let (one, two) = (written("step-00000001"), written("step-00000002"));
+    let planned = space["bytes"].as_u64().unwrap();
+    assert!(
+        planned >= two && planned <= two + (2 << 20),
+        "{space} {two}"
+    );
+    assert_eq!(space["existing"].as_u64().unwrap(), one + two, "{space}");
     // The newest checkpoint cut short (its machine died before the disk had it): the resume passes
     // over it to the one before, with a warning.
     let model = run.join("checkpoints/step-00000002/model.safetensors");
@@ -493,19 +614,7 @@ fn a_dry_run_checks_the_start_and_writes_nothing() {
         );
     };
     resumes_from_step_1("model.safetensors");
-    let (code, out, err) = train(
-        &[
-            "--max-steps",
-            "4",
-            "--dry-run",
-            "--json",
-            "--resume",
-            resume,
-        ],
-        None,
-    );
-    assert_eq!(code, Some(0), "{err}");
-    let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let plan = resume_plan();
     assert!(
         plan["resume_from"]
             .as_str()

@@ -305,8 +305,8 @@ fn plan_text(plan: &tagfix::train::run::DryRun) -> String {
         .map_or(String::new(), |c| format!("  {c}\n"));
     format!(
         "dry run: every input checked; nothing trained or written\n  steps {}..{} ({begin})\n  \
-         {} records, {} steps per epoch; batch {} = {micro}\n  model: {} parameters, {}\n  {}\n\
-         {weighting}",
+         {} records, {} steps per epoch; batch {} = {micro}\n  model: {} parameters, {}\n  {}\n  \
+         {}\n{weighting}",
         plan.start_step,
         plan.total_steps,
         plan.records,
@@ -315,6 +315,33 @@ fn plan_text(plan: &tagfix::train::run::DryRun) -> String {
         plan.parameters,
         plan.trained,
         memory_text(&plan.memory),
+        checkpoint_space_text(&plan.checkpoints),
+    )
+}
+
+/// The checkpoints' line: their size, the peak while one is written, the free space.
+#[cfg(feature = "train")]
+fn checkpoint_space_text(c: &tagfix::train::run::CheckpointSpace) -> String {
+    use indicatif::HumanBytes;
+    let held = match c.existing {
+        0 => String::new(),
+        b => format!(", {} of it there already", HumanBytes(b)),
+    };
+    let free = match c.available {
+        Some(free) if c.short() => format!(
+            "; only {} free there: the run will stop at a checkpoint it cannot write",
+            HumanBytes(free)
+        ),
+        Some(free) => format!("; {} free there", HumanBytes(free)),
+        None => "; the free space there is unknown".into(),
+    };
+    format!(
+        "checkpoints: {} each; up to {} on the disk while one is written (keep_checkpoints = {}): \
+         {}{held}{free}",
+        HumanBytes(c.bytes),
+        c.keep + 1,
+        c.keep,
+        HumanBytes(c.bytes * (c.keep as u64 + 1)),
     )
 }
 

@@ -175,6 +175,37 @@ pub enum TrainError {
         source: Source,
     },
 
+    /// A checkpoint could not be written (its partial files were removed); `newest` is the newest
+    /// checkpoint on the disk, which a resume continues from.
+    #[error(
+        "{}: checkpoint not written (its partial files removed); {}",
+        .dir.display(),
+        match .newest {
+            Some(p) => format!("the newest written is {}, which --resume continues from", p.display()),
+            None => "no checkpoint of this run is written yet".to_string(),
+        }
+    )]
+    CheckpointNotWritten {
+        dir: PathBuf,
+        newest: Option<PathBuf>,
+        #[source]
+        source: Box<crate::error::Error>,
+    },
+
+    /// The file system of a run's checkpoints has less space than the next checkpoint needs.
+    #[error(
+        "{} needs {} for the checkpoint and {} is free on its file system: free space (or lower \
+         keep_checkpoints: each is written before the oldest kept one is removed)",
+        .dir.display(),
+        indicatif::HumanBytes(*.needed),
+        indicatif::HumanBytes(*.available)
+    )]
+    NoSpaceForCheckpoint {
+        dir: PathBuf,
+        needed: u64,
+        available: u64,
+    },
+
     /// The background thread writing a checkpoint ended without a result (it panicked).
     #[error("{}: the thread writing this checkpoint failed: {reason}", .dir.display())]
     CheckpointWriter { dir: PathBuf, reason: String },
@@ -518,6 +549,8 @@ impl TrainError {
             | TrainError::UpdateReadBack { .. }
             | TrainError::Upload { .. }
             | TrainError::CheckpointWriter { .. } => ErrorKind::Internal,
+            TrainError::CheckpointNotWritten { source, .. } => source.kind(),
+            TrainError::NoSpaceForCheckpoint { .. } => ErrorKind::Io,
             TrainError::MicroBatchTooLarge { .. } => ErrorKind::Environment,
         }
     }

@@ -16,7 +16,7 @@ pub use super::interrupt::StopRequest;
 use super::model::{ParamInit, RamPlus, RamPlusConfig};
 use super::weighting::LossWeighting;
 pub use super::run_files::{
-    newest_checkpoint_in, newest_whole_checkpoint, read_run_inputs, read_state, Resumable, CheckpointState, InputDifference, TrainInputs, RUN_FILE,
+    checkpoint_folders, newest_checkpoint_in, newest_whole_checkpoint, read_run_inputs, read_state, Resumable, CheckpointState, InputDifference, TrainInputs, RUN_FILE,
     STATE_SCHEMA,
 };
 use super::optim::AdamW;
@@ -635,9 +635,64 @@ pub struct DryRun {
     /// On a resume whose configuration changed the loss weighting, what the run would change.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weighting_change: Option<String>,
+    /// The run's checkpoints on the disk: their size, how many are kept, and the space free there.
+    pub checkpoints: CheckpointSpace,
     /// Newer checkpoints a resume passes over as damaged, each with why.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub passed_over: Vec<(PathBuf, String)>,
+}
+
+/// What a run's checkpoints take on the disk, for `--dry-run`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CheckpointSpace {
+    /// One checkpoint's files (model, both moments of every trained value, headers), about.
+    pub bytes: u64,
+    /// `keep_checkpoints`: a checkpoint is written before the oldest kept one is removed, so
+    /// `keep + 1` are on the disk at the peak.
+    pub keep: usize,
+    /// What the run's checkpoints folder holds already (its checkpoints to resume from).
+    pub existing: u64,
+    /// Free space on the file system of `--out` (`None`: the system cannot say; quotas not counted).
+    pub available: Option<u64>,
+}
+
+impl CheckpointSpace {
+    /// The space the run still needs at its peak beyond what its folder holds.
+    pub fn more_needed(&self) -> u64 {
+        (self.bytes * (self.keep as u64 + 1)).saturating_sub(self.existing)
+    }
+
+    /// Whether the free space is known to be less than [`Self::more_needed`].
+    pub fn short(&self) -> bool {
+        self.available.is_some_and(|free| free < self.more_needed())
+    }
+
+    /// For a run whose tensors are `vs`'s, its trained ones `trained`, writing into `out`.
+    pub(super) fn of_run<'a>(
+        vs: &VarStore,
+        trained: impl Iterator<Item = &'a Tensor> + Clone,
+        keep: usize,
+        out: &Path,
+    ) -> Self {
+        use super::saver::{checkpoint_bytes, tensor_bytes};
+        // The model's tensors, then both moments of each trained one.
+        let moments = trained.clone().chain(trained).map(tensor_bytes);
+        let bytes = checkpoint_bytes(vs.variables().values().map(tensor_bytes).chain(moments));
+        let folders = checkpoint_folders(&out.join(crate::monitor::run_dir::CHECKPOINTS_DIR), "state.json")
+            .unwrap_or_default();
+        let existing = folders.iter().map(|d| crate::fsutil::folder_bytes(d)).sum();
+        // The nearest folder that exists: a new run's --out may not yet.
+        let available = out
+            .ancestors()
+            .find(|p| p.is_dir())
+            .and_then(crate::fsutil::available_space);
+        CheckpointSpace {
+            bytes,
+            keep,
+            existing,
+            available,
+        }
+    }
 }
 
 /// Checks `out` as a run begun with `start` would use it, without writing: a new run refuses a
@@ -687,6 +742,12 @@ pub fn dry_run(prepared: &Prepared, out: &Path, start: RunStart, world: usize) -
     let shard_over = if config.shard_optimizer { world } else { 1 };
     let bf16 = config.precision == super::config::Precision::Bf16;
     let memory = super::memory::MemoryPlan::new(&prepared.vs, &trained, shard_over, bf16);
+    let checkpoints = CheckpointSpace::of_run(
+        &prepared.vs,
+        trained.iter().map(|(_, t)| t),
+        config.keep_checkpoints,
+        out,
+    );
     Ok(DryRun {
         out: out.to_path_buf(),
         resume_from,
@@ -709,6 +770,7 @@ pub fn dry_run(prepared: &Prepared, out: &Path, start: RunStart, world: usize) -
         trained: summary,
         memory,
         weighting_change,
+        checkpoints,
         passed_over,
     })
 }

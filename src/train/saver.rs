@@ -10,7 +10,7 @@ use super::run::{checkpoint_dir, tensors_error, CheckpointState};
 use crate::error::{Error, Result};
 use crate::fsutil::checksums;
 use crate::monitor::RunDir;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
@@ -56,6 +56,33 @@ impl Snapshot {
     pub fn step(&self) -> u64 {
         self.state.step
     }
+
+    /// The bytes its files take on the disk ([`checkpoint_bytes`]).
+    pub fn bytes(&self) -> u64 {
+        checkpoint_bytes(
+            self.model
+                .iter()
+                .chain(&self.optimizer)
+                .map(|(_, t)| tensor_bytes(t)),
+        )
+    }
+}
+
+/// The bytes a checkpoint of tensors with these values' sizes ([`tensor_bytes`]; the model's, then
+/// the optimizer's) takes on the disk, about: the values, a header line per tensor, and a megabyte
+/// for `state.json`, `SHA256SUMS` and the file system's blocks.
+pub fn checkpoint_bytes(tensors: impl Iterator<Item = u64>) -> u64 {
+    let (mut data, mut count) = (0u64, 0u64);
+    for bytes in tensors {
+        data += bytes;
+        count += 1;
+    }
+    data + 256 * count + (1 << 20)
+}
+
+/// The bytes of `t`'s values.
+pub fn tensor_bytes(t: &Tensor) -> u64 {
+    (t.numel() * t.kind().elt_size_in_bytes()) as u64
 }
 
 /// An owned host copy of `t`. From CUDA, `to(cpu, non_blocking=true)` allocates the destination
@@ -74,29 +101,25 @@ fn host_copy(t: &Tensor) -> Result<Tensor> {
 }
 
 /// Writes `snapshot` as `RUN_DIR/checkpoints/step-NNNNNNNN/` (model, optimizer state,
-/// `state.json`) through a hidden temporary folder renamed into place, then keeps the newest
-/// `keep` checkpoints. Returns the checkpoint's folder.
+/// `state.json`, `SHA256SUMS`) through a hidden temporary folder renamed into place, then keeps the
+/// newest `keep` checkpoints. Returns the checkpoint's folder. A checkpoint the file system has no
+/// room for is refused before anything is written; one whose write fails (a full disk or quota)
+/// leaves nothing behind, and the error names the newest checkpoint a resume continues from.
 pub fn write_checkpoint(run: &RunDir, snapshot: &Snapshot, keep: usize) -> Result<PathBuf> {
     let step = snapshot.state.step;
     let dir = checkpoint_dir(run, step);
-    let tmp = run.checkpoints_dir().join(format!(".step-{step:08}.tmp"));
+    let tmp = unfinished_dir(run, step);
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let model_path = tmp.join("model.safetensors");
-    Tensor::write_safetensors(&snapshot.model, &model_path)
-        .map_err(|e| tensors_error(&model_path, "write", e))?;
-    let opt_path = tmp.join("optimizer.safetensors");
-    Tensor::write_safetensors(&snapshot.optimizer, &opt_path)
-        .map_err(|e| tensors_error(&opt_path, "write", e))?;
-    super::run_files::write_state(&tmp, &snapshot.state)?;
-    // Read back from the page cache and hashed while the next steps run: a resume or an evaluation
-    // then finds bytes that changed on the disk later (`sha256sum -c` checks a copy too).
-    checksums::write_checksums(&tmp, &super::run_files::CHECKPOINT_FILES)?;
-    // On the disk before the folder appears, so a machine that dies after the rename leaves a whole
-    // checkpoint (or, where a disk loses it anyway, one a resume finds damaged and passes over).
-    let list = checksums::list_path(&tmp);
-    for path in [&model_path, &opt_path, &list, &tmp] {
-        crate::fsutil::sync_to_disk(path)?;
+    let written = ensure_space(&run.checkpoints_dir(), snapshot.bytes())
+        .and_then(|()| write_files(&tmp, snapshot));
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(TrainError::CheckpointNotWritten {
+            dir,
+            newest: super::run::latest_checkpoint(run).ok().flatten(),
+            source: Box::new(e),
+        }
+        .into());
     }
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -105,6 +128,71 @@ pub fn write_checkpoint(run: &RunDir, snapshot: &Snapshot, keep: usize) -> Resul
     crate::fsutil::sync_to_disk(&run.checkpoints_dir())?;
     prune(run, keep)?;
     Ok(dir)
+}
+
+/// The hidden folder a checkpoint of `step` is written into before its rename.
+fn unfinished_dir(run: &RunDir, step: u64) -> PathBuf {
+    run.checkpoints_dir().join(format!(".step-{step:08}.tmp"))
+}
+
+/// Refuses a checkpoint of `needed` bytes where the file system of `dir` reports less free space
+/// (where it reports none, the write itself finds out).
+fn ensure_space(dir: &Path, needed: u64) -> Result<()> {
+    match crate::fsutil::available_space(dir) {
+        Some(available) if available < needed => Err(TrainError::NoSpaceForCheckpoint {
+            dir: dir.to_path_buf(),
+            needed,
+            available,
+        }
+        .into()),
+        _ => Ok(()),
+    }
+}
+
+/// The checkpoint's files in `tmp`, hashed and flushed to the disk.
+fn write_files(tmp: &Path, snapshot: &Snapshot) -> Result<()> {
+    std::fs::create_dir_all(tmp).map_err(|e| Error::io(tmp, e))?;
+    let model_path = tmp.join("model.safetensors");
+    Tensor::write_safetensors(&snapshot.model, &model_path)
+        .map_err(|e| tensors_error(&model_path, "write", e))?;
+    let opt_path = tmp.join("optimizer.safetensors");
+    Tensor::write_safetensors(&snapshot.optimizer, &opt_path)
+        .map_err(|e| tensors_error(&opt_path, "write", e))?;
+    super::run_files::write_state(tmp, &snapshot.state)?;
+    // Read back from the page cache and hashed while the next steps run: a resume or an evaluation
+    // then finds bytes that changed on the disk later (`sha256sum -c` checks a copy too).
+    checksums::write_checksums(tmp, &super::run_files::CHECKPOINT_FILES)?;
+    // On the disk before the folder appears, so a machine that dies after the rename leaves a whole
+    // checkpoint (or, where a disk loses it anyway, one a resume finds damaged and passes over).
+    let list = checksums::list_path(tmp);
+    for path in [&model_path, &opt_path, &list, &tmp.to_path_buf()] {
+        crate::fsutil::sync_to_disk(path)?;
+    }
+    Ok(())
+}
+
+/// Removes the hidden folders of checkpoints whose write never finished (a process killed while
+/// writing; each can hold gigabytes) from a run's checkpoints folder; returns them with their sizes.
+/// Only the run's writer may call it, before its first write.
+pub fn remove_unfinished(run: &RunDir) -> Vec<(PathBuf, u64)> {
+    let Ok(entries) = std::fs::read_dir(run.checkpoints_dir()) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+        let unfinished = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(".step-") && n.ends_with(".tmp"));
+        if unfinished && path.is_dir() {
+            let bytes = crate::fsutil::folder_bytes(&path);
+            if std::fs::remove_dir_all(&path).is_ok() {
+                removed.push((path, bytes));
+            }
+        }
+    }
+    removed.sort();
+    removed
 }
 
 /// Removes all but the newest `keep` checkpoints.
@@ -249,6 +337,7 @@ mod tests {
                 let _ = t.fill_(9.0);
             }
         });
+        let expected_bytes = snapshot.bytes();
         let mut writer = CheckpointWriter::default();
         let dir = writer.start(&run, snapshot, 2).unwrap();
         assert!(writer.is_writing());
@@ -270,7 +359,41 @@ mod tests {
             .map(|(name, _)| name)
             .collect();
         assert_eq!(listed, files);
+        // The space the writer asks the file system for covers what it wrote.
+        let written: u64 = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        assert!(written <= expected_bytes, "{written} > {expected_bytes}");
         assert_eq!(writer.wait().unwrap(), None, "nothing in flight");
+    }
+
+    #[test]
+    fn a_checkpoint_larger_than_the_free_space_is_refused_before_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        ensure_space(dir.path(), 1).unwrap();
+        let e = ensure_space(dir.path(), u64::MAX).unwrap_err();
+        assert_eq!(e.kind(), crate::error::ErrorKind::Io);
+        assert!(
+            e.to_string().contains("is free on its file system: free space"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unfinished_writes_are_removed_and_checkpoints_kept() {
+        let (_tmp, run, _vs, _opt) = fresh_run();
+        let root = run.checkpoints_dir();
+        for name in [".step-00000003.tmp", "step-00000002"] {
+            std::fs::create_dir_all(root.join(name)).unwrap();
+            std::fs::write(root.join(name).join("model.safetensors"), [0u8; 10]).unwrap();
+        }
+        std::fs::write(root.join(".step-00000004.tmp"), b"a file, not ours").unwrap();
+        let removed = remove_unfinished(&run);
+        assert_eq!(removed, vec![(root.join(".step-00000003.tmp"), 10)]);
+        assert!(root.join("step-00000002/model.safetensors").is_file());
+        assert!(root.join(".step-00000004.tmp").is_file());
+        assert!(remove_unfinished(&run).is_empty());
     }
 
     #[test]
@@ -302,8 +425,13 @@ mod tests {
         let snapshot = Snapshot::take(&vs, opt.state_tensors(), &state(1)).unwrap();
         writer.start(&run, snapshot, 2).unwrap();
         let snapshot = Snapshot::take(&vs, opt.state_tensors(), &state(2)).unwrap();
-        let err = writer.start(&run, snapshot, 2).unwrap_err().to_string();
-        assert!(err.contains(".step-00000001.tmp"), "{err}");
+        let err = crate::error::report(&writer.start(&run, snapshot, 2).unwrap_err());
+        assert!(
+            err.contains("step-00000001: checkpoint not written")
+                && err.contains("no checkpoint of this run is written yet")
+                && err.contains(".step-00000001.tmp"),
+            "{err}"
+        );
         assert!(!writer.is_writing(), "the failed save started nothing");
     }
 }

@@ -13,12 +13,12 @@ use super::interrupt::{self, StopRequest};
 use super::model::{RamPlus, RamPlusConfig};
 use super::objective::{micro_losses, step_losses, AbsentSlots, LossWeighting, MicroInputs};
 use super::optim::{AdamW, LrSchedule, OptimizerImpl};
-use super::saver::{CheckpointWriter, Snapshot};
+use super::saver::{remove_unfinished, CheckpointWriter, Snapshot};
 use super::sync::{read_f64, read_f64s};
 use super::upload::{upload, PixelNormalizer};
 use super::run::{
     checkpoint_dir, checkpoint_to_resume, latest_checkpoint, load_checkpoint, slot_probabilities, Resumable,
-    validation_line, CheckpointState, Prepared, RunSummary, STATE_SCHEMA,
+    validation_line, CheckpointSpace, CheckpointState, Prepared, RunSummary, STATE_SCHEMA,
 };
 use super::validate::ValidationSet;
 use crate::error::Result;
@@ -288,6 +288,29 @@ impl Trainer {
             RunStart::New | RunStart::Again => None,
         };
         let start_step = resumed.as_ref().map_or(0, |s| s.step);
+        if main {
+            for (dir, bytes) in remove_unfinished(&run) {
+                tracing::warn!(
+                    "removed {} ({}): a checkpoint whose write never finished (the process was \
+                     stopped while writing it)",
+                    dir.display(),
+                    indicatif::HumanBytes(bytes)
+                );
+            }
+            let trained = opt.trained_vars();
+            let space =
+                CheckpointSpace::of_run(&vs, trained.iter(), config.keep_checkpoints, out);
+            if let (true, Some(free)) = (space.short(), space.available) {
+                tracing::warn!(
+                    "{} free where the checkpoints go, and the run needs {} more for them ({} each, \
+                     up to {} while one is written): it will stop at a checkpoint it cannot write",
+                    indicatif::HumanBytes(free),
+                    indicatif::HumanBytes(space.more_needed()),
+                    indicatif::HumanBytes(space.bytes),
+                    config.keep_checkpoints + 1
+                );
+            }
+        }
         if let Some(g) = group.as_mut() {
             agree_and_share(g, &config, &inputs, start_step, &vs)?;
             if config.grad_sync == GradSync::Overlap && g.world_size() > 1 {
