@@ -312,3 +312,96 @@ fn cli_teacher_flags_are_checked() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// `--resume` with `--teacher online` continues a run begun with a teacher file on the towers, and
+/// `--teacher FILE` switches it back: each replaces the other (with a warning) and is recorded for the
+/// next resume; `--auto-resume` still refuses another teacher.
+#[test]
+fn a_resume_switches_between_the_teacher_file_and_the_online_teacher() {
+    let Some((vision, text)) =
+        towers("a_resume_switches_between_the_teacher_file_and_the_online_teacher")
+    else {
+        return;
+    };
+    let _guard = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(&tmp.path().join("ds"), 8, 5);
+    let run = tmp.path().join("run");
+    let common = [
+        "--batch-size",
+        "4",
+        "--checkpoint-every",
+        "1",
+        "--threads",
+        "1",
+    ];
+    let o = train_command(&ds)
+        .args(common)
+        .args(["--max-steps", "1", "--teacher"])
+        .arg(&ds.teacher)
+        .arg("--out")
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let resume = |steps: &str, teacher: &[&std::ffi::OsStr]| {
+        let o = assert_cmd::Command::cargo_bin("tagfix")
+            .unwrap()
+            .args(["train", "--resume"])
+            .arg(&run)
+            .args(["--max-steps", steps])
+            .args(teacher)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let recorded = || {
+        let inputs = tagfix::train::run_files::read_run_inputs(&run).unwrap();
+        let cfg = TrainConfig::load(&run.join("config.toml")).unwrap().config;
+        (inputs.teacher.is_some(), cfg.online_teacher.is_some())
+    };
+    let (image_model, text_model) = (vision.as_os_str(), text.as_os_str());
+    let online = [
+        "--teacher".as_ref(),
+        "online".as_ref(),
+        "--teacher-image-model".as_ref(),
+        image_model,
+        "--teacher-text-model".as_ref(),
+        text_model,
+    ];
+    let (code, err) = resume("2", &online);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("--teacher online replaces the teacher file"),
+        "{err}"
+    );
+    assert_eq!(recorded(), (false, true), "the online teacher recorded");
+    let (code, err) = resume("3", &["--teacher".as_ref(), ds.teacher.as_os_str()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("--teacher FILE replaces the online teacher"),
+        "{err}"
+    );
+    assert_eq!(recorded(), (true, false), "the teacher file recorded");
+    let o = train_command(&ds)
+        .args(common)
+        .args(["--max-steps", "4", "--auto-resume", "--out"])
+        .arg(&run)
+        .args(online)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--auto-resume") && err.contains("--teacher"),
+        "{err}"
+    );
+}

@@ -848,7 +848,8 @@ pub struct TrainArgs {
     pub set: Vec<String>,
     /// Continue the run in RUN_DIR from its newest checkpoint (inputs and config come from the run;
     /// flags still override: settings such as --max-steps, and input paths such as --images or --data
-    /// where the run's files are now, each checked again; the batch size and seed stay the run's).
+    /// where the run's files are now, each checked again; --teacher online or FILE switches the
+    /// teacher; the batch size and seed stay the run's).
     #[arg(long, value_name = "RUN_DIR")]
     pub resume: Option<std::path::PathBuf>,
     /// With --out: continue the run there from its newest checkpoint when it has one, else start it

@@ -47,7 +47,8 @@ pub fn resolve_config(args: &TrainArgs, resume: bool) -> anyhow::Result<TrainCon
     };
     cfg.apply_overrides(&args.set)?;
     args.settings.clone().apply(&mut cfg);
-    apply_teacher_flags(&mut cfg, args)?;
+    let run_config = resumed.is_some() && args.config.is_none();
+    apply_teacher_flags(&mut cfg, args, run_config && !args.auto_resume)?;
     cfg.validate()?;
     Ok(cfg)
 }
@@ -58,7 +59,14 @@ fn teacher_is_online(args: &TrainArgs) -> bool {
 }
 
 /// `--teacher online` and `--teacher-image-model` / `--teacher-text-model` into `[online_teacher]`.
-fn apply_teacher_flags(cfg: &mut TrainConfig, args: &TrainArgs) -> anyhow::Result<()> {
+/// `replaces_online`: the configuration is a run's own, which `--resume` continues, so a teacher
+/// file replaces its online teacher (as `--teacher online` replaces a recorded teacher file,
+/// [`resolve_inputs`]) rather than conflicting with it.
+fn apply_teacher_flags(
+    cfg: &mut TrainConfig,
+    args: &TrainArgs,
+    replaces_online: bool,
+) -> anyhow::Result<()> {
     let models = (&args.teacher_image_model, &args.teacher_text_model);
     if !teacher_is_online(args) {
         anyhow::ensure!(
@@ -66,6 +74,14 @@ fn apply_teacher_flags(cfg: &mut TrainConfig, args: &TrainArgs) -> anyhow::Resul
             "--teacher-image-model / --teacher-text-model are for --teacher online"
         );
         if args.teacher.is_some() && cfg.online_teacher.is_some() {
+            if replaces_online {
+                tracing::warn!(
+                    "--resume: --teacher FILE replaces the online teacher of the run's configuration: \
+                     the distillation targets are the file's rows from the checkpoint's step on"
+                );
+                cfg.online_teacher = None;
+                return Ok(());
+            }
             anyhow::bail!(
                 "--teacher FILE, but the configuration has [online_teacher]: remove one (or pass --teacher online)"
             );
@@ -413,6 +429,16 @@ fn resolve_inputs(
                 refuse_other_inputs(&inputs_from_flags(args, cfg)?, &inputs, &run_dir)?;
             } else {
                 log_moved_inputs(&inputs.moved_to(moved_inputs(args)));
+                if teacher_is_online(args) {
+                    if let Some(file) = inputs.teacher.take() {
+                        tracing::warn!(
+                            "--resume: --teacher online replaces the teacher file {} the run recorded: \
+                             the distillation targets come from the towers, on each sample's augmented \
+                             view, from the checkpoint's step on",
+                            file.display()
+                        );
+                    }
+                }
             }
             inputs.allow_random_encoder |= args.allow_random_encoder;
             (inputs, run_dir)
