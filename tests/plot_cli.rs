@@ -174,6 +174,7 @@ fn plot_draws_validation_when_the_run_validated() {
             step,
             benchmark: "bench".into(),
             images: 10,
+            left_out: 0,
             main: Summary::of([(ap, counts)]),
             absent: Summary::of([(ap / 2.0, counts)]),
         })

@@ -11,7 +11,7 @@ use common::train::{
 use std::path::{Path, PathBuf};
 use tagfix::monitor::read_all_records;
 use tagfix::train::config::{
-    AbsentPolicy, CheckpointEvery, LossBalance, MicroBatchSize, TrainConfig,
+    AbsentPolicy, CheckpointEvery, LossBalance, MicroBatchSize, TrainConfig, UnreadableImages,
 };
 use tagfix::train::data::synth::SynthDataset;
 use tagfix::train::run::{prepare, train, RunSummary, TrainInputs, Trainer};
@@ -933,12 +933,28 @@ fn validation_in_the_loop_rises_and_is_plotted() {
         val_max_images: Some(20),
         ..small_config(2)
     };
-    let p = prepare(&cfg, &inp).unwrap();
-    let set = p.validation.as_ref().unwrap();
+    let mut p = prepare(&cfg, &inp).unwrap();
+    let set = p.validation.as_mut().unwrap();
     assert_eq!((set.image_paths.len(), set.mapping.mapped().len()), (20, 6));
-    let report = set.run(&p.model, p.device, 7).unwrap();
-    assert_eq!(report.images, 20);
+    let validated = set.run(&p.model, p.device, 7).unwrap();
+    let report = &validated.report;
+    assert_eq!((report.images, validated.left_out), (20, 0));
     assert!(report.main.is_some() && report.unmapped.is_empty());
+    // An image that cannot be read any more (damaged after the start): it fails the validation, or
+    // under unreadable_images = "skip" each validation leaves it out and counts it.
+    std::fs::write(&set.image_paths[3], b"not an image").unwrap();
+    let e = set.run(&p.model, p.device, 7).unwrap_err().to_string();
+    assert!(e.contains("image"), "{e}");
+    set.unreadable = UnreadableImages::Skip;
+    let validated = set.run(&p.model, p.device, 7).unwrap();
+    assert_eq!((validated.report.images, validated.left_out), (19, 1));
+    assert!(validated.report.main.is_some());
+    // Found at the start, it is refused under "skip" too: the set is mended or cut on purpose.
+    let skip = TrainConfig {
+        unreadable_images: UnreadableImages::Skip,
+        ..cfg.clone()
+    };
+    assert!(prepare_err(&skip, &inp).contains("1 of 20 validation images"));
     // val_every without validation data is refused before the first step.
     let e = prepare_err(&cfg, &inputs(&ds));
     assert!(e.contains("--val-data"), "{e}");

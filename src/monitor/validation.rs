@@ -13,7 +13,12 @@ use std::path::Path;
 pub struct ValidationRecord {
     pub step: u64,
     pub benchmark: String,
+    /// The images evaluated.
     pub images: usize,
+    /// Images of the set left out because they could not be read (`unreadable_images = "skip"`);
+    /// absent when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub left_out: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub main: Option<Summary>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -21,15 +26,21 @@ pub struct ValidationRecord {
 }
 
 impl ValidationRecord {
-    pub fn from_report(step: u64, report: &EvalReport) -> Self {
+    /// The record of an evaluation at `step` that left `left_out` unreadable images out.
+    pub fn from_report(step: u64, report: &EvalReport, left_out: usize) -> Self {
         ValidationRecord {
             step,
             benchmark: report.benchmark.clone(),
             images: report.images,
+            left_out,
             main: report.main,
             absent: report.absent,
         }
     }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl AtStep for ValidationRecord {
@@ -58,6 +69,7 @@ mod tests {
             step: 500,
             benchmark: "openimages_common_214".into(),
             images: 10,
+            left_out: 0,
             main: Summary::of([(
                 0.5,
                 crate::eval::Counts {
@@ -76,6 +88,14 @@ mod tests {
             "{text}"
         );
         assert_eq!(read_validation(&path).unwrap(), vec![rec.clone()]);
+        // Images left out are written when there are some.
+        let left_out = ValidationRecord {
+            left_out: 2,
+            ..rec.clone()
+        };
+        let line = serde_json::to_string(&left_out).unwrap();
+        assert!(line.contains("\"left_out\":2"), "{line}");
+        assert!(!text.contains("left_out"), "{text}");
         // Resuming from step 400 drops the later line.
         drop(w);
         let w = ValidationWriter::resume(&path, 400).unwrap();

@@ -275,6 +275,10 @@ pub enum TrainError {
         examples: Vec<String>,
     },
 
+    /// A validation under `unreadable_images = "skip"` that could read none of its images.
+    #[error("{}: none of the {images} validation images could be read", .benchmark.display())]
+    NoReadableValidationImage { images: usize, benchmark: PathBuf },
+
     /// Validation images found unreadable before the first step; `first` is the first failure.
     #[error("{failed} of {total} validation images{} cannot be read (image root {})",
             .part.as_ref().map(|p| format!(" ({p} of the set, this rank's share of the check)")).unwrap_or_default(),
@@ -519,6 +523,7 @@ impl TrainError {
             | TrainError::UnreadableImages { .. }
             | TrainError::NoReadableImage { .. }
             | TrainError::UnreadableValidationImages { .. }
+            | TrainError::NoReadableValidationImage { .. }
             | TrainError::AbsentSlotCarried { .. }
             | TrainError::SynthVocabulary { .. }
             | TrainError::StrictLoad { .. }

@@ -392,6 +392,7 @@ fn open_validation(
         labels.manifest.clone(),
         config.val_max_images,
         share,
+        config.unreadable_images,
     )?;
     notes.push(format!(
         "{}; every {} steps",

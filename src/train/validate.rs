@@ -11,6 +11,7 @@ use super::data::augment;
 use super::model::RamPlus;
 pub use super::run_files::ValidationInputs;
 use crate::error::{Error, Result};
+use crate::train::config::UnreadableImages;
 use crate::train::error::TrainError;
 use crate::eval::{
     evaluate, gather_columns, Benchmark, EvalReport, LabelForm, MappedTag, MatchKind, TagMapping,
@@ -34,12 +35,24 @@ pub struct ValidationSet {
     pub manifest: SlotManifest,
     /// Image file of each benchmark image.
     pub image_paths: Vec<PathBuf>,
+    /// What an image that cannot be read at a validation (its header read at the start) does: stops
+    /// the run, or (`skip`) is left out of that validation, counted in its record.
+    pub unreadable: UnreadableImages,
+}
+
+/// A validation's evaluation and the images left out of it (`unreadable_images = "skip"`).
+#[derive(Debug)]
+pub struct Validated {
+    pub report: EvalReport,
+    pub left_out: usize,
 }
 
 impl ValidationSet {
     /// Loads the set, keeps its first `max_images` images when given, and opens the header of each
     /// of `share`'s images (so a missing image fails before the first step; a distributed run's ranks
-    /// split that check, as they split the training images').
+    /// split that check, as they split the training images'), even under `unreadable` = `skip`: a
+    /// held-out set that lost images no longer measures what earlier runs measured, so it is mended
+    /// or cut on purpose before a run. `skip` applies to an image that fails later, at a validation.
     pub fn open(
         inputs: &ValidationInputs,
         train_images: &Path,
@@ -47,6 +60,7 @@ impl ValidationSet {
         manifest: SlotManifest,
         max_images: Option<usize>,
         share: WorkShare,
+        unreadable: UnreadableImages,
     ) -> Result<Self> {
         let root = inputs.images.as_deref().unwrap_or(train_images);
         if !root.is_dir() {
@@ -113,6 +127,7 @@ impl ValidationSet {
             thresholds,
             manifest,
             image_paths,
+            unreadable,
         })
     }
 
@@ -135,12 +150,13 @@ impl ValidationSet {
     }
 
     /// Scores every image with the model in eval mode and evaluates.
-    pub fn run(&self, model: &RamPlus, device: Device, batch: usize) -> Result<EvalReport> {
+    pub fn run(&self, model: &RamPlus, device: Device, batch: usize) -> Result<Validated> {
         let scores = self.score(model, device, batch, &self.image_paths)?;
         self.report(&scores, model.config.num_class)
     }
 
-    /// Sigmoid probabilities `[paths, num_class]` of some of the set's images (a rank's share).
+    /// Sigmoid probabilities `[paths, num_class]` of some of the set's images (a rank's share); under
+    /// `skip` an image that cannot be read has a row of [`UNREADABLE_ROW`].
     pub fn score(
         &self,
         model: &RamPlus,
@@ -148,14 +164,71 @@ impl ValidationSet {
         batch: usize,
         paths: &[PathBuf],
     ) -> Result<Vec<f32>> {
-        score_images(model, paths, device, batch.max(1), PilFilter::Bilinear)
+        let on_unreadable = match self.unreadable {
+            UnreadableImages::Stop => OnUnreadable::Fail,
+            UnreadableImages::Skip => OnUnreadable::Mark,
+        };
+        let (scores, _) = score_batches(
+            model,
+            paths,
+            device,
+            batch.max(1),
+            PilFilter::Bilinear,
+            on_unreadable,
+        )?;
+        Ok(scores)
     }
 
-    /// Evaluates the scores of every image of the set, in order.
-    pub fn report(&self, scores: &[f32], num_class: usize) -> Result<EvalReport> {
+    /// Evaluates the scores of every image of the set, in order, leaving out the images whose row
+    /// is [`UNREADABLE_ROW`].
+    pub fn report(&self, scores: &[f32], num_class: usize) -> Result<Validated> {
+        let unread: Vec<bool> = scores
+            .chunks(num_class.max(1))
+            .map(|row| row.first() == Some(&UNREADABLE_ROW))
+            .collect();
+        let left_out = unread.iter().filter(|&&u| u).count();
+        if left_out == 0 {
+            let report = self.evaluate(&self.bench, scores, num_class)?;
+            return Ok(Validated { report, left_out });
+        }
+        if left_out == unread.len() {
+            return Err(TrainError::NoReadableValidationImage {
+                images: left_out,
+                benchmark: self.bench.annots_path.clone(),
+            }
+            .into());
+        }
+        let kept = |i: &usize| !unread.get(*i).copied().unwrap_or(false);
+        let bench = Benchmark {
+            images: (0..self.bench.images.len())
+                .filter(kept)
+                .map(|i| self.bench.images[i].clone())
+                .collect(),
+            labels: (0..self.bench.labels.len())
+                .filter(kept)
+                .map(|i| self.bench.labels[i].clone())
+                .collect(),
+            name: self.bench.name.clone(),
+            taglist_path: self.bench.taglist_path.clone(),
+            annots_path: self.bench.annots_path.clone(),
+            tags: self.bench.tags.clone(),
+            form: self.bench.form,
+        };
+        let scores: Vec<f32> = scores
+            .chunks(num_class.max(1))
+            .zip(&unread)
+            .filter(|(_, &u)| !u)
+            .flat_map(|(row, _)| row.iter().copied())
+            .collect();
+        let report = self.evaluate(&bench, &scores, num_class)?;
+        Ok(Validated { report, left_out })
+    }
+
+    /// The evaluation of `bench` (the set, or the images of it that were read) from its scores.
+    fn evaluate(&self, bench: &Benchmark, scores: &[f32], num_class: usize) -> Result<EvalReport> {
         let columns = gather_columns(scores, num_class, &self.mapping)?;
         evaluate(
-            &self.bench,
+            bench,
             &self.vocab,
             &self.mapping,
             &columns,
@@ -216,7 +289,7 @@ pub fn score_images(
     batch: usize,
     filter: PilFilter,
 ) -> Result<Vec<f32>> {
-    let (scores, _) = score_batches(model, paths, device, batch, filter, false)?;
+    let (scores, _) = score_batches(model, paths, device, batch, filter, OnUnreadable::Fail)?;
     Ok(scores)
 }
 
@@ -229,18 +302,33 @@ pub fn score_readable_images(
     batch: usize,
     filter: PilFilter,
 ) -> Result<(Vec<f32>, usize)> {
-    score_batches(model, paths, device, batch, filter, true)
+    score_batches(model, paths, device, batch, filter, OnUnreadable::LeaveOut)
 }
 
-/// Scores `paths` `batch` at a time; `leave_out_unreadable` drops an image that cannot be read
-/// (counted) instead of failing with its error.
+/// The value of every column of an image's row that could not be read ([`OnUnreadable::Mark`]): no
+/// probability is negative, so it cannot be taken for a score (a diverged model's NaN still is one).
+pub const UNREADABLE_ROW: f32 = -1.0;
+
+/// What scoring does with an image that cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnUnreadable {
+    /// Fails with its error.
+    Fail,
+    /// Leaves its row out (counted).
+    LeaveOut,
+    /// Keeps its row, every value [`UNREADABLE_ROW`] (counted), so rows stay in the paths' order.
+    Mark,
+}
+
+/// Scores `paths` `batch` at a time, doing `on_unreadable` with an image that cannot be read;
+/// returns the rows and how many images could not be read.
 fn score_batches(
     model: &RamPlus,
     paths: &[PathBuf],
     device: Device,
     batch: usize,
     filter: PilFilter,
-    leave_out_unreadable: bool,
+    on_unreadable: OnUnreadable,
 ) -> Result<(Vec<f32>, usize)> {
     let side = model.config.swin.img_size as u32;
     let per = 3 * (side * side) as usize;
@@ -262,31 +350,55 @@ fn score_batches(
         for outcome in read {
             match outcome {
                 Ok(()) => readable.push(true),
-                Err(_) if leave_out_unreadable => readable.push(false),
-                Err(e) => return Err(e),
+                Err(e) if on_unreadable == OnUnreadable::Fail => return Err(e),
+                Err(_) => readable.push(false),
             }
         }
         left_out += readable.iter().filter(|&&ok| !ok).count();
         let images = keep_images(&mut buf, per, &readable);
-        if images == 0 {
+        let rows = if images == 0 {
+            Vec::new()
+        } else {
+            score_pixels(model, &buf[..images * per], images, side, device)?
+        };
+        if on_unreadable != OnUnreadable::Mark {
+            out.extend(rows);
             continue;
         }
-        let x = Tensor::from_slice(&buf[..images * per])
-            .view([images as i64, 3, side as i64, side as i64])
-            .to_device(device);
-        let probs = model.tag_probabilities(&x)?;
-        let flat = probs
-            .to_kind(Kind::Float)
-            .to_device(Device::Cpu)
-            .reshape([-1]);
-        let v: Vec<f32> =
-            Vec::try_from(&flat).map_err(|e: tch::TchError| TrainError::ReadBack {
-                what: "tag probabilities",
-                source: Box::new(e),
-            })?;
-        out.extend(v);
+        let nc = model.config.num_class;
+        let mut scored = rows.chunks(nc);
+        for ok in readable {
+            match ok {
+                true => out.extend_from_slice(scored.next().unwrap_or_default()),
+                false => out.extend(std::iter::repeat_n(UNREADABLE_ROW, nc)),
+            }
+        }
     }
     Ok((out, left_out))
+}
+
+/// Tag probabilities of `images` normalised images (CHW, `side` × `side`) in `pixels`, row-major.
+fn score_pixels(
+    model: &RamPlus,
+    pixels: &[f32],
+    images: usize,
+    side: u32,
+    device: Device,
+) -> Result<Vec<f32>> {
+    let x = Tensor::from_slice(pixels)
+        .view([images as i64, 3, side as i64, side as i64])
+        .to_device(device);
+    let probs = model.tag_probabilities(&x)?;
+    let flat = probs
+        .to_kind(Kind::Float)
+        .to_device(Device::Cpu)
+        .reshape([-1]);
+    Ok(
+        Vec::try_from(&flat).map_err(|e: tch::TchError| TrainError::ReadBack {
+            what: "tag probabilities",
+            source: Box::new(e),
+        })?,
+    )
 }
 
 #[cfg(test)]
@@ -327,5 +439,16 @@ mod tests {
         let (none, left_out) =
             score_readable_images(&model, &paths[1..2], Device::Cpu, 2, PilFilter::Bicubic).unwrap();
         assert_eq!((none.len(), left_out), (0, 1));
+        // Marked, every image keeps its row in order; an unreadable one's is UNREADABLE_ROW.
+        let (marked, left_out) =
+            score_batches(&model, &paths, Device::Cpu, 2, PilFilter::Bicubic, OnUnreadable::Mark)
+                .unwrap();
+        assert_eq!((marked.len(), left_out), (5 * 6, 2));
+        let rows: Vec<&[f32]> = marked.chunks(6).collect();
+        for (row, want) in [rows[0], rows[2], rows[4]].into_iter().zip(want.chunks(6)) {
+            let diff = row.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(diff < 1e-6, "{diff}");
+        }
+        assert!([rows[1], rows[3]].iter().all(|r| r.iter().all(|&v| v == UNREADABLE_ROW)));
     }
 }

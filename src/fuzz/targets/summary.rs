@@ -48,6 +48,7 @@ fn summary_seeds() -> Vec<(String, Vec<u8>)> {
             step: 30,
             benchmark: "synth".into(),
             images: 8,
+            left_out: 0,
             main: None,
             absent: None,
         }],

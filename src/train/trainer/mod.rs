@@ -870,7 +870,14 @@ impl Trainer {
                 v.set.report(&scores, nc)?
             }
         };
-        let rec = ValidationRecord::from_report(self.step, &report);
+        let rec = ValidationRecord::from_report(self.step, &report.report, report.left_out);
+        if report.left_out > 0 {
+            let line = format!(
+                "validation at step {}: {} image(s) that cannot be read left out (unreadable_images = \"skip\")",
+                self.step, report.left_out
+            );
+            self.bar.suspend(|| tracing::warn!("{line}"));
+        }
         if let Some(w) = v.writer.as_mut() {
             w.write(&rec)?;
         }
