@@ -449,11 +449,13 @@ fn a_checkpoint_written_in_the_background_reports_its_failure() {
     t.step().unwrap();
     t.checkpoint()
         .expect("the copy is taken; the write fails later, on its thread");
-    let err = t
-        .finish()
-        .expect_err("finish reports the failed write")
-        .to_string();
-    assert!(err.contains(".step-00000002.tmp"), "{err}");
+    let err = t.finish().expect_err("finish reports the failed write");
+    let err = tagfix::error::report(&err);
+    assert!(
+        err.contains("step-00000002: checkpoint not written (its partial files removed)")
+            && err.contains(".step-00000002.tmp"),
+        "{err}"
+    );
 }
 
 fn prepare_err(cfg: &TrainConfig, inp: &TrainInputs) -> String {
