@@ -16,6 +16,18 @@ pub enum CheckpointError {
         source: std::io::Error,
     },
 
+    /// A folder given as a checkpoint that is neither a tagfix checkpoint nor a training run.
+    #[error(
+        "{}: a folder, but neither a tagfix checkpoint (step-N/ with state.json) nor a training run \
+         (with checkpoints/): give a checkpoint file or one of those",
+        .path.display()
+    )]
+    NotACheckpointFolder { path: PathBuf },
+
+    /// A training run's folder without any checkpoint yet.
+    #[error("{}: the run has no checkpoint yet", .path.display())]
+    NoTrainingCheckpoint { path: PathBuf },
+
     /// The zip container of a `torch.save` file is unreadable.
     #[error(
         "{path}: damaged torch.save archive; the file may be truncated — re-download or re-save it"

@@ -5,11 +5,14 @@
 use super::keymap::{self, CheckpointKey, LoadReport, ModelKey};
 use super::model_config::{module_group, EntryKind, RamPlusConfig, RAM_NUM_CLASS};
 use super::pth;
+use super::CheckpointError;
 use crate::error::Result;
+use crate::fsutil::checksums::Verified;
 use crate::tensors::{self, FileFormat, TensorSet};
+use crate::train::run_files::{newest_whole_checkpoint, read_whole_checkpoint, CHECKPOINT_TENSORS};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// One tensor of the checkpoint.
 #[derive(Debug, Clone, Serialize)]
@@ -85,6 +88,66 @@ pub struct CheckpointInfo {
     pub fits: Vec<PresetFit>,
     /// Non-tensor entries of a PyTorch checkpoint (epoch, config, ...).
     pub extras: BTreeMap<String, serde_json::Value>,
+    /// The training checkpoint a folder named (its `model.safetensors` is what the rest describes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub training: Option<TrainingCheckpoint>,
+}
+
+/// A tagfix training checkpoint (`RUN_DIR/checkpoints/step-NNNNNNNN/`): what its `state.json` says
+/// and whether its files are whole.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainingCheckpoint {
+    pub dir: PathBuf,
+    pub step: u64,
+    pub epoch: u64,
+    pub samples_seen: u64,
+    pub seed: u64,
+    pub records: usize,
+    pub model: String,
+    pub wall_s: f64,
+    /// The loss weights in use at the step (`tag=…,align=…,dis=…`).
+    pub loss_weights: String,
+    /// Whether its files were checked against its `SHA256SUMS` (`false`: it has none).
+    pub verified: bool,
+    /// Of a run folder: newer checkpoints passed over as damaged, each with why.
+    pub passed_over: Vec<(PathBuf, String)>,
+}
+
+/// The training checkpoint a folder names: a checkpoint folder (`state.json` beside its tensors)
+/// once it is whole ([`read_whole_checkpoint`]), or a run folder's newest whole one; `None` for a
+/// file. Another folder is an error.
+pub fn training_checkpoint(path: &Path) -> Result<Option<TrainingCheckpoint>> {
+    if !path.is_dir() {
+        return Ok(None);
+    }
+    let (dir, state, verified, passed_over) = if path.join("state.json").is_file() {
+        let (state, verified) = read_whole_checkpoint(path)?;
+        (path.to_path_buf(), state, verified, Vec::new())
+    } else if path.join(crate::monitor::run_dir::CHECKPOINTS_DIR).is_dir() {
+        let found = newest_whole_checkpoint(&path.join(crate::monitor::run_dir::CHECKPOINTS_DIR))?
+            .ok_or_else(|| CheckpointError::NoTrainingCheckpoint {
+                path: path.to_path_buf(),
+            })?;
+        (found.dir, found.state, found.verified, found.skipped)
+    } else {
+        return Err(CheckpointError::NotACheckpointFolder {
+            path: path.to_path_buf(),
+        }
+        .into());
+    };
+    Ok(Some(TrainingCheckpoint {
+        dir,
+        step: state.step,
+        epoch: state.epoch,
+        samples_seen: state.samples_seen,
+        seed: state.seed,
+        records: state.records,
+        model: state.model,
+        wall_s: state.wall_s,
+        loss_weights: state.weighting.weights.to_string(),
+        verified: verified == Verified::Matched,
+        passed_over,
+    }))
 }
 
 /// A checkpoint as read, with what `inspect` and `convert` report about its file.
@@ -235,8 +298,13 @@ pub fn swin_geometry(keys: &[CheckpointKey]) -> Option<SwinGeometry> {
     })
 }
 
-/// Inspects a checkpoint file; `extra_configs` are fitted besides the official presets.
+/// Inspects a checkpoint file, or the model of a tagfix checkpoint folder or of a run folder's
+/// newest whole checkpoint ([`training_checkpoint`]); `extra_configs` are fitted besides the
+/// official presets.
 pub fn inspect(path: &Path, extra_configs: &[RamPlusConfig]) -> Result<CheckpointInfo> {
+    let training = training_checkpoint(path)?;
+    let model_file = training.as_ref().map(|t| t.dir.join(CHECKPOINT_TENSORS[0]));
+    let path = model_file.as_deref().unwrap_or(path);
     let ReadCheckpoint {
         set,
         format,
@@ -300,6 +368,7 @@ pub fn inspect(path: &Path, extra_configs: &[RamPlusConfig]) -> Result<Checkpoin
         label_embed,
         fits: fit_presets(&source, &keys, &configs),
         extras,
+        training,
     })
 }
 
@@ -315,6 +384,50 @@ mod tests {
                 shape: e.shape,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_checkpoint_folder_or_run_folder_is_inspected_through_its_whole_checkpoint() {
+        use crate::train::run_files::tests::write_checkpoint;
+        let run = tempfile::tempdir().unwrap();
+        let step = |n: u64| run.path().join(format!("checkpoints/step-{n:08}"));
+        for n in [2, 4] {
+            write_checkpoint(&step(n), n);
+        }
+        let info = inspect(run.path(), &[]).unwrap();
+        let t = info.training.as_ref().unwrap();
+        assert_eq!((t.dir.clone(), t.step, t.verified), (step(4), 4, true));
+        assert_eq!(t.loss_weights, "tag=1,align=10,dis=100");
+        assert!(info.path.ends_with("step-00000004/model.safetensors"));
+        assert_eq!(info.keys.len(), 1);
+        // One changed byte of step 4's model: the run shows step 2 and why, the folder is refused.
+        let model = step(4).join("model.safetensors");
+        let mut bytes = std::fs::read(&model).unwrap();
+        *bytes.last_mut().unwrap() ^= 1;
+        std::fs::write(&model, bytes).unwrap();
+        let t = inspect(run.path(), &[]).unwrap().training.unwrap();
+        assert_eq!(t.step, 2);
+        assert!(
+            t.passed_over[0].1.contains("its bytes changed"),
+            "{:?}",
+            t.passed_over
+        );
+        let e = inspect(&step(4), &[]).unwrap_err();
+        assert_eq!(e.kind(), crate::error::ErrorKind::Input);
+        // A folder that is neither, and a run without a checkpoint.
+        let e = inspect(&run.path().join("checkpoints"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("neither a tagfix checkpoint"), "{e}");
+        let empty = tempfile::tempdir().unwrap();
+        std::fs::create_dir(empty.path().join("checkpoints")).unwrap();
+        let e = inspect(empty.path(), &[]).unwrap_err().to_string();
+        assert!(e.contains("has no checkpoint yet"), "{e}");
+        // A file is inspected as it is.
+        assert!(inspect(&step(2).join("model.safetensors"), &[])
+            .unwrap()
+            .training
+            .is_none());
     }
 
     #[test]

@@ -79,7 +79,7 @@ pub enum Command {
     Tag(TagArgs),
     /// Show a checkpoint's keys, shapes and dtypes, and which RAM++ model preset and layout it fits.
     #[command(
-        after_help = "Examples:\n  tagfix inspect ram_plus_swin_large_14m.pth\n  tagfix inspect swin_large_patch4_window7_224_22k.pth --json\n  tagfix inspect model.safetensors --expect swin_l_384"
+        after_help = "Examples:\n  tagfix inspect ram_plus_swin_large_14m.pth\n  tagfix inspect swin_large_patch4_window7_224_22k.pth --json\n  tagfix inspect model.safetensors --expect swin_l_384\n  tagfix inspect runs/a            # the run's newest whole checkpoint: step, checksums, model"
     )]
     Inspect(InspectArgs),
     /// Audit training annotations against a vocabulary, slot by slot; write the slot manifest.
@@ -548,7 +548,9 @@ pub struct TagArgs {
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// Checkpoint: .safetensors, or .pth / .pt / .bin (torch.save).
+    /// Checkpoint: .safetensors, or .pth / .pt / .bin (torch.save); or a `tagfix train` checkpoint
+    /// folder (RUN_DIR/checkpoints/step-N: its model, step and whether its files are whole) or run
+    /// folder (its newest whole checkpoint).
     pub checkpoint: std::path::PathBuf,
     /// Print everything as JSON (keys, groups, fits with their load reports).
     #[arg(long)]

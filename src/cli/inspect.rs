@@ -1,10 +1,11 @@
-//! `tagfix inspect`: keys, shapes, dtypes of a checkpoint and the RAM++ presets it fits.
+//! `tagfix inspect`: keys, shapes, dtypes of a checkpoint and the RAM++ presets it fits; of a
+//! training checkpoint folder or run folder, also its step and whether its files are whole.
 
 use super::args::InspectArgs;
 use super::ExitStatus;
 use anyhow::Context;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
-use tagfix::checkpoint::inspect::{inspect, CheckpointInfo, Fit};
+use tagfix::checkpoint::inspect::{inspect, CheckpointInfo, Fit, TrainingCheckpoint};
 use tagfix::checkpoint::RamPlusConfig;
 
 pub fn run(args: InspectArgs) -> anyhow::Result<ExitStatus> {
@@ -49,6 +50,36 @@ fn fit_words(f: Fit) -> &'static str {
     }
 }
 
+/// The training checkpoint's lines: where it is, its step and run, whether its files were verified,
+/// and the newer ones passed over.
+fn training_text(t: &TrainingCheckpoint) -> String {
+    let mut out = format!(
+        "training:   {} — step {} (epoch {}, {} samples seen; {} records, seed {}), model {}, {:.1} s \
+         trained; loss weights {}\n",
+        t.dir.display(),
+        t.step,
+        t.epoch,
+        t.samples_seen,
+        t.records,
+        t.seed,
+        t.model,
+        t.wall_s,
+        t.loss_weights
+    );
+    out.push_str(if t.verified {
+        "            its files match its SHA256SUMS\n"
+    } else {
+        "            written without SHA256SUMS: its bytes not verified\n"
+    });
+    for (dir, why) in &t.passed_over {
+        out.push_str(&format!(
+            "            passed over (not whole): {}: {why}\n",
+            dir.display()
+        ));
+    }
+    out
+}
+
 fn text(info: &CheckpointInfo, list_keys: bool) -> String {
     let mut out = format!("checkpoint: {}\n", info.path);
     out.push_str(&format!(
@@ -81,6 +112,9 @@ fn text(info: &CheckpointInfo, list_keys: bool) -> String {
             s.window_size.map_or("?".into(), |w| w.to_string()),
             s.img_size.map_or("not recorded".into(), |w| w.to_string())
         ));
+    }
+    if let Some(t) = &info.training {
+        out.push_str(&training_text(t));
     }
     if let Some(l) = &info.label_embed {
         out.push_str(&format!("label_embed: {l}\n"));

@@ -476,11 +476,12 @@ pub fn read_run_inputs(run_dir: &Path) -> Result<TrainInputs> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::train::config::{LossBalance, LossWeights};
 
-    fn state(step: u64) -> CheckpointState {
+    /// A state of the checkpoint at `step` (tiny model, 12 records, seed 7).
+    pub(crate) fn state(step: u64) -> CheckpointState {
         CheckpointState {
             schema: STATE_SCHEMA.into(),
             step,
@@ -573,8 +574,9 @@ mod tests {
         );
     }
 
-    /// A checkpoint folder as the saver leaves it: `state.json` and two small tensor files.
-    fn write_checkpoint(dir: &Path, step: u64) {
+    /// A checkpoint folder as the saver leaves it: `state.json`, two small tensor files and
+    /// `SHA256SUMS`.
+    pub(crate) fn write_checkpoint(dir: &Path, step: u64) {
         write_state(dir, &state(step));
         let t = crate::tensors::Tensor::from_f32(vec![4], &[1.0, 2.0, 3.0, 4.0]).unwrap();
         for name in CHECKPOINT_TENSORS {
