@@ -7,6 +7,7 @@ use crate::checkpoint::inspect::fit_presets;
 use crate::checkpoint::keymap::{checkpoint_keys, LoadReport};
 use super::model::{ParamInit, RamPlus, RamPlusConfig};
 use super::weights::{self, LoadOptions};
+use super::run_files::{newest_whole_model, WholeModel};
 use crate::error::{Error, ErrorKind, Result};
 use crate::eval::Thresholds;
 use crate::imaging::{normalize_chw, pil_resize, PilFilter};
@@ -123,30 +124,43 @@ pub fn official_transform(img: &RgbImage, size: u32, out: &mut [f32]) {
 /// beside it where that lists it: a checkpoint whose bytes changed on the disk is refused rather
 /// than evaluated.
 pub fn checkpoint_file(path: &Path) -> Result<PathBuf> {
-    let file = state_dict_file(path)?;
-    crate::fsutil::checksums::verify_file(&file)?;
-    Ok(file)
-}
-
-/// [`checkpoint_file`]'s file, not yet verified.
-fn state_dict_file(path: &Path) -> Result<PathBuf> {
     if !path.is_dir() {
         if !path.exists() {
             return Err(InferError::NoCheckpoint { path: path.into() }.into());
         }
+        crate::fsutil::checksums::verify_file(path)?;
         return Ok(path.to_path_buf());
     }
     let direct = path.join("model.safetensors");
     if direct.is_file() {
+        crate::fsutil::checksums::verify_file(&direct)?;
         return Ok(direct);
     }
     let ckpts = path.join("checkpoints");
     if !ckpts.is_dir() {
         return Err(InferError::NotACheckpointFolder { path: path.into() }.into());
     }
-    super::run::newest_checkpoint_in(&ckpts, "model.safetensors")?
-        .map(|s| s.join("model.safetensors"))
-        .ok_or_else(|| InferError::NoCompleteCheckpoint { path: ckpts }.into())
+    newest_model_of_run(&ckpts)
+}
+
+/// A run's newest checkpoint whose model is whole ([`newest_whole_model`]), warning of each newer
+/// one passed over: the run's latest good model, as a resume continues from its latest good
+/// checkpoint.
+fn newest_model_of_run(ckpts: &Path) -> Result<PathBuf> {
+    let Some(WholeModel { file, skipped }) = newest_whole_model(ckpts)? else {
+        return Err(InferError::NoCompleteCheckpoint {
+            path: ckpts.to_path_buf(),
+        }
+        .into());
+    };
+    for (dir, why) in &skipped {
+        tracing::warn!(
+            "{}: its model is not whole ({why}); passed over for {}",
+            dir.display(),
+            file.display()
+        );
+    }
+    Ok(file)
 }
 
 /// Shape of the checkpoint's `label_embed` (DDP prefix ignored).
@@ -530,23 +544,30 @@ mod tests {
 
     #[test]
     fn a_checkpoint_whose_bytes_changed_is_refused() {
+        use crate::train::run_files::tests::write_checkpoint;
         let run = tempfile::tempdir().unwrap();
-        let step = run.path().join("checkpoints/step-00000002");
-        std::fs::create_dir_all(&step).unwrap();
-        let model = step.join("model.safetensors");
-        std::fs::write(&model, b"weights").unwrap();
-        // Without a list (written by another tool or an earlier tagfix): taken as it is.
-        assert_eq!(checkpoint_file(run.path()).unwrap(), model);
-        crate::fsutil::checksums::write_checksums(&step, &["model.safetensors"]).unwrap();
-        for path in [run.path(), &step, &model] {
+        let step = |n: u64| run.path().join(format!("checkpoints/step-{n:08}"));
+        write_checkpoint(&step(2), 2);
+        let model = step(2).join("model.safetensors");
+        for path in [run.path(), &step(2), &model] {
             assert_eq!(checkpoint_file(path).unwrap(), model);
         }
-        std::fs::write(&model, b"weighTs").unwrap();
-        for path in [run.path(), &step, &model] {
-            let e = checkpoint_file(path).unwrap_err();
-            assert_eq!(e.kind(), crate::error::ErrorKind::Input);
-            assert!(e.to_string().contains("its bytes changed"), "{e}");
+        let mut bytes = std::fs::read(&model).unwrap();
+        *bytes.last_mut().unwrap() ^= 1;
+        std::fs::write(&model, bytes).unwrap();
+        for path in [run.path(), &step(2), &model] {
+            let e = crate::error::report(&checkpoint_file(path).unwrap_err());
+            assert!(e.contains("its bytes changed"), "{e}");
         }
+        // A run folder takes its newest whole model; a damaged newer one is passed over.
+        write_checkpoint(&step(1), 1);
+        assert_eq!(
+            checkpoint_file(run.path()).unwrap(),
+            step(1).join("model.safetensors")
+        );
+        // Without a list (written by another tool or an earlier tagfix) a model is taken as it is.
+        std::fs::remove_file(step(2).join("SHA256SUMS")).unwrap();
+        assert_eq!(checkpoint_file(run.path()).unwrap(), model);
     }
 
     #[test]

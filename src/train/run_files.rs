@@ -384,7 +384,43 @@ pub fn newest_whole_checkpoint(dir: &Path) -> Result<Option<Resumable>> {
     if skipped.is_empty() {
         return Ok(None);
     }
-    Err(TrainError::NoWholeCheckpoint {
+    Err(none_whole(dir, &skipped))
+}
+
+/// A checkpoint's model for inference (`tag`, `eval`, `export`): the newest `step-*` folder of a
+/// run's `checkpoints/` folder `dir` whose `model.safetensors` is whole — its header parses, it is as
+/// long as the header says, and it hashes to its digest where the folder's `SHA256SUMS` lists it —
+/// with the newer folders passed over and why. The optimizer state is not read: inference needs none.
+/// `None` when no folder holds a model; an error naming each when none is whole.
+pub fn newest_whole_model(dir: &Path) -> Result<Option<WholeModel>> {
+    let model = CHECKPOINT_TENSORS[0];
+    let mut skipped = Vec::new();
+    for folder in checkpoint_folders(dir, model)?.iter().rev() {
+        let file = folder.join(model);
+        let whole = crate::tensors::safetensors_io::SafetensorsFile::open(&file)
+            .and_then(|_| checksums::verify_file(&file));
+        match whole {
+            Ok(_) => return Ok(Some(WholeModel { file, skipped })),
+            Err(e) => skipped.push((folder.clone(), crate::error::report(&e))),
+        }
+    }
+    match skipped.is_empty() {
+        true => Ok(None),
+        false => Err(none_whole(dir, &skipped)),
+    }
+}
+
+/// [`newest_whole_model`]'s find: the model file and the newer folders passed over, each with why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WholeModel {
+    pub file: PathBuf,
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// The error of a `checkpoints/` folder `dir` none of whose checkpoints is whole (`skipped`: each
+/// with why).
+fn none_whole(dir: &Path, skipped: &[(PathBuf, String)]) -> Error {
+    TrainError::NoWholeCheckpoint {
         dir: dir.to_path_buf(),
         problems: skipped
             .iter()
@@ -392,7 +428,7 @@ pub fn newest_whole_checkpoint(dir: &Path) -> Result<Option<Resumable>> {
             .collect::<Vec<_>>()
             .join("; "),
     }
-    .into())
+    .into()
 }
 
 /// Writes `state` as the checkpoint folder `dir`'s `state.json` (atomically).
@@ -645,6 +681,40 @@ pub(crate) mod tests {
         let e = crate::error::report(&e);
         assert!(
             e.contains("no checkpoint is whole") && e.contains("optimizer.safetensors"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn inference_takes_the_newest_whole_model() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ckpts = tmp.path().join("checkpoints");
+        assert_eq!(newest_whole_model(&ckpts).unwrap(), None);
+        for step in [3, 6] {
+            write_checkpoint(&ckpts.join(format!("step-{step:08}")), step);
+        }
+        let newest = ckpts.join("step-00000006/model.safetensors");
+        let found = |file: PathBuf, skipped| Some(WholeModel { file, skipped });
+        assert_eq!(
+            newest_whole_model(&ckpts).unwrap(),
+            found(newest.clone(), vec![])
+        );
+        // Its optimizer state damaged: the model is still whole.
+        std::fs::write(ckpts.join("step-00000006/optimizer.safetensors"), b"").unwrap();
+        assert_eq!(newest_whole_model(&ckpts).unwrap().unwrap().file, newest);
+        // Its model changed: step 3's, with why.
+        let mut bytes = std::fs::read(&newest).unwrap();
+        *bytes.last_mut().unwrap() ^= 4;
+        std::fs::write(&newest, bytes).unwrap();
+        let WholeModel { file, skipped } = newest_whole_model(&ckpts).unwrap().unwrap();
+        assert_eq!(file, ckpts.join("step-00000003/model.safetensors"));
+        assert_eq!(skipped.len(), 1);
+        assert!(skipped[0].1.contains("its bytes changed"), "{skipped:?}");
+        // None whole: an error naming why.
+        std::fs::write(ckpts.join("step-00000003/model.safetensors"), b"").unwrap();
+        let e = crate::error::report(&newest_whole_model(&ckpts).unwrap_err());
+        assert!(
+            e.contains("no checkpoint is whole") && e.contains("its bytes changed"),
             "{e}"
         );
     }
