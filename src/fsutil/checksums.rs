@@ -151,9 +151,14 @@ pub enum Verified {
 /// digest. A folder without a list is [`Verified::NoList`]; a list that omits one of `names`, a
 /// file missing and a digest that differs are errors naming the file.
 pub fn verify_folder(dir: &Path, names: &[&str]) -> Result<Verified> {
-    let Some(list) = read_checksums(dir)? else {
-        return Ok(Verified::NoList);
-    };
+    match read_checksums(dir)? {
+        Some(list) => verify_listed(dir, &list, names),
+        None => Ok(Verified::NoList),
+    }
+}
+
+/// [`verify_folder`] against the folder's list, already read.
+fn verify_listed(dir: &Path, list: &ChecksumList, names: &[&str]) -> Result<Verified> {
     let list_path = dir.join(CHECKSUM_FILE);
     let recorded = names
         .iter()
@@ -195,7 +200,7 @@ pub fn verify_file(path: &Path) -> Result<Verified> {
         dir
     };
     match read_checksums(dir)? {
-        Some(list) if list.digest_of(name).is_some() => verify_folder(dir, &[name]),
+        Some(list) if list.digest_of(name).is_some() => verify_listed(dir, &list, &[name]),
         _ => Ok(Verified::NoList),
     }
 }
