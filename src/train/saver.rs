@@ -382,7 +382,8 @@ mod tests {
 
     #[test]
     fn unfinished_writes_are_removed_and_checkpoints_kept() {
-        let (_tmp, run, _vs, _opt) = fresh_run();
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::create(tmp.path()).unwrap();
         let root = run.checkpoints_dir();
         for name in [".step-00000003.tmp", "step-00000002"] {
             std::fs::create_dir_all(root.join(name)).unwrap();
