@@ -312,24 +312,28 @@ pub const CHECKPOINT_TENSORS: [&str; 2] = ["model.safetensors", "optimizer.safet
 pub const CHECKPOINT_FILES: [&str; 3] =
     [CHECKPOINT_TENSORS[0], CHECKPOINT_TENSORS[1], "state.json"];
 
-/// The `step-*` folders of a run's `checkpoints/` folder `dir` that hold the file `needs` (resume
+/// The `step-N` folders of a run's `checkpoints/` folder `dir` that hold the file `needs` (resume
 /// needs `state.json`, inference only `model.safetensors`), oldest first.
 pub fn checkpoint_folders(dir: &Path, needs: &str) -> Result<Vec<PathBuf>> {
+    let mut found = step_folders(dir)?;
+    found.retain(|p| p.join(needs).is_file());
+    Ok(found)
+}
+
+/// Every `step-N` folder of a run's `checkpoints/` folder `dir` (N digits only: a copy a person
+/// named `step-00000400-best` is not the run's), by step, oldest first.
+pub fn step_folders(dir: &Path) -> Result<Vec<PathBuf>> {
     if !dir.is_dir() {
         return Ok(Vec::new());
     }
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("step-"))
-                && p.join(needs).is_file()
-        })
+        .filter(|p| p.is_dir())
+        .filter_map(|p| Some((folder_step(&p)?, p)))
         .collect();
     found.sort();
-    Ok(found)
+    Ok(found.into_iter().map(|(_, p)| p).collect())
 }
 
 /// The newest `step-*` folder holding the file `needs` in a run's `checkpoints/` folder `dir`.
@@ -449,11 +453,11 @@ pub fn write_run_inputs(run_dir: &Path, inputs: &TrainInputs) -> Result<()> {
 
 /// The step a checkpoint folder's name `step-NNNNNNNN` gives; `None` for another name.
 pub fn folder_step(dir: &Path) -> Option<u64> {
-    dir.file_name()?
-        .to_str()?
-        .strip_prefix("step-")?
-        .parse()
-        .ok()
+    let digits = dir.file_name()?.to_str()?.strip_prefix("step-")?;
+    match digits.bytes().all(|b| b.is_ascii_digit()) {
+        true => digits.parse().ok(),
+        false => None,
+    }
 }
 
 /// A JSON file of the run (`what` names it in the error when it does not parse as one).

@@ -195,22 +195,12 @@ pub fn remove_unfinished(run: &RunDir) -> Vec<(PathBuf, u64)> {
     removed
 }
 
-/// Removes all but the newest `keep` checkpoints.
+/// Removes all but the newest `keep` checkpoints (`step-N` folders; other folders a person put
+/// there are left alone).
 fn prune(run: &RunDir, keep: usize) -> Result<()> {
-    let root = run.checkpoints_dir();
-    let mut all: Vec<PathBuf> = std::fs::read_dir(&root)
-        .map_err(|e| Error::io(&root, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("step-"))
-        })
-        .collect();
-    all.sort();
-    while all.len() > keep {
-        let old = all.remove(0);
-        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    let all = super::run_files::step_folders(&run.checkpoints_dir())?;
+    for old in &all[..all.len().saturating_sub(keep)] {
+        std::fs::remove_dir_all(old).map_err(|e| Error::io(old, e))?;
     }
     Ok(())
 }
@@ -413,6 +403,24 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, ["step-00000003", "step-00000004"]);
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_steps_and_what_a_person_named_otherwise() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::create(tmp.path()).unwrap();
+        let root = run.checkpoints_dir();
+        // Step 100000000 has a ninth digit: by name it would sort before step 99999999.
+        for name in ["step-99999999", "step-100000000", "step-00000400-best", "step-00000005"] {
+            std::fs::create_dir_all(root.join(name)).unwrap();
+        }
+        prune(&run, 2).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["step-00000400-best", "step-100000000", "step-99999999"]);
     }
 
     #[test]
