@@ -499,11 +499,15 @@ pub fn sync_to_disk(path: &Path) -> Result<()> {
 }
 
 /// Bytes an unprivileged process may still write on the file system holding `path` (`statvfs`'s
-/// available blocks times their size); `None` where the system cannot say. A quota is not counted,
-/// so a write can still fail with space left.
+/// available blocks times their size); `None` where the system cannot say, which includes a file
+/// system that reports no blocks at all (some FUSE and object-store mounts do, and take writes all
+/// the same). A quota is not counted, so a write can still fail with space left.
 #[cfg(unix)]
 pub fn available_space(path: &Path) -> Option<u64> {
     let stat = rustix::fs::statvfs(path).ok()?;
+    if stat.f_blocks == 0 {
+        return None;
+    }
     stat.f_bavail.checked_mul(stat.f_frsize)
 }
 
@@ -664,6 +668,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(available_space(dir.path()).is_some_and(|b| b > 0));
         assert_eq!(available_space(&dir.path().join("missing")), None);
+        // A file system that reports no blocks (procfs here, some FUSE mounts elsewhere) cannot say.
+        #[cfg(target_os = "linux")]
+        assert_eq!(available_space(Path::new("/proc")), None);
     }
 
     #[test]
