@@ -223,8 +223,12 @@ pub enum TrainError {
     #[error("{}: {problem}; the file is damaged or was not written by tagfix", .path.display())]
     RunFileValue { path: PathBuf, problem: String },
 
-    /// Every checkpoint of a run is damaged (`problems`: each one's, newest first).
-    #[error("{}: --resume: no checkpoint is whole: {problems}", .dir.display())]
+    /// Every checkpoint of a run is damaged (`problems`: each one's, newest first), for a resume or
+    /// for inference from the run's folder.
+    #[error(
+        "{}: no checkpoint is whole (restore one from a copy, or name a checkpoint file): {problems}",
+        .dir.display()
+    )]
     NoWholeCheckpoint { dir: PathBuf, problems: String },
 
     /// A checkpoint folder whose `state.json` is another step's (copied or renamed by hand).
