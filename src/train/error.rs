@@ -226,7 +226,7 @@ pub enum TrainError {
     /// Every checkpoint of a run is damaged (`problems`: each one's, newest first), for a resume or
     /// for inference from the run's folder.
     #[error(
-        "{}: no checkpoint is whole (restore one from a copy, or name a checkpoint file): {problems}",
+        "{}: no checkpoint is whole (restore one from a copy): {problems}",
         .dir.display()
     )]
     NoWholeCheckpoint { dir: PathBuf, problems: String },
