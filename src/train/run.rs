@@ -679,14 +679,17 @@ impl CheckpointSpace {
         // The model's tensors, then both moments of each trained one.
         let moments = trained.clone().chain(trained).map(tensor_bytes);
         let bytes = checkpoint_bytes(vs.variables().values().map(tensor_bytes).chain(moments));
-        let folders = checkpoint_folders(&out.join(crate::monitor::run_dir::CHECKPOINTS_DIR), "state.json")
-            .unwrap_or_default();
-        let existing = folders.iter().map(|d| crate::fsutil::folder_bytes(d)).sum();
-        // The nearest folder that exists: a new run's --out may not yet.
+
+        // The nearest folder that exists: a new run's --out may not yet (absolute, so that a relative
+        // `runs/a` ends at the working folder rather than at an empty path).
+        let out = std::path::absolute(out).unwrap_or_else(|_| out.to_path_buf());
         let available = out
             .ancestors()
             .find(|p| p.is_dir())
             .and_then(crate::fsutil::available_space);
+        let folders = checkpoint_folders(&out.join(crate::monitor::run_dir::CHECKPOINTS_DIR), "state.json")
+            .unwrap_or_default();
+        let existing = folders.iter().map(|d| crate::fsutil::folder_bytes(d)).sum();
         CheckpointSpace {
             bytes,
             keep,
@@ -912,6 +915,23 @@ fn short_sha(sha: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The space of a run's checkpoints: one checkpoint is the model and both moments of each
+    /// trained value (f32), plus headers; the free space is found for a relative `--out` that does
+    /// not exist yet (the working folder's file system).
+    #[test]
+    fn checkpoint_space_counts_model_and_moments_and_finds_a_relative_outs_file_system() {
+        let _torch = crate::train::torch_test_lock();
+        let vs = VarStore::new(Device::Cpu);
+        let w = vs.root().var("w", &[1000], tch::nn::Init::Const(0.0));
+        let space = CheckpointSpace::of_run(&vs, [&w].into_iter(), 2, Path::new("runs/not-yet"));
+        // The model's 4000 bytes once, its two moments' each.
+        let three = super::super::saver::checkpoint_bytes([4000, 4000, 4000].into_iter());
+        assert_eq!(space.bytes, three);
+        assert_eq!((space.keep, space.existing), (2, 0));
+        assert!(space.available.is_some(), "{space:?}");
+        assert_eq!(space.more_needed(), 3 * space.bytes);
+    }
 
     /// A label embedding file's provenance may name any text as its vocabulary hash; the mismatch
     /// message shows its start without cutting a character.
