@@ -193,11 +193,51 @@ impl Benchmark {
             .map(|l| l.binary_search(&(tag as u32)).is_ok())
             .collect()
     }
+
+    /// The benchmark over the images `keep` marks (one flag per image, in order; an image without a
+    /// flag is kept): the same tags, those images' labels.
+    pub fn only_images(&self, keep: &[bool]) -> Benchmark {
+        let kept = |i: &usize| keep.get(*i).copied().unwrap_or(true);
+        let images = self.images.len();
+        Benchmark {
+            name: self.name.clone(),
+            taglist_path: self.taglist_path.clone(),
+            annots_path: self.annots_path.clone(),
+            tags: self.tags.clone(),
+            images: (0..images)
+                .filter(kept)
+                .map(|i| self.images[i].clone())
+                .collect(),
+            labels: (0..images)
+                .filter(kept)
+                .map(|i| self.labels[i].clone())
+                .collect(),
+            form: self.form,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_benchmark_over_some_of_its_images_keeps_their_labels() {
+        let bench = Benchmark {
+            name: "b".into(),
+            taglist_path: "t".into(),
+            annots_path: "a".into(),
+            tags: vec!["cat".into(), "dog".into()],
+            images: vec!["1".into(), "2".into(), "3".into()],
+            labels: vec![vec![0], vec![1], vec![0, 1]],
+            form: LabelForm::Names,
+        };
+        let some = bench.only_images(&[true, false, true]);
+        assert_eq!(some.images, ["1", "3"]);
+        assert_eq!(some.labels, [vec![0], vec![0, 1]]);
+        assert_eq!((some.tags, some.form), (bench.tags.clone(), bench.form));
+        assert_eq!(bench.only_images(&[]), bench);
+    }
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let p = dir.join(name);

@@ -182,45 +182,26 @@ impl ValidationSet {
     /// Evaluates the scores of every image of the set, in order, leaving out the images whose row
     /// is [`UNREADABLE_ROW`].
     pub fn report(&self, scores: &[f32], num_class: usize) -> Result<Validated> {
-        let unread: Vec<bool> = scores
-            .chunks(num_class.max(1))
-            .map(|row| row.first() == Some(&UNREADABLE_ROW))
-            .collect();
-        let left_out = unread.iter().filter(|&&u| u).count();
+        let rows = || scores.chunks(num_class.max(1));
+        let read: Vec<bool> = rows().map(|row| row.first() != Some(&UNREADABLE_ROW)).collect();
+        let left_out = read.iter().filter(|&&r| !r).count();
         if left_out == 0 {
             let report = self.evaluate(&self.bench, scores, num_class)?;
             return Ok(Validated { report, left_out });
         }
-        if left_out == unread.len() {
+        if left_out == read.len() {
             return Err(TrainError::NoReadableValidationImage {
                 images: left_out,
                 benchmark: self.bench.annots_path.clone(),
             }
             .into());
         }
-        let kept = |i: &usize| !unread.get(*i).copied().unwrap_or(false);
-        let bench = Benchmark {
-            images: (0..self.bench.images.len())
-                .filter(kept)
-                .map(|i| self.bench.images[i].clone())
-                .collect(),
-            labels: (0..self.bench.labels.len())
-                .filter(kept)
-                .map(|i| self.bench.labels[i].clone())
-                .collect(),
-            name: self.bench.name.clone(),
-            taglist_path: self.bench.taglist_path.clone(),
-            annots_path: self.bench.annots_path.clone(),
-            tags: self.bench.tags.clone(),
-            form: self.bench.form,
-        };
-        let scores: Vec<f32> = scores
-            .chunks(num_class.max(1))
-            .zip(&unread)
-            .filter(|(_, &u)| !u)
+        let scores: Vec<f32> = rows()
+            .zip(&read)
+            .filter(|(_, &r)| r)
             .flat_map(|(row, _)| row.iter().copied())
             .collect();
-        let report = self.evaluate(&bench, &scores, num_class)?;
+        let report = self.evaluate(&self.bench.only_images(&read), &scores, num_class)?;
         Ok(Validated { report, left_out })
     }
 
