@@ -286,7 +286,7 @@ pub fn score_readable_images(
     score_batches(model, paths, device, batch, filter, OnUnreadable::LeaveOut)
 }
 
-/// The value of every column of an image's row that could not be read ([`OnUnreadable::Mark`]): no
+/// The value of every column of an image's row that could not be read (scoring under `skip`): no
 /// probability is negative, so it cannot be taken for a score (a diverged model's NaN still is one).
 pub const UNREADABLE_ROW: f32 = -1.0;
 
