@@ -851,8 +851,12 @@ pub fn validation_line(rec: &ValidationRecord) -> String {
             s.map, s.cp, s.cr, s.cf1, s.of1, s.classes
         )
     };
+    let left_out = match rec.left_out {
+        0 => String::new(),
+        n => format!(", {n} unreadable left out"),
+    };
     let mut line = format!(
-        "validation at step {} ({}, {} images): {}",
+        "validation at step {} ({}, {} images{left_out}): {}",
         rec.step,
         rec.benchmark,
         rec.images,
@@ -935,6 +939,25 @@ mod tests {
 
     /// A label embedding file's provenance may name any text as its vocabulary hash; the mismatch
     /// message shows its start without cutting a character.
+    #[test]
+    fn a_validation_line_says_how_many_images_were_left_out() {
+        let rec = ValidationRecord {
+            step: 30,
+            benchmark: "synth".into(),
+            images: 8,
+            left_out: 0,
+            main: None,
+            absent: None,
+        };
+        let line = validation_line(&rec);
+        assert!(line.starts_with("validation at step 30 (synth, 8 images): "), "{line}");
+        let line = validation_line(&ValidationRecord { left_out: 2, ..rec });
+        assert!(
+            line.starts_with("validation at step 30 (synth, 8 images, 2 unreadable left out): "),
+            "{line}"
+        );
+    }
+
     #[test]
     fn a_vocabulary_hash_of_any_text_shortens_without_panicking() {
         assert_eq!(short_sha(&"ab".repeat(32)), "abababababab");
