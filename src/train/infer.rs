@@ -128,12 +128,12 @@ pub fn checkpoint_file(path: &Path) -> Result<PathBuf> {
         if !path.exists() {
             return Err(InferError::NoCheckpoint { path: path.into() }.into());
         }
-        crate::fsutil::checksums::verify_file(path)?;
+        verify_in_checkpoint_folder(path)?;
         return Ok(path.to_path_buf());
     }
     let direct = path.join("model.safetensors");
     if direct.is_file() {
-        crate::fsutil::checksums::verify_file(&direct)?;
+        verify_in_checkpoint_folder(&direct)?;
         return Ok(direct);
     }
     let ckpts = path.join("checkpoints");
@@ -141,6 +141,19 @@ pub fn checkpoint_file(path: &Path) -> Result<PathBuf> {
         return Err(InferError::NotACheckpointFolder { path: path.into() }.into());
     }
     newest_model_of_run(&ckpts)
+}
+
+/// Checks `file` against the `SHA256SUMS` beside it when its folder is a tagfix checkpoint (it has
+/// a `state.json`): that list is tagfix's own, so a list that does not read is damage. A list in
+/// another folder (a download mirror's, perhaps in another format) is not tagfix's to judge.
+fn verify_in_checkpoint_folder(file: &Path) -> Result<()> {
+    let checkpoint = file
+        .parent()
+        .is_some_and(|dir| dir.join("state.json").is_file());
+    if checkpoint {
+        crate::fsutil::checksums::verify_file(file)?;
+    }
+    Ok(())
 }
 
 /// A run's newest checkpoint whose model is whole ([`newest_whole_model`]), warning of each newer
@@ -568,6 +581,12 @@ mod tests {
         // Without a list (written by another tool or an earlier tagfix) a model is taken as it is.
         std::fs::remove_file(step(2).join("SHA256SUMS")).unwrap();
         assert_eq!(checkpoint_file(run.path()).unwrap(), model);
+        // A file beside a list tagfix did not write (BSD's format here) is not judged by it.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let pth = elsewhere.path().join("ram_plus_swin_large_14m.pth");
+        std::fs::write(&pth, b"weights").unwrap();
+        std::fs::write(elsewhere.path().join("SHA256SUMS"), b"SHA256 (x.pth) = 00\n").unwrap();
+        assert_eq!(checkpoint_file(&pth).unwrap(), pth);
     }
 
     #[test]
