@@ -937,8 +937,7 @@ mod tests {
         assert_eq!(space.more_needed(), 3 * space.bytes);
     }
 
-    /// A label embedding file's provenance may name any text as its vocabulary hash; the mismatch
-    /// message shows its start without cutting a character.
+    /// The log's and the summary's validation line counts the images a validation left out.
     #[test]
     fn a_validation_line_says_how_many_images_were_left_out() {
         let rec = ValidationRecord {
@@ -958,6 +957,8 @@ mod tests {
         );
     }
 
+    /// A label embedding file's provenance may name any text as its vocabulary hash; the mismatch
+    /// message shows its start without cutting a character.
     #[test]
     fn a_vocabulary_hash_of_any_text_shortens_without_panicking() {
         assert_eq!(short_sha(&"ab".repeat(32)), "abababababab");
