@@ -8,6 +8,10 @@
 //! returns — the host copy — and until the write has finished). Medians of the rounds; the
 //! background writer keeps one checkpoint, so at most three are on disk.
 //!
+//! A third way per round isolates the writer thread's work: the files as the writer wrote them
+//! before it streamed and hashed them as written (tch's safetensors writer, then read back and
+//! hashed), against the writer thread's time now.
+//!
 //! Then times the newest checkpoint's `SHA256SUMS`: hashing its files, and the check a resume makes.
 //!
 //!   bench_checkpoint_save DIR [PRESET] [ROUNDS] [THREADS] [DEVICE]
@@ -78,6 +82,50 @@ fn save_inline(run: &RunDir, vs: &nn::VarStore, opt: &AdamW, state: &CheckpointS
     dir
 }
 
+/// The background writer's file writes before they were streamed and hashed as written (its state
+/// until 2026-12-06): host copies of the tensors, tch's safetensors writer, `state.json`, then
+/// `SHA256SUMS` by reading the files back, each file and the folder flushed, the rename. Returns
+/// the folder and the seconds spent writing (after the copy), the figure to compare with the
+/// writer thread's.
+fn save_tch_then_hash(
+    run: &RunDir,
+    vs: &nn::VarStore,
+    opt: &AdamW,
+    state: &CheckpointState,
+) -> (PathBuf, f64) {
+    let copy = |t: &Tensor| t.detach().to_device(Device::Cpu).copy();
+    let mut model: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(n, t)| (n, copy(&t)))
+        .collect();
+    model.sort_by(|a, b| a.0.cmp(&b.0));
+    let moments: Vec<(String, Tensor)> = opt
+        .state_tensors()
+        .into_iter()
+        .map(|(n, t)| (n, copy(&t)))
+        .collect();
+    let t0 = Instant::now();
+    let tmp = run
+        .checkpoints_dir()
+        .join(format!(".step-{:08}.tmp", state.step));
+    std::fs::create_dir_all(&tmp).expect("tmp");
+    Tensor::write_safetensors(&model, tmp.join("model.safetensors")).expect("model");
+    Tensor::write_safetensors(&moments, tmp.join("optimizer.safetensors")).expect("optimizer");
+    tagfix::train::run_files::write_state(&tmp, state).expect("state");
+    let files = tagfix::train::run_files::CHECKPOINT_FILES;
+    tagfix::fsutil::checksums::write_checksums(&tmp, &files).expect("hash");
+    for name in ["model.safetensors", "optimizer.safetensors", "SHA256SUMS"] {
+        tagfix::fsutil::sync_to_disk(&tmp.join(name)).expect("sync");
+    }
+    tagfix::fsutil::sync_to_disk(&tmp).expect("sync");
+    let dir = run
+        .checkpoints_dir()
+        .join(format!("step-{:08}", state.step));
+    std::fs::rename(&tmp, &dir).expect("rename");
+    (dir, t0.elapsed().as_secs_f64())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let dir = PathBuf::from(args.first().expect("DIR"));
@@ -106,26 +154,39 @@ fn main() {
         dir.display()
     );
     let (mut inline, mut blocked, mut written) = (Vec::new(), Vec::new(), Vec::new());
+    let mut tch_then_hash = Vec::new();
     let mut writer = CheckpointWriter::default();
     for round in 0..rounds as u64 {
-        // Alternate the order, so that neither path always meets the other's writeback.
-        for background in [round % 2 == 1, round % 2 == 0] {
-            let step = 2 * round + 1 + u64::from(background);
+        // Rotate the order, so that no path always meets another's writeback.
+        for way in (0..3).map(|k| (k + round) % 3) {
+            let step = 3 * round + 1 + way;
             let t0 = Instant::now();
-            if background {
-                let snapshot = Snapshot::take(&vs, opt.state_tensors(), &state(step, preset))
-                    .expect("snapshot");
-                writer.start(&run, snapshot, 1).expect("start");
-                blocked.push(t0.elapsed().as_secs_f64());
-                writer.wait().expect("write");
-                written.push(t0.elapsed().as_secs_f64());
-            } else {
-                let dir = save_inline(&run, &vs, &opt, &state(step, preset));
-                inline.push(t0.elapsed().as_secs_f64());
-                std::fs::remove_dir_all(dir).expect("remove the inline checkpoint");
+            match way {
+                0 => {
+                    let snapshot = Snapshot::take(&vs, opt.state_tensors(), &state(step, preset))
+                        .expect("snapshot");
+                    writer.start(&run, snapshot, 1).expect("start");
+                    let held = t0.elapsed().as_secs_f64();
+                    blocked.push(held);
+                    writer.wait().expect("write");
+                    written.push((t0.elapsed().as_secs_f64(), held));
+                }
+                1 => {
+                    let dir = save_inline(&run, &vs, &opt, &state(step, preset));
+                    inline.push(t0.elapsed().as_secs_f64());
+                    std::fs::remove_dir_all(dir).expect("remove the inline checkpoint");
+                }
+                _ => {
+                    let (dir, writing) = save_tch_then_hash(&run, &vs, &opt, &state(step, preset));
+                    tch_then_hash.push(writing);
+                    std::fs::remove_dir_all(dir).expect("remove the checkpoint");
+                }
             }
         }
     }
+    // The writer thread's share of "until written": the files, hashes, flushes, rename and pruning.
+    let writing = median(written.iter().map(|(all, held)| all - held).collect());
+    let written: Vec<f64> = written.into_iter().map(|(all, _)| all).collect();
     let last = writer.wait().expect("nothing in flight");
     let newest = tagfix::train::run::latest_checkpoint(&run)
         .expect("list")
@@ -142,6 +203,11 @@ fn main() {
     println!("| inline (before): written from the training thread | {inline:.3} | {inline:.3} | {bytes} |");
     println!("| background (now): snapshot, then a writer thread | {blocked:.3} | {written:.3} | {bytes} |");
     println!("ratio held (background / inline): {:.3}", blocked / inline);
+    let before = median(tch_then_hash);
+    println!(
+        "writer thread, the files hashed and flushed: tch's writer then read back {before:.3} s; streamed, hashed as written (now) {writing:.3} s; ratio {:.3}",
+        writing / before
+    );
     // What the checkpoint's SHA256SUMS costs: hashing its files (part of "until written" above, on
     // the writer thread) and a resume's check of the newest checkpoint before loading it.
     let files = tagfix::train::run_files::CHECKPOINT_FILES;

@@ -99,7 +99,12 @@ fn split_line(line: &str) -> std::result::Result<(&str, &str), String> {
 
 /// Writes `dir/SHA256SUMS` (atomically) with the digests of `names` in `dir`.
 pub fn write_checksums(dir: &Path, names: &[&str]) -> Result<()> {
-    let list = ChecksumList::of_files(dir, names)?;
+    write_list(dir, &ChecksumList::of_files(dir, names)?)
+}
+
+/// Writes `list` as `dir/SHA256SUMS` (atomically), for digests computed elsewhere (while the files
+/// were written).
+pub fn write_list(dir: &Path, list: &ChecksumList) -> Result<()> {
     super::write_bytes_atomic(&dir.join(CHECKSUM_FILE), list.to_text().as_bytes())
 }
 

@@ -164,8 +164,31 @@ pub struct StreamedTensor<'a> {
 /// wrong number of bytes leaves no output (the file is written atomically).
 pub fn write_streamed(
     path: &Path,
+    tensors: Vec<StreamedTensor<'_>>,
+    metadata: &std::collections::BTreeMap<String, String>,
+) -> Result<()> {
+    write_laid_out(path, tensors, metadata, None)
+}
+
+/// [`write_streamed`], returning the SHA-256 digest (lowercase hex) of the file's bytes, hashed as
+/// they are written: a checkpoint's `SHA256SUMS` without reading its gigabytes back.
+pub fn write_streamed_sha256(
+    path: &Path,
+    tensors: Vec<StreamedTensor<'_>>,
+    metadata: &std::collections::BTreeMap<String, String>,
+) -> Result<String> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    write_laid_out(path, tensors, metadata, Some(&mut hasher))?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// [`write_streamed`]'s body; each byte written also goes into `hasher` where one is given.
+fn write_laid_out(
+    path: &Path,
     mut tensors: Vec<StreamedTensor<'_>>,
     metadata: &std::collections::BTreeMap<String, String>,
+    hasher: Option<&mut sha2::Sha256>,
 ) -> Result<()> {
     let mut names = std::collections::HashSet::with_capacity(tensors.len());
     if let Some(t) = tensors.iter().find(|t| !names.insert(t.name.clone())) {
@@ -220,6 +243,14 @@ pub fn write_streamed(
         return Err(serializing(safetensors::SafeTensorError::HeaderTooLarge).into());
     }
     write_atomic(path, |w| {
+        let mut hashing;
+        let w: &mut dyn Write = match hasher {
+            Some(hasher) => {
+                hashing = HashingWriter { inner: w, hasher };
+                &mut hashing
+            }
+            None => w,
+        };
         w.write_all(&(header.len() as u64).to_le_bytes())?;
         w.write_all(&header)?;
         for (t, (_, info)) in tensors.iter_mut().zip(&infos) {
@@ -253,6 +284,23 @@ impl Write for CountingWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.n += n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Passes bytes on to `inner`, hashing those it took.
+struct HashingWriter<'w> {
+    inner: &'w mut dyn Write,
+    hasher: &'w mut sha2::Sha256,
+}
+
+impl Write for HashingWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        sha2::Digest::update(self.hasher, &buf[..n]);
         Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -512,6 +560,34 @@ mod tests {
         assert!(!holds(&p, &changed).unwrap());
         changed.tensors.pop();
         assert!(!holds(&p, &changed).unwrap());
+    }
+
+    #[test]
+    fn the_digest_of_a_streamed_write_is_the_written_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (plain, hashed) = (dir.path().join("a"), dir.path().join("b"));
+        let tensors = || {
+            ["w", "bias"]
+                .into_iter()
+                .enumerate()
+                .map(|(i, name)| StreamedTensor {
+                    name: name.into(),
+                    dtype: DType::F32,
+                    shape: vec![3],
+                    write: Box::new(move |w: &mut dyn Write| {
+                        (0..3).try_for_each(|k| w.write_all(&((i * 3 + k) as f32).to_le_bytes()))
+                    }),
+                })
+                .collect()
+        };
+        let metadata = Default::default();
+        write_streamed(&plain, tensors(), &metadata).unwrap();
+        let digest = write_streamed_sha256(&hashed, tensors(), &metadata).unwrap();
+        assert_eq!(
+            std::fs::read(&plain).unwrap(),
+            std::fs::read(&hashed).unwrap()
+        );
+        assert_eq!(digest, crate::fsutil::sha256_file(&hashed).unwrap());
     }
 
     #[test]

@@ -6,9 +6,10 @@
 //! dropping the writer collects its result, so a failed write is reported and never lost.
 
 use super::error::TrainError;
-use super::run::{checkpoint_dir, tensors_error, CheckpointState};
+use super::run::{checkpoint_dir, CheckpointState};
 use crate::error::{Error, Result};
 use crate::fsutil::checksums;
+use crate::tensors::safetensors_io::{self, StreamedTensor};
 use crate::monitor::RunDir;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
@@ -149,24 +150,91 @@ fn ensure_space(dir: &Path, needed: u64) -> Result<()> {
     }
 }
 
-/// The checkpoint's files in `tmp`, hashed and flushed to the disk.
+/// The checkpoint's files in `tmp`, hashed as they are written (the optimizer's on a second thread
+/// while this one writes the model's) and flushed to the disk.
 fn write_files(tmp: &Path, snapshot: &Snapshot) -> Result<()> {
     std::fs::create_dir_all(tmp).map_err(|e| Error::io(tmp, e))?;
-    let model_path = tmp.join("model.safetensors");
-    Tensor::write_safetensors(&snapshot.model, &model_path)
-        .map_err(|e| tensors_error(&model_path, "write", e))?;
-    let opt_path = tmp.join("optimizer.safetensors");
-    Tensor::write_safetensors(&snapshot.optimizer, &opt_path)
-        .map_err(|e| tensors_error(&opt_path, "write", e))?;
+    let [model_name, opt_name, state_name] = super::run_files::CHECKPOINT_FILES;
+    // Handles on the same host storage, to move to the second thread (a `Tensor` is not `Sync`).
+    let optimizer: Vec<_> = snapshot
+        .optimizer
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
+    let opt_path = tmp.join(opt_name);
+    let opt_path = opt_path.as_path();
+    let (model_digest, opt_digest) = std::thread::scope(|scope| {
+        let opt = std::thread::Builder::new()
+            .name("tagfix-checkpoint-optimizer".into())
+            .spawn_scoped(scope, move || write_tensor_file(opt_path, &optimizer));
+        let model = write_tensor_file(&tmp.join(model_name), &snapshot.model);
+        let opt = match opt {
+            Ok(handle) => handle.join().unwrap_or_else(|panic| {
+                Err(TrainError::CheckpointWriter {
+                    dir: tmp.to_path_buf(),
+                    reason: crate::train::error::panic_text(panic.as_ref()),
+                }
+                .into())
+            }),
+            // No second thread to be had: written on this one.
+            Err(_) => write_tensor_file(opt_path, &snapshot.optimizer),
+        };
+        (model, opt)
+    });
     super::run_files::write_state(tmp, &snapshot.state)?;
-    // Read back from the page cache and hashed while the next steps run: a resume or an evaluation
-    // then finds bytes that changed on the disk later (`sha256sum -c` checks a copy too).
-    checksums::write_checksums(tmp, &super::run_files::CHECKPOINT_FILES)?;
-    // On the disk before the folder appears, so a machine that dies after the rename leaves a whole
+    let state_digest = crate::fsutil::sha256_file(&tmp.join(state_name))?;
+    // `sha256sum -c` checks the folder, a copy of it too; a resume or an evaluation finds bytes
+    // that changed on the disk after this write.
+    let list = checksums::ChecksumList {
+        entries: vec![
+            (model_name.to_string(), model_digest?),
+            (opt_name.to_string(), opt_digest?),
+            (state_name.to_string(), state_digest),
+        ],
+    };
+    checksums::write_list(tmp, &list)?;
+    // Each file was synced before its rename ([`crate::fsutil::write_atomic`]); the folder's entries
+    // too before the folder appears, so a machine that dies after the rename leaves a whole
     // checkpoint (or, where a disk loses it anyway, one a resume finds damaged and passes over).
-    let list = checksums::list_path(tmp);
-    for path in [&model_path, &opt_path, &list, &tmp.to_path_buf()] {
-        crate::fsutil::sync_to_disk(path)?;
+    crate::fsutil::sync_to_disk(tmp)
+}
+
+/// Writes host tensors as the safetensors file `path` a bounded piece at a time (no second copy of
+/// a tensor in memory, I/O errors naming the file), returning the file's SHA-256.
+fn write_tensor_file(path: &Path, tensors: &[(String, Tensor)]) -> Result<String> {
+    let streamed = tensors
+        .iter()
+        .map(|(name, t)| {
+            Ok(StreamedTensor {
+                name: name.clone(),
+                dtype: super::weights::dtype_of(t.kind())?,
+                shape: t.size().iter().map(|&d| d as usize).collect(),
+                write: Box::new(move |w: &mut dyn std::io::Write| write_values(t, w)),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors_io::write_streamed_sha256(path, streamed, &Default::default())
+}
+
+/// The most bytes of a tensor [`write_values`] copies out at a time.
+const PIECE_BYTES: usize = 8 << 20;
+
+/// Writes a host tensor's values to `w` (in memory order: the snapshot's copies are contiguous),
+/// through a buffer of at most [`PIECE_BYTES`].
+fn write_values(t: &Tensor, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let flat = t.f_reshape([-1]).map_err(std::io::Error::other)?;
+    let (count, width) = (flat.numel(), t.kind().elt_size_in_bytes());
+    let per_piece = (PIECE_BYTES / width).max(1);
+    let mut buf = vec![0u8; per_piece.min(count) * width];
+    let mut start = 0;
+    while start < count {
+        let n = per_piece.min(count - start);
+        let bytes = &mut buf[..n * width];
+        flat.f_narrow(0, start as i64, n as i64)
+            .and_then(|piece| piece.f_copy_data_u8(bytes, n))
+            .map_err(std::io::Error::other)?;
+        w.write_all(bytes)?;
+        start += n;
     }
     Ok(())
 }
@@ -356,6 +424,40 @@ mod tests {
             .sum();
         assert!(written <= expected_bytes, "{written} > {expected_bytes}");
         assert_eq!(writer.wait().unwrap(), None, "nothing in flight");
+    }
+
+    #[test]
+    fn tensor_files_read_back_as_tch_writes_them_and_hash_to_their_bytes() {
+        let _torch = crate::train::torch_test_lock();
+        let tmp = tempfile::tempdir().unwrap();
+        // Over two pieces, bf16, an integer, a scalar, an empty tensor, a transposed (strided) view.
+        let long = (PIECE_BYTES / 4 + 3) as i64;
+        let tensors: Vec<(String, Tensor)> = vec![
+            ("long".into(), Tensor::arange(long, (Kind::Float, Device::Cpu))),
+            ("half".into(), Tensor::randn([5, 7], (Kind::BFloat16, Device::Cpu))),
+            ("count".into(), Tensor::from_slice(&[3i64, -1])),
+            ("scalar".into(), Tensor::from(2.5f64)),
+            ("none".into(), Tensor::zeros([0, 4], (Kind::Float, Device::Cpu))),
+            ("strided".into(), Tensor::randn([3, 4], (Kind::Float, Device::Cpu)).tr()),
+        ];
+        let ours = tmp.path().join("ours.safetensors");
+        let digest = write_tensor_file(&ours, &tensors).unwrap();
+        assert_eq!(digest, crate::fsutil::sha256_file(&ours).unwrap());
+        let theirs = tmp.path().join("tch.safetensors");
+        // tch's writer takes contiguous tensors only.
+        let contiguous: Vec<_> = tensors.iter().map(|(n, t)| (n, t.contiguous())).collect();
+        Tensor::write_safetensors(&contiguous, &theirs).unwrap();
+        let read = |p: &Path| {
+            let mut all = Tensor::read_safetensors(p).unwrap();
+            all.sort_by(|a, b| a.0.cmp(&b.0));
+            all
+        };
+        let (ours, theirs) = (read(&ours), read(&theirs));
+        assert_eq!(ours.len(), tensors.len());
+        for ((n, a), (m, b)) in ours.iter().zip(&theirs) {
+            assert_eq!((n, a.kind(), a.size()), (m, b.kind(), b.size()));
+            assert!(a.equal(b), "{n}");
+        }
     }
 
     #[test]

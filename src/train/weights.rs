@@ -75,7 +75,7 @@ pub fn to_tch(t: &tensors::Tensor) -> Result<Tensor> {
         .map_err(|e| TrainError::TensorConversion(Box::new(e)).into())
 }
 
-fn dtype_of(k: Kind) -> Result<DType> {
+pub(crate) fn dtype_of(k: Kind) -> Result<DType> {
     Ok(match k {
         Kind::Double => DType::F64,
         Kind::Float => DType::F32,
