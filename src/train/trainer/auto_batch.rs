@@ -6,7 +6,7 @@ use super::super::dist::ProcessGroup;
 use super::super::micro_auto;
 use super::super::model::{RamPlus, RamPlusConfig};
 use super::super::objective::{micro_losses, AbsentSlots, MicroInputs};
-use super::shares;
+use super::open::shares;
 use crate::error::Result;
 use tch::{Device, Kind, Tensor};
 

@@ -148,17 +148,19 @@ impl DeviceLosses {
     /// Why the step stops, from this rank's rows as read (`rows`: ROW values per micro-batch): the
     /// first non-finite value, naming its micro-batch. `None` when this rank's values are finite.
     pub(super) fn non_finite(&self, rows: &[f64]) -> Option<String> {
-        rows.chunks(ROW).zip(&self.names).find_map(|(row, (micro, records))| {
-            let term = TERMS
-                .into_iter()
-                .find(|t| self.present[*t as usize] && !row[*t as usize].is_finite());
-            let (what, v) = match term {
-                Some(t) => (format!("loss term `{t}`"), row[t as usize]),
-                None if !row[ROW - 1].is_finite() => ("the weighted loss".into(), row[ROW - 1]),
-                None => return None,
-            };
-            Some(non_finite_reason(&what, v, *micro, records))
-        })
+        rows.chunks(ROW)
+            .zip(&self.names)
+            .find_map(|(row, (micro, records))| {
+                let term = TERMS
+                    .into_iter()
+                    .find(|t| self.present[*t as usize] && !row[*t as usize].is_finite());
+                let (what, v) = match term {
+                    Some(t) => (format!("loss term `{t}`"), row[t as usize]),
+                    None if !row[ROW - 1].is_finite() => ("the weighted loss".into(), row[ROW - 1]),
+                    None => return None,
+                };
+                Some(non_finite_reason(&what, v, *micro, records))
+            })
     }
 }
 

@@ -65,7 +65,12 @@ pub(super) struct Pace {
 
 impl Pace {
     /// `steps` of `batch` images in `took`, `waited_s` of it waiting for data.
-    pub(super) fn measure(steps: u64, took: std::time::Duration, batch: usize, waited_s: f64) -> Option<Self> {
+    pub(super) fn measure(
+        steps: u64,
+        took: std::time::Duration,
+        batch: usize,
+        waited_s: f64,
+    ) -> Option<Self> {
         let secs = took.as_secs_f64();
         (steps > 0 && secs > 0.0).then(|| Pace {
             images_per_s: (steps * batch as u64) as f64 / secs,
@@ -78,7 +83,13 @@ impl Pace {
 /// The line that stands for the progress bar where none is drawn: `step 50/1000 (5 %): tag 123.4567
 /// align 12.3456 | lr 1.00e-4 | 155.5 images/s, 3 % waiting for data | eta 1h 2m 3s`, the pace
 /// (when known) being that since the previous line, pauses for validation and checkpoints included.
-pub(super) fn progress_line(done: u64, total: u64, terms: &str, lr: f64, pace: Option<Pace>) -> String {
+pub(super) fn progress_line(
+    done: u64,
+    total: u64,
+    terms: &str,
+    lr: f64,
+    pace: Option<Pace>,
+) -> String {
     let percent = 100 * done / total.max(1);
     let mut line = format!("step {done}/{total} ({percent} %): {terms} | lr {lr:.2e}");
     if let Some(p) = pace {
@@ -126,7 +137,10 @@ mod tests {
             "step 250/10000 (2 %): tag 123.4568 dis 0.2800 | lr 1.00e-4 | 104.0 images/s, 4 % waiting for data | eta 1h 21m 15s"
         );
         // No steps or no time measured: no pace, no eta.
-        assert_eq!(Pace::measure(0, std::time::Duration::from_secs(3), 8, 0.0), None);
+        assert_eq!(
+            Pace::measure(0, std::time::Duration::from_secs(3), 8, 0.0),
+            None
+        );
         assert_eq!(
             progress_line(4, 4, "tag 1.0000", 2e-3, None),
             "step 4/4 (100 %): tag 1.0000 | lr 2.00e-3"

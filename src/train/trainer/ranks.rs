@@ -62,7 +62,11 @@ pub(super) fn sum_over_ranks(group: &mut ProcessGroup) -> impl FnOnce(&Tensor) -
 /// of one rank sends nothing anywhere, so its gradients are not rounded). Logs (debug) how long the step
 /// waited for it after the backward pass (on the CPU; CUDA work is only queued) and, overlapped, how
 /// many buckets started while the backward pass was still computing.
-pub(super) fn all_reduce_grads(group: &mut ProcessGroup, opt: &AdamW, grad_comm: GradComm) -> Result<()> {
+pub(super) fn all_reduce_grads(
+    group: &mut ProcessGroup,
+    opt: &AdamW,
+    grad_comm: GradComm,
+) -> Result<()> {
     let t0 = Instant::now();
     if group.has_grad_overlap() {
         let stats = group.finish_grad_overlap()?;

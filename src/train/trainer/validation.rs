@@ -1,0 +1,97 @@
+//! Held-out validation at the current step, scored across the ranks.
+
+use crate::error::Result;
+use crate::monitor::{RunDir, ValidationRecord, ValidationWriter};
+use crate::train::error::TrainError;
+use crate::train::run::validation_line;
+use crate::train::validate::ValidationSet;
+use tch::{Device, Tensor};
+
+use super::Trainer;
+
+impl Trainer {
+    /// Whether validation is due after the current step (`val_every`, and always after the last).
+    pub fn validation_due(&self) -> bool {
+        let every = self.config.val_every;
+        (every > 0 && self.step % every == 0) || self.step == self.total_steps
+    }
+
+    /// Validates the model at the current step (nothing when the run has no validation data):
+    /// appends the record to `validation.jsonl`, logs it and returns it.
+    pub fn validate(&mut self) -> Result<Option<ValidationRecord>> {
+        let Some(v) = self.validator.as_mut() else {
+            return Ok(None);
+        };
+        let report = match self.group.as_mut() {
+            None => v.set.run(&self.model, self.device, v.batch)?,
+            Some(g) => {
+                // Each rank scores its share of the images; the gathered scores are the whole set's.
+                let all: Vec<usize> = (0..v.set.image_paths.len()).collect();
+                let share = crate::train::dist::shard(&all, g.rank(), g.world_size());
+                let paths = &v.set.image_paths[share.start..share.start + share.indices.len()];
+                let nc = self.model_config.num_class;
+                let mine = v.set.score(&self.model, self.device, v.batch, paths)?;
+                let mine = Tensor::from_slice(&mine).view([paths.len() as i64, nc as i64]);
+                let gathered = Tensor::cat(&g.all_gather(&mine)?, 0).to_device(Device::Cpu);
+                let scores = Vec::<f32>::try_from(gathered.reshape([-1])).map_err(|e| {
+                    TrainError::Tensors {
+                        path: v.set.bench.annots_path.clone(),
+                        action: "gather the validation scores of",
+                        source: Box::new(e),
+                    }
+                })?;
+                v.set.report(&scores, nc)?
+            }
+        };
+        let rec = ValidationRecord::from_report(self.step, &report.report, report.left_out);
+        if report.left_out > 0 {
+            let line = format!(
+                "validation at step {}: {} image(s) that cannot be read left out (unreadable_images = \"skip\")",
+                self.step, report.left_out
+            );
+            self.bar.suspend(|| tracing::warn!("{line}"));
+        }
+        if let Some(w) = v.writer.as_mut() {
+            w.write(&rec)?;
+        }
+        let line = validation_line(&rec);
+        self.bar.suspend(|| tracing::info!("{line}"));
+        v.records.push(rec.clone());
+        Ok(Some(rec))
+    }
+}
+
+/// Held-out validation: the set, where its records go, and those of this invocation.
+pub(super) struct Validator {
+    pub(super) set: ValidationSet,
+    /// `None` on ranks other than 0 (rank 0 alone writes the run's files).
+    pub(super) writer: Option<ValidationWriter>,
+    pub(super) batch: usize,
+    pub(super) records: Vec<ValidationRecord>,
+}
+
+impl Validator {
+    /// Opens `validation.jsonl`: truncated for a new run, cut back to `step` on resume.
+    pub(super) fn open(
+        set: ValidationSet,
+        run: &RunDir,
+        resume_at: Option<u64>,
+        batch: usize,
+        writes: bool,
+    ) -> Result<Self> {
+        let writer = match resume_at {
+            _ if !writes => None,
+            Some(step) => Some(ValidationWriter::resume(&run.validation_path(), step)?),
+            None => {
+                crate::fsutil::write_bytes_atomic(&run.validation_path(), b"")?;
+                Some(ValidationWriter::append(&run.validation_path())?)
+            }
+        };
+        Ok(Validator {
+            set,
+            writer,
+            batch,
+            records: Vec::new(),
+        })
+    }
+}
