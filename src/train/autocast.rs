@@ -305,7 +305,10 @@ mod tests {
         let cached = accumulate(true);
         let fresh = accumulate(false);
         assert!(cached.abs().sum(Kind::Float).double_value(&[]) > 0.0);
-        assert!(cached.equal(&fresh), "same gradients with and without the cache");
+        assert!(
+            cached.equal(&fresh),
+            "same gradients with and without the cache"
+        );
     }
 
     #[test]

@@ -5,9 +5,9 @@
 //! label embedding as a bare tensor, as RAM loads its `frozen_tag_embedding/*.pth`.
 
 use super::infer::{load_model, LoadedModel};
+use super::weights::from_tch;
 use crate::checkpoint::keymap::LoadReport;
 use crate::checkpoint::model_config::EntryDtype;
-use super::weights::from_tch;
 use crate::checkpoint::pth;
 use crate::error::{ErrorKind, Result};
 use crate::tensors::{FileFormat, Tensor};

@@ -102,11 +102,7 @@ pub fn fused_adamw(
             .iter()
             .any(|t| t.size() != shape)
         {
-            return Err(TrainError::FusedShape {
-                tensor: i,
-                shape,
-            }
-            .into());
+            return Err(TrainError::FusedShape { tensor: i, shape }.into());
         }
     }
     for t in [guards.grad_scale, guards.found_inf].into_iter().flatten() {
@@ -227,7 +223,10 @@ mod tests {
             grad_scale: None,
         };
         let (p, m) = run(4.0, go);
-        assert!((p[0] - 0.9).abs() < 1e-6 && (p[1] - 2.1).abs() < 1e-6, "{p:?}");
+        assert!(
+            (p[0] - 0.9).abs() < 1e-6 && (p[1] - 2.1).abs() < 1e-6,
+            "{p:?}"
+        );
         assert!((m[0] - 0.4).abs() < 1e-6, "{m:?}");
         // grad_scale 4: the first moment sees gradient 1 instead of 4.
         let four = Tensor::from(4.0f32);
@@ -236,6 +235,9 @@ mod tests {
             found_inf: None,
         };
         let (_, m) = run(4.0, scaled);
-        assert!((m[0] - 0.1).abs() < 1e-6 && (m[1] + 0.1).abs() < 1e-6, "{m:?}");
+        assert!(
+            (m[0] - 0.1).abs() < 1e-6 && (m[1] + 0.1).abs() < 1e-6,
+            "{m:?}"
+        );
     }
 }

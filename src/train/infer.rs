@@ -3,11 +3,11 @@
 //! inference transform, and batched scoring of image files. Used by `tagfix tag`,
 //! `tagfix eval --checkpoint` and `tagfix export`.
 
+use super::model::{ParamInit, RamPlus, RamPlusConfig};
+use super::run_files::{newest_whole_model, WholeModel};
+use super::weights::{self, LoadOptions};
 use crate::checkpoint::inspect::fit_presets;
 use crate::checkpoint::keymap::{checkpoint_keys, LoadReport};
-use super::model::{ParamInit, RamPlus, RamPlusConfig};
-use super::weights::{self, LoadOptions};
-use super::run_files::{newest_whole_model, WholeModel};
 use crate::error::{Error, ErrorKind, Result};
 use crate::eval::Thresholds;
 use crate::imaging::{normalize_chw, pil_resize, PilFilter};
@@ -585,7 +585,11 @@ mod tests {
         let elsewhere = tempfile::tempdir().unwrap();
         let pth = elsewhere.path().join("ram_plus_swin_large_14m.pth");
         std::fs::write(&pth, b"weights").unwrap();
-        std::fs::write(elsewhere.path().join("SHA256SUMS"), b"SHA256 (x.pth) = 00\n").unwrap();
+        std::fs::write(
+            elsewhere.path().join("SHA256SUMS"),
+            b"SHA256 (x.pth) = 00\n",
+        )
+        .unwrap();
         assert_eq!(checkpoint_file(&pth).unwrap(), pth);
     }
 

@@ -37,7 +37,10 @@ impl MemoryPlan {
         let optimizer = if shard_over > 1 {
             let sizes: Vec<i64> = trained.iter().map(|(_, t)| t.numel() as i64).collect();
             let partition = Partition::new(&sizes, shard_over);
-            let largest = (0..shard_over).map(|r| partition.share(r)).max().unwrap_or(0);
+            let largest = (0..shard_over)
+                .map(|r| partition.share(r))
+                .max()
+                .unwrap_or(0);
             let element = trained
                 .first()
                 .map_or(4, |(_, t)| t.kind().elt_size_in_bytes() as u64);

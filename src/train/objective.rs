@@ -8,9 +8,9 @@
 //! with its local batch in RAM's distributed training.
 
 use super::config::{AbsentPolicy, LossWeights};
-pub use super::weighting::{step_losses, weight_of, LossWeighting};
 use super::model::loss::{distillation_l1, AsymmetricLoss};
 use super::model::{RamPlus, Trace};
+pub use super::weighting::{step_losses, weight_of, LossWeighting};
 use crate::monitor::LossTerm;
 use tch::{Kind, Reduction, Tensor};
 

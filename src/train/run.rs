@@ -9,29 +9,29 @@
 //! resumed CPU run reproduces the uninterrupted one bit for bit.
 
 use super::config::{DeviceKind, ImageCheck, TrainConfig, UnreadableImages};
-use crate::share::WorkShare;
 use super::data::{self, Augment, LoaderConfig, TeacherSource, TrainData};
 use super::error::TrainError;
 pub use super::interrupt::StopRequest;
 use super::model::{ParamInit, RamPlus, RamPlusConfig};
-use super::weighting::LossWeighting;
-pub use super::run_files::{
-    checkpoint_folders, newest_checkpoint_in, newest_whole_checkpoint, read_run_inputs, read_state, Resumable, CheckpointState, InputDifference, TrainInputs, RUN_FILE,
-    STATE_SCHEMA,
-};
 use super::optim::AdamW;
+pub use super::run_files::{
+    checkpoint_folders, newest_checkpoint_in, newest_whole_checkpoint, read_run_inputs, read_state,
+    CheckpointState, InputDifference, Resumable, TrainInputs, RUN_FILE, STATE_SCHEMA,
+};
 pub use super::trainer::{RunStart, Trainer};
 use super::validate::{score_images, score_readable_images, ValidationSet};
+use super::weighting::LossWeighting;
 use super::weights::{self, InitFingerprint, LoadOptions};
 use crate::error::{Error, Result};
 use crate::fsutil::checksums::{self, Verified};
+use crate::imaging::PilFilter;
 use crate::manifest::SlotManifest;
 /// What a finished run reports (feature-free, so `repair` reads it without libtorch).
 pub use crate::monitor::RunSummary;
 use crate::monitor::{RunDir, ValidationRecord};
+use crate::share::WorkShare;
 use crate::tensors::{EmbeddingFile, Layout, Provenance};
 use crate::vocab::Vocabulary;
-use crate::imaging::PilFilter;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -383,7 +383,14 @@ fn open_validation(
     };
     // Without --vocab the manifest's tags name the slots (no preset thresholds then).
     let vocab = labels.vocab.clone().unwrap_or_else(|| {
-        Vocabulary::from_tags(labels.manifest.slots.iter().map(|s| s.tag.clone()).collect())
+        Vocabulary::from_tags(
+            labels
+                .manifest
+                .slots
+                .iter()
+                .map(|s| s.tag.clone())
+                .collect(),
+        )
     });
     let set = ValidationSet::open(
         v,
@@ -687,8 +694,11 @@ impl CheckpointSpace {
             .ancestors()
             .find(|p| p.is_dir())
             .and_then(crate::fsutil::available_space);
-        let folders = checkpoint_folders(&out.join(crate::monitor::run_dir::CHECKPOINTS_DIR), "state.json")
-            .unwrap_or_default();
+        let folders = checkpoint_folders(
+            &out.join(crate::monitor::run_dir::CHECKPOINTS_DIR),
+            "state.json",
+        )
+        .unwrap_or_default();
         let existing = folders.iter().map(|d| crate::fsutil::folder_bytes(d)).sum();
         CheckpointSpace {
             bytes,
@@ -949,7 +959,10 @@ mod tests {
             absent: None,
         };
         let line = validation_line(&rec);
-        assert!(line.starts_with("validation at step 30 (synth, 8 images): "), "{line}");
+        assert!(
+            line.starts_with("validation at step 30 (synth, 8 images): "),
+            "{line}"
+        );
         let line = validation_line(&ValidationRecord { left_out: 2, ..rec });
         assert!(
             line.starts_with("validation at step 30 (synth, 8 images, 2 unreadable left out): "),
@@ -962,7 +975,9 @@ mod tests {
     #[test]
     fn a_vocabulary_hash_of_any_text_shortens_without_panicking() {
         assert_eq!(short_sha(&"ab".repeat(32)), "abababababab");
-        assert_eq!(short_sha(&format!("a{}", "é".repeat(20))).chars().count(), 12);
+        assert_eq!(
+            short_sha(&format!("a{}", "é".repeat(20))).chars().count(),
+            12
+        );
     }
-
 }

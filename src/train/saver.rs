@@ -9,8 +9,8 @@ use super::error::TrainError;
 use super::run::{checkpoint_dir, CheckpointState};
 use crate::error::{Error, Result};
 use crate::fsutil::checksums;
-use crate::tensors::safetensors_io::{self, StreamedTensor};
 use crate::monitor::RunDir;
+use crate::tensors::safetensors_io::{self, StreamedTensor};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use tch::nn::VarStore;
@@ -332,11 +332,11 @@ impl Drop for CheckpointWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::optim::AdamW;
     use crate::train::config::TrainConfig;
-    use std::path::Path;
     use crate::train::config::{LossBalance, LossWeights};
     use crate::train::objective::LossWeighting;
+    use crate::train::optim::AdamW;
+    use std::path::Path;
     use tch::nn::Init;
     use tch::Kind;
 
@@ -403,8 +403,15 @@ mod tests {
         assert!(dir.ends_with("step-00000003"));
         let w = saved(&dir, "encoder.weight");
         assert_eq!(w.size(), vec![3, 4]);
-        assert_eq!(w.sum(Kind::Float).double_value(&[]), 12.0, "step 3's values");
-        assert_eq!(saved(&dir, "head.bias").sum(Kind::Float).double_value(&[]), 8.0);
+        assert_eq!(
+            w.sum(Kind::Float).double_value(&[]),
+            12.0,
+            "step 3's values"
+        );
+        assert_eq!(
+            saved(&dir, "head.bias").sum(Kind::Float).double_value(&[]),
+            8.0
+        );
         assert!(dir.join("optimizer.safetensors").is_file() && dir.join("state.json").is_file());
         // Every file listed in its SHA256SUMS, as `sha256sum -c` reads it.
         let files = crate::train::run_files::CHECKPOINT_FILES;
@@ -412,7 +419,10 @@ mod tests {
             checksums::verify_folder(&dir, &files).unwrap(),
             checksums::Verified::Matched
         );
-        let listed: Vec<String> = checksums::read_checksums(&dir).unwrap().unwrap().entries
+        let listed: Vec<String> = checksums::read_checksums(&dir)
+            .unwrap()
+            .unwrap()
+            .entries
             .into_iter()
             .map(|(name, _)| name)
             .collect();
@@ -433,12 +443,24 @@ mod tests {
         // Over two pieces, bf16, an integer, a scalar, an empty tensor, a transposed (strided) view.
         let long = (PIECE_BYTES / 4 + 3) as i64;
         let tensors: Vec<(String, Tensor)> = vec![
-            ("long".into(), Tensor::arange(long, (Kind::Float, Device::Cpu))),
-            ("half".into(), Tensor::randn([5, 7], (Kind::BFloat16, Device::Cpu))),
+            (
+                "long".into(),
+                Tensor::arange(long, (Kind::Float, Device::Cpu)),
+            ),
+            (
+                "half".into(),
+                Tensor::randn([5, 7], (Kind::BFloat16, Device::Cpu)),
+            ),
             ("count".into(), Tensor::from_slice(&[3i64, -1])),
             ("scalar".into(), Tensor::from(2.5f64)),
-            ("none".into(), Tensor::zeros([0, 4], (Kind::Float, Device::Cpu))),
-            ("strided".into(), Tensor::randn([3, 4], (Kind::Float, Device::Cpu)).tr()),
+            (
+                "none".into(),
+                Tensor::zeros([0, 4], (Kind::Float, Device::Cpu)),
+            ),
+            (
+                "strided".into(),
+                Tensor::randn([3, 4], (Kind::Float, Device::Cpu)).tr(),
+            ),
         ];
         let ours = tmp.path().join("ours.safetensors");
         let digest = write_tensor_file(&ours, &tensors).unwrap();
@@ -467,7 +489,8 @@ mod tests {
         let e = ensure_space(dir.path(), u64::MAX).unwrap_err();
         assert_eq!(e.kind(), crate::error::ErrorKind::Io);
         assert!(
-            e.to_string().contains("is free on its file system: free space"),
+            e.to_string()
+                .contains("is free on its file system: free space"),
             "{e}"
         );
     }
@@ -513,7 +536,12 @@ mod tests {
         let run = RunDir::create(tmp.path()).unwrap();
         let root = run.checkpoints_dir();
         // Step 100000000 has a ninth digit: by name it would sort before step 99999999.
-        for name in ["step-99999999", "step-100000000", "step-00000400-best", "step-00000005"] {
+        for name in [
+            "step-99999999",
+            "step-100000000",
+            "step-00000400-best",
+            "step-00000005",
+        ] {
             std::fs::create_dir_all(root.join(name)).unwrap();
         }
         prune(&run, 2).unwrap();
@@ -522,7 +550,10 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         left.sort();
-        assert_eq!(left, ["step-00000400-best", "step-100000000", "step-99999999"]);
+        assert_eq!(
+            left,
+            ["step-00000400-best", "step-100000000", "step-99999999"]
+        );
     }
 
     #[test]

@@ -9,9 +9,9 @@
 //! the copy is not reused before the transfer has finished.
 
 use crate::error::Result;
+use crate::train::data::augment::{CLIP_MEAN, CLIP_STD};
 use crate::train::error::TrainError;
 use crate::train::fused::call as shim_call;
-use crate::train::data::augment::{CLIP_MEAN, CLIP_STD};
 use std::os::raw::{c_char, c_int};
 use tch::{Device, Kind, Tensor};
 use torch_sys::C_tensor;
@@ -38,7 +38,11 @@ pub fn pin_memory(t: &Tensor) -> Result<Tensor> {
 
 /// `values` as a `shape` tensor on `device`: on CUDA through pinned memory with a non-blocking
 /// copy, on the CPU the host tensor itself.
-pub fn upload<T: tch::kind::Element>(values: &[T], shape: &[i64], device: Device) -> Result<Tensor> {
+pub fn upload<T: tch::kind::Element>(
+    values: &[T],
+    shape: &[i64],
+    device: Device,
+) -> Result<Tensor> {
     let host = Tensor::from_slice(values).view(shape);
     if !device.is_cuda() {
         return Ok(host.to_device(device));
@@ -144,6 +148,9 @@ mod tests {
     fn cpu_upload_keeps_values_and_shape() {
         let t = upload(&[1.5f32, -2.0, 3.25, 0.0], &[2, 2], Device::Cpu).unwrap();
         assert_eq!(t.size(), [2, 2]);
-        assert_eq!(Vec::<f32>::try_from(t.reshape([-1])).unwrap(), [1.5, -2.0, 3.25, 0.0]);
+        assert_eq!(
+            Vec::<f32>::try_from(t.reshape([-1])).unwrap(),
+            [1.5, -2.0, 3.25, 0.0]
+        );
     }
 }

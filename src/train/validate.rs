@@ -11,16 +11,16 @@ use super::data::augment;
 use super::model::RamPlus;
 pub use super::run_files::ValidationInputs;
 use crate::error::{Error, Result};
-use crate::train::config::UnreadableImages;
-use crate::train::error::TrainError;
 use crate::eval::{
     evaluate, gather_columns, Benchmark, EvalReport, LabelForm, MappedTag, MatchKind, TagMapping,
     Thresholds,
 };
+use crate::imaging::{keep_images, pil_resize, PilFilter};
 use crate::manifest::SlotManifest;
 use crate::share::WorkShare;
+use crate::train::config::UnreadableImages;
+use crate::train::error::TrainError;
 use crate::vocab::Vocabulary;
-use crate::imaging::{keep_images, pil_resize, PilFilter};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -183,7 +183,9 @@ impl ValidationSet {
     /// is [`UNREADABLE_ROW`].
     pub fn report(&self, scores: &[f32], num_class: usize) -> Result<Validated> {
         let rows = || scores.chunks(num_class.max(1));
-        let read: Vec<bool> = rows().map(|row| row.first() != Some(&UNREADABLE_ROW)).collect();
+        let read: Vec<bool> = rows()
+            .map(|row| row.first() != Some(&UNREADABLE_ROW))
+            .collect();
         let left_out = read.iter().filter(|&&r| !r).count();
         if left_out == 0 {
             let report = self.evaluate(&self.bench, scores, num_class)?;
@@ -396,7 +398,9 @@ mod tests {
         let vs = tch::nn::VarStore::new(Device::Cpu);
         let model = RamPlus::new(&vs, &cfg, ParamInit::Official).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let paths: Vec<PathBuf> = (0..5).map(|i| dir.path().join(format!("{i}.png"))).collect();
+        let paths: Vec<PathBuf> = (0..5)
+            .map(|i| dir.path().join(format!("{i}.png")))
+            .collect();
         for (i, p) in paths.iter().enumerate() {
             let img = image::RgbImage::from_fn(40 + i as u32, 30, |x, y| {
                 image::Rgb([(x * 9) as u8, (y * 7 + i as u32 * 40) as u8, 128])
@@ -406,30 +410,48 @@ mod tests {
         std::fs::write(&paths[1], b"\x89PNG\r\n\x1a\n cut short").unwrap();
         std::fs::remove_file(&paths[3]).unwrap();
         let readable = [paths[0].clone(), paths[2].clone(), paths[4].clone()];
-        let score = |paths: &[PathBuf]| score_images(&model, paths, Device::Cpu, 2, PilFilter::Bicubic);
+        let score =
+            |paths: &[PathBuf]| score_images(&model, paths, Device::Cpu, 2, PilFilter::Bicubic);
         let want = score(&readable).unwrap();
         assert_eq!(want.len(), 3 * 6);
         let (got, left_out) =
             score_readable_images(&model, &paths, Device::Cpu, 2, PilFilter::Bicubic).unwrap();
         assert_eq!(left_out, 2);
-        let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let diff = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert!(got.len() == want.len() && diff < 1e-6, "{diff}");
         let e = crate::error::report(&score(&paths).unwrap_err());
         assert!(e.contains("1.png"), "{e}");
         // A batch with nothing readable contributes nothing.
         let (none, left_out) =
-            score_readable_images(&model, &paths[1..2], Device::Cpu, 2, PilFilter::Bicubic).unwrap();
+            score_readable_images(&model, &paths[1..2], Device::Cpu, 2, PilFilter::Bicubic)
+                .unwrap();
         assert_eq!((none.len(), left_out), (0, 1));
         // Marked, every image keeps its row in order; an unreadable one's is UNREADABLE_ROW.
-        let (marked, left_out) =
-            score_batches(&model, &paths, Device::Cpu, 2, PilFilter::Bicubic, OnUnreadable::Mark)
-                .unwrap();
+        let (marked, left_out) = score_batches(
+            &model,
+            &paths,
+            Device::Cpu,
+            2,
+            PilFilter::Bicubic,
+            OnUnreadable::Mark,
+        )
+        .unwrap();
         assert_eq!((marked.len(), left_out), (5 * 6, 2));
         let rows: Vec<&[f32]> = marked.chunks(6).collect();
         for (row, want) in [rows[0], rows[2], rows[4]].into_iter().zip(want.chunks(6)) {
-            let diff = row.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let diff = row
+                .iter()
+                .zip(want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
             assert!(diff < 1e-6, "{diff}");
         }
-        assert!([rows[1], rows[3]].iter().all(|r| r.iter().all(|&v| v == UNREADABLE_ROW)));
+        assert!([rows[1], rows[3]]
+            .iter()
+            .all(|r| r.iter().all(|&v| v == UNREADABLE_ROW)));
     }
 }

@@ -10,8 +10,8 @@
 
 use crate::checkpoint::keymap::{self, Action, LoadReport, ModelKey};
 use crate::error::Result;
-use crate::train::error::TrainError;
 use crate::tensors::{self, DType, TensorSet};
+use crate::train::error::TrainError;
 use std::path::Path;
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
@@ -87,9 +87,7 @@ pub(crate) fn dtype_of(k: Kind) -> Result<DType> {
         Kind::Int8 => DType::I8,
         Kind::Uint8 => DType::U8,
         Kind::Bool => DType::Bool,
-        other => {
-            return Err(TrainError::UnsupportedKind(format!("{other:?}")).into())
-        }
+        other => return Err(TrainError::UnsupportedKind(format!("{other:?}")).into()),
     })
 }
 

@@ -3,13 +3,13 @@
 
 use super::{augment, Augment, Draw, TrainData, TEACHER_DIM};
 use crate::error::{Error, Result};
-use crate::teacher::CaptionChoice;
 use crate::teacher::online::OnlineTeacher;
+use crate::teacher::CaptionChoice;
 use crate::train::config::UnreadableImages;
 use crate::train::error::TrainError;
+use rand::seq::SliceRandom;
 use rand::Rng;
 use rand::SeedableRng;
-use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
@@ -120,7 +120,10 @@ pub(super) fn mix(a: u64, b: u64, c: u64) -> u64 {
 /// The record order of epoch `epoch` (records numbered with 32 bits, see
 /// [`TrainError::TooManyRecords`]; the same permutation as numbering them with `usize`).
 pub fn epoch_order(records: usize, seed: u64, epoch: u64) -> Vec<u32> {
-    debug_assert!(u32::try_from(records).is_ok(), "TrainData refuses more records");
+    debug_assert!(
+        u32::try_from(records).is_ok(),
+        "TrainData refuses more records"
+    );
     let mut order: Vec<u32> = (0..records as u32).collect();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(seed, epoch, 0x5EED)));
     order
@@ -303,9 +306,7 @@ pub(super) fn decode_micro_batch(
 /// images: the next position after `k` that is not `unreadable`, wrapping around; `None` when
 /// every position is unreadable.
 pub(super) fn stand_in(unreadable: &[usize], k: usize, len: usize) -> Option<usize> {
-    (k + 1..len)
-        .chain(0..k)
-        .find(|r| !unreadable.contains(r))
+    (k + 1..len).chain(0..k).find(|r| !unreadable.contains(r))
 }
 
 impl Decoded {
@@ -317,7 +318,11 @@ impl Decoded {
             first,
             teacher_pixels,
         } = self;
-        let Some(t) = data.online_teacher.as_ref().filter(|_| data.teacher.is_none()) else {
+        let Some(t) = data
+            .online_teacher
+            .as_ref()
+            .filter(|_| data.teacher.is_none())
+        else {
             return Ok(batch);
         };
         let (step, micro, epoch) = (batch.step, batch.micro, batch.epoch);

@@ -6,9 +6,9 @@ use super::{epoch_order, LoaderConfig, MicroBatch, TrainData};
 use crate::error::Result;
 use crate::train::error::TrainError;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
 
 /// Background loader: a producer thread hands out micro-batches `[start_step, end_step)` in order
 /// through a bounded channel of `prefetch` micro-batches. Up to `prefetch` micro-batches are decoded
@@ -142,7 +142,8 @@ fn produce<I: Iterator<Item = (u64, usize)>>(
             let Some((step, micro, order)) = schedule.next_job() else {
                 break;
             };
-            let (data, cfg, done_tx, seq) = (schedule.data.clone(), schedule.cfg, done_tx.clone(), issued);
+            let (data, cfg, done_tx, seq) =
+                (schedule.data.clone(), schedule.cfg, done_tx.clone(), issued);
             let decode = schedule.decode;
             pool.spawn(move || {
                 let item = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -20,9 +20,9 @@ pub use batch::{epoch_order, load_micro_batch, LoaderConfig, MicroBatch, Skipped
 pub use loader::Loader;
 
 use crate::annotations::records::ReadOptions;
+use crate::share::WorkShare;
 use crate::teacher::online::OnlineTeacher;
 use crate::teacher::OnlineTeacherConfig;
-use crate::share::WorkShare;
 use crate::train::config::{ImageCheck, UnreadableImages};
 
 use crate::error::{Error, Result};
@@ -239,7 +239,9 @@ impl TrainData {
             examples,
         };
         if unreadable == UnreadableImages::Skip && failures.len() < total {
-            tracing::warn!("{error}; each is replaced in its micro-batch (--unreadable-images skip)");
+            tracing::warn!(
+                "{error}; each is replaced in its micro-batch (--unreadable-images skip)"
+            );
             return Ok(failures.len());
         }
         Err(error.into())
@@ -395,7 +397,11 @@ mod tests {
         let victim = data.image_path(&data.records.get(order[6] as usize));
         std::fs::remove_file(&victim).unwrap();
         let got = drain(Loader::start(data.clone(), cfg, 0, 6).unwrap());
-        assert_eq!(got.len(), 4, "three micro-batches, then the error, then nothing");
+        assert_eq!(
+            got.len(),
+            4,
+            "three micro-batches, then the error, then nothing"
+        );
         assert!(got[..3].iter().all(Result::is_ok));
         let name = victim.file_name().unwrap().to_string_lossy().into_owned();
         let e = got[3].as_ref().unwrap_err().to_string();
@@ -405,7 +411,10 @@ mod tests {
     #[test]
     fn stand_ins_are_the_next_readable_positions_wrapping_around() {
         let all = |unreadable: &[usize], len| -> Option<Vec<usize>> {
-            unreadable.iter().map(|&k| stand_in(unreadable, k, len)).collect()
+            unreadable
+                .iter()
+                .map(|&k| stand_in(unreadable, k, len))
+                .collect()
         };
         assert_eq!(all(&[], 3), Some(vec![]));
         assert_eq!(all(&[1], 3), Some(vec![2]));
@@ -511,18 +520,43 @@ mod tests {
         assert_eq!(got.len(), 4);
         let hit = &got[1];
         assert_eq!(hit.indices, [record(3), record(3), record(3)]);
-        assert_eq!(skips(hit), [(1, record(4), record(3)), (2, record(5), record(3))]);
-        let name = |pos| path(pos).file_name().unwrap().to_string_lossy().into_owned();
-        assert!(hit.skipped[0].reason.contains(&name(4)), "{:?}", hit.skipped);
-        assert!(hit.skipped[1].reason.contains(&name(5)), "{:?}", hit.skipped);
-        assert!(hit.skipped[0].reason.contains(": record"), "{:?}", hit.skipped);
+        assert_eq!(
+            skips(hit),
+            [(1, record(4), record(3)), (2, record(5), record(3))]
+        );
+        let name = |pos| {
+            path(pos)
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        };
+        assert!(
+            hit.skipped[0].reason.contains(&name(4)),
+            "{:?}",
+            hit.skipped
+        );
+        assert!(
+            hit.skipped[1].reason.contains(&name(5)),
+            "{:?}",
+            hit.skipped
+        );
+        assert!(
+            hit.skipped[0].reason.contains(": record"),
+            "{:?}",
+            hit.skipped
+        );
         let n = data.num_slots;
         for k in 1..3 {
             assert_eq!(hit.targets[k * n..(k + 1) * n], hit.targets[..n]);
         }
         // The other micro-batches are untouched; the same file at position 4 gives position 4's
         // view of the stand-in.
-        for (a, b) in intact.iter().zip(&got).filter(|(_, b)| b.skipped.is_empty()) {
+        for (a, b) in intact
+            .iter()
+            .zip(&got)
+            .filter(|(_, b)| b.skipped.is_empty())
+        {
             assert_eq!(a.as_ref().unwrap().images, b.images);
         }
         std::fs::copy(path(3), path(4)).unwrap();
@@ -532,7 +566,10 @@ mod tests {
         assert!(copied.skipped.is_empty());
         assert_eq!(copied.images, hit.images);
         assert_eq!(copied.draws, hit.draws);
-        assert_ne!(hit.images[..16 * 16 * 3], hit.images[16 * 16 * 3..2 * 16 * 16 * 3]);
+        assert_ne!(
+            hit.images[..16 * 16 * 3],
+            hit.images[16 * 16 * 3..2 * 16 * 16 * 3]
+        );
 
         // With none of a micro-batch readable, nothing can stand in: the loader stops.
         for pos in 3..6 {
@@ -594,7 +631,9 @@ mod tests {
         .unwrap();
         let open = || {
             let files = &data.records.files;
-            Arc::new(TrainData::open(files, &data.image_root, data.num_slots, Some(&teacher)).unwrap())
+            Arc::new(
+                TrainData::open(files, &data.image_root, data.num_slots, Some(&teacher)).unwrap(),
+            )
         };
         let flagged_data = open();
         let got: Vec<MicroBatch> = drain(Loader::start(flagged_data.clone(), skip, 0, 2).unwrap())
@@ -604,19 +643,35 @@ mod tests {
         assert_eq!(got[1].indices, [record(3), record(3), record(3)]);
         assert_eq!(got[1].skipped.len(), 2);
         for s in &got[1].skipped {
-            assert!(s.reason.contains("flagged.safetensors has no image features"), "{}", s.reason);
+            assert!(
+                s.reason
+                    .contains("flagged.safetensors has no image features"),
+                "{}",
+                s.reason
+            );
         }
         // The stand-ins' teacher rows come with them.
         let mut stand_in = Vec::new();
-        flagged_data.teacher.as_ref().unwrap().append_image_row(row(3), &mut stand_in).unwrap();
-        assert_eq!(got[1].clip_feature.as_ref().unwrap()[TEACHER_DIM..2 * TEACHER_DIM], stand_in[..]);
+        flagged_data
+            .teacher
+            .as_ref()
+            .unwrap()
+            .append_image_row(row(3), &mut stand_in)
+            .unwrap();
+        assert_eq!(
+            got[1].clip_feature.as_ref().unwrap()[TEACHER_DIM..2 * TEACHER_DIM],
+            stand_in[..]
+        );
         // Under `stop` the loader refuses them, and so does the check before training in any mode
         // (knowing them costs no reading); under `skip` the check counts them once.
         let stop = small_loader(3, 2, 4);
         let got = drain(Loader::start(flagged_data.clone(), stop, 0, 2).unwrap());
         let e = got[1].as_ref().unwrap_err().to_string();
         let image = data.records.get(record(4)).image_path.to_string();
-        assert!(e.contains(&image) || e.contains(data.records.get(record(5)).image_path), "{e}");
+        assert!(
+            e.contains(&image) || e.contains(data.records.get(record(5)).image_path),
+            "{e}"
+        );
         let whole = WorkShare::WHOLE;
         for mode in [ImageCheck::None, ImageCheck::Header, ImageCheck::Full] {
             let e = flagged_data
@@ -627,7 +682,11 @@ mod tests {
             let skipped = flagged_data.check_images_of(mode, whole, UnreadableImages::Skip);
             assert_eq!(skipped.unwrap(), 2, "{mode:?}");
         }
-        assert_eq!(data.check_images_of(ImageCheck::None, whole, UnreadableImages::Stop).unwrap(), 0);
+        assert_eq!(
+            data.check_images_of(ImageCheck::None, whole, UnreadableImages::Stop)
+                .unwrap(),
+            0
+        );
     }
 
     #[test]
@@ -647,7 +706,11 @@ mod tests {
             },
         };
         let got = drain(Loader::spawn(schedule).unwrap());
-        assert_eq!(got.len(), 6, "five micro-batches, then the panic as an error");
+        assert_eq!(
+            got.len(),
+            6,
+            "five micro-batches, then the panic as an error"
+        );
         assert!(got[..5].iter().all(Result::is_ok));
         let e = got[5].as_ref().unwrap_err();
         let Error::Train(train) = e else {

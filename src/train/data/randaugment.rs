@@ -174,7 +174,9 @@ pub fn equalize(img: &mut RgbImage) {
         let step = (h.iter().sum::<u64>() - last) / 255;
         let mut below = step / 2;
         for (v, t) in tables[c].iter_mut().enumerate() {
-            *t = below.checked_div(step).map_or(v as u8, |q| q.min(255) as u8);
+            *t = below
+                .checked_div(step)
+                .map_or(v as u8, |q| q.min(255) as u8);
             below += h[v];
         }
     }
@@ -347,8 +349,7 @@ pub fn warp_affine_by_definition(img: &RgbImage, m: [[f64; 3]; 2], fill: [u8; 3]
         );
         let mut out = [0u8; 3];
         for (ch, o) in out.iter_mut().enumerate() {
-            let v = (1.0 - fy)
-                * ((1.0 - fx) * sample(x0, y0, ch) + fx * sample(x0 + 1, y0, ch))
+            let v = (1.0 - fy) * ((1.0 - fx) * sample(x0, y0, ch) + fx * sample(x0 + 1, y0, ch))
                 + fy * ((1.0 - fx) * sample(x0, y0 + 1, ch) + fx * sample(x0 + 1, y0 + 1, ch));
             *o = v.round().clamp(0.0, 255.0) as u8;
         }
@@ -365,9 +366,24 @@ mod tests {
     #[test]
     fn rounding_halves_away_from_zero_as_round_does() {
         for t in [
-            0.0, 0.5, -0.5, 1.5, -1.5, 2.4999999999999996, -2.4999999999999996, 0.49999999999999994,
-            -0.49999999999999994, 1e15 + 0.5, -3.75, 7.25, 12345.5, f64::NAN, f64::INFINITY,
-            f64::NEG_INFINITY, 1e300, -1e300,
+            0.0,
+            0.5,
+            -0.5,
+            1.5,
+            -1.5,
+            2.4999999999999996,
+            -2.4999999999999996,
+            0.49999999999999994,
+            -0.49999999999999994,
+            1e15 + 0.5,
+            -3.75,
+            7.25,
+            12345.5,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            1e300,
+            -1e300,
         ] {
             assert_eq!(round_half_away(t), t.round() as i64, "{t}");
         }

@@ -9,10 +9,10 @@
 
 use super::{TeacherFeatures, TEACHER_DIM};
 use crate::error::{Error, Result};
-use crate::train::error::TrainError;
 use crate::manifest::{InputFile, SlotManifest};
 use crate::tensors::provenance::EMBEDDINGS_TENSOR;
 use crate::tensors::{EmbeddingFile, Provenance};
+use crate::train::error::TrainError;
 use crate::vocab::Vocabulary;
 use image::{Rgb, RgbImage};
 use rand::{Rng, SeedableRng};
@@ -128,7 +128,9 @@ impl SynthOptions {
 
     /// Refuses a label embedding of `tags` × `descriptions` rows too large to build in memory.
     fn check_label_values(&self, tags: usize) -> Result<()> {
-        let values = tags.saturating_mul(self.descriptions).saturating_mul(TEACHER_DIM);
+        let values = tags
+            .saturating_mul(self.descriptions)
+            .saturating_mul(TEACHER_DIM);
         if values > MAX_LABEL_VALUES {
             return Err(TrainError::SynthOptions {
                 setting: "--descriptions",
@@ -174,11 +176,10 @@ pub fn generate(opts: &SynthOptions, dir: &Path) -> Result<SynthDataset> {
             format!("{i:05}.png")
         };
         let path = images.join(&name);
-        img.save(&path)
-            .map_err(|e| TrainError::WriteImage {
-                path: path.clone(),
-                source: Box::new(e),
-            })?;
+        img.save(&path).map_err(|e| TrainError::WriteImage {
+            path: path.clone(),
+            source: Box::new(e),
+        })?;
         let caption = slots
             .iter()
             .map(|&t| tags[t].as_str())
@@ -395,7 +396,10 @@ mod tests {
         };
         wide.check().unwrap();
         let e = wide.check_label_values(10_000).unwrap_err().to_string();
-        assert!(e.contains("--descriptions must be at most 209 for a vocabulary of 10000 tags"), "{e}");
+        assert!(
+            e.contains("--descriptions must be at most 209 for a vocabulary of 10000 tags"),
+            "{e}"
+        );
         wide.check_label_values(4585).unwrap();
     }
 

@@ -9,8 +9,8 @@ use super::loss::{distillation_l1, AsymmetricLoss};
 use super::swin::SwinTransformer;
 use super::tagging_head::TaggingHead;
 use crate::checkpoint::model_def;
-use crate::train::autocast;
 use crate::error::Result;
+use crate::train::autocast;
 use crate::train::error::TrainError;
 use tch::nn;
 use tch::{Kind, Tensor};
@@ -298,7 +298,9 @@ impl RamPlus {
         tch::no_grad(|| {
             let mut trace = Trace::off();
             let e = self.image_embeds(image, false, &mut trace);
-            Ok(self.tag_branch(&e.image_embeds, false, &mut trace)?.tagging_logits)
+            Ok(self
+                .tag_branch(&e.image_embeds, false, &mut trace)?
+                .tagging_logits)
         })
     }
 

@@ -410,7 +410,8 @@ mod tests {
         tch::manual_seed(5);
         let vs = nn::VarStore::new(Device::Cpu);
         let a = attention(&vs);
-        let mask = shifted.then(|| Tensor::from_slice(&shift_attention_mask(8, 4, 2)).view([4, 16, 16]));
+        let mask =
+            shifted.then(|| Tensor::from_slice(&shift_attention_mask(8, 4, 2)).view([4, 16, 16]));
         let x = Tensor::randn([8, 16, 8], (Kind::Float, Device::Cpu));
         let upstream = Tensor::randn([8, 16, 8], (Kind::Float, Device::Cpu));
         let bias = a.relative_position_bias();
@@ -421,7 +422,11 @@ mod tests {
         };
         (&y * &upstream).sum(Kind::Float).backward();
         let grad = |t: &Tensor| t.grad().detach().copy();
-        (y.detach(), grad(&a.relative_position_bias_table), grad(&a.qkv.weight))
+        (
+            y.detach(),
+            grad(&a.relative_position_bias_table),
+            grad(&a.qkv.weight),
+        )
     }
 
     #[test]
@@ -432,7 +437,10 @@ mod tests {
             let (y0, table0, qkv0) = run(shifted, false);
             assert!(max_rel(&y, &y0) < 1e-6, "output, shifted {shifted}");
             assert!(table.abs().sum(Kind::Float).double_value(&[]) > 0.0);
-            assert!(max_rel(&table, &table0) < 1e-5, "bias table grad, shifted {shifted}");
+            assert!(
+                max_rel(&table, &table0) < 1e-5,
+                "bias table grad, shifted {shifted}"
+            );
             assert!(max_rel(&qkv, &qkv0) < 1e-5, "qkv grad, shifted {shifted}");
         }
     }

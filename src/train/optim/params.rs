@@ -1,10 +1,10 @@
 //! Which parameters AdamW trains and how: module groups, weight decay by name and shape, frozen
 //! prefixes, and each trained parameter with its moments.
 
-use crate::train::dist::zero::Slice;
-use crate::train::error::TrainError;
 use crate::error::Result;
 use crate::monitor::ModuleGroup;
+use crate::train::dist::zero::Slice;
+use crate::train::error::TrainError;
 use tch::nn::VarStore;
 use tch::Tensor;
 
@@ -46,7 +46,8 @@ impl Param {
 
     /// Whether this rank updates every value.
     pub(super) fn whole(&self) -> bool {
-        self.slice.is_some_and(|s| s.start == 0 && s.len == self.numel())
+        self.slice
+            .is_some_and(|s| s.start == 0 && s.len == self.numel())
     }
 
     /// The part of `t` (the parameter or its gradient) this rank updates: `t` itself or a flat view

@@ -2,12 +2,12 @@
 //! `_foreach_norm`), the same on the device without a host read ([`AdamW::update_on_device`], then
 //! [`AdamW::settle`]), and the original per-parameter loop kept for the parity test and the benchmark.
 
-use crate::train::error::TrainError;
-use crate::train::fused::{foreach_norm, fused_adamw, AdamWArgs, StepGuards};
 use super::{AdamW, OptimizerImpl, Param};
-use crate::train::sync::{read_f64, read_f64s};
 use crate::error::Result;
 use crate::monitor::{GroupNorms, ModuleGroup};
+use crate::train::error::TrainError;
+use crate::train::fused::{foreach_norm, fused_adamw, AdamWArgs, StepGuards};
+use crate::train::sync::{read_f64, read_f64s};
 use std::collections::BTreeMap;
 use tch::{Kind, Tensor};
 
@@ -177,7 +177,10 @@ impl AdamW {
             let norms = if with_grad.is_empty() {
                 Tensor::zeros([0], (Kind::Double, device))
             } else {
-                let grads: Vec<Tensor> = with_grad.iter().map(|&i| self.params[i].var.grad()).collect();
+                let grads: Vec<Tensor> = with_grad
+                    .iter()
+                    .map(|&i| self.params[i].var.grad())
+                    .collect();
                 foreach_norm(&grads.iter().collect::<Vec<_>>())?
             };
             let total = norms.square().sum(Kind::Double).sqrt();
@@ -331,7 +334,11 @@ impl AdamW {
             Tensor::cat(&norms, 0)
         };
         if self.partition.is_some() {
-            return Ok(Some(self.every_update_norm(&grads, &norms.square(), &order)));
+            return Ok(Some(self.every_update_norm(
+                &grads,
+                &norms.square(),
+                &order,
+            )));
         }
         Ok(Some((norms, order)))
     }
@@ -467,8 +474,8 @@ mod tests {
     use crate::train::optim::LrSchedule;
     use crate::train::sync::thread_host_reads;
     use tch::nn;
-    use tch::Device;
     use tch::nn::VarStore;
+    use tch::Device;
 
     /// The same named parameters (decayed and not, in three module groups, one without a gradient
     /// on odd steps) in a new store.
@@ -670,7 +677,9 @@ mod tests {
         let flag = |v: f32| Tensor::from_slice(&[v]);
         let before = snapshot();
         let r0 = thread_host_reads();
-        let u = opt.update_on_device(1e-3, Some(0.5), &flag(1.0), false).unwrap();
+        let u = opt
+            .update_on_device(1e-3, Some(0.5), &flag(1.0), false)
+            .unwrap();
         assert_eq!(thread_host_reads(), r0, "no read until the caller's");
         let values = Vec::<f64>::try_from(u.packed()).unwrap();
         assert_eq!(values.len(), u.len());
@@ -678,26 +687,39 @@ mod tests {
         assert!(s.skipped && s.update_norm.is_none());
         assert!(s.grad_norm.total > 0.5 && s.grad_norm.total.is_finite());
         assert_eq!(opt.step, 0, "a skipped update is no step");
-        assert!(same(&before, &snapshot()), "a skipped update changes nothing");
+        assert!(
+            same(&before, &snapshot()),
+            "a skipped update changes nothing"
+        );
         // Unflagged, measured: the update runs, clipped to norm 0.5, and reports its norms.
-        let u = opt.update_on_device(1e-3, Some(0.5), &flag(0.0), true).unwrap();
+        let u = opt
+            .update_on_device(1e-3, Some(0.5), &flag(0.0), true)
+            .unwrap();
         let values = Vec::<f64>::try_from(u.packed()).unwrap();
         let s = opt.settle(&u, &values).unwrap();
         assert!(!s.skipped && s.update_norm.unwrap().total > 0.0);
         assert_eq!(opt.step, 1);
         assert!(!same(&before, &snapshot()));
         let clipped = opt.grad_norms().unwrap().total;
-        assert!((clipped - 0.5).abs() < 1e-4, "kernel-clipped gradients: {clipped}");
+        assert!(
+            (clipped - 0.5).abs() < 1e-4,
+            "kernel-clipped gradients: {clipped}"
+        );
         // A non-finite gradient skips the step without a flag.
         let after = snapshot();
         opt.zero_grad();
-        (&vars["label_embed"] * f64::INFINITY).sum(Kind::Float).backward();
+        (&vars["label_embed"] * f64::INFINITY)
+            .sum(Kind::Float)
+            .backward();
         let u = opt.update_on_device(1e-3, None, &flag(0.0), false).unwrap();
         let values = Vec::<f64>::try_from(u.packed()).unwrap();
         let s = opt.settle(&u, &values).unwrap();
         assert!(s.skipped && !s.grad_norm.total.is_finite());
         assert_eq!(opt.step, 1);
         assert!(same(&after, &snapshot()));
-        assert!(opt.settle(&u, &values[1..]).is_err(), "a short read is refused");
+        assert!(
+            opt.settle(&u, &values[1..]).is_err(),
+            "a short read is refused"
+        );
     }
 }
