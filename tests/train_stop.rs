@@ -119,6 +119,152 @@ fn a_checkpoint_that_cannot_be_written_leaves_nothing_and_names_the_newest() {
     assert_eq!(list.unwrap(), tagfix::fsutil::checksums::Verified::Matched);
 }
 
+/// Runs tagfix with `args`, its address space limited to `address_space` bytes where given, and
+/// with the threads that take address space independent of the machine's core count; returns the
+/// exit status and standard error.
+fn tagfix_limited(args: &[&std::ffi::OsStr], address_space: Option<u64>) -> (Option<i32>, String) {
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new(assert_cmd::cargo::cargo_bin("tagfix"));
+    c.args(args).args(["--threads", "1"]);
+    c.env("RAYON_NUM_THREADS", "1")
+        .env("OMP_NUM_THREADS", "1")
+        .env("MALLOC_ARENA_MAX", "2");
+    if let Some(bytes) = address_space {
+        // SAFETY: setrlimit is async-signal-safe; the limit is the child's alone.
+        unsafe {
+            c.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: bytes,
+                    rlim_max: bytes,
+                };
+                match libc::setrlimit(libc::RLIMIT_AS, &limit) {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                }
+            });
+        }
+    }
+    let o = c.output().unwrap();
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// libtorch running out of memory in the middle of a run (here the host's, under an address-space
+/// limit, in a validation of every image in one batch) ended it with Rust's panic message, exit
+/// status 101 and the steps since the last checkpoint lost. Now the run saves those steps, exits 2
+/// saying where they are and which batch to make smaller, and `--resume` goes on from them.
+/// `tagfix tag` with a batch too large for the memory likewise exits 2 and writes nothing.
+#[test]
+fn running_out_of_memory_saves_the_steps_taken_and_names_the_batch_to_make_smaller() {
+    let _guard = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(&tmp.path().join("ds"), 4096, 4);
+    let run = tmp.path().join("run");
+    let train = |args: &[&str], address_space: Option<u64>| {
+        let mut argv: Vec<std::ffi::OsString> = if run.exists() {
+            vec!["train".into(), "--resume".into(), run.clone().into()]
+        } else {
+            let mut a = train_argv(&ds);
+            a.extend(["--out".into(), run.clone().into()]);
+            a
+        };
+        argv.extend(
+            ["--workers", "1"]
+                .into_iter()
+                .chain(args.iter().copied())
+                .map(Into::into),
+        );
+        let argv: Vec<&std::ffi::OsStr> = argv.iter().map(|a| a.as_os_str()).collect();
+        tagfix_limited(&argv, address_space)
+    };
+    // The run takes ≈ 0.8 GB of address space; validating 4096 images at once takes over 1.5 GB.
+    let limit = Some(1_200_000_000);
+    let annotations = ds.annotations.to_str().unwrap();
+    let (code, err) = train(
+        &[
+            "--batch-size",
+            "64",
+            "--max-steps",
+            "1",
+            "--val-data",
+            annotations,
+            "--val-max-images",
+            "64",
+        ],
+        None,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = train(
+        &[
+            "--max-steps",
+            "4",
+            "--val-every",
+            "3",
+            "--val-max-images",
+            "4096",
+            "--set",
+            "val_batch_size=4096",
+        ],
+        limit,
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        err.contains(
+            "validation at step 3: libtorch failed: DefaultCPUAllocator: can't allocate memory"
+        ) && err.contains("The state after step 3 is saved in ")
+            && err.contains("step-00000003; continue with `tagfix train --resume ")
+            && err.contains(
+                "Validating 4096 images at a time ran out of memory: `--set val_batch_size=N`"
+            ),
+        "{err}"
+    );
+    let saved = run.join("checkpoints").join("step-00000003");
+    let (state, verified) = tagfix::train::run_files::read_whole_checkpoint(&saved).unwrap();
+    assert_eq!(
+        (state.step, verified),
+        (3, tagfix::fsutil::checksums::Verified::Matched)
+    );
+    let (code, err) = train(
+        &["--val-max-images", "64", "--set", "val_batch_size=64"],
+        None,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("resuming from ") && err.contains("at step 3"),
+        "{err}"
+    );
+
+    let tags = tmp.path().join("tags.jsonl");
+    let argv: Vec<std::ffi::OsString> = vec![
+        "tag".into(),
+        "--checkpoint".into(),
+        run.clone().into(),
+        "--model".into(),
+        "tiny".into(),
+        "--vocab".into(),
+        ds.vocabulary.clone().into(),
+        "--images".into(),
+        ds.image_root.clone().into(),
+        "--batch-size".into(),
+        "4096".into(),
+        "--out".into(),
+        tags.clone().into(),
+    ];
+    let argv: Vec<&std::ffi::OsStr> = argv.iter().map(|a| a.as_os_str()).collect();
+    let (code, err) = tagfix_limited(&argv, limit);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        !err.contains("panicked")
+            && err.contains("scoring 4096 images at once: libtorch failed: DefaultCPUAllocator")
+            && err.contains("A smaller --batch-size needs less memory"),
+        "{err}"
+    );
+    assert!(!tags.exists(), "nothing written");
+}
+
 #[test]
 fn a_diverging_run_exits_3_with_a_checkpoint() {
     let _guard = serial();

@@ -206,6 +206,15 @@ pub enum TrainError {
         available: u64,
     },
 
+    /// libtorch failed in the middle of the run (out of memory, most often): where, what it said,
+    /// and what was saved (`then`, which also says what to change).
+    #[error("{during}: libtorch failed: {failure}. {then}")]
+    LibtorchFailed {
+        during: String,
+        failure: crate::train::failure::LibtorchFailure,
+        then: String,
+    },
+
     /// The background thread writing a checkpoint ended without a result (it panicked).
     #[error("{}: the thread writing this checkpoint failed: {reason}", .dir.display())]
     CheckpointWriter { dir: PathBuf, reason: String },
@@ -561,12 +570,15 @@ impl TrainError {
             TrainError::CheckpointNotWritten { source, .. } => source.kind(),
             TrainError::NoSpaceForCheckpoint { .. } => ErrorKind::Io,
             TrainError::MicroBatchTooLarge { .. } => ErrorKind::Environment,
+            TrainError::LibtorchFailed { failure, .. } if failure.out_of_memory => {
+                ErrorKind::Environment
+            }
+            TrainError::LibtorchFailed { .. } => ErrorKind::Internal,
         }
     }
 }
 
 /// What a caught panic said (its `&str` or `String` payload).
-#[cfg(feature = "train")]
 pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()

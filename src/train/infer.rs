@@ -89,6 +89,21 @@ pub enum InferError {
 
     #[error("reading the scores")]
     Scores(#[source] tch::TchError),
+
+    /// libtorch failed while scoring a batch (out of memory, most often).
+    #[error("scoring {images} images at once: libtorch failed: {failure}{}",
+            if .failure.out_of_memory { ". A smaller --batch-size needs less memory" } else { "" })]
+    Scoring {
+        images: usize,
+        failure: crate::train::failure::LibtorchFailure,
+    },
+
+    /// libtorch failed while building the model or loading its weights.
+    #[error("{path}: loading the model: libtorch failed: {failure}")]
+    Loading {
+        path: PathBuf,
+        failure: crate::train::failure::LibtorchFailure,
+    },
 }
 
 impl InferError {
@@ -97,6 +112,12 @@ impl InferError {
         match self {
             InferError::TinyNeedsVocabulary => ErrorKind::Usage,
             InferError::Scores(_) => ErrorKind::Internal,
+            InferError::Scoring { failure, .. } | InferError::Loading { failure, .. } => {
+                match failure.out_of_memory {
+                    true => ErrorKind::Environment,
+                    false => ErrorKind::Internal,
+                }
+            }
             _ => ErrorKind::Input,
         }
     }
@@ -306,13 +327,20 @@ pub fn load_model(
     let set = tensors::read_any(&file)?;
     let config = resolve_model(spec, &set, &file, num_class)?;
     let vs = VarStore::new(device);
-    let model = RamPlus::new(&vs, &config, ParamInit::Uninitialized)?;
-    let report = weights::load_tensor_set(
-        &vs,
-        &file.display().to_string(),
-        &set,
-        &LoadOptions::lenient(),
-    )?;
+    // Building the model and copying its weights to the device allocate all of its memory.
+    let built = crate::train::failure::catch(|| -> Result<_> {
+        let model = RamPlus::new(&vs, &config, ParamInit::Uninitialized)?;
+        let source = file.display().to_string();
+        let report = weights::load_tensor_set(&vs, &source, &set, &LoadOptions::lenient())?;
+        Ok((model, report))
+    });
+    let (model, report) = built.unwrap_or_else(|failure| {
+        Err(InferError::Loading {
+            path: file.clone(),
+            failure,
+        }
+        .into())
+    })?;
     if !loads_every_parameter(&report) {
         return Err(InferError::DoesNotFit {
             model: config.name,
@@ -339,8 +367,15 @@ impl LoadedModel {
         self.config.swin.img_size as u32
     }
 
-    /// Probabilities [B·num_class] (row-major) of `b` transformed images (`pixels`: B·3·S·S).
+    /// Probabilities [B·num_class] (row-major) of `b` transformed images (`pixels`: B·3·S·S); a
+    /// libtorch failure (a batch too large for the memory) is an error, not a panic.
     pub fn score_pixels(&self, pixels: &[f32], b: usize) -> Result<Vec<f32>> {
+        crate::train::failure::catch(|| self.score_batch(pixels, b))
+            .unwrap_or_else(|failure| Err(InferError::Scoring { images: b, failure }.into()))
+    }
+
+    /// [`LoadedModel::score_pixels`]'s work.
+    fn score_batch(&self, pixels: &[f32], b: usize) -> Result<Vec<f32>> {
         let s = i64::from(self.input_size());
         let x = Tensor::from_slice(pixels)
             .view([b as i64, 3, s, s])

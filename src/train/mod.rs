@@ -7,6 +7,7 @@
 pub mod config;
 pub mod dist;
 pub mod error;
+pub mod failure;
 pub mod interrupt;
 pub mod run_files;
 pub mod weighting;

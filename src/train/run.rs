@@ -11,6 +11,7 @@
 use super::config::{DeviceKind, ImageCheck, TrainConfig, UnreadableImages};
 use super::data::{self, Augment, LoaderConfig, TeacherSource, TrainData};
 use super::error::TrainError;
+use super::failure;
 pub use super::interrupt::StopRequest;
 use super::model::{ParamInit, RamPlus, RamPlusConfig};
 use super::optim::AdamW;
@@ -804,10 +805,10 @@ pub fn train_until(
     start: impl Into<RunStart>,
     stop: StopRequest,
 ) -> Result<RunSummary> {
-    let mut trainer = Trainer::new(prepared, out, start)?;
+    let mut trainer = opened(|| Trainer::new(prepared, out, start))?;
     trainer.stop_on(stop);
-    drive(&mut trainer)?;
-    trainer.finish()
+    drive_caught(&mut trainer)?;
+    finished(trainer)
 }
 
 /// [`train_until`] as one rank of a data-parallel run (docs/distributed.md). A failing rank tells
@@ -820,16 +821,51 @@ pub fn train_distributed(
     group: super::dist::ProcessGroup,
     stop: StopRequest,
 ) -> Result<RunSummary> {
-    let mut trainer = Trainer::with_group(prepared, out, start, Some(group))?;
+    let mut trainer = opened(|| Trainer::with_group(prepared, out, start, Some(group)))?;
     trainer.stop_on(stop);
-    match drive(&mut trainer) {
-        Ok(()) => trainer.finish(),
+    match drive_caught(&mut trainer) {
+        Ok(()) => finished(trainer),
         Err(e) if matches!(e.kind(), crate::error::ErrorKind::Interrupted { .. }) => Err(e),
         Err(e) => {
             trainer.report_failure(&e.to_string());
             Err(e)
         }
     }
+}
+
+/// Opens a run ([`Trainer::new`]) with libtorch's failures as errors ([`failure::catch`]).
+fn opened(open: impl FnOnce() -> Result<Trainer>) -> Result<Trainer> {
+    failure::catch(open).unwrap_or_else(|failure| {
+        Err(TrainError::LibtorchFailed {
+            during: "opening the run".into(),
+            failure,
+            then: "No step was taken.".into(),
+        }
+        .into())
+    })
+}
+
+/// [`drive`] with libtorch's failures (out of memory on the card, most often) as errors that say
+/// what was saved ([`Trainer::failed`]) rather than panics that lose the steps since the last
+/// checkpoint.
+fn drive_caught(trainer: &mut Trainer) -> Result<()> {
+    match failure::catch(|| drive(trainer)) {
+        Ok(driven) => driven,
+        Err(failure) => Err(trainer.failed(failure)),
+    }
+}
+
+/// Ends a run ([`Trainer::finish`]) with libtorch's failures as errors.
+fn finished(trainer: Trainer) -> Result<RunSummary> {
+    let checkpoints = trainer.checkpoints_dir();
+    failure::catch(|| trainer.finish()).unwrap_or_else(|failure| {
+        Err(TrainError::LibtorchFailed {
+            during: "finishing the run".into(),
+            failure,
+            then: format!("Its checkpoints are in {}.", checkpoints.display()),
+        }
+        .into())
+    })
 }
 
 /// The training loop: validation at the start of a new run, then each step followed by the

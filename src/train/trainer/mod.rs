@@ -118,6 +118,22 @@ pub struct Trainer {
     pace: StepPace,
     /// Unreadable images this rank's loader replaced in this invocation (`--unreadable-images skip`).
     skipped_images: u64,
+    /// What the trainer is doing, for a libtorch failure caught in the middle of it.
+    doing: Doing,
+}
+
+/// What the trainer is doing: where a libtorch failure struck ([`Trainer::failed`]), and so
+/// whether the parameters and moments still hold the state after the steps taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Doing {
+    #[default]
+    Between,
+    /// A step's forward and backward passes (the parameters untouched so far).
+    Step,
+    /// The optimizer update, until the step is counted (the parameters may be half-updated).
+    Update,
+    Validation,
+    Checkpoint,
 }
 
 /// Where the stop signal the ranks agreed on arrived.
@@ -184,6 +200,11 @@ impl Trainer {
     /// How the steps read their values from the device ([`StepSync::Once`] unless set).
     pub fn set_step_sync(&mut self, sync: StepSync) {
         self.sync = sync;
+    }
+
+    /// The run's `checkpoints` folder.
+    pub fn checkpoints_dir(&self) -> PathBuf {
+        self.run.checkpoints_dir()
     }
 
     /// Whether this process writes the run's files (rank 0, or the only process).

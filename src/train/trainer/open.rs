@@ -24,7 +24,7 @@ use tch::nn::VarStore;
 use super::auto_batch::AutoProbe;
 use super::pace::{progress_bar, StepPace};
 use super::ranks::agree_and_share;
-use super::{Clock, RunStart, StepSync, Trainer, Validator};
+use super::{Clock, Doing, RunStart, StepSync, Trainer, Validator};
 
 impl Trainer {
     /// Opens the run folder `out`: a new run (refused when `out` already holds one), with
@@ -165,6 +165,7 @@ impl Trainer {
             time_checkpoint: false,
             pace: StepPace::default(),
             skipped_images: 0,
+            doing: Doing::Between,
             // Progress is info: `--quiet` hides the bar too.
             bar: if main && tracing::enabled!(tracing::Level::INFO) {
                 progress_bar(start_step, total_steps)

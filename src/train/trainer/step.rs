@@ -23,7 +23,7 @@ use super::losses::{
 use super::losses::{Accumulated, RawTerms};
 use super::pace::progress_line;
 use super::ranks::{all_reduce_grads, share_sharded_update, sum_over_ranks};
-use super::{torch_seed, Interrupt, StepSync, Trainer};
+use super::{torch_seed, Doing, Interrupt, StepSync, Trainer};
 
 impl Trainer {
     /// Takes one optimizer step: the micro-batches' forward and backward passes, the gradient
@@ -32,6 +32,7 @@ impl Trainer {
     /// the state before this step and ends with [`TrainError::Stopped`].
     pub fn step(&mut self) -> Result<StepRecord> {
         let t0 = Instant::now();
+        self.doing = Doing::Step;
         self.checkpoint_clock.get_or_insert(t0);
         self.pace.begin(t0, self.step);
         let step = self.step;
@@ -58,6 +59,7 @@ impl Trainer {
         self.pace.end(record.data_wait_s);
         self.observe(&record, done.acc.raw)?;
         self.step = step + 1;
+        self.doing = Doing::Between;
         self.last_wall_s = wall_s;
         self.bar.set_position(self.step);
         self.time_checkpoint = done.agreed.checkpoint;
@@ -147,6 +149,7 @@ impl Trainer {
         let bad = summary.narrow(0, NON_FINITE as i64, 1);
         let clip = self.config.grad_clip.filter(|c| *c > 0.0);
         let measure = self.logging_step(step);
+        self.doing = Doing::Update;
         let update = self.opt.update_on_device(lr, clip, &bad, measure)?;
         if let Some(group) = self.group.as_mut() {
             share_sharded_update(group, &self.opt, update.update_norms())?;
@@ -188,6 +191,7 @@ impl Trainer {
     /// computed, then the gradient norms, clipping and the update read on the host.
     pub(super) fn step_synced(&mut self, step: u64, lr: f64) -> Result<StepValues> {
         let (acc, agreed) = self.accumulate(step)?;
+        self.doing = Doing::Update;
         let (grad_norm, update_norm) = self.update(step, lr)?;
         Ok(StepValues {
             acc,

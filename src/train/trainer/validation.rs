@@ -7,7 +7,7 @@ use crate::train::run::validation_line;
 use crate::train::validate::ValidationSet;
 use tch::{Device, Tensor};
 
-use super::Trainer;
+use super::{Doing, Trainer};
 
 impl Trainer {
     /// Whether validation is due after the current step (`val_every`, and always after the last).
@@ -22,6 +22,7 @@ impl Trainer {
         let Some(v) = self.validator.as_mut() else {
             return Ok(None);
         };
+        self.doing = Doing::Validation;
         let report = match self.group.as_mut() {
             None => v.set.run(&self.model, self.device, v.batch)?,
             Some(g) => {
@@ -57,6 +58,7 @@ impl Trainer {
         let line = validation_line(&rec);
         self.bar.suspend(|| tracing::info!("{line}"));
         v.records.push(rec.clone());
+        self.doing = Doing::Between;
         Ok(Some(rec))
     }
 }
