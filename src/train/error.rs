@@ -452,6 +452,16 @@ pub enum TrainError {
     )]
     MicroBatchTooLarge { need_gib: f64, budget_gib: f64 },
 
+    #[error(
+        "--micro-batch-size auto: a forward and backward pass failed at every size from {largest} down to 1 \
+         (at {largest}: {first}; at 1: {last})"
+    )]
+    NoMicroBatchFits {
+        largest: usize,
+        first: String,
+        last: String,
+    },
+
     #[error("upload to {device}")]
     Upload {
         device: String,
@@ -569,7 +579,9 @@ impl TrainError {
             | TrainError::CheckpointWriter { .. } => ErrorKind::Internal,
             TrainError::CheckpointNotWritten { source, .. } => source.kind(),
             TrainError::NoSpaceForCheckpoint { .. } => ErrorKind::Io,
-            TrainError::MicroBatchTooLarge { .. } => ErrorKind::Environment,
+            TrainError::MicroBatchTooLarge { .. } | TrainError::NoMicroBatchFits { .. } => {
+                ErrorKind::Environment
+            }
             TrainError::LibtorchFailed { failure, .. } if failure.out_of_memory => {
                 ErrorKind::Environment
             }

@@ -186,9 +186,115 @@ pub fn resolve(
     choose(per_rank, probes, budget)
 }
 
+/// What one trial pass of [`confirm`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Trial {
+    Fits,
+    /// libtorch failed in the pass: its message. Out of memory, most often; oneDNN says "could not
+    /// create a primitive" when the host has no memory for its workspace.
+    Failed(String),
+}
+
+/// The size [`confirm`] settled on, the larger ones whose pass failed (largest first) and the
+/// last failure's message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Confirmed {
+    pub micro: usize,
+    pub too_large: Vec<usize>,
+    pub failure: Option<String>,
+}
+
+impl Confirmed {
+    /// The log line when the prediction was too large: which sizes failed, and how.
+    pub fn describe(&self) -> Option<String> {
+        let sizes: Vec<String> = self.too_large.iter().map(usize::to_string).collect();
+        let failure = self.failure.as_deref()?;
+        Some(format!(
+            "micro_batch_size auto → {}: a forward and backward pass of {} images failed ({failure})",
+            self.micro,
+            sizes.join(", then ")
+        ))
+    }
+}
+
+/// Runs one pass at the chosen micro-batch `start` and, while libtorch fails in it, at the next
+/// smaller divisor of `per_rank`: a prediction is only a prediction (fragmentation, another
+/// process on the card, a host that runs out first). `trial(m)` runs the pass with libtorch's
+/// failures caught; an error it returns ends the search.
+pub fn confirm(
+    per_rank: usize,
+    start: usize,
+    mut trial: impl FnMut(usize) -> Result<Trial>,
+) -> Result<Confirmed> {
+    let mut too_large = Vec::new();
+    let (mut first_failure, mut failure) = (None, None);
+    for micro in (1..=start.min(per_rank))
+        .rev()
+        .filter(|m| per_rank % m == 0)
+    {
+        match trial(micro)? {
+            Trial::Fits => {
+                return Ok(Confirmed {
+                    micro,
+                    too_large,
+                    failure,
+                })
+            }
+            Trial::Failed(message) => {
+                too_large.push(micro);
+                first_failure.get_or_insert_with(|| message.clone());
+                failure = Some(message);
+            }
+        }
+    }
+    Err(TrainError::NoMicroBatchFits {
+        largest: too_large.first().copied().unwrap_or(start),
+        first: first_failure.unwrap_or_default(),
+        last: failure.unwrap_or_default(),
+    }
+    .into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn confirm_steps_down_through_the_divisors_until_a_pass_fits() {
+        let fits_up_to = |limit: usize| {
+            move |m: usize| {
+                Ok(match m <= limit {
+                    true => Trial::Fits,
+                    false => Trial::Failed(format!("{m} images: out of memory")),
+                })
+            }
+        };
+        let c = confirm(52, 52, fits_up_to(20)).unwrap();
+        assert_eq!((c.micro, c.too_large.clone()), (13, vec![52, 26]));
+        assert_eq!(
+            c.describe().unwrap(),
+            "micro_batch_size auto → 13: a forward and backward pass of 52, then 26 images failed \
+             (26 images: out of memory)"
+        );
+        let c = confirm(52, 26, fits_up_to(52)).unwrap();
+        assert_eq!((c.micro, c.describe()), (26, None));
+        let e = confirm(6, 6, fits_up_to(0)).unwrap_err().to_string();
+        assert!(
+            e.contains(
+                "failed at every size from 6 down to 1 (at 6: 6 images: out of memory; at 1: 1 \
+                 images: out of memory)"
+            ),
+            "{e}"
+        );
+        // Another failure ends the search at once.
+        let mut tried = Vec::new();
+        let e = confirm(8, 8, |m| {
+            tried.push(m);
+            Err(TrainError::NoCuda.into())
+        });
+        assert!(e.is_err());
+        assert_eq!(tried, [8]);
+    }
 
     const GIB: u64 = 1 << 30;
 

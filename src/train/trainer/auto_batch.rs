@@ -3,6 +3,7 @@
 use super::super::autocast::with_autocast;
 use super::super::config::{Precision, TrainConfig};
 use super::super::dist::ProcessGroup;
+use super::super::failure;
 use super::super::micro_auto;
 use super::super::model::{RamPlus, RamPlusConfig};
 use super::super::objective::{micro_losses, AbsentSlots, MicroInputs};
@@ -22,8 +23,9 @@ pub(super) struct AutoProbe<'a> {
 }
 
 impl AutoProbe<'_> {
-    /// The micro-batch this rank's share of the batch is split into ([`micro_auto::resolve`]); in a
-    /// distributed run the smallest any rank chose, so that all run the same configuration.
+    /// The micro-batch this rank's share of the batch is split into ([`micro_auto::resolve`]), on
+    /// CUDA tried once and made smaller while its pass fails ([`micro_auto::confirm`]); in a
+    /// distributed run the smallest any rank settled on, so that all run the same configuration.
     pub(super) fn choose(
         &self,
         world: usize,
@@ -34,22 +36,44 @@ impl AutoProbe<'_> {
         // Not even micro-batches of one image share evenly.
         let (_, per_rank) = shares(batch, 1, world)?;
         let choice = micro_auto::resolve(per_rank, self.device, |m| self.pass(m))?;
-        let micro = match group {
-            None => choice.micro,
-            Some(g) => {
-                let mut mine = vec![0.0; world];
-                mine[g.rank()] = choice.micro as f64;
-                let all = g.all_reduce_scalars(&mine)?;
-                all.into_iter().fold(choice.micro as f64, f64::min) as usize
-            }
+        let confirmed = match choice.predicted {
+            // Measured on CUDA: try the prediction. On the CPU (the whole batch, no device limit) a
+            // failed pass leaves oneDNN unable to create primitives for the rest of the process
+            // (seen under an address-space limit), so a smaller trial would fail too.
+            Some(_) => micro_auto::confirm(per_rank, choice.micro, |m| self.trial(m))?,
+            None => micro_auto::Confirmed {
+                micro: choice.micro,
+                too_large: Vec::new(),
+                failure: None,
+            },
         };
         if main {
             tracing::info!("{}", choice.describe(per_rank));
-            if micro != choice.micro {
-                tracing::info!("micro_batch_size auto → {micro}: the smallest any rank chose");
+        }
+        if let Some(line) = confirmed.describe() {
+            tracing::warn!("{line}");
+        }
+        let micro = match group {
+            None => confirmed.micro,
+            Some(g) => {
+                let mut mine = vec![0.0; world];
+                mine[g.rank()] = confirmed.micro as f64;
+                let all = g.all_reduce_scalars(&mine)?;
+                all.into_iter().fold(confirmed.micro as f64, f64::min) as usize
             }
+        };
+        if main && micro != confirmed.micro {
+            tracing::info!("micro_batch_size auto → {micro}: the smallest any rank chose");
         }
         Ok(micro)
+    }
+
+    /// [`AutoProbe::pass`] with libtorch's failures caught ([`micro_auto::Trial::Failed`]).
+    fn trial(&self, m: usize) -> Result<micro_auto::Trial> {
+        match failure::catch(|| self.pass(m)) {
+            Ok(passed) => passed.map(|()| micro_auto::Trial::Fits),
+            Err(failure) => Ok(micro_auto::Trial::Failed(failure.message)),
+        }
     }
 
     /// One forward and backward pass of `m` images, as [`Trainer::micro_batch`] runs it.
