@@ -9,7 +9,7 @@
 #                                  # the missing headers otherwise.
 #   scripts/gpu-check.sh run [PART...]  # on the GPU machine, from the repository root; results in $OUT
 #                                  # PART: parity step train cpu loop dist upload speed embed casts ckpt
-#                                  # loader (default: the first seven; the last five are issue 14's, each
+#                                  # loader oom (default: the first seven; the rest are issue 14's, each
 #                                  # run on its own)
 # The GPU machine needs the NVIDIA driver and torch 2.11 (+cu130) for Python with its libraries
 # (TORCH_LIB, default /opt/torch/.venv/.../torch/lib; TORCH_PYTHON, default python3). Nothing is built there.
@@ -78,6 +78,13 @@
 #      (bin/bench_loader). Results in $OUT/loader_pool.txt and $OUT/loader_core.txt; the target is
 #      >= 320 images/s per GPU. Carry target/gpu-check/bin only.
 #      A CPU dry run: LOADER_THREADS=2 LOADER_MICRO=4 LOADER_STEPS=2 LOADER_ROUNDS=1 scripts/gpu-check.sh run loader
+#  13. (`oom`, ~1 minute) running out of device memory mid-run: Swin-L 224 bf16, step 1 of a batch of 520 in
+#      micro-batches of 26, then `--resume` with one micro-batch of 520: exit 2 with "CUDA out of memory",
+#      step 1's checkpoint named and a smaller --micro-batch-size suggested, no panic; then `auto` at that
+#      batch (its prediction, and whether the trial pass stepped down). Results in $OUT/oom.txt. Carry
+#      target/gpu-check/bin only. A CPU dry run (no device memory to exhaust: the host's, limited):
+#      (ulimit -v 4000000; OOM_DEVICE=cpu OOM_MODEL=tiny OOM_SIZE=64 OOM_BATCH=1024 OOM_MICRO=8 OOM_WORKERS=1 \
+#      RAYON_NUM_THREADS=1 MALLOC_ARENA_MAX=2 OMP_NUM_THREADS=1 scripts/gpu-check.sh run oom)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest="${GPU_CHECK_DIR:-target/gpu-check}"  # GPU_CHECK_DIR: another prepared folder (CPU dry runs)
@@ -529,6 +536,31 @@ print(f"embed: {sys.argv[3]}: {len(a)} rows, lowest cosine CPU vs device {worst[
 PY
   done | tee "$OUT/embed.txt"
   rm -rf "$b"
+  fi
+  if want oom; then
+  echo "== 13. running out of device memory mid-run: an error that saves the steps, not a panic"
+  t="$dest/bin/tagfix"
+  s=$(mktemp -d)
+  obatch="${OOM_BATCH:-520}"
+  synth_ram "$s" "$obatch" "${OOM_SIZE:-224}"
+  ocommon=(--data "$s/train.json" --images "$s/images" --manifest "$s/manifest.json"
+    --label-embed "$s/label_embed.safetensors" --allow-random-encoder --workers "${OOM_WORKERS:-12}")
+  # Step 1 in micro-batches of 26 (a checkpoint at its end), then a resume whose micro-batch is the whole
+  # batch, far more than the card holds: step 2 must end with exit 2 naming step 1's checkpoint.
+  "$t" train --model "${OOM_MODEL:-swin_l_224}" "${ocommon[@]}" --device "${OOM_DEVICE:-cuda}" --precision bf16 \
+    --batch-size "$obatch" --micro-batch-size "${OOM_MICRO:-26}" --max-steps 1 --out "$OUT/oom" \
+    > /dev/null 2> "$OUT/oom_first.log" || tail -5 "$OUT/oom_first.log"
+  set +e
+  "$t" train --resume "$OUT/oom" --micro-batch-size "$obatch" --max-steps 2 > /dev/null 2> "$OUT/oom.log"
+  echo "exit status $? (expected 2)" | tee "$OUT/oom.txt"
+  set -e
+  grep -h "^error\|panicked" "$OUT/oom.log" | tee -a "$OUT/oom.txt" || true
+  # `auto` on the same card: the prediction, and whether its trial pass had to step down.
+  "$t" train --model "${OOM_MODEL:-swin_l_224}" "${ocommon[@]}" --device "${OOM_DEVICE:-cuda}" --precision bf16 \
+    --batch-size "$obatch" --micro-batch-size auto --max-steps 1 --checkpoint-every off --out "$OUT/oom_auto" \
+    > /dev/null 2> "$OUT/oom_auto.log" || tail -5 "$OUT/oom_auto.log"
+  grep -h "micro_batch_size auto" "$OUT/oom_auto.log" | tee -a "$OUT/oom.txt" || true
+  rm -rf "$s" "$OUT/oom/checkpoints" "$OUT/oom_auto/checkpoints"
   fi
   ;;
 *)
