@@ -154,20 +154,22 @@ fn tagfix_limited(args: &[&std::ffi::OsStr], address_space: Option<u64>) -> (Opt
 /// libtorch running out of memory in the middle of a run (here the host's, under an address-space
 /// limit, in a validation of every image in one batch) ended it with Rust's panic message, exit
 /// status 101 and the steps since the last checkpoint lost. Now the run saves those steps, exits 2
-/// saying where they are and which batch to make smaller, and `--resume` goes on from them.
-/// `tagfix tag` with a batch too large for the memory likewise exits 2 and writes nothing.
+/// saying where they are and which batch to make smaller, and `--resume` goes on from them. A step
+/// whose micro-batch is too large names a smaller `--micro-batch-size`; `tagfix tag` with a batch too
+/// large for the memory likewise exits 2 and writes nothing.
 #[test]
 fn running_out_of_memory_saves_the_steps_taken_and_names_the_batch_to_make_smaller() {
     let _guard = serial();
     let tmp = tempfile::tempdir().unwrap();
     let ds = dataset(&tmp.path().join("ds"), 4096, 4);
     let run = tmp.path().join("run");
-    let train = |args: &[&str], address_space: Option<u64>| {
-        let mut argv: Vec<std::ffi::OsString> = if run.exists() {
-            vec!["train".into(), "--resume".into(), run.clone().into()]
+    // `tagfix train` into `dir`: a new run there, or a resume of the one it holds.
+    let train_in = |dir: &std::path::Path, args: &[&str], address_space: Option<u64>| {
+        let mut argv: Vec<std::ffi::OsString> = if dir.exists() {
+            vec!["train".into(), "--resume".into(), dir.into()]
         } else {
             let mut a = train_argv(&ds);
-            a.extend(["--out".into(), run.clone().into()]);
+            a.extend(["--out".into(), dir.into()]);
             a
         };
         argv.extend(
@@ -179,6 +181,7 @@ fn running_out_of_memory_saves_the_steps_taken_and_names_the_batch_to_make_small
         let argv: Vec<&std::ffi::OsStr> = argv.iter().map(|a| a.as_os_str()).collect();
         tagfix_limited(&argv, address_space)
     };
+    let train = |args: &[&str], address_space: Option<u64>| train_in(&run, args, address_space);
     // The run takes ≈ 0.8 GB of address space; validating 4096 images at once takes over 1.5 GB.
     let limit = Some(1_200_000_000);
     let annotations = ds.annotations.to_str().unwrap();
@@ -234,6 +237,35 @@ fn running_out_of_memory_saves_the_steps_taken_and_names_the_batch_to_make_small
     assert_eq!(code, Some(0), "{err}");
     assert!(
         err.contains("resuming from ") && err.contains("at step 3"),
+        "{err}"
+    );
+
+    // In a step: a resume whose micro-batch is the whole batch of 2048 images (step 1's 64 fit).
+    let big = tmp.path().join("big");
+    let train_big = |args: &[&str], address_space: Option<u64>| train_in(&big, args, address_space);
+    let (code, err) = train_big(
+        &[
+            "--batch-size",
+            "2048",
+            "--micro-batch-size",
+            "64",
+            "--max-steps",
+            "1",
+        ],
+        None,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = train_big(&["--micro-batch-size", "2048", "--max-steps", "2"], limit);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        !err.contains("panicked")
+            && err.contains("step 2: libtorch failed: DefaultCPUAllocator: can't allocate memory")
+            && err.contains("The state after step 1 is saved in ")
+            && err.contains(
+                "Each micro-batch of 2048 images ran out of memory: a smaller --micro-batch-size needs \
+                 less (the batch size, 2048, stays: its micro-batches accumulate to it), e.g. \
+                 --micro-batch-size 1024."
+            ),
         "{err}"
     );
 
