@@ -253,11 +253,27 @@ impl AdamW {
         step: u64,
         source: &str,
     ) -> Result<()> {
+        self.load_state_from(
+            |key| Ok(state.get(key).map(Tensor::shallow_clone)),
+            step,
+            source,
+        )
+    }
+
+    /// [`Self::load_state`] from a source that hands out one tensor at a time (`read(key)`: the
+    /// tensor of that name, or `None`), so that a checkpoint's moments need not all be in memory
+    /// before they are copied into place.
+    pub fn load_state_from(
+        &mut self,
+        mut read: impl FnMut(&str) -> Result<Option<Tensor>>,
+        step: u64,
+        source: &str,
+    ) -> Result<()> {
         tch::no_grad(|| -> Result<()> {
             for p in &mut self.params {
                 for prefix in ["exp_avg", "exp_avg_sq"] {
                     let key = format!("{prefix}.{}", p.name);
-                    let Some(src) = state.get(&key) else {
+                    let Some(src) = read(&key)? else {
                         return Err(TrainError::OptimizerStateMissing {
                             checkpoint: source.to_string(),
                             key,
@@ -273,7 +289,7 @@ impl AdamW {
                         }
                         .into());
                     }
-                    if let Some(part) = p.part_of(src) {
+                    if let Some(part) = p.part_of(&src) {
                         let dst = match prefix {
                             "exp_avg" => &mut p.exp_avg,
                             _ => &mut p.exp_avg_sq,

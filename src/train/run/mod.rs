@@ -23,7 +23,7 @@ pub use super::run_files::{
 };
 pub use super::trainer::{RunStart, Trainer};
 use super::validate::{score_images, score_readable_images, ValidationSet};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::imaging::PilFilter;
 /// What a finished run reports (feature-free, so `repair` reads it without libtorch).
 pub use crate::monitor::RunSummary;
@@ -39,8 +39,8 @@ mod resume;
 
 pub use dry_run::{dry_run, CheckpointSpace, DryRun};
 pub use prepare::{device_of, prepare, prepare_on, prepare_rank, resolve_model, set_torch_threads};
-pub use resume::{auto_start, checkpoint_dir, latest_checkpoint};
-pub(super) use resume::{checkpoint_to_resume, load_checkpoint};
+pub(super) use resume::checkpoint_to_resume;
+pub use resume::{auto_start, checkpoint_dir, latest_checkpoint, load_checkpoint};
 
 /// Everything checked and loaded, ready for the first step.
 pub struct Prepared {
@@ -216,15 +216,6 @@ pub fn slot_probabilities(
         }
     }
     Ok(sums.into_iter().map(|s| s / n.max(1) as f64).collect())
-}
-
-pub(super) fn tensors_error(path: &Path, action: &'static str, e: tch::TchError) -> Error {
-    TrainError::Tensors {
-        path: path.to_path_buf(),
-        action,
-        source: Box::new(e),
-    }
-    .into()
 }
 
 #[cfg(test)]

@@ -1,10 +1,10 @@
 //! Where a run continues: its checkpoints folder, the newest whole checkpoint checked against
 //! the run's records, and loading it.
 
-use super::tensors_error;
 use crate::error::Result;
 use crate::fsutil::checksums::{self, Verified};
 use crate::monitor::RunDir;
+use crate::tensors::safetensors_io::SafetensorsFile;
 use crate::train::config::TrainConfig;
 use crate::train::data::TrainData;
 use crate::train::error::TrainError;
@@ -14,10 +14,8 @@ use crate::train::run_files::{
 };
 use crate::train::trainer::RunStart;
 use crate::train::weights::{self, LoadOptions};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tch::nn::VarStore;
-use tch::Tensor;
 
 /// Where checkpoints go and what they hold: `RUN_DIR/checkpoints/step-NNNNNNNN/{model.safetensors,
 /// optimizer.safetensors, state.json}`, written into a hidden temporary folder and renamed.
@@ -83,7 +81,7 @@ pub(in crate::train) fn checkpoint_to_resume(
 
 /// Loads a checkpoint's model and optimizer tensors into `vs` and `opt`; `state` is its
 /// `state.json`, read and checked first ([`read_state`], [`check_resumable`]).
-pub(in crate::train) fn load_checkpoint(
+pub fn load_checkpoint(
     dir: &Path,
     state: &CheckpointState,
     vs: &VarStore,
@@ -92,11 +90,16 @@ pub(in crate::train) fn load_checkpoint(
     let model_path = dir.join("model.safetensors");
     let report = weights::load_state_dict(vs, &model_path, &LoadOptions::strict())?;
     debug_assert!(report.is_complete());
+    // One moment at a time from the file into its place (tch's reader held the whole file and
+    // every tensor at once: twice the optimizer state in host memory, per rank).
     let opt_path = dir.join("optimizer.safetensors");
-    let tensors =
-        Tensor::read_safetensors(&opt_path).map_err(|e| tensors_error(&opt_path, "read", e))?;
-    let map: BTreeMap<String, Tensor> = tensors.into_iter().collect();
-    opt.load_state(&map, state.step, &opt_path.display().to_string())
+    let file = SafetensorsFile::open(&opt_path)?;
+    let read = |key: &str| {
+        file.read_tensor(key)?
+            .map(|t| weights::to_tch(&t))
+            .transpose()
+    };
+    opt.load_state_from(read, state.step, &opt_path.display().to_string())
 }
 
 /// A resume continues only where a step means what it meant: the same records (`fingerprint`:
