@@ -41,7 +41,6 @@ fn spawn_endless(
 /// left, and the resume goes on.
 #[test]
 fn a_checkpoint_that_cannot_be_written_leaves_nothing_and_names_the_newest() {
-    use std::os::unix::process::CommandExt;
     let _guard = serial();
     let tmp = tempfile::tempdir().unwrap();
     let ds = dataset(&tmp.path().join("ds"), 16, 4);
@@ -56,19 +55,7 @@ fn a_checkpoint_that_cannot_be_written_leaves_nothing_and_names_the_newest() {
             c.arg("--resume").arg(&run);
         }
         if let Some(bytes) = file_limit {
-            // SAFETY: setrlimit is async-signal-safe; the limit is the child's alone.
-            unsafe {
-                c.pre_exec(move || {
-                    let limit = libc::rlimit {
-                        rlim_cur: bytes,
-                        rlim_max: bytes,
-                    };
-                    match libc::setrlimit(libc::RLIMIT_FSIZE, &limit) {
-                        0 => Ok(()),
-                        _ => Err(std::io::Error::last_os_error()),
-                    }
-                });
-            }
+            limit(&mut c, libc::RLIMIT_FSIZE, bytes);
         }
         let o = c.output().unwrap();
         (
@@ -119,30 +106,35 @@ fn a_checkpoint_that_cannot_be_written_leaves_nothing_and_names_the_newest() {
     assert_eq!(list.unwrap(), tagfix::fsutil::checksums::Verified::Matched);
 }
 
+/// Sets the child's `resource` limit (soft and hard) to `bytes`.
+fn limit(c: &mut Command, resource: libc::__rlimit_resource_t, bytes: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe; the limit is the child's alone.
+    unsafe {
+        c.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            match libc::setrlimit(resource, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        });
+    }
+}
+
 /// Runs tagfix with `args`, its address space limited to `address_space` bytes where given, and
 /// with the threads that take address space independent of the machine's core count; returns the
 /// exit status and standard error.
 fn tagfix_limited(args: &[&std::ffi::OsStr], address_space: Option<u64>) -> (Option<i32>, String) {
-    use std::os::unix::process::CommandExt;
     let mut c = Command::new(assert_cmd::cargo::cargo_bin("tagfix"));
     c.args(args).args(["--threads", "1"]);
     c.env("RAYON_NUM_THREADS", "1")
         .env("OMP_NUM_THREADS", "1")
         .env("MALLOC_ARENA_MAX", "2");
     if let Some(bytes) = address_space {
-        // SAFETY: setrlimit is async-signal-safe; the limit is the child's alone.
-        unsafe {
-            c.pre_exec(move || {
-                let limit = libc::rlimit {
-                    rlim_cur: bytes,
-                    rlim_max: bytes,
-                };
-                match libc::setrlimit(libc::RLIMIT_AS, &limit) {
-                    0 => Ok(()),
-                    _ => Err(std::io::Error::last_os_error()),
-                }
-            });
-        }
+        limit(&mut c, libc::RLIMIT_AS, bytes);
     }
     let o = c.output().unwrap();
     (

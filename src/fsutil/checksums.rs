@@ -105,12 +105,12 @@ pub fn write_checksums(dir: &Path, names: &[&str]) -> Result<()> {
 /// Writes `list` as `dir/SHA256SUMS` (atomically), for digests computed elsewhere (while the files
 /// were written).
 pub fn write_list(dir: &Path, list: &ChecksumList) -> Result<()> {
-    super::write_bytes_atomic(&dir.join(CHECKSUM_FILE), list.to_text().as_bytes())
+    super::write_bytes_atomic(&list_path(dir), list.to_text().as_bytes())
 }
 
 /// Reads `dir/SHA256SUMS`; `None` where the folder has none.
 pub fn read_checksums(dir: &Path) -> Result<Option<ChecksumList>> {
-    let path = dir.join(CHECKSUM_FILE);
+    let path = list_path(dir);
     let file = match std::fs::File::open(&path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         r => r.map_err(|e| Error::io(&path, e))?,
@@ -164,7 +164,7 @@ pub fn verify_folder(dir: &Path, names: &[&str]) -> Result<Verified> {
 
 /// [`verify_folder`] against the folder's list, already read.
 fn verify_listed(dir: &Path, list: &ChecksumList, names: &[&str]) -> Result<Verified> {
-    let list_path = dir.join(CHECKSUM_FILE);
+    let list_path = list_path(dir);
     let recorded = names
         .iter()
         .map(|name| {
