@@ -120,6 +120,14 @@ pub fn catch<T>(f: impl FnOnce() -> T) -> Result<T, LibtorchFailure> {
     })
 }
 
+/// [`catch`] for a fallible `f`: a libtorch failure becomes the error `error` makes of it.
+pub fn catch_or<T>(
+    f: impl FnOnce() -> crate::Result<T>,
+    error: impl FnOnce(LibtorchFailure) -> crate::Error,
+) -> crate::Result<T> {
+    catch(f).unwrap_or_else(|failure| Err(error(failure)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

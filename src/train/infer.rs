@@ -328,18 +328,18 @@ pub fn load_model(
     let config = resolve_model(spec, &set, &file, num_class)?;
     let vs = VarStore::new(device);
     // Building the model and copying its weights to the device allocate all of its memory.
-    let built = crate::train::failure::catch(|| -> Result<_> {
+    let built = || -> Result<_> {
         let model = RamPlus::new(&vs, &config, ParamInit::Uninitialized)?;
         let source = file.display().to_string();
         let report = weights::load_tensor_set(&vs, &source, &set, &LoadOptions::lenient())?;
         Ok((model, report))
-    });
-    let (model, report) = built.unwrap_or_else(|failure| {
-        Err(InferError::Loading {
+    };
+    let (model, report) = crate::train::failure::catch_or(built, |failure| {
+        InferError::Loading {
             path: file.clone(),
             failure,
         }
-        .into())
+        .into()
     })?;
     if !loads_every_parameter(&report) {
         return Err(InferError::DoesNotFit {
@@ -370,8 +370,10 @@ impl LoadedModel {
     /// Probabilities [B·num_class] (row-major) of `b` transformed images (`pixels`: B·3·S·S); a
     /// libtorch failure (a batch too large for the memory) is an error, not a panic.
     pub fn score_pixels(&self, pixels: &[f32], b: usize) -> Result<Vec<f32>> {
-        crate::train::failure::catch(|| self.score_batch(pixels, b))
-            .unwrap_or_else(|failure| Err(InferError::Scoring { images: b, failure }.into()))
+        crate::train::failure::catch_or(
+            || self.score_batch(pixels, b),
+            |failure| InferError::Scoring { images: b, failure }.into(),
+        )
     }
 
     /// [`LoadedModel::score_pixels`]'s work.

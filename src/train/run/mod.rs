@@ -106,13 +106,13 @@ pub fn train_distributed(
 
 /// Opens a run ([`Trainer::new`]) with libtorch's failures as errors ([`failure::catch`]).
 fn opened(open: impl FnOnce() -> Result<Trainer>) -> Result<Trainer> {
-    failure::catch(open).unwrap_or_else(|failure| {
-        Err(TrainError::LibtorchFailed {
+    failure::catch_or(open, |failure| {
+        TrainError::LibtorchFailed {
             during: "opening the run".into(),
             failure,
             then: "No step was taken.".into(),
         }
-        .into())
+        .into()
     })
 }
 
@@ -129,14 +129,17 @@ fn drive_caught(trainer: &mut Trainer) -> Result<()> {
 /// Ends a run ([`Trainer::finish`]) with libtorch's failures as errors.
 fn finished(trainer: Trainer) -> Result<RunSummary> {
     let checkpoints = trainer.checkpoints_dir();
-    failure::catch(|| trainer.finish()).unwrap_or_else(|failure| {
-        Err(TrainError::LibtorchFailed {
-            during: "finishing the run".into(),
-            failure,
-            then: format!("Its checkpoints are in {}.", checkpoints.display()),
-        }
-        .into())
-    })
+    failure::catch_or(
+        || trainer.finish(),
+        |failure| {
+            TrainError::LibtorchFailed {
+                during: "finishing the run".into(),
+                failure,
+                then: format!("Its checkpoints are in {}.", checkpoints.display()),
+            }
+            .into()
+        },
+    )
 }
 
 /// The training loop: validation at the start of a new run, then each step followed by the

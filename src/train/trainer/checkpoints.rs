@@ -4,14 +4,14 @@
 use crate::error::Result;
 use crate::train::dist::zero;
 use crate::train::error::TrainError;
-use crate::train::interrupt::{self};
+use crate::train::failure::{self, LibtorchFailure};
+use crate::train::interrupt;
 use crate::train::run::{checkpoint_dir, CheckpointState, STATE_SCHEMA};
 use crate::train::saver::Snapshot;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use super::{Doing, Interrupt, Trainer};
-use crate::train::failure::{self, LibtorchFailure};
 
 impl Trainer {
     /// Saves a checkpoint of the current step and waits until it is complete (every rank), then

@@ -8,7 +8,7 @@ use crate::train::config::Precision;
 use crate::train::data::MicroBatch;
 use crate::train::dist::zero;
 use crate::train::error::TrainError;
-use crate::train::interrupt::{self};
+use crate::train::interrupt;
 use crate::train::objective::{micro_losses, step_losses, MicroInputs};
 use crate::train::optim::OptimizerImpl;
 use crate::train::sync::{read_f64, read_f64s};
