@@ -278,6 +278,14 @@ fn run_safetensors(path: &Path, _: &[u8]) {
     if let Ok(set) = crate::tensors::safetensors_io::read(path) {
         use_tensors(path, &set);
     }
+    // The reader that takes one tensor at a time (a resume's optimizer state, teacher files).
+    if let Ok(file) = crate::tensors::safetensors_io::SafetensorsFile::open(path) {
+        for name in file.names() {
+            if let Ok(Some(t)) = file.read_tensor(&name) {
+                let _ = t.to_f32();
+            }
+        }
+    }
 }
 
 fn run_npy(path: &Path, _: &[u8]) {

@@ -406,6 +406,11 @@ impl SafetensorsFile {
         }
     }
 
+    /// The names of its tensors, in data order.
+    pub fn names(&self) -> Vec<String> {
+        self.header.offset_keys()
+    }
+
     /// Tensor `name` whole (memory reserved fallibly), or `None`.
     pub fn read_tensor(&self, name: &str) -> Result<Option<Tensor>> {
         let Some((dtype, shape)) = self.info(name)? else {
