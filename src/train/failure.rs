@@ -1,9 +1,9 @@
 //! libtorch failures as errors. tch turns an exception libtorch throws (most often "out of memory"
 //! on the card or the host) into a Rust panic in every tensor operation that has no `f_` twin,
 //! which ended a training run with Rust's panic message, exit status 101 and no checkpoint of the
-//! steps since the last one. [`catch`] runs a part of the run with such panics caught: the panic
-//! message is not printed (it is logged at debug level), and the caller gets a [`LibtorchFailure`]
-//! to report, after saving what can still be saved. Nothing here needs libtorch (a failure is a
+//! steps since the last one. [`catch`] runs a part of the run with such panics caught: nothing is
+//! printed (where the panic was raised is logged at debug level), and the caller gets a
+//! [`LibtorchFailure`] to report, after saving what can still be saved. Nothing here needs libtorch (a failure is a
 //! caught panic), so the error types that carry one build without the feature `train`.
 
 use std::cell::{Cell, RefCell};
