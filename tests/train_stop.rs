@@ -231,6 +231,25 @@ fn running_out_of_memory_saves_the_steps_taken_and_names_the_batch_to_make_small
         err.contains("resuming from ") && err.contains("at step 3"),
         "{err}"
     );
+    // After the last step nothing is left to resume: the message says the model is trained.
+    let (code, err) = train(
+        &[
+            "--max-steps",
+            "5",
+            "--val-max-images",
+            "4096",
+            "--set",
+            "val_batch_size=4096",
+        ],
+        limit,
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("validation at step 5: libtorch failed: ")
+            && err.contains("Every step is taken: the trained state after step 5 is saved in ")
+            && !err.contains("--resume"),
+        "{err}"
+    );
 
     // In a step: a resume whose micro-batch is the whole batch of 2048 images (step 1's 64 fit).
     let big = tmp.path().join("big");

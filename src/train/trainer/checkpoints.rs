@@ -207,6 +207,12 @@ impl Trainer {
             false => failure::catch(|| self.save(&state, true)),
         };
         match saved {
+            // After the last step there is nothing left to resume: the model is trained.
+            Ok(Ok(dir)) if self.is_done() => format!(
+                "Every step is taken: the trained state after step {} is saved in {}.",
+                self.step,
+                dir.display()
+            ),
             Ok(Ok(dir)) => format!(
                 "The state after step {} is saved in {}; continue with `tagfix train --resume {}`.",
                 self.step,
