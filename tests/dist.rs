@@ -211,6 +211,27 @@ fn rank_collectives() -> Result<(), String> {
     if bytes != [b"hello from 0".to_vec(), b"hello from 1".to_vec()] {
         return Err(format!("gathered bytes {bytes:?}"));
     }
+    // Ranks failing together agree without a collective which one acts: exactly one is first,
+    // and the other hears what it tells.
+    let first = pg.first_to("save").ok_or("the store cannot be reached")?;
+    let firsts = pg
+        .all_reduce_scalars(&[f64::from(u8::from(first))])
+        .map_err(e)?;
+    expect("ranks first to save", firsts, vec![1.0])?;
+    if first {
+        pg.tell("save", &format!("saved by rank {}", pg.rank()));
+    } else {
+        let heard = pg.hear("save", TIMEOUT);
+        if !heard
+            .as_deref()
+            .is_some_and(|h| h.starts_with("saved by rank "))
+        {
+            return Err(format!("heard {heard:?} from the first rank"));
+        }
+    }
+    if let Some(heard) = pg.hear("nothing told", Duration::from_millis(200)) {
+        return Err(format!("heard {heard:?} where nothing was told"));
+    }
     pg.barrier().map_err(e)?;
     pg.check_agreement(&fingerprint("cfg")).map_err(e)?;
     println!("collectives ok on rank {} of {w}", pg.rank());

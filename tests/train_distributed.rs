@@ -9,7 +9,9 @@
 
 mod common;
 
-use common::train::{dataset, serial, signal_after_steps, train_argv, train_command, wait_bounded};
+use common::train::{
+    dataset, limit, serial, signal_after_steps, train_argv, train_command, wait_bounded,
+};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -109,36 +111,44 @@ fn spawn_ranks(
     let port = tagfix::train::dist::launch::free_port("127.0.0.1").unwrap();
     (0..2)
         .map(|rank| {
-            let mut c = Command::new(assert_cmd::cargo::cargo_bin("tagfix"));
+            let mut c = rank_command(rank, port, contract);
             c.args(train_argv(ds)).args(args).args(extra[rank]);
-            let r = rank.to_string();
-            let vars: [(&str, &str); 4] = match contract {
-                Contract::Torchrun => [
-                    ("RANK", r.as_str()),
-                    ("LOCAL_RANK", r.as_str()),
-                    ("WORLD_SIZE", "2"),
-                    ("LOCAL_WORLD_SIZE", "2"),
-                ],
-                Contract::Slurm => [
-                    ("SLURM_PROCID", r.as_str()),
-                    ("SLURM_LOCALID", r.as_str()),
-                    ("SLURM_NTASKS", "2"),
-                    ("SLURM_NTASKS_PER_NODE", "2"),
-                ],
-            };
-            // Only the one contract's variables (torchrun's would win over Slurm's).
-            for v in ["RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"] {
-                c.env_remove(v);
-            }
-            c.envs(vars)
-                .env("MASTER_ADDR", "127.0.0.1")
-                .env("MASTER_PORT", port.to_string())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
+            c.spawn().unwrap()
         })
         .collect()
+}
+
+/// `tagfix` as rank `rank` of two meeting at `port` on loopback, with `contract`'s variables; its
+/// output piped.
+fn rank_command(rank: usize, port: u16, contract: Contract) -> Command {
+    let mut c = Command::new(assert_cmd::cargo::cargo_bin("tagfix"));
+    {
+        let r = rank.to_string();
+        let vars: [(&str, &str); 4] = match contract {
+            Contract::Torchrun => [
+                ("RANK", r.as_str()),
+                ("LOCAL_RANK", r.as_str()),
+                ("WORLD_SIZE", "2"),
+                ("LOCAL_WORLD_SIZE", "2"),
+            ],
+            Contract::Slurm => [
+                ("SLURM_PROCID", r.as_str()),
+                ("SLURM_LOCALID", r.as_str()),
+                ("SLURM_NTASKS", "2"),
+                ("SLURM_NTASKS_PER_NODE", "2"),
+            ],
+        };
+        // Only the one contract's variables (torchrun's would win over Slurm's).
+        for v in ["RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"] {
+            c.env_remove(v);
+        }
+        c.envs(vars)
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+    }
+    c
 }
 
 /// Two ranks started by hand with `contract`'s variables, run to the end.
@@ -544,7 +554,7 @@ fn a_sharded_optimizer_state_trains_exactly_as_the_whole_state() {
     // Stopped at step 3 and resumed: each rank loads its share of the checkpoint's moments.
     let (split, _) = run("split", "3", &["--shard-optimizer"]);
     let out = train_command(&ds)
-        .args(["--quiet", "--resume"])
+        .args(["--resume"])
         .arg(&split)
         .args(["--max-steps", "5", "--workers", "1", "--threads", "1"])
         .args(["--nproc-per-node", "2"])
@@ -681,7 +691,7 @@ fn split_run(ds: &SynthDataset, run: &Path, settings: &[&str], extra: [&[&str]; 
         .unwrap();
     check(&out, &format!("3 steps {:?}", extra[0]));
     let out = train_command(ds)
-        .args(["--quiet", "--resume"])
+        .args(["--resume"])
         .arg(run)
         .args(["--max-steps", "5", "--workers", "1", "--threads", "1"])
         .args(extra[1])
@@ -762,6 +772,131 @@ fn a_rank_killed_mid_run_stops_the_other_with_its_name_and_an_intact_checkpoint(
         let name = e.unwrap().file_name().to_string_lossy().into_owned();
         assert!(name.starts_with("step-"), "left behind: {name}");
     }
+}
+
+/// libtorch running out of memory on one rank (rank 1's address space limited; it validates its
+/// half of 4096 images in one batch) while rank 0 waits for its scores: rank 1 saves the state
+/// after the steps taken for both ranks (every rank holds the same parameters and moments), rank 0's
+/// error names rank 1 and where that state is, and the run resumes from it. Before, a distributed
+/// run saved nothing and lost the steps since its last checkpoint.
+#[test]
+fn a_rank_out_of_memory_saves_the_steps_taken_for_every_rank() {
+    let _guard = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(&tmp.path().join("data"), 4096, 4);
+    let run = tmp.path().join("run");
+    let mut args = run_args(&ds, &run, "4", "1");
+    args.extend(["--nproc-per-node".into(), "2".into()]);
+    check(&train_command(&ds).args(&args).output().unwrap(), "step 1");
+    let resume = |extra: &[&str]| {
+        let mut a: Vec<String> = ["--resume"].map(String::from).to_vec();
+        a.push(run.display().to_string());
+        a.extend(["--workers", "1", "--threads", "1"].map(String::from));
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let big = resume(&[
+        "--max-steps",
+        "4",
+        "--val-every",
+        "3",
+        "--val-max-images",
+        "4096",
+        "--set",
+        "val_batch_size=4096",
+    ]);
+    let outs = ranks_failing(&ds, &big, [false, true]);
+    let saved = "The state after step 3 is saved in ";
+    let (rank0, rank1) = (&outs[0], &outs[1]);
+    eprintln!("rank 0:\n{rank0}\nrank 1:\n{rank1}");
+    assert!(!rank1.contains("panicked"), "{rank1}");
+    assert!(
+        rank1.contains("validation at step 3: libtorch failed: ")
+            && rank1.contains(saved)
+            && rank1.contains("Validating 2048 images at a time ran out of memory"),
+        "rank 1:\n{rank1}"
+    );
+    assert!(
+        rank0.contains("rank 1 failed: ") && rank0.contains(saved),
+        "rank 0:\n{rank0}"
+    );
+    let step3 = run.join("checkpoints").join("step-00000003");
+    let (state, verified) = tagfix::train::run_files::read_whole_checkpoint(&step3).unwrap();
+    assert_eq!(
+        (state.step, verified),
+        (3, tagfix::fsutil::checksums::Verified::Matched)
+    );
+    let out = train_command(&ds)
+        .args(resume(&["--max-steps", "4", "--nproc-per-node", "2"]))
+        .output()
+        .unwrap();
+    check(&out, "resume");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("resuming from ") && err.contains("at step 3"),
+        "{err}"
+    );
+    assert_eq!(saved_and_logged(&run), (4, 4));
+
+    // Both ranks out of memory in the same validation: one writes the checkpoint, the other waits
+    // for it and says which rank saved it where.
+    let both = resume(&[
+        "--max-steps",
+        "6",
+        "--val-max-images",
+        "4096",
+        "--set",
+        "val_batch_size=4096",
+    ]);
+    let outs = ranks_failing(&ds, &both, [true, true]);
+    eprintln!("both ranks:\n{}", outs.join("\n"));
+    let trained = "Every step is taken: the trained state after step 6 is saved in ";
+    let waited: Vec<_> = outs
+        .iter()
+        .filter(|err| err.contains(" saves for every rank. "))
+        .collect();
+    assert_eq!(waited.len(), 1, "{outs:#?}");
+    assert!(outs.iter().all(|err| err.contains(trained)), "{outs:#?}");
+    let step6 = run.join("checkpoints").join("step-00000006");
+    let (state, verified) = tagfix::train::run_files::read_whole_checkpoint(&step6).unwrap();
+    assert_eq!(
+        (state.step, verified),
+        (6, tagfix::fsutil::checksums::Verified::Matched)
+    );
+}
+
+/// Two ranks of `tagfix train` with `args`, rank r's address space [`limited`] where `limits[r]`:
+/// each must exit 2; their standard errors.
+fn ranks_failing(ds: &SynthDataset, args: &[String], limits: [bool; 2]) -> Vec<String> {
+    let port = tagfix::train::dist::launch::free_port("127.0.0.1").unwrap();
+    let ranks: Vec<Child> = (0..2)
+        .map(|rank| {
+            let mut c = rank_command(rank, port, Contract::Torchrun);
+            c.args(train_argv(ds)).args(args);
+            if limits[rank] {
+                limited(&mut c);
+            }
+            c.spawn().unwrap()
+        })
+        .collect();
+    ranks
+        .into_iter()
+        .map(|r| {
+            let out = wait_bounded(r, Duration::from_secs(300));
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert_eq!(out.status.code(), Some(2), "{err}");
+            err
+        })
+        .collect()
+}
+
+/// Limits a rank's address space to 1.2 GB, with the threads that take address space independent
+/// of the machine's core count. The run takes ≈ 0.8 GB; validating 2048 images at once more.
+fn limited(c: &mut Command) {
+    c.env("RAYON_NUM_THREADS", "1")
+        .env("OMP_NUM_THREADS", "1")
+        .env("MALLOC_ARENA_MAX", "2");
+    limit(c, libc::RLIMIT_AS, 1_200_000_000);
 }
 
 #[test]
@@ -858,7 +993,7 @@ fn sigterm_to_the_launcher_stops_both_ranks_after_the_same_step_and_resume_finis
 
     let more = (logged + 2).to_string();
     let out = train_command(&ds)
-        .args(["--quiet", "--resume"])
+        .args(["--resume"])
         .arg(&run)
         .args(["--max-steps", &more, "--nproc-per-node", "2"])
         .output()

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::train::{dataset, serial, signal_after_steps, train_argv, wait_bounded};
+use common::train::{dataset, limit, serial, signal_after_steps, train_argv, wait_bounded};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -104,24 +104,6 @@ fn a_checkpoint_that_cannot_be_written_leaves_nothing_and_names_the_newest() {
         &tagfix::train::run_files::CHECKPOINT_FILES,
     );
     assert_eq!(list.unwrap(), tagfix::fsutil::checksums::Verified::Matched);
-}
-
-/// Sets the child's `resource` limit (soft and hard) to `bytes`.
-fn limit(c: &mut Command, resource: libc::__rlimit_resource_t, bytes: u64) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: setrlimit is async-signal-safe; the limit is the child's alone.
-    unsafe {
-        c.pre_exec(move || {
-            let limit = libc::rlimit {
-                rlim_cur: bytes,
-                rlim_max: bytes,
-            };
-            match libc::setrlimit(resource, &limit) {
-                0 => Ok(()),
-                _ => Err(std::io::Error::last_os_error()),
-            }
-        });
-    }
 }
 
 /// Runs tagfix with `args`, its address space limited to `address_space` bytes where given, and

@@ -151,3 +151,21 @@ pub fn signal_after_steps(child: &mut Child, metrics: &Path, steps: usize, signa
     // SAFETY: signalling a child this test spawned and has not reaped.
     assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
 }
+
+/// Sets the child's `resource` limit (soft and hard) to `bytes`.
+pub fn limit(c: &mut std::process::Command, resource: libc::__rlimit_resource_t, bytes: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe; the limit is the child's alone.
+    unsafe {
+        c.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            match libc::setrlimit(resource, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        });
+    }
+}

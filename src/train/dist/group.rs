@@ -241,6 +241,30 @@ impl ProcessGroup {
             .set(&format!("exit/{}", self.rank), message.as_bytes());
     }
 
+    /// Whether this rank is the first of the group to ask for `what` (an atomic counter in the
+    /// store: one rank gets `Some(true)`, every later one `Some(false)`); `None` when the store
+    /// cannot be reached. Lets ranks that fail together agree, without a collective, which one acts.
+    pub fn first_to(&mut self, what: &str) -> Option<bool> {
+        self.store
+            .add(&format!("first/{what}"), 1)
+            .ok()
+            .map(|n| n == 1)
+    }
+
+    /// Leaves `text` in the store under `what` for the ranks waiting in [`ProcessGroup::hear`].
+    pub fn tell(&mut self, what: &str, text: &str) {
+        let _ = self.store.set(&format!("told/{what}"), text.as_bytes());
+    }
+
+    /// What a rank [`ProcessGroup::tell`]s under `what`, waiting for it up to `timeout`; `None`
+    /// when nothing came (or the store cannot be reached).
+    pub fn hear(&mut self, what: &str, timeout: Duration) -> Option<String> {
+        self.store
+            .get(&format!("told/{what}"), timeout)
+            .ok()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    }
+
     /// Sums the tensors in place across the ranks, in flattened buckets of at most
     /// `bucket_bytes` (one collective per bucket, all in flight together).
     pub fn all_reduce_sum_(&mut self, tensors: &[Tensor]) -> Result<(), DistError> {

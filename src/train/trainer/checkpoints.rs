@@ -4,7 +4,6 @@
 use crate::error::Result;
 use crate::train::dist::zero;
 use crate::train::error::TrainError;
-use crate::train::failure::{self, LibtorchFailure};
 use crate::train::interrupt;
 use crate::train::run::{checkpoint_dir, CheckpointState, STATE_SCHEMA};
 use crate::train::saver::Snapshot;
@@ -110,19 +109,31 @@ impl Trainer {
             None => Some(self.opt.state_tensors()),
         };
         let dir = if let Some(optimizer) = optimizer {
-            let snapshot = Snapshot::take(&self.vs, optimizer, state)?;
-            let dir = self
-                .writer
-                .start(&self.run, snapshot, self.config.keep_checkpoints)?;
-            if wait {
-                self.writer.wait()?;
-            }
-            dir
+            self.write_here(optimizer, state, wait)?
         } else {
             checkpoint_dir(&self.run, state.step)
         };
         if let Some(g) = self.group.as_mut() {
             g.barrier()?;
+        }
+        Ok(dir)
+    }
+
+    /// Writes the checkpoint of this process's parameters and `optimizer` state described by
+    /// `state` (in the background unless `wait`), with no collective: rank 0's part of
+    /// [`Trainer::save`], and the save of a rank that fails alone.
+    pub(super) fn write_here(
+        &mut self,
+        optimizer: Vec<(String, tch::Tensor)>,
+        state: &CheckpointState,
+        wait: bool,
+    ) -> Result<PathBuf> {
+        let snapshot = Snapshot::take(&self.vs, optimizer, state)?;
+        let dir = self
+            .writer
+            .start(&self.run, snapshot, self.config.keep_checkpoints)?;
+        if wait {
+            self.writer.wait()?;
         }
         Ok(dir)
     }
@@ -142,119 +153,6 @@ impl Trainer {
             weighting: self.weighting.clone(),
             wall_s,
             model: self.model_config.name.clone(),
-        }
-    }
-
-    /// The error for a libtorch failure caught in the middle of the run
-    /// ([`crate::train::failure::catch`]). Where the parameters and moments still hold the state
-    /// after the steps taken (one process; not during the optimizer update or a checkpoint), that
-    /// state is saved first, so that `--resume` loses nothing; the error says where it is and, for
-    /// an exhausted memory, which batch to make smaller.
-    pub fn failed(&mut self, failure: LibtorchFailure) -> crate::Error {
-        let doing = std::mem::take(&mut self.doing);
-        self.bar.abandon();
-        let during = match doing {
-            Doing::Step | Doing::Update => format!("step {}", self.step + 1),
-            Doing::Validation => format!("validation at step {}", self.step),
-            Doing::Checkpoint => format!("checkpoint at step {}", self.step),
-            Doing::Between => format!("after step {}", self.step),
-        };
-        let mut then = self.save_after_failure(doing);
-        if failure.out_of_memory {
-            then.push_str(&self.smaller_batch_hint(doing));
-        }
-        TrainError::LibtorchFailed {
-            during,
-            failure,
-            then,
-        }
-        .into()
-    }
-
-    /// What [`Trainer::failed`] could save, as a sentence.
-    fn save_after_failure(&mut self, doing: Doing) -> String {
-        let newest = match crate::train::run::latest_checkpoint(&self.run)
-            .ok()
-            .flatten()
-        {
-            Some(dir) => format!("the newest checkpoint is {}", dir.display()),
-            None => "no checkpoint of this run is written yet".into(),
-        };
-        let why_not = match doing {
-            _ if self.group.is_some() => Some("the other ranks cannot join a checkpoint now"),
-            Doing::Update => {
-                Some("the optimizer update was under way, so the parameters may be half-updated")
-            }
-            Doing::Checkpoint => Some("it was the checkpoint that failed"),
-            _ => None,
-        };
-        if self.step == 0 && doing != Doing::Checkpoint {
-            return format!(
-                "Nothing was saved (no step was taken); `--auto-resume` starts the run again in {}.",
-                self.out.display()
-            );
-        }
-        if let Some(why) = why_not {
-            return format!("Nothing was saved ({why}); {newest}.");
-        }
-        // A checkpoint of this step written before the failure (the one a resume began from, or
-        // the periodic one just taken) already holds it.
-        let dir = checkpoint_dir(&self.run, self.step);
-        let written = self.writer.wait().is_ok_and(|_| dir.is_dir());
-        let state = self.state_at(self.step, self.last_wall_s);
-        let saved = match written {
-            true => Ok(Ok(dir)),
-            false => failure::catch(|| self.save(&state, true)),
-        };
-        match saved {
-            // After the last step there is nothing left to resume: the model is trained.
-            Ok(Ok(dir)) if self.is_done() => format!(
-                "Every step is taken: the trained state after step {} is saved in {}.",
-                self.step,
-                dir.display()
-            ),
-            Ok(Ok(dir)) => format!(
-                "The state after step {} is saved in {}; continue with `tagfix train --resume {}`.",
-                self.step,
-                dir.display(),
-                self.out.display()
-            ),
-            Ok(Err(e)) => format!(
-                "Saving the state after step {} failed too ({}); {newest}.",
-                self.step,
-                crate::error::report(&e)
-            ),
-            Err(again) => format!(
-                "Saving the state after step {} failed too ({again}); {newest}.",
-                self.step
-            ),
-        }
-    }
-
-    /// For an exhausted memory: the smaller batch that needs less of it.
-    fn smaller_batch_hint(&self, doing: Doing) -> String {
-        match doing {
-            Doing::Step | Doing::Update => {
-                let batch = self.config.batch_size;
-                let smaller = (1..self.micro).rev().find(|m| batch % m == 0);
-                let mut hint = format!(
-                    " Each micro-batch of {} images ran out of memory: a smaller --micro-batch-size needs \
-                     less (the batch size, {batch}, stays: its micro-batches accumulate to it)",
-                    self.micro
-                );
-                if let Some(m) = smaller {
-                    hint.push_str(&format!(", e.g. --micro-batch-size {m}"));
-                }
-                hint + "."
-            }
-            Doing::Validation => {
-                let batch = self.validator.as_ref().map_or(0, |v| v.batch);
-                format!(
-                    " Validating {batch} images at a time ran out of memory: `--set val_batch_size=N` \
-                     with a smaller N needs less."
-                )
-            }
-            Doing::Checkpoint | Doing::Between => String::new(),
         }
     }
 }

@@ -22,6 +22,7 @@ use tch::Device;
 
 mod auto_batch;
 mod checkpoints;
+mod failed;
 mod finish;
 mod losses;
 mod open;
