@@ -80,7 +80,8 @@ pub(in crate::train) fn checkpoint_to_resume(
 }
 
 /// Loads a checkpoint's model and optimizer tensors into `vs` and `opt`; `state` is its
-/// `state.json`, read and checked first ([`read_state`], [`check_resumable`]).
+/// `state.json`, read and checked first ([`crate::train::run_files::read_state`], and against the
+/// run by `checkpoint_to_resume`).
 pub fn load_checkpoint(
     dir: &Path,
     state: &CheckpointState,
