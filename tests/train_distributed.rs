@@ -863,6 +863,18 @@ fn a_rank_out_of_memory_saves_the_steps_taken_for_every_rank() {
         (state.step, verified),
         (6, tagfix::fsutil::checksums::Verified::Matched)
     );
+    // The resume that follows runs the validation that failed, on both ranks, and nothing else.
+    let out = train_command(&ds)
+        .args(resume(&["--nproc-per-node", "2"]))
+        .output()
+        .unwrap();
+    check(&out, "the validation left");
+    let validated: Vec<u64> = read_validation(&run.join("validation.jsonl"))
+        .unwrap()
+        .iter()
+        .map(|r| r.step)
+        .collect();
+    assert_eq!(validated, [0, 1, 3, 4, 6]);
 }
 
 /// Two ranks of `tagfix train` with `args`, rank r's address space [`limited`] where `limits[r]`:

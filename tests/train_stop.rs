@@ -213,7 +213,8 @@ fn running_out_of_memory_saves_the_steps_taken_and_names_the_batch_to_make_small
         err.contains("resuming from ") && err.contains("at step 3"),
         "{err}"
     );
-    // After the last step nothing is left to resume: the message says the model is trained.
+    // After the last step only the validation that failed is left: the message says the model is
+    // trained, and a resume runs that validation.
     let (code, err) = train(
         &[
             "--max-steps",
@@ -229,9 +230,22 @@ fn running_out_of_memory_saves_the_steps_taken_and_names_the_batch_to_make_small
     assert!(
         err.contains("validation at step 5: libtorch failed: ")
             && err.contains("Every step is taken: the trained state after step 5 is saved in ")
-            && !err.contains("--resume"),
+            && err.contains("; `tagfix train --resume ")
+            && err.contains(" runs the validation that failed."),
         "{err}"
     );
+    let (code, err) = train(
+        &["--val-max-images", "64", "--set", "val_batch_size=64"],
+        None,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    // Each validation that failed is run by the resume that follows it.
+    let validated: Vec<u64> = tagfix::monitor::read_validation(&run.join("validation.jsonl"))
+        .unwrap()
+        .iter()
+        .map(|r| r.step)
+        .collect();
+    assert_eq!(validated, [0, 1, 3, 4, 5]);
 
     // In a step: a resume whose micro-batch is the whole batch of 2048 images (step 1's 64 fit).
     let big = tmp.path().join("big");

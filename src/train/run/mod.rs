@@ -142,10 +142,11 @@ fn finished(trainer: Trainer) -> Result<RunSummary> {
     )
 }
 
-/// The training loop: validation at the start of a new run, then each step followed by the
-/// validation and checkpoint it makes due, or by the checkpoint a stop signal asks for.
+/// The training loop: validation at the start of a new run (or, resumed, the one the step it
+/// begins at lacks), then each step followed by the validation and checkpoint it makes due, or by
+/// the checkpoint a stop signal asks for.
 fn drive(trainer: &mut Trainer) -> Result<()> {
-    if trainer.at_start() {
+    if trainer.at_start() || trainer.validation_missing()? {
         trainer.validate()?;
     }
     while !trainer.is_done() {

@@ -83,7 +83,7 @@ impl Trainer {
                 }
             }
         }
-        let sentence = self.save_state_taken(&newest);
+        let sentence = self.save_state_taken(doing, &newest);
         if let Some(g) = self.group.as_mut() {
             let rank = g.rank();
             g.tell(&saving, &format!("{rank}\n{sentence}"));
@@ -93,7 +93,7 @@ impl Trainer {
 
     /// Saves the state after the steps taken (unless a checkpoint of it is written or, by rank 0,
     /// being written) and says where it is.
-    fn save_state_taken(&mut self, newest: &str) -> String {
+    fn save_state_taken(&mut self, doing: Doing, newest: &str) -> String {
         // A checkpoint of this step written before the failure (the one a resume began from, or
         // the periodic one just taken; in a data-parallel run rank 0 may still be writing it, and
         // finishes it before it exits) already holds it.
@@ -107,12 +107,21 @@ impl Trainer {
             false => failure::catch(|| self.write_here(self.opt.state_tensors(), &state, true)),
         };
         match saved {
-            // After the last step there is nothing left to resume: the model is trained.
-            Ok(Ok(dir)) if self.is_done() => format!(
-                "Every step is taken: the trained state after step {} is saved in {}.",
-                self.step,
-                dir.display()
-            ),
+            // After the last step only the validation that failed is left for a resume to do.
+            Ok(Ok(dir)) if self.is_done() => {
+                let mut sentence = format!(
+                    "Every step is taken: the trained state after step {} is saved in {}",
+                    self.step,
+                    dir.display()
+                );
+                if doing == Doing::Validation {
+                    sentence.push_str(&format!(
+                        "; `tagfix train --resume {}` runs the validation that failed",
+                        self.out.display()
+                    ));
+                }
+                sentence + "."
+            }
             Ok(Ok(dir)) => format!(
                 "The state after step {} is saved in {}; continue with `tagfix train --resume {}`.",
                 self.step,

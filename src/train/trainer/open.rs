@@ -132,13 +132,6 @@ impl Trainer {
         } else {
             None
         };
-        if start_step >= total_steps {
-            return Err(TrainError::NothingToDo {
-                step: start_step,
-                total: total_steps,
-            }
-            .into());
-        }
         let validator = match validation {
             Some(set) => {
                 let batch = config.val_batch_size.unwrap_or(micro);
@@ -148,6 +141,15 @@ impl Trainer {
             }
             None => None,
         };
+        // A resume after the last step is left the validation that failed there, if one did.
+        let validation_left = validator.as_ref().is_some_and(|v| v.missing_at_resume);
+        if start_step > total_steps || (start_step == total_steps && !validation_left) {
+            return Err(TrainError::NothingToDo {
+                step: start_step,
+                total: total_steps,
+            }
+            .into());
+        }
         let weighting = loss_weighting(resumed.as_ref(), &config, main);
         let micros = rank * accumulation..(rank + 1) * accumulation;
         let loader =

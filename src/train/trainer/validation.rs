@@ -16,6 +16,24 @@ impl Trainer {
         (every > 0 && self.step % every == 0) || self.step == self.total_steps
     }
 
+    /// Whether the step a resume began at is due a validation that `validation.jsonl` lacks (see
+    /// `Validator::missing_at_resume`). In a distributed run the
+    /// ranks agree (one small all-reduce: rank 0 reads the file it writes), so that all validate or
+    /// none.
+    pub fn validation_missing(&mut self) -> Result<bool> {
+        let Some(v) = self.validator.as_ref() else {
+            return Ok(false);
+        };
+        if v.resumed_at != Some(self.step) || !self.validation_due() {
+            return Ok(false);
+        }
+        let mine = v.missing_at_resume;
+        match self.group.as_mut() {
+            None => Ok(mine),
+            Some(g) => Ok(g.all_reduce_scalars(&[f64::from(u8::from(mine))])?[0] > 0.0),
+        }
+    }
+
     /// Validates the model at the current step (nothing when the run has no validation data):
     /// appends the record to `validation.jsonl`, logs it and returns it.
     pub fn validate(&mut self) -> Result<Option<ValidationRecord>> {
@@ -70,6 +88,11 @@ pub(super) struct Validator {
     pub(super) writer: Option<ValidationWriter>,
     pub(super) batch: usize,
     pub(super) records: Vec<ValidationRecord>,
+    /// The step this invocation resumed at (every rank).
+    pub(super) resumed_at: Option<u64>,
+    /// Resumed at a step whose validation `validation.jsonl` lacks: it failed (out of memory, most
+    /// often, and the run saved that step before it stopped), or a stop signal came before it.
+    pub(super) missing_at_resume: bool,
 }
 
 impl Validator {
@@ -81,12 +104,23 @@ impl Validator {
         batch: usize,
         writes: bool,
     ) -> Result<Self> {
-        let writer = match resume_at {
-            _ if !writes => None,
-            Some(step) => Some(ValidationWriter::resume(&run.validation_path(), step)?),
+        let path = run.validation_path();
+        let lacks = |step: u64| -> Result<bool> {
+            let held = crate::monitor::read_validation(&path)?;
+            Ok(!held.iter().any(|r| r.step == step))
+        };
+        let (writer, missing_at_resume) = match resume_at {
+            // The other ranks read the file rank 0 rewrites (atomically; the record at `step`
+            // stays): where they cannot, [`Trainer::validation_missing`] has rank 0 decide.
+            Some(step) if !writes => (None, lacks(step).unwrap_or(false)),
+            _ if !writes => (None, false),
+            Some(step) => {
+                let writer = ValidationWriter::resume(&path, step)?;
+                (Some(writer), lacks(step)?)
+            }
             None => {
-                crate::fsutil::write_bytes_atomic(&run.validation_path(), b"")?;
-                Some(ValidationWriter::append(&run.validation_path())?)
+                crate::fsutil::write_bytes_atomic(&path, b"")?;
+                (Some(ValidationWriter::append(&path)?), false)
             }
         };
         Ok(Validator {
@@ -94,6 +128,8 @@ impl Validator {
             writer,
             batch,
             records: Vec::new(),
+            resumed_at: resume_at,
+            missing_at_resume,
         })
     }
 }
