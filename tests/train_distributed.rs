@@ -911,6 +911,54 @@ fn limited(c: &mut Command) {
     limit(c, libc::RLIMIT_AS, 1_200_000_000);
 }
 
+/// Rank 0 alone verifies the checkpoint a distributed resume continues from (reading and hashing
+/// every file) and tells the other ranks which one it is: with a bit of the newest checkpoint
+/// flipped on the disk, both ranks resume from the one before, and only rank 0, which hashed the
+/// files, says why.
+#[test]
+fn rank_0_chooses_the_checkpoint_a_distributed_resume_continues_from() {
+    let _guard = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(&tmp.path().join("data"), 32, 18);
+    let run = tmp.path().join("run");
+    let mut args = run_args(&ds, &run, "4", "2");
+    set_value(&mut args, "--checkpoint-every", "1");
+    args.extend(["--nproc-per-node".into(), "2".into()]);
+    check(&train_command(&ds).args(&args).output().unwrap(), "2 steps");
+    let moments = run.join("checkpoints/step-00000002/optimizer.safetensors");
+    let mut flipped = std::fs::read(&moments).unwrap();
+    let middle = flipped.len() - 5;
+    flipped[middle] ^= 0x10;
+    std::fs::write(&moments, &flipped).unwrap();
+    let out = train_command(&ds)
+        .arg("--resume")
+        .arg(&run)
+        .args(["--max-steps", "3", "--workers", "1", "--threads", "1"])
+        .args(["--nproc-per-node", "2"])
+        .output()
+        .unwrap();
+    check(&out, "resume");
+    let err = String::from_utf8_lossy(&out.stderr);
+    for r in 0..2 {
+        let resumed = format!("[rank {r}] ");
+        assert!(
+            err.lines().any(|l| l.starts_with(&resumed)
+                && l.contains("resuming from ")
+                && l.contains("step-00000001 at step 1")),
+            "rank {r}:\n{err}"
+        );
+    }
+    let passed_over = |r: usize| {
+        err.lines().any(|l| {
+            l.starts_with(&format!("[rank {r}] "))
+                && l.contains("step-00000002 is not whole (")
+                && l.contains("its bytes changed since they were written")
+        })
+    };
+    assert!(passed_over(0) && !passed_over(1), "{err}");
+    assert_eq!(saved_and_logged(&run), (3, 3));
+}
+
 #[test]
 fn a_run_that_stops_itself_on_two_ranks_exits_3_with_a_checkpoint() {
     let _guard = serial();

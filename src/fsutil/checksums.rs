@@ -144,7 +144,7 @@ pub fn read_checksums(dir: &Path) -> Result<Option<ChecksumList>> {
 }
 
 /// What [`verify_folder`] found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verified {
     /// Every file named was listed and its bytes hash to the recorded digest.
     Matched,

@@ -104,6 +104,10 @@ pub enum TrainError {
     #[error("{}: --resume: the run has no checkpoint to resume from", .0.display())]
     NothingToResume(PathBuf),
 
+    /// A distributed resume: rank 0 chooses the checkpoint, and it found none it could resume from.
+    #[error("{}: --resume: rank 0 found no checkpoint to resume from (its error says why)", .0.display())]
+    NoResumeOnRank0(PathBuf),
+
     #[error("{}: already holds a training run: pass --resume to continue it, or choose another --out", .0.display())]
     RunExists(PathBuf),
 
@@ -518,6 +522,7 @@ impl TrainError {
             | TrainError::NoValidationData(_)
             | TrainError::UnevenShares { .. }
             | TrainError::NothingToResume(_)
+            | TrainError::NoResumeOnRank0(_)
             | TrainError::RunExists(_)
             | TrainError::NothingToDo { .. }
             | TrainError::SynthOptions { .. }

@@ -7,10 +7,12 @@ use crate::monitor::RunDir;
 use crate::tensors::safetensors_io::SafetensorsFile;
 use crate::train::config::TrainConfig;
 use crate::train::data::TrainData;
+use crate::train::dist::ProcessGroup;
 use crate::train::error::TrainError;
 use crate::train::optim::AdamW;
 use crate::train::run_files::{
-    newest_checkpoint_in, newest_whole_checkpoint, CheckpointState, Resumable,
+    newest_checkpoint_in, newest_whole_checkpoint, read_state, CheckpointState, Resumable,
+    CHECKPOINT_TENSORS,
 };
 use crate::train::trainer::RunStart;
 use crate::train::weights::{self, LoadOptions};
@@ -79,6 +81,72 @@ pub(in crate::train) fn checkpoint_to_resume(
     Ok(found)
 }
 
+/// [`checkpoint_to_resume`] for a rank of a data-parallel run: rank 0 finds the newest whole
+/// checkpoint (reading and hashing every file of it) and tells the others which it is, so that
+/// each checkpoint is verified once rather than by every rank (on a shared file system, N ranks
+/// hashing it read it N times over before loading it) and every rank resumes from the same one.
+/// The others read its `state.json` and tensor headers and check them against the run.
+pub(in crate::train) fn checkpoint_to_resume_in_group(
+    checkpoints: &Path,
+    data: &TrainData,
+    fingerprint: &str,
+    config: &TrainConfig,
+    group: &mut ProcessGroup,
+) -> Result<Resumable> {
+    if group.is_main() {
+        let found = checkpoint_to_resume(checkpoints, data, fingerprint, config);
+        let told = match &found {
+            Ok(f) => chosen_text(&f.dir, f.verified),
+            Err(_) => String::new(),
+        };
+        group.all_gather_bytes(told.as_bytes())?;
+        return found;
+    }
+    let told = group.all_gather_bytes(b"")?;
+    let told = String::from_utf8_lossy(told.first().map_or(&[][..], Vec::as_slice)).into_owned();
+    let (name, verified) = parse_chosen(&told)
+        .ok_or_else(|| TrainError::NoResumeOnRank0(checkpoints.to_path_buf()))?;
+    let dir = checkpoints.join(name);
+    let state = read_state(&dir)?;
+    for name in CHECKPOINT_TENSORS {
+        SafetensorsFile::open(&dir.join(name))?;
+    }
+    check_resumable(&dir, &state, data, fingerprint, config)?;
+    Ok(Resumable {
+        dir,
+        state,
+        verified,
+        skipped: Vec::new(),
+    })
+}
+
+/// What rank 0 tells the other ranks about the checkpoint it chose: its folder's name and whether
+/// its files matched their `SHA256SUMS`.
+fn chosen_text(dir: &Path, verified: Verified) -> String {
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    let verified = match verified {
+        Verified::Matched => "matched",
+        Verified::NoList => "no-list",
+    };
+    format!("{name}\n{verified}")
+}
+
+/// [`chosen_text`] read back: `None` for an empty text (rank 0 found none to resume from) or one
+/// that names anything but a `step-N` folder.
+fn parse_chosen(text: &str) -> Option<(&str, Verified)> {
+    let (name, verified) = text.split_once('\n')?;
+    if name.contains('/') {
+        return None;
+    }
+    crate::train::run_files::folder_step(Path::new(name))?;
+    let verified = match verified {
+        "matched" => Verified::Matched,
+        "no-list" => Verified::NoList,
+        _ => return None,
+    };
+    Some((name, verified))
+}
+
 /// Loads a checkpoint's model and optimizer tensors into `vs` and `opt`; `state` is its
 /// `state.json`, read and checked first ([`crate::train::run_files::read_state`], and against the
 /// run by `checkpoint_to_resume`).
@@ -139,5 +207,33 @@ fn check_resumable(
         }
         .into()),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rank_0s_choice_is_read_back_and_nothing_else() {
+        let told = chosen_text(Path::new("run/checkpoints/step-00000012"), Verified::NoList);
+        assert_eq!(
+            parse_chosen(&told),
+            Some(("step-00000012", Verified::NoList))
+        );
+        let matched = "step-00000003\nmatched";
+        assert_eq!(
+            parse_chosen(matched),
+            Some(("step-00000003", Verified::Matched))
+        );
+        for refused in [
+            "",
+            "step-00000003",
+            "step-00000003\nmaybe",
+            "../step-00000003\nmatched",
+            "other\nmatched",
+        ] {
+            assert_eq!(parse_chosen(refused), None, "{refused:?}");
+        }
     }
 }

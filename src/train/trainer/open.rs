@@ -12,8 +12,8 @@ use crate::train::interrupt::StopRequest;
 use crate::train::objective::{AbsentSlots, LossWeighting};
 use crate::train::optim::{AdamW, LrSchedule};
 use crate::train::run::{
-    checkpoint_to_resume, latest_checkpoint, load_checkpoint, CheckpointSpace, CheckpointState,
-    Prepared, Resumable,
+    checkpoint_to_resume, checkpoint_to_resume_in_group, latest_checkpoint, load_checkpoint,
+    CheckpointSpace, CheckpointState, Prepared, Resumable,
 };
 use crate::train::saver::{remove_unfinished, CheckpointWriter};
 use crate::train::upload::PixelNormalizer;
@@ -107,6 +107,7 @@ impl Trainer {
                 &data,
                 &fingerprint,
                 &config,
+                group.as_mut(),
             )?),
             RunStart::New if main => {
                 refuse_existing_run(&run, out)?;
@@ -301,10 +302,16 @@ fn resume_state(
     data: &TrainData,
     fingerprint: &str,
     config: &TrainConfig,
+    group: Option<&mut ProcessGroup>,
 ) -> Result<CheckpointState> {
     let Resumable {
         dir: ckpt, state, ..
-    } = checkpoint_to_resume(&run.checkpoints_dir(), data, fingerprint, config)?;
+    } = match group {
+        Some(g) => {
+            checkpoint_to_resume_in_group(&run.checkpoints_dir(), data, fingerprint, config, g)?
+        }
+        None => checkpoint_to_resume(&run.checkpoints_dir(), data, fingerprint, config)?,
+    };
     load_checkpoint(&ckpt, &state, vs, opt)?;
     tracing::info!(
         "resuming from {} at step {} (epoch {})",
