@@ -16,23 +16,32 @@ fn spawn_endless(
     ds: &tagfix::train::data::synth::SynthDataset,
     run: &std::path::Path,
     stdio: fn() -> Stdio,
+    validate_every_step: bool,
 ) -> std::process::Child {
-    Command::new(assert_cmd::cargo::cargo_bin("tagfix"))
-        .args(train_argv(ds))
-        .args([
-            "--max-steps",
-            "100000",
-            "--batch-size",
-            "4",
-            "--workers",
+    let mut c = Command::new(assert_cmd::cargo::cargo_bin("tagfix"));
+    c.args(train_argv(ds));
+    if validate_every_step {
+        c.arg("--val-data").arg(&ds.annotations).args([
+            "--val-every",
             "1",
-        ])
-        .args(["--threads", "1", "--checkpoint-every", "off", "--out"])
-        .arg(run)
-        .stdout(stdio())
-        .stderr(stdio())
-        .spawn()
-        .unwrap()
+            "--val-max-images",
+            "4",
+        ]);
+    }
+    c.args([
+        "--max-steps",
+        "100000",
+        "--batch-size",
+        "4",
+        "--workers",
+        "1",
+    ])
+    .args(["--threads", "1", "--checkpoint-every", "off", "--out"])
+    .arg(run)
+    .stdout(stdio())
+    .stderr(stdio())
+    .spawn()
+    .unwrap()
 }
 
 /// A checkpoint the file system cannot take (here a file-size limit, as `ulimit -f` sets on shared
@@ -349,7 +358,7 @@ fn a_stop_signal_mid_run_checkpoints_the_step_and_exits_128_plus_the_signal() {
     let ds = dataset(&tmp.path().join("ds"), 16, 2);
     for (signal, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
         let run = tmp.path().join(name);
-        let mut child = spawn_endless(&ds, &run, Stdio::piped);
+        let mut child = spawn_endless(&ds, &run, Stdio::piped, true);
         signal_after_steps(&mut child, &run.join("metrics.jsonl"), 3, signal);
         // Without the handler the run would go on for 100000 steps (or die without a checkpoint).
         let out = wait_bounded(child, Duration::from_secs(120));
@@ -397,6 +406,14 @@ fn a_stop_signal_mid_run_checkpoints_the_step_and_exits_128_plus_the_signal() {
             .map(|r| r.step)
             .collect();
         assert_eq!(steps, (1..=logged + 2).collect::<Vec<_>>(), "{name}");
+        // The signal stopped the run after a step and before that step's validation: the resume
+        // runs it first, so every step has its record.
+        let validated: Vec<u64> = tagfix::monitor::read_validation(&run.join("validation.jsonl"))
+            .unwrap()
+            .iter()
+            .map(|r| r.step)
+            .collect();
+        assert_eq!(validated, (0..=logged + 2).collect::<Vec<_>>(), "{name}");
     }
 }
 
@@ -528,7 +545,7 @@ fn auto_resume_starts_continues_and_starts_again() {
     // An attempt killed before its first checkpoint: a plain new run refuses the folder, the
     // auto-resuming one trains it again from step 0 and replaces the dead attempt's records.
     let dead = tmp.path().join("dead");
-    let mut child = spawn_endless(&ds, &dead, Stdio::null);
+    let mut child = spawn_endless(&ds, &dead, Stdio::null, false);
     signal_after_steps(&mut child, &dead.join("metrics.jsonl"), 3, libc::SIGKILL);
     let _ = wait_bounded(child, Duration::from_secs(60));
     assert!(steps(&dead).len() >= 3);
