@@ -912,9 +912,11 @@ fn limited(c: &mut Command) {
 }
 
 /// Rank 0 alone verifies the checkpoint a distributed resume continues from (reading and hashing
-/// every file) and tells the other ranks which one it is: with a bit of the newest checkpoint
-/// flipped on the disk, both ranks resume from the one before, and only rank 0, which hashed the
-/// files, says why.
+/// every file), tells the other ranks which one it is and sends them its parameters and moments:
+/// with a bit of the newest checkpoint flipped on the disk, both ranks resume from the one before,
+/// and only rank 0, which hashed the files, says why. (That the moments arrive whole is
+/// `accumulation_across_two_ranks_and_resume_across_world_sizes`: a run resumed on two ranks
+/// trains as the uninterrupted one.)
 #[test]
 fn rank_0_chooses_the_checkpoint_a_distributed_resume_continues_from() {
     let _guard = serial();
@@ -939,12 +941,16 @@ fn rank_0_chooses_the_checkpoint_a_distributed_resume_continues_from() {
         .unwrap();
     check(&out, "resume");
     let err = String::from_utf8_lossy(&out.stderr);
-    for r in 0..2 {
-        let resumed = format!("[rank {r}] ");
+    // Rank 0 alone reads it; rank 1 receives the parameters and moments from rank 0.
+    for (r, end) in [
+        (0, "step-00000001 at step 1 (epoch 0)"),
+        (1, " from rank 0)"),
+    ] {
         assert!(
-            err.lines().any(|l| l.starts_with(&resumed)
+            err.lines().any(|l| l.starts_with(&format!("[rank {r}] "))
                 && l.contains("resuming from ")
-                && l.contains("step-00000001 at step 1")),
+                && l.contains("step-00000001 at step 1")
+                && l.ends_with(end)),
             "rank {r}:\n{err}"
         );
     }

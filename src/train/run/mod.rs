@@ -39,7 +39,7 @@ mod resume;
 
 pub use dry_run::{dry_run, CheckpointSpace, DryRun};
 pub use prepare::{device_of, prepare, prepare_on, prepare_rank, resolve_model, set_torch_threads};
-pub use resume::{auto_start, checkpoint_dir, latest_checkpoint, load_checkpoint};
+pub use resume::{auto_start, checkpoint_dir, latest_checkpoint, load_checkpoint, load_moments};
 pub(super) use resume::{checkpoint_to_resume, checkpoint_to_resume_in_group};
 
 /// Everything checked and loaded, ready for the first step.

@@ -159,6 +159,12 @@ pub fn load_checkpoint(
     let model_path = dir.join("model.safetensors");
     let report = weights::load_state_dict(vs, &model_path, &LoadOptions::strict())?;
     debug_assert!(report.is_complete());
+    load_moments(dir, state, opt)
+}
+
+/// Loads a checkpoint's optimizer moments into `opt` (each rank's share of them where the state is
+/// sharded) and sets its step.
+pub fn load_moments(dir: &Path, state: &CheckpointState, opt: &mut AdamW) -> Result<()> {
     // One moment at a time from the file into its place (tch's reader held the whole file and
     // every tensor at once: twice the optimizer state in host memory, per rank).
     let opt_path = dir.join("optimizer.safetensors");

@@ -13,7 +13,7 @@ use crate::train::objective::{AbsentSlots, LossWeighting};
 use crate::train::optim::{AdamW, LrSchedule};
 use crate::train::run::{
     checkpoint_to_resume, checkpoint_to_resume_in_group, latest_checkpoint, load_checkpoint,
-    CheckpointSpace, CheckpointState, Prepared, Resumable,
+    load_moments, CheckpointSpace, CheckpointState, Prepared, Resumable,
 };
 use crate::train::saver::{remove_unfinished, CheckpointWriter};
 use crate::train::upload::PixelNormalizer;
@@ -23,7 +23,7 @@ use tch::nn::VarStore;
 
 use super::auto_batch::AutoProbe;
 use super::pace::{progress_bar, StepPace};
-use super::ranks::agree_and_share;
+use super::ranks::{agree_and_share, share_moments};
 use super::{Clock, Doing, RunStart, StepSync, Trainer, Validator};
 
 impl Trainer {
@@ -121,6 +121,9 @@ impl Trainer {
         }
         if let Some(g) = group.as_mut() {
             agree_and_share(g, &config, &inputs, start_step, &vs)?;
+            if resumed.is_some() {
+                share_moments(g, &opt)?;
+            }
             if config.grad_sync == GradSync::Overlap && g.world_size() > 1 {
                 g.overlap_grads(&opt.trained_vars(), config.grad_comm == GradComm::Bf16)?;
             }
@@ -304,6 +307,7 @@ fn resume_state(
     config: &TrainConfig,
     group: Option<&mut ProcessGroup>,
 ) -> Result<CheckpointState> {
+    let follows = group.as_ref().is_some_and(|g| !g.is_main());
     let Resumable {
         dir: ckpt, state, ..
     } = match group {
@@ -312,9 +316,24 @@ fn resume_state(
         }
         None => checkpoint_to_resume(&run.checkpoints_dir(), data, fingerprint, config)?,
     };
-    load_checkpoint(&ckpt, &state, vs, opt)?;
+    // Rank 0 alone reads the checkpoint; the others receive the parameters from it when the ranks
+    // meet ([`agree_and_share`]), and the moments too unless each rank keeps only its share of them.
+    let received = match () {
+        _ if !follows => {
+            load_checkpoint(&ckpt, &state, vs, opt)?;
+            ""
+        }
+        _ if opt.partition().is_some() => {
+            load_moments(&ckpt, &state, opt)?;
+            " (the parameters from rank 0)"
+        }
+        _ => {
+            opt.step = state.step;
+            " (the parameters and moments from rank 0)"
+        }
+    };
     tracing::info!(
-        "resuming from {} at step {} (epoch {})",
+        "resuming from {} at step {} (epoch {}){received}",
         ckpt.display(),
         state.step,
         state.epoch

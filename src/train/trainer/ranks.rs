@@ -34,6 +34,17 @@ pub(super) fn agree_and_share(
     Ok(())
 }
 
+/// A resume: rank 0's optimizer moments to every rank (it alone read them from the checkpoint).
+/// Nothing when the state is sharded: each rank read its own share.
+pub(super) fn share_moments(group: &mut ProcessGroup, opt: &AdamW) -> Result<()> {
+    if opt.partition().is_some() {
+        return Ok(());
+    }
+    let moments: Vec<Tensor> = opt.state_tensors().into_iter().map(|(_, t)| t).collect();
+    tch::no_grad(|| group.broadcast_(&moments, 0))?;
+    Ok(())
+}
+
 /// Sharded optimizer state ([`zero`]): combines the update norms over the ranks (each measured its
 /// own slices' updates; nothing on steps that measure none) and broadcasts each rank's slice. Nothing
 /// when the state is not sharded.
