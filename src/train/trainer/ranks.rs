@@ -30,8 +30,43 @@ pub(super) fn agree_and_share(
     let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     params.sort_by(|a, b| a.0.cmp(&b.0));
     let tensors: Vec<Tensor> = params.into_iter().map(|(_, t)| t).collect();
-    tch::no_grad(|| group.broadcast_(&tensors, 0))?;
+    broadcast_in_chunks(group, &tensors)
+}
+
+/// How many bytes of tensors one broadcast of [`broadcast_in_chunks`] sends: each copies its
+/// tensors into flat buckets, so a broadcast of a whole model or optimizer state at once would
+/// hold a second copy of it on the device.
+const BROADCAST_CHUNK_BYTES: usize = 256 << 20;
+
+/// Rank 0's values of `tensors` to every rank, in place, at most [`BROADCAST_CHUNK_BYTES`] at a
+/// time (every rank cuts the same list alike).
+fn broadcast_in_chunks(group: &mut ProcessGroup, tensors: &[Tensor]) -> Result<()> {
+    let bytes: Vec<usize> = tensors
+        .iter()
+        .map(|t| t.numel() * t.kind().elt_size_in_bytes())
+        .collect();
+    for chunk in chunks(&bytes, BROADCAST_CHUNK_BYTES) {
+        tch::no_grad(|| group.broadcast_(&tensors[chunk], 0))?;
+    }
     Ok(())
+}
+
+/// Consecutive ranges of items of `bytes` each, every range reaching `limit` bytes with its last
+/// item (so none is empty, and an item larger than `limit` goes alone).
+fn chunks(bytes: &[usize], limit: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut sum) = (0, 0);
+    for (i, b) in bytes.iter().enumerate() {
+        sum += b;
+        if sum >= limit {
+            out.push(start..i + 1);
+            (start, sum) = (i + 1, 0);
+        }
+    }
+    if start < bytes.len() {
+        out.push(start..bytes.len());
+    }
+    out
 }
 
 /// A resume: rank 0's optimizer moments to every rank (it alone read them from the checkpoint).
@@ -41,8 +76,7 @@ pub(super) fn share_moments(group: &mut ProcessGroup, opt: &AdamW) -> Result<()>
         return Ok(());
     }
     let moments: Vec<Tensor> = opt.state_tensors().into_iter().map(|(_, t)| t).collect();
-    tch::no_grad(|| group.broadcast_(&moments, 0))?;
-    Ok(())
+    broadcast_in_chunks(group, &moments)
 }
 
 /// Sharded optimizer state ([`zero`]): combines the update norms over the ranks (each measured its
@@ -102,4 +136,17 @@ pub(super) fn all_reduce_grads(
         t0.elapsed().as_secs_f64() * 1e3
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunks;
+
+    #[test]
+    fn chunks_cover_every_item_once_and_reach_the_limit() {
+        assert!(chunks(&[], 10).is_empty());
+        assert_eq!(chunks(&[3, 3, 3, 3], 10), vec![0..4]);
+        assert_eq!(chunks(&[4, 6, 1, 20, 2], 10), [0..2, 2..4, 4..5]);
+        assert_eq!(chunks(&[30, 1], 10), [0..1, 1..2]);
+    }
 }
