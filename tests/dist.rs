@@ -7,7 +7,7 @@
 //! exactly as the whole state; the agreement check names the
 //! disagreeing rank and field; a rank that dies, hangs or (rank 0) takes the store with it makes the
 //! other fail with that rank named instead of hanging; the launcher prefixes each rank's lines and
-//! stops the other ranks when one fails.
+//! stops the other ranks when one fails; ranks restarted by torchrun meet again in its agent's store.
 
 use std::ffi::OsString;
 use std::process::{Child, Command, Stdio};
@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tagfix::train::dist::launch::{self, LaunchRequest, Sink};
 use tagfix::train::dist::{
-    DistBackend, DistError, Fingerprint, GroupOptions, ProcessGroup, Rendezvous, Suspect,
+    AgentStore, DistBackend, DistError, Fingerprint, GroupOptions, ProcessGroup, Rendezvous,
+    Suspect,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -34,7 +35,7 @@ fn main() {
             std::process::exit(rank_main(role));
         }
     }
-    let cases: [(&str, Case); 10] = [
+    let cases: [(&str, Case); 11] = [
         ("collectives_agree_on_both_ranks", collectives),
         (
             "gradients_summed_during_the_backward_pass_equal_the_sums_after_it",
@@ -58,6 +59,10 @@ fn main() {
         (
             "launcher_prefixes_output_and_stops_the_others",
             launcher_stops_the_others,
+        ),
+        (
+            "ranks_restarted_by_torchrun_meet_again_in_its_agents_store",
+            agent_store_restarts,
         ),
     ];
     let mut failed = 0;
@@ -740,6 +745,59 @@ fn slurm_ranks() -> Result<(), String> {
                 out.status,
                 String::from_utf8_lossy(&out.stderr)
             ));
+        }
+    }
+    Ok(())
+}
+
+/// torchrun with `--max-restarts` serves the store from its agent and keeps it across the restarts
+/// of its ranks (`TORCHELASTIC_RESTART_COUNT`): each restarted attempt's ranks meet again, their
+/// keys apart from the last attempt's, while two processes claiming one rank within an attempt are
+/// still refused. (With one prefix for every attempt, the first restart was refused: "rank 0 was
+/// claimed by 2 processes".)
+fn agent_store_restarts() -> Result<(), String> {
+    let port = launch::free_port("127.0.0.1").map_err(|e| e.to_string())?;
+    let _agent = AgentStore::serve(port, TIMEOUT).map_err(|e| e.to_string())?;
+    let attempt = |restart: &str| -> Result<Vec<std::process::Output>, String> {
+        let children = (0..2usize)
+            .map(|r| {
+                let r = r.to_string();
+                let vars = [
+                    ("RANK", r.as_str()),
+                    ("LOCAL_RANK", &r),
+                    ("WORLD_SIZE", "2"),
+                    ("LOCAL_WORLD_SIZE", "2"),
+                    ("TORCHELASTIC_USE_AGENT_STORE", "True"),
+                    ("TORCHELASTIC_RESTART_COUNT", restart),
+                ];
+                spawn_with("collectives", &vars, port, false)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        children
+            .into_iter()
+            .map(|c| c.wait_with_output().map_err(|e| e.to_string()))
+            .collect()
+    };
+    let report = |o: &std::process::Output| {
+        format!(
+            "{:?}\nstdout:\n{}\nstderr:\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    for restart in ["0", "1"] {
+        for (r, out) in attempt(restart)?.iter().enumerate() {
+            let line = format!("collectives ok on rank {r} of 2");
+            if !out.status.success() || !String::from_utf8_lossy(&out.stdout).contains(&line) {
+                return Err(format!("attempt {restart}, rank {r}: {}", report(out)));
+            }
+        }
+    }
+    for (r, out) in attempt("1")?.iter().enumerate() {
+        let refused = format!("rank {r} was claimed by 2 processes");
+        if out.status.success() || !String::from_utf8_lossy(&out.stderr).contains(&refused) {
+            return Err(format!("attempt 1 again, rank {r}: {}", report(out)));
         }
     }
     Ok(())

@@ -169,6 +169,7 @@ mod tests {
             master_addr: "node0".into(),
             master_port: 29500,
             agent_store: false,
+            restart: 0,
         };
         for bound in [false, true] {
             assert_eq!(ranks_sharing_cores_in(None, bound), 1);

@@ -40,6 +40,9 @@ pub struct Rendezvous {
     /// torchrun's agent already serves the TCPStore at MASTER_ADDR:MASTER_PORT
     /// (`TORCHELASTIC_USE_AGENT_STORE=True`): every rank connects as a client, none serves.
     pub agent_store: bool,
+    /// How many times torchrun restarted the ranks (`TORCHELASTIC_RESTART_COUNT`, `--max-restarts`):
+    /// the agent's store outlives them, so each attempt keeps its keys apart ([`Self::store_prefix`]).
+    pub restart: u64,
 }
 
 const TORCHRUN_VARS: [&str; 6] = [
@@ -119,6 +122,10 @@ impl Rendezvous {
             master_addr,
             master_port,
             agent_store: var("TORCHELASTIC_USE_AGENT_STORE").as_deref() == Some("True"),
+            restart: match var("TORCHELASTIC_RESTART_COUNT") {
+                Some(v) => parse::<u64>("TORCHELASTIC_RESTART_COUNT", v).map_err(err)?,
+                None => 0,
+            },
         })
     }
 
@@ -161,7 +168,20 @@ impl Rendezvous {
             master_addr,
             master_port,
             agent_store: false,
+            restart: 0,
         }))
+    }
+
+    /// The prefix of this run's keys in the rendezvous store. torchrun's agent store lives as long
+    /// as the agent, across the restarts of its ranks: a restarted attempt's ranks would find the
+    /// last attempt's keys (its rank claims: "rank 0 was claimed by 2 processes"; its heartbeats and
+    /// failure notes; Gloo's addresses), so each attempt has its own, as PyTorch's
+    /// `/worker/attempt_N` prefix does.
+    pub fn store_prefix(&self) -> String {
+        match self.agent_store {
+            true => format!("tagfix/attempt_{}/", self.restart),
+            false => "tagfix/".into(),
+        }
     }
 
     /// Whether this process is one of several ranks (a launcher started it).
@@ -245,7 +265,20 @@ mod tests {
         assert!(!r.agent_store);
         let mut with_agent = TORCHRUN.to_vec();
         with_agent.push(("TORCHELASTIC_USE_AGENT_STORE", "True"));
-        assert!(rdzv(&with_agent).unwrap().unwrap().agent_store);
+        let agent = rdzv(&with_agent).unwrap().unwrap();
+        assert!(agent.agent_store);
+        // Each attempt of torchrun's restarts keeps its keys apart in the agent's store.
+        assert_eq!(agent.store_prefix(), "tagfix/attempt_0/");
+        with_agent.push(("TORCHELASTIC_RESTART_COUNT", "2"));
+        assert_eq!(
+            rdzv(&with_agent).unwrap().unwrap().store_prefix(),
+            "tagfix/attempt_2/"
+        );
+        assert_eq!(r.store_prefix(), "tagfix/");
+        with_agent.pop();
+        with_agent.push(("TORCHELASTIC_RESTART_COUNT", "two"));
+        let e = rdzv(&with_agent).unwrap_err().to_string();
+        assert!(e.contains("TORCHELASTIC_RESTART_COUNT"), "{e}");
     }
 
     #[test]

@@ -163,7 +163,8 @@ pub fn has_nccl() -> bool {
     unsafe { tagfix_dist_has_nccl() == 1 }
 }
 
-/// A connection to a `c10d::TCPStore` (keys under a prefix of tagfix's own).
+/// A connection to a `c10d::TCPStore` (keys under a prefix of tagfix's own: see
+/// [`super::Rendezvous::store_prefix`]).
 pub struct Store(*mut RawStore);
 
 // SAFETY: a TCPStore client serialises its operations with its own lock.
@@ -172,15 +173,16 @@ unsafe impl Sync for Store {}
 
 impl Store {
     /// Connects to host:port, or serves it when `server` (waiting for nobody: the caller checks who
-    /// joined). Gives up after `timeout`.
+    /// joined), with every key under `prefix`. Gives up after `timeout`.
     pub fn connect(
         host: &str,
         port: u16,
         server: bool,
         world_size: usize,
         timeout: Duration,
+        prefix: &str,
     ) -> Result<Store, String> {
-        let (host, prefix) = (cstring(host)?, cstring("tagfix/")?);
+        let (host, prefix) = (cstring(host)?, cstring(prefix)?);
         let world = c_int::try_from(world_size).map_err(|_| "world size too large".to_string())?;
         let mut out = std::ptr::null_mut();
         // SAFETY: valid C strings and an out-pointer to a local; the shim catches every exception.

@@ -27,6 +27,28 @@ const LEAVE_WAIT: Duration = Duration::from_secs(10);
 /// Timeout of the store reads made while diagnosing a failure.
 const DIAGNOSIS_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A rendezvous store served at `127.0.0.1:port` for ranks that connect as clients, as torchrun's
+/// elastic agent serves one (`TORCHELASTIC_USE_AGENT_STORE=True`) and keeps across the restarts of
+/// its ranks: the stand-in the tests start in place of that agent. Stops when dropped.
+pub struct AgentStore {
+    _store: Store,
+}
+
+impl AgentStore {
+    pub fn serve(port: u16, timeout: Duration) -> Result<AgentStore, DistError> {
+        let store = Store::connect("127.0.0.1", port, true, 1, timeout, "agent/").map_err(|m| {
+            DistError::Rendezvous {
+                addr: "127.0.0.1".into(),
+                port,
+                rank: 0,
+                world_size: 1,
+                message: format!("cannot serve the rendezvous store: {m}"),
+            }
+        })?;
+        Ok(AgentStore { _store: store })
+    }
+}
+
 /// How to form a process group.
 #[derive(Debug, Clone)]
 pub struct GroupOptions {
@@ -155,6 +177,7 @@ impl ProcessGroup {
             serve,
             rdzv.world_size,
             opts.timeout,
+            &rdzv.store_prefix(),
         )
         .map_err(|m| {
             fail(if serve {

@@ -25,7 +25,7 @@ pub mod zero;
 pub use agree::Fingerprint;
 pub use env::{Contract, Rendezvous};
 #[cfg(feature = "train")]
-pub use group::{GroupOptions, OverlapStats, ProcessGroup};
+pub use group::{AgentStore, GroupOptions, OverlapStats, ProcessGroup};
 pub use shard::{shard, Share};
 
 use std::fmt;
