@@ -11,6 +11,7 @@ mod common;
 
 use common::train::{
     dataset, limit, serial, signal_after_steps, train_argv, train_command, wait_bounded,
+    VALIDATE_4096_AT_ONCE,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -795,16 +796,13 @@ fn a_rank_out_of_memory_saves_the_steps_taken_for_every_rank() {
         a.extend(extra.iter().map(|s| s.to_string()));
         a
     };
-    let big = resume(&[
-        "--max-steps",
-        "4",
-        "--val-every",
-        "3",
-        "--val-max-images",
-        "4096",
-        "--set",
-        "val_batch_size=4096",
-    ]);
+    let big = resume(
+        &[
+            &["--max-steps", "4", "--val-every", "3"][..],
+            &VALIDATE_4096_AT_ONCE,
+        ]
+        .concat(),
+    );
     let outs = ranks_failing(&ds, &big, [false, true]);
     let saved = "The state after step 3 is saved in ";
     let (rank0, rank1) = (&outs[0], &outs[1]);
@@ -840,14 +838,7 @@ fn a_rank_out_of_memory_saves_the_steps_taken_for_every_rank() {
 
     // Both ranks out of memory in the same validation: one writes the checkpoint, the other waits
     // for it and says which rank saved it where.
-    let both = resume(&[
-        "--max-steps",
-        "6",
-        "--val-max-images",
-        "4096",
-        "--set",
-        "val_batch_size=4096",
-    ]);
+    let both = resume(&[&["--max-steps", "6"][..], &VALIDATE_4096_AT_ONCE].concat());
     let outs = ranks_failing(&ds, &both, [true, true]);
     eprintln!("both ranks:\n{}", outs.join("\n"));
     let trained = "Every step is taken: the trained state after step 6 is saved in ";

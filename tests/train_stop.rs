@@ -6,7 +6,9 @@
 
 mod common;
 
-use common::train::{dataset, limit, serial, signal_after_steps, train_argv, wait_bounded};
+use common::train::{
+    dataset, limit, serial, signal_after_steps, train_argv, wait_bounded, VALIDATE_4096_AT_ONCE,
+};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -184,15 +186,10 @@ fn running_out_of_memory_saves_the_steps_taken_and_names_the_batch_to_make_small
     assert_eq!(code, Some(0), "{err}");
     let (code, err) = train(
         &[
-            "--max-steps",
-            "4",
-            "--val-every",
-            "3",
-            "--val-max-images",
-            "4096",
-            "--set",
-            "val_batch_size=4096",
-        ],
+            &["--max-steps", "4", "--val-every", "3"][..],
+            &VALIDATE_4096_AT_ONCE,
+        ]
+        .concat(),
         limit,
     );
     assert_eq!(code, Some(2), "{err}");
@@ -225,14 +222,7 @@ fn running_out_of_memory_saves_the_steps_taken_and_names_the_batch_to_make_small
     // After the last step only the validation that failed is left: the message says the model is
     // trained, and a resume runs that validation.
     let (code, err) = train(
-        &[
-            "--max-steps",
-            "5",
-            "--val-max-images",
-            "4096",
-            "--set",
-            "val_batch_size=4096",
-        ],
+        &[&["--max-steps", "5"][..], &VALIDATE_4096_AT_ONCE].concat(),
         limit,
     );
     assert_eq!(code, Some(2), "{err}");

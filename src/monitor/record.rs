@@ -281,8 +281,13 @@ impl<T: Serialize + for<'de> Deserialize<'de> + AtStep> JsonlWriter<T> {
     /// checkpoint by the interrupted run, and about to be redone), atomically, then opens for appending.
     /// A torn end ([`JsonLines::open`]) goes too; a malformed line before it stops the resume.
     pub fn resume(path: &Path, step: u64) -> Result<Self> {
+        Ok(Self::resume_keeping(path, step)?.0)
+    }
+
+    /// [`Self::resume`], also returning the records kept (those up to `step`).
+    pub fn resume_keeping(path: &Path, step: u64) -> Result<(Self, Vec<T>)> {
+        let mut kept = Vec::new();
         if path.exists() {
-            let mut kept = Vec::new();
             for rec in JsonLines::<T>::open(path)? {
                 let rec = rec?;
                 if rec.at_step() <= step {
@@ -297,7 +302,7 @@ impl<T: Serialize + for<'de> Deserialize<'de> + AtStep> JsonlWriter<T> {
                 Ok(())
             })?;
         }
-        Self::append(path)
+        Ok((Self::append(path)?, kept))
     }
 }
 

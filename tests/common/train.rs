@@ -169,3 +169,8 @@ pub fn limit(c: &mut std::process::Command, resource: libc::__rlimit_resource_t,
         });
     }
 }
+
+/// Validation of 4096 images in one batch: more memory than the tests' address-space limit
+/// (1.2 GB; the run itself takes ≈ 0.8 GB) leaves, on one rank or on each of two.
+pub const VALIDATE_4096_AT_ONCE: [&str; 4] =
+    ["--val-max-images", "4096", "--set", "val_batch_size=4096"];

@@ -99,8 +99,11 @@ pub(in crate::train) fn checkpoint_to_resume_in_group(
             Ok(f) => chosen_text(&f.dir, f.verified),
             Err(_) => String::new(),
         };
-        group.all_gather_bytes(told.as_bytes())?;
-        return found;
+        // Rank 0's own error, where it has one, says more than a failed exchange.
+        let shared = group.all_gather_bytes(told.as_bytes());
+        let found = found?;
+        shared?;
+        return Ok(found);
     }
     let told = group.all_gather_bytes(b"")?;
     let told = String::from_utf8_lossy(told.first().map_or(&[][..], Vec::as_slice)).into_owned();

@@ -5,19 +5,21 @@
 //! (every rank of an unsharded run holds the same parameters and moments), the others wait for it
 //! and quote where it is.
 
+use crate::train::dist::ProcessGroup;
 use crate::train::error::TrainError;
 use crate::train::failure::{self, LibtorchFailure};
 use crate::train::run::checkpoint_dir;
+use std::time::Duration;
 
 use super::{Doing, Trainer};
-use crate::train::dist::ProcessGroup;
 
 impl Trainer {
     /// The error for a libtorch failure caught in the middle of the run
     /// ([`crate::train::failure::catch`]). Where the parameters and moments still hold the state
     /// after the steps taken (not during the optimizer update or a checkpoint, nor in a run whose
-    /// ranks each keep a share of the optimizer state), that state is saved first, so that `--resume` loses nothing; the error says where it is and, for
-    /// an exhausted memory, which batch to make smaller.
+    /// ranks each keep a share of the optimizer state), that state is saved first, so that
+    /// `--resume` loses nothing; the error says where it is and, for an exhausted memory, which
+    /// batch to make smaller.
     pub fn failed(&mut self, failure: LibtorchFailure) -> crate::Error {
         let doing = std::mem::take(&mut self.doing);
         self.bar.abandon();
@@ -74,7 +76,15 @@ impl Trainer {
         if let Some(g) = self.group.as_mut() {
             match g.first_to(&saving) {
                 Some(true) => {}
-                Some(false) => return self.saved_by_another_rank(&saving, &newest),
+                Some(false) => {
+                    let timeout = g.timeout();
+                    return saved_by_another_rank(
+                        g.hear(&saving, timeout),
+                        &saving,
+                        timeout,
+                        &newest,
+                    );
+                }
                 None => {
                     return format!(
                         "Nothing was saved (the rendezvous store is gone, so the failing ranks \
@@ -140,26 +150,6 @@ impl Trainer {
         }
     }
 
-    /// What the rank that writes the checkpoint `saving` (another failing rank,
-    /// [`ProcessGroup::first_to`]) says about it, waited for as long as a collective would be.
-    fn saved_by_another_rank(&mut self, saving: &str, newest: &str) -> String {
-        let Some(g) = self.group.as_mut() else {
-            return String::new();
-        };
-        let timeout = g.timeout();
-        match g.hear(saving, timeout) {
-            Some(told) => match told.split_once('\n') {
-                Some((rank, sentence)) => format!("Rank {rank} saves for every rank. {sentence}"),
-                None => told,
-            },
-            None => format!(
-                "Another failing rank was to save the {saving}, and did not say within {} whether \
-                 it could; {newest}.",
-                humantime::format_duration(timeout)
-            ),
-        }
-    }
-
     /// For an exhausted memory: the smaller batch that needs less of it.
     fn smaller_batch_hint(&self, doing: Doing) -> String {
         match doing {
@@ -195,5 +185,57 @@ impl Trainer {
             }
             Doing::Checkpoint | Doing::Between => String::new(),
         }
+    }
+}
+
+/// What another failing rank, the one that writes the checkpoint `saving`
+/// ([`ProcessGroup::first_to`]), said about it (`told`, waited for up to `timeout`, as long as a
+/// collective would wait).
+fn saved_by_another_rank(
+    told: Option<String>,
+    saving: &str,
+    timeout: Duration,
+    newest: &str,
+) -> String {
+    match told {
+        Some(told) => match told.split_once('\n') {
+            Some((rank, sentence)) => format!("Rank {rank} saves for every rank. {sentence}"),
+            None => told,
+        },
+        None => format!(
+            "Another failing rank was to save the {saving}, and did not say within {} whether it \
+             could; {newest}.",
+            humantime::format_duration(timeout)
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_saving_ranks_word_is_quoted_or_its_silence_named() {
+        let (saving, minute) = ("state after step 6", Duration::from_secs(60));
+        let told = Some("0\nThe state after step 6 is saved in c/step-00000006.".to_string());
+        assert_eq!(
+            saved_by_another_rank(
+                told,
+                saving,
+                minute,
+                "the newest checkpoint is c/step-00000004"
+            ),
+            "Rank 0 saves for every rank. The state after step 6 is saved in c/step-00000006."
+        );
+        assert_eq!(
+            saved_by_another_rank(
+                None,
+                saving,
+                minute,
+                "the newest checkpoint is c/step-00000004"
+            ),
+            "Another failing rank was to save the state after step 6, and did not say within 1m \
+             whether it could; the newest checkpoint is c/step-00000004."
+        );
     }
 }

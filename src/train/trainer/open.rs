@@ -318,19 +318,15 @@ fn resume_state(
     };
     // Rank 0 alone reads the checkpoint; the others receive the parameters from it when the ranks
     // meet ([`agree_and_share`]), and the moments too unless each rank keeps only its share of them.
-    let received = match () {
-        _ if !follows => {
-            load_checkpoint(&ckpt, &state, vs, opt)?;
-            ""
-        }
-        _ if opt.partition().is_some() => {
-            load_moments(&ckpt, &state, opt)?;
-            " (the parameters from rank 0)"
-        }
-        _ => {
-            opt.step = state.step;
-            " (the parameters and moments from rank 0)"
-        }
+    let received = if !follows {
+        load_checkpoint(&ckpt, &state, vs, opt)?;
+        ""
+    } else if opt.partition().is_some() {
+        load_moments(&ckpt, &state, opt)?;
+        " (the parameters from rank 0)"
+    } else {
+        opt.step = state.step;
+        " (the parameters and moments from rank 0)"
     };
     tracing::info!(
         "resuming from {} at step {} (epoch {}){received}",

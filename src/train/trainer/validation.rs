@@ -17,9 +17,8 @@ impl Trainer {
     }
 
     /// Whether the step a resume began at is due a validation that `validation.jsonl` lacks (see
-    /// `Validator::missing_at_resume`). In a distributed run the
-    /// ranks agree (one small all-reduce: rank 0 reads the file it writes), so that all validate or
-    /// none.
+    /// `Validator::missing_at_resume`). In a distributed run the ranks agree through one small
+    /// all-reduce (any rank that finds it missing counts), so that all validate or none.
     pub fn validation_missing(&mut self) -> Result<bool> {
         let Some(v) = self.validator.as_ref() else {
             return Ok(false);
@@ -105,18 +104,19 @@ impl Validator {
         writes: bool,
     ) -> Result<Self> {
         let path = run.validation_path();
-        let lacks = |step: u64| -> Result<bool> {
-            let held = crate::monitor::read_validation(&path)?;
-            Ok(!held.iter().any(|r| r.step == step))
-        };
+        let lacks = |held: &[ValidationRecord], step: u64| !held.iter().any(|r| r.step == step);
         let (writer, missing_at_resume) = match resume_at {
             // The other ranks read the file rank 0 rewrites (atomically; the record at `step`
-            // stays): where they cannot, [`Trainer::validation_missing`] has rank 0 decide.
-            Some(step) if !writes => (None, lacks(step).unwrap_or(false)),
+            // stays); one that cannot says nothing is missing, and rank 0's word carries the
+            // all-reduce of [`Trainer::validation_missing`].
+            Some(step) if !writes => {
+                let held = crate::monitor::read_validation(&path);
+                (None, held.is_ok_and(|held| lacks(&held, step)))
+            }
             _ if !writes => (None, false),
             Some(step) => {
-                let writer = ValidationWriter::resume(&path, step)?;
-                (Some(writer), lacks(step)?)
+                let (writer, held) = ValidationWriter::resume_keeping(&path, step)?;
+                (Some(writer), lacks(&held, step))
             }
             None => {
                 crate::fsutil::write_bytes_atomic(&path, b"")?;
