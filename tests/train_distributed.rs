@@ -818,12 +818,7 @@ fn a_rank_out_of_memory_saves_the_steps_taken_for_every_rank() {
         rank0.contains("rank 1 failed: ") && rank0.contains(saved),
         "rank 0:\n{rank0}"
     );
-    let step3 = run.join("checkpoints").join("step-00000003");
-    let (state, verified) = tagfix::train::run_files::read_whole_checkpoint(&step3).unwrap();
-    assert_eq!(
-        (state.step, verified),
-        (3, tagfix::fsutil::checksums::Verified::Matched)
-    );
+    assert_whole_checkpoint(&run, 3);
     let out = train_command(&ds)
         .args(resume(&["--max-steps", "4", "--nproc-per-node", "2"]))
         .output()
@@ -848,12 +843,7 @@ fn a_rank_out_of_memory_saves_the_steps_taken_for_every_rank() {
         .collect();
     assert_eq!(waited.len(), 1, "{outs:#?}");
     assert!(outs.iter().all(|err| err.contains(trained)), "{outs:#?}");
-    let step6 = run.join("checkpoints").join("step-00000006");
-    let (state, verified) = tagfix::train::run_files::read_whole_checkpoint(&step6).unwrap();
-    assert_eq!(
-        (state.step, verified),
-        (6, tagfix::fsutil::checksums::Verified::Matched)
-    );
+    assert_whole_checkpoint(&run, 6);
     // The resume that follows runs the validation that failed, on both ranks, and nothing else.
     let out = train_command(&ds)
         .args(resume(&["--nproc-per-node", "2"]))
@@ -866,6 +856,16 @@ fn a_rank_out_of_memory_saves_the_steps_taken_for_every_rank() {
         .map(|r| r.step)
         .collect();
     assert_eq!(validated, [0, 1, 3, 4, 6]);
+}
+
+/// The run's checkpoint of `step` is whole: it reads, and its files match their `SHA256SUMS`.
+fn assert_whole_checkpoint(run: &Path, step: u64) {
+    let dir = run.join("checkpoints").join(format!("step-{step:08}"));
+    let (state, verified) = tagfix::train::run_files::read_whole_checkpoint(&dir).unwrap();
+    assert_eq!(
+        (state.step, verified),
+        (step, tagfix::fsutil::checksums::Verified::Matched)
+    );
 }
 
 /// Two ranks of `tagfix train` with `args`, rank r's address space [`limited`] where `limits[r]`:
