@@ -720,6 +720,9 @@ for name, path in files.items():
         }
         let ours = ours.unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_equals_pillow(&ours, &dir.join(format!("{name}.pil.png")), name);
+        for view in views_of(ours.width(), ours.height(), 24) {
+            assert_view_decodes_as_the_whole(Path::new(path), &ours, &view);
+        }
         compared.push(name.to_string());
     }
     let shared = photos.map_or(0, |d| std::fs::read_dir(d).unwrap().count());
@@ -795,6 +798,28 @@ for i in range(800):
         let (path, pillow) = line.rsplit_once(' ').unwrap();
         *verdicts.entry(pillow).or_default() += 1;
         let ours = tagfix::imaging::decode(Path::new(path));
+        // Decoding a crop alone (the training loader's way) gives the same verdict and pixels.
+        if let Ok(file) = tagfix::imaging::open(Path::new(path)) {
+            let (w, h) = file.dimensions();
+            for view in views_of(w, h, 3) {
+                let file = tagfix::imaging::open(Path::new(path)).unwrap();
+                match (&ours, file.view(&view)) {
+                    (Ok(whole), Ok(_)) => {
+                        assert_view_decodes_as_the_whole(Path::new(path), whole, &view)
+                    }
+                    (Err(a), Err(b)) => assert_eq!(
+                        a.to_string().contains("ends before the image does"),
+                        b.to_string().contains("ends before the image does"),
+                        "{path} {view:?}: {a} / {b}"
+                    ),
+                    (a, b) => panic!(
+                        "{path} {view:?}: whole {:?}, view {:?}",
+                        a.as_ref().map(drop),
+                        b.map(drop)
+                    ),
+                }
+            }
+        }
         let agree = match (pillow, &ours) {
             ("ok", Ok(img)) => {
                 let pil = image::open(format!("{path}.png")).unwrap().to_rgb8();
@@ -891,6 +916,60 @@ fn pillow_files(test: &str, script: &str) -> Option<(tempfile::TempDir, String)>
 }
 
 /// `ours` has the size and every value of the image Pillow wrote to `pil_png`.
+/// `count` crops of a `width`×`height` image: the first row, the last row, a single pixel, the
+/// whole image, then RandomResizedCrop-like rectangles from a fixed generator.
+fn views_of(width: u32, height: u32, count: usize) -> Vec<tagfix::imaging::View> {
+    use tagfix::imaging::View;
+    let view = |left, top, w, h| View {
+        left,
+        top,
+        width: w,
+        height: h,
+        flip: false,
+    };
+    let mut views = vec![
+        view(0, 0, width, 1),
+        view(0, height - 1, width, 1),
+        view(width / 2, height / 2, 1, 1),
+        view(0, 0, width, height),
+    ];
+    let mut state = 0x2545_F491_4F6C_DD1Du64 ^ u64::from(width) << 20 ^ u64::from(height);
+    let mut next = move |below: u32| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % u64::from(below)) as u32
+    };
+    while views.len() < count.max(4) {
+        let (w, h) = (1 + next(width), 1 + next(height));
+        views.push(view(next(width - w + 1), next(height - h + 1), w, h));
+    }
+    views.truncate(count.max(4));
+    views
+}
+
+/// Decoding `view` of the file alone gives the pixels of `whole`, its whole decoding, under it.
+fn assert_view_decodes_as_the_whole(
+    path: &Path,
+    whole: &image::RgbImage,
+    view: &tagfix::imaging::View,
+) {
+    let (pixels, moved) = tagfix::imaging::open(path)
+        .and_then(|f| f.view(view))
+        .unwrap_or_else(|e| panic!("{}: {view:?}: {e}", path.display()));
+    let row = |img: &image::RgbImage, left: u32, y: u32| {
+        let start = (y as usize * img.width() as usize + left as usize) * 3;
+        img.as_raw()[start..start + view.width as usize * 3].to_vec()
+    };
+    for y in 0..view.height {
+        assert!(
+            row(&pixels, moved.left, moved.top + y) == row(whole, view.left, view.top + y),
+            "{}: {view:?}, row {y} differs",
+            path.display()
+        );
+    }
+}
+
 fn assert_equals_pillow(ours: &image::RgbImage, pil_png: &Path, what: &str) {
     let pil = image::open(pil_png).unwrap().to_rgb8();
     assert_eq!(ours.dimensions(), pil.dimensions(), "{what}");

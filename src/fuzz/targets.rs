@@ -15,7 +15,7 @@ mod descriptor;
 mod dicts;
 mod generate;
 #[cfg(feature = "embed")]
-mod image;
+pub(crate) mod image;
 mod pth;
 mod run_files;
 mod seeds;

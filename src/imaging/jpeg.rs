@@ -10,10 +10,14 @@
 //! refused as truncated while data that only lacks its end marker is not. The C file exists for
 //! these: TurboJPEG's API reports only a decoding's first warning and not where the data ran out.
 //!
+//! The training loader decodes only the crop it drew ([`Jpeg::decode_region`]): the same pixels
+//! and verdicts, for less work (docs/PERFORMANCE.md, "Decoding only the crop").
+//!
 //! CMYK and YCCK files (rare, from print workflows) are decoded to CMYK and converted as Pillow
 //! converts them: the values inverted (Adobe's convention, which Pillow assumes for every CMYK
 //! JPEG), then `Image.convert("RGB")`'s integer formula.
 
+use super::resample::Region;
 use image::RgbImage;
 use std::ffi::{c_char, c_int, c_uint, CStr};
 // The library the C file calls into; nothing of its TurboJPEG API is used.
@@ -59,10 +63,18 @@ extern "C" {
         width: c_uint,
         height: c_uint,
         cmyk: c_int,
+        region: *const c_uint,
+        cap: c_uint,
         out: *mut u8,
+        left: *mut c_uint,
+        out_width: *mut c_uint,
         message: *mut c_char,
     ) -> c_int;
 }
+
+/// Columns a region decoding may add on each side of the region (`REGION_MARGIN` in the C file)
+/// and, on the left, to reach an iMCU boundary (at most 32 columns).
+const REGION_EXTRA_COLUMNS: u32 = 2 * 32 + 32;
 
 /// What the C functions return.
 const OK: c_int = 0;
@@ -136,11 +148,64 @@ impl<'a> Jpeg<'a> {
 
     /// Decodes to RGB8 in one pass, with Pillow's verdicts on broken data (see the module).
     pub fn decode_rgb(self) -> Result<RgbImage, JpegError> {
+        let (width, height) = (self.width, self.height);
+        let (pixels, _) = self.decode_into(None, width, height as usize)?;
+        RgbImage::from_raw(width, height, pixels)
+            .ok_or_else(|| JpegError::Decode("decoded buffer does not match the header".into()))
+    }
+
+    /// Decodes only the rows of `region` (inside the image), and only its columns and a few
+    /// around them (libjpeg-turbo's cropped and skipped scanlines): its pixels are those of
+    /// [`Jpeg::decode_rgb`]'s image bit for bit, and broken data gets the same verdict (the rows
+    /// below are read to the end), for less work: the rows above and below are entropy-decoded
+    /// but not transformed, and the columns beside are not decoded at all.
+    pub fn decode_region(self, region: Region) -> Result<DecodedRegion, JpegError> {
+        let inside = region.width > 0
+            && region.height > 0
+            && region
+                .left
+                .checked_add(region.width)
+                .is_some_and(|r| r <= self.width)
+            && region
+                .top
+                .checked_add(region.height)
+                .is_some_and(|b| b <= self.height);
+        if !inside {
+            return Err(JpegError::Decode(format!(
+                "region {region:?} outside the {}×{} image",
+                self.width, self.height
+            )));
+        }
+        let cap = self
+            .width
+            .min(region.width.saturating_add(REGION_EXTRA_COLUMNS));
+        // The region's rows and one of scratch (the image's last row, decoded for the verdict).
+        let corners = [region.left, region.top, region.width, region.height];
+        let (pixels, (left, width)) =
+            self.decode_into(Some(&corners), cap, region.height as usize + 1)?;
+        let image = RgbImage::from_raw(width, region.height, pixels)
+            .ok_or_else(|| JpegError::Decode("decoded buffer does not match the region".into()))?;
+        Ok(DecodedRegion { image, left })
+    }
+
+    /// Runs the C decoder into a buffer of `rows` rows of `cap` pixels: the whole image (`region`
+    /// `None`) or a region (left, top, width, height). Returns the pixels, cut to the rows
+    /// written and converted to RGB, and the columns the rows hold (first, count).
+    fn decode_into(
+        self,
+        region: Option<&[u32; 4]>,
+        cap: u32,
+        rows: usize,
+    ) -> Result<(Vec<u8>, (u32, u32)), JpegError> {
         let channels = if self.cmyk { 4 } else { 3 };
-        let mut pixels = vec![0u8; self.width as usize * self.height as usize * channels];
+        let mut pixels = vec![0u8; cap as usize * rows * channels];
+        let (mut left, mut width) = (0, 0);
         let mut message = message_buffer();
-        // SAFETY: `pixels` holds width × height pixels of `channels` bytes, which the C side
-        // checks the decoder's output size against before writing a row; `data` is only read.
+        // SAFETY: `pixels` holds `rows` rows of `cap` pixels of `channels` bytes: the whole image
+        // (the C side checks the decoder's output size against it before writing a row) or a
+        // region's rows and one of scratch (a cropping wider than `cap` is refused before a row is
+        // written); `data` and `region` are only read; the out-pointers are valid locals;
+        // `message` holds JMSG_LENGTH_MAX bytes.
         let rc = unsafe {
             tagfix_jpeg_decode(
                 self.data.as_ptr(),
@@ -149,21 +214,48 @@ impl<'a> Jpeg<'a> {
                 self.width,
                 self.height,
                 c_int::from(self.cmyk),
+                region.map_or(std::ptr::null(), |r| r.as_ptr()),
+                cap,
                 pixels.as_mut_ptr(),
+                &mut left,
+                &mut width,
                 message.as_mut_ptr(),
             )
         };
-        match rc {
-            OK => {}
-            TRUNCATED => return Err(JpegError::Truncated(message_text(&message))),
-            _ => return Err(JpegError::Decode(message_text(&message))),
-        }
-        if self.cmyk {
-            inverted_cmyk_to_rgb(&mut pixels);
-        }
-        RgbImage::from_raw(self.width, self.height, pixels)
-            .ok_or_else(|| JpegError::Decode("decoded buffer does not match the header".into()))
+        let height = region.map_or(self.height, |r| r[3]);
+        pixels.truncate(width as usize * height as usize * channels);
+        finish(rc, &message, &mut pixels, self.cmyk)?;
+        Ok((pixels, (left, width)))
     }
+}
+
+/// The rows of a region of a JPEG image, decoded with some columns around it
+/// ([`Jpeg::decode_region`]).
+pub struct DecodedRegion {
+    /// The region's rows, from column [`DecodedRegion::left`] of the image.
+    pub image: RgbImage,
+    /// The image column the decoded rows begin at: the region begins at column
+    /// `region.left - left` of [`DecodedRegion::image`], at its top row.
+    pub left: u32,
+}
+
+/// The C side's verdict `rc` as an error (with libjpeg's `message`); decoded CMYK `pixels`
+/// converted to RGB.
+fn finish(
+    rc: c_int,
+    message: &[c_char],
+    pixels: &mut Vec<u8>,
+    cmyk: bool,
+) -> Result<(), JpegError> {
+    match rc {
+        OK => {}
+        TRUNCATED => return Err(JpegError::Truncated(message_text(message))),
+        _ => return Err(JpegError::Decode(message_text(message))),
+    }
+    if cmyk {
+        inverted_cmyk_to_rgb(pixels);
+    }
+    Ok(())
 }
 
 /// What `Image.open(p).convert("RGB")` gives for CMYK JPEG data as libjpeg decodes it: Pillow reads
@@ -220,6 +312,126 @@ mod tests {
         let p = img.get_pixel(x, y).0;
         assert!((i32::from(p[0]) - 70).abs() <= 6, "{p:?}");
         assert!((i32::from(p[1]) - 35).abs() <= 6, "{p:?}");
+    }
+
+    /// Regions along every edge, single pixels, whole rows and columns and the whole image, and
+    /// the pixels of a whole decoding under each (`tests/tag_export.rs` does the same for
+    /// Pillow's 4:2:2, 4:4:4, progressive, gray and CMYK files and the shared photos).
+    fn regions(w: u32, h: u32) -> Vec<Region> {
+        let r = |left, top, width, height| Region {
+            left,
+            top,
+            width,
+            height,
+        };
+        let mut out = vec![
+            r(0, 0, w, h),
+            r(0, 0, 1, 1),
+            r(w - 1, h - 1, 1, 1),
+            r(0, h - 1, w, 1),
+        ];
+        out.extend([
+            r(w - 1, 0, 1, h),
+            r(w / 3, 0, w / 3 + 1, h),
+            r(0, h / 2, w, h - h / 2),
+        ]);
+        for left in [0, 1, 7, 8, 9, 15, 16, 17, 31, 33] {
+            for width in [1, 2, 15, 16, 17, 40] {
+                if left + width <= w {
+                    out.push(r(left, (left * 7) % h, width, h - (left * 7) % h));
+                    out.push(r(w - left - width, h / 3, width, (h - h / 3).min(5)));
+                }
+            }
+        }
+        out
+    }
+
+    /// The rows of `region` in `img`, whose first column is the image's column `left`.
+    fn rows_of(img: &RgbImage, left: u32, region: Region) -> Vec<Vec<u8>> {
+        (region.top..region.top + region.height)
+            .map(|y| {
+                let start = (y as usize * img.width() as usize + (region.left - left) as usize) * 3;
+                img.as_raw()[start..start + region.width as usize * 3].to_vec()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_region_decodes_to_the_whole_decodings_pixels() {
+        use crate::fuzz::targets::image::turbojpeg_seed;
+        use turbojpeg_sys::{
+            TJPARAM_TJPARAM_PROGRESSIVE as PROGRESSIVE, TJPARAM_TJPARAM_SUBSAMP as SUBSAMPLING,
+            TJSAMP_TJSAMP_420 as S420, TJSAMP_TJSAMP_422 as S422,
+        };
+        // Chroma subsampled 2×1 and 2×2: a cropped decoding upsamples the crop's edge columns
+        // as the image's edges unless it decodes columns beyond them (the margin).
+        let files = [
+            (37, 21, S420, 0),
+            (203, 131, S422, 0),
+            (203, 131, S420, 1),
+            (640, 48, S420, 0),
+        ];
+        for (w, h, subsampling, progressive) in files {
+            let params = [(SUBSAMPLING, subsampling), (PROGRESSIVE, progressive)];
+            let data = turbojpeg_seed(w as usize, h as usize, false, &params);
+            let quality = format!("sampling {subsampling}, progressive {progressive}");
+            let whole = Jpeg::open(&data).unwrap().decode_rgb().unwrap();
+            for region in regions(w, h) {
+                let got = Jpeg::open(&data).unwrap().decode_region(region).unwrap();
+                assert!(got.left <= region.left && got.image.height() == region.height);
+                assert_eq!(
+                    rows_of(&got.image, got.left, Region { top: 0, ..region }),
+                    rows_of(&whole, 0, region),
+                    "{w}×{h} {quality}, {region:?} (decoded from column {})",
+                    got.left
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_region_outside_the_image_is_refused() {
+        let data = encoded(40, 30, 90);
+        let r = |left, top, width, height| Region {
+            left,
+            top,
+            width,
+            height,
+        };
+        for region in [
+            r(0, 0, 41, 1),
+            r(39, 0, 2, 1),
+            r(0, 30, 1, 1),
+            r(0, 0, 0, 5),
+            r(u32::MAX, 0, 2, 1),
+        ] {
+            let e = Jpeg::open(&data).unwrap().decode_region(region).err();
+            assert!(matches!(e, Some(JpegError::Decode(_))), "{region:?}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn a_region_of_a_file_cut_short_gets_the_whole_decodings_verdict() {
+        // The region's rows end long before the data does: the rows below are still read.
+        let data = encoded(64, 48, 90);
+        let top = Region {
+            left: 8,
+            top: 0,
+            width: 16,
+            height: 2,
+        };
+        for cut in (data.len() / 3..data.len()).step_by(37) {
+            let whole = Jpeg::open(&data[..cut]).and_then(Jpeg::decode_rgb).err();
+            let part = Jpeg::open(&data[..cut])
+                .and_then(|j| j.decode_region(top))
+                .err();
+            let kind = |e: &Option<JpegError>| e.as_ref().map(std::mem::discriminant);
+            assert_eq!(
+                kind(&whole),
+                kind(&part),
+                "cut at {cut}: {whole:?} / {part:?}"
+            );
+        }
     }
 
     #[test]

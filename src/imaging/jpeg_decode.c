@@ -8,6 +8,8 @@
  * TurboJPEG's API reports only a pass's first warning and cannot say where the data ran out,
  * hence this file. Errors leave through longjmp from libjpeg's callbacks back to this file,
  * never through Rust frames. Used by src/imaging/jpeg.rs.
+ * The training loader decodes only the crop it drew (decode_region: libjpeg-turbo's skipped and
+ * cropped scanlines), with the whole decoding's pixels in the crop and its verdicts.
  */
 #include <setjmp.h>
 #include <stddef.h>
@@ -70,10 +72,74 @@ static void check_scans(j_common_ptr cinfo) {
     }
 }
 
-/* Reads the header and, with `out`, decodes into it. `expected` is the size and four-component flag
- * the header gave before (NULL: this is that first reading, its results go to `found`). */
+/* Columns decoded on each side of a region beyond those it asks for: the chroma upsampling of a
+ * cropped decoding treats the crop's edges as the image's, so the columns next to them can differ
+ * from a whole decoding's; one iMCU (at most 32 columns wide) of context keeps the region's own
+ * columns equal to it. */
+#define REGION_MARGIN 32
+
+/* Where a region decoding wrote: the first column of its rows and their width (what libjpeg's
+ * cropping made of the request: the left edge moves down to an iMCU boundary). */
+typedef struct {
+    unsigned left;
+    unsigned width;
+} decoded_columns;
+
+static int fail(struct jpeg_decompress_struct *cinfo, char *message, const char *what,
+                unsigned value) {
+    snprintf(message, JMSG_LENGTH_MAX, what, value);
+    jpeg_destroy_decompress(cinfo);
+    return TAGFIX_JPEG_ERROR;
+}
+
+/* Decodes the rows `region` (left, top, width, height) covers, and the columns around them libjpeg's
+ * cropping adds (at most `cap` wide, else an error), into `out` at a stride of that width; the row
+ * after the region's last in `out` is scratch. The rows below are still read, the last one decoded,
+ * so that data ending early gets the whole decoding's verdict; the rows above are read and skipped
+ * (libjpeg's jpeg_skip_scanlines: entropy-decoded, not transformed). */
+static int decode_region(struct jpeg_decompress_struct *cinfo, const unsigned region[4],
+                         unsigned cap, unsigned components, unsigned char *out,
+                         decoded_columns *cols, char *message) {
+    JDIMENSION left = region[0] > REGION_MARGIN ? region[0] - REGION_MARGIN : 0;
+    JDIMENSION right = region[0] + region[2] + REGION_MARGIN;
+    if (right > cinfo->output_width)
+        right = cinfo->output_width;
+    JDIMENSION width = right - left;
+    jpeg_crop_scanline(cinfo, &left, &width);
+    if (width > cap || left > region[0] || left + width < region[0] + region[2])
+        return fail(cinfo, message, "libjpeg cropped to %u columns, not the region's", width);
+    cols->left = left;
+    cols->width = width;
+    size_t stride = (size_t)width * components;
+    if (region[1] > 0 && jpeg_skip_scanlines(cinfo, region[1]) != region[1])
+        return fail(cinfo, message, "could not skip to row %u", region[1]);
+    for (unsigned i = 0; i < region[3]; i++) {
+        JSAMPROW row = out + (size_t)i * stride;
+        if (jpeg_read_scanlines(cinfo, &row, 1) != 1)
+            return fail(cinfo, message, "no scanline at row %u", cinfo->output_scanline);
+    }
+    unsigned last = cinfo->output_height - 1;
+    if (cinfo->output_scanline < last) {
+        unsigned skip = last - cinfo->output_scanline;
+        if (jpeg_skip_scanlines(cinfo, skip) != skip)
+            return fail(cinfo, message, "could not skip to row %u", last);
+    }
+    if (cinfo->output_scanline == last) {
+        JSAMPROW row = out + (size_t)region[3] * stride;
+        if (jpeg_read_scanlines(cinfo, &row, 1) != 1)
+            return fail(cinfo, message, "no scanline at row %u", last);
+    }
+    if (cinfo->output_scanline != cinfo->output_height)
+        return fail(cinfo, message, "decoding stopped at row %u", cinfo->output_scanline);
+    return TAGFIX_JPEG_OK;
+}
+
+/* Reads the header and, with `out`, decodes into it: the whole image, or with `region` that part
+ * (decode_region). `expected` is the size and four-component flag the header gave before (NULL:
+ * this is that first reading, its results go to `found`). */
 static int decompress(const unsigned char *data, size_t len, int scan_limit, unsigned found[3],
-                      const unsigned expected[3], unsigned char *out, char *message) {
+                      const unsigned expected[3], const unsigned *region, unsigned cap,
+                      unsigned char *out, decoded_columns *cols, char *message) {
     struct jpeg_decompress_struct cinfo;
     verdicts v;
     scan_guard g;
@@ -120,14 +186,16 @@ static int decompress(const unsigned char *data, size_t len, int scan_limit, uns
         jpeg_destroy_decompress(&cinfo);
         return TAGFIX_JPEG_ERROR;
     }
-    while (cinfo.output_scanline < cinfo.output_height) {
+    if (region != NULL) {
+        int rc = decode_region(&cinfo, region, cap, components, out, cols, message);
+        if (rc != TAGFIX_JPEG_OK)
+            return rc;
+    }
+    while (region == NULL && cinfo.output_scanline < cinfo.output_height) {
         JSAMPROW row = out + (size_t)cinfo.output_scanline * expected[0] * components;
-        if (jpeg_read_scanlines(&cinfo, &row, 1) != 1) {
-            /* Only a suspending data source returns none; the memory source never suspends. */
-            snprintf(message, JMSG_LENGTH_MAX, "no scanline at row %u", cinfo.output_scanline);
-            jpeg_destroy_decompress(&cinfo);
-            return TAGFIX_JPEG_ERROR;
-        }
+        /* Only a suspending data source returns none; the memory source never suspends. */
+        if (jpeg_read_scanlines(&cinfo, &row, 1) != 1)
+            return fail(&cinfo, message, "no scanline at row %u", cinfo.output_scanline);
     }
     v.finishing = 1;
     jpeg_finish_decompress(&cinfo);
@@ -139,18 +207,26 @@ static int decompress(const unsigned char *data, size_t len, int scan_limit, uns
 int tagfix_jpeg_header(const unsigned char *data, size_t len, int scan_limit,
                        unsigned *width, unsigned *height, int *cmyk, char *message) {
     unsigned found[3] = {0, 0, 0};
-    int rc = decompress(data, len, scan_limit, found, NULL, NULL, message);
+    int rc = decompress(data, len, scan_limit, found, NULL, NULL, 0, NULL, NULL, message);
     *width = found[0];
     *height = found[1];
     *cmyk = (int)found[2];
     return rc;
 }
 
-/* Decodes to `out`: width × height pixels of 4 bytes (CMYK as stored) when `cmyk`, else 3 (RGB,
- * gray replicated). The header read again must give that size. */
+/* Decodes to `out`: with `region` NULL the whole image, width × height pixels of 4 bytes (CMYK as
+ * stored) when `cmyk`, else 3 (RGB, gray replicated); else the rows of `region` (left, top, width,
+ * height; inside the image), each from column `*left` for `*width` columns (the region's and up to
+ * REGION_MARGIN more on each side, at most `cap`), `out` holding region height + 1 rows of `cap`
+ * pixels (decode_region). The header read again must give that size. */
 int tagfix_jpeg_decode(const unsigned char *data, size_t len, int scan_limit, unsigned width,
-                       unsigned height, int cmyk, unsigned char *out, char *message) {
+                       unsigned height, int cmyk, const unsigned *region, unsigned cap,
+                       unsigned char *out, unsigned *left, unsigned *out_width, char *message) {
     unsigned found[3];
     const unsigned expected[3] = {width, height, cmyk != 0};
-    return decompress(data, len, scan_limit, found, expected, out, message);
+    decoded_columns cols = {0, width};
+    int rc = decompress(data, len, scan_limit, found, expected, region, cap, out, &cols, message);
+    *left = cols.left;
+    *out_width = cols.width;
+    return rc;
 }

@@ -26,6 +26,14 @@ pub enum ImageError {
     #[error("{path}: JPEG file larger than tagfix decodes ({limit} bytes)")]
     FileTooLarge { path: PathBuf, limit: u64 },
 
+    #[error("{path}: the crop {view:?} lies outside the {width}×{height} image")]
+    ViewOutside {
+        path: PathBuf,
+        view: View,
+        width: u32,
+        height: u32,
+    },
+
     #[error("{path}: image has zero size")]
     ZeroSize { path: PathBuf },
 
@@ -88,6 +96,97 @@ pub fn decode(path: &Path) -> Result<RgbImage> {
                 .map_err(|e| ImageError::decode(path, e))?)
         }
         Sniffed::Other(magic) => decode_other(file, &magic, path),
+    }
+}
+
+/// An image file read and its size checked but, for a JPEG, not yet decoded: a crop can be drawn
+/// from its size and then decoded alone ([`Opened::view`]). Other formats are decoded whole.
+pub struct Opened {
+    path: PathBuf,
+    content: Content,
+}
+
+enum Content {
+    /// The file's bytes, its header read once already.
+    Jpeg {
+        data: Vec<u8>,
+        width: u32,
+        height: u32,
+    },
+    Decoded(RgbImage),
+}
+
+/// Reads an image file for [`Opened::view`]: a JPEG's header only, any other image whole. Refuses
+/// what [`decode`] refuses before decoding (the file's format, its size).
+pub fn open(path: &Path) -> Result<Opened> {
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let content = match sniff(&mut file, path, MAX_JPEG_BYTES)? {
+        Sniffed::Jpeg(data) => {
+            let header = jpeg::Jpeg::open(&data).map_err(|e| ImageError::header(path, e))?;
+            let (width, height) = (header.width, header.height);
+            check_size(path, width, height)?;
+            Content::Jpeg {
+                data,
+                width,
+                height,
+            }
+        }
+        Sniffed::Other(magic) => Content::Decoded(decode_other(file, &magic, path)?),
+    };
+    Ok(Opened {
+        path: path.into(),
+        content,
+    })
+}
+
+impl Opened {
+    /// Width and height in pixels.
+    pub fn dimensions(&self) -> (u32, u32) {
+        match &self.content {
+            Content::Jpeg { width, height, .. } => (*width, *height),
+            Content::Decoded(img) => img.dimensions(),
+        }
+    }
+
+    /// The pixels `view` needs, with the view moved onto them: for a JPEG only the rows and about
+    /// the columns of its rectangle are decoded ([`jpeg::Jpeg::decode_region`]: the same pixels
+    /// and verdicts as decoding it whole, in about the time the rectangle's share of the image
+    /// takes), so that `view_image(&pixels, &moved, size)` is `view_image(&decode(path)?, view,
+    /// size)`. A view outside the image is an error.
+    pub fn view(self, view: &View) -> Result<(RgbImage, View)> {
+        let (width, height) = self.dimensions();
+        let inside = |start: u32, len: u32, side: u32| {
+            len > 0 && start.checked_add(len).is_some_and(|end| end <= side)
+        };
+        if !inside(view.left, view.width, width) || !inside(view.top, view.height, height) {
+            return Err(ImageError::ViewOutside {
+                path: self.path,
+                view: *view,
+                width,
+                height,
+            }
+            .into());
+        }
+        match self.content {
+            Content::Jpeg { data, .. } => {
+                let region = Region {
+                    left: view.left,
+                    top: view.top,
+                    width: view.width,
+                    height: view.height,
+                };
+                let decoded = jpeg::Jpeg::open(&data)
+                    .and_then(|j| j.decode_region(region))
+                    .map_err(|e| ImageError::decode(&self.path, e))?;
+                let moved = View {
+                    left: view.left - decoded.left,
+                    top: 0,
+                    ..*view
+                };
+                Ok((decoded.image, moved))
+            }
+            Content::Decoded(img) => Ok((img, *view)),
+        }
     }
 }
 

@@ -22,11 +22,25 @@ pub(super) fn target() -> super::Target {
 
 /// The image decoder behind training, `tag` and the teacher (libjpeg-turbo for JPEG, the `image`
 /// crate for PNG; the file name says `.jpg` whatever the bytes are, as a mislabelled file would),
-/// then the header probe and a resize of what it decoded.
+/// then the header probe, a resize of what it decoded, and the training loader's decoding of a
+/// crop alone (the lower right quarter).
 fn run_image(path: &Path, _: &[u8]) {
     let _ = crate::imaging::probe(path);
     if let Ok(img) = crate::imaging::decode(path) {
         let _ = crate::imaging::pil_resize(&img, 7, 5, crate::imaging::PilFilter::Bicubic);
+    }
+    if let Ok(file) = crate::imaging::open(path) {
+        let (w, h) = file.dimensions();
+        let view = crate::imaging::View {
+            left: w / 2,
+            top: h / 2,
+            width: w - w / 2,
+            height: h - h / 2,
+            flip: true,
+        };
+        if let Ok((pixels, moved)) = file.view(&view) {
+            let _ = crate::imaging::view_image(&pixels, &moved, 5);
+        }
     }
 }
 
@@ -133,7 +147,7 @@ fn png16(w: u32, h: u32, gray_alpha: bool) -> Vec<u8> {
 
 /// A `w`×`h` JPEG (RGB, or CMYK) from libjpeg-turbo's encoder at quality 80, 4:2:0 unless
 /// `params` (TurboJPEG parameters and values, set in order) say otherwise.
-fn turbojpeg_seed(
+pub(crate) fn turbojpeg_seed(
     w: usize,
     h: usize,
     cmyk: bool,

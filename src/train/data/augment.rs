@@ -9,7 +9,7 @@ use crate::train::config::AugOp;
 use image::RgbImage;
 use rand::Rng;
 
-pub use crate::imaging::{decode, probe};
+pub use crate::imaging::{decode, open, probe};
 /// CLIP's per-channel mean and standard deviation (RGB), as RAM normalises.
 pub use crate::teacher::descriptor::{CLIP_MEAN, CLIP_STD};
 
@@ -120,6 +120,42 @@ impl Augment {
         let augmented = draw.image(img, self.size);
         (draw, augmented)
     }
+
+    /// [`Augment::augmented`] of an image file, decoding only the crop's pixels
+    /// ([`crate::imaging::Opened::view`]: the same image, for less decoding). Also returns those
+    /// pixels with the draw moved onto them, for rendering the view at another size.
+    pub fn augmented_file<R: Rng>(
+        &self,
+        file: crate::imaging::Opened,
+        rng: &mut R,
+    ) -> crate::error::Result<Augmented> {
+        let (width, height) = file.dimensions();
+        let draw = self.draw(width, height, rng);
+        let (pixels, view) = file.view(&draw.view)?;
+        let on_pixels = Draw {
+            view,
+            ..draw.clone()
+        };
+        let image = on_pixels.image(&pixels, self.size);
+        Ok(Augmented {
+            draw,
+            image,
+            pixels,
+            on_pixels,
+        })
+    }
+}
+
+/// What [`Augment::augmented_file`] made of an image file.
+pub struct Augmented {
+    /// The draw, in the coordinates of the whole image.
+    pub draw: Draw,
+    /// The augmented image (`size × size`).
+    pub image: RgbImage,
+    /// The decoded pixels the crop needed.
+    pub pixels: RgbImage,
+    /// The draw moved onto `pixels`.
+    pub on_pixels: Draw,
 }
 
 /// One draw of the training transform: the crop and flip, and the `RandomAugment` operations
@@ -300,6 +336,68 @@ mod tests {
         );
         assert_eq!((p16 - m16).abs(), 3);
         assert_eq!((p32 - m32).abs(), 6);
+    }
+
+    /// Decoding only the crop ([`Augment::augmented_file`]) gives the image decoding the whole
+    /// file gives, for JPEG (subsampled chroma, baseline and progressive) and PNG, with and
+    /// without RandomAugment, and the draw replays on the crop's pixels at another size.
+    #[test]
+    fn the_crop_decoded_alone_gives_the_whole_files_augmented_image() {
+        use crate::fuzz::targets::image::turbojpeg_seed;
+        use turbojpeg_sys::{
+            TJPARAM_TJPARAM_PROGRESSIVE as PROGRESSIVE, TJPARAM_TJPARAM_SUBSAMP as SUBSAMPLING,
+            TJSAMP_TJSAMP_420 as S420, TJSAMP_TJSAMP_422 as S422,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = Vec::new();
+        for (w, h, subsampling, progressive) in [(211, 157, S420, 0), (96, 301, S422, 1)] {
+            let p = dir.path().join(format!("{w}x{h}.jpg"));
+            let params = [(SUBSAMPLING, subsampling), (PROGRESSIVE, progressive)];
+            std::fs::write(&p, turbojpeg_seed(w, h, false, &params)).unwrap();
+            files.push(p);
+        }
+        let png = dir.path().join("a.png");
+        RgbImage::from_fn(50, 40, |x, y| image::Rgb([(x * 5) as u8, (y * 6) as u8, 7]))
+            .save(&png)
+            .unwrap();
+        files.push(png);
+        for aug in [Augment::ram(32), Augment::ram(24).without_random_augment()] {
+            for path in &files {
+                let whole = decode(path).unwrap();
+                for seed in 0..40 {
+                    let (draw, image) = aug.augmented(&whole, &mut ChaCha8Rng::seed_from_u64(seed));
+                    let file = open(path).unwrap();
+                    let got = aug
+                        .augmented_file(file, &mut ChaCha8Rng::seed_from_u64(seed))
+                        .unwrap();
+                    assert_eq!(
+                        (&got.draw, &got.image),
+                        (&draw, &image),
+                        "{path:?} seed {seed}"
+                    );
+                    assert_eq!(got.on_pixels.image(&got.pixels, 20), draw.image(&whole, 20));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_view_outside_the_image_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.png");
+        RgbImage::new(10, 8).save(&p).unwrap();
+        let view = crate::imaging::View {
+            top: 0,
+            left: 5,
+            height: 8,
+            width: 6,
+            flip: false,
+        };
+        let e = open(&p).unwrap().view(&view).unwrap_err().to_string();
+        assert!(
+            e.contains("a.png") && e.contains("outside the 10×8 image"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -183,21 +183,22 @@ pub(super) fn decode_micro_batch(
     // Decodes record `idx`'s image and writes its augmented view at position `k`.
     let fill = |k: usize, idx: usize, out: &mut [u8], teacher_out: &mut [f32]| -> Result<Draw> {
         data.teacher_image_read(idx)?;
-        let img = augment::decode(&data.image_path(&data.records.get(idx)))?;
+        let file = augment::open(&data.image_path(&data.records.get(idx)))?;
         let pos = (first + k) as u64;
         let mut rng = ChaCha8Rng::seed_from_u64(mix(cfg.seed ^ 0xA5A5_A5A5, epoch, pos));
-        let (d, augmented) = cfg.augment.augmented(&img, &mut rng);
-        augment::to_chw(&augmented, out);
+        let view = cfg.augment.augmented_file(file, &mut rng)?;
+        augment::to_chw(&view.image, out);
         // The CLIP teacher sees the same augmented view (crop, flip, operations) at its own
         // resolution, as RAM's teacher sees the model's input (that very image at equal sizes).
         if let Some(t) = online {
             if t.input_size() == cfg.augment.size {
-                t.render_augmented(&augmented, teacher_out);
+                t.render_augmented(&view.image, teacher_out);
             } else {
-                t.render_augmented(&d.image(&img, t.input_size()), teacher_out);
+                let at_its_size = view.on_pixels.image(&view.pixels, t.input_size());
+                t.render_augmented(&at_its_size, teacher_out);
             }
         }
-        Ok(d)
+        Ok(view.draw)
     };
     let outcomes: Vec<Result<()>> = images
         .par_chunks_mut(per_image)
