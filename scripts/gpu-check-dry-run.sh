@@ -33,10 +33,11 @@ dir="$(mktemp -d)"
 trap 'rm -rf "$dir"' EXIT
 mkdir -p "$dir/bin" "$dir/ref"
 cargo build --release --all-features --quiet --bin tagfix --example step_time --example flop_model \
-  --example bench_upload --example bench_checkpoint_save --example bench_loader --example bench_loader_pool
+  --example bench_upload --example bench_checkpoint_save --example bench_loader --example bench_loader_pool \
+  --example bench_crop_decode
 parity=$(cargo test --release --all-features --test ram_plus_parity --no-run --message-format=json 2>/dev/null \
   | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | grep /deps/ | head -1)
-cp "$release/tagfix" "$release"/examples/{step_time,flop_model,bench_upload,bench_checkpoint_save,bench_loader,bench_loader_pool} \
+cp "$release/tagfix" "$release"/examples/{step_time,flop_model,bench_upload,bench_checkpoint_save,bench_loader,bench_loader_pool,bench_crop_decode} \
   "$tags" "$dir/bin/"
 cp "$parity" "$dir/bin/ram_plus_parity"
 for d in tiny tiny_224_w7; do
@@ -83,6 +84,8 @@ has "$out/loader_pool.txt" '^\| 2 \| 4 \| [0-9.]+ \| [0-9.]+ \| [0-9]+ % \| [0-9
   "loader: no row of images/s on several threads"
 has "$out/loader_core.txt" '^at 224 px, these images in equal shares: [0-9.]+ images/s per core before, [0-9.]+ now' \
   "loader: no per-core figure"
+has "$out/loader_crop.txt" '^images in equal shares: [0-9.]+ → [0-9.]+ images/s per core for decode \+ crop resize \([0-9.]+×\)$' \
+  "loader: no crop-decoding figure"
 for model in minilm clip-tiny; do
   has "$out/embed.txt" "^embed: $model: 4585 rows, lowest cosine CPU vs device [0-9.]+ \(row [0-9]+\): PASS" \
     "embed: $model: no passing row-by-row comparison"

@@ -75,7 +75,8 @@
 #  12. (`loader`, issue 14, ~1 minute, CPU only) whether the host's cores feed the GPU: the training
 #      loader's images/s at 224 px on all cores, micro-batch 26, micro-batches decoded one at a time vs
 #      several at once (bin/bench_loader_pool, mixed image sizes), then one image's stages on one core
-#      (bin/bench_loader). Results in $OUT/loader_pool.txt and $OUT/loader_core.txt; the target is
+#      (bin/bench_loader), and decoding only the crop vs the whole JPEG on one core (bin/bench_crop_decode).
+#      Results in $OUT/loader_pool.txt, $OUT/loader_core.txt and $OUT/loader_crop.txt; the target is
 #      >= 320 images/s per GPU. Carry target/gpu-check/bin only.
 #      A CPU dry run: LOADER_THREADS=2 LOADER_MICRO=4 LOADER_STEPS=2 LOADER_ROUNDS=1 scripts/gpu-check.sh run loader
 #  13. (`oom`, ~1 minute) running out of device memory mid-run: Swin-L 224 bf16, step 1 of a batch of 520 in
@@ -119,8 +120,9 @@ prepare)
   unset TAGFIX_LINK_CUDA
   cargo build --release --features train --bin tagfix --example step_time --quiet
   # Part `loader` (issue 14): CPU only.
-  cargo build --release --features train --example bench_loader --example bench_loader_pool --quiet
-  for b in bench_loader bench_loader_pool; do objcopy --strip-debug "target/release/examples/$b" "$dest/bin/$b"; done
+  cargo build --release --features train --example bench_loader --example bench_loader_pool \
+    --example bench_crop_decode --quiet
+  for b in bench_loader bench_loader_pool bench_crop_decode; do objcopy --strip-debug "target/release/examples/$b" "$dest/bin/$b"; done
   du -sh "$dest"
   ;;
 bundle)
@@ -361,6 +363,8 @@ PY
     "${LOADER_MICRO:-26}" "${LOADER_STEPS:-16}" "${LOADER_ROUNDS:-3}" 2>&1 | tee "$OUT/loader_pool.txt" || true
   BENCH_LOADER_BIN="$dest/bin/bench_loader" ROUNDS="${LOADER_ROUNDS:-3}" scripts/bench-loader.sh 2>&1 \
     | tee "$OUT/loader_core.txt" || true
+  BENCH_CROP_DECODE_BIN="$dest/bin/bench_crop_decode" ROUNDS="${LOADER_ROUNDS:-3}" \
+    scripts/bench-crop-decode.sh 2>&1 | tee "$OUT/loader_crop.txt" || true
   fi
   if want speed; then
   echo "== 8. (issue 14) throughput: the loop against the step, peak memory, MFU"

@@ -150,9 +150,9 @@ impl Opened {
 
     /// The pixels `view` needs, with the view moved onto them: for a JPEG only the rows and about
     /// the columns of its rectangle are decoded ([`jpeg::Jpeg::decode_region`]: the same pixels
-    /// and verdicts as decoding it whole, in about the time the rectangle's share of the image
-    /// takes), so that `view_image(&pixels, &moved, size)` is `view_image(&decode(path)?, view,
-    /// size)`. A view outside the image is an error.
+    /// and verdicts as decoding it whole, for less work: the rows outside are only
+    /// entropy-decoded), so that `view_image(&pixels, &moved, size)` is
+    /// `view_image(&decode(path)?, view, size)`. A view outside the image is an error.
     pub fn view(self, view: &View) -> Result<(RgbImage, View)> {
         let (width, height) = self.dimensions();
         let inside = |start: u32, len: u32, side: u32| {
