@@ -155,10 +155,8 @@ impl Opened {
     /// `view_image(&decode(path)?, view, size)`. A view outside the image is an error.
     pub fn view(self, view: &View) -> Result<(RgbImage, View)> {
         let (width, height) = self.dimensions();
-        let inside = |start: u32, len: u32, side: u32| {
-            len > 0 && start.checked_add(len).is_some_and(|end| end <= side)
-        };
-        if !inside(view.left, view.width, width) || !inside(view.top, view.height, height) {
+        let region = view.region();
+        if !region.lies_within(width, height) {
             return Err(ImageError::ViewOutside {
                 path: self.path,
                 view: *view,
@@ -169,12 +167,6 @@ impl Opened {
         }
         match self.content {
             Content::Jpeg { data, .. } => {
-                let region = Region {
-                    left: view.left,
-                    top: view.top,
-                    width: view.width,
-                    height: view.height,
-                };
                 let decoded = jpeg::Jpeg::open(&data)
                     .and_then(|j| j.decode_region(region))
                     .map_err(|e| ImageError::decode(&self.path, e))?;
@@ -383,6 +375,16 @@ impl View {
             flip: false,
         }
     }
+
+    /// The rectangle the view crops.
+    pub fn region(&self) -> Region {
+        Region {
+            left: self.left,
+            top: self.top,
+            width: self.width,
+            height: self.height,
+        }
+    }
 }
 
 /// Moves the images of a batch buffer (`per` values each) that `keep` says to keep to its front,
@@ -433,13 +435,7 @@ pub fn render_view(
 /// The view's crop, resized to `size`×`size` with Pillow's bicubic filter (torchvision's
 /// `RandomResizedCrop` on a PIL image) and flipped when the view says so.
 pub fn view_image(img: &RgbImage, view: &View, size: u32) -> RgbImage {
-    let region = Region {
-        left: view.left,
-        top: view.top,
-        width: view.width,
-        height: view.height,
-    };
-    let mut resized = pil_resize_region(img, region, size, size, PilFilter::Bicubic);
+    let mut resized = pil_resize_region(img, view.region(), size, size, PilFilter::Bicubic);
     if view.flip {
         image::imageops::flip_horizontal_in_place(&mut resized);
     }

@@ -136,6 +136,14 @@ impl Region {
             height: img.height(),
         }
     }
+
+    /// Whether the region has pixels and all of them lie inside a `width` × `height` image.
+    pub fn lies_within(&self, width: u32, height: u32) -> bool {
+        let fits = |start: u32, len: u32, side: u32| {
+            len > 0 && start.checked_add(len).is_some_and(|end| end <= side)
+        };
+        fits(self.left, self.width, width) && fits(self.top, self.height, height)
+    }
 }
 
 /// `img.resize((w, h), filter)` as Pillow computes it.
