@@ -160,17 +160,7 @@ impl<'a> Jpeg<'a> {
     /// below are read to the end), for less work: the rows above and below are entropy-decoded
     /// but not transformed, and the columns beside are not decoded at all.
     pub fn decode_region(self, region: Region) -> Result<DecodedRegion, JpegError> {
-        let inside = region.width > 0
-            && region.height > 0
-            && region
-                .left
-                .checked_add(region.width)
-                .is_some_and(|r| r <= self.width)
-            && region
-                .top
-                .checked_add(region.height)
-                .is_some_and(|b| b <= self.height);
-        if !inside {
+        if !region.lies_within(self.width, self.height) {
             return Err(JpegError::Decode(format!(
                 "region {region:?} outside the {}×{} image",
                 self.width, self.height

@@ -100,6 +100,10 @@ static int fail(struct jpeg_decompress_struct *cinfo, char *message, const char 
 static int decode_region(struct jpeg_decompress_struct *cinfo, const unsigned region[4],
                          unsigned cap, unsigned components, unsigned char *out,
                          decoded_columns *cols, char *message) {
+    if (region[2] == 0 || region[3] == 0 || region[0] >= cinfo->output_width ||
+        region[2] > cinfo->output_width - region[0] || region[1] >= cinfo->output_height ||
+        region[3] > cinfo->output_height - region[1])
+        return fail(cinfo, message, "the region lies outside the %u columns", cinfo->output_width);
     JDIMENSION left = region[0] > REGION_MARGIN ? region[0] - REGION_MARGIN : 0;
     JDIMENSION right = region[0] + region[2] + REGION_MARGIN;
     if (right > cinfo->output_width)
