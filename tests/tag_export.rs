@@ -915,9 +915,8 @@ fn pillow_files(test: &str, script: &str) -> Option<(tempfile::TempDir, String)>
     Some((dir, String::from_utf8(o.stdout).unwrap()))
 }
 
-/// `ours` has the size and every value of the image Pillow wrote to `pil_png`.
-/// `count` crops of a `width`×`height` image: the first row, the last row, a single pixel, the
-/// whole image, then RandomResizedCrop-like rectangles from a fixed generator.
+/// `count` (at least 4) crops of a `width`×`height` image: the first row, the last row, a single
+/// pixel, the whole image, then rectangles of random size and place from a fixed generator.
 fn views_of(width: u32, height: u32, count: usize) -> Vec<tagfix::imaging::View> {
     use tagfix::imaging::View;
     let view = |left, top, w, h| View {
@@ -970,6 +969,7 @@ fn assert_view_decodes_as_the_whole(
     }
 }
 
+/// `ours` has the size and every value of the image Pillow wrote to `pil_png`.
 fn assert_equals_pillow(ours: &image::RgbImage, pil_png: &Path, what: &str) {
     let pil = image::open(pil_png).unwrap().to_rgb8();
     assert_eq!(ours.dimensions(), pil.dimensions(), "{what}");
