@@ -21,6 +21,10 @@ use tagfix::consistency::knn::{exact, intersection, sample_indices, Exclude, Nei
 use tagfix::consistency::synthetic::clustered;
 use tagfix::tensors::{npy, DType, Tensor};
 
+#[path = "common/stats.rs"]
+mod stats;
+use stats::median;
+
 const K: usize = 10;
 
 /// Wall and CPU (user + system, all threads) seconds of `f`.
@@ -32,11 +36,6 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, f64, f64) {
         wall.elapsed().as_secs_f64(),
         cpu.elapsed().as_secs_f64(),
     )
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn write_ids(path: &str, ids: impl Iterator<Item = usize>, shape_tail: Option<usize>) {
@@ -96,8 +95,8 @@ fn main() {
             println!(
                 "{{\"mode\":\"ram\",\"rows\":{rows},\"dim\":{dim},\"k\":{K},\"threads\":{threads},\"repeats\":{repeats},\
                  \"exact_wall_s_median\":{:.4},\"exact_wall_s_min\":{min_wall:.4},\"exact_cpu_s_median\":{:.4},\"generate_s\":{gen_s:.3}}}",
-                median(&mut walls),
-                median(&mut cpus)
+                median(walls),
+                median(cpus)
             );
         }
         "large" => {

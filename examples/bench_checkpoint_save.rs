@@ -28,10 +28,9 @@ use tagfix::train::run::{CheckpointState, STATE_SCHEMA};
 use tagfix::train::saver::{CheckpointWriter, Snapshot};
 use tch::{nn, Device, Kind, Tensor};
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
+#[path = "common/stats.rs"]
+mod stats;
+use stats::median;
 
 fn state(step: u64, model: &str) -> CheckpointState {
     CheckpointState {

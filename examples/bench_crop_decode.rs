@@ -15,13 +15,12 @@ use std::time::Instant;
 use tagfix::imaging::{view_image, View};
 use tagfix::train::data::augment::{decode, open, Augment};
 
+#[path = "common/stats.rs"]
+mod stats;
+use stats::median;
+
 #[path = "common/photos.rs"]
 mod photos;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

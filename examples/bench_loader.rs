@@ -29,6 +29,10 @@ use tagfix::train::data::randaugment::{apply_op, apply_op_warping, warp_affine_b
 mod photos;
 use photos::generated;
 
+#[path = "common/stats.rs"]
+mod stats;
+use stats::median;
+
 /// The decoder before: the `image` crate's, whatever the format.
 fn decode_before(path: &Path) -> RgbImage {
     image::open(path).expect("decode").to_rgb8()
@@ -46,11 +50,6 @@ fn resize_before(img: &RgbImage, view: &View, size: u32) -> RgbImage {
         image::imageops::flip_horizontal_in_place(&mut out);
     }
     out
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Seconds `f` takes, and what it returns.

@@ -16,6 +16,10 @@ use tagfix::train::config::UnreadableImages;
 use tagfix::train::data::augment::Augment;
 use tagfix::train::data::{Loader, LoaderConfig, TrainData};
 
+#[path = "common/stats.rs"]
+mod stats;
+use stats::median;
+
 #[path = "common/photos.rs"]
 mod photos;
 
@@ -57,11 +61,6 @@ fn rate(data: &Arc<TrainData>, threads: usize, micro: usize, steps: u64, prefetc
         images += batch.expect("micro-batch").len();
     }
     images as f64 / t.elapsed().as_secs_f64()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {

@@ -17,6 +17,10 @@ use tagfix::train::run::{prepare, TrainInputs, Trainer};
 use tagfix::train::sync::host_reads;
 use tagfix::train::trainer::StepSync;
 
+#[path = "common/stats.rs"]
+mod stats;
+use stats::median;
+
 /// Per step: (logging step, host reads, seconds).
 fn run(
     cfg: &TrainConfig,
@@ -37,11 +41,6 @@ fn run(
         ));
     }
     rows
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn main() {

@@ -23,6 +23,10 @@ use tagfix::train::data::synth::{generate, SynthOptions};
 use tagfix::train::upload::PixelNormalizer;
 use tch::{Device, Kind, Tensor};
 
+#[path = "common/stats.rs"]
+mod stats;
+use stats::median;
+
 /// Blocks until `device` has finished its queued work (timing an asynchronous copy needs it).
 fn sync(device: Device) {
     if let Device::Cuda(i) = device {
@@ -48,11 +52,6 @@ fn load<T: Default + Clone + Send>(
             convert(&augmented, dst);
         });
     out
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {
