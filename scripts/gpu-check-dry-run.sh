@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check's first two device calls (docs/gpu-check.md: `run parity speed`, `run casts ckpt upload loader`)
+# The GPU check's first two device calls (docs/gpu-check.md: `run parity speed`, `run casts ckpt upload loader`) and call 3's `ahead`
 # run on the CPU with the tiny model and the release binaries already built, so that a session lent a GPU
 # does not spend its device time finding that the script broke. Checks the plumbing, not the figures:
 #   parity  both reference fixtures pass (TAGFIX_TEST_DEVICE=cpu);
@@ -9,9 +9,10 @@
 #   upload  both micro-batch sizes uploaded identical tensors, and `--micro-batch-size auto` chose a size
 #           that config.toml records;
 #   loader  the loader's images/s on several threads and one image's stages on one core have figures;
+#   ahead   scoring with the next batch decoded ahead and in turn: both timed, their ratio written;
 #   embed   (`bundle`, then both sides on the CPU) MiniLM and the CLIP fixture over the RAM vocabulary
 #           compared row by row and passing (the CUDA side's onnxruntime-gpu pieces cannot be tried here).
-# Call 3 (`run step`) is not covered: its Python side needs an importable torch with its CUDA libraries,
+# Call 3's `step` part is not covered (its `ahead` part is): its Python side needs an importable torch with its CUDA libraries,
 # which this machine's .venv does not have. 4-5 minutes.
 #   scripts/gpu-check-dry-run.sh          # after `cargo test --release --all-features` built the binaries
 #                                         # (scripts/test.sh)
@@ -34,10 +35,10 @@ trap 'rm -rf "$dir"' EXIT
 mkdir -p "$dir/bin" "$dir/ref"
 cargo build --release --all-features --quiet --bin tagfix --example step_time --example flop_model \
   --example bench_upload --example bench_checkpoint_save --example bench_loader --example bench_loader_pool \
-  --example bench_crop_decode
+  --example bench_crop_decode --example bench_decode_ahead
 parity=$(cargo test --release --all-features --test ram_plus_parity --no-run --message-format=json 2>/dev/null \
   | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | grep /deps/ | head -1)
-cp "$release/tagfix" "$release"/examples/{step_time,flop_model,bench_upload,bench_checkpoint_save,bench_loader,bench_loader_pool,bench_crop_decode} \
+cp "$release/tagfix" "$release"/examples/{step_time,flop_model,bench_upload,bench_checkpoint_save,bench_loader,bench_loader_pool,bench_crop_decode,bench_decode_ahead} \
   "$tags" "$dir/bin/"
 cp "$parity" "$dir/bin/ram_plus_parity"
 for d in tiny tiny_224_w7; do
@@ -51,7 +52,8 @@ PARITY_DEVICE=cpu SPEED_DEVICE=cpu SPEED_MODELS=tiny SPEED_STEPS=2 SPEED_F32_STE
 CASTS_DEVICE=cpu CASTS_CONFIG=tiny CASTS_BATCH=2 CASTS_STEPS=2 CKPT_DEVICE=cpu CKPT_PRESET=swin_b_224 CKPT_ROUNDS=1 \
   UPLOAD_DEVICE=cpu UPLOAD_BATCH=8 UPLOAD_SIZE=64 UPLOAD_WORKERS=1 AUTO_STEPS=2 \
   LOADER_THREADS=2 LOADER_MICRO=4 LOADER_STEPS=2 LOADER_ROUNDS=1 \
-  scripts/gpu-check.sh run casts ckpt upload loader
+  AHEAD_DEVICE=cpu AHEAD_CONFIG=tiny AHEAD_IMAGES=16 AHEAD_BATCH=4 AHEAD_ROUNDS=1 \
+  scripts/gpu-check.sh run casts ckpt upload loader ahead
 scripts/gpu-check.sh bundle > /dev/null
 EMBED_DEVICE=cpu scripts/gpu-check.sh run embed
 
@@ -86,6 +88,8 @@ has "$out/loader_core.txt" '^at 224 px, these images in equal shares: [0-9.]+ im
   "loader: no per-core figure"
 has "$out/loader_crop.txt" '^images in equal shares: [0-9.]+ → [0-9.]+ images/s per core for decode \+ crop resize \([0-9.]+×\)$' \
   "loader: no crop-decoding figure"
+has "$out/ahead.txt" '^ratio now/before images/s: [0-9.]+ \(the ideal, sum / max of the two alone: [0-9.]+\)$' \
+  "ahead: no ratio of decoding ahead to decoding in turn"
 for model in minilm clip-tiny; do
   has "$out/embed.txt" "^embed: $model: 4585 rows, lowest cosine CPU vs device [0-9.]+ \(row [0-9]+\): PASS" \
     "embed: $model: no passing row-by-row comparison"
@@ -96,5 +100,5 @@ if [ ${#problems[@]} -gt 0 ]; then
   exit 1
 fi
 echo "gpu-check dry run: calls 1 and 2 and the embed part ran on the CPU (parity: both fixtures; speed: 7 rows" \
-  "measured, 4585 classes in every loop; casts, ckpt, upload and loader: every figure written; embed: both models" \
+  "measured, 4585 classes in every loop; casts, ckpt, upload, loader and ahead: every figure written; embed: both models" \
   "compared)"

@@ -9,7 +9,7 @@
 #                                  # the missing headers otherwise.
 #   scripts/gpu-check.sh run [PART...]  # on the GPU machine, from the repository root; results in $OUT
 #                                  # PART: parity step train cpu loop dist upload speed embed casts ckpt
-#                                  # loader oom (default: the first seven; the rest are issue 14's, each
+#                                  # loader oom ahead (default: the first seven; the rest are issue 14's, each
 #                                  # run on its own)
 # The GPU machine needs the NVIDIA driver and torch 2.11 (+cu130) for Python with its libraries
 # (TORCH_LIB, default /opt/torch/.venv/.../torch/lib; TORCH_PYTHON, default python3). Nothing is built there.
@@ -86,6 +86,11 @@
 #      target/gpu-check/bin only. A CPU dry run (no device memory to exhaust: the host's, limited):
 #      (ulimit -v 4000000; OOM_DEVICE=cpu OOM_MODEL=tiny OOM_SIZE=64 OOM_BATCH=1024 OOM_MICRO=8 OOM_WORKERS=1 \
 #      RAYON_NUM_THREADS=1 MALLOC_ARENA_MAX=2 OMP_NUM_THREADS=1 scripts/gpu-check.sh run oom)
+#  14. (`ahead`, ~1 minute) `tag` / `eval --checkpoint` scoring with the next batch decoded while this one
+#      is scored vs one after the other: Swin-L 384 (4585 x 51, random weights) on CUDA, batch 32, 256
+#      generated photo-like JPEGs decoded on all cores (scripts/bench-decode-ahead.sh on
+#      bin/bench_decode_ahead, CUDA-linked). Results in $OUT/ahead.txt. Carry target/gpu-check/bin only.
+#      A CPU dry run: AHEAD_DEVICE=cpu AHEAD_CONFIG=tiny AHEAD_IMAGES=16 AHEAD_BATCH=4 AHEAD_ROUNDS=1 scripts/gpu-check.sh run ahead
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest="${GPU_CHECK_DIR:-target/gpu-check}"  # GPU_CHECK_DIR: another prepared folder (CPU dry runs)
@@ -111,9 +116,11 @@ prepare)
     mkdir -p "$dest/ref/$d"
     cp "$ref/$d"/{config.json,weights.safetensors,inputs.safetensors,outputs.safetensors,grads.safetensors,generate_tag.json} "$dest/ref/$d/"
   done
-  # Part `upload` (issue 14): the batch-upload benchmark, CUDA-linked.
-  cargo build --release --features train --example bench_upload --example bench_checkpoint_save
+  # Part `upload` (issue 14): the batch-upload benchmark, CUDA-linked; part `ahead` the same.
+  cargo build --release --features train --example bench_upload --example bench_checkpoint_save \
+    --example bench_decode_ahead
   objcopy --strip-debug target/release/examples/bench_upload "$dest/bin/bench_upload"
+  objcopy --strip-debug target/release/examples/bench_decode_ahead "$dest/bin/bench_decode_ahead"
   # Part `ckpt` (issue 14): the checkpoint-save benchmark, CUDA-linked.
   objcopy --strip-debug target/release/examples/bench_checkpoint_save "$dest/bin/bench_checkpoint_save"
   # Relink the ordinary binaries without the CUDA libraries.
@@ -365,6 +372,13 @@ PY
     | tee "$OUT/loader_core.txt" || true
   BENCH_CROP_DECODE_BIN="$dest/bin/bench_crop_decode" ROUNDS="${LOADER_ROUNDS:-3}" \
     scripts/bench-crop-decode.sh 2>&1 | tee "$OUT/loader_crop.txt" || true
+  fi
+  if want ahead; then
+  echo "== 14. tag scoring: the next batch decoded while this one is scored"
+  BENCH_BIN="$dest/bin/bench_decode_ahead" STEP_TIME_BIN="$dest/bin/step_time" TAGFIX_SHARED=/nonexistent \
+    DEVICE="${AHEAD_DEVICE:-cuda}" THREADS=0 CONFIG="${AHEAD_CONFIG:-swin_l_384}" CLASSES=4585 DES=51 \
+    BATCH="${AHEAD_BATCH:-32}" IMAGES="${AHEAD_IMAGES:-256}" ROUNDS="${AHEAD_ROUNDS:-3}" \
+    bash scripts/bench-decode-ahead.sh 2>&1 | tee "$OUT/ahead.txt" || true
   fi
   if want speed; then
   echo "== 8. (issue 14) throughput: the loop against the step, peak memory, MFU"

@@ -21,6 +21,7 @@ pub mod imaging;
 pub mod manifest;
 pub mod monitor;
 pub mod plot;
+pub mod prefetch;
 pub mod progress;
 pub mod report;
 pub mod rng;

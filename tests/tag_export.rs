@@ -41,6 +41,11 @@ impl Fixture {
     fn config_json(&self) -> PathBuf {
         self.dir.join("config.json")
     }
+    /// The tiny reference model (10 tags) on the CPU.
+    fn model(&self) -> tagfix::train::infer::LoadedModel {
+        let config = self.config_json();
+        load_model(&self.weights(), config.to_str(), Some(10), Device::Cpu).unwrap()
+    }
     /// `--checkpoint W --model config.json --vocab V --thresholds T --zh Z`.
     fn model_args(&self, cmd: &mut Command) {
         cmd.arg("--checkpoint")
@@ -90,13 +95,7 @@ fn to_vec(t: &Tensor) -> Vec<f32> {
 fn tag_probabilities_equal_the_reference_generate_tag() {
     let tmp = tempfile::tempdir().unwrap();
     let Some(f) = fixture(tmp.path()) else { return };
-    let m = load_model(
-        &f.weights(),
-        Some(f.config_json().to_str().unwrap()),
-        Some(10),
-        Device::Cpu,
-    )
-    .unwrap();
+    let m = f.model();
     assert!(m.report.is_complete(), "{}", m.report.to_table());
     let inputs = common::read_tensors(&f.dir.join("inputs.safetensors"));
     let outputs = common::read_tensors(&f.dir.join("outputs.safetensors"));
@@ -183,13 +182,7 @@ fn tag_cli_scores_match_the_model_on_hand_normalised_pixels() {
         .stderr(contains("load report").and(contains("tagged 2 images")));
 
     // The model on the hand-normalised pixels.
-    let m = load_model(
-        &f.weights(),
-        Some(f.config_json().to_str().unwrap()),
-        Some(10),
-        Device::Cpu,
-    )
-    .unwrap();
+    let m = f.model();
     let x = Tensor::from_slice(&pixels.concat()).view([2, 3, 64, 64]);
     let want = to_vec(&m.model.tag_probabilities(&x).unwrap());
 
@@ -222,6 +215,62 @@ fn tag_cli_scores_match_the_model_on_hand_normalised_pixels() {
             assert_eq!(t["above"], above);
         }
     }
+}
+
+#[test]
+fn scoring_ahead_gives_every_batch_the_scores_of_scoring_in_turn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(f) = fixture(tmp.path()) else { return };
+    let m = f.model();
+    // Seven images in batches of two, the fourth unreadable.
+    let paths: Vec<PathBuf> = (0..7)
+        .map(|i| {
+            let p = tmp.path().join(format!("{i}.png"));
+            match i {
+                3 => std::fs::write(&p, b"not a png").unwrap(),
+                _ => drop(test_image(&p, i)),
+            }
+            p
+        })
+        .collect();
+    let scored = |ahead: usize| {
+        let mut seen: Vec<(PathBuf, Result<Vec<f32>, String>)> = Vec::new();
+        m.score_files_ahead(&paths, 2, ahead, |batch, rows| {
+            assert!(batch.len() <= 2 && batch.len() == rows.len());
+            for (p, row) in batch.iter().zip(rows) {
+                seen.push((p.clone(), row.map_err(|e| e.to_string())));
+            }
+            Ok::<_, tagfix::error::Error>(())
+        })
+        .unwrap();
+        seen
+    };
+    let in_turn = scored(0);
+    let order: Vec<&PathBuf> = in_turn.iter().map(|(p, _)| p).collect();
+    assert_eq!(order, paths.iter().collect::<Vec<_>>());
+    assert!(in_turn[3].1.is_err() && in_turn.iter().filter(|(_, r)| r.is_ok()).count() == 6);
+    // Each batch scored alone gives the same rows.
+    for (batch, rows) in paths.chunks(2).zip(in_turn.chunks(2)) {
+        let alone: Vec<_> = m.score_files(batch).unwrap();
+        for (a, (_, b)) in alone.into_iter().zip(rows) {
+            assert_eq!(a.map_err(|e| e.to_string()), *b);
+        }
+    }
+    for ahead in [1, 3] {
+        assert_eq!(scored(ahead), in_turn, "{ahead} batches ahead");
+    }
+    // The consumer's error stops the scoring: no batch after it is consumed.
+    let mut batches = 0;
+    let err = m
+        .score_files_ahead(&paths, 2, 1, |_, _| {
+            batches += 1;
+            match batches {
+                2 => Err(anyhow::anyhow!("stop here")),
+                _ => Ok(()),
+            }
+        })
+        .unwrap_err();
+    assert_eq!((err.to_string().as_str(), batches), ("stop here", 2));
 }
 
 #[test]

@@ -39,21 +39,51 @@ fn online_config(vision: &Path, text: &Path, caption: CaptionChoice) -> OnlineTe
     }
 }
 
-/// The teacher file of the synthetic set, as `tagfix teacher` computes it (first caption).
-fn teacher_file(ds: &SynthDataset, vision: &Path, text: &Path, out: &Path) -> TeacherFeatures {
-    let opts = EncoderOptions {
-        threads: Some(1),
-        batch_size: 8,
-        ..Default::default()
-    };
-    let records = RecordSet::read_with(
+/// The synthetic set's records, captions included (as `tagfix teacher` reads them).
+fn records_with_captions(ds: &SynthDataset) -> RecordSet {
+    RecordSet::read_with(
         std::slice::from_ref(&ds.annotations),
         ReadOptions {
             num_slots: None,
             captions: true,
         },
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// The teacher file of the synthetic set, as `tagfix teacher` computes it (first caption).
+fn teacher_file(ds: &SynthDataset, vision: &Path, text: &Path, out: &Path) -> TeacherFeatures {
+    let how = HowToWrite {
+        image_batch: 8,
+        decode_ahead: 1,
+        unreadable: UnreadableImages::Stop,
+    };
+    write_teacher(ds, vision, text, out, how).unwrap();
+    TeacherFeatures::read(out).unwrap()
+}
+
+/// The settings of [`write_teacher`] that the tests vary.
+#[derive(Debug, Clone, Copy)]
+struct HowToWrite {
+    image_batch: usize,
+    decode_ahead: usize,
+    unreadable: UnreadableImages,
+}
+
+/// `write_teacher_file` on the synthetic set (first caption, one thread per encoder).
+fn write_teacher(
+    ds: &SynthDataset,
+    vision: &Path,
+    text: &Path,
+    out: &Path,
+    how: HowToWrite,
+) -> tagfix::error::Result<()> {
+    let opts = EncoderOptions {
+        threads: Some(1),
+        batch_size: 8,
+        ..Default::default()
+    };
+    let records = records_with_captions(ds);
     let mut image = ImageEncoder::load(ImageDescriptor::read_dir(vision).unwrap(), &opts).unwrap();
     let mut text = TextEncoder::load(ModelDescriptor::read_dir(text).unwrap(), &opts).unwrap();
     let req = TeacherRequest {
@@ -61,13 +91,69 @@ fn teacher_file(ds: &SynthDataset, vision: &Path, text: &Path, out: &Path) -> Te
         image_root: &ds.image_root,
         caption: CaptionChoice::First,
         max_words: 30,
-        image_batch: 8,
+        image_batch: how.image_batch,
+        decode_ahead: how.decode_ahead,
         shard: None,
-        unreadable: Default::default(),
+        unreadable: how.unreadable,
     };
     let hidden = ProgressBar::hidden();
-    write_teacher_file(out, &mut text, &mut image, &req, &hidden, &hidden).unwrap();
-    TeacherFeatures::read(out).unwrap()
+    write_teacher_file(out, &mut text, &mut image, &req, &hidden, &hidden)?;
+    Ok(())
+}
+
+#[test]
+fn decoding_ahead_writes_what_decoding_in_turn_writes() {
+    let Some((vision, text)) = towers("decoding_ahead_writes_what_decoding_in_turn_writes") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path(), 16, 5);
+    let written = |name: &str, how: HowToWrite| {
+        let out = tmp.path().join(name);
+        write_teacher(&ds, &vision, &text, &out, how)
+            .map(|()| std::fs::read(&out).unwrap())
+            .map_err(|e| tagfix::error::report(&e))
+    };
+    let how = |decode_ahead, unreadable| HowToWrite {
+        image_batch: 3,
+        decode_ahead,
+        unreadable,
+    };
+    // Six batches of three images: each is encoded while the next is decoded.
+    let in_turn = written("in-turn.safetensors", how(0, UnreadableImages::Stop)).unwrap();
+    for ahead in [1, 2] {
+        let name = format!("ahead-{ahead}.safetensors");
+        let file = written(&name, how(ahead, UnreadableImages::Stop)).unwrap();
+        assert!(file == in_turn, "{ahead} batches ahead wrote another file");
+    }
+
+    // An image of the fourth batch cannot be read: the same error, or the same flagged file.
+    let records = records_with_captions(&ds);
+    let broken = records.get(10).image_file(&ds.image_root);
+    std::fs::write(&broken, b"not an image").unwrap();
+    let stopped = written("stop-0.safetensors", how(0, UnreadableImages::Stop)).unwrap_err();
+    assert!(
+        stopped.contains("not an image") || stopped.contains(&broken.display().to_string()),
+        "{stopped}"
+    );
+    let skipped = written("skip-0.safetensors", how(0, UnreadableImages::Skip)).unwrap();
+    assert!(skipped != in_turn);
+    for ahead in [1, 2] {
+        let err = written(
+            &format!("stop-{ahead}.safetensors"),
+            how(ahead, UnreadableImages::Stop),
+        );
+        assert_eq!(err.unwrap_err(), stopped, "{ahead} ahead");
+        assert!(!tmp
+            .path()
+            .join(format!("stop-{ahead}.safetensors"))
+            .exists());
+        let file = written(
+            &format!("skip-{ahead}.safetensors"),
+            how(ahead, UnreadableImages::Skip),
+        );
+        assert!(file.unwrap() == skipped, "{ahead} ahead, skipping");
+    }
 }
 
 #[test]

@@ -165,16 +165,19 @@ fn checkpoint_scores(
     for (bench_paths, mapping) in paths.iter().zip(mappings) {
         // Only the benchmark's columns are kept, batch by batch.
         let mut m = tagfix::eval::ScoreMatrix::zeros(0, mapping.mapped().len());
-        for chunk in bench_paths.chunks(args.batch_size) {
+        // The next batch is decoded while this one is scored.
+        let ahead = model.batches_ahead();
+        model.score_files_ahead(bench_paths, args.batch_size, ahead, |chunk, rows| {
             let mut full = Vec::with_capacity(chunk.len() * vocab.len());
-            for row in model.score_files(chunk)? {
+            for row in rows {
                 full.extend(row?);
             }
             let part = tagfix::eval::gather_columns(&full, vocab.len(), mapping)?;
             m.rows += part.rows;
             m.data.extend(part.data);
             pb.inc(chunk.len() as u64);
-        }
+            anyhow::Ok(())
+        })?;
         out.push(m);
     }
     pb.finish_and_clear();

@@ -99,9 +99,11 @@ mod with_train {
         let start = std::time::Instant::now();
         let mut tagged = 0usize;
         let mut unreadable = skipped;
-        for chunk in images.chunks(args.batch_size) {
-            let paths: Vec<PathBuf> = chunk.iter().map(|(p, _)| p.clone()).collect();
-            for ((path, id), result) in chunk.iter().zip(model.score_files(&paths)?) {
+        let paths: Vec<PathBuf> = images.iter().map(|(p, _)| p.clone()).collect();
+        let mut ids = images.iter().map(|(_, id)| id);
+        // The next batch is decoded while this one is scored.
+        model.score_files_ahead(&paths, args.batch_size, model.batches_ahead(), |paths, results| {
+            for ((path, id), result) in paths.iter().zip(ids.by_ref()).zip(results) {
                 match result {
                     Ok(row) => {
                         let preds = labels.predictions(&row, args.top_k);
@@ -131,7 +133,8 @@ mod with_train {
                 }
                 pb.inc(1);
             }
-        }
+            anyhow::Ok(())
+        })?;
         pb.finish_and_clear();
         out.finish()?;
         if let Some(s) = scores {

@@ -57,6 +57,7 @@ pub fn run(args: TeacherArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
         caption: args.caption.parse().map_err(anyhow::Error::msg)?,
         max_words: usize::try_from(args.max_words).unwrap_or(usize::MAX),
         image_batch: args.ort.batch_size as usize,
+        decode_ahead: tagfix::prefetch::batches_ahead(image.cpu_threads),
         shard: shard.as_ref().map(|(s, _)| *s),
         unreadable: args.unreadable_images,
     };

@@ -280,15 +280,19 @@ impl TextEncoder {
     }
 }
 
+/// The intra-op threads a session of `opts` computes with on the CPU (default: all cores).
+pub fn intra_threads(opts: &EncoderOptions) -> usize {
+    opts.threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// Opens an ONNX Runtime session for `onnx` on the requested device (shared by the text and image
 /// encoders). `--device cuda` either registers the CUDA execution provider or fails; it never falls
 /// back to the CPU. Returns the session and a description of its execution provider.
 pub fn build_session(onnx: &Path, opts: &EncoderOptions) -> Result<(Session, String)> {
     let lib = ort_library(opts.ort_lib.as_deref());
     let env = runtime(&lib)?;
-    let threads = opts
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = intra_threads(opts);
     let builder = Session::builder(env)
         .and_then(|b| b.with_intra_threads(threads).map_err(Into::into))
         .map_err(ort_error("session options", onnx))?;

@@ -5,7 +5,10 @@ use super::descriptor::ImageDescriptor;
 use super::file::TEACHER_DIM;
 use super::TeacherError;
 use crate::embed::descriptor::DESCRIPTOR_FILE;
-use crate::embed::encoder::{build_session, float_output, l2_normalize, ort_error, EncoderOptions};
+use crate::embed::encoder::{
+    build_session, float_output, intra_threads, l2_normalize, ort_error, EncoderOptions,
+};
+use crate::embed::Device;
 use crate::embed::EmbedError;
 use crate::error::{Error, Result};
 use crate::fsutil::sha256_file;
@@ -20,6 +23,8 @@ pub struct ImageEncoder {
     pub dim: usize,
     /// The execution provider running the model.
     pub provider: String,
+    /// The CPU threads the model computes with; `None` on a GPU.
+    pub cpu_threads: Option<usize>,
     pub model_sha256: String,
     batch_size: usize,
 }
@@ -47,6 +52,7 @@ impl ImageEncoder {
             session,
             dim,
             provider,
+            cpu_threads: (opts.device == Device::Cpu).then(|| intra_threads(opts)),
             batch_size: opts.batch_size.max(1),
             descriptor,
         })

@@ -3,6 +3,7 @@
 //! ONNX CLIP image tower with its descriptor's evaluation transform; rows follow the records, keyed
 //! by `image_path`, exactly as [`super::file::TeacherFeatures`] reads them.
 
+use super::descriptor::ImageInput;
 use super::file::{write_streamed, ImageRows, RowSink, TEACHER_DIM};
 use super::image_encoder::ImageEncoder;
 use super::shard::{Shard, SET_RECORDS_KEY, SHARD_KEY};
@@ -30,6 +31,9 @@ pub struct TeacherRequest<'a> {
     pub max_words: usize,
     /// Images decoded and encoded per ONNX Runtime call.
     pub image_batch: usize,
+    /// Batches of images decoded ahead while the encoder runs ([`crate::prefetch::in_order`]; 0
+    /// decodes and encodes one after the other).
+    pub decode_ahead: usize,
     /// Compute only this shard of the records (`--shard I/N`, [`super::shard`]).
     pub shard: Option<Shard>,
     /// An image that cannot be read stops the run, or gets a row of zeros flagged in the file's
@@ -47,15 +51,18 @@ impl TeacherRequest<'_> {
         }
     }
 
-    /// [`Self::selected`]'s records, `size` (≥ 1) at a time.
-    fn selected_chunks(&self, size: usize) -> impl Iterator<Item = Vec<TrainRecord<'_>>> + '_ {
+    /// How many chunks of `size` (≥ 1) records [`Self::selected`] makes.
+    fn chunk_count(&self, size: usize) -> usize {
+        self.selected().len().div_ceil(size)
+    }
+
+    /// Chunk `k` of [`Self::selected`]'s records, `size` (≥ 1) at a time.
+    fn chunk(&self, k: usize, size: usize) -> Vec<TrainRecord<'_>> {
         let range = self.selected();
-        let end = range.end;
-        range.step_by(size).map(move |start| {
-            (start..(start + size).min(end))
-                .map(|i| self.records.get(i))
-                .collect()
-        })
+        let start = range.start + k * size;
+        (start..(start + size).min(range.end))
+            .map(|i| self.records.get(i))
+            .collect()
     }
 }
 
@@ -100,7 +107,8 @@ pub fn caption_rows(
         total += chosen(&req.records.get(i))?.len();
     }
     progress.set_length(total as u64);
-    for chunk in req.selected_chunks(CAPTION_CHUNK) {
+    for k in 0..req.chunk_count(CAPTION_CHUNK) {
+        let chunk = req.chunk(k, CAPTION_CHUNK);
         let mut texts = Vec::new();
         let mut counts = Vec::with_capacity(chunk.len());
         for r in &chunk {
@@ -150,18 +158,31 @@ pub fn image_rows(
     progress.set_length(req.selected().len() as u64);
     let mut skipped = 0;
     let mut first_failure = None;
-    for chunk in req.selected_chunks(req.image_batch.max(1)) {
-        let (mut pixels, readable) = read_images(image, req, &chunk, &mut |reason| {
-            first_failure.get_or_insert(reason);
-            skipped += 1;
-        })?;
-        let features = match keep_images(&mut pixels, per, &readable) {
-            0 => Vec::new(),
-            n => image.encode(&pixels[..n * per])?,
-        };
-        push_image_rows(sink, req, &chunk, &readable, &features)?;
-        progress.inc(chunk.len() as u64);
-    }
+    let size = req.image_batch.max(1);
+    let input = image.descriptor.input.clone();
+    // Chunk k + 1 is decoded while chunk k is encoded.
+    crate::prefetch::in_order(
+        req.chunk_count(size),
+        req.decode_ahead,
+        |k| {
+            let chunk = req.chunk(k, size);
+            let decoded = decode_images(&input, req, &chunk);
+            (chunk, decoded)
+        },
+        |_, (chunk, decoded)| -> Result<()> {
+            let (mut pixels, readable) = readable_images(req, decoded, &mut |reason| {
+                first_failure.get_or_insert(reason);
+                skipped += 1;
+            })?;
+            let features = match keep_images(&mut pixels, per, &readable) {
+                0 => Vec::new(),
+                n => image.encode(&pixels[..n * per])?,
+            };
+            push_image_rows(sink, req, &chunk, &readable, &features)?;
+            progress.inc(chunk.len() as u64);
+            Ok(())
+        },
+    )?;
     let images = req.selected().len();
     if images > 0 && skipped == images {
         return Err(TeacherError::NoReadableImage {
@@ -173,17 +194,14 @@ pub fn image_rows(
     Ok(skipped)
 }
 
-/// The encoder's input pixels of `chunk`'s images (decoded in parallel) and which could be read.
-/// An unreadable image is an error under [`UnreadableImages::Stop`]; under `Skip` it is warned
-/// about and its reason passed to `skipped`.
-fn read_images(
-    image: &ImageEncoder,
+/// The encoder's input pixels of `chunk`'s images, decoded in parallel (rayon's threads), and per
+/// image whether it could be read.
+fn decode_images(
+    input: &ImageInput,
     req: &TeacherRequest<'_>,
     chunk: &[TrainRecord<'_>],
-    skipped: &mut dyn FnMut(String),
-) -> Result<(Vec<f32>, Vec<bool>)> {
-    let per = image.pixels_per_image();
-    let input = &image.descriptor.input;
+) -> (Vec<f32>, Vec<Result<()>>) {
+    let per = 3 * (input.size as usize).pow(2);
     let mut pixels = vec![0f32; chunk.len() * per];
     let read: Vec<Result<()>> = pixels
         .par_chunks_mut(per)
@@ -197,7 +215,18 @@ fn read_images(
             Ok(())
         })
         .collect();
-    let mut readable = vec![true; chunk.len()];
+    (pixels, read)
+}
+
+/// A [`decode_images`] result's pixels and which images could be read. An unreadable image is an
+/// error under [`UnreadableImages::Stop`]; under `Skip` it is warned about and its reason passed to
+/// `skipped`.
+fn readable_images(
+    req: &TeacherRequest<'_>,
+    (pixels, read): (Vec<f32>, Vec<Result<()>>),
+    skipped: &mut dyn FnMut(String),
+) -> Result<(Vec<f32>, Vec<bool>)> {
+    let mut readable = vec![true; read.len()];
     for (k, outcome) in read.into_iter().enumerate() {
         let Err(e) = outcome else { continue };
         if req.unreadable == UnreadableImages::Stop {

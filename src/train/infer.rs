@@ -362,6 +362,12 @@ pub fn load_model(
 }
 
 impl LoadedModel {
+    /// How many batches `tag` and `eval` decode ahead of this model ([`crate::prefetch::batches_ahead`]:
+    /// libtorch's threads on the CPU, none of the cores on a GPU).
+    pub fn batches_ahead(&self) -> usize {
+        crate::prefetch::batches_ahead(model_threads(self.device))
+    }
+
     /// The model's input side S (images are S×S).
     pub fn input_size(&self) -> u32 {
         self.config.swin.img_size as u32
@@ -393,17 +399,33 @@ impl LoadedModel {
     /// Decodes `paths` in parallel, applies [`official_transform`] and scores the readable images
     /// in one batch: per path, its probabilities [num_class] or why it could not be read.
     pub fn score_files(&self, paths: &[PathBuf]) -> Result<Vec<Result<Vec<f32>>>> {
+        self.score_decoded(decode_batch(paths, self.input_size()))
+    }
+
+    /// [`LoadedModel::score_files`] over `paths` in batches of `batch`, batch k + 1 decoded while
+    /// batch k is scored when `ahead` is 1 or more ([`crate::prefetch::in_order`]; 0 decodes and
+    /// scores one after the other). `consume` gets each batch's paths and their results, in order;
+    /// its error, or a scoring failure, stops the scoring.
+    pub fn score_files_ahead<E: From<Error>>(
+        &self,
+        paths: &[PathBuf],
+        batch: usize,
+        ahead: usize,
+        mut consume: impl FnMut(&[PathBuf], Vec<Result<Vec<f32>>>) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
         let side = self.input_size();
-        let per = 3 * (side * side) as usize;
-        let decoded: Vec<Result<Vec<f32>>> = paths
-            .par_iter()
-            .map(|p| {
-                let img = crate::imaging::decode(p)?;
-                let mut buf = vec![0f32; per];
-                official_transform(&img, side, &mut buf);
-                Ok(buf)
-            })
-            .collect();
+        let chunks: Vec<&[PathBuf]> = paths.chunks(batch.max(1)).collect();
+        crate::prefetch::in_order(
+            chunks.len(),
+            ahead,
+            |k| decode_batch(chunks[k], side),
+            |k, decoded| consume(chunks[k], self.score_decoded(decoded)?),
+        )
+    }
+
+    /// Scores the readable images of a [`decode_batch`] in one batch: per image, its probabilities
+    /// `[num_class]` or why it could not be read.
+    pub fn score_decoded(&self, decoded: Vec<Result<Vec<f32>>>) -> Result<Vec<Result<Vec<f32>>>> {
         let ok: Vec<&Vec<f32>> = decoded.iter().filter_map(|r| r.as_ref().ok()).collect();
         let mut scores = if ok.is_empty() {
             Vec::new()
@@ -418,6 +440,26 @@ impl LoadedModel {
             .map(|r| r.map(|_| scores.by_ref().take(nc).collect()))
             .collect())
     }
+}
+
+/// The CPU threads a libtorch model on `device` computes with; `None` on a GPU.
+pub fn model_threads(device: Device) -> Option<usize> {
+    (device == Device::Cpu).then(|| usize::try_from(tch::get_num_threads()).unwrap_or(1))
+}
+
+/// Decodes `paths` in parallel (rayon's threads) and applies [`official_transform`] at `side`: per
+/// path, its pixels `[3·side·side]` or why it could not be read.
+pub fn decode_batch(paths: &[PathBuf], side: u32) -> Vec<Result<Vec<f32>>> {
+    let per = 3 * (side * side) as usize;
+    paths
+        .par_iter()
+        .map(|p| {
+            let img = crate::imaging::decode(p)?;
+            let mut buf = vec![0f32; per];
+            official_transform(&img, side, &mut buf);
+            Ok(buf)
+        })
+        .collect()
 }
 
 /// What `tag` shows beside a slot's score: its names, threshold and whether the training data

@@ -317,11 +317,12 @@ fn score_batches(
     let per = 3 * (side * side) as usize;
     let mut out = Vec::with_capacity(paths.len() * model.config.num_class);
     let mut left_out = 0;
-    for chunk in paths.chunks(batch.max(1)) {
-        let mut buf = vec![0f32; chunk.len() * per];
+    let chunks: Vec<&[PathBuf]> = paths.chunks(batch.max(1)).collect();
+    let decode = |k: usize| {
+        let mut buf = vec![0f32; chunks[k].len() * per];
         let read: Vec<Result<()>> = buf
             .par_chunks_mut(per)
-            .zip(chunk.par_iter())
+            .zip(chunks[k].par_iter())
             .map(|(dst, p)| {
                 let img = augment::decode(p)?;
                 let img = pil_resize(&img, side, side, filter);
@@ -329,7 +330,12 @@ fn score_batches(
                 Ok(())
             })
             .collect();
-        let mut readable = Vec::with_capacity(chunk.len());
+        (buf, read)
+    };
+    // The next batch is decoded while this one is scored.
+    let ahead = crate::prefetch::batches_ahead(crate::train::infer::model_threads(device));
+    crate::prefetch::in_order(chunks.len(), ahead, decode, |_, (mut buf, read)| {
+        let mut readable = Vec::with_capacity(read.len());
         for outcome in read {
             match outcome {
                 Ok(()) => readable.push(true),
@@ -346,7 +352,7 @@ fn score_batches(
         };
         if on_unreadable != OnUnreadable::Mark {
             out.extend(rows);
-            continue;
+            return Ok(());
         }
         let nc = model.config.num_class;
         let mut scored = rows.chunks(nc);
@@ -356,7 +362,8 @@ fn score_batches(
                 false => out.extend(std::iter::repeat_n(UNREADABLE_ROW, nc)),
             }
         }
-    }
+        Ok(())
+    })?;
     Ok((out, left_out))
 }
 
