@@ -779,6 +779,12 @@ pub struct EvalArgs {
     /// Table: also list every class.
     #[arg(long)]
     pub per_class: bool,
+    /// Also write per-slot thresholds fitted on the benchmark images to FILE (one a line in slot
+    /// order, as ram_tag_list_threshold.txt): each slot with positive images gets the threshold
+    /// that maximises its F1 there, every other slot keeps its threshold. The report is at the
+    /// thresholds before fitting; check the file with --thresholds FILE on other images.
+    #[arg(long, value_name = "FILE")]
+    pub fit_thresholds: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -4,6 +4,7 @@
 use super::args::{EvalArgs, EvalFormat, GlobalArgs};
 use super::ExitStatus;
 use anyhow::Context;
+use tagfix::eval::fit::{fit_thresholds, FittedThresholds, SlotColumn};
 use tagfix::eval::{evaluate, output, read_scores, Benchmark, EvalReport, TagMapping};
 use tagfix::manifest::SlotManifest;
 use tagfix::vocab::Vocabulary;
@@ -19,7 +20,13 @@ pub fn run(args: EvalArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
             .map(|d| Benchmark::from_dir(d))
             .collect::<Result<_, _>>()?,
     };
-    if let Some(out) = &args.out {
+    let outputs: Vec<&std::path::Path> = args
+        .out
+        .iter()
+        .chain(&args.fit_thresholds)
+        .map(|p| p.as_path())
+        .collect();
+    if !outputs.is_empty() {
         let mut inputs = vec![vocab.path.as_path()];
         for b in &benches {
             inputs.extend([b.taglist_path.as_path(), b.annots_path.as_path()]);
@@ -28,7 +35,7 @@ pub fn run(args: EvalArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
         inputs.extend(args.checkpoint.as_deref());
         inputs.extend(args.thresholds.thresholds.as_deref());
         inputs.extend(args.manifest.as_deref());
-        tagfix::fsutil::check_outputs([out.as_path()], &inputs)?;
+        tagfix::fsutil::check_outputs(outputs, &inputs)?;
     }
     let thresholds = args.thresholds.choose(&vocab, None)?;
     let manifest = SlotManifest::read_for(args.manifest.as_deref(), &vocab)?;
@@ -85,7 +92,65 @@ pub fn run(args: EvalArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
         Some(path) => tagfix::fsutil::write_atomic(path, write)?,
         None => write(&mut std::io::stdout().lock())?,
     }
+    if let Some(path) = &args.fit_thresholds {
+        let columns = slot_columns(&benches, &mappings, &scores);
+        let fit = fit_thresholds(&columns, &thresholds);
+        tagfix::fsutil::write_atomic(path, |w| {
+            output::write_thresholds(w, &fit.thresholds.values)
+        })?;
+        if !global.quiet {
+            eprintln!("{}", fit_summary(&fit, &vocab, manifest.as_ref(), path));
+        }
+    }
     Ok(ExitStatus::Success)
+}
+
+/// Each mapped slot's scores and targets over every benchmark's images, in slot order.
+fn slot_columns(
+    benches: &[Benchmark],
+    mappings: &[TagMapping],
+    scores: &[tagfix::eval::ScoreMatrix],
+) -> Vec<(usize, SlotColumn)> {
+    let mut columns: std::collections::BTreeMap<usize, SlotColumn> = Default::default();
+    for ((bench, mapping), matrix) in benches.iter().zip(mappings).zip(scores) {
+        for (col, (tag, slot)) in mapping.mapped().into_iter().enumerate() {
+            let column = columns.entry(slot).or_default();
+            column.scores.extend(matrix.column(col));
+            column.targets.extend(bench.targets(tag));
+        }
+    }
+    columns.into_iter().collect()
+}
+
+/// What `--fit-thresholds` did, in one paragraph.
+fn fit_summary(
+    fit: &FittedThresholds,
+    vocab: &Vocabulary,
+    manifest: Option<&SlotManifest>,
+    path: &std::path::Path,
+) -> String {
+    let absent = manifest.map_or(String::new(), |m| {
+        let n = fit
+            .fitted
+            .iter()
+            .filter(|s| m.slots[s.slot].status == tagfix::manifest::SlotStatus::Absent)
+            .count();
+        format!(" ({n} of them absent from the training data)")
+    });
+    let kept = vocab.len() - fit.fitted.len();
+    let f1 = fit.mean_f1().map_or(String::new(), |(before, after)| {
+        format!(
+            "; mean F1 of the fitted slots on these images {before:.4} → {after:.4} (in-sample: \
+             check the file on other images with --thresholds)"
+        )
+    });
+    format!(
+        "wrote {}: thresholds of {} slots fitted{absent}, {kept} kept ({} mapped without a positive \
+         image it can catch){f1}",
+        path.display(),
+        fit.fitted.len(),
+        fit.unfitted.len()
+    )
 }
 
 #[cfg(not(feature = "train"))]

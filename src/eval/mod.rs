@@ -4,6 +4,7 @@
 //! ([`scores`]) or, during training, from memory ([`evaluate`]).
 
 pub mod benchmark;
+pub mod fit;
 pub mod metrics;
 pub mod output;
 pub mod scores;

@@ -192,3 +192,12 @@ fn csv_row(c: &ClassResult) -> Vec<String> {
         c.threshold.to_string(),
     ]
 }
+
+/// A threshold file: one value a line in slot order (as `ram_tag_list_threshold.txt`), each the
+/// shortest decimal that reads back as the same f32.
+pub fn write_thresholds(w: &mut dyn Write, values: &[f32]) -> std::io::Result<()> {
+    for v in values {
+        writeln!(w, "{v}")?;
+    }
+    Ok(())
+}
