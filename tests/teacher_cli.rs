@@ -291,6 +291,37 @@ fn shards_of_the_teacher_read_as_the_whole_file() {
 }
 
 #[test]
+fn under_a_launcher_cuda_is_the_processs_local_gpu() {
+    let Some((vision, text_dir)) = towers("under_a_launcher_cuda_is_the_processs_local_gpu") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, images) = dataset(tmp.path());
+    let out = tmp.path().join("t.safetensors");
+    // The CPU build of ONNX Runtime here has no CUDA provider: the refusal names the device chosen.
+    let stderr = |device: &str, env: &[(&str, &str)]| {
+        let mut cmd = teacher_cmd(&data, &images, &vision, &text_dir, &out);
+        cmd.args(["--device", device])
+            .env_remove("LOCAL_RANK")
+            .env_remove("SLURM_LOCALID")
+            .env_remove("CUDA_VISIBLE_DEVICES")
+            .envs(env.iter().copied());
+        let o = cmd.output().unwrap();
+        assert_eq!(o.status.code(), Some(2));
+        assert!(!out.exists());
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    assert!(stderr("cuda", &[]).contains("--device cuda:0:"));
+    assert!(stderr("cuda", &[("LOCAL_RANK", "3")]).contains("--device cuda:3:"));
+    let bound = [("SLURM_LOCALID", "3"), ("CUDA_VISIBLE_DEVICES", "GPU-5f2a")];
+    assert!(stderr("cuda", &bound).contains("--device cuda:0:"));
+    // An index given is kept.
+    assert!(stderr("cuda:1", &[("LOCAL_RANK", "3")]).contains("--device cuda:1:"));
+    let err = stderr("cuda", &[("LOCAL_RANK", "three")]);
+    assert!(err.contains("LOCAL_RANK=\"three\""), "{err}");
+}
+
+#[test]
 fn bad_inputs_fail_with_exit_2_and_no_output() {
     let Some((vision, text_dir)) = towers("bad_inputs_fail_with_exit_2_and_no_output") else {
         return;

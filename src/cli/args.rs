@@ -206,8 +206,8 @@ pub struct RepairArgs {
     pub train_images: u64,
     /// Device of the `embed` step's text encoder: cpu, cuda or cuda:N (CUDA needs the onnxruntime-gpu
     /// library: scripts/setup-gpu.sh, or ORT_DYLIB_PATH; never falls back to CPU).
-    #[arg(long, default_value = "cpu", value_parser = parse_device, value_name = "DEVICE")]
-    pub embed_device: tagfix::embed::Device,
+    #[arg(long, default_value = "cpu", value_parser = parse_device_arg, value_name = "DEVICE")]
+    pub embed_device: DeviceArg,
     /// Device of the short training run: cpu or cuda (cuda needs the GPU build, `scripts/setup-gpu.sh`).
     #[arg(long, default_value = "cpu", value_name = "DEVICE")]
     pub train_device: tagfix::train::config::DeviceKind,
@@ -270,9 +270,11 @@ pub struct EmbedArgs {
 /// How ONNX Runtime runs a model (`embed`, `teacher`).
 #[derive(Debug, Args)]
 pub struct OrtArgs {
-    /// cpu, cuda or cuda:N. CUDA fails when its execution provider cannot run; never falls back to CPU.
-    #[arg(long, default_value = "cpu", value_parser = parse_device)]
-    pub device: tagfix::embed::Device,
+    /// cpu, cuda or cuda:N. CUDA fails when its execution provider cannot run; never falls back to
+    /// CPU. `teacher` under torchrun or srun: `cuda` is the process's local GPU (LOCAL_RANK,
+    /// SLURM_LOCALID).
+    #[arg(long, default_value = "cpu", value_parser = parse_device_arg)]
+    pub device: DeviceArg,
     /// Texts (or images) per inference batch; texts are length-sorted and padded to their longest.
     #[arg(long, default_value_t = defaults::ORT_BATCH, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_size: u64,
@@ -285,20 +287,41 @@ pub struct OrtArgs {
     pub ort_lib: Option<std::path::PathBuf>,
 }
 
+/// `--device` of ONNX Runtime: the device, and whether it was plain `cuda` (no index), which a
+/// launcher's process may take as its local GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceArg {
+    pub device: tagfix::embed::Device,
+    pub gpu_without_index: bool,
+}
+
+/// As given: `cuda` stays `cuda`, so that a command line written back parses to the same.
+impl std::fmt::Display for DeviceArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.gpu_without_index {
+            true => f.write_str("cuda"),
+            false => self.device.fmt(f),
+        }
+    }
+}
+
+fn parse_device_arg(s: &str) -> Result<DeviceArg, String> {
+    Ok(DeviceArg {
+        device: s.parse()?,
+        gpu_without_index: s == "cuda",
+    })
+}
+
 #[cfg(feature = "embed")]
 impl OrtArgs {
     pub fn encoder_options(&self) -> tagfix::embed::encoder::EncoderOptions {
         tagfix::embed::encoder::EncoderOptions {
-            device: self.device,
+            device: self.device.device,
             threads: self.threads,
             batch_size: self.batch_size as usize,
             ort_lib: self.ort_lib.clone(),
         }
     }
-}
-
-fn parse_device(s: &str) -> Result<tagfix::embed::Device, String> {
-    s.parse()
 }
 
 fn parse_control(s: &str) -> Result<tagfix::embed::plan::ControlSpec, String> {

@@ -207,7 +207,7 @@ by_display!(
     u64,
     usize,
     f64,
-    tagfix::embed::Device,
+    super::args::DeviceArg,
     tagfix::train::config::AbsentPolicy,
     tagfix::train::config::CheckpointEvery,
     tagfix::train::config::MicroBatchSize,

@@ -45,7 +45,16 @@ pub fn run(args: TeacherArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
             captions: true,
         },
     )?;
-    let opts = args.ort.encoder_options();
+    let mut opts = args.ort.encoder_options();
+    if args.ort.device.gpu_without_index {
+        // One process per GPU under torchrun or srun: each takes its local GPU, not all device 0.
+        let local = tagfix::teacher::shard::local_gpu(|name| std::env::var(name).ok())
+            .map_err(anyhow::Error::msg)?;
+        if let Some((index, from)) = local {
+            opts.device = tagfix::embed::Device::Cuda(index);
+            tracing::info!("--device cuda: this process takes cuda:{index} ({from})");
+        }
+    }
     let mut image = ImageEncoder::load(ImageDescriptor::resolve(&args.image_model)?, &opts)
         .with_context(|| format!("loading the image tower `{}`", args.image_model))?;
     let text_dir = resolve_model_dir(&args.text_model)?;

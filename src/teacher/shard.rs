@@ -93,6 +93,34 @@ impl std::str::FromStr for Shard {
     }
 }
 
+/// The GPU a launcher's process takes for `--device cuda` given without an index, and the
+/// variables it came from: torchrun's `LOCAL_RANK`, else `srun`'s `SLURM_LOCALID`, counted modulo
+/// the devices `CUDA_VISIBLE_DEVICES` lists (a launcher that gives each process a GPU of its own
+/// lists one, which is then device 0). `None` outside a launcher, where `cuda` means device 0.
+pub fn local_gpu(
+    var: impl Fn(&str) -> Option<String>,
+) -> std::result::Result<Option<(i32, String)>, String> {
+    let Some((name, value)) = ["LOCAL_RANK", "SLURM_LOCALID"]
+        .into_iter()
+        .find_map(|name| var(name).map(|v| (name, v)))
+    else {
+        return Ok(None);
+    };
+    let local: i32 = value.trim().parse().ok().filter(|n| *n >= 0).ok_or_else(|| {
+        format!("--device cuda: {name}={value:?} is not a non-negative integer: give --device cuda:N")
+    })?;
+    let visible = var("CUDA_VISIBLE_DEVICES")
+        .map(|v| v.split(',').filter(|d| !d.trim().is_empty()).count() as i32)
+        .filter(|&n| n > 0);
+    Ok(Some(match visible {
+        Some(n) => (
+            local % n,
+            format!("{name}={local}, CUDA_VISIBLE_DEVICES lists {n}"),
+        ),
+        None => (local, format!("{name}={local}")),
+    }))
+}
+
 /// `--shard`: a shard given as `I/N`, or `auto`: this process's place among a launcher's
 /// ([`Shard::from_env`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -367,6 +395,31 @@ fn set_error(dir: &Path, problem: String) -> crate::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_launchers_process_takes_its_local_gpu() {
+        assert_eq!(local_gpu(env(&[])), Ok(None));
+        let (gpu, from) = local_gpu(env(&[("LOCAL_RANK", "3"), ("RANK", "11")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!((gpu, from.as_str()), (3, "LOCAL_RANK=3"));
+        // srun binding one GPU to each task: it is device 0 of the task's own list.
+        let one = env(&[("SLURM_LOCALID", "5"), ("CUDA_VISIBLE_DEVICES", "5")]);
+        assert_eq!(local_gpu(one).unwrap().unwrap().0, 0);
+        let all = env(&[
+            ("SLURM_LOCALID", "5"),
+            ("CUDA_VISIBLE_DEVICES", "0,1,2,3,4,5,6,7"),
+        ]);
+        assert_eq!(local_gpu(all).unwrap().unwrap().0, 5);
+        // torchrun's variable wins over Slurm's (torchrun started by srun).
+        let both = env(&[("SLURM_LOCALID", "0"), ("LOCAL_RANK", "2")]);
+        assert_eq!(local_gpu(both).unwrap().unwrap().0, 2);
+        let bad = local_gpu(env(&[("LOCAL_RANK", "-1")])).unwrap_err();
+        assert!(
+            bad.contains("LOCAL_RANK=\"-1\"") && bad.contains("cuda:N"),
+            "{bad}"
+        );
+    }
 
     #[test]
     fn shards_split_the_records_into_contiguous_blocks() {
