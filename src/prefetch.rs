@@ -2,20 +2,29 @@
 //! training run's validation decode a batch of images on the CPU and then score or encode it. Done
 //! one after the other, the decoder waits for the model and the model for the decoder; [`in_order`]
 //! decodes batch k + 1 on a thread of its own while batch k is scored, so that, where the model does
-//! not need the decoder's cores (it runs on a GPU, or on fewer threads than the machine has), a batch
-//! takes the longer of the two rather than their sum ([`batches_ahead`]).
+//! not need the decoder's cores (it runs on a GPU, or the two's threads fit the cores), a batch takes
+//! the longer of the two rather than their sum ([`batches_ahead`]).
 
 use std::sync::mpsc;
 
 /// How many batches to decode ahead of a model that runs on `model_threads` CPU threads, or on an
-/// accelerator (`None`): one where the two do not compete for the cores, none where the model
-/// already keeps every core busy. On 2 cores, decoding and a CPU model each on both cores ran 0.94×
-/// as fast overlapped as in turn, each on one core 1.35× (docs/PERFORMANCE.md, "Decoding the next
-/// batch while this one is scored").
+/// accelerator (`None`): one where the decoder (rayon's threads) and the model together need no more
+/// cores than this process has (its share where a launcher runs several on the machine,
+/// [`crate::train::config::shared_cores`]), none where they would take turns on the same cores. On
+/// 2 cores, decoding and a CPU model each on both cores ran 0.95× as fast overlapped as in turn, each
+/// on one core 1.56× (docs/PERFORMANCE.md, "Decoding the next batch while this one is scored").
 pub fn batches_ahead(model_threads: Option<usize>) -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = crate::train::config::shared_cores().map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |(share, _)| share,
+    );
+    ahead_of(model_threads, rayon::current_num_threads(), cores)
+}
+
+/// [`batches_ahead`] for a decoder on `decoder_threads` and a process with `cores`.
+fn ahead_of(model_threads: Option<usize>, decoder_threads: usize, cores: usize) -> usize {
     match model_threads {
-        Some(threads) if threads >= cores => 0,
+        Some(threads) if threads + decoder_threads > cores => 0,
         _ => 1,
     }
 }
@@ -160,14 +169,18 @@ mod tests {
     }
 
     #[test]
-    fn batches_are_decoded_ahead_unless_the_model_takes_every_core() {
+    fn batches_are_decoded_ahead_where_model_and_decoder_fit_the_cores() {
+        assert_eq!(ahead_of(None, 16, 16), 1, "a model on a GPU");
+        assert_eq!(ahead_of(Some(2), 2, 2), 0, "both on both cores");
+        assert_eq!(ahead_of(Some(1), 1, 2), 1, "a core each");
+        assert_eq!(ahead_of(Some(8), 8, 16), 1);
+        assert_eq!(ahead_of(Some(1), 16, 16), 0);
+        // This process: rayon's pool and the cores it may use.
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        assert_eq!(batches_ahead(None), 1, "a model on a GPU");
+        let decoder = rayon::current_num_threads();
+        assert_eq!(batches_ahead(None), 1);
         assert_eq!(batches_ahead(Some(cores)), 0);
-        assert_eq!(batches_ahead(Some(cores + 3)), 0);
-        if cores > 1 {
-            assert_eq!(batches_ahead(Some(cores - 1)), 1);
-        }
+        assert_eq!(batches_ahead(Some(1)), usize::from(decoder < cores));
     }
 
     #[test]

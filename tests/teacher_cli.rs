@@ -322,6 +322,51 @@ fn under_a_launcher_cuda_is_the_processs_local_gpu() {
 }
 
 #[test]
+fn processes_of_a_launcher_share_the_cores_and_write_the_same_file() {
+    let Some((vision, text_dir)) =
+        towers("processes_of_a_launcher_share_the_cores_and_write_the_same_file")
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, images) = dataset(tmp.path());
+    let alone = tmp.path().join("alone.safetensors");
+    teacher_cmd(&data, &images, &vision, &text_dir, &alone)
+        .assert()
+        .success();
+    // Rank 0 of two that torchrun started on this machine (not bound to part of it).
+    let shared = tmp.path().join("shared.safetensors");
+    let torchrun = [
+        ("RANK", "0"),
+        ("LOCAL_RANK", "0"),
+        ("WORLD_SIZE", "2"),
+        ("LOCAL_WORLD_SIZE", "2"),
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", "29500"),
+    ];
+    let o = teacher_cmd(&data, &images, &vision, &text_dir, &shared)
+        .env_remove("RAYON_NUM_THREADS")
+        .envs(torchrun)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let line = format!(
+        "2 processes share this machine's cores: each decodes on {} threads",
+        (cores / 2).max(1)
+    );
+    assert!(err.contains(&line), "expected `{line}` in {err}");
+    // The same rows.
+    let rows = |p: &Path| {
+        let t = tagfix::teacher::TeacherFeatures::read(p).unwrap();
+        (0..3).map(|r| t.image_row(r).unwrap()).collect::<Vec<_>>()
+    };
+    assert_eq!(rows(&alone), rows(&shared));
+}
+
+#[test]
 fn bad_inputs_fail_with_exit_2_and_no_output() {
     let Some((vision, text_dir)) = towers("bad_inputs_fail_with_exit_2_and_no_output") else {
         return;

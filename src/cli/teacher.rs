@@ -22,6 +22,7 @@ pub fn run(args: TeacherArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
     use tagfix::teacher::{ImageDescriptor, TeacherError};
     use tagfix::Error;
 
+    let shared = share_the_cores(args.ort.threads)?;
     let shard = match args.shard {
         Some(spec) => Some(
             spec.resolve(|name| std::env::var(name).ok())
@@ -46,6 +47,9 @@ pub fn run(args: TeacherArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
         },
     )?;
     let mut opts = args.ort.encoder_options();
+    if opts.threads.is_none() {
+        opts.threads = shared;
+    }
     if args.ort.device.gpu_without_index {
         // One process per GPU under torchrun or srun: each takes its local GPU, not all device 0.
         let local = tagfix::teacher::shard::local_gpu(|name| std::env::var(name).ok())
@@ -112,6 +116,29 @@ pub fn run(args: TeacherArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
         args.caption
     );
     Ok(ExitStatus::Success)
+}
+
+/// Where a launcher runs several processes on this machine's cores (torchrun starts each on all of
+/// them), each decodes with its share on rayon's threads, and returns the share for ONNX Runtime on
+/// the CPU unless `--threads` says otherwise; `None` for a process alone, which uses every core. Runs
+/// before anything starts rayon's pool.
+#[cfg(feature = "embed")]
+fn share_the_cores(threads: Option<usize>) -> anyhow::Result<Option<usize>> {
+    let Some((share, sharing)) = tagfix::train::config::shared_cores() else {
+        return Ok(None);
+    };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(share)
+        .build_global()
+        .map_err(|e| anyhow::anyhow!("starting {share} decoding threads: {e}"))?;
+    tracing::info!(
+        "{sharing} processes share this machine's cores: each decodes on {share} threads{}",
+        match threads {
+            None => format!(" and runs ONNX Runtime on {share} on the CPU"),
+            Some(_) => String::new(),
+        }
+    );
+    Ok(Some(share))
 }
 
 /// The file to write: `out`, or for a shard its file in the `out` folder (created).

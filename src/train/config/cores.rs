@@ -64,6 +64,14 @@ pub fn ranks_sharing_cores() -> usize {
     )
 }
 
+/// This process's share of the cores where a launcher runs several ranks on this machine unbound
+/// ([`ranks_sharing_cores`]), with how many share them; `None` where it has every core to itself.
+/// For commands without a [`TrainConfig`] (`tagfix teacher` under torchrun).
+pub fn shared_cores() -> Option<(usize, usize)> {
+    let sharing = ranks_sharing_cores();
+    (sharing > 1).then(|| (core_share(sharing), sharing))
+}
+
 /// [`ranks_sharing_cores`] for the launcher's description `rendezvous` (`None`: no launcher) and
 /// whether this process is bound to part of the machine's cores.
 fn ranks_sharing_cores_in(
