@@ -29,12 +29,18 @@ fn score_all(
     let start = Instant::now();
     let mut rows = Vec::new();
     model
-        .score_files_ahead(paths, batch, ahead, |_, scored| {
-            for row in scored {
-                rows.extend(row?);
-            }
-            Ok::<_, tagfix::error::Error>(())
-        })
+        .score_files_ahead(
+            paths,
+            |p| p.as_path(),
+            batch,
+            ahead,
+            |_, scored| {
+                for row in scored {
+                    rows.extend(row?);
+                }
+                Ok::<_, tagfix::error::Error>(())
+            },
+        )
         .expect("scoring");
     (rows, start.elapsed().as_secs_f64())
 }

@@ -235,13 +235,19 @@ fn scoring_ahead_gives_every_batch_the_scores_of_scoring_in_turn() {
         .collect();
     let scored = |ahead: usize| {
         let mut seen: Vec<(PathBuf, Result<Vec<f32>, String>)> = Vec::new();
-        m.score_files_ahead(&paths, 2, ahead, |batch, rows| {
-            assert!(batch.len() <= 2 && batch.len() == rows.len());
-            for (p, row) in batch.iter().zip(rows) {
-                seen.push((p.clone(), row.map_err(|e| e.to_string())));
-            }
-            Ok::<_, tagfix::error::Error>(())
-        })
+        m.score_files_ahead(
+            &paths,
+            |p| p.as_path(),
+            2,
+            ahead,
+            |batch, rows| {
+                assert!(batch.len() <= 2 && batch.len() == rows.len());
+                for (p, row) in batch.iter().zip(rows) {
+                    seen.push((p.clone(), row.map_err(|e| e.to_string())));
+                }
+                Ok::<_, tagfix::error::Error>(())
+            },
+        )
         .unwrap();
         seen
     };
@@ -262,13 +268,19 @@ fn scoring_ahead_gives_every_batch_the_scores_of_scoring_in_turn() {
     // The consumer's error stops the scoring: no batch after it is consumed.
     let mut batches = 0;
     let err = m
-        .score_files_ahead(&paths, 2, 1, |_, _| {
-            batches += 1;
-            match batches {
-                2 => Err(anyhow::anyhow!("stop here")),
-                _ => Ok(()),
-            }
-        })
+        .score_files_ahead(
+            &paths,
+            |p| p.as_path(),
+            2,
+            1,
+            |_, _| {
+                batches += 1;
+                match batches {
+                    2 => Err(anyhow::anyhow!("stop here")),
+                    _ => Ok(()),
+                }
+            },
+        )
         .unwrap_err();
     assert_eq!((err.to_string().as_str(), batches), ("stop here", 2));
 }

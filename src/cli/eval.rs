@@ -232,17 +232,24 @@ fn checkpoint_scores(
         let mut m = tagfix::eval::ScoreMatrix::zeros(0, mapping.mapped().len());
         // The next batch is decoded while this one is scored.
         let ahead = model.batches_ahead();
-        model.score_files_ahead(bench_paths, args.batch_size, ahead, |chunk, rows| {
-            let mut full = Vec::with_capacity(chunk.len() * vocab.len());
-            for row in rows {
-                full.extend(row?);
-            }
-            let part = tagfix::eval::gather_columns(&full, vocab.len(), mapping)?;
-            m.rows += part.rows;
-            m.data.extend(part.data);
-            pb.inc(chunk.len() as u64);
-            anyhow::Ok(())
-        })?;
+        let batch = args.batch_size;
+        model.score_files_ahead(
+            bench_paths,
+            PathBuf::as_path,
+            batch,
+            ahead,
+            |chunk, rows| {
+                let mut full = Vec::with_capacity(chunk.len() * vocab.len());
+                for row in rows {
+                    full.extend(row?);
+                }
+                let part = tagfix::eval::gather_columns(&full, vocab.len(), mapping)?;
+                m.rows += part.rows;
+                m.data.extend(part.data);
+                pb.inc(chunk.len() as u64);
+                anyhow::Ok(())
+            },
+        )?;
         out.push(m);
     }
     pb.finish_and_clear();

@@ -99,11 +99,10 @@ mod with_train {
         let start = std::time::Instant::now();
         let mut tagged = 0usize;
         let mut unreadable = skipped;
-        let paths: Vec<PathBuf> = images.iter().map(|(p, _)| p.clone()).collect();
-        let mut ids = images.iter().map(|(_, id)| id);
         // The next batch is decoded while this one is scored.
-        model.score_files_ahead(&paths, args.batch_size, model.batches_ahead(), |paths, results| {
-            for ((path, id), result) in paths.iter().zip(ids.by_ref()).zip(results) {
+        let (batch, ahead) = (args.batch_size, model.batches_ahead());
+        model.score_files_ahead(&images, |(p, _)| p, batch, ahead, |chunk, results| {
+            for ((path, id), result) in chunk.iter().zip(results) {
                 match result {
                     Ok(row) => {
                         let preds = labels.predictions(&row, args.top_k);

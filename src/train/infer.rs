@@ -402,23 +402,24 @@ impl LoadedModel {
         self.score_decoded(decode_batch(paths, self.input_size()))
     }
 
-    /// [`LoadedModel::score_files`] over `paths` in batches of `batch`, batch k + 1 decoded while
-    /// batch k is scored when `ahead` is 1 or more ([`crate::prefetch::in_order`]; 0 decodes and
-    /// scores one after the other). `consume` gets each batch's paths and their results, in order;
-    /// its error, or a scoring failure, stops the scoring.
-    pub fn score_files_ahead<E: From<Error>>(
+    /// [`LoadedModel::score_files`] over `items` (`path` gives each one's image file) in batches of
+    /// `batch`, batch k + 1 decoded while batch k is scored when `ahead` is 1 or more
+    /// ([`crate::prefetch::in_order`]; 0 decodes and scores one after the other). `consume` gets each
+    /// batch's items and their results, in order; its error, or a scoring failure, stops the scoring.
+    pub fn score_files_ahead<T: Sync, E: From<Error>>(
         &self,
-        paths: &[PathBuf],
+        items: &[T],
+        path: impl Fn(&T) -> &Path + Sync,
         batch: usize,
         ahead: usize,
-        mut consume: impl FnMut(&[PathBuf], Vec<Result<Vec<f32>>>) -> std::result::Result<(), E>,
+        mut consume: impl FnMut(&[T], Vec<Result<Vec<f32>>>) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
         let side = self.input_size();
-        let chunks: Vec<&[PathBuf]> = paths.chunks(batch.max(1)).collect();
+        let chunks: Vec<&[T]> = items.chunks(batch.max(1)).collect();
         crate::prefetch::in_order(
             chunks.len(),
             ahead,
-            |k| decode_batch(chunks[k], side),
+            |k| decode_batch(&chunks[k].iter().map(&path).collect::<Vec<_>>(), side),
             |k, decoded| consume(chunks[k], self.score_decoded(decoded)?),
         )
     }
@@ -449,12 +450,12 @@ pub fn model_threads(device: Device) -> Option<usize> {
 
 /// Decodes `paths` in parallel (rayon's threads) and applies [`official_transform`] at `side`: per
 /// path, its pixels `[3·side·side]` or why it could not be read.
-pub fn decode_batch(paths: &[PathBuf], side: u32) -> Vec<Result<Vec<f32>>> {
+pub fn decode_batch<P: AsRef<Path> + Sync>(paths: &[P], side: u32) -> Vec<Result<Vec<f32>>> {
     let per = 3 * (side * side) as usize;
     paths
         .par_iter()
         .map(|p| {
-            let img = crate::imaging::decode(p)?;
+            let img = crate::imaging::decode(p.as_ref())?;
             let mut buf = vec![0f32; per];
             official_transform(&img, side, &mut buf);
             Ok(buf)
