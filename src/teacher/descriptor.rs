@@ -63,6 +63,13 @@ pub struct ImageInput {
     pub std: [f32; 3],
 }
 
+impl ImageInput {
+    /// Values per preprocessed image (`3·S·S`).
+    pub fn pixels_per_image(&self) -> usize {
+        3 * (self.size as usize).pow(2)
+    }
+}
+
 fn shortest_side() -> Resize {
     Resize::ShortestSide
 }

@@ -77,8 +77,7 @@ impl ImageEncoder {
 
     /// Values per preprocessed image (`3·S·S`).
     pub fn pixels_per_image(&self) -> usize {
-        let s = self.size() as usize;
-        3 * s * s
+        self.descriptor.input.pixels_per_image()
     }
 
     /// Features of `pixels` (`n` preprocessed images, CHW, row-major): `[n, dim]`, L2-normalised when

@@ -105,8 +105,7 @@ impl OnlineTeacher {
 
     /// Values per rendered teacher image (`3·S·S`).
     pub fn pixels_per_image(&self) -> usize {
-        let s = self.image_descriptor.input.size as usize;
-        3 * s * s
+        self.image_descriptor.input.pixels_per_image()
     }
 
     /// Side of the image tower's square input.

@@ -201,7 +201,7 @@ fn decode_images(
     req: &TeacherRequest<'_>,
     chunk: &[TrainRecord<'_>],
 ) -> (Vec<f32>, Vec<Result<()>>) {
-    let per = 3 * (input.size as usize).pow(2);
+    let per = input.pixels_per_image();
     let mut pixels = vec![0f32; chunk.len() * per];
     let read: Vec<Result<()>> = pixels
         .par_chunks_mut(per)
