@@ -1,5 +1,5 @@
-//! `tag` / `eval --checkpoint` scoring: each batch decoded and then scored (before), against the
-//! next batch decoded while this one is scored (`prefetch::in_order`, now), in one run on the same
+//! `tag` / `eval --checkpoint` scoring: each batch decoded and then scored (in turn), against the
+//! next batch decoded while this one is scored (`prefetch::in_order`, one batch ahead), in one run on the same
 //! images and model, the two paths alternating, `ROUNDS` times (medians); run by
 //! `scripts/bench-decode-ahead.sh`. Also times decoding alone and scoring alone, whose larger is
 //! what overlapping them can reach at best, and checks that both paths give the same scores.
@@ -110,13 +110,13 @@ fn main() {
     for (name, s) in [
         ("decode alone", decode),
         ("score alone", score),
-        ("decode, then score (before)", turn),
-        ("next batch decoded while scoring (now)", ahead),
+        ("in turn: decode, then score", turn),
+        ("one batch ahead: the next decoded while scoring", ahead),
     ] {
         println!("| {name} | {s:.3} | {:.1} |", n / s);
     }
     println!(
-        "ratio now/before images/s: {:.2} (the ideal, sum / max of the two alone: {:.2})",
+        "ratio ahead / in turn, images/s: {:.2} (the ideal, sum / max of the two alone: {:.2})",
         turn / ahead,
         (decode + score) / decode.max(score)
     );

@@ -88,7 +88,7 @@ has "$out/loader_core.txt" '^at 224 px, these images in equal shares: [0-9.]+ im
   "loader: no per-core figure"
 has "$out/loader_crop.txt" '^images in equal shares: [0-9.]+ → [0-9.]+ images/s per core for decode \+ crop resize \([0-9.]+×\)$' \
   "loader: no crop-decoding figure"
-has "$out/ahead.txt" '^ratio now/before images/s: [0-9.]+ \(the ideal, sum / max of the two alone: [0-9.]+\)$' \
+has "$out/ahead.txt" '^ratio ahead / in turn, images/s: [0-9.]+ \(the ideal, sum / max of the two alone: [0-9.]+\)$' \
   "ahead: no ratio of decoding ahead to decoding in turn"
 for model in minilm clip-tiny; do
   has "$out/embed.txt" "^embed: $model: 4585 rows, lowest cosine CPU vs device [0-9.]+ \(row [0-9]+\): PASS" \
