@@ -87,7 +87,7 @@ fn ranks_sharing_cores_in(
 /// Whether this process's CPU affinity leaves out some of the machine's online CPUs (Slurm's
 /// task binding, `taskset`, `numactl`). Unknown (more than 1024 CPUs, no `sysconf`) counts as not
 /// bound.
-fn bound_to_part_of_machine() -> bool {
+pub fn bound_to_part_of_machine() -> bool {
     // SAFETY: `cpu_set_t` is plain data; `sched_getaffinity` writes at most its size into it.
     let mine = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
