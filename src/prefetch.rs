@@ -9,17 +9,13 @@ use std::sync::mpsc;
 
 /// How many batches to decode ahead of a model that runs on `model_threads` CPU threads, or on an
 /// accelerator (`None`): one where the model leaves some of this process's cores idle (its share
-/// where a launcher runs several on the machine, [`crate::train::config::shared_cores`]), for the
+/// where a launcher runs several on the machine, [`crate::train::config::process_cores`]), for the
 /// decoder to fill; none where the model alone keeps them all busy and the two would only take
 /// turns. On 2 cores, a CPU model on both ran 0.95× as fast with a batch decoded ahead as in turn;
 /// on one core 1.26× (decoder on both) and 1.56× (decoder on the other) (docs/PERFORMANCE.md,
 /// "Decoding the next batch while this one is scored").
 pub fn batches_ahead(model_threads: Option<usize>) -> usize {
-    let cores = crate::train::config::shared_cores().map_or_else(
-        || std::thread::available_parallelism().map_or(1, |n| n.get()),
-        |(share, _)| share,
-    );
-    ahead_of(model_threads, cores)
+    ahead_of(model_threads, crate::train::config::process_cores())
 }
 
 /// [`batches_ahead`] for a process with `cores`.

@@ -27,7 +27,8 @@ pub struct FittedSlot {
 /// The fitted thresholds and what was done to each slot.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FittedThresholds {
-    /// Every slot's threshold: fitted where the benchmark has positives for it, else the base's.
+    /// Every slot's threshold: fitted where a threshold catches one of the slot's positive images
+    /// in the benchmark, else the base's.
     pub thresholds: Thresholds,
     pub fitted: Vec<FittedSlot>,
     /// Slots the benchmark maps but no threshold can catch a positive image of (it has none, or

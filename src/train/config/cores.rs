@@ -72,6 +72,11 @@ pub fn shared_cores() -> Option<(usize, usize)> {
     (sharing > 1).then(|| (core_share(sharing), sharing))
 }
 
+/// The cores this process may keep busy: its [`shared_cores`] share, else every core it can run on.
+pub fn process_cores() -> usize {
+    shared_cores().map_or_else(|| cap_to_cores(0), |(share, _)| share)
+}
+
 /// [`ranks_sharing_cores`] for the launcher's description `rendezvous` (`None`: no launcher) and
 /// whether this process is bound to part of the machine's cores.
 fn ranks_sharing_cores_in(

@@ -17,7 +17,9 @@ mod file;
 mod flags;
 mod values;
 
-pub use cores::{bound_to_part_of_machine, ranks_sharing_cores, shared_cores, torch_threads_for};
+pub use cores::{
+    bound_to_part_of_machine, process_cores, ranks_sharing_cores, shared_cores, torch_threads_for,
+};
 pub(crate) use file::known_keys;
 pub use file::LoadedConfig;
 
