@@ -466,6 +466,178 @@ fn eval_checkpoint_equals_eval_of_tag_scores_and_sets_benchmarks_side_by_side() 
         .stderr(contains("cannot be read"));
 }
 
+/// `tag --shard I/N` over N processes writes a tag set and a score set whose shards, put back in
+/// order, are the one-process run's output: the JSON Lines byte for byte, and `eval --scores DIR`
+/// reads the score set as it reads the one file. An incomplete set, a set mixing two runs and
+/// `--shard` without `--out DIR` are refused.
+#[test]
+fn tag_shards_put_together_are_the_whole_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(f) = fixture(tmp.path()) else { return };
+    let imgs = tmp.path().join("imgs");
+    std::fs::create_dir_all(imgs.join("sub")).unwrap();
+    for i in 0..7 {
+        let dir = if i % 3 == 0 {
+            imgs.join("sub")
+        } else {
+            imgs.clone()
+        };
+        test_image(&dir.join(format!("i{i}.png")), i);
+    }
+    let tag = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = tagfix();
+        cmd.arg("tag");
+        f.model_args(&mut cmd);
+        cmd.arg("--images")
+            .arg(&imgs)
+            .args(["--format", "json", "--batch-size", "2"])
+            .args(extra);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd
+    };
+    let path = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
+    let (whole, whole_scores) = (path("whole.jsonl"), path("whole.safetensors"));
+    tag(&["--out", &whole, "--scores", &whole_scores], &[])
+        .assert()
+        .success();
+    let (tags, scores) = (path("tags"), path("scores"));
+    for i in 0..2 {
+        tag(
+            &[
+                "--shard",
+                &format!("{i}/3"),
+                "--out",
+                &tags,
+                "--scores",
+                &scores,
+            ],
+            &[],
+        )
+        .assert()
+        .success()
+        .stdout(contains(format!("shard {i}/3: images")));
+    }
+    // The last as torchrun's rank 2 of 3 would run it.
+    tag(
+        &["--shard", "auto", "--out", &tags, "--scores", &scores],
+        &[("RANK", "2"), ("WORLD_SIZE", "3")],
+    )
+    .assert()
+    .success()
+    .stdout(contains(
+        "shard 2/3 (--shard auto: RANK=2, WORLD_SIZE=3): images 4..7 of 7",
+    ));
+    let joined: Vec<u8> = (0..3)
+        .flat_map(|i| {
+            std::fs::read(Path::new(&tags).join(format!("tags-{i:05}-of-00003.jsonl"))).unwrap()
+        })
+        .collect();
+    assert_eq!(
+        String::from_utf8(joined).unwrap(),
+        std::fs::read_to_string(&whole).unwrap()
+    );
+
+    let bench = tmp.path().join("small");
+    std::fs::create_dir(&bench).unwrap();
+    std::fs::write(bench.join("small_taglist.txt"), "cat\ndog\nsky\n").unwrap();
+    let annots: String = (0..7)
+        .map(|i| {
+            let dir = if i % 3 == 0 { "sub/" } else { "" };
+            format!("{dir}i{i}.png,{}\n", ["cat", "dog", "sky"][i % 3])
+        })
+        .collect();
+    std::fs::write(bench.join("small_annots.txt"), annots).unwrap();
+    let eval = |scores: &str| {
+        let mut cmd = tagfix();
+        cmd.arg("eval")
+            .arg("--vocab")
+            .arg(&f.vocab)
+            .arg("--thresholds")
+            .arg(&f.thresholds)
+            .args(["--format", "json", "--scores", scores])
+            .arg("--benchmark")
+            .arg(&bench);
+        cmd.output().unwrap()
+    };
+    let (one, set) = (eval(&whole_scores), eval(&scores));
+    assert!(
+        one.status.success(),
+        "{}",
+        String::from_utf8_lossy(&one.stderr)
+    );
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    let json = |o: &std::process::Output| -> serde_json::Value {
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    assert_eq!(json(&one), json(&set));
+    assert_eq!(json(&set)["ram"]["classes"], 3);
+
+    // A set missing a shard, and one mixing two runs, are refused (exit 2).
+    let middle = Path::new(&scores).join("scores-00001-of-00003.safetensors");
+    let kept = tmp.path().join("kept.safetensors");
+    std::fs::rename(&middle, &kept).unwrap();
+    let out = eval(&scores);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("1 of its 3 shards are missing: 1"), "{err}");
+    std::fs::copy(&whole_scores, &middle).unwrap();
+    let out = eval(&scores);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is scored in") && err.contains("scores-00000-of-00003"),
+        "{err}"
+    );
+
+    // More shards than images: the extra shard is empty, and the set still reads whole.
+    let (tags10, scores10) = (path("tags10"), path("scores10"));
+    for i in 0..10 {
+        tag(
+            &[
+                "--shard",
+                &format!("{i}/10"),
+                "--out",
+                &tags10,
+                "--scores",
+                &scores10,
+            ],
+            &[],
+        )
+        .assert()
+        .success();
+    }
+    let last = std::fs::read(Path::new(&tags10).join("tags-00009-of-00010.jsonl")).unwrap();
+    assert!(!last.is_empty());
+    let empty = std::fs::read(Path::new(&tags10).join("tags-00000-of-00010.jsonl")).unwrap();
+    assert!(
+        empty.is_empty(),
+        "7 images in 10 shards: shard 0 holds none"
+    );
+    let ten = eval(&scores10);
+    assert!(
+        ten.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ten.stderr)
+    );
+    assert_eq!(json(&one), json(&ten));
+
+    // --shard writes into folders: without --out, or with a file there, it is refused.
+    tag(&["--shard", "0/2"], &[])
+        .assert()
+        .code(2)
+        .stderr(contains("--shard needs --out DIR"));
+    tag(&["--shard", "0/2", "--out", &whole], &[])
+        .assert()
+        .code(2)
+        .stderr(contains("a file is there"));
+}
+
 fn sorted(mut v: Vec<(String, tagfix::tensors::Tensor)>) -> Vec<(String, tagfix::tensors::Tensor)> {
     v.sort_by(|x, y| x.0.cmp(&y.0));
     v

@@ -1232,7 +1232,7 @@ fn a_stop_request_checkpoints_the_step_in_progress_and_resume_goes_on_exactly() 
 /// one file it was split from: same rows, same losses step for step.
 #[test]
 fn a_teacher_set_trains_exactly_as_its_single_file() {
-    use tagfix::teacher::shard::{Shard, SET_RECORDS_KEY, SHARD_KEY};
+    use tagfix::teacher::shard::{Shard, SET_RECORDS_KEY, SHARD_KEY, TEACHER_SET};
     use tagfix::teacher::{TeacherFeatures, TEACHER_DIM};
     let _guard = serial();
     let tmp = tempfile::tempdir().unwrap();
@@ -1256,7 +1256,7 @@ fn a_teacher_set_trains_exactly_as_its_single_file() {
         ]
         .into();
         TeacherFeatures::write_with_metadata(
-            &set.join(shard.file_name()),
+            &set.join(TEACHER_SET.file_name(shard)),
             &keys[rows],
             &image,
             &text,
@@ -1279,7 +1279,7 @@ fn a_teacher_set_trains_exactly_as_its_single_file() {
         assert_eq!(x.loss, y.loss, "step {}", x.step);
     }
     // A set with a shard missing is refused before any step, naming it.
-    std::fs::remove_file(set.join(Shard { index: 1, count: 3 }.file_name())).unwrap();
+    std::fs::remove_file(set.join(TEACHER_SET.file_name(Shard { index: 1, count: 3 }))).unwrap();
     let err = prepare_err(&cfg, &from_set);
     assert!(err.contains("1 of its 3 shards are missing: 1"), "{err}");
 }

@@ -557,13 +557,23 @@ pub struct TagArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = TagFormat::Table)]
     pub format: TagFormat,
-    /// Write the per-image output to FILE (atomically) instead of stdout.
-    #[arg(long, value_name = "FILE")]
+    /// Write the per-image output to FILE (atomically) instead of stdout; with --shard, the set's
+    /// folder (created), which gets tags-IIIII-of-NNNNN.jsonl (.csv, .txt by --format).
+    #[arg(long, value_name = "FILE|DIR")]
     pub out: Option<PathBuf>,
     /// Write the full [images × slots] score matrix (.safetensors or .csv, as `tagfix eval --scores`
-    /// reads it; image ids are the paths relative to the folder given).
-    #[arg(long, value_name = "OUT")]
+    /// reads it; image ids are the paths relative to the folder given); with --shard, the set's
+    /// folder (created), which gets scores-IIIII-of-NNNNN.safetensors (`tagfix eval --scores DIR`
+    /// reads the set).
+    #[arg(long, value_name = "OUT|DIR")]
     pub scores: Option<PathBuf>,
+    /// Tag only shard I of N (I from 0): the I-th of N contiguous blocks of the images in the order
+    /// found (folders walked in name order), so that N processes, GPUs or machines share the work;
+    /// needs --out DIR. `auto`: this process's place among torchrun's ranks (RANK of WORLD_SIZE), a
+    /// Slurm job array's tasks or srun's tasks, as `tagfix teacher --shard auto`; there `--device
+    /// cuda` is the process's local GPU (LOCAL_RANK, else SLURM_LOCALID).
+    #[arg(long, value_name = "I/N|auto")]
+    pub shard: Option<tagfix::share::shard::ShardSpec>,
     /// Report unreadable or corrupt images by path and go on without them.
     #[arg(long)]
     pub keep_going: bool,
@@ -745,8 +755,9 @@ pub struct PlotArgs {
 #[command(group(clap::ArgGroup::new("bench").required(true).args(["benchmark", "taglist"])))]
 pub struct EvalArgs {
     /// Prediction scores: CSV `image_id,slot_or_tag,score` or safetensors `scores` [images, slots]
-    /// with metadata `image_ids` (see docs/formats.md).
-    #[arg(long, value_name = "FILE", required_unless_present = "checkpoint")]
+    /// with metadata `image_ids` (see docs/formats.md); or a folder holding the score set of `tagfix
+    /// tag --shard I/N --scores DIR` (scores-IIIII-of-NNNNN.safetensors, every shard present).
+    #[arg(long, value_name = "FILE|DIR", required_unless_present = "checkpoint")]
     pub scores: Option<PathBuf>,
     /// Score the benchmark images with this RAM++ checkpoint instead (as `tagfix tag`: .pth, a
     /// tagfix run or checkpoint folder, .safetensors).
@@ -974,7 +985,7 @@ pub struct TeacherArgs {
     /// `auto`: this process's place among torchrun's ranks (RANK of WORLD_SIZE), a Slurm job array's
     /// tasks (counted from SLURM_ARRAY_TASK_MIN) or srun's tasks (SLURM_PROCID of SLURM_NTASKS).
     #[arg(long, value_name = "I/N|auto")]
-    pub shard: Option<tagfix::teacher::shard::ShardSpec>,
+    pub shard: Option<tagfix::share::shard::ShardSpec>,
     /// An image that cannot be read: `stop` with an error, or `skip` it (its image row zeros,
     /// flagged in the file's `image_unreadable`, a warning each; `tagfix train` then treats the
     /// record as an unreadable image: refused under `--unreadable-images stop`, replaced in its

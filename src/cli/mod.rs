@@ -11,6 +11,8 @@ mod embed;
 mod eval;
 mod export;
 mod inspect;
+#[cfg(any(feature = "embed", feature = "train"))]
+mod launcher;
 mod plot;
 mod reference;
 mod repair;

@@ -14,13 +14,17 @@ pub use with_train::run;
 #[cfg(feature = "train")]
 mod with_train {
     use super::super::args::TagFormat;
+    use super::super::launcher::ShardGiven;
     use super::*;
     use anyhow::Context;
     use rayon::prelude::*;
     use std::io::Write;
     use std::path::{Path, PathBuf};
+    use tagfix::eval::scores::SCORE_SET;
     use tagfix::eval::ScoreWriter;
     use tagfix::manifest::SlotManifest;
+    use tagfix::share::shard::{local_gpu, SetNaming, Shard};
+    use tagfix::train::config::DeviceKind;
     use tagfix::train::infer::{collect_images, load_model, tag_strings, Prediction, SlotLabels};
     use tagfix::vocab::Vocabulary;
 
@@ -28,6 +32,9 @@ mod with_train {
     const RAM_DEFAULT_THRESHOLD: f32 = 0.68;
 
     pub fn run(args: TagArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+        let shared = super::super::launcher::share_the_cores("libtorch", args.threads > 0)?;
+        let shard = ShardGiven::resolve(args.shard)?;
+        let (out_path, scores_path) = output_paths(&args, shard.as_ref().map(|s| s.shard))?;
         let vocab = Vocabulary::load(&args.vocab)
             .with_context(|| format!("loading vocabulary `{}`", args.vocab))?;
         let thresholds = args
@@ -46,6 +53,10 @@ mod with_train {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        let found = images.len();
+        if let Some(s) = &shard {
+            images = images.drain(s.shard.range(found)).collect();
+        }
         // Outputs are checked before the model loads, so a typo fails at once.
         let mut inputs: Vec<&Path> = vec![args.checkpoint.as_path(), vocab.path.as_path()];
         inputs.extend(args.thresholds.thresholds.as_deref());
@@ -53,13 +64,16 @@ mod with_train {
         inputs.extend(args.zh.as_deref());
         inputs.extend(images.iter().map(|(p, _)| p.as_path()));
         tagfix::fsutil::check_outputs(
-            args.out.iter().chain(&args.scores).map(|p| p.as_path()),
+            out_path.iter().chain(&scores_path).map(|p| p.as_path()),
             &inputs,
         )?;
         let skipped = probe_all(&mut images, args.keep_going)?;
 
-        tagfix::train::run::set_torch_threads(args.threads);
-        let device = tagfix::train::run::device_of(args.device)?;
+        tagfix::train::run::set_torch_threads(match (args.threads, shared) {
+            (0, Some(share)) => share,
+            (given, _) => given,
+        });
+        let device = device_of(args.device)?;
         let model = load_model(
             &args.checkpoint,
             args.model.as_deref(),
@@ -86,9 +100,8 @@ mod with_train {
             );
         }
 
-        let mut out = Output::create(args.out.as_deref(), args.format)?;
-        let mut scores = args
-            .scores
+        let mut out = Output::create(out_path.as_deref(), args.format)?;
+        let mut scores = scores_path
             .as_deref()
             .map(|p| ScoreWriter::create(p, vocab.len()))
             .transpose()?;
@@ -151,7 +164,81 @@ mod with_train {
                 }
             );
         }
+        if let Some(s) = &shard {
+            let scores = scores_path.as_deref().map(|p| {
+                format!(
+                    " and {} (`tagfix eval --scores {}` reads the set once all {} shards are there)",
+                    p.display(),
+                    args.scores.as_deref().unwrap_or(p).display(),
+                    s.shard.count
+                )
+            });
+            println!(
+                "{}; wrote {}{}",
+                s.describe("images", found),
+                out_path.as_deref().unwrap_or(Path::new("")).display(),
+                scores.unwrap_or_default()
+            );
+        }
         Ok(ExitStatus::Success)
+    }
+
+    /// The per-image output and the score file: as given, or with `--shard` the shard's files in
+    /// the folders given (`--out` is then required: N processes would write to one stdout).
+    fn output_paths(
+        args: &TagArgs,
+        shard: Option<Shard>,
+    ) -> anyhow::Result<(Option<PathBuf>, Option<PathBuf>)> {
+        let Some(shard) = shard else {
+            return Ok((args.out.clone(), args.scores.clone()));
+        };
+        let Some(out) = &args.out else {
+            anyhow::bail!(
+                "--shard needs --out DIR: each shard writes its tags into that folder (N processes would write to one stdout)"
+            );
+        };
+        let tags = tag_set(args.format);
+        let out = super::super::launcher::shard_file(out, &tags, shard, "--out")?;
+        let scores = args
+            .scores
+            .as_deref()
+            .map(|dir| super::super::launcher::shard_file(dir, &SCORE_SET, shard, "--scores"))
+            .transpose()?;
+        Ok((Some(out), scores))
+    }
+
+    /// The files of a tag set in `format`: `tags-IIIII-of-NNNNN.jsonl` (`.csv`, `.txt`).
+    fn tag_set(format: TagFormat) -> SetNaming {
+        SetNaming {
+            prefix: "tags",
+            ext: match format {
+                TagFormat::Json => "jsonl",
+                TagFormat::Csv => "csv",
+                TagFormat::Table => "txt",
+            },
+            what: "tag shard",
+            made_by: "tagfix tag --shard I/N --out DIR",
+        }
+    }
+
+    /// The device: `cuda` is the process's local GPU under a launcher (torchrun's LOCAL_RANK,
+    /// srun's SLURM_LOCALID), as `tagfix teacher` takes it, else device 0.
+    fn device_of(kind: DeviceKind) -> anyhow::Result<tch::Device> {
+        let device = tagfix::train::run::device_of(kind)?;
+        if device == tch::Device::Cpu {
+            return Ok(device);
+        }
+        let local = local_gpu(|name| std::env::var(name).ok()).map_err(anyhow::Error::msg)?;
+        let Some((index, from)) = local else {
+            return Ok(device);
+        };
+        let count = tch::Cuda::device_count();
+        anyhow::ensure!(
+            i64::from(index) < count,
+            "--device cuda: this process would take cuda:{index} ({from}), but {count} CUDA device(s) are visible"
+        );
+        tracing::info!("--device cuda: this process takes cuda:{index} ({from})");
+        Ok(tch::Device::Cuda(index as usize))
     }
 
     /// Reads every image's header first, so a missing or unreadable file fails before any output;

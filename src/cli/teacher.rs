@@ -22,21 +22,23 @@ pub fn run(args: TeacherArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
     use tagfix::teacher::{ImageDescriptor, TeacherError};
     use tagfix::Error;
 
-    let shared = share_the_cores(args.ort.threads)?;
-    let shard = match args.shard {
-        Some(spec) => Some(
-            spec.resolve(|name| std::env::var(name).ok())
-                .map_err(anyhow::Error::msg)?,
-        ),
-        None => None,
-    };
+    let shared = super::launcher::share_the_cores("ONNX Runtime", args.ort.threads.is_some())?;
+    let shard = super::launcher::ShardGiven::resolve(args.shard)?;
     if !args.images.is_dir() {
         return Err(Error::from(TeacherError::ImageRoot {
             path: args.images.clone(),
         })
         .into());
     }
-    let out = output_file(&args.out, shard.as_ref().map(|(s, _)| *s))?;
+    let out = match &shard {
+        Some(s) => super::launcher::shard_file(
+            &args.out,
+            &tagfix::teacher::shard::TEACHER_SET,
+            s.shard,
+            "--out",
+        )?,
+        None => args.out.clone(),
+    };
     let inputs: Vec<&std::path::Path> = args.data.iter().map(|p| p.as_path()).collect();
     tagfix::fsutil::check_outputs([out.as_path()], &inputs)?;
     let records = RecordSet::read_with(
@@ -71,7 +73,7 @@ pub fn run(args: TeacherArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
         max_words: usize::try_from(args.max_words).unwrap_or(usize::MAX),
         image_batch: args.ort.batch_size as usize,
         decode_ahead: tagfix::prefetch::batches_ahead(image.cpu_threads),
-        shard: shard.as_ref().map(|(s, _)| *s),
+        shard: shard.as_ref().map(|s| s.shard),
         unreadable: args.unreadable_images,
     };
     let text_bar = super::progress_bar(global, "teacher: captions", 0, false);
@@ -83,19 +85,12 @@ pub fn run(args: TeacherArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
         out.display(),
         tagfix::teacher::TEACHER_DIM
     );
-    if let Some((shard, from)) = &shard {
-        let range = shard.range(records.len());
-        let from = from
-            .as_ref()
-            .map(|vars| format!(" (--shard auto: {vars})"))
-            .unwrap_or_default();
+    if let Some(s) = &shard {
         println!(
-            "  shard {shard}{from}: records {}..{} of {}; `tagfix train --teacher {}` reads the set once all {} shards are there",
-            range.start,
-            range.end,
-            records.len(),
+            "  {}; `tagfix train --teacher {}` reads the set once all {} shards are there",
+            s.describe("records", records.len()),
             args.out.display(),
-            shard.count
+            s.shard.count
         );
     }
     if request.unreadable == tagfix::train::config::UnreadableImages::Skip {
@@ -116,46 +111,4 @@ pub fn run(args: TeacherArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
         args.caption
     );
     Ok(ExitStatus::Success)
-}
-
-/// Where a launcher runs several processes on this machine's cores (torchrun starts each on all of
-/// them), each decodes with its share on rayon's threads, and returns the share for ONNX Runtime on
-/// the CPU unless `--threads` says otherwise; `None` for a process alone, which uses every core. Runs
-/// before anything starts rayon's pool.
-#[cfg(feature = "embed")]
-fn share_the_cores(threads: Option<usize>) -> anyhow::Result<Option<usize>> {
-    let Some((share, sharing)) = tagfix::train::config::shared_cores() else {
-        return Ok(None);
-    };
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(share)
-        .build_global()
-        .map_err(|e| anyhow::anyhow!("starting {share} decoding threads: {e}"))?;
-    tracing::info!(
-        "{sharing} processes share this machine's cores: each decodes on {share} threads{}",
-        match threads {
-            None => format!(" and runs ONNX Runtime on {share} on the CPU"),
-            Some(_) => String::new(),
-        }
-    );
-    Ok(Some(share))
-}
-
-/// The file to write: `out`, or for a shard its file in the `out` folder (created).
-#[cfg(feature = "embed")]
-fn output_file(
-    out: &std::path::Path,
-    shard: Option<tagfix::teacher::shard::Shard>,
-) -> anyhow::Result<std::path::PathBuf> {
-    use anyhow::Context;
-    let Some(shard) = shard else {
-        return Ok(out.to_path_buf());
-    };
-    std::fs::create_dir_all(out).with_context(|| {
-        format!(
-            "creating the teacher set's folder {} (--shard writes into a folder)",
-            out.display()
-        )
-    })?;
-    Ok(out.join(shard.file_name()))
 }

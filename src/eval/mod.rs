@@ -110,6 +110,10 @@ pub enum EvalError {
     )]
     ScoresInputType { path: PathBuf },
 
+    /// A folder of score shards (`tagfix tag --shard I/N --scores DIR`) that do not form one set.
+    #[error("score set {dir}: {problem}")]
+    ScoreSet { dir: PathBuf, problem: String },
+
     #[error("{path}: no scores for {} of the {images} benchmark images (first: {})", .missing.len(), .missing.iter().take(5).cloned().collect::<Vec<_>>().join(", "))]
     MissingImages {
         path: PathBuf,

@@ -4,13 +4,24 @@
 //!   tag name (exact, then normalised); pairs not listed score 0; every benchmark image must appear.
 //! - safetensors with a 2-D tensor `scores` [images, slots] (f32/f16/bf16/f64) and the metadata
 //!   key `image_ids`, a JSON array of the row's image ids.
+//! - a folder holding a score set: the safetensors files `scores-IIIII-of-NNNNN.safetensors` of
+//!   `tagfix tag --shard I/N --scores DIR`, read as one file (every shard present, no image in two).
 
 use super::{Benchmark, EvalError, TagMapping};
 use crate::error::{Error, Result};
+use crate::share::shard::SetNaming;
 use crate::vocab::{normalize_tag, Slot, Vocabulary};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
+
+/// The files of a score set, one per shard of `tagfix tag --shard I/N --scores DIR`.
+pub const SCORE_SET: SetNaming = SetNaming {
+    prefix: "scores",
+    ext: "safetensors",
+    what: "score shard",
+    made_by: "tagfix tag --shard I/N --scores DIR",
+};
 
 /// What is wrong with one line of a CSV score file.
 #[derive(Debug, thiserror::Error)]
@@ -245,13 +256,17 @@ fn row_of(rows: &HashMap<&str, usize>, id: &str) -> Option<usize> {
     })
 }
 
-/// Reads a prediction file (by extension: `.csv`, `.safetensors`) into the benchmark's matrix.
+/// Reads a prediction file (by extension: `.csv`, `.safetensors`), or the score set in a folder
+/// ([`SCORE_SET`]), into the benchmark's matrix.
 pub fn read_scores(
     path: &Path,
     bench: &Benchmark,
     vocab: &Vocabulary,
     mapping: &TagMapping,
 ) -> Result<ScoreMatrix> {
+    if path.is_dir() {
+        return read_score_set(path, bench, vocab, mapping);
+    }
     match path.extension().and_then(|e| e.to_str()) {
         Some("csv") => read_csv(path, bench, vocab, mapping),
         Some("safetensors") => read_safetensors(path, bench, vocab, mapping),
@@ -399,6 +414,70 @@ fn read_safetensors(
     vocab: &Vocabulary,
     mapping: &TagMapping,
 ) -> Result<ScoreMatrix> {
+    let mut m = ScoreMatrix::zeros(bench.images.len(), mapping.mapped().len());
+    let mut seen = vec![false; bench.images.len()];
+    for row in fill_from_safetensors(path, bench, vocab, mapping, &mut m)? {
+        seen[row] = true;
+    }
+    match missing_images_error(path, bench, &seen) {
+        Some(e) => Err(e),
+        None => Ok(m),
+    }
+}
+
+/// The shards of a score set read into one matrix: every shard present, of one count, and no
+/// benchmark image scored in two of them (a set mixing runs over different image lists).
+fn read_score_set(
+    dir: &Path,
+    bench: &Benchmark,
+    vocab: &Vocabulary,
+    mapping: &TagMapping,
+) -> Result<ScoreMatrix> {
+    let files = SCORE_SET.set_files(dir, |problem| {
+        EvalError::ScoreSet {
+            dir: dir.into(),
+            problem,
+        }
+        .into()
+    })?;
+    let mut m = ScoreMatrix::zeros(bench.images.len(), mapping.mapped().len());
+    let mut scored_by: Vec<Option<usize>> = vec![None; bench.images.len()];
+    for (part, file) in files.iter().enumerate() {
+        for row in fill_from_safetensors(file, bench, vocab, mapping, &mut m)? {
+            match scored_by[row] {
+                Some(first) if first != part => {
+                    return Err(EvalError::ScoreSet {
+                        dir: dir.into(),
+                        problem: format!(
+                            "image `{}` is scored in {} and in {} (shards of runs over different \
+                             image lists?)",
+                            bench.images[row],
+                            files[first].display(),
+                            file.display()
+                        ),
+                    }
+                    .into())
+                }
+                _ => scored_by[row] = Some(part),
+            }
+        }
+    }
+    let seen: Vec<bool> = scored_by.iter().map(Option::is_some).collect();
+    match missing_images_error(dir, bench, &seen) {
+        Some(e) => Err(e),
+        None => Ok(m),
+    }
+}
+
+/// Puts the scores of the benchmark images in the safetensors score file `path` into `m`; returns
+/// the benchmark rows it filled (images outside the benchmark are passed over).
+fn fill_from_safetensors(
+    path: &Path,
+    bench: &Benchmark,
+    vocab: &Vocabulary,
+    mapping: &TagMapping,
+    m: &mut ScoreMatrix,
+) -> Result<Vec<usize>> {
     let set = crate::tensors::safetensors_io::read(path)?;
     let t = set
         .get("scores")
@@ -449,21 +528,17 @@ fn read_safetensors(
     }
     let rows = image_rows(bench);
     let mapped = mapping.mapped();
-    let mut m = ScoreMatrix::zeros(bench.images.len(), mapped.len());
-    let mut seen = vec![false; bench.images.len()];
+    let mut filled = Vec::with_capacity(ids.len());
     for (r, id) in ids.iter().enumerate() {
         let Some(row) = row_of(&rows, id) else {
             continue;
         };
-        seen[row] = true;
+        filled.push(row);
         for (col, &(_, slot)) in mapped.iter().enumerate() {
             m.set(row, col, values[r * vocab.len() + slot]);
         }
     }
-    match missing_images_error(path, bench, &seen) {
-        Some(e) => Err(e),
-        None => Ok(m),
-    }
+    Ok(filled)
 }
 
 #[cfg(test)]

@@ -253,7 +253,7 @@ fn unreadable_images_are_flagged_rows_of_zeros() {
         ]
         .into();
         write(
-            &set.join(shard.file_name()),
+            &set.join(shard::TEACHER_SET.file_name(shard)),
             shard.range(5),
             &[0, 3],
             metadata,
@@ -366,7 +366,7 @@ fn each_part_checks_its_own_rows() {
         .collect();
         let slice = |t: &[f32]| t[range.start * TEACHER_DIM..range.end * TEACHER_DIM].to_vec();
         TeacherFeatures::write_with_metadata(
-            &set.join(shard.file_name()),
+            &set.join(shard::TEACHER_SET.file_name(shard)),
             &keys[range.clone()],
             &slice(&image),
             &slice(&text),
@@ -413,7 +413,7 @@ fn write_shard(
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    let path = dir.join(shard.file_name());
+    let path = dir.join(shard::TEACHER_SET.file_name(shard));
     let cut = |v: &[f32]| v[range.start * TEACHER_DIM..range.end * TEACHER_DIM].to_vec();
     TeacherFeatures::write_with_metadata(
         &path,
@@ -518,7 +518,7 @@ fn a_non_finite_value_in_a_shard_names_the_shard() {
         ),
     ]
     .into();
-    let path = dir.path().join(shard.file_name());
+    let path = dir.path().join(shard::TEACHER_SET.file_name(shard));
     TeacherFeatures::write_with_metadata(&path, &keys[2..], &rows(2, |_, _| 0.0), &text, metadata)
         .unwrap();
     let err = TeacherFeatures::read(dir.path()).unwrap_err().to_string();

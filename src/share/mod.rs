@@ -2,6 +2,8 @@
 //! the checks made before the first step (every image read, every teacher value finite), so that
 //! each item is checked once in the whole run instead of once per rank.
 
+pub mod shard;
+
 use std::ops::Range;
 
 /// Block `index` of `0..n` cut into `count` contiguous blocks whose sizes differ by at most one:
