@@ -319,18 +319,18 @@ fn exact_self(db: Rows<'_>, k: usize, skip_self: bool) -> Neighbours {
 pub enum SearchChoice {
     /// Exact up to [`AUTO_EXACT_MAX_ROWS`] database rows, HNSW above.
     #[default]
-    #[value(help = "Exact up to 200 000 database rows, HNSW above")]
+    #[value(help = "Exact up to 500 000 database rows, HNSW above")]
     Auto,
     Exact,
     Hnsw,
 }
 
 /// Largest database that `auto` searches exactly. Exact all-against-all search costs rows² × dim, HNSW
-/// about rows × (build + query cost); on the project's 2-core machine exact search of 100 000 × 512
-/// rows takes less CPU time than building and querying the graph, by an extrapolation from 4585 rows
-/// (docs/PERFORMANCE.md), so the
-/// switch is at 200 000 rows (a RAM vocabulary has 4585 rows; RAM++'s per-description layout 233 835).
-pub const AUTO_EXACT_MAX_ROWS: usize = 200_000;
+/// about rows × (build + query cost). At RAM++'s per-description layout (233 835 × 512) the exact
+/// self-join took 328 s CPU on the project's 2-core machine, HNSW with the default graph 1127 s
+/// (build and query of every row; docs/PERFORMANCE.md), so exact stays cheaper up to about 800 000
+/// rows by extrapolation; the switch sits below that, at 500 000 (a RAM vocabulary has 4585 rows).
+pub const AUTO_EXACT_MAX_ROWS: usize = 500_000;
 
 /// The search actually used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -631,7 +631,9 @@ mod tests {
     #[test]
     fn auto_picks_exact_for_ram_size_and_hnsw_for_large() {
         assert_eq!(SearchChoice::Auto.resolve(4585), SearchMethod::Exact);
-        assert_eq!(SearchChoice::Auto.resolve(233_835), SearchMethod::Hnsw);
+        assert_eq!(SearchChoice::Auto.resolve(233_835), SearchMethod::Exact);
+        assert_eq!(SearchChoice::Auto.resolve(500_000), SearchMethod::Exact);
+        assert_eq!(SearchChoice::Auto.resolve(500_001), SearchMethod::Hnsw);
         assert_eq!(SearchChoice::Hnsw.resolve(10), SearchMethod::Hnsw);
     }
 }
