@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 use std::time::Instant;
-use tagfix::train::infer::{collect_images, decode_batch, load_model, LoadedModel};
+use tagfix::train::infer::{collect_images, decode_batch, load_model, InputTransform, LoadedModel};
 
 #[path = "common/stats.rs"]
 mod stats;
@@ -91,7 +91,10 @@ fn main() {
         t_turn.push(score_all(&model, &paths, batch, 0).1);
         t_ahead.push(score_all(&model, &paths, batch, 1).1);
         let start = Instant::now();
-        let decoded: Vec<_> = paths.chunks(batch).map(|c| decode_batch(c, side)).collect();
+        let decoded: Vec<_> = paths
+            .chunks(batch)
+            .map(|c| decode_batch(c, side, &InputTransform::OFFICIAL))
+            .collect();
         t_decode.push(start.elapsed().as_secs_f64());
         let start = Instant::now();
         for d in decoded {

@@ -468,8 +468,9 @@ fn eval_checkpoint_equals_eval_of_tag_scores_and_sets_benchmarks_side_by_side() 
 
 /// `tag --shard I/N` over N processes writes a tag set and a score set whose shards, put back in
 /// order, are the one-process run's output: the JSON Lines byte for byte, and `eval --scores DIR`
-/// reads the score set as it reads the one file. An incomplete set, a set mixing two runs and
-/// `--shard` without `--out DIR` are refused.
+/// reads the score set as it reads the one file; under torchrun's variables a process takes its
+/// place and its share of the cores. An incomplete set, a set mixing two runs and `--shard` without
+/// `--out DIR` are refused.
 #[test]
 fn tag_shards_put_together_are_the_whole_run() {
     let tmp = tempfile::tempdir().unwrap();
@@ -519,16 +520,41 @@ fn tag_shards_put_together_are_the_whole_run() {
         .success()
         .stdout(contains(format!("shard {i}/3: images")));
     }
-    // The last as torchrun's rank 2 of 3 would run it.
-    tag(
+    // The last as torchrun's rank 2 of 3 on this machine would run it: its share of the cores.
+    let torchrun = [
+        ("RANK", "2"),
+        ("LOCAL_RANK", "2"),
+        ("WORLD_SIZE", "3"),
+        ("LOCAL_WORLD_SIZE", "3"),
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", "29500"),
+        ("RUST_LOG", "info"),
+    ];
+    let o = tag(
         &["--shard", "auto", "--out", &tags, "--scores", &scores],
-        &[("RANK", "2"), ("WORLD_SIZE", "3")],
+        &torchrun,
     )
-    .assert()
-    .success()
-    .stdout(contains(
-        "shard 2/3 (--shard auto: RANK=2, WORLD_SIZE=3): images 4..7 of 7",
-    ));
+    .env_remove("RAYON_NUM_THREADS")
+    .output()
+    .unwrap();
+    let (stdout, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{err}");
+    assert!(
+        stdout.contains("shard 2/3 (--shard auto: RANK=2, WORLD_SIZE=3): images 4..7 of 7"),
+        "{stdout}"
+    );
+    let share = (std::thread::available_parallelism().unwrap().get() / 3).max(1);
+    let line = format!(
+        "3 processes share this machine's cores: each decodes on {share} threads and runs libtorch on {share}"
+    );
+    // A process bound to part of the machine (a cpuset, taskset) has its cores to itself.
+    match tagfix::train::config::bound_to_part_of_machine() {
+        false => assert!(err.contains(&line), "expected `{line}` in {err}"),
+        true => assert!(!err.contains("processes share"), "{err}"),
+    }
     let joined: Vec<u8> = (0..3)
         .flat_map(|i| {
             std::fs::read(Path::new(&tags).join(format!("tags-{i:05}-of-00003.jsonl"))).unwrap()

@@ -127,17 +127,33 @@ impl InferError {
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
-/// RAM's inference transform (`ram/transform.py` `get_transform(S)`): RGB, `Resize((S, S))` —
-/// on a PIL image torchvision calls PIL's bilinear resize, reproduced to the bit by
-/// [`pil_resize`] — then `ToTensor` and the ImageNet `Normalize`, as CHW floats into `out`
-/// (3·S·S values).
-pub fn official_transform(img: &RgbImage, size: u32, out: &mut [f32]) {
-    normalize_chw(
-        &pil_resize(img, size, size, PilFilter::Bilinear),
-        &IMAGENET_MEAN,
-        &IMAGENET_STD,
-        out,
-    );
+/// How a whole image becomes the model's input: `Resize((S, S))` with a PIL filter (reproduced to
+/// the bit by [`pil_resize`]), `ToTensor`, `Normalize(mean, std)`, as CHW floats.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InputTransform {
+    pub filter: PilFilter,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl InputTransform {
+    /// RAM's inference transform (`ram/transform.py` `get_transform(S)`): bilinear, as
+    /// torchvision's `Resize` on a PIL image, and ImageNet's mean and std (`tag`, `eval --checkpoint`).
+    pub const OFFICIAL: InputTransform = InputTransform {
+        filter: PilFilter::Bilinear,
+        mean: IMAGENET_MEAN,
+        std: IMAGENET_STD,
+    };
+
+    /// The transform into `out` (3·S·S values) at side `size`.
+    pub fn apply(&self, img: &RgbImage, size: u32, out: &mut [f32]) {
+        normalize_chw(
+            &pil_resize(img, size, size, self.filter),
+            &self.mean,
+            &self.std,
+            out,
+        );
+    }
 }
 
 /// The state-dict file behind `path` (the file itself, `model.safetensors` of a tagfix checkpoint
@@ -396,10 +412,14 @@ impl LoadedModel {
         Ok(Vec::try_from(&flat).map_err(InferError::Scores)?)
     }
 
-    /// Decodes `paths` in parallel, applies [`official_transform`] and scores the readable images
+    /// Decodes `paths` in parallel, applies [`InputTransform::OFFICIAL`] and scores the readable images
     /// in one batch: per path, its probabilities [num_class] or why it could not be read.
     pub fn score_files(&self, paths: &[PathBuf]) -> Result<Vec<Result<Vec<f32>>>> {
-        self.score_decoded(decode_batch(paths, self.input_size()))
+        self.score_decoded(decode_batch(
+            paths,
+            self.input_size(),
+            &InputTransform::OFFICIAL,
+        ))
     }
 
     /// [`LoadedModel::score_files`] over `items` (`path` gives each one's image file) in batches of
@@ -419,7 +439,10 @@ impl LoadedModel {
         crate::prefetch::in_order(
             chunks.len(),
             ahead,
-            |k| decode_batch(&chunks[k].iter().map(&path).collect::<Vec<_>>(), side),
+            |k| {
+                let paths: Vec<&Path> = chunks[k].iter().map(&path).collect();
+                decode_batch(&paths, side, &InputTransform::OFFICIAL)
+            },
             |k, decoded| consume(chunks[k], self.score_decoded(decoded)?),
         )
     }
@@ -448,16 +471,20 @@ pub fn model_threads(device: Device) -> Option<usize> {
     (device == Device::Cpu).then(|| usize::try_from(tch::get_num_threads()).unwrap_or(1))
 }
 
-/// Decodes `paths` in parallel (rayon's threads) and applies [`official_transform`] at `side`: per
-/// path, its pixels `[3·side·side]` or why it could not be read.
-pub fn decode_batch<P: AsRef<Path> + Sync>(paths: &[P], side: u32) -> Vec<Result<Vec<f32>>> {
+/// Decodes `paths` in parallel (rayon's threads) and applies `transform` at `side`: per path, its
+/// pixels `[3·side·side]` or why it could not be read.
+pub fn decode_batch<P: AsRef<Path> + Sync>(
+    paths: &[P],
+    side: u32,
+    transform: &InputTransform,
+) -> Vec<Result<Vec<f32>>> {
     let per = 3 * (side * side) as usize;
     paths
         .par_iter()
         .map(|p| {
             let img = crate::imaging::decode(p.as_ref())?;
             let mut buf = vec![0f32; per];
-            official_transform(&img, side, &mut buf);
+            transform.apply(&img, side, &mut buf);
             Ok(buf)
         })
         .collect()
@@ -680,7 +707,7 @@ mod tests {
             image::Rgb([(x * 100) as u8, (y * 200) as u8, 51])
         });
         let mut out = vec![0f32; 12];
-        official_transform(&img, 2, &mut out);
+        InputTransform::OFFICIAL.apply(&img, 2, &mut out);
         let r = |v: f32| (v / 255.0 - 0.485) / 0.229;
         let g = |v: f32| (v / 255.0 - 0.456) / 0.224;
         let b = (51.0 / 255.0 - 0.406) / 0.225;
@@ -701,7 +728,7 @@ mod tests {
             image::Rgb([v, v, v])
         });
         let mut out = vec![0f32; 12];
-        official_transform(&img, 2, &mut out);
+        InputTransform::OFFICIAL.apply(&img, 2, &mut out);
         let r = |v: f32| (v / 255.0 - 0.485) / 0.229;
         let b = |v: f32| (v / 255.0 - 0.406) / 0.225;
         assert_eq!(&out[0..4], &[r(50.0), r(160.0), r(50.0), r(160.0)]);

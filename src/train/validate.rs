@@ -15,11 +15,12 @@ use crate::eval::{
     evaluate, gather_columns, Benchmark, EvalReport, LabelForm, MappedTag, MatchKind, TagMapping,
     Thresholds,
 };
-use crate::imaging::{keep_images, pil_resize, PilFilter};
+use crate::imaging::PilFilter;
 use crate::manifest::SlotManifest;
 use crate::share::WorkShare;
 use crate::train::config::UnreadableImages;
 use crate::train::error::TrainError;
+use crate::train::infer::{decode_batch, InputTransform};
 use crate::vocab::Vocabulary;
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -314,47 +315,42 @@ fn score_batches(
     on_unreadable: OnUnreadable,
 ) -> Result<(Vec<f32>, usize)> {
     let side = model.config.swin.img_size as u32;
-    let per = 3 * (side * side) as usize;
-    let mut out = Vec::with_capacity(paths.len() * model.config.num_class);
+    let transform = InputTransform {
+        filter,
+        mean: augment::CLIP_MEAN,
+        std: augment::CLIP_STD,
+    };
+    let nc = model.config.num_class;
+    let mut out = Vec::with_capacity(paths.len() * nc);
     let mut left_out = 0;
     let chunks: Vec<&[PathBuf]> = paths.chunks(batch.max(1)).collect();
-    let decode = |k: usize| {
-        let mut buf = vec![0f32; chunks[k].len() * per];
-        let read: Vec<Result<()>> = buf
-            .par_chunks_mut(per)
-            .zip(chunks[k].par_iter())
-            .map(|(dst, p)| {
-                let img = augment::decode(p)?;
-                let img = pil_resize(&img, side, side, filter);
-                augment::to_normalized_chw(&img, dst);
-                Ok(())
-            })
-            .collect();
-        (buf, read)
-    };
     // The next batch is decoded while this one is scored.
     let ahead = crate::prefetch::batches_ahead(crate::train::infer::model_threads(device));
-    crate::prefetch::in_order(chunks.len(), ahead, decode, |_, (mut buf, read)| {
-        let mut readable = Vec::with_capacity(read.len());
-        for outcome in read {
+    let decode = |k: usize| decode_batch(chunks[k], side, &transform);
+    crate::prefetch::in_order(chunks.len(), ahead, decode, |_, decoded| {
+        let mut pixels = Vec::new();
+        let mut readable = Vec::with_capacity(decoded.len());
+        for outcome in decoded {
             match outcome {
-                Ok(()) => readable.push(true),
+                Ok(image) => {
+                    pixels.extend_from_slice(&image);
+                    readable.push(true);
+                }
                 Err(e) if on_unreadable == OnUnreadable::Fail => return Err(e),
                 Err(_) => readable.push(false),
             }
         }
         left_out += readable.iter().filter(|&&ok| !ok).count();
-        let images = keep_images(&mut buf, per, &readable);
+        let images = readable.iter().filter(|&&ok| ok).count();
         let rows = if images == 0 {
             Vec::new()
         } else {
-            score_pixels(model, &buf[..images * per], images, side, device)?
+            score_pixels(model, &pixels, images, side, device)?
         };
         if on_unreadable != OnUnreadable::Mark {
             out.extend(rows);
             return Ok(());
         }
-        let nc = model.config.num_class;
         let mut scored = rows.chunks(nc);
         for ok in readable {
             match ok {
