@@ -10,6 +10,7 @@
 #           that config.toml records;
 #   loader  the loader's images/s on several threads and one image's stages on one core have figures;
 #   ahead   scoring with the next batch decoded ahead and in turn: both timed, their ratio written;
+#   tagcli  `tagfix tag --shard auto` as two torchrun ranks gives the whole run's images and scores;
 #   embed   (`bundle`, then both sides on the CPU) MiniLM and the CLIP fixture over the RAM vocabulary
 #           compared row by row and passing (the CUDA side's onnxruntime-gpu pieces cannot be tried here).
 # Call 3's `step` part is not covered (its `ahead` part is): its Python side needs an importable torch with its CUDA libraries,
@@ -52,8 +53,8 @@ PARITY_DEVICE=cpu SPEED_DEVICE=cpu SPEED_MODELS=tiny SPEED_STEPS=2 SPEED_F32_STE
 CASTS_DEVICE=cpu CASTS_CONFIG=tiny CASTS_BATCH=2 CASTS_STEPS=2 CKPT_DEVICE=cpu CKPT_PRESET=swin_b_224 CKPT_ROUNDS=1 \
   UPLOAD_DEVICE=cpu UPLOAD_BATCH=8 UPLOAD_SIZE=64 UPLOAD_WORKERS=1 AUTO_STEPS=2 \
   LOADER_THREADS=2 LOADER_MICRO=4 LOADER_STEPS=2 LOADER_ROUNDS=1 \
-  AHEAD_DEVICE=cpu AHEAD_CONFIG=tiny AHEAD_IMAGES=16 AHEAD_BATCH=4 AHEAD_ROUNDS=1 \
-  scripts/gpu-check.sh run casts ckpt upload loader ahead
+  AHEAD_DEVICE=cpu AHEAD_CONFIG=tiny AHEAD_IMAGES=16 AHEAD_BATCH=4 AHEAD_ROUNDS=1 TAGCLI_DEVICE=cpu \
+  scripts/gpu-check.sh run casts ckpt upload loader ahead tagcli
 scripts/gpu-check.sh bundle > /dev/null
 EMBED_DEVICE=cpu scripts/gpu-check.sh run embed
 
@@ -72,6 +73,7 @@ measured=$(awk -F'|' '$6 ~ /^ (loop|step) $/ && $7 ~ /^ [0-9.]+ $/' "$table" 2>/
 for log in "$out"/loop_*.log; do
   has "$log" "4585 classes" "speed: $(basename "$log"): the model did not have 4585 classes"
 done
+has "$out/tagcli.txt" '^agree$' "tagcli: the sharded tag run did not give the whole run's images and scores"
 has "$out/casts.txt" '^median s/step: casts per micro-batch [0-9.]+, once per step [0-9.]+, ratio [0-9.]+$' \
   "casts: no medians"
 has "$out/ckpt.txt" '^\| inline .*\| [0-9]+ \|$' "ckpt: no inline row"

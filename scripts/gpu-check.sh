@@ -380,6 +380,49 @@ PY
     BATCH="${AHEAD_BATCH:-32}" IMAGES="${AHEAD_IMAGES:-256}" ROUNDS="${AHEAD_ROUNDS:-3}" \
     bash scripts/bench-decode-ahead.sh 2>&1 | tee "$OUT/ahead.txt" || true
   fi
+  if want tagcli; then
+  echo "== 15. tagfix tag through the CLI on the device: two shards under torchrun's variables vs the CPU"
+  # The tiny reference model over 24 generated images: the CPU run whole, then the device run as
+  # ranks 0 and 1 of torchrun (LOCAL_RANK 0: the machine's one GPU) with --shard auto; the shards'
+  # images must come back in the CPU run's order and every score agree.
+  t="$dest/bin/tagfix"
+  tc=$(mktemp -d)
+  tiny="$dest/ref/tiny"
+  python3 - "$tiny/config.json" "$tc" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+open(sys.argv[2] + "/tags.txt", "w").write("\n".join(c["tag_list"]) + "\n")
+open(sys.argv[2] + "/th.txt", "w").write("\n".join(str(x) for x in c["class_threshold"]) + "\n")
+PY
+  "$t" synth-images --out "$tc/set" --count 24 --size 64 > /dev/null
+  tag_args=(tag --checkpoint "$tiny/weights.safetensors" --model "$tiny/config.json" --vocab "$tc/tags.txt"
+    --thresholds "$tc/th.txt" --images "$tc/set/images" --format json --top-k 10 --batch-size 8)
+  "$t" "${tag_args[@]}" --device cpu --out "$tc/cpu.jsonl" > /dev/null 2> "$OUT/tagcli_cpu.log" \
+    || echo "tagcli: the CPU run failed (exit $?)" | tee -a "$OUT/tagcli.txt"
+  for rank in 0 1; do
+    RANK=$rank WORLD_SIZE=2 LOCAL_RANK=0 RUST_LOG=info "$t" "${tag_args[@]}" --device "${TAGCLI_DEVICE:-cuda}" \
+      --shard auto --out "$tc/device" >> "$OUT/tagcli.log" 2>&1 \
+      || echo "tagcli: shard $rank failed (exit $?)" | tee -a "$OUT/tagcli.txt"
+  done
+  python3 - "$tc/cpu.jsonl" "$tc/device" <<'PY' | tee -a "$OUT/tagcli.txt"
+import glob, json, sys
+def rows(files):
+    return [json.loads(line) for f in files for line in open(f) if line.strip()]
+cpu = rows([sys.argv[1]])
+dev = rows(sorted(glob.glob(sys.argv[2] + "/tags-*-of-00002.jsonl")))
+order = [r["image"] for r in cpu] == [r["image"] for r in dev]
+worst, n = 0.0, 0
+for a, b in zip(cpu, dev):
+    theirs = {t["slot"]: t["score"] for t in b["tags"]}
+    for t in a["tags"]:
+        worst = max(worst, abs(t["score"] - theirs.get(t["slot"], float("inf"))))
+        n += 1
+print(f"images: cpu {len(cpu)}, device shards {len(dev)}, same order: {order}")
+print(f"max |score device - cpu|: {worst:.3g} over {n} scores")
+print("agree" if order and cpu and n == 10 * len(cpu) and worst < 1e-4 else "DIFFER")
+PY
+  rm -rf "$tc"
+  fi
   if want speed; then
   echo "== 8. (issue 14) throughput: the loop against the step, peak memory, MFU"
   t="$dest/bin/tagfix"
