@@ -466,6 +466,63 @@ fn eval_checkpoint_equals_eval_of_tag_scores_and_sets_benchmarks_side_by_side() 
         .stderr(contains("cannot be read"));
 }
 
+/// `--images-from LIST` tags the files and folders the list names, as `--images` would with the same
+/// paths; a listed path that does not exist is refused before the model loads.
+#[test]
+fn tag_reads_its_images_from_a_list_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(f) = fixture(tmp.path()) else { return };
+    let imgs = tmp.path().join("imgs");
+    std::fs::create_dir_all(imgs.join("sub")).unwrap();
+    for i in 0..4 {
+        test_image(&imgs.join(format!("i{i}.png")), i);
+    }
+    test_image(&imgs.join("sub/s.png"), 9);
+    let run = |extra: &[&std::ffi::OsStr]| {
+        let mut cmd = tagfix();
+        cmd.arg("tag");
+        f.model_args(&mut cmd);
+        cmd.args(["--format", "json"]).args(extra);
+        cmd.output().unwrap()
+    };
+    let (a, b, sub) = (imgs.join("i2.png"), imgs.join("i0.png"), imgs.join("sub"));
+    let given = run(&[
+        "--images".as_ref(),
+        a.as_os_str(),
+        b.as_os_str(),
+        sub.as_os_str(),
+    ]);
+    assert!(
+        given.status.success(),
+        "{}",
+        String::from_utf8_lossy(&given.stderr)
+    );
+    let list = tmp.path().join("list.txt");
+    let text = format!("{}\r\n\n{}\n{}\n", a.display(), b.display(), sub.display());
+    std::fs::write(&list, text).unwrap();
+    let listed = run(&["--images-from".as_ref(), list.as_os_str()]);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    assert_eq!(given.stdout, listed.stdout);
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).lines().count(), 3);
+
+    std::fs::write(
+        &list,
+        format!("{}\n{}\n", a.display(), imgs.join("gone.png").display()),
+    )
+    .unwrap();
+    let missing = run(&["--images-from".as_ref(), list.as_os_str()]);
+    assert_eq!(missing.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains("gone.png: no such image file or folder"),
+        "{err}"
+    );
+}
+
 /// `tag --shard I/N` over N processes writes a tag set and a score set whose shards, put back in
 /// order, are the one-process run's output: the JSON Lines byte for byte, and `eval --scores DIR`
 /// reads the score set as it reads the one file; under torchrun's variables a process takes its

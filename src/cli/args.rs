@@ -528,8 +528,13 @@ pub struct TagArgs {
     #[arg(long, value_name = "PRESET")]
     pub model: Option<String>,
     /// Image files or folders (walked recursively for .jpg, .jpeg, .png).
-    #[arg(long, value_name = "FILE|DIR", num_args = 1.., required = true)]
+    #[arg(long, value_name = "FILE|DIR", num_args = 1.., required_unless_present = "images_from")]
     pub images: Vec<PathBuf>,
+    /// A file listing image files or folders, one a line, as --images takes them (empty lines
+    /// skipped; after any --images): for sets too large for a command line, e.g. `jq -r
+    /// '.[].image_path' train.json`.
+    #[arg(long, value_name = "LIST")]
+    pub images_from: Option<PathBuf>,
     /// The vocabulary the checkpoint's slots refer to (a tag-list file or preset name).
     #[arg(long, default_value = "ram")]
     pub vocab: String,

@@ -25,7 +25,9 @@ mod with_train {
     use tagfix::manifest::SlotManifest;
     use tagfix::share::shard::{local_gpu, SetNaming, Shard};
     use tagfix::train::config::DeviceKind;
-    use tagfix::train::infer::{collect_images, load_model, tag_strings, Prediction, SlotLabels};
+    use tagfix::train::infer::{
+        collect_images, load_model, read_image_list, tag_strings, Prediction, SlotLabels,
+    };
     use tagfix::vocab::Vocabulary;
 
     /// RAM's default `class_threshold` when no threshold file is known.
@@ -43,15 +45,23 @@ mod with_train {
         let manifest = SlotManifest::read_for(args.manifest.as_deref(), &vocab)?;
         let labels = SlotLabels::new(&vocab, args.zh.as_deref(), thresholds, manifest.as_ref())?;
         anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
-        let mut images = collect_images(&args.images)?;
+        let mut given = args.images.clone();
+        if let Some(list) = &args.images_from {
+            given.extend(read_image_list(list)?);
+        }
+        let mut images = collect_images(&given)?;
         anyhow::ensure!(
             !images.is_empty(),
             "no .jpg, .jpeg or .png file under {}",
-            args.images
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            match &args.images_from {
+                Some(list) if args.images.is_empty() =>
+                    format!("the paths {} lists", list.display()),
+                _ => given
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }
         );
         let found = images.len();
         if let Some(s) = &shard {
@@ -62,6 +72,7 @@ mod with_train {
         inputs.extend(args.thresholds.thresholds.as_deref());
         inputs.extend(args.manifest.as_deref());
         inputs.extend(args.zh.as_deref());
+        inputs.extend(args.images_from.as_deref());
         inputs.extend(images.iter().map(|(p, _)| p.as_path()));
         tagfix::fsutil::check_outputs(
             out_path.iter().chain(&scores_path).map(|p| p.as_path()),

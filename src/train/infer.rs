@@ -87,6 +87,9 @@ pub enum InferError {
     #[error("{path}: no such image file or folder")]
     NoSuchImage { path: PathBuf },
 
+    #[error("{path}:{line}: not a path: the line is not UTF-8")]
+    ImageListLine { path: PathBuf, line: usize },
+
     #[error("reading the scores")]
     Scores(#[source] tch::TchError),
 
@@ -630,6 +633,25 @@ pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, String)>> {
     Ok(out)
 }
 
+/// The image files or folders a list file names, one a line (`tag --images-from`): each line a path
+/// as written (a trailing `\r` dropped), empty lines skipped.
+pub fn read_image_list(path: &Path) -> Result<Vec<PathBuf>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let mut out = Vec::new();
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        let text = std::str::from_utf8(line).map_err(|_| InferError::ImageListLine {
+            path: path.to_path_buf(),
+            line: i + 1,
+        })?;
+        out.push(PathBuf::from(text));
+    }
+    Ok(out)
+}
+
 /// Whether a file name has an image extension `tag` reads.
 pub fn is_image_name(p: &Path) -> bool {
     p.extension()
@@ -756,6 +778,26 @@ mod tests {
         let top = labels.predictions(&[0.6, 0.9, 0.5], Some(3));
         assert_eq!(top.len(), 3);
         assert!(!top[2].above && top[2].tag == "sky");
+    }
+
+    #[test]
+    fn an_image_list_gives_its_paths_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("list.txt");
+        std::fs::write(&list, b"a.jpg\r\n\nsub/b.png\n  spaced name.jpg\nimgs/").unwrap();
+        let paths = read_image_list(&list).unwrap();
+        let want = ["a.jpg", "sub/b.png", "  spaced name.jpg", "imgs/"];
+        assert_eq!(paths, want.map(PathBuf::from));
+        std::fs::write(&list, b"a.jpg\n\xff\xfe.jpg\n").unwrap();
+        let err = read_image_list(&list).unwrap_err().to_string();
+        assert!(
+            err.ends_with("list.txt:2: not a path: the line is not UTF-8"),
+            "{err}"
+        );
+        let err = read_image_list(&dir.path().join("missing.txt"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing.txt"), "{err}");
     }
 
     #[test]
