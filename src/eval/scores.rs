@@ -469,8 +469,13 @@ fn read_score_set(
     }
 }
 
+/// Rows of a safetensors score file read at a time: at most this many bytes, so that reading a file
+/// of millions of images (as `tag --scores` writes) takes a bounded amount of memory.
+const SCORE_CHUNK_BYTES: usize = 64 << 20;
+
 /// Puts the scores of the benchmark images in the safetensors score file `path` into `m`; returns
-/// the benchmark rows it filled (images outside the benchmark are passed over).
+/// the benchmark rows it filled (images outside the benchmark are passed over, though every score is
+/// checked). The file is read [`SCORE_CHUNK_BYTES`] at a time.
 fn fill_from_safetensors(
     path: &Path,
     bench: &Benchmark,
@@ -478,20 +483,32 @@ fn fill_from_safetensors(
     mapping: &TagMapping,
     m: &mut ScoreMatrix,
 ) -> Result<Vec<usize>> {
-    let set = crate::tensors::safetensors_io::read(path)?;
-    let t = set
-        .get("scores")
+    fill_from_safetensors_in_chunks(path, bench, vocab, mapping, m, SCORE_CHUNK_BYTES)
+}
+
+/// [`fill_from_safetensors`], `chunk_bytes` at a time (at least one row).
+fn fill_from_safetensors_in_chunks(
+    path: &Path,
+    bench: &Benchmark,
+    vocab: &Vocabulary,
+    mapping: &TagMapping,
+    m: &mut ScoreMatrix,
+    chunk_bytes: usize,
+) -> Result<Vec<usize>> {
+    let file = crate::tensors::safetensors_io::SafetensorsFile::open(path)?;
+    let shape_error = |shape: Vec<usize>| EvalError::ScoresShape {
+        path: path.into(),
+        shape,
+        slots: vocab.len(),
+    };
+    let (dtype, shape) = file
+        .info("scores")?
         .ok_or_else(|| EvalError::NoScoresTensor { path: path.into() })?;
-    if t.shape.len() != 2 || t.shape[1] != vocab.len() {
-        return Err(EvalError::ScoresShape {
-            path: path.into(),
-            shape: t.shape.clone(),
-            slots: vocab.len(),
-        }
-        .into());
+    if shape.len() != 2 || shape[1] != vocab.len() {
+        return Err(shape_error(shape).into());
     }
-    let ids: Vec<String> = set
-        .metadata
+    let ids: Vec<String> = file
+        .metadata()
         .get("image_ids")
         .ok_or_else(|| EvalError::NoImageIds { path: path.into() })
         .and_then(|s| {
@@ -500,42 +517,52 @@ fn fill_from_safetensors(
                 source,
             })
         })?;
-    if ids.len() != t.shape[0] {
+    if ids.len() != shape[0] {
         return Err(EvalError::ImageIdCount {
             path: path.into(),
             ids: ids.len(),
-            rows: t.shape[0],
+            rows: shape[0],
         }
         .into());
     }
-    let values = t.to_f32()?;
-    if let Some((k, why)) = values
-        .iter()
-        .enumerate()
-        .find_map(|(k, &v)| bad_score(v).map(|why| (k, why)))
-    {
-        let (r, slot) = (k / vocab.len(), k % vocab.len());
-        return Err(EvalError::BadScore {
-            path: path.into(),
-            row: r,
-            slot,
-            image: ids[r].clone(),
-            tag: vocab.tags[slot].clone(),
-            value: values[k],
-            why,
-        }
-        .into());
-    }
+    let slots = vocab.len();
+    let row_bytes = slots * dtype.size();
+    let per_chunk = (chunk_bytes / row_bytes.max(1)).max(1);
     let rows = image_rows(bench);
     let mapped = mapping.mapped();
-    let mut filled = Vec::with_capacity(ids.len());
-    for (r, id) in ids.iter().enumerate() {
-        let Some(row) = row_of(&rows, id) else {
-            continue;
-        };
-        filled.push(row);
-        for (col, &(_, slot)) in mapped.iter().enumerate() {
-            m.set(row, col, values[r * vocab.len() + slot]);
+    let mut filled = Vec::with_capacity(bench.images.len().min(ids.len()));
+    for first in (0..ids.len()).step_by(per_chunk) {
+        let n = per_chunk.min(ids.len() - first);
+        let mut bytes = vec![0u8; n * row_bytes];
+        if !file.read_at("scores", first * row_bytes, &mut bytes)? {
+            return Err(shape_error(shape).into());
+        }
+        let values = crate::tensors::Tensor::new(dtype, vec![n, slots], bytes)?.to_f32()?;
+        if let Some((k, why)) = values
+            .iter()
+            .enumerate()
+            .find_map(|(k, &v)| bad_score(v).map(|why| (k, why)))
+        {
+            let (r, slot) = (first + k / slots, k % slots);
+            return Err(EvalError::BadScore {
+                path: path.into(),
+                row: r,
+                slot,
+                image: ids[r].clone(),
+                tag: vocab.tags[slot].clone(),
+                value: values[k],
+                why,
+            }
+            .into());
+        }
+        for (r, id) in ids[first..first + n].iter().enumerate() {
+            let Some(row) = row_of(&rows, id) else {
+                continue;
+            };
+            filled.push(row);
+            for (col, &(_, slot)) in mapped.iter().enumerate() {
+                m.set(row, col, values[r * slots + slot]);
+            }
         }
     }
     Ok(filled)
@@ -690,5 +717,53 @@ mod tests {
         let m = read_scores(&p, &bench, &vocab, &mapping).unwrap();
         // i1 is row 1 (0.4 0.5 0.6), i2 row 0; columns dog (slot 1), cat (slot 0).
         assert_eq!(m, ScoreMatrix::from_rows(&[vec![0.5, 0.4], vec![0.2, 0.1]]));
+    }
+
+    /// A file read a chunk at a time (here one or two rows, f16) fills the matrix as read whole, and a
+    /// bad score in a row outside the benchmark is still refused, named by its row and slot.
+    #[test]
+    fn safetensors_read_in_chunks_equals_read_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let (bench, vocab, mapping) = fixture(d.path());
+        let p = d.path().join("s.safetensors");
+        let write = |values: &[f32]| {
+            let t =
+                crate::tensors::Tensor::from_f32_as(crate::tensors::DType::F16, vec![5, 3], values)
+                    .unwrap();
+            let set = crate::tensors::TensorSet {
+                tensors: vec![("scores".into(), t)],
+                metadata: [(
+                    "image_ids".to_string(),
+                    r#"["x", "i2", "y", "i1", "z"]"#.to_string(),
+                )]
+                .into(),
+            };
+            crate::tensors::safetensors_io::write(&p, &set).unwrap();
+        };
+        let mut values: Vec<f32> = (0..15).map(|k| k as f32 / 16.0).collect();
+        write(&values);
+        let read = |chunk_bytes| {
+            let mut m = ScoreMatrix::zeros(2, 2);
+            let rows =
+                fill_from_safetensors_in_chunks(&p, &bench, &vocab, &mapping, &mut m, chunk_bytes)?;
+            Ok::<_, Error>((m, rows))
+        };
+        let whole = read(1 << 20).unwrap();
+        assert_eq!(whole.1, vec![1, 0]);
+        // i1 (file row 3: 9/16 10/16 11/16) is benchmark row 0; columns dog (slot 1), cat (slot 0).
+        assert_eq!(whole.0.row(0), &[10.0 / 16.0, 9.0 / 16.0]);
+        for chunk_bytes in [1, 6, 12] {
+            assert_eq!(
+                read(chunk_bytes).unwrap(),
+                whole,
+                "{chunk_bytes} bytes a chunk"
+            );
+        }
+        values[14] = f32::NAN; // image z, outside the benchmark, in the last chunk
+        write(&values);
+        for chunk_bytes in [1, 12, 1 << 20] {
+            let err = read(chunk_bytes).unwrap_err().to_string();
+            assert!(err.contains("`scores`[4, 2] (image `z`"), "{err}");
+        }
     }
 }
