@@ -414,15 +414,7 @@ fn read_safetensors(
     vocab: &Vocabulary,
     mapping: &TagMapping,
 ) -> Result<ScoreMatrix> {
-    let mut m = ScoreMatrix::zeros(bench.images.len(), mapping.mapped().len());
-    let mut seen = vec![false; bench.images.len()];
-    for row in fill_from_safetensors(path, bench, vocab, mapping, &mut m)? {
-        seen[row] = true;
-    }
-    match missing_images_error(path, bench, &seen) {
-        Some(e) => Err(e),
-        None => Ok(m),
-    }
+    read_safetensors_files(path, &[path.to_path_buf()], bench, vocab, mapping)
 }
 
 /// The shards of a score set read into one matrix: every shard present, of one count, and no
@@ -440,14 +432,27 @@ fn read_score_set(
         }
         .into()
     })?;
-    let mut m = ScoreMatrix::zeros(bench.images.len(), mapping.mapped().len());
+    read_safetensors_files(dir, &files, bench, vocab, mapping)
+}
+
+/// The safetensors score files `files` read into one matrix, every benchmark image scored and none
+/// in two of the files; `source` (the file, or the set's folder) names them in the errors.
+fn read_safetensors_files(
+    source: &Path,
+    files: &[std::path::PathBuf],
+    bench: &Benchmark,
+    vocab: &Vocabulary,
+    mapping: &TagMapping,
+) -> Result<ScoreMatrix> {
+    let target = RowTarget::new(bench, mapping);
+    let mut m = ScoreMatrix::zeros(bench.images.len(), target.mapped.len());
     let mut scored_by: Vec<Option<usize>> = vec![None; bench.images.len()];
     for (part, file) in files.iter().enumerate() {
-        for row in fill_from_safetensors(file, bench, vocab, mapping, &mut m)? {
+        for row in fill_from_safetensors(file, &target, vocab, &mut m, SCORE_CHUNK_BYTES)? {
             match scored_by[row] {
                 Some(first) if first != part => {
                     return Err(EvalError::ScoreSet {
-                        dir: dir.into(),
+                        dir: source.into(),
                         problem: format!(
                             "image `{}` is scored in {} and in {} (shards of runs over different \
                              image lists?)",
@@ -463,9 +468,25 @@ fn read_score_set(
         }
     }
     let seen: Vec<bool> = scored_by.iter().map(Option::is_some).collect();
-    match missing_images_error(dir, bench, &seen) {
+    match missing_images_error(source, bench, &seen) {
         Some(e) => Err(e),
         None => Ok(m),
+    }
+}
+
+/// Where the rows of score files go: each benchmark image's row and the mapped tags' slots, made once
+/// for every file read into one matrix.
+struct RowTarget<'a> {
+    rows: HashMap<&'a str, usize>,
+    mapped: Vec<(usize, Slot)>,
+}
+
+impl<'a> RowTarget<'a> {
+    fn new(bench: &'a Benchmark, mapping: &TagMapping) -> Self {
+        RowTarget {
+            rows: image_rows(bench),
+            mapped: mapping.mapped(),
+        }
     }
 }
 
@@ -473,25 +494,13 @@ fn read_score_set(
 /// of millions of images (as `tag --scores` writes) takes a bounded amount of memory.
 const SCORE_CHUNK_BYTES: usize = 64 << 20;
 
-/// Puts the scores of the benchmark images in the safetensors score file `path` into `m`; returns
-/// the benchmark rows it filled (images outside the benchmark are passed over, though every score is
-/// checked). The file is read [`SCORE_CHUNK_BYTES`] at a time.
+/// Puts the scores of the benchmark images in the safetensors score file `path` into `m`, reading
+/// `chunk_bytes` of rows at a time (at least one row); returns the benchmark rows it filled (images
+/// outside the benchmark are passed over, though every score is checked).
 fn fill_from_safetensors(
     path: &Path,
-    bench: &Benchmark,
+    target: &RowTarget,
     vocab: &Vocabulary,
-    mapping: &TagMapping,
-    m: &mut ScoreMatrix,
-) -> Result<Vec<usize>> {
-    fill_from_safetensors_in_chunks(path, bench, vocab, mapping, m, SCORE_CHUNK_BYTES)
-}
-
-/// [`fill_from_safetensors`], `chunk_bytes` at a time (at least one row).
-fn fill_from_safetensors_in_chunks(
-    path: &Path,
-    bench: &Benchmark,
-    vocab: &Vocabulary,
-    mapping: &TagMapping,
     m: &mut ScoreMatrix,
     chunk_bytes: usize,
 ) -> Result<Vec<usize>> {
@@ -528,9 +537,7 @@ fn fill_from_safetensors_in_chunks(
     let slots = vocab.len();
     let row_bytes = slots * dtype.size();
     let per_chunk = (chunk_bytes / row_bytes.max(1)).max(1);
-    let rows = image_rows(bench);
-    let mapped = mapping.mapped();
-    let mut filled = Vec::with_capacity(bench.images.len().min(ids.len()));
+    let mut filled = Vec::with_capacity(target.rows.len().min(ids.len()));
     for first in (0..ids.len()).step_by(per_chunk) {
         let n = per_chunk.min(ids.len() - first);
         let mut bytes = vec![0u8; n * row_bytes];
@@ -556,11 +563,11 @@ fn fill_from_safetensors_in_chunks(
             .into());
         }
         for (r, id) in ids[first..first + n].iter().enumerate() {
-            let Some(row) = row_of(&rows, id) else {
+            let Some(row) = row_of(&target.rows, id) else {
                 continue;
             };
             filled.push(row);
-            for (col, &(_, slot)) in mapped.iter().enumerate() {
+            for (col, &(_, slot)) in target.mapped.iter().enumerate() {
                 m.set(row, col, values[r * slots + slot]);
             }
         }
@@ -744,8 +751,8 @@ mod tests {
         write(&values);
         let read = |chunk_bytes| {
             let mut m = ScoreMatrix::zeros(2, 2);
-            let rows =
-                fill_from_safetensors_in_chunks(&p, &bench, &vocab, &mapping, &mut m, chunk_bytes)?;
+            let target = RowTarget::new(&bench, &mapping);
+            let rows = fill_from_safetensors(&p, &target, &vocab, &mut m, chunk_bytes)?;
             Ok::<_, Error>((m, rows))
         };
         let whole = read(1 << 20).unwrap();
