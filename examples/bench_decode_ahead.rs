@@ -10,7 +10,8 @@
 
 use std::path::PathBuf;
 use std::time::Instant;
-use tagfix::train::infer::{collect_images, decode_batch, load_model, InputTransform, LoadedModel};
+use tagfix::imaging::files::collect_images;
+use tagfix::train::infer::{decode_batch, load_model, InputTransform, LoadedModel};
 
 #[path = "common/stats.rs"]
 mod stats;

@@ -529,6 +529,50 @@ fn tag_reads_its_images_from_a_list_file() {
 /// place and its share of the cores. An incomplete set, a set mixing two runs and `--shard` without
 /// `--out DIR` are refused.
 #[test]
+fn a_shard_refused_at_its_inputs_leaves_no_folder_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(f) = fixture(tmp.path()) else { return };
+    let imgs = tmp.path().join("imgs");
+    std::fs::create_dir_all(&imgs).unwrap();
+    test_image(&imgs.join("i0.png"), 0);
+    std::fs::write(imgs.join("broken.png"), b"not a png").unwrap();
+    let (tags, scores) = (tmp.path().join("runs/tags"), tmp.path().join("runs/scores"));
+    let tag = |out: &Path| {
+        let mut cmd = tagfix();
+        cmd.arg("tag");
+        f.model_args(&mut cmd);
+        cmd.arg("--images")
+            .arg(&imgs)
+            .args(["--shard", "0/2", "--out"])
+            .arg(out)
+            .arg("--scores")
+            .arg(&scores);
+        cmd.output().unwrap()
+    };
+    // An unreadable image without --keep-going: refused before the model loads, nothing made.
+    let o = tag(&tags);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("cannot be read"), "{err}");
+    assert!(
+        !tmp.path().join("runs").exists(),
+        "an empty folder was left"
+    );
+    // A folder that cannot be made under a file is refused at once.
+    std::fs::write(tmp.path().join("file"), b"x").unwrap();
+    let o = tag(&tmp.path().join("file/tags"));
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("is a file"), "{err}");
+    // Readable inputs: the folders are made and hold the shard's files.
+    std::fs::remove_file(imgs.join("broken.png")).unwrap();
+    let o = tag(&tags);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(tags.join("tags-00000-of-00002.txt").is_file());
+    assert!(scores.join("scores-00000-of-00002.safetensors").is_file());
+}
+
+#[test]
 fn tag_shards_put_together_are_the_whole_run() {
     let tmp = tempfile::tempdir().unwrap();
     let Some(f) = fixture(tmp.path()) else { return };

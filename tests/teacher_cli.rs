@@ -229,6 +229,14 @@ fn shards_of_the_teacher_read_as_the_whole_file() {
         .assert()
         .success();
     let set = tmp.path().join("set");
+    // A shard refused at its inputs (annotations that are not there) leaves no folder behind.
+    let missing = tmp.path().join("no-such-annotations.json");
+    let o = teacher_cmd(&missing, &images, &vision, &text_dir, &set)
+        .args(["--shard", "0/2"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!set.exists(), "an empty shard folder was left");
     // Shard 1 as task 2 of a Slurm job array 1-2 (`--shard auto`), shard 0 given.
     let array = [
         ("SLURM_ARRAY_TASK_ID", "2"),

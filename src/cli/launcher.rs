@@ -26,15 +26,15 @@ pub fn share_the_cores(engine: &str, threads_given: bool) -> anyhow::Result<Opti
     Ok(Some(share))
 }
 
-/// Shard `shard`'s file of the set in folder `dir` (created), named as `naming` says; `flag` names
-/// the option that gave `dir`, for the error.
+/// Shard `shard`'s file of the set in folder `dir`, named as `naming` says; `flag` names the option
+/// that gave `dir`, for the errors. The folder is checked here and made by [`make_shard_folder`] once
+/// the inputs have passed, so a run refused at its inputs leaves no empty folder behind.
 pub fn shard_file(
     dir: &Path,
     naming: &SetNaming,
     shard: Shard,
     flag: &str,
 ) -> anyhow::Result<PathBuf> {
-    use anyhow::Context;
     if dir.is_file() {
         anyhow::bail!(
             "{flag} {}: with --shard it is a folder, which gets {}, but a file is there",
@@ -42,14 +42,45 @@ pub fn shard_file(
             naming.file_name(shard)
         );
     }
+    // The nearest part of the path that exists must be a folder for the rest to be made in it.
+    let existing = dir
+        .ancestors()
+        .filter(|a| !a.as_os_str().is_empty())
+        .find(|a| std::fs::symlink_metadata(a).is_ok());
+    if let Some(part) = existing.filter(|a| !a.is_dir()) {
+        anyhow::bail!(
+            "{flag} {}: with --shard it is a folder to be made, but {} is a file",
+            dir.display(),
+            part.display()
+        );
+    }
+    Ok(dir.join(naming.file_name(shard)))
+}
+
+/// Makes the folder of a shard's file from [`shard_file`] (and the folders above it), if missing.
+pub fn make_shard_folder(file: &Path, naming: &SetNaming, flag: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
     std::fs::create_dir_all(dir).with_context(|| {
         format!(
             "creating the {}s' folder {} ({flag} with --shard names a folder)",
             naming.what,
             dir.display()
         )
-    })?;
-    Ok(dir.join(naming.file_name(shard)))
+    })
+}
+
+/// The outputs [`tagfix::fsutil::check_outputs`] can check before their folders are made: a shard's
+/// file in a folder not made yet can neither replace an input nor meet another output there.
+pub fn outputs_in_existing_folders<'a>(
+    outputs: impl IntoIterator<Item = &'a Path>,
+) -> impl Iterator<Item = &'a Path> {
+    outputs.into_iter().filter(|p| {
+        p.parent()
+            .is_none_or(|d| d.as_os_str().is_empty() || d.is_dir())
+    })
 }
 
 /// `--shard` resolved: the shard, and for `auto` the launcher's variables it came from.

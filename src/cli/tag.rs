@@ -22,12 +22,11 @@ mod with_train {
     use std::path::{Path, PathBuf};
     use tagfix::eval::scores::SCORE_SET;
     use tagfix::eval::ScoreWriter;
+    use tagfix::imaging::files::{collect_images, read_image_list};
     use tagfix::manifest::SlotManifest;
     use tagfix::share::shard::{local_gpu, SetNaming, Shard};
     use tagfix::train::config::DeviceKind;
-    use tagfix::train::infer::{
-        collect_images, load_model, read_image_list, tag_strings, Prediction, SlotLabels,
-    };
+    use tagfix::train::infer::{load_model, tag_strings, Prediction, SlotLabels};
     use tagfix::vocab::Vocabulary;
 
     /// RAM's default `class_threshold` when no threshold file is known.
@@ -74,10 +73,15 @@ mod with_train {
         inputs.extend(args.zh.as_deref());
         inputs.extend(args.images_from.as_deref());
         inputs.extend(images.iter().map(|(p, _)| p.as_path()));
-        tagfix::fsutil::check_outputs(
-            out_path.iter().chain(&scores_path).map(|p| p.as_path()),
-            &inputs,
-        )?;
+        let outputs = out_path.iter().chain(&scores_path).map(|p| p.as_path());
+        match shard {
+            // A shard's folders are made once its inputs have passed (below).
+            Some(_) => tagfix::fsutil::check_outputs(
+                super::super::launcher::outputs_in_existing_folders(outputs),
+                &inputs,
+            )?,
+            None => tagfix::fsutil::check_outputs(outputs, &inputs)?,
+        }
         let skipped = probe_all(&mut images, args.keep_going)?;
 
         tagfix::train::run::set_torch_threads(match (args.threads, shared) {
@@ -111,6 +115,9 @@ mod with_train {
             );
         }
 
+        if shard.is_some() {
+            make_shard_folders(&args, out_path.as_deref(), scores_path.as_deref())?;
+        }
         let mut out = Output::create(out_path.as_deref(), args.format)?;
         let mut scores = scores_path
             .as_deref()
@@ -216,6 +223,22 @@ mod with_train {
             .map(|dir| super::super::launcher::shard_file(dir, &SCORE_SET, shard, "--scores"))
             .transpose()?;
         Ok((Some(out), scores))
+    }
+
+    /// The folders of a shard's tag and score files, made once the run's inputs have passed.
+    fn make_shard_folders(
+        args: &TagArgs,
+        out: Option<&Path>,
+        scores: Option<&Path>,
+    ) -> anyhow::Result<()> {
+        use super::super::launcher::make_shard_folder;
+        if let Some(out) = out {
+            make_shard_folder(out, &tag_set(args.format), "--out")?;
+        }
+        if let Some(scores) = scores {
+            make_shard_folder(scores, &SCORE_SET, "--scores")?;
+        }
+        Ok(())
     }
 
     /// The files of a tag set in `format`: `tags-IIIII-of-NNNNN.jsonl` (`.csv`, `.txt`).

@@ -40,7 +40,14 @@ pub fn run(args: TeacherArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
         None => args.out.clone(),
     };
     let inputs: Vec<&std::path::Path> = args.data.iter().map(|p| p.as_path()).collect();
-    tagfix::fsutil::check_outputs([out.as_path()], &inputs)?;
+    match &shard {
+        // A shard's folder is made once its inputs have passed (below).
+        Some(_) => tagfix::fsutil::check_outputs(
+            super::launcher::outputs_in_existing_folders([out.as_path()]),
+            &inputs,
+        )?,
+        None => tagfix::fsutil::check_outputs([out.as_path()], &inputs)?,
+    }
     let records = RecordSet::read_with(
         &args.data,
         ReadOptions {
@@ -76,6 +83,9 @@ pub fn run(args: TeacherArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
         shard: shard.as_ref().map(|s| s.shard),
         unreadable: args.unreadable_images,
     };
+    if shard.is_some() {
+        super::launcher::make_shard_folder(&out, &tagfix::teacher::shard::TEACHER_SET, "--out")?;
+    }
     let text_bar = super::progress_bar(global, "teacher: captions", 0, false);
     let image_bar = super::progress_bar(global, "teacher: images", 0, false);
     let written = write_teacher_file(&out, &mut text, &mut image, &request, &text_bar, &image_bar)?;

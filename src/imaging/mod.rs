@@ -8,6 +8,7 @@ use crate::teacher::descriptor::{ImageInput, Resize};
 use image::RgbImage;
 use std::path::{Path, PathBuf};
 
+pub mod files;
 pub mod jpeg;
 pub mod resample;
 pub use resample::{pil_resize, pil_resize_region, PilFilter, Region};
@@ -33,6 +34,12 @@ pub enum ImageError {
         width: u32,
         height: u32,
     },
+
+    #[error("{path}: no such image file or folder")]
+    NoSuchImage { path: PathBuf },
+
+    #[error("{path}:{line}: not a path: the line is not UTF-8")]
+    ListLine { path: PathBuf, line: usize },
 
     #[error("{path}: image has zero size")]
     ZeroSize { path: PathBuf },

@@ -84,12 +84,6 @@ pub enum InferError {
         slots: usize,
     },
 
-    #[error("{path}: no such image file or folder")]
-    NoSuchImage { path: PathBuf },
-
-    #[error("{path}:{line}: not a path: the line is not UTF-8")]
-    ImageListLine { path: PathBuf, line: usize },
-
     #[error("reading the scores")]
     Scores(#[source] tch::TchError),
 
@@ -613,73 +607,6 @@ pub fn tag_strings(preds: &[Prediction]) -> (String, Option<String>) {
     (en, zh)
 }
 
-/// Image files named by `inputs`: files as given, folders walked recursively (sorted, `.jpg`,
-/// `.jpeg`, `.png` in any case). Each comes with its id: the path relative to the folder it was
-/// found in, or the file argument as given.
-pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, String)>> {
-    let mut out = Vec::new();
-    for input in inputs {
-        if input.is_dir() {
-            walk(input, input, &mut out)?;
-        } else if input.exists() {
-            out.push((input.clone(), input.display().to_string()));
-        } else {
-            return Err(InferError::NoSuchImage {
-                path: input.clone(),
-            }
-            .into());
-        }
-    }
-    Ok(out)
-}
-
-/// The image files or folders a list file names, one a line (`tag --images-from`): each line a path
-/// as written (a trailing `\r` dropped), empty lines skipped.
-pub fn read_image_list(path: &Path) -> Result<Vec<PathBuf>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let mut out = Vec::new();
-    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            continue;
-        }
-        let text = std::str::from_utf8(line).map_err(|_| InferError::ImageListLine {
-            path: path.to_path_buf(),
-            line: i + 1,
-        })?;
-        out.push(PathBuf::from(text));
-    }
-    Ok(out)
-}
-
-/// Whether a file name has an image extension `tag` reads.
-pub fn is_image_name(p: &Path) -> bool {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
-}
-
-fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, String)>) -> Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .map(|e| e.map(|e| e.path()).map_err(|e| Error::io(dir, e)))
-        .collect::<Result<_>>()?;
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            walk(root, &p, out)?;
-        } else if is_image_name(&p) {
-            let id = p
-                .strip_prefix(root)
-                .unwrap_or(&p)
-                .to_string_lossy()
-                .into_owned();
-            out.push((p, id));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -778,39 +705,5 @@ mod tests {
         let top = labels.predictions(&[0.6, 0.9, 0.5], Some(3));
         assert_eq!(top.len(), 3);
         assert!(!top[2].above && top[2].tag == "sky");
-    }
-
-    #[test]
-    fn an_image_list_gives_its_paths_as_written() {
-        let dir = tempfile::tempdir().unwrap();
-        let list = dir.path().join("list.txt");
-        std::fs::write(&list, b"a.jpg\r\n\nsub/b.png\n  spaced name.jpg\nimgs/").unwrap();
-        let paths = read_image_list(&list).unwrap();
-        let want = ["a.jpg", "sub/b.png", "  spaced name.jpg", "imgs/"];
-        assert_eq!(paths, want.map(PathBuf::from));
-        std::fs::write(&list, b"a.jpg\n\xff\xfe.jpg\n").unwrap();
-        let err = read_image_list(&list).unwrap_err().to_string();
-        assert!(
-            err.ends_with("list.txt:2: not a path: the line is not UTF-8"),
-            "{err}"
-        );
-        let err = read_image_list(&dir.path().join("missing.txt"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("missing.txt"), "{err}");
-    }
-
-    #[test]
-    fn images_are_collected_recursively_with_relative_ids() {
-        let d = tempfile::tempdir().unwrap();
-        std::fs::create_dir(d.path().join("sub")).unwrap();
-        for f in ["b.JPG", "a.png", "notes.txt", "sub/c.jpeg"] {
-            std::fs::write(d.path().join(f), b"x").unwrap();
-        }
-        let got = collect_images(&[d.path().to_path_buf()]).unwrap();
-        let ids: Vec<&str> = got.iter().map(|(_, id)| id.as_str()).collect();
-        assert_eq!(ids, vec!["a.png", "b.JPG", "sub/c.jpeg"]);
-        let missing = collect_images(&[d.path().join("nope.jpg")]).unwrap_err();
-        assert!(missing.to_string().contains("nope.jpg"), "{missing}");
     }
 }
