@@ -74,6 +74,48 @@ fn clip_dim() -> usize {
     CLIP_DIM
 }
 
+/// The largest model a configuration may describe: each bound well above every official RAM++ (Swin-L
+/// 384: 4 stages of at most 18 blocks, 1536 channels, 0.45 × 10^9 values), so that a configuration
+/// file cannot make tagfix record billions of blocks or ask libtorch for more than any card holds.
+pub mod limits {
+    /// Swin stages.
+    pub const STAGES: usize = 8;
+    /// Blocks in a Swin stage, and tagging-head layers.
+    pub const DEPTH: usize = 64;
+    /// Input side in pixels.
+    pub const SIDE: usize = 8192;
+    /// Input channels.
+    pub const CHANNELS: usize = 64;
+    /// Attention window side.
+    pub const WINDOW: usize = 64;
+    /// Channels of any layer (the widest Swin stage, the head, the joint space).
+    pub const WIDTH: usize = 1 << 16;
+    /// Swin MLP width over its input's.
+    pub const MLP_RATIO: f64 = 64.0;
+    /// Tags.
+    pub const CLASSES: usize = 1 << 20;
+    /// Descriptions per tag (RAM++: 51).
+    pub const DESCRIPTIONS: usize = 1 << 10;
+    /// Values in the state dict, parameters and buffers: 2^34 (64 GiB in f32).
+    pub const ELEMENTS: usize = 1 << 34;
+
+    pub(super) fn at_most(what: &str, value: usize, max: usize) -> Result<(), String> {
+        match value <= max {
+            true => Ok(()),
+            false => Err(format!(
+                "{what} {value} is more than the {max} tagfix builds"
+            )),
+        }
+    }
+
+    pub(super) fn fraction(what: &str, value: f64) -> Result<(), String> {
+        match (0.0..=1.0).contains(&value) {
+            true => Ok(()),
+            false => Err(format!("{what} {value} must be within [0, 1]")),
+        }
+    }
+}
+
 /// Names of the official presets, in the order `tagfix inspect` tries them.
 pub const PRESET_NAMES: [&str; 4] = ["swin_l_224", "swin_l_384", "swin_b_224", "swin_b_384"];
 
@@ -199,7 +241,9 @@ impl SwinConfig {
             .collect()
     }
 
-    /// Checks that the geometry is buildable: every stage divides into whole windows and merges.
+    /// Checks that the geometry is buildable: every stage divides into whole windows and merges,
+    /// every size within [`limits`] (so that no configuration file makes tagfix build billions of
+    /// blocks or overflow a width).
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.depths.is_empty() || self.depths.len() != self.num_heads.len() {
             return Err(format!(
@@ -207,9 +251,34 @@ impl SwinConfig {
                 self.depths, self.num_heads
             ));
         }
-        if self.patch_size == 0 || self.img_size % self.patch_size != 0 {
+        let stages = self.depths.len();
+        limits::at_most("swin stages (depths)", stages, limits::STAGES)?;
+        for &depth in &self.depths {
+            limits::at_most("swin blocks in a stage (depths)", depth, limits::DEPTH)?;
+        }
+        limits::at_most("swin img_size", self.img_size, limits::SIDE)?;
+        limits::at_most("swin in_chans", self.in_chans, limits::CHANNELS)?;
+        limits::at_most("swin window_size", self.window_size, limits::WINDOW)?;
+        // The widest stage is embed_dim << (stages - 1).
+        limits::at_most(
+            "swin embed_dim",
+            self.embed_dim,
+            limits::WIDTH >> (stages - 1),
+        )?;
+        limits::fraction("swin drop_path_rate", self.drop_path_rate)?;
+        if !(self.mlp_ratio > 0.0 && self.mlp_ratio <= limits::MLP_RATIO) {
             return Err(format!(
-                "img_size {} is not a multiple of patch_size {}",
+                "swin mlp_ratio {} must be above 0 and at most {}",
+                self.mlp_ratio,
+                limits::MLP_RATIO
+            ));
+        }
+        if self.patch_size == 0
+            || self.img_size < self.patch_size
+            || self.img_size % self.patch_size != 0
+        {
+            return Err(format!(
+                "img_size {} is not a positive multiple of patch_size {}",
                 self.img_size, self.patch_size
             ));
         }
@@ -382,7 +451,8 @@ impl RamPlusConfig {
         Ok(cfg)
     }
 
-    /// Checks that the configuration describes a buildable model.
+    /// Checks that the configuration describes a buildable model of at most
+    /// [`limits::ELEMENTS`] values.
     pub fn validate(&self) -> std::result::Result<(), String> {
         self.swin.validate()?;
         let t = &self.tagging_head;
@@ -392,13 +462,53 @@ impl RamPlusConfig {
                 t.hidden_size, t.num_attention_heads
             ));
         }
+        limits::at_most("tagging head hidden_size", t.hidden_size, limits::WIDTH)?;
+        limits::at_most(
+            "tagging head intermediate_size",
+            t.intermediate_size,
+            limits::WIDTH * 4,
+        )?;
+        limits::at_most("tagging head encoder_width", t.encoder_width, limits::WIDTH)?;
+        limits::at_most("tagging head layers", t.num_hidden_layers, limits::DEPTH)?;
+        limits::fraction("tagging head hidden_dropout_prob", t.hidden_dropout_prob)?;
+        limits::fraction(
+            "tagging head attention_probs_dropout_prob",
+            t.attention_probs_dropout_prob,
+        )?;
+        if !(t.layer_norm_eps > 0.0 && t.layer_norm_eps < 1.0) {
+            return Err(format!(
+                "tagging head layer_norm_eps {} must be above 0 and below 1",
+                t.layer_norm_eps
+            ));
+        }
+        if !(t.initializer_range >= 0.0 && t.initializer_range <= 1.0) {
+            return Err(format!(
+                "tagging head initializer_range {} must be within [0, 1]",
+                t.initializer_range
+            ));
+        }
         if self.num_class == 0 || self.des_per_class == 0 {
             return Err("num_class and des_per_class must be positive".into());
         }
         if self.joint_dim == 0 {
             return Err("joint_dim must be positive".into());
         }
-        Ok(())
+        limits::at_most("num_class", self.num_class, limits::CLASSES)?;
+        limits::at_most("des_per_class", self.des_per_class, limits::DESCRIPTIONS)?;
+        limits::at_most("joint_dim", self.joint_dim, limits::WIDTH)?;
+        let values = self
+            .state_dict_layout()
+            .iter()
+            .map(|e| e.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)))
+            .try_fold(0usize, |sum, n| sum.checked_add(n?));
+        match values {
+            Some(n) if n <= limits::ELEMENTS => Ok(()),
+            _ => Err(format!(
+                "the model would hold {} values, more than the {} tagfix builds",
+                values.map_or("more than 2^64".into(), |n| n.to_string()),
+                limits::ELEMENTS
+            )),
+        }
     }
 
     /// The model's `state_dict` keys, shapes, dtypes and kinds, in `state_dict` order (root
@@ -513,5 +623,62 @@ mod tests {
         let mut cfg = RamPlusConfig::preset("swin_b_224").unwrap();
         cfg.swin.img_size = 200; // 50 patches: stage 0 not a multiple of window 7
         assert!(cfg.validate().is_err());
+    }
+
+    /// Sizes no model has are refused by name before anything is recorded or built; every preset
+    /// and the tiny test model pass.
+    #[test]
+    fn sizes_past_the_limits_are_refused() {
+        for cfg in RamPlusConfig::presets()
+            .into_iter()
+            .chain([RamPlusConfig::tiny(4585, 51).with_joint_dim(384)])
+        {
+            cfg.validate().unwrap();
+        }
+        let base = RamPlusConfig::preset("swin_l_224").unwrap();
+        type Change = Box<dyn Fn(&mut RamPlusConfig)>;
+        let cases: Vec<(&str, Change)> = vec![
+            (
+                "blocks in a stage",
+                Box::new(|c| c.swin.depths[2] = 1 << 40),
+            ),
+            (
+                "stages",
+                Box::new(|c| {
+                    c.swin.depths = vec![1; 70];
+                    c.swin.num_heads = vec![1; 70];
+                }),
+            ),
+            ("embed_dim", Box::new(|c| c.swin.embed_dim = usize::MAX / 2)),
+            ("img_size", Box::new(|c| c.swin.img_size = usize::MAX - 3)),
+            ("img_size", Box::new(|c| c.swin.img_size = 0)),
+            ("mlp_ratio", Box::new(|c| c.swin.mlp_ratio = 1e12)),
+            ("mlp_ratio", Box::new(|c| c.swin.mlp_ratio = f64::NAN)),
+            ("drop_path_rate", Box::new(|c| c.swin.drop_path_rate = 2.0)),
+            (
+                "layer_norm_eps",
+                Box::new(|c| c.tagging_head.layer_norm_eps = 0.0),
+            ),
+            (
+                "layers",
+                Box::new(|c| c.tagging_head.num_hidden_layers = 1 << 30),
+            ),
+            ("num_class", Box::new(|c| c.num_class = 1 << 40)),
+            ("des_per_class", Box::new(|c| c.des_per_class = 1 << 20)),
+            // Each size allowed, the whole too large: 2^20 tags × 1024 descriptions × 512.
+            (
+                "values",
+                Box::new(|c| {
+                    c.num_class = 1 << 20;
+                    c.des_per_class = 1 << 10;
+                }),
+            ),
+        ];
+        for (says, change) in cases {
+            let mut cfg = base.clone();
+            change(&mut cfg);
+            let err = cfg.validate().unwrap_err();
+            assert!(err.contains(says), "{says}: {err}");
+        }
     }
 }

@@ -22,7 +22,10 @@ pub const END_OF_TEXT: u32 = 49407;
 /// CLIP's context length.
 pub const CONTEXT_LENGTH: usize = 77;
 /// Number of merges CLIP uses (`49152 - 256 - 2`).
-const MERGES: usize = 48_894;
+pub const MERGES: usize = 48_894;
+/// The most text a merges file may decompress to: CLIP's is 3.2 MB; a file that inflates past this
+/// (a decompression bomb) is refused before it takes the machine's memory.
+const MAX_MERGES_TEXT: u64 = 64 << 20;
 
 /// The pre-tokenisation pattern of `simple_tokenizer.py` (case-insensitive).
 const PATTERN: &str =
@@ -71,11 +74,19 @@ impl ClipBpe {
         })?;
         let mut text = String::new();
         flate2::read::GzDecoder::new(file)
+            .take(MAX_MERGES_TEXT + 1)
             .read_to_string(&mut text)
             .map_err(|source| EmbedError::BpeNotGzip {
                 path: path.into(),
                 source,
             })?;
+        if text.len() as u64 > MAX_MERGES_TEXT {
+            return Err(EmbedError::BpeTooLarge {
+                path: path.into(),
+                limit: MAX_MERGES_TEXT,
+            }
+            .into());
+        }
         Self::from_merges_text(&text, path)
     }
 
@@ -318,6 +329,38 @@ fn html_unescape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn write_gzip(path: &Path, parts: impl IntoIterator<Item = Vec<u8>>) {
+        use std::io::Write;
+        let file = std::fs::File::create(path).unwrap();
+        let mut e = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+        for part in parts {
+            e.write_all(&part).unwrap();
+        }
+        e.finish().unwrap();
+    }
+
+    #[test]
+    fn a_merges_file_that_inflates_past_the_limit_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let bomb = dir.path().join("bomb.txt.gz");
+        let mib = (MAX_MERGES_TEXT >> 20) as usize + 1;
+        write_gzip(&bomb, (0..mib).map(|_| vec![b'a'; 1 << 20]));
+        assert!(std::fs::metadata(&bomb).unwrap().len() < 1 << 20);
+        let err = ClipBpe::from_file(&bomb).err().unwrap().to_string();
+        assert!(err.contains("decompresses to more than"), "{err}");
+        // A file of the right shape under the limit loads and tokenizes.
+        let ok = dir.path().join("bpe.txt.gz");
+        let header = b"#version: 0.2\n".to_vec();
+        write_gzip(
+            &ok,
+            std::iter::once(header).chain((0..MERGES).map(|_| b"a b\n".to_vec())),
+        );
+        let bpe = ClipBpe::from_file(&ok).unwrap();
+        let ids = bpe.tokenize("ab", CONTEXT_LENGTH);
+        let (a, b_end) = (bpe.encoder["a"], bpe.encoder["b</w>"]);
+        assert_eq!(ids, [START_OF_TEXT, a, b_end, END_OF_TEXT]);
+    }
 
     #[test]
     fn byte_table_is_a_bijection() {

@@ -94,6 +94,9 @@ pub enum EmbedError {
         source: std::io::Error,
     },
 
+    #[error("{path}: decompresses to more than {limit} bytes, far more than a BPE merges file")]
+    BpeTooLarge { path: PathBuf, limit: u64 },
+
     #[error("{path}: holds {found} merges, CLIP needs {expected}")]
     BpeMergeCount {
         path: PathBuf,

@@ -1,39 +1,40 @@
 //! Hugging Face `tokenizer.json` through the `tokenizers` crate (feature `embed`).
 //!
 //! Whatever padding and truncation the file carries (MiniLM's pads every text to 128) is replaced once
-//! at load time: padding to the longest text of a call, truncation to the model's maximum length.
+//! at load time: padding to the longest text of a call (on the right, with the file's pad token),
+//! truncation to the model's maximum length.
 
 use super::tokenize::{TextTokenizer, TokenMatrix};
 use super::EmbedError;
 use crate::error::Result;
+use rayon::prelude::*;
 use std::path::{Path, PathBuf};
-use tokenizers::{PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::{Tokenizer, TruncationParams};
 
 /// A `tokenizer.json` tokenizer with batch-longest padding.
 pub struct HfTokenizer {
     inner: Tokenizer,
     path: PathBuf,
     pad_id: i64,
+    pad_type_id: i64,
 }
 
 impl HfTokenizer {
-    /// Loads `tokenizer.json`, sets batch-longest right padding (keeping the file's pad token) and
+    /// Loads `tokenizer.json`, takes its pad token (id 0 and type 0 without one) and sets
     /// truncation to `max_length`.
     pub fn from_file(path: &Path, max_length: usize) -> Result<Self> {
-        let mut inner = Tokenizer::from_file(path).map_err(|source| EmbedError::Tokenizer {
-            path: path.into(),
-            action: "cannot load tokenizer.json".into(),
-            source,
-        })?;
-        let file_padding = inner.get_padding().cloned().unwrap_or_default();
-        let padding = PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            direction: PaddingDirection::Right,
-            pad_to_multiple_of: None,
-            ..file_padding
-        };
-        let pad_id = i64::from(padding.pad_id);
-        inner.with_padding(Some(padding));
+        let action = "cannot load tokenizer.json";
+        let mut inner =
+            guarded(path, action, || Tokenizer::from_file(path))?.map_err(|source| {
+                EmbedError::Tokenizer {
+                    path: path.into(),
+                    action: action.into(),
+                    source,
+                }
+            })?;
+        let padding = inner.get_padding().cloned().unwrap_or_default();
+        // Padded here, to the longest text of each call (`tokenize`).
+        inner.with_padding(None);
         inner
             .with_truncation(Some(TruncationParams {
                 max_length,
@@ -47,22 +48,49 @@ impl HfTokenizer {
         Ok(HfTokenizer {
             inner,
             path: path.to_path_buf(),
-            pad_id,
+            pad_id: i64::from(padding.pad_id),
+            pad_type_id: i64::from(padding.pad_type_id),
         })
     }
 }
 
+/// Runs `f`, a call into the `tokenizers` crate, with its panics made errors: it panics on some
+/// malformed files rather than returning an error (a JSON error inside a decoder, a merge of unknown
+/// tokens, a template naming a missing token: found by the `tokenizer_json` fuzz target). Its own
+/// batch encoding would panic on rayon's threads, outside the guard, so texts are encoded one by
+/// one here, each under it.
+fn guarded<T>(path: &Path, action: &str, f: impl FnOnce() -> T) -> Result<T> {
+    crate::train::failure::catch(f).map_err(|failure| {
+        EmbedError::Tokenizer {
+            path: path.into(),
+            action: format!("{action} (the tokenizers library failed on it)"),
+            source: failure.message.into(),
+        }
+        .into()
+    })
+}
+
 impl TextTokenizer for HfTokenizer {
     fn tokenize(&self, texts: &[&str]) -> Result<TokenMatrix> {
-        let encodings = self
-            .inner
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|source| EmbedError::Tokenizer {
-                path: self.path.clone(),
-                action: "tokenizing failed".into(),
-                source,
-            })?;
-        let width = encodings.first().map_or(0, |e| e.get_ids().len());
+        let action = "tokenizing failed";
+        let encodings = texts
+            .par_iter()
+            .map(|&text| {
+                guarded(&self.path, action, || self.inner.encode(text, true))?.map_err(|source| {
+                    EmbedError::Tokenizer {
+                        path: self.path.clone(),
+                        action: action.into(),
+                        source,
+                    }
+                    .into()
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let width = encodings
+            .iter()
+            .map(|e| e.get_ids().len())
+            .max()
+            .unwrap_or(0);
         let mut m = TokenMatrix {
             ids: Vec::with_capacity(texts.len() * width),
             type_ids: Vec::with_capacity(texts.len() * width),
@@ -71,10 +99,13 @@ impl TextTokenizer for HfTokenizer {
             pad_id: self.pad_id,
         };
         for e in &encodings {
-            debug_assert_eq!(e.get_ids().len(), width);
+            let pad = width - e.get_ids().len();
             m.ids.extend(e.get_ids().iter().map(|&t| i64::from(t)));
+            m.ids.extend(std::iter::repeat_n(self.pad_id, pad));
             m.type_ids
                 .extend(e.get_type_ids().iter().map(|&t| i64::from(t)));
+            m.type_ids
+                .extend(std::iter::repeat_n(self.pad_type_id, pad));
             m.lengths
                 .push(e.get_attention_mask().iter().filter(|&&a| a != 0).count());
         }
@@ -83,5 +114,48 @@ impl TextTokenizer for HfTokenizer {
 
     fn describe(&self) -> String {
         format!("tokenizer.json {}", self.path.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A word-level tokenizer whose template names `[CLS]`, which its special tokens may lack.
+    fn tokenizer_json(special: &str) -> String {
+        format!(
+            r#"{{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+  "normalizer": null, "pre_tokenizer": {{"type": "Whitespace"}}, "decoder": null,
+  "post_processor": {{"type": "TemplateProcessing",
+    "single": [{{"SpecialToken": {{"id": "[CLS]", "type_id": 0}}}},
+               {{"Sequence": {{"id": "A", "type_id": 0}}}}],
+    "pair": [{{"Sequence": {{"id": "A", "type_id": 0}}}}, {{"Sequence": {{"id": "B", "type_id": 1}}}}],
+    "special_tokens": {{"{special}": {{"id": "{special}", "ids": [2], "tokens": ["{special}"]}}}}}},
+  "model": {{"type": "WordLevel", "vocab": {{"[UNK]": 0, "cat": 1, "[CLS]": 2}}, "unk_token": "[UNK]"}}}}"#
+        )
+    }
+
+    /// Files the `tokenizers` crate panics on (found by fuzzing) are errors that name the file.
+    #[test]
+    fn files_the_library_panics_on_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        std::fs::write(&path, tokenizer_json("[CLS]")).unwrap();
+        let t = HfTokenizer::from_file(&path, 8).unwrap();
+        assert_eq!(t.tokenize(&["cat"]).unwrap().ids, [2, 1]);
+        // The template's token missing from its special tokens: a panic inside encoding.
+        std::fs::write(&path, tokenizer_json("[CLs]")).unwrap();
+        let t = HfTokenizer::from_file(&path, 8).unwrap();
+        let err = crate::error::report(&t.tokenize(&["cat"]).unwrap_err());
+        assert!(
+            err.contains("tokenizing failed (the tokenizers library failed on it)"),
+            "{err}"
+        );
+        assert!(err.contains("tokenizer.json"), "{err}");
+        // A JSON error inside the decoder's part: a panic inside loading.
+        let broken = tokenizer_json("[CLS]").replace(r#""decoder": null"#, r#""decoder": oull"#);
+        std::fs::write(&path, broken).unwrap();
+        let err = crate::error::report(&HfTokenizer::from_file(&path, 8).err().unwrap());
+        assert!(err.contains("cannot load tokenizer.json"), "{err}");
     }
 }

@@ -16,10 +16,14 @@ mod dicts;
 mod generate;
 #[cfg(feature = "embed")]
 pub(crate) mod image;
+#[cfg(feature = "embed")]
+mod image_list;
+mod model_config;
 mod pth;
 mod run_files;
 mod seeds;
 mod summary;
+mod tokenizers;
 
 use dicts::*;
 use generate::*;
@@ -186,6 +190,12 @@ pub fn all() -> Vec<Target> {
         run_files::checksums_target(),
         #[cfg(feature = "embed")]
         image::target(),
+        #[cfg(feature = "embed")]
+        image_list::target(),
+        model_config::target(),
+        tokenizers::clip_bpe_target(),
+        #[cfg(feature = "embed")]
+        tokenizers::tokenizer_json_target(),
     ]
 }
 

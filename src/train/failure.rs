@@ -4,7 +4,8 @@
 //! steps since the last one. [`catch`] runs a part of the run with such panics caught: nothing is
 //! printed (where the panic was raised is logged at debug level), and the caller gets a
 //! [`LibtorchFailure`] to report, after saving what can still be saved. Nothing here needs libtorch (a failure is a
-//! caught panic), so the error types that carry one build without the feature `train`.
+//! caught panic), so the error types that carry one build without the feature `train`. The same
+//! [`catch`] guards the other library that panics on bad input, `tokenizers` (`embed::hf_tokenizer`).
 
 use std::cell::{Cell, RefCell};
 use std::panic::{AssertUnwindSafe, Location};
