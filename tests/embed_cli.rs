@@ -380,6 +380,43 @@ fn bad_inputs_are_refused_with_clear_errors_and_no_output() {
         );
     }
 
+    // A model directory cut short (an interrupted download): the model, then the tokenizer file,
+    // and a tokenizer file the `tokenizers` library panics on (a JSON error inside its decoder).
+    let tokenizer = std::fs::read_to_string(minilm.join("tokenizer.json")).unwrap();
+    let model = std::fs::read(minilm.join("model.onnx")).unwrap();
+    let decoder = tokenizer.find("\"decoder\":").expect("a decoder") + "\"decoder\":".len();
+    let bad_decoder = format!("{}oull{}", &tokenizer[..decoder], &tokenizer[decoder + 1..]);
+    for (name, model, tokenizer, message) in [
+        (
+            "cut-model",
+            &model[..100_000],
+            tokenizer.as_str(),
+            "cannot load the ONNX model",
+        ),
+        (
+            "cut-tokenizer",
+            &model[..],
+            &tokenizer[..5000],
+            "cannot load tokenizer.json",
+        ),
+        (
+            "panicking-tokenizer",
+            &model[..],
+            bad_decoder.as_str(),
+            "cannot load tokenizer.json (the tokenizers library failed on it)",
+        ),
+    ] {
+        let m = d.join(name);
+        std::fs::create_dir(&m).unwrap();
+        std::fs::write(m.join("descriptor.toml"), &descriptor).unwrap();
+        std::fs::write(m.join("model.onnx"), model).unwrap();
+        std::fs::write(m.join("tokenizer.json"), tokenizer).unwrap();
+        run(
+            &["--model", m.to_str().unwrap(), "--base", reference],
+            message,
+        );
+    }
+
     // Missing ONNX Runtime library.
     run(
         &[

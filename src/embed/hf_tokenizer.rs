@@ -35,16 +35,37 @@ impl HfTokenizer {
         let padding = inner.get_padding().cloned().unwrap_or_default();
         // Padded here, to the longest text of each call (`tokenize`).
         inner.with_padding(None);
-        inner
-            .with_truncation(Some(TruncationParams {
-                max_length,
-                ..Default::default()
-            }))
-            .map_err(|e| EmbedError::Tokenizer {
+        // Special tokens the template adds to a text (MiniLM: [CLS] and [SEP]) must leave room for
+        // the text itself (`tokenizers` subtracts without checking).
+        let added = guarded(path, action, || {
+            use tokenizers::PostProcessor;
+            inner
+                .get_post_processor()
+                .map_or(0, |p| p.added_tokens(false))
+        })?;
+        if added >= max_length {
+            return Err(EmbedError::Tokenizer {
                 path: path.into(),
-                action: format!("cannot set truncation to {max_length}"),
-                source: e,
-            })?;
+                action: format!(
+                    "its template adds {added} special tokens to each text, leaving no room \
+                     within the model's max_length of {max_length}"
+                ),
+                source: "no room for the text".into(),
+            }
+            .into());
+        }
+        let truncation = TruncationParams {
+            max_length,
+            ..Default::default()
+        };
+        guarded(path, action, || {
+            inner.with_truncation(Some(truncation)).map(drop)
+        })?
+        .map_err(|e| EmbedError::Tokenizer {
+            path: path.into(),
+            action: format!("cannot set truncation to {max_length}"),
+            source: e,
+        })?;
         Ok(HfTokenizer {
             inner,
             path: path.to_path_buf(),
@@ -157,5 +178,10 @@ mod tests {
         std::fs::write(&path, broken).unwrap();
         let err = crate::error::report(&HfTokenizer::from_file(&path, 8).err().unwrap());
         assert!(err.contains("cannot load tokenizer.json"), "{err}");
+        // A template adding as many tokens as the model takes (`tokenizers` would underflow).
+        std::fs::write(&path, tokenizer_json("[CLS]")).unwrap();
+        HfTokenizer::from_file(&path, 2).unwrap();
+        let err = crate::error::report(&HfTokenizer::from_file(&path, 1).err().unwrap());
+        assert!(err.contains("adds 1 special tokens"), "{err}");
     }
 }
