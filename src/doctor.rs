@@ -1,6 +1,6 @@
 //! `tagfix doctor`: what this build and this machine provide, each item found or not, with the fix —
 //! compiled features, the `ram` vocabulary, ONNX Runtime and its CUDA provider, the text and image
-//! models, libtorch (which library is loaded, whether `libtorch_cuda` is linked, the CUDA devices it
+//! models (their files read, not only found), libtorch (which library is loaded, whether `libtorch_cuda` is linked, the CUDA devices it
 //! sees), the distributed backends and launcher environment, and the plot font. The checks only look; they change nothing.
 
 use serde::Serialize;
@@ -144,12 +144,53 @@ fn vocabulary() -> Check {
     }
 }
 
+/// A model directory found and usable: its descriptor read, its ONNX file there and not empty, a text
+/// model's tokenizer loaded (feature `embed`), so that a download cut short shows here, not in the
+/// middle of `embed`. ONNX Runtime is not asked to load the model (the `onnxruntime` check loads the
+/// library; a model takes seconds).
 fn model(name: &'static str, spec: &str) -> Check {
-    match crate::embed::descriptor::resolve_model_dir(spec) {
-        Ok(dir) => Check::ok(name, dir.display().to_string()),
+    use crate::embed::descriptor::{install_hint, resolve_model_dir};
+    let dir = match resolve_model_dir(spec) {
+        Ok(dir) => dir,
         // The error says where it looked and how to get the model.
-        Err(e) => Check::not_ok(name, Status::Absent, "not found", &e.to_string()),
+        Err(e) => return Check::not_ok(name, Status::Absent, "not found", &e.to_string()),
+    };
+    match model_files(name, &dir) {
+        Ok(what) => Check::ok(name, format!("{} ({what})", dir.display())),
+        Err(e) => Check::not_ok(
+            name,
+            Status::Error,
+            crate::error::report(&e),
+            &format!("replace the folder's files: {}", install_hint(spec)),
+        ),
     }
+}
+
+/// What [`model`] checked of the model in `dir`, or why it cannot be used.
+fn model_files(name: &str, dir: &std::path::Path) -> crate::Result<&'static str> {
+    let onnx = if name == "clip-vision" {
+        let d = crate::teacher::ImageDescriptor::read_dir(dir)?;
+        d.dir.join(&d.onnx)
+    } else {
+        let d = crate::embed::descriptor::ModelDescriptor::read_dir(dir)?;
+        #[cfg(feature = "embed")]
+        crate::embed::encoder::load_tokenizer(&d)?;
+        d.onnx_path()
+    };
+    let size = std::fs::metadata(&onnx)
+        .map_err(|e| crate::Error::io(&onnx, e))?
+        .len();
+    if size == 0 {
+        return Err(crate::Error::io(
+            &onnx,
+            std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the ONNX file is empty"),
+        ));
+    }
+    Ok(match (name, cfg!(feature = "embed")) {
+        ("clip-vision", _) => "descriptor read, ONNX file present",
+        (_, true) => "descriptor read, ONNX file present, tokenizer loads",
+        (_, false) => "descriptor read, ONNX file present; the tokenizer needs feature embed",
+    })
 }
 
 #[cfg(feature = "embed")]

@@ -144,3 +144,61 @@ fn require_onnxruntime_cuda_fails_with_the_cpu_build() {
         .iter()
         .any(|f| f == "onnxruntime-cuda"));
 }
+
+/// A model folder whose files are cut short (an interrupted download) or empty is an error with the
+/// way to replace them, not "ok" because the folder is there.
+#[cfg(feature = "embed")]
+#[test]
+fn a_model_cut_short_is_an_error_with_the_fix() {
+    let test = "a_model_cut_short_is_an_error_with_the_fix";
+    let Some(minilm) = common::setup_file("models/minilm", test) else {
+        return;
+    };
+    let models = tempfile::tempdir().unwrap();
+    let dir = models.path().join("minilm");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(minilm.join("descriptor.toml"), dir.join("descriptor.toml")).unwrap();
+    let tokenizer = std::fs::read(minilm.join("tokenizer.json")).unwrap();
+    let run = || {
+        let out = Command::cargo_bin("tagfix")
+            .unwrap()
+            .args(["doctor", "--json"])
+            .env(tagfix::embed::descriptor::MODELS_ENV, models.path())
+            .current_dir(models.path())
+            .output()
+            .unwrap();
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        (check(&report, "minilm").clone(), out.status.code())
+    };
+    let cases: [(&[u8], &[u8], &str); 3] = [
+        (b"onnx bytes", &tokenizer[..5000], "tokenizer.json"),
+        (b"", &tokenizer, "the ONNX file is empty"),
+        (b"onnx bytes", &tokenizer, ""),
+    ];
+    for (onnx, tokenizer, says) in cases {
+        std::fs::write(dir.join("model.onnx"), onnx).unwrap();
+        std::fs::write(dir.join("tokenizer.json"), tokenizer).unwrap();
+        let (minilm, code) = run();
+        if says.is_empty() {
+            assert_eq!(minilm["status"], "ok", "{minilm}");
+            assert!(
+                minilm["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("tokenizer loads"),
+                "{minilm}"
+            );
+            continue;
+        }
+        assert_eq!(minilm["status"], "error", "{minilm}");
+        assert!(
+            minilm["detail"].as_str().unwrap().contains(says),
+            "{minilm}"
+        );
+        assert!(
+            minilm["fix"].as_str().unwrap().contains("scripts/setup.sh"),
+            "{minilm}"
+        );
+        assert_eq!(code, Some(1));
+    }
+}

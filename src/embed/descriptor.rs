@@ -198,6 +198,20 @@ pub fn model_search_dirs() -> Vec<PathBuf> {
     dirs
 }
 
+/// How to get the model `spec` names (a known name), or what a model directory holds.
+pub fn install_hint(spec: &str) -> &'static str {
+    match spec {
+        "minilm" => "run scripts/setup.sh, which installs it to models/minilm/",
+        "clip" => "export a CLIP text tower with scripts/export_clip_text_onnx.py into models/clip/ \
+                   (needs open_clip weights and a full PyTorch); scripts/setup.sh generates only the \
+                   random-weight test fixture models/clip-tiny/",
+        "clip-vision" => "export a CLIP image tower with scripts/export_clip_image_onnx.py into models/clip-vision/ \
+                   (needs open_clip weights and a full PyTorch); scripts/setup.sh generates only the \
+                   random-weight test fixture models/clip-tiny-vision/",
+        _ => "give a directory holding the ONNX model, its tokenizer and descriptor.toml",
+    }
+}
+
 /// Resolves `--model`: an existing directory, or a name (`minilm`, `clip`, ...) looked up in
 /// [`model_search_dirs`].
 pub fn resolve_model_dir(spec: &str) -> Result<PathBuf> {
@@ -215,16 +229,7 @@ pub fn resolve_model_dir(spec: &str) -> Result<PathBuf> {
             return Ok(dir);
         }
     }
-    let hint = match spec {
-        "minilm" => "run scripts/setup.sh, which installs it to models/minilm/",
-        "clip" => "export a CLIP text tower with scripts/export_clip_text_onnx.py into models/clip/ \
-                   (needs open_clip weights and a full PyTorch); scripts/setup.sh generates only the \
-                   random-weight test fixture models/clip-tiny/",
-        "clip-vision" => "export a CLIP image tower with scripts/export_clip_image_onnx.py into models/clip-vision/ \
-                   (needs open_clip weights and a full PyTorch); scripts/setup.sh generates only the \
-                   random-weight test fixture models/clip-tiny-vision/",
-        _ => "give a directory holding the ONNX model, its tokenizer and descriptor.toml",
-    };
+    let hint = install_hint(spec);
     let searched: Vec<String> = model_search_dirs()
         .iter()
         .map(|d| d.join(spec).display().to_string())
