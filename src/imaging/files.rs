@@ -3,16 +3,20 @@
 
 use super::ImageError;
 use crate::error::{Error, Result};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 /// Image files named by `inputs`: files as given, folders walked recursively (sorted, `.jpg`,
-/// `.jpeg`, `.png` in any case). Each comes with its id: the path relative to the folder it was
-/// found in, or the file argument as given.
+/// `.jpeg`, `.png` in any case). A link to a folder outside the one given is followed, each such
+/// folder once; a link to a folder inside it is passed over (its images are found under their own
+/// path), so that a link back up the tree is no endless loop. Each image comes with its id: the path
+/// relative to the folder it was found in, or the file argument as given.
 pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, String)>> {
     let mut out = Vec::new();
+    let mut walked = HashSet::new();
     for input in inputs {
         if input.is_dir() {
-            walk(input, input, &mut out)?;
+            walk(input, input, &mut out, &mut walked)?;
         } else if input.exists() {
             out.push((input.clone(), input.display().to_string()));
         } else {
@@ -53,7 +57,18 @@ pub fn is_image_name(p: &Path) -> bool {
         .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, String)>) -> Result<()> {
+/// Adds the images under `dir` (found from `root`) unless `dir` was walked already.
+fn walk(
+    root: &Path,
+    dir: &Path,
+    out: &mut Vec<(PathBuf, String)>,
+    walked: &mut HashSet<PathBuf>,
+) -> Result<()> {
+    let real = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
+    if !walked.insert(real) {
+        return Ok(());
+    }
+    let real_root = std::fs::canonicalize(root).map_err(|e| Error::io(root, e))?;
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .map(|e| e.map(|e| e.path()).map_err(|e| Error::io(dir, e)))
@@ -61,7 +76,12 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, String)>) -> Result<()>
     entries.sort();
     for p in entries {
         if p.is_dir() {
-            walk(root, &p, out)?;
+            if p.is_symlink()
+                && std::fs::canonicalize(&p).is_ok_and(|target| target.starts_with(&real_root))
+            {
+                continue;
+            }
+            walk(root, &p, out, walked)?;
         } else if is_image_name(&p) {
             let id = p
                 .strip_prefix(root)
@@ -115,5 +135,15 @@ mod tests {
         assert_eq!(ids, vec!["a.png", "b.JPG", "sub/c.jpeg"]);
         let missing = collect_images(&[d.path().join("nope.jpg")]).unwrap_err();
         assert!(missing.to_string().contains("nope.jpg"), "{missing}");
+        // A link back to a folder above (a loop) and a second link to one folder: each folder is
+        // walked once; a link to a folder outside is followed.
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("o.png"), b"x").unwrap();
+        std::os::unix::fs::symlink(d.path(), d.path().join("sub/loop")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("sub"), d.path().join("again")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), d.path().join("z")).unwrap();
+        let got = collect_images(&[d.path().to_path_buf()]).unwrap();
+        let ids: Vec<&str> = got.iter().map(|(_, id)| id.as_str()).collect();
+        assert_eq!(ids, vec!["a.png", "b.JPG", "sub/c.jpeg", "z/o.png"]);
     }
 }
