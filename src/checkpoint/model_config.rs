@@ -75,7 +75,7 @@ fn clip_dim() -> usize {
 }
 
 /// The largest model a configuration may describe: each bound well above every official RAM++ (Swin-L
-/// 384: 4 stages of at most 18 blocks, 1536 channels, 0.45 × 10^9 values), so that a configuration
+/// 384: 4 stages of at most 18 blocks, windows of 12, 1536 channels, 329 M parameters), so that a configuration
 /// file cannot make tagfix record billions of blocks or ask libtorch for more than any card holds.
 pub mod limits {
     /// Swin stages.
