@@ -72,15 +72,20 @@ pub fn make_shard_folder(file: &Path, naming: &SetNaming, flag: &str) -> anyhow:
     })
 }
 
-/// The outputs [`tagfix::fsutil::check_outputs`] can check before their folders are made: a shard's
-/// file in a folder not made yet can neither replace an input nor meet another output there.
-pub fn outputs_in_existing_folders<'a>(
+/// [`tagfix::fsutil::check_outputs`] before any work; for a shard run (`sharded`) only the outputs
+/// whose folder exists: a shard's file in a folder not made yet (by [`make_shard_folder`], once the
+/// inputs have passed) can neither replace an input nor meet another output there.
+pub fn check_outputs<'a>(
     outputs: impl IntoIterator<Item = &'a Path>,
-) -> impl Iterator<Item = &'a Path> {
-    outputs.into_iter().filter(|p| {
-        p.parent()
-            .is_none_or(|d| d.as_os_str().is_empty() || d.is_dir())
-    })
+    inputs: &[&Path],
+    sharded: bool,
+) -> anyhow::Result<()> {
+    let checked = outputs.into_iter().filter(|p| {
+        !sharded
+            || p.parent()
+                .is_none_or(|d| d.as_os_str().is_empty() || d.is_dir())
+    });
+    Ok(tagfix::fsutil::check_outputs(checked, inputs)?)
 }
 
 /// `--shard` resolved: the shard, and for `auto` the launcher's variables it came from.

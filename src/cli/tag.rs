@@ -73,15 +73,12 @@ mod with_train {
         inputs.extend(args.zh.as_deref());
         inputs.extend(args.images_from.as_deref());
         inputs.extend(images.iter().map(|(p, _)| p.as_path()));
-        let outputs = out_path.iter().chain(&scores_path).map(|p| p.as_path());
-        match shard {
-            // A shard's folders are made once its inputs have passed (below).
-            Some(_) => tagfix::fsutil::check_outputs(
-                super::super::launcher::outputs_in_existing_folders(outputs),
-                &inputs,
-            )?,
-            None => tagfix::fsutil::check_outputs(outputs, &inputs)?,
-        }
+        // A shard's folders are made once its inputs have passed (below).
+        super::super::launcher::check_outputs(
+            out_path.iter().chain(&scores_path).map(|p| p.as_path()),
+            &inputs,
+            shard.is_some(),
+        )?;
         let skipped = probe_all(&mut images, args.keep_going)?;
 
         tagfix::train::run::set_torch_threads(match (args.threads, shared) {

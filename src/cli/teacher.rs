@@ -40,14 +40,8 @@ pub fn run(args: TeacherArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
         None => args.out.clone(),
     };
     let inputs: Vec<&std::path::Path> = args.data.iter().map(|p| p.as_path()).collect();
-    match &shard {
-        // A shard's folder is made once its inputs have passed (below).
-        Some(_) => tagfix::fsutil::check_outputs(
-            super::launcher::outputs_in_existing_folders([out.as_path()]),
-            &inputs,
-        )?,
-        None => tagfix::fsutil::check_outputs([out.as_path()], &inputs)?,
-    }
+    // A shard's folder is made once its inputs have passed (below).
+    super::launcher::check_outputs([out.as_path()], &inputs, shard.is_some())?;
     let records = RecordSet::read_with(
         &args.data,
         ReadOptions {

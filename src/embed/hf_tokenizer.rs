@@ -77,9 +77,7 @@ impl HfTokenizer {
 
 /// Runs `f`, a call into the `tokenizers` crate, with its panics made errors: it panics on some
 /// malformed files rather than returning an error (a JSON error inside a decoder, a merge of unknown
-/// tokens, a template naming a missing token: found by the `tokenizer_json` fuzz target). Its own
-/// batch encoding would panic on rayon's threads, outside the guard, so texts are encoded one by
-/// one here, each under it.
+/// tokens, a template naming a missing token: found by the `tokenizer_json` fuzz target).
 fn guarded<T>(path: &Path, action: &str, f: impl FnOnce() -> T) -> Result<T> {
     crate::train::failure::catch(f).map_err(|failure| {
         EmbedError::Tokenizer {
@@ -92,6 +90,8 @@ fn guarded<T>(path: &Path, action: &str, f: impl FnOnce() -> T) -> Result<T> {
 }
 
 impl TextTokenizer for HfTokenizer {
+    /// Each text encoded under [`guarded`] on rayon's threads: the crate's own batch encoding would
+    /// panic on its threads, outside the guard.
     fn tokenize(&self, texts: &[&str]) -> Result<TokenMatrix> {
         let action = "tokenizing failed";
         let encodings = texts

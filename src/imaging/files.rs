@@ -16,7 +16,8 @@ pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, String)>> {
     let mut walked = HashSet::new();
     for input in inputs {
         if input.is_dir() {
-            walk(input, input, &mut out, &mut walked)?;
+            let real_root = std::fs::canonicalize(input).map_err(|e| Error::io(input, e))?;
+            walk(input, &real_root, input, &mut out, &mut walked)?;
         } else if input.exists() {
             out.push((input.clone(), input.display().to_string()));
         } else {
@@ -57,9 +58,11 @@ pub fn is_image_name(p: &Path) -> bool {
         .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
 }
 
-/// Adds the images under `dir` (found from `root`) unless `dir` was walked already.
+/// Adds the images under `dir` (found from `root`, whose resolved path is `real_root`) unless `dir`
+/// was walked already.
 fn walk(
     root: &Path,
+    real_root: &Path,
     dir: &Path,
     out: &mut Vec<(PathBuf, String)>,
     walked: &mut HashSet<PathBuf>,
@@ -68,7 +71,6 @@ fn walk(
     if !walked.insert(real) {
         return Ok(());
     }
-    let real_root = std::fs::canonicalize(root).map_err(|e| Error::io(root, e))?;
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .map(|e| e.map(|e| e.path()).map_err(|e| Error::io(dir, e)))
@@ -77,11 +79,11 @@ fn walk(
     for p in entries {
         if p.is_dir() {
             if p.is_symlink()
-                && std::fs::canonicalize(&p).is_ok_and(|target| target.starts_with(&real_root))
+                && std::fs::canonicalize(&p).is_ok_and(|target| target.starts_with(real_root))
             {
                 continue;
             }
-            walk(root, &p, out, walked)?;
+            walk(root, real_root, &p, out, walked)?;
         } else if is_image_name(&p) {
             let id = p
                 .strip_prefix(root)
