@@ -581,9 +581,17 @@ mod tests {
         c.apply_overrides(&["random_augment={enabled=false}".into()])
             .unwrap();
         assert!(!c.random_augment.enabled);
-        std::fs::write(&p, "[random_augment]\naugs = [\"Solarize\"]\n").unwrap();
+        // BLIP's full list is accepted; a name it does not have is refused by name.
+        std::fs::write(
+            &p,
+            "[random_augment]\naugs = [\"Solarize\", \"Posterize\"]\n",
+        )
+        .unwrap();
+        let c = TrainConfig::load(&p).unwrap().config.random_augment;
+        assert_eq!(c.augs, [AugOp::Solarize, AugOp::Posterize]);
+        std::fs::write(&p, "[random_augment]\naugs = [\"Cutout\"]\n").unwrap();
         let e = chain(&TrainConfig::load(&p).unwrap_err());
-        assert!(e.contains("Solarize"), "{e}");
+        assert!(e.contains("Cutout"), "{e}");
         let c = TrainConfig {
             random_augment: RandomAugmentConfig {
                 magnitude: 12.0,

@@ -248,11 +248,16 @@ pub enum AugOp {
     TranslateX,
     TranslateY,
     Rotate,
+    // In BLIP's full list (`func_dict`), not in RAM's training list.
+    Solarize,
+    Color,
+    Contrast,
+    Posterize,
 }
 
 impl AugOp {
-    /// Every operation tagfix implements.
-    pub const ALL: [AugOp; 10] = [
+    /// Every operation of BLIP's `RandomAugment` (its `func_dict`), all implemented.
+    pub const ALL: [AugOp; 14] = [
         AugOp::Identity,
         AugOp::AutoContrast,
         AugOp::Equalize,
@@ -263,6 +268,10 @@ impl AugOp {
         AugOp::TranslateX,
         AugOp::TranslateY,
         AugOp::Rotate,
+        AugOp::Solarize,
+        AugOp::Color,
+        AugOp::Contrast,
+        AugOp::Posterize,
     ];
 
     /// RAM's training list, in RAM's order (`transform_train` in `ram/data/__init__.py`).
@@ -290,7 +299,8 @@ pub struct RandomAugmentConfig {
     /// Operations drawn per image (RAM's N).
     pub ops: usize,
     /// Magnitude on RAM's 0–10 scale (RAM's M): shear 0.3·M/10, translation M pixels, rotation
-    /// 3·M degrees, brightness/sharpness factor 0.1 + 1.8·M/10 (1.0, i.e. unchanged, at M = 5).
+    /// 3·M degrees, brightness/sharpness/color/contrast factor 0.1 + 1.8·M/10 (1.0, i.e. unchanged,
+    /// at M = 5), solarize threshold ⌊25.6·M⌋, posterize to ⌊0.4·M⌋ bits.
     pub magnitude: f64,
     /// Probability that a drawn operation is applied (RAM: 0.5).
     pub prob: f64,
