@@ -603,3 +603,71 @@ fn cuda_with_a_cpu_only_onnx_runtime_fails_loudly() {
     let written = EmbeddingFile::read(&out, None).unwrap();
     assert_eq!((written.rows, written.dim), (2, 384));
 }
+
+/// ONNX Runtime aborts on some malformed graphs instead of returning an error: the CLIP fixture with
+/// its `Split` node's `num_outputs` 3 → 1 (three outputs named) fails a bounds assertion while the
+/// session is created, which ended tagfix with SIGABRT. The model is now opened in a helper process
+/// first: an error naming the file and the signal, exit 2, nothing written. A model the helper
+/// opened is remembered in the cache folder, so the next run opens it once.
+#[test]
+fn a_model_that_crashes_onnx_runtime_is_an_error_not_a_crash() {
+    let test = "a_model_that_crashes_onnx_runtime_is_an_error_not_a_crash";
+    let Some(model) = model_dir_for_test("clip-tiny", test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let vocab = dir.path().join("tags.txt");
+    std::fs::write(&vocab, "cat\ndog\n").unwrap();
+    let bpe = model
+        .parent()
+        .unwrap()
+        .join("clip-bpe")
+        .canonicalize()
+        .unwrap();
+    let descriptor = std::fs::read_to_string(model.join("descriptor.toml"))
+        .unwrap()
+        .replace("../clip-bpe", bpe.to_str().unwrap());
+    let mut bytes = std::fs::read(model.join("model.onnx")).unwrap();
+    // AttributeProto { name: "num_outputs", i: 3 }: field 3 (varint) follows the name.
+    let key = b"num_outputs\x18\x03";
+    let at = bytes
+        .windows(key.len())
+        .position(|w| w == key)
+        .expect("the fixture's Split carries num_outputs = 3");
+    let run = |onnx: &[u8], name: &str| {
+        let m = dir.path().join(name);
+        std::fs::create_dir(&m).unwrap();
+        std::fs::write(m.join("descriptor.toml"), &descriptor).unwrap();
+        std::fs::write(m.join("model.onnx"), onnx).unwrap();
+        let out = dir.path().join(format!("{name}.npy"));
+        let mut cmd = tagfix();
+        cmd.env("XDG_CACHE_HOME", &cache)
+            .args(["embed", "--all", "--vocab"])
+            .arg(&vocab)
+            .arg("--model")
+            .arg(&m)
+            .arg("--out")
+            .arg(&out);
+        (cmd.assert(), out)
+    };
+    let stamps = || std::fs::read_dir(cache.join("tagfix/onnx-opened")).map_or(0, Iterator::count);
+
+    let (whole, out) = run(&bytes, "whole");
+    whole.success();
+    assert!(out.is_file());
+    assert_eq!(stamps(), 1, "the model the helper opened is remembered");
+
+    bytes[at + key.len() - 1] = 1;
+    let (crashing, out) = run(&bytes, "crashing");
+    let stderr = String::from_utf8_lossy(&crashing.code(2).get_output().stderr).to_string();
+    assert!(
+        stderr.contains("model.onnx: ONNX Runtime crashed opening this model")
+            && stderr.contains("SIGABRT")
+            && stderr.contains("replace it with a whole copy"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+    assert!(!dir.path().join("crashing.npy.provenance.json").exists());
+    assert_eq!(stamps(), 1, "a model that crashed is not remembered");
+}

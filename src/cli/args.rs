@@ -153,6 +153,12 @@ the scan unless --keep-going)."
     /// Write the command-line reference (Markdown, docs/cli.md) from these clap definitions.
     #[command(name = "cli-reference", hide = true)]
     CliReference(CliReferenceArgs),
+    /// Open the ONNX model named on standard input and exit: the helper process in which tagfix
+    /// opens each model first, so that one crashing ONNX Runtime does not end tagfix
+    /// (`tagfix::embed::isolate`).
+    #[cfg(feature = "embed")]
+    #[command(name = "internal-open-onnx", hide = true)]
+    InternalOpenOnnx,
 }
 
 #[derive(Debug, Args)]

@@ -142,6 +142,13 @@ impl tracing_subscriber::fmt::time::FormatTime for UtcSeconds {
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
+    #[cfg(feature = "embed")]
+    if !matches!(cli.command, Command::InternalOpenOnnx) {
+        // ONNX models are opened in a helper process (this executable) before this one opens them.
+        if let Ok(exe) = std::env::current_exe() {
+            tagfix::embed::isolate::use_helper(exe);
+        }
+    }
     match cli.command {
         Command::Vocab(a) => vocab::run(a),
         Command::Convert(a) => convert::run(a),
@@ -160,6 +167,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::SynthImages(a) => synth_images::run(a),
         Command::CliReference(a) => reference::run(a),
         Command::Doctor(a) => doctor::run(a),
+        #[cfg(feature = "embed")]
+        Command::InternalOpenOnnx => {
+            tagfix::embed::isolate::serve(std::io::stdin().lock())?;
+            Ok(ExitStatus::Success)
+        }
     }
 }
 
@@ -180,6 +192,14 @@ pub fn progress_bar(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "embed")]
+    #[test]
+    fn the_onnx_helper_is_reached_by_the_name_the_library_starts_it_with() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from(["tagfix", tagfix::embed::isolate::HELPER_COMMAND]).unwrap();
+        assert!(matches!(cli.command, Command::InternalOpenOnnx));
+    }
 
     #[test]
     fn exit_status_follows_the_library_error_kind() {

@@ -287,9 +287,19 @@ pub fn intra_threads(opts: &EncoderOptions) -> usize {
 }
 
 /// Opens an ONNX Runtime session for `onnx` on the requested device (shared by the text and image
-/// encoders). `--device cuda` either registers the CUDA execution provider or fails; it never falls
-/// back to the CPU. Returns the session and a description of its execution provider.
+/// encoders), once a helper process has opened it without crashing ([`super::isolate`]).
+/// `--device cuda` either registers the CUDA execution provider or fails; it never falls back to
+/// the CPU. Returns the session and a description of its execution provider.
 pub fn build_session(onnx: &Path, opts: &EncoderOptions) -> Result<(Session, String)> {
+    let lib = ort_library(opts.ort_lib.as_deref());
+    if lib.is_file() {
+        super::isolate::open_in_helper(onnx, &lib)?;
+    }
+    open_session(onnx, opts)
+}
+
+/// [`build_session`] in this process, without the helper.
+pub fn open_session(onnx: &Path, opts: &EncoderOptions) -> Result<(Session, String)> {
     let lib = ort_library(opts.ort_lib.as_deref());
     let env = runtime(&lib)?;
     let threads = intra_threads(opts);

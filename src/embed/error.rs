@@ -175,6 +175,27 @@ pub enum EmbedError {
     },
 
     // --- ONNX Runtime ---
+    /// ONNX Runtime ended the helper process that opened the model ([`crate::embed::isolate`]).
+    #[error(
+        "{path}: ONNX Runtime crashed opening this model (its helper process ended by {signal}{}); \
+         the file is damaged or not a graph this ONNX Runtime can run: replace it with a whole copy",
+        if .said.is_empty() { String::new() } else { format!(": {}", .said) }
+    )]
+    RuntimeCrashed {
+        path: PathBuf,
+        signal: String,
+        /// The last line it wrote to its standard error.
+        said: String,
+    },
+
+    /// The helper process was sent a request it cannot read.
+    #[error("{command}: cannot read the request on standard input")]
+    HelperRequest {
+        command: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+
     #[error(
         "ONNX Runtime library not found at {lib}: run scripts/setup.sh (it installs the onnxruntime 1.31.1 \
          wheel's library to .deps/libonnxruntime.so), or point --ort-lib / ${env} at libonnxruntime.so"
@@ -282,6 +303,7 @@ impl EmbedError {
             | NoCudaProvider { .. }
             | CudaLibraries { .. }
             | BpeMissing { .. } => ErrorKind::Environment,
+            HelperRequest { .. } => ErrorKind::Usage,
             #[cfg(feature = "embed")]
             RuntimeLoad { .. } | Runtime { .. } | CudaProvider { .. } => ErrorKind::Environment,
             _ => ErrorKind::Input,

@@ -19,6 +19,8 @@ pub mod encoder;
 #[cfg(feature = "embed")]
 pub mod hf_tokenizer;
 #[cfg(feature = "embed")]
+pub mod isolate;
+#[cfg(feature = "embed")]
 pub mod pipeline;
 
 pub use descriptor::{Device, ModelDescriptor};
