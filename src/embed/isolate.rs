@@ -56,7 +56,7 @@ pub fn open_in_helper(onnx: &Path, ort_lib: &Path) -> Result<()> {
         onnx: onnx.to_path_buf(),
         ort_lib: ort_lib.to_path_buf(),
     };
-    let ended = match run_helper(exe, &request) {
+    let (status, said) = match run_helper(exe, &request) {
         Ok(ended) => ended,
         Err(e) => {
             tracing::warn!(
@@ -67,17 +67,17 @@ pub fn open_in_helper(onnx: &Path, ort_lib: &Path) -> Result<()> {
             return Ok(());
         }
     };
-    if ended.0.success() {
+    if status.success() {
         if let Some(stamp) = stamp {
             remember(&stamp);
         }
     }
-    match crash_of(ended.0) {
+    match crash_of(status) {
         None => Ok(()),
         Some(signal) => Err(EmbedError::RuntimeCrashed {
             path: onnx.to_path_buf(),
             signal,
-            said: last_line(&ended.1),
+            said: last_line(&said),
         }
         .into()),
     }
