@@ -73,8 +73,14 @@ fn main() {
         _ => tch::Device::Cpu,
     };
     let classes: usize = classes.parse().expect("CLASSES");
-    let model =
-        load_model(checkpoint.as_ref(), Some(&config), Some(classes), device).expect("model");
+    let model = load_model(
+        checkpoint.as_ref(),
+        Some(&config),
+        Some(classes),
+        None,
+        device,
+    )
+    .expect("model");
     let paths: Vec<PathBuf> = collect_images(&[PathBuf::from(&dir)])
         .expect("images")
         .into_iter()

@@ -83,7 +83,7 @@ pub enum Error {
 
     #[cfg(feature = "train")]
     #[error(transparent)]
-    Infer(#[from] crate::train::infer::InferError),
+    Infer(Box<crate::train::infer::InferError>),
 
     #[cfg(feature = "train")]
     #[error(transparent)]
@@ -128,6 +128,9 @@ macro_rules! boxed_from {
         })*
     };
 }
+
+#[cfg(feature = "train")]
+boxed_from!(Infer(crate::train::infer::InferError));
 
 boxed_from!(
     Vocab(crate::vocab::VocabError),

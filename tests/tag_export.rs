@@ -44,7 +44,14 @@ impl Fixture {
     /// The tiny reference model (10 tags) on the CPU.
     fn model(&self) -> tagfix::train::infer::LoadedModel {
         let config = self.config_json();
-        load_model(&self.weights(), config.to_str(), Some(10), Device::Cpu).unwrap()
+        load_model(
+            &self.weights(),
+            config.to_str(),
+            Some(10),
+            None,
+            Device::Cpu,
+        )
+        .unwrap()
     }
     /// `--checkpoint W --model config.json --vocab V --thresholds T --zh Z`.
     fn model_args(&self, cmd: &mut Command) {
@@ -85,6 +92,17 @@ fn fixture(tmp: &Path) -> Option<Fixture> {
         zh,
         thresholds,
     })
+}
+
+/// Runs `cmd`, which must succeed, and parses its standard output as JSON.
+fn json_output(cmd: &mut Command) -> serde_json::Value {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn to_vec(t: &Tensor) -> Vec<f32> {
@@ -378,15 +396,6 @@ fn eval_checkpoint_equals_eval_of_tag_scores_and_sets_benchmarks_side_by_side() 
         .arg(&scores)
         .assert()
         .success();
-    let json = |cmd: &mut Command| -> serde_json::Value {
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
     let base = |cmd: &mut Command| {
         cmd.arg("eval")
             .arg("--vocab")
@@ -413,8 +422,8 @@ fn eval_checkpoint_equals_eval_of_tag_scores_and_sets_benchmarks_side_by_side() 
         .arg(f.weights())
         .arg("--model")
         .arg(f.config_json());
-    let a = json(&mut from_file);
-    let b = json(&mut from_ckpt);
+    let a = json_output(&mut from_file);
+    let b = json_output(&mut from_ckpt);
     assert_eq!(a, b);
     // mAP as batch_inference.py over all three tags (cat, dog, sky).
     assert_eq!(a["ram"]["classes"], 3);
@@ -1342,5 +1351,155 @@ fn assert_equals_pillow(ours: &image::RgbImage, pil_png: &Path, what: &str) {
     assert_eq!(
         differing, 0,
         "{what}: {differing} values differ from Pillow"
+    );
+}
+
+/// RAM++'s open-set tagging (`inference_ram_plus_openset.py`): new tags' label embeddings in place of
+/// the checkpoint's. In RAM++ each tag's score depends only on its own description rows (`fc` is
+/// shared, the descriptions are weighted among themselves), so label embeddings made of three of the
+/// checkpoint's own tags (7, 2, 5, their 3 rows each) must score each image as those tags' columns
+/// of the checkpoint's full run. Thresholds default to 0.5 (the official open-set value); embeddings
+/// of another width, of a row count that fits no layout of the tags, or made for another vocabulary
+/// are refused by name.
+#[test]
+fn open_set_label_embeddings_score_as_the_tags_they_are_made_of() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(f) = fixture(tmp.path()) else { return };
+    let imgs = tmp.path().join("imgs");
+    std::fs::create_dir_all(&imgs).unwrap();
+    for (i, n) in ["a.png", "b.png", "c.png"].iter().enumerate() {
+        test_image(&imgs.join(n), i as u32 + 5);
+    }
+    let weights = safetensors_io::read(&f.weights()).unwrap();
+    let full = weights.get("label_embed").unwrap().to_f32().unwrap();
+    let (k, d) = (3usize, 512usize);
+    let picked = [7usize, 2, 5];
+    let rows: Vec<f32> = picked
+        .iter()
+        .flat_map(|&c| full[c * k * d..(c + 1) * k * d].iter().copied())
+        .collect();
+    let open = tmp.path().join("open.safetensors");
+    tagfix::tensors::EmbeddingFile::new(rows.clone(), 3 * k, d)
+        .write(&open)
+        .unwrap();
+    let names: Vec<&str> = picked
+        .iter()
+        .map(|&c| f.config.tag_list[c].as_str())
+        .collect();
+    let open_vocab = tmp.path().join("open.txt");
+    std::fs::write(&open_vocab, names.join("\n") + "\n").unwrap();
+
+    let tag = |vocab: &Path, label_embed: Option<&Path>, scores: &Path| {
+        let mut cmd = tagfix();
+        cmd.arg("tag")
+            .arg("--checkpoint")
+            .arg(f.weights())
+            .arg("--model")
+            .arg(f.config_json())
+            .arg("--vocab")
+            .arg(vocab)
+            .arg("--images")
+            .arg(&imgs)
+            .arg("--scores")
+            .arg(scores);
+        if let Some(e) = label_embed {
+            cmd.arg("--label-embed").arg(e);
+        } else {
+            cmd.arg("--thresholds").arg(&f.thresholds);
+        }
+        cmd.assert()
+    };
+    let whole = tmp.path().join("whole.safetensors");
+    tag(&f.vocab, None, &whole).success();
+    let subset = tmp.path().join("subset.safetensors");
+    tag(&open_vocab, Some(&open), &subset)
+        .success()
+        .stderr(contains(
+            "3 tags); thresholds: 0.5 for every slot (open-set",
+        ));
+    let read = |p: &Path| {
+        let set = safetensors_io::read(p).unwrap();
+        let t = set.get("scores").unwrap();
+        (t.shape.clone(), t.to_f32().unwrap())
+    };
+    let (whole_shape, whole) = read(&whole);
+    let (shape, got) = read(&subset);
+    assert_eq!((whole_shape, shape), (vec![3, 10], vec![3, 3]));
+    for image in 0..3 {
+        for (j, &c) in picked.iter().enumerate() {
+            let (a, b) = (got[image * 3 + j], whole[image * 10 + c]);
+            assert!((a - b).abs() <= 1e-6, "image {image}, tag {c}: {a} vs {b}");
+        }
+    }
+
+    // `eval --checkpoint --label-embed` (open-set evaluation) equals `eval` of the tagged scores at
+    // the same 0.5 thresholds.
+    let bench = tmp.path().join("openbench");
+    std::fs::create_dir(&bench).unwrap();
+    std::fs::write(bench.join("openbench_taglist.txt"), names.join("\n") + "\n").unwrap();
+    let annots = format!(
+        "a.png,{}\nb.png,{},{}\nc.png\n",
+        names[0], names[1], names[2]
+    );
+    std::fs::write(bench.join("openbench_annots.txt"), annots).unwrap();
+    let eval = |extra: &[&dyn AsRef<std::ffi::OsStr>]| -> serde_json::Value {
+        let mut cmd = tagfix();
+        cmd.arg("eval")
+            .arg("--vocab")
+            .arg(&open_vocab)
+            .arg("--benchmark")
+            .arg(&bench)
+            .args(["--format", "json"])
+            .args(extra.iter().map(|a| a.as_ref()));
+        json_output(&mut cmd)
+    };
+    let from_scores = eval(&[&"--scores", &subset, &"--threshold", &"0.5"]);
+    let from_ckpt = eval(&[
+        &"--checkpoint",
+        &f.weights(),
+        &"--model",
+        &f.config_json(),
+        &"--label-embed",
+        &open,
+        &"--images",
+        &imgs,
+    ]);
+    assert_eq!(from_scores["classes"], from_ckpt["classes"]);
+    assert_eq!(from_scores["ram"], from_ckpt["ram"]);
+    assert_eq!(from_ckpt["ram"]["classes"], 3);
+
+    // Refused by name, nothing written.
+    let refused = |embed: &Path, vocab: &Path, message: &str| {
+        let out = tmp.path().join("refused.safetensors");
+        let result = tag(vocab, Some(embed), &out).code(2);
+        let stderr = String::from_utf8_lossy(&result.get_output().stderr).to_string();
+        assert!(
+            stderr.contains(message),
+            "expected {message:?} in:\n{stderr}"
+        );
+        assert!(!out.exists());
+    };
+    let narrow = tmp.path().join("narrow.safetensors");
+    tagfix::tensors::EmbeddingFile::new(vec![0.1; 9 * 384], 9, 384)
+        .write(&narrow)
+        .unwrap();
+    refused(&narrow, &open_vocab, "label embeddings of width 384");
+    let four = tmp.path().join("four.txt");
+    std::fs::write(&four, "a\nb\nc\nd\n").unwrap();
+    refused(&open, &four, "9 rows");
+    let mut other = tagfix::tensors::EmbeddingFile::new(rows, 3 * k, d);
+    other.metadata = tagfix::tensors::Provenance {
+        vocabulary_sha256: "0".repeat(64),
+        tag_count: 3,
+        rows_per_slot: k,
+        ..Default::default()
+    }
+    .to_metadata();
+    let other_path = tmp.path().join("other.safetensors");
+    other.write(&other_path).unwrap();
+    refused(
+        &other_path,
+        &open_vocab,
+        "label embeddings of another vocabulary",
     );
 }

@@ -508,12 +508,17 @@ pub struct ThresholdArgs {
 
 impl ThresholdArgs {
     /// The thresholds these flags select for `vocab` (`fallback`: for a vocabulary without a
-    /// threshold sidecar).
+    /// threshold sidecar). With open-set label embeddings (`--label-embed`) a sidecar's thresholds,
+    /// fitted to other embeddings, do not apply: 0.5 for every slot unless a flag says otherwise.
     pub fn choose(
         &self,
         vocab: &tagfix::vocab::Vocabulary,
         fallback: Option<f32>,
+        open_set: bool,
     ) -> tagfix::error::Result<tagfix::eval::Thresholds> {
+        if open_set && self.thresholds.is_none() && self.threshold.is_none() {
+            return Ok(tagfix::eval::Thresholds::open_set(vocab.len()));
+        }
         tagfix::eval::Thresholds::choose(
             self.thresholds.as_deref(),
             self.threshold,
@@ -541,9 +546,16 @@ pub struct TagArgs {
     /// '.[].image_path' train.json`.
     #[arg(long, value_name = "LIST")]
     pub images_from: Option<PathBuf>,
-    /// The vocabulary the checkpoint's slots refer to (a tag-list file or preset name).
+    /// The vocabulary the checkpoint's slots refer to (a tag-list file or preset name); with
+    /// --label-embed, the tags those embeddings are of.
     #[arg(long, default_value = "ram")]
     pub vocab: String,
+    /// Label embeddings of other tags in place of the checkpoint's (RAM++ open-set tagging): one row
+    /// per tag of --vocab, or one per description of each, as `tagfix embed --model clip
+    /// --descriptions` writes them. Thresholds then default to 0.5 for every tag, as
+    /// `inference_ram_plus_openset.py`.
+    #[arg(long, value_name = "FILE")]
+    pub label_embed: Option<PathBuf>,
     #[command(flatten)]
     pub thresholds: ThresholdArgs,
     /// Chinese tag names, one a line [default: the vocabulary preset's `zh` sidecar].
@@ -810,6 +822,11 @@ pub struct EvalArgs {
     /// The vocabulary the scores' slots refer to (a tag-list file or preset name).
     #[arg(long, default_value = "ram")]
     pub vocab: String,
+    /// With --checkpoint: label embeddings of the tags of --vocab in place of the checkpoint's
+    /// (RAM++ open-set evaluation, e.g. OpenImages-Rare with its LLM tag descriptions embedded by
+    /// `tagfix embed --model clip --descriptions`); thresholds then default to 0.5 for every tag.
+    #[arg(long, value_name = "FILE", requires = "checkpoint")]
+    pub label_embed: Option<PathBuf>,
     #[command(flatten)]
     pub thresholds: ThresholdArgs,
     /// Slot manifest (from `tagfix diff`): slots it marks absent are reported separately.

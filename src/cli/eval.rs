@@ -33,11 +33,14 @@ pub fn run(args: EvalArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
         }
         inputs.extend(args.scores.as_deref());
         inputs.extend(args.checkpoint.as_deref());
+        inputs.extend(args.label_embed.as_deref());
         inputs.extend(args.thresholds.thresholds.as_deref());
         inputs.extend(args.manifest.as_deref());
         tagfix::fsutil::check_outputs(outputs, &inputs)?;
     }
-    let thresholds = args.thresholds.choose(&vocab, None)?;
+    let thresholds = args
+        .thresholds
+        .choose(&vocab, None, args.label_embed.is_some())?;
     let manifest = SlotManifest::read_for(args.manifest.as_deref(), &vocab)?;
     let mappings: Vec<TagMapping> = benches
         .iter()
@@ -176,6 +179,11 @@ fn checkpoint_scores(
     use rayon::prelude::*;
     use std::path::PathBuf;
     let ckpt = args.checkpoint.as_ref().expect("checked by the caller");
+    let open_set = args
+        .label_embed
+        .as_deref()
+        .map(|p| tagfix::train::infer::OpenSet::read(p, vocab))
+        .transpose()?;
     let roots: Vec<PathBuf> = match args.images.len() {
         0 => benches
             .iter()
@@ -218,9 +226,14 @@ fn checkpoint_scores(
         .collect::<anyhow::Result<_>>()?;
     tagfix::train::run::set_torch_threads(args.threads);
     let device = tagfix::train::run::device_of(args.device)?;
-    let model =
-        tagfix::train::infer::load_model(ckpt, args.model.as_deref(), Some(vocab.len()), device)
-            .with_context(|| format!("loading {}", ckpt.display()))?;
+    let model = tagfix::train::infer::load_model(
+        ckpt,
+        args.model.as_deref(),
+        Some(vocab.len()),
+        open_set.as_ref(),
+        device,
+    )
+    .with_context(|| format!("loading {}", ckpt.display()))?;
     if !global.quiet {
         eprint!("{}", model.report.to_table());
     }

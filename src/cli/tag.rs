@@ -26,7 +26,7 @@ mod with_train {
     use tagfix::manifest::SlotManifest;
     use tagfix::share::shard::{local_gpu, SetNaming, Shard};
     use tagfix::train::config::DeviceKind;
-    use tagfix::train::infer::{load_model, tag_strings, Prediction, SlotLabels};
+    use tagfix::train::infer::{load_model, tag_strings, OpenSet, Prediction, SlotLabels};
     use tagfix::vocab::Vocabulary;
 
     /// RAM's default `class_threshold` when no threshold file is known.
@@ -38,9 +38,16 @@ mod with_train {
         let (out_path, scores_path) = output_paths(&args, shard.as_ref().map(|s| s.shard))?;
         let vocab = Vocabulary::load(&args.vocab)
             .with_context(|| format!("loading vocabulary `{}`", args.vocab))?;
-        let thresholds = args
-            .thresholds
-            .choose(&vocab, Some(RAM_DEFAULT_THRESHOLD))?;
+        let thresholds = args.thresholds.choose(
+            &vocab,
+            Some(RAM_DEFAULT_THRESHOLD),
+            args.label_embed.is_some(),
+        )?;
+        let open_set = args
+            .label_embed
+            .as_deref()
+            .map(|p| OpenSet::read(p, &vocab))
+            .transpose()?;
         let manifest = SlotManifest::read_for(args.manifest.as_deref(), &vocab)?;
         let labels = SlotLabels::new(&vocab, args.zh.as_deref(), thresholds, manifest.as_ref())?;
         anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
@@ -68,6 +75,7 @@ mod with_train {
         }
         // Outputs are checked before the model loads, so a typo fails at once.
         let mut inputs: Vec<&Path> = vec![args.checkpoint.as_path(), vocab.path.as_path()];
+        inputs.extend(args.label_embed.as_deref());
         inputs.extend(args.thresholds.thresholds.as_deref());
         inputs.extend(args.manifest.as_deref());
         inputs.extend(args.zh.as_deref());
@@ -90,6 +98,7 @@ mod with_train {
             &args.checkpoint,
             args.model.as_deref(),
             Some(vocab.len()),
+            open_set.as_ref(),
             device,
         )
         .with_context(|| format!("loading {}", args.checkpoint.display()))?;

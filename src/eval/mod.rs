@@ -353,6 +353,18 @@ impl Thresholds {
         }
     }
 
+    /// RAM++'s open-set thresholds: 0.5 for every slot (`inference_ram_plus_openset.py` sets
+    /// `class_threshold = torch.ones(num_class) * 0.5` with new label embeddings).
+    pub fn open_set(slots: usize) -> Self {
+        Thresholds {
+            source: format!(
+                "{OPEN_SET_THRESHOLD} for every slot (open-set label embeddings, as \
+                 inference_ram_plus_openset.py)"
+            ),
+            ..Self::uniform(OPEN_SET_THRESHOLD, slots)
+        }
+    }
+
     /// The vocabulary preset's `threshold` sidecar (`ram_tag_list_threshold.txt` for `ram`).
     pub fn from_preset(vocab: &Vocabulary) -> Option<Result<Self>> {
         let preset = vocab.preset.as_ref()?;
@@ -360,6 +372,9 @@ impl Thresholds {
         Some(Self::read(path, vocab.len()))
     }
 }
+
+/// The threshold RAM++'s open-set inference gives every new tag.
+pub const OPEN_SET_THRESHOLD: f32 = 0.5;
 
 /// Whether a slot is covered by the training data (from the slot manifest).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

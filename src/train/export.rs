@@ -128,7 +128,7 @@ pub fn export(
         return Err(ExportError::NotAFile(output.into()).into());
     }
     crate::fsutil::check_outputs([output], &[input])?;
-    let m = load_model(input, spec, num_class, Device::Cpu)?;
+    let m = load_model(input, spec, num_class, None, Device::Cpu)?;
     crate::fsutil::check_outputs([output], &[m.checkpoint.as_path()])?;
     let (items, content) = if label_embed_only {
         let t = from_tch(&m.model.label_embed.to_kind(Kind::Float))?;

@@ -12,7 +12,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::eval::Thresholds;
 use crate::imaging::{normalize_chw, pil_resize, PilFilter};
 use crate::manifest::SlotManifest;
-use crate::tensors::{self, TensorSet};
+use crate::tensors::{self, EmbeddingFile, Layout, Provenance, TensorSet};
 use crate::vocab::{parse_lines, Vocabulary};
 use image::RgbImage;
 use rayon::prelude::*;
@@ -93,6 +93,33 @@ pub enum InferError {
     Scoring {
         images: usize,
         failure: crate::train::failure::LibtorchFailure,
+    },
+
+    /// Open-set label embeddings made by tagfix for another vocabulary than `--vocab`.
+    #[error(
+        "{path}: label embeddings of another vocabulary ({embed_tags} tags, sha256 {embed_sha}) than \
+         {vocab} ({vocab_tags} tags, sha256 {vocab_sha}): pass the tag list they were embedded from"
+    )]
+    OpenSetVocabulary {
+        path: PathBuf,
+        embed_sha: String,
+        embed_tags: usize,
+        vocab: PathBuf,
+        vocab_sha: String,
+        vocab_tags: usize,
+    },
+
+    /// Open-set label embeddings of another width than the checkpoint's.
+    #[error(
+        "{path}: label embeddings of width {dim}, but the checkpoint's label_embed ({checkpoint}) is \
+         {expected} wide: embed the tags with the text model the checkpoint was trained with (RAM++: CLIP \
+         ViT-B/16's text tower, `tagfix embed --model clip`)"
+    )]
+    OpenSetWidth {
+        path: PathBuf,
+        dim: usize,
+        checkpoint: PathBuf,
+        expected: usize,
     },
 
     /// libtorch failed while building the model or loading its weights.
@@ -208,6 +235,68 @@ fn newest_model_of_run(ckpts: &Path) -> Result<PathBuf> {
         );
     }
     Ok(file)
+}
+
+/// Label embeddings of new tags in place of the checkpoint's: RAM++'s open-set inference
+/// (`inference_ram_plus_openset.py` sets `model.label_embed` to `build_openset_llm_label_embedding`'s
+/// rows — CLIP text embeddings of each new tag's LLM descriptions — and `num_class` to their count).
+/// In RAM++ only `label_embed` is per tag (`fc` scores any query, each tag's descriptions are
+/// weighted among themselves), so the rest of any checkpoint serves any vocabulary.
+#[derive(Debug, Clone)]
+pub struct OpenSet {
+    pub embeddings: EmbeddingFile,
+    pub layout: Layout,
+}
+
+impl OpenSet {
+    /// Reads the label embeddings at `path` for the tags of `vocab`: a whole number of rows per tag
+    /// (one, or one per description as `tagfix embed --descriptions` writes them); refused when
+    /// tagfix's provenance names another vocabulary.
+    pub fn read(path: &Path, vocab: &Vocabulary) -> Result<Self> {
+        let embeddings = EmbeddingFile::read(path, None)?;
+        let layout = Layout::detect(embeddings.rows, vocab.len(), path)?;
+        if let Some(p) = Provenance::from_metadata(&embeddings.metadata, path)? {
+            if !p.vocabulary_sha256.is_empty() && p.vocabulary_sha256 != vocab.sha256 {
+                return Err(InferError::OpenSetVocabulary {
+                    path: path.into(),
+                    embed_sha: p.vocabulary_sha256,
+                    embed_tags: p.tag_count,
+                    vocab: vocab.path.clone(),
+                    vocab_sha: vocab.sha256.clone(),
+                    vocab_tags: vocab.len(),
+                }
+                .into());
+            }
+        }
+        Ok(OpenSet { embeddings, layout })
+    }
+
+    /// Puts these embeddings in the place of `set`'s `label_embed` (read from `checkpoint`), which
+    /// they must match in width.
+    fn replace_in(&self, set: &mut TensorSet, checkpoint: &Path) -> Result<()> {
+        let e = &self.embeddings;
+        let (_, expected) = label_embed_shape(set).ok_or_else(|| InferError::NoLabelEmbed {
+            path: checkpoint.into(),
+        })?;
+        if e.dim != expected {
+            return Err(InferError::OpenSetWidth {
+                path: e.path.clone(),
+                dim: e.dim,
+                checkpoint: checkpoint.into(),
+                expected,
+            }
+            .into());
+        }
+        let tensor = tensors::Tensor::from_f32(vec![e.rows, e.dim], &e.values)?;
+        if let Some((_, t)) = set
+            .tensors
+            .iter_mut()
+            .find(|(n, _)| n.trim_start_matches("module.") == "label_embed")
+        {
+            *t = tensor;
+        }
+        Ok(())
+    }
 }
 
 /// Shape of the checkpoint's `label_embed` (DDP prefix ignored).
@@ -329,15 +418,20 @@ pub struct LoadedModel {
 
 /// Reads `path` (see [`checkpoint_file`]), resolves its model and loads every parameter; a
 /// checkpoint that leaves a parameter missing or has a tensor of the wrong shape is refused with
-/// the load report (bias tables of another window are resized, as `train` loads them).
+/// the load report (bias tables of another window are resized, as `train` loads them). With
+/// `open_set`, its label embeddings replace the checkpoint's (`num_class`: its vocabulary's size).
 pub fn load_model(
     path: &Path,
     spec: Option<&str>,
     num_class: Option<usize>,
+    open_set: Option<&OpenSet>,
     device: Device,
 ) -> Result<LoadedModel> {
     let file = checkpoint_file(path)?;
-    let set = tensors::read_any(&file)?;
+    let mut set = tensors::read_any(&file)?;
+    if let Some(o) = open_set {
+        o.replace_in(&mut set, &file)?;
+    }
     let config = resolve_model(spec, &set, &file, num_class)?;
     let vs = VarStore::new(device);
     // Building the model and copying its weights to the device allocate all of its memory.
