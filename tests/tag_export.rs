@@ -1412,11 +1412,10 @@ fn open_set_label_embeddings_score_as_the_tags_they_are_made_of() {
     let whole = tmp.path().join("whole.safetensors");
     tag(&f.vocab, None, &whole).success();
     let subset = tmp.path().join("subset.safetensors");
-    tag(&open_vocab, Some(&open), &subset)
-        .success()
-        .stderr(contains(
-            "3 tags); thresholds: 0.5 for every slot (open-set",
-        ));
+    tag(&open_vocab, Some(&open), &subset).success().stderr(
+        contains("3 tags); thresholds: 0.5 for every slot (open-set")
+            .and(contains("open set: label embeddings")),
+    );
     let read = |p: &Path| {
         let set = safetensors_io::read(p).unwrap();
         let t = set.get("scores").unwrap();

@@ -104,6 +104,13 @@ mod with_train {
         .with_context(|| format!("loading {}", args.checkpoint.display()))?;
         if !global.quiet {
             eprint!("{}", model.report.to_table());
+            if let Some(o) = &open_set {
+                eprintln!(
+                    "open set: label embeddings {} ({}) in place of the checkpoint's",
+                    o.embeddings.path.display(),
+                    o.layout.describe()
+                );
+            }
             eprintln!(
                 "model {} ({}×{} input, {} tags); thresholds: {}{}",
                 model.config.name,
