@@ -26,7 +26,9 @@ mod with_train {
     use tagfix::manifest::SlotManifest;
     use tagfix::share::shard::{local_gpu, SetNaming, Shard};
     use tagfix::train::config::DeviceKind;
-    use tagfix::train::infer::{load_model, tag_strings, OpenSet, Prediction, SlotLabels};
+    use tagfix::train::infer::{
+        load_model, tag_strings, LoadedModel, OpenSet, Prediction, SlotLabels,
+    };
     use tagfix::vocab::Vocabulary;
 
     /// RAM's default `class_threshold` when no threshold file is known.
@@ -51,24 +53,7 @@ mod with_train {
         let manifest = SlotManifest::read_for(args.manifest.as_deref(), &vocab)?;
         let labels = SlotLabels::new(&vocab, args.zh.as_deref(), thresholds, manifest.as_ref())?;
         anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
-        let mut given = args.images.clone();
-        if let Some(list) = &args.images_from {
-            given.extend(read_image_list(list)?);
-        }
-        let mut images = collect_images(&given)?;
-        anyhow::ensure!(
-            !images.is_empty(),
-            "no .jpg, .jpeg or .png file under {}",
-            match &args.images_from {
-                Some(list) if args.images.is_empty() =>
-                    format!("the paths {} lists", list.display()),
-                _ => given
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            }
-        );
+        let mut images = images_to_tag(&args)?;
         let found = images.len();
         if let Some(s) = &shard {
             images = images.drain(s.shard.range(found)).collect();
@@ -104,27 +89,9 @@ mod with_train {
         .with_context(|| format!("loading {}", args.checkpoint.display()))?;
         if !global.quiet {
             eprint!("{}", model.report.to_table());
-            if let Some(o) = &open_set {
-                eprintln!(
-                    "open set: label embeddings {} ({}) in place of the checkpoint's",
-                    o.embeddings.path.display(),
-                    o.layout.describe()
-                );
-            }
-            eprintln!(
-                "model {} ({}×{} input, {} tags); thresholds: {}{}",
-                model.config.name,
-                model.input_size(),
-                model.input_size(),
-                model.config.num_class,
-                labels.thresholds.source,
-                match &manifest {
-                    Some(m) => format!(
-                        "; {} absent slots flagged (manifest)",
-                        m.absent_slots().len()
-                    ),
-                    None => String::new(),
-                }
+            eprint!(
+                "{}",
+                model_summary(&model, &labels, manifest.as_ref(), open_set.as_ref())
             );
         }
 
@@ -141,43 +108,16 @@ mod with_train {
         }
         let pb = super::super::progress_bar(global, "tag: images", images.len() as u64, false);
         let start = std::time::Instant::now();
-        let mut tagged = 0usize;
-        let mut unreadable = skipped;
-        // The next batch is decoded while this one is scored.
-        let (batch, ahead) = (args.batch_size, model.batches_ahead());
-        model.score_files_ahead(&images, |(p, _)| p, batch, ahead, |chunk, results| {
-            for ((path, id), result) in chunk.iter().zip(results) {
-                match result {
-                    Ok(row) => {
-                        let preds = labels.predictions(&row, args.top_k);
-                        // generate_tag's strings hold every tag above its threshold, top-k or not.
-                        let strings = match (args.format, args.top_k) {
-                            (TagFormat::Json, Some(_)) => {
-                                tag_strings(&labels.predictions(&row, None))
-                            }
-                            (TagFormat::Json, None) => tag_strings(&preds),
-                            _ => Default::default(),
-                        };
-                        out.record(id, path, &preds, strings)?;
-                        if let Some(s) = scores.as_mut() {
-                            s.push(id, &row)?;
-                        }
-                        tagged += 1;
-                    }
-                    Err(e) if args.keep_going => {
-                        pb.suspend(|| eprintln!("skipped {}: {e}", path.display()));
-                        unreadable += 1;
-                    }
-                    Err(e) => {
-                        return Err(anyhow::Error::new(e).context(
-                            "an image could not be read (nothing written; --keep-going skips such images)",
-                        ))
-                    }
-                }
-                pb.inc(1);
-            }
-            anyhow::Ok(())
-        })?;
+        let (tagged, unreadable) = tag_images(
+            &args,
+            &model,
+            &labels,
+            &images,
+            &mut out,
+            scores.as_mut(),
+            &pb,
+        )?;
+        let unreadable = unreadable + skipped;
         pb.finish_and_clear();
         out.finish()?;
         if let Some(s) = scores {
@@ -212,6 +152,108 @@ mod with_train {
             );
         }
         Ok(ExitStatus::Success)
+    }
+
+    /// The image files `--images` and `--images-from` name (folders walked), with their ids; none
+    /// is an error naming where they were looked for.
+    fn images_to_tag(args: &TagArgs) -> anyhow::Result<Vec<(PathBuf, String)>> {
+        let mut given = args.images.clone();
+        if let Some(list) = &args.images_from {
+            given.extend(read_image_list(list)?);
+        }
+        let images = collect_images(&given)?;
+        anyhow::ensure!(
+            !images.is_empty(),
+            "no .jpg, .jpeg or .png file under {}",
+            match &args.images_from {
+                Some(list) if args.images.is_empty() =>
+                    format!("the paths {} lists", list.display()),
+                _ => given
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }
+        );
+        Ok(images)
+    }
+
+    /// What is about to tag, for the log: the open-set embeddings in use, the model, its input and
+    /// tags, where the thresholds come from and the absent slots flagged.
+    fn model_summary(
+        model: &LoadedModel,
+        labels: &SlotLabels,
+        manifest: Option<&SlotManifest>,
+        open_set: Option<&OpenSet>,
+    ) -> String {
+        let mut text = String::new();
+        if let Some(o) = open_set {
+            text.push_str(&format!(
+                "open set: label embeddings {} ({}) in place of the checkpoint's\n",
+                o.embeddings.path.display(),
+                o.layout.describe()
+            ));
+        }
+        let size = model.input_size();
+        text.push_str(&format!(
+            "model {} ({size}×{size} input, {} tags); thresholds: {}",
+            model.config.name, model.config.num_class, labels.thresholds.source,
+        ));
+        if let Some(m) = manifest {
+            let absent = m.absent_slots().len();
+            text.push_str(&format!("; {absent} absent slots flagged (manifest)"));
+        }
+        text + "\n"
+    }
+
+    /// Scores `images` batch by batch (the next one decoded while this one is scored) into `out`
+    /// and `scores`. Returns how many were tagged and how many unreadable ones `--keep-going`
+    /// passed over; without it the first unreadable image is the error.
+    fn tag_images(
+        args: &TagArgs,
+        model: &LoadedModel,
+        labels: &SlotLabels,
+        images: &[(PathBuf, String)],
+        out: &mut Output,
+        mut scores: Option<&mut ScoreWriter>,
+        pb: &indicatif::ProgressBar,
+    ) -> anyhow::Result<(usize, usize)> {
+        let (mut tagged, mut unreadable) = (0usize, 0usize);
+        let (batch, ahead) = (args.batch_size, model.batches_ahead());
+        model.score_files_ahead(images, |(p, _)| p, batch, ahead, |chunk, results| {
+            for ((path, id), result) in chunk.iter().zip(results) {
+                match result {
+                    Ok(row) => {
+                        let preds = labels.predictions(&row, args.top_k);
+                        // generate_tag's strings hold every tag above its threshold, top-k or not.
+                        let strings = match (args.format, args.top_k) {
+                            (TagFormat::Json, Some(_)) => {
+                                tag_strings(&labels.predictions(&row, None))
+                            }
+                            (TagFormat::Json, None) => tag_strings(&preds),
+                            _ => Default::default(),
+                        };
+                        out.record(id, path, &preds, strings)?;
+                        if let Some(s) = scores.as_deref_mut() {
+                            s.push(id, &row)?;
+                        }
+                        tagged += 1;
+                    }
+                    Err(e) if args.keep_going => {
+                        pb.suspend(|| eprintln!("skipped {}: {e}", path.display()));
+                        unreadable += 1;
+                    }
+                    Err(e) => {
+                        return Err(anyhow::Error::new(e).context(
+                            "an image could not be read (nothing written; --keep-going skips such images)",
+                        ))
+                    }
+                }
+                pb.inc(1);
+            }
+            anyhow::Ok(())
+        })?;
+        Ok((tagged, unreadable))
     }
 
     /// The per-image output and the score file: as given, or with `--shard` the shard's files in
