@@ -670,4 +670,14 @@ fn a_model_that_crashes_onnx_runtime_is_an_error_not_a_crash() {
     assert!(!out.exists());
     assert!(!dir.path().join("crashing.npy.provenance.json").exists());
     assert_eq!(stamps(), 1, "a model that crashed is not remembered");
+
+    // The helper's subcommand, run by hand with a request it cannot read: a usage error.
+    tagfix()
+        .arg(tagfix::embed::isolate::HELPER_COMMAND)
+        .write_stdin("not json")
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains(
+            "internal-open-onnx: cannot read the request on standard input",
+        ));
 }
