@@ -295,13 +295,12 @@ pub fn build_session(onnx: &Path, opts: &EncoderOptions) -> Result<(Session, Str
     if lib.is_file() {
         super::isolate::open_in_helper(onnx, &lib)?;
     }
-    open_session(onnx, opts)
+    open_session(onnx, opts, &lib)
 }
 
-/// [`build_session`] in this process, without the helper.
-pub fn open_session(onnx: &Path, opts: &EncoderOptions) -> Result<(Session, String)> {
-    let lib = ort_library(opts.ort_lib.as_deref());
-    let env = runtime(&lib)?;
+/// [`build_session`] in this process, without the helper, with the ONNX Runtime library `lib`.
+pub fn open_session(onnx: &Path, opts: &EncoderOptions, lib: &Path) -> Result<(Session, String)> {
+    let env = runtime(lib)?;
     let threads = intra_threads(opts);
     let builder = Session::builder(env)
         .and_then(|b| b.with_intra_threads(threads).map_err(Into::into))
@@ -314,7 +313,7 @@ pub fn open_session(onnx: &Path, opts: &EncoderOptions) -> Result<(Session, Stri
             format!("CPUExecutionProvider ({threads} threads)"),
         ),
         Device::Cuda(id) => {
-            let loaded = super::cuda::prepare(&lib, id)?;
+            let loaded = super::cuda::prepare(lib, id)?;
             tracing::info!(
                 "CUDA libraries loaded from beside {}: {loaded:?}",
                 lib.display()

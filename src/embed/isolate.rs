@@ -182,10 +182,9 @@ pub fn serve(input: impl Read) -> Result<()> {
     let opts = EncoderOptions {
         device: Device::Cpu,
         threads: Some(1),
-        ort_lib: Some(request.ort_lib),
         ..EncoderOptions::default()
     };
-    open_session(&request.onnx, &opts)?;
+    open_session(&request.onnx, &opts, &request.ort_lib)?;
     Ok(())
 }
 
