@@ -215,8 +215,15 @@ mod tests {
         let before = id(&model);
         assert!(before.contains("model.onnx\t5\t"), "{before}");
         assert_eq!(id(&model), before);
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        // Rewritten in place: the same inode, size and bytes, a later modification time.
         std::fs::write(&model, b"graph").unwrap();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+        std::fs::File::options()
+            .write(true)
+            .open(&model)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
         assert_ne!(id(&model), before, "same size and bytes, newer time");
         assert_ne!(id(&lib), id(&model));
         assert!(file_identity(&dir.path().join("missing.onnx")).is_none());
