@@ -8,7 +8,7 @@
 //! its standard input; the command line names its own executable once ([`use_helper`]). A program
 //! that uses the library without naming one opens models in its own process, as before.
 //!
-//! Opening a model twice costs its load time again (0.3 s for MiniLM), so a model the helper opened
+//! Opening a model twice costs its load time again (0.45 s for MiniLM), so a model the helper opened
 //! is remembered: an empty file in `$XDG_CACHE_HOME/tagfix/onnx-opened/` (else `~/.cache/…`) named
 //! by the hash of the model's path, size, modification time and inode and of the ONNX Runtime
 //! library's. A model replaced or rewritten is opened apart again; without a writable cache folder,
