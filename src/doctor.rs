@@ -145,9 +145,10 @@ fn vocabulary() -> Check {
 }
 
 /// A model directory found and usable: its descriptor read, its ONNX file there and not empty, a text
-/// model's tokenizer loaded (feature `embed`), so that a download cut short shows here, not in the
-/// middle of `embed`. ONNX Runtime is not asked to load the model (the `onnxruntime` check loads the
-/// library; a model takes seconds).
+/// model's tokenizer loaded and (feature `embed`, with ONNX Runtime's library at hand) the model
+/// opened by ONNX Runtime in tagfix's helper process ([`crate::embed::isolate`]; remembered, so a
+/// model costs its load time once), so that a download cut short shows here, not in the middle of
+/// `embed`.
 fn model(name: &'static str, spec: &str) -> Check {
     use crate::embed::descriptor::{install_hint, resolve_model_dir};
     let dir = match resolve_model_dir(spec) {
@@ -167,7 +168,7 @@ fn model(name: &'static str, spec: &str) -> Check {
 }
 
 /// What [`model`] checked of the model in `dir`, or why it cannot be used.
-fn model_files(name: &str, dir: &std::path::Path) -> crate::Result<&'static str> {
+fn model_files(name: &str, dir: &std::path::Path) -> crate::Result<String> {
     let onnx = if name == "clip-vision" {
         let d = crate::teacher::ImageDescriptor::read_dir(dir)?;
         d.dir.join(&d.onnx)
@@ -186,11 +187,46 @@ fn model_files(name: &str, dir: &std::path::Path) -> crate::Result<&'static str>
             std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the ONNX file is empty"),
         ));
     }
+    let opens = opens_apart(&onnx)?;
     Ok(match (name, cfg!(feature = "embed")) {
-        ("clip-vision", _) => "descriptor read, ONNX file present",
-        (_, true) => "descriptor read, ONNX file present, tokenizer loads",
-        (_, false) => "descriptor read, ONNX file present; the tokenizer needs feature embed",
+        ("clip-vision", _) => format!("descriptor read, ONNX file present{opens}"),
+        (_, true) => format!("descriptor read, ONNX file present, tokenizer loads{opens}"),
+        (_, false) => {
+            "descriptor read, ONNX file present; the tokenizer needs feature embed".into()
+        }
     })
+}
+
+/// Whether ONNX Runtime opens `onnx` in the helper process, as words to append (nothing when
+/// there is no library or helper to ask); an error when it refuses or crashes on it.
+#[cfg(feature = "embed")]
+fn opens_apart(onnx: &std::path::Path) -> crate::Result<String> {
+    use crate::embed::isolate::{open_apart, Apart};
+    use crate::embed::EmbedError;
+    let lib = crate::embed::encoder::ort_library(None);
+    if !lib.is_file() {
+        return Ok(String::new());
+    }
+    match open_apart(onnx, &lib) {
+        Apart::Opened => Ok(", ONNX Runtime opens it".into()),
+        Apart::NotRun(_) => Ok(String::new()),
+        Apart::Refused(said) => Err(EmbedError::RuntimeRefused {
+            path: onnx.to_path_buf(),
+            said,
+        }
+        .into()),
+        Apart::Crashed { signal, said } => Err(EmbedError::RuntimeCrashed {
+            path: onnx.to_path_buf(),
+            signal,
+            said,
+        }
+        .into()),
+    }
+}
+
+#[cfg(not(feature = "embed"))]
+fn opens_apart(_onnx: &std::path::Path) -> crate::Result<String> {
+    Ok(String::new())
 }
 
 #[cfg(feature = "embed")]

@@ -188,6 +188,10 @@ pub enum EmbedError {
         said: String,
     },
 
+    /// ONNX Runtime refused the model in the helper process (`tagfix doctor`).
+    #[error("{path}: ONNX Runtime cannot open this model ({said})")]
+    RuntimeRefused { path: PathBuf, said: String },
+
     /// The helper process was sent a request it cannot read.
     #[error("{command}: cannot read the request on standard input")]
     HelperRequest {

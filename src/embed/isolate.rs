@@ -40,17 +40,29 @@ pub struct OpenRequest {
     pub ort_lib: PathBuf,
 }
 
-/// Opens `onnx` in the helper process, when one is named: returns once it has opened it or failed
-/// with an ordinary error (which opening it here reports again, in full), and an error when it
-/// ended by a signal. The helper uses the CPU provider and one thread: graph checks and
-/// optimisations, where the crashes found happen, run there whatever the device.
-pub fn open_in_helper(onnx: &Path, ort_lib: &Path) -> Result<()> {
+/// How opening a model in the helper process went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Apart {
+    /// It opened the model (now, or an earlier run did: remembered).
+    Opened,
+    /// ONNX Runtime refused the model with an ordinary error: the helper's last line.
+    Refused(String),
+    /// ONNX Runtime ended the helper: the signal, and the helper's last line.
+    Crashed { signal: String, said: String },
+    /// No helper is named, or it could not be started (the reason).
+    NotRun(String),
+}
+
+/// Opens `onnx` with the ONNX Runtime library `ort_lib` in the helper process (CPU provider, one
+/// thread: graph checks and optimisations, where the crashes found happen, run there whatever the
+/// device), unless the cache remembers it opened.
+pub fn open_apart(onnx: &Path, ort_lib: &Path) -> Apart {
     let Some(exe) = HELPER.get() else {
-        return Ok(());
+        return Apart::NotRun("no helper process is named".into());
     };
     let stamp = opened_stamp(onnx, ort_lib);
     if stamp.as_ref().is_some_and(|s| s.is_file()) {
-        return Ok(());
+        return Apart::Opened;
     }
     let request = OpenRequest {
         onnx: onnx.to_path_buf(),
@@ -58,28 +70,42 @@ pub fn open_in_helper(onnx: &Path, ort_lib: &Path) -> Result<()> {
     };
     let (status, said) = match run_helper(exe, &request) {
         Ok(ended) => ended,
-        Err(e) => {
-            tracing::warn!(
-                "could not run {} to open {} apart ({e}); opening it in this process",
-                exe.display(),
-                onnx.display()
-            );
-            return Ok(());
-        }
+        Err(e) => return Apart::NotRun(format!("could not run {}: {e}", exe.display())),
     };
     if status.success() {
         if let Some(stamp) = stamp {
             remember(&stamp);
         }
+        return Apart::Opened;
     }
     match crash_of(status) {
-        None => Ok(()),
-        Some(signal) => Err(EmbedError::RuntimeCrashed {
-            path: onnx.to_path_buf(),
+        Some(signal) => Apart::Crashed {
             signal,
             said: last_line(&said),
+        },
+        // The helper's error line, without the "error: " every tagfix error line starts with.
+        None => {
+            let line = last_line(&said);
+            Apart::Refused(line.strip_prefix("error: ").unwrap_or(&line).to_string())
+        }
+    }
+}
+
+/// [`open_apart`] before a model is opened in this process: an error when the helper crashed;
+/// otherwise this process goes on to open it (and reports an ordinary error itself, in full).
+pub fn open_in_helper(onnx: &Path, ort_lib: &Path) -> Result<()> {
+    match open_apart(onnx, ort_lib) {
+        Apart::Crashed { signal, said } => Err(EmbedError::RuntimeCrashed {
+            path: onnx.to_path_buf(),
+            signal,
+            said,
         }
         .into()),
+        Apart::NotRun(why) if HELPER.get().is_some() => {
+            tracing::warn!("{why}; opening {} in this process", onnx.display());
+            Ok(())
+        }
+        Apart::Opened | Apart::Refused(_) | Apart::NotRun(_) => Ok(()),
     }
 }
 
