@@ -209,7 +209,7 @@ fn opens_apart(onnx: &std::path::Path) -> crate::Result<String> {
     }
     match open_apart(onnx, &lib) {
         Apart::Opened => Ok(", ONNX Runtime opens it".into()),
-        Apart::NotRun(_) => Ok(String::new()),
+        Apart::NoHelper | Apart::NotStarted(_) => Ok(String::new()),
         Apart::Refused(said) => Err(EmbedError::RuntimeRefused {
             path: onnx.to_path_buf(),
             said,

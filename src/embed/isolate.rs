@@ -49,8 +49,10 @@ pub enum Apart {
     Refused(String),
     /// ONNX Runtime ended the helper: the signal, and the helper's last line.
     Crashed { signal: String, said: String },
-    /// No helper is named, or it could not be started (the reason).
-    NotRun(String),
+    /// No helper is named (a program using the library without [`use_helper`]).
+    NoHelper,
+    /// The helper could not be started (why).
+    NotStarted(String),
 }
 
 /// Opens `onnx` with the ONNX Runtime library `ort_lib` in the helper process (CPU provider, one
@@ -58,7 +60,7 @@ pub enum Apart {
 /// device), unless the cache remembers it opened.
 pub fn open_apart(onnx: &Path, ort_lib: &Path) -> Apart {
     let Some(exe) = HELPER.get() else {
-        return Apart::NotRun("no helper process is named".into());
+        return Apart::NoHelper;
     };
     let stamp = opened_stamp(onnx, ort_lib);
     if stamp.as_ref().is_some_and(|s| s.is_file()) {
@@ -70,7 +72,7 @@ pub fn open_apart(onnx: &Path, ort_lib: &Path) -> Apart {
     };
     let (status, said) = match run_helper(exe, &request) {
         Ok(ended) => ended,
-        Err(e) => return Apart::NotRun(format!("could not run {}: {e}", exe.display())),
+        Err(e) => return Apart::NotStarted(format!("could not run {}: {e}", exe.display())),
     };
     if status.success() {
         if let Some(stamp) = stamp {
@@ -101,11 +103,11 @@ pub fn open_in_helper(onnx: &Path, ort_lib: &Path) -> Result<()> {
             said,
         }
         .into()),
-        Apart::NotRun(why) if HELPER.get().is_some() => {
+        Apart::NotStarted(why) => {
             tracing::warn!("{why}; opening {} in this process", onnx.display());
             Ok(())
         }
-        Apart::Opened | Apart::Refused(_) | Apart::NotRun(_) => Ok(()),
+        Apart::Opened | Apart::Refused(_) | Apart::NoHelper => Ok(()),
     }
 }
 
